@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Throwaway servers for cutover's tests, demo and benchmarks, on 127.0.0.1 only:
+#   a PostgreSQL cluster and a one-member mongod replica set (rs0), data under one directory.
+#
+#   scripts/services.sh start   start both (a second start reuses the running pair)
+#   scripts/services.sh env     print `export` lines for a shell to eval
+#   scripts/services.sh stop    stop exactly the processes this script started, by PID
+#   scripts/services.sh status  say what is running
+#
+# Settings (environment): CUTOVER_SERVICES_DIR (default /tmp/cutover-services),
+# CUTOVER_PG_PORT (default 55432), CUTOVER_MONGO_PORT (default 57017).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DIR="${CUTOVER_SERVICES_DIR:-/tmp/cutover-services}"
+PG_PORT="${CUTOVER_PG_PORT:-55432}"
+MONGO_PORT="${CUTOVER_MONGO_PORT:-57017}"
+CACHE_DIR="${CUTOVER_CACHE_DIR:-$HOME/.cache/cutover}"
+MONGOD="${CUTOVER_MONGOD:-$CACHE_DIR/mongod/mongod}"
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/pg_ctl" ] && { echo "$d"; return 0; }
+  done
+  return 1
+}
+
+# Run a PostgreSQL tool as the data directory's owner (initdb refuses root).
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+pg_pid() { [ -f "$DIR/pg/data/postmaster.pid" ] && head -1 "$DIR/pg/data/postmaster.pid" || true; }
+mongo_pid() { [ -f "$DIR/mongo/mongod.pid" ] && cat "$DIR/mongo/mongod.pid" || true; }
+
+start_pg() {
+  if alive "$(pg_pid)"; then
+    log "postgresql already running (pid $(pg_pid), port $PG_PORT)"
+    return
+  fi
+  local bin; bin="$(pg_bindir)" || { log "postgresql not installed: run scripts/setup.sh"; exit 1; }
+  mkdir -p "$DIR/pg"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$DIR/pg"; chmod 700 "$DIR/pg"; fi
+  if [ ! -f "$DIR/pg/data/PG_VERSION" ]; then
+    as_pg "$bin/initdb" -D "$DIR/pg/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
+    cat >>"$DIR/pg/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$DIR/pg'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+wal_level = minimal
+max_wal_senders = 0
+max_connections = 200
+shared_buffers = 256MB
+work_mem = 32MB
+maintenance_work_mem = 256MB
+CONF
+  fi
+  as_pg "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w -t 60 start >/dev/null
+  log "postgresql started (pid $(pg_pid), port $PG_PORT)"
+}
+
+start_mongo() {
+  if alive "$(mongo_pid)"; then
+    log "mongod already running (pid $(mongo_pid), port $MONGO_PORT)"
+    return
+  fi
+  [ -x "$MONGOD" ] || { log "mongod not installed: run scripts/setup.sh"; exit 1; }
+  mkdir -p "$DIR/mongo/data"
+  "$MONGOD" --bind_ip 127.0.0.1 --port "$MONGO_PORT" --dbpath "$DIR/mongo/data" --replSet rs0 \
+    --wiredTigerCacheSizeGB 1 --fork --logpath "$DIR/mongo/mongod.log" \
+    --pidfilepath "$DIR/mongo/mongod.pid" >/dev/null
+  python3 "$HERE/mongo_admin.py" "$MONGO_PORT" initiate
+  log "mongod started (pid $(mongo_pid), port $MONGO_PORT, replica set rs0)"
+}
+
+stop_pg() {
+  local pid; pid="$(pg_pid)"
+  if alive "$pid"; then
+    as_pg "$(pg_bindir)/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null
+    log "postgresql stopped (pid $pid)"
+  fi
+}
+
+stop_mongo() {
+  local pid; pid="$(mongo_pid)"
+  if alive "$pid"; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then kill -KILL "$pid"; fi
+    log "mongod stopped (pid $pid)"
+  fi
+  rm -f "$DIR/mongo/mongod.pid"
+}
+
+print_env() {
+  echo "export CUTOVER_SOURCE_URL='postgres://postgres@127.0.0.1:$PG_PORT/postgres'"
+  echo "export MONGODB_URI='mongodb://127.0.0.1:$MONGO_PORT/?replicaSet=rs0'"
+  echo "export CUTOVER_PG_PORT='$PG_PORT'"
+  echo "export CUTOVER_MONGO_PORT='$MONGO_PORT'"
+}
+
+case "${1:-}" in
+  start) start_pg; start_mongo ;;
+  stop) stop_mongo; stop_pg ;;
+  env) print_env ;;
+  status)
+    alive "$(pg_pid)" && echo "postgresql: running (pid $(pg_pid), port $PG_PORT)" || echo "postgresql: stopped"
+    alive "$(mongo_pid)" && echo "mongod: running (pid $(mongo_pid), port $MONGO_PORT)" || echo "mongod: stopped"
+    ;;
+  *) echo "usage: $0 start|stop|env|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,299 @@
+//! The command line: every clap type (doc comments are the help text) and the dispatch to the
+//! modules that do the work. Only commands that work are listed.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, Overrides, ProcessEnv};
+use crate::ledger::Ledger;
+use crate::pipeline::Pipeline;
+use crate::pipeline::run::{self, RunOptions};
+use crate::sink::mongodb::MongoTarget;
+use crate::sink::retry::RetryPolicy;
+use crate::source::SourceSession;
+
+/// Move an application's data out of PostgreSQL into MongoDB for a one-time cutover.
+///
+/// Exit status: 0 success, 1 error, 2 finished but with rejected or failed rows.
+#[derive(Debug, Parser)]
+#[command(name = "cutover", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default: ./cutover.toml when it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG also works.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the pipeline's stages (all, or the named stages/entities) into the target.
+    Migrate(MigrateArgs),
+    /// Print what `migrate` would run, in which order, from which mapping.
+    Plan(PlanArgs),
+}
+
+/// Where the pipeline and mappings are.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Pipeline file (default: run.pipeline from the config, else pipelines/registry.toml).
+    #[arg(long, value_name = "PATH")]
+    pub pipeline: Option<PathBuf>,
+
+    /// Mappings directory (default: the pipeline's mappings_dir, else run.mappings_dir, else mappings).
+    #[arg(long, value_name = "DIR")]
+    pub mappings: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Stages or entities to run (default: all, in pipeline order).
+    pub names: Vec<String>,
+
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
+    /// Read, transform and validate everything; write nothing to the target.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Documents per write batch.
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+
+    /// Write batches in flight.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Record failed batches as rejects and go on (default: stop at the first failed batch).
+    #[arg(long)]
+    pub continue_on_error: bool,
+
+    /// Skip validation rules (type conversions still apply).
+    #[arg(long)]
+    pub skip_validation: bool,
+
+    /// Stop the run once more than N rows have been rejected.
+    #[arg(long, value_name = "N")]
+    pub max_rejects: Option<u64>,
+
+    /// Run even when stages this selection depends on have not been migrated.
+    #[arg(long)]
+    pub ignore_dependencies: bool,
+
+    /// Where to write the JSON report (default: reports/<run-id>.json).
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+
+    /// Target to write to.
+    #[arg(long, value_enum)]
+    pub target: Option<TargetKind>,
+
+    /// MongoDB database (overrides the config and CUTOVER_MONGODB_DATABASE).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+
+    /// Hide progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Retries of a failed batch before it counts as failed.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    Mongodb,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Stages or entities (default: all).
+    pub names: Vec<String>,
+
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// How a command ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed,
+    FinishedWithRejects,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Failed => 1,
+            Outcome::FinishedWithRejects => 2,
+        }
+    }
+}
+
+pub fn init_logging(cli: &Cli) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match &cli.log_level {
+        Some(l) => EnvFilter::try_new(l).with_context(|| format!("invalid --log-level `{l}`"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+fn load_config(cli: &Cli, o: Overrides) -> Result<Config> {
+    Ok(Config::load(cli.config.as_deref(), &ProcessEnv, &o)?)
+}
+
+fn load_pipeline(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {
+    let path = args
+        .pipeline
+        .clone()
+        .unwrap_or_else(|| cfg.pipeline.clone());
+    let mut p = Pipeline::load(&path, &cfg.mappings_dir)?;
+    if let Some(dir) = &args.mappings {
+        let set = crate::mapping::MappingSet::load_dir(dir)?;
+        p = Pipeline::new(&path, p.spec, set)?;
+    }
+    Ok(p)
+}
+
+pub async fn run(cli: Cli) -> Result<Outcome> {
+    match &cli.command {
+        Command::Migrate(args) => migrate(&cli, args).await,
+        Command::Plan(args) => plan(&cli, args).await,
+    }
+}
+
+async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
+    let cfg = load_config(
+        cli,
+        Overrides {
+            batch_size: args.batch_size,
+            concurrency: args.concurrency,
+            mongodb_database: args.database.clone(),
+            ..Default::default()
+        },
+    )?;
+    if args.target.is_none() && cfg.default_target != "mongodb" {
+        anyhow::bail!(
+            "target `{}` is not supported by this version; use --target mongodb",
+            cfg.default_target
+        );
+    }
+    let pipeline = load_pipeline(&cfg, &args.pipeline)?;
+    let steps = pipeline.select(&args.names)?;
+    let source = cfg.require_source()?.to_string();
+    let mongo = cfg.require_mongodb()?;
+    let target = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
+    let ledger = Ledger::new(target.database().clone(), &mongo.ledger_prefix);
+    let opts = RunOptions {
+        dry_run: args.dry_run,
+        batch_size: cfg.batch_size,
+        batch_bytes: cfg.batch_bytes,
+        concurrency: cfg.concurrency,
+        continue_on_error: args.continue_on_error,
+        skip_validation: args.skip_validation,
+        max_rejects: args.max_rejects,
+        ignore_dependencies: args.ignore_dependencies,
+        report_path: args.report.clone(),
+        reports_dir: cfg.reports_dir.clone(),
+        rejects_dir: cfg.rejects_dir.clone(),
+        quiet: args.quiet || !std::io::stderr().is_terminal(),
+        retry: RetryPolicy {
+            max_retries: args.retries,
+            ..Default::default()
+        },
+        target_name: format!("mongodb {}", mongo.database),
+    };
+    let report = run::migrate(&pipeline, steps, &source, &target, &ledger, &opts).await?;
+    print!("{}", report.render_text());
+    if let Some(e) = &report.error {
+        eprintln!("error: {}", crate::redact::redact_text(e));
+        return Ok(Outcome::Failed);
+    }
+    Ok(if report.totals.rejected > 0 {
+        Outcome::FinishedWithRejects
+    } else {
+        Outcome::Success
+    })
+}
+
+async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {
+    let cfg = load_config(cli, Overrides::default())?;
+    let pipeline = load_pipeline(&cfg, &args.pipeline)?;
+    let steps = pipeline.select(&args.names)?;
+    println!(
+        "pipeline {} ({})",
+        pipeline.spec.name,
+        pipeline.path.display()
+    );
+    let prereqs = pipeline.prerequisites(&steps);
+    if !prereqs.is_empty() {
+        println!(
+            "requires already migrated: {}",
+            prereqs.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    // With a source configured, check each mapping against it and show row counts.
+    let mut session = match cfg.source_url.as_deref() {
+        Some(url) => Some(SourceSession::open(url).await?),
+        None => None,
+    };
+    let mut current_stage = String::new();
+    for (n, s) in steps.iter().enumerate() {
+        if s.stage != current_stage {
+            println!("stage {}", s.stage);
+            current_stage = s.stage.clone();
+        }
+        let m = pipeline.mappings.get(&s.entity)?;
+        let embeds: Vec<&str> = m.spec.embeds.iter().map(|e| e.path.as_str()).collect();
+        let mut line = format!(
+            "  {:>2}. {:<24} → {:<24} from {}",
+            n + 1,
+            s.entity,
+            m.collection(),
+            m.path.display()
+        );
+        if !embeds.is_empty() {
+            line.push_str(&format!(" (embeds {})", embeds.join(", ")));
+        }
+        if let Some(session) = session.as_mut() {
+            let plans = run::compile_plans(&pipeline, std::slice::from_ref(s), session).await?;
+            let rows = session.count(&plans[0].relation).await?;
+            line.push_str(&format!(", {rows} rows"));
+        }
+        println!("{line}");
+    }
+    if let Some(s) = session {
+        s.close().await;
+    }
+    Ok(Outcome::Success)
+}

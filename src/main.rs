@@ -1,0 +1,33 @@
+//! The `cutover` binary: parse the command line, run, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cutover::cli::Cli::parse();
+    if let Err(err) = cutover::cli::init_logging(&cli) {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(1);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cutover::cli::run(cli)) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(err) => {
+            eprintln!(
+                "error: {}",
+                cutover::redact::redact_text(&format!("{err:#}"))
+            );
+            ExitCode::from(1)
+        }
+    }
+}

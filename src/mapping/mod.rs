@@ -1,0 +1,420 @@
+//! Mapping files: load a directory of `*.toml`, check them without touching any server, and
+//! compile one into a [`plan::Plan`] once the source's column types are known.
+
+pub mod plan;
+pub mod spec;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use spec::{MappingFile, SubMillis, TransformSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("cannot read mappings from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("no mapping named `{0}`")]
+    Unknown(String),
+}
+
+/// One loaded mapping file.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub path: PathBuf,
+    pub spec: MappingFile,
+    /// sha256 of the file's bytes (the ledger uses it to notice a changed mapping).
+    pub checksum: String,
+}
+
+impl Mapping {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn collection(&self) -> &str {
+        self.spec.collection.as_deref().unwrap_or(&self.spec.name)
+    }
+
+    /// Entities this mapping references (they must be migrated first).
+    pub fn references(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for f in self
+            .spec
+            .fields
+            .iter()
+            .chain(self.spec.embeds.iter().flat_map(|e| e.fields.iter()))
+        {
+            if let Some(r) = &f.reference
+                && r != &self.spec.name
+            {
+                out.insert(r.clone());
+            }
+        }
+        out
+    }
+}
+
+/// All mappings of a directory, checked together (names unique, references resolvable).
+#[derive(Debug, Clone, Default)]
+pub struct MappingSet {
+    pub mappings: Vec<Mapping>,
+}
+
+impl MappingSet {
+    pub fn load_dir(dir: &Path) -> Result<MappingSet, MappingError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| MappingError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        let mut set = MappingSet::default();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|source| MappingError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            set.mappings.push(parse(&path, &text)?);
+        }
+        set.check()?;
+        Ok(set)
+    }
+
+    pub fn from_mappings(mappings: Vec<Mapping>) -> Result<MappingSet, MappingError> {
+        let set = MappingSet { mappings };
+        set.check()?;
+        Ok(set)
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Mapping, MappingError> {
+        self.mappings
+            .iter()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| MappingError::Unknown(name.to_string()))
+    }
+
+    fn check(&self) -> Result<(), MappingError> {
+        let mut seen = BTreeSet::new();
+        for m in &self.mappings {
+            if !seen.insert(m.name()) {
+                return Err(invalid(
+                    m,
+                    "name",
+                    format!("another mapping is also named `{}`", m.name()),
+                ));
+            }
+        }
+        for m in &self.mappings {
+            for r in m.references() {
+                let target = self.get(&r).map_err(|_| {
+                    invalid(
+                        m,
+                        "reference",
+                        format!("references `{r}`, but no mapping has that name"),
+                    )
+                })?;
+                if target.spec.source.key.len() != 1 {
+                    return Err(invalid(
+                        m,
+                        "reference",
+                        format!("`{r}` has a composite key; references need a single-column key"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(m: &Mapping, key: &str, message: String) -> MappingError {
+    MappingError::Invalid {
+        path: m.path.clone(),
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// Parses and checks one mapping file's text (no I/O).
+pub fn parse(path: &Path, text: &str) -> Result<Mapping, MappingError> {
+    let spec: MappingFile = toml::from_str(text).map_err(|e| MappingError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let checksum = format!("{:x}", Sha256::digest(text.as_bytes()));
+    let m = Mapping {
+        path: path.to_path_buf(),
+        spec,
+        checksum,
+    };
+    check_one(&m)?;
+    Ok(m)
+}
+
+fn check_path(m: &Mapping, key: &str, path: &str) -> Result<(), MappingError> {
+    if path.is_empty() || path.split('.').any(|s| s.is_empty() || s.starts_with('$')) {
+        return Err(invalid(
+            m,
+            key,
+            format!("`{path}` is not a valid target path"),
+        ));
+    }
+    if path == "_id" || path.starts_with("_id.") {
+        return Err(invalid(
+            m,
+            key,
+            "`_id` is set by the [id] rule, not by a field".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_fields(
+    m: &Mapping,
+    prefix: &str,
+    fields: &[spec::FieldSpec],
+    scalar_element: bool,
+) -> Result<(), MappingError> {
+    let mut paths = BTreeSet::new();
+    for (i, f) in fields.iter().enumerate() {
+        let key = format!("{prefix}field[{i}] ({})", f.path);
+        if !scalar_element {
+            check_path(m, &key, &f.path)?;
+            if !paths.insert(f.path.clone()) {
+                return Err(invalid(m, &key, "the same path is mapped twice".into()));
+            }
+        }
+        let inputs = usize::from(f.column.is_some())
+            + usize::from(f.value.is_some())
+            + usize::from(f.columns.is_some());
+        if inputs != 1 {
+            return Err(invalid(
+                m,
+                &key,
+                "give exactly one of `column`, `columns` or `value`".into(),
+            ));
+        }
+        let multi = f
+            .transform
+            .iter()
+            .any(|t| matches!(t, TransformSpec::Concat(_) | TransformSpec::Array));
+        if f.columns.is_some() != multi {
+            return Err(invalid(
+                m,
+                &key,
+                "`columns` needs a `concat` or `array` transform (and those need `columns`)".into(),
+            ));
+        }
+        if let Some(tz) = &f.timezone
+            && crate::transform::parse_offset(tz).is_none()
+        {
+            return Err(invalid(
+                m,
+                &key,
+                format!("timezone `{tz}`: use UTC or an offset like +01:00"),
+            ));
+        }
+        match (f.sub_millis, &f.exact_path) {
+            (Some(SubMillis::KeepString), None) => {
+                return Err(invalid(
+                    m,
+                    &key,
+                    "sub_millis = \"keep_string\" needs `exact_path`".into(),
+                ));
+            }
+            (Some(SubMillis::KeepString), Some(p)) => check_path(m, &key, p)?,
+            (_, Some(_)) => {
+                return Err(invalid(
+                    m,
+                    &key,
+                    "`exact_path` is only used with sub_millis = \"keep_string\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(rules) = &f.validate {
+            if let Some(re) = &rules.regex {
+                regex::Regex::new(re).map_err(|e| invalid(m, &key, format!("regex: {e}")))?;
+            }
+            if rules.exists && f.reference.is_none() {
+                return Err(invalid(m, &key, "`exists` needs `reference`".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_one(m: &Mapping) -> Result<(), MappingError> {
+    let s = &m.spec;
+    if s.version != spec::MAPPING_VERSION {
+        return Err(invalid(
+            m,
+            "version",
+            format!(
+                "unsupported version {} (this cutover reads {})",
+                s.version,
+                spec::MAPPING_VERSION
+            ),
+        ));
+    }
+    if s.name.is_empty()
+        || !s
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            m,
+            "name",
+            "use letters, digits, `_` and `-`".into(),
+        ));
+    }
+    if s.source.table.is_some() == s.source.query.is_some() {
+        return Err(invalid(
+            m,
+            "source",
+            "give exactly one of `table` or `query`".into(),
+        ));
+    }
+    if s.source.key.is_empty() {
+        return Err(invalid(
+            m,
+            "source.key",
+            "at least one key column is needed".into(),
+        ));
+    }
+    if let Some(ns) = &s.id.namespace {
+        uuid::Uuid::parse_str(ns)
+            .map_err(|_| invalid(m, "id.namespace", format!("`{ns}` is not a uuid")))?;
+    }
+    if s.fields.is_empty() {
+        return Err(invalid(
+            m,
+            "field",
+            "a mapping needs at least one field".into(),
+        ));
+    }
+    check_fields(m, "", &s.fields, false)?;
+    let mut top: BTreeSet<&str> = s.fields.iter().map(|f| f.path.as_str()).collect();
+    for (i, e) in s.embeds.iter().enumerate() {
+        let key = format!("embed[{i}] ({})", e.path);
+        check_path(m, &key, &e.path)?;
+        if !top.insert(e.path.as_str()) {
+            return Err(invalid(
+                m,
+                &key,
+                "the path is already mapped by a field".into(),
+            ));
+        }
+        if e.table.is_some() == e.query.is_some() {
+            return Err(invalid(
+                m,
+                &key,
+                "give exactly one of `table` or `query`".into(),
+            ));
+        }
+        if s.source.key.len() != 1 {
+            return Err(invalid(
+                m,
+                &key,
+                "embedding needs a single-column parent key".into(),
+            ));
+        }
+        let scalar = e.element == spec::EmbedElement::Value;
+        if scalar && e.fields.len() != 1 {
+            return Err(invalid(
+                m,
+                &key,
+                "element = \"value\" needs exactly one field".into(),
+            ));
+        }
+        if e.fields.is_empty() {
+            return Err(invalid(m, &key, "an embed needs at least one field".into()));
+        }
+        check_fields(m, &format!("{key}."), &e.fields, scalar)?;
+    }
+    for (i, r) in s.rules.iter().enumerate() {
+        if r.any_of.is_empty() {
+            return Err(invalid(
+                m,
+                &format!("rule[{i}] ({})", r.name),
+                "`any_of` is empty".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+version = 1
+name = "things"
+[source]
+table = "things"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+"#;
+
+    #[test]
+    fn minimal_mapping_parses() {
+        let m = parse(Path::new("things.toml"), MINIMAL).unwrap();
+        assert_eq!(m.collection(), "things");
+        assert_eq!(m.checksum.len(), 64);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let text = MINIMAL.replace("column = \"name\"", "colum = \"name\"");
+        let err = parse(Path::new("mappings/things.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mappings/things.toml"), "{err}");
+        assert!(err.contains("colum"), "{err}");
+    }
+
+    #[test]
+    fn id_path_is_refused() {
+        let text = MINIMAL.replace("path = \"name\"", "path = \"_id\"");
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("_id"), "{err}");
+    }
+
+    #[test]
+    fn unresolved_reference_is_an_error() {
+        let text = format!(
+            "{MINIMAL}\n[[field]]\npath = \"ownerId\"\ncolumn = \"owner\"\nreference = \"owners\"\n"
+        );
+        let m = parse(Path::new("t.toml"), &text).unwrap();
+        let err = MappingSet::from_mappings(vec![m]).unwrap_err().to_string();
+        assert!(err.contains("owners"), "{err}");
+    }
+
+    #[test]
+    fn keep_string_requires_exact_path() {
+        let text = format!(
+            "{MINIMAL}\n[[field]]\npath = \"at\"\ncolumn = \"at\"\nsub_millis = \"keep_string\"\n"
+        );
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("exact_path"), "{err}");
+    }
+}

@@ -1,0 +1,437 @@
+//! A mapping compiled against the live source's column types: column indexes resolved, transforms
+//! chosen, rules compiled — done once, before the first row.
+
+use bson::Bson;
+use uuid::Uuid;
+
+use super::spec::{
+    CastType, EmbedElement, FieldSpec, IdStrategy, Lossy, NullPolicy, Severity, SubMillis,
+    TransformSpec, UuidFormat,
+};
+use super::{Mapping, MappingError, MappingSet};
+use crate::source::Value;
+use crate::source::postgres::{ReadSpec, SourceColumn, relation_sql};
+use crate::transform::{Output, Step, uuid_to_bson};
+use crate::validate::{RowRule, Rules};
+
+/// cutover's default namespace for UUIDv5 ids.
+pub const DEFAULT_NAMESPACE: Uuid = Uuid::from_u128(0x6c2f_1a0e_5b7d_4c1e_9f3a_8d2b_7e6c_5a41);
+
+/// How an entity's key becomes its `_id` (and how references to it are encoded).
+#[derive(Debug, Clone)]
+pub struct IdRule {
+    pub entity: String,
+    pub strategy: IdStrategy,
+    pub uuid: UuidFormat,
+    pub namespace: Uuid,
+    pub key_names: Vec<String>,
+}
+
+impl IdRule {
+    pub fn of(m: &Mapping) -> IdRule {
+        IdRule {
+            entity: m.spec.name.clone(),
+            strategy: m.spec.id.strategy,
+            uuid: m.spec.id.uuid,
+            namespace: m
+                .spec
+                .id
+                .namespace
+                .as_deref()
+                .and_then(|n| Uuid::parse_str(n).ok())
+                .unwrap_or(DEFAULT_NAMESPACE),
+            key_names: m.spec.source.key.clone(),
+        }
+    }
+
+    /// The `_id` of the row whose key values are `key`.
+    pub fn id_for(&self, key: &[&Value]) -> Result<Bson, String> {
+        if key.iter().any(|v| v.is_null()) {
+            return Err("the key is NULL".into());
+        }
+        match self.strategy {
+            IdStrategy::Uuid5 => {
+                let mut name = self.entity.clone();
+                for v in key {
+                    name.push('\u{1f}');
+                    name.push_str(&v.to_string());
+                }
+                Ok(uuid_to_bson(
+                    &Uuid::new_v5(&self.namespace, name.as_bytes()),
+                    self.uuid,
+                ))
+            }
+            IdStrategy::Key if key.len() == 1 => self.scalar(key[0]),
+            IdStrategy::Key => {
+                let mut d = bson::Document::new();
+                for (name, v) in self.key_names.iter().zip(key) {
+                    d.insert(name.clone(), self.scalar(v)?);
+                }
+                Ok(Bson::Document(d))
+            }
+        }
+    }
+
+    fn scalar(&self, v: &Value) -> Result<Bson, String> {
+        Ok(match v {
+            Value::Uuid(u) => uuid_to_bson(u, self.uuid),
+            Value::Int32(i) => Bson::Int32(*i),
+            Value::Int64(i) => Bson::Int64(*i),
+            Value::Text(s) => Bson::String(s.clone()),
+            Value::Numeric(s) => Bson::String(s.clone()),
+            Value::Date(_) | Value::TimestampTz(_) | Value::Timestamp(_) | Value::Bool(_) => {
+                Bson::String(v.to_string())
+            }
+            other => return Err(format!("a {} key cannot be an _id", other.type_name())),
+        })
+    }
+}
+
+/// Where a field's value comes from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Column(usize),
+    Columns(Vec<usize>),
+    Const(Value),
+}
+
+/// How several columns are combined.
+#[derive(Debug, Clone)]
+pub enum Combine {
+    Concat(String),
+    Array,
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldPlan {
+    pub path: Vec<String>,
+    pub path_text: String,
+    pub input: Input,
+    pub combine: Option<Combine>,
+    pub steps: Vec<Step>,
+    pub output: Output,
+    pub default: Option<Value>,
+    pub nulls: NullPolicy,
+    pub reference: Option<IdRule>,
+    /// Entity whose source keys must contain this value.
+    pub exists_in: Option<String>,
+    pub rules: Option<Rules>,
+    pub exact_path: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbedPlan {
+    pub path: Vec<String>,
+    pub path_text: String,
+    pub read: ReadSpec,
+    /// Index of the foreign key in the child read.
+    pub fk: usize,
+    pub element: EmbedElement,
+    pub fields: Vec<FieldPlan>,
+}
+
+/// Everything needed to turn rows of one entity into documents.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub entity: String,
+    pub collection: String,
+    pub mapping_path: std::path::PathBuf,
+    pub checksum: String,
+    pub relation: String,
+    pub read: ReadSpec,
+    pub key: Vec<usize>,
+    pub id: IdRule,
+    pub fields: Vec<FieldPlan>,
+    pub embeds: Vec<EmbedPlan>,
+    pub row_rules: Vec<RowRule>,
+}
+
+/// A (relation, columns) pair the compiler needs described.
+pub fn relations_of(m: &Mapping) -> Vec<String> {
+    let mut out = vec![relation_sql(
+        m.spec.source.table.as_deref(),
+        m.spec.source.query.as_deref(),
+    )];
+    for e in &m.spec.embeds {
+        out.push(relation_sql(e.table.as_deref(), e.query.as_deref()));
+    }
+    out
+}
+
+fn toml_to_value(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::Text(s.clone()),
+        toml::Value::Integer(i) => i32::try_from(*i)
+            .map(Value::Int32)
+            .unwrap_or(Value::Int64(*i)),
+        toml::Value::Float(f) => Value::Double(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::Text(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_value).collect()),
+        toml::Value::Table(t) => Value::Json(toml_table_json(t)),
+    }
+}
+
+fn toml_table_json(t: &toml::Table) -> String {
+    serde_json::to_string(t).unwrap_or_else(|_| "{}".into())
+}
+
+/// A TOML constant as BSON (for `one_of`).
+pub fn toml_to_bson(v: &toml::Value) -> Bson {
+    match v {
+        toml::Value::String(s) => Bson::String(s.clone()),
+        toml::Value::Integer(i) => i32::try_from(*i)
+            .map(Bson::Int32)
+            .unwrap_or(Bson::Int64(*i)),
+        toml::Value::Float(f) => Bson::Double(*f),
+        toml::Value::Boolean(b) => Bson::Boolean(*b),
+        toml::Value::Datetime(d) => Bson::String(d.to_string()),
+        toml::Value::Array(a) => Bson::Array(a.iter().map(toml_to_bson).collect()),
+        toml::Value::Table(t) => {
+            let mut d = bson::Document::new();
+            for (k, v) in t {
+                d.insert(k.clone(), toml_to_bson(v));
+            }
+            Bson::Document(d)
+        }
+    }
+}
+
+fn split_path(p: &str) -> Vec<String> {
+    p.split('.').map(str::to_string).collect()
+}
+
+fn columns_used(fields: &[FieldSpec]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in fields {
+        for c in f.column.iter().chain(f.columns.iter().flatten()) {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+        }
+    }
+    out
+}
+
+fn compile_fields(
+    m: &Mapping,
+    set: &MappingSet,
+    fields: &[FieldSpec],
+    read: &ReadSpec,
+    what: &str,
+) -> Result<Vec<FieldPlan>, MappingError> {
+    let invalid = |key: String, message: String| MappingError::Invalid {
+        path: m.path.clone(),
+        key,
+        message,
+    };
+    let mut out = Vec::with_capacity(fields.len());
+    for f in fields {
+        let key = format!("{what}field ({})", f.path);
+        let col = |name: &str| {
+            read.index_of(name)
+                .ok_or_else(|| invalid(key.clone(), format!("no column `{name}` in the source")))
+        };
+        let input = match (&f.column, &f.columns, &f.value) {
+            (Some(c), _, _) => Input::Column(col(c)?),
+            (_, Some(cs), _) => {
+                Input::Columns(cs.iter().map(|c| col(c)).collect::<Result<_, _>>()?)
+            }
+            (_, _, Some(v)) => Input::Const(toml_to_value(v)),
+            _ => unreachable!("checked when parsed"),
+        };
+        let mut steps = Vec::new();
+        let mut combine = None;
+        for t in &f.transform {
+            match t {
+                TransformSpec::Trim => steps.push(Step::Trim),
+                TransformSpec::Lower => steps.push(Step::Lower),
+                TransformSpec::Upper => steps.push(Step::Upper),
+                TransformSpec::Split(sep) => steps.push(Step::Split(sep.clone())),
+                TransformSpec::Json => steps.push(Step::Json),
+                TransformSpec::Map(pairs) => {
+                    let fallback = pairs.get("*").map(toml_to_value);
+                    steps.push(Step::Map {
+                        pairs: pairs
+                            .iter()
+                            .filter(|(k, _)| k.as_str() != "*")
+                            .map(|(k, v)| (k.clone(), toml_to_value(v)))
+                            .collect(),
+                        fallback,
+                    })
+                }
+                TransformSpec::Phone(p) => steps.push(Step::Phone {
+                    country: p.default_country.trim_start_matches('+').to_string(),
+                    trunk: p.trunk_prefix.clone(),
+                }),
+                TransformSpec::Concat(c) => combine = Some(Combine::Concat(c.sep.clone())),
+                TransformSpec::Array => combine = Some(Combine::Array),
+            }
+        }
+        let reference = match &f.reference {
+            Some(r) => Some(IdRule::of(set.get(r)?)),
+            None => None,
+        };
+        let rules = f.validate.as_ref().map(|r| Rules {
+            required: r.required,
+            email: r.email,
+            url: r.url,
+            min_length: r.min_length,
+            max_length: r.max_length,
+            min: r.min,
+            max: r.max,
+            regex: r.regex.as_ref().and_then(|re| regex::Regex::new(re).ok()),
+            one_of: r
+                .one_of
+                .as_ref()
+                .map(|v| v.iter().map(toml_to_bson).collect()),
+            not_in_future: r.not_in_future,
+            severity: r.severity,
+        });
+        let exists_in = match &f.validate {
+            Some(r) if r.exists => f.reference.clone(),
+            _ => None,
+        };
+        out.push(FieldPlan {
+            path: split_path(&f.path),
+            path_text: f.path.clone(),
+            input,
+            combine,
+            steps,
+            output: Output {
+                cast: f.cast,
+                uuid: f.uuid.unwrap_or(m.spec.options.uuid),
+                sub_millis: f.sub_millis.unwrap_or(SubMillis::Reject),
+                timezone: f
+                    .timezone
+                    .as_deref()
+                    .and_then(crate::transform::parse_offset),
+                lossy: f.lossy.unwrap_or(Lossy::Reject),
+            },
+            default: f.default.as_ref().map(toml_to_value),
+            nulls: f.nulls.unwrap_or(m.spec.options.nulls),
+            reference,
+            exists_in,
+            rules,
+            exact_path: f.exact_path.as_deref().map(split_path),
+        });
+    }
+    Ok(out)
+}
+
+/// Compiles mapping `m` given the described columns of its source (`columns[0]`) and of each
+/// embed's source (`columns[1..]`, in embed order).
+pub fn compile(
+    set: &MappingSet,
+    m: &Mapping,
+    columns: &[Vec<SourceColumn>],
+) -> Result<Plan, MappingError> {
+    let invalid = |key: &str, message: String| MappingError::Invalid {
+        path: m.path.clone(),
+        key: key.to_string(),
+        message,
+    };
+    let relations = relations_of(m);
+    let src = &m.spec.source;
+    let read = ReadSpec::new(
+        &relations[0],
+        &columns[0],
+        &columns_used(&m.spec.fields),
+        &src.key,
+    )
+    .map_err(|e| invalid("source", e.to_string()))?;
+    for (name, c) in src.key.iter().zip(read.columns.iter()) {
+        use crate::source::ColKind::*;
+        if !matches!(
+            c.kind,
+            Int16 | Int32 | Int64 | Text | Uuid | Date | Timestamp | TimestampTz
+        ) {
+            return Err(invalid(
+                "source.key",
+                format!(
+                    "key column `{name}` has type {}, which cannot order a key scan",
+                    c.pg_type
+                ),
+            ));
+        }
+    }
+    let fields = compile_fields(m, set, &m.spec.fields, &read, "")?;
+    let mut embeds = Vec::new();
+    for (i, e) in m.spec.embeds.iter().enumerate() {
+        let key = format!("embed[{i}] ({})", e.path);
+        let mut order = vec![e.foreign_key.clone()];
+        order.extend(e.order_by.iter().cloned());
+        let child_read = ReadSpec::new(
+            &relations[i + 1],
+            &columns[i + 1],
+            &columns_used(&e.fields),
+            &order,
+        )
+        .map_err(|err| invalid(&key, err.to_string()))?;
+        let parent_kind = read.columns[0].kind;
+        if child_read.columns[0].kind != parent_kind {
+            return Err(invalid(
+                &key,
+                format!(
+                    "foreign key `{}` is {}, the parent key is {}",
+                    e.foreign_key, child_read.columns[0].pg_type, read.columns[0].pg_type
+                ),
+            ));
+        }
+        let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
+        embeds.push(EmbedPlan {
+            path: split_path(&e.path),
+            path_text: e.path.clone(),
+            fk: 0,
+            read: child_read,
+            element: e.element,
+            fields,
+        });
+    }
+    let row_rules = m
+        .spec
+        .rules
+        .iter()
+        .map(|r| RowRule {
+            name: r.name.clone(),
+            any_of: r.any_of.iter().map(|p| split_path(p)).collect(),
+            severity: r.severity,
+            message: r
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("none of {} has a value", r.any_of.join(", "))),
+        })
+        .collect();
+    Ok(Plan {
+        entity: m.spec.name.clone(),
+        collection: m.collection().to_string(),
+        mapping_path: m.path.clone(),
+        checksum: m.checksum.clone(),
+        relation: relations[0].clone(),
+        read,
+        key: (0..src.key.len()).collect(),
+        id: IdRule::of(m),
+        fields,
+        embeds,
+        row_rules,
+    })
+}
+
+impl Plan {
+    /// Whether any field's rules are errors (used to describe the plan).
+    pub fn has_error_rules(&self) -> bool {
+        self.fields.iter().any(|f| {
+            f.rules
+                .as_ref()
+                .is_some_and(|r| r.severity == Severity::Error)
+        })
+    }
+
+    /// Types the mapping casts to, for `plan` output.
+    pub fn casts(&self) -> Vec<(String, CastType)> {
+        self.fields
+            .iter()
+            .filter_map(|f| f.output.cast.map(|c| (f.path_text.clone(), c)))
+            .collect()
+    }
+}

@@ -1,0 +1,288 @@
+//! The mapping file format, as written by users (`mappings/*.toml`). Every struct denies unknown
+//! keys, so a typo is an error that names the key. `mappings/README.md` documents each option and
+//! `mappings/reference.toml` shows all of them; a test parses it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub const MAPPING_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    pub version: u32,
+    /// Entity name: what `cutover migrate NAME` and references use.
+    pub name: String,
+    /// Target collection (MongoDB) or table (Appwrite). Defaults to `name`.
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub source: SourceSpec,
+    #[serde(default)]
+    pub id: IdSpec,
+    #[serde(default)]
+    pub options: OptionsSpec,
+    #[serde(default, rename = "field")]
+    pub fields: Vec<FieldSpec>,
+    #[serde(default, rename = "embed")]
+    pub embeds: Vec<EmbedSpec>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RowRuleSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// A table, optionally schema-qualified (`public.patients`).
+    pub table: Option<String>,
+    /// A read-only SQL query, used instead of `table`.
+    pub query: Option<String>,
+    /// Key columns: unique, used for key-ordered streaming, document identity and resume.
+    pub key: Vec<String>,
+    /// Column tracking changes (for delta runs).
+    pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdStrategy {
+    /// The key's own value (uuid as configured, integers as integers, text as text; several key
+    /// columns make a sub-document).
+    #[default]
+    Key,
+    /// A deterministic UUIDv5 of the entity name and the key values.
+    Uuid5,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UuidFormat {
+    /// BSON binary subtype 4.
+    #[default]
+    Binary,
+    /// The canonical hyphenated lowercase string.
+    String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdSpec {
+    #[serde(default)]
+    pub strategy: IdStrategy,
+    /// How uuid values of the key (and uuid5 ids) are stored.
+    #[serde(default)]
+    pub uuid: UuidFormat,
+    /// Namespace for `uuid5` (a uuid); defaults to cutover's own namespace.
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NullPolicy {
+    /// NULL values are left out of the document.
+    #[default]
+    Omit,
+    /// NULL values are written as BSON null.
+    Keep,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionsSpec {
+    #[serde(default)]
+    pub nulls: NullPolicy,
+    /// How uuid columns (other than the key) are stored unless a field says otherwise.
+    #[serde(default)]
+    pub uuid: UuidFormat,
+}
+
+/// What to do with a timestamp that has a sub-millisecond part (BSON dates hold milliseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubMillis {
+    /// Reject the row (the default: never lose data silently).
+    #[default]
+    Reject,
+    /// Truncate to milliseconds and record a warning for the row.
+    Truncate,
+    /// Truncate the date and keep the exact value as an RFC 3339 string at `exact_path`.
+    KeepString,
+}
+
+/// What to do when a numeric conversion cannot be exact (e.g. numeric → double).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lossy {
+    #[default]
+    Reject,
+    Warn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CastType {
+    String,
+    Int,
+    Long,
+    Double,
+    Decimal,
+    Bool,
+    Date,
+    Uuid,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    #[default]
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// Dotted target path: `contactInfo.address.city` builds nested documents.
+    pub path: String,
+    /// The source column.
+    pub column: Option<String>,
+    /// A constant value instead of a column.
+    pub value: Option<toml::Value>,
+    /// Several columns: combined by a `concat` transform, or made into an array.
+    pub columns: Option<Vec<String>>,
+    /// Transforms applied in order.
+    #[serde(default)]
+    pub transform: Vec<TransformSpec>,
+    /// Final type; without it the column's own type decides.
+    #[serde(rename = "type")]
+    pub cast: Option<CastType>,
+    /// Value used when the result is NULL (or an empty string / empty array).
+    pub default: Option<toml::Value>,
+    /// Overrides the mapping's `options.nulls` for this field.
+    pub nulls: Option<NullPolicy>,
+    /// Another entity whose `_id` this value is (the value is encoded with that entity's id rule).
+    pub reference: Option<String>,
+    /// Sub-millisecond timestamps: `reject` (default), `truncate` (with a warning), `keep_string`.
+    pub sub_millis: Option<SubMillis>,
+    /// Where `keep_string` puts the exact value.
+    pub exact_path: Option<String>,
+    /// Time zone of a `timestamp without time zone` column: `UTC` or an offset such as `+01:00`.
+    pub timezone: Option<String>,
+    /// Inexact numeric conversions: `reject` (default) or `warn`.
+    pub lossy: Option<Lossy>,
+    /// How a uuid value is stored (overrides `options.uuid`).
+    pub uuid: Option<UuidFormat>,
+    /// Validation rules for this field.
+    #[serde(default)]
+    pub validate: Option<RulesSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransformSpec {
+    Trim,
+    Lower,
+    Upper,
+    /// Split a delimited string into an array; items trimmed, empty items dropped.
+    Split(String),
+    /// Replace values: `{ map = { M = "male", F = "female" } }`; unknown values pass unchanged
+    /// unless the map has a `"*"` entry.
+    Map(BTreeMap<String, toml::Value>),
+    /// Normalise a phone number to E.164; a number that cannot be normalised rejects the row.
+    Phone(PhoneSpec),
+    /// Join `columns` with a separator, skipping NULLs.
+    Concat(ConcatSpec),
+    /// Make an array of the `columns` values (e.g. a GeoJSON coordinate pair).
+    Array,
+    /// Parse JSON text into an embedded document.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneSpec {
+    /// Country calling code used for national numbers, e.g. "231".
+    pub default_country: String,
+    /// The national trunk prefix dropped before adding the country code (default "0").
+    #[serde(default = "default_trunk")]
+    pub trunk_prefix: String,
+}
+
+fn default_trunk() -> String {
+    "0".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcatSpec {
+    #[serde(default = "default_sep")]
+    pub sep: String,
+}
+
+fn default_sep() -> String {
+    " ".to_string()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSpec {
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub email: bool,
+    #[serde(default)]
+    pub url: bool,
+    pub min_length: Option<u64>,
+    pub max_length: Option<u64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub regex: Option<String>,
+    pub one_of: Option<Vec<toml::Value>>,
+    #[serde(default)]
+    pub not_in_future: bool,
+    /// With `reference`: the referenced source row must exist (its keys are loaded before the stage).
+    #[serde(default)]
+    pub exists: bool,
+    #[serde(default)]
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowRuleSpec {
+    pub name: String,
+    /// At least one of these target paths must hold a value.
+    pub any_of: Vec<String>,
+    #[serde(default)]
+    pub severity: Severity,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedElement {
+    /// Each child row becomes a sub-document built from `field`s.
+    #[default]
+    Document,
+    /// Each child row becomes the value of the single `field`.
+    Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedSpec {
+    /// Target path of the array.
+    pub path: String,
+    pub table: Option<String>,
+    pub query: Option<String>,
+    /// Child column holding the parent's key.
+    pub foreign_key: String,
+    /// Child columns that order the children within a parent (deterministic output).
+    #[serde(default)]
+    pub order_by: Vec<String>,
+    #[serde(default)]
+    pub element: EmbedElement,
+    #[serde(default, rename = "field")]
+    pub fields: Vec<FieldSpec>,
+}

@@ -1,0 +1,94 @@
+//! Counters, progress bars, rejects files and the run report. Stages never print: they bump
+//! counters; this module turns them into what the operator sees.
+
+pub mod rejects;
+pub mod report;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Live counters of one entity.
+#[derive(Debug, Default)]
+pub struct EntityCounters {
+    pub read: AtomicU64,
+    pub written: AtomicU64,
+    pub rejected: AtomicU64,
+    pub warnings: AtomicU64,
+    pub skipped: AtomicU64,
+    pub retried: AtomicU64,
+    pub batches: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// A point-in-time copy of [`EntityCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub read: u64,
+    pub written: u64,
+    pub rejected: u64,
+    pub warnings: u64,
+    pub skipped: u64,
+    pub retried: u64,
+    pub batches: u64,
+    pub bytes: u64,
+}
+
+impl EntityCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Counts {
+        Counts {
+            read: self.read.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            warnings: self.warnings.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Counts {
+    /// read = written + rejected + skipped: every row accounted for.
+    pub fn balanced(&self) -> bool {
+        self.read == self.written + self.rejected + self.skipped
+    }
+}
+
+/// Progress bars, one per running entity; hidden when stderr is not a terminal or when quiet.
+pub struct Progress {
+    multi: MultiProgress,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        let target = if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr_with_hz(5)
+        };
+        Progress {
+            multi: MultiProgress::with_draw_target(target),
+        }
+    }
+
+    /// A bar for `entity` with `total` rows (`exact` says whether the total is a count or an estimate).
+    pub fn bar(&self, entity: &str, total: u64, exact: bool) -> ProgressBar {
+        let pb = self.multi.add(ProgressBar::new(total));
+        let total_note = if exact { "" } else { " (estimated total)" };
+        pb.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{prefix:>16}} [{{bar:30}}] {{pos}}/{{len}} rows{total_note} {{per_sec}} eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_prefix(entity.to_string());
+        pb
+    }
+}

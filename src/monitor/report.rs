@@ -1,0 +1,241 @@
+//! The run report: a human table on stdout and the same data as JSON in `reports/<run-id>.json`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::Counts;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntityReport {
+    pub name: String,
+    pub collection: String,
+    pub read: u64,
+    pub written: u64,
+    pub rejected: u64,
+    pub warnings: u64,
+    pub skipped: u64,
+    pub retried: u64,
+    pub duration_ms: u64,
+    pub rows_per_sec: f64,
+    pub success_rate: f64,
+    /// `completed`, `failed` or `aborted`.
+    pub status: String,
+    /// How the progress total was obtained (`count`).
+    pub total_source: String,
+    pub total: u64,
+    /// `insert` (empty collection), `upsert`, or `none` (dry run).
+    pub write_mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl EntityReport {
+    pub fn new(name: &str, collection: &str, c: Counts, duration_ms: u64) -> EntityReport {
+        let secs = (duration_ms as f64 / 1000.0).max(0.001);
+        EntityReport {
+            name: name.to_string(),
+            collection: collection.to_string(),
+            read: c.read,
+            written: c.written,
+            rejected: c.rejected,
+            warnings: c.warnings,
+            skipped: c.skipped,
+            retried: c.retried,
+            duration_ms,
+            rows_per_sec: round1(c.read as f64 / secs),
+            success_rate: success_rate(c.written, c.read, c.skipped),
+            status: "completed".into(),
+            total_source: "count".into(),
+            total: 0,
+            write_mode: "none".into(),
+            error: None,
+        }
+    }
+
+    pub fn balanced(&self) -> bool {
+        self.read == self.written + self.rejected + self.skipped
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub read: u64,
+    pub written: u64,
+    pub rejected: u64,
+    pub warnings: u64,
+    pub skipped: u64,
+    pub retried: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub dry_run: bool,
+    pub target: String,
+    pub pipeline: String,
+    /// `completed`, `completed_with_rejects`, `failed`.
+    pub status: String,
+    pub entities: Vec<EntityReport>,
+    pub totals: Totals,
+    pub success_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_full_run_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub rejects_dir: String,
+}
+
+/// written / (read − skipped), as a percentage; 100 when nothing was to be written.
+pub fn success_rate(written: u64, read: u64, skipped: u64) -> f64 {
+    let denom = read.saturating_sub(skipped);
+    if denom == 0 {
+        return 100.0;
+    }
+    round1(written as f64 * 100.0 / denom as f64)
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+impl RunReport {
+    pub fn compute_totals(&mut self) {
+        let mut t = Totals::default();
+        for e in &self.entities {
+            t.read += e.read;
+            t.written += e.written;
+            t.rejected += e.rejected;
+            t.warnings += e.warnings;
+            t.skipped += e.skipped;
+            t.retried += e.retried;
+            t.duration_ms += e.duration_ms;
+        }
+        self.success_rate = success_rate(t.written, t.read, t.skipped);
+        self.totals = t;
+    }
+
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, text + "\n")
+    }
+
+    /// The human summary table.
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let mode = if self.dry_run {
+            " (dry run: nothing was written)"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "cutover run {} → {}{mode}", self.run_id, self.target);
+        let _ = writeln!(
+            s,
+            "{:<24} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10} {:>8}",
+            "entity",
+            "read",
+            self.written_label(),
+            "rejected",
+            "warnings",
+            "skipped",
+            "retried",
+            "duration",
+            "rows/s",
+            "success"
+        );
+        for e in &self.entities {
+            let _ = writeln!(
+                s,
+                "{:<24} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10.0} {:>7.1}%{}",
+                e.name,
+                e.read,
+                e.written,
+                e.rejected,
+                e.warnings,
+                e.skipped,
+                e.retried,
+                format_ms(e.duration_ms),
+                e.rows_per_sec,
+                e.success_rate,
+                if e.status == "completed" {
+                    String::new()
+                } else {
+                    format!("  {}", e.status)
+                }
+            );
+        }
+        let t = &self.totals;
+        let _ = writeln!(
+            s,
+            "{:<24} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10} {:>7.1}%",
+            "total",
+            t.read,
+            t.written,
+            t.rejected,
+            t.warnings,
+            t.skipped,
+            t.retried,
+            format_ms(t.duration_ms),
+            "",
+            self.success_rate
+        );
+        if let Some(ms) = self.estimated_full_run_ms {
+            let _ = writeln!(s, "estimated duration of the real run: {}", format_ms(ms));
+        }
+        if t.rejected > 0 || t.warnings > 0 {
+            let _ = writeln!(s, "rejected rows and warnings: {}", self.rejects_dir);
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "error: {e}");
+        }
+        let _ = writeln!(s, "status: {}", self.status);
+        s
+    }
+
+    fn written_label(&self) -> &'static str {
+        if self.dry_run {
+            "would write"
+        } else {
+            "written"
+        }
+    }
+}
+
+pub fn format_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_rate_ignores_skipped_rows() {
+        assert_eq!(success_rate(90, 100, 0), 90.0);
+        assert_eq!(success_rate(90, 100, 10), 100.0);
+        assert_eq!(success_rate(0, 0, 0), 100.0);
+        assert_eq!(success_rate(188, 200, 0), 94.0);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(format_ms(15), "15ms");
+        assert_eq!(format_ms(1500), "1.5s");
+        assert_eq!(format_ms(125_000), "2m05s");
+    }
+}

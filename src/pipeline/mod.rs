@@ -1,0 +1,307 @@
+//! Pipelines (`pipelines/*.toml`): ordered stages of entities with dependencies. This module parses
+//! and checks them and works out what a `migrate`/`plan` selection runs, in which order.
+
+pub mod run;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::mapping::{MappingError, MappingSet};
+
+pub const PIPELINE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read pipeline {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("`{0}` is neither a stage nor an entity of the pipeline")]
+    UnknownName(String),
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub version: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Directory of the mapping files, relative to the pipeline file (default: the config's).
+    pub mappings_dir: Option<PathBuf>,
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Entities (mapping names) migrated by this stage, in order.
+    pub entities: Vec<String>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+/// A checked pipeline with its mappings.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub spec: PipelineFile,
+    pub mappings: MappingSet,
+}
+
+/// One entity to run, with the stage it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub stage: String,
+    pub entity: String,
+}
+
+impl Pipeline {
+    /// Loads the pipeline file and its mappings (`mappings_dir` from the file, else `default_mappings`).
+    pub fn load(path: &Path, default_mappings: &Path) -> Result<Pipeline, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let spec: PipelineFile = toml::from_str(&text).map_err(|e| PipelineError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let dir = match &spec.mappings_dir {
+            Some(d) => path.parent().unwrap_or(Path::new(".")).join(d),
+            None => default_mappings.to_path_buf(),
+        };
+        let mappings = MappingSet::load_dir(&dir)?;
+        Pipeline::new(path, spec, mappings)
+    }
+
+    pub fn new(
+        path: &Path,
+        spec: PipelineFile,
+        mappings: MappingSet,
+    ) -> Result<Pipeline, PipelineError> {
+        let p = Pipeline {
+            path: path.to_path_buf(),
+            spec,
+            mappings,
+        };
+        p.check()?;
+        Ok(p)
+    }
+
+    fn invalid(&self, key: &str, message: String) -> PipelineError {
+        PipelineError::Invalid {
+            path: self.path.clone(),
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    fn check(&self) -> Result<(), PipelineError> {
+        if self.spec.version != PIPELINE_VERSION {
+            return Err(self.invalid(
+                "version",
+                format!("unsupported version {}", self.spec.version),
+            ));
+        }
+        let mut stages_seen: Vec<&str> = Vec::new();
+        let mut entities_seen: BTreeSet<&str> = BTreeSet::new();
+        for (i, s) in self.spec.stages.iter().enumerate() {
+            let key = format!("stage[{i}] ({})", s.name);
+            if stages_seen.contains(&s.name.as_str()) {
+                return Err(self.invalid(&key, "stage name used twice".into()));
+            }
+            for d in &s.depends_on {
+                if !self.spec.stages.iter().any(|x| &x.name == d) {
+                    return Err(self.invalid(&key, format!("depends on unknown stage `{d}`")));
+                }
+                if !stages_seen.contains(&d.as_str()) {
+                    return Err(self.invalid(
+                        &key,
+                        format!("depends on `{d}`, which does not come before it (a cycle or a wrong order)"),
+                    ));
+                }
+            }
+            for e in &s.entities {
+                let m = self
+                    .mappings
+                    .get(e)
+                    .map_err(|_| self.invalid(&key, format!("no mapping named `{e}`")))?;
+                if !entities_seen.insert(e.as_str()) {
+                    return Err(self.invalid(&key, format!("entity `{e}` appears in two stages")));
+                }
+                for r in m.references() {
+                    if !entities_seen.contains(r.as_str()) {
+                        return Err(self.invalid(
+                            &key,
+                            format!("`{e}` references `{r}`, which must be migrated in an earlier position"),
+                        ));
+                    }
+                }
+            }
+            stages_seen.push(&s.name);
+        }
+        Ok(())
+    }
+
+    /// Every entity in run order.
+    pub fn all_steps(&self) -> Vec<Step> {
+        self.spec
+            .stages
+            .iter()
+            .flat_map(|s| {
+                s.entities.iter().map(|e| Step {
+                    stage: s.name.clone(),
+                    entity: e.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The steps named by `names` (stage or entity names), in pipeline order; all when empty.
+    pub fn select(&self, names: &[String]) -> Result<Vec<Step>, PipelineError> {
+        let all = self.all_steps();
+        if names.is_empty() {
+            return Ok(all);
+        }
+        let mut wanted = BTreeSet::new();
+        for n in names {
+            let mut found = false;
+            for s in &all {
+                if &s.stage == n || &s.entity == n {
+                    wanted.insert(s.entity.clone());
+                    found = true;
+                }
+            }
+            if !found {
+                return Err(PipelineError::UnknownName(n.clone()));
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter(|s| wanted.contains(&s.entity))
+            .collect())
+    }
+
+    /// Entities that `steps` need migrated first and that `steps` do not include themselves:
+    /// every entity of each dependency stage (transitively) and every referenced entity.
+    pub fn prerequisites(&self, steps: &[Step]) -> BTreeSet<String> {
+        let selected: BTreeSet<&str> = steps.iter().map(|s| s.entity.as_str()).collect();
+        let mut stage_queue: Vec<String> = steps.iter().map(|s| s.stage.clone()).collect();
+        let mut stages_done = BTreeSet::new();
+        let mut needed = BTreeSet::new();
+        while let Some(stage) = stage_queue.pop() {
+            if !stages_done.insert(stage.clone()) {
+                continue;
+            }
+            if let Some(s) = self.spec.stages.iter().find(|s| s.name == stage) {
+                for d in &s.depends_on {
+                    if let Some(ds) = self.spec.stages.iter().find(|x| &x.name == d) {
+                        needed.extend(ds.entities.iter().cloned());
+                    }
+                    stage_queue.push(d.clone());
+                }
+            }
+        }
+        for s in steps {
+            if let Ok(m) = self.mappings.get(&s.entity) {
+                needed.extend(m.references());
+            }
+        }
+        needed.retain(|e| !selected.contains(e.as_str()));
+        needed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::parse;
+
+    fn mapping(name: &str, reference: Option<&str>) -> crate::mapping::Mapping {
+        let mut text = format!(
+            "version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"id\"]\n[[field]]\npath = \"x\"\ncolumn = \"x\"\n"
+        );
+        if let Some(r) = reference {
+            text.push_str(&format!(
+                "[[field]]\npath = \"ref\"\ncolumn = \"r\"\nreference = \"{r}\"\n"
+            ));
+        }
+        parse(Path::new(&format!("{name}.toml")), &text).unwrap()
+    }
+
+    fn pipeline(text: &str) -> Result<Pipeline, PipelineError> {
+        let set = MappingSet::from_mappings(vec![
+            mapping("a", None),
+            mapping("b", Some("a")),
+            mapping("c", Some("b")),
+        ])
+        .unwrap();
+        let spec: PipelineFile = toml::from_str(text).unwrap();
+        Pipeline::new(Path::new("p.toml"), spec, set)
+    }
+
+    const GOOD: &str = r#"
+version = 1
+name = "p"
+[[stage]]
+name = "one"
+entities = ["a"]
+[[stage]]
+name = "two"
+entities = ["b", "c"]
+depends_on = ["one"]
+"#;
+
+    #[test]
+    fn selection_by_stage_or_entity_keeps_pipeline_order() {
+        let p = pipeline(GOOD).unwrap();
+        let names = |steps: Vec<Step>| steps.into_iter().map(|s| s.entity).collect::<Vec<_>>();
+        assert_eq!(names(p.select(&[]).unwrap()), ["a", "b", "c"]);
+        assert_eq!(
+            names(p.select(&["c".into(), "one".into()]).unwrap()),
+            ["a", "c"]
+        );
+        assert!(p.select(&["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn prerequisites_come_from_stages_and_references() {
+        let p = pipeline(GOOD).unwrap();
+        let steps = p.select(&["c".into()]).unwrap();
+        let pre: Vec<String> = p.prerequisites(&steps).into_iter().collect();
+        assert_eq!(pre, ["a", "b"]);
+        assert!(p.prerequisites(&p.select(&[]).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn dependency_on_a_later_stage_is_refused() {
+        let text = GOOD.replace("depends_on = [\"one\"]", "depends_on = [\"two\"]");
+        let err = pipeline(&text).unwrap_err().to_string();
+        assert!(err.contains("does not come before"), "{err}");
+    }
+
+    #[test]
+    fn reference_to_a_later_entity_is_refused() {
+        let text = GOOD.replace("entities = [\"b\", \"c\"]", "entities = [\"c\", \"b\"]");
+        let err = pipeline(&text).unwrap_err().to_string();
+        assert!(err.contains("references `b`"), "{err}");
+    }
+}

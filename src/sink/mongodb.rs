@@ -1,0 +1,225 @@
+//! The MongoDB writer: unordered bulk `insert` into empty collections (the fast path) and unordered
+//! replace-with-upsert by `_id` otherwise (idempotent re-runs and resumes). Documents arrive as raw
+//! BSON; one bad document rejects only itself.
+
+use bson::{Bson, Document, RawArrayBuf, RawBson, RawDocumentBuf, doc};
+use mongodb::error::{ErrorKind, RETRYABLE_WRITE_ERROR};
+use mongodb::{Client, Database};
+
+use super::retry::Retryable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MongoError {
+    #[error("cannot connect to MongoDB {uri}: {source}")]
+    Connect {
+        uri: String,
+        source: mongodb::error::Error,
+    },
+    #[error("MongoDB {op} failed: {source}")]
+    Command {
+        op: String,
+        source: mongodb::error::Error,
+    },
+    #[error("MongoDB write concern not satisfied: {0}")]
+    WriteConcern(String),
+    #[error("unexpected MongoDB reply: {0}")]
+    Reply(String),
+}
+
+/// Server error codes worth another try (not primary, shutting down, network, time limits).
+const RETRYABLE_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 50, 64, 112, 117, 133, 134,
+];
+
+impl Retryable for MongoError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            MongoError::Connect { .. } => true,
+            MongoError::WriteConcern(_) => true,
+            MongoError::Reply(_) => false,
+            MongoError::Command { source, .. } => {
+                if source.contains_label(RETRYABLE_WRITE_ERROR)
+                    || source.contains_label("TransientTransactionError")
+                {
+                    return true;
+                }
+                match source.kind.as_ref() {
+                    ErrorKind::Io(_)
+                    | ErrorKind::ConnectionPoolCleared { .. }
+                    | ErrorKind::ServerSelection { .. } => true,
+                    ErrorKind::Command(c) => RETRYABLE_CODES.contains(&c.code),
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// How a batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Plain inserts (the collection was empty when the stage began).
+    Insert,
+    /// Replace-with-upsert by `_id`.
+    Upsert,
+}
+
+/// One document the server refused.
+#[derive(Debug, Clone)]
+pub struct DocError {
+    pub index: usize,
+    pub code: i32,
+    pub code_name: String,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub written: u64,
+    pub errors: Vec<DocError>,
+}
+
+#[derive(Clone)]
+pub struct MongoTarget {
+    client: Client,
+    db: Database,
+}
+
+impl MongoTarget {
+    pub async fn connect(uri: &str, database: &str) -> Result<MongoTarget, MongoError> {
+        let client = Client::with_uri_str(uri)
+            .await
+            .map_err(|source| MongoError::Connect {
+                uri: crate::redact::redact_url(uri),
+                source,
+            })?;
+        let db = client.database(database);
+        db.run_command(doc! { "ping": 1 })
+            .await
+            .map_err(|source| MongoError::Connect {
+                uri: crate::redact::redact_url(uri),
+                source,
+            })?;
+        Ok(MongoTarget { client, db })
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether `collection` holds no document.
+    pub async fn is_empty(&self, collection: &str) -> Result<bool, MongoError> {
+        let found = self
+            .db
+            .collection::<Document>(collection)
+            .find_one(doc! {})
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(|source| MongoError::Command {
+                op: format!("find on {collection}"),
+                source,
+            })?;
+        Ok(found.is_none())
+    }
+
+    pub async fn count(&self, collection: &str) -> Result<u64, MongoError> {
+        self.db
+            .collection::<Document>(collection)
+            .count_documents(doc! {})
+            .await
+            .map_err(|source| MongoError::Command {
+                op: format!("count on {collection}"),
+                source,
+            })
+    }
+
+    /// Writes `docs` (each with an `_id`) into `collection`, unordered.
+    pub async fn write(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+        mode: WriteMode,
+    ) -> Result<BatchResult, MongoError> {
+        let mut cmd = RawDocumentBuf::new();
+        let mut arr = RawArrayBuf::new();
+        match mode {
+            WriteMode::Insert => {
+                cmd.append("insert", collection);
+                for d in docs {
+                    arr.push(d.clone());
+                }
+                cmd.append("documents", arr);
+            }
+            WriteMode::Upsert => {
+                cmd.append("update", collection);
+                for d in docs {
+                    let id = d
+                        .get("_id")
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| MongoError::Reply("document without _id".into()))?;
+                    let mut q = RawDocumentBuf::new();
+                    q.append("_id", id.to_raw_bson());
+                    let mut u = RawDocumentBuf::new();
+                    u.append("q", q);
+                    u.append("u", d.clone());
+                    u.append("upsert", true);
+                    arr.push(u);
+                }
+                cmd.append("updates", arr);
+            }
+        }
+        cmd.append("ordered", false);
+        let op = match mode {
+            WriteMode::Insert => "insert",
+            WriteMode::Upsert => "update",
+        };
+        let reply = self
+            .db
+            .run_raw_command(cmd)
+            .await
+            .map_err(|source| MongoError::Command {
+                op: format!("{op} into {collection}"),
+                source,
+            })?;
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(MongoError::WriteConcern(
+                wce.get_str("errmsg").unwrap_or("unknown").to_string(),
+            ));
+        }
+        let mut errors = Vec::new();
+        if let Ok(list) = reply.get_array("writeErrors") {
+            for e in list {
+                let Some(e) = e.as_document() else { continue };
+                errors.push(DocError {
+                    index: as_i64(e.get("index")).unwrap_or(-1) as usize,
+                    code: as_i64(e.get("code")).unwrap_or(0) as i32,
+                    code_name: e.get_str("codeName").unwrap_or("WriteError").to_string(),
+                    message: e.get_str("errmsg").unwrap_or("").to_string(),
+                });
+            }
+        }
+        Ok(BatchResult {
+            written: (docs.len() - errors.len().min(docs.len())) as u64,
+            errors,
+        })
+    }
+}
+
+fn as_i64(b: Option<&Bson>) -> Option<i64> {
+    match b? {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(d) => Some(*d as i64),
+        _ => None,
+    }
+}
+
+/// The `_id` of a raw document, owned.
+pub fn raw_id(d: &RawDocumentBuf) -> Option<RawBson> {
+    d.get("_id").ok().flatten().map(|v| v.to_raw_bson())
+}

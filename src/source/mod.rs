@@ -1,0 +1,7 @@
+//! The PostgreSQL source: snapshot sessions, key-ordered row streams, decoded values.
+
+pub mod postgres;
+pub mod value;
+
+pub use postgres::{ColKind, ReadSpec, SourceColumn, SourceError, SourceSession};
+pub use value::Value;

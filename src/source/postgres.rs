@@ -1,0 +1,457 @@
+//! Reads the source: one consistent snapshot for a whole run, key-ordered streams of decoded rows.
+//! The source is never written to: every connection runs `REPEATABLE READ, READ ONLY`.
+
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{AssertSqlSafe, Column, Connection, Executor, Row, SqlSafeStr, Statement, TypeInfo};
+use uuid::Uuid;
+
+use super::value::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to the source {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("source query failed ({context}): {source}")]
+    Query {
+        context: String,
+        source: sqlx::Error,
+    },
+    #[error("{relation}: no column `{column}` in the source")]
+    NoColumn { relation: String, column: String },
+}
+
+/// How a column is decoded (chosen once per stage from the column's PostgreSQL type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColKind {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// Read as `::text`, kept as exact decimal text.
+    Numeric,
+    Text,
+    Uuid,
+    Date,
+    Timestamp,
+    TimestampTz,
+    /// Read as `::text`.
+    Json,
+    Bytes,
+    TextArray,
+    Int32Array,
+    Int64Array,
+    /// Any other type, read as `::text` (inet, interval, money, enums, …).
+    OtherAsText,
+}
+
+impl ColKind {
+    pub fn from_pg_type(name: &str) -> ColKind {
+        match name {
+            "BOOL" => ColKind::Bool,
+            "INT2" => ColKind::Int16,
+            "INT4" => ColKind::Int32,
+            "INT8" => ColKind::Int64,
+            "FLOAT4" => ColKind::Float32,
+            "FLOAT8" => ColKind::Float64,
+            "NUMERIC" => ColKind::Numeric,
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => ColKind::Text,
+            "UUID" => ColKind::Uuid,
+            "DATE" => ColKind::Date,
+            "TIMESTAMP" => ColKind::Timestamp,
+            "TIMESTAMPTZ" => ColKind::TimestampTz,
+            "JSON" | "JSONB" => ColKind::Json,
+            "BYTEA" => ColKind::Bytes,
+            "TEXT[]" | "VARCHAR[]" | "_TEXT" | "_VARCHAR" => ColKind::TextArray,
+            "INT4[]" | "_INT4" => ColKind::Int32Array,
+            "INT8[]" | "_INT8" => ColKind::Int64Array,
+            _ => ColKind::OtherAsText,
+        }
+    }
+
+    /// Whether the SELECT list reads the column through a `::text` cast.
+    fn reads_as_text(self) -> bool {
+        matches!(
+            self,
+            ColKind::Numeric | ColKind::Json | ColKind::OtherAsText
+        )
+    }
+
+    /// Whether key ordering needs `COLLATE "C"` (so that byte order matches PostgreSQL's order).
+    fn is_textual(self) -> bool {
+        matches!(self, ColKind::Text | ColKind::OtherAsText)
+    }
+}
+
+/// A column of a source relation, as PostgreSQL describes it.
+#[derive(Debug, Clone)]
+pub struct SourceColumn {
+    pub name: String,
+    pub pg_type: String,
+    pub kind: ColKind,
+}
+
+/// Quotes an identifier (`schema.table` is split on the dot).
+pub fn quote_ident(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The FROM item of a table or a query.
+pub fn relation_sql(table: Option<&str>, query: Option<&str>) -> String {
+    match (table, query) {
+        (Some(t), _) => quote_ident(t),
+        (None, Some(q)) => format!("({}) AS cutover_src", q.trim().trim_end_matches(';')),
+        (None, None) => "(SELECT 1) AS cutover_src".to_string(),
+    }
+}
+
+/// A session on the source holding one exported snapshot; readers import it so every stage of a
+/// run (and every parallel stream of a stage) sees the same data.
+pub struct SourceSession {
+    url: String,
+    holder: PgConnection,
+    snapshot: String,
+}
+
+impl SourceSession {
+    pub async fn open(url: &str) -> Result<SourceSession, SourceError> {
+        let mut holder = connect(url).await?;
+        exec(
+            &mut holder,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            "begin snapshot",
+        )
+        .await?;
+        let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+            .fetch_one(&mut holder)
+            .await
+            .map_err(|source| SourceError::Query {
+                context: "export snapshot".into(),
+                source,
+            })?;
+        Ok(SourceSession {
+            url: url.to_string(),
+            holder,
+            snapshot,
+        })
+    }
+
+    /// The id of the exported snapshot.
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot
+    }
+
+    /// A new connection reading the session's snapshot.
+    pub async fn reader(&self) -> Result<PgConnection, SourceError> {
+        let mut conn = connect(&self.url).await?;
+        exec(
+            &mut conn,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            "begin reader",
+        )
+        .await?;
+        let set = format!(
+            "SET TRANSACTION SNAPSHOT '{}'",
+            self.snapshot.replace('\'', "")
+        );
+        exec(&mut conn, &set, "import snapshot").await?;
+        Ok(conn)
+    }
+
+    /// The connection holding the snapshot, for small queries (describe, counts).
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.holder
+    }
+
+    /// Columns of a table or query.
+    pub async fn describe(&mut self, relation: &str) -> Result<Vec<SourceColumn>, SourceError> {
+        describe(&mut self.holder, relation).await
+    }
+
+    /// Exact row count within the snapshot.
+    pub async fn count(&mut self, relation: &str) -> Result<u64, SourceError> {
+        let sql = format!("SELECT count(*) FROM {relation}");
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&mut self.holder)
+            .await
+            .map_err(|source| SourceError::Query {
+                context: format!("count {relation}"),
+                source,
+            })?;
+        Ok(n.max(0) as u64)
+    }
+
+    pub async fn close(self) {
+        let _ = self.holder.close().await;
+    }
+}
+
+pub async fn connect(url: &str) -> Result<PgConnection, SourceError> {
+    PgConnection::connect(url)
+        .await
+        .map_err(|source| SourceError::Connect {
+            url: crate::redact::redact_url(url),
+            source,
+        })
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str, context: &str) -> Result<(), SourceError> {
+    conn.execute(AssertSqlSafe(sql.to_string()))
+        .await
+        .map_err(|source| SourceError::Query {
+            context: context.to_string(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Columns of `relation` (a quoted table or a parenthesised query), by preparing `SELECT *`.
+pub async fn describe(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> Result<Vec<SourceColumn>, SourceError> {
+    let sql = format!("SELECT * FROM {relation} LIMIT 0");
+    let stmt = conn
+        .prepare(AssertSqlSafe(sql).into_sql_str())
+        .await
+        .map_err(|source| SourceError::Query {
+            context: format!("describe {relation}"),
+            source,
+        })?;
+    Ok(stmt
+        .columns()
+        .iter()
+        .map(|c| {
+            let pg_type = c.type_info().name().to_string();
+            SourceColumn {
+                name: c.name().to_string(),
+                kind: ColKind::from_pg_type(&pg_type),
+                pg_type,
+            }
+        })
+        .collect())
+}
+
+/// A key-ordered read of some columns of a relation.
+#[derive(Debug, Clone)]
+pub struct ReadSpec {
+    pub relation: String,
+    /// Columns read, in SELECT order, with how each is decoded.
+    pub columns: Vec<SourceColumn>,
+    /// Indexes (into `columns`) of the ordering columns, in order.
+    pub order: Vec<usize>,
+    /// Extra SQL condition (e.g. for delta runs), already safe.
+    pub filter: Option<String>,
+}
+
+impl ReadSpec {
+    /// Looks `wanted` up in `available`; `order` names columns (added to the read when missing).
+    pub fn new(
+        relation: &str,
+        available: &[SourceColumn],
+        wanted: &[String],
+        order: &[String],
+    ) -> Result<ReadSpec, SourceError> {
+        let mut columns: Vec<SourceColumn> = Vec::new();
+        let find = |name: &str| -> Result<SourceColumn, SourceError> {
+            available
+                .iter()
+                .find(|c| c.name == name)
+                .cloned()
+                .ok_or_else(|| SourceError::NoColumn {
+                    relation: relation.to_string(),
+                    column: name.to_string(),
+                })
+        };
+        for name in order.iter().chain(wanted.iter()) {
+            if !columns.iter().any(|c| &c.name == name) {
+                columns.push(find(name)?);
+            }
+        }
+        let order = order
+            .iter()
+            .map(|o| {
+                columns
+                    .iter()
+                    .position(|c| &c.name == o)
+                    .expect("added above")
+            })
+            .collect();
+        Ok(ReadSpec {
+            relation: relation.to_string(),
+            columns,
+            order,
+            filter: None,
+        })
+    }
+
+    pub fn index_of(&self, column: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == column)
+    }
+
+    pub fn sql(&self) -> String {
+        let select = self
+            .columns
+            .iter()
+            .map(|c| {
+                let q = quote_ident(&c.name);
+                if c.kind.reads_as_text() {
+                    format!("{q}::text AS {q}")
+                } else {
+                    q
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let order = self
+            .order
+            .iter()
+            .map(|&i| {
+                let c = &self.columns[i];
+                if c.kind.is_textual() {
+                    format!("{} COLLATE \"C\"", quote_ident(&c.name))
+                } else {
+                    quote_ident(&c.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!("SELECT {select} FROM {}", self.relation);
+        if let Some(f) = &self.filter {
+            sql.push_str(" WHERE ");
+            sql.push_str(f);
+        }
+        if !order.is_empty() {
+            sql.push_str(" ORDER BY ");
+            sql.push_str(&order);
+        }
+        sql
+    }
+}
+
+/// A decoded row, or the error of one column that could not be decoded.
+pub type DecodedRow = Result<Vec<Value>, (usize, String)>;
+
+/// Streams the rows of `spec` in key order over `conn`.
+pub fn stream<'c>(
+    conn: &'c mut PgConnection,
+    spec: &ReadSpec,
+) -> BoxStream<'c, Result<DecodedRow, SourceError>> {
+    let kinds: Vec<ColKind> = spec.columns.iter().map(|c| c.kind).collect();
+    let sql = spec.sql();
+    let context = format!("read {}", spec.relation);
+    Box::pin(
+        sqlx::query(AssertSqlSafe(sql))
+            .fetch(conn)
+            .map_err(move |source| SourceError::Query {
+                context: context.clone(),
+                source,
+            })
+            .map_ok(move |row| decode_row(&row, &kinds)),
+    )
+}
+
+fn decode_row(row: &PgRow, kinds: &[ColKind]) -> DecodedRow {
+    let mut out = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        out.push(decode(row, i, *kind).map_err(|e| (i, e.to_string()))?);
+    }
+    Ok(out)
+}
+
+fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
+    v.map(f).unwrap_or(Value::Null)
+}
+
+fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, sqlx::Error> {
+    Ok(match kind {
+        ColKind::Bool => opt(row.try_get::<Option<bool>, _>(i)?, Value::Bool),
+        ColKind::Int16 => opt(row.try_get::<Option<i16>, _>(i)?, |v| {
+            Value::Int32(i32::from(v))
+        }),
+        ColKind::Int32 => opt(row.try_get::<Option<i32>, _>(i)?, Value::Int32),
+        ColKind::Int64 => opt(row.try_get::<Option<i64>, _>(i)?, Value::Int64),
+        ColKind::Float32 => opt(row.try_get::<Option<f32>, _>(i)?, |v| {
+            Value::Double(f64::from(v))
+        }),
+        ColKind::Float64 => opt(row.try_get::<Option<f64>, _>(i)?, Value::Double),
+        ColKind::Numeric => opt(row.try_get::<Option<String>, _>(i)?, Value::Numeric),
+        ColKind::Text | ColKind::OtherAsText => {
+            opt(row.try_get::<Option<String>, _>(i)?, Value::Text)
+        }
+        ColKind::Json => opt(row.try_get::<Option<String>, _>(i)?, Value::Json),
+        ColKind::Uuid => opt(row.try_get::<Option<Uuid>, _>(i)?, Value::Uuid),
+        ColKind::Date => opt(row.try_get::<Option<chrono::NaiveDate>, _>(i)?, Value::Date),
+        ColKind::Timestamp => opt(
+            row.try_get::<Option<chrono::NaiveDateTime>, _>(i)?,
+            Value::Timestamp,
+        ),
+        ColKind::TimestampTz => opt(
+            row.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)?,
+            Value::TimestampTz,
+        ),
+        ColKind::Bytes => opt(row.try_get::<Option<Vec<u8>>, _>(i)?, Value::Bytes),
+        ColKind::TextArray => opt(row.try_get::<Option<Vec<Option<String>>>, _>(i)?, |v| {
+            Value::Array(v.into_iter().map(|x| opt(x, Value::Text)).collect())
+        }),
+        ColKind::Int32Array => opt(row.try_get::<Option<Vec<Option<i32>>>, _>(i)?, |v| {
+            Value::Array(v.into_iter().map(|x| opt(x, Value::Int32)).collect())
+        }),
+        ColKind::Int64Array => opt(row.try_get::<Option<Vec<Option<i64>>>, _>(i)?, |v| {
+            Value::Array(v.into_iter().map(|x| opt(x, Value::Int64)).collect())
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, pg: &str) -> SourceColumn {
+        SourceColumn {
+            name: name.into(),
+            pg_type: pg.into(),
+            kind: ColKind::from_pg_type(pg),
+        }
+    }
+
+    #[test]
+    fn select_casts_exact_types_to_text_and_orders_text_keys_bytewise() {
+        let cols = vec![
+            col("code", "TEXT"),
+            col("price", "NUMERIC"),
+            col("meta", "JSONB"),
+            col("n", "INT4"),
+        ];
+        let spec = ReadSpec::new(
+            "\"items\"",
+            &cols,
+            &["price".into(), "meta".into(), "n".into()],
+            &["code".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            spec.sql(),
+            "SELECT \"code\", \"price\"::text AS \"price\", \"meta\"::text AS \"meta\", \"n\" FROM \"items\" ORDER BY \"code\" COLLATE \"C\""
+        );
+    }
+
+    #[test]
+    fn missing_column_is_named() {
+        let err = ReadSpec::new("\"t\"", &[col("a", "INT4")], &["b".into()], &["a".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`b`"), "{err}");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("public.we\"ird"), "\"public\".\"we\"\"ird\"");
+    }
+}

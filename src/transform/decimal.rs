@@ -1,0 +1,236 @@
+//! Exact decimal handling: PostgreSQL `numeric` text → BSON Decimal128 (IEEE 754-2008, BID encoding),
+//! and the exactness check for numeric → double.
+
+/// A decimal number as sign, significant digits (no leading zeros) and a power-of-ten exponent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decimal {
+    pub negative: bool,
+    pub digits: String,
+    pub exponent: i64,
+}
+
+/// Special values PostgreSQL can hold in a `numeric`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    Finite(Decimal),
+    NaN,
+    Infinity { negative: bool },
+}
+
+/// Parses decimal text such as `-12.3400`, `1e-7`, `NaN`, `Infinity`.
+pub fn parse(text: &str) -> Option<Parsed> {
+    let t = text.trim();
+    match t {
+        "NaN" => return Some(Parsed::NaN),
+        "Infinity" | "+Infinity" | "inf" => return Some(Parsed::Infinity { negative: false }),
+        "-Infinity" | "-inf" => return Some(Parsed::Infinity { negative: true }),
+        _ => {}
+    }
+    let (negative, rest) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (mantissa, exp_part) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let mut exponent: i64 = match exp_part {
+        Some(e) => e.parse().ok()?,
+        None => 0,
+    };
+    let (int_part, frac_part) = match mantissa.find('.') {
+        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+        None => (mantissa, ""),
+    };
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    if !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    exponent -= frac_part.len() as i64;
+    let mut digits: String = format!("{int_part}{frac_part}")
+        .trim_start_matches('0')
+        .to_string();
+    if digits.is_empty() {
+        digits.push('0');
+    }
+    Some(Parsed::Finite(Decimal {
+        negative,
+        digits,
+        exponent,
+    }))
+}
+
+impl Decimal {
+    /// The same value with trailing zeros moved into the exponent (a canonical form for comparing).
+    pub fn normalized(&self) -> Decimal {
+        if self.digits == "0" {
+            return Decimal {
+                negative: false,
+                digits: "0".into(),
+                exponent: 0,
+            };
+        }
+        let trimmed = self.digits.trim_end_matches('0');
+        Decimal {
+            negative: self.negative,
+            digits: trimmed.to_string(),
+            exponent: self.exponent + (self.digits.len() - trimmed.len()) as i64,
+        }
+    }
+}
+
+const MAX_DIGITS: usize = 34;
+const EXP_MIN: i64 = -6176;
+const EXP_MAX: i64 = 6111;
+const EXP_BIAS: i64 = 6176;
+
+/// Encodes decimal text as the 16 little-endian bytes of a Decimal128, or says why it cannot be
+/// exact (more than 34 significant digits, exponent out of range).
+pub fn to_decimal128_bytes(text: &str) -> Result<[u8; 16], String> {
+    let parsed = parse(text).ok_or_else(|| format!("`{text}` is not a number"))?;
+    let bits: u128 = match parsed {
+        Parsed::NaN => 0x7C00_0000_0000_0000u128 << 64,
+        Parsed::Infinity { negative } => {
+            (0x7800_0000_0000_0000u128 << 64) | (u128::from(negative) << 127)
+        }
+        Parsed::Finite(mut d) => {
+            // Keep the scale (1.50 stays 1.50) unless the digits do not fit.
+            if d.digits.len() > MAX_DIGITS {
+                let n = d.normalized();
+                if n.digits.len() > MAX_DIGITS {
+                    return Err(format!(
+                        "`{text}` has {} significant digits; Decimal128 holds 34",
+                        n.digits.len()
+                    ));
+                }
+                d = n;
+            }
+            // Bring the exponent into range by padding/stripping zeros where that stays exact.
+            while d.exponent > EXP_MAX && d.digits != "0" && d.digits.len() < MAX_DIGITS {
+                d.digits.push('0');
+                d.exponent -= 1;
+            }
+            if d.digits == "0" {
+                d.exponent = d.exponent.clamp(EXP_MIN, EXP_MAX);
+            }
+            while d.exponent < EXP_MIN && d.digits.ends_with('0') && d.digits.len() > 1 {
+                d.digits.pop();
+                d.exponent += 1;
+            }
+            if !(EXP_MIN..=EXP_MAX).contains(&d.exponent) {
+                return Err(format!("`{text}` is out of Decimal128's exponent range"));
+            }
+            let coefficient: u128 = d
+                .digits
+                .parse()
+                .map_err(|_| format!("`{text}` is not a number"))?;
+            let biased = (d.exponent + EXP_BIAS) as u128;
+            (u128::from(d.negative) << 127) | (biased << 113) | coefficient
+        }
+    };
+    Ok(bits.to_le_bytes())
+}
+
+/// Converts decimal text to f64 when the double holds the same decimal value (its shortest
+/// round-trip form equals the text's value); otherwise says what would be lost.
+pub fn to_f64_exact(text: &str) -> Result<f64, String> {
+    let parsed = parse(text).ok_or_else(|| format!("`{text}` is not a number"))?;
+    match parsed {
+        Parsed::NaN => Ok(f64::NAN),
+        Parsed::Infinity { negative } => Ok(if negative {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        }),
+        Parsed::Finite(d) => {
+            let f: f64 = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{text}` is not a number"))?;
+            if !f.is_finite() {
+                return Err(format!("`{text}` overflows a double"));
+            }
+            let back = parse(&format!("{f:e}")).and_then(|p| match p {
+                Parsed::Finite(b) => Some(b.normalized()),
+                _ => None,
+            });
+            let want = d.normalized();
+            if back.as_ref() == Some(&want) || (want.digits == "0" && f == 0.0) {
+                Ok(f)
+            } else {
+                Err(format!(
+                    "`{text}` is not exactly representable as a double (would be {f})"
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: [u8; 16]) -> String {
+        let v = u128::from_le_bytes(bytes);
+        format!("{:016X}{:016X}", (v >> 64) as u64, v as u64)
+    }
+
+    #[test]
+    fn known_decimal128_encodings() {
+        // Values from the BSON corpus (decimal128-1.json).
+        assert_eq!(
+            hex(to_decimal128_bytes("1").unwrap()),
+            "30400000000000000000000000000001"
+        );
+        assert_eq!(
+            hex(to_decimal128_bytes("-1").unwrap()),
+            "B0400000000000000000000000000001"
+        );
+        assert_eq!(
+            hex(to_decimal128_bytes("0").unwrap()),
+            "30400000000000000000000000000000"
+        );
+        assert_eq!(
+            hex(to_decimal128_bytes("0.1").unwrap()),
+            "303E0000000000000000000000000001"
+        );
+        assert_eq!(
+            hex(to_decimal128_bytes("1.00").unwrap()),
+            "303C0000000000000000000000000064"
+        );
+        assert_eq!(
+            hex(to_decimal128_bytes("NaN").unwrap()),
+            "7C000000000000000000000000000000"
+        );
+        assert_eq!(
+            hex(to_decimal128_bytes("-Infinity").unwrap()),
+            "F8000000000000000000000000000000"
+        );
+        assert_eq!(
+            hex(to_decimal128_bytes("1234567890123456789012345678901234").unwrap()),
+            "30403CDE6FFF9732DE825CD07E96AFF2"
+        );
+    }
+
+    #[test]
+    fn too_many_digits_is_an_error_not_a_rounding() {
+        let err = to_decimal128_bytes("1.23456789012345678901234567890123456").unwrap_err();
+        assert!(err.contains("34"), "{err}");
+        // Trailing zeros beyond 34 digits are fine: the value is exact.
+        assert!(to_decimal128_bytes("12345678901234567890123456789012340000").is_ok());
+    }
+
+    #[test]
+    fn double_exactness() {
+        assert_eq!(to_f64_exact("6.300123").unwrap(), 6.300123);
+        assert_eq!(to_f64_exact("-10.800071").unwrap(), -10.800071);
+        assert_eq!(to_f64_exact("0.000000").unwrap(), 0.0);
+        assert!(to_f64_exact("0.12345678901234567890").is_err());
+        assert!(to_f64_exact("9007199254740993").is_err());
+    }
+}

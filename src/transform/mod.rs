@@ -1,0 +1,638 @@
+//! Pure, synchronous transforms: source values → BSON values, with exact conversions.
+//! Nothing here does I/O; a failure is an [`Issue`] that rejects the row (or warns, as the mapping
+//! says).
+
+pub mod decimal;
+pub mod phone;
+pub mod row;
+
+use bson::{Bson, spec::BinarySubtype};
+use chrono::{DateTime, FixedOffset, NaiveTime, TimeZone, Utc};
+
+use crate::mapping::spec::{CastType, Lossy, Severity, SubMillis, UuidFormat};
+use crate::source::Value;
+
+/// Where in the pipeline an issue arose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Transform,
+    Validate,
+    Write,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Transform => "transform",
+            Stage::Validate => "validate",
+            Stage::Write => "write",
+        }
+    }
+}
+
+/// A problem with one row: an error rejects it, a warning is written and counted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub stage: Stage,
+    pub severity: Severity,
+    pub rule: String,
+    /// The target path (or column) concerned, if any.
+    pub path: String,
+    pub message: String,
+    pub value: String,
+}
+
+impl Issue {
+    pub fn error(stage: Stage, rule: &str, path: &str, message: String, value: String) -> Issue {
+        Issue {
+            stage,
+            severity: Severity::Error,
+            rule: rule.to_string(),
+            path: path.to_string(),
+            message,
+            value,
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// A compiled transform step.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Trim,
+    Lower,
+    Upper,
+    Split(String),
+    Map {
+        pairs: Vec<(String, Value)>,
+        fallback: Option<Value>,
+    },
+    Phone {
+        country: String,
+        trunk: String,
+    },
+    Json,
+}
+
+/// Applies one step to a value. NULL passes through every step.
+pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
+    if value.is_null() {
+        return Ok(value);
+    }
+    match step {
+        Step::Trim => Ok(map_text(value, &|s| s.trim().to_string())),
+        Step::Lower => Ok(map_text(value, &|s| s.to_lowercase())),
+        Step::Upper => Ok(map_text(value, &|s| s.to_uppercase())),
+        Step::Split(sep) => match value {
+            Value::Text(s) => Ok(Value::Array(
+                s.split(sep.as_str())
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| Value::Text(p.to_string()))
+                    .collect(),
+            )),
+            other => Err(format!("split needs text, got {}", other.type_name())),
+        },
+        Step::Map { pairs, fallback } => {
+            let key = match &value {
+                Value::Text(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if let Some((_, v)) = pairs.iter().find(|(k, _)| *k == key) {
+                return Ok(v.clone());
+            }
+            Ok(fallback.clone().unwrap_or(value))
+        }
+        Step::Phone { country, trunk } => match value {
+            Value::Text(s) => phone::to_e164(&s, country, trunk).map(Value::Text),
+            other => Err(format!("phone needs text, got {}", other.type_name())),
+        },
+        Step::Json => match value {
+            Value::Text(s) | Value::Json(s) => Ok(Value::Json(s)),
+            other => Err(format!("json needs text, got {}", other.type_name())),
+        },
+    }
+}
+
+fn map_text(value: Value, f: &dyn Fn(&str) -> String) -> Value {
+    match value {
+        Value::Text(s) => Value::Text(f(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| map_text(v, f)).collect()),
+        other => other,
+    }
+}
+
+/// How a value becomes BSON.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub cast: Option<CastType>,
+    pub uuid: UuidFormat,
+    pub sub_millis: SubMillis,
+    /// Offset for `timestamp without time zone`; `None` means the mapping did not say (an error).
+    pub timezone: Option<FixedOffset>,
+    pub lossy: Lossy,
+}
+
+/// The BSON value of a field plus what the conversion had to say.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub value: Option<Bson>,
+    /// The exact text of a timestamp truncated under `keep_string`.
+    pub exact: Option<String>,
+    pub warnings: Vec<(String, String)>,
+}
+
+/// Converts a transformed value to BSON under `out`. Errors are `(rule, message)`.
+pub fn to_bson(value: &Value, out: &Output) -> Result<Converted, (String, String)> {
+    let mut conv = Converted::default();
+    let bson = match out.cast {
+        Some(cast) => cast_to(value, cast, out, &mut conv)?,
+        None => natural(value, out, &mut conv)?,
+    };
+    conv.value = Some(bson);
+    Ok(conv)
+}
+
+fn err<T>(rule: &str, message: String) -> Result<T, (String, String)> {
+    Err((rule.to_string(), message))
+}
+
+fn uuid_bson(u: &uuid::Uuid, fmt: UuidFormat) -> Bson {
+    match fmt {
+        UuidFormat::Binary => Bson::Binary(bson::Binary {
+            subtype: BinarySubtype::Uuid,
+            bytes: u.as_bytes().to_vec(),
+        }),
+        UuidFormat::String => Bson::String(u.hyphenated().to_string()),
+    }
+}
+
+/// Public so id and reference encoding share the uuid rule.
+pub fn uuid_to_bson(u: &uuid::Uuid, fmt: UuidFormat) -> Bson {
+    uuid_bson(u, fmt)
+}
+
+fn instant(t: DateTime<Utc>, out: &Output, conv: &mut Converted) -> Result<Bson, (String, String)> {
+    let sub_ms = t.timestamp_subsec_nanos() % 1_000_000;
+    if sub_ms != 0 {
+        let exact = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        match out.sub_millis {
+            SubMillis::Reject => {
+                return err(
+                    "timestamp_precision",
+                    format!("{exact} has sub-millisecond digits that a BSON date cannot hold"),
+                );
+            }
+            SubMillis::Truncate => conv.warnings.push((
+                "timestamp_truncated".into(),
+                format!("{exact} truncated to milliseconds"),
+            )),
+            SubMillis::KeepString => conv.exact = Some(exact),
+        }
+    } else if out.sub_millis == SubMillis::KeepString {
+        conv.exact = Some(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    Ok(Bson::DateTime(bson::DateTime::from_millis(
+        t.timestamp_millis(),
+    )))
+}
+
+fn naive_instant(
+    t: &chrono::NaiveDateTime,
+    out: &Output,
+    conv: &mut Converted,
+) -> Result<Bson, (String, String)> {
+    let Some(tz) = out.timezone else {
+        return err(
+            "timezone",
+            "timestamp without time zone needs `timezone` in the mapping".into(),
+        );
+    };
+    match tz.from_local_datetime(t).single() {
+        Some(dt) => instant(dt.with_timezone(&Utc), out, conv),
+        None => err("timezone", format!("{t} does not exist in {tz}")),
+    }
+}
+
+fn date_bson(d: &chrono::NaiveDate) -> Bson {
+    let dt = d.and_time(NaiveTime::MIN).and_utc();
+    Bson::DateTime(bson::DateTime::from_millis(dt.timestamp_millis()))
+}
+
+fn decimal_bson(text: &str) -> Result<Bson, (String, String)> {
+    decimal::to_decimal128_bytes(text)
+        .map(|b| Bson::Decimal128(bson::Decimal128::from_bytes(b)))
+        .map_err(|m| ("decimal_precision".to_string(), m))
+}
+
+/// The conversion each source type gets when the mapping names no type.
+fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (String, String)> {
+    Ok(match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Int32(i) => Bson::Int32(*i),
+        Value::Int64(i) => Bson::Int64(*i),
+        Value::Double(d) => Bson::Double(*d),
+        Value::Numeric(s) => decimal_bson(s)?,
+        Value::Text(s) => Bson::String(s.clone()),
+        Value::Uuid(u) => uuid_bson(u, out.uuid),
+        Value::Date(d) => date_bson(d),
+        Value::Timestamp(t) => naive_instant(t, out, conv)?,
+        Value::TimestampTz(t) => instant(*t, out, conv)?,
+        Value::Json(s) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(j) => json_to_bson(j),
+            Err(e) => return err("json", format!("invalid JSON: {e}")),
+        },
+        Value::Bytes(b) => Bson::Binary(bson::Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: b.clone(),
+        }),
+        Value::Array(items) => {
+            let mut arr = Vec::with_capacity(items.len());
+            for v in items {
+                arr.push(natural(v, out, conv)?);
+            }
+            Bson::Array(arr)
+        }
+    })
+}
+
+/// JSON → BSON: objects stay documents, integers stay integers (int32 when they fit).
+pub fn json_to_bson(j: serde_json::Value) -> Bson {
+    match j {
+        serde_json::Value::Null => Bson::Null,
+        serde_json::Value::Bool(b) => Bson::Boolean(b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i32::try_from(i).map(Bson::Int32).unwrap_or(Bson::Int64(i))
+            } else if let Some(u) = n.as_u64() {
+                decimal_bson(&u.to_string()).unwrap_or(Bson::Double(u as f64))
+            } else {
+                Bson::Double(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => Bson::String(s),
+        serde_json::Value::Array(a) => Bson::Array(a.into_iter().map(json_to_bson).collect()),
+        serde_json::Value::Object(o) => {
+            let mut d = bson::Document::new();
+            for (k, v) in o {
+                d.insert(k, json_to_bson(v));
+            }
+            Bson::Document(d)
+        }
+    }
+}
+
+fn lossy(out: &Output, conv: &mut Converted, message: String) -> Result<(), (String, String)> {
+    match out.lossy {
+        Lossy::Reject => err("lossy_conversion", message),
+        Lossy::Warn => {
+            conv.warnings.push(("lossy_conversion".into(), message));
+            Ok(())
+        }
+    }
+}
+
+fn cast_to(
+    value: &Value,
+    cast: CastType,
+    out: &Output,
+    conv: &mut Converted,
+) -> Result<Bson, (String, String)> {
+    if let Value::Array(items) = value {
+        let mut arr = Vec::with_capacity(items.len());
+        for v in items {
+            arr.push(cast_to(v, cast, out, conv)?);
+        }
+        return Ok(Bson::Array(arr));
+    }
+    if value.is_null() {
+        return Ok(Bson::Null);
+    }
+    let cannot = |what: &str| -> Result<Bson, (String, String)> {
+        err(
+            "cast",
+            format!("cannot convert {} `{value}` to {what}", value.type_name()),
+        )
+    };
+    match cast {
+        CastType::String => Ok(Bson::String(match value {
+            Value::Text(s) | Value::Numeric(s) | Value::Json(s) => s.clone(),
+            Value::Uuid(u) => u.hyphenated().to_string(),
+            Value::TimestampTz(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            other => other.to_string(),
+        })),
+        CastType::Int | CastType::Long => {
+            let wide: i64 = match value {
+                Value::Int32(i) => i64::from(*i),
+                Value::Int64(i) => *i,
+                Value::Numeric(s) | Value::Text(s) => match decimal::parse(s.trim()) {
+                    Some(decimal::Parsed::Finite(d)) => {
+                        let n = d.normalized();
+                        if n.exponent < 0 {
+                            return err("cast", format!("`{s}` is not a whole number"));
+                        }
+                        let text = format!(
+                            "{}{}{}",
+                            if n.negative { "-" } else { "" },
+                            n.digits,
+                            "0".repeat(n.exponent as usize)
+                        );
+                        match text.parse::<i64>() {
+                            Ok(v) => v,
+                            Err(_) => {
+                                return err("cast", format!("`{s}` does not fit a 64-bit integer"));
+                            }
+                        }
+                    }
+                    _ => return cannot("an integer"),
+                },
+                Value::Double(d) if d.fract() == 0.0 && d.abs() < 9.2e18 => *d as i64,
+                Value::Bool(b) => i64::from(*b),
+                _ => return cannot("an integer"),
+            };
+            if cast == CastType::Int {
+                match i32::try_from(wide) {
+                    Ok(v) => Ok(Bson::Int32(v)),
+                    Err(_) => err("cast", format!("`{wide}` does not fit a 32-bit integer")),
+                }
+            } else {
+                Ok(Bson::Int64(wide))
+            }
+        }
+        CastType::Double => match value {
+            Value::Double(d) => Ok(Bson::Double(*d)),
+            Value::Int32(i) => Ok(Bson::Double(f64::from(*i))),
+            Value::Int64(i) => {
+                if i.unsigned_abs() > (1u64 << 53) {
+                    lossy(
+                        out,
+                        conv,
+                        format!("{i} is not exactly representable as a double"),
+                    )?;
+                }
+                Ok(Bson::Double(*i as f64))
+            }
+            Value::Numeric(s) | Value::Text(s) => match decimal::to_f64_exact(s) {
+                Ok(f) => Ok(Bson::Double(f)),
+                Err(m) => {
+                    lossy(out, conv, m)?;
+                    match s.trim().parse::<f64>() {
+                        Ok(f) => Ok(Bson::Double(f)),
+                        Err(_) => cannot("a double"),
+                    }
+                }
+            },
+            _ => cannot("a double"),
+        },
+        CastType::Decimal => match value {
+            Value::Numeric(s) | Value::Text(s) => decimal_bson(s),
+            Value::Int32(i) => decimal_bson(&i.to_string()),
+            Value::Int64(i) => decimal_bson(&i.to_string()),
+            Value::Double(d) => decimal_bson(&format!("{d:e}")),
+            _ => cannot("a decimal"),
+        },
+        CastType::Bool => match value {
+            Value::Bool(b) => Ok(Bson::Boolean(*b)),
+            Value::Int32(i) if *i == 0 || *i == 1 => Ok(Bson::Boolean(*i == 1)),
+            Value::Int64(i) if *i == 0 || *i == 1 => Ok(Bson::Boolean(*i == 1)),
+            Value::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "t" | "yes" | "y" | "1" => Ok(Bson::Boolean(true)),
+                "false" | "f" | "no" | "n" | "0" => Ok(Bson::Boolean(false)),
+                _ => cannot("a boolean"),
+            },
+            _ => cannot("a boolean"),
+        },
+        CastType::Date => match value {
+            Value::Date(d) => Ok(date_bson(d)),
+            Value::TimestampTz(t) => instant(*t, out, conv),
+            Value::Timestamp(t) => naive_instant(t, out, conv),
+            Value::Text(s) => {
+                if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
+                    Ok(date_bson(&d))
+                } else if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+                    instant(t.with_timezone(&Utc), out, conv)
+                } else {
+                    cannot("a date")
+                }
+            }
+            _ => cannot("a date"),
+        },
+        CastType::Uuid => match value {
+            Value::Uuid(u) => Ok(uuid_bson(u, out.uuid)),
+            Value::Text(s) => match uuid::Uuid::parse_str(s.trim()) {
+                Ok(u) => Ok(uuid_bson(&u, out.uuid)),
+                Err(_) => cannot("a uuid"),
+            },
+            _ => cannot("a uuid"),
+        },
+    }
+}
+
+/// Parses `UTC`, `Z` or `+hh:mm` / `-hh:mm`.
+pub fn parse_offset(text: &str) -> Option<FixedOffset> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("utc") || t == "Z" {
+        return FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match t.as_bytes().first()? {
+        b'+' => (1, &t[1..]),
+        b'-' => (-1, &t[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+    FixedOffset::east_opt(sign * secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out() -> Output {
+        Output {
+            cast: None,
+            uuid: UuidFormat::Binary,
+            sub_millis: SubMillis::Reject,
+            timezone: None,
+            lossy: Lossy::Reject,
+        }
+    }
+
+    #[test]
+    fn split_trims_and_drops_empties() {
+        let v = apply(
+            &Step::Split(",".into()),
+            Value::Text(" latex ,, penicillin , ".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            Value::Array(vec![
+                Value::Text("latex".into()),
+                Value::Text("penicillin".into())
+            ])
+        );
+        assert_eq!(
+            apply(&Step::Split(",".into()), Value::Text(String::new())).unwrap(),
+            Value::Array(vec![])
+        );
+        assert_eq!(
+            apply(&Step::Split(",".into()), Value::Null).unwrap(),
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn microseconds_are_never_lost_silently() {
+        let t = DateTime::parse_from_rfc3339("2021-01-02T00:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let v = Value::TimestampTz(t);
+        let (rule, _) = to_bson(&v, &out()).unwrap_err();
+        assert_eq!(rule, "timestamp_precision");
+
+        let mut o = out();
+        o.sub_millis = SubMillis::Truncate;
+        let c = to_bson(&v, &o).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(
+            c.value,
+            Some(Bson::DateTime(bson::DateTime::from_millis(
+                t.timestamp_millis()
+            )))
+        );
+
+        o.sub_millis = SubMillis::KeepString;
+        let c = to_bson(&v, &o).unwrap();
+        assert_eq!(c.exact.as_deref(), Some("2021-01-02T00:00:00.123456Z"));
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn millisecond_timestamps_convert_exactly() {
+        let t = DateTime::parse_from_rfc3339("2021-01-02T03:04:05.678+02:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = to_bson(&Value::TimestampTz(t), &out()).unwrap();
+        assert_eq!(
+            c.value,
+            Some(Bson::DateTime(bson::DateTime::from_millis(
+                1_609_549_445_678
+            )))
+        );
+    }
+
+    #[test]
+    fn naive_timestamp_needs_a_timezone() {
+        let t = chrono::NaiveDate::from_ymd_opt(2020, 1, 1)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        assert_eq!(
+            to_bson(&Value::Timestamp(t), &out()).unwrap_err().0,
+            "timezone"
+        );
+        let mut o = out();
+        o.timezone = parse_offset("+01:00");
+        let c = to_bson(&Value::Timestamp(t), &o).unwrap();
+        assert_eq!(
+            c.value,
+            Some(Bson::DateTime(bson::DateTime::from_millis(
+                1_577_876_400_000
+            )))
+        );
+    }
+
+    #[test]
+    fn numeric_defaults_to_exact_decimal128() {
+        let c = to_bson(&Value::Numeric("6.300123".into()), &out()).unwrap();
+        assert!(matches!(c.value, Some(Bson::Decimal128(_))));
+    }
+
+    #[test]
+    fn numeric_to_double_rejects_or_warns_when_inexact() {
+        let mut o = out();
+        o.cast = Some(CastType::Double);
+        assert_eq!(
+            to_bson(&Value::Numeric("6.300123".into()), &o)
+                .unwrap()
+                .value,
+            Some(Bson::Double(6.300123))
+        );
+        let long = Value::Numeric("0.123456789012345678901".into());
+        assert_eq!(to_bson(&long, &o).unwrap_err().0, "lossy_conversion");
+        o.lossy = Lossy::Warn;
+        assert_eq!(to_bson(&long, &o).unwrap().warnings.len(), 1);
+    }
+
+    #[test]
+    fn int_casts_check_range_and_wholeness() {
+        let mut o = out();
+        o.cast = Some(CastType::Int);
+        assert_eq!(
+            to_bson(&Value::Text("42".into()), &o).unwrap().value,
+            Some(Bson::Int32(42))
+        );
+        assert_eq!(
+            to_bson(&Value::Numeric("3.50".into()), &o).unwrap_err().0,
+            "cast"
+        );
+        assert_eq!(to_bson(&Value::Int64(1 << 40), &o).unwrap_err().0, "cast");
+        o.cast = Some(CastType::Long);
+        assert_eq!(
+            to_bson(&Value::Numeric("12.000".into()), &o).unwrap().value,
+            Some(Bson::Int64(12))
+        );
+    }
+
+    #[test]
+    fn uuid_formats() {
+        let u = uuid::Uuid::parse_str("6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162").unwrap();
+        let mut o = out();
+        assert!(matches!(
+            to_bson(&Value::Uuid(u), &o).unwrap().value,
+            Some(Bson::Binary(bson::Binary {
+                subtype: BinarySubtype::Uuid,
+                ..
+            }))
+        ));
+        o.uuid = UuidFormat::String;
+        assert_eq!(
+            to_bson(&Value::Uuid(u), &o).unwrap().value,
+            Some(Bson::String("6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162".into()))
+        );
+    }
+
+    #[test]
+    fn json_keeps_structure_and_integers() {
+        let c = to_bson(
+            &Value::Json("{\"a\":[1,2.5,{\"b\":null}],\"n\":5000000000}".into()),
+            &out(),
+        )
+        .unwrap();
+        let d = c.value.unwrap();
+        let d = d.as_document().unwrap();
+        assert_eq!(d.get_i64("n").unwrap(), 5_000_000_000);
+        assert_eq!(d.get_array("a").unwrap()[0], Bson::Int32(1));
+    }
+
+    #[test]
+    fn map_replaces_known_values() {
+        let step = Step::Map {
+            pairs: vec![("M".into(), Value::Text("male".into()))],
+            fallback: None,
+        };
+        assert_eq!(
+            apply(&step, Value::Text("M".into())).unwrap(),
+            Value::Text("male".into())
+        );
+        assert_eq!(
+            apply(&step, Value::Text("X".into())).unwrap(),
+            Value::Text("X".into())
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! Pure validation of produced values: field rules (required, email, url, lengths, ranges, regex,
+//! one_of, not_in_future) and row rules (`any_of`). Each failure is an [`Issue`] with the rule's
+//! name and the severity the mapping gave it.
+
+use bson::Bson;
+use regex::Regex;
+use validator::{ValidateEmail, ValidateUrl};
+
+use crate::mapping::spec::Severity;
+use crate::transform::{Issue, Stage};
+
+/// Compiled rules of one field.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub required: bool,
+    pub email: bool,
+    pub url: bool,
+    pub min_length: Option<u64>,
+    pub max_length: Option<u64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub regex: Option<Regex>,
+    pub one_of: Option<Vec<Bson>>,
+    pub not_in_future: bool,
+    pub severity: Severity,
+}
+
+fn is_empty(v: Option<&Bson>) -> bool {
+    match v {
+        None | Some(Bson::Null) => true,
+        Some(Bson::String(s)) => s.trim().is_empty(),
+        Some(Bson::Array(a)) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn show(v: &Bson) -> String {
+    match v {
+        Bson::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn number(v: &Bson) -> Option<f64> {
+    match v {
+        Bson::Int32(i) => Some(f64::from(*i)),
+        Bson::Int64(i) => Some(*i as f64),
+        Bson::Double(d) => Some(*d),
+        Bson::Decimal128(d) => decimal128_to_f64(d),
+        _ => None,
+    }
+}
+
+/// Approximate value of a Decimal128 (for range rules only).
+fn decimal128_to_f64(d: &bson::Decimal128) -> Option<f64> {
+    let bits = u128::from_le_bytes(d.bytes());
+    if (bits >> 122) & 0x1F >= 0x1E {
+        return None;
+    }
+    let negative = bits >> 127 == 1;
+    let exp = ((bits >> 113) & 0x3FFF) as i32 - 6176;
+    let coeff = (bits & ((1u128 << 113) - 1)) as f64;
+    let v = coeff * 10f64.powi(exp);
+    Some(if negative { -v } else { v })
+}
+
+impl Rules {
+    /// Checks `value` (None when the field is absent) at `path`; `now_ms` is the current time.
+    pub fn check(&self, path: &str, value: Option<&Bson>, now_ms: i64, issues: &mut Vec<Issue>) {
+        let mut fail = |rule: &str, message: String, v: &str| {
+            issues.push(Issue {
+                stage: Stage::Validate,
+                severity: self.severity,
+                rule: rule.to_string(),
+                path: path.to_string(),
+                message,
+                value: v.to_string(),
+            })
+        };
+        if is_empty(value) {
+            if self.required {
+                fail("required", format!("{path} is required"), "");
+            }
+            return;
+        }
+        let Some(v) = value else { return };
+        let text = match v {
+            Bson::String(s) => Some(s.as_str()),
+            _ => None,
+        };
+        if self.email
+            && let Some(s) = text
+            && !s.validate_email()
+        {
+            fail("email", format!("{path} is not a valid e-mail address"), s);
+        }
+        if self.url
+            && let Some(s) = text
+            && !s.validate_url()
+        {
+            fail("url", format!("{path} is not a valid URL"), s);
+        }
+        let len = match v {
+            Bson::String(s) => Some(s.chars().count() as u64),
+            Bson::Array(a) => Some(a.len() as u64),
+            _ => None,
+        };
+        if let Some(len) = len {
+            if let Some(min) = self.min_length
+                && len < min
+            {
+                fail(
+                    "min_length",
+                    format!("{path} is shorter than {min} (length {len})"),
+                    &show(v),
+                );
+            }
+            if let Some(max) = self.max_length
+                && len > max
+            {
+                fail(
+                    "max_length",
+                    format!("{path} is longer than {max} (length {len})"),
+                    &show(v),
+                );
+            }
+        }
+        if let Some(n) = number(v) {
+            if let Some(min) = self.min
+                && n < min
+            {
+                fail(
+                    "min",
+                    format!("{path} is below the minimum {min}"),
+                    &show(v),
+                );
+            }
+            if let Some(max) = self.max
+                && n > max
+            {
+                fail(
+                    "max",
+                    format!("{path} is above the maximum {max}"),
+                    &show(v),
+                );
+            }
+        }
+        if let Some(re) = &self.regex
+            && let Some(s) = text
+            && !re.is_match(s)
+        {
+            fail(
+                "regex",
+                format!("{path} does not match /{}/", re.as_str()),
+                s,
+            );
+        }
+        if let Some(allowed) = &self.one_of
+            && !allowed.contains(v)
+        {
+            fail(
+                "one_of",
+                format!("{path} is not one of the allowed values"),
+                &show(v),
+            );
+        }
+        if self.not_in_future
+            && let Bson::DateTime(dt) = v
+            && dt.timestamp_millis() > now_ms
+        {
+            fail(
+                "not_in_future",
+                format!("{path} is in the future"),
+                &show(v),
+            );
+        }
+    }
+}
+
+/// A row-level rule: at least one of `any_of` must hold a value.
+#[derive(Debug, Clone)]
+pub struct RowRule {
+    pub name: String,
+    pub any_of: Vec<Vec<String>>,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl RowRule {
+    pub fn check(&self, doc: &bson::Document, issues: &mut Vec<Issue>) {
+        let present = self.any_of.iter().any(|path| !is_empty(lookup(doc, path)));
+        if !present {
+            issues.push(Issue {
+                stage: Stage::Validate,
+                severity: self.severity,
+                rule: self.name.clone(),
+                path: String::new(),
+                message: self.message.clone(),
+                value: String::new(),
+            });
+        }
+    }
+}
+
+/// The value at a dotted path (already split) inside a document.
+pub fn lookup<'a>(doc: &'a bson::Document, path: &[String]) -> Option<&'a Bson> {
+    let (last, parents) = path.split_last()?;
+    let mut cur = doc;
+    for p in parents {
+        cur = cur.get_document(p).ok()?;
+    }
+    cur.get(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(rules: &Rules, v: Option<Bson>) -> Vec<String> {
+        let mut issues = Vec::new();
+        rules.check("f", v.as_ref(), 1_700_000_000_000, &mut issues);
+        issues.into_iter().map(|i| i.rule).collect()
+    }
+
+    #[test]
+    fn required_catches_null_missing_and_blank() {
+        let r = Rules {
+            required: true,
+            ..Default::default()
+        };
+        assert_eq!(check(&r, None), ["required"]);
+        assert_eq!(check(&r, Some(Bson::Null)), ["required"]);
+        assert_eq!(check(&r, Some(Bson::String("  ".into()))), ["required"]);
+        assert!(check(&r, Some(Bson::String("x".into()))).is_empty());
+    }
+
+    #[test]
+    fn email_and_lengths() {
+        let r = Rules {
+            email: true,
+            max_length: Some(20),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&r, Some(Bson::String("jane@@example.org".into()))),
+            ["email"]
+        );
+        assert!(check(&r, Some(Bson::String("jane@example.org".into()))).is_empty());
+        assert_eq!(
+            check(
+                &r,
+                Some(Bson::String("averyveryverylongname@example.org".into()))
+            ),
+            ["max_length"]
+        );
+    }
+
+    #[test]
+    fn ranges_dates_and_sets() {
+        let r = Rules {
+            min: Some(1.0),
+            ..Default::default()
+        };
+        assert_eq!(check(&r, Some(Bson::Int32(0))), ["min"]);
+        let r = Rules {
+            not_in_future: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            check(
+                &r,
+                Some(Bson::DateTime(bson::DateTime::from_millis(
+                    1_800_000_000_000
+                )))
+            ),
+            ["not_in_future"]
+        );
+        let r = Rules {
+            one_of: Some(vec![Bson::String("a".into())]),
+            ..Default::default()
+        };
+        assert_eq!(check(&r, Some(Bson::String("b".into()))), ["one_of"]);
+        let d = bson::Decimal128::from_bytes(
+            crate::transform::decimal::to_decimal128_bytes("123.456789").unwrap(),
+        );
+        let r = Rules {
+            max: Some(90.0),
+            ..Default::default()
+        };
+        assert_eq!(check(&r, Some(Bson::Decimal128(d))), ["max"]);
+    }
+
+    #[test]
+    fn any_of_row_rule() {
+        let rule = RowRule {
+            name: "contact".into(),
+            any_of: vec![
+                vec!["c".into(), "phone".into()],
+                vec!["c".into(), "email".into()],
+            ],
+            severity: Severity::Warning,
+            message: "no contact".into(),
+        };
+        let mut issues = Vec::new();
+        rule.check(
+            &bson::doc! { "c": { "phone": bson::Bson::Null } },
+            &mut issues,
+        );
+        assert_eq!(issues.len(), 1);
+        issues.clear();
+        rule.check(&bson::doc! { "c": { "email": "a@b.org" } }, &mut issues);
+        assert!(issues.is_empty());
+    }
+}
