@@ -125,24 +125,22 @@ impl Rules {
                 );
             }
         }
-        if let Some(n) = number(v) {
+        // Ranges apply to a number, or to each number of an array (e.g. coordinates).
+        let numbers: Vec<&Bson> = match v {
+            Bson::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        for item in numbers {
+            let Some(n) = number(item) else { continue };
             if let Some(min) = self.min
                 && n < min
             {
-                fail(
-                    "min",
-                    format!("{path} is below the minimum {min}"),
-                    &show(v),
-                );
+                fail("min", format!("{path} is below the minimum {min}"), &show(item));
             }
             if let Some(max) = self.max
                 && n > max
             {
-                fail(
-                    "max",
-                    format!("{path} is above the maximum {max}"),
-                    &show(v),
-                );
+                fail("max", format!("{path} is above the maximum {max}"), &show(item));
             }
         }
         if let Some(re) = &self.regex
@@ -288,6 +286,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check(&r, Some(Bson::Decimal128(d))), ["max"]);
+        let r = Rules {
+            min: Some(-180.0),
+            max: Some(180.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&r, Some(Bson::Array(vec![Bson::Double(200.1), Bson::Double(6.3)]))),
+            ["max"]
+        );
     }
 
     #[test]
