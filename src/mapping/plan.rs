@@ -127,6 +127,8 @@ pub struct EmbedPlan {
     /// Index of the foreign key in the child read.
     pub fk: usize,
     pub element: EmbedElement,
+    /// Index of the top-level field after which the array goes (`None`: at the end).
+    pub after: Option<usize>,
     pub fields: Vec<FieldPlan>,
 }
 
@@ -385,6 +387,10 @@ pub fn compile(
             fk: 0,
             read: child_read,
             element: e.element,
+            after: e
+                .after
+                .as_ref()
+                .and_then(|a| m.spec.fields.iter().position(|f| &f.path == a)),
             fields,
         });
     }

@@ -283,6 +283,8 @@ pub struct EmbedSpec {
     pub order_by: Vec<String>,
     #[serde(default)]
     pub element: EmbedElement,
+    /// Place the array right after this top-level field's path (default: at the end).
+    pub after: Option<String>,
     #[serde(default, rename = "field")]
     pub fields: Vec<FieldSpec>,
 }

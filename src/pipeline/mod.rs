@@ -58,6 +58,25 @@ pub struct StageSpec {
     pub depends_on: Vec<String>,
 }
 
+/// Removes `.` and `name/..` pairs without touching the file system (for readable paths).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 /// A checked pipeline with its mappings.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -85,7 +104,7 @@ impl Pipeline {
             message: e.to_string(),
         })?;
         let dir = match &spec.mappings_dir {
-            Some(d) => path.parent().unwrap_or(Path::new(".")).join(d),
+            Some(d) => normalize(&path.parent().unwrap_or(Path::new(".")).join(d)),
             None => default_mappings.to_path_buf(),
         };
         let mappings = MappingSet::load_dir(&dir)?;
@@ -289,6 +308,13 @@ depends_on = ["one"]
         let pre: Vec<String> = p.prerequisites(&steps).into_iter().collect();
         assert_eq!(pre, ["a", "b"]);
         assert!(p.prerequisites(&p.select(&[]).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn paths_are_normalized() {
+        assert_eq!(normalize(Path::new("pipelines/../mappings")), PathBuf::from("mappings"));
+        assert_eq!(normalize(Path::new("../x/./y")), PathBuf::from("../x/y"));
+        assert_eq!(normalize(Path::new("a/..")), PathBuf::from("."));
     }
 
     #[test]

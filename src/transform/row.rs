@@ -217,8 +217,9 @@ fn build(
     prefix: &str,
     doc: &mut Document,
     issues: &mut Vec<Issue>,
+    mut after_field: impl FnMut(usize, &mut Document, &mut Vec<Issue>),
 ) {
-    for f in fields {
+    for (i, f) in fields.iter().enumerate() {
         let mut exact = None;
         if let Some(v) = eval_field(f, row, ctx, prefix, issues, &mut exact) {
             insert_path(doc, &f.path, v);
@@ -226,6 +227,7 @@ fn build(
         if let (Some(e), Some(p)) = (exact, &f.exact_path) {
             insert_path(doc, p, e);
         }
+        after_field(i, doc, issues);
     }
 }
 
@@ -246,7 +248,7 @@ fn embed(
             }
             EmbedElement::Document => {
                 let mut d = Document::new();
-                build(&e.fields, child, ctx, &prefix, &mut d, issues);
+                build(&e.fields, child, ctx, &prefix, &mut d, issues, |_, _, _| {});
                 items.push(Bson::Document(d));
             }
         }
@@ -283,10 +285,21 @@ pub fn map_row(
     };
     let mut doc = Document::new();
     doc.insert("_id", id);
-    build(&plan.fields, row, ctx, "", &mut doc, &mut issues);
+    let place = |e: &EmbedPlan, kids: &[Vec<Value>], doc: &mut Document, issues: &mut Vec<Issue>| {
+        let arr = embed(e, kids, ctx, issues);
+        insert_path(doc, &e.path, arr);
+    };
+    build(&plan.fields, row, ctx, "", &mut doc, &mut issues, |i, doc, issues| {
+        for (e, kids) in plan.embeds.iter().zip(children) {
+            if e.after == Some(i) {
+                place(e, kids, doc, issues);
+            }
+        }
+    });
     for (e, kids) in plan.embeds.iter().zip(children) {
-        let arr = embed(e, kids, ctx, &mut issues);
-        insert_path(&mut doc, &e.path, arr);
+        if e.after.is_none() {
+            place(e, kids, &mut doc, &mut issues);
+        }
     }
     if !ctx.skip_validation {
         for r in &plan.row_rules {

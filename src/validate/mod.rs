@@ -37,6 +37,9 @@ fn is_empty(v: Option<&Bson>) -> bool {
 fn show(v: &Bson) -> String {
     match v {
         Bson::String(s) => s.clone(),
+        Bson::DateTime(d) => d
+            .try_to_rfc3339_string()
+            .unwrap_or_else(|_| d.timestamp_millis().to_string()),
         other => other.to_string(),
     }
 }

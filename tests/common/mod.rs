@@ -1,0 +1,207 @@
+//! Test harness: real PostgreSQL and mongod started by `scripts/services.sh` (scripts/test.sh does
+//! it). Each test gets its own PostgreSQL database and MongoDB database, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bson::Document;
+use futures::TryStreamExt;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn admin_url() -> String {
+    std::env::var("CUTOVER_SOURCE_URL").expect(
+        "CUTOVER_SOURCE_URL is not set: run the suite with scripts/test.sh (it starts PostgreSQL and mongod)",
+    )
+}
+
+pub fn mongo_uri() -> String {
+    std::env::var("MONGODB_URI").expect("MONGODB_URI is not set: run the suite with scripts/test.sh")
+}
+
+/// Replaces the database name of a postgres URL.
+fn with_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One test's private world: a PostgreSQL database, a MongoDB database and a working directory.
+pub struct World {
+    pub name: String,
+    pub pg_url: String,
+    pub mongo_db: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    /// A new empty PostgreSQL database and a MongoDB database name, both unique to this test.
+    pub async fn new(test: &str) -> World {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t_{}_{}_{}", test, std::process::id(), n).to_lowercase();
+        let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to PostgreSQL");
+        admin
+            .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+            .await
+            .unwrap();
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        let mongo_db = name.clone();
+        let client = mongodb::Client::with_uri_str(mongo_uri()).await.unwrap();
+        client.database(&mongo_db).drop().await.unwrap();
+        World {
+            pg_url: with_db(&admin_url(), &name),
+            name,
+            mongo_db,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Loads the sample registry with `patients` patients.
+    pub fn load_registry(&self, patients: u32) {
+        let out = Command::new(repo().join("scripts/fixtures.sh"))
+            .args(["--patients", &patients.to_string(), "--no-files"])
+            .env("CUTOVER_SOURCE_URL", &self.pg_url)
+            .output()
+            .expect("run scripts/fixtures.sh");
+        assert!(
+            out.status.success(),
+            "fixtures.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub async fn sql(&self, sql: &str) {
+        let mut c = PgConnection::connect(&self.pg_url).await.unwrap();
+        c.execute(AssertSqlSafe(sql.to_string())).await.unwrap();
+        let _ = c.close().await;
+    }
+
+    pub async fn pg_count(&self, table: &str) -> u64 {
+        let mut c = PgConnection::connect(&self.pg_url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        let _ = c.close().await;
+        n as u64
+    }
+
+    /// `cutover` with this world's servers in the environment, run in the world's directory.
+    pub fn cutover(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("cutover").unwrap();
+        cmd.current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUTOVER_SOURCE_URL", &self.pg_url)
+            .env("MONGODB_URI", mongo_uri())
+            .env("CUTOVER_MONGODB_DATABASE", &self.mongo_db);
+        cmd
+    }
+
+    /// `cutover migrate --quiet --pipeline <repo registry> ARGS…`
+    pub fn migrate(&self, args: &[&str]) -> std::process::Output {
+        let pipeline = repo().join("pipelines/registry.toml");
+        let mut cmd = self.cutover();
+        cmd.arg("migrate").arg("--quiet").arg("--pipeline").arg(&pipeline).args(args);
+        cmd.output().unwrap()
+    }
+
+    pub async fn mongo(&self) -> mongodb::Database {
+        mongodb::Client::with_uri_str(mongo_uri())
+            .await
+            .unwrap()
+            .database(&self.mongo_db)
+    }
+
+    pub async fn docs(&self, collection: &str) -> Vec<Document> {
+        let db = self.mongo().await;
+        db.collection::<Document>(collection)
+            .find(bson::doc! {})
+            .sort(bson::doc! { "_id": 1 })
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, collection: &str) -> u64 {
+        self.mongo()
+            .await
+            .collection::<Document>(collection)
+            .count_documents(bson::doc! {})
+            .await
+            .unwrap()
+    }
+
+    /// The single run report written under reports/ (panics when there is not exactly one new one).
+    pub fn latest_report(&self) -> serde_json::Value {
+        let dir = self.dir.path().join("reports");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let path = files.last().expect("a report");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Rows of every rejects CSV of a run directory, as (entity, key, stage, rule).
+    pub fn rejects(&self, run_id: &str) -> Vec<(String, String, String, String)> {
+        read_csvs(&self.dir.path().join("rejects").join(run_id), false)
+    }
+
+    pub fn warnings(&self, run_id: &str) -> Vec<(String, String, String, String)> {
+        read_csvs(&self.dir.path().join("rejects").join(run_id), true)
+    }
+
+    pub async fn drop(self) {
+        self.mongo().await.drop().await.ok();
+        if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+            let _ = admin
+                .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .await;
+        }
+    }
+}
+
+fn read_csvs(dir: &Path, warnings: bool) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".warnings.csv") != warnings {
+            continue;
+        }
+        let mut r = csv::Reader::from_path(&p).unwrap();
+        for rec in r.records() {
+            let rec = rec.unwrap();
+            out.push((rec[0].to_string(), rec[1].to_string(), rec[2].to_string(), rec[3].to_string()));
+        }
+    }
+    out.sort();
+    out
+}
