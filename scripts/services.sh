@@ -45,7 +45,12 @@ start_pg() {
   fi
   local bin; bin="$(pg_bindir)" || { log "postgresql not installed: run scripts/setup.sh"; exit 1; }
   mkdir -p "$DIR/pg"
-  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$DIR/pg"; chmod 700 "$DIR/pg"; fi
+  if [ "$(id -u)" -eq 0 ]; then
+    # The postgres user must be able to reach its directory (mktemp makes 0700 directories).
+    chmod 755 "$DIR"
+    chown postgres:postgres "$DIR/pg"
+    chmod 700 "$DIR/pg"
+  fi
   if [ ! -f "$DIR/pg/data/PG_VERSION" ]; then
     as_pg "$bin/initdb" -D "$DIR/pg/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
     cat >>"$DIR/pg/data/postgresql.conf" <<CONF

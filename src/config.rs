@@ -324,7 +324,7 @@ impl Config {
             ));
         }
         let batch_bytes = parsed.run.batch_bytes.unwrap_or(DEFAULT_BATCH_BYTES);
-        if batch_bytes < 1024 || batch_bytes > MAX_BATCH_BYTES {
+        if !(1024..=MAX_BATCH_BYTES).contains(&batch_bytes) {
             return Err(invalid(
                 "run.batch_bytes",
                 format!("must be between 1024 and {MAX_BATCH_BYTES}, got {batch_bytes}"),

@@ -41,7 +41,11 @@ fn reference_mapping_parses_and_uses_every_option() {
 #[test]
 fn shipped_pipeline_and_mappings_load() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let p = Pipeline::load(&root.join("pipelines/registry.toml"), &root.join("mappings")).unwrap();
+    let p = Pipeline::load(
+        &root.join("pipelines/registry.toml"),
+        &root.join("mappings"),
+    )
+    .unwrap();
     assert_eq!(p.all_steps().len(), 10);
     let set = MappingSet::load_dir(&root.join("mappings")).unwrap();
     assert_eq!(set.mappings.len(), 10);

@@ -43,9 +43,17 @@ const ENTITIES: &[(&str, &str, &str)] = &[
     ("sessions", "sessions", "sessions"),
     ("patients", "patients", "patients"),
     ("immunizations", "immunizations", "immunizations"),
-    ("immunization_schedules", "immunization_schedules", "immunizationSchedules"),
+    (
+        "immunization_schedules",
+        "immunization_schedules",
+        "immunizationSchedules",
+    ),
     ("settings", "settings", "settings"),
-    ("notification_channels", "notification_channels", "notificationChannels"),
+    (
+        "notification_channels",
+        "notification_channels",
+        "notificationChannels",
+    ),
 ];
 
 fn keys(d: &Document) -> Vec<&str> {
@@ -58,8 +66,16 @@ async fn whole_registry_is_migrated_with_every_row_accounted_for() {
     w.load_registry(200);
     let out = w.migrate(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "exit 2 = finished with rejects\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("status: completed_with_rejects"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit 2 = finished with rejects\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("status: completed_with_rejects"),
+        "{stdout}"
+    );
 
     let report = w.latest_report();
     let run_id = report["run_id"].as_str().unwrap().to_string();
@@ -67,8 +83,14 @@ async fn whole_registry_is_migrated_with_every_row_accounted_for() {
     assert_eq!(tally(&rejects), expected_rejects(), "{rejects:#?}");
     let warnings = w.warnings(&run_id);
     let warn_rules = tally(&warnings);
-    assert_eq!(warn_rules[&("patients".to_string(), "timestamp_truncated".to_string())], 5);
-    assert_eq!(warn_rules[&("patients".to_string(), "contact_present".to_string())], 2);
+    assert_eq!(
+        warn_rules[&("patients".to_string(), "timestamp_truncated".to_string())],
+        5
+    );
+    assert_eq!(
+        warn_rules[&("patients".to_string(), "contact_present".to_string())],
+        2
+    );
 
     // Counts: target = source − rejects, and the report's invariant holds for every entity.
     let entities = report["entities"].as_array().unwrap();
@@ -83,7 +105,11 @@ async fn whole_registry_is_migrated_with_every_row_accounted_for() {
         assert_eq!(read, w.pg_count(table).await, "{entity} read");
         let expected_rejected: usize = rejects.iter().filter(|r| r.0 == *entity).count();
         assert_eq!(rejected as usize, expected_rejected, "{entity}");
-        assert_eq!(w.count(collection).await, read - rejected, "{entity} in the target");
+        assert_eq!(
+            w.count(collection).await,
+            read - rejected,
+            "{entity} in the target"
+        );
     }
     assert_eq!(report["totals"]["rejected"], 20);
     assert_eq!(report["entities"][5]["warnings"], 7);
@@ -93,13 +119,28 @@ async fn whole_registry_is_migrated_with_every_row_accounted_for() {
     let patients = w.docs("patients").await;
     let with_guardians = patients
         .iter()
-        .find(|p| p.get_array("guardians").map(|g| g.len() == 2).unwrap_or(false))
+        .find(|p| {
+            p.get_array("guardians")
+                .map(|g| g.len() == 2)
+                .unwrap_or(false)
+        })
         .expect("a patient with two guardians");
     assert_eq!(
         keys(with_guardians),
         [
-            "_id", "patientId", "firstName", "lastName", "birthDate", "gender", "contactInfo", "facilityId",
-            "guardians", "medicalInfo", "isActive", "createdAt", "updatedAt"
+            "_id",
+            "patientId",
+            "firstName",
+            "lastName",
+            "birthDate",
+            "gender",
+            "contactInfo",
+            "facilityId",
+            "guardians",
+            "medicalInfo",
+            "isActive",
+            "createdAt",
+            "updatedAt"
         ]
     );
     let contact = with_guardians.get_document("contactInfo").unwrap();
@@ -112,17 +153,30 @@ async fn whole_registry_is_migrated_with_every_row_accounted_for() {
         keys(with_guardians.get_document("medicalInfo").unwrap()),
         ["allergies", "medicalConditions", "medications", "notes"]
     );
-    assert!(matches!(with_guardians.get("_id"), Some(Bson::Binary(b)) if b.subtype == bson::spec::BinarySubtype::Uuid));
+    assert!(
+        matches!(with_guardians.get("_id"), Some(Bson::Binary(b)) if b.subtype == bson::spec::BinarySubtype::Uuid)
+    );
     // Country defaults to Liberia; lists are arrays of trimmed, non-empty items.
     let no_country = w.pg_count("patients WHERE address_country IS NULL AND patient_id NOT IN (SELECT md5('patient:' || g)::uuid FROM generate_series(11, 22) g)").await;
     let liberia = patients
         .iter()
-        .filter(|p| p.get_document("contactInfo").unwrap().get_document("address").unwrap().get_str("country") == Ok("Liberia"))
+        .filter(|p| {
+            p.get_document("contactInfo")
+                .unwrap()
+                .get_document("address")
+                .unwrap()
+                .get_str("country")
+                == Ok("Liberia")
+        })
         .count() as u64;
     assert!(liberia >= no_country, "{liberia} < {no_country}");
     for p in &patients {
         for list in ["allergies", "medicalConditions", "medications"] {
-            let arr = p.get_document("medicalInfo").unwrap().get_array(list).unwrap();
+            let arr = p
+                .get_document("medicalInfo")
+                .unwrap()
+                .get_array(list)
+                .unwrap();
             for item in arr {
                 let s = item.as_str().unwrap();
                 assert!(!s.is_empty() && s.trim() == s, "{list}: {s:?}");
@@ -134,14 +188,31 @@ async fn whole_registry_is_migrated_with_every_row_accounted_for() {
     assert_eq!(
         keys(imm),
         [
-            "_id", "patientId", "vaccineId", "administeredDate", "doseNumber", "administeredBy", "facilityId",
-            "batchNumber", "expirationDate", "administrationSite", "route", "notes", "isValid"
+            "_id",
+            "patientId",
+            "vaccineId",
+            "administeredDate",
+            "doseNumber",
+            "administeredBy",
+            "facilityId",
+            "batchNumber",
+            "expirationDate",
+            "administrationSite",
+            "route",
+            "notes",
+            "isValid"
         ]
     );
     // References are the referenced documents' _id values.
-    let patient_ids: std::collections::HashSet<String> = patients.iter().map(|p| p.get("_id").unwrap().to_string()).collect();
+    let patient_ids: std::collections::HashSet<String> = patients
+        .iter()
+        .map(|p| p.get("_id").unwrap().to_string())
+        .collect();
     for i in w.docs("immunizations").await {
-        assert!(patient_ids.contains(&i.get("patientId").unwrap().to_string()), "dangling patientId in {i}");
+        assert!(
+            patient_ids.contains(&i.get("patientId").unwrap().to_string()),
+            "dangling patientId in {i}"
+        );
         assert!(i.get_str("administrationSite").is_ok());
         assert!(i.get_bool("isValid").is_ok());
     }
@@ -154,8 +225,16 @@ async fn whole_registry_is_migrated_with_every_row_accounted_for() {
 
     // Users keep the bcrypt hash unchanged and embed roles and permissions.
     let users = w.docs("users").await;
-    assert!(users.iter().all(|u| u.get_str("passwordHash").unwrap().starts_with("$2")));
-    assert!(users.iter().any(|u| !u.get_array("roles").unwrap().is_empty()));
+    assert!(
+        users
+            .iter()
+            .all(|u| u.get_str("passwordHash").unwrap().starts_with("$2"))
+    );
+    assert!(
+        users
+            .iter()
+            .any(|u| !u.get_array("roles").unwrap().is_empty())
+    );
 
     w.drop().await;
 }
@@ -170,12 +249,23 @@ async fn second_run_changes_nothing_and_duplicates_nothing() {
         before.insert(*c, w.docs(c).await);
     }
     let out = w.migrate(&["--batch-size", "7", "--concurrency", "3"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (_, _, c) in ENTITIES {
         assert_eq!(w.docs(c).await, before[c], "{c} changed on the second run");
     }
     let report = w.latest_report();
-    assert!(report["entities"].as_array().unwrap().iter().all(|e| e["write_mode"] == "upsert"));
+    assert!(
+        report["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["write_mode"] == "upsert")
+    );
     w.drop().await;
 }
 
@@ -184,7 +274,12 @@ async fn dry_run_writes_nothing_and_reports_what_would_be_written() {
     let w = World::new("dryrun").await;
     w.load_registry(120);
     let out = w.migrate(&["--dry-run", "--batch-size", "10"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("dry run"), "{stdout}");
     assert!(stdout.contains("estimated duration"), "{stdout}");
@@ -194,8 +289,17 @@ async fn dry_run_writes_nothing_and_reports_what_would_be_written() {
     assert_eq!(report["dry_run"], true);
     assert_eq!(report["totals"]["rejected"], 20);
     assert!(report["estimated_full_run_ms"].is_u64());
-    let patients = report["entities"].as_array().unwrap().iter().find(|e| e["name"] == "patients").unwrap().clone();
-    assert_eq!(patients["written"].as_u64().unwrap() + 12, patients["read"].as_u64().unwrap());
+    let patients = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "patients")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        patients["written"].as_u64().unwrap() + 12,
+        patients["read"].as_u64().unwrap()
+    );
     w.drop().await;
 }
 
@@ -206,18 +310,41 @@ async fn one_entity_at_a_time_respects_stage_dependencies() {
     let out = w.migrate(&["patients"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("depends on") && err.contains("facilities"), "{err}");
-    assert!(w.mongo().await.list_collection_names().await.unwrap().is_empty());
+    assert!(
+        err.contains("depends on") && err.contains("facilities"),
+        "{err}"
+    );
+    assert!(
+        w.mongo()
+            .await
+            .list_collection_names()
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     assert_eq!(w.migrate(&["reference"]).status.code(), Some(2));
     let out = w.migrate(&["patients"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(w.count("patients").await, 100 - 12);
     assert_eq!(w.count("immunizations").await, 0);
 
     let out = w.migrate(&["immunizations", "--ignore-dependencies"]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(w.count("immunizations").await, w.pg_count("immunizations").await - 6);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        w.count("immunizations").await,
+        w.pg_count("immunizations").await - 6
+    );
     w.drop().await;
 }
 
@@ -233,7 +360,11 @@ async fn max_rejects_stops_the_run() {
     assert_eq!(report["status"], "failed");
     for e in report["entities"].as_array().unwrap() {
         let n = |k: &str| e[k].as_u64().unwrap();
-        assert_eq!(n("read"), n("written") + n("rejected") + n("skipped"), "{e}");
+        assert_eq!(
+            n("read"),
+            n("written") + n("rejected") + n("skipped"),
+            "{e}"
+        );
     }
     w.drop().await;
 }
@@ -248,12 +379,22 @@ async fn plan_lists_stages_in_order_with_row_counts() {
         .arg(common::repo().join("pipelines/registry.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let pos = |s: &str| text.find(s).unwrap_or_else(|| panic!("{s} missing in\n{text}"));
+    let pos = |s: &str| {
+        text.find(s)
+            .unwrap_or_else(|| panic!("{s} missing in\n{text}"))
+    };
     assert!(pos("stage reference") < pos("stage users"));
     assert!(pos("stage patients") < pos("stage immunizations"));
-    assert!(text.contains("patients                 → patients"), "{text}");
+    assert!(
+        text.contains("patients                 → patients"),
+        "{text}"
+    );
     assert!(text.contains("100 rows"), "{text}");
     w.drop().await;
 }
@@ -263,13 +404,20 @@ async fn credentials_never_appear_in_output() {
     let w = World::new("secrets").await;
     let out = w
         .cutover()
-        .env("CUTOVER_SOURCE_URL", "postgres://admin:TopSecret42@127.0.0.1:1/nowhere")
+        .env(
+            "CUTOVER_SOURCE_URL",
+            "postgres://admin:TopSecret42@127.0.0.1:1/nowhere",
+        )
         .args(["migrate", "--quiet", "--pipeline"])
         .arg(common::repo().join("pipelines/registry.toml"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!all.contains("TopSecret42"), "{all}");
     assert!(all.contains("admin:***@"), "{all}");
     w.drop().await;

@@ -338,7 +338,11 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
         if let Some(after) = &e.after
             && !s.fields.iter().any(|f| &f.path == after)
         {
-            return Err(invalid(m, &key, format!("`after = \"{after}\"` names no field of this mapping")));
+            return Err(invalid(
+                m,
+                &key,
+                format!("`after = \"{after}\"` names no field of this mapping"),
+            ));
         }
         let scalar = e.element == spec::EmbedElement::Value;
         if scalar && e.fields.len() != 1 {

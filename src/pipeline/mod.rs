@@ -65,7 +65,9 @@ fn normalize(path: &Path) -> PathBuf {
     for c in path.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
                 out.pop();
             }
             other => out.push(other),
@@ -312,7 +314,10 @@ depends_on = ["one"]
 
     #[test]
     fn paths_are_normalized() {
-        assert_eq!(normalize(Path::new("pipelines/../mappings")), PathBuf::from("mappings"));
+        assert_eq!(
+            normalize(Path::new("pipelines/../mappings")),
+            PathBuf::from("mappings")
+        );
         assert_eq!(normalize(Path::new("../x/./y")), PathBuf::from("../x/y"));
         assert_eq!(normalize(Path::new("a/..")), PathBuf::from("."));
     }

@@ -285,17 +285,26 @@ pub fn map_row(
     };
     let mut doc = Document::new();
     doc.insert("_id", id);
-    let place = |e: &EmbedPlan, kids: &[Vec<Value>], doc: &mut Document, issues: &mut Vec<Issue>| {
-        let arr = embed(e, kids, ctx, issues);
-        insert_path(doc, &e.path, arr);
-    };
-    build(&plan.fields, row, ctx, "", &mut doc, &mut issues, |i, doc, issues| {
-        for (e, kids) in plan.embeds.iter().zip(children) {
-            if e.after == Some(i) {
-                place(e, kids, doc, issues);
+    let place =
+        |e: &EmbedPlan, kids: &[Vec<Value>], doc: &mut Document, issues: &mut Vec<Issue>| {
+            let arr = embed(e, kids, ctx, issues);
+            insert_path(doc, &e.path, arr);
+        };
+    build(
+        &plan.fields,
+        row,
+        ctx,
+        "",
+        &mut doc,
+        &mut issues,
+        |i, doc, issues| {
+            for (e, kids) in plan.embeds.iter().zip(children) {
+                if e.after == Some(i) {
+                    place(e, kids, doc, issues);
+                }
             }
-        }
-    });
+        },
+    );
     for (e, kids) in plan.embeds.iter().zip(children) {
         if e.after.is_none() {
             place(e, kids, &mut doc, &mut issues);

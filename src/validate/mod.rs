@@ -138,12 +138,20 @@ impl Rules {
             if let Some(min) = self.min
                 && n < min
             {
-                fail("min", format!("{path} is below the minimum {min}"), &show(item));
+                fail(
+                    "min",
+                    format!("{path} is below the minimum {min}"),
+                    &show(item),
+                );
             }
             if let Some(max) = self.max
                 && n > max
             {
-                fail("max", format!("{path} is above the maximum {max}"), &show(item));
+                fail(
+                    "max",
+                    format!("{path} is above the maximum {max}"),
+                    &show(item),
+                );
             }
         }
         if let Some(re) = &self.regex
@@ -295,7 +303,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            check(&r, Some(Bson::Array(vec![Bson::Double(200.1), Bson::Double(6.3)]))),
+            check(
+                &r,
+                Some(Bson::Array(vec![Bson::Double(200.1), Bson::Double(6.3)]))
+            ),
             ["max"]
         );
     }

@@ -21,7 +21,8 @@ fn admin_url() -> String {
 }
 
 pub fn mongo_uri() -> String {
-    std::env::var("MONGODB_URI").expect("MONGODB_URI is not set: run the suite with scripts/test.sh")
+    std::env::var("MONGODB_URI")
+        .expect("MONGODB_URI is not set: run the suite with scripts/test.sh")
 }
 
 /// Replaces the database name of a postgres URL.
@@ -55,7 +56,9 @@ impl World {
     pub async fn new(test: &str) -> World {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("t_{}_{}_{}", test, std::process::id(), n).to_lowercase();
-        let mut admin = PgConnection::connect(&admin_url()).await.expect("connect to PostgreSQL");
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("connect to PostgreSQL");
         admin
             .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
             .await
@@ -122,7 +125,11 @@ impl World {
     pub fn migrate(&self, args: &[&str]) -> std::process::Output {
         let pipeline = repo().join("pipelines/registry.toml");
         let mut cmd = self.cutover();
-        cmd.arg("migrate").arg("--quiet").arg("--pipeline").arg(&pipeline).args(args);
+        cmd.arg("migrate")
+            .arg("--quiet")
+            .arg("--pipeline")
+            .arg(&pipeline)
+            .args(args);
         cmd.output().unwrap()
     }
 
@@ -179,7 +186,10 @@ impl World {
         self.mongo().await.drop().await.ok();
         if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
             let _ = admin
-                .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .execute(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                )))
                 .await;
         }
     }
@@ -199,7 +209,12 @@ fn read_csvs(dir: &Path, warnings: bool) -> Vec<(String, String, String, String)
         let mut r = csv::Reader::from_path(&p).unwrap();
         for rec in r.records() {
             let rec = rec.unwrap();
-            out.push((rec[0].to_string(), rec[1].to_string(), rec[2].to_string(), rec[3].to_string()));
+            out.push((
+                rec[0].to_string(),
+                rec[1].to_string(),
+                rec[2].to_string(),
+                rec[3].to_string(),
+            ));
         }
     }
     out.sort();
