@@ -1,0 +1,387 @@
+//! A schema that is not the registry, migrated by writing mapping files alone.
+
+mod common;
+
+use bson::{Bson, doc};
+use common::World;
+use cutover::transform::decimal::to_decimal128_bytes;
+
+const SCHEMA: &str = r#"
+CREATE TABLE authors (author_code text PRIMARY KEY, full_name text NOT NULL, born date, meta jsonb);
+CREATE TABLE books (
+  isbn text PRIMARY KEY,
+  author_code text REFERENCES authors,
+  title text NOT NULL,
+  subtitle text,
+  price numeric(14,4),
+  weight numeric,
+  tags text[],
+  pages integer,
+  published timestamp,
+  added timestamptz NOT NULL,
+  format char(1)
+);
+CREATE TABLE chapters (isbn text REFERENCES books, n integer, title text, PRIMARY KEY (isbn, n));
+CREATE TABLE loans (book_isbn text, member_id bigint, loaned_at timestamptz, PRIMARY KEY (book_isbn, member_id));
+
+INSERT INTO authors VALUES
+  ('achebe', 'Chinua Achebe', '1930-11-16', '{"country": "Nigeria", "awards": ["Man Booker International"]}'),
+  ('Zadie', 'Zadie Smith', '1975-10-25', NULL),
+  ('adichie', 'Chimamanda Ngozi Adichie', '1977-09-15', '{"country": "Nigeria"}');
+INSERT INTO books VALUES
+  ('978-0-385-47454-2', 'achebe', 'Things Fall Apart', NULL, 12.5000, 0.25, '{classic,novel}', 209, '1958-06-01 10:00:00', '2020-01-01 00:00:00.123+00', 'P'),
+  ('978-0-14-118693-6', 'achebe', 'No Longer at Ease', 'Second novel', 9999999999.9999, 0.3, '{}', 194, NULL, '2020-01-02 00:00:00+00', 'H'),
+  ('978-0-241-14419-0', 'Zadie', 'White Teeth', NULL, 8.9900, 0.12345678901234567890123, NULL, 448, '2000-01-27 09:30:00', '2020-01-03 00:00:00+00', 'P'),
+  ('978-0-00-720028-3', 'adichie', 'Half of a Yellow Sun', NULL, 14.0000, 0.5, '{war,"  historical "}', 433, NULL, '2020-01-04 00:00:00.000001+00', 'E'),
+  ('978-0-00-000000-0', 'adichie', 'Things Fall Apart', 'duplicate title', 1.0, 1, NULL, 10, NULL, '2020-01-05 00:00:00+00', 'P');
+INSERT INTO chapters VALUES
+  ('978-0-385-47454-2', 2, 'Two'), ('978-0-385-47454-2', 1, 'One'), ('978-0-241-14419-0', 1, 'Archie');
+INSERT INTO loans VALUES
+  ('978-0-385-47454-2', 7, '2024-05-01 12:00:00+00'), ('978-0-385-47454-2', 9, '2024-05-02 12:00:00+00'),
+  ('978-0-241-14419-0', 7, '2024-06-01 08:30:00+00');
+"#;
+
+const AUTHORS: &str = r#"
+version = 1
+name = "authors"
+[source]
+table = "authors"
+key = ["author_code"]
+[[field]]
+path = "name"
+column = "full_name"
+[[field]]
+path = "born"
+column = "born"
+[[field]]
+path = "profile"
+column = "meta"
+"#;
+
+const BOOKS: &str = r#"
+version = 1
+name = "books"
+collection = "catalogue"
+[source]
+table = "books"
+key = ["isbn"]
+[[field]]
+path = "author"
+column = "author_code"
+reference = "authors"
+validate = { required = true }
+[[field]]
+path = "title.main"
+column = "title"
+[[field]]
+path = "title.full"
+columns = ["title", "subtitle"]
+transform = [{ concat = { sep = ": " } }]
+[[field]]
+path = "price"
+column = "price"
+[[field]]
+path = "weightKg"
+column = "weight"
+type = "double"
+[[field]]
+path = "tags"
+column = "tags"
+transform = ["trim"]
+default = []
+[[field]]
+path = "pages"
+column = "pages"
+type = "long"
+[[field]]
+path = "published"
+column = "published"
+timezone = "+01:00"
+[[field]]
+path = "added"
+column = "added"
+[[field]]
+path = "format"
+column = "format"
+transform = [{ map = { P = "paperback", H = "hardcover", "*" = "other" } }]
+[[field]]
+path = "source"
+value = "legacy-library"
+[[embed]]
+path = "chapters"
+table = "chapters"
+foreign_key = "isbn"
+order_by = ["n"]
+[[embed.field]]
+path = "n"
+column = "n"
+[[embed.field]]
+path = "title"
+column = "title"
+"#;
+
+const LOANS: &str = r#"
+version = 1
+name = "loans"
+[source]
+table = "loans"
+key = ["book_isbn", "member_id"]
+[[field]]
+path = "book"
+column = "book_isbn"
+reference = "books"
+[[field]]
+path = "at"
+column = "loaned_at"
+"#;
+
+const PIPELINE: &str = r#"
+version = 1
+name = "library"
+mappings_dir = "mappings"
+[[stage]]
+name = "people"
+entities = ["authors"]
+[[stage]]
+name = "catalogue"
+entities = ["books", "loans"]
+depends_on = ["people"]
+"#;
+
+fn write_files(w: &World) -> std::path::PathBuf {
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/authors.toml"), AUTHORS).unwrap();
+    std::fs::write(dir.join("mappings/books.toml"), BOOKS).unwrap();
+    std::fs::write(dir.join("mappings/loans.toml"), LOANS).unwrap();
+    std::fs::write(dir.join("library.toml"), PIPELINE).unwrap();
+    dir.join("library.toml")
+}
+
+fn d128(s: &str) -> Bson {
+    Bson::Decimal128(bson::Decimal128::from_bytes(
+        to_decimal128_bytes(s).unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn another_schema_is_migrated_by_mapping_files_alone() {
+    let w = World::new("library").await;
+    w.sql(SCHEMA).await;
+    let pipeline = write_files(&w);
+    // A unique index in the target makes one document fail at write time: only it is rejected.
+    w.mongo()
+        .await
+        .collection::<bson::Document>("catalogue")
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! { "title.main": 1 })
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Authors: text keys as _id, jsonb as an embedded document, NULLs omitted by default.
+    let authors = w.docs("authors").await;
+    assert_eq!(authors.len(), 3);
+    let achebe = authors
+        .iter()
+        .find(|a| a.get_str("_id") == Ok("achebe"))
+        .unwrap();
+    assert_eq!(
+        achebe.get_document("profile").unwrap(),
+        &doc! { "country": "Nigeria", "awards": ["Man Booker International"] }
+    );
+    let zadie = authors
+        .iter()
+        .find(|a| a.get_str("_id") == Ok("Zadie"))
+        .unwrap();
+    assert!(!zadie.contains_key("profile"));
+
+    // Books: 5 rows; one has microseconds (rejected by default), one a numeric that no double holds
+    // exactly (rejected), one a duplicate title (rejected by the server at write time).
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let mut rules: Vec<(String, String, String)> = w
+        .rejects(run_id)
+        .into_iter()
+        .map(|(e, k, stage, rule)| (e, k, format!("{stage}:{rule}")))
+        .collect();
+    rules.sort();
+    let stages: Vec<&str> = rules.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert!(
+        stages.contains(&"transform:timestamp_precision"),
+        "{rules:?}"
+    );
+    assert!(stages.contains(&"transform:lossy_conversion"), "{rules:?}");
+    assert!(stages.iter().any(|s| s.starts_with("write:")), "{rules:?}");
+    let books = w.docs("catalogue").await;
+    assert_eq!(books.len(), 2);
+    // Of the two "Things Fall Apart", the first in key order was written, the second refused.
+    assert!(
+        books
+            .iter()
+            .any(|b| b.get_str("_id") == Ok("978-0-00-000000-0"))
+    );
+    let nlae = books
+        .iter()
+        .find(|b| b.get_str("_id") == Ok("978-0-14-118693-6"))
+        .unwrap();
+    assert_eq!(
+        nlae.get("price"),
+        Some(&d128("9999999999.9999")),
+        "numeric is exact"
+    );
+    assert_eq!(nlae.get_str("author"), Ok("achebe"));
+    assert_eq!(
+        nlae.get_document("title").unwrap(),
+        &doc! { "main": "No Longer at Ease", "full": "No Longer at Ease: Second novel" }
+    );
+    assert_eq!(nlae.get_array("tags").unwrap(), &Vec::<Bson>::new());
+    assert_eq!(nlae.get_i64("pages"), Ok(194));
+    assert_eq!(nlae.get_str("format"), Ok("hardcover"));
+    assert_eq!(nlae.get_str("source"), Ok("legacy-library"));
+    assert_eq!(nlae.get_f64("weightKg"), Ok(0.3));
+    assert_eq!(nlae.get_array("chapters").unwrap().len(), 0);
+
+    // Loans: a composite key becomes a sub-document _id; references encode like the book's _id.
+    let loans = w.docs("loans").await;
+    assert_eq!(loans.len(), 3);
+    assert_eq!(
+        loans[0]
+            .get_document("_id")
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["book_isbn", "member_id"]
+    );
+    assert!(loans.iter().all(|l| l.get_str("book").is_ok()));
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn embedded_children_and_time_zones_convert_exactly() {
+    let w = World::new("library2").await;
+    w.sql(SCHEMA).await;
+    // Remove the rows rejected above so this test looks at the successful shapes only.
+    w.sql("DELETE FROM books WHERE isbn IN ('978-0-00-720028-3', '978-0-00-000000-0'); UPDATE books SET weight = 0.125 WHERE isbn = '978-0-241-14419-0'; UPDATE books SET added = '2020-01-01 00:00:00.123+00' WHERE isbn = '978-0-385-47454-2'").await;
+    let pipeline = write_files(&w);
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--batch-size", "1", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let books = w.docs("catalogue").await;
+    let tfa = books
+        .iter()
+        .find(|b| b.get_str("_id") == Ok("978-0-385-47454-2"))
+        .unwrap();
+    // Children ordered by n, whatever the insert order.
+    assert_eq!(
+        tfa.get_array("chapters").unwrap(),
+        &vec![
+            Bson::Document(doc! { "n": 1, "title": "One" }),
+            Bson::Document(doc! { "n": 2, "title": "Two" })
+        ]
+    );
+    // timestamp without time zone, declared +01:00: 10:00 local is 09:00 UTC.
+    assert_eq!(
+        tfa.get_datetime("published").unwrap().timestamp_millis(),
+        chrono::DateTime::parse_from_rfc3339("1958-06-01T09:00:00Z")
+            .unwrap()
+            .timestamp_millis()
+    );
+    // Milliseconds survive.
+    assert_eq!(
+        tfa.get_datetime("added").unwrap().timestamp_millis() % 1000,
+        123
+    );
+    assert_eq!(tfa.get("price"), Some(&d128("12.5000")));
+    assert_eq!(
+        tfa.get_array("tags").unwrap(),
+        &vec![Bson::String("classic".into()), Bson::String("novel".into())]
+    );
+    let wt = books
+        .iter()
+        .find(|b| b.get_str("_id") == Ok("978-0-241-14419-0"))
+        .unwrap();
+    assert_eq!(wt.get_array("chapters").unwrap().len(), 1);
+    assert!(!wt.contains_key("tags") || wt.get_array("tags").unwrap().is_empty());
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_mapping_with_a_typo_is_refused_naming_file_and_key() {
+    let w = World::new("typo").await;
+    w.sql(SCHEMA).await;
+    let pipeline = write_files(&w);
+    std::fs::write(
+        w.dir.path().join("mappings/loans.toml"),
+        LOANS.replace("column = \"loaned_at\"", "colunm = \"loaned_at\""),
+    )
+    .unwrap();
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("loans.toml") && err.contains("colunm"),
+        "{err}"
+    );
+
+    // A column that does not exist is named too, before anything is written.
+    std::fs::write(
+        w.dir.path().join("mappings/loans.toml"),
+        LOANS.replace("column = \"loaned_at\"", "column = \"loaned_on\""),
+    )
+    .unwrap();
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loaned_on"), "{err}");
+    assert!(
+        w.mongo()
+            .await
+            .list_collection_names()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    w.drop().await;
+}
