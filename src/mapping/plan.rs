@@ -130,6 +130,8 @@ pub struct EmbedPlan {
     /// Index of the top-level field after which the array goes (`None`: at the end).
     pub after: Option<usize>,
     pub fields: Vec<FieldPlan>,
+    /// Shape of each child document.
+    pub layout: Layout,
 }
 
 /// Everything needed to turn rows of one entity into documents.
@@ -146,6 +148,101 @@ pub struct Plan {
     pub fields: Vec<FieldPlan>,
     pub embeds: Vec<EmbedPlan>,
     pub row_rules: Vec<RowRule>,
+    /// Where each value goes in the document.
+    pub layout: Layout,
+}
+
+/// A node of the document layout: a value slot or a nested document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayoutNode {
+    Slot(usize),
+    Doc(Vec<(String, LayoutNode)>),
+}
+
+/// The shape of the documents of a plan, decided once: `root` lists keys in document order; slots
+/// `0..fields` are the fields' values, then one slot per `keep_string` exact copy, then one per
+/// embed. Nested documents appear where their first value appears.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layout {
+    pub root: Vec<(String, LayoutNode)>,
+    pub slots: usize,
+    /// Slot of each field's exact copy (`keep_string`).
+    pub exact_slot: Vec<Option<usize>>,
+    /// Slot of each embed's array.
+    pub embed_slot: Vec<usize>,
+    /// The dotted path of each slot.
+    pub slot_paths: Vec<String>,
+}
+
+impl Layout {
+    fn place(root: &mut Vec<(String, LayoutNode)>, path: &[String], slot: usize) {
+        let Some((last, parents)) = path.split_last() else {
+            return;
+        };
+        let mut cur = root;
+        for p in parents {
+            let pos = match cur
+                .iter()
+                .position(|(k, n)| k == p && matches!(n, LayoutNode::Doc(_)))
+            {
+                Some(pos) => pos,
+                None => {
+                    cur.push((p.clone(), LayoutNode::Doc(Vec::new())));
+                    cur.len() - 1
+                }
+            };
+            cur = match &mut cur[pos].1 {
+                LayoutNode::Doc(children) => children,
+                LayoutNode::Slot(_) => unreachable!("matched a Doc above"),
+            };
+        }
+        cur.push((last.clone(), LayoutNode::Slot(slot)));
+    }
+
+    /// Builds the layout of fields (with their exact paths) and embeds (placed after the field they
+    /// name, else at the end), in that insertion order.
+    pub fn build(fields: &[FieldPlan], embeds: &[EmbedPlan]) -> Layout {
+        let mut l = Layout {
+            slots: fields.len(),
+            exact_slot: vec![None; fields.len()],
+            embed_slot: vec![0; embeds.len()],
+            slot_paths: fields.iter().map(|f| f.path_text.clone()).collect(),
+            ..Default::default()
+        };
+        let place_embeds = |l: &mut Layout, after: Option<usize>| {
+            for (j, e) in embeds.iter().enumerate() {
+                if e.after == after {
+                    l.embed_slot[j] = l.slots;
+                    l.slot_paths.push(e.path_text.clone());
+                    Layout::place(&mut l.root, &e.path, l.slots);
+                    l.slots += 1;
+                }
+            }
+        };
+        for (i, f) in fields.iter().enumerate() {
+            Layout::place(&mut l.root, &f.path, i);
+            if let Some(p) = &f.exact_path {
+                l.exact_slot[i] = Some(l.slots);
+                l.slot_paths.push(p.join("."));
+                Layout::place(&mut l.root, p, l.slots);
+                l.slots += 1;
+            }
+            place_embeds(&mut l, Some(i));
+        }
+        place_embeds(&mut l, None);
+        l
+    }
+
+    /// Slots at `path` or below it.
+    pub fn slots_under(&self, path: &str) -> Vec<usize> {
+        let prefix = format!("{path}.");
+        self.slot_paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| *p == path || p.starts_with(&prefix))
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 /// A (relation, columns) pair the compiler needs described.
@@ -391,23 +488,34 @@ pub fn compile(
                 .after
                 .as_ref()
                 .and_then(|a| m.spec.fields.iter().position(|f| &f.path == a)),
+            layout: Layout::build(&fields, &[]),
             fields,
         });
     }
-    let row_rules = m
-        .spec
-        .rules
-        .iter()
-        .map(|r| RowRule {
+    let layout = Layout::build(&fields, &embeds);
+    let mut row_rules = Vec::new();
+    for (i, r) in m.spec.rules.iter().enumerate() {
+        let mut slots = Vec::new();
+        for p in &r.any_of {
+            let under = layout.slots_under(p);
+            if under.is_empty() {
+                return Err(invalid(
+                    &format!("rule[{i}] ({})", r.name),
+                    format!("`{p}` is not a path this mapping writes"),
+                ));
+            }
+            slots.extend(under);
+        }
+        row_rules.push(RowRule {
             name: r.name.clone(),
-            any_of: r.any_of.iter().map(|p| split_path(p)).collect(),
+            slots,
             severity: r.severity,
             message: r
                 .message
                 .clone()
                 .unwrap_or_else(|| format!("none of {} has a value", r.any_of.join(", "))),
-        })
-        .collect();
+        });
+    }
     Ok(Plan {
         entity: m.spec.name.clone(),
         collection: m.collection().to_string(),
@@ -420,7 +528,61 @@ pub fn compile(
         fields,
         embeds,
         row_rules,
+        layout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(path: &str, exact: Option<&str>) -> FieldPlan {
+        FieldPlan {
+            path: split_path(path),
+            path_text: path.into(),
+            input: Input::Const(Value::Null),
+            combine: None,
+            steps: vec![],
+            output: Output {
+                cast: None,
+                uuid: UuidFormat::Binary,
+                sub_millis: SubMillis::Reject,
+                timezone: None,
+                lossy: Lossy::Reject,
+            },
+            default: None,
+            nulls: NullPolicy::Omit,
+            reference: None,
+            exists_in: None,
+            rules: None,
+            exact_path: exact.map(split_path),
+        }
+    }
+
+    #[test]
+    fn layout_nests_in_first_appearance_order() {
+        let fields = vec![
+            field("a.x", None),
+            field("b", Some("bExact")),
+            field("a.y", None),
+        ];
+        let l = Layout::build(&fields, &[]);
+        use LayoutNode::*;
+        assert_eq!(
+            l.root,
+            vec![
+                (
+                    "a".into(),
+                    Doc(vec![("x".into(), Slot(0)), ("y".into(), Slot(2))])
+                ),
+                ("b".into(), Slot(1)),
+                ("bExact".into(), Slot(3)),
+            ]
+        );
+        assert_eq!(l.slots, 4);
+        assert_eq!(l.slots_under("a"), vec![0, 2]);
+        assert_eq!(l.slots_under("b"), vec![1]);
+    }
 }
 
 impl Plan {

@@ -98,7 +98,7 @@ pub struct RunOptions {
 pub fn new_run_id() -> String {
     format!(
         "{}-{:04x}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
         fastrand::u16(..)
     )
 }
@@ -545,8 +545,8 @@ async fn read_loop(
         for (i, c) in cursors.iter_mut().enumerate() {
             children.push(c.take_for(&row[plan.key[0]], plan, i).await?);
         }
-        let mapped = map_row(plan, &row, &children, ctx);
-        let Some(doc) = mapped.doc.as_ref() else {
+        let mut mapped = map_row(plan, &row, &children, ctx);
+        let Some(raw) = mapped.doc.take() else {
             reject(
                 counters,
                 total_rejected,
@@ -558,29 +558,6 @@ async fn read_loop(
             )
             .map_err(io_err)??;
             continue;
-        };
-        let raw = match RawDocumentBuf::from_document(doc) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let issue = Issue::error(
-                    Stage::Transform,
-                    "bson",
-                    "",
-                    format!("cannot encode the document: {e}"),
-                    String::new(),
-                );
-                reject(
-                    counters,
-                    total_rejected,
-                    rejects,
-                    &plan.entity,
-                    &mapped.key,
-                    &[issue],
-                    opts,
-                )
-                .map_err(io_err)??;
-                continue;
-            }
         };
         let size = raw.as_bytes().len();
         if size > MAX_DOCUMENT_BYTES {

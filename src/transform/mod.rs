@@ -3,6 +3,7 @@
 //! says).
 
 pub mod decimal;
+pub mod encode;
 pub mod phone;
 pub mod row;
 

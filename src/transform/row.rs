@@ -1,13 +1,14 @@
 //! One source row (and its embedded children) → one document, following a compiled plan.
 //! Pure and synchronous: the engine calls it for every row.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bson::{Bson, Document};
+use bson::{Bson, RawDocumentBuf};
 
-use super::{Issue, Stage, apply, to_bson};
-use crate::mapping::plan::{Combine, EmbedPlan, FieldPlan, Input, Plan};
+use super::{Issue, Stage, apply, encode, to_bson};
+use crate::mapping::plan::{Combine, EmbedPlan, FieldPlan, Input, Layout, LayoutNode, Plan};
 use crate::mapping::spec::{EmbedElement, NullPolicy, Severity};
 use crate::source::Value;
 use crate::source::value::key_text;
@@ -27,8 +28,8 @@ pub struct MapContext {
 pub struct Mapped {
     /// The source key as text (`a|b` for composite keys).
     pub key: String,
-    /// The document, unless an error-severity issue rejected the row.
-    pub doc: Option<Document>,
+    /// The document as raw BSON, unless an error-severity issue rejected the row.
+    pub doc: Option<RawDocumentBuf>,
     pub issues: Vec<Issue>,
 }
 
@@ -38,22 +39,35 @@ impl Mapped {
     }
 }
 
-/// Inserts `value` at `path`, creating sub-documents as needed.
-pub fn insert_path(doc: &mut Document, path: &[String], value: Bson) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut cur = doc;
-    for p in parents {
-        if !matches!(cur.get(p), Some(Bson::Document(_))) {
-            cur.insert(p.clone(), Document::new());
+/// Writes the slot values as elements of the document being built in `buf`, following
+/// `nodes`; nested documents with no value are left out (as a NULL-omitted field is).
+fn write_layout(
+    nodes: &[(String, LayoutNode)],
+    slots: &mut [Option<Bson>],
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    for (key, node) in nodes {
+        match node {
+            LayoutNode::Slot(i) => {
+                if let Some(v) = slots[*i].take() {
+                    encode::element(buf, key, &v)?;
+                }
+            }
+            LayoutNode::Doc(children) => {
+                let header = buf.len();
+                encode::element(buf, key, &Bson::Null)?; // placeholder tag + key
+                buf[header] = 0x03;
+                let at = encode::begin(buf);
+                write_layout(children, slots, buf)?;
+                if buf.len() == at + 4 {
+                    buf.truncate(header);
+                } else {
+                    encode::end(buf, at)?;
+                }
+            }
         }
-        cur = match cur.get_mut(p) {
-            Some(Bson::Document(d)) => d,
-            _ => unreachable!("inserted above"),
-        };
     }
-    cur.insert(last.clone(), value);
+    Ok(())
 }
 
 fn combine(c: &Combine, row: &[Value], idx: &[usize]) -> Value {
@@ -76,6 +90,19 @@ fn combine(c: &Combine, row: &[Value], idx: &[usize]) -> Value {
     }
 }
 
+/// The field's input as text, for reject records (computed only when something went wrong).
+fn input_text(f: &FieldPlan, row: &[Value]) -> String {
+    match &f.input {
+        Input::Column(i) => row[*i].to_string(),
+        Input::Const(v) => v.to_string(),
+        Input::Columns(idx) => idx
+            .iter()
+            .map(|&i| row[i].to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Evaluates one field; `None` means the field is left out of the document.
 fn eval_field(
     f: &FieldPlan,
@@ -85,26 +112,30 @@ fn eval_field(
     issues: &mut Vec<Issue>,
     exact_out: &mut Option<Bson>,
 ) -> Option<Bson> {
-    let path = format!("{prefix}{}", f.path_text);
-    let mut value = match &f.input {
-        Input::Column(i) => row[*i].clone(),
-        Input::Const(v) => v.clone(),
+    // Top-level paths are borrowed; only embedded ones need formatting.
+    let path: Cow<'_, str> = if prefix.is_empty() {
+        Cow::Borrowed(&f.path_text)
+    } else {
+        Cow::Owned(format!("{prefix}{}", f.path_text))
+    };
+    let mut value: Cow<'_, Value> = match &f.input {
+        Input::Column(i) => Cow::Borrowed(&row[*i]),
+        Input::Const(v) => Cow::Borrowed(v),
         Input::Columns(idx) => match &f.combine {
-            Some(c) => combine(c, row, idx),
-            None => Value::Null,
+            Some(c) => Cow::Owned(combine(c, row, idx)),
+            None => Cow::Owned(Value::Null),
         },
     };
-    let original = value.to_string();
     for step in &f.steps {
-        match apply(step, value) {
-            Ok(v) => value = v,
+        match apply(step, value.into_owned()) {
+            Ok(v) => value = Cow::Owned(v),
             Err(message) => {
                 issues.push(Issue::error(
                     Stage::Transform,
                     step_rule(step),
                     &path,
                     message,
-                    original,
+                    input_text(f, row),
                 ));
                 return None;
             }
@@ -113,7 +144,7 @@ fn eval_field(
     if value.is_null()
         && let Some(d) = &f.default
     {
-        value = d.clone();
+        value = Cow::Borrowed(d);
     }
     let bson = if value.is_null() {
         Bson::Null
@@ -132,7 +163,7 @@ fn eval_field(
                 stage: Stage::Validate,
                 severity: sev,
                 rule: "exists".into(),
-                path: path.clone(),
+                path: path.to_string(),
                 message: format!("{path} refers to a {entity} row that does not exist"),
                 value: value.to_string(),
             });
@@ -148,7 +179,7 @@ fn eval_field(
                     "reference",
                     &path,
                     message,
-                    original,
+                    input_text(f, row),
                 ));
                 return None;
             }
@@ -161,9 +192,9 @@ fn eval_field(
                         stage: Stage::Transform,
                         severity: Severity::Warning,
                         rule,
-                        path: path.clone(),
+                        path: path.to_string(),
                         message,
-                        value: original.clone(),
+                        value: input_text(f, row),
                     });
                 }
                 if let Some(exact) = conv.exact {
@@ -177,7 +208,7 @@ fn eval_field(
                     &rule,
                     &path,
                     message,
-                    original,
+                    input_text(f, row),
                 ));
                 return None;
             }
@@ -210,24 +241,22 @@ fn step_rule(step: &super::Step) -> &'static str {
     }
 }
 
-fn build(
+/// Evaluates `fields` into `slots` (by field index; exact copies into their own slots).
+fn fill(
     fields: &[FieldPlan],
+    layout: &Layout,
     row: &[Value],
     ctx: &MapContext,
     prefix: &str,
-    doc: &mut Document,
+    slots: &mut [Option<Bson>],
     issues: &mut Vec<Issue>,
-    mut after_field: impl FnMut(usize, &mut Document, &mut Vec<Issue>),
 ) {
     for (i, f) in fields.iter().enumerate() {
         let mut exact = None;
-        if let Some(v) = eval_field(f, row, ctx, prefix, issues, &mut exact) {
-            insert_path(doc, &f.path, v);
+        slots[i] = eval_field(f, row, ctx, prefix, issues, &mut exact);
+        if let (Some(e), Some(slot)) = (exact, layout.exact_slot[i]) {
+            slots[slot] = Some(e);
         }
-        if let (Some(e), Some(p)) = (exact, &f.exact_path) {
-            insert_path(doc, p, e);
-        }
-        after_field(i, doc, issues);
     }
 }
 
@@ -236,8 +265,9 @@ fn embed(
     children: &[Vec<Value>],
     ctx: &MapContext,
     issues: &mut Vec<Issue>,
-) -> Bson {
+) -> Result<Bson, String> {
     let mut items = Vec::with_capacity(children.len());
+    let mut slots: Vec<Option<Bson>> = vec![None; e.layout.slots];
     for (n, child) in children.iter().enumerate() {
         let prefix = format!("{}[{n}].", e.path_text);
         match e.element {
@@ -247,13 +277,19 @@ fn embed(
                 items.push(v.unwrap_or(Bson::Null));
             }
             EmbedElement::Document => {
-                let mut d = Document::new();
-                build(&e.fields, child, ctx, &prefix, &mut d, issues, |_, _, _| {});
-                items.push(Bson::Document(d));
+                fill(
+                    &e.fields, &e.layout, child, ctx, &prefix, &mut slots, issues,
+                );
+                let mut buf = Vec::with_capacity(128);
+                let at = encode::begin(&mut buf);
+                write_layout(&e.layout.root, &mut slots, &mut buf)?;
+                encode::end(&mut buf, at)?;
+                let d = encode::finish(buf)?;
+                items.push(Bson::Document(d.to_document().map_err(|e| e.to_string())?));
             }
         }
     }
-    Bson::Array(items)
+    Ok(Bson::Array(items))
 }
 
 /// Maps one row. `children[i]` holds the child rows of `plan.embeds[i]` for this row.
@@ -283,42 +319,59 @@ pub fn map_row(
             };
         }
     };
-    let mut doc = Document::new();
-    doc.insert("_id", id);
-    let place =
-        |e: &EmbedPlan, kids: &[Vec<Value>], doc: &mut Document, issues: &mut Vec<Issue>| {
-            let arr = embed(e, kids, ctx, issues);
-            insert_path(doc, &e.path, arr);
-        };
-    build(
-        &plan.fields,
-        row,
-        ctx,
-        "",
-        &mut doc,
-        &mut issues,
-        |i, doc, issues| {
-            for (e, kids) in plan.embeds.iter().zip(children) {
-                if e.after == Some(i) {
-                    place(e, kids, doc, issues);
-                }
-            }
-        },
-    );
-    for (e, kids) in plan.embeds.iter().zip(children) {
-        if e.after.is_none() {
-            place(e, kids, &mut doc, &mut issues);
+    let layout = &plan.layout;
+    let mut slots: Vec<Option<Bson>> = vec![None; layout.slots];
+    fill(&plan.fields, layout, row, ctx, "", &mut slots, &mut issues);
+    for ((e, kids), &slot) in plan.embeds.iter().zip(children).zip(&layout.embed_slot) {
+        match embed(e, kids, ctx, &mut issues) {
+            Ok(arr) => slots[slot] = Some(arr),
+            Err(message) => issues.push(Issue::error(
+                Stage::Transform,
+                "bson",
+                &e.path_text,
+                message,
+                String::new(),
+            )),
         }
     }
     if !ctx.skip_validation {
         for r in &plan.row_rules {
-            r.check(&doc, &mut issues);
+            r.check(&slots, &mut issues);
         }
     }
-    let rejected = issues.iter().any(Issue::is_error);
+    if issues.iter().any(Issue::is_error) {
+        return Mapped {
+            key,
+            doc: None,
+            issues,
+        };
+    }
+    let mut buf = Vec::with_capacity(1024);
+    let at = encode::begin(&mut buf);
+    let written = encode::element(&mut buf, "_id", &id)
+        .and_then(|()| write_layout(&layout.root, &mut slots, &mut buf))
+        .and_then(|()| encode::end(&mut buf, at))
+        .and_then(|()| encode::finish(buf));
+    let doc = match written {
+        Ok(doc) => doc,
+        Err(message) => {
+            issues.push(Issue::error(
+                Stage::Transform,
+                "bson",
+                "",
+                message,
+                String::new(),
+            ));
+            return Mapped {
+                key,
+                doc: None,
+                issues,
+            };
+        }
+    };
     Mapped {
         key,
-        doc: if rejected { None } else { Some(doc) },
+        doc: Some(doc),
         issues,
     }
 }
@@ -328,11 +381,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn insert_path_builds_nested_documents_in_order() {
-        let mut d = Document::new();
-        insert_path(&mut d, &["a".into(), "b".into()], Bson::Int32(1));
-        insert_path(&mut d, &["a".into(), "c".into()], Bson::Int32(2));
-        insert_path(&mut d, &["z".into()], Bson::Int32(3));
-        assert_eq!(d, bson::doc! { "a": { "b": 1, "c": 2 }, "z": 3 });
+    fn empty_nested_documents_are_left_out() {
+        let nodes = vec![
+            (
+                "a".to_string(),
+                LayoutNode::Doc(vec![("b".to_string(), LayoutNode::Slot(0))]),
+            ),
+            ("c".to_string(), LayoutNode::Slot(1)),
+        ];
+        let render = |mut slots: Vec<Option<Bson>>| {
+            let mut buf = Vec::new();
+            let at = encode::begin(&mut buf);
+            write_layout(&nodes, &mut slots, &mut buf).unwrap();
+            encode::end(&mut buf, at).unwrap();
+            encode::finish(buf).unwrap().to_document().unwrap()
+        };
+        assert_eq!(
+            render(vec![None, Some(Bson::Int32(1))]),
+            bson::doc! { "c": 1 }
+        );
+        assert_eq!(
+            render(vec![Some(Bson::Null), None]),
+            bson::doc! { "a": { "b": null } }
+        );
     }
 }

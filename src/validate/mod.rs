@@ -186,18 +186,22 @@ impl Rules {
     }
 }
 
-/// A row-level rule: at least one of `any_of` must hold a value.
+/// A row-level rule: at least one of the values in `slots` (the compiled `any_of` paths) must
+/// be present and not empty.
 #[derive(Debug, Clone)]
 pub struct RowRule {
     pub name: String,
-    pub any_of: Vec<Vec<String>>,
+    pub slots: Vec<usize>,
     pub severity: Severity,
     pub message: String,
 }
 
 impl RowRule {
-    pub fn check(&self, doc: &bson::Document, issues: &mut Vec<Issue>) {
-        let present = self.any_of.iter().any(|path| !is_empty(lookup(doc, path)));
+    pub fn check(&self, values: &[Option<Bson>], issues: &mut Vec<Issue>) {
+        let present = self
+            .slots
+            .iter()
+            .any(|&i| !is_empty(values.get(i).and_then(Option::as_ref)));
         if !present {
             issues.push(Issue {
                 stage: Stage::Validate,
@@ -209,16 +213,6 @@ impl RowRule {
             });
         }
     }
-}
-
-/// The value at a dotted path (already split) inside a document.
-pub fn lookup<'a>(doc: &'a bson::Document, path: &[String]) -> Option<&'a Bson> {
-    let (last, parents) = path.split_last()?;
-    let mut cur = doc;
-    for p in parents {
-        cur = cur.get_document(p).ok()?;
-    }
-    cur.get(last)
 }
 
 #[cfg(test)]
@@ -315,21 +309,15 @@ mod tests {
     fn any_of_row_rule() {
         let rule = RowRule {
             name: "contact".into(),
-            any_of: vec![
-                vec!["c".into(), "phone".into()],
-                vec!["c".into(), "email".into()],
-            ],
+            slots: vec![0, 1],
             severity: Severity::Warning,
             message: "no contact".into(),
         };
         let mut issues = Vec::new();
-        rule.check(
-            &bson::doc! { "c": { "phone": bson::Bson::Null } },
-            &mut issues,
-        );
+        rule.check(&[Some(Bson::Null), None, Some(Bson::Int32(1))], &mut issues);
         assert_eq!(issues.len(), 1);
         issues.clear();
-        rule.check(&bson::doc! { "c": { "email": "a@b.org" } }, &mut issues);
+        rule.check(&[None, Some(Bson::String("a@b.org".into()))], &mut issues);
         assert!(issues.is_empty());
     }
 }

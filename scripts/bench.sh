@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Throughput and memory of `cutover migrate` on this machine, against mongod's own ceiling.
+#   scripts/bench.sh [--patients N] [--quick]
+# Loads N patients (default 1,000,000; ~3N immunizations) once into the database cutover_bench
+# (reused while its row count matches), then times, with peak RSS from /usr/bin/time -v:
+#   1. patients (guardians embedded) into an empty collection   (insert path)
+#   2. the same again into the full collection                  (upsert path)
+#   3. patients without the guardians embed                     (insert path)
+#   4. immunizations into an empty collection                   (insert path)
+#   5. mongod alone re-inserting the very documents of 1 and 4  (the ceiling)
+# Servers: scripts/services.sh (started if needed, left running).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PATIENTS=1000000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --patients) PATIENTS="$2"; shift 2 ;;
+    --quick) PATIENTS=100000; shift ;;
+    *) echo "bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+scripts/setup.sh
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+cargo build --release --quiet --bins
+BIN="$ROOT/target/release"
+
+scripts/services.sh start
+eval "$(scripts/services.sh env)"
+ADMIN_URL="$CUTOVER_SOURCE_URL"
+BENCH_URL="${ADMIN_URL%/*}/cutover_bench"
+
+have=$(psql "$BENCH_URL" -Atc "SELECT count(*) FROM patients" 2>/dev/null || echo 0)
+if [ "$have" != "$PATIENTS" ]; then
+  psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS cutover_bench" -qc "CREATE DATABASE cutover_bench"
+  CUTOVER_SOURCE_URL="$BENCH_URL" scripts/fixtures.sh --patients "$PATIENTS" --no-files
+fi
+export CUTOVER_SOURCE_URL="$BENCH_URL"
+
+WORK="$(mktemp -d /tmp/cutover-bench.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+# A mappings copy whose patients mapping does not embed guardians.
+cp -r mappings "$WORK/mappings-flat"
+python3 - "$WORK/mappings-flat/patients.toml" <<'PY'
+import re, sys
+p = sys.argv[1]
+text = open(p).read()
+text = re.sub(r"\n\[\[embed\]\].*?(?=\n\[\[field\]\]|\n\[\[rule\]\]|\Z)", "\n", text, flags=re.S)
+text = re.sub(r"\n\[\[embed\.field\]\].*?(?=\n\[\[field\]\]|\n\[\[embed|\n\[\[rule\]\]|\Z)", "\n", text, flags=re.S)
+open(p, "w").write(text)
+PY
+
+run() { # name database extra-args...
+  local name="$1" db="$2"; shift 2
+  /usr/bin/time -v "$BIN/cutover" migrate --quiet --ignore-dependencies --database "$db" \
+    --report "$WORK/$name.json" "$@" >"$WORK/$name.out" 2>"$WORK/$name.time" || [ $? -eq 2 ]
+  python3 - "$name" "$WORK/$name.json" "$WORK/$name.time" <<'PY'
+import json, re, sys
+name, report, timing = sys.argv[1:4]
+r = json.load(open(report))
+e = r["entities"][0]
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(timing).read()).group(1))
+print(f"{name:<28} {e['written']:>9} docs in {e['duration_ms']/1000:7.2f}s = {e['written']*1000/max(e['duration_ms'],1):>8.0f} docs/s"
+      f"  ({e['write_mode']}), peak RSS {rss/1024:.0f} MiB")
+PY
+}
+
+mongo_drop() { "$BIN/mongo-ceiling" --drop "$MONGODB_URI" "$1"; }
+
+echo "== cutover bench: $PATIENTS patients, $(psql "$BENCH_URL" -Atc 'SELECT count(*) FROM immunizations') immunizations ($(nproc) cores)"
+mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
+run "patients+guardians (empty)" bench_patients patients
+run "patients+guardians (full)"  bench_patients patients
+run "patients flat (empty)"      bench_flat patients --mappings "$WORK/mappings-flat"
+run "immunizations (empty)"      bench_imm immunizations
+"$BIN/mongo-ceiling" "$MONGODB_URI" bench_patients patients bench_ceiling
+"$BIN/mongo-ceiling" "$MONGODB_URI" bench_flat patients bench_ceiling
+"$BIN/mongo-ceiling" "$MONGODB_URI" bench_imm immunizations bench_ceiling
+mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
