@@ -532,6 +532,25 @@ pub fn compile(
     })
 }
 
+impl Plan {
+    /// Whether any field's rules are errors (used to describe the plan).
+    pub fn has_error_rules(&self) -> bool {
+        self.fields.iter().any(|f| {
+            f.rules
+                .as_ref()
+                .is_some_and(|r| r.severity == Severity::Error)
+        })
+    }
+
+    /// Types the mapping casts to, for `plan` output.
+    pub fn casts(&self) -> Vec<(String, CastType)> {
+        self.fields
+            .iter()
+            .filter_map(|f| f.output.cast.map(|c| (f.path_text.clone(), c)))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,24 +601,5 @@ mod tests {
         assert_eq!(l.slots, 4);
         assert_eq!(l.slots_under("a"), vec![0, 2]);
         assert_eq!(l.slots_under("b"), vec![1]);
-    }
-}
-
-impl Plan {
-    /// Whether any field's rules are errors (used to describe the plan).
-    pub fn has_error_rules(&self) -> bool {
-        self.fields.iter().any(|f| {
-            f.rules
-                .as_ref()
-                .is_some_and(|r| r.severity == Severity::Error)
-        })
-    }
-
-    /// Types the mapping casts to, for `plan` output.
-    pub fn casts(&self) -> Vec<(String, CastType)> {
-        self.fields
-            .iter()
-            .filter_map(|f| f.output.cast.map(|c| (f.path_text.clone(), c)))
-            .collect()
     }
 }
