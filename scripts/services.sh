@@ -7,6 +7,7 @@
 #   scripts/services.sh stop    stop exactly the processes this script started, by PID
 #   scripts/services.sh status  say what is running
 #
+# mongod runs with enableTestCommands=1 so tests can inject faults (failCommand fail points).
 # Settings (environment): CUTOVER_SERVICES_DIR (default /tmp/cutover-services),
 # CUTOVER_PG_PORT (default 55432), CUTOVER_MONGO_PORT (default 57017).
 set -euo pipefail
@@ -80,7 +81,7 @@ start_mongo() {
   [ -x "$MONGOD" ] || { log "mongod not installed: run scripts/setup.sh"; exit 1; }
   mkdir -p "$DIR/mongo/data"
   "$MONGOD" --bind_ip 127.0.0.1 --port "$MONGO_PORT" --dbpath "$DIR/mongo/data" --replSet rs0 \
-    --wiredTigerCacheSizeGB 1 --fork --logpath "$DIR/mongo/mongod.log" \
+    --wiredTigerCacheSizeGB 1 --setParameter enableTestCommands=1 --fork --logpath "$DIR/mongo/mongod.log" \
     --pidfilepath "$DIR/mongo/mongod.pid" >/dev/null
   python3 "$HERE/mongo_admin.py" "$MONGO_PORT" initiate
   log "mongod started (pid $(mongo_pid), port $MONGO_PORT, replica set rs0)"

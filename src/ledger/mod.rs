@@ -22,6 +22,27 @@ fn lerr(op: &str) -> impl FnOnce(mongodb::error::Error) -> LedgerError + '_ {
     }
 }
 
+impl crate::sink::retry::Retryable for LedgerError {
+    fn is_retryable(&self) -> bool {
+        crate::sink::mongodb::is_transient(&self.source)
+    }
+}
+
+/// Runs one ledger operation with the same retry policy as data writes.
+async fn retried<T, F, Fut>(op: F) -> Result<T, LedgerError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    crate::sink::retry::retry(
+        crate::sink::retry::RetryPolicy::default(),
+        tokio::time::sleep,
+        |attempt, err: &LedgerError| tracing::warn!(attempt, error = %err, "retrying a ledger write"),
+        op,
+    )
+    .await
+}
+
 pub struct Ledger {
     db: Database,
     prefix: String,
@@ -62,19 +83,24 @@ impl Ledger {
         pipeline: &str,
         entities: &[String],
     ) -> Result<(), LedgerError> {
-        self.runs()
-            .insert_one(doc! {
-                "_id": run_id,
-                "pipeline": pipeline,
-                "entities": entities,
-                "status": "running",
-                "started_at": bson::DateTime::now(),
-                "host": host(),
-                "pid": i64::from(std::process::id()),
-                "version": env!("CARGO_PKG_VERSION"),
-            })
-            .await
-            .map_err(lerr("start run"))?;
+        let run = doc! {
+            "_id": run_id,
+            "pipeline": pipeline,
+            "entities": entities,
+            "status": "running",
+            "started_at": bson::DateTime::now(),
+            "host": host(),
+            "pid": i64::from(std::process::id()),
+            "version": env!("CARGO_PKG_VERSION"),
+        };
+        retried(|_| async {
+            self.runs()
+                .replace_one(doc! { "_id": run_id }, run.clone())
+                .upsert(true)
+                .await
+                .map_err(lerr("start run"))
+        })
+        .await?;
         Ok(())
     }
 
@@ -86,25 +112,26 @@ impl Ledger {
         checksum: &str,
     ) -> Result<(), LedgerError> {
         let id = format!("{run_id}:{entity}");
-        self.steps()
-            .replace_one(
-                doc! { "_id": &id },
-                doc! {
-                    "_id": &id,
-                    "run_id": run_id,
-                    "entity": entity,
-                    "mapping": mapping,
-                    "checksum": checksum,
-                    "status": "running",
-                    "started_at": bson::DateTime::now(),
-                    "host": host(),
-                    "pid": i64::from(std::process::id()),
-                    "version": env!("CARGO_PKG_VERSION"),
-                },
-            )
-            .upsert(true)
-            .await
-            .map_err(lerr("start step"))?;
+        let step = doc! {
+            "_id": &id,
+            "run_id": run_id,
+            "entity": entity,
+            "mapping": mapping,
+            "checksum": checksum,
+            "status": "running",
+            "started_at": bson::DateTime::now(),
+            "host": host(),
+            "pid": i64::from(std::process::id()),
+            "version": env!("CARGO_PKG_VERSION"),
+        };
+        retried(|_| async {
+            self.steps()
+                .replace_one(doc! { "_id": &id }, step.clone())
+                .upsert(true)
+                .await
+                .map_err(lerr("start step"))
+        })
+        .await?;
         Ok(())
     }
 
@@ -124,27 +151,31 @@ impl Ledger {
         if let Some(err) = &e.error {
             set.insert("error", err.clone());
         }
-        self.steps()
-            .update_one(doc! { "_id": id }, doc! { "$set": set })
-            .await
-            .map_err(lerr("finish step"))?;
+        retried(|_| async {
+            self.steps()
+                .update_one(doc! { "_id": &id }, doc! { "$set": set.clone() })
+                .await
+                .map_err(lerr("finish step"))
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn finish_run(&self, report: &RunReport) -> Result<(), LedgerError> {
-        self.runs()
-            .update_one(
-                doc! { "_id": &report.run_id },
-                doc! { "$set": {
-                    "status": &report.status,
-                    "finished_at": bson::DateTime::now(),
-                    "written": report.totals.written as i64,
-                    "rejected": report.totals.rejected as i64,
-                    "read": report.totals.read as i64,
-                }},
-            )
-            .await
-            .map_err(lerr("finish run"))?;
+        let set = doc! {
+            "status": &report.status,
+            "finished_at": bson::DateTime::now(),
+            "written": report.totals.written as i64,
+            "rejected": report.totals.rejected as i64,
+            "read": report.totals.read as i64,
+        };
+        retried(|_| async {
+            self.runs()
+                .update_one(doc! { "_id": &report.run_id }, doc! { "$set": set.clone() })
+                .await
+                .map_err(lerr("finish run"))
+        })
+        .await?;
         Ok(())
     }
 

@@ -31,26 +31,28 @@ const RETRYABLE_CODES: &[i32] = &[
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 50, 64, 112, 117, 133, 134,
 ];
 
+/// Whether a driver error is worth another try (network, not primary, time limits…).
+pub fn is_transient(err: &mongodb::error::Error) -> bool {
+    if err.contains_label(RETRYABLE_WRITE_ERROR) || err.contains_label("TransientTransactionError")
+    {
+        return true;
+    }
+    match err.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. } => true,
+        ErrorKind::Command(c) => RETRYABLE_CODES.contains(&c.code),
+        _ => false,
+    }
+}
+
 impl Retryable for MongoError {
     fn is_retryable(&self) -> bool {
         match self {
             MongoError::Connect { .. } => true,
             MongoError::WriteConcern(_) => true,
             MongoError::Reply(_) => false,
-            MongoError::Command { source, .. } => {
-                if source.contains_label(RETRYABLE_WRITE_ERROR)
-                    || source.contains_label("TransientTransactionError")
-                {
-                    return true;
-                }
-                match source.kind.as_ref() {
-                    ErrorKind::Io(_)
-                    | ErrorKind::ConnectionPoolCleared { .. }
-                    | ErrorKind::ServerSelection { .. } => true,
-                    ErrorKind::Command(c) => RETRYABLE_CODES.contains(&c.code),
-                    _ => false,
-                }
-            }
+            MongoError::Command { source, .. } => is_transient(source),
         }
     }
 }

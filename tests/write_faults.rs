@@ -1,0 +1,143 @@
+//! Transient and permanent write failures injected into the real mongod with its `failCommand`
+//! fail point (mongod runs with enableTestCommands=1), scoped to this test's client by appName.
+
+mod common;
+
+use bson::doc;
+use common::World;
+
+async fn fail_point(w: &World, app: &str, times: i32, code: i32) {
+    let admin = mongodb::Client::with_uri_str(common::mongo_uri())
+        .await
+        .unwrap()
+        .database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": { "times": times },
+            "data": { "failCommands": ["insert"], "errorCode": code, "appName": app },
+        })
+        .await
+        .unwrap();
+}
+
+async fn fail_point_off(app: &str) {
+    let admin = mongodb::Client::with_uri_str(common::mongo_uri())
+        .await
+        .unwrap()
+        .database("admin");
+    let _ = admin
+        .run_command(
+            doc! { "configureFailPoint": "failCommand", "mode": "off", "data": { "appName": app } },
+        )
+        .await;
+}
+
+fn uri_with_app(app: &str) -> String {
+    let uri = common::mongo_uri();
+    let sep = if uri.contains('?') { "&" } else { "?" };
+    format!("{uri}{sep}appName={app}")
+}
+
+fn vaccines_only(w: &World, app: &str, extra: &[&str]) -> std::process::Output {
+    w.cutover()
+        .env("MONGODB_URI", uri_with_app(app))
+        .args([
+            "migrate",
+            "vaccines",
+            "facilities",
+            "--quiet",
+            "--batch-size",
+            "5",
+            "--pipeline",
+        ])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+// The fail point is server-wide state: the three scenarios run in one test, one after another.
+#[tokio::test]
+async fn transient_errors_are_retried_and_permanent_ones_fail_the_batch() {
+    let w = World::new("faults").await;
+    w.load_registry(100);
+    let app = format!("cutover-fault-{}", std::process::id());
+
+    // 1. Two "ExceededTimeLimit" replies (transient): retried, everything written once. (Only
+    //    `insert` fails: the ledger writes with `update`.)
+    fail_point(&w, &app, 2, 262).await;
+    let out = vaccines_only(&w, &app, &[]);
+    fail_point_off(&app).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = w.latest_report();
+    assert_eq!(report["totals"]["retried"], 2, "{report}");
+    assert_eq!(w.count("vaccines").await, 12);
+    assert_eq!(w.count("facilities").await, 39);
+
+    // 2. A permanent error (BadValue) without --continue-on-error stops the run with exit 1; the
+    //    report still accounts for every row read.
+    let w2 = World::new("faults2").await;
+    w2.load_registry(100);
+    fail_point(&w2, &app, 1, 2).await;
+    let out = vaccines_only(&w2, &app, &[]);
+    fail_point_off(&app).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("failed after 1 attempts"), "{err}");
+    let report = w2.latest_report();
+    assert_eq!(report["status"], "failed");
+    let e = &report["entities"][0];
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!(
+        n("read"),
+        n("written") + n("rejected") + n("skipped"),
+        "{e}"
+    );
+    assert_eq!(
+        report["entities"].as_array().unwrap().len(),
+        1,
+        "the run stopped at vaccines"
+    );
+
+    // 3. The same with --continue-on-error: the failed batch's rows are rejects (stage write) and
+    //    the run goes on; exit 2.
+    let w3 = World::new("faults3").await;
+    w3.load_registry(100);
+    fail_point(&w3, &app, 1, 2).await;
+    let out = vaccines_only(&w3, &app, &["--continue-on-error"]);
+    fail_point_off(&app).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = w3.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let rejects = w3.rejects(run_id);
+    let write_rejects = rejects
+        .iter()
+        .filter(|r| r.2 == "write" && r.3 == "batch_failed")
+        .count();
+    assert_eq!(write_rejects, 5, "one batch of 5 failed: {rejects:?}");
+    assert_eq!(
+        w3.count("vaccines").await + w3.count("facilities").await,
+        12 + 39 - 5
+    );
+
+    w.drop().await;
+    w2.drop().await;
+    w3.drop().await;
+}
