@@ -6,7 +6,7 @@ mod common;
 use bson::doc;
 use common::World;
 
-async fn fail_point(w: &World, app: &str, times: i32, code: i32) {
+async fn fail_point(app: &str, times: i32, code: i32) {
     let admin = mongodb::Client::with_uri_str(common::mongo_uri())
         .await
         .unwrap()
@@ -66,7 +66,7 @@ async fn transient_errors_are_retried_and_permanent_ones_fail_the_batch() {
 
     // 1. Two "ExceededTimeLimit" replies (transient): retried, everything written once. (Only
     //    `insert` fails: the ledger writes with `update`.)
-    fail_point(&w, &app, 2, 262).await;
+    fail_point(&app, 2, 262).await;
     let out = vaccines_only(&w, &app, &[]);
     fail_point_off(&app).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -85,7 +85,7 @@ async fn transient_errors_are_retried_and_permanent_ones_fail_the_batch() {
     //    report still accounts for every row read.
     let w2 = World::new("faults2").await;
     w2.load_registry(100);
-    fail_point(&w2, &app, 1, 2).await;
+    fail_point(&app, 1, 2).await;
     let out = vaccines_only(&w2, &app, &[]);
     fail_point_off(&app).await;
     assert_eq!(
@@ -115,7 +115,7 @@ async fn transient_errors_are_retried_and_permanent_ones_fail_the_batch() {
     //    the run goes on; exit 2.
     let w3 = World::new("faults3").await;
     w3.load_registry(100);
-    fail_point(&w3, &app, 1, 2).await;
+    fail_point(&app, 1, 2).await;
     let out = vaccines_only(&w3, &app, &["--continue-on-error"]);
     fail_point_off(&app).await;
     assert_eq!(
