@@ -49,6 +49,107 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print what `migrate` would run, in which order, from which mapping.
     Plan(PlanArgs),
+    /// Show every stage's state in the target: applied, pending, failed, interrupted (with its
+    /// checkpoint), rolled back, or changed since applied; and who holds the lock.
+    Status(StatusArgs),
+    /// List past runs.
+    History(HistoryArgs),
+    /// Undo stages: by default every stage of the last run, newest first.
+    Rollback(RollbackArgs),
+    /// Inspect or release the lock that keeps two runs apart.
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// Backups taken before a stage wrote into a non-empty collection.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+/// Which MongoDB target the ledger commands read.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// MongoDB database (overrides the config and CUTOVER_MONGODB_DATABASE).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// How many runs to show, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+    /// Only runs with this status (completed, completed_with_rejects, failed, running).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Stages or entities to roll back (their latest applied step).
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Roll back the last N applied steps.
+    #[arg(long, value_name = "N", conflicts_with_all = ["names", "all"])]
+    pub steps: Option<usize>,
+    /// Roll back every applied step.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// Also roll back the stages that depend on those named.
+    #[arg(long)]
+    pub cascade: bool,
+    /// Print what would be undone; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the lock, since when, until when.
+    Status(TargetArgs),
+    /// Remove the lock whoever holds it (only when its holder is known to be dead).
+    Release {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Required: releasing a live run's lock lets a second run start beside it.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// List backups.
+    List(TargetArgs),
+    /// Put a backup back into its collection (replacing the collection's documents).
+    Restore {
+        name: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Delete a backup.
+    Drop {
+        name: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
 }
 
 /// Where the pipeline and mappings are.
@@ -118,6 +219,30 @@ pub struct MigrateArgs {
     /// Retries of a failed batch before it counts as failed.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: u32,
+
+    /// Run the selected stages again even when the ledger says they are applied.
+    #[arg(long)]
+    pub rerun: bool,
+
+    /// A mapping changed after its stage was applied: keep the data and record the new mapping.
+    #[arg(long)]
+    pub accept_changed: bool,
+
+    /// Start interrupted stages over instead of resuming from their checkpoint.
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Do not back up a non-empty collection before writing into it (rollback then cannot restore it).
+    #[arg(long)]
+    pub no_backup: bool,
+
+    /// When a stage fails, put its collection back as it was before the stage.
+    #[arg(long)]
+    pub restore_on_failure: bool,
+
+    /// Lock expiry in seconds, renewed while the run lives.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
+    pub lock_ttl: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,7 +314,34 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
+        Command::Status(args) => crate::cli_ledger::status(&cli, args).await,
+        Command::History(args) => crate::cli_ledger::history(&cli, args).await,
+        Command::Rollback(args) => crate::cli_ledger::rollback(&cli, args).await,
+        Command::Lock(cmd) => crate::cli_ledger::lock(&cli, cmd).await,
+        Command::Backup(cmd) => crate::cli_ledger::backup(&cli, cmd).await,
     }
+}
+
+/// The MongoDB target and its ledger, for the ledger commands.
+pub(crate) async fn open_ledger(
+    cli: &Cli,
+    target: &TargetArgs,
+) -> Result<(Config, MongoTarget, Ledger)> {
+    let cfg = load_config(
+        cli,
+        Overrides {
+            mongodb_database: target.database.clone(),
+            ..Default::default()
+        },
+    )?;
+    let mongo = cfg.require_mongodb()?.clone();
+    let t = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
+    let ledger = Ledger::new(t.database().clone(), &mongo.ledger_prefix);
+    Ok((cfg, t, ledger))
+}
+
+pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {
+    load_pipeline(cfg, args)
 }
 
 async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
@@ -232,6 +384,12 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
             ..Default::default()
         },
         target_name: format!("mongodb {}", mongo.database),
+        rerun: args.rerun,
+        accept_changed: args.accept_changed,
+        fresh: args.fresh,
+        no_backup: args.no_backup,
+        restore_on_failure: args.restore_on_failure,
+        lock_ttl: std::time::Duration::from_secs(args.lock_ttl.max(1)),
     };
     let report = run::migrate(&pipeline, steps, &source, &target, &ledger, &opts).await?;
     print!("{}", report.render_text());

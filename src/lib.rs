@@ -15,6 +15,7 @@
 //! - [`redact`]: keeps credentials out of output.
 
 pub mod cli;
+mod cli_ledger;
 pub mod config;
 pub mod ledger;
 pub mod mapping;

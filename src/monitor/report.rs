@@ -29,6 +29,11 @@ pub struct EntityReport {
     pub write_mode: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The interrupted run this step resumed, and how many source rows it had already covered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    #[serde(default)]
+    pub resumed_after_rows: u64,
 }
 
 impl EntityReport {
@@ -51,6 +56,8 @@ impl EntityReport {
             total: 0,
             write_mode: "none".into(),
             error: None,
+            resumed_from: None,
+            resumed_after_rows: 0,
         }
     }
 
@@ -81,6 +88,9 @@ pub struct RunReport {
     /// `completed`, `completed_with_rejects`, `failed`.
     pub status: String,
     pub entities: Vec<EntityReport>,
+    /// Selected entities the ledger shows as completed with the same mapping (not run again).
+    #[serde(default)]
+    pub already_applied: Vec<String>,
     pub totals: Totals,
     pub success_rate: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -188,6 +198,22 @@ impl RunReport {
             "",
             self.success_rate
         );
+        for e in &self.entities {
+            if let Some(from) = &e.resumed_from {
+                let _ = writeln!(
+                    s,
+                    "{}: resumed run {from} after {} rows already written",
+                    e.name, e.resumed_after_rows
+                );
+            }
+        }
+        if !self.already_applied.is_empty() {
+            let _ = writeln!(
+                s,
+                "already applied, not run again (--rerun to run them): {}",
+                self.already_applied.join(", ")
+            );
+        }
         if let Some(ms) = self.estimated_full_run_ms {
             let _ = writeln!(s, "estimated duration of the real run: {}", format_ms(ms));
         }

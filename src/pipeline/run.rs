@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use super::{Pipeline, Step};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{self, Ledger, LedgerError};
 use crate::mapping::MappingError;
 use crate::mapping::plan::{self, Plan};
 use crate::monitor::rejects::RejectsWriter;
@@ -40,6 +40,8 @@ pub enum RunError {
     Target(#[from] MongoError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Lock(#[from] Box<ledger::lock::LockError>),
     #[error("{0}")]
     Dependencies(String),
     #[error("stopped: {rejected} rows rejected, more than --max-rejects {max}")]
@@ -49,7 +51,7 @@ pub enum RunError {
         entity: String,
         rows: usize,
         attempts: u32,
-        source: MongoError,
+        source: Box<MongoError>,
     },
     #[error("{entity}: cannot read a child row of `{path}`: column {column}: {message}")]
     ChildDecode {
@@ -92,6 +94,17 @@ pub struct RunOptions {
     pub quiet: bool,
     pub retry: RetryPolicy,
     pub target_name: String,
+    /// Run stages again even when the ledger says they completed.
+    pub rerun: bool,
+    /// Keep data migrated with an older mapping and record the new mapping's checksum.
+    pub accept_changed: bool,
+    /// Ignore checkpoints of interrupted stages and start them over.
+    pub fresh: bool,
+    /// Do not copy a non-empty collection before writing into it.
+    pub no_backup: bool,
+    /// When a stage fails, put its collection back as it was.
+    pub restore_on_failure: bool,
+    pub lock_ttl: std::time::Duration,
 }
 
 /// A new run id: UTC time plus a random suffix, sortable.
@@ -164,7 +177,69 @@ async fn load_known_keys(
     Ok(out)
 }
 
-/// Runs `steps` of `pipeline` from the source into the MongoDB target.
+/// What `migrate` does with one selected entity, decided from the ledger before anything runs.
+#[derive(Debug, Clone)]
+enum Decision {
+    /// Completed before with the same mapping: nothing to do (unless --rerun).
+    AlreadyApplied,
+    /// Completed before with another mapping, and --accept-changed: record the new checksum.
+    AcceptChange { step_id: String },
+    /// Run it, from the start or from an interrupted step's checkpoint.
+    Run {
+        resume: Option<Box<ledger::StepRecord>>,
+    },
+}
+
+fn decide(
+    steps: &[Step],
+    pipeline: &Pipeline,
+    latest: &std::collections::BTreeMap<String, ledger::StepRecord>,
+    opts: &RunOptions,
+) -> Result<Vec<(Step, Decision)>, RunError> {
+    let mut out = Vec::new();
+    let mut changed = Vec::new();
+    for s in steps {
+        let m = pipeline.mappings.get(&s.entity)?;
+        let d = match latest.get(&s.entity) {
+            None => Decision::Run { resume: None },
+            Some(prev) if prev.status == ledger::COMPLETED => {
+                if opts.rerun {
+                    Decision::Run { resume: None }
+                } else if prev.checksum == m.checksum {
+                    Decision::AlreadyApplied
+                } else if opts.accept_changed {
+                    Decision::AcceptChange {
+                        step_id: prev.id.clone(),
+                    }
+                } else {
+                    changed.push(format!("{} (completed in run {})", s.entity, prev.run_id));
+                    continue;
+                }
+            }
+            Some(prev)
+                if (prev.status == ledger::RUNNING || prev.status == ledger::FAILED)
+                    && prev.checkpoint_key.is_some()
+                    && prev.checksum == m.checksum
+                    && !opts.fresh =>
+            {
+                Decision::Run {
+                    resume: Some(Box::new(prev.clone())),
+                }
+            }
+            Some(_) => Decision::Run { resume: None },
+        };
+        out.push((s.clone(), d));
+    }
+    if !changed.is_empty() {
+        return Err(RunError::Dependencies(format!(
+            "the mapping of {} changed after its stage completed; re-run it with --rerun, or keep the migrated data and accept the new mapping with --accept-changed",
+            changed.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+/// Runs `steps` of `pipeline` from the source into the MongoDB target, holding the target's lock.
 pub async fn migrate(
     pipeline: &Pipeline,
     steps: Vec<Step>,
@@ -174,6 +249,28 @@ pub async fn migrate(
     opts: &RunOptions,
 ) -> Result<RunReport, RunError> {
     let run_id = new_run_id();
+    if opts.dry_run {
+        return migrate_locked(pipeline, steps, source_url, target, ledger, opts, &run_id).await;
+    }
+    let lock = ledger
+        .acquire_lock(&run_id, "migrate", opts.lock_ttl)
+        .await
+        .map_err(Box::new)?;
+    let result = migrate_locked(pipeline, steps, source_url, target, ledger, opts, &run_id).await;
+    lock.release().await?;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn migrate_locked(
+    pipeline: &Pipeline,
+    steps: Vec<Step>,
+    source_url: &str,
+    target: &MongoTarget,
+    ledger: &Ledger,
+    opts: &RunOptions,
+    run_id: &str,
+) -> Result<RunReport, RunError> {
     let started_at = chrono::Utc::now();
 
     let prereqs = pipeline.prerequisites(&steps);
@@ -191,37 +288,95 @@ pub async fn migrate(
             )));
         }
     }
+    let latest = ledger.latest_steps().await?;
+    let decisions = decide(&steps, pipeline, &latest, opts)?;
+    let mut already_applied = Vec::new();
+    let mut to_run = Vec::new();
+    for (step, d) in decisions {
+        match d {
+            Decision::AlreadyApplied => already_applied.push(step.entity),
+            Decision::AcceptChange { step_id } => {
+                if !opts.dry_run {
+                    let m = pipeline.mappings.get(&step.entity)?;
+                    ledger.accept_checksum(&step_id, &m.checksum).await?;
+                }
+                already_applied.push(step.entity);
+            }
+            Decision::Run { resume } => to_run.push((step, resume)),
+        }
+    }
 
     let mut session = SourceSession::open(source_url).await?;
-    let plans = compile_plans(pipeline, &steps, &mut session).await?;
+    let run_steps: Vec<Step> = to_run.iter().map(|(s, _)| s.clone()).collect();
+    let plans = compile_plans(pipeline, &run_steps, &mut session).await?;
     let ctx = MapContext {
         now_ms: started_at.timestamp_millis(),
         skip_validation: opts.skip_validation,
         known_keys: load_known_keys(pipeline, &plans, &mut session).await?,
     };
     let entity_names: Vec<String> = plans.iter().map(|p| p.entity.clone()).collect();
-    if !opts.dry_run {
+    let run_number = if opts.dry_run || plans.is_empty() {
+        0
+    } else {
+        let n = ledger.next_run_number().await?;
         ledger
-            .start_run(&run_id, &pipeline.spec.name, &entity_names)
+            .start_run(run_id, n, &pipeline.spec.name, &entity_names)
             .await?;
-    }
+        n
+    };
 
-    let rejects = Arc::new(RejectsWriter::new(&opts.rejects_dir.join(&run_id)));
+    let rejects = Arc::new(RejectsWriter::new(&opts.rejects_dir.join(run_id)));
     let progress = Progress::new(opts.quiet);
     let total_rejected = Arc::new(AtomicU64::new(0));
     let mut entities = Vec::new();
     let mut run_error: Option<RunError> = None;
     let mut estimate_ms: u64 = 0;
 
-    for p in &plans {
+    for (p, (_, resume)) in plans.iter().zip(&to_run) {
+        let mut stage = StageRun {
+            run_id: run_id.to_string(),
+            resume: resume.as_ref().map(|r| Resume {
+                from_run: r.run_id.clone(),
+                key: r.checkpoint_key.clone().unwrap_or_default(),
+                rows: r.checkpoint_rows.max(0) as u64,
+            }),
+            mode: None,
+            ledger: (!opts.dry_run).then(|| ledger.clone()),
+        };
+        let mut backup = None;
+        let mut was_empty = false;
         if !opts.dry_run {
+            was_empty = target.is_empty(&p.collection).await?;
+            if let Some(r) = resume {
+                was_empty = r.was_empty;
+                backup = r.backup.clone();
+            } else if !was_empty && !opts.no_backup {
+                backup = Some(ledger.backup(&p.collection, run_id, &p.entity).await?);
+            }
+            stage.mode = Some(if target.is_empty(&p.collection).await? {
+                WriteMode::Insert
+            } else {
+                WriteMode::Upsert
+            });
+            let mapping = p.mapping_path.display().to_string();
+            let checkpoint = stage
+                .resume
+                .as_ref()
+                .map(|r| (r.key.as_slice(), r.rows as i64));
             ledger
-                .start_step(
-                    &run_id,
-                    &p.entity,
-                    &p.mapping_path.display().to_string(),
-                    &p.checksum,
-                )
+                .start_step(&ledger::StepStart {
+                    run_id,
+                    run_number,
+                    entity: &p.entity,
+                    collection: &p.collection,
+                    mapping: &mapping,
+                    checksum: &p.checksum,
+                    was_empty,
+                    backup: backup.as_deref(),
+                    total: 0,
+                    resumed_from: stage.resume.as_ref().map(|r| r.from_run.as_str()),
+                    checkpoint,
+                })
                 .await?;
         }
         let (mut report, err) = run_entity(
@@ -233,6 +388,7 @@ pub async fn migrate(
             &rejects,
             &progress,
             &total_rejected,
+            &stage,
         )
         .await;
         if let Some(e) = &err {
@@ -258,7 +414,13 @@ pub async fn migrate(
                 None => report.duration_ms,
             };
         } else {
-            ledger.finish_step(&run_id, &report).await?;
+            ledger.finish_step(run_id, &report).await?;
+            if report.status == "failed" && opts.restore_on_failure {
+                let step_id = format!("{run_id}:{}", p.entity);
+                restore_step(ledger, &p.collection, was_empty, backup.as_deref()).await?;
+                ledger.mark_rolled_back(&step_id).await?;
+                report.status = "failed, restored".into();
+            }
         }
         entities.push(report);
         if let Some(e) = err {
@@ -273,7 +435,7 @@ pub async fn migrate(
     })?;
 
     let mut report = RunReport {
-        run_id: run_id.clone(),
+        run_id: run_id.to_string(),
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         dry_run: opts.dry_run,
@@ -281,6 +443,7 @@ pub async fn migrate(
         pipeline: pipeline.spec.name.clone(),
         status: String::new(),
         entities,
+        already_applied,
         totals: Default::default(),
         success_rate: 0.0,
         estimated_full_run_ms: opts.dry_run.then_some(estimate_ms),
@@ -302,10 +465,53 @@ pub async fn migrate(
     report
         .write_json(&path)
         .map_err(|source| RunError::Io { path, source })?;
-    if !opts.dry_run {
+    if !opts.dry_run && run_number > 0 {
         ledger.finish_run(&report).await?;
     }
     Ok(report)
+}
+
+/// Puts a collection back as it was before a step: emptied when the step found it empty,
+/// else restored from the step's backup.
+pub async fn restore_step(
+    ledger: &Ledger,
+    collection: &str,
+    was_empty: bool,
+    backup: Option<&str>,
+) -> Result<(), RunError> {
+    if was_empty {
+        ledger.empty_collection(collection).await?;
+        return Ok(());
+    }
+    match backup {
+        Some(name) => match ledger.find_backup(name).await? {
+            Some(b) => Ok(ledger.restore_backup(&b).await?),
+            None => Err(RunError::Dependencies(format!(
+                "the backup {name} of {collection} is gone; cannot restore"
+            ))),
+        },
+        None => Err(RunError::Dependencies(format!(
+            "{collection} was not empty and no backup was taken (--no-backup); cannot restore"
+        ))),
+    }
+}
+
+/// Where an interrupted step stopped.
+#[derive(Debug, Clone)]
+struct Resume {
+    from_run: String,
+    key: Vec<String>,
+    rows: u64,
+}
+
+/// Per-stage facts the reader and writer need.
+struct StageRun {
+    run_id: String,
+    resume: Option<Resume>,
+    /// `None` in a dry run.
+    mode: Option<WriteMode>,
+    /// Where checkpoints go (`None` in a dry run).
+    ledger: Option<Ledger>,
 }
 
 /// A batch of documents on its way to the target.
@@ -313,6 +519,12 @@ struct Batch {
     docs: Vec<RawDocumentBuf>,
     keys: Vec<String>,
     bytes: usize,
+    /// Position in the stage's sequence of batches (for the contiguous checkpoint).
+    seq: u64,
+    /// Key (as text) of the last source row this batch covers, rejected rows included.
+    last_key: Vec<String>,
+    /// Source rows read (this run) up to and including that row.
+    read_upto: u64,
 }
 
 impl Batch {
@@ -321,7 +533,89 @@ impl Batch {
             docs: Vec::with_capacity(cap),
             keys: Vec::with_capacity(cap),
             bytes: 0,
+            seq: 0,
+            last_key: Vec::new(),
+            read_upto: 0,
         }
+    }
+
+    fn seal(&mut self, seq: &mut u64, last_key: Vec<String>, read_upto: u64) {
+        self.seq = *seq;
+        *seq += 1;
+        self.last_key = last_key;
+        self.read_upto = read_upto;
+    }
+}
+
+/// The key of `row` as text, in scan order (what a checkpoint stores).
+fn key_strings(plan: &Plan, row: Option<&[Value]>) -> Vec<String> {
+    match row {
+        Some(row) => plan.key.iter().map(|&i| row[i].to_string()).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Tracks finished batches and records the contiguous watermark: the key below which every
+/// batch is durably written, however the concurrent batches complete.
+pub(crate) struct Checkpointer {
+    ledger: Ledger,
+    run_id: String,
+    entity: String,
+    /// Rows already covered before this run (a resumed step).
+    base_rows: u64,
+    next: u64,
+    done: std::collections::BTreeMap<u64, (Vec<String>, u64)>,
+    watermark: Option<(Vec<String>, u64)>,
+    recorded: Option<Instant>,
+}
+
+impl Checkpointer {
+    fn new(ledger: Ledger, run_id: &str, entity: &str, base_rows: u64) -> Checkpointer {
+        Checkpointer {
+            ledger,
+            run_id: run_id.to_string(),
+            entity: entity.to_string(),
+            base_rows,
+            next: 0,
+            done: Default::default(),
+            watermark: None,
+            recorded: None,
+        }
+    }
+
+    /// Notes batch `seq` as finished; records the watermark at most every 200 ms.
+    async fn finished(&mut self, seq: u64, key: Vec<String>, rows: u64) -> Result<(), RunError> {
+        self.done.insert(seq, (key, rows));
+        let mut advanced = false;
+        while let Some(entry) = self.done.remove(&self.next) {
+            self.watermark = Some(entry);
+            self.next += 1;
+            advanced = true;
+        }
+        let due = self
+            .recorded
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(200));
+        if advanced && due {
+            self.record().await?;
+        }
+        Ok(())
+    }
+
+    async fn record(&mut self) -> Result<(), RunError> {
+        if let Some((key, rows)) = &self.watermark
+            && !key.is_empty()
+        {
+            self.ledger
+                .checkpoint(
+                    &self.run_id,
+                    &self.entity,
+                    key,
+                    (self.base_rows + rows) as i64,
+                )
+                .await?;
+            self.recorded = Some(Instant::now());
+        }
+        Ok(())
     }
 }
 
@@ -386,6 +680,7 @@ async fn run_entity(
     rejects: &Arc<RejectsWriter>,
     progress: &Progress,
     total_rejected: &Arc<AtomicU64>,
+    stage: &StageRun,
 ) -> (EntityReport, Option<RunError>) {
     let counters = Arc::new(EntityCounters::default());
     let started = Instant::now();
@@ -405,21 +700,17 @@ async fn run_entity(
         Ok(n) => n,
         Err(e) => return (report_base(&counters, "none", 0), Some(e.into())),
     };
-    let mode = if opts.dry_run {
-        None
-    } else {
-        match target.is_empty(&plan.collection).await {
-            Ok(true) => Some(WriteMode::Insert),
-            Ok(false) => Some(WriteMode::Upsert),
-            Err(e) => return (report_base(&counters, "none", total), Some(e.into())),
-        }
-    };
+    let mode = stage.mode;
     let mode_name = match mode {
         None => "none",
         Some(WriteMode::Insert) => "insert",
         Some(WriteMode::Upsert) => "upsert",
     };
     let bar = progress.bar(&plan.entity, total, true);
+    let resumed_rows = stage.resume.as_ref().map(|r| r.rows).unwrap_or(0);
+    if resumed_rows > 0 {
+        bar.set_position(resumed_rows);
+    }
 
     let (tx, rx) = mpsc::channel::<Batch>(opts.concurrency);
     let writer = mode.map(|mode| {
@@ -433,6 +724,10 @@ async fn run_entity(
             counters.clone(),
             rejects.clone(),
             total_rejected.clone(),
+            stage
+                .ledger
+                .clone()
+                .map(|l| Checkpointer::new(l, &stage.run_id, &plan.entity, resumed_rows)),
         ))
     });
 
@@ -446,6 +741,7 @@ async fn run_entity(
         total_rejected,
         &bar,
         tx,
+        stage.resume.as_ref(),
     )
     .await;
     let write_result = match writer {
@@ -469,7 +765,12 @@ async fn run_entity(
         let unattempted = c.read.saturating_sub(c.written + c.rejected + c.skipped);
         EntityCounters::add(&counters.skipped, unattempted);
     }
-    (report_base(&counters, mode_name, total), err)
+    let mut report = report_base(&counters, mode_name, total);
+    if let Some(r) = &stage.resume {
+        report.resumed_from = Some(r.from_run.clone());
+        report.resumed_after_rows = r.rows;
+    }
+    (report, err)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -483,36 +784,48 @@ async fn read_loop(
     total_rejected: &Arc<AtomicU64>,
     bar: &indicatif::ProgressBar,
     tx: mpsc::Sender<Batch>,
+    resume: Option<&Resume>,
 ) -> Result<(), RunError> {
     let mut parent_conn = session.reader().await?;
+    let mut read_spec = plan.read.clone();
+    let mut child_specs: Vec<_> = plan.embeds.iter().map(|e| e.read.clone()).collect();
+    if let Some(r) = resume {
+        read_spec.after = Some(r.key.clone());
+        // Children of parents already written are skipped by the same key (single-column keys).
+        for c in &mut child_specs {
+            c.after = Some(r.key[..1].to_vec());
+        }
+    }
+    let start_rows = resume.map(|r| r.rows).unwrap_or(0);
+    let mut seq: u64 = 0;
     let mut child_conns = Vec::new();
     for _ in &plan.embeds {
         child_conns.push(session.reader().await?);
     }
-    let mut cursors: Vec<ChildCursor<'_>> = plan
-        .embeds
+    let mut cursors: Vec<ChildCursor<'_>> = child_specs
         .iter()
         .zip(child_conns.iter_mut())
-        .map(|(e, conn)| ChildCursor {
-            stream: postgres::stream(conn, &e.read),
+        .map(|(spec, conn)| ChildCursor {
+            stream: postgres::stream(conn, spec),
             pending: None,
             done: false,
             orphans: 0,
         })
         .collect();
-    let mut rows = postgres::stream(&mut parent_conn, &plan.read);
+    let mut rows = postgres::stream(&mut parent_conn, &read_spec);
     let io_err = |source: std::io::Error| RunError::Io {
         path: rejects.dir().to_path_buf(),
         source,
     };
     let mut batch = Batch::new(opts.batch_size);
+    let mut prev_row: Option<Vec<Value>> = None;
     let mut since_tick = 0u64;
 
     while let Some(item) = rows.try_next().await? {
         EntityCounters::add(&counters.read, 1);
         since_tick += 1;
         if since_tick >= 256 {
-            bar.set_position(counters.read.load(Ordering::Relaxed));
+            bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
             since_tick = 0;
         }
         let row = match item {
@@ -557,6 +870,7 @@ async fn read_loop(
                 opts,
             )
             .map_err(io_err)??;
+            prev_row = Some(row);
             continue;
         };
         let size = raw.as_bytes().len();
@@ -578,6 +892,7 @@ async fn read_loop(
                 opts,
             )
             .map_err(io_err)??;
+            prev_row = Some(row);
             continue;
         }
         let warnings: Vec<&Issue> = mapped.warnings().collect();
@@ -590,10 +905,17 @@ async fn read_loop(
         if opts.dry_run {
             EntityCounters::add(&counters.written, 1);
             EntityCounters::add(&counters.bytes, size as u64);
+            prev_row = Some(row);
             continue;
         }
         if batch.bytes + size > opts.batch_bytes && !batch.docs.is_empty() {
-            let full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            // The batch covers every row before this one.
+            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            full.seal(
+                &mut seq,
+                key_strings(plan, prev_row.as_deref()),
+                counters.read.load(Ordering::Relaxed) - 1,
+            );
             if tx.send(full).await.is_err() {
                 return Ok(()); // the writer stopped; its error is reported
             }
@@ -602,20 +924,31 @@ async fn read_loop(
         batch.docs.push(raw);
         batch.keys.push(mapped.key.clone());
         if batch.docs.len() >= opts.batch_size {
-            let full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            full.seal(
+                &mut seq,
+                key_strings(plan, Some(&row)),
+                counters.read.load(Ordering::Relaxed),
+            );
             if tx.send(full).await.is_err() {
                 return Ok(());
             }
         }
+        prev_row = Some(row);
     }
     if !batch.docs.is_empty() {
+        batch.seal(
+            &mut seq,
+            key_strings(plan, prev_row.as_deref()),
+            counters.read.load(Ordering::Relaxed),
+        );
         let _ = tx.send(batch).await;
     }
     let orphans: u64 = cursors.iter().map(|c| c.orphans).sum();
     if orphans > 0 {
         tracing::warn!(entity = %plan.entity, orphans, "child rows whose parent is not in the source were not embedded");
     }
-    bar.set_position(counters.read.load(Ordering::Relaxed));
+    bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
     Ok(())
 }
 
@@ -651,6 +984,7 @@ async fn write_loop(
     counters: Arc<EntityCounters>,
     rejects: Arc<RejectsWriter>,
     total_rejected: Arc<AtomicU64>,
+    mut checkpointer: Option<Checkpointer>,
 ) -> Result<(), RunError> {
     let batches =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
@@ -690,8 +1024,9 @@ async fn write_loop(
         path: rejects.dir().to_path_buf(),
         source,
     };
-    while let Some((batch, result, attempts)) = results.next().await {
+    while let Some((mut batch, result, attempts)) = results.next().await {
         EntityCounters::add(&counters.batches, 1);
+        let failed = result.is_err();
         match result {
             Ok(BatchResult { written, errors }) => {
                 EntityCounters::add(&counters.written, written);
@@ -735,7 +1070,7 @@ async fn write_loop(
                         entity,
                         rows: batch.docs.len(),
                         attempts,
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 for key in &batch.keys {
@@ -758,6 +1093,17 @@ async fn write_loop(
                     .map_err(io_err)??;
                 }
             }
+        }
+        // Every row of the batch is now written or recorded as a reject (a stopped run returned
+        // above): the watermark may move past it.
+        let _ = failed;
+        if let Some(c) = checkpointer.as_mut() {
+            c.finished(
+                batch.seq,
+                std::mem::take(&mut batch.last_key),
+                batch.read_upto,
+            )
+            .await?;
         }
     }
     Ok(())

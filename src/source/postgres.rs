@@ -248,6 +248,8 @@ pub struct ReadSpec {
     pub order: Vec<usize>,
     /// Extra SQL condition (e.g. for delta runs), already safe.
     pub filter: Option<String>,
+    /// Resume after this key (text of each ordering column's value): only rows ordering after it.
+    pub after: Option<Vec<String>>,
 }
 
 impl ReadSpec {
@@ -288,6 +290,7 @@ impl ReadSpec {
             columns,
             order,
             filter: None,
+            after: None,
         })
     }
 
@@ -323,9 +326,20 @@ impl ReadSpec {
             .collect::<Vec<_>>()
             .join(", ");
         let mut sql = format!("SELECT {select} FROM {}", self.relation);
-        if let Some(f) = &self.filter {
+        let mut conditions: Vec<String> = self.filter.iter().cloned().collect();
+        if let Some(after) = &self.after {
+            // Row comparison in the scan's own order: (k1, k2) > ($1, $2).
+            let params = self.order[..after.len().min(self.order.len())]
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| format!("CAST(${} AS {})", n + 1, self.columns[i].pg_type))
+                .collect::<Vec<_>>()
+                .join(", ");
+            conditions.push(format!("({order}) > ({params})"));
+        }
+        if !conditions.is_empty() {
             sql.push_str(" WHERE ");
-            sql.push_str(f);
+            sql.push_str(&conditions.join(" AND "));
         }
         if !order.is_empty() {
             sql.push_str(" ORDER BY ");
@@ -346,8 +360,12 @@ pub fn stream<'c>(
     let kinds: Vec<ColKind> = spec.columns.iter().map(|c| c.kind).collect();
     let sql = spec.sql();
     let context = format!("read {}", spec.relation);
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for v in spec.after.iter().flatten() {
+        query = query.bind(v.clone());
+    }
     Box::pin(
-        sqlx::query(AssertSqlSafe(sql))
+        query
             .fetch(conn)
             .map_err(move |source| SourceError::Query {
                 context: context.clone(),
@@ -439,6 +457,17 @@ mod tests {
         assert_eq!(
             spec.sql(),
             "SELECT \"code\", \"price\"::text AS \"price\", \"meta\"::text AS \"meta\", \"n\" FROM \"items\" ORDER BY \"code\" COLLATE \"C\""
+        );
+    }
+
+    #[test]
+    fn resume_reads_only_rows_after_the_checkpoint_key() {
+        let cols = vec![col("a", "TEXT"), col("b", "INT4")];
+        let mut spec = ReadSpec::new("\"t\"", &cols, &[], &["a".into(), "b".into()]).unwrap();
+        spec.after = Some(vec!["x".into(), "3".into()]);
+        assert_eq!(
+            spec.sql(),
+            "SELECT \"a\", \"b\" FROM \"t\" WHERE (\"a\" COLLATE \"C\", \"b\") > (CAST($1 AS TEXT), CAST($2 AS INT4)) ORDER BY \"a\" COLLATE \"C\", \"b\""
         );
     }
 

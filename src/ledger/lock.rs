@@ -1,0 +1,260 @@
+//! One run at a time per target: a lock document with its owner and an expiry renewed by a
+//! heartbeat while the run lives. A holder that died stops renewing, and its lock expires.
+
+use std::time::Duration;
+
+use bson::{Document, doc};
+use serde::Serialize;
+
+use super::{Ledger, LedgerError, host, lerr};
+
+pub const LOCK_ID: &str = "cutover";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockHolder {
+    pub run_id: String,
+    pub host: String,
+    pub pid: i64,
+    pub command: String,
+    pub acquired_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub expired: bool,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "run {} ({}) on host {} pid {}, acquired {}, expires {}",
+            self.run_id,
+            self.command,
+            self.host,
+            self.pid,
+            self.acquired_at.as_deref().unwrap_or("?"),
+            self.expires_at.as_deref().unwrap_or("?")
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another cutover holds the lock of this target: {0}; wait for it, or if it is dead run `cutover lock release --confirm`"
+    )]
+    Held(LockHolder),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+fn holder_of(d: &Document) -> LockHolder {
+    let date = |k: &str| {
+        d.get_datetime(k)
+            .ok()
+            .and_then(|t| t.try_to_rfc3339_string().ok())
+    };
+    let lock_host = d.get_str("host").unwrap_or_default().to_string();
+    let pid = d.get_i64("pid").unwrap_or_default();
+    // A holder on this machine whose process is gone (kill -9, crash) holds nothing.
+    let dead = lock_host == host() && !pid_alive(pid);
+    let expired = dead
+        || d.get_datetime("expires_at")
+            .map(|t| t.timestamp_millis() < bson::DateTime::now().timestamp_millis())
+            .unwrap_or(true);
+    LockHolder {
+        run_id: d.get_str("run_id").unwrap_or_default().to_string(),
+        host: lock_host,
+        pid,
+        command: d.get_str("command").unwrap_or_default().to_string(),
+        acquired_at: date("acquired_at"),
+        expires_at: date("expires_at"),
+        expired,
+    }
+}
+
+/// Whether process `pid` of this machine is alive (and is a cutover).
+fn pid_alive(pid: i64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => String::from_utf8_lossy(&cmd).contains("cutover"),
+        Err(_) => !std::path::Path::new("/proc/self").exists(),
+    }
+}
+
+/// A held lock; renew it with [`Lock::heartbeat`], give it back with [`Lock::release`].
+pub struct Lock {
+    ledger: Ledger,
+    run_id: String,
+    ttl: Duration,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn expiry(ttl: Duration) -> bson::DateTime {
+    bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + ttl.as_millis() as i64)
+}
+
+impl Ledger {
+    /// The current holder, if any (expired holders included, marked so).
+    pub async fn lock_holder(&self) -> Result<Option<LockHolder>, LedgerError> {
+        let d = self
+            .lock_collection()
+            .find_one(doc! { "_id": LOCK_ID })
+            .await
+            .map_err(lerr("read lock"))?;
+        Ok(d.as_ref().map(holder_of))
+    }
+
+    /// Takes the lock for `run_id`, at once or not at all.
+    pub async fn acquire_lock(
+        &self,
+        run_id: &str,
+        command: &str,
+        ttl: Duration,
+    ) -> Result<Lock, LockError> {
+        let now = bson::DateTime::now();
+        let owner = doc! {
+            "run_id": run_id,
+            "host": host(),
+            "pid": i64::from(std::process::id()),
+            "command": command,
+            "acquired_at": now,
+            "expires_at": expiry(ttl),
+        };
+        // Matches only a free (expired) lock; when a live one exists the upsert collides on _id.
+        let result = self
+            .lock_collection()
+            .update_one(
+                doc! { "_id": LOCK_ID, "expires_at": { "$lt": now } },
+                doc! { "$set": owner },
+            )
+            .upsert(true)
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {
+                let holder = self.lock_holder().await?;
+                match holder {
+                    // The holder died on this machine: take its lock over, atomically.
+                    Some(h) if h.expired => {
+                        let taken = self
+                            .lock_collection()
+                            .update_one(
+                                doc! { "_id": LOCK_ID, "run_id": &h.run_id },
+                                doc! { "$set": {
+                                    "run_id": run_id,
+                                    "host": host(),
+                                    "pid": i64::from(std::process::id()),
+                                    "command": command,
+                                    "acquired_at": now,
+                                    "expires_at": expiry(ttl),
+                                }},
+                            )
+                            .await
+                            .map_err(lerr("acquire lock"))?;
+                        if taken.matched_count == 0 {
+                            return Err(match self.lock_holder().await? {
+                                Some(h) => LockError::Held(h),
+                                None => LockError::Ledger(LedgerError {
+                                    op: "acquire lock".into(),
+                                    source: e,
+                                }),
+                            });
+                        }
+                        tracing::warn!(previous = %h, "took over the lock of a cutover process that is gone");
+                    }
+                    Some(h) => return Err(LockError::Held(h)),
+                    None => {
+                        return Err(LockError::Ledger(LedgerError {
+                            op: "acquire lock".into(),
+                            source: e,
+                        }));
+                    }
+                }
+            }
+            Err(e) => return Err(lerr("acquire lock")(e).into()),
+        }
+        let mut lock = Lock {
+            ledger: self.clone(),
+            run_id: run_id.to_string(),
+            ttl,
+            heartbeat: None,
+        };
+        lock.start_heartbeat();
+        Ok(lock)
+    }
+
+    /// Removes the lock whoever holds it (`lock release --confirm`). Returns the holder removed.
+    pub async fn force_release_lock(&self) -> Result<Option<LockHolder>, LedgerError> {
+        let holder = self.lock_holder().await?;
+        self.lock_collection()
+            .delete_one(doc! { "_id": LOCK_ID })
+            .await
+            .map_err(lerr("release lock"))?;
+        Ok(holder)
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
+impl Lock {
+    fn start_heartbeat(&mut self) {
+        let coll = self.ledger.lock_collection();
+        let run_id = self.run_id.clone();
+        let ttl = self.ttl;
+        let every = (ttl / 3).max(Duration::from_millis(200));
+        self.heartbeat = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let r = coll
+                    .update_one(
+                        doc! { "_id": LOCK_ID, "run_id": &run_id },
+                        doc! { "$set": { "expires_at": expiry(ttl), "heartbeat_at": bson::DateTime::now() } },
+                    )
+                    .await;
+                match r {
+                    Ok(u) if u.matched_count == 0 => {
+                        tracing::error!(run_id = %run_id, "the lock was taken away from this run");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the lock"),
+                }
+            }
+        }));
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Stops the heartbeat and removes the lock if this run still holds it.
+    pub async fn release(mut self) -> Result<(), LedgerError> {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        self.ledger
+            .lock_collection()
+            .delete_one(doc! { "_id": LOCK_ID, "run_id": &self.run_id })
+            .await
+            .map_err(lerr("release lock"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Rollback: undo stages in reverse order, restoring each collection to what it held before the
+//! stage (emptied when the stage found it empty, else restored from the stage's backup).
+
+use std::collections::BTreeSet;
+
+use super::Pipeline;
+use crate::ledger::{self, Ledger, StepRecord};
+use crate::pipeline::run::{RunError, restore_step};
+
+/// What to roll back.
+#[derive(Debug, Clone, Default)]
+pub struct RollbackRequest {
+    /// Stages or entities; empty means the last run.
+    pub names: Vec<String>,
+    pub steps: Option<usize>,
+    pub all: bool,
+    pub cascade: bool,
+}
+
+/// One step to undo and how.
+#[derive(Debug, Clone)]
+pub struct Undo {
+    pub step: StepRecord,
+    pub action: String,
+}
+
+fn active(s: &StepRecord) -> bool {
+    s.status != ledger::ROLLED_BACK
+}
+
+/// Works out which steps to undo, newest first, refusing to strand dependents unless `cascade`.
+pub async fn plan(
+    pipeline: &Pipeline,
+    ledger: &Ledger,
+    req: &RollbackRequest,
+) -> Result<Vec<Undo>, RunError> {
+    let steps: Vec<StepRecord> = ledger
+        .all_steps()
+        .await?
+        .into_iter()
+        .filter(active)
+        .collect();
+    let mut chosen: Vec<StepRecord> = if req.all {
+        steps.clone()
+    } else if let Some(n) = req.steps {
+        steps.iter().rev().take(n).cloned().collect()
+    } else if !req.names.is_empty() {
+        let wanted: BTreeSet<String> = pipeline
+            .select(&req.names)
+            .map_err(|e| RunError::Dependencies(e.to_string()))?
+            .into_iter()
+            .map(|s| s.entity)
+            .collect();
+        let mut latest = std::collections::BTreeMap::new();
+        for s in &steps {
+            if wanted.contains(&s.entity) {
+                latest.insert(s.entity.clone(), s.clone());
+            }
+        }
+        latest.into_values().collect()
+    } else {
+        let last = steps.iter().map(|s| s.run_number).max();
+        steps
+            .iter()
+            .filter(|s| Some(s.run_number) == last)
+            .cloned()
+            .collect()
+    };
+
+    // Entities still applied after this rollback that depend on one being rolled back.
+    loop {
+        let chosen_ids: BTreeSet<&str> = chosen.iter().map(|s| s.id.as_str()).collect();
+        let leaving: BTreeSet<&str> = chosen.iter().map(|s| s.entity.as_str()).collect();
+        let mut stranded: Vec<StepRecord> = Vec::new();
+        for s in &steps {
+            if chosen_ids.contains(s.id.as_str()) || leaving.contains(s.entity.as_str()) {
+                continue;
+            }
+            let needs = pipeline.prerequisites(&[super::Step {
+                stage: pipeline
+                    .all_steps()
+                    .into_iter()
+                    .find(|x| x.entity == s.entity)
+                    .map(|x| x.stage)
+                    .unwrap_or_default(),
+                entity: s.entity.clone(),
+            }]);
+            if needs.iter().any(|n| leaving.contains(n.as_str())) {
+                stranded.push(s.clone());
+            }
+        }
+        if stranded.is_empty() {
+            break;
+        }
+        if !req.cascade {
+            let names: BTreeSet<&str> = stranded.iter().map(|s| s.entity.as_str()).collect();
+            return Err(RunError::Dependencies(format!(
+                "{} depend on what would be rolled back; roll them back too with --cascade",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        chosen.extend(stranded);
+    }
+
+    chosen.sort_by(|a, b| {
+        (b.started_at.clone(), b.run_number).cmp(&(a.started_at.clone(), a.run_number))
+    });
+    chosen.dedup_by(|a, b| a.id == b.id);
+    let mut out = Vec::new();
+    for s in chosen {
+        let action = if s.was_empty {
+            format!(
+                "empty {} (it was empty before run {})",
+                s.collection, s.run_id
+            )
+        } else if let Some(b) = &s.backup {
+            format!("restore {} from backup {b}", s.collection)
+        } else {
+            return Err(RunError::Dependencies(format!(
+                "{} (run {}) is not reversible: {} was not empty and no backup was taken",
+                s.entity, s.run_id, s.collection
+            )));
+        };
+        out.push(Undo { step: s, action });
+    }
+    Ok(out)
+}
+
+/// Carries out `undos` in order and marks each step rolled back.
+pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
+    for u in undos {
+        restore_step(
+            ledger,
+            &u.step.collection,
+            u.step.was_empty,
+            u.step.backup.as_deref(),
+        )
+        .await?;
+        ledger.mark_rolled_back(&u.step.id).await?;
+    }
+    Ok(())
+}
