@@ -1,0 +1,500 @@
+//! The run ledger against the real servers: crash-safe resume after kill -9, the lock, rollback
+//! with backups, status and history, changed-mapping detection.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::{Document, doc};
+use common::World;
+
+const EVENTS: &str = r#"
+CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, amount numeric(12,2), at timestamptz NOT NULL, note text);
+INSERT INTO events
+SELECT g, (ARRAY['a','b','c'])[1 + g % 3], (g % 1000) / 100.0,
+       '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 second',
+       CASE WHEN g % 7 = 0 THEN NULL ELSE repeat('x', (g % 50)::int) END
+FROM generate_series(1, 200000) g;
+CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL);
+INSERT INTO kinds VALUES ('a', 'Alpha'), ('b', 'Beta'), ('c', 'Gamma');
+"#;
+
+const KINDS_MAPPING: &str = r#"
+version = 1
+name = "kinds"
+[source]
+table = "kinds"
+key = ["code"]
+[[field]]
+path = "label"
+column = "label"
+"#;
+
+const EVENTS_MAPPING: &str = r#"
+version = 1
+name = "events"
+[source]
+table = "events"
+key = ["id"]
+updated_at = "at"
+[[field]]
+path = "kind"
+column = "kind"
+reference = "kinds"
+[[field]]
+path = "amount"
+column = "amount"
+[[field]]
+path = "at"
+column = "at"
+[[field]]
+path = "note"
+column = "note"
+validate = { max_length = 45 }
+"#;
+
+const PIPELINE: &str = r#"
+version = 1
+name = "events"
+mappings_dir = "mappings"
+[[stage]]
+name = "reference"
+entities = ["kinds"]
+[[stage]]
+name = "facts"
+entities = ["events"]
+depends_on = ["reference"]
+"#;
+
+async fn setup(w: &World) -> std::path::PathBuf {
+    w.sql(EVENTS).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/kinds.toml"), KINDS_MAPPING).unwrap();
+    std::fs::write(dir.join("mappings/events.toml"), EVENTS_MAPPING).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
+    dir.join("pipeline.toml")
+}
+
+fn spawn_migrate(w: &World, pipeline: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(w.dir.path())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(pipeline)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The newest step document of `entity`.
+async fn latest_step(w: &World, entity: &str) -> Option<Document> {
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_steps")
+        .find_one(doc! { "entity": entity })
+        .sort(doc! { "started_at": -1 })
+        .await
+        .unwrap()
+}
+
+/// Waits until the running step of `entity` has a checkpoint of at least `rows`, then kill -9.
+async fn kill_after(w: &World, child: &mut Child, entity: &str, rows: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(step) = latest_step(w, entity).await {
+            let at = step.get_i64("checkpoint_rows").unwrap_or(0);
+            if step.get_str("status") == Ok("running") && at >= rows {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                return at;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before reaching {rows} rows: make the stage slower");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at {rows} rows in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn status_json(w: &World, pipeline: &std::path::Path) -> serde_json::Value {
+    let out = w
+        .cutover()
+        .args(["status", "--json", "--pipeline"])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn entity_status<'a>(status: &'a serde_json::Value, entity: &str) -> &'a serde_json::Value {
+    status["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == entity)
+        .unwrap()
+}
+
+async fn sorted_docs(w: &World, coll: &str) -> Vec<Document> {
+    w.docs(coll).await
+}
+
+#[tokio::test]
+async fn killed_runs_resume_from_their_checkpoint_and_end_identical() {
+    // The reference: an uninterrupted run.
+    let reference = World::new("resume_ref").await;
+    let ref_pipeline = setup(&reference).await;
+    let out = reference
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&ref_pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = sorted_docs(&reference, "events").await;
+
+    let w = World::new("resume").await;
+    let pipeline = setup(&w).await;
+    let small = ["--batch-size", "200", "--concurrency", "2"];
+
+    // First kill, early in the events stage.
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    let first = kill_after(&w, &mut child, "events", 20_000).await;
+    let status = status_json(&w, &pipeline);
+    let e = entity_status(&status, "events");
+    assert_eq!(e["state"], "interrupted", "{status}");
+    assert!(e["checkpoint_rows"].as_i64().unwrap() >= first, "{status}");
+    assert_eq!(entity_status(&status, "kinds")["state"], "applied");
+
+    // Second kill, further on: the resumed run's checkpoint counts from the start of the table.
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    let second = kill_after(&w, &mut child, "events", first + 40_000).await;
+    assert!(second > first);
+
+    // A plain re-run resumes and finishes.
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("resumed run"), "{stdout}");
+    let report = w.latest_report();
+    let events = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "events")
+        .unwrap();
+    let resumed_after = events["resumed_after_rows"].as_u64().unwrap();
+    assert!(resumed_after >= second as u64);
+    assert_eq!(
+        events["read"].as_u64().unwrap() + resumed_after,
+        200_000,
+        "{events}"
+    );
+    // Rejects of this report are those after the checkpoint only.
+    let after_checkpoint_rejects = w
+        .pg_count(&format!(
+            "(SELECT * FROM events ORDER BY id OFFSET {resumed_after}) t WHERE length(note) > 45"
+        ))
+        .await;
+    assert_eq!(
+        events["rejected"].as_u64().unwrap(),
+        after_checkpoint_rejects
+    );
+    assert_eq!(report["already_applied"], serde_json::json!(["kinds"]));
+
+    // Same documents as the uninterrupted run: no duplicates (same count), no gaps, same content.
+    let got = sorted_docs(&w, "events").await;
+    assert_eq!(got.len(), expected.len());
+    assert!(
+        got == expected,
+        "documents differ from the uninterrupted run"
+    );
+    let status = status_json(&w, &pipeline);
+    assert_eq!(entity_status(&status, "events")["state"], "applied");
+
+    reference.drop().await;
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_second_concurrent_run_is_refused_naming_the_holder() {
+    let w = World::new("lock").await;
+    let pipeline = setup(&w).await;
+    let mut first = spawn_migrate(
+        &w,
+        &pipeline,
+        &["--batch-size", "100", "--concurrency", "1"],
+    );
+    let holder_pid = first.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lock = w
+            .mongo()
+            .await
+            .collection::<Document>("cutover_lock")
+            .find_one(doc! {})
+            .await
+            .unwrap();
+        if lock.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds the lock"), "{err}");
+    assert!(err.contains(&format!("pid {holder_pid}")), "{err}");
+
+    let lock_status = w.cutover().args(["lock", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&lock_status.stdout);
+    assert!(
+        text.contains("held by") && text.contains(&format!("pid {holder_pid}")),
+        "{text}"
+    );
+    let refused = w.cutover().args(["lock", "release"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm"));
+
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let text = String::from_utf8_lossy(
+        &w.cutover()
+            .args(["lock", "status"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert!(text.starts_with("free"), "{text}");
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn rollback_restores_the_target_as_it_was_before_the_run() {
+    let w = World::new("rollback").await;
+    w.load_registry(100);
+    let registry = common::repo().join("pipelines/registry.toml");
+    let run = |args: &[&str]| {
+        w.cutover()
+            .args(["migrate", "--quiet", "--pipeline"])
+            .arg(&registry)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(&["reference"]).status.code(), Some(2));
+    // Someone adds a document by hand; the next run will write over a non-empty collection.
+    let db = w.mongo().await;
+    db.collection::<Document>("vaccines")
+        .insert_one(doc! { "_id": 999, "code": "HANDMADE" })
+        .await
+        .unwrap();
+    w.sql("UPDATE vaccines SET name = 'Renamed in the source' WHERE vaccine_id = 1")
+        .await;
+    let before_vaccines = w.docs("vaccines").await;
+    let before_facilities = w.docs("facilities").await;
+
+    let out = run(&["reference", "--rerun"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let changed = w.docs("vaccines").await;
+    assert_ne!(changed, before_vaccines);
+
+    // Dry run: says what it would do, changes nothing.
+    let out = w
+        .cutover()
+        .args(["rollback", "--dry-run", "--pipeline"])
+        .arg(&registry)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("would roll back facilities") && text.contains("would roll back vaccines"),
+        "{text}"
+    );
+    assert!(
+        text.find("facilities").unwrap() < text.find("vaccines").unwrap(),
+        "reverse order: {text}"
+    );
+    assert_eq!(w.docs("vaccines").await, changed);
+
+    let out = w
+        .cutover()
+        .args(["rollback", "--pipeline"])
+        .arg(&registry)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        w.docs("vaccines").await,
+        before_vaccines,
+        "restored from the backup"
+    );
+    assert_eq!(w.docs("facilities").await, before_facilities);
+    let status = status_json(&w, &registry);
+    // The latest steps are the rolled-back ones.
+    assert_eq!(
+        entity_status(&status, "vaccines")["state"],
+        "rolled-back",
+        "{status}"
+    );
+
+    // Patients depend on the reference stage: rolling it back alone is refused.
+    assert_eq!(
+        run(&["patients", "--ignore-dependencies"]).status.code(),
+        Some(2)
+    );
+    let out = w
+        .cutover()
+        .args(["rollback", "--all", "--pipeline"])
+        .arg(&registry)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for c in ["vaccines", "facilities", "patients"] {
+        let n = w.count(c).await;
+        assert!(n == 0 || c == "vaccines", "{c}: {n}");
+    }
+
+    let history = w.cutover().args(["history"]).output().unwrap();
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert_eq!(text.lines().count(), 1 + 3, "{text}");
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn rolling_back_a_stage_others_depend_on_needs_cascade() {
+    let w = World::new("cascade").await;
+    let pipeline = setup(&w).await;
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = w
+        .cutover()
+        .args(["rollback", "kinds", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("events depend"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.count("kinds").await, 3);
+    let out = w
+        .cutover()
+        .args(["rollback", "kinds", "--cascade", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.count("kinds").await, 0);
+    assert_eq!(w.count("events").await, 0);
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_changed_mapping_is_detected_and_never_mixed_silently() {
+    let w = World::new("changed").await;
+    let pipeline = setup(&w).await;
+    let migrate = |extra: &[&str]| {
+        w.cutover()
+            .args(["migrate", "--quiet", "--pipeline"])
+            .arg(&pipeline)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(migrate(&[]).status.code(), Some(2));
+    std::fs::write(
+        w.dir.path().join("mappings/kinds.toml"),
+        KINDS_MAPPING.replace("path = \"label\"", "path = \"name\""),
+    )
+    .unwrap();
+    let status = status_json(&w, &pipeline);
+    assert_eq!(entity_status(&status, "kinds")["state"], "changed");
+    let out = migrate(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kinds") && err.contains("--rerun") && err.contains("--accept-changed"),
+        "{err}"
+    );
+    let out = migrate(&["kinds", "--rerun"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(w.docs("kinds").await.iter().all(|d| d.contains_key("name")));
+    let status = status_json(&w, &pipeline);
+    assert_eq!(entity_status(&status, "kinds")["state"], "applied");
+    w.drop().await;
+}
