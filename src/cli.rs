@@ -232,6 +232,11 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub fresh: bool,
 
+    /// Copy only rows changed (by the mapping's `source.updated_at`) since the snapshot of each
+    /// stage's last completed run: the short catch-up in the maintenance window.
+    #[arg(long)]
+    pub since_last: bool,
+
     /// Do not back up a non-empty collection before writing into it (rollback then cannot restore it).
     #[arg(long)]
     pub no_backup: bool,
@@ -387,6 +392,7 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         rerun: args.rerun,
         accept_changed: args.accept_changed,
         fresh: args.fresh,
+        since_last: args.since_last,
         no_backup: args.no_backup,
         restore_on_failure: args.restore_on_failure,
         lock_ttl: std::time::Duration::from_secs(args.lock_ttl.max(1)),

@@ -498,3 +498,74 @@ async fn a_changed_mapping_is_detected_and_never_mixed_silently() {
     assert_eq!(entity_status(&status, "kinds")["state"], "applied");
     w.drop().await;
 }
+
+#[tokio::test]
+async fn since_last_copies_exactly_the_rows_changed_since_the_last_run() {
+    let w = World::new("delta").await;
+    let pipeline = setup(&w).await;
+    let migrate = |extra: &[&str]| {
+        w.cutover()
+            .args(["migrate", "--quiet", "--pipeline"])
+            .arg(&pipeline)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(migrate(&[]).status.code(), Some(2));
+    // The old system keeps running: 3 rows change, 2 are added (their change column moves on).
+    w.sql(
+        "UPDATE events SET kind = 'b', amount = 1234.56, at = date_trunc('milliseconds', now()) WHERE id IN (10, 20, 30);
+         INSERT INTO events VALUES (300001, 'a', 1.00, date_trunc('milliseconds', now()), 'new'), (300002, 'c', 2.00, date_trunc('milliseconds', now()), NULL);",
+    )
+    .await;
+    let out = migrate(&["--since-last"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = w.latest_report();
+    let events = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "events")
+        .unwrap()
+        .clone();
+    assert_eq!(events["read"], 5, "{report}");
+    assert_eq!(events["written"], 5);
+    // kinds names no change-tracking column: copied in full, and the report says so.
+    let kinds = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "kinds")
+        .unwrap();
+    assert_eq!(kinds["read"], 3, "{report}");
+    assert!(
+        kinds["delta"].as_str().unwrap().contains("in full"),
+        "{report}"
+    );
+    assert!(
+        events["delta"].as_str().unwrap().contains("changed since"),
+        "{report}"
+    );
+    let docs = w.docs("events").await;
+    let ten = docs.iter().find(|d| d.get_i64("_id") == Ok(10)).unwrap();
+    assert_eq!(ten.get_str("kind"), Ok("b"));
+    assert!(docs.iter().any(|d| d.get_i64("_id") == Ok(300002)));
+    // And again: nothing changed since, nothing copied.
+    let out = migrate(&["--since-last"]);
+    assert_eq!(out.status.code(), Some(0));
+    let report = w.latest_report();
+    let events = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "events")
+        .unwrap();
+    assert_eq!(events["read"], 0, "{report}");
+    w.drop().await;
+}

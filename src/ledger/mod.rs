@@ -93,6 +93,10 @@ pub struct StepRecord {
     pub checkpoint_rows: i64,
     pub total: i64,
     pub resumed_from: Option<String>,
+    /// The source snapshot's time (RFC 3339, microseconds): a delta run copies rows changed since.
+    pub snapshot_at: Option<String>,
+    /// A delta step: rows changed since this instant.
+    pub since: Option<String>,
     pub host: String,
     pub pid: i64,
     pub version: String,
@@ -149,6 +153,8 @@ impl StepRecord {
             checkpoint_rows: int(d, "checkpoint_rows"),
             total: int(d, "total"),
             resumed_from: d.get_str("resumed_from").ok().map(str::to_string),
+            snapshot_at: d.get_str("snapshot_at").ok().map(str::to_string),
+            since: d.get_str("since").ok().map(str::to_string),
             host: text(d, "host"),
             pid: int(d, "pid"),
             version: text(d, "version"),
@@ -187,6 +193,9 @@ pub struct StepStart<'a> {
     pub total: u64,
     pub resumed_from: Option<&'a str>,
     pub checkpoint: Option<(&'a [String], i64)>,
+    pub snapshot_at: &'a str,
+    /// Rows changed since this time only (a delta run).
+    pub since: Option<&'a str>,
 }
 
 #[derive(Clone)]
@@ -291,6 +300,10 @@ impl Ledger {
         }
         if let Some(r) = s.resumed_from {
             step.insert("resumed_from", r);
+        }
+        step.insert("snapshot_at", s.snapshot_at);
+        if let Some(since) = s.since {
+            step.insert("since", since);
         }
         if let Some((key, rows)) = s.checkpoint {
             step.insert("checkpoint_key", key.to_vec());

@@ -143,6 +143,8 @@ pub struct Plan {
     pub checksum: String,
     pub relation: String,
     pub read: ReadSpec,
+    /// The change-tracking column (delta runs).
+    pub updated_at: Option<String>,
     pub key: Vec<usize>,
     pub id: IdRule,
     pub fields: Vec<FieldPlan>,
@@ -523,6 +525,7 @@ pub fn compile(
         checksum: m.checksum.clone(),
         relation: relations[0].clone(),
         read,
+        updated_at: m.spec.source.updated_at.clone(),
         key: (0..src.key.len()).collect(),
         id: IdRule::of(m),
         fields,

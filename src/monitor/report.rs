@@ -34,6 +34,9 @@ pub struct EntityReport {
     pub resumed_from: Option<String>,
     #[serde(default)]
     pub resumed_after_rows: u64,
+    /// For `--since-last`: what this step copied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<String>,
 }
 
 impl EntityReport {
@@ -58,6 +61,7 @@ impl EntityReport {
             error: None,
             resumed_from: None,
             resumed_after_rows: 0,
+            delta: None,
         }
     }
 
@@ -199,6 +203,9 @@ impl RunReport {
             self.success_rate
         );
         for e in &self.entities {
+            if let Some(d) = &e.delta {
+                let _ = writeln!(s, "{}: {d}", e.name);
+            }
             if let Some(from) = &e.resumed_from {
                 let _ = writeln!(
                     s,

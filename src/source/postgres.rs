@@ -117,6 +117,7 @@ pub struct SourceSession {
     url: String,
     holder: PgConnection,
     snapshot: String,
+    snapshot_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl SourceSession {
@@ -128,23 +129,33 @@ impl SourceSession {
             "begin snapshot",
         )
         .await?;
-        let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-            .fetch_one(&mut holder)
-            .await
-            .map_err(|source| SourceError::Query {
-                context: "export snapshot".into(),
-                source,
-            })?;
+        // The snapshot's time for delta runs: the start of the oldest transaction still open
+        // when it was taken (rows such a transaction commits later carry earlier times).
+        let (snapshot, snapshot_at): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+            "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL))",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .map_err(|source| SourceError::Query {
+            context: "export snapshot".into(),
+            source,
+        })?;
         Ok(SourceSession {
             url: url.to_string(),
             holder,
             snapshot,
+            snapshot_at,
         })
     }
 
     /// The id of the exported snapshot.
     pub fn snapshot_id(&self) -> &str {
         &self.snapshot
+    }
+
+    /// No change committed after this instant is in the snapshot (delta runs start from it).
+    pub fn snapshot_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.snapshot_at
     }
 
     /// A new connection reading the session's snapshot.
