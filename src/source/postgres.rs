@@ -132,7 +132,7 @@ impl SourceSession {
         // The snapshot's time for delta runs: the start of the oldest transaction still open
         // when it was taken (rows such a transaction commits later carry earlier times).
         let (snapshot, snapshot_at): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-            "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL))",
+            "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL AND datname = current_database()))",
         )
         .fetch_one(&mut holder)
         .await
