@@ -237,6 +237,11 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub since_last: bool,
 
+    /// Also delete target documents whose source rows no longer exist (prints how many; with
+    /// --dry-run only counts them).
+    #[arg(long)]
+    pub sync_deletes: bool,
+
     /// Do not back up a non-empty collection before writing into it (rollback then cannot restore it).
     #[arg(long)]
     pub no_backup: bool,
@@ -393,6 +398,7 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         accept_changed: args.accept_changed,
         fresh: args.fresh,
         since_last: args.since_last,
+        sync_deletes: args.sync_deletes,
         no_backup: args.no_backup,
         restore_on_failure: args.restore_on_failure,
         lock_ttl: std::time::Duration::from_secs(args.lock_ttl.max(1)),

@@ -567,5 +567,40 @@ async fn since_last_copies_exactly_the_rows_changed_since_the_last_run() {
         .find(|e| e["name"] == "events")
         .unwrap();
     assert_eq!(events["read"], 0, "{report}");
+
+    // Rows deleted in the source: --sync-deletes counts them (dry run), then removes them.
+    w.sql("DELETE FROM events WHERE id IN (5, 300001)").await;
+    let before = w.count("events").await;
+    let out = migrate(&["--since-last", "--sync-deletes", "--dry-run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would delete 2"));
+    assert_eq!(w.count("events").await, before);
+    let out = migrate(&["--since-last", "--sync-deletes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = w.latest_report();
+    let events = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "events")
+        .unwrap();
+    assert_eq!(events["deleted"], 2, "{report}");
+    assert_eq!(w.count("events").await, before - 2);
+    assert!(
+        !w.docs("events")
+            .await
+            .iter()
+            .any(|d| d.get_i64("_id") == Ok(5))
+    );
     w.drop().await;
 }

@@ -34,6 +34,9 @@ pub struct EntityReport {
     pub resumed_from: Option<String>,
     #[serde(default)]
     pub resumed_after_rows: u64,
+    /// For `--sync-deletes`: target documents removed (or, in a dry run, that would be).
+    #[serde(default)]
+    pub deleted: u64,
     /// For `--since-last`: what this step copied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<String>,
@@ -62,6 +65,7 @@ impl EntityReport {
             resumed_from: None,
             resumed_after_rows: 0,
             delta: None,
+            deleted: 0,
         }
     }
 
@@ -205,6 +209,18 @@ impl RunReport {
         for e in &self.entities {
             if let Some(d) = &e.delta {
                 let _ = writeln!(s, "{}: {d}", e.name);
+            }
+            if e.deleted > 0 {
+                let verb = if self.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
+                let _ = writeln!(
+                    s,
+                    "{}: {verb} {} target documents whose source rows are gone",
+                    e.name, e.deleted
+                );
             }
             if let Some(from) = &e.resumed_from {
                 let _ = writeln!(

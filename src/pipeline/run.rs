@@ -102,6 +102,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Copy only rows changed since the snapshot of each stage's last completed run.
     pub since_last: bool,
+    /// Remove target documents whose source rows no longer exist.
+    pub sync_deletes: bool,
     /// Do not copy a non-empty collection before writing into it.
     pub no_backup: bool,
     /// When a stage fails, put its collection back as it was.
@@ -200,6 +202,11 @@ fn decide(
     history: &[ledger::StepRecord],
     opts: &RunOptions,
 ) -> Result<Vec<(Step, Decision)>, RunError> {
+    if opts.sync_deletes && !opts.since_last && !opts.rerun {
+        return Err(RunError::Dependencies(
+            "--sync-deletes goes with --since-last (the catch-up) or --rerun".into(),
+        ));
+    }
     let mut latest = std::collections::BTreeMap::new();
     let mut completed = std::collections::BTreeMap::new();
     for s in history {
@@ -445,6 +452,13 @@ async fn migrate_locked(
         )
         .await;
         report.delta = delta;
+        let mut err = err;
+        if err.is_none() && opts.sync_deletes {
+            match sync_deletes(p, &mut session, target, opts.dry_run).await {
+                Ok(n) => report.deleted = n,
+                Err(e) => err = Some(e),
+            }
+        }
         if let Some(e) = &err {
             report.status = "failed".into();
             report.error = Some(e.to_string());
@@ -548,6 +562,80 @@ pub async fn restore_step(
             "{collection} was not empty and no backup was taken (--no-backup); cannot restore"
         ))),
     }
+}
+
+/// Removes target documents of `plan` whose source row is gone (or, in a dry run, counts them).
+/// The source's ids are held in memory as encoded bytes (bounded by the number of keys, not by
+/// document sizes); the target's ids stream past them.
+async fn sync_deletes(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &MongoTarget,
+    dry_run: bool,
+) -> Result<u64, RunError> {
+    let encode_id = |id: &bson::Bson| -> Vec<u8> {
+        let mut buf = Vec::with_capacity(24);
+        let _ = crate::transform::encode::element(&mut buf, "", id);
+        buf
+    };
+    let key_count = plan.key.len();
+    let mut keys_spec = plan.read.clone();
+    keys_spec.columns.truncate(key_count);
+    keys_spec.order = (0..key_count).collect();
+    keys_spec.after = None;
+    keys_spec.filter = None;
+    let mut conn = session.reader().await?;
+    let mut source_ids: HashSet<Vec<u8>> = HashSet::new();
+    {
+        let mut rows = postgres::stream(&mut conn, &keys_spec);
+        while let Some(row) = rows.try_next().await? {
+            let Ok(row) = row else { continue };
+            let key: Vec<&Value> = row.iter().collect();
+            if let Ok(id) = plan.id.id_for(&key) {
+                source_ids.insert(encode_id(&id));
+            }
+        }
+    }
+    let coll = target
+        .database()
+        .collection::<bson::Document>(&plan.collection);
+    let mut cursor = coll
+        .find(bson::doc! {})
+        .projection(bson::doc! { "_id": 1 })
+        .await
+        .map_err(|source| MongoError::Command {
+            op: format!("find on {}", plan.collection),
+            source,
+        })?;
+    let mut gone = Vec::new();
+    while let Some(d) = cursor
+        .try_next()
+        .await
+        .map_err(|source| MongoError::Command {
+            op: format!("find on {}", plan.collection),
+            source,
+        })?
+    {
+        if let Some(id) = d.get("_id")
+            && !source_ids.contains(&encode_id(id))
+        {
+            gone.push(id.clone());
+        }
+    }
+    let n = gone.len() as u64;
+    if dry_run || gone.is_empty() {
+        return Ok(n);
+    }
+    tracing::warn!(entity = %plan.entity, documents = n, "deleting target documents whose source rows are gone");
+    for chunk in gone.chunks(1000) {
+        coll.delete_many(bson::doc! { "_id": { "$in": chunk.to_vec() } })
+            .await
+            .map_err(|source| MongoError::Command {
+                op: format!("delete from {}", plan.collection),
+                source,
+            })?;
+    }
+    Ok(n)
 }
 
 /// Where an interrupted step stopped.
