@@ -49,6 +49,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print what `migrate` would run, in which order, from which mapping.
     Plan(PlanArgs),
+    /// Compare the target with the source: re-derive every expected document with the mappings and
+    /// compare by _id; list missing, unexpected and different documents; check references.
+    Verify(VerifyArgs),
     /// Show every stage's state in the target: applied, pending, failed, interrupted (with its
     /// checkpoint), rolled back, or changed since applied; and who holds the lock.
     Status(StatusArgs),
@@ -79,6 +82,29 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Stages or entities (default: all).
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Compare about N documents per entity instead of all.
+    #[arg(long, value_name = "N", conflicts_with = "full")]
+    pub sample: Option<u64>,
+    /// Compare every document, whatever the size (default: all up to 1,000,000 rows, then a
+    /// sample of 100,000).
+    #[arg(long)]
+    pub full: bool,
+    /// Where to write the JSON result (default: reports/verify-<time>.json).
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Print the JSON result instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -324,6 +350,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
+        Command::Verify(args) => crate::cli_ledger::verify(&cli, args).await,
         Command::Status(args) => crate::cli_ledger::status(&cli, args).await,
         Command::History(args) => crate::cli_ledger::history(&cli, args).await,
         Command::Rollback(args) => crate::cli_ledger::rollback(&cli, args).await,

@@ -252,3 +252,142 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
         }
     }
 }
+
+/// Entities above this many source rows are sampled unless --full.
+const FULL_VERIFY_MAX_ROWS: u64 = 1_000_000;
+const DEFAULT_SAMPLE: u64 = 100_000;
+
+pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
+    let (cfg, target, _ledger) = open_ledger(cli, &args.target).await?;
+    let pipeline = pipeline_for(&cfg, &args.pipeline)?;
+    let steps = pipeline.select(&args.names)?;
+    let source = cfg.require_source()?.to_string();
+    let mut session = crate::source::SourceSession::open(&source).await?;
+    let plans = crate::pipeline::run::compile_plans(&pipeline, &steps, &mut session).await?;
+    let ctx = crate::transform::row::MapContext {
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        skip_validation: false,
+        known_keys: crate::pipeline::run::load_known_keys(&pipeline, &plans, &mut session).await?,
+    };
+    let collections: std::collections::HashMap<String, String> = pipeline
+        .mappings
+        .mappings
+        .iter()
+        .map(|m| (m.name().to_string(), m.collection().to_string()))
+        .collect();
+    let mut results = Vec::new();
+    for p in &plans {
+        let rows = session.count(&p.relation).await?;
+        let sample = match (args.full, args.sample) {
+            (true, _) => None,
+            (false, Some(n)) => Some(n),
+            (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
+            _ => None,
+        };
+        let v = crate::verify::verify_entity(p, &mut session, &target, &ctx, sample, &collections)
+            .await?;
+        if !args.json {
+            print_verification(&v);
+        }
+        results.push(v);
+    }
+    session.close().await;
+    let ok = results.iter().all(|v| v.ok);
+    let json = serde_json::json!({
+        "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "target": cfg.mongodb.as_ref().map(|m| m.database.clone()),
+        "ok": ok,
+        "entities": results,
+    });
+    let path = args.output.clone().unwrap_or_else(|| {
+        cfg.reports_dir.join(format!(
+            "verify-{}.json",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ))
+    });
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!(
+            "{} (details: {})",
+            if ok {
+                "verified: the target matches the source"
+            } else {
+                "verification FAILED: the target differs from the source"
+            },
+            path.display()
+        );
+    }
+    Ok(if ok {
+        Outcome::Success
+    } else {
+        Outcome::FinishedWithRejects
+    })
+}
+
+fn print_verification(v: &crate::verify::EntityVerification) {
+    use crate::verify::SHOWN;
+    let problems =
+        v.missing.len() + v.unexpected.len() + v.different.len() + v.broken_references.len();
+    println!(
+        "{:<24} {} comparison: {} source rows, {} rejected by the mapping, {} expected, {} in the target, {} compared — {}",
+        v.entity,
+        v.mode,
+        v.source_rows,
+        v.rejected_by_mapping,
+        v.expected,
+        v.target,
+        v.compared,
+        if v.ok {
+            "OK".to_string()
+        } else {
+            format!("{problems} problem(s)")
+        }
+    );
+    let list = |what: &str, items: &[String]| {
+        if items.is_empty() {
+            return;
+        }
+        let shown: Vec<&str> = items.iter().take(SHOWN).map(String::as_str).collect();
+        let more = if items.len() > SHOWN {
+            format!(" … and {} more", items.len() - SHOWN)
+        } else {
+            String::new()
+        };
+        println!("    {what} ({}): {}{more}", items.len(), shown.join(", "));
+    };
+    list("missing in the target (source key)", &v.missing);
+    list("unexpected in the target (_id)", &v.unexpected);
+    for d in v.different.iter().take(SHOWN) {
+        println!(
+            "    different: {} (fields: {})",
+            d.key,
+            if d.fields.is_empty() {
+                "?".to_string()
+            } else {
+                d.fields.join(", ")
+            }
+        );
+    }
+    if v.different.len() > SHOWN {
+        println!(
+            "    … and {} more different documents",
+            v.different.len() - SHOWN
+        );
+    }
+    for r in &v.broken_references {
+        println!(
+            "    broken references: {} → {}: {} value(s) point nowhere (e.g. {})",
+            r.path,
+            r.references,
+            r.dangling,
+            r.examples.join(", ")
+        );
+    }
+}

@@ -26,3 +26,4 @@ pub mod sink;
 pub mod source;
 pub mod transform;
 pub mod validate;
+pub mod verify;

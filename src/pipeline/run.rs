@@ -144,7 +144,7 @@ pub async fn compile_plans(
 }
 
 /// Loads the source keys of entities named by `exists` rules.
-async fn load_known_keys(
+pub(crate) async fn load_known_keys(
     pipeline: &Pipeline,
     plans: &[Plan],
     session: &mut SourceSession,
