@@ -49,6 +49,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print what `migrate` would run, in which order, from which mapping.
     Plan(PlanArgs),
+    /// Pre-flight: connectivity, every mapping against the live source, and a scan of the data for
+    /// conversions that would lose information or reject rows. Writes nothing.
+    Check(CheckArgs),
     /// Compare the target with the source: re-derive every expected document with the mappings and
     /// compare by _id; list missing, unexpected and different documents; check references.
     Verify(VerifyArgs),
@@ -82,6 +85,30 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Stages or entities (default: all).
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Rows scanned per entity.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        conflicts_with = "full"
+    )]
+    pub sample: u64,
+    /// Scan every row.
+    #[arg(long)]
+    pub full: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -350,6 +377,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
+        Command::Check(args) => crate::cli_ledger::check(&cli, args).await,
         Command::Verify(args) => crate::cli_ledger::verify(&cli, args).await,
         Command::Status(args) => crate::cli_ledger::status(&cli, args).await,
         Command::History(args) => crate::cli_ledger::history(&cli, args).await,

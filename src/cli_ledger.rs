@@ -4,8 +4,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{
-    BackupCommand, Cli, HistoryArgs, LockCommand, Outcome, RollbackArgs, StatusArgs, open_ledger,
-    pipeline_for,
+    BackupCommand, CheckArgs, Cli, HistoryArgs, LockCommand, Outcome, RollbackArgs, StatusArgs,
+    open_ledger, pipeline_for,
 };
 use crate::ledger::{self, StepRecord};
 use crate::monitor::report::format_ms;
@@ -390,4 +390,111 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             r.examples.join(", ")
         );
     }
+}
+
+pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
+    let cfg = crate::config::Config::load(
+        cli.config.as_deref(),
+        &crate::config::ProcessEnv,
+        &crate::config::Overrides {
+            mongodb_database: args.target.database.clone(),
+            ..Default::default()
+        },
+    )?;
+    let pipeline = pipeline_for(&cfg, &args.pipeline)?;
+    let source = cfg.require_source()?.to_string();
+    let mut blocking_target = None;
+    let target = match &cfg.mongodb {
+        Some(m) => match crate::sink::mongodb::MongoTarget::connect(&m.uri, &m.database).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                blocking_target = Some(crate::redact::redact_text(&e.to_string()));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut rates = std::collections::BTreeMap::new();
+    if let (Some(t), Some(m)) = (&target, &cfg.mongodb) {
+        let ledger = crate::ledger::Ledger::new(t.database().clone(), &m.ledger_prefix);
+        for s in pipeline.all_steps() {
+            if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {
+                rates.insert(s.entity, r);
+            }
+        }
+    }
+    let sample = (!args.full).then_some(args.sample);
+    let mut report = crate::check::check(
+        &pipeline,
+        &args.names,
+        &source,
+        target.as_ref(),
+        sample,
+        &rates,
+    )
+    .await;
+    if let Some(e) = blocking_target {
+        report.blocking.insert(0, e);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(if report.ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        });
+    }
+    println!("source: {}", report.source);
+    println!("target: {}", report.target);
+    println!(
+        "{:<24} {:>10} {:>9} {:>6} {:>8} {:>12}  estimate basis",
+        "entity", "rows", "scanned", "unique", "indexed", "est. time"
+    );
+    let yn = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "-",
+    };
+    for e in &report.entities {
+        println!(
+            "{:<24} {:>10} {:>9} {:>6} {:>8} {:>12}  {}",
+            e.entity,
+            e.rows,
+            e.scanned,
+            yn(e.key_unique),
+            yn(e.key_indexed),
+            e.estimated_ms.map(format_ms).unwrap_or_else(|| "-".into()),
+            e.estimate_basis
+        );
+    }
+    if !report.findings.is_empty() {
+        println!("findings (rows affected within the scanned rows):");
+        for f in &report.findings {
+            println!(
+                "  {:<24} {:<28} {:<22} {:<8} {:>8}  e.g. {} {}",
+                f.entity, f.path, f.rule, f.severity, f.rows, f.example_key, f.example
+            );
+        }
+    }
+    let total_estimate: u64 = report.entities.iter().filter_map(|e| e.estimated_ms).sum();
+    println!(
+        "estimated duration of the whole run: {}",
+        format_ms(total_estimate)
+    );
+    for b in &report.blocking {
+        println!("BLOCKING: {b}");
+    }
+    println!(
+        "{}",
+        if report.ok() {
+            "check passed: nothing blocks a run"
+        } else {
+            "check FAILED: fix the blocking problems above"
+        }
+    );
+    Ok(if report.ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }

@@ -14,6 +14,7 @@
 //! - [`monitor`]: counters, progress bars, rejects files, the run report.
 //! - [`redact`]: keeps credentials out of output.
 
+pub mod check;
 pub mod cli;
 mod cli_ledger;
 pub mod config;

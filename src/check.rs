@@ -1,0 +1,387 @@
+//! `cutover check`, the pre-flight: connectivity and server versions, every mapping against the
+//! live source (tables, columns, types, key uniqueness and index), and a type-fidelity scan that
+//! runs the mappings over a sample (or all) of the rows and counts every conversion that would
+//! lose information or reject a row. Writes nothing anywhere.
+
+use std::collections::BTreeMap;
+
+use bson::doc;
+use futures::TryStreamExt;
+use serde::Serialize;
+use sqlx::AssertSqlSafe;
+
+use crate::mapping::spec::Severity;
+use crate::pipeline::Pipeline;
+use crate::pipeline::run::{MAX_DOCUMENT_BYTES, compile_plans, load_known_keys};
+use crate::sink::mongodb::MongoTarget;
+use crate::source::postgres::{self, quote_ident};
+use crate::source::{SourceSession, Value};
+use crate::transform::row::{MapContext, map_row};
+
+#[derive(Debug, Default, Serialize)]
+pub struct Finding {
+    pub entity: String,
+    pub path: String,
+    pub rule: String,
+    /// `blocking`, `reject` (rows the run will reject) or `warning`.
+    pub severity: String,
+    pub rows: u64,
+    pub example_key: String,
+    pub example: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct EntityCheck {
+    pub entity: String,
+    pub source: String,
+    pub rows: u64,
+    pub scanned: u64,
+    pub key_unique: Option<bool>,
+    pub key_indexed: Option<bool>,
+    pub estimated_ms: Option<u64>,
+    pub estimate_basis: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CheckReport {
+    pub source: String,
+    pub target: String,
+    pub blocking: Vec<String>,
+    pub entities: Vec<EntityCheck>,
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.blocking.is_empty()
+    }
+}
+
+/// Appwrite's id rule: at most 36 of `[A-Za-z0-9._-]`, not starting with a special character.
+pub fn appwrite_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 36
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !id.starts_with(['.', '_', '-'])
+}
+
+pub async fn source_version(session: &mut SourceSession) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SHOW server_version")
+        .fetch_one(session.conn())
+        .await
+}
+
+pub async fn target_description(target: &MongoTarget) -> Result<String, mongodb::error::Error> {
+    let admin = target.client().database("admin");
+    let build = admin.run_command(doc! { "buildInfo": 1 }).await?;
+    let hello = admin.run_command(doc! { "hello": 1 }).await?;
+    let version = build.get_str("version").unwrap_or("?").to_string();
+    let set = hello.get_str("setName").ok().map(str::to_string);
+    let writable = hello.get_bool("isWritablePrimary").unwrap_or(false);
+    Ok(format!(
+        "MongoDB {version}, {}, {}, transactions {}",
+        match &set {
+            Some(s) => format!("replica set {s}"),
+            None => "standalone (no replica set)".into(),
+        },
+        if writable {
+            "writable primary"
+        } else {
+            "NOT writable"
+        },
+        if set.is_some() {
+            "available"
+        } else {
+            "unavailable"
+        }
+    ))
+}
+
+/// Scans each selected entity. `sample`: rows per entity (`None`: all).
+pub async fn check(
+    pipeline: &Pipeline,
+    names: &[String],
+    source_url: &str,
+    target: Option<&MongoTarget>,
+    sample: Option<u64>,
+    rates: &BTreeMap<String, f64>,
+) -> CheckReport {
+    let mut report = CheckReport::default();
+    let steps = match pipeline.select(names) {
+        Ok(s) => s,
+        Err(e) => {
+            report.blocking.push(e.to_string());
+            return report;
+        }
+    };
+    match target {
+        Some(t) => match target_description(t).await {
+            Ok(d) => {
+                if d.contains("NOT writable") {
+                    report
+                        .blocking
+                        .push(format!("the target is not writable: {d}"));
+                }
+                report.target = d;
+            }
+            Err(e) => report.blocking.push(format!("target: {e}")),
+        },
+        None => report.target = "no target configured".into(),
+    }
+    let mut session = match SourceSession::open(source_url).await {
+        Ok(s) => s,
+        Err(e) => {
+            report
+                .blocking
+                .push(crate::redact::redact_text(&e.to_string()));
+            return report;
+        }
+    };
+    report.source = match source_version(&mut session).await {
+        Ok(v) => format!("PostgreSQL {v}"),
+        Err(e) => format!("PostgreSQL (version unknown: {e})"),
+    };
+
+    // Compile one by one so that every broken mapping is listed, not only the first.
+    let mut plans = Vec::new();
+    for s in &steps {
+        match compile_plans(pipeline, std::slice::from_ref(s), &mut session).await {
+            Ok(mut p) => plans.append(&mut p),
+            Err(e) => report.blocking.push(e.to_string()),
+        }
+    }
+    let ctx = MapContext {
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        skip_validation: false,
+        known_keys: match load_known_keys(pipeline, &plans, &mut session).await {
+            Ok(k) => k,
+            Err(e) => {
+                report.blocking.push(e.to_string());
+                Default::default()
+            }
+        },
+    };
+
+    for plan in &plans {
+        let m = match pipeline.mappings.get(&plan.entity) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let rows = session.count(&plan.relation).await.unwrap_or(0);
+        let mut ec = EntityCheck {
+            entity: plan.entity.clone(),
+            source: plan.relation.clone(),
+            rows,
+            ..Default::default()
+        };
+        // Key: unique? indexed?
+        let keys = m
+            .spec
+            .source
+            .key
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let dup_sql = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY {keys} HAVING count(*) > 1) d",
+            plan.relation
+        );
+        match sqlx::query_scalar::<_, i64>(AssertSqlSafe(dup_sql))
+            .fetch_one(session.conn())
+            .await
+        {
+            Ok(0) => ec.key_unique = Some(true),
+            Ok(n) => {
+                ec.key_unique = Some(false);
+                report.blocking.push(format!(
+                    "{}: the key ({}) is not unique: {n} values occur more than once",
+                    plan.entity,
+                    m.spec.source.key.join(", ")
+                ));
+            }
+            Err(e) => report
+                .blocking
+                .push(format!("{}: cannot check the key: {e}", plan.entity)),
+        }
+        if let Some(table) = &m.spec.source.table {
+            let idx_sql = "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND a.attname = $2)";
+            let indexed: Result<bool, _> = sqlx::query_scalar(idx_sql)
+                .bind(table.clone())
+                .bind(m.spec.source.key[0].clone())
+                .fetch_one(session.conn())
+                .await;
+            ec.key_indexed = indexed.ok();
+            if ec.key_indexed == Some(false) {
+                report.findings.push(Finding {
+                    entity: plan.entity.clone(),
+                    path: m.spec.source.key.join(", "),
+                    rule: "key_not_indexed".into(),
+                    severity: "warning".into(),
+                    rows,
+                    example: format!(
+                        "no index starts with the key: the key-ordered scan sorts all {rows} rows"
+                    ),
+                    ..Default::default()
+                });
+            }
+        }
+
+        // Type fidelity: run the mapping over the rows (children are not merged here).
+        let mut tally: BTreeMap<(String, String, String), Finding> = BTreeMap::new();
+        let started = std::time::Instant::now();
+        let mut scanned = 0u64;
+        let no_children: Vec<Vec<Vec<Value>>> = plan.embeds.iter().map(|_| Vec::new()).collect();
+        let mut bad_ids = 0u64;
+        let mut bad_id_example = String::new();
+        if let Ok(mut conn) = session.reader().await {
+            let mut spec = plan.read.clone();
+            if let Some(n) = sample {
+                spec.filter = None;
+                let sql_limit = n;
+                let mut stream = postgres::stream(&mut conn, &spec);
+                while let Ok(Some(row)) = stream.try_next().await {
+                    if scanned >= sql_limit {
+                        break;
+                    }
+                    scanned += 1;
+                    scan_row(
+                        plan,
+                        row,
+                        &no_children,
+                        &ctx,
+                        &mut tally,
+                        &mut bad_ids,
+                        &mut bad_id_example,
+                    );
+                }
+            } else {
+                let mut stream = postgres::stream(&mut conn, &spec);
+                while let Ok(Some(row)) = stream.try_next().await {
+                    scanned += 1;
+                    scan_row(
+                        plan,
+                        row,
+                        &no_children,
+                        &ctx,
+                        &mut tally,
+                        &mut bad_ids,
+                        &mut bad_id_example,
+                    );
+                }
+            }
+        }
+        if bad_ids > 0 {
+            report.findings.push(Finding {
+                entity: plan.entity.clone(),
+                path: "_id".into(),
+                rule: "appwrite_id".into(),
+                severity: "warning".into(),
+                rows: bad_ids,
+                example_key: bad_id_example,
+                example: "keys that break Appwrite's id rule (36 of [A-Za-z0-9._-]) need an encoded id there".into(),
+            });
+        }
+        report.findings.extend(tally.into_values());
+        ec.scanned = scanned;
+        let elapsed = started.elapsed().as_millis() as u64;
+        match rates.get(&plan.entity) {
+            Some(r) if *r > 0.0 => {
+                ec.estimated_ms = Some((rows as f64 * 1000.0 / r) as u64);
+                ec.estimate_basis = "throughput of the last completed run".into();
+            }
+            _ if scanned > 0 => {
+                ec.estimated_ms = Some(elapsed.max(1) * rows / scanned);
+                ec.estimate_basis =
+                    "read and transform rate of this scan (writes not included)".into();
+            }
+            _ => ec.estimate_basis = "no data".into(),
+        }
+        report.entities.push(ec);
+    }
+    session.close().await;
+    report
+}
+
+fn scan_row(
+    plan: &crate::mapping::plan::Plan,
+    row: postgres::DecodedRow,
+    no_children: &[Vec<Vec<Value>>],
+    ctx: &MapContext,
+    tally: &mut BTreeMap<(String, String, String), Finding>,
+    bad_ids: &mut u64,
+    bad_id_example: &mut String,
+) {
+    let row = match row {
+        Ok(r) => r,
+        Err((_, message)) => {
+            let f = tally
+                .entry((String::new(), "decode".into(), "reject".into()))
+                .or_insert_with(|| Finding {
+                    entity: plan.entity.clone(),
+                    rule: "decode".into(),
+                    severity: "reject".into(),
+                    example: message,
+                    ..Default::default()
+                });
+            f.rows += 1;
+            return;
+        }
+    };
+    let mapped = map_row(plan, &row, no_children, ctx);
+    if plan.key.len() == 1 && !appwrite_id_ok(&mapped.key) {
+        *bad_ids += 1;
+        if bad_id_example.is_empty() {
+            *bad_id_example = mapped.key.clone();
+        }
+    }
+    if let Some(doc) = &mapped.doc
+        && doc.as_bytes().len() > MAX_DOCUMENT_BYTES
+    {
+        let f = tally
+            .entry((String::new(), "document_too_large".into(), "reject".into()))
+            .or_insert_with(|| Finding {
+                entity: plan.entity.clone(),
+                rule: "document_too_large".into(),
+                severity: "reject".into(),
+                example_key: mapped.key.clone(),
+                ..Default::default()
+            });
+        f.rows += 1;
+    }
+    for issue in &mapped.issues {
+        let severity = if issue.severity == Severity::Error {
+            "reject"
+        } else {
+            "warning"
+        };
+        let f = tally
+            .entry((issue.path.clone(), issue.rule.clone(), severity.to_string()))
+            .or_insert_with(|| Finding {
+                entity: plan.entity.clone(),
+                path: issue.path.clone(),
+                rule: issue.rule.clone(),
+                severity: severity.to_string(),
+                rows: 0,
+                example_key: mapped.key.clone(),
+                example: issue.message.clone(),
+            });
+        f.rows += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appwrite_ids() {
+        assert!(appwrite_id_ok("6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162"));
+        assert!(appwrite_id_ok("42"));
+        assert!(!appwrite_id_ok("_hidden"));
+        assert!(!appwrite_id_ok("a b"));
+        assert!(!appwrite_id_ok(&"x".repeat(37)));
+    }
+}
