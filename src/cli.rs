@@ -52,6 +52,8 @@ pub enum Command {
     /// Pre-flight: connectivity, every mapping against the live source, and a scan of the data for
     /// conversions that would lose information or reject rows. Writes nothing.
     Check(CheckArgs),
+    /// The sign-off report of a run (default: the latest) joined with its verification.
+    Report(ReportArgs),
     /// Compare the target with the source: re-derive every expected document with the mappings and
     /// compare by _id; list missing, unexpected and different documents; check references.
     Verify(VerifyArgs),
@@ -87,6 +89,28 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run id (the file name in the reports directory; default: the latest run).
+    pub run_id: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Md,
+    Html,
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +402,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
         Command::Check(args) => crate::cli_ledger::check(&cli, args).await,
+        Command::Report(args) => crate::cli_ledger::report(&cli, args).await,
         Command::Verify(args) => crate::cli_ledger::verify(&cli, args).await,
         Command::Status(args) => crate::cli_ledger::status(&cli, args).await,
         Command::History(args) => crate::cli_ledger::history(&cli, args).await,

@@ -4,8 +4,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{
-    BackupCommand, CheckArgs, Cli, HistoryArgs, LockCommand, Outcome, RollbackArgs, StatusArgs,
-    open_ledger, pipeline_for,
+    BackupCommand, CheckArgs, Cli, HistoryArgs, LockCommand, Outcome, ReportArgs, ReportFormat,
+    RollbackArgs, StatusArgs, open_ledger, pipeline_for,
 };
 use crate::ledger::{self, StepRecord};
 use crate::monitor::report::format_ms;
@@ -497,4 +497,52 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
+    let cfg = crate::config::Config::load(
+        cli.config.as_deref(),
+        &crate::config::ProcessEnv,
+        &crate::config::Overrides {
+            mongodb_database: args.target.database.clone(),
+            ..Default::default()
+        },
+    )?;
+    let mut signoff = crate::monitor::signoff::SignOff::load(
+        &cfg.reports_dir,
+        &cfg.rejects_dir,
+        args.run_id.as_deref(),
+    )?;
+    // The ledger entries of the run, when the target is reachable.
+    if let Some(m) = &cfg.mongodb
+        && let Ok(t) = crate::sink::mongodb::MongoTarget::connect(&m.uri, &m.database).await
+    {
+        let ledger = crate::ledger::Ledger::new(t.database().clone(), &m.ledger_prefix);
+        if let Ok(steps) = ledger.all_steps().await {
+            signoff.ledger = steps
+                .into_iter()
+                .filter(|s| s.run_id == signoff.run.run_id)
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .collect();
+        }
+    }
+    let text = match args.format {
+        ReportFormat::Text => signoff.render_text(),
+        ReportFormat::Json => serde_json::to_string_pretty(&signoff)? + "\n",
+        ReportFormat::Md => signoff.render_markdown(),
+        ReportFormat::Html => signoff.render_html(),
+    };
+    match &args.output {
+        Some(path) => {
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, text)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(Outcome::Success)
 }

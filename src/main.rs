@@ -25,7 +25,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cutover::cli::run(cli)) {
+    let result = runtime.block_on(async {
+        let result = cutover::cli::run(cli).await;
+        cutover::sink::mongodb::shutdown_all().await;
+        result
+    });
+    match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(err) => {
             eprintln!(

@@ -3,6 +3,7 @@
 
 pub mod rejects;
 pub mod report;
+pub mod signoff;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -34,6 +34,9 @@ pub struct EntityReport {
     pub resumed_from: Option<String>,
     #[serde(default)]
     pub resumed_after_rows: u64,
+    /// [ms since the run began, rows read, rows written], sampled every 250 ms.
+    #[serde(default)]
+    pub timeline: Vec<[u64; 3]>,
     /// For `--sync-deletes`: target documents removed (or, in a dry run, that would be).
     #[serde(default)]
     pub deleted: u64,
@@ -66,6 +69,7 @@ impl EntityReport {
             resumed_after_rows: 0,
             delta: None,
             deleted: 0,
+            timeline: Vec::new(),
         }
     }
 
@@ -106,6 +110,9 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub rejects_dir: String,
+    /// The configuration used (credentials redacted).
+    #[serde(default)]
+    pub config: serde_json::Value,
 }
 
 /// written / (read − skipped), as a percentage; 100 when nothing was to be written.

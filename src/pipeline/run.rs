@@ -318,6 +318,7 @@ async fn migrate_locked(
     run_id: &str,
 ) -> Result<RunReport, RunError> {
     let started_at = chrono::Utc::now();
+    let run_started = Instant::now();
 
     let prereqs = pipeline.prerequisites(&steps);
     if !opts.ignore_dependencies && !prereqs.is_empty() {
@@ -383,6 +384,7 @@ async fn migrate_locked(
 
     for (p, (_, resume, since)) in plans.iter().zip(&to_run) {
         let mut stage = StageRun {
+            run_started,
             since: since.clone(),
             run_id: run_id.to_string(),
             resume: resume.as_ref().map(|r| Resume {
@@ -517,6 +519,19 @@ async fn migrate_locked(
         estimated_full_run_ms: opts.dry_run.then_some(estimate_ms),
         error: run_error.as_ref().map(|e| e.to_string()),
         rejects_dir: rejects.dir().display().to_string(),
+        config: serde_json::json!({
+            "source": crate::redact::redact_url(source_url),
+            "target": opts.target_name,
+            "batch_size": opts.batch_size,
+            "batch_bytes": opts.batch_bytes,
+            "concurrency": opts.concurrency,
+            "continue_on_error": opts.continue_on_error,
+            "skip_validation": opts.skip_validation,
+            "max_rejects": opts.max_rejects,
+            "retries": opts.retry.max_retries,
+            "since_last": opts.since_last,
+            "sync_deletes": opts.sync_deletes,
+        }),
     };
     report.compute_totals();
     report.status = if run_error.is_some() {
@@ -648,6 +663,8 @@ struct Resume {
 
 /// Per-stage facts the reader and writer need.
 struct StageRun {
+    /// When the run began (the report's timeline counts from it).
+    run_started: Instant,
     /// Delta run: only rows whose change-tracking column is at or after this instant.
     since: Option<String>,
     run_id: String,
@@ -875,6 +892,27 @@ async fn run_entity(
         ))
     });
 
+    // Throughput over time, for the report's chart: the counters every 250 ms.
+    let timeline: Arc<std::sync::Mutex<Vec<[u64; 3]>>> = Default::default();
+    let sampler = {
+        let counters = counters.clone();
+        let timeline = timeline.clone();
+        let since = stage.run_started;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let c = counters.snapshot();
+                let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+                t.push([since.elapsed().as_millis() as u64, c.read, c.written]);
+                if t.len() > 4_000 {
+                    // Bounded on long runs: keep every other point.
+                    let thinned: Vec<[u64; 3]> = t.iter().step_by(2).copied().collect();
+                    *t = thinned;
+                }
+            }
+        })
+    };
     let read_result = read_loop(
         plan,
         session,
@@ -910,7 +948,18 @@ async fn run_entity(
         let unattempted = c.read.saturating_sub(c.written + c.rejected + c.skipped);
         EntityCounters::add(&counters.skipped, unattempted);
     }
+    sampler.abort();
     let mut report = report_base(&counters, mode_name, total);
+    {
+        let c = counters.snapshot();
+        let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
+        t.push([
+            stage.run_started.elapsed().as_millis() as u64,
+            c.read,
+            c.written,
+        ]);
+        report.timeline = std::mem::take(&mut *t);
+    }
     if let Some(r) = &stage.resume {
         report.resumed_from = Some(r.from_run.clone());
         report.resumed_after_rows = r.rows;

@@ -81,6 +81,20 @@ pub struct BatchResult {
     pub errors: Vec<DocError>,
 }
 
+/// Every client this process opened, so that [`shutdown_all`] can close them cleanly before the
+/// runtime stops (a client dropped during runtime shutdown would try to end its sessions on a
+/// closed pool).
+static CLIENTS: std::sync::Mutex<Vec<Client>> = std::sync::Mutex::new(Vec::new());
+
+/// Ends the sessions and closes the connections of every client opened by this process.
+pub async fn shutdown_all() {
+    let clients: Vec<Client> =
+        std::mem::take(&mut *CLIENTS.lock().unwrap_or_else(|p| p.into_inner()));
+    for c in clients {
+        c.shutdown().await;
+    }
+}
+
 #[derive(Clone)]
 pub struct MongoTarget {
     client: Client,
@@ -95,6 +109,10 @@ impl MongoTarget {
                 uri: crate::redact::redact_url(uri),
                 source,
             })?;
+        CLIENTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(client.clone());
         let db = client.database(database);
         db.run_command(doc! { "ping": 1 })
             .await

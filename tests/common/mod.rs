@@ -167,6 +167,12 @@ impl World {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("verify-")
+            })
             .collect();
         files.sort();
         let path = files.last().expect("a report");

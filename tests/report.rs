@@ -1,0 +1,151 @@
+//! `cutover report`: the sign-off report in every format; the HTML page renders in headless
+//! Chromium with its charts and numbers visible.
+
+mod common;
+
+use std::process::Command;
+
+use common::World;
+
+fn chromium(args: &[&str], user_dir: &std::path::Path) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", user_dir.display()))
+        .args(args)
+        .output()
+        .expect("chromium (installed by scripts/setup.sh)")
+}
+
+/// Pixels of exactly this colour in a PNG screenshot.
+fn count_color(png_path: &std::path::Path, rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let bytes = &buf[..info.buffer_size()];
+    let step = match info.color_type {
+        png::ColorType::Rgba => 4,
+        png::ColorType::Rgb => 3,
+        other => panic!("unexpected png colour type {other:?}"),
+    };
+    bytes.chunks(step).filter(|p| p[..3] == rgb).count()
+}
+
+#[tokio::test]
+async fn html_report_renders_with_charts_and_numbers() {
+    let w = World::new("report").await;
+    w.load_registry(120);
+    assert_eq!(w.migrate(&[]).status.code(), Some(2));
+    let verify = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let run = w.latest_report();
+    let read = run["totals"]["read"].as_u64().unwrap();
+
+    // Text, Markdown and JSON.
+    let text = w.cutover().args(["report"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains("Verification") && text.contains("PASSED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Rejected rows by rule")
+            && text.contains("patients required (validate): 5 rows"),
+        "{text}"
+    );
+    let md = w
+        .cutover()
+        .args(["report", "--format", "md"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&md.stdout).contains("| patients | 120 | 108 | 12 |"));
+    let json = w
+        .cutover()
+        .args(["report", "--format", "json"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["run"]["run_id"], run["run_id"]);
+    assert_eq!(json["verification"]["ok"], true);
+    assert!(
+        !json["ledger"].as_array().unwrap().is_empty(),
+        "ledger entries of the run"
+    );
+    assert!(
+        !json.to_string().contains("postgres://postgres@") || !json.to_string().contains(":***@")
+    );
+
+    // HTML, rendered.
+    let html = w.dir.path().join("signoff.html");
+    let out = w
+        .cutover()
+        .args(["report", "--format", "html", "-o"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "self-contained: no fetches"
+    );
+    let ud = w.dir.path().join("chromium");
+    let dom = chromium(&["--dump-dom", &format!("file://{}", html.display())], &ud);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("id=\"chart-entities\"") && dom.contains("id=\"chart-throughput\""),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!("id=\"total-read\">{read}<")),
+        "the numbers are on the page"
+    );
+    let shot = w.dir.path().join("signoff.png");
+    let out = chromium(
+        &[
+            "--window-size=1100,1600",
+            &format!("--screenshot={}", shot.display()),
+            &format!("file://{}", html.display()),
+        ],
+        &ud,
+    );
+    assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The bars (written: #2e7d32, rejected: #c62828) and the throughput line (#1565c0) are drawn.
+    assert!(
+        count_color(&shot, [0x2e, 0x7d, 0x32]) > 2_000,
+        "written bars not visible"
+    );
+    assert!(
+        count_color(&shot, [0xc6, 0x28, 0x28]) > 100,
+        "rejected bars not visible"
+    );
+    assert!(
+        count_color(&shot, [0x15, 0x65, 0xc0]) > 200,
+        "throughput line not visible"
+    );
+    w.drop().await;
+}
