@@ -54,7 +54,7 @@ PY
 
 run() { # name database extra-args...
   local name="$1" db="$2"; shift 2
-  /usr/bin/time -v "$BIN/cutover" migrate --quiet --ignore-dependencies --database "$db" \
+  /usr/bin/time -v "$BIN/cutover" migrate --quiet --ignore-dependencies --rerun --no-backup --database "$db" \
     --report "$WORK/$name.json" "$@" >"$WORK/$name.out" 2>"$WORK/$name.time" || [ $? -eq 2 ]
   python3 - "$name" "$WORK/$name.json" "$WORK/$name.time" <<'PY'
 import json, re, sys

@@ -604,3 +604,61 @@ async fn since_last_copies_exactly_the_rows_changed_since_the_last_run() {
     );
     w.drop().await;
 }
+
+#[tokio::test]
+async fn backups_are_listed_restored_and_dropped() {
+    let w = World::new("backups").await;
+    let pipeline = setup(&w).await;
+    let migrate = |extra: &[&str]| {
+        w.cutover()
+            .args(["migrate", "--quiet", "--pipeline"])
+            .arg(&pipeline)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(migrate(&["kinds"]).status.code(), Some(0));
+    let first = w.docs("kinds").await;
+    w.sql("UPDATE kinds SET label = 'Changed'").await;
+    assert_eq!(migrate(&["kinds", "--rerun"]).status.code(), Some(0));
+    assert_ne!(w.docs("kinds").await, first);
+
+    let list = w.cutover().args(["backup", "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout).to_string();
+    let name = text.split_whitespace().next().unwrap().to_string();
+    assert!(name.starts_with("kinds__backup__"), "{text}");
+    assert!(text.contains("3 docs"), "{text}");
+
+    let out = w
+        .cutover()
+        .args(["backup", "restore", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.docs("kinds").await, first, "restored");
+
+    let out = w
+        .cutover()
+        .args(["backup", "drop", &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(!names.contains(&name), "{names:?}");
+    let out = w
+        .cutover()
+        .args(["backup", "restore", &name])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backup named"));
+    w.drop().await;
+}

@@ -580,18 +580,24 @@ pub async fn restore_step(
 }
 
 /// Removes target documents of `plan` whose source row is gone (or, in a dry run, counts them).
-/// The source's ids are held in memory as encoded bytes (bounded by the number of keys, not by
-/// document sizes); the target's ids stream past them.
+/// When the target's `_id` order is the key order, source keys and target ids are compared
+/// merge-style, both streaming; otherwise the source ids are held as encoded bytes (bounded by
+/// the number of keys, not by document sizes) while the target's ids stream past them.
 async fn sync_deletes(
     plan: &Plan,
     session: &mut SourceSession,
     target: &MongoTarget,
     dry_run: bool,
 ) -> Result<u64, RunError> {
+    use crate::verify::order::{bson_cmp, ids_follow_key_order};
     let encode_id = |id: &bson::Bson| -> Vec<u8> {
         let mut buf = Vec::with_capacity(24);
         let _ = crate::transform::encode::element(&mut buf, "", id);
         buf
+    };
+    let cmd_err = |what: &str| {
+        let op = format!("{what} {}", plan.collection);
+        move |source| RunError::Target(MongoError::Command { op, source })
     };
     let key_count = plan.key.len();
     let mut keys_spec = plan.read.clone();
@@ -600,9 +606,52 @@ async fn sync_deletes(
     keys_spec.after = None;
     keys_spec.filter = None;
     let mut conn = session.reader().await?;
-    let mut source_ids: HashSet<Vec<u8>> = HashSet::new();
-    {
-        let mut rows = postgres::stream(&mut conn, &keys_spec);
+    let mut rows = postgres::stream(&mut conn, &keys_spec);
+    let coll = target
+        .database()
+        .collection::<bson::Document>(&plan.collection);
+    let ordered = ids_follow_key_order(plan);
+    let mut cursor = coll
+        .find(bson::doc! {})
+        .projection(bson::doc! { "_id": 1 })
+        .sort(if ordered {
+            bson::doc! { "_id": 1 }
+        } else {
+            bson::doc! {}
+        })
+        .await
+        .map_err(cmd_err("find on"))?;
+    let mut gone = Vec::new();
+    if ordered {
+        let mut source_id: Option<bson::Bson> = None;
+        let mut source_done = false;
+        while let Some(d) = cursor.try_next().await.map_err(cmd_err("find on"))? {
+            let Some(tid) = d.get("_id").cloned() else {
+                continue;
+            };
+            loop {
+                if source_id.is_none() && !source_done {
+                    match rows.try_next().await? {
+                        Some(Ok(row)) => source_id = plan.id.id_for(&[&row[0]]).ok(),
+                        Some(Err(_)) => continue,
+                        None => source_done = true,
+                    }
+                }
+                match source_id.as_ref().map(|s| bson_cmp(s, &tid)) {
+                    Some(std::cmp::Ordering::Less) => source_id = None,
+                    Some(std::cmp::Ordering::Equal) => {
+                        source_id = None;
+                        break;
+                    }
+                    Some(std::cmp::Ordering::Greater) | None => {
+                        gone.push(tid.clone());
+                        break;
+                    }
+                }
+            }
+        }
+    } else {
+        let mut source_ids: HashSet<Vec<u8>> = HashSet::new();
         while let Some(row) = rows.try_next().await? {
             let Ok(row) = row else { continue };
             let key: Vec<&Value> = row.iter().collect();
@@ -610,33 +659,15 @@ async fn sync_deletes(
                 source_ids.insert(encode_id(&id));
             }
         }
-    }
-    let coll = target
-        .database()
-        .collection::<bson::Document>(&plan.collection);
-    let mut cursor = coll
-        .find(bson::doc! {})
-        .projection(bson::doc! { "_id": 1 })
-        .await
-        .map_err(|source| MongoError::Command {
-            op: format!("find on {}", plan.collection),
-            source,
-        })?;
-    let mut gone = Vec::new();
-    while let Some(d) = cursor
-        .try_next()
-        .await
-        .map_err(|source| MongoError::Command {
-            op: format!("find on {}", plan.collection),
-            source,
-        })?
-    {
-        if let Some(id) = d.get("_id")
-            && !source_ids.contains(&encode_id(id))
-        {
-            gone.push(id.clone());
+        while let Some(d) = cursor.try_next().await.map_err(cmd_err("find on"))? {
+            if let Some(id) = d.get("_id")
+                && !source_ids.contains(&encode_id(id))
+            {
+                gone.push(id.clone());
+            }
         }
     }
+    drop(rows);
     let n = gone.len() as u64;
     if dry_run || gone.is_empty() {
         return Ok(n);
@@ -645,10 +676,7 @@ async fn sync_deletes(
     for chunk in gone.chunks(1000) {
         coll.delete_many(bson::doc! { "_id": { "$in": chunk.to_vec() } })
             .await
-            .map_err(|source| MongoError::Command {
-                op: format!("delete from {}", plan.collection),
-                source,
-            })?;
+            .map_err(cmd_err("delete from"))?;
     }
     Ok(n)
 }

@@ -3,8 +3,10 @@
 //! for documents cutover wrote). Lists missing, unexpected and different documents, with the first
 //! differing field paths; checks references point to existing documents.
 //!
-//! Memory: the expected side is held as (id bytes → hash, key) — bounded by the number of keys,
-//! not by document sizes; the target side streams past it.
+//! Memory: when the target's `_id` order is the source key order (single int, text or uuid key as
+//! `_id`) both sides stream merge-style in bounded memory; otherwise (uuid5 or composite ids) the
+//! expected side is held as (id bytes → hash, key) — bounded by the number of keys, not by
+//! document sizes — and the target streams past it.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -21,6 +23,8 @@ use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, map_row};
 
 /// How many problems of each kind the text output shows (the JSON has them all).
+pub mod order;
+
 pub const SHOWN: usize = 20;
 /// How many differing documents get a field-by-field diff.
 pub const DIFFED: usize = 1000;
@@ -125,6 +129,27 @@ fn merr(op: String) -> impl FnOnce(mongodb::error::Error) -> RunError {
     move |source| RunError::Target(MongoError::Command { op, source })
 }
 
+/// The next target document's `_id` and hash.
+async fn next_target(
+    cursor: &mut mongodb::Cursor<RawDocumentBuf>,
+    collection: &str,
+) -> Result<Option<(Bson, u64)>, RunError> {
+    let Some(d) = cursor
+        .try_next()
+        .await
+        .map_err(merr(format!("read {collection}")))?
+    else {
+        return Ok(None);
+    };
+    let id = d
+        .get("_id")
+        .ok()
+        .flatten()
+        .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
+        .unwrap_or(Bson::Null);
+    Ok(Some((id, hash_bytes(d.as_bytes()))))
+}
+
 /// Verifies one entity. `sample`: compare only every k-th source row so that about `n` are checked.
 pub async fn verify_entity(
     plan: &Plan,
@@ -148,6 +173,25 @@ pub async fn verify_entity(
     } else {
         format!("sample of every {step}th row")
     };
+
+    // Merge-style when the target's _id order is the key order: both sides stream, memory stays
+    // bounded. Otherwise the expected side is held as (id bytes → hash, key).
+    let ordered = step == 1 && order::ids_follow_key_order(plan);
+    let mut missing = Vec::new();
+    let mut unexpected = Vec::new();
+    let mut different_ids: Vec<(Bson, String)> = Vec::new();
+    let mut compared = 0u64;
+    let mut target_cursor = if ordered {
+        Some(
+            coll.find(doc! {})
+                .sort(doc! { "_id": 1 })
+                .await
+                .map_err(merr(format!("read {}", plan.collection)))?,
+        )
+    } else {
+        None
+    };
+    let mut pending_target: Option<(Bson, u64)> = None;
 
     // Expected side: map every source row as `migrate` would.
     let mut expected: HashMap<Vec<u8>, (u64, String)> = HashMap::new();
@@ -211,6 +255,38 @@ pub async fn verify_entity(
                         .map(|v| v.to_raw_bson())
                         .and_then(|v| Bson::try_from(v).ok())
                         .unwrap_or(Bson::Null);
+                    if let Some(cursor) = target_cursor.as_mut() {
+                        let hash = hash_bytes(doc.as_bytes());
+                        let mut matched = false;
+                        loop {
+                            if pending_target.is_none() {
+                                pending_target = next_target(cursor, &plan.collection).await?;
+                            }
+                            let Some((tid, thash)) = pending_target.as_ref() else {
+                                break;
+                            };
+                            match order::bson_cmp(tid, &id) {
+                                std::cmp::Ordering::Less => {
+                                    unexpected.push(show_id(tid));
+                                    pending_target = None;
+                                }
+                                std::cmp::Ordering::Equal => {
+                                    compared += 1;
+                                    if *thash != hash {
+                                        different_ids.push((id.clone(), mapped.key.clone()));
+                                    }
+                                    pending_target = None;
+                                    matched = true;
+                                    break;
+                                }
+                                std::cmp::Ordering::Greater => break,
+                            }
+                        }
+                        if !matched {
+                            missing.push(mapped.key);
+                        }
+                        continue;
+                    }
                     expected.insert(id_bytes(&id), (hash_bytes(doc.as_bytes()), mapped.key));
                     if step > 1 {
                         sampled_ids.push(id);
@@ -221,11 +297,15 @@ pub async fn verify_entity(
     }
 
     // Target side.
-    let mut missing = Vec::new();
-    let mut unexpected = Vec::new();
-    let mut different_ids: Vec<(Bson, String)> = Vec::new();
-    let mut compared = 0u64;
-    if step == 1 {
+    if let Some(cursor) = target_cursor.as_mut() {
+        // Whatever the target holds past the last source key is unexpected.
+        if let Some((tid, _)) = pending_target.take() {
+            unexpected.push(show_id(&tid));
+        }
+        while let Some((tid, _)) = next_target(cursor, &plan.collection).await? {
+            unexpected.push(show_id(&tid));
+        }
+    } else if step == 1 {
         let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(expected.len());
         let mut cursor = coll
             .find(doc! {})
