@@ -121,7 +121,13 @@ pub fn success_rate(written: u64, read: u64, skipped: u64) -> f64 {
     if denom == 0 {
         return 100.0;
     }
-    round1(written as f64 * 100.0 / denom as f64)
+    let rate = written as f64 * 100.0 / denom as f64;
+    if written < denom {
+        // Never round up to 100%: a run with a rejected row must not read as complete.
+        (rate * 10.0).floor() / 10.0
+    } else {
+        round1(rate)
+    }
 }
 
 fn round1(x: f64) -> f64 {
@@ -286,6 +292,7 @@ mod tests {
         assert_eq!(success_rate(90, 100, 10), 100.0);
         assert_eq!(success_rate(0, 0, 0), 100.0);
         assert_eq!(success_rate(188, 200, 0), 94.0);
+        assert_eq!(success_rate(999_988, 1_000_000, 0), 99.9);
     }
 
     #[test]
