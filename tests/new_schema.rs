@@ -385,5 +385,25 @@ async fn a_mapping_with_a_typo_is_refused_naming_file_and_key() {
         .filter(|n| !n.starts_with("cutover_"))
         .collect();
     assert!(data.is_empty(), "nothing written: {data:?}");
+
+    // A timestamp without time zone and no `timezone` is refused before the run, naming it.
+    std::fs::write(w.dir.path().join("mappings/loans.toml"), LOANS).unwrap();
+    std::fs::write(
+        w.dir.path().join("mappings/books.toml"),
+        BOOKS.replace("timezone = \"+01:00\"\n", ""),
+    )
+    .unwrap();
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("books.toml") && err.contains("`published`") && err.contains("timezone"),
+        "{err}"
+    );
     w.drop().await;
 }

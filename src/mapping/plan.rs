@@ -341,6 +341,20 @@ fn compile_fields(
             (_, _, Some(v)) => Input::Const(toml_to_value(v)),
             _ => unreachable!("checked when parsed"),
         };
+        // A timestamp without time zone is ambiguous: say so before the run, not on every row.
+        if let Input::Column(i) = &input
+            && read.columns[*i].kind == crate::source::ColKind::Timestamp
+            && f.timezone.is_none()
+            && f.cast != Some(CastType::String)
+        {
+            return Err(invalid(
+                key.clone(),
+                format!(
+                    "column `{}` is a timestamp without time zone: set `timezone` (UTC or an offset such as +01:00) or `type = \"string\"`",
+                    read.columns[*i].name
+                ),
+            ));
+        }
         let mut steps = Vec::new();
         let mut combine = None;
         for t in &f.transform {
