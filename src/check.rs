@@ -237,40 +237,21 @@ pub async fn check(
         let mut bad_ids = 0u64;
         let mut bad_id_example = String::new();
         if let Ok(mut conn) = session.reader().await {
-            let mut spec = plan.read.clone();
-            if let Some(n) = sample {
-                spec.filter = None;
-                let sql_limit = n;
-                let mut stream = postgres::stream(&mut conn, &spec);
-                while let Ok(Some(row)) = stream.try_next().await {
-                    if scanned >= sql_limit {
-                        break;
-                    }
-                    scanned += 1;
-                    scan_row(
-                        plan,
-                        row,
-                        &no_children,
-                        &ctx,
-                        &mut tally,
-                        &mut bad_ids,
-                        &mut bad_id_example,
-                    );
+            let mut stream = postgres::stream(&mut conn, &plan.read);
+            while let Ok(Some(row)) = stream.try_next().await {
+                if sample.is_some_and(|n| scanned >= n) {
+                    break;
                 }
-            } else {
-                let mut stream = postgres::stream(&mut conn, &spec);
-                while let Ok(Some(row)) = stream.try_next().await {
-                    scanned += 1;
-                    scan_row(
-                        plan,
-                        row,
-                        &no_children,
-                        &ctx,
-                        &mut tally,
-                        &mut bad_ids,
-                        &mut bad_id_example,
-                    );
-                }
+                scanned += 1;
+                scan_row(
+                    plan,
+                    row,
+                    &no_children,
+                    &ctx,
+                    &mut tally,
+                    &mut bad_ids,
+                    &mut bad_id_example,
+                );
             }
         }
         if bad_ids > 0 {

@@ -11,6 +11,18 @@ use crate::ledger::{self, StepRecord};
 use crate::monitor::report::format_ms;
 use crate::pipeline::rollback::{self, RollbackRequest};
 
+/// The configuration, with `--database` applied (for commands that may run without a target).
+fn config_for(cli: &Cli, target: &crate::cli::TargetArgs) -> Result<crate::config::Config> {
+    Ok(crate::config::Config::load(
+        cli.config.as_deref(),
+        &crate::config::ProcessEnv,
+        &crate::config::Overrides {
+            mongodb_database: target.database.clone(),
+            ..Default::default()
+        },
+    )?)
+}
+
 #[derive(Debug, Serialize)]
 struct EntityStatus {
     entity: String,
@@ -393,14 +405,7 @@ fn print_verification(v: &crate::verify::EntityVerification) {
 }
 
 pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
-    let cfg = crate::config::Config::load(
-        cli.config.as_deref(),
-        &crate::config::ProcessEnv,
-        &crate::config::Overrides {
-            mongodb_database: args.target.database.clone(),
-            ..Default::default()
-        },
-    )?;
+    let cfg = config_for(cli, &args.target)?;
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
     let mut blocking_target = None;
@@ -500,14 +505,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
 }
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
-    let cfg = crate::config::Config::load(
-        cli.config.as_deref(),
-        &crate::config::ProcessEnv,
-        &crate::config::Overrides {
-            mongodb_database: args.target.database.clone(),
-            ..Default::default()
-        },
-    )?;
+    let cfg = config_for(cli, &args.target)?;
     let mut signoff = crate::monitor::signoff::SignOff::load(
         &cfg.reports_dir,
         &cfg.rejects_dir,

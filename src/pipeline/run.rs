@@ -1261,7 +1261,6 @@ async fn write_loop(
     };
     while let Some((mut batch, result, attempts)) = results.next().await {
         EntityCounters::add(&counters.batches, 1);
-        let failed = result.is_err();
         match result {
             Ok(BatchResult { written, errors }) => {
                 EntityCounters::add(&counters.written, written);
@@ -1288,19 +1287,33 @@ async fn write_loop(
                 }
             }
             Err(source) => {
-                if !opts.continue_on_error {
-                    // Count the batch's rows so the report still balances, then stop.
-                    for key in &batch.keys {
-                        let issue = Issue::error(
-                            Stage::Write,
-                            "batch_failed",
-                            "",
-                            source.to_string(),
-                            String::new(),
-                        );
+                let message = source.to_string();
+                for key in &batch.keys {
+                    let issue = Issue::error(
+                        Stage::Write,
+                        "batch_failed",
+                        "",
+                        message.clone(),
+                        String::new(),
+                    );
+                    if opts.continue_on_error {
+                        reject(
+                            &counters,
+                            &total_rejected,
+                            &rejects,
+                            &entity,
+                            key,
+                            &[issue],
+                            &opts,
+                        )
+                        .map_err(io_err)??;
+                    } else {
+                        // Recorded so the report still balances; the run stops below.
                         EntityCounters::add(&counters.rejected, 1);
                         rejects.reject(&entity, key, &[issue]).map_err(io_err)?;
                     }
+                }
+                if !opts.continue_on_error {
                     return Err(RunError::BatchFailed {
                         entity,
                         rows: batch.docs.len(),
@@ -1308,30 +1321,10 @@ async fn write_loop(
                         source: Box::new(source),
                     });
                 }
-                for key in &batch.keys {
-                    let issue = Issue::error(
-                        Stage::Write,
-                        "batch_failed",
-                        "",
-                        source.to_string(),
-                        String::new(),
-                    );
-                    reject(
-                        &counters,
-                        &total_rejected,
-                        &rejects,
-                        &entity,
-                        key,
-                        &[issue],
-                        &opts,
-                    )
-                    .map_err(io_err)??;
-                }
             }
         }
         // Every row of the batch is now written or recorded as a reject (a stopped run returned
         // above): the watermark may move past it.
-        let _ = failed;
         if let Some(c) = checkpointer.as_mut() {
             c.finished(
                 batch.seq,

@@ -77,6 +77,15 @@ fn id_bytes(id: &Bson) -> Vec<u8> {
     buf
 }
 
+/// The `_id` of a raw document (Null when it has none).
+fn raw_id(d: &RawDocumentBuf) -> Bson {
+    d.get("_id")
+        .ok()
+        .flatten()
+        .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
+        .unwrap_or(Bson::Null)
+}
+
 fn show_id(id: &Bson) -> String {
     match id {
         Bson::Binary(b) if b.bytes.len() == 16 => uuid::Uuid::from_slice(&b.bytes)
@@ -141,12 +150,7 @@ async fn next_target(
     else {
         return Ok(None);
     };
-    let id = d
-        .get("_id")
-        .ok()
-        .flatten()
-        .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
-        .unwrap_or(Bson::Null);
+    let id = raw_id(&d);
     Ok(Some((id, hash_bytes(d.as_bytes()))))
 }
 
@@ -248,13 +252,7 @@ pub async fn verify_entity(
                     if !this.is_multiple_of(step) {
                         continue;
                     }
-                    let id = doc
-                        .get("_id")
-                        .ok()
-                        .flatten()
-                        .map(|v| v.to_raw_bson())
-                        .and_then(|v| Bson::try_from(v).ok())
-                        .unwrap_or(Bson::Null);
+                    let id = raw_id(&doc);
                     if let Some(cursor) = target_cursor.as_mut() {
                         let hash = hash_bytes(doc.as_bytes());
                         let mut matched = false;
@@ -316,12 +314,7 @@ pub async fn verify_entity(
             .await
             .map_err(merr(format!("read {}", plan.collection)))?
         {
-            let id = d
-                .get("_id")
-                .ok()
-                .flatten()
-                .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
-                .unwrap_or(Bson::Null);
+            let id = raw_id(&d);
             let idb = id_bytes(&id);
             match expected.get(&idb) {
                 None => unexpected.push(show_id(&id)),
@@ -352,12 +345,7 @@ pub async fn verify_entity(
                 .await
                 .map_err(merr(format!("read {}", plan.collection)))?
             {
-                let id = d
-                    .get("_id")
-                    .ok()
-                    .flatten()
-                    .and_then(|v| Bson::try_from(v.to_raw_bson()).ok())
-                    .unwrap_or(Bson::Null);
+                let id = raw_id(&d);
                 let idb = id_bytes(&id);
                 if let Some((h, key)) = expected.get(&idb) {
                     compared += 1;
