@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod redact;
 pub mod sink;
 pub mod source;
+pub mod standin;
 pub mod transform;
 pub mod validate;
 pub mod verify;

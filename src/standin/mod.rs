@@ -1,0 +1,475 @@
+//! A local stand-in for the Appwrite server API (TablesDB and Users), for tests and benchmarks:
+//! Appwrite cannot run here. It is test infrastructure held to the official spec: the tests check
+//! every success response against the OpenAPI 3 schemas of Appwrite 1.8
+//! (`shared/appwrite/open-api3-1.8.x-server.json`).
+//!
+//! Behaviour that matters to a writer is reproduced: project and key headers (404 / 401), the error
+//! body `{message, code, type, version}` with Appwrite's type names, columns created
+//! asynchronously (202, `processing` → `available` after a delay), `row_invalid_structure` for rows
+//! using unknown or unavailable columns, bulk create and upsert with at most 100 rows,
+//! all-or-nothing, 409 on duplicates, list with `queries[]` JSON, `limit`, `cursorAfter` and a
+//! `total` capped at 5000, users created with an existing bcrypt hash, labels and prefs,
+//! rate-limit headers — and fault injection (a fraction of requests answered 429 with
+//! `Retry-After`, 500 or 503, or slowed).
+
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Value, json};
+
+pub use state::{Faults, StandIn};
+
+/// Appwrite's version string in error bodies.
+pub const VERSION: &str = "1.8.0";
+
+/// An Appwrite-shaped error.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "message": self.message,
+            "code": self.status.as_u16(),
+            "type": self.kind,
+            "version": VERSION,
+        });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type Shared = Arc<StandIn>;
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(status: u16, body: Value) -> ApiResult {
+    Ok((
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+/// Checks the project and key headers, applies the fault injection, adds rate-limit headers.
+async fn guard(s: &StandIn, headers: &HeaderMap) -> Result<(), ApiError> {
+    let project = headers
+        .get("x-appwrite-project")
+        .and_then(|v| v.to_str().ok());
+    if project != Some(s.project.as_str()) {
+        return Err(ApiError::new(
+            404,
+            "project_not_found",
+            "Project with the requested ID could not be found.",
+        ));
+    }
+    let key = headers.get("x-appwrite-key").and_then(|v| v.to_str().ok());
+    if key != Some(s.key.as_str()) {
+        return Err(ApiError::new(
+            401,
+            "general_unauthorized_scope",
+            "The current user or API key does not have the required scopes to access the requested resource.",
+        ));
+    }
+    s.count_request();
+    let faults = s.faults();
+    if faults.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;
+    }
+    let roll = fastrand::f64();
+    if roll < faults.rate_limited {
+        return Err(ApiError::new(
+            429,
+            "general_rate_limit_exceeded",
+            "Rate limit for the current endpoint has been exceeded. Please try again after some time.",
+        ));
+    }
+    if roll < faults.rate_limited + faults.server_error {
+        return Err(ApiError::new(500, "general_server_error", "Server Error"));
+    }
+    if roll < faults.rate_limited + faults.server_error + faults.unavailable {
+        return Err(ApiError::new(
+            503,
+            "general_service_disabled",
+            "Service unavailable",
+        ));
+    }
+    Ok(())
+}
+
+/// Rate-limit headers on every answer; `Retry-After` on 429.
+async fn headers_layer(
+    State(s): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let reset = chrono::Utc::now().timestamp() + 60;
+    h.insert("x-ratelimit-limit", HeaderValue::from(s.limit_per_minute));
+    h.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(s.limit_per_minute.saturating_sub(1)),
+    );
+    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from(s.retry_after_secs));
+    }
+    resp
+}
+
+/// The router: mount it, or use [`serve`].
+pub fn router(s: Shared) -> Router {
+    Router::new()
+        .route("/v1/tablesdb", post(create_database).get(list_databases))
+        .route("/v1/tablesdb/{db}", get(get_database))
+        .route("/v1/tablesdb/{db}/tables", post(create_table))
+        .route("/v1/tablesdb/{db}/tables/{table}", get(get_table))
+        // POST .../columns/{type} creates; GET .../columns/{key} reads (one segment, two meanings).
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}/columns/{kind_or_key}",
+            post(create_column).get(get_column),
+        )
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}/columns",
+            get(list_columns),
+        )
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}/rows",
+            post(create_rows).put(upsert_rows).get(list_rows),
+        )
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}/rows/{row}",
+            get(get_row).put(upsert_row).delete(delete_row),
+        )
+        .route("/v1/users", get(list_users))
+        .route("/v1/users/bcrypt", post(create_bcrypt_user))
+        .route("/v1/users/{user}", get(get_user))
+        .route("/v1/users/{user}/labels", put(update_labels))
+        .route("/v1/users/{user}/prefs", axum::routing::patch(update_prefs))
+        .layer(axum::middleware::from_fn_with_state(
+            s.clone(),
+            headers_layer,
+        ))
+        .with_state(s)
+}
+
+/// Serves on `addr` (port 0 picks one); returns the bound address and the server task.
+pub async fn serve(
+    s: Shared,
+    addr: &str,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = router(s);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((local, task))
+}
+
+fn body_obj(body: &Value) -> Result<&serde_json::Map<String, Value>, ApiError> {
+    body.as_object().ok_or_else(|| {
+        ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Invalid body: expected a JSON object",
+        )
+    })
+}
+
+fn str_field<'a>(body: &'a Value, k: &str) -> Result<&'a str, ApiError> {
+    body.get(k).and_then(Value::as_str).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "general_argument_invalid",
+            format!("Param \"{k}\" is not optional."),
+        )
+    })
+}
+
+async fn create_database(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    body_obj(&body)?;
+    let id = state::check_id(str_field(&body, "databaseId")?)?;
+    let name = str_field(&body, "name")?;
+    ok(201, s.create_database(&id, name)?)
+}
+
+async fn list_databases(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.list_databases())
+}
+
+async fn get_database(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(db): Path<String>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.get_database(&db)?)
+}
+
+async fn create_table(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(db): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let id = state::check_id(str_field(&body, "tableId")?)?;
+    let name = str_field(&body, "name")?;
+    ok(201, s.create_table(&db, &id, name)?)
+}
+
+async fn get_table(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.get_table(&db, &table)?)
+}
+
+async fn create_column(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table, kind)): Path<(String, String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(202, s.create_column(&db, &table, &kind, &body)?)
+}
+
+async fn get_column(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.get_column(&db, &table, &key)?)
+}
+
+async fn list_columns(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.list_columns(&db, &table)?)
+}
+
+async fn create_rows(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    match body.get("rows") {
+        Some(rows) => ok(201, s.write_rows(&db, &table, rows, false)?),
+        None => {
+            let id = state::check_id(str_field(&body, "rowId")?)?;
+            let data = body.get("data").cloned().unwrap_or(json!({}));
+            ok(201, s.create_row(&db, &table, &id, &data)?)
+        }
+    }
+}
+
+async fn upsert_rows(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let rows = body.get("rows").ok_or_else(|| {
+        ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Param \"rows\" is not optional.",
+        )
+    })?;
+    ok(201, s.write_rows(&db, &table, rows, true)?)
+}
+
+async fn upsert_row(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table, row)): Path<(String, String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let id = state::check_id(&row)?;
+    let data = body.get("data").cloned().unwrap_or(json!({}));
+    ok(200, s.upsert_row(&db, &table, &id, &data)?)
+}
+
+async fn get_row(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table, row)): Path<(String, String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.get_row(&db, &table, &row)?)
+}
+
+async fn delete_row(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table, row)): Path<(String, String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    s.delete_row(&db, &table, &row)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `queries[]=<json>` parameters, in order.
+fn queries(raw: Option<String>) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    for (k, v) in url_pairs(raw.as_deref().unwrap_or("")) {
+        if k == "queries[]" || k == "queries" {
+            out.push(serde_json::from_str(&v).map_err(|_| {
+                ApiError::new(400, "general_query_invalid", format!("Invalid query: {v}"))
+            })?);
+        }
+    }
+    Ok(out)
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn list_rows(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let q = queries(raw)?;
+    ok(200, s.list_rows(&db, &table, &q)?)
+}
+
+async fn create_bcrypt_user(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let id = state::check_id(str_field(&body, "userId")?)?;
+    let email = str_field(&body, "email")?;
+    let password = str_field(&body, "password")?;
+    let name = body.get("name").and_then(Value::as_str).unwrap_or("");
+    ok(201, s.create_user(&id, email, password, "bcrypt", name)?)
+}
+
+async fn get_user(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.get_user(&user)?)
+}
+
+async fn list_users(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Query(_q): Query<Vec<(String, String)>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let q = queries(raw)?;
+    ok(200, s.list_users(&q))
+}
+
+async fn update_labels(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let labels: Vec<String> = body
+        .get("labels")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Param \"labels\" is not optional.",
+            )
+        })?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    ok(200, s.update_user(&user, |u| u["labels"] = json!(labels))?)
+}
+
+async fn update_prefs(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let prefs = body.get("prefs").cloned().unwrap_or(json!({}));
+    s.update_user(&user, |u| u["prefs"] = prefs.clone())?;
+    ok(200, prefs)
+}

@@ -1,0 +1,742 @@
+//! The stand-in's data, in memory, behind one lock: databases, tables with their columns and rows,
+//! users. Timestamps and ids follow Appwrite's formats.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::ApiError;
+
+/// Fault injection: fractions of requests answered with an error, and a delay for every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub rate_limited: f64,
+    pub server_error: f64,
+    pub unavailable: f64,
+    pub delay_ms: u64,
+}
+
+#[derive(Debug)]
+struct Column {
+    key: String,
+    kind: String,
+    body: Value,
+    created: Instant,
+    created_at: String,
+}
+
+#[derive(Debug)]
+struct Table {
+    id: String,
+    name: String,
+    created_at: String,
+    columns: Vec<Column>,
+    rows: BTreeMap<String, Value>,
+    sequence: u64,
+}
+
+#[derive(Debug)]
+struct Database {
+    id: String,
+    name: String,
+    created_at: String,
+    tables: BTreeMap<String, Table>,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    databases: BTreeMap<String, Database>,
+    users: BTreeMap<String, Value>,
+    faults: Faults,
+}
+
+/// The stand-in server's state and settings.
+#[derive(Debug)]
+pub struct StandIn {
+    pub project: String,
+    pub key: String,
+    /// How long a new column stays `processing`.
+    pub column_delay: Duration,
+    pub limit_per_minute: u64,
+    pub retry_after_secs: u64,
+    pub max_bulk_rows: usize,
+    requests: AtomicU64,
+    data: Mutex<Data>,
+}
+
+/// Appwrite's id rule: `unique()` or up to 36 of `[A-Za-z0-9._-]`, not starting with `.`, `_`, `-`.
+pub fn check_id(id: &str) -> Result<String, ApiError> {
+    if id == "unique()" {
+        return Ok(format!("{:x}", fastrand::u64(..)));
+    }
+    if crate::check::appwrite_id_ok(id) {
+        Ok(id.to_string())
+    } else {
+        Err(ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Invalid `id` param: Parameter must contain at most 36 chars. Valid chars are a-z, A-Z, 0-9, period, hyphen, and underscore. Can't start with a special char",
+        ))
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3f+00:00")
+        .to_string()
+}
+
+const COLUMN_KINDS: &[&str] = &[
+    "string", "integer", "float", "boolean", "datetime", "email", "url", "ip", "enum",
+];
+
+impl StandIn {
+    pub fn new(project: &str, key: &str) -> StandIn {
+        StandIn {
+            project: project.to_string(),
+            key: key.to_string(),
+            column_delay: Duration::from_millis(200),
+            limit_per_minute: 60_000,
+            retry_after_secs: 1,
+            max_bulk_rows: 100,
+            requests: AtomicU64::new(0),
+            data: Mutex::new(Data::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.lock().faults = f;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.lock().faults
+    }
+
+    pub(super) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Authenticated requests served (faulted ones included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    fn database_json(d: &Database) -> Value {
+        json!({ "$id": d.id, "name": d.name, "$createdAt": d.created_at, "$updatedAt": d.created_at, "enabled": true, "type": "tablesdb" })
+    }
+
+    pub fn create_database(&self, id: &str, name: &str) -> Result<Value, ApiError> {
+        let mut data = self.lock();
+        if data.databases.contains_key(id) {
+            return Err(ApiError::new(
+                409,
+                "database_already_exists",
+                "Database already exists",
+            ));
+        }
+        let d = Database {
+            id: id.into(),
+            name: name.into(),
+            created_at: now(),
+            tables: BTreeMap::new(),
+        };
+        let out = Self::database_json(&d);
+        data.databases.insert(id.into(), d);
+        Ok(out)
+    }
+
+    pub fn list_databases(&self) -> Value {
+        let data = self.lock();
+        let list: Vec<Value> = data.databases.values().map(Self::database_json).collect();
+        json!({ "total": list.len(), "databases": list })
+    }
+
+    pub fn get_database(&self, id: &str) -> Result<Value, ApiError> {
+        let data = self.lock();
+        data.databases
+            .get(id)
+            .map(Self::database_json)
+            .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))
+    }
+
+    fn column_json(&self, c: &Column) -> Value {
+        let mut v = c.body.clone();
+        let available = c.created.elapsed() >= self.column_delay;
+        v["key"] = json!(c.key);
+        // As Appwrite answers: floats are `double`; formats mark the string kinds and datetimes.
+        v["type"] = json!(match c.kind.as_str() {
+            "email" | "url" | "ip" | "enum" => "string",
+            "float" => "double",
+            k => k,
+        });
+        if matches!(
+            c.kind.as_str(),
+            "email" | "url" | "ip" | "enum" | "datetime"
+        ) {
+            v["format"] = json!(c.kind);
+        }
+        v["status"] = json!(if available { "available" } else { "processing" });
+        v["error"] = json!("");
+        v["$createdAt"] = json!(c.created_at);
+        v["$updatedAt"] = json!(c.created_at);
+        if v.get("required").is_none() {
+            v["required"] = json!(false);
+        }
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("encrypt");
+        }
+        v
+    }
+
+    fn table_json(&self, db: &str, t: &Table) -> Value {
+        json!({
+            "$id": t.id, "$createdAt": t.created_at, "$updatedAt": t.created_at, "$permissions": [],
+            "databaseId": db, "name": t.name, "enabled": true, "rowSecurity": false,
+            "columns": t.columns.iter().map(|c| self.column_json(c)).collect::<Vec<_>>(),
+            "indexes": [],
+        })
+    }
+
+    fn with_table<T>(
+        &self,
+        db: &str,
+        table: &str,
+        f: impl FnOnce(&mut Table) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut data = self.lock();
+        let d = data
+            .databases
+            .get_mut(db)
+            .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
+        let t = d.tables.get_mut(table).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "table_not_found",
+                "Table with the requested ID could not be found.",
+            )
+        })?;
+        f(t)
+    }
+
+    pub fn create_table(&self, db: &str, id: &str, name: &str) -> Result<Value, ApiError> {
+        let mut data = self.lock();
+        let d = data
+            .databases
+            .get_mut(db)
+            .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
+        if d.tables.contains_key(id) {
+            return Err(ApiError::new(
+                409,
+                "table_already_exists",
+                "A table with the requested ID already exists.",
+            ));
+        }
+        let t = Table {
+            id: id.into(),
+            name: name.into(),
+            created_at: now(),
+            columns: Vec::new(),
+            rows: BTreeMap::new(),
+            sequence: 0,
+        };
+        let out = self.table_json(db, &t);
+        d.tables.insert(id.into(), t);
+        Ok(out)
+    }
+
+    pub fn get_table(&self, db: &str, table: &str) -> Result<Value, ApiError> {
+        let data = self.lock();
+        let t = data
+            .databases
+            .get(db)
+            .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?
+            .tables
+            .get(table)
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "table_not_found",
+                    "Table with the requested ID could not be found.",
+                )
+            })?;
+        Ok(self.table_json(db, t))
+    }
+
+    pub fn create_column(
+        &self,
+        db: &str,
+        table: &str,
+        kind: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        if !COLUMN_KINDS.contains(&kind) {
+            return Err(ApiError::new(
+                404,
+                "general_route_not_found",
+                "The requested route was not found.",
+            ));
+        }
+        let key = body
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Param \"key\" is not optional.",
+                )
+            })?
+            .to_string();
+        if kind == "string" && body.get("size").and_then(Value::as_u64).is_none() {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Param \"size\" is not optional.",
+            ));
+        }
+        if kind == "enum" && body.get("elements").and_then(Value::as_array).is_none() {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Param \"elements\" is not optional.",
+            ));
+        }
+        self.with_table(db, table, |t| {
+            if t.columns.iter().any(|c| c.key == key) {
+                return Err(ApiError::new(
+                    409,
+                    "column_already_exists",
+                    "Column with the requested key already exists.",
+                ));
+            }
+            let c = Column {
+                key: key.clone(),
+                kind: kind.to_string(),
+                body: body.clone(),
+                created: Instant::now(),
+                created_at: now(),
+            };
+            t.columns.push(c);
+            Ok(())
+        })?;
+        self.get_column(db, table, &key)
+    }
+
+    pub fn get_column(&self, db: &str, table: &str, key: &str) -> Result<Value, ApiError> {
+        let data = self.lock();
+        let t = data
+            .databases
+            .get(db)
+            .and_then(|d| d.tables.get(table))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "table_not_found",
+                    "Table with the requested ID could not be found.",
+                )
+            })?;
+        t.columns
+            .iter()
+            .find(|c| c.key == key)
+            .map(|c| self.column_json(c))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "column_not_found",
+                    "Column with the requested ID could not be found.",
+                )
+            })
+    }
+
+    pub fn list_columns(&self, db: &str, table: &str) -> Result<Value, ApiError> {
+        let data = self.lock();
+        let t = data
+            .databases
+            .get(db)
+            .and_then(|d| d.tables.get(table))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "table_not_found",
+                    "Table with the requested ID could not be found.",
+                )
+            })?;
+        let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
+        Ok(json!({ "total": cols.len(), "columns": cols }))
+    }
+
+    /// Checks row data against the table's columns (existence, availability, type, size).
+    fn check_data(&self, t: &Table, data: &Value) -> Result<(), ApiError> {
+        let obj = data.as_object().ok_or_else(|| {
+            ApiError::new(
+                400,
+                "row_invalid_structure",
+                "Invalid data: expected an object",
+            )
+        })?;
+        let invalid = |m: String| {
+            ApiError::new(
+                400,
+                "row_invalid_structure",
+                format!("Invalid document structure: {m}"),
+            )
+        };
+        for (k, v) in obj {
+            if k.starts_with('$') {
+                continue;
+            }
+            let c = t
+                .columns
+                .iter()
+                .find(|c| &c.key == k)
+                .ok_or_else(|| invalid(format!("Unknown attribute: \"{k}\"")))?;
+            if c.created.elapsed() < self.column_delay {
+                return Err(invalid(format!("Attribute \"{k}\" is not available yet")));
+            }
+            let array = c
+                .body
+                .get("array")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let items: Vec<&Value> = match (array, v) {
+                (_, Value::Null) => continue,
+                (true, Value::Array(a)) => a.iter().collect(),
+                (true, _) => return Err(invalid(format!("Attribute \"{k}\" must be an array"))),
+                (false, v) => vec![v],
+            };
+            for item in items {
+                let fits = match c.kind.as_str() {
+                    "string" | "email" | "url" | "ip" | "datetime" => match item.as_str() {
+                        Some(s) if c.kind == "string" => {
+                            let size = c
+                                .body
+                                .get("size")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(u64::MAX);
+                            (s.chars().count() as u64) <= size
+                        }
+                        Some(s) if c.kind == "email" => s.contains('@'),
+                        Some(_) => true,
+                        None => false,
+                    },
+                    "enum" => item.as_str().is_some_and(|s| {
+                        c.body["elements"]
+                            .as_array()
+                            .is_some_and(|e| e.iter().any(|x| x == s))
+                    }),
+                    "integer" => item.is_i64() || item.is_u64(),
+                    "float" => item.is_number(),
+                    "boolean" => item.is_boolean(),
+                    _ => true,
+                };
+                if !fits {
+                    return Err(invalid(format!(
+                        "Attribute \"{k}\" has invalid type or size"
+                    )));
+                }
+            }
+        }
+        for c in &t.columns {
+            if c.body
+                .get("required")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                && obj.get(&c.key).is_none_or(Value::is_null)
+            {
+                return Err(invalid(format!("Missing required attribute \"{}\"", c.key)));
+            }
+        }
+        Ok(())
+    }
+
+    fn row_json(
+        db: &str,
+        table: &str,
+        id: &str,
+        seq: u64,
+        created: &str,
+        updated: &str,
+        data: &Value,
+    ) -> Value {
+        let mut v = data.clone();
+        if !v.is_object() {
+            v = json!({});
+        }
+        v["$id"] = json!(id);
+        v["$sequence"] = json!(seq);
+        v["$tableId"] = json!(table);
+        v["$databaseId"] = json!(db);
+        v["$createdAt"] = json!(created);
+        v["$updatedAt"] = json!(updated);
+        v["$permissions"] = json!([]);
+        v
+    }
+
+    fn put_row(
+        t: &mut Table,
+        db: &str,
+        id: &str,
+        data: &Value,
+        upsert: bool,
+    ) -> Result<Value, ApiError> {
+        let stamp = now();
+        let (seq, created) = match t.rows.get(id) {
+            Some(existing) if upsert => (
+                existing["$sequence"].as_u64().unwrap_or(0),
+                existing["$createdAt"]
+                    .as_str()
+                    .unwrap_or(&stamp)
+                    .to_string(),
+            ),
+            Some(_) => {
+                return Err(ApiError::new(
+                    409,
+                    "row_already_exists",
+                    "Row with the requested ID already exists.",
+                ));
+            }
+            None => {
+                t.sequence += 1;
+                (t.sequence, stamp.clone())
+            }
+        };
+        let mut clean = data.clone();
+        if let Some(o) = clean.as_object_mut() {
+            o.retain(|k, _| !k.starts_with('$'));
+        }
+        let row = Self::row_json(db, &t.id, id, seq, &created, &stamp, &clean);
+        t.rows.insert(id.to_string(), row.clone());
+        Ok(row)
+    }
+
+    pub fn create_row(
+        &self,
+        db: &str,
+        table: &str,
+        id: &str,
+        data: &Value,
+    ) -> Result<Value, ApiError> {
+        self.with_table(db, table, |t| {
+            self.check_data(t, data)?;
+            Self::put_row(t, db, id, data, false)
+        })
+    }
+
+    pub fn upsert_row(
+        &self,
+        db: &str,
+        table: &str,
+        id: &str,
+        data: &Value,
+    ) -> Result<Value, ApiError> {
+        self.with_table(db, table, |t| {
+            self.check_data(t, data)?;
+            Self::put_row(t, db, id, data, true)
+        })
+    }
+
+    /// Bulk create (`upsert` false) or upsert: at most `max_bulk_rows`, all or nothing.
+    pub fn write_rows(
+        &self,
+        db: &str,
+        table: &str,
+        rows: &Value,
+        upsert: bool,
+    ) -> Result<Value, ApiError> {
+        let rows = rows.as_array().ok_or_else(|| {
+            ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Param \"rows\" must be an array",
+            )
+        })?;
+        if rows.is_empty() || rows.len() > self.max_bulk_rows {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                format!(
+                    "Invalid `rows` param: Value must be a valid array no longer than {} items",
+                    self.max_bulk_rows
+                ),
+            ));
+        }
+        self.with_table(db, table, |t| {
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut seen = std::collections::HashSet::new();
+            for r in rows {
+                let id = match r.get("$id").and_then(Value::as_str) {
+                    Some(id) => check_id(id)?,
+                    None => check_id("unique()")?,
+                };
+                self.check_data(t, r)?;
+                if !upsert && (t.rows.contains_key(&id) || !seen.insert(id.clone())) {
+                    return Err(ApiError::new(
+                        409,
+                        "row_already_exists",
+                        "Row with the requested ID already exists.",
+                    ));
+                }
+                ids.push(id);
+            }
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, r) in ids.iter().zip(rows) {
+                out.push(Self::put_row(t, db, id, r, upsert)?);
+            }
+            Ok(json!({ "total": out.len(), "rows": out }))
+        })
+    }
+
+    pub fn get_row(&self, db: &str, table: &str, id: &str) -> Result<Value, ApiError> {
+        self.with_table(db, table, |t| {
+            t.rows.get(id).cloned().ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "row_not_found",
+                    "Row with the requested ID could not be found.",
+                )
+            })
+        })
+    }
+
+    pub fn delete_row(&self, db: &str, table: &str, id: &str) -> Result<(), ApiError> {
+        self.with_table(db, table, |t| {
+            t.rows.remove(id).map(|_| ()).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "row_not_found",
+                    "Row with the requested ID could not be found.",
+                )
+            })
+        })
+    }
+
+    /// Lists rows: `equal`, `limit` (default 25), `cursorAfter`, `orderAsc` (by `$id` only here);
+    /// `total` counts matches, capped at 5000 as Appwrite does.
+    pub fn list_rows(&self, db: &str, table: &str, queries: &[Value]) -> Result<Value, ApiError> {
+        self.with_table(db, table, |t| {
+            let (rows, total) = filter(t.rows.values(), queries)?;
+            Ok(json!({ "total": total, "rows": rows }))
+        })
+    }
+
+    pub fn create_user(
+        &self,
+        id: &str,
+        email: &str,
+        hash: &str,
+        algo: &str,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        let mut data = self.lock();
+        if data.users.contains_key(id) || data.users.values().any(|u| u["email"] == email) {
+            return Err(ApiError::new(
+                409,
+                "user_already_exists",
+                "A user with the same id, email, or phone already exists in this project.",
+            ));
+        }
+        let stamp = now();
+        let user = json!({
+            "$id": id, "$createdAt": stamp, "$updatedAt": stamp, "name": name, "password": hash,
+            "hash": algo, "hashOptions": { "type": algo }, "registration": stamp, "status": true,
+            "labels": [], "passwordUpdate": stamp, "email": email, "phone": "", "emailVerification": false,
+            "phoneVerification": false, "mfa": false, "prefs": {}, "targets": [], "accessedAt": "",
+        });
+        data.users.insert(id.to_string(), user.clone());
+        Ok(user)
+    }
+
+    pub fn get_user(&self, id: &str) -> Result<Value, ApiError> {
+        self.lock().users.get(id).cloned().ok_or_else(|| {
+            ApiError::new(
+                404,
+                "user_not_found",
+                "User with the requested ID could not be found.",
+            )
+        })
+    }
+
+    pub fn update_user(&self, id: &str, f: impl FnOnce(&mut Value)) -> Result<Value, ApiError> {
+        let mut data = self.lock();
+        let u = data.users.get_mut(id).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "user_not_found",
+                "User with the requested ID could not be found.",
+            )
+        })?;
+        f(u);
+        u["$updatedAt"] = json!(now());
+        Ok(u.clone())
+    }
+
+    pub fn list_users(&self, queries: &[Value]) -> Value {
+        let data = self.lock();
+        let (users, total) = filter(data.users.values(), queries).unwrap_or_default();
+        json!({ "total": total, "users": users })
+    }
+
+    /// How many rows a table holds (for tests).
+    pub fn row_count(&self, db: &str, table: &str) -> usize {
+        self.with_table(db, table, |t| Ok(t.rows.len()))
+            .unwrap_or(0)
+    }
+}
+
+fn filter<'a>(
+    items: impl Iterator<Item = &'a Value>,
+    queries: &[Value],
+) -> Result<(Vec<Value>, usize), ApiError> {
+    let mut limit = 25usize;
+    let mut after: Option<String> = None;
+    let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
+    for q in queries {
+        let method = q["method"].as_str().unwrap_or("");
+        let values = q["values"].as_array().cloned().unwrap_or_default();
+        match method {
+            "limit" => limit = values.first().and_then(Value::as_u64).unwrap_or(25) as usize,
+            "cursorAfter" => after = values.first().and_then(Value::as_str).map(str::to_string),
+            "equal" => equals.push((q["attribute"].as_str().unwrap_or("").to_string(), values)),
+            "orderAsc" | "orderDesc" | "offset" | "select" => {}
+            other => {
+                return Err(ApiError::new(
+                    400,
+                    "general_query_invalid",
+                    format!("Invalid query method: {other}"),
+                ));
+            }
+        }
+    }
+    let matching: Vec<&Value> = items
+        .filter(|v| {
+            equals
+                .iter()
+                .all(|(a, vals)| vals.iter().any(|x| &v[a.as_str()] == x))
+        })
+        .collect();
+    let total = matching.len().min(5000);
+    let start = match &after {
+        Some(id) => matching
+            .iter()
+            .position(|v| v["$id"] == id.as_str())
+            .map(|p| p + 1)
+            .ok_or_else(|| ApiError::new(400, "general_cursor_not_found", "Cursor not found"))?,
+        None => 0,
+    };
+    Ok((
+        matching
+            .into_iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect(),
+        total,
+    ))
+}

@@ -1,0 +1,494 @@
+//! The Appwrite stand-in is held to the official spec: every success response it gives here
+//! validates against the OpenAPI 3 schema of its route and status in
+//! shared/appwrite/open-api3-1.8.x-server.json; errors carry Appwrite's body and type names.
+
+use std::sync::Arc;
+
+use cutover::standin::{Faults, StandIn};
+use serde_json::{Value, json};
+
+const KEY: &str = "standin-secret-key";
+
+fn spec() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/appwrite/open-api3-1.8.x-server.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the official spec is read from {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The JSON schema of `method path` answering `status`, with the spec's components for `$ref`s.
+fn response_schema(spec: &Value, path: &str, method: &str, status: u16) -> Value {
+    let op = &spec["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is not in the spec");
+    let schema =
+        op["responses"][status.to_string()]["content"]["application/json"]["schema"].clone();
+    assert!(
+        !schema.is_null(),
+        "{method} {path} has no {status} JSON response in the spec"
+    );
+    let mut root = schema;
+    // The spec lists the column kinds under `oneOf` without a discriminator, and they overlap (a
+    // string column is also a valid `columnRelationship`, …): require at least one to match.
+    if let Some(one_of) = root.as_object_mut().and_then(|o| o.remove("oneOf")) {
+        root["anyOf"] = one_of;
+    }
+    root["components"] = spec["components"].clone();
+    root
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+    spec: Value,
+}
+
+impl Client {
+    /// Sends a request; for success answers, validates the body against the spec's schema of
+    /// `spec_path` (the templated route) before returning it.
+    async fn call(
+        &self,
+        method: &str,
+        spec_path: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let url = format!("{}{}", self.base, path);
+        let mut req = match method {
+            "get" => self.http.get(&url),
+            "post" => self.http.post(&url),
+            "put" => self.http.put(&url),
+            "patch" => self.http.patch(&url),
+            "delete" => self.http.delete(&url),
+            _ => unreachable!(),
+        }
+        .header("X-Appwrite-Project", "cutover")
+        .header("X-Appwrite-Key", KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        if (200..300).contains(&status) && status != 204 {
+            let mut schema = response_schema(&self.spec, spec_path, method, status);
+            // Bulk create shares `POST .../rows` with single-row create, and OpenAPI has one 201
+            // schema per route (`row`); the bulk answer is the spec's `rowList`.
+            if spec_path == ROWS && method == "post" && value.get("rows").is_some() {
+                schema = json!({ "$ref": "#/components/schemas/rowList", "components": self.spec["components"].clone() });
+            }
+            let validator = jsonschema::validator_for(&schema).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| format!("{e} at {}", e.instance_path))
+                .collect();
+            let shown: String = value.to_string().chars().take(600).collect();
+            assert!(
+                errors.is_empty(),
+                "{method} {path} -> {status} does not match the spec: {errors:?}\n{shown}"
+            );
+        } else if status >= 400 {
+            for k in ["message", "code", "type", "version"] {
+                assert!(value.get(k).is_some(), "error body without {k}: {value}");
+            }
+            assert_eq!(value["code"], status);
+        }
+        (status, value, headers)
+    }
+}
+
+async fn start() -> (Client, Arc<StandIn>) {
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = std::time::Duration::from_millis(1500);
+    let s = Arc::new(s);
+    let (addr, _task) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    (
+        Client {
+            base: format!("http://{addr}/v1"),
+            http: reqwest::Client::new(),
+            spec: spec(),
+        },
+        s,
+    )
+}
+
+const DB: &str = "/tablesdb/{databaseId}";
+const TABLES: &str = "/tablesdb/{databaseId}/tables";
+const TABLE: &str = "/tablesdb/{databaseId}/tables/{tableId}";
+const ROWS: &str = "/tablesdb/{databaseId}/tables/{tableId}/rows";
+const ROW: &str = "/tablesdb/{databaseId}/tables/{tableId}/rows/{rowId}";
+
+#[tokio::test]
+async fn tables_columns_and_rows_follow_the_spec() {
+    let (c, s) = start().await;
+    let (st, db, _) = c
+        .call(
+            "post",
+            "/tablesdb",
+            "/tablesdb",
+            Some(json!({ "databaseId": "registry", "name": "Registry" })),
+        )
+        .await;
+    assert_eq!(st, 201, "{db}");
+    let (st, e, _) = c
+        .call(
+            "post",
+            "/tablesdb",
+            "/tablesdb",
+            Some(json!({ "databaseId": "registry", "name": "Registry" })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (409, Some("database_already_exists"))
+    );
+    assert_eq!(c.call("get", DB, "/tablesdb/registry", None).await.0, 200);
+    assert_eq!(c.call("get", "/tablesdb", "/tablesdb", None).await.0, 200);
+
+    let (st, t, _) = c
+        .call(
+            "post",
+            TABLES,
+            "/tablesdb/registry/tables",
+            Some(json!({ "tableId": "patients", "name": "Patients" })),
+        )
+        .await;
+    assert_eq!(st, 201, "{t}");
+    let cols = [
+        (
+            "string",
+            json!({ "key": "firstName", "size": 100, "required": true }),
+        ),
+        ("integer", json!({ "key": "doses", "required": false })),
+        ("float", json!({ "key": "weight", "required": false })),
+        ("boolean", json!({ "key": "isActive", "required": false })),
+        ("datetime", json!({ "key": "birthDate", "required": false })),
+        ("email", json!({ "key": "email", "required": false })),
+        (
+            "enum",
+            json!({ "key": "gender", "elements": ["female", "male", "other"], "required": false }),
+        ),
+        (
+            "string",
+            json!({ "key": "allergies", "size": 64, "required": false, "array": true }),
+        ),
+    ];
+    for (kind, body) in &cols {
+        let spec_path = format!("/tablesdb/{{databaseId}}/tables/{{tableId}}/columns/{kind}");
+        let (st, col, _) = c
+            .call(
+                "post",
+                &spec_path,
+                &format!("/tablesdb/registry/tables/patients/columns/{kind}"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(st, 202, "{col}");
+        assert_eq!(col["status"], "processing");
+    }
+    // A row that uses a column still processing is refused.
+    let (st, e, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(json!({ "rowId": "p1", "data": { "firstName": "Musu" } })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (400, Some("row_invalid_structure"))
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let (st, col, _) = c
+        .call(
+            "get",
+            "/tablesdb/{databaseId}/tables/{tableId}/columns/{key}",
+            "/tablesdb/registry/tables/patients/columns/firstName",
+            None,
+        )
+        .await;
+    assert_eq!((st, col["status"].as_str()), (200, Some("available")));
+    assert_eq!(
+        c.call("get", TABLE, "/tablesdb/registry/tables/patients", None)
+            .await
+            .0,
+        200
+    );
+
+    // Single row, then duplicates and bad structure.
+    let row = json!({ "rowId": "p1", "data": { "firstName": "Musu", "doses": 3, "weight": 3.5, "isActive": true,
+        "birthDate": "2020-01-02T00:00:00.000+00:00", "email": "musu@example.org", "gender": "female", "allergies": ["latex"] } });
+    let (st, r, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(row.clone()),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    let (st, e, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(row),
+        )
+        .await;
+    assert_eq!((st, e["type"].as_str()), (409, Some("row_already_exists")));
+    let (st, e, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(json!({ "rowId": "p2", "data": { "firstName": "x", "nope": 1 } })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (400, Some("row_invalid_structure"))
+    );
+    let (st, e, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(json!({ "rowId": "_bad", "data": { "firstName": "x" } })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (400, Some("general_argument_invalid"))
+    );
+
+    // Bulk create: all or nothing, at most 100.
+    let bulk: Vec<Value> = (0..100)
+        .map(|i| json!({ "$id": format!("b{i}"), "firstName": format!("n{i}") }))
+        .collect();
+    let (st, list, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(json!({ "rows": bulk })),
+        )
+        .await;
+    assert_eq!(st, 201, "{list}");
+    assert_eq!(list["total"], 100);
+    let too_many: Vec<Value> = (0..101)
+        .map(|i| json!({ "$id": format!("c{i}"), "firstName": "x" }))
+        .collect();
+    let (st, e, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(json!({ "rows": too_many })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (400, Some("general_argument_invalid"))
+    );
+    let one_bad = vec![
+        json!({ "$id": "d1", "firstName": "ok" }),
+        json!({ "$id": "d2", "firstName": "x".repeat(101) }),
+    ];
+    let (st, _, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(json!({ "rows": one_bad })),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        s.row_count("registry", "patients"),
+        101,
+        "nothing of the failed batch was written"
+    );
+    // Bulk upsert replaces.
+    let up = vec![
+        json!({ "$id": "b0", "firstName": "changed" }),
+        json!({ "$id": "d1", "firstName": "new" }),
+    ];
+    let (st, _, _) = c
+        .call(
+            "put",
+            ROWS,
+            "/tablesdb/registry/tables/patients/rows",
+            Some(json!({ "rows": up })),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, r, _) = c
+        .call(
+            "get",
+            ROW,
+            "/tablesdb/registry/tables/patients/rows/b0",
+            None,
+        )
+        .await;
+    assert_eq!((st, r["firstName"].as_str()), (200, Some("changed")));
+
+    // List with queries, limit and cursor; total.
+    let q = |v: Value| format!("queries[]={}", urlencode(&v.to_string()));
+    let path = format!(
+        "/tablesdb/registry/tables/patients/rows?{}&{}",
+        q(json!({ "method": "limit", "values": [10] })),
+        q(json!({ "method": "cursorAfter", "values": ["b0"] }))
+    );
+    let (st, list, headers) = c.call("get", ROWS, &path, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(list["rows"].as_array().unwrap().len(), 10);
+    assert_eq!(list["total"], 102);
+    assert!(headers.contains_key("x-ratelimit-limit") && headers.contains_key("x-ratelimit-reset"));
+    let path = format!(
+        "/tablesdb/registry/tables/patients/rows?{}",
+        q(json!({ "method": "equal", "attribute": "firstName", "values": ["new"] }))
+    );
+    let (_, list, _) = c.call("get", ROWS, &path, None).await;
+    assert_eq!(list["total"], 1);
+    let (st, _, _) = c
+        .call(
+            "delete",
+            ROW,
+            "/tablesdb/registry/tables/patients/rows/d1",
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert_eq!(
+        c.call(
+            "get",
+            ROW,
+            "/tablesdb/registry/tables/patients/rows/d1",
+            None
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn users_keep_their_bcrypt_hash_labels_and_prefs() {
+    let (c, _) = start().await;
+    let hash = "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+    let (st, u, _) = c
+        .call("post", "/users/bcrypt", "/users/bcrypt", Some(json!({ "userId": "u1", "email": "nurse@example.org", "password": hash, "name": "Nurse" })))
+        .await;
+    assert_eq!(st, 201, "{u}");
+    assert_eq!(u["password"], hash);
+    let (st, e, _) = c
+        .call(
+            "post",
+            "/users/bcrypt",
+            "/users/bcrypt",
+            Some(json!({ "userId": "u1", "email": "nurse@example.org", "password": hash })),
+        )
+        .await;
+    assert_eq!((st, e["type"].as_str()), (409, Some("user_already_exists")));
+    let (st, u, _) = c
+        .call(
+            "put",
+            "/users/{userId}/labels",
+            "/users/u1/labels",
+            Some(json!({ "labels": ["nurse", "admin"] })),
+        )
+        .await;
+    assert_eq!((st, u["labels"].clone()), (200, json!(["nurse", "admin"])));
+    let (st, _, _) = c
+        .call(
+            "patch",
+            "/users/{userId}/prefs",
+            "/users/u1/prefs",
+            Some(json!({ "prefs": { "phone": "+231777000000" } })),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let path = format!(
+        "/users?queries[]={}",
+        urlencode(
+            &json!({ "method": "equal", "attribute": "email", "values": ["nurse@example.org"] })
+                .to_string()
+        )
+    );
+    let (st, list, _) = c.call("get", "/users", &path, None).await;
+    assert_eq!((st, list["total"].as_u64()), (200, Some(1)));
+    assert_eq!(list["users"][0]["password"], hash);
+}
+
+#[tokio::test]
+async fn auth_errors_and_injected_faults() {
+    let (c, s) = start().await;
+    let url = format!("{}/tablesdb", c.base);
+    let r = c.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "project_not_found");
+    let r = c
+        .http
+        .get(&url)
+        .header("X-Appwrite-Project", "cutover")
+        .header("X-Appwrite-Key", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "general_unauthorized_scope");
+
+    s.set_faults(Faults {
+        rate_limited: 1.0,
+        ..Default::default()
+    });
+    let (st, e, headers) = c.call("get", "/tablesdb", "/tablesdb", None).await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (429, Some("general_rate_limit_exceeded"))
+    );
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    s.set_faults(Faults {
+        server_error: 1.0,
+        ..Default::default()
+    });
+    assert_eq!(c.call("get", "/tablesdb", "/tablesdb", None).await.0, 500);
+    s.set_faults(Faults {
+        rate_limited: 0.1,
+        server_error: 0.05,
+        unavailable: 0.05,
+        delay_ms: 0,
+    });
+    let mut failed = 0;
+    for _ in 0..400 {
+        if c.call("get", "/tablesdb", "/tablesdb", None).await.0 != 200 {
+            failed += 1;
+        }
+    }
+    assert!(
+        (40..=120).contains(&failed),
+        "about 20% should fail, {failed} of 400 did"
+    );
+}
