@@ -8,6 +8,8 @@
 #   scripts/services.sh status  say what is running
 #
 # mongod runs with enableTestCommands=1 so tests can inject faults (failCommand fail points).
+# The Appwrite stand-in (target/*/appwrite-standin, built by cargo) starts too when it is built;
+# its throwaway API key is generated into the services directory.
 # Settings (environment): CUTOVER_SERVICES_DIR (default /tmp/cutover-services),
 # CUTOVER_PG_PORT (default 55432), CUTOVER_MONGO_PORT (default 57017).
 set -euo pipefail
@@ -16,6 +18,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DIR="${CUTOVER_SERVICES_DIR:-/tmp/cutover-services}"
 PG_PORT="${CUTOVER_PG_PORT:-55432}"
 MONGO_PORT="${CUTOVER_MONGO_PORT:-57017}"
+APPWRITE_PORT="${CUTOVER_APPWRITE_PORT:-58080}"
+ROOT="$(dirname "$HERE")"
 CACHE_DIR="${CUTOVER_CACHE_DIR:-$HOME/.cache/cutover}"
 MONGOD="${CUTOVER_MONGOD:-$CACHE_DIR/mongod/mongod}"
 
@@ -38,6 +42,48 @@ alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
 pg_pid() { [ -f "$DIR/pg/data/postmaster.pid" ] && head -1 "$DIR/pg/data/postmaster.pid" || true; }
 mongo_pid() { [ -f "$DIR/mongo/mongod.pid" ] && cat "$DIR/mongo/mongod.pid" || true; }
+standin_pid() { [ -f "$DIR/appwrite/standin.pid" ] && cat "$DIR/appwrite/standin.pid" || true; }
+
+standin_bin() {
+  local b
+  for b in "$ROOT/target/release/appwrite-standin" "$ROOT/target/debug/appwrite-standin"; do
+    [ -x "$b" ] && { echo "$b"; return 0; }
+  done
+  return 1
+}
+
+start_standin() {
+  if alive "$(standin_pid)"; then
+    log "appwrite stand-in already running (pid $(standin_pid), port $APPWRITE_PORT)"
+    return
+  fi
+  local bin
+  if ! bin="$(standin_bin)"; then
+    log "appwrite stand-in not built (cargo build --bin appwrite-standin); skipped"
+    return
+  fi
+  mkdir -p "$DIR/appwrite"
+  [ -f "$DIR/appwrite/key" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/appwrite/key"
+  APPWRITE_API_KEY="$(cat "$DIR/appwrite/key")" nohup "$bin" --listen "127.0.0.1:$APPWRITE_PORT" --project cutover \
+    >"$DIR/appwrite/standin.log" 2>&1 &
+  echo $! >"$DIR/appwrite/standin.pid"
+  for _ in $(seq 1 100); do
+    grep -q "listening on" "$DIR/appwrite/standin.log" 2>/dev/null && break
+    sleep 0.05
+  done
+  log "appwrite stand-in started (pid $(standin_pid), port $APPWRITE_PORT)"
+}
+
+stop_standin() {
+  local pid; pid="$(standin_pid)"
+  if alive "$pid"; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.05; done
+    alive "$pid" && kill -KILL "$pid"
+    log "appwrite stand-in stopped (pid $pid)"
+  fi
+  rm -f "$DIR/appwrite/standin.pid"
+}
 
 start_pg() {
   if alive "$(pg_pid)"; then
@@ -111,15 +157,21 @@ print_env() {
   echo "export MONGODB_URI='mongodb://127.0.0.1:$MONGO_PORT/?replicaSet=rs0'"
   echo "export CUTOVER_PG_PORT='$PG_PORT'"
   echo "export CUTOVER_MONGO_PORT='$MONGO_PORT'"
+  if [ -f "$DIR/appwrite/key" ]; then
+    echo "export APPWRITE_ENDPOINT='http://127.0.0.1:$APPWRITE_PORT/v1'"
+    echo "export APPWRITE_PROJECT='cutover'"
+    echo "export APPWRITE_API_KEY='$(cat "$DIR/appwrite/key")'"
+  fi
 }
 
 case "${1:-}" in
-  start) start_pg; start_mongo ;;
-  stop) stop_mongo; stop_pg ;;
+  start) start_pg; start_mongo; start_standin ;;
+  stop) stop_standin; stop_mongo; stop_pg ;;
   env) print_env ;;
   status)
     alive "$(pg_pid)" && echo "postgresql: running (pid $(pg_pid), port $PG_PORT)" || echo "postgresql: stopped"
     alive "$(mongo_pid)" && echo "mongod: running (pid $(mongo_pid), port $MONGO_PORT)" || echo "mongod: stopped"
+    alive "$(standin_pid)" && echo "appwrite stand-in: running (pid $(standin_pid), port $APPWRITE_PORT)" || echo "appwrite stand-in: stopped"
     ;;
   *) echo "usage: $0 start|stop|env|status" >&2; exit 2 ;;
 esac
