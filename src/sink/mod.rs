@@ -1,4 +1,5 @@
 //! Targets: the MongoDB writer and the shared plumbing (retry with back-off).
 
+pub mod appwrite;
 pub mod mongodb;
 pub mod retry;

@@ -1,0 +1,298 @@
+//! The Appwrite writer (TablesDB API, 1.8+) through reqwest: schema set-up (database, tables,
+//! columns, waiting until columns are available), bulk upserts of at most 100 rows with the
+//! all-or-nothing batch split by halving to isolate bad rows, retry of 408/429/5xx and transport
+//! errors with back-off (honouring `Retry-After` and `X-RateLimit-Reset`), and a client-side rate
+//! limit (governor). Counters: requests, retries, throttled waits.
+//!
+//! Not wired into `cutover migrate` yet (see the README): the ledger, users stage and verification
+//! for Appwrite come next.
+
+pub mod rows;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::{Value, json};
+
+use super::retry::{RetryPolicy, Retryable, retry};
+
+/// An error answer of Appwrite (or a transport failure).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("Appwrite {status} {kind}: {message}")]
+pub struct AppwriteError {
+    /// HTTP status (0 for transport errors).
+    pub status: u16,
+    /// Appwrite's error `type`, e.g. `row_invalid_structure`.
+    pub kind: String,
+    pub message: String,
+    /// How long the server asked us to wait.
+    pub wait: Option<Duration>,
+}
+
+impl Retryable for AppwriteError {
+    fn is_retryable(&self) -> bool {
+        matches!(self.status, 0 | 408 | 429) || self.status >= 500
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.wait
+    }
+}
+
+/// Requests, retries and throttled waits of one client.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+/// Where and how to reach Appwrite.
+#[derive(Clone)]
+pub struct AppwriteClient {
+    http: reqwest::Client,
+    endpoint: String,
+    project: String,
+    key: String,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    pub policy: RetryPolicy,
+    pub counters: Arc<ClientCounters>,
+}
+
+impl std::fmt::Debug for AppwriteClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppwriteClient")
+            .field("endpoint", &self.endpoint)
+            .field("project", &self.project)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+/// Installs rustls' ring provider once (reqwest is built without a default provider).
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl AppwriteClient {
+    /// `rate`: at most this many requests per second (with `burst`), none when `None`.
+    pub fn new(
+        endpoint: &str,
+        project: &str,
+        key: &str,
+        rate: Option<(u32, u32)>,
+    ) -> Result<AppwriteClient, AppwriteError> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| AppwriteError {
+                status: 0,
+                kind: "client".into(),
+                message: e.to_string(),
+                wait: None,
+            })?;
+        let limiter = rate.and_then(|(per_sec, burst)| {
+            let per_sec = NonZeroU32::new(per_sec)?;
+            let burst = NonZeroU32::new(burst.max(1))?;
+            Some(Arc::new(RateLimiter::direct(
+                Quota::per_second(per_sec).allow_burst(burst),
+            )))
+        });
+        Ok(AppwriteClient {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            project: project.to_string(),
+            key: key.to_string(),
+            limiter,
+            policy: RetryPolicy::default(),
+            counters: Arc::new(ClientCounters::default()),
+        })
+    }
+
+    async fn once(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, AppwriteError> {
+        if let Some(l) = &self.limiter {
+            l.until_ready().await;
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.endpoint, path))
+            .header("X-Appwrite-Project", &self.project)
+            .header("X-Appwrite-Key", &self.key);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| AppwriteError {
+            status: 0,
+            kind: "transport".into(),
+            message: crate::redact::redact_text(&e.to_string()),
+            wait: None,
+        })?;
+        let status = resp.status().as_u16();
+        let wait = wait_hint(resp.headers());
+        let text = resp.text().await.unwrap_or_default();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status < 400 {
+            return Ok(value);
+        }
+        if status == 429 {
+            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(AppwriteError {
+            status,
+            kind: value["type"].as_str().unwrap_or("unknown").to_string(),
+            message: value["message"].as_str().unwrap_or("").to_string(),
+            wait: if status == 429 || status == 503 {
+                wait
+            } else {
+                None
+            },
+        })
+    }
+
+    /// One API call with retries.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, AppwriteError> {
+        retry(
+            self.policy,
+            tokio::time::sleep,
+            |attempt, err: &AppwriteError| {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(attempt, error = %err, "retrying an Appwrite request");
+            },
+            |_| self.once(method.clone(), path, body),
+        )
+        .await
+    }
+
+    /// Creates the database unless it exists.
+    pub async fn ensure_database(&self, id: &str, name: &str) -> Result<(), AppwriteError> {
+        ignore_exists(
+            self.call(
+                reqwest::Method::POST,
+                "/tablesdb",
+                Some(&json!({ "databaseId": id, "name": name })),
+            )
+            .await,
+        )
+    }
+
+    /// Creates the table unless it exists.
+    pub async fn ensure_table(&self, db: &str, id: &str, name: &str) -> Result<(), AppwriteError> {
+        ignore_exists(
+            self.call(
+                reqwest::Method::POST,
+                &format!("/tablesdb/{db}/tables"),
+                Some(&json!({ "tableId": id, "name": name })),
+            )
+            .await,
+        )
+    }
+
+    /// Creates a column (`kind`: string, integer, float, boolean, datetime, …) unless it exists.
+    pub async fn ensure_column(
+        &self,
+        db: &str,
+        table: &str,
+        kind: &str,
+        body: &Value,
+    ) -> Result<(), AppwriteError> {
+        ignore_exists(
+            self.call(
+                reqwest::Method::POST,
+                &format!("/tablesdb/{db}/tables/{table}/columns/{kind}"),
+                Some(body),
+            )
+            .await,
+        )
+    }
+
+    /// Waits until column `key` is `available`; an error names the column when it ends `failed`
+    /// or `stuck`, or when `timeout` passes.
+    pub async fn wait_column(
+        &self,
+        db: &str,
+        table: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), AppwriteError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let c = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/tablesdb/{db}/tables/{table}/columns/{key}"),
+                    None,
+                )
+                .await?;
+            match c["status"].as_str() {
+                Some("available") => return Ok(()),
+                Some(s @ ("failed" | "stuck")) => {
+                    return Err(AppwriteError {
+                        status: 0,
+                        kind: format!("column_{s}"),
+                        message: format!(
+                            "column {table}.{key} is {s}: {}",
+                            c["error"].as_str().unwrap_or("")
+                        ),
+                        wait: None,
+                    });
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AppwriteError {
+                    status: 0,
+                    kind: "column_timeout".into(),
+                    message: format!("column {table}.{key} was not available after {timeout:?}"),
+                    wait: None,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn ignore_exists(r: Result<Value, AppwriteError>) -> Result<(), AppwriteError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.status == 409 && e.kind.ends_with("_already_exists") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `Retry-After` (seconds) or the time until `X-RateLimit-Reset` (epoch seconds).
+fn wait_hint(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let num = |k: &str| {
+        h.get(k)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    if let Some(secs) = num("retry-after") {
+        return Some(Duration::from_secs(secs.max(0) as u64));
+    }
+    if num("x-ratelimit-remaining") == Some(0)
+        && let Some(reset) = num("x-ratelimit-reset")
+    {
+        let now = chrono::Utc::now().timestamp();
+        return Some(Duration::from_secs((reset - now).clamp(0, 3600) as u64));
+    }
+    None
+}

@@ -1,0 +1,159 @@
+//! Documents → Appwrite rows, deterministic row ids, and bulk upserts that isolate bad rows.
+
+use bson::{Bson, Document};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{AppwriteClient, AppwriteError};
+
+/// The most rows one bulk request may carry on self-hosted Appwrite.
+pub const MAX_BULK_ROWS: usize = 100;
+
+/// A deterministic row id for an `_id`: the id itself when it already fits Appwrite's rule (a
+/// uuid, an integer, a short plain string), else `h` + 35 hex digits of its SHA-256 (140 bits).
+pub fn row_id(id: &Bson) -> String {
+    let plain = match id {
+        Bson::String(s) => Some(s.clone()),
+        Bson::Int32(i) => Some(i.to_string()),
+        Bson::Int64(i) => Some(i.to_string()),
+        Bson::Binary(b) if b.bytes.len() == 16 => {
+            uuid::Uuid::from_slice(&b.bytes).ok().map(|u| u.to_string())
+        }
+        _ => None,
+    };
+    if let Some(p) = plain
+        && crate::check::appwrite_id_ok(&p)
+    {
+        return p;
+    }
+    let digest = Sha256::digest(id.to_string().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("h{}", &hex[..35])
+}
+
+/// A BSON value as an Appwrite column value: nested documents and arrays of documents become JSON
+/// text (Appwrite columns hold no objects), dates ISO 8601, decimals their exact text, uuids text.
+pub fn column_value(v: &Bson) -> Value {
+    match v {
+        Bson::Null => Value::Null,
+        Bson::Boolean(b) => json!(b),
+        Bson::Int32(i) => json!(i),
+        Bson::Int64(i) => json!(i),
+        Bson::Double(d) => json!(d),
+        Bson::String(s) => json!(s),
+        Bson::Decimal128(d) => json!(d.to_string()),
+        Bson::DateTime(d) => json!(d.try_to_rfc3339_string().unwrap_or_default()),
+        Bson::Binary(b) if b.bytes.len() == 16 => {
+            json!(
+                uuid::Uuid::from_slice(&b.bytes)
+                    .map(|u| u.to_string())
+                    .unwrap_or_default()
+            )
+        }
+        Bson::Array(items)
+            if items
+                .iter()
+                .all(|i| !matches!(i, Bson::Document(_) | Bson::Array(_))) =>
+        {
+            Value::Array(items.iter().map(column_value).collect())
+        }
+        other => json!(other.clone().into_relaxed_extjson().to_string()),
+    }
+}
+
+/// A document as a row for bulk writes: `$id` plus one column per top-level field.
+pub fn to_row(doc: &Document) -> Value {
+    let mut row = serde_json::Map::new();
+    for (k, v) in doc {
+        if k == "_id" {
+            row.insert("$id".into(), json!(row_id(v)));
+        } else {
+            row.insert(k.clone(), column_value(v));
+        }
+    }
+    Value::Object(row)
+}
+
+/// A row the server refused, with its message and type.
+#[derive(Debug, Clone)]
+pub struct RowFailure {
+    pub index: usize,
+    pub error: AppwriteError,
+}
+
+/// Upserts `rows` in requests of at most `batch` (≤ 100). A batch refused for a row-level reason
+/// (a 400) is split in halves until the bad rows are alone; they are returned, the rest written.
+/// Transport and server errors are retried by the client; when retries run out, the error
+/// returns.
+pub async fn upsert_rows(
+    client: &AppwriteClient,
+    db: &str,
+    table: &str,
+    rows: &[Value],
+    batch: usize,
+) -> Result<Vec<RowFailure>, AppwriteError> {
+    let batch = batch.clamp(1, MAX_BULK_ROWS);
+    let mut failures = Vec::new();
+    let mut stack: Vec<(usize, &[Value])> = rows
+        .chunks(batch)
+        .enumerate()
+        .map(|(i, c)| (i * batch, c))
+        .rev()
+        .collect();
+    while let Some((offset, chunk)) = stack.pop() {
+        let path = format!("/tablesdb/{db}/tables/{table}/rows");
+        match client
+            .call(reqwest::Method::PUT, &path, Some(&json!({ "rows": chunk })))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.status == 400 && chunk.len() > 1 => {
+                let mid = chunk.len() / 2;
+                stack.push((offset + mid, &chunk[mid..]));
+                stack.push((offset, &chunk[..mid]));
+            }
+            Err(e) if e.status == 400 => failures.push(RowFailure {
+                index: offset,
+                error: e,
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_ids_are_deterministic_and_fit_the_rule() {
+        let u = uuid::Uuid::parse_str("6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162").unwrap();
+        let b = Bson::Binary(bson::Binary {
+            subtype: bson::spec::BinarySubtype::Uuid,
+            bytes: u.as_bytes().to_vec(),
+        });
+        assert_eq!(row_id(&b), u.to_string());
+        assert_eq!(row_id(&Bson::Int32(42)), "42");
+        let long = Bson::String("a key that is much too long for appwrite ids!".into());
+        let id = row_id(&long);
+        assert_eq!(id.len(), 36);
+        assert!(crate::check::appwrite_id_ok(&id));
+        assert_eq!(id, row_id(&long));
+        let composite = Bson::Document(bson::doc! { "a": 1, "b": "x" });
+        assert_ne!(
+            row_id(&composite),
+            row_id(&Bson::Document(bson::doc! { "a": 1, "b": "y" }))
+        );
+    }
+
+    #[test]
+    fn nested_values_become_json_text() {
+        let row =
+            to_row(&bson::doc! { "_id": 7, "a": { "b": 1 }, "tags": ["x", "y"], "n": Bson::Null });
+        assert_eq!(row["$id"], "7");
+        assert_eq!(row["a"], "{\"b\":1}");
+        assert_eq!(row["tags"], json!(["x", "y"]));
+        assert!(row["n"].is_null());
+    }
+}
