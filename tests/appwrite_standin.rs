@@ -104,6 +104,7 @@ impl Client {
 }
 
 async fn start() -> (Client, Arc<StandIn>) {
+    cutover::sink::appwrite::install_crypto_provider();
     let mut s = StandIn::new("cutover", KEY);
     s.column_delay = std::time::Duration::from_millis(1500);
     let s = Arc::new(s);
