@@ -393,6 +393,14 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             v.different.len() - SHOWN
         );
     }
+    for e in &v.embedded {
+        if e.source_children != e.target_elements {
+            println!(
+                "    embedded {}: {} child rows in the source, {} elements in the target",
+                e.path, e.source_children, e.target_elements
+            );
+        }
+    }
     for r in &v.broken_references {
         println!(
             "    broken references: {} → {}: {} value(s) point nowhere (e.g. {})",

@@ -37,6 +37,16 @@ async fn verify_passes_after_a_clean_run_and_names_exactly_what_differs() {
     let (code, text, json) = verify(&w, &[]);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(json["ok"], true);
+    let p = json["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "patients")
+        .unwrap();
+    let guardians = w.pg_count("guardians").await;
+    assert_eq!(p["embedded"][0]["path"], "guardians");
+    assert_eq!(p["embedded"][0]["source_children"], guardians);
+    assert_eq!(p["embedded"][0]["target_elements"], guardians);
     for e in json["entities"].as_array().unwrap() {
         assert_eq!(e["ok"], true, "{e}");
         assert!(

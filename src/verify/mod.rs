@@ -47,6 +47,13 @@ pub struct BrokenReference {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct EmbeddedCount {
+    pub path: String,
+    pub source_children: u64,
+    pub target_elements: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct EntityVerification {
     pub entity: String,
     pub collection: String,
@@ -62,6 +69,8 @@ pub struct EntityVerification {
     pub unexpected: Vec<String>,
     pub different: Vec<Different>,
     pub broken_references: Vec<BrokenReference>,
+    /// Embedded arrays: child rows of the written parents vs array elements in the target.
+    pub embedded: Vec<EmbeddedCount>,
     pub ok: bool,
 }
 
@@ -202,6 +211,7 @@ pub async fn verify_entity(
     let mut sampled_ids: Vec<Bson> = Vec::new();
     let mut rejected_by_mapping = 0u64;
     let mut expected_count = 0u64;
+    let mut child_totals: Vec<u64> = vec![0; plan.embeds.len()];
     {
         let mut conn = session.reader().await?;
         let mut child_conns = Vec::new();
@@ -245,6 +255,11 @@ pub async fn verify_entity(
             let this = n;
             n += 1;
             let mapped = map_row(plan, &row, &children, ctx);
+            if mapped.doc.is_some() {
+                for (total, kids) in child_totals.iter_mut().zip(&children) {
+                    *total += kids.len() as u64;
+                }
+            }
             match mapped.doc {
                 None => rejected_by_mapping += 1,
                 Some(doc) => {
@@ -460,7 +475,43 @@ pub async fn verify_entity(
         }
     }
 
-    let ok = missing.is_empty()
+    // Embedded arrays: as many elements in the target as child rows of the written parents.
+    let mut embedded = Vec::new();
+    for (e, &source_children) in plan.embeds.iter().zip(&child_totals) {
+        let pipeline = vec![doc! { "$group": {
+            "_id": null,
+            "n": { "$sum": { "$size": { "$ifNull": [format!("${}", e.path_text), []] } } },
+        }}];
+        let out: Vec<Document> = target
+            .database()
+            .collection::<Document>(&plan.collection)
+            .aggregate(pipeline)
+            .await
+            .map_err(merr(format!("count embedded {}", e.path_text)))?
+            .try_collect()
+            .await
+            .map_err(merr(format!("count embedded {}", e.path_text)))?;
+        let target_elements = out
+            .first()
+            .and_then(|d| match d.get("n") {
+                Some(Bson::Int32(n)) => Some(*n as u64),
+                Some(Bson::Int64(n)) => Some(*n as u64),
+                _ => None,
+            })
+            .unwrap_or(0);
+        embedded.push(EmbeddedCount {
+            path: e.path_text.clone(),
+            source_children,
+            target_elements,
+        });
+    }
+    let sampled = step > 1;
+    let embedded_ok = sampled
+        || embedded
+            .iter()
+            .all(|e| e.source_children == e.target_elements);
+    let ok = embedded_ok
+        && missing.is_empty()
         && unexpected.is_empty()
         && different.is_empty()
         && broken_references.is_empty();
@@ -477,6 +528,7 @@ pub async fn verify_entity(
         unexpected,
         different,
         broken_references,
+        embedded,
         ok,
     })
 }
