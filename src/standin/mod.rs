@@ -122,7 +122,15 @@ async fn headers_layer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let newer_format = req
+        .headers()
+        .get("x-appwrite-response-format")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(format_after_1_8);
     let mut resp = next.run(req).await;
+    if newer_format {
+        resp = sequence_as_string(resp).await;
+    }
     let h = resp.headers_mut();
     let reset = chrono::Utc::now().timestamp() + 60;
     h.insert("x-ratelimit-limit", HeaderValue::from(s.limit_per_minute));
@@ -136,6 +144,44 @@ async fn headers_layer(
             .insert("retry-after", HeaderValue::from(s.retry_after_secs));
     }
     resp
+}
+
+/// Whether a `X-Appwrite-Response-Format` version is newer than the 1.8 format of the spec.
+fn format_after_1_8(v: &str) -> bool {
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) > (1, 8)
+}
+
+/// Newer response formats (what the current SDKs request) carry `$sequence` as a string; the 1.8
+/// format of the spec, an integer. Appwrite shapes answers by this header; so does the stand-in.
+async fn sequence_as_string(resp: Response) -> Response {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                if let Some(seq) = o.get_mut("$sequence")
+                    && seq.is_number()
+                {
+                    *seq = Value::String(seq.to_string());
+                }
+                o.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    walk(&mut value);
+    let mut parts = parts;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(value.to_string()))
 }
 
 /// The router: mount it, or use [`serve`].
