@@ -48,6 +48,7 @@ struct Database {
 
 #[derive(Debug, Default)]
 struct Data {
+    buckets: BTreeMap<String, super::storage::Bucket>,
     databases: BTreeMap<String, Database>,
     users: BTreeMap<String, Value>,
     faults: Faults,
@@ -681,6 +682,71 @@ impl StandIn {
         let data = self.lock();
         let (users, total) = filter(data.users.values(), queries).unwrap_or_default();
         json!({ "total": total, "users": users })
+    }
+
+    pub fn create_bucket(&self, id: &str, name: &str, body: &Value) -> Result<Value, ApiError> {
+        let mut data = self.lock();
+        if data.buckets.contains_key(id) {
+            return Err(ApiError::new(409, "storage_bucket_already_exists", "A storage bucket with the requested ID already exists."));
+        }
+        let stamp = now();
+        let j = json!({
+            "$id": id, "$createdAt": stamp, "$updatedAt": stamp, "$permissions": body.get("permissions").cloned().unwrap_or(json!([])),
+            "fileSecurity": body.get("fileSecurity").and_then(Value::as_bool).unwrap_or(false),
+            "name": name, "enabled": body.get("enabled").and_then(Value::as_bool).unwrap_or(true),
+            "maximumFileSize": body.get("maximumFileSize").and_then(Value::as_u64).unwrap_or(30_000_000),
+            "allowedFileExtensions": body.get("allowedFileExtensions").cloned().unwrap_or(json!([])),
+            "compression": body.get("compression").and_then(Value::as_str).unwrap_or("none"),
+            "encryption": body.get("encryption").and_then(Value::as_bool).unwrap_or(true),
+            "antivirus": body.get("antivirus").and_then(Value::as_bool).unwrap_or(true),
+            "transformations": false,
+        });
+        data.buckets.insert(id.into(), super::storage::Bucket { json: j.clone(), files: BTreeMap::new() });
+        Ok(j)
+    }
+
+    pub fn get_bucket(&self, id: &str) -> Result<Value, ApiError> {
+        self.lock()
+            .buckets
+            .get(id)
+            .map(|b| b.json.clone())
+            .ok_or_else(|| ApiError::new(404, "storage_bucket_not_found", "Storage bucket with the requested ID could not be found."))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload(
+        &self,
+        bucket: &str,
+        file: &str,
+        name: &str,
+        mime: &str,
+        content: Vec<u8>,
+        range: Option<(u64, u64, u64)>,
+    ) -> Result<(u16, Value), ApiError> {
+        let mut data = self.lock();
+        let b = data
+            .buckets
+            .get_mut(bucket)
+            .ok_or_else(|| ApiError::new(404, "storage_bucket_not_found", "Storage bucket with the requested ID could not be found."))?;
+        super::storage::upload(bucket, b, file, name, mime, content, range, now())
+    }
+
+    pub fn get_file(&self, bucket: &str, file: &str) -> Result<Value, ApiError> {
+        let data = self.lock();
+        data.buckets
+            .get(bucket)
+            .and_then(|b| b.files.get(file))
+            .map(|f| f.json(bucket, file))
+            .ok_or_else(|| ApiError::new(404, "storage_file_not_found", "The requested file could not be found."))
+    }
+
+    pub fn file_content(&self, bucket: &str, file: &str) -> Result<Vec<u8>, ApiError> {
+        let data = self.lock();
+        data.buckets
+            .get(bucket)
+            .and_then(|b| b.files.get(file))
+            .and_then(|f| f.content.clone())
+            .ok_or_else(|| ApiError::new(404, "storage_file_not_found", "The requested file could not be found."))
     }
 
     /// How many rows a table holds (for tests).
