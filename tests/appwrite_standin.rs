@@ -493,3 +493,146 @@ async fn auth_errors_and_injected_faults() {
         "about 20% should fail, {failed} of 400 did"
     );
 }
+
+/// Validates `value` against a named component schema of the spec.
+fn check_schema(spec: &Value, name: &str, value: &Value) {
+    let schema = json!({ "$ref": format!("#/components/schemas/{name}"), "components": spec["components"].clone() });
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:?}\n{value}");
+}
+
+#[tokio::test]
+async fn buckets_and_chunked_uploads_follow_the_spec() {
+    let (c, _) = start().await;
+    let (st, bucket, _) = c
+        .call("post", "/storage/buckets", "/storage/buckets", Some(json!({ "bucketId": "documents", "name": "Documents", "maximumFileSize": 50_000_000 })))
+        .await;
+    assert_eq!(st, 201, "{bucket}");
+    assert_eq!(
+        c.call(
+            "get",
+            "/storage/buckets/{bucketId}",
+            "/storage/buckets/documents",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
+    let url = format!("{}/storage/buckets/documents/files", c.base);
+    let send = |file_id: &'static str, bytes: Vec<u8>, range: Option<String>, first: bool| {
+        let mut form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes)
+                .file_name("scan.pdf")
+                .mime_str("application/pdf")
+                .unwrap(),
+        );
+        if first {
+            form = form.text("fileId", file_id);
+        }
+        let mut req = c
+            .http
+            .post(&url)
+            .header("X-Appwrite-Project", "cutover")
+            .header("X-Appwrite-Key", KEY)
+            .multipart(form);
+        if let Some(r) = range {
+            req = req.header("Content-Range", r);
+        }
+        if !first {
+            req = req.header("x-appwrite-id", file_id);
+        }
+        req.send()
+    };
+
+    // A small file in one request.
+    let r = send("small", b"hello".to_vec(), None, true).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let f: Value = r.json().await.unwrap();
+    check_schema(&c.spec, "file", &f);
+    assert_eq!(f["signature"], "5d41402abc4b2a76b9719d911017c592"); // md5("hello")
+
+    // 11 MiB + 5 bytes in three chunks, sent out of order.
+    let chunk = 5 * 1024 * 1024;
+    let total = 2 * chunk + 1024 * 1024 + 5;
+    let content: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    let ranges = [
+        (2 * chunk, total - 1),
+        (0, chunk - 1),
+        (chunk, 2 * chunk - 1),
+    ];
+    let mut last = Value::Null;
+    for (n, (start, end)) in ranges.iter().enumerate() {
+        let r = send(
+            "big",
+            content[*start..=*end].to_vec(),
+            Some(format!("bytes {start}-{end}/{total}")),
+            n == 0,
+        )
+        .await
+        .unwrap();
+        let status = r.status().as_u16();
+        assert_eq!(status, 201, "{}", r.text().await.unwrap_or_default());
+        last = r.json().await.unwrap();
+        check_schema(&c.spec, "file", &last);
+        assert_eq!(last["chunksUploaded"], n as u64 + 1);
+    }
+    assert_eq!(last["chunksTotal"], 3);
+    assert_eq!(last["sizeOriginal"], total as u64);
+    use md5::{Digest, Md5};
+    let md5: String = Md5::digest(&content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(last["signature"], md5);
+    // Re-sending a chunk of the completed file is harmless: 200.
+    let r = send(
+        "big",
+        content[0..chunk].to_vec(),
+        Some(format!("bytes 0-{}/{total}", chunk - 1)),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (st, got, _) = c
+        .call(
+            "get",
+            "/storage/buckets/{bucketId}/files/{fileId}",
+            "/storage/buckets/documents/files/big",
+            None,
+        )
+        .await;
+    assert_eq!((st, got["signature"].clone()), (200, json!(md5)));
+    let dl = c
+        .http
+        .get(format!(
+            "{}/storage/buckets/documents/files/big/download",
+            c.base
+        ))
+        .header("X-Appwrite-Project", "cutover")
+        .header("X-Appwrite-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(dl.as_ref(), content.as_slice());
+    // A middle chunk that is not 5 MiB is refused.
+    let r = send(
+        "odd",
+        vec![0; 100],
+        Some(format!("bytes 0-99/{total}")),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 416);
+}

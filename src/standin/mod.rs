@@ -213,12 +213,17 @@ pub fn router(s: Shared) -> Router {
         .route("/v1/storage/buckets/{bucket}", get(get_bucket))
         .route("/v1/storage/buckets/{bucket}/files", post(upload_file))
         .route("/v1/storage/buckets/{bucket}/files/{file}", get(get_file))
-        .route("/v1/storage/buckets/{bucket}/files/{file}/download", get(download_file))
+        .route(
+            "/v1/storage/buckets/{bucket}/files/{file}/download",
+            get(download_file),
+        )
         .route("/v1/users", get(list_users))
         .route("/v1/users/bcrypt", post(create_bcrypt_user))
         .route("/v1/users/{user}", get(get_user))
         .route("/v1/users/{user}/labels", put(update_labels))
         .route("/v1/users/{user}/prefs", axum::routing::patch(update_prefs))
+        // Chunks are 5 MiB; whole uploads may be larger.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
             s.clone(),
             headers_layer,
@@ -526,14 +531,22 @@ async fn update_prefs(
     ok(200, prefs)
 }
 
-async fn create_bucket(State(s): State<Shared>, headers: HeaderMap, axum::Json(body): axum::Json<Value>) -> ApiResult {
+async fn create_bucket(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
     guard(&s, &headers).await?;
     let id = state::check_id(str_field(&body, "bucketId")?)?;
     let name = str_field(&body, "name")?;
     ok(201, s.create_bucket(&id, name, &body)?)
 }
 
-async fn get_bucket(State(s): State<Shared>, headers: HeaderMap, Path(bucket): Path<String>) -> ApiResult {
+async fn get_bucket(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(bucket): Path<String>,
+) -> ApiResult {
     guard(&s, &headers).await?;
     ok(200, s.get_bucket(&bucket)?)
 }
@@ -545,14 +558,17 @@ async fn upload_file(
     mut form: axum::extract::Multipart,
 ) -> ApiResult {
     guard(&s, &headers).await?;
-    let mut file_id = headers.get("x-appwrite-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut file_id = headers
+        .get("x-appwrite-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut name = String::from("file");
     let mut mime = String::from("application/octet-stream");
     let mut data: Option<Vec<u8>> = None;
     while let Some(field) = form
         .next_field()
         .await
-        .map_err(|e| ApiError::new(400, "general_argument_invalid", e.to_string()))?
+        .map_err(|e| ApiError::new(400, "general_argument_invalid", e.body_text()))?
     {
         match field.name().unwrap_or("") {
             "fileId" => {
@@ -563,22 +579,35 @@ async fn upload_file(
             }
             "file" => {
                 name = field.file_name().unwrap_or("file").to_string();
-                mime = field.content_type().unwrap_or("application/octet-stream").to_string();
+                mime = field
+                    .content_type()
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
                 data = Some(
                     field
                         .bytes()
                         .await
-                        .map_err(|e| ApiError::new(400, "general_argument_invalid", e.to_string()))?
+                        .map_err(|e| ApiError::new(400, "general_argument_invalid", e.body_text()))?
                         .to_vec(),
                 );
             }
             _ => {}
         }
     }
-    let file_id = state::check_id(
-        &file_id.ok_or_else(|| ApiError::new(400, "general_argument_invalid", "Param \"fileId\" is not optional."))?,
-    )?;
-    let data = data.ok_or_else(|| ApiError::new(400, "storage_file_empty", "Empty file passed to the endpoint."))?;
+    let file_id = state::check_id(&file_id.ok_or_else(|| {
+        ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Param \"fileId\" is not optional.",
+        )
+    })?)?;
+    let data = data.ok_or_else(|| {
+        ApiError::new(
+            400,
+            "storage_file_empty",
+            "Empty file passed to the endpoint.",
+        )
+    })?;
     let range = match headers.get("content-range").and_then(|v| v.to_str().ok()) {
         Some(r) => Some(storage::parse_content_range(r)?),
         None => None,
@@ -587,12 +616,20 @@ async fn upload_file(
     ok(status, file)
 }
 
-async fn get_file(State(s): State<Shared>, headers: HeaderMap, Path((bucket, file)): Path<(String, String)>) -> ApiResult {
+async fn get_file(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((bucket, file)): Path<(String, String)>,
+) -> ApiResult {
     guard(&s, &headers).await?;
     ok(200, s.get_file(&bucket, &file)?)
 }
 
-async fn download_file(State(s): State<Shared>, headers: HeaderMap, Path((bucket, file)): Path<(String, String)>) -> ApiResult {
+async fn download_file(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((bucket, file)): Path<(String, String)>,
+) -> ApiResult {
     guard(&s, &headers).await?;
     let bytes = s.file_content(&bucket, &file)?;
     Ok((StatusCode::OK, bytes).into_response())

@@ -687,7 +687,11 @@ impl StandIn {
     pub fn create_bucket(&self, id: &str, name: &str, body: &Value) -> Result<Value, ApiError> {
         let mut data = self.lock();
         if data.buckets.contains_key(id) {
-            return Err(ApiError::new(409, "storage_bucket_already_exists", "A storage bucket with the requested ID already exists."));
+            return Err(ApiError::new(
+                409,
+                "storage_bucket_already_exists",
+                "A storage bucket with the requested ID already exists.",
+            ));
         }
         let stamp = now();
         let j = json!({
@@ -701,7 +705,13 @@ impl StandIn {
             "antivirus": body.get("antivirus").and_then(Value::as_bool).unwrap_or(true),
             "transformations": false,
         });
-        data.buckets.insert(id.into(), super::storage::Bucket { json: j.clone(), files: BTreeMap::new() });
+        data.buckets.insert(
+            id.into(),
+            super::storage::Bucket {
+                json: j.clone(),
+                files: BTreeMap::new(),
+            },
+        );
         Ok(j)
     }
 
@@ -710,7 +720,13 @@ impl StandIn {
             .buckets
             .get(id)
             .map(|b| b.json.clone())
-            .ok_or_else(|| ApiError::new(404, "storage_bucket_not_found", "Storage bucket with the requested ID could not be found."))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "storage_bucket_not_found",
+                    "Storage bucket with the requested ID could not be found.",
+                )
+            })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -724,10 +740,13 @@ impl StandIn {
         range: Option<(u64, u64, u64)>,
     ) -> Result<(u16, Value), ApiError> {
         let mut data = self.lock();
-        let b = data
-            .buckets
-            .get_mut(bucket)
-            .ok_or_else(|| ApiError::new(404, "storage_bucket_not_found", "Storage bucket with the requested ID could not be found."))?;
+        let b = data.buckets.get_mut(bucket).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "storage_bucket_not_found",
+                "Storage bucket with the requested ID could not be found.",
+            )
+        })?;
         super::storage::upload(bucket, b, file, name, mime, content, range, now())
     }
 
@@ -737,7 +756,13 @@ impl StandIn {
             .get(bucket)
             .and_then(|b| b.files.get(file))
             .map(|f| f.json(bucket, file))
-            .ok_or_else(|| ApiError::new(404, "storage_file_not_found", "The requested file could not be found."))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "storage_file_not_found",
+                    "The requested file could not be found.",
+                )
+            })
     }
 
     pub fn file_content(&self, bucket: &str, file: &str) -> Result<Vec<u8>, ApiError> {
@@ -746,7 +771,13 @@ impl StandIn {
             .get(bucket)
             .and_then(|b| b.files.get(file))
             .and_then(|f| f.content.clone())
-            .ok_or_else(|| ApiError::new(404, "storage_file_not_found", "The requested file could not be found."))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "storage_file_not_found",
+                    "The requested file could not be found.",
+                )
+            })
     }
 
     /// How many rows a table holds (for tests).

@@ -34,7 +34,12 @@ impl StoredFile {
         let signature = self
             .content
             .as_ref()
-            .map(|c| Md5::digest(c).iter().map(|b| format!("{b:02x}")).collect::<String>())
+            .map(|c| {
+                Md5::digest(c)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            })
             .unwrap_or_default();
         json!({
             "$id": id, "bucketId": bucket, "$createdAt": self.created_at, "$updatedAt": self.created_at,
@@ -47,7 +52,13 @@ impl StoredFile {
 
 /// `bytes start-end/total` → (start, end inclusive, total).
 pub fn parse_content_range(v: &str) -> Result<(u64, u64, u64), ApiError> {
-    let bad = || ApiError::new(416, "storage_invalid_content_range", "Invalid content range.");
+    let bad = || {
+        ApiError::new(
+            416,
+            "storage_invalid_content_range",
+            "Invalid content range.",
+        )
+    };
     let rest = v.trim().strip_prefix("bytes ").ok_or_else(bad)?;
     let (range, total) = rest.split_once('/').ok_or_else(bad)?;
     let (start, end) = range.split_once('-').ok_or_else(bad)?;
@@ -78,10 +89,18 @@ pub(super) fn upload(
     match range {
         None => {
             if bucket.files.contains_key(file_id) {
-                return Err(ApiError::new(409, "storage_file_already_exists", "A storage file with the requested ID already exists."));
+                return Err(ApiError::new(
+                    409,
+                    "storage_file_already_exists",
+                    "A storage file with the requested ID already exists.",
+                ));
             }
             if data.len() as u64 > max {
-                return Err(ApiError::new(400, "storage_invalid_file_size", "The given file size is not allowed."));
+                return Err(ApiError::new(
+                    400,
+                    "storage_invalid_file_size",
+                    "The given file size is not allowed.",
+                ));
             }
             let f = StoredFile {
                 name: name.into(),
@@ -98,26 +117,41 @@ pub(super) fn upload(
         }
         Some((start, end, total)) => {
             if data.len() as u64 != end - start + 1 {
-                return Err(ApiError::new(416, "storage_invalid_content_range", "The chunk does not match its content range."));
+                return Err(ApiError::new(
+                    416,
+                    "storage_invalid_content_range",
+                    "The chunk does not match its content range.",
+                ));
             }
             if total > max {
-                return Err(ApiError::new(400, "storage_invalid_file_size", "The given file size is not allowed."));
+                return Err(ApiError::new(
+                    400,
+                    "storage_invalid_file_size",
+                    "The given file size is not allowed.",
+                ));
             }
             let chunks_total = total.div_ceil(CHUNK);
             let index = start / CHUNK;
             let is_last = index + 1 == chunks_total;
             if !is_last && data.len() as u64 != CHUNK {
-                return Err(ApiError::new(416, "storage_invalid_content_range", "Chunks must be exactly 5 MiB but the last."));
+                return Err(ApiError::new(
+                    416,
+                    "storage_invalid_content_range",
+                    "Chunks must be exactly 5 MiB but the last.",
+                ));
             }
-            let f = bucket.files.entry(file_id.into()).or_insert_with(|| StoredFile {
-                name: name.into(),
-                mime: mime.into(),
-                total,
-                chunks_total,
-                chunks: BTreeMap::new(),
-                created_at: now,
-                content: None,
-            });
+            let f = bucket
+                .files
+                .entry(file_id.into())
+                .or_insert_with(|| StoredFile {
+                    name: name.into(),
+                    mime: mime.into(),
+                    total,
+                    chunks_total,
+                    chunks: BTreeMap::new(),
+                    created_at: now,
+                    content: None,
+                });
             if f.content.is_some() {
                 // Resuming a finished upload is idempotent.
                 return Ok((200, f.json(bucket_id, file_id)));
