@@ -77,7 +77,9 @@ async fn transient_errors_are_retried_and_permanent_ones_fail_the_batch() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report = w.latest_report();
-    assert_eq!(report["totals"]["retried"], 2, "{report}");
+    // Two injected failures, so at least two retries (a loaded machine may add a genuine one).
+    let retried = report["totals"]["retried"].as_u64().unwrap();
+    assert!(retried >= 2, "{report}");
     assert_eq!(w.count("vaccines").await, 12);
     assert_eq!(w.count("facilities").await, 39);
 
