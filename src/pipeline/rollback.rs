@@ -47,7 +47,7 @@ pub async fn plan(
     } else if !req.names.is_empty() {
         let wanted: BTreeSet<String> = pipeline
             .select(&req.names)
-            .map_err(|e| RunError::Dependencies(e.to_string()))?
+            .map_err(|e| RunError::Refused(e.to_string()))?
             .into_iter()
             .map(|s| s.entity)
             .collect();
@@ -94,7 +94,7 @@ pub async fn plan(
         }
         if !req.cascade {
             let names: BTreeSet<&str> = stranded.iter().map(|s| s.entity.as_str()).collect();
-            return Err(RunError::Dependencies(format!(
+            return Err(RunError::Refused(format!(
                 "{} depend on what would be rolled back; roll them back too with --cascade",
                 names.into_iter().collect::<Vec<_>>().join(", ")
             )));
@@ -116,7 +116,7 @@ pub async fn plan(
         } else if let Some(b) = &s.backup {
             format!("restore {} from backup {b}", s.collection)
         } else {
-            return Err(RunError::Dependencies(format!(
+            return Err(RunError::Refused(format!(
                 "{} (run {}) is not reversible: {} was not empty and no backup was taken",
                 s.entity, s.run_id, s.collection
             )));

@@ -42,8 +42,10 @@ pub enum RunError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Lock(#[from] Box<ledger::lock::LockError>),
+    /// The run cannot go on as asked (dependencies, a changed mapping, an unusable backup…); the
+    /// message says why and what to do.
     #[error("{0}")]
-    Dependencies(String),
+    Refused(String),
     #[error("stopped: {rejected} rows rejected, more than --max-rejects {max}")]
     TooManyRejects { rejected: u64, max: u64 },
     #[error("{entity}: a batch of {rows} rows failed after {attempts} attempts: {source}")]
@@ -203,7 +205,7 @@ fn decide(
     opts: &RunOptions,
 ) -> Result<Vec<(Step, Decision)>, RunError> {
     if opts.sync_deletes && !opts.since_last && !opts.rerun {
-        return Err(RunError::Dependencies(
+        return Err(RunError::Refused(
             "--sync-deletes goes with --since-last (the catch-up) or --rerun".into(),
         ));
     }
@@ -277,7 +279,7 @@ fn decide(
         out.push((s.clone(), d));
     }
     if !changed.is_empty() {
-        return Err(RunError::Dependencies(format!(
+        return Err(RunError::Refused(format!(
             "the mapping of {} changed after its stage completed; re-run it with --rerun, or keep the migrated data and accept the new mapping with --accept-changed",
             changed.join(", ")
         )));
@@ -326,7 +328,7 @@ async fn migrate_locked(
         let missing: Vec<String> = prereqs.into_iter().filter(|e| !done.contains(e)).collect();
         if !missing.is_empty() {
             let asked: Vec<&str> = steps.iter().map(|s| s.entity.as_str()).collect();
-            return Err(RunError::Dependencies(format!(
+            return Err(RunError::Refused(format!(
                 "cannot migrate {}: it depends on {}, not migrated yet into this target; migrate {} first (cutover migrate {}) or pass --ignore-dependencies",
                 asked.join(", "),
                 missing.join(", "),
@@ -569,11 +571,11 @@ pub async fn restore_step(
     match backup {
         Some(name) => match ledger.find_backup(name).await? {
             Some(b) => Ok(ledger.restore_backup(&b).await?),
-            None => Err(RunError::Dependencies(format!(
+            None => Err(RunError::Refused(format!(
                 "the backup {name} of {collection} is gone; cannot restore"
             ))),
         },
-        None => Err(RunError::Dependencies(format!(
+        None => Err(RunError::Refused(format!(
             "{collection} was not empty and no backup was taken (--no-backup); cannot restore"
         ))),
     }
@@ -958,9 +960,7 @@ async fn run_entity(
     let write_result = match writer {
         Some(handle) => match handle.await {
             Ok(r) => r,
-            Err(join) => Err(RunError::Dependencies(format!(
-                "writer task failed: {join}"
-            ))),
+            Err(join) => Err(RunError::Refused(format!("writer task failed: {join}"))),
         },
         None => Ok(()),
     };
@@ -1015,7 +1015,7 @@ async fn read_loop(
         // Re-formatted from a parsed instant: safe to inline.
         let at = chrono::DateTime::parse_from_rfc3339(since)
             .map_err(|e| {
-                RunError::Dependencies(format!("bad snapshot time {since:?} in the ledger: {e}"))
+                RunError::Refused(format!("bad snapshot time {since:?} in the ledger: {e}"))
             })?
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         read_spec.filter = Some(format!(
