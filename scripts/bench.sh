@@ -8,6 +8,7 @@
 #   3. patients without the guardians embed                     (insert path)
 #   4. immunizations into an empty collection                   (insert path)
 #   5. mongod alone re-inserting the very documents of 1 and 4  (the ceiling)
+#   6. Appwrite stand-in: the writer's bulk upserts vs single-row writes for 50,000 patients
 # Servers: scripts/services.sh (started if needed, left running).
 set -euo pipefail
 
@@ -79,3 +80,4 @@ run "immunizations (empty)"      bench_imm immunizations
 "$BIN/mongo-ceiling" "$MONGODB_URI" bench_flat patients bench_ceiling
 "$BIN/mongo-ceiling" "$MONGODB_URI" bench_imm immunizations bench_ceiling
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
+"$BIN/appwrite-bench" "$ROOT/pipelines/registry.toml" patients 50000
