@@ -138,8 +138,11 @@ async fn the_client_side_rate_limit_is_kept() {
     }
     let secs = started.elapsed().as_secs_f64();
     let rate = 40.0 / secs;
+    // Never more than the limit (+10 % for timer granularity); the lower bound only guards
+    // against a limiter far stricter than asked (a busy CI machine slows the requests themselves).
+    assert!(rate <= 22.0, "{rate:.1} requests/s for a limit of 20/s");
     assert!(
-        (18.0..=22.0).contains(&rate),
-        "{rate:.1} requests/s for a limit of 20/s"
+        rate >= 14.0,
+        "{rate:.1} requests/s for a limit of 20/s: throttled far below it"
     );
 }
