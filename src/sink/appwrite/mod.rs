@@ -8,6 +8,7 @@
 //! for Appwrite come next.
 
 pub mod rows;
+pub mod schema;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -1,0 +1,241 @@
+//! Appwrite tables derived from compiled mappings: one column per top-level key of the documents.
+//! Appwrite columns hold no objects, so nested documents and arrays of documents are stored as
+//! JSON text (the default choice, documented in mappings/README.md); references hold the
+//! referenced row id (text).
+
+use serde_json::{Value, json};
+
+use super::rows::{column_value, row_id};
+use super::{AppwriteClient, AppwriteError};
+use crate::mapping::plan::{FieldPlan, Input, LayoutNode, Plan};
+use crate::mapping::spec::{CastType, EmbedElement};
+use crate::source::{ColKind, Value as SourceValue};
+use crate::transform::Step;
+
+/// Size of a text column when the mapping gives no `max_length`.
+pub const DEFAULT_TEXT_SIZE: u64 = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Text(u64),
+    /// JSON text of a nested document or array of documents.
+    Json,
+    Integer,
+    Float,
+    Boolean,
+    Datetime,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnSpec {
+    pub key: String,
+    pub kind: Kind,
+    pub array: bool,
+}
+
+impl ColumnSpec {
+    /// The route segment and body of the create-column request.
+    pub fn request(&self) -> (&'static str, Value) {
+        let mut body = json!({ "key": self.key, "required": false, "array": self.array });
+        let kind = match self.kind {
+            Kind::Text(size) => {
+                body["size"] = json!(size);
+                "string"
+            }
+            Kind::Json => {
+                body["size"] = json!(DEFAULT_TEXT_SIZE);
+                "string"
+            }
+            Kind::Integer => "integer",
+            Kind::Float => "float",
+            Kind::Boolean => "boolean",
+            Kind::Datetime => "datetime",
+        };
+        (kind, body)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub id: String,
+    pub columns: Vec<ColumnSpec>,
+}
+
+fn text(f: &FieldPlan) -> Kind {
+    Kind::Text(
+        f.rules
+            .as_ref()
+            .and_then(|r| r.max_length)
+            .unwrap_or(DEFAULT_TEXT_SIZE),
+    )
+}
+
+fn source_kind(kind: ColKind) -> (Kind, bool) {
+    match kind {
+        ColKind::Bool => (Kind::Boolean, false),
+        ColKind::Int16 | ColKind::Int32 | ColKind::Int64 => (Kind::Integer, false),
+        ColKind::Float32 | ColKind::Float64 => (Kind::Float, false),
+        ColKind::Numeric => (Kind::Text(64), false),
+        ColKind::Uuid => (Kind::Text(36), false),
+        ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => (Kind::Datetime, false),
+        ColKind::Json => (Kind::Json, false),
+        ColKind::TextArray => (Kind::Text(DEFAULT_TEXT_SIZE), true),
+        ColKind::Int32Array | ColKind::Int64Array => (Kind::Integer, true),
+        ColKind::Text | ColKind::OtherAsText | ColKind::Bytes => {
+            (Kind::Text(DEFAULT_TEXT_SIZE), false)
+        }
+    }
+}
+
+fn const_kind(v: &SourceValue) -> (Kind, bool) {
+    match v {
+        SourceValue::Bool(_) => (Kind::Boolean, false),
+        SourceValue::Int32(_) | SourceValue::Int64(_) => (Kind::Integer, false),
+        SourceValue::Double(_) => (Kind::Float, false),
+        SourceValue::Array(items) => (
+            items
+                .first()
+                .map(|i| const_kind(i).0)
+                .unwrap_or(Kind::Text(DEFAULT_TEXT_SIZE)),
+            true,
+        ),
+        SourceValue::Json(_) => (Kind::Json, false),
+        _ => (Kind::Text(DEFAULT_TEXT_SIZE), false),
+    }
+}
+
+/// The column kind of one field.
+pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, bool) {
+    if f.reference.is_some() {
+        return (Kind::Text(36), false);
+    }
+    let mut array = false;
+    let mut kind = match &f.input {
+        Input::Column(i) => source_kind(plan_read.columns[*i].kind),
+        Input::Const(v) => const_kind(v),
+        Input::Columns(idx) => match &f.combine {
+            Some(crate::mapping::plan::Combine::Array) => {
+                (source_kind(plan_read.columns[idx[0]].kind).0, true)
+            }
+            _ => (text(f), false),
+        },
+    };
+    for step in &f.steps {
+        match step {
+            Step::Split(_) => {
+                kind = (text(f), true);
+            }
+            Step::Json => kind = (Kind::Json, false),
+            Step::Phone { .. } => kind = (Kind::Text(16), kind.1),
+            Step::Map { .. } | Step::Trim | Step::Lower | Step::Upper => {
+                if !matches!(kind.0, Kind::Text(_)) && matches!(step, Step::Map { .. }) {
+                    kind = (text(f), kind.1);
+                }
+            }
+        }
+    }
+    if let Some(cast) = f.output.cast {
+        kind.0 = match cast {
+            CastType::String => text(f),
+            CastType::Int | CastType::Long => Kind::Integer,
+            CastType::Double => Kind::Float,
+            CastType::Decimal => Kind::Text(64),
+            CastType::Bool => Kind::Boolean,
+            CastType::Date => Kind::Datetime,
+            CastType::Uuid => Kind::Text(36),
+        };
+    }
+    // A text column is as long as the mapping allows (`max_length`), else the default.
+    if kind.0 == Kind::Text(DEFAULT_TEXT_SIZE) {
+        kind.0 = text(f);
+    }
+    array |= kind.1;
+    (kind.0, array)
+}
+
+/// The table of a plan: one column per top-level key, in document order.
+pub fn table_spec(plan: &Plan) -> TableSpec {
+    let l = &plan.layout;
+    let mut columns = Vec::new();
+    for (key, node) in &l.root {
+        let (kind, array) = match node {
+            LayoutNode::Doc(_) => (Kind::Json, false),
+            LayoutNode::Slot(i) if *i < plan.fields.len() => {
+                field_kind(&plan.read, &plan.fields[*i])
+            }
+            LayoutNode::Slot(i) => match l.embed_slot.iter().position(|s| s == i) {
+                Some(e) => match plan.embeds[e].element {
+                    EmbedElement::Value => {
+                        let (k, _) = field_kind(&plan.embeds[e].read, &plan.embeds[e].fields[0]);
+                        (k, true)
+                    }
+                    EmbedElement::Document => (Kind::Json, false),
+                },
+                None => (Kind::Text(64), false), // exact copies of timestamps
+            },
+        };
+        columns.push(ColumnSpec {
+            key: key.clone(),
+            kind,
+            array,
+        });
+    }
+    TableSpec {
+        id: plan.collection.clone(),
+        columns,
+    }
+}
+
+/// Creates the database, the table and its columns unless they exist, then waits until every
+/// column is available (an error names the column that failed or timed out).
+pub async fn apply(
+    client: &AppwriteClient,
+    db: &str,
+    spec: &TableSpec,
+    timeout: std::time::Duration,
+) -> Result<(), AppwriteError> {
+    client.ensure_database(db, db).await?;
+    client.ensure_table(db, &spec.id, &spec.id).await?;
+    for c in &spec.columns {
+        let (kind, body) = c.request();
+        client.ensure_column(db, &spec.id, kind, &body).await?;
+    }
+    for c in &spec.columns {
+        client.wait_column(db, &spec.id, &c.key, timeout).await?;
+    }
+    Ok(())
+}
+
+/// A document as a row of `spec`: JSON columns get JSON text, text columns text (references as the
+/// referenced row id), other values as `column_value` gives them.
+pub fn to_row(doc: &bson::Document, spec: &TableSpec) -> Value {
+    let mut row = serde_json::Map::new();
+    if let Some(id) = doc.get("_id") {
+        row.insert("$id".into(), json!(row_id(id)));
+    }
+    for c in &spec.columns {
+        let Some(v) = doc.get(&c.key) else { continue };
+        let value = match (&c.kind, v) {
+            (_, bson::Bson::Null) => Value::Null,
+            (Kind::Json, v) => json!(v.clone().into_relaxed_extjson().to_string()),
+            (Kind::Text(_), bson::Bson::Array(items)) => {
+                Value::Array(items.iter().map(text_value).collect())
+            }
+            (Kind::Text(_), v) => text_value(v),
+            (_, v) => column_value(v),
+        };
+        row.insert(c.key.clone(), value);
+    }
+    Value::Object(row)
+}
+
+fn text_value(v: &bson::Bson) -> Value {
+    match column_value(v) {
+        Value::String(s) => Value::String(s),
+        Value::Null => Value::Null,
+        other => match v {
+            bson::Bson::Int32(_) | bson::Bson::Int64(_) => Value::String(row_id(v)),
+            _ => Value::String(other.to_string()),
+        },
+    }
+}
