@@ -146,3 +146,28 @@ async fn the_client_side_rate_limit_is_kept() {
         "{rate:.1} requests/s for a limit of 20/s: throttled far below it"
     );
 }
+
+#[tokio::test]
+async fn users_are_imported_with_their_bcrypt_hash_and_a_rerun_is_not_an_error() {
+    use cutover::sink::appwrite::users::{ImportUser, Imported, import_user};
+    let (c, s) = setup(None).await;
+    let u = ImportUser {
+        id: "059b1946-0852-6e7a-96a1-b1fa675af8aa".into(),
+        email: "user8@registry.example.org".into(),
+        name: "Comfort Doe".into(),
+        hash: "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy".into(),
+        algorithm: "bcrypt".into(),
+        options: json!({}),
+        labels: vec!["supervisor".into()],
+        prefs: json!({ "phone": "+231886200424", "status": "suspended" }),
+    };
+    assert_eq!(import_user(&c, &u).await.unwrap(), Imported::Created);
+    assert_eq!(import_user(&c, &u).await.unwrap(), Imported::Existed);
+    let stored = s.get_user(&u.id).unwrap();
+    assert_eq!(stored["password"], u.hash);
+    assert_eq!(stored["labels"], json!(["supervisor"]));
+    assert_eq!(stored["prefs"]["phone"], "+231886200424");
+    let mut bad = u.clone();
+    bad.algorithm = "rot13".into();
+    assert!(import_user(&c, &bad).await.is_err());
+}

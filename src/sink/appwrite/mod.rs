@@ -9,6 +9,7 @@
 
 pub mod rows;
 pub mod schema;
+pub mod users;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
