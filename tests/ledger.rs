@@ -159,12 +159,7 @@ async fn killed_runs_resume_from_their_checkpoint_and_end_identical() {
     // The reference: an uninterrupted run.
     let reference = World::new("resume_ref").await;
     let ref_pipeline = setup(&reference).await;
-    let out = reference
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&ref_pipeline)
-        .output()
-        .unwrap();
+    let out = reference.migrate_with(&ref_pipeline, &[]);
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -192,12 +187,7 @@ async fn killed_runs_resume_from_their_checkpoint_and_end_identical() {
     assert!(second > first);
 
     // A plain re-run resumes and finishes.
-    let out = w
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -274,12 +264,7 @@ async fn a_second_concurrent_run_is_refused_naming_the_holder() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let out = w
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds the lock"), "{err}");
@@ -423,12 +408,7 @@ async fn rollback_restores_the_target_as_it_was_before_the_run() {
 async fn rolling_back_a_stage_others_depend_on_needs_cascade() {
     let w = World::new("cascade").await;
     let pipeline = setup(&w).await;
-    let out = w
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(2));
     let out = w
         .cutover()
@@ -463,14 +443,7 @@ async fn rolling_back_a_stage_others_depend_on_needs_cascade() {
 async fn a_changed_mapping_is_detected_and_never_mixed_silently() {
     let w = World::new("changed").await;
     let pipeline = setup(&w).await;
-    let migrate = |extra: &[&str]| {
-        w.cutover()
-            .args(["migrate", "--quiet", "--pipeline"])
-            .arg(&pipeline)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let migrate = |extra: &[&str]| w.migrate_with(&pipeline, extra);
     assert_eq!(migrate(&[]).status.code(), Some(2));
     std::fs::write(
         w.dir.path().join("mappings/kinds.toml"),
@@ -503,14 +476,7 @@ async fn a_changed_mapping_is_detected_and_never_mixed_silently() {
 async fn since_last_copies_exactly_the_rows_changed_since_the_last_run() {
     let w = World::new("delta").await;
     let pipeline = setup(&w).await;
-    let migrate = |extra: &[&str]| {
-        w.cutover()
-            .args(["migrate", "--quiet", "--pipeline"])
-            .arg(&pipeline)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let migrate = |extra: &[&str]| w.migrate_with(&pipeline, extra);
     assert_eq!(migrate(&[]).status.code(), Some(2));
     // The old system keeps running: 3 rows change, 2 are added (their change column moves on).
     w.sql(
@@ -609,14 +575,7 @@ async fn since_last_copies_exactly_the_rows_changed_since_the_last_run() {
 async fn backups_are_listed_restored_and_dropped() {
     let w = World::new("backups").await;
     let pipeline = setup(&w).await;
-    let migrate = |extra: &[&str]| {
-        w.cutover()
-            .args(["migrate", "--quiet", "--pipeline"])
-            .arg(&pipeline)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let migrate = |extra: &[&str]| w.migrate_with(&pipeline, extra);
     assert_eq!(migrate(&["kinds"]).status.code(), Some(0));
     let first = w.docs("kinds").await;
     w.sql("UPDATE kinds SET label = 'Changed'").await;

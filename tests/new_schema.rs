@@ -186,12 +186,7 @@ async fn another_schema_is_migrated_by_mapping_files_alone() {
         .await
         .unwrap();
 
-    let out = w
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -347,12 +342,7 @@ async fn a_mapping_with_a_typo_is_refused_naming_file_and_key() {
         LOANS.replace("column = \"loaned_at\"", "colunm = \"loaned_at\""),
     )
     .unwrap();
-    let out = w
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -366,12 +356,7 @@ async fn a_mapping_with_a_typo_is_refused_naming_file_and_key() {
         LOANS.replace("column = \"loaned_at\"", "column = \"loaned_on\""),
     )
     .unwrap();
-    let out = w
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loaned_on"), "{err}");
@@ -393,12 +378,7 @@ async fn a_mapping_with_a_typo_is_refused_naming_file_and_key() {
         BOOKS.replace("timezone = \"+01:00\"\n", ""),
     )
     .unwrap();
-    let out = w
-        .cutover()
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

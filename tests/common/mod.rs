@@ -123,12 +123,16 @@ impl World {
 
     /// `cutover migrate --quiet --pipeline <repo registry> ARGS…`
     pub fn migrate(&self, args: &[&str]) -> std::process::Output {
-        let pipeline = repo().join("pipelines/registry.toml");
+        self.migrate_with(&repo().join("pipelines/registry.toml"), args)
+    }
+
+    /// `cutover migrate --quiet --pipeline PIPELINE ARGS…`
+    pub fn migrate_with(&self, pipeline: &Path, args: &[&str]) -> std::process::Output {
         let mut cmd = self.cutover();
         cmd.arg("migrate")
             .arg("--quiet")
             .arg("--pipeline")
-            .arg(&pipeline)
+            .arg(pipeline)
             .args(args);
         cmd.output().unwrap()
     }
