@@ -592,11 +592,7 @@ async fn sync_deletes(
     dry_run: bool,
 ) -> Result<u64, RunError> {
     use crate::verify::order::{bson_cmp, ids_follow_key_order};
-    let encode_id = |id: &bson::Bson| -> Vec<u8> {
-        let mut buf = Vec::with_capacity(24);
-        let _ = crate::transform::encode::element(&mut buf, "", id);
-        buf
-    };
+    let encode_id = crate::verify::id_bytes;
     let cmd_err = |what: &str| {
         let op = format!("{what} {}", plan.collection);
         move |source| RunError::Target(MongoError::Command { op, source })

@@ -352,7 +352,7 @@ async fn create_rows(
         None => {
             let id = state::check_id(str_field(&body, "rowId")?)?;
             let data = body.get("data").cloned().unwrap_or(json!({}));
-            ok(201, s.create_row(&db, &table, &id, &data)?)
+            ok(201, s.write_row(&db, &table, &id, &data, false)?)
         }
     }
 }
@@ -383,7 +383,7 @@ async fn upsert_row(
     guard(&s, &headers).await?;
     let id = state::check_id(&row)?;
     let data = body.get("data").cloned().unwrap_or(json!({}));
-    ok(200, s.upsert_row(&db, &table, &id, &data)?)
+    ok(200, s.write_row(&db, &table, &id, &data, true)?)
 }
 
 async fn get_row(

@@ -517,29 +517,18 @@ impl StandIn {
         Ok(row)
     }
 
-    pub fn create_row(
+    /// One row: created (409 when it exists) or, with `upsert`, created or replaced.
+    pub fn write_row(
         &self,
         db: &str,
         table: &str,
         id: &str,
         data: &Value,
+        upsert: bool,
     ) -> Result<Value, ApiError> {
         self.with_table(db, table, |t| {
             self.check_data(t, data)?;
-            Self::put_row(t, db, id, data, false)
-        })
-    }
-
-    pub fn upsert_row(
-        &self,
-        db: &str,
-        table: &str,
-        id: &str,
-        data: &Value,
-    ) -> Result<Value, ApiError> {
-        self.with_table(db, table, |t| {
-            self.check_data(t, data)?;
-            Self::put_row(t, db, id, data, true)
+            Self::put_row(t, db, id, data, upsert)
         })
     }
 

@@ -80,7 +80,8 @@ fn hash_bytes(b: &[u8]) -> u64 {
     h.finish()
 }
 
-fn id_bytes(id: &Bson) -> Vec<u8> {
+/// An `_id` as its encoded BSON bytes: a hashable, exact identity (shared with `--sync-deletes`).
+pub(crate) fn id_bytes(id: &Bson) -> Vec<u8> {
     let mut buf = Vec::with_capacity(24);
     let _ = crate::transform::encode::element(&mut buf, "", id);
     buf
@@ -318,18 +319,11 @@ pub async fn verify_entity(
         while let Some((tid, _)) = next_target(cursor, &plan.collection).await? {
             unexpected.push(show_id(&tid));
         }
-    } else if step == 1 {
+    } else {
+        // Unordered ids: every target document (full) or the sampled ids, 500 at a time.
         let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(expected.len());
-        let mut cursor = coll
-            .find(doc! {})
-            .await
-            .map_err(merr(format!("read {}", plan.collection)))?;
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .map_err(merr(format!("read {}", plan.collection)))?
-        {
-            let id = raw_id(&d);
+        let mut compare = |d: &RawDocumentBuf, unexpected: &mut Vec<String>| {
+            let id = raw_id(d);
             let idb = id_bytes(&id);
             match expected.get(&idb) {
                 None => unexpected.push(show_id(&id)),
@@ -341,18 +335,18 @@ pub async fn verify_entity(
                     seen.insert(idb);
                 }
             }
-        }
-        for (idb, (_, key)) in &expected {
-            if !seen.contains(idb) {
-                missing.push(key.clone());
-            }
-        }
-    } else {
-        // Sampled: look the sampled ids up in the target, 500 at a time.
-        let mut found: HashSet<Vec<u8>> = HashSet::new();
-        for chunk in sampled_ids.chunks(500) {
+        };
+        let filters: Vec<Document> = if step == 1 {
+            vec![doc! {}]
+        } else {
+            sampled_ids
+                .chunks(500)
+                .map(|chunk| doc! { "_id": { "$in": chunk.to_vec() } })
+                .collect()
+        };
+        for filter in filters {
             let mut cursor = coll
-                .find(doc! { "_id": { "$in": chunk.to_vec() } })
+                .find(filter)
                 .await
                 .map_err(merr(format!("read {}", plan.collection)))?;
             while let Some(d) = cursor
@@ -360,19 +354,11 @@ pub async fn verify_entity(
                 .await
                 .map_err(merr(format!("read {}", plan.collection)))?
             {
-                let id = raw_id(&d);
-                let idb = id_bytes(&id);
-                if let Some((h, key)) = expected.get(&idb) {
-                    compared += 1;
-                    if *h != hash_bytes(d.as_bytes()) {
-                        different_ids.push((id.clone(), key.clone()));
-                    }
-                    found.insert(idb);
-                }
+                compare(&d, &mut unexpected);
             }
         }
         for (idb, (_, key)) in &expected {
-            if !found.contains(idb) {
+            if !seen.contains(idb) {
                 missing.push(key.clone());
             }
         }
