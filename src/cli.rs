@@ -401,14 +401,14 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
-        Command::Check(args) => crate::cli_ledger::check(&cli, args).await,
-        Command::Report(args) => crate::cli_ledger::report(&cli, args).await,
-        Command::Verify(args) => crate::cli_ledger::verify(&cli, args).await,
-        Command::Status(args) => crate::cli_ledger::status(&cli, args).await,
-        Command::History(args) => crate::cli_ledger::history(&cli, args).await,
-        Command::Rollback(args) => crate::cli_ledger::rollback(&cli, args).await,
-        Command::Lock(cmd) => crate::cli_ledger::lock(&cli, cmd).await,
-        Command::Backup(cmd) => crate::cli_ledger::backup(&cli, cmd).await,
+        Command::Check(args) => crate::commands::check(&cli, args).await,
+        Command::Report(args) => crate::commands::report(&cli, args).await,
+        Command::Verify(args) => crate::commands::verify(&cli, args).await,
+        Command::Status(args) => crate::commands::status(&cli, args).await,
+        Command::History(args) => crate::commands::history(&cli, args).await,
+        Command::Rollback(args) => crate::commands::rollback(&cli, args).await,
+        Command::Lock(cmd) => crate::commands::lock(&cli, cmd).await,
+        Command::Backup(cmd) => crate::commands::backup(&cli, cmd).await,
     }
 }
 

@@ -2,7 +2,8 @@
 //! staged pipelines, mappings as data, exact conversions, every row accounted for.
 //!
 //! # Layout
-//! - [`cli`]: the command line (clap types, dispatch) — the only place that prints results.
+//! - [`cli`]: the command line (clap types, dispatch, `migrate`, `plan`); `commands` holds the other
+//!   commands. These are the only places that print results.
 //! - [`config`]: `cutover.toml` + environment + flags → one checked config.
 //! - [`mapping`]: mapping files: parse, check, compile to a plan against the source's types.
 //! - [`pipeline`]: stage ordering and selection; [`pipeline::run`] is the run loop.
@@ -12,11 +13,13 @@
 //! - [`sink`]: the MongoDB writer and the retry loop.
 //! - [`ledger`]: runs and steps recorded in the target.
 //! - [`monitor`]: counters, progress bars, rejects files, the run report.
+//! - [`check`]: the pre-flight; [`verify`]: post-run comparison.
+//! - [`standin`]: the Appwrite stand-in (test infrastructure).
 //! - [`redact`]: keeps credentials out of output.
 
 pub mod check;
 pub mod cli;
-mod cli_ledger;
+mod commands;
 pub mod config;
 pub mod ledger;
 pub mod mapping;

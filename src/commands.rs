@@ -1,4 +1,5 @@
-//! The ledger commands: `status`, `history`, `rollback`, `lock`, `backup`.
+//! The commands beyond `migrate` and `plan`: `check`, `verify`, `report`, `status`, `history`,
+//! `rollback`, `lock`, `backup`.
 
 use anyhow::Result;
 use serde::Serialize;
