@@ -44,12 +44,14 @@ pg_pid() { [ -f "$DIR/pg/data/postmaster.pid" ] && head -1 "$DIR/pg/data/postmas
 mongo_pid() { [ -f "$DIR/mongo/mongod.pid" ] && cat "$DIR/mongo/mongod.pid" || true; }
 standin_pid() { [ -f "$DIR/appwrite/standin.pid" ] && cat "$DIR/appwrite/standin.pid" || true; }
 
+# The newest build of the stand-in (release or debug), so a stale one is never started.
 standin_bin() {
-  local b
+  local b best=""
   for b in "$ROOT/target/release/appwrite-standin" "$ROOT/target/debug/appwrite-standin"; do
-    [ -x "$b" ] && { echo "$b"; return 0; }
+    [ -x "$b" ] || continue
+    if [ -z "$best" ] || [ "$b" -nt "$best" ]; then best="$b"; fi
   done
-  return 1
+  [ -n "$best" ] && echo "$best"
 }
 
 start_standin() {

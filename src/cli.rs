@@ -11,11 +11,13 @@ use crate::config::{Config, Overrides, ProcessEnv};
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
 use crate::pipeline::run::{self, RunOptions};
+use crate::sink::appwrite::AppwriteClient;
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::retry::RetryPolicy;
+use crate::sink::target::{AppwriteTarget, Target};
 use crate::source::SourceSession;
 
-/// Move an application's data out of PostgreSQL into MongoDB for a one-time cutover.
+/// Move an application's data out of PostgreSQL into MongoDB or Appwrite for a one-time cutover.
 ///
 /// Exit status: 0 success, 1 error, 2 finished but with rejected or failed rows.
 #[derive(Debug, Parser)]
@@ -72,9 +74,12 @@ pub enum Command {
     Backup(BackupCommand),
 }
 
-/// Which MongoDB target the ledger commands read.
+/// Which target the ledger commands read.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
+    /// Target (default: target.default from the config, else mongodb).
+    #[arg(long, value_enum)]
+    pub target: Option<TargetKind>,
     /// MongoDB database (overrides the config and CUTOVER_MONGODB_DATABASE).
     #[arg(long, value_name = "NAME")]
     pub database: Option<String>,
@@ -281,13 +286,21 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
 
-    /// Target to write to.
-    #[arg(long, value_enum)]
-    pub target: Option<TargetKind>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
-    /// MongoDB database (overrides the config and CUTOVER_MONGODB_DATABASE).
-    #[arg(long, value_name = "NAME")]
-    pub database: Option<String>,
+    /// Appwrite: at most N requests per second (default: no client-side limit; the server's 429
+    /// answers are always honoured).
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<u32>,
+
+    /// Appwrite: requests allowed at once above the rate limit (default: 1).
+    #[arg(long, value_name = "N", requires = "rate_limit")]
+    pub burst: Option<u32>,
+
+    /// Appwrite: rows per bulk request (at most 100).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub bulk_rows: usize,
 
     /// Hide progress bars.
     #[arg(long, short)]
@@ -335,6 +348,7 @@ pub struct MigrateArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetKind {
     Mongodb,
+    Appwrite,
 }
 
 #[derive(Debug, Args)]
@@ -412,11 +426,70 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     }
 }
 
-/// The MongoDB target and its ledger, for the ledger commands.
+/// How to reach an Appwrite target beyond the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AppwriteTuning {
+    pub rate: Option<(u32, u32)>,
+    pub bulk_rows: usize,
+    pub retries: Option<u32>,
+}
+
+/// The target `--target` names (else the config's default), its ledger and a name to show.
+pub(crate) async fn connect_target(
+    cfg: &Config,
+    kind: Option<TargetKind>,
+    tuning: AppwriteTuning,
+) -> Result<(Target, Ledger, String)> {
+    let kind = match kind {
+        Some(k) => k,
+        None if cfg.default_target == "appwrite" => TargetKind::Appwrite,
+        None => TargetKind::Mongodb,
+    };
+    match kind {
+        TargetKind::Mongodb => {
+            let mongo = cfg.require_mongodb()?;
+            let t = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
+            let target = Target::Mongo(t);
+            let ledger = Ledger::new(target.store(), &mongo.ledger_prefix);
+            Ok((target, ledger, format!("mongodb {}", mongo.database)))
+        }
+        TargetKind::Appwrite => {
+            let a = cfg.require_appwrite()?;
+            let mut client = AppwriteClient::new(
+                &a.endpoint,
+                &a.project,
+                a.api_key.as_deref().unwrap_or_default(),
+                tuning.rate,
+            )?;
+            if let Some(r) = tuning.retries {
+                client.policy.max_retries = r;
+            }
+            let bulk = if tuning.bulk_rows == 0 {
+                crate::sink::appwrite::rows::MAX_BULK_ROWS
+            } else {
+                tuning.bulk_rows
+            };
+            let target = Target::Appwrite(AppwriteTarget::new(client, &a.database, bulk));
+            let ledger = Ledger::new(target.store(), "cutover_");
+            Ok((
+                target,
+                ledger,
+                format!(
+                    "appwrite {} (project {}, database {})",
+                    crate::redact::redact_url(&a.endpoint),
+                    a.project,
+                    a.database
+                ),
+            ))
+        }
+    }
+}
+
+/// The target and its ledger, for the ledger commands.
 pub(crate) async fn open_ledger(
     cli: &Cli,
     target: &TargetArgs,
-) -> Result<(Config, MongoTarget, Ledger)> {
+) -> Result<(Config, Target, Ledger)> {
     let cfg = load_config(
         cli,
         Overrides {
@@ -424,9 +497,7 @@ pub(crate) async fn open_ledger(
             ..Default::default()
         },
     )?;
-    let mongo = cfg.require_mongodb()?.clone();
-    let t = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
-    let ledger = Ledger::new(t.database().clone(), &mongo.ledger_prefix);
+    let (t, ledger, _) = connect_target(&cfg, target.target, AppwriteTuning::default()).await?;
     Ok((cfg, t, ledger))
 }
 
@@ -440,22 +511,23 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         Overrides {
             batch_size: args.batch_size,
             concurrency: args.concurrency,
-            mongodb_database: args.database.clone(),
+            mongodb_database: args.target.database.clone(),
             ..Default::default()
         },
     )?;
-    if args.target.is_none() && cfg.default_target != "mongodb" {
-        anyhow::bail!(
-            "target `{}` is not supported by this version; use --target mongodb",
-            cfg.default_target
-        );
-    }
     let pipeline = load_pipeline(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
-    let mongo = cfg.require_mongodb()?;
-    let target = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
-    let ledger = Ledger::new(target.database().clone(), &mongo.ledger_prefix);
+    let (target, ledger, target_name) = connect_target(
+        &cfg,
+        args.target.target,
+        AppwriteTuning {
+            rate: args.rate_limit.map(|r| (r, args.burst.unwrap_or(1))),
+            bulk_rows: args.bulk_rows,
+            retries: Some(args.retries),
+        },
+    )
+    .await?;
     let opts = RunOptions {
         dry_run: args.dry_run,
         batch_size: cfg.batch_size,
@@ -473,7 +545,7 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
             max_retries: args.retries,
             ..Default::default()
         },
-        target_name: format!("mongodb {}", mongo.database),
+        target_name,
         rerun: args.rerun,
         accept_changed: args.accept_changed,
         fresh: args.fresh,

@@ -11,6 +11,7 @@ use crate::cli::{
 use crate::ledger::{self, StepRecord};
 use crate::monitor::report::format_ms;
 use crate::pipeline::rollback::{self, RollbackRequest};
+use crate::sink::target::Target;
 
 /// The configuration, with `--database` applied (for commands that may run without a target).
 fn config_for(cli: &Cli, target: &crate::cli::TargetArgs) -> Result<crate::config::Config> {
@@ -272,6 +273,7 @@ const DEFAULT_SAMPLE: u64 = 100_000;
 
 pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
     let (cfg, target, _ledger) = open_ledger(cli, &args.target).await?;
+    let target_name = target.kind();
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
@@ -288,6 +290,13 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         .iter()
         .map(|m| (m.name().to_string(), m.collection().to_string()))
         .collect();
+    let user_entities: std::collections::HashSet<String> = pipeline
+        .mappings
+        .mappings
+        .iter()
+        .filter(|m| m.spec.appwrite.users.is_some())
+        .map(|m| m.name().to_string())
+        .collect();
     let mut results = Vec::new();
     for p in &plans {
         let rows = session.count(&p.relation).await?;
@@ -297,8 +306,23 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
             _ => None,
         };
-        let v = crate::verify::verify_entity(p, &mut session, &target, &ctx, sample, &collections)
-            .await?;
+        let v = match &target {
+            Target::Mongo(m) => {
+                crate::verify::verify_entity(p, &mut session, m, &ctx, sample, &collections).await?
+            }
+            Target::Appwrite(a) => {
+                crate::verify::appwrite::verify_entity(
+                    p,
+                    &mut session,
+                    a,
+                    &ctx,
+                    sample,
+                    &collections,
+                    &user_entities,
+                )
+                .await?
+            }
+        };
         if !args.json {
             print_verification(&v);
         }
@@ -308,7 +332,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     let ok = results.iter().all(|v| v.ok);
     let json = serde_json::json!({
         "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "target": cfg.mongodb.as_ref().map(|m| m.database.clone()),
+        "target": target_name,
         "ok": ok,
         "entities": results,
     });
@@ -430,7 +454,10 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     };
     let mut rates = std::collections::BTreeMap::new();
     if let (Some(t), Some(m)) = (&target, &cfg.mongodb) {
-        let ledger = crate::ledger::Ledger::new(t.database().clone(), &m.ledger_prefix);
+        let ledger = crate::ledger::Ledger::new(
+            crate::ledger::Store::Mongo(t.database().clone()),
+            &m.ledger_prefix,
+        );
         for s in pipeline.all_steps() {
             if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {
                 rates.insert(s.entity, r);
@@ -524,7 +551,10 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
     if let Some(m) = &cfg.mongodb
         && let Ok(t) = crate::sink::mongodb::MongoTarget::connect(&m.uri, &m.database).await
     {
-        let ledger = crate::ledger::Ledger::new(t.database().clone(), &m.ledger_prefix);
+        let ledger = crate::ledger::Ledger::new(
+            crate::ledger::Store::Mongo(t.database().clone()),
+            &m.ledger_prefix,
+        );
         if let Ok(steps) = ledger.all_steps().await {
             signoff.ledger = steps
                 .into_iter()

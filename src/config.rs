@@ -393,6 +393,27 @@ impl Config {
         })
     }
 
+    /// The Appwrite target with its API key, or an error saying how to give them.
+    pub fn require_appwrite(&self) -> Result<&AppwriteConfig, ConfigError> {
+        let a = self.appwrite.as_ref().ok_or_else(|| ConfigError::Invalid {
+            path: self.file_name(),
+            key: "target.appwrite.endpoint".into(),
+            message:
+                "no Appwrite target given: set APPWRITE_ENDPOINT or [target.appwrite] endpoint"
+                    .into(),
+        })?;
+        if a.api_key.is_none() {
+            return Err(ConfigError::Invalid {
+                path: self.file_name(),
+                key: "target.appwrite.api_key_file".into(),
+                message:
+                    "no Appwrite API key: set APPWRITE_API_KEY or [target.appwrite] api_key_file"
+                        .into(),
+            });
+        }
+        Ok(a)
+    }
+
     fn file_name(&self) -> String {
         self.file
             .as_ref()

@@ -159,15 +159,53 @@ async fn users_are_imported_with_their_bcrypt_hash_and_a_rerun_is_not_an_error()
         algorithm: "bcrypt".into(),
         options: json!({}),
         labels: vec!["supervisor".into()],
-        prefs: json!({ "phone": "+231886200424", "status": "suspended" }),
+        prefs: json!({ "department": "EPI" }),
+        phone: Some("+231886200424".into()),
+        email_verified: Some(true),
+        enabled: Some(false),
     };
     assert_eq!(import_user(&c, &u).await.unwrap(), Imported::Created);
     assert_eq!(import_user(&c, &u).await.unwrap(), Imported::Existed);
     let stored = s.get_user(&u.id).unwrap();
     assert_eq!(stored["password"], u.hash);
+    assert_eq!(stored["hash"], "bcrypt");
     assert_eq!(stored["labels"], json!(["supervisor"]));
-    assert_eq!(stored["prefs"]["phone"], "+231886200424");
+    assert_eq!(stored["prefs"]["department"], "EPI");
+    assert_eq!(stored["phone"], "+231886200424");
+    assert_eq!(stored["emailVerification"], true);
+    assert_eq!(stored["status"], false, "a suspended user is blocked");
+
+    // The hash changed in the source since the last run: the user is re-created with the new one.
+    let mut changed = u.clone();
+    changed.hash = "$2b$10$abcdefghijklmnopqrstuuJZAgcfl7p92ldGxad68LJZdL17lhWy".into();
+    assert_eq!(import_user(&c, &changed).await.unwrap(), Imported::Existed);
+    assert_eq!(s.get_user(&u.id).unwrap()["password"], changed.hash);
+    assert_eq!(s.users().len(), 1);
+
+    // Another user already holds the email: a 409 the run rejects the row with.
+    let mut other = u.clone();
+    other.id = "another-user".into();
+    let e = import_user(&c, &other).await.unwrap_err();
+    assert_eq!(e.status, 409, "{e}");
+
+    // Labels Appwrite refuses are refused (the migrate path keeps only letters and digits).
+    let mut bad_label = u.clone();
+    bad_label.labels = vec!["data_clerk".into()];
+    assert_eq!(import_user(&c, &bad_label).await.unwrap_err().status, 400);
+
     let mut bad = u.clone();
     bad.algorithm = "rot13".into();
     assert!(import_user(&c, &bad).await.is_err());
+
+    // Other algorithms go through their own endpoint, options included.
+    let mut scrypt = u.clone();
+    scrypt.id = "scrypt-user".into();
+    scrypt.email = "scrypt@registry.example.org".into();
+    scrypt.phone = None;
+    scrypt.algorithm = "scrypt".into();
+    scrypt.options = json!({ "passwordSalt": "c2FsdA==", "passwordCpu": 16384, "passwordMemory": 8, "passwordParallel": 1, "passwordLength": 64 });
+    assert_eq!(import_user(&c, &scrypt).await.unwrap(), Imported::Created);
+    let stored = s.get_user("scrypt-user").unwrap();
+    assert_eq!(stored["hash"], "scrypt");
+    assert_eq!(stored["hashOptions"]["costCpu"], 16384);
 }

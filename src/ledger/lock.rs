@@ -6,7 +6,7 @@ use std::time::Duration;
 use bson::{Document, doc};
 use serde::Serialize;
 
-use super::{Ledger, LedgerError, host, lerr};
+use super::{Ledger, LedgerError, StoreError, host, lerr};
 
 pub const LOCK_ID: &str = "cutover";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
@@ -99,8 +99,8 @@ impl Ledger {
     /// The current holder, if any (expired holders included, marked so).
     pub async fn lock_holder(&self) -> Result<Option<LockHolder>, LedgerError> {
         let d = self
-            .lock_collection()
-            .find_one(doc! { "_id": LOCK_ID })
+            .store()
+            .get(&self.lock_table(), LOCK_ID)
             .await
             .map_err(lerr("read lock"))?;
         Ok(d.as_ref().map(holder_of))
@@ -113,67 +113,66 @@ impl Ledger {
         command: &str,
         ttl: Duration,
     ) -> Result<Lock, LockError> {
-        let now = bson::DateTime::now();
-        let owner = doc! {
-            "run_id": run_id,
-            "host": host(),
-            "pid": i64::from(std::process::id()),
-            "command": command,
-            "acquired_at": now,
-            "expires_at": expiry(ttl),
+        let owner = || {
+            doc! {
+                "run_id": run_id,
+                "host": host(),
+                "pid": i64::from(std::process::id()),
+                "command": command,
+                "acquired_at": bson::DateTime::now(),
+                "expires_at": expiry(ttl),
+            }
         };
-        // Matches only a free (expired) lock; when a live one exists the upsert collides on _id.
-        let result = self
-            .lock_collection()
-            .update_one(
-                doc! { "_id": LOCK_ID, "expires_at": { "$lt": now } },
-                doc! { "$set": owner },
-            )
-            .upsert(true)
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => {
-                let holder = self.lock_holder().await?;
-                match holder {
-                    // The holder died on this machine: take its lock over, atomically.
-                    Some(h) if h.expired => {
-                        let taken = self
-                            .lock_collection()
-                            .update_one(
-                                doc! { "_id": LOCK_ID, "run_id": &h.run_id },
-                                doc! { "$set": {
-                                    "run_id": run_id,
-                                    "host": host(),
-                                    "pid": i64::from(std::process::id()),
-                                    "command": command,
-                                    "acquired_at": now,
-                                    "expires_at": expiry(ttl),
-                                }},
-                            )
-                            .await
-                            .map_err(lerr("acquire lock"))?;
-                        if taken.matched_count == 0 {
-                            return Err(match self.lock_holder().await? {
-                                Some(h) => LockError::Held(h),
-                                None => LockError::Ledger(LedgerError {
-                                    op: "acquire lock".into(),
-                                    source: e,
-                                }),
-                            });
-                        }
-                        tracing::warn!(previous = %h, "took over the lock of a cutover process that is gone");
+        let table = self.lock_table();
+        let contended = || {
+            LockError::Ledger(LedgerError {
+                op: "acquire lock".into(),
+                source: StoreError::Corrupt("the lock changed hands meanwhile; try again".into()),
+            })
+        };
+        // Creating the lock record is atomic: of two runs, one creates it, the other finds it.
+        let created = super::retried(|_| async {
+            self.store()
+                .create(&table, LOCK_ID, &owner())
+                .await
+                .map_err(lerr("acquire lock"))
+        })
+        .await?;
+        if !created {
+            match self.lock_holder().await? {
+                // A retried create whose first attempt went through.
+                Some(h) if h.run_id == run_id => {}
+                // The holder died or its lock expired: take it over, guarded by its run id.
+                Some(h) if h.expired => {
+                    let taken = self
+                        .store()
+                        .set(&table, LOCK_ID, owner(), Some(("run_id", &h.run_id)))
+                        .await
+                        .map_err(lerr("acquire lock"))?;
+                    if !taken {
+                        return Err(match self.lock_holder().await? {
+                            Some(h) => LockError::Held(h),
+                            None => contended(),
+                        });
                     }
-                    Some(h) => return Err(LockError::Held(h)),
-                    None => {
-                        return Err(LockError::Ledger(LedgerError {
-                            op: "acquire lock".into(),
-                            source: e,
-                        }));
+                    tracing::warn!(previous = %h, "took over the lock of a cutover process that is gone");
+                }
+                Some(h) => return Err(LockError::Held(h)),
+                // Released between the two calls: one more try.
+                None => {
+                    let created = self
+                        .store()
+                        .create(&table, LOCK_ID, &owner())
+                        .await
+                        .map_err(lerr("acquire lock"))?;
+                    if !created {
+                        return Err(match self.lock_holder().await? {
+                            Some(h) => LockError::Held(h),
+                            None => contended(),
+                        });
                     }
                 }
             }
-            Err(e) => return Err(lerr("acquire lock")(e).into()),
         }
         let mut lock = Lock {
             ledger: self.clone(),
@@ -188,26 +187,17 @@ impl Ledger {
     /// Removes the lock whoever holds it (`lock release --confirm`). Returns the holder removed.
     pub async fn force_release_lock(&self) -> Result<Option<LockHolder>, LedgerError> {
         let holder = self.lock_holder().await?;
-        self.lock_collection()
-            .delete_one(doc! { "_id": LOCK_ID })
+        self.store()
+            .delete(&self.lock_table(), LOCK_ID, None)
             .await
             .map_err(lerr("release lock"))?;
         Ok(holder)
     }
 }
 
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        _ => e.to_string().contains("E11000"),
-    }
-}
-
 impl Lock {
     fn start_heartbeat(&mut self) {
-        let coll = self.ledger.lock_collection();
+        let ledger = self.ledger.clone();
         let run_id = self.run_id.clone();
         let ttl = self.ttl;
         let every = (ttl / 3).max(Duration::from_millis(200));
@@ -216,14 +206,17 @@ impl Lock {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let r = coll
-                    .update_one(
-                        doc! { "_id": LOCK_ID, "run_id": &run_id },
-                        doc! { "$set": { "expires_at": expiry(ttl), "heartbeat_at": bson::DateTime::now() } },
+                let r = ledger
+                    .store()
+                    .set(
+                        &ledger.lock_table(),
+                        LOCK_ID,
+                        doc! { "expires_at": expiry(ttl), "heartbeat_at": bson::DateTime::now() },
+                        Some(("run_id", &run_id)),
                     )
                     .await;
                 match r {
-                    Ok(u) if u.matched_count == 0 => {
+                    Ok(false) => {
                         tracing::error!(run_id = %run_id, "the lock was taken away from this run");
                     }
                     Ok(_) => {}
@@ -243,8 +236,12 @@ impl Lock {
             h.abort();
         }
         self.ledger
-            .lock_collection()
-            .delete_one(doc! { "_id": LOCK_ID, "run_id": &self.run_id })
+            .store()
+            .delete(
+                &self.ledger.lock_table(),
+                LOCK_ID,
+                Some(("run_id", &self.run_id)),
+            )
             .await
             .map_err(lerr("release lock"))?;
         Ok(())

@@ -3,13 +3,14 @@
 //! (`<prefix>backups`). Everything a resume, a rollback, `status` and `history` need.
 
 pub mod lock;
+pub mod store;
 
 use std::collections::BTreeMap;
 
 use bson::{Bson, Document, doc};
-use futures::TryStreamExt;
-use mongodb::Database;
 use serde::Serialize;
+
+pub use store::{Store, StoreError};
 
 use crate::monitor::report::{EntityReport, RunReport};
 
@@ -17,19 +18,19 @@ use crate::monitor::report::{EntityReport, RunReport};
 #[error("ledger {op} failed: {source}")]
 pub struct LedgerError {
     op: String,
-    source: mongodb::error::Error,
+    source: StoreError,
 }
 
-fn lerr(op: &str) -> impl FnOnce(mongodb::error::Error) -> LedgerError + '_ {
+fn lerr<E: Into<StoreError>>(op: &str) -> impl FnOnce(E) -> LedgerError + '_ {
     move |source| LedgerError {
         op: op.to_string(),
-        source,
+        source: source.into(),
     }
 }
 
 impl crate::sink::retry::Retryable for LedgerError {
     fn is_retryable(&self) -> bool {
-        crate::sink::mongodb::is_transient(&self.source)
+        Store::is_transient(&self.source)
     }
 }
 
@@ -198,53 +199,80 @@ pub struct StepStart<'a> {
     pub since: Option<&'a str>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Ledger {
-    db: Database,
+    store: Store,
     prefix: String,
 }
 
+fn millis(d: &Document, k: &str) -> i64 {
+    d.get_datetime(k).map(|t| t.timestamp_millis()).unwrap_or(0)
+}
+
 impl Ledger {
-    pub fn new(db: Database, prefix: &str) -> Ledger {
+    pub fn new(store: Store, prefix: &str) -> Ledger {
         Ledger {
-            db,
+            store,
             prefix: prefix.to_string(),
         }
     }
 
-    pub fn database(&self) -> &Database {
-        &self.db
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    fn runs(&self) -> mongodb::Collection<Document> {
-        self.db.collection(&format!("{}runs", self.prefix))
+    fn runs(&self) -> String {
+        format!("{}runs", self.prefix)
     }
 
-    fn steps(&self) -> mongodb::Collection<Document> {
-        self.db.collection(&format!("{}steps", self.prefix))
+    fn steps(&self) -> String {
+        format!("{}steps", self.prefix)
     }
 
-    pub(crate) fn lock_collection(&self) -> mongodb::Collection<Document> {
-        self.db.collection(&format!("{}lock", self.prefix))
+    pub(crate) fn lock_table(&self) -> String {
+        format!("{}lock", self.prefix)
     }
 
-    fn backups(&self) -> mongodb::Collection<Document> {
-        self.db.collection(&format!("{}backups", self.prefix))
+    fn backups(&self) -> String {
+        format!("{}backups", self.prefix)
+    }
+
+    async fn put(&self, op: &str, table: &str, id: &str, d: &Document) -> Result<(), LedgerError> {
+        retried(|_| async { self.store.put(table, id, d).await.map_err(lerr(op)) }).await
+    }
+
+    async fn set(
+        &self,
+        op: &str,
+        table: &str,
+        id: &str,
+        fields: Document,
+    ) -> Result<(), LedgerError> {
+        retried(|_| async {
+            self.store
+                .set(table, id, fields.clone(), None)
+                .await
+                .map_err(lerr(op))
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn all_runs(&self) -> Result<Vec<Document>, LedgerError> {
+        self.store
+            .all(&self.runs())
+            .await
+            .map_err(lerr("read runs"))
     }
 
     /// The next run number (1 for the first run).
     pub async fn next_run_number(&self) -> Result<i64, LedgerError> {
-        let last = self
-            .runs()
-            .find_one(doc! {})
-            .sort(doc! { "run_number": -1 })
-            .await
-            .map_err(lerr("read runs"))?;
-        Ok(last.map(|d| int(&d, "run_number")).unwrap_or(0) + 1)
+        let runs = self.all_runs().await?;
+        Ok(runs.iter().map(|d| int(d, "run_number")).max().unwrap_or(0) + 1)
     }
 
     pub async fn start_run(
@@ -265,15 +293,7 @@ impl Ledger {
             "pid": i64::from(std::process::id()),
             "version": env!("CARGO_PKG_VERSION"),
         };
-        retried(|_| async {
-            self.runs()
-                .replace_one(doc! { "_id": run_id }, run.clone())
-                .upsert(true)
-                .await
-                .map_err(lerr("start run"))
-        })
-        .await?;
-        Ok(())
+        self.put("start run", &self.runs(), run_id, &run).await
     }
 
     pub async fn start_step(&self, s: &StepStart<'_>) -> Result<(), LedgerError> {
@@ -309,15 +329,7 @@ impl Ledger {
             step.insert("checkpoint_key", key.to_vec());
             step.insert("checkpoint_rows", rows);
         }
-        retried(|_| async {
-            self.steps()
-                .replace_one(doc! { "_id": &id }, step.clone())
-                .upsert(true)
-                .await
-                .map_err(lerr("start step"))
-        })
-        .await?;
-        Ok(())
+        self.put("start step", &self.steps(), &id, &step).await
     }
 
     /// Records that everything up to `key` (and `rows` source rows) is durably written.
@@ -329,17 +341,13 @@ impl Ledger {
         rows: i64,
     ) -> Result<(), LedgerError> {
         let id = format!("{run_id}:{entity}");
-        retried(|_| async {
-            self.steps()
-                .update_one(
-                    doc! { "_id": &id },
-                    doc! { "$set": { "checkpoint_key": key.to_vec(), "checkpoint_rows": rows, "checkpoint_at": bson::DateTime::now() } },
-                )
-                .await
-                .map_err(lerr("checkpoint"))
-        })
-        .await?;
-        Ok(())
+        self.set(
+            "checkpoint",
+            &self.steps(),
+            &id,
+            doc! { "checkpoint_key": key.to_vec(), "checkpoint_rows": rows, "checkpoint_at": bson::DateTime::now() },
+        )
+        .await
     }
 
     pub async fn finish_step(&self, run_id: &str, e: &EntityReport) -> Result<(), LedgerError> {
@@ -358,14 +366,7 @@ impl Ledger {
         if let Some(err) = &e.error {
             set.insert("error", err.clone());
         }
-        retried(|_| async {
-            self.steps()
-                .update_one(doc! { "_id": &id }, doc! { "$set": set.clone() })
-                .await
-                .map_err(lerr("finish step"))
-        })
-        .await?;
-        Ok(())
+        self.set("finish step", &self.steps(), &id, set).await
     }
 
     pub async fn finish_run(&self, report: &RunReport) -> Result<(), LedgerError> {
@@ -377,56 +378,44 @@ impl Ledger {
             "read": report.totals.read as i64,
             "duration_ms": report.totals.duration_ms as i64,
         };
-        retried(|_| async {
-            self.runs()
-                .update_one(doc! { "_id": &report.run_id }, doc! { "$set": set.clone() })
-                .await
-                .map_err(lerr("finish run"))
-        })
-        .await?;
-        Ok(())
+        self.set("finish run", &self.runs(), &report.run_id, set)
+            .await
     }
 
     /// Marks a step rolled back.
     pub async fn mark_rolled_back(&self, step_id: &str) -> Result<(), LedgerError> {
-        retried(|_| async {
-            self.steps()
-                .update_one(
-                    doc! { "_id": step_id },
-                    doc! { "$set": { "status": ROLLED_BACK, "rolled_back_at": bson::DateTime::now() } },
-                )
-                .await
-                .map_err(lerr("mark rolled back"))
-        })
-        .await?;
-        Ok(())
+        self.set(
+            "mark rolled back",
+            &self.steps(),
+            step_id,
+            doc! { "status": ROLLED_BACK, "rolled_back_at": bson::DateTime::now() },
+        )
+        .await
     }
 
     /// Marks a step's checksum as accepted (after `--accept-changed`).
     pub async fn accept_checksum(&self, step_id: &str, checksum: &str) -> Result<(), LedgerError> {
-        self.steps()
-            .update_one(
-                doc! { "_id": step_id },
-                doc! { "$set": { "checksum": checksum, "accepted_change_at": bson::DateTime::now() } },
-            )
-            .await
-            .map_err(lerr("accept checksum"))?;
-        Ok(())
+        self.set(
+            "accept checksum",
+            &self.steps(),
+            step_id,
+            doc! { "checksum": checksum, "accepted_change_at": bson::DateTime::now() },
+        )
+        .await
     }
 
     /// Every step, oldest first.
     pub async fn all_steps(&self) -> Result<Vec<StepRecord>, LedgerError> {
-        let mut cursor = self
-            .steps()
-            .find(doc! {})
-            .sort(doc! { "started_at": 1, "_id": 1 })
+        let mut docs = self
+            .store
+            .all(&self.steps())
             .await
             .map_err(lerr("read steps"))?;
-        let mut out = Vec::new();
-        while let Some(d) = cursor.try_next().await.map_err(lerr("read steps"))? {
-            out.push(StepRecord::from_doc(&d));
-        }
-        Ok(out)
+        docs.sort_by(|a, b| {
+            (millis(a, "started_at"), text(a, "_id"))
+                .cmp(&(millis(b, "started_at"), text(b, "_id")))
+        });
+        Ok(docs.iter().map(StepRecord::from_doc).collect())
     }
 
     /// The latest step of each entity.
@@ -453,15 +442,18 @@ impl Ledger {
 
     /// The last completed run's throughput of `entity` (rows/s), for dry-run estimates.
     pub async fn last_rate(&self, entity: &str) -> Result<Option<f64>, LedgerError> {
-        let d = self
-            .steps()
-            .find_one(doc! { "entity": entity, "status": COMPLETED })
-            .sort(doc! { "finished_at": -1 })
+        let docs = self
+            .store
+            .all(&self.steps())
             .await
             .map_err(lerr("read steps"))?;
-        Ok(d.and_then(|d| {
-            let read = int(&d, "read") as f64;
-            let ms = int(&d, "duration_ms") as f64;
+        let last = docs
+            .iter()
+            .filter(|d| d.get_str("entity") == Ok(entity) && d.get_str("status") == Ok(COMPLETED))
+            .max_by_key(|d| millis(d, "finished_at"));
+        Ok(last.and_then(|d| {
+            let read = int(d, "read") as f64;
+            let ms = int(d, "duration_ms") as f64;
             (ms > 0.0 && read > 0.0).then(|| read * 1000.0 / ms)
         }))
     }
@@ -472,23 +464,20 @@ impl Ledger {
         limit: i64,
         status: Option<&str>,
     ) -> Result<Vec<RunRecord>, LedgerError> {
-        let filter = match status {
-            Some(s) => doc! { "status": s },
-            None => doc! {},
-        };
-        let mut cursor = self
-            .runs()
-            .find(filter)
-            .sort(doc! { "run_number": -1 })
-            .limit(limit)
-            .await
-            .map_err(lerr("read runs"))?;
-        let mut out = Vec::new();
-        while let Some(d) = cursor.try_next().await.map_err(lerr("read runs"))? {
-            out.push(RunRecord {
-                run_id: text(&d, "_id"),
-                run_number: int(&d, "run_number"),
-                pipeline: text(&d, "pipeline"),
+        let mut docs: Vec<Document> = self
+            .all_runs()
+            .await?
+            .into_iter()
+            .filter(|d| status.is_none_or(|s| d.get_str("status") == Ok(s)))
+            .collect();
+        docs.sort_by_key(|d| std::cmp::Reverse(int(d, "run_number")));
+        docs.truncate(limit.max(0) as usize);
+        Ok(docs
+            .iter()
+            .map(|d| RunRecord {
+                run_id: text(d, "_id"),
+                run_number: int(d, "run_number"),
+                pipeline: text(d, "pipeline"),
                 entities: d
                     .get_array("entities")
                     .map(|a| {
@@ -497,79 +486,62 @@ impl Ledger {
                             .collect()
                     })
                     .unwrap_or_default(),
-                status: text(&d, "status"),
-                started_at: date_text(&d, "started_at"),
-                finished_at: date_text(&d, "finished_at"),
-                duration_ms: int(&d, "duration_ms"),
-                read: int(&d, "read"),
-                written: int(&d, "written"),
-                rejected: int(&d, "rejected"),
-                host: text(&d, "host"),
-            });
-        }
-        Ok(out)
+                status: text(d, "status"),
+                started_at: date_text(d, "started_at"),
+                finished_at: date_text(d, "finished_at"),
+                duration_ms: int(d, "duration_ms"),
+                read: int(d, "read"),
+                written: int(d, "written"),
+                rejected: int(d, "rejected"),
+                host: text(d, "host"),
+            })
+            .collect())
     }
 
-    /// Copies `collection` server-side into `<collection>__backup__<run_id>` and records it.
+    /// Copies `collection` (in the target) into a backup and records it; returns its name.
     pub async fn backup(
         &self,
         collection: &str,
         run_id: &str,
         entity: &str,
     ) -> Result<String, LedgerError> {
-        let name = format!("{collection}__backup__{}", run_id.replace(['.', ':'], "_"));
-        self.db
-            .collection::<Document>(collection)
-            .aggregate(vec![doc! { "$match": {} }, doc! { "$out": &name }])
-            .await
-            .map_err(lerr("backup"))?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(lerr("backup"))?;
+        let name = self.store.backup_name(collection, run_id);
         let docs = self
-            .db
-            .collection::<Document>(&name)
-            .estimated_document_count()
+            .store
+            .copy_data(collection, &name)
             .await
             .map_err(lerr("backup"))?;
-        self.backups()
-            .replace_one(
-                doc! { "_id": &name },
-                doc! {
-                    "_id": &name,
-                    "collection": collection,
-                    "run_id": run_id,
-                    "entity": entity,
-                    "documents": docs as i64,
-                    "created_at": bson::DateTime::now(),
-                },
-            )
-            .upsert(true)
-            .await
-            .map_err(lerr("record backup"))?;
+        let record = doc! {
+            "collection": collection,
+            "run_id": run_id,
+            "entity": entity,
+            "documents": docs as i64,
+            "created_at": bson::DateTime::now(),
+        };
+        self.put("record backup", &self.backups(), &name, &record)
+            .await?;
         Ok(name)
     }
 
-    /// Recorded backups, newest first: (name, collection, run, documents, created).
+    /// Recorded backups, newest first.
     pub async fn list_backups(&self) -> Result<Vec<BackupRecord>, LedgerError> {
-        let mut cursor = self
-            .backups()
-            .find(doc! {})
-            .sort(doc! { "created_at": -1 })
+        let mut docs = self
+            .store
+            .all(&self.backups())
             .await
             .map_err(lerr("read backups"))?;
-        let mut out = Vec::new();
-        while let Some(d) = cursor.try_next().await.map_err(lerr("read backups"))? {
-            out.push(BackupRecord {
-                name: text(&d, "_id"),
-                collection: text(&d, "collection"),
-                run_id: text(&d, "run_id"),
-                entity: text(&d, "entity"),
-                documents: int(&d, "documents"),
-                created_at: date_text(&d, "created_at"),
-            });
-        }
-        Ok(out)
+        docs.sort_by_key(|d| std::cmp::Reverse(millis(d, "created_at")));
+        Ok(docs
+            .iter()
+            .map(|d| BackupRecord {
+                name: text(d, "_id"),
+                collection: text(d, "collection"),
+                run_id: text(d, "run_id"),
+                entity: text(d, "entity"),
+                documents: int(d, "documents"),
+                created_at: date_text(d, "created_at"),
+            })
+            .collect())
     }
 
     pub async fn find_backup(&self, name: &str) -> Result<Option<BackupRecord>, LedgerError> {
@@ -582,25 +554,20 @@ impl Ledger {
 
     /// Replaces the contents of the backup's collection with the backup (indexes are kept).
     pub async fn restore_backup(&self, b: &BackupRecord) -> Result<(), LedgerError> {
-        self.db
-            .collection::<Document>(&b.name)
-            .aggregate(vec![doc! { "$match": {} }, doc! { "$out": &b.collection }])
-            .await
-            .map_err(lerr("restore backup"))?
-            .try_collect::<Vec<_>>()
+        self.store
+            .copy_data(&b.name, &b.collection)
             .await
             .map_err(lerr("restore backup"))?;
         Ok(())
     }
 
     pub async fn drop_backup(&self, b: &BackupRecord) -> Result<(), LedgerError> {
-        self.db
-            .collection::<Document>(&b.name)
-            .drop()
+        self.store
+            .drop_data(&b.name)
             .await
             .map_err(lerr("drop backup"))?;
-        self.backups()
-            .delete_one(doc! { "_id": &b.name })
+        self.store
+            .delete(&self.backups(), &b.name, None)
             .await
             .map_err(lerr("drop backup"))?;
         Ok(())
@@ -608,13 +575,10 @@ impl Ledger {
 
     /// Removes every document of `collection` (rollback of a stage that found it empty).
     pub async fn empty_collection(&self, collection: &str) -> Result<u64, LedgerError> {
-        let r = self
-            .db
-            .collection::<Document>(collection)
-            .delete_many(doc! {})
+        self.store
+            .empty_data(collection)
             .await
-            .map_err(lerr("empty collection"))?;
-        Ok(r.deleted_count)
+            .map_err(lerr("empty collection"))
     }
 }
 

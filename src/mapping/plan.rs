@@ -152,6 +152,8 @@ pub struct Plan {
     pub row_rules: Vec<RowRule>,
     /// Where each value goes in the document.
     pub layout: Layout,
+    /// Appwrite: write the documents as users (Auth), not rows.
+    pub appwrite_users: Option<crate::mapping::spec::AppwriteUsersSpec>,
 }
 
 /// A node of the document layout: a value slot or a nested document.
@@ -545,8 +547,51 @@ pub fn compile(
         fields,
         embeds,
         row_rules,
+        appwrite_users: users_spec(m, &layout)?,
         layout,
     })
+}
+
+/// The `[appwrite.users]` section, its fields checked against the document's top-level keys.
+fn users_spec(
+    m: &Mapping,
+    layout: &Layout,
+) -> Result<Option<crate::mapping::spec::AppwriteUsersSpec>, MappingError> {
+    let Some(u) = &m.spec.appwrite.users else {
+        return Ok(None);
+    };
+    let named = [
+        Some(&u.email),
+        Some(&u.password_hash),
+        u.name.as_ref(),
+        u.phone.as_ref(),
+        u.email_verified.as_ref(),
+        u.status.as_ref(),
+        u.labels.as_ref(),
+    ];
+    for f in named.into_iter().flatten() {
+        if !layout.root.iter().any(|(k, _)| k == f) {
+            return Err(MappingError::Invalid {
+                path: m.path.clone(),
+                key: "appwrite.users".into(),
+                message: format!(
+                    "[appwrite.users] names `{f}`, which is not a top-level field of the document"
+                ),
+            });
+        }
+    }
+    if !crate::sink::appwrite::users::ALGORITHMS.contains(&u.algorithm.as_str()) {
+        return Err(MappingError::Invalid {
+            path: m.path.clone(),
+            key: "appwrite.users.algorithm".into(),
+            message: format!(
+                "[appwrite.users] algorithm `{}`: Appwrite imports {}",
+                u.algorithm,
+                crate::sink::appwrite::users::ALGORITHMS.join(", ")
+            ),
+        });
+    }
+    Ok(Some(u.clone()))
 }
 
 impl Plan {

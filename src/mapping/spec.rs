@@ -29,6 +29,52 @@ pub struct MappingFile {
     pub embeds: Vec<EmbedSpec>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RowRuleSpec>,
+    /// How the documents go into an Appwrite target (ignored for MongoDB).
+    #[serde(default)]
+    pub appwrite: AppwriteSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppwriteSpec {
+    /// Write the documents as Appwrite users (Auth) instead of rows of a table.
+    pub users: Option<AppwriteUsersSpec>,
+}
+
+/// Which top-level document fields become which user attributes. Every other field (and the
+/// labels field) goes to the user's prefs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppwriteUsersSpec {
+    pub email: String,
+    /// The stored password hash, imported unchanged.
+    pub password_hash: String,
+    /// The hash's algorithm: bcrypt, argon2, md5, sha, phpass, scrypt, scrypt-modified.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Options the algorithm needs (salt, cost, …), sent as they are.
+    #[serde(default)]
+    pub hash_options: BTreeMap<String, toml::Value>,
+    pub name: Option<String>,
+    /// An E.164 phone number.
+    pub phone: Option<String>,
+    /// A boolean field: the email is verified.
+    pub email_verified: Option<String>,
+    /// A field whose value says whether the user is enabled (see `active`).
+    pub status: Option<String>,
+    /// Values of `status` meaning enabled (default: "active"); any other value blocks the user.
+    #[serde(default = "default_active")]
+    pub active: Vec<String>,
+    /// An array field whose values become labels (only letters and digits are kept; at most 36).
+    pub labels: Option<String>,
+}
+
+fn default_algorithm() -> String {
+    "bcrypt".into()
+}
+
+fn default_active() -> Vec<String> {
+    vec!["active".into()]
 }
 
 #[derive(Debug, Clone, Deserialize)]

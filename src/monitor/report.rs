@@ -43,6 +43,11 @@ pub struct EntityReport {
     /// For `--since-last`: what this step copied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<String>,
+    /// Appwrite: requests sent for this step, and 429 answers waited out (retries are in `retried`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<u64>,
 }
 
 impl EntityReport {
@@ -68,6 +73,8 @@ impl EntityReport {
             resumed_from: None,
             resumed_after_rows: 0,
             delta: None,
+            requests: None,
+            throttled: None,
             deleted: 0,
             timeline: Vec::new(),
         }

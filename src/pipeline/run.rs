@@ -20,8 +20,9 @@ use crate::mapping::plan::{self, Plan};
 use crate::monitor::rejects::RejectsWriter;
 use crate::monitor::report::{EntityReport, RunReport};
 use crate::monitor::{EntityCounters, Progress};
-use crate::sink::mongodb::{BatchResult, MongoError, MongoTarget, WriteMode};
+use crate::sink::mongodb::{BatchResult, MongoError, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
+use crate::sink::target::{SinkError, Target};
 use crate::source::postgres::{self, DecodedRow, SourceError};
 use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, map_row};
@@ -39,6 +40,8 @@ pub enum RunError {
     #[error(transparent)]
     Target(#[from] MongoError),
     #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Lock(#[from] Box<ledger::lock::LockError>),
@@ -53,7 +56,7 @@ pub enum RunError {
         entity: String,
         rows: usize,
         attempts: u32,
-        source: Box<MongoError>,
+        source: Box<SinkError>,
     },
     #[error("{entity}: cannot read a child row of `{path}`: column {column}: {message}")]
     ChildDecode {
@@ -292,7 +295,7 @@ pub async fn migrate(
     pipeline: &Pipeline,
     steps: Vec<Step>,
     source_url: &str,
-    target: &MongoTarget,
+    target: &Target,
     ledger: &Ledger,
     opts: &RunOptions,
 ) -> Result<RunReport, RunError> {
@@ -314,7 +317,7 @@ async fn migrate_locked(
     pipeline: &Pipeline,
     steps: Vec<Step>,
     source_url: &str,
-    target: &MongoTarget,
+    target: &Target,
     ledger: &Ledger,
     opts: &RunOptions,
     run_id: &str,
@@ -399,13 +402,22 @@ async fn migrate_locked(
         };
         let mut backup = None;
         let mut was_empty = false;
-        if !opts.dry_run {
+        let mut dest = p.collection.clone();
+        if opts.dry_run {
+            target.describe(p);
+        } else {
+            target.prepare(p).await?;
+            dest = target.ledger_collection(&p.collection);
             was_empty = target.is_empty(&p.collection).await?;
             if let Some(r) = resume {
                 was_empty = r.was_empty;
                 backup = r.backup.clone();
             } else if !was_empty && !opts.no_backup {
-                backup = Some(ledger.backup(&p.collection, run_id, &p.entity).await?);
+                if dest.starts_with('@') {
+                    tracing::warn!(entity = %p.entity, "{dest} cannot be backed up; rollback of this step will refuse");
+                } else {
+                    backup = Some(ledger.backup(&dest, run_id, &p.entity).await?);
+                }
             }
             stage.mode = Some(if target.is_empty(&p.collection).await? {
                 WriteMode::Insert
@@ -422,7 +434,7 @@ async fn migrate_locked(
                     run_id,
                     run_number,
                     entity: &p.entity,
-                    collection: &p.collection,
+                    collection: &dest,
                     mapping: &mapping,
                     checksum: &p.checksum,
                     was_empty,
@@ -489,7 +501,7 @@ async fn migrate_locked(
             ledger.finish_step(run_id, &report).await?;
             if report.status == "failed" && opts.restore_on_failure {
                 let step_id = format!("{run_id}:{}", p.entity);
-                restore_step(ledger, &p.collection, was_empty, backup.as_deref()).await?;
+                restore_step(ledger, &dest, was_empty, backup.as_deref()).await?;
                 ledger.mark_rolled_back(&step_id).await?;
                 report.status = "failed, restored".into();
             }
@@ -588,10 +600,15 @@ pub async fn restore_step(
 async fn sync_deletes(
     plan: &Plan,
     session: &mut SourceSession,
-    target: &MongoTarget,
+    target: &Target,
     dry_run: bool,
 ) -> Result<u64, RunError> {
     use crate::verify::order::{bson_cmp, ids_follow_key_order};
+    let Target::Mongo(target) = target else {
+        return Err(RunError::Refused(
+            "--sync-deletes is not available for an Appwrite target yet".into(),
+        ));
+    };
     let encode_id = crate::verify::id_bytes;
     let cmd_err = |what: &str| {
         let op = format!("{what} {}", plan.collection);
@@ -861,7 +878,7 @@ impl ChildCursor<'_> {
 async fn run_entity(
     plan: &Plan,
     session: &mut SourceSession,
-    target: &MongoTarget,
+    target: &Target,
     ctx: &MapContext,
     opts: &RunOptions,
     rejects: &Arc<RejectsWriter>,
@@ -883,6 +900,7 @@ async fn run_entity(
         r
     };
 
+    let client_before = target.client_counters();
     let total = match session.count(&plan.relation).await {
         Ok(n) => n,
         Err(e) => return (report_base(&counters, "none", 0), Some(e.into())),
@@ -983,6 +1001,12 @@ async fn run_entity(
             c.written,
         ]);
         report.timeline = std::mem::take(&mut *t);
+    }
+    // Appwrite: the client's own retries (throttling, 5xx, transport) count as this step's.
+    if let (Some((r0, t0, h0)), Some((r1, t1, h1))) = (client_before, target.client_counters()) {
+        report.retried += t1 - t0;
+        report.requests = Some(r1 - r0);
+        report.throttled = Some(h1 - h0);
     }
     if let Some(r) = &stage.resume {
         report.resumed_from = Some(r.from_run.clone());
@@ -1207,7 +1231,7 @@ fn reject(
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
     rx: mpsc::Receiver<Batch>,
-    target: MongoTarget,
+    target: Target,
     collection: String,
     entity: String,
     mode: WriteMode,
@@ -1230,7 +1254,7 @@ async fn write_loop(
                 let result = retry(
                     policy,
                     tokio::time::sleep,
-                    |attempt, err: &MongoError| {
+                    |attempt, err: &SinkError| {
                         EntityCounters::add(&counters.retried, 1);
                         tracing::warn!(collection = %collection, attempt, error = %err, "retrying a batch");
                     },

@@ -3,3 +3,4 @@
 pub mod appwrite;
 pub mod mongodb;
 pub mod retry;
+pub mod target;

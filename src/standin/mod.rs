@@ -123,6 +123,7 @@ async fn headers_layer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    s.arrived(req.method());
     let newer_format = req
         .headers()
         .get("x-appwrite-response-format")
@@ -191,7 +192,10 @@ pub fn router(s: Shared) -> Router {
         .route("/v1/tablesdb", post(create_database).get(list_databases))
         .route("/v1/tablesdb/{db}", get(get_database))
         .route("/v1/tablesdb/{db}/tables", post(create_table))
-        .route("/v1/tablesdb/{db}/tables/{table}", get(get_table))
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}",
+            get(get_table).delete(delete_table),
+        )
         // POST .../columns/{type} creates; GET .../columns/{key} reads (one segment, two meanings).
         .route(
             "/v1/tablesdb/{db}/tables/{table}/columns/{kind_or_key}",
@@ -218,8 +222,26 @@ pub fn router(s: Shared) -> Router {
             get(download_file),
         )
         .route("/v1/users", get(list_users))
-        .route("/v1/users/bcrypt", post(create_bcrypt_user))
-        .route("/v1/users/{user}", get(get_user))
+        .route(
+            "/v1/users/{user}",
+            get(get_user).post(create_hashed_user).delete(delete_user),
+        )
+        .route(
+            "/v1/users/{user}/name",
+            axum::routing::patch(update_user_name),
+        )
+        .route(
+            "/v1/users/{user}/phone",
+            axum::routing::patch(update_user_phone),
+        )
+        .route(
+            "/v1/users/{user}/verification",
+            axum::routing::patch(update_user_verification),
+        )
+        .route(
+            "/v1/users/{user}/status",
+            axum::routing::patch(update_user_status),
+        )
         .route("/v1/users/{user}/labels", put(update_labels))
         .route("/v1/users/{user}/prefs", axum::routing::patch(update_prefs))
         // Chunks are 5 MiB; whole uploads may be larger.
@@ -463,17 +485,139 @@ async fn list_rows(
     ok(200, s.list_rows(&db, &table, &q)?)
 }
 
-async fn create_bcrypt_user(
+/// `POST /users/{algorithm}`: a user with an existing password hash (`{algorithm}` shares its
+/// route segment with `GET /users/{userId}`).
+async fn create_hashed_user(
     State(s): State<Shared>,
     headers: HeaderMap,
+    Path(algorithm): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
     guard(&s, &headers).await?;
+    const ALGORITHMS: &[&str] = &[
+        "bcrypt",
+        "argon2",
+        "md5",
+        "sha",
+        "phpass",
+        "scrypt",
+        "scrypt-modified",
+    ];
+    if !ALGORITHMS.contains(&algorithm.as_str()) {
+        return Err(ApiError::new(
+            404,
+            "general_route_not_found",
+            "The requested route was not found.",
+        ));
+    }
     let id = state::check_id(str_field(&body, "userId")?)?;
     let email = str_field(&body, "email")?;
+    if !state::email_ok(email) {
+        return Err(ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Invalid `email` param: Value must be a valid email address",
+        ));
+    }
     let password = str_field(&body, "password")?;
     let name = body.get("name").and_then(Value::as_str).unwrap_or("");
-    ok(201, s.create_user(&id, email, password, "bcrypt", name)?)
+    let mut options = serde_json::Map::new();
+    if let Some(o) = body.as_object() {
+        for (k, v) in o {
+            if k.starts_with("password") && k != "password" {
+                options.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    ok(
+        201,
+        s.create_user(&id, email, password, &algorithm, name, options)?,
+    )
+}
+
+async fn delete_user(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    s.delete_user(&user)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn update_user_name(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let name = str_field(&body, "name")?.to_string();
+    ok(200, s.update_user(&user, |u| u["name"] = json!(name))?)
+}
+
+async fn update_user_phone(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let number = str_field(&body, "number")?.to_string();
+    let digits = number.strip_prefix('+').unwrap_or("");
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Invalid `number` param: Phone number must start with a '+' can have a maximum of fifteen digits.",
+        ));
+    }
+    ok(200, s.update_phone(&user, &number)?)
+}
+
+async fn update_user_verification(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let v = bool_field(&body, "emailVerification")?;
+    ok(
+        200,
+        s.update_user(&user, |u| u["emailVerification"] = json!(v))?,
+    )
+}
+
+async fn update_user_status(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let v = bool_field(&body, "status")?;
+    ok(200, s.update_user(&user, |u| u["status"] = json!(v))?)
+}
+
+fn bool_field(body: &Value, k: &str) -> Result<bool, ApiError> {
+    body.get(k).and_then(Value::as_bool).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "general_argument_invalid",
+            format!("Param \"{k}\" is not optional."),
+        )
+    })
+}
+
+async fn delete_table(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    s.delete_table(&db, &table)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_user(
@@ -516,6 +660,16 @@ async fn update_labels(
         .iter()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect();
+    if labels
+        .iter()
+        .any(|l| l.is_empty() || l.len() > 36 || !l.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        return Err(ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Invalid `labels` param: Value must a valid array and Value must be a valid string and at least 1 chars and no longer than 36 chars and only contain alphanumeric chars",
+        ));
+    }
     ok(200, s.update_user(&user, |u| u["labels"] = json!(labels))?)
 }
 

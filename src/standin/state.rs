@@ -65,6 +65,9 @@ pub struct StandIn {
     pub retry_after_secs: u64,
     pub max_bulk_rows: usize,
     requests: AtomicU64,
+    writes: AtomicU64,
+    /// When each request arrived (for rate measurements in tests), the first million.
+    arrivals: Mutex<Vec<std::time::Instant>>,
     data: Mutex<Data>,
 }
 
@@ -104,6 +107,8 @@ impl StandIn {
             retry_after_secs: 1,
             max_bulk_rows: 100,
             requests: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            arrivals: Mutex::new(Vec::new()),
             data: Mutex::new(Data::default()),
         }
     }
@@ -122,6 +127,41 @@ impl StandIn {
 
     pub(super) fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes a request as it arrives (any route, any answer).
+    pub(super) fn arrived(&self, method: &axum::http::Method) {
+        if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        if a.len() < 1_000_000 {
+            a.push(std::time::Instant::now());
+        }
+    }
+
+    /// Requests other than GET received (faulted and refused ones included).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Arrival times of the requests received so far.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every user, as the API shows them.
+    pub fn users(&self) -> Vec<Value> {
+        self.lock().users.values().cloned().collect()
+    }
+
+    /// Every row of a table, as the API shows them.
+    pub fn rows(&self, db: &str, table: &str) -> Vec<Value> {
+        self.with_table(db, table, |t| Ok(t.rows.values().cloned().collect()))
+            .unwrap_or_default()
     }
 
     /// Authenticated requests served (faulted ones included).
@@ -623,6 +663,7 @@ impl StandIn {
         hash: &str,
         algo: &str,
         name: &str,
+        options: serde_json::Map<String, Value>,
     ) -> Result<Value, ApiError> {
         let mut data = self.lock();
         if data.users.contains_key(id) || data.users.values().any(|u| u["email"] == email) {
@@ -635,12 +676,56 @@ impl StandIn {
         let stamp = now();
         let user = json!({
             "$id": id, "$createdAt": stamp, "$updatedAt": stamp, "name": name, "password": hash,
-            "hash": algo, "hashOptions": { "type": algo }, "registration": stamp, "status": true,
+            "hash": algo, "hashOptions": hash_options(algo, options), "registration": stamp, "status": true,
             "labels": [], "passwordUpdate": stamp, "email": email, "phone": "", "emailVerification": false,
             "phoneVerification": false, "mfa": false, "prefs": {}, "targets": [], "accessedAt": "",
         });
         data.users.insert(id.to_string(), user.clone());
         Ok(user)
+    }
+
+    pub fn delete_user(&self, id: &str) -> Result<(), ApiError> {
+        self.lock().users.remove(id).map(|_| ()).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "user_not_found",
+                "User with the requested ID could not be found.",
+            )
+        })
+    }
+
+    /// Sets a user's phone; another user holding the number is a 409.
+    pub fn update_phone(&self, id: &str, number: &str) -> Result<Value, ApiError> {
+        {
+            let data = self.lock();
+            if data
+                .users
+                .values()
+                .any(|u| u["phone"] == number && u["$id"] != id)
+            {
+                return Err(ApiError::new(
+                    409,
+                    "user_phone_already_exists",
+                    "A user with the same phone number already exists in the current project.",
+                ));
+            }
+        }
+        self.update_user(id, |u| u["phone"] = json!(number))
+    }
+
+    pub fn delete_table(&self, db: &str, table: &str) -> Result<(), ApiError> {
+        let mut data = self.lock();
+        let d = data
+            .databases
+            .get_mut(db)
+            .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
+        d.tables.remove(table).map(|_| ()).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "table_not_found",
+                "Table with the requested ID could not be found.",
+            )
+        })
     }
 
     pub fn get_user(&self, id: &str) -> Result<Value, ApiError> {
@@ -773,6 +858,43 @@ impl StandIn {
     pub fn row_count(&self, db: &str, table: &str) -> usize {
         self.with_table(db, table, |t| Ok(t.rows.len()))
             .unwrap_or(0)
+    }
+}
+
+/// The `hashOptions` of a user imported with `algo` and the request's `password*` options.
+fn hash_options(algo: &str, options: serde_json::Map<String, Value>) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("type".into(), json!(algo));
+    for (k, v) in options {
+        // passwordSalt → salt, passwordCpu → costCpu … as Appwrite names them.
+        let name = match k.as_str() {
+            "passwordSalt" => "salt",
+            "passwordSaltSeparator" => "saltSeparator",
+            "passwordSignerKey" => "signerKey",
+            "passwordCpu" => "costCpu",
+            "passwordMemory" => "costMemory",
+            "passwordParallel" => "costParallel",
+            "passwordLength" => "length",
+            "passwordVersion" => "version",
+            other => other,
+        };
+        o.insert(name.into(), v);
+    }
+    Value::Object(o)
+}
+
+/// A plausible email address: one `@`, text on both sides, a dot in the domain.
+pub fn email_ok(email: &str) -> bool {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !email.contains(char::is_whitespace)
+        }
+        None => false,
     }
 }
 

@@ -23,6 +23,7 @@ use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, map_row};
 
 /// How many problems of each kind the text output shows (the JSON has them all).
+pub mod appwrite;
 pub mod order;
 
 pub const SHOWN: usize = 20;

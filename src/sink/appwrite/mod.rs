@@ -2,13 +2,12 @@
 //! columns, waiting until columns are available), bulk upserts of at most 100 rows with the
 //! all-or-nothing batch split by halving to isolate bad rows, retry of 408/429/5xx and transport
 //! errors with back-off (honouring `Retry-After` and `X-RateLimit-Reset`), and a client-side rate
-//! limit (governor). Counters: requests, retries, throttled waits.
-//!
-//! Not wired into `cutover migrate` yet (see the README): the ledger, users stage and verification
-//! for Appwrite come next.
+//! limit (governor). Counters: requests, retries, throttled waits. `cutover migrate --target
+//! appwrite` reaches it through [`crate::sink::target::Target`].
 
 pub mod rows;
 pub mod schema;
+pub mod tables;
 pub mod users;
 
 use std::num::NonZeroU32;

@@ -30,6 +30,11 @@ pub struct ImportUser {
     pub options: Value,
     pub labels: Vec<String>,
     pub prefs: Value,
+    /// E.164 phone number.
+    pub phone: Option<String>,
+    pub email_verified: Option<bool>,
+    /// Enabled (`true`) or blocked; `None` leaves the default (enabled).
+    pub enabled: Option<bool>,
 }
 
 /// Whether the user was created now or already existed.
@@ -39,6 +44,9 @@ pub enum Imported {
     Existed,
 }
 
+/// Creates the user with its hash unchanged, or — when it exists (a re-run) — brings it to the same
+/// state: a changed hash or email cannot be patched without re-hashing, so such a user is deleted
+/// and created again; name, phone, verification, status, labels and prefs are set every time.
 pub async fn import_user(
     client: &AppwriteClient,
     u: &ImportUser,
@@ -55,25 +63,79 @@ pub async fn import_user(
             wait: None,
         });
     }
-    let mut body = json!({ "userId": u.id, "email": u.email, "password": u.hash, "name": u.name });
-    if let (Some(b), Some(o)) = (body.as_object_mut(), u.options.as_object()) {
-        for (k, v) in o {
-            b.insert(k.clone(), v.clone());
+    let id = &u.id;
+    let mut created = create(client, u).await?;
+    if created == Imported::Existed {
+        let existing = match client
+            .call(reqwest::Method::GET, &format!("/users/{id}"), None)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.status == 404 => {
+                // The 409 came from another user holding this email (or phone).
+                return Err(AppwriteError {
+                    status: 409,
+                    kind: "user_email_already_exists".into(),
+                    message: format!("another Appwrite user already has the email {}", u.email),
+                    wait: None,
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if existing["password"].as_str() != Some(u.hash.as_str())
+            || existing["hash"].as_str() != Some(u.algorithm.as_str())
+            || existing["email"].as_str() != Some(u.email.as_str())
+        {
+            client
+                .call(reqwest::Method::DELETE, &format!("/users/{id}"), None)
+                .await?;
+            created = create(client, u).await?;
+            if created == Imported::Existed {
+                return Err(AppwriteError {
+                    status: 409,
+                    kind: "user_already_exists".into(),
+                    message: format!("another Appwrite user already has the email {}", u.email),
+                    wait: None,
+                });
+            }
+            created = Imported::Existed;
+        } else if existing["name"].as_str() != Some(u.name.as_str()) {
+            client
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/users/{id}/name"),
+                    Some(&json!({ "name": u.name })),
+                )
+                .await?;
         }
     }
-    let created = match client
-        .call(
-            reqwest::Method::POST,
-            &format!("/users/{}", u.algorithm),
-            Some(&body),
-        )
-        .await
-    {
-        Ok(_) => Imported::Created,
-        Err(e) if e.status == 409 && e.kind == "user_already_exists" => Imported::Existed,
-        Err(e) => return Err(e),
-    };
-    let id = &u.id;
+    if let Some(phone) = &u.phone {
+        client
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/users/{id}/phone"),
+                Some(&json!({ "number": phone })),
+            )
+            .await?;
+    }
+    if let Some(v) = u.email_verified {
+        client
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/users/{id}/verification"),
+                Some(&json!({ "emailVerification": v })),
+            )
+            .await?;
+    }
+    if let Some(enabled) = u.enabled {
+        client
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/users/{id}/status"),
+                Some(&json!({ "status": enabled })),
+            )
+            .await?;
+    }
     client
         .call(
             reqwest::Method::PUT,
@@ -89,4 +151,25 @@ pub async fn import_user(
         )
         .await?;
     Ok(created)
+}
+
+async fn create(client: &AppwriteClient, u: &ImportUser) -> Result<Imported, AppwriteError> {
+    let mut body = json!({ "userId": u.id, "email": u.email, "password": u.hash, "name": u.name });
+    if let (Some(b), Some(o)) = (body.as_object_mut(), u.options.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    match client
+        .call(
+            reqwest::Method::POST,
+            &format!("/users/{}", u.algorithm),
+            Some(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(Imported::Created),
+        Err(e) if e.status == 409 && e.kind == "user_already_exists" => Ok(Imported::Existed),
+        Err(e) => Err(e),
+    }
 }

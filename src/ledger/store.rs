@@ -1,0 +1,370 @@
+//! Where the ledger's records live: MongoDB collections, or Appwrite tables. The ledger speaks in
+//! BSON documents keyed by `_id`; this module maps a few record operations onto each target.
+//!
+//! In Appwrite each ledger table has one text column, `doc`, holding the record as extended JSON
+//! (dates and 64-bit integers survive the round trip), and row ids derived from `_id` by
+//! [`crate::sink::appwrite::rows::row_id`]. Ledger tables are small (a record per run, step and
+//! backup), so reads list them whole and sort in the client.
+
+use bson::{Bson, Document, doc};
+use futures::TryStreamExt;
+use mongodb::Database;
+use serde_json::{Value, json};
+
+use crate::sink::appwrite::rows::row_id;
+use crate::sink::appwrite::{AppwriteClient, AppwriteError};
+use crate::sink::target::USERS;
+
+/// What failed underneath a ledger operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+    #[error(transparent)]
+    Appwrite(#[from] AppwriteError),
+    #[error("a ledger record is not readable: {0}")]
+    Corrupt(String),
+}
+
+/// The size of the Appwrite text column holding a record.
+const DOC_SIZE: u64 = 1_000_000;
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Mongo(Database),
+    Appwrite {
+        client: AppwriteClient,
+        db: String,
+        /// Tables known to exist with their column (set up once per process).
+        ready: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    },
+}
+
+impl Store {
+    pub fn appwrite(client: AppwriteClient, db: &str) -> Store {
+        Store::Appwrite {
+            client,
+            db: db.to_string(),
+            ready: Default::default(),
+        }
+    }
+
+    fn coll(db: &Database, table: &str) -> mongodb::Collection<Document> {
+        db.collection(table)
+    }
+
+    /// Creates the Appwrite table of `table` with its `doc` column (idempotent).
+    async fn ensure(&self, table: &str) -> Result<(), AppwriteError> {
+        let Store::Appwrite { client, db, ready } = self else {
+            return Ok(());
+        };
+        if ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(table)
+        {
+            return Ok(());
+        }
+        client.ensure_database(db, db).await?;
+        client.ensure_table(db, table, table).await?;
+        client
+            .ensure_column(
+                db,
+                table,
+                "string",
+                &json!({ "key": "doc", "size": DOC_SIZE, "required": true }),
+            )
+            .await?;
+        client
+            .wait_column(db, table, "doc", std::time::Duration::from_secs(120))
+            .await?;
+        ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.to_string());
+        Ok(())
+    }
+
+    fn encode(d: &Document) -> Value {
+        json!({ "doc": Bson::Document(d.clone()).into_canonical_extjson().to_string() })
+    }
+
+    fn decode(row: &Value) -> Result<Document, StoreError> {
+        let text = row["doc"].as_str().unwrap_or("{}");
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        match Bson::try_from(v).map_err(|e| StoreError::Corrupt(e.to_string()))? {
+            Bson::Document(d) => Ok(d),
+            other => Err(StoreError::Corrupt(format!("not a document: {other}"))),
+        }
+    }
+
+    fn id_text(id: &str) -> String {
+        row_id(&Bson::String(id.to_string()))
+    }
+
+    /// Every record of `table` (none when the table does not exist yet).
+    pub async fn all(&self, table: &str) -> Result<Vec<Document>, StoreError> {
+        match self {
+            Store::Mongo(db) => Ok(Self::coll(db, table)
+                .find(doc! {})
+                .await?
+                .try_collect()
+                .await?),
+            Store::Appwrite { client, db, .. } => {
+                let rows = client.all_rows(db, table).await?.unwrap_or_default();
+                rows.iter().map(Self::decode).collect()
+            }
+        }
+    }
+
+    /// One record by `_id`.
+    pub async fn get(&self, table: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        match self {
+            Store::Mongo(db) => Ok(Self::coll(db, table).find_one(doc! { "_id": id }).await?),
+            Store::Appwrite { client, db, .. } => {
+                match client.get_row(db, table, &Self::id_text(id)).await {
+                    Ok(Some(r)) => Ok(Some(Self::decode(&r)?)),
+                    Ok(None) => Ok(None),
+                    Err(e) if e.status == 404 => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Writes a record whole (created or replaced); `d` carries its `_id`.
+    pub async fn put(&self, table: &str, id: &str, d: &Document) -> Result<(), StoreError> {
+        let mut d = d.clone();
+        d.insert("_id", id);
+        match self {
+            Store::Mongo(db) => {
+                Self::coll(db, table)
+                    .replace_one(doc! { "_id": id }, d)
+                    .upsert(true)
+                    .await?;
+                Ok(())
+            }
+            Store::Appwrite { client, db, .. } => {
+                self.ensure(table).await?;
+                Ok(client
+                    .put_row(db, table, &Self::id_text(id), &Self::encode(&d))
+                    .await?)
+            }
+        }
+    }
+
+    /// Creates a record unless one with this `_id` exists; `false` when it did (nothing written).
+    pub async fn create(&self, table: &str, id: &str, d: &Document) -> Result<bool, StoreError> {
+        let mut d = d.clone();
+        d.insert("_id", id);
+        match self {
+            // An upsert that only inserts: atomic on `_id`, and (like every ledger write) an
+            // `update` command, so data-write fault points never hit the ledger.
+            Store::Mongo(db) => {
+                let r = Self::coll(db, table)
+                    .update_one(doc! { "_id": id }, doc! { "$setOnInsert": d })
+                    .upsert(true)
+                    .await;
+                match r {
+                    Ok(r) => Ok(r.upserted_id.is_some()),
+                    Err(e) if is_duplicate_key(&e) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Store::Appwrite { client, db, .. } => {
+                self.ensure(table).await?;
+                Ok(client
+                    .create_row(db, table, &Self::id_text(id), &Self::encode(&d))
+                    .await?)
+            }
+        }
+    }
+
+    /// Sets fields of the record `id` when it exists and `guard` (a field and its value) holds;
+    /// returns whether it was updated. Atomic in MongoDB; in Appwrite a read then a write (the
+    /// ledger's lock keeps writers apart).
+    pub async fn set(
+        &self,
+        table: &str,
+        id: &str,
+        fields: Document,
+        guard: Option<(&str, &str)>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Mongo(db) => {
+                let mut filter = doc! { "_id": id };
+                if let Some((k, v)) = guard {
+                    filter.insert(k, v);
+                }
+                let r = Self::coll(db, table)
+                    .update_one(filter, doc! { "$set": fields })
+                    .await?;
+                Ok(r.matched_count > 0)
+            }
+            Store::Appwrite { .. } => {
+                let Some(mut d) = self.get(table, id).await? else {
+                    return Ok(false);
+                };
+                if let Some((k, v)) = guard
+                    && d.get_str(k).ok() != Some(v)
+                {
+                    return Ok(false);
+                }
+                for (k, v) in fields {
+                    d.insert(k, v);
+                }
+                self.put(table, id, &d).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Deletes the record `id` (only while `guard` holds); returns whether one was deleted.
+    pub async fn delete(
+        &self,
+        table: &str,
+        id: &str,
+        guard: Option<(&str, &str)>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Mongo(db) => {
+                let mut filter = doc! { "_id": id };
+                if let Some((k, v)) = guard {
+                    filter.insert(k, v);
+                }
+                Ok(Self::coll(db, table)
+                    .delete_one(filter)
+                    .await?
+                    .deleted_count
+                    > 0)
+            }
+            Store::Appwrite { client, db, .. } => {
+                if let Some((k, v)) = guard {
+                    match self.get(table, id).await? {
+                        Some(d) if d.get_str(k).ok() == Some(v) => {}
+                        _ => return Ok(false),
+                    }
+                }
+                Ok(client.delete_row(db, table, &Self::id_text(id)).await?)
+            }
+        }
+    }
+
+    /// Copies a collection or table's data into `to` (replacing what `to` held); returns how many
+    /// documents it holds.
+    pub async fn copy_data(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Mongo(db) => {
+                Self::coll(db, from)
+                    .aggregate(vec![doc! { "$match": {} }, doc! { "$out": to }])
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await?;
+                Ok(Self::coll(db, to).estimated_document_count().await?)
+            }
+            Store::Appwrite { .. } if from == USERS || to == USERS => Err(StoreError::Corrupt(
+                "Appwrite users cannot be copied (their hashes cannot be read back): no backup"
+                    .into(),
+            )),
+            Store::Appwrite { client, db, .. } => {
+                if client.table_exists(db, to).await? {
+                    client.empty_table(db, to).await?;
+                }
+                Ok(client.copy_table(db, from, to).await?)
+            }
+        }
+    }
+
+    /// Removes a collection or table with its data.
+    pub async fn drop_data(&self, name: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Mongo(db) => Ok(Self::coll(db, name).drop().await?),
+            Store::Appwrite { client, db, .. } => {
+                match client
+                    .call(
+                        reqwest::Method::DELETE,
+                        &format!("/tablesdb/{db}/tables/{name}"),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.status == 404 => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Deletes every document of a collection or table; returns how many.
+    pub async fn empty_data(&self, name: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Mongo(db) => Ok(Self::coll(db, name)
+                .delete_many(doc! {})
+                .await?
+                .deleted_count),
+            Store::Appwrite { client, .. } if name == USERS => Ok(delete_all_users(client).await?),
+            Store::Appwrite { client, db, .. } => Ok(client.empty_table(db, name).await?),
+        }
+    }
+
+    /// A name for a backup of `collection` taken by run `run_id`, valid for the target.
+    pub fn backup_name(&self, collection: &str, run_id: &str) -> String {
+        match self {
+            Store::Mongo(_) => format!("{collection}__backup__{}", run_id.replace(['.', ':'], "_")),
+            // Table ids hold at most 36 characters.
+            Store::Appwrite { .. } => {
+                let h = row_id(&Bson::String(format!("{collection}\u{0}{run_id}")));
+                format!("bk_{}", &h[h.len() - 20..])
+            }
+        }
+    }
+
+    /// Whether transient failures of this error may be retried.
+    pub fn is_transient(e: &StoreError) -> bool {
+        match e {
+            StoreError::Mongo(m) => crate::sink::mongodb::is_transient(m),
+            // The Appwrite client retries by itself.
+            StoreError::Appwrite(_) | StoreError::Corrupt(_) => false,
+        }
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
+/// Deletes every Appwrite user (rollback of a users step that found none).
+async fn delete_all_users(client: &AppwriteClient) -> Result<u64, AppwriteError> {
+    let mut n = 0;
+    loop {
+        let q = crate::sink::appwrite::tables::query_string(&[
+            json!({ "method": "limit", "values": [crate::sink::appwrite::tables::PAGE] }),
+        ]);
+        let v = client
+            .call(reqwest::Method::GET, &format!("/users?{q}"), None)
+            .await?;
+        let users = v["users"].as_array().cloned().unwrap_or_default();
+        if users.is_empty() {
+            return Ok(n);
+        }
+        for u in &users {
+            if let Some(id) = u["$id"].as_str() {
+                match client
+                    .call(reqwest::Method::DELETE, &format!("/users/{id}"), None)
+                    .await
+                {
+                    Ok(_) => n += 1,
+                    Err(e) if e.status == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Row-level calls beyond bulk writes: single rows (the ledger's records), listing a table by
+//! cursor (verification, backups), deleting, and copying a table (backups and restores).
+
+use serde_json::{Value, json};
+
+use super::{AppwriteClient, AppwriteError};
+
+/// Rows per page when listing a table.
+pub const PAGE: usize = 1000;
+
+/// `queries[]=…` parameters as a query string.
+pub fn query_string(queries: &[Value]) -> String {
+    let mut url = reqwest::Url::parse("http://x/").expect("a valid base");
+    {
+        let mut pairs = url.query_pairs_mut();
+        for q in queries {
+            pairs.append_pair("queries[]", &q.to_string());
+        }
+    }
+    url.query().unwrap_or_default().to_string()
+}
+
+impl AppwriteClient {
+    /// Whether table `table` exists in database `db`.
+    pub async fn table_exists(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
+        match self
+            .call(
+                reqwest::Method::GET,
+                &format!("/tablesdb/{db}/tables/{table}"),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == 404 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One page of rows after row id `after`, in the server's order.
+    pub async fn list_page(
+        &self,
+        db: &str,
+        table: &str,
+        after: Option<&str>,
+        limit: usize,
+        extra: &[Value],
+    ) -> Result<Vec<Value>, AppwriteError> {
+        let mut q = extra.to_vec();
+        q.push(json!({ "method": "limit", "values": [limit] }));
+        if let Some(a) = after {
+            q.push(json!({ "method": "cursorAfter", "values": [a] }));
+        }
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/tablesdb/{db}/tables/{table}/rows?{}", query_string(&q)),
+                None,
+            )
+            .await?;
+        Ok(match v.get("rows") {
+            Some(Value::Array(rows)) => rows.clone(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Every row of a table (`None` when the table does not exist). For small tables (the
+    /// ledger's); big ones are read page by page with [`AppwriteClient::list_page`].
+    pub async fn all_rows(
+        &self,
+        db: &str,
+        table: &str,
+    ) -> Result<Option<Vec<Value>>, AppwriteError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = match self.list_page(db, table, after.as_deref(), PAGE, &[]).await {
+                Ok(p) => p,
+                Err(e) if e.status == 404 && out.is_empty() => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let n = page.len();
+            after = page
+                .last()
+                .and_then(|r| r["$id"].as_str())
+                .map(str::to_string);
+            out.extend(page);
+            if n < PAGE || after.is_none() {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    /// Creates a row; `false` when a row with this id exists (nothing written).
+    pub async fn create_row(
+        &self,
+        db: &str,
+        table: &str,
+        id: &str,
+        data: &Value,
+    ) -> Result<bool, AppwriteError> {
+        match self
+            .call(
+                reqwest::Method::POST,
+                &format!("/tablesdb/{db}/tables/{table}/rows"),
+                Some(&json!({ "rowId": id, "data": data })),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates or replaces a row.
+    pub async fn put_row(
+        &self,
+        db: &str,
+        table: &str,
+        id: &str,
+        data: &Value,
+    ) -> Result<(), AppwriteError> {
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/tablesdb/{db}/tables/{table}/rows/{id}"),
+            Some(&json!({ "data": data })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// One row, `None` when it does not exist.
+    pub async fn get_row(
+        &self,
+        db: &str,
+        table: &str,
+        id: &str,
+    ) -> Result<Option<Value>, AppwriteError> {
+        match self
+            .call(
+                reqwest::Method::GET,
+                &format!("/tablesdb/{db}/tables/{table}/rows/{id}"),
+                None,
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a row; `false` when there was none.
+    pub async fn delete_row(&self, db: &str, table: &str, id: &str) -> Result<bool, AppwriteError> {
+        match self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/tablesdb/{db}/tables/{table}/rows/{id}"),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == 404 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a table holds no row (a missing table is empty).
+    pub async fn table_is_empty(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
+        match self.list_page(db, table, None, 1, &[]).await {
+            Ok(rows) => Ok(rows.is_empty()),
+            Err(e) if e.status == 404 => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes every row of a table, page by page; returns how many.
+    pub async fn empty_table(&self, db: &str, table: &str) -> Result<u64, AppwriteError> {
+        let mut n = 0;
+        loop {
+            let page = match self.list_page(db, table, None, PAGE, &[]).await {
+                Ok(p) => p,
+                Err(e) if e.status == 404 => return Ok(n),
+                Err(e) => return Err(e),
+            };
+            if page.is_empty() {
+                return Ok(n);
+            }
+            for r in &page {
+                if let Some(id) = r["$id"].as_str()
+                    && self.delete_row(db, table, id).await?
+                {
+                    n += 1;
+                }
+            }
+        }
+    }
+
+    /// The user columns of a table, as the server describes them.
+    pub async fn columns(&self, db: &str, table: &str) -> Result<Vec<Value>, AppwriteError> {
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/tablesdb/{db}/tables/{table}/columns"),
+                None,
+            )
+            .await?;
+        Ok(v["columns"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Copies every row of `from` into `to` (created with the same columns when missing; rows of
+    /// `to` with the same ids are replaced). Returns how many rows were copied.
+    pub async fn copy_table(&self, db: &str, from: &str, to: &str) -> Result<u64, AppwriteError> {
+        self.ensure_table(db, to, to).await?;
+        let columns = self.columns(db, from).await?;
+        for c in &columns {
+            let (Some(kind), Some(key)) = (c["type"].as_str(), c["key"].as_str()) else {
+                continue;
+            };
+            let mut body = serde_json::Map::new();
+            for field in ["key", "size", "required", "array", "elements", "min", "max"] {
+                if let Some(v) = c.get(field).filter(|v| !v.is_null()) {
+                    body.insert(field.into(), v.clone());
+                }
+            }
+            self.ensure_column(db, to, kind, &Value::Object(body))
+                .await?;
+            self.wait_column(db, to, key, std::time::Duration::from_secs(120))
+                .await?;
+        }
+        let mut copied = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .list_page(db, from, after.as_deref(), PAGE, &[])
+                .await?;
+            if page.is_empty() {
+                return Ok(copied);
+            }
+            after = page
+                .last()
+                .and_then(|r| r["$id"].as_str())
+                .map(str::to_string);
+            let rows: Vec<Value> = page.iter().map(data_of).collect();
+            let failures =
+                super::rows::upsert_rows(self, db, to, &rows, super::rows::MAX_BULK_ROWS).await?;
+            if let Some(f) = failures.first() {
+                return Err(f.error.clone());
+            }
+            copied += rows.len() as u64;
+        }
+    }
+}
+
+/// A listed row as data to write again: its `$id` and its columns, without the other system
+/// fields (`$sequence`, `$createdAt`, `$permissions`, …).
+pub fn data_of(row: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(obj) = row.as_object() {
+        for (k, v) in obj {
+            if k == "$id" || !k.starts_with('$') {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}

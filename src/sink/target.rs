@@ -1,0 +1,401 @@
+//! The target a run writes to: MongoDB or Appwrite, behind one face for the run loop — set up a
+//! stage's destination, say whether it is empty, write a batch and report per-document failures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bson::{Bson, Document, RawDocumentBuf};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::appwrite::schema::{self, TableSpec};
+use super::appwrite::users::{self, ImportUser};
+use super::appwrite::{AppwriteClient, AppwriteError, rows};
+use super::mongodb::{BatchResult, DocError, MongoError, MongoTarget, WriteMode};
+use super::retry::Retryable;
+use crate::ledger::Store;
+use crate::mapping::plan::Plan;
+use crate::mapping::spec::AppwriteUsersSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Mongo(#[from] MongoError),
+    #[error(transparent)]
+    Appwrite(#[from] AppwriteError),
+}
+
+impl Retryable for SinkError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Mongo(e) => e.is_retryable(),
+            // The Appwrite client has already retried what was worth retrying.
+            SinkError::Appwrite(_) => false,
+        }
+    }
+}
+
+/// The ledger's name for Appwrite's users (Auth), which no table holds.
+pub const USERS: &str = "@users";
+
+/// How long a column may take to become available.
+pub const COLUMN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What an Appwrite collection name stands for.
+#[derive(Debug, Clone)]
+enum Destination {
+    Table(TableSpec),
+    Users(AppwriteUsersSpec),
+}
+
+#[derive(Clone, Debug)]
+pub struct AppwriteTarget {
+    pub client: AppwriteClient,
+    pub database: String,
+    /// Rows per bulk request (≤ 100).
+    pub bulk_rows: usize,
+    /// Users imported at once (each takes several requests).
+    pub user_concurrency: usize,
+    destinations: Arc<Mutex<HashMap<String, Destination>>>,
+}
+
+impl AppwriteTarget {
+    pub fn new(client: AppwriteClient, database: &str, bulk_rows: usize) -> AppwriteTarget {
+        AppwriteTarget {
+            client,
+            database: database.to_string(),
+            bulk_rows: bulk_rows.clamp(1, rows::MAX_BULK_ROWS),
+            user_concurrency: 4,
+            destinations: Default::default(),
+        }
+    }
+
+    fn destination(&self, collection: &str) -> Option<Destination> {
+        self.destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(collection)
+            .cloned()
+    }
+
+    /// Creates the database and the table of `plan` with its columns (idempotent), or notes that
+    /// its documents are users.
+    pub async fn prepare(&self, plan: &Plan) -> Result<(), AppwriteError> {
+        let dest = match &plan.appwrite_users {
+            Some(u) => Destination::Users(u.clone()),
+            None => {
+                let spec = schema::table_spec(plan);
+                schema::apply(&self.client, &self.database, &spec, COLUMN_TIMEOUT).await?;
+                Destination::Table(spec)
+            }
+        };
+        self.destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plan.collection.clone(), dest);
+        Ok(())
+    }
+
+    /// Remembers how `plan` maps without touching the server (dry runs, verification).
+    pub fn describe(&self, plan: &Plan) {
+        let dest = match &plan.appwrite_users {
+            Some(u) => Destination::Users(u.clone()),
+            None => Destination::Table(schema::table_spec(plan)),
+        };
+        self.destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plan.collection.clone(), dest);
+    }
+
+    /// The row a document becomes in `collection`'s table.
+    pub fn row_for(&self, collection: &str, doc: &Document) -> Option<Value> {
+        match self.destination(collection)? {
+            Destination::Table(spec) => Some(schema::to_row(doc, &spec)),
+            Destination::Users(_) => None,
+        }
+    }
+
+    /// The user a document becomes, when `collection` holds users.
+    pub fn user_for(&self, collection: &str, doc: &Document) -> Option<ImportUser> {
+        match self.destination(collection)? {
+            Destination::Users(spec) => Some(user_of(doc, &spec)),
+            Destination::Table(_) => None,
+        }
+    }
+
+    pub fn is_users(&self, collection: &str) -> bool {
+        matches!(self.destination(collection), Some(Destination::Users(_)))
+    }
+
+    async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
+        if self.is_users(collection) {
+            let v = self
+                .client
+                .call(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/users?{}",
+                        super::appwrite::tables::query_string(&[
+                            json!({ "method": "limit", "values": [1] })
+                        ])
+                    ),
+                    None,
+                )
+                .await?;
+            return Ok(v["users"].as_array().is_none_or(|a| a.is_empty()));
+        }
+        self.client.table_is_empty(&self.database, collection).await
+    }
+
+    async fn write(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+    ) -> Result<BatchResult, AppwriteError> {
+        let decoded: Vec<Result<Document, String>> = docs
+            .iter()
+            .map(|d| d.to_document().map_err(|e| e.to_string()))
+            .collect();
+        let mut errors = Vec::new();
+        let mut ok_index = Vec::new();
+        let mut ok_docs = Vec::new();
+        for (i, d) in decoded.into_iter().enumerate() {
+            match d {
+                Ok(d) => {
+                    ok_index.push(i);
+                    ok_docs.push(d);
+                }
+                Err(message) => errors.push(DocError {
+                    index: i,
+                    code: 0,
+                    code_name: "document_unreadable".into(),
+                    message,
+                }),
+            }
+        }
+        match self.destination(collection) {
+            Some(Destination::Table(spec)) => {
+                let rows: Vec<Value> = ok_docs.iter().map(|d| schema::to_row(d, &spec)).collect();
+                let failures = rows::upsert_rows(
+                    &self.client,
+                    &self.database,
+                    collection,
+                    &rows,
+                    self.bulk_rows,
+                )
+                .await?;
+                for f in failures {
+                    errors.push(doc_error(ok_index[f.index], &f.error));
+                }
+            }
+            Some(Destination::Users(spec)) => {
+                let users: Vec<(usize, ImportUser)> = ok_docs
+                    .iter()
+                    .map(|d| user_of(d, &spec))
+                    .enumerate()
+                    .collect();
+                let results: Vec<(usize, Result<(), AppwriteError>)> = futures::stream::iter(users)
+                    .map(|(i, u)| {
+                        let client = self.client.clone();
+                        async move { (i, upsert_user(&client, &u).await) }
+                    })
+                    .buffer_unordered(self.user_concurrency.max(1))
+                    .collect()
+                    .await;
+                for (i, r) in results {
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if e.status == 400 || e.status == 409 => {
+                            errors.push(doc_error(ok_index[i], &e))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            None => {
+                return Err(AppwriteError {
+                    status: 0,
+                    kind: "not_prepared".into(),
+                    message: format!("the table {collection} was not set up before writing"),
+                    wait: None,
+                });
+            }
+        }
+        errors.sort_by_key(|e| e.index);
+        Ok(BatchResult {
+            written: (docs.len() - errors.len()) as u64,
+            errors,
+        })
+    }
+}
+
+fn doc_error(index: usize, e: &AppwriteError) -> DocError {
+    DocError {
+        index,
+        code: i32::from(e.status),
+        code_name: e.kind.clone(),
+        message: e.message.clone(),
+    }
+}
+
+/// Appwrite labels: letters and digits only, at most 36 characters.
+pub fn label_of(s: &str) -> String {
+    s.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(36)
+        .collect()
+}
+
+fn text_of(doc: &Document, field: Option<&String>) -> Option<String> {
+    match doc.get(field?)? {
+        Bson::String(s) => Some(s.clone()),
+        Bson::Null => None,
+        other => Some(rows::column_value(other).to_string()),
+    }
+}
+
+/// The user a document becomes under `spec`.
+pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec) -> ImportUser {
+    let used: Vec<&String> = [
+        Some(&spec.email),
+        Some(&spec.password_hash),
+        spec.name.as_ref(),
+        spec.phone.as_ref(),
+        spec.email_verified.as_ref(),
+        spec.status.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut prefs = serde_json::Map::new();
+    for (k, v) in doc {
+        if k != "_id" && !used.contains(&k) {
+            prefs.insert(k.clone(), v.clone().into_relaxed_extjson());
+        }
+    }
+    let labels = match spec.labels.as_ref().and_then(|f| doc.get(f)) {
+        Some(Bson::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_str())
+            .map(label_of)
+            .filter(|l| !l.is_empty())
+            .collect(),
+        Some(Bson::String(s)) => vec![label_of(s)],
+        _ => Vec::new(),
+    };
+    let options: serde_json::Map<String, Value> = spec
+        .hash_options
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
+        .collect();
+    ImportUser {
+        id: rows::row_id(doc.get("_id").unwrap_or(&Bson::Null)),
+        email: text_of(doc, Some(&spec.email)).unwrap_or_default(),
+        name: text_of(doc, spec.name.as_ref()).unwrap_or_default(),
+        hash: text_of(doc, Some(&spec.password_hash)).unwrap_or_default(),
+        algorithm: spec.algorithm.clone(),
+        options: Value::Object(options),
+        labels,
+        prefs: Value::Object(prefs),
+        phone: text_of(doc, spec.phone.as_ref()),
+        email_verified: spec
+            .email_verified
+            .as_ref()
+            .and_then(|f| doc.get_bool(f).ok()),
+        enabled: spec.status.as_ref().map(|f| {
+            doc.get_str(f)
+                .map(|s| spec.active.iter().any(|a| a == s))
+                .unwrap_or(false)
+        }),
+    }
+}
+
+/// Creates or brings up to date one user (a re-run converges on the same state).
+async fn upsert_user(client: &AppwriteClient, u: &ImportUser) -> Result<(), AppwriteError> {
+    users::import_user(client, u).await.map(|_| ())
+}
+
+/// The run's target.
+#[derive(Clone)]
+pub enum Target {
+    Mongo(MongoTarget),
+    Appwrite(AppwriteTarget),
+}
+
+impl Target {
+    /// Where the ledger lives: beside the data.
+    pub fn store(&self) -> Store {
+        match self {
+            Target::Mongo(m) => Store::Mongo(m.database().clone()),
+            Target::Appwrite(a) => Store::appwrite(a.client.clone(), &a.database),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Mongo(_) => "mongodb",
+            Target::Appwrite(_) => "appwrite",
+        }
+    }
+
+    /// Sets up the destination of a stage before its first row.
+    pub async fn prepare(&self, plan: &Plan) -> Result<(), SinkError> {
+        match self {
+            Target::Mongo(_) => Ok(()),
+            Target::Appwrite(a) => Ok(a.prepare(plan).await?),
+        }
+    }
+
+    /// Notes a plan's destination without writing (dry runs).
+    pub fn describe(&self, plan: &Plan) {
+        if let Target::Appwrite(a) = self {
+            a.describe(plan);
+        }
+    }
+
+    pub async fn is_empty(&self, collection: &str) -> Result<bool, SinkError> {
+        match self {
+            Target::Mongo(m) => Ok(m.is_empty(collection).await?),
+            Target::Appwrite(a) => Ok(a.is_empty(collection).await?),
+        }
+    }
+
+    /// Writes a batch. Appwrite upserts always (rows by id, users by id).
+    pub async fn write(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+        mode: WriteMode,
+    ) -> Result<BatchResult, SinkError> {
+        match self {
+            Target::Mongo(m) => Ok(m.write(collection, docs, mode).await?),
+            Target::Appwrite(a) => Ok(a.write(collection, docs).await?),
+        }
+    }
+
+    /// The name the ledger records for a stage's destination: the collection or table, or
+    /// [`USERS`] for Appwrite users.
+    pub fn ledger_collection(&self, collection: &str) -> String {
+        match self {
+            Target::Appwrite(a) if a.is_users(collection) => USERS.to_string(),
+            _ => collection.to_string(),
+        }
+    }
+
+    /// Requests, retries and throttled waits so far (Appwrite only).
+    pub fn client_counters(&self) -> Option<(u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            Target::Mongo(_) => None,
+            Target::Appwrite(a) => {
+                let c = &a.client.counters;
+                Some((
+                    c.requests.load(Relaxed),
+                    c.retries.load(Relaxed),
+                    c.throttled.load(Relaxed),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Verification of an Appwrite target: the same questions as for MongoDB — missing, unexpected
+//! and different records by id, references, embedded array sizes — asked of rows (or users).
+//!
+//! Both sides are reduced to a canonical form before hashing: the table's columns in order, each
+//! value normalised by the column's type (datetimes as instants, numbers as numbers, JSON text
+//! parsed), so the server's formatting (`+00:00` vs `Z`, `1.0` vs `1`) is not a difference.
+//! The expected side is held as (row id → hash, key), bounded by the number of keys; the
+//! target streams past it page by page.
+
+use std::collections::{HashMap, HashSet};
+
+use bson::Document;
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use super::{BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, hash_bytes};
+use crate::mapping::plan::Plan;
+use crate::pipeline::run::RunError;
+use crate::sink::appwrite::schema::{self, Kind, TableSpec};
+use crate::sink::appwrite::tables::{PAGE, query_string};
+use crate::sink::appwrite::{AppwriteClient, AppwriteError};
+use crate::sink::target::{AppwriteTarget, user_of};
+use crate::source::{SourceSession, Value as SourceValue, postgres};
+use crate::transform::row::{MapContext, map_row};
+
+fn aerr(e: AppwriteError) -> RunError {
+    RunError::Sink(e.into())
+}
+
+/// A column value in canonical form.
+fn normal(kind: &Kind, array: bool, v: &Value) -> Value {
+    if v.is_null() {
+        return Value::Null;
+    }
+    if array {
+        return match v {
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|i| normal(kind, false, i)).collect())
+            }
+            other => other.clone(),
+        };
+    }
+    match (kind, v) {
+        (Kind::Datetime, Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| json!(t.timestamp_micros()))
+            .unwrap_or_else(|_| v.clone()),
+        (Kind::Float, Value::Number(n)) => json!(n.as_f64()),
+        (Kind::Integer, Value::Number(n)) => json!(n.as_i64()),
+        (Kind::Json, Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
+        _ => v.clone(),
+    }
+}
+
+/// A row as `[column values…]` in the table's column order.
+fn canonical_row(spec: &TableSpec, row: &Value) -> Value {
+    Value::Array(
+        spec.columns
+            .iter()
+            .map(|c| normal(&c.kind, c.array, row.get(&c.key).unwrap_or(&Value::Null)))
+            .collect(),
+    )
+}
+
+/// The user fields cutover sets, in canonical form.
+fn canonical_user(u: &Value) -> Value {
+    json!({
+        "email": u["email"], "name": u["name"], "password": u["password"], "hash": u["hash"],
+        "labels": u["labels"], "prefs": u["prefs"], "phone": u["phone"],
+        "emailVerification": u["emailVerification"], "status": u["status"],
+    })
+}
+
+fn expected_user(user: &crate::sink::appwrite::users::ImportUser) -> Value {
+    json!({
+        "email": user.email, "name": user.name, "password": user.hash, "hash": user.algorithm,
+        "labels": user.labels, "prefs": user.prefs, "phone": user.phone.clone().unwrap_or_default(),
+        "emailVerification": user.email_verified.unwrap_or(false),
+        "status": user.enabled.unwrap_or(true),
+    })
+}
+
+fn hash_value(v: &Value) -> u64 {
+    hash_bytes(v.to_string().as_bytes())
+}
+
+/// Paths where two canonical values differ (first `limit`).
+fn diff_json(names: &[String], e: &Value, a: &Value, out: &mut Vec<String>) {
+    match (e, a) {
+        (Value::Array(es), Value::Array(as_)) if !names.is_empty() => {
+            for (i, name) in names.iter().enumerate() {
+                if es.get(i) != as_.get(i) {
+                    out.push(name.clone());
+                }
+            }
+        }
+        (Value::Object(eo), Value::Object(ao)) => {
+            for (k, v) in eo {
+                if ao.get(k) != Some(v) {
+                    out.push(k.clone());
+                }
+            }
+        }
+        _ => out.push(String::new()),
+    }
+}
+
+/// Lists a table (or the users) page by page, calling `f` on each record.
+async fn each_record(
+    client: &AppwriteClient,
+    path: &str,
+    list_key: &str,
+    mut f: impl FnMut(&Value),
+) -> Result<u64, AppwriteError> {
+    let mut after: Option<String> = None;
+    let mut n = 0u64;
+    loop {
+        let mut q = vec![json!({ "method": "limit", "values": [PAGE] })];
+        if let Some(a) = &after {
+            q.push(json!({ "method": "cursorAfter", "values": [a] }));
+        }
+        let v = client
+            .call(
+                reqwest::Method::GET,
+                &format!("{path}?{}", query_string(&q)),
+                None,
+            )
+            .await?;
+        let items = v[list_key].as_array().cloned().unwrap_or_default();
+        for i in &items {
+            f(i);
+        }
+        n += items.len() as u64;
+        after = items
+            .last()
+            .and_then(|r| r["$id"].as_str())
+            .map(str::to_string);
+        if items.len() < PAGE || after.is_none() {
+            return Ok(n);
+        }
+    }
+}
+
+/// Streams the source rows of `plan` mapped as `migrate` maps them (children embedded), calling
+/// `f` with each row's position, key and document (`None` when the mapping rejects it) and its
+/// child counts.
+async fn each_expected(
+    plan: &Plan,
+    session: &mut SourceSession,
+    ctx: &MapContext,
+    mut f: impl FnMut(u64, String, Option<Document>, &[usize]),
+) -> Result<(), RunError> {
+    let mut conn = session.reader().await?;
+    let mut child_conns = Vec::new();
+    for _ in &plan.embeds {
+        child_conns.push(session.reader().await?);
+    }
+    let mut rows = postgres::stream(&mut conn, &plan.read);
+    let mut streams: Vec<_> = plan
+        .embeds
+        .iter()
+        .zip(child_conns.iter_mut())
+        .map(|(e, c)| {
+            (
+                postgres::stream(c, &e.read),
+                None::<Vec<SourceValue>>,
+                false,
+            )
+        })
+        .collect();
+    let mut n = 0u64;
+    while let Some(row) = rows.try_next().await? {
+        let this = n;
+        n += 1;
+        let Ok(row) = row else {
+            f(this, "?".into(), None, &[]);
+            continue;
+        };
+        let key = &row[plan.key[0]];
+        let mut children = Vec::with_capacity(streams.len());
+        for (stream, pending, done) in streams.iter_mut() {
+            let mut kids = Vec::new();
+            loop {
+                if pending.is_none() && !*done {
+                    match stream.try_next().await? {
+                        Some(Ok(r)) => *pending = Some(r),
+                        Some(Err(_)) => continue,
+                        None => *done = true,
+                    }
+                }
+                let Some(p) = pending.as_ref() else { break };
+                match p[0].key_cmp(key) {
+                    std::cmp::Ordering::Less => *pending = None,
+                    std::cmp::Ordering::Equal => kids.push(pending.take().expect("some")),
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            children.push(kids);
+        }
+        let counts: Vec<usize> = children.iter().map(Vec::len).collect();
+        let mapped = map_row(plan, &row, &children, ctx);
+        let doc = mapped.doc.and_then(|d| d.to_document().ok());
+        f(this, mapped.key, doc, &counts);
+    }
+    Ok(())
+}
+
+/// What one expected record is compared by.
+enum Shape {
+    Table(TableSpec),
+    Users(crate::mapping::spec::AppwriteUsersSpec),
+}
+
+impl Shape {
+    fn expected(&self, doc: &Document) -> (String, Value) {
+        match self {
+            Shape::Table(spec) => {
+                let row = schema::to_row(doc, spec);
+                let id = row["$id"].as_str().unwrap_or_default().to_string();
+                (id, canonical_row(spec, &row))
+            }
+            Shape::Users(spec) => {
+                let u = user_of(doc, spec);
+                (u.id.clone(), expected_user(&u))
+            }
+        }
+    }
+
+    fn actual(&self, record: &Value) -> Value {
+        match self {
+            Shape::Table(spec) => canonical_row(spec, record),
+            Shape::Users(_) => canonical_user(record),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Shape::Table(spec) => spec.columns.iter().map(|c| c.key.clone()).collect(),
+            Shape::Users(_) => Vec::new(),
+        }
+    }
+}
+
+/// Verifies one entity written to Appwrite.
+pub async fn verify_entity(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &AppwriteTarget,
+    ctx: &MapContext,
+    sample: Option<u64>,
+    ref_collections: &HashMap<String, String>,
+    user_entities: &HashSet<String>,
+) -> Result<EntityVerification, RunError> {
+    let client = &target.client;
+    let db = &target.database;
+    let source_rows = session.count(&plan.relation).await?;
+    let step = match sample {
+        Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
+        _ => 1,
+    };
+    let mode = if step == 1 {
+        "full".to_string()
+    } else {
+        format!("sample of every {step}th row")
+    };
+    let shape = match &plan.appwrite_users {
+        Some(u) => Shape::Users(u.clone()),
+        None => Shape::Table(schema::table_spec(plan)),
+    };
+
+    let mut expected: HashMap<String, (u64, String)> = HashMap::new();
+    let mut all_ids: HashSet<String> = HashSet::new();
+    let mut rejected_by_mapping = 0u64;
+    let mut expected_count = 0u64;
+    let mut child_totals = vec![0u64; plan.embeds.len()];
+    each_expected(plan, session, ctx, |n, key, doc, counts| {
+        let Some(doc) = doc else {
+            rejected_by_mapping += 1;
+            return;
+        };
+        expected_count += 1;
+        for (t, c) in child_totals.iter_mut().zip(counts) {
+            *t += *c as u64;
+        }
+        let (id, value) = shape.expected(&doc);
+        if n.is_multiple_of(step) {
+            expected.insert(id.clone(), (hash_value(&value), key));
+        }
+        all_ids.insert(id);
+    })
+    .await?;
+
+    // Target side: every record, page by page.
+    let (path, list_key) = match &shape {
+        Shape::Users(_) => ("/users".to_string(), "users"),
+        Shape::Table(_) => (
+            format!("/tablesdb/{db}/tables/{}/rows", plan.collection),
+            "rows",
+        ),
+    };
+    let mut unexpected = Vec::new();
+    let mut different_ids: Vec<(String, String, Value)> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut compared = 0u64;
+    let mut embedded_elements = vec![0u64; plan.embeds.len()];
+    let ref_fields: Vec<(String, String)> = plan
+        .fields
+        .iter()
+        .filter_map(|f| {
+            let r = f.reference.as_ref()?;
+            (f.path.len() == 1).then(|| (f.path_text.clone(), r.entity.clone()))
+        })
+        .collect();
+    let mut ref_values: Vec<HashSet<String>> = vec![HashSet::new(); ref_fields.len()];
+    let names = shape.names();
+    let users_shape = matches!(shape, Shape::Users(_));
+    let target_count = match each_record(client, &path, list_key, |r| {
+        let id = r["$id"].as_str().unwrap_or_default().to_string();
+        for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
+            let holder = if users_shape { &r["prefs"] } else { r };
+            *count += match holder.get(&e.path_text) {
+                Some(Value::Array(a)) => a.len() as u64,
+                Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                    .ok()
+                    .and_then(|v| v.as_array().map(|a| a.len() as u64))
+                    .unwrap_or(0),
+                _ => 0,
+            };
+        }
+        for ((field, _), values) in ref_fields.iter().zip(ref_values.iter_mut()) {
+            if let Some(v) = r.get(field).and_then(Value::as_str) {
+                values.insert(v.to_string());
+            }
+        }
+        match expected.get(&id) {
+            Some((h, key)) => {
+                compared += 1;
+                let actual = shape.actual(r);
+                if *h != hash_value(&actual) && different_ids.len() < DIFFED {
+                    different_ids.push((id.clone(), key.clone(), actual));
+                } else if *h != hash_value(&actual) {
+                    different_ids.push((id.clone(), key.clone(), Value::Null));
+                }
+                seen.insert(id);
+            }
+            None if !all_ids.contains(&id) => unexpected.push(id),
+            None => {} // not in the sample
+        }
+    })
+    .await
+    {
+        Ok(n) => n,
+        Err(e) if e.status == 404 => 0,
+        Err(e) => return Err(aerr(e)),
+    };
+    let mut missing: Vec<String> = expected
+        .iter()
+        .filter(|(id, _)| !seen.contains(*id))
+        .map(|(_, (_, key))| key.clone())
+        .collect();
+    missing.sort();
+    unexpected.sort();
+
+    // Field names of the differences: map the differing rows again.
+    let mut different: Vec<Different> = Vec::new();
+    if !different_ids.is_empty() {
+        let wanted: HashMap<&str, usize> = different_ids
+            .iter()
+            .enumerate()
+            .map(|(i, (_, key, _))| (key.as_str(), i))
+            .collect();
+        let mut fields: Vec<Vec<String>> = vec![Vec::new(); different_ids.len()];
+        each_expected(plan, session, ctx, |_, key, doc, _| {
+            if let (Some(&i), Some(doc)) = (wanted.get(key.as_str()), doc) {
+                let (_, e) = shape.expected(&doc);
+                let actual = &different_ids[i].2;
+                if !actual.is_null() {
+                    diff_json(&names, &e, actual, &mut fields[i]);
+                }
+            }
+        })
+        .await?;
+        different = different_ids
+            .iter()
+            .zip(fields)
+            .map(|((id, key, _), fields)| Different {
+                key: key.clone(),
+                id: id.clone(),
+                fields,
+            })
+            .collect();
+        different.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+
+    // References: every referenced row id exists in the referenced table.
+    let mut broken_references = Vec::new();
+    for ((field, entity), values) in ref_fields.iter().zip(&ref_values) {
+        let table = ref_collections
+            .get(entity)
+            .cloned()
+            .unwrap_or_else(|| entity.clone());
+        let mut present = HashSet::new();
+        let users = user_entities.contains(entity);
+        let (rpath, rkey) = if users {
+            ("/users".to_string(), "users")
+        } else {
+            (format!("/tablesdb/{db}/tables/{table}/rows"), "rows")
+        };
+        match each_record(client, &rpath, rkey, |r| {
+            if let Some(id) = r["$id"].as_str()
+                && values.contains(id)
+            {
+                present.insert(id.to_string());
+            }
+        })
+        .await
+        {
+            Ok(_) => {}
+            Err(e) if e.status == 404 => {}
+            Err(e) => return Err(aerr(e)),
+        }
+        let mut dangling: Vec<String> = values.difference(&present).cloned().collect();
+        if !dangling.is_empty() {
+            dangling.sort();
+            broken_references.push(BrokenReference {
+                path: field.clone(),
+                references: table,
+                dangling: dangling.len() as u64,
+                examples: dangling.into_iter().take(5).collect(),
+            });
+        }
+    }
+
+    let embedded: Vec<EmbeddedCount> = plan
+        .embeds
+        .iter()
+        .zip(child_totals.iter().zip(&embedded_elements))
+        .map(|(e, (&source_children, &target_elements))| EmbeddedCount {
+            path: e.path_text.clone(),
+            source_children,
+            target_elements,
+        })
+        .collect();
+    let embedded_ok = embedded
+        .iter()
+        .all(|e| e.source_children == e.target_elements);
+    let ok = embedded_ok
+        && missing.is_empty()
+        && unexpected.is_empty()
+        && different.is_empty()
+        && broken_references.is_empty();
+    Ok(EntityVerification {
+        entity: plan.entity.clone(),
+        collection: plan.collection.clone(),
+        mode,
+        source_rows,
+        rejected_by_mapping,
+        expected: expected_count,
+        target: target_count,
+        compared,
+        missing,
+        unexpected,
+        different,
+        broken_references,
+        embedded,
+        ok,
+    })
+}

@@ -1,0 +1,361 @@
+//! `cutover migrate --target appwrite` end to end: PostgreSQL → the Appwrite stand-in (in this
+//! process), through the real binary. Counts, shapes, users with their hashes, faults, the rate
+//! limit, idempotent re-runs, dry runs that write nothing, the ledger and verification.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::World;
+use cutover::standin::{Faults, StandIn};
+use serde_json::Value;
+
+const KEY: &str = "test-key-1";
+
+struct Aw {
+    s: Arc<StandIn>,
+    endpoint: String,
+}
+
+async fn standin() -> Aw {
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = Duration::from_millis(20);
+    let s = Arc::new(s);
+    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    Aw {
+        s,
+        endpoint: format!("http://{addr}/v1"),
+    }
+}
+
+/// Runs `cutover ARGS…` against the stand-in without blocking the runtime that serves it.
+async fn cutover(w: &World, aw: &Aw, args: &[&str]) -> std::process::Output {
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", "registry")
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn migrate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let pipeline = Box::leak(
+        common::repo()
+            .join("pipelines/registry.toml")
+            .display()
+            .to_string()
+            .into_boxed_str(),
+    );
+    let mut v = vec![
+        "migrate",
+        "--quiet",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        pipeline,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn entity<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in the report"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_registry_moves_into_appwrite_and_verifies() {
+    let w = World::new("aw_migrate").await;
+    w.load_registry(100);
+    let aw = standin().await;
+
+    let out = cutover(&w, &aw, &migrate_args(&[])).await;
+    // The sample registry has rows the mappings reject: exit 2, finished with rejects.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    assert_eq!(
+        report["target"].as_str().unwrap().split(' ').next(),
+        Some("appwrite")
+    );
+    // (entity = source table, Appwrite table)
+    let tables = [
+        ("vaccines", "vaccines"),
+        ("facilities", "facilities"),
+        ("roles", "roles"),
+        ("sessions", "sessions"),
+        ("patients", "patients"),
+        ("immunizations", "immunizations"),
+        ("immunization_schedules", "immunizationSchedules"),
+        ("settings", "settings"),
+        ("notification_channels", "notificationChannels"),
+    ];
+    let mut rejected_total = 0;
+    for (name, table) in tables {
+        let e = entity(&report, name);
+        let source = w.pg_count(name).await;
+        let rejected = e["rejected"].as_u64().unwrap();
+        rejected_total += rejected;
+        assert_eq!(e["read"].as_u64().unwrap(), source, "{name}");
+        assert_eq!(
+            aw.s.row_count("registry", table) as u64,
+            source - rejected,
+            "{name}: rows = source rows - rejects"
+        );
+    }
+    let users = entity(&report, "users");
+    rejected_total += users["rejected"].as_u64().unwrap();
+    assert_eq!(
+        aw.s.users().len() as u64,
+        w.pg_count("users").await - users["rejected"].as_u64().unwrap()
+    );
+    assert_eq!(
+        report["totals"]["rejected"].as_u64().unwrap(),
+        rejected_total
+    );
+    assert_eq!(rejected_total, 20, "the registry's 20 deliberate rejects");
+
+    // Rows have the mapped shape: nested documents as JSON text, dates as datetimes, references
+    // as row ids of the referenced table.
+    let patients = aw.s.rows("registry", "patients");
+    let p = patients
+        .iter()
+        .find(|r| {
+            r["guardians"]
+                .as_str()
+                .and_then(|g| serde_json::from_str::<Value>(g).ok())
+                .is_some_and(|g| g.as_array().is_some_and(|a| !a.is_empty()))
+        })
+        .expect("a patient with guardians");
+    let contact: Value = serde_json::from_str(p["contactInfo"].as_str().unwrap()).unwrap();
+    assert!(contact.is_object());
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(p["birthDate"].as_str().unwrap()).is_ok(),
+        "{}",
+        p["birthDate"]
+    );
+    let facility = p["facilityId"].as_str().unwrap();
+    assert!(
+        aw.s.rows("registry", "facilities")
+            .iter()
+            .any(|f| f["$id"] == facility)
+    );
+    let imm = &aw.s.rows("registry", "immunizations")[0];
+    assert!(
+        patients.iter().any(|p| p["$id"] == imm["patientId"]),
+        "an immunization points at a migrated patient"
+    );
+
+    // Users: found by email, bcrypt hash intact, roles as labels, other fields in prefs.
+    let mut c = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+    let (email, hash): (String, String) = sqlx::query_as(
+        "SELECT lower(trim(email)), password_hash FROM users WHERE status = 'active' AND password_hash LIKE '$2%' ORDER BY user_id LIMIT 1",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let roles: Vec<String> = sqlx::query_scalar(
+        "SELECT r.name FROM user_roles ur JOIN roles r USING (role_id) JOIN users u USING (user_id) WHERE lower(trim(u.email)) = $1 ORDER BY r.name",
+    )
+    .bind(&email)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    cutover::sink::appwrite::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let q = serde_json::json!({ "method": "equal", "attribute": "email", "values": [email] });
+    let found: Value = client
+        .get(format!(
+            "{}/users?{}",
+            aw.endpoint,
+            cutover::sink::appwrite::tables::query_string(&[q])
+        ))
+        .header("X-Appwrite-Project", "cutover")
+        .header("X-Appwrite-Key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let u = &found["users"][0];
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(u["password"], hash.as_str());
+    assert_eq!(u["hash"], "bcrypt");
+    assert_eq!(u["status"], true);
+    assert_eq!(u["labels"], serde_json::json!(roles));
+    assert!(u["prefs"]["permissions"].is_array(), "{}", u["prefs"]);
+    assert!(u["phone"].as_str().unwrap_or("").starts_with('+') || u["phone"] == "");
+
+    // The ledger is kept in Appwrite: status shows every stage applied.
+    let pipeline = common::repo().join("pipelines/registry.toml");
+    let pipeline = pipeline.to_str().unwrap();
+    let status = cutover(
+        &w,
+        &aw,
+        &[
+            "status",
+            "--target",
+            "appwrite",
+            "--json",
+            "--pipeline",
+            pipeline,
+        ],
+    )
+    .await;
+    assert!(status.status.success(), "{}", text(&status));
+    let st: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let states: Vec<&str> = st["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert!(states.iter().all(|s| *s == "applied"), "{st}");
+
+    // A plain re-run skips applied stages; --rerun writes again and changes nothing.
+    let before: Vec<Value> = tables
+        .iter()
+        .flat_map(|(_, t)| aw.s.rows("registry", t))
+        .map(strip_times)
+        .collect();
+    let users_before = aw.s.users().len();
+    let again = cutover(&w, &aw, &migrate_args(&["--rerun"])).await;
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    let after: Vec<Value> = tables
+        .iter()
+        .flat_map(|(_, t)| aw.s.rows("registry", t))
+        .map(strip_times)
+        .collect();
+    assert_eq!(before, after, "a re-run leaves the same rows");
+    assert_eq!(aw.s.users().len(), users_before);
+
+    // Verification against the source passes, per entity.
+    let v = cutover(
+        &w,
+        &aw,
+        &[
+            "verify",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            common::repo()
+                .join("pipelines/registry.toml")
+                .to_str()
+                .unwrap(),
+        ],
+    )
+    .await;
+    assert!(v.status.success(), "{}", text(&v));
+    assert!(text(&v).contains("patients") && text(&v).contains("OK"));
+    w.drop().await;
+}
+
+/// A row without the timestamps the server sets on each write.
+fn strip_times(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("$updatedAt");
+        o.remove("$createdAt");
+        o.remove("$sequence");
+    }
+    v
+}
+
+use sqlx::Connection;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_sends_no_write_request() {
+    let w = World::new("aw_dry").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let out = cutover(&w, &aw, &migrate_args(&["--dry-run"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(aw.s.writes(), 0, "a dry run wrote to Appwrite");
+    let report = w.latest_report();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(entity(&report, "patients")["read"], 100);
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_tenth_of_requests_failing_every_row_is_written_once() {
+    let w = World::new("aw_faults").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    aw.s.set_faults(Faults {
+        rate_limited: 0.04,
+        server_error: 0.03,
+        unavailable: 0.03,
+        delay_ms: 0,
+    });
+    let out = cutover(&w, &aw, &migrate_args(&["--retries", "8"])).await;
+    aw.s.set_faults(Faults::default());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    assert!(
+        report["totals"]["retried"].as_u64().unwrap() > 0,
+        "the report shows the retries"
+    );
+    assert_eq!(
+        report["totals"]["rejected"], 20,
+        "only the data's own rejects"
+    );
+    let patients = entity(&report, "patients");
+    assert_eq!(
+        aw.s.row_count("registry", "patients") as u64,
+        patients["written"].as_u64().unwrap()
+    );
+    let v = cutover(
+        &w,
+        &aw,
+        &[
+            "verify",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            common::repo()
+                .join("pipelines/registry.toml")
+                .to_str()
+                .unwrap(),
+        ],
+    )
+    .await;
+    assert!(v.status.success(), "{}", text(&v));
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_side_request_rate_is_kept_over_a_run() {
+    let w = World::new("aw_rate").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let out = cutover(&w, &aw, &migrate_args(&["reference", "--rate-limit", "40"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = aw.s.arrivals();
+    assert!(t.len() > 60, "{} requests", t.len());
+    let span = t.last().unwrap().duration_since(t[0]).as_secs_f64();
+    let rate = (t.len() - 1) as f64 / span;
+    assert!(
+        (36.0..=44.0).contains(&rate),
+        "{rate:.1} requests/s over {} requests for a limit of 40/s",
+        t.len()
+    );
+    w.drop().await;
+}
