@@ -14,6 +14,7 @@ use crate::mapping::spec::Severity;
 use crate::pipeline::Pipeline;
 use crate::pipeline::run::{MAX_DOCUMENT_BYTES, compile_plans, load_known_keys};
 use crate::sink::mongodb::MongoTarget;
+use crate::sink::target::{AppwriteTarget, Target};
 use crate::source::postgres::{self, quote_ident};
 use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, map_row};
@@ -99,12 +100,33 @@ pub async fn target_description(target: &MongoTarget) -> Result<String, mongodb:
     ))
 }
 
+/// Reaches an Appwrite target: its version (from an error body, which carries it), its health,
+/// and whether the API key may read databases.
+pub async fn appwrite_description(a: &AppwriteTarget) -> Result<String, String> {
+    let c = &a.client;
+    let version = c
+        .server_version()
+        .await
+        .map_err(|e| format!("the API key was refused: {e}"))?;
+    let health = match c.call(reqwest::Method::GET, "/health", None).await {
+        Ok(v) => v["status"].as_str().unwrap_or("?").to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    c.call(reqwest::Method::GET, "/tablesdb", None)
+        .await
+        .map_err(|e| format!("the API key cannot list databases: {e}"))?;
+    Ok(format!(
+        "Appwrite {version}, health {health}, API key accepted, database {}",
+        a.database
+    ))
+}
+
 /// Scans each selected entity. `sample`: rows per entity (`None`: all).
 pub async fn check(
     pipeline: &Pipeline,
     names: &[String],
     source_url: &str,
-    target: Option<&MongoTarget>,
+    target: Option<&Target>,
     sample: Option<u64>,
     rates: &BTreeMap<String, f64>,
 ) -> CheckReport {
@@ -117,7 +139,7 @@ pub async fn check(
         }
     };
     match target {
-        Some(t) => match target_description(t).await {
+        Some(Target::Mongo(t)) => match target_description(t).await {
             Ok(d) => {
                 if d.contains("NOT writable") {
                     report
@@ -126,6 +148,10 @@ pub async fn check(
                 }
                 report.target = d;
             }
+            Err(e) => report.blocking.push(format!("target: {e}")),
+        },
+        Some(Target::Appwrite(a)) => match appwrite_description(a).await {
+            Ok(d) => report.target = d,
             Err(e) => report.blocking.push(format!("target: {e}")),
         },
         None => report.target = "no target configured".into(),
@@ -236,6 +262,12 @@ pub async fn check(
         let no_children: Vec<Vec<Vec<Value>>> = plan.embeds.iter().map(|_| Vec::new()).collect();
         let mut bad_ids = 0u64;
         let mut bad_id_example = String::new();
+        let table = match target {
+            Some(Target::Appwrite(_)) if plan.appwrite_users.is_none() => {
+                Some(crate::sink::appwrite::schema::table_spec(plan))
+            }
+            _ => None,
+        };
         if let Ok(mut conn) = session.reader().await {
             let mut stream = postgres::stream(&mut conn, &plan.read);
             while let Ok(Some(row)) = stream.try_next().await {
@@ -251,6 +283,7 @@ pub async fn check(
                     &mut tally,
                     &mut bad_ids,
                     &mut bad_id_example,
+                    table.as_ref(),
                 );
             }
         }
@@ -294,6 +327,7 @@ fn scan_row(
     tally: &mut BTreeMap<(String, String, String), Finding>,
     bad_ids: &mut u64,
     bad_id_example: &mut String,
+    table: Option<&crate::sink::appwrite::schema::TableSpec>,
 ) {
     let row = match row {
         Ok(r) => r,
@@ -331,6 +365,44 @@ fn scan_row(
                 ..Default::default()
             });
         f.rows += 1;
+    }
+    // Appwrite: text longer than its column's size is refused by the server.
+    if let (Some(spec), Some(doc)) = (
+        table,
+        mapped.doc.as_ref().and_then(|d| d.to_document().ok()),
+    ) {
+        use crate::sink::appwrite::schema::Kind;
+        let row = crate::sink::appwrite::schema::to_row(&doc, spec);
+        for c in &spec.columns {
+            let size = match c.kind {
+                Kind::Text(n) => n,
+                Kind::Json => crate::sink::appwrite::schema::DEFAULT_TEXT_SIZE,
+                _ => continue,
+            };
+            let too_long = |v: &serde_json::Value| {
+                v.as_str().map(|s| s.chars().count() as u64).unwrap_or(0) > size
+            };
+            let long = match &row[&c.key] {
+                serde_json::Value::Array(items) => items.iter().any(too_long),
+                v => too_long(v),
+            };
+            if long {
+                let f = tally
+                    .entry((c.key.clone(), "appwrite_string_size".into(), "reject".into()))
+                    .or_insert_with(|| Finding {
+                        entity: plan.entity.clone(),
+                        path: c.key.clone(),
+                        rule: "appwrite_string_size".into(),
+                        severity: "reject".into(),
+                        example_key: mapped.key.clone(),
+                        example: format!(
+                            "longer than the Appwrite column's {size} characters: Appwrite will refuse the row"
+                        ),
+                        ..Default::default()
+                    });
+                f.rows += 1;
+            }
+        }
     }
     for issue in &mapped.issues {
         let severity = if issue.severity == Severity::Error {

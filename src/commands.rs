@@ -442,26 +442,24 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
     let mut blocking_target = None;
-    let target = match &cfg.mongodb {
-        Some(m) => match crate::sink::mongodb::MongoTarget::connect(&m.uri, &m.database).await {
-            Ok(t) => Some(t),
-            Err(e) => {
-                blocking_target = Some(crate::redact::redact_text(&e.to_string()));
-                None
-            }
-        },
-        None => None,
+    let configured = match args.target.target {
+        Some(_) => true,
+        None if cfg.default_target == "appwrite" => cfg.appwrite.is_some(),
+        None => cfg.mongodb.is_some(),
     };
+    let mut target = None;
     let mut rates = std::collections::BTreeMap::new();
-    if let (Some(t), Some(m)) = (&target, &cfg.mongodb) {
-        let ledger = crate::ledger::Ledger::new(
-            crate::ledger::Store::Mongo(t.database().clone()),
-            &m.ledger_prefix,
-        );
-        for s in pipeline.all_steps() {
-            if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {
-                rates.insert(s.entity, r);
+    if configured {
+        match crate::cli::connect_target(&cfg, args.target.target, Default::default()).await {
+            Ok((t, ledger, _)) => {
+                for s in pipeline.all_steps() {
+                    if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {
+                        rates.insert(s.entity, r);
+                    }
+                }
+                target = Some(t);
             }
+            Err(e) => blocking_target = Some(crate::redact::redact_text(&e.to_string())),
         }
     }
     let sample = (!args.full).then_some(args.sample);

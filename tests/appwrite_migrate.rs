@@ -359,3 +359,170 @@ async fn the_client_side_request_rate_is_kept_over_a_run() {
     );
     w.drop().await;
 }
+
+fn registry() -> String {
+    common::repo()
+        .join("pipelines/registry.toml")
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_puts_appwrite_tables_and_users_back() {
+    let w = World::new("aw_rollback").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let pipeline = registry();
+
+    let out = cutover(&w, &aw, &migrate_args(&["reference"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let vaccines_before: Vec<Value> =
+        aw.s.rows("registry", "vaccines")
+            .into_iter()
+            .map(strip_times)
+            .collect();
+    assert_eq!(vaccines_before.len(), 12);
+
+    // The source changes; a re-run writes the change (after backing the table up).
+    w.sql("UPDATE vaccines SET name = 'Renamed' WHERE vaccine_id = (SELECT min(vaccine_id) FROM vaccines)")
+        .await;
+    let out = cutover(&w, &aw, &migrate_args(&["vaccines", "--rerun"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        aw.s.rows("registry", "vaccines")
+            .iter()
+            .any(|r| r["name"] == "Renamed")
+    );
+    let backups = cutover(&w, &aw, &["backup", "list", "--target", "appwrite"]).await;
+    assert!(text(&backups).contains("vaccines"), "{}", text(&backups));
+
+    // Rolling the last run back restores the table from its backup.
+    let out = cutover(
+        &w,
+        &aw,
+        &["rollback", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let vaccines_after: Vec<Value> =
+        aw.s.rows("registry", "vaccines")
+            .into_iter()
+            .map(strip_times)
+            .collect();
+    assert_eq!(vaccines_before, vaccines_after);
+
+    let out = cutover(&w, &aw, &migrate_args(&["users", "--ignore-dependencies"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!aw.s.users().is_empty());
+
+    // Rolling every step back empties what the first run found empty, users included.
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "rollback",
+            "--all",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(aw.s.row_count("registry", "vaccines"), 0);
+    assert_eq!(aw.s.row_count("registry", "facilities"), 0);
+    assert!(aw.s.users().is_empty(), "users rolled back");
+    w.drop().await;
+}
+
+const NOTES: &str = r#"
+version = 1
+name = "notes"
+[source]
+table = "notes"
+key = ["id"]
+[[field]]
+path = "body"
+column = "body"
+"#;
+
+const NOTES_PIPELINE: &str = r#"
+version = 1
+name = "notes"
+mappings_dir = "mappings"
+[[stage]]
+name = "notes"
+entities = ["notes"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
+    let w = World::new("aw_check").await;
+    w.sql("CREATE TABLE notes (id integer PRIMARY KEY, body text)")
+        .await;
+    w.sql("INSERT INTO notes VALUES (1, 'short'), (2, repeat('x', 1000001)), (3, repeat('y', 1000001))")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/notes.toml"), NOTES).unwrap();
+    std::fs::write(dir.join("notes.toml"), NOTES_PIPELINE).unwrap();
+    let pipeline = dir.join("notes.toml").display().to_string();
+    let aw = standin().await;
+
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--target",
+            "appwrite",
+            "--json",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["target"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Appwrite {}", cutover::standin::VERSION)),
+        "{report}"
+    );
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "appwrite_string_size")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(f["rows"], 2);
+    assert_eq!(f["path"], "body");
+    assert_eq!(aw.s.writes(), 0, "check writes nothing");
+
+    // The same run into MongoDB has no such limit: no finding.
+    let out = cutover(&w, &aw, &["check", "--json", "--pipeline", &pipeline]).await;
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rule"] == "appwrite_string_size")
+    );
+
+    // A wrong key is named as such and blocks.
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "wrong-key")
+        .args(["check", "--target", "appwrite", "--pipeline", &pipeline]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("refused"), "{}", text(&out));
+    w.drop().await;
+}

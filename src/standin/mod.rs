@@ -189,6 +189,7 @@ async fn sequence_as_string(resp: Response) -> Response {
 /// The router: mount it, or use [`serve`].
 pub fn router(s: Shared) -> Router {
     Router::new()
+        .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
         .route("/v1/tablesdb/{db}", get(get_database))
         .route("/v1/tablesdb/{db}/tables", post(create_table))
@@ -302,6 +303,12 @@ async fn create_database(
 async fn list_databases(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
     guard(&s, &headers).await?;
     ok(200, s.list_databases())
+}
+
+/// `GET /health`: the HTTP service's health.
+async fn health(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, json!({ "name": "http", "ping": 0, "status": "pass" }))
 }
 
 async fn get_database(

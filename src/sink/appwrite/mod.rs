@@ -164,6 +164,38 @@ impl AppwriteClient {
         })
     }
 
+    /// The server's version, as its error bodies carry it (asks for a database that does not
+    /// exist); an authentication failure is an error.
+    pub async fn server_version(&self) -> Result<String, AppwriteError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/tablesdb/cutover-probe-no-such-database",
+                self.endpoint
+            ))
+            .header("X-Appwrite-Project", &self.project)
+            .header("X-Appwrite-Key", &self.key)
+            .send()
+            .await
+            .map_err(|e| AppwriteError {
+                status: 0,
+                kind: "transport".into(),
+                message: crate::redact::redact_text(&e.to_string()),
+                wait: None,
+            })?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status == 401 || status == 403 {
+            return Err(AppwriteError {
+                status,
+                kind: body["type"].as_str().unwrap_or("unknown").to_string(),
+                message: body["message"].as_str().unwrap_or("").to_string(),
+                wait: None,
+            });
+        }
+        Ok(body["version"].as_str().unwrap_or("?").to_string())
+    }
+
     /// One API call with retries.
     pub async fn call(
         &self,

@@ -61,10 +61,13 @@ pub struct TableSpec {
     pub columns: Vec<ColumnSpec>,
 }
 
+/// A text column sized by the field's `max_length` when that rule rejects longer values (a
+/// warning-only rule lets them through, so the column keeps the default size).
 fn text(f: &FieldPlan) -> Kind {
     Kind::Text(
         f.rules
             .as_ref()
+            .filter(|r| r.severity == crate::mapping::spec::Severity::Error)
             .and_then(|r| r.max_length)
             .unwrap_or(DEFAULT_TEXT_SIZE),
     )
