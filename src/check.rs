@@ -319,6 +319,7 @@ pub async fn check(
     report
 }
 
+#[allow(clippy::too_many_arguments)]
 fn scan_row(
     plan: &crate::mapping::plan::Plan,
     row: postgres::DecodedRow,

@@ -157,6 +157,15 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
             .iter()
             .any(|f| f["$id"] == facility)
     );
+    let indexes = |t: &str| -> Vec<String> {
+        let spec = cutover::standin::StandIn::table_indexes(&aw.s, "registry", t);
+        spec.into_iter().collect()
+    };
+    assert!(
+        indexes("immunizations").contains(&"ref_patientId".to_string()),
+        "{:?}",
+        indexes("immunizations")
+    );
     let imm = &aw.s.rows("registry", "immunizations")[0];
     assert!(
         patients.iter().any(|p| p["$id"] == imm["patientId"]),

@@ -636,3 +636,178 @@ async fn buckets_and_chunked_uploads_follow_the_spec() {
     .unwrap();
     assert_eq!(r.status().as_u16(), 416);
 }
+
+#[tokio::test]
+async fn user_updates_other_hashes_indexes_and_deletes_follow_the_spec() {
+    let (c, _) = start().await;
+    let (st, u, _) = c
+        .call(
+            "post",
+            "/users/argon2",
+            "/users/argon2",
+            Some(json!({ "userId": "a1", "email": "clerk@example.org", "password": "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g", "name": "Clerk" })),
+        )
+        .await;
+    assert_eq!((st, u["hash"].as_str()), (201, Some("argon2")));
+    let (st, u, _) = c
+        .call(
+            "post",
+            "/users/scrypt",
+            "/users/scrypt",
+            Some(json!({ "userId": "s1", "email": "s@example.org", "password": "aGFzaA==", "passwordSalt": "c2FsdA==", "passwordCpu": 16384, "passwordMemory": 8, "passwordParallel": 1, "passwordLength": 64 })),
+        )
+        .await;
+    assert_eq!(
+        (st, u["hashOptions"]["costCpu"].as_i64()),
+        (201, Some(16384))
+    );
+    for (route, body, field, expected) in [
+        (
+            "name",
+            json!({ "name": "Head Clerk" }),
+            "name",
+            json!("Head Clerk"),
+        ),
+        (
+            "phone",
+            json!({ "number": "+231886200424" }),
+            "phone",
+            json!("+231886200424"),
+        ),
+        ("status", json!({ "status": false }), "status", json!(false)),
+        (
+            "verification",
+            json!({ "emailVerification": true }),
+            "emailVerification",
+            json!(true),
+        ),
+    ] {
+        let (st, u, _) = c
+            .call(
+                "patch",
+                &format!("/users/{{userId}}/{route}"),
+                &format!("/users/a1/{route}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!((st, &u[field]), (200, &expected), "{route}");
+    }
+    let (st, e, _) = c
+        .call(
+            "patch",
+            "/users/{userId}/phone",
+            "/users/s1/phone",
+            Some(json!({ "number": "+231886200424" })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (409, Some("user_phone_already_exists"))
+    );
+    let (st, e, _) = c
+        .call(
+            "put",
+            "/users/{userId}/labels",
+            "/users/a1/labels",
+            Some(json!({ "labels": ["data_clerk"] })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (400, Some("general_argument_invalid"))
+    );
+    let (st, _, _) = c.call("delete", "/users/{userId}", "/users/a1", None).await;
+    assert_eq!(st, 204);
+    let (st, _, _) = c.call("get", "/users/{userId}", "/users/a1", None).await;
+    assert_eq!(st, 404);
+    let (st, h, _) = c.call("get", "/health", "/health", None).await;
+    assert_eq!((st, h["status"].as_str()), (200, Some("pass")));
+
+    // Indexes: 202 processing, then available; columns must be available first.
+    c.call(
+        "post",
+        "/tablesdb",
+        "/tablesdb",
+        Some(json!({ "databaseId": "db", "name": "db" })),
+    )
+    .await;
+    c.call(
+        "post",
+        TABLES,
+        "/tablesdb/db/tables",
+        Some(json!({ "tableId": "t", "name": "t" })),
+    )
+    .await;
+    let (st, _, _) = c
+        .call(
+            "post",
+            "/tablesdb/{databaseId}/tables/{tableId}/columns/string",
+            "/tablesdb/db/tables/t/columns/string",
+            Some(json!({ "key": "patientId", "size": 36, "required": false })),
+        )
+        .await;
+    assert_eq!(st, 202);
+    let index = json!({ "key": "ref_patientId", "type": "key", "columns": ["patientId"] });
+    let (st, e, _) = c
+        .call(
+            "post",
+            "/tablesdb/{databaseId}/tables/{tableId}/indexes",
+            "/tablesdb/db/tables/t/indexes",
+            Some(index.clone()),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (400, Some("column_not_available"))
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let (st, i, _) = c
+        .call(
+            "post",
+            "/tablesdb/{databaseId}/tables/{tableId}/indexes",
+            "/tablesdb/db/tables/t/indexes",
+            Some(index.clone()),
+        )
+        .await;
+    assert_eq!((st, i["status"].as_str()), (202, Some("processing")));
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let (st, i, _) = c
+        .call(
+            "get",
+            "/tablesdb/{databaseId}/tables/{tableId}/indexes/{key}",
+            "/tablesdb/db/tables/t/indexes/ref_patientId",
+            None,
+        )
+        .await;
+    assert_eq!((st, i["status"].as_str()), (200, Some("available")));
+    let (st, list, _) = c
+        .call(
+            "get",
+            "/tablesdb/{databaseId}/tables/{tableId}/indexes",
+            "/tablesdb/db/tables/t/indexes",
+            None,
+        )
+        .await;
+    assert_eq!((st, list["total"].as_u64()), (200, Some(1)));
+    let (st, t, _) = c.call("get", TABLE, "/tablesdb/db/tables/t", None).await;
+    assert_eq!(
+        (st, t["indexes"][0]["key"].as_str()),
+        (200, Some("ref_patientId"))
+    );
+    let (st, e, _) = c
+        .call(
+            "post",
+            "/tablesdb/{databaseId}/tables/{tableId}/indexes",
+            "/tablesdb/db/tables/t/indexes",
+            Some(index),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (409, Some("index_already_exists"))
+    );
+    let (st, _, _) = c.call("delete", TABLE, "/tablesdb/db/tables/t", None).await;
+    assert_eq!(st, 204);
+    let (st, _, _) = c.call("get", TABLE, "/tablesdb/db/tables/t", None).await;
+    assert_eq!(st, 404);
+}

@@ -207,6 +207,14 @@ pub fn router(s: Shared) -> Router {
             get(list_columns),
         )
         .route(
+            "/v1/tablesdb/{db}/tables/{table}/indexes",
+            post(create_index).get(list_indexes),
+        )
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}/indexes/{key}",
+            get(get_index),
+        )
+        .route(
             "/v1/tablesdb/{db}/tables/{table}/rows",
             post(create_rows).put(upsert_rows).get(list_rows),
         )
@@ -358,6 +366,34 @@ async fn get_column(
 ) -> ApiResult {
     guard(&s, &headers).await?;
     ok(200, s.get_column(&db, &table, &key)?)
+}
+
+async fn create_index(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(202, s.create_index(&db, &table, &body)?)
+}
+
+async fn get_index(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.get_index(&db, &table, &key)?)
+}
+
+async fn list_indexes(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.list_indexes(&db, &table)?)
 }
 
 async fn list_columns(

@@ -29,11 +29,23 @@ struct Column {
 }
 
 #[derive(Debug)]
+struct Index {
+    key: String,
+    kind: String,
+    columns: Vec<String>,
+    orders: Vec<String>,
+    lengths: Vec<i64>,
+    created: Instant,
+    created_at: String,
+}
+
+#[derive(Debug)]
 struct Table {
     id: String,
     name: String,
     created_at: String,
     columns: Vec<Column>,
+    indexes: Vec<Index>,
     rows: BTreeMap<String, Value>,
     sequence: u64,
 }
@@ -153,6 +165,14 @@ impl StandIn {
             .clone()
     }
 
+    /// The index keys of a table.
+    pub fn table_indexes(&self, db: &str, table: &str) -> Vec<String> {
+        self.with_table(db, table, |t| {
+            Ok(t.indexes.iter().map(|i| i.key.clone()).collect())
+        })
+        .unwrap_or_default()
+    }
+
     /// Every user, as the API shows them.
     pub fn users(&self) -> Vec<Value> {
         self.lock().users.values().cloned().collect()
@@ -241,8 +261,144 @@ impl StandIn {
             "$id": t.id, "$createdAt": t.created_at, "$updatedAt": t.created_at, "$permissions": [],
             "databaseId": db, "name": t.name, "enabled": true, "rowSecurity": false,
             "columns": t.columns.iter().map(|c| self.column_json(c)).collect::<Vec<_>>(),
-            "indexes": [],
+            "indexes": t.indexes.iter().map(|i| self.index_json(i)).collect::<Vec<_>>(),
         })
+    }
+
+    fn index_json(&self, i: &Index) -> Value {
+        let available = i.created.elapsed() >= self.column_delay;
+        json!({
+            "$id": i.key, "$createdAt": i.created_at, "$updatedAt": i.created_at, "key": i.key,
+            "type": i.kind, "status": if available { "available" } else { "processing" },
+            "error": "", "columns": i.columns, "lengths": i.lengths, "orders": i.orders,
+        })
+    }
+
+    /// Creates an index (202, `processing` for a while, then `available`). Its columns must
+    /// exist and be available.
+    pub fn create_index(&self, db: &str, table: &str, body: &Value) -> Result<Value, ApiError> {
+        let key = body
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Param \"key\" is not optional.",
+                )
+            })?
+            .to_string();
+        let kind = body.get("type").and_then(Value::as_str).unwrap_or("");
+        if !["key", "fulltext", "unique", "spatial"].contains(&kind) {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Invalid `type` param: Value must be one of (key, fulltext, unique, spatial)",
+            ));
+        }
+        let strings = |k: &str| -> Vec<String> {
+            body.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let columns = strings("columns");
+        if columns.is_empty() {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Param \"columns\" is not optional.",
+            ));
+        }
+        let delay = self.column_delay;
+        let index = self.with_table(db, table, |t| {
+            if t.indexes.iter().any(|i| i.key == key) {
+                return Err(ApiError::new(
+                    409,
+                    "index_already_exists",
+                    "Index with the requested key already exists.",
+                ));
+            }
+            for c in &columns {
+                match t.columns.iter().find(|x| &x.key == c) {
+                    None => {
+                        return Err(ApiError::new(
+                            400,
+                            "column_unknown",
+                            format!(
+                                "Unknown column: {c}. Verify the column name or create the column."
+                            ),
+                        ));
+                    }
+                    Some(x) if x.created.elapsed() < delay => {
+                        return Err(ApiError::new(
+                            400,
+                            "column_not_available",
+                            "The requested column is not yet available. Please try again later.",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            let i = Index {
+                key: key.clone(),
+                kind: kind.to_string(),
+                columns: columns.clone(),
+                orders: strings("orders"),
+                lengths: body
+                    .get("lengths")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                    .unwrap_or_default(),
+                created: Instant::now(),
+                created_at: now(),
+            };
+            let out = self.index_json(&i);
+            t.indexes.push(i);
+            Ok(out)
+        })?;
+        Ok(index)
+    }
+
+    pub fn get_index(&self, db: &str, table: &str, key: &str) -> Result<Value, ApiError> {
+        let data = self.lock();
+        let t = data
+            .databases
+            .get(db)
+            .and_then(|d| d.tables.get(table))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "table_not_found",
+                    "Table with the requested ID could not be found.",
+                )
+            })?;
+        t.indexes
+            .iter()
+            .find(|i| i.key == key)
+            .map(|i| self.index_json(i))
+            .ok_or_else(|| ApiError::new(404, "index_not_found", "Index not found"))
+    }
+
+    pub fn list_indexes(&self, db: &str, table: &str) -> Result<Value, ApiError> {
+        let data = self.lock();
+        let t = data
+            .databases
+            .get(db)
+            .and_then(|d| d.tables.get(table))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "table_not_found",
+                    "Table with the requested ID could not be found.",
+                )
+            })?;
+        let list: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
+        Ok(json!({ "total": list.len(), "indexes": list }))
     }
 
     fn with_table<T>(
@@ -284,6 +440,7 @@ impl StandIn {
             name: name.into(),
             created_at: now(),
             columns: Vec::new(),
+            indexes: Vec::new(),
             rows: BTreeMap::new(),
             sequence: 0,
         };

@@ -266,25 +266,66 @@ impl AppwriteClient {
         key: &str,
         timeout: Duration,
     ) -> Result<(), AppwriteError> {
+        self.wait_available(
+            &format!("/tablesdb/{db}/tables/{table}/columns/{key}"),
+            &format!("column {table}.{key}"),
+            "column",
+            timeout,
+        )
+        .await
+    }
+
+    /// Creates an index unless one with its key exists.
+    pub async fn ensure_index(
+        &self,
+        db: &str,
+        table: &str,
+        body: &Value,
+    ) -> Result<(), AppwriteError> {
+        ignore_exists(
+            self.call(
+                reqwest::Method::POST,
+                &format!("/tablesdb/{db}/tables/{table}/indexes"),
+                Some(body),
+            )
+            .await,
+        )
+    }
+
+    /// Waits until index `key` is `available` (errors as for columns).
+    pub async fn wait_index(
+        &self,
+        db: &str,
+        table: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), AppwriteError> {
+        self.wait_available(
+            &format!("/tablesdb/{db}/tables/{table}/indexes/{key}"),
+            &format!("index {table}.{key}"),
+            "index",
+            timeout,
+        )
+        .await
+    }
+
+    async fn wait_available(
+        &self,
+        path: &str,
+        what: &str,
+        kind: &str,
+        timeout: Duration,
+    ) -> Result<(), AppwriteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let c = self
-                .call(
-                    reqwest::Method::GET,
-                    &format!("/tablesdb/{db}/tables/{table}/columns/{key}"),
-                    None,
-                )
-                .await?;
+            let c = self.call(reqwest::Method::GET, path, None).await?;
             match c["status"].as_str() {
                 Some("available") => return Ok(()),
                 Some(s @ ("failed" | "stuck")) => {
                     return Err(AppwriteError {
                         status: 0,
-                        kind: format!("column_{s}"),
-                        message: format!(
-                            "column {table}.{key} is {s}: {}",
-                            c["error"].as_str().unwrap_or("")
-                        ),
+                        kind: format!("{kind}_{s}"),
+                        message: format!("{what} is {s}: {}", c["error"].as_str().unwrap_or("")),
                         wait: None,
                     });
                 }
@@ -293,8 +334,8 @@ impl AppwriteClient {
             if tokio::time::Instant::now() >= deadline {
                 return Err(AppwriteError {
                     status: 0,
-                    kind: "column_timeout".into(),
-                    message: format!("column {table}.{key} was not available after {timeout:?}"),
+                    kind: format!("{kind}_timeout"),
+                    message: format!("{what} was not available after {timeout:?}"),
                     wait: None,
                 });
             }

@@ -55,10 +55,19 @@ impl ColumnSpec {
     }
 }
 
+/// An index of a table: a `key` index on each reference column, so that lookups by the
+/// referenced row id (and verification's reference checks) do not scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    pub key: String,
+    pub columns: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     pub id: String,
     pub columns: Vec<ColumnSpec>,
+    pub indexes: Vec<IndexSpec>,
 }
 
 /// A text column sized by the field's `max_length` when that rule rejects longer values (a
@@ -183,14 +192,24 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
             array,
         });
     }
+    let indexes = plan
+        .fields
+        .iter()
+        .filter(|f| f.reference.is_some() && f.path.len() == 1)
+        .map(|f| IndexSpec {
+            key: format!("ref_{}", f.path_text).chars().take(36).collect(),
+            columns: vec![f.path_text.clone()],
+        })
+        .collect();
     TableSpec {
         id: plan.collection.clone(),
         columns,
+        indexes,
     }
 }
 
-/// Creates the database, the table and its columns unless they exist, then waits until every
-/// column is available (an error names the column that failed or timed out).
+/// Creates the database, the table, its columns and indexes unless they exist, waiting until each
+/// is available (an error names the column or index that failed or timed out).
 pub async fn apply(
     client: &AppwriteClient,
     db: &str,
@@ -205,6 +224,13 @@ pub async fn apply(
     }
     for c in &spec.columns {
         client.wait_column(db, &spec.id, &c.key, timeout).await?;
+    }
+    for i in &spec.indexes {
+        let body = json!({ "key": i.key, "type": "key", "columns": i.columns });
+        client.ensure_index(db, &spec.id, &body).await?;
+    }
+    for i in &spec.indexes {
+        client.wait_index(db, &spec.id, &i.key, timeout).await?;
     }
     Ok(())
 }
