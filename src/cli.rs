@@ -72,6 +72,29 @@ pub enum Command {
     /// Backups taken before a stage wrote into a non-empty collection.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Appwrite tables derived from the mappings: show them, or create them ahead of a run.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Print each table's columns (type, size, array) and indexes, as `apply` would create them.
+    Show(SchemaArgs),
+    /// Create the database, tables, columns and indexes in Appwrite (idempotent; waits until
+    /// every column and index is available).
+    Apply(SchemaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Stages or entities (default: all).
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Target (only appwrite has a schema to set up).
+    #[arg(long, value_enum, default_value_t = TargetKind::Appwrite)]
+    pub target: TargetKind,
 }
 
 /// Which target the ledger commands read.
@@ -423,6 +446,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Rollback(args) => crate::commands::rollback(&cli, args).await,
         Command::Lock(cmd) => crate::commands::lock(&cli, cmd).await,
         Command::Backup(cmd) => crate::commands::backup(&cli, cmd).await,
+        Command::Schema(cmd) => schema(&cli, cmd).await,
     }
 }
 
@@ -616,6 +640,56 @@ async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {
     }
     if let Some(s) = session {
         s.close().await;
+    }
+    Ok(Outcome::Success)
+}
+
+async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
+    let (args, apply) = match cmd {
+        SchemaCommand::Show(a) => (a, false),
+        SchemaCommand::Apply(a) => (a, true),
+    };
+    if args.target != TargetKind::Appwrite {
+        anyhow::bail!("MongoDB needs no schema: collections are created by the first write");
+    }
+    let cfg = load_config(cli, Overrides::default())?;
+    let pipeline = load_pipeline(&cfg, &args.pipeline)?;
+    let steps = pipeline.select(&args.names)?;
+    let mut session = SourceSession::open(cfg.require_source()?).await?;
+    let plans = run::compile_plans(&pipeline, &steps, &mut session).await?;
+    session.close().await;
+    let target = if apply {
+        Some(connect_target(&cfg, Some(TargetKind::Appwrite), AppwriteTuning::default()).await?)
+    } else {
+        None
+    };
+    for p in &plans {
+        if p.appwrite_users.is_some() {
+            println!("{}: Appwrite users (Auth), no table", p.entity);
+            continue;
+        }
+        let spec = crate::sink::appwrite::schema::table_spec(p);
+        println!("table {} ({})", spec.id, p.entity);
+        for c in &spec.columns {
+            let (kind, body) = c.request();
+            let size = body
+                .get("size")
+                .map(|s| format!("({s})"))
+                .unwrap_or_default();
+            let what = match c.kind {
+                crate::sink::appwrite::schema::Kind::Json => " JSON text",
+                _ => "",
+            };
+            let array = if c.array { "[]" } else { "" };
+            println!("  {:<28} {kind}{size}{array}{what}", c.key);
+        }
+        for i in &spec.indexes {
+            println!("  index {} (key: {})", i.key, i.columns.join(", "));
+        }
+        if let Some((t, _, _)) = &target {
+            t.prepare(p).await?;
+            println!("  applied");
+        }
     }
     Ok(Outcome::Success)
 }

@@ -535,3 +535,54 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
     assert!(text(&out).contains("refused"), "{}", text(&out));
     w.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_apply_creates_the_tables_ahead_of_a_run_idempotently() {
+    let w = World::new("aw_schema").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let pipeline = registry();
+    let show = cutover(
+        &w,
+        &aw,
+        &["schema", "show", "patients", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(show.status.success(), "{}", text(&show));
+    assert!(text(&show).contains("guardians"));
+    assert!(text(&show).contains("JSON text"));
+    assert_eq!(aw.s.writes(), 0, "show writes nothing");
+    for _ in 0..2 {
+        let out = cutover(
+            &w,
+            &aw,
+            &[
+                "schema",
+                "apply",
+                "reference",
+                "patients",
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for t in ["vaccines", "facilities", "patients"] {
+        let table = aw.s.get_table("registry", t).unwrap();
+        assert!(
+            table["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["status"] == "available"),
+            "{table}"
+        );
+        assert_eq!(aw.s.row_count("registry", t), 0, "{t} is empty");
+    }
+    assert_eq!(
+        aw.s.table_indexes("registry", "patients"),
+        vec!["ref_facilityId".to_string()]
+    );
+    w.drop().await;
+}
