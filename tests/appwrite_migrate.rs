@@ -586,3 +586,52 @@ async fn schema_apply_creates_the_tables_ahead_of_a_run_idempotently() {
     );
     w.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_deletes_removes_appwrite_rows_whose_source_is_gone() {
+    let w = World::new("aw_sync").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let out = cutover(&w, &aw, &migrate_args(&["reference"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // A stray row no source row stands for.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&aw.endpoint, "cutover", KEY, None).unwrap();
+    client
+        .put_row(
+            "registry",
+            "vaccines",
+            "stray-1",
+            &serde_json::json!({ "name": "Stray" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(aw.s.row_count("registry", "vaccines"), 13);
+
+    let out = cutover(
+        &w,
+        &aw,
+        &migrate_args(&["vaccines", "--rerun", "--sync-deletes", "--dry-run"]),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(entity(&w.latest_report(), "vaccines")["deleted"], 1);
+    assert_eq!(
+        aw.s.row_count("registry", "vaccines"),
+        13,
+        "a dry run deletes nothing"
+    );
+
+    let out = cutover(
+        &w,
+        &aw,
+        &migrate_args(&["vaccines", "--rerun", "--sync-deletes"]),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(entity(&w.latest_report(), "vaccines")["deleted"], 1);
+    assert_eq!(aw.s.row_count("registry", "vaccines"), 12);
+    assert!(aw.s.get_row("registry", "vaccines", "stray-1").is_err());
+    w.drop().await;
+}

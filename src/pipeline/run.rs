@@ -604,10 +604,9 @@ async fn sync_deletes(
     dry_run: bool,
 ) -> Result<u64, RunError> {
     use crate::verify::order::{bson_cmp, ids_follow_key_order};
-    let Target::Mongo(target) = target else {
-        return Err(RunError::Refused(
-            "--sync-deletes is not available for an Appwrite target yet".into(),
-        ));
+    let target = match target {
+        Target::Mongo(m) => m,
+        Target::Appwrite(a) => return sync_deletes_appwrite(plan, session, a, dry_run).await,
     };
     let encode_id = crate::verify::id_bytes;
     let cmd_err = |what: &str| {
@@ -692,6 +691,95 @@ async fn sync_deletes(
         coll.delete_many(bson::doc! { "_id": { "$in": chunk.to_vec() } })
             .await
             .map_err(cmd_err("delete from"))?;
+    }
+    Ok(n)
+}
+
+/// `--sync-deletes` into Appwrite: the source's row ids are held (bounded by the number of keys),
+/// the table (or the users) is listed page by page, and records without a source row go.
+async fn sync_deletes_appwrite(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &crate::sink::target::AppwriteTarget,
+    dry_run: bool,
+) -> Result<u64, RunError> {
+    use crate::sink::appwrite::rows::row_id;
+    use crate::sink::appwrite::tables::PAGE;
+    let key_count = plan.key.len();
+    let mut keys_spec = plan.read.clone();
+    keys_spec.columns.truncate(key_count);
+    keys_spec.order = (0..key_count).collect();
+    keys_spec.after = None;
+    keys_spec.filter = None;
+    let mut source_ids: HashSet<String> = HashSet::new();
+    {
+        let mut conn = session.reader().await?;
+        let mut rows = postgres::stream(&mut conn, &keys_spec);
+        while let Some(row) = rows.try_next().await? {
+            let Ok(row) = row else { continue };
+            let key: Vec<&Value> = row.iter().collect();
+            if let Ok(id) = plan.id.id_for(&key) {
+                source_ids.insert(row_id(&id));
+            }
+        }
+    }
+    let users = target.is_users(&plan.collection);
+    let (list, item, one) = if users {
+        ("/users".to_string(), "users", "/users".to_string())
+    } else {
+        let base = format!(
+            "/tablesdb/{}/tables/{}/rows",
+            target.database, plan.collection
+        );
+        (base.clone(), "rows", base)
+    };
+    let client = &target.client;
+    let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
+    let mut gone = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = vec![serde_json::json!({ "method": "limit", "values": [PAGE] })];
+        if let Some(a) = &after {
+            q.push(serde_json::json!({ "method": "cursorAfter", "values": [a] }));
+        }
+        let page = client
+            .call(
+                reqwest::Method::GET,
+                &format!("{list}?{}", crate::sink::appwrite::tables::query_string(&q)),
+                None,
+            )
+            .await
+            .map_err(aerr)?;
+        let items = page[item].as_array().cloned().unwrap_or_default();
+        for r in &items {
+            if let Some(id) = r["$id"].as_str()
+                && !source_ids.contains(id)
+            {
+                gone.push(id.to_string());
+            }
+        }
+        after = items
+            .last()
+            .and_then(|r| r["$id"].as_str())
+            .map(str::to_string);
+        if items.len() < PAGE || after.is_none() {
+            break;
+        }
+    }
+    let n = gone.len() as u64;
+    if dry_run || gone.is_empty() {
+        return Ok(n);
+    }
+    tracing::warn!(entity = %plan.entity, records = n, "deleting Appwrite records whose source rows are gone");
+    for id in gone {
+        match client
+            .call(reqwest::Method::DELETE, &format!("{one}/{id}"), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.status == 404 => {}
+            Err(e) => return Err(aerr(e)),
+        }
     }
     Ok(n)
 }
