@@ -635,3 +635,80 @@ async fn sync_deletes_removes_appwrite_rows_whose_source_is_gone() {
     assert!(aw.s.get_row("registry", "vaccines", "stray-1").is_err());
     w.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_exactly_the_deleted_changed_and_stray_appwrite_rows() {
+    let w = World::new("aw_verify").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let out = cutover(&w, &aw, &migrate_args(&["reference", "patients"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let pipeline = registry();
+    let out_path = w.dir.path().join("verify.json");
+    let out_path_text = out_path.display().to_string();
+    let verify_args = [
+        "verify",
+        "reference",
+        "patients",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        pipeline.as_str(),
+        "-o",
+        out_path_text.as_str(),
+    ];
+    let out = cutover(&w, &aw, &verify_args).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&aw.endpoint, "cutover", KEY, None).unwrap();
+    let rows = aw.s.rows("registry", "patients");
+    let gone = rows[3]["$id"].as_str().unwrap().to_string();
+    let changed = rows[7].clone();
+    let changed_id = changed["$id"].as_str().unwrap().to_string();
+    assert!(
+        client
+            .delete_row("registry", "patients", &gone)
+            .await
+            .unwrap()
+    );
+    let mut data = cutover::sink::appwrite::tables::data_of(&changed);
+    data.as_object_mut().unwrap().remove("$id");
+    data["lastName"] = serde_json::json!("Changed");
+    client
+        .put_row("registry", "patients", &changed_id, &data)
+        .await
+        .unwrap();
+    client
+        .put_row(
+            "registry",
+            "patients",
+            "stray-row",
+            &serde_json::json!({ "firstName": "Nobody" }),
+        )
+        .await
+        .unwrap();
+
+    let out = cutover(&w, &aw, &verify_args).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    assert_eq!(json["ok"], false);
+    let p = json["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "patients")
+        .unwrap();
+    assert_eq!(p["missing"], serde_json::json!([gone]));
+    assert_eq!(p["unexpected"], serde_json::json!(["stray-row"]));
+    assert_eq!(p["different"].as_array().unwrap().len(), 1, "{p}");
+    assert_eq!(p["different"][0]["id"], changed_id.as_str());
+    assert_eq!(p["different"][0]["fields"], serde_json::json!(["lastName"]));
+    for e in json["entities"].as_array().unwrap() {
+        if e["entity"] != "patients" {
+            assert_eq!(e["ok"], true, "{e}");
+        }
+    }
+    w.drop().await;
+}
