@@ -545,21 +545,24 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
         &cfg.rejects_dir,
         args.run_id.as_deref(),
     )?;
-    // The ledger entries of the run, when the target is reachable.
-    if let Some(m) = &cfg.mongodb
-        && let Ok(t) = crate::sink::mongodb::MongoTarget::connect(&m.uri, &m.database).await
-    {
-        let ledger = crate::ledger::Ledger::new(
-            crate::ledger::Store::Mongo(t.database().clone()),
-            &m.ledger_prefix,
-        );
-        if let Ok(steps) = ledger.all_steps().await {
-            signoff.ledger = steps
-                .into_iter()
-                .filter(|s| s.run_id == signoff.run.run_id)
-                .filter_map(|s| serde_json::to_value(s).ok())
-                .collect();
+    // The ledger entries of the run, from the target it wrote to, when that is reachable.
+    let kind = args.target.target.or_else(|| {
+        if signoff.run.target.starts_with("appwrite") {
+            Some(crate::cli::TargetKind::Appwrite)
+        } else if signoff.run.target.starts_with("mongodb") {
+            Some(crate::cli::TargetKind::Mongodb)
+        } else {
+            None
         }
+    });
+    if let Ok((_, ledger, _)) = crate::cli::connect_target(&cfg, kind, Default::default()).await
+        && let Ok(steps) = ledger.all_steps().await
+    {
+        signoff.ledger = steps
+            .into_iter()
+            .filter(|s| s.run_id == signoff.run.run_id)
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect();
     }
     let text = match args.format {
         ReportFormat::Text => signoff.render_text(),

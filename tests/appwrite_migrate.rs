@@ -274,6 +274,14 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
     .await;
     assert!(v.status.success(), "{}", text(&v));
     assert!(text(&v).contains("patients") && text(&v).contains("OK"));
+
+    // The sign-off report of the last run carries its ledger entries, read from Appwrite.
+    let r = cutover(&w, &aw, &["report", "--format", "json"]).await;
+    assert!(r.status.success(), "{}", text(&r));
+    let signoff: Value = serde_json::from_slice(&r.stdout).unwrap();
+    let ledger = signoff["ledger"].as_array().unwrap();
+    assert_eq!(ledger.len(), 10, "{signoff}");
+    assert!(ledger.iter().all(|s| s["status"] == "completed"));
     w.drop().await;
 }
 
