@@ -9,6 +9,7 @@
 #   4. immunizations into an empty collection                   (insert path)
 #   5. mongod alone re-inserting the very documents of 1 and 4  (the ceiling)
 #   6. Appwrite stand-in: the writer's bulk upserts vs single-row writes for 50,000 patients
+#   7. `cutover migrate --target appwrite` into the stand-in, --bulk-rows 100 vs 1 (50,000 patients)
 # Servers: scripts/services.sh (started if needed, left running).
 set -euo pipefail
 
@@ -81,3 +82,16 @@ run "immunizations (empty)"      bench_imm immunizations
 "$BIN/mongo-ceiling" "$MONGODB_URI" bench_imm immunizations bench_ceiling
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
 "$BIN/appwrite-bench" "$ROOT/pipelines/registry.toml" patients 50000
+
+# 7. `cutover migrate --target appwrite` end to end into the stand-in (50,000 patients with their
+#    guardians): bulk upserts of 100 rows vs one row per request (--bulk-rows 1).
+AW_URL="${ADMIN_URL%/*}/cutover_bench_aw"
+have=$(psql "$AW_URL" -Atc "SELECT count(*) FROM patients" 2>/dev/null || echo 0)
+if [ "$have" != "50000" ]; then
+  psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS cutover_bench_aw" -qc "CREATE DATABASE cutover_bench_aw"
+  CUTOVER_SOURCE_URL="$AW_URL" scripts/fixtures.sh --patients 50000 --no-files
+fi
+for bulk in 100 1; do
+  CUTOVER_SOURCE_URL="$AW_URL" APPWRITE_DATABASE="bench_$bulk" \
+    run "appwrite patients bulk=$bulk" unused patients --target appwrite --bulk-rows "$bulk"
+done
