@@ -530,6 +530,38 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
             .any(|f| f["rule"] == "appwrite_string_size")
     );
 
+    // Migrating anyway: Appwrite refuses the two rows; they are rejects with its type, the
+    // third row is written.
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let notes = entity(&report, "notes");
+    assert_eq!(
+        (notes["written"].as_u64(), notes["rejected"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let run_id = report["run_id"].as_str().unwrap();
+    let rejects = w.rejects(run_id);
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    for (entity, _key, stage, rule) in &rejects {
+        assert_eq!(entity, "notes");
+        assert_eq!(stage, "write");
+        assert_eq!(rule, "row_invalid_structure");
+    }
+    assert_eq!(aw.s.row_count("registry", "notes"), 1);
+
     // A wrong key is named as such and blocks.
     let mut cmd = w.cutover();
     cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)

@@ -209,3 +209,58 @@ async fn users_are_imported_with_their_bcrypt_hash_and_a_rerun_is_not_an_error()
     assert_eq!(stored["hash"], "scrypt");
     assert_eq!(stored["hashOptions"]["costCpu"], 16384);
 }
+
+#[tokio::test]
+async fn a_failed_or_slow_column_is_an_error_naming_it() {
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = Duration::from_millis(50);
+    s.failing_columns = vec!["broken".into()];
+    let s = Arc::new(s);
+    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let c = AppwriteClient::new(&format!("http://{addr}/v1"), "cutover", KEY, None).unwrap();
+    c.ensure_database("registry", "Registry").await.unwrap();
+    c.ensure_table("registry", "t", "t").await.unwrap();
+    for key in ["fine", "broken"] {
+        c.ensure_column(
+            "registry",
+            "t",
+            "string",
+            &json!({ "key": key, "size": 10, "required": false }),
+        )
+        .await
+        .unwrap();
+    }
+    c.wait_column("registry", "t", "fine", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let e = c
+        .wait_column("registry", "t", "broken", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, "column_failed");
+    assert!(e.message.contains("t.broken"), "{e}");
+
+    let mut slow = StandIn::new("cutover", KEY);
+    slow.column_delay = Duration::from_secs(60);
+    let slow = Arc::new(slow);
+    let (addr, _) = cutover::standin::serve(slow, "127.0.0.1:0").await.unwrap();
+    let c = AppwriteClient::new(&format!("http://{addr}/v1"), "cutover", KEY, None).unwrap();
+    c.ensure_database("registry", "Registry").await.unwrap();
+    c.ensure_table("registry", "t", "t").await.unwrap();
+    c.ensure_column(
+        "registry",
+        "t",
+        "string",
+        &json!({ "key": "late", "size": 10, "required": false }),
+    )
+    .await
+    .unwrap();
+    let e = c
+        .wait_column("registry", "t", "late", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, "column_timeout");
+    assert!(e.message.contains("t.late"), "{e}");
+}

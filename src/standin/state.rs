@@ -76,6 +76,8 @@ pub struct StandIn {
     pub limit_per_minute: u64,
     pub retry_after_secs: u64,
     pub max_bulk_rows: usize,
+    /// Keys of columns that end `failed` instead of `available` (to test the writer's errors).
+    pub failing_columns: Vec<String>,
     requests: AtomicU64,
     writes: AtomicU64,
     /// When each request arrived (for rate measurements in tests), the first million.
@@ -118,6 +120,7 @@ impl StandIn {
             limit_per_minute: 60_000,
             retry_after_secs: 1,
             max_bulk_rows: 100,
+            failing_columns: Vec::new(),
             requests: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             arrivals: Mutex::new(Vec::new()),
@@ -243,8 +246,19 @@ impl StandIn {
         ) {
             v["format"] = json!(c.kind);
         }
-        v["status"] = json!(if available { "available" } else { "processing" });
-        v["error"] = json!("");
+        let failed = available && self.failing_columns.contains(&c.key);
+        v["status"] = json!(if failed {
+            "failed"
+        } else if available {
+            "available"
+        } else {
+            "processing"
+        });
+        v["error"] = json!(if failed {
+            "the column could not be created (injected failure)"
+        } else {
+            ""
+        });
         v["$createdAt"] = json!(c.created_at);
         v["$updatedAt"] = json!(c.created_at);
         if v.get("required").is_none() {
