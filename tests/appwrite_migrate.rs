@@ -752,3 +752,161 @@ async fn verify_names_exactly_the_deleted_changed_and_stray_appwrite_rows() {
     }
     w.drop().await;
 }
+
+/// The registry's mappings and pipeline copied into the world, guardians stored in a child table.
+fn child_table_pipeline(w: &World) -> String {
+    let dir = w.dir.path().join("registry");
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    for e in std::fs::read_dir(common::repo().join("mappings")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.join("mappings").join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let patients = std::fs::read_to_string(dir.join("mappings/patients.toml")).unwrap();
+    let patients = patients.replace(
+        "path = \"guardians\"\ntable = \"guardians\"",
+        "path = \"guardians\"\ntable = \"guardians\"\nappwrite = \"table\"",
+    );
+    assert!(patients.contains("appwrite = \"table\""));
+    std::fs::write(dir.join("mappings/patients.toml"), patients).unwrap();
+    std::fs::copy(
+        common::repo().join("pipelines/registry.toml"),
+        dir.join("pipelines/registry.toml"),
+    )
+    .unwrap();
+    dir.join("pipelines/registry.toml").display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_documents_can_go_to_a_child_table_and_verify() {
+    let w = World::new("aw_child").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let pipeline = child_table_pipeline(&w);
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["migrate", "--quiet", "--target", "appwrite", "--pipeline"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(pipeline.clone());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let w = &w;
+        let aw = &aw;
+        async move {
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            cutover(w, aw, &refs).await
+        }
+    };
+    let out = run(&["reference", "patients"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let patients = aw.s.rows("registry", "patients");
+    assert!(patients.iter().all(|p| p.get("guardians").is_none()));
+    let children = aw.s.rows("registry", "patients_guardians");
+    let mut c = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+    let guardians_of_written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM guardians WHERE patient_id::text = ANY($1)")
+            .bind(
+                patients
+                    .iter()
+                    .map(|p| p["$id"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(children.len() as i64, guardians_of_written);
+    let first = &children[0];
+    assert!(patients.iter().any(|p| p["$id"] == first["parentId"]));
+    assert!(first["position"].is_i64());
+    assert_eq!(
+        aw.s.table_indexes("registry", "patients_guardians"),
+        vec!["ref_parentId".to_string()]
+    );
+
+    let verify = |extra: Vec<&'static str>| {
+        let mut v = vec![
+            "verify".to_string(),
+            "patients".into(),
+            "--target".into(),
+            "appwrite".into(),
+            "--pipeline".into(),
+            pipeline.clone(),
+        ];
+        v.extend(extra.into_iter().map(String::from));
+        let w = &w;
+        let aw = &aw;
+        async move {
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            cutover(w, aw, &refs).await
+        }
+    };
+    let out = verify(vec![]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A guardian removed in the target: its patient differs in `guardians`.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&aw.endpoint, "cutover", KEY, None).unwrap();
+    let victim = children[5].clone();
+    client
+        .delete_row(
+            "registry",
+            "patients_guardians",
+            victim["$id"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    let out = verify(vec!["--json"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &json["entities"][0];
+    assert_eq!(p["different"].as_array().unwrap().len(), 1, "{p}");
+    assert_eq!(p["different"][0]["id"], victim["parentId"]);
+    assert_eq!(
+        p["different"][0]["fields"],
+        serde_json::json!(["guardians"])
+    );
+
+    // A re-run repairs it; a guardian deleted in the source disappears from the child table.
+    w.sql(&format!(
+        "DELETE FROM guardians WHERE guardian_id = (SELECT guardian_id FROM guardians WHERE patient_id::text = '{}' ORDER BY guardian_id LIMIT 1)",
+        first["parentId"].as_str().unwrap()
+    ))
+    .await;
+    let before_rerun: Vec<Value> =
+        aw.s.rows("registry", "patients_guardians")
+            .into_iter()
+            .map(strip_times)
+            .collect();
+    let out = run(&["patients", "--rerun"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        aw.s.rows("registry", "patients_guardians").len() as i64,
+        guardians_of_written - 1
+    );
+    let out = verify(vec![]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Rolling the re-run back restores both tables as they were.
+    let out = cutover(
+        &w,
+        &aw,
+        &["rollback", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let after: Vec<Value> =
+        aw.s.rows("registry", "patients_guardians")
+            .into_iter()
+            .map(strip_times)
+            .collect();
+    assert_eq!(after, before_rerun, "the child table is back as it was");
+    w.drop().await;
+}

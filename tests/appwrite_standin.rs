@@ -806,6 +806,34 @@ async fn user_updates_other_hashes_indexes_and_deletes_follow_the_spec() {
         (st, e["type"].as_str()),
         (409, Some("index_already_exists"))
     );
+    // Bulk delete by query: the deleted rows come back as a row list.
+    let (st, _, _) = c
+        .call(
+            "post",
+            ROWS,
+            "/tablesdb/db/tables/t/rows",
+            Some(json!({ "rows": [
+                { "$id": "r1", "patientId": "p1" },
+                { "$id": "r2", "patientId": "p1" },
+                { "$id": "r3", "patientId": "p2" },
+            ] })),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let q = json!({ "method": "equal", "attribute": "patientId", "values": ["p1"] }).to_string();
+    let (st, deleted, _) = c
+        .call(
+            "delete",
+            ROWS,
+            "/tablesdb/db/tables/t/rows",
+            Some(json!({ "queries": [q] })),
+        )
+        .await;
+    assert_eq!((st, deleted["total"].as_u64()), (200, Some(2)));
+    let (st, left, _) = c
+        .call("get", ROWS, "/tablesdb/db/tables/t/rows", None)
+        .await;
+    assert_eq!((st, left["total"].as_u64()), (200, Some(1)));
     let (st, _, _) = c.call("delete", TABLE, "/tablesdb/db/tables/t", None).await;
     assert_eq!(st, 204);
     let (st, _, _) = c.call("get", TABLE, "/tablesdb/db/tables/t", None).await;

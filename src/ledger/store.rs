@@ -267,11 +267,22 @@ impl Store {
                 "Appwrite users cannot be copied (their hashes cannot be read back): no backup"
                     .into(),
             )),
+            // A stage with child tables is recorded as `table+child+…`: copied part by part.
             Store::Appwrite { client, db, .. } => {
-                if client.table_exists(db, to).await? {
-                    client.empty_table(db, to).await?;
+                let (froms, tos): (Vec<&str>, Vec<&str>) =
+                    (from.split('+').collect(), to.split('+').collect());
+                if froms.len() != tos.len() {
+                    return Err(StoreError::Corrupt(format!("cannot copy {from} into {to}")));
                 }
-                Ok(client.copy_table(db, from, to).await?)
+                let mut first = None;
+                for (f, t) in froms.into_iter().zip(tos) {
+                    if client.table_exists(db, t).await? {
+                        client.empty_table(db, t).await?;
+                    }
+                    let n = client.copy_table(db, f, t).await?;
+                    first.get_or_insert(n);
+                }
+                Ok(first.unwrap_or(0))
             }
         }
     }
@@ -281,18 +292,21 @@ impl Store {
         match self {
             Store::Mongo(db) => Ok(Self::coll(db, name).drop().await?),
             Store::Appwrite { client, db, .. } => {
-                match client
-                    .call(
-                        reqwest::Method::DELETE,
-                        &format!("/tablesdb/{db}/tables/{name}"),
-                        None,
-                    )
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.status == 404 => Ok(()),
-                    Err(e) => Err(e.into()),
+                for part in name.split('+') {
+                    match client
+                        .call(
+                            reqwest::Method::DELETE,
+                            &format!("/tablesdb/{db}/tables/{part}"),
+                            None,
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if e.status == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
+                Ok(())
             }
         }
     }
@@ -305,7 +319,14 @@ impl Store {
                 .await?
                 .deleted_count),
             Store::Appwrite { client, .. } if name == USERS => Ok(delete_all_users(client).await?),
-            Store::Appwrite { client, db, .. } => Ok(client.empty_table(db, name).await?),
+            Store::Appwrite { client, db, .. } => {
+                let mut first = None;
+                for part in name.split('+') {
+                    let n = client.empty_table(db, part).await?;
+                    first.get_or_insert(n);
+                }
+                Ok(first.unwrap_or(0))
+            }
         }
     }
 
@@ -314,10 +335,14 @@ impl Store {
         match self {
             Store::Mongo(_) => format!("{collection}__backup__{}", run_id.replace(['.', ':'], "_")),
             // Table ids hold at most 36 characters.
-            Store::Appwrite { .. } => {
-                let h = row_id(&Bson::String(format!("{collection}\u{0}{run_id}")));
-                format!("bk_{}", &h[h.len() - 20..])
-            }
+            Store::Appwrite { .. } => collection
+                .split('+')
+                .map(|part| {
+                    let h = row_id(&Bson::String(format!("{part}\u{0}{run_id}")));
+                    format!("bk_{}", &h[h.len() - 20..])
+                })
+                .collect::<Vec<_>>()
+                .join("+"),
         }
     }
 

@@ -132,6 +132,8 @@ pub struct EmbedPlan {
     pub fields: Vec<FieldPlan>,
     /// Shape of each child document.
     pub layout: Layout,
+    /// Appwrite: the elements go to a child table instead of a JSON column.
+    pub appwrite_table: bool,
 }
 
 /// Everything needed to turn rows of one entity into documents.
@@ -496,7 +498,28 @@ pub fn compile(
             ));
         }
         let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
+        let appwrite_table = e.appwrite == crate::mapping::spec::EmbedStore::Table;
+        if appwrite_table && (e.element != EmbedElement::Document || e.path.contains('.')) {
+            return Err(invalid(
+                &format!("{key}.appwrite"),
+                "a child table holds a top-level array of documents (element = \"document\", a path without dots)".into(),
+            ));
+        }
+        let layout = Layout::build(&fields, &[]);
+        if appwrite_table
+            && layout
+                .root
+                .iter()
+                .any(|(k, _)| k == "parentId" || k == "position")
+        {
+            return Err(invalid(
+                &format!("{key}.appwrite"),
+                "a child table has its own `parentId` and `position` columns: rename those fields"
+                    .into(),
+            ));
+        }
         embeds.push(EmbedPlan {
+            appwrite_table,
             path: split_path(&e.path),
             path_text: e.path.clone(),
             fk: 0,
@@ -506,7 +529,7 @@ pub fn compile(
                 .after
                 .as_ref()
                 .and_then(|a| m.spec.fields.iter().position(|f| &f.path == a)),
-            layout: Layout::build(&fields, &[]),
+            layout,
             fields,
         });
     }

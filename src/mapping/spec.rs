@@ -331,6 +331,21 @@ pub struct EmbedSpec {
     pub element: EmbedElement,
     /// Place the array right after this top-level field's path (default: at the end).
     pub after: Option<String>,
+    /// Appwrite only: how an array of documents is stored (Appwrite columns hold no objects).
+    #[serde(default)]
+    pub appwrite: EmbedStore,
     #[serde(default, rename = "field")]
     pub fields: Vec<FieldSpec>,
+}
+
+/// How an embedded array of documents is stored in Appwrite.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedStore {
+    /// A text column holding the array as JSON (the default).
+    #[default]
+    Json,
+    /// A child table `<table>_<path>`: one row per element with `parentId` (the parent's row id,
+    /// indexed) and `position`.
+    Table,
 }

@@ -771,6 +771,19 @@ async fn sync_deletes_appwrite(
         return Ok(n);
     }
     tracing::warn!(entity = %plan.entity, records = n, "deleting Appwrite records whose source rows are gone");
+    // Their child-table rows go first.
+    for child in target.tables_of(&plan.collection).iter().skip(1) {
+        for chunk in gone.chunks(100) {
+            client
+                .delete_rows_where(
+                    &target.database,
+                    child,
+                    &[serde_json::json!({ "method": "equal", "attribute": crate::sink::appwrite::schema::PARENT, "values": chunk })],
+                )
+                .await
+                .map_err(aerr)?;
+        }
+    }
     for id in gone {
         match client
             .call(reqwest::Method::DELETE, &format!("{one}/{id}"), None)

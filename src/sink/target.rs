@@ -44,7 +44,7 @@ pub const COLUMN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 /// What an Appwrite collection name stands for.
 #[derive(Debug, Clone)]
 enum Destination {
-    Table(TableSpec),
+    Table(TableSpec, Vec<schema::ChildTable>),
     Users(AppwriteUsersSpec),
 }
 
@@ -86,7 +86,11 @@ impl AppwriteTarget {
             None => {
                 let spec = schema::table_spec(plan);
                 schema::apply(&self.client, &self.database, &spec, COLUMN_TIMEOUT).await?;
-                Destination::Table(spec)
+                let children = schema::child_tables(plan);
+                for c in &children {
+                    schema::apply(&self.client, &self.database, &c.table, COLUMN_TIMEOUT).await?;
+                }
+                Destination::Table(spec, children)
             }
         };
         self.destinations
@@ -100,7 +104,7 @@ impl AppwriteTarget {
     pub fn describe(&self, plan: &Plan) {
         let dest = match &plan.appwrite_users {
             Some(u) => Destination::Users(u.clone()),
-            None => Destination::Table(schema::table_spec(plan)),
+            None => Destination::Table(schema::table_spec(plan), schema::child_tables(plan)),
         };
         self.destinations
             .lock()
@@ -111,7 +115,7 @@ impl AppwriteTarget {
     /// The row a document becomes in `collection`'s table.
     pub fn row_for(&self, collection: &str, doc: &Document) -> Option<Value> {
         match self.destination(collection)? {
-            Destination::Table(spec) => Some(schema::to_row(doc, &spec)),
+            Destination::Table(spec, _) => Some(schema::to_row(doc, &spec)),
             Destination::Users(_) => None,
         }
     }
@@ -120,7 +124,18 @@ impl AppwriteTarget {
     pub fn user_for(&self, collection: &str, doc: &Document) -> Option<ImportUser> {
         match self.destination(collection)? {
             Destination::Users(spec) => Some(user_of(doc, &spec)),
-            Destination::Table(_) => None,
+            Destination::Table(..) => None,
+        }
+    }
+
+    /// The tables a stage writes: its own, then its child tables (the ledger backs them up and
+    /// rolls them back together, recorded as `table+child+…`).
+    pub fn tables_of(&self, collection: &str) -> Vec<String> {
+        match self.destination(collection) {
+            Some(Destination::Table(_, children)) => std::iter::once(collection.to_string())
+                .chain(children.into_iter().map(|c| c.table.id))
+                .collect(),
+            _ => vec![collection.to_string()],
         }
     }
 
@@ -152,6 +167,7 @@ impl AppwriteTarget {
         &self,
         collection: &str,
         docs: &[RawDocumentBuf],
+        mode: WriteMode,
     ) -> Result<BatchResult, AppwriteError> {
         let decoded: Vec<Result<Document, String>> = docs
             .iter()
@@ -175,18 +191,89 @@ impl AppwriteTarget {
             }
         }
         match self.destination(collection) {
-            Some(Destination::Table(spec)) => {
-                let rows: Vec<Value> = ok_docs.iter().map(|d| schema::to_row(d, &spec)).collect();
+            Some(Destination::Table(spec, children)) => {
+                let ids: Vec<String> = ok_docs
+                    .iter()
+                    .map(|d| rows::row_id(d.get("_id").unwrap_or(&Bson::Null)))
+                    .collect();
+                // Children first: a parent is written only when all its children are.
+                let mut failed_parents = std::collections::BTreeMap::new();
+                for (ci, c) in children.iter().enumerate() {
+                    if mode == WriteMode::Upsert {
+                        // Elements a parent no longer has must not survive a re-run.
+                        for chunk in ids.chunks(100) {
+                            self.client
+                                .delete_rows_where(
+                                    &self.database,
+                                    &c.table.id,
+                                    &[json!({ "method": "equal", "attribute": schema::PARENT, "values": chunk })],
+                                )
+                                .await?;
+                        }
+                    }
+                    let mut owner = Vec::new();
+                    let mut child_rows = Vec::new();
+                    for (pi, d) in ok_docs.iter().enumerate() {
+                        let per_table = schema::child_rows(d, &ids[pi], std::slice::from_ref(c));
+                        for r in per_table.into_iter().flatten() {
+                            owner.push(pi);
+                            child_rows.push(r);
+                        }
+                    }
+                    let failures = rows::upsert_rows(
+                        &self.client,
+                        &self.database,
+                        &c.table.id,
+                        &child_rows,
+                        self.bulk_rows,
+                    )
+                    .await?;
+                    for f in failures {
+                        let mut e = f.error.clone();
+                        e.message = format!(
+                            "child table {} ({}): {}",
+                            c.table.id, children[ci].key, e.message
+                        );
+                        failed_parents.entry(owner[f.index]).or_insert(e);
+                    }
+                }
+                let mut parent_rows = Vec::new();
+                let mut parent_index = Vec::new();
+                for (pi, d) in ok_docs.iter().enumerate() {
+                    if !failed_parents.contains_key(&pi) {
+                        parent_rows.push(schema::to_row(d, &spec));
+                        parent_index.push(pi);
+                    }
+                }
                 let failures = rows::upsert_rows(
                     &self.client,
                     &self.database,
                     collection,
-                    &rows,
+                    &parent_rows,
                     self.bulk_rows,
                 )
                 .await?;
                 for f in failures {
-                    errors.push(doc_error(ok_index[f.index], &f.error));
+                    failed_parents.insert(parent_index[f.index], f.error);
+                }
+                if !failed_parents.is_empty() && !children.is_empty() {
+                    // The children of a rejected parent go too.
+                    let gone: Vec<String> =
+                        failed_parents.keys().map(|&i| ids[i].clone()).collect();
+                    for c in &children {
+                        for chunk in gone.chunks(100) {
+                            self.client
+                                .delete_rows_where(
+                                    &self.database,
+                                    &c.table.id,
+                                    &[json!({ "method": "equal", "attribute": schema::PARENT, "values": chunk })],
+                                )
+                                .await?;
+                        }
+                    }
+                }
+                for (pi, e) in failed_parents {
+                    errors.push(doc_error(ok_index[pi], &e));
                 }
             }
             Some(Destination::Users(spec)) => {
@@ -370,7 +457,7 @@ impl Target {
     ) -> Result<BatchResult, SinkError> {
         match self {
             Target::Mongo(m) => Ok(m.write(collection, docs, mode).await?),
-            Target::Appwrite(a) => Ok(a.write(collection, docs).await?),
+            Target::Appwrite(a) => Ok(a.write(collection, docs, mode).await?),
         }
     }
 
@@ -379,6 +466,7 @@ impl Target {
     pub fn ledger_collection(&self, collection: &str) -> String {
         match self {
             Target::Appwrite(a) if a.is_users(collection) => USERS.to_string(),
+            Target::Appwrite(a) => a.tables_of(collection).join("+"),
             _ => collection.to_string(),
         }
     }

@@ -216,7 +216,10 @@ pub fn router(s: Shared) -> Router {
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/rows",
-            post(create_rows).put(upsert_rows).get(list_rows),
+            post(create_rows)
+                .put(upsert_rows)
+                .get(list_rows)
+                .delete(delete_rows),
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/rows/{row}",
@@ -468,6 +471,34 @@ async fn delete_row(
     guard(&s, &headers).await?;
     s.delete_row(&db, &table, &row)?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE …/rows {queries: ["<json>", …]}`: bulk delete.
+async fn delete_rows(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table)): Path<(String, String)>,
+    body: Option<axum::Json<Value>>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let mut q = Vec::new();
+    if let Some(axum::Json(b)) = body
+        && let Some(list) = b.get("queries").and_then(Value::as_array)
+    {
+        for item in list {
+            let text = item.as_str().ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    "general_query_invalid",
+                    "Invalid query: expected a string",
+                )
+            })?;
+            q.push(serde_json::from_str(text).map_err(|e| {
+                ApiError::new(400, "general_query_invalid", format!("Invalid query: {e}"))
+            })?);
+        }
+    }
+    ok(200, s.delete_rows(&db, &table, &q)?)
 }
 
 /// `queries[]=<json>` parameters, in order.

@@ -818,6 +818,22 @@ impl StandIn {
         })
     }
 
+    /// Bulk delete: every row matching `queries` (no page limit unless one is given); answers the
+    /// deleted rows.
+    pub fn delete_rows(&self, db: &str, table: &str, queries: &[Value]) -> Result<Value, ApiError> {
+        let mut q = vec![json!({ "method": "limit", "values": [u32::MAX] })];
+        q.extend_from_slice(queries);
+        self.with_table(db, table, |t| {
+            let (rows, _) = filter(t.rows.values(), &q)?;
+            for r in &rows {
+                if let Some(id) = r["$id"].as_str() {
+                    t.rows.remove(id);
+                }
+            }
+            Ok(json!({ "total": rows.len(), "rows": rows }))
+        })
+    }
+
     /// Lists rows: `equal`, `limit` (default 25), `cursorAfter`, `orderAsc` (by `$id` only here);
     /// `total` counts matches, capped at 5000 as Appwrite does.
     pub fn list_rows(&self, db: &str, table: &str, queries: &[Value]) -> Result<Value, ApiError> {

@@ -79,6 +79,13 @@ fn expected_user(user: &crate::sink::appwrite::users::ImportUser) -> Value {
     })
 }
 
+/// The rows of one parent in a child table, folded into one hash.
+fn child_sum(table: &TableSpec, rows: &[Value]) -> u64 {
+    rows.iter().fold(0u64, |acc, r| {
+        acc.wrapping_add(hash_value(&canonical_row(table, r)))
+    })
+}
+
 fn hash_value(v: &Value) -> u64 {
     hash_bytes(v.to_string().as_bytes())
 }
@@ -266,8 +273,13 @@ pub async fn verify_entity(
         Some(u) => Shape::Users(u.clone()),
         None => Shape::Table(schema::table_spec(plan)),
     };
+    let children = match &shape {
+        Shape::Table(_) => schema::child_tables(plan),
+        Shape::Users(_) => Vec::new(),
+    };
 
-    let mut expected: HashMap<String, (u64, String)> = HashMap::new();
+    // (parent hash, per child table the sum of its rows' hashes, key)
+    let mut expected: HashMap<String, (u64, Vec<u64>, String)> = HashMap::new();
     let mut all_ids: HashSet<String> = HashSet::new();
     let mut rejected_by_mapping = 0u64;
     let mut expected_count = 0u64;
@@ -283,11 +295,49 @@ pub async fn verify_entity(
         }
         let (id, value) = shape.expected(&doc);
         if n.is_multiple_of(step) {
-            expected.insert(id.clone(), (hash_value(&value), key));
+            let sums = schema::child_rows(&doc, &id, &children)
+                .iter()
+                .zip(&children)
+                .map(|(rows, c)| child_sum(&c.table, rows))
+                .collect();
+            expected.insert(id.clone(), (hash_value(&value), sums, key));
         }
         all_ids.insert(id);
     })
     .await?;
+
+    // Child tables: each parent's rows folded into one hash (order lives in `position`).
+    let mut unexpected = Vec::new();
+    let mut child_actual: Vec<HashMap<String, u64>> = Vec::new();
+    let mut child_counts: Vec<u64> = Vec::new();
+    for c in &children {
+        let mut sums: HashMap<String, u64> = HashMap::new();
+        let mut count = 0u64;
+        let path = format!("/tablesdb/{db}/tables/{}/rows", c.table.id);
+        match each_record(client, &path, "rows", |r| {
+            let parent = r[schema::PARENT].as_str().unwrap_or_default();
+            if all_ids.contains(parent) {
+                count += 1;
+                let h = hash_value(&canonical_row(&c.table, r));
+                let e = sums.entry(parent.to_string()).or_default();
+                *e = e.wrapping_add(h);
+            } else {
+                unexpected.push(format!(
+                    "{}:{}",
+                    c.table.id,
+                    r["$id"].as_str().unwrap_or_default()
+                ));
+            }
+        })
+        .await
+        {
+            Ok(_) => {}
+            Err(e) if e.status == 404 => {}
+            Err(e) => return Err(aerr(e)),
+        }
+        child_actual.push(sums);
+        child_counts.push(count);
+    }
 
     // Target side: every record, page by page.
     let (path, list_key) = match &shape {
@@ -297,8 +347,7 @@ pub async fn verify_entity(
             "rows",
         ),
     };
-    let mut unexpected = Vec::new();
-    let mut different_ids: Vec<(String, String, Value)> = Vec::new();
+    let mut different_ids: Vec<(String, String, Value, Vec<String>)> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut compared = 0u64;
     let mut embedded_elements = vec![0u64; plan.embeds.len()];
@@ -332,13 +381,24 @@ pub async fn verify_entity(
             }
         }
         match expected.get(&id) {
-            Some((h, key)) => {
+            Some((h, sums, key)) => {
                 compared += 1;
                 let actual = shape.actual(r);
-                if *h != hash_value(&actual) && different_ids.len() < DIFFED {
-                    different_ids.push((id.clone(), key.clone(), actual));
-                } else if *h != hash_value(&actual) {
-                    different_ids.push((id.clone(), key.clone(), Value::Null));
+                let child_fields: Vec<String> = children
+                    .iter()
+                    .zip(sums)
+                    .zip(&child_actual)
+                    .filter(|((_, want), got)| got.get(&id).copied().unwrap_or(0) != **want)
+                    .map(|((c, _), _)| c.key.clone())
+                    .collect();
+                if *h != hash_value(&actual) || !child_fields.is_empty() {
+                    let keep = *h != hash_value(&actual) && different_ids.len() < DIFFED;
+                    different_ids.push((
+                        id.clone(),
+                        key.clone(),
+                        if keep { actual } else { Value::Null },
+                        child_fields,
+                    ));
                 }
                 seen.insert(id);
             }
@@ -355,7 +415,7 @@ pub async fn verify_entity(
     let mut missing: Vec<String> = expected
         .iter()
         .filter(|(id, _)| !seen.contains(*id))
-        .map(|(_, (_, key))| key.clone())
+        .map(|(_, (_, _, key))| key.clone())
         .collect();
     missing.sort();
     unexpected.sort();
@@ -366,9 +426,12 @@ pub async fn verify_entity(
         let wanted: HashMap<&str, usize> = different_ids
             .iter()
             .enumerate()
-            .map(|(i, (_, key, _))| (key.as_str(), i))
+            .map(|(i, (_, key, _, _))| (key.as_str(), i))
             .collect();
-        let mut fields: Vec<Vec<String>> = vec![Vec::new(); different_ids.len()];
+        let mut fields: Vec<Vec<String>> = different_ids
+            .iter()
+            .map(|(_, _, _, child)| child.clone())
+            .collect();
         each_expected(plan, session, ctx, |_, key, doc, _| {
             if let (Some(&i), Some(doc)) = (wanted.get(key.as_str()), doc) {
                 let (_, e) = shape.expected(&doc);
@@ -382,7 +445,7 @@ pub async fn verify_entity(
         different = different_ids
             .iter()
             .zip(fields)
-            .map(|((id, key, _), fields)| Different {
+            .map(|((id, key, _, _), fields)| Different {
                 key: key.clone(),
                 id: id.clone(),
                 fields,
@@ -430,6 +493,9 @@ pub async fn verify_entity(
         }
     }
 
+    for (c, n) in children.iter().zip(&child_counts) {
+        embedded_elements[c.embed] = *n;
+    }
     let embedded: Vec<EmbeddedCount> = plan
         .embeds
         .iter()

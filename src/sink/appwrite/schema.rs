@@ -176,6 +176,8 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
                 field_kind(&plan.read, &plan.fields[*i])
             }
             LayoutNode::Slot(i) => match l.embed_slot.iter().position(|s| s == i) {
+                // Stored in its own child table.
+                Some(e) if plan.embeds[e].appwrite_table => continue,
                 Some(e) => match plan.embeds[e].element {
                     EmbedElement::Value => {
                         let (k, _) = field_kind(&plan.embeds[e].read, &plan.embeds[e].fields[0]);
@@ -206,6 +208,109 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
         columns,
         indexes,
     }
+}
+
+/// The column of a child row holding its parent's row id, and the one holding its position in
+/// the array.
+pub const PARENT: &str = "parentId";
+pub const POSITION: &str = "position";
+
+/// A child table: the elements of one embedded array, a row each.
+#[derive(Debug, Clone)]
+pub struct ChildTable {
+    /// Index of the embed in the plan.
+    pub embed: usize,
+    /// The array's key in the document.
+    pub key: String,
+    pub table: TableSpec,
+}
+
+/// The id of the child table of `path` in `collection`: `<collection>_<path>` when that is a valid
+/// id, else `c` + 35 hex digits of its SHA-256.
+pub fn child_table_id(collection: &str, path: &str) -> String {
+    let id = format!("{collection}_{path}");
+    if crate::check::appwrite_id_ok(&id) {
+        return id;
+    }
+    let h = row_id(&bson::Bson::String(format!("{collection}\u{0}{path}")));
+    format!("c{}", &h[1..])
+}
+
+/// The child tables of a plan (embeds stored as tables).
+pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
+    plan.embeds
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.appwrite_table)
+        .map(|(i, e)| {
+            let mut columns = vec![
+                ColumnSpec {
+                    key: PARENT.into(),
+                    kind: Kind::Text(36),
+                    array: false,
+                },
+                ColumnSpec {
+                    key: POSITION.into(),
+                    kind: Kind::Integer,
+                    array: false,
+                },
+            ];
+            for (key, node) in &e.layout.root {
+                let (kind, array) = match node {
+                    LayoutNode::Doc(_) => (Kind::Json, false),
+                    LayoutNode::Slot(s) if *s < e.fields.len() => {
+                        field_kind(&e.read, &e.fields[*s])
+                    }
+                    LayoutNode::Slot(_) => (Kind::Text(64), false),
+                };
+                columns.push(ColumnSpec {
+                    key: key.clone(),
+                    kind,
+                    array,
+                });
+            }
+            ChildTable {
+                embed: i,
+                key: e.path_text.clone(),
+                table: TableSpec {
+                    id: child_table_id(&plan.collection, &e.path_text),
+                    columns,
+                    indexes: vec![IndexSpec {
+                        key: format!("ref_{PARENT}"),
+                        columns: vec![PARENT.into()],
+                    }],
+                },
+            }
+        })
+        .collect()
+}
+
+/// The rows of a document's child tables: for each child table, (its rows, in position order).
+pub fn child_rows(
+    doc: &bson::Document,
+    parent_id: &str,
+    children: &[ChildTable],
+) -> Vec<Vec<Value>> {
+    children
+        .iter()
+        .map(|c| match doc.get(&c.key) {
+            Some(bson::Bson::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(pos, item)| {
+                    let mut d = match item {
+                        bson::Bson::Document(d) => d.clone(),
+                        other => bson::doc! { "value": other.clone() },
+                    };
+                    d.insert("_id", format!("{parent_id}\u{0}{pos}"));
+                    d.insert(PARENT, parent_id);
+                    d.insert(POSITION, pos as i64);
+                    to_row(&d, &c.table)
+                })
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 /// Creates the database, the table, its columns and indexes unless they exist, waiting until each

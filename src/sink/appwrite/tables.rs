@@ -167,6 +167,25 @@ impl AppwriteClient {
         }
     }
 
+    /// Deletes the rows matching `queries` in one request (Appwrite's bulk delete); returns how
+    /// many.
+    pub async fn delete_rows_where(
+        &self,
+        db: &str,
+        table: &str,
+        queries: &[Value],
+    ) -> Result<u64, AppwriteError> {
+        let q: Vec<String> = queries.iter().map(Value::to_string).collect();
+        let v = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/tablesdb/{db}/tables/{table}/rows"),
+                Some(&json!({ "queries": q })),
+            )
+            .await?;
+        Ok(v["total"].as_u64().unwrap_or(0))
+    }
+
     /// Whether a table holds no row (a missing table is empty).
     pub async fn table_is_empty(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
         match self.list_page(db, table, None, 1, &[]).await {
