@@ -669,22 +669,30 @@ async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
             continue;
         }
         let spec = crate::sink::appwrite::schema::table_spec(p);
-        println!("table {} ({})", spec.id, p.entity);
-        for c in &spec.columns {
-            let (kind, body) = c.request();
-            let size = body
-                .get("size")
-                .map(|s| format!("({s})"))
-                .unwrap_or_default();
-            let what = match c.kind {
-                crate::sink::appwrite::schema::Kind::Json => " JSON text",
-                _ => "",
-            };
-            let array = if c.array { "[]" } else { "" };
-            println!("  {:<28} {kind}{size}{array}{what}", c.key);
-        }
-        for i in &spec.indexes {
-            println!("  index {} (key: {})", i.key, i.columns.join(", "));
+        let children = crate::sink::appwrite::schema::child_tables(p);
+        let tables = std::iter::once((spec, format!("({})", p.entity))).chain(
+            children
+                .into_iter()
+                .map(|c| (c.table, format!("(child table of {}: {})", p.entity, c.key))),
+        );
+        for (spec, what) in tables {
+            println!("table {} {what}", spec.id);
+            for c in &spec.columns {
+                let (kind, body) = c.request();
+                let size = body
+                    .get("size")
+                    .map(|s| format!("({s})"))
+                    .unwrap_or_default();
+                let json = match c.kind {
+                    crate::sink::appwrite::schema::Kind::Json => " JSON text",
+                    _ => "",
+                };
+                let array = if c.array { "[]" } else { "" };
+                println!("  {:<28} {kind}{size}{array}{json}", c.key);
+            }
+            for i in &spec.indexes {
+                println!("  index {} (key: {})", i.key, i.columns.join(", "));
+            }
         }
         if let Some((t, _, _)) = &target {
             t.prepare(p).await?;

@@ -330,6 +330,18 @@ async fn with_a_tenth_of_requests_failing_every_row_is_written_once() {
         report["totals"]["retried"].as_u64().unwrap() > 0,
         "the report shows the retries"
     );
+    let throttled: u64 = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["throttled"].as_u64())
+        .sum();
+    assert!(throttled > 0, "429 answers are counted");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{throttled} throttled (429)")),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         report["totals"]["rejected"], 20,
         "only the data's own rejects"

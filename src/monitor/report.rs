@@ -260,6 +260,15 @@ impl RunReport {
         if let Some(ms) = self.estimated_full_run_ms {
             let _ = writeln!(s, "estimated duration of the real run: {}", format_ms(ms));
         }
+        let requests: u64 = self.entities.iter().filter_map(|e| e.requests).sum();
+        if requests > 0 {
+            let throttled: u64 = self.entities.iter().filter_map(|e| e.throttled).sum();
+            let _ = writeln!(
+                s,
+                "appwrite: {requests} requests, {} retried, {throttled} throttled (429)",
+                t.retried
+            );
+        }
         if t.rejected > 0 || t.warnings > 0 {
             let _ = writeln!(s, "rejected rows and warnings: {}", self.rejects_dir);
         }
