@@ -613,12 +613,7 @@ async fn sync_deletes(
         let op = format!("{what} {}", plan.collection);
         move |source| RunError::Target(MongoError::Command { op, source })
     };
-    let key_count = plan.key.len();
-    let mut keys_spec = plan.read.clone();
-    keys_spec.columns.truncate(key_count);
-    keys_spec.order = (0..key_count).collect();
-    keys_spec.after = None;
-    keys_spec.filter = None;
+    let keys_spec = keys_only(plan);
     let mut conn = session.reader().await?;
     let mut rows = postgres::stream(&mut conn, &keys_spec);
     let coll = target
@@ -695,6 +690,17 @@ async fn sync_deletes(
     Ok(n)
 }
 
+/// A read of the key columns alone, in key order, over the whole source.
+fn keys_only(plan: &Plan) -> postgres::ReadSpec {
+    let key_count = plan.key.len();
+    let mut spec = plan.read.clone();
+    spec.columns.truncate(key_count);
+    spec.order = (0..key_count).collect();
+    spec.after = None;
+    spec.filter = None;
+    spec
+}
+
 /// `--sync-deletes` into Appwrite: the source's row ids are held (bounded by the number of keys),
 /// the table (or the users) is listed page by page, and records without a source row go.
 async fn sync_deletes_appwrite(
@@ -705,12 +711,7 @@ async fn sync_deletes_appwrite(
 ) -> Result<u64, RunError> {
     use crate::sink::appwrite::rows::row_id;
     use crate::sink::appwrite::tables::PAGE;
-    let key_count = plan.key.len();
-    let mut keys_spec = plan.read.clone();
-    keys_spec.columns.truncate(key_count);
-    keys_spec.order = (0..key_count).collect();
-    keys_spec.after = None;
-    keys_spec.filter = None;
+    let keys_spec = keys_only(plan);
     let mut source_ids: HashSet<String> = HashSet::new();
     {
         let mut conn = session.reader().await?;
@@ -773,16 +774,10 @@ async fn sync_deletes_appwrite(
     tracing::warn!(entity = %plan.entity, records = n, "deleting Appwrite records whose source rows are gone");
     // Their child-table rows go first.
     for child in target.tables_of(&plan.collection).iter().skip(1) {
-        for chunk in gone.chunks(100) {
-            client
-                .delete_rows_where(
-                    &target.database,
-                    child,
-                    &[serde_json::json!({ "method": "equal", "attribute": crate::sink::appwrite::schema::PARENT, "values": chunk })],
-                )
-                .await
-                .map_err(aerr)?;
-        }
+        client
+            .delete_children(&target.database, child, &gone)
+            .await
+            .map_err(aerr)?;
     }
     for id in gone {
         match client
@@ -925,15 +920,25 @@ impl Checkpointer {
 }
 
 /// Reads child rows of one embed in foreign-key order, handing out those of each parent.
-struct ChildCursor<'c> {
+pub(crate) struct ChildCursor<'c> {
     stream: BoxStream<'c, Result<DecodedRow, SourceError>>,
     pending: Option<Vec<Value>>,
     done: bool,
     orphans: u64,
 }
 
-impl ChildCursor<'_> {
-    async fn take_for(
+impl<'c> ChildCursor<'c> {
+    pub(crate) fn new(stream: BoxStream<'c, Result<DecodedRow, SourceError>>) -> ChildCursor<'c> {
+        ChildCursor {
+            stream,
+            pending: None,
+            done: false,
+            orphans: 0,
+        }
+    }
+
+    /// The child rows of the parent with key `key` (children of keys before it are orphans).
+    pub(crate) async fn take_for(
         &mut self,
         key: &Value,
         plan: &Plan,
@@ -1161,12 +1166,7 @@ async fn read_loop(
     let mut cursors: Vec<ChildCursor<'_>> = child_specs
         .iter()
         .zip(child_conns.iter_mut())
-        .map(|(spec, conn)| ChildCursor {
-            stream: postgres::stream(conn, spec),
-            pending: None,
-            done: false,
-            orphans: 0,
-        })
+        .map(|(spec, conn)| ChildCursor::new(postgres::stream(conn, spec)))
         .collect();
     let mut rows = postgres::stream(&mut parent_conn, &read_spec);
     let io_err = |source: std::io::Error| RunError::Io {

@@ -201,15 +201,9 @@ impl AppwriteTarget {
                 for (ci, c) in children.iter().enumerate() {
                     if mode == WriteMode::Upsert {
                         // Elements a parent no longer has must not survive a re-run.
-                        for chunk in ids.chunks(100) {
-                            self.client
-                                .delete_rows_where(
-                                    &self.database,
-                                    &c.table.id,
-                                    &[json!({ "method": "equal", "attribute": schema::PARENT, "values": chunk })],
-                                )
-                                .await?;
-                        }
+                        self.client
+                            .delete_children(&self.database, &c.table.id, &ids)
+                            .await?;
                     }
                     let mut owner = Vec::new();
                     let mut child_rows = Vec::new();
@@ -261,15 +255,9 @@ impl AppwriteTarget {
                     let gone: Vec<String> =
                         failed_parents.keys().map(|&i| ids[i].clone()).collect();
                     for c in &children {
-                        for chunk in gone.chunks(100) {
-                            self.client
-                                .delete_rows_where(
-                                    &self.database,
-                                    &c.table.id,
-                                    &[json!({ "method": "equal", "attribute": schema::PARENT, "values": chunk })],
-                                )
-                                .await?;
-                        }
+                        self.client
+                            .delete_children(&self.database, &c.table.id, &gone)
+                            .await?;
                     }
                 }
                 for (pi, e) in failed_parents {

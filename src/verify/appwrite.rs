@@ -15,12 +15,12 @@ use serde_json::{Value, json};
 
 use super::{BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, hash_bytes};
 use crate::mapping::plan::Plan;
-use crate::pipeline::run::RunError;
+use crate::pipeline::run::{ChildCursor, RunError};
 use crate::sink::appwrite::schema::{self, Kind, TableSpec};
 use crate::sink::appwrite::tables::{PAGE, query_string};
 use crate::sink::appwrite::{AppwriteClient, AppwriteError};
 use crate::sink::target::{AppwriteTarget, user_of};
-use crate::source::{SourceSession, Value as SourceValue, postgres};
+use crate::source::{SourceSession, postgres};
 use crate::transform::row::{MapContext, map_row};
 
 fn aerr(e: AppwriteError) -> RunError {
@@ -162,17 +162,11 @@ async fn each_expected(
         child_conns.push(session.reader().await?);
     }
     let mut rows = postgres::stream(&mut conn, &plan.read);
-    let mut streams: Vec<_> = plan
+    let mut cursors: Vec<ChildCursor<'_>> = plan
         .embeds
         .iter()
         .zip(child_conns.iter_mut())
-        .map(|(e, c)| {
-            (
-                postgres::stream(c, &e.read),
-                None::<Vec<SourceValue>>,
-                false,
-            )
-        })
+        .map(|(e, c)| ChildCursor::new(postgres::stream(c, &e.read)))
         .collect();
     let mut n = 0u64;
     while let Some(row) = rows.try_next().await? {
@@ -182,26 +176,9 @@ async fn each_expected(
             f(this, "?".into(), None, &[]);
             continue;
         };
-        let key = &row[plan.key[0]];
-        let mut children = Vec::with_capacity(streams.len());
-        for (stream, pending, done) in streams.iter_mut() {
-            let mut kids = Vec::new();
-            loop {
-                if pending.is_none() && !*done {
-                    match stream.try_next().await? {
-                        Some(Ok(r)) => *pending = Some(r),
-                        Some(Err(_)) => continue,
-                        None => *done = true,
-                    }
-                }
-                let Some(p) = pending.as_ref() else { break };
-                match p[0].key_cmp(key) {
-                    std::cmp::Ordering::Less => *pending = None,
-                    std::cmp::Ordering::Equal => kids.push(pending.take().expect("some")),
-                    std::cmp::Ordering::Greater => break,
-                }
-            }
-            children.push(kids);
+        let mut children = Vec::with_capacity(cursors.len());
+        for (i, c) in cursors.iter_mut().enumerate() {
+            children.push(c.take_for(&row[plan.key[0]], plan, i).await?);
         }
         let counts: Vec<usize> = children.iter().map(Vec::len).collect();
         let mapped = map_row(plan, &row, &children, ctx);

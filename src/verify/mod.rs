@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::mapping::plan::Plan;
-use crate::pipeline::run::RunError;
+use crate::pipeline::run::{ChildCursor, RunError};
 use crate::sink::mongodb::{MongoError, MongoTarget};
 use crate::source::postgres;
 use crate::source::{SourceSession, Value};
@@ -221,11 +221,11 @@ pub async fn verify_entity(
             child_conns.push(session.reader().await?);
         }
         let mut rows = postgres::stream(&mut conn, &plan.read);
-        let mut children_streams: Vec<_> = plan
+        let mut cursors: Vec<ChildCursor<'_>> = plan
             .embeds
             .iter()
             .zip(child_conns.iter_mut())
-            .map(|(e, c)| (postgres::stream(c, &e.read), None::<Vec<Value>>, false))
+            .map(|(e, c)| ChildCursor::new(postgres::stream(c, &e.read)))
             .collect();
         let mut n = 0u64;
         while let Some(row) = rows.try_next().await? {
@@ -233,26 +233,9 @@ pub async fn verify_entity(
                 rejected_by_mapping += 1;
                 continue;
             };
-            let key = &row[plan.key[0]];
-            let mut children = Vec::with_capacity(children_streams.len());
-            for (stream, pending, done) in children_streams.iter_mut() {
-                let mut kids = Vec::new();
-                loop {
-                    if pending.is_none() && !*done {
-                        match stream.try_next().await? {
-                            Some(Ok(r)) => *pending = Some(r),
-                            Some(Err(_)) => continue,
-                            None => *done = true,
-                        }
-                    }
-                    let Some(p) = pending.as_ref() else { break };
-                    match p[0].key_cmp(key) {
-                        std::cmp::Ordering::Less => *pending = None,
-                        std::cmp::Ordering::Equal => kids.push(pending.take().expect("some")),
-                        std::cmp::Ordering::Greater => break,
-                    }
-                }
-                children.push(kids);
+            let mut children = Vec::with_capacity(cursors.len());
+            for (i, c) in cursors.iter_mut().enumerate() {
+                children.push(c.take_for(&row[plan.key[0]], plan, i).await?);
             }
             let this = n;
             n += 1;

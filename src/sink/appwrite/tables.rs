@@ -186,6 +186,22 @@ impl AppwriteClient {
         Ok(v["total"].as_u64().unwrap_or(0))
     }
 
+    /// Deletes the rows of child table `table` whose `parentId` is one of `parents` (100 ids per
+    /// request).
+    pub async fn delete_children(
+        &self,
+        db: &str,
+        table: &str,
+        parents: &[String],
+    ) -> Result<(), AppwriteError> {
+        for chunk in parents.chunks(100) {
+            let q =
+                json!({ "method": "equal", "attribute": super::schema::PARENT, "values": chunk });
+            self.delete_rows_where(db, table, &[q]).await?;
+        }
+        Ok(())
+    }
+
     /// Whether a table holds no row (a missing table is empty).
     pub async fn table_is_empty(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
         match self.list_page(db, table, None, 1, &[]).await {
