@@ -514,6 +514,16 @@ pub(crate) async fn open_ledger(
     cli: &Cli,
     target: &TargetArgs,
 ) -> Result<(Config, Target, Ledger)> {
+    open_ledger_for(cli, target, None).await
+}
+
+/// The target (`--target`, else the pipeline's `target`, else the config's default) and its
+/// ledger, for commands that read a pipeline.
+pub(crate) async fn open_ledger_for(
+    cli: &Cli,
+    target: &TargetArgs,
+    pipeline: Option<&PipelineArgs>,
+) -> Result<(Config, Target, Ledger)> {
     let cfg = load_config(
         cli,
         Overrides {
@@ -521,8 +531,21 @@ pub(crate) async fn open_ledger(
             ..Default::default()
         },
     )?;
-    let (t, ledger, _) = connect_target(&cfg, target.target, AppwriteTuning::default()).await?;
+    let kind = match (target.target, pipeline) {
+        (Some(k), _) => Some(k),
+        (None, Some(args)) => pipeline_target(&load_pipeline(&cfg, args)?),
+        (None, None) => None,
+    };
+    let (t, ledger, _) = connect_target(&cfg, kind, AppwriteTuning::default()).await?;
     Ok((cfg, t, ledger))
+}
+
+/// The target a pipeline file names, if any.
+pub(crate) fn pipeline_target(p: &Pipeline) -> Option<TargetKind> {
+    p.spec.target.map(|t| match t {
+        crate::pipeline::PipelineTarget::Mongodb => TargetKind::Mongodb,
+        crate::pipeline::PipelineTarget::Appwrite => TargetKind::Appwrite,
+    })
 }
 
 pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {
@@ -542,9 +565,11 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
     let pipeline = load_pipeline(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
+    // --target, else the pipeline's own, else the config's default.
+    let kind = args.target.target.or(pipeline_target(&pipeline));
     let (target, ledger, target_name) = connect_target(
         &cfg,
-        args.target.target,
+        kind,
         AppwriteTuning {
             rate: args.rate_limit.map(|r| (r, args.burst.unwrap_or(1))),
             bulk_rows: args.bulk_rows,

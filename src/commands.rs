@@ -44,7 +44,8 @@ struct EntityStatus {
 }
 
 pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
-    let (cfg, _target, ledger) = open_ledger(cli, &args.target).await?;
+    let (cfg, _target, ledger) =
+        crate::cli::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let latest = ledger.latest_steps().await?;
     let holder = ledger.lock_holder().await?;
@@ -155,7 +156,8 @@ pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
 }
 
 pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
-    let (cfg, _target, ledger) = open_ledger(cli, &args.target).await?;
+    let (cfg, _target, ledger) =
+        crate::cli::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let req = RollbackRequest {
         names: args.names.clone(),
@@ -272,7 +274,8 @@ const FULL_VERIFY_MAX_ROWS: u64 = 1_000_000;
 const DEFAULT_SAMPLE: u64 = 100_000;
 
 pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
-    let (cfg, target, _ledger) = open_ledger(cli, &args.target).await?;
+    let (cfg, target, _ledger) =
+        crate::cli::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let target_name = target.kind();
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
@@ -442,7 +445,11 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
     let mut blocking_target = None;
-    let configured = match args.target.target {
+    let kind = args
+        .target
+        .target
+        .or(crate::cli::pipeline_target(&pipeline));
+    let configured = match kind {
         Some(_) => true,
         None if cfg.default_target == "appwrite" => cfg.appwrite.is_some(),
         None => cfg.mongodb.is_some(),
@@ -450,7 +457,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     let mut target = None;
     let mut rates = std::collections::BTreeMap::new();
     if configured {
-        match crate::cli::connect_target(&cfg, args.target.target, Default::default()).await {
+        match crate::cli::connect_target(&cfg, kind, Default::default()).await {
             Ok((t, ledger, _)) => {
                 for s in pipeline.all_steps() {
                     if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {

@@ -783,11 +783,15 @@ fn child_table_pipeline(w: &World) -> String {
     );
     assert!(patients.contains("appwrite = \"table\""));
     std::fs::write(dir.join("mappings/patients.toml"), patients).unwrap();
-    std::fs::copy(
-        common::repo().join("pipelines/registry.toml"),
-        dir.join("pipelines/registry.toml"),
-    )
-    .unwrap();
+    // The pipeline names its target: no --target needed below.
+    let pipeline = std::fs::read_to_string(common::repo().join("pipelines/registry.toml"))
+        .unwrap()
+        .replace(
+            "mappings_dir = \"../mappings\"",
+            "mappings_dir = \"../mappings\"\ntarget = \"appwrite\"",
+        );
+    assert!(pipeline.contains("target = \"appwrite\""));
+    std::fs::write(dir.join("pipelines/registry.toml"), pipeline).unwrap();
     dir.join("pipelines/registry.toml").display().to_string()
 }
 
@@ -798,7 +802,7 @@ async fn embedded_documents_can_go_to_a_child_table_and_verify() {
     let aw = standin().await;
     let pipeline = child_table_pipeline(&w);
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["migrate", "--quiet", "--target", "appwrite", "--pipeline"]
+        let mut v: Vec<String> = ["migrate", "--quiet", "--pipeline"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -846,8 +850,6 @@ async fn embedded_documents_can_go_to_a_child_table_and_verify() {
         let mut v = vec![
             "verify".to_string(),
             "patients".into(),
-            "--target".into(),
-            "appwrite".into(),
             "--pipeline".into(),
             pipeline.clone(),
         ];
@@ -907,12 +909,7 @@ async fn embedded_documents_can_go_to_a_child_table_and_verify() {
     assert!(out.status.success(), "{}", text(&out));
 
     // Rolling the re-run back restores both tables as they were.
-    let out = cutover(
-        &w,
-        &aw,
-        &["rollback", "--target", "appwrite", "--pipeline", &pipeline],
-    )
-    .await;
+    let out = cutover(&w, &aw, &["rollback", "--pipeline", &pipeline]).await;
     assert!(out.status.success(), "{}", text(&out));
     let after: Vec<Value> =
         aw.s.rows("registry", "patients_guardians")

@@ -43,8 +43,18 @@ pub struct PipelineFile {
     pub description: Option<String>,
     /// Directory of the mapping files, relative to the pipeline file (default: the config's).
     pub mappings_dir: Option<PathBuf>,
+    /// The target this pipeline writes to unless `--target` says otherwise (default: the
+    /// config's `target.default`).
+    pub target: Option<PipelineTarget>,
     #[serde(rename = "stage")]
     pub stages: Vec<StageSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineTarget {
+    Mongodb,
+    Appwrite,
 }
 
 #[derive(Debug, Clone, Deserialize)]
