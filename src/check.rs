@@ -373,6 +373,19 @@ fn scan_row(
         mapped.doc.as_ref().and_then(|d| d.to_document().ok()),
     ) {
         use crate::sink::appwrite::schema::Kind;
+        if let Some(message) = crate::sink::target::unrepresentable(&doc) {
+            let f = tally
+                .entry((String::new(), "appwrite_non_finite".into(), "reject".into()))
+                .or_insert_with(|| Finding {
+                    entity: plan.entity.clone(),
+                    rule: "appwrite_non_finite".into(),
+                    severity: "reject".into(),
+                    example_key: mapped.key.clone(),
+                    example: message,
+                    ..Default::default()
+                });
+            f.rows += 1;
+        }
         let row = crate::sink::appwrite::schema::to_row(&doc, spec);
         for c in &spec.columns {
             let size = match c.kind {

@@ -474,6 +474,9 @@ key = ["id"]
 [[field]]
 path = "body"
 column = "body"
+[[field]]
+path = "score"
+column = "score"
 "#;
 
 const NOTES_PIPELINE: &str = r#"
@@ -488,9 +491,9 @@ entities = ["notes"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
     let w = World::new("aw_check").await;
-    w.sql("CREATE TABLE notes (id integer PRIMARY KEY, body text)")
+    w.sql("CREATE TABLE notes (id integer PRIMARY KEY, body text, score double precision)")
         .await;
-    w.sql("INSERT INTO notes VALUES (1, 'short'), (2, repeat('x', 1000001)), (3, repeat('y', 1000001))")
+    w.sql("INSERT INTO notes VALUES (1, 'short', 'NaN'), (2, repeat('x', 1000001), 1), (3, repeat('y', 1000001), 2), (4, 'fine', 1.5)")
         .await;
     let dir = w.dir.path();
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
@@ -529,6 +532,16 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
         .unwrap_or_else(|| panic!("{report}"));
     assert_eq!(f["rows"], 2);
     assert_eq!(f["path"], "body");
+    let nan = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "appwrite_non_finite")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(
+        (nan["rows"].as_u64(), nan["example_key"].as_str()),
+        (Some(1), Some("1"))
+    );
     assert_eq!(aw.s.writes(), 0, "check writes nothing");
 
     // The same run into MongoDB has no such limit: no finding.
@@ -542,8 +555,8 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
             .any(|f| f["rule"] == "appwrite_string_size")
     );
 
-    // Migrating anyway: Appwrite refuses the two rows; they are rejects with its type, the
-    // third row is written.
+    // Migrating anyway: Appwrite refuses the two long rows (rejects with its type), the NaN is
+    // rejected before it could become a null, the fourth row is written.
     let out = cutover(
         &w,
         &aw,
@@ -562,16 +575,23 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
     let notes = entity(&report, "notes");
     assert_eq!(
         (notes["written"].as_u64(), notes["rejected"].as_u64()),
-        (Some(1), Some(2))
+        (Some(1), Some(3))
     );
     let run_id = report["run_id"].as_str().unwrap();
-    let rejects = w.rejects(run_id);
-    assert_eq!(rejects.len(), 2, "{rejects:?}");
-    for (entity, _key, stage, rule) in &rejects {
-        assert_eq!(entity, "notes");
-        assert_eq!(stage, "write");
-        assert_eq!(rule, "row_invalid_structure");
-    }
+    let mut rejects = w.rejects(run_id);
+    rejects.sort();
+    let rules: Vec<(&str, &str, &str)> = rejects
+        .iter()
+        .map(|(_, key, stage, rule)| (key.as_str(), stage.as_str(), rule.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("1", "write", "appwrite_non_finite"),
+            ("2", "write", "row_invalid_structure"),
+            ("3", "write", "row_invalid_structure"),
+        ]
+    );
     assert_eq!(aw.s.row_count("registry", "notes"), 1);
 
     // A wrong key is named as such and blocks.

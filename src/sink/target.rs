@@ -178,10 +178,19 @@ impl AppwriteTarget {
         let mut ok_docs = Vec::new();
         for (i, d) in decoded.into_iter().enumerate() {
             match d {
-                Ok(d) => {
-                    ok_index.push(i);
-                    ok_docs.push(d);
-                }
+                Ok(d) => match unrepresentable(&d) {
+                    // Appwrite's JSON has no NaN or infinity: never let them become null.
+                    Some(message) => errors.push(DocError {
+                        index: i,
+                        code: 0,
+                        code_name: "appwrite_non_finite".into(),
+                        message,
+                    }),
+                    None => {
+                        ok_index.push(i);
+                        ok_docs.push(d);
+                    }
+                },
                 Err(message) => errors.push(DocError {
                     index: i,
                     code: 0,
@@ -305,6 +314,19 @@ impl AppwriteTarget {
     }
 }
 
+/// Why a document cannot be written to Appwrite as it is: a NaN or infinite number in a column
+/// (JSON has none; nested ones are kept as extended-JSON text).
+pub fn unrepresentable(doc: &Document) -> Option<String> {
+    let bad = |v: &Bson| matches!(v, Bson::Double(d) if !d.is_finite());
+    doc.iter().find_map(|(k, v)| {
+        let hit = match v {
+            Bson::Array(items) => items.iter().any(bad),
+            v => bad(v),
+        };
+        hit.then(|| format!("{k} holds {v}, which an Appwrite column cannot store"))
+    })
+}
+
 fn doc_error(index: usize, e: &AppwriteError) -> DocError {
     DocError {
         index,
@@ -387,7 +409,22 @@ pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec) -> ImportUser {
 }
 
 /// Creates or brings up to date one user (a re-run converges on the same state).
+/// The most prefs Appwrite keeps for a user (bytes of JSON).
+pub const MAX_PREFS_BYTES: usize = 65_535;
+
 async fn upsert_user(client: &AppwriteClient, u: &ImportUser) -> Result<(), AppwriteError> {
+    // Refused before the user is created, so that a reject leaves nothing half-written.
+    let prefs = u.prefs.to_string().len();
+    if prefs > MAX_PREFS_BYTES {
+        return Err(AppwriteError {
+            status: 400,
+            kind: "user_prefs_too_large".into(),
+            message: format!(
+                "the prefs are {prefs} bytes of JSON; Appwrite keeps at most {MAX_PREFS_BYTES}"
+            ),
+            wait: None,
+        });
+    }
     users::import_user(client, u).await.map(|_| ())
 }
 
