@@ -315,9 +315,14 @@ impl AppwriteTarget {
 }
 
 /// Why a document cannot be written to Appwrite as it is: a NaN or infinite number in a column
-/// (JSON has none; nested ones are kept as extended-JSON text).
+/// (JSON has none; nested ones are kept as extended-JSON text), or a date without ISO 8601 text.
 pub fn unrepresentable(doc: &Document) -> Option<String> {
-    let bad = |v: &Bson| matches!(v, Bson::Double(d) if !d.is_finite());
+    let bad = |v: &Bson| match v {
+        Bson::Double(d) => !d.is_finite(),
+        // Outside years 0–9999 a date has no ISO 8601 text for a datetime column.
+        Bson::DateTime(d) => d.try_to_rfc3339_string().is_err(),
+        _ => false,
+    };
     doc.iter().find_map(|(k, v)| {
         let hit = match v {
             Bson::Array(items) => items.iter().any(bad),
@@ -510,5 +515,28 @@ impl Target {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_appwrite_cannot_hold_are_named() {
+        assert!(unrepresentable(&bson::doc! { "a": 1.5, "b": [1.0, 2.0] }).is_none());
+        let nan = unrepresentable(&bson::doc! { "score": f64::NAN }).unwrap();
+        assert!(nan.starts_with("score "), "{nan}");
+        assert!(unrepresentable(&bson::doc! { "xs": [1.0, f64::INFINITY] }).is_some());
+        let far = bson::DateTime::from_millis(300_000_000_000_000); // year ~11476
+        assert!(unrepresentable(&bson::doc! { "at": far }).is_some());
+        // Nested values are JSON text (extended JSON keeps them exactly).
+        assert!(unrepresentable(&bson::doc! { "n": { "x": f64::NAN } }).is_none());
+    }
+
+    #[test]
+    fn labels_keep_letters_and_digits() {
+        assert_eq!(label_of("data_clerk"), "dataclerk");
+        assert_eq!(label_of(&"x".repeat(40)).len(), 36);
     }
 }
