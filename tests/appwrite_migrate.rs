@@ -939,3 +939,145 @@ async fn embedded_documents_can_go_to_a_child_table_and_verify() {
     assert_eq!(after, before_rerun, "the child table is back as it was");
     w.drop().await;
 }
+
+const EVENTS: &str = r#"
+CREATE TABLE events (id bigint PRIMARY KEY, amount numeric(12,2), at timestamptz NOT NULL, note text);
+INSERT INTO events
+SELECT g, (g % 1000) / 100.0, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 second',
+       CASE WHEN g % 7 = 0 THEN NULL ELSE repeat('x', (g % 50)::int) END
+FROM generate_series(1, 60000) g;
+"#;
+
+const EVENTS_MAPPING: &str = r#"
+version = 1
+name = "events"
+[source]
+table = "events"
+key = ["id"]
+[[field]]
+path = "amount"
+column = "amount"
+[[field]]
+path = "at"
+column = "at"
+[[field]]
+path = "note"
+column = "note"
+validate = { max_length = 45 }
+"#;
+
+const EVENTS_PIPELINE: &str = r#"
+version = 1
+name = "events"
+mappings_dir = "mappings"
+target = "appwrite"
+[[stage]]
+name = "facts"
+entities = ["events"]
+"#;
+
+/// The latest `events` step in the Appwrite ledger: (status, checkpoint rows).
+fn events_step(aw: &Aw) -> Option<(String, i64)> {
+    let mut steps: Vec<bson::Document> =
+        aw.s.rows("registry", "cutover_steps")
+            .iter()
+            .filter_map(|r| {
+                let v: Value = serde_json::from_str(r["doc"].as_str()?).ok()?;
+                match bson::Bson::try_from(v).ok()? {
+                    bson::Bson::Document(d) => Some(d),
+                    _ => None,
+                }
+            })
+            .filter(|d| d.get_str("entity") == Ok("events"))
+            .collect();
+    steps.sort_by_key(|d| {
+        d.get_datetime("started_at")
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0)
+    });
+    let d = steps.last()?;
+    let rows = match d.get("checkpoint_rows") {
+        Some(bson::Bson::Int32(n)) => i64::from(*n),
+        Some(bson::Bson::Int64(n)) => *n,
+        _ => 0,
+    };
+    Some((d.get_str("status").unwrap_or("").to_string(), rows))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_appwrite_run_resumes_from_its_checkpoint_and_ends_complete() {
+    let w = World::new("aw_resume").await;
+    w.sql(EVENTS).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/events.toml"), EVENTS_MAPPING).unwrap();
+    std::fs::write(dir.join("events.toml"), EVENTS_PIPELINE).unwrap();
+    let pipeline = dir.join("events.toml").display().to_string();
+    let aw = standin().await;
+
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(dir)
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", "registry")
+        .args([
+            "migrate",
+            "--quiet",
+            "--batch-size",
+            "200",
+            "--concurrency",
+            "2",
+        ])
+        .args(["--rate-limit", "150", "--pipeline", &pipeline])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let killed_at = loop {
+        if let Some((status, rows)) = events_step(&aw)
+            && status == "running"
+            && rows >= 5_000
+        {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            break rows;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Everything below the checkpoint is written (rejected rows aside).
+    let below = w
+        .pg_count(&format!(
+            "events WHERE id <= {killed_at} AND (note IS NULL OR length(note) <= 45)"
+        ))
+        .await;
+    assert!(aw.s.row_count("registry", "events") as u64 >= below);
+
+    // The lock of the dead run is taken over; the stage resumes after its checkpoint.
+    let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("resumed run"), "{}", text(&out));
+    let report = w.latest_report();
+    let e = entity(&report, "events");
+    let resumed_after = e["resumed_after_rows"].as_u64().unwrap();
+    assert!(resumed_after >= killed_at as u64);
+    assert_eq!(e["read"].as_u64().unwrap() + resumed_after, 60_000, "{e}");
+    // Every valid row once: the rejected ones (notes over 45 characters) and nothing else missing.
+    let valid = w
+        .pg_count("events WHERE note IS NULL OR length(note) <= 45")
+        .await;
+    assert_eq!(aw.s.row_count("registry", "events") as u64, valid);
+    let out = cutover(&w, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.drop().await;
+}
