@@ -47,4 +47,5 @@ echo "== cutover verify"
 "$CUTOVER" verify
 "$CUTOVER" report --format html -o reports/signoff.html
 echo "demo: the sign-off report is reports/signoff.html"
+echo "demo: the same into Appwrite (the local stand-in): eval \"\$(scripts/services.sh env)\"; $CUTOVER migrate --target appwrite"
 echo "demo: the servers are still running; stop them with scripts/services.sh stop"
