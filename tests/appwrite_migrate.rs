@@ -1081,3 +1081,92 @@ async fn a_killed_appwrite_run_resumes_from_its_checkpoint_and_ends_complete() {
     assert!(out.status.success(), "{}", text(&out));
     w.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_schema_with_awkward_keys_moves_into_appwrite_and_verifies() {
+    use common::library::{SCHEMA, write_files};
+    let w = World::new("aw_library").await;
+    w.sql(SCHEMA).await;
+    // Keys Appwrite's id rule refuses: a text key with spaces, referenced by a book.
+    w.sql("INSERT INTO authors VALUES ('van der Berg', 'Anna van der Berg', '1980-01-01', NULL)")
+        .await;
+    w.sql("INSERT INTO books (isbn, author_code, title, added) VALUES ('isbn with spaces and far too long to be an id', 'van der Berg', 'Polders', '2021-01-01 00:00:00+00')")
+        .await;
+    let pipeline = write_files(&w).display().to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "{}",
+        text(&out)
+    );
+    let authors = aw.s.rows("registry", "authors");
+    assert_eq!(authors.len(), 4);
+    let vdb = cutover::sink::appwrite::rows::row_id(&bson::Bson::String("van der Berg".into()));
+    assert!(vdb.starts_with('h') && vdb.len() == 36);
+    assert!(authors.iter().any(|a| a["$id"] == vdb.as_str()));
+    let books = aw.s.rows("registry", "catalogue");
+    let polders = books
+        .iter()
+        .find(|b| b["title"].as_str().is_some_and(|t| t.contains("Polders")));
+    let polders = polders.unwrap_or_else(|| panic!("{books:?}"));
+    assert_eq!(
+        polders["author"],
+        vdb.as_str(),
+        "the reference is the author's row id"
+    );
+    // Composite keys (loans) become hashed row ids; their book references are book row ids. One
+    // loan's book ("White Teeth") is rejected by the mapping (an inexact weight), so its reference
+    // dangles: verify says so and nothing else.
+    let loans = aw.s.rows("registry", "loans");
+    assert_eq!(loans.len(), 3);
+    for l in &loans {
+        assert!(l["$id"].as_str().unwrap().starts_with('h'), "{l}");
+        let book = l["book"].as_str().unwrap();
+        assert!(
+            book == "978-0-241-14419-0" || books.iter().any(|b| b["$id"] == book),
+            "{l}"
+        );
+    }
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "verify",
+            "--json",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in json["entities"].as_array().unwrap() {
+        if e["entity"] == "loans" {
+            assert_eq!(e["missing"], serde_json::json!([]));
+            assert_eq!(e["different"], serde_json::json!([]));
+            assert_eq!(e["broken_references"][0]["path"], "book");
+            assert_eq!(
+                e["broken_references"][0]["examples"],
+                serde_json::json!(["978-0-241-14419-0"])
+            );
+        } else {
+            assert_eq!(e["ok"], true, "{e}");
+        }
+    }
+    w.drop().await;
+}

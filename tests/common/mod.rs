@@ -2,6 +2,8 @@
 //! it). Each test gets its own PostgreSQL database and MongoDB database, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod library;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

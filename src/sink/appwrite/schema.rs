@@ -31,6 +31,8 @@ pub struct ColumnSpec {
     pub key: String,
     pub kind: Kind,
     pub array: bool,
+    /// Holds references: written as the referenced row's id (whatever the key's type).
+    pub reference: bool,
 }
 
 impl ColumnSpec {
@@ -188,10 +190,12 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
                 None => (Kind::Text(64), false), // exact copies of timestamps
             },
         };
+        let reference = matches!(node, LayoutNode::Slot(i) if plan.fields.get(*i).is_some_and(|f| f.reference.is_some()));
         columns.push(ColumnSpec {
             key: key.clone(),
             kind,
             array,
+            reference,
         });
     }
     let indexes = plan
@@ -248,11 +252,13 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     key: PARENT.into(),
                     kind: Kind::Text(36),
                     array: false,
+                    reference: false,
                 },
                 ColumnSpec {
                     key: POSITION.into(),
                     kind: Kind::Integer,
                     array: false,
+                    reference: false,
                 },
             ];
             for (key, node) in &e.layout.root {
@@ -263,10 +269,12 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     }
                     LayoutNode::Slot(_) => (Kind::Text(64), false),
                 };
+                let reference = matches!(node, LayoutNode::Slot(s) if e.fields.get(*s).is_some_and(|f| f.reference.is_some()));
                 columns.push(ColumnSpec {
                     key: key.clone(),
                     kind,
                     array,
+                    reference,
                 });
             }
             ChildTable {
@@ -351,6 +359,17 @@ pub fn to_row(doc: &bson::Document, spec: &TableSpec) -> Value {
         let Some(v) = doc.get(&c.key) else { continue };
         let value = match (&c.kind, v) {
             (_, bson::Bson::Null) => Value::Null,
+            // The referenced row's id, encoded as that row's `$id` was.
+            (_, bson::Bson::Array(items)) if c.reference => Value::Array(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        bson::Bson::Null => Value::Null,
+                        i => json!(row_id(i)),
+                    })
+                    .collect(),
+            ),
+            (_, v) if c.reference => json!(row_id(v)),
             (Kind::Json, v) => json!(v.clone().into_relaxed_extjson().to_string()),
             (Kind::Text(_), bson::Bson::Array(items)) => {
                 Value::Array(items.iter().map(text_value).collect())
