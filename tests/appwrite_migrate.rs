@@ -1036,7 +1036,20 @@ async fn a_killed_appwrite_run_resumes_from_its_checkpoint_and_ends_complete() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut second_refused = false;
     let killed_at = loop {
+        if !second_refused && events_step(&aw).is_some_and(|(s, _)| s == "running") {
+            // A second run while the first lives is refused, naming the holder.
+            let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(text(&out).contains("holds the lock"), "{}", text(&out));
+            assert!(
+                text(&out).contains(&child.id().to_string()),
+                "{}",
+                text(&out)
+            );
+            second_refused = true;
+        }
         if let Some((status, rows)) = events_step(&aw)
             && status == "running"
             && rows >= 5_000
