@@ -375,10 +375,14 @@ fn scan_row(
         use crate::sink::appwrite::schema::Kind;
         if let Some(message) = crate::sink::target::unrepresentable(&doc) {
             let f = tally
-                .entry((String::new(), "appwrite_non_finite".into(), "reject".into()))
+                .entry((
+                    String::new(),
+                    "appwrite_unrepresentable".into(),
+                    "reject".into(),
+                ))
                 .or_insert_with(|| Finding {
                     entity: plan.entity.clone(),
-                    rule: "appwrite_non_finite".into(),
+                    rule: "appwrite_unrepresentable".into(),
                     severity: "reject".into(),
                     example_key: mapped.key.clone(),
                     example: message,

@@ -536,7 +536,7 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|f| f["rule"] == "appwrite_non_finite")
+        .find(|f| f["rule"] == "appwrite_unrepresentable")
         .unwrap_or_else(|| panic!("{report}"));
     assert_eq!(
         (nan["rows"].as_u64(), nan["example_key"].as_str()),
@@ -587,7 +587,7 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
     assert_eq!(
         rules,
         [
-            ("1", "write", "appwrite_non_finite"),
+            ("1", "write", "appwrite_unrepresentable"),
             ("2", "write", "row_invalid_structure"),
             ("3", "write", "row_invalid_structure"),
         ]

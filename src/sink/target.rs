@@ -183,7 +183,7 @@ impl AppwriteTarget {
                     Some(message) => errors.push(DocError {
                         index: i,
                         code: 0,
-                        code_name: "appwrite_non_finite".into(),
+                        code_name: "appwrite_unrepresentable".into(),
                         message,
                     }),
                     None => {
@@ -199,104 +199,12 @@ impl AppwriteTarget {
                 }),
             }
         }
-        match self.destination(collection) {
+        let failed = match self.destination(collection) {
             Some(Destination::Table(spec, children)) => {
-                let ids: Vec<String> = ok_docs
-                    .iter()
-                    .map(|d| rows::row_id(d.get("_id").unwrap_or(&Bson::Null)))
-                    .collect();
-                // Children first: a parent is written only when all its children are.
-                let mut failed_parents = std::collections::BTreeMap::new();
-                for (ci, c) in children.iter().enumerate() {
-                    if mode == WriteMode::Upsert {
-                        // Elements a parent no longer has must not survive a re-run.
-                        self.client
-                            .delete_children(&self.database, &c.table.id, &ids)
-                            .await?;
-                    }
-                    let mut owner = Vec::new();
-                    let mut child_rows = Vec::new();
-                    for (pi, d) in ok_docs.iter().enumerate() {
-                        let per_table = schema::child_rows(d, &ids[pi], std::slice::from_ref(c));
-                        for r in per_table.into_iter().flatten() {
-                            owner.push(pi);
-                            child_rows.push(r);
-                        }
-                    }
-                    let failures = rows::upsert_rows(
-                        &self.client,
-                        &self.database,
-                        &c.table.id,
-                        &child_rows,
-                        self.bulk_rows,
-                    )
-                    .await?;
-                    for f in failures {
-                        let mut e = f.error.clone();
-                        e.message = format!(
-                            "child table {} ({}): {}",
-                            c.table.id, children[ci].key, e.message
-                        );
-                        failed_parents.entry(owner[f.index]).or_insert(e);
-                    }
-                }
-                let mut parent_rows = Vec::new();
-                let mut parent_index = Vec::new();
-                for (pi, d) in ok_docs.iter().enumerate() {
-                    if !failed_parents.contains_key(&pi) {
-                        parent_rows.push(schema::to_row(d, &spec));
-                        parent_index.push(pi);
-                    }
-                }
-                let failures = rows::upsert_rows(
-                    &self.client,
-                    &self.database,
-                    collection,
-                    &parent_rows,
-                    self.bulk_rows,
-                )
-                .await?;
-                for f in failures {
-                    failed_parents.insert(parent_index[f.index], f.error);
-                }
-                if !failed_parents.is_empty() && !children.is_empty() {
-                    // The children of a rejected parent go too.
-                    let gone: Vec<String> =
-                        failed_parents.keys().map(|&i| ids[i].clone()).collect();
-                    for c in &children {
-                        self.client
-                            .delete_children(&self.database, &c.table.id, &gone)
-                            .await?;
-                    }
-                }
-                for (pi, e) in failed_parents {
-                    errors.push(doc_error(ok_index[pi], &e));
-                }
+                self.write_rows(collection, &spec, &children, &ok_docs, mode)
+                    .await?
             }
-            Some(Destination::Users(spec)) => {
-                let users: Vec<(usize, ImportUser)> = ok_docs
-                    .iter()
-                    .map(|d| user_of(d, &spec))
-                    .enumerate()
-                    .collect();
-                let results: Vec<(usize, Result<(), AppwriteError>)> = futures::stream::iter(users)
-                    .map(|(i, u)| {
-                        let client = self.client.clone();
-                        async move { (i, upsert_user(&client, &u).await) }
-                    })
-                    .buffer_unordered(self.user_concurrency.max(1))
-                    .collect()
-                    .await;
-                for (i, r) in results {
-                    match r {
-                        Ok(()) => {}
-                        Err(e) if e.status == 400 || e.status == 409 => {
-                            errors.push(doc_error(ok_index[i], &e))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
+            Some(Destination::Users(spec)) => self.write_users(&spec, &ok_docs).await?,
             None => {
                 return Err(AppwriteError {
                     status: 0,
@@ -305,12 +213,120 @@ impl AppwriteTarget {
                     wait: None,
                 });
             }
+        };
+        for (i, e) in failed {
+            errors.push(doc_error(ok_index[i], &e));
         }
         errors.sort_by_key(|e| e.index);
         Ok(BatchResult {
             written: (docs.len() - errors.len()) as u64,
             errors,
         })
+    }
+}
+
+impl AppwriteTarget {
+    /// Writes documents as rows of `spec` (children first, into their child tables: a parent is
+    /// written only when all its children are). Returns the documents refused, by index.
+    async fn write_rows(
+        &self,
+        table: &str,
+        spec: &TableSpec,
+        children: &[schema::ChildTable],
+        docs: &[Document],
+        mode: WriteMode,
+    ) -> Result<Vec<(usize, AppwriteError)>, AppwriteError> {
+        let ids: Vec<String> = docs
+            .iter()
+            .map(|d| rows::row_id(d.get("_id").unwrap_or(&Bson::Null)))
+            .collect();
+        let mut failed = std::collections::BTreeMap::new();
+        for c in children {
+            if mode == WriteMode::Upsert {
+                // Elements a parent no longer has must not survive a re-run.
+                self.client
+                    .delete_children(&self.database, &c.table.id, &ids)
+                    .await?;
+            }
+            let mut owner = Vec::new();
+            let mut child_rows = Vec::new();
+            for (pi, d) in docs.iter().enumerate() {
+                for r in schema::child_rows(d, &ids[pi], std::slice::from_ref(c))
+                    .into_iter()
+                    .flatten()
+                {
+                    owner.push(pi);
+                    child_rows.push(r);
+                }
+            }
+            let failures = rows::upsert_rows(
+                &self.client,
+                &self.database,
+                &c.table.id,
+                &child_rows,
+                self.bulk_rows,
+            )
+            .await?;
+            for f in failures {
+                let mut e = f.error;
+                e.message = format!("child table {} ({}): {}", c.table.id, c.key, e.message);
+                failed.entry(owner[f.index]).or_insert(e);
+            }
+        }
+        let (parent_index, parent_rows): (Vec<usize>, Vec<Value>) = docs
+            .iter()
+            .enumerate()
+            .filter(|(pi, _)| !failed.contains_key(pi))
+            .map(|(pi, d)| (pi, schema::to_row(d, spec)))
+            .unzip();
+        let failures = rows::upsert_rows(
+            &self.client,
+            &self.database,
+            table,
+            &parent_rows,
+            self.bulk_rows,
+        )
+        .await?;
+        for f in failures {
+            failed.insert(parent_index[f.index], f.error);
+        }
+        if !failed.is_empty() {
+            // The children of a refused parent go too.
+            let gone: Vec<String> = failed.keys().map(|&i| ids[i].clone()).collect();
+            for c in children {
+                self.client
+                    .delete_children(&self.database, &c.table.id, &gone)
+                    .await?;
+            }
+        }
+        Ok(failed.into_iter().collect())
+    }
+
+    /// Imports documents as users, a few at a time. Returns the users refused, by index.
+    async fn write_users(
+        &self,
+        spec: &AppwriteUsersSpec,
+        docs: &[Document],
+    ) -> Result<Vec<(usize, AppwriteError)>, AppwriteError> {
+        let users: Vec<(usize, ImportUser)> =
+            docs.iter().map(|d| user_of(d, spec)).enumerate().collect();
+        let results: Vec<(usize, Result<(), AppwriteError>)> = futures::stream::iter(users)
+            .map(|(i, u)| {
+                let client = self.client.clone();
+                async move { (i, upsert_user(&client, &u).await) }
+            })
+            .buffer_unordered(self.user_concurrency.max(1))
+            .collect()
+            .await;
+        let mut failed = Vec::new();
+        for (i, r) in results {
+            match r {
+                Ok(()) => {}
+                Err(e) if e.status == 400 || e.status == 409 => failed.push((i, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(failed)
     }
 }
 
