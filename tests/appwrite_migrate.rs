@@ -95,6 +95,13 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
         report["target"].as_str().unwrap().split(' ').next(),
         Some("appwrite")
     );
+    // The API key appears nowhere: output, report, ledger.
+    assert!(!text(&out).contains(KEY));
+    assert!(!report.to_string().contains(KEY));
+    for t in ["cutover_runs", "cutover_steps"] {
+        let rows = serde_json::json!(aw.s.rows("registry", t)).to_string();
+        assert!(!rows.contains(KEY), "{t}");
+    }
     // (entity = source table, Appwrite table)
     let tables = [
         ("vaccines", "vaccines"),
