@@ -9,12 +9,26 @@ use serde_json::{Value, json};
 
 const KEY: &str = "standin-secret-key";
 
+/// The official spec: `$CUTOVER_APPWRITE_SPEC`, else `../shared/appwrite/…` beside the checkout,
+/// else the workplace's `/work/shared/appwrite/…` (a clone elsewhere). Missing is a failure.
 fn spec() -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/appwrite/open-api3-1.8.x-server.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("the official spec is read from {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+    const FILE: &str = "appwrite/open-api3-1.8.x-server.json";
+    let mut tried = Vec::new();
+    if let Ok(p) = std::env::var("CUTOVER_APPWRITE_SPEC") {
+        tried.push(std::path::PathBuf::from(p));
+    }
+    tried.push(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared")
+            .join(FILE),
+    );
+    tried.push(std::path::Path::new("/work/shared").join(FILE));
+    for path in &tried {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+    panic!("the official Appwrite spec is not at any of {tried:?}");
 }
 
 /// The JSON schema of `method path` answering `status`, with the spec's components for `$ref`s.
