@@ -824,7 +824,7 @@ impl StandIn {
         let mut q = vec![json!({ "method": "limit", "values": [u32::MAX] })];
         q.extend_from_slice(queries);
         self.with_table(db, table, |t| {
-            let (rows, _) = filter(t.rows.values(), &q)?;
+            let (rows, _) = filter(&t.rows, &q)?;
             for r in &rows {
                 if let Some(id) = r["$id"].as_str() {
                     t.rows.remove(id);
@@ -838,7 +838,7 @@ impl StandIn {
     /// `total` counts matches, capped at 5000 as Appwrite does.
     pub fn list_rows(&self, db: &str, table: &str, queries: &[Value]) -> Result<Value, ApiError> {
         self.with_table(db, table, |t| {
-            let (rows, total) = filter(t.rows.values(), queries)?;
+            let (rows, total) = filter(&t.rows, queries)?;
             Ok(json!({ "total": total, "rows": rows }))
         })
     }
@@ -941,7 +941,7 @@ impl StandIn {
 
     pub fn list_users(&self, queries: &[Value]) -> Value {
         let data = self.lock();
-        let (users, total) = filter(data.users.values(), queries).unwrap_or_default();
+        let (users, total) = filter(&data.users, queries).unwrap_or_default();
         json!({ "total": total, "users": users })
     }
 
@@ -1085,10 +1085,14 @@ pub fn email_ok(email: &str) -> bool {
     }
 }
 
-fn filter<'a>(
-    items: impl Iterator<Item = &'a Value>,
+/// A page of `items` (keyed and ordered by id) for `queries`, and the matching total (capped at
+/// 5000, as Appwrite counts). A cursor starts right after its id: a page costs its own size plus
+/// the capped count, not the table's size.
+fn filter(
+    items: &BTreeMap<String, Value>,
     queries: &[Value],
 ) -> Result<(Vec<Value>, usize), ApiError> {
+    use std::ops::Bound::{Excluded, Unbounded};
     let mut limit = 25usize;
     let mut after: Option<String> = None;
     let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
@@ -1109,29 +1113,35 @@ fn filter<'a>(
             }
         }
     }
-    let matching: Vec<&Value> = items
-        .filter(|v| {
-            equals
-                .iter()
-                .all(|(a, vals)| vals.iter().any(|x| &v[a.as_str()] == x))
-        })
-        .collect();
-    let total = matching.len().min(5000);
-    let start = match &after {
-        Some(id) => matching
+    let matches = |v: &Value| {
+        equals
             .iter()
-            .position(|v| v["$id"] == id.as_str())
-            .map(|p| p + 1)
-            .ok_or_else(|| ApiError::new(400, "general_cursor_not_found", "Cursor not found"))?,
-        None => 0,
+            .all(|(a, vals)| vals.iter().any(|x| &v[a.as_str()] == x))
     };
-    Ok((
-        matching
-            .into_iter()
-            .skip(start)
+    let total = items.values().filter(|v| matches(v)).take(5000).count();
+    let page: Vec<Value> = match &after {
+        Some(id) => {
+            if !items.contains_key(id) {
+                return Err(ApiError::new(
+                    400,
+                    "general_cursor_not_found",
+                    "Cursor not found",
+                ));
+            }
+            items
+                .range::<str, _>((Excluded(id.as_str()), Unbounded))
+                .map(|(_, v)| v)
+                .filter(|v| matches(v))
+                .take(limit)
+                .cloned()
+                .collect()
+        }
+        None => items
+            .values()
+            .filter(|v| matches(v))
             .take(limit)
             .cloned()
             .collect(),
-        total,
-    ))
+    };
+    Ok((page, total))
 }
