@@ -203,13 +203,18 @@ impl SourceSession {
     }
 }
 
+/// Connects to the source. Statement logging is off: key-ordered scans are long by design
+/// (sqlx would warn about each as a "slow statement"), and cutover reports progress itself.
 pub async fn connect(url: &str) -> Result<PgConnection, SourceError> {
-    PgConnection::connect(url)
+    use sqlx::ConnectOptions;
+    let err = |source| SourceError::Connect {
+        url: crate::redact::redact_url(url),
+        source,
+    };
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().map_err(err)?;
+    PgConnection::connect_with(&opts.disable_statement_logging())
         .await
-        .map_err(|source| SourceError::Connect {
-            url: crate::redact::redact_url(url),
-            source,
-        })
+        .map_err(err)
 }
 
 async fn exec(conn: &mut PgConnection, sql: &str, context: &str) -> Result<(), SourceError> {
