@@ -126,7 +126,7 @@ pub async fn check(
     pipeline: &Pipeline,
     names: &[String],
     source_url: &str,
-    target: Option<&Target>,
+    targets: &[Target],
     sample: Option<u64>,
     rates: &BTreeMap<String, f64>,
 ) -> CheckReport {
@@ -138,24 +138,32 @@ pub async fn check(
             return report;
         }
     };
-    match target {
-        Some(Target::Mongo(t)) => match target_description(t).await {
-            Ok(d) => {
-                if d.contains("NOT writable") {
-                    report
-                        .blocking
-                        .push(format!("the target is not writable: {d}"));
+    let mut described = Vec::new();
+    for target in targets {
+        match target {
+            Target::Mongo(t) => match target_description(t).await {
+                Ok(d) => {
+                    if d.contains("NOT writable") {
+                        report
+                            .blocking
+                            .push(format!("the target is not writable: {d}"));
+                    }
+                    described.push(d);
                 }
-                report.target = d;
-            }
-            Err(e) => report.blocking.push(format!("target: {e}")),
-        },
-        Some(Target::Appwrite(a)) => match appwrite_description(a).await {
-            Ok(d) => report.target = d,
-            Err(e) => report.blocking.push(format!("target: {e}")),
-        },
-        None => report.target = "no target configured".into(),
+                Err(e) => report.blocking.push(format!("target: {e}")),
+            },
+            Target::Appwrite(a) => match appwrite_description(a).await {
+                Ok(d) => described.push(d),
+                Err(e) => report.blocking.push(format!("target: {e}")),
+            },
+        }
     }
+    report.target = if targets.is_empty() {
+        "no target configured".into()
+    } else {
+        described.join("; ")
+    };
+    let appwrite = targets.iter().any(|t| matches!(t, Target::Appwrite(_)));
     let mut session = match SourceSession::open(source_url).await {
         Ok(s) => s,
         Err(e) => {
@@ -262,12 +270,8 @@ pub async fn check(
         let no_children: Vec<Vec<Vec<Value>>> = plan.embeds.iter().map(|_| Vec::new()).collect();
         let mut bad_ids = 0u64;
         let mut bad_id_example = String::new();
-        let table = match target {
-            Some(Target::Appwrite(_)) if plan.appwrite_users.is_none() => {
-                Some(crate::sink::appwrite::schema::table_spec(plan))
-            }
-            _ => None,
-        };
+        let table = (appwrite && plan.appwrite_users.is_none())
+            .then(|| crate::sink::appwrite::schema::table_spec(plan));
         if let Ok(mut conn) = session.reader().await {
             let mut stream = postgres::stream(&mut conn, &plan.read);
             while let Ok(Some(row)) = stream.try_next().await {

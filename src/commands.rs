@@ -444,42 +444,44 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     let cfg = config_for(cli, &args.target)?;
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
-    let mut blocking_target = None;
-    let kind = args
+    // The named target (flag, else pipeline); else every configured one.
+    let kinds: Vec<Option<crate::cli::TargetKind>> = match args
         .target
         .target
-        .or(crate::cli::pipeline_target(&pipeline));
-    let configured = match kind {
-        Some(_) => true,
-        None if cfg.default_target == "appwrite" => cfg.appwrite.is_some(),
-        None => cfg.mongodb.is_some(),
+        .or(crate::cli::pipeline_target(&pipeline))
+    {
+        Some(k) => vec![Some(k)],
+        None => {
+            let mut all = Vec::new();
+            if cfg.mongodb.is_some() {
+                all.push(Some(crate::cli::TargetKind::Mongodb));
+            }
+            if cfg.appwrite.is_some() {
+                all.push(Some(crate::cli::TargetKind::Appwrite));
+            }
+            all
+        }
     };
-    let mut target = None;
+    let mut blocking_targets = Vec::new();
+    let mut targets = Vec::new();
     let mut rates = std::collections::BTreeMap::new();
-    if configured {
+    for kind in kinds {
         match crate::cli::connect_target(&cfg, kind, Default::default()).await {
             Ok((t, ledger, _)) => {
                 for s in pipeline.all_steps() {
                     if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {
-                        rates.insert(s.entity, r);
+                        rates.entry(s.entity).or_insert(r);
                     }
                 }
-                target = Some(t);
+                targets.push(t);
             }
-            Err(e) => blocking_target = Some(crate::redact::redact_text(&e.to_string())),
+            Err(e) => blocking_targets.push(crate::redact::redact_text(&e.to_string())),
         }
     }
     let sample = (!args.full).then_some(args.sample);
-    let mut report = crate::check::check(
-        &pipeline,
-        &args.names,
-        &source,
-        target.as_ref(),
-        sample,
-        &rates,
-    )
-    .await;
-    if let Some(e) = blocking_target {
+    let mut report =
+        crate::check::check(&pipeline, &args.names, &source, &targets, sample, &rates).await;
+    for e in blocking_targets.into_iter().rev() {
         report.blocking.insert(0, e);
     }
     if args.json {

@@ -551,8 +551,20 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
     );
     assert_eq!(aw.s.writes(), 0, "check writes nothing");
 
-    // The same run into MongoDB has no such limit: no finding.
-    let out = cutover(&w, &aw, &["check", "--json", "--pipeline", &pipeline]).await;
+    // MongoDB has no such limit: no finding there.
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--json",
+            "--target",
+            "mongodb",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         !report["findings"]
@@ -560,6 +572,15 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
             .unwrap()
             .iter()
             .any(|f| f["rule"] == "appwrite_string_size")
+    );
+    // Without --target, every configured target is checked.
+    let out = cutover(&w, &aw, &["check", "--json", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let target = report["target"].as_str().unwrap();
+    assert!(
+        target.starts_with("MongoDB") && target.contains("; Appwrite"),
+        "{target}"
     );
 
     // Migrating anyway: Appwrite refuses the two long rows (rejects with its type), the NaN is
