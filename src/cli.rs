@@ -401,6 +401,23 @@ impl Outcome {
     }
 }
 
+/// An error and its causes as one line, `a: b: c`, leaving out a cause whose text the line already
+/// holds (many errors here print their source themselves).
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let t = cause.to_string();
+        if text.contains(&t) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&t);
+    }
+    text
+}
+
 pub fn init_logging(cli: &Cli) -> Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match &cli.log_level {
@@ -725,4 +742,25 @@ async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("ledger write failed: {source}")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let inner = std::io::Error::other("connection refused");
+        let err = anyhow::Error::new(Outer { source: inner }).context("cannot migrate");
+        assert_eq!(
+            error_text(&err),
+            "cannot migrate: ledger write failed: connection refused"
+        );
+    }
 }

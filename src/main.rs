@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!(
                 "error: {}",
-                cutover::redact::redact_text(&format!("{err:#}"))
+                cutover::redact::redact_text(&cutover::cli::error_text(&err))
             );
             ExitCode::from(1)
         }

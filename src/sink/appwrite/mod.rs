@@ -22,7 +22,7 @@ use super::retry::{RetryPolicy, Retryable, retry};
 
 /// An error answer of Appwrite (or a transport failure).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("Appwrite {status} {kind}: {message}")]
+#[error("Appwrite {}{kind}: {message}", status_text(*.status))]
 pub struct AppwriteError {
     /// HTTP status (0 for transport errors).
     pub status: u16,
@@ -31,6 +31,30 @@ pub struct AppwriteError {
     pub message: String,
     /// How long the server asked us to wait.
     pub wait: Option<Duration>,
+}
+
+/// `429 ` for an HTTP status, nothing for transport errors (status 0).
+fn status_text(status: u16) -> String {
+    if status == 0 {
+        String::new()
+    } else {
+        format!("{status} ")
+    }
+}
+
+/// An error with its causes, `a: b: c` (reqwest's own text leaves out why a request failed).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl Retryable for AppwriteError {
@@ -135,7 +159,7 @@ impl AppwriteClient {
         let resp = req.send().await.map_err(|e| AppwriteError {
             status: 0,
             kind: "transport".into(),
-            message: crate::redact::redact_text(&e.to_string()),
+            message: crate::redact::redact_text(&with_causes(&e)),
             wait: None,
         })?;
         let status = resp.status().as_u16();
