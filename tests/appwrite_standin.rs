@@ -853,3 +853,47 @@ async fn user_updates_other_hashes_indexes_and_deletes_follow_the_spec() {
     let (st, _, _) = c.call("get", TABLE, "/tablesdb/db/tables/t", None).await;
     assert_eq!(st, 404);
 }
+
+#[tokio::test]
+async fn the_control_routes_count_requests_and_set_faults() {
+    let (c, _) = start().await;
+    let base = c.base.trim_end_matches("/v1").to_string();
+    let stats: Value = c
+        .http
+        .get(format!("{base}/_standin/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["requests"], 0, "control routes are not counted");
+    for _ in 0..3 {
+        c.call("get", "/health", "/health", None).await;
+    }
+    let stats: Value = c
+        .http
+        .put(format!("{base}/_standin/faults"))
+        .json(&json!({ "rate_limited": 1.0 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["requests"], 3);
+    assert_eq!(stats["faults"]["rate_limited"], 1.0);
+    let (st, e, headers) = c.call("get", "/health", "/health", None).await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (429, Some("general_rate_limit_exceeded"))
+    );
+    assert!(headers.get("retry-after").is_some());
+    let r = c
+        .http
+        .delete(format!("{base}/_standin/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+}

@@ -263,9 +263,11 @@ impl RunReport {
         let requests: u64 = self.entities.iter().filter_map(|e| e.requests).sum();
         if requests > 0 {
             let throttled: u64 = self.entities.iter().filter_map(|e| e.throttled).sum();
+            let ms: u64 = self.entities.iter().map(|e| e.duration_ms).sum();
             let _ = writeln!(
                 s,
-                "appwrite: {requests} requests, {} retried, {throttled} throttled (429)",
+                "appwrite: {requests} requests ({:.1}/s over the stages), {} retried, {throttled} throttled (429)",
+                requests as f64 * 1000.0 / ms.max(1) as f64,
                 t.retried
             );
         }

@@ -123,7 +123,9 @@ async fn headers_layer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    s.arrived(req.method());
+    if !req.uri().path().starts_with("/_standin") {
+        s.arrived(req.method());
+    }
     let newer_format = req
         .headers()
         .get("x-appwrite-response-format")
@@ -189,6 +191,8 @@ async fn sequence_as_string(resp: Response) -> Response {
 /// The router: mount it, or use [`serve`].
 pub fn router(s: Shared) -> Router {
     Router::new()
+        .route("/_standin/stats", get(stats).delete(reset_stats))
+        .route("/_standin/faults", put(put_faults))
         .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
         .route("/v1/tablesdb/{db}", get(get_database))
@@ -314,6 +318,24 @@ async fn create_database(
 async fn list_databases(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
     guard(&s, &headers).await?;
     ok(200, s.list_databases())
+}
+
+/// `GET /_standin/stats` (not Appwrite's; no key): requests received, writes, and their rate.
+async fn stats(State(s): State<Shared>) -> Response {
+    axum::Json(s.stats()).into_response()
+}
+
+/// `DELETE /_standin/stats`: start counting afresh.
+async fn reset_stats(State(s): State<Shared>) -> Response {
+    s.reset_stats();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `PUT /_standin/faults {rate_limited, server_error, unavailable, delay_ms}`: change the fault
+/// injection of a running stand-in.
+async fn put_faults(State(s): State<Shared>, axum::Json(f): axum::Json<state::Faults>) -> Response {
+    s.set_faults(f);
+    axum::Json(s.stats()).into_response()
 }
 
 /// `GET /health`: the HTTP service's health.

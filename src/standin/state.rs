@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use super::ApiError;
 
 /// Fault injection: fractions of requests answered with an error, and a delay for every request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Faults {
     pub rate_limited: f64,
     pub server_error: f64,
@@ -174,6 +175,37 @@ impl StandIn {
             Ok(t.indexes.iter().map(|i| i.key.clone()).collect())
         })
         .unwrap_or_default()
+    }
+
+    /// Requests received so far and their rate between the first and the last (for measuring a
+    /// client's rate limit from the server's side).
+    pub fn stats(&self) -> Value {
+        let a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        let span = match (a.first(), a.last()) {
+            (Some(f), Some(l)) => l.duration_since(*f).as_secs_f64(),
+            _ => 0.0,
+        };
+        let rate = if span > 0.0 {
+            (a.len() - 1) as f64 / span
+        } else {
+            0.0
+        };
+        json!({
+            "requests": a.len(),
+            "writes": self.writes(),
+            "span_seconds": span,
+            "requests_per_second": rate,
+            "faults": self.faults(),
+        })
+    }
+
+    /// Forgets the requests counted so far.
+    pub fn reset_stats(&self) {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.writes.store(0, Ordering::Relaxed);
     }
 
     /// Every user, as the API shows them.
