@@ -710,7 +710,7 @@ async fn sync_deletes_appwrite(
     dry_run: bool,
 ) -> Result<u64, RunError> {
     use crate::sink::appwrite::rows::row_id;
-    use crate::sink::appwrite::tables::PAGE;
+    use crate::sink::appwrite::tables::Pages;
     let keys_spec = keys_only(plan);
     let mut source_ids: HashSet<String> = HashSet::new();
     {
@@ -725,48 +725,30 @@ async fn sync_deletes_appwrite(
         }
     }
     let users = target.is_users(&plan.collection);
-    let (list, item, one) = if users {
-        ("/users".to_string(), "users", "/users".to_string())
-    } else {
-        let base = format!(
-            "/tablesdb/{}/tables/{}/rows",
-            target.database, plan.collection
-        );
-        (base.clone(), "rows", base)
-    };
     let client = &target.client;
+    let (pages, one) = if users {
+        (Pages::users(client), "/users".to_string())
+    } else {
+        (
+            Pages::rows(client, &target.database, &plan.collection),
+            format!(
+                "/tablesdb/{}/tables/{}/rows",
+                target.database, plan.collection
+            ),
+        )
+    };
     let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
     let mut gone = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut q = vec![serde_json::json!({ "method": "limit", "values": [PAGE] })];
-        if let Some(a) = &after {
-            q.push(serde_json::json!({ "method": "cursorAfter", "values": [a] }));
-        }
-        let page = client
-            .call(
-                reqwest::Method::GET,
-                &format!("{list}?{}", crate::sink::appwrite::tables::query_string(&q)),
-                None,
-            )
-            .await
-            .map_err(aerr)?;
-        let items = page[item].as_array().cloned().unwrap_or_default();
-        for r in &items {
+    pages
+        .each(|r| {
             if let Some(id) = r["$id"].as_str()
                 && !source_ids.contains(id)
             {
                 gone.push(id.to_string());
             }
-        }
-        after = items
-            .last()
-            .and_then(|r| r["$id"].as_str())
-            .map(str::to_string);
-        if items.len() < PAGE || after.is_none() {
-            break;
-        }
-    }
+        })
+        .await
+        .map_err(aerr)?;
     let n = gone.len() as u64;
     if dry_run || gone.is_empty() {
         return Ok(n);

@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use super::{BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, hash_bytes};
 use crate::mapping::plan::Plan;
 use crate::pipeline::run::{ChildCursor, RunError};
+use crate::sink::appwrite::AppwriteError;
 use crate::sink::appwrite::schema::{self, Kind, TableSpec};
-use crate::sink::appwrite::tables::{PAGE, query_string};
-use crate::sink::appwrite::{AppwriteClient, AppwriteError};
+use crate::sink::appwrite::tables::Pages;
 use crate::sink::target::{AppwriteTarget, user_of};
 use crate::source::{SourceSession, postgres};
 use crate::transform::row::{MapContext, map_row};
@@ -108,42 +108,6 @@ fn diff_json(names: &[String], e: &Value, a: &Value, out: &mut Vec<String>) {
             }
         }
         _ => out.push(String::new()),
-    }
-}
-
-/// Lists a table (or the users) page by page, calling `f` on each record.
-async fn each_record(
-    client: &AppwriteClient,
-    path: &str,
-    list_key: &str,
-    mut f: impl FnMut(&Value),
-) -> Result<u64, AppwriteError> {
-    let mut after: Option<String> = None;
-    let mut n = 0u64;
-    loop {
-        let mut q = vec![json!({ "method": "limit", "values": [PAGE] })];
-        if let Some(a) = &after {
-            q.push(json!({ "method": "cursorAfter", "values": [a] }));
-        }
-        let v = client
-            .call(
-                reqwest::Method::GET,
-                &format!("{path}?{}", query_string(&q)),
-                None,
-            )
-            .await?;
-        let items = v[list_key].as_array().cloned().unwrap_or_default();
-        for i in &items {
-            f(i);
-        }
-        n += items.len() as u64;
-        after = items
-            .last()
-            .and_then(|r| r["$id"].as_str())
-            .map(str::to_string);
-        if items.len() < PAGE || after.is_none() {
-            return Ok(n);
-        }
     }
 }
 
@@ -290,23 +254,23 @@ pub async fn verify_entity(
     for c in &children {
         let mut sums: HashMap<String, u64> = HashMap::new();
         let mut count = 0u64;
-        let path = format!("/tablesdb/{db}/tables/{}/rows", c.table.id);
-        match each_record(client, &path, "rows", |r| {
-            let parent = r[schema::PARENT].as_str().unwrap_or_default();
-            if all_ids.contains(parent) {
-                count += 1;
-                let h = hash_value(&canonical_row(&c.table, r));
-                let e = sums.entry(parent.to_string()).or_default();
-                *e = e.wrapping_add(h);
-            } else {
-                unexpected.push(format!(
-                    "{}:{}",
-                    c.table.id,
-                    r["$id"].as_str().unwrap_or_default()
-                ));
-            }
-        })
-        .await
+        match Pages::rows(client, db, &c.table.id)
+            .each(|r| {
+                let parent = r[schema::PARENT].as_str().unwrap_or_default();
+                if all_ids.contains(parent) {
+                    count += 1;
+                    let h = hash_value(&canonical_row(&c.table, r));
+                    let e = sums.entry(parent.to_string()).or_default();
+                    *e = e.wrapping_add(h);
+                } else {
+                    unexpected.push(format!(
+                        "{}:{}",
+                        c.table.id,
+                        r["$id"].as_str().unwrap_or_default()
+                    ));
+                }
+            })
+            .await
         {
             Ok(_) => {}
             Err(e) if e.status == 404 => {}
@@ -317,13 +281,6 @@ pub async fn verify_entity(
     }
 
     // Target side: every record, page by page.
-    let (path, list_key) = match &shape {
-        Shape::Users(_) => ("/users".to_string(), "users"),
-        Shape::Table(_) => (
-            format!("/tablesdb/{db}/tables/{}/rows", plan.collection),
-            "rows",
-        ),
-    };
     let mut different_ids: Vec<(String, String, Value, Vec<String>)> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut compared = 0u64;
@@ -339,51 +296,56 @@ pub async fn verify_entity(
     let mut ref_values: Vec<HashSet<String>> = vec![HashSet::new(); ref_fields.len()];
     let names = shape.names();
     let users_shape = matches!(shape, Shape::Users(_));
-    let target_count = match each_record(client, &path, list_key, |r| {
-        let id = r["$id"].as_str().unwrap_or_default().to_string();
-        for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
-            let holder = if users_shape { &r["prefs"] } else { r };
-            *count += match holder.get(&e.path_text) {
-                Some(Value::Array(a)) => a.len() as u64,
-                Some(Value::String(s)) => serde_json::from_str::<Value>(s)
-                    .ok()
-                    .and_then(|v| v.as_array().map(|a| a.len() as u64))
-                    .unwrap_or(0),
-                _ => 0,
-            };
-        }
-        for ((field, _), values) in ref_fields.iter().zip(ref_values.iter_mut()) {
-            if let Some(v) = r.get(field).and_then(Value::as_str) {
-                values.insert(v.to_string());
+    let pages = match &shape {
+        Shape::Users(_) => Pages::users(client),
+        Shape::Table(_) => Pages::rows(client, db, &plan.collection),
+    };
+    let target_count = match pages
+        .each(|r| {
+            let id = r["$id"].as_str().unwrap_or_default().to_string();
+            for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
+                let holder = if users_shape { &r["prefs"] } else { r };
+                *count += match holder.get(&e.path_text) {
+                    Some(Value::Array(a)) => a.len() as u64,
+                    Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                        .ok()
+                        .and_then(|v| v.as_array().map(|a| a.len() as u64))
+                        .unwrap_or(0),
+                    _ => 0,
+                };
             }
-        }
-        match expected.get(&id) {
-            Some((h, sums, key)) => {
-                compared += 1;
-                let actual = shape.actual(r);
-                let child_fields: Vec<String> = children
-                    .iter()
-                    .zip(sums)
-                    .zip(&child_actual)
-                    .filter(|((_, want), got)| got.get(&id).copied().unwrap_or(0) != **want)
-                    .map(|((c, _), _)| c.key.clone())
-                    .collect();
-                if *h != hash_value(&actual) || !child_fields.is_empty() {
-                    let keep = *h != hash_value(&actual) && different_ids.len() < DIFFED;
-                    different_ids.push((
-                        id.clone(),
-                        key.clone(),
-                        if keep { actual } else { Value::Null },
-                        child_fields,
-                    ));
+            for ((field, _), values) in ref_fields.iter().zip(ref_values.iter_mut()) {
+                if let Some(v) = r.get(field).and_then(Value::as_str) {
+                    values.insert(v.to_string());
                 }
-                seen.insert(id);
             }
-            None if !all_ids.contains(&id) => unexpected.push(id),
-            None => {} // not in the sample
-        }
-    })
-    .await
+            match expected.get(&id) {
+                Some((h, sums, key)) => {
+                    compared += 1;
+                    let actual = shape.actual(r);
+                    let child_fields: Vec<String> = children
+                        .iter()
+                        .zip(sums)
+                        .zip(&child_actual)
+                        .filter(|((_, want), got)| got.get(&id).copied().unwrap_or(0) != **want)
+                        .map(|((c, _), _)| c.key.clone())
+                        .collect();
+                    if *h != hash_value(&actual) || !child_fields.is_empty() {
+                        let keep = *h != hash_value(&actual) && different_ids.len() < DIFFED;
+                        different_ids.push((
+                            id.clone(),
+                            key.clone(),
+                            if keep { actual } else { Value::Null },
+                            child_fields,
+                        ));
+                    }
+                    seen.insert(id);
+                }
+                None if !all_ids.contains(&id) => unexpected.push(id),
+                None => {} // not in the sample
+            }
+        })
+        .await
     {
         Ok(n) => n,
         Err(e) if e.status == 404 => 0,
@@ -440,19 +402,20 @@ pub async fn verify_entity(
             .unwrap_or_else(|| entity.clone());
         let mut present = HashSet::new();
         let users = user_entities.contains(entity);
-        let (rpath, rkey) = if users {
-            ("/users".to_string(), "users")
+        let pages = if users {
+            Pages::users(client)
         } else {
-            (format!("/tablesdb/{db}/tables/{table}/rows"), "rows")
+            Pages::rows(client, db, &table)
         };
-        match each_record(client, &rpath, rkey, |r| {
-            if let Some(id) = r["$id"].as_str()
-                && values.contains(id)
-            {
-                present.insert(id.to_string());
-            }
-        })
-        .await
+        match pages
+            .each(|r| {
+                if let Some(id) = r["$id"].as_str()
+                    && values.contains(id)
+                {
+                    present.insert(id.to_string());
+                }
+            })
+            .await
         {
             Ok(_) => {}
             Err(e) if e.status == 404 => {}

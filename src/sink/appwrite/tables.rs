@@ -20,6 +20,77 @@ pub fn query_string(queries: &[Value]) -> String {
     url.query().unwrap_or_default().to_string()
 }
 
+/// A listing read page by page by cursor (`limit` + `cursorAfter` on `$id`): rows of a table
+/// (`/tablesdb/{db}/tables/{t}/rows`, items under `rows`) or users (`/users`, under `users`).
+/// Memory holds one page, whatever the listing's size.
+pub struct Pages<'c> {
+    client: &'c AppwriteClient,
+    path: String,
+    key: &'static str,
+    after: Option<String>,
+    done: bool,
+}
+
+impl<'c> Pages<'c> {
+    pub fn rows(client: &'c AppwriteClient, db: &str, table: &str) -> Pages<'c> {
+        Pages::new(
+            client,
+            format!("/tablesdb/{db}/tables/{table}/rows"),
+            "rows",
+        )
+    }
+
+    pub fn users(client: &'c AppwriteClient) -> Pages<'c> {
+        Pages::new(client, "/users".into(), "users")
+    }
+
+    fn new(client: &'c AppwriteClient, path: String, key: &'static str) -> Pages<'c> {
+        Pages {
+            client,
+            path,
+            key,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page (`None` after the last).
+    pub async fn next(&mut self) -> Result<Option<Vec<Value>>, AppwriteError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut q = vec![json!({ "method": "limit", "values": [PAGE] })];
+        if let Some(a) = &self.after {
+            q.push(json!({ "method": "cursorAfter", "values": [a] }));
+        }
+        let v = self
+            .client
+            .call(
+                reqwest::Method::GET,
+                &format!("{}?{}", self.path, query_string(&q)),
+                None,
+            )
+            .await?;
+        let items = v[self.key].as_array().cloned().unwrap_or_default();
+        self.after = items
+            .last()
+            .and_then(|r| r["$id"].as_str())
+            .map(str::to_string);
+        self.done = items.len() < PAGE || self.after.is_none();
+        Ok((!items.is_empty()).then_some(items))
+    }
+
+    /// Calls `f` on every item; returns how many there were.
+    pub async fn each(mut self, mut f: impl FnMut(&Value)) -> Result<u64, AppwriteError> {
+        let mut n = 0;
+        while let Some(page) = self.next().await? {
+            n += page.len() as u64;
+            page.iter().for_each(&mut f);
+        }
+        Ok(n)
+    }
+}
+
 impl AppwriteClient {
     /// Whether table `table` exists in database `db`.
     pub async fn table_exists(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
@@ -37,20 +108,14 @@ impl AppwriteClient {
         }
     }
 
-    /// One page of rows after row id `after`, in the server's order.
-    pub async fn list_page(
+    /// The first `limit` rows of a table, in the server's order.
+    async fn first_rows(
         &self,
         db: &str,
         table: &str,
-        after: Option<&str>,
         limit: usize,
-        extra: &[Value],
     ) -> Result<Vec<Value>, AppwriteError> {
-        let mut q = extra.to_vec();
-        q.push(json!({ "method": "limit", "values": [limit] }));
-        if let Some(a) = after {
-            q.push(json!({ "method": "cursorAfter", "values": [a] }));
-        }
+        let q = [json!({ "method": "limit", "values": [limit] })];
         let v = self
             .call(
                 reqwest::Method::GET,
@@ -58,36 +123,24 @@ impl AppwriteClient {
                 None,
             )
             .await?;
-        Ok(match v.get("rows") {
-            Some(Value::Array(rows)) => rows.clone(),
-            _ => Vec::new(),
-        })
+        Ok(v["rows"].as_array().cloned().unwrap_or_default())
     }
 
     /// Every row of a table (`None` when the table does not exist). For small tables (the
-    /// ledger's); big ones are read page by page with [`AppwriteClient::list_page`].
+    /// ledger's); big ones are read page by page with [`Pages`].
     pub async fn all_rows(
         &self,
         db: &str,
         table: &str,
     ) -> Result<Option<Vec<Value>>, AppwriteError> {
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = match self.list_page(db, table, after.as_deref(), PAGE, &[]).await {
-                Ok(p) => p,
-                Err(e) if e.status == 404 && out.is_empty() => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let n = page.len();
-            after = page
-                .last()
-                .and_then(|r| r["$id"].as_str())
-                .map(str::to_string);
-            out.extend(page);
-            if n < PAGE || after.is_none() {
-                return Ok(Some(out));
-            }
+        match Pages::rows(self, db, table)
+            .each(|r| out.push(r.clone()))
+            .await
+        {
+            Ok(_) => Ok(Some(out)),
+            Err(e) if e.status == 404 => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -204,7 +257,7 @@ impl AppwriteClient {
 
     /// Whether a table holds no row (a missing table is empty).
     pub async fn table_is_empty(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
-        match self.list_page(db, table, None, 1, &[]).await {
+        match self.first_rows(db, table, 1).await {
             Ok(rows) => Ok(rows.is_empty()),
             Err(e) if e.status == 404 => Ok(true),
             Err(e) => Err(e),
@@ -215,7 +268,8 @@ impl AppwriteClient {
     pub async fn empty_table(&self, db: &str, table: &str) -> Result<u64, AppwriteError> {
         let mut n = 0;
         loop {
-            let page = match self.list_page(db, table, None, PAGE, &[]).await {
+            // Always the first page: what it held is deleted before the next request.
+            let page = match self.first_rows(db, table, PAGE).await {
                 Ok(p) => p,
                 Err(e) if e.status == 404 => return Ok(n),
                 Err(e) => return Err(e),
@@ -273,18 +327,8 @@ impl AppwriteClient {
                 .await?;
         }
         let mut copied = 0u64;
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .list_page(db, from, after.as_deref(), PAGE, &[])
-                .await?;
-            if page.is_empty() {
-                return Ok(copied);
-            }
-            after = page
-                .last()
-                .and_then(|r| r["$id"].as_str())
-                .map(str::to_string);
+        let mut pages = Pages::rows(self, db, from);
+        while let Some(page) = pages.next().await? {
             let rows: Vec<Value> = page.iter().map(data_of).collect();
             let failures =
                 super::rows::upsert_rows(self, db, to, &rows, super::rows::MAX_BULK_ROWS).await?;
@@ -293,6 +337,7 @@ impl AppwriteClient {
             }
             copied += rows.len() as u64;
         }
+        Ok(copied)
     }
 }
 
