@@ -411,26 +411,29 @@ impl StandIn {
     }
 
     pub fn get_index(&self, db: &str, table: &str, key: &str) -> Result<Value, ApiError> {
-        let data = self.lock();
-        let t = data
-            .databases
-            .get(db)
-            .and_then(|d| d.tables.get(table))
-            .ok_or_else(|| {
-                ApiError::new(
-                    404,
-                    "table_not_found",
-                    "Table with the requested ID could not be found.",
-                )
-            })?;
-        t.indexes
-            .iter()
-            .find(|i| i.key == key)
-            .map(|i| self.index_json(i))
-            .ok_or_else(|| ApiError::new(404, "index_not_found", "Index not found"))
+        self.read_table(db, table, |t| {
+            t.indexes
+                .iter()
+                .find(|i| i.key == key)
+                .map(|i| self.index_json(i))
+                .ok_or_else(|| ApiError::new(404, "index_not_found", "Index not found"))
+        })
     }
 
     pub fn list_indexes(&self, db: &str, table: &str) -> Result<Value, ApiError> {
+        self.read_table(db, table, |t| {
+            let list: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
+            Ok(json!({ "total": list.len(), "indexes": list }))
+        })
+    }
+
+    /// Reads table `table` of `db` (404 `table_not_found` when either is missing).
+    fn read_table<T>(
+        &self,
+        db: &str,
+        table: &str,
+        f: impl FnOnce(&Table) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let data = self.lock();
         let t = data
             .databases
@@ -443,8 +446,7 @@ impl StandIn {
                     "Table with the requested ID could not be found.",
                 )
             })?;
-        let list: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
-        Ok(json!({ "total": list.len(), "indexes": list }))
+        f(t)
     }
 
     fn with_table<T>(
@@ -574,46 +576,26 @@ impl StandIn {
     }
 
     pub fn get_column(&self, db: &str, table: &str, key: &str) -> Result<Value, ApiError> {
-        let data = self.lock();
-        let t = data
-            .databases
-            .get(db)
-            .and_then(|d| d.tables.get(table))
-            .ok_or_else(|| {
-                ApiError::new(
-                    404,
-                    "table_not_found",
-                    "Table with the requested ID could not be found.",
-                )
-            })?;
-        t.columns
-            .iter()
-            .find(|c| c.key == key)
-            .map(|c| self.column_json(c))
-            .ok_or_else(|| {
-                ApiError::new(
-                    404,
-                    "column_not_found",
-                    "Column with the requested ID could not be found.",
-                )
-            })
+        self.read_table(db, table, |t| {
+            t.columns
+                .iter()
+                .find(|c| c.key == key)
+                .map(|c| self.column_json(c))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "column_not_found",
+                        "Column with the requested ID could not be found.",
+                    )
+                })
+        })
     }
 
     pub fn list_columns(&self, db: &str, table: &str) -> Result<Value, ApiError> {
-        let data = self.lock();
-        let t = data
-            .databases
-            .get(db)
-            .and_then(|d| d.tables.get(table))
-            .ok_or_else(|| {
-                ApiError::new(
-                    404,
-                    "table_not_found",
-                    "Table with the requested ID could not be found.",
-                )
-            })?;
-        let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
-        Ok(json!({ "total": cols.len(), "columns": cols }))
+        self.read_table(db, table, |t| {
+            let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
+            Ok(json!({ "total": cols.len(), "columns": cols }))
+        })
     }
 
     /// Checks row data against the table's columns (existence, availability, type, size).
