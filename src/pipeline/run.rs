@@ -402,21 +402,22 @@ async fn migrate_locked(
         };
         let mut backup = None;
         let mut was_empty = false;
-        let mut dest = p.collection.clone();
+        // What the ledger records as the step's collection: the table group or `@users`.
+        let mut ledger_name = p.collection.clone();
         if opts.dry_run {
             target.describe(p);
         } else {
             target.prepare(p).await?;
-            dest = target.ledger_collection(&p.collection);
+            ledger_name = target.ledger_collection(&p.collection);
             was_empty = target.is_empty(&p.collection).await?;
             if let Some(r) = resume {
                 was_empty = r.was_empty;
                 backup = r.backup.clone();
             } else if !was_empty && !opts.no_backup {
-                if dest.starts_with('@') {
-                    tracing::warn!(entity = %p.entity, "{dest} cannot be backed up; rollback of this step will refuse");
+                if ledger_name == crate::sink::target::USERS {
+                    tracing::warn!(entity = %p.entity, "{ledger_name} cannot be backed up; rollback of this step will refuse");
                 } else {
-                    backup = Some(ledger.backup(&dest, run_id, &p.entity).await?);
+                    backup = Some(ledger.backup(&ledger_name, run_id, &p.entity).await?);
                 }
             }
             stage.mode = Some(if target.is_empty(&p.collection).await? {
@@ -434,7 +435,7 @@ async fn migrate_locked(
                     run_id,
                     run_number,
                     entity: &p.entity,
-                    collection: &dest,
+                    collection: &ledger_name,
                     mapping: &mapping,
                     checksum: &p.checksum,
                     was_empty,
@@ -501,7 +502,7 @@ async fn migrate_locked(
             ledger.finish_step(run_id, &report).await?;
             if report.status == "failed" && opts.restore_on_failure {
                 let step_id = format!("{run_id}:{}", p.entity);
-                restore_step(ledger, &dest, was_empty, backup.as_deref()).await?;
+                restore_step(ledger, &ledger_name, was_empty, backup.as_deref()).await?;
                 ledger.mark_rolled_back(&step_id).await?;
                 report.status = "failed, restored".into();
             }
