@@ -1,6 +1,8 @@
 //! One run at a time per target: a lock document with its owner and an expiry renewed by a
 //! heartbeat while the run lives. A holder that died stops renewing, and its lock expires.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bson::{Document, doc};
@@ -89,6 +91,58 @@ pub struct Lock {
     run_id: String,
     ttl: Duration,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    lost: Arc<AtomicBool>,
+}
+
+/// The fencing check of a lock holder: before a checkpoint (or any write whose outcome depends on
+/// owning the target) the holder asks whether the lock is still its own. Once lost, always lost.
+#[derive(Clone)]
+pub struct Fence {
+    ledger: Ledger,
+    run_id: String,
+    lost: Arc<AtomicBool>,
+}
+
+/// This run no longer holds the target's lock.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this run lost the target's lock ({now}); it stopped writing at once — the stage is interrupted and the next `cutover migrate` resumes it from its checkpoint"
+)]
+pub struct LockLost {
+    pub now: String,
+}
+
+impl Fence {
+    /// Whether the lost flag is set (no I/O).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Reads the lock: `Err` when another run holds it or nobody does.
+    pub async fn check(&self) -> Result<(), LockLost> {
+        if self.is_lost() {
+            return Err(LockLost {
+                now: "taken away earlier".into(),
+            });
+        }
+        match self.ledger.lock_holder().await {
+            Ok(Some(h)) if h.run_id == self.run_id => Ok(()),
+            Ok(holder) => {
+                self.lost.store(true, Ordering::SeqCst);
+                Err(LockLost {
+                    now: match holder {
+                        Some(h) => format!("now held by {h}"),
+                        None => "it was released by force".into(),
+                    },
+                })
+            }
+            // The ledger cannot be read just now: the checkpoint write that follows will tell.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the lock before a checkpoint");
+                Ok(())
+            }
+        }
+    }
 }
 
 fn expiry(ttl: Duration) -> bson::DateTime {
@@ -179,6 +233,7 @@ impl Ledger {
             run_id: run_id.to_string(),
             ttl,
             heartbeat: None,
+            lost: Arc::new(AtomicBool::new(false)),
         };
         lock.start_heartbeat();
         Ok(lock)
@@ -201,6 +256,7 @@ impl Lock {
         let run_id = self.run_id.clone();
         let ttl = self.ttl;
         let every = (ttl / 3).max(Duration::from_millis(200));
+        let lost = self.lost.clone();
         self.heartbeat = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -217,7 +273,9 @@ impl Lock {
                     .await;
                 match r {
                     Ok(false) => {
-                        tracing::error!(run_id = %run_id, "the lock was taken away from this run");
+                        tracing::error!(run_id = %run_id, "the lock was taken away from this run; it stops writing");
+                        lost.store(true, Ordering::SeqCst);
+                        return;
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot renew the lock"),
@@ -228,6 +286,15 @@ impl Lock {
 
     pub fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    /// The fencing check for this holder's writers.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            ledger: self.ledger.clone(),
+            run_id: self.run_id.clone(),
+            lost: self.lost.clone(),
+        }
     }
 
     /// Stops the heartbeat and removes the lock if this run still holds it.

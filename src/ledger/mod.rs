@@ -62,6 +62,14 @@ pub const RUNNING: &str = "running";
 pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
 pub const ROLLED_BACK: &str = "rolled-back";
+/// A run or step whose process died or lost the lock before it ended (resumable from its
+/// checkpoint).
+pub const INTERRUPTED: &str = "interrupted";
+
+/// Whether a step with this status stopped before its end (its checkpoint can be resumed).
+pub fn unfinished(status: &str) -> bool {
+    status == RUNNING || status == FAILED || status == INTERRUPTED
+}
 
 /// One step (an entity within a run) as the ledger holds it.
 #[derive(Debug, Clone, Serialize)]
@@ -380,6 +388,40 @@ impl Ledger {
         };
         self.set("finish run", &self.runs(), &report.run_id, set)
             .await
+    }
+
+    /// Marks every run and step still `running` but `run_id`'s as interrupted. Called by the
+    /// holder of the lock: no other run can be alive, so those runs died (kill -9, a lost host)
+    /// or lost the lock. Returns the run ids marked.
+    pub async fn interrupt_stale_runs(&self, run_id: &str) -> Result<Vec<String>, LedgerError> {
+        let why =
+            format!("interrupted: the process ended without finishing; found by run {run_id}");
+        let mut marked = Vec::new();
+        for d in self.all_runs().await? {
+            let id = text(&d, "_id");
+            if id != run_id && text(&d, "status") == RUNNING {
+                self.set(
+                    "mark run interrupted",
+                    &self.runs(),
+                    &id,
+                    doc! { "status": INTERRUPTED, "error": &why, "interrupted_at": bson::DateTime::now() },
+                )
+                .await?;
+                marked.push(id);
+            }
+        }
+        for s in self.all_steps().await? {
+            if s.run_id != run_id && s.status == RUNNING {
+                self.set(
+                    "mark step interrupted",
+                    &self.steps(),
+                    &s.id,
+                    doc! { "status": INTERRUPTED, "error": &why },
+                )
+                .await?;
+            }
+        }
+        Ok(marked)
     }
 
     /// Marks a step rolled back.

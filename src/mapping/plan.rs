@@ -124,8 +124,8 @@ pub struct EmbedPlan {
     pub path: Vec<String>,
     pub path_text: String,
     pub read: ReadSpec,
-    /// Index of the foreign key in the child read.
-    pub fk: usize,
+    /// The child read starts with this many foreign-key columns (the parent key's width).
+    pub fk_len: usize,
     pub element: EmbedElement,
     /// Index of the top-level field after which the array goes (`None`: at the end).
     pub after: Option<usize>,
@@ -478,7 +478,20 @@ pub fn compile(
     let mut embeds = Vec::new();
     for (i, e) in m.spec.embeds.iter().enumerate() {
         let key = format!("embed[{i}] ({})", e.path);
-        let mut order = vec![e.foreign_key.clone()];
+        let fk = e.foreign_key.names();
+        if fk.len() != src.key.len() {
+            return Err(invalid(
+                &format!("{key}.foreign_key"),
+                format!(
+                    "names {} column(s) ({}); the parent key has {} ({}): name one child column per parent key column, in key order",
+                    fk.len(),
+                    fk.join(", "),
+                    src.key.len(),
+                    src.key.join(", ")
+                ),
+            ));
+        }
+        let mut order = fk.clone();
         order.extend(e.order_by.iter().cloned());
         let child_read = ReadSpec::new(
             &relations[i + 1],
@@ -487,15 +500,17 @@ pub fn compile(
             &order,
         )
         .map_err(|err| invalid(&key, err.to_string()))?;
-        let parent_kind = read.columns[0].kind;
-        if child_read.columns[0].kind != parent_kind {
-            return Err(invalid(
-                &key,
-                format!(
-                    "foreign key `{}` is {}, the parent key is {}",
-                    e.foreign_key, child_read.columns[0].pg_type, read.columns[0].pg_type
-                ),
-            ));
+        for (j, name) in fk.iter().enumerate() {
+            let (child, parent) = (&child_read.columns[j], &read.columns[j]);
+            if child.kind != parent.kind {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "foreign key `{name}` is {}, the parent key `{}` is {}",
+                        child.pg_type, parent.name, parent.pg_type
+                    ),
+                ));
+            }
         }
         let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
         let appwrite_table = e.appwrite == crate::mapping::spec::EmbedStore::Table;
@@ -522,7 +537,7 @@ pub fn compile(
             appwrite_table,
             path: split_path(&e.path),
             path_text: e.path.clone(),
-            fk: 0,
+            fk_len: fk.len(),
             read: child_read,
             element: e.element,
             after: e

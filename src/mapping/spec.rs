@@ -305,6 +305,23 @@ pub struct RowRuleSpec {
     pub message: Option<String>,
 }
 
+/// One column name or a list of them (`"a"` or `["a", "b"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Columns {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Columns {
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Columns::One(c) => vec![c.clone()],
+            Columns::Many(cs) => cs.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EmbedElement {
@@ -322,8 +339,8 @@ pub struct EmbedSpec {
     pub path: String,
     pub table: Option<String>,
     pub query: Option<String>,
-    /// Child column holding the parent's key.
-    pub foreign_key: String,
+    /// Child column(s) holding the parent's key, one per parent key column, in key order.
+    pub foreign_key: Columns,
     /// Child columns that order the children within a parent (deterministic output).
     #[serde(default)]
     pub order_by: Vec<String>,

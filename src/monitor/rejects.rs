@@ -89,4 +89,15 @@ impl RejectsWriter {
         }
         Ok(())
     }
+
+    /// Flushes and syncs every file to disk: what is recorded so far survives a crash (called
+    /// before a checkpoint moves past the rows).
+    pub fn sync(&self) -> std::io::Result<()> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for w in files.values_mut() {
+            w.flush()?;
+            w.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
 }

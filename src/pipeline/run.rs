@@ -45,6 +45,8 @@ pub enum RunError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Lock(#[from] Box<ledger::lock::LockError>),
+    #[error(transparent)]
+    LockLost(#[from] ledger::lock::LockLost),
     /// The run cannot go on as asked (dependencies, a changed mapping, an unusable backup…); the
     /// message says why and what to do.
     #[error("{0}")]
@@ -198,6 +200,9 @@ enum Decision {
     Run {
         resume: Option<Box<ledger::StepRecord>>,
         since: Option<String>,
+        /// An unfinished step started over (no checkpoint, --fresh): the destination's state
+        /// before it (empty, or its backup) is still the state a rollback returns to.
+        origin: Option<Box<ledger::StepRecord>>,
     },
 }
 
@@ -235,6 +240,7 @@ fn decide(
             None => Decision::Run {
                 resume: None,
                 since: None,
+                origin: None,
             },
             Some(prev)
                 if prev.status == ledger::COMPLETED
@@ -244,6 +250,7 @@ fn decide(
                 Decision::Run {
                     resume: None,
                     since: since.clone(),
+                    origin: None,
                 }
             }
             Some(prev) if prev.status == ledger::COMPLETED => {
@@ -251,6 +258,7 @@ fn decide(
                     Decision::Run {
                         resume: None,
                         since: None,
+                        origin: None,
                     }
                 } else if prev.checksum == m.checksum {
                     Decision::AlreadyApplied
@@ -264,7 +272,7 @@ fn decide(
                 }
             }
             Some(prev)
-                if (prev.status == ledger::RUNNING || prev.status == ledger::FAILED)
+                if ledger::unfinished(&prev.status)
                     && prev.checkpoint_key.is_some()
                     && prev.checksum == m.checksum
                     && !opts.fresh =>
@@ -272,11 +280,13 @@ fn decide(
                 Decision::Run {
                     resume: Some(Box::new(prev.clone())),
                     since: prev.since.clone(),
+                    origin: None,
                 }
             }
-            Some(_) => Decision::Run {
+            Some(prev) => Decision::Run {
                 resume: None,
                 since: None,
+                origin: ledger::unfinished(&prev.status).then(|| Box::new(prev.clone())),
             },
         };
         out.push((s.clone(), d));
@@ -301,13 +311,36 @@ pub async fn migrate(
 ) -> Result<RunReport, RunError> {
     let run_id = new_run_id();
     if opts.dry_run {
-        return migrate_locked(pipeline, steps, source_url, target, ledger, opts, &run_id).await;
+        return migrate_locked(
+            pipeline, steps, source_url, target, ledger, opts, &run_id, None,
+        )
+        .await;
     }
     let lock = ledger
         .acquire_lock(&run_id, "migrate", opts.lock_ttl)
         .await
         .map_err(Box::new)?;
-    let result = migrate_locked(pipeline, steps, source_url, target, ledger, opts, &run_id).await;
+    // Holding the lock, no other run is alive: runs still marked running died.
+    let result = match ledger.interrupt_stale_runs(&run_id).await {
+        Ok(dead) => {
+            for r in dead {
+                tracing::warn!(run = %r, "marked interrupted: its process ended without finishing");
+            }
+            let fence = lock.fence();
+            migrate_locked(
+                pipeline,
+                steps,
+                source_url,
+                target,
+                ledger,
+                opts,
+                &run_id,
+                Some(&fence),
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    };
     lock.release().await?;
     result
 }
@@ -321,6 +354,7 @@ async fn migrate_locked(
     ledger: &Ledger,
     opts: &RunOptions,
     run_id: &str,
+    fence: Option<&ledger::lock::Fence>,
 ) -> Result<RunReport, RunError> {
     let started_at = chrono::Utc::now();
     let run_started = Instant::now();
@@ -354,12 +388,16 @@ async fn migrate_locked(
                 }
                 already_applied.push(step.entity);
             }
-            Decision::Run { resume, since } => to_run.push((step, resume, since)),
+            Decision::Run {
+                resume,
+                since,
+                origin,
+            } => to_run.push((step, resume, since, origin)),
         }
     }
 
     let mut session = SourceSession::open(source_url).await?;
-    let run_steps: Vec<Step> = to_run.iter().map(|(s, _, _)| s.clone()).collect();
+    let run_steps: Vec<Step> = to_run.iter().map(|(s, ..)| s.clone()).collect();
     let snapshot_at = session
         .snapshot_at()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -387,7 +425,7 @@ async fn migrate_locked(
     let mut run_error: Option<RunError> = None;
     let mut estimate_ms: u64 = 0;
 
-    for (p, (_, resume, since)) in plans.iter().zip(&to_run) {
+    for (p, (_, resume, since, origin)) in plans.iter().zip(&to_run) {
         let mut stage = StageRun {
             run_started,
             since: since.clone(),
@@ -399,54 +437,45 @@ async fn migrate_locked(
             }),
             mode: None,
             ledger: (!opts.dry_run).then(|| ledger.clone()),
+            fence: fence.cloned(),
         };
-        let mut backup = None;
-        let mut was_empty = false;
         // What the ledger records as the step's collection: the table group or `@users`.
         let mut ledger_name = p.collection.clone();
-        if opts.dry_run {
+        let mut backup = None;
+        let mut was_empty = false;
+        let prepared = if opts.dry_run {
             target.describe(p);
+            Ok(())
         } else {
-            target.prepare(p).await?;
-            ledger_name = target.ledger_collection(&p.collection);
-            was_empty = target.is_empty(&p.collection).await?;
-            if let Some(r) = resume {
-                was_empty = r.was_empty;
-                backup = r.backup.clone();
-            } else if !was_empty && !opts.no_backup {
-                if ledger_name == crate::sink::target::USERS {
-                    tracing::warn!(entity = %p.entity, "{ledger_name} cannot be backed up; rollback of this step will refuse");
-                } else {
-                    backup = Some(ledger.backup(&ledger_name, run_id, &p.entity).await?);
-                }
+            prepare_step(
+                p,
+                target,
+                ledger,
+                opts,
+                run_id,
+                run_number,
+                &snapshot_at,
+                resume.as_deref().or(origin.as_deref()),
+                &mut stage,
+            )
+            .await
+            .map(|(name, empty, b)| {
+                ledger_name = name;
+                was_empty = empty;
+                backup = b;
+            })
+        };
+        if let Err(e) = prepared {
+            // The stage failed before its first row: it is reported (and recorded) as failed.
+            let mut report = EntityReport::new(&p.entity, &p.collection, Default::default(), 0);
+            report.status = "failed".into();
+            report.error = Some(e.to_string());
+            if !opts.dry_run && run_number > 0 {
+                let _ = ledger.finish_step(run_id, &report).await;
             }
-            stage.mode = Some(if target.is_empty(&p.collection).await? {
-                WriteMode::Insert
-            } else {
-                WriteMode::Upsert
-            });
-            let mapping = p.mapping_path.display().to_string();
-            let checkpoint = stage
-                .resume
-                .as_ref()
-                .map(|r| (r.key.as_slice(), r.rows as i64));
-            ledger
-                .start_step(&ledger::StepStart {
-                    run_id,
-                    run_number,
-                    entity: &p.entity,
-                    collection: &ledger_name,
-                    mapping: &mapping,
-                    checksum: &p.checksum,
-                    was_empty,
-                    backup: backup.as_deref(),
-                    total: 0,
-                    resumed_from: stage.resume.as_ref().map(|r| r.from_run.as_str()),
-                    checkpoint,
-                    snapshot_at: &snapshot_at,
-                    since: stage.since.as_deref(),
-                })
-                .await?;
+            entities.push(report);
+            run_error = Some(e);
+            break;
         }
         let delta = match (&stage.since, opts.since_last) {
             (Some(at), _) => Some(format!("rows changed since {at}")),
@@ -477,7 +506,11 @@ async fn migrate_locked(
             }
         }
         if let Some(e) = &err {
-            report.status = "failed".into();
+            report.status = if matches!(e, RunError::LockLost(_)) {
+                ledger::INTERRUPTED.into()
+            } else {
+                "failed".into()
+            };
             report.error = Some(e.to_string());
         }
         if !report.balanced() {
@@ -549,7 +582,9 @@ async fn migrate_locked(
         }),
     };
     report.compute_totals();
-    report.status = if run_error.is_some() {
+    report.status = if matches!(run_error, Some(RunError::LockLost(_))) {
+        ledger::INTERRUPTED.into()
+    } else if run_error.is_some() {
         "failed".into()
     } else if report.totals.rejected > 0 {
         "completed_with_rejects".into()
@@ -567,6 +602,67 @@ async fn migrate_locked(
         ledger.finish_run(&report).await?;
     }
     Ok(report)
+}
+
+/// Gets the target ready for one stage and records the step's start in the ledger: the schema
+/// (Appwrite), whether the destination is empty, its backup, and the write mode. Returns the
+/// ledger's name of the destination, whether it was empty, and the backup's name.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_step(
+    p: &Plan,
+    target: &Target,
+    ledger: &Ledger,
+    opts: &RunOptions,
+    run_id: &str,
+    run_number: i64,
+    snapshot_at: &str,
+    // The unfinished step this one continues (resumed or started over): its record of the
+    // destination's state before the stage wrote into it stands.
+    resume: Option<&ledger::StepRecord>,
+    stage: &mut StageRun,
+) -> Result<(String, bool, Option<String>), RunError> {
+    let mut backup = None;
+    target.prepare(p).await?;
+    let ledger_name = target.ledger_collection(&p.collection);
+    let mut was_empty = target.is_empty(&p.collection).await?;
+    if let Some(r) = resume {
+        was_empty = r.was_empty;
+        backup = r.backup.clone();
+    } else if !was_empty && !opts.no_backup {
+        if ledger_name == crate::sink::target::USERS {
+            tracing::warn!(entity = %p.entity, "{ledger_name} cannot be backed up; rollback of this step will refuse");
+        } else {
+            backup = Some(ledger.backup(&ledger_name, run_id, &p.entity).await?);
+        }
+    }
+    stage.mode = Some(if target.is_empty(&p.collection).await? {
+        WriteMode::Insert
+    } else {
+        WriteMode::Upsert
+    });
+    let mapping = p.mapping_path.display().to_string();
+    let checkpoint = stage
+        .resume
+        .as_ref()
+        .map(|r| (r.key.as_slice(), r.rows as i64));
+    ledger
+        .start_step(&ledger::StepStart {
+            run_id,
+            run_number,
+            entity: &p.entity,
+            collection: &ledger_name,
+            mapping: &mapping,
+            checksum: &p.checksum,
+            was_empty,
+            backup: backup.as_deref(),
+            total: 0,
+            resumed_from: stage.resume.as_ref().map(|r| r.from_run.as_str()),
+            checkpoint,
+            snapshot_at,
+            since: stage.since.as_deref(),
+        })
+        .await?;
+    Ok((ledger_name, was_empty, backup))
 }
 
 /// Puts a collection back as it was before a step: emptied when the step found it empty,
@@ -795,6 +891,8 @@ struct StageRun {
     mode: Option<WriteMode>,
     /// Where checkpoints go (`None` in a dry run).
     ledger: Option<Ledger>,
+    /// The lock's fencing check (`None` in a dry run).
+    fence: Option<ledger::lock::Fence>,
 }
 
 /// A batch of documents on its way to the target.
@@ -842,6 +940,10 @@ fn key_strings(plan: &Plan, row: Option<&[Value]>) -> Vec<String> {
 /// batch is durably written, however the concurrent batches complete.
 pub(crate) struct Checkpointer {
     ledger: Ledger,
+    /// Synced before each checkpoint: the rejects of the rows it covers are on disk first.
+    rejects: Arc<RejectsWriter>,
+    /// Checked before each checkpoint: a run that lost the lock records nothing more.
+    fence: Option<ledger::lock::Fence>,
     run_id: String,
     entity: String,
     /// Rows already covered before this run (a resumed step).
@@ -853,9 +955,18 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn new(ledger: Ledger, run_id: &str, entity: &str, base_rows: u64) -> Checkpointer {
+    fn new(
+        ledger: Ledger,
+        rejects: Arc<RejectsWriter>,
+        fence: Option<ledger::lock::Fence>,
+        run_id: &str,
+        entity: &str,
+        base_rows: u64,
+    ) -> Checkpointer {
         Checkpointer {
             ledger,
+            rejects,
+            fence,
             run_id: run_id.to_string(),
             entity: entity.to_string(),
             base_rows,
@@ -888,6 +999,13 @@ impl Checkpointer {
         if let Some((key, rows)) = &self.watermark
             && !key.is_empty()
         {
+            if let Some(f) = &self.fence {
+                f.check().await?;
+            }
+            self.rejects.sync().map_err(|source| RunError::Io {
+                path: self.rejects.dir().to_path_buf(),
+                source,
+            })?;
             self.ledger
                 .checkpoint(
                     &self.run_id,
@@ -920,10 +1038,11 @@ impl<'c> ChildCursor<'c> {
         }
     }
 
-    /// The child rows of the parent with key `key` (children of keys before it are orphans).
+    /// The child rows of the parent row `parent` (children of keys before its key are orphans).
+    /// Children start with the foreign-key columns, one per parent key column.
     pub(crate) async fn take_for(
         &mut self,
-        key: &Value,
+        parent: &[Value],
         plan: &Plan,
         embed: usize,
     ) -> Result<Vec<Vec<Value>>, RunError> {
@@ -950,8 +1069,15 @@ impl<'c> ChildCursor<'c> {
                     }
                 }
             }
-            let fk = &self.pending.as_ref().expect("set above")[0];
-            match fk.key_cmp(key) {
+            let child = self.pending.as_ref().expect("set above");
+            let order = plan
+                .key
+                .iter()
+                .zip(child)
+                .map(|(&k, fk)| fk.key_cmp(&parent[k]))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal);
+            match order {
                 std::cmp::Ordering::Less => {
                     self.orphans += 1;
                     self.pending = None;
@@ -1018,10 +1144,16 @@ async fn run_entity(
             counters.clone(),
             rejects.clone(),
             total_rejected.clone(),
-            stage
-                .ledger
-                .clone()
-                .map(|l| Checkpointer::new(l, &stage.run_id, &plan.entity, resumed_rows)),
+            stage.ledger.clone().map(|l| {
+                Checkpointer::new(
+                    l,
+                    rejects.clone(),
+                    stage.fence.clone(),
+                    &stage.run_id,
+                    &plan.entity,
+                    resumed_rows,
+                )
+            }),
         ))
     });
 
@@ -1135,9 +1267,10 @@ async fn read_loop(
     let mut child_specs: Vec<_> = plan.embeds.iter().map(|e| e.read.clone()).collect();
     if let Some(r) = resume {
         read_spec.after = Some(r.key.clone());
-        // Children of parents already written are skipped by the same key (single-column keys).
+        // Children of parents already written are skipped by the same key: their leading
+        // ordering columns are the foreign key, one per parent key column.
         for c in &mut child_specs {
-            c.after = Some(r.key[..1].to_vec());
+            c.after = Some(r.key.clone());
         }
     }
     let start_rows = resume.map(|r| r.rows).unwrap_or(0);
@@ -1195,7 +1328,7 @@ async fn read_loop(
         };
         let mut children = Vec::with_capacity(cursors.len());
         for (i, c) in cursors.iter_mut().enumerate() {
-            children.push(c.take_for(&row[plan.key[0]], plan, i).await?);
+            children.push(c.take_for(&row, plan, i).await?);
         }
         let mut mapped = map_row(plan, &row, &children, ctx);
         let Some(raw) = mapped.doc.take() else {
@@ -1312,6 +1445,26 @@ fn reject(
     Ok(Ok(()))
 }
 
+/// A spawned task that is aborted when dropped (a stopped write loop leaves no write behind).
+struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Spawned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
     rx: mpsc::Receiver<Batch>,
@@ -1333,7 +1486,9 @@ async fn write_loop(
             let collection = collection.clone();
             let counters = counters.clone();
             let policy = opts.retry;
-            async move {
+            // Each batch is its own task: it makes progress (and gives its connection back)
+            // while this loop waits for the ledger.
+            Spawned(tokio::spawn(async move {
                 let attempts = std::sync::atomic::AtomicU32::new(0);
                 let result = retry(
                     policy,
@@ -1354,16 +1509,27 @@ async fn write_loop(
                 )
                 .await;
                 (batch, result, attempts.load(Ordering::Relaxed))
-            }
+            }))
         })
-        .buffer_unordered(opts.concurrency);
+        .buffer_unordered(opts.concurrency.max(1));
     let mut results = std::pin::pin!(results);
 
     let io_err = |source: std::io::Error| RunError::Io {
         path: rejects.dir().to_path_buf(),
         source,
     };
-    while let Some((mut batch, result, attempts)) = results.next().await {
+    let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
+    while let Some(joined) = results.next().await {
+        let (mut batch, result, attempts) =
+            joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
+        if let Some(f) = &fence {
+            // Lost (seen by the heartbeat): stop at once. Refused documents (duplicate keys, in
+            // insert mode) may be another run's: make sure the lock is still ours first.
+            let refused = matches!(&result, Ok(r) if !r.errors.is_empty());
+            if f.is_lost() || refused {
+                f.check().await?;
+            }
+        }
         EntityCounters::add(&counters.batches, 1);
         match result {
             Ok(BatchResult { written, errors }) => {

@@ -99,20 +99,36 @@ pub async fn shutdown_all() {
 pub struct MongoTarget {
     client: Client,
     db: Database,
+    /// The same database through a client of its own: checkpoints, heartbeats and lock checks
+    /// never wait for a connection held by the batches in flight, however many there are.
+    ledger_db: Database,
+}
+
+/// Connections of the ledger's own client (checkpoint, heartbeat, a lock check at once).
+const LEDGER_POOL: u32 = 4;
+
+async fn open_client(uri: &str, pool: Option<u32>) -> Result<Client, MongoError> {
+    let connect_err = |source| MongoError::Connect {
+        uri: crate::redact::redact_url(uri),
+        source,
+    };
+    let mut options = mongodb::options::ClientOptions::parse(uri)
+        .await
+        .map_err(connect_err)?;
+    if let Some(n) = pool {
+        options.max_pool_size = Some(n);
+    }
+    let client = Client::with_options(options).map_err(connect_err)?;
+    CLIENTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(client.clone());
+    Ok(client)
 }
 
 impl MongoTarget {
     pub async fn connect(uri: &str, database: &str) -> Result<MongoTarget, MongoError> {
-        let client = Client::with_uri_str(uri)
-            .await
-            .map_err(|source| MongoError::Connect {
-                uri: crate::redact::redact_url(uri),
-                source,
-            })?;
-        CLIENTS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(client.clone());
+        let client = open_client(uri, None).await?;
         let db = client.database(database);
         db.run_command(doc! { "ping": 1 })
             .await
@@ -120,11 +136,23 @@ impl MongoTarget {
                 uri: crate::redact::redact_url(uri),
                 source,
             })?;
-        Ok(MongoTarget { client, db })
+        let ledger_db = open_client(uri, Some(LEDGER_POOL))
+            .await?
+            .database(database);
+        Ok(MongoTarget {
+            client,
+            db,
+            ledger_db,
+        })
     }
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The database through the ledger's own connections.
+    pub fn ledger_database(&self) -> &Database {
+        &self.ledger_db
     }
 
     pub fn client(&self) -> &Client {

@@ -460,7 +460,7 @@ impl Target {
     /// Where the ledger lives: beside the data.
     pub fn store(&self) -> Store {
         match self {
-            Target::Mongo(m) => Store::Mongo(m.database().clone()),
+            Target::Mongo(m) => Store::Mongo(m.ledger_database().clone()),
             Target::Appwrite(a) => Store::appwrite(a.client.clone(), &a.database),
         }
     }

@@ -328,7 +328,7 @@ impl ReadSpec {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let order = self
+        let ordering: Vec<String> = self
             .order
             .iter()
             .map(|&i| {
@@ -339,19 +339,21 @@ impl ReadSpec {
                     quote_ident(&c.name)
                 }
             })
-            .collect::<Vec<_>>()
-            .join(", ");
+            .collect();
+        let order = ordering.join(", ");
         let mut sql = format!("SELECT {select} FROM {}", self.relation);
         let mut conditions: Vec<String> = self.filter.iter().cloned().collect();
         if let Some(after) = &self.after {
-            // Row comparison in the scan's own order: (k1, k2) > ($1, $2).
-            let params = self.order[..after.len().min(self.order.len())]
+            // Row comparison on the leading ordering columns the key gives: (k1, k2) > ($1, $2).
+            // A child read resumes after its parent's key, which is a prefix of its own order.
+            let n = after.len().min(self.order.len());
+            let params = self.order[..n]
                 .iter()
                 .enumerate()
                 .map(|(n, &i)| format!("CAST(${} AS {})", n + 1, self.columns[i].pg_type))
                 .collect::<Vec<_>>()
                 .join(", ");
-            conditions.push(format!("({order}) > ({params})"));
+            conditions.push(format!("({}) > ({params})", ordering[..n].join(", ")));
         }
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
@@ -484,6 +486,18 @@ mod tests {
         assert_eq!(
             spec.sql(),
             "SELECT \"a\", \"b\" FROM \"t\" WHERE (\"a\" COLLATE \"C\", \"b\") > (CAST($1 AS TEXT), CAST($2 AS INT4)) ORDER BY \"a\" COLLATE \"C\", \"b\""
+        );
+    }
+
+    #[test]
+    fn a_child_read_resumes_after_its_parent_key_alone() {
+        // Children ordered by (fk, child id) resume after the parent's key: only `fk` compares.
+        let cols = vec![col("fk", "UUID"), col("id", "INT8")];
+        let mut spec = ReadSpec::new("\"c\"", &cols, &[], &["fk".into(), "id".into()]).unwrap();
+        spec.after = Some(vec!["0b9e5a4e-3f8a-4a57-9f4e-0c1d2e3f4a5b".into()]);
+        assert_eq!(
+            spec.sql(),
+            "SELECT \"fk\", \"id\" FROM \"c\" WHERE (\"fk\") > (CAST($1 AS UUID)) ORDER BY \"fk\", \"id\""
         );
     }
 

@@ -142,7 +142,7 @@ async fn each_expected(
         };
         let mut children = Vec::with_capacity(cursors.len());
         for (i, c) in cursors.iter_mut().enumerate() {
-            children.push(c.take_for(&row[plan.key[0]], plan, i).await?);
+            children.push(c.take_for(&row, plan, i).await?);
         }
         let counts: Vec<usize> = children.iter().map(Vec::len).collect();
         let mapped = map_row(plan, &row, &children, ctx);

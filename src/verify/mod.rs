@@ -235,7 +235,7 @@ pub async fn verify_entity(
             };
             let mut children = Vec::with_capacity(cursors.len());
             for (i, c) in cursors.iter_mut().enumerate() {
-                children.push(c.take_for(&row[plan.key[0]], plan, i).await?);
+                children.push(c.take_for(&row, plan, i).await?);
             }
             let this = n;
             n += 1;
