@@ -92,6 +92,7 @@ pub struct Lock {
     ttl: Duration,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     lost: Arc<AtomicBool>,
+    verified_at: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 /// The fencing check of a lock holder: before a checkpoint (or any write whose outcome depends on
@@ -101,6 +102,8 @@ pub struct Fence {
     ledger: Ledger,
     run_id: String,
     lost: Arc<AtomicBool>,
+    /// When the lock was last read and found ours.
+    verified_at: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 /// This run no longer holds the target's lock.
@@ -118,6 +121,22 @@ impl Fence {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// Like [`Fence::check`], but only when the lock was last found ours longer than `max_age`
+    /// ago (the process was paused, or writes are slow): a write after a pause goes out only
+    /// once the lock is known to be still ours.
+    pub async fn check_if_stale(&self, max_age: Duration) -> Result<(), LockLost> {
+        let age = self
+            .verified_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        if self.is_lost() || age > max_age {
+            self.check().await
+        } else {
+            Ok(())
+        }
+    }
+
     /// Reads the lock: `Err` when another run holds it or nobody does.
     pub async fn check(&self) -> Result<(), LockLost> {
         if self.is_lost() {
@@ -126,7 +145,11 @@ impl Fence {
             });
         }
         match self.ledger.lock_holder().await {
-            Ok(Some(h)) if h.run_id == self.run_id => Ok(()),
+            Ok(Some(h)) if h.run_id == self.run_id => {
+                *self.verified_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                    std::time::Instant::now();
+                Ok(())
+            }
             Ok(holder) => {
                 self.lost.store(true, Ordering::SeqCst);
                 Err(LockLost {
@@ -234,6 +257,7 @@ impl Ledger {
             ttl,
             heartbeat: None,
             lost: Arc::new(AtomicBool::new(false)),
+            verified_at: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         };
         lock.start_heartbeat();
         Ok(lock)
@@ -294,6 +318,7 @@ impl Lock {
             ledger: self.ledger.clone(),
             run_id: self.run_id.clone(),
             lost: self.lost.clone(),
+            verified_at: self.verified_at.clone(),
         }
     }
 

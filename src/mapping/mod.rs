@@ -328,11 +328,23 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
                 "give exactly one of `table` or `query`".into(),
             ));
         }
-        if s.source.key.len() != 1 {
+        let fk = e.foreign_key.names();
+        if fk.len() != s.source.key.len() {
             return Err(invalid(
                 m,
-                &key,
-                "embedding needs a single-column parent key".into(),
+                &format!("{key}.foreign_key"),
+                format!(
+                    "names {} column(s); the parent key has {} ({}): name one child column per parent key column, in key order, e.g. foreign_key = [{}]",
+                    fk.len(),
+                    s.source.key.len(),
+                    s.source.key.join(", "),
+                    s.source
+                        .key
+                        .iter()
+                        .map(|k| format!("\"{k}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         }
         if let Some(after) = &e.after

@@ -1445,6 +1445,10 @@ fn reject(
     Ok(Ok(()))
 }
 
+/// How long a run writes on the strength of its last look at the lock (checkpoints look every
+/// 200 ms while batches complete).
+const FENCE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A spawned task that is aborted when dropped (a stopped write loop leaves no write behind).
 struct Spawned<T>(tokio::task::JoinHandle<T>);
 
@@ -1478,10 +1482,12 @@ async fn write_loop(
     total_rejected: Arc<AtomicU64>,
     mut checkpointer: Option<Checkpointer>,
 ) -> Result<(), RunError> {
+    let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
     let batches =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let results = batches
         .map(|batch| {
+            let fence = fence.clone();
             let target = target.clone();
             let collection = collection.clone();
             let counters = counters.clone();
@@ -1489,6 +1495,12 @@ async fn write_loop(
             // Each batch is its own task: it makes progress (and gives its connection back)
             // while this loop waits for the ledger.
             Spawned(tokio::spawn(async move {
+                // After a pause (or with slow writes) the lock is read again before writing.
+                if let Some(f) = &fence
+                    && let Err(lost) = f.check_if_stale(FENCE_MAX_AGE).await
+                {
+                    return (batch, Err(lost), 0);
+                }
                 let attempts = std::sync::atomic::AtomicU32::new(0);
                 let result = retry(
                     policy,
@@ -1508,7 +1520,7 @@ async fn write_loop(
                     },
                 )
                 .await;
-                (batch, result, attempts.load(Ordering::Relaxed))
+                (batch, Ok(result), attempts.load(Ordering::Relaxed))
             }))
         })
         .buffer_unordered(opts.concurrency.max(1));
@@ -1518,10 +1530,10 @@ async fn write_loop(
         path: rejects.dir().to_path_buf(),
         source,
     };
-    let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
     while let Some(joined) = results.next().await {
         let (mut batch, result, attempts) =
             joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
+        let result = result?;
         if let Some(f) = &fence {
             // Lost (seen by the heartbeat): stop at once. Refused documents (duplicate keys, in
             // insert mode) may be another run's: make sure the lock is still ours first.

@@ -1,0 +1,384 @@
+//! Run integrity on the real servers: stages with embedded children (uuid and composite parent
+//! keys) resume after kill -9; high `--concurrency` completes; rejects of a killed run are on disk;
+//! runs left `running` by a dead process become `interrupted`; a run whose lock is taken away
+//! stops writing and ends interrupted; a stage that fails while being prepared still ends its run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::{Document, doc};
+use common::World;
+
+const SCHEMA: &str = r#"
+CREATE TABLE owners (id uuid PRIMARY KEY, name text NOT NULL, note text);
+INSERT INTO owners
+SELECT md5('o' || g)::uuid, 'owner ' || g, CASE WHEN g % 97 = 0 THEN repeat('n', 60) ELSE 'ok' END
+FROM generate_series(1, 30000) g;
+CREATE TABLE pets (owner_id uuid NOT NULL, pet_id int NOT NULL, name text NOT NULL,
+                   PRIMARY KEY (owner_id, pet_id));
+INSERT INTO pets
+SELECT md5('o' || g)::uuid, p, 'pet ' || g || '/' || p
+FROM generate_series(1, 30000) g, generate_series(1, 1 + g % 3) p;
+CREATE TABLE plots (region text NOT NULL, seq int NOT NULL, label text NOT NULL,
+                    PRIMARY KEY (region, seq));
+INSERT INTO plots SELECT r, s, r || '-' || s
+FROM unnest(ARRAY['North', 'south', 'Øst', 'west side']) r, generate_series(1, 6000) s;
+CREATE TABLE crops (region text NOT NULL, seq int NOT NULL, n int NOT NULL, kind text NOT NULL);
+INSERT INTO crops SELECT r, s, c, 'crop ' || c
+FROM unnest(ARRAY['North', 'south', 'Øst', 'west side']) r, generate_series(1, 6000) s,
+     generate_series(1, 1 + s % 2) c;
+"#;
+
+const OWNERS: &str = r#"
+version = 1
+name = "owners"
+[source]
+table = "owners"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+[[field]]
+path = "note"
+column = "note"
+validate = { max_length = 45 }
+[[embed]]
+path = "pets"
+table = "pets"
+foreign_key = "owner_id"
+order_by = ["pet_id"]
+[[embed.field]]
+path = "id"
+column = "pet_id"
+[[embed.field]]
+path = "name"
+column = "name"
+"#;
+
+const PLOTS: &str = r#"
+version = 1
+name = "plots"
+[source]
+table = "plots"
+key = ["region", "seq"]
+[id]
+strategy = "uuid5"
+[[field]]
+path = "label"
+column = "label"
+[[embed]]
+path = "crops"
+table = "crops"
+foreign_key = ["region", "seq"]
+order_by = ["n"]
+[[embed.field]]
+path = "n"
+column = "n"
+[[embed.field]]
+path = "kind"
+column = "kind"
+"#;
+
+const PIPELINE: &str = r#"
+version = 1
+name = "integrity"
+mappings_dir = "mappings"
+[[stage]]
+name = "owners"
+entities = ["owners"]
+[[stage]]
+name = "plots"
+entities = ["plots"]
+"#;
+
+async fn setup(w: &World) -> PathBuf {
+    w.sql(SCHEMA).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/owners.toml"), OWNERS).unwrap();
+    std::fs::write(dir.join("mappings/plots.toml"), PLOTS).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
+    dir.join("pipeline.toml")
+}
+
+fn spawn(w: &World, args: &[&str]) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(w.dir.path())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn spawn_migrate(w: &World, pipeline: &Path, extra: &[&str]) -> Child {
+    let p = pipeline.display().to_string();
+    let mut args = vec!["migrate", "--quiet", "--pipeline", &p];
+    args.extend_from_slice(extra);
+    spawn(w, &args)
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test when it takes longer.
+fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} did not finish within {limit:?} (hung?)\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn step_of(w: &World, entity: &str) -> Option<Document> {
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_steps")
+        .find_one(doc! { "entity": entity })
+        .sort(doc! { "started_at": -1 })
+        .await
+        .unwrap()
+}
+
+/// kill -9 once the running step of `entity` has a checkpoint past `rows`.
+async fn kill_after(w: &World, child: &mut Child, entity: &str, rows: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(step) = step_of(w, entity).await {
+            let at = step.get_i64("checkpoint_rows").unwrap_or(0);
+            if step.get_str("status") == Ok("running") && at >= rows {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                return at;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before a checkpoint at {rows} rows of {entity}");
+        }
+        assert!(Instant::now() < deadline, "no checkpoint at {rows} in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Every (entity, source key, rule) in every rejects file under the world's `rejects/`.
+fn all_rejects(w: &World) -> std::collections::BTreeSet<(String, String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(runs) = std::fs::read_dir(w.dir.path().join("rejects")) else {
+        return out;
+    };
+    for run in runs {
+        for f in std::fs::read_dir(run.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".warnings.csv") || !name.ends_with(".csv") {
+                continue;
+            }
+            let mut r = csv::Reader::from_path(&path).unwrap();
+            for rec in r.records() {
+                let rec = rec.unwrap();
+                out.insert((rec[0].to_string(), rec[1].to_string(), rec[3].to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn stages_with_embedded_children_resume_after_kill_9_and_end_identical() {
+    let reference = World::new("integrity_ref").await;
+    let ref_pipeline = setup(&reference).await;
+    let out = reference.migrate_with(&ref_pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let expected_owners = reference.docs("owners").await;
+    let expected_plots = reference.docs("plots").await;
+    let expected_rejects = all_rejects(&reference);
+    assert_eq!(expected_rejects.len(), 30000 / 97, "{expected_rejects:?}");
+
+    let w = World::new("integrity").await;
+    let pipeline = setup(&w).await;
+    let small = ["--batch-size", "100", "--concurrency", "3"];
+    // Killed in the embedded stage with a uuid key, twice; then in the composite-key stage.
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    let first = kill_after(&w, &mut child, "owners", 3_000).await;
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    kill_after(&w, &mut child, "owners", first + 6_000).await;
+    // Rejects of the killed runs up to their checkpoints are on disk already.
+    let so_far = all_rejects(&w);
+    assert!(
+        so_far.len() as i64 >= (first + 6_000) / 97 - 1,
+        "rejects of killed runs were lost: {} on disk",
+        so_far.len()
+    );
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    kill_after(&w, &mut child, "plots", 2_000).await;
+    // Killed runs are marked interrupted by the next run that holds the lock.
+    let out = wait_bounded(
+        spawn_migrate(&w, &pipeline, &[]),
+        Duration::from_secs(120),
+        "the resuming run",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    let runs: Vec<Document> = {
+        use futures::TryStreamExt;
+        w.mongo()
+            .await
+            .collection::<Document>("cutover_runs")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    let statuses: Vec<&str> = runs.iter().map(|r| r.get_str("status").unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "interrupted").count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(!statuses.contains(&"running"), "{statuses:?}");
+
+    assert!(w.docs("owners").await == expected_owners, "owners differ");
+    assert!(w.docs("plots").await == expected_plots, "plots differ");
+    assert_eq!(all_rejects(&w), expected_rejects);
+    reference.drop().await;
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn concurrency_32_completes_on_mongodb() {
+    let w = World::new("conc32").await;
+    let pipeline = setup(&w).await;
+    let out = wait_bounded(
+        spawn_migrate(
+            &w,
+            &pipeline,
+            &["--batch-size", "50", "--concurrency", "32"],
+        ),
+        Duration::from_secs(180),
+        "migrate --concurrency 32",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert_eq!(w.count("owners").await, 30000 - 30000 / 97);
+    assert_eq!(w.count("plots").await, 24000);
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_run_whose_lock_is_taken_away_stops_writing_and_ends_interrupted() {
+    let w = World::new("fence").await;
+    let pipeline = setup(&w).await;
+    let mut child = spawn_migrate(&w, &pipeline, &["--batch-size", "50", "--concurrency", "1"]);
+    // Once it writes, pause it (longer than it writes on one look at the lock, as a holder
+    // stopped until its lock expired), take its lock away, and let it go on.
+    kill_after_pause(&w, &mut child).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = w
+        .cutover()
+        .args(["lock", "release", "--confirm"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    let before = w.count("owners").await;
+    signal(&child, "CONT");
+    let out = wait_bounded(child, Duration::from_secs(60), "the fenced run");
+    assert_ne!(out.status.code(), Some(0), "{}", out_text(&out));
+    let text = out_text(&out);
+    assert!(text.contains("lost the target's lock"), "{text}");
+    // It stopped at its next checkpoint: at most the batches in flight were written after.
+    let after = w.count("owners").await;
+    assert!(after <= before + 100, "kept writing: {before} → {after}");
+    let report = w.latest_report();
+    assert_eq!(report["status"], "interrupted", "{report}");
+    let owners = &report["entities"][0];
+    assert_eq!(owners["status"], "interrupted", "{owners}");
+    // No false rejects: only the rule's own.
+    let rejects = all_rejects(&w);
+    assert!(
+        rejects.iter().all(|(_, _, rule)| rule == "max_length"),
+        "{rejects:?}"
+    );
+    let step = step_of(&w, "owners").await.unwrap();
+    assert_eq!(step.get_str("status"), Ok("interrupted"), "{step}");
+    // A plain re-run resumes and completes.
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert_eq!(w.count("owners").await, 30000 - 30000 / 97);
+    w.drop().await;
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// Stops (SIGSTOP) `child` once its owners step has a checkpoint.
+async fn kill_after_pause(w: &World, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(step) = step_of(w, "owners").await
+            && step.get_i64("checkpoint_rows").unwrap_or(0) > 500
+        {
+            signal(child, "STOP");
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be paused");
+        }
+        assert!(Instant::now() < deadline, "no checkpoint in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stage_that_fails_while_prepared_ends_its_run_with_a_report() {
+    let w = World::new("prepfail").await;
+    let pipeline = setup(&w).await;
+    // A collection name MongoDB refuses.
+    let bad = OWNERS.replace(
+        "name = \"owners\"\n",
+        "name = \"owners\"\ncollection = \"a$b\"\n",
+    );
+    std::fs::write(w.dir.path().join("mappings/owners.toml"), bad).unwrap();
+    let out = w.migrate_with(&pipeline, &["owners"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    let report = w.latest_report();
+    assert_eq!(report["status"], "failed", "{report}");
+    assert_eq!(report["entities"][0]["status"], "failed", "{report}");
+    let run = w
+        .mongo()
+        .await
+        .collection::<Document>("cutover_runs")
+        .find_one(doc! {})
+        .await
+        .unwrap();
+    if let Some(run) = run {
+        assert_eq!(run.get_str("status"), Ok("failed"), "{run}");
+    }
+    w.drop().await;
+}
