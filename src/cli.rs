@@ -121,7 +121,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Run id (the file name in the reports directory; default: the latest run).
+    /// Run id (the file name in the reports directory; default: the latest run that ran a stage).
     pub run_id: Option<String>,
     #[command(flatten)]
     pub target: TargetArgs,
@@ -492,7 +492,8 @@ pub(crate) async fn connect_target(
             let t = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
             let target = Target::Mongo(t);
             let ledger = Ledger::new(target.store(), &mongo.ledger_prefix);
-            Ok((target, ledger, format!("mongodb {}", mongo.database)))
+            let name = target.display_name();
+            Ok((target, ledger, name))
         }
         TargetKind::Appwrite => {
             let a = cfg.require_appwrite()?;
@@ -512,16 +513,8 @@ pub(crate) async fn connect_target(
             };
             let target = Target::Appwrite(AppwriteTarget::new(client, &a.database, bulk));
             let ledger = Ledger::new(target.store(), "cutover_");
-            Ok((
-                target,
-                ledger,
-                format!(
-                    "appwrite {} (project {}, database {})",
-                    crate::redact::redact_url(&a.endpoint),
-                    a.project,
-                    a.database
-                ),
-            ))
+            let name = target.display_name();
+            Ok((target, ledger, name))
         }
     }
 }

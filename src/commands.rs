@@ -276,7 +276,8 @@ const DEFAULT_SAMPLE: u64 = 100_000;
 pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
     let (cfg, target, _ledger) =
         crate::cli::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
-    let target_name = target.kind();
+    let target_kind = target.kind();
+    let target_name = target.display_name();
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
@@ -336,6 +337,8 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     let json = serde_json::json!({
         "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "target": target_name,
+        "target_kind": target_kind,
+        "pipeline": pipeline.spec.name,
         "ok": ok,
         "entities": results,
     });

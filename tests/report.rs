@@ -149,3 +149,109 @@ async fn html_report_renders_with_charts_and_numbers() {
     );
     w.drop().await;
 }
+
+/// The sign-off joins only a verification of the same target that covers the run, and `report`
+/// without a run id shows the latest run that ran a stage.
+#[tokio::test]
+async fn signoff_joins_only_a_matching_verification_and_skips_runs_that_did_nothing() {
+    let w = World::new("signoff_match").await;
+    w.load_registry(30);
+    assert_eq!(w.migrate(&[]).status.code(), Some(2));
+    let run = w.latest_report();
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let pipeline = common::repo().join("pipelines/registry.toml");
+    let signoff = |args: &[&str]| -> (serde_json::Value, String) {
+        let out = w
+            .cutover()
+            .args(["report", "--format", "json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            serde_json::from_slice(&out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // A verification of another database (empty: it fails) is not this run's.
+    let other = format!("{}_other", w.mongo_db);
+    let out = w
+        .cutover()
+        .args(["verify", "--database", &other, "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (s, _) = signoff(&[&run_id]);
+    assert!(s["verification"].is_null(), "{}", s["verification"]);
+    let (text, _) = {
+        let out = w.cutover().args(["report", &run_id]).output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).to_string(), ())
+    };
+    assert!(
+        !text.contains("PASSED") && !text.contains("FAILED"),
+        "{text}"
+    );
+
+    // A verification of only some entities does not sign off the run either.
+    let out = w
+        .cutover()
+        .args(["verify", "users", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (s, _) = signoff(&[&run_id]);
+    assert!(s["verification"].is_null(), "{}", s["verification"]);
+
+    // The target's own full verification is joined.
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (s, _) = signoff(&[&run_id]);
+    assert_eq!(s["verification"]["ok"], true, "{}", s["verification"]);
+    assert_eq!(
+        s["verification"]["target"],
+        format!("mongodb {}", w.mongo_db)
+    );
+
+    // A run that found everything applied is passed over by a plain `report`.
+    let out = w.migrate(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, stderr) = signoff(&[]);
+    assert_eq!(s["run"]["run_id"], run_id.as_str(), "{stderr}");
+    assert!(stderr.contains("latest that ran a stage"), "{stderr}");
+    let client = mongodb::Client::with_uri_str(common::mongo_uri())
+        .await
+        .unwrap();
+    client.database(&other).drop().await.unwrap();
+    w.drop().await;
+}

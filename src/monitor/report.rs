@@ -16,6 +16,9 @@ pub struct EntityReport {
     pub rejected: u64,
     pub warnings: u64,
     pub skipped: u64,
+    /// Rows in batches the target did not take (counted in `skipped`; a resume writes them).
+    #[serde(default)]
+    pub failed: u64,
     pub retried: u64,
     pub duration_ms: u64,
     pub rows_per_sec: f64,
@@ -61,6 +64,7 @@ impl EntityReport {
             rejected: c.rejected,
             warnings: c.warnings,
             skipped: c.skipped,
+            failed: c.failed,
             retried: c.retried,
             duration_ms,
             rows_per_sec: round1(c.read as f64 / secs),
@@ -240,6 +244,13 @@ impl RunReport {
                     s,
                     "{}: {verb} {} target documents whose source rows are gone",
                     e.name, e.deleted
+                );
+            }
+            if e.failed > 0 {
+                let _ = writeln!(
+                    s,
+                    "{}: {} rows not written: their batches failed (counted as skipped, not rejected; the next `cutover migrate` resumes before them)",
+                    e.name, e.failed
                 );
             }
             if let Some(from) = &e.resumed_from {

@@ -36,12 +36,16 @@ fn is_run_report(p: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().starts_with("verify-"))
 }
 
-/// The report file of `run_id`, or of the newest run.
-pub fn find_run_report(reports_dir: &Path, run_id: Option<&str>) -> std::io::Result<PathBuf> {
+/// The report file of `run_id`, or of the newest run that ran a stage (runs that found everything
+/// applied are passed over; their number is returned with the path).
+pub fn find_run_report(
+    reports_dir: &Path,
+    run_id: Option<&str>,
+) -> std::io::Result<(PathBuf, usize)> {
     if let Some(id) = run_id {
         let p = reports_dir.join(format!("{id}.json"));
         return if p.exists() {
-            Ok(p)
+            Ok((p, 0))
         } else {
             Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -58,16 +62,30 @@ pub fn find_run_report(reports_dir: &Path, run_id: Option<&str>) -> std::io::Res
         .filter(|p| is_run_report(p))
         .collect();
     files.sort();
-    files.pop().ok_or_else(|| {
+    let newest = files.last().cloned().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("no run report in {}", reports_dir.display()),
         )
-    })
+    })?;
+    let ran_something = |p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["entities"].as_array().is_some_and(|a| !a.is_empty()))
+    };
+    for (passed, p) in files.iter().rev().enumerate() {
+        if ran_something(p) {
+            return Ok((p.clone(), passed));
+        }
+    }
+    // No run did anything: the newest says so itself.
+    Ok((newest, 0))
 }
 
-/// The newest verification written after `after` (RFC 3339), if any.
-pub fn find_verification(reports_dir: &Path, after: &str) -> Option<serde_json::Value> {
+/// The newest verification of `run`'s target that covers every entity the run wrote and was
+/// made after it ended; `None` when there is none ("not verified").
+pub fn find_verification(reports_dir: &Path, run: &RunReport) -> Option<serde_json::Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(reports_dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -77,9 +95,26 @@ pub fn find_verification(reports_dir: &Path, after: &str) -> Option<serde_json::
         })
         .collect();
     files.sort();
-    let newest = files.pop()?;
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(newest).ok()?).ok()?;
-    (v["verified_at"].as_str().unwrap_or("") >= after).then_some(v)
+    files.into_iter().rev().find_map(|f| {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).ok()?).ok()?;
+        verification_matches(&v, run).then_some(v)
+    })
+}
+
+/// Whether verification `v` speaks of `run`: same target (kind and database), made after the run,
+/// and covering each of its entities.
+fn verification_matches(v: &serde_json::Value, run: &RunReport) -> bool {
+    let after = v["verified_at"].as_str().unwrap_or("") >= run.finished_at.as_str();
+    let same_target = v["target"].as_str() == Some(run.target.as_str());
+    let verified: std::collections::BTreeSet<&str> = v["entities"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["entity"].as_str()).collect())
+        .unwrap_or_default();
+    let covered = run
+        .entities
+        .iter()
+        .all(|e| verified.contains(e.name.as_str()));
+    after && same_target && covered
 }
 
 /// Rejects (or warnings) of a run, by entity and rule, with a few examples each.
@@ -161,10 +196,16 @@ impl SignOff {
         rejects_root: &Path,
         run_id: Option<&str>,
     ) -> std::io::Result<SignOff> {
-        let path = find_run_report(reports_dir, run_id)?;
+        let (path, passed_over) = find_run_report(reports_dir, run_id)?;
         let run: RunReport = serde_json::from_str(&std::fs::read_to_string(&path)?)
             .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-        let verification = find_verification(reports_dir, &run.finished_at);
+        if passed_over > 0 {
+            eprintln!(
+                "report of run {}, the latest that ran a stage ({passed_over} later run(s) found everything applied; `cutover report RUN_ID` shows another)",
+                run.run_id
+            );
+        }
+        let verification = find_verification(reports_dir, &run);
         let dir = rejects_root.join(&run.run_id);
         Ok(SignOff {
             rejects: rule_counts(&dir, false),

@@ -53,12 +53,30 @@ pub enum RunError {
     Refused(String),
     #[error("stopped: {rejected} rows rejected, more than --max-rejects {max}")]
     TooManyRejects { rejected: u64, max: u64 },
-    #[error("{entity}: a batch of {rows} rows failed after {attempts} attempts: {source}")]
+    #[error(
+        "{entity}: a batch of {rows} rows could not be written ({attempts} attempt(s) of the batch, each request retried as the target allows): {source}; its rows are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
+    )]
     BatchFailed {
         entity: String,
         rows: usize,
         attempts: u32,
         source: Box<SinkError>,
+    },
+    #[error(
+        "{entity}: {rows} documents could not be written after their retries ({message}); they are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
+    )]
+    DocumentsFailed {
+        entity: String,
+        rows: u64,
+        message: String,
+    },
+    #[error(
+        "{entity}: {rows} rows in {batches} batches could not be written (--continue-on-error went on); they are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
+    )]
+    Unwritten {
+        entity: String,
+        rows: u64,
+        batches: u64,
     },
     #[error("{entity}: cannot read a child row of `{path}`: column {column}: {message}")]
     ChildDecode {
@@ -1445,6 +1463,48 @@ fn reject(
     Ok(Ok(()))
 }
 
+/// Writes again, as upserts, the documents of `docs` that `r` says the server may take on
+/// another try (not primary, a write conflict…), as often as the retry policy allows.
+async fn retry_transient(
+    target: &Target,
+    collection: &str,
+    docs: &[RawDocumentBuf],
+    mut r: BatchResult,
+    policy: RetryPolicy,
+    counters: &EntityCounters,
+) -> BatchResult {
+    for attempt in 0..policy.max_retries {
+        let idx: Vec<usize> = r
+            .errors
+            .iter()
+            .filter(|e| e.transient && e.index < docs.len())
+            .map(|e| e.index)
+            .collect();
+        if idx.is_empty() {
+            break;
+        }
+        EntityCounters::add(&counters.retried, 1);
+        tracing::warn!(
+            collection,
+            documents = idx.len(),
+            attempt,
+            "writing refused documents again"
+        );
+        tokio::time::sleep(policy.delay(attempt, fastrand::f64())).await;
+        let again: Vec<RawDocumentBuf> = idx.iter().map(|&i| docs[i].clone()).collect();
+        if let Ok(sub) = target.write(collection, &again, WriteMode::Upsert).await {
+            r.errors.retain(|e| !(e.transient && e.index < docs.len()));
+            r.written += sub.written;
+            for mut e in sub.errors {
+                e.index = idx.get(e.index).copied().unwrap_or(usize::MAX);
+                r.errors.push(e);
+            }
+            r.errors.sort_by_key(|e| e.index);
+        }
+    }
+    r
+}
+
 /// How long a run writes on the strength of its last look at the lock (checkpoints look every
 /// 200 ms while batches complete).
 const FENCE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -1520,6 +1580,18 @@ async fn write_loop(
                     },
                 )
                 .await;
+                let result = match result {
+                    Ok(r) if r.errors.iter().any(|e| e.transient) => Ok(retry_transient(
+                        &target,
+                        &collection,
+                        &batch.docs,
+                        r,
+                        policy,
+                        &counters,
+                    )
+                    .await),
+                    other => other,
+                };
                 (batch, Ok(result), attempts.load(Ordering::Relaxed))
             }))
         })
@@ -1530,6 +1602,10 @@ async fn write_loop(
         path: rejects.dir().to_path_buf(),
         source,
     };
+    // Batches (or documents) not written with --continue-on-error: the stage ends failed, and
+    // the checkpoint never passes them.
+    let mut failed_batches = 0u64;
+    let mut blocked = false;
     while let Some(joined) = results.next().await {
         let (mut batch, result, attempts) =
             joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
@@ -1547,6 +1623,24 @@ async fn write_loop(
             Ok(BatchResult { written, errors }) => {
                 EntityCounters::add(&counters.written, written);
                 EntityCounters::add(&counters.bytes, batch.bytes as u64);
+                // Documents the server could still not take after their retries are failed,
+                // like a failed batch: never rejected, and the checkpoint stays before them.
+                let (transient, errors): (Vec<_>, Vec<_>) =
+                    errors.into_iter().partition(|e| e.transient);
+                if !transient.is_empty() {
+                    let rows = transient.len() as u64;
+                    EntityCounters::add(&counters.failed, rows);
+                    EntityCounters::add(&counters.skipped, rows);
+                    blocked = true;
+                    if !opts.continue_on_error {
+                        return Err(RunError::DocumentsFailed {
+                            entity,
+                            rows,
+                            message: transient[0].message.clone(),
+                        });
+                    }
+                    failed_batches += 1;
+                }
                 for e in errors {
                     let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
                     let issue = Issue::error(
@@ -1569,32 +1663,12 @@ async fn write_loop(
                 }
             }
             Err(source) => {
-                let message = source.to_string();
-                for key in &batch.keys {
-                    let issue = Issue::error(
-                        Stage::Write,
-                        "batch_failed",
-                        "",
-                        message.clone(),
-                        String::new(),
-                    );
-                    if opts.continue_on_error {
-                        reject(
-                            &counters,
-                            &total_rejected,
-                            &rejects,
-                            &entity,
-                            key,
-                            &[issue],
-                            &opts,
-                        )
-                        .map_err(io_err)??;
-                    } else {
-                        // Recorded so the report still balances; the run stops below.
-                        EntityCounters::add(&counters.rejected, 1);
-                        rejects.reject(&entity, key, &[issue]).map_err(io_err)?;
-                    }
-                }
+                // Not a row's fault: the rows are failed (not written, not refused), counted
+                // apart from rejects; the checkpoint stays before them so a resume writes them.
+                let rows = batch.docs.len() as u64;
+                EntityCounters::add(&counters.failed, rows);
+                EntityCounters::add(&counters.skipped, rows);
+                tracing::error!(entity = %entity, rows, error = %source, "a batch could not be written");
                 if !opts.continue_on_error {
                     return Err(RunError::BatchFailed {
                         entity,
@@ -1603,10 +1677,16 @@ async fn write_loop(
                         source: Box::new(source),
                     });
                 }
+                failed_batches += 1;
+                continue;
             }
         }
         // Every row of the batch is now written or recorded as a reject (a stopped run returned
-        // above): the watermark may move past it.
+        // above): the watermark may move past it — unless rows of it (or of an earlier batch)
+        // failed.
+        if blocked {
+            continue;
+        }
         if let Some(c) = checkpointer.as_mut() {
             c.finished(
                 batch.seq,
@@ -1615,6 +1695,14 @@ async fn write_loop(
             )
             .await?;
         }
+    }
+    let failed = counters.failed.load(Ordering::Relaxed);
+    if failed_batches > 0 {
+        return Err(RunError::Unwritten {
+            entity,
+            rows: failed,
+            batches: failed_batches,
+        });
     }
     Ok(())
 }

@@ -73,6 +73,9 @@ pub struct DocError {
     pub code: i32,
     pub code_name: String,
     pub message: String,
+    /// The server may take the document on another try (not primary, shutting down, a write
+    /// conflict…): it is written again, not rejected.
+    pub transient: bool,
 }
 
 #[derive(Debug, Default)]
@@ -243,11 +246,13 @@ impl MongoTarget {
         if let Ok(list) = reply.get_array("writeErrors") {
             for e in list {
                 let Some(e) = e.as_document() else { continue };
+                let code = as_i64(e.get("code")).unwrap_or(0) as i32;
                 errors.push(DocError {
                     index: as_i64(e.get("index")).unwrap_or(-1) as usize,
-                    code: as_i64(e.get("code")).unwrap_or(0) as i32,
+                    code,
                     code_name: e.get_str("codeName").unwrap_or("WriteError").to_string(),
                     message: e.get_str("errmsg").unwrap_or("").to_string(),
+                    transient: RETRYABLE_CODES.contains(&code),
                 });
             }
         }

@@ -185,6 +185,7 @@ impl AppwriteTarget {
                         code: 0,
                         code_name: "appwrite_unrepresentable".into(),
                         message,
+                        transient: false,
                     }),
                     None => {
                         ok_index.push(i);
@@ -196,6 +197,7 @@ impl AppwriteTarget {
                     code: 0,
                     code_name: "document_unreadable".into(),
                     message,
+                    transient: false,
                 }),
             }
         }
@@ -354,6 +356,7 @@ fn doc_error(index: usize, e: &AppwriteError) -> DocError {
         code: i32::from(e.status),
         code_name: e.kind.clone(),
         message: e.message.clone(),
+        transient: false,
     }
 }
 
@@ -462,6 +465,20 @@ impl Target {
         match self {
             Target::Mongo(m) => Store::Mongo(m.ledger_database().clone()),
             Target::Appwrite(a) => Store::appwrite(a.client.clone(), &a.database),
+        }
+    }
+
+    /// The target as reports name it: kind and database (Appwrite: endpoint and project too),
+    /// never a credential.
+    pub fn display_name(&self) -> String {
+        match self {
+            Target::Mongo(m) => format!("mongodb {}", m.database().name()),
+            Target::Appwrite(a) => format!(
+                "appwrite {} (project {}, database {})",
+                crate::redact::redact_url(a.client.endpoint()),
+                a.client.project(),
+                a.database
+            ),
         }
     }
 

@@ -87,6 +87,17 @@ pub struct AppwriteClient {
     pub counters: Arc<ClientCounters>,
 }
 
+impl AppwriteClient {
+    /// The API endpoint (with `/v1`), as configured.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+}
+
 impl std::fmt::Debug for AppwriteClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppwriteClient")
