@@ -684,6 +684,14 @@ impl Side {
             .collect())
     }
 
+    /// `cutover verify`: None when it passes, else what it said.
+    async fn verify(&self) -> Option<String> {
+        match self.run(&["verify"], "verify").await {
+            Ok(out) if out.status.success() => None,
+            Ok(out) | Err(out) => Some(out.text()),
+        }
+    }
+
     async fn count(&self, shape: &Shape, collection: &str) -> u64 {
         match &self.aw {
             Some(aw) => {
@@ -842,7 +850,12 @@ impl Ctx {
 
 /// How a chaos attempt ended, with the planned kills it went past without landing.
 enum Outcome {
-    Killed(String, Vec<String>),
+    /// Killed by `kill` (described by `how`).
+    Killed {
+        kill: Kill,
+        how: String,
+        missed: Vec<String>,
+    },
     Exited(Ended, Vec<String>),
 }
 
@@ -973,13 +986,14 @@ async fn attempt(
                     }
                     None => String::new(),
                 };
-                return Outcome::Killed(
-                    format!(
+                return Outcome::Killed {
+                    how: format!(
                         "killed by {kill:?} after {} ms{at}",
                         started.elapsed().as_millis()
                     ),
+                    kill,
                     missed,
-                );
+                };
             }
         }
         tokio::time::sleep(POLL).await;
@@ -1065,6 +1079,8 @@ async fn chaos(shape: &Shape) {
     let cycle = concurrency_cycle();
     let offset = rng.usize(0..cycle.len());
     let mut kills = 0;
+    // What differs from the uninterrupted run, reported together at the end.
+    let mut problems = Vec::new();
     for n in 1.. {
         if n > planned + FINAL_ATTEMPTS {
             ctx.fail(&format!(
@@ -1108,9 +1124,32 @@ async fn chaos(shape: &Shape) {
             m => format!(" (went past {})", m.join(", ")),
         };
         match outcome {
-            Outcome::Killed(how, m) => {
+            Outcome::Killed {
+                kill,
+                how,
+                missed: m,
+            } => {
                 kills += 1;
                 ctx.log.push(format!("{flags}: {how}{}", missed(&m)));
+                // The dead run's step is interrupted (or it completed just before the kill).
+                if let Some(entity) = kill.entity() {
+                    let status = match side.status().await {
+                        Ok(s) => s,
+                        Err(e) => ctx.fail(&format!("status after the kill of {flags}: {e}")),
+                    };
+                    let state = status["entities"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|e| e["entity"] == entity)
+                        .map(|e| e["state"].clone())
+                        .unwrap_or(Value::Null);
+                    if state != "interrupted" && state != "applied" {
+                        problems.push(format!(
+                            "after the kill of {flags}, the status calls {entity} {state}, not interrupted"
+                        ));
+                    }
+                }
             }
             Outcome::Exited(out, m) => {
                 let code = out.status.code();
@@ -1135,7 +1174,6 @@ async fn chaos(shape: &Shape) {
     }
 
     // 3. The same end as the uninterrupted run.
-    let mut problems = Vec::new();
     let got = side.dump(shape).await;
     let names = |d: &BTreeMap<String, BTreeMap<String, String>>| -> Vec<String> {
         d.keys().cloned().collect()
@@ -1261,6 +1299,16 @@ async fn chaos(shape: &Shape) {
                 n("skipped")
             ));
         }
+    }
+    // verify re-derives every document from the source and compares.
+    if let Some(text) = side.verify().await {
+        let also = match reference.verify().await {
+            Some(_) => " (nor after the uninterrupted run: not the kills)",
+            None => "",
+        };
+        problems.push(format!(
+            "`cutover verify` after the last run does not pass{also}\n{text}"
+        ));
     }
     ctx.log.push(format!("{kills} kills"));
     if !problems.is_empty() {
