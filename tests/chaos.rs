@@ -939,8 +939,23 @@ async fn attempt(
         if started.elapsed() > DEADLINE {
             child.start_kill().unwrap();
             let status = child.wait().await.unwrap();
+            let stood: Vec<String> = side
+                .steps()
+                .await
+                .iter()
+                .filter(|s| !known.contains(&step_id(s)))
+                .map(|s| {
+                    format!(
+                        "{} {} at checkpoint {} of {} rows",
+                        s.get_str("entity").unwrap_or("?"),
+                        s.get_str("status").unwrap_or("?"),
+                        int(s, "checkpoint_rows"),
+                        totals.get(s.get_str("entity").unwrap_or("")).unwrap_or(&0)
+                    )
+                })
+                .collect();
             ctx.fail(&format!(
-                "`cutover {}` did not end within {DEADLINE:?} (a hang?); it was killed\n{}",
+                "`cutover {}` did not end within {DEADLINE:?} (a hang?); it was killed; its steps: {stood:?}\n{}",
                 args.join(" "),
                 side.output(log, status).text()
             ));
