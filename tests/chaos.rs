@@ -4,8 +4,7 @@
 //! same counts, the same rejects (gathered over every run's rejects files), and balanced reports.
 //!
 //! One test per stage shape: a plain table, a parent with embedded children, a composite key, a
-//! text key, an Appwrite child table, and (ignored until the mapping format allows it) a parent
-//! with a composite key that embeds children. Each test prints its seed; the kill plan, batch sizes
+//! text key, an Appwrite child table, and a parent with a composite key that embeds children. Each test prints its seed; the kill plan, batch sizes
 //! and concurrencies follow from it (when the kills land still depends on timing):
 //!
 //! ```text
@@ -343,10 +342,8 @@ entities = ["visits"]
     appwrite_tables: &["visits", "visits_notes"],
 };
 
-// (f) A parent with a COMPOSITE key embedding children that reference both key columns.
-// NOT SUPPORTED YET: `[[embed]] foreign_key` names one column today (src/mapping/spec.rs has
-// `foreign_key: String`). This is the form the mapping should take, `foreign_key = ["region",
-// "seq"]` (the child columns, in the order of the parent's key); the test is ignored until then.
+// (f) A parent with a COMPOSITE key embedding children that reference both key columns:
+// `foreign_key = ["region", "seq"]` (the child columns, in the order of the parent's key).
 const COMPOSITE_PARENT: Shape = Shape {
     test: "comppar",
     sql: r#"
@@ -423,7 +420,6 @@ async fn an_appwrite_child_table_killed_at_random_ends_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a composite foreign_key in [[embed]]: foreign_key names one column today"]
 async fn a_composite_parent_with_embedded_children_killed_at_random_ends_identical() {
     chaos(&COMPOSITE_PARENT).await;
 }
