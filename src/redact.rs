@@ -66,6 +66,13 @@ pub fn register_secret(secret: &str) {
         let json = serde_json::to_string(s).unwrap_or_default();
         forms.push(strip_quotes(&json).to_string());
         forms.push(strip_quotes(&format!("{s:?}")).to_string());
+        forms.push(
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+                .replace('\'', "&#39;"),
+        );
     }
     let mut all = SECRETS.write().unwrap_or_else(|p| p.into_inner());
     for f in forms {

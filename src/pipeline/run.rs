@@ -478,7 +478,7 @@ async fn migrate_locked(
         }
         if let Some(e) = &err {
             report.status = "failed".into();
-            report.error = Some(e.to_string());
+            report.error = Some(crate::redact::redact_text(&e.to_string()));
         }
         if !report.balanced() {
             let e = RunError::Invariant {
@@ -489,7 +489,7 @@ async fn migrate_locked(
                 skipped: report.skipped,
             };
             report.status = "failed".into();
-            report.error = Some(e.to_string());
+            report.error = Some(crate::redact::redact_text(&e.to_string()));
             run_error.get_or_insert(e);
         }
         if opts.dry_run {
@@ -532,7 +532,9 @@ async fn migrate_locked(
         totals: Default::default(),
         success_rate: 0.0,
         estimated_full_run_ms: opts.dry_run.then_some(estimate_ms),
-        error: run_error.as_ref().map(|e| e.to_string()),
+        error: run_error
+            .as_ref()
+            .map(|e| crate::redact::redact_text(&e.to_string())),
         rejects_dir: rejects.dir().display().to_string(),
         config: serde_json::json!({
             "source": crate::redact::redact_url(source_url),
@@ -1391,7 +1393,7 @@ async fn write_loop(
                 }
             }
             Err(source) => {
-                let message = source.to_string();
+                let message = crate::redact::redact_text(&source.to_string());
                 for key in &batch.keys {
                     let issue = Issue::error(
                         Stage::Write,
