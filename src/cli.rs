@@ -828,4 +828,20 @@ mod tests {
             "cannot migrate: ledger write failed: connection refused"
         );
     }
+
+    #[test]
+    fn error_text_stops_at_a_driver_error() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 219 bytes, got 21 bytes at EOF",
+        );
+        let err = anyhow::Error::new(crate::source::postgres::SourceError::Query {
+            context: "read patients".into(),
+            source: sqlx::Error::Io(io),
+        });
+        assert_eq!(
+            error_text(&err),
+            "source query failed (read patients): the source connection was closed (backend terminated?)"
+        );
+    }
 }

@@ -89,6 +89,30 @@ pub fn error_text(err: &mongodb::error::Error) -> String {
     crate::redact::redact_text(&text)
 }
 
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn driver_errors_print_without_labels_or_raw_replies() {
+        let e = mongodb::error::Error::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ));
+        let text = error_text(&e);
+        assert_eq!(text, "I/O error: connection reset by peer");
+        let err = MongoError::Command {
+            op: "insert".into(),
+            source: e,
+        };
+        let shown = err.to_string();
+        assert!(
+            !shown.contains("labels") && !shown.contains("server response"),
+            "{shown}"
+        );
+    }
+}
+
 /// Server error codes worth another try (not primary, shutting down, network, time limits).
 const RETRYABLE_CODES: &[i32] = &[
     6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 50, 64, 112, 117, 133, 134,

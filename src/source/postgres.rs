@@ -498,6 +498,47 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_connection_is_said_plainly() {
+        let e = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 219 bytes, got 21 bytes at EOF",
+        ));
+        assert_eq!(
+            error_text(&e),
+            "the source connection was closed (backend terminated?)"
+        );
+        let err = SourceError::Query {
+            context: "read patients".into(),
+            source: e,
+        };
+        assert_eq!(
+            err.to_string(),
+            "source query failed (read patients): the source connection was closed (backend terminated?)"
+        );
+    }
+
+    #[test]
+    fn the_postgres_source_line_is_dropped() {
+        assert_eq!(
+            strip_line_suffix("relation \"x\" does not exist at line 1452"),
+            "relation \"x\" does not exist"
+        );
+        assert_eq!(strip_line_suffix("at line nine"), "at line nine");
+        assert_eq!(strip_line_suffix("plain"), "plain");
+    }
+
+    #[test]
+    fn connect_errors_hide_the_password() {
+        let err = SourceError::Connect {
+            url: crate::redact::redact_url("postgres://u:p@ss/w@h/db"),
+            source: sqlx::Error::Configuration("password=p@ss/w rejected".into()),
+        };
+        let text = err.to_string();
+        assert!(!text.contains("ss/w"), "{text}");
+        assert!(text.starts_with("cannot connect to the source postgres://u:***@h/db"));
+    }
+
+    #[test]
     fn select_casts_exact_types_to_text_and_orders_text_keys_bytewise() {
         let cols = vec![
             col("code", "TEXT"),
