@@ -150,7 +150,9 @@ pub async fn check(
                     }
                     described.push(d);
                 }
-                Err(e) => report.blocking.push(format!("target: {e}")),
+                Err(e) => report
+                    .blocking
+                    .push(format!("target: {}", crate::sink::mongodb::error_text(&e))),
             },
             Target::Appwrite(a) => match appwrite_description(a).await {
                 Ok(d) => described.push(d),
@@ -175,7 +177,10 @@ pub async fn check(
     };
     report.source = match source_version(&mut session).await {
         Ok(v) => format!("PostgreSQL {v}"),
-        Err(e) => format!("PostgreSQL (version unknown: {e})"),
+        Err(e) => format!(
+            "PostgreSQL (version unknown: {})",
+            crate::source::postgres::error_text(&e)
+        ),
     };
 
     // Compile one by one so that every broken mapping is listed, not only the first.

@@ -383,6 +383,59 @@ pub struct PlanArgs {
     pub pipeline: PipelineArgs,
 }
 
+/// The exit status when the reader of our output has gone: what a shell reports for a program
+/// killed by SIGPIPE (128 + 13).
+pub const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Writes command output. When the reader has gone (`cutover verify | head -1`) the process ends
+/// quietly with [`EXIT_BROKEN_PIPE`] instead of panicking as `println!` does; any other write
+/// failure ends it with status 1.
+pub fn write_out(to_stderr: bool, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let result = if to_stderr {
+        std::io::stderr().lock().write_fmt(args)
+    } else {
+        std::io::stdout().lock().write_fmt(args)
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(EXIT_BROKEN_PIPE)
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// `print!` to standard output through [`write_out`].
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(false, format_args!($($arg)*))
+    };
+}
+
+/// `println!` to standard output through [`write_out`].
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::write_out(false, format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(false, format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` through [`write_out`].
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(true, format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 /// How a command ended, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -402,18 +455,28 @@ impl Outcome {
 }
 
 /// An error and its causes as one line, `a: b: c`, leaving out a cause whose text the line already
-/// holds (many errors here print their source themselves).
+/// holds (many errors here print their source themselves). A driver error (sqlx, MongoDB) ends the
+/// line: its readable text is what the errors wrapping it print, and its own `Display` and causes
+/// carry PostgreSQL source lines, byte counts and raw BSON.
 pub fn error_text(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
-        let t = cause.to_string();
-        if text.contains(&t) {
-            continue;
+        let (t, last) = if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+            (crate::source::postgres::error_text(e), true)
+        } else if let Some(e) = cause.downcast_ref::<mongodb::error::Error>() {
+            (crate::sink::mongodb::error_text(e), true)
+        } else {
+            (cause.to_string(), false)
+        };
+        if !text.contains(&t) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&t);
         }
-        if !text.is_empty() {
-            text.push_str(": ");
+        if last {
+            break;
         }
-        text.push_str(&t);
     }
     text
 }
@@ -426,7 +489,7 @@ pub fn init_logging(cli: &Cli) -> Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::redact::RedactingWriter(std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -435,7 +498,9 @@ pub fn init_logging(cli: &Cli) -> Result<()> {
 }
 
 fn load_config(cli: &Cli, o: Overrides) -> Result<Config> {
-    Ok(Config::load(cli.config.as_deref(), &ProcessEnv, &o)?)
+    let cfg = Config::load(cli.config.as_deref(), &ProcessEnv, &o)?;
+    cfg.register_secrets();
+    Ok(cfg)
 }
 
 fn load_pipeline(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {
@@ -615,9 +680,9 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         lock_ttl: std::time::Duration::from_secs(args.lock_ttl.max(1)),
     };
     let report = run::migrate(&pipeline, steps, &source, &target, &ledger, &opts).await?;
-    print!("{}", report.render_text());
+    crate::out!("{}", crate::redact::redact_text(&report.render_text()));
     if let Some(e) = &report.error {
-        eprintln!("error: {}", crate::redact::redact_text(e));
+        crate::errln!("error: {}", crate::redact::redact_text(e));
         return Ok(Outcome::Failed);
     }
     Ok(if report.totals.rejected > 0 {
@@ -631,14 +696,14 @@ async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {
     let cfg = load_config(cli, Overrides::default())?;
     let pipeline = load_pipeline(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
-    println!(
+    crate::outln!(
         "pipeline {} ({})",
         pipeline.spec.name,
         pipeline.path.display()
     );
     let prereqs = pipeline.prerequisites(&steps);
     if !prereqs.is_empty() {
-        println!(
+        crate::outln!(
             "requires already migrated: {}",
             prereqs.into_iter().collect::<Vec<_>>().join(", ")
         );
@@ -651,7 +716,7 @@ async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {
     let mut current_stage = String::new();
     for (n, s) in steps.iter().enumerate() {
         if s.stage != current_stage {
-            println!("stage {}", s.stage);
+            crate::outln!("stage {}", s.stage);
             current_stage = s.stage.clone();
         }
         let m = pipeline.mappings.get(&s.entity)?;
@@ -671,7 +736,7 @@ async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {
             let rows = session.count(&plans[0].relation).await?;
             line.push_str(&format!(", {rows} rows"));
         }
-        println!("{line}");
+        crate::outln!("{line}");
     }
     if let Some(s) = session {
         s.close().await;
@@ -700,7 +765,7 @@ async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
     };
     for p in &plans {
         if p.appwrite_users.is_some() {
-            println!("{}: Appwrite users (Auth), no table", p.entity);
+            crate::outln!("{}: Appwrite users (Auth), no table", p.entity);
             continue;
         }
         let spec = crate::sink::appwrite::schema::table_spec(p);
@@ -711,7 +776,7 @@ async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
                 .map(|c| (c.table, format!("(child table of {}: {})", p.entity, c.key))),
         );
         for (spec, what) in tables {
-            println!("table {} {what}", spec.id);
+            crate::outln!("table {} {what}", spec.id);
             for c in &spec.columns {
                 let (kind, body) = c.request();
                 let size = body
@@ -723,15 +788,15 @@ async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
                     _ => "",
                 };
                 let array = if c.array { "[]" } else { "" };
-                println!("  {:<28} {kind}{size}{array}{json}", c.key);
+                crate::outln!("  {:<28} {kind}{size}{array}{json}", c.key);
             }
             for i in &spec.indexes {
-                println!("  index {} (key: {})", i.key, i.columns.join(", "));
+                crate::outln!("  index {} (key: {})", i.key, i.columns.join(", "));
             }
         }
         if let Some((t, _, _)) = &target {
             t.prepare(p).await?;
-            println!("  applied");
+            crate::outln!("  applied");
         }
     }
     Ok(Outcome::Success)
@@ -754,6 +819,22 @@ mod tests {
         assert_eq!(
             error_text(&err),
             "cannot migrate: ledger write failed: connection refused"
+        );
+    }
+
+    #[test]
+    fn error_text_stops_at_a_driver_error() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 219 bytes, got 21 bytes at EOF",
+        );
+        let err = anyhow::Error::new(crate::source::postgres::SourceError::Query {
+            context: "read patients".into(),
+            source: sqlx::Error::Io(io),
+        });
+        assert_eq!(
+            error_text(&err),
+            "source query failed (read patients): the source connection was closed (backend terminated?)"
         );
     }
 }

@@ -87,15 +87,21 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
         });
     }
     if args.json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "entities": rows, "lock": holder }))?
         );
         return Ok(Outcome::Success);
     }
-    println!(
+    crate::outln!(
         "{:<24} {:<14} {:<12} {:>9} {:>9} {:>9}  {:<26} progress",
-        "entity", "stage", "state", "read", "written", "rejected", "last run"
+        "entity",
+        "stage",
+        "state",
+        "read",
+        "written",
+        "rejected",
+        "last run"
     );
     for r in &rows {
         let progress = match r.state.as_str() {
@@ -105,7 +111,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
             "changed" => "mapping changed since applied".to_string(),
             _ => String::new(),
         };
-        println!(
+        crate::outln!(
             "{:<24} {:<14} {:<12} {:>9} {:>9} {:>9}  {:<26} {}",
             r.entity,
             r.stage,
@@ -118,9 +124,9 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
         );
     }
     match holder {
-        Some(h) if !h.expired => println!("lock: held by {h}"),
-        Some(h) => println!("lock: expired (last held by {h})"),
-        None => println!("lock: free"),
+        Some(h) if !h.expired => crate::outln!("lock: held by {h}"),
+        Some(h) => crate::outln!("lock: expired (last held by {h})"),
+        None => crate::outln!("lock: free"),
     }
     Ok(Outcome::Success)
 }
@@ -131,15 +137,22 @@ pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
         .runs_newest_first(args.limit.max(1), args.status.as_deref())
         .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(Outcome::Success);
     }
-    println!(
+    crate::outln!(
         "{:>4}  {:<26} {:<24} {:>9} {:>10} {:>9} {:>9}  {:<22} entities",
-        "#", "run", "started", "duration", "read", "written", "rejected", "status"
+        "#",
+        "run",
+        "started",
+        "duration",
+        "read",
+        "written",
+        "rejected",
+        "status"
     );
     for r in runs {
-        println!(
+        crate::outln!(
             "{:>4}  {:<26} {:<24} {:>9} {:>10} {:>9} {:>9}  {:<22} {}",
             r.run_number,
             r.run_id,
@@ -167,7 +180,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
     };
     let undo = rollback::plan(&pipeline, &ledger, &req).await?;
     if undo.is_empty() {
-        println!("nothing to roll back");
+        crate::outln!("nothing to roll back");
         return Ok(Outcome::Success);
     }
     let verb = if args.dry_run {
@@ -176,9 +189,11 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
         "rolling back"
     };
     for u in &undo {
-        println!(
+        crate::outln!(
             "{verb} {} (run {}): {}",
-            u.step.entity, u.step.run_id, u.action
+            u.step.entity,
+            u.step.run_id,
+            u.action
         );
     }
     if args.dry_run {
@@ -191,7 +206,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
     let result = rollback::execute(&ledger, &undo).await;
     lock.release().await?;
     result?;
-    println!("rolled back {} step(s)", undo.len());
+    crate::outln!("rolled back {} step(s)", undo.len());
     Ok(Outcome::Success)
 }
 
@@ -200,9 +215,9 @@ pub async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<Outcome> {
         LockCommand::Status(target) => {
             let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
             match ledger.lock_holder().await? {
-                Some(h) if !h.expired => println!("held by {h}"),
-                Some(h) => println!("free (expired lock of {h})"),
-                None => println!("free"),
+                Some(h) if !h.expired => crate::outln!("held by {h}"),
+                Some(h) => crate::outln!("free (expired lock of {h})"),
+                None => crate::outln!("free"),
             }
             Ok(Outcome::Success)
         }
@@ -214,8 +229,8 @@ pub async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<Outcome> {
             }
             let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
             match ledger.force_release_lock().await? {
-                Some(h) => println!("released the lock held by {h}"),
-                None => println!("the lock was free"),
+                Some(h) => crate::outln!("released the lock held by {h}"),
+                None => crate::outln!("the lock was free"),
             }
             Ok(Outcome::Success)
         }
@@ -228,10 +243,10 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
             let list = ledger.list_backups().await?;
             if list.is_empty() {
-                println!("no backups");
+                crate::outln!("no backups");
             }
             for b in list {
-                println!(
+                crate::outln!(
                     "{:<60} {:<24} {:>9} docs  run {}  {}",
                     b.name,
                     b.collection,
@@ -254,7 +269,7 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             let r = ledger.restore_backup(&b).await;
             lock.release().await?;
             r?;
-            println!("restored {} from {}", b.collection, b.name);
+            crate::outln!("restored {} from {}", b.collection, b.name);
             Ok(Outcome::Success)
         }
         BackupCommand::Drop { name, target } => {
@@ -263,7 +278,7 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
                 anyhow::anyhow!("no backup named {name} (see `cutover backup list`)")
             })?;
             ledger.drop_backup(&b).await?;
-            println!("dropped {}", b.name);
+            crate::outln!("dropped {}", b.name);
             Ok(Outcome::Success)
         }
     }
@@ -355,9 +370,9 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     }
     std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        println!(
+        crate::outln!(
             "{} (details: {})",
             if ok {
                 "verified: the target matches the source"
@@ -378,7 +393,7 @@ fn print_verification(v: &crate::verify::EntityVerification) {
     use crate::verify::SHOWN;
     let problems =
         v.missing.len() + v.unexpected.len() + v.different.len() + v.broken_references.len();
-    println!(
+    crate::outln!(
         "{:<24} {} comparison: {} source rows, {} rejected by the mapping, {} expected, {} in the target, {} compared — {}",
         v.entity,
         v.mode,
@@ -403,12 +418,12 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         } else {
             String::new()
         };
-        println!("    {what} ({}): {}{more}", items.len(), shown.join(", "));
+        crate::outln!("    {what} ({}): {}{more}", items.len(), shown.join(", "));
     };
     list("missing in the target (source key)", &v.missing);
     list("unexpected in the target (_id)", &v.unexpected);
     for d in v.different.iter().take(SHOWN) {
-        println!(
+        crate::outln!(
             "    different: {} (fields: {})",
             d.key,
             if d.fields.is_empty() {
@@ -419,21 +434,23 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         );
     }
     if v.different.len() > SHOWN {
-        println!(
+        crate::outln!(
             "    … and {} more different documents",
             v.different.len() - SHOWN
         );
     }
     for e in &v.embedded {
         if e.source_children != e.target_elements {
-            println!(
+            crate::outln!(
                 "    embedded {}: {} child rows in the source, {} elements in the target",
-                e.path, e.source_children, e.target_elements
+                e.path,
+                e.source_children,
+                e.target_elements
             );
         }
     }
     for r in &v.broken_references {
-        println!(
+        crate::outln!(
             "    broken references: {} → {}: {} value(s) point nowhere (e.g. {})",
             r.path,
             r.references,
@@ -487,19 +504,30 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     for e in blocking_targets.into_iter().rev() {
         report.blocking.insert(0, e);
     }
+    // Driver errors quote connection details: nothing of a credential goes out.
+    for b in &mut report.blocking {
+        *b = crate::redact::redact_text(b);
+    }
+    report.source = crate::redact::redact_text(&report.source);
+    report.target = crate::redact::redact_text(&report.target);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(if report.ok() {
             Outcome::Success
         } else {
             Outcome::Failed
         });
     }
-    println!("source: {}", report.source);
-    println!("target: {}", report.target);
-    println!(
+    crate::outln!("source: {}", report.source);
+    crate::outln!("target: {}", report.target);
+    crate::outln!(
         "{:<24} {:>10} {:>9} {:>6} {:>8} {:>12}  estimate basis",
-        "entity", "rows", "scanned", "unique", "indexed", "est. time"
+        "entity",
+        "rows",
+        "scanned",
+        "unique",
+        "indexed",
+        "est. time"
     );
     let yn = |b: Option<bool>| match b {
         Some(true) => "yes",
@@ -507,7 +535,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
         None => "-",
     };
     for e in &report.entities {
-        println!(
+        crate::outln!(
             "{:<24} {:>10} {:>9} {:>6} {:>8} {:>12}  {}",
             e.entity,
             e.rows,
@@ -519,23 +547,29 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
         );
     }
     if !report.findings.is_empty() {
-        println!("findings (rows affected within the scanned rows):");
+        crate::outln!("findings (rows affected within the scanned rows):");
         for f in &report.findings {
-            println!(
+            crate::outln!(
                 "  {:<24} {:<28} {:<22} {:<8} {:>8}  e.g. {} {}",
-                f.entity, f.path, f.rule, f.severity, f.rows, f.example_key, f.example
+                f.entity,
+                f.path,
+                f.rule,
+                f.severity,
+                f.rows,
+                f.example_key,
+                f.example
             );
         }
     }
     let total_estimate: u64 = report.entities.iter().filter_map(|e| e.estimated_ms).sum();
-    println!(
+    crate::outln!(
         "estimated duration of the whole run: {}",
         format_ms(total_estimate)
     );
     for b in &report.blocking {
-        println!("BLOCKING: {b}");
+        crate::outln!("BLOCKING: {b}");
     }
-    println!(
+    crate::outln!(
         "{}",
         if report.ok() {
             "check passed: nothing blocks a run"
@@ -582,6 +616,8 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
         ReportFormat::Md => signoff.render_markdown(),
         ReportFormat::Html => signoff.render_html(),
     };
+    // The report joins files and ledger records written by any version: redact once more.
+    let text = crate::redact::redact_text(&text);
     match &args.output {
         Some(path) => {
             if let Some(dir) = path.parent()
@@ -590,9 +626,9 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
                 std::fs::create_dir_all(dir)?;
             }
             std::fs::write(path, text)?;
-            eprintln!("wrote {}", path.display());
+            crate::errln!("wrote {}", path.display());
         }
-        None => print!("{text}"),
+        None => crate::out!("{text}"),
     }
     Ok(Outcome::Success)
 }

@@ -81,8 +81,8 @@ struct FileRun {
     mappings_dir: Option<PathBuf>,
 }
 
-/// Values given on the command line; `None` means "not given".
-#[derive(Debug, Default, Clone)]
+/// Values given on the command line; `None` means "not given". (No `Debug`: it holds URLs.)
+#[derive(Default, Clone)]
 pub struct Overrides {
     pub source_url: Option<String>,
     pub mongodb_uri: Option<String>,
@@ -113,7 +113,7 @@ impl Env for std::collections::HashMap<String, String> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MongoConfig {
     pub uri: String,
     pub database: String,
@@ -128,10 +128,20 @@ pub struct AppwriteConfig {
     pub api_key: Option<String>,
 }
 
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &crate::redact::redact_url(&self.uri))
+            .field("database", &self.database)
+            .field("ledger_prefix", &self.ledger_prefix)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for AppwriteConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppwriteConfig")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &crate::redact::redact_url(&self.endpoint))
             .field("project", &self.project)
             .field("database", &self.database)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
@@ -139,8 +149,8 @@ impl std::fmt::Debug for AppwriteConfig {
     }
 }
 
-/// The checked configuration of one invocation.
-#[derive(Debug, Clone)]
+/// The checked configuration of one invocation. Its `Debug` hides credentials.
+#[derive(Clone)]
 pub struct Config {
     /// The file it came from, if any (for messages).
     pub file: Option<PathBuf>,
@@ -155,6 +165,28 @@ pub struct Config {
     pub rejects_dir: PathBuf,
     pub pipeline: PathBuf,
     pub mappings_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("file", &self.file)
+            .field(
+                "source_url",
+                &self.source_url.as_deref().map(crate::redact::redact_url),
+            )
+            .field("default_target", &self.default_target)
+            .field("mongodb", &self.mongodb)
+            .field("appwrite", &self.appwrite)
+            .field("batch_size", &self.batch_size)
+            .field("batch_bytes", &self.batch_bytes)
+            .field("concurrency", &self.concurrency)
+            .field("reports_dir", &self.reports_dir)
+            .field("rejects_dir", &self.rejects_dir)
+            .field("pipeline", &self.pipeline)
+            .field("mappings_dir", &self.mappings_dir)
+            .finish()
+    }
 }
 
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -371,6 +403,23 @@ impl Config {
         })
     }
 
+    /// Tells [`crate::redact`] the credentials of this configuration, so that they are removed
+    /// from every text that prints, whatever shape a driver's error gives them.
+    pub fn register_secrets(&self) {
+        if let Some(url) = &self.source_url {
+            crate::redact::register_url_secrets(url);
+        }
+        if let Some(m) = &self.mongodb {
+            crate::redact::register_url_secrets(&m.uri);
+        }
+        if let Some(a) = &self.appwrite {
+            crate::redact::register_url_secrets(&a.endpoint);
+            if let Some(k) = &a.api_key {
+                crate::redact::register_secret(k);
+            }
+        }
+    }
+
     /// The source URL, or an error saying how to give one.
     pub fn require_source(&self) -> Result<&str, ConfigError> {
         self.source_url
@@ -556,6 +605,42 @@ mod tests {
             c.appwrite.unwrap().api_key.as_deref(),
             Some("standard_abc123")
         );
+    }
+
+    #[test]
+    fn debug_hides_every_credential() {
+        let e = env(&[
+            (
+                "CUTOVER_SOURCE_URL",
+                "postgres://app:pg%2Fpw9@h/db?sslpassword=ssl9pw",
+            ),
+            (
+                "MONGODB_URI",
+                "mongodb://root:mongo9pw@m:27017/?replicaSet=rs0",
+            ),
+            ("APPWRITE_ENDPOINT", "http://127.0.0.1:1/v1"),
+            ("APPWRITE_API_KEY", "standard_abc123"),
+        ]);
+        let c = Config::from_str(Path::new("c.toml"), "", &e, &Overrides::default()).unwrap();
+        let dbg = format!("{c:?}");
+        for secret in ["pg%2Fpw9", "ssl9pw", "mongo9pw", "standard_abc123"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        assert!(dbg.contains("postgres://app:***@h/db"), "{dbg}");
+    }
+
+    #[test]
+    fn libpq_connection_string_is_refused_with_password_hidden() {
+        let e = env(&[(
+            "CUTOVER_SOURCE_URL",
+            "host=h user=app password='a b/c@d' dbname=x",
+        )]);
+        let err = Config::from_str(Path::new("c.toml"), "", &e, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.url"), "{err}");
+        assert!(!err.contains("a b/c@d") && !err.contains("c@d"), "{err}");
+        assert!(err.contains("user=app"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cutover::cli::Cli::parse();
     if let Err(err) = cutover::cli::init_logging(&cli) {
-        eprintln!("error: {err:#}");
+        cutover::errln!("error: {err:#}");
         return ExitCode::from(1);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            cutover::errln!("error: cannot start the async runtime: {err}");
             return ExitCode::from(1);
         }
     };
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(err) => {
-            eprintln!(
+            cutover::errln!(
                 "error: {}",
                 cutover::redact::redact_text(&cutover::cli::error_text(&err))
             );

@@ -372,7 +372,7 @@ impl Ledger {
             "retried": e.retried as i64,
         };
         if let Some(err) = &e.error {
-            set.insert("error", err.clone());
+            set.insert("error", crate::redact::redact_text(err));
         }
         self.set("finish step", &self.steps(), &id, set).await
     }

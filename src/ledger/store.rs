@@ -18,7 +18,7 @@ use crate::sink::target::USERS;
 /// What failed underneath a ledger operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(transparent)]
+    #[error("{}", crate::sink::mongodb::error_text(.0))]
     Mongo(#[from] mongodb::error::Error),
     #[error(transparent)]
     Appwrite(#[from] AppwriteError),

@@ -168,7 +168,7 @@ impl RunReport {
             std::fs::create_dir_all(dir)?;
         }
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, text + "\n")
+        std::fs::write(path, crate::redact::redact_text(&text) + "\n")
     }
 
     /// The human summary table.

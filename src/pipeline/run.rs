@@ -487,7 +487,7 @@ async fn migrate_locked(
             // The stage failed before its first row: it is reported (and recorded) as failed.
             let mut report = EntityReport::new(&p.entity, &p.collection, Default::default(), 0);
             report.status = "failed".into();
-            report.error = Some(e.to_string());
+            report.error = Some(crate::redact::redact_text(&e.to_string()));
             if !opts.dry_run && run_number > 0 {
                 let _ = ledger.finish_step(run_id, &report).await;
             }
@@ -529,7 +529,7 @@ async fn migrate_locked(
             } else {
                 "failed".into()
             };
-            report.error = Some(e.to_string());
+            report.error = Some(crate::redact::redact_text(&e.to_string()));
         }
         if !report.balanced() {
             let e = RunError::Invariant {
@@ -540,7 +540,7 @@ async fn migrate_locked(
                 skipped: report.skipped,
             };
             report.status = "failed".into();
-            report.error = Some(e.to_string());
+            report.error = Some(crate::redact::redact_text(&e.to_string()));
             run_error.get_or_insert(e);
         }
         if opts.dry_run {
@@ -583,7 +583,9 @@ async fn migrate_locked(
         totals: Default::default(),
         success_rate: 0.0,
         estimated_full_run_ms: opts.dry_run.then_some(estimate_ms),
-        error: run_error.as_ref().map(|e| e.to_string()),
+        error: run_error
+            .as_ref()
+            .map(|e| crate::redact::redact_text(&e.to_string())),
         rejects_dir: rejects.dir().display().to_string(),
         config: serde_json::json!({
             "source": crate::redact::redact_url(source_url),

@@ -10,12 +10,12 @@ use super::retry::Retryable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MongoError {
-    #[error("cannot connect to MongoDB {uri}: {source}")]
+    #[error("cannot connect to MongoDB {uri}: {}", error_text(source))]
     Connect {
         uri: String,
         source: mongodb::error::Error,
     },
-    #[error("MongoDB {op} failed: {source}")]
+    #[error("MongoDB {op} failed: {}", error_text(source))]
     Command {
         op: String,
         source: mongodb::error::Error,
@@ -24,6 +24,93 @@ pub enum MongoError {
     WriteConcern(String),
     #[error("unexpected MongoDB reply: {0}")]
     Reply(String),
+}
+
+/// A driver error as one readable line: the server's code name and message, or the driver's
+/// own message; never the driver's `Display`, which appends labels and the raw server reply as
+/// BSON hex. Credentials are redacted.
+pub fn error_text(err: &mongodb::error::Error) -> String {
+    use mongodb::error::WriteFailure;
+    let write = |code: i32, name: Option<&str>, message: &str| match name {
+        Some(n) if !n.is_empty() => format!("{message} ({n}, code {code})"),
+        _ => format!("{message} (code {code})"),
+    };
+    let text = match err.kind.as_ref() {
+        ErrorKind::Command(c) => write(c.code, Some(&c.code_name), &c.message),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => {
+            write(w.code, w.code_name.as_deref(), &w.message)
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => format!(
+            "write concern not satisfied: {}",
+            write(w.code, Some(&w.code_name), &w.message)
+        ),
+        ErrorKind::InsertMany(e) => {
+            let n = e.write_errors.as_ref().map(Vec::len).unwrap_or(0);
+            match (
+                e.write_errors.as_ref().and_then(|w| w.first()),
+                &e.write_concern_error,
+            ) {
+                (Some(w), _) => format!(
+                    "{n} documents refused, the first: {}",
+                    write(w.code, w.code_name.as_deref(), &w.message)
+                ),
+                (None, Some(w)) => format!(
+                    "write concern not satisfied: {}",
+                    write(w.code, Some(&w.code_name), &w.message)
+                ),
+                (None, None) => "insert failed".to_string(),
+            }
+        }
+        ErrorKind::BulkWrite(e) => {
+            match e
+                .write_errors
+                .iter()
+                .min_by_key(|(i, _)| **i)
+                .map(|(_, w)| w)
+            {
+                Some(w) => format!(
+                    "{} documents refused, the first: {}",
+                    e.write_errors.len(),
+                    write(w.code, w.code_name.as_deref(), &w.message)
+                ),
+                None => match e.write_concern_errors.first() {
+                    Some(w) => format!(
+                        "write concern not satisfied: {}",
+                        write(w.code, Some(&w.code_name), &w.message)
+                    ),
+                    None => "bulk write failed".to_string(),
+                },
+            }
+        }
+        ErrorKind::Io(e) => format!("I/O error: {e}"),
+        // The other kinds carry a plain message in their own `Display`.
+        kind => kind.to_string(),
+    };
+    crate::redact::redact_text(&text)
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn driver_errors_print_without_labels_or_raw_replies() {
+        let e = mongodb::error::Error::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ));
+        let text = error_text(&e);
+        assert_eq!(text, "I/O error: connection reset by peer");
+        let err = MongoError::Command {
+            op: "insert".into(),
+            source: e,
+        };
+        let shown = err.to_string();
+        assert!(
+            !shown.contains("labels") && !shown.contains("server response"),
+            "{shown}"
+        );
+    }
 }
 
 /// Server error codes worth another try (not primary, shutting down, network, time limits).

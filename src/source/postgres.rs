@@ -11,15 +11,57 @@ use super::value::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot connect to the source {url}: {source}")]
+    #[error("cannot connect to the source {url}: {}", error_text(source))]
     Connect { url: String, source: sqlx::Error },
-    #[error("source query failed ({context}): {source}")]
+    #[error("source query failed ({context}): {}", error_text(source))]
     Query {
         context: String,
         source: sqlx::Error,
     },
     #[error("{relation}: no column `{column}` in the source")]
     NoColumn { relation: String, column: String },
+}
+
+/// A driver error as one readable line: PostgreSQL's message without sqlx's ` at line N` (the
+/// line of PostgreSQL's C source that raised it), a closed connection said plainly instead of
+/// the byte counts of a short read. Credentials are redacted.
+pub fn error_text(err: &sqlx::Error) -> String {
+    use std::io::ErrorKind;
+    let text = match err {
+        sqlx::Error::Database(db) => {
+            let mut t = format!("error returned from database: {}", db.message());
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                if let Some(detail) = pg.detail() {
+                    t.push_str(&format!(" ({detail})"));
+                }
+                t.push_str(&format!(" [SQLSTATE {}]", pg.code()));
+            }
+            t
+        }
+        sqlx::Error::Io(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::UnexpectedEof
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ) =>
+        {
+            "the source connection was closed (backend terminated?)".to_string()
+        }
+        other => strip_line_suffix(&other.to_string()),
+    };
+    crate::redact::redact_text(&text)
+}
+
+/// Drops ` at line 647` at the end of a text (sqlx's rendering of a database error).
+fn strip_line_suffix(text: &str) -> String {
+    match text.rsplit_once(" at line ") {
+        Some((head, line)) if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) => {
+            head.to_string()
+        }
+        _ => text.to_string(),
+    }
 }
 
 /// How a column is decoded (chosen once per stage from the column's PostgreSQL type).
@@ -455,6 +497,47 @@ mod tests {
             pg_type: pg.into(),
             kind: ColKind::from_pg_type(pg),
         }
+    }
+
+    #[test]
+    fn a_closed_connection_is_said_plainly() {
+        let e = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "expected to read 219 bytes, got 21 bytes at EOF",
+        ));
+        assert_eq!(
+            error_text(&e),
+            "the source connection was closed (backend terminated?)"
+        );
+        let err = SourceError::Query {
+            context: "read patients".into(),
+            source: e,
+        };
+        assert_eq!(
+            err.to_string(),
+            "source query failed (read patients): the source connection was closed (backend terminated?)"
+        );
+    }
+
+    #[test]
+    fn the_postgres_source_line_is_dropped() {
+        assert_eq!(
+            strip_line_suffix("relation \"x\" does not exist at line 1452"),
+            "relation \"x\" does not exist"
+        );
+        assert_eq!(strip_line_suffix("at line nine"), "at line nine");
+        assert_eq!(strip_line_suffix("plain"), "plain");
+    }
+
+    #[test]
+    fn connect_errors_hide_the_password() {
+        let err = SourceError::Connect {
+            url: crate::redact::redact_url("postgres://u:p@ss/w@h/db"),
+            source: sqlx::Error::Configuration("password=p@ss/w rejected".into()),
+        };
+        let text = err.to_string();
+        assert!(!text.contains("ss/w"), "{text}");
+        assert!(text.starts_with("cannot connect to the source postgres://u:***@h/db"));
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl AppwriteClient {
         rate: Option<(u32, u32)>,
     ) -> Result<AppwriteClient, AppwriteError> {
         install_crypto_provider();
+        crate::redact::register_secret(key);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -149,6 +150,14 @@ impl AppwriteClient {
         })
     }
 
+    /// The API key header, marked sensitive so that no debug dump of a request shows it.
+    fn key_header(&self) -> reqwest::header::HeaderValue {
+        let mut v = reqwest::header::HeaderValue::from_str(&self.key)
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
+    }
+
     async fn once(
         &self,
         method: reqwest::Method,
@@ -163,7 +172,7 @@ impl AppwriteClient {
             .http
             .request(method, format!("{}{}", self.endpoint, path))
             .header("X-Appwrite-Project", &self.project)
-            .header("X-Appwrite-Key", &self.key);
+            .header("X-Appwrite-Key", self.key_header());
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -209,7 +218,7 @@ impl AppwriteClient {
                 self.endpoint
             ))
             .header("X-Appwrite-Project", &self.project)
-            .header("X-Appwrite-Key", &self.key)
+            .header("X-Appwrite-Key", self.key_header())
             .send()
             .await
             .map_err(|e| AppwriteError {
