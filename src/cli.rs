@@ -103,7 +103,8 @@ pub struct TargetArgs {
     /// Target (default: target.default from the config, else mongodb).
     #[arg(long, value_enum)]
     pub target: Option<TargetKind>,
-    /// MongoDB database (overrides the config and CUTOVER_MONGODB_DATABASE).
+    /// Target database: MongoDB's (overrides CUTOVER_MONGODB_DATABASE and the config) or
+    /// Appwrite's (overrides APPWRITE_DATABASE and the config).
     #[arg(long, value_name = "NAME")]
     pub database: Option<String>,
 }
@@ -603,6 +604,7 @@ pub(crate) async fn open_ledger_for(
         cli,
         Overrides {
             mongodb_database: target.database.clone(),
+            appwrite_database: target.database.clone(),
             ..Default::default()
         },
     )?;
@@ -634,9 +636,13 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
             batch_size: args.batch_size,
             concurrency: args.concurrency,
             mongodb_database: args.target.database.clone(),
+            appwrite_database: args.target.database.clone(),
             ..Default::default()
         },
     )?;
+    for line in cfg.describe_effective() {
+        crate::errln!("{line}");
+    }
     let pipeline = load_pipeline(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();

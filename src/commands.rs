@@ -15,14 +15,17 @@ use crate::sink::target::Target;
 
 /// The configuration, with `--database` applied (for commands that may run without a target).
 fn config_for(cli: &Cli, target: &crate::cli::TargetArgs) -> Result<crate::config::Config> {
-    Ok(crate::config::Config::load(
+    let cfg = crate::config::Config::load(
         cli.config.as_deref(),
         &crate::config::ProcessEnv,
         &crate::config::Overrides {
             mongodb_database: target.database.clone(),
+            appwrite_database: target.database.clone(),
             ..Default::default()
         },
-    )?)
+    )?;
+    cfg.register_secrets();
+    Ok(cfg)
 }
 
 #[derive(Debug, Serialize)]
@@ -462,6 +465,9 @@ fn print_verification(v: &crate::verify::EntityVerification) {
 
 pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     let cfg = config_for(cli, &args.target)?;
+    for line in cfg.describe_effective() {
+        crate::errln!("{line}");
+    }
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
     // The named target (flag, else pipeline); else every configured one.

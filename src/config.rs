@@ -87,6 +87,7 @@ pub struct Overrides {
     pub source_url: Option<String>,
     pub mongodb_uri: Option<String>,
     pub mongodb_database: Option<String>,
+    pub appwrite_database: Option<String>,
     pub batch_size: Option<usize>,
     pub concurrency: Option<usize>,
     pub pipeline: Option<PathBuf>,
@@ -149,9 +150,53 @@ impl std::fmt::Debug for AppwriteConfig {
     }
 }
 
+/// Where a setting came from, for the operator to see which one won.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Origin {
+    Flag(&'static str),
+    Env(&'static str),
+    File,
+    #[default]
+    Default,
+}
+
+impl Origin {
+    fn describe(&self, file: Option<&Path>) -> String {
+        match self {
+            Origin::Flag(f) => format!("flag {f}"),
+            Origin::Env(v) => format!("environment {v}"),
+            Origin::File => format!(
+                "file {}",
+                file.map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+            Origin::Default => "default".into(),
+        }
+    }
+}
+
+/// The first of `candidates` that holds a value, with where it came from.
+fn first<T>(candidates: Vec<(Option<T>, Origin)>) -> (Option<T>, Origin) {
+    candidates
+        .into_iter()
+        .find(|(v, _)| v.is_some())
+        .unwrap_or((None, Origin::Default))
+}
+
+/// Where the effective source and targets came from.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    pub source: Origin,
+    pub mongodb_uri: Origin,
+    pub mongodb_database: Origin,
+    pub appwrite_endpoint: Origin,
+    pub appwrite_database: Origin,
+}
+
 /// The checked configuration of one invocation. Its `Debug` hides credentials.
 #[derive(Clone)]
 pub struct Config {
+    /// Where the source and targets came from (flag, environment, file, default).
+    pub origins: Origins,
     /// The file it came from, if any (for messages).
     pub file: Option<PathBuf>,
     pub source_url: Option<String>,
@@ -243,12 +288,24 @@ impl Config {
             message,
         };
 
-        let source_url = o
-            .source_url
-            .clone()
-            .or_else(|| env.var("CUTOVER_SOURCE_URL"))
-            .or_else(|| env.var("DATABASE_URL"))
-            .or(parsed.source.url);
+        let mut origins = Origins::default();
+        // Relative paths in the file are relative to the file, not to the working directory.
+        let base = file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let in_file = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let (source_url, origin) = first(vec![
+            (o.source_url.clone(), Origin::Flag("--source-url")),
+            (
+                env.var("CUTOVER_SOURCE_URL"),
+                Origin::Env("CUTOVER_SOURCE_URL"),
+            ),
+            (env.var("DATABASE_URL"), Origin::Env("DATABASE_URL")),
+            (parsed.source.url, Origin::File),
+        ]);
+        origins.source = origin;
         if let Some(url) = &source_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -262,11 +319,12 @@ impl Config {
         }
 
         let file_mongo = parsed.target.mongodb.unwrap_or_default();
-        let mongo_uri = o
-            .mongodb_uri
-            .clone()
-            .or_else(|| env.var("MONGODB_URI"))
-            .or(file_mongo.uri);
+        let (mongo_uri, origin) = first(vec![
+            (o.mongodb_uri.clone(), Origin::Flag("--mongodb-uri")),
+            (env.var("MONGODB_URI"), Origin::Env("MONGODB_URI")),
+            (file_mongo.uri, Origin::File),
+        ]);
+        origins.mongodb_uri = origin;
         let mongodb = match mongo_uri {
             Some(uri) => {
                 if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
@@ -278,12 +336,16 @@ impl Config {
                         ),
                     ));
                 }
-                let database = o
-                    .mongodb_database
-                    .clone()
-                    .or_else(|| env.var("CUTOVER_MONGODB_DATABASE"))
-                    .or(file_mongo.database)
-                    .unwrap_or_else(|| "cutover".to_string());
+                let (database, origin) = first(vec![
+                    (o.mongodb_database.clone(), Origin::Flag("--database")),
+                    (
+                        env.var("CUTOVER_MONGODB_DATABASE"),
+                        Origin::Env("CUTOVER_MONGODB_DATABASE"),
+                    ),
+                    (file_mongo.database, Origin::File),
+                ]);
+                origins.mongodb_database = origin;
+                let database = database.unwrap_or_else(|| "cutover".to_string());
                 validate_mongo_db_name(&database)
                     .map_err(|m| invalid("target.mongodb.database", m))?;
                 Some(MongoConfig {
@@ -298,14 +360,21 @@ impl Config {
         };
 
         let file_aw = parsed.target.appwrite.unwrap_or_default();
-        let endpoint = env.var("APPWRITE_ENDPOINT").or(file_aw.endpoint);
+        let (endpoint, origin) = first(vec![
+            (
+                env.var("APPWRITE_ENDPOINT"),
+                Origin::Env("APPWRITE_ENDPOINT"),
+            ),
+            (file_aw.endpoint, Origin::File),
+        ]);
+        origins.appwrite_endpoint = origin;
         let appwrite = match endpoint {
             Some(endpoint) => {
                 let api_key = match env.var("APPWRITE_API_KEY") {
                     Some(k) => Some(k),
-                    None => match &file_aw.api_key_file {
+                    None => match file_aw.api_key_file.clone().map(in_file) {
                         Some(p) => Some(
-                            std::fs::read_to_string(p)
+                            std::fs::read_to_string(&p)
                                 .map_err(|e| {
                                     invalid(
                                         "target.appwrite.api_key_file",
@@ -324,10 +393,18 @@ impl Config {
                         .var("APPWRITE_PROJECT")
                         .or(file_aw.project)
                         .unwrap_or_default(),
-                    database: env
-                        .var("APPWRITE_DATABASE")
-                        .or(file_aw.database)
-                        .unwrap_or_else(|| "cutover".to_string()),
+                    database: {
+                        let (database, origin) = first(vec![
+                            (o.appwrite_database.clone(), Origin::Flag("--database")),
+                            (
+                                env.var("APPWRITE_DATABASE"),
+                                Origin::Env("APPWRITE_DATABASE"),
+                            ),
+                            (file_aw.database, Origin::File),
+                        ]);
+                        origins.appwrite_database = origin;
+                        database.unwrap_or_else(|| "cutover".to_string())
+                    },
                     api_key,
                 })
             }
@@ -374,6 +451,7 @@ impl Config {
         }
 
         Ok(Config {
+            origins,
             file,
             source_url,
             default_target,
@@ -385,20 +463,22 @@ impl Config {
             reports_dir: parsed
                 .run
                 .reports_dir
+                .map(in_file)
                 .unwrap_or_else(|| PathBuf::from("reports")),
             rejects_dir: parsed
                 .run
                 .rejects_dir
+                .map(in_file)
                 .unwrap_or_else(|| PathBuf::from("rejects")),
             pipeline: o
                 .pipeline
                 .clone()
-                .or(parsed.run.pipeline)
+                .or(parsed.run.pipeline.map(in_file))
                 .unwrap_or_else(|| PathBuf::from("pipelines/registry.toml")),
             mappings_dir: o
                 .mappings_dir
                 .clone()
-                .or(parsed.run.mappings_dir)
+                .or(parsed.run.mappings_dir.map(in_file))
                 .unwrap_or_else(|| PathBuf::from("mappings")),
         })
     }
@@ -418,6 +498,41 @@ impl Config {
                 crate::redact::register_secret(k);
             }
         }
+    }
+
+    /// The effective source and targets, one line each: host, port, database and where each
+    /// came from — never a credential.
+    pub fn describe_effective(&self) -> Vec<String> {
+        let file = self.file.as_deref();
+        let mut lines = Vec::new();
+        match &self.source_url {
+            Some(url) => lines.push(format!(
+                "source: postgres {} (from {})",
+                endpoint_of(url),
+                self.origins.source.describe(file)
+            )),
+            None => lines.push("source: none given".into()),
+        }
+        if let Some(m) = &self.mongodb {
+            lines.push(format!(
+                "target mongodb: {} database {} (uri from {}, database from {})",
+                endpoint_of(&m.uri),
+                m.database,
+                self.origins.mongodb_uri.describe(file),
+                self.origins.mongodb_database.describe(file)
+            ));
+        }
+        if let Some(a) = &self.appwrite {
+            lines.push(format!(
+                "target appwrite: {} project {} database {} (endpoint from {}, database from {})",
+                crate::redact::redact_url(&a.endpoint),
+                a.project,
+                a.database,
+                self.origins.appwrite_endpoint.describe(file),
+                self.origins.appwrite_database.describe(file)
+            ));
+        }
+        lines
     }
 
     /// The source URL, or an error saying how to give one.
@@ -468,6 +583,22 @@ impl Config {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<no config file>".to_string())
+    }
+}
+
+/// `host:port/database` of a connection URL (hosts of a seed list joined), without credentials.
+fn endpoint_of(url: &str) -> String {
+    let Some((_, rest)) = url.split_once("://") else {
+        return "?".into();
+    };
+    // A password may hold '/' or '@' unescaped: the userinfo ends at the last '@'.
+    let rest = rest.split('?').next().unwrap_or_default();
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if path.is_empty() {
+        hosts.to_string()
+    } else {
+        format!("{hosts}/{path}")
     }
 }
 
@@ -542,6 +673,70 @@ mod tests {
         let c = Config::from_str(Path::new("c.toml"), text, &e, &o).unwrap();
         assert_eq!(c.source_url.as_deref(), Some("postgres://flag/db"));
         assert_eq!(c.batch_size, 50);
+    }
+
+    #[test]
+    fn the_effective_source_and_targets_say_where_they_came_from_without_secrets() {
+        let text = "[source]\nurl = \"postgres://file/db\"\n[target.mongodb]\nuri = \"mongodb://m:27017\"\ndatabase = \"fromfile\"\n";
+        let e = env(&[
+            (
+                "CUTOVER_SOURCE_URL",
+                "postgres://app:p@ss/w@db.example:5433/reg?sslmode=require",
+            ),
+            ("APPWRITE_ENDPOINT", "http://aw:80/v1"),
+            ("APPWRITE_DATABASE", "envdb"),
+        ]);
+        let c =
+            Config::from_str(Path::new("conf/c.toml"), text, &e, &Overrides::default()).unwrap();
+        let lines = c.describe_effective().join("\n");
+        assert!(
+            lines.contains(
+                "source: postgres db.example:5433/reg (from environment CUTOVER_SOURCE_URL)"
+            ),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("target mongodb: m:27017 database fromfile (uri from file conf/c.toml, database from file conf/c.toml)"),
+            "{lines}"
+        );
+        assert!(lines.contains("database envdb"), "{lines}");
+        assert!(
+            !lines.contains("p@ss") && !lines.contains("ss/w"),
+            "{lines}"
+        );
+        // --database names the database of either target.
+        let o = Overrides {
+            mongodb_database: Some("flagdb".into()),
+            appwrite_database: Some("flagdb".into()),
+            ..Default::default()
+        };
+        let c = Config::from_str(Path::new("c.toml"), text, &e, &o).unwrap();
+        assert_eq!(c.mongodb.unwrap().database, "flagdb");
+        assert_eq!(c.appwrite.unwrap().database, "flagdb");
+        assert_eq!(c.origins.appwrite_database, Origin::Flag("--database"));
+    }
+
+    #[test]
+    fn paths_in_the_file_are_relative_to_the_file() {
+        let text = "[run]\nreports_dir = \"out/reports\"\nrejects_dir = \"/abs/rejects\"\npipeline = \"p.toml\"\n";
+        let c = Config::from_str(
+            Path::new("/etc/cutover/cutover.toml"),
+            text,
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.reports_dir, Path::new("/etc/cutover/out/reports"));
+        assert_eq!(c.rejects_dir, Path::new("/abs/rejects"));
+        assert_eq!(c.pipeline, Path::new("/etc/cutover/p.toml"));
+        // Flags stay relative to the working directory.
+        let o = Overrides {
+            pipeline: Some("here.toml".into()),
+            ..Default::default()
+        };
+        let c =
+            Config::from_str(Path::new("/etc/cutover/cutover.toml"), text, &env(&[]), &o).unwrap();
+        assert_eq!(c.pipeline, Path::new("here.toml"));
     }
 
     #[test]

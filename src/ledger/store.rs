@@ -126,7 +126,7 @@ impl Store {
                 match client.get_row(db, table, &Self::id_text(id)).await {
                     Ok(Some(r)) => Ok(Some(Self::decode(&r)?)),
                     Ok(None) => Ok(None),
-                    Err(e) if e.status == 404 => Ok(None),
+                    Err(e) if e.is_missing() => Ok(None),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -302,7 +302,7 @@ impl Store {
                         .await
                     {
                         Ok(_) => {}
-                        Err(e) if e.status == 404 => {}
+                        Err(e) if e.is_missing() => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -386,7 +386,7 @@ async fn delete_all_users(client: &AppwriteClient) -> Result<u64, AppwriteError>
                     .await
                 {
                     Ok(_) => n += 1,
-                    Err(e) if e.status == 404 => {}
+                    Err(e) if e.is_missing() => {}
                     Err(e) => return Err(e),
                 }
             }

@@ -884,7 +884,7 @@ async fn sync_deletes_appwrite(
             .await
         {
             Ok(_) => {}
-            Err(e) if e.status == 404 => {}
+            Err(e) if e.is_missing() => {}
             Err(e) => return Err(aerr(e)),
         }
     }

@@ -273,7 +273,7 @@ pub async fn verify_entity(
             .await
         {
             Ok(_) => {}
-            Err(e) if e.status == 404 => {}
+            Err(e) if e.is_missing() => {}
             Err(e) => return Err(aerr(e)),
         }
         child_actual.push(sums);
@@ -348,7 +348,7 @@ pub async fn verify_entity(
         .await
     {
         Ok(n) => n,
-        Err(e) if e.status == 404 => 0,
+        Err(e) if e.is_missing() => 0,
         Err(e) => return Err(aerr(e)),
     };
     let mut missing: Vec<String> = expected
@@ -418,7 +418,7 @@ pub async fn verify_entity(
             .await
         {
             Ok(_) => {}
-            Err(e) if e.status == 404 => {}
+            Err(e) if e.is_missing() => {}
             Err(e) => return Err(aerr(e)),
         }
         let mut dangling: Vec<String> = values.difference(&present).cloned().collect();

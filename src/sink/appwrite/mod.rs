@@ -33,6 +33,18 @@ pub struct AppwriteError {
     pub wait: Option<Duration>,
 }
 
+impl AppwriteError {
+    /// A 404 that says a resource (database, table, row, user, file…) does not exist — the
+    /// answer that means "nothing there yet". A 404 of another kind (`project_not_found`, a
+    /// route the server does not have: an endpoint without `/v1`) is a configuration error.
+    pub fn is_missing(&self) -> bool {
+        self.status == 404
+            && self.kind.ends_with("_not_found")
+            && self.kind != "project_not_found"
+            && !self.kind.starts_with("general_")
+    }
+}
+
 /// `429 ` for an HTTP status, nothing for transport errors (status 0).
 fn status_text(status: u16) -> String {
     if status == 0 {

@@ -103,7 +103,7 @@ impl AppwriteClient {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.status == 404 => Ok(false),
+            Err(e) if e.is_missing() => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -139,7 +139,7 @@ impl AppwriteClient {
             .await
         {
             Ok(_) => Ok(Some(out)),
-            Err(e) if e.status == 404 => Ok(None),
+            Err(e) if e.is_missing() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -199,7 +199,7 @@ impl AppwriteClient {
             .await
         {
             Ok(v) => Ok(Some(v)),
-            Err(e) if e.status == 404 => Ok(None),
+            Err(e) if e.is_missing() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -215,7 +215,7 @@ impl AppwriteClient {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.status == 404 => Ok(false),
+            Err(e) if e.is_missing() => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -259,7 +259,7 @@ impl AppwriteClient {
     pub async fn table_is_empty(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
         match self.first_rows(db, table, 1).await {
             Ok(rows) => Ok(rows.is_empty()),
-            Err(e) if e.status == 404 => Ok(true),
+            Err(e) if e.is_missing() => Ok(true),
             Err(e) => Err(e),
         }
     }
@@ -271,7 +271,7 @@ impl AppwriteClient {
             // Always the first page: what it held is deleted before the next request.
             let page = match self.first_rows(db, table, PAGE).await {
                 Ok(p) => p,
-                Err(e) if e.status == 404 => return Ok(n),
+                Err(e) if e.is_missing() => return Ok(n),
                 Err(e) => return Err(e),
             };
             if page.is_empty() {

@@ -71,7 +71,7 @@ pub async fn import_user(
             .await
         {
             Ok(v) => v,
-            Err(e) if e.status == 404 => {
+            Err(e) if e.is_missing() => {
                 // The 409 came from another user holding this email (or phone).
                 return Err(AppwriteError {
                     status: 409,

@@ -1,0 +1,68 @@
+//! A misconfigured Appwrite target (a wrong project id, an endpoint without `/v1`) makes the
+//! ledger commands fail with the server's answer, like `check` — never "everything pending" as if
+//! the target were empty.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::World;
+use cutover::standin::StandIn;
+
+const KEY: &str = "misconfig-key";
+
+async fn run(w: &World, endpoint: &str, project: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", endpoint)
+        .env("APPWRITE_PROJECT", project)
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", "registry")
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_commands_fail_on_a_wrong_project_or_an_endpoint_without_v1() {
+    let w = World::new("aw_misconfig").await;
+    w.load_registry(100);
+    let s = Arc::new(StandIn::new("cutover", KEY));
+    let (addr, _) = cutover::standin::serve(s, "127.0.0.1:0").await.unwrap();
+    let good = format!("http://{addr}/v1");
+    let pipeline = common::repo()
+        .join("pipelines/registry.toml")
+        .display()
+        .to_string();
+    let commands: [&[&str]; 4] = [
+        &["status", "--target", "appwrite", "--pipeline", &pipeline],
+        &["history", "--target", "appwrite"],
+        &["lock", "status", "--target", "appwrite"],
+        &["backup", "list", "--target", "appwrite"],
+    ];
+    // The right configuration works: an empty target is all pending.
+    let out = run(&w, &good, "cutover", commands[0]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pending"));
+    for (endpoint, project, why) in [
+        (good.clone(), "no-such-project", "project"),
+        (format!("http://{addr}"), "cutover", "route"),
+    ] {
+        for args in commands {
+            let out = run(&w, &endpoint, project, args).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{args:?} with a wrong {why} exited 0:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(stderr.contains("404"), "{args:?}: {stderr}");
+            assert!(!stderr.contains(KEY), "{stderr}");
+        }
+    }
+    w.drop().await;
+}
