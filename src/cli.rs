@@ -482,10 +482,27 @@ pub fn error_text(err: &anyhow::Error) -> String {
     text
 }
 
+/// A bare level (`debug`) applies to cutover's own logs; the libraries under it (drivers, HTTP,
+/// TLS) stay at `warn` so their chatter does not bury the run's phases. A filter with directives
+/// (`cutover=debug,sqlx=info`) is taken as written.
+fn level_filter(level: &str) -> String {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let l = level.trim().to_ascii_lowercase();
+    if LEVELS.contains(&l.as_str()) {
+        match l.as_str() {
+            "off" | "error" => l,
+            _ => format!("warn,cutover={l}"),
+        }
+    } else {
+        level.to_string()
+    }
+}
+
 pub fn init_logging(cli: &Cli) -> Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match &cli.log_level {
-        Some(l) => EnvFilter::try_new(l).with_context(|| format!("invalid --log-level `{l}`"))?,
+        Some(l) => EnvFilter::try_new(level_filter(l))
+            .with_context(|| format!("invalid --log-level `{l}`"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
     };
     let builder = tracing_subscriber::fmt()

@@ -382,3 +382,51 @@ async fn a_stage_that_fails_while_prepared_ends_its_run_with_a_report() {
     }
     w.drop().await;
 }
+
+#[tokio::test]
+async fn log_level_debug_shows_the_run_phases_not_the_libraries() {
+    let w = World::new("logs").await;
+    let pipeline = setup(&w).await;
+    let p = pipeline.display().to_string();
+    let out = wait_bounded(
+        spawn(
+            &w,
+            &[
+                "--log-level",
+                "debug",
+                "migrate",
+                "--quiet",
+                "--batch-size",
+                "5000",
+                "--pipeline",
+                &p,
+            ],
+        ),
+        Duration::from_secs(120),
+        "migrate --log-level debug",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for phase in [
+        "source snapshot taken",
+        "counted the source rows",
+        "reading the source in key order",
+        "batch written",
+        "checkpoint recorded",
+    ] {
+        assert!(stderr.contains(phase), "no `{phase}` in:\n{stderr}");
+    }
+    // Only cutover's own debug lines: the drivers, HTTP and TLS stay at warn.
+    let foreign: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("DEBUG") || l.contains("TRACE"))
+        .filter(|l| !l.contains(" cutover::") && !l.contains("cutover::"))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{} library lines, e.g. {:?}",
+        foreign.len(),
+        &foreign[..foreign.len().min(3)]
+    );
+    w.drop().await;
+}

@@ -419,6 +419,7 @@ async fn migrate_locked(
     let snapshot_at = session
         .snapshot_at()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tracing::info!(run = %run_id, snapshot_at = %snapshot_at, "source snapshot taken");
     let plans = compile_plans(pipeline, &run_steps, &mut session).await?;
     let ctx = MapContext {
         now_ms: started_at.timestamp_millis(),
@@ -1034,6 +1035,7 @@ impl Checkpointer {
                     (self.base_rows + rows) as i64,
                 )
                 .await?;
+            tracing::debug!(entity = %self.entity, rows = self.base_rows + rows, "checkpoint recorded");
             self.recorded = Some(Instant::now());
         }
         Ok(())
@@ -1140,6 +1142,7 @@ async fn run_entity(
         Ok(n) => n,
         Err(e) => return (report_base(&counters, "none", 0), Some(e.into())),
     };
+    tracing::info!(entity = %plan.entity, rows = total, "counted the source rows");
     let mode = stage.mode;
     let mode_name = match mode {
         None => "none",
@@ -1294,6 +1297,7 @@ async fn read_loop(
         }
     }
     let start_rows = resume.map(|r| r.rows).unwrap_or(0);
+    tracing::info!(entity = %plan.entity, after_rows = start_rows, embeds = plan.embeds.len(), "reading the source in key order");
     let mut seq: u64 = 0;
     let mut child_conns = Vec::new();
     for _ in &plan.embeds {
@@ -1621,6 +1625,7 @@ async fn write_loop(
             }
         }
         EntityCounters::add(&counters.batches, 1);
+        tracing::debug!(entity = %entity, seq = batch.seq, documents = batch.docs.len(), "batch written");
         match result {
             Ok(BatchResult { written, errors }) => {
                 EntityCounters::add(&counters.written, written);
