@@ -588,10 +588,12 @@ impl Config {
 
 /// `host:port/database` of a connection URL (hosts of a seed list joined), without credentials.
 fn endpoint_of(url: &str) -> String {
+    // Parsed from the redacted form: a password (which may hold '/', '@', '?' and blanks
+    // unescaped) is `***` there, so the first '?' and the last '@' are the URL's own.
+    let url = crate::redact::redact_url(url);
     let Some((_, rest)) = url.split_once("://") else {
         return "?".into();
     };
-    // A password may hold '/' or '@' unescaped: the userinfo ends at the last '@'.
     let rest = rest.split('?').next().unwrap_or_default();
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));

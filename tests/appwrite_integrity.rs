@@ -1,6 +1,6 @@
-//! A misconfigured Appwrite target (a wrong project id, an endpoint without `/v1`) makes the
-//! ledger commands fail with the server's answer, like `check` — never "everything pending" as if
-//! the target were empty.
+//! Appwrite run integrity: a misconfigured target (a wrong project id, an endpoint without `/v1`)
+//! makes the ledger commands fail with the server's answer, like `check` — never "everything
+//! pending" as if the target were empty; `--concurrency 32` completes.
 
 mod common;
 
@@ -64,5 +64,65 @@ async fn ledger_commands_fail_on_a_wrong_project_or_an_endpoint_without_v1() {
             assert!(!stderr.contains(KEY), "{stderr}");
         }
     }
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_32_completes_on_appwrite() {
+    let w = World::new("aw_conc32").await;
+    w.load_registry(100);
+    let s = Arc::new(StandIn::new("cutover", KEY));
+    let (addr, _) = cutover::standin::serve(s, "127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{addr}/v1");
+    let pipeline = common::repo()
+        .join("pipelines/registry.toml")
+        .display()
+        .to_string();
+    let args = [
+        "migrate",
+        "--quiet",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        &pipeline,
+        "--concurrency",
+        "32",
+        "--batch-size",
+        "10",
+        "--bulk-rows",
+        "5",
+    ];
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(240),
+        run(&w, &endpoint, "cutover", &args),
+    )
+    .await
+    .expect("migrate --concurrency 32 into Appwrite hung");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = w.latest_report();
+    let t = &report["totals"];
+    assert_eq!(
+        t["read"].as_u64().unwrap(),
+        t["written"].as_u64().unwrap() + t["rejected"].as_u64().unwrap(),
+        "{report}"
+    );
+    let verify = run(
+        &w,
+        &endpoint,
+        "cutover",
+        &["verify", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     w.drop().await;
 }
