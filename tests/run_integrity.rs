@@ -430,3 +430,37 @@ async fn log_level_debug_shows_the_run_phases_not_the_libraries() {
     );
     w.drop().await;
 }
+
+/// kill -9, then `migrate --fresh` to the end, then `rollback`: the collection is back as it was
+/// before the first run that wrote into it — not as the crashed run left it.
+#[tokio::test]
+async fn rollback_after_a_crash_and_a_fresh_rerun_returns_to_the_state_before_the_first_run() {
+    let w = World::new("rb_fresh").await;
+    let pipeline = setup(&w).await;
+    // The collection held one document of its own before any run.
+    let owners = w.mongo().await.collection::<Document>("owners");
+    owners
+        .insert_one(doc! { "_id": "kept", "name": "before cutover" })
+        .await
+        .unwrap();
+    let small = ["--batch-size", "100", "--concurrency", "2"];
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    kill_after(&w, &mut child, "owners", 2_000).await;
+    let out = w.migrate_with(&pipeline, &["owners", "--fresh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert_eq!(w.count("owners").await, 1 + 30000 - 30000 / 97);
+    let out = w
+        .cutover()
+        .args(["rollback", "owners", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    let left = w.docs("owners").await;
+    assert!(
+        left == vec![doc! { "_id": "kept", "name": "before cutover" }],
+        "rollback did not return to the state before the first run: {} documents left",
+        left.len()
+    );
+    w.drop().await;
+}
