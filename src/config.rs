@@ -35,6 +35,15 @@ struct FileConfig {
     target: FileTarget,
     #[serde(default)]
     run: FileRun,
+    #[serde(default)]
+    backups: FileBackups,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackups {
+    /// Backups kept per collection after each successful run (default: all).
+    keep: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +164,9 @@ pub struct Config {
     pub rejects_dir: PathBuf,
     pub pipeline: PathBuf,
     pub mappings_dir: PathBuf,
+    /// `[backups] keep`: after a successful run, prune the run's collections to this many backups
+    /// (besides those rollback needs). `None`: keep every backup.
+    pub backups_keep: Option<usize>,
 }
 
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -368,6 +380,7 @@ impl Config {
                 .clone()
                 .or(parsed.run.mappings_dir)
                 .unwrap_or_else(|| PathBuf::from("mappings")),
+            backups_keep: parsed.backups.keep,
         })
     }
 
@@ -493,6 +506,33 @@ mod tests {
         let c = Config::from_str(Path::new("c.toml"), text, &e, &o).unwrap();
         assert_eq!(c.source_url.as_deref(), Some("postgres://flag/db"));
         assert_eq!(c.batch_size, 50);
+    }
+
+    #[test]
+    fn backups_are_all_kept_unless_a_retention_is_set() {
+        let c =
+            Config::from_str(Path::new("c.toml"), "", &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.backups_keep, None);
+        let c = Config::from_str(
+            Path::new("c.toml"),
+            "[backups]\nkeep = 3\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.backups_keep, Some(3));
+        let err = Config::from_str(
+            Path::new("cutover.toml"),
+            "[backups]\nkeep = -1\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cutover.toml") && err.contains("keep"),
+            "{err}"
+        );
     }
 
     #[test]

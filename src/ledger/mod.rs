@@ -3,6 +3,7 @@
 //! (`<prefix>backups`). Everything a resume, a rollback, `status` and `history` need.
 
 pub mod lock;
+pub mod retention;
 pub mod store;
 
 use std::collections::BTreeMap;
