@@ -712,7 +712,7 @@ async fn backups_are_pruned_to_the_newest_and_rollback_still_works() {
         text.contains(&format!("kept: {newest}")) && text.contains("needed by rollback of kinds"),
         "{text}"
     );
-    assert_eq!(backup_names(&w), [newest.clone()]);
+    assert_eq!(backup_names(&w), std::slice::from_ref(&newest));
     let collections = w.mongo().await.list_collection_names().await.unwrap();
     for dropped in &backups[1..] {
         assert!(!collections.contains(dropped), "{collections:?}");
@@ -792,7 +792,7 @@ async fn a_retention_setting_prunes_after_each_run() {
                 "{text}"
             );
         }
-        assert_eq!(backup_names(&w), [name.clone()]);
+        assert_eq!(backup_names(&w), std::slice::from_ref(&name));
         taken.push(name);
     }
     let before = w.docs("kinds").await;
