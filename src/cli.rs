@@ -256,6 +256,24 @@ pub enum BackupCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Keep the newest N backups of each collection and drop the rest (data and record); a
+    /// backup `cutover rollback` would restore is always kept.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Backups kept per collection, newest first (besides those rollback needs).
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// Only the backups of this entity (repeatable; default: every entity).
+    #[arg(long, value_name = "ENTITY")]
+    pub entity: Vec<String>,
+    /// Print what would be dropped; drop nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 /// Where the pipeline and mappings are.
@@ -704,6 +722,20 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
     };
     let report = run::migrate(&pipeline, steps, &source, &target, &ledger, &opts).await?;
     crate::out!("{}", crate::redact::redact_text(&report.render_text()));
+    if let Some(keep) = cfg.backups_keep
+        && !args.dry_run
+        && report.error.is_none()
+        && !report.entities.is_empty()
+    {
+        // Retention is housekeeping: a failure to prune is told, the run still stands.
+        match prune_after_run(&ledger, &report, keep).await {
+            Ok(text) => crate::out!("{text}"),
+            Err(e) => crate::errln!(
+                "warning: pruning backups ([backups] keep = {keep}) failed: {}",
+                crate::redact::redact_text(&error_text(&e))
+            ),
+        }
+    }
     if let Some(e) = &report.error {
         crate::errln!("error: {}", crate::redact::redact_text(e));
         return Ok(Outcome::Failed);
@@ -713,6 +745,48 @@ async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
     } else {
         Outcome::Success
     })
+}
+
+/// `[backups] keep` after a successful run: prunes the backups of the run's entities, never those
+/// the run took, under the lock (the run has released its own). Returns what to print.
+async fn prune_after_run(
+    ledger: &Ledger,
+    report: &crate::monitor::report::RunReport,
+    keep: usize,
+) -> Result<String> {
+    use crate::ledger::retention;
+    let req = retention::PruneRequest {
+        keep,
+        entities: Some(report.entities.iter().map(|e| e.name.clone()).collect()),
+        protect: report
+            .entities
+            .iter()
+            .filter_map(|e| e.backup.clone())
+            .collect(),
+        dry_run: false,
+    };
+    let run_id = run::new_run_id();
+    let lock = ledger
+        .acquire_lock(&run_id, "backup prune", crate::ledger::lock::DEFAULT_TTL)
+        .await?;
+    let result = retention::prune(ledger, &req).await;
+    lock.release().await?;
+    let verdicts = result?;
+    if verdicts.iter().all(|v| v.keep.is_some()) {
+        return Ok(String::new());
+    }
+    let dropped: Vec<&retention::Verdict> = verdicts.iter().filter(|v| v.keep.is_none()).collect();
+    let mut text = format!(
+        "backups ([backups] keep = {keep}): dropped {} older backup(s)\n",
+        dropped.len()
+    );
+    for v in dropped {
+        text.push_str(&format!(
+            "  dropped {} ({}, run {})\n",
+            v.backup.name, v.backup.collection, v.backup.run_id
+        ));
+    }
+    Ok(text)
 }
 
 async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {

@@ -284,6 +284,28 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             crate::outln!("dropped {}", b.name);
             Ok(Outcome::Success)
         }
+        BackupCommand::Prune(args) => {
+            let (_cfg, _t, ledger) = open_ledger(cli, &args.target).await?;
+            let req = ledger::retention::PruneRequest {
+                keep: args.keep,
+                entities: (!args.entity.is_empty()).then(|| args.entity.iter().cloned().collect()),
+                protect: Vec::new(),
+                dry_run: args.dry_run,
+            };
+            let verdicts = if args.dry_run {
+                ledger::retention::prune(&ledger, &req).await?
+            } else {
+                let run_id = crate::pipeline::run::new_run_id();
+                let lock = ledger
+                    .acquire_lock(&run_id, "backup prune", ledger::lock::DEFAULT_TTL)
+                    .await?;
+                let r = ledger::retention::prune(&ledger, &req).await;
+                lock.release().await?;
+                r?
+            };
+            crate::out!("{}", ledger::retention::render(&verdicts, args.dry_run));
+            Ok(Outcome::Success)
+        }
     }
 }
 

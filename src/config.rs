@@ -35,6 +35,15 @@ struct FileConfig {
     target: FileTarget,
     #[serde(default)]
     run: FileRun,
+    #[serde(default)]
+    backups: FileBackups,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackups {
+    /// Backups kept per collection after each successful run (default: all).
+    keep: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +219,9 @@ pub struct Config {
     pub rejects_dir: PathBuf,
     pub pipeline: PathBuf,
     pub mappings_dir: PathBuf,
+    /// `[backups] keep`: after a successful run, prune the run's collections to this many backups
+    /// (besides those rollback needs). `None`: keep every backup.
+    pub backups_keep: Option<usize>,
 }
 
 impl std::fmt::Debug for Config {
@@ -480,6 +492,7 @@ impl Config {
                 .clone()
                 .or(parsed.run.mappings_dir.map(in_file))
                 .unwrap_or_else(|| PathBuf::from("mappings")),
+            backups_keep: parsed.backups.keep,
         })
     }
 
@@ -683,7 +696,7 @@ mod tests {
         let e = env(&[
             (
                 "CUTOVER_SOURCE_URL",
-                "postgres://app:p@ss/w@db.example:5433/reg?sslmode=require",
+                "postgres://app:p@ss/w?x y@db.example:5433/reg?sslmode=require",
             ),
             ("APPWRITE_ENDPOINT", "http://aw:80/v1"),
             ("APPWRITE_DATABASE", "envdb"),
@@ -703,7 +716,7 @@ mod tests {
         );
         assert!(lines.contains("database envdb"), "{lines}");
         assert!(
-            !lines.contains("p@ss") && !lines.contains("ss/w"),
+            !lines.contains("p@ss") && !lines.contains("ss/w") && !lines.contains("x y"),
             "{lines}"
         );
         // --database names the database of either target.
@@ -739,6 +752,33 @@ mod tests {
         let c =
             Config::from_str(Path::new("/etc/cutover/cutover.toml"), text, &env(&[]), &o).unwrap();
         assert_eq!(c.pipeline, Path::new("here.toml"));
+    }
+
+    #[test]
+    fn backups_are_all_kept_unless_a_retention_is_set() {
+        let c =
+            Config::from_str(Path::new("c.toml"), "", &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.backups_keep, None);
+        let c = Config::from_str(
+            Path::new("c.toml"),
+            "[backups]\nkeep = 3\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.backups_keep, Some(3));
+        let err = Config::from_str(
+            Path::new("cutover.toml"),
+            "[backups]\nkeep = -1\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cutover.toml") && err.contains("keep"),
+            "{err}"
+        );
     }
 
     #[test]

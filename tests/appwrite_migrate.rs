@@ -472,6 +472,87 @@ async fn rollback_puts_appwrite_tables_and_users_back() {
     w.drop().await;
 }
 
+/// The backup names `cutover backup list --target appwrite` shows, newest first.
+async fn appwrite_backups(w: &World, aw: &Aw) -> Vec<String> {
+    let out = cutover(w, aw, &["backup", "list", "--target", "appwrite"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l != "no backups")
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_backups_are_pruned_and_rollback_still_works() {
+    let w = World::new("aw_prune").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let pipeline = registry();
+
+    let out = cutover(&w, &aw, &migrate_args(&["vaccines"])).await;
+    assert!(out.status.code() != Some(1), "{}", text(&out));
+    let mut last = Vec::new();
+    for n in 1..=3 {
+        w.sql(&format!(
+            "UPDATE vaccines SET name = 'Rerun {n}' WHERE vaccine_id = (SELECT min(vaccine_id) FROM vaccines)"
+        ))
+        .await;
+        last =
+            aw.s.rows("registry", "vaccines")
+                .into_iter()
+                .map(strip_times)
+                .collect();
+        let out = cutover(&w, &aw, &migrate_args(&["vaccines", "--rerun"])).await;
+        assert!(out.status.code() != Some(1), "{}", text(&out));
+        let report = w.latest_report();
+        let e = entity(&report, "vaccines");
+        let name = e["backup"].as_str().unwrap();
+        assert!(name.starts_with("bk_"), "{e}");
+        assert!(e["backup_ms"].as_u64().unwrap() > 0, "{e}");
+        assert!(
+            text(&out).contains(&format!("vaccines: backup {name} of 12 documents in")),
+            "{}",
+            text(&out)
+        );
+    }
+    let backups = appwrite_backups(&w, &aw).await;
+    assert_eq!(backups.len(), 3, "{backups:?}");
+
+    let out = cutover(
+        &w,
+        &aw,
+        &["backup", "prune", "--keep", "1", "--target", "appwrite"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("kept: {}", backups[0]))
+            && text(&out).contains("needed by rollback of vaccines"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(appwrite_backups(&w, &aw).await, backups[..1]);
+    for dropped in &backups[1..] {
+        assert!(aw.s.get_table("registry", dropped).is_err(), "{dropped}");
+    }
+
+    let out = cutover(
+        &w,
+        &aw,
+        &["rollback", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let after: Vec<Value> =
+        aw.s.rows("registry", "vaccines")
+            .into_iter()
+            .map(strip_times)
+            .collect();
+    assert_eq!(after, last, "restored from the backup that was kept");
+    w.drop().await;
+}
+
 const NOTES: &str = r#"
 version = 1
 name = "notes"

@@ -621,3 +621,190 @@ async fn backups_are_listed_restored_and_dropped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no backup named"));
     w.drop().await;
 }
+
+/// The backup names recorded in the ledger, newest first, as `cutover backup list` shows them.
+fn backup_names(w: &World) -> Vec<String> {
+    let out = w.cutover().args(["backup", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l != "no backups")
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The backup the latest step of `entity` not rolled back references: what `rollback` restores.
+async fn latest_backup(w: &World, entity: &str) -> Option<String> {
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_steps")
+        .find_one(doc! { "entity": entity, "status": { "$ne": "rolled-back" } })
+        .sort(doc! { "started_at": -1 })
+        .await
+        .unwrap()
+        .and_then(|s| s.get_str("backup").ok().map(str::to_string))
+}
+
+#[tokio::test]
+async fn backups_are_pruned_to_the_newest_and_rollback_still_works() {
+    let w = World::new("prune").await;
+    let pipeline = setup(&w).await;
+    let pipeline_arg = pipeline.display().to_string();
+    let migrate = |extra: &[&str]| w.migrate_with(&pipeline, extra);
+    let rollback = |extra: &[&str]| {
+        w.cutover()
+            .args(["rollback", "--pipeline", &pipeline_arg])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let prune = |extra: &[&str]| {
+        w.cutover()
+            .args(["backup", "prune"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The first run finds `kinds` empty: no backup. Each re-run writes new labels over a backup.
+    assert_eq!(migrate(&["kinds"]).status.code(), Some(0));
+    let mut states = vec![w.docs("kinds").await];
+    for n in 1..=3 {
+        w.sql(&format!("UPDATE kinds SET label = 'Rerun {n}'"))
+            .await;
+        let out = migrate(&["kinds", "--rerun"]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        states.push(w.docs("kinds").await);
+    }
+    // The report shows the backup and its time.
+    let report = w.latest_report();
+    let kinds = &report["entities"][0];
+    let newest = latest_backup(&w, "kinds").await.unwrap();
+    assert_eq!(kinds["backup"], newest.as_str(), "{kinds}");
+    assert_eq!(kinds["backup_documents"], 3, "{kinds}");
+    assert!(kinds["backup_ms"].as_u64().unwrap() > 0, "{kinds}");
+    let backups = backup_names(&w);
+    assert_eq!(backups.len(), 3, "{backups:?}");
+    assert_eq!(backups[0], newest);
+
+    // A dry run says what it would drop and drops nothing.
+    let out = prune(&["--keep", "1", "--dry-run"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let text = out_text(&out);
+    assert!(text.contains("would drop 2 backup(s), keep 1"), "{text}");
+    assert!(
+        text.contains(&format!("would drop {}", backups[2])),
+        "{text}"
+    );
+    assert_eq!(backup_names(&w), backups);
+
+    let out = prune(&["--keep", "1"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let text = out_text(&out);
+    assert!(
+        text.contains(&format!("kept: {newest}")) && text.contains("needed by rollback of kinds"),
+        "{text}"
+    );
+    assert_eq!(backup_names(&w), std::slice::from_ref(&newest));
+    let collections = w.mongo().await.list_collection_names().await.unwrap();
+    for dropped in &backups[1..] {
+        assert!(!collections.contains(dropped), "{collections:?}");
+    }
+
+    // Rollback restores from the backup that was kept.
+    let out = rollback(&[]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(w.docs("kinds").await, states[2]);
+
+    // Two more re-runs, the last rolled back: the newest backup is a rolled-back step's, and the
+    // one before it is what the next rollback restores. Both stay with --keep 1.
+    for n in 4..=5 {
+        w.sql(&format!("UPDATE kinds SET label = 'Rerun {n}'"))
+            .await;
+        let out = migrate(&["kinds", "--rerun"]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    }
+    let rolled_back = latest_backup(&w, "kinds").await.unwrap();
+    let out = rollback(&[]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let needed = latest_backup(&w, "kinds").await.unwrap();
+    let backups = backup_names(&w);
+    assert_eq!(backups.len(), 3, "{backups:?}");
+    let out = prune(&["--keep", "1", "--entity", "kinds"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let text = out_text(&out);
+    assert!(
+        text.contains(&format!("kept: {needed}")) && text.contains("needed by rollback of kinds"),
+        "{text}"
+    );
+    assert_eq!(backup_names(&w), backups[..2], "{text}");
+    assert_eq!(backups[0], rolled_back);
+    assert_eq!(backups[1], needed);
+    let out = rollback(&[]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(
+        w.docs("kinds").await,
+        states[2],
+        "restored from the kept backup"
+    );
+
+    // The step before that has lost its backup to the first prune: refused, nothing changes.
+    let out = rollback(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    assert!(out_text(&out).contains("is gone"), "{}", out_text(&out));
+    assert_eq!(w.docs("kinds").await, states[2]);
+    // Rolling everything back needs only the first step's state: empty.
+    let out = rollback(&["--all"]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(w.count("kinds").await, 0);
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_retention_setting_prunes_after_each_run() {
+    let w = World::new("retention").await;
+    let pipeline = setup(&w).await;
+    std::fs::write(w.dir.path().join("cutover.toml"), "[backups]\nkeep = 1\n").unwrap();
+    let migrate = |extra: &[&str]| w.migrate_with(&pipeline, extra);
+    assert_eq!(migrate(&["kinds"]).status.code(), Some(0));
+    let mut taken = Vec::new();
+    for n in 1..=3 {
+        w.sql(&format!("UPDATE kinds SET label = 'Rerun {n}'"))
+            .await;
+        let out = migrate(&["kinds", "--rerun"]);
+        assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+        let name = latest_backup(&w, "kinds").await.unwrap();
+        let text = out_text(&out);
+        assert!(
+            text.contains(&format!("kinds: backup {name} of 3 documents in")),
+            "{text}"
+        );
+        if let Some(previous) = taken.last() {
+            assert!(
+                text.contains("dropped 1 older backup(s)") && text.contains(previous),
+                "{text}"
+            );
+        }
+        assert_eq!(backup_names(&w), std::slice::from_ref(&name));
+        taken.push(name);
+    }
+    let before = w.docs("kinds").await;
+    w.sql("UPDATE kinds SET label = 'Rerun 4'").await;
+    assert_eq!(migrate(&["kinds", "--rerun"]).status.code(), Some(0));
+    let out = w
+        .cutover()
+        .args(["rollback", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(w.docs("kinds").await, before);
+    w.drop().await;
+}

@@ -3,6 +3,7 @@
 //! (`<prefix>backups`). Everything a resume, a rollback, `status` and `history` need.
 
 pub mod lock;
+pub mod retention;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -540,13 +541,15 @@ impl Ledger {
             .collect())
     }
 
-    /// Copies `collection` (in the target) into a backup and records it; returns its name.
+    /// Copies `collection` (in the target) into a backup and records it; returns its name, size
+    /// and how long it took (the copy and its record).
     pub async fn backup(
         &self,
         collection: &str,
         run_id: &str,
         entity: &str,
-    ) -> Result<String, LedgerError> {
+    ) -> Result<TakenBackup, LedgerError> {
+        let started = std::time::Instant::now();
         let name = self.store.backup_name(collection, run_id);
         let docs = self
             .store
@@ -562,7 +565,11 @@ impl Ledger {
         };
         self.put("record backup", &self.backups(), &name, &record)
             .await?;
-        Ok(name)
+        Ok(TakenBackup {
+            name,
+            documents: docs,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
     /// Recorded backups, newest first.
@@ -622,6 +629,14 @@ impl Ledger {
             .await
             .map_err(lerr("empty collection"))
     }
+}
+
+/// A backup a step has just taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenBackup {
+    pub name: String,
+    pub documents: u64,
+    pub duration_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

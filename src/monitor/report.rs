@@ -51,6 +51,14 @@ pub struct EntityReport {
     pub requests: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throttled: Option<u64>,
+    /// The backup this step took before writing into a non-empty collection, its documents and
+    /// the time it took (part of `duration_ms`'s stage, not of the rows' throughput).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    #[serde(default)]
+    pub backup_documents: u64,
+    #[serde(default)]
+    pub backup_ms: u64,
 }
 
 impl EntityReport {
@@ -81,7 +89,17 @@ impl EntityReport {
             throttled: None,
             deleted: 0,
             timeline: Vec::new(),
+            backup: None,
+            backup_documents: 0,
+            backup_ms: 0,
         }
+    }
+
+    /// Records the backup the step took.
+    pub fn set_backup(&mut self, b: crate::ledger::TakenBackup) {
+        self.backup = Some(b.name);
+        self.backup_documents = b.documents;
+        self.backup_ms = b.duration_ms;
     }
 
     pub fn balanced(&self) -> bool {
@@ -231,6 +249,15 @@ impl RunReport {
             self.success_rate
         );
         for e in &self.entities {
+            if let Some(b) = &e.backup {
+                let _ = writeln!(
+                    s,
+                    "{}: backup {b} of {} documents in {}",
+                    e.name,
+                    thousands(e.backup_documents),
+                    format_ms(e.backup_ms)
+                );
+            }
             if let Some(d) = &e.delta {
                 let _ = writeln!(s, "{}: {d}", e.name);
             }
@@ -301,6 +328,19 @@ impl RunReport {
     }
 }
 
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub fn format_ms(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
@@ -329,5 +369,56 @@ mod tests {
         assert_eq!(format_ms(15), "15ms");
         assert_eq!(format_ms(1500), "1.5s");
         assert_eq!(format_ms(125_000), "2m05s");
+    }
+
+    #[test]
+    fn counts_read_with_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234), "1,234");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn a_backup_taken_is_a_line_of_the_text_report() {
+        let mut e = EntityReport::new("users", "users", Default::default(), 10);
+        e.set_backup(crate::ledger::TakenBackup {
+            name: "bk_1".into(),
+            documents: 1234,
+            duration_ms: 2300,
+        });
+        let r = RunReport {
+            run_id: "r".into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            dry_run: false,
+            target: "t".into(),
+            pipeline: "p".into(),
+            status: "completed".into(),
+            entities: vec![e],
+            already_applied: Vec::new(),
+            totals: Default::default(),
+            success_rate: 100.0,
+            estimated_full_run_ms: None,
+            error: None,
+            rejects_dir: String::new(),
+            config: serde_json::Value::Null,
+        };
+        let text = r.render_text();
+        assert!(
+            text.contains("users: backup bk_1 of 1,234 documents in 2.3s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_old_report_without_backup_fields_still_reads() {
+        let mut v =
+            serde_json::to_value(EntityReport::new("a", "a", Default::default(), 1)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("backup_ms");
+        o.remove("backup_documents");
+        let e: EntityReport = serde_json::from_value(v).unwrap();
+        assert_eq!((e.backup, e.backup_ms), (None, 0));
     }
 }

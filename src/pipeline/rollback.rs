@@ -1,5 +1,6 @@
 //! Rollback: undo stages in reverse order, restoring each collection to what it held before the
-//! stage (emptied when the stage found it empty, else restored from the stage's backup).
+//! stage (emptied when the stage found it empty, else restored from the stage's backup). Undoing
+//! several steps of one entity restores once: the state before the oldest of them.
 
 use std::collections::BTreeSet;
 
@@ -22,6 +23,9 @@ pub struct RollbackRequest {
 pub struct Undo {
     pub step: StepRecord,
     pub action: String,
+    /// Whether undoing it restores the collection; not when an older step of the same entity
+    /// is undone too (its restore puts the collection further back).
+    pub restore: bool,
 }
 
 fn active(s: &StepRecord) -> bool {
@@ -106,14 +110,43 @@ pub async fn plan(
         (b.started_at.clone(), b.run_number).cmp(&(a.started_at.clone(), a.run_number))
     });
     chosen.dedup_by(|a, b| a.id == b.id);
+    // Newest first: the last step of an entity in `chosen` is the oldest, the one that restores.
+    let mut oldest = std::collections::BTreeMap::new();
+    for s in &chosen {
+        oldest.insert(s.entity.clone(), s.id.clone());
+    }
+    let backups: BTreeSet<String> = ledger
+        .list_backups()
+        .await?
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     let mut out = Vec::new();
     for s in chosen {
+        if oldest.get(&s.entity) != Some(&s.id) {
+            let action = format!(
+                "nothing to restore: an older step of {} is rolled back too",
+                s.entity
+            );
+            out.push(Undo {
+                step: s,
+                action,
+                restore: false,
+            });
+            continue;
+        }
         let action = if s.was_empty {
             format!(
                 "empty {} (it was empty before run {})",
                 s.collection, s.run_id
             )
         } else if let Some(b) = &s.backup {
+            if !backups.contains(b) {
+                return Err(RunError::Refused(format!(
+                    "{} (run {}) cannot be rolled back: its backup {b} of {} is gone (dropped or pruned); roll back fewer steps, or put an older backup back with `cutover backup restore`",
+                    s.entity, s.run_id, s.collection
+                )));
+            }
             format!("restore {} from backup {b}", s.collection)
         } else {
             return Err(RunError::Refused(format!(
@@ -121,14 +154,19 @@ pub async fn plan(
                 s.entity, s.run_id, s.collection
             )));
         };
-        out.push(Undo { step: s, action });
+        out.push(Undo {
+            step: s,
+            action,
+            restore: true,
+        });
     }
     Ok(out)
 }
 
-/// Carries out `undos` in order and marks each step rolled back.
+/// Carries out `undos` in order and marks each step rolled back: an entity's steps all at once,
+/// once its collection is restored.
 pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
-    for u in undos {
+    for u in undos.iter().filter(|u| u.restore) {
         restore_step(
             ledger,
             &u.step.collection,
@@ -136,7 +174,9 @@ pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
             u.step.backup.as_deref(),
         )
         .await?;
-        ledger.mark_rolled_back(&u.step.id).await?;
+        for done in undos.iter().filter(|d| d.step.entity == u.step.entity) {
+            ledger.mark_rolled_back(&done.step.id).await?;
+        }
     }
     Ok(())
 }

@@ -461,6 +461,7 @@ async fn migrate_locked(
         // What the ledger records as the step's collection: the table group or `@users`.
         let mut ledger_name = p.collection.clone();
         let mut backup = None;
+        let mut backup_taken = None;
         let mut was_empty = false;
         let prepared = if opts.dry_run {
             target.describe(p);
@@ -478,10 +479,11 @@ async fn migrate_locked(
                 &mut stage,
             )
             .await
-            .map(|(name, empty, b)| {
+            .map(|(name, empty, b, taken)| {
                 ledger_name = name;
                 was_empty = empty;
                 backup = b;
+                backup_taken = taken;
             })
         };
         if let Err(e) = prepared {
@@ -517,6 +519,9 @@ async fn migrate_locked(
         )
         .await;
         report.delta = delta;
+        if let Some(b) = backup_taken {
+            report.set_backup(b);
+        }
         let mut err = err;
         if err.is_none() && opts.sync_deletes {
             match sync_deletes(p, &mut session, target, opts.dry_run).await {
@@ -627,7 +632,8 @@ async fn migrate_locked(
 
 /// Gets the target ready for one stage and records the step's start in the ledger: the schema
 /// (Appwrite), whether the destination is empty, its backup, and the write mode. Returns the
-/// ledger's name of the destination, whether it was empty, and the backup's name.
+/// ledger's name of the destination, whether it was empty, the backup's name, and the backup
+/// when this step took it.
 #[allow(clippy::too_many_arguments)]
 async fn prepare_step(
     p: &Plan,
@@ -641,8 +647,9 @@ async fn prepare_step(
     // destination's state before the stage wrote into it stands.
     resume: Option<&ledger::StepRecord>,
     stage: &mut StageRun,
-) -> Result<(String, bool, Option<String>), RunError> {
+) -> Result<(String, bool, Option<String>, Option<ledger::TakenBackup>), RunError> {
     let mut backup = None;
+    let mut taken = None;
     target.prepare(p).await?;
     let ledger_name = target.ledger_collection(&p.collection);
     let mut was_empty = target.is_empty(&p.collection).await?;
@@ -653,7 +660,9 @@ async fn prepare_step(
         if ledger_name == crate::sink::target::USERS {
             tracing::warn!(entity = %p.entity, "{ledger_name} cannot be backed up; rollback of this step will refuse");
         } else {
-            backup = Some(ledger.backup(&ledger_name, run_id, &p.entity).await?);
+            let b = ledger.backup(&ledger_name, run_id, &p.entity).await?;
+            backup = Some(b.name.clone());
+            taken = Some(b);
         }
     }
     stage.mode = Some(if target.is_empty(&p.collection).await? {
@@ -683,7 +692,7 @@ async fn prepare_step(
             since: stage.since.as_deref(),
         })
         .await?;
-    Ok((ledger_name, was_empty, backup))
+    Ok((ledger_name, was_empty, backup, taken))
 }
 
 /// Puts a collection back as it was before a step: emptied when the step found it empty,
