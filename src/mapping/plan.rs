@@ -115,6 +115,9 @@ pub struct FieldPlan {
     pub reference: Option<IdRule>,
     /// Entity whose source keys must contain this value.
     pub exists_in: Option<String>,
+    /// Where the read carries PostgreSQL's own answer to that `exists` (a computed boolean
+    /// column), when it can give one; else the check looks the value up in the keys loaded.
+    pub exists_at: Option<usize>,
     pub rules: Option<Rules>,
     pub exact_path: Option<Vec<String>>,
 }
@@ -431,6 +434,7 @@ fn compile_fields(
             nulls: f.nulls.unwrap_or(m.spec.options.nulls),
             reference,
             exists_in,
+            exists_at: None,
             rules,
             exact_path: f.exact_path.as_deref().map(split_path),
         });
@@ -673,6 +677,7 @@ mod tests {
             nulls: NullPolicy::Omit,
             reference: None,
             exists_in: None,
+            exists_at: None,
             rules: None,
             exact_path: exact.map(split_path),
         }

@@ -163,9 +163,82 @@ pub async fn compile_plans(
             }
             columns.push(described[&rel].clone());
         }
-        plans.push(plan::compile(&pipeline.mappings, m, &columns)?);
+        let mut p = plan::compile(&pipeline.mappings, m, &columns)?;
+        answer_exists_in_sql(pipeline, &mut p, session, &mut described).await?;
+        plans.push(p);
     }
     Ok(plans)
+}
+
+/// Lets PostgreSQL answer the `exists` rules of top-level fields in the read itself — a computed
+/// `EXISTS (…)` column probing the referenced key — so no key set is held in memory, however
+/// large the referenced table. Used where the field is a column as it is (no transform, no
+/// default) of the referenced key's own type; other `exists` rules load the referenced keys.
+async fn answer_exists_in_sql(
+    pipeline: &Pipeline,
+    p: &mut Plan,
+    session: &mut SourceSession,
+    described: &mut HashMap<String, Vec<postgres::SourceColumn>>,
+) -> Result<(), RunError> {
+    let outer = outer_qualifier(&p.read.relation);
+    for i in 0..p.fields.len() {
+        let f = &p.fields[i];
+        let (Some(entity), plan::Input::Column(col)) = (f.exists_in.clone(), &f.input) else {
+            continue;
+        };
+        if !f.steps.is_empty() || f.default.is_some() {
+            continue;
+        }
+        let col = *col;
+        let m = pipeline.mappings.get(&entity)?;
+        let Some(key) = m
+            .spec
+            .source
+            .key
+            .first()
+            .filter(|_| m.spec.source.key.len() == 1)
+        else {
+            continue;
+        };
+        let rel = postgres::relation_sql(
+            m.spec.source.table.as_deref(),
+            m.spec.source.query.as_deref(),
+        );
+        if !described.contains_key(&rel) {
+            let cols = session.describe(&rel).await?;
+            described.insert(rel.clone(), cols);
+        }
+        let Some(key_col) = described[&rel].iter().find(|c| &c.name == key) else {
+            continue;
+        };
+        let column = &p.read.columns[col];
+        if column.pg_type != key_col.pg_type || column.expr.is_some() {
+            continue;
+        }
+        let name = format!("cutover_exists_{i}");
+        let expr = format!(
+            "EXISTS (SELECT 1 FROM {rel} AS cutover_ref WHERE cutover_ref.{} = {outer}.{})",
+            postgres::quote_ident(key),
+            postgres::quote_ident(&column.name)
+        );
+        p.read.columns.push(postgres::SourceColumn {
+            name,
+            pg_type: "BOOL".into(),
+            kind: crate::source::ColKind::Bool,
+            expr: Some(expr),
+        });
+        p.fields[i].exists_at = Some(p.read.columns.len() - 1);
+    }
+    Ok(())
+}
+
+/// How the outer row's columns are named inside a subquery: the table as written, or the alias
+/// of a query source.
+fn outer_qualifier(relation: &str) -> String {
+    match relation.rsplit_once(" AS ") {
+        Some((_, alias)) if relation.starts_with('(') => alias.trim().to_string(),
+        _ => relation.to_string(),
+    }
 }
 
 /// Loads the source keys of entities named by `exists` rules.
@@ -182,6 +255,7 @@ pub(crate) async fn load_known_keys(
                 .iter()
                 .chain(p.embeds.iter().flat_map(|e| e.fields.iter()))
         })
+        .filter(|f| f.exists_at.is_none())
         .filter_map(|f| f.exists_in.clone())
         .collect();
     for entity in wanted {

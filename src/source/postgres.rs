@@ -134,6 +134,8 @@ pub struct SourceColumn {
     pub name: String,
     pub pg_type: String,
     pub kind: ColKind,
+    /// A computed column: this SQL expression (already safe) is read under `name`.
+    pub expr: Option<String>,
 }
 
 /// Quotes an identifier (`schema.table` is split on the dot).
@@ -291,6 +293,7 @@ pub async fn describe(
                 name: c.name().to_string(),
                 kind: ColKind::from_pg_type(&pg_type),
                 pg_type,
+                expr: None,
             }
         })
         .collect())
@@ -362,7 +365,9 @@ impl ReadSpec {
             .iter()
             .map(|c| {
                 let q = quote_ident(&c.name);
-                if c.kind.reads_as_text() {
+                if let Some(expr) = &c.expr {
+                    format!("{expr} AS {q}")
+                } else if c.kind.reads_as_text() {
                     format!("{q}::text AS {q}")
                 } else {
                     q
@@ -493,6 +498,7 @@ mod tests {
 
     fn col(name: &str, pg: &str) -> SourceColumn {
         SourceColumn {
+            expr: None,
             name: name.into(),
             pg_type: pg.into(),
             kind: ColKind::from_pg_type(pg),

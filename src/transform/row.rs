@@ -149,10 +149,18 @@ fn eval_field(
     let bson = if value.is_null() {
         Bson::Null
     } else if let Some(rule) = &f.reference {
+        let missing = match f.exists_at {
+            // PostgreSQL answered in the read.
+            Some(i) => !matches!(row.get(i), Some(Value::Bool(true))),
+            None => f
+                .exists_in
+                .as_ref()
+                .and_then(|e| ctx.known_keys.get(e))
+                .is_some_and(|keys| !keys.contains(&value.to_string())),
+        };
         if let Some(entity) = &f.exists_in
             && !ctx.skip_validation
-            && let Some(keys) = ctx.known_keys.get(entity)
-            && !keys.contains(&value.to_string())
+            && missing
         {
             let sev = f
                 .rules
