@@ -293,6 +293,18 @@ fn check_fields(
             if rules.exists && f.reference.is_none() {
                 return Err(invalid(m, &key, "`exists` needs `reference`".into()));
             }
+            for rule in rules.severities.keys() {
+                if !rules.has(*rule) {
+                    return Err(invalid(
+                        m,
+                        &format!("{key}.validate.severities"),
+                        format!(
+                            "names `{}`, which is not a rule of this field",
+                            rule.as_str()
+                        ),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -570,6 +582,41 @@ column = "name"
             err.starts_with("mappings/things.toml: `source.updated_at`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn severities_name_rules_of_the_field() {
+        let text = MINIMAL.replace(
+            "column = \"name\"",
+            "column = \"name\"\nvalidate = { required = true, email = true, severities = { email = \"warning\" } }",
+        );
+        let m = parse(Path::new("t.toml"), &text).unwrap();
+        let rules = m.spec.fields[0].validate.as_ref().unwrap();
+        assert_eq!(rules.severity, spec::Severity::Error);
+        assert_eq!(
+            rules.severities.get(&spec::RuleName::Email),
+            Some(&spec::Severity::Warning)
+        );
+        // A rule the field does not have.
+        let text = MINIMAL.replace(
+            "column = \"name\"",
+            "column = \"name\"\nvalidate = { required = true, severities = { url = \"warning\" } }",
+        );
+        let err = refusal(&text);
+        assert!(
+            err.contains("`field[0] (name).validate.severities`: names `url`, which is not a rule"),
+            "{err}"
+        );
+        // A name that is no rule at all, or a severity that does not exist.
+        for bad in ["{ emial = \"warning\" }", "{ email = \"fatal\" }"] {
+            let text = MINIMAL.replace(
+                "column = \"name\"",
+                &format!("column = \"name\"\nvalidate = {{ email = true, severities = {bad} }}"),
+            );
+            let err = refusal(&text);
+            assert!(err.starts_with("mappings/things.toml"), "{err}");
+            assert!(err.contains("emial") || err.contains("fatal"), "{err}");
+        }
     }
 
     #[test]

@@ -406,6 +406,7 @@ fn compile_fields(
                 .map(|v| v.iter().map(toml_to_bson).collect()),
             not_in_future: r.not_in_future,
             severity: r.severity,
+            severities: r.severities.clone(),
         });
         let exists_in = match &f.validate {
             Some(r) if r.exists => f.reference.clone(),
@@ -681,9 +682,10 @@ impl Plan {
     /// Whether any field's rules are errors (used to describe the plan).
     pub fn has_error_rules(&self) -> bool {
         self.fields.iter().any(|f| {
-            f.rules
-                .as_ref()
-                .is_some_and(|r| r.severity == Severity::Error)
+            f.rules.as_ref().is_some_and(|r| {
+                r.severity == Severity::Error
+                    || r.severities.values().any(|s| *s == Severity::Error)
+            })
         })
     }
 
