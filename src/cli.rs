@@ -811,6 +811,8 @@ async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {
         None => None,
     };
     let mut current_stage = String::new();
+    // Every mapping that does not compile against the source is listed, not only the first.
+    let mut blocking = Vec::new();
     for (n, s) in steps.iter().enumerate() {
         if s.stage != current_stage {
             crate::outln!("stage {}", s.stage);
@@ -829,16 +831,33 @@ async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Outcome> {
             line.push_str(&format!(" (embeds {})", embeds.join(", ")));
         }
         if let Some(session) = session.as_mut() {
-            let plans = run::compile_plans(&pipeline, std::slice::from_ref(s), session).await?;
-            let rows = session.count(&plans[0].relation).await?;
-            line.push_str(&format!(", {rows} rows"));
+            match run::compile_plans(&pipeline, std::slice::from_ref(s), session).await {
+                Ok(plans) => {
+                    let rows = session.count(&plans[0].relation).await?;
+                    line.push_str(&format!(", {rows} rows"));
+                }
+                // A source error (a missing table) leaves the snapshot's transaction aborted:
+                // nothing after it could be described, so it ends the command.
+                Err(run::RunError::Mapping(e)) => {
+                    line.push_str(", BLOCKED (see below)");
+                    blocking.push(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         crate::outln!("{line}");
     }
     if let Some(s) = session {
         s.close().await;
     }
-    Ok(Outcome::Success)
+    for e in &blocking {
+        println!("BLOCKING: {e}");
+    }
+    Ok(if blocking.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }
 
 async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {

@@ -66,3 +66,154 @@ async fn check_lists_lossy_and_invalid_data_with_counts_and_writes_nothing() {
     );
     w.drop().await;
 }
+
+const THINGS_SCHEMA: &str =
+    "CREATE TABLE things (id int PRIMARY KEY, name text, changed timestamptz, revision bigint);
+INSERT INTO things VALUES (1, 'one', now(), 1), (2, 'two', now(), 2);
+CREATE TABLE parts (id int PRIMARY KEY, label text);
+INSERT INTO parts VALUES (1, 'bolt');";
+
+/// A pipeline of `things` and `parts` in the world's directory, with the mapping bodies given.
+fn write_things(w: &World, things: &str, parts: &str) -> std::path::PathBuf {
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/things.toml"), things).unwrap();
+    std::fs::write(dir.join("mappings/parts.toml"), parts).unwrap();
+    let pipeline = dir.join("things.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"things\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"things\", \"parts\"]\n",
+    )
+    .unwrap();
+    pipeline
+}
+
+fn things_mapping(source_extra: &str, field_path: &str) -> String {
+    format!(
+        "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n{source_extra}\n[[field]]\npath = \"{field_path}\"\ncolumn = \"name\"\n"
+    )
+}
+
+fn parts_mapping(source_extra: &str) -> String {
+    format!(
+        "version = 1\nname = \"parts\"\n[source]\ntable = \"parts\"\nkey = [\"id\"]\n{source_extra}\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n"
+    )
+}
+
+/// Runs `cutover COMMAND --pipeline PIPELINE`: (exit code, stdout + stderr).
+fn run(w: &World, command: &str, pipeline: &std::path::Path) -> (Option<i32>, String) {
+    let out = w
+        .cutover()
+        .args([command, "--pipeline"])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn plan_and_check_block_on_an_updated_at_that_is_not_a_date_column_of_the_source() {
+    let w = World::new("updated_at").await;
+    w.sql(THINGS_SCHEMA).await;
+
+    // A valid mapping passes both, so the refusals below are about updated_at alone.
+    let pipeline = write_things(
+        &w,
+        &things_mapping("updated_at = \"changed\"", "name"),
+        &parts_mapping(""),
+    );
+    for command in ["plan", "check"] {
+        let (code, text) = run(&w, command, &pipeline);
+        assert_eq!(code, Some(0), "{command}: {text}");
+    }
+
+    // A column the source lacks, and a column of the wrong type: both listed, not only the first.
+    let pipeline = write_things(
+        &w,
+        &things_mapping("updated_at = \"modified_at\"", "name"),
+        &parts_mapping("updated_at = \"label\""),
+    );
+    let things = w.dir.path().join("mappings/things.toml");
+    let parts = w.dir.path().join("mappings/parts.toml");
+    for command in ["plan", "check"] {
+        let (code, text) = run(&w, command, &pipeline);
+        assert_eq!(code, Some(1), "{command}: {text}");
+        let missing = format!(
+            "BLOCKING: {}: `source.updated_at`: no column `modified_at` in \"things\" (its date and timestamp columns: changed)",
+            things.display()
+        );
+        assert!(text.contains(&missing), "{command}: {text}");
+        let wrong_type = format!(
+            "BLOCKING: {}: `source.updated_at`: column `label` has type TEXT",
+            parts.display()
+        );
+        assert!(text.contains(&wrong_type), "{command}: {text}");
+    }
+    // An integer column is no point in time either.
+    let pipeline = write_things(
+        &w,
+        &things_mapping("updated_at = \"revision\"", "name"),
+        &parts_mapping(""),
+    );
+    let (code, text) = run(&w, "plan", &pipeline);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("`source.updated_at`: column `revision` has type INT8"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn plan_and_check_refuse_invalid_collection_names_and_field_paths_naming_file_and_key() {
+    let w = World::new("mongo_names").await;
+    w.sql(THINGS_SCHEMA).await;
+    let cases = [
+        (
+            things_mapping("", "name").replace(
+                "name = \"things\"\n",
+                "name = \"things\"\ncollection = \"\"\n",
+            ),
+            "`collection`: `` is not a valid collection name: the name is empty",
+        ),
+        (
+            things_mapping("", "name").replace(
+                "name = \"things\"\n",
+                "name = \"things\"\ncollection = \"system.things\"\n",
+            ),
+            "`collection`: `system.things` is not a valid collection name",
+        ),
+        (
+            things_mapping("", "a..b"),
+            "`field[0] (a..b)`: `a..b` is not a valid target path: a segment is empty",
+        ),
+        (
+            things_mapping("", "a\\u0000b"),
+            "`field[0] (a\\0b)`: `a\\0b` is not a valid target path: a field name cannot contain a NUL character",
+        ),
+        (
+            things_mapping("", "$name"),
+            "`field[0] ($name)`: `$name` is not a valid target path: a field name cannot start with `$`",
+        ),
+    ];
+    for (mapping, message) in cases {
+        let pipeline = write_things(&w, &mapping, &parts_mapping(""));
+        let expected = format!(
+            "{}: {message}",
+            w.dir.path().join("mappings/things.toml").display()
+        );
+        for command in ["plan", "check"] {
+            let (code, text) = run(&w, command, &pipeline);
+            assert_eq!(code, Some(1), "{command}: {text}");
+            assert!(text.contains(&expected), "{command}: {expected}\n{text}");
+        }
+    }
+    let names = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(names.is_empty(), "plan or check wrote {names:?}");
+    w.drop().await;
+}

@@ -35,6 +35,13 @@ fn reference_mapping_parses_and_uses_every_option() {
     let m = mapping::parse(Path::new("mappings/README.md"), &blocks[0]).unwrap();
     assert_eq!(m.spec.embeds.len(), 1);
     assert_eq!(m.spec.rules.len(), 1);
+    assert!(
+        m.spec.fields.iter().any(|f| f
+            .validate
+            .as_ref()
+            .is_some_and(|v| !v.severities.is_empty())),
+        "the reference shows a per-rule severity"
+    );
     let _: PipelineFile = toml::from_str(&blocks[1]).unwrap();
 }
 

@@ -166,12 +166,51 @@ pub fn parse(path: &Path, text: &str) -> Result<Mapping, MappingError> {
     Ok(m)
 }
 
+/// Why `path` cannot be a dotted MongoDB field path, if it cannot.
+fn path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        return Some("the path is empty");
+    }
+    if path.contains('\0') {
+        return Some("a field name cannot contain a NUL character");
+    }
+    for segment in path.split('.') {
+        if segment.is_empty() {
+            return Some("a segment is empty (a leading, trailing or doubled `.`)");
+        }
+        if segment.starts_with('$') {
+            return Some("a field name cannot start with `$`");
+        }
+    }
+    None
+}
+
+/// Why `name` cannot be a MongoDB collection name, if it cannot.
+fn collection_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("the name is empty");
+    }
+    if name.contains('\0') {
+        return Some("a collection name cannot contain a NUL character");
+    }
+    if name.contains('$') {
+        return Some("a collection name cannot contain `$`");
+    }
+    if name.starts_with("system.") {
+        return Some("`system.` names are reserved by MongoDB");
+    }
+    None
+}
+
 fn check_path(m: &Mapping, key: &str, path: &str) -> Result<(), MappingError> {
-    if path.is_empty() || path.split('.').any(|s| s.is_empty() || s.starts_with('$')) {
+    if let Some(problem) = path_problem(path) {
         return Err(invalid(
             m,
             key,
-            format!("`{path}` is not a valid target path"),
+            format!(
+                "`{}` is not a valid target path: {problem}",
+                path.escape_debug()
+            ),
         ));
     }
     if path == "_id" || path.starts_with("_id.") {
@@ -192,7 +231,7 @@ fn check_fields(
 ) -> Result<(), MappingError> {
     let mut paths = BTreeSet::new();
     for (i, f) in fields.iter().enumerate() {
-        let key = format!("{prefix}field[{i}] ({})", f.path);
+        let key = format!("{prefix}field[{i}] ({})", f.path.escape_debug());
         if !scalar_element {
             check_path(m, &key, &f.path)?;
             if !paths.insert(f.path.clone()) {
@@ -254,6 +293,18 @@ fn check_fields(
             if rules.exists && f.reference.is_none() {
                 return Err(invalid(m, &key, "`exists` needs `reference`".into()));
             }
+            for rule in rules.severities.keys() {
+                if !rules.has(*rule) {
+                    return Err(invalid(
+                        m,
+                        &format!("{key}.validate.severities"),
+                        format!(
+                            "names `{}`, which is not a rule of this field",
+                            rule.as_str()
+                        ),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -284,6 +335,25 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
             "use letters, digits, `_` and `-`".into(),
         ));
     }
+    if let Some(c) = &s.collection
+        && let Some(problem) = collection_problem(c)
+    {
+        return Err(invalid(
+            m,
+            "collection",
+            format!(
+                "`{}` is not a valid collection name: {problem}",
+                c.escape_debug()
+            ),
+        ));
+    }
+    if s.source.updated_at.as_deref().is_some_and(str::is_empty) {
+        return Err(invalid(
+            m,
+            "source.updated_at",
+            "name a column, or leave the key out".into(),
+        ));
+    }
     if s.source.table.is_some() == s.source.query.is_some() {
         return Err(invalid(
             m,
@@ -312,7 +382,7 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
     check_fields(m, "", &s.fields, false)?;
     let mut top: BTreeSet<&str> = s.fields.iter().map(|f| f.path.as_str()).collect();
     for (i, e) in s.embeds.iter().enumerate() {
-        let key = format!("embed[{i}] ({})", e.path);
+        let key = format!("embed[{i}] ({})", e.path.escape_debug());
         check_path(m, &key, &e.path)?;
         if !top.insert(e.path.as_str()) {
             return Err(invalid(
@@ -428,6 +498,125 @@ column = "name"
         let m = parse(Path::new("t.toml"), &text).unwrap();
         let err = MappingSet::from_mappings(vec![m]).unwrap_err().to_string();
         assert!(err.contains("owners"), "{err}");
+    }
+
+    fn refusal(text: &str) -> String {
+        parse(Path::new("mappings/things.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn invalid_collection_names_are_refused_with_file_and_key() {
+        for (name, why) in [
+            ("", "empty"),
+            ("a$b", "`$`"),
+            ("a\\u0000b", "NUL"),
+            ("system.users", "system."),
+        ] {
+            let text = MINIMAL.replace(
+                "name = \"things\"",
+                &format!("name = \"things\"\ncollection = \"{name}\""),
+            );
+            let err = refusal(&text);
+            assert!(
+                err.starts_with("mappings/things.toml: `collection`"),
+                "{err}"
+            );
+            assert!(err.contains(why), "{name}: {err}");
+        }
+        let text = MINIMAL.replace(
+            "name = \"things\"",
+            "name = \"things\"\ncollection = \"things.archive\"",
+        );
+        assert_eq!(
+            parse(Path::new("t.toml"), &text).unwrap().collection(),
+            "things.archive"
+        );
+    }
+
+    #[test]
+    fn invalid_field_paths_are_refused_with_file_and_key() {
+        for (path, why) in [
+            ("", "empty"),
+            ("a..b", "segment is empty"),
+            ("a.", "segment is empty"),
+            (".a", "segment is empty"),
+            ("$set", "`$`"),
+            ("a.$b", "`$`"),
+            ("a\\u0000b", "NUL"),
+        ] {
+            let text = MINIMAL.replace("path = \"name\"", &format!("path = \"{path}\""));
+            let err = refusal(&text);
+            assert!(
+                err.starts_with("mappings/things.toml: `field[0] ("),
+                "{path}: {err}"
+            );
+            assert!(err.contains(why), "{path}: {err}");
+            assert!(!err.contains('\0'), "the NUL is shown escaped: {err:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_embed_and_exact_paths_are_refused() {
+        let embed = format!(
+            "{MINIMAL}\n[[embed]]\npath = \"kids..all\"\ntable = \"kids\"\nforeign_key = \"thing_id\"\n[[embed.field]]\npath = \"n\"\ncolumn = \"n\"\n"
+        );
+        let err = refusal(&embed);
+        assert!(err.contains("`embed[0] (kids..all)`"), "{err}");
+        let exact = format!(
+            "{MINIMAL}\n[[field]]\npath = \"at\"\ncolumn = \"at\"\nsub_millis = \"keep_string\"\nexact_path = \"$exact\"\n"
+        );
+        let err = refusal(&exact);
+        assert!(
+            err.contains("`field[1] (at)`") && err.contains("`$`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_updated_at_is_refused() {
+        let text = MINIMAL.replace("key = [\"id\"]", "key = [\"id\"]\nupdated_at = \"\"");
+        let err = refusal(&text);
+        assert!(
+            err.starts_with("mappings/things.toml: `source.updated_at`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn severities_name_rules_of_the_field() {
+        let text = MINIMAL.replace(
+            "column = \"name\"",
+            "column = \"name\"\nvalidate = { required = true, email = true, severities = { email = \"warning\" } }",
+        );
+        let m = parse(Path::new("t.toml"), &text).unwrap();
+        let rules = m.spec.fields[0].validate.as_ref().unwrap();
+        assert_eq!(rules.severity, spec::Severity::Error);
+        assert_eq!(
+            rules.severities.get(&spec::RuleName::Email),
+            Some(&spec::Severity::Warning)
+        );
+        // A rule the field does not have.
+        let text = MINIMAL.replace(
+            "column = \"name\"",
+            "column = \"name\"\nvalidate = { required = true, severities = { url = \"warning\" } }",
+        );
+        let err = refusal(&text);
+        assert!(
+            err.contains("`field[0] (name).validate.severities`: names `url`, which is not a rule"),
+            "{err}"
+        );
+        // A name that is no rule at all, or a severity that does not exist.
+        for bad in ["{ emial = \"warning\" }", "{ email = \"fatal\" }"] {
+            let text = MINIMAL.replace(
+                "column = \"name\"",
+                &format!("column = \"name\"\nvalidate = {{ email = true, severities = {bad} }}"),
+            );
+            let err = refusal(&text);
+            assert!(err.starts_with("mappings/things.toml"), "{err}");
+            assert!(err.contains("emial") || err.contains("fatal"), "{err}");
+        }
     }
 
     #[test]

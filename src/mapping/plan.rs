@@ -409,6 +409,7 @@ fn compile_fields(
                 .map(|v| v.iter().map(toml_to_bson).collect()),
             not_in_future: r.not_in_future,
             severity: r.severity,
+            severities: r.severities.clone(),
         });
         let exists_in = match &f.validate {
             Some(r) if r.exists => f.reference.clone(),
@@ -477,6 +478,9 @@ pub fn compile(
                 ),
             ));
         }
+    }
+    if let Some(column) = &src.updated_at {
+        check_updated_at(m, &relations[0], &columns[0], column)?;
     }
     let fields = compile_fields(m, set, &m.spec.fields, &read, "")?;
     let mut embeds = Vec::new();
@@ -594,6 +598,48 @@ pub fn compile(
     })
 }
 
+/// `source.updated_at` must be a date or timestamp column of the source: a delta run filters on
+/// `updated_at >= <snapshot time>` (a timestamptz), found otherwise only in the maintenance window.
+fn check_updated_at(
+    m: &Mapping,
+    relation: &str,
+    available: &[SourceColumn],
+    column: &str,
+) -> Result<(), MappingError> {
+    use crate::source::ColKind::{Date, Timestamp, TimestampTz};
+    let invalid = |message: String| MappingError::Invalid {
+        path: m.path.clone(),
+        key: "source.updated_at".into(),
+        message,
+    };
+    let candidates = || {
+        let names: Vec<&str> = available
+            .iter()
+            .filter(|c| matches!(c.kind, Date | Timestamp | TimestampTz))
+            .map(|c| c.name.as_str())
+            .collect();
+        if names.is_empty() {
+            "it has no date or timestamp column".to_string()
+        } else {
+            format!("its date and timestamp columns: {}", names.join(", "))
+        }
+    };
+    let Some(c) = available.iter().find(|c| c.name == column) else {
+        return Err(invalid(format!(
+            "no column `{column}` in {relation} ({})",
+            candidates()
+        )));
+    };
+    if !matches!(c.kind, Date | Timestamp | TimestampTz) {
+        return Err(invalid(format!(
+            "column `{column}` has type {}: a delta run compares it with a point in time, so it must be a date, timestamp or timestamptz ({})",
+            c.pg_type,
+            candidates()
+        )));
+    }
+    Ok(())
+}
+
 /// The `[appwrite.users]` section, its fields checked against the document's top-level keys.
 fn users_spec(
     m: &Mapping,
@@ -640,9 +686,10 @@ impl Plan {
     /// Whether any field's rules are errors (used to describe the plan).
     pub fn has_error_rules(&self) -> bool {
         self.fields.iter().any(|f| {
-            f.rules
-                .as_ref()
-                .is_some_and(|r| r.severity == Severity::Error)
+            f.rules.as_ref().is_some_and(|r| {
+                r.severity == Severity::Error
+                    || r.severities.values().any(|s| *s == Severity::Error)
+            })
         })
     }
 
@@ -681,6 +728,55 @@ mod tests {
             rules: None,
             exact_path: exact.map(split_path),
         }
+    }
+
+    fn column(name: &str, pg_type: &str) -> SourceColumn {
+        SourceColumn {
+            name: name.into(),
+            pg_type: pg_type.into(),
+            kind: crate::source::ColKind::from_pg_type(pg_type),
+            expr: None,
+        }
+    }
+
+    fn compile_with_updated_at(updated_at: &str) -> Result<Plan, MappingError> {
+        let text = format!(
+            "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\nupdated_at = \"{updated_at}\"\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n"
+        );
+        let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), &text)?;
+        let set = MappingSet::from_mappings(vec![m.clone()])?;
+        let columns = vec![
+            column("id", "INT4"),
+            column("name", "TEXT"),
+            column("changed", "TIMESTAMPTZ"),
+            column("changed_local", "TIMESTAMP"),
+            column("changed_on", "DATE"),
+            column("revision", "INT8"),
+        ];
+        compile(&set, &m, &[columns])
+    }
+
+    #[test]
+    fn updated_at_must_be_a_date_or_timestamp_column_of_the_source() {
+        for ok in ["changed", "changed_local", "changed_on"] {
+            let plan = compile_with_updated_at(ok).unwrap();
+            assert_eq!(plan.updated_at.as_deref(), Some(ok));
+        }
+        let err = compile_with_updated_at("modified_at")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("mappings/things.toml: `source.updated_at`: no column `modified_at`"),
+            "{err}"
+        );
+        assert!(err.contains("changed, changed_local, changed_on"), "{err}");
+        let err = compile_with_updated_at("revision").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "mappings/things.toml: `source.updated_at`: column `revision` has type INT8"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

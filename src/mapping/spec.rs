@@ -270,6 +270,42 @@ fn default_sep() -> String {
     " ".to_string()
 }
 
+/// A field rule, as named in `validate` (and in its `severities` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleName {
+    Required,
+    Email,
+    Url,
+    MinLength,
+    MaxLength,
+    Min,
+    Max,
+    Regex,
+    OneOf,
+    NotInFuture,
+    Exists,
+}
+
+impl RuleName {
+    /// The name the rejects files and reports use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleName::Required => "required",
+            RuleName::Email => "email",
+            RuleName::Url => "url",
+            RuleName::MinLength => "min_length",
+            RuleName::MaxLength => "max_length",
+            RuleName::Min => "min",
+            RuleName::Max => "max",
+            RuleName::Regex => "regex",
+            RuleName::OneOf => "one_of",
+            RuleName::NotInFuture => "not_in_future",
+            RuleName::Exists => "exists",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesSpec {
@@ -290,8 +326,31 @@ pub struct RulesSpec {
     /// With `reference`: the referenced source row must exist (its keys are loaded before the stage).
     #[serde(default)]
     pub exists: bool,
+    /// The severity of every rule of the field not named in `severities`.
     #[serde(default)]
     pub severity: Severity,
+    /// A severity per rule, overriding `severity`: `{ email = "warning" }`.
+    #[serde(default)]
+    pub severities: BTreeMap<RuleName, Severity>,
+}
+
+impl RulesSpec {
+    /// Whether the field has rule `rule`.
+    pub fn has(&self, rule: RuleName) -> bool {
+        match rule {
+            RuleName::Required => self.required,
+            RuleName::Email => self.email,
+            RuleName::Url => self.url,
+            RuleName::MinLength => self.min_length.is_some(),
+            RuleName::MaxLength => self.max_length.is_some(),
+            RuleName::Min => self.min.is_some(),
+            RuleName::Max => self.max.is_some(),
+            RuleName::Regex => self.regex.is_some(),
+            RuleName::OneOf => self.one_of.is_some(),
+            RuleName::NotInFuture => self.not_in_future,
+            RuleName::Exists => self.exists,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,7 @@ use bson::{Bson, RawDocumentBuf};
 
 use super::{Issue, Stage, apply, encode, to_bson};
 use crate::mapping::plan::{Combine, EmbedPlan, FieldPlan, Input, Layout, LayoutNode, Plan};
-use crate::mapping::spec::{EmbedElement, NullPolicy, Severity};
+use crate::mapping::spec::{EmbedElement, NullPolicy, RuleName, Severity};
 use crate::source::Value;
 use crate::source::value::key_text;
 
@@ -165,7 +165,7 @@ fn eval_field(
             let sev = f
                 .rules
                 .as_ref()
-                .map(|r| r.severity)
+                .map(|r| r.severity_of(RuleName::Exists))
                 .unwrap_or(Severity::Error);
             issues.push(Issue {
                 stage: Stage::Validate,

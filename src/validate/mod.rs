@@ -2,11 +2,13 @@
 //! one_of, not_in_future) and row rules (`any_of`). Each failure is an [`Issue`] with the rule's
 //! name and the severity the mapping gave it.
 
+use std::collections::BTreeMap;
+
 use bson::Bson;
 use regex::Regex;
 use validator::{ValidateEmail, ValidateUrl};
 
-use crate::mapping::spec::Severity;
+use crate::mapping::spec::{RuleName, Severity};
 use crate::transform::{Issue, Stage};
 
 /// Compiled rules of one field.
@@ -22,7 +24,10 @@ pub struct Rules {
     pub regex: Option<Regex>,
     pub one_of: Option<Vec<Bson>>,
     pub not_in_future: bool,
+    /// The severity of the rules not in `severities`.
     pub severity: Severity,
+    /// Per-rule severities, overriding `severity`.
+    pub severities: BTreeMap<RuleName, Severity>,
 }
 
 fn is_empty(v: Option<&Bson>) -> bool {
@@ -68,13 +73,18 @@ fn decimal128_to_f64(d: &bson::Decimal128) -> Option<f64> {
 }
 
 impl Rules {
+    /// The severity of `rule` on this field.
+    pub fn severity_of(&self, rule: RuleName) -> Severity {
+        self.severities.get(&rule).copied().unwrap_or(self.severity)
+    }
+
     /// Checks `value` (None when the field is absent) at `path`; `now_ms` is the current time.
     pub fn check(&self, path: &str, value: Option<&Bson>, now_ms: i64, issues: &mut Vec<Issue>) {
-        let mut fail = |rule: &str, message: String, v: &str| {
+        let mut fail = |rule: RuleName, message: String, v: &str| {
             issues.push(Issue {
                 stage: Stage::Validate,
-                severity: self.severity,
-                rule: rule.to_string(),
+                severity: self.severity_of(rule),
+                rule: rule.as_str().to_string(),
                 path: path.to_string(),
                 message,
                 value: v.to_string(),
@@ -82,7 +92,7 @@ impl Rules {
         };
         if is_empty(value) {
             if self.required {
-                fail("required", format!("{path} is required"), "");
+                fail(RuleName::Required, format!("{path} is required"), "");
             }
             return;
         }
@@ -95,13 +105,17 @@ impl Rules {
             && let Some(s) = text
             && !s.validate_email()
         {
-            fail("email", format!("{path} is not a valid e-mail address"), s);
+            fail(
+                RuleName::Email,
+                format!("{path} is not a valid e-mail address"),
+                s,
+            );
         }
         if self.url
             && let Some(s) = text
             && !s.validate_url()
         {
-            fail("url", format!("{path} is not a valid URL"), s);
+            fail(RuleName::Url, format!("{path} is not a valid URL"), s);
         }
         let len = match v {
             Bson::String(s) => Some(s.chars().count() as u64),
@@ -113,7 +127,7 @@ impl Rules {
                 && len < min
             {
                 fail(
-                    "min_length",
+                    RuleName::MinLength,
                     format!("{path} is shorter than {min} (length {len})"),
                     &show(v),
                 );
@@ -122,7 +136,7 @@ impl Rules {
                 && len > max
             {
                 fail(
-                    "max_length",
+                    RuleName::MaxLength,
                     format!("{path} is longer than {max} (length {len})"),
                     &show(v),
                 );
@@ -139,7 +153,7 @@ impl Rules {
                 && n < min
             {
                 fail(
-                    "min",
+                    RuleName::Min,
                     format!("{path} is below the minimum {min}"),
                     &show(item),
                 );
@@ -148,7 +162,7 @@ impl Rules {
                 && n > max
             {
                 fail(
-                    "max",
+                    RuleName::Max,
                     format!("{path} is above the maximum {max}"),
                     &show(item),
                 );
@@ -159,7 +173,7 @@ impl Rules {
             && !re.is_match(s)
         {
             fail(
-                "regex",
+                RuleName::Regex,
                 format!("{path} does not match /{}/", re.as_str()),
                 s,
             );
@@ -168,7 +182,7 @@ impl Rules {
             && !allowed.contains(v)
         {
             fail(
-                "one_of",
+                RuleName::OneOf,
                 format!("{path} is not one of the allowed values"),
                 &show(v),
             );
@@ -178,7 +192,7 @@ impl Rules {
             && dt.timestamp_millis() > now_ms
         {
             fail(
-                "not_in_future",
+                RuleName::NotInFuture,
                 format!("{path} is in the future"),
                 &show(v),
             );
@@ -303,6 +317,36 @@ mod tests {
             ),
             ["max"]
         );
+    }
+
+    #[test]
+    fn a_severity_per_rule_overrides_the_field_severity() {
+        let r = Rules {
+            required: true,
+            email: true,
+            max_length: Some(10),
+            severity: Severity::Error,
+            severities: BTreeMap::from([(RuleName::Email, Severity::Warning)]),
+            ..Default::default()
+        };
+        let severities = |v: Option<Bson>| -> Vec<(String, Severity)> {
+            let mut issues = Vec::new();
+            r.check("f", v.as_ref(), 0, &mut issues);
+            issues.into_iter().map(|i| (i.rule, i.severity)).collect()
+        };
+        assert_eq!(severities(None), [("required".into(), Severity::Error)]);
+        assert_eq!(
+            severities(Some(Bson::String("jane@@x".into()))),
+            [("email".into(), Severity::Warning)]
+        );
+        assert_eq!(
+            severities(Some(Bson::String("jane@@example.org".into()))),
+            [
+                ("email".into(), Severity::Warning),
+                ("max_length".into(), Severity::Error)
+            ]
+        );
+        assert_eq!(r.severity_of(RuleName::Exists), Severity::Error);
     }
 
     #[test]

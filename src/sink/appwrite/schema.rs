@@ -78,7 +78,10 @@ fn text(f: &FieldPlan) -> Kind {
     Kind::Text(
         f.rules
             .as_ref()
-            .filter(|r| r.severity == crate::mapping::spec::Severity::Error)
+            .filter(|r| {
+                r.severity_of(crate::mapping::spec::RuleName::MaxLength)
+                    == crate::mapping::spec::Severity::Error
+            })
             .and_then(|r| r.max_length)
             .unwrap_or(DEFAULT_TEXT_SIZE),
     )

@@ -1,0 +1,116 @@
+//! A severity per rule against the real servers: in one field, a row breaking the warning rule is
+//! written and listed as a warning, a row breaking the error rule is rejected.
+
+mod common;
+
+use common::World;
+
+const SCHEMA: &str = "CREATE TABLE contacts (id int PRIMARY KEY, email text);
+INSERT INTO contacts VALUES (1, 'ada@example.org'), (2, 'not-an-address'), (3, NULL);";
+
+const CONTACTS: &str = r#"
+version = 1
+name = "contacts"
+[source]
+table = "contacts"
+key = ["id"]
+[[field]]
+path = "email"
+column = "email"
+validate = { required = true, email = true, severities = { email = "warning" } }
+"#;
+
+const PIPELINE: &str = r#"
+version = 1
+name = "contacts"
+mappings_dir = "mappings"
+[[stage]]
+name = "all"
+entities = ["contacts"]
+"#;
+
+fn write_files(w: &World) -> std::path::PathBuf {
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/contacts.toml"), CONTACTS).unwrap();
+    std::fs::write(dir.join("contacts.toml"), PIPELINE).unwrap();
+    dir.join("contacts.toml")
+}
+
+#[tokio::test]
+async fn a_warning_rule_writes_the_row_and_an_error_rule_of_the_same_field_rejects_it() {
+    let w = World::new("rule_severity").await;
+    w.sql(SCHEMA).await;
+    let pipeline = write_files(&w);
+
+    // check reports each finding with its rule's severity.
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut findings: Vec<(String, String, u64)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    findings.sort();
+    assert_eq!(
+        findings,
+        [
+            ("email".to_string(), "warning".to_string(), 1),
+            ("required".to_string(), "reject".to_string(), 1)
+        ],
+        "{report}"
+    );
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let contacts = |key: &str, stage: &str, rule: &str| {
+        vec![(
+            "contacts".to_string(),
+            key.to_string(),
+            stage.to_string(),
+            rule.to_string(),
+        )]
+    };
+    assert_eq!(w.rejects(&run_id), contacts("3", "validate", "required"));
+    assert_eq!(w.warnings(&run_id), contacts("2", "validate", "email"));
+    let run_dir = w.dir.path().join("rejects").join(&run_id);
+    assert!(run_dir.join("contacts.csv").is_file());
+    assert!(run_dir.join("contacts.warnings.csv").is_file());
+    let ids: Vec<i32> = w
+        .docs("contacts")
+        .await
+        .iter()
+        .map(|d| d.get_i32("_id").unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [1, 2],
+        "the malformed address is written, the missing one is not"
+    );
+    w.drop().await;
+}
