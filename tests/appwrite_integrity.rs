@@ -126,3 +126,67 @@ async fn concurrency_32_completes_on_appwrite() {
     );
     w.drop().await;
 }
+
+/// A stage that fails while its table is being set up (a column Appwrite marks failed) still ends
+/// its run: the report is written, and the run and step are recorded failed, not left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_fails_while_prepared_ends_its_run_with_a_report() {
+    let w = World::new("aw_prepfail").await;
+    w.load_registry(100);
+    let mut standin = StandIn::new("cutover", KEY);
+    standin.failing_columns = vec!["name".into()];
+    let s = Arc::new(standin);
+    let (addr, _) = cutover::standin::serve(s, "127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{addr}/v1");
+    let pipeline = common::repo()
+        .join("pipelines/registry.toml")
+        .display()
+        .to_string();
+    let out = run(
+        &w,
+        &endpoint,
+        "cutover",
+        &[
+            "migrate",
+            "vaccines",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("name"),
+        "the failed column is named: {stderr}"
+    );
+    let report = w.latest_report();
+    assert_eq!(report["status"], "failed", "{report}");
+    assert_eq!(report["entities"][0]["name"], "vaccines", "{report}");
+    assert_eq!(report["entities"][0]["status"], "failed", "{report}");
+    let history = run(
+        &w,
+        &endpoint,
+        "cutover",
+        &["history", "--json", "--target", "appwrite"],
+    )
+    .await;
+    assert!(
+        history.status.success(),
+        "{}",
+        String::from_utf8_lossy(&history.stderr)
+    );
+    let runs: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let statuses: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert!(!statuses.contains(&"running"), "{statuses:?}");
+    assert!(statuses.contains(&"failed"), "{statuses:?}");
+    w.drop().await;
+}

@@ -356,34 +356,6 @@ async fn kill_after_pause(w: &World, child: &mut Child) {
 }
 
 #[tokio::test]
-async fn a_stage_that_fails_while_prepared_ends_its_run_with_a_report() {
-    let w = World::new("prepfail").await;
-    let pipeline = setup(&w).await;
-    // A collection name MongoDB refuses.
-    let bad = OWNERS.replace(
-        "name = \"owners\"\n",
-        "name = \"owners\"\ncollection = \"a$b\"\n",
-    );
-    std::fs::write(w.dir.path().join("mappings/owners.toml"), bad).unwrap();
-    let out = w.migrate_with(&pipeline, &["owners"]);
-    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
-    let report = w.latest_report();
-    assert_eq!(report["status"], "failed", "{report}");
-    assert_eq!(report["entities"][0]["status"], "failed", "{report}");
-    let run = w
-        .mongo()
-        .await
-        .collection::<Document>("cutover_runs")
-        .find_one(doc! {})
-        .await
-        .unwrap();
-    if let Some(run) = run {
-        assert_eq!(run.get_str("status"), Ok("failed"), "{run}");
-    }
-    w.drop().await;
-}
-
-#[tokio::test]
 async fn log_level_debug_shows_the_run_phases_not_the_libraries() {
     let w = World::new("logs").await;
     let pipeline = setup(&w).await;
