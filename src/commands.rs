@@ -1,7 +1,7 @@
 //! The commands beyond `migrate` and `plan`: `check`, `verify`, `report`, `status`, `history`,
 //! `rollback`, `lock`, `backup`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{
@@ -391,9 +391,10 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")?;
+    std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {
@@ -651,9 +652,11 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            std::fs::write(path, text)?;
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             crate::errln!("wrote {}", path.display());
         }
         None => crate::out!("{text}"),

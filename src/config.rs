@@ -643,7 +643,7 @@ fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     }
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: crate::redact::clip_lines(&e.to_string(), crate::redact::QUOTED_LINE_MAX),
     })
 }
 

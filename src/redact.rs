@@ -130,6 +130,25 @@ pub fn url_secrets(url: &str) -> Vec<String> {
 
 /// Returns one URL (or libpq `key=value` connection string) with every credential replaced by
 /// `***`; the user name, hosts, path and other parameters are kept.
+/// `text` with every line longer than `max` characters cut there (and marked): a parser's
+/// message quoting a 30 MB line of a file shows its start, not the whole line.
+pub fn clip_lines(text: &str, max: usize) -> String {
+    text.lines()
+        .map(|l| {
+            if l.chars().count() <= max {
+                l.to_string()
+            } else {
+                let cut: String = l.chars().take(max).collect();
+                format!("{cut}… ({} more characters)", l.chars().count() - max)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Longest line of a parse error quoted from a user's file.
+pub const QUOTED_LINE_MAX: usize = 160;
+
 pub fn redact_url(url: &str) -> String {
     let url = scrub_registered(url);
     match SCHEME.find(&url).filter(|m| m.start() == 0) {

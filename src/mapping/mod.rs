@@ -154,7 +154,7 @@ fn invalid(m: &Mapping, key: &str, message: String) -> MappingError {
 pub fn parse(path: &Path, text: &str) -> Result<Mapping, MappingError> {
     let spec: MappingFile = toml::from_str(text).map_err(|e| MappingError::Parse {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: crate::redact::clip_lines(&e.to_string(), crate::redact::QUOTED_LINE_MAX),
     })?;
     let checksum = format!("{:x}", Sha256::digest(text.as_bytes()));
     let m = Mapping {
@@ -465,6 +465,18 @@ key = ["id"]
 path = "name"
 column = "name"
 "#;
+
+    #[test]
+    fn a_huge_line_is_not_echoed_whole() {
+        let text = format!(
+            "version = 1\nname = \"big\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"x\"\ncolumn = {}\n",
+            "a".repeat(1_000_000)
+        );
+        let err = parse(Path::new("big.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("big.toml"), "{err}");
+        assert!(err.len() < 2_000, "{} characters", err.len());
+        assert!(err.contains("more characters"), "{err}");
+    }
 
     #[test]
     fn minimal_mapping_parses() {

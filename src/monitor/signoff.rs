@@ -197,7 +197,9 @@ impl SignOff {
         run_id: Option<&str>,
     ) -> std::io::Result<SignOff> {
         let (path, passed_over) = find_run_report(reports_dir, run_id)?;
-        let run: RunReport = serde_json::from_str(&std::fs::read_to_string(&path)?)
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let run: RunReport = serde_json::from_str(&text)
             .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
         if passed_over > 0 {
             eprintln!(

@@ -114,7 +114,7 @@ impl Pipeline {
         })?;
         let spec: PipelineFile = toml::from_str(&text).map_err(|e| PipelineError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: crate::redact::clip_lines(&e.to_string(), crate::redact::QUOTED_LINE_MAX),
         })?;
         let dir = match &spec.mappings_dir {
             Some(d) => normalize(&path.parent().unwrap_or(Path::new(".")).join(d)),
