@@ -88,6 +88,17 @@ pub(crate) fn id_bytes(id: &Bson) -> Vec<u8> {
     buf
 }
 
+/// The `_id` whose [`id_bytes`] these are (`None` if they are not an encoded element).
+pub(crate) fn id_from_bytes(bytes: &[u8]) -> Option<Bson> {
+    let mut doc = Vec::with_capacity(bytes.len() + 5);
+    doc.extend_from_slice(&((bytes.len() + 5) as i32).to_le_bytes());
+    doc.extend_from_slice(bytes);
+    doc.push(0);
+    let raw = bson::RawDocument::from_bytes(&doc).ok()?;
+    let value = raw.get("").ok()??;
+    Bson::try_from(value.to_raw_bson()).ok()
+}
+
 /// The `_id` of a raw document (Null when it has none).
 fn raw_id(d: &RawDocumentBuf) -> Bson {
     d.get("_id")
@@ -506,6 +517,21 @@ pub async fn verify_entity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_bytes_round_trip() {
+        for id in [
+            Bson::Int64(7),
+            Bson::String("a-b".into()),
+            Bson::Document(doc! { "a": 1, "b": "x" }),
+            Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Uuid,
+                bytes: vec![3; 16],
+            }),
+        ] {
+            assert_eq!(id_from_bytes(&id_bytes(&id)), Some(id));
+        }
+    }
 
     #[test]
     fn diff_names_changed_missing_and_extra_paths() {
