@@ -385,8 +385,10 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     a,
                     &ctx,
                     sample,
-                    &collections,
-                    &user_entities,
+                    &crate::verify::appwrite::References {
+                        collections: &collections,
+                        user_entities: &user_entities,
+                    },
                     &mut log,
                 )
                 .await?

@@ -193,6 +193,12 @@ impl Shape {
     }
 }
 
+/// Where references point: each entity's table, and which entities are users.
+pub struct References<'a> {
+    pub collections: &'a HashMap<String, String>,
+    pub user_entities: &'a HashSet<String>,
+}
+
 /// Verifies one entity written to Appwrite.
 pub async fn verify_entity(
     plan: &Plan,
@@ -200,10 +206,10 @@ pub async fn verify_entity(
     target: &AppwriteTarget,
     ctx: &MapContext,
     sample: Option<u64>,
-    ref_collections: &HashMap<String, String>,
-    user_entities: &HashSet<String>,
+    refs: &References<'_>,
     log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
+    let (ref_collections, user_entities) = (refs.collections, refs.user_entities);
     let client = &target.client;
     let db = &target.database;
     let source_rows = session.count(&plan.relation).await?;
