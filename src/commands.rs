@@ -341,47 +341,6 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         .filter(|m| m.spec.appwrite.users.is_some())
         .map(|m| m.name().to_string())
         .collect();
-    let mut results = Vec::new();
-    for p in &plans {
-        let rows = session.count(&p.relation).await?;
-        let sample = match (args.full, args.sample) {
-            (true, _) => None,
-            (false, Some(n)) => Some(n),
-            (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
-            _ => None,
-        };
-        let v = match &target {
-            Target::Mongo(m) => {
-                crate::verify::verify_entity(p, &mut session, m, &ctx, sample, &collections).await?
-            }
-            Target::Appwrite(a) => {
-                crate::verify::appwrite::verify_entity(
-                    p,
-                    &mut session,
-                    a,
-                    &ctx,
-                    sample,
-                    &collections,
-                    &user_entities,
-                )
-                .await?
-            }
-        };
-        if !args.json {
-            print_verification(&v);
-        }
-        results.push(v);
-    }
-    session.close().await;
-    let ok = results.iter().all(|v| v.ok);
-    let json = serde_json::json!({
-        "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "target": target_name,
-        "target_kind": target_kind,
-        "pipeline": pipeline.spec.name,
-        "ok": ok,
-        "entities": results,
-    });
     let path = args.output.clone().unwrap_or_else(|| {
         cfg.reports_dir.join(format!(
             "verify-{}.json",
@@ -393,11 +352,74 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // Every problem, one a line, next to the JSON (which holds the first ones of each kind).
+    let problems_path = path.with_extension("problems.jsonl");
+    let _ = std::fs::remove_file(&problems_path);
+    let mut log = crate::verify::ProblemLog::new(problems_path);
+    let mut results = Vec::new();
+    for p in &plans {
+        let rows = session.count(&p.relation).await?;
+        let sample = match (args.full, args.sample) {
+            (true, _) => None,
+            (false, Some(n)) => Some(n),
+            (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
+            _ => None,
+        };
+        let v = match &target {
+            Target::Mongo(m) => {
+                crate::verify::verify_entity(
+                    p,
+                    &mut session,
+                    m,
+                    &ctx,
+                    sample,
+                    &collections,
+                    &mut log,
+                )
+                .await?
+            }
+            Target::Appwrite(a) => {
+                crate::verify::appwrite::verify_entity(
+                    p,
+                    &mut session,
+                    a,
+                    &ctx,
+                    sample,
+                    &crate::verify::appwrite::References {
+                        collections: &collections,
+                        user_entities: &user_entities,
+                    },
+                    &mut log,
+                )
+                .await?
+            }
+        };
+        if !args.json {
+            print_verification(&v);
+        }
+        results.push(v);
+    }
+    session.close().await;
+    log.finish()?;
+    let problems_file = log.written().map(|p| p.display().to_string());
+    let ok = results.iter().all(|v| v.ok);
+    let json = serde_json::json!({
+        "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "target": target_name,
+        "target_kind": target_kind,
+        "pipeline": pipeline.spec.name,
+        "ok": ok,
+        "problems_file": problems_file,
+        "entities": results,
+    });
     std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {
+        if let Some(f) = &problems_file {
+            crate::outln!("every problem found, one a line: {f}");
+        }
         crate::outln!(
             "{} (details: {})",
             if ok {
@@ -418,7 +440,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
 fn print_verification(v: &crate::verify::EntityVerification) {
     use crate::verify::SHOWN;
     let problems =
-        v.missing.len() + v.unexpected.len() + v.different.len() + v.broken_references.len();
+        v.missing_count + v.unexpected_count + v.different_count + v.broken_references.len() as u64;
     crate::outln!(
         "{:<24} {} comparison: {} source rows, {} rejected by the mapping, {} expected, {} in the target, {} compared — {}",
         v.entity,
@@ -434,20 +456,27 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             format!("{problems} problem(s)")
         }
     );
-    let list = |what: &str, items: &[String]| {
-        if items.is_empty() {
+    let list = |what: &str, count: u64, items: &[String]| {
+        if count == 0 {
             return;
         }
         let shown: Vec<&str> = items.iter().take(SHOWN).map(String::as_str).collect();
-        let more = if items.len() > SHOWN {
-            format!(" … and {} more", items.len() - SHOWN)
-        } else {
-            String::new()
+        let more = match count.saturating_sub(shown.len() as u64) {
+            0 => String::new(),
+            n => format!(" … and {n} more"),
         };
-        crate::outln!("    {what} ({}): {}{more}", items.len(), shown.join(", "));
+        crate::outln!("    {what} ({count}): {}{more}", shown.join(", "));
     };
-    list("missing in the target (source key)", &v.missing);
-    list("unexpected in the target (_id)", &v.unexpected);
+    list(
+        "missing in the target (source key)",
+        v.missing_count,
+        &v.missing,
+    );
+    list(
+        "unexpected in the target (_id)",
+        v.unexpected_count,
+        &v.unexpected,
+    );
     for d in v.different.iter().take(SHOWN) {
         crate::outln!(
             "    different: {} (fields: {})",
@@ -459,10 +488,11 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             }
         );
     }
-    if v.different.len() > SHOWN {
+    let shown = v.different.len().min(SHOWN) as u64;
+    if v.different_count > shown {
         crate::outln!(
             "    … and {} more different documents",
-            v.different.len() - SHOWN
+            v.different_count - shown
         );
     }
     for e in &v.embedded {

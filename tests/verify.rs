@@ -116,3 +116,139 @@ async fn verify_passes_after_a_clean_run_and_names_exactly_what_differs() {
     );
     w.drop().await;
 }
+
+const ITEMS_MAPPING: &str = r#"
+version = 1
+name = "items"
+[source]
+table = "items"
+key = ["id"]
+[id]
+strategy = "uuid5"
+uuid = "binary"
+[[field]]
+path = "n"
+column = "id"
+[[field]]
+path = "label"
+column = "label"
+"#;
+
+const ITEMS_PIPELINE: &str = r#"
+version = 1
+name = "items"
+mappings_dir = "mappings"
+[[stage]]
+name = "all"
+entities = ["items"]
+"#;
+
+/// Issue #10: on a table of 200k rows with uuid5 ids (whose order is not the key order), verify
+/// counts 150k missing documents exactly but holds and prints only the first ones (every one is in
+/// the problems file), and `--sync-deletes` removes exactly 100k stray documents.
+#[tokio::test]
+async fn verify_and_sync_deletes_hold_a_bounded_number_of_ids_on_a_large_table() {
+    let w = World::new("verify_bounded").await;
+    w.sql(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 200000) g;",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/items.toml"), ITEMS_MAPPING).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), ITEMS_PIPELINE).unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.count("items").await, 200_000);
+
+    let items = w.mongo().await.collection::<Document>("items");
+    items
+        .delete_many(doc! { "n": { "$gt": 50_000 } })
+        .await
+        .unwrap();
+    let out_path = dir.join("verify.json");
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .arg("-o")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let e = &json["entities"][0];
+    assert_eq!(e["missing_count"], 150_000, "{text}");
+    assert_eq!(
+        e["missing"].as_array().unwrap().len(),
+        cutover::verify::KEPT,
+        "the JSON holds the first ones"
+    );
+    assert_eq!(e["unexpected_count"], 0);
+    assert_eq!(e["compared"], 50_000);
+    let line = text
+        .lines()
+        .find(|l| l.contains("missing in the target"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("(150000)"), "{line}");
+    assert_eq!(
+        line.matches(", ").count() + 1,
+        cutover::verify::SHOWN,
+        "{line}"
+    );
+    assert!(line.ends_with("… and 149980 more"), "{line}");
+    let side = dir.join("verify.problems.jsonl");
+    assert_eq!(json["problems_file"], side.display().to_string());
+    assert!(text.contains(&side.display().to_string()), "{text}");
+    let mut keys = std::collections::HashSet::new();
+    for l in std::fs::read_to_string(&side).unwrap().lines() {
+        let p: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(p["kind"], "missing", "{l}");
+        assert_eq!(p["entity"], "items");
+        keys.insert(p["key"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(keys.len(), 150_000);
+    assert!(keys.iter().all(|k| (50_001..=200_000).contains(k)));
+
+    // 100k source rows go, and 100k stray documents appear: the rerun restores the 50k missing
+    // documents that still have a source row and deletes exactly the strays.
+    w.sql("DELETE FROM items WHERE id > 100000").await;
+    let strays: Vec<Document> = (0..100_000)
+        .map(|i| doc! { "_id": format!("stray-{i}"), "n": -1 })
+        .collect();
+    items.insert_many(strays).await.unwrap();
+    let out = w.migrate_with(&pipeline, &["--rerun", "--sync-deletes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = w.latest_report();
+    assert_eq!(report["entities"][0]["deleted"], 100_000, "{report}");
+    assert_eq!(w.count("items").await, 100_000);
+    assert_eq!(items.count_documents(doc! { "n": -1 }).await.unwrap(), 0);
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .arg("-o")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!side.exists(), "no problem, no problems file");
+    w.drop().await;
+}

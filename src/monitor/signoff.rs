@@ -91,7 +91,8 @@ pub fn find_verification(reports_dir: &Path, run: &RunReport) -> Option<serde_js
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("verify-"))
+                .map(|n| n.to_string_lossy().into_owned())
+                .is_some_and(|n| n.starts_with("verify-") && n.ends_with(".json"))
         })
         .collect();
     files.sort();
@@ -183,6 +184,15 @@ fn entity_ok(
     }
 }
 
+/// How many problems of kind `k` (`missing`…) a verify JSON entity counts: `k_count`, or the
+/// length of the list in files written before lists were bounded.
+fn problem_count(e: &serde_json::Value, k: &str) -> u64 {
+    e[format!("{k}_count")]
+        .as_u64()
+        .or_else(|| e[k].as_array().map(|a| a.len() as u64))
+        .unwrap_or(0)
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -250,9 +260,9 @@ impl SignOff {
                         if e["ok"] == true { "OK" } else { "DIFFERS" },
                         e["expected"],
                         e["target"],
-                        e["missing"].as_array().map(|a| a.len()).unwrap_or(0),
-                        e["unexpected"].as_array().map(|a| a.len()).unwrap_or(0),
-                        e["different"].as_array().map(|a| a.len()).unwrap_or(0),
+                        problem_count(e, "missing"),
+                        problem_count(e, "unexpected"),
+                        problem_count(e, "different"),
                     );
                 }
             }
@@ -518,7 +528,7 @@ th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
                     esc(v["verified_at"].as_str().unwrap_or(""))
                 );
                 for e in v["entities"].as_array().into_iter().flatten() {
-                    let n = |k: &str| e[k].as_array().map(|a| a.len()).unwrap_or(0);
+                    let n = |k: &str| problem_count(e, k);
                     let _ = write!(
                         h,
                         "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -3,6 +3,8 @@
 
 pub mod rollback;
 pub mod run;
+pub mod spill;
+pub mod sync_deletes;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

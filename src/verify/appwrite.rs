@@ -4,8 +4,10 @@
 //! Both sides are reduced to a canonical form before hashing: the table's columns in order, each
 //! value normalised by the column's type (datetimes as instants, numbers as numbers, JSON text
 //! parsed), so the server's formatting (`+00:00` vs `Z`, `1.0` vs `1`) is not a difference.
-//! The expected side is held as (row id → hash, key), bounded by the number of keys; the
-//! target streams past it page by page.
+//! The expected side is held as (row id → hash, key), and the child tables' sums and referenced
+//! values by row id: these still grow with the number of keys (not with row sizes); the target
+//! streams past them page by page. The problem lists are bounded as for MongoDB ([`super::KEPT`]
+//! held, every one in the problems file).
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,7 +15,10 @@ use bson::Document;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
-use super::{BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, hash_bytes};
+use super::{
+    BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, ProblemLog, Problems,
+    hash_bytes,
+};
 use crate::mapping::plan::Plan;
 use crate::pipeline::run::{ChildCursor, RunError};
 use crate::sink::appwrite::AppwriteError;
@@ -188,6 +193,12 @@ impl Shape {
     }
 }
 
+/// Where references point: each entity's table, and which entities are users.
+pub struct References<'a> {
+    pub collections: &'a HashMap<String, String>,
+    pub user_entities: &'a HashSet<String>,
+}
+
 /// Verifies one entity written to Appwrite.
 pub async fn verify_entity(
     plan: &Plan,
@@ -195,9 +206,10 @@ pub async fn verify_entity(
     target: &AppwriteTarget,
     ctx: &MapContext,
     sample: Option<u64>,
-    ref_collections: &HashMap<String, String>,
-    user_entities: &HashSet<String>,
+    refs: &References<'_>,
+    log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
+    let (ref_collections, user_entities) = (refs.collections, refs.user_entities);
     let client = &target.client;
     let db = &target.database;
     let source_rows = session.count(&plan.relation).await?;
@@ -248,14 +260,22 @@ pub async fn verify_entity(
     .await?;
 
     // Child tables: each parent's rows folded into one hash (order lives in `position`).
-    let mut unexpected = Vec::new();
+    let mut found: Problems<'_, (String, String, Value, Vec<String>)> =
+        Problems::new(&plan.entity, log);
     let mut child_actual: Vec<HashMap<String, u64>> = Vec::new();
     let mut child_counts: Vec<u64> = Vec::new();
     for c in &children {
         let mut sums: HashMap<String, u64> = HashMap::new();
         let mut count = 0u64;
-        match Pages::rows(client, db, &c.table.id)
-            .each(|r| {
+        let mut pages = Pages::rows(client, db, &c.table.id);
+        loop {
+            let page = match pages.next().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(e) if e.is_missing() => break,
+                Err(e) => return Err(aerr(e)),
+            };
+            for r in &page {
                 let parent = r[schema::PARENT].as_str().unwrap_or_default();
                 if all_ids.contains(parent) {
                     count += 1;
@@ -263,25 +283,19 @@ pub async fn verify_entity(
                     let e = sums.entry(parent.to_string()).or_default();
                     *e = e.wrapping_add(h);
                 } else {
-                    unexpected.push(format!(
+                    found.unexpected(format!(
                         "{}:{}",
                         c.table.id,
                         r["$id"].as_str().unwrap_or_default()
-                    ));
+                    ))?;
                 }
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_missing() => {}
-            Err(e) => return Err(aerr(e)),
+            }
         }
         child_actual.push(sums);
         child_counts.push(count);
     }
 
     // Target side: every record, page by page.
-    let mut different_ids: Vec<(String, String, Value, Vec<String>)> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
     let mut compared = 0u64;
     let mut embedded_elements = vec![0u64; plan.embeds.len()];
@@ -296,12 +310,20 @@ pub async fn verify_entity(
     let mut ref_values: Vec<HashSet<String>> = vec![HashSet::new(); ref_fields.len()];
     let names = shape.names();
     let users_shape = matches!(shape, Shape::Users(_));
-    let pages = match &shape {
+    let mut pages = match &shape {
         Shape::Users(_) => Pages::users(client),
         Shape::Table(_) => Pages::rows(client, db, &plan.collection),
     };
-    let target_count = match pages
-        .each(|r| {
+    let mut target_count = 0u64;
+    loop {
+        let page = match pages.next().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(e) if e.is_missing() => break,
+            Err(e) => return Err(aerr(e)),
+        };
+        target_count += page.len() as u64;
+        for r in &page {
             let id = r["$id"].as_str().unwrap_or_default().to_string();
             for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
                 let holder = if users_shape { &r["prefs"] } else { r };
@@ -331,36 +353,45 @@ pub async fn verify_entity(
                         .map(|((c, _), _)| c.key.clone())
                         .collect();
                     if *h != hash_value(&actual) || !child_fields.is_empty() {
-                        let keep = *h != hash_value(&actual) && different_ids.len() < DIFFED;
-                        different_ids.push((
+                        let keep =
+                            *h != hash_value(&actual) && found.different.first.len() < DIFFED;
+                        let item = (
                             id.clone(),
                             key.clone(),
                             if keep { actual } else { Value::Null },
                             child_fields,
-                        ));
+                        );
+                        found.different(key, &id, item)?;
                     }
                     seen.insert(id);
                 }
-                None if !all_ids.contains(&id) => unexpected.push(id),
+                None if !all_ids.contains(&id) => found.unexpected(id)?,
                 None => {} // not in the sample
             }
-        })
-        .await
-    {
-        Ok(n) => n,
-        Err(e) if e.is_missing() => 0,
-        Err(e) => return Err(aerr(e)),
-    };
-    let mut missing: Vec<String> = expected
+        }
+    }
+    let mut gone: Vec<&(u64, Vec<u64>, String)> = expected
         .iter()
         .filter(|(id, _)| !seen.contains(*id))
-        .map(|(_, (_, _, key))| key.clone())
+        .map(|(_, v)| v)
         .collect();
-    missing.sort();
-    unexpected.sort();
+    gone.sort_by(|a, b| a.2.cmp(&b.2));
+    for (_, _, key) in gone {
+        found.missing(key.clone())?;
+    }
+    let Problems {
+        mut missing,
+        mut unexpected,
+        different: different_ids,
+        ..
+    } = found;
+    missing.first.sort();
+    unexpected.first.sort();
 
     // Field names of the differences: map the differing rows again.
     let mut different: Vec<Different> = Vec::new();
+    let different_count = different_ids.count;
+    let different_ids = different_ids.first;
     if !different_ids.is_empty() {
         let wanted: HashMap<&str, usize> = different_ids
             .iter()
@@ -450,9 +481,9 @@ pub async fn verify_entity(
         .iter()
         .all(|e| e.source_children == e.target_elements);
     let ok = embedded_ok
-        && missing.is_empty()
-        && unexpected.is_empty()
-        && different.is_empty()
+        && missing.count == 0
+        && unexpected.count == 0
+        && different_count == 0
         && broken_references.is_empty();
     Ok(EntityVerification {
         entity: plan.entity.clone(),
@@ -463,8 +494,11 @@ pub async fn verify_entity(
         expected: expected_count,
         target: target_count,
         compared,
-        missing,
-        unexpected,
+        missing_count: missing.count,
+        missing: missing.first,
+        unexpected_count: unexpected.count,
+        unexpected: unexpected.first,
+        different_count,
         different,
         broken_references,
         embedded,

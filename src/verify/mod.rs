@@ -3,13 +3,18 @@
 //! for documents cutover wrote). Lists missing, unexpected and different documents, with the first
 //! differing field paths; checks references point to existing documents.
 //!
-//! Memory: when the target's `_id` order is the source key order (single int, text or uuid key as
-//! `_id`) both sides stream merge-style in bounded memory; otherwise (uuid5 or composite ids) the
-//! expected side is held as (id bytes → hash, key) — bounded by the number of keys, not by
-//! document sizes — and the target streams past it.
+//! Memory does not grow with the table: when the target's `_id` order is the source key order
+//! (single int, text or uuid key as `_id`) both sides stream merge-style; otherwise (uuid5 or
+//! composite ids) both sides' (id, hash) pairs go through an external sort
+//! ([`crate::pipeline::spill`]) and are merged by id. Counts are exact, but only the first
+//! [`KEPT`] problems of each kind are held (and put in the JSON); every one of them is written to
+//! the problems file ([`ProblemLog`], JSON lines next to the verify JSON).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::fs::File;
 use std::hash::{Hash, Hasher};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use bson::{Bson, Document, RawDocumentBuf, doc};
 use futures::TryStreamExt;
@@ -17,18 +22,141 @@ use serde::Serialize;
 
 use crate::mapping::plan::Plan;
 use crate::pipeline::run::{ChildCursor, RunError};
+use crate::pipeline::spill::Spill;
 use crate::sink::mongodb::{MongoError, MongoTarget};
 use crate::source::postgres;
 use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, map_row};
 
-/// How many problems of each kind the text output shows (the JSON has them all).
 pub mod appwrite;
 pub mod order;
 
+/// How many problems of each kind the text output shows.
 pub const SHOWN: usize = 20;
+/// How many problems of each kind are held and put in the JSON (the problems file has them all).
+pub const KEPT: usize = 1000;
 /// How many differing documents get a field-by-field diff.
-pub const DIFFED: usize = 1000;
+pub const DIFFED: usize = KEPT;
+
+/// Every problem verify finds, one JSON object a line (`entity`, `kind`: `missing` with the
+/// source `key`, `unexpected` with the target `id`, `different` with both). Created on the first
+/// problem.
+pub struct ProblemLog {
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+    lines: u64,
+}
+
+impl ProblemLog {
+    pub fn new(path: PathBuf) -> ProblemLog {
+        ProblemLog {
+            path,
+            out: None,
+            lines: 0,
+        }
+    }
+
+    /// The file's path, once a problem was written to it.
+    pub fn written(&self) -> Option<&Path> {
+        (self.lines > 0).then_some(self.path.as_path())
+    }
+
+    fn io(&self) -> impl FnOnce(std::io::Error) -> RunError + use<> {
+        let path = self.path.clone();
+        move |source| RunError::Io { path, source }
+    }
+
+    pub fn write(&mut self, line: serde_json::Value) -> Result<(), RunError> {
+        if self.out.is_none() {
+            let f = File::create(&self.path).map_err(self.io())?;
+            self.out = Some(BufWriter::new(f));
+        }
+        let err = self.io();
+        let out = self.out.as_mut().expect("opened above");
+        serde_json::to_writer(&mut *out, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(err)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    pub fn finish(&mut self) -> Result<(), RunError> {
+        let err = self.io();
+        match self.out.as_mut() {
+            Some(out) => out.flush().map_err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One kind of problem: the exact count and the first [`KEPT`].
+#[derive(Debug, Clone)]
+pub struct Kept<T> {
+    pub count: u64,
+    pub first: Vec<T>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept {
+            count: 0,
+            first: Vec::new(),
+        }
+    }
+}
+
+impl<T> Kept<T> {
+    pub fn push(&mut self, item: T) {
+        self.count += 1;
+        if self.first.len() < KEPT {
+            self.first.push(item);
+        }
+    }
+}
+
+/// The problems of one entity as they are found: kept (bounded) and logged (all).
+pub struct Problems<'a, D> {
+    entity: &'a str,
+    log: &'a mut ProblemLog,
+    pub missing: Kept<String>,
+    pub unexpected: Kept<String>,
+    pub different: Kept<D>,
+}
+
+impl<'a, D> Problems<'a, D> {
+    pub fn new(entity: &'a str, log: &'a mut ProblemLog) -> Problems<'a, D> {
+        Problems {
+            entity,
+            log,
+            missing: Kept::default(),
+            unexpected: Kept::default(),
+            different: Kept::default(),
+        }
+    }
+
+    pub fn missing(&mut self, key: String) -> Result<(), RunError> {
+        self.log
+            .write(serde_json::json!({ "entity": self.entity, "kind": "missing", "key": key }))?;
+        self.missing.push(key);
+        Ok(())
+    }
+
+    pub fn unexpected(&mut self, id: String) -> Result<(), RunError> {
+        self.log
+            .write(serde_json::json!({ "entity": self.entity, "kind": "unexpected", "id": id }))?;
+        self.unexpected.push(id);
+        Ok(())
+    }
+
+    pub fn different(&mut self, key: &str, id: &str, item: D) -> Result<(), RunError> {
+        self.log.write(
+            serde_json::json!({ "entity": self.entity, "kind": "different", "key": key, "id": id }),
+        )?;
+        self.different.push(item);
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Different {
@@ -66,8 +194,12 @@ pub struct EntityVerification {
     pub expected: u64,
     pub target: u64,
     pub compared: u64,
+    /// How many documents are missing; `missing` holds the first [`KEPT`] source keys.
+    pub missing_count: u64,
     pub missing: Vec<String>,
+    pub unexpected_count: u64,
     pub unexpected: Vec<String>,
+    pub different_count: u64,
     pub different: Vec<Different>,
     pub broken_references: Vec<BrokenReference>,
     /// Embedded arrays: child rows of the written parents vs array elements in the target.
@@ -86,6 +218,17 @@ pub(crate) fn id_bytes(id: &Bson) -> Vec<u8> {
     let mut buf = Vec::with_capacity(24);
     let _ = crate::transform::encode::element(&mut buf, "", id);
     buf
+}
+
+/// The `_id` whose [`id_bytes`] these are (`None` if they are not an encoded element).
+pub(crate) fn id_from_bytes(bytes: &[u8]) -> Option<Bson> {
+    let mut doc = Vec::with_capacity(bytes.len() + 5);
+    doc.extend_from_slice(&((bytes.len() + 5) as i32).to_le_bytes());
+    doc.extend_from_slice(bytes);
+    doc.push(0);
+    let raw = bson::RawDocument::from_bytes(&doc).ok()?;
+    let value = raw.get("").ok()??;
+    Bson::try_from(value.to_raw_bson()).ok()
 }
 
 /// The `_id` of a raw document (Null when it has none).
@@ -165,6 +308,39 @@ async fn next_target(
     Ok(Some((id, hash_bytes(d.as_bytes()))))
 }
 
+/// Sampled ids looked up in the target at once.
+const SAMPLE_CHUNK: usize = 500;
+
+pub(crate) fn spill_err(source: std::io::Error) -> RunError {
+    RunError::Io {
+        path: PathBuf::from("a temporary file (sorting ids for verify)"),
+        source,
+    }
+}
+
+/// Reads the target documents of `ids` into `actual` as (id bytes, hash); empties `ids`.
+async fn read_sampled(
+    coll: &mongodb::Collection<RawDocumentBuf>,
+    collection: &str,
+    ids: &mut Vec<Bson>,
+    actual: &mut Spill,
+) -> Result<(), RunError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let filter = doc! { "_id": { "$in": std::mem::take(ids) } };
+    let mut cursor = coll
+        .find(filter)
+        .await
+        .map_err(merr(format!("read {collection}")))?;
+    while let Some((id, hash)) = next_target(&mut cursor, collection).await? {
+        actual
+            .push(id_bytes(&id), hash.to_le_bytes().to_vec())
+            .map_err(spill_err)?;
+    }
+    Ok(())
+}
+
 /// Verifies one entity. `sample`: compare only every k-th source row so that about `n` are checked.
 pub async fn verify_entity(
     plan: &Plan,
@@ -173,6 +349,7 @@ pub async fn verify_entity(
     ctx: &MapContext,
     sample: Option<u64>,
     ref_collections: &HashMap<String, String>,
+    log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
     let coll = target
         .database()
@@ -189,12 +366,10 @@ pub async fn verify_entity(
         format!("sample of every {step}th row")
     };
 
-    // Merge-style when the target's _id order is the key order: both sides stream, memory stays
-    // bounded. Otherwise the expected side is held as (id bytes → hash, key).
+    // Merge-style when the target's _id order is the key order: both sides stream. Otherwise
+    // both sides' (id bytes, hash) go through an external sort and are merged by id.
     let ordered = step == 1 && order::ids_follow_key_order(plan);
-    let mut missing = Vec::new();
-    let mut unexpected = Vec::new();
-    let mut different_ids: Vec<(Bson, String)> = Vec::new();
+    let mut found: Problems<'_, (Bson, String)> = Problems::new(&plan.entity, log);
     let mut compared = 0u64;
     let mut target_cursor = if ordered {
         Some(
@@ -208,8 +383,10 @@ pub async fn verify_entity(
     };
     let mut pending_target: Option<(Bson, u64)> = None;
 
-    // Expected side: map every source row as `migrate` would.
-    let mut expected: HashMap<Vec<u8>, (u64, String)> = HashMap::new();
+    // Unordered ids: (id bytes → hash, key) of the expected side; (id bytes → hash) of the target.
+    let mut expected = Spill::new();
+    let mut actual = Spill::new();
+    // Sampled ids whose target documents are not read yet (at most `SAMPLE_CHUNK`).
     let mut sampled_ids: Vec<Bson> = Vec::new();
     let mut rejected_by_mapping = 0u64;
     let mut expected_count = 0u64;
@@ -253,8 +430,8 @@ pub async fn verify_entity(
                         continue;
                     }
                     let id = raw_id(&doc);
+                    let hash = hash_bytes(doc.as_bytes());
                     if let Some(cursor) = target_cursor.as_mut() {
-                        let hash = hash_bytes(doc.as_bytes());
                         let mut matched = false;
                         loop {
                             if pending_target.is_none() {
@@ -265,13 +442,17 @@ pub async fn verify_entity(
                             };
                             match order::bson_cmp(tid, &id) {
                                 std::cmp::Ordering::Less => {
-                                    unexpected.push(show_id(tid));
+                                    found.unexpected(show_id(tid))?;
                                     pending_target = None;
                                 }
                                 std::cmp::Ordering::Equal => {
                                     compared += 1;
                                     if *thash != hash {
-                                        different_ids.push((id.clone(), mapped.key.clone()));
+                                        found.different(
+                                            &mapped.key,
+                                            &show_id(&id),
+                                            (id.clone(), mapped.key.clone()),
+                                        )?;
                                     }
                                     pending_target = None;
                                     matched = true;
@@ -281,13 +462,19 @@ pub async fn verify_entity(
                             }
                         }
                         if !matched {
-                            missing.push(mapped.key);
+                            found.missing(mapped.key)?;
                         }
                         continue;
                     }
-                    expected.insert(id_bytes(&id), (hash_bytes(doc.as_bytes()), mapped.key));
+                    let mut payload = hash.to_le_bytes().to_vec();
+                    payload.extend_from_slice(mapped.key.as_bytes());
+                    expected.push(id_bytes(&id), payload).map_err(spill_err)?;
                     if step > 1 {
                         sampled_ids.push(id);
+                        if sampled_ids.len() >= SAMPLE_CHUNK {
+                            read_sampled(&coll, &plan.collection, &mut sampled_ids, &mut actual)
+                                .await?;
+                        }
                     }
                 }
             }
@@ -298,60 +485,77 @@ pub async fn verify_entity(
     if let Some(cursor) = target_cursor.as_mut() {
         // Whatever the target holds past the last source key is unexpected.
         if let Some((tid, _)) = pending_target.take() {
-            unexpected.push(show_id(&tid));
+            found.unexpected(show_id(&tid))?;
         }
         while let Some((tid, _)) = next_target(cursor, &plan.collection).await? {
-            unexpected.push(show_id(&tid));
+            found.unexpected(show_id(&tid))?;
         }
     } else {
-        // Unordered ids: every target document (full) or the sampled ids, 500 at a time.
-        let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(expected.len());
-        let mut compare = |d: &RawDocumentBuf, unexpected: &mut Vec<String>| {
-            let id = raw_id(d);
-            let idb = id_bytes(&id);
-            match expected.get(&idb) {
-                None => unexpected.push(show_id(&id)),
-                Some((h, key)) => {
-                    compared += 1;
-                    if *h != hash_bytes(d.as_bytes()) {
-                        different_ids.push((id.clone(), key.clone()));
-                    }
-                    seen.insert(idb);
-                }
-            }
-        };
-        let filters: Vec<Document> = if step == 1 {
-            vec![doc! {}]
-        } else {
-            sampled_ids
-                .chunks(500)
-                .map(|chunk| doc! { "_id": { "$in": chunk.to_vec() } })
-                .collect()
-        };
-        for filter in filters {
+        // Every target document (full) or the sampled ones.
+        if step == 1 {
             let mut cursor = coll
-                .find(filter)
+                .find(doc! {})
                 .await
                 .map_err(merr(format!("read {}", plan.collection)))?;
-            while let Some(d) = cursor
-                .try_next()
-                .await
-                .map_err(merr(format!("read {}", plan.collection)))?
-            {
-                compare(&d, &mut unexpected);
+            while let Some((id, hash)) = next_target(&mut cursor, &plan.collection).await? {
+                actual
+                    .push(id_bytes(&id), hash.to_le_bytes().to_vec())
+                    .map_err(spill_err)?;
             }
+        } else {
+            read_sampled(&coll, &plan.collection, &mut sampled_ids, &mut actual).await?;
         }
-        for (idb, (_, key)) in &expected {
-            if !seen.contains(idb) {
-                missing.push(key.clone());
+        let mut expected = expected.sorted().map_err(spill_err)?;
+        let mut actual = actual.sorted().map_err(spill_err)?;
+        let hash_of = |p: &[u8]| u64::from_le_bytes(p[..8].try_into().expect("8 bytes"));
+        let mut e = expected.next_record().map_err(spill_err)?;
+        let mut a = actual.next_record().map_err(spill_err)?;
+        loop {
+            let order = match (&e, &a) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((ek, _)), Some((ak, _))) => ek.cmp(ak),
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    let (_, payload) = e.take().expect("an expected record");
+                    found.missing(String::from_utf8_lossy(&payload[8..]).into_owned())?;
+                    e = expected.next_record().map_err(spill_err)?;
+                }
+                std::cmp::Ordering::Greater => {
+                    let (idb, _) = a.take().expect("a target record");
+                    let id = id_from_bytes(&idb).unwrap_or(Bson::Null);
+                    found.unexpected(show_id(&id))?;
+                    a = actual.next_record().map_err(spill_err)?;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (idb, payload) = e.take().expect("an expected record");
+                    let (_, target) = a.take().expect("a target record");
+                    compared += 1;
+                    if hash_of(&payload) != hash_of(&target) {
+                        let id = id_from_bytes(&idb).unwrap_or(Bson::Null);
+                        let key = String::from_utf8_lossy(&payload[8..]).into_owned();
+                        found.different(&key, &show_id(&id), (id.clone(), key.clone()))?;
+                    }
+                    e = expected.next_record().map_err(spill_err)?;
+                    a = actual.next_record().map_err(spill_err)?;
+                }
             }
         }
     }
-    missing.sort();
-    unexpected.sort();
+    let Problems {
+        mut missing,
+        mut unexpected,
+        different: different_ids,
+        ..
+    } = found;
+    missing.first.sort();
+    unexpected.first.sort();
 
     // Field-level differences for the first differing documents: map their rows again.
     let mut different: Vec<Different> = different_ids
+        .first
         .iter()
         .map(|(id, key)| Different {
             key: key.clone(),
@@ -481,9 +685,9 @@ pub async fn verify_entity(
             .iter()
             .all(|e| e.source_children == e.target_elements);
     let ok = embedded_ok
-        && missing.is_empty()
-        && unexpected.is_empty()
-        && different.is_empty()
+        && missing.count == 0
+        && unexpected.count == 0
+        && different_ids.count == 0
         && broken_references.is_empty();
     Ok(EntityVerification {
         entity: plan.entity.clone(),
@@ -494,8 +698,11 @@ pub async fn verify_entity(
         expected: expected_count,
         target: target_count,
         compared,
-        missing,
-        unexpected,
+        missing_count: missing.count,
+        missing: missing.first,
+        unexpected_count: unexpected.count,
+        unexpected: unexpected.first,
+        different_count: different_ids.count,
         different,
         broken_references,
         embedded,
@@ -506,6 +713,21 @@ pub async fn verify_entity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_bytes_round_trip() {
+        for id in [
+            Bson::Int64(7),
+            Bson::String("a-b".into()),
+            Bson::Document(doc! { "a": 1, "b": "x" }),
+            Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Uuid,
+                bytes: vec![3; 16],
+            }),
+        ] {
+            assert_eq!(id_from_bytes(&id_bytes(&id)), Some(id));
+        }
+    }
 
     #[test]
     fn diff_names_changed_missing_and_extra_paths() {

@@ -1,0 +1,295 @@
+//! `--sync-deletes`: after a stage's copy, remove target records whose source row is gone (or, in
+//! a dry run, count them).
+//!
+//! Memory does not grow with the table: records are deleted as they are found, [`CHUNK`] at a
+//! time, and the two sides are compared as two sorted streams. When MongoDB's `_id` order is the
+//! source key order both stream as they are; otherwise (uuid5 or composite ids, Appwrite row ids)
+//! both sides' ids go through an external sort ([`super::spill`]: a bounded buffer, sorted runs in
+//! temporary files) and are compared by their encoded bytes, which is exact.
+
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+
+use super::run::RunError;
+use super::spill::{Absent, Sorted, Spill};
+use crate::mapping::plan::Plan;
+use crate::sink::mongodb::MongoError;
+use crate::sink::target::{AppwriteTarget, SinkError, Target};
+use crate::source::postgres;
+use crate::source::{SourceSession, Value};
+
+/// Ids deleted per request (and held at most before deleting).
+pub const CHUNK: usize = 1000;
+
+fn spill_err(source: std::io::Error) -> RunError {
+    RunError::Io {
+        path: PathBuf::from("a temporary file (sorting ids for --sync-deletes)"),
+        source,
+    }
+}
+
+/// Removes the target records of `plan` whose source row is gone; returns how many (were) gone.
+pub async fn sync_deletes(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &Target,
+    dry_run: bool,
+) -> Result<u64, RunError> {
+    match target {
+        Target::Mongo(m) => sync_deletes_mongo(plan, session, m, dry_run).await,
+        Target::Appwrite(a) => sync_deletes_appwrite(plan, session, a, dry_run).await,
+    }
+}
+
+/// Deletes gathered ids `CHUNK` at a time; counts them all.
+struct Deleter<'a> {
+    coll: &'a mongodb::Collection<bson::Document>,
+    dry_run: bool,
+    pending: Vec<bson::Bson>,
+    gone: u64,
+}
+
+impl Deleter<'_> {
+    async fn add(&mut self, id: bson::Bson) -> Result<(), RunError> {
+        self.gone += 1;
+        if self.dry_run {
+            return Ok(());
+        }
+        self.pending.push(id);
+        if self.pending.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), RunError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.pending);
+        self.coll
+            .delete_many(bson::doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(cmd_err("delete from", self.coll.name()))?;
+        Ok(())
+    }
+}
+
+fn cmd_err(what: &str, collection: &str) -> impl FnOnce(mongodb::error::Error) -> RunError {
+    let op = format!("{what} {collection}");
+    move |source| RunError::Target(MongoError::Command { op, source })
+}
+
+async fn sync_deletes_mongo(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &crate::sink::mongodb::MongoTarget,
+    dry_run: bool,
+) -> Result<u64, RunError> {
+    use crate::verify::order::{bson_cmp, ids_follow_key_order};
+    use crate::verify::{id_bytes, id_from_bytes};
+    let keys_spec = keys_only(plan);
+    let coll = target
+        .database()
+        .collection::<bson::Document>(&plan.collection);
+    let find_err = || cmd_err("find on", &plan.collection);
+    let mut del = Deleter {
+        coll: &coll,
+        dry_run,
+        pending: Vec::new(),
+        gone: 0,
+    };
+    if ids_follow_key_order(plan) {
+        let mut conn = session.reader().await?;
+        let mut rows = postgres::stream(&mut conn, &keys_spec);
+        let mut cursor = coll
+            .find(bson::doc! {})
+            .projection(bson::doc! { "_id": 1 })
+            .sort(bson::doc! { "_id": 1 })
+            .await
+            .map_err(find_err())?;
+        let mut source_id: Option<bson::Bson> = None;
+        let mut source_done = false;
+        while let Some(d) = cursor.try_next().await.map_err(find_err())? {
+            let Some(tid) = d.get("_id").cloned() else {
+                continue;
+            };
+            loop {
+                if source_id.is_none() && !source_done {
+                    match rows.try_next().await? {
+                        Some(Ok(row)) => source_id = plan.id.id_for(&[&row[0]]).ok(),
+                        Some(Err(_)) => continue,
+                        None => source_done = true,
+                    }
+                }
+                match source_id.as_ref().map(|s| bson_cmp(s, &tid)) {
+                    Some(std::cmp::Ordering::Less) => source_id = None,
+                    Some(std::cmp::Ordering::Equal) => {
+                        source_id = None;
+                        break;
+                    }
+                    Some(std::cmp::Ordering::Greater) | None => {
+                        // Ids already passed by the cursor: deleting them does not move it.
+                        del.add(tid).await?;
+                        break;
+                    }
+                }
+            }
+        }
+    } else {
+        let mut source = Spill::new();
+        {
+            let mut conn = session.reader().await?;
+            let mut rows = postgres::stream(&mut conn, &keys_spec);
+            while let Some(row) = rows.try_next().await? {
+                let Ok(row) = row else { continue };
+                let key: Vec<&Value> = row.iter().collect();
+                if let Ok(id) = plan.id.id_for(&key) {
+                    source.push(id_bytes(&id), Vec::new()).map_err(spill_err)?;
+                }
+            }
+        }
+        let mut targets = Spill::new();
+        let mut cursor = coll
+            .find(bson::doc! {})
+            .projection(bson::doc! { "_id": 1 })
+            .await
+            .map_err(find_err())?;
+        while let Some(d) = cursor.try_next().await.map_err(find_err())? {
+            if let Some(id) = d.get("_id") {
+                targets.push(id_bytes(id), Vec::new()).map_err(spill_err)?;
+            }
+        }
+        drop(cursor);
+        let mut gone = absent(targets, source)?;
+        while let Some((idb, _)) = gone.next_record().map_err(spill_err)? {
+            if let Some(id) = id_from_bytes(&idb) {
+                del.add(id).await?;
+            }
+        }
+    }
+    del.flush().await?;
+    if del.gone > 0 && !dry_run {
+        tracing::warn!(entity = %plan.entity, documents = del.gone, "deleted target documents whose source rows are gone");
+    }
+    Ok(del.gone)
+}
+
+fn absent(candidates: Spill, present: Spill) -> Result<Absent, RunError> {
+    let candidates: Sorted = candidates.sorted().map_err(spill_err)?;
+    let present: Sorted = present.sorted().map_err(spill_err)?;
+    Ok(Absent::new(candidates, present))
+}
+
+/// A read of the key columns alone, in key order, over the whole source.
+pub(crate) fn keys_only(plan: &Plan) -> postgres::ReadSpec {
+    let key_count = plan.key.len();
+    let mut spec = plan.read.clone();
+    spec.columns.truncate(key_count);
+    spec.order = (0..key_count).collect();
+    spec.after = None;
+    spec.filter = None;
+    spec
+}
+
+/// `--sync-deletes` into Appwrite: the source's row ids and the table's (or the users') ids are
+/// sorted externally, and the records without a source row go, child-table rows first.
+async fn sync_deletes_appwrite(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &AppwriteTarget,
+    dry_run: bool,
+) -> Result<u64, RunError> {
+    use crate::sink::appwrite::rows::row_id;
+    use crate::sink::appwrite::tables::Pages;
+    let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
+    let keys_spec = keys_only(plan);
+    let mut source = Spill::new();
+    {
+        let mut conn = session.reader().await?;
+        let mut rows = postgres::stream(&mut conn, &keys_spec);
+        while let Some(row) = rows.try_next().await? {
+            let Ok(row) = row else { continue };
+            let key: Vec<&Value> = row.iter().collect();
+            if let Ok(id) = plan.id.id_for(&key) {
+                source
+                    .push(row_id(&id).into_bytes(), Vec::new())
+                    .map_err(spill_err)?;
+            }
+        }
+    }
+    let users = target.is_users(&plan.collection);
+    let client = &target.client;
+    let (mut pages, one) = if users {
+        (Pages::users(client), "/users".to_string())
+    } else {
+        (
+            Pages::rows(client, &target.database, &plan.collection),
+            format!(
+                "/tablesdb/{}/tables/{}/rows",
+                target.database, plan.collection
+            ),
+        )
+    };
+    let mut targets = Spill::new();
+    while let Some(page) = pages.next().await.map_err(aerr)? {
+        for r in &page {
+            if let Some(id) = r["$id"].as_str() {
+                targets
+                    .push(id.as_bytes().to_vec(), Vec::new())
+                    .map_err(spill_err)?;
+            }
+        }
+    }
+    let mut gone = absent(targets, source)?;
+    let mut n = 0u64;
+    let mut chunk: Vec<String> = Vec::with_capacity(CHUNK);
+    while let Some((id, _)) = gone.next_record().map_err(spill_err)? {
+        n += 1;
+        if dry_run {
+            continue;
+        }
+        chunk.push(String::from_utf8_lossy(&id).into_owned());
+        if chunk.len() >= CHUNK {
+            delete_records(target, &plan.collection, &one, &mut chunk).await?;
+        }
+    }
+    delete_records(target, &plan.collection, &one, &mut chunk).await?;
+    if n > 0 && !dry_run {
+        tracing::warn!(entity = %plan.entity, records = n, "deleted Appwrite records whose source rows are gone");
+    }
+    Ok(n)
+}
+
+/// Deletes the Appwrite records `ids` (under `one`), their child-table rows first; empties `ids`.
+async fn delete_records(
+    target: &AppwriteTarget,
+    collection: &str,
+    one: &str,
+    ids: &mut Vec<String>,
+) -> Result<(), RunError> {
+    let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for child in target.tables_of(collection).iter().skip(1) {
+        target
+            .client
+            .delete_children(&target.database, child, ids)
+            .await
+            .map_err(aerr)?;
+    }
+    for id in ids.drain(..) {
+        match target
+            .client
+            .call(reqwest::Method::DELETE, &format!("{one}/{id}"), None)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_missing() => {}
+            Err(e) => return Err(aerr(e)),
+        }
+    }
+    Ok(())
+}
