@@ -436,3 +436,40 @@ async fn rollback_after_a_crash_and_a_fresh_rerun_returns_to_the_state_before_th
     );
     w.drop().await;
 }
+
+/// `exists` rules on plain columns are answered by PostgreSQL in the read: no key set is loaded,
+/// and the rows that point nowhere are still rejected with the rule.
+#[tokio::test]
+async fn exists_rules_are_answered_by_postgresql_without_holding_keys() {
+    let w = World::new("exists_sql").await;
+    w.load_registry(100);
+    let out = w
+        .cutover()
+        .args(["--log-level", "info", "migrate", "--quiet", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for field in ["administeredBy", "userId"] {
+        assert!(
+            stderr.contains("exists rule answered by PostgreSQL")
+                && stderr
+                    .lines()
+                    .any(|l| l.contains("answered by PostgreSQL") && l.contains(field)),
+            "{field}: {stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("keys held in memory for exists rules"),
+        "{stderr}"
+    );
+    let run = w.latest_report();
+    let rejects = w.rejects(run["run_id"].as_str().unwrap());
+    let unknown_users = rejects
+        .iter()
+        .filter(|r| r.0 == "immunizations" && r.3 == "exists")
+        .count();
+    assert_eq!(unknown_users, 2, "patients 34 and 35: {rejects:?}");
+    w.drop().await;
+}

@@ -228,6 +228,7 @@ async fn answer_exists_in_sql(
             expr: Some(expr),
         });
         p.fields[i].exists_at = Some(p.read.columns.len() - 1);
+        tracing::info!(entity = %p.entity, field = %p.fields[i].path_text, references = %entity, "exists rule answered by PostgreSQL in the read (no keys held in memory)");
     }
     Ok(())
 }
@@ -275,6 +276,7 @@ pub(crate) async fn load_known_keys(
                 context: format!("load keys of {entity}"),
                 source,
             })?;
+        tracing::info!(entity = %entity, keys = keys.len(), "keys held in memory for exists rules that PostgreSQL cannot answer in the read");
         out.insert(entity, Arc::new(keys.into_iter().collect()));
     }
     Ok(out)
