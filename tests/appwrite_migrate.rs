@@ -386,10 +386,27 @@ async fn the_client_side_request_rate_is_kept_over_a_run() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = aw.s.arrivals();
     assert!(t.len() > 60, "{} requests", t.len());
+    // The limit is kept: no second of the run saw more than 40 requests (+ the burst of 1 and a
+    // margin for the server's own timing).
+    let busiest = (0..t.len())
+        .map(|i| {
+            t[i..]
+                .iter()
+                .take_while(|a| a.duration_since(t[i]).as_secs_f64() < 1.0)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest <= 44,
+        "{busiest} requests within one second for a limit of 40/s"
+    );
+    // And it is not starved: over the whole run (column set-up waits and checkpoints included),
+    // the rate stays near the limit.
     let span = t.last().unwrap().duration_since(t[0]).as_secs_f64();
     let rate = (t.len() - 1) as f64 / span;
     assert!(
-        (36.0..=44.0).contains(&rate),
+        (25.0..=44.0).contains(&rate),
         "{rate:.1} requests/s over {} requests for a limit of 40/s",
         t.len()
     );
