@@ -112,10 +112,13 @@ pub struct StepRecord {
     pub version: String,
 }
 
+/// A ledger time as RFC 3339 with milliseconds always written: fixed width, so the texts sort as
+/// the instants do (`…:06.3Z` would sort after `…:06.325Z`).
 fn date_text(d: &Document, k: &str) -> Option<String> {
-    d.get_datetime(k)
-        .ok()
-        .and_then(|t| t.try_to_rfc3339_string().ok())
+    d.get_datetime(k).ok().map(|t| {
+        t.to_chrono()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    })
 }
 
 fn int(d: &Document, k: &str) -> i64 {
