@@ -168,3 +168,58 @@ async fn infinite_and_far_dates_are_rejected_with_their_key_not_a_panic() {
     assert_eq!(json["ok"], true, "{json}");
     w.drop().await;
 }
+
+const JSON_SCHEMA: &str = r#"
+CREATE TABLE notes (id int PRIMARY KEY, j json, jb jsonb);
+INSERT INTO notes VALUES
+  (1, 'null', 'null'),
+  (2, NULL, NULL),
+  (3, '{"a": 1}', '{"a": 1}');
+"#;
+
+const JSON_MAPPING: &str = r#"
+version = 1
+name = "notes"
+[source]
+table = "notes"
+key = ["id"]
+[options]
+nulls = "omit"
+[[field]]
+path = "j"
+column = "j"
+[[field]]
+path = "jb"
+column = "jb"
+"#;
+
+const JSON_PIPELINE: &str = r#"
+version = 1
+name = "notes"
+mappings_dir = "mappings"
+[[stage]]
+name = "all"
+entities = ["notes"]
+"#;
+
+#[tokio::test]
+async fn a_json_null_is_written_where_an_sql_null_is_omitted() {
+    let w = World::new("json_null").await;
+    w.sql(JSON_SCHEMA).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/notes.toml"), JSON_MAPPING).unwrap();
+    std::fs::write(dir.join("notes.toml"), JSON_PIPELINE).unwrap();
+    let out = w.migrate_with(&dir.join("notes.toml"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let docs = w.docs("notes").await;
+    assert_eq!(
+        docs,
+        [
+            doc! { "_id": 1, "j": Bson::Null, "jb": Bson::Null },
+            doc! { "_id": 2 },
+            doc! { "_id": 3, "j": { "a": 1 }, "jb": { "a": 1 } },
+        ]
+    );
+    w.drop().await;
+}
