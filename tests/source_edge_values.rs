@@ -174,7 +174,10 @@ CREATE TABLE notes (id int PRIMARY KEY, j json, jb jsonb);
 INSERT INTO notes VALUES
   (1, 'null', 'null'),
   (2, NULL, NULL),
-  (3, '{"a": 1}', '{"a": 1}');
+  (3, '{"a": 1}', '{"a": 1}'),
+  (4, '{"a": 1, "a": 2}', '{"a": 1, "a": 2}');
+CREATE TABLE notes_lax AS SELECT * FROM notes;
+ALTER TABLE notes_lax ADD PRIMARY KEY (id);
 "#;
 
 const JSON_MAPPING: &str = r#"
@@ -193,33 +196,65 @@ path = "jb"
 column = "jb"
 "#;
 
+/// The same rows, the `json` column's rules warnings.
+const JSON_LAX_MAPPING: &str = r#"
+version = 1
+name = "notes_lax"
+[source]
+table = "notes_lax"
+key = ["id"]
+[[field]]
+path = "j"
+column = "j"
+validate = { severity = "warning" }
+[[field]]
+path = "jb"
+column = "jb"
+"#;
+
 const JSON_PIPELINE: &str = r#"
 version = 1
 name = "notes"
 mappings_dir = "mappings"
 [[stage]]
 name = "all"
-entities = ["notes"]
+entities = ["notes", "notes_lax"]
 "#;
 
 #[tokio::test]
-async fn a_json_null_is_written_where_an_sql_null_is_omitted() {
+async fn a_json_null_is_written_where_an_sql_null_is_omitted_and_json_keys_given_twice_are_caught()
+{
     let w = World::new("json_null").await;
     w.sql(JSON_SCHEMA).await;
     let dir = w.dir.path();
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
     std::fs::write(dir.join("mappings/notes.toml"), JSON_MAPPING).unwrap();
+    std::fs::write(dir.join("mappings/notes_lax.toml"), JSON_LAX_MAPPING).unwrap();
     std::fs::write(dir.join("notes.toml"), JSON_PIPELINE).unwrap();
     let out = w.migrate_with(&dir.join("notes.toml"), &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let docs = w.docs("notes").await;
-    assert_eq!(
-        docs,
-        [
-            doc! { "_id": 1, "j": Bson::Null, "jb": Bson::Null },
-            doc! { "_id": 2 },
-            doc! { "_id": 3, "j": { "a": 1 }, "jb": { "a": 1 } },
-        ]
-    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let expected = [
+        doc! { "_id": 1, "j": Bson::Null, "jb": Bson::Null },
+        doc! { "_id": 2 },
+        doc! { "_id": 3, "j": { "a": 1 }, "jb": { "a": 1 } },
+    ];
+    assert_eq!(w.docs("notes").await, expected);
+    // jsonb kept the last value on input; the json column's text still has both.
+    let mut lax = expected.to_vec();
+    lax.push(doc! { "_id": 4, "j": { "a": 2 }, "jb": { "a": 2 } });
+    assert_eq!(w.docs("notes_lax").await, lax);
+
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let one = |entity: &str, rule: &str| {
+        vec![(
+            entity.to_string(),
+            "4".to_string(),
+            "transform".to_string(),
+            rule.to_string(),
+        )]
+    };
+    assert_eq!(w.rejects(run_id), one("notes", "json_duplicate_key"));
+    assert_eq!(w.warnings(run_id), one("notes_lax", "json_duplicate_key"));
     w.drop().await;
 }

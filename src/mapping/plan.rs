@@ -440,6 +440,7 @@ fn compile_fields(
                     .as_deref()
                     .and_then(crate::transform::parse_offset),
                 lossy: f.lossy.unwrap_or(Lossy::Reject),
+                duplicate_keys: f.validate.as_ref().map_or(Severity::Error, |r| r.severity),
             },
             default: f.default.as_ref().map(toml_to_value),
             nulls: f.nulls.unwrap_or(m.spec.options.nulls),
@@ -729,6 +730,7 @@ mod tests {
                 sub_millis: SubMillis::Reject,
                 timezone: None,
                 lossy: Lossy::Reject,
+                duplicate_keys: Severity::Error,
             },
             default: None,
             nulls: NullPolicy::Omit,

@@ -405,6 +405,7 @@ mod tests {
                 sub_millis: SubMillis::Reject,
                 timezone: None,
                 lossy: Lossy::Reject,
+                duplicate_keys: Severity::Error,
             },
             default: None,
             nulls,
