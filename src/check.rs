@@ -341,15 +341,18 @@ fn scan_row(
 ) {
     let row = match row {
         Ok(r) => r,
-        Err((_, message)) => {
+        Err(err) => {
+            let column = plan.read.columns[err.column].name.clone();
             let f = tally
-                .entry((String::new(), "decode".into(), "reject".into()))
+                .entry((column.clone(), err.rule.into(), "reject".into()))
                 .or_insert_with(|| Finding {
                     entity: plan.entity.clone(),
-                    rule: "decode".into(),
+                    path: column,
+                    rule: err.rule.into(),
                     severity: "reject".into(),
-                    example: message,
-                    ..Default::default()
+                    example_key: err.key_text(plan.key.len()),
+                    example: err.message.clone(),
+                    rows: 0,
                 });
             f.rows += 1;
             return;

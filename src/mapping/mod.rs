@@ -223,6 +223,65 @@ fn check_path(m: &Mapping, key: &str, path: &str) -> Result<(), MappingError> {
     Ok(())
 }
 
+/// The target paths one document level writes, each with the key of what writes it: its fields,
+/// their exact copies and (at the top) the embeds.
+fn written_paths<'a>(
+    prefix: &str,
+    fields: &'a [spec::FieldSpec],
+    embeds: &'a [spec::EmbedSpec],
+) -> Vec<(String, &'a str)> {
+    let mut out = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let key = format!("{prefix}field[{i}] ({})", f.path.escape_debug());
+        if let Some(exact) = &f.exact_path {
+            out.push((format!("{key}.exact_path"), exact.as_str()));
+        }
+        out.push((key, f.path.as_str()));
+    }
+    for (i, e) in embeds.iter().enumerate() {
+        out.push((
+            format!("embed[{i}] ({})", e.path.escape_debug()),
+            e.path.as_str(),
+        ));
+    }
+    out
+}
+
+/// Two paths of one document where one is the other or lies under it (`v` and `v.b`) would
+/// write one key twice: refused, naming both.
+fn check_overlaps(m: &Mapping, paths: &[(String, &str)]) -> Result<(), MappingError> {
+    for (j, (later_key, later)) in paths.iter().enumerate() {
+        for (earlier_key, earlier) in &paths[..j] {
+            let (short, long) = if earlier.len() <= later.len() {
+                (earlier, later)
+            } else {
+                (later, earlier)
+            };
+            let under = long
+                .strip_prefix(*short)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
+            if !under {
+                continue;
+            }
+            let message = if short == long {
+                format!(
+                    "`{}` is also written by `{earlier_key}`",
+                    short.escape_debug()
+                )
+            } else {
+                format!(
+                    "`{later}` and `{earlier}` (`{earlier_key}`) overlap: a document cannot hold a value at `{short}` and a field under it",
+                    later = later.escape_debug(),
+                    earlier = earlier.escape_debug(),
+                    short = short.escape_debug(),
+                )
+            };
+            return Err(invalid(m, later_key, message));
+        }
+    }
+    Ok(())
+}
+
 fn check_fields(
     m: &Mapping,
     prefix: &str,
@@ -439,6 +498,13 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
         }
         check_fields(m, &format!("{key}."), &e.fields, scalar)?;
     }
+    check_overlaps(m, &written_paths("", &s.fields, &s.embeds))?;
+    for (i, e) in s.embeds.iter().enumerate() {
+        if e.element == spec::EmbedElement::Document {
+            let prefix = format!("embed[{i}] ({}).", e.path.escape_debug());
+            check_overlaps(m, &written_paths(&prefix, &e.fields, &[]))?;
+        }
+    }
     for (i, r) in s.rules.iter().enumerate() {
         if r.any_of.is_empty() {
             return Err(invalid(
@@ -582,6 +648,68 @@ column = "name"
         let err = refusal(&exact);
         assert!(
             err.contains("`field[1] (at)`") && err.contains("`$`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_path_under_another_path_is_refused_naming_both() {
+        let field = |path: &str| format!("[[field]]\npath = \"{path}\"\ncolumn = \"name\"\n");
+        let text = format!("{MINIMAL}{}{}", field("v"), field("v.b"));
+        let err = refusal(&text);
+        assert!(
+            err.starts_with(
+                "mappings/things.toml: `field[2] (v.b)`: `v.b` and `v` (`field[1] (v)`) overlap"
+            ),
+            "{err}"
+        );
+        // The other order, and deeper.
+        let err = refusal(&format!("{MINIMAL}{}{}", field("v.b.c"), field("v")));
+        assert!(
+            err.contains("`field[2] (v)`: `v` and `v.b.c` (`field[1] (v.b.c)`) overlap"),
+            "{err}"
+        );
+        // A shared prefix that is not a whole segment is fine; siblings under one parent too.
+        assert!(
+            parse(
+                Path::new("t.toml"),
+                &format!("{MINIMAL}{}{}", field("v"), field("vb"))
+            )
+            .is_ok()
+        );
+        assert!(
+            parse(
+                Path::new("t.toml"),
+                &format!("{MINIMAL}{}{}", field("v.a"), field("v.b"))
+            )
+            .is_ok()
+        );
+        // An embed under a field.
+        let embed = format!(
+            "{MINIMAL}{}[[embed]]\npath = \"v.kids\"\ntable = \"kids\"\nforeign_key = \"thing_id\"\n[[embed.field]]\npath = \"n\"\ncolumn = \"n\"\n[[embed.field]]\npath = \"n.x\"\ncolumn = \"x\"\n",
+            field("v")
+        );
+        let err = refusal(&embed);
+        assert!(
+            err.contains("`embed[0] (v.kids)`: `v.kids` and `v`"),
+            "{err}"
+        );
+        // Fields of an embedded document.
+        let embed = embed.replace("path = \"v.kids\"", "path = \"kids\"");
+        let err = refusal(&embed);
+        assert!(
+            err.contains(
+                "`embed[0] (kids).field[1] (n.x)`: `n.x` and `n` (`embed[0] (kids).field[0] (n)`)"
+            ),
+            "{err}"
+        );
+        // An exact copy over a field.
+        let exact = format!(
+            "{MINIMAL}[[field]]\npath = \"at\"\ncolumn = \"at\"\nsub_millis = \"keep_string\"\nexact_path = \"name.exact\"\n"
+        );
+        let err = refusal(&exact);
+        assert!(
+            err.contains("`field[1] (at).exact_path`: `name.exact` and `name`"),
             "{err}"
         );
     }

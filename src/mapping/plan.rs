@@ -50,17 +50,10 @@ impl IdRule {
             return Err("the key is NULL".into());
         }
         match self.strategy {
-            IdStrategy::Uuid5 => {
-                let mut name = self.entity.clone();
-                for v in key {
-                    name.push('\u{1f}');
-                    name.push_str(&v.to_string());
-                }
-                Ok(uuid_to_bson(
-                    &Uuid::new_v5(&self.namespace, name.as_bytes()),
-                    self.uuid,
-                ))
-            }
+            IdStrategy::Uuid5 => Ok(uuid_to_bson(
+                &Uuid::new_v5(&self.namespace, uuid5_name(&self.entity, key).as_bytes()),
+                self.uuid,
+            )),
             IdStrategy::Key if key.len() == 1 => self.scalar(key[0]),
             IdStrategy::Key => {
                 let mut d = bson::Document::new();
@@ -85,6 +78,23 @@ impl IdRule {
             other => return Err(format!("a {} key cannot be an _id", other.type_name())),
         })
     }
+}
+
+/// The name a `uuid5` id hashes: the entity, then each key value after a unit separator. The
+/// values of a composite key are length-prefixed (`<bytes>:<text>`) so that no two keys give one
+/// name (joined, ("a|b", "c") and ("a", "b|c") would); a single value is unambiguous as it is,
+/// and keeps the id it always had.
+fn uuid5_name(entity: &str, key: &[&Value]) -> String {
+    let mut name = entity.to_string();
+    for v in key {
+        let text = v.to_string();
+        name.push('\u{1f}');
+        if key.len() > 1 {
+            name.push_str(&format!("{}:", text.len()));
+        }
+        name.push_str(&text);
+    }
+    name
 }
 
 /// Where a field's value comes from.
@@ -430,6 +440,7 @@ fn compile_fields(
                     .as_deref()
                     .and_then(crate::transform::parse_offset),
                 lossy: f.lossy.unwrap_or(Lossy::Reject),
+                duplicate_keys: f.validate.as_ref().map_or(Severity::Error, |r| r.severity),
             },
             default: f.default.as_ref().map(toml_to_value),
             nulls: f.nulls.unwrap_or(m.spec.options.nulls),
@@ -719,6 +730,7 @@ mod tests {
                 sub_millis: SubMillis::Reject,
                 timezone: None,
                 lossy: Lossy::Reject,
+                duplicate_keys: Severity::Error,
             },
             default: None,
             nulls: NullPolicy::Omit,
@@ -776,6 +788,49 @@ mod tests {
                 "mappings/things.toml: `source.updated_at`: column `revision` has type INT8"
             ),
             "{err}"
+        );
+    }
+
+    fn uuid5_rule() -> IdRule {
+        IdRule {
+            entity: "plots".into(),
+            strategy: IdStrategy::Uuid5,
+            uuid: UuidFormat::String,
+            namespace: DEFAULT_NAMESPACE,
+            key_names: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn uuid5_ids_of_different_composite_keys_differ() {
+        let rule = uuid5_rule();
+        let text = |s: &str| Value::Text(s.into());
+        let pairs = [
+            (("a|b", "c"), ("a", "b|c")),
+            (("a\u{1f}b", "c"), ("a", "b\u{1f}c")),
+            (("a\u{1f}1:b", "c"), ("a", "1:b\u{1f}1:c")),
+            (("", "ab"), ("ab", "")),
+            (("1:a", "b"), ("1", "a\u{1f}1:b")),
+        ];
+        for ((a1, a2), (b1, b2)) in pairs {
+            let (a1, a2, b1, b2) = (text(a1), text(a2), text(b1), text(b2));
+            let a = rule.id_for(&[&a1, &a2]).unwrap();
+            let b = rule.id_for(&[&b1, &b2]).unwrap();
+            assert_ne!(a, b, "({a1:?}, {a2:?}) and ({b1:?}, {b2:?})");
+            assert_eq!(a, rule.id_for(&[&a1, &a2]).unwrap(), "deterministic");
+        }
+    }
+
+    #[test]
+    fn uuid5_ids_of_single_keys_are_unchanged() {
+        // The name hashed for a one-column key is what it always was: entity, separator, value.
+        let rule = uuid5_rule();
+        let id = rule.id_for(&[&Value::Int32(42)]).unwrap();
+        let expected = Uuid::new_v5(&DEFAULT_NAMESPACE, "plots\u{1f}42".as_bytes());
+        assert_eq!(id, Bson::String(expected.hyphenated().to_string()));
+        assert_eq!(
+            uuid5_name("plots", &[&Value::Int32(4), &Value::Text("ab".into())]),
+            "plots\u{1f}1:4\u{1f}2:ab"
         );
     }
 

@@ -984,13 +984,13 @@ impl<'c> ChildCursor<'c> {
                         return Ok(out);
                     }
                     Some(Ok(row)) => self.pending = Some(row),
-                    Some(Err((col, message))) => {
+                    Some(Err(err)) => {
                         let e = &plan.embeds[embed];
                         return Err(RunError::ChildDecode {
                             entity: plan.entity.clone(),
                             path: e.path_text.clone(),
-                            column: e.read.columns[col].name.clone(),
-                            message,
+                            column: e.read.columns[err.column].name.clone(),
+                            message: err.message,
                         });
                     }
                 }
@@ -1230,23 +1230,27 @@ async fn read_loop(
         }
         let row = match item {
             Ok(row) => row,
-            Err((col, message)) => {
+            Err(err) => {
+                let column = &plan.read.columns[err.column].name;
                 let issue = Issue::error(
                     Stage::Transform,
-                    "decode",
-                    &plan.read.columns[col].name,
-                    format!(
-                        "cannot decode column {}: {message}",
-                        plan.read.columns[col].name
-                    ),
+                    err.rule,
+                    column,
+                    format!("cannot decode column {column}: {}", err.message),
                     String::new(),
                 );
+                // The children of a row rejected past its key are its own, not orphans.
+                if err.key(plan.key.len()).is_some() {
+                    for (i, c) in cursors.iter_mut().enumerate() {
+                        c.take_for(&err.decoded, plan, i).await?;
+                    }
+                }
                 reject(
                     counters,
                     total_rejected,
                     rejects,
                     &plan.entity,
-                    "?",
+                    &err.key_text(plan.key.len()),
                     &[issue],
                     opts,
                 )

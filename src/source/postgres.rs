@@ -414,8 +414,42 @@ impl ReadSpec {
     }
 }
 
-/// A decoded row, or the error of one column that could not be decoded.
-pub type DecodedRow = Result<Vec<Value>, (usize, String)>;
+/// The reject rule of a column the driver could not decode.
+pub const RULE_DECODE: &str = "decode";
+/// The reject rule of a date or timestamp no BSON date can hold: `infinity`, `-infinity`, or a
+/// year past what cutover's calendar holds (PostgreSQL's dates reach the year 5874897).
+pub const RULE_DATE_OUT_OF_RANGE: &str = "date_out_of_range";
+
+/// Why one column of one row could not be decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    /// Index of the column (into the read's columns).
+    pub column: usize,
+    /// The reject rule: [`RULE_DECODE`] or [`RULE_DATE_OUT_OF_RANGE`].
+    pub rule: &'static str,
+    pub message: String,
+    /// The columns before `column`, decoded. Every read starts with its ordering columns, so a
+    /// row failing past its key still names it.
+    pub decoded: Vec<Value>,
+}
+
+impl DecodeError {
+    /// The row's leading `width` values (its key), when they were decoded before the failure.
+    pub fn key(&self, width: usize) -> Option<Vec<&Value>> {
+        (width > 0 && self.decoded.len() >= width).then(|| self.decoded[..width].iter().collect())
+    }
+
+    /// The key as written in rejects files, `?` when the key itself could not be decoded.
+    pub fn key_text(&self, width: usize) -> String {
+        match self.key(width) {
+            Some(key) => super::value::key_text(&key),
+            None => "?".to_string(),
+        }
+    }
+}
+
+/// A decoded row, or the error of the one column that could not be decoded.
+pub type DecodedRow = Result<Vec<Value>, DecodeError>;
 
 /// Streams the rows of `spec` in key order over `conn`.
 pub fn stream<'c>(
@@ -443,16 +477,51 @@ pub fn stream<'c>(
 fn decode_row(row: &PgRow, kinds: &[ColKind]) -> DecodedRow {
     let mut out = Vec::with_capacity(kinds.len());
     for (i, kind) in kinds.iter().enumerate() {
-        out.push(decode(row, i, *kind).map_err(|e| (i, e.to_string()))?);
+        match decode(row, i, *kind) {
+            Ok(v) => out.push(v),
+            Err(f) => {
+                return Err(DecodeError {
+                    column: i,
+                    rule: f.rule,
+                    message: f.message,
+                    decoded: out,
+                });
+            }
+        }
     }
     Ok(out)
+}
+
+/// Why one value could not be decoded (the column and the row are added by [`decode_row`]).
+#[derive(Debug)]
+struct Failure {
+    rule: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn out_of_range(message: String) -> Failure {
+        Failure {
+            rule: RULE_DATE_OUT_OF_RANGE,
+            message,
+        }
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Failure {
+        Failure {
+            rule: RULE_DECODE,
+            message: e.to_string(),
+        }
+    }
 }
 
 fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
     v.map(f).unwrap_or(Value::Null)
 }
 
-fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, sqlx::Error> {
+fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
     Ok(match kind {
         ColKind::Bool => opt(row.try_get::<Option<bool>, _>(i)?, Value::Bool),
         ColKind::Int16 => opt(row.try_get::<Option<i16>, _>(i)?, |v| {
@@ -470,15 +539,7 @@ fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, sqlx::Error> {
         }
         ColKind::Json => opt(row.try_get::<Option<String>, _>(i)?, Value::Json),
         ColKind::Uuid => opt(row.try_get::<Option<Uuid>, _>(i)?, Value::Uuid),
-        ColKind::Date => opt(row.try_get::<Option<chrono::NaiveDate>, _>(i)?, Value::Date),
-        ColKind::Timestamp => opt(
-            row.try_get::<Option<chrono::NaiveDateTime>, _>(i)?,
-            Value::Timestamp,
-        ),
-        ColKind::TimestampTz => opt(
-            row.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)?,
-            Value::TimestampTz,
-        ),
+        ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => decode_time(row, i, kind)?,
         ColKind::Bytes => opt(row.try_get::<Option<Vec<u8>>, _>(i)?, Value::Bytes),
         ColKind::TextArray => opt(row.try_get::<Option<Vec<Option<String>>>, _>(i)?, |v| {
             Value::Array(v.into_iter().map(|x| opt(x, Value::Text)).collect())
@@ -490,6 +551,143 @@ fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, sqlx::Error> {
             Value::Array(v.into_iter().map(|x| opt(x, Value::Int64)).collect())
         }),
     })
+}
+
+/// Decodes a date or timestamp from PostgreSQL's binary format itself: sqlx's decoder panics on
+/// `infinity` and on years chrono cannot hold, and no source value may stop the tool.
+fn decode_time(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
+    use sqlx::ValueRef;
+    use sqlx::postgres::PgValueFormat;
+    let raw = row.try_get_raw(i)?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    if raw.format() == PgValueFormat::Text {
+        // Never asked for, but sqlx's text decoders return errors rather than panic.
+        return Ok(match kind {
+            ColKind::Date => Value::Date(row.try_get(i)?),
+            ColKind::Timestamp => Value::Timestamp(row.try_get(i)?),
+            _ => Value::TimestampTz(row.try_get(i)?),
+        });
+    }
+    let bytes = raw.as_bytes().map_err(|e| Failure {
+        rule: RULE_DECODE,
+        message: e.to_string(),
+    })?;
+    let wrong_size = |want: usize| Failure {
+        rule: RULE_DECODE,
+        message: format!(
+            "a binary {} is {want} bytes, got {}",
+            kind_name(kind),
+            bytes.len()
+        ),
+    };
+    match kind {
+        ColKind::Date => {
+            let b: [u8; 4] = bytes.try_into().map_err(|_| wrong_size(4))?;
+            date_from_pg(i32::from_be_bytes(b))
+                .map(Value::Date)
+                .map_err(Failure::out_of_range)
+        }
+        _ => {
+            let b: [u8; 8] = bytes.try_into().map_err(|_| wrong_size(8))?;
+            let t = instant_from_pg(i64::from_be_bytes(b), kind).map_err(Failure::out_of_range)?;
+            Ok(if kind == ColKind::Timestamp {
+                Value::Timestamp(t.naive_utc())
+            } else {
+                Value::TimestampTz(t)
+            })
+        }
+    }
+}
+
+fn kind_name(kind: ColKind) -> &'static str {
+    match kind {
+        ColKind::Date => "date",
+        ColKind::Timestamp => "timestamp",
+        _ => "timestamptz",
+    }
+}
+
+/// Days from 0001-01-01 (day 1) to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120;
+/// Days from the Unix epoch to PostgreSQL's.
+const PG_EPOCH_UNIX_DAYS: i64 = 10_957;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// A binary `date` (days since 2000-01-01; `i32::MAX` / `i32::MIN` are ±infinity).
+fn date_from_pg(days: i32) -> Result<chrono::NaiveDate, String> {
+    match days {
+        i32::MAX => Err("date `infinity` has no calendar date".into()),
+        i32::MIN => Err("date `-infinity` has no calendar date".into()),
+        _ => PG_EPOCH_DAYS_FROM_CE
+            .checked_add(days)
+            .and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
+            .ok_or_else(|| {
+                format!(
+                    "date {} is outside the years cutover converts ({})",
+                    pg_date_text(i64::from(days)),
+                    year_range()
+                )
+            }),
+    }
+}
+
+/// A binary `timestamp` or `timestamptz` (microseconds since 2000-01-01 00:00:00 UTC;
+/// `i64::MAX` / `i64::MIN` are ±infinity).
+fn instant_from_pg(micros: i64, kind: ColKind) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let what = kind_name(kind);
+    match micros {
+        i64::MAX => Err(format!("{what} `infinity` has no calendar date")),
+        i64::MIN => Err(format!("{what} `-infinity` has no calendar date")),
+        _ => (PG_EPOCH_UNIX_DAYS * MICROS_PER_DAY)
+            .checked_add(micros)
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .ok_or_else(|| {
+                format!(
+                    "{what} {} is outside the years cutover converts ({})",
+                    pg_date_text(micros.div_euclid(MICROS_PER_DAY)),
+                    year_range()
+                )
+            }),
+    }
+}
+
+fn year_range() -> String {
+    use chrono::Datelike;
+    format!(
+        "{} to {}",
+        pg_year_text(i64::from(chrono::NaiveDate::MIN.year())),
+        pg_year_text(i64::from(chrono::NaiveDate::MAX.year()))
+    )
+}
+
+/// A proleptic Gregorian year as PostgreSQL writes it (year 0 is 1 BC).
+fn pg_year_text(year: i64) -> String {
+    if year <= 0 {
+        format!("{} BC", 1 - year)
+    } else {
+        year.to_string()
+    }
+}
+
+/// The calendar date `days` after 2000-01-01 as PostgreSQL writes it (`5874897-12-31`,
+/// `4714-11-24 BC`), for dates beyond chrono's range (Howard Hinnant's `civil_from_days`).
+fn pg_date_text(days: i64) -> String {
+    let z = days + PG_EPOCH_UNIX_DAYS + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if year <= 0 {
+        format!("{:04}-{month:02}-{day:02} BC", 1 - year)
+    } else {
+        format!("{year:04}-{month:02}-{day:02}")
+    }
 }
 
 #[cfg(test)]
@@ -596,6 +794,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`b`"), "{err}");
+    }
+
+    #[test]
+    fn binary_dates_decode_without_panicking() {
+        let d = |y, m, day| chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap();
+        assert_eq!(date_from_pg(0), Ok(d(2000, 1, 1)));
+        assert_eq!(date_from_pg(-1), Ok(d(1999, 12, 31)));
+        // PostgreSQL's first day, 4714-11-24 BC, is the proleptic year -4713.
+        assert_eq!(date_from_pg(-2_451_545), Ok(d(-4713, 11, 24)));
+        let inf = date_from_pg(i32::MAX).unwrap_err();
+        assert!(inf.contains("`infinity`"), "{inf}");
+        assert!(date_from_pg(i32::MIN).unwrap_err().contains("`-infinity`"));
+        // PostgreSQL's last day, 5874897-12-31.
+        let far = date_from_pg(2_145_031_948).unwrap_err();
+        assert!(far.starts_with("date 5874897-12-31 is outside"), "{far}");
+        assert!(date_from_pg(i32::MIN + 1).is_err());
+    }
+
+    #[test]
+    fn binary_timestamps_decode_without_panicking() {
+        let t = instant_from_pg(0, ColKind::TimestampTz).unwrap();
+        assert_eq!(t.timestamp(), 946_684_800);
+        let t = instant_from_pg(1_500_001, ColKind::Timestamp).unwrap();
+        assert_eq!(t.timestamp_subsec_micros(), 500_001);
+        let min = instant_from_pg(-211_813_488_000_000_000, ColKind::Timestamp).unwrap();
+        assert_eq!(pg_date_text(-2_451_545), "4714-11-24 BC");
+        assert_eq!(
+            min.date_naive(),
+            chrono::NaiveDate::from_ymd_opt(-4713, 11, 24).unwrap()
+        );
+        for (micros, said) in [
+            (i64::MAX, "timestamptz `infinity`"),
+            (i64::MIN, "timestamptz `-infinity`"),
+            // 294276-12-31 00:00:00, within PostgreSQL's range, past chrono's.
+            (
+                9_223_371_244_800_000_000,
+                "timestamptz 294276-12-31 is outside",
+            ),
+            (i64::MIN + 1, "is outside"),
+        ] {
+            let e = instant_from_pg(micros, ColKind::TimestampTz).unwrap_err();
+            assert!(e.contains(said), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_decode_error_names_the_key_decoded_before_it() {
+        let e = DecodeError {
+            column: 2,
+            rule: RULE_DATE_OUT_OF_RANGE,
+            message: String::new(),
+            decoded: vec![Value::Int32(7), Value::Text("x".into())],
+        };
+        assert_eq!(e.key_text(1), "7");
+        assert_eq!(e.key_text(2), "7|x");
+        assert_eq!(e.key_text(3), "?");
     }
 
     #[test]

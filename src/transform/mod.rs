@@ -4,6 +4,7 @@
 
 pub mod decimal;
 pub mod encode;
+pub mod json;
 pub mod phone;
 pub mod row;
 
@@ -135,6 +136,8 @@ pub struct Output {
     /// Offset for `timestamp without time zone`; `None` means the mapping did not say (an error).
     pub timezone: Option<FixedOffset>,
     pub lossy: Lossy,
+    /// What a JSON object with a key given twice does to the row (`json_duplicate_key`).
+    pub duplicate_keys: Severity,
 }
 
 /// The BSON value of a field plus what the conversion had to say.
@@ -243,8 +246,20 @@ fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (S
         Value::Date(d) => date_bson(d),
         Value::Timestamp(t) => naive_instant(t, out, conv)?,
         Value::TimestampTz(t) => instant(*t, out, conv)?,
-        Value::Json(s) => match serde_json::from_str::<serde_json::Value>(s) {
-            Ok(j) => json_to_bson(j),
+        Value::Json(s) => match json::parse(s) {
+            Ok(parsed) => {
+                if let Some(key) = parsed.duplicate {
+                    let message =
+                        format!("JSON object key `{key}` is given twice (the last value is kept)");
+                    match out.duplicate_keys {
+                        Severity::Error => return err("json_duplicate_key", message),
+                        Severity::Warning => {
+                            conv.warnings.push(("json_duplicate_key".into(), message))
+                        }
+                    }
+                }
+                json_to_bson(parsed.value)
+            }
             Err(e) => return err("json", format!("invalid JSON: {e}")),
         },
         Value::Bytes(b) => Bson::Binary(bson::Binary {
@@ -460,7 +475,29 @@ mod tests {
             sub_millis: SubMillis::Reject,
             timezone: None,
             lossy: Lossy::Reject,
+            duplicate_keys: Severity::Error,
         }
+    }
+
+    #[test]
+    fn a_json_key_given_twice_rejects_or_warns() {
+        let v = Value::Json(r#"{"a":1,"a":2}"#.into());
+        let (rule, message) = to_bson(&v, &out()).unwrap_err();
+        assert_eq!(rule, "json_duplicate_key");
+        assert!(message.contains("`a`"), "{message}");
+        let mut o = out();
+        o.duplicate_keys = Severity::Warning;
+        let c = to_bson(&v, &o).unwrap();
+        assert_eq!(c.value, Some(Bson::Document(bson::doc! { "a": 2 })));
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].0, "json_duplicate_key");
+        // A cast to string keeps the text as it is.
+        o.cast = Some(CastType::String);
+        o.duplicate_keys = Severity::Error;
+        assert_eq!(
+            to_bson(&v, &o).unwrap().value,
+            Some(Bson::String(r#"{"a":1,"a":2}"#.into()))
+        );
     }
 
     #[test]

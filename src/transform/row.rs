@@ -146,7 +146,9 @@ fn eval_field(
     {
         value = Cow::Borrowed(d);
     }
-    let bson = if value.is_null() {
+    // SQL NULL, the one absence the `nulls` policy is about: a JSON `null` is a value, kept.
+    let sql_null = value.is_null();
+    let bson = if sql_null {
         Bson::Null
     } else if let Some(rule) = &f.reference {
         let missing = match f.exists_at {
@@ -232,7 +234,7 @@ fn eval_field(
         };
         rules.check(&path, present, ctx.now_ms, issues);
     }
-    if bson == Bson::Null && f.nulls == NullPolicy::Omit {
+    if sql_null && f.nulls == NullPolicy::Omit {
         return None;
     }
     Some(bson)
@@ -387,6 +389,61 @@ pub fn map_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::spec::{Lossy, SubMillis, UuidFormat};
+    use crate::transform::Output;
+
+    fn column_field(nulls: NullPolicy) -> FieldPlan {
+        FieldPlan {
+            path: vec!["meta".into()],
+            path_text: "meta".into(),
+            input: Input::Column(0),
+            combine: None,
+            steps: vec![],
+            output: Output {
+                cast: None,
+                uuid: UuidFormat::Binary,
+                sub_millis: SubMillis::Reject,
+                timezone: None,
+                lossy: Lossy::Reject,
+                duplicate_keys: Severity::Error,
+            },
+            default: None,
+            nulls,
+            reference: None,
+            exists_in: None,
+            exists_at: None,
+            rules: None,
+            exact_path: None,
+        }
+    }
+
+    fn eval(f: &FieldPlan, v: Value) -> (Option<Bson>, Vec<Issue>) {
+        let mut issues = Vec::new();
+        let mut exact = None;
+        let out = eval_field(f, &[v], &MapContext::default(), "", &mut issues, &mut exact);
+        (out, issues)
+    }
+
+    #[test]
+    fn a_json_null_is_a_value_whatever_the_nulls_policy() {
+        for nulls in [NullPolicy::Omit, NullPolicy::Keep] {
+            let f = column_field(nulls);
+            let (out, issues) = eval(&f, Value::Json("null".into()));
+            assert_eq!(out, Some(Bson::Null), "{nulls:?}");
+            assert!(issues.is_empty(), "{issues:?}");
+        }
+        // SQL NULL follows the policy.
+        assert_eq!(eval(&column_field(NullPolicy::Omit), Value::Null).0, None);
+        assert_eq!(
+            eval(&column_field(NullPolicy::Keep), Value::Null).0,
+            Some(Bson::Null)
+        );
+        // A default fills SQL NULL only.
+        let mut f = column_field(NullPolicy::Omit);
+        f.default = Some(Value::Int32(0));
+        assert_eq!(eval(&f, Value::Null).0, Some(Bson::Int32(0)));
+        assert_eq!(eval(&f, Value::Json(" null ".into())).0, Some(Bson::Null));
+    }
 
     #[test]
     fn empty_nested_documents_are_left_out() {

@@ -141,9 +141,18 @@ async fn each_expected(
     while let Some(row) = rows.try_next().await? {
         let this = n;
         n += 1;
-        let Ok(row) = row else {
-            f(this, "?".into(), None, &[]);
-            continue;
+        let row = match row {
+            Ok(row) => row,
+            Err(err) => {
+                // Its children are its own (not the next row's orphans) when its key decoded.
+                if err.key(plan.key.len()).is_some() {
+                    for (i, c) in cursors.iter_mut().enumerate() {
+                        c.take_for(&err.decoded, plan, i).await?;
+                    }
+                }
+                f(this, err.key_text(plan.key.len()), None, &[]);
+                continue;
+            }
         };
         let mut children = Vec::with_capacity(cursors.len());
         for (i, c) in cursors.iter_mut().enumerate() {

@@ -406,9 +406,19 @@ pub async fn verify_entity(
             .collect();
         let mut n = 0u64;
         while let Some(row) = rows.try_next().await? {
-            let Ok(row) = row else {
-                rejected_by_mapping += 1;
-                continue;
+            let row = match row {
+                Ok(row) => row,
+                Err(err) => {
+                    // Its children are its own (not the next row's orphans) when its key decoded.
+                    if err.key(plan.key.len()).is_some() {
+                        for (i, c) in cursors.iter_mut().enumerate() {
+                            c.take_for(&err.decoded, plan, i).await?;
+                        }
+                    }
+                    n += 1;
+                    rejected_by_mapping += 1;
+                    continue;
+                }
             };
             let mut children = Vec::with_capacity(cursors.len());
             for (i, c) in cursors.iter_mut().enumerate() {

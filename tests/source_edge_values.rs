@@ -1,0 +1,260 @@
+//! Source values at the edges of PostgreSQL's types never stop the tool: `check`, `migrate` and
+//! `verify` reject each such row with its rule and key, and write the others exactly.
+
+mod common;
+
+use bson::{Bson, doc};
+use common::World;
+
+const SCHEMA: &str = r#"
+CREATE TABLE moments (id int PRIMARY KEY, day date, local timestamp, at timestamptz);
+INSERT INTO moments VALUES
+  (1, '2021-03-04', '2021-03-04 05:06:07', '2021-03-04 05:06:07+00'),
+  (2, 'infinity', NULL, NULL),
+  (3, '-infinity', NULL, NULL),
+  (4, '4714-11-24 BC', NULL, NULL),
+  (5, '5874897-12-31', NULL, NULL),
+  (6, NULL, 'infinity', NULL),
+  (7, NULL, '-infinity', NULL),
+  (8, NULL, '294276-12-31 00:00:00', NULL),
+  (9, NULL, '4714-11-24 00:00:00 BC', NULL),
+  (10, NULL, NULL, 'infinity'),
+  (11, NULL, NULL, '-infinity'),
+  (12, NULL, NULL, '294276-12-31 00:00:00+00'),
+  (13, NULL, NULL, '4714-11-24 00:00:00+00 BC'),
+  (14, NULL, NULL, NULL);
+"#;
+
+const MAPPING: &str = r#"
+version = 1
+name = "moments"
+[source]
+table = "moments"
+key = ["id"]
+[[field]]
+path = "day"
+column = "day"
+[[field]]
+path = "local"
+column = "local"
+timezone = "UTC"
+[[field]]
+path = "at"
+column = "at"
+"#;
+
+const PIPELINE: &str = r#"
+version = 1
+name = "moments"
+mappings_dir = "mappings"
+[[stage]]
+name = "all"
+entities = ["moments"]
+"#;
+
+fn write_files(w: &World) -> std::path::PathBuf {
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/moments.toml"), MAPPING).unwrap();
+    std::fs::write(dir.join("moments.toml"), PIPELINE).unwrap();
+    dir.join("moments.toml")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn first_day_millis() -> i64 {
+    chrono::NaiveDate::from_ymd_opt(-4713, 11, 24)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+}
+
+#[tokio::test]
+async fn infinite_and_far_dates_are_rejected_with_their_key_not_a_panic() {
+    let w = World::new("edge_dates").await;
+    w.sql(SCHEMA).await;
+    let pipeline = write_files(&w);
+    let bad = ["2", "3", "5", "6", "7", "8", "10", "11", "12"];
+
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(101), "{}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let findings: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "date_out_of_range")
+        .collect();
+    let mut by_column: Vec<(String, u64, String)> = findings
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+                f["example_key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_column.sort();
+    assert_eq!(
+        by_column,
+        [
+            ("at".to_string(), 3, "10".to_string()),
+            ("day".to_string(), 3, "2".to_string()),
+            ("local".to_string(), 3, "6".to_string()),
+        ],
+        "{report}"
+    );
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let rejects = w.rejects(run_id);
+    let mut keys: Vec<&str> = rejects.iter().map(|r| r.1.as_str()).collect();
+    keys.sort_by_key(|k| k.parse::<u32>().unwrap());
+    assert_eq!(keys, bad, "{rejects:?}");
+    assert!(
+        rejects.iter().all(|(e, _, stage, rule)| e == "moments"
+            && stage == "transform"
+            && rule == "date_out_of_range"),
+        "{rejects:?}"
+    );
+
+    let docs = w.docs("moments").await;
+    let ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert_eq!(ids, [1, 4, 9, 13, 14]);
+    let at = |ms: i64| Bson::DateTime(bson::DateTime::from_millis(ms));
+    assert_eq!(
+        docs[0],
+        doc! {
+            "_id": 1,
+            "day": at(1_614_816_000_000),
+            "local": at(1_614_834_367_000),
+            "at": at(1_614_834_367_000),
+        }
+    );
+    assert_eq!(docs[1], doc! { "_id": 4, "day": at(first_day_millis()) });
+    assert_eq!(docs[2], doc! { "_id": 9, "local": at(first_day_millis()) });
+    assert_eq!(docs[3], doc! { "_id": 13, "at": at(first_day_millis()) });
+    assert_eq!(docs[4], doc! { "_id": 14 });
+
+    let out_path = w.dir.path().join("verify.json");
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .arg("-o")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    w.drop().await;
+}
+
+const JSON_SCHEMA: &str = r#"
+CREATE TABLE notes (id int PRIMARY KEY, j json, jb jsonb);
+INSERT INTO notes VALUES
+  (1, 'null', 'null'),
+  (2, NULL, NULL),
+  (3, '{"a": 1}', '{"a": 1}'),
+  (4, '{"a": 1, "a": 2}', '{"a": 1, "a": 2}');
+CREATE TABLE notes_lax AS SELECT * FROM notes;
+ALTER TABLE notes_lax ADD PRIMARY KEY (id);
+"#;
+
+const JSON_MAPPING: &str = r#"
+version = 1
+name = "notes"
+[source]
+table = "notes"
+key = ["id"]
+[options]
+nulls = "omit"
+[[field]]
+path = "j"
+column = "j"
+[[field]]
+path = "jb"
+column = "jb"
+"#;
+
+/// The same rows, the `json` column's rules warnings.
+const JSON_LAX_MAPPING: &str = r#"
+version = 1
+name = "notes_lax"
+[source]
+table = "notes_lax"
+key = ["id"]
+[[field]]
+path = "j"
+column = "j"
+validate = { severity = "warning" }
+[[field]]
+path = "jb"
+column = "jb"
+"#;
+
+const JSON_PIPELINE: &str = r#"
+version = 1
+name = "notes"
+mappings_dir = "mappings"
+[[stage]]
+name = "all"
+entities = ["notes", "notes_lax"]
+"#;
+
+#[tokio::test]
+async fn a_json_null_is_written_where_an_sql_null_is_omitted_and_json_keys_given_twice_are_caught()
+{
+    let w = World::new("json_null").await;
+    w.sql(JSON_SCHEMA).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/notes.toml"), JSON_MAPPING).unwrap();
+    std::fs::write(dir.join("mappings/notes_lax.toml"), JSON_LAX_MAPPING).unwrap();
+    std::fs::write(dir.join("notes.toml"), JSON_PIPELINE).unwrap();
+    let out = w.migrate_with(&dir.join("notes.toml"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let expected = [
+        doc! { "_id": 1, "j": Bson::Null, "jb": Bson::Null },
+        doc! { "_id": 2 },
+        doc! { "_id": 3, "j": { "a": 1 }, "jb": { "a": 1 } },
+    ];
+    assert_eq!(w.docs("notes").await, expected);
+    // jsonb kept the last value on input; the json column's text still has both.
+    let mut lax = expected.to_vec();
+    lax.push(doc! { "_id": 4, "j": { "a": 2 }, "jb": { "a": 2 } });
+    assert_eq!(w.docs("notes_lax").await, lax);
+
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let one = |entity: &str, rule: &str| {
+        vec![(
+            entity.to_string(),
+            "4".to_string(),
+            "transform".to_string(),
+            rule.to_string(),
+        )]
+    };
+    assert_eq!(w.rejects(run_id), one("notes", "json_duplicate_key"));
+    assert_eq!(w.warnings(run_id), one("notes_lax", "json_duplicate_key"));
+    w.drop().await;
+}
