@@ -1379,14 +1379,18 @@ fn reject(
 
 /// Writes again, as upserts, the documents of `docs` that `r` says the server may take on
 /// another try (not primary, a write conflict…), as often as the retry policy allows.
-async fn retry_transient(
-    target: &Target,
+async fn retry_transient<W, F>(
+    write: W,
     collection: &str,
     docs: &[RawDocumentBuf],
     mut r: BatchResult,
     policy: RetryPolicy,
     counters: &EntityCounters,
-) -> BatchResult {
+) -> BatchResult
+where
+    W: Fn(Vec<RawDocumentBuf>) -> F,
+    F: std::future::Future<Output = Result<BatchResult, SinkError>>,
+{
     for attempt in 0..policy.max_retries {
         let idx: Vec<usize> = r
             .errors
@@ -1406,7 +1410,7 @@ async fn retry_transient(
         );
         tokio::time::sleep(policy.delay(attempt, fastrand::f64())).await;
         let again: Vec<RawDocumentBuf> = idx.iter().map(|&i| docs[i].clone()).collect();
-        if let Ok(sub) = target.write(collection, &again, WriteMode::Upsert).await {
+        if let Ok(sub) = write(again).await {
             r.errors.retain(|e| !(e.transient && e.index < docs.len()));
             r.written += sub.written;
             for mut e in sub.errors {
@@ -1496,7 +1500,12 @@ async fn write_loop(
                 .await;
                 let result = match result {
                     Ok(r) if r.errors.iter().any(|e| e.transient) => Ok(retry_transient(
-                        &target,
+                        |again: Vec<RawDocumentBuf>| {
+                            let (target, collection) = (&target, &collection);
+                            async move {
+                                target.write(collection, &again, WriteMode::Upsert).await
+                            }
+                        },
                         &collection,
                         &batch.docs,
                         r,
@@ -1620,4 +1629,117 @@ async fn write_loop(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::mongodb::DocError;
+
+    fn fast(max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_retries,
+            base: std::time::Duration::from_millis(1),
+            max_delay: std::time::Duration::from_millis(2),
+        }
+    }
+
+    fn doc_error(index: usize, transient: bool) -> DocError {
+        DocError {
+            index,
+            code: if transient { 112 } else { 11000 },
+            code_name: if transient {
+                "WriteConflict"
+            } else {
+                "DuplicateKey"
+            }
+            .into(),
+            message: String::new(),
+            transient,
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_document_errors_are_written_again_and_permanent_ones_stay() {
+        let docs: Vec<RawDocumentBuf> = (0..5)
+            .map(|i| {
+                let mut d = RawDocumentBuf::new();
+                d.append("_id", i);
+                d
+            })
+            .collect();
+        // Docs 1 and 3 hit a write conflict, doc 4 a duplicate key.
+        let first = BatchResult {
+            written: 2,
+            errors: vec![doc_error(1, true), doc_error(3, true), doc_error(4, false)],
+        };
+        let calls = std::sync::Mutex::new(Vec::new());
+        let counters = EntityCounters::default();
+        let r = retry_transient(
+            |again: Vec<RawDocumentBuf>| {
+                let ids: Vec<i32> = again.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+                let n = {
+                    let mut c = calls.lock().unwrap();
+                    c.push(ids.clone());
+                    c.len()
+                };
+                async move {
+                    // The first retry still conflicts on its second document (doc 3).
+                    Ok(if n == 1 {
+                        BatchResult {
+                            written: 1,
+                            errors: vec![doc_error(1, true)],
+                        }
+                    } else {
+                        BatchResult {
+                            written: ids.len() as u64,
+                            errors: Vec::new(),
+                        }
+                    })
+                }
+            },
+            "c",
+            &docs,
+            first,
+            fast(5),
+            &counters,
+        )
+        .await;
+        assert_eq!(*calls.lock().unwrap(), vec![vec![1, 3], vec![3]]);
+        assert_eq!(r.written, 4);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!((r.errors[0].index, r.errors[0].transient), (4, false));
+        assert_eq!(counters.retried.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn documents_still_refused_after_the_retries_stay_transient() {
+        let mut d = RawDocumentBuf::new();
+        d.append("_id", 1);
+        let policy = fast(3);
+        let counters = EntityCounters::default();
+        let r = retry_transient(
+            |_again: Vec<RawDocumentBuf>| async {
+                Ok(BatchResult {
+                    written: 0,
+                    errors: vec![doc_error(0, true)],
+                })
+            },
+            "c",
+            std::slice::from_ref(&d),
+            BatchResult {
+                written: 0,
+                errors: vec![doc_error(0, true)],
+            },
+            policy,
+            &counters,
+        )
+        .await;
+        assert_eq!(r.written, 0);
+        assert!(
+            r.errors[0].transient,
+            "left for the caller to count as failed"
+        );
+        assert_eq!(counters.retried.load(Ordering::Relaxed), 3);
+    }
 }
