@@ -248,15 +248,12 @@ pub enum TransformSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhoneSpec {
-    /// Country calling code used for national numbers, e.g. "231".
+    /// The country national numbers belong to: a calling code ("231", "1") for its main region, or
+    /// an ISO 3166 region ("LR", "US").
     pub default_country: String,
-    /// The national trunk prefix dropped before adding the country code (default "0").
-    #[serde(default = "default_trunk")]
-    pub trunk_prefix: String,
-}
-
-fn default_trunk() -> String {
-    "0".to_string()
+    /// Ignored: each region's trunk prefix comes from the numbering metadata. Still accepted so
+    /// that older mappings load.
+    pub trunk_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
