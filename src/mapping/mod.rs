@@ -626,6 +626,29 @@ column = "name"
     }
 
     #[test]
+    fn email_rule_is_true_false_or_ascii() {
+        let rule = |value: &str| {
+            let text = MINIMAL.replace(
+                "column = \"name\"",
+                &format!("column = \"name\"\nvalidate = {{ email = {value} }}"),
+            );
+            parse(Path::new("t.toml"), &text)
+                .map(|m| m.spec.fields[0].validate.as_ref().unwrap().email)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(rule("true"), Ok(spec::EmailRule::International));
+        assert_eq!(rule("false"), Ok(spec::EmailRule::Off));
+        assert_eq!(rule("\"ascii\""), Ok(spec::EmailRule::Ascii));
+        for bad in ["\"utf8\"", "1"] {
+            let err = rule(bad).unwrap_err();
+            assert!(err.contains("true, false or \"ascii\""), "{bad}: {err}");
+        }
+        // `severities` may name the rule in either form.
+        assert!(rule("\"ascii\", severities = { email = \"warning\" }").is_ok());
+        assert!(rule("false, severities = { email = \"warning\" }").is_err());
+    }
+
+    #[test]
     fn severities_name_rules_of_the_field() {
         let text = MINIMAL.replace(
             "column = \"name\"",
