@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use cutover::mapping::spec::EmailRule;
 use cutover::mapping::{self, MappingSet};
 use cutover::pipeline::{Pipeline, PipelineFile};
 
@@ -41,6 +42,13 @@ fn reference_mapping_parses_and_uses_every_option() {
             .as_ref()
             .is_some_and(|v| !v.severities.is_empty())),
         "the reference shows a per-rule severity"
+    );
+    assert!(
+        m.spec.fields.iter().any(|f| f
+            .validate
+            .as_ref()
+            .is_some_and(|v| v.email == EmailRule::Ascii)),
+        "the reference shows email = \"ascii\""
     );
     let _: PipelineFile = toml::from_str(&blocks[1]).unwrap();
 }

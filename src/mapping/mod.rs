@@ -327,6 +327,12 @@ fn check_fields(
                 format!("timezone `{tz}`: use UTC or an offset like +01:00"),
             ));
         }
+        for t in &f.transform {
+            if let TransformSpec::Phone(p) = t {
+                crate::transform::phone::default_region(&p.default_country)
+                    .map_err(|e| invalid(m, &key, format!("phone: default_country {e}")))?;
+            }
+        }
         match (f.sub_millis, &f.exact_path) {
             (Some(SubMillis::KeepString), None) => {
                 return Err(invalid(
@@ -722,6 +728,52 @@ column = "name"
             err.starts_with("mappings/things.toml: `source.updated_at`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn phone_default_country_is_a_calling_code_or_a_region() {
+        for good in ["231", "+1", "LR", "gb"] {
+            let text = MINIMAL.replace(
+                "column = \"name\"",
+                &format!("column = \"name\"\ntransform = [{{ phone = {{ default_country = \"{good}\" }} }}]"),
+            );
+            parse(Path::new("t.toml"), &text).unwrap();
+        }
+        for bad in ["999", "Liberia", "XX"] {
+            let text = MINIMAL.replace(
+                "column = \"name\"",
+                &format!("column = \"name\"\ntransform = [{{ phone = {{ default_country = \"{bad}\" }} }}]"),
+            );
+            let err = refusal(&text);
+            assert!(
+                err.starts_with("mappings/things.toml: `field[0] (name)`: phone: default_country"),
+                "{err}"
+            );
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn email_rule_is_true_false_or_ascii() {
+        let rule = |value: &str| {
+            let text = MINIMAL.replace(
+                "column = \"name\"",
+                &format!("column = \"name\"\nvalidate = {{ email = {value} }}"),
+            );
+            parse(Path::new("t.toml"), &text)
+                .map(|m| m.spec.fields[0].validate.as_ref().unwrap().email)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(rule("true"), Ok(spec::EmailRule::International));
+        assert_eq!(rule("false"), Ok(spec::EmailRule::Off));
+        assert_eq!(rule("\"ascii\""), Ok(spec::EmailRule::Ascii));
+        for bad in ["\"utf8\"", "1"] {
+            let err = rule(bad).unwrap_err();
+            assert!(err.contains("true, false or \"ascii\""), "{bad}: {err}");
+        }
+        // `severities` may name the rule in either form.
+        assert!(rule("\"ascii\", severities = { email = \"warning\" }").is_ok());
+        assert!(rule("false, severities = { email = \"warning\" }").is_err());
     }
 
     #[test]

@@ -393,8 +393,8 @@ fn compile_fields(
                     })
                 }
                 TransformSpec::Phone(p) => steps.push(Step::Phone {
-                    country: p.default_country.trim_start_matches('+').to_string(),
-                    trunk: p.trunk_prefix.clone(),
+                    region: crate::transform::phone::default_region(&p.default_country)
+                        .map_err(|e| invalid(key.clone(), format!("phone: {e}")))?,
                 }),
                 TransformSpec::Concat(c) => combine = Some(Combine::Concat(c.sep.clone())),
                 TransformSpec::Array => combine = Some(Combine::Array),

@@ -248,15 +248,12 @@ pub enum TransformSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhoneSpec {
-    /// Country calling code used for national numbers, e.g. "231".
+    /// The country national numbers belong to: a calling code ("231", "1") for its main region, or
+    /// an ISO 3166 region ("LR", "US").
     pub default_country: String,
-    /// The national trunk prefix dropped before adding the country code (default "0").
-    #[serde(default = "default_trunk")]
-    pub trunk_prefix: String,
-}
-
-fn default_trunk() -> String {
-    "0".to_string()
+    /// Ignored: each region's trunk prefix comes from the numbering metadata. Still accepted so
+    /// that older mappings load.
+    pub trunk_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,13 +303,52 @@ impl RuleName {
     }
 }
 
+/// The `email` rule of a field: `email = true`, `email = "ascii"` or (the default) `email = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmailRule {
+    #[default]
+    Off,
+    /// Any address, with UTF-8 in the local part and an IDN domain (RFC 6531).
+    International,
+    /// Addresses of ASCII characters only.
+    Ascii,
+}
+
+impl<'de> Deserialize<'de> for EmailRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = EmailRule;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or \"ascii\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EmailRule, E> {
+                Ok(if v {
+                    EmailRule::International
+                } else {
+                    EmailRule::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EmailRule, E> {
+                match v {
+                    "ascii" => Ok(EmailRule::Ascii),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesSpec {
     #[serde(default)]
     pub required: bool,
+    /// `true`: an e-mail address, internationalised ones (RFC 6531) included; `"ascii"`: ASCII
+    /// addresses only.
     #[serde(default)]
-    pub email: bool,
+    pub email: EmailRule,
     #[serde(default)]
     pub url: bool,
     pub min_length: Option<u64>,
@@ -339,7 +375,7 @@ impl RulesSpec {
     pub fn has(&self, rule: RuleName) -> bool {
         match rule {
             RuleName::Required => self.required,
-            RuleName::Email => self.email,
+            RuleName::Email => self.email != EmailRule::Off,
             RuleName::Url => self.url,
             RuleName::MinLength => self.min_length.is_some(),
             RuleName::MaxLength => self.max_length.is_some(),

@@ -72,9 +72,9 @@ pub enum Step {
         pairs: Vec<(String, Value)>,
         fallback: Option<Value>,
     },
+    /// E.164; national numbers are read as numbers of `region`.
     Phone {
-        country: String,
-        trunk: String,
+        region: phonenumber::country::Id,
     },
     Json,
 }
@@ -108,8 +108,8 @@ pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
             }
             Ok(fallback.clone().unwrap_or(value))
         }
-        Step::Phone { country, trunk } => match value {
-            Value::Text(s) => phone::to_e164(&s, country, trunk).map(Value::Text),
+        Step::Phone { region } => match value {
+            Value::Text(s) => phone::to_e164(&s, *region).map(Value::Text),
             other => Err(format!("phone needs text, got {}", other.type_name())),
         },
         Step::Json => match value {

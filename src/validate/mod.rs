@@ -2,20 +2,22 @@
 //! one_of, not_in_future) and row rules (`any_of`). Each failure is an [`Issue`] with the rule's
 //! name and the severity the mapping gave it.
 
+mod email;
+
 use std::collections::BTreeMap;
 
 use bson::Bson;
 use regex::Regex;
-use validator::{ValidateEmail, ValidateUrl};
+use validator::ValidateUrl;
 
-use crate::mapping::spec::{RuleName, Severity};
+use crate::mapping::spec::{EmailRule, RuleName, Severity};
 use crate::transform::{Issue, Stage};
 
 /// Compiled rules of one field.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub required: bool,
-    pub email: bool,
+    pub email: EmailRule,
     pub url: bool,
     pub min_length: Option<u64>,
     pub max_length: Option<u64>,
@@ -101,9 +103,9 @@ impl Rules {
             Bson::String(s) => Some(s.as_str()),
             _ => None,
         };
-        if self.email
+        if self.email != EmailRule::Off
             && let Some(s) = text
-            && !s.validate_email()
+            && !email::is_valid(s, self.email == EmailRule::Ascii)
         {
             fail(
                 RuleName::Email,
@@ -254,7 +256,7 @@ mod tests {
     #[test]
     fn email_and_lengths() {
         let r = Rules {
-            email: true,
+            email: EmailRule::International,
             max_length: Some(20),
             ..Default::default()
         };
@@ -270,6 +272,35 @@ mod tests {
             ),
             ["max_length"]
         );
+    }
+
+    #[test]
+    fn email_accepts_internationalised_addresses_unless_ascii_only() {
+        let text = |s: &str| Some(Bson::String(s.into()));
+        let any = Rules {
+            email: EmailRule::International,
+            ..Default::default()
+        };
+        let ascii = Rules {
+            email: EmailRule::Ascii,
+            ..Default::default()
+        };
+        for idn in ["łukasz@example.pl", "用户@例子.广告"] {
+            assert!(check(&any, text(idn)).is_empty(), "{idn}");
+            assert_eq!(check(&ascii, text(idn)), ["email"], "{idn}");
+        }
+        assert!(check(&ascii, text("lukasz@example.pl")).is_empty());
+        for bad in [
+            "no-at.example.org",
+            "a@b@example.org",
+            "@example.org",
+            "a b@example.org",
+            "a.@example.org",
+        ] {
+            assert_eq!(check(&any, text(bad)), ["email"], "{bad}");
+        }
+        // Only text is an address to check.
+        assert!(check(&any, Some(Bson::Int32(1))).is_empty());
     }
 
     #[test]
@@ -323,7 +354,7 @@ mod tests {
     fn a_severity_per_rule_overrides_the_field_severity() {
         let r = Rules {
             required: true,
-            email: true,
+            email: EmailRule::International,
             max_length: Some(10),
             severity: Severity::Error,
             severities: BTreeMap::from([(RuleName::Email, Severity::Warning)]),
