@@ -258,3 +258,65 @@ async fn a_json_null_is_written_where_an_sql_null_is_omitted_and_json_keys_given
     assert_eq!(w.warnings(run_id), one("notes_lax", "json_duplicate_key"));
     w.drop().await;
 }
+
+/// A bytea column becomes binary, or base64 / hex text when the mapping says so; `type =
+/// "string"` on it is refused before the run (it has no exact text).
+#[tokio::test]
+async fn bytea_is_binary_or_base64_or_hex_and_never_a_placeholder() {
+    let w = World::new("bytea").await;
+    w.sql(
+        "CREATE TABLE blobs (id int PRIMARY KEY, b bytea);
+         INSERT INTO blobs VALUES (1, '\\x0001feff61'), (2, ''), (3, NULL);",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    let mapping = |ty: &str| {
+        format!(
+            "version = 1\nname = \"blobs\"\n[source]\ntable = \"blobs\"\nkey = [\"id\"]\n[[field]]\npath = \"raw\"\ncolumn = \"b\"\n[[field]]\npath = \"text\"\ncolumn = \"b\"\n{ty}\n"
+        )
+    };
+    std::fs::write(
+        dir.join("pipeline.toml"),
+        "version = 1\nname = \"blobs\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"s\"\nentities = [\"blobs\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        dir.join("mappings/blobs.toml"),
+        mapping("type = \"string\""),
+    )
+    .unwrap();
+    let out = w
+        .cutover()
+        .args(["plan", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("base64") && text.contains("bytea"), "{text}");
+    for (ty, expected) in [("base64", "AAH+/2E="), ("hex", "0001feff61")] {
+        std::fs::write(
+            dir.join("mappings/blobs.toml"),
+            mapping(&format!("type = \"{ty}\"")),
+        )
+        .unwrap();
+        let out = w.migrate_with(&pipeline, &["--rerun"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs = w.docs("blobs").await;
+        assert_eq!(docs[0].get_str("text").unwrap(), expected, "{ty}");
+        assert_eq!(docs[1].get_str("text").unwrap(), "", "{ty}");
+        match docs[0].get("raw").unwrap() {
+            bson::Bson::Binary(b) => assert_eq!(b.bytes, vec![0, 1, 0xfe, 0xff, b'a']),
+            other => panic!("raw is {other}"),
+        }
+    }
+    w.drop().await;
+}

@@ -372,6 +372,19 @@ fn compile_fields(
                 ),
             ));
         }
+        // Bytes have no text of their own: the mapping says which encoding.
+        if let Input::Column(i) = &input
+            && read.columns[*i].kind == crate::source::ColKind::Bytes
+            && f.cast == Some(CastType::String)
+        {
+            return Err(invalid(
+                key.clone(),
+                format!(
+                    "column `{}` is bytea: `type = \"string\"` has no exact text for bytes; use `type = \"base64\"` or `type = \"hex\"` (or no type: BSON binary)",
+                    read.columns[*i].name
+                ),
+            ));
+        }
         let mut steps = Vec::new();
         let mut combine = None;
         for t in &f.transform {

@@ -169,6 +169,10 @@ pub enum Lossy {
 #[serde(rename_all = "snake_case")]
 pub enum CastType {
     String,
+    /// Bytes (bytea) as base64 text (RFC 4648, with padding).
+    Base64,
+    /// Bytes (bytea) as lowercase hexadecimal text.
+    Hex,
     Int,
     Long,
     Double,

@@ -529,9 +529,7 @@ fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
         }),
         ColKind::Int32 => opt(row.try_get::<Option<i32>, _>(i)?, Value::Int32),
         ColKind::Int64 => opt(row.try_get::<Option<i64>, _>(i)?, Value::Int64),
-        ColKind::Float32 => opt(row.try_get::<Option<f32>, _>(i)?, |v| {
-            Value::Double(f64::from(v))
-        }),
+        ColKind::Float32 => opt(row.try_get::<Option<f32>, _>(i)?, Value::Real),
         ColKind::Float64 => opt(row.try_get::<Option<f64>, _>(i)?, Value::Double),
         ColKind::Numeric => opt(row.try_get::<Option<String>, _>(i)?, Value::Numeric),
         ColKind::Text | ColKind::OtherAsText => {

@@ -13,6 +13,9 @@ pub enum Value {
     Bool(bool),
     Int32(i32),
     Int64(i64),
+    /// `real` (float4), kept at its own width: its text is the shortest that reads back as this
+    /// f32 (what PostgreSQL prints), not the widened double's.
+    Real(f32),
     Double(f64),
     /// `numeric` as PostgreSQL prints it (exact).
     Numeric(String),
@@ -41,6 +44,7 @@ impl Value {
             Value::Bool(_) => "bool",
             Value::Int32(_) => "int",
             Value::Int64(_) => "long",
+            Value::Real(_) => "real",
             Value::Double(_) => "double",
             Value::Numeric(_) => "numeric",
             Value::Text(_) => "text",
@@ -83,6 +87,7 @@ impl fmt::Display for Value {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int32(i) => write!(f, "{i}"),
             Value::Int64(i) => write!(f, "{i}"),
+            Value::Real(r) => write!(f, "{r}"),
             Value::Double(d) => write!(f, "{d}"),
             Value::Numeric(s) | Value::Text(s) | Value::Json(s) => f.write_str(s),
             Value::Uuid(u) => write!(f, "{u}"),

@@ -239,6 +239,8 @@ fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (S
         Value::Bool(b) => Bson::Boolean(*b),
         Value::Int32(i) => Bson::Int32(*i),
         Value::Int64(i) => Bson::Int64(*i),
+        // Widening a float4 is exact.
+        Value::Real(r) => Bson::Double(f64::from(*r)),
         Value::Double(d) => Bson::Double(*d),
         Value::Numeric(s) => decimal_bson(s)?,
         Value::Text(s) => Bson::String(s.clone()),
@@ -335,6 +337,17 @@ fn cast_to(
         )
     };
     match cast {
+        CastType::Base64 | CastType::Hex => match value {
+            Value::Bytes(b) if cast == CastType::Base64 => Ok(Bson::String(
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b),
+            )),
+            Value::Bytes(b) => Ok(Bson::String(b.iter().map(|x| format!("{x:02x}")).collect())),
+            _ => cannot(if cast == CastType::Base64 {
+                "base64 (it encodes bytes)"
+            } else {
+                "hex (it encodes bytes)"
+            }),
+        },
         CastType::String => Ok(Bson::String(match value {
             Value::Text(s) | Value::Numeric(s) | Value::Json(s) => s.clone(),
             Value::Uuid(u) => u.hyphenated().to_string(),
@@ -367,6 +380,7 @@ fn cast_to(
                     _ => return cannot("an integer"),
                 },
                 Value::Double(d) if d.fract() == 0.0 && d.abs() < 9.2e18 => *d as i64,
+                Value::Real(r) if r.fract() == 0.0 && r.abs() < 9.2e18 => *r as i64,
                 Value::Bool(b) => i64::from(*b),
                 _ => return cannot("an integer"),
             };
@@ -381,6 +395,7 @@ fn cast_to(
         }
         CastType::Double => match value {
             Value::Double(d) => Ok(Bson::Double(*d)),
+            Value::Real(r) => Ok(Bson::Double(f64::from(*r))),
             Value::Int32(i) => Ok(Bson::Double(f64::from(*i))),
             Value::Int64(i) => {
                 if i.unsigned_abs() > (1u64 << 53) {
@@ -408,7 +423,13 @@ fn cast_to(
             Value::Numeric(s) | Value::Text(s) => decimal_bson(s),
             Value::Int32(i) => decimal_bson(&i.to_string()),
             Value::Int64(i) => decimal_bson(&i.to_string()),
+            // From the shortest text that reads back as the value at its own width (what
+            // PostgreSQL prints: real 21.35 is 21.35, not 21.350000381469727), and integral
+            // values without exponent noise (10, not 1E+1).
+            Value::Double(d) if d.fract() == 0.0 && d.abs() < 1e34 => decimal_bson(&format!("{d}")),
             Value::Double(d) => decimal_bson(&format!("{d:e}")),
+            Value::Real(r) if r.fract() == 0.0 && r.abs() < 1e34 => decimal_bson(&format!("{r}")),
+            Value::Real(r) => decimal_bson(&format!("{r:e}")),
             _ => cannot("a decimal"),
         },
         CastType::Bool => match value {
@@ -501,6 +522,24 @@ mod tests {
     }
 
     #[test]
+    fn bytes_become_base64_or_hex_text_exactly() {
+        let v = Value::Bytes(vec![0, 1, 0xfe, 0xff, b'a']);
+        let mut o = out();
+        o.cast = Some(CastType::Base64);
+        assert_eq!(
+            to_bson(&v, &o).unwrap().value,
+            Some(Bson::String("AAH+/2E=".into()))
+        );
+        o.cast = Some(CastType::Hex);
+        assert_eq!(
+            to_bson(&v, &o).unwrap().value,
+            Some(Bson::String("0001feff61".into()))
+        );
+        // Only bytes have an encoding.
+        assert!(to_bson(&Value::Text("x".into()), &o).is_err());
+    }
+
+    #[test]
     fn split_trims_and_drops_empties() {
         let v = apply(
             &Step::Split(",".into()),
@@ -589,6 +628,29 @@ mod tests {
     fn numeric_defaults_to_exact_decimal128() {
         let c = to_bson(&Value::Numeric("6.300123".into()), &out()).unwrap();
         assert!(matches!(c.value, Some(Bson::Decimal128(_))));
+    }
+
+    #[test]
+    fn floats_become_decimals_from_their_own_shortest_text() {
+        let mut o = out();
+        o.cast = Some(CastType::Decimal);
+        let dec = |v: Value| match to_bson(&v, &o).unwrap().value {
+            Some(Bson::Decimal128(d)) => d.to_string(),
+            other => panic!("{other:?}"),
+        };
+        // real prints as PostgreSQL prints it, not as the widened double.
+        assert_eq!(dec(Value::Real(21.35)), "21.35");
+        assert_eq!(dec(Value::Real(0.1)), "0.1");
+        assert_eq!(dec(Value::Real(10.0)), "10");
+        assert_eq!(dec(Value::Real(-3.0e-7)), "-3E-7");
+        assert_eq!(dec(Value::Double(10.0)), "10");
+        assert_eq!(dec(Value::Double(21.35)), "21.35");
+        assert_eq!(dec(Value::Double(0.1 + 0.2)), "0.30000000000000004");
+        // The default keeps a real exactly, widened to a double.
+        assert_eq!(
+            to_bson(&Value::Real(21.35), &out()).unwrap().value,
+            Some(Bson::Double(f64::from(21.35f32)))
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn const_kind(v: &SourceValue) -> (Kind, bool) {
     match v {
         SourceValue::Bool(_) => (Kind::Boolean, false),
         SourceValue::Int32(_) | SourceValue::Int64(_) => (Kind::Integer, false),
-        SourceValue::Double(_) => (Kind::Float, false),
+        SourceValue::Real(_) | SourceValue::Double(_) => (Kind::Float, false),
         SourceValue::Array(items) => (
             items
                 .first()
@@ -153,7 +153,7 @@ pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, 
     }
     if let Some(cast) = f.output.cast {
         kind.0 = match cast {
-            CastType::String => text(f),
+            CastType::String | CastType::Base64 | CastType::Hex => text(f),
             CastType::Int | CastType::Long => Kind::Integer,
             CastType::Double => Kind::Float,
             CastType::Decimal => Kind::Text(64),
