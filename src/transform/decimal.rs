@@ -92,6 +92,14 @@ const EXP_BIAS: i64 = 6176;
 /// Encodes decimal text as the 16 little-endian bytes of a Decimal128, or says why it cannot be
 /// exact (more than 34 significant digits, exponent out of range).
 pub fn to_decimal128_bytes(text: &str) -> Result<[u8; 16], String> {
+    encode_decimal128(text).map(|(bytes, _)| bytes)
+}
+
+/// Like [`to_decimal128_bytes`], and says when the value is exact but its scale could not all be
+/// kept: trailing zeros past 34 digits are dropped (as few as needed: `1.000…0` with 40 zeros
+/// keeps 33 of them), which changes the written precision though not the value.
+pub fn encode_decimal128(text: &str) -> Result<([u8; 16], Option<String>), String> {
+    let mut scale_note = None;
     let parsed = parse(text).ok_or_else(|| format!("`{text}` is not a number"))?;
     let bits: u128 = match parsed {
         Parsed::NaN => 0x7C00_0000_0000_0000u128 << 64,
@@ -99,7 +107,8 @@ pub fn to_decimal128_bytes(text: &str) -> Result<[u8; 16], String> {
             (0x7800_0000_0000_0000u128 << 64) | (u128::from(negative) << 127)
         }
         Parsed::Finite(mut d) => {
-            // Keep the scale (1.50 stays 1.50) unless the digits do not fit.
+            // Keep the scale (1.50 stays 1.50) unless the digits do not fit; then drop only the
+            // trailing zeros that do not fit.
             if d.digits.len() > MAX_DIGITS {
                 let n = d.normalized();
                 if n.digits.len() > MAX_DIGITS {
@@ -108,7 +117,13 @@ pub fn to_decimal128_bytes(text: &str) -> Result<[u8; 16], String> {
                         n.digits.len()
                     ));
                 }
-                d = n;
+                let drop = d.digits.len() - MAX_DIGITS;
+                d.digits.truncate(MAX_DIGITS);
+                d.exponent += drop as i64;
+                scale_note = Some(format!(
+                    "`{text}` has {} digits; Decimal128 holds 34: written with {drop} trailing zero(s) fewer (the same value, less scale)",
+                    drop + MAX_DIGITS
+                ));
             }
             // Bring the exponent into range by padding/stripping zeros where that stays exact.
             while d.exponent > EXP_MAX && d.digits != "0" && d.digits.len() < MAX_DIGITS {
@@ -133,7 +148,7 @@ pub fn to_decimal128_bytes(text: &str) -> Result<[u8; 16], String> {
             (u128::from(d.negative) << 127) | (biased << 113) | coefficient
         }
     };
-    Ok(bits.to_le_bytes())
+    Ok((bits.to_le_bytes(), scale_note))
 }
 
 /// Converts decimal text to f64 when the double holds the same decimal value (its shortest
@@ -223,6 +238,15 @@ mod tests {
         assert!(err.contains("34"), "{err}");
         // Trailing zeros beyond 34 digits are fine: the value is exact.
         assert!(to_decimal128_bytes("12345678901234567890123456789012340000").is_ok());
+        // …and as much scale as fits is kept, with a note.
+        let long = format!("1.{}", "0".repeat(40));
+        let (b, note) = encode_decimal128(&long).unwrap();
+        assert!(note.unwrap().contains("7 trailing zero(s) fewer"));
+        assert_eq!(
+            bson::Decimal128::from_bytes(b).to_string(),
+            format!("1.{}", "0".repeat(33))
+        );
+        assert_eq!(encode_decimal128("1.50").unwrap().1, None);
     }
 
     #[test]

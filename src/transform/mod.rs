@@ -232,6 +232,17 @@ fn decimal_bson(text: &str) -> Result<Bson, (String, String)> {
         .map_err(|m| ("decimal_precision".to_string(), m))
 }
 
+/// `numeric` text as Decimal128; a value whose scale does not all fit is written with a warning
+/// (`decimal_scale`), never silently with less.
+fn numeric_bson(text: &str, conv: &mut Converted) -> Result<Bson, (String, String)> {
+    let (bytes, note) =
+        decimal::encode_decimal128(text).map_err(|m| ("decimal_precision".to_string(), m))?;
+    if let Some(message) = note {
+        conv.warnings.push(("decimal_scale".into(), message));
+    }
+    Ok(Bson::Decimal128(bson::Decimal128::from_bytes(bytes)))
+}
+
 /// The conversion each source type gets when the mapping names no type.
 fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (String, String)> {
     Ok(match value {
@@ -242,7 +253,7 @@ fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (S
         // Widening a float4 is exact.
         Value::Real(r) => Bson::Double(f64::from(*r)),
         Value::Double(d) => Bson::Double(*d),
-        Value::Numeric(s) => decimal_bson(s)?,
+        Value::Numeric(s) => numeric_bson(s, conv)?,
         Value::Text(s) => Bson::String(s.clone()),
         Value::Uuid(u) => uuid_bson(u, out.uuid),
         Value::Date(d) => date_bson(d),
@@ -420,7 +431,7 @@ fn cast_to(
             _ => cannot("a double"),
         },
         CastType::Decimal => match value {
-            Value::Numeric(s) | Value::Text(s) => decimal_bson(s),
+            Value::Numeric(s) | Value::Text(s) => numeric_bson(s, conv),
             Value::Int32(i) => decimal_bson(&i.to_string()),
             Value::Int64(i) => decimal_bson(&i.to_string()),
             // From the shortest text that reads back as the value at its own width (what
