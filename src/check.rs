@@ -53,6 +53,27 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
+    /// Rows the run will reject, summed over the findings of reject severity.
+    pub fn rejected_rows(&self) -> u64 {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == "reject")
+            .map(|f| f.rows)
+            .sum()
+    }
+
+    /// How `check` ends: 1 when something blocks a run, 2 when rows will be rejected (unless
+    /// they are accepted), else 0.
+    pub fn outcome(&self, allow_rejects: bool) -> crate::cli::Outcome {
+        if !self.ok() {
+            crate::cli::Outcome::Failed
+        } else if self.rejected_rows() > 0 && !allow_rejects {
+            crate::cli::Outcome::FinishedWithRejects
+        } else {
+            crate::cli::Outcome::Success
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.blocking.is_empty()
     }
@@ -183,12 +204,20 @@ pub async fn check(
         ),
     };
 
-    // Compile one by one so that every broken mapping is listed, not only the first.
+    // Compile one by one so that every broken mapping is listed, not only the first. Each runs
+    // under a savepoint: a failed lookup must not abort the snapshot for those after it.
     let mut plans = Vec::new();
     for s in &steps {
+        savepoint(&mut session, "SAVEPOINT cutover_check").await;
         match compile_plans(pipeline, std::slice::from_ref(s), &mut session).await {
-            Ok(mut p) => plans.append(&mut p),
-            Err(e) => report.blocking.push(e.to_string()),
+            Ok(mut p) => {
+                savepoint(&mut session, "RELEASE SAVEPOINT cutover_check").await;
+                plans.append(&mut p)
+            }
+            Err(e) => {
+                savepoint(&mut session, "ROLLBACK TO SAVEPOINT cutover_check").await;
+                report.blocking.push(e.to_string())
+            }
         }
     }
     let ctx = MapContext {
@@ -208,7 +237,19 @@ pub async fn check(
             Ok(m) => m,
             Err(_) => continue,
         };
-        let rows = session.count(&plan.relation).await.unwrap_or(0);
+        savepoint(&mut session, "SAVEPOINT cutover_check").await;
+        let rows = match session.count(&plan.relation).await {
+            Ok(n) => n,
+            Err(e) => {
+                savepoint(&mut session, "ROLLBACK TO SAVEPOINT cutover_check").await;
+                report.blocking.push(format!(
+                    "{}: cannot read the source: {}",
+                    plan.entity,
+                    crate::redact::redact_text(&e.to_string())
+                ));
+                continue;
+            }
+        };
         let mut ec = EntityCheck {
             entity: plan.entity.clone(),
             source: plan.relation.clone(),
@@ -241,9 +282,13 @@ pub async fn check(
                     m.spec.source.key.join(", ")
                 ));
             }
-            Err(e) => report
-                .blocking
-                .push(format!("{}: cannot check the key: {e}", plan.entity)),
+            Err(e) => {
+                savepoint(&mut session, "ROLLBACK TO SAVEPOINT cutover_check").await;
+                savepoint(&mut session, "SAVEPOINT cutover_check").await;
+                report
+                    .blocking
+                    .push(format!("{}: cannot check the key: {e}", plan.entity))
+            }
         }
         if let Some(table) = &m.spec.source.table {
             let idx_sql = "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND a.attname = $2)";
@@ -277,25 +322,46 @@ pub async fn check(
         let mut bad_id_example = String::new();
         let table = (appwrite && plan.appwrite_users.is_none())
             .then(|| crate::sink::appwrite::schema::table_spec(plan));
-        if let Ok(mut conn) = session.reader().await {
-            let mut stream = postgres::stream(&mut conn, &plan.read);
-            while let Ok(Some(row)) = stream.try_next().await {
-                if sample.is_some_and(|n| scanned >= n) {
-                    break;
+        // A scan that fails is a blocking finding: "no data" would pass a check that read nothing.
+        match session.reader().await {
+            Err(e) => report.blocking.push(format!(
+                "{}: cannot scan the source: {}",
+                plan.entity,
+                crate::redact::redact_text(&e.to_string())
+            )),
+            Ok(mut conn) => {
+                let mut stream = postgres::stream(&mut conn, &plan.read);
+                loop {
+                    let row = match stream.try_next().await {
+                        Ok(Some(row)) => row,
+                        Ok(None) => break,
+                        Err(e) => {
+                            report.blocking.push(format!(
+                                "{}: the scan failed after {scanned} rows: {}",
+                                plan.entity,
+                                crate::redact::redact_text(&e.to_string())
+                            ));
+                            break;
+                        }
+                    };
+                    if sample.is_some_and(|n| scanned >= n) {
+                        break;
+                    }
+                    scanned += 1;
+                    scan_row(
+                        plan,
+                        row,
+                        &no_children,
+                        &ctx,
+                        &mut tally,
+                        &mut bad_ids,
+                        &mut bad_id_example,
+                        table.as_ref(),
+                    );
                 }
-                scanned += 1;
-                scan_row(
-                    plan,
-                    row,
-                    &no_children,
-                    &ctx,
-                    &mut tally,
-                    &mut bad_ids,
-                    &mut bad_id_example,
-                    table.as_ref(),
-                );
             }
         }
+        savepoint(&mut session, "RELEASE SAVEPOINT cutover_check").await;
         if bad_ids > 0 {
             report.findings.push(Finding {
                 entity: plan.entity.clone(),
@@ -326,6 +392,13 @@ pub async fn check(
     }
     session.close().await;
     report
+}
+
+/// Runs a savepoint statement on the snapshot's connection (errors are for the checks to tell).
+async fn savepoint(session: &mut SourceSession, sql: &'static str) {
+    if let Err(e) = sqlx::query(sql).execute(session.conn()).await {
+        tracing::warn!(error = %e, "{sql}");
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -164,6 +164,9 @@ pub struct CheckArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 even when rows will be rejected (otherwise: exit 2, like `migrate`).
+    #[arg(long)]
+    pub allow_rejects: bool,
 }
 
 #[derive(Debug, Args)]

@@ -571,11 +571,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     report.target = crate::redact::redact_text(&report.target);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(if report.ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failed
-        });
+        return Ok(report.outcome(args.allow_rejects));
     }
     crate::outln!("source: {}", report.source);
     crate::outln!("target: {}", report.target);
@@ -628,19 +624,23 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     for b in &report.blocking {
         crate::outln!("BLOCKING: {b}");
     }
-    crate::outln!(
-        "{}",
-        if report.ok() {
-            "check passed: nothing blocks a run"
-        } else {
-            "check FAILED: fix the blocking problems above"
-        }
-    );
-    Ok(if report.ok() {
-        Outcome::Success
+    let rejected = report.rejected_rows();
+    let verdict = if !report.ok() {
+        "check FAILED: fix the blocking problems above".to_string()
+    } else if rejected > 0 {
+        format!(
+            "check: nothing blocks a run, but {rejected} scanned rows will be rejected (findings of severity reject above){}",
+            if args.allow_rejects {
+                "; accepted (--allow-rejects)"
+            } else {
+                "; exit 2 — fix them or accept them with --allow-rejects"
+            }
+        )
     } else {
-        Outcome::Failed
-    })
+        "check passed: nothing blocks a run and no scanned row will be rejected".to_string()
+    };
+    crate::outln!("{verdict}");
+    Ok(report.outcome(args.allow_rejects))
 }
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {

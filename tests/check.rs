@@ -15,9 +15,10 @@ async fn check_lists_lossy_and_invalid_data_with_counts_and_writes_nothing() {
         .arg(common::repo().join("pipelines/registry.toml"))
         .output()
         .unwrap();
+    // Rows will be rejected: exit 2, like the run that would reject them.
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -49,6 +50,19 @@ async fn check_lists_lossy_and_invalid_data_with_counts_and_writes_nothing() {
     );
     let names = w.mongo().await.list_collection_names().await.unwrap();
     assert!(names.is_empty(), "check wrote {names:?}");
+    // Accepted on request, and the text says how many rows.
+    let out = w
+        .cutover()
+        .args(["check", "--full", "--allow-rejects", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("rows will be rejected") && text.contains("accepted"),
+        "{text}"
+    );
 
     // A key that is not unique blocks the run.
     w.sql("ALTER TABLE settings DROP CONSTRAINT settings_pkey; INSERT INTO settings VALUES ('features', '{}', now())").await;
@@ -215,5 +229,35 @@ async fn plan_and_check_refuse_invalid_collection_names_and_field_paths_naming_f
     }
     let names = w.mongo().await.list_collection_names().await.unwrap();
     assert!(names.is_empty(), "plan or check wrote {names:?}");
+    w.drop().await;
+}
+
+/// A source that cannot be read is a blocking finding naming the entity — not "no data" — and it
+/// does not poison the checks of the entities after it (each runs under a savepoint).
+#[tokio::test]
+async fn a_failing_source_blocks_and_the_entities_after_it_are_still_checked() {
+    let w = World::new("check_fail").await;
+    w.sql(THINGS_SCHEMA).await;
+    w.sql("CREATE VIEW broken AS SELECT id, name, 10 / (id - 2) AS ratio FROM things")
+        .await;
+    // `things` reads a query that fails on its second row; `parts` is fine.
+    let things = "version = 1\nname = \"things\"\n[source]\nquery = \"SELECT id, name, ratio FROM broken\"\nkey = [\"id\"]\n[[field]]\npath = \"ratio\"\ncolumn = \"ratio\"\n";
+    let pipeline = write_things(&w, things, &parts_mapping(""));
+    let (code, text) = run(&w, "check", &pipeline);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("BLOCKING: things:") && text.contains("division by zero"),
+        "{text}"
+    );
+    assert!(!text.contains("BLOCKING: parts"), "{text}");
+    assert!(!text.contains("check passed"), "{text}");
+    // A source table that is missing blocks its own entity only.
+    let things = things_mapping("", "name").replace("table = \"things\"", "table = \"nowhere\"");
+    let pipeline = write_things(&w, &things, &parts_mapping(""));
+    let (code, text) = run(&w, "check", &pipeline);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("nowhere"), "{text}");
+    assert!(!text.contains("BLOCKING: parts"), "{text}");
+    assert!(!text.contains("current transaction is aborted"), "{text}");
     w.drop().await;
 }
