@@ -50,9 +50,10 @@ async fn a_warning_rule_writes_the_row_and_an_error_rule_of_the_same_field_rejec
         .arg(&pipeline)
         .output()
         .unwrap();
+    // One row will be rejected (the error rule): exit 2.
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
