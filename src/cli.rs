@@ -122,7 +122,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Run id (the file name in the reports directory; default: the latest run that ran a stage).
+    /// Run id (the file name in the reports directory; default: the latest run that ran a stage,
+    /// dry runs passed over).
     pub run_id: Option<String>,
     #[command(flatten)]
     pub target: TargetArgs,

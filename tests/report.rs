@@ -238,11 +238,18 @@ async fn signoff_joins_only_a_matching_verification_and_skips_runs_that_did_noth
         format!("mongodb {}", w.mongo_db)
     );
 
-    // A run that found everything applied is passed over by a plain `report`.
+    // A run that found everything applied, and a dry run, are passed over by a plain `report`.
     let out = w.migrate(&[]);
     assert_eq!(
         out.status.code(),
         Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = w.migrate(&["--dry-run", "--rerun"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -473,3 +473,43 @@ async fn exists_rules_are_answered_by_postgresql_without_holding_keys() {
     assert_eq!(unknown_users, 2, "patients 34 and 35: {rejects:?}");
     w.drop().await;
 }
+
+/// A stage started over after its mapping moved it to another collection records that
+/// collection's own state: a rollback restores it, instead of emptying it because the first
+/// collection had been empty.
+#[tokio::test]
+async fn a_stage_moved_to_another_collection_after_a_crash_rolls_back_that_collection() {
+    let w = World::new("rb_moved").await;
+    let pipeline = setup(&w).await;
+    let small = ["--batch-size", "100", "--concurrency", "2"];
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    kill_after(&w, &mut child, "owners", 2_000).await;
+    // The mapping now writes to `people`, which holds a document of its own.
+    w.mongo()
+        .await
+        .collection::<Document>("people")
+        .insert_one(doc! { "_id": "kept", "name": "in people before" })
+        .await
+        .unwrap();
+    let moved = OWNERS.replace(
+        "name = \"owners\"\n",
+        "name = \"owners\"\ncollection = \"people\"\n",
+    );
+    std::fs::write(w.dir.path().join("mappings/owners.toml"), moved).unwrap();
+    let out = w.migrate_with(&pipeline, &["owners"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let out = w
+        .cutover()
+        .args(["rollback", "owners", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    let left = w.docs("people").await;
+    assert!(
+        left == vec![doc! { "_id": "kept", "name": "in people before" }],
+        "people was not restored to its own state: {} documents",
+        left.len()
+    );
+    w.drop().await;
+}

@@ -534,7 +534,10 @@ pub fn compile(
         .map_err(|err| invalid(&key, err.to_string()))?;
         for (j, name) in fk.iter().enumerate() {
             let (child, parent) = (&child_read.columns[j], &read.columns[j]);
-            if child.kind != parent.kind {
+            // char(n) values come blank-padded to their own width: only the same type compares
+            // equal byte for byte.
+            let padded = child.pg_type == "BPCHAR" || parent.pg_type == "BPCHAR";
+            if child.kind != parent.kind || (padded && child.pg_type != parent.pg_type) {
                 return Err(invalid(
                     &key,
                     format!(

@@ -72,7 +72,9 @@ pub fn find_run_report(
         std::fs::read_to_string(p)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["entities"].as_array().is_some_and(|a| !a.is_empty()))
+            .is_some_and(|v| {
+                v["dry_run"] != true && v["entities"].as_array().is_some_and(|a| !a.is_empty())
+            })
     };
     for (passed, p) in files.iter().rev().enumerate() {
         if ran_something(p) {
@@ -213,7 +215,7 @@ impl SignOff {
             .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
         if passed_over > 0 {
             eprintln!(
-                "report of run {}, the latest that ran a stage ({passed_over} later run(s) found everything applied; `cutover report RUN_ID` shows another)",
+                "report of run {}, the latest that ran a stage ({passed_over} later run(s) were dry runs or found everything applied; `cutover report RUN_ID` shows another)",
                 run.run_id
             );
         }

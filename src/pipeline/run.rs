@@ -200,6 +200,21 @@ async fn answer_exists_in_sql(
         else {
             continue;
         };
+        // A probe per row is cheap only into a table with an index led by the key; a query
+        // source or an unindexed key keeps the loaded keys (one scan).
+        let Some(table) = m.spec.source.table.as_deref() else {
+            continue;
+        };
+        let indexed: Result<bool, _> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND a.attname = $2)",
+        )
+        .bind(postgres::quote_ident(table))
+        .bind(key.clone())
+        .fetch_one(session.conn())
+        .await;
+        if !matches!(indexed, Ok(true)) {
+            continue;
+        }
         let rel = postgres::relation_sql(
             m.spec.source.table.as_deref(),
             m.spec.source.query.as_deref(),
@@ -542,6 +557,12 @@ async fn migrate_locked(
         let prepared = if opts.dry_run {
             target.describe(p);
             Ok(())
+        } else if let Some(Err(lost)) = match fence {
+            // Each stage starts only while the lock is this run's.
+            Some(f) => Some(f.check().await),
+            None => None,
+        } {
+            Err(RunError::LockLost(lost))
         } else {
             prepare_step(
                 p,
@@ -565,7 +586,11 @@ async fn migrate_locked(
         if let Err(e) = prepared {
             // The stage failed before its first row: it is reported (and recorded) as failed.
             let mut report = EntityReport::new(&p.entity, &p.collection, Default::default(), 0);
-            report.status = "failed".into();
+            report.status = if matches!(e, RunError::LockLost(_)) {
+                ledger::INTERRUPTED.into()
+            } else {
+                "failed".into()
+            };
             report.error = Some(crate::redact::redact_text(&e.to_string()));
             if !opts.dry_run && run_number > 0 {
                 let _ = ledger.finish_step(run_id, &report).await;
@@ -599,6 +624,13 @@ async fn migrate_locked(
             report.set_backup(b);
         }
         let mut err = err;
+        if err.is_none()
+            && opts.sync_deletes
+            && let Some(f) = fence
+            && let Err(lost) = f.check().await
+        {
+            err = Some(RunError::LockLost(lost));
+        }
         if err.is_none() && opts.sync_deletes {
             match super::sync_deletes::sync_deletes(p, &mut session, target, opts.dry_run).await {
                 Ok(n) => report.deleted = n,
@@ -633,7 +665,12 @@ async fn migrate_locked(
             };
         } else {
             ledger.finish_step(run_id, &report).await?;
-            if report.status == "failed" && opts.restore_on_failure {
+            // A restore only while the lock is this run's (another run may be writing now).
+            let still_ours = match fence {
+                Some(f) => f.check().await.is_ok(),
+                None => true,
+            };
+            if report.status == "failed" && opts.restore_on_failure && still_ours {
                 let step_id = format!("{run_id}:{}", p.entity);
                 restore_step(ledger, &ledger_name, was_empty, backup.as_deref()).await?;
                 ledger.mark_rolled_back(&step_id).await?;
@@ -729,7 +766,23 @@ async fn prepare_step(
     target.prepare(p).await?;
     let ledger_name = target.ledger_collection(&p.collection);
     let mut was_empty = target.is_empty(&p.collection).await?;
-    if let Some(r) = resume {
+    // The earlier step's record stands only for the same destination, and only while the
+    // backup it names still exists; otherwise this step records the state it finds.
+    let inherited = match resume {
+        Some(r) if r.collection != ledger_name => {
+            tracing::warn!(entity = %p.entity, before = %r.collection, now = %ledger_name, "the unfinished step wrote elsewhere; this one records the state it finds");
+            None
+        }
+        Some(r) => match &r.backup {
+            Some(name) if ledger.find_backup(name).await?.is_none() => {
+                tracing::warn!(entity = %p.entity, backup = %name, "the backup of the unfinished step is gone; a new one is taken of the state found now");
+                None
+            }
+            _ => Some(r),
+        },
+        None => None,
+    };
+    if let Some(r) = inherited {
         was_empty = r.was_empty;
         backup = r.backup.clone();
     } else if !was_empty && !opts.no_backup {
@@ -1551,20 +1604,6 @@ async fn write_loop(
                 // like a failed batch: never rejected, and the checkpoint stays before them.
                 let (transient, errors): (Vec<_>, Vec<_>) =
                     errors.into_iter().partition(|e| e.transient);
-                if !transient.is_empty() {
-                    let rows = transient.len() as u64;
-                    EntityCounters::add(&counters.failed, rows);
-                    EntityCounters::add(&counters.skipped, rows);
-                    blocked = true;
-                    if !opts.continue_on_error {
-                        return Err(RunError::DocumentsFailed {
-                            entity,
-                            rows,
-                            message: transient[0].message.clone(),
-                        });
-                    }
-                    failed_batches += 1;
-                }
                 for e in errors {
                     let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
                     let issue = Issue::error(
@@ -1584,6 +1623,21 @@ async fn write_loop(
                         &opts,
                     )
                     .map_err(io_err)??;
+                }
+                // After the batch's refused documents are recorded.
+                if !transient.is_empty() {
+                    let rows = transient.len() as u64;
+                    EntityCounters::add(&counters.failed, rows);
+                    EntityCounters::add(&counters.skipped, rows);
+                    blocked = true;
+                    if !opts.continue_on_error {
+                        return Err(RunError::DocumentsFailed {
+                            entity,
+                            rows,
+                            message: transient[0].message.clone(),
+                        });
+                    }
+                    failed_batches += 1;
                 }
             }
             Err(source) => {
