@@ -49,6 +49,9 @@ fn vaccines_only(w: &World, app: &str, extra: &[&str]) -> std::process::Output {
             "--quiet",
             "--batch-size",
             "5",
+            // One batch at a time: the fail point hits the first batch, whatever the scheduler.
+            "--concurrency",
+            "1",
             "--pipeline",
         ])
         .arg(common::repo().join("pipelines/registry.toml"))
