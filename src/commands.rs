@@ -439,8 +439,11 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
 
 fn print_verification(v: &crate::verify::EntityVerification) {
     use crate::verify::SHOWN;
-    let problems =
-        v.missing_count + v.unexpected_count + v.different_count + v.broken_references.len() as u64;
+    let problems = v.missing_count
+        + v.unexpected_count
+        + v.different_count
+        + v.broken_references.len() as u64
+        + u64::from(!v.counts_agree);
     crate::outln!(
         "{:<24} {} comparison: {} source rows, {} rejected by the mapping, {} expected, {} in the target, {} compared — {}",
         v.entity,
@@ -504,6 +507,13 @@ fn print_verification(v: &crate::verify::EntityVerification) {
                 e.target_elements
             );
         }
+    }
+    if !v.counts_agree {
+        crate::outln!(
+            "    counts differ: {} documents expected, {} in the target (documents sharing an _id hide one another)",
+            v.expected,
+            v.target
+        );
     }
     for r in &v.broken_references {
         crate::outln!(

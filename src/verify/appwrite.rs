@@ -489,7 +489,9 @@ pub async fn verify_entity(
     let embedded_ok = embedded
         .iter()
         .all(|e| e.source_children == e.target_elements);
+    let counts_agree = step > 1 || expected_count == target_count;
     let ok = embedded_ok
+        && counts_agree
         && missing.count == 0
         && unexpected.count == 0
         && different_count == 0
@@ -511,6 +513,7 @@ pub async fn verify_entity(
         different,
         broken_references,
         embedded,
+        counts_agree,
         ok,
     })
 }

@@ -204,6 +204,9 @@ pub struct EntityVerification {
     pub broken_references: Vec<BrokenReference>,
     /// Embedded arrays: child rows of the written parents vs array elements in the target.
     pub embedded: Vec<EmbeddedCount>,
+    /// In a full comparison the target holds exactly as many documents as expected — whatever
+    /// the per-document comparison says (documents sharing an `_id` would hide one another).
+    pub counts_agree: bool,
     pub ok: bool,
 }
 
@@ -694,7 +697,9 @@ pub async fn verify_entity(
         || embedded
             .iter()
             .all(|e| e.source_children == e.target_elements);
+    let counts_agree = sampled || expected_count == target_count;
     let ok = embedded_ok
+        && counts_agree
         && missing.count == 0
         && unexpected.count == 0
         && different_ids.count == 0
@@ -716,6 +721,7 @@ pub async fn verify_entity(
         different,
         broken_references,
         embedded,
+        counts_agree,
         ok,
     })
 }
