@@ -173,10 +173,12 @@ impl SourceSession {
             "begin snapshot",
         )
         .await?;
-        // The snapshot's time for delta runs: the start of the oldest transaction still open
-        // when it was taken (rows such a transaction commits later carry earlier times).
+        // The snapshot's time for delta runs: the start of the oldest client transaction still
+        // open when it was taken (rows such a transaction commits later carry earlier times).
+        // Autovacuum and other background workers write no rows: their transactions would only
+        // move the time back and make the next delta re-read rows for nothing.
         let (snapshot, snapshot_at): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-            "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL AND datname = current_database()))",
+            "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL AND datname = current_database() AND backend_type = 'client backend'))",
         )
         .fetch_one(&mut holder)
         .await
