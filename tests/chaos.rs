@@ -4,8 +4,10 @@
 //! same counts, the same rejects (gathered over every run's rejects files), and balanced reports.
 //!
 //! One test per stage shape: a plain table, a parent with embedded children, a composite key, a
-//! text key, an Appwrite child table, and a parent with a composite key that embeds children. Each test prints its seed; the kill plan, batch sizes
-//! and concurrencies follow from it (when the kills land still depends on timing):
+//! text key, an Appwrite child table, a parent with a composite key that embeds children, and keys
+//! at the edges (BC dates; a query source's key with NULL parts). Each test prints its seed; the
+//! kill plan, batch sizes and concurrencies follow from it (when the kills land still depends on
+//! timing):
 //!
 //! ```text
 //! CUTOVER_CHAOS_SEED=<seed> cargo test --test chaos <test name>
@@ -394,6 +396,113 @@ entities = ["stations"]
     appwrite_tables: &[],
 };
 
+// (g) Keys a checkpoint must write as PostgreSQL reads them: a (date, int) key running from
+// 10 BC into AD (chrono writes 1 BC as `-0000`, which PostgreSQL refuses), and a query source
+// whose (int, int) key has NULL parts (rejected rows, sorted last within their group: a row
+// comparison with a NULL part would drop them on resume). Keys with a NULL part stay distinct
+// as text (`NULL|40`, `100013|NULL`), so that the rejects can be told apart. And a numeric key
+// (negative, fractional: its text order is not its order) whose children are embedded.
+const EDGE_KEYS: Shape = Shape {
+    test: "edgekeys",
+    sql: r#"
+CREATE TABLE events (day date, slot int, at timestamptz NOT NULL, what text,
+                     PRIMARY KEY (day, slot));
+INSERT INTO events
+SELECT '0010-01-01 BC'::date + g / 3, g % 3, '0010-01-01 00:00:00+00 BC'::timestamptz + g * interval '7 hours',
+       CASE WHEN g % 1201 = 0 THEN repeat('w', 50) ELSE 'event ' || g END
+FROM generate_series(1, 24000) g;
+CREATE TABLE tallies (id serial PRIMARY KEY, grp int, n int, label text);
+INSERT INTO tallies (grp, n, label)
+SELECT CASE WHEN g % 10 = 0 THEN NULL WHEN g % 13 = 0 THEN 100000 + g ELSE g % 50 END,
+       CASE WHEN g % 13 = 0 AND g % 10 <> 0 THEN NULL ELSE g END,
+       'tally ' || g
+FROM generate_series(1, 16000) g;
+CREATE TABLE accounts (no numeric(12,2) PRIMARY KEY, holder text NOT NULL);
+CREATE TABLE entries (id bigint PRIMARY KEY, account_no numeric(12,2) NOT NULL REFERENCES accounts,
+                      amount numeric(10,2) NOT NULL);
+INSERT INTO accounts SELECT (g - 4000) * 0.75, 'holder ' || g FROM generate_series(1, 9000) g;
+INSERT INTO entries
+SELECT row_number() OVER (ORDER BY md5(a.no::text || k)), a.no, k * 1.25 - 2
+FROM accounts a, generate_series(1, (abs(a.no * 4)::int % 4)) k;
+"#,
+    mappings: &[
+        (
+            "events",
+            r#"
+version = 1
+name = "events"
+[source]
+table = "events"
+key = ["day", "slot"]
+[[field]]
+path = "at"
+column = "at"
+[[field]]
+path = "what"
+column = "what"
+validate = { max_length = 40 }
+"#,
+        ),
+        (
+            "tallies",
+            r#"
+version = 1
+name = "tallies"
+[source]
+query = "SELECT grp, n, label FROM tallies"
+key = ["grp", "n"]
+[[field]]
+path = "label"
+column = "label"
+"#,
+        ),
+        (
+            "accounts",
+            r#"
+version = 1
+name = "accounts"
+[source]
+table = "accounts"
+key = ["no"]
+[[field]]
+path = "holder"
+column = "holder"
+[[embed]]
+path = "entries"
+table = "entries"
+foreign_key = "account_no"
+order_by = ["id"]
+[[embed.field]]
+path = "amount"
+column = "amount"
+validate = { min = -1 }
+"#,
+        ),
+    ],
+    pipeline: r#"
+version = 1
+name = "edgekeys"
+mappings_dir = "mappings"
+[[stage]]
+name = "events"
+entities = ["events"]
+[[stage]]
+name = "tallies"
+entities = ["tallies"]
+depends_on = ["events"]
+[[stage]]
+name = "accounts"
+entities = ["accounts"]
+depends_on = ["tallies"]
+"#,
+    entities: &[
+        ("events", "events"),
+        ("tallies", "tallies"),
+        ("accounts", "accounts"),
+    ],
+    appwrite_tables: &[],
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_table_killed_at_random_ends_identical() {
     chaos(&PLAIN).await;
@@ -422,6 +531,11 @@ async fn an_appwrite_child_table_killed_at_random_ends_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_composite_parent_with_embedded_children_killed_at_random_ends_identical() {
     chaos(&COMPOSITE_PARENT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bc_date_keys_and_query_keys_with_null_parts_killed_at_random_end_identical() {
+    chaos(&EDGE_KEYS).await;
 }
 
 /// The Appwrite stand-in of one side, served by this test's runtime.

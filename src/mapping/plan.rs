@@ -492,7 +492,7 @@ pub fn compile(
         use crate::source::ColKind::*;
         if !matches!(
             c.kind,
-            Int16 | Int32 | Int64 | Text | Uuid | Date | Timestamp | TimestampTz
+            Int16 | Int32 | Int64 | Numeric | Text | Uuid | Date | Timestamp | TimestampTz
         ) {
             return Err(invalid(
                 "source.key",
@@ -764,6 +764,7 @@ mod tests {
             pg_type: pg_type.into(),
             kind: crate::source::ColKind::from_pg_type(pg_type),
             expr: None,
+            nullable: false,
         }
     }
 

@@ -180,7 +180,7 @@ async fn answer_exists_in_sql(
     session: &mut SourceSession,
     described: &mut HashMap<String, Vec<postgres::SourceColumn>>,
 ) -> Result<(), RunError> {
-    let outer = outer_qualifier(&p.read.relation);
+    let outer = postgres::qualifier(&p.read.relation);
     for i in 0..p.fields.len() {
         let f = &p.fields[i];
         let (Some(entity), plan::Input::Column(col)) = (f.exists_in.clone(), &f.input) else {
@@ -241,20 +241,12 @@ async fn answer_exists_in_sql(
             pg_type: "BOOL".into(),
             kind: crate::source::ColKind::Bool,
             expr: Some(expr),
+            nullable: true,
         });
         p.fields[i].exists_at = Some(p.read.columns.len() - 1);
         tracing::info!(entity = %p.entity, field = %p.fields[i].path_text, references = %entity, "exists rule answered by PostgreSQL in the read (no keys held in memory)");
     }
     Ok(())
-}
-
-/// How the outer row's columns are named inside a subquery: the table as written, or the alias
-/// of a query source.
-fn outer_qualifier(relation: &str) -> String {
-    match relation.rsplit_once(" AS ") {
-        Some((_, alias)) if relation.starts_with('(') => alias.trim().to_string(),
-        _ => relation.to_string(),
-    }
 }
 
 /// Loads the source keys of entities named by `exists` rules.
@@ -664,6 +656,12 @@ async fn migrate_locked(
                 None => report.duration_ms,
             };
         } else {
+            // The step's rejects are on disk before the ledger says it is done: a run killed
+            // after that is never re-read, so rejects still in memory would be recorded nowhere.
+            rejects.sync().map_err(|source| RunError::Io {
+                path: rejects.dir().to_path_buf(),
+                source,
+            })?;
             ledger.finish_step(run_id, &report).await?;
             // A restore only while the lock is this run's (another run may be writing now).
             let still_ours = match fence {
@@ -906,12 +904,15 @@ impl Batch {
     }
 }
 
-/// The key of `row` as text, in scan order (what a checkpoint stores).
+/// The key of `row` in PostgreSQL's input form, in scan order (what a checkpoint stores); empty
+/// when the row has none or a NULL part — a batch ending there moves no checkpoint (the next
+/// batch's does, and a resume's read finds rows with NULL parts where the scan put them).
 fn key_strings(plan: &Plan, row: Option<&[Value]>) -> Vec<String> {
-    match row {
-        Some(row) => plan.key.iter().map(|&i| row[i].to_string()).collect(),
-        None => Vec::new(),
-    }
+    row.and_then(|row| {
+        let key: Vec<&Value> = plan.key.iter().map(|&i| &row[i]).collect();
+        crate::source::value::key_literals(&key)
+    })
+    .unwrap_or_default()
 }
 
 /// Tracks finished batches and records the contiguous watermark: the key below which every

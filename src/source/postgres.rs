@@ -136,6 +136,8 @@ pub struct SourceColumn {
     pub kind: ColKind,
     /// A computed column: this SQL expression (already safe) is read under `name`.
     pub expr: Option<String>,
+    /// May hold NULL: true unless the catalog says `NOT NULL` (a query's columns, computed ones).
+    pub nullable: bool,
 }
 
 /// Quotes an identifier (`schema.table` is split on the dot).
@@ -286,6 +288,7 @@ pub async fn describe(
             context: format!("describe {relation}"),
             source,
         })?;
+    let not_null = not_null_columns(conn, relation).await?;
     Ok(stmt
         .columns()
         .iter()
@@ -296,9 +299,30 @@ pub async fn describe(
                 kind: ColKind::from_pg_type(&pg_type),
                 pg_type,
                 expr: None,
+                nullable: !not_null.iter().any(|n| n == c.name()),
             }
         })
         .collect())
+}
+
+/// The `NOT NULL` columns of `relation` when it is a table (a query's columns may all be NULL).
+async fn not_null_columns(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> Result<Vec<String>, SourceError> {
+    if relation.starts_with('(') {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attnotnull",
+    )
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|source| SourceError::Query {
+        context: format!("describe {relation}"),
+        source,
+    })
 }
 
 /// A key-ordered read of some columns of a relation.
@@ -377,32 +401,60 @@ impl ReadSpec {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let ordering: Vec<String> = self
+        // Ordering expressions name the relation's own column (qualified): a bare name would
+        // order by the SELECT list's `::text` alias of the same name (numerics as text!).
+        // Types the reader keeps as text (json, enums, inet…) order by that text, bytewise.
+        let qual = qualifier(&self.relation);
+        let ordering: Vec<(String, String)> = self
             .order
             .iter()
             .map(|&i| {
                 let c = &self.columns[i];
-                if c.kind.is_textual() {
-                    format!("{} COLLATE \"C\"", quote_ident(&c.name))
+                let col = format!("{qual}.{}", quote_ident(&c.name));
+                let expr = if c.kind.is_textual() {
+                    format!("{col} COLLATE \"C\"")
+                } else if c.kind.reads_as_text() && c.kind != ColKind::Numeric {
+                    format!("({col}::text) COLLATE \"C\"")
                 } else {
-                    quote_ident(&c.name)
-                }
+                    col.clone()
+                };
+                (expr, col)
             })
             .collect();
-        let order = ordering.join(", ");
+        let order = ordering
+            .iter()
+            .map(|(e, _)| e.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut sql = format!("SELECT {select} FROM {}", self.relation);
         let mut conditions: Vec<String> = self.filter.iter().cloned().collect();
         if let Some(after) = &self.after {
-            // Row comparison on the leading ordering columns the key gives: (k1, k2) > ($1, $2).
-            // A child read resumes after its parent's key, which is a prefix of its own order.
+            // The rows ordering after the key, on the leading ordering columns the key gives (a
+            // child read resumes after its parent's key, a prefix of its own order).
             let n = after.len().min(self.order.len());
-            let params = self.order[..n]
+            let params: Vec<String> = self.order[..n]
                 .iter()
                 .enumerate()
-                .map(|(n, &i)| format!("CAST(${} AS {})", n + 1, self.columns[i].pg_type))
-                .collect::<Vec<_>>()
-                .join(", ");
-            conditions.push(format!("({}) > ({params})", ordering[..n].join(", ")));
+                .map(|(n, &i)| {
+                    let c = &self.columns[i];
+                    let ty = if c.kind.reads_as_text() && c.kind != ColKind::Numeric {
+                        "TEXT"
+                    } else {
+                        c.pg_type.as_str()
+                    };
+                    format!("CAST(${} AS {ty})", n + 1)
+                })
+                .collect();
+            let exprs: Vec<&str> = ordering[..n].iter().map(|(e, _)| e.as_str()).collect();
+            let nullable = self.order[..n].iter().any(|&i| self.columns[i].nullable);
+            conditions.push(if nullable {
+                after_nulls_last(&ordering[..n], &params, |k| {
+                    self.columns[self.order[k]].nullable
+                })
+            } else {
+                // Row comparison, which an index on the key serves: (k1, k2) > ($1, $2).
+                format!("({}) > ({})", exprs.join(", "), params.join(", "))
+            });
         }
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
@@ -413,6 +465,39 @@ impl ReadSpec {
             sql.push_str(&order);
         }
         sql
+    }
+}
+
+/// "Orders after the key" spelled out column by column for columns that may be NULL, as
+/// `ORDER BY` (ascending, NULLS LAST) places them: a row comparison with a NULL part is NULL and
+/// would drop the row. The key itself has no NULL part (checkpoints are taken at full keys only).
+/// `c1 > $1 OR c1 IS NULL OR (c1 = $1 AND (c2 > $2 OR c2 IS NULL OR …))`.
+fn after_nulls_last(
+    columns: &[(String, String)],
+    params: &[String],
+    nullable: impl Fn(usize) -> bool,
+) -> String {
+    let mut cond = String::new();
+    for k in (0..columns.len()).rev() {
+        let ((c, bare), p) = (&columns[k], &params[k]);
+        let mut alt = vec![format!("{c} > {p}")];
+        if nullable(k) {
+            alt.push(format!("{bare} IS NULL"));
+        }
+        if !cond.is_empty() {
+            alt.push(format!("({c} = {p} AND {cond})"));
+        }
+        cond = format!("({})", alt.join(" OR "));
+    }
+    cond
+}
+
+/// How the columns of `relation` are named in expressions: the table itself, or the alias of a
+/// query (`(SELECT …) AS cutover_src`).
+pub fn qualifier(relation: &str) -> String {
+    match relation.rsplit_once(" AS ") {
+        Some((_, alias)) if relation.starts_with('(') => alias.trim().to_string(),
+        _ => relation.to_string(),
     }
 }
 
@@ -697,6 +782,7 @@ mod tests {
     fn col(name: &str, pg: &str) -> SourceColumn {
         SourceColumn {
             expr: None,
+            nullable: false,
             name: name.into(),
             pg_type: pg.into(),
             kind: ColKind::from_pg_type(pg),
@@ -761,7 +847,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             spec.sql(),
-            "SELECT \"code\", \"price\"::text AS \"price\", \"meta\"::text AS \"meta\", \"n\" FROM \"items\" ORDER BY \"code\" COLLATE \"C\""
+            "SELECT \"code\", \"price\"::text AS \"price\", \"meta\"::text AS \"meta\", \"n\" FROM \"items\" ORDER BY \"items\".\"code\" COLLATE \"C\""
         );
     }
 
@@ -772,7 +858,7 @@ mod tests {
         spec.after = Some(vec!["x".into(), "3".into()]);
         assert_eq!(
             spec.sql(),
-            "SELECT \"a\", \"b\" FROM \"t\" WHERE (\"a\" COLLATE \"C\", \"b\") > (CAST($1 AS TEXT), CAST($2 AS INT4)) ORDER BY \"a\" COLLATE \"C\", \"b\""
+            "SELECT \"a\", \"b\" FROM \"t\" WHERE (\"t\".\"a\" COLLATE \"C\", \"t\".\"b\") > (CAST($1 AS TEXT), CAST($2 AS INT4)) ORDER BY \"t\".\"a\" COLLATE \"C\", \"t\".\"b\""
         );
     }
 
@@ -784,7 +870,33 @@ mod tests {
         spec.after = Some(vec!["0b9e5a4e-3f8a-4a57-9f4e-0c1d2e3f4a5b".into()]);
         assert_eq!(
             spec.sql(),
-            "SELECT \"fk\", \"id\" FROM \"c\" WHERE (\"fk\") > (CAST($1 AS UUID)) ORDER BY \"fk\", \"id\""
+            "SELECT \"fk\", \"id\" FROM \"c\" WHERE (\"c\".\"fk\") > (CAST($1 AS UUID)) ORDER BY \"c\".\"fk\", \"c\".\"id\""
+        );
+    }
+
+    #[test]
+    fn keys_read_as_text_order_by_the_column_not_the_alias() {
+        // `ORDER BY "k"` would name the `::text` alias: numerics would order as text.
+        let cols = vec![col("k", "NUMERIC"), col("j", "JSONB")];
+        let mut spec = ReadSpec::new("\"t\"", &cols, &[], &["k".into(), "j".into()]).unwrap();
+        spec.after = Some(vec!["10".into(), "{}".into()]);
+        assert_eq!(
+            spec.sql(),
+            "SELECT \"k\"::text AS \"k\", \"j\"::text AS \"j\" FROM \"t\" WHERE (\"t\".\"k\", (\"t\".\"j\"::text) COLLATE \"C\") > (CAST($1 AS NUMERIC), CAST($2 AS TEXT)) ORDER BY \"t\".\"k\", (\"t\".\"j\"::text) COLLATE \"C\""
+        );
+    }
+
+    #[test]
+    fn nullable_keys_resume_in_nulls_last_order() {
+        let mut a = col("a", "INT4");
+        a.nullable = true;
+        let cols = vec![a, col("b", "TEXT")];
+        let rel = relation_sql(None, Some("SELECT a, b FROM t"));
+        let mut spec = ReadSpec::new(&rel, &cols, &[], &["a".into(), "b".into()]).unwrap();
+        spec.after = Some(vec!["1".into(), "x".into()]);
+        assert_eq!(
+            spec.sql(),
+            "SELECT \"a\", \"b\" FROM (SELECT a, b FROM t) AS cutover_src WHERE (cutover_src.\"a\" > CAST($1 AS INT4) OR cutover_src.\"a\" IS NULL OR (cutover_src.\"a\" = CAST($1 AS INT4) AND (cutover_src.\"b\" COLLATE \"C\" > CAST($2 AS TEXT)))) ORDER BY cutover_src.\"a\", cutover_src.\"b\" COLLATE \"C\""
         );
     }
 

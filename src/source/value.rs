@@ -72,11 +72,66 @@ impl Value {
             (Value::Timestamp(a), Value::Timestamp(b)) => a.cmp(b),
             (Value::TimestampTz(a), Value::TimestampTz(b)) => a.cmp(b),
             (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Real(a), Value::Real(b)) => float_cmp(f64::from(*a), f64::from(*b)),
+            (Value::Double(a), Value::Double(b)) => float_cmp(*a, *b),
+            (Value::Numeric(a), Value::Numeric(b)) => numeric_cmp(a, b),
+            (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
             (Value::Null, Value::Null) => Ordering::Equal,
             (Value::Null, _) => Ordering::Greater,
             (_, Value::Null) => Ordering::Less,
             (a, b) => a.to_string().cmp(&b.to_string()),
         }
+    }
+}
+
+/// PostgreSQL's float order: `-0` equals `0`, NaN after every number (also `Infinity`).
+fn float_cmp(a: f64, b: f64) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
+}
+
+/// Orders two numerics as PostgreSQL prints them (`-12.50`, `1E+40` never: numeric text has no
+/// exponent; `NaN`, `Infinity`, `-Infinity`) by value: NaN after everything.
+fn numeric_cmp(a: &str, b: &str) -> Ordering {
+    fn rank(s: &str) -> i8 {
+        match s {
+            "-Infinity" => -1,
+            "Infinity" => 1,
+            "NaN" => 2,
+            _ => 0,
+        }
+    }
+    match (rank(a), rank(b)) {
+        (0, 0) => {}
+        (x, y) => return x.cmp(&y),
+    }
+    let parts = |s: &str| {
+        let (neg, digits) = match s.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let int = int.trim_start_matches('0');
+        let frac = frac.trim_end_matches('0');
+        let zero = int.is_empty() && frac.is_empty();
+        (neg && !zero, int.to_string(), frac.to_string())
+    };
+    let (an, ai, af) = parts(a);
+    let (bn, bi, bf) = parts(b);
+    let magnitude = ai
+        .len()
+        .cmp(&bi.len())
+        .then_with(|| ai.cmp(&bi))
+        .then_with(|| af.cmp(&bf));
+    match (an, bn) {
+        (false, false) => magnitude,
+        (true, true) => magnitude.reverse(),
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
     }
 }
 
@@ -113,6 +168,63 @@ impl fmt::Display for Value {
     }
 }
 
+/// A date in PostgreSQL's input form: `2024-03-15`, `0045-03-15 BC` (chrono counts 1 BC as year 0
+/// and prints it `-0001`… which PostgreSQL refuses), years past 9999 without chrono's `+`.
+fn pg_date(d: NaiveDate) -> (String, bool) {
+    use chrono::Datelike;
+    let bc = d.year() <= 0;
+    let year = if bc { 1 - d.year() } else { d.year() };
+    (format!("{year:04}-{:02}-{:02}", d.month(), d.day()), bc)
+}
+
+fn pg_timestamp(t: NaiveDateTime, zone: &str) -> String {
+    let (date, bc) = pg_date(t.date());
+    let time = t.time().format("%H:%M:%S%.6f");
+    format!("{date} {time}{zone}{}", if bc { " BC" } else { "" })
+}
+
+fn pg_float(x: f64, text: String) -> String {
+    if x.is_infinite() {
+        if x > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
+    } else {
+        text // shortest round-trip text of its own width; `NaN` reads back too
+    }
+}
+
+impl Value {
+    /// The value as PostgreSQL's input reads it back as the same value, to be bound as
+    /// `CAST($n AS type)`: what a checkpoint stores of a key. `None` for NULL (no key position
+    /// can be named by it) and for arrays.
+    pub fn key_literal(&self) -> Option<String> {
+        Some(match self {
+            Value::Null | Value::Array(_) => return None,
+            Value::Date(d) => {
+                let (date, bc) = pg_date(*d);
+                if bc { format!("{date} BC") } else { date }
+            }
+            Value::Timestamp(t) => pg_timestamp(*t, ""),
+            Value::TimestampTz(t) => pg_timestamp(t.naive_utc(), "+00"),
+            Value::Bytes(b) => {
+                let mut s = String::with_capacity(2 + 2 * b.len());
+                s.push_str("\\x");
+                for byte in b {
+                    s.push_str(&format!("{byte:02x}"));
+                }
+                s
+            }
+            Value::Real(r) => pg_float(f64::from(*r), r.to_string()),
+            Value::Double(d) => pg_float(*d, d.to_string()),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// The key as checkpoints store it ([`Value::key_literal`] of each part), or `None` when a part
+/// is NULL: such a row names no position a resume could start after.
+pub fn key_literals(values: &[&Value]) -> Option<Vec<String>> {
+    values.iter().map(|v| v.key_literal()).collect()
+}
+
 /// The display form of a (possibly composite) key, as written in rejects files and the ledger.
 pub fn key_text(values: &[&Value]) -> String {
     let mut out = String::new();
@@ -141,6 +253,71 @@ mod tests {
         let a = Value::Text("Zebra".into());
         let b = Value::Text("apple".into());
         assert_eq!(a.key_cmp(&b), Ordering::Less);
+    }
+
+    #[test]
+    fn numbers_order_by_value_like_postgres() {
+        let n = |s: &str| Value::Numeric(s.into());
+        let ordered = [
+            "-Infinity",
+            "-100",
+            "-9.5",
+            "-9.25",
+            "-0.001",
+            "0",
+            "0.000",
+            "0.1",
+            "0.25",
+            "2",
+            "10",
+            "10.5",
+            "100",
+            "Infinity",
+            "NaN",
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                let want = match (*a, *b) {
+                    ("0", "0.000") | ("0.000", "0") => Ordering::Equal,
+                    _ => i.cmp(&j),
+                };
+                assert_eq!(n(a).key_cmp(&n(b)), want, "{a} vs {b}");
+            }
+        }
+        let d = Value::Double;
+        assert_eq!(d(f64::NAN).key_cmp(&d(f64::INFINITY)), Ordering::Greater);
+        assert_eq!(d(-0.0).key_cmp(&d(0.0)), Ordering::Equal);
+        assert_eq!(d(-1.0).key_cmp(&d(0.5)), Ordering::Less);
+        let b = |x: &[u8]| Value::Bytes(x.to_vec());
+        assert_eq!(b(&[0x00, 0xff]).key_cmp(&b(&[0x01])), Ordering::Less);
+        assert_eq!(b(&[]).key_cmp(&b(&[0x00])), Ordering::Less);
+    }
+
+    #[test]
+    fn checkpoint_literals_are_postgres_input() {
+        let date = NaiveDate::from_ymd_opt(-44, 3, 15).unwrap(); // 45 BC
+        assert_eq!(Value::Date(date).key_literal().unwrap(), "0045-03-15 BC");
+        let big = NaiveDate::from_ymd_opt(10000, 1, 1).unwrap();
+        assert_eq!(Value::Date(big).key_literal().unwrap(), "10000-01-01");
+        let t = date.and_hms_micro_opt(1, 2, 3, 4).unwrap();
+        assert_eq!(
+            Value::Timestamp(t).key_literal().unwrap(),
+            "0045-03-15 01:02:03.000004 BC"
+        );
+        assert_eq!(
+            Value::TimestampTz(t.and_utc()).key_literal().unwrap(),
+            "0045-03-15 01:02:03.000004+00 BC"
+        );
+        assert_eq!(
+            Value::Bytes(vec![0, 0x5c]).key_literal().unwrap(),
+            "\\x005c"
+        );
+        assert_eq!(
+            Value::Real(f32::INFINITY).key_literal().unwrap(),
+            "Infinity"
+        );
+        assert_eq!(Value::Real(0.1).key_literal().unwrap(), "0.1");
+        assert_eq!(key_literals(&[&Value::Int32(1), &Value::Null]), None);
     }
 
     #[test]
