@@ -13,6 +13,7 @@ use chrono::{DateTime, FixedOffset, NaiveTime, TimeZone, Utc};
 
 use crate::mapping::spec::{CastType, Lossy, Severity, SubMillis, UuidFormat};
 use crate::source::Value;
+use json::Json;
 
 /// Where in the pipeline an issue arose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,22 +260,7 @@ fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (S
         Value::Date(d) => date_bson(d),
         Value::Timestamp(t) => naive_instant(t, out, conv)?,
         Value::TimestampTz(t) => instant(*t, out, conv)?,
-        Value::Json(s) => match json::parse(s) {
-            Ok(parsed) => {
-                if let Some(key) = parsed.duplicate {
-                    let message =
-                        format!("JSON object key `{key}` is given twice (the last value is kept)");
-                    match out.duplicate_keys {
-                        Severity::Error => return err("json_duplicate_key", message),
-                        Severity::Warning => {
-                            conv.warnings.push(("json_duplicate_key".into(), message))
-                        }
-                    }
-                }
-                json_to_bson(parsed.value)
-            }
-            Err(e) => return err("json", format!("invalid JSON: {e}")),
-        },
+        Value::Json(s) => json_bson(s, out, conv)?,
         Value::Bytes(b) => Bson::Binary(bson::Binary {
             subtype: BinarySubtype::Generic,
             bytes: b.clone(),
@@ -289,29 +275,141 @@ fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (S
     })
 }
 
-/// JSON → BSON: objects stay documents, integers stay integers (int32 when they fit).
-pub fn json_to_bson(j: serde_json::Value) -> Bson {
-    match j {
-        serde_json::Value::Null => Bson::Null,
-        serde_json::Value::Bool(b) => Bson::Boolean(b),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i32::try_from(i).map(Bson::Int32).unwrap_or(Bson::Int64(i))
-            } else if let Some(u) = n.as_u64() {
-                decimal_bson(&u.to_string()).unwrap_or(Bson::Double(u as f64))
-            } else {
-                Bson::Double(n.as_f64().unwrap_or(f64::NAN))
-            }
+/// A `json` / `jsonb` value as BSON: objects stay documents, arrays arrays, and every number keeps
+/// its exact value (see [`json_number`]).
+fn json_bson(text: &str, out: &Output, conv: &mut Converted) -> Result<Bson, (String, String)> {
+    use std::fmt::Write;
+    let parsed = match json::parse(text) {
+        Ok(p) => p,
+        Err(e) => return err("json", format!("invalid JSON: {e}")),
+    };
+    if let Some(key) = parsed.duplicate {
+        let message = format!("JSON object key `{key}` is given twice (the last value is kept)");
+        match out.duplicate_keys {
+            Severity::Error => return err("json_duplicate_key", message),
+            Severity::Warning => conv.warnings.push(("json_duplicate_key".into(), message)),
         }
-        serde_json::Value::String(s) => Bson::String(s),
-        serde_json::Value::Array(a) => Bson::Array(a.into_iter().map(json_to_bson).collect()),
-        serde_json::Value::Object(o) => {
+    }
+    let before = conv.warnings.len();
+    let bson = json_to_bson(parsed.value, &mut String::new(), out, conv)?;
+    // One warning per value (rows are counted by their issues), naming the first number.
+    let more = conv.warnings.len().saturating_sub(before + 1);
+    if more > 0 {
+        conv.warnings.truncate(before + 1);
+        let _ = write!(
+            conv.warnings[before].1,
+            "; {more} more number(s) of the value likewise"
+        );
+    }
+    Ok(bson)
+}
+
+/// One JSON value at `path` (`a.b[2]`; empty at the top) as BSON.
+fn json_to_bson(
+    j: Json,
+    path: &mut String,
+    out: &Output,
+    conv: &mut Converted,
+) -> Result<Bson, (String, String)> {
+    use std::fmt::Write;
+    let base = path.len();
+    Ok(match j {
+        Json::Null => Bson::Null,
+        Json::Bool(b) => Bson::Boolean(b),
+        Json::Number(n) => json_number(&n, path, out, conv)?,
+        Json::String(s) => Bson::String(s),
+        Json::Array(items) => {
+            let mut arr = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let _ = write!(path, "[{i}]");
+                arr.push(json_to_bson(item, path, out, conv)?);
+                path.truncate(base);
+            }
+            Bson::Array(arr)
+        }
+        Json::Object(members) => {
             let mut d = bson::Document::new();
-            for (k, v) in o {
-                d.insert(k, json_to_bson(v));
+            for (k, v) in members {
+                if base > 0 {
+                    path.push('.');
+                }
+                path.push_str(&k);
+                let value = json_to_bson(v, path, out, conv)?;
+                path.truncate(base);
+                d.insert(k, value);
             }
             Bson::Document(d)
         }
+    })
+}
+
+/// A JSON number as the BSON value that holds it exactly: written as an integer and within 64
+/// bits → int32 when it fits, else int64; else a double when the double is the number (its
+/// shortest text has the same decimal value: `0.1`, `1.0`, `1e2`, `5e-324`); else a Decimal128
+/// when that holds it (34 significant digits, exponent range; trailing zeros past 34 digits are
+/// not kept — a JSON number is a value, it has no scale). A number nothing holds exactly (`1e7000`,
+/// 38 significant digits) rejects the row under `lossy = "reject"` (`json_number_precision`);
+/// under `warn` the nearest double is written with a warning, when there is one.
+fn json_number(
+    text: &str,
+    path: &str,
+    out: &Output,
+    conv: &mut Converted,
+) -> Result<Bson, (String, String)> {
+    if !text.contains(['.', 'e', 'E'])
+        && let Ok(i) = text.parse::<i64>()
+    {
+        return Ok(i32::try_from(i).map_or(Bson::Int64(i), Bson::Int32));
+    }
+    if let Ok(f) = decimal::to_f64_exact(text) {
+        return Ok(Bson::Double(f));
+    }
+    if let Ok((bytes, _)) = decimal::encode_decimal128(text) {
+        return Ok(Bson::Decimal128(bson::Decimal128::from_bytes(bytes)));
+    }
+    let what = match decimal::parse(text) {
+        Some(decimal::Parsed::Finite(d)) if d.normalized().digits.len() > 34 => format!(
+            "{} significant digits, Decimal128 holds 34",
+            d.normalized().digits.len()
+        ),
+        _ => "its exponent is beyond Decimal128's range".to_string(),
+    };
+    let at = if path.is_empty() {
+        String::new()
+    } else {
+        format!(" at `{path}`")
+    };
+    let number = if text.len() > 48 {
+        format!(
+            "{}…{} ({} characters)",
+            &text[..24],
+            &text[text.len() - 8..],
+            text.len()
+        )
+    } else {
+        text.to_string()
+    };
+    let nearest = text.parse::<f64>().ok().filter(|f| f.is_finite());
+    match (out.lossy, nearest) {
+        (Lossy::Warn, Some(f)) => {
+            conv.warnings.push((
+                "json_number_precision".into(),
+                format!(
+                    "JSON number {number}{at} is not exact in any BSON number type ({what}): written as the nearest double {f:e}"
+                ),
+            ));
+            Ok(Bson::Double(f))
+        }
+        (Lossy::Warn, None) => err(
+            "json_number_precision",
+            format!(
+                "JSON number {number}{at} is not exact in any BSON number type ({what}) and has no nearest double"
+            ),
+        ),
+        (Lossy::Reject, _) => err(
+            "json_number_precision",
+            format!("JSON number {number}{at} is not exact in any BSON number type ({what})"),
+        ),
     }
 }
 
@@ -729,6 +827,128 @@ mod tests {
         let d = d.as_document().unwrap();
         assert_eq!(d.get_i64("n").unwrap(), 5_000_000_000);
         assert_eq!(d.get_array("a").unwrap()[0], Bson::Int32(1));
+    }
+
+    fn json_number_bson(text: &str, o: &Output) -> Result<Converted, (String, String)> {
+        to_bson(&Value::Json(format!("{{\"a\":[0,{text}]}}")), o).map(|mut c| {
+            let doc = c.value.take().unwrap();
+            c.value = Some(doc.as_document().unwrap().get_array("a").unwrap()[1].clone());
+            c
+        })
+    }
+
+    fn decimal(text: &str) -> Bson {
+        Bson::Decimal128(bson::Decimal128::from_bytes(
+            decimal::to_decimal128_bytes(text).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn json_numbers_are_integers_exact_doubles_or_decimal128_never_rounded() {
+        let cases = [
+            ("42", Bson::Int32(42)),
+            ("-2147483649", Bson::Int64(-2_147_483_649)),
+            ("-0", Bson::Int32(0)),
+            ("9223372036854775807", Bson::Int64(i64::MAX)),
+            ("9223372036854775808", decimal("9223372036854775808")),
+            ("18446744073709551617", decimal("18446744073709551617")),
+            ("-9223372036854775809", decimal("-9223372036854775809")),
+            ("9007199254740993.0", decimal("9007199254740993.0")),
+            ("0.1", Bson::Double(0.1)),
+            ("1.0", Bson::Double(1.0)),
+            ("1e2", Bson::Double(100.0)),
+            ("100000000000000000000", Bson::Double(1e20)),
+            ("5e-324", Bson::Double(5e-324)),
+            ("1.7976931348623157e308", Bson::Double(f64::MAX)),
+            ("1e400", decimal("1E+400")),
+            ("1e-400", decimal("1E-400")),
+            (
+                "3.141592653589793238462643383279",
+                decimal("3.141592653589793238462643383279"),
+            ),
+            // Shortest texts of doubles that serde_json (without exact float parsing) reads one
+            // ulp off.
+            ("6.086303267103942e139", Bson::Double(6.086303267103942e139)),
+            ("4.29003784304291e-213", Bson::Double(4.29003784304291e-213)),
+            (
+                "1.6761219944747622e300",
+                Bson::Double(1.6761219944747622e300),
+            ),
+            // 17 digits that no double has as its shortest text.
+            (
+                "2.2250738585072011e-308",
+                decimal("2.2250738585072011e-308"),
+            ),
+            ("2.2250738585072014e-308", Bson::Double(f64::MIN_POSITIVE)),
+            // Past 34 digits, trailing zeros go; the value stays.
+            (
+                "1234567890123456789012345678901234000000",
+                decimal("1.234567890123456789012345678901234E+39"),
+            ),
+        ];
+        for (text, expected) in cases {
+            let c = json_number_bson(text, &out()).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert_eq!(c.value, Some(expected), "{text}");
+            assert!(c.warnings.is_empty(), "{text}");
+        }
+        let neg_zero = json_number_bson("-0.0", &out()).unwrap().value.unwrap();
+        assert!(neg_zero.as_f64().unwrap().is_sign_negative());
+        // A number alone is converted the same way.
+        assert_eq!(
+            to_bson(&Value::Json("18446744073709551617".into()), &out())
+                .unwrap()
+                .value,
+            Some(decimal("18446744073709551617"))
+        );
+    }
+
+    #[test]
+    fn json_numbers_nothing_holds_exactly_reject_or_warn_with_their_path() {
+        let long = "0.12345678901234567890123456789012345678";
+        let (rule, message) = json_number_bson(long, &out()).unwrap_err();
+        assert_eq!(rule, "json_number_precision");
+        assert!(
+            message.contains("`a[1]`") && message.contains(long) && message.contains("38"),
+            "{message}"
+        );
+        let (rule, message) = json_number_bson("1e7000", &out()).unwrap_err();
+        assert_eq!(rule, "json_number_precision");
+        assert!(message.contains("exponent"), "{message}");
+        let huge = format!("1{}", "0".repeat(7000));
+        let (_, message) = json_number_bson(&huge, &out()).unwrap_err();
+        assert!(message.contains("7001 characters"), "{message}");
+
+        let mut o = out();
+        o.lossy = Lossy::Warn;
+        let c = json_number_bson(long, &o).unwrap();
+        assert_eq!(c.value, Some(Bson::Double(long.parse().unwrap())));
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].0, "json_number_precision");
+        assert!(
+            c.warnings[0].1.contains("nearest double"),
+            "{:?}",
+            c.warnings
+        );
+        let c = json_number_bson("-1e-7000", &o).unwrap();
+        assert_eq!(c.value, Some(Bson::Double(-0.0)));
+        assert_eq!(c.warnings.len(), 1);
+        // One warning per value, however many numbers it has.
+        let c = to_bson(&Value::Json(format!("[{long}, {{\"b\": [1e-7000]}}]")), &o).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].1.contains("`[0]`"), "{:?}", c.warnings);
+        assert!(c.warnings[0].1.contains("1 more"), "{:?}", c.warnings);
+        // No double is near 1e7000: rejected whatever `lossy` says.
+        assert_eq!(
+            json_number_bson("1e7000", &o).unwrap_err().0,
+            "json_number_precision"
+        );
+    }
+
+    #[test]
+    fn invalid_json_rejects_with_the_json_rule() {
+        let (rule, message) = to_bson(&Value::Json("{\"a\": 01}".into()), &out()).unwrap_err();
+        assert_eq!(rule, "json");
+        assert!(message.starts_with("invalid JSON: "), "{message}");
     }
 
     #[test]
