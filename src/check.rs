@@ -458,7 +458,7 @@ fn scan_row(
         mapped.doc.as_ref().and_then(|d| d.to_document().ok()),
     ) {
         use crate::sink::appwrite::schema::Kind;
-        if let Some(message) = crate::sink::target::unrepresentable(&doc) {
+        if let Some(message) = crate::sink::target::unrepresentable(&doc, Some(spec)) {
             let f = tally
                 .entry((
                     String::new(),

@@ -176,9 +176,14 @@ impl AppwriteTarget {
         let mut errors = Vec::new();
         let mut ok_index = Vec::new();
         let mut ok_docs = Vec::new();
+        let destination = self.destination(collection);
+        let table = match &destination {
+            Some(Destination::Table(spec, _)) => Some(spec),
+            _ => None,
+        };
         for (i, d) in decoded.into_iter().enumerate() {
             match d {
-                Ok(d) => match unrepresentable(&d) {
+                Ok(d) => match unrepresentable(&d, table) {
                     // Appwrite's JSON has no NaN or infinity: never let them become null.
                     Some(message) => errors.push(DocError {
                         index: i,
@@ -201,7 +206,7 @@ impl AppwriteTarget {
                 }),
             }
         }
-        let failed = match self.destination(collection) {
+        let failed = match destination {
             Some(Destination::Table(spec, children)) => {
                 self.write_rows(collection, &spec, &children, &ok_docs, mode)
                     .await?
@@ -333,8 +338,17 @@ impl AppwriteTarget {
 }
 
 /// Why a document cannot be written to Appwrite as it is: a NaN or infinite number in a column
-/// (JSON has none; nested ones are kept as extended-JSON text), or a date without ISO 8601 text.
-pub fn unrepresentable(doc: &Document) -> Option<String> {
+/// (JSON has none; nested ones are kept as extended-JSON text), a date without ISO 8601 text, or
+/// an array column's NULL element or nested array (`table` says which columns hold JSON text,
+/// whose values may be anything).
+pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<String> {
+    let json_column = |k: &str| {
+        table.is_some_and(|t| {
+            t.columns
+                .iter()
+                .any(|c| c.key == k && c.kind == schema::Kind::Json)
+        })
+    };
     let bad = |v: &Bson| match v {
         Bson::Double(d) => !d.is_finite(),
         // Outside years 0–9999 a date has no ISO 8601 text for a datetime column.
@@ -342,7 +356,22 @@ pub fn unrepresentable(doc: &Document) -> Option<String> {
         _ => false,
     };
     doc.iter().find_map(|(k, v)| {
+        if json_column(k) {
+            return None;
+        }
         let hit = match v {
+            // An array column holds values of its type: no NULL, no nested array (an array of
+            // documents is JSON text, as embedded documents are).
+            Bson::Array(items) if items.iter().any(|i| matches!(i, Bson::Null)) => {
+                return Some(format!(
+                    "{k} is an array holding NULL, which an Appwrite array column cannot store"
+                ));
+            }
+            Bson::Array(items) if items.iter().any(|i| matches!(i, Bson::Array(_))) => {
+                return Some(format!(
+                    "{k} is a multi-dimensional array, which an Appwrite column cannot store"
+                ));
+            }
             Bson::Array(items) => items.iter().any(bad),
             v => bad(v),
         };
@@ -555,16 +584,25 @@ impl Target {
 mod tests {
     use super::*;
 
+    fn unrepresentable_doc(doc: &Document) -> Option<String> {
+        unrepresentable(doc, None)
+    }
+
     #[test]
     fn values_appwrite_cannot_hold_are_named() {
-        assert!(unrepresentable(&bson::doc! { "a": 1.5, "b": [1.0, 2.0] }).is_none());
-        let nan = unrepresentable(&bson::doc! { "score": f64::NAN }).unwrap();
+        assert!(unrepresentable_doc(&bson::doc! { "a": 1.5, "b": [1.0, 2.0] }).is_none());
+        let nan = unrepresentable_doc(&bson::doc! { "score": f64::NAN }).unwrap();
         assert!(nan.starts_with("score "), "{nan}");
-        assert!(unrepresentable(&bson::doc! { "xs": [1.0, f64::INFINITY] }).is_some());
+        assert!(unrepresentable_doc(&bson::doc! { "xs": [1.0, f64::INFINITY] }).is_some());
         let far = bson::DateTime::from_millis(300_000_000_000_000); // year ~11476
-        assert!(unrepresentable(&bson::doc! { "at": far }).is_some());
+        assert!(unrepresentable_doc(&bson::doc! { "at": far }).is_some());
         // Nested values are JSON text (extended JSON keeps them exactly).
-        assert!(unrepresentable(&bson::doc! { "n": { "x": f64::NAN } }).is_none());
+        assert!(unrepresentable_doc(&bson::doc! { "n": { "x": f64::NAN } }).is_none());
+        let null = unrepresentable_doc(&bson::doc! { "xs": [1, Bson::Null] }).unwrap();
+        assert!(null.contains("holding NULL"), "{null}");
+        let deep = unrepresentable_doc(&bson::doc! { "m": [[1, 2], [3, 4]] }).unwrap();
+        assert!(deep.contains("multi-dimensional"), "{deep}");
+        assert!(unrepresentable_doc(&bson::doc! { "lines": [{ "a": 1 }, { "a": 2 }] }).is_none());
     }
 
     #[test]

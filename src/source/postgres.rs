@@ -83,11 +83,80 @@ pub enum ColKind {
     /// Read as `::text`.
     Json,
     Bytes,
-    TextArray,
-    Int32Array,
-    Int64Array,
+    /// An array (of any number of dimensions) of one element type.
+    Array(Elem),
     /// Any other type, read as `::text` (inet, interval, money, enums, …).
     OtherAsText,
+}
+
+/// The element type of an array column: decoded from PostgreSQL's binary array format like the
+/// scalar of that type; numerics, json and other types are read through a `::text[]` cast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    Bool,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Numeric,
+    Text,
+    Uuid,
+    Date,
+    Timestamp,
+    TimestampTz,
+    Json,
+    Bytes,
+    /// Kept as its text, like [`ColKind::OtherAsText`].
+    Other,
+}
+
+impl Elem {
+    fn of(scalar: ColKind) -> Elem {
+        match scalar {
+            ColKind::Bool => Elem::Bool,
+            ColKind::Int16 => Elem::Int16,
+            ColKind::Int32 => Elem::Int32,
+            ColKind::Int64 => Elem::Int64,
+            ColKind::Float32 => Elem::Float32,
+            ColKind::Float64 => Elem::Float64,
+            ColKind::Numeric => Elem::Numeric,
+            ColKind::Text => Elem::Text,
+            ColKind::Uuid => Elem::Uuid,
+            ColKind::Date => Elem::Date,
+            ColKind::Timestamp => Elem::Timestamp,
+            ColKind::TimestampTz => Elem::TimestampTz,
+            ColKind::Json => Elem::Json,
+            ColKind::Bytes => Elem::Bytes,
+            ColKind::Array(_) | ColKind::OtherAsText => Elem::Other,
+        }
+    }
+
+    /// Read as `text[]`: the element's exact text (PostgreSQL's rendering).
+    fn reads_as_text(self) -> bool {
+        matches!(self, Elem::Numeric | Elem::Json | Elem::Other)
+    }
+
+    /// The scalar kind an element converts like.
+    pub fn scalar(self) -> ColKind {
+        match self {
+            Elem::Bool => ColKind::Bool,
+            Elem::Int16 => ColKind::Int16,
+            Elem::Int32 => ColKind::Int32,
+            Elem::Int64 => ColKind::Int64,
+            Elem::Float32 => ColKind::Float32,
+            Elem::Float64 => ColKind::Float64,
+            Elem::Numeric => ColKind::Numeric,
+            Elem::Text => ColKind::Text,
+            Elem::Uuid => ColKind::Uuid,
+            Elem::Date => ColKind::Date,
+            Elem::Timestamp => ColKind::Timestamp,
+            Elem::TimestampTz => ColKind::TimestampTz,
+            Elem::Json => ColKind::Json,
+            Elem::Bytes => ColKind::Bytes,
+            Elem::Other => ColKind::OtherAsText,
+        }
+    }
 }
 
 impl ColKind {
@@ -107,19 +176,29 @@ impl ColKind {
             "TIMESTAMPTZ" => ColKind::TimestampTz,
             "JSON" | "JSONB" => ColKind::Json,
             "BYTEA" => ColKind::Bytes,
-            "TEXT[]" | "VARCHAR[]" | "_TEXT" | "_VARCHAR" => ColKind::TextArray,
-            "INT4[]" | "_INT4" => ColKind::Int32Array,
-            "INT8[]" | "_INT8" => ColKind::Int64Array,
-            _ => ColKind::OtherAsText,
+            _ => match name.strip_suffix("[]").or_else(|| name.strip_prefix('_')) {
+                // `INT4[]` for built-in element types, `_mood` for an enum's array.
+                Some(elem) => {
+                    ColKind::Array(Elem::of(ColKind::from_pg_type(&elem.to_ascii_uppercase())))
+                }
+                None => ColKind::OtherAsText,
+            },
         }
     }
 
-    /// Whether the SELECT list reads the column through a `::text` cast.
+    /// The SQL cast the SELECT list reads the column through, if any.
+    fn read_cast(self) -> Option<&'static str> {
+        match self {
+            ColKind::Numeric | ColKind::Json | ColKind::OtherAsText => Some("text"),
+            ColKind::Array(e) if e.reads_as_text() => Some("text[]"),
+            _ => None,
+        }
+    }
+
+    /// Whether the SELECT list reads the column through a `::text` cast (its order is then the
+    /// text's, but for numerics).
     fn reads_as_text(self) -> bool {
-        matches!(
-            self,
-            ColKind::Numeric | ColKind::Json | ColKind::OtherAsText
-        )
+        self.read_cast() == Some("text")
     }
 
     /// Whether key ordering needs `COLLATE "C"` (so that byte order matches PostgreSQL's order).
@@ -393,8 +472,8 @@ impl ReadSpec {
                 let q = quote_ident(&c.name);
                 if let Some(expr) = &c.expr {
                     format!("{expr} AS {q}")
-                } else if c.kind.reads_as_text() {
-                    format!("{q}::text AS {q}")
+                } else if let Some(cast) = c.kind.read_cast() {
+                    format!("{q}::{cast} AS {q}")
                 } else {
                     q
                 }
@@ -626,16 +705,163 @@ fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
         ColKind::Uuid => opt(row.try_get::<Option<Uuid>, _>(i)?, Value::Uuid),
         ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => decode_time(row, i, kind)?,
         ColKind::Bytes => opt(row.try_get::<Option<Vec<u8>>, _>(i)?, Value::Bytes),
-        ColKind::TextArray => opt(row.try_get::<Option<Vec<Option<String>>>, _>(i)?, |v| {
-            Value::Array(v.into_iter().map(|x| opt(x, Value::Text)).collect())
-        }),
-        ColKind::Int32Array => opt(row.try_get::<Option<Vec<Option<i32>>>, _>(i)?, |v| {
-            Value::Array(v.into_iter().map(|x| opt(x, Value::Int32)).collect())
-        }),
-        ColKind::Int64Array => opt(row.try_get::<Option<Vec<Option<i64>>>, _>(i)?, |v| {
-            Value::Array(v.into_iter().map(|x| opt(x, Value::Int64)).collect())
-        }),
+        ColKind::Array(elem) => decode_array(row, i, elem)?,
     })
+}
+
+/// The reject rule of an array whose indexes do not start at 1 (`'[0:2]={…}'`): a document
+/// array has no lower bound, so its elements would silently change places.
+pub const RULE_ARRAY_LOWER_BOUND: &str = "array_lower_bound";
+
+/// Decodes an array from PostgreSQL's binary format (dimensions, lower bounds, elements in row
+/// major order, each length-prefixed, -1 for NULL): any element type, any number of dimensions
+/// (nested arrays). sqlx's decoders take one dimension of a few types and drop lower bounds.
+fn decode_array(row: &PgRow, i: usize, elem: Elem) -> Result<Value, Failure> {
+    use sqlx::ValueRef;
+    let raw = row.try_get_raw(i)?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let bytes = raw.as_bytes().map_err(|e| Failure {
+        rule: RULE_DECODE,
+        message: e.to_string(),
+    })?;
+    let mut r = Bin { bytes, at: 0 };
+    let ndim = r.i32()?;
+    let _has_nulls = r.i32()?;
+    let _elem_oid = r.i32()?;
+    if !(0..=6).contains(&ndim) {
+        return Err(r.bad(&format!("{ndim} dimensions")));
+    }
+    let mut dims = Vec::with_capacity(ndim as usize);
+    for _ in 0..ndim {
+        let len = r.i32()?;
+        let lower = r.i32()?;
+        if len < 0 {
+            return Err(r.bad("a negative dimension"));
+        }
+        if lower != 1 {
+            return Err(Failure {
+                rule: RULE_ARRAY_LOWER_BOUND,
+                message: format!(
+                    "the array's indexes start at {lower}, not 1: a document array starts at its first element, so every element would change its index"
+                ),
+            });
+        }
+        dims.push(len as usize);
+    }
+    if dims.is_empty() {
+        return Ok(Value::Array(Vec::new()));
+    }
+    let v = nested(&mut r, &dims, elem)?;
+    if r.at != bytes.len() {
+        return Err(r.bad("trailing bytes"));
+    }
+    Ok(v)
+}
+
+fn nested(r: &mut Bin<'_>, dims: &[usize], elem: Elem) -> Result<Value, Failure> {
+    let mut items = Vec::with_capacity(dims[0].min(1 << 16));
+    for _ in 0..dims[0] {
+        items.push(if dims.len() > 1 {
+            nested(r, &dims[1..], elem)?
+        } else {
+            element(r, elem)?
+        });
+    }
+    Ok(Value::Array(items))
+}
+
+fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
+    let len = r.i32()?;
+    if len == -1 {
+        return Ok(Value::Null);
+    }
+    let b = r.take(usize::try_from(len).map_err(|_| r.bad("a negative length"))?)?;
+    let fixed = |n: usize| -> Result<&[u8], Failure> {
+        if b.len() == n {
+            Ok(b)
+        } else {
+            Err(Failure {
+                rule: RULE_DECODE,
+                message: format!("an array element of {} bytes, expected {n}", b.len()),
+            })
+        }
+    };
+    let text = || {
+        String::from_utf8(b.to_vec()).map_err(|_| Failure {
+            rule: RULE_DECODE,
+            message: "an array element is not valid UTF-8".into(),
+        })
+    };
+    Ok(match elem {
+        Elem::Bool => Value::Bool(fixed(1)?[0] != 0),
+        Elem::Int16 => Value::Int32(i32::from(i16::from_be_bytes(
+            fixed(2)?.try_into().expect("2 bytes"),
+        ))),
+        Elem::Int32 => Value::Int32(i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes"))),
+        Elem::Int64 => Value::Int64(i64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
+        Elem::Float32 => Value::Real(f32::from_bits(u32::from_be_bytes(
+            fixed(4)?.try_into().expect("4 bytes"),
+        ))),
+        Elem::Float64 => Value::Double(f64::from_bits(u64::from_be_bytes(
+            fixed(8)?.try_into().expect("8 bytes"),
+        ))),
+        Elem::Uuid => Value::Uuid(Uuid::from_bytes(fixed(16)?.try_into().expect("16 bytes"))),
+        Elem::Date => Value::Date(
+            date_from_pg(i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes")))
+                .map_err(Failure::out_of_range)?,
+        ),
+        Elem::Timestamp | Elem::TimestampTz => {
+            let kind = elem.scalar();
+            let t = instant_from_pg(
+                i64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes")),
+                kind,
+            )
+            .map_err(Failure::out_of_range)?;
+            if kind == ColKind::Timestamp {
+                Value::Timestamp(t.naive_utc())
+            } else {
+                Value::TimestampTz(t)
+            }
+        }
+        Elem::Bytes => Value::Bytes(b.to_vec()),
+        Elem::Text | Elem::Other => Value::Text(text()?),
+        Elem::Numeric => Value::Numeric(text()?),
+        Elem::Json => Value::Json(text()?),
+    })
+}
+
+/// A cursor over one binary value.
+struct Bin<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Bin<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Failure> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| self.bad("a truncated value"))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn i32(&mut self) -> Result<i32, Failure> {
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn bad(&self, what: &str) -> Failure {
+        Failure {
+            rule: RULE_DECODE,
+            message: format!("a binary array with {what}"),
+        }
+    }
 }
 
 /// Decodes a date or timestamp from PostgreSQL's binary format itself: sqlx's decoder panics on

@@ -96,8 +96,7 @@ fn source_kind(kind: ColKind) -> (Kind, bool) {
         ColKind::Uuid => (Kind::Text(36), false),
         ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => (Kind::Datetime, false),
         ColKind::Json => (Kind::Json, false),
-        ColKind::TextArray => (Kind::Text(DEFAULT_TEXT_SIZE), true),
-        ColKind::Int32Array | ColKind::Int64Array => (Kind::Integer, true),
+        ColKind::Array(elem) => (source_kind(elem.scalar()).0, true),
         ColKind::Text | ColKind::OtherAsText | ColKind::Bytes => {
             (Kind::Text(DEFAULT_TEXT_SIZE), false)
         }
@@ -373,6 +372,16 @@ pub fn to_row(doc: &bson::Document, spec: &TableSpec) -> Value {
                     .collect(),
             ),
             (_, v) if c.reference => json!(row_id(v)),
+            // An array of JSON values (jsonb[]): an array column of JSON texts.
+            (Kind::Json, bson::Bson::Array(items)) if c.array => Value::Array(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        bson::Bson::Null => Value::Null,
+                        i => json!(i.clone().into_relaxed_extjson().to_string()),
+                    })
+                    .collect(),
+            ),
             (Kind::Json, v) => json!(v.clone().into_relaxed_extjson().to_string()),
             (Kind::Text(_), bson::Bson::Array(items)) => {
                 Value::Array(items.iter().map(text_value).collect())
