@@ -1,13 +1,18 @@
 //! Appwrite run integrity: a misconfigured target (a wrong project id, an endpoint without `/v1`)
 //! makes the ledger commands fail with the server's answer, like `check` — never "everything
-//! pending" as if the target were empty; `--concurrency 32` completes.
+//! pending" as if the target were empty; `--concurrency 32` completes; a run whose lock is taken
+//! away stops writing and ends interrupted; a batch the server keeps refusing (503) is failed, not
+//! rejected, and a later run writes it.
 
 mod common;
 
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::World;
-use cutover::standin::StandIn;
+use cutover::standin::{Faults, StandIn};
+use serde_json::Value;
 
 const KEY: &str = "misconfig-key";
 
@@ -188,5 +193,340 @@ async fn a_stage_that_fails_while_prepared_ends_its_run_with_a_report() {
         .collect();
     assert!(!statuses.contains(&"running"), "{statuses:?}");
     assert!(statuses.contains(&"failed"), "{statuses:?}");
+    w.drop().await;
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A stand-in with fast columns, served in this process.
+async fn standin() -> (Arc<StandIn>, String) {
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = Duration::from_millis(20);
+    let s = Arc::new(s);
+    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    (s, format!("http://{addr}/v1"))
+}
+
+/// The latest ledger step of `entity` in the stand-in's ledger.
+fn step_of(s: &StandIn, entity: &str) -> Option<bson::Document> {
+    let mut steps: Vec<bson::Document> = s
+        .rows("registry", "cutover_steps")
+        .iter()
+        .filter_map(|r| {
+            let v: Value = serde_json::from_str(r["doc"].as_str()?).ok()?;
+            match bson::Bson::try_from(v).ok()? {
+                bson::Bson::Document(d) => Some(d),
+                _ => None,
+            }
+        })
+        .filter(|d| d.get_str("entity") == Ok(entity))
+        .collect();
+    steps.sort_by_key(|d| {
+        d.get_datetime("started_at")
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0)
+    });
+    steps.pop()
+}
+
+fn int(d: &bson::Document, k: &str) -> i64 {
+    match d.get(k) {
+        Some(bson::Bson::Int32(n)) => i64::from(*n),
+        Some(bson::Bson::Int64(n)) => *n,
+        _ => 0,
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// Waits for `child` at most `limit` without blocking the runtime serving the stand-in.
+async fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("{what} did not finish within {limit:?}\n{}", out_text(&out));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every (entity, key, stage, rule) of every rejects file of the world.
+fn all_rejects(w: &World) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    let Ok(runs) = std::fs::read_dir(w.dir.path().join("rejects")) else {
+        return out;
+    };
+    for run in runs {
+        let id = run.unwrap().file_name().to_string_lossy().to_string();
+        out.extend(w.rejects(&id));
+    }
+    out.sort();
+    out
+}
+
+const OWNERS_SQL: &str = r#"
+CREATE TABLE owners (id uuid PRIMARY KEY, name text NOT NULL, note text);
+INSERT INTO owners
+SELECT md5('o' || g)::uuid, 'owner ' || g, CASE WHEN g % 97 = 0 THEN repeat('n', 60) ELSE 'ok' END
+FROM generate_series(1, 6000) g;
+"#;
+
+const OWNERS_MAPPING: &str = r#"
+version = 1
+name = "owners"
+[source]
+table = "owners"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+[[field]]
+path = "note"
+column = "note"
+validate = { max_length = 45 }
+"#;
+
+const OWNERS_PIPELINE: &str = r#"
+version = 1
+name = "fence"
+mappings_dir = "mappings"
+target = "appwrite"
+[[stage]]
+name = "owners"
+entities = ["owners"]
+"#;
+
+/// Issue #10 on Appwrite: a holder paused past a look at its lock, whose lock is then released by
+/// force, stops writing at its next batch (within one checkpoint interval), ends interrupted and
+/// says why, records no false rejects; a plain re-run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appwrite_run_whose_lock_is_taken_away_stops_writing_and_ends_interrupted() {
+    let w = World::new("aw_fence").await;
+    w.sql(OWNERS_SQL).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/owners.toml"), OWNERS_MAPPING).unwrap();
+    std::fs::write(dir.join("pipeline.toml"), OWNERS_PIPELINE).unwrap();
+    let pipeline = dir.join("pipeline.toml").display().to_string();
+    let (s, endpoint) = standin().await;
+    let env = |cmd: &mut Command| {
+        cmd.current_dir(dir)
+            .env("CUTOVER_SOURCE_URL", &w.pg_url)
+            .env("APPWRITE_ENDPOINT", &endpoint)
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", KEY)
+            .env("APPWRITE_DATABASE", "registry");
+    };
+    // Slow requests: the run takes seconds, a batch of 50 rows a request.
+    s.set_faults(Faults {
+        delay_ms: 15,
+        ..Faults::default()
+    });
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("cutover"));
+    env(&mut cmd);
+    let mut child = cmd
+        .args(["migrate", "--quiet", "--pipeline", &pipeline])
+        .args(["--batch-size", "50", "--concurrency", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it has a checkpoint, pause it (longer than it writes on one look at the lock), take
+    // its lock away, and let it go on.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(step) = step_of(&s, "owners")
+            && int(&step, "checkpoint_rows") > 500
+        {
+            signal(&child, "STOP");
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be paused");
+        }
+        assert!(Instant::now() < deadline, "no checkpoint in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = run(
+        &w,
+        &endpoint,
+        "cutover",
+        &["lock", "release", "--confirm", "--target", "appwrite"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let before = s.row_count("registry", "owners");
+    signal(&child, "CONT");
+    let out = wait_bounded(child, Duration::from_secs(90), "the fenced run").await;
+    let text = out_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("lost the target's lock"), "{text}");
+    // It stopped at its next batch: at most the batches in flight were written after.
+    let after = s.row_count("registry", "owners");
+    assert!(after <= before + 100, "kept writing: {before} → {after}");
+    assert!(after < 6000 - 6000 / 97, "it wrote everything: {after}");
+    let report = w.latest_report();
+    assert_eq!(report["status"], "interrupted", "{report}");
+    assert_eq!(report["entities"][0]["status"], "interrupted", "{report}");
+    // No false rejects: only the rule's own.
+    let rejects = all_rejects(&w);
+    assert!(rejects.iter().all(|r| r.3 == "max_length"), "{rejects:?}");
+    let step = step_of(&s, "owners").unwrap();
+    assert_eq!(step.get_str("status"), Ok("interrupted"), "{step}");
+    // A plain re-run resumes and completes.
+    s.set_faults(Faults::default());
+    let out = run(
+        &w,
+        &endpoint,
+        "cutover",
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert_eq!(s.row_count("registry", "owners"), 6000 - 6000 / 97);
+    w.drop().await;
+}
+
+/// A row as written, without the server's times (they differ between runs).
+fn strip_times(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("$createdAt");
+        o.remove("$updatedAt");
+        o.remove("$sequence");
+    }
+    v
+}
+
+/// Issue #10 on Appwrite: a table whose row writes the server answers 503 every time, with
+/// `--retries 0`: its batches are failed (within skipped), never rejected; the checkpoint does
+/// not pass them; the report adds up; a later plain `migrate` writes them, ending as an
+/// uninterrupted run does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appwrite_batch_refused_with_503_is_failed_not_rejected_and_written_later() {
+    let pipeline = common::repo()
+        .join("pipelines/registry.toml")
+        .display()
+        .to_string();
+    let args = [
+        "migrate",
+        "vaccines",
+        "facilities",
+        "--quiet",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        &pipeline,
+        "--batch-size",
+        "5",
+        "--concurrency",
+        "1",
+    ];
+    // The uninterrupted run.
+    let reference = World::new("aw_503_ref").await;
+    reference.load_registry(100);
+    let (rs, rendpoint) = standin().await;
+    let out = run(&reference, &rendpoint, "cutover", &args).await;
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "{}",
+        out_text(&out)
+    );
+
+    let w = World::new("aw_503").await;
+    w.load_registry(100);
+    let (s, endpoint) = standin().await;
+    s.set_table_faults(
+        "vaccines",
+        Faults {
+            unavailable: 1.0,
+            ..Faults::default()
+        },
+    );
+    let mut faulted = args.to_vec();
+    faulted.extend(["--retries", "0", "--continue-on-error"]);
+    let out = run(&w, &endpoint, "cutover", &faulted).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("could not be written"), "{text}");
+    assert_eq!(s.row_count("registry", "vaccines"), 0);
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    let vaccines = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "vaccines")
+        .unwrap()
+        .clone();
+    let n = |e: &Value, k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k} in {e}"));
+    let source = w.pg_count("vaccines").await;
+    assert_eq!(n(&vaccines, "read"), source, "{vaccines}");
+    assert_eq!(n(&vaccines, "written"), 0, "{vaccines}");
+    assert_eq!(
+        n(&vaccines, "rejected"),
+        0,
+        "a failed batch is not rejected: {vaccines}"
+    );
+    assert_eq!(n(&vaccines, "failed"), source, "{vaccines}");
+    assert!(
+        n(&vaccines, "skipped") >= n(&vaccines, "failed"),
+        "{vaccines}"
+    );
+    for e in report["entities"].as_array().unwrap() {
+        assert_eq!(
+            n(e, "read"),
+            n(e, "written") + n(e, "rejected") + n(e, "skipped"),
+            "{e}"
+        );
+    }
+    let rejects = w.rejects(&run_id);
+    assert!(
+        rejects.iter().all(|r| r.0 != "vaccines" && r.2 != "write"),
+        "a failed batch is not rejected: {rejects:?}"
+    );
+    let step = step_of(&s, "vaccines").unwrap();
+    assert_eq!(int(&step, "checkpoint_rows"), 0, "{step}");
+    assert_ne!(step.get_str("status"), Ok("completed"), "{step}");
+
+    // Faults off: a plain run writes them, and the tables equal the uninterrupted run's.
+    s.set_table_faults("vaccines", Faults::default());
+    let out = run(&w, &endpoint, "cutover", &args).await;
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "{}",
+        out_text(&out)
+    );
+    for table in ["vaccines", "facilities"] {
+        let rows = |s: &StandIn| -> Vec<Value> {
+            s.rows("registry", table)
+                .into_iter()
+                .map(strip_times)
+                .collect()
+        };
+        assert_eq!(rows(&s), rows(&rs), "{table}");
+    }
+    assert_eq!(s.row_count("registry", "vaccines") as u64, source);
+    reference.drop().await;
     w.drop().await;
 }

@@ -8,6 +8,9 @@
 //! that many exist they are merged into one first). So memory does not grow with the number of
 //! records; disk does (the records once, plus one intermediate merge per `MAX_RUNS` runs).
 //! It must not hold records beyond that, nor interpret them: keys compare as bytes.
+//!
+//! `CUTOVER_SORT_MEMORY_MB` (whole mebibytes, at least 1) sets the bytes held before a run is
+//! written in place of [`RUN_BYTES`]: less memory on a small machine, more files on disk.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -35,8 +38,17 @@ pub struct Spill {
 
 impl Default for Spill {
     fn default() -> Self {
-        Spill::with_run_bytes(RUN_BYTES)
+        Spill::with_run_bytes(run_bytes())
     }
+}
+
+/// [`RUN_BYTES`], or `CUTOVER_SORT_MEMORY_MB` mebibytes when that is set to a whole number.
+fn run_bytes() -> usize {
+    std::env::var("CUTOVER_SORT_MEMORY_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|mb| mb.max(1) << 20)
+        .unwrap_or(RUN_BYTES)
 }
 
 impl Spill {

@@ -10,7 +10,7 @@
 //! all-or-nothing, 409 on duplicates, list with `queries[]` JSON, `limit`, `cursorAfter` and a
 //! `total` capped at 5000, users created with an existing bcrypt hash, labels and prefs,
 //! rate-limit headers — and fault injection (a fraction of requests answered 429 with
-//! `Retry-After`, 500 or 503, or slowed).
+//! `Retry-After`, 500 or 503, or slowed), for every request or for the row writes of one table.
 
 pub mod state;
 pub mod storage;
@@ -92,29 +92,50 @@ async fn guard(s: &StandIn, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     s.count_request();
-    let faults = s.faults();
+    match inject(&s.faults()).await {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Applies one set of faults to a request: waits `delay_ms`, then answers with an error for the
+/// configured fractions of requests (`None`: serve it).
+async fn inject(faults: &Faults) -> Option<ApiError> {
     if faults.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;
     }
     let roll = fastrand::f64();
     if roll < faults.rate_limited {
-        return Err(ApiError::new(
+        return Some(ApiError::new(
             429,
             "general_rate_limit_exceeded",
             "Rate limit for the current endpoint has been exceeded. Please try again after some time.",
         ));
     }
     if roll < faults.rate_limited + faults.server_error {
-        return Err(ApiError::new(500, "general_server_error", "Server Error"));
+        return Some(ApiError::new(500, "general_server_error", "Server Error"));
     }
     if roll < faults.rate_limited + faults.server_error + faults.unavailable {
-        return Err(ApiError::new(
+        return Some(ApiError::new(
             503,
             "general_service_disabled",
             "Service unavailable",
         ));
     }
-    Ok(())
+    None
+}
+
+/// The table of a row write (`POST`/`PUT`/`PATCH`/`DELETE` under `/v1/tablesdb/{db}/tables/{t}/rows`),
+/// the requests a table's faults apply to.
+fn row_write_table<'p>(method: &axum::http::Method, path: &'p str) -> Option<&'p str> {
+    if method == axum::http::Method::GET {
+        return None;
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["v1", "tablesdb", _, "tables", table, "rows", ..] => Some(table),
+        _ => None,
+    }
 }
 
 /// Rate-limit headers on every answer; `Retry-After` on 429.
@@ -125,6 +146,14 @@ async fn headers_layer(
 ) -> Response {
     if !req.uri().path().starts_with("/_standin") {
         s.arrived(req.method());
+    }
+    // Faults of one table hit its row writes only: its set-up and reads still succeed.
+    if let Some(table) = row_write_table(req.method(), req.uri().path())
+        && let Some(faults) = s.table_faults(table)
+        && let Some(e) = inject(&faults).await
+    {
+        s.count_request();
+        return e.into_response();
     }
     let newer_format = req
         .headers()
@@ -193,6 +222,7 @@ pub fn router(s: Shared) -> Router {
     Router::new()
         .route("/_standin/stats", get(stats).delete(reset_stats))
         .route("/_standin/faults", put(put_faults))
+        .route("/_standin/faults/tables/{table}", put(put_table_faults))
         .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
         .route("/v1/tablesdb/{db}", get(get_database))
@@ -335,6 +365,18 @@ async fn reset_stats(State(s): State<Shared>) -> Response {
 /// injection of a running stand-in.
 async fn put_faults(State(s): State<Shared>, axum::Json(f): axum::Json<state::Faults>) -> Response {
     s.set_faults(f);
+    axum::Json(s.stats()).into_response()
+}
+
+/// `PUT /_standin/faults/tables/{table} {rate_limited, server_error, unavailable, delay_ms}`: faults
+/// for the row writes of one table only (in any database), on top of the global ones; all zero
+/// turns them off.
+async fn put_table_faults(
+    State(s): State<Shared>,
+    Path(table): Path<String>,
+    axum::Json(f): axum::Json<state::Faults>,
+) -> Response {
+    s.set_table_faults(&table, f);
     axum::Json(s.stats()).into_response()
 }
 

@@ -20,6 +20,16 @@ pub struct Faults {
     pub delay_ms: u64,
 }
 
+impl Faults {
+    /// No fault and no delay.
+    pub fn is_none(&self) -> bool {
+        self.rate_limited <= 0.0
+            && self.server_error <= 0.0
+            && self.unavailable <= 0.0
+            && self.delay_ms == 0
+    }
+}
+
 #[derive(Debug)]
 struct Column {
     key: String,
@@ -65,6 +75,8 @@ struct Data {
     databases: BTreeMap<String, Database>,
     users: BTreeMap<String, Value>,
     faults: Faults,
+    /// Faults of the row writes of one table, by table id.
+    table_faults: BTreeMap<String, Faults>,
 }
 
 /// The stand-in server's state and settings.
@@ -141,6 +153,21 @@ impl StandIn {
         self.lock().faults
     }
 
+    /// Sets the faults of the row writes of `table` (all zero: none).
+    pub fn set_table_faults(&self, table: &str, f: Faults) {
+        let mut data = self.lock();
+        if f.is_none() {
+            data.table_faults.remove(table);
+        } else {
+            data.table_faults.insert(table.to_string(), f);
+        }
+    }
+
+    /// The faults of the row writes of `table`, if any.
+    pub fn table_faults(&self, table: &str) -> Option<Faults> {
+        self.lock().table_faults.get(table).copied()
+    }
+
     pub(super) fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -190,12 +217,14 @@ impl StandIn {
         } else {
             0.0
         };
+        let table_faults = self.lock().table_faults.clone();
         json!({
             "requests": a.len(),
             "writes": self.writes(),
             "span_seconds": span,
             "requests_per_second": rate,
             "faults": self.faults(),
+            "table_faults": table_faults,
         })
     }
 
@@ -848,7 +877,7 @@ impl StandIn {
         })
     }
 
-    /// Lists rows: `equal`, `limit` (default 25), `cursorAfter`, `orderAsc` (by `$id` only here);
+    /// Lists rows: `equal`, `limit` (default 25), `cursorAfter`, `orderAsc` / `orderDesc` (any column);
     /// `total` counts matches, capped at 5000 as Appwrite does.
     pub fn list_rows(&self, db: &str, table: &str, queries: &[Value]) -> Result<Value, ApiError> {
         self.with_table(db, table, |t| {
@@ -1099,9 +1128,10 @@ pub fn email_ok(email: &str) -> bool {
     }
 }
 
-/// A page of `items` (keyed and ordered by id) for `queries`, and the matching total (capped at
-/// 5000, as Appwrite counts). A cursor starts right after its id: a page costs its own size plus
-/// the capped count, not the table's size.
+/// A page of `items` (keyed by id) for `queries`, and the matching total (capped at 5000, as
+/// Appwrite counts). The order is `orderAsc` / `orderDesc` on any attributes (`$id` breaking
+/// ties), else by id. In `$id` order a cursor starts right after its id: a page costs its own
+/// size plus the capped count, not the table's size; other orders sort the matches.
 fn filter(
     items: &BTreeMap<String, Value>,
     queries: &[Value],
@@ -1110,6 +1140,8 @@ fn filter(
     let mut limit = 25usize;
     let mut after: Option<String> = None;
     let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
+    // (attribute, descending)
+    let mut orders: Vec<(String, bool)> = Vec::new();
     for q in queries {
         let method = q["method"].as_str().unwrap_or("");
         let values = q["values"].as_array().cloned().unwrap_or_default();
@@ -1117,7 +1149,17 @@ fn filter(
             "limit" => limit = values.first().and_then(Value::as_u64).unwrap_or(25) as usize,
             "cursorAfter" => after = values.first().and_then(Value::as_str).map(str::to_string),
             "equal" => equals.push((q["attribute"].as_str().unwrap_or("").to_string(), values)),
-            "orderAsc" | "orderDesc" | "offset" | "select" => {}
+            "orderAsc" | "orderDesc" => {
+                let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
+                    return Err(ApiError::new(
+                        400,
+                        "general_query_invalid",
+                        format!("Invalid query: {method} needs an attribute"),
+                    ));
+                };
+                orders.push((attribute.to_string(), method == "orderDesc"));
+            }
+            "offset" | "select" => {}
             other => {
                 return Err(ApiError::new(
                     400,
@@ -1133,23 +1175,46 @@ fn filter(
             .all(|(a, vals)| vals.iter().any(|x| &v[a.as_str()] == x))
     };
     let total = items.values().filter(|v| matches(v)).take(5000).count();
+    if let Some(id) = &after
+        && !items.contains_key(id)
+    {
+        return Err(ApiError::new(
+            400,
+            "general_cursor_not_found",
+            "Cursor not found",
+        ));
+    }
+    let by_id = orders.iter().all(|(a, desc)| a == "$id" && !desc);
+    if !by_id {
+        let mut all: Vec<&Value> = items.values().filter(|v| matches(v)).collect();
+        all.sort_by(|a, b| {
+            orders
+                .iter()
+                .map(|(attr, desc)| {
+                    let o = json_cmp(&a[attr.as_str()], &b[attr.as_str()]);
+                    if *desc { o.reverse() } else { o }
+                })
+                .find(|o| o.is_ne())
+                .unwrap_or_else(|| json_cmp(&a["$id"], &b["$id"]))
+        });
+        let start = match &after {
+            Some(id) => all
+                .iter()
+                .position(|v| v["$id"] == id.as_str())
+                .map_or(0, |i| i + 1),
+            None => 0,
+        };
+        let page = all.into_iter().skip(start).take(limit).cloned().collect();
+        return Ok((page, total));
+    }
     let page: Vec<Value> = match &after {
-        Some(id) => {
-            if !items.contains_key(id) {
-                return Err(ApiError::new(
-                    400,
-                    "general_cursor_not_found",
-                    "Cursor not found",
-                ));
-            }
-            items
-                .range::<str, _>((Excluded(id.as_str()), Unbounded))
-                .map(|(_, v)| v)
-                .filter(|v| matches(v))
-                .take(limit)
-                .cloned()
-                .collect()
-        }
+        Some(id) => items
+            .range::<str, _>((Excluded(id.as_str()), Unbounded))
+            .map(|(_, v)| v)
+            .filter(|v| matches(v))
+            .take(limit)
+            .cloned()
+            .collect(),
         None => items
             .values()
             .filter(|v| matches(v))
@@ -1158,4 +1223,28 @@ fn filter(
             .collect(),
     };
     Ok((page, total))
+}
+
+/// An order on column values: null, then booleans, numbers, strings (by bytes), then the rest.
+fn json_cmp(a: &Value, b: &Value) -> std::cmp::Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Number(_) => 2,
+            Value::String(_) => 3,
+            _ => 4,
+        }
+    }
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .total_cmp(&y.as_f64().unwrap_or(0.0)),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        _ => rank(a)
+            .cmp(&rank(b))
+            .then_with(|| a.to_string().cmp(&b.to_string())),
+    }
 }

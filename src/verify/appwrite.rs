@@ -4,10 +4,14 @@
 //! Both sides are reduced to a canonical form before hashing: the table's columns in order, each
 //! value normalised by the column's type (datetimes as instants, numbers as numbers, JSON text
 //! parsed), so the server's formatting (`+00:00` vs `Z`, `1.0` vs `1`) is not a difference.
-//! The expected side is held as (row id → hash, key), and the child tables' sums and referenced
-//! values by row id: these still grow with the number of keys (not with row sizes); the target
-//! streams past them page by page. The problem lists are bounded as for MongoDB ([`super::KEPT`]
-//! held, every one in the problems file).
+//! Memory does not grow with the table: every side goes through an external sort by row id
+//! ([`crate::pipeline::spill`]) and the sorted streams are merged — the expected records (hash,
+//! the hash of each child table's rows, key), the target's records (listed by cursor in `$id`
+//! order, one page in memory), each child table's rows by parent id, and the referenced values
+//! against the referenced table's ids. The sort is cutover's own (bytes), so the merge does not
+//! depend on how the server collates ids. The problem lists are bounded as for MongoDB
+//! ([`super::KEPT`] held, every one in the problems file); the differing rows are read again by
+//! id for their field names (the first [`DIFFED`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,10 +21,11 @@ use serde_json::{Value, json};
 
 use super::{
     BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, ProblemLog, Problems,
-    hash_bytes,
+    hash_bytes, spill_err,
 };
 use crate::mapping::plan::Plan;
 use crate::pipeline::run::{ChildCursor, RunError};
+use crate::pipeline::spill::{Absent, Sorted, Spill};
 use crate::sink::appwrite::AppwriteError;
 use crate::sink::appwrite::schema::{self, Kind, TableSpec};
 use crate::sink::appwrite::tables::Pages;
@@ -208,6 +213,71 @@ pub struct References<'a> {
     pub user_entities: &'a HashSet<String>,
 }
 
+/// An expected record's spill payload: whether it is compared (in the sample), its hash, the hash
+/// of each child table's rows, then its source key as text.
+fn expected_payload(sampled: bool, hash: u64, sums: &[u64], key: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(9 + 8 * sums.len() + key.len());
+    p.push(u8::from(sampled));
+    p.extend_from_slice(&hash.to_le_bytes());
+    for s in sums {
+        p.extend_from_slice(&s.to_le_bytes());
+    }
+    p.extend_from_slice(key.as_bytes());
+    p
+}
+
+/// An expected record read back from its payload (`children` child tables).
+struct Expected {
+    sampled: bool,
+    hash: u64,
+    sums: Vec<u64>,
+    key: String,
+}
+
+fn u64_at(p: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(p[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn expected_of(p: &[u8], children: usize) -> Expected {
+    let sums = (0..children).map(|i| u64_at(p, 9 + 8 * i)).collect();
+    Expected {
+        sampled: p[0] == 1,
+        hash: u64_at(p, 1),
+        sums,
+        key: String::from_utf8_lossy(&p[9 + 8 * children..]).into_owned(),
+    }
+}
+
+/// A listing of the target, page by page (a missing table is empty).
+async fn each_page(
+    mut pages: Pages<'_>,
+    mut f: impl FnMut(&[Value]) -> Result<(), RunError>,
+) -> Result<(), RunError> {
+    loop {
+        match pages.next().await {
+            Ok(Some(page)) => f(&page)?,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_missing() => return Ok(()),
+            Err(e) => return Err(aerr(e)),
+        }
+    }
+}
+
+/// A sorted record: its key and its payload.
+type Record = (Vec<u8>, Vec<u8>);
+
+fn take(s: &mut Sorted) -> Result<Option<Record>, RunError> {
+    s.next_record().map_err(spill_err)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A differing record: its id, source key, whether its own columns differ, and the child tables
+/// whose rows differ.
+type Differing = (String, String, bool, Vec<String>);
+
 /// Verifies one entity written to Appwrite.
 pub async fn verify_entity(
     plan: &Plan,
@@ -239,13 +309,14 @@ pub async fn verify_entity(
         Shape::Table(_) => schema::child_tables(plan),
         Shape::Users(_) => Vec::new(),
     };
+    let users_shape = matches!(shape, Shape::Users(_));
 
-    // (parent hash, per child table the sum of its rows' hashes, key)
-    let mut expected: HashMap<String, (u64, Vec<u64>, String)> = HashMap::new();
-    let mut all_ids: HashSet<String> = HashSet::new();
+    // Expected side: (row id → sampled, hash, child sums, key), every mapped row.
+    let mut expected = Spill::new();
     let mut rejected_by_mapping = 0u64;
     let mut expected_count = 0u64;
     let mut child_totals = vec![0u64; plan.embeds.len()];
+    let mut spilled: std::io::Result<()> = Ok(());
     each_expected(plan, session, ctx, |n, key, doc, counts| {
         let Some(doc) = doc else {
             rejected_by_mapping += 1;
@@ -256,58 +327,45 @@ pub async fn verify_entity(
             *t += *c as u64;
         }
         let (id, value) = shape.expected(&doc);
-        if n.is_multiple_of(step) {
-            let sums = schema::child_rows(&doc, &id, &children)
+        let sampled = n.is_multiple_of(step);
+        let sums: Vec<u64> = if sampled {
+            schema::child_rows(&doc, &id, &children)
                 .iter()
                 .zip(&children)
                 .map(|(rows, c)| child_sum(&c.table, rows))
-                .collect();
-            expected.insert(id.clone(), (hash_value(&value), sums, key));
+                .collect()
+        } else {
+            vec![0; children.len()]
+        };
+        let payload = expected_payload(sampled, hash_value(&value), &sums, &key);
+        if spilled.is_ok() {
+            spilled = expected.push(id.into_bytes(), payload);
         }
-        all_ids.insert(id);
     })
     .await?;
+    spilled.map_err(spill_err)?;
 
-    // Child tables: each parent's rows folded into one hash (order lives in `position`).
-    let mut found: Problems<'_, (String, String, Value, Vec<String>)> =
-        Problems::new(&plan.entity, log);
-    let mut child_actual: Vec<HashMap<String, u64>> = Vec::new();
-    let mut child_counts: Vec<u64> = Vec::new();
+    // Child tables: (parent id → row hash, child row id).
+    let mut child_spills = Vec::with_capacity(children.len());
     for c in &children {
-        let mut sums: HashMap<String, u64> = HashMap::new();
-        let mut count = 0u64;
-        let mut pages = Pages::rows(client, db, &c.table.id);
-        loop {
-            let page = match pages.next().await {
-                Ok(Some(page)) => page,
-                Ok(None) => break,
-                Err(e) if e.is_missing() => break,
-                Err(e) => return Err(aerr(e)),
-            };
-            for r in &page {
+        let mut rows = Spill::new();
+        each_page(Pages::rows(client, db, &c.table.id).by_id(), |page| {
+            for r in page {
                 let parent = r[schema::PARENT].as_str().unwrap_or_default();
-                if all_ids.contains(parent) {
-                    count += 1;
-                    let h = hash_value(&canonical_row(&c.table, r));
-                    let e = sums.entry(parent.to_string()).or_default();
-                    *e = e.wrapping_add(h);
-                } else {
-                    found.unexpected(format!(
-                        "{}:{}",
-                        c.table.id,
-                        r["$id"].as_str().unwrap_or_default()
-                    ))?;
-                }
+                let mut payload = hash_value(&canonical_row(&c.table, r))
+                    .to_le_bytes()
+                    .to_vec();
+                payload.extend_from_slice(r["$id"].as_str().unwrap_or_default().as_bytes());
+                rows.push(parent.as_bytes().to_vec(), payload)
+                    .map_err(spill_err)?;
             }
-        }
-        child_actual.push(sums);
-        child_counts.push(count);
+            Ok(())
+        })
+        .await?;
+        child_spills.push(rows);
     }
 
-    // Target side: every record, page by page.
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut compared = 0u64;
-    let mut embedded_elements = vec![0u64; plan.embeds.len()];
+    // Target side: (row id → hash), the referenced values, the elements of embedded arrays.
     let ref_fields: Vec<(String, String)> = plan
         .fields
         .iter()
@@ -316,24 +374,17 @@ pub async fn verify_entity(
             (f.path.len() == 1).then(|| (f.path_text.clone(), r.entity.clone()))
         })
         .collect();
-    let mut ref_values: Vec<HashSet<String>> = vec![HashSet::new(); ref_fields.len()];
-    let names = shape.names();
-    let users_shape = matches!(shape, Shape::Users(_));
-    let mut pages = match &shape {
-        Shape::Users(_) => Pages::users(client),
-        Shape::Table(_) => Pages::rows(client, db, &plan.collection),
-    };
+    let mut ref_values: Vec<Spill> = ref_fields.iter().map(|_| Spill::new()).collect();
+    let mut embedded_elements = vec![0u64; plan.embeds.len()];
+    let mut actual = Spill::new();
     let mut target_count = 0u64;
-    loop {
-        let page = match pages.next().await {
-            Ok(Some(page)) => page,
-            Ok(None) => break,
-            Err(e) if e.is_missing() => break,
-            Err(e) => return Err(aerr(e)),
-        };
+    let pages = match &shape {
+        Shape::Users(_) => Pages::users(client),
+        Shape::Table(_) => Pages::rows(client, db, &plan.collection).by_id(),
+    };
+    each_page(pages, |page| {
         target_count += page.len() as u64;
-        for r in &page {
-            let id = r["$id"].as_str().unwrap_or_default().to_string();
+        for r in page {
             for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
                 let holder = if users_shape { &r["prefs"] } else { r };
                 *count += match holder.get(&e.path_text) {
@@ -347,46 +398,104 @@ pub async fn verify_entity(
             }
             for ((field, _), values) in ref_fields.iter().zip(ref_values.iter_mut()) {
                 if let Some(v) = r.get(field).and_then(Value::as_str) {
-                    values.insert(v.to_string());
+                    values
+                        .push(v.as_bytes().to_vec(), Vec::new())
+                        .map_err(spill_err)?;
                 }
             }
-            match expected.get(&id) {
-                Some((h, sums, key)) => {
-                    compared += 1;
-                    let actual = shape.actual(r);
-                    let child_fields: Vec<String> = children
-                        .iter()
-                        .zip(sums)
-                        .zip(&child_actual)
-                        .filter(|((_, want), got)| got.get(&id).copied().unwrap_or(0) != **want)
-                        .map(|((c, _), _)| c.key.clone())
-                        .collect();
-                    if *h != hash_value(&actual) || !child_fields.is_empty() {
-                        let keep =
-                            *h != hash_value(&actual) && found.different.first.len() < DIFFED;
-                        let item = (
-                            id.clone(),
-                            key.clone(),
-                            if keep { actual } else { Value::Null },
-                            child_fields,
-                        );
-                        found.different(key, &id, item)?;
-                    }
-                    seen.insert(id);
+            let id = r["$id"].as_str().unwrap_or_default();
+            actual
+                .push(
+                    id.as_bytes().to_vec(),
+                    hash_value(&shape.actual(r)).to_le_bytes().to_vec(),
+                )
+                .map_err(spill_err)?;
+        }
+        Ok(())
+    })
+    .await?;
+
+    // The merge by row id: expected, target, and each child table by parent id.
+    let mut found: Problems<'_, Differing> = Problems::new(&plan.entity, log);
+    let mut compared = 0u64;
+    let mut child_counts = vec![0u64; children.len()];
+    let mut expected = expected.sorted().map_err(spill_err)?;
+    let mut actual = actual.sorted().map_err(spill_err)?;
+    let mut child_rows: Vec<Sorted> = child_spills
+        .into_iter()
+        .map(Spill::sorted)
+        .collect::<std::io::Result<_>>()
+        .map_err(spill_err)?;
+    let mut e = take(&mut expected)?;
+    let mut a = take(&mut actual)?;
+    loop {
+        let id = match (&e, &a) {
+            (None, None) => break,
+            (Some((ek, _)), None) => ek.clone(),
+            (None, Some((ak, _))) => ak.clone(),
+            (Some((ek, _)), Some((ak, _))) => ek.min(ak).clone(),
+        };
+        let want = match &e {
+            Some((ek, p)) if *ek == id => Some(expected_of(p, children.len())),
+            _ => None,
+        };
+        let have = match &a {
+            Some((ak, p)) if *ak == id => Some(u64_at(p, 0)),
+            _ => None,
+        };
+        // Child rows of parents before this id belong to no expected record; this id's rows are
+        // counted (and summed) when it is expected.
+        let mut sums = vec![0u64; children.len()];
+        for (i, rows) in child_rows.iter_mut().enumerate() {
+            loop {
+                let next = rows.peek_key().map_err(spill_err)?;
+                match next {
+                    Some(parent) if parent <= id.as_slice() => {}
+                    _ => break,
                 }
-                None if !all_ids.contains(&id) => found.unexpected(id)?,
-                None => {} // not in the sample
+                let (parent, payload) = take(rows)?.expect("peeked");
+                if parent == id && want.is_some() {
+                    child_counts[i] += 1;
+                    sums[i] = sums[i].wrapping_add(u64_at(&payload, 0));
+                } else {
+                    found.unexpected(format!(
+                        "{}:{}",
+                        children[i].table.id,
+                        text(&payload[8..])
+                    ))?;
+                }
             }
         }
+        match (&want, have) {
+            (Some(w), Some(h)) if w.sampled => {
+                compared += 1;
+                let child_fields: Vec<String> = children
+                    .iter()
+                    .zip(w.sums.iter().zip(&sums))
+                    .filter(|(_, (want, got))| want != got)
+                    .map(|(c, _)| c.key.clone())
+                    .collect();
+                if w.hash != h || !child_fields.is_empty() {
+                    let id = text(&id);
+                    let item = (id.clone(), w.key.clone(), w.hash != h, child_fields);
+                    found.different(&w.key, &id, item)?;
+                }
+            }
+            (Some(w), None) if w.sampled => found.missing(w.key.clone())?,
+            (None, Some(_)) => found.unexpected(text(&id))?,
+            _ => {} // not in the sample
+        }
+        if want.is_some() {
+            e = take(&mut expected)?;
+        }
+        if have.is_some() {
+            a = take(&mut actual)?;
+        }
     }
-    let mut gone: Vec<&(u64, Vec<u64>, String)> = expected
-        .iter()
-        .filter(|(id, _)| !seen.contains(*id))
-        .map(|(_, v)| v)
-        .collect();
-    gone.sort_by(|a, b| a.2.cmp(&b.2));
-    for (_, _, key) in gone {
-        found.missing(key.clone())?;
+    for (c, rows) in children.iter().zip(child_rows.iter_mut()) {
+        while let Some((_, payload)) = take(rows)? {
+            found.unexpected(format!("{}:{}", c.table.id, text(&payload[8..])))?;
+        }
     }
     let Problems {
         mut missing,
@@ -397,11 +506,33 @@ pub async fn verify_entity(
     missing.first.sort();
     unexpected.first.sort();
 
-    // Field names of the differences: map the differing rows again.
+    // Field names of the differences: the differing records read again by id, their rows mapped
+    // again (the first DIFFED).
     let mut different: Vec<Different> = Vec::new();
     let different_count = different_ids.count;
     let different_ids = different_ids.first;
     if !different_ids.is_empty() {
+        let mut actual_of: Vec<Value> = Vec::with_capacity(different_ids.len());
+        for (id, _, own, _) in &different_ids {
+            let record = if !*own || actual_of.len() >= DIFFED {
+                None
+            } else if users_shape {
+                match client
+                    .call(reqwest::Method::GET, &format!("/users/{id}"), None)
+                    .await
+                {
+                    Ok(u) => Some(u),
+                    Err(e) if e.is_missing() => None,
+                    Err(e) => return Err(aerr(e)),
+                }
+            } else {
+                client
+                    .get_row(db, &plan.collection, id)
+                    .await
+                    .map_err(aerr)?
+            };
+            actual_of.push(record.map(|r| shape.actual(&r)).unwrap_or(Value::Null));
+        }
         let wanted: HashMap<&str, usize> = different_ids
             .iter()
             .enumerate()
@@ -411,10 +542,11 @@ pub async fn verify_entity(
             .iter()
             .map(|(_, _, _, child)| child.clone())
             .collect();
+        let names = shape.names();
         each_expected(plan, session, ctx, |_, key, doc, _| {
             if let (Some(&i), Some(doc)) = (wanted.get(key.as_str()), doc) {
                 let (_, e) = shape.expected(&doc);
-                let actual = &different_ids[i].2;
+                let actual = &actual_of[i];
                 if !actual.is_null() {
                     diff_json(&names, &e, actual, &mut fields[i]);
                 }
@@ -433,42 +565,48 @@ pub async fn verify_entity(
         different.sort_by(|a, b| a.key.cmp(&b.key));
     }
 
-    // References: every referenced row id exists in the referenced table.
+    // References: every referenced value is a row id of the referenced table (both sides sorted).
     let mut broken_references = Vec::new();
-    for ((field, entity), values) in ref_fields.iter().zip(&ref_values) {
+    for ((field, entity), values) in ref_fields.iter().zip(ref_values) {
         let table = ref_collections
             .get(entity)
             .cloned()
             .unwrap_or_else(|| entity.clone());
-        let mut present = HashSet::new();
-        let users = user_entities.contains(entity);
-        let pages = if users {
+        let pages = if user_entities.contains(entity) {
             Pages::users(client)
         } else {
-            Pages::rows(client, db, &table)
+            Pages::rows(client, db, &table).by_id()
         };
-        match pages
-            .each(|r| {
-                if let Some(id) = r["$id"].as_str()
-                    && values.contains(id)
-                {
-                    present.insert(id.to_string());
+        let mut present = Spill::new();
+        each_page(pages, |page| {
+            for r in page {
+                if let Some(id) = r["$id"].as_str() {
+                    present
+                        .push(id.as_bytes().to_vec(), Vec::new())
+                        .map_err(spill_err)?;
                 }
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_missing() => {}
-            Err(e) => return Err(aerr(e)),
+            }
+            Ok(())
+        })
+        .await?;
+        let mut dangling = Absent::new(
+            values.sorted().map_err(spill_err)?,
+            present.sorted().map_err(spill_err)?,
+        );
+        let mut count = 0u64;
+        let mut examples = Vec::new();
+        while let Some((value, _)) = dangling.next_record().map_err(spill_err)? {
+            count += 1;
+            if examples.len() < 5 {
+                examples.push(text(&value));
+            }
         }
-        let mut dangling: Vec<String> = values.difference(&present).cloned().collect();
-        if !dangling.is_empty() {
-            dangling.sort();
+        if count > 0 {
             broken_references.push(BrokenReference {
                 path: field.clone(),
                 references: table,
-                dangling: dangling.len() as u64,
-                examples: dangling.into_iter().take(5).collect(),
+                dangling: count,
+                examples,
             });
         }
     }

@@ -29,6 +29,7 @@ pub struct Pages<'c> {
     key: &'static str,
     after: Option<String>,
     done: bool,
+    by_id: bool,
 }
 
 impl<'c> Pages<'c> {
@@ -51,7 +52,15 @@ impl<'c> Pages<'c> {
             key,
             after: None,
             done: false,
+            by_id: false,
         }
+    }
+
+    /// Pages in ascending `$id` order (`orderAsc` on `$id`): a defined order for the cursor to walk.
+    /// Rows only (Appwrite does not order users by `$id`).
+    pub fn by_id(mut self) -> Pages<'c> {
+        self.by_id = true;
+        self
     }
 
     /// The next page (`None` after the last).
@@ -60,6 +69,9 @@ impl<'c> Pages<'c> {
             return Ok(None);
         }
         let mut q = vec![json!({ "method": "limit", "values": [PAGE] })];
+        if self.by_id {
+            q.push(json!({ "method": "orderAsc", "attribute": "$id", "values": [] }));
+        }
         if let Some(a) = &self.after {
             q.push(json!({ "method": "cursorAfter", "values": [a] }));
         }

@@ -1,0 +1,367 @@
+//! `cutover verify --target appwrite` on the stand-in: memory does not grow with the table (every
+//! side is sorted on disk and merged by row id), and the merge still names exactly what is
+//! missing, unexpected or different — in a table and in its child table.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::World;
+use cutover::standin::StandIn;
+use serde_json::{Value, json};
+
+const KEY: &str = "verify-key";
+
+async fn standin() -> (Arc<StandIn>, String) {
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = Duration::from_millis(20);
+    let s = Arc::new(s);
+    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    (s, format!("http://{addr}/v1"))
+}
+
+fn command(w: &World, endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("APPWRITE_ENDPOINT", endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", "registry")
+        .args(args);
+    cmd
+}
+
+/// Runs `cmd` to its end without blocking the runtime serving the stand-in.
+async fn output(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `cmd` (output into files of `dir`) and returns its exit code, its output and its peak
+/// resident memory in KiB: the `VmHWM` of its own address space (after its exec), read every few
+/// milliseconds while it runs. (`wait4`'s `ru_maxrss` would include this test process's memory,
+/// which the child had before its exec.)
+async fn run_measured(mut cmd: Command, dir: &Path, name: &str) -> (i32, String, u64) {
+    let out_path = dir.join(format!("{name}.out"));
+    let err_path = dir.join(format!("{name}.err"));
+    cmd.stdout(Stdio::from(std::fs::File::create(&out_path).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()));
+    let mut child = cmd.spawn().unwrap();
+    let (status, peak) = tokio::task::spawn_blocking(move || {
+        let pid = child.id();
+        let mut peak = 0u64;
+        loop {
+            let exec_done = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|p| p.file_name().is_some_and(|n| n == "cutover"));
+            if exec_done
+                && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                && let Some(kb) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, peak);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    assert!(peak > 0, "no memory reading of {name}: {text}");
+    (status.code().unwrap_or(-1), text, peak)
+}
+
+const ITEMS: &str = r#"
+version = 1
+name = "TABLE"
+[source]
+table = "TABLE"
+key = ["id"]
+[[field]]
+path = "n"
+column = "id"
+[[field]]
+path = "label"
+column = "label"
+"#;
+
+const PIPELINE: &str = r#"
+version = 1
+name = "TABLE"
+mappings_dir = "mappings"
+target = "appwrite"
+[[stage]]
+name = "all"
+entities = ["TABLE"]
+"#;
+
+/// A table of `rows` rows with its mapping and pipeline (`<table>.toml`) in the world.
+async fn items(w: &World, table: &str, rows: u32) -> String {
+    w.sql(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, label text NOT NULL);
+         INSERT INTO {table} SELECT g, 'item ' || g FROM generate_series(1, {rows}) g;"
+    ))
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join(format!("mappings/{table}.toml")),
+        ITEMS.replace("TABLE", table),
+    )
+    .unwrap();
+    let pipeline = dir.join(format!("{table}.toml"));
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", table)).unwrap();
+    pipeline.display().to_string()
+}
+
+/// Issue #10: verify of an Appwrite table of 200k rows (integer keys: row ids "1", "2", … whose
+/// order is not the key order) holds no per-row state: its peak memory is about that of a 10k-row
+/// table's; it counts 150k missing rows exactly, keeps the first ones, and writes all to the
+/// problems file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_memory_does_not_grow_with_the_table() {
+    let w = World::new("aw_verify_bounded").await;
+    let big = items(&w, "items", 200_000).await;
+    let small = items(&w, "few", 10_000).await;
+    let (s, endpoint) = standin().await;
+    for pipeline in [&big, &small] {
+        let out = output(command(
+            &w,
+            &endpoint,
+            &["migrate", "--quiet", "--pipeline", pipeline],
+        ))
+        .await;
+        assert!(out.status.success(), "{}", out_text(&out));
+    }
+    assert_eq!(s.row_count("registry", "items"), 200_000);
+    for n in 50_001..=200_000 {
+        s.delete_row("registry", "items", &n.to_string()).unwrap();
+    }
+
+    let dir = w.dir.path();
+    let verify = |pipeline: &str, out: &str| {
+        let mut cmd = command(
+            &w,
+            &endpoint,
+            &["verify", "--pipeline", pipeline, "-o", out],
+        );
+        // Sorts hold 1 MiB before they go to disk: the table is many times that.
+        cmd.env("CUTOVER_SORT_MEMORY_MB", "1");
+        cmd
+    };
+    let (code, text, small_peak) = run_measured(
+        verify(&small, &dir.join("few.json").display().to_string()),
+        dir,
+        "few",
+    )
+    .await;
+    assert_eq!(code, 0, "{text}");
+    let out_path = dir.join("verify.json");
+    let (code, text, big_peak) =
+        run_measured(verify(&big, &out_path.display().to_string()), dir, "items").await;
+    assert_eq!(code, 2, "{text}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let e = &json["entities"][0];
+    assert_eq!(e["missing_count"], 150_000, "{text}");
+    assert_eq!(
+        e["missing"].as_array().unwrap().len(),
+        cutover::verify::KEPT
+    );
+    assert_eq!(e["unexpected_count"], 0, "{e}");
+    assert_eq!(e["different_count"], 0, "{e}");
+    assert_eq!(e["compared"], 50_000, "{e}");
+    let side = dir.join("verify.problems.jsonl");
+    let mut keys = std::collections::HashSet::new();
+    for l in std::fs::read_to_string(&side).unwrap().lines() {
+        let p: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(p["kind"], "missing", "{l}");
+        keys.insert(p["key"].as_str().unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(keys.len(), 150_000);
+    assert!(keys.iter().all(|k| (50_001..=200_000).contains(k)));
+    // 190k more rows: per-row state (an id, a key and a hash each) would be tens of MiB.
+    let grown = big_peak as i64 - small_peak as i64;
+    eprintln!("verify peak memory: {small_peak} KiB (10k rows), {big_peak} KiB (200k rows)");
+    assert!(
+        grown < 16 * 1024,
+        "verify's peak memory grew by {grown} KiB with the table ({small_peak} → {big_peak} KiB)"
+    );
+    w.drop().await;
+}
+
+const ORDERS_SQL: &str = r#"
+CREATE TABLE orders (id int PRIMARY KEY, label text NOT NULL);
+INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 300) g;
+CREATE TABLE lines (order_id int NOT NULL, n int NOT NULL, item text NOT NULL,
+                    PRIMARY KEY (order_id, n));
+INSERT INTO lines SELECT g, l, 'item ' || g || '/' || l
+FROM generate_series(1, 300) g, generate_series(1, 1 + g % 3) l;
+"#;
+
+const ORDERS: &str = r#"
+version = 1
+name = "orders"
+[source]
+table = "orders"
+key = ["id"]
+[[field]]
+path = "label"
+column = "label"
+[[embed]]
+path = "lines"
+table = "lines"
+foreign_key = "order_id"
+order_by = ["n"]
+appwrite = "table"
+[[embed.field]]
+path = "n"
+column = "n"
+[[embed.field]]
+path = "item"
+column = "item"
+"#;
+
+/// The merge by row id names exactly the missing, unexpected and different rows, and the
+/// parents whose child-table rows were removed, changed, or belong to no parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_rows() {
+    let w = World::new("aw_verify_merge").await;
+    w.sql(ORDERS_SQL).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/orders.toml"), ORDERS).unwrap();
+    let pipeline = dir.join("orders.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "orders")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let out_path = dir.join("verify.json").display().to_string();
+    let verify = || {
+        command(
+            &w,
+            &endpoint,
+            &["verify", "--pipeline", &pipeline, "-o", &out_path],
+        )
+    };
+    let out = output(verify()).await;
+    assert!(out.status.success(), "{}", out_text(&out));
+
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&endpoint, "cutover", KEY, None).unwrap();
+    let lines = s.rows("registry", "orders_lines");
+    let line_of = |parent: &str| {
+        lines
+            .iter()
+            .find(|l| l["parentId"] == parent)
+            .unwrap()
+            .clone()
+    };
+    // A parent gone (its child rows stay), a parent changed, a stray parent.
+    assert!(client.delete_row("registry", "orders", "7").await.unwrap());
+    client
+        .put_row("registry", "orders", "12", &json!({ "label": "changed" }))
+        .await
+        .unwrap();
+    client
+        .put_row(
+            "registry",
+            "orders",
+            "stray-row",
+            &json!({ "label": "nobody's" }),
+        )
+        .await
+        .unwrap();
+    // A child row gone, a child row changed, a child row of no parent.
+    let gone = line_of("20");
+    assert!(
+        client
+            .delete_row("registry", "orders_lines", gone["$id"].as_str().unwrap())
+            .await
+            .unwrap()
+    );
+    let changed = line_of("30");
+    let mut data = cutover::sink::appwrite::tables::data_of(&changed);
+    data.as_object_mut().unwrap().remove("$id");
+    data["item"] = json!("changed");
+    client
+        .put_row(
+            "registry",
+            "orders_lines",
+            changed["$id"].as_str().unwrap(),
+            &data,
+        )
+        .await
+        .unwrap();
+    let mut stray = cutover::sink::appwrite::tables::data_of(&changed);
+    stray.as_object_mut().unwrap().remove("$id");
+    stray["parentId"] = json!("nobody");
+    client
+        .put_row("registry", "orders_lines", "stray-line", &stray)
+        .await
+        .unwrap();
+
+    let out = output(verify()).await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let e = &json["entities"][0];
+    assert_eq!(e["missing"], json!(["7"]), "{e}");
+    assert_eq!(
+        e["unexpected"],
+        json!(["orders_lines:stray-line", "stray-row"]),
+        "{e}"
+    );
+    let different: Vec<(String, Value)> = e["different"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["key"].as_str().unwrap().to_string(), d["fields"].clone()))
+        .collect();
+    assert_eq!(
+        different,
+        vec![
+            ("12".to_string(), json!(["label"])),
+            ("20".to_string(), json!(["lines"])),
+            ("30".to_string(), json!(["lines"])),
+        ],
+        "{e}"
+    );
+    assert_eq!(e["different_count"], 3, "{e}");
+    assert_eq!(e["compared"], 299, "{e}");
+    let source_lines = w.pg_count("lines").await;
+    assert_eq!(e["embedded"][0]["source_children"], source_lines, "{e}");
+    assert_eq!(e["embedded"][0]["target_elements"], source_lines - 1, "{e}");
+    assert_eq!(e["ok"], false);
+    w.drop().await;
+}
