@@ -320,3 +320,86 @@ async fn bytea_is_binary_or_base64_or_hex_and_never_a_placeholder() {
     }
     w.drop().await;
 }
+
+/// A child row that cannot be decoded rejects its parent (the document would lack it), with the
+/// child's rule and the embed's path; the stage goes on, and verify agrees with the run.
+#[tokio::test]
+async fn a_child_row_with_an_infinite_date_rejects_its_parent_not_the_stage() {
+    let w = World::new("edge_child_dates").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE visits (id int PRIMARY KEY, person_id int NOT NULL REFERENCES people, day date);
+         INSERT INTO people SELECT g, 'p' || g FROM generate_series(1, 50) g;
+         INSERT INTO visits SELECT g, 1 + g % 50, DATE '2024-01-01' + g FROM generate_series(1, 200) g;
+         UPDATE visits SET day = 'infinity' WHERE id IN (7, 8, 120);
+         UPDATE visits SET day = '-infinity' WHERE id = 49;",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/people.toml"),
+        r#"
+version = 1
+name = "people"
+[source]
+table = "people"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+[[embed]]
+path = "visits"
+table = "visits"
+foreign_key = "person_id"
+order_by = ["id"]
+[[embed.field]]
+path = "day"
+column = "day"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("people.toml"),
+        "version = 1\nname = \"people\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"people\"]\n",
+    )
+    .unwrap();
+    let out = w.migrate_with(&dir.join("people.toml"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let e = &report["entities"][0];
+    assert_eq!(
+        (
+            e["read"].as_u64(),
+            e["written"].as_u64(),
+            e["rejected"].as_u64()
+        ),
+        (Some(50), Some(46), Some(4)),
+        "{report}"
+    );
+    let rejects = w.rejects(report["run_id"].as_str().unwrap());
+    // visits 7, 8 → people 8, 9; 120 → 21; 49 → 50 (person = 1 + visit % 50).
+    let people: std::collections::BTreeSet<&str> = rejects.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(
+        people,
+        ["21", "50", "8", "9"].into_iter().collect(),
+        "{rejects:?}"
+    );
+    assert!(
+        rejects.iter().all(|r| r.3 == "date_out_of_range"),
+        "{rejects:?}"
+    );
+    let docs = w.docs("people").await;
+    assert_eq!(docs.len(), 46);
+    assert!(
+        docs.iter()
+            .all(|d| ![8, 9, 21, 50].contains(&d.get_i32("_id").unwrap()))
+    );
+    // The others have every child: 200 visits less the 4 people's.
+    let visits: usize = docs
+        .iter()
+        .map(|d| d.get_array("visits").unwrap().len())
+        .sum();
+    assert_eq!(visits, 200 - 4 * 4);
+    w.drop().await;
+}

@@ -1003,9 +1003,16 @@ impl Checkpointer {
 /// Reads child rows of one embed in foreign-key order, handing out those of each parent.
 pub(crate) struct ChildCursor<'c> {
     stream: BoxStream<'c, Result<DecodedRow, SourceError>>,
-    pending: Option<Vec<Value>>,
+    pending: Option<DecodedRow>,
     done: bool,
     orphans: u64,
+}
+
+/// The child rows of one parent, and those of its children that could not be decoded (which
+/// reject the parent: its document would silently lack them).
+pub(crate) struct Children {
+    pub rows: Vec<Vec<Value>>,
+    pub undecodable: Vec<postgres::DecodeError>,
 }
 
 impl<'c> ChildCursor<'c> {
@@ -1018,15 +1025,35 @@ impl<'c> ChildCursor<'c> {
         }
     }
 
-    /// The child rows of the parent row `parent` (children of keys before its key are orphans).
-    /// Children start with the foreign-key columns, one per parent key column.
+    /// The child rows of the parent row `parent`; a child that cannot be decoded is an error.
     pub(crate) async fn take_for(
         &mut self,
         parent: &[Value],
         plan: &Plan,
         embed: usize,
     ) -> Result<Vec<Vec<Value>>, RunError> {
-        let mut out = Vec::new();
+        let children = self.children_of(parent, plan, embed).await?;
+        match children.undecodable.into_iter().next() {
+            Some(err) => Err(child_decode(plan, embed, err)),
+            None => Ok(children.rows),
+        }
+    }
+
+    /// The child rows of the parent row `parent` (children of keys before its key are orphans).
+    /// Children start with the foreign-key columns, one per parent key column. A child whose
+    /// foreign key could be decoded but another column not is handed out as undecodable; one
+    /// whose foreign key cannot be read belongs to no known parent and fails the read.
+    pub(crate) async fn children_of(
+        &mut self,
+        parent: &[Value],
+        plan: &Plan,
+        embed: usize,
+    ) -> Result<Children, RunError> {
+        let width = plan.key.len();
+        let mut out = Children {
+            rows: Vec::new(),
+            undecodable: Vec::new(),
+        };
         loop {
             if self.pending.is_none() {
                 if self.done {
@@ -1037,23 +1064,20 @@ impl<'c> ChildCursor<'c> {
                         self.done = true;
                         return Ok(out);
                     }
-                    Some(Ok(row)) => self.pending = Some(row),
-                    Some(Err(err)) => {
-                        let e = &plan.embeds[embed];
-                        return Err(RunError::ChildDecode {
-                            entity: plan.entity.clone(),
-                            path: e.path_text.clone(),
-                            column: e.read.columns[err.column].name.clone(),
-                            message: err.message,
-                        });
+                    Some(Err(err)) if err.key(width).is_none() => {
+                        return Err(child_decode(plan, embed, err));
                     }
+                    Some(row) => self.pending = Some(row),
                 }
             }
-            let child = self.pending.as_ref().expect("set above");
+            let fk: &[Value] = match self.pending.as_ref().expect("set above") {
+                Ok(child) => child,
+                Err(err) => &err.decoded,
+            };
             let order = plan
                 .key
                 .iter()
-                .zip(child)
+                .zip(fk)
                 .map(|(&k, fk)| fk.key_cmp(&parent[k]))
                 .find(|o| o.is_ne())
                 .unwrap_or(std::cmp::Ordering::Equal);
@@ -1062,10 +1086,23 @@ impl<'c> ChildCursor<'c> {
                     self.orphans += 1;
                     self.pending = None;
                 }
-                std::cmp::Ordering::Equal => out.push(self.pending.take().expect("set above")),
+                std::cmp::Ordering::Equal => match self.pending.take().expect("set above") {
+                    Ok(child) => out.rows.push(child),
+                    Err(err) => out.undecodable.push(err),
+                },
                 std::cmp::Ordering::Greater => return Ok(out),
             }
         }
+    }
+}
+
+fn child_decode(plan: &Plan, embed: usize, err: postgres::DecodeError) -> RunError {
+    let e = &plan.embeds[embed];
+    RunError::ChildDecode {
+        entity: plan.entity.clone(),
+        path: e.path_text.clone(),
+        column: e.read.columns[err.column].name.clone(),
+        message: err.message,
     }
 }
 
@@ -1296,7 +1333,7 @@ async fn read_loop(
                 // The children of a row rejected past its key are its own, not orphans.
                 if err.key(plan.key.len()).is_some() {
                     for (i, c) in cursors.iter_mut().enumerate() {
-                        c.take_for(&err.decoded, plan, i).await?;
+                        c.children_of(&err.decoded, plan, i).await?;
                     }
                 }
                 reject(
@@ -1313,8 +1350,36 @@ async fn read_loop(
             }
         };
         let mut children = Vec::with_capacity(cursors.len());
+        let mut undecodable = Vec::new();
         for (i, c) in cursors.iter_mut().enumerate() {
-            children.push(c.take_for(&row, plan, i).await?);
+            let got = c.children_of(&row, plan, i).await?;
+            children.push(got.rows);
+            let e = &plan.embeds[i];
+            undecodable.extend(got.undecodable.into_iter().map(|err| {
+                Issue::error(
+                    Stage::Transform,
+                    err.rule,
+                    &format!("{}.{}", e.path_text, e.read.columns[err.column].name),
+                    format!("a child row of `{}`: {}", e.path_text, err.message),
+                    String::new(),
+                )
+            }));
+        }
+        if !undecodable.is_empty() {
+            // The document would lack these children: the parent is rejected, never cut short.
+            let key: Vec<&Value> = plan.key.iter().map(|&k| &row[k]).collect();
+            reject(
+                counters,
+                total_rejected,
+                rejects,
+                &plan.entity,
+                &crate::source::value::key_text(&key),
+                &undecodable,
+                opts,
+            )
+            .map_err(io_err)??;
+            prev_row = Some(row);
+            continue;
         }
         let mut mapped = map_row(plan, &row, &children, ctx);
         let Some(raw) = mapped.doc.take() else {
