@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bson::{Bson, Document};
 use common::World;
+use common::oracle::{Class, differs};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// (id, column, array literal, outcome in MongoDB, outcome in Appwrite). An outcome is "exact"
@@ -111,37 +112,29 @@ const ROWS: &[(i32, &str, &str, &str, &str)] = &[
     ),
 ];
 
-/// Column → (PostgreSQL type, how an element renders for the oracle).
-const COLUMNS: &[(&str, &str, &str)] = &[
-    ("b", "boolean[]", "x::text"),
-    ("i2", "smallint[]", "x::text"),
-    ("i4", "integer[]", "x::text"),
-    ("i8", "bigint[]", "x::text"),
-    ("f4", "real[]", "x::text"),
-    ("f8", "double precision[]", "x::text"),
-    ("n", "numeric[]", "x::text"),
-    ("t", "text[]", "x"),
-    ("u", "uuid[]", "x::text"),
-    (
-        "d",
-        "date[]",
-        "(extract(epoch FROM x) * 1000)::bigint::text",
-    ),
-    (
-        "tz",
-        "timestamptz[]",
-        "(extract(epoch FROM x) * 1000)::numeric::text",
-    ),
-    (
-        "ts",
-        "timestamp[]",
-        "(extract(epoch FROM x) * 1000)::numeric::text",
-    ),
-    ("j", "jsonb[]", "x::text"),
-    ("by", "bytea[]", "encode(x, 'hex')"),
-    ("e", "mood[]", "x::text"),
-    ("iv", "interval[]", "x::text"),
+/// Column → (PostgreSQL type, how an element renders for the oracle and lands).
+const COLUMNS: &[(&str, &str, Class)] = &[
+    ("b", "boolean[]", Class::Int),
+    ("i2", "smallint[]", Class::Int),
+    ("i4", "integer[]", Class::Int),
+    ("i8", "bigint[]", Class::Int),
+    ("f4", "real[]", Class::Real),
+    ("f8", "double precision[]", Class::Double),
+    ("n", "numeric[]", Class::Numeric),
+    ("t", "text[]", Class::Text),
+    ("u", "uuid[]", Class::Text),
+    ("d", "date[]", Class::Instant),
+    ("tz", "timestamptz[]", Class::Instant),
+    ("ts", "timestamp[]", Class::Instant),
+    ("j", "jsonb[]", Class::Json),
+    ("by", "bytea[]", Class::Bytes),
+    ("e", "mood[]", Class::Text),
+    ("iv", "interval[]", Class::Text),
 ];
+
+fn class_of(col: &str) -> Class {
+    COLUMNS.iter().find(|c| c.0 == col).unwrap().2
+}
 
 fn schema() -> String {
     let cols: Vec<String> = COLUMNS
@@ -214,7 +207,7 @@ fn rejects(w: &World) -> BTreeMap<i32, String> {
 /// Each element of the row's array, flattened in row-major order, as PostgreSQL renders it
 /// (`None` for NULL).
 async fn pg_elements(c: &mut PgConnection, id: i32, col: &str) -> Vec<Option<String>> {
-    let render = COLUMNS.iter().find(|x| x.0 == col).unwrap().2;
+    let render = class_of(col).render("x");
     sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT {render} FROM arrs, unnest({col}) WITH ORDINALITY AS u(x, ord) WHERE id = $1 ORDER BY ord"
     )))
@@ -229,65 +222,6 @@ fn flatten<'a>(b: &'a Bson, out: &mut Vec<&'a Bson>) {
         Bson::Array(items) => items.iter().for_each(|i| flatten(i, out)),
         other => out.push(other),
     }
-}
-
-async fn same_numeric(c: &mut PgConnection, a: &str, b: &str) -> bool {
-    sqlx::query_scalar("SELECT $1::numeric = $2::numeric AND scale($1::numeric) IS NOT DISTINCT FROM scale($2::numeric)")
-        .bind(a)
-        .bind(b)
-        .fetch_one(c)
-        .await
-        .unwrap_or(false)
-}
-
-/// Why `got` is not PostgreSQL's `pg` element of column `col`, or `None` when it is exactly it.
-async fn differs(c: &mut PgConnection, col: &str, got: &Bson, pg: Option<&str>) -> Option<String> {
-    let Some(pg) = pg else {
-        return (!matches!(got, Bson::Null)).then(|| format!("{got} for NULL"));
-    };
-    let ok = match (col, got) {
-        ("b" | "i2" | "i4" | "i8", Bson::Boolean(_) | Bson::Int32(_) | Bson::Int64(_)) => {
-            got.to_string() == pg
-        }
-        ("f4", Bson::Double(d)) => {
-            // The f32 itself, widened exactly: its shortest f32 text is PostgreSQL's.
-            let f = *d as f32;
-            f64::from(f).to_bits() == d.to_bits()
-                && pg.parse::<f32>().unwrap().to_bits() == f.to_bits()
-        }
-        ("f8", Bson::Double(d)) => {
-            let want = match pg {
-                "NaN" => f64::NAN,
-                "Infinity" => f64::INFINITY,
-                "-Infinity" => f64::NEG_INFINITY,
-                t => t.parse::<f64>().unwrap(),
-            };
-            want.to_bits() == d.to_bits()
-        }
-        ("n", Bson::Decimal128(d)) => same_numeric(c, &d.to_string(), pg).await,
-        ("t" | "e" | "iv" | "u", Bson::String(s)) => s == pg,
-        ("d" | "tz" | "ts", Bson::DateTime(t)) => {
-            sqlx::query_scalar::<_, bool>("SELECT $1::numeric = $2::numeric")
-                .bind(t.timestamp_millis().to_string())
-                .bind(pg)
-                .fetch_one(&mut *c)
-                .await
-                .unwrap()
-        }
-        ("j", Bson::Document(_) | Bson::Array(_)) => {
-            let want: serde_json::Value = serde_json::from_str(pg).unwrap();
-            got.clone().into_relaxed_extjson() == want
-        }
-        ("by", Bson::Binary(b)) => {
-            b.bytes
-                .iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<String>()
-                == pg
-        }
-        _ => false,
-    };
-    (!ok).then(|| format!("{got} is not PostgreSQL's {pg}"))
 }
 
 #[tokio::test]
@@ -356,7 +290,7 @@ async fn arrays_of_every_element_type_land_exactly_in_mongodb_or_reject_with_the
             continue;
         }
         for (g, p) in flat.iter().zip(&pg) {
-            if let Some(why) = differs(&mut c, col, g, p.as_deref()).await {
+            if let Some(why) = differs(&mut c, class_of(col), g, p.as_deref()).await {
                 problems.push(format!("row {id} {col} {lit}: {why}"));
             }
         }

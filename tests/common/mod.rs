@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod library;
+pub mod oracle;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -43,7 +43,15 @@ pub fn column_value(v: &Bson) -> Value {
         Bson::String(s) => json!(s),
         Bson::Decimal128(d) => json!(d.to_string()),
         Bson::DateTime(d) => json!(d.try_to_rfc3339_string().unwrap_or_default()),
-        Bson::Binary(b) if b.bytes.len() == 16 => {
+        // A uuid (subtype 4, or the legacy 3) is its text; other binary (bytea: a 16-byte MD5
+        // digest too) stays binary, as extended JSON below.
+        Bson::Binary(b)
+            if b.bytes.len() == 16
+                && matches!(
+                    b.subtype,
+                    bson::spec::BinarySubtype::Uuid | bson::spec::BinarySubtype::UuidOld
+                ) =>
+        {
             json!(
                 uuid::Uuid::from_slice(&b.bytes)
                     .map(|u| u.to_string())
