@@ -403,3 +403,70 @@ column = "day"
     assert_eq!(visits, 200 - 4 * 4);
     w.drop().await;
 }
+
+/// `infinity = "null" | "string"` says what ±infinity becomes instead of a reject; a date past
+/// the calendar (year 5874897) is still rejected, and `check` counts only what is left.
+#[tokio::test]
+async fn the_mapping_can_write_infinite_dates_as_null_or_as_their_text() {
+    let w = World::new("edge_infinity").await;
+    w.sql(SCHEMA).await;
+    let pipeline = write_files(&w);
+    let mapping = MAPPING
+        .replace(
+            "path = \"day\"\ncolumn = \"day\"",
+            "path = \"day\"\ncolumn = \"day\"\ninfinity = \"string\"",
+        )
+        .replace(
+            "path = \"at\"\ncolumn = \"at\"",
+            "path = \"at\"\ncolumn = \"at\"\ninfinity = \"null\"\nnulls = \"keep\"",
+        );
+    assert_ne!(mapping, MAPPING);
+    std::fs::write(w.dir.path().join("mappings/moments.toml"), &mapping).unwrap();
+
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let mut counted: Vec<(String, u64)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "date_out_of_range")
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        [
+            ("at".to_string(), 1),
+            ("day".to_string(), 1),
+            ("local".to_string(), 3)
+        ],
+        "{report}"
+    );
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let docs = w.docs("moments").await;
+    let by_id = |id: i32| {
+        docs.iter()
+            .find(|d| d.get_i32("_id").unwrap() == id)
+            .unwrap_or_else(|| panic!("document {id} in {docs:?}"))
+    };
+    assert_eq!(by_id(2).get_str("day").unwrap(), "infinity");
+    assert_eq!(by_id(3).get_str("day").unwrap(), "-infinity");
+    assert_eq!(by_id(10).get("at"), Some(&Bson::Null));
+    assert_eq!(by_id(11).get("at"), Some(&Bson::Null));
+    let ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 9, 10, 11, 13, 14]);
+    w.drop().await;
+}

@@ -331,6 +331,18 @@ fn columns_used(fields: &[FieldSpec]) -> Vec<String> {
     out
 }
 
+/// The `infinity` choices of fields reading a column as it is go to the reader, which decodes
+/// the column.
+fn infinity_policies(read: &mut ReadSpec, fields: &[FieldSpec]) {
+    for f in fields {
+        if let (Some(policy), Some(column)) = (f.infinity, &f.column)
+            && let Some(i) = read.index_of(column)
+        {
+            read.columns[i].infinity = policy;
+        }
+    }
+}
+
 fn compile_fields(
     m: &Mapping,
     set: &MappingSet,
@@ -507,6 +519,8 @@ pub fn compile(
         check_updated_at(m, &relations[0], &columns[0], column)?;
     }
     let fields = compile_fields(m, set, &m.spec.fields, &read, "")?;
+    let mut read = read;
+    infinity_policies(&mut read, &m.spec.fields);
     let mut embeds = Vec::new();
     for (i, e) in m.spec.embeds.iter().enumerate() {
         let key = format!("embed[{i}] ({})", e.path);
@@ -548,6 +562,8 @@ pub fn compile(
             }
         }
         let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
+        let mut child_read = child_read;
+        infinity_policies(&mut child_read, &e.fields);
         let appwrite_table = e.appwrite == crate::mapping::spec::EmbedStore::Table;
         if appwrite_table && (e.element != EmbedElement::Document || e.path.contains('.')) {
             return Err(invalid(
@@ -765,6 +781,7 @@ mod tests {
             kind: crate::source::ColKind::from_pg_type(pg_type),
             expr: None,
             nullable: false,
+            infinity: crate::source::postgres::Infinity::Reject,
         }
     }
 

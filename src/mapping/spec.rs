@@ -143,6 +143,8 @@ pub struct OptionsSpec {
     pub uuid: UuidFormat,
 }
 
+pub use crate::source::postgres::Infinity;
+
 /// What to do with a timestamp that has a sub-millisecond part (BSON dates hold milliseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,6 +217,9 @@ pub struct FieldSpec {
     pub reference: Option<String>,
     /// Sub-millisecond timestamps: `reject` (default), `truncate` (with a warning), `keep_string`.
     pub sub_millis: Option<SubMillis>,
+    /// What a date or timestamp of `infinity` / `-infinity` becomes (default: the row is
+    /// rejected, `date_out_of_range`).
+    pub infinity: Option<Infinity>,
     /// Where `keep_string` puts the exact value.
     pub exact_path: Option<String>,
     /// Time zone of a `timestamp without time zone` column: `UTC` or an offset such as `+01:00`.

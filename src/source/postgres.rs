@@ -217,6 +217,21 @@ pub struct SourceColumn {
     pub expr: Option<String>,
     /// May hold NULL: true unless the catalog says `NOT NULL` (a query's columns, computed ones).
     pub nullable: bool,
+    /// What a date or timestamp `infinity` / `-infinity` of this column decodes to.
+    pub infinity: Infinity,
+}
+
+/// What a date or timestamp of `infinity` or `-infinity` becomes (no calendar holds it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Infinity {
+    /// The row is rejected (`date_out_of_range`): the default.
+    #[default]
+    Reject,
+    /// NULL (the field then follows the mapping's `nulls`).
+    Null,
+    /// The text `infinity` / `-infinity`, as PostgreSQL prints it.
+    String,
 }
 
 /// Quotes an identifier (`schema.table` is split on the dot).
@@ -379,6 +394,7 @@ pub async fn describe(
                 pg_type,
                 expr: None,
                 nullable: !not_null.iter().any(|n| n == c.name()),
+                infinity: Infinity::Reject,
             }
         })
         .collect())
@@ -622,7 +638,8 @@ pub fn stream<'c>(
     conn: &'c mut PgConnection,
     spec: &ReadSpec,
 ) -> BoxStream<'c, Result<DecodedRow, SourceError>> {
-    let kinds: Vec<ColKind> = spec.columns.iter().map(|c| c.kind).collect();
+    let kinds: Vec<(ColKind, Infinity)> =
+        spec.columns.iter().map(|c| (c.kind, c.infinity)).collect();
     let sql = spec.sql();
     let context = format!("read {}", spec.relation);
     let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -640,11 +657,19 @@ pub fn stream<'c>(
     )
 }
 
-fn decode_row(row: &PgRow, kinds: &[ColKind]) -> DecodedRow {
+fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity)]) -> DecodedRow {
     let mut out = Vec::with_capacity(kinds.len());
-    for (i, kind) in kinds.iter().enumerate() {
+    for (i, (kind, infinity)) in kinds.iter().enumerate() {
         match decode(row, i, *kind) {
             Ok(v) => out.push(v),
+            // What the mapping says an infinite date becomes.
+            Err(Failure {
+                infinite: Some(negative),
+                ..
+            }) if *infinity != Infinity::Reject => out.push(match infinity {
+                Infinity::Null => Value::Null,
+                _ => Value::Text(if negative { "-infinity" } else { "infinity" }.into()),
+            }),
             Err(f) => {
                 return Err(DecodeError {
                     column: i,
@@ -663,6 +688,8 @@ fn decode_row(row: &PgRow, kinds: &[ColKind]) -> DecodedRow {
 struct Failure {
     rule: &'static str,
     message: String,
+    /// The value was `infinity` (false) or `-infinity` (true).
+    infinite: Option<bool>,
 }
 
 impl Failure {
@@ -670,6 +697,14 @@ impl Failure {
         Failure {
             rule: RULE_DATE_OUT_OF_RANGE,
             message,
+            infinite: None,
+        }
+    }
+
+    fn infinite(self, negative: Option<bool>) -> Failure {
+        Failure {
+            infinite: negative,
+            ..self
         }
     }
 }
@@ -679,6 +714,7 @@ impl From<sqlx::Error> for Failure {
         Failure {
             rule: RULE_DECODE,
             message: e.to_string(),
+            infinite: None,
         }
     }
 }
@@ -725,6 +761,7 @@ fn decode_array(row: &PgRow, i: usize, elem: Elem) -> Result<Value, Failure> {
     let bytes = raw.as_bytes().map_err(|e| Failure {
         rule: RULE_DECODE,
         message: e.to_string(),
+        infinite: None,
     })?;
     let mut r = Bin { bytes, at: 0 };
     let ndim = r.i32()?;
@@ -746,6 +783,7 @@ fn decode_array(row: &PgRow, i: usize, elem: Elem) -> Result<Value, Failure> {
                 message: format!(
                     "the array's indexes start at {lower}, not 1: a document array starts at its first element, so every element would change its index"
                 ),
+                infinite: None,
             });
         }
         dims.push(len as usize);
@@ -785,6 +823,7 @@ fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
             Err(Failure {
                 rule: RULE_DECODE,
                 message: format!("an array element of {} bytes, expected {n}", b.len()),
+                infinite: None,
             })
         }
     };
@@ -792,6 +831,7 @@ fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
         String::from_utf8(b.to_vec()).map_err(|_| Failure {
             rule: RULE_DECODE,
             message: "an array element is not valid UTF-8".into(),
+            infinite: None,
         })
     };
     Ok(match elem {
@@ -860,6 +900,7 @@ impl<'a> Bin<'a> {
         Failure {
             rule: RULE_DECODE,
             message: format!("a binary array with {what}"),
+            infinite: None,
         }
     }
 }
@@ -884,6 +925,7 @@ fn decode_time(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
     let bytes = raw.as_bytes().map_err(|e| Failure {
         rule: RULE_DECODE,
         message: e.to_string(),
+        infinite: None,
     })?;
     let wrong_size = |want: usize| Failure {
         rule: RULE_DECODE,
@@ -892,17 +934,30 @@ fn decode_time(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
             kind_name(kind),
             bytes.len()
         ),
+        infinite: None,
     };
     match kind {
         ColKind::Date => {
             let b: [u8; 4] = bytes.try_into().map_err(|_| wrong_size(4))?;
-            date_from_pg(i32::from_be_bytes(b))
-                .map(Value::Date)
-                .map_err(Failure::out_of_range)
+            let days = i32::from_be_bytes(b);
+            date_from_pg(days).map(Value::Date).map_err(|m| {
+                Failure::out_of_range(m).infinite(match days {
+                    i32::MAX => Some(false),
+                    i32::MIN => Some(true),
+                    _ => None,
+                })
+            })
         }
         _ => {
             let b: [u8; 8] = bytes.try_into().map_err(|_| wrong_size(8))?;
-            let t = instant_from_pg(i64::from_be_bytes(b), kind).map_err(Failure::out_of_range)?;
+            let micros = i64::from_be_bytes(b);
+            let t = instant_from_pg(micros, kind).map_err(|m| {
+                Failure::out_of_range(m).infinite(match micros {
+                    i64::MAX => Some(false),
+                    i64::MIN => Some(true),
+                    _ => None,
+                })
+            })?;
             Ok(if kind == ColKind::Timestamp {
                 Value::Timestamp(t.naive_utc())
             } else {
@@ -1009,6 +1064,7 @@ mod tests {
         SourceColumn {
             expr: None,
             nullable: false,
+            infinity: Infinity::Reject,
             name: name.into(),
             pg_type: pg.into(),
             kind: ColKind::from_pg_type(pg),
