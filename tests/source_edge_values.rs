@@ -401,6 +401,14 @@ column = "day"
         .map(|d| d.get_array("visits").unwrap().len())
         .sum();
     assert_eq!(visits, 200 - 4 * 4);
+    // verify expects what the run wrote: the rejected parents are not missing.
+    let out = w
+        .cutover()
+        .args(["verify", "--full", "--pipeline"])
+        .arg(dir.join("people.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     w.drop().await;
 }
 

@@ -1026,20 +1026,6 @@ impl<'c> ChildCursor<'c> {
         }
     }
 
-    /// The child rows of the parent row `parent`; a child that cannot be decoded is an error.
-    pub(crate) async fn take_for(
-        &mut self,
-        parent: &[Value],
-        plan: &Plan,
-        embed: usize,
-    ) -> Result<Vec<Vec<Value>>, RunError> {
-        let children = self.children_of(parent, plan, embed).await?;
-        match children.undecodable.into_iter().next() {
-            Some(err) => Err(child_decode(plan, embed, err)),
-            None => Ok(children.rows),
-        }
-    }
-
     /// The child rows of the parent row `parent` (children of keys before its key are orphans).
     /// Children start with the foreign-key columns, one per parent key column. A child whose
     /// foreign key could be decoded but another column not is handed out as undecodable; one

@@ -152,7 +152,7 @@ async fn each_expected(
                 // Its children are its own (not the next row's orphans) when its key decoded.
                 if err.key(plan.key.len()).is_some() {
                     for (i, c) in cursors.iter_mut().enumerate() {
-                        c.take_for(&err.decoded, plan, i).await?;
+                        c.children_of(&err.decoded, plan, i).await?;
                     }
                 }
                 f(this, err.key_text(plan.key.len()), None, &[]);
@@ -160,8 +160,17 @@ async fn each_expected(
             }
         };
         let mut children = Vec::with_capacity(cursors.len());
+        let mut undecodable = false;
         for (i, c) in cursors.iter_mut().enumerate() {
-            children.push(c.take_for(&row, plan, i).await?);
+            let got = c.children_of(&row, plan, i).await?;
+            undecodable |= !got.undecodable.is_empty();
+            children.push(got.rows);
+        }
+        if undecodable {
+            // The run rejects a parent whose children cannot all be decoded.
+            let key: Vec<&crate::source::Value> = plan.key.iter().map(|&k| &row[k]).collect();
+            f(this, crate::source::value::key_text(&key), None, &[]);
+            continue;
         }
         let counts: Vec<usize> = children.iter().map(Vec::len).collect();
         let mapped = map_row(plan, &row, &children, ctx);

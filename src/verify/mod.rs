@@ -415,7 +415,7 @@ pub async fn verify_entity(
                     // Its children are its own (not the next row's orphans) when its key decoded.
                     if err.key(plan.key.len()).is_some() {
                         for (i, c) in cursors.iter_mut().enumerate() {
-                            c.take_for(&err.decoded, plan, i).await?;
+                            c.children_of(&err.decoded, plan, i).await?;
                         }
                     }
                     n += 1;
@@ -424,11 +424,19 @@ pub async fn verify_entity(
                 }
             };
             let mut children = Vec::with_capacity(cursors.len());
+            let mut undecodable = false;
             for (i, c) in cursors.iter_mut().enumerate() {
-                children.push(c.take_for(&row, plan, i).await?);
+                let got = c.children_of(&row, plan, i).await?;
+                undecodable |= !got.undecodable.is_empty();
+                children.push(got.rows);
             }
             let this = n;
             n += 1;
+            if undecodable {
+                // The run rejects a parent whose children cannot all be decoded.
+                rejected_by_mapping += 1;
+                continue;
+            }
             let mapped = map_row(plan, &row, &children, ctx);
             if mapped.doc.is_some() {
                 for (total, kids) in child_totals.iter_mut().zip(&children) {
