@@ -253,7 +253,7 @@ fn days(text: &str) -> Result<i64, String> {
 
 fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
     let t = text.strip_prefix("\\x").unwrap_or(text);
-    if t.len() % 2 != 0 {
+    if !t.len().is_multiple_of(2) {
         return Err("odd hex".into());
     }
     (0..t.len())
