@@ -365,9 +365,10 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
             _ => None,
         };
+        let mut independent = None;
         let v = match &target {
             Target::Mongo(m) => {
-                crate::verify::verify_entity(
+                let mut v = crate::verify::verify_entity(
                     p,
                     &mut session,
                     m,
@@ -376,7 +377,20 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &collections,
                     &mut log,
                 )
-                .await?
+                .await?;
+                // PostgreSQL's own values against the target's, apart from the converter.
+                let i = crate::verify::oracle::verify_entity(
+                    p,
+                    &mut session,
+                    m,
+                    sample,
+                    &collections,
+                    &mut log,
+                )
+                .await?;
+                i.apply(&mut v);
+                independent = Some(i);
+                v
             }
             Target::Appwrite(a) => {
                 crate::verify::appwrite::verify_entity(
@@ -396,13 +410,21 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         };
         if !args.json {
             print_verification(&v);
+            for line in independent.iter().flat_map(|i| i.lines()) {
+                crate::outln!("{line}");
+            }
         }
-        results.push(v);
+        let mut entity = serde_json::to_value(&v)?;
+        if let Some(i) = independent {
+            entity["independent"] = serde_json::to_value(i)?;
+        }
+        results.push((v.ok, entity));
     }
     session.close().await;
     log.finish()?;
     let problems_file = log.written().map(|p| p.display().to_string());
-    let ok = results.iter().all(|v| v.ok);
+    let ok = results.iter().all(|(ok, _)| *ok);
+    let results: Vec<serde_json::Value> = results.into_iter().map(|(_, e)| e).collect();
     let json = serde_json::json!({
         "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "target": target_name,

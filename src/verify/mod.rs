@@ -29,6 +29,7 @@ use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, map_row};
 
 pub mod appwrite;
+pub mod oracle;
 pub mod order;
 
 /// How many problems of each kind the text output shows.

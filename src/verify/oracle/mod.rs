@@ -1,0 +1,698 @@
+//! The independent comparison of `verify` (MongoDB): for every field written as its column is
+//! (no transform; the natural conversion or a cast this module can check), verify asks PostgreSQL
+//! for its own rendering of the column with its own query (`::text`, `to_jsonb`, epoch
+//! microseconds, hex of the bytes) and compares it with the target's value using
+//! [`compare`], which shares no code with `transform/` or the source decoders. So a conversion
+//! loss that migrate and the re-derivation of [`super::verify_entity`] would both make is seen.
+//!
+//! Memory stays bounded: source rows stream in key order; target documents stream in `_id` order
+//! when that is the key order ([`super::order`]), else they are looked up by `_id` in batches.
+//! Documents that are missing or unexpected are left to the main comparison. Only the first
+//! [`super::KEPT`] mismatches are held; every one goes to the problems file.
+
+pub mod compare;
+pub mod json;
+
+use std::collections::HashMap;
+
+use bson::{Bson, Document, doc};
+use futures::TryStreamExt;
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Executor, Row};
+
+use super::{BrokenReference, EntityVerification, Kept, ProblemLog, show_id};
+use crate::mapping::plan::{FieldPlan, Input, Plan};
+use crate::mapping::spec::{CastType, SubMillis};
+use crate::pipeline::run::RunError;
+use crate::sink::mongodb::{MongoError, MongoTarget};
+use crate::source::postgres::{qualifier, quote_ident};
+use crate::source::{ColKind, SourceError, SourceSession, Value};
+use compare::Check;
+
+/// A field compared independently, and how.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparedField {
+    pub path: String,
+    pub column: String,
+    pub check: String,
+}
+
+/// A field not compared independently, and why (`transform: phone`, `constant value`, …).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotCompared {
+    pub path: String,
+    pub why: String,
+}
+
+/// A target value that is not PostgreSQL's value under the mapping's documented rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    pub key: String,
+    pub id: String,
+    pub field: String,
+    /// PostgreSQL's rendering (`NULL` for NULL).
+    pub source: String,
+    /// The target's value as canonical Extended JSON (`(absent)` when the field is missing).
+    pub target: String,
+    pub problem: String,
+}
+
+/// The independent comparison of one entity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Independent {
+    pub compared_fields: Vec<ComparedField>,
+    pub not_compared: Vec<NotCompared>,
+    /// Documents whose fields were compared.
+    pub documents: u64,
+    /// Source rows whose key gave no `_id` here (left to the main comparison).
+    pub rows_without_id: u64,
+    pub mismatch_count: u64,
+    pub mismatches: Vec<Mismatch>,
+    /// References inside embedded documents that point nowhere.
+    pub broken_embedded_references: Vec<BrokenReference>,
+}
+
+impl Independent {
+    pub fn ok(&self) -> bool {
+        self.mismatch_count == 0 && self.broken_embedded_references.is_empty()
+    }
+
+    /// Folds the result into the entity's verification: its `ok` and its broken references.
+    pub fn apply(&self, v: &mut EntityVerification) {
+        v.broken_references
+            .extend(self.broken_embedded_references.iter().cloned());
+        v.ok = v.ok && self.ok();
+    }
+
+    /// The text report's lines (indented like the rest of `verify`'s output).
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let names = |v: Vec<&str>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        out.push(format!(
+            "    compared independently with PostgreSQL's own values ({} documents): {}",
+            self.documents,
+            names(
+                self.compared_fields
+                    .iter()
+                    .map(|f| f.path.as_str())
+                    .collect()
+            )
+        ));
+        if !self.not_compared.is_empty() {
+            let why: Vec<String> = self
+                .not_compared
+                .iter()
+                .map(|n| format!("{} ({})", n.path, n.why))
+                .collect();
+            out.push(format!(
+                "    not compared independently: {}",
+                why.join(", ")
+            ));
+        }
+        for m in self.mismatches.iter().take(super::SHOWN) {
+            out.push(format!(
+                "    value differs: {} field {}: source {} target {} — {}",
+                m.key, m.field, m.source, m.target, m.problem
+            ));
+        }
+        let shown = self.mismatches.len().min(super::SHOWN) as u64;
+        if self.mismatch_count > shown {
+            out.push(format!(
+                "    … and {} more differing values",
+                self.mismatch_count - shown
+            ));
+        }
+        out
+    }
+}
+
+/// One field to compare: where it is in the document and how PostgreSQL renders its column.
+struct FieldCheck {
+    path: Vec<String>,
+    path_text: String,
+    column: String,
+    /// The SELECT expression of PostgreSQL's rendering (text).
+    sql: String,
+    check: Check,
+    keep_nulls: bool,
+}
+
+/// Whether a type name is an array type (`INT4[]`, `_int4`), and of which element type.
+fn element_type(pg_type: &str) -> Option<String> {
+    if let Some(e) = pg_type.strip_suffix("[]") {
+        return Some(e.to_ascii_uppercase());
+    }
+    pg_type.strip_prefix('_').map(|e| e.to_ascii_uppercase())
+}
+
+/// The check of a non-array column of type `pg_type` under `cast`, or why there is none.
+fn scalar_check(pg_type: &str, f: &FieldPlan) -> Result<Check, String> {
+    use CastType as C;
+    let out = &f.output;
+    let kind = ColKind::from_pg_type(pg_type);
+    let offset_s = match kind {
+        ColKind::Timestamp => match out.timezone {
+            Some(tz) => i64::from(tz.local_minus_utc()),
+            None => return Err("timestamp without a zone".into()),
+        },
+        _ => 0,
+    };
+    let check = match (kind, out.cast) {
+        (ColKind::Int16 | ColKind::Int32, None | Some(C::Int)) => Check::Int { long: false },
+        (ColKind::Int64, Some(C::Int)) => Check::Int { long: false },
+        (ColKind::Int16 | ColKind::Int32 | ColKind::Int64, Some(C::Long))
+        | (ColKind::Int64, None) => Check::Int { long: true },
+        (ColKind::Int16 | ColKind::Int32 | ColKind::Int64, Some(C::Double)) => Check::NearestDouble,
+        (ColKind::Int16 | ColKind::Int32 | ColKind::Int64, Some(C::Decimal)) => Check::IntDecimal,
+        (ColKind::Float32, None | Some(C::Double)) => Check::Float4,
+        (ColKind::Float64, None | Some(C::Double)) => Check::Float8,
+        (ColKind::Float32 | ColKind::Float64, Some(C::Decimal)) => Check::FloatDecimal,
+        (ColKind::Numeric, None | Some(C::Decimal)) => Check::Numeric,
+        (ColKind::Numeric, Some(C::Double)) => Check::NearestDouble,
+        (ColKind::Numeric, Some(C::Int)) => Check::Int { long: false },
+        (ColKind::Numeric, Some(C::Long)) => Check::Int { long: true },
+        (ColKind::Bool, None | Some(C::Bool)) => Check::Bool,
+        (
+            ColKind::Text
+            | ColKind::Numeric
+            | ColKind::Int16
+            | ColKind::Int32
+            | ColKind::Int64
+            | ColKind::Uuid
+            | ColKind::Json,
+            Some(C::String),
+        )
+        | (ColKind::Text, None) => Check::Text,
+        (ColKind::Uuid, None | Some(C::Uuid)) => Check::Uuid(out.uuid),
+        (ColKind::Bytes, None) => Check::Bytes,
+        (ColKind::Bytes, Some(C::Base64)) => Check::Base64,
+        (ColKind::Bytes, Some(C::Hex)) => Check::Hex,
+        (ColKind::Date, None | Some(C::Date)) => Check::Date,
+        (ColKind::TimestampTz | ColKind::Timestamp, None | Some(C::Date)) => Check::Instant {
+            sub_millis: out.sub_millis,
+            offset_s,
+        },
+        (ColKind::Json, None) => Check::Json { lossy: out.lossy },
+        (ColKind::OtherAsText, None | Some(C::String)) if element_type(pg_type).is_none() => {
+            Check::Text
+        }
+        (_, Some(c)) => return Err(format!("type = {c:?} from {pg_type}").to_lowercase()),
+        (_, None) => return Err(format!("no check for {pg_type}").to_lowercase()),
+    };
+    Ok(check)
+}
+
+/// The check of a column, and the SQL of PostgreSQL's rendering of `col` for it.
+fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, String), String> {
+    if let Some(elem) = element_type(pg_type) {
+        let inner = scalar_check(&elem, f).map_err(|why| format!("array: {why}"))?;
+        if matches!(inner, Check::Text) && ColKind::from_pg_type(&elem) != ColKind::Text {
+            return Err(format!("array of {}", elem.to_lowercase()));
+        }
+        return Ok((
+            Check::Array(Box::new(inner)),
+            format!("to_jsonb({col})::text"),
+        ));
+    }
+    let check = scalar_check(pg_type, f)?;
+    let sql = match &check {
+        Check::Text if pg_type == "TEXT" || pg_type == "VARCHAR" || pg_type == "BPCHAR" => {
+            col.to_string()
+        }
+        Check::Bytes | Check::Base64 | Check::Hex => format!("encode({col}, 'hex')"),
+        Check::Instant { .. } | Check::InstantText { .. } => format!(
+            "CASE WHEN isfinite({col}) THEN extract(epoch FROM {col})::text ELSE {col}::text END"
+        ),
+        Check::Date => format!(
+            "CASE WHEN isfinite({col}) THEN ({col} - date '1970-01-01')::text ELSE {col}::text END"
+        ),
+        Check::Json { .. } => format!("to_jsonb({col})::text"),
+        _ => format!("{col}::text"),
+    };
+    Ok((check, sql))
+}
+
+/// Why a field cannot be compared with its column's own value, if it cannot.
+fn not_independent(f: &FieldPlan) -> Option<String> {
+    if !f.steps.is_empty() {
+        let names: Vec<String> = f
+            .steps
+            .iter()
+            .map(|s| {
+                let d = format!("{s:?}");
+                d.split([' ', '{', '(']).next().unwrap_or("").to_lowercase()
+            })
+            .collect();
+        return Some(format!("transform: {}", names.join(", ")));
+    }
+    if let Some(c) = &f.combine {
+        let d = format!("{c:?}");
+        return Some(format!(
+            "columns combined: {}",
+            d.split([' ', '(']).next().unwrap_or("").to_lowercase()
+        ));
+    }
+    match &f.input {
+        Input::Const(_) => return Some("constant value".into()),
+        Input::Columns(_) => return Some("several columns".into()),
+        Input::Column(_) => {}
+    }
+    if f.default.is_some() {
+        return Some("default value".into());
+    }
+    None
+}
+
+/// The fields of `plan` compared independently (with their SQL) and those that are not.
+fn plan_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
+    let qual = qualifier(&plan.relation);
+    let mut checks = Vec::new();
+    let mut skipped = Vec::new();
+    for f in &plan.fields {
+        if let Some(why) = not_independent(f) {
+            skipped.push(NotCompared {
+                path: f.path_text.clone(),
+                why,
+            });
+            continue;
+        }
+        let Input::Column(i) = f.input else {
+            unreachable!("checked above")
+        };
+        let column = &plan.read.columns[i];
+        if column.expr.is_some() {
+            skipped.push(NotCompared {
+                path: f.path_text.clone(),
+                why: "computed column".into(),
+            });
+            continue;
+        }
+        let col = format!("{qual}.{}", quote_ident(&column.name));
+        match column_check(&column.pg_type, &col, f) {
+            Ok((check, sql)) => {
+                if let (Check::Instant { offset_s, .. }, Some(exact)) = (&check, &f.exact_path)
+                    && f.output.sub_millis == SubMillis::KeepString
+                {
+                    checks.push(FieldCheck {
+                        path: exact.clone(),
+                        path_text: exact.join("."),
+                        column: column.name.clone(),
+                        sql: sql.clone(),
+                        check: Check::InstantText {
+                            offset_s: *offset_s,
+                        },
+                        keep_nulls: f.nulls == crate::mapping::spec::NullPolicy::Keep,
+                    });
+                }
+                checks.push(FieldCheck {
+                    path: f.path.clone(),
+                    path_text: f.path_text.clone(),
+                    column: column.name.clone(),
+                    sql,
+                    check,
+                    keep_nulls: f.nulls == crate::mapping::spec::NullPolicy::Keep,
+                });
+            }
+            Err(why) => skipped.push(NotCompared {
+                path: f.path_text.clone(),
+                why,
+            }),
+        }
+    }
+    for e in &plan.embeds {
+        for f in &e.fields {
+            skipped.push(NotCompared {
+                path: format!("{}.{}", e.path_text, f.path_text),
+                why: "embedded (compared by the re-derivation only)".into(),
+            });
+        }
+    }
+    (checks, skipped)
+}
+
+/// The SQL rendering a key column is read with, to rebuild its value (and the row's `_id`).
+fn key_sql(kind: ColKind, pg_type: &str, col: &str) -> String {
+    match kind {
+        ColKind::Text if pg_type != "NAME" && pg_type != "CHAR" => col.to_string(),
+        ColKind::Date => {
+            format!("CASE WHEN isfinite({col}) THEN ({col} - date '1970-01-01')::text END")
+        }
+        ColKind::Timestamp | ColKind::TimestampTz => {
+            format!("CASE WHEN isfinite({col}) THEN extract(epoch FROM {col})::text END")
+        }
+        _ => format!("{col}::text"),
+    }
+}
+
+/// A key value from its rendering by [`key_sql`].
+fn key_value(kind: ColKind, text: &str) -> Option<Value> {
+    let instant = |t: &str| {
+        let d = compare::Dec::parse(t)?;
+        let micros: i128 = d.coef.parse::<i128>().ok()? * 10i128.pow((d.exp + 6).max(0) as u32);
+        let micros = if d.neg { -micros } else { micros };
+        chrono::DateTime::from_timestamp_micros(i64::try_from(micros).ok()?)
+    };
+    Some(match kind {
+        ColKind::Int16 | ColKind::Int32 => Value::Int32(text.parse().ok()?),
+        ColKind::Int64 => Value::Int64(text.parse().ok()?),
+        ColKind::Numeric => Value::Numeric(text.to_string()),
+        ColKind::Text => Value::Text(text.to_string()),
+        ColKind::Uuid => Value::Uuid(uuid::Uuid::parse_str(text).ok()?),
+        ColKind::Date => {
+            let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+            Value::Date(epoch.checked_add_signed(chrono::Duration::days(text.parse().ok()?))?)
+        }
+        ColKind::Timestamp => Value::Timestamp(instant(text)?.naive_utc()),
+        ColKind::TimestampTz => Value::TimestampTz(instant(text)?),
+        _ => return None,
+    })
+}
+
+/// The value at a dotted path of a document (`None`: absent).
+fn at_path<'d>(d: &'d Document, path: &[String]) -> Option<&'d Bson> {
+    let (last, parents) = path.split_last()?;
+    let mut cur = d;
+    for p in parents {
+        match cur.get(p) {
+            Some(Bson::Document(inner)) => cur = inner,
+            _ => return None,
+        }
+    }
+    cur.get(last)
+}
+
+fn merr(op: String) -> impl FnOnce(mongodb::error::Error) -> RunError {
+    move |source| RunError::Target(MongoError::Command { op, source })
+}
+
+fn qerr(context: String) -> impl FnOnce(sqlx::Error) -> RunError {
+    move |source| RunError::Source(SourceError::Query { context, source })
+}
+
+/// Source rows whose documents are looked up at once when ids do not follow key order.
+const LOOKUP_CHUNK: usize = 500;
+
+/// A source row waiting for its document: key text, `_id`, renderings (one per check).
+type Pending = (String, Bson, Vec<Option<String>>);
+
+struct Comparer<'a> {
+    entity: &'a str,
+    checks: &'a [FieldCheck],
+    log: &'a mut ProblemLog,
+    mismatches: Kept<Mismatch>,
+    documents: u64,
+}
+
+impl Comparer<'_> {
+    fn document(&mut self, row: &Pending, doc: &Document) -> Result<(), RunError> {
+        self.documents += 1;
+        let (key, id, texts) = row;
+        for (c, text) in self.checks.iter().zip(texts) {
+            let target = at_path(doc, &c.path);
+            let problem = match (text, target) {
+                (None, None) if !c.keep_nulls => None,
+                (None, Some(Bson::Null)) if c.keep_nulls => None,
+                (None, _) => Some(if c.keep_nulls {
+                    "NULL in the source: the mapping keeps NULLs as null".to_string()
+                } else {
+                    "NULL in the source: the mapping leaves such a field out".to_string()
+                }),
+                (Some(_), None) => Some("the field is missing".to_string()),
+                (Some(t), Some(b)) => compare::value(&c.check, t, b).err(),
+            };
+            let Some(problem) = problem else { continue };
+            let m = Mismatch {
+                key: key.clone(),
+                id: show_id(id),
+                field: c.path_text.clone(),
+                source: text.clone().unwrap_or_else(|| "NULL".into()),
+                target: target.map_or_else(|| "(absent)".into(), compare::show),
+                problem,
+            };
+            self.log.write(serde_json::json!({
+                "entity": self.entity, "kind": "value", "key": m.key, "id": m.id,
+                "field": m.field, "source": m.source, "target": m.target, "problem": m.problem,
+            }))?;
+            self.mismatches.push(m);
+        }
+        Ok(())
+    }
+}
+
+/// Looks the documents of `pending` up by `_id` and compares them; empties `pending`.
+async fn lookup(
+    coll: &mongodb::Collection<Document>,
+    collection: &str,
+    pending: &mut Vec<Pending>,
+    cmp: &mut Comparer<'_>,
+) -> Result<(), RunError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Bson> = pending.iter().map(|(_, id, _)| id.clone()).collect();
+    let mut found: HashMap<Vec<u8>, Document> = HashMap::with_capacity(ids.len());
+    let mut cursor = coll
+        .find(doc! { "_id": { "$in": ids } })
+        .await
+        .map_err(merr(format!("read {collection}")))?;
+    while let Some(d) = cursor
+        .try_next()
+        .await
+        .map_err(merr(format!("read {collection}")))?
+    {
+        let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+        found.insert(super::id_bytes(&id), d);
+    }
+    for row in pending.drain(..) {
+        if let Some(d) = found.get(&super::id_bytes(&row.1)) {
+            cmp.document(&row, d)?;
+        }
+    }
+    Ok(())
+}
+
+/// Compares the independently checkable fields of `plan` in the target with PostgreSQL's own
+/// values, and the references inside its embedded documents. `sample`: as [`super::verify_entity`].
+pub async fn verify_entity(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &MongoTarget,
+    sample: Option<u64>,
+    ref_collections: &HashMap<String, String>,
+    log: &mut ProblemLog,
+) -> Result<Independent, RunError> {
+    let (checks, not_compared) = plan_fields(plan);
+    let compared_fields = checks
+        .iter()
+        .map(|c| ComparedField {
+            path: c.path_text.clone(),
+            column: c.column.clone(),
+            check: c.check.describe(),
+        })
+        .collect();
+    let source_rows = session.count(&plan.relation).await?;
+    let step = match sample {
+        Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
+        _ => 1,
+    };
+    let coll = target.database().collection::<Document>(&plan.collection);
+    let mut cmp = Comparer {
+        entity: &plan.entity,
+        checks: &checks,
+        log,
+        mismatches: Kept::default(),
+        documents: 0,
+    };
+    let mut rows_without_id = 0u64;
+    if !checks.is_empty() {
+        let qual = qualifier(&plan.relation);
+        let keys: Vec<(ColKind, String)> = plan
+            .key
+            .iter()
+            .map(|&i| {
+                let c = &plan.read.columns[i];
+                (c.kind, format!("{qual}.{}", quote_ident(&c.name)))
+            })
+            .collect();
+        let mut select: Vec<String> = plan
+            .key
+            .iter()
+            .zip(&keys)
+            .map(|(&i, (kind, col))| key_sql(*kind, &plan.read.columns[i].pg_type, col))
+            .collect();
+        select.extend(checks.iter().map(|c| c.sql.clone()));
+        let order: Vec<String> = keys
+            .iter()
+            .map(|(kind, col)| {
+                if *kind == ColKind::Text {
+                    format!("{col} COLLATE \"C\"")
+                } else {
+                    col.clone()
+                }
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            select.join(", "),
+            plan.relation,
+            order.join(", ")
+        );
+        let mut conn = session.reader().await?;
+        // Only this transaction's own renderings change: shortest round-trip float text.
+        conn.execute("SET LOCAL extra_float_digits = 1")
+            .await
+            .map_err(qerr("set extra_float_digits".into()))?;
+        let ordered = step == 1 && super::order::ids_follow_key_order(plan);
+        let mut target_cursor = if ordered {
+            Some(
+                coll.find(doc! {})
+                    .sort(doc! { "_id": 1 })
+                    .await
+                    .map_err(merr(format!("read {}", plan.collection)))?,
+            )
+        } else {
+            None
+        };
+        let mut pending_doc: Option<Document> = None;
+        let mut pending: Vec<Pending> = Vec::new();
+        let context = format!("read {} for the independent comparison", plan.relation);
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
+        let mut n = 0u64;
+        while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
+            let this = n;
+            n += 1;
+            if !this.is_multiple_of(step) {
+                continue;
+            }
+            let width = keys.len();
+            let mut key_values = Vec::with_capacity(width);
+            for (i, (kind, _)) in keys.iter().enumerate() {
+                let text: Option<String> = row.try_get(i).map_err(qerr(context.clone()))?;
+                key_values.push(text.as_deref().and_then(|t| key_value(*kind, t)));
+            }
+            let Some(key_values) = key_values.into_iter().collect::<Option<Vec<Value>>>() else {
+                rows_without_id += 1;
+                continue;
+            };
+            let key_refs: Vec<&Value> = key_values.iter().collect();
+            let Ok(id) = plan.id.id_for(&key_refs) else {
+                rows_without_id += 1;
+                continue;
+            };
+            let mut texts = Vec::with_capacity(checks.len());
+            for i in 0..checks.len() {
+                texts.push(
+                    row.try_get::<Option<String>, _>(width + i)
+                        .map_err(qerr(context.clone()))?,
+                );
+            }
+            let item: Pending = (crate::source::value::key_text(&key_refs), id, texts);
+            let Some(cursor) = target_cursor.as_mut() else {
+                pending.push(item);
+                if pending.len() >= LOOKUP_CHUNK {
+                    lookup(&coll, &plan.collection, &mut pending, &mut cmp).await?;
+                }
+                continue;
+            };
+            // Merge: skip target documents before this id (the main comparison names them).
+            loop {
+                if pending_doc.is_none() {
+                    pending_doc = cursor
+                        .try_next()
+                        .await
+                        .map_err(merr(format!("read {}", plan.collection)))?;
+                }
+                let Some(d) = pending_doc.as_ref() else { break };
+                let tid = d.get("_id").cloned().unwrap_or(Bson::Null);
+                match super::order::bson_cmp(&tid, &item.1) {
+                    std::cmp::Ordering::Less => pending_doc = None,
+                    std::cmp::Ordering::Equal => {
+                        cmp.document(&item, d)?;
+                        pending_doc = None;
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+        }
+        drop(rows);
+        lookup(&coll, &plan.collection, &mut pending, &mut cmp).await?;
+    }
+    let broken_embedded_references = embedded_references(plan, target, ref_collections).await?;
+    let Comparer {
+        mismatches,
+        documents,
+        ..
+    } = cmp;
+    Ok(Independent {
+        compared_fields,
+        not_compared,
+        documents,
+        rows_without_id,
+        mismatch_count: mismatches.count,
+        mismatches: mismatches.first,
+        broken_embedded_references,
+    })
+}
+
+/// References inside embedded arrays: every value names an existing document of the entity
+/// referenced, as top-level references are checked.
+async fn embedded_references(
+    plan: &Plan,
+    target: &MongoTarget,
+    ref_collections: &HashMap<String, String>,
+) -> Result<Vec<BrokenReference>, RunError> {
+    let mut out = Vec::new();
+    for e in &plan.embeds {
+        for f in &e.fields {
+            let Some(rule) = &f.reference else { continue };
+            let ref_coll = ref_collections
+                .get(&rule.entity)
+                .cloned()
+                .unwrap_or_else(|| rule.entity.clone());
+            let path = match e.element {
+                crate::mapping::spec::EmbedElement::Value => e.path_text.clone(),
+                crate::mapping::spec::EmbedElement::Document => {
+                    format!("{}.{}", e.path_text, f.path_text)
+                }
+            };
+            let op = format!("check references of {}.{}", plan.collection, path);
+            let pipeline = vec![
+                doc! { "$unwind": format!("${}", e.path_text) },
+                doc! { "$match": { path.clone(): { "$ne": null, "$exists": true } } },
+                doc! { "$group": { "_id": format!("${path}") } },
+                doc! { "$lookup": { "from": &ref_coll, "localField": "_id", "foreignField": "_id", "as": "m" } },
+                doc! { "$match": { "m": { "$size": 0 } } },
+                doc! { "$project": { "_id": 1 } },
+            ];
+            let dangling: Vec<Document> = target
+                .database()
+                .collection::<Document>(&plan.collection)
+                .aggregate(pipeline)
+                .await
+                .map_err(merr(op.clone()))?
+                .try_collect()
+                .await
+                .map_err(merr(op))?;
+            if !dangling.is_empty() {
+                out.push(BrokenReference {
+                    path,
+                    references: ref_coll,
+                    dangling: dangling.len() as u64,
+                    examples: dangling
+                        .iter()
+                        .take(5)
+                        .map(|d| d.get("_id").map(show_id).unwrap_or_default())
+                        .collect(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
