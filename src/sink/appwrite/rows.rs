@@ -89,11 +89,12 @@ pub const MAX_TRANSIENT_SPLITS: usize = 32;
 /// Upserts `rows` in requests of at most `batch` (≤ 100). A batch refused for a row-level reason
 /// (a 400) is split in halves until the bad rows are alone; they are returned, the rest written.
 /// Transport and server errors are retried by the client. A batch the server still fails with a
-/// transient error (408, 429, 5xx) after those retries is split and re-sent the same way (each
+/// transient error (408, 5xx) after those retries is split and re-sent the same way (each
 /// half with its own retries), so that a row the server keeps failing does not fail the rows
 /// around it: a lone row that still fails is returned with its transient error (the caller counts
 /// it failed, not rejected). After [`MAX_TRANSIENT_SPLITS`] such splits, what still fails is
-/// returned whole. A transport failure (the server cannot be reached) or any other error returns.
+/// returned whole. A transport failure (the server cannot be reached), a 429 (throttling is not a
+/// row's fault, and more requests would not help) or any other error returns.
 pub async fn upsert_rows(
     client: &AppwriteClient,
     db: &str,
@@ -121,7 +122,7 @@ pub async fn upsert_rows(
             Err(e) => e,
         };
         let refused = e.status == 400;
-        let transient = e.status != 0 && e.is_retryable();
+        let transient = e.status != 0 && e.status != 429 && e.is_retryable();
         if !refused && !transient {
             return Err(e);
         }
