@@ -530,3 +530,193 @@ async fn an_appwrite_batch_refused_with_503_is_failed_not_rejected_and_written_l
     reference.drop().await;
     w.drop().await;
 }
+
+/// A ledger on the stand-in, tables prefixed `prefix`.
+fn ledger_on(endpoint: &str, prefix: &str) -> cutover::ledger::Ledger {
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(endpoint, "cutover", KEY, None).unwrap();
+    cutover::ledger::Ledger::new(cutover::ledger::Store::appwrite(client, "registry"), prefix)
+}
+
+/// Issue #10: a heartbeat that read the lock before a force release and wrote after it brought
+/// the lock back (its write was a `PUT`, which creates a missing row). Now the renewal is an
+/// update-only `PATCH`: the row stays gone and the holder knows it lost the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_in_flight_during_a_force_release_does_not_bring_the_lock_back() {
+    let (s, endpoint) = standin().await;
+    let ledger = ledger_on(&endpoint, "hb_");
+    let lock = ledger
+        .acquire_lock("run-a", "migrate", Duration::from_millis(600))
+        .await
+        .unwrap();
+    // Every write of the lock row now waits 1 s in the stand-in; reads do not.
+    s.set_table_faults(
+        "hb_lock",
+        Faults {
+            delay_ms: 1000,
+            ..Faults::default()
+        },
+    );
+    // A heartbeat (every 200 ms) has read the lock and its write is on its way…
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // …when the lock is released by force.
+    s.delete_row("registry", "hb_lock", "cutover").unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(
+        s.rows("registry", "hb_lock").is_empty(),
+        "the heartbeat brought the released lock back: {:?}",
+        s.rows("registry", "hb_lock")
+    );
+    assert!(
+        lock.fence().is_lost(),
+        "the holder must know it lost the lock"
+    );
+    s.set_table_faults("hb_lock", Faults::default());
+    assert!(ledger.lock_holder().await.unwrap().is_none());
+    lock.release().await.unwrap();
+}
+
+/// Issue #10: a takeover that the old holder's heartbeat overwrote (it read the lock before the
+/// takeover and wrote after it) left two runs believing they held the lock. The taker now reads
+/// the lock again after a settle time and yields to the holder whose write came last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_overwritten_by_the_old_holders_heartbeat_is_refused() {
+    let (s, endpoint) = standin().await;
+    let ledger = ledger_on(&endpoint, "tk_");
+    let old = ledger
+        .acquire_lock("run-a", "migrate", Duration::from_millis(300))
+        .await
+        .unwrap();
+    let old_row = s.rows("registry", "tk_lock")[0].clone();
+    // The old holder stops renewing; its lock expires.
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let taker = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            ledger
+                .acquire_lock("run-b", "migrate", Duration::from_secs(1800))
+                .await
+        })
+    };
+    // The takeover's write lands…
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = s.rows("registry", "tk_lock");
+        if rows
+            .first()
+            .is_some_and(|r| r["doc"].as_str().unwrap_or("").contains("run-b"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the takeover never wrote");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // …then the old holder's heartbeat, read before it, lands on top.
+    let data = serde_json::json!({ "doc": old_row["doc"].clone() });
+    s.write_row("registry", "tk_lock", "cutover", &data, true)
+        .unwrap();
+    match taker.await.unwrap() {
+        Err(cutover::ledger::lock::LockError::Held(h)) => assert_eq!(h.run_id, "run-a"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("the takeover kept a lock that names another run"),
+    }
+}
+
+/// Issue #10: a row the server fails (503) more often than the client retries failed its whole
+/// batch. Now the batch is re-sent in halves: a row failing a few times more ends written, a row
+/// failing always ends failed (not rejected) alone, and the rest of its batch is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_failing_transiently_is_retried_alone_and_its_batch_is_written() {
+    let pipeline = common::repo()
+        .join("pipelines/registry.toml")
+        .display()
+        .to_string();
+    let args = [
+        "migrate",
+        "vaccines",
+        "--quiet",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        &pipeline,
+        "--batch-size",
+        "10",
+        "--concurrency",
+        "1",
+    ];
+    let reference = World::new("aw_rowfault_ref").await;
+    reference.load_registry(100);
+    let (rs, rendpoint) = standin().await;
+    let out = run(&reference, &rendpoint, "cutover", &args).await;
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "{}",
+        out_text(&out)
+    );
+    let ids: Vec<String> = rs
+        .rows("registry", "vaccines")
+        .iter()
+        .map(|r| r["$id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.len() >= 10, "{ids:?}");
+
+    let w = World::new("aw_rowfault").await;
+    w.load_registry(100);
+    let (s, endpoint) = standin().await;
+    // 3 attempts per request (`--retries 2`): the first row fails 4 times, the second always.
+    let (flaky, broken) = (ids[3].clone(), ids[7].clone());
+    s.set_row_fault(
+        &flaky,
+        Some(cutover::standin::RowFault {
+            status: 503,
+            times: Some(4),
+        }),
+    );
+    s.set_row_fault(
+        &broken,
+        Some(cutover::standin::RowFault {
+            status: 503,
+            times: None,
+        }),
+    );
+    let mut faulted = args.to_vec();
+    faulted.extend(["--retries", "2", "--continue-on-error"]);
+    let out = run(&w, &endpoint, "cutover", &faulted).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let written: Vec<String> = s
+        .rows("registry", "vaccines")
+        .iter()
+        .map(|r| r["$id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(written.contains(&flaky), "the flaky row was not written");
+    assert!(!written.contains(&broken));
+    assert_eq!(written.len(), ids.len() - 1, "{written:?}");
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    let n = |e: &Value, k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k} in {e}"));
+    let vaccines = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "vaccines")
+        .unwrap()
+        .clone();
+    assert_eq!(n(&vaccines, "read"), ids.len() as u64, "{vaccines}");
+    assert_eq!(n(&vaccines, "written"), ids.len() as u64 - 1, "{vaccines}");
+    assert_eq!(n(&vaccines, "rejected"), 0, "{vaccines}");
+    assert_eq!(n(&vaccines, "failed"), 1, "{vaccines}");
+    assert_eq!(
+        n(&vaccines, "read"),
+        n(&vaccines, "written") + n(&vaccines, "rejected") + n(&vaccines, "skipped"),
+        "{vaccines}"
+    );
+    let rejects = w.rejects(&run_id);
+    assert!(
+        rejects.is_empty(),
+        "a failed row is not rejected: {rejects:?}"
+    );
+    reference.drop().await;
+    w.drop().await;
+}

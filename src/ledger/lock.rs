@@ -1,5 +1,21 @@
 //! One run at a time per target: a lock document with its owner and an expiry renewed by a
 //! heartbeat while the run lives. A holder that died stops renewing, and its lock expires.
+//!
+//! Each acquisition writes a fencing `token` of its own into the lock; heartbeats and release
+//! touch the lock only while it carries that token. In MongoDB every guarded write is atomic. In
+//! Appwrite, which has no conditional write, a guarded write is a read then an update-only
+//! `PATCH` (404 once the row is gone: a lock released by force is never brought back by a
+//! heartbeat in flight), and a takeover is verified: the taker waits [`TAKEOVER_SETTLE`] after its
+//! write and reads the lock again, yielding to a heartbeat of the old holder that landed after it.
+//!
+//! The window that remains in Appwrite (it cannot be closed without a conditional write): a
+//! heartbeat whose read and update take longer than [`TAKEOVER_SETTLE`] (a throttled or paused
+//! holder), or a request the server applies after the client gave up on it, can overwrite a
+//! takeover that was already verified; and a heartbeat in flight while the lock is released by
+//! force and at once acquired anew can overwrite the new lock. Either way the lock then names the
+//! old holder, so the new one finds it lost at its next heartbeat or fence check (before its next
+//! checkpoint, or before a write after a pause) and stops: two runs may overlap for at most that
+//! long, and never both keep the lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +29,15 @@ use super::{Ledger, LedgerError, StoreError, host, lerr};
 pub const LOCK_ID: &str = "cutover";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
 
+/// How long an Appwrite takeover waits before it reads the lock again to see that it still holds
+/// it: longer than a heartbeat's read and update take on a healthy server.
+pub const TAKEOVER_SETTLE: Duration = Duration::from_secs(2);
+
+/// A fencing token for one acquisition of the lock.
+fn new_token() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LockHolder {
     pub run_id: String,
@@ -22,6 +47,9 @@ pub struct LockHolder {
     pub acquired_at: Option<String>,
     pub expires_at: Option<String>,
     pub expired: bool,
+    /// The fencing token of the acquisition (none in locks written before tokens existed).
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 impl std::fmt::Display for LockHolder {
@@ -71,6 +99,7 @@ fn holder_of(d: &Document) -> LockHolder {
         acquired_at: date("acquired_at"),
         expires_at: date("expires_at"),
         expired,
+        token: d.get_str("token").ok().map(str::to_string),
     }
 }
 
@@ -89,6 +118,7 @@ fn pid_alive(pid: i64) -> bool {
 pub struct Lock {
     ledger: Ledger,
     run_id: String,
+    token: String,
     ttl: Duration,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     lost: Arc<AtomicBool>,
@@ -190,9 +220,11 @@ impl Ledger {
         command: &str,
         ttl: Duration,
     ) -> Result<Lock, LockError> {
+        let token = new_token();
         let owner = || {
             doc! {
                 "run_id": run_id,
+                "token": &token,
                 "host": host(),
                 "pid": i64::from(std::process::id()),
                 "command": command,
@@ -219,11 +251,16 @@ impl Ledger {
             match self.lock_holder().await? {
                 // A retried create whose first attempt went through.
                 Some(h) if h.run_id == run_id => {}
-                // The holder died or its lock expired: take it over, guarded by its run id.
+                // The holder died or its lock expired: take it over, guarded by its token (its
+                // run id for a lock written before tokens).
                 Some(h) if h.expired => {
+                    let guard = match &h.token {
+                        Some(t) => ("token", t.as_str()),
+                        None => ("run_id", h.run_id.as_str()),
+                    };
                     let taken = self
                         .store()
-                        .set(&table, LOCK_ID, owner(), Some(("run_id", &h.run_id)))
+                        .set(&table, LOCK_ID, owner(), Some(guard))
                         .await
                         .map_err(lerr("acquire lock"))?;
                     if !taken {
@@ -231,6 +268,9 @@ impl Ledger {
                             Some(h) => LockError::Held(h),
                             None => contended(),
                         });
+                    }
+                    if matches!(self.store(), super::Store::Appwrite { .. }) {
+                        self.verify_takeover(&token).await?;
                     }
                     tracing::warn!(previous = %h, "took over the lock of a cutover process that is gone");
                 }
@@ -254,6 +294,7 @@ impl Ledger {
         let mut lock = Lock {
             ledger: self.clone(),
             run_id: run_id.to_string(),
+            token,
             ttl,
             heartbeat: None,
             lost: Arc::new(AtomicBool::new(false)),
@@ -261,6 +302,26 @@ impl Ledger {
         };
         lock.start_heartbeat();
         Ok(lock)
+    }
+
+    /// After an Appwrite takeover: waits [`TAKEOVER_SETTLE`], then reads the lock again. A
+    /// heartbeat of the old holder that read the lock before the takeover and wrote after it has
+    /// put the old owner back by then (it is alive after all): the takeover yields to it.
+    async fn verify_takeover(&self, token: &str) -> Result<(), LockError> {
+        tokio::time::sleep(TAKEOVER_SETTLE).await;
+        match self.lock_holder().await? {
+            Some(h) if h.token.as_deref() == Some(token) => Ok(()),
+            Some(h) => {
+                tracing::warn!(holder = %h, "a takeover of the lock was overwritten by its holder's heartbeat; the holder keeps it");
+                Err(LockError::Held(h))
+            }
+            None => Err(LockError::Ledger(LedgerError {
+                op: "acquire lock".into(),
+                source: StoreError::Corrupt(
+                    "the lock was released while it was taken over; try again".into(),
+                ),
+            })),
+        }
     }
 
     /// Removes the lock whoever holds it (`lock release --confirm`). Returns the holder removed.
@@ -278,23 +339,42 @@ impl Lock {
     fn start_heartbeat(&mut self) {
         let ledger = self.ledger.clone();
         let run_id = self.run_id.clone();
+        let token = self.token.clone();
         let ttl = self.ttl;
         let every = (ttl / 3).max(Duration::from_millis(200));
         let lost = self.lost.clone();
+        let appwrite = matches!(ledger.store(), super::Store::Appwrite { .. });
         self.heartbeat = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
+                let started = std::time::Instant::now();
                 let r = ledger
                     .store()
                     .set(
                         &ledger.lock_table(),
                         LOCK_ID,
                         doc! { "expires_at": expiry(ttl), "heartbeat_at": bson::DateTime::now() },
-                        Some(("run_id", &run_id)),
+                        Some(("token", &token)),
                     )
                     .await;
+                // In Appwrite the renewal was a read then an update: read once more, in case a
+                // takeover landed in between (its taker keeps it, see the module docs).
+                let r = match r {
+                    Ok(true) if appwrite => match ledger.lock_holder().await {
+                        Ok(Some(h)) => Ok(h.token.as_deref() == Some(token.as_str())),
+                        Ok(None) => Ok(false),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the lock after renewing it");
+                            Ok(true)
+                        }
+                    },
+                    r => r,
+                };
+                if appwrite && started.elapsed() > TAKEOVER_SETTLE {
+                    tracing::warn!(took = ?started.elapsed(), "renewing the lock was slow: a takeover meanwhile may have been overwritten (its taker stops at its next check)");
+                }
                 match r {
                     Ok(false) => {
                         tracing::error!(run_id = %run_id, "the lock was taken away from this run; it stops writing");
@@ -332,7 +412,7 @@ impl Lock {
             .delete(
                 &self.ledger.lock_table(),
                 LOCK_ID,
-                Some(("run_id", &self.run_id)),
+                Some(("token", &self.token)),
             )
             .await
             .map_err(lerr("release lock"))?;

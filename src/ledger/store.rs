@@ -182,8 +182,11 @@ impl Store {
     }
 
     /// Sets fields of the record `id` when it exists and `guard` (a field and its value) holds;
-    /// returns whether it was updated. Atomic in MongoDB; in Appwrite a read then a write (the
-    /// ledger's lock keeps writers apart).
+    /// returns whether it was updated. Atomic in MongoDB. In Appwrite a read, then an update
+    /// (`PATCH`) that fails when the row is gone, so a record deleted meanwhile (a lock released
+    /// by force) is never brought back; a write of someone else between the read and the update
+    /// is overwritten, though (Appwrite has no conditional write): the lock verifies its
+    /// takeovers for that (see `ledger::lock`), other records have the lock to keep writers apart.
     pub async fn set(
         &self,
         table: &str,
@@ -202,7 +205,7 @@ impl Store {
                     .await?;
                 Ok(r.matched_count > 0)
             }
-            Store::Appwrite { .. } => {
+            Store::Appwrite { client, db, .. } => {
                 let Some(mut d) = self.get(table, id).await? else {
                     return Ok(false);
                 };
@@ -214,8 +217,10 @@ impl Store {
                 for (k, v) in fields {
                     d.insert(k, v);
                 }
-                self.put(table, id, &d).await?;
-                Ok(true)
+                d.insert("_id", id);
+                Ok(client
+                    .update_row(db, table, &Self::id_text(id), &Self::encode(&d))
+                    .await?)
             }
         }
     }

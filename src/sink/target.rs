@@ -234,7 +234,8 @@ impl AppwriteTarget {
 
 impl AppwriteTarget {
     /// Writes documents as rows of `spec` (children first, into their child tables: a parent is
-    /// written only when all its children are). Returns the documents refused, by index.
+    /// written only when all its children are). Returns the documents refused or failed, by
+    /// index (a document whose child row failed is failed).
     async fn write_rows(
         &self,
         table: &str,
@@ -330,6 +331,9 @@ impl AppwriteTarget {
             match r {
                 Ok(()) => {}
                 Err(e) if e.status == 400 || e.status == 409 => failed.push((i, e)),
+                // A user the server still fails after the client's retries (a 5xx on this one
+                // user): failed alone (not rejected), the others of the batch stay written.
+                Err(e) if e.status != 0 && e.is_retryable() => failed.push((i, e)),
                 Err(e) => return Err(e),
             }
         }
@@ -379,13 +383,15 @@ pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<Stri
     })
 }
 
+/// A document the server did not take: refused (400, 409: rejected), or failed by a transient
+/// error that outlasted the retries (5xx, 429, 408: failed, written again by a resume).
 fn doc_error(index: usize, e: &AppwriteError) -> DocError {
     DocError {
         index,
         code: i32::from(e.status),
         code_name: e.kind.clone(),
         message: e.message.clone(),
-        transient: false,
+        transient: e.is_retryable(),
     }
 }
 

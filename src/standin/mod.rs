@@ -6,11 +6,14 @@
 //! Behaviour that matters to a writer is reproduced: project and key headers (404 / 401), the error
 //! body `{message, code, type, version}` with Appwrite's type names, columns created
 //! asynchronously (202, `processing` → `available` after a delay), `row_invalid_structure` for rows
-//! using unknown or unavailable columns, bulk create and upsert with at most 100 rows,
-//! all-or-nothing, 409 on duplicates, list with `queries[]` JSON, `limit`, `cursorAfter` and a
-//! `total` capped at 5000, users created with an existing bcrypt hash, labels and prefs,
+//! using unknown or unavailable columns, single rows created, upserted (`PUT`) or updated
+//! (`PATCH`, 404 when the row is gone), bulk create and upsert with at most 100 rows,
+//! all-or-nothing, 409 on duplicates, every list route of the spec (databases, tables, columns,
+//! indexes, rows) with `queries[]` JSON, `limit`, `offset`, `cursorAfter` and for rows a `total`
+//! capped at 5000, numbers kept exactly as sent (serde_json parses with `float_roundtrip`), users created with an existing bcrypt hash, labels and prefs,
 //! rate-limit headers — and fault injection (a fraction of requests answered 429 with
-//! `Retry-After`, 500 or 503, or slowed), for every request or for the row writes of one table.
+//! `Retry-After`, 500 or 503, or slowed), for every request or for the row writes of one table,
+//! and a 500 or 503 for the writes of one row or user id, a number of times or always.
 
 pub mod state;
 pub mod storage;
@@ -25,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
-pub use state::{Faults, StandIn};
+pub use state::{Faults, RowFault, StandIn};
 
 /// Appwrite's version string in error bodies.
 pub const VERSION: &str = "1.8.0";
@@ -223,10 +226,17 @@ pub fn router(s: Shared) -> Router {
         .route("/_standin/stats", get(stats).delete(reset_stats))
         .route("/_standin/faults", put(put_faults))
         .route("/_standin/faults/tables/{table}", put(put_table_faults))
+        .route(
+            "/_standin/faults/rows/{row}",
+            put(put_row_fault).delete(delete_row_fault),
+        )
         .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
         .route("/v1/tablesdb/{db}", get(get_database))
-        .route("/v1/tablesdb/{db}/tables", post(create_table))
+        .route(
+            "/v1/tablesdb/{db}/tables",
+            post(create_table).get(list_tables),
+        )
         .route(
             "/v1/tablesdb/{db}/tables/{table}",
             get(get_table).delete(delete_table),
@@ -257,7 +267,10 @@ pub fn router(s: Shared) -> Router {
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/rows/{row}",
-            get(get_row).put(upsert_row).delete(delete_row),
+            get(get_row)
+                .put(upsert_row)
+                .patch(update_row)
+                .delete(delete_row),
         )
         .route("/v1/storage/buckets", post(create_bucket))
         .route("/v1/storage/buckets/{bucket}", get(get_bucket))
@@ -345,9 +358,23 @@ async fn create_database(
     ok(201, s.create_database(&id, name)?)
 }
 
-async fn list_databases(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
+async fn list_databases(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     guard(&s, &headers).await?;
-    ok(200, s.list_databases())
+    ok(200, s.list_databases(&queries(raw)?)?)
+}
+
+async fn list_tables(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path(db): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    ok(200, s.list_tables(&db, &queries(raw)?)?)
 }
 
 /// `GET /_standin/stats` (not Appwrite's; no key): requests received, writes, and their rate.
@@ -378,6 +405,23 @@ async fn put_table_faults(
 ) -> Response {
     s.set_table_faults(&table, f);
     axum::Json(s.stats()).into_response()
+}
+
+/// `PUT /_standin/faults/rows/{row} {status, times}`: answer the writes of row (or user) `{row}`
+/// with `status` (500 or 503) `times` times (always without `times`).
+async fn put_row_fault(
+    State(s): State<Shared>,
+    Path(row): Path<String>,
+    axum::Json(f): axum::Json<state::RowFault>,
+) -> Response {
+    s.set_row_fault(&row, Some(f));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /_standin/faults/rows/{row}`: the row's writes succeed again.
+async fn delete_row_fault(State(s): State<Shared>, Path(row): Path<String>) -> Response {
+    s.set_row_fault(&row, None);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `GET /health`: the HTTP service's health.
@@ -458,18 +502,20 @@ async fn list_indexes(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult {
     guard(&s, &headers).await?;
-    ok(200, s.list_indexes(&db, &table)?)
+    ok(200, s.list_indexes(&db, &table, &queries(raw)?)?)
 }
 
 async fn list_columns(
     State(s): State<Shared>,
     headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult {
     guard(&s, &headers).await?;
-    ok(200, s.list_columns(&db, &table)?)
+    ok(200, s.list_columns(&db, &table, &queries(raw)?)?)
 }
 
 async fn create_rows(
@@ -516,6 +562,18 @@ async fn upsert_row(
     let id = state::check_id(&row)?;
     let data = body.get("data").cloned().unwrap_or(json!({}));
     ok(200, s.write_row(&db, &table, &id, &data, true)?)
+}
+
+/// `PATCH …/rows/{row} {data}`: updates an existing row (404 when it does not exist).
+async fn update_row(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Path((db, table, row)): Path<(String, String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    guard(&s, &headers).await?;
+    let data = body.get("data").cloned().unwrap_or(json!({}));
+    ok(200, s.update_row(&db, &table, &row, &data)?)
 }
 
 async fn get_row(

@@ -77,6 +77,19 @@ struct Data {
     faults: Faults,
     /// Faults of the row writes of one table, by table id.
     table_faults: BTreeMap<String, Faults>,
+    /// Faults of the writes of one row (or user), by its id.
+    row_faults: BTreeMap<String, RowFault>,
+}
+
+/// A fault of the writes of one row id (in any table) or one user id: every request writing it
+/// is answered `status` (500 or 503), `times` times, or always when `times` is `None`; the other
+/// rows of a bulk request that carries it are not written either (bulk writes are all or nothing).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowFault {
+    pub status: u16,
+    #[serde(default)]
+    pub times: Option<u64>,
 }
 
 /// The stand-in server's state and settings.
@@ -160,6 +173,48 @@ impl StandIn {
             data.table_faults.remove(table);
         } else {
             data.table_faults.insert(table.to_string(), f);
+        }
+    }
+
+    /// Sets (or with `None` removes) the fault of the writes of row or user `id`.
+    pub fn set_row_fault(&self, id: &str, fault: Option<RowFault>) {
+        let mut data = self.lock();
+        match fault {
+            Some(f) => data.row_faults.insert(id.to_string(), f),
+            None => data.row_faults.remove(id),
+        };
+    }
+
+    /// The error for a write of the rows or users `ids` when a fault of one of them is due (each
+    /// faulted id present counts one of its `times`).
+    pub(super) fn row_fault_hit<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ApiError> {
+        let mut data = self.lock();
+        if data.row_faults.is_empty() {
+            return Ok(());
+        }
+        let mut hit = None;
+        for id in ids {
+            let Some(f) = data.row_faults.get_mut(id) else {
+                continue;
+            };
+            match &mut f.times {
+                Some(0) => continue,
+                Some(n) => *n -= 1,
+                None => {}
+            }
+            hit = Some(f.status);
+        }
+        match hit {
+            None => Ok(()),
+            Some(500) => Err(ApiError::new(500, "general_server_error", "Server Error")),
+            Some(status) => Err(ApiError::new(
+                status,
+                "general_service_disabled",
+                "Service unavailable",
+            )),
         }
     }
 
@@ -277,10 +332,24 @@ impl StandIn {
         Ok(out)
     }
 
-    pub fn list_databases(&self) -> Value {
+    /// `GET /tablesdb`: a page of the databases (`limit`, `offset`, `cursorAfter`).
+    pub fn list_databases(&self, queries: &[Value]) -> Result<Value, ApiError> {
         let data = self.lock();
         let list: Vec<Value> = data.databases.values().map(Self::database_json).collect();
-        json!({ "total": list.len(), "databases": list })
+        let (page, total) = page_of(list, queries, "$id")?;
+        Ok(json!({ "total": total, "databases": page }))
+    }
+
+    /// `GET /tablesdb/{db}/tables`: a page of the database's tables.
+    pub fn list_tables(&self, db: &str, queries: &[Value]) -> Result<Value, ApiError> {
+        let data = self.lock();
+        let d = data
+            .databases
+            .get(db)
+            .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
+        let list: Vec<Value> = d.tables.values().map(|t| self.table_json(db, t)).collect();
+        let (page, total) = page_of(list, queries, "$id")?;
+        Ok(json!({ "total": total, "tables": page }))
     }
 
     pub fn get_database(&self, id: &str) -> Result<Value, ApiError> {
@@ -449,10 +518,16 @@ impl StandIn {
         })
     }
 
-    pub fn list_indexes(&self, db: &str, table: &str) -> Result<Value, ApiError> {
+    pub fn list_indexes(
+        &self,
+        db: &str,
+        table: &str,
+        queries: &[Value],
+    ) -> Result<Value, ApiError> {
         self.read_table(db, table, |t| {
             let list: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
-            Ok(json!({ "total": list.len(), "indexes": list }))
+            let (page, total) = page_of(list, queries, "key")?;
+            Ok(json!({ "total": total, "indexes": page }))
         })
     }
 
@@ -620,10 +695,16 @@ impl StandIn {
         })
     }
 
-    pub fn list_columns(&self, db: &str, table: &str) -> Result<Value, ApiError> {
+    pub fn list_columns(
+        &self,
+        db: &str,
+        table: &str,
+        queries: &[Value],
+    ) -> Result<Value, ApiError> {
         self.read_table(db, table, |t| {
             let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
-            Ok(json!({ "total": cols.len(), "columns": cols }))
+            let (page, total) = page_of(cols, queries, "key")?;
+            Ok(json!({ "total": total, "columns": page }))
         })
     }
 
@@ -780,9 +861,42 @@ impl StandIn {
         data: &Value,
         upsert: bool,
     ) -> Result<Value, ApiError> {
+        self.row_fault_hit([id])?;
         self.with_table(db, table, |t| {
             self.check_data(t, data)?;
             Self::put_row(t, db, id, data, upsert)
+        })
+    }
+
+    /// `PATCH …/rows/{id}`: sets the columns in `data` of an existing row, keeping the others;
+    /// 404 `row_not_found` when there is no such row (an update never creates one).
+    pub fn update_row(
+        &self,
+        db: &str,
+        table: &str,
+        id: &str,
+        data: &Value,
+    ) -> Result<Value, ApiError> {
+        self.row_fault_hit([id])?;
+        self.with_table(db, table, |t| {
+            let Some(existing) = t.rows.get(id) else {
+                return Err(ApiError::new(
+                    404,
+                    "row_not_found",
+                    "Row with the requested ID could not be found.",
+                ));
+            };
+            let mut merged = existing.clone();
+            if let Some(o) = merged.as_object_mut() {
+                o.retain(|k, _| !k.starts_with('$'));
+                for (k, v) in data.as_object().into_iter().flatten() {
+                    if !k.starts_with('$') {
+                        o.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            self.check_data(t, &merged)?;
+            Self::put_row(t, db, id, &merged, true)
         })
     }
 
@@ -811,6 +925,7 @@ impl StandIn {
                 ),
             ));
         }
+        self.row_fault_hit(rows.iter().filter_map(|r| r["$id"].as_str()))?;
         self.with_table(db, table, |t| {
             let mut ids = Vec::with_capacity(rows.len());
             let mut seen = std::collections::HashSet::new();
@@ -895,6 +1010,7 @@ impl StandIn {
         name: &str,
         options: serde_json::Map<String, Value>,
     ) -> Result<Value, ApiError> {
+        self.row_fault_hit([id])?;
         let mut data = self.lock();
         if data.users.contains_key(id) || data.users.values().any(|u| u["email"] == email) {
             return Err(ApiError::new(
@@ -1138,6 +1254,7 @@ fn filter(
 ) -> Result<(Vec<Value>, usize), ApiError> {
     use std::ops::Bound::{Excluded, Unbounded};
     let mut limit = 25usize;
+    let mut offset = 0usize;
     let mut after: Option<String> = None;
     let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
     // (attribute, descending)
@@ -1159,7 +1276,8 @@ fn filter(
                 };
                 orders.push((attribute.to_string(), method == "orderDesc"));
             }
-            "offset" | "select" => {}
+            "offset" => offset = values.first().and_then(Value::as_u64).unwrap_or(0) as usize,
+            "select" => {}
             other => {
                 return Err(ApiError::new(
                     400,
@@ -1204,7 +1322,12 @@ fn filter(
                 .map_or(0, |i| i + 1),
             None => 0,
         };
-        let page = all.into_iter().skip(start).take(limit).cloned().collect();
+        let page = all
+            .into_iter()
+            .skip(start + offset)
+            .take(limit)
+            .cloned()
+            .collect();
         return Ok((page, total));
     }
     let page: Vec<Value> = match &after {
@@ -1212,16 +1335,59 @@ fn filter(
             .range::<str, _>((Excluded(id.as_str()), Unbounded))
             .map(|(_, v)| v)
             .filter(|v| matches(v))
+            .skip(offset)
             .take(limit)
             .cloned()
             .collect(),
         None => items
             .values()
             .filter(|v| matches(v))
+            .skip(offset)
             .take(limit)
             .cloned()
             .collect(),
     };
+    Ok((page, total))
+}
+
+/// A page of a list other than rows (databases, tables, columns, indexes), in its stored order:
+/// `limit` (default 25), `offset` and `cursorAfter` (an item's `key`: `$id`, or a column's
+/// `key`), and the total of all items. Other query methods are refused.
+fn page_of(
+    items: Vec<Value>,
+    queries: &[Value],
+    key: &str,
+) -> Result<(Vec<Value>, usize), ApiError> {
+    let mut limit = 25usize;
+    let mut offset = 0usize;
+    let mut start = 0usize;
+    for q in queries {
+        let method = q["method"].as_str().unwrap_or("");
+        let first = q["values"].as_array().and_then(|v| v.first()).cloned();
+        match method {
+            "limit" => limit = first.and_then(|v| v.as_u64()).unwrap_or(25) as usize,
+            "offset" => offset = first.and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+            "cursorAfter" => {
+                let id = first.and_then(|v| v.as_str().map(str::to_string));
+                start = items
+                    .iter()
+                    .position(|i| i[key].as_str() == id.as_deref())
+                    .map(|i| i + 1)
+                    .ok_or_else(|| {
+                        ApiError::new(400, "general_cursor_not_found", "Cursor not found")
+                    })?;
+            }
+            other => {
+                return Err(ApiError::new(
+                    400,
+                    "general_query_invalid",
+                    format!("Invalid query method: {other}"),
+                ));
+            }
+        }
+    }
+    let total = items.len();
+    let page = items.into_iter().skip(start + offset).take(limit).collect();
     Ok((page, total))
 }
 

@@ -89,10 +89,20 @@ pub struct RowFailure {
     pub error: AppwriteError,
 }
 
+/// How many times one [`upsert_rows`] call splits a batch the server failed transiently: enough
+/// to single out a few rows the server keeps failing in a batch of 100 (about 7 splits each),
+/// few enough that an outage of the whole server costs a bounded number of extra requests.
+pub const MAX_TRANSIENT_SPLITS: usize = 32;
+
 /// Upserts `rows` in requests of at most `batch` (≤ 100). A batch refused for a row-level reason
 /// (a 400) is split in halves until the bad rows are alone; they are returned, the rest written.
-/// Transport and server errors are retried by the client; when retries run out, the error
-/// returns.
+/// Transport and server errors are retried by the client. A batch the server still fails with a
+/// transient error (408, 5xx) after those retries is split and re-sent the same way (each
+/// half with its own retries), so that a row the server keeps failing does not fail the rows
+/// around it: a lone row that still fails is returned with its transient error (the caller counts
+/// it failed, not rejected). After [`MAX_TRANSIENT_SPLITS`] such splits, what still fails is
+/// returned whole. A transport failure (the server cannot be reached), a 429 (throttling is not a
+/// row's fault, and more requests would not help) or any other error returns.
 pub async fn upsert_rows(
     client: &AppwriteClient,
     db: &str,
@@ -100,31 +110,45 @@ pub async fn upsert_rows(
     rows: &[Value],
     batch: usize,
 ) -> Result<Vec<RowFailure>, AppwriteError> {
+    use crate::sink::retry::Retryable;
     let batch = batch.clamp(1, MAX_BULK_ROWS);
     let mut failures = Vec::new();
+    let mut splits = 0;
     let mut stack: Vec<(usize, &[Value])> = rows
         .chunks(batch)
         .enumerate()
         .map(|(i, c)| (i * batch, c))
         .rev()
         .collect();
+    let path = format!("/tablesdb/{db}/tables/{table}/rows");
     while let Some((offset, chunk)) = stack.pop() {
-        let path = format!("/tablesdb/{db}/tables/{table}/rows");
-        match client
+        let e = match client
             .call(reqwest::Method::PUT, &path, Some(&json!({ "rows": chunk })))
             .await
         {
-            Ok(_) => {}
-            Err(e) if e.status == 400 && chunk.len() > 1 => {
-                let mid = chunk.len() / 2;
-                stack.push((offset + mid, &chunk[mid..]));
-                stack.push((offset, &chunk[..mid]));
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        let refused = e.status == 400;
+        let transient = e.status != 0 && e.status != 429 && e.is_retryable();
+        if !refused && !transient {
+            return Err(e);
+        }
+        if chunk.len() > 1 && (refused || splits < MAX_TRANSIENT_SPLITS) {
+            if transient {
+                splits += 1;
+                tracing::debug!(table, rows = chunk.len(), error = %e, "a batch failed after its retries; re-sending it in halves");
             }
-            Err(e) if e.status == 400 => failures.push(RowFailure {
-                index: offset,
-                error: e,
-            }),
-            Err(e) => return Err(e),
+            let mid = chunk.len() / 2;
+            stack.push((offset + mid, &chunk[mid..]));
+            stack.push((offset, &chunk[..mid]));
+            continue;
+        }
+        for index in offset..offset + chunk.len() {
+            failures.push(RowFailure {
+                index,
+                error: e.clone(),
+            });
         }
     }
     Ok(failures)

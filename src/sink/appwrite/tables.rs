@@ -195,6 +195,29 @@ impl AppwriteClient {
         .map(|_| ())
     }
 
+    /// Updates the columns in `data` of an existing row (`PATCH`, which unlike `PUT` never creates
+    /// one); `false` when the row does not exist (404), nothing written.
+    pub async fn update_row(
+        &self,
+        db: &str,
+        table: &str,
+        id: &str,
+        data: &Value,
+    ) -> Result<bool, AppwriteError> {
+        match self
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/tablesdb/{db}/tables/{table}/rows/{id}"),
+                Some(&json!({ "data": data })),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_missing() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One row, `None` when it does not exist.
     pub async fn get_row(
         &self,
