@@ -169,24 +169,10 @@ fn mapping() -> String {
 }
 
 fn write_files(w: &World) -> std::path::PathBuf {
-    let dir = w.dir.path();
-    std::fs::create_dir_all(dir.join("mappings")).unwrap();
-    std::fs::write(dir.join("mappings/arrs.toml"), mapping()).unwrap();
-    std::fs::write(
-        dir.join("arrs.toml"),
-        "version = 1\nname = \"arrs\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"arrs\"]\n",
-    )
-    .unwrap();
-    dir.join("arrs.toml")
+    common::one_entity_pipeline(w, "arrs", &mapping())
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::output_text as text;
 
 /// (source key, rule) of every row in the run's rejects files.
 fn rejects(w: &World) -> BTreeMap<i32, String> {

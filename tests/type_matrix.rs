@@ -193,24 +193,10 @@ fn mapping() -> String {
 }
 
 fn write_files(w: &World) -> std::path::PathBuf {
-    let dir = w.dir.path();
-    std::fs::create_dir_all(dir.join("mappings")).unwrap();
-    std::fs::write(dir.join("mappings/types.toml"), mapping()).unwrap();
-    std::fs::write(
-        dir.join("types.toml"),
-        "version = 1\nname = \"types\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"types\"]\n",
-    )
-    .unwrap();
-    dir.join("types.toml")
+    common::one_entity_pipeline(w, "types", &mapping())
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::output_text as text;
 
 /// The outcome of every row per the run's rejects and warnings files.
 fn outcomes(w: &World) -> BTreeMap<i32, String> {

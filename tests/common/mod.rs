@@ -233,3 +233,29 @@ fn read_csvs(dir: &Path, warnings: bool) -> Vec<(String, String, String, String)
     out.sort();
     out
 }
+
+/// Writes `mappings/<entity>.toml` and a one-stage pipeline `<entity>.toml` running it into the
+/// world's directory; returns the pipeline's path.
+pub fn one_entity_pipeline(w: &World, entity: &str, mapping: &str) -> PathBuf {
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join(format!("mappings/{entity}.toml")), mapping).unwrap();
+    let pipeline = dir.join(format!("{entity}.toml"));
+    std::fs::write(
+        &pipeline,
+        format!(
+            "version = 1\nname = \"{entity}\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"{entity}\"]\n"
+        ),
+    )
+    .unwrap();
+    pipeline
+}
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
