@@ -201,6 +201,12 @@ impl ColKind {
         self.read_cast() == Some("text")
     }
 
+    /// Whether a key of this kind orders (and resumes) by its `::text`, bytewise: the kinds read
+    /// as text, but numerics, which order by value.
+    fn orders_as_text(self) -> bool {
+        self.reads_as_text() && self != ColKind::Numeric
+    }
+
     /// Whether key ordering needs `COLLATE "C"` (so that byte order matches PostgreSQL's order).
     fn is_textual(self) -> bool {
         matches!(self, ColKind::Text | ColKind::OtherAsText)
@@ -508,7 +514,7 @@ impl ReadSpec {
                 let col = format!("{qual}.{}", quote_ident(&c.name));
                 let expr = if c.kind.is_textual() {
                     format!("{col} COLLATE \"C\"")
-                } else if c.kind.reads_as_text() && c.kind != ColKind::Numeric {
+                } else if c.kind.orders_as_text() {
                     format!("({col}::text) COLLATE \"C\"")
                 } else {
                     col.clone()
@@ -532,7 +538,7 @@ impl ReadSpec {
                 .enumerate()
                 .map(|(n, &i)| {
                     let c = &self.columns[i];
-                    let ty = if c.kind.reads_as_text() && c.kind != ColKind::Numeric {
+                    let ty = if c.kind.orders_as_text() {
                         "TEXT"
                     } else {
                         c.pg_type.as_str()
