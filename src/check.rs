@@ -6,18 +6,18 @@
 use std::collections::BTreeMap;
 
 use bson::doc;
-use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
 use crate::mapping::spec::Severity;
 use crate::pipeline::Pipeline;
-use crate::pipeline::run::{MAX_DOCUMENT_BYTES, compile_plans, load_known_keys};
+use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
+use crate::pipeline::run::{compile_plans, load_known_keys};
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, Target};
-use crate::source::postgres::{self, quote_ident};
-use crate::source::{SourceSession, Value};
-use crate::transform::row::{MapContext, map_row};
+use crate::source::SourceSession;
+use crate::source::postgres::quote_ident;
+use crate::transform::row::MapContext;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Finding {
@@ -313,26 +313,25 @@ pub async fn check(
             }
         }
 
-        // Type fidelity: run the mapping over the rows (children are not merged here).
+        // Type fidelity: the rows as the run reads and maps them, children embedded.
         let mut tally: BTreeMap<(String, String, String), Finding> = BTreeMap::new();
         let started = std::time::Instant::now();
         let mut scanned = 0u64;
-        let no_children: Vec<Vec<Vec<Value>>> = plan.embeds.iter().map(|_| Vec::new()).collect();
         let mut bad_ids = 0u64;
         let mut bad_id_example = String::new();
         let table = (appwrite && plan.appwrite_users.is_none())
             .then(|| crate::sink::appwrite::schema::table_spec(plan));
         // A scan that fails is a blocking finding: "no data" would pass a check that read nothing.
-        match session.reader().await {
+        match Readers::open(&session, plan).await {
             Err(e) => report.blocking.push(format!(
                 "{}: cannot scan the source: {}",
                 plan.entity,
                 crate::redact::redact_text(&e.to_string())
             )),
-            Ok(mut conn) => {
-                let mut stream = postgres::stream(&mut conn, &plan.read);
-                loop {
-                    let row = match stream.try_next().await {
+            Ok(mut readers) => {
+                let mut rows = ExpectedRows::new(&mut readers, plan);
+                while sample.is_none_or(|n| scanned < n) {
+                    let row = match rows.next(&ctx).await {
                         Ok(Some(row)) => row,
                         Ok(None) => break,
                         Err(e) => {
@@ -344,15 +343,10 @@ pub async fn check(
                             break;
                         }
                     };
-                    if sample.is_some_and(|n| scanned >= n) {
-                        break;
-                    }
                     scanned += 1;
                     scan_row(
                         plan,
                         row,
-                        &no_children,
-                        &ctx,
                         &mut tally,
                         &mut bad_ids,
                         &mut bad_id_example,
@@ -401,62 +395,26 @@ async fn savepoint(session: &mut SourceSession, sql: &'static str) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn scan_row(
     plan: &crate::mapping::plan::Plan,
-    row: postgres::DecodedRow,
-    no_children: &[Vec<Vec<Value>>],
-    ctx: &MapContext,
+    row: ExpectedRow,
     tally: &mut BTreeMap<(String, String, String), Finding>,
     bad_ids: &mut u64,
     bad_id_example: &mut String,
     table: Option<&crate::sink::appwrite::schema::TableSpec>,
 ) {
-    let row = match row {
-        Ok(r) => r,
-        Err(err) => {
-            let column = plan.read.columns[err.column].name.clone();
-            let f = tally
-                .entry((column.clone(), err.rule.into(), "reject".into()))
-                .or_insert_with(|| Finding {
-                    entity: plan.entity.clone(),
-                    path: column,
-                    rule: err.rule.into(),
-                    severity: "reject".into(),
-                    example_key: err.key_text(plan.key.len()),
-                    example: err.message.clone(),
-                    rows: 0,
-                });
-            f.rows += 1;
-            return;
-        }
+    let (key, issues, doc) = match row {
+        ExpectedRow::Rejected { key, issues, .. } => (key, issues, None),
+        ExpectedRow::Document { mapped, .. } => (mapped.key, mapped.issues, mapped.doc),
     };
-    let mapped = map_row(plan, &row, no_children, ctx);
-    if plan.key.len() == 1 && !appwrite_id_ok(&mapped.key) {
+    if plan.key.len() == 1 && !appwrite_id_ok(&key) {
         *bad_ids += 1;
         if bad_id_example.is_empty() {
-            *bad_id_example = mapped.key.clone();
+            *bad_id_example = key.clone();
         }
     }
-    if let Some(doc) = &mapped.doc
-        && doc.as_bytes().len() > MAX_DOCUMENT_BYTES
-    {
-        let f = tally
-            .entry((String::new(), "document_too_large".into(), "reject".into()))
-            .or_insert_with(|| Finding {
-                entity: plan.entity.clone(),
-                rule: "document_too_large".into(),
-                severity: "reject".into(),
-                example_key: mapped.key.clone(),
-                ..Default::default()
-            });
-        f.rows += 1;
-    }
     // Appwrite: text longer than its column's size is refused by the server.
-    if let (Some(spec), Some(doc)) = (
-        table,
-        mapped.doc.as_ref().and_then(|d| d.to_document().ok()),
-    ) {
+    if let (Some(spec), Some(doc)) = (table, doc.as_ref().and_then(|d| d.to_document().ok())) {
         use crate::sink::appwrite::schema::Kind;
         if let Some(message) = crate::sink::target::unrepresentable(&doc, Some(spec)) {
             let f = tally
@@ -469,7 +427,7 @@ fn scan_row(
                     entity: plan.entity.clone(),
                     rule: "appwrite_unrepresentable".into(),
                     severity: "reject".into(),
-                    example_key: mapped.key.clone(),
+                    example_key: key.clone(),
                     example: message,
                     ..Default::default()
                 });
@@ -497,7 +455,7 @@ fn scan_row(
                         path: c.key.clone(),
                         rule: "appwrite_string_size".into(),
                         severity: "reject".into(),
-                        example_key: mapped.key.clone(),
+                        example_key: key.clone(),
                         example: format!(
                             "longer than the Appwrite column's {size} characters: Appwrite will refuse the row"
                         ),
@@ -507,7 +465,7 @@ fn scan_row(
             }
         }
     }
-    for issue in &mapped.issues {
+    for issue in &issues {
         let severity = if issue.severity == Severity::Error {
             "reject"
         } else {
@@ -521,7 +479,7 @@ fn scan_row(
                 rule: issue.rule.clone(),
                 severity: severity.to_string(),
                 rows: 0,
-                example_key: mapped.key.clone(),
+                example_key: key.clone(),
                 example: issue.message.clone(),
             });
         f.rows += 1;

@@ -261,3 +261,101 @@ async fn a_failing_source_blocks_and_the_entities_after_it_are_still_checked() {
     assert!(!text.contains("current transaction is aborted"), "{text}");
     w.drop().await;
 }
+
+/// `check --full` counts, rule by rule, exactly the rows `migrate` rejects — also those rejected
+/// for an embedded child: a child column that cannot be decoded, a child field failing its rule,
+/// and a document too large because of its children.
+#[tokio::test]
+async fn check_counts_in_advance_every_row_migrate_rejects_children_included() {
+    let w = World::new("check_children").await;
+    w.sql(
+        "CREATE TABLE parents (id int PRIMARY KEY, since date);
+         CREATE TABLE kids (id int PRIMARY KEY, parent_id int, born date, name text, email text, notes text);
+         INSERT INTO parents VALUES (1, '2020-01-01'), (2, '2020-01-02'), (3, '2020-01-03'),
+           (4, '2020-01-04'), (5, 'infinity'), (6, '2020-01-06'), (7, '2020-01-07');
+         -- 1: a child whose date cannot be written; 2: a child's e-mail fails its rule;
+         -- 3: fine; 4: a child without its required name; 5: its own date; 6: 9 × 2 MB of
+         -- children (over 16 MiB); 7: no children; 99: an orphan child.
+         INSERT INTO kids VALUES (10, 1, 'infinity', 'a', 'a@example.com', ''),
+           (11, 1, '2019-01-01', 'b', 'b@example.com', ''),
+           (20, 2, '2019-01-01', 'c', 'not an address', ''),
+           (30, 3, '2019-01-01', 'd', 'd@example.com', ''),
+           (40, 4, '2019-01-01', NULL, 'e@example.com', ''),
+           (50, 5, '2019-01-01', 'f', 'f@example.com', ''),
+           (990, 99, '2019-01-01', 'g', 'g@example.com', '');
+         INSERT INTO kids SELECT 60 + g, 6, '2019-01-01', 'h', 'h@example.com', repeat('x', 2000000)
+           FROM generate_series(0, 8) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "parents",
+        r#"version = 1
+name = "parents"
+[source]
+table = "parents"
+key = ["id"]
+[[field]]
+path = "since"
+column = "since"
+[[embed]]
+path = "kids"
+table = "kids"
+foreign_key = "parent_id"
+order_by = ["id"]
+[[embed.field]]
+path = "born"
+column = "born"
+[[embed.field]]
+path = "name"
+column = "name"
+validate = { required = true }
+[[embed.field]]
+path = "email"
+column = "email"
+validate = { email = true }
+[[embed.field]]
+path = "notes"
+column = "notes"
+"#,
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    for f in report["findings"].as_array().unwrap() {
+        if f["severity"] == "reject" {
+            *found
+                .entry(f["rule"].as_str().unwrap().to_string())
+                .or_insert(0u64) += f["rows"].as_u64().unwrap();
+        }
+    }
+    let expected: std::collections::BTreeMap<String, u64> = [
+        ("date_out_of_range", 2),
+        ("email", 1),
+        ("required", 1),
+        ("document_too_large", 1),
+    ]
+    .into_iter()
+    .map(|(r, n)| (r.to_string(), n))
+    .collect();
+    assert_eq!(found, expected, "{report}");
+
+    // The run rejects the same rows, rule by rule.
+    let out = w.migrate_with(&pipeline, &[]);
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    let mut rejected = std::collections::BTreeMap::new();
+    for (entity, _key, _stage, rule) in w.rejects(&run_id) {
+        assert_eq!(entity, "parents");
+        *rejected.entry(rule).or_insert(0u64) += 1;
+    }
+    assert_eq!(rejected, expected, "{}", common::output_text(&out));
+    assert_eq!(w.count("parents").await, 2, "parents 3 and 7 are written");
+    w.drop().await;
+}

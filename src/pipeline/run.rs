@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bson::RawDocumentBuf;
-use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::expected::{ExpectedRow, ExpectedRows, Readers};
 use super::{Pipeline, Step};
 use crate::ledger::{self, Ledger, LedgerError};
 use crate::mapping::MappingError;
@@ -23,13 +23,10 @@ use crate::monitor::{EntityCounters, Progress};
 use crate::sink::mongodb::{BatchResult, MongoError, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
 use crate::sink::target::{SinkError, Target};
-use crate::source::postgres::{self, DecodedRow, SourceError};
+use crate::source::postgres::{self, SourceError};
 use crate::source::{SourceSession, Value};
-use crate::transform::row::{MapContext, map_row};
+use crate::transform::row::MapContext;
 use crate::transform::{Issue, Stage};
-
-/// MongoDB refuses documents over 16 MiB.
-pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -1001,98 +998,6 @@ impl Checkpointer {
     }
 }
 
-/// Reads child rows of one embed in foreign-key order, handing out those of each parent.
-pub(crate) struct ChildCursor<'c> {
-    stream: BoxStream<'c, Result<DecodedRow, SourceError>>,
-    pending: Option<DecodedRow>,
-    done: bool,
-    orphans: u64,
-}
-
-/// The child rows of one parent, and those of its children that could not be decoded (which
-/// reject the parent: its document would silently lack them).
-pub(crate) struct Children {
-    pub rows: Vec<Vec<Value>>,
-    pub undecodable: Vec<postgres::DecodeError>,
-}
-
-impl<'c> ChildCursor<'c> {
-    pub(crate) fn new(stream: BoxStream<'c, Result<DecodedRow, SourceError>>) -> ChildCursor<'c> {
-        ChildCursor {
-            stream,
-            pending: None,
-            done: false,
-            orphans: 0,
-        }
-    }
-
-    /// The child rows of the parent row `parent` (children of keys before its key are orphans).
-    /// Children start with the foreign-key columns, one per parent key column. A child whose
-    /// foreign key could be decoded but another column not is handed out as undecodable; one
-    /// whose foreign key cannot be read belongs to no known parent and fails the read.
-    pub(crate) async fn children_of(
-        &mut self,
-        parent: &[Value],
-        plan: &Plan,
-        embed: usize,
-    ) -> Result<Children, RunError> {
-        let width = plan.key.len();
-        let mut out = Children {
-            rows: Vec::new(),
-            undecodable: Vec::new(),
-        };
-        loop {
-            if self.pending.is_none() {
-                if self.done {
-                    return Ok(out);
-                }
-                match self.stream.try_next().await? {
-                    None => {
-                        self.done = true;
-                        return Ok(out);
-                    }
-                    Some(Err(err)) if err.key(width).is_none() => {
-                        return Err(child_decode(plan, embed, err));
-                    }
-                    Some(row) => self.pending = Some(row),
-                }
-            }
-            let fk: &[Value] = match self.pending.as_ref().expect("set above") {
-                Ok(child) => child,
-                Err(err) => &err.decoded,
-            };
-            let order = plan
-                .key
-                .iter()
-                .zip(fk)
-                .map(|(&k, fk)| fk.key_cmp(&parent[k]))
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal);
-            match order {
-                std::cmp::Ordering::Less => {
-                    self.orphans += 1;
-                    self.pending = None;
-                }
-                std::cmp::Ordering::Equal => match self.pending.take().expect("set above") {
-                    Ok(child) => out.rows.push(child),
-                    Err(err) => out.undecodable.push(err),
-                },
-                std::cmp::Ordering::Greater => return Ok(out),
-            }
-        }
-    }
-}
-
-fn child_decode(plan: &Plan, embed: usize, err: postgres::DecodeError) -> RunError {
-    let e = &plan.embeds[embed];
-    RunError::ChildDecode {
-        entity: plan.entity.clone(),
-        path: e.path_text.clone(),
-        column: e.read.columns[err.column].name.clone(),
-        message: err.message,
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run_entity(
     plan: &Plan,
@@ -1255,7 +1160,8 @@ async fn read_loop(
     resume: Option<&Resume>,
     since: Option<&str>,
 ) -> Result<(), RunError> {
-    let mut parent_conn = session.reader().await?;
+    let mut readers = Readers::open(session, plan).await?;
+    let readers = &mut readers;
     let mut read_spec = plan.read.clone();
     if let (Some(since), Some(column)) = (since, plan.updated_at.as_deref()) {
         // Re-formatted from a parsed instant: safe to inline.
@@ -1281,16 +1187,8 @@ async fn read_loop(
     let start_rows = resume.map(|r| r.rows).unwrap_or(0);
     tracing::info!(entity = %plan.entity, after_rows = start_rows, embeds = plan.embeds.len(), "reading the source in key order");
     let mut seq: u64 = 0;
-    let mut child_conns = Vec::new();
-    for _ in &plan.embeds {
-        child_conns.push(session.reader().await?);
-    }
-    let mut cursors: Vec<ChildCursor<'_>> = child_specs
-        .iter()
-        .zip(child_conns.iter_mut())
-        .map(|(spec, conn)| ChildCursor::new(postgres::stream(conn, spec)))
-        .collect();
-    let mut rows = postgres::stream(&mut parent_conn, &read_spec);
+    let child_reads: Vec<&postgres::ReadSpec> = child_specs.iter().collect();
+    let mut rows = ExpectedRows::with_reads(readers, plan, &read_spec, &child_reads);
     let io_err = |source: std::io::Error| RunError::Io {
         path: rejects.dir().to_path_buf(),
         source,
@@ -1299,112 +1197,34 @@ async fn read_loop(
     let mut prev_row: Option<Vec<Value>> = None;
     let mut since_tick = 0u64;
 
-    while let Some(item) = rows.try_next().await? {
+    while let Some(item) = rows.next(ctx).await? {
         EntityCounters::add(&counters.read, 1);
         since_tick += 1;
         if since_tick >= 256 {
             bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
             since_tick = 0;
         }
-        let row = match item {
-            Ok(row) => row,
-            Err(err) => {
-                let column = &plan.read.columns[err.column].name;
-                let issue = Issue::error(
-                    Stage::Transform,
-                    err.rule,
-                    column,
-                    format!("cannot decode column {column}: {}", err.message),
-                    String::new(),
-                );
-                // The children of a row rejected past its key are its own, not orphans.
-                if err.key(plan.key.len()).is_some() {
-                    for (i, c) in cursors.iter_mut().enumerate() {
-                        c.children_of(&err.decoded, plan, i).await?;
-                    }
-                }
+        let (row, mut mapped) = match item {
+            ExpectedRow::Rejected { key, issues, row } => {
                 reject(
                     counters,
                     total_rejected,
                     rejects,
                     &plan.entity,
-                    &err.key_text(plan.key.len()),
-                    &[issue],
+                    &key,
+                    &issues,
                     opts,
                 )
                 .map_err(io_err)??;
+                if row.is_some() {
+                    prev_row = row;
+                }
                 continue;
             }
+            ExpectedRow::Document { row, mapped, .. } => (row, mapped),
         };
-        let mut children = Vec::with_capacity(cursors.len());
-        let mut undecodable = Vec::new();
-        for (i, c) in cursors.iter_mut().enumerate() {
-            let got = c.children_of(&row, plan, i).await?;
-            children.push(got.rows);
-            let e = &plan.embeds[i];
-            undecodable.extend(got.undecodable.into_iter().map(|err| {
-                Issue::error(
-                    Stage::Transform,
-                    err.rule,
-                    &format!("{}.{}", e.path_text, e.read.columns[err.column].name),
-                    format!("a child row of `{}`: {}", e.path_text, err.message),
-                    String::new(),
-                )
-            }));
-        }
-        if !undecodable.is_empty() {
-            // The document would lack these children: the parent is rejected, never cut short.
-            let key: Vec<&Value> = plan.key.iter().map(|&k| &row[k]).collect();
-            reject(
-                counters,
-                total_rejected,
-                rejects,
-                &plan.entity,
-                &crate::source::value::key_text(&key),
-                &undecodable,
-                opts,
-            )
-            .map_err(io_err)??;
-            prev_row = Some(row);
-            continue;
-        }
-        let mut mapped = map_row(plan, &row, &children, ctx);
-        let Some(raw) = mapped.doc.take() else {
-            reject(
-                counters,
-                total_rejected,
-                rejects,
-                &plan.entity,
-                &mapped.key,
-                &mapped.issues,
-                opts,
-            )
-            .map_err(io_err)??;
-            prev_row = Some(row);
-            continue;
-        };
+        let raw = mapped.doc.take().expect("a document row has its document");
         let size = raw.as_bytes().len();
-        if size > MAX_DOCUMENT_BYTES {
-            let issue = Issue::error(
-                Stage::Transform,
-                "document_too_large",
-                "",
-                format!("the document is {size} bytes; MongoDB's limit is {MAX_DOCUMENT_BYTES}"),
-                String::new(),
-            );
-            reject(
-                counters,
-                total_rejected,
-                rejects,
-                &plan.entity,
-                &mapped.key,
-                &[issue],
-                opts,
-            )
-            .map_err(io_err)??;
-            prev_row = Some(row);
-            continue;
-        }
         let warnings: Vec<&Issue> = mapped.warnings().collect();
         if !warnings.is_empty() {
             EntityCounters::add(&counters.warnings, 1);
@@ -1454,7 +1274,7 @@ async fn read_loop(
         );
         let _ = tx.send(batch).await;
     }
-    let orphans: u64 = cursors.iter().map(|c| c.orphans).sum();
+    let orphans = rows.orphans();
     if orphans > 0 {
         tracing::warn!(entity = %plan.entity, orphans, "child rows whose parent is not in the source were not embedded");
     }

@@ -16,7 +16,6 @@
 use std::collections::{HashMap, HashSet};
 
 use bson::Document;
-use futures::TryStreamExt;
 use serde_json::{Value, json};
 
 use super::{
@@ -24,14 +23,15 @@ use super::{
     hash_bytes, spill_err,
 };
 use crate::mapping::plan::Plan;
-use crate::pipeline::run::{ChildCursor, RunError};
+use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
+use crate::pipeline::run::RunError;
 use crate::pipeline::spill::{Absent, Sorted, Spill};
 use crate::sink::appwrite::AppwriteError;
 use crate::sink::appwrite::schema::{self, Kind, TableSpec};
 use crate::sink::appwrite::tables::Pages;
 use crate::sink::target::{AppwriteTarget, user_of};
-use crate::source::{SourceSession, postgres};
-use crate::transform::row::{MapContext, map_row};
+use crate::source::SourceSession;
+use crate::transform::row::MapContext;
 
 fn aerr(e: AppwriteError) -> RunError {
     RunError::Sink(e.into())
@@ -130,52 +130,23 @@ async fn each_expected(
     ctx: &MapContext,
     mut f: impl FnMut(u64, String, Option<Document>, &[usize]),
 ) -> Result<(), RunError> {
-    let mut conn = session.reader().await?;
-    let mut child_conns = Vec::new();
-    for _ in &plan.embeds {
-        child_conns.push(session.reader().await?);
-    }
-    let mut rows = postgres::stream(&mut conn, &plan.read);
-    let mut cursors: Vec<ChildCursor<'_>> = plan
-        .embeds
-        .iter()
-        .zip(child_conns.iter_mut())
-        .map(|(e, c)| ChildCursor::new(postgres::stream(c, &e.read)))
-        .collect();
+    let mut readers = Readers::open(session, plan).await?;
+    let mut rows = ExpectedRows::new(&mut readers, plan);
     let mut n = 0u64;
-    while let Some(row) = rows.try_next().await? {
+    while let Some(item) = rows.next(ctx).await? {
         let this = n;
         n += 1;
-        let row = match row {
-            Ok(row) => row,
-            Err(err) => {
-                // Its children are its own (not the next row's orphans) when its key decoded.
-                if err.key(plan.key.len()).is_some() {
-                    for (i, c) in cursors.iter_mut().enumerate() {
-                        c.children_of(&err.decoded, plan, i).await?;
-                    }
-                }
-                f(this, err.key_text(plan.key.len()), None, &[]);
-                continue;
+        match item {
+            ExpectedRow::Rejected { key, .. } => f(this, key, None, &[]),
+            ExpectedRow::Document {
+                mapped,
+                child_counts,
+                ..
+            } => {
+                let doc = mapped.doc.and_then(|d| d.to_document().ok());
+                f(this, mapped.key, doc, &child_counts);
             }
-        };
-        let mut children = Vec::with_capacity(cursors.len());
-        let mut undecodable = false;
-        for (i, c) in cursors.iter_mut().enumerate() {
-            let got = c.children_of(&row, plan, i).await?;
-            undecodable |= !got.undecodable.is_empty();
-            children.push(got.rows);
         }
-        if undecodable {
-            // The run rejects a parent whose children cannot all be decoded.
-            let key: Vec<&crate::source::Value> = plan.key.iter().map(|&k| &row[k]).collect();
-            f(this, crate::source::value::key_text(&key), None, &[]);
-            continue;
-        }
-        let counts: Vec<usize> = children.iter().map(Vec::len).collect();
-        let mapped = map_row(plan, &row, &children, ctx);
-        let doc = mapped.doc.and_then(|d| d.to_document().ok());
-        f(this, mapped.key, doc, &counts);
     }
     Ok(())
 }

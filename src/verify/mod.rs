@@ -21,7 +21,8 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::mapping::plan::Plan;
-use crate::pipeline::run::{ChildCursor, RunError};
+use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
+use crate::pipeline::run::RunError;
 use crate::pipeline::spill::Spill;
 use crate::sink::mongodb::{MongoError, MongoTarget};
 use crate::source::postgres;
@@ -396,57 +397,23 @@ pub async fn verify_entity(
     let mut expected_count = 0u64;
     let mut child_totals: Vec<u64> = vec![0; plan.embeds.len()];
     {
-        let mut conn = session.reader().await?;
-        let mut child_conns = Vec::new();
-        for _ in &plan.embeds {
-            child_conns.push(session.reader().await?);
-        }
-        let mut rows = postgres::stream(&mut conn, &plan.read);
-        let mut cursors: Vec<ChildCursor<'_>> = plan
-            .embeds
-            .iter()
-            .zip(child_conns.iter_mut())
-            .map(|(e, c)| ChildCursor::new(postgres::stream(c, &e.read)))
-            .collect();
+        let mut readers = Readers::open(session, plan).await?;
+        let mut rows = ExpectedRows::new(&mut readers, plan);
         let mut n = 0u64;
-        while let Some(row) = rows.try_next().await? {
-            let row = match row {
-                Ok(row) => row,
-                Err(err) => {
-                    // Its children are its own (not the next row's orphans) when its key decoded.
-                    if err.key(plan.key.len()).is_some() {
-                        for (i, c) in cursors.iter_mut().enumerate() {
-                            c.children_of(&err.decoded, plan, i).await?;
-                        }
-                    }
-                    n += 1;
-                    rejected_by_mapping += 1;
-                    continue;
-                }
-            };
-            let mut children = Vec::with_capacity(cursors.len());
-            let mut undecodable = false;
-            for (i, c) in cursors.iter_mut().enumerate() {
-                let got = c.children_of(&row, plan, i).await?;
-                undecodable |= !got.undecodable.is_empty();
-                children.push(got.rows);
-            }
+        while let Some(item) = rows.next(ctx).await? {
             let this = n;
             n += 1;
-            if undecodable {
-                // The run rejects a parent whose children cannot all be decoded.
-                rejected_by_mapping += 1;
-                continue;
-            }
-            let mapped = map_row(plan, &row, &children, ctx);
-            if mapped.doc.is_some() {
-                for (total, kids) in child_totals.iter_mut().zip(&children) {
-                    *total += kids.len() as u64;
-                }
-            }
-            match mapped.doc {
-                None => rejected_by_mapping += 1,
-                Some(doc) => {
+            match item {
+                ExpectedRow::Rejected { .. } => rejected_by_mapping += 1,
+                ExpectedRow::Document {
+                    mapped,
+                    child_counts,
+                    ..
+                } => {
+                    for (total, kids) in child_totals.iter_mut().zip(&child_counts) {
+                        *total += *kids as u64;
+                    }
+                    let doc = mapped.doc.expect("a document row has its document");
                     expected_count += 1;
                     if !this.is_multiple_of(step) {
                         continue;
