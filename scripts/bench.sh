@@ -7,6 +7,7 @@
 #   2. the same again into the full collection                  (upsert path)
 #   3. patients without the guardians embed                     (insert path)
 #   4. immunizations into an empty collection                   (insert path)
+#      and `verify --full` of what 1 wrote (its rate as a ratio to the run's)
 #   5. mongod alone re-inserting the very documents of 1 and 4  (the ceiling)
 #   6. Appwrite stand-in: the writer's bulk upserts vs single-row writes for 50,000 patients
 #   7. `cutover migrate --target appwrite` into the stand-in, --bulk-rows 100 vs 1 (50,000 patients)
@@ -27,7 +28,7 @@ done
 scripts/setup.sh
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 cargo build --release --quiet --bins
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
@@ -69,12 +70,34 @@ print(f"{name:<28} {e['written']:>9} docs in {e['duration_ms']/1000:7.2f}s = {e[
 PY
 }
 
+# `verify --full` of what a run wrote, timed like the run; its rate as a ratio to the run's.
+verify_full() { # name database entity migrate-name
+  local name="$1" db="$2" entity="$3" against="$4"
+  /usr/bin/time -v "$BIN/cutover" verify --full --database "$db" -o "$WORK/$name.json" "$entity" \
+    >"$WORK/$name.out" 2>"$WORK/$name.time" || true
+  python3 - "$name" "$WORK/$name.json" "$WORK/$name.time" "$WORK/$against.json" <<'PY'
+import json, re, sys
+name, result, timing, against = sys.argv[1:5]
+t = open(timing).read()
+wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", t)
+secs = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
+cpu = float(re.search(r"User time \(seconds\): ([\d.]+)", t).group(1)) + float(re.search(r"System time \(seconds\): ([\d.]+)", t).group(1))
+m = json.load(open(against))["entities"][0]
+run_rate = m["written"] * 1000 / max(m["duration_ms"], 1)
+rate = m["read"] / max(secs, 1e-3)
+print(f"{name:<28} {m['read']:>9} rows in {secs:7.2f}s = {rate:>8.0f} rows/s, {rate / run_rate:.2f}x the run's rate,"
+      f" client CPU {cpu:.1f}s, peak RSS {rss/1024:.0f} MiB")
+PY
+}
+
 mongo_drop() { "$BIN/mongo-ceiling" --drop "$MONGODB_URI" "$1"; }
 
 echo "== cutover bench: $PATIENTS patients, $(psql "$BENCH_URL" -Atc 'SELECT count(*) FROM immunizations') immunizations ($(nproc) cores)"
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
 run "patients+guardians (empty)" bench_patients patients
 run "patients+guardians (full)"  bench_patients patients
+verify_full "verify --full patients" bench_patients patients "patients+guardians (empty)"
 run "patients flat (empty)"      bench_flat patients --mappings "$WORK/mappings-flat"
 run "immunizations (empty)"      bench_imm immunizations
 "$BIN/mongo-ceiling" "$MONGODB_URI" bench_patients patients bench_ceiling
