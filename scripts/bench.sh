@@ -27,7 +27,8 @@ done
 
 scripts/setup.sh
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-cargo build --release --quiet --bins
+# The stand-in is a workspace package; appwrite-bench an example (it runs the stand-in in-process).
+cargo build --release --quiet --workspace --bins --example appwrite-bench
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 scripts/services.sh start
@@ -104,7 +105,7 @@ run "immunizations (empty)"      bench_imm immunizations
 "$BIN/mongo-ceiling" "$MONGODB_URI" bench_flat patients bench_ceiling
 "$BIN/mongo-ceiling" "$MONGODB_URI" bench_imm immunizations bench_ceiling
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
-"$BIN/appwrite-bench" "$ROOT/pipelines/registry.toml" patients 50000
+"$BIN/examples/appwrite-bench" "$ROOT/pipelines/registry.toml" patients 50000
 
 # 7. `cutover migrate --target appwrite` end to end into the stand-in (50,000 patients with their
 #    guardians): bulk upserts of 100 rows vs one row per request (--bulk-rows 1).

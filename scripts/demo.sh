@@ -18,8 +18,9 @@ done
 
 scripts/setup.sh
 echo "== building cutover"
-cargo build --release --quiet
-CUTOVER="$ROOT/target/release/cutover"
+# --workspace: the Appwrite stand-in too, which services.sh starts when it is built.
+cargo build --release --quiet --workspace
+CUTOVER="${CARGO_TARGET_DIR:-$ROOT/target}/release/cutover"
 
 scripts/services.sh start
 eval "$(scripts/services.sh env)"

@@ -8,8 +8,9 @@
 #   scripts/services.sh status  say what is running
 #
 # mongod runs with enableTestCommands=1 so tests can inject faults (failCommand fail points).
-# The Appwrite stand-in (target/*/appwrite-standin, built by cargo) starts too when it is built;
-# its throwaway API key is generated into the services directory.
+# The Appwrite stand-in (the workspace package tests/appwrite-standin: `cargo build -p
+# appwrite-standin`, binary target/<profile>/appwrite-standin, under $CARGO_TARGET_DIR when set)
+# starts too when it is built; its throwaway API key is generated into the services directory.
 # Settings (environment): CUTOVER_SERVICES_DIR (default /tmp/cutover-services),
 # CUTOVER_PG_PORT (default 55432), CUTOVER_MONGO_PORT (default 57017).
 set -euo pipefail
@@ -46,8 +47,8 @@ standin_pid() { [ -f "$DIR/appwrite/standin.pid" ] && cat "$DIR/appwrite/standin
 
 # The newest build of the stand-in (release or debug), so a stale one is never started.
 standin_bin() {
-  local b best=""
-  for b in "$ROOT/target/release/appwrite-standin" "$ROOT/target/debug/appwrite-standin"; do
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}" b best=""
+  for b in "$target/release/appwrite-standin" "$target/debug/appwrite-standin"; do
     [ -x "$b" ] || continue
     if [ -z "$best" ] || [ "$b" -nt "$best" ]; then best="$b"; fi
   done
@@ -61,7 +62,7 @@ start_standin() {
   fi
   local bin
   if ! bin="$(standin_bin)"; then
-    log "appwrite stand-in not built (cargo build --bin appwrite-standin); skipped"
+    log "appwrite stand-in not built (cargo build -p appwrite-standin); skipped"
     return
   fi
   mkdir -p "$DIR/appwrite"

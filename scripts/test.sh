@@ -19,15 +19,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The stand-in is a package of its own: build it so services.sh starts it.
+cargo build --quiet -p appwrite-standin
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
-cargo test --all-targets 2>&1 | tee "$CUTOVER_SERVICES_DIR/test.log"
+# --workspace: the stand-in's own unit tests too (a plain `cargo test` tests the root package only).
+cargo test --workspace --all-targets 2>&1 | tee "$CUTOVER_SERVICES_DIR/test.log"
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo '[0-9]+ passed' "$CUTOVER_SERVICES_DIR/test.log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$CUTOVER_SERVICES_DIR/test.log" | awk '{s+=$1} END {print s+0}')

@@ -14,7 +14,6 @@
 //! - [`ledger`]: runs and steps recorded in the target.
 //! - [`monitor`]: counters, progress bars, rejects files, the run report.
 //! - [`check`]: the pre-flight; [`verify`]: post-run comparison.
-//! - [`standin`]: the Appwrite stand-in (test infrastructure).
 //! - [`redact`]: keeps credentials out of output.
 
 pub mod check;
@@ -28,7 +27,6 @@ pub mod pipeline;
 pub mod redact;
 pub mod sink;
 pub mod source;
-pub mod standin;
 pub mod transform;
 pub mod validate;
 pub mod verify;

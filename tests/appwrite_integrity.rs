@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use appwrite_standin::{Faults, StandIn};
 use common::World;
-use cutover::standin::{Faults, StandIn};
 use serde_json::Value;
 
 const KEY: &str = "misconfig-key";
@@ -33,7 +33,7 @@ async fn ledger_commands_fail_on_a_wrong_project_or_an_endpoint_without_v1() {
     let w = World::new("aw_misconfig").await;
     w.load_registry(100);
     let s = Arc::new(StandIn::new("cutover", KEY));
-    let (addr, _) = cutover::standin::serve(s, "127.0.0.1:0").await.unwrap();
+    let (addr, _) = appwrite_standin::serve(s, "127.0.0.1:0").await.unwrap();
     let good = format!("http://{addr}/v1");
     let pipeline = common::repo()
         .join("pipelines/registry.toml")
@@ -77,7 +77,7 @@ async fn concurrency_32_completes_on_appwrite() {
     let w = World::new("aw_conc32").await;
     w.load_registry(100);
     let s = Arc::new(StandIn::new("cutover", KEY));
-    let (addr, _) = cutover::standin::serve(s, "127.0.0.1:0").await.unwrap();
+    let (addr, _) = appwrite_standin::serve(s, "127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{addr}/v1");
     let pipeline = common::repo()
         .join("pipelines/registry.toml")
@@ -141,7 +141,7 @@ async fn a_stage_that_fails_while_prepared_ends_its_run_with_a_report() {
     let mut standin = StandIn::new("cutover", KEY);
     standin.failing_columns = vec!["name".into()];
     let s = Arc::new(standin);
-    let (addr, _) = cutover::standin::serve(s, "127.0.0.1:0").await.unwrap();
+    let (addr, _) = appwrite_standin::serve(s, "127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{addr}/v1");
     let pipeline = common::repo()
         .join("pipelines/registry.toml")
@@ -209,7 +209,7 @@ async fn standin() -> (Arc<StandIn>, String) {
     let mut s = StandIn::new("cutover", KEY);
     s.column_delay = Duration::from_millis(20);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     (s, format!("http://{addr}/v1"))
@@ -668,14 +668,14 @@ async fn a_row_failing_transiently_is_retried_alone_and_its_batch_is_written() {
     let (flaky, broken) = (ids[3].clone(), ids[7].clone());
     s.set_row_fault(
         &flaky,
-        Some(cutover::standin::RowFault {
+        Some(appwrite_standin::RowFault {
             status: 503,
             times: Some(4),
         }),
     );
     s.set_row_fault(
         &broken,
-        Some(cutover::standin::RowFault {
+        Some(appwrite_standin::RowFault {
             status: 503,
             times: None,
         }),

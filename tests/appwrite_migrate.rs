@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appwrite_standin::{Faults, StandIn};
 use common::World;
-use cutover::standin::{Faults, StandIn};
 use serde_json::Value;
 
 const KEY: &str = "test-key-1";
@@ -22,7 +22,7 @@ async fn standin() -> Aw {
     let mut s = StandIn::new("cutover", KEY);
     s.column_delay = Duration::from_millis(20);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     Aw {
@@ -165,7 +165,7 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
             .any(|f| f["$id"] == facility)
     );
     let indexes = |t: &str| -> Vec<String> {
-        let spec = cutover::standin::StandIn::table_indexes(&aw.s, "registry", t);
+        let spec = appwrite_standin::StandIn::table_indexes(&aw.s, "registry", t);
         spec.into_iter().collect()
     };
     assert!(
@@ -627,7 +627,7 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
         report["target"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("Appwrite {}", cutover::standin::VERSION)),
+            .starts_with(&format!("Appwrite {}", appwrite_standin::VERSION)),
         "{report}"
     );
     let f = report["findings"]

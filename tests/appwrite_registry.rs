@@ -6,13 +6,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appwrite_standin::StandIn;
 use common::World;
 use cutover::pipeline::Pipeline;
 use cutover::sink::appwrite::AppwriteClient;
 use cutover::sink::appwrite::rows::upsert_rows;
 use cutover::sink::appwrite::schema::{Kind, apply, table_spec, to_row};
 use cutover::source::SourceSession;
-use cutover::standin::StandIn;
 
 #[tokio::test]
 async fn every_registry_table_fits_its_derived_appwrite_schema() {
@@ -36,7 +36,7 @@ async fn every_registry_table_fits_its_derived_appwrite_schema() {
     let mut s = StandIn::new("cutover", "k");
     s.column_delay = Duration::from_millis(20);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let client = AppwriteClient::new(&format!("http://{addr}/v1"), "cutover", "k", None).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use appwrite::Client;
 use appwrite::query::Query;
 use appwrite::services::{TablesDB, Users};
-use cutover::standin::StandIn;
+use appwrite_standin::StandIn;
 use serde_json::json;
 
 #[tokio::test]
@@ -15,7 +15,7 @@ async fn the_official_sdk_drives_the_stand_in() {
     let mut s = StandIn::new("cutover", "sdk-key");
     s.column_delay = std::time::Duration::from_millis(50);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let client = Client::new()
@@ -115,7 +115,7 @@ async fn sdk_and_standin() -> (Client, Arc<StandIn>) {
     let mut s = StandIn::new("cutover", "sdk-key");
     s.column_delay = std::time::Duration::from_millis(20);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let client = Client::new()

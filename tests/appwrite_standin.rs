@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cutover::standin::{Faults, StandIn};
+use appwrite_standin::{Faults, StandIn};
 use serde_json::{Value, json};
 
 const KEY: &str = "standin-secret-key";
@@ -122,7 +122,7 @@ async fn start() -> (Client, Arc<StandIn>) {
     let mut s = StandIn::new("cutover", KEY);
     s.column_delay = std::time::Duration::from_millis(1500);
     let s = Arc::new(s);
-    let (addr, _task) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _task) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     (

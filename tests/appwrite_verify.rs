@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use appwrite_standin::StandIn;
 use common::World;
-use cutover::standin::StandIn;
 use serde_json::{Value, json};
 
 const KEY: &str = "verify-key";
@@ -19,7 +19,7 @@ async fn standin() -> (Arc<StandIn>, String) {
     let mut s = StandIn::new("cutover", KEY);
     s.column_delay = Duration::from_millis(20);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     (s, format!("http://{addr}/v1"))

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use appwrite_standin::{Faults, StandIn};
 use cutover::sink::appwrite::AppwriteClient;
 use cutover::sink::appwrite::rows::{to_row, upsert_rows};
-use cutover::standin::{Faults, StandIn};
 use serde_json::{Value, json};
 
 const KEY: &str = "writer-test-key";
@@ -16,7 +16,7 @@ async fn setup(rate: Option<(u32, u32)>) -> (AppwriteClient, Arc<StandIn>) {
     let mut s = StandIn::new("cutover", KEY);
     s.column_delay = Duration::from_millis(100);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let client = AppwriteClient::new(&format!("http://{addr}/v1"), "cutover", KEY, rate).unwrap();
@@ -216,7 +216,7 @@ async fn a_failed_or_slow_column_is_an_error_naming_it() {
     s.column_delay = Duration::from_millis(50);
     s.failing_columns = vec!["broken".into()];
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let c = AppwriteClient::new(&format!("http://{addr}/v1"), "cutover", KEY, None).unwrap();
@@ -245,7 +245,7 @@ async fn a_failed_or_slow_column_is_an_error_naming_it() {
     let mut slow = StandIn::new("cutover", KEY);
     slow.column_delay = Duration::from_secs(60);
     let slow = Arc::new(slow);
-    let (addr, _) = cutover::standin::serve(slow, "127.0.0.1:0").await.unwrap();
+    let (addr, _) = appwrite_standin::serve(slow, "127.0.0.1:0").await.unwrap();
     let c = AppwriteClient::new(&format!("http://{addr}/v1"), "cutover", KEY, None).unwrap();
     c.ensure_database("registry", "Registry").await.unwrap();
     c.ensure_table("registry", "t", "t").await.unwrap();

@@ -301,8 +301,8 @@ async fn arrays_into_appwrite_are_columns_of_their_type_and_what_none_holds_is_r
     w.sql(&schema()).await;
     let pipeline = write_files(&w);
     let key = "test-key-1";
-    let s = Arc::new(cutover::standin::StandIn::new("cutover", key));
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let s = Arc::new(appwrite_standin::StandIn::new("cutover", key));
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let run = |args: &[&str]| {

@@ -26,9 +26,9 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use appwrite_standin::StandIn;
 use bson::{Bson, Document, doc};
 use common::World;
-use cutover::standin::StandIn;
 use futures::TryStreamExt;
 use serde_json::Value;
 
@@ -593,7 +593,7 @@ impl Side {
             let mut s = StandIn::new("cutover", KEY);
             s.column_delay = Duration::from_millis(20);
             let s = Arc::new(s);
-            let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+            let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
                 .await
                 .unwrap();
             Some(Aw {

@@ -351,8 +351,8 @@ async fn json_numbers_stay_exact_in_appwrite_json_text() {
     let docs = w.docs("nums").await;
 
     let key = "test-key-1";
-    let s = Arc::new(cutover::standin::StandIn::new("cutover", key));
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let s = Arc::new(appwrite_standin::StandIn::new("cutover", key));
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let mut cmd = w.cutover();

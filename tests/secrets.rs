@@ -384,8 +384,8 @@ async fn appwrite(w: &World, endpoint: &str, key: &str, args: &[&str]) -> std::p
 async fn the_appwrite_api_key_is_never_printed_or_stored() {
     let w = World::new("secrets_aw").await;
     w.load_registry(100);
-    let s = Arc::new(cutover::standin::StandIn::new("cutover", KEY));
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let s = Arc::new(appwrite_standin::StandIn::new("cutover", KEY));
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let endpoint = format!("http://{addr}/v1");

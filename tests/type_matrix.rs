@@ -297,8 +297,8 @@ async fn every_type_lands_in_appwrite_or_is_rejected_by_name() {
     w.sql(&schema()).await;
     let pipeline = write_files(&w);
     let key = "test-key-1";
-    let s = Arc::new(cutover::standin::StandIn::new("cutover", key));
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0")
+    let s = Arc::new(appwrite_standin::StandIn::new("cutover", key));
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
     let run = |args: &[&str]| {

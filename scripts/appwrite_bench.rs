@@ -1,6 +1,10 @@
 //! Benchmark helper (scripts/bench.sh): rows/s into the Appwrite stand-in with bulk upserts (100
 //! rows a request) versus single-row writes, for the registry's mapped patient documents.
 //!
+//! An example of cutover, not a product binary, because it runs the stand-in (a dev-dependency) in
+//! this process: `cargo build --release --example appwrite-bench`, then
+//! `target/release/examples/appwrite-bench`.
+//!
 //!   appwrite-bench PIPELINE ENTITY ROWS
 //!
 //! Reads ROWS rows of ENTITY from $CUTOVER_SOURCE_URL, maps them with the pipeline's mapping,
@@ -10,11 +14,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use appwrite_standin::StandIn;
 use cutover::pipeline::Pipeline;
 use cutover::sink::appwrite::AppwriteClient;
 use cutover::sink::appwrite::rows::{to_row, upsert_rows};
 use cutover::source::SourceSession;
-use cutover::standin::StandIn;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
@@ -61,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let mut s = StandIn::new("cutover", key);
     s.column_delay = Duration::from_millis(10);
     let s = Arc::new(s);
-    let (addr, _) = cutover::standin::serve(s.clone(), "127.0.0.1:0").await?;
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0").await?;
     let client = AppwriteClient::new(&format!("http://{addr}/v1"), "cutover", key, None)?;
     client.ensure_database("bench", "bench").await?;
     for table in ["bulk", "single"] {

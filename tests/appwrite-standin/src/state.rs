@@ -116,7 +116,7 @@ pub fn check_id(id: &str) -> Result<String, ApiError> {
     if id == "unique()" {
         return Ok(format!("{:x}", fastrand::u64(..)));
     }
-    if crate::check::appwrite_id_ok(id) {
+    if id_ok(id) {
         Ok(id.to_string())
     } else {
         Err(ApiError::new(
@@ -125,6 +125,19 @@ pub fn check_id(id: &str) -> Result<String, ApiError> {
             "Invalid `id` param: Parameter must contain at most 36 chars. Valid chars are a-z, A-Z, 0-9, period, hyphen, and underscore. Can't start with a special char",
         ))
     }
+}
+
+/// The id rule of Appwrite 1.8's spec (every `*Id` parameter): "Valid chars are a-z, A-Z, 0-9,
+/// period, hyphen, and underscore. Can't start with a special char. Max length is 36 chars."
+pub fn id_ok(id: &str) -> bool {
+    let Some(first) = id.chars().next() else {
+        return false;
+    };
+    id.len() <= 36
+        && first.is_ascii_alphanumeric()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 fn now() -> String {
@@ -1412,5 +1425,37 @@ fn json_cmp(a: &Value, b: &Value) -> std::cmp::Ordering {
         _ => rank(a)
             .cmp(&rank(b))
             .then_with(|| a.to_string().cmp(&b.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_rule_follows_the_spec() {
+        for ok in ["a", "A9", "p-1", "row_2", "x.y", "0abc", &"a".repeat(36)] {
+            assert!(id_ok(ok), "{ok} is an id");
+        }
+        for bad in [
+            "",
+            ".a",
+            "-a",
+            "_a",
+            "a b",
+            "a/b",
+            "é",
+            "a$",
+            &"a".repeat(37),
+        ] {
+            assert!(!id_ok(bad), "{bad:?} is not an id");
+        }
+    }
+
+    #[test]
+    fn unique_makes_a_valid_id() {
+        let id = check_id("unique()").unwrap();
+        assert!(id_ok(&id), "{id}");
+        assert!(check_id(".bad").is_err());
     }
 }

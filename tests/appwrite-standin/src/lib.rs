@@ -74,7 +74,20 @@ fn ok(status: u16, body: Value) -> ApiResult {
         .into_response())
 }
 
-/// Checks the project and key headers, applies the fault injection, adds rate-limit headers.
+/// The API's middleware (every `/v1` route, before its extractors and handler): checks the
+/// project and key headers, counts the request, applies the fault injection.
+async fn auth(
+    State(s): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match guard(&s, req.headers()).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Checks the project and key headers, counts the request, applies the fault injection.
 async fn guard(s: &StandIn, headers: &HeaderMap) -> Result<(), ApiError> {
     let project = headers
         .get("x-appwrite-project")
@@ -222,14 +235,16 @@ async fn sequence_as_string(resp: Response) -> Response {
 
 /// The router: mount it, or use [`serve`].
 pub fn router(s: Shared) -> Router {
-    Router::new()
+    // The stand-in's own control routes (not Appwrite's): no key.
+    let control = Router::new()
         .route("/_standin/stats", get(stats).delete(reset_stats))
         .route("/_standin/faults", put(put_faults))
         .route("/_standin/faults/tables/{table}", put(put_table_faults))
         .route(
             "/_standin/faults/rows/{row}",
             put(put_row_fault).delete(delete_row_fault),
-        )
+        );
+    let api = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
         .route("/v1/tablesdb/{db}", get(get_database))
@@ -303,6 +318,10 @@ pub fn router(s: Shared) -> Router {
         )
         .route("/v1/users/{user}/labels", put(update_labels))
         .route("/v1/users/{user}/prefs", axum::routing::patch(update_prefs))
+        // Matched API routes only: an unknown route stays a plain 404.
+        .route_layer(axum::middleware::from_fn_with_state(s.clone(), auth));
+    control
+        .merge(api)
         // Chunks are 5 MiB; whole uploads may be larger.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
@@ -348,32 +367,23 @@ fn str_field<'a>(body: &'a Value, k: &str) -> Result<&'a str, ApiError> {
 
 async fn create_database(
     State(s): State<Shared>,
-    headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     body_obj(&body)?;
     let id = state::check_id(str_field(&body, "databaseId")?)?;
     let name = str_field(&body, "name")?;
     ok(201, s.create_database(&id, name)?)
 }
 
-async fn list_databases(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> ApiResult {
-    guard(&s, &headers).await?;
+async fn list_databases(State(s): State<Shared>, RawQuery(raw): RawQuery) -> ApiResult {
     ok(200, s.list_databases(&queries(raw)?)?)
 }
 
 async fn list_tables(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(db): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.list_tables(&db, &queries(raw)?)?)
 }
 
@@ -425,27 +435,19 @@ async fn delete_row_fault(State(s): State<Shared>, Path(row): Path<String>) -> R
 }
 
 /// `GET /health`: the HTTP service's health.
-async fn health(State(s): State<Shared>, headers: HeaderMap) -> ApiResult {
-    guard(&s, &headers).await?;
+async fn health() -> ApiResult {
     ok(200, json!({ "name": "http", "ping": 0, "status": "pass" }))
 }
 
-async fn get_database(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    Path(db): Path<String>,
-) -> ApiResult {
-    guard(&s, &headers).await?;
+async fn get_database(State(s): State<Shared>, Path(db): Path<String>) -> ApiResult {
     ok(200, s.get_database(&db)?)
 }
 
 async fn create_table(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(db): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let id = state::check_id(str_field(&body, "tableId")?)?;
     let name = str_field(&body, "name")?;
     ok(201, s.create_table(&db, &id, name)?)
@@ -453,78 +455,62 @@ async fn create_table(
 
 async fn get_table(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.get_table(&db, &table)?)
 }
 
 async fn create_column(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table, kind)): Path<(String, String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(202, s.create_column(&db, &table, &kind, &body)?)
 }
 
 async fn get_column(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table, key)): Path<(String, String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.get_column(&db, &table, &key)?)
 }
 
 async fn create_index(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(202, s.create_index(&db, &table, &body)?)
 }
 
 async fn get_index(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table, key)): Path<(String, String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.get_index(&db, &table, &key)?)
 }
 
 async fn list_indexes(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.list_indexes(&db, &table, &queries(raw)?)?)
 }
 
 async fn list_columns(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.list_columns(&db, &table, &queries(raw)?)?)
 }
 
 async fn create_rows(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     match body.get("rows") {
         Some(rows) => ok(201, s.write_rows(&db, &table, rows, false)?),
         None => {
@@ -537,11 +523,9 @@ async fn create_rows(
 
 async fn upsert_rows(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let rows = body.get("rows").ok_or_else(|| {
         ApiError::new(
             400,
@@ -554,11 +538,9 @@ async fn upsert_rows(
 
 async fn upsert_row(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table, row)): Path<(String, String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let id = state::check_id(&row)?;
     let data = body.get("data").cloned().unwrap_or(json!({}));
     ok(200, s.write_row(&db, &table, &id, &data, true)?)
@@ -567,30 +549,24 @@ async fn upsert_row(
 /// `PATCH …/rows/{row} {data}`: updates an existing row (404 when it does not exist).
 async fn update_row(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table, row)): Path<(String, String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let data = body.get("data").cloned().unwrap_or(json!({}));
     ok(200, s.update_row(&db, &table, &row, &data)?)
 }
 
 async fn get_row(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table, row)): Path<(String, String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.get_row(&db, &table, &row)?)
 }
 
 async fn delete_row(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table, row)): Path<(String, String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     s.delete_row(&db, &table, &row)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -598,11 +574,9 @@ async fn delete_row(
 /// `DELETE …/rows {queries: ["<json>", …]}`: bulk delete.
 async fn delete_rows(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
     body: Option<axum::Json<Value>>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let mut q = Vec::new();
     if let Some(axum::Json(b)) = body
         && let Some(list) = b.get("queries").and_then(Value::as_array)
@@ -672,11 +646,9 @@ fn percent_decode(s: &str) -> String {
 
 async fn list_rows(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let q = queries(raw)?;
     ok(200, s.list_rows(&db, &table, &q)?)
 }
@@ -685,11 +657,9 @@ async fn list_rows(
 /// route segment with `GET /users/{userId}`).
 async fn create_hashed_user(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(algorithm): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     const ALGORITHMS: &[&str] = &[
         "bcrypt",
         "argon2",
@@ -731,34 +701,25 @@ async fn create_hashed_user(
     )
 }
 
-async fn delete_user(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-) -> ApiResult {
-    guard(&s, &headers).await?;
+async fn delete_user(State(s): State<Shared>, Path(user): Path<String>) -> ApiResult {
     s.delete_user(&user)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn update_user_name(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let name = str_field(&body, "name")?.to_string();
     ok(200, s.update_user(&user, |u| u["name"] = json!(name))?)
 }
 
 async fn update_user_phone(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let number = str_field(&body, "number")?.to_string();
     let digits = number.strip_prefix('+').unwrap_or("");
     if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -773,11 +734,9 @@ async fn update_user_phone(
 
 async fn update_user_verification(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let v = bool_field(&body, "emailVerification")?;
     ok(
         200,
@@ -787,11 +746,9 @@ async fn update_user_verification(
 
 async fn update_user_status(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let v = bool_field(&body, "status")?;
     ok(200, s.update_user(&user, |u| u["status"] = json!(v))?)
 }
@@ -808,41 +765,30 @@ fn bool_field(body: &Value, k: &str) -> Result<bool, ApiError> {
 
 async fn delete_table(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((db, table)): Path<(String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     s.delete_table(&db, &table)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_user(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-) -> ApiResult {
-    guard(&s, &headers).await?;
+async fn get_user(State(s): State<Shared>, Path(user): Path<String>) -> ApiResult {
     ok(200, s.get_user(&user)?)
 }
 
 async fn list_users(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Query(_q): Query<Vec<(String, String)>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let q = queries(raw)?;
     ok(200, s.list_users(&q))
 }
 
 async fn update_labels(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let labels: Vec<String> = body
         .get("labels")
         .and_then(Value::as_array)
@@ -871,33 +817,21 @@ async fn update_labels(
 
 async fn update_prefs(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path(user): Path<String>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let prefs = body.get("prefs").cloned().unwrap_or(json!({}));
     s.update_user(&user, |u| u["prefs"] = prefs.clone())?;
     ok(200, prefs)
 }
 
-async fn create_bucket(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    axum::Json(body): axum::Json<Value>,
-) -> ApiResult {
-    guard(&s, &headers).await?;
+async fn create_bucket(State(s): State<Shared>, axum::Json(body): axum::Json<Value>) -> ApiResult {
     let id = state::check_id(str_field(&body, "bucketId")?)?;
     let name = str_field(&body, "name")?;
     ok(201, s.create_bucket(&id, name, &body)?)
 }
 
-async fn get_bucket(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    Path(bucket): Path<String>,
-) -> ApiResult {
-    guard(&s, &headers).await?;
+async fn get_bucket(State(s): State<Shared>, Path(bucket): Path<String>) -> ApiResult {
     ok(200, s.get_bucket(&bucket)?)
 }
 
@@ -907,7 +841,6 @@ async fn upload_file(
     Path(bucket): Path<String>,
     mut form: axum::extract::Multipart,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let mut file_id = headers
         .get("x-appwrite-id")
         .and_then(|v| v.to_str().ok())
@@ -968,19 +901,15 @@ async fn upload_file(
 
 async fn get_file(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((bucket, file)): Path<(String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     ok(200, s.get_file(&bucket, &file)?)
 }
 
 async fn download_file(
     State(s): State<Shared>,
-    headers: HeaderMap,
     Path((bucket, file)): Path<(String, String)>,
 ) -> ApiResult {
-    guard(&s, &headers).await?;
     let bytes = s.file_content(&bucket, &file)?;
     Ok((StatusCode::OK, bytes).into_response())
 }
