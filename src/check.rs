@@ -13,6 +13,7 @@ use crate::mapping::spec::Severity;
 use crate::pipeline::Pipeline;
 use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
 use crate::pipeline::run::{compile_plans, load_known_keys};
+use crate::sink::appwrite::id_ok as appwrite_id_ok;
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, Target};
 use crate::source::SourceSession;
@@ -62,31 +63,9 @@ impl CheckReport {
             .sum()
     }
 
-    /// How `check` ends: 1 when something blocks a run, 2 when rows will be rejected (unless
-    /// they are accepted), else 0.
-    pub fn outcome(&self, allow_rejects: bool) -> crate::cli::Outcome {
-        if !self.ok() {
-            crate::cli::Outcome::Failed
-        } else if self.rejected_rows() > 0 && !allow_rejects {
-            crate::cli::Outcome::FinishedWithRejects
-        } else {
-            crate::cli::Outcome::Success
-        }
-    }
-
     pub fn ok(&self) -> bool {
         self.blocking.is_empty()
     }
-}
-
-/// Appwrite's id rule: at most 36 of `[A-Za-z0-9._-]`, not starting with a special character.
-pub fn appwrite_id_ok(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 36
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && !id.starts_with(['.', '_', '-'])
 }
 
 pub async fn source_version(session: &mut SourceSession) -> Result<String, sqlx::Error> {
@@ -483,19 +462,5 @@ fn scan_row(
                 example: issue.message.clone(),
             });
         f.rows += 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn appwrite_ids() {
-        assert!(appwrite_id_ok("6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162"));
-        assert!(appwrite_id_ok("42"));
-        assert!(!appwrite_id_ok("_hidden"));
-        assert!(!appwrite_id_ok("a b"));
-        assert!(!appwrite_id_ok(&"x".repeat(37)));
     }
 }

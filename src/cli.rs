@@ -596,7 +596,7 @@ pub(crate) async fn connect_target(
             let mongo = cfg.require_mongodb()?;
             let t = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
             let target = Target::Mongo(t);
-            let ledger = Ledger::new(target.store(), &mongo.ledger_prefix);
+            let ledger = Ledger::new(crate::ledger::Store::of(&target), &mongo.ledger_prefix);
             let name = target.display_name();
             Ok((target, ledger, name))
         }
@@ -617,7 +617,7 @@ pub(crate) async fn connect_target(
                 tuning.bulk_rows
             };
             let target = Target::Appwrite(AppwriteTarget::new(client, &a.database, bulk));
-            let ledger = Ledger::new(target.store(), "cutover_");
+            let ledger = Ledger::new(crate::ledger::Store::of(&target), "cutover_");
             let name = target.display_name();
             Ok((target, ledger, name))
         }

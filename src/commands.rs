@@ -603,7 +603,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     report.target = crate::redact::redact_text(&report.target);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(report.outcome(args.allow_rejects));
+        return Ok(check_outcome(&report, args.allow_rejects));
     }
     crate::outln!("source: {}", report.source);
     crate::outln!("target: {}", report.target);
@@ -672,7 +672,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
         "check passed: nothing blocks a run and no scanned row will be rejected".to_string()
     };
     crate::outln!("{verdict}");
-    Ok(report.outcome(args.allow_rejects))
+    Ok(check_outcome(&report, args.allow_rejects))
 }
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
@@ -724,4 +724,16 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
         None => crate::out!("{text}"),
     }
     Ok(Outcome::Success)
+}
+
+/// How `check` ends: 1 when something blocks a run, 2 when rows will be rejected (unless they
+/// are accepted), else 0.
+fn check_outcome(report: &crate::check::CheckReport, allow_rejects: bool) -> Outcome {
+    if !report.ok() {
+        Outcome::Failed
+    } else if report.rejected_rows() > 0 && !allow_rejects {
+        Outcome::FinishedWithRejects
+    } else {
+        Outcome::Success
+    }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 pub use store::{Store, StoreError};
 
+pub use crate::monitor::report::TakenBackup;
 use crate::monitor::report::{EntityReport, RunReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -632,14 +633,6 @@ impl Ledger {
             .await
             .map_err(lerr("empty collection"))
     }
-}
-
-/// A backup a step has just taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TakenBackup {
-    pub name: String,
-    pub documents: u64,
-    pub duration_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

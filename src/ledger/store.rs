@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::sink::appwrite::rows::row_id;
 use crate::sink::appwrite::{AppwriteClient, AppwriteError};
-use crate::sink::target::USERS;
+use crate::sink::target::{Target, USERS};
 
 /// What failed underneath a ledger operation.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,14 @@ pub enum Store {
 }
 
 impl Store {
+    /// Where the ledger of `target` lives: beside the data.
+    pub fn of(target: &Target) -> Store {
+        match target {
+            Target::Mongo(m) => Store::Mongo(m.ledger_database().clone()),
+            Target::Appwrite(a) => Store::appwrite(a.client.clone(), &a.database),
+        }
+    }
+
     pub fn appwrite(client: AppwriteClient, db: &str) -> Store {
         Store::Appwrite {
             client,

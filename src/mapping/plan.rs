@@ -711,14 +711,14 @@ fn users_spec(
             });
         }
     }
-    if !crate::sink::appwrite::users::ALGORITHMS.contains(&u.algorithm.as_str()) {
+    if !crate::mapping::spec::APPWRITE_HASH_ALGORITHMS.contains(&u.algorithm.as_str()) {
         return Err(MappingError::Invalid {
             path: m.path.clone(),
             key: "appwrite.users.algorithm".into(),
             message: format!(
                 "[appwrite.users] algorithm `{}`: Appwrite imports {}",
                 u.algorithm,
-                crate::sink::appwrite::users::ALGORITHMS.join(", ")
+                crate::mapping::spec::APPWRITE_HASH_ALGORITHMS.join(", ")
             ),
         });
     }

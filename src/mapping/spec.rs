@@ -41,6 +41,17 @@ pub struct AppwriteSpec {
     pub users: Option<AppwriteUsersSpec>,
 }
 
+/// Hash algorithms Appwrite imports (the route segment of `POST /users/{algorithm}`).
+pub const APPWRITE_HASH_ALGORITHMS: &[&str] = &[
+    "bcrypt",
+    "argon2",
+    "md5",
+    "sha",
+    "phpass",
+    "scrypt",
+    "scrypt-modified",
+];
+
 /// Which top-level document fields become which user attributes. Every other field (and the
 /// labels field) goes to the user's prefs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -7,6 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use super::Counts;
 
+/// A backup a step has just taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenBackup {
+    pub name: String,
+    pub documents: u64,
+    pub duration_ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EntityReport {
     pub name: String,
@@ -96,7 +104,7 @@ impl EntityReport {
     }
 
     /// Records the backup the step took.
-    pub fn set_backup(&mut self, b: crate::ledger::TakenBackup) {
+    pub fn set_backup(&mut self, b: TakenBackup) {
         self.backup = Some(b.name);
         self.backup_documents = b.documents;
         self.backup_ms = b.duration_ms;
@@ -382,7 +390,7 @@ mod tests {
     #[test]
     fn a_backup_taken_is_a_line_of_the_text_report() {
         let mut e = EntityReport::new("users", "users", Default::default(), 10);
-        e.set_backup(crate::ledger::TakenBackup {
+        e.set_backup(TakenBackup {
             name: "bk_1".into(),
             documents: 1234,
             duration_ms: 2300,

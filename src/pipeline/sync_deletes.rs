@@ -87,8 +87,7 @@ async fn sync_deletes_mongo(
     target: &crate::sink::mongodb::MongoTarget,
     dry_run: bool,
 ) -> Result<u64, RunError> {
-    use crate::verify::order::{bson_cmp, ids_follow_key_order};
-    use crate::verify::{id_bytes, id_from_bytes};
+    use crate::sink::order::{bson_cmp, id_bytes, id_from_bytes, ids_follow_key_order};
     let keys_spec = keys_only(plan);
     let coll = target
         .database()

@@ -2,5 +2,6 @@
 
 pub mod appwrite;
 pub mod mongodb;
+pub mod order;
 pub mod retry;
 pub mod target;

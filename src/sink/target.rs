@@ -13,7 +13,6 @@ use super::appwrite::users::{self, ImportUser};
 use super::appwrite::{AppwriteClient, AppwriteError, rows};
 use super::mongodb::{BatchResult, DocError, MongoError, MongoTarget, WriteMode};
 use super::retry::Retryable;
-use crate::ledger::Store;
 use crate::mapping::plan::Plan;
 use crate::mapping::spec::AppwriteUsersSpec;
 
@@ -495,14 +494,6 @@ pub enum Target {
 }
 
 impl Target {
-    /// Where the ledger lives: beside the data.
-    pub fn store(&self) -> Store {
-        match self {
-            Target::Mongo(m) => Store::Mongo(m.ledger_database().clone()),
-            Target::Appwrite(a) => Store::appwrite(a.client.clone(), &a.database),
-        }
-    }
-
     /// The target as reports name it: kind and database (Appwrite: endpoint and project too),
     /// never a credential.
     pub fn display_name(&self) -> String {

@@ -31,7 +31,9 @@ use crate::transform::row::{MapContext, map_row};
 
 pub mod appwrite;
 pub mod oracle;
-pub mod order;
+/// Target `_id` order (lives with the targets; `--sync-deletes` uses it too).
+pub use crate::sink::order;
+pub(crate) use crate::sink::order::{id_bytes, id_from_bytes};
 
 /// How many problems of each kind the text output shows.
 pub const SHOWN: usize = 20;
@@ -216,24 +218,6 @@ fn hash_bytes(b: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     b.hash(&mut h);
     h.finish()
-}
-
-/// An `_id` as its encoded BSON bytes: a hashable, exact identity (shared with `--sync-deletes`).
-pub(crate) fn id_bytes(id: &Bson) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(24);
-    let _ = crate::transform::encode::element(&mut buf, "", id);
-    buf
-}
-
-/// The `_id` whose [`id_bytes`] these are (`None` if they are not an encoded element).
-pub(crate) fn id_from_bytes(bytes: &[u8]) -> Option<Bson> {
-    let mut doc = Vec::with_capacity(bytes.len() + 5);
-    doc.extend_from_slice(&((bytes.len() + 5) as i32).to_le_bytes());
-    doc.extend_from_slice(bytes);
-    doc.push(0);
-    let raw = bson::RawDocument::from_bytes(&doc).ok()?;
-    let value = raw.get("").ok()??;
-    Bson::try_from(value.to_raw_bson()).ok()
 }
 
 /// The `_id` of a raw document (Null when it has none).
@@ -705,21 +689,6 @@ pub async fn verify_entity(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn id_bytes_round_trip() {
-        for id in [
-            Bson::Int64(7),
-            Bson::String("a-b".into()),
-            Bson::Document(doc! { "a": 1, "b": "x" }),
-            Bson::Binary(bson::Binary {
-                subtype: bson::spec::BinarySubtype::Uuid,
-                bytes: vec![3; 16],
-            }),
-        ] {
-            assert_eq!(id_from_bytes(&id_bytes(&id)), Some(id));
-        }
-    }
 
     #[test]
     fn diff_names_changed_missing_and_extra_paths() {

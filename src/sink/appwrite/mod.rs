@@ -20,6 +20,16 @@ use serde_json::{Value, json};
 
 use super::retry::{RetryPolicy, Retryable, retry};
 
+/// Appwrite's id rule: at most 36 of `[A-Za-z0-9._-]`, not starting with a special character.
+pub fn id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 36
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !id.starts_with(['.', '_', '-'])
+}
+
 /// An error answer of Appwrite (or a transport failure).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("Appwrite {}{kind}: {message}", status_text(*.status))]
@@ -425,4 +435,18 @@ fn wait_hint(h: &reqwest::header::HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs((reset - now).clamp(0, 3600) as u64));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(id_ok("6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162"));
+        assert!(id_ok("42"));
+        assert!(!id_ok("_hidden"));
+        assert!(!id_ok("a b"));
+        assert!(!id_ok(&"x".repeat(37)));
+    }
 }

@@ -22,7 +22,7 @@ pub fn row_id(id: &Bson) -> String {
         _ => None,
     };
     if let Some(p) = plain
-        && crate::check::appwrite_id_ok(&p)
+        && crate::sink::appwrite::id_ok(&p)
     {
         return p;
     }
@@ -170,7 +170,7 @@ mod tests {
         let long = Bson::String("a key that is much too long for appwrite ids!".into());
         let id = row_id(&long);
         assert_eq!(id.len(), 36);
-        assert!(crate::check::appwrite_id_ok(&id));
+        assert!(crate::sink::appwrite::id_ok(&id));
         assert_eq!(id, row_id(&long));
         let composite = Bson::Document(bson::doc! { "a": 1, "b": "x" });
         assert_ne!(

@@ -235,7 +235,7 @@ pub struct ChildTable {
 /// id, else `c` + 35 hex digits of its SHA-256.
 pub fn child_table_id(collection: &str, path: &str) -> String {
     let id = format!("{collection}_{path}");
-    if crate::check::appwrite_id_ok(&id) {
+    if crate::sink::appwrite::id_ok(&id) {
         return id;
     }
     let h = row_id(&bson::Bson::String(format!("{collection}\u{0}{path}")));

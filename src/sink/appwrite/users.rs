@@ -6,16 +6,7 @@ use serde_json::{Value, json};
 
 use super::{AppwriteClient, AppwriteError};
 
-/// Hash algorithms Appwrite imports (the route segment of `POST /users/{algorithm}`).
-pub const ALGORITHMS: &[&str] = &[
-    "bcrypt",
-    "argon2",
-    "md5",
-    "sha",
-    "phpass",
-    "scrypt",
-    "scrypt-modified",
-];
+pub use crate::mapping::spec::APPWRITE_HASH_ALGORITHMS as ALGORITHMS;
 
 /// One user to import.
 #[derive(Debug, Clone)]

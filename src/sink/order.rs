@@ -75,11 +75,44 @@ fn num(b: &Bson) -> f64 {
     }
 }
 
+/// An `_id` as its encoded BSON bytes: a hashable, exact identity (shared with `--sync-deletes`).
+pub fn id_bytes(id: &Bson) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(24);
+    let _ = crate::transform::encode::element(&mut buf, "", id);
+    buf
+}
+
+/// The `_id` whose [`id_bytes`] these are (`None` if they are not an encoded element).
+pub fn id_from_bytes(bytes: &[u8]) -> Option<Bson> {
+    let mut doc = Vec::with_capacity(bytes.len() + 5);
+    doc.extend_from_slice(&((bytes.len() + 5) as i32).to_le_bytes());
+    doc.extend_from_slice(bytes);
+    doc.push(0);
+    let raw = bson::RawDocument::from_bytes(&doc).ok()?;
+    let value = raw.get("").ok()??;
+    Bson::try_from(value.to_raw_bson()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use bson::spec::BinarySubtype;
 
     use super::*;
+
+    #[test]
+    fn id_bytes_round_trip() {
+        for id in [
+            Bson::Int64(7),
+            Bson::String("a-b".into()),
+            Bson::Document(bson::doc! { "a": 1, "b": "x" }),
+            Bson::Binary(bson::Binary {
+                subtype: BinarySubtype::Uuid,
+                bytes: vec![3; 16],
+            }),
+        ] {
+            assert_eq!(id_from_bytes(&id_bytes(&id)), Some(id));
+        }
+    }
 
     #[test]
     fn mongodb_order_of_ids() {
