@@ -314,7 +314,7 @@ const FULL_VERIFY_MAX_ROWS: u64 = 1_000_000;
 const DEFAULT_SAMPLE: u64 = 100_000;
 
 pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
-    let (cfg, target, _ledger) =
+    let (cfg, target, ledger) =
         crate::cli::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let target_kind = target.kind();
     let target_name = target.display_name();
@@ -393,6 +393,10 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                 v
             }
             Target::Appwrite(a) => {
+                // Rows the server refused in the runs that wrote the table: not missing.
+                let refused =
+                    crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity)
+                        .await?;
                 crate::verify::appwrite::verify_entity(
                     p,
                     &mut session,
@@ -403,6 +407,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                         collections: &collections,
                         user_entities: &user_entities,
                     },
+                    &refused,
                     &mut log,
                 )
                 .await?
@@ -492,6 +497,11 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         };
         crate::outln!("    {what} ({count}): {}{more}", shown.join(", "));
     };
+    list(
+        "refused by the target when written (write rejects of the run, excused; source key)",
+        v.rejected_by_target,
+        &v.rejected_by_target_keys,
+    );
     list(
         "missing in the target (source key)",
         v.missing_count,

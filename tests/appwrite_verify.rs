@@ -365,3 +365,91 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
     assert_eq!(e["ok"], false);
     w.drop().await;
 }
+
+/// Issue #11: rows the server refused in the run (write rejects, in the run's rejects file) are
+/// excused by verify — exactly those keys, named with their count — while a row missing for any
+/// other reason still fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_excuses_exactly_the_rows_the_server_refused() {
+    let w = World::new("aw_verify_refused").await;
+    let pipeline = items(&w, "items", 60).await;
+    let (s, endpoint) = standin().await;
+    let refused = ["5", "17", "33"];
+    for id in refused {
+        s.set_row_fault(
+            id,
+            Some(cutover::standin::RowFault {
+                status: 400,
+                times: None,
+            }),
+        );
+    }
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert_eq!(s.row_count("registry", "items"), 57);
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut stages: Vec<(String, String)> = w
+        .rejects(&run_id)
+        .into_iter()
+        .map(|(_, key, stage, _)| (key, stage))
+        .collect();
+    stages.sort();
+    assert_eq!(
+        stages,
+        [("17", "write"), ("33", "write"), ("5", "write")]
+            .map(|(k, s)| (k.to_string(), s.to_string()))
+    );
+
+    let out_path = w.dir.path().join("verify.json");
+    let verify = || {
+        command(
+            &w,
+            &endpoint,
+            &[
+                "verify",
+                "--pipeline",
+                &pipeline,
+                "-o",
+                &out_path.display().to_string(),
+            ],
+        )
+    };
+    let entity = || -> Value {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        json["entities"][0].clone()
+    };
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("refused by the target when written") && text.contains("(3): 17, 33, 5"),
+        "{text}"
+    );
+    let e = entity();
+    assert_eq!(e["rejected_by_target"], 3, "{e}");
+    assert_eq!(
+        e["rejected_by_target_keys"],
+        json!(["17", "33", "5"]),
+        "{e}"
+    );
+    assert_eq!(e["missing_count"], 0, "{e}");
+    assert_eq!(e["counts_agree"], true, "{e}");
+
+    // Another row gone: verify fails and names it, the refused rows still excused.
+    s.delete_row("registry", "items", "8").unwrap();
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let e = entity();
+    assert_eq!(e["missing"], json!(["8"]), "{e}");
+    assert_eq!(e["missing_count"], 1, "{e}");
+    assert_eq!(e["rejected_by_target"], 3, "{e}");
+    assert_eq!(e["ok"], false, "{e}");
+    w.drop().await;
+}

@@ -31,6 +31,7 @@ use crate::transform::row::{MapContext, map_row};
 pub mod appwrite;
 pub mod oracle;
 pub mod order;
+pub mod write_rejects;
 
 /// How many problems of each kind the text output shows.
 pub const SHOWN: usize = 20;
@@ -123,6 +124,10 @@ pub struct Problems<'a, D> {
     pub missing: Kept<String>,
     pub unexpected: Kept<String>,
     pub different: Kept<D>,
+    /// Rows the target refused when they were written: not missing when they are absent.
+    excused: Option<&'a write_rejects::WriteRejects>,
+    /// Source keys of the rows absent from the target because it refused them (write rejects).
+    pub refused: Kept<String>,
 }
 
 impl<'a, D> Problems<'a, D> {
@@ -133,10 +138,23 @@ impl<'a, D> Problems<'a, D> {
             missing: Kept::default(),
             unexpected: Kept::default(),
             different: Kept::default(),
+            excused: None,
+            refused: Kept::default(),
         }
     }
 
+    /// Excuses exactly the rows of `rejects` when they are missing (they count as refused).
+    pub fn excusing(mut self, rejects: &'a write_rejects::WriteRejects) -> Problems<'a, D> {
+        self.excused = Some(rejects);
+        self
+    }
+
+    /// A row of `key` is not in the target: refused there when written (excused), else missing.
     pub fn missing(&mut self, key: String) -> Result<(), RunError> {
+        if self.excused.is_some_and(|r| r.contains(&key)) {
+            self.refused.push(key);
+            return Ok(());
+        }
         self.log
             .write(serde_json::json!({ "entity": self.entity, "kind": "missing", "key": key }))?;
         self.missing.push(key);
@@ -192,6 +210,11 @@ pub struct EntityVerification {
     pub source_rows: u64,
     /// Rows the mapping rejects (transform or validation).
     pub rejected_by_mapping: u64,
+    /// Expected rows absent from the target because it refused them when the run wrote them
+    /// (write rejects in the run's rejects file): excused, not missing.
+    pub rejected_by_target: u64,
+    /// The first [`KEPT`] source keys of those rows.
+    pub rejected_by_target_keys: Vec<String>,
     pub expected: u64,
     pub target: u64,
     pub compared: u64,
@@ -719,6 +742,8 @@ pub async fn verify_entity(
         mode,
         source_rows,
         rejected_by_mapping,
+        rejected_by_target: 0,
+        rejected_by_target_keys: Vec::new(),
         expected: expected_count,
         target: target_count,
         compared,
