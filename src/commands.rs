@@ -365,7 +365,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
             _ => None,
         };
-        let mut independent = None;
+        let independent;
         let v = match &target {
             Target::Mongo(m) => {
                 let mut v = crate::verify::verify_entity(
@@ -397,7 +397,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                 let refused =
                     crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity)
                         .await?;
-                crate::verify::appwrite::verify_entity(
+                let mut v = crate::verify::appwrite::verify_entity(
                     p,
                     &mut session,
                     a,
@@ -410,7 +410,19 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &refused,
                     &mut log,
                 )
-                .await?
+                .await?;
+                // PostgreSQL's own values against the rows', apart from the converter.
+                let i = crate::verify::oracle::appwrite::verify_entity(
+                    p,
+                    &mut session,
+                    a,
+                    sample,
+                    &mut log,
+                )
+                .await?;
+                i.apply(&mut v);
+                independent = Some(i);
+                v
             }
         };
         if !args.json {

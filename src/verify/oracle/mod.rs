@@ -1,4 +1,4 @@
-//! The independent comparison of `verify` (MongoDB): for every field written as its column is
+//! The independent comparison of `verify` (MongoDB here; Appwrite in [`appwrite`]): for every field written as its column is
 //! (no transform; the natural conversion or a cast this module can check), verify asks PostgreSQL
 //! for its own rendering of the column with its own query (`::text`, `to_jsonb`, epoch
 //! microseconds, hex of the bytes) and compares it with the target's value using
@@ -10,6 +10,7 @@
 //! Documents that are missing or unexpected are left to the main comparison. Only the first
 //! [`super::KEPT`] mismatches are held; every one goes to the problems file.
 
+pub mod appwrite;
 pub mod compare;
 pub mod json;
 
@@ -477,6 +478,76 @@ async fn lookup(
     Ok(())
 }
 
+/// The key columns of `plan` (kind, qualified name) and the query reading, in key order, the key
+/// renderings ([`key_sql`]) then PostgreSQL's rendering of each of `checks`.
+fn source_query(plan: &Plan, checks: &[FieldCheck]) -> (Vec<(ColKind, String)>, String) {
+    let qual = qualifier(&plan.relation);
+    let keys: Vec<(ColKind, String)> = plan
+        .key
+        .iter()
+        .map(|&i| {
+            let c = &plan.read.columns[i];
+            (c.kind, format!("{qual}.{}", quote_ident(&c.name)))
+        })
+        .collect();
+    let mut select: Vec<String> = plan
+        .key
+        .iter()
+        .zip(&keys)
+        .map(|(&i, (kind, col))| key_sql(*kind, &plan.read.columns[i].pg_type, col))
+        .collect();
+    select.extend(checks.iter().map(|c| c.sql.clone()));
+    let order: Vec<String> = keys
+        .iter()
+        .map(|(kind, col)| {
+            if *kind == ColKind::Text {
+                format!("{col} COLLATE \"C\"")
+            } else {
+                col.clone()
+            }
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} ORDER BY {}",
+        select.join(", "),
+        plan.relation,
+        order.join(", ")
+    );
+    (keys, sql)
+}
+
+/// A row of [`source_query`]: its key text, its `_id` and the renderings of the `checks` checks
+/// (`None`: its key gives no `_id` here).
+fn source_row(
+    row: &sqlx::postgres::PgRow,
+    keys: &[(ColKind, String)],
+    plan: &Plan,
+    checks: usize,
+    context: &str,
+) -> Result<Option<Pending>, RunError> {
+    let width = keys.len();
+    let mut key_values = Vec::with_capacity(width);
+    for (i, (kind, _)) in keys.iter().enumerate() {
+        let text: Option<String> = row.try_get(i).map_err(qerr(context.to_string()))?;
+        key_values.push(text.as_deref().and_then(|t| key_value(*kind, t)));
+    }
+    let Some(key_values) = key_values.into_iter().collect::<Option<Vec<Value>>>() else {
+        return Ok(None);
+    };
+    let key_refs: Vec<&Value> = key_values.iter().collect();
+    let Ok(id) = plan.id.id_for(&key_refs) else {
+        return Ok(None);
+    };
+    let mut texts = Vec::with_capacity(checks);
+    for i in 0..checks {
+        texts.push(
+            row.try_get::<Option<String>, _>(width + i)
+                .map_err(qerr(context.to_string()))?,
+        );
+    }
+    Ok(Some((crate::source::value::key_text(&key_refs), id, texts)))
+}
+
 /// Compares the independently checkable fields of `plan` in the target with PostgreSQL's own
 /// values, and the references inside its embedded documents. `sample`: as [`super::verify_entity`].
 pub async fn verify_entity(
@@ -511,38 +582,7 @@ pub async fn verify_entity(
     };
     let mut rows_without_id = 0u64;
     if !checks.is_empty() {
-        let qual = qualifier(&plan.relation);
-        let keys: Vec<(ColKind, String)> = plan
-            .key
-            .iter()
-            .map(|&i| {
-                let c = &plan.read.columns[i];
-                (c.kind, format!("{qual}.{}", quote_ident(&c.name)))
-            })
-            .collect();
-        let mut select: Vec<String> = plan
-            .key
-            .iter()
-            .zip(&keys)
-            .map(|(&i, (kind, col))| key_sql(*kind, &plan.read.columns[i].pg_type, col))
-            .collect();
-        select.extend(checks.iter().map(|c| c.sql.clone()));
-        let order: Vec<String> = keys
-            .iter()
-            .map(|(kind, col)| {
-                if *kind == ColKind::Text {
-                    format!("{col} COLLATE \"C\"")
-                } else {
-                    col.clone()
-                }
-            })
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {} ORDER BY {}",
-            select.join(", "),
-            plan.relation,
-            order.join(", ")
-        );
+        let (keys, sql) = source_query(plan, &checks);
         let mut conn = session.reader().await?;
         // Only this transaction's own renderings change: shortest round-trip float text.
         conn.execute("SET LOCAL extra_float_digits = 1")
@@ -570,29 +610,10 @@ pub async fn verify_entity(
             if !this.is_multiple_of(step) {
                 continue;
             }
-            let width = keys.len();
-            let mut key_values = Vec::with_capacity(width);
-            for (i, (kind, _)) in keys.iter().enumerate() {
-                let text: Option<String> = row.try_get(i).map_err(qerr(context.clone()))?;
-                key_values.push(text.as_deref().and_then(|t| key_value(*kind, t)));
-            }
-            let Some(key_values) = key_values.into_iter().collect::<Option<Vec<Value>>>() else {
+            let Some(item) = source_row(&row, &keys, plan, checks.len(), &context)? else {
                 rows_without_id += 1;
                 continue;
             };
-            let key_refs: Vec<&Value> = key_values.iter().collect();
-            let Ok(id) = plan.id.id_for(&key_refs) else {
-                rows_without_id += 1;
-                continue;
-            };
-            let mut texts = Vec::with_capacity(checks.len());
-            for i in 0..checks.len() {
-                texts.push(
-                    row.try_get::<Option<String>, _>(width + i)
-                        .map_err(qerr(context.clone()))?,
-                );
-            }
-            let item: Pending = (crate::source::value::key_text(&key_refs), id, texts);
             let Some(cursor) = target_cursor.as_mut() else {
                 pending.push(item);
                 if pending.len() >= LOOKUP_CHUNK {
