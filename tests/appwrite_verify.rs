@@ -496,6 +496,12 @@ column = "u"
 path = "note"
 column = "note"
 transform = ["upper"]
+[[field]]
+path = "meta.u"
+column = "u"
+[[field]]
+path = "meta.amount"
+column = "amount"
 "#;
 
 /// Issue #11: `verify --target appwrite` compares each un-transformed column of the rows with
@@ -544,7 +550,7 @@ async fn appwrite_verify_compares_fields_independently_and_names_a_tampered_one(
     assert!(
         text.contains(
             "compared independently with PostgreSQL's own values (20 documents): \
-             f, amount, at, raw, tags, doc, u"
+             f, amount, at, raw, tags, doc, u, meta.u, meta.amount"
         ),
         "{text}"
     );
@@ -614,6 +620,16 @@ async fn appwrite_verify_compares_fields_independently_and_names_a_tampered_one(
         .put_row("registry", "measures", "9", &at)
         .await
         .unwrap();
+    // Inside a document column (extended JSON text): one digit of a decimal.
+    let meta = tamper("7", &|d| {
+        let text = d["meta"].as_str().unwrap().to_string();
+        assert!(text.contains(r#"{"$numberDecimal":"7.875"}"#), "{text}");
+        d["meta"] = json!(text.replace("7.875", "7.876"));
+    });
+    client
+        .put_row("registry", "measures", "7", &meta)
+        .await
+        .unwrap();
 
     let out = output(verify()).await;
     let text = out_text(&out);
@@ -633,7 +649,13 @@ async fn appwrite_verify_compares_fields_independently_and_names_a_tampered_one(
     named.sort();
     assert_eq!(
         named,
-        [("3", "f"), ("5", "amount"), ("9", "at")].map(|(k, f)| (k.to_string(), f.to_string())),
+        [
+            ("3", "f"),
+            ("5", "amount"),
+            ("7", "meta.amount"),
+            ("9", "at")
+        ]
+        .map(|(k, f)| (k.to_string(), f.to_string())),
         "{i}"
     );
     assert!(

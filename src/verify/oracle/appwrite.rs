@@ -321,7 +321,11 @@ fn appwrite_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
             });
             continue;
         }
-        c.check = for_appwrite(c.check);
+        // A top-level column holds the type as Appwrite does; inside a document column the text
+        // is the BSON value's extended JSON (a uuid there is binary, as on MongoDB).
+        if c.path.len() == 1 {
+            c.check = for_appwrite(c.check);
+        }
         kept.push(c);
     }
     (kept, skipped)
@@ -342,7 +346,11 @@ pub async fn verify_entity(
         .map(|c| ComparedField {
             path: c.path_text.clone(),
             column: c.column.clone(),
-            check: describe(&c.check),
+            check: if c.path.len() == 1 {
+                describe(&c.check)
+            } else {
+                format!("{} (inside JSON text)", c.check.describe())
+            },
         })
         .collect();
     let mut rows_without_id = 0u64;
