@@ -12,6 +12,7 @@
 
 pub mod appwrite;
 pub mod compare;
+mod embedded;
 pub mod json;
 
 use std::collections::HashMap;
@@ -272,10 +273,29 @@ fn not_independent(f: &FieldPlan) -> Option<String> {
 
 /// The fields of `plan` compared independently (with their SQL) and those that are not.
 fn plan_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
-    let qual = qualifier(&plan.relation);
+    let (checks, mut skipped) = field_checks(&plan.relation, &plan.read, &plan.fields);
+    for e in &plan.embeds {
+        for f in &e.fields {
+            skipped.push(NotCompared {
+                path: format!("{}.{}", e.path_text, f.path_text),
+                why: "embedded (compared by the re-derivation only)".into(),
+            });
+        }
+    }
+    (checks, skipped)
+}
+
+/// The fields of `fields` (read by `read` from `relation`) compared independently, with their
+/// SQL, and those that are not.
+fn field_checks(
+    relation: &str,
+    read: &crate::source::ReadSpec,
+    fields: &[FieldPlan],
+) -> (Vec<FieldCheck>, Vec<NotCompared>) {
+    let qual = qualifier(relation);
     let mut checks = Vec::new();
     let mut skipped = Vec::new();
-    for f in &plan.fields {
+    for f in fields {
         if let Some(why) = not_independent(f) {
             skipped.push(NotCompared {
                 path: f.path_text.clone(),
@@ -286,7 +306,7 @@ fn plan_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
         let Input::Column(i) = f.input else {
             unreachable!("checked above")
         };
-        let column = &plan.read.columns[i];
+        let column = &read.columns[i];
         if column.expr.is_some() {
             skipped.push(NotCompared {
                 path: f.path_text.clone(),
@@ -324,14 +344,6 @@ fn plan_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
                 path: f.path_text.clone(),
                 why,
             }),
-        }
-    }
-    for e in &plan.embeds {
-        for f in &e.fields {
-            skipped.push(NotCompared {
-                path: format!("{}.{}", e.path_text, f.path_text),
-                why: "embedded (compared by the re-derivation only)".into(),
-            });
         }
     }
     (checks, skipped)
@@ -415,33 +427,53 @@ impl Comparer<'_> {
         self.documents += 1;
         let (key, id, texts) = row;
         for (c, text) in self.checks.iter().zip(texts) {
-            let target = at_path(doc, &c.path);
-            let problem = match (text, target) {
-                (None, None) if !c.keep_nulls => None,
-                (None, Some(Bson::Null)) if c.keep_nulls => None,
-                (None, _) => Some(if c.keep_nulls {
-                    "NULL in the source: the mapping keeps NULLs as null".to_string()
-                } else {
-                    "NULL in the source: the mapping leaves such a field out".to_string()
-                }),
-                (Some(_), None) => Some("the field is missing".to_string()),
-                (Some(t), Some(b)) => compare::value(&c.check, t, b).err(),
-            };
-            let Some(problem) = problem else { continue };
-            let m = Mismatch {
-                key: key.clone(),
-                id: show_id(id),
-                field: c.path_text.clone(),
-                source: text.clone().unwrap_or_else(|| "NULL".into()),
-                target: target.map_or_else(|| "(absent)".into(), compare::show),
-                problem,
-            };
-            self.log.write(serde_json::json!({
-                "entity": self.entity, "kind": "value", "key": m.key, "id": m.id,
-                "field": m.field, "source": m.source, "target": m.target, "problem": m.problem,
-            }))?;
-            self.mismatches.push(m);
+            self.field(key, id, c, text, at_path(doc, &c.path), None)?;
         }
+        Ok(())
+    }
+
+    /// Compares one field's target value (`None`: absent) with PostgreSQL's `text` (`None`:
+    /// NULL); `element`: its position in an embedded array.
+    fn field(
+        &mut self,
+        key: &str,
+        id: &Bson,
+        c: &FieldCheck,
+        text: &Option<String>,
+        target: Option<&Bson>,
+        element: Option<usize>,
+    ) -> Result<(), RunError> {
+        let problem = match (text, target) {
+            (None, None) if !c.keep_nulls => None,
+            (None, Some(Bson::Null)) if c.keep_nulls => None,
+            (None, _) => Some(if c.keep_nulls {
+                "NULL in the source: the mapping keeps NULLs as null".to_string()
+            } else {
+                "NULL in the source: the mapping leaves such a field out".to_string()
+            }),
+            (Some(_), None) => Some("the field is missing".to_string()),
+            (Some(t), Some(b)) => compare::value(&c.check, t, b).err(),
+        };
+        let Some(problem) = problem else {
+            return Ok(());
+        };
+        let problem = match element {
+            Some(i) => format!("element {i}: {problem}"),
+            None => problem,
+        };
+        let m = Mismatch {
+            key: key.to_string(),
+            id: show_id(id),
+            field: c.path_text.clone(),
+            source: text.clone().unwrap_or_else(|| "NULL".into()),
+            target: target.map_or_else(|| "(absent)".into(), compare::show),
+            problem,
+        };
+        self.log.write(serde_json::json!({
+            "entity": self.entity, "kind": "value", "key": m.key, "id": m.id,
+            "field": m.field, "source": m.source, "target": m.target, "problem": m.problem,
+        }))?;
+        self.mismatches.push(m);
         Ok(())
     }
 }
@@ -558,9 +590,12 @@ pub async fn verify_entity(
     ref_collections: &HashMap<String, String>,
     log: &mut ProblemLog,
 ) -> Result<Independent, RunError> {
-    let (checks, not_compared) = plan_fields(plan);
+    let (checks, mut not_compared) = field_checks(&plan.relation, &plan.read, &plan.fields);
+    let (embed_checks, embed_skipped) = embedded::embed_fields(plan);
+    not_compared.extend(embed_skipped);
     let compared_fields = checks
         .iter()
+        .chain(embed_checks.iter().flat_map(|e| e.checks()))
         .map(|c| ComparedField {
             path: c.path_text.clone(),
             column: c.column.clone(),
@@ -645,6 +680,8 @@ pub async fn verify_entity(
         drop(rows);
         lookup(&coll, &plan.collection, &mut pending, &mut cmp).await?;
     }
+    // Inside embedded arrays: each child row's columns against its element.
+    embedded::compare(plan, session, &coll, step, &embed_checks, &mut cmp).await?;
     let broken_embedded_references = embedded_references(plan, target, ref_collections).await?;
     let Comparer {
         mismatches,
