@@ -366,6 +366,9 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             _ => None,
         };
         let independent;
+        // Rows the target refused in the runs that wrote the entity: not missing.
+        let refused =
+            crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity).await?;
         let v = match &target {
             Target::Mongo(m) => {
                 let mut v = crate::verify::verify_entity(
@@ -375,6 +378,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &ctx,
                     sample,
                     &collections,
+                    &refused,
                     &mut log,
                 )
                 .await?;
@@ -393,10 +397,6 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                 v
             }
             Target::Appwrite(a) => {
-                // Rows the server refused in the runs that wrote the table: not missing.
-                let refused =
-                    crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity)
-                        .await?;
                 let mut v = crate::verify::appwrite::verify_entity(
                     p,
                     &mut session,

@@ -369,6 +369,9 @@ async fn read_sampled(
 }
 
 /// Verifies one entity. `sample`: compare only every k-th source row so that about `n` are checked.
+/// The rows of `refused` (write rejects of the runs that wrote the collection) are excused when
+/// they are absent.
+#[allow(clippy::too_many_arguments)]
 pub async fn verify_entity(
     plan: &Plan,
     session: &mut SourceSession,
@@ -376,6 +379,7 @@ pub async fn verify_entity(
     ctx: &MapContext,
     sample: Option<u64>,
     ref_collections: &HashMap<String, String>,
+    refused: &write_rejects::WriteRejects,
     log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
     let coll = target
@@ -396,7 +400,8 @@ pub async fn verify_entity(
     // Merge-style when the target's _id order is the key order: both sides stream. Otherwise
     // both sides' (id bytes, hash) go through an external sort and are merged by id.
     let ordered = step == 1 && order::ids_follow_key_order(plan);
-    let mut found: Problems<'_, (Bson, String)> = Problems::new(&plan.entity, log);
+    let mut found: Problems<'_, (Bson, String)> =
+        Problems::new(&plan.entity, log).excusing(refused);
     let mut compared = 0u64;
     let mut target_cursor = if ordered {
         Some(
@@ -593,10 +598,12 @@ pub async fn verify_entity(
         mut missing,
         mut unexpected,
         different: different_ids,
+        refused: mut refused_rows,
         ..
     } = found;
     missing.first.sort();
     unexpected.first.sort();
+    refused_rows.first.sort();
 
     // Field-level differences for the first differing documents: map their rows again.
     let mut different: Vec<Different> = different_ids
@@ -729,7 +736,8 @@ pub async fn verify_entity(
         || embedded
             .iter()
             .all(|e| e.source_children == e.target_elements);
-    let counts_agree = sampled || expected_count == target_count;
+    // The rows the target refused are expected yet rightly absent.
+    let counts_agree = sampled || expected_count.saturating_sub(refused_rows.count) == target_count;
     let ok = embedded_ok
         && counts_agree
         && missing.count == 0
@@ -742,8 +750,8 @@ pub async fn verify_entity(
         mode,
         source_rows,
         rejected_by_mapping,
-        rejected_by_target: 0,
-        rejected_by_target_keys: Vec::new(),
+        rejected_by_target: refused_rows.count,
+        rejected_by_target_keys: refused_rows.first,
         expected: expected_count,
         target: target_count,
         compared,
