@@ -314,7 +314,7 @@ const FULL_VERIFY_MAX_ROWS: u64 = 1_000_000;
 const DEFAULT_SAMPLE: u64 = 100_000;
 
 pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
-    let (cfg, target, _ledger) =
+    let (cfg, target, ledger) =
         crate::cli::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let target_kind = target.kind();
     let target_name = target.display_name();
@@ -365,7 +365,10 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
             _ => None,
         };
-        let mut independent = None;
+        let independent;
+        // Rows the target refused in the runs that wrote the entity: not missing.
+        let refused =
+            crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity).await?;
         let v = match &target {
             Target::Mongo(m) => {
                 let mut v = crate::verify::verify_entity(
@@ -375,6 +378,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &ctx,
                     sample,
                     &collections,
+                    &refused,
                     &mut log,
                 )
                 .await?;
@@ -393,7 +397,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                 v
             }
             Target::Appwrite(a) => {
-                crate::verify::appwrite::verify_entity(
+                let mut v = crate::verify::appwrite::verify_entity(
                     p,
                     &mut session,
                     a,
@@ -403,9 +407,22 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                         collections: &collections,
                         user_entities: &user_entities,
                     },
+                    &refused,
                     &mut log,
                 )
-                .await?
+                .await?;
+                // PostgreSQL's own values against the rows', apart from the converter.
+                let i = crate::verify::oracle::appwrite::verify_entity(
+                    p,
+                    &mut session,
+                    a,
+                    sample,
+                    &mut log,
+                )
+                .await?;
+                i.apply(&mut v);
+                independent = Some(i);
+                v
             }
         };
         if !args.json {
@@ -492,6 +509,11 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         };
         crate::outln!("    {what} ({count}): {}{more}", shown.join(", "));
     };
+    list(
+        "refused by the target when written (write rejects of the run, excused; source key)",
+        v.rejected_by_target,
+        &v.rejected_by_target_keys,
+    );
     list(
         "missing in the target (source key)",
         v.missing_count,

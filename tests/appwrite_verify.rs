@@ -365,3 +365,302 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
     assert_eq!(e["ok"], false);
     w.drop().await;
 }
+
+/// Issue #11: rows the server refused in the run (write rejects, in the run's rejects file) are
+/// excused by verify — exactly those keys, named with their count — while a row missing for any
+/// other reason still fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_excuses_exactly_the_rows_the_server_refused() {
+    let w = World::new("aw_verify_refused").await;
+    let pipeline = items(&w, "items", 60).await;
+    let (s, endpoint) = standin().await;
+    let refused = ["5", "17", "33"];
+    for id in refused {
+        s.set_row_fault(
+            id,
+            Some(appwrite_standin::RowFault {
+                status: 400,
+                times: None,
+            }),
+        );
+    }
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert_eq!(s.row_count("registry", "items"), 57);
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut stages: Vec<(String, String)> = w
+        .rejects(&run_id)
+        .into_iter()
+        .map(|(_, key, stage, _)| (key, stage))
+        .collect();
+    stages.sort();
+    assert_eq!(
+        stages,
+        [("17", "write"), ("33", "write"), ("5", "write")]
+            .map(|(k, s)| (k.to_string(), s.to_string()))
+    );
+
+    let out_path = w.dir.path().join("verify.json");
+    let verify = || {
+        command(
+            &w,
+            &endpoint,
+            &[
+                "verify",
+                "--pipeline",
+                &pipeline,
+                "-o",
+                &out_path.display().to_string(),
+            ],
+        )
+    };
+    let entity = || -> Value {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        json["entities"][0].clone()
+    };
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("refused by the target when written") && text.contains("(3): 17, 33, 5"),
+        "{text}"
+    );
+    let e = entity();
+    assert_eq!(e["rejected_by_target"], 3, "{e}");
+    assert_eq!(
+        e["rejected_by_target_keys"],
+        json!(["17", "33", "5"]),
+        "{e}"
+    );
+    assert_eq!(e["missing_count"], 0, "{e}");
+    assert_eq!(e["counts_agree"], true, "{e}");
+
+    // Another row gone: verify fails and names it, the refused rows still excused.
+    s.delete_row("registry", "items", "8").unwrap();
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let e = entity();
+    assert_eq!(e["missing"], json!(["8"]), "{e}");
+    assert_eq!(e["missing_count"], 1, "{e}");
+    assert_eq!(e["rejected_by_target"], 3, "{e}");
+    assert_eq!(e["ok"], false, "{e}");
+    w.drop().await;
+}
+
+const MEASURES_SQL: &str = r#"
+CREATE TABLE measures (id int PRIMARY KEY, f float8, amount numeric(12,3), at timestamptz,
+                       raw bytea, tags int[], doc jsonb, u uuid, note text);
+INSERT INTO measures
+SELECT g, g / 7.0, g * 1.125, timestamptz '2024-01-01 00:00:00.123+00' + g * interval '1.001 s',
+       decode(lpad(to_hex(g), 4, '0'), 'hex'), ARRAY[g, g + 1],
+       jsonb_build_object('n', g, 'big', 12345678901234567890, 'x', 0.1),
+       md5(g::text)::uuid, 'note ' || g
+FROM generate_series(1, 20) g;
+"#;
+
+const MEASURES: &str = r#"
+version = 1
+name = "measures"
+[source]
+table = "measures"
+key = ["id"]
+[[field]]
+path = "f"
+column = "f"
+[[field]]
+path = "amount"
+column = "amount"
+[[field]]
+path = "at"
+column = "at"
+[[field]]
+path = "raw"
+column = "raw"
+[[field]]
+path = "tags"
+column = "tags"
+[[field]]
+path = "doc"
+column = "doc"
+[[field]]
+path = "u"
+column = "u"
+[[field]]
+path = "note"
+column = "note"
+transform = ["upper"]
+[[field]]
+path = "meta.u"
+column = "u"
+[[field]]
+path = "meta.amount"
+column = "amount"
+"#;
+
+/// Issue #11: `verify --target appwrite` compares each un-transformed column of the rows with
+/// PostgreSQL's own rendering (listed in the report), and names the field when a stored value is
+/// one ulp, one decimal digit or one millisecond off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_fields_independently_and_names_a_tampered_one() {
+    let w = World::new("aw_verify_oracle").await;
+    w.sql(MEASURES_SQL).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/measures.toml"), MEASURES).unwrap();
+    let pipeline = dir.join("measures.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "measures")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let out_path = dir.join("verify.json");
+    let verify = || {
+        command(
+            &w,
+            &endpoint,
+            &[
+                "verify",
+                "--pipeline",
+                &pipeline,
+                "-o",
+                &out_path.display().to_string(),
+            ],
+        )
+    };
+    let independent = || -> Value {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        json["entities"][0]["independent"].clone()
+    };
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "compared independently with PostgreSQL's own values (20 documents): \
+             f, amount, at, raw, tags, doc, u, meta.u, meta.amount"
+        ),
+        "{text}"
+    );
+    let i = independent();
+    let checks: Vec<(String, String)> = i["compared_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["check"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checks[0],
+        ("f".into(), "double text → float, bit-exact".into())
+    );
+    assert_eq!(
+        checks[1],
+        (
+            "amount".into(),
+            "numeric text → decimal text, digits and scale".into()
+        )
+    );
+    assert_eq!(i["not_compared"][0]["path"], "note", "{i}");
+    assert_eq!(i["mismatch_count"], 0, "{i}");
+
+    // One ulp, one decimal digit, one millisecond: each row changed in one field.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&endpoint, "cutover", KEY, None).unwrap();
+    let tamper = |id: &str, f: &dyn Fn(&mut Value)| {
+        let row = s
+            .rows("registry", "measures")
+            .into_iter()
+            .find(|r| r["$id"] == id)
+            .unwrap();
+        let mut data = cutover::sink::appwrite::tables::data_of(&row);
+        data.as_object_mut().unwrap().remove("$id");
+        f(&mut data);
+        data
+    };
+    let f = tamper("3", &|d| {
+        let v = d["f"].as_f64().unwrap();
+        d["f"] = json!(f64::from_bits(v.to_bits() + 1));
+    });
+    client
+        .put_row("registry", "measures", "3", &f)
+        .await
+        .unwrap();
+    let amount = tamper("5", &|d| {
+        assert_eq!(d["amount"], "5.625");
+        d["amount"] = json!("5.626");
+    });
+    client
+        .put_row("registry", "measures", "5", &amount)
+        .await
+        .unwrap();
+    let at = tamper("9", &|d| {
+        let t = chrono::DateTime::parse_from_rfc3339(d["at"].as_str().unwrap()).unwrap();
+        let later = t + chrono::Duration::milliseconds(1);
+        d["at"] = json!(later.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    });
+    client
+        .put_row("registry", "measures", "9", &at)
+        .await
+        .unwrap();
+    // Inside a document column (extended JSON text): one digit of a decimal.
+    let meta = tamper("7", &|d| {
+        let text = d["meta"].as_str().unwrap().to_string();
+        assert!(text.contains(r#"{"$numberDecimal":"7.875"}"#), "{text}");
+        d["meta"] = json!(text.replace("7.875", "7.876"));
+    });
+    client
+        .put_row("registry", "measures", "7", &meta)
+        .await
+        .unwrap();
+
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let i = independent();
+    let mut named: Vec<(String, String)> = i["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["key"].as_str().unwrap().to_string(),
+                m["field"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            ("3", "f"),
+            ("5", "amount"),
+            ("7", "meta.amount"),
+            ("9", "at")
+        ]
+        .map(|(k, f)| (k.to_string(), f.to_string())),
+        "{i}"
+    );
+    assert!(
+        text.contains("value differs: 9 field at"),
+        "the text names the field: {text}"
+    );
+    w.drop().await;
+}

@@ -252,3 +252,70 @@ async fn verify_and_sync_deletes_hold_a_bounded_number_of_ids_on_a_large_table()
     assert!(!side.exists(), "no problem, no problems file");
     w.drop().await;
 }
+
+/// Issue #11: a document MongoDB refused when the run wrote it (here a collection validator: a
+/// write-stage reject in the run's rejects file) is excused by verify — exactly that key, named
+/// with the count — while a document missing for another reason still fails it.
+#[tokio::test]
+async fn verify_excuses_exactly_the_documents_mongodb_refused() {
+    let w = World::new("verify_refused").await;
+    w.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO items SELECT i, CASE WHEN i IN (4, 9) THEN 'bad ' ELSE 'item ' END || i
+         FROM generate_series(1, 12) i;",
+    )
+    .await;
+    w.mongo()
+        .await
+        .create_collection("items")
+        .validator(doc! { "label": { "$not": { "$regex": "^bad" } } })
+        .await
+        .unwrap();
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "items",
+        "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    assert_eq!(w.count("items").await, 10);
+    let out_path = w.dir.path().join("verify.json");
+    let verify = || {
+        let out = w
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .arg("-o")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        (
+            out.status.code(),
+            common::output_text(&out),
+            json["entities"][0].clone(),
+        )
+    };
+    let (code, text, e) = verify();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(e["rejected_by_target"], 2, "{e}");
+    assert_eq!(e["rejected_by_target_keys"], serde_json::json!(["4", "9"]));
+    assert!(
+        text.contains("write rejects of the run, excused; source key) (2): 4, 9"),
+        "{text}"
+    );
+
+    w.mongo()
+        .await
+        .collection::<Document>("items")
+        .delete_one(doc! { "_id": 7 })
+        .await
+        .unwrap();
+    let (code, text, e) = verify();
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(e["missing"], serde_json::json!(["7"]), "{e}");
+    assert_eq!(e["rejected_by_target"], 2, "{e}");
+    w.drop().await;
+}

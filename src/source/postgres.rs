@@ -203,12 +203,12 @@ impl ColKind {
 
     /// Whether a key of this kind orders (and resumes) by its `::text`, bytewise: the kinds read
     /// as text, but numerics, which order by value.
-    fn orders_as_text(self) -> bool {
+    pub(crate) fn orders_as_text(self) -> bool {
         self.reads_as_text() && self != ColKind::Numeric
     }
 
     /// Whether key ordering needs `COLLATE "C"` (so that byte order matches PostgreSQL's order).
-    fn is_textual(self) -> bool {
+    pub(crate) fn is_textual(self) -> bool {
         matches!(self, ColKind::Text | ColKind::OtherAsText)
     }
 }

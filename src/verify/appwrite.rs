@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use bson::Document;
 use serde_json::{Value, json};
 
+use super::write_rejects::WriteRejects;
 use super::{
     BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, ProblemLog, Problems,
     hash_bytes, spill_err,
@@ -258,7 +259,9 @@ fn text(b: &[u8]) -> String {
 /// whose rows differ.
 type Differing = (String, String, bool, Vec<String>);
 
-/// Verifies one entity written to Appwrite.
+/// Verifies one entity written to Appwrite. The rows of `refused` (write rejects of the runs that
+/// wrote the table) are excused when they are absent.
+#[allow(clippy::too_many_arguments)]
 pub async fn verify_entity(
     plan: &Plan,
     session: &mut SourceSession,
@@ -266,6 +269,7 @@ pub async fn verify_entity(
     ctx: &MapContext,
     sample: Option<u64>,
     refs: &References<'_>,
+    refused: &WriteRejects,
     log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
     let (ref_collections, user_entities) = (refs.collections, refs.user_entities);
@@ -396,7 +400,7 @@ pub async fn verify_entity(
     .await?;
 
     // The merge by row id: expected, target, and each child table by parent id.
-    let mut found: Problems<'_, Differing> = Problems::new(&plan.entity, log);
+    let mut found: Problems<'_, Differing> = Problems::new(&plan.entity, log).excusing(refused);
     let mut compared = 0u64;
     let mut child_counts = vec![0u64; children.len()];
     let mut expected = expected.sorted().map_err(spill_err)?;
@@ -481,10 +485,12 @@ pub async fn verify_entity(
         mut missing,
         mut unexpected,
         different: different_ids,
+        refused: mut refused_rows,
         ..
     } = found;
     missing.first.sort();
     unexpected.first.sort();
+    refused_rows.first.sort();
 
     // Field names of the differences: the differing records read again by id, their rows mapped
     // again (the first DIFFED).
@@ -607,7 +613,9 @@ pub async fn verify_entity(
     let embedded_ok = embedded
         .iter()
         .all(|e| e.source_children == e.target_elements);
-    let counts_agree = step > 1 || expected_count == target_count;
+    // The rows the target refused are expected yet rightly absent.
+    let counts_agree =
+        step > 1 || expected_count.saturating_sub(refused_rows.count) == target_count;
     let ok = embedded_ok
         && counts_agree
         && missing.count == 0
@@ -620,6 +628,8 @@ pub async fn verify_entity(
         mode,
         source_rows,
         rejected_by_mapping,
+        rejected_by_target: refused_rows.count,
+        rejected_by_target_keys: refused_rows.first,
         expected: expected_count,
         target: target_count,
         compared,

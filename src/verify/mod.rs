@@ -31,6 +31,7 @@ use crate::transform::row::{MapContext, map_row};
 
 pub mod appwrite;
 pub mod oracle;
+pub mod write_rejects;
 /// Target `_id` order (lives with the targets; `--sync-deletes` uses it too).
 pub use crate::sink::order;
 pub(crate) use crate::sink::order::{id_bytes, id_from_bytes};
@@ -126,6 +127,10 @@ pub struct Problems<'a, D> {
     pub missing: Kept<String>,
     pub unexpected: Kept<String>,
     pub different: Kept<D>,
+    /// Rows the target refused when they were written: not missing when they are absent.
+    excused: Option<&'a write_rejects::WriteRejects>,
+    /// Source keys of the rows absent from the target because it refused them (write rejects).
+    pub refused: Kept<String>,
 }
 
 impl<'a, D> Problems<'a, D> {
@@ -136,10 +141,23 @@ impl<'a, D> Problems<'a, D> {
             missing: Kept::default(),
             unexpected: Kept::default(),
             different: Kept::default(),
+            excused: None,
+            refused: Kept::default(),
         }
     }
 
+    /// Excuses exactly the rows of `rejects` when they are missing (they count as refused).
+    pub fn excusing(mut self, rejects: &'a write_rejects::WriteRejects) -> Problems<'a, D> {
+        self.excused = Some(rejects);
+        self
+    }
+
+    /// A row of `key` is not in the target: refused there when written (excused), else missing.
     pub fn missing(&mut self, key: String) -> Result<(), RunError> {
+        if self.excused.is_some_and(|r| r.contains(&key)) {
+            self.refused.push(key);
+            return Ok(());
+        }
         self.log
             .write(serde_json::json!({ "entity": self.entity, "kind": "missing", "key": key }))?;
         self.missing.push(key);
@@ -195,6 +213,11 @@ pub struct EntityVerification {
     pub source_rows: u64,
     /// Rows the mapping rejects (transform or validation).
     pub rejected_by_mapping: u64,
+    /// Expected rows absent from the target because it refused them when the run wrote them
+    /// (write rejects in the run's rejects file): excused, not missing.
+    pub rejected_by_target: u64,
+    /// The first [`KEPT`] source keys of those rows.
+    pub rejected_by_target_keys: Vec<String>,
     pub expected: u64,
     pub target: u64,
     pub compared: u64,
@@ -331,6 +354,9 @@ async fn read_sampled(
 }
 
 /// Verifies one entity. `sample`: compare only every k-th source row so that about `n` are checked.
+/// The rows of `refused` (write rejects of the runs that wrote the collection) are excused when
+/// they are absent.
+#[allow(clippy::too_many_arguments)]
 pub async fn verify_entity(
     plan: &Plan,
     session: &mut SourceSession,
@@ -338,6 +364,7 @@ pub async fn verify_entity(
     ctx: &MapContext,
     sample: Option<u64>,
     ref_collections: &HashMap<String, String>,
+    refused: &write_rejects::WriteRejects,
     log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
     let coll = target
@@ -358,7 +385,8 @@ pub async fn verify_entity(
     // Merge-style when the target's _id order is the key order: both sides stream. Otherwise
     // both sides' (id bytes, hash) go through an external sort and are merged by id.
     let ordered = step == 1 && order::ids_follow_key_order(plan);
-    let mut found: Problems<'_, (Bson, String)> = Problems::new(&plan.entity, log);
+    let mut found: Problems<'_, (Bson, String)> =
+        Problems::new(&plan.entity, log).excusing(refused);
     let mut compared = 0u64;
     let mut target_cursor = if ordered {
         Some(
@@ -521,10 +549,12 @@ pub async fn verify_entity(
         mut missing,
         mut unexpected,
         different: different_ids,
+        refused: mut refused_rows,
         ..
     } = found;
     missing.first.sort();
     unexpected.first.sort();
+    refused_rows.first.sort();
 
     // Field-level differences for the first differing documents: map their rows again.
     let mut different: Vec<Different> = different_ids
@@ -657,7 +687,8 @@ pub async fn verify_entity(
         || embedded
             .iter()
             .all(|e| e.source_children == e.target_elements);
-    let counts_agree = sampled || expected_count == target_count;
+    // The rows the target refused are expected yet rightly absent.
+    let counts_agree = sampled || expected_count.saturating_sub(refused_rows.count) == target_count;
     let ok = embedded_ok
         && counts_agree
         && missing.count == 0
@@ -670,6 +701,8 @@ pub async fn verify_entity(
         mode,
         source_rows,
         rejected_by_mapping,
+        rejected_by_target: refused_rows.count,
+        rejected_by_target_keys: refused_rows.first,
         expected: expected_count,
         target: target_count,
         compared,

@@ -1,4 +1,4 @@
-//! The independent comparison of `verify` (MongoDB): for every field written as its column is
+//! The independent comparison of `verify` (MongoDB here; Appwrite in [`appwrite`]): for every field written as its column is
 //! (no transform; the natural conversion or a cast this module can check), verify asks PostgreSQL
 //! for its own rendering of the column with its own query (`::text`, `to_jsonb`, epoch
 //! microseconds, hex of the bytes) and compares it with the target's value using
@@ -10,7 +10,9 @@
 //! Documents that are missing or unexpected are left to the main comparison. Only the first
 //! [`super::KEPT`] mismatches are held; every one goes to the problems file.
 
+pub mod appwrite;
 pub mod compare;
+mod embedded;
 pub mod json;
 
 use std::collections::HashMap;
@@ -271,10 +273,29 @@ fn not_independent(f: &FieldPlan) -> Option<String> {
 
 /// The fields of `plan` compared independently (with their SQL) and those that are not.
 fn plan_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
-    let qual = qualifier(&plan.relation);
+    let (checks, mut skipped) = field_checks(&plan.relation, &plan.read, &plan.fields);
+    for e in &plan.embeds {
+        for f in &e.fields {
+            skipped.push(NotCompared {
+                path: format!("{}.{}", e.path_text, f.path_text),
+                why: "embedded (compared by the re-derivation only)".into(),
+            });
+        }
+    }
+    (checks, skipped)
+}
+
+/// The fields of `fields` (read by `read` from `relation`) compared independently, with their
+/// SQL, and those that are not.
+fn field_checks(
+    relation: &str,
+    read: &crate::source::ReadSpec,
+    fields: &[FieldPlan],
+) -> (Vec<FieldCheck>, Vec<NotCompared>) {
+    let qual = qualifier(relation);
     let mut checks = Vec::new();
     let mut skipped = Vec::new();
-    for f in &plan.fields {
+    for f in fields {
         if let Some(why) = not_independent(f) {
             skipped.push(NotCompared {
                 path: f.path_text.clone(),
@@ -285,7 +306,7 @@ fn plan_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
         let Input::Column(i) = f.input else {
             unreachable!("checked above")
         };
-        let column = &plan.read.columns[i];
+        let column = &read.columns[i];
         if column.expr.is_some() {
             skipped.push(NotCompared {
                 path: f.path_text.clone(),
@@ -323,14 +344,6 @@ fn plan_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
                 path: f.path_text.clone(),
                 why,
             }),
-        }
-    }
-    for e in &plan.embeds {
-        for f in &e.fields {
-            skipped.push(NotCompared {
-                path: format!("{}.{}", e.path_text, f.path_text),
-                why: "embedded (compared by the re-derivation only)".into(),
-            });
         }
     }
     (checks, skipped)
@@ -414,33 +427,53 @@ impl Comparer<'_> {
         self.documents += 1;
         let (key, id, texts) = row;
         for (c, text) in self.checks.iter().zip(texts) {
-            let target = at_path(doc, &c.path);
-            let problem = match (text, target) {
-                (None, None) if !c.keep_nulls => None,
-                (None, Some(Bson::Null)) if c.keep_nulls => None,
-                (None, _) => Some(if c.keep_nulls {
-                    "NULL in the source: the mapping keeps NULLs as null".to_string()
-                } else {
-                    "NULL in the source: the mapping leaves such a field out".to_string()
-                }),
-                (Some(_), None) => Some("the field is missing".to_string()),
-                (Some(t), Some(b)) => compare::value(&c.check, t, b).err(),
-            };
-            let Some(problem) = problem else { continue };
-            let m = Mismatch {
-                key: key.clone(),
-                id: show_id(id),
-                field: c.path_text.clone(),
-                source: text.clone().unwrap_or_else(|| "NULL".into()),
-                target: target.map_or_else(|| "(absent)".into(), compare::show),
-                problem,
-            };
-            self.log.write(serde_json::json!({
-                "entity": self.entity, "kind": "value", "key": m.key, "id": m.id,
-                "field": m.field, "source": m.source, "target": m.target, "problem": m.problem,
-            }))?;
-            self.mismatches.push(m);
+            self.field(key, id, c, text, at_path(doc, &c.path), None)?;
         }
+        Ok(())
+    }
+
+    /// Compares one field's target value (`None`: absent) with PostgreSQL's `text` (`None`:
+    /// NULL); `element`: its position in an embedded array.
+    fn field(
+        &mut self,
+        key: &str,
+        id: &Bson,
+        c: &FieldCheck,
+        text: &Option<String>,
+        target: Option<&Bson>,
+        element: Option<usize>,
+    ) -> Result<(), RunError> {
+        let problem = match (text, target) {
+            (None, None) if !c.keep_nulls => None,
+            (None, Some(Bson::Null)) if c.keep_nulls => None,
+            (None, _) => Some(if c.keep_nulls {
+                "NULL in the source: the mapping keeps NULLs as null".to_string()
+            } else {
+                "NULL in the source: the mapping leaves such a field out".to_string()
+            }),
+            (Some(_), None) => Some("the field is missing".to_string()),
+            (Some(t), Some(b)) => compare::value(&c.check, t, b).err(),
+        };
+        let Some(problem) = problem else {
+            return Ok(());
+        };
+        let problem = match element {
+            Some(i) => format!("element {i}: {problem}"),
+            None => problem,
+        };
+        let m = Mismatch {
+            key: key.to_string(),
+            id: show_id(id),
+            field: c.path_text.clone(),
+            source: text.clone().unwrap_or_else(|| "NULL".into()),
+            target: target.map_or_else(|| "(absent)".into(), compare::show),
+            problem,
+        };
+        self.log.write(serde_json::json!({
+            "entity": self.entity, "kind": "value", "key": m.key, "id": m.id,
+            "field": m.field, "source": m.source, "target": m.target, "problem": m.problem,
+        }))?;
+        self.mismatches.push(m);
         Ok(())
     }
 }
@@ -477,6 +510,76 @@ async fn lookup(
     Ok(())
 }
 
+/// The key columns of `plan` (kind, qualified name) and the query reading, in key order, the key
+/// renderings ([`key_sql`]) then PostgreSQL's rendering of each of `checks`.
+fn source_query(plan: &Plan, checks: &[FieldCheck]) -> (Vec<(ColKind, String)>, String) {
+    let qual = qualifier(&plan.relation);
+    let keys: Vec<(ColKind, String)> = plan
+        .key
+        .iter()
+        .map(|&i| {
+            let c = &plan.read.columns[i];
+            (c.kind, format!("{qual}.{}", quote_ident(&c.name)))
+        })
+        .collect();
+    let mut select: Vec<String> = plan
+        .key
+        .iter()
+        .zip(&keys)
+        .map(|(&i, (kind, col))| key_sql(*kind, &plan.read.columns[i].pg_type, col))
+        .collect();
+    select.extend(checks.iter().map(|c| c.sql.clone()));
+    let order: Vec<String> = keys
+        .iter()
+        .map(|(kind, col)| {
+            if *kind == ColKind::Text {
+                format!("{col} COLLATE \"C\"")
+            } else {
+                col.clone()
+            }
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} ORDER BY {}",
+        select.join(", "),
+        plan.relation,
+        order.join(", ")
+    );
+    (keys, sql)
+}
+
+/// A row of [`source_query`]: its key text, its `_id` and the renderings of the `checks` checks
+/// (`None`: its key gives no `_id` here).
+fn source_row(
+    row: &sqlx::postgres::PgRow,
+    keys: &[(ColKind, String)],
+    plan: &Plan,
+    checks: usize,
+    context: &str,
+) -> Result<Option<Pending>, RunError> {
+    let width = keys.len();
+    let mut key_values = Vec::with_capacity(width);
+    for (i, (kind, _)) in keys.iter().enumerate() {
+        let text: Option<String> = row.try_get(i).map_err(qerr(context.to_string()))?;
+        key_values.push(text.as_deref().and_then(|t| key_value(*kind, t)));
+    }
+    let Some(key_values) = key_values.into_iter().collect::<Option<Vec<Value>>>() else {
+        return Ok(None);
+    };
+    let key_refs: Vec<&Value> = key_values.iter().collect();
+    let Ok(id) = plan.id.id_for(&key_refs) else {
+        return Ok(None);
+    };
+    let mut texts = Vec::with_capacity(checks);
+    for i in 0..checks {
+        texts.push(
+            row.try_get::<Option<String>, _>(width + i)
+                .map_err(qerr(context.to_string()))?,
+        );
+    }
+    Ok(Some((crate::source::value::key_text(&key_refs), id, texts)))
+}
+
 /// Compares the independently checkable fields of `plan` in the target with PostgreSQL's own
 /// values, and the references inside its embedded documents. `sample`: as [`super::verify_entity`].
 pub async fn verify_entity(
@@ -487,9 +590,12 @@ pub async fn verify_entity(
     ref_collections: &HashMap<String, String>,
     log: &mut ProblemLog,
 ) -> Result<Independent, RunError> {
-    let (checks, not_compared) = plan_fields(plan);
+    let (checks, mut not_compared) = field_checks(&plan.relation, &plan.read, &plan.fields);
+    let (embed_checks, embed_skipped) = embedded::embed_fields(plan);
+    not_compared.extend(embed_skipped);
     let compared_fields = checks
         .iter()
+        .chain(embed_checks.iter().flat_map(|e| e.checks()))
         .map(|c| ComparedField {
             path: c.path_text.clone(),
             column: c.column.clone(),
@@ -511,38 +617,7 @@ pub async fn verify_entity(
     };
     let mut rows_without_id = 0u64;
     if !checks.is_empty() {
-        let qual = qualifier(&plan.relation);
-        let keys: Vec<(ColKind, String)> = plan
-            .key
-            .iter()
-            .map(|&i| {
-                let c = &plan.read.columns[i];
-                (c.kind, format!("{qual}.{}", quote_ident(&c.name)))
-            })
-            .collect();
-        let mut select: Vec<String> = plan
-            .key
-            .iter()
-            .zip(&keys)
-            .map(|(&i, (kind, col))| key_sql(*kind, &plan.read.columns[i].pg_type, col))
-            .collect();
-        select.extend(checks.iter().map(|c| c.sql.clone()));
-        let order: Vec<String> = keys
-            .iter()
-            .map(|(kind, col)| {
-                if *kind == ColKind::Text {
-                    format!("{col} COLLATE \"C\"")
-                } else {
-                    col.clone()
-                }
-            })
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {} ORDER BY {}",
-            select.join(", "),
-            plan.relation,
-            order.join(", ")
-        );
+        let (keys, sql) = source_query(plan, &checks);
         let mut conn = session.reader().await?;
         // Only this transaction's own renderings change: shortest round-trip float text.
         conn.execute("SET LOCAL extra_float_digits = 1")
@@ -570,29 +645,10 @@ pub async fn verify_entity(
             if !this.is_multiple_of(step) {
                 continue;
             }
-            let width = keys.len();
-            let mut key_values = Vec::with_capacity(width);
-            for (i, (kind, _)) in keys.iter().enumerate() {
-                let text: Option<String> = row.try_get(i).map_err(qerr(context.clone()))?;
-                key_values.push(text.as_deref().and_then(|t| key_value(*kind, t)));
-            }
-            let Some(key_values) = key_values.into_iter().collect::<Option<Vec<Value>>>() else {
+            let Some(item) = source_row(&row, &keys, plan, checks.len(), &context)? else {
                 rows_without_id += 1;
                 continue;
             };
-            let key_refs: Vec<&Value> = key_values.iter().collect();
-            let Ok(id) = plan.id.id_for(&key_refs) else {
-                rows_without_id += 1;
-                continue;
-            };
-            let mut texts = Vec::with_capacity(checks.len());
-            for i in 0..checks.len() {
-                texts.push(
-                    row.try_get::<Option<String>, _>(width + i)
-                        .map_err(qerr(context.clone()))?,
-                );
-            }
-            let item: Pending = (crate::source::value::key_text(&key_refs), id, texts);
             let Some(cursor) = target_cursor.as_mut() else {
                 pending.push(item);
                 if pending.len() >= LOOKUP_CHUNK {
@@ -624,6 +680,8 @@ pub async fn verify_entity(
         drop(rows);
         lookup(&coll, &plan.collection, &mut pending, &mut cmp).await?;
     }
+    // Inside embedded arrays: each child row's columns against its element.
+    embedded::compare(plan, session, &coll, step, &embed_checks, &mut cmp).await?;
     let broken_embedded_references = embedded_references(plan, target, ref_collections).await?;
     let Comparer {
         mismatches,

@@ -1,0 +1,563 @@
+//! The independent comparison of `verify --target appwrite`: the fields written as their columns
+//! are (those [`super::plan_fields`] finds for MongoDB), compared in the Appwrite rows with
+//! PostgreSQL's own rendering of the column (the same query as for MongoDB).
+//!
+//! An Appwrite row holds JSON values: this module reads each one back into the value the check of
+//! [`compare`] is about, as Appwrite stores that type — integers and floats as JSON numbers
+//! (floats bit for bit), decimals as their exact text (digits and scale, turned into the
+//! Decimal128 bits here), instants as ISO 8601 text in milliseconds, bytes and nested documents as
+//! extended JSON text (read by [`json`], numbers kept as text), arrays element by element — and
+//! lets [`compare::value`] decide. Nothing here comes from `transform/` or
+//! `sink::appwrite::schema::to_row`; only the row id of a key is the sink's (it names the row).
+//!
+//! Memory stays bounded: both sides go through an external sort by row id
+//! ([`crate::pipeline::spill`]) and are merged; rows on one side only are left to the main
+//! comparison.
+
+use base64::Engine;
+use bson::{Bson, Document};
+use futures::TryStreamExt;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Executor};
+
+use super::compare::{self, Check, D128, Dec};
+use super::json::{self, J};
+use super::{ComparedField, FieldCheck, Independent, Mismatch, NotCompared, at_path, qerr};
+use crate::mapping::plan::{Input, Plan};
+use crate::mapping::spec::{SubMillis, UuidFormat};
+use crate::pipeline::run::RunError;
+use crate::pipeline::spill::Spill;
+use crate::sink::appwrite::rows::row_id;
+use crate::sink::appwrite::tables::Pages;
+use crate::sink::target::AppwriteTarget;
+use crate::source::SourceSession;
+use crate::verify::{Kept, ProblemLog, spill_err};
+
+/// The Decimal128 with the digits and exponent of `d` (`None` beyond its range).
+fn decimal128(d: &D128) -> Option<Bson> {
+    let bits: u128 = match d {
+        D128::NaN => 0b11111u128 << 122,
+        D128::Infinity { neg } => (u128::from(*neg) << 127) | (0b11110u128 << 122),
+        D128::Finite(d) => {
+            let coef: u128 = d.coef.parse().ok()?;
+            if coef >= 10u128.pow(34) || !(-6176..=6111).contains(&d.exp) {
+                return None;
+            }
+            (u128::from(d.neg) << 127) | (((d.exp + 6176) as u128) << 113) | coef
+        }
+    };
+    Some(Bson::Decimal128(bson::Decimal128::from_bytes(
+        bits.to_le_bytes(),
+    )))
+}
+
+/// A decimal's text as Appwrite holds it (`1.50`, `-1E+10`, `NaN`, `Infinity`).
+fn decimal_text(s: &str) -> Result<Bson, String> {
+    let d = match s {
+        "NaN" => D128::NaN,
+        "Infinity" => D128::Infinity { neg: false },
+        "-Infinity" => D128::Infinity { neg: true },
+        t => D128::Finite(Dec::parse(t).ok_or_else(|| format!("`{t}` is no decimal"))?),
+    };
+    decimal128(&d).ok_or_else(|| format!("`{s}` is beyond a Decimal128"))
+}
+
+/// ISO 8601 text (Appwrite's datetime) as a BSON date: milliseconds, as Appwrite stores them.
+fn instant_text(s: &str) -> Result<Bson, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|_| format!("`{s}` is no ISO 8601 instant"))?;
+    if t.timestamp_subsec_micros() % 1000 != 0 {
+        return Err(format!(
+            "`{s}` is finer than the millisecond Appwrite keeps"
+        ));
+    }
+    Ok(Bson::DateTime(bson::DateTime::from_millis(
+        t.timestamp_millis(),
+    )))
+}
+
+fn member<'j>(members: &'j [(String, J)], key: &str) -> Option<&'j J> {
+    members.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// A value of extended JSON (relaxed or canonical, as cutover writes documents, bytes and the
+/// elements of nested arrays into text columns) as BSON; numbers from their text.
+fn extjson(j: &J) -> Result<Bson, String> {
+    Ok(match j {
+        J::Null => Bson::Null,
+        J::Bool(b) => Bson::Boolean(*b),
+        J::String(s) => Bson::String(s.clone()),
+        J::Number(t) if !t.contains(['.', 'e', 'E']) => match t.parse::<i64>() {
+            Ok(n) => i32::try_from(n).map_or(Bson::Int64(n), Bson::Int32),
+            Err(_) => Bson::Double(t.parse().map_err(|_| format!("`{t}` is no number"))?),
+        },
+        J::Number(t) => Bson::Double(t.parse().map_err(|_| format!("`{t}` is no number"))?),
+        J::Array(items) => Bson::Array(items.iter().map(extjson).collect::<Result<_, _>>()?),
+        J::Object(members) => {
+            let text = |k: &str| match member(members, k) {
+                Some(J::String(s)) if members.len() == 1 => Some(s.as_str()),
+                _ => None,
+            };
+            if let Some(s) = text("$numberDecimal") {
+                return decimal_text(s);
+            }
+            if let Some(s) = text("$numberLong") {
+                return s
+                    .parse()
+                    .map(Bson::Int64)
+                    .map_err(|_| format!("`{s}` is no int64"));
+            }
+            if let Some(s) = text("$numberInt") {
+                return s
+                    .parse()
+                    .map(Bson::Int32)
+                    .map_err(|_| format!("`{s}` is no int32"));
+            }
+            if let Some(s) = text("$numberDouble") {
+                let f = match s {
+                    "NaN" => f64::NAN,
+                    "Infinity" => f64::INFINITY,
+                    "-Infinity" => f64::NEG_INFINITY,
+                    t => t.parse().map_err(|_| format!("`{t}` is no double"))?,
+                };
+                return Ok(Bson::Double(f));
+            }
+            if members.len() == 1 {
+                match member(members, "$date") {
+                    Some(J::String(s)) => return instant_text(s),
+                    Some(J::Object(inner)) => {
+                        if let Some(J::String(ms)) = member(inner, "$numberLong") {
+                            let ms = ms.parse().map_err(|_| format!("`{ms}` is no date"))?;
+                            return Ok(Bson::DateTime(bson::DateTime::from_millis(ms)));
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(J::Object(inner)) = member(members, "$binary")
+                    && let (Some(J::String(b64)), Some(J::String(sub))) =
+                        (member(inner, "base64"), member(inner, "subType"))
+                {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|_| "bad base64 in $binary".to_string())?;
+                    let sub =
+                        u8::from_str_radix(sub, 16).map_err(|_| format!("bad subType `{sub}`"))?;
+                    return Ok(Bson::Binary(bson::Binary {
+                        subtype: sub.into(),
+                        bytes,
+                    }));
+                }
+            }
+            let mut d = Document::new();
+            for (k, v) in members {
+                d.insert(k.clone(), extjson(v)?);
+            }
+            Bson::Document(d)
+        }
+    })
+}
+
+/// Extended JSON text (a text column holding a document, bytes or a nested array) as BSON.
+fn extjson_text(s: &str) -> Result<Bson, String> {
+    extjson(&json::parse(s).map_err(|e| format!("the target's JSON text: {e}"))?)
+}
+
+/// An integer as the width the check wants when it holds the value (Appwrite has one integer).
+fn width(check: &Check, b: Bson) -> Bson {
+    match (check, b) {
+        (Check::Int { long: true }, Bson::Int32(n)) => Bson::Int64(i64::from(n)),
+        (Check::Int { long: false }, Bson::Int64(n)) => {
+            i32::try_from(n).map_or(Bson::Int64(n), Bson::Int32)
+        }
+        (_, b) => b,
+    }
+}
+
+/// An Appwrite column value read back into the value `check` is about, as Appwrite stores the
+/// type: see the module docs.
+pub fn column(check: &Check, v: &Value) -> Result<Bson, String> {
+    let text = || {
+        v.as_str()
+            .ok_or_else(|| format!("expected text, found {v}"))
+    };
+    if v.is_null() {
+        return Ok(Bson::Null);
+    }
+    Ok(match check {
+        Check::Int { .. } => {
+            let n = v
+                .as_i64()
+                .ok_or_else(|| format!("expected an integer, found {v}"))?;
+            width(check, Bson::Int64(n))
+        }
+        Check::NearestDouble | Check::Float4 | Check::Float8 => match v {
+            Value::Number(n) => Bson::Double(n.as_f64().ok_or("no double")?),
+            _ => return Err(format!("expected a number, found {v}")),
+        },
+        Check::IntDecimal | Check::FloatDecimal | Check::Numeric => decimal_text(text()?)?,
+        Check::Bool => match v {
+            Value::Bool(b) => Bson::Boolean(*b),
+            _ => return Err(format!("expected a boolean, found {v}")),
+        },
+        Check::Text | Check::Base64 | Check::Hex | Check::InstantText { .. } | Check::Uuid(_) => {
+            Bson::String(text()?.to_string())
+        }
+        Check::Bytes | Check::Json { .. } => extjson_text(text()?)?,
+        Check::Instant { .. } | Check::Date => instant_text(text()?)?,
+        Check::Array(elem) => match v {
+            Value::Array(items) => Bson::Array(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Value::Array(_) => column(check, i),
+                        i => column(elem, i),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            // Arrays of arrays are extended JSON text.
+            Value::String(s) => extjson_text(s)?,
+            _ => return Err(format!("expected an array, found {v}")),
+        },
+    })
+}
+
+/// The check as Appwrite holds the type: a uuid is its text whatever the MongoDB format.
+fn for_appwrite(check: Check) -> Check {
+    match check {
+        Check::Uuid(_) => Check::Uuid(UuidFormat::String),
+        Check::Array(e) => Check::Array(Box::new(for_appwrite(*e))),
+        c => c,
+    }
+}
+
+/// How a check reads for an Appwrite table, for the report.
+pub fn describe(check: &Check) -> String {
+    match check {
+        Check::Int { .. } => "integer → integer".into(),
+        Check::NearestDouble => "exact number → nearest double (float)".into(),
+        Check::IntDecimal => "integer → decimal text".into(),
+        Check::Float4 => "real text → float, bit-exact".into(),
+        Check::Float8 => "double text → float, bit-exact".into(),
+        Check::FloatDecimal => "float text → decimal text, same value".into(),
+        Check::Numeric => "numeric text → decimal text, digits and scale".into(),
+        Check::Bool => "boolean".into(),
+        Check::Text => "text, byte for byte".into(),
+        Check::Uuid(_) => "uuid → text".into(),
+        Check::Bytes => "bytes → extended JSON binary text".into(),
+        Check::Base64 => "bytes → base64".into(),
+        Check::Hex => "bytes → hex".into(),
+        Check::Instant { sub_millis, .. } => format!(
+            "instant in µs → datetime in ms (sub-millisecond: {})",
+            match sub_millis {
+                SubMillis::Reject => "rejected",
+                SubMillis::Truncate => "truncated",
+                SubMillis::KeepString => "truncated, exact text kept",
+            }
+        ),
+        Check::InstantText { .. } => "instant in µs → RFC 3339 text".into(),
+        Check::Date => "date → datetime at midnight UTC".into(),
+        Check::Json { .. } => "JSON text, numbers as exact decimals".into(),
+        Check::Array(e) => format!("array, element by element ({})", describe(e)),
+    }
+}
+
+/// Whether the Appwrite value `v` of a field is PostgreSQL's `text` (`None`: NULL) under `c`.
+fn field_problem(c: &FieldCheck, text: Option<&str>, row: &Value) -> Option<String> {
+    let (top, rest) = c.path.split_first()?;
+    let stored = row.get(top).unwrap_or(&Value::Null);
+    let target = if rest.is_empty() {
+        column(&c.check, stored)
+    } else {
+        // Inside a document column (extended JSON text).
+        match stored {
+            Value::Null => Ok(Bson::Null),
+            Value::String(s) => extjson_text(s).map(|b| match b {
+                Bson::Document(d) => at_path(&d, rest)
+                    .cloned()
+                    .map_or(Bson::Null, |b| width(&c.check, b)),
+                _ => Bson::Null,
+            }),
+            other => Err(format!("expected document text, found {other}")),
+        }
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => return Some(e),
+    };
+    // A row lists every column: a NULL (or a field left out) reads as null either way.
+    match (text, &target) {
+        (None, Bson::Null) => None,
+        (None, _) => Some("NULL in the source".into()),
+        // JSON `null` is a null column in Appwrite; the JSON check says whether it is that.
+        (Some(t), Bson::Null) if matches!(c.check, Check::Json { .. }) => {
+            compare::value(&c.check, t, &Bson::Null).err()
+        }
+        (Some(_), Bson::Null) => Some("the field is missing (null)".into()),
+        (Some(t), b) => compare::value(&c.check, t, b).err(),
+    }
+}
+
+/// Independent checks of `plan` for its Appwrite table, and the fields not compared.
+fn appwrite_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
+    let (checks, mut skipped) = super::plan_fields(plan);
+    if plan.appwrite_users.is_some() {
+        skipped.extend(checks.into_iter().map(|c| NotCompared {
+            path: c.path_text,
+            why: "an Appwrite user attribute".into(),
+        }));
+        return (Vec::new(), skipped);
+    }
+    let mut kept = Vec::new();
+    for mut c in checks {
+        let reference = plan.fields.iter().any(|f| {
+            f.path_text == c.path_text
+                && f.reference.is_some()
+                && matches!(f.input, Input::Column(_))
+        });
+        if reference {
+            skipped.push(NotCompared {
+                path: c.path_text,
+                why: "reference: stored as the referenced row's id".into(),
+            });
+            continue;
+        }
+        // A top-level column holds the type as Appwrite does; inside a document column the text
+        // is the BSON value's extended JSON (a uuid there is binary, as on MongoDB).
+        if c.path.len() == 1 {
+            c.check = for_appwrite(c.check);
+        }
+        kept.push(c);
+    }
+    (kept, skipped)
+}
+
+/// Compares the independently checkable fields of `plan` in its Appwrite table with
+/// PostgreSQL's own values. `sample`: as [`crate::verify::appwrite::verify_entity`].
+pub async fn verify_entity(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &AppwriteTarget,
+    sample: Option<u64>,
+    log: &mut ProblemLog,
+) -> Result<Independent, RunError> {
+    let (checks, not_compared) = appwrite_fields(plan);
+    let compared_fields = checks
+        .iter()
+        .map(|c| ComparedField {
+            path: c.path_text.clone(),
+            column: c.column.clone(),
+            check: if c.path.len() == 1 {
+                describe(&c.check)
+            } else {
+                format!("{} (inside JSON text)", c.check.describe())
+            },
+        })
+        .collect();
+    let mut rows_without_id = 0u64;
+    let mut mismatches: Kept<Mismatch> = Kept::default();
+    let mut documents = 0u64;
+    if !checks.is_empty() {
+        let source_rows = session.count(&plan.relation).await?;
+        let step = match sample {
+            Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
+            _ => 1,
+        };
+        // Source side: (row id → [key, renderings…]) of the sampled rows.
+        let (keys, sql) = super::source_query(plan, &checks);
+        let mut expected = Spill::new();
+        {
+            let mut conn = session.reader().await?;
+            conn.execute("SET LOCAL extra_float_digits = 1")
+                .await
+                .map_err(qerr("set extra_float_digits".into()))?;
+            let context = format!("read {} for the independent comparison", plan.relation);
+            let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
+            let mut n = 0u64;
+            while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
+                let this = n;
+                n += 1;
+                if !this.is_multiple_of(step) {
+                    continue;
+                }
+                let Some((key, id, texts)) =
+                    super::source_row(&row, &keys, plan, checks.len(), &context)?
+                else {
+                    rows_without_id += 1;
+                    continue;
+                };
+                let payload = serde_json::to_vec(&(key, texts)).expect("strings serialize");
+                expected
+                    .push(row_id(&id).into_bytes(), payload)
+                    .map_err(spill_err)?;
+            }
+        }
+        // Target side: (row id → the row's compared columns).
+        let tops: Vec<&str> = checks.iter().map(|c| c.path[0].as_str()).collect();
+        let mut actual = Spill::new();
+        let mut pages = Pages::rows(&target.client, &target.database, &plan.collection).by_id();
+        loop {
+            let page = match pages.next().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(e) if e.is_missing() => break,
+                Err(e) => return Err(RunError::Sink(e.into())),
+            };
+            for r in &page {
+                let mut kept = serde_json::Map::new();
+                for t in &tops {
+                    kept.insert((*t).to_string(), r.get(*t).cloned().unwrap_or(Value::Null));
+                }
+                let id = r["$id"].as_str().unwrap_or_default();
+                actual
+                    .push(
+                        id.as_bytes().to_vec(),
+                        serde_json::to_vec(&kept).expect("JSON serializes"),
+                    )
+                    .map_err(spill_err)?;
+            }
+        }
+        // The merge by row id.
+        let mut expected = expected.sorted().map_err(spill_err)?;
+        let mut actual = actual.sorted().map_err(spill_err)?;
+        let mut e = expected.next_record().map_err(spill_err)?;
+        let mut a = actual.next_record().map_err(spill_err)?;
+        while let (Some((ek, ep)), Some((ak, ap))) = (&e, &a) {
+            match ek.cmp(ak) {
+                std::cmp::Ordering::Less => e = expected.next_record().map_err(spill_err)?,
+                std::cmp::Ordering::Greater => a = actual.next_record().map_err(spill_err)?,
+                std::cmp::Ordering::Equal => {
+                    documents += 1;
+                    let (key, texts): (String, Vec<Option<String>>) =
+                        serde_json::from_slice(ep).map_err(|e| spill_err(e.into()))?;
+                    let row: Value = serde_json::from_slice(ap).map_err(|e| spill_err(e.into()))?;
+                    let id = String::from_utf8_lossy(ek).into_owned();
+                    for (c, text) in checks.iter().zip(&texts) {
+                        let Some(problem) = field_problem(c, text.as_deref(), &row) else {
+                            continue;
+                        };
+                        let m = Mismatch {
+                            key: key.clone(),
+                            id: id.clone(),
+                            field: c.path_text.clone(),
+                            source: text.clone().unwrap_or_else(|| "NULL".into()),
+                            target: row.get(&c.path[0]).unwrap_or(&Value::Null).to_string(),
+                            problem,
+                        };
+                        log.write(serde_json::json!({
+                            "entity": plan.entity, "kind": "value", "key": m.key, "id": m.id,
+                            "field": m.field, "source": m.source, "target": m.target,
+                            "problem": m.problem,
+                        }))?;
+                        mismatches.push(m);
+                    }
+                    e = expected.next_record().map_err(spill_err)?;
+                    a = actual.next_record().map_err(spill_err)?;
+                }
+            }
+        }
+    }
+    Ok(Independent {
+        compared_fields,
+        not_compared,
+        documents,
+        rows_without_id,
+        mismatch_count: mismatches.count,
+        mismatches: mismatches.first,
+        broken_embedded_references: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::spec::Lossy;
+    use serde_json::json;
+
+    fn ok(check: &Check, text: &str, v: Value) -> bool {
+        column(check, &v)
+            .and_then(|b| compare::value(check, text, &b))
+            .is_ok()
+    }
+
+    #[test]
+    fn decimals_keep_digits_and_scale() {
+        assert!(ok(&Check::Numeric, "1.50", json!("1.50")));
+        assert!(!ok(&Check::Numeric, "1.50", json!("1.5")));
+        assert!(!ok(&Check::Numeric, "1.50", json!("1.51")));
+        assert!(ok(
+            &Check::Numeric,
+            "10000000000",
+            json!("1.0000000000E+10")
+        ));
+        assert!(!ok(&Check::Numeric, "10000000000", json!("1E+10")));
+        assert!(ok(&Check::Numeric, "NaN", json!("NaN")));
+        assert!(ok(&Check::FloatDecimal, "0.5", json!("0.50")));
+        assert!(!ok(&Check::Numeric, "1.50", json!(1.5)));
+    }
+
+    #[test]
+    fn floats_are_bit_exact_and_integers_exact() {
+        assert!(ok(&Check::Float8, "0.1", json!(0.1)));
+        let next = f64::from_bits(0.1f64.to_bits() + 1);
+        assert!(!ok(&Check::Float8, "0.1", json!(next)));
+        assert!(ok(&Check::Float4, "21.35", json!(f64::from(21.35f32))));
+        assert!(ok(&Check::Int { long: true }, "7", json!(7)));
+        assert!(ok(&Check::Int { long: false }, "7", json!(7)));
+        assert!(!ok(&Check::Int { long: false }, "7", json!(8)));
+    }
+
+    #[test]
+    fn instants_are_milliseconds() {
+        let c = Check::Instant {
+            sub_millis: SubMillis::Truncate,
+            offset_s: 0,
+        };
+        assert!(ok(
+            &c,
+            "1704067200.123456",
+            json!("2024-01-01T00:00:00.123+00:00")
+        ));
+        assert!(!ok(
+            &c,
+            "1704067200.123456",
+            json!("2024-01-01T00:00:00.124+00:00")
+        ));
+        assert!(!ok(
+            &c,
+            "1704067200.123",
+            json!("2024-01-01T00:00:00.123456+00:00")
+        ));
+        assert!(ok(
+            &Check::Date,
+            "19723",
+            json!("2024-01-01T00:00:00.000+00:00")
+        ));
+    }
+
+    #[test]
+    fn bytes_json_and_arrays() {
+        let bin = json!(r#"{"$binary":{"base64":"AP8=","subType":"00"}}"#);
+        assert!(ok(&Check::Bytes, "00ff", bin.clone()));
+        assert!(!ok(&Check::Bytes, "00fe", bin));
+        let j = Check::Json {
+            lossy: Lossy::Reject,
+        };
+        let text = json!(r#"{"a":1,"b":{"$numberDecimal":"12345678901234567890"},"c":0.1}"#);
+        assert!(ok(
+            &j,
+            r#"{"a": 1, "b": 12345678901234567890, "c": 0.1}"#,
+            text.clone()
+        ));
+        assert!(!ok(
+            &j,
+            r#"{"a": 2, "b": 12345678901234567890, "c": 0.1}"#,
+            text
+        ));
+        let a = Check::Array(Box::new(Check::Numeric));
+        assert!(ok(&a, "[1.50, null]", json!(["1.50", null])));
+        assert!(!ok(&a, "[1.50, null]", json!(["1.5", null])));
+        let u = Check::Array(Box::new(Check::Uuid(UuidFormat::String)));
+        let id = "6c2f1a0e-5b7d-4c1e-9f3a-8d2b7e6c5a41";
+        assert!(ok(&u, &format!("[\"{id}\"]"), json!([id])));
+    }
+}

@@ -1,0 +1,231 @@
+//! The independent comparison inside embedded arrays (MongoDB): each child row's columns, as
+//! PostgreSQL renders them (the child table's own query), against the element at the child's
+//! position in its parent's array — with the same checks as top-level fields.
+//!
+//! The child rows stream in the embed's order (foreign key, then `order_by`): a parent's children
+//! are consecutive, the n-th of them is the array's n-th element. Parents are looked up by `_id`
+//! in batches, so memory holds one batch of parents' children. A parent or element that is not
+//! in the target is left to the main comparison (which counts the elements).
+
+use bson::{Bson, Document, doc};
+use futures::TryStreamExt;
+use sqlx::{AssertSqlSafe, Executor, Row};
+
+use super::{
+    Comparer, FieldCheck, LOOKUP_CHUNK, NotCompared, at_path, field_checks, key_sql, key_value,
+    merr, qerr,
+};
+use crate::mapping::plan::{EmbedPlan, Plan};
+use crate::mapping::spec::EmbedElement;
+use crate::pipeline::run::RunError;
+use crate::source::postgres::{qualifier, quote_ident};
+use crate::source::{ColKind, SourceSession, Value};
+
+/// The checks of one embed (paths inside the element; `path_text` as `<array>.<field>`).
+pub(super) struct EmbedChecks {
+    embed: usize,
+    checks: Vec<FieldCheck>,
+}
+
+impl EmbedChecks {
+    pub(super) fn checks(&self) -> &[FieldCheck] {
+        &self.checks
+    }
+}
+
+/// The independently compared fields of each embed of `plan`, and those that are not.
+pub(super) fn embed_fields(plan: &Plan) -> (Vec<EmbedChecks>, Vec<NotCompared>) {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, e) in plan.embeds.iter().enumerate() {
+        let name = |p: &str| format!("{}.{}", e.path_text, p);
+        // Without an order beyond the foreign key, a child's position is not defined.
+        if e.read.order.len() <= e.fk_len {
+            skipped.extend(e.fields.iter().map(|f| NotCompared {
+                path: name(&f.path_text),
+                why: "embedded without order_by (no defined element order)".into(),
+            }));
+            continue;
+        }
+        let (mut checks, not) = field_checks(&e.read.relation, &e.read, &e.fields);
+        skipped.extend(not.into_iter().map(|n| NotCompared {
+            path: name(&n.path),
+            why: n.why,
+        }));
+        for c in &mut checks {
+            c.path_text = name(&c.path_text);
+            if e.element == EmbedElement::Value {
+                // The element is the value; a NULL is a null element.
+                c.path = Vec::new();
+                c.keep_nulls = true;
+            }
+        }
+        if !checks.is_empty() {
+            out.push(EmbedChecks { embed: i, checks });
+        }
+    }
+    (out, skipped)
+}
+
+/// One parent's children: its key text, `_id`, and each child's renderings in order.
+type Family = (String, Bson, Vec<Vec<Option<String>>>);
+
+/// The child query of `e`: the foreign-key renderings, then each check's, in the embed's order.
+fn child_query(e: &EmbedPlan, checks: &[FieldCheck]) -> String {
+    let qual = qualifier(&e.read.relation);
+    let col = |i: usize| format!("{qual}.{}", quote_ident(&e.read.columns[i].name));
+    let mut select: Vec<String> = (0..e.fk_len)
+        .map(|i| {
+            let c = &e.read.columns[i];
+            key_sql(c.kind, &c.pg_type, &col(i))
+        })
+        .collect();
+    select.extend(checks.iter().map(|c| c.sql.clone()));
+    let order: Vec<String> = e
+        .read
+        .order
+        .iter()
+        .map(|&i| {
+            let c = &e.read.columns[i];
+            if c.kind.is_textual() {
+                format!("{} COLLATE \"C\"", col(i))
+            } else if c.kind.orders_as_text() {
+                format!("({}::text) COLLATE \"C\"", col(i))
+            } else {
+                col(i)
+            }
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM {} ORDER BY {}",
+        select.join(", "),
+        e.read.relation,
+        order.join(", ")
+    )
+}
+
+/// Looks the parents of `families` up and compares their children's fields; empties it.
+async fn lookup(
+    coll: &mongodb::Collection<Document>,
+    e: &EmbedPlan,
+    checks: &[FieldCheck],
+    families: &mut Vec<Family>,
+    cmp: &mut Comparer<'_>,
+) -> Result<(), RunError> {
+    if families.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Bson> = families.iter().map(|(_, id, _)| id.clone()).collect();
+    let op = || format!("read {}", coll.name());
+    let mut cursor = coll
+        .find(doc! { "_id": { "$in": ids } })
+        .projection(doc! { e.path_text.clone(): 1 })
+        .await
+        .map_err(merr(op()))?;
+    let mut found = std::collections::HashMap::new();
+    while let Some(d) = cursor.try_next().await.map_err(merr(op()))? {
+        let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+        found.insert(crate::verify::id_bytes(&id), d);
+    }
+    for (key, id, children) in families.drain(..) {
+        let Some(d) = found.get(&crate::verify::id_bytes(&id)) else {
+            continue;
+        };
+        let Some(Bson::Array(elements)) = at_path(d, &e.path) else {
+            continue;
+        };
+        for (pos, (texts, element)) in children.iter().zip(elements).enumerate() {
+            for (c, text) in checks.iter().zip(texts) {
+                let target = if c.path.is_empty() {
+                    Some(element)
+                } else {
+                    match element {
+                        Bson::Document(el) => at_path(el, &c.path),
+                        _ => None,
+                    }
+                };
+                cmp.field(&key, &id, c, text, target, Some(pos))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compares the embedded fields of `plan` in the target with the child tables' own values.
+/// `step`: every `step`-th parent (by its children's order) when sampling.
+pub(super) async fn compare(
+    plan: &Plan,
+    session: &mut SourceSession,
+    coll: &mongodb::Collection<Document>,
+    step: u64,
+    embeds: &[EmbedChecks],
+    cmp: &mut Comparer<'_>,
+) -> Result<(), RunError> {
+    let parent_kinds: Vec<ColKind> = plan
+        .key
+        .iter()
+        .map(|&k| plan.read.columns[k].kind)
+        .collect();
+    for ec in embeds {
+        let e = &plan.embeds[ec.embed];
+        let checks = &ec.checks;
+        let sql = child_query(e, checks);
+        let context = format!("read {} for the independent comparison", e.read.relation);
+        let mut conn = session.reader().await?;
+        conn.execute("SET LOCAL extra_float_digits = 1")
+            .await
+            .map_err(qerr("set extra_float_digits".into()))?;
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
+        let mut families: Vec<Family> = Vec::new();
+        // The foreign key of the family being gathered, and whether it is compared.
+        let mut current: Option<(Vec<Option<String>>, bool)> = None;
+        let mut parents = 0u64;
+        while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
+            let mut fk = Vec::with_capacity(e.fk_len);
+            for i in 0..e.fk_len {
+                fk.push(
+                    row.try_get::<Option<String>, _>(i)
+                        .map_err(qerr(context.clone()))?,
+                );
+            }
+            if current.as_ref().is_none_or(|(k, _)| *k != fk) {
+                let sampled = parents.is_multiple_of(step);
+                parents += 1;
+                let parent = fk
+                    .iter()
+                    .zip(&parent_kinds)
+                    .map(|(t, kind)| t.as_deref().and_then(|t| key_value(*kind, t)))
+                    .collect::<Option<Vec<Value>>>();
+                let id = parent.as_ref().and_then(|p| {
+                    let refs: Vec<&Value> = p.iter().collect();
+                    plan.id
+                        .id_for(&refs)
+                        .ok()
+                        .map(|id| (crate::source::value::key_text(&refs), id))
+                });
+                let compared = sampled && id.is_some();
+                if let Some((key, id)) = id.filter(|_| sampled) {
+                    if families.len() >= LOOKUP_CHUNK {
+                        lookup(coll, e, checks, &mut families, cmp).await?;
+                    }
+                    families.push((key, id, Vec::new()));
+                }
+                current = Some((fk, compared));
+            }
+            if !current.as_ref().is_some_and(|(_, compared)| *compared) {
+                continue;
+            }
+            let mut texts = Vec::with_capacity(checks.len());
+            for i in 0..checks.len() {
+                texts.push(
+                    row.try_get::<Option<String>, _>(e.fk_len + i)
+                        .map_err(qerr(context.clone()))?,
+                );
+            }
+            families.last_mut().expect("pushed above").2.push(texts);
+        }
+        drop(rows);
+        lookup(coll, e, checks, &mut families, cmp).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The rows the target refused when they were written (write-stage rejects), as verify excuses
+//! them: a row the server refused in the run is recorded in that run's rejects file
+//! (`<rejects_dir>/<run-id>/<entity>.csv`, stage `write`) and is as absent from the target as a
+//! row the mapping rejects — so verify does not call it missing.
+//!
+//! The source of truth is the rejects files of the steps whose writes make up what the target
+//! holds of the entity now: the entity's latest step in the ledger (rolled-back steps aside), and
+//! the steps it continues — the one it resumed (`resumed_from`) and, for a delta step, the one
+//! before it. Only exactly the keys recorded there are excused, and only when they are missing: a
+//! count would let a different missing row hide behind a refused one, and a refused key whose row
+//! is in the target after all is compared like any other.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::ledger::{self, Ledger, StepRecord};
+use crate::pipeline::run::RunError;
+use crate::transform::Stage;
+
+/// The source keys (as text) the target refused, and the runs whose rejects files say so.
+#[derive(Debug, Clone, Default)]
+pub struct WriteRejects {
+    keys: HashSet<String>,
+    /// Run ids consulted, newest first.
+    pub runs: Vec<String>,
+}
+
+impl WriteRejects {
+    /// No write rejects (no run recorded).
+    pub fn none() -> WriteRejects {
+        WriteRejects::default()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The steps of `entity` whose writes make up what the target holds now, newest first: the latest
+/// step that was not rolled back, then each step it continues (the run it resumed, or for a delta
+/// step the step before it). `steps` oldest first, as [`Ledger::all_steps`] gives them.
+pub fn steps_behind<'s>(steps: &'s [StepRecord], entity: &str) -> Vec<&'s StepRecord> {
+    let mine: Vec<&StepRecord> = steps
+        .iter()
+        .filter(|s| s.entity == entity && s.status != ledger::ROLLED_BACK)
+        .collect();
+    let mut out = Vec::new();
+    let mut at = mine.len().checked_sub(1);
+    while let Some(i) = at {
+        let step = mine[i];
+        out.push(step);
+        at = match (&step.resumed_from, &step.since) {
+            (Some(run), _) => mine[..i].iter().rposition(|s| &s.run_id == run),
+            (None, Some(_)) => i.checked_sub(1),
+            (None, None) => None,
+        };
+    }
+    out
+}
+
+/// The write-stage rejects of `entity` in the rejects files of `runs` under `dir`. A run without
+/// a rejects file for the entity had none.
+pub fn read(dir: &Path, runs: &[&str], entity: &str) -> Result<WriteRejects, RunError> {
+    let mut found = WriteRejects::none();
+    for run in runs {
+        found.runs.push((*run).to_string());
+        let path = dir.join(run).join(format!("{entity}.csv"));
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(RunError::Io { path, source }),
+        };
+        let io = |path: &PathBuf, e: csv::Error| RunError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        };
+        let mut csv = csv::Reader::from_reader(file);
+        let headers = csv.headers().map_err(|e| io(&path, e))?.clone();
+        let column = |name: &str| headers.iter().position(|h| h == name);
+        let (Some(e_at), Some(k_at), Some(s_at)) =
+            (column("entity"), column("source_key"), column("stage"))
+        else {
+            return Err(RunError::Io {
+                path,
+                source: std::io::Error::other(
+                    "not a rejects file (no entity, source_key and stage columns)",
+                ),
+            });
+        };
+        for record in csv.records() {
+            let record = record.map_err(|e| io(&path, e))?;
+            if record.get(e_at) == Some(entity) && record.get(s_at) == Some(Stage::Write.as_str()) {
+                found
+                    .keys
+                    .insert(record.get(k_at).unwrap_or_default().to_string());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The write rejects of `entity` that verify excuses, from the ledger's steps and the rejects
+/// files under `rejects_dir`.
+pub async fn load(
+    ledger: &Ledger,
+    rejects_dir: &Path,
+    entity: &str,
+) -> Result<WriteRejects, RunError> {
+    let steps = ledger.all_steps().await?;
+    let runs: Vec<&str> = steps_behind(&steps, entity)
+        .iter()
+        .map(|s| s.run_id.as_str())
+        .collect();
+    read(rejects_dir, &runs, entity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(run: &str, entity: &str, status: &str) -> StepRecord {
+        StepRecord {
+            id: format!("{run}:{entity}"),
+            run_id: run.into(),
+            run_number: 0,
+            entity: entity.into(),
+            collection: entity.into(),
+            mapping: String::new(),
+            checksum: String::new(),
+            status: status.into(),
+            started_at: None,
+            finished_at: None,
+            rolled_back_at: None,
+            duration_ms: 0,
+            read: 0,
+            written: 0,
+            rejected: 0,
+            warnings: 0,
+            retried: 0,
+            error: None,
+            was_empty: true,
+            backup: None,
+            reversible: true,
+            checkpoint_key: None,
+            checkpoint_rows: 0,
+            total: 0,
+            resumed_from: None,
+            snapshot_at: None,
+            since: None,
+            host: String::new(),
+            pid: 0,
+            version: String::new(),
+        }
+    }
+
+    fn runs(steps: &[StepRecord], entity: &str) -> Vec<String> {
+        steps_behind(steps, entity)
+            .iter()
+            .map(|s| s.run_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_latest_step_and_the_steps_it_continues() {
+        let mut resumed = step("r3", "a", ledger::COMPLETED);
+        resumed.resumed_from = Some("r1".into());
+        let mut delta = step("r5", "a", ledger::COMPLETED);
+        delta.since = Some("2026-01-01T00:00:00Z".into());
+        let steps = vec![
+            step("r0", "a", ledger::COMPLETED),
+            step("r1", "a", ledger::INTERRUPTED),
+            step("r2", "b", ledger::COMPLETED),
+            resumed,
+            step("r4", "a", ledger::ROLLED_BACK),
+            delta,
+        ];
+        // The delta continues r3 (r4 was rolled back), which resumed r1; r0 is a run before.
+        assert_eq!(runs(&steps, "a"), ["r5", "r3", "r1"]);
+        assert_eq!(runs(&steps, "b"), ["r2"]);
+        assert!(runs(&steps, "c").is_empty());
+        assert_eq!(runs(&steps[..1], "a"), ["r0"]);
+    }
+
+    #[test]
+    fn only_write_stage_rejects_of_the_entity_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = crate::monitor::rejects::RejectsWriter::new(&dir.path().join("r1"));
+        let issue = |stage| {
+            crate::transform::Issue::error(stage, "rule", "", "m".to_string(), String::new())
+        };
+        w.reject("a", "1", &[issue(Stage::Write)]).unwrap();
+        w.reject("a", "2", &[issue(Stage::Validate)]).unwrap();
+        w.reject("a", "3, with a comma", &[issue(Stage::Write)])
+            .unwrap();
+        w.reject("b", "4", &[issue(Stage::Write)]).unwrap();
+        w.flush().unwrap();
+        let got = read(dir.path(), &["r1", "r0"], "a").unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(got.contains("1") && got.contains("3, with a comma"));
+        assert!(!got.contains("2") && !got.contains("4"));
+        assert_eq!(got.runs, ["r1", "r0"]);
+    }
+}
