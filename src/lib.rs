@@ -18,7 +18,7 @@
 
 pub mod check;
 pub mod cli;
-mod commands;
+pub mod commands;
 pub mod config;
 pub mod ledger;
 pub mod mapping;

@@ -11,7 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cutover::cli::Cli::parse();
-    if let Err(err) = cutover::cli::init_logging(&cli) {
+    if let Err(err) = cutover::commands::init_logging(&cli) {
         cutover::errln!("error: {err:#}");
         return ExitCode::from(1);
     }
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let result = cutover::cli::run(cli).await;
+        let result = cutover::commands::run(cli).await;
         cutover::sink::mongodb::shutdown_all().await;
         result
     });
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Err(err) => {
             cutover::errln!(
                 "error: {}",
-                cutover::redact::redact_text(&cutover::cli::error_text(&err))
+                cutover::redact::redact_text(&cutover::commands::error_text(&err))
             );
             ExitCode::from(1)
         }

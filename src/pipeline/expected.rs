@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use sqlx::PgConnection;
 
-use super::run::RunError;
+use super::error::RunError;
 use crate::mapping::plan::Plan;
 use crate::source::postgres::{self, DecodedRow, ReadSpec, SourceError};
 use crate::source::value::key_text;

@@ -12,92 +12,21 @@ use bson::RawDocumentBuf;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+pub use super::error::RunError;
 use super::expected::{ExpectedRow, ExpectedRows, Readers};
 use super::{Pipeline, Step};
-use crate::ledger::{self, Ledger, LedgerError};
-use crate::mapping::MappingError;
+use crate::ledger::{self, Ledger};
 use crate::mapping::plan::{self, Plan};
 use crate::monitor::rejects::RejectsWriter;
 use crate::monitor::report::{EntityReport, RunReport};
 use crate::monitor::{EntityCounters, Progress};
-use crate::sink::mongodb::{BatchResult, MongoError, WriteMode};
+use crate::sink::mongodb::{BatchResult, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
 use crate::sink::target::{SinkError, Target};
 use crate::source::postgres::{self, SourceError};
 use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
 use crate::transform::{Issue, Stage};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Mapping(#[from] MappingError),
-    #[error(transparent)]
-    Target(#[from] MongoError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    #[error(transparent)]
-    Lock(#[from] Box<ledger::lock::LockError>),
-    #[error(transparent)]
-    LockLost(#[from] ledger::lock::LockLost),
-    /// The run cannot go on as asked (dependencies, a changed mapping, an unusable backup…); the
-    /// message says why and what to do.
-    #[error("{0}")]
-    Refused(String),
-    #[error("stopped: {rejected} rows rejected, more than --max-rejects {max}")]
-    TooManyRejects { rejected: u64, max: u64 },
-    #[error(
-        "{entity}: a batch of {rows} rows could not be written ({attempts} attempt(s) of the batch, each request retried as the target allows): {source}; its rows are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
-    )]
-    BatchFailed {
-        entity: String,
-        rows: usize,
-        attempts: u32,
-        source: Box<SinkError>,
-    },
-    #[error(
-        "{entity}: {rows} documents could not be written after their retries ({message}); they are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
-    )]
-    DocumentsFailed {
-        entity: String,
-        rows: u64,
-        message: String,
-    },
-    #[error(
-        "{entity}: {rows} rows in {batches} batches could not be written (--continue-on-error went on); they are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
-    )]
-    Unwritten {
-        entity: String,
-        rows: u64,
-        batches: u64,
-    },
-    #[error("{entity}: cannot read a child row of `{path}`: column {column}: {message}")]
-    ChildDecode {
-        entity: String,
-        path: String,
-        column: String,
-        message: String,
-    },
-    #[error(
-        "accounting broken for {entity}: read {read} ≠ written {written} + rejected {rejected} + skipped {skipped}"
-    )]
-    Invariant {
-        entity: String,
-        read: u64,
-        written: u64,
-        rejected: u64,
-        skipped: u64,
-    },
-    #[error("cannot write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use futures::TryStreamExt;
 
-use super::run::RunError;
+use super::error::RunError;
 use super::spill::{Absent, Sorted, Spill};
 use crate::mapping::plan::Plan;
 use crate::sink::mongodb::MongoError;

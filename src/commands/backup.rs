@@ -1,0 +1,76 @@
+//! `cutover backup list | prune`.
+
+use anyhow::Result;
+
+use super::open_ledger;
+use crate::cli::{BackupCommand, Cli, Outcome};
+use crate::ledger::{self};
+
+pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
+    match cmd {
+        BackupCommand::List(target) => {
+            let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
+            let list = ledger.list_backups().await?;
+            if list.is_empty() {
+                crate::outln!("no backups");
+            }
+            for b in list {
+                crate::outln!(
+                    "{:<60} {:<24} {:>9} docs  run {}  {}",
+                    b.name,
+                    b.collection,
+                    b.documents,
+                    b.run_id,
+                    b.created_at.as_deref().unwrap_or("")
+                );
+            }
+            Ok(Outcome::Success)
+        }
+        BackupCommand::Restore { name, target } => {
+            let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
+            let b = ledger.find_backup(name).await?.ok_or_else(|| {
+                anyhow::anyhow!("no backup named {name} (see `cutover backup list`)")
+            })?;
+            let run_id = crate::pipeline::run::new_run_id();
+            let lock = ledger
+                .acquire_lock(&run_id, "backup restore", ledger::lock::DEFAULT_TTL)
+                .await?;
+            let r = ledger.restore_backup(&b).await;
+            lock.release().await?;
+            r?;
+            crate::outln!("restored {} from {}", b.collection, b.name);
+            Ok(Outcome::Success)
+        }
+        BackupCommand::Drop { name, target } => {
+            let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
+            let b = ledger.find_backup(name).await?.ok_or_else(|| {
+                anyhow::anyhow!("no backup named {name} (see `cutover backup list`)")
+            })?;
+            ledger.drop_backup(&b).await?;
+            crate::outln!("dropped {}", b.name);
+            Ok(Outcome::Success)
+        }
+        BackupCommand::Prune(args) => {
+            let (_cfg, _t, ledger) = open_ledger(cli, &args.target).await?;
+            let req = ledger::retention::PruneRequest {
+                keep: args.keep,
+                entities: (!args.entity.is_empty()).then(|| args.entity.iter().cloned().collect()),
+                protect: Vec::new(),
+                dry_run: args.dry_run,
+            };
+            let verdicts = if args.dry_run {
+                ledger::retention::prune(&ledger, &req).await?
+            } else {
+                let run_id = crate::pipeline::run::new_run_id();
+                let lock = ledger
+                    .acquire_lock(&run_id, "backup prune", ledger::lock::DEFAULT_TTL)
+                    .await?;
+                let r = ledger::retention::prune(&ledger, &req).await;
+                lock.release().await?;
+                r?
+            };
+            crate::out!("{}", ledger::retention::render(&verdicts, args.dry_run));
+            Ok(Outcome::Success)
+        }
+    }
+}

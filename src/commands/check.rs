@@ -1,0 +1,143 @@
+//! `cutover check`: the pre-flight, and its exit code.
+
+use anyhow::Result;
+
+use super::{config_for, pipeline_for};
+use crate::cli::{CheckArgs, Cli, Outcome};
+use crate::monitor::report::format_ms;
+
+pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
+    let cfg = config_for(cli, &args.target)?;
+    for line in cfg.describe_effective() {
+        crate::errln!("{line}");
+    }
+    let pipeline = pipeline_for(&cfg, &args.pipeline)?;
+    let source = cfg.require_source()?.to_string();
+    // The named target (flag, else pipeline); else every configured one.
+    let kinds: Vec<Option<crate::cli::TargetKind>> =
+        match args.target.target.or(super::pipeline_target(&pipeline)) {
+            Some(k) => vec![Some(k)],
+            None => {
+                let mut all = Vec::new();
+                if cfg.mongodb.is_some() {
+                    all.push(Some(crate::cli::TargetKind::Mongodb));
+                }
+                if cfg.appwrite.is_some() {
+                    all.push(Some(crate::cli::TargetKind::Appwrite));
+                }
+                all
+            }
+        };
+    let mut blocking_targets = Vec::new();
+    let mut targets = Vec::new();
+    let mut rates = std::collections::BTreeMap::new();
+    for kind in kinds {
+        match super::connect_target(&cfg, kind, Default::default()).await {
+            Ok((t, ledger, _)) => {
+                for s in pipeline.all_steps() {
+                    if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {
+                        rates.entry(s.entity).or_insert(r);
+                    }
+                }
+                targets.push(t);
+            }
+            Err(e) => blocking_targets.push(crate::redact::redact_text(&e.to_string())),
+        }
+    }
+    let sample = (!args.full).then_some(args.sample);
+    let mut report =
+        crate::check::check(&pipeline, &args.names, &source, &targets, sample, &rates).await;
+    for e in blocking_targets.into_iter().rev() {
+        report.blocking.insert(0, e);
+    }
+    // Driver errors quote connection details: nothing of a credential goes out.
+    for b in &mut report.blocking {
+        *b = crate::redact::redact_text(b);
+    }
+    report.source = crate::redact::redact_text(&report.source);
+    report.target = crate::redact::redact_text(&report.target);
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(check_outcome(&report, args.allow_rejects));
+    }
+    crate::outln!("source: {}", report.source);
+    crate::outln!("target: {}", report.target);
+    crate::outln!(
+        "{:<24} {:>10} {:>9} {:>6} {:>8} {:>12}  estimate basis",
+        "entity",
+        "rows",
+        "scanned",
+        "unique",
+        "indexed",
+        "est. time"
+    );
+    let yn = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "-",
+    };
+    for e in &report.entities {
+        crate::outln!(
+            "{:<24} {:>10} {:>9} {:>6} {:>8} {:>12}  {}",
+            e.entity,
+            e.rows,
+            e.scanned,
+            yn(e.key_unique),
+            yn(e.key_indexed),
+            e.estimated_ms.map(format_ms).unwrap_or_else(|| "-".into()),
+            e.estimate_basis
+        );
+    }
+    if !report.findings.is_empty() {
+        crate::outln!("findings (rows affected within the scanned rows):");
+        for f in &report.findings {
+            crate::outln!(
+                "  {:<24} {:<28} {:<22} {:<8} {:>8}  e.g. {} {}",
+                f.entity,
+                f.path,
+                f.rule,
+                f.severity,
+                f.rows,
+                f.example_key,
+                f.example
+            );
+        }
+    }
+    let total_estimate: u64 = report.entities.iter().filter_map(|e| e.estimated_ms).sum();
+    crate::outln!(
+        "estimated duration of the whole run: {}",
+        format_ms(total_estimate)
+    );
+    for b in &report.blocking {
+        crate::outln!("BLOCKING: {b}");
+    }
+    let rejected = report.rejected_rows();
+    let verdict = if !report.ok() {
+        "check FAILED: fix the blocking problems above".to_string()
+    } else if rejected > 0 {
+        format!(
+            "check: nothing blocks a run, but {rejected} scanned rows will be rejected (findings of severity reject above){}",
+            if args.allow_rejects {
+                "; accepted (--allow-rejects)"
+            } else {
+                "; exit 2 — fix them or accept them with --allow-rejects"
+            }
+        )
+    } else {
+        "check passed: nothing blocks a run and no scanned row will be rejected".to_string()
+    };
+    crate::outln!("{verdict}");
+    Ok(check_outcome(&report, args.allow_rejects))
+}
+
+/// How `check` ends: 1 when something blocks a run, 2 when rows will be rejected (unless they
+/// are accepted), else 0.
+fn check_outcome(report: &crate::check::CheckReport, allow_rejects: bool) -> Outcome {
+    if !report.ok() {
+        Outcome::Failed
+    } else if report.rejected_rows() > 0 && !allow_rejects {
+        Outcome::FinishedWithRejects
+    } else {
+        Outcome::Success
+    }
+}

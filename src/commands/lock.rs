@@ -1,0 +1,33 @@
+//! `cutover lock status | release`.
+
+use anyhow::Result;
+
+use super::open_ledger;
+use crate::cli::{Cli, LockCommand, Outcome};
+
+pub async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<Outcome> {
+    match cmd {
+        LockCommand::Status(target) => {
+            let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
+            match ledger.lock_holder().await? {
+                Some(h) if !h.expired => crate::outln!("held by {h}"),
+                Some(h) => crate::outln!("free (expired lock of {h})"),
+                None => crate::outln!("free"),
+            }
+            Ok(Outcome::Success)
+        }
+        LockCommand::Release { target, confirm } => {
+            if !confirm {
+                anyhow::bail!(
+                    "refusing to release the lock without --confirm: if its holder is alive, a second run would start beside it"
+                );
+            }
+            let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
+            match ledger.force_release_lock().await? {
+                Some(h) => crate::outln!("released the lock held by {h}"),
+                None => crate::outln!("the lock was free"),
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `cutover migrate`: run the pipeline's stages.
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+
+use super::{
+    AppwriteTuning, connect_target, error_text, load_config, load_pipeline, pipeline_target,
+};
+use crate::cli::{Cli, MigrateArgs, Outcome};
+use crate::config::Overrides;
+use crate::ledger::Ledger;
+use crate::pipeline::run::{self, RunOptions};
+use crate::sink::retry::RetryPolicy;
+
+pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
+    let cfg = load_config(
+        cli,
+        Overrides {
+            batch_size: args.batch_size,
+            concurrency: args.concurrency,
+            mongodb_database: args.target.database.clone(),
+            appwrite_database: args.target.database.clone(),
+            ..Default::default()
+        },
+    )?;
+    for line in cfg.describe_effective() {
+        crate::errln!("{line}");
+    }
+    let pipeline = load_pipeline(&cfg, &args.pipeline)?;
+    let steps = pipeline.select(&args.names)?;
+    let source = cfg.require_source()?.to_string();
+    // --target, else the pipeline's own, else the config's default.
+    let kind = args.target.target.or(pipeline_target(&pipeline));
+    let (target, ledger, target_name) = connect_target(
+        &cfg,
+        kind,
+        AppwriteTuning {
+            rate: args.rate_limit.map(|r| (r, args.burst.unwrap_or(1))),
+            bulk_rows: args.bulk_rows,
+            retries: Some(args.retries),
+        },
+    )
+    .await?;
+    let opts = RunOptions {
+        dry_run: args.dry_run,
+        batch_size: cfg.batch_size,
+        batch_bytes: cfg.batch_bytes,
+        concurrency: cfg.concurrency,
+        continue_on_error: args.continue_on_error,
+        skip_validation: args.skip_validation,
+        max_rejects: args.max_rejects,
+        ignore_dependencies: args.ignore_dependencies,
+        report_path: args.report.clone(),
+        reports_dir: cfg.reports_dir.clone(),
+        rejects_dir: cfg.rejects_dir.clone(),
+        quiet: args.quiet || !std::io::stderr().is_terminal(),
+        retry: RetryPolicy {
+            max_retries: args.retries,
+            ..Default::default()
+        },
+        target_name,
+        rerun: args.rerun,
+        accept_changed: args.accept_changed,
+        fresh: args.fresh,
+        since_last: args.since_last,
+        sync_deletes: args.sync_deletes,
+        no_backup: args.no_backup,
+        restore_on_failure: args.restore_on_failure,
+        lock_ttl: std::time::Duration::from_secs(args.lock_ttl.max(1)),
+    };
+    let report = run::migrate(&pipeline, steps, &source, &target, &ledger, &opts).await?;
+    crate::out!("{}", crate::redact::redact_text(&report.render_text()));
+    if let Some(keep) = cfg.backups_keep
+        && !args.dry_run
+        && report.error.is_none()
+        && !report.entities.is_empty()
+    {
+        // Retention is housekeeping: a failure to prune is told, the run still stands.
+        match prune_after_run(&ledger, &report, keep).await {
+            Ok(text) => crate::out!("{text}"),
+            Err(e) => crate::errln!(
+                "warning: pruning backups ([backups] keep = {keep}) failed: {}",
+                crate::redact::redact_text(&error_text(&e))
+            ),
+        }
+    }
+    if let Some(e) = &report.error {
+        crate::errln!("error: {}", crate::redact::redact_text(e));
+        return Ok(Outcome::Failed);
+    }
+    Ok(if report.totals.rejected > 0 {
+        Outcome::FinishedWithRejects
+    } else {
+        Outcome::Success
+    })
+}
+
+/// `[backups] keep` after a successful run: prunes the backups of the run's entities, never those
+/// the run took, under the lock (the run has released its own). Returns what to print.
+async fn prune_after_run(
+    ledger: &Ledger,
+    report: &crate::monitor::report::RunReport,
+    keep: usize,
+) -> Result<String> {
+    use crate::ledger::retention;
+    let req = retention::PruneRequest {
+        keep,
+        entities: Some(report.entities.iter().map(|e| e.name.clone()).collect()),
+        protect: report
+            .entities
+            .iter()
+            .filter_map(|e| e.backup.clone())
+            .collect(),
+        dry_run: false,
+    };
+    let run_id = run::new_run_id();
+    let lock = ledger
+        .acquire_lock(&run_id, "backup prune", crate::ledger::lock::DEFAULT_TTL)
+        .await?;
+    let result = retention::prune(ledger, &req).await;
+    lock.release().await?;
+    let verdicts = result?;
+    if verdicts.iter().all(|v| v.keep.is_some()) {
+        return Ok(String::new());
+    }
+    let dropped: Vec<&retention::Verdict> = verdicts.iter().filter(|v| v.keep.is_none()).collect();
+    let mut text = format!(
+        "backups ([backups] keep = {keep}): dropped {} older backup(s)\n",
+        dropped.len()
+    );
+    for v in dropped {
+        text.push_str(&format!(
+            "  dropped {} ({}, run {})\n",
+            v.backup.name, v.backup.collection, v.backup.run_id
+        ));
+    }
+    Ok(text)
+}

@@ -1,0 +1,57 @@
+//! `cutover report`: a run's report as text, Markdown, HTML or JSON; the sign-off.
+
+use anyhow::{Context, Result};
+
+use super::config_for;
+use crate::cli::{Cli, Outcome, ReportArgs, ReportFormat};
+
+pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
+    let cfg = config_for(cli, &args.target)?;
+    let mut signoff = crate::monitor::signoff::SignOff::load(
+        &cfg.reports_dir,
+        &cfg.rejects_dir,
+        args.run_id.as_deref(),
+    )?;
+    // The ledger entries of the run, from the target it wrote to, when that is reachable.
+    let kind = args.target.target.or_else(|| {
+        if signoff.run.target.starts_with("appwrite") {
+            Some(crate::cli::TargetKind::Appwrite)
+        } else if signoff.run.target.starts_with("mongodb") {
+            Some(crate::cli::TargetKind::Mongodb)
+        } else {
+            None
+        }
+    });
+    if let Ok((_, ledger, _)) = super::connect_target(&cfg, kind, Default::default()).await
+        && let Ok(steps) = ledger.all_steps().await
+    {
+        signoff.ledger = steps
+            .into_iter()
+            .filter(|s| s.run_id == signoff.run.run_id)
+            .filter_map(|s| serde_json::to_value(s).ok())
+            .collect();
+    }
+    let text = match args.format {
+        ReportFormat::Text => signoff.render_text(),
+        ReportFormat::Json => serde_json::to_string_pretty(&signoff)? + "\n",
+        ReportFormat::Md => signoff.render_markdown(),
+        ReportFormat::Html => signoff.render_html(),
+    };
+    // The report joins files and ledger records written by any version: redact once more.
+    let text = crate::redact::redact_text(&text);
+    match &args.output {
+        Some(path) => {
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::errln!("wrote {}", path.display());
+        }
+        None => crate::out!("{text}"),
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,268 @@
+//! `cutover verify`: the target compared with the source.
+
+use anyhow::{Context, Result};
+
+use super::pipeline_for;
+use crate::cli::{Cli, Outcome};
+use crate::sink::target::Target;
+
+/// Entities above this many source rows are sampled unless --full.
+const FULL_VERIFY_MAX_ROWS: u64 = 1_000_000;
+const DEFAULT_SAMPLE: u64 = 100_000;
+
+pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
+    let (cfg, target, ledger) =
+        super::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
+    let target_kind = target.kind();
+    let target_name = target.display_name();
+    let pipeline = pipeline_for(&cfg, &args.pipeline)?;
+    let steps = pipeline.select(&args.names)?;
+    let source = cfg.require_source()?.to_string();
+    let mut session = crate::source::SourceSession::open(&source).await?;
+    let plans = crate::pipeline::run::compile_plans(&pipeline, &steps, &mut session).await?;
+    let ctx = crate::transform::row::MapContext {
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        skip_validation: false,
+        known_keys: crate::pipeline::run::load_known_keys(&pipeline, &plans, &mut session).await?,
+    };
+    let collections: std::collections::HashMap<String, String> = pipeline
+        .mappings
+        .mappings
+        .iter()
+        .map(|m| (m.name().to_string(), m.collection().to_string()))
+        .collect();
+    let user_entities: std::collections::HashSet<String> = pipeline
+        .mappings
+        .mappings
+        .iter()
+        .filter(|m| m.spec.appwrite.users.is_some())
+        .map(|m| m.name().to_string())
+        .collect();
+    let path = args.output.clone().unwrap_or_else(|| {
+        cfg.reports_dir.join(format!(
+            "verify-{}.json",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ))
+    });
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // Every problem, one a line, next to the JSON (which holds the first ones of each kind).
+    let problems_path = path.with_extension("problems.jsonl");
+    let _ = std::fs::remove_file(&problems_path);
+    let mut log = crate::verify::ProblemLog::new(problems_path);
+    let mut results = Vec::new();
+    for p in &plans {
+        let rows = session.count(&p.relation).await?;
+        let sample = match (args.full, args.sample) {
+            (true, _) => None,
+            (false, Some(n)) => Some(n),
+            (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
+            _ => None,
+        };
+        let independent;
+        // Rows the target refused in the runs that wrote the entity: not missing.
+        let refused =
+            crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity).await?;
+        let v = match &target {
+            Target::Mongo(m) => {
+                let mut v = crate::verify::verify_entity(
+                    p,
+                    &mut session,
+                    m,
+                    &ctx,
+                    sample,
+                    &collections,
+                    &refused,
+                    &mut log,
+                )
+                .await?;
+                // PostgreSQL's own values against the target's, apart from the converter.
+                let i = crate::verify::oracle::verify_entity(
+                    p,
+                    &mut session,
+                    m,
+                    sample,
+                    &collections,
+                    &mut log,
+                )
+                .await?;
+                i.apply(&mut v);
+                independent = Some(i);
+                v
+            }
+            Target::Appwrite(a) => {
+                let mut v = crate::verify::appwrite::verify_entity(
+                    p,
+                    &mut session,
+                    a,
+                    &ctx,
+                    sample,
+                    &crate::verify::appwrite::References {
+                        collections: &collections,
+                        user_entities: &user_entities,
+                    },
+                    &refused,
+                    &mut log,
+                )
+                .await?;
+                // PostgreSQL's own values against the rows', apart from the converter.
+                let i = crate::verify::oracle::appwrite::verify_entity(
+                    p,
+                    &mut session,
+                    a,
+                    sample,
+                    &mut log,
+                )
+                .await?;
+                i.apply(&mut v);
+                independent = Some(i);
+                v
+            }
+        };
+        if !args.json {
+            print_verification(&v);
+            for line in independent.iter().flat_map(|i| i.lines()) {
+                crate::outln!("{line}");
+            }
+        }
+        let mut entity = serde_json::to_value(&v)?;
+        if let Some(i) = independent {
+            entity["independent"] = serde_json::to_value(i)?;
+        }
+        results.push((v.ok, entity));
+    }
+    session.close().await;
+    log.finish()?;
+    let problems_file = log.written().map(|p| p.display().to_string());
+    let ok = results.iter().all(|(ok, _)| *ok);
+    let results: Vec<serde_json::Value> = results.into_iter().map(|(_, e)| e).collect();
+    let json = serde_json::json!({
+        "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "target": target_name,
+        "target_kind": target_kind,
+        "pipeline": pipeline.spec.name,
+        "ok": ok,
+        "problems_file": problems_file,
+        "entities": results,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if args.json {
+        crate::outln!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        if let Some(f) = &problems_file {
+            crate::outln!("every problem found, one a line: {f}");
+        }
+        crate::outln!(
+            "{} (details: {})",
+            if ok {
+                "verified: the target matches the source"
+            } else {
+                "verification FAILED: the target differs from the source"
+            },
+            path.display()
+        );
+    }
+    Ok(if ok {
+        Outcome::Success
+    } else {
+        Outcome::FinishedWithRejects
+    })
+}
+
+fn print_verification(v: &crate::verify::EntityVerification) {
+    use crate::verify::SHOWN;
+    let problems = v.missing_count
+        + v.unexpected_count
+        + v.different_count
+        + v.broken_references.len() as u64
+        + u64::from(!v.counts_agree);
+    crate::outln!(
+        "{:<24} {} comparison: {} source rows, {} rejected by the mapping, {} expected, {} in the target, {} compared — {}",
+        v.entity,
+        v.mode,
+        v.source_rows,
+        v.rejected_by_mapping,
+        v.expected,
+        v.target,
+        v.compared,
+        if v.ok {
+            "OK".to_string()
+        } else {
+            format!("{problems} problem(s)")
+        }
+    );
+    let list = |what: &str, count: u64, items: &[String]| {
+        if count == 0 {
+            return;
+        }
+        let shown: Vec<&str> = items.iter().take(SHOWN).map(String::as_str).collect();
+        let more = match count.saturating_sub(shown.len() as u64) {
+            0 => String::new(),
+            n => format!(" … and {n} more"),
+        };
+        crate::outln!("    {what} ({count}): {}{more}", shown.join(", "));
+    };
+    list(
+        "refused by the target when written (write rejects of the run, excused; source key)",
+        v.rejected_by_target,
+        &v.rejected_by_target_keys,
+    );
+    list(
+        "missing in the target (source key)",
+        v.missing_count,
+        &v.missing,
+    );
+    list(
+        "unexpected in the target (_id)",
+        v.unexpected_count,
+        &v.unexpected,
+    );
+    for d in v.different.iter().take(SHOWN) {
+        crate::outln!(
+            "    different: {} (fields: {})",
+            d.key,
+            if d.fields.is_empty() {
+                "?".to_string()
+            } else {
+                d.fields.join(", ")
+            }
+        );
+    }
+    let shown = v.different.len().min(SHOWN) as u64;
+    if v.different_count > shown {
+        crate::outln!(
+            "    … and {} more different documents",
+            v.different_count - shown
+        );
+    }
+    for e in &v.embedded {
+        if e.source_children != e.target_elements {
+            crate::outln!(
+                "    embedded {}: {} child rows in the source, {} elements in the target",
+                e.path,
+                e.source_children,
+                e.target_elements
+            );
+        }
+    }
+    if !v.counts_agree {
+        crate::outln!(
+            "    counts differ: {} documents expected, {} in the target (documents sharing an _id hide one another)",
+            v.expected,
+            v.target
+        );
+    }
+    for r in &v.broken_references {
+        crate::outln!(
+            "    broken references: {} → {}: {} value(s) point nowhere (e.g. {})",
+            r.path,
+            r.references,
+            r.dangling,
+            r.examples.join(", ")
+        );
+    }
+}
