@@ -75,6 +75,104 @@ pub enum Command {
     /// Appwrite tables derived from the mappings: show them, or create them ahead of a run.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Versioned changes to the target after the cutover (MongoDB): numbered change files with
+    /// up and down operations, applied under the run lock and recorded in the ledger.
+    #[command(subcommand)]
+    Changes(ChangesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangesCommand {
+    /// Write the next version's change file, commented, ready to edit.
+    New(ChangesNewArgs),
+    /// Apply pending changes in version order (one batch); the first failure stops the batch.
+    Up(ChangesUpArgs),
+    /// Reverse applied changes, the last applied first (default: one).
+    Down(ChangesDownArgs),
+    /// Each change's state: applied, pending, failed, rolled back, modified since applied, out
+    /// of order, non-reversible; and who holds the lock.
+    Status(ChangesListArgs),
+    /// Every change file with its version, name, operations and state.
+    List(ChangesListArgs),
+}
+
+/// Where the change files are and which target they change.
+#[derive(Debug, Args)]
+pub struct ChangesTargetArgs {
+    /// Directory of change files.
+    #[arg(long, value_name = "DIR", default_value = "pipelines/changes")]
+    pub dir: PathBuf,
+    /// Target (changes support MongoDB only).
+    #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
+    pub target: ChangesTarget,
+    /// Target database (overrides CUTOVER_MONGODB_DATABASE and the config).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChangesTarget {
+    Mongodb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChangeTemplate {
+    Empty,
+    AddField,
+    RenameField,
+    Index,
+    Seed,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesNewArgs {
+    /// What the change does, in a few words (the file name's slug).
+    pub name: String,
+    /// The operation the new file starts with.
+    #[arg(long, value_enum, default_value_t = ChangeTemplate::Empty)]
+    pub template: ChangeTemplate,
+    /// Directory of change files.
+    #[arg(long, value_name = "DIR", default_value = "pipelines/changes")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesUpArgs {
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// Apply pending changes up to this version (included).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<u64>,
+    /// Report per operation what would change (matching documents, indexes); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply pending changes older than the newest applied one.
+    #[arg(long)]
+    pub allow_out_of_order: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesDownArgs {
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// Reverse the last N applied changes.
+    #[arg(long, value_name = "N", conflicts_with = "to")]
+    pub steps: Option<usize>,
+    /// Reverse every applied change after this version (it stays applied).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesListArgs {
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -569,6 +667,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Lock(cmd) => crate::commands::lock(&cli, cmd).await,
         Command::Backup(cmd) => crate::commands::backup(&cli, cmd).await,
         Command::Schema(cmd) => schema(&cli, cmd).await,
+        Command::Changes(cmd) => crate::commands::changes(&cli, cmd).await,
     }
 }
 

@@ -1,5 +1,8 @@
 //! The commands beyond `migrate` and `plan`: `check`, `verify`, `report`, `status`, `history`,
-//! `rollback`, `lock`, `backup`.
+//! `rollback`, `lock`, `backup`; `changes` in [`changes`].
+
+mod changes;
+pub use changes::changes;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
