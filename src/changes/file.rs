@@ -896,6 +896,38 @@ keys = ["lastName", "-createdAt"]
         assert!(e.contains("007_b.toml") && e.contains("7_a.toml"), "{e}");
     }
 
+    /// The reference in pipelines/changes/README.md: every block parses, every operation is in it.
+    #[test]
+    fn the_readme_blocks_parse_and_show_every_operation() {
+        let readme = include_str!("../../pipelines/changes/README.md");
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut blocks = 0;
+        for block in readme.split("```toml\n").skip(1) {
+            let text = block.split("```").next().unwrap();
+            let version = text
+                .lines()
+                .find_map(|l| l.strip_prefix("version = "))
+                .expect("a version");
+            let c = parse(&p(&format!("{version}_readme.toml")), text)
+                .unwrap_or_else(|e| panic!("{e}"));
+            kinds.extend(c.up.iter().map(Op::kind));
+            blocks += 1;
+        }
+        assert_eq!(blocks, 2);
+        let all = [
+            "add_field",
+            "remove_field",
+            "rename_field",
+            "set",
+            "unset",
+            "insert",
+            "create_index",
+            "drop_index",
+            "command",
+        ];
+        assert_eq!(kinds, all.into_iter().collect());
+    }
+
     #[test]
     fn inserted_documents_need_an_id() {
         let e = parse(

@@ -24,7 +24,7 @@ pub use record::ChangeRecord;
 use crate::ledger::lock::{DEFAULT_TTL, LockError};
 use crate::ledger::{Ledger, StoreError};
 use ops::Exec;
-use record::{APPLIED, FAILED, Finished, ROLLED_BACK, RUNNING, Records};
+use record::{APPLIED, FAILED, Finished, RESTORE_FAILED, ROLLED_BACK, RUNNING, Records};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
@@ -232,7 +232,9 @@ pub struct UpReport {
 
 impl UpReport {
     pub fn failed(&self) -> bool {
-        self.changes.iter().any(|c| c.status == FAILED)
+        self.changes
+            .iter()
+            .any(|c| c.status == FAILED || c.status == RESTORE_FAILED)
     }
 }
 
@@ -261,6 +263,11 @@ fn select_pending<'c>(
             )),
             "interrupted" => refusals.push(format!(
                 "change {} ({}) was interrupted while it was applied: its backup collection holds the documents it had rewritten; check the data, put it back if needed, and record it by hand",
+                s.version,
+                s.file.as_deref().unwrap_or("?")
+            )),
+            "restore-failed" => refusals.push(format!(
+                "change {} ({}) failed and undoing it failed too: the documents as they were are in its backup collection (see `cutover changes status --json` and the ledger's cutover_changes record); put them back, then delete its record",
                 s.version,
                 s.file.as_deref().unwrap_or("?")
             )),
@@ -376,9 +383,11 @@ async fn apply_all(
         };
         let result = apply_one(&exec, c).await;
         let duration_ms = started.elapsed().as_millis() as u64;
+        // A failure leaves outcomes only when undoing it failed too.
         let (status, outcomes, error) = match result {
             Ok(o) => (APPLIED, o, None),
-            Err((o, e)) => (FAILED, o, Some(e)),
+            Err((o, e)) if o.is_empty() => (FAILED, o, Some(e)),
+            Err((o, e)) => (RESTORE_FAILED, o, Some(e)),
         };
         records
             .finish(
@@ -404,7 +413,7 @@ async fn apply_all(
             error,
             preview: Vec::new(),
         });
-        if status == FAILED {
+        if status != APPLIED {
             break;
         }
     }

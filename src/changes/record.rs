@@ -12,6 +12,8 @@ pub const APPLIED: &str = "applied";
 pub const FAILED: &str = crate::ledger::FAILED;
 pub const ROLLED_BACK: &str = crate::ledger::ROLLED_BACK;
 pub const RUNNING: &str = crate::ledger::RUNNING;
+/// A change that failed without a transaction and whose undoing failed too: its backup is kept.
+pub const RESTORE_FAILED: &str = "restore-failed";
 
 /// One applied (or attempted) change as the ledger holds it.
 #[derive(Debug, Clone, Serialize)]

@@ -180,7 +180,7 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                     if let Some(why) = &s.irreversible_because {
                         crate::outln!("{:<16} {why}", "");
                     }
-                    if s.state == "failed"
+                    if matches!(s.state.as_str(), "failed" | "restore-failed")
                         && let Some(e) = &s.error
                     {
                         crate::outln!("{:<16} last error: {e}", "");
