@@ -434,10 +434,43 @@ async fn changes_up_is_refused_while_a_migrate_holds_the_lock_and_migrate_while_
     assert!(text.contains("(changes up) on host another-host"), "{text}");
     assert_eq!(w.count("kinds").await, 0);
 
+    // A second `changes up` beside one that holds the lock is refused too.
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("(changes up) on host another-host"), "{text}");
+
     // Freed, the change applies.
     locks.delete_many(doc! {}).await.unwrap();
     ok(&changes(&w, "up", &dir, &[]));
     assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_change_left_running_by_a_dead_process_is_interrupted_and_up_refuses_it() {
+    let w = World::new("changes_interrupted").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    let text = "version = 1\nname = \"a\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"a\"\ndefault = 1\n";
+    write(&dir, "1_a.toml", text);
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_changes")
+        .insert_one(doc! {
+            "_id": "1", "name": "a", "file": "1_a.toml", "status": "running", "batch": 1_i64,
+            "run_id": "changes-dead", "applied_at": bson::DateTime::now(), "source": text,
+            "backup": "cutover_change_1_backup_changes-dead",
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        states(&w, &dir),
+        [("1".to_string(), "interrupted".to_string())]
+    );
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("change 1 (1_a.toml) was interrupted while it was applied"),
+        "{text}"
+    );
     w.drop().await;
 }
 

@@ -114,7 +114,14 @@ pub async fn status(
         let state = match r.map(|r| r.status.as_str()) {
             Some(APPLIED) if r.is_some_and(|r| r.checksum == c.checksum) => "applied",
             Some(APPLIED) => "modified",
-            Some(RUNNING) if live_lock.is_some() => "running",
+            Some(RUNNING)
+                if live_lock
+                    .as_ref()
+                    .zip(r)
+                    .is_some_and(|(h, r)| h.run_id == r.run_id) =>
+            {
+                "running"
+            }
             Some(RUNNING) => "interrupted",
             None | Some(FAILED) | Some(ROLLED_BACK) if older => "out-of-order",
             None => "pending",
@@ -309,55 +316,66 @@ pub async fn up(
     files: &[Change],
     opts: &UpOptions,
 ) -> Result<UpReport, ChangesError> {
-    let states = status(t, files).await?;
-    let pending = select_pending(&states, files, opts)?;
-    let exec = Exec {
-        db: t.db,
-        backup: "",
-    };
     if opts.dry_run {
-        let mut changes = Vec::new();
-        for c in pending {
-            let mut preview = Vec::new();
-            for op in &c.up {
-                preview.push(exec.preview(op).await?);
-            }
-            changes.push(AppliedChange {
-                version: c.version,
-                name: c.name.clone(),
-                status: "would apply".into(),
-                duration_ms: 0,
-                matched: 0,
-                modified: 0,
-                inserted: 0,
-                deleted: 0,
-                error: None,
-                preview,
-            });
-        }
-        return Ok(UpReport {
-            batch: None,
-            dry_run: true,
-            changes,
-        });
+        let states = status(t, files).await?;
+        let pending = select_pending(&states, files, opts)?;
+        return preview_all(t, &pending).await;
     }
-    if pending.is_empty() {
-        return Ok(UpReport {
-            batch: None,
-            dry_run: false,
-            changes: Vec::new(),
-        });
-    }
+    // The state is read under the lock: another `changes up` may have applied changes until
+    // the moment it gave the lock back.
     let run_id = new_run_id();
     let lock = t
         .ledger
         .acquire_lock(&run_id, "changes up", DEFAULT_TTL)
         .await?;
-    let result = apply_all(t, &pending, &run_id, &lock.fence()).await;
+    let result = async {
+        let states = status(t, files).await?;
+        let pending = select_pending(&states, files, opts)?;
+        if pending.is_empty() {
+            return Ok(UpReport {
+                batch: None,
+                dry_run: false,
+                changes: Vec::new(),
+            });
+        }
+        apply_all(t, &pending, &run_id, &lock.fence()).await
+    }
+    .await;
     lock.release()
         .await
         .map_err(|e| ChangesError::Refused(e.to_string()))?;
     result
+}
+
+async fn preview_all(t: &ChangeTarget<'_>, pending: &[&Change]) -> Result<UpReport, ChangesError> {
+    let exec = Exec {
+        db: t.db,
+        backup: "",
+    };
+    let mut changes = Vec::new();
+    for c in pending {
+        let mut preview = Vec::new();
+        for op in &c.up {
+            preview.push(exec.preview(op).await?);
+        }
+        changes.push(AppliedChange {
+            version: c.version,
+            name: c.name.clone(),
+            status: "would apply".into(),
+            duration_ms: 0,
+            matched: 0,
+            modified: 0,
+            inserted: 0,
+            deleted: 0,
+            error: None,
+            preview,
+        });
+    }
+    Ok(UpReport {
+        batch: None,
+        dry_run: true,
+        changes,
+    })
 }
 
 async fn apply_all(
@@ -375,7 +393,7 @@ async fn apply_all(
             .await
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
         let backup = records.backup_name(c.version, run_id);
-        records.start(c, batch, &backup).await?;
+        records.start(c, batch, &backup, run_id).await?;
         let started = Instant::now();
         let exec = Exec {
             db: t.db,
@@ -579,10 +597,25 @@ pub struct Reversed {
 /// `changes down`: reverses applied changes, the last applied first, each from the text the
 /// ledger recorded when it was applied (so a file edited since does not change what is undone).
 pub async fn down(t: &ChangeTarget<'_>, which: DownTarget) -> Result<Vec<Reversed>, ChangesError> {
-    let records = Records { ledger: t.ledger };
+    let run_id = new_run_id();
+    let lock = t
+        .ledger
+        .acquire_lock(&run_id, "changes down", DEFAULT_TTL)
+        .await?;
+    let result = down_locked(t, which, &lock.fence()).await;
+    lock.release()
+        .await
+        .map_err(|e| ChangesError::Refused(e.to_string()))?;
+    result
+}
+
+/// Which applied records `down` reverses, each with its change parsed from the text applied;
+/// refuses (before anything is reversed) when one is non-reversible.
+fn chosen_for_down(
+    records: Vec<ChangeRecord>,
+    which: DownTarget,
+) -> Result<Vec<(ChangeRecord, Change)>, ChangesError> {
     let mut applied: Vec<ChangeRecord> = records
-        .all()
-        .await?
         .into_iter()
         .filter(|r| r.status == APPLIED)
         .collect();
@@ -591,8 +624,8 @@ pub async fn down(t: &ChangeTarget<'_>, which: DownTarget) -> Result<Vec<Reverse
         DownTarget::Steps(n) => applied.into_iter().take(n).collect(),
         DownTarget::To(v) => applied.into_iter().filter(|r| r.version > v).collect(),
     };
-    let mut changes = Vec::new();
-    for r in &chosen {
+    let mut out = Vec::new();
+    for r in chosen {
         let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
         if let Some((i, op)) = c.irreversible_op() {
             return Err(ChangesError::Refused(format!(
@@ -610,48 +643,46 @@ pub async fn down(t: &ChangeTarget<'_>, which: DownTarget) -> Result<Vec<Reverse
                 c.up.len()
             )));
         }
-        changes.push(c);
+        out.push((r, c));
     }
-    if changes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let run_id = new_run_id();
-    let lock = t
-        .ledger
-        .acquire_lock(&run_id, "changes down", DEFAULT_TTL)
-        .await?;
-    let fence = lock.fence();
+    Ok(out)
+}
+
+async fn down_locked(
+    t: &ChangeTarget<'_>,
+    which: DownTarget,
+    fence: &crate::ledger::lock::Fence,
+) -> Result<Vec<Reversed>, ChangesError> {
+    let records = Records { ledger: t.ledger };
+    let chosen = chosen_for_down(records.all().await?, which)?;
     let mut done = Vec::new();
-    let mut result = Ok(());
-    for (r, c) in chosen.iter().zip(&changes) {
-        if let Err(e) = fence.check().await {
-            result = Err(ChangesError::Refused(e.to_string()));
-            break;
-        }
+    for (r, c) in &chosen {
+        fence
+            .check()
+            .await
+            .map_err(|e| ChangesError::Refused(e.to_string()))?;
         let started = Instant::now();
         match reverse_one(t, r, c).await {
             Ok(mut rev) => {
                 rev.duration_ms = started.elapsed().as_millis() as u64;
-                if let Err(e) = records.mark_rolled_back(r.version, rev.duration_ms).await {
-                    result = Err(e.into());
-                    break;
-                }
+                records.mark_rolled_back(r.version, rev.duration_ms).await?;
                 done.push(rev);
             }
             Err(e) => {
                 let _ = records.note_down_error(r.version, &e).await;
-                result = Err(ChangesError::Refused(format!(
-                    "reversing change {} ({}) failed: {e}",
+                let how = if c.transaction {
+                    "its transaction was rolled back: the change is still applied"
+                } else {
+                    "the operations undone before the failure stay undone; the change is still recorded applied and its backup kept"
+                };
+                return Err(ChangesError::Refused(format!(
+                    "reversing change {} ({}) failed: {e}; {how}",
                     r.version, r.file
                 )));
-                break;
             }
         }
     }
-    lock.release()
-        .await
-        .map_err(|e| ChangesError::Refused(e.to_string()))?;
-    result.map(|()| done)
+    Ok(done)
 }
 
 async fn reverse_one(

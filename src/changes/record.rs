@@ -37,6 +37,8 @@ pub struct ChangeRecord {
     /// The collection holding the documents the change rewrote, as they were before.
     pub backup: Option<String>,
     pub host: String,
+    /// The lock run id of the `changes` command that applied it.
+    pub run_id: String,
     #[serde(skip)]
     pub source: String,
     #[serde(skip)]
@@ -82,6 +84,7 @@ impl ChangeRecord {
             error: d.get_str("error").ok().map(str::to_string),
             backup: d.get_str("backup").ok().map(str::to_string),
             host: text("host"),
+            run_id: text("run_id"),
             source: text("source"),
             ops: d
                 .get_array("ops")
@@ -152,6 +155,7 @@ impl Records<'_> {
         change: &super::Change,
         batch: i64,
         backup: &str,
+        run_id: &str,
     ) -> Result<(), StoreError> {
         let id = change.version.to_string();
         let d = doc! {
@@ -164,6 +168,7 @@ impl Records<'_> {
             "reversible": change.reversible(),
             "applied_at": bson::DateTime::now(),
             "backup": backup,
+            "run_id": run_id,
             "source": &change.source,
             "host": crate::ledger::host(),
             "pid": i64::from(std::process::id()),
