@@ -85,7 +85,8 @@ pub enum Command {
 pub enum ChangesCommand {
     /// Write the next version's change file, commented, ready to edit.
     New(ChangesNewArgs),
-    /// Apply pending changes in version order (one batch); the first failure stops the batch.
+    /// Apply pending changes in version order (one batch); a failed change is undone and stops
+    /// the batch (unless --continue-on-error).
     Up(ChangesUpArgs),
     /// Reverse applied changes, the last applied first (default: one).
     Down(ChangesDownArgs),
@@ -149,6 +150,9 @@ pub struct ChangesUpArgs {
     /// Apply pending changes older than the newest applied one.
     #[arg(long)]
     pub allow_out_of_order: bool,
+    /// After a failed change (undone), go on with the next instead of stopping.
+    #[arg(long)]
+    pub continue_on_error: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -316,6 +316,41 @@ async fn a_failing_change_without_a_transaction_is_restored_from_its_backup() {
 }
 
 #[tokio::test]
+async fn a_failed_change_stops_the_batch_unless_continue_on_error() {
+    let w = World::new("changes_continue").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_fails.toml",
+        &format!("version = 1\nname = \"fails\"\n{FAILING_OPS}"),
+    );
+    write(
+        &dir,
+        "2_ok.toml",
+        "version = 2\nname = \"ok\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"two\"\ndefault = 2\n",
+    );
+    refused(&changes(&w, "up", &dir, &[]));
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("1".to_string(), "failed".to_string()),
+            ("2".to_string(), "pending".to_string())
+        ]
+    );
+    let text = refused(&changes(&w, "up", &dir, &["--continue-on-error"]));
+    assert!(text.contains("applied  2 ok"), "{text}");
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("1".to_string(), "out-of-order".to_string()),
+            ("2".to_string(), "applied".to_string())
+        ]
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
 async fn modified_and_out_of_order_changes_are_refused_saying_what_to_do() {
     let w = World::new("changes_refused").await;
     things(&w).await;

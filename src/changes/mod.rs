@@ -5,6 +5,24 @@
 //!
 //! This module sits on top of [`crate::ledger`] and [`crate::sink::mongodb`]; nothing below the
 //! command line imports it. It never prints: the commands turn its reports into output.
+//!
+//! An application can apply its pending changes at start-up, as `cutover changes up` does:
+//!
+//! ```no_run
+//! # async fn start() -> Result<(), Box<dyn std::error::Error>> {
+//! use cutover::changes::{self, ChangeTarget, UpOptions};
+//! use cutover::ledger::{Ledger, Store};
+//!
+//! let client = mongodb::Client::with_uri_str("mongodb://localhost/?replicaSet=rs0").await?;
+//! let db = client.database("registry");
+//! let ledger = Ledger::new(Store::Mongo(db.clone()), "cutover_");
+//! let files = changes::file::load_dir("pipelines/changes".as_ref())?;
+//! let target = ChangeTarget { db: &db, ledger: &ledger };
+//! let report = changes::up(&target, &files, &UpOptions::default()).await?;
+//! assert!(!report.failed(), "{:?}", report.changes);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod file;
 pub mod ops;
@@ -212,6 +230,8 @@ pub struct UpOptions {
     pub dry_run: bool,
     /// Apply pending changes older than the newest applied one.
     pub allow_out_of_order: bool,
+    /// Go on with the next change after a failed one (itself undone) instead of stopping.
+    pub continue_on_error: bool,
 }
 
 /// One change `up` applied (or would apply).
@@ -309,8 +329,8 @@ fn select_pending<'c>(
 }
 
 /// `changes up`: applies pending changes in version order under the target's lock, one batch
-/// number for the invocation; the first failure stops the batch (its transaction aborted, or its
-/// backup restored). With `dry_run`, only reads.
+/// number for the invocation; a failed change is undone (its transaction aborted, or its backup
+/// restored) and stops the batch unless `continue_on_error`. With `dry_run`, only reads.
 pub async fn up(
     t: &ChangeTarget<'_>,
     files: &[Change],
@@ -338,7 +358,7 @@ pub async fn up(
                 changes: Vec::new(),
             });
         }
-        apply_all(t, &pending, &run_id, &lock.fence()).await
+        apply_all(t, &pending, &run_id, &lock.fence(), opts.continue_on_error).await
     }
     .await;
     lock.release()
@@ -383,6 +403,7 @@ async fn apply_all(
     pending: &[&Change],
     run_id: &str,
     fence: &crate::ledger::lock::Fence,
+    continue_on_error: bool,
 ) -> Result<UpReport, ChangesError> {
     let records = Records { ledger: t.ledger };
     let batch = records.next_batch().await?;
@@ -431,7 +452,8 @@ async fn apply_all(
             error,
             preview: Vec::new(),
         });
-        if status != APPLIED {
+        // A failure whose undoing failed too stops the batch whatever the flag says.
+        if status == RESTORE_FAILED || (status == FAILED && !continue_on_error) {
             break;
         }
     }

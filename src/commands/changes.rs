@@ -52,6 +52,7 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 to: args.to,
                 dry_run: args.dry_run,
                 allow_out_of_order: args.allow_out_of_order,
+                continue_on_error: args.continue_on_error,
             };
             let report = changes::up(&target, &files, &opts).await?;
             if args.json {
