@@ -160,6 +160,10 @@ pub struct ChangesUpArgs {
 
 #[derive(Debug, Args)]
 pub struct ChangesDownArgs {
+    /// Reverse this one applied change (refused when a change applied after it works on the
+    /// same collections).
+    #[arg(value_name = "VERSION", conflicts_with_all = ["steps", "to"])]
+    pub version: Option<u64>,
     #[command(flatten)]
     pub target: ChangesTargetArgs,
     /// Reverse the last N applied changes.

@@ -351,6 +351,53 @@ async fn a_failed_change_stops_the_batch_unless_continue_on_error() {
 }
 
 #[tokio::test]
+async fn down_one_named_version_unless_a_later_change_works_on_its_collections() {
+    let w = World::new("changes_named").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    let add = |v: u32, coll: &str| {
+        write(
+            &dir,
+            &format!("{v}_c{v}.toml"),
+            &format!(
+                "version = {v}\nname = \"c{v}\"\n[[up]]\nop = \"add_field\"\ncollection = \"{coll}\"\nfield = \"f{v}\"\ndefault = {v}\n"
+            ),
+        )
+    };
+    add(1, "things");
+    add(2, "things");
+    add(3, "elsewhere");
+    ok(&changes(&w, "up", &dir, &[]));
+    let text = refused(&changes(&w, "down", &dir, &["1"]));
+    assert!(
+        text.contains("change 1 cannot be reversed alone")
+            && text.contains("2 (2_c2.toml: things)")
+            && !text.contains("3_c3"),
+        "{text}"
+    );
+    let text = ok(&changes(&w, "down", &dir, &["2"]));
+    assert!(text.contains("reversed 2 c2"), "{text}");
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("1".to_string(), "applied".to_string()),
+            // Rolled back, older than 3: applying it again would be out of order.
+            ("2".to_string(), "out-of-order".to_string()),
+            ("3".to_string(), "applied".to_string())
+        ]
+    );
+    let n = w
+        .mongo()
+        .await
+        .collection::<Document>("things")
+        .count_documents(doc! { "f2": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    w.drop().await;
+}
+
+#[tokio::test]
 async fn modified_and_out_of_order_changes_are_refused_saying_what_to_do() {
     let w = World::new("changes_refused").await;
     things(&w).await;

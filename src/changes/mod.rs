@@ -602,6 +602,8 @@ pub enum DownTarget {
     Steps(usize),
     /// Every applied change after this version.
     To(u64),
+    /// This one applied change, when no change applied after it works on the same collections.
+    Version(u64),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -645,6 +647,39 @@ fn chosen_for_down(
     let chosen: Vec<ChangeRecord> = match which {
         DownTarget::Steps(n) => applied.into_iter().take(n).collect(),
         DownTarget::To(v) => applied.into_iter().filter(|r| r.version > v).collect(),
+        DownTarget::Version(v) => {
+            let Some(at) = applied.iter().position(|r| r.version == v) else {
+                return Err(ChangesError::Refused(format!(
+                    "change {v} is not applied: nothing to reverse"
+                )));
+            };
+            let this = &applied[at];
+            let theirs = touched(&file::parse(
+                std::path::Path::new(&this.file),
+                &this.source,
+            )?);
+            let mut blocking = Vec::new();
+            // `applied` is newest first: those before `at` were applied after it.
+            for later in &applied[..at] {
+                let c = file::parse(std::path::Path::new(&later.file), &later.source)?;
+                let both = overlap(&theirs, &touched(&c));
+                if !both.is_empty() {
+                    blocking.push(format!(
+                        "{} ({}: {})",
+                        later.version,
+                        later.file,
+                        both.join(", ")
+                    ));
+                }
+            }
+            if !blocking.is_empty() {
+                return Err(ChangesError::Refused(format!(
+                    "change {v} cannot be reversed alone: changes applied after it work on the same collections — {}; reverse those first",
+                    blocking.join("; ")
+                )));
+            }
+            vec![applied.swap_remove(at)]
+        }
     };
     let mut out = Vec::new();
     for r in chosen {
@@ -668,6 +703,26 @@ fn chosen_for_down(
         out.push((r, c));
     }
     Ok(out)
+}
+
+/// The collections a change's operations work on; `None` for a command (it may touch anything).
+fn touched(c: &Change) -> Option<std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    for op in c.up.iter().chain(c.down.iter().flatten()) {
+        out.insert(op.collection()?.to_string());
+    }
+    Some(out)
+}
+
+/// What two changes' collections share (`*` when either runs a command).
+fn overlap(
+    a: &Option<std::collections::BTreeSet<String>>,
+    b: &Option<std::collections::BTreeSet<String>>,
+) -> Vec<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => a.intersection(b).cloned().collect(),
+        _ => vec!["a command, which may touch any collection".to_string()],
+    }
 }
 
 async fn down_locked(

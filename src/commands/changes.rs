@@ -106,10 +106,11 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 db: mongo_db(&t)?,
                 ledger: &ledger,
             };
-            let which = match (args.steps, args.to) {
-                (_, Some(v)) => DownTarget::To(v),
-                (Some(n), None) => DownTarget::Steps(n),
-                (None, None) => DownTarget::Steps(1),
+            let which = match (args.version, args.steps, args.to) {
+                (Some(v), _, _) => DownTarget::Version(v),
+                (None, _, Some(v)) => DownTarget::To(v),
+                (None, Some(n), None) => DownTarget::Steps(n),
+                (None, None, None) => DownTarget::Steps(1),
             };
             let done = changes::down(&target, which).await?;
             if done.is_empty() {
