@@ -95,6 +95,26 @@ pub enum ChangesCommand {
     Status(ChangesListArgs),
     /// Every change file with its version, name, operations and state.
     List(ChangesListArgs),
+    /// Every up and down of a change, newest first.
+    History(ChangesHistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesHistoryArgs {
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// How many entries to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Skip this many of the newest entries first.
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// Only entries with this status (applied, failed, restore-failed, rolled-back).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the change files are and which target they change.

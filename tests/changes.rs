@@ -347,6 +347,41 @@ async fn a_failed_change_stops_the_batch_unless_continue_on_error() {
             ("2".to_string(), "applied".to_string())
         ]
     );
+    ok(&changes(&w, "down", &dir, &[]));
+
+    // The history keeps every attempt, newest first.
+    let h: serde_json::Value =
+        serde_json::from_str(&ok(&changes(&w, "history", &dir, &["--json"]))).unwrap();
+    let lines: Vec<(String, u64, String)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["version"].as_u64().unwrap(),
+                e["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |a: &str, v: u64, s: &str| (a.to_string(), v, s.to_string());
+    assert_eq!(
+        lines,
+        [
+            expect("down", 2, "rolled-back"),
+            expect("up", 2, "applied"),
+            expect("up", 1, "failed"),
+            expect("up", 1, "failed"),
+        ]
+    );
+    let h: serde_json::Value = serde_json::from_str(&ok(&changes(
+        &w,
+        "history",
+        &dir,
+        &["--json", "--status", "failed", "--skip", "1"],
+    )))
+    .unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 1);
     w.drop().await;
 }
 

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 pub use file::{Change, FileError, Op};
 pub use ops::{OpError, OpOutcome, Preview};
-pub use record::ChangeRecord;
+pub use record::{ChangeRecord, HistoryEntry};
 
 use crate::ledger::lock::{DEFAULT_TTL, LockError};
 use crate::ledger::{Ledger, StoreError};
@@ -219,6 +219,24 @@ fn fill_from_record(s: &mut ChangeStatus, r: &ChangeRecord) {
     s.inserted = r.inserted;
     s.deleted = r.deleted;
     s.error = r.error.clone();
+}
+
+/// `changes history`: every up and down, newest first, `skip`ped and `limit`ed, only those
+/// with `status` when given.
+pub async fn history(
+    t: &ChangeTarget<'_>,
+    limit: usize,
+    skip: usize,
+    status: Option<&str>,
+) -> Result<Vec<HistoryEntry>, ChangesError> {
+    Ok(Records { ledger: t.ledger }
+        .history()
+        .await?
+        .into_iter()
+        .filter(|e| status.is_none_or(|s| e.status == s))
+        .skip(skip)
+        .take(limit)
+        .collect())
 }
 
 /// Options of `changes up`.
@@ -440,6 +458,24 @@ async fn apply_all(
             )
             .await?;
         let sum = |g: fn(&OpOutcome) -> u64| outcomes.iter().map(g).sum::<u64>();
+        records
+            .log(&HistoryEntry {
+                at: None,
+                action: "up".into(),
+                version: c.version,
+                name: c.name.clone(),
+                status: status.to_string(),
+                batch: Some(batch),
+                duration_ms: duration_ms as i64,
+                matched: sum(|o| o.matched) as i64,
+                modified: sum(|o| o.modified) as i64,
+                inserted: sum(|o| o.inserted) as i64,
+                deleted: sum(|o| o.deleted) as i64,
+                error: error.clone(),
+                run_id: run_id.to_string(),
+                at_millis: 0,
+            })
+            .await?;
         changes.push(AppliedChange {
             version: c.version,
             name: c.name.clone(),
@@ -626,7 +662,7 @@ pub async fn down(t: &ChangeTarget<'_>, which: DownTarget) -> Result<Vec<Reverse
         .ledger
         .acquire_lock(&run_id, "changes down", DEFAULT_TTL)
         .await?;
-    let result = down_locked(t, which, &lock.fence()).await;
+    let result = down_locked(t, which, &lock.fence(), &run_id).await;
     lock.release()
         .await
         .map_err(|e| ChangesError::Refused(e.to_string()))?;
@@ -729,6 +765,7 @@ async fn down_locked(
     t: &ChangeTarget<'_>,
     which: DownTarget,
     fence: &crate::ledger::lock::Fence,
+    run_id: &str,
 ) -> Result<Vec<Reversed>, ChangesError> {
     let records = Records { ledger: t.ledger };
     let chosen = chosen_for_down(records.all().await?, which)?;
@@ -739,14 +776,37 @@ async fn down_locked(
             .await
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
         let started = Instant::now();
-        match reverse_one(t, r, c).await {
+        let result = reverse_one(t, r, c).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let entry =
+            |status: &str, error: Option<String>, restored: u64, deleted: u64| HistoryEntry {
+                at: None,
+                action: "down".into(),
+                version: r.version,
+                name: r.name.clone(),
+                status: status.to_string(),
+                batch: None,
+                duration_ms: duration_ms as i64,
+                matched: 0,
+                modified: restored as i64,
+                inserted: 0,
+                deleted: deleted as i64,
+                error,
+                run_id: run_id.to_string(),
+                at_millis: 0,
+            };
+        match result {
             Ok(mut rev) => {
-                rev.duration_ms = started.elapsed().as_millis() as u64;
+                rev.duration_ms = duration_ms;
                 records.mark_rolled_back(r.version, rev.duration_ms).await?;
+                records
+                    .log(&entry(ROLLED_BACK, None, rev.restored, rev.deleted))
+                    .await?;
                 done.push(rev);
             }
             Err(e) => {
                 let _ = records.note_down_error(r.version, &e).await;
+                let _ = records.log(&entry(FAILED, Some(e.clone()), 0, 0)).await;
                 let how = if c.transaction {
                     "its transaction was rolled back: the change is still applied"
                 } else {

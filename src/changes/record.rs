@@ -103,6 +103,76 @@ impl ChangeRecord {
     }
 }
 
+/// One line of the changes' history: an `up` or a `down` of one change, as it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub at: Option<String>,
+    /// `up` or `down`
+    pub action: String,
+    pub version: u64,
+    pub name: String,
+    /// applied, failed, restore-failed (up); rolled-back, failed (down)
+    pub status: String,
+    pub batch: Option<i64>,
+    pub duration_ms: i64,
+    pub matched: i64,
+    pub modified: i64,
+    pub inserted: i64,
+    pub deleted: i64,
+    pub error: Option<String>,
+    pub run_id: String,
+    #[serde(skip)]
+    pub at_millis: i64,
+}
+
+impl HistoryEntry {
+    fn to_doc(&self) -> Document {
+        let mut d = doc! {
+            "at": bson::DateTime::now(),
+            "action": &self.action,
+            "version": self.version.to_string(),
+            "name": &self.name,
+            "status": &self.status,
+            "duration_ms": self.duration_ms,
+            "matched": self.matched,
+            "modified": self.modified,
+            "inserted": self.inserted,
+            "deleted": self.deleted,
+            "run_id": &self.run_id,
+        };
+        if let Some(b) = self.batch {
+            d.insert("batch", b);
+        }
+        if let Some(e) = &self.error {
+            d.insert("error", crate::redact::redact_text(e));
+        }
+        d
+    }
+
+    fn from_doc(d: &Document) -> HistoryEntry {
+        let text = |k: &str| d.get_str(k).unwrap_or_default().to_string();
+        HistoryEntry {
+            at: date_text(d, "at"),
+            action: text("action"),
+            version: text("version").parse().unwrap_or(0),
+            name: text("name"),
+            status: text("status"),
+            batch: d.get("batch").map(|_| int(d, "batch")),
+            duration_ms: int(d, "duration_ms"),
+            matched: int(d, "matched"),
+            modified: int(d, "modified"),
+            inserted: int(d, "inserted"),
+            deleted: int(d, "deleted"),
+            error: d.get_str("error").ok().map(str::to_string),
+            run_id: text("run_id"),
+            at_millis: d
+                .get_datetime("at")
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// What a finished attempt records.
 pub struct Finished<'a> {
     pub status: &'a str,
@@ -119,6 +189,33 @@ pub struct Records<'a> {
 impl Records<'_> {
     pub fn table(&self) -> String {
         format!("{}changes", self.ledger.prefix())
+    }
+
+    fn log_table(&self) -> String {
+        format!("{}changes_log", self.ledger.prefix())
+    }
+
+    /// Appends one line to the history (never rewritten).
+    pub async fn log(&self, e: &HistoryEntry) -> Result<(), StoreError> {
+        let id = format!("{}:{}:{}", e.run_id, e.version, e.action);
+        self.ledger
+            .store()
+            .put(&self.log_table(), &id, &e.to_doc())
+            .await
+    }
+
+    /// The history, newest first.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut out: Vec<HistoryEntry> = self
+            .ledger
+            .store()
+            .all(&self.log_table())
+            .await?
+            .iter()
+            .map(HistoryEntry::from_doc)
+            .collect();
+        out.sort_by_key(|e| std::cmp::Reverse((e.at_millis, e.version)));
+        Ok(out)
     }
 
     /// The backup collection of one application of a change.

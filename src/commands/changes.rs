@@ -135,6 +135,52 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             }
             Ok(Outcome::Success)
         }
+        ChangesCommand::History(args) => {
+            let (_files, t, ledger) = open(cli, &args.target).await?;
+            let target = ChangeTarget {
+                db: mongo_db(&t)?,
+                ledger: &ledger,
+            };
+            let entries =
+                changes::history(&target, args.limit, args.skip, args.status.as_deref()).await?;
+            if args.json {
+                crate::outln!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(Outcome::Success);
+            }
+            crate::outln!(
+                "{:<24} {:<5} {:<16} {:<14} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}  name",
+                "at",
+                "",
+                "version",
+                "status",
+                "batch",
+                "ms",
+                "matched",
+                "modified",
+                "inserted",
+                "deleted"
+            );
+            for e in &entries {
+                crate::outln!(
+                    "{:<24} {:<5} {:<16} {:<14} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+                    e.at.as_deref().unwrap_or("-"),
+                    e.action,
+                    e.version,
+                    e.status,
+                    e.batch.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+                    e.duration_ms,
+                    e.matched,
+                    e.modified,
+                    e.inserted,
+                    e.deleted,
+                    e.name
+                );
+                if let Some(err) = &e.error {
+                    crate::outln!("{:<24} error: {err}", "");
+                }
+            }
+            Ok(Outcome::Success)
+        }
         ChangesCommand::Status(args) | ChangesCommand::List(args) => {
             let list = matches!(cmd, ChangesCommand::List(_));
             let (files, t, ledger) = open(cli, &args.target).await?;
