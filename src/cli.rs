@@ -63,6 +63,132 @@ pub enum Command {
     /// Appwrite tables derived from the mappings: show them, or create them ahead of a run.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Versioned changes to the target after the cutover (MongoDB): numbered change files with
+    /// up and down operations, applied under the run lock and recorded in the ledger.
+    #[command(subcommand)]
+    Changes(ChangesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangesCommand {
+    /// Write the next version's change file, commented, ready to edit.
+    New(ChangesNewArgs),
+    /// Apply pending changes in version order (one batch); a failed change is undone and stops
+    /// the batch (unless --continue-on-error).
+    Up(ChangesUpArgs),
+    /// Reverse applied changes, the last applied first (default: one).
+    Down(ChangesDownArgs),
+    /// Each change's state: applied, pending, failed, rolled back, modified since applied, out
+    /// of order, non-reversible; and who holds the lock.
+    Status(ChangesListArgs),
+    /// Every change file with its version, name, operations and state.
+    List(ChangesListArgs),
+    /// Every up and down of a change, newest first.
+    History(ChangesHistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesHistoryArgs {
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// How many entries to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Skip this many of the newest entries first.
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// Only entries with this status (applied, failed, restore-failed, rolled-back).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the change files are and which target they change.
+#[derive(Debug, Args)]
+pub struct ChangesTargetArgs {
+    /// Directory of change files.
+    #[arg(long, value_name = "DIR", default_value = "pipelines/changes")]
+    pub dir: PathBuf,
+    /// Target (changes support MongoDB only).
+    #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
+    pub target: ChangesTarget,
+    /// Target database (overrides CUTOVER_MONGODB_DATABASE and the config).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChangesTarget {
+    Mongodb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChangeTemplate {
+    Empty,
+    AddField,
+    RenameField,
+    Index,
+    Seed,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesNewArgs {
+    /// What the change does, in a few words (the file name's slug).
+    pub name: String,
+    /// The operation the new file starts with.
+    #[arg(long, value_enum, default_value_t = ChangeTemplate::Empty)]
+    pub template: ChangeTemplate,
+    /// Directory of change files.
+    #[arg(long, value_name = "DIR", default_value = "pipelines/changes")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesUpArgs {
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// Apply pending changes up to this version (included).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<u64>,
+    /// Report per operation what would change (matching documents, indexes); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply pending changes older than the newest applied one.
+    #[arg(long)]
+    pub allow_out_of_order: bool,
+    /// After a failed change (undone), go on with the next instead of stopping.
+    #[arg(long)]
+    pub continue_on_error: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesDownArgs {
+    /// Reverse this one applied change (refused when a change applied after it works on the
+    /// same collections).
+    #[arg(value_name = "VERSION", conflicts_with_all = ["steps", "to"])]
+    pub version: Option<u64>,
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// Reverse the last N applied changes.
+    #[arg(long, value_name = "N", conflicts_with = "to")]
+    pub steps: Option<usize>,
+    /// Reverse every applied change after this version (it stays applied).
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesListArgs {
+    #[command(flatten)]
+    pub target: ChangesTargetArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,7 +15,10 @@
 //! - [`monitor`]: counters, progress bars, rejects files, the run report.
 //! - [`check`]: the pre-flight; [`verify`]: post-run comparison.
 //! - [`redact`]: keeps credentials out of output.
+//! - [`changes`]: versioned changes to the target after the cutover (change files, up/down), on
+//!   top of the ledger.
 
+pub mod changes;
 pub mod check;
 pub mod cli;
 pub mod commands;

@@ -12,6 +12,7 @@ use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, Target};
 
 mod backup;
+mod changes;
 mod check;
 mod history;
 mod lock;
@@ -24,6 +25,7 @@ mod status;
 mod verify;
 
 pub use backup::backup;
+pub use changes::changes;
 pub use check::check;
 pub use history::history;
 pub use lock::lock;
@@ -145,6 +147,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Lock(cmd) => lock(&cli, cmd).await,
         Command::Backup(cmd) => backup(&cli, cmd).await,
         Command::Schema(cmd) => schema(&cli, cmd).await,
+        Command::Changes(cmd) => changes(&cli, cmd).await,
     }
 }
 

@@ -1,0 +1,940 @@
+//! Change files: one TOML file per change, `<version>_<slug>.toml`, parsed and checked here
+//! (pure: no connection). A loaded [`Change`] carries its operations compiled to BSON, its
+//! checksum (sha256 of the file's bytes) and its text, which the ledger keeps so that `down`
+//! undoes what was applied even when the file has changed or gone since.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bson::{Bson, Document, doc};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// What is wrong with a change file or the set of them.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "version {version} is used by two change files: {} and {}; give one of them a new version",
+        first.display(),
+        second.display()
+    )]
+    Duplicate {
+        version: u64,
+        first: PathBuf,
+        second: PathBuf,
+    },
+}
+
+/// One operation of a change, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Sets `field` to `default` in the documents matching `filter` where it is missing.
+    AddField {
+        collection: String,
+        field: String,
+        default: Bson,
+        filter: Document,
+    },
+    /// Removes `field` from the documents matching `filter` that have it.
+    RemoveField {
+        collection: String,
+        field: String,
+        filter: Document,
+    },
+    /// Renames `from` to `to` in the documents matching `filter` that have `from`.
+    RenameField {
+        collection: String,
+        from: String,
+        to: String,
+        filter: Document,
+    },
+    /// Sets fields (dotted paths) to values in the documents matching `filter`.
+    Set {
+        collection: String,
+        filter: Document,
+        fields: Document,
+    },
+    /// Removes fields from the documents matching `filter`.
+    Unset {
+        collection: String,
+        filter: Document,
+        fields: Vec<String>,
+    },
+    CreateIndex(IndexSpec),
+    DropIndex {
+        collection: String,
+        name: String,
+    },
+    /// Inserts documents, each with its `_id`.
+    Insert {
+        collection: String,
+        documents: Vec<Document>,
+    },
+    /// Any database command, with the command that undoes it.
+    Command {
+        command: Document,
+        down: Option<Document>,
+    },
+}
+
+/// An index to create: keys in order, a name (MongoDB's default name when none is given) and
+/// options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    pub collection: String,
+    pub keys: Document,
+    pub name: String,
+    pub unique: bool,
+    pub partial_filter: Option<Document>,
+    pub expire_after_seconds: Option<i64>,
+}
+
+impl IndexSpec {
+    /// The `createIndexes` entry for this index.
+    pub fn to_index_doc(&self) -> Document {
+        let mut d = doc! { "key": self.keys.clone(), "name": &self.name };
+        if self.unique {
+            d.insert("unique", true);
+        }
+        if let Some(p) = &self.partial_filter {
+            d.insert("partialFilterExpression", p.clone());
+        }
+        if let Some(s) = self.expire_after_seconds {
+            d.insert("expireAfterSeconds", s);
+        }
+        d
+    }
+}
+
+impl Op {
+    /// The operation's name as written in the file (`op = "…"`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::AddField { .. } => "add_field",
+            Op::RemoveField { .. } => "remove_field",
+            Op::RenameField { .. } => "rename_field",
+            Op::Set { .. } => "set",
+            Op::Unset { .. } => "unset",
+            Op::CreateIndex(_) => "create_index",
+            Op::DropIndex { .. } => "drop_index",
+            Op::Insert { .. } => "insert",
+            Op::Command { .. } => "command",
+        }
+    }
+
+    /// The collection the operation works on (none for a command).
+    pub fn collection(&self) -> Option<&str> {
+        match self {
+            Op::AddField { collection, .. }
+            | Op::RemoveField { collection, .. }
+            | Op::RenameField { collection, .. }
+            | Op::Set { collection, .. }
+            | Op::Unset { collection, .. }
+            | Op::DropIndex { collection, .. }
+            | Op::Insert { collection, .. } => Some(collection),
+            Op::CreateIndex(s) => Some(&s.collection),
+            Op::Command { .. } => None,
+        }
+    }
+
+    /// Whether the operation has an exact inverse (a command only with its `down`).
+    pub fn has_inverse(&self) -> bool {
+        !matches!(self, Op::Command { down: None, .. })
+    }
+
+    /// Whether the operation may run inside a multi-document transaction.
+    pub fn transactional(&self) -> bool {
+        !matches!(
+            self,
+            Op::CreateIndex(_) | Op::DropIndex { .. } | Op::Command { .. }
+        )
+    }
+
+    /// Whether the operation rewrites existing documents (it takes a backup of them first).
+    pub fn rewrites_documents(&self) -> bool {
+        matches!(
+            self,
+            Op::AddField { .. }
+                | Op::RemoveField { .. }
+                | Op::RenameField { .. }
+                | Op::Set { .. }
+                | Op::Unset { .. }
+        )
+    }
+}
+
+/// A loaded change file.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub version: u64,
+    pub name: String,
+    pub description: String,
+    pub author: String,
+    pub transaction: bool,
+    pub up: Vec<Op>,
+    /// The file's own `[[down]]`, if it has one.
+    pub down: Option<Vec<Op>>,
+    pub path: PathBuf,
+    /// sha256 of the file's bytes, hex.
+    pub checksum: String,
+    /// The file's text.
+    pub source: String,
+}
+
+impl Change {
+    /// Whether `down` can undo the change: its own `[[down]]`, or every up operation has an
+    /// inverse.
+    pub fn reversible(&self) -> bool {
+        self.down.is_some() || self.up.iter().all(Op::has_inverse)
+    }
+
+    /// The first up operation without an inverse (why a change without `[[down]]` is
+    /// non-reversible).
+    pub fn irreversible_op(&self) -> Option<(usize, &Op)> {
+        if self.down.is_some() {
+            return None;
+        }
+        self.up
+            .iter()
+            .enumerate()
+            .find(|(_, op)| !op.has_inverse())
+            .map(|(i, op)| (i + 1, op))
+    }
+
+    /// The file name as shown in messages.
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChange {
+    version: RawVersion,
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    transaction: bool,
+    #[serde(default)]
+    up: Vec<Ordered>,
+    down: Option<Vec<Ordered>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawVersion {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum RawOp {
+    AddField {
+        collection: String,
+        field: String,
+        default: serde_json::Value,
+        filter: Option<serde_json::Value>,
+    },
+    RemoveField {
+        collection: String,
+        field: String,
+        filter: Option<serde_json::Value>,
+    },
+    RenameField {
+        collection: String,
+        from: String,
+        to: String,
+        filter: Option<serde_json::Value>,
+    },
+    Set {
+        collection: String,
+        filter: serde_json::Value,
+        fields: serde_json::Value,
+    },
+    Unset {
+        collection: String,
+        filter: serde_json::Value,
+        fields: Vec<String>,
+    },
+    CreateIndex {
+        collection: String,
+        keys: Vec<String>,
+        name: Option<String>,
+        #[serde(default)]
+        unique: bool,
+        partial_filter: Option<serde_json::Value>,
+        expire_after_seconds: Option<i64>,
+    },
+    DropIndex {
+        collection: String,
+        name: String,
+    },
+    Insert {
+        collection: String,
+        documents: Vec<serde_json::Value>,
+    },
+    Command {
+        command: serde_json::Value,
+        down: Option<serde_json::Value>,
+    },
+}
+
+/// A TOML value with its tables in the file's order. The TOML deserializer hands a table's keys
+/// over sorted; each key's position in the file puts them back in order (a document's fields, a
+/// command's name first). Operations are read as such values first, then as [`RawOp`] from
+/// them (an internally tagged enum buffers its input, which would lose the positions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ordered(pub serde_json::Value);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ordered, D::Error> {
+        d.deserialize_any(OrderedVisitor).map(Ordered)
+    }
+}
+
+struct OrderedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OrderedVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a TOML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Ordered(v)) = a.next_element()? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut entries: Vec<(usize, String, serde_json::Value)> = Vec::new();
+        while let Some(Key(at, k)) = m.next_key()? {
+            let Ordered(v) = m.next_value()?;
+            entries.push((at, k, v));
+        }
+        entries.sort_by_key(|(at, _, _)| *at);
+        Ok(serde_json::Value::Object(
+            entries.into_iter().map(|(_, k, v)| (k, v)).collect(),
+        ))
+    }
+}
+
+/// A table key with its position in the file (`usize::MAX` where the deserializer has none: the
+/// inner key of a TOML date). It asks for the position as `toml::Spanned` does: these are the
+/// names `serde_spanned` uses (a unit test fails if they change).
+struct Key(usize, String);
+
+const SPANNED: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_FIELDS: [&str; 3] = [
+    "$__serde_spanned_private_start",
+    "$__serde_spanned_private_end",
+    "$__serde_spanned_private_value",
+];
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        d.deserialize_struct(SPANNED, &SPANNED_FIELDS, KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a table key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+        Ok(Key(usize::MAX, v.to_string()))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Key, A::Error> {
+        let (mut start, mut value) = (usize::MAX, None);
+        while let Some(field) = m.next_key::<String>()? {
+            if field == SPANNED_FIELDS[0] {
+                start = m.next_value()?;
+            } else if field == SPANNED_FIELDS[2] {
+                value = Some(m.next_value::<String>()?);
+            } else {
+                m.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        value
+            .map(|v| Key(start, v))
+            .ok_or_else(|| serde::de::Error::missing_field("key"))
+    }
+}
+
+/// A value read from TOML as extended JSON, then as BSON: `{ "$oid" = "…" }`,
+/// `{ "$date" = "…" }`, `{ "$numberLong" = "…" }` and the rest of extended JSON work; a TOML date
+/// with an offset becomes a BSON date.
+pub fn json_to_bson(v: &serde_json::Value) -> Result<Bson, String> {
+    Bson::try_from(toml_dates(v.clone())).map_err(|e| format!("not valid extended JSON: {e}"))
+}
+
+/// The TOML deserializer hands dates over as `{"$__toml_private_datetime": "…"}`.
+fn toml_dates(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Object(o) => {
+            if o.len() == 1
+                && let Some(J::String(d)) = o.get("$__toml_private_datetime")
+            {
+                return serde_json::json!({ "$date": d });
+            }
+            J::Object(o.into_iter().map(|(k, v)| (k, toml_dates(v))).collect())
+        }
+        J::Array(a) => J::Array(a.into_iter().map(toml_dates).collect()),
+        other => other,
+    }
+}
+
+fn to_doc(v: &serde_json::Value, what: &str) -> Result<Document, String> {
+    match json_to_bson(v).map_err(|e| format!("{what}: {e}"))? {
+        Bson::Document(d) => Ok(d),
+        other => Err(format!("{what} must be a table, not {other}")),
+    }
+}
+
+fn opt_doc(v: &Option<serde_json::Value>, what: &str) -> Result<Document, String> {
+    v.as_ref()
+        .map(|v| to_doc(v, what))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+/// A field path an operation may write: not empty, no empty segment, no `$`, not `_id`.
+fn check_path(path: &str, what: &str) -> Result<(), String> {
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(format!("{what} `{path}` is not a field path"));
+    }
+    if path.starts_with('$') || path.contains(".$") {
+        return Err(format!("{what} `{path}` may not start with `$`"));
+    }
+    if path == "_id" || path.starts_with("_id.") {
+        return Err(format!("{what} `{path}`: `_id` cannot be changed"));
+    }
+    Ok(())
+}
+
+fn check_collection(c: &str) -> Result<(), String> {
+    if c.is_empty() || c.contains('$') || c.starts_with("system.") {
+        return Err(format!("`{c}` is not a collection a change may write"));
+    }
+    Ok(())
+}
+
+/// MongoDB's default index name: `field_1_other_-1`.
+pub fn default_index_name(keys: &Document) -> String {
+    keys.iter()
+        .map(|(k, v)| match v {
+            Bson::Int32(n) => format!("{k}_{n}"),
+            Bson::Int64(n) => format!("{k}_{n}"),
+            Bson::String(s) => format!("{k}_{s}"),
+            other => format!("{k}_{other}"),
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+fn compile_op(raw: &RawOp) -> Result<Op, String> {
+    Ok(match raw {
+        RawOp::AddField {
+            collection,
+            field,
+            default,
+            filter,
+        } => {
+            check_collection(collection)?;
+            check_path(field, "field")?;
+            Op::AddField {
+                collection: collection.clone(),
+                field: field.clone(),
+                default: json_to_bson(default).map_err(|e| format!("default: {e}"))?,
+                filter: opt_doc(filter, "filter")?,
+            }
+        }
+        RawOp::RemoveField {
+            collection,
+            field,
+            filter,
+        } => {
+            check_collection(collection)?;
+            check_path(field, "field")?;
+            Op::RemoveField {
+                collection: collection.clone(),
+                field: field.clone(),
+                filter: opt_doc(filter, "filter")?,
+            }
+        }
+        RawOp::RenameField {
+            collection,
+            from,
+            to,
+            filter,
+        } => {
+            check_collection(collection)?;
+            check_path(from, "from")?;
+            check_path(to, "to")?;
+            if from == to
+                || to.starts_with(&format!("{from}."))
+                || from.starts_with(&format!("{to}."))
+            {
+                return Err(format!(
+                    "cannot rename `{from}` to `{to}`: one contains the other"
+                ));
+            }
+            Op::RenameField {
+                collection: collection.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                filter: opt_doc(filter, "filter")?,
+            }
+        }
+        RawOp::Set {
+            collection,
+            filter,
+            fields,
+        } => {
+            check_collection(collection)?;
+            let fields = to_doc(fields, "fields")?;
+            if fields.is_empty() {
+                return Err("fields is empty".into());
+            }
+            for k in fields.keys() {
+                check_path(k, "field")?;
+            }
+            Op::Set {
+                collection: collection.clone(),
+                filter: to_doc(filter, "filter")?,
+                fields,
+            }
+        }
+        RawOp::Unset {
+            collection,
+            filter,
+            fields,
+        } => {
+            check_collection(collection)?;
+            if fields.is_empty() {
+                return Err("fields is empty".into());
+            }
+            for k in fields {
+                check_path(k, "field")?;
+            }
+            Op::Unset {
+                collection: collection.clone(),
+                filter: to_doc(filter, "filter")?,
+                fields: fields.clone(),
+            }
+        }
+        RawOp::CreateIndex {
+            collection,
+            keys,
+            name,
+            unique,
+            partial_filter,
+            expire_after_seconds,
+        } => {
+            check_collection(collection)?;
+            if keys.is_empty() {
+                return Err("keys is empty".into());
+            }
+            let mut key_doc = Document::new();
+            for k in keys {
+                let (field, order) = match k.strip_prefix('-') {
+                    Some(f) => (f, -1),
+                    None => (k.as_str(), 1),
+                };
+                if field.is_empty() || field.starts_with('$') {
+                    return Err(format!("key `{k}` is not a field path"));
+                }
+                key_doc.insert(field, order);
+            }
+            if let Some(s) = expire_after_seconds
+                && *s < 0
+            {
+                return Err("expire_after_seconds must not be negative".into());
+            }
+            let name = name.clone().unwrap_or_else(|| default_index_name(&key_doc));
+            Op::CreateIndex(IndexSpec {
+                collection: collection.clone(),
+                keys: key_doc,
+                name,
+                unique: *unique,
+                partial_filter: partial_filter
+                    .as_ref()
+                    .map(|p| to_doc(p, "partial_filter"))
+                    .transpose()?,
+                expire_after_seconds: *expire_after_seconds,
+            })
+        }
+        RawOp::DropIndex { collection, name } => {
+            check_collection(collection)?;
+            if name == "_id_" {
+                return Err("the `_id_` index cannot be dropped".into());
+            }
+            Op::DropIndex {
+                collection: collection.clone(),
+                name: name.clone(),
+            }
+        }
+        RawOp::Insert {
+            collection,
+            documents,
+        } => {
+            check_collection(collection)?;
+            if documents.is_empty() {
+                return Err("documents is empty".into());
+            }
+            let mut docs = Vec::new();
+            let mut ids = Vec::new();
+            for (i, d) in documents.iter().enumerate() {
+                let d = to_doc(d, &format!("document {}", i + 1))?;
+                let Some(id) = d.get("_id") else {
+                    return Err(format!(
+                        "document {} has no `_id` (down deletes the inserted documents by _id)",
+                        i + 1
+                    ));
+                };
+                if ids.contains(id) {
+                    return Err(format!("document {}: _id {id} appears twice", i + 1));
+                }
+                ids.push(id.clone());
+                docs.push(d);
+            }
+            Op::Insert {
+                collection: collection.clone(),
+                documents: docs,
+            }
+        }
+        RawOp::Command { command, down } => Op::Command {
+            command: to_doc(command, "command")?,
+            down: down.as_ref().map(|d| to_doc(d, "down")).transpose()?,
+        },
+    })
+}
+
+/// The version a file name starts with (`0003_seed.toml` → 3).
+fn version_of_name(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let (v, rest) = name.split_once('_')?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || !rest.ends_with(".toml") {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// Parses one change from its text; `path` is where it was read (its name carries the version).
+pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
+    let invalid = |message: String| FileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let raw: RawChange = toml::from_str(source).map_err(|e| invalid(e.to_string()))?;
+    let version = match &raw.version {
+        RawVersion::Number(n) if *n >= 0 => *n as u64,
+        RawVersion::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => t
+            .parse()
+            .map_err(|_| invalid(format!("version `{t}` is too large")))?,
+        _ => {
+            return Err(invalid(
+                "version must be a number (e.g. 20261201103000 or 3)".into(),
+            ));
+        }
+    };
+    match version_of_name(path) {
+        Some(v) if v == version => {}
+        Some(v) => {
+            return Err(invalid(format!(
+                "the file name says version {v}, the file says {version}"
+            )));
+        }
+        None => {
+            return Err(invalid(
+                "the file name must be <version>_<slug>.toml, e.g. 20261201103000_add-avatar.toml"
+                    .into(),
+            ));
+        }
+    }
+    if raw.name.trim().is_empty() {
+        return Err(invalid("name is empty".into()));
+    }
+    let compile_all = |ops: &[Ordered], side: &str| -> Result<Vec<Op>, FileError> {
+        ops.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                serde_json::from_value::<RawOp>(v.0.clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|raw| compile_op(&raw))
+                    .map_err(|m| invalid(format!("{side} operation {}: {m}", i + 1)))
+            })
+            .collect()
+    };
+    let up = compile_all(&raw.up, "up")?;
+    let down = raw
+        .down
+        .as_deref()
+        .map(|ops| compile_all(ops, "down"))
+        .transpose()?;
+    if raw.transaction {
+        let sides = [("up", Some(&up)), ("down", down.as_ref())];
+        for (side, ops) in sides {
+            for (i, op) in ops.into_iter().flatten().enumerate() {
+                if !op.transactional() {
+                    return Err(invalid(format!(
+                        "{side} operation {} (`{}`) cannot run in a transaction: set `transaction = false` or move it into a change of its own",
+                        i + 1,
+                        op.kind()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Change {
+        version,
+        name: raw.name,
+        description: raw.description,
+        author: raw.author,
+        transaction: raw.transaction,
+        up,
+        down,
+        path: path.to_path_buf(),
+        checksum: checksum(source.as_bytes()),
+        source: source.to_string(),
+    })
+}
+
+/// sha256 of a file's bytes, hex.
+pub fn checksum(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every change file of `dir` (`*.toml`), in version order; none when the directory does not
+/// exist.
+pub fn load_dir(dir: &Path) -> Result<Vec<Change>, FileError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(FileError::Read {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut paths = Vec::new();
+    for e in entries {
+        let e = e.map_err(|source| FileError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    let mut by_version: BTreeMap<u64, Change> = BTreeMap::new();
+    for p in paths {
+        let source = std::fs::read_to_string(&p).map_err(|source| FileError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let c = parse(&p, &source)?;
+        if let Some(first) = by_version.get(&c.version) {
+            return Err(FileError::Duplicate {
+                version: c.version,
+                first: first.path.clone(),
+                second: p,
+            });
+        }
+        by_version.insert(c.version, c);
+    }
+    Ok(by_version.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str) -> PathBuf {
+        PathBuf::from(format!("changes/{name}"))
+    }
+
+    #[test]
+    fn parses_operations_in_order_with_extended_json() {
+        let c = parse(
+            &p("0002_seed.toml"),
+            r#"
+version = 2
+name = "seed"
+[[up]]
+op = "insert"
+collection = "templates"
+documents = [{ _id = "t1", z = 1, a = { "$date" = "2026-01-01T00:00:00Z" }, m = 2026-01-02T00:00:00Z, n = { y = [{ q = 1, b = 2 }], c = 3 } }]
+[[up]]
+op = "create_index"
+collection = "patients"
+keys = ["lastName", "-createdAt"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.version, 2);
+        let Op::Insert { documents, .. } = &c.up[0] else {
+            panic!("{:?}", c.up[0])
+        };
+        let keys: Vec<&str> = documents[0].keys().map(String::as_str).collect();
+        assert_eq!(keys, ["_id", "z", "a", "m", "n"], "key order is kept");
+        assert!(matches!(documents[0].get("a"), Some(Bson::DateTime(_))));
+        assert!(matches!(documents[0].get("m"), Some(Bson::DateTime(_))));
+        assert_eq!(
+            documents[0].get("n"),
+            Some(&Bson::Document(doc! { "y": [{ "q": 1, "b": 2 }], "c": 3 })),
+            "nested tables keep their order too"
+        );
+        let Op::CreateIndex(spec) = &c.up[1] else {
+            panic!()
+        };
+        assert_eq!(spec.name, "lastName_1_createdAt_-1");
+        assert!(c.reversible());
+    }
+
+    #[test]
+    fn refuses_non_transactional_operations_in_a_transaction_naming_them() {
+        let e = parse(
+            &p("3_x.toml"),
+            "version = 3\nname = \"x\"\ntransaction = true\n[[up]]\nop = \"set\"\ncollection = \"a\"\nfilter = {}\nfields = { b = 1 }\n[[up]]\nop = \"create_index\"\ncollection = \"a\"\nkeys = [\"b\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("up operation 2 (`create_index`) cannot run in a transaction"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_command_without_down_makes_the_change_non_reversible() {
+        let c = parse(
+            &p("4_x.toml"),
+            "version = 4\nname = \"x\"\n[[up]]\nop = \"command\"\ncommand = { collMod = \"a\" }\n",
+        )
+        .unwrap();
+        assert!(!c.reversible());
+        assert_eq!(c.irreversible_op().map(|(i, _)| i), Some(1));
+        let with_down = format!(
+            "{}[[down]]\nop = \"command\"\ncommand = {{ collMod = \"a\" }}\n",
+            c.source
+        )
+        .replace("version = 4", "version = 4");
+        assert!(parse(&p("4_x.toml"), &with_down).unwrap().reversible());
+    }
+
+    #[test]
+    fn the_version_must_match_the_file_name_and_unknown_keys_are_refused() {
+        let e = parse(&p("5_x.toml"), "version = 6\nname = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("file name says version 5"), "{e}");
+        let e = parse(
+            &p("5_x.toml"),
+            "version = 5\nname = \"x\"\nauthr = \"me\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("authr"), "{e}");
+        let e = parse(
+            &p("5_x.toml"),
+            "version = 5\nname = \"x\"\n[[up]]\nop = \"remove_field\"\ncollection = \"a\"\nfield = \"_id\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`_id` cannot be changed"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_versions_name_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("7_a.toml"), "version = 7\nname = \"a\"\n").unwrap();
+        std::fs::write(dir.path().join("007_b.toml"), "version = 7\nname = \"b\"\n").unwrap();
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("007_b.toml") && e.contains("7_a.toml"), "{e}");
+    }
+
+    /// The reference in pipelines/changes/README.md: every block parses, every operation is in it.
+    #[test]
+    fn the_readme_blocks_parse_and_show_every_operation() {
+        let readme = include_str!("../../pipelines/changes/README.md");
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut blocks = 0;
+        for block in readme.split("```toml\n").skip(1) {
+            let text = block.split("```").next().unwrap();
+            let version = text
+                .lines()
+                .find_map(|l| l.strip_prefix("version = "))
+                .expect("a version");
+            let c = parse(&p(&format!("{version}_readme.toml")), text)
+                .unwrap_or_else(|e| panic!("{e}"));
+            kinds.extend(c.up.iter().map(Op::kind));
+            blocks += 1;
+        }
+        assert_eq!(blocks, 2);
+        let all = [
+            "add_field",
+            "remove_field",
+            "rename_field",
+            "set",
+            "unset",
+            "insert",
+            "create_index",
+            "drop_index",
+            "command",
+        ];
+        assert_eq!(kinds, all.into_iter().collect());
+    }
+
+    #[test]
+    fn inserted_documents_need_an_id() {
+        let e = parse(
+            &p("8_x.toml"),
+            "version = 8\nname = \"x\"\n[[up]]\nop = \"insert\"\ncollection = \"a\"\ndocuments = [{ b = 1 }]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("has no `_id`"), "{e}");
+    }
+}

@@ -1,0 +1,635 @@
+//! Runs operations against a MongoDB database, inside a transaction's session or not, and their
+//! inverses. Every operation that rewrites documents first copies the documents it will touch,
+//! whole, into the change's backup collection (`{_id: {op, id}, doc}`), then updates exactly the
+//! documents it copied; its inverse puts those documents back where the fields it changed still
+//! hold what it wrote (documents changed there since are left alone, and counted). Memory stays
+//! bounded: documents move in batches of [`BATCH`].
+
+use bson::{Bson, Document, doc};
+use futures::TryStreamExt;
+use mongodb::{ClientSession, Database};
+
+use super::file::{IndexSpec, Op};
+
+/// Documents per backup / update batch.
+pub const BATCH: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{}", crate::sink::mongodb::error_text(.0))]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What one operation did (kept in the ledger: its inverse needs it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpOutcome {
+    pub matched: u64,
+    pub modified: u64,
+    pub inserted: u64,
+    pub deleted: u64,
+    /// Documents copied into the backup before they were rewritten.
+    pub backed_up: u64,
+    /// The operation created its collection (its inverse drops it again once empty).
+    pub created_collection: bool,
+    /// The index a `drop_index` dropped, as `listIndexes` gave it.
+    pub dropped_index: Option<Document>,
+    /// Documents an inverse left alone because they changed since.
+    pub skipped: u64,
+}
+
+impl OpOutcome {
+    pub fn to_doc(&self) -> Document {
+        let mut d = doc! {
+            "matched": self.matched as i64,
+            "modified": self.modified as i64,
+            "inserted": self.inserted as i64,
+            "deleted": self.deleted as i64,
+            "backed_up": self.backed_up as i64,
+            "created_collection": self.created_collection,
+        };
+        if let Some(i) = &self.dropped_index {
+            d.insert("dropped_index", i.clone());
+        }
+        d
+    }
+
+    pub fn from_doc(d: &Document) -> OpOutcome {
+        let n = |k: &str| match d.get(k) {
+            Some(Bson::Int64(n)) => *n as u64,
+            Some(Bson::Int32(n)) => *n as u64,
+            _ => 0,
+        };
+        OpOutcome {
+            matched: n("matched"),
+            modified: n("modified"),
+            inserted: n("inserted"),
+            deleted: n("deleted"),
+            backed_up: n("backed_up"),
+            created_collection: d.get_bool("created_collection").unwrap_or(false),
+            dropped_index: d.get_document("dropped_index").ok().cloned(),
+            skipped: 0,
+        }
+    }
+}
+
+/// What an operation would do, for `--dry-run`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Preview {
+    pub op: String,
+    pub collection: Option<String>,
+    /// Documents the operation would touch.
+    pub matching: u64,
+    pub note: String,
+}
+
+/// Runs `$action` with the session when there is one.
+macro_rules! with_session {
+    ($sess:expr, $action:expr) => {
+        match $sess.as_mut() {
+            Some(s) => $action.session(&mut **s).await,
+            None => $action.await,
+        }
+    };
+}
+
+/// The database a change writes, and its backup collection.
+pub struct Exec<'a> {
+    pub db: &'a Database,
+    pub backup: &'a str,
+}
+
+fn and(a: &Document, b: Document) -> Document {
+    if a.is_empty() {
+        b
+    } else {
+        doc! { "$and": [a.clone(), b] }
+    }
+}
+
+fn exists(field: &str, yes: bool) -> Document {
+    doc! { field: { "$exists": yes } }
+}
+
+/// The documents a rewriting operation touches, and the update it applies to them.
+fn rewrite_of(op: &Op) -> Option<(&str, Document, Document)> {
+    Some(match op {
+        Op::AddField {
+            collection,
+            field,
+            default,
+            filter,
+        } => (
+            collection,
+            and(filter, exists(field, false)),
+            doc! { "$set": { field: default.clone() } },
+        ),
+        Op::RemoveField {
+            collection,
+            field,
+            filter,
+        } => (
+            collection,
+            and(filter, exists(field, true)),
+            doc! { "$unset": { field: "" } },
+        ),
+        Op::RenameField {
+            collection,
+            from,
+            to,
+            filter,
+        } => (
+            collection,
+            and(filter, exists(from, true)),
+            doc! { "$rename": { from: to } },
+        ),
+        Op::Set {
+            collection,
+            filter,
+            fields,
+        } => (collection, filter.clone(), doc! { "$set": fields.clone() }),
+        Op::Unset {
+            collection,
+            filter,
+            fields,
+        } => {
+            let any: Vec<Bson> = fields.iter().map(|f| exists(f, true).into()).collect();
+            let mut unset = Document::new();
+            for f in fields {
+                unset.insert(f, "");
+            }
+            (
+                collection,
+                and(filter, doc! { "$or": any }),
+                doc! { "$unset": unset },
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// The value at a dotted path of a document.
+fn get_path<'d>(d: &'d Document, path: &str) -> Option<&'d Bson> {
+    let mut cur = d;
+    let mut parts = path.split('.').peekable();
+    while let Some(p) = parts.next() {
+        let v = cur.get(p)?;
+        if parts.peek().is_none() {
+            return Some(v);
+        }
+        cur = v.as_document()?;
+    }
+    None
+}
+
+/// The condition under which the inverse of a rewrite puts `original` back: the fields the
+/// operation changed still hold what it wrote.
+fn guard_of(op: &Op, original: &Document) -> Document {
+    match op {
+        Op::AddField { field, default, .. } => doc! { field: { "$eq": default.clone() } },
+        Op::RemoveField { field, .. } => exists(field, false),
+        Op::RenameField { from, to, .. } => {
+            let old = get_path(original, from).cloned().unwrap_or(Bson::Null);
+            doc! { from: { "$exists": false }, to: { "$eq": old } }
+        }
+        Op::Set { fields, .. } => {
+            let mut g = Document::new();
+            for (k, v) in fields {
+                g.insert(k, doc! { "$eq": v.clone() });
+            }
+            g
+        }
+        Op::Unset { fields, .. } => {
+            let mut g = Document::new();
+            for f in fields {
+                g.insert(f, doc! { "$exists": false });
+            }
+            g
+        }
+        _ => Document::new(),
+    }
+}
+
+impl Exec<'_> {
+    fn coll(&self, name: &str) -> mongodb::Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Whether a collection exists (not inside a transaction: `listCollections` is not allowed
+    /// there).
+    pub async fn collection_exists(&self, name: &str) -> Result<bool, OpError> {
+        Ok(self
+            .db
+            .list_collection_names()
+            .filter(doc! { "name": name })
+            .await?
+            .iter()
+            .any(|n| n == name))
+    }
+
+    async fn index_of(&self, collection: &str, name: &str) -> Result<Option<Document>, OpError> {
+        if !self.collection_exists(collection).await? {
+            return Ok(None);
+        }
+        let reply = self
+            .db
+            .run_command(doc! { "listIndexes": collection })
+            .await?;
+        let first = reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .cloned()
+            .unwrap_or_default();
+        Ok(first
+            .into_iter()
+            .filter_map(|b| b.as_document().cloned())
+            .find(|d| d.get_str("name") == Ok(name)))
+    }
+
+    /// Copies the documents matching `filter` into the backup as op `op`'s; returns how many.
+    async fn back_up(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        filter: Document,
+        op: usize,
+    ) -> Result<u64, OpError> {
+        let backup = self.coll(self.backup);
+        let wrap = |d: Document| {
+            let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+            doc! { "_id": { "op": op as i64, "id": id }, "doc": d }
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut n = 0u64;
+        match sess.as_mut() {
+            Some(s) => {
+                let mut cur = self.coll(collection).find(filter).session(&mut **s).await?;
+                while let Some(d) = cur.next(s).await.transpose()? {
+                    batch.push(wrap(d));
+                    if batch.len() >= BATCH {
+                        n += batch.len() as u64;
+                        backup
+                            .insert_many(std::mem::take(&mut batch))
+                            .session(&mut **s)
+                            .await?;
+                    }
+                }
+            }
+            None => {
+                let mut cur = self.coll(collection).find(filter).await?;
+                while let Some(d) = cur.try_next().await? {
+                    batch.push(wrap(d));
+                    if batch.len() >= BATCH {
+                        n += batch.len() as u64;
+                        backup.insert_many(std::mem::take(&mut batch)).await?;
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            n += batch.len() as u64;
+            with_session!(sess, backup.insert_many(batch))?;
+        }
+        Ok(n)
+    }
+
+    /// The backed-up documents of op `op`, a batch at a time (`skip` past those already read).
+    async fn backed_up(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: usize,
+        after: Option<Bson>,
+    ) -> Result<Vec<Document>, OpError> {
+        let mut filter = doc! { "_id.op": op as i64 };
+        if let Some(a) = after {
+            filter.insert("_id", doc! { "$gt": a });
+        }
+        let backup = self.coll(self.backup);
+        let find = backup
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(BATCH as i64);
+        Ok(match sess.as_mut() {
+            Some(s) => {
+                let mut cur = find.session(&mut **s).await?;
+                let mut out = Vec::new();
+                while let Some(d) = cur.next(s).await.transpose()? {
+                    out.push(d);
+                }
+                out
+            }
+            None => find.await?.try_collect().await?,
+        })
+    }
+
+    /// Runs an up operation (number `index` of its change).
+    pub async fn run(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: &Op,
+        index: usize,
+        out: &mut OpOutcome,
+    ) -> Result<(), OpError> {
+        if let Some((collection, filter, update)) = rewrite_of(op) {
+            if let Op::RenameField { from, to, .. } = op {
+                let clash = and(&filter, exists(to, true));
+                let n = with_session!(sess, self.coll(collection).count_documents(clash))?;
+                if n > 0 {
+                    return Err(OpError::Refused(format!(
+                        "{n} documents of {collection} have both `{from}` and `{to}`: renaming would overwrite `{to}`"
+                    )));
+                }
+            }
+            out.backed_up = self
+                .back_up(sess, collection, filter.clone(), index)
+                .await?;
+            let mut after = None;
+            loop {
+                let batch = self.backed_up(sess, index, after.clone()).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.get("_id").cloned();
+                let ids: Vec<Bson> = batch
+                    .iter()
+                    .filter_map(|b| b.get_document("_id").ok()?.get("id").cloned())
+                    .collect();
+                let these = and(&filter, doc! { "_id": { "$in": ids } });
+                let r = with_session!(
+                    sess,
+                    self.coll(collection).update_many(these, update.clone())
+                )?;
+                out.matched += r.matched_count;
+                out.modified += r.modified_count;
+            }
+            return Ok(());
+        }
+        match op {
+            Op::Insert {
+                collection,
+                documents,
+            } => {
+                let ids: Vec<Bson> = documents
+                    .iter()
+                    .filter_map(|d| d.get("_id"))
+                    .cloned()
+                    .collect();
+                let there = with_session!(
+                    sess,
+                    self.coll(collection)
+                        .count_documents(doc! { "_id": { "$in": ids } })
+                )?;
+                if there > 0 {
+                    return Err(OpError::Refused(format!(
+                        "{there} of the documents to insert are in {collection} already (same _id)"
+                    )));
+                }
+                let r = with_session!(sess, self.coll(collection).insert_many(documents.clone()))?;
+                out.inserted = r.inserted_ids.len() as u64;
+            }
+            Op::CreateIndex(spec) => self.create_index(spec, out).await?,
+            Op::DropIndex { collection, name } => {
+                let Some(index) = self.index_of(collection, name).await? else {
+                    return Err(OpError::Refused(format!(
+                        "{collection} has no index named {name}"
+                    )));
+                };
+                self.db
+                    .run_command(doc! { "dropIndexes": collection, "index": name })
+                    .await?;
+                out.dropped_index = Some(index);
+            }
+            Op::Command { command, .. } => {
+                self.db.run_command(command.clone()).await?;
+            }
+            _ => unreachable!("rewrites are handled above"),
+        }
+        Ok(())
+    }
+
+    async fn create_index(&self, spec: &IndexSpec, out: &mut OpOutcome) -> Result<(), OpError> {
+        if self.index_of(&spec.collection, &spec.name).await?.is_some() {
+            return Err(OpError::Refused(format!(
+                "{} has an index named {} already",
+                spec.collection, spec.name
+            )));
+        }
+        out.created_collection = !self.collection_exists(&spec.collection).await?;
+        self.db
+            .run_command(
+                doc! { "createIndexes": &spec.collection, "indexes": [spec.to_index_doc()] },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Undoes up operation `index` as `out` recorded it. Collections the operation created are
+    /// returned in `drop_if_empty` (dropped after a transaction commits).
+    pub async fn undo(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: &Op,
+        index: usize,
+        out: &OpOutcome,
+        drop_if_empty: &mut Vec<String>,
+    ) -> Result<OpOutcome, OpError> {
+        let mut done = OpOutcome::default();
+        if let Some((collection, _, _)) = rewrite_of(op) {
+            let mut after = None;
+            loop {
+                let batch = self.backed_up(sess, index, after.clone()).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.get("_id").cloned();
+                for b in batch {
+                    let (Some(id), Ok(original)) = (
+                        b.get_document("_id")
+                            .ok()
+                            .and_then(|k| k.get("id"))
+                            .cloned(),
+                        b.get_document("doc"),
+                    ) else {
+                        continue;
+                    };
+                    let mut filter = guard_of(op, original);
+                    filter.insert("_id", id);
+                    let r = with_session!(
+                        sess,
+                        self.coll(collection).replace_one(filter, original.clone())
+                    )?;
+                    done.matched += 1;
+                    if r.matched_count == 0 {
+                        done.skipped += 1;
+                    } else {
+                        done.modified += r.modified_count;
+                    }
+                }
+            }
+            return Ok(done);
+        }
+        match op {
+            Op::Insert {
+                collection,
+                documents,
+            } => {
+                let ids: Vec<Bson> = documents
+                    .iter()
+                    .filter_map(|d| d.get("_id"))
+                    .cloned()
+                    .collect();
+                let r = with_session!(
+                    sess,
+                    self.coll(collection)
+                        .delete_many(doc! { "_id": { "$in": ids } })
+                )?;
+                done.deleted = r.deleted_count;
+                if out.created_collection {
+                    drop_if_empty.push(collection.clone());
+                }
+            }
+            Op::CreateIndex(spec) => {
+                if self.index_of(&spec.collection, &spec.name).await?.is_some() {
+                    self.db
+                        .run_command(doc! { "dropIndexes": &spec.collection, "index": &spec.name })
+                        .await?;
+                }
+                if out.created_collection {
+                    drop_if_empty.push(spec.collection.clone());
+                }
+            }
+            Op::DropIndex { collection, name } => {
+                let Some(mut index) = out.dropped_index.clone() else {
+                    return Err(OpError::Refused(format!(
+                        "the ledger has no record of the index {name} of {collection} this change dropped"
+                    )));
+                };
+                index.remove("v");
+                index.remove("ns");
+                self.db
+                    .run_command(doc! { "createIndexes": collection, "indexes": [index] })
+                    .await?;
+            }
+            Op::Command { down, .. } => match down {
+                Some(d) => {
+                    self.db.run_command(d.clone()).await?;
+                }
+                None => {
+                    return Err(OpError::Refused(
+                        "a command without `down` has no inverse".into(),
+                    ));
+                }
+            },
+            _ => unreachable!("rewrites are handled above"),
+        }
+        Ok(done)
+    }
+
+    /// Drops the collections an undone operation created, when they are empty again.
+    pub async fn drop_created(&self, names: &[String]) -> Result<(), OpError> {
+        for name in names {
+            let c = self.coll(name);
+            if c.count_documents(doc! {}).await? == 0 {
+                c.drop().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the backup collection (its documents are back, or were never needed).
+    pub async fn drop_backup(&self) -> Result<(), OpError> {
+        if !self.backup.is_empty() {
+            self.coll(self.backup).drop().await?;
+        }
+        Ok(())
+    }
+
+    /// What an operation would do; reads only.
+    pub async fn preview(&self, op: &Op) -> Result<Preview, OpError> {
+        let preview = |collection: Option<&str>, matching: u64, note: String| Preview {
+            op: op.kind().to_string(),
+            collection: collection.map(str::to_string),
+            matching,
+            note,
+        };
+        if let Some((collection, filter, _)) = rewrite_of(op) {
+            let n = self.coll(collection).count_documents(filter).await?;
+            return Ok(preview(
+                Some(collection),
+                n,
+                format!("{n} documents would be backed up and rewritten"),
+            ));
+        }
+        Ok(match op {
+            Op::Insert {
+                collection,
+                documents,
+            } => {
+                let ids: Vec<Bson> = documents
+                    .iter()
+                    .filter_map(|d| d.get("_id"))
+                    .cloned()
+                    .collect();
+                let there = self
+                    .coll(collection)
+                    .count_documents(doc! { "_id": { "$in": ids } })
+                    .await?;
+                let note = if there > 0 {
+                    format!("{there} of them are there already: the change would fail")
+                } else {
+                    format!("{} documents would be inserted", documents.len())
+                };
+                preview(Some(collection), documents.len() as u64, note)
+            }
+            Op::CreateIndex(spec) => {
+                let there = self.index_of(&spec.collection, &spec.name).await?.is_some();
+                let note = if there {
+                    format!("index {} exists already: the change would fail", spec.name)
+                } else {
+                    format!("index {} would be created", spec.name)
+                };
+                preview(Some(&spec.collection), 0, note)
+            }
+            Op::DropIndex { collection, name } => {
+                let there = self.index_of(collection, name).await?.is_some();
+                let note = if there {
+                    format!("index {name} would be dropped")
+                } else {
+                    format!("index {name} does not exist: the change would fail")
+                };
+                preview(Some(collection), 0, note)
+            }
+            Op::Command { command, .. } => preview(
+                None,
+                0,
+                format!(
+                    "command {} would run",
+                    command.keys().next().map(String::as_str).unwrap_or("?")
+                ),
+            ),
+            _ => unreachable!("rewrites are handled above"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_path_follows_dotted_paths() {
+        let d = doc! { "a": { "b": { "c": 3 } }, "x": 1 };
+        assert_eq!(get_path(&d, "a.b.c"), Some(&Bson::Int32(3)));
+        assert_eq!(get_path(&d, "x.y"), None);
+        assert_eq!(get_path(&d, "a.z"), None);
+    }
+
+    #[test]
+    fn a_rename_is_undone_only_where_the_new_field_still_holds_the_old_value() {
+        let op = Op::RenameField {
+            collection: "c".into(),
+            from: "a".into(),
+            to: "b".into(),
+            filter: Document::new(),
+        };
+        let g = guard_of(&op, &doc! { "_id": 1, "a": "v" });
+        assert_eq!(g, doc! { "a": { "$exists": false }, "b": { "$eq": "v" } });
+    }
+}

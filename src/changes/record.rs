@@ -1,0 +1,328 @@
+//! The changes' records in the target's ledger: one per version in `<prefix>changes`, written
+//! through the ledger's [`Store`](crate::ledger::Store) like runs and steps are. A record keeps
+//! what `down` needs: the file's text as applied and what each operation did.
+
+use bson::{Bson, Document, doc};
+use serde::Serialize;
+
+use super::ops::OpOutcome;
+use crate::ledger::{Ledger, StoreError};
+
+pub const APPLIED: &str = "applied";
+pub const FAILED: &str = crate::ledger::FAILED;
+pub const ROLLED_BACK: &str = crate::ledger::ROLLED_BACK;
+pub const RUNNING: &str = crate::ledger::RUNNING;
+/// A change that failed without a transaction and whose undoing failed too: its backup is kept.
+pub const RESTORE_FAILED: &str = "restore-failed";
+
+/// One applied (or attempted) change as the ledger holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeRecord {
+    pub version: u64,
+    pub name: String,
+    pub file: String,
+    pub checksum: String,
+    pub status: String,
+    pub batch: i64,
+    pub transaction: bool,
+    pub reversible: bool,
+    pub applied_at: Option<String>,
+    pub rolled_back_at: Option<String>,
+    pub duration_ms: i64,
+    pub matched: i64,
+    pub modified: i64,
+    pub inserted: i64,
+    pub deleted: i64,
+    pub error: Option<String>,
+    /// The collection holding the documents the change rewrote, as they were before.
+    pub backup: Option<String>,
+    pub host: String,
+    /// The lock run id of the `changes` command that applied it.
+    pub run_id: String,
+    #[serde(skip)]
+    pub source: String,
+    #[serde(skip)]
+    pub ops: Vec<OpOutcome>,
+    #[serde(skip)]
+    pub applied_millis: i64,
+}
+
+fn int(d: &Document, k: &str) -> i64 {
+    match d.get(k) {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        _ => 0,
+    }
+}
+
+fn date_text(d: &Document, k: &str) -> Option<String> {
+    d.get_datetime(k).ok().map(|t| {
+        t.to_chrono()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    })
+}
+
+impl ChangeRecord {
+    fn from_doc(d: &Document) -> ChangeRecord {
+        let text = |k: &str| d.get_str(k).unwrap_or_default().to_string();
+        ChangeRecord {
+            version: text("_id").parse().unwrap_or(0),
+            name: text("name"),
+            file: text("file"),
+            checksum: text("checksum"),
+            status: text("status"),
+            batch: int(d, "batch"),
+            transaction: d.get_bool("transaction").unwrap_or(false),
+            reversible: d.get_bool("reversible").unwrap_or(false),
+            applied_at: date_text(d, "applied_at"),
+            rolled_back_at: date_text(d, "rolled_back_at"),
+            duration_ms: int(d, "duration_ms"),
+            matched: int(d, "matched"),
+            modified: int(d, "modified"),
+            inserted: int(d, "inserted"),
+            deleted: int(d, "deleted"),
+            error: d.get_str("error").ok().map(str::to_string),
+            backup: d.get_str("backup").ok().map(str::to_string),
+            host: text("host"),
+            run_id: text("run_id"),
+            source: text("source"),
+            ops: d
+                .get_array("ops")
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Bson::as_document)
+                        .map(OpOutcome::from_doc)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            applied_millis: d
+                .get_datetime("applied_at")
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// One line of the changes' history: an `up` or a `down` of one change, as it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub at: Option<String>,
+    /// `up` or `down`
+    pub action: String,
+    pub version: u64,
+    pub name: String,
+    /// applied, failed, restore-failed (up); rolled-back, failed (down)
+    pub status: String,
+    pub batch: Option<i64>,
+    pub duration_ms: i64,
+    pub matched: i64,
+    pub modified: i64,
+    pub inserted: i64,
+    pub deleted: i64,
+    pub error: Option<String>,
+    pub run_id: String,
+    #[serde(skip)]
+    pub at_millis: i64,
+}
+
+impl HistoryEntry {
+    fn to_doc(&self) -> Document {
+        let mut d = doc! {
+            "at": bson::DateTime::now(),
+            "action": &self.action,
+            "version": self.version.to_string(),
+            "name": &self.name,
+            "status": &self.status,
+            "duration_ms": self.duration_ms,
+            "matched": self.matched,
+            "modified": self.modified,
+            "inserted": self.inserted,
+            "deleted": self.deleted,
+            "run_id": &self.run_id,
+        };
+        if let Some(b) = self.batch {
+            d.insert("batch", b);
+        }
+        if let Some(e) = &self.error {
+            d.insert("error", crate::redact::redact_text(e));
+        }
+        d
+    }
+
+    fn from_doc(d: &Document) -> HistoryEntry {
+        let text = |k: &str| d.get_str(k).unwrap_or_default().to_string();
+        HistoryEntry {
+            at: date_text(d, "at"),
+            action: text("action"),
+            version: text("version").parse().unwrap_or(0),
+            name: text("name"),
+            status: text("status"),
+            batch: d.get("batch").map(|_| int(d, "batch")),
+            duration_ms: int(d, "duration_ms"),
+            matched: int(d, "matched"),
+            modified: int(d, "modified"),
+            inserted: int(d, "inserted"),
+            deleted: int(d, "deleted"),
+            error: d.get_str("error").ok().map(str::to_string),
+            run_id: text("run_id"),
+            at_millis: d
+                .get_datetime("at")
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// What a finished attempt records.
+pub struct Finished<'a> {
+    pub status: &'a str,
+    pub duration_ms: u64,
+    pub ops: &'a [OpOutcome],
+    pub error: Option<String>,
+}
+
+/// The changes' part of the target's ledger.
+pub struct Records<'a> {
+    pub ledger: &'a Ledger,
+}
+
+impl Records<'_> {
+    pub fn table(&self) -> String {
+        format!("{}changes", self.ledger.prefix())
+    }
+
+    fn log_table(&self) -> String {
+        format!("{}changes_log", self.ledger.prefix())
+    }
+
+    /// Appends one line to the history (never rewritten).
+    pub async fn log(&self, e: &HistoryEntry) -> Result<(), StoreError> {
+        let id = format!("{}:{}:{}", e.run_id, e.version, e.action);
+        self.ledger
+            .store()
+            .put(&self.log_table(), &id, &e.to_doc())
+            .await
+    }
+
+    /// The history, newest first.
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut out: Vec<HistoryEntry> = self
+            .ledger
+            .store()
+            .all(&self.log_table())
+            .await?
+            .iter()
+            .map(HistoryEntry::from_doc)
+            .collect();
+        out.sort_by_key(|e| std::cmp::Reverse((e.at_millis, e.version)));
+        Ok(out)
+    }
+
+    /// The backup collection of one application of a change.
+    pub fn backup_name(&self, version: u64, run_id: &str) -> String {
+        format!(
+            "{}change_{version}_backup_{}",
+            self.ledger.prefix(),
+            run_id.replace(['.', ':'], "_")
+        )
+    }
+
+    /// Every record, oldest application first.
+    pub async fn all(&self) -> Result<Vec<ChangeRecord>, StoreError> {
+        let mut out: Vec<ChangeRecord> = self
+            .ledger
+            .store()
+            .all(&self.table())
+            .await?
+            .iter()
+            .map(ChangeRecord::from_doc)
+            .collect();
+        out.sort_by_key(|r| (r.applied_millis, r.version));
+        Ok(out)
+    }
+
+    /// The next batch number (1 for the first `changes up`).
+    pub async fn next_batch(&self) -> Result<i64, StoreError> {
+        Ok(self.all().await?.iter().map(|r| r.batch).max().unwrap_or(0) + 1)
+    }
+
+    /// Records that `change` starts, replacing an earlier failed or rolled-back attempt.
+    pub async fn start(
+        &self,
+        change: &super::Change,
+        batch: i64,
+        backup: &str,
+        run_id: &str,
+    ) -> Result<(), StoreError> {
+        let id = change.version.to_string();
+        let d = doc! {
+            "name": &change.name,
+            "file": change.file_name(),
+            "checksum": &change.checksum,
+            "status": RUNNING,
+            "batch": batch,
+            "transaction": change.transaction,
+            "reversible": change.reversible(),
+            "applied_at": bson::DateTime::now(),
+            "backup": backup,
+            "run_id": run_id,
+            "source": &change.source,
+            "host": crate::ledger::host(),
+            "pid": i64::from(std::process::id()),
+            "version": env!("CARGO_PKG_VERSION"),
+        };
+        self.ledger.store().put(&self.table(), &id, &d).await
+    }
+
+    pub async fn finish(&self, version: u64, f: &Finished<'_>) -> Result<(), StoreError> {
+        let sum = |g: fn(&OpOutcome) -> u64| f.ops.iter().map(g).sum::<u64>() as i64;
+        let mut set = doc! {
+            "status": f.status,
+            "finished_at": bson::DateTime::now(),
+            "duration_ms": f.duration_ms as i64,
+            "matched": sum(|o| o.matched),
+            "modified": sum(|o| o.modified),
+            "inserted": sum(|o| o.inserted),
+            "deleted": sum(|o| o.deleted),
+            "ops": f.ops.iter().map(|o| Bson::Document(o.to_doc())).collect::<Vec<_>>(),
+        };
+        if let Some(e) = &f.error {
+            set.insert("error", crate::redact::redact_text(e));
+        }
+        self.ledger
+            .store()
+            .set(&self.table(), &version.to_string(), set, None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_rolled_back(&self, version: u64, duration_ms: u64) -> Result<(), StoreError> {
+        self.ledger
+            .store()
+            .set(
+                &self.table(),
+                &version.to_string(),
+                doc! {
+                    "status": ROLLED_BACK,
+                    "rolled_back_at": bson::DateTime::now(),
+                    "rollback_ms": duration_ms as i64,
+                },
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn note_down_error(&self, version: u64, error: &str) -> Result<(), StoreError> {
+        self.ledger
+            .store()
+            .set(
+                &self.table(),
+                &version.to_string(),
+                doc! { "down_error": crate::redact::redact_text(error), "down_failed_at": bson::DateTime::now() },
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,199 @@
+//! `cutover changes new`: the next version's file, from a commented template.
+
+use std::path::{Path, PathBuf};
+
+use super::file::{self, FileError};
+
+/// The templates `changes new --template` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    Empty,
+    AddField,
+    RenameField,
+    Index,
+    Seed,
+}
+
+const HEAD: &str = r#"# Change {version}: {name}
+# The format is documented in pipelines/changes/README.md. Edit freely until the change is applied:
+# once applied, its checksum is recorded and `changes up` refuses a modified file.
+version = {version}
+name = "{name}"
+description = ""
+author = ""
+# true: every operation runs in one multi-document transaction (MongoDB replica set); only the
+# document operations (add_field, remove_field, rename_field, set, unset, insert) may run in one.
+transaction = false
+"#;
+
+const EMPTY: &str = r#"
+# Operations, applied in order by `changes up`. For example:
+#
+# [[up]]
+# op = "set"
+# collection = "patients"
+# filter = { isActive = false }
+# fields = { archived = true }
+#
+# Without [[down]], `changes down` runs the inverse of each up operation, last first; documents
+# an operation rewrites are backed up first and put back by down.
+"#;
+
+const ADD_FIELD: &str = r#"
+# Sets `field` where it is missing (documents that have it are left alone). Down removes it again
+# from the documents it was added to, where it still holds the default.
+[[up]]
+op = "add_field"
+collection = "patients"
+field = "preferences.language"
+default = "en"
+# Only documents matching this filter (extended JSON as TOML):
+# filter = { isActive = true }
+"#;
+
+const RENAME_FIELD: &str = r#"
+# Renames `from` to `to` where `from` exists; refused when a document has both. Down renames back
+# the documents it renamed, where `to` still holds the old value.
+[[up]]
+op = "rename_field"
+collection = "patients"
+from = "medicalInfo.notes"
+to = "medicalInfo.remarks"
+"#;
+
+const INDEX: &str = r#"
+# Creates an index (refused when one of that name exists). Keys in order, `-field` descending.
+# Down drops it (and the collection, when the index created it and it is still empty).
+[[up]]
+op = "create_index"
+collection = "patients"
+keys = ["lastName", "firstName"]
+# name = "patients_by_name"          # default: MongoDB's own, lastName_1_firstName_1
+# unique = true
+# partial_filter = { isActive = true }
+# expire_after_seconds = 86400       # a TTL index (one date key)
+"#;
+
+const SEED: &str = r#"
+# Inserts documents, each with its `_id` (refused when one is there already). Values are
+# extended JSON written as TOML: { "$date" = "2026-01-01T00:00:00Z" }, { "$oid" = "…" }.
+# Down deletes them by _id (and drops the collection when the insert created it).
+[[up]]
+op = "insert"
+collection = "lookups"
+documents = [
+  { _id = "example-1", label = "Example one" },
+  { _id = "example-2", label = "Example two" },
+]
+"#;
+
+impl Template {
+    fn body(self) -> &'static str {
+        match self {
+            Template::Empty => EMPTY,
+            Template::AddField => ADD_FIELD,
+            Template::RenameField => RENAME_FIELD,
+            Template::Index => INDEX,
+            Template::Seed => SEED,
+        }
+    }
+}
+
+/// `add avatar field` → `add-avatar-field`.
+pub fn slug(name: &str) -> String {
+    let mut s = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+    }
+    s.trim_end_matches('-').to_string()
+}
+
+/// The text of a new change file.
+pub fn render(template: Template, version: u64, name: &str) -> String {
+    let name = name.replace(['"', '\\', '\n'], " ");
+    format!("{}{}", HEAD, template.body())
+        .replace("{version}", &version.to_string())
+        .replace("{name}", &name)
+}
+
+/// Writes the next change file into `dir`: version `now` (UTC `YYYYMMDDhhmmss`), or one past the
+/// newest existing version when that is later. Returns its path.
+pub fn new_file(
+    dir: &Path,
+    name: &str,
+    template: Template,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<PathBuf, FileError> {
+    let slug = slug(name);
+    if slug.is_empty() {
+        return Err(FileError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!("`{name}` gives no file name: use letters or digits"),
+        });
+    }
+    let existing = file::load_dir(dir)?;
+    let stamp: u64 = now.format("%Y%m%d%H%M%S").to_string().parse().unwrap_or(1);
+    let version = match existing.last() {
+        Some(c) if c.version >= stamp => c.version + 1,
+        _ => stamp,
+    };
+    let io = |source| FileError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let path = dir.join(format!("{version}_{slug}.toml"));
+    let text = render(template, version, name);
+    // The file must load as written: a template that does not is a bug here, not the user's.
+    file::parse(&path, &text)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|source| FileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_loads_as_written() {
+        for t in [
+            Template::Empty,
+            Template::AddField,
+            Template::RenameField,
+            Template::Index,
+            Template::Seed,
+        ] {
+            let text = render(t, 42, "a \"quoted\" name");
+            let c =
+                file::parse(Path::new("42_x.toml"), &text).unwrap_or_else(|e| panic!("{t:?}: {e}"));
+            assert_eq!(c.version, 42);
+            assert_eq!(c.up.is_empty(), t == Template::Empty, "{t:?}");
+            assert!(c.reversible());
+        }
+    }
+
+    #[test]
+    fn new_versions_follow_the_newest_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z")
+            .unwrap()
+            .to_utc();
+        let a = new_file(dir.path(), "Add avatar field!", Template::AddField, now).unwrap();
+        assert!(a.ends_with("20261201103000_add-avatar-field.toml"), "{a:?}");
+        let b = new_file(dir.path(), "second", Template::Empty, now).unwrap();
+        assert!(b.ends_with("20261201103001_second.toml"), "{b:?}");
+        assert_eq!(file::load_dir(dir.path()).unwrap().len(), 2);
+    }
+}

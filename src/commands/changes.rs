@@ -1,0 +1,248 @@
+//! `cutover changes new | up | down | status | list`: prints what [`crate::changes`] reports.
+
+use anyhow::Result;
+
+use crate::changes::{self, ChangeTarget, DownTarget, UpOptions, template::Template};
+use crate::cli::{ChangeTemplate, ChangesCommand, ChangesTargetArgs, Cli, Outcome, TargetArgs};
+use crate::sink::target::Target;
+
+/// The change files and the MongoDB target with its ledger.
+async fn open(
+    cli: &Cli,
+    args: &ChangesTargetArgs,
+) -> Result<(Vec<changes::Change>, Target, crate::ledger::Ledger)> {
+    let files = changes::file::load_dir(&args.dir)?;
+    let target = TargetArgs {
+        target: Some(crate::cli::TargetKind::Mongodb),
+        database: args.database.clone(),
+    };
+    let (_cfg, t, ledger) = super::open_ledger(cli, &target).await?;
+    Ok((files, t, ledger))
+}
+
+fn mongo_db(t: &Target) -> Result<&mongodb::Database> {
+    match t {
+        Target::Mongo(m) => Ok(m.database()),
+        Target::Appwrite(_) => anyhow::bail!("changes support the MongoDB target only"),
+    }
+}
+
+pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
+    match cmd {
+        ChangesCommand::New(args) => {
+            let template = match args.template {
+                ChangeTemplate::Empty => Template::Empty,
+                ChangeTemplate::AddField => Template::AddField,
+                ChangeTemplate::RenameField => Template::RenameField,
+                ChangeTemplate::Index => Template::Index,
+                ChangeTemplate::Seed => Template::Seed,
+            };
+            let path =
+                changes::template::new_file(&args.dir, &args.name, template, chrono::Utc::now())?;
+            crate::outln!("wrote {}", path.display());
+            Ok(Outcome::Success)
+        }
+        ChangesCommand::Up(args) => {
+            let (files, t, ledger) = open(cli, &args.target).await?;
+            let target = ChangeTarget {
+                db: mongo_db(&t)?,
+                ledger: &ledger,
+            };
+            let opts = UpOptions {
+                to: args.to,
+                dry_run: args.dry_run,
+                allow_out_of_order: args.allow_out_of_order,
+                continue_on_error: args.continue_on_error,
+            };
+            let report = changes::up(&target, &files, &opts).await?;
+            if args.json {
+                crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.changes.is_empty() {
+                crate::outln!("no pending changes");
+            } else if report.dry_run {
+                crate::outln!(
+                    "dry run: nothing written; each change is previewed against the data as it is now (not after the changes before it)"
+                );
+                for c in &report.changes {
+                    crate::outln!("would apply {} {}", c.version, c.name);
+                    for (i, p) in c.preview.iter().enumerate() {
+                        crate::outln!(
+                            "  {}. {} {}: {}",
+                            i + 1,
+                            p.op,
+                            p.collection.as_deref().unwrap_or("-"),
+                            p.note
+                        );
+                    }
+                }
+            } else {
+                crate::outln!("batch {}", report.batch.unwrap_or(0));
+                for c in &report.changes {
+                    crate::outln!(
+                        "{:<8} {} {} ({} ms; matched {}, modified {}, inserted {}, deleted {})",
+                        c.status,
+                        c.version,
+                        c.name,
+                        c.duration_ms,
+                        c.matched,
+                        c.modified,
+                        c.inserted,
+                        c.deleted
+                    );
+                    if let Some(e) = &c.error {
+                        crate::errln!("error: change {}: {e}", c.version);
+                    }
+                }
+            }
+            Ok(if report.failed() {
+                Outcome::Failed
+            } else {
+                Outcome::Success
+            })
+        }
+        ChangesCommand::Down(args) => {
+            let (_files, t, ledger) = open(cli, &args.target).await?;
+            let target = ChangeTarget {
+                db: mongo_db(&t)?,
+                ledger: &ledger,
+            };
+            let which = match (args.version, args.steps, args.to) {
+                (Some(v), _, _) => DownTarget::Version(v),
+                (None, _, Some(v)) => DownTarget::To(v),
+                (None, Some(n), None) => DownTarget::Steps(n),
+                (None, None, None) => DownTarget::Steps(1),
+            };
+            let done = changes::down(&target, which).await?;
+            if done.is_empty() {
+                crate::outln!("nothing to reverse");
+            }
+            for r in &done {
+                crate::outln!(
+                    "reversed {} {} ({} ms; restored {}, deleted {})",
+                    r.version,
+                    r.name,
+                    r.duration_ms,
+                    r.restored,
+                    r.deleted
+                );
+                if r.skipped > 0 {
+                    crate::errln!(
+                        "warning: change {}: {} documents changed since it was applied were left as they are",
+                        r.version,
+                        r.skipped
+                    );
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        ChangesCommand::History(args) => {
+            let (_files, t, ledger) = open(cli, &args.target).await?;
+            let target = ChangeTarget {
+                db: mongo_db(&t)?,
+                ledger: &ledger,
+            };
+            let entries =
+                changes::history(&target, args.limit, args.skip, args.status.as_deref()).await?;
+            if args.json {
+                crate::outln!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(Outcome::Success);
+            }
+            crate::outln!(
+                "{:<24} {:<5} {:<16} {:<14} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}  name",
+                "at",
+                "",
+                "version",
+                "status",
+                "batch",
+                "ms",
+                "matched",
+                "modified",
+                "inserted",
+                "deleted"
+            );
+            for e in &entries {
+                crate::outln!(
+                    "{:<24} {:<5} {:<16} {:<14} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+                    e.at.as_deref().unwrap_or("-"),
+                    e.action,
+                    e.version,
+                    e.status,
+                    e.batch.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+                    e.duration_ms,
+                    e.matched,
+                    e.modified,
+                    e.inserted,
+                    e.deleted,
+                    e.name
+                );
+                if let Some(err) = &e.error {
+                    crate::outln!("{:<24} error: {err}", "");
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        ChangesCommand::Status(args) | ChangesCommand::List(args) => {
+            let list = matches!(cmd, ChangesCommand::List(_));
+            let (files, t, ledger) = open(cli, &args.target).await?;
+            let target = ChangeTarget {
+                db: mongo_db(&t)?,
+                ledger: &ledger,
+            };
+            let states = changes::status(&target, &files).await?;
+            let holder = ledger.lock_holder().await?;
+            if args.json {
+                let v = if list {
+                    serde_json::json!({ "changes": states })
+                } else {
+                    serde_json::json!({ "changes": states, "lock": holder })
+                };
+                crate::outln!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(Outcome::Success);
+            }
+            if states.is_empty() {
+                crate::outln!("no change files in {}", args.target.dir.display());
+            }
+            for s in &states {
+                let reversible = if s.reversible { "" } else { "  non-reversible" };
+                if list {
+                    crate::outln!(
+                        "{:<16} {:<13} {:>3} ops{}{}  {}  {}",
+                        s.version,
+                        s.state,
+                        s.operations,
+                        if s.transaction { ", transaction" } else { "" },
+                        reversible,
+                        s.name,
+                        s.file.as_deref().unwrap_or("(file gone)")
+                    );
+                } else {
+                    crate::outln!(
+                        "{:<16} {:<13} batch {:<4} {:<24}  {}{}",
+                        s.version,
+                        s.state,
+                        s.batch.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+                        s.applied_at.as_deref().unwrap_or("-"),
+                        s.name,
+                        reversible
+                    );
+                    if let Some(why) = &s.irreversible_because {
+                        crate::outln!("{:<16} {why}", "");
+                    }
+                    if matches!(s.state.as_str(), "failed" | "restore-failed")
+                        && let Some(e) = &s.error
+                    {
+                        crate::outln!("{:<16} last error: {e}", "");
+                    }
+                }
+            }
+            if !list {
+                match holder {
+                    Some(h) if !h.expired => crate::outln!("lock: held by {h}"),
+                    Some(h) => crate::outln!("lock: expired (last held by {h})"),
+                    None => crate::outln!("lock: free"),
+                }
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}

@@ -1,0 +1,708 @@
+//! `cutover changes` against the real mongod (a replica set): the registry's change files
+//! applied after `cutover migrate` and reversed one by one, each `down` leaving the data exactly
+//! as before its change; failures in and out of a transaction; refusals; the shared lock; dry
+//! runs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bson::{Bson, Document, doc};
+use common::{World, output_text, repo};
+use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
+
+/// `cutover changes SUB --dir DIR ARGS…`
+fn changes(w: &World, sub: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = w.cutover();
+    cmd.arg("changes").arg(sub).arg("--dir").arg(dir).args(args);
+    cmd.output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", output_text(out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn refused(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure:\n{}",
+        output_text(out)
+    );
+    output_text(out)
+}
+
+/// A hash per collection (the ledger's excluded): its indexes and every document, in _id order,
+/// as canonical extended JSON (field order included).
+async fn hashes(w: &World) -> BTreeMap<String, String> {
+    let db = w.mongo().await;
+    let mut out = BTreeMap::new();
+    for name in db.list_collection_names().await.unwrap() {
+        if name.starts_with("cutover_") {
+            continue;
+        }
+        let c = db.collection::<Document>(&name);
+        let mut h = Sha256::new();
+        let mut indexes: Vec<Document> = c
+            .list_indexes()
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| bson::to_document(&i).unwrap())
+            .collect();
+        indexes.sort_by_key(|i| i.get_str("name").unwrap_or_default().to_string());
+        for i in indexes {
+            h.update(Bson::Document(i).into_canonical_extjson().to_string());
+        }
+        for d in w.docs(&name).await {
+            h.update(Bson::Document(d).into_canonical_extjson().to_string());
+            h.update(b"\n");
+        }
+        out.insert(name, format!("{:x}", h.finalize()));
+    }
+    out
+}
+
+fn registry_changes() -> PathBuf {
+    repo().join("pipelines/changes")
+}
+
+fn versions(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().to_string();
+            n.ends_with(".toml")
+                .then(|| n.split('_').next().unwrap().to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+async fn backup_collections(w: &World) -> Vec<String> {
+    w.mongo()
+        .await
+        .list_collection_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("cutover_change_"))
+        .collect()
+}
+
+fn status_json(w: &World, dir: &Path) -> serde_json::Value {
+    let out = changes(w, "status", dir, &["--json"]);
+    serde_json::from_str(&ok(&out)).unwrap()
+}
+
+fn states(w: &World, dir: &Path) -> Vec<(String, String)> {
+    status_json(w, dir)["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["version"].to_string(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn registry_changes_apply_then_reverse_one_by_one_leaving_the_data_as_before() {
+    let w = World::new("changes_registry").await;
+    w.load_registry(100);
+    let out = w.migrate(&[]);
+    // 2: the fixture's deliberately bad rows are rejected.
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "{}",
+        output_text(&out)
+    );
+    let dir = registry_changes();
+    let versions = versions(&dir);
+    assert!(versions.len() >= 4, "{versions:?}");
+    let sessions_with_ip = w
+        .mongo()
+        .await
+        .collection::<Document>("sessions")
+        .count_documents(doc! { "ip": { "$exists": true } })
+        .await
+        .unwrap();
+    assert!(sessions_with_ip > 0, "the fixture has sessions with an ip");
+
+    // Up one change at a time, keeping the data as it was before each.
+    let mut before = vec![hashes(&w).await];
+    for v in &versions {
+        let out = changes(&w, "up", &dir, &["--to", v]);
+        let text = ok(&out);
+        assert!(text.contains(&format!("applied  {v}")), "{text}");
+        let now = hashes(&w).await;
+        assert_ne!(&now, before.last().unwrap(), "change {v} changed something");
+        before.push(now);
+    }
+    assert!(
+        states(&w, &dir).iter().all(|(_, s)| s == "applied"),
+        "{:?}",
+        states(&w, &dir)
+    );
+
+    // What the changes did.
+    let db = w.mongo().await;
+    let names: Vec<String> = db
+        .collection::<Document>("patients")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        names.contains(&"patients_contact_phone".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(w.count("notificationTemplates").await, 3);
+    let patients = w.count("patients").await;
+    let with_language = db
+        .collection::<Document>("patients")
+        .count_documents(doc! { "preferences.language": "en" })
+        .await
+        .unwrap();
+    assert_eq!(with_language, patients);
+    let ips = db
+        .collection::<Document>("sessions")
+        .count_documents(doc! { "ip": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(ips, 0);
+    let renamed = db
+        .collection::<Document>("sessions")
+        .count_documents(doc! { "userAgent": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(renamed, 0);
+    let status = ok(&changes(&w, "status", &dir, &[]));
+    assert!(status.contains("lock: free"), "{status}");
+
+    // Down one at a time: each time the data exactly as before that change.
+    before.pop();
+    for v in versions.iter().rev() {
+        let out = changes(&w, "down", &dir, &[]);
+        let text = ok(&out);
+        assert!(text.contains(&format!("reversed {v}")), "{text}");
+        assert_eq!(
+            hashes(&w).await,
+            before.pop().unwrap(),
+            "after reversing {v} the data differs from before it"
+        );
+    }
+    assert!(before.is_empty());
+    assert!(backup_collections(&w).await.is_empty());
+    assert!(
+        states(&w, &dir).iter().all(|(_, s)| s == "rolled-back"),
+        "{:?}",
+        states(&w, &dir)
+    );
+    let text = ok(&changes(&w, "down", &dir, &[]));
+    assert!(text.contains("nothing to reverse"), "{text}");
+
+    // And up again after a full reversal: applied anew, in a new batch.
+    ok(&changes(&w, "up", &dir, &[]));
+    let s = status_json(&w, &dir);
+    let batches: Vec<i64> = s["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["batch"].as_i64().unwrap())
+        .collect();
+    assert!(
+        batches.iter().all(|b| *b == versions.len() as i64 + 1),
+        "{batches:?}"
+    );
+    w.drop().await;
+}
+
+/// A small collection to change, without a migration.
+async fn things(w: &World) {
+    w.mongo()
+        .await
+        .collection::<Document>("things")
+        .insert_many(vec![
+            doc! { "_id": 1, "name": "one", "size": 1 },
+            doc! { "_id": 2, "name": "two", "size": 2, "colour": "red" },
+            doc! { "_id": 3, "name": "three", "size": 3 },
+        ])
+        .await
+        .unwrap();
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
+const FAILING_OPS: &str = r#"
+[[up]]
+op = "add_field"
+collection = "things"
+field = "colour"
+default = "blue"
+
+[[up]]
+op = "insert"
+collection = "newThings"
+documents = [{ _id = "a" }, { _id = "b" }]
+
+[[up]]
+op = "set"
+collection = "things"
+filter = {}
+fields = { size = 0 }
+
+[[up]]
+op = "set"
+collection = "things"
+filter = {}
+fields = { "name.first" = "x" }
+"#;
+
+async fn failing_change(transaction: bool) {
+    let w = World::new(&format!("changes_fail_{transaction}")).await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "5_fails.toml",
+        &format!("version = 5\nname = \"fails\"\ntransaction = {transaction}\n{FAILING_OPS}"),
+    );
+    let before = hashes(&w).await;
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("up operation 4 (`set` on things) failed"),
+        "{text}"
+    );
+    if transaction {
+        assert!(
+            text.contains("the transaction was rolled back: nothing was written"),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains("restored from the backup"), "{text}");
+    }
+    assert_eq!(hashes(&w).await, before);
+    assert!(backup_collections(&w).await.is_empty());
+    assert_eq!(states(&w, &dir), [("5".to_string(), "failed".to_string())]);
+    // The lock was given back.
+    let status = ok(&changes(&w, "status", &dir, &[]));
+    assert!(
+        status.contains("lock: free") && status.contains("last error"),
+        "{status}"
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_failing_change_in_a_transaction_leaves_nothing_behind() {
+    failing_change(true).await;
+}
+
+#[tokio::test]
+async fn a_failing_change_without_a_transaction_is_restored_from_its_backup() {
+    failing_change(false).await;
+}
+
+#[tokio::test]
+async fn a_failed_change_stops_the_batch_unless_continue_on_error() {
+    let w = World::new("changes_continue").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_fails.toml",
+        &format!("version = 1\nname = \"fails\"\n{FAILING_OPS}"),
+    );
+    write(
+        &dir,
+        "2_ok.toml",
+        "version = 2\nname = \"ok\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"two\"\ndefault = 2\n",
+    );
+    refused(&changes(&w, "up", &dir, &[]));
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("1".to_string(), "failed".to_string()),
+            ("2".to_string(), "pending".to_string())
+        ]
+    );
+    let text = refused(&changes(&w, "up", &dir, &["--continue-on-error"]));
+    assert!(text.contains("applied  2 ok"), "{text}");
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("1".to_string(), "out-of-order".to_string()),
+            ("2".to_string(), "applied".to_string())
+        ]
+    );
+    ok(&changes(&w, "down", &dir, &[]));
+
+    // The history keeps every attempt, newest first.
+    let h: serde_json::Value =
+        serde_json::from_str(&ok(&changes(&w, "history", &dir, &["--json"]))).unwrap();
+    let lines: Vec<(String, u64, String)> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["version"].as_u64().unwrap(),
+                e["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |a: &str, v: u64, s: &str| (a.to_string(), v, s.to_string());
+    assert_eq!(
+        lines,
+        [
+            expect("down", 2, "rolled-back"),
+            expect("up", 2, "applied"),
+            expect("up", 1, "failed"),
+            expect("up", 1, "failed"),
+        ]
+    );
+    let h: serde_json::Value = serde_json::from_str(&ok(&changes(
+        &w,
+        "history",
+        &dir,
+        &["--json", "--status", "failed", "--skip", "1"],
+    )))
+    .unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 1);
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn down_one_named_version_unless_a_later_change_works_on_its_collections() {
+    let w = World::new("changes_named").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    let add = |v: u32, coll: &str| {
+        write(
+            &dir,
+            &format!("{v}_c{v}.toml"),
+            &format!(
+                "version = {v}\nname = \"c{v}\"\n[[up]]\nop = \"add_field\"\ncollection = \"{coll}\"\nfield = \"f{v}\"\ndefault = {v}\n"
+            ),
+        )
+    };
+    add(1, "things");
+    add(2, "things");
+    add(3, "elsewhere");
+    ok(&changes(&w, "up", &dir, &[]));
+    let text = refused(&changes(&w, "down", &dir, &["1"]));
+    assert!(
+        text.contains("change 1 cannot be reversed alone")
+            && text.contains("2 (2_c2.toml: things)")
+            && !text.contains("3_c3"),
+        "{text}"
+    );
+    let text = ok(&changes(&w, "down", &dir, &["2"]));
+    assert!(text.contains("reversed 2 c2"), "{text}");
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("1".to_string(), "applied".to_string()),
+            // Rolled back, older than 3: applying it again would be out of order.
+            ("2".to_string(), "out-of-order".to_string()),
+            ("3".to_string(), "applied".to_string())
+        ]
+    );
+    let n = w
+        .mongo()
+        .await
+        .collection::<Document>("things")
+        .count_documents(doc! { "f2": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn modified_and_out_of_order_changes_are_refused_saying_what_to_do() {
+    let w = World::new("changes_refused").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    let ten = "version = 10\nname = \"ten\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"ten\"\ndefault = 10\n";
+    write(&dir, "10_ten.toml", ten);
+    write(
+        &dir,
+        "30_thirty.toml",
+        "version = 30\nname = \"thirty\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"thirty\"\ndefault = 30\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+
+    write(&dir, "10_ten.toml", &format!("{ten}# edited afterwards\n"));
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("10".to_string(), "modified".to_string()),
+            ("30".to_string(), "applied".to_string())
+        ]
+    );
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("change 10 (10_ten.toml) was modified since it was applied")
+            && text.contains("put the file back as it was applied")
+            && text.contains("cutover changes new"),
+        "{text}"
+    );
+    write(&dir, "10_ten.toml", ten);
+
+    write(
+        &dir,
+        "20_twenty.toml",
+        "version = 20\nname = \"twenty\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"twenty\"\ndefault = 20\n",
+    );
+    assert_eq!(
+        states(&w, &dir)[1],
+        ("20".to_string(), "out-of-order".to_string())
+    );
+    let before = hashes(&w).await;
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("change 20 (20_twenty.toml) is older than change 30")
+            && text.contains("--allow-out-of-order"),
+        "{text}"
+    );
+    assert_eq!(hashes(&w).await, before, "a refused up writes nothing");
+    let text = ok(&changes(&w, "up", &dir, &["--allow-out-of-order"]));
+    assert!(text.contains("applied  20"), "{text}");
+    let n = w
+        .mongo()
+        .await
+        .collection::<Document>("things")
+        .count_documents(doc! { "twenty": 20 })
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+
+    // Duplicate versions name both files.
+    write(&dir, "0010_again.toml", "version = 10\nname = \"again\"\n");
+    let text = refused(&changes(&w, "status", &dir, &[]));
+    assert!(
+        text.contains("0010_again.toml") && text.contains("10_ten.toml"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn changes_up_is_refused_while_a_migrate_holds_the_lock_and_migrate_while_changes_do() {
+    let w = World::new("changes_lock").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_a.toml",
+        "version = 1\nname = \"a\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"a\"\ndefault = 1\n",
+    );
+    let lock = |command: &str| {
+        let now = bson::DateTime::now().timestamp_millis();
+        doc! {
+            "_id": "cutover",
+            "run_id": "20261201T090000.000Z-beef",
+            "token": "elsewhere-token",
+            "host": "another-host",
+            "pid": 4242_i64,
+            "command": command,
+            "acquired_at": bson::DateTime::from_millis(now),
+            "expires_at": bson::DateTime::from_millis(now + 600_000),
+        }
+    };
+    let locks = w.mongo().await.collection::<Document>("cutover_lock");
+    locks.insert_one(lock("migrate")).await.unwrap();
+    let before = hashes(&w).await;
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("another cutover holds the lock")
+            && text.contains("run 20261201T090000.000Z-beef (migrate) on host another-host"),
+        "{text}"
+    );
+    assert_eq!(hashes(&w).await, before);
+    assert_eq!(states(&w, &dir), [("1".to_string(), "pending".to_string())]);
+
+    // The reverse: a migrate while `changes up` holds the lock.
+    locks.delete_many(doc! {}).await.unwrap();
+    locks.insert_one(lock("changes up")).await.unwrap();
+    w.sql("CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL); INSERT INTO kinds VALUES ('a', 'Alpha');")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "kinds",
+        "version = 1\nname = \"kinds\"\n[source]\ntable = \"kinds\"\nkey = [\"code\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = refused(&out);
+    assert!(text.contains("(changes up) on host another-host"), "{text}");
+    assert_eq!(w.count("kinds").await, 0);
+
+    // A second `changes up` beside one that holds the lock is refused too.
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("(changes up) on host another-host"), "{text}");
+
+    // Freed, the change applies.
+    locks.delete_many(doc! {}).await.unwrap();
+    ok(&changes(&w, "up", &dir, &[]));
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_change_left_running_by_a_dead_process_is_interrupted_and_up_refuses_it() {
+    let w = World::new("changes_interrupted").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    let text = "version = 1\nname = \"a\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"a\"\ndefault = 1\n";
+    write(&dir, "1_a.toml", text);
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_changes")
+        .insert_one(doc! {
+            "_id": "1", "name": "a", "file": "1_a.toml", "status": "running", "batch": 1_i64,
+            "run_id": "changes-dead", "applied_at": bson::DateTime::now(), "source": text,
+            "backup": "cutover_change_1_backup_changes-dead",
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        states(&w, &dir),
+        [("1".to_string(), "interrupted".to_string())]
+    );
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("change 1 (1_a.toml) was interrupted while it was applied"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing_and_reports_per_operation_what_would_change() {
+    let w = World::new("changes_dry").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_a.toml",
+        r#"version = 1
+name = "a"
+[[up]]
+op = "add_field"
+collection = "things"
+field = "colour"
+default = "blue"
+[[up]]
+op = "create_index"
+collection = "things"
+keys = ["name"]
+[[up]]
+op = "insert"
+collection = "others"
+documents = [{ _id = 1 }, { _id = 2 }, { _id = 3 }]
+"#,
+    );
+    let db = w.mongo().await;
+    let collections = db.list_collection_names().await.unwrap();
+    let before = hashes(&w).await;
+    let text = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(text.contains("would apply 1 a"), "{text}");
+    assert!(
+        text.contains("1. add_field things: 2 documents would be backed up and rewritten"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2. create_index things: index name_1 would be created"),
+        "{text}"
+    );
+    assert!(
+        text.contains("3. insert others: 3 documents would be inserted"),
+        "{text}"
+    );
+    assert_eq!(hashes(&w).await, before);
+    assert_eq!(
+        db.list_collection_names().await.unwrap(),
+        collections,
+        "not even a ledger record"
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_non_reversible_change_says_so_and_down_refuses_it() {
+    let w = World::new("changes_irreversible").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_a.toml",
+        "version = 1\nname = \"make archive\"\n[[up]]\nop = \"command\"\ncommand = { create = \"archive\" }\n",
+    );
+    write(
+        &dir,
+        "2_b.toml",
+        "version = 2\nname = \"with down\"\n[[up]]\nop = \"command\"\ncommand = { create = \"archive2\" }\n[[down]]\nop = \"command\"\ncommand = { drop = \"archive2\" }\n",
+    );
+    let list = ok(&changes(&w, "list", &dir, &[]));
+    let line = list.lines().find(|l| l.contains("make archive")).unwrap();
+    assert!(line.contains("non-reversible"), "{list}");
+    let line = list.lines().find(|l| l.contains("with down")).unwrap();
+    assert!(!line.contains("non-reversible"), "{list}");
+    ok(&changes(&w, "up", &dir, &[]));
+    // 2 has its own down.
+    ok(&changes(&w, "down", &dir, &[]));
+    let names = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(!names.contains(&"archive2".to_string()), "{names:?}");
+    let text = refused(&changes(&w, "down", &dir, &[]));
+    assert!(
+        text.contains(
+            "change 1 (1_a.toml) is non-reversible: up operation 1 (`command`) has no inverse"
+        ),
+        "{text}"
+    );
+    let names = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(names.contains(&"archive".to_string()), "{names:?}");
+    let status = ok(&changes(&w, "status", &dir, &[]));
+    assert!(status.contains("non-reversible"), "{status}");
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn new_writes_the_next_version_from_a_template() {
+    let w = World::new("changes_new").await;
+    let dir = w.dir.path().join("changes");
+    let text = ok(&changes(
+        &w,
+        "new",
+        &dir,
+        &["Add avatar", "--template", "add-field"],
+    ));
+    let path = PathBuf::from(text.trim().strip_prefix("wrote ").unwrap());
+    assert!(
+        path.to_string_lossy().ends_with("_add-avatar.toml"),
+        "{text}"
+    );
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written.contains("op = \"add_field\"") && written.contains("# "),
+        "{written}"
+    );
+    let states = states(&w, &dir);
+    assert_eq!(states.len(), 1);
+    assert_eq!(states[0].1, "pending");
+    w.drop().await;
+}
