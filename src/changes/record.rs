@@ -249,7 +249,7 @@ impl Records<'_> {
     /// Records that `change` starts, replacing an earlier failed or rolled-back attempt.
     pub async fn start(
         &self,
-        change: &super::Change,
+        change: &super::file::Change,
         batch: i64,
         backup: &str,
         run_id: &str,

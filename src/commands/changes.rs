@@ -16,7 +16,7 @@ async fn open(
         target: Some(crate::cli::TargetKind::Mongodb),
         database: args.database.clone(),
     };
-    let (_cfg, t, ledger) = super::open_ledger(cli, &target).await?;
+    let (_cfg, t, ledger) = super::shared::open_ledger(cli, &target).await?;
     Ok((files, t, ledger))
 }
 

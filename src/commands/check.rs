@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{config_for, pipeline_for};
+use super::shared::{config_for, pipeline_for};
 use crate::cli::{CheckArgs, Cli, Outcome};
 use crate::monitor::report::format_ms;
 
@@ -14,25 +14,28 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
     // The named target (flag, else pipeline); else every configured one.
-    let kinds: Vec<Option<crate::cli::TargetKind>> =
-        match args.target.target.or(super::pipeline_target(&pipeline)) {
-            Some(k) => vec![Some(k)],
-            None => {
-                let mut all = Vec::new();
-                if cfg.mongodb.is_some() {
-                    all.push(Some(crate::cli::TargetKind::Mongodb));
-                }
-                if cfg.appwrite.is_some() {
-                    all.push(Some(crate::cli::TargetKind::Appwrite));
-                }
-                all
+    let kinds: Vec<Option<crate::cli::TargetKind>> = match args
+        .target
+        .target
+        .or(super::shared::pipeline_target(&pipeline))
+    {
+        Some(k) => vec![Some(k)],
+        None => {
+            let mut all = Vec::new();
+            if cfg.mongodb.is_some() {
+                all.push(Some(crate::cli::TargetKind::Mongodb));
             }
-        };
+            if cfg.appwrite.is_some() {
+                all.push(Some(crate::cli::TargetKind::Appwrite));
+            }
+            all
+        }
+    };
     let mut blocking_targets = Vec::new();
     let mut targets = Vec::new();
     let mut rates = std::collections::BTreeMap::new();
     for kind in kinds {
-        match super::connect_target(&cfg, kind, Default::default()).await {
+        match super::shared::connect_target(&cfg, kind, Default::default()).await {
             Ok((t, ledger, _)) => {
                 for s in pipeline.all_steps() {
                     if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::open_ledger;
+use super::shared::open_ledger;
 use crate::cli::{Cli, LockCommand, Outcome};
 
 pub async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<Outcome> {

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
-use super::{
+use super::shared::{
     AppwriteTuning, connect_target, error_text, load_config, load_pipeline, pipeline_target,
 };
 use crate::cli::{Cli, MigrateArgs, Outcome};

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{load_config, load_pipeline};
+use super::shared::{load_config, load_pipeline};
 use crate::cli::{Cli, Outcome, PlanArgs};
 use crate::config::Overrides;
 use crate::pipeline::run::{self};

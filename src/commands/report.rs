@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use super::config_for;
+use super::shared::config_for;
 use crate::cli::{Cli, Outcome, ReportArgs, ReportFormat};
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
@@ -22,7 +22,7 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
             None
         }
     });
-    if let Ok((_, ledger, _)) = super::connect_target(&cfg, kind, Default::default()).await
+    if let Ok((_, ledger, _)) = super::shared::connect_target(&cfg, kind, Default::default()).await
         && let Ok(steps) = ledger.all_steps().await
     {
         signoff.ledger = steps

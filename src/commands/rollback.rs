@@ -2,14 +2,14 @@
 
 use anyhow::Result;
 
-use super::pipeline_for;
+use super::shared::pipeline_for;
 use crate::cli::{Cli, Outcome, RollbackArgs};
 use crate::ledger::{self};
 use crate::pipeline::rollback::{self, RollbackRequest};
 
 pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
     let (cfg, _target, ledger) =
-        super::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
+        super::shared::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let req = RollbackRequest {
         names: args.names.clone(),

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{AppwriteTuning, connect_target, load_config, load_pipeline};
+use super::shared::{AppwriteTuning, connect_target, load_config, load_pipeline};
 use crate::cli::{Cli, Outcome, SchemaCommand, TargetKind};
 use crate::config::Overrides;
 use crate::pipeline::run::{self};

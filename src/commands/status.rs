@@ -26,8 +26,8 @@ struct EntityStatus {
 
 pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
     let (cfg, _target, ledger) =
-        super::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
-    use super::pipeline_for;
+        super::shared::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
+    use super::shared::pipeline_for;
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let latest = ledger.latest_steps().await?;
     let holder = ledger.lock_holder().await?;

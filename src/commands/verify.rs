@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use super::pipeline_for;
+use super::shared::pipeline_for;
 use crate::cli::{Cli, Outcome};
 use crate::sink::target::Target;
 
@@ -12,7 +12,7 @@ const DEFAULT_SAMPLE: u64 = 100_000;
 
 pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome> {
     let (cfg, target, ledger) =
-        super::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
+        super::shared::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let target_kind = target.kind();
     let target_name = target.display_name();
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
