@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use bson::doc;
+use bson::{Bson, doc};
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
@@ -14,6 +14,7 @@ use crate::pipeline::Pipeline;
 use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
 use crate::pipeline::run::{compile_plans, load_known_keys};
 use crate::sink::appwrite::id_ok as appwrite_id_ok;
+use crate::sink::appwrite::schema::{self, ChildTable, Kind, TableSpec};
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, Target};
 use crate::source::SourceSession;
@@ -298,8 +299,11 @@ pub async fn check(
         let mut scanned = 0u64;
         let mut bad_ids = 0u64;
         let mut bad_id_example = String::new();
-        let table = (appwrite && plan.appwrite_users.is_none())
-            .then(|| crate::sink::appwrite::schema::table_spec(plan));
+        let table = (appwrite && plan.appwrite_users.is_none()).then(|| schema::table_spec(plan));
+        let children = match &table {
+            Some(_) => schema::child_tables(plan),
+            None => Vec::new(),
+        };
         // A scan that fails is a blocking finding: "no data" would pass a check that read nothing.
         match Readers::open(&session, plan).await {
             Err(e) => report.blocking.push(format!(
@@ -330,6 +334,7 @@ pub async fn check(
                         &mut bad_ids,
                         &mut bad_id_example,
                         table.as_ref(),
+                        &children,
                     );
                 }
             }
@@ -380,7 +385,8 @@ fn scan_row(
     tally: &mut BTreeMap<(String, String, String), Finding>,
     bad_ids: &mut u64,
     bad_id_example: &mut String,
-    table: Option<&crate::sink::appwrite::schema::TableSpec>,
+    table: Option<&TableSpec>,
+    children: &[ChildTable],
 ) {
     let (key, issues, doc) = match row {
         ExpectedRow::Rejected { key, issues, .. } => (key, issues, None),
@@ -394,7 +400,6 @@ fn scan_row(
     }
     // Appwrite: text longer than its column's size is refused by the server.
     if let (Some(spec), Some(doc)) = (table, doc.as_ref().and_then(|d| d.to_document().ok())) {
-        use crate::sink::appwrite::schema::Kind;
         if let Some(message) = crate::sink::target::unrepresentable(&doc, Some(spec)) {
             let f = tally
                 .entry((
@@ -412,36 +417,33 @@ fn scan_row(
                 });
             f.rows += 1;
         }
-        let row = crate::sink::appwrite::schema::to_row(&doc, spec);
-        for c in &spec.columns {
-            let size = match c.kind {
-                Kind::Text(n) => n,
-                Kind::Json => crate::sink::appwrite::schema::DEFAULT_TEXT_SIZE,
-                _ => continue,
-            };
-            let too_long = |v: &serde_json::Value| {
-                v.as_str().map(|s| s.chars().count() as u64).unwrap_or(0) > size
-            };
-            let long = match &row[&c.key] {
-                serde_json::Value::Array(items) => items.iter().any(too_long),
-                v => too_long(v),
-            };
-            if long {
-                let f = tally
-                    .entry((c.key.clone(), "appwrite_string_size".into(), "reject".into()))
-                    .or_insert_with(|| Finding {
-                        entity: plan.entity.clone(),
-                        path: c.key.clone(),
-                        rule: "appwrite_string_size".into(),
-                        severity: "reject".into(),
-                        example_key: key.clone(),
-                        example: format!(
-                            "longer than the Appwrite column's {size} characters: Appwrite will refuse the row"
-                        ),
-                        ..Default::default()
-                    });
-                f.rows += 1;
+        // The row and its child tables' rows (a refused child row fails its parent).
+        let parent_id = crate::sink::appwrite::rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
+        let mut long = std::collections::BTreeMap::new();
+        long_columns(&schema::to_row(&doc, spec), spec, "", &mut long);
+        for (child, rows) in children
+            .iter()
+            .zip(schema::child_rows(&doc, &parent_id, children))
+        {
+            for row in &rows {
+                long_columns(row, &child.table, &format!("{}.", child.key), &mut long);
             }
+        }
+        for (path, size) in long {
+            let f = tally
+                .entry((path.clone(), "appwrite_string_size".into(), "reject".into()))
+                .or_insert_with(|| Finding {
+                    entity: plan.entity.clone(),
+                    path,
+                    rule: "appwrite_string_size".into(),
+                    severity: "reject".into(),
+                    example_key: key.clone(),
+                    example: format!(
+                        "longer than the Appwrite column's {size} characters: Appwrite will refuse the row"
+                    ),
+                    ..Default::default()
+                });
+            f.rows += 1;
         }
     }
     for issue in &issues {
@@ -462,5 +464,31 @@ fn scan_row(
                 example: issue.message.clone(),
             });
         f.rows += 1;
+    }
+}
+
+/// The text columns of an Appwrite row longer than the column holds, as (`prefix` + key, size).
+fn long_columns(
+    row: &serde_json::Value,
+    spec: &TableSpec,
+    prefix: &str,
+    out: &mut std::collections::BTreeMap<String, u64>,
+) {
+    for c in &spec.columns {
+        let size = match c.kind {
+            Kind::Text(n) => n,
+            Kind::Json => schema::DEFAULT_TEXT_SIZE,
+            _ => continue,
+        };
+        let too_long = |v: &serde_json::Value| {
+            v.as_str().map(|s| s.chars().count() as u64).unwrap_or(0) > size
+        };
+        let long = match &row[&c.key] {
+            serde_json::Value::Array(items) => items.iter().any(too_long),
+            v => too_long(v),
+        };
+        if long {
+            out.insert(format!("{prefix}{}", c.key), size);
+        }
     }
 }

@@ -735,6 +735,104 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
     w.drop().await;
 }
 
+/// A row of a child table (`appwrite = "table"`) too long for its column is found by `check`
+/// too, under the embed's path, and the run rejects exactly its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_a_child_table_row_too_long_for_its_column_and_the_run_rejects_its_parent() {
+    let w = World::new("aw_check_child").await;
+    w.sql(
+        "CREATE TABLE notes (id integer PRIMARY KEY, title text);
+         CREATE TABLE lines (id integer PRIMARY KEY, note_id integer, body text);
+         INSERT INTO notes VALUES (1, 'one'), (2, 'two'), (3, 'three');
+         INSERT INTO lines VALUES (10, 1, 'fine'), (20, 2, 'fine'), (21, 2, repeat('x', 1000001)),
+           (30, 3, 'fine');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/notes.toml"),
+        r#"version = 1
+name = "notes"
+[source]
+table = "notes"
+key = ["id"]
+[[field]]
+path = "title"
+column = "title"
+[[embed]]
+path = "lines"
+table = "lines"
+foreign_key = "note_id"
+order_by = ["id"]
+appwrite = "table"
+[[embed.field]]
+path = "body"
+column = "body"
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("notes.toml"), NOTES_PIPELINE).unwrap();
+    let pipeline = dir.join("notes.toml").display().to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--target",
+            "appwrite",
+            "--json",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "appwrite_string_size")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(
+        (
+            f["rows"].as_u64(),
+            f["path"].as_str(),
+            f["example_key"].as_str()
+        ),
+        (Some(1), Some("lines.body"), Some("2")),
+        "{report}"
+    );
+
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let notes = entity(&report, "notes");
+    assert_eq!(
+        (notes["written"].as_u64(), notes["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    let run_id = report["run_id"].as_str().unwrap();
+    let keys: Vec<String> = w.rejects(run_id).into_iter().map(|r| r.1).collect();
+    assert_eq!(keys, ["2"]);
+    w.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_apply_creates_the_tables_ahead_of_a_run_idempotently() {
     let w = World::new("aw_schema").await;
