@@ -276,6 +276,15 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
     };
     let out = output(verify()).await;
     assert!(out.status.success(), "{}", out_text(&out));
+    // The child table's fields are compared independently too (issue #11).
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let compared: Vec<&str> = json["entities"][0]["independent"]["compared_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(compared, ["label", "lines.n", "lines.item"], "{json}");
 
     cutover::sink::appwrite::install_crypto_provider();
     let client =
@@ -363,6 +372,35 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
     assert_eq!(e["embedded"][0]["source_children"], source_lines, "{e}");
     assert_eq!(e["embedded"][0]["target_elements"], source_lines - 1, "{e}");
     assert_eq!(e["ok"], false);
+    // The independent comparison names the changed child row's field, with its position.
+    let named: Vec<(String, String, String)> = e["independent"]["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["key"].as_str().unwrap().to_string(),
+                m["field"].as_str().unwrap().to_string(),
+                m["problem"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .filter(|(_, f, _)| f.starts_with("lines."))
+        .collect();
+    assert_eq!(
+        named,
+        [(
+            "30".to_string(),
+            "lines.item".to_string(),
+            "element 0".to_string()
+        )],
+        "{e}"
+    );
     w.drop().await;
 }
 

@@ -331,6 +331,272 @@ fn appwrite_fields(plan: &Plan) -> (Vec<FieldCheck>, Vec<NotCompared>) {
     (kept, skipped)
 }
 
+/// The independent checks of the embeds stored as child tables (`appwrite = "table"`): per
+/// embed, its checks (paths inside the element, named `<array>.<field>`). `skipped` loses the
+/// fields compared here and gains those of child tables that cannot be.
+fn child_table_fields(
+    plan: &Plan,
+    skipped: &mut Vec<NotCompared>,
+) -> Vec<(usize, Vec<FieldCheck>)> {
+    if plan.appwrite_users.is_some() {
+        return Vec::new();
+    }
+    let (embeds, not) = super::embedded::embed_fields(plan);
+    let in_table = |path: &str| {
+        plan.embeds
+            .iter()
+            .any(|e| e.appwrite_table && path.starts_with(&format!("{}.", e.path_text)))
+    };
+    let mut out = Vec::new();
+    for ec in embeds {
+        let e = &plan.embeds[ec.embed()];
+        if !e.appwrite_table {
+            continue;
+        }
+        let embed = ec.embed();
+        let mut kept = Vec::new();
+        for mut c in ec.into_checks() {
+            let inner = &c.path_text[e.path_text.len() + 1..];
+            let reference = e.fields.iter().any(|f| {
+                f.path_text == inner && f.reference.is_some() && matches!(f.input, Input::Column(_))
+            });
+            skipped.retain(|n| n.path != c.path_text);
+            if reference {
+                skipped.push(NotCompared {
+                    path: c.path_text,
+                    why: "reference: stored as the referenced row's id".into(),
+                });
+                continue;
+            }
+            if c.path.len() == 1 {
+                c.check = for_appwrite(c.check);
+            }
+            kept.push(c);
+        }
+        if !kept.is_empty() {
+            out.push((embed, kept));
+        }
+    }
+    for n in not.into_iter().filter(|n| in_table(&n.path)) {
+        skipped.retain(|s| s.path != n.path);
+        skipped.push(n);
+    }
+    out
+}
+
+/// An expected record of the comparison: the source key, the element's position in its
+/// parent's array (child tables), PostgreSQL's renderings.
+type Rendered = (String, Option<u64>, Vec<Option<String>>);
+
+/// Merges the expected records (by row key) with the target's (the row's compared columns),
+/// comparing each field; returns how many rows were compared.
+#[allow(clippy::too_many_arguments)]
+fn merge_compare(
+    plan: &Plan,
+    checks: &[FieldCheck],
+    expected: Spill,
+    actual: Spill,
+    id_of: &dyn Fn(&[u8]) -> String,
+    mismatches: &mut Kept<Mismatch>,
+    log: &mut ProblemLog,
+) -> Result<u64, RunError> {
+    let mut documents = 0u64;
+    let mut expected = expected.sorted().map_err(spill_err)?;
+    let mut actual = actual.sorted().map_err(spill_err)?;
+    let mut e = expected.next_record().map_err(spill_err)?;
+    let mut a = actual.next_record().map_err(spill_err)?;
+    while let (Some((ek, ep)), Some((ak, ap))) = (&e, &a) {
+        match ek.cmp(ak) {
+            std::cmp::Ordering::Less => e = expected.next_record().map_err(spill_err)?,
+            std::cmp::Ordering::Greater => a = actual.next_record().map_err(spill_err)?,
+            std::cmp::Ordering::Equal => {
+                documents += 1;
+                let (key, position, texts): Rendered =
+                    serde_json::from_slice(ep).map_err(|e| spill_err(e.into()))?;
+                let row: Value = serde_json::from_slice(ap).map_err(|e| spill_err(e.into()))?;
+                let id = id_of(ek);
+                for (c, text) in checks.iter().zip(&texts) {
+                    let Some(problem) = field_problem(c, text.as_deref(), &row) else {
+                        continue;
+                    };
+                    let problem = match position {
+                        Some(p) => format!("element {p}: {problem}"),
+                        None => problem,
+                    };
+                    let m = Mismatch {
+                        key: key.clone(),
+                        id: id.clone(),
+                        field: c.path_text.clone(),
+                        source: text.clone().unwrap_or_else(|| "NULL".into()),
+                        target: row.get(&c.path[0]).unwrap_or(&Value::Null).to_string(),
+                        problem,
+                    };
+                    log.write(serde_json::json!({
+                        "entity": plan.entity, "kind": "value", "key": m.key, "id": m.id,
+                        "field": m.field, "source": m.source, "target": m.target,
+                        "problem": m.problem,
+                    }))?;
+                    mismatches.push(m);
+                }
+                e = expected.next_record().map_err(spill_err)?;
+                a = actual.next_record().map_err(spill_err)?;
+            }
+        }
+    }
+    Ok(documents)
+}
+
+/// The key of a child-table row: its parent's row id, a zero byte, its position (big-endian).
+fn child_key(parent: &str, position: u64) -> Vec<u8> {
+    let mut k = parent.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&position.to_be_bytes());
+    k
+}
+
+fn child_key_text(k: &[u8]) -> String {
+    match k.len().checked_sub(9) {
+        Some(at) => {
+            let pos = u64::from_be_bytes(k[at + 1..].try_into().expect("8 bytes"));
+            format!("{}[{pos}]", String::from_utf8_lossy(&k[..at]))
+        }
+        None => String::from_utf8_lossy(k).into_owned(),
+    }
+}
+
+/// The parent whose child rows are being read.
+struct Family {
+    fk: Vec<Option<String>>,
+    /// Its key text and row id, when it is compared.
+    named: Option<(String, String)>,
+    /// The next element's position.
+    next: u64,
+}
+
+/// Compares the fields of one child table with the child rows' own renderings; `step`: every
+/// `step`-th parent. Returns the child rows compared.
+#[allow(clippy::too_many_arguments)]
+async fn compare_child_table(
+    plan: &Plan,
+    embed: usize,
+    checks: &[FieldCheck],
+    session: &mut SourceSession,
+    target: &AppwriteTarget,
+    step: u64,
+    mismatches: &mut Kept<Mismatch>,
+    log: &mut ProblemLog,
+) -> Result<u64, RunError> {
+    let e = &plan.embeds[embed];
+    let Some(table) = crate::sink::appwrite::schema::child_tables(plan)
+        .into_iter()
+        .find(|c| c.embed == embed)
+        .map(|c| c.table.id)
+    else {
+        return Ok(0);
+    };
+    let parent_kinds: Vec<crate::source::ColKind> = plan
+        .key
+        .iter()
+        .map(|&k| plan.read.columns[k].kind)
+        .collect();
+    let mut expected = Spill::new();
+    {
+        let mut conn = session.reader().await?;
+        conn.execute("SET LOCAL extra_float_digits = 1")
+            .await
+            .map_err(qerr("set extra_float_digits".into()))?;
+        let context = format!("read {} for the independent comparison", e.read.relation);
+        let sql = super::embedded::child_query(e, checks);
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
+        let mut current: Option<Family> = None;
+        let mut parents = 0u64;
+        while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
+            let mut fk = Vec::with_capacity(e.fk_len);
+            for i in 0..e.fk_len {
+                fk.push(
+                    sqlx::Row::try_get::<Option<String>, _>(&row, i)
+                        .map_err(qerr(context.clone()))?,
+                );
+            }
+            if current.as_ref().is_none_or(|f| f.fk != fk) {
+                let sampled = parents.is_multiple_of(step);
+                parents += 1;
+                let parent = fk
+                    .iter()
+                    .zip(&parent_kinds)
+                    .map(|(t, kind)| t.as_deref().and_then(|t| super::key_value(*kind, t)))
+                    .collect::<Option<Vec<crate::source::Value>>>();
+                let named = parent.filter(|_| sampled).and_then(|p| {
+                    let refs: Vec<&crate::source::Value> = p.iter().collect();
+                    plan.id
+                        .id_for(&refs)
+                        .ok()
+                        .map(|id| (crate::source::value::key_text(&refs), row_id(&id)))
+                });
+                current = Some(Family { fk, named, next: 0 });
+            }
+            let family = current.as_mut().expect("set above");
+            let pos = family.next;
+            family.next += 1;
+            let Some((key, parent_id)) = family.named.as_ref() else {
+                continue;
+            };
+            let mut texts = Vec::with_capacity(checks.len());
+            for i in 0..checks.len() {
+                texts.push(
+                    sqlx::Row::try_get::<Option<String>, _>(&row, e.fk_len + i)
+                        .map_err(qerr(context.clone()))?,
+                );
+            }
+            let payload: Rendered = (key.clone(), Some(pos), texts);
+            expected
+                .push(
+                    child_key(parent_id, pos),
+                    serde_json::to_vec(&payload).expect("strings serialize"),
+                )
+                .map_err(spill_err)?;
+        }
+    }
+    let tops: Vec<&str> = checks.iter().map(|c| c.path[0].as_str()).collect();
+    let mut actual = Spill::new();
+    let mut pages = Pages::rows(&target.client, &target.database, &table).by_id();
+    loop {
+        let page = match pages.next().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(e) if e.is_missing() => break,
+            Err(e) => return Err(RunError::Sink(e.into())),
+        };
+        for r in &page {
+            let (Some(parent), Some(pos)) = (
+                r[crate::sink::appwrite::schema::PARENT].as_str(),
+                r[crate::sink::appwrite::schema::POSITION].as_u64(),
+            ) else {
+                continue; // not a child row: left to the main comparison
+            };
+            let mut kept = serde_json::Map::new();
+            for t in &tops {
+                kept.insert((*t).to_string(), r.get(*t).cloned().unwrap_or(Value::Null));
+            }
+            actual
+                .push(
+                    child_key(parent, pos),
+                    serde_json::to_vec(&kept).expect("JSON serializes"),
+                )
+                .map_err(spill_err)?;
+        }
+    }
+    merge_compare(
+        plan,
+        checks,
+        expected,
+        actual,
+        &child_key_text,
+        mismatches,
+        log,
+    )
+}
+
 /// Compares the independently checkable fields of `plan` in its Appwrite table with
 /// PostgreSQL's own values. `sample`: as [`crate::verify::appwrite::verify_entity`].
 pub async fn verify_entity(
@@ -340,9 +606,11 @@ pub async fn verify_entity(
     sample: Option<u64>,
     log: &mut ProblemLog,
 ) -> Result<Independent, RunError> {
-    let (checks, not_compared) = appwrite_fields(plan);
+    let (checks, mut not_compared) = appwrite_fields(plan);
+    let children = child_table_fields(plan, &mut not_compared);
     let compared_fields = checks
         .iter()
+        .chain(children.iter().flat_map(|(_, c)| c))
         .map(|c| ComparedField {
             path: c.path_text.clone(),
             column: c.column.clone(),
@@ -356,12 +624,16 @@ pub async fn verify_entity(
     let mut rows_without_id = 0u64;
     let mut mismatches: Kept<Mismatch> = Kept::default();
     let mut documents = 0u64;
+    let source_rows = if checks.is_empty() && children.is_empty() {
+        0
+    } else {
+        session.count(&plan.relation).await?
+    };
+    let step = match sample {
+        Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
+        _ => 1,
+    };
     if !checks.is_empty() {
-        let source_rows = session.count(&plan.relation).await?;
-        let step = match sample {
-            Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
-            _ => 1,
-        };
         // Source side: (row id → [key, renderings…]) of the sampled rows.
         let (keys, sql) = super::source_query(plan, &checks);
         let mut expected = Spill::new();
@@ -385,7 +657,8 @@ pub async fn verify_entity(
                     rows_without_id += 1;
                     continue;
                 };
-                let payload = serde_json::to_vec(&(key, texts)).expect("strings serialize");
+                let payload: Rendered = (key, None, texts);
+                let payload = serde_json::to_vec(&payload).expect("strings serialize");
                 expected
                     .push(row_id(&id).into_bytes(), payload)
                     .map_err(spill_err)?;
@@ -417,44 +690,29 @@ pub async fn verify_entity(
             }
         }
         // The merge by row id.
-        let mut expected = expected.sorted().map_err(spill_err)?;
-        let mut actual = actual.sorted().map_err(spill_err)?;
-        let mut e = expected.next_record().map_err(spill_err)?;
-        let mut a = actual.next_record().map_err(spill_err)?;
-        while let (Some((ek, ep)), Some((ak, ap))) = (&e, &a) {
-            match ek.cmp(ak) {
-                std::cmp::Ordering::Less => e = expected.next_record().map_err(spill_err)?,
-                std::cmp::Ordering::Greater => a = actual.next_record().map_err(spill_err)?,
-                std::cmp::Ordering::Equal => {
-                    documents += 1;
-                    let (key, texts): (String, Vec<Option<String>>) =
-                        serde_json::from_slice(ep).map_err(|e| spill_err(e.into()))?;
-                    let row: Value = serde_json::from_slice(ap).map_err(|e| spill_err(e.into()))?;
-                    let id = String::from_utf8_lossy(ek).into_owned();
-                    for (c, text) in checks.iter().zip(&texts) {
-                        let Some(problem) = field_problem(c, text.as_deref(), &row) else {
-                            continue;
-                        };
-                        let m = Mismatch {
-                            key: key.clone(),
-                            id: id.clone(),
-                            field: c.path_text.clone(),
-                            source: text.clone().unwrap_or_else(|| "NULL".into()),
-                            target: row.get(&c.path[0]).unwrap_or(&Value::Null).to_string(),
-                            problem,
-                        };
-                        log.write(serde_json::json!({
-                            "entity": plan.entity, "kind": "value", "key": m.key, "id": m.id,
-                            "field": m.field, "source": m.source, "target": m.target,
-                            "problem": m.problem,
-                        }))?;
-                        mismatches.push(m);
-                    }
-                    e = expected.next_record().map_err(spill_err)?;
-                    a = actual.next_record().map_err(spill_err)?;
-                }
-            }
-        }
+        let id_of = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        documents += merge_compare(
+            plan,
+            &checks,
+            expected,
+            actual,
+            &id_of,
+            &mut mismatches,
+            log,
+        )?;
+    }
+    for (embed, child_checks) in &children {
+        compare_child_table(
+            plan,
+            *embed,
+            child_checks,
+            session,
+            target,
+            step,
+            &mut mismatches,
+            log,
+        )
+        .await?;
     }
     Ok(Independent {
         compared_fields,

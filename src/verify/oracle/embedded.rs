@@ -31,6 +31,15 @@ impl EmbedChecks {
     pub(super) fn checks(&self) -> &[FieldCheck] {
         &self.checks
     }
+
+    /// The embed's index in the plan.
+    pub(super) fn embed(&self) -> usize {
+        self.embed
+    }
+
+    pub(super) fn into_checks(self) -> Vec<FieldCheck> {
+        self.checks
+    }
 }
 
 /// The independently compared fields of each embed of `plan`, and those that are not.
@@ -71,7 +80,7 @@ pub(super) fn embed_fields(plan: &Plan) -> (Vec<EmbedChecks>, Vec<NotCompared>) 
 type Family = (String, Bson, Vec<Vec<Option<String>>>);
 
 /// The child query of `e`: the foreign-key renderings, then each check's, in the embed's order.
-fn child_query(e: &EmbedPlan, checks: &[FieldCheck]) -> String {
+pub(super) fn child_query(e: &EmbedPlan, checks: &[FieldCheck]) -> String {
     let qual = qualifier(&e.read.relation);
     let col = |i: usize| format!("{qual}.{}", quote_ident(&e.read.columns[i].name));
     let mut select: Vec<String> = (0..e.fk_len)
