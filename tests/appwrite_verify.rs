@@ -404,6 +404,106 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
     w.drop().await;
 }
 
+/// Issue #11: an embed stored as JSON text in its parent's column (Appwrite's default) has its
+/// fields compared independently too, element by element; a changed element is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_fields_inside_a_json_text_embed_independently() {
+    let w = World::new("aw_verify_json_embed").await;
+    w.sql(ORDERS_SQL).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/orders.toml"),
+        ORDERS.replace("appwrite = \"table\"\n", ""),
+    )
+    .unwrap();
+    let pipeline = dir.join("orders.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "orders")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let out_path = dir.join("verify.json").display().to_string();
+    let verify = || {
+        command(
+            &w,
+            &endpoint,
+            &["verify", "--pipeline", &pipeline, "-o", &out_path],
+        )
+    };
+    let independent = || -> Value {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        json["entities"][0]["independent"].clone()
+    };
+    let out = output(verify()).await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let i = independent();
+    let compared: Vec<&str> = i["compared_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(compared, ["label", "lines.n", "lines.item"], "{i}");
+    assert_eq!(i["mismatch_count"], 0, "{i}");
+
+    // Order 31's second line changed inside the JSON text.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&endpoint, "cutover", KEY, None).unwrap();
+    let row = s
+        .rows("registry", "orders")
+        .into_iter()
+        .find(|r| r["$id"] == "31")
+        .unwrap();
+    let mut data = cutover::sink::appwrite::tables::data_of(&row);
+    data.as_object_mut().unwrap().remove("$id");
+    let text = data["lines"].as_str().unwrap().to_string();
+    assert!(text.contains("item 31/2"), "{text}");
+    data["lines"] = json!(text.replace("item 31/2", "item 31/9"));
+    client
+        .put_row("registry", "orders", "31", &data)
+        .await
+        .unwrap();
+    let out = output(verify()).await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let i = independent();
+    let named: Vec<(String, String, String)> = i["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["key"].as_str().unwrap().to_string(),
+                m["field"].as_str().unwrap().to_string(),
+                m["problem"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [(
+            "31".to_string(),
+            "lines.item".to_string(),
+            "element 1".to_string()
+        )],
+        "{i}"
+    );
+    w.drop().await;
+}
+
 /// Issue #11: rows the server refused in the run (write rejects, in the run's rejects file) are
 /// excused by verify — exactly those keys, named with their count — while a row missing for any
 /// other reason still fails it.

@@ -84,6 +84,10 @@ pub fn read(dir: &Path, runs: &[&str], entity: &str) -> Result<WriteRejects, Run
         };
         let mut csv = csv::Reader::from_reader(file);
         let headers = csv.headers().map_err(|e| io(&path, e))?.clone();
+        if headers.is_empty() {
+            // Created by a run killed before its first record was flushed: no rejects.
+            continue;
+        }
         let column = |name: &str| headers.iter().position(|h| h == name);
         let (Some(e_at), Some(k_at), Some(s_at)) =
             (column("entity"), column("source_key"), column("stage"))
@@ -207,5 +211,17 @@ mod tests {
         assert!(got.contains("1") && got.contains("3, with a comma"));
         assert!(!got.contains("2") && !got.contains("4"));
         assert_eq!(got.runs, ["r1", "r0"]);
+    }
+
+    #[test]
+    fn an_empty_rejects_file_left_by_a_killed_run_holds_no_rejects() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("r1")).unwrap();
+        std::fs::write(dir.path().join("r1/a.csv"), "").unwrap();
+        let got = read(dir.path(), &["r1"], "a").unwrap();
+        assert_eq!(got.len(), 0);
+        // A file that is not a rejects file is still refused.
+        std::fs::write(dir.path().join("r1/a.csv"), "x,y\n1,2\n").unwrap();
+        assert!(read(dir.path(), &["r1"], "a").is_err());
     }
 }

@@ -280,6 +280,11 @@ fn field_problem(c: &FieldCheck, text: Option<&str>, row: &Value) -> Option<Stri
             other => Err(format!("expected document text, found {other}")),
         }
     };
+    judge(&c.check, text, target)
+}
+
+/// Whether `target` (read back from the row) is PostgreSQL's `text` under `c`.
+fn judge(check: &Check, text: Option<&str>, target: Result<Bson, String>) -> Option<String> {
     let target = match target {
         Ok(t) => t,
         Err(e) => return Some(e),
@@ -289,11 +294,11 @@ fn field_problem(c: &FieldCheck, text: Option<&str>, row: &Value) -> Option<Stri
         (None, Bson::Null) => None,
         (None, _) => Some("NULL in the source".into()),
         // JSON `null` is a null column in Appwrite; the JSON check says whether it is that.
-        (Some(t), Bson::Null) if matches!(c.check, Check::Json { .. }) => {
-            compare::value(&c.check, t, &Bson::Null).err()
+        (Some(t), Bson::Null) if matches!(*check, Check::Json { .. }) => {
+            compare::value(check, t, &Bson::Null).err()
         }
         (Some(_), Bson::Null) => Some("the field is missing (null)".into()),
-        (Some(t), b) => compare::value(&c.check, t, b).err(),
+        (Some(t), b) => compare::value(check, t, b).err(),
     }
 }
 
@@ -338,19 +343,41 @@ fn child_table_fields(
     plan: &Plan,
     skipped: &mut Vec<NotCompared>,
 ) -> Vec<(usize, Vec<FieldCheck>)> {
+    embed_fields_of(plan, skipped, true)
+}
+
+/// The independent checks of the embeds stored as a JSON text column of the parent (the
+/// default): paths inside the element, whose values are extended JSON as on MongoDB.
+fn json_embed_fields(plan: &Plan, skipped: &mut Vec<NotCompared>) -> Vec<(usize, Vec<FieldCheck>)> {
+    embed_fields_of(plan, skipped, false)
+}
+
+fn embed_fields_of(
+    plan: &Plan,
+    skipped: &mut Vec<NotCompared>,
+    tables: bool,
+) -> Vec<(usize, Vec<FieldCheck>)> {
     if plan.appwrite_users.is_some() {
         return Vec::new();
     }
     let (embeds, not) = super::embedded::embed_fields(plan);
+    // A JSON-text embed is compared when its array is a top-level column.
+    let chosen = |e: &crate::mapping::plan::EmbedPlan| {
+        if tables {
+            e.appwrite_table
+        } else {
+            !e.appwrite_table && !e.path_text.contains('.')
+        }
+    };
     let in_table = |path: &str| {
         plan.embeds
             .iter()
-            .any(|e| e.appwrite_table && path.starts_with(&format!("{}.", e.path_text)))
+            .any(|e| chosen(e) && path.starts_with(&format!("{}.", e.path_text)))
     };
     let mut out = Vec::new();
     for ec in embeds {
         let e = &plan.embeds[ec.embed()];
-        if !e.appwrite_table {
+        if !chosen(e) {
             continue;
         }
         let embed = ec.embed();
@@ -368,7 +395,9 @@ fn child_table_fields(
                 });
                 continue;
             }
-            if c.path.len() == 1 {
+            // A child table's column holds the type as Appwrite does; inside JSON text the value
+            // is BSON's extended JSON.
+            if tables && c.path.len() == 1 {
                 c.check = for_appwrite(c.check);
             }
             kept.push(c);
@@ -597,6 +626,193 @@ async fn compare_child_table(
     )
 }
 
+/// Compares the fields inside one embed stored as JSON text in the parent's column with the
+/// child rows' own renderings, parent by parent (merged by row id on disk); `step`: every
+/// `step`-th parent.
+#[allow(clippy::too_many_arguments)]
+async fn compare_json_embed(
+    plan: &Plan,
+    embed: usize,
+    checks: &[FieldCheck],
+    session: &mut SourceSession,
+    target: &AppwriteTarget,
+    step: u64,
+    mismatches: &mut Kept<Mismatch>,
+    log: &mut ProblemLog,
+) -> Result<(), RunError> {
+    let e = &plan.embeds[embed];
+    let parent_kinds: Vec<crate::source::ColKind> = plan
+        .key
+        .iter()
+        .map(|&k| plan.read.columns[k].kind)
+        .collect();
+    // Source side: (parent row id → key text, each child's renderings in order).
+    type Children = (String, Vec<Vec<Option<String>>>);
+    let mut expected = Spill::new();
+    {
+        let mut conn = session.reader().await?;
+        conn.execute("SET LOCAL extra_float_digits = 1")
+            .await
+            .map_err(qerr("set extra_float_digits".into()))?;
+        let context = format!("read {} for the independent comparison", e.read.relation);
+        let sql = super::embedded::child_query(e, checks);
+        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
+        let mut current: Option<Family> = None;
+        let mut gathered: Option<(String, Children)> = None;
+        let mut parents = 0u64;
+        let flush = |g: &mut Option<(String, Children)>, spill: &mut Spill| {
+            if let Some((id, children)) = g.take() {
+                spill.push(
+                    id.into_bytes(),
+                    serde_json::to_vec(&children).expect("strings serialize"),
+                )?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
+            let mut fk = Vec::with_capacity(e.fk_len);
+            for i in 0..e.fk_len {
+                fk.push(
+                    sqlx::Row::try_get::<Option<String>, _>(&row, i)
+                        .map_err(qerr(context.clone()))?,
+                );
+            }
+            if current.as_ref().is_none_or(|f| f.fk != fk) {
+                flush(&mut gathered, &mut expected).map_err(spill_err)?;
+                let sampled = parents.is_multiple_of(step);
+                parents += 1;
+                let parent = fk
+                    .iter()
+                    .zip(&parent_kinds)
+                    .map(|(t, kind)| t.as_deref().and_then(|t| super::key_value(*kind, t)))
+                    .collect::<Option<Vec<crate::source::Value>>>();
+                let named = parent.filter(|_| sampled).and_then(|p| {
+                    let refs: Vec<&crate::source::Value> = p.iter().collect();
+                    plan.id
+                        .id_for(&refs)
+                        .ok()
+                        .map(|id| (crate::source::value::key_text(&refs), row_id(&id)))
+                });
+                if let Some((key, id)) = &named {
+                    gathered = Some((id.clone(), (key.clone(), Vec::new())));
+                }
+                current = Some(Family { fk, named, next: 0 });
+            }
+            let Some((_, (_, children))) = gathered.as_mut() else {
+                continue;
+            };
+            let mut texts = Vec::with_capacity(checks.len());
+            for i in 0..checks.len() {
+                texts.push(
+                    sqlx::Row::try_get::<Option<String>, _>(&row, e.fk_len + i)
+                        .map_err(qerr(context.clone()))?,
+                );
+            }
+            children.push(texts);
+        }
+        flush(&mut gathered, &mut expected).map_err(spill_err)?;
+    }
+    // Target side: (row id → the column's text).
+    let mut actual = Spill::new();
+    let mut pages = Pages::rows(&target.client, &target.database, &plan.collection).by_id();
+    loop {
+        let page = match pages.next().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(e) if e.is_missing() => break,
+            Err(e) => return Err(RunError::Sink(e.into())),
+        };
+        for r in &page {
+            let id = r["$id"].as_str().unwrap_or_default();
+            let text = r.get(&e.path_text).cloned().unwrap_or(Value::Null);
+            actual
+                .push(
+                    id.as_bytes().to_vec(),
+                    serde_json::to_vec(&text).expect("JSON serializes"),
+                )
+                .map_err(spill_err)?;
+        }
+    }
+    let mut expected = expected.sorted().map_err(spill_err)?;
+    let mut actual = actual.sorted().map_err(spill_err)?;
+    let mut ex = expected.next_record().map_err(spill_err)?;
+    let mut ac = actual.next_record().map_err(spill_err)?;
+    while let (Some((ek, ep)), Some((ak, ap))) = (&ex, &ac) {
+        match ek.cmp(ak) {
+            std::cmp::Ordering::Less => ex = expected.next_record().map_err(spill_err)?,
+            std::cmp::Ordering::Greater => ac = actual.next_record().map_err(spill_err)?,
+            std::cmp::Ordering::Equal => {
+                let (key, children): Children =
+                    serde_json::from_slice(ep).map_err(|e| spill_err(e.into()))?;
+                let stored: Value = serde_json::from_slice(ap).map_err(|e| spill_err(e.into()))?;
+                // An array of documents is JSON text (extended JSON, as on MongoDB); an array of
+                // values an array column of the value's type.
+                let elements: Result<Vec<Result<Bson, String>>, String> = match &stored {
+                    Value::String(s) => match extjson_text(s) {
+                        Ok(Bson::Array(items)) => Ok(items.into_iter().map(Ok).collect()),
+                        Ok(other) => Err(format!("expected an array, found {other}")),
+                        Err(e) => Err(e),
+                    },
+                    Value::Array(_) => Ok(Vec::new()),
+                    other => Err(format!("expected JSON text, found {other}")),
+                };
+                let id = String::from_utf8_lossy(ek).into_owned();
+                for (pos, texts) in children.iter().enumerate() {
+                    for (c, text) in checks.iter().zip(texts) {
+                        let (check, target) = match (&stored, &elements) {
+                            (Value::Array(items), _) if c.path.is_empty() => {
+                                let Some(item) = items.get(pos) else { break };
+                                let check = for_appwrite(c.check.clone());
+                                let t = column(&check, item);
+                                (check, t)
+                            }
+                            (_, Ok(items)) => {
+                                let Some(el) = items.get(pos) else { break };
+                                let t = el.clone().map(|el| {
+                                    let v = if c.path.is_empty() {
+                                        Some(&el)
+                                    } else if let Bson::Document(d) = &el {
+                                        at_path(d, &c.path)
+                                    } else {
+                                        None
+                                    };
+                                    v.cloned().map_or(Bson::Null, |b| width(&c.check, b))
+                                });
+                                (c.check.clone(), t)
+                            }
+                            (_, Err(e)) => (c.check.clone(), Err(e.clone())),
+                        };
+                        let shown = match &target {
+                            Ok(b) => b.clone().into_canonical_extjson().to_string(),
+                            Err(_) => stored.to_string(),
+                        };
+                        let Some(problem) = judge(&check, text.as_deref(), target) else {
+                            continue;
+                        };
+                        let m = Mismatch {
+                            key: key.clone(),
+                            id: format!("{id}[{pos}]"),
+                            field: c.path_text.clone(),
+                            source: text.clone().unwrap_or_else(|| "NULL".into()),
+                            target: shown,
+                            problem: format!("element {pos}: {problem}"),
+                        };
+                        log.write(serde_json::json!({
+                            "entity": plan.entity, "kind": "value", "key": m.key, "id": m.id,
+                            "field": m.field, "source": m.source, "target": m.target,
+                            "problem": m.problem,
+                        }))?;
+                        mismatches.push(m);
+                    }
+                }
+                ex = expected.next_record().map_err(spill_err)?;
+                ac = actual.next_record().map_err(spill_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Compares the independently checkable fields of `plan` in its Appwrite table with
 /// PostgreSQL's own values. `sample`: as [`crate::verify::appwrite::verify_entity`].
 pub async fn verify_entity(
@@ -608,9 +824,11 @@ pub async fn verify_entity(
 ) -> Result<Independent, RunError> {
     let (checks, mut not_compared) = appwrite_fields(plan);
     let children = child_table_fields(plan, &mut not_compared);
+    let json_embeds = json_embed_fields(plan, &mut not_compared);
     let compared_fields = checks
         .iter()
         .chain(children.iter().flat_map(|(_, c)| c))
+        .chain(json_embeds.iter().flat_map(|(_, c)| c))
         .map(|c| ComparedField {
             path: c.path_text.clone(),
             column: c.column.clone(),
@@ -624,7 +842,7 @@ pub async fn verify_entity(
     let mut rows_without_id = 0u64;
     let mut mismatches: Kept<Mismatch> = Kept::default();
     let mut documents = 0u64;
-    let source_rows = if checks.is_empty() && children.is_empty() {
+    let source_rows = if checks.is_empty() && children.is_empty() && json_embeds.is_empty() {
         0
     } else {
         session.count(&plan.relation).await?
@@ -700,6 +918,19 @@ pub async fn verify_entity(
             &mut mismatches,
             log,
         )?;
+    }
+    for (embed, embed_checks) in &json_embeds {
+        compare_json_embed(
+            plan,
+            *embed,
+            embed_checks,
+            session,
+            target,
+            step,
+            &mut mismatches,
+            log,
+        )
+        .await?;
     }
     for (embed, child_checks) in &children {
         compare_child_table(
