@@ -802,3 +802,208 @@ async fn appwrite_verify_compares_fields_independently_and_names_a_tampered_one(
     );
     w.drop().await;
 }
+
+/// A parent key shape for the embed comparisons: the source tables, the mapping's key and
+/// foreign key, and the display key of order 31 (what verify names).
+struct Shape {
+    name: &'static str,
+    sql: &'static str,
+    key: &'static str,
+    foreign_key: &'static str,
+    key_of_31: &'static str,
+}
+
+/// Text keys with case, spaces, non-ASCII letters and some too long for an Appwrite id (row ids
+/// are then hashed), in an order that differs between byte order and a linguistic collation.
+const TEXT_SHAPE: Shape = Shape {
+    name: "text",
+    sql: r#"
+CREATE TABLE orders (code text PRIMARY KEY, label text NOT NULL);
+INSERT INTO orders SELECT CASE g % 4 WHEN 0 THEN 'Ord-' || g WHEN 1 THEN 'ord ' || g
+  WHEN 2 THEN 'Ärger ' || g ELSE repeat('k', 40) || g END, 'order ' || g
+FROM generate_series(1, 60) g;
+CREATE TABLE lines (order_code text NOT NULL, n int NOT NULL, item text NOT NULL,
+                    PRIMARY KEY (order_code, n));
+INSERT INTO lines SELECT o.code, l, 'item ' || substr(o.label, 7) || '/' || l
+FROM orders o, generate_series(1, 1 + substr(o.label, 7)::int % 3) l;
+"#,
+    key: r#"["code"]"#,
+    foreign_key: r#""order_code""#,
+    key_of_31: "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk31",
+};
+
+/// A composite key (text, int) whose text part repeats with different case.
+const COMPOSITE_SHAPE: Shape = Shape {
+    name: "composite",
+    sql: r#"
+CREATE TABLE orders (region text, seq int, label text NOT NULL, PRIMARY KEY (region, seq));
+INSERT INTO orders SELECT (ARRAY['eu', 'EU', 'us west'])[1 + g % 3], g, 'order ' || g
+FROM generate_series(1, 60) g;
+CREATE TABLE lines (region text NOT NULL, seq int NOT NULL, n int NOT NULL, item text NOT NULL,
+                    PRIMARY KEY (region, seq, n));
+INSERT INTO lines SELECT o.region, o.seq, l, 'item ' || o.seq || '/' || l
+FROM orders o, generate_series(1, 1 + o.seq % 3) l;
+"#,
+    key: r#"["region", "seq"]"#,
+    foreign_key: r#"["region", "seq"]"#,
+    key_of_31: "EU|31",
+};
+
+/// Issue #11, the shapes: the independent comparison of an embed's fields — in a child table
+/// and in JSON text — holds for text and composite parent keys: a clean run verifies with every
+/// field compared, and one changed element (order 31's second line) is named by its parent's key.
+async fn embed_comparison_holds_for_the_key_shape(shape: &Shape, child_table: bool) {
+    let w = World::new(&format!(
+        "aw_verify_{}_{}",
+        shape.name,
+        if child_table { "table" } else { "json" }
+    ))
+    .await;
+    w.sql(shape.sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    let mut mapping = ORDERS
+        .replace(
+            "table = \"orders\"\nkey = [\"id\"]",
+            &format!("table = \"orders\"\nkey = {}", shape.key),
+        )
+        .replace(
+            "foreign_key = \"order_id\"",
+            &format!("foreign_key = {}", shape.foreign_key),
+        );
+    assert!(
+        !mapping.contains("order_id") && !mapping.contains(r#"["id"]"#),
+        "{mapping}"
+    );
+    if !child_table {
+        mapping = mapping.replace("appwrite = \"table\"\n", "");
+    }
+    std::fs::write(dir.join("mappings/orders.toml"), mapping).unwrap();
+    let pipeline = dir.join("orders.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "orders")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let out_path = dir.join("verify.json").display().to_string();
+    let verify = || {
+        command(
+            &w,
+            &endpoint,
+            &["verify", "--pipeline", &pipeline, "-o", &out_path],
+        )
+    };
+    let entity = || -> Value {
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        json["entities"][0].clone()
+    };
+    let out = output(verify()).await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let e = entity();
+    let compared: Vec<&str> = e["independent"]["compared_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(compared, ["label", "lines.n", "lines.item"], "{e}");
+    assert_eq!(e["compared"], 60, "{e}");
+    assert_eq!(e["independent"]["mismatch_count"], 0, "{e}");
+
+    // Order 31's second line changed.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&endpoint, "cutover", KEY, None).unwrap();
+    let order = s
+        .rows("registry", "orders")
+        .into_iter()
+        .find(|r| r["label"] == "order 31")
+        .unwrap();
+    let order_id = order["$id"].as_str().unwrap().to_string();
+    if child_table {
+        let line = s
+            .rows("registry", "orders_lines")
+            .into_iter()
+            .find(|l| l["parentId"] == order_id.as_str() && l["item"] == "item 31/2")
+            .unwrap_or_else(|| panic!("no child row of {order_id}"));
+        let mut data = cutover::sink::appwrite::tables::data_of(&line);
+        data.as_object_mut().unwrap().remove("$id");
+        data["item"] = json!("item 31/9");
+        client
+            .put_row(
+                "registry",
+                "orders_lines",
+                line["$id"].as_str().unwrap(),
+                &data,
+            )
+            .await
+            .unwrap();
+    } else {
+        let mut data = cutover::sink::appwrite::tables::data_of(&order);
+        data.as_object_mut().unwrap().remove("$id");
+        let text = data["lines"].as_str().unwrap().to_string();
+        assert!(text.contains("item 31/2"), "{text}");
+        data["lines"] = json!(text.replace("item 31/2", "item 31/9"));
+        client
+            .put_row("registry", "orders", &order_id, &data)
+            .await
+            .unwrap();
+    }
+    let out = output(verify()).await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let e = entity();
+    let named: Vec<(String, String, String)> = e["independent"]["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["key"].as_str().unwrap().to_string(),
+                m["field"].as_str().unwrap().to_string(),
+                m["problem"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [(
+            shape.key_of_31.to_string(),
+            "lines.item".to_string(),
+            "element 1".to_string()
+        )],
+        "{e}"
+    );
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_child_table_under_a_text_key() {
+    embed_comparison_holds_for_the_key_shape(&TEXT_SHAPE, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_json_embed_under_a_text_key() {
+    embed_comparison_holds_for_the_key_shape(&TEXT_SHAPE, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_child_table_under_a_composite_key() {
+    embed_comparison_holds_for_the_key_shape(&COMPOSITE_SHAPE, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_json_embed_under_a_composite_key() {
+    embed_comparison_holds_for_the_key_shape(&COMPOSITE_SHAPE, false).await;
+}

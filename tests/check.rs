@@ -262,46 +262,137 @@ async fn a_failing_source_blocks_and_the_entities_after_it_are_still_checked() {
     w.drop().await;
 }
 
+/// The key of the parents in `check_counts_in_advance…`: its columns, the child's foreign key
+/// columns, and the literal (SQL) and display text of the key of parent `n`.
+struct KeyShape {
+    name: &'static str,
+    parent_cols: &'static str,
+    primary_key: &'static str,
+    child_cols: &'static str,
+    key: &'static str,
+    foreign_key: &'static str,
+    /// (SQL literal of the key columns, the key as rejects files and findings name it)
+    keys: fn(u32) -> (String, String),
+}
+
+const INT_KEY: KeyShape = KeyShape {
+    name: "int",
+    parent_cols: "id int",
+    primary_key: "id",
+    child_cols: "parent_id int",
+    key: r#"["id"]"#,
+    foreign_key: r#""parent_id""#,
+    keys: |n| (n.to_string(), n.to_string()),
+};
+
+/// Text keys whose order differs between byte order and a linguistic collation, with case,
+/// spaces and non-ASCII letters.
+const TEXT_KEY: KeyShape = KeyShape {
+    name: "text",
+    parent_cols: "code text",
+    primary_key: "code",
+    child_cols: "parent_code text",
+    key: r#"["code"]"#,
+    foreign_key: r#""parent_code""#,
+    keys: |n| {
+        let k = match n {
+            1 => "zeta",
+            2 => "Alpha",
+            3 => "alpha",
+            4 => "b c",
+            5 => "Ärger",
+            6 => "10",
+            7 => "9",
+            _ => "orphan key",
+        };
+        (format!("'{k}'"), k.to_string())
+    },
+};
+
+/// A composite key (text, int) whose first part repeats with different case.
+const COMPOSITE_KEY: KeyShape = KeyShape {
+    name: "composite",
+    parent_cols: "region text, seq int",
+    primary_key: "region, seq",
+    child_cols: "p_region text, p_seq int",
+    key: r#"["region", "seq"]"#,
+    foreign_key: r#"["p_region", "p_seq"]"#,
+    keys: |n| {
+        let region = ["eu", "EU", "us west"][n as usize % 3];
+        let seq = 100 - n as i64;
+        (format!("'{region}', {seq}"), format!("{region}|{seq}"))
+    },
+};
+
 /// `check --full` counts, rule by rule, exactly the rows `migrate` rejects — also those rejected
 /// for an embedded child: a child column that cannot be decoded, a child field failing its rule,
-/// and a document too large because of its children.
-#[tokio::test]
-async fn check_counts_in_advance_every_row_migrate_rejects_children_included() {
-    let w = World::new("check_children").await;
-    w.sql(
-        "CREATE TABLE parents (id int PRIMARY KEY, since date);
-         CREATE TABLE kids (id int PRIMARY KEY, parent_id int, born date, name text, email text, notes text);
-         INSERT INTO parents VALUES (1, '2020-01-01'), (2, '2020-01-02'), (3, '2020-01-03'),
-           (4, '2020-01-04'), (5, 'infinity'), (6, '2020-01-06'), (7, '2020-01-07');
-         -- 1: a child whose date cannot be written; 2: a child's e-mail fails its rule;
-         -- 3: fine; 4: a child without its required name; 5: its own date; 6: 9 × 2 MB of
-         -- children (over 16 MiB); 7: no children; 99: an orphan child.
-         INSERT INTO kids VALUES (10, 1, 'infinity', 'a', 'a@example.com', ''),
-           (11, 1, '2019-01-01', 'b', 'b@example.com', ''),
-           (20, 2, '2019-01-01', 'c', 'not an address', ''),
-           (30, 3, '2019-01-01', 'd', 'd@example.com', ''),
-           (40, 4, '2019-01-01', NULL, 'e@example.com', ''),
-           (50, 5, '2019-01-01', 'f', 'f@example.com', ''),
-           (990, 99, '2019-01-01', 'g', 'g@example.com', '');
-         INSERT INTO kids SELECT 60 + g, 6, '2019-01-01', 'h', 'h@example.com', repeat('x', 2000000)
+/// and a document too large because of its children — and the run rejects exactly those parents,
+/// named by their keys.
+async fn check_counts_in_advance_every_row_migrate_rejects(shape: &KeyShape) {
+    let w = World::new(&format!("check_children_{}", shape.name)).await;
+    let k = |n: u32| (shape.keys)(n).0;
+    let dates = [
+        (1, "2020-01-01"),
+        (2, "2020-01-02"),
+        (3, "2020-01-03"),
+        (4, "2020-01-04"),
+        (5, "infinity"),
+        (6, "2020-01-06"),
+        (7, "2020-01-07"),
+    ];
+    let parents: Vec<String> = dates
+        .iter()
+        .map(|(n, d)| format!("({}, '{d}')", k(*n)))
+        .collect();
+    // 1: a child whose date cannot be written; 2: a child's e-mail fails its rule; 3: fine; 4: a
+    // child without its required name; 5: its own date; 6: 9 × 2 MB of children (over 16 MiB);
+    // 7: no children; 99: an orphan child.
+    let kids = [
+        (10, 1, "'infinity'", "'a'", "a@example.com"),
+        (11, 1, "'2019-01-01'", "'b'", "b@example.com"),
+        (20, 2, "'2019-01-01'", "'c'", "not an address"),
+        (30, 3, "'2019-01-01'", "'d'", "d@example.com"),
+        (40, 4, "'2019-01-01'", "NULL", "e@example.com"),
+        (50, 5, "'2019-01-01'", "'f'", "f@example.com"),
+        (990, 99, "'2019-01-01'", "'g'", "g@example.com"),
+    ];
+    let kids: Vec<String> = kids
+        .iter()
+        .map(|(id, p, born, name, email)| {
+            format!("({id}, {}, {born}, {name}, '{email}', '')", k(*p))
+        })
+        .collect();
+    w.sql(&format!(
+        "CREATE TABLE parents ({parent_cols}, since date, PRIMARY KEY ({pk}));
+         CREATE TABLE kids (id int PRIMARY KEY, {child_cols}, born date, name text, email text, notes text);
+         INSERT INTO parents VALUES {parents};
+         INSERT INTO kids VALUES {kids};
+         INSERT INTO kids SELECT 60 + g, {six}, '2019-01-01', 'h', 'h@example.com', repeat('x', 2000000)
            FROM generate_series(0, 8) g;",
-    )
+        parent_cols = shape.parent_cols,
+        pk = shape.primary_key,
+        child_cols = shape.child_cols,
+        parents = parents.join(", "),
+        kids = kids.join(", "),
+        six = k(6),
+    ))
     .await;
     let pipeline = common::one_entity_pipeline(
         &w,
         "parents",
-        r#"version = 1
+        &format!(
+            r#"version = 1
 name = "parents"
 [source]
 table = "parents"
-key = ["id"]
+key = {key}
 [[field]]
 path = "since"
 column = "since"
 [[embed]]
 path = "kids"
 table = "kids"
-foreign_key = "parent_id"
+foreign_key = {foreign_key}
 order_by = ["id"]
 [[embed.field]]
 path = "born"
@@ -309,15 +400,18 @@ column = "born"
 [[embed.field]]
 path = "name"
 column = "name"
-validate = { required = true }
+validate = {{ required = true }}
 [[embed.field]]
 path = "email"
 column = "email"
-validate = { email = true }
+validate = {{ email = true }}
 [[embed.field]]
 path = "notes"
 column = "notes"
 "#,
+            key = shape.key,
+            foreign_key = shape.foreign_key,
+        ),
     );
     let out = w
         .cutover()
@@ -327,12 +421,18 @@ column = "notes"
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rejected_keys: std::collections::BTreeSet<String> = [1, 2, 4, 5, 6]
+        .into_iter()
+        .map(|n| (shape.keys)(n).1)
+        .collect();
     let mut found = std::collections::BTreeMap::new();
     for f in report["findings"].as_array().unwrap() {
         if f["severity"] == "reject" {
             *found
                 .entry(f["rule"].as_str().unwrap().to_string())
                 .or_insert(0u64) += f["rows"].as_u64().unwrap();
+            let example = f["example_key"].as_str().unwrap();
+            assert!(rejected_keys.contains(example), "{example}: {report}");
         }
     }
     let expected: std::collections::BTreeMap<String, u64> = [
@@ -346,16 +446,34 @@ column = "notes"
     .collect();
     assert_eq!(found, expected, "{report}");
 
-    // The run rejects the same rows, rule by rule.
+    // The run rejects the same rows, rule by rule, and names their keys.
     let out = w.migrate_with(&pipeline, &[]);
     let report = w.latest_report();
     let run_id = report["run_id"].as_str().unwrap().to_string();
     let mut rejected = std::collections::BTreeMap::new();
-    for (entity, _key, _stage, rule) in w.rejects(&run_id) {
+    let mut keys = std::collections::BTreeSet::new();
+    for (entity, key, _stage, rule) in w.rejects(&run_id) {
         assert_eq!(entity, "parents");
         *rejected.entry(rule).or_insert(0u64) += 1;
+        keys.insert(key);
     }
     assert_eq!(rejected, expected, "{}", common::output_text(&out));
+    assert_eq!(keys, rejected_keys, "{}", common::output_text(&out));
     assert_eq!(w.count("parents").await, 2, "parents 3 and 7 are written");
     w.drop().await;
+}
+
+#[tokio::test]
+async fn check_counts_in_advance_every_row_migrate_rejects_children_included() {
+    check_counts_in_advance_every_row_migrate_rejects(&INT_KEY).await;
+}
+
+#[tokio::test]
+async fn check_counts_child_rejects_in_advance_under_a_text_key() {
+    check_counts_in_advance_every_row_migrate_rejects(&TEXT_KEY).await;
+}
+
+#[tokio::test]
+async fn check_counts_child_rejects_in_advance_under_a_composite_key() {
+    check_counts_in_advance_every_row_migrate_rejects(&COMPOSITE_KEY).await;
 }
