@@ -21,6 +21,7 @@ use serde_json::Value;
 use sqlx::{AssertSqlSafe, Executor};
 
 use super::compare::{self, Check, D128, Dec};
+use super::embedded::Families;
 use super::json::{self, J};
 use super::{ComparedField, FieldCheck, Independent, Mismatch, NotCompared, at_path, qerr};
 use crate::mapping::plan::{Input, Plan};
@@ -493,15 +494,6 @@ fn child_key_text(k: &[u8]) -> String {
     }
 }
 
-/// The parent whose child rows are being read.
-struct Family {
-    fk: Vec<Option<String>>,
-    /// Its key text and row id, when it is compared.
-    named: Option<(String, String)>,
-    /// The next element's position.
-    next: u64,
-}
-
 /// Compares the fields of one child table with the child rows' own renderings; `step`: every
 /// `step`-th parent. Returns the child rows compared.
 #[allow(clippy::too_many_arguments)]
@@ -523,64 +515,29 @@ async fn compare_child_table(
     else {
         return Ok(0);
     };
-    let parent_kinds: Vec<crate::source::ColKind> = plan
-        .key
-        .iter()
-        .map(|&k| plan.read.columns[k].kind)
-        .collect();
     let mut expected = Spill::new();
     {
+        let mut reader = Families::new(plan, embed, checks.len(), step);
+        let context = reader.context().to_string();
         let mut conn = session.reader().await?;
         conn.execute("SET LOCAL extra_float_digits = 1")
             .await
             .map_err(qerr("set extra_float_digits".into()))?;
-        let context = format!("read {} for the independent comparison", e.read.relation);
         let sql = super::embedded::child_query(e, checks);
         let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
-        let mut current: Option<Family> = None;
-        let mut parents = 0u64;
+        // The row id of the parent being read.
+        let mut parent_id = String::new();
         while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
-            let mut fk = Vec::with_capacity(e.fk_len);
-            for i in 0..e.fk_len {
-                fk.push(
-                    sqlx::Row::try_get::<Option<String>, _>(&row, i)
-                        .map_err(qerr(context.clone()))?,
-                );
-            }
-            if current.as_ref().is_none_or(|f| f.fk != fk) {
-                let sampled = parents.is_multiple_of(step);
-                parents += 1;
-                let parent = fk
-                    .iter()
-                    .zip(&parent_kinds)
-                    .map(|(t, kind)| t.as_deref().and_then(|t| super::key_value(*kind, t)))
-                    .collect::<Option<Vec<crate::source::Value>>>();
-                let named = parent.filter(|_| sampled).and_then(|p| {
-                    let refs: Vec<&crate::source::Value> = p.iter().collect();
-                    plan.id
-                        .id_for(&refs)
-                        .ok()
-                        .map(|id| (crate::source::value::key_text(&refs), row_id(&id)))
-                });
-                current = Some(Family { fk, named, next: 0 });
-            }
-            let family = current.as_mut().expect("set above");
-            let pos = family.next;
-            family.next += 1;
-            let Some((key, parent_id)) = family.named.as_ref() else {
+            let Some(child) = reader.child(&row)? else {
                 continue;
             };
-            let mut texts = Vec::with_capacity(checks.len());
-            for i in 0..checks.len() {
-                texts.push(
-                    sqlx::Row::try_get::<Option<String>, _>(&row, e.fk_len + i)
-                        .map_err(qerr(context.clone()))?,
-                );
+            if child.pos == 0 {
+                parent_id = row_id(&child.parent.1);
             }
-            let payload: Rendered = (key.clone(), Some(pos), texts);
+            let payload: Rendered = (child.parent.0.clone(), Some(child.pos), child.texts);
             expected
                 .push(
-                    child_key(parent_id, pos),
+                    child_key(&parent_id, child.pos),
                     serde_json::to_vec(&payload).expect("strings serialize"),
                 )
                 .map_err(spill_err)?;
@@ -641,25 +598,19 @@ async fn compare_json_embed(
     log: &mut ProblemLog,
 ) -> Result<(), RunError> {
     let e = &plan.embeds[embed];
-    let parent_kinds: Vec<crate::source::ColKind> = plan
-        .key
-        .iter()
-        .map(|&k| plan.read.columns[k].kind)
-        .collect();
     // Source side: (parent row id → key text, each child's renderings in order).
     type Children = (String, Vec<Vec<Option<String>>>);
     let mut expected = Spill::new();
     {
+        let mut reader = Families::new(plan, embed, checks.len(), step);
+        let context = reader.context().to_string();
         let mut conn = session.reader().await?;
         conn.execute("SET LOCAL extra_float_digits = 1")
             .await
             .map_err(qerr("set extra_float_digits".into()))?;
-        let context = format!("read {} for the independent comparison", e.read.relation);
         let sql = super::embedded::child_query(e, checks);
         let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
-        let mut current: Option<Family> = None;
         let mut gathered: Option<(String, Children)> = None;
-        let mut parents = 0u64;
         let flush = |g: &mut Option<(String, Children)>, spill: &mut Spill| {
             if let Some((id, children)) = g.take() {
                 spill.push(
@@ -670,45 +621,16 @@ async fn compare_json_embed(
             Ok::<(), std::io::Error>(())
         };
         while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
-            let mut fk = Vec::with_capacity(e.fk_len);
-            for i in 0..e.fk_len {
-                fk.push(
-                    sqlx::Row::try_get::<Option<String>, _>(&row, i)
-                        .map_err(qerr(context.clone()))?,
-                );
-            }
-            if current.as_ref().is_none_or(|f| f.fk != fk) {
-                flush(&mut gathered, &mut expected).map_err(spill_err)?;
-                let sampled = parents.is_multiple_of(step);
-                parents += 1;
-                let parent = fk
-                    .iter()
-                    .zip(&parent_kinds)
-                    .map(|(t, kind)| t.as_deref().and_then(|t| super::key_value(*kind, t)))
-                    .collect::<Option<Vec<crate::source::Value>>>();
-                let named = parent.filter(|_| sampled).and_then(|p| {
-                    let refs: Vec<&crate::source::Value> = p.iter().collect();
-                    plan.id
-                        .id_for(&refs)
-                        .ok()
-                        .map(|id| (crate::source::value::key_text(&refs), row_id(&id)))
-                });
-                if let Some((key, id)) = &named {
-                    gathered = Some((id.clone(), (key.clone(), Vec::new())));
-                }
-                current = Some(Family { fk, named, next: 0 });
-            }
-            let Some((_, (_, children))) = gathered.as_mut() else {
+            let Some(child) = reader.child(&row)? else {
                 continue;
             };
-            let mut texts = Vec::with_capacity(checks.len());
-            for i in 0..checks.len() {
-                texts.push(
-                    sqlx::Row::try_get::<Option<String>, _>(&row, e.fk_len + i)
-                        .map_err(qerr(context.clone()))?,
-                );
+            if child.pos == 0 {
+                flush(&mut gathered, &mut expected).map_err(spill_err)?;
+                let (key, id) = child.parent;
+                gathered = Some((row_id(id), (key.clone(), Vec::new())));
             }
-            children.push(texts);
+            let (_, (_, children)) = gathered.as_mut().expect("set at its first child");
+            children.push(child.texts);
         }
         flush(&mut gathered, &mut expected).map_err(spill_err)?;
     }

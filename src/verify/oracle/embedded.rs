@@ -160,6 +160,105 @@ async fn lookup(
     Ok(())
 }
 
+/// A child row of a compared parent, as [`Families::child`] reads it.
+pub(super) struct Child<'a> {
+    /// The parent's key text and `_id`.
+    pub parent: &'a (String, Bson),
+    /// Its position among the parent's children (0: the first).
+    pub pos: u64,
+    /// Each check's rendering, in the checks' order.
+    pub texts: Vec<Option<String>>,
+}
+
+/// Reads the rows of [`child_query`] (foreign-key renderings first, then the checks') in their
+/// order, telling each child's parent and position: a parent's children are consecutive. Every
+/// `step`-th parent is compared, when its key gives an `_id`; the children of the others are
+/// passed over.
+pub(super) struct Families<'p> {
+    plan: &'p Plan,
+    fk_len: usize,
+    checks: usize,
+    kinds: Vec<ColKind>,
+    step: u64,
+    parents: u64,
+    fk: Option<Vec<Option<String>>>,
+    parent: Option<(String, Bson)>,
+    next: u64,
+    context: String,
+}
+
+impl<'p> Families<'p> {
+    pub(super) fn new(plan: &'p Plan, embed: usize, checks: usize, step: u64) -> Self {
+        let e = &plan.embeds[embed];
+        Families {
+            plan,
+            fk_len: e.fk_len,
+            checks,
+            kinds: plan
+                .key
+                .iter()
+                .map(|&k| plan.read.columns[k].kind)
+                .collect(),
+            step: step.max(1),
+            parents: 0,
+            fk: None,
+            parent: None,
+            next: 0,
+            context: format!("read {} for the independent comparison", e.read.relation),
+        }
+    }
+
+    /// What a failing read of the child rows is named in errors.
+    pub(super) fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// The next child row: `None` when its parent is not compared.
+    pub(super) fn child(
+        &mut self,
+        row: &sqlx::postgres::PgRow,
+    ) -> Result<Option<Child<'_>>, RunError> {
+        let text = |i: usize| {
+            row.try_get::<Option<String>, _>(i)
+                .map_err(qerr(self.context.clone()))
+        };
+        let mut fk = Vec::with_capacity(self.fk_len);
+        for i in 0..self.fk_len {
+            fk.push(text(i)?);
+        }
+        if self.fk.as_ref() != Some(&fk) {
+            let sampled = self.parents.is_multiple_of(self.step);
+            self.parents += 1;
+            let parent = fk
+                .iter()
+                .zip(&self.kinds)
+                .map(|(t, kind)| t.as_deref().and_then(|t| key_value(*kind, t)))
+                .collect::<Option<Vec<Value>>>();
+            self.parent = parent.filter(|_| sampled).and_then(|p| {
+                let refs: Vec<&Value> = p.iter().collect();
+                self.plan
+                    .id
+                    .id_for(&refs)
+                    .ok()
+                    .map(|id| (crate::source::value::key_text(&refs), id))
+            });
+            self.fk = Some(fk);
+            self.next = 0;
+        }
+        let pos = self.next;
+        self.next += 1;
+        if self.parent.is_none() {
+            return Ok(None);
+        }
+        let mut texts = Vec::with_capacity(self.checks);
+        for i in 0..self.checks {
+            texts.push(text(self.fk_len + i)?);
+        }
+        let parent = self.parent.as_ref().expect("checked above");
+        Ok(Some(Child { parent, pos, texts }))
+    }
+}
+
 /// Compares the embedded fields of `plan` in the target with the child tables' own values.
 /// `step`: every `step`-th parent (by its children's order) when sampling.
 pub(super) async fn compare(
@@ -170,68 +269,33 @@ pub(super) async fn compare(
     embeds: &[EmbedChecks],
     cmp: &mut Comparer<'_>,
 ) -> Result<(), RunError> {
-    let parent_kinds: Vec<ColKind> = plan
-        .key
-        .iter()
-        .map(|&k| plan.read.columns[k].kind)
-        .collect();
     for ec in embeds {
         let e = &plan.embeds[ec.embed];
         let checks = &ec.checks;
-        let sql = child_query(e, checks);
-        let context = format!("read {} for the independent comparison", e.read.relation);
+        let mut reader = Families::new(plan, ec.embed, checks.len(), step);
+        let context = reader.context().to_string();
         let mut conn = session.reader().await?;
         conn.execute("SET LOCAL extra_float_digits = 1")
             .await
             .map_err(qerr("set extra_float_digits".into()))?;
-        let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
+        let mut rows = sqlx::query(AssertSqlSafe(child_query(e, checks))).fetch(&mut conn);
         let mut families: Vec<Family> = Vec::new();
-        // The foreign key of the family being gathered, and whether it is compared.
-        let mut current: Option<(Vec<Option<String>>, bool)> = None;
-        let mut parents = 0u64;
         while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
-            let mut fk = Vec::with_capacity(e.fk_len);
-            for i in 0..e.fk_len {
-                fk.push(
-                    row.try_get::<Option<String>, _>(i)
-                        .map_err(qerr(context.clone()))?,
-                );
-            }
-            if current.as_ref().is_none_or(|(k, _)| *k != fk) {
-                let sampled = parents.is_multiple_of(step);
-                parents += 1;
-                let parent = fk
-                    .iter()
-                    .zip(&parent_kinds)
-                    .map(|(t, kind)| t.as_deref().and_then(|t| key_value(*kind, t)))
-                    .collect::<Option<Vec<Value>>>();
-                let id = parent.as_ref().and_then(|p| {
-                    let refs: Vec<&Value> = p.iter().collect();
-                    plan.id
-                        .id_for(&refs)
-                        .ok()
-                        .map(|id| (crate::source::value::key_text(&refs), id))
-                });
-                let compared = sampled && id.is_some();
-                if let Some((key, id)) = id.filter(|_| sampled) {
-                    if families.len() >= LOOKUP_CHUNK {
-                        lookup(coll, e, checks, &mut families, cmp).await?;
-                    }
-                    families.push((key, id, Vec::new()));
-                }
-                current = Some((fk, compared));
-            }
-            if !current.as_ref().is_some_and(|(_, compared)| *compared) {
+            let Some(child) = reader.child(&row)? else {
                 continue;
+            };
+            if child.pos == 0 {
+                if families.len() >= LOOKUP_CHUNK {
+                    lookup(coll, e, checks, &mut families, cmp).await?;
+                }
+                let (key, id) = child.parent.clone();
+                families.push((key, id, Vec::new()));
             }
-            let mut texts = Vec::with_capacity(checks.len());
-            for i in 0..checks.len() {
-                texts.push(
-                    row.try_get::<Option<String>, _>(e.fk_len + i)
-                        .map_err(qerr(context.clone()))?,
-                );
-            }
-            families.last_mut().expect("pushed above").2.push(texts);
+            families
+                .last_mut()
+                .expect("pushed at its first child")
+                .2
+                .push(child.texts);
         }
         drop(rows);
         lookup(coll, e, checks, &mut families, cmp).await?;
