@@ -478,3 +478,95 @@ async fn the_mapping_can_write_infinite_dates_as_null_or_as_their_text() {
     assert_eq!(ids, [1, 2, 3, 4, 9, 10, 11, 13, 14]);
     w.drop().await;
 }
+
+/// Numbers whose exponent is beyond a 64-bit integer (JSON values, text cast to a long) made
+/// `check`, `migrate` and `verify` panic (an overflow) or build a string of 10^11 zeros: each
+/// such row is rejected with its rule, counted by `check` beforehand, and nothing panics.
+#[tokio::test]
+async fn exponents_beyond_an_i64_are_rejected_not_a_panic() {
+    let w = World::new("edge_exponents").await;
+    w.sql(
+        r#"CREATE TABLE nums (id int PRIMARY KEY, j json, t text);
+        INSERT INTO nums VALUES
+          (1, '123.456e-9223372036854775808', '1'),
+          (2, '[10e9223372036854775807]', '2'),
+          (3, '{"x": 1e99999999999999999999}', '3'),
+          (4, '{"x": 0e99999999999999999999}', '4'),
+          (5, '1', '1e100000000000'),
+          (6, '1', '-1e9223372036854775807'),
+          (7, '1', '12e17'),
+          (8, '[1.5e3]', '9223372036854775807');"#,
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/nums.toml"),
+        r#"version = 1
+name = "nums"
+[source]
+table = "nums"
+key = ["id"]
+[[field]]
+path = "j"
+column = "j"
+[[field]]
+path = "t"
+column = "t"
+type = "long"
+"#,
+    )
+    .unwrap();
+    let pipeline = dir.join("nums.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("moments", "nums")).unwrap();
+
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let mut counted = std::collections::BTreeMap::new();
+    for f in report["findings"].as_array().unwrap() {
+        if f["severity"] == "reject" {
+            *counted
+                .entry(f["rule"].as_str().unwrap().to_string())
+                .or_insert(0u64) += f["rows"].as_u64().unwrap();
+        }
+    }
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let mut rejected = std::collections::BTreeMap::new();
+    let mut keys = Vec::new();
+    for (_, key, _, rule) in w.rejects(run_id) {
+        *rejected.entry(rule).or_insert(0u64) += 1;
+        keys.push(key.parse::<u32>().unwrap());
+    }
+    keys.sort();
+    assert_eq!(keys, [1, 2, 3, 5, 6], "{report}");
+    assert_eq!(rejected, counted, "check counts what the run rejects");
+    let docs = w.docs("nums").await;
+    let t_of = |id: i32| {
+        docs.iter()
+            .find(|d| d.get("_id") == Some(&Bson::Int32(id)))
+            .and_then(|d| d.get("t").cloned())
+    };
+    assert_eq!(t_of(7), Some(Bson::Int64(1_200_000_000_000_000_000)));
+    assert_eq!(t_of(8), Some(Bson::Int64(i64::MAX)));
+    assert_eq!(docs.len(), 3, "{docs:?}");
+
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(101), "{}", text(&out));
+    w.drop().await;
+}

@@ -35,8 +35,10 @@ pub fn parse(text: &str) -> Option<Parsed> {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     };
+    // An exponent beyond an i64 (`1e99999999999999999999`) is kept saturated: any value that far
+    // out is beyond every target type anyway, and zero stays zero.
     let mut exponent: i64 = match exp_part {
-        Some(e) => e.parse().ok()?,
+        Some(e) => parse_exponent(e)?,
         None => 0,
     };
     let (int_part, frac_part) = match mantissa.find('.') {
@@ -51,7 +53,7 @@ pub fn parse(text: &str) -> Option<Parsed> {
     {
         return None;
     }
-    exponent -= frac_part.len() as i64;
+    exponent = exponent.saturating_sub(frac_part.len() as i64);
     let mut digits: String = format!("{int_part}{frac_part}")
         .trim_start_matches('0')
         .to_string();
@@ -63,6 +65,24 @@ pub fn parse(text: &str) -> Option<Parsed> {
         digits,
         exponent,
     }))
+}
+
+/// An exponent's text (`-7`, `+12`, `0009`) as an i64, saturated beyond its range; `None` when it
+/// is not an optionally signed run of ASCII digits.
+fn parse_exponent(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for b in digits.bytes() {
+        v = v.saturating_mul(10).saturating_add(i64::from(b - b'0'));
+    }
+    Some(if negative { -v } else { v })
 }
 
 impl Decimal {
@@ -79,7 +99,9 @@ impl Decimal {
         Decimal {
             negative: self.negative,
             digits: trimmed.to_string(),
-            exponent: self.exponent + (self.digits.len() - trimmed.len()) as i64,
+            exponent: self
+                .exponent
+                .saturating_add((self.digits.len() - trimmed.len()) as i64),
         }
     }
 }
@@ -119,7 +141,7 @@ pub fn encode_decimal128(text: &str) -> Result<([u8; 16], Option<String>), Strin
                 }
                 let drop = d.digits.len() - MAX_DIGITS;
                 d.digits.truncate(MAX_DIGITS);
-                d.exponent += drop as i64;
+                d.exponent = d.exponent.saturating_add(drop as i64);
                 scale_note = Some(format!(
                     "`{text}` has {} digits; Decimal128 holds 34: written with {drop} trailing zero(s) fewer (the same value, less scale)",
                     drop + MAX_DIGITS

@@ -473,6 +473,13 @@ fn cast_to(
                         if n.exponent < 0 {
                             return err("cast", format!("`{s}` is not a whole number"));
                         }
+                        // 19 digits is the widest i64; the zeros of a larger exponent are never
+                        // written out.
+                        if n.digits != "0"
+                            && (n.digits.len() as i64).saturating_add(n.exponent) > 19
+                        {
+                            return err("cast", format!("`{s}` does not fit a 64-bit integer"));
+                        }
                         let text = format!(
                             "{}{}{}",
                             if n.negative { "-" } else { "" },

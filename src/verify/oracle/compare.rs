@@ -146,7 +146,9 @@ impl Dec {
         Dec {
             neg: self.neg,
             coef: coef.to_string(),
-            exp: self.exp + (self.coef.len() - coef.len()) as i64,
+            exp: self
+                .exp
+                .saturating_add((self.coef.len() - coef.len()) as i64),
         }
     }
 
@@ -236,8 +238,10 @@ fn micros(text: &str) -> Result<i128, String> {
         .coef
         .parse()
         .map_err(|_| format!("`{text}` is out of range"))?;
-    let scaled = coef
-        .checked_mul(10i128.pow((d.exp + 6) as u32))
+    let scaled = u32::try_from(d.exp + 6)
+        .ok()
+        .and_then(|e| 10i128.checked_pow(e))
+        .and_then(|p| coef.checked_mul(p))
         .ok_or_else(|| format!("`{text}` is out of range"))?;
     Ok(if d.neg { -scaled } else { scaled })
 }
@@ -272,6 +276,9 @@ fn expected_int(text: &str, long: bool, target: &Bson) -> Result<(), String> {
     let n = d.normalized();
     if n.exp < 0 {
         return Err("not a whole number".into());
+    }
+    if n.coef != "0" && (n.coef.len() as i64).saturating_add(n.exp) > 19 {
+        return Err("beyond a 64-bit integer".into());
     }
     let digits = format!(
         "{}{}{}",

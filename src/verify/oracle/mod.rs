@@ -367,7 +367,8 @@ fn key_sql(kind: ColKind, pg_type: &str, col: &str) -> String {
 fn key_value(kind: ColKind, text: &str) -> Option<Value> {
     let instant = |t: &str| {
         let d = compare::Dec::parse(t)?;
-        let micros: i128 = d.coef.parse::<i128>().ok()? * 10i128.pow((d.exp + 6).max(0) as u32);
+        let scale = 10i128.checked_pow(u32::try_from((d.exp + 6).max(0)).ok()?)?;
+        let micros: i128 = d.coef.parse::<i128>().ok()?.checked_mul(scale)?;
         let micros = if d.neg { -micros } else { micros };
         chrono::DateTime::from_timestamp_micros(i64::try_from(micros).ok()?)
     };
