@@ -928,3 +928,45 @@ async fn appwrite_verify_compares_a_child_table_under_a_composite_key() {
 async fn appwrite_verify_compares_a_json_embed_under_a_composite_key() {
     embed_comparison_holds_for_the_key_shape(&COMPOSITE_SHAPE, false).await;
 }
+
+/// Two composite keys whose parts print alike (quotes and separators inside a part) had one
+/// Appwrite row id: the second row replaced the first and the run said both were written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_keys_that_print_alike_become_two_rows() {
+    let w = World::new("aw_composite_ids").await;
+    w.sql(
+        r#"CREATE TABLE kv (a text, b text, v int, PRIMARY KEY (a, b));
+           INSERT INTO kv VALUES ('p", "b": "q', 'r', 1), ('p', 'q", "b": "r', 2),
+             ('x|y', 'z', 3), ('x', 'y|z', 4);"#,
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/kv.toml"),
+        "version = 1\nname = \"kv\"\n[source]\ntable = \"kv\"\nkey = [\"a\", \"b\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("kv.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "kv")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let mut values: Vec<i64> = s
+        .rows("registry", "kv")
+        .iter()
+        .map(|r| r["v"].as_i64().unwrap())
+        .collect();
+    values.sort();
+    assert_eq!(values, [1, 2, 3, 4]);
+    let out = output(command(&w, &endpoint, &["verify", "--pipeline", &pipeline])).await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    w.drop().await;
+}

@@ -319,3 +319,69 @@ async fn verify_excuses_exactly_the_documents_mongodb_refused() {
     assert_eq!(e["rejected_by_target"], 2, "{e}");
     w.drop().await;
 }
+
+/// A composite key whose parts hold the separator: `x|y` + `z` (refused by the server) and `x` +
+/// `y|z` (written) were both named `x|y|z`, so verify excused the second when it went missing.
+#[tokio::test]
+async fn verify_does_not_excuse_a_missing_document_whose_key_reads_like_a_refused_one() {
+    let w = World::new("verify_refused_composite").await;
+    w.sql(
+        r"CREATE TABLE kv (a text, b text, label text NOT NULL, PRIMARY KEY (a, b));
+         INSERT INTO kv VALUES ('x|y', 'z', 'bad'), ('x', 'y|z', 'good'), ('m', 'n', 'good'),
+           ('x\', '|z', 'good');",
+    )
+    .await;
+    w.mongo()
+        .await
+        .create_collection("kv")
+        .validator(doc! { "label": { "$ne": "bad" } })
+        .await
+        .unwrap();
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "kv",
+        "version = 1\nname = \"kv\"\n[source]\ntable = \"kv\"\nkey = [\"a\", \"b\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let keys: Vec<String> = w.rejects(&run_id).into_iter().map(|r| r.1).collect();
+    assert_eq!(keys, [r"x\|y|z"]);
+    assert_eq!(w.count("kv").await, 3);
+    let out_path = w.dir.path().join("verify.json");
+    let verify = || {
+        let out = w
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .arg("-o")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        (
+            out.status.code(),
+            common::output_text(&out),
+            json["entities"][0].clone(),
+        )
+    };
+    let (code, text, e) = verify();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(e["rejected_by_target_keys"], serde_json::json!([r"x\|y|z"]));
+
+    let deleted = w
+        .mongo()
+        .await
+        .collection::<Document>("kv")
+        .delete_one(doc! { "_id": { "a": "x", "b": "y|z" } })
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted_count, 1);
+    let (code, text, e) = verify();
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(e["missing"], serde_json::json!([r"x|y\|z"]), "{e}");
+    assert_eq!(e["rejected_by_target"], 1, "{e}");
+    w.drop().await;
+}

@@ -10,7 +10,9 @@ use super::{AppwriteClient, AppwriteError};
 pub const MAX_BULK_ROWS: usize = 100;
 
 /// A deterministic row id for an `_id`: the id itself when it already fits Appwrite's rule (a
-/// uuid, an integer, a short plain string), else `h` + 35 hex digits of its SHA-256 (140 bits).
+/// uuid, an integer, a short plain string), else `h` + 35 hex digits of the SHA-256 (140 bits)
+/// of its canonical extended JSON — an unambiguous text (strings escaped, every value tagged
+/// with its type), so two different keys never share a row id.
 pub fn row_id(id: &Bson) -> String {
     let plain = match id {
         Bson::String(s) => Some(s.clone()),
@@ -26,7 +28,7 @@ pub fn row_id(id: &Bson) -> String {
     {
         return p;
     }
-    let digest = Sha256::digest(id.to_string().as_bytes());
+    let digest = Sha256::digest(id.clone().into_canonical_extjson().to_string().as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("h{}", &hex[..35])
 }
@@ -176,6 +178,26 @@ mod tests {
         assert_ne!(
             row_id(&composite),
             row_id(&Bson::Document(bson::doc! { "a": 1, "b": "y" }))
+        );
+    }
+
+    /// Two composite keys whose parts hold the quotes and separators of the other's rendering
+    /// (`{ "a": "p\", \"b\": \"q", "b": "r" }` printed without escaping equals `{ "a": "p", "b":
+    /// "q\", \"b\": \"r" }`) had one row id: the second row replaced the first.
+    #[test]
+    fn composite_keys_that_print_alike_have_different_row_ids() {
+        let one = Bson::Document(bson::doc! { "a": "p\", \"b\": \"q", "b": "r" });
+        let two = Bson::Document(bson::doc! { "a": "p", "b": "q\", \"b\": \"r" });
+        assert_eq!(one.to_string(), two.to_string(), "the old ambiguity");
+        assert_ne!(row_id(&one), row_id(&two));
+        // Types count too: the string "1" and the integer 1 inside a key differ.
+        assert_ne!(
+            row_id(&Bson::Document(
+                bson::doc! { "a": "1", "b": "a long enough key part" }
+            )),
+            row_id(&Bson::Document(
+                bson::doc! { "a": 1, "b": "a long enough key part" }
+            ))
         );
     }
 
