@@ -477,3 +477,66 @@ async fn check_counts_child_rejects_in_advance_under_a_text_key() {
 async fn check_counts_child_rejects_in_advance_under_a_composite_key() {
     check_counts_in_advance_every_row_migrate_rejects(&COMPOSITE_KEY).await;
 }
+
+/// A text key or foreign key under a non-deterministic collation (equal values that differ in
+/// bytes: `ABC` and `abc`) silently lost the children whose foreign key differed in case from
+/// their parent's key: plan, check and migrate now refuse the mapping, naming the column.
+#[tokio::test]
+async fn keys_under_a_non_deterministic_collation_are_refused() {
+    let w = World::new("check_ci_key").await;
+    w.sql(
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+         CREATE TABLE p (code text COLLATE ci PRIMARY KEY, name text);
+         INSERT INTO p VALUES ('ABC', 'upper'), ('Zürich', 'city');
+         CREATE TABLE c (id int PRIMARY KEY, pcode text COLLATE ci REFERENCES p (code), note text);
+         INSERT INTO c VALUES (1, 'abc', 'x'), (2, 'ABC', 'y'), (3, 'zürich', 'z');
+         CREATE TABLE q (code text PRIMARY KEY, name text);
+         INSERT INTO q VALUES ('ABC', 'upper');",
+    )
+    .await;
+    let embed = "[[embed]]\npath = \"kids\"\ntable = \"c\"\nforeign_key = \"pcode\"\norder_by = [\"id\"]\n\
+                 [[embed.field]]\npath = \"note\"\ncolumn = \"note\"\n";
+    let cases = [
+        // The parent's key itself.
+        (
+            format!(
+                "version = 1\nname = \"p\"\n[source]\ntable = \"p\"\nkey = [\"code\"]\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n{embed}"
+            ),
+            "source.key",
+            "code",
+        ),
+        // A deterministic parent key whose children's foreign key is not.
+        (
+            format!(
+                "version = 1\nname = \"p\"\n[source]\ntable = \"q\"\nkey = [\"code\"]\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n{embed}"
+            ),
+            "foreign_key",
+            "pcode",
+        ),
+    ];
+    for (mapping, key, column) in cases {
+        let pipeline = common::one_entity_pipeline(&w, "p", &mapping);
+        for command in ["plan", "check"] {
+            let out = w
+                .cutover()
+                .arg(command)
+                .arg("--pipeline")
+                .arg(&pipeline)
+                .output()
+                .unwrap();
+            let text = common::output_text(&out);
+            assert_eq!(out.status.code(), Some(1), "{command}: {text}");
+            assert!(
+                text.contains(key)
+                    && text.contains(&format!(
+                        "column `{column}` has the non-deterministic collation `ci`"
+                    )),
+                "{command}: {text}"
+            );
+        }
+        let out = w.migrate_with(&pipeline, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
+        assert_eq!(w.count("p").await, 0);
+    }
+    w.drop().await;
+}

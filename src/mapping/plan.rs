@@ -479,6 +479,16 @@ fn compile_fields(
     Ok(out)
 }
 
+/// Why a key or foreign-key column with a non-deterministic collation is refused.
+fn loose_collation(column: &str, collation: &str) -> String {
+    format!(
+        "column `{column}` has the non-deterministic collation `{collation}`: values it holds equal \
+         (`ABC` and `abc`) differ byte for byte, so rows cannot be keyed or children matched to \
+         their parent exactly; read it with a deterministic collation (a `query` source selecting \
+         `{column} COLLATE \"C\"`, or lower({column}) if that is what equal means)"
+    )
+}
+
 /// Compiles mapping `m` given the described columns of its source (`columns[0]`) and of each
 /// embed's source (`columns[1..]`, in embed order).
 pub fn compile(
@@ -514,6 +524,9 @@ pub fn compile(
                 ),
             ));
         }
+        if let Some(collation) = &c.nondeterministic_collation {
+            return Err(invalid("source.key", loose_collation(name, collation)));
+        }
     }
     if let Some(column) = &src.updated_at {
         check_updated_at(m, &relations[0], &columns[0], column)?;
@@ -548,6 +561,12 @@ pub fn compile(
         .map_err(|err| invalid(&key, err.to_string()))?;
         for (j, name) in fk.iter().enumerate() {
             let (child, parent) = (&child_read.columns[j], &read.columns[j]);
+            if let Some(collation) = &child.nondeterministic_collation {
+                return Err(invalid(
+                    &format!("{key}.foreign_key"),
+                    loose_collation(name, collation),
+                ));
+            }
             // char(n) values come blank-padded to their own width: only the same type compares
             // equal byte for byte.
             let padded = child.pg_type == "BPCHAR" || parent.pg_type == "BPCHAR";
@@ -782,6 +801,7 @@ mod tests {
             expr: None,
             nullable: false,
             infinity: crate::source::postgres::Infinity::Reject,
+            nondeterministic_collation: None,
         }
     }
 

@@ -225,6 +225,9 @@ pub struct SourceColumn {
     pub nullable: bool,
     /// What a date or timestamp `infinity` / `-infinity` of this column decodes to.
     pub infinity: Infinity,
+    /// The column's collation when it is non-deterministic (`deterministic = false`): values it
+    /// holds equal may differ byte for byte, so it cannot key a scan or match a foreign key.
+    pub nondeterministic_collation: Option<String>,
 }
 
 /// What a date or timestamp of `infinity` or `-infinity` becomes (no calendar holds it).
@@ -389,6 +392,7 @@ pub async fn describe(
             source,
         })?;
     let not_null = not_null_columns(conn, relation).await?;
+    let loose = nondeterministic_columns(conn, relation).await?;
     Ok(stmt
         .columns()
         .iter()
@@ -401,9 +405,37 @@ pub async fn describe(
                 expr: None,
                 nullable: !not_null.iter().any(|n| n == c.name()),
                 infinity: Infinity::Reject,
+                nondeterministic_collation: loose
+                    .iter()
+                    .find(|(n, _)| n == c.name())
+                    .map(|(_, collation)| collation.clone()),
             }
         })
         .collect())
+}
+
+/// The columns of `relation` (a table or view) whose collation is non-deterministic, with the
+/// collation's name. A query's columns are not looked up.
+async fn nondeterministic_columns(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> Result<Vec<(String, String)>, SourceError> {
+    if relation.starts_with('(') {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT a.attname::text, c.collname::text FROM pg_attribute a \
+         JOIN pg_collation c ON c.oid = a.attcollation \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+         AND NOT c.collisdeterministic",
+    )
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|source| SourceError::Query {
+        context: format!("describe {relation}"),
+        source,
+    })
 }
 
 /// The `NOT NULL` columns of `relation` when it is a table (a query's columns may all be NULL).
@@ -1071,6 +1103,7 @@ mod tests {
             expr: None,
             nullable: false,
             infinity: Infinity::Reject,
+            nondeterministic_collation: None,
             name: name.into(),
             pg_type: pg.into(),
             kind: ColKind::from_pg_type(pg),
