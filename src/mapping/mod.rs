@@ -138,6 +138,47 @@ impl MappingSet {
                 }
             }
         }
+        self.check_destinations()
+    }
+
+    /// No two mappings write one collection, and no Appwrite child table (`<collection>_<path>`)
+    /// is another mapping's table: a second writer would overwrite the first's documents, and a
+    /// rollback of one would empty the other's.
+    fn check_destinations(&self) -> Result<(), MappingError> {
+        let mut writers: std::collections::BTreeMap<&str, &Mapping> = Default::default();
+        for m in &self.mappings {
+            if let Some(other) = writers.insert(m.collection(), m) {
+                return Err(invalid(
+                    m,
+                    "collection",
+                    format!(
+                        "writes the collection `{}`, which mapping `{}` ({}) writes too: give each mapping its own collection",
+                        m.collection(),
+                        other.name(),
+                        other.path.display()
+                    ),
+                ));
+            }
+        }
+        for m in &self.mappings {
+            for (i, e) in m.spec.embeds.iter().enumerate() {
+                if e.appwrite != spec::EmbedStore::Table {
+                    continue;
+                }
+                let table = format!("{}_{}", m.collection(), e.path);
+                if let Some(other) = writers.get(table.as_str()) {
+                    return Err(invalid(
+                        m,
+                        &format!("embed[{i}] ({}).appwrite", e.path),
+                        format!(
+                            "its Appwrite child table `{table}` is the collection mapping `{}` ({}) writes: rename one",
+                            other.name(),
+                            other.path.display()
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -548,6 +589,48 @@ column = "name"
         assert!(err.contains("big.toml"), "{err}");
         assert!(err.len() < 2_000, "{} characters", err.len());
         assert!(err.contains("more characters"), "{err}");
+    }
+
+    /// Two mappings into one collection (or into another's Appwrite child table) overwrote each
+    /// other's documents, and a rollback of one emptied the other's.
+    #[test]
+    fn two_mappings_never_write_one_collection() {
+        let one = parse(Path::new("one.toml"), MINIMAL).unwrap();
+        let two = parse(
+            Path::new("two.toml"),
+            &MINIMAL.replace(
+                "name = \"things\"",
+                "name = \"other\"\ncollection = \"things\"",
+            ),
+        )
+        .unwrap();
+        let err = MappingSet::from_mappings(vec![one.clone(), two])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("two.toml") && err.contains("`things`") && err.contains("one.toml"),
+            "{err}"
+        );
+        let parent = parse(
+            Path::new("p.toml"),
+            &format!(
+                "{MINIMAL}[[embed]]\npath = \"kids\"\ntable = \"kids\"\nforeign_key = \"pid\"\nappwrite = \"table\"\n[[embed.field]]\npath = \"n\"\ncolumn = \"n\"\n"
+            ),
+        )
+        .unwrap();
+        let kids = parse(
+            Path::new("k.toml"),
+            &MINIMAL.replace("name = \"things\"", "name = \"things_kids\""),
+        )
+        .unwrap();
+        let err = MappingSet::from_mappings(vec![parent.clone(), kids])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p.toml") && err.contains("child table `things_kids`"),
+            "{err}"
+        );
+        MappingSet::from_mappings(vec![parent]).unwrap();
     }
 
     #[test]
