@@ -522,3 +522,94 @@ async fn verify_compares_embedded_fields_with_the_child_tables_own_values() {
     assert!(text.contains("value differs: 3 field items.w"), "{text}");
     w.drop().await;
 }
+
+/// A reference is the referenced document's `_id`, which is not the column's value when that
+/// mapping makes its ids by `uuid5`: verify failed a correct target ("expected int32 1") and
+/// now names the field as not compared independently — while a broken reference still fails.
+#[tokio::test]
+async fn references_to_uuid5_ids_are_not_compared_as_the_raw_column() {
+    let w = World::new("oracle_uuid5_ref").await;
+    w.sql(
+        "CREATE TABLE owner (id int PRIMARY KEY, name text);
+         INSERT INTO owner VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE pet (id int PRIMARY KEY, owner_id int, name text);
+         INSERT INTO pet VALUES (10, 1, 'x'), (11, 2, 'y'), (12, 1, 'z');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/owner.toml"),
+        "version = 1\nname = \"owner\"\n[source]\ntable = \"owner\"\nkey = [\"id\"]\n\
+         [id]\nstrategy = \"uuid5\"\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/pet.toml"),
+        "version = 1\nname = \"pet\"\n[source]\ntable = \"pet\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"owner\"\ncolumn = \"owner_id\"\nreference = \"owner\"\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"pets\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"owners\"\nentities = [\"owner\"]\n\
+         [[stage]]\nname = \"pets\"\nentities = [\"pet\"]\ndepends_on = [\"owners\"]\n",
+    )
+    .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let out_path = dir.join("verify.json");
+    let verify = || {
+        let out = w
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .arg("-o")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        (out.status.code(), common::output_text(&out), json)
+    };
+    let (code, text, json) = verify();
+    assert_eq!(code, Some(0), "{text}");
+    let pet = json["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "pet")
+        .unwrap();
+    let not: Vec<(String, String)> = pet["independent"]["not_compared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["path"].as_str().unwrap().to_string(),
+                n["why"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        not,
+        [(
+            "owner".to_string(),
+            "reference: the `_id` of owner".to_string()
+        )],
+        "{pet}"
+    );
+    // A reference pointing nowhere still fails verify.
+    w.mongo()
+        .await
+        .collection::<Document>("pet")
+        .update_one(doc! { "_id": 11 }, doc! { "$set": { "owner": "nobody" } })
+        .await
+        .unwrap();
+    let (code, text, _) = verify();
+    assert_eq!(code, Some(2), "{text}");
+    w.drop().await;
+}

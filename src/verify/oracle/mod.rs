@@ -268,6 +268,13 @@ fn not_independent(f: &FieldPlan) -> Option<String> {
     if f.default.is_some() {
         return Some("default value".into());
     }
+    // A reference is the referenced document's `_id`: the column's own value only when that
+    // mapping keeps its key as the id, in the form this field would write it.
+    if let Some(rule) = &f.reference
+        && (rule.strategy != crate::mapping::spec::IdStrategy::Key || rule.uuid != f.output.uuid)
+    {
+        return Some(format!("reference: the `_id` of {}", rule.entity));
+    }
     None
 }
 
