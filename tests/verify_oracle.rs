@@ -8,6 +8,7 @@ mod common;
 
 use bson::{Bson, Document, doc};
 use common::World;
+use sqlx::Connection;
 
 const SCHEMA: &str = r#"
 CREATE TABLE owners (id int PRIMARY KEY, name text);
@@ -611,5 +612,65 @@ async fn references_to_uuid5_ids_are_not_compared_as_the_raw_column() {
         .unwrap();
     let (code, text, _) = verify();
     assert_eq!(code, Some(2), "{text}");
+    w.drop().await;
+}
+
+/// Floats written as decimals or as text come from the digits PostgreSQL prints (the double
+/// nearest 1e23 is `9.999999999999999e+22` there, `1e23` in Rust; infinities are `Infinity`,
+/// not `inf`; 5e-324 is not spelled out in 325 digits): the text equals PostgreSQL's own
+/// `::text`, and verify's independent comparison passes the decimals.
+#[tokio::test]
+async fn floats_become_the_decimals_and_text_postgresql_prints() {
+    let w = World::new("oracle_float_text").await;
+    w.sql(
+        "CREATE TABLE f (id int PRIMARY KEY, d float8, r real);
+         INSERT INTO f VALUES (1, 1e23, 21.35), (2, 1e22, 1e6), (3, 0.1, 3.4028235e38),
+           (4, 5e-324, 1e-45), (5, 'Infinity', '-Infinity'), (6, 1.7976931348623157e308, 123456),
+           (7, 123456789012345678e5, 1.5e-5), (8, -0.0, 0.0001), (9, 1e15, 'NaN'),
+           (10, 123456789012345, -2.5);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "f",
+        "version = 1\nname = \"f\"\n[source]\ntable = \"f\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"dDec\"\ncolumn = \"d\"\ntype = \"decimal\"\n\
+         [[field]]\npath = \"dText\"\ncolumn = \"d\"\ntype = \"string\"\n\
+         [[field]]\npath = \"rDec\"\ncolumn = \"r\"\ntype = \"decimal\"\n\
+         [[field]]\npath = \"rText\"\ncolumn = \"r\"\ntype = \"string\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let mut pg = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+    let texts: Vec<(i32, String, String)> =
+        sqlx::query_as("SELECT id, d::text, r::text FROM f ORDER BY id")
+            .fetch_all(&mut pg)
+            .await
+            .unwrap();
+    let docs = w.docs("f").await;
+    for (id, d, r) in texts {
+        let doc = docs
+            .iter()
+            .find(|x| x.get("_id") == Some(&Bson::Int32(id)))
+            .unwrap();
+        assert_eq!(doc.get_str("dText").unwrap(), d, "{doc}");
+        assert_eq!(doc.get_str("rText").unwrap(), r, "{doc}");
+    }
+    let one = docs
+        .iter()
+        .find(|x| x.get("_id") == Some(&Bson::Int32(1)))
+        .unwrap();
+    assert_eq!(
+        one.get("dDec").unwrap().to_string(),
+        "99999999999999990000000",
+        "{one}"
+    );
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }

@@ -142,8 +142,10 @@ impl fmt::Display for Value {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int32(i) => write!(f, "{i}"),
             Value::Int64(i) => write!(f, "{i}"),
-            Value::Real(r) => write!(f, "{r}"),
-            Value::Double(d) => write!(f, "{d}"),
+            // As PostgreSQL prints them (`1e+23` is `9.999999999999999e+22`, infinities are
+            // `Infinity`), never Rust's expansion (`100000000000000000000000`, `inf`).
+            Value::Real(r) => f.write_str(&super::float::pg_text_f32(*r)),
+            Value::Double(d) => f.write_str(&super::float::pg_text_f64(*d)),
             Value::Numeric(s) | Value::Text(s) | Value::Json(s) => f.write_str(s),
             Value::Uuid(u) => write!(f, "{u}"),
             Value::Date(d) => write!(f, "{d}"),

@@ -423,6 +423,17 @@ fn lossy(out: &Output, conv: &mut Converted, message: String) -> Result<(), (Str
     }
 }
 
+/// Decimal text of a float's shortest digits: integral values spelled out when they fit 34
+/// digits (`10`, not `1E+1`), others with an exponent.
+fn float_decimal((negative, digits, exp): (bool, String, i32)) -> String {
+    let sign = if negative { "-" } else { "" };
+    if exp >= 0 && digits.len() + exp as usize <= 34 {
+        format!("{sign}{digits}{}", "0".repeat(exp as usize))
+    } else {
+        format!("{sign}{digits}e{exp}")
+    }
+}
+
 fn cast_to(
     value: &Value,
     cast: CastType,
@@ -526,9 +537,14 @@ fn cast_to(
             Value::Numeric(s) | Value::Text(s) => match decimal::to_f64_exact(s) {
                 Ok(f) => Ok(Bson::Double(f)),
                 Err(m) => {
-                    lossy(out, conv, m)?;
+                    // Beyond a double's range there is no nearest double to warn about: an
+                    // infinity is no approximation of a finite number.
                     match s.trim().parse::<f64>() {
-                        Ok(f) => Ok(Bson::Double(f)),
+                        Ok(f) if f.is_finite() => {
+                            lossy(out, conv, m)?;
+                            Ok(Bson::Double(f))
+                        }
+                        Ok(_) => err("cast", m),
                         Err(_) => cannot("a double"),
                     }
                 }
@@ -539,13 +555,18 @@ fn cast_to(
             Value::Numeric(s) | Value::Text(s) => numeric_bson(s, conv),
             Value::Int32(i) => decimal_bson(&i.to_string()),
             Value::Int64(i) => decimal_bson(&i.to_string()),
-            // From the shortest text that reads back as the value at its own width (what
-            // PostgreSQL prints: real 21.35 is 21.35, not 21.350000381469727), and integral
-            // values without exponent noise (10, not 1E+1).
-            Value::Double(d) if d.fract() == 0.0 && d.abs() < 1e34 => decimal_bson(&format!("{d}")),
-            Value::Double(d) => decimal_bson(&format!("{d:e}")),
-            Value::Real(r) if r.fract() == 0.0 && r.abs() < 1e34 => decimal_bson(&format!("{r}")),
-            Value::Real(r) => decimal_bson(&format!("{r:e}")),
+            // From the shortest digits that read back as the value at its own width, as
+            // PostgreSQL prints them (real 21.35 is 21.35, not 21.350000381469727; the double
+            // nearest 1e23 is 9.999999999999999e+22), and integral values without exponent noise
+            // (10, not 1E+1).
+            Value::Double(d) if d.is_finite() => decimal_bson(&float_decimal(
+                crate::source::float::shortest_digits_f64(*d),
+            )),
+            Value::Real(r) if r.is_finite() => decimal_bson(&float_decimal(
+                crate::source::float::shortest_digits_f32(*r),
+            )),
+            Value::Double(d) => decimal_bson(&d.to_string()),
+            Value::Real(r) => decimal_bson(&r.to_string()),
             _ => cannot("a decimal"),
         },
         CastType::Bool => match value {
@@ -783,6 +804,18 @@ mod tests {
         assert_eq!(to_bson(&long, &o).unwrap_err().0, "lossy_conversion");
         o.lossy = Lossy::Warn;
         assert_eq!(to_bson(&long, &o).unwrap().warnings.len(), 1);
+        // Beyond a double's range even `lossy = "warn"` rejects: no infinity is written for a
+        // finite number.
+        for big in ["1e400", "-1e400", "1e9223372036854775807"] {
+            let v = Value::Numeric(big.into());
+            assert_eq!(to_bson(&v, &o).unwrap_err().0, "cast", "{big}");
+        }
+        // Below its range the nearest double (zero) is written, with the warning.
+        let tiny = to_bson(&Value::Numeric("1e-400".into()), &o).unwrap();
+        assert_eq!(
+            (tiny.value, tiny.warnings.len()),
+            (Some(Bson::Double(0.0)), 1)
+        );
     }
 
     #[test]
