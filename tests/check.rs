@@ -309,6 +309,31 @@ const TEXT_KEY: KeyShape = KeyShape {
     },
 };
 
+/// `char(3)` keys holding characters below the blank (`E'a\t'`): PostgreSQL compares char(n)
+/// without its trailing blanks (`'a'` before `E'a\t'`) while the padded values order the other
+/// way byte for byte — the children of such parents were lost.
+const CHAR_KEY: KeyShape = KeyShape {
+    name: "char",
+    parent_cols: "code char(3)",
+    primary_key: "code",
+    child_cols: "parent_code char(3)",
+    key: r#"["code"]"#,
+    foreign_key: r#""parent_code""#,
+    keys: |n| {
+        let (sql, text) = match n {
+            1 => ("E'a\\t'", "a\t "),
+            2 => ("'a'", "a  "),
+            3 => ("E'a\\n'", "a\n "),
+            4 => ("'a b'", "a b"),
+            5 => ("E'\\t'", "\t  "),
+            6 => ("' '", "   "),
+            7 => ("'b'", "b  "),
+            _ => ("'zz'", "zz "),
+        };
+        (sql.to_string(), text.to_string())
+    },
+};
+
 /// A composite key (text, int) whose first part repeats with different case.
 const COMPOSITE_KEY: KeyShape = KeyShape {
     name: "composite",
@@ -471,6 +496,11 @@ async fn check_counts_in_advance_every_row_migrate_rejects_children_included() {
 #[tokio::test]
 async fn check_counts_child_rejects_in_advance_under_a_text_key() {
     check_counts_in_advance_every_row_migrate_rejects(&TEXT_KEY).await;
+}
+
+#[tokio::test]
+async fn check_counts_child_rejects_in_advance_under_a_char_key() {
+    check_counts_in_advance_every_row_migrate_rejects(&CHAR_KEY).await;
 }
 
 #[tokio::test]

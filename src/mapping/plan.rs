@@ -569,7 +569,7 @@ pub fn compile(
             }
             // char(n) values come blank-padded to their own width: only the same type compares
             // equal byte for byte.
-            let padded = child.pg_type == "BPCHAR" || parent.pg_type == "BPCHAR";
+            let padded = child.is_padded() || parent.is_padded();
             if child.kind != parent.kind || (padded && child.pg_type != parent.pg_type) {
                 return Err(invalid(
                     &key,

@@ -213,6 +213,30 @@ impl ColKind {
     }
 }
 
+/// The expression ordering by column `c` (written `col`) in the order the client compares its
+/// decoded values: bytewise (`COLLATE "C"`); types read as text by that text; `char(n)` by its
+/// blank-padded text (`concat`), since PostgreSQL compares char(n) without its trailing blanks
+/// (`'a'` before `E'a\t'`) while the padded values the client holds order the other way.
+pub fn order_expr(c: &SourceColumn, col: &str) -> String {
+    if c.is_padded() {
+        format!("concat({col}) COLLATE \"C\"")
+    } else if c.kind.is_textual() {
+        format!("{col} COLLATE \"C\"")
+    } else if c.kind.orders_as_text() {
+        format!("({col}::text) COLLATE \"C\"")
+    } else {
+        col.to_string()
+    }
+}
+
+impl SourceColumn {
+    /// A `char(n)`: its values arrive blank-padded to the column's width.
+    pub fn is_padded(&self) -> bool {
+        // sqlx names char(n) `CHAR` (and the one-byte `"char"` with its quotes).
+        matches!(self.pg_type.as_str(), "CHAR" | "BPCHAR")
+    }
+}
+
 /// A column of a source relation, as PostgreSQL describes it.
 #[derive(Debug, Clone)]
 pub struct SourceColumn {
@@ -544,14 +568,7 @@ impl ReadSpec {
             .map(|&i| {
                 let c = &self.columns[i];
                 let col = format!("{qual}.{}", quote_ident(&c.name));
-                let expr = if c.kind.is_textual() {
-                    format!("{col} COLLATE \"C\"")
-                } else if c.kind.orders_as_text() {
-                    format!("({col}::text) COLLATE \"C\"")
-                } else {
-                    col.clone()
-                };
-                (expr, col)
+                (order_expr(c, &col), col)
             })
             .collect();
         let order = ordering
@@ -570,7 +587,7 @@ impl ReadSpec {
                 .enumerate()
                 .map(|(n, &i)| {
                     let c = &self.columns[i];
-                    let ty = if c.kind.orders_as_text() {
+                    let ty = if c.kind.orders_as_text() || c.is_padded() {
                         "TEXT"
                     } else {
                         c.pg_type.as_str()

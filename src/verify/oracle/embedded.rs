@@ -94,16 +94,7 @@ pub(super) fn child_query(e: &EmbedPlan, checks: &[FieldCheck]) -> String {
         .read
         .order
         .iter()
-        .map(|&i| {
-            let c = &e.read.columns[i];
-            if c.kind.is_textual() {
-                format!("{} COLLATE \"C\"", col(i))
-            } else if c.kind.orders_as_text() {
-                format!("({}::text) COLLATE \"C\"", col(i))
-            } else {
-                col(i)
-            }
-        })
+        .map(|&i| crate::source::postgres::order_expr(&e.read.columns[i], &col(i)))
         .collect();
     format!(
         "SELECT {} FROM {} ORDER BY {}",

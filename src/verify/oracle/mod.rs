@@ -224,7 +224,12 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
     }
     let check = scalar_check(pg_type, f)?;
     let sql = match &check {
-        Check::Text if pg_type == "TEXT" || pg_type == "VARCHAR" || pg_type == "BPCHAR" => {
+        Check::Text
+            if pg_type == "TEXT"
+                || pg_type == "VARCHAR"
+                || pg_type == "CHAR"
+                || pg_type == "BPCHAR" =>
+        {
             col.to_string()
         }
         Check::Bytes | Check::Base64 | Check::Hex => format!("encode({col}, 'hex')"),
@@ -537,15 +542,11 @@ fn source_query(plan: &Plan, checks: &[FieldCheck]) -> (Vec<(ColKind, String)>, 
         .map(|(&i, (kind, col))| key_sql(*kind, &plan.read.columns[i].pg_type, col))
         .collect();
     select.extend(checks.iter().map(|c| c.sql.clone()));
-    let order: Vec<String> = keys
+    let order: Vec<String> = plan
+        .key
         .iter()
-        .map(|(kind, col)| {
-            if *kind == ColKind::Text {
-                format!("{col} COLLATE \"C\"")
-            } else {
-                col.clone()
-            }
-        })
+        .zip(&keys)
+        .map(|(&i, (_, col))| crate::source::postgres::order_expr(&plan.read.columns[i], col))
         .collect();
     let sql = format!(
         "SELECT {} FROM {} ORDER BY {}",
