@@ -674,3 +674,59 @@ async fn floats_become_the_decimals_and_text_postgresql_prints() {
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// A `numeric(10,2)` foreign key (`1.00`) references a `numeric` key (`1.0`) PostgreSQL holds
+/// equal: the reference is the referenced document's `_id`, and verify finds no broken one.
+#[tokio::test]
+async fn a_numeric_reference_of_another_scale_points_at_its_document() {
+    let w = World::new("oracle_numeric_ref").await;
+    w.sql(
+        "CREATE TABLE acct (code numeric PRIMARY KEY, name text);
+         INSERT INTO acct VALUES (1.0, 'one'), (2.50, 'two and a half'), (10, 'ten');
+         CREATE TABLE txn (id int PRIMARY KEY, acct_code numeric(10,2) REFERENCES acct (code));
+         INSERT INTO txn VALUES (1, 1.00), (2, 2.5), (3, 10.00);",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/acct.toml"),
+        "version = 1\nname = \"acct\"\n[source]\ntable = \"acct\"\nkey = [\"code\"]\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/txn.toml"),
+        "version = 1\nname = \"txn\"\n[source]\ntable = \"txn\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"acct\"\ncolumn = \"acct_code\"\nreference = \"acct\"\n\
+         validate = { exists = true }\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"accts\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"accts\"\nentities = [\"acct\"]\n\
+         [[stage]]\nname = \"txns\"\nentities = [\"txn\"]\ndepends_on = [\"accts\"]\n",
+    )
+    .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let ids: Vec<Bson> = w
+        .docs("acct")
+        .await
+        .iter()
+        .map(|d| d.get("_id").unwrap().clone())
+        .collect();
+    for t in w.docs("txn").await {
+        assert!(ids.contains(t.get("acct").unwrap()), "{t} in {ids:?}");
+    }
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}

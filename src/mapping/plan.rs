@@ -71,12 +71,28 @@ impl IdRule {
             Value::Int32(i) => Bson::Int32(*i),
             Value::Int64(i) => Bson::Int64(*i),
             Value::Text(s) => Bson::String(s.clone()),
-            Value::Numeric(s) => Bson::String(s.clone()),
+            Value::Numeric(s) => Bson::String(numeric_key(s)),
             Value::Date(_) | Value::TimestampTz(_) | Value::Timestamp(_) | Value::Bool(_) => {
                 Bson::String(v.to_string())
             }
             other => return Err(format!("a {} key cannot be an _id", other.type_name())),
         })
+    }
+}
+
+/// A numeric key as one text for every scale PostgreSQL holds equal (`1.0`, `1.00` and `1` are
+/// one key to it, so a `numeric(10,2)` foreign key finds the `numeric` key it references):
+/// trailing fractional zeros dropped, `-0` as `0`.
+fn numeric_key(text: &str) -> String {
+    let t = text.trim();
+    let t = if t.contains('.') {
+        t.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        t
+    };
+    match t {
+        "-0" | "" => "0".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -87,7 +103,10 @@ impl IdRule {
 fn uuid5_name(entity: &str, key: &[&Value]) -> String {
     let mut name = entity.to_string();
     for v in key {
-        let text = v.to_string();
+        let text = match v {
+            Value::Numeric(s) => numeric_key(s),
+            other => other.to_string(),
+        };
         name.push('\u{1f}');
         if key.len() > 1 {
             name.push_str(&format!("{}:", text.len()));
@@ -886,6 +905,32 @@ mod tests {
             uuid5_name("plots", &[&Value::Int32(4), &Value::Text("ab".into())]),
             "plots\u{1f}1:4\u{1f}2:ab"
         );
+    }
+
+    /// A `numeric(10,2)` foreign key `1.00` referenced the `numeric` key `1.0` as `"1.00"`, an
+    /// `_id` no document has: numerics PostgreSQL holds equal are one id.
+    #[test]
+    fn numeric_keys_equal_in_postgresql_are_one_id() {
+        let key = IdRule {
+            strategy: IdStrategy::Key,
+            ..uuid5_rule()
+        };
+        let n = |s: &str| Value::Numeric(s.into());
+        for rule in [key, uuid5_rule()] {
+            let one = rule.id_for(&[&n("1.0")]).unwrap();
+            assert_eq!(one, rule.id_for(&[&n("1.00")]).unwrap());
+            assert_eq!(one, rule.id_for(&[&n("1")]).unwrap());
+            assert_ne!(one, rule.id_for(&[&n("10")]).unwrap());
+            assert_ne!(one, rule.id_for(&[&n("1.01")]).unwrap());
+            assert_eq!(
+                rule.id_for(&[&n("-0.00")]).unwrap(),
+                rule.id_for(&[&n("0")]).unwrap()
+            );
+            assert_eq!(
+                rule.id_for(&[&n("100")]).unwrap(),
+                rule.id_for(&[&n("100.000")]).unwrap()
+            );
+        }
     }
 
     #[test]

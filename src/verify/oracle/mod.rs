@@ -273,14 +273,22 @@ fn not_independent(f: &FieldPlan) -> Option<String> {
     if f.default.is_some() {
         return Some("default value".into());
     }
-    // A reference is the referenced document's `_id`: the column's own value only when that
-    // mapping keeps its key as the id, in the form this field would write it.
-    if let Some(rule) = &f.reference
-        && (rule.strategy != crate::mapping::spec::IdStrategy::Key || rule.uuid != f.output.uuid)
-    {
-        return Some(format!("reference: the `_id` of {}", rule.entity));
-    }
     None
+}
+
+/// Why reference field `f` (read from `column`) is not its column's value, if it is not: a
+/// reference is the referenced document's `_id`, which is the column's own value only when that
+/// mapping keeps its key as the id, of a type whose id is its natural value (integers, text,
+/// uuids in this field's form; a numeric or date key's id is its text).
+fn reference_not_natural(f: &FieldPlan, column: &crate::source::SourceColumn) -> Option<String> {
+    let rule = f.reference.as_ref()?;
+    let natural = rule.strategy == crate::mapping::spec::IdStrategy::Key
+        && match column.kind {
+            ColKind::Int16 | ColKind::Int32 | ColKind::Int64 | ColKind::Text => true,
+            ColKind::Uuid => rule.uuid == f.output.uuid,
+            _ => false,
+        };
+    (!natural).then(|| format!("reference: the `_id` of {}", rule.entity))
 }
 
 /// The fields of `plan` compared independently (with their SQL) and those that are not.
@@ -319,6 +327,13 @@ fn field_checks(
             unreachable!("checked above")
         };
         let column = &read.columns[i];
+        if let Some(why) = reference_not_natural(f, column) {
+            skipped.push(NotCompared {
+                path: f.path_text.clone(),
+                why,
+            });
+            continue;
+        }
         if column.expr.is_some() {
             skipped.push(NotCompared {
                 path: f.path_text.clone(),
