@@ -2,7 +2,8 @@
 # Throughput and memory of `cutover migrate` on this machine, against mongod's own ceiling.
 #   scripts/bench.sh [--patients N] [--quick]
 # Loads N patients (default 1,000,000; ~3N immunizations) once into the database cutover_bench
-# (reused while its row count matches), then times, with peak RSS from /usr/bin/time -v:
+# (reused while its row count matches), then times, with peak RSS from /usr/bin/time -v and the
+# CPU seconds of the client, PostgreSQL and mongod (from /proc) for each run:
 #   1. patients (guardians embedded) into an empty collection   (insert path)
 #   2. the same again into the full collection                  (upsert path)
 #   3. patients without the guardians embed                     (insert path)
@@ -56,19 +57,46 @@ text = re.sub(r"\n\[\[embed\.field\]\].*?(?=\n\[\[field\]\]|\n\[\[embed|\n\[\[ru
 open(p, "w").write(text)
 PY
 
+# CPU seconds (user + system) a server has spent so far, from /proc: mongod's own (one process,
+# many threads); PostgreSQL's postmaster with its reaped children (every backend that has ended,
+# i.e. each run's sessions once cutover has exited).
+SERVICES_DIR="${CUTOVER_SERVICES_DIR:-/tmp/cutover-services}"
+PG_PID=$(head -1 "$SERVICES_DIR/pg/data/postmaster.pid")
+MONGO_PID=$(cat "$SERVICES_DIR/mongo/mongod.pid")
+cpu_s() { # pid with-children(0|1)
+  awk -v tck="$(getconf CLK_TCK)" -v kids="$2" \
+    '{ s = $14 + $15; if (kids) s += $16 + $17; printf "%.2f\n", s / tck }' "/proc/$1/stat"
+}
+servers_cpu() { echo "$(cpu_s "$PG_PID" 1) $(cpu_s "$MONGO_PID" 0)"; }
+
 run() { # name database extra-args...
   local name="$1" db="$2"; shift 2
+  local before after
+  before=$(servers_cpu)
   /usr/bin/time -v "$BIN/cutover" migrate --quiet --ignore-dependencies --rerun --no-backup --database "$db" \
     --report "$WORK/$name.json" "$@" >"$WORK/$name.out" 2>"$WORK/$name.time" || [ $? -eq 2 ]
-  python3 - "$name" "$WORK/$name.json" "$WORK/$name.time" <<'PY'
+  sleep 0.5 # the run's backends have ended; their CPU is the postmaster's children's now
+  after=$(servers_cpu)
+  python3 - "$name" "$WORK/$name.json" "$WORK/$name.time" "$before" "$after" <<'PY'
 import json, re, sys
-name, report, timing = sys.argv[1:4]
+name, report, timing, before, after = sys.argv[1:6]
 r = json.load(open(report))
 e = r["entities"][0]
-rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(timing).read()).group(1))
+t = open(timing).read()
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
+cpu = float(re.search(r"User time \(seconds\): ([\d.]+)", t).group(1)) + float(re.search(r"System time \(seconds\): ([\d.]+)", t).group(1))
+pg, mongo = (float(a) - float(b) for a, b in zip(after.split(), before.split()))
 print(f"{name:<28} {e['written']:>9} docs in {e['duration_ms']/1000:7.2f}s = {e['written']*1000/max(e['duration_ms'],1):>8.0f} docs/s"
-      f"  ({e['write_mode']}), peak RSS {rss/1024:.0f} MiB")
+      f"  ({e['write_mode']}), CPU s: client {cpu:.1f} PostgreSQL {pg:.1f} mongod {mongo:.1f}, peak RSS {rss/1024:.0f} MiB")
 PY
+}
+
+ceiling() { # mongo-ceiling arguments; prints its line and mongod's CPU seconds for it
+  local before after
+  before=$(cpu_s "$MONGO_PID" 0)
+  "$BIN/mongo-ceiling" "$@"
+  after=$(cpu_s "$MONGO_PID" 0)
+  echo "    (mongod CPU s: $(echo "$after $before" | awk '{ printf "%.1f", $1 - $2 }'))"
 }
 
 # `verify --full` of what a run wrote, timed like the run; its rate as a ratio to the run's.
@@ -101,9 +129,9 @@ run "patients+guardians (full)"  bench_patients patients
 verify_full "verify --full patients" bench_patients patients "patients+guardians (empty)"
 run "patients flat (empty)"      bench_flat patients --mappings "$WORK/mappings-flat"
 run "immunizations (empty)"      bench_imm immunizations
-"$BIN/mongo-ceiling" "$MONGODB_URI" bench_patients patients bench_ceiling
-"$BIN/mongo-ceiling" "$MONGODB_URI" bench_flat patients bench_ceiling
-"$BIN/mongo-ceiling" "$MONGODB_URI" bench_imm immunizations bench_ceiling
+ceiling "$MONGODB_URI" bench_patients patients bench_ceiling
+ceiling "$MONGODB_URI" bench_flat patients bench_ceiling
+ceiling "$MONGODB_URI" bench_imm immunizations bench_ceiling
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
 "$BIN/examples/appwrite-bench" "$ROOT/pipelines/registry.toml" patients 50000
 
