@@ -129,8 +129,10 @@ pub enum ChangeTemplate {
     Empty,
     AddField,
     RenameField,
+    Transform,
     Index,
     Seed,
+    Archive,
 }
 
 #[derive(Debug, Args)]

@@ -264,6 +264,23 @@ filter = {}
 fields = { size = 0 }
 
 [[up]]
+op = "copy_field"
+collection = "things"
+from = "name"
+to = "label"
+
+[[up]]
+op = "transform"
+collection = "things"
+pipeline = [{ "$set" = { name = { "$concat" = ["$name", "!"] } } }]
+
+[[up]]
+op = "archive"
+collection = "things"
+to = "oldThings"
+filter = { "_id" = 3 }
+
+[[up]]
 op = "set"
 collection = "things"
 filter = {}
@@ -282,7 +299,7 @@ async fn failing_change(transaction: bool) {
     let before = hashes(&w).await;
     let text = refused(&changes(&w, "up", &dir, &[]));
     assert!(
-        text.contains("up operation 4 (`set` on things) failed"),
+        text.contains("up operation 7 (`set` on things) failed"),
         "{text}"
     );
     if transaction {
@@ -705,4 +722,93 @@ async fn new_writes_the_next_version_from_a_template() {
     assert_eq!(states.len(), 1);
     assert_eq!(states[0].1, "pending");
     w.drop().await;
+}
+
+const MORE_OPS: &str = r#"
+[[up]]
+op = "copy_field"
+collection = "things"
+from = "name"
+to = "label"
+
+[[up]]
+op = "transform"
+collection = "things"
+filter = { size = { "$gte" = 2 } }
+pipeline = [
+  { "$set" = { name = { "$toUpper" = "$name" }, size = { "$multiply" = ["$size", 10] } } },
+  { "$unset" = "colour" },
+]
+
+[[up]]
+op = "archive"
+collection = "things"
+to = "oldThings"
+filter = { size = { "$gte" = 30 } }
+"#;
+
+/// `copy_field`, `transform` (an update pipeline) and `archive` (#15): applied, in a transaction
+/// or not, each doing what it says; `down` leaves every collection exactly as before (hashes
+/// equal, the archive collection it created gone); a document changed since the transform is
+/// left alone by the inverse and counted.
+async fn copy_transform_archive(transaction: bool) {
+    let w = World::new(&format!("changes_more_{transaction}")).await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "7_more.toml",
+        &format!("version = 7\nname = \"more\"\ntransaction = {transaction}\n{MORE_OPS}"),
+    );
+    let before = hashes(&w).await;
+    let dry = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(
+        dry.contains("would be backed up and moved to oldThings"),
+        "{dry}"
+    );
+    assert_eq!(hashes(&w).await, before, "a dry run writes nothing");
+    ok(&changes(&w, "up", &dir, &[]));
+    let things = w.docs("things").await;
+    assert_eq!(
+        things,
+        [
+            doc! { "_id": 1, "name": "one", "size": 1, "label": "one" },
+            doc! { "_id": 2, "name": "TWO", "size": 20, "label": "two" },
+        ]
+    );
+    assert_eq!(
+        w.docs("oldThings").await,
+        [doc! { "_id": 3, "name": "THREE", "size": 30, "label": "three" }]
+    );
+    ok(&changes(&w, "down", &dir, &["--steps", "1"]));
+    assert_eq!(hashes(&w).await, before);
+
+    // Changed since the transform: its inverse leaves the document alone.
+    ok(&changes(&w, "up", &dir, &[]));
+    w.mongo()
+        .await
+        .collection::<Document>("things")
+        .update_one(doc! { "_id": 2 }, doc! { "$set": { "name": "Two!" } })
+        .await
+        .unwrap();
+    ok(&changes(&w, "down", &dir, &["--steps", "1"]));
+    let two = w
+        .docs("things")
+        .await
+        .into_iter()
+        .find(|d| d.get_i32("_id") == Ok(2))
+        .unwrap();
+    assert_eq!(two.get_str("name"), Ok("Two!"), "{two}");
+    assert!(!two.contains_key("label"), "the copy is undone: {two}");
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn copy_field_transform_and_archive_apply_and_reverse_exactly() {
+    copy_transform_archive(false).await;
+}
+
+#[tokio::test]
+async fn copy_field_transform_and_archive_apply_and_reverse_exactly_in_a_transaction() {
+    copy_transform_archive(true).await;
 }

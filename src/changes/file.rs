@@ -72,6 +72,26 @@ pub enum Op {
         collection: String,
         name: String,
     },
+    /// Copies `from` into `to` in the documents matching `filter` that have `from` and lack `to`.
+    CopyField {
+        collection: String,
+        from: String,
+        to: String,
+        filter: Document,
+    },
+    /// Rewrites the documents matching `filter` with an update pipeline (`$set`, `$unset`,
+    /// `$replaceWith`… stages in extended JSON), e.g. a phone number's format.
+    Transform {
+        collection: String,
+        filter: Document,
+        pipeline: Vec<Document>,
+    },
+    /// Moves the documents matching `filter` into collection `to` (e.g. sessions that expired).
+    Archive {
+        collection: String,
+        to: String,
+        filter: Document,
+    },
     /// Inserts documents, each with its `_id`.
     Insert {
         collection: String,
@@ -125,7 +145,18 @@ impl Op {
             Op::CreateIndex(_) => "create_index",
             Op::DropIndex { .. } => "drop_index",
             Op::Insert { .. } => "insert",
+            Op::CopyField { .. } => "copy_field",
+            Op::Transform { .. } => "transform",
+            Op::Archive { .. } => "archive",
             Op::Command { .. } => "command",
+        }
+    }
+
+    /// Every collection the operation writes (an archive writes two).
+    pub fn collections(&self) -> Option<Vec<&str>> {
+        match self {
+            Op::Archive { collection, to, .. } => Some(vec![collection, to]),
+            other => other.collection().map(|c| vec![c]),
         }
     }
 
@@ -138,6 +169,9 @@ impl Op {
             | Op::Set { collection, .. }
             | Op::Unset { collection, .. }
             | Op::DropIndex { collection, .. }
+            | Op::CopyField { collection, .. }
+            | Op::Transform { collection, .. }
+            | Op::Archive { collection, .. }
             | Op::Insert { collection, .. } => Some(collection),
             Op::CreateIndex(s) => Some(&s.collection),
             Op::Command { .. } => None,
@@ -166,6 +200,8 @@ impl Op {
                 | Op::RenameField { .. }
                 | Op::Set { .. }
                 | Op::Unset { .. }
+                | Op::CopyField { .. }
+                | Op::Transform { .. }
         )
     }
 }
@@ -286,6 +322,22 @@ enum RawOp {
     Insert {
         collection: String,
         documents: Vec<serde_json::Value>,
+    },
+    CopyField {
+        collection: String,
+        from: String,
+        to: String,
+        filter: Option<serde_json::Value>,
+    },
+    Transform {
+        collection: String,
+        filter: Option<serde_json::Value>,
+        pipeline: Vec<serde_json::Value>,
+    },
+    Archive {
+        collection: String,
+        to: String,
+        filter: serde_json::Value,
     },
     Command {
         command: serde_json::Value,
@@ -643,6 +695,83 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
                 documents: docs,
             }
         }
+        RawOp::CopyField {
+            collection,
+            from,
+            to,
+            filter,
+        } => {
+            check_collection(collection)?;
+            check_path(from, "from")?;
+            check_path(to, "to")?;
+            if from == to
+                || to.starts_with(&format!("{from}."))
+                || from.starts_with(&format!("{to}."))
+            {
+                return Err(format!(
+                    "cannot copy `{from}` to `{to}`: one contains the other"
+                ));
+            }
+            Op::CopyField {
+                collection: collection.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                filter: opt_doc(filter, "filter")?,
+            }
+        }
+        RawOp::Transform {
+            collection,
+            filter,
+            pipeline,
+        } => {
+            check_collection(collection)?;
+            if pipeline.is_empty() {
+                return Err("pipeline is empty".into());
+            }
+            let stages = pipeline
+                .iter()
+                .enumerate()
+                .map(|(i, st)| {
+                    let d = to_doc(st, &format!("pipeline[{i}]"))?;
+                    match d.keys().next().map(String::as_str) {
+                        Some(
+                            "$set" | "$addFields" | "$unset" | "$project" | "$replaceWith"
+                            | "$replaceRoot",
+                        ) if d.len() == 1 => Ok(d),
+                        _ => Err(format!(
+                            "pipeline[{i}] must be one stage an update may use ($set, $addFields, $unset, $project, $replaceWith, $replaceRoot)"
+                        )),
+                    }
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Op::Transform {
+                collection: collection.clone(),
+                filter: opt_doc(filter, "filter")?,
+                pipeline: stages,
+            }
+        }
+        RawOp::Archive {
+            collection,
+            to,
+            filter,
+        } => {
+            check_collection(collection)?;
+            check_collection(to)?;
+            if collection == to {
+                return Err(format!("cannot archive `{collection}` into itself"));
+            }
+            let filter = to_doc(filter, "filter")?;
+            if filter.is_empty() {
+                return Err(
+                    "filter is empty: an archive names the documents it moves (e.g. { expiresAt = { \"$lt\" = { \"$date\" = \"…\" } } })".into(),
+                );
+            }
+            Op::Archive {
+                collection: collection.clone(),
+                to: to.clone(),
+                filter,
+            }
+        }
         RawOp::Command { command, down } => Op::Command {
             command: to_doc(command, "command")?,
             down: down.as_ref().map(|d| to_doc(d, "down")).transpose()?,
@@ -918,8 +1047,11 @@ keys = ["lastName", "-createdAt"]
             "add_field",
             "remove_field",
             "rename_field",
+            "copy_field",
             "set",
             "unset",
+            "transform",
+            "archive",
             "insert",
             "create_index",
             "drop_index",

@@ -500,13 +500,14 @@ async fn apply_all(
     })
 }
 
-/// For each insert: whether its collection is missing before the change (its inverse drops it
-/// again once empty). Read before a transaction starts (`listCollections` cannot run in one).
+/// For each insert (and archive): whether the collection it inserts into is missing before the
+/// change (its inverse drops it again once empty). Read before a transaction starts
+/// (`listCollections` cannot run in one).
 async fn inserts_creating(exec: &Exec<'_>, ops: &[Op]) -> Result<Vec<bool>, OpError> {
     let mut known: BTreeMap<String, bool> = BTreeMap::new();
     let mut out = Vec::new();
     for op in ops {
-        let Op::Insert { collection, .. } = op else {
+        let (Op::Insert { collection, .. } | Op::Archive { to: collection, .. }) = op else {
             out.push(false);
             continue;
         };
@@ -745,7 +746,7 @@ fn chosen_for_down(
 fn touched(c: &Change) -> Option<std::collections::BTreeSet<String>> {
     let mut out = std::collections::BTreeSet::new();
     for op in c.up.iter().chain(c.down.iter().flatten()) {
-        out.insert(op.collection()?.to_string());
+        out.extend(op.collections()?.into_iter().map(str::to_string));
     }
     Some(out)
 }

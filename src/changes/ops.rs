@@ -7,6 +7,7 @@
 
 use bson::{Bson, Document, doc};
 use futures::TryStreamExt;
+use mongodb::options::UpdateModifications;
 use mongodb::{ClientSession, Database};
 
 use super::file::{IndexSpec, Op};
@@ -113,7 +114,43 @@ fn exists(field: &str, yes: bool) -> Document {
 }
 
 /// The documents a rewriting operation touches, and the update it applies to them.
-fn rewrite_of(op: &Op) -> Option<(&str, Document, Document)> {
+fn rewrite_of(op: &Op) -> Option<(&str, Document, UpdateModifications)> {
+    let (collection, filter, update) = match op {
+        Op::CopyField {
+            collection,
+            from,
+            to,
+            filter,
+        } => {
+            let touched = and(
+                filter,
+                doc! { "$and": [exists(from, true), exists(to, false)] },
+            );
+            let set = doc! { "$set": { to: format!("${from}") } };
+            return Some((
+                collection,
+                touched,
+                UpdateModifications::Pipeline(vec![set]),
+            ));
+        }
+        Op::Transform {
+            collection,
+            filter,
+            pipeline,
+        } => {
+            return Some((
+                collection,
+                filter.clone(),
+                UpdateModifications::Pipeline(pipeline.clone()),
+            ));
+        }
+        other => update_of(other)?,
+    };
+    Some((collection, filter, UpdateModifications::Document(update)))
+}
+
+/// The operations whose update is an update document.
+fn update_of(op: &Op) -> Option<(&str, Document, Document)> {
     Some(match op {
         Op::AddField {
             collection,
@@ -207,8 +244,18 @@ fn guard_of(op: &Op, original: &Document) -> Document {
             }
             g
         }
+        Op::CopyField { from, to, .. } => {
+            let old = get_path(original, from).cloned().unwrap_or(Bson::Null);
+            doc! { to: { "$eq": old } }
+        }
         _ => Document::new(),
     }
+}
+
+/// The condition that a document is still exactly `image` (field order included; the image is
+/// a literal, never read as an expression).
+fn still(image: &Document) -> Document {
+    doc! { "$expr": { "$eq": ["$$ROOT", { "$literal": image.clone() }] } }
 }
 
 impl Exec<'_> {
@@ -323,6 +370,40 @@ impl Exec<'_> {
         })
     }
 
+    /// Keeps, beside each backed-up document of op `op` among `ids`, what it is now (`image`):
+    /// the inverse of a transform puts the original back only where the document is still that.
+    async fn record_images(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        op: usize,
+        ids: Vec<Bson>,
+    ) -> Result<(), OpError> {
+        let coll = self.coll(collection);
+        let find = coll.find(doc! { "_id": { "$in": ids } });
+        let now: Vec<Document> = match sess.as_mut() {
+            Some(s) => {
+                let mut cur = find.session(&mut **s).await?;
+                let mut out = Vec::new();
+                while let Some(d) = cur.next(s).await.transpose()? {
+                    out.push(d);
+                }
+                out
+            }
+            None => find.await?.try_collect().await?,
+        };
+        let backup = self.coll(self.backup);
+        for d in now {
+            let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+            let key = doc! { "_id": { "op": op as i64, "id": id } };
+            with_session!(
+                sess,
+                backup.update_one(key, doc! { "$set": { "image": d } })
+            )?;
+        }
+        Ok(())
+    }
+
     /// Runs an up operation (number `index` of its change).
     pub async fn run(
         &self,
@@ -353,13 +434,54 @@ impl Exec<'_> {
                     .iter()
                     .filter_map(|b| b.get_document("_id").ok()?.get("id").cloned())
                     .collect();
-                let these = and(&filter, doc! { "_id": { "$in": ids } });
+                let these = and(&filter, doc! { "_id": { "$in": ids.clone() } });
                 let r = with_session!(
                     sess,
                     self.coll(collection).update_many(these, update.clone())
                 )?;
                 out.matched += r.matched_count;
                 out.modified += r.modified_count;
+                if matches!(op, Op::Transform { .. }) {
+                    self.record_images(sess, collection, index, ids).await?;
+                }
+            }
+            return Ok(());
+        }
+        if let Op::Archive {
+            collection,
+            to,
+            filter,
+        } = op
+        {
+            out.backed_up = self
+                .back_up(sess, collection, filter.clone(), index)
+                .await?;
+            let mut after = None;
+            loop {
+                let batch = self.backed_up(sess, index, after.clone()).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.get("_id").cloned();
+                let docs: Vec<Document> = batch
+                    .iter()
+                    .filter_map(|b| b.get_document("doc").ok().cloned())
+                    .collect();
+                let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+                let there = with_session!(
+                    sess,
+                    self.coll(to)
+                        .count_documents(doc! { "_id": { "$in": ids.clone() } })
+                )?;
+                if there > 0 {
+                    return Err(OpError::Refused(format!(
+                        "{there} of the documents to archive are in {to} already (same _id)"
+                    )));
+                }
+                let r = with_session!(sess, self.coll(to).insert_many(docs))?;
+                out.inserted += r.inserted_ids.len() as u64;
+                let gone = and(filter, doc! { "_id": { "$in": ids } });
+                let r = with_session!(sess, self.coll(collection).delete_many(gone))?;
+                out.matched += r.deleted_count;
+                out.deleted += r.deleted_count;
             }
             return Ok(());
         }
@@ -449,12 +571,30 @@ impl Exec<'_> {
                     ) else {
                         continue;
                     };
-                    let mut filter = guard_of(op, original);
+                    let mut filter = match op {
+                        Op::Transform { .. } => match b.get_document("image") {
+                            Ok(image) => still(image),
+                            // The change stopped between rewriting this batch and keeping its
+                            // images (and is being undone now, under the lock): the original
+                            // goes back whether or not it was rewritten.
+                            Err(_) => Document::new(),
+                        },
+                        _ => guard_of(op, original),
+                    };
                     filter.insert("_id", id);
-                    let r = with_session!(
-                        sess,
-                        self.coll(collection).replace_one(filter, original.clone())
-                    )?;
+                    let r = match op {
+                        // A copy changed one field: only that field is taken away again (the
+                        // rest of the document may have changed since, and stays).
+                        Op::CopyField { to, .. } => with_session!(
+                            sess,
+                            self.coll(collection)
+                                .update_one(filter, doc! { "$unset": { to: "" } })
+                        )?,
+                        _ => with_session!(
+                            sess,
+                            self.coll(collection).replace_one(filter, original.clone())
+                        )?,
+                    };
                     done.matched += 1;
                     if r.matched_count == 0 {
                         done.skipped += 1;
@@ -462,6 +602,41 @@ impl Exec<'_> {
                         done.modified += r.modified_count;
                     }
                 }
+            }
+            return Ok(done);
+        }
+        if let Op::Archive { collection, to, .. } = op {
+            // Each archived document goes back where it is not (a document re-created at its
+            // place since is left alone) and leaves the archive where it is still as moved.
+            let mut after = None;
+            loop {
+                let batch = self.backed_up(sess, index, after.clone()).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.get("_id").cloned();
+                for b in batch {
+                    let Ok(original) = b.get_document("doc") else {
+                        continue;
+                    };
+                    let id = original.get("_id").cloned().unwrap_or(Bson::Null);
+                    done.matched += 1;
+                    let mut moved = still(original);
+                    moved.insert("_id", id.clone());
+                    let r = with_session!(sess, self.coll(to).delete_one(moved))?;
+                    done.deleted += r.deleted_count;
+                    let there = with_session!(
+                        sess,
+                        self.coll(collection).count_documents(doc! { "_id": id })
+                    )?;
+                    if there == 0 {
+                        with_session!(sess, self.coll(collection).insert_one(original.clone()))?;
+                        done.inserted += 1;
+                    } else {
+                        done.skipped += 1;
+                    }
+                }
+            }
+            if out.created_collection {
+                drop_if_empty.push(to.clone());
             }
             return Ok(done);
         }
@@ -558,6 +733,21 @@ impl Exec<'_> {
             ));
         }
         Ok(match op {
+            Op::Archive {
+                collection,
+                to,
+                filter,
+            } => {
+                let n = self
+                    .coll(collection)
+                    .count_documents(filter.clone())
+                    .await?;
+                preview(
+                    Some(collection),
+                    n,
+                    format!("{n} documents would be backed up and moved to {to}"),
+                )
+            }
             Op::Insert {
                 collection,
                 documents,

@@ -10,8 +10,10 @@ pub enum Template {
     Empty,
     AddField,
     RenameField,
+    Transform,
     Index,
     Seed,
+    Archive,
 }
 
 const HEAD: &str = r#"# Change {version}: {name}
@@ -22,7 +24,8 @@ name = "{name}"
 description = ""
 author = ""
 # true: every operation runs in one multi-document transaction (MongoDB replica set); only the
-# document operations (add_field, remove_field, rename_field, set, unset, insert) may run in one.
+# document operations (add_field, remove_field, rename_field, copy_field, set, unset, transform,
+# archive, insert) may run in one.
 transaction = false
 "#;
 
@@ -87,6 +90,31 @@ documents = [
 ]
 "#;
 
+const TRANSFORM: &str = r#"
+# Rewrites the documents matching `filter` with an update pipeline: stages $set / $addFields /
+# $unset / $project / $replaceWith / $replaceRoot, in extended JSON written as TOML. Every document
+# it touches is backed up first; down puts each back where it is still exactly as the transform
+# left it (a document edited since is left alone, and counted).
+[[up]]
+op = "transform"
+collection = "patients"
+filter = { "contactInfo.phone" = { "$regex" = "^00" } }
+pipeline = [
+  { "$set" = { "contactInfo.phone" = { "$concat" = ["+", { "$substrCP" = ["$contactInfo.phone", 2, 20] }] } } },
+]
+"#;
+
+const ARCHIVE: &str = r#"
+# Moves the documents matching `filter` (required) into collection `to`; refused when one of them
+# is in `to` already. Down moves them back (where `to` still holds them as moved, and their place
+# is free), and drops `to` when the archive created it and it is empty again.
+[[up]]
+op = "archive"
+collection = "sessions"
+to = "sessionsArchive"
+filter = { expiresAt = { "$lt" = { "$date" = "2026-01-01T00:00:00Z" } } }
+"#;
+
 impl Template {
     fn body(self) -> &'static str {
         match self {
@@ -95,6 +123,8 @@ impl Template {
             Template::RenameField => RENAME_FIELD,
             Template::Index => INDEX,
             Template::Seed => SEED,
+            Template::Transform => TRANSFORM,
+            Template::Archive => ARCHIVE,
         }
     }
 }
@@ -174,6 +204,8 @@ mod tests {
             Template::RenameField,
             Template::Index,
             Template::Seed,
+            Template::Transform,
+            Template::Archive,
         ] {
             let text = render(t, 42, "a \"quoted\" name");
             let c =

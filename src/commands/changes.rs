@@ -36,6 +36,8 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 ChangeTemplate::RenameField => Template::RenameField,
                 ChangeTemplate::Index => Template::Index,
                 ChangeTemplate::Seed => Template::Seed,
+                ChangeTemplate::Transform => Template::Transform,
+                ChangeTemplate::Archive => Template::Archive,
             };
             let path =
                 changes::template::new_file(&args.dir, &args.name, template, chrono::Utc::now())?;
