@@ -812,3 +812,185 @@ async fn copy_field_transform_and_archive_apply_and_reverse_exactly() {
 async fn copy_field_transform_and_archive_apply_and_reverse_exactly_in_a_transaction() {
     copy_transform_archive(true).await;
 }
+
+const COLLECTION_OPS: &str = r#"
+[[up]]
+op = "bulk_update"
+collection = "things"
+updates = [
+  { filter = { size = 1 }, update = { "$set" = { kind = "small" } } },
+  { filter = { size = { "$gte" = 2 } }, update = [{ "$set" = { kind = "big", size = { "$add" = ["$size", 100] } } }] },
+]
+
+[[up]]
+op = "update_references"
+collection = "pets"
+field = "owner"
+from = 1
+to = 11
+
+[[up]]
+op = "remove_duplicates"
+collection = "pets"
+fields = ["name", "owner"]
+keep = "last"
+sort = { born = 1 }
+
+[[up]]
+op = "create_collection"
+collection = "visits"
+validator = { "$jsonSchema" = { bsonType = "object", required = ["at"] } }
+
+[[up]]
+op = "set_validator"
+collection = "pets"
+validator = { name = { "$type" = "string" } }
+validation_level = "moderate"
+
+[[up]]
+op = "copy_collection"
+from = "things"
+to = "thingsCopy"
+pipeline = [{ "$match" = { kind = "big" } }, { "$project" = { name = 1 } }]
+
+[[up]]
+op = "drop_collection"
+collection = "old"
+"#;
+
+/// The validator, level and action of collection `name`, MongoDB's defaults where
+/// `listCollections` shows none (no validator, strict, error).
+async fn validation(w: &World, name: &str) -> Document {
+    let o = options(w, name).await;
+    doc! {
+        "validator": o.get_document("validator").cloned().unwrap_or_default(),
+        "validationLevel": o.get_str("validationLevel").unwrap_or("strict"),
+        "validationAction": o.get_str("validationAction").unwrap_or("error"),
+    }
+}
+
+/// The options `listCollections` gives for `name` (its validator, level, action).
+async fn options(w: &World, name: &str) -> Document {
+    let reply = w
+        .mongo()
+        .await
+        .run_command(doc! { "listCollections": 1, "filter": { "name": name } })
+        .await
+        .unwrap();
+    reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .first()
+        .and_then(|d| d.as_document()?.get_document("options").ok().cloned())
+        .unwrap_or_default()
+}
+
+/// `bulk_update`, `update_references` (a value and inside arrays), `remove_duplicates`,
+/// `create_collection` with a `$jsonSchema` validator (mongod refuses a document breaking it),
+/// `set_validator`, `copy_collection` and `drop_collection` (#15): each does what it says, and
+/// `down` leaves every collection, its indexes and its validator exactly as before.
+#[tokio::test]
+async fn collection_operations_apply_and_reverse_exactly() {
+    let w = World::new("changes_collections").await;
+    things(&w).await;
+    let db = w.mongo().await;
+    db.collection::<Document>("pets")
+        .insert_many(vec![
+            doc! { "_id": 1, "name": "rex", "owner": 1, "born": 2010 },
+            doc! { "_id": 2, "name": "rex", "owner": 1, "born": 2012 },
+            doc! { "_id": 3, "name": "tom", "owner": [1, 2], "born": 2011 },
+            doc! { "_id": 4, "name": "tom", "owner": 2, "born": 2013 },
+            doc! { "_id": 5, "name": "kit" },
+            doc! { "_id": 6, "name": "kit" },
+        ])
+        .await
+        .unwrap();
+    db.create_collection("old")
+        .validator(doc! { "n": { "$type": "int" } })
+        .await
+        .unwrap();
+    db.collection::<Document>("old")
+        .insert_many(vec![
+            doc! { "_id": "a", "n": 1 },
+            doc! { "_id": "b", "n": 2 },
+        ])
+        .await
+        .unwrap();
+    db.run_command(doc! { "createIndexes": "old", "indexes": [{ "key": { "n": -1 }, "name": "n_desc", "unique": true }] })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "8_collections.toml",
+        &format!("version = 8\nname = \"collections\"\n{COLLECTION_OPS}"),
+    );
+    let before = hashes(&w).await;
+    let (pets_options, old_options) = (validation(&w, "pets").await, options(&w, "old").await);
+    ok(&changes(&w, "up", &dir, &[]));
+
+    let kinds: Vec<(i32, String, i32)> = w
+        .docs("things")
+        .await
+        .iter()
+        .map(|d| {
+            (
+                d.get_i32("_id").unwrap(),
+                d.get_str("kind").unwrap().to_string(),
+                d.get_i32("size").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, "small".into(), 1),
+            (2, "big".into(), 102),
+            (3, "big".into(), 103)
+        ]
+    );
+    assert_eq!(
+        w.docs("pets").await,
+        [
+            doc! { "_id": 2, "name": "rex", "owner": 11, "born": 2012 },
+            doc! { "_id": 3, "name": "tom", "owner": [11, 2], "born": 2011 },
+            doc! { "_id": 4, "name": "tom", "owner": 2, "born": 2013 },
+            doc! { "_id": 5, "name": "kit" },
+            doc! { "_id": 6, "name": "kit" },
+        ],
+        "rex 1 was a duplicate of rex 2 (the last by born is kept); kits without an owner are none"
+    );
+    let refused = db
+        .collection::<Document>("visits")
+        .insert_one(doc! { "_id": 1, "no": "at" })
+        .await;
+    assert!(
+        refused.is_err(),
+        "the validator refuses a document without `at`"
+    );
+    assert_eq!(
+        options(&w, "pets").await.get_str("validationLevel"),
+        Ok("moderate")
+    );
+    assert_eq!(
+        w.docs("thingsCopy").await,
+        [
+            doc! { "_id": 2, "name": "two" },
+            doc! { "_id": 3, "name": "three" }
+        ]
+    );
+    assert!(
+        !db.list_collection_names()
+            .await
+            .unwrap()
+            .contains(&"old".to_string())
+    );
+
+    ok(&changes(&w, "down", &dir, &["--steps", "1"]));
+    assert_eq!(hashes(&w).await, before);
+    assert_eq!(validation(&w, "pets").await, pets_options);
+    assert_eq!(options(&w, "old").await, old_options);
+    w.drop().await;
+}

@@ -92,6 +92,48 @@ pub enum Op {
         to: String,
         filter: Document,
     },
+    /// Several updates (each a filter and an update document or pipeline), applied in order.
+    BulkUpdate {
+        collection: String,
+        updates: Vec<(Document, UpdateSpec)>,
+    },
+    /// Deletes all but one document of each group sharing the values of `fields`: the first (or
+    /// last) by `sort`.
+    RemoveDuplicates {
+        collection: String,
+        fields: Vec<String>,
+        keep_last: bool,
+        sort: Document,
+    },
+    /// Replaces the value `from` by `to` in `field` (a value or an array of them).
+    UpdateReferences {
+        collection: String,
+        field: String,
+        from: Bson,
+        to: Bson,
+    },
+    /// Creates a collection, optionally with a `$jsonSchema` (or any) validator.
+    CreateCollection {
+        collection: String,
+        options: Document,
+    },
+    /// Drops a collection, keeping its documents, indexes and options for the inverse.
+    DropCollection {
+        collection: String,
+    },
+    /// Sets a collection's validator (and level / action), keeping the old ones for the inverse.
+    SetValidator {
+        collection: String,
+        validator: Document,
+        level: Option<String>,
+        action: Option<String>,
+    },
+    /// Writes the result of an aggregation pipeline over `from` into a new collection `to`.
+    CopyCollection {
+        from: String,
+        to: String,
+        pipeline: Vec<Document>,
+    },
     /// Inserts documents, each with its `_id`.
     Insert {
         collection: String,
@@ -102,6 +144,13 @@ pub enum Op {
         command: Document,
         down: Option<Document>,
     },
+}
+
+/// An update: an update document (`{ "$set" = … }`) or an update pipeline (a list of stages).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateSpec {
+    Document(Document),
+    Pipeline(Vec<Document>),
 }
 
 /// An index to create: keys in order, a name (MongoDB's default name when none is given) and
@@ -148,6 +197,13 @@ impl Op {
             Op::CopyField { .. } => "copy_field",
             Op::Transform { .. } => "transform",
             Op::Archive { .. } => "archive",
+            Op::BulkUpdate { .. } => "bulk_update",
+            Op::RemoveDuplicates { .. } => "remove_duplicates",
+            Op::UpdateReferences { .. } => "update_references",
+            Op::CreateCollection { .. } => "create_collection",
+            Op::DropCollection { .. } => "drop_collection",
+            Op::SetValidator { .. } => "set_validator",
+            Op::CopyCollection { .. } => "copy_collection",
             Op::Command { .. } => "command",
         }
     }
@@ -156,6 +212,7 @@ impl Op {
     pub fn collections(&self) -> Option<Vec<&str>> {
         match self {
             Op::Archive { collection, to, .. } => Some(vec![collection, to]),
+            Op::CopyCollection { from, to, .. } => Some(vec![from, to]),
             other => other.collection().map(|c| vec![c]),
         }
     }
@@ -172,7 +229,14 @@ impl Op {
             | Op::CopyField { collection, .. }
             | Op::Transform { collection, .. }
             | Op::Archive { collection, .. }
+            | Op::BulkUpdate { collection, .. }
+            | Op::RemoveDuplicates { collection, .. }
+            | Op::UpdateReferences { collection, .. }
+            | Op::CreateCollection { collection, .. }
+            | Op::DropCollection { collection }
+            | Op::SetValidator { collection, .. }
             | Op::Insert { collection, .. } => Some(collection),
+            Op::CopyCollection { to, .. } => Some(to),
             Op::CreateIndex(s) => Some(&s.collection),
             Op::Command { .. } => None,
         }
@@ -187,7 +251,13 @@ impl Op {
     pub fn transactional(&self) -> bool {
         !matches!(
             self,
-            Op::CreateIndex(_) | Op::DropIndex { .. } | Op::Command { .. }
+            Op::CreateIndex(_)
+                | Op::DropIndex { .. }
+                | Op::Command { .. }
+                | Op::CreateCollection { .. }
+                | Op::DropCollection { .. }
+                | Op::SetValidator { .. }
+                | Op::CopyCollection { .. }
         )
     }
 
@@ -202,6 +272,8 @@ impl Op {
                 | Op::Unset { .. }
                 | Op::CopyField { .. }
                 | Op::Transform { .. }
+                | Op::BulkUpdate { .. }
+                | Op::UpdateReferences { .. }
         )
     }
 }
@@ -339,10 +411,117 @@ enum RawOp {
         to: String,
         filter: serde_json::Value,
     },
+    BulkUpdate {
+        collection: String,
+        updates: Vec<serde_json::Value>,
+    },
+    RemoveDuplicates {
+        collection: String,
+        fields: Vec<String>,
+        #[serde(default)]
+        keep: Keep,
+        sort: Option<serde_json::Value>,
+    },
+    UpdateReferences {
+        collection: String,
+        field: String,
+        from: serde_json::Value,
+        to: serde_json::Value,
+    },
+    CreateCollection {
+        collection: String,
+        validator: Option<serde_json::Value>,
+        validation_level: Option<String>,
+        validation_action: Option<String>,
+    },
+    DropCollection {
+        collection: String,
+    },
+    SetValidator {
+        collection: String,
+        validator: serde_json::Value,
+        validation_level: Option<String>,
+        validation_action: Option<String>,
+    },
+    CopyCollection {
+        from: String,
+        to: String,
+        #[serde(default)]
+        pipeline: Vec<serde_json::Value>,
+    },
     Command {
         command: serde_json::Value,
         down: Option<serde_json::Value>,
     },
+}
+
+/// Which document of a group of duplicates `remove_duplicates` keeps.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Keep {
+    #[default]
+    First,
+    Last,
+}
+
+/// An update as written: a table (an update document) or an array (a pipeline).
+fn update_spec(v: &serde_json::Value, what: &str) -> Result<UpdateSpec, String> {
+    match v {
+        serde_json::Value::Array(stages) => {
+            if stages.is_empty() {
+                return Err(format!("{what} is an empty pipeline"));
+            }
+            Ok(UpdateSpec::Pipeline(
+                stages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, st)| update_stage(st, &format!("{what}[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        other => {
+            let d = to_doc(other, what)?;
+            if d.is_empty() || !d.keys().all(|k| k.starts_with('$')) {
+                return Err(format!(
+                    "{what} must be an update document of operators ({{ \"$set\" = … }}) or a pipeline"
+                ));
+            }
+            Ok(UpdateSpec::Document(d))
+        }
+    }
+}
+
+/// One stage of an update pipeline: only those an update may use.
+fn update_stage(v: &serde_json::Value, what: &str) -> Result<Document, String> {
+    let d = to_doc(v, what)?;
+    match d.keys().next().map(String::as_str) {
+        Some("$set" | "$addFields" | "$unset" | "$project" | "$replaceWith" | "$replaceRoot")
+            if d.len() == 1 =>
+        {
+            Ok(d)
+        }
+        _ => Err(format!(
+            "{what} must be one stage an update may use ($set, $addFields, $unset, $project, $replaceWith, $replaceRoot)"
+        )),
+    }
+}
+
+fn validation_level(v: &Option<String>) -> Result<Option<String>, String> {
+    match v.as_deref() {
+        None => Ok(None),
+        Some(l @ ("off" | "strict" | "moderate")) => Ok(Some(l.to_string())),
+        Some(other) => Err(format!(
+            "validation_level `{other}` is not off, strict or moderate"
+        )),
+    }
+}
+
+fn validation_action(v: &Option<String>) -> Result<Option<String>, String> {
+    match v.as_deref() {
+        None => Ok(None),
+        Some(a @ ("error" | "warn")) => Ok(Some(a.to_string())),
+        Some(other) => Err(format!("validation_action `{other}` is not error or warn")),
+    }
 }
 
 /// A TOML value with its tables in the file's order. The TOML deserializer hands a table's keys
@@ -731,18 +910,7 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
             let stages = pipeline
                 .iter()
                 .enumerate()
-                .map(|(i, st)| {
-                    let d = to_doc(st, &format!("pipeline[{i}]"))?;
-                    match d.keys().next().map(String::as_str) {
-                        Some(
-                            "$set" | "$addFields" | "$unset" | "$project" | "$replaceWith"
-                            | "$replaceRoot",
-                        ) if d.len() == 1 => Ok(d),
-                        _ => Err(format!(
-                            "pipeline[{i}] must be one stage an update may use ($set, $addFields, $unset, $project, $replaceWith, $replaceRoot)"
-                        )),
-                    }
-                })
+                .map(|(i, st)| update_stage(st, &format!("pipeline[{i}]")))
                 .collect::<Result<Vec<_>, String>>()?;
             Op::Transform {
                 collection: collection.clone(),
@@ -770,6 +938,152 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
                 collection: collection.clone(),
                 to: to.clone(),
                 filter,
+            }
+        }
+        RawOp::BulkUpdate {
+            collection,
+            updates,
+        } => {
+            check_collection(collection)?;
+            if updates.is_empty() {
+                return Err("updates is empty".into());
+            }
+            let mut out = Vec::new();
+            for (i, u) in updates.iter().enumerate() {
+                let what = format!("updates[{i}]");
+                let serde_json::Value::Object(o) = u else {
+                    return Err(format!("{what} must be a table with filter and update"));
+                };
+                if let Some(k) = o.keys().find(|k| *k != "filter" && *k != "update") {
+                    return Err(format!("{what}: unknown key `{k}` (filter, update)"));
+                }
+                let filter = to_doc(
+                    o.get("filter")
+                        .ok_or_else(|| format!("{what}: filter is missing"))?,
+                    &format!("{what}.filter"),
+                )?;
+                let update = update_spec(
+                    o.get("update")
+                        .ok_or_else(|| format!("{what}: update is missing"))?,
+                    &format!("{what}.update"),
+                )?;
+                out.push((filter, update));
+            }
+            Op::BulkUpdate {
+                collection: collection.clone(),
+                updates: out,
+            }
+        }
+        RawOp::RemoveDuplicates {
+            collection,
+            fields,
+            keep,
+            sort,
+        } => {
+            check_collection(collection)?;
+            if fields.is_empty() {
+                return Err("fields is empty".into());
+            }
+            for f in fields {
+                check_path(f, "field")?;
+            }
+            let mut sort = opt_doc(sort, "sort")?;
+            if !sort.contains_key("_id") {
+                // A total order: the first of equal sort keys is the smallest _id.
+                sort.insert("_id", 1);
+            }
+            Op::RemoveDuplicates {
+                collection: collection.clone(),
+                fields: fields.clone(),
+                keep_last: *keep == Keep::Last,
+                sort,
+            }
+        }
+        RawOp::UpdateReferences {
+            collection,
+            field,
+            from,
+            to,
+        } => {
+            check_collection(collection)?;
+            check_path(field, "field")?;
+            let from = json_to_bson(from).map_err(|e| format!("from: {e}"))?;
+            let to = json_to_bson(to).map_err(|e| format!("to: {e}"))?;
+            if from == to {
+                return Err("from and to are the same value".into());
+            }
+            Op::UpdateReferences {
+                collection: collection.clone(),
+                field: field.clone(),
+                from,
+                to,
+            }
+        }
+        RawOp::CreateCollection {
+            collection,
+            validator,
+            validation_level: level,
+            validation_action: action,
+        } => {
+            check_collection(collection)?;
+            let mut options = Document::new();
+            if let Some(v) = validator {
+                options.insert("validator", to_doc(v, "validator")?);
+            }
+            if let Some(l) = validation_level(level)? {
+                options.insert("validationLevel", l);
+            }
+            if let Some(a) = validation_action(action)? {
+                options.insert("validationAction", a);
+            }
+            Op::CreateCollection {
+                collection: collection.clone(),
+                options,
+            }
+        }
+        RawOp::DropCollection { collection } => {
+            check_collection(collection)?;
+            Op::DropCollection {
+                collection: collection.clone(),
+            }
+        }
+        RawOp::SetValidator {
+            collection,
+            validator,
+            validation_level: level,
+            validation_action: action,
+        } => {
+            check_collection(collection)?;
+            Op::SetValidator {
+                collection: collection.clone(),
+                validator: to_doc(validator, "validator")?,
+                level: validation_level(level)?,
+                action: validation_action(action)?,
+            }
+        }
+        RawOp::CopyCollection { from, to, pipeline } => {
+            check_collection(from)?;
+            check_collection(to)?;
+            if from == to {
+                return Err(format!("cannot copy `{from}` into itself"));
+            }
+            let stages = pipeline
+                .iter()
+                .enumerate()
+                .map(|(i, st)| {
+                    let d = to_doc(st, &format!("pipeline[{i}]"))?;
+                    if d.keys().any(|k| k == "$out" || k == "$merge") {
+                        return Err(format!(
+                            "pipeline[{i}]: the copy writes `to` itself; leave $out and $merge out"
+                        ));
+                    }
+                    Ok(d)
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Op::CopyCollection {
+                from: from.clone(),
+                to: to.clone(),
+                pipeline: stages,
             }
         }
         RawOp::Command { command, down } => Op::Command {
@@ -1052,6 +1366,13 @@ keys = ["lastName", "-createdAt"]
             "unset",
             "transform",
             "archive",
+            "bulk_update",
+            "update_references",
+            "remove_duplicates",
+            "create_collection",
+            "set_validator",
+            "copy_collection",
+            "drop_collection",
             "insert",
             "create_index",
             "drop_index",

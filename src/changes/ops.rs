@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use mongodb::options::UpdateModifications;
 use mongodb::{ClientSession, Database};
 
-use super::file::{IndexSpec, Op};
+use super::file::{IndexSpec, Op, UpdateSpec};
 
 /// Documents per backup / update batch.
 pub const BATCH: usize = 500;
@@ -36,6 +36,9 @@ pub struct OpOutcome {
     pub created_collection: bool,
     /// The index a `drop_index` dropped, as `listIndexes` gave it.
     pub dropped_index: Option<Document>,
+    /// What the inverse puts back of a collection's definition: its options and indexes
+    /// (`drop_collection`), its validator, level and action (`set_validator`).
+    pub before: Option<Document>,
     /// Documents an inverse left alone because they changed since.
     pub skipped: u64,
 }
@@ -52,6 +55,9 @@ impl OpOutcome {
         };
         if let Some(i) = &self.dropped_index {
             d.insert("dropped_index", i.clone());
+        }
+        if let Some(b) = &self.before {
+            d.insert("before", b.clone());
         }
         d
     }
@@ -70,6 +76,7 @@ impl OpOutcome {
             backed_up: n("backed_up"),
             created_collection: d.get_bool("created_collection").unwrap_or(false),
             dropped_index: d.get_document("dropped_index").ok().cloned(),
+            before: d.get_document("before").ok().cloned(),
             skipped: 0,
         }
     }
@@ -142,6 +149,29 @@ fn rewrite_of(op: &Op) -> Option<(&str, Document, UpdateModifications)> {
                 collection,
                 filter.clone(),
                 UpdateModifications::Pipeline(pipeline.clone()),
+            ));
+        }
+        Op::UpdateReferences {
+            collection,
+            field,
+            from,
+            to,
+        } => {
+            let lit = |v: &Bson| doc! { "$literal": v.clone() };
+            let here = format!("${field}");
+            let replaced = doc! {
+                "$cond": [
+                    { "$isArray": &here },
+                    { "$map": { "input": &here, "in": {
+                        "$cond": [{ "$eq": ["$$this", lit(from)] }, lit(to), "$$this"]
+                    } } },
+                    lit(to),
+                ]
+            };
+            return Some((
+                collection,
+                doc! { field: from.clone() },
+                UpdateModifications::Pipeline(vec![doc! { "$set": { field: replaced } }]),
             ));
         }
         other => update_of(other)?,
@@ -249,6 +279,31 @@ fn guard_of(op: &Op, original: &Document) -> Document {
             doc! { to: { "$eq": old } }
         }
         _ => Document::new(),
+    }
+}
+
+/// Operations whose inverse puts a document back only where it is still exactly the image the
+/// operation left (what they write depends on each document).
+fn image_guarded(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Transform { .. } | Op::BulkUpdate { .. } | Op::UpdateReferences { .. }
+    )
+}
+
+fn modifications(u: &UpdateSpec) -> UpdateModifications {
+    match u {
+        UpdateSpec::Document(d) => UpdateModifications::Document(d.clone()),
+        UpdateSpec::Pipeline(p) => UpdateModifications::Pipeline(p.clone()),
+    }
+}
+
+/// The documents `restore_all` and `remove_duplicates` take out of a collection: its backup
+/// holds them whole, and the inverse inserts each where its `_id` is free.
+fn deletes_documents(op: &Op) -> Option<&str> {
+    match op {
+        Op::RemoveDuplicates { collection, .. } => Some(collection),
+        _ => None,
     }
 }
 
@@ -441,11 +496,54 @@ impl Exec<'_> {
                 )?;
                 out.matched += r.matched_count;
                 out.modified += r.modified_count;
-                if matches!(op, Op::Transform { .. }) {
+                if image_guarded(op) {
                     self.record_images(sess, collection, index, ids).await?;
                 }
             }
             return Ok(());
+        }
+        if let Op::BulkUpdate {
+            collection,
+            updates,
+        } = op
+        {
+            let any: Vec<Bson> = updates.iter().map(|(f, _)| f.clone().into()).collect();
+            out.backed_up = self
+                .back_up(sess, collection, doc! { "$or": any }, index)
+                .await?;
+            let mut after = None;
+            loop {
+                let batch = self.backed_up(sess, index, after.clone()).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.get("_id").cloned();
+                let ids: Vec<Bson> = batch
+                    .iter()
+                    .filter_map(|b| b.get_document("_id").ok()?.get("id").cloned())
+                    .collect();
+                for (filter, update) in updates {
+                    let these = and(filter, doc! { "_id": { "$in": ids.clone() } });
+                    let r = with_session!(
+                        sess,
+                        self.coll(collection)
+                            .update_many(these, modifications(update))
+                    )?;
+                    out.matched += r.matched_count;
+                    out.modified += r.modified_count;
+                }
+                self.record_images(sess, collection, index, ids).await?;
+            }
+            return Ok(());
+        }
+        if let Op::RemoveDuplicates {
+            collection,
+            fields,
+            keep_last,
+            sort,
+        } = op
+        {
+            return self
+                .remove_duplicates(sess, collection, fields, *keep_last, sort, index, out)
+                .await;
         }
         if let Op::Archive {
             collection,
@@ -523,7 +621,168 @@ impl Exec<'_> {
             Op::Command { command, .. } => {
                 self.db.run_command(command.clone()).await?;
             }
+            Op::CreateCollection {
+                collection,
+                options,
+            } => {
+                if self.collection_exists(collection).await? {
+                    return Err(OpError::Refused(format!("{collection} exists already")));
+                }
+                let mut cmd = doc! { "create": collection };
+                cmd.extend(options.clone());
+                self.db.run_command(cmd).await?;
+                out.created_collection = true;
+            }
+            Op::DropCollection { collection } => {
+                let Some(options) = self.collection_options(collection).await? else {
+                    return Err(OpError::Refused(format!("{collection} does not exist")));
+                };
+                let indexes: Vec<Bson> = self
+                    .indexes_of(collection)
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.get_str("name") != Ok("_id_"))
+                    .map(Bson::Document)
+                    .collect();
+                out.backed_up = self.back_up(sess, collection, doc! {}, index).await?;
+                out.before = Some(doc! { "options": options, "indexes": indexes });
+                out.deleted = out.backed_up;
+                self.coll(collection).drop().await?;
+            }
+            Op::SetValidator {
+                collection,
+                validator,
+                level,
+                action,
+            } => {
+                let Some(options) = self.collection_options(collection).await? else {
+                    return Err(OpError::Refused(format!("{collection} does not exist")));
+                };
+                let mut before = Document::new();
+                for k in ["validator", "validationLevel", "validationAction"] {
+                    if let Some(v) = options.get(k) {
+                        before.insert(k, v.clone());
+                    }
+                }
+                out.before = Some(before);
+                let mut cmd = doc! { "collMod": collection, "validator": validator.clone() };
+                if let Some(l) = level {
+                    cmd.insert("validationLevel", l);
+                }
+                if let Some(a) = action {
+                    cmd.insert("validationAction", a);
+                }
+                self.db.run_command(cmd).await?;
+            }
+            Op::CopyCollection { from, to, pipeline } => {
+                if self.collection_exists(to).await? {
+                    return Err(OpError::Refused(format!("{to} exists already")));
+                }
+                let mut stages = pipeline.clone();
+                stages.push(doc! { "$out": to });
+                self.coll(from)
+                    .aggregate(stages)
+                    .allow_disk_use(true)
+                    .await?
+                    .try_collect::<Vec<Document>>()
+                    .await?;
+                out.created_collection = true;
+                out.inserted = self.coll(to).count_documents(doc! {}).await?;
+            }
             _ => unreachable!("rewrites are handled above"),
+        }
+        Ok(())
+    }
+
+    /// A collection's options as `listCollections` gives them; `None` when it does not exist.
+    async fn collection_options(&self, name: &str) -> Result<Option<Document>, OpError> {
+        let reply = self
+            .db
+            .run_command(doc! { "listCollections": 1, "filter": { "name": name } })
+            .await?;
+        let first = reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .cloned()
+            .unwrap_or_default();
+        Ok(first
+            .into_iter()
+            .filter_map(|b| b.as_document().cloned())
+            .find(|d| d.get_str("name") == Ok(name))
+            .map(|d| d.get_document("options").cloned().unwrap_or_default()))
+    }
+
+    async fn indexes_of(&self, collection: &str) -> Result<Vec<Document>, OpError> {
+        let reply = self
+            .db
+            .run_command(doc! { "listIndexes": collection })
+            .await?;
+        Ok(reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| b.as_document().cloned())
+            .collect())
+    }
+
+    /// Deletes all but one of each group of documents sharing `fields` (documents missing one
+    /// of them are no duplicates), after backing up those it deletes.
+    #[allow(clippy::too_many_arguments)]
+    async fn remove_duplicates(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        fields: &[String],
+        keep_last: bool,
+        sort: &Document,
+        index: usize,
+        out: &mut OpOutcome,
+    ) -> Result<(), OpError> {
+        let mut group = Document::new();
+        let mut present = Document::new();
+        for (i, f) in fields.iter().enumerate() {
+            group.insert(format!("k{i}"), format!("${f}"));
+            present.insert(f, doc! { "$exists": true });
+        }
+        let pipeline = vec![
+            doc! { "$match": present },
+            doc! { "$sort": sort.clone() },
+            doc! { "$group": { "_id": group, "ids": { "$push": "$_id" }, "n": { "$sum": 1 } } },
+            doc! { "$match": { "n": { "$gt": 1 } } },
+        ];
+        let mut doomed: Vec<Bson> = Vec::new();
+        let groups: Vec<Document> = {
+            let coll = self.coll(collection);
+            let agg = coll.aggregate(pipeline).allow_disk_use(true);
+            match sess.as_mut() {
+                Some(s) => {
+                    let mut cur = agg.session(&mut **s).await?;
+                    let mut v = Vec::new();
+                    while let Some(d) = cur.next(s).await.transpose()? {
+                        v.push(d);
+                    }
+                    v
+                }
+                None => agg.await?.try_collect().await?,
+            }
+        };
+        for g in groups {
+            out.matched += g.get_i32("n").map(i64::from).unwrap_or(0) as u64;
+            let mut ids = g.get_array("ids").cloned().unwrap_or_default();
+            if keep_last {
+                ids.pop();
+            } else if !ids.is_empty() {
+                ids.remove(0);
+            }
+            doomed.extend(ids);
+        }
+        for chunk in doomed.chunks(BATCH) {
+            let these = doc! { "_id": { "$in": chunk.to_vec() } };
+            out.backed_up += self.back_up(sess, collection, these.clone(), index).await?;
+            let r = with_session!(sess, self.coll(collection).delete_many(these))?;
+            out.deleted += r.deleted_count;
         }
         Ok(())
     }
@@ -555,7 +814,11 @@ impl Exec<'_> {
         drop_if_empty: &mut Vec<String>,
     ) -> Result<OpOutcome, OpError> {
         let mut done = OpOutcome::default();
-        if let Some((collection, _, _)) = rewrite_of(op) {
+        let rewritten = match op {
+            Op::BulkUpdate { collection, .. } => Some(collection.as_str()),
+            other => rewrite_of(other).map(|(c, _, _)| c),
+        };
+        if let Some(collection) = rewritten {
             let mut after = None;
             loop {
                 let batch = self.backed_up(sess, index, after.clone()).await?;
@@ -572,7 +835,7 @@ impl Exec<'_> {
                         continue;
                     };
                     let mut filter = match op {
-                        Op::Transform { .. } => match b.get_document("image") {
+                        op if image_guarded(op) => match b.get_document("image") {
                             Ok(image) => still(image),
                             // The change stopped between rewriting this batch and keeping its
                             // images (and is being undone now, under the lock): the original
@@ -600,6 +863,33 @@ impl Exec<'_> {
                         done.skipped += 1;
                     } else {
                         done.modified += r.modified_count;
+                    }
+                }
+            }
+            return Ok(done);
+        }
+        if let Some(collection) = deletes_documents(op) {
+            // Each deleted document goes back where its `_id` is free.
+            let mut after = None;
+            loop {
+                let batch = self.backed_up(sess, index, after.clone()).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.get("_id").cloned();
+                for b in batch {
+                    let Ok(original) = b.get_document("doc") else {
+                        continue;
+                    };
+                    done.matched += 1;
+                    let id = original.get("_id").cloned().unwrap_or(Bson::Null);
+                    let there = with_session!(
+                        sess,
+                        self.coll(collection).count_documents(doc! { "_id": id })
+                    )?;
+                    if there == 0 {
+                        with_session!(sess, self.coll(collection).insert_one(original.clone()))?;
+                        done.inserted += 1;
+                    } else {
+                        done.skipped += 1;
                     }
                 }
             }
@@ -692,6 +982,86 @@ impl Exec<'_> {
                     ));
                 }
             },
+            Op::CreateCollection { collection, .. } => {
+                let n = self.coll(collection).count_documents(doc! {}).await?;
+                if n > 0 {
+                    return Err(OpError::Refused(format!(
+                        "{collection} holds {n} documents written since it was created: move them or drop it yourself"
+                    )));
+                }
+                self.coll(collection).drop().await?;
+            }
+            Op::CopyCollection { to, .. } => {
+                let n = self.coll(to).count_documents(doc! {}).await?;
+                if n != out.inserted {
+                    return Err(OpError::Refused(format!(
+                        "{to} holds {n} documents, the copy wrote {}: it changed since; drop it yourself",
+                        out.inserted
+                    )));
+                }
+                self.coll(to).drop().await?;
+                done.deleted = n;
+            }
+            Op::DropCollection { collection } => {
+                let Some(before) = out.before.clone() else {
+                    return Err(OpError::Refused(format!(
+                        "the ledger has no record of {collection}'s options and indexes"
+                    )));
+                };
+                if self.coll(collection).count_documents(doc! {}).await? > 0 {
+                    return Err(OpError::Refused(format!(
+                        "{collection} was created again since and holds documents"
+                    )));
+                }
+                self.coll(collection).drop().await?;
+                let mut cmd = doc! { "create": collection };
+                cmd.extend(before.get_document("options").cloned().unwrap_or_default());
+                self.db.run_command(cmd).await?;
+                let indexes: Vec<Bson> = before
+                    .get_array("indexes")
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|i| {
+                        let mut i = i.as_document()?.clone();
+                        i.remove("v");
+                        i.remove("ns");
+                        Some(Bson::Document(i))
+                    })
+                    .collect();
+                if !indexes.is_empty() {
+                    self.db
+                        .run_command(doc! { "createIndexes": collection, "indexes": indexes })
+                        .await?;
+                }
+                let mut after = None;
+                loop {
+                    let batch = self.backed_up(sess, index, after.clone()).await?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.get("_id").cloned();
+                    let docs: Vec<Document> = batch
+                        .iter()
+                        .filter_map(|b| b.get_document("doc").ok().cloned())
+                        .collect();
+                    let r = self.coll(collection).insert_many(docs).await?;
+                    done.inserted += r.inserted_ids.len() as u64;
+                }
+            }
+            Op::SetValidator { collection, .. } => {
+                let before = out.before.clone().unwrap_or_default();
+                let validator = before
+                    .get_document("validator")
+                    .cloned()
+                    .unwrap_or_default();
+                let level = before.get_str("validationLevel").unwrap_or("strict");
+                let action = before.get_str("validationAction").unwrap_or("error");
+                self.db
+                    .run_command(doc! {
+                        "collMod": collection, "validator": validator,
+                        "validationLevel": level, "validationAction": action,
+                    })
+                    .await?;
+            }
             _ => unreachable!("rewrites are handled above"),
         }
         Ok(done)
@@ -733,6 +1103,60 @@ impl Exec<'_> {
             ));
         }
         Ok(match op {
+            Op::BulkUpdate {
+                collection,
+                updates,
+            } => {
+                let any: Vec<Bson> = updates.iter().map(|(f, _)| f.clone().into()).collect();
+                let n = self
+                    .coll(collection)
+                    .count_documents(doc! { "$or": any })
+                    .await?;
+                preview(
+                    Some(collection),
+                    n,
+                    format!(
+                        "{n} documents would be backed up and rewritten by {} updates",
+                        updates.len()
+                    ),
+                )
+            }
+            Op::RemoveDuplicates { collection, .. } => preview(
+                Some(collection),
+                0,
+                "the duplicates found would be backed up and deleted".into(),
+            ),
+            Op::CreateCollection { collection, .. } => {
+                let there = self.collection_exists(collection).await?;
+                let note = if there {
+                    format!("{collection} exists already: the change would fail")
+                } else {
+                    format!("{collection} would be created")
+                };
+                preview(Some(collection), 0, note)
+            }
+            Op::DropCollection { collection } => {
+                let n = self.coll(collection).count_documents(doc! {}).await?;
+                preview(
+                    Some(collection),
+                    n,
+                    format!("{n} documents would be backed up and the collection dropped"),
+                )
+            }
+            Op::SetValidator { collection, .. } => preview(
+                Some(collection),
+                0,
+                format!("the validator of {collection} would be replaced (the old one kept)"),
+            ),
+            Op::CopyCollection { from, to, .. } => {
+                let there = self.collection_exists(to).await?;
+                let note = if there {
+                    format!("{to} exists already: the change would fail")
+                } else {
+                    format!("{from} would be copied into {to}")
+                };
+                preview(Some(to), 0, note)
+            }
             Op::Archive {
                 collection,
                 to,
