@@ -994,3 +994,59 @@ async fn collection_operations_apply_and_reverse_exactly() {
     assert_eq!(options(&w, "old").await, old_options);
     w.drop().await;
 }
+
+/// Two real `changes up` processes started at once (#15): the lock lets one apply the change and
+/// refuses the other, naming the holder; the change is applied exactly once.
+#[tokio::test]
+async fn two_changes_up_at_once_apply_each_change_exactly_once() {
+    let w = World::new("changes_two_ups").await;
+    let docs: Vec<Document> = (0..5_000)
+        .map(|i| doc! { "_id": i, "name": format!("thing {i}"), "size": i })
+        .collect();
+    w.mongo()
+        .await
+        .collection::<Document>("things")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_slow.toml",
+        "version = 1\nname = \"slow\"\n[[up]]\nop = \"transform\"\ncollection = \"things\"\n\
+         pipeline = [{ \"$set\" = { name = { \"$toUpper\" = \"$name\" } } }]\n",
+    );
+    let spawn = || {
+        let mut cmd = w.cutover();
+        cmd.arg("changes").arg("up").arg("--dir").arg(&dir);
+        std::thread::spawn(move || cmd.output().unwrap())
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let mut outcomes = [a, b];
+    outcomes.sort_by_key(|o| !o.status.success());
+    let [applied, other] = outcomes;
+    ok(&applied);
+    let text = refused(&other);
+    assert!(
+        text.contains("another cutover holds the lock") && text.contains("(changes up) on host"),
+        "{text}"
+    );
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+    let history = ok(&changes(&w, "history", &dir, &["--json"]));
+    let entries: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let ups = entries
+        .as_array()
+        .or_else(|| entries["entries"].as_array())
+        .unwrap()
+        .len();
+    assert_eq!(ups, 1, "{history}");
+    let upper = w
+        .docs("things")
+        .await
+        .iter()
+        .filter(|d| d.get_str("name").unwrap().starts_with("THING"))
+        .count();
+    assert_eq!(upper, 5_000);
+    w.drop().await;
+}

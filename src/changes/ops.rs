@@ -307,6 +307,11 @@ fn deletes_documents(op: &Op) -> Option<&str> {
     }
 }
 
+/// An `_id` as a map key: its canonical extended JSON.
+fn id_key(id: &Bson) -> String {
+    id.clone().into_canonical_extjson().to_string()
+}
+
 /// The condition that a document is still exactly `image` (field order included; the image is
 /// a literal, never read as an expression).
 fn still(image: &Document) -> Document {
@@ -425,8 +430,9 @@ impl Exec<'_> {
         })
     }
 
-    /// Keeps, beside each backed-up document of op `op` among `ids`, what it is now (`image`):
-    /// the inverse of a transform puts the original back only where the document is still that.
+    /// Keeps, in the backup beside the documents of op `op` among `ids`, what each is now (its
+    /// image, `{_id: {img: op, id}, image}`): the inverse of a transform puts the original back
+    /// only where the document is still that.
     async fn record_images(
         &self,
         sess: &mut Option<&mut ClientSession>,
@@ -447,16 +453,53 @@ impl Exec<'_> {
             }
             None => find.await?.try_collect().await?,
         };
-        let backup = self.coll(self.backup);
-        for d in now {
-            let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-            let key = doc! { "_id": { "op": op as i64, "id": id } };
-            with_session!(
-                sess,
-                backup.update_one(key, doc! { "$set": { "image": d } })
-            )?;
+        if now.is_empty() {
+            return Ok(());
         }
+        let images: Vec<Document> = now
+            .into_iter()
+            .map(|d| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                doc! { "_id": { "img": op as i64, "id": id }, "image": d }
+            })
+            .collect();
+        with_session!(sess, self.coll(self.backup).insert_many(images))?;
         Ok(())
+    }
+
+    /// The images [`Self::record_images`] kept of op `op`'s documents `ids`, by their `_id`'s
+    /// canonical extended JSON.
+    async fn images_of(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: usize,
+        ids: Vec<Bson>,
+    ) -> Result<std::collections::HashMap<String, Document>, OpError> {
+        let keys: Vec<Bson> = ids
+            .into_iter()
+            .map(|id| Bson::Document(doc! { "img": op as i64, "id": id }))
+            .collect();
+        let backup = self.coll(self.backup);
+        let find = backup.find(doc! { "_id": { "$in": keys } });
+        let found: Vec<Document> = match sess.as_mut() {
+            Some(s) => {
+                let mut cur = find.session(&mut **s).await?;
+                let mut out = Vec::new();
+                while let Some(d) = cur.next(s).await.transpose()? {
+                    out.push(d);
+                }
+                out
+            }
+            None => find.await?.try_collect().await?,
+        };
+        Ok(found
+            .into_iter()
+            .filter_map(|d| {
+                let id = d.get_document("_id").ok()?.get("id")?.clone();
+                let image = d.get_document("image").ok()?.clone();
+                Some((id_key(&id), image))
+            })
+            .collect())
     }
 
     /// Runs an up operation (number `index` of its change).
@@ -824,6 +867,15 @@ impl Exec<'_> {
                 let batch = self.backed_up(sess, index, after.clone()).await?;
                 let Some(last) = batch.last() else { break };
                 after = last.get("_id").cloned();
+                let images = if image_guarded(op) {
+                    let ids: Vec<Bson> = batch
+                        .iter()
+                        .filter_map(|b| b.get_document("_id").ok()?.get("id").cloned())
+                        .collect();
+                    self.images_of(sess, index, ids).await?
+                } else {
+                    Default::default()
+                };
                 for b in batch {
                     let (Some(id), Ok(original)) = (
                         b.get_document("_id")
@@ -835,12 +887,12 @@ impl Exec<'_> {
                         continue;
                     };
                     let mut filter = match op {
-                        op if image_guarded(op) => match b.get_document("image") {
-                            Ok(image) => still(image),
+                        op if image_guarded(op) => match images.get(&id_key(&id)) {
+                            Some(image) => still(image),
                             // The change stopped between rewriting this batch and keeping its
                             // images (and is being undone now, under the lock): the original
                             // goes back whether or not it was rewritten.
-                            Err(_) => Document::new(),
+                            None => Document::new(),
                         },
                         _ => guard_of(op, original),
                     };
