@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::appwrite::schema::{self, TableSpec};
 use super::appwrite::users::{self, ImportUser};
-use super::appwrite::{AppwriteClient, AppwriteError, rows};
+use super::appwrite::{AppwriteClient, AppwriteError, ClientKind, rows};
 use super::mongodb::{BatchResult, DocError, MongoError, MongoTarget, WriteMode};
 use super::retry::Retryable;
 use crate::mapping::plan::Plan;
@@ -212,12 +212,10 @@ impl AppwriteTarget {
             }
             Some(Destination::Users(spec)) => self.write_users(&spec, &ok_docs).await?,
             None => {
-                return Err(AppwriteError {
-                    status: 0,
-                    kind: "not_prepared".into(),
-                    message: format!("the table {collection} was not set up before writing"),
-                    wait: None,
-                });
+                return Err(AppwriteError::client(
+                    ClientKind::NotPrepared,
+                    format!("the table {collection} was not set up before writing"),
+                ));
             }
         };
         for (i, e) in failed {
@@ -276,7 +274,8 @@ impl AppwriteTarget {
             .await?;
             for f in failures {
                 let mut e = f.error;
-                e.message = format!("child table {} ({}): {}", c.table.id, c.key, e.message);
+                let message = e.message_mut();
+                *message = format!("child table {} ({}): {message}", c.table.id, c.key);
                 failed.entry(owner[f.index]).or_insert(e);
             }
         }
@@ -329,10 +328,10 @@ impl AppwriteTarget {
         for (i, r) in results {
             match r {
                 Ok(()) => {}
-                Err(e) if e.status == 400 || e.status == 409 => failed.push((i, e)),
+                Err(e) if e.is_refusal() => failed.push((i, e)),
                 // A user the server still fails after the client's retries (a 5xx on this one
                 // user): failed alone (not rejected), the others of the batch stay written.
-                Err(e) if e.status != 0 && e.is_retryable() => failed.push((i, e)),
+                Err(e) if e.status().is_some() && e.is_retryable() => failed.push((i, e)),
                 Err(e) => return Err(e),
             }
         }
@@ -387,9 +386,9 @@ pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<Stri
 fn doc_error(index: usize, e: &AppwriteError) -> DocError {
     DocError {
         index,
-        code: i32::from(e.status),
-        code_name: e.kind.clone(),
-        message: e.message.clone(),
+        code: i32::from(e.code()),
+        code_name: e.kind(),
+        message: e.message().to_string(),
         transient: e.is_retryable(),
     }
 }
@@ -474,14 +473,12 @@ async fn upsert_user(client: &AppwriteClient, u: &ImportUser) -> Result<(), Appw
     // Refused before the user is created, so that a reject leaves nothing half-written.
     let prefs = u.prefs.to_string().len();
     if prefs > MAX_PREFS_BYTES {
-        return Err(AppwriteError {
-            status: 400,
-            kind: "user_prefs_too_large".into(),
-            message: format!(
+        return Err(AppwriteError::client(
+            ClientKind::Refused("user_prefs_too_large"),
+            format!(
                 "the prefs are {prefs} bytes of JSON; Appwrite keeps at most {MAX_PREFS_BYTES}"
             ),
-            wait: None,
-        });
+        ));
     }
     users::import_user(client, u).await.map(|_| ())
 }
