@@ -4,9 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
-use super::shared::{
-    AppwriteTuning, connect_target, error_text, load_config, load_pipeline, pipeline_target,
-};
+use super::shared::{AppwriteTuning, connect_target, error_text, load_config, load_pipeline};
 use crate::cli::{Cli, MigrateArgs, Outcome};
 use crate::config::Overrides;
 use crate::ledger::Ledger;
@@ -31,7 +29,7 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
     // --target, else the pipeline's own, else the config's default.
-    let kind = args.target.target.or(pipeline_target(&pipeline));
+    let kind = args.target.target.or(pipeline.spec.target);
     let (target, ledger, target_name) = connect_target(
         &cfg,
         kind,

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 
-use crate::cli::{Cli, LogFormat, PipelineArgs, TargetArgs, TargetKind};
-use crate::config::{Config, Overrides, ProcessEnv};
+use crate::cli::{Cli, LogFormat, PipelineArgs, TargetArgs};
+use crate::config::{Config, Overrides, ProcessEnv, TargetKind};
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
 use crate::sink::appwrite::AppwriteClient;
@@ -121,12 +121,7 @@ pub(crate) async fn connect_target(
     kind: Option<TargetKind>,
     tuning: AppwriteTuning,
 ) -> Result<(Target, Ledger, String)> {
-    let kind = match kind {
-        Some(k) => k,
-        None if cfg.default_target == "appwrite" => TargetKind::Appwrite,
-        None => TargetKind::Mongodb,
-    };
-    match kind {
+    match kind.unwrap_or(cfg.default_target) {
         TargetKind::Mongodb => {
             let mongo = cfg.require_mongodb()?;
             let t = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
@@ -184,19 +179,11 @@ pub(crate) async fn open_ledger_for(
     )?;
     let kind = match (target.target, pipeline) {
         (Some(k), _) => Some(k),
-        (None, Some(args)) => pipeline_target(&load_pipeline(&cfg, args)?),
+        (None, Some(args)) => load_pipeline(&cfg, args)?.spec.target,
         (None, None) => None,
     };
     let (t, ledger, _) = connect_target(&cfg, kind, AppwriteTuning::default()).await?;
     Ok((cfg, t, ledger))
-}
-
-/// The target a pipeline file names, if any.
-pub(crate) fn pipeline_target(p: &Pipeline) -> Option<TargetKind> {
-    p.spec.target.map(|t| match t {
-        crate::pipeline::PipelineTarget::Mongodb => TargetKind::Mongodb,
-        crate::pipeline::PipelineTarget::Appwrite => TargetKind::Appwrite,
-    })
 }
 
 pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {

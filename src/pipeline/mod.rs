@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::config::TargetKind;
 use crate::mapping::{MappingError, MappingSet};
 
 pub const PIPELINE_VERSION: u32 = 1;
@@ -49,16 +50,9 @@ pub struct PipelineFile {
     pub mappings_dir: Option<PathBuf>,
     /// The target this pipeline writes to unless `--target` says otherwise (default: the
     /// config's `target.default`).
-    pub target: Option<PipelineTarget>,
+    pub target: Option<TargetKind>,
     #[serde(rename = "stage")]
     pub stages: Vec<StageSpec>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PipelineTarget {
-    Mongodb,
-    Appwrite,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -620,6 +620,7 @@ async fn migrate_locked(
         finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         dry_run: opts.dry_run,
         target: opts.target_name.clone(),
+        target_kind: Some(target.kind()),
         pipeline: pipeline.spec.name.clone(),
         status: String::new(),
         entities,

@@ -13,6 +13,7 @@ use super::appwrite::users::{self, ImportUser};
 use super::appwrite::{AppwriteClient, AppwriteError, ClientKind, rows};
 use super::mongodb::{BatchResult, DocError, MongoError, MongoTarget, WriteMode};
 use super::retry::Retryable;
+use crate::config::TargetKind;
 use crate::mapping::plan::Plan;
 use crate::mapping::spec::AppwriteUsersSpec;
 
@@ -505,10 +506,10 @@ impl Target {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> TargetKind {
         match self {
-            Target::Mongo(_) => "mongodb",
-            Target::Appwrite(_) => "appwrite",
+            Target::Mongo(_) => TargetKind::Mongodb,
+            Target::Appwrite(_) => TargetKind::Appwrite,
         }
     }
 
