@@ -130,7 +130,7 @@ async fn prune_after_run(
     for v in dropped {
         text.push_str(&format!(
             "  dropped {} ({}, run {})\n",
-            v.backup.name, v.backup.collection, v.backup.run_id
+            v.backup.name, v.backup.destination, v.backup.run_id
         ));
     }
     Ok(text)

@@ -22,7 +22,7 @@ use crate::monitor::report::{EntityReport, RunReport};
 use crate::monitor::{EntityCounters, Progress};
 use crate::sink::mongodb::{BatchResult, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
-use crate::sink::target::{SinkError, Target};
+use crate::sink::target::{Destination, SinkError, Target};
 use crate::source::postgres::{self, SourceError};
 use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
@@ -468,8 +468,8 @@ async fn migrate_locked(
             ledger: (!opts.dry_run).then(|| ledger.clone()),
             fence: fence.cloned(),
         };
-        // What the ledger records as the step's collection: the table group or `@users`.
-        let mut ledger_name = p.collection.clone();
+        // What the ledger records as the step's destination: the table group or the users.
+        let mut destination = target.destination(&p.collection);
         let mut backup = None;
         let mut backup_taken = None;
         let mut was_empty = false;
@@ -495,8 +495,8 @@ async fn migrate_locked(
                 &mut stage,
             )
             .await
-            .map(|(name, empty, b, taken)| {
-                ledger_name = name;
+            .map(|(dest, empty, b, taken)| {
+                destination = dest;
                 was_empty = empty;
                 backup = b;
                 backup_taken = taken;
@@ -597,7 +597,7 @@ async fn migrate_locked(
             };
             if report.status == "failed" && opts.restore_on_failure && still_ours {
                 let step_id = format!("{run_id}:{}", p.entity);
-                restore_step(ledger, &ledger_name, was_empty, backup.as_deref()).await?;
+                restore_step(ledger, &destination, was_empty, backup.as_deref()).await?;
                 ledger.mark_rolled_back(&step_id).await?;
                 report.status = "failed, restored".into();
             }
@@ -671,8 +671,8 @@ async fn migrate_locked(
 
 /// Gets the target ready for one stage and records the step's start in the ledger: the schema
 /// (Appwrite), whether the destination is empty, its backup, and the write mode. Returns the
-/// ledger's name of the destination, whether it was empty, the backup's name, and the backup
-/// when this step took it.
+/// destination as the ledger records it, whether it was empty, the backup's name, and the
+/// backup when this step took it.
 #[allow(clippy::too_many_arguments)]
 async fn prepare_step(
     p: &Plan,
@@ -686,17 +686,25 @@ async fn prepare_step(
     // destination's state before the stage wrote into it stands.
     resume: Option<&ledger::StepRecord>,
     stage: &mut StageRun,
-) -> Result<(String, bool, Option<String>, Option<ledger::TakenBackup>), RunError> {
+) -> Result<
+    (
+        Destination,
+        bool,
+        Option<String>,
+        Option<ledger::TakenBackup>,
+    ),
+    RunError,
+> {
     let mut backup = None;
     let mut taken = None;
     target.prepare(p).await?;
-    let ledger_name = target.ledger_collection(&p.collection);
+    let destination = target.destination(&p.collection);
     let mut was_empty = target.is_empty(&p.collection).await?;
     // The earlier step's record stands only for the same destination, and only while the
     // backup it names still exists; otherwise this step records the state it finds.
     let inherited = match resume {
-        Some(r) if r.collection != ledger_name => {
-            tracing::warn!(entity = %p.entity, before = %r.collection, now = %ledger_name, "the unfinished step wrote elsewhere; this one records the state it finds");
+        Some(r) if r.destination != destination => {
+            tracing::warn!(entity = %p.entity, before = %r.destination, now = %destination, "the unfinished step wrote elsewhere; this one records the state it finds");
             None
         }
         Some(r) => match &r.backup {
@@ -712,10 +720,10 @@ async fn prepare_step(
         was_empty = r.was_empty;
         backup = r.backup.clone();
     } else if !was_empty && !opts.no_backup {
-        if ledger_name == crate::sink::target::USERS {
-            tracing::warn!(entity = %p.entity, "{ledger_name} cannot be backed up; rollback of this step will refuse");
+        if destination == Destination::Users {
+            tracing::warn!(entity = %p.entity, "{destination} cannot be backed up; rollback of this step will refuse");
         } else {
-            let b = ledger.backup(&ledger_name, run_id, &p.entity).await?;
+            let b = ledger.backup(&destination, run_id, &p.entity).await?;
             backup = Some(b.name.clone());
             taken = Some(b);
         }
@@ -735,7 +743,7 @@ async fn prepare_step(
             run_id,
             run_number,
             entity: &p.entity,
-            collection: &ledger_name,
+            destination: &destination,
             mapping: &mapping,
             checksum: &p.checksum,
             was_empty,
@@ -747,19 +755,19 @@ async fn prepare_step(
             since: stage.since.as_deref(),
         })
         .await?;
-    Ok((ledger_name, was_empty, backup, taken))
+    Ok((destination, was_empty, backup, taken))
 }
 
 /// Puts a collection back as it was before a step: emptied when the step found it empty,
 /// else restored from the step's backup.
 pub async fn restore_step(
     ledger: &Ledger,
-    collection: &str,
+    collection: &Destination,
     was_empty: bool,
     backup: Option<&str>,
 ) -> Result<(), RunError> {
     if was_empty {
-        ledger.empty_collection(collection).await?;
+        ledger.empty_destination(collection).await?;
         return Ok(());
     }
     match backup {

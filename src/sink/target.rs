@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Bson, Document, RawDocumentBuf};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::appwrite::schema::{self, TableSpec};
@@ -35,15 +36,55 @@ impl Retryable for SinkError {
     }
 }
 
-/// The ledger's name for Appwrite's users (Auth), which no table holds.
+/// How ledgers before typed destinations named Appwrite's users (Auth), which no table holds;
+/// still how a [`Destination::Users`] reads.
 pub const USERS: &str = "@users";
+
+/// Where a stage writes, as the ledger records it with each step and each backup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Destination {
+    /// A MongoDB collection.
+    Collection { name: String },
+    /// An Appwrite table, then its child tables: backed up, restored and emptied together.
+    Tables { names: Vec<String> },
+    /// Appwrite's users (Auth): no table holds them, no backup can copy them.
+    Users,
+}
+
+impl Destination {
+    /// A destination as ledgers recorded it before it was typed: the collection's name
+    /// (MongoDB), `table+child+…` or `@users` (Appwrite).
+    pub fn from_legacy(text: &str, kind: TargetKind) -> Destination {
+        match kind {
+            TargetKind::Mongodb => Destination::Collection {
+                name: text.to_string(),
+            },
+            TargetKind::Appwrite if text == USERS => Destination::Users,
+            TargetKind::Appwrite => Destination::Tables {
+                names: text.split('+').map(str::to_string).collect(),
+            },
+        }
+    }
+}
+
+/// As messages name it: the collection, `table+child+…`, or `@users`.
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Collection { name } => f.pad(name),
+            Destination::Tables { names } => f.pad(&names.join("+")),
+            Destination::Users => f.pad(USERS),
+        }
+    }
+}
 
 /// How long a column may take to become available.
 pub const COLUMN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// What an Appwrite collection name stands for.
+/// What an Appwrite collection name stands for: a table with its child tables, or users.
 #[derive(Debug, Clone)]
-enum Destination {
+enum Layout {
     Table(TableSpec, Vec<schema::ChildTable>),
     Users(AppwriteUsersSpec),
 }
@@ -56,7 +97,7 @@ pub struct AppwriteTarget {
     pub bulk_rows: usize,
     /// Users imported at once (each takes several requests).
     pub user_concurrency: usize,
-    destinations: Arc<Mutex<HashMap<String, Destination>>>,
+    layouts: Arc<Mutex<HashMap<String, Layout>>>,
 }
 
 impl AppwriteTarget {
@@ -66,12 +107,12 @@ impl AppwriteTarget {
             database: database.to_string(),
             bulk_rows: bulk_rows.clamp(1, rows::MAX_BULK_ROWS),
             user_concurrency: 4,
-            destinations: Default::default(),
+            layouts: Default::default(),
         }
     }
 
-    fn destination(&self, collection: &str) -> Option<Destination> {
-        self.destinations
+    fn layout(&self, collection: &str) -> Option<Layout> {
+        self.layouts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(collection)
@@ -82,7 +123,7 @@ impl AppwriteTarget {
     /// its documents are users.
     pub async fn prepare(&self, plan: &Plan) -> Result<(), AppwriteError> {
         let dest = match &plan.appwrite_users {
-            Some(u) => Destination::Users(u.clone()),
+            Some(u) => Layout::Users(u.clone()),
             None => {
                 let spec = schema::table_spec(plan);
                 schema::apply(&self.client, &self.database, &spec, COLUMN_TIMEOUT).await?;
@@ -90,10 +131,10 @@ impl AppwriteTarget {
                 for c in &children {
                     schema::apply(&self.client, &self.database, &c.table, COLUMN_TIMEOUT).await?;
                 }
-                Destination::Table(spec, children)
+                Layout::Table(spec, children)
             }
         };
-        self.destinations
+        self.layouts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(plan.collection.clone(), dest);
@@ -103,10 +144,10 @@ impl AppwriteTarget {
     /// Remembers how `plan` maps without touching the server (dry runs, verification).
     pub fn describe(&self, plan: &Plan) {
         let dest = match &plan.appwrite_users {
-            Some(u) => Destination::Users(u.clone()),
-            None => Destination::Table(schema::table_spec(plan), schema::child_tables(plan)),
+            Some(u) => Layout::Users(u.clone()),
+            None => Layout::Table(schema::table_spec(plan), schema::child_tables(plan)),
         };
-        self.destinations
+        self.layouts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(plan.collection.clone(), dest);
@@ -114,25 +155,25 @@ impl AppwriteTarget {
 
     /// The row a document becomes in `collection`'s table.
     pub fn row_for(&self, collection: &str, doc: &Document) -> Option<Value> {
-        match self.destination(collection)? {
-            Destination::Table(spec, _) => Some(schema::to_row(doc, &spec)),
-            Destination::Users(_) => None,
+        match self.layout(collection)? {
+            Layout::Table(spec, _) => Some(schema::to_row(doc, &spec)),
+            Layout::Users(_) => None,
         }
     }
 
     /// The user a document becomes, when `collection` holds users.
     pub fn user_for(&self, collection: &str, doc: &Document) -> Option<ImportUser> {
-        match self.destination(collection)? {
-            Destination::Users(spec) => Some(user_of(doc, &spec)),
-            Destination::Table(..) => None,
+        match self.layout(collection)? {
+            Layout::Users(spec) => Some(user_of(doc, &spec)),
+            Layout::Table(..) => None,
         }
     }
 
     /// The tables a stage writes: its own, then its child tables (the ledger backs them up and
-    /// rolls them back together, recorded as `table+child+…`).
+    /// rolls them back together, as one [`Destination::Tables`]).
     pub fn tables_of(&self, collection: &str) -> Vec<String> {
-        match self.destination(collection) {
-            Some(Destination::Table(_, children)) => std::iter::once(collection.to_string())
+        match self.layout(collection) {
+            Some(Layout::Table(_, children)) => std::iter::once(collection.to_string())
                 .chain(children.into_iter().map(|c| c.table.id))
                 .collect(),
             _ => vec![collection.to_string()],
@@ -140,7 +181,7 @@ impl AppwriteTarget {
     }
 
     pub fn is_users(&self, collection: &str) -> bool {
-        matches!(self.destination(collection), Some(Destination::Users(_)))
+        matches!(self.layout(collection), Some(Layout::Users(_)))
     }
 
     async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
@@ -176,9 +217,9 @@ impl AppwriteTarget {
         let mut errors = Vec::new();
         let mut ok_index = Vec::new();
         let mut ok_docs = Vec::new();
-        let destination = self.destination(collection);
-        let table = match &destination {
-            Some(Destination::Table(spec, _)) => Some(spec),
+        let layout = self.layout(collection);
+        let table = match &layout {
+            Some(Layout::Table(spec, _)) => Some(spec),
             _ => None,
         };
         for (i, d) in decoded.into_iter().enumerate() {
@@ -206,12 +247,12 @@ impl AppwriteTarget {
                 }),
             }
         }
-        let failed = match destination {
-            Some(Destination::Table(spec, children)) => {
+        let failed = match layout {
+            Some(Layout::Table(spec, children)) => {
                 self.write_rows(collection, &spec, &children, &ok_docs, mode)
                     .await?
             }
-            Some(Destination::Users(spec)) => self.write_users(&spec, &ok_docs).await?,
+            Some(Layout::Users(spec)) => self.write_users(&spec, &ok_docs).await?,
             None => {
                 return Err(AppwriteError::client(
                     ClientKind::NotPrepared,
@@ -548,13 +589,17 @@ impl Target {
         }
     }
 
-    /// The name the ledger records for a stage's destination: the collection or table, or
-    /// [`USERS`] for Appwrite users.
-    pub fn ledger_collection(&self, collection: &str) -> String {
+    /// What the ledger records as a stage's destination: the collection, the table with its
+    /// child tables, or Appwrite's users.
+    pub fn destination(&self, collection: &str) -> Destination {
         match self {
-            Target::Appwrite(a) if a.is_users(collection) => USERS.to_string(),
-            Target::Appwrite(a) => a.tables_of(collection).join("+"),
-            _ => collection.to_string(),
+            Target::Appwrite(a) if a.is_users(collection) => Destination::Users,
+            Target::Appwrite(a) => Destination::Tables {
+                names: a.tables_of(collection),
+            },
+            Target::Mongo(_) => Destination::Collection {
+                name: collection.to_string(),
+            },
         }
     }
 
@@ -598,6 +643,25 @@ mod tests {
         let deep = unrepresentable_doc(&bson::doc! { "m": [[1, 2], [3, 4]] }).unwrap();
         assert!(deep.contains("multi-dimensional"), "{deep}");
         assert!(unrepresentable_doc(&bson::doc! { "lines": [{ "a": 1 }, { "a": 2 }] }).is_none());
+    }
+
+    #[test]
+    fn destinations_read_as_the_ledger_named_them_before() {
+        let tables = Destination::from_legacy("visits+visits__lines", TargetKind::Appwrite);
+        assert_eq!(
+            tables,
+            Destination::Tables {
+                names: vec!["visits".into(), "visits__lines".into()]
+            }
+        );
+        assert_eq!(tables.to_string(), "visits+visits__lines");
+        let users = Destination::from_legacy(USERS, TargetKind::Appwrite);
+        assert_eq!(users, Destination::Users);
+        assert_eq!(users.to_string(), "@users");
+        // A MongoDB collection's name is the whole text, whatever it holds.
+        let odd = Destination::from_legacy("a+b", TargetKind::Mongodb);
+        assert_eq!(odd, Destination::Collection { name: "a+b".into() });
+        assert_eq!(format!("{odd:<5}|"), "a+b  |");
     }
 
     #[test]

@@ -136,7 +136,9 @@ mod tests {
             run_id: run.into(),
             run_number: 0,
             entity: entity.into(),
-            collection: entity.into(),
+            destination: crate::sink::target::Destination::Collection {
+                name: entity.into(),
+            },
             mapping: String::new(),
             checksum: String::new(),
             status: status.into(),
