@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
-use super::shared::{AppwriteTuning, connect_target, error_text, load_config, load_pipeline};
+use super::shared::{AppwriteTuning, connect_target, load_config, load_pipeline};
 use crate::cli::{Cli, MigrateArgs, Outcome};
 use crate::config::Overrides;
 use crate::ledger::Ledger;
@@ -79,7 +79,7 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
             Ok(text) => crate::out!("{text}"),
             Err(e) => crate::errln!(
                 "warning: pruning backups ([backups] keep = {keep}) failed: {}",
-                crate::redact::redact_text(&error_text(&e))
+                crate::redact::redact_text(&format!("{e:#}"))
             ),
         }
     }

@@ -19,22 +19,22 @@ use crate::monitor::report::{EntityReport, RunReport};
 use crate::sink::target::Destination;
 
 #[derive(Debug, thiserror::Error)]
-#[error("ledger {op} failed: {source}")]
+#[error("ledger {op} failed: {cause}")]
 pub struct LedgerError {
     op: String,
-    source: StoreError,
+    cause: StoreError,
 }
 
 fn lerr<E: Into<StoreError>>(op: &str) -> impl FnOnce(E) -> LedgerError + '_ {
-    move |source| LedgerError {
+    move |cause| LedgerError {
         op: op.to_string(),
-        source: source.into(),
+        cause: cause.into(),
     }
 }
 
 impl crate::sink::retry::Retryable for LedgerError {
     fn is_retryable(&self) -> bool {
-        Store::is_transient(&self.source)
+        Store::is_transient(&self.cause)
     }
 }
 

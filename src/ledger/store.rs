@@ -20,11 +20,17 @@ use crate::sink::target::{Destination, Target};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{}", crate::sink::mongodb::error_text(.0))]
-    Mongo(#[from] mongodb::error::Error),
+    Mongo(mongodb::error::Error),
     #[error(transparent)]
     Appwrite(#[from] AppwriteError),
     #[error("a ledger record is not readable: {0}")]
     Corrupt(String),
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(e: mongodb::error::Error) -> StoreError {
+        StoreError::Mongo(e)
+    }
 }
 
 /// The size of the Appwrite text column holding a record.

@@ -20,10 +20,10 @@ pub const PIPELINE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot read pipeline {path}: {source}")]
+    #[error("cannot read pipeline {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -106,9 +106,9 @@ pub struct Step {
 impl Pipeline {
     /// Loads the pipeline file and its mappings (`mappings_dir` from the file, else `default_mappings`).
     pub fn load(path: &Path, default_mappings: &Path) -> Result<Pipeline, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| PipelineError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let spec: PipelineFile = toml::from_str(&text).map_err(|e| PipelineError::Parse {
             path: path.to_path_buf(),

@@ -206,9 +206,9 @@ pub(crate) async fn load_known_keys(
         let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_all(session.conn())
             .await
-            .map_err(|source| SourceError::Query {
+            .map_err(|cause| SourceError::Query {
                 context: format!("load keys of {entity}"),
-                source,
+                cause,
             })?;
         tracing::info!(entity = %entity, keys = keys.len(), "keys held in memory for exists rules that PostgreSQL cannot answer in the read");
         out.insert(entity, Arc::new(keys.into_iter().collect()));
@@ -585,9 +585,9 @@ async fn migrate_locked(
         } else {
             // The step's rejects are on disk before the ledger says it is done: a run killed
             // after that is never re-read, so rejects still in memory would be recorded nowhere.
-            rejects.sync().map_err(|source| RunError::Io {
+            rejects.sync().map_err(|cause| RunError::Io {
                 path: rejects.dir().to_path_buf(),
-                source,
+                cause,
             })?;
             ledger.finish_step(run_id, &report).await?;
             // A restore only while the lock is this run's (another run may be writing now).
@@ -609,9 +609,9 @@ async fn migrate_locked(
         }
     }
     session.close().await;
-    rejects.flush().map_err(|source| RunError::Io {
+    rejects.flush().map_err(|cause| RunError::Io {
         path: rejects.dir().to_path_buf(),
-        source,
+        cause,
     })?;
 
     let mut report = RunReport {
@@ -662,7 +662,7 @@ async fn migrate_locked(
         .unwrap_or_else(|| opts.reports_dir.join(format!("{run_id}.json")));
     report
         .write_json(&path)
-        .map_err(|source| RunError::Io { path, source })?;
+        .map_err(|cause| RunError::Io { path, cause })?;
     if !opts.dry_run && run_number > 0 {
         ledger.finish_run(&report).await?;
     }
@@ -917,9 +917,9 @@ impl Checkpointer {
             if let Some(f) = &self.fence {
                 f.check().await?;
             }
-            self.rejects.sync().map_err(|source| RunError::Io {
+            self.rejects.sync().map_err(|cause| RunError::Io {
                 path: self.rejects.dir().to_path_buf(),
-                source,
+                cause,
             })?;
             self.ledger
                 .checkpoint(
@@ -1127,9 +1127,9 @@ async fn read_loop(
     let mut seq: u64 = 0;
     let child_reads: Vec<&postgres::ReadSpec> = child_specs.iter().collect();
     let mut rows = ExpectedRows::with_reads(readers, plan, &read_spec, &child_reads);
-    let io_err = |source: std::io::Error| RunError::Io {
+    let io_err = |cause: std::io::Error| RunError::Io {
         path: rejects.dir().to_path_buf(),
-        source,
+        cause,
     };
     let mut batch = Batch::new(opts.batch_size);
     let mut prev_row: Option<Vec<Value>> = None;
@@ -1152,8 +1152,7 @@ async fn read_loop(
                     &key,
                     &issues,
                     opts,
-                )
-                .map_err(io_err)??;
+                )?;
                 if row.is_some() {
                     prev_row = row;
                 }
@@ -1220,7 +1219,8 @@ async fn read_loop(
     Ok(())
 }
 
-/// Counts and records a rejected row; `Err` when --max-rejects is exceeded.
+/// Counts and records a rejected row; `Err` when the rejects file cannot be written or
+/// --max-rejects is exceeded.
 fn reject(
     counters: &EntityCounters,
     total_rejected: &AtomicU64,
@@ -1229,16 +1229,21 @@ fn reject(
     key: &str,
     issues: &[Issue],
     opts: &RunOptions,
-) -> std::io::Result<Result<(), RunError>> {
+) -> Result<(), RunError> {
     EntityCounters::add(&counters.rejected, 1);
-    rejects.reject(entity, key, issues)?;
+    rejects
+        .reject(entity, key, issues)
+        .map_err(|cause| RunError::Io {
+            path: rejects.dir().to_path_buf(),
+            cause,
+        })?;
     let n = total_rejected.fetch_add(1, Ordering::Relaxed) + 1;
     if let Some(max) = opts.max_rejects
         && n > max
     {
-        return Ok(Err(RunError::TooManyRejects { rejected: n, max }));
+        return Err(RunError::TooManyRejects { rejected: n, max });
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Writes again, as upserts, the documents of `docs` that `r` says the server may take on
@@ -1385,10 +1390,6 @@ async fn write_loop(
         .buffer_unordered(opts.concurrency.max(1));
     let mut results = std::pin::pin!(results);
 
-    let io_err = |source: std::io::Error| RunError::Io {
-        path: rejects.dir().to_path_buf(),
-        source,
-    };
     // Batches (or documents) not written with --continue-on-error: the stage ends failed, and
     // the checkpoint never passes them.
     let mut failed_batches = 0u64;
@@ -1432,8 +1433,7 @@ async fn write_loop(
                         key,
                         &[issue],
                         &opts,
-                    )
-                    .map_err(io_err)??;
+                    )?;
                 }
                 // After the batch's refused documents are recorded.
                 if !transient.is_empty() {
@@ -1463,7 +1463,7 @@ async fn write_loop(
                         entity,
                         rows: batch.docs.len(),
                         attempts,
-                        source: Box::new(source),
+                        cause: Box::new(source),
                     });
                 }
                 failed_batches += 1;

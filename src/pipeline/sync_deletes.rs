@@ -22,10 +22,10 @@ use crate::source::{SourceSession, Value};
 /// Ids deleted per request (and held at most before deleting).
 pub const CHUNK: usize = 1000;
 
-fn spill_err(source: std::io::Error) -> RunError {
+fn spill_err(cause: std::io::Error) -> RunError {
     RunError::Io {
         path: PathBuf::from("a temporary file (sorting ids for --sync-deletes)"),
-        source,
+        cause,
     }
 }
 
@@ -78,7 +78,7 @@ impl Deleter<'_> {
 
 fn cmd_err(what: &str, collection: &str) -> impl FnOnce(mongodb::error::Error) -> RunError {
     let op = format!("{what} {collection}");
-    move |source| RunError::Target(MongoError::Command { op, source })
+    move |cause| RunError::Target(MongoError::Command { op, cause })
 }
 
 async fn sync_deletes_mongo(

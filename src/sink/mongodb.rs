@@ -10,15 +10,15 @@ use super::retry::Retryable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MongoError {
-    #[error("cannot connect to MongoDB {uri}: {}", error_text(source))]
+    #[error("cannot connect to MongoDB {uri}: {}", error_text(cause))]
     Connect {
         uri: String,
-        source: mongodb::error::Error,
+        cause: mongodb::error::Error,
     },
-    #[error("MongoDB {op} failed: {}", error_text(source))]
+    #[error("MongoDB {op} failed: {}", error_text(cause))]
     Command {
         op: String,
-        source: mongodb::error::Error,
+        cause: mongodb::error::Error,
     },
     #[error("MongoDB write concern not satisfied: {0}")]
     WriteConcern(String),
@@ -103,7 +103,7 @@ mod error_tests {
         assert_eq!(text, "I/O error: connection reset by peer");
         let err = MongoError::Command {
             op: "insert".into(),
-            source: e,
+            cause: e,
         };
         let shown = err.to_string();
         assert!(
@@ -139,7 +139,7 @@ impl Retryable for MongoError {
             MongoError::Connect { .. } => true,
             MongoError::WriteConcern(_) => true,
             MongoError::Reply(_) => false,
-            MongoError::Command { source, .. } => is_transient(source),
+            MongoError::Command { cause, .. } => is_transient(cause),
         }
     }
 }
@@ -198,9 +198,9 @@ pub struct MongoTarget {
 const LEDGER_POOL: u32 = 4;
 
 async fn open_client(uri: &str, pool: Option<u32>) -> Result<Client, MongoError> {
-    let connect_err = |source| MongoError::Connect {
+    let connect_err = |cause| MongoError::Connect {
         uri: crate::redact::redact_url(uri),
-        source,
+        cause,
     };
     let mut options = mongodb::options::ClientOptions::parse(uri)
         .await
@@ -222,9 +222,9 @@ impl MongoTarget {
         let db = client.database(database);
         db.run_command(doc! { "ping": 1 })
             .await
-            .map_err(|source| MongoError::Connect {
+            .map_err(|cause| MongoError::Connect {
                 uri: crate::redact::redact_url(uri),
-                source,
+                cause,
             })?;
         let ledger_db = open_client(uri, Some(LEDGER_POOL))
             .await?
@@ -257,9 +257,9 @@ impl MongoTarget {
             .find_one(doc! {})
             .projection(doc! { "_id": 1 })
             .await
-            .map_err(|source| MongoError::Command {
+            .map_err(|cause| MongoError::Command {
                 op: format!("find on {collection}"),
-                source,
+                cause,
             })?;
         Ok(found.is_none())
     }
@@ -269,9 +269,9 @@ impl MongoTarget {
             .collection::<Document>(collection)
             .count_documents(doc! {})
             .await
-            .map_err(|source| MongoError::Command {
+            .map_err(|cause| MongoError::Command {
                 op: format!("count on {collection}"),
-                source,
+                cause,
             })
     }
 
@@ -320,9 +320,9 @@ impl MongoTarget {
             .db
             .run_raw_command(cmd)
             .await
-            .map_err(|source| MongoError::Command {
+            .map_err(|cause| MongoError::Command {
                 op: format!("{op} into {collection}"),
-                source,
+                cause,
             })?;
         if let Ok(wce) = reply.get_document("writeConcernError") {
             return Err(MongoError::WriteConcern(
