@@ -185,6 +185,37 @@ pub async fn shutdown_all() {
     }
 }
 
+/// The `_id`s of a collection, as [`MongoTarget::ids`] reads them.
+pub struct Ids {
+    cursor: mongodb::Cursor<Document>,
+    collection: String,
+}
+
+impl Ids {
+    /// The next `_id` (documents without one are passed over).
+    pub async fn next(&mut self) -> Result<Option<Bson>, MongoError> {
+        use futures::TryStreamExt;
+        loop {
+            let found = self
+                .cursor
+                .try_next()
+                .await
+                .map_err(|cause| MongoError::Command {
+                    op: format!("find on {}", self.collection),
+                    cause,
+                })?;
+            match found {
+                None => return Ok(None),
+                Some(d) => {
+                    if let Some(id) = d.get("_id") {
+                        return Ok(Some(id.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MongoTarget {
     client: Client,
@@ -273,6 +304,38 @@ impl MongoTarget {
                 op: format!("count on {collection}"),
                 cause,
             })
+    }
+
+    /// The `_id` of every document of `collection`, in `_id` order when `sorted`.
+    pub async fn ids(&self, collection: &str, sorted: bool) -> Result<Ids, MongoError> {
+        let coll = self.db.collection::<Document>(collection);
+        let find = coll.find(doc! {}).projection(doc! { "_id": 1 });
+        let find = if sorted {
+            find.sort(doc! { "_id": 1 })
+        } else {
+            find
+        };
+        let cursor = find.await.map_err(|cause| MongoError::Command {
+            op: format!("find on {collection}"),
+            cause,
+        })?;
+        Ok(Ids {
+            cursor,
+            collection: collection.to_string(),
+        })
+    }
+
+    /// Deletes the documents of `collection` with these `_id`s.
+    pub async fn delete_ids(&self, collection: &str, ids: Vec<Bson>) -> Result<(), MongoError> {
+        self.db
+            .collection::<Document>(collection)
+            .delete_many(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(|cause| MongoError::Command {
+                op: format!("delete from {collection}"),
+                cause,
+            })?;
+        Ok(())
     }
 
     /// Writes `docs` (each with an `_id`) into `collection`, unordered.

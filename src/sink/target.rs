@@ -1,5 +1,6 @@
 //! The target a run writes to: MongoDB or Appwrite, behind one face for the run loop — set up a
-//! stage's destination, say whether it is empty, write a batch and report per-document failures.
+//! stage's destination, say whether it is empty, write a batch and report per-document failures;
+//! and for `--sync-deletes`, list a destination's record ids and delete records.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::appwrite::schema::{self, TableSpec};
+use super::appwrite::tables::Pages;
 use super::appwrite::users::{self, ImportUser};
 use super::appwrite::{AppwriteClient, AppwriteError, ClientKind, rows};
 use super::mongodb::{BatchResult, DocError, MongoError, MongoTarget, WriteMode};
@@ -81,6 +83,20 @@ impl std::fmt::Display for Destination {
 
 /// How long a column may take to become available.
 pub const COLUMN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The ids of an Appwrite collection's records, as [`AppwriteTarget::ids`] reads them.
+pub struct RecordIds<'c>(Pages<'c>);
+
+impl RecordIds<'_> {
+    /// The ids of the next page (`None` after the last).
+    pub async fn next_page(&mut self) -> Result<Option<Vec<String>>, AppwriteError> {
+        Ok(self.0.next().await?.map(|page| {
+            page.iter()
+                .filter_map(|r| r["$id"].as_str().map(str::to_string))
+                .collect()
+        }))
+    }
+}
 
 /// What an Appwrite collection name stands for: a table with its child tables, or users.
 #[derive(Debug, Clone)]
@@ -182,6 +198,54 @@ impl AppwriteTarget {
 
     pub fn is_users(&self, collection: &str) -> bool {
         matches!(self.layout(collection), Some(Layout::Users(_)))
+    }
+
+    /// Where one record of `collection` is: a row of its table, or a user.
+    fn record_path(&self, collection: &str) -> String {
+        if self.is_users(collection) {
+            "/users".to_string()
+        } else {
+            format!("/tablesdb/{}/tables/{collection}/rows", self.database)
+        }
+    }
+
+    /// The ids of the records `collection` holds (its rows, or the users), a page at a time.
+    pub fn ids(&self, collection: &str) -> RecordIds<'_> {
+        RecordIds(if self.is_users(collection) {
+            Pages::users(&self.client)
+        } else {
+            Pages::rows(&self.client, &self.database, collection)
+        })
+    }
+
+    /// Deletes the records `ids` of `collection`, their child-table rows first; a record
+    /// already gone is no error.
+    pub async fn delete_records(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<(), AppwriteError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for child in self.tables_of(collection).iter().skip(1) {
+            self.client
+                .delete_children(&self.database, child, ids)
+                .await?;
+        }
+        let path = self.record_path(collection);
+        for id in ids {
+            match self
+                .client
+                .call(reqwest::Method::DELETE, &format!("{path}/{id}"), None)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_missing() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
