@@ -1504,3 +1504,95 @@ async fn another_schema_with_awkward_keys_moves_into_appwrite_and_verifies() {
     }
     w.drop().await;
 }
+
+/// A parent whose document is over MongoDB's 16 MiB (18,000 children of 1 KB), and a small one.
+const BIG_FAMILY: &str = r#"
+CREATE TABLE parents (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TABLE kids (id bigint PRIMARY KEY, parent_id bigint NOT NULL REFERENCES parents, note text NOT NULL);
+INSERT INTO parents VALUES (1, 'big'), (2, 'small');
+INSERT INTO kids SELECT g, 1, repeat('x', 1000) FROM generate_series(1, 18000) g;
+INSERT INTO kids VALUES (18001, 2, 'y');
+"#;
+
+const BIG_FAMILY_MAPPING: &str = r#"
+version = 1
+name = "parents"
+[source]
+table = "parents"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+[[embed]]
+path = "kids"
+table = "kids"
+foreign_key = "parent_id"
+order_by = ["id"]
+appwrite = "table"
+[[embed.field]]
+path = "note"
+column = "note"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodbs_document_size_limit_is_not_applied_to_appwrite() {
+    let w = World::new("aw_big_doc").await;
+    w.sql(BIG_FAMILY).await;
+    let aw = standin().await;
+    let pipeline = common::one_entity_pipeline(&w, "parents", BIG_FAMILY_MAPPING)
+        .display()
+        .to_string();
+
+    // Into MongoDB the big parent is one document over 16 MiB: rejected.
+    let out = w.migrate_with(std::path::Path::new(&pipeline), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let rejects: String = std::fs::read_dir(w.dir.path().join("rejects"))
+        .unwrap()
+        .map(|run| std::fs::read_to_string(run.unwrap().path().join("parents.csv")).unwrap())
+        .collect();
+    assert!(rejects.contains("document_too_large"), "{rejects}");
+
+    // Into Appwrite it is a row and 18,000 child rows, none of them large: the pre-flight
+    // expects no reject, and the run writes them all.
+    let check = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--json",
+            "--full",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["rule"] != "document_too_large"),
+        "{report}"
+    );
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(aw.s.row_count("registry", "parents"), 2);
+    let kids = cutover::sink::appwrite::schema::child_table_id("parents", "kids");
+    assert_eq!(aw.s.row_count("registry", &kids), 18_001);
+    w.drop().await;
+}

@@ -1038,6 +1038,7 @@ async fn run_entity(
         tx,
         stage.resume.as_ref(),
         stage.since.as_deref(),
+        target.max_document_bytes(),
     )
     .await;
     let write_result = match writer {
@@ -1097,6 +1098,7 @@ async fn read_loop(
     tx: mpsc::Sender<Batch>,
     resume: Option<&Resume>,
     since: Option<&str>,
+    max_document_bytes: Option<usize>,
 ) -> Result<(), RunError> {
     let mut readers = Readers::open(session, plan).await?;
     let readers = &mut readers;
@@ -1126,7 +1128,8 @@ async fn read_loop(
     tracing::info!(entity = %plan.entity, after_rows = start_rows, embeds = plan.embeds.len(), "reading the source in key order");
     let mut seq: u64 = 0;
     let child_reads: Vec<&postgres::ReadSpec> = child_specs.iter().collect();
-    let mut rows = ExpectedRows::with_reads(readers, plan, &read_spec, &child_reads);
+    let mut rows =
+        ExpectedRows::with_reads(readers, plan, &read_spec, &child_reads, max_document_bytes);
     let io_err = |cause: std::io::Error| RunError::Io {
         path: rejects.dir().to_path_buf(),
         cause,

@@ -8,6 +8,9 @@ use mongodb::{Client, Database};
 
 use super::retry::Retryable;
 
+/// MongoDB refuses documents over 16 MiB.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MongoError {
     #[error("cannot connect to MongoDB {uri}: {}", error_text(cause))]

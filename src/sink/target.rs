@@ -618,6 +618,15 @@ impl Target {
         }
     }
 
+    /// The largest document the target takes (MongoDB's 16 MiB); `None` when it sets no such
+    /// limit of its own (Appwrite refuses what does not fit a column, row by row).
+    pub fn max_document_bytes(&self) -> Option<usize> {
+        match self {
+            Target::Mongo(_) => Some(super::mongodb::MAX_DOCUMENT_BYTES),
+            Target::Appwrite(_) => None,
+        }
+    }
+
     /// Sets up the destination of a stage before its first row.
     pub async fn prepare(&self, plan: &Plan) -> Result<(), SinkError> {
         match self {

@@ -410,7 +410,8 @@ pub async fn verify_entity(
     let mut child_totals: Vec<u64> = vec![0; plan.embeds.len()];
     {
         let mut readers = Readers::open(session, plan).await?;
-        let mut rows = ExpectedRows::new(&mut readers, plan);
+        let limit = Some(crate::sink::mongodb::MAX_DOCUMENT_BYTES);
+        let mut rows = ExpectedRows::new(&mut readers, plan, limit);
         let mut n = 0u64;
         while let Some(item) = rows.next(ctx).await? {
             let this = n;
