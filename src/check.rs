@@ -167,6 +167,12 @@ pub async fn check(
         described.join("; ")
     };
     let appwrite = targets.iter().any(|t| matches!(t, Target::Appwrite(_)));
+    // The strictest document size limit of the targets (MongoDB's when none is configured).
+    let max_document_bytes = if targets.is_empty() {
+        Some(crate::sink::mongodb::MAX_DOCUMENT_BYTES)
+    } else {
+        targets.iter().filter_map(Target::max_document_bytes).min()
+    };
     let mut session = match SourceSession::open(source_url).await {
         Ok(s) => s,
         Err(e) => {
@@ -312,7 +318,7 @@ pub async fn check(
                 crate::redact::redact_text(&e.to_string())
             )),
             Ok(mut readers) => {
-                let mut rows = ExpectedRows::new(&mut readers, plan);
+                let mut rows = ExpectedRows::new(&mut readers, plan, max_document_bytes);
                 while sample.is_none_or(|n| scanned < n) {
                     let row = match rows.next(&ctx).await {
                         Ok(Some(row)) => row,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::TargetKind;
+
 /// Move an application's data out of PostgreSQL into MongoDB or Appwrite for a one-time cutover.
 ///
 /// Exit status: 0 success, 1 error, 2 finished but with rejected or failed rows.
@@ -505,12 +507,6 @@ pub struct MigrateArgs {
     /// Lock expiry in seconds, renewed while the run lives.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub lock_ttl: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TargetKind {
-    Mongodb,
-    Appwrite,
 }
 
 #[derive(Debug, Args)]

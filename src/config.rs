@@ -6,15 +6,46 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+/// Which kind of target a run writes to: named by `--target` (cli), `target` in a pipeline file
+/// and `target.default` in the config, all spelled `mongodb` or `appwrite`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    Mongodb,
+    Appwrite,
+}
+
+impl TargetKind {
+    /// The name the files and flags use.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Mongodb => "mongodb",
+            TargetKind::Appwrite => "appwrite",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TargetKind> {
+        [TargetKind::Mongodb, TargetKind::Appwrite]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
 
 /// Errors found while loading or checking the configuration; each names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -209,7 +240,7 @@ pub struct Config {
     /// The file it came from, if any (for messages).
     pub file: Option<PathBuf>,
     pub source_url: Option<String>,
-    pub default_target: String,
+    pub default_target: TargetKind,
     pub mongodb: Option<MongoConfig>,
     pub appwrite: Option<AppwriteConfig>,
     pub batch_size: usize,
@@ -423,16 +454,15 @@ impl Config {
             None => None,
         };
 
-        let default_target = parsed
-            .target
-            .default
-            .unwrap_or_else(|| "mongodb".to_string());
-        if default_target != "mongodb" && default_target != "appwrite" {
-            return Err(invalid(
-                "target.default",
-                format!("expected `mongodb` or `appwrite`, got `{default_target}`"),
-            ));
-        }
+        let default_target = match parsed.target.default {
+            None => TargetKind::Mongodb,
+            Some(name) => TargetKind::from_name(&name).ok_or_else(|| {
+                invalid(
+                    "target.default",
+                    format!("expected `mongodb` or `appwrite`, got `{name}`"),
+                )
+            })?,
+        };
 
         let batch_size = o
             .batch_size
@@ -618,9 +648,9 @@ fn endpoint_of(url: &str) -> String {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     parse_text(path, &text)
 }
@@ -671,6 +701,21 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_default_target_is_a_kind_and_a_wrong_one_names_the_key() {
+        let parse = |text: &str| {
+            Config::from_str(Path::new("c.toml"), text, &env(&[]), &Overrides::default())
+        };
+        assert_eq!(parse("").unwrap().default_target, TargetKind::Mongodb);
+        let c = parse("[target]\ndefault = \"appwrite\"\n").unwrap();
+        assert_eq!(c.default_target, TargetKind::Appwrite);
+        let e = parse("[target]\ndefault = \"postgres\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.toml: key `target.default`: expected `mongodb` or `appwrite`, got `postgres`"
+        );
     }
 
     #[test]

@@ -25,6 +25,12 @@
 //! 10. [`config`]: `cutover.toml` + environment + flags → one checked config · [`redact`]: keeps
 //!     credentials out of output.
 //!
+//! # Errors
+//! Each module has its `thiserror` enum; `anyhow` only in [`commands`] and `main`. An error's
+//! message says its cause (a driver's in a readable form) and does not also hand it out as
+//! `source()`: `main` prints the chain (`{:#}`: the contexts, then the error), so each cause
+//! appears once.
+//!
 //! The Appwrite stand-in used by the tests is its own package (`tests/appwrite-standin`).
 
 pub mod changes;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Err(err) => {
             cutover::errln!(
                 "error: {}",
-                cutover::redact::redact_text(&cutover::commands::error_text(&err))
+                cutover::redact::redact_text(&format!("{err:#}"))
             );
             ExitCode::from(1)
         }

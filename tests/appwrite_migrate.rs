@@ -1165,6 +1165,102 @@ async fn embedded_documents_can_go_to_a_child_table_and_verify() {
     w.drop().await;
 }
 
+/// Rewrites the ledger's step and backup records as versions before typed destinations wrote
+/// them: `collection` as text (`table+child+…`, `@users`), no `destination`, no `copy`.
+async fn write_ledger_as_older_versions_did(
+    client: &cutover::sink::appwrite::AppwriteClient,
+    aw: &Aw,
+) {
+    for table in ["cutover_steps", "cutover_backups"] {
+        for row in aw.s.rows("registry", table) {
+            let v: Value = serde_json::from_str(row["doc"].as_str().unwrap()).unwrap();
+            let bson::Bson::Document(mut d) = bson::Bson::try_from(v).unwrap() else {
+                panic!("a ledger record is a document");
+            };
+            let dest = d.remove("destination").unwrap();
+            let dest = dest.as_document().unwrap();
+            let text = match dest.get_str("kind").unwrap() {
+                "tables" => dest
+                    .get_array("names")
+                    .unwrap()
+                    .iter()
+                    .map(|n| n.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                "users" => "@users".to_string(),
+                other => panic!("an Appwrite ledger holds no {other}"),
+            };
+            d.insert("collection", text);
+            d.remove("copy");
+            let doc = bson::Bson::Document(d).into_canonical_extjson().to_string();
+            client
+                .put_row(
+                    "registry",
+                    table,
+                    row["$id"].as_str().unwrap(),
+                    &serde_json::json!({ "doc": doc }),
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_older_versions_wrote_still_rolls_back_child_tables() {
+    let w = World::new("aw_old_ledger").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let pipeline = child_table_pipeline(&w);
+    let migrate = |extra: &[&str]| {
+        let mut v: Vec<String> = vec!["migrate".into(), "--quiet".into(), "--pipeline".into()];
+        v.push(pipeline.clone());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        let (w, aw) = (&w, &aw);
+        async move {
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            cutover(w, aw, &refs).await
+        }
+    };
+    let out = migrate(&["reference", "patients"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let rows = |table: &str| -> Vec<Value> {
+        aw.s.rows("registry", table)
+            .into_iter()
+            .map(strip_times)
+            .collect()
+    };
+    let (patients, guardians) = (rows("patients"), rows("patients_guardians"));
+    assert!(!guardians.is_empty());
+    w.sql("DELETE FROM guardians").await;
+    let out = migrate(&["patients", "--rerun"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(rows("patients_guardians").is_empty());
+
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&aw.endpoint, "cutover", KEY, None).unwrap();
+    write_ledger_as_older_versions_did(&client, &aw).await;
+    let list = cutover(&w, &aw, &["backup", "list", "--target", "appwrite"]).await;
+    assert!(
+        text(&list).contains("patients+patients_guardians"),
+        "{}",
+        text(&list)
+    );
+
+    // The re-run's backup of both tables, found through the text records, puts them back.
+    let out = cutover(&w, &aw, &["rollback", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("restore patients+patients_guardians from backup bk_"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rows("patients"), patients);
+    assert_eq!(rows("patients_guardians"), guardians);
+    w.drop().await;
+}
+
 const EVENTS: &str = r#"
 CREATE TABLE events (id bigint PRIMARY KEY, amount numeric(12,2), at timestamptz NOT NULL, note text);
 INSERT INTO events
@@ -1406,5 +1502,97 @@ async fn another_schema_with_awkward_keys_moves_into_appwrite_and_verifies() {
             assert_eq!(e["ok"], true, "{e}");
         }
     }
+    w.drop().await;
+}
+
+/// A parent whose document is over MongoDB's 16 MiB (18,000 children of 1 KB), and a small one.
+const BIG_FAMILY: &str = r#"
+CREATE TABLE parents (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TABLE kids (id bigint PRIMARY KEY, parent_id bigint NOT NULL REFERENCES parents, note text NOT NULL);
+INSERT INTO parents VALUES (1, 'big'), (2, 'small');
+INSERT INTO kids SELECT g, 1, repeat('x', 1000) FROM generate_series(1, 18000) g;
+INSERT INTO kids VALUES (18001, 2, 'y');
+"#;
+
+const BIG_FAMILY_MAPPING: &str = r#"
+version = 1
+name = "parents"
+[source]
+table = "parents"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+[[embed]]
+path = "kids"
+table = "kids"
+foreign_key = "parent_id"
+order_by = ["id"]
+appwrite = "table"
+[[embed.field]]
+path = "note"
+column = "note"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodbs_document_size_limit_is_not_applied_to_appwrite() {
+    let w = World::new("aw_big_doc").await;
+    w.sql(BIG_FAMILY).await;
+    let aw = standin().await;
+    let pipeline = common::one_entity_pipeline(&w, "parents", BIG_FAMILY_MAPPING)
+        .display()
+        .to_string();
+
+    // Into MongoDB the big parent is one document over 16 MiB: rejected.
+    let out = w.migrate_with(std::path::Path::new(&pipeline), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let rejects: String = std::fs::read_dir(w.dir.path().join("rejects"))
+        .unwrap()
+        .map(|run| std::fs::read_to_string(run.unwrap().path().join("parents.csv")).unwrap())
+        .collect();
+    assert!(rejects.contains("document_too_large"), "{rejects}");
+
+    // Into Appwrite it is a row and 18,000 child rows, none of them large: the pre-flight
+    // expects no reject, and the run writes them all.
+    let check = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--json",
+            "--full",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["rule"] != "document_too_large"),
+        "{report}"
+    );
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(aw.s.row_count("registry", "parents"), 2);
+    let kids = cutover::sink::appwrite::schema::child_table_id("parents", "kids");
+    assert_eq!(aw.s.row_count("registry", &kids), 18_001);
     w.drop().await;
 }

@@ -99,7 +99,7 @@ async fn a_bad_row_is_isolated_and_the_rest_written() {
         .unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].index, 37);
-    assert_eq!(failures[0].error.kind, "row_invalid_structure");
+    assert_eq!(failures[0].error.kind(), "row_invalid_structure");
     assert_eq!(s.row_count("registry", "patients"), 99);
 }
 
@@ -186,12 +186,15 @@ async fn users_are_imported_with_their_bcrypt_hash_and_a_rerun_is_not_an_error()
     let mut other = u.clone();
     other.id = "another-user".into();
     let e = import_user(&c, &other).await.unwrap_err();
-    assert_eq!(e.status, 409, "{e}");
+    assert_eq!(e.status(), Some(409), "{e}");
 
     // Labels Appwrite refuses are refused (the migrate path keeps only letters and digits).
     let mut bad_label = u.clone();
     bad_label.labels = vec!["data_clerk".into()];
-    assert_eq!(import_user(&c, &bad_label).await.unwrap_err().status, 400);
+    assert_eq!(
+        import_user(&c, &bad_label).await.unwrap_err().status(),
+        Some(400)
+    );
 
     let mut bad = u.clone();
     bad.algorithm = "rot13".into();
@@ -239,8 +242,8 @@ async fn a_failed_or_slow_column_is_an_error_naming_it() {
         .wait_column("registry", "t", "broken", Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert_eq!(e.kind, "column_failed");
-    assert!(e.message.contains("t.broken"), "{e}");
+    assert_eq!(e.kind(), "column_failed");
+    assert!(e.message().contains("t.broken"), "{e}");
 
     let mut slow = StandIn::new("cutover", KEY);
     slow.column_delay = Duration::from_secs(60);
@@ -261,6 +264,6 @@ async fn a_failed_or_slow_column_is_an_error_naming_it() {
         .wait_column("registry", "t", "late", Duration::from_millis(300))
         .await
         .unwrap_err();
-    assert_eq!(e.kind, "column_timeout");
-    assert!(e.message.contains("t.late"), "{e}");
+    assert_eq!(e.kind(), "column_timeout");
+    assert!(e.message().contains("t.late"), "{e}");
 }

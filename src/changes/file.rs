@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 /// What is wrong with a change file or the set of them.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
@@ -1197,18 +1197,18 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Change>, FileError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
+        Err(cause) => {
             return Err(FileError::Read {
                 path: dir.to_path_buf(),
-                source,
+                cause,
             });
         }
     };
     let mut paths = Vec::new();
     for e in entries {
-        let e = e.map_err(|source| FileError::Read {
+        let e = e.map_err(|cause| FileError::Read {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
         let p = e.path();
         if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
@@ -1218,9 +1218,9 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Change>, FileError> {
     paths.sort();
     let mut by_version: BTreeMap<u64, Change> = BTreeMap::new();
     for p in paths {
-        let source = std::fs::read_to_string(&p).map_err(|source| FileError::Read {
+        let source = std::fs::read_to_string(&p).map_err(|cause| FileError::Read {
             path: p.clone(),
-            source,
+            cause,
         })?;
         let c = parse(&p, &source)?;
         if let Some(first) = by_version.get(&c.version) {

@@ -49,7 +49,7 @@ pub enum ChangesError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error("ledger: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error(transparent)]
     Lock(Box<LockError>),
     #[error(transparent)]
@@ -57,7 +57,19 @@ pub enum ChangesError {
     #[error("{0}")]
     Refused(String),
     #[error("MongoDB: {0}")]
-    Mongo(#[from] OpError),
+    Mongo(OpError),
+}
+
+impl From<StoreError> for ChangesError {
+    fn from(e: StoreError) -> ChangesError {
+        ChangesError::Store(e)
+    }
+}
+
+impl From<OpError> for ChangesError {
+    fn from(e: OpError) -> ChangesError {
+        ChangesError::Mongo(e)
+    }
 }
 
 impl From<LockError> for ChangesError {

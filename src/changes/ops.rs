@@ -18,9 +18,15 @@ pub const BATCH: usize = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
     #[error("{}", crate::sink::mongodb::error_text(.0))]
-    Mongo(#[from] mongodb::error::Error),
+    Mongo(mongodb::error::Error),
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<mongodb::error::Error> for OpError {
+    fn from(e: mongodb::error::Error) -> OpError {
+        OpError::Mongo(e)
+    }
 }
 
 /// What one operation did (kept in the ledger: its inverse needs it).

@@ -171,9 +171,9 @@ pub fn new_file(
         Some(c) if c.version >= stamp => c.version + 1,
         _ => stamp,
     };
-    let io = |source| FileError::Read {
+    let io = |cause| FileError::Read {
         path: dir.to_path_buf(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let path = dir.join(format!("{version}_{slug}.toml"));
@@ -185,9 +185,9 @@ pub fn new_file(
         .create_new(true)
         .open(&path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-        .map_err(|source| FileError::Read {
+        .map_err(|cause| FileError::Read {
             path: path.clone(),
-            source,
+            cause,
         })?;
     Ok(path)
 }

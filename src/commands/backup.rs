@@ -18,7 +18,7 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
                 crate::outln!(
                     "{:<60} {:<24} {:>9} docs  run {}  {}",
                     b.name,
-                    b.collection,
+                    b.destination,
                     b.documents,
                     b.run_id,
                     b.created_at.as_deref().unwrap_or("")
@@ -38,7 +38,7 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             let r = ledger.restore_backup(&b).await;
             lock.release().await?;
             r?;
-            crate::outln!("restored {} from {}", b.collection, b.name);
+            crate::outln!("restored {} from {}", b.destination, b.name);
             Ok(Outcome::Success)
         }
         BackupCommand::Drop { name, target } => {

@@ -13,7 +13,7 @@ async fn open(
 ) -> Result<(Vec<changes::Change>, Target, crate::ledger::Ledger)> {
     let files = changes::file::load_dir(&args.dir)?;
     let target = TargetArgs {
-        target: Some(crate::cli::TargetKind::Mongodb),
+        target: Some(crate::config::TargetKind::Mongodb),
         database: args.database.clone(),
     };
     let (_cfg, t, ledger) = super::shared::open_ledger(cli, &target).await?;

@@ -14,23 +14,20 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
     // The named target (flag, else pipeline); else every configured one.
-    let kinds: Vec<Option<crate::cli::TargetKind>> = match args
-        .target
-        .target
-        .or(super::shared::pipeline_target(&pipeline))
-    {
-        Some(k) => vec![Some(k)],
-        None => {
-            let mut all = Vec::new();
-            if cfg.mongodb.is_some() {
-                all.push(Some(crate::cli::TargetKind::Mongodb));
+    let kinds: Vec<Option<crate::config::TargetKind>> =
+        match args.target.target.or(pipeline.spec.target) {
+            Some(k) => vec![Some(k)],
+            None => {
+                let mut all = Vec::new();
+                if cfg.mongodb.is_some() {
+                    all.push(Some(crate::config::TargetKind::Mongodb));
+                }
+                if cfg.appwrite.is_some() {
+                    all.push(Some(crate::config::TargetKind::Appwrite));
+                }
+                all
             }
-            if cfg.appwrite.is_some() {
-                all.push(Some(crate::cli::TargetKind::Appwrite));
-            }
-            all
-        }
-    };
+        };
     let mut blocking_targets = Vec::new();
     let mut targets = Vec::new();
     let mut rates = std::collections::BTreeMap::new();

@@ -4,9 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 
-use super::shared::{
-    AppwriteTuning, connect_target, error_text, load_config, load_pipeline, pipeline_target,
-};
+use super::shared::{AppwriteTuning, connect_target, load_config, load_pipeline};
 use crate::cli::{Cli, MigrateArgs, Outcome};
 use crate::config::Overrides;
 use crate::ledger::Ledger;
@@ -31,7 +29,7 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
     // --target, else the pipeline's own, else the config's default.
-    let kind = args.target.target.or(pipeline_target(&pipeline));
+    let kind = args.target.target.or(pipeline.spec.target);
     let (target, ledger, target_name) = connect_target(
         &cfg,
         kind,
@@ -81,7 +79,7 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
             Ok(text) => crate::out!("{text}"),
             Err(e) => crate::errln!(
                 "warning: pruning backups ([backups] keep = {keep}) failed: {}",
-                crate::redact::redact_text(&error_text(&e))
+                crate::redact::redact_text(&format!("{e:#}"))
             ),
         }
     }
@@ -132,7 +130,7 @@ async fn prune_after_run(
     for v in dropped {
         text.push_str(&format!(
             "  dropped {} ({}, run {})\n",
-            v.backup.name, v.backup.collection, v.backup.run_id
+            v.backup.name, v.backup.destination, v.backup.run_id
         ));
     }
     Ok(text)

@@ -29,7 +29,7 @@ use plan::plan;
 use report::report;
 use rollback::rollback;
 use schema::schema;
-pub use shared::{error_text, init_logging};
+pub use shared::init_logging;
 use status::status;
 use verify::verify;
 

@@ -13,15 +13,7 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
         args.run_id.as_deref(),
     )?;
     // The ledger entries of the run, from the target it wrote to, when that is reachable.
-    let kind = args.target.target.or_else(|| {
-        if signoff.run.target.starts_with("appwrite") {
-            Some(crate::cli::TargetKind::Appwrite)
-        } else if signoff.run.target.starts_with("mongodb") {
-            Some(crate::cli::TargetKind::Mongodb)
-        } else {
-            None
-        }
-    });
+    let kind = args.target.target.or(signoff.run.target_kind());
     if let Ok((_, ledger, _)) = super::shared::connect_target(&cfg, kind, Default::default()).await
         && let Ok(steps) = ledger.all_steps().await
     {

@@ -3,8 +3,9 @@
 use anyhow::Result;
 
 use super::shared::{AppwriteTuning, connect_target, load_config, load_pipeline};
-use crate::cli::{Cli, Outcome, SchemaCommand, TargetKind};
+use crate::cli::{Cli, Outcome, SchemaCommand};
 use crate::config::Overrides;
+use crate::config::TargetKind;
 use crate::pipeline::run::{self};
 use crate::source::SourceSession;
 

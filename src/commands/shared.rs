@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 
-use crate::cli::{Cli, LogFormat, PipelineArgs, TargetArgs, TargetKind};
-use crate::config::{Config, Overrides, ProcessEnv};
+use crate::cli::{Cli, LogFormat, PipelineArgs, TargetArgs};
+use crate::config::{Config, Overrides, ProcessEnv, TargetKind};
 use crate::ledger::Ledger;
 use crate::pipeline::Pipeline;
 use crate::sink::appwrite::AppwriteClient;
@@ -26,33 +26,6 @@ pub(crate) fn config_for(
     )?;
     cfg.register_secrets();
     Ok(cfg)
-}
-
-/// An error and its causes as one line, `a: b: c`, leaving out a cause whose text the line already
-/// holds (many errors here print their source themselves). A driver error (sqlx, MongoDB) ends the
-/// line: its readable text is what the errors wrapping it print, and its own `Display` and causes
-/// carry PostgreSQL source lines, byte counts and raw BSON.
-pub fn error_text(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let (t, last) = if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
-            (crate::source::postgres::error_text(e), true)
-        } else if let Some(e) = cause.downcast_ref::<mongodb::error::Error>() {
-            (crate::sink::mongodb::error_text(e), true)
-        } else {
-            (cause.to_string(), false)
-        };
-        if !text.contains(&t) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&t);
-        }
-        if last {
-            break;
-        }
-    }
-    text
 }
 
 /// A bare level (`debug`) applies to cutover's own logs; the libraries under it (drivers, HTTP,
@@ -121,12 +94,7 @@ pub(crate) async fn connect_target(
     kind: Option<TargetKind>,
     tuning: AppwriteTuning,
 ) -> Result<(Target, Ledger, String)> {
-    let kind = match kind {
-        Some(k) => k,
-        None if cfg.default_target == "appwrite" => TargetKind::Appwrite,
-        None => TargetKind::Mongodb,
-    };
-    match kind {
+    match kind.unwrap_or(cfg.default_target) {
         TargetKind::Mongodb => {
             let mongo = cfg.require_mongodb()?;
             let t = MongoTarget::connect(&mongo.uri, &mongo.database).await?;
@@ -184,19 +152,11 @@ pub(crate) async fn open_ledger_for(
     )?;
     let kind = match (target.target, pipeline) {
         (Some(k), _) => Some(k),
-        (None, Some(args)) => pipeline_target(&load_pipeline(&cfg, args)?),
+        (None, Some(args)) => load_pipeline(&cfg, args)?.spec.target,
         (None, None) => None,
     };
     let (t, ledger, _) = connect_target(&cfg, kind, AppwriteTuning::default()).await?;
     Ok((cfg, t, ledger))
-}
-
-/// The target a pipeline file names, if any.
-pub(crate) fn pipeline_target(p: &Pipeline) -> Option<TargetKind> {
-    p.spec.target.map(|t| match t {
-        crate::pipeline::PipelineTarget::Mongodb => TargetKind::Mongodb,
-        crate::pipeline::PipelineTarget::Appwrite => TargetKind::Appwrite,
-    })
 }
 
 pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {
@@ -205,37 +165,104 @@ pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::sink::appwrite::AppwriteError;
+    use crate::sink::mongodb::MongoError;
+    use crate::sink::target::SinkError;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("ledger write failed: {source}")]
-    struct Outer {
-        source: std::io::Error,
+    fn io(text: &str) -> std::io::Error {
+        std::io::Error::other(text.to_string())
+    }
+
+    /// How `main` prints an error: the contexts and the error, `a: b: c`.
+    fn printed(err: anyhow::Error) -> String {
+        format!("{err:#}")
     }
 
     #[test]
-    fn error_text_says_each_cause_once() {
-        let inner = std::io::Error::other("connection refused");
-        let err = anyhow::Error::new(Outer { source: inner }).context("cannot migrate");
+    fn an_error_says_each_cause_once() {
+        let err = anyhow::Error::new(crate::config::ConfigError::Read {
+            path: "cutover.toml".into(),
+            cause: io("connection refused"),
+        })
+        .context("cannot migrate");
         assert_eq!(
-            error_text(&err),
-            "cannot migrate: ledger write failed: connection refused"
+            printed(err),
+            "cannot migrate: cannot read config file cutover.toml: connection refused"
         );
     }
 
     #[test]
-    fn error_text_stops_at_a_driver_error() {
+    fn a_driver_error_is_said_in_its_readable_form_once() {
         let io = std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "expected to read 219 bytes, got 21 bytes at EOF",
         );
         let err = anyhow::Error::new(crate::source::postgres::SourceError::Query {
             context: "read patients".into(),
-            source: sqlx::Error::Io(io),
+            cause: sqlx::Error::Io(io),
         });
         assert_eq!(
-            error_text(&err),
+            printed(err),
             "source query failed (read patients): the source connection was closed (backend terminated?)"
         );
+    }
+
+    /// An error that says its cause in its message does not hand it out as `source()` too:
+    /// whoever prints the chain would say it twice.
+    #[test]
+    fn no_error_both_says_and_hands_out_its_cause() {
+        let mongo = || mongodb::error::Error::from(io("connection reset by peer"));
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(crate::config::ConfigError::Read {
+                path: "c.toml".into(),
+                cause: io("x"),
+            }),
+            Box::new(crate::mapping::MappingError::Read {
+                path: "mappings".into(),
+                cause: io("x"),
+            }),
+            Box::new(crate::pipeline::PipelineError::Read {
+                path: "p.toml".into(),
+                cause: io("x"),
+            }),
+            Box::new(crate::changes::file::FileError::Read {
+                path: "c.toml".into(),
+                cause: io("x"),
+            }),
+            Box::new(crate::source::postgres::SourceError::Connect {
+                url: "postgres://h/db".into(),
+                cause: sqlx::Error::Io(io("x")),
+            }),
+            Box::new(MongoError::Command {
+                op: "insert".into(),
+                cause: mongo(),
+            }),
+            Box::new(crate::ledger::StoreError::from(mongo())),
+            Box::new(crate::changes::ChangesError::from(
+                crate::ledger::StoreError::from(mongo()),
+            )),
+            Box::new(crate::changes::ChangesError::from(
+                crate::changes::ops::OpError::from(mongo()),
+            )),
+            Box::new(crate::pipeline::run::RunError::Io {
+                path: "rejects".into(),
+                cause: io("x"),
+            }),
+            Box::new(crate::pipeline::run::RunError::BatchFailed {
+                entity: "e".into(),
+                rows: 1,
+                attempts: 1,
+                cause: Box::new(SinkError::Appwrite(AppwriteError::Transport {
+                    message: "x".into(),
+                })),
+            }),
+            Box::new(crate::pipeline::run::RunError::from(MongoError::Connect {
+                uri: "mongodb://h".into(),
+                cause: mongo(),
+            })),
+        ];
+        for e in errors {
+            assert!(e.source().is_none(), "{e} hands out its cause");
+        }
     }
 }

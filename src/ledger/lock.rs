@@ -236,7 +236,7 @@ impl Ledger {
         let contended = || {
             LockError::Ledger(LedgerError {
                 op: "acquire lock".into(),
-                source: StoreError::Corrupt("the lock changed hands meanwhile; try again".into()),
+                cause: StoreError::Corrupt("the lock changed hands meanwhile; try again".into()),
             })
         };
         // Creating the lock record is atomic: of two runs, one creates it, the other finds it.
@@ -317,7 +317,7 @@ impl Ledger {
             }
             None => Err(LockError::Ledger(LedgerError {
                 op: "acquire lock".into(),
-                source: StoreError::Corrupt(
+                cause: StoreError::Corrupt(
                     "the lock was released while it was taken over; try again".into(),
                 ),
             })),

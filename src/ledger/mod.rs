@@ -9,30 +9,32 @@ pub mod store;
 use std::collections::BTreeMap;
 
 use bson::{Bson, Document, doc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use store::{Store, StoreError};
 
+use crate::config::TargetKind;
 pub use crate::monitor::report::TakenBackup;
 use crate::monitor::report::{EntityReport, RunReport};
+use crate::sink::target::Destination;
 
 #[derive(Debug, thiserror::Error)]
-#[error("ledger {op} failed: {source}")]
+#[error("ledger {op} failed: {cause}")]
 pub struct LedgerError {
     op: String,
-    source: StoreError,
+    cause: StoreError,
 }
 
 fn lerr<E: Into<StoreError>>(op: &str) -> impl FnOnce(E) -> LedgerError + '_ {
-    move |source| LedgerError {
+    move |cause| LedgerError {
         op: op.to_string(),
-        source: source.into(),
+        cause: cause.into(),
     }
 }
 
 impl crate::sink::retry::Retryable for LedgerError {
     fn is_retryable(&self) -> bool {
-        Store::is_transient(&self.source)
+        Store::is_transient(&self.cause)
     }
 }
 
@@ -80,7 +82,8 @@ pub struct StepRecord {
     pub run_id: String,
     pub run_number: i64,
     pub entity: String,
-    pub collection: String,
+    /// Where the step wrote.
+    pub destination: Destination,
     pub mapping: String,
     pub checksum: String,
     pub status: String,
@@ -135,14 +138,41 @@ fn text(d: &Document, k: &str) -> String {
     d.get_str(k).unwrap_or_default().to_string()
 }
 
+/// A destination as a ledger record holds it: typed, or as the text ledgers wrote before
+/// (`collection`: the collection, `table+child+…` or `@users`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Recorded {
+    Typed(Destination),
+    Legacy(String),
+}
+
+/// The destination a step or backup record names; `kind` says how to read a legacy one.
+fn destination(d: &Document, kind: TargetKind) -> Destination {
+    let recorded = d
+        .get("destination")
+        .or_else(|| d.get("collection"))
+        .and_then(|v| bson::from_bson::<Recorded>(v.clone()).ok());
+    match recorded {
+        Some(Recorded::Typed(t)) => t,
+        Some(Recorded::Legacy(text)) => Destination::from_legacy(&text, kind),
+        None => Destination::from_legacy("", kind),
+    }
+}
+
+/// A destination as ledger records hold it.
+fn destination_bson(d: &Destination) -> Result<Bson, StoreError> {
+    bson::to_bson(d).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 impl StepRecord {
-    fn from_doc(d: &Document) -> StepRecord {
+    fn from_doc(d: &Document, kind: TargetKind) -> StepRecord {
         StepRecord {
             id: text(d, "_id"),
             run_id: text(d, "run_id"),
             run_number: int(d, "run_number"),
             entity: text(d, "entity"),
-            collection: text(d, "collection"),
+            destination: destination(d, kind),
             mapping: text(d, "mapping"),
             checksum: text(d, "checksum"),
             status: text(d, "status"),
@@ -199,7 +229,7 @@ pub struct StepStart<'a> {
     pub run_id: &'a str,
     pub run_number: i64,
     pub entity: &'a str,
-    pub collection: &'a str,
+    pub destination: &'a Destination,
     pub mapping: &'a str,
     pub checksum: &'a str,
     pub was_empty: bool,
@@ -316,7 +346,7 @@ impl Ledger {
             "run_id": s.run_id,
             "run_number": s.run_number,
             "entity": s.entity,
-            "collection": s.collection,
+            "destination": destination_bson(s.destination).map_err(lerr("start step"))?,
             "mapping": s.mapping,
             "checksum": s.checksum,
             "status": RUNNING,
@@ -462,7 +492,8 @@ impl Ledger {
             (millis(a, "started_at"), text(a, "_id"))
                 .cmp(&(millis(b, "started_at"), text(b, "_id")))
         });
-        Ok(docs.iter().map(StepRecord::from_doc).collect())
+        let kind = self.store.kind();
+        Ok(docs.iter().map(|d| StepRecord::from_doc(d, kind)).collect())
     }
 
     /// The latest step of each entity.
@@ -545,23 +576,25 @@ impl Ledger {
             .collect())
     }
 
-    /// Copies `collection` (in the target) into a backup and records it; returns its name, size
+    /// Copies `destination` (in the target) into a backup and records it; returns its name, size
     /// and how long it took (the copy and its record).
     pub async fn backup(
         &self,
-        collection: &str,
+        destination: &Destination,
         run_id: &str,
         entity: &str,
     ) -> Result<TakenBackup, LedgerError> {
         let started = std::time::Instant::now();
-        let name = self.store.backup_name(collection, run_id);
+        let copy = self.store.backup_of(destination, run_id);
+        let name = copy.to_string();
         let docs = self
             .store
-            .copy_data(collection, &name)
+            .copy_data(destination, &copy)
             .await
             .map_err(lerr("backup"))?;
         let record = doc! {
-            "collection": collection,
+            "destination": destination_bson(destination).map_err(lerr("record backup"))?,
+            "copy": destination_bson(&copy).map_err(lerr("record backup"))?,
             "run_id": run_id,
             "entity": entity,
             "documents": docs as i64,
@@ -584,11 +617,17 @@ impl Ledger {
             .await
             .map_err(lerr("read backups"))?;
         docs.sort_by_key(|d| std::cmp::Reverse(millis(d, "created_at")));
+        let kind = self.store.kind();
         Ok(docs
             .iter()
             .map(|d| BackupRecord {
                 name: text(d, "_id"),
-                collection: text(d, "collection"),
+                destination: destination(d, kind),
+                // Records before typed destinations name the copy only by the backup's name.
+                copy: d
+                    .get("copy")
+                    .and_then(|v| bson::from_bson(v.clone()).ok())
+                    .unwrap_or_else(|| Destination::from_legacy(&text(d, "_id"), kind)),
                 run_id: text(d, "run_id"),
                 entity: text(d, "entity"),
                 documents: int(d, "documents"),
@@ -605,10 +644,10 @@ impl Ledger {
             .find(|b| b.name == name))
     }
 
-    /// Replaces the contents of the backup's collection with the backup (indexes are kept).
+    /// Replaces the contents of the backup's destination with the backup (indexes are kept).
     pub async fn restore_backup(&self, b: &BackupRecord) -> Result<(), LedgerError> {
         self.store
-            .copy_data(&b.name, &b.collection)
+            .copy_data(&b.copy, &b.destination)
             .await
             .map_err(lerr("restore backup"))?;
         Ok(())
@@ -616,7 +655,7 @@ impl Ledger {
 
     pub async fn drop_backup(&self, b: &BackupRecord) -> Result<(), LedgerError> {
         self.store
-            .drop_data(&b.name)
+            .drop_data(&b.copy)
             .await
             .map_err(lerr("drop backup"))?;
         self.store
@@ -626,10 +665,10 @@ impl Ledger {
         Ok(())
     }
 
-    /// Removes every document of `collection` (rollback of a stage that found it empty).
-    pub async fn empty_collection(&self, collection: &str) -> Result<u64, LedgerError> {
+    /// Removes every document of `destination` (rollback of a stage that found it empty).
+    pub async fn empty_destination(&self, destination: &Destination) -> Result<u64, LedgerError> {
         self.store
-            .empty_data(collection)
+            .empty_data(destination)
             .await
             .map_err(lerr("empty collection"))
     }
@@ -638,9 +677,49 @@ impl Ledger {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupRecord {
     pub name: String,
-    pub collection: String,
+    /// What it is a backup of.
+    pub destination: Destination,
+    /// Where the backup's data is (what its name reads as).
+    pub copy: Destination,
     pub run_id: String,
     pub entity: String,
     pub documents: i64,
     pub created_at: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destination_is_read_typed_or_as_the_text_older_ledgers_wrote() {
+        let tables = Destination::Tables {
+            names: vec!["t".into(), "t__c".into()],
+        };
+        let typed = doc! { "destination": destination_bson(&tables).unwrap() };
+        assert_eq!(
+            typed.get_document("destination").unwrap().get_str("kind"),
+            Ok("tables")
+        );
+        assert_eq!(destination(&typed, TargetKind::Appwrite), tables);
+        let old = doc! { "collection": "t+t__c" };
+        assert_eq!(destination(&old, TargetKind::Appwrite), tables);
+        let old_users = doc! { "collection": "@users" };
+        assert_eq!(
+            destination(&old_users, TargetKind::Appwrite),
+            Destination::Users
+        );
+        let users = doc! { "destination": destination_bson(&Destination::Users).unwrap() };
+        assert_eq!(
+            destination(&users, TargetKind::Appwrite),
+            Destination::Users
+        );
+        let old_mongo = doc! { "collection": "patients" };
+        assert_eq!(
+            destination(&old_mongo, TargetKind::Mongodb),
+            Destination::Collection {
+                name: "patients".into()
+            }
+        );
+    }
 }

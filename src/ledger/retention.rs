@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use super::{BackupRecord, Ledger, LedgerError, ROLLED_BACK, StepRecord};
+use crate::sink::target::Destination;
 
 /// Why a backup stays.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +77,7 @@ pub fn needed_by_rollback(steps: &[StepRecord]) -> BTreeMap<String, Keep> {
 /// [`Ledger::list_backups`] returns them); the verdicts come in the same order.
 pub fn decide(backups: &[BackupRecord], steps: &[StepRecord], req: &PruneRequest) -> Vec<Verdict> {
     let needed = needed_by_rollback(steps);
-    let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut seen: BTreeMap<(&str, &Destination), usize> = BTreeMap::new();
     let mut out = Vec::new();
     for b in backups {
         if req
@@ -86,7 +87,7 @@ pub fn decide(backups: &[BackupRecord], steps: &[StepRecord], req: &PruneRequest
         {
             continue;
         }
-        let rank = seen.entry((&b.entity, &b.collection)).or_insert(0);
+        let rank = seen.entry((&b.entity, &b.destination)).or_insert(0);
         *rank += 1;
         let keep = if let Some(k) = needed.get(&b.name) {
             Some(k.clone())
@@ -114,7 +115,7 @@ pub async fn prune(ledger: &Ledger, req: &PruneRequest) -> Result<Vec<Verdict>, 
     if !req.dry_run {
         for v in verdicts.iter().filter(|v| v.keep.is_none()) {
             ledger.drop_backup(&v.backup).await?;
-            tracing::info!(backup = %v.backup.name, collection = %v.backup.collection, "dropped backup");
+            tracing::info!(backup = %v.backup.name, collection = %v.backup.destination, "dropped backup");
         }
     }
     Ok(verdicts)
@@ -132,7 +133,7 @@ pub fn render(verdicts: &[Verdict], dry_run: bool) -> String {
         let b = &v.backup;
         let what = format!(
             "{} ({}, {} docs, run {})",
-            b.name, b.collection, b.documents, b.run_id
+            b.name, b.destination, b.documents, b.run_id
         );
         let _ = match &v.keep {
             None => {
@@ -164,7 +165,10 @@ mod tests {
     fn backup(name: &str, entity: &str, run: &str) -> BackupRecord {
         BackupRecord {
             name: name.into(),
-            collection: entity.into(),
+            destination: Destination::Collection {
+                name: entity.into(),
+            },
+            copy: Destination::Collection { name: name.into() },
             run_id: run.into(),
             entity: entity.into(),
             documents: 3,
@@ -178,7 +182,9 @@ mod tests {
             run_id: run.into(),
             run_number: 0,
             entity: entity.into(),
-            collection: entity.into(),
+            destination: Destination::Collection {
+                name: entity.into(),
+            },
             mapping: String::new(),
             checksum: String::new(),
             status: status.into(),

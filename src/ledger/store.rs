@@ -11,19 +11,26 @@ use futures::TryStreamExt;
 use mongodb::Database;
 use serde_json::{Value, json};
 
+use crate::config::TargetKind;
 use crate::sink::appwrite::rows::row_id;
 use crate::sink::appwrite::{AppwriteClient, AppwriteError};
-use crate::sink::target::{Target, USERS};
+use crate::sink::target::{Destination, Target};
 
 /// What failed underneath a ledger operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{}", crate::sink::mongodb::error_text(.0))]
-    Mongo(#[from] mongodb::error::Error),
+    Mongo(mongodb::error::Error),
     #[error(transparent)]
     Appwrite(#[from] AppwriteError),
     #[error("a ledger record is not readable: {0}")]
     Corrupt(String),
+}
+
+impl From<mongodb::error::Error> for StoreError {
+    fn from(e: mongodb::error::Error) -> StoreError {
+        StoreError::Mongo(e)
+    }
 }
 
 /// The size of the Appwrite text column holding a record.
@@ -264,11 +271,42 @@ impl Store {
         }
     }
 
-    /// Copies a collection or table's data into `to` (replacing what `to` held); returns how many
+    /// Which kind of target holds this ledger.
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Store::Mongo(_) => TargetKind::Mongodb,
+            Store::Appwrite { .. } => TargetKind::Appwrite,
+        }
+    }
+
+    /// The collection a MongoDB destination names; another is not of this ledger.
+    fn collection(to: &Destination) -> Result<&str, StoreError> {
+        match to {
+            Destination::Collection { name } => Ok(name),
+            other => Err(StoreError::Corrupt(format!(
+                "{other} is not a MongoDB collection"
+            ))),
+        }
+    }
+
+    /// The tables an Appwrite destination names (the stage's own first); users have none.
+    fn tables(to: &Destination) -> Result<&[String], StoreError> {
+        match to {
+            Destination::Tables { names } => Ok(names),
+            Destination::Collection { name } => Ok(std::slice::from_ref(name)),
+            Destination::Users => Err(StoreError::Corrupt(
+                "Appwrite users cannot be copied (their hashes cannot be read back): no backup"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Copies a destination's data into `to` (replacing what `to` held); returns how many
     /// documents it holds.
-    pub async fn copy_data(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+    pub async fn copy_data(&self, from: &Destination, to: &Destination) -> Result<u64, StoreError> {
         match self {
             Store::Mongo(db) => {
+                let (from, to) = (Self::collection(from)?, Self::collection(to)?);
                 Self::coll(db, from)
                     .aggregate(vec![doc! { "$match": {} }, doc! { "$out": to }])
                     .await?
@@ -276,19 +314,14 @@ impl Store {
                     .await?;
                 Ok(Self::coll(db, to).estimated_document_count().await?)
             }
-            Store::Appwrite { .. } if from == USERS || to == USERS => Err(StoreError::Corrupt(
-                "Appwrite users cannot be copied (their hashes cannot be read back): no backup"
-                    .into(),
-            )),
-            // A stage with child tables is recorded as `table+child+…`: copied part by part.
+            // A stage with child tables is copied table by table.
             Store::Appwrite { client, db, .. } => {
-                let (froms, tos): (Vec<&str>, Vec<&str>) =
-                    (from.split('+').collect(), to.split('+').collect());
+                let (froms, tos) = (Self::tables(from)?, Self::tables(to)?);
                 if froms.len() != tos.len() {
                     return Err(StoreError::Corrupt(format!("cannot copy {from} into {to}")));
                 }
                 let mut first = None;
-                for (f, t) in froms.into_iter().zip(tos) {
+                for (f, t) in froms.iter().zip(tos) {
                     if client.table_exists(db, t).await? {
                         client.empty_table(db, t).await?;
                     }
@@ -300,12 +333,12 @@ impl Store {
         }
     }
 
-    /// Removes a collection or table with its data.
-    pub async fn drop_data(&self, name: &str) -> Result<(), StoreError> {
+    /// Removes a destination with its data.
+    pub async fn drop_data(&self, what: &Destination) -> Result<(), StoreError> {
         match self {
-            Store::Mongo(db) => Ok(Self::coll(db, name).drop().await?),
+            Store::Mongo(db) => Ok(Self::coll(db, Self::collection(what)?).drop().await?),
             Store::Appwrite { client, db, .. } => {
-                for part in name.split('+') {
+                for part in Self::tables(what)? {
                     match client
                         .call(
                             reqwest::Method::DELETE,
@@ -324,17 +357,19 @@ impl Store {
         }
     }
 
-    /// Deletes every document of a collection or table; returns how many.
-    pub async fn empty_data(&self, name: &str) -> Result<u64, StoreError> {
+    /// Deletes every document of a destination; returns how many.
+    pub async fn empty_data(&self, what: &Destination) -> Result<u64, StoreError> {
         match self {
-            Store::Mongo(db) => Ok(Self::coll(db, name)
+            Store::Mongo(db) => Ok(Self::coll(db, Self::collection(what)?)
                 .delete_many(doc! {})
                 .await?
                 .deleted_count),
-            Store::Appwrite { client, .. } if name == USERS => Ok(delete_all_users(client).await?),
+            Store::Appwrite { client, .. } if *what == Destination::Users => {
+                Ok(delete_all_users(client).await?)
+            }
             Store::Appwrite { client, db, .. } => {
                 let mut first = None;
-                for part in name.split('+') {
+                for part in Self::tables(what)? {
                     let n = client.empty_table(db, part).await?;
                     first.get_or_insert(n);
                 }
@@ -343,19 +378,23 @@ impl Store {
         }
     }
 
-    /// A name for a backup of `collection` taken by run `run_id`, valid for the target.
-    pub fn backup_name(&self, collection: &str, run_id: &str) -> String {
-        match self {
-            Store::Mongo(_) => format!("{collection}__backup__{}", run_id.replace(['.', ':'], "_")),
+    /// Where run `run_id` keeps its backup of `of`, under names valid for the target (the
+    /// backup's name is how it reads). Users stay users: they cannot be copied.
+    pub fn backup_of(&self, of: &Destination, run_id: &str) -> Destination {
+        let backup = |part: &str| match self {
+            Store::Mongo(_) => format!("{part}__backup__{}", run_id.replace(['.', ':'], "_")),
             // Table ids hold at most 36 characters.
-            Store::Appwrite { .. } => collection
-                .split('+')
-                .map(|part| {
-                    let h = row_id(&Bson::String(format!("{part}\u{0}{run_id}")));
-                    format!("bk_{}", &h[h.len() - 20..])
-                })
-                .collect::<Vec<_>>()
-                .join("+"),
+            Store::Appwrite { .. } => {
+                let h = row_id(&Bson::String(format!("{part}\u{0}{run_id}")));
+                format!("bk_{}", &h[h.len() - 20..])
+            }
+        };
+        match of {
+            Destination::Collection { name } => Destination::Collection { name: backup(name) },
+            Destination::Tables { names } => Destination::Tables {
+                names: names.iter().map(|n| backup(n)).collect(),
+            },
+            Destination::Users => Destination::Users,
         }
     }
 

@@ -13,10 +13,10 @@ use spec::{MappingFile, SubMillis, TransformSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    #[error("cannot read mappings from {path}: {source}")]
+    #[error("cannot read mappings from {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -75,9 +75,9 @@ pub struct MappingSet {
 
 impl MappingSet {
     pub fn load_dir(dir: &Path) -> Result<MappingSet, MappingError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| MappingError::Read {
+        let entries = std::fs::read_dir(dir).map_err(|cause| MappingError::Read {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -86,9 +86,9 @@ impl MappingSet {
         paths.sort();
         let mut set = MappingSet::default();
         for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|source| MappingError::Read {
+            let text = std::fs::read_to_string(&path).map_err(|cause| MappingError::Read {
                 path: path.clone(),
-                source,
+                cause,
             })?;
             set.mappings.push(parse(&path, &text)?);
         }

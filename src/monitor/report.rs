@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Counts;
+use crate::config::TargetKind;
 
 /// A backup a step has just taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +133,11 @@ pub struct RunReport {
     pub started_at: String,
     pub finished_at: String,
     pub dry_run: bool,
+    /// The target as [`crate::sink::target::Target::display_name`] names it.
     pub target: String,
+    /// The kind of target (absent from reports written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_kind: Option<TargetKind>,
     pub pipeline: String,
     /// `completed`, `completed_with_rejects`, `failed`.
     pub status: String,
@@ -172,6 +177,15 @@ fn round1(x: f64) -> f64 {
 }
 
 impl RunReport {
+    /// The kind of target the run wrote to. Reports written before `target_kind` was recorded
+    /// name it only as the first word of `target`.
+    pub fn target_kind(&self) -> Option<TargetKind> {
+        self.target_kind.or_else(|| {
+            let legacy = self.target.split_whitespace().next()?;
+            TargetKind::from_name(legacy)
+        })
+    }
+
     pub fn compute_totals(&mut self) {
         let mut t = Totals::default();
         for e in &self.entities {
@@ -401,6 +415,7 @@ mod tests {
             finished_at: String::new(),
             dry_run: false,
             target: "t".into(),
+            target_kind: None,
             pipeline: "p".into(),
             status: "completed".into(),
             entities: vec![e],

@@ -31,13 +31,13 @@ pub enum RunError {
     #[error("stopped: {rejected} rows rejected, more than --max-rejects {max}")]
     TooManyRejects { rejected: u64, max: u64 },
     #[error(
-        "{entity}: a batch of {rows} rows could not be written ({attempts} attempt(s) of the batch, each request retried as the target allows): {source}; its rows are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
+        "{entity}: a batch of {rows} rows could not be written ({attempts} attempt(s) of the batch, each request retried as the target allows): {cause}; its rows are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
     )]
     BatchFailed {
         entity: String,
         rows: usize,
         attempts: u32,
-        source: Box<SinkError>,
+        cause: Box<SinkError>,
     },
     #[error(
         "{entity}: {rows} documents could not be written after their retries ({message}); they are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
@@ -72,9 +72,9 @@ pub enum RunError {
         rejected: u64,
         skipped: u64,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }

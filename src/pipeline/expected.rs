@@ -15,9 +15,6 @@ use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, Mapped, map_row};
 use crate::transform::{Issue, Stage};
 
-/// MongoDB refuses documents over 16 MiB.
-pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
-
 /// The connections one expected-documents stream reads over: the parent's and one per embed,
 /// all in the session's snapshot.
 pub(crate) struct Readers {
@@ -60,13 +57,21 @@ pub(crate) struct ExpectedRows<'c, 'p> {
     plan: &'p Plan,
     rows: BoxStream<'c, Result<DecodedRow, SourceError>>,
     cursors: Vec<ChildCursor<'c>>,
+    /// The target's document size limit (MongoDB's), if it has one: larger documents are
+    /// rejected.
+    max_document_bytes: Option<usize>,
 }
 
 impl<'c, 'p> ExpectedRows<'c, 'p> {
-    /// The plan's own reads.
-    pub(crate) fn new(readers: &'c mut Readers, plan: &'p Plan) -> ExpectedRows<'c, 'p> {
+    /// The plan's own reads, for a target that takes documents up to `max_document_bytes`
+    /// ([`crate::sink::target::Target::max_document_bytes`]).
+    pub(crate) fn new(
+        readers: &'c mut Readers,
+        plan: &'p Plan,
+        max_document_bytes: Option<usize>,
+    ) -> ExpectedRows<'c, 'p> {
         let children: Vec<&ReadSpec> = plan.embeds.iter().map(|e| &e.read).collect();
-        Self::with_reads(readers, plan, &plan.read, &children)
+        Self::with_reads(readers, plan, &plan.read, &children, max_document_bytes)
     }
 
     /// Other reads of the same plan (a resume's `after`, a `--since` filter); `children` has one
@@ -76,6 +81,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
         plan: &'p Plan,
         read: &ReadSpec,
         children: &[&ReadSpec],
+        max_document_bytes: Option<usize>,
     ) -> ExpectedRows<'c, 'p> {
         let cursors = readers
             .children
@@ -87,6 +93,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
             plan,
             rows: postgres::stream(&mut readers.parent, read),
             cursors,
+            max_document_bytes,
         }
     }
 
@@ -161,12 +168,14 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
             }
             Some(doc) => doc.as_bytes().len(),
         };
-        if size > MAX_DOCUMENT_BYTES {
+        if let Some(max) = self.max_document_bytes
+            && size > max
+        {
             let issue = Issue::error(
                 Stage::Transform,
                 "document_too_large",
                 "",
-                format!("the document is {size} bytes; MongoDB's limit is {MAX_DOCUMENT_BYTES}"),
+                format!("the document is {size} bytes; MongoDB's limit is {max}"),
                 String::new(),
             );
             return Ok(Some(ExpectedRow::Rejected {

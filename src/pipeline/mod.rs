@@ -13,16 +13,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::config::TargetKind;
 use crate::mapping::{MappingError, MappingSet};
 
 pub const PIPELINE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot read pipeline {path}: {source}")]
+    #[error("cannot read pipeline {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -49,16 +50,9 @@ pub struct PipelineFile {
     pub mappings_dir: Option<PathBuf>,
     /// The target this pipeline writes to unless `--target` says otherwise (default: the
     /// config's `target.default`).
-    pub target: Option<PipelineTarget>,
+    pub target: Option<TargetKind>,
     #[serde(rename = "stage")]
     pub stages: Vec<StageSpec>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PipelineTarget {
-    Mongodb,
-    Appwrite,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,9 +106,9 @@ pub struct Step {
 impl Pipeline {
     /// Loads the pipeline file and its mappings (`mappings_dir` from the file, else `default_mappings`).
     pub fn load(path: &Path, default_mappings: &Path) -> Result<Pipeline, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| PipelineError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let spec: PipelineFile = toml::from_str(&text).map_err(|e| PipelineError::Parse {
             path: path.to_path_buf(),

@@ -138,20 +138,20 @@ pub async fn plan(
         let action = if s.was_empty {
             format!(
                 "empty {} (it was empty before run {})",
-                s.collection, s.run_id
+                s.destination, s.run_id
             )
         } else if let Some(b) = &s.backup {
             if !backups.contains(b) {
                 return Err(RunError::Refused(format!(
                     "{} (run {}) cannot be rolled back: its backup {b} of {} is gone (dropped or pruned); roll back fewer steps, or put an older backup back with `cutover backup restore`",
-                    s.entity, s.run_id, s.collection
+                    s.entity, s.run_id, s.destination
                 )));
             }
-            format!("restore {} from backup {b}", s.collection)
+            format!("restore {} from backup {b}", s.destination)
         } else {
             return Err(RunError::Refused(format!(
                 "{} (run {}) is not reversible: {} was not empty and no backup was taken",
-                s.entity, s.run_id, s.collection
+                s.entity, s.run_id, s.destination
             )));
         };
         out.push(Undo {
@@ -169,7 +169,7 @@ pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
     for u in undos.iter().filter(|u| u.restore) {
         restore_step(
             ledger,
-            &u.step.collection,
+            &u.step.destination,
             u.step.was_empty,
             u.step.backup.as_deref(),
         )

@@ -22,7 +22,7 @@ use crate::monitor::report::{EntityReport, RunReport};
 use crate::monitor::{EntityCounters, Progress};
 use crate::sink::mongodb::{BatchResult, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
-use crate::sink::target::{SinkError, Target};
+use crate::sink::target::{Destination, SinkError, Target};
 use crate::source::postgres::{self, SourceError};
 use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
@@ -207,9 +207,9 @@ pub(crate) async fn load_known_keys(
         let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_all(session.conn())
             .await
-            .map_err(|source| SourceError::Query {
+            .map_err(|cause| SourceError::Query {
                 context: format!("load keys of {entity}"),
-                source,
+                cause,
             })?;
         tracing::info!(entity = %entity, keys = keys.len(), "keys held in memory for exists rules that PostgreSQL cannot answer in the read");
         out.insert(entity, Arc::new(keys.into_iter().collect()));
@@ -469,8 +469,8 @@ async fn migrate_locked(
             ledger: (!opts.dry_run).then(|| ledger.clone()),
             fence: fence.cloned(),
         };
-        // What the ledger records as the step's collection: the table group or `@users`.
-        let mut ledger_name = p.collection.clone();
+        // What the ledger records as the step's destination: the table group or the users.
+        let mut destination = target.destination(&p.collection);
         let mut backup = None;
         let mut backup_taken = None;
         let mut was_empty = false;
@@ -496,8 +496,8 @@ async fn migrate_locked(
                 &mut stage,
             )
             .await
-            .map(|(name, empty, b, taken)| {
-                ledger_name = name;
+            .map(|(dest, empty, b, taken)| {
+                destination = dest;
                 was_empty = empty;
                 backup = b;
                 backup_taken = taken;
@@ -586,9 +586,9 @@ async fn migrate_locked(
         } else {
             // The step's rejects are on disk before the ledger says it is done: a run killed
             // after that is never re-read, so rejects still in memory would be recorded nowhere.
-            rejects.sync().map_err(|source| RunError::Io {
+            rejects.sync().map_err(|cause| RunError::Io {
                 path: rejects.dir().to_path_buf(),
-                source,
+                cause,
             })?;
             ledger.finish_step(run_id, &report).await?;
             // A restore only while the lock is this run's (another run may be writing now).
@@ -598,7 +598,7 @@ async fn migrate_locked(
             };
             if report.status == "failed" && opts.restore_on_failure && still_ours {
                 let step_id = format!("{run_id}:{}", p.entity);
-                restore_step(ledger, &ledger_name, was_empty, backup.as_deref()).await?;
+                restore_step(ledger, &destination, was_empty, backup.as_deref()).await?;
                 ledger.mark_rolled_back(&step_id).await?;
                 report.status = "failed, restored".into();
             }
@@ -610,9 +610,9 @@ async fn migrate_locked(
         }
     }
     session.close().await;
-    rejects.flush().map_err(|source| RunError::Io {
+    rejects.flush().map_err(|cause| RunError::Io {
         path: rejects.dir().to_path_buf(),
-        source,
+        cause,
     })?;
 
     let mut report = RunReport {
@@ -621,6 +621,7 @@ async fn migrate_locked(
         finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         dry_run: opts.dry_run,
         target: opts.target_name.clone(),
+        target_kind: Some(target.kind()),
         pipeline: pipeline.spec.name.clone(),
         status: String::new(),
         entities,
@@ -662,7 +663,7 @@ async fn migrate_locked(
         .unwrap_or_else(|| opts.reports_dir.join(format!("{run_id}.json")));
     report
         .write_json(&path)
-        .map_err(|source| RunError::Io { path, source })?;
+        .map_err(|cause| RunError::Io { path, cause })?;
     if !opts.dry_run && run_number > 0 {
         ledger.finish_run(&report).await?;
     }
@@ -671,8 +672,8 @@ async fn migrate_locked(
 
 /// Gets the target ready for one stage and records the step's start in the ledger: the schema
 /// (Appwrite), whether the destination is empty, its backup, and the write mode. Returns the
-/// ledger's name of the destination, whether it was empty, the backup's name, and the backup
-/// when this step took it.
+/// destination as the ledger records it, whether it was empty, the backup's name, and the
+/// backup when this step took it.
 #[allow(clippy::too_many_arguments)]
 async fn prepare_step(
     p: &Plan,
@@ -686,17 +687,25 @@ async fn prepare_step(
     // destination's state before the stage wrote into it stands.
     resume: Option<&ledger::StepRecord>,
     stage: &mut StageRun,
-) -> Result<(String, bool, Option<String>, Option<ledger::TakenBackup>), RunError> {
+) -> Result<
+    (
+        Destination,
+        bool,
+        Option<String>,
+        Option<ledger::TakenBackup>,
+    ),
+    RunError,
+> {
     let mut backup = None;
     let mut taken = None;
     target.prepare(p).await?;
-    let ledger_name = target.ledger_collection(&p.collection);
+    let destination = target.destination(&p.collection);
     let mut was_empty = target.is_empty(&p.collection).await?;
     // The earlier step's record stands only for the same destination, and only while the
     // backup it names still exists; otherwise this step records the state it finds.
     let inherited = match resume {
-        Some(r) if r.collection != ledger_name => {
-            tracing::warn!(entity = %p.entity, before = %r.collection, now = %ledger_name, "the unfinished step wrote elsewhere; this one records the state it finds");
+        Some(r) if r.destination != destination => {
+            tracing::warn!(entity = %p.entity, before = %r.destination, now = %destination, "the unfinished step wrote elsewhere; this one records the state it finds");
             None
         }
         Some(r) => match &r.backup {
@@ -712,10 +721,10 @@ async fn prepare_step(
         was_empty = r.was_empty;
         backup = r.backup.clone();
     } else if !was_empty && !opts.no_backup {
-        if ledger_name == crate::sink::target::USERS {
-            tracing::warn!(entity = %p.entity, "{ledger_name} cannot be backed up; rollback of this step will refuse");
+        if destination == Destination::Users {
+            tracing::warn!(entity = %p.entity, "{destination} cannot be backed up; rollback of this step will refuse");
         } else {
-            let b = ledger.backup(&ledger_name, run_id, &p.entity).await?;
+            let b = ledger.backup(&destination, run_id, &p.entity).await?;
             backup = Some(b.name.clone());
             taken = Some(b);
         }
@@ -735,7 +744,7 @@ async fn prepare_step(
             run_id,
             run_number,
             entity: &p.entity,
-            collection: &ledger_name,
+            destination: &destination,
             mapping: &mapping,
             checksum: &p.checksum,
             was_empty,
@@ -747,19 +756,19 @@ async fn prepare_step(
             since: stage.since.as_deref(),
         })
         .await?;
-    Ok((ledger_name, was_empty, backup, taken))
+    Ok((destination, was_empty, backup, taken))
 }
 
 /// Puts a collection back as it was before a step: emptied when the step found it empty,
 /// else restored from the step's backup.
 pub async fn restore_step(
     ledger: &Ledger,
-    collection: &str,
+    collection: &Destination,
     was_empty: bool,
     backup: Option<&str>,
 ) -> Result<(), RunError> {
     if was_empty {
-        ledger.empty_collection(collection).await?;
+        ledger.empty_destination(collection).await?;
         return Ok(());
     }
     match backup {
@@ -909,9 +918,9 @@ impl Checkpointer {
             if let Some(f) = &self.fence {
                 f.check().await?;
             }
-            self.rejects.sync().map_err(|source| RunError::Io {
+            self.rejects.sync().map_err(|cause| RunError::Io {
                 path: self.rejects.dir().to_path_buf(),
-                source,
+                cause,
             })?;
             self.ledger
                 .checkpoint(
@@ -1030,6 +1039,7 @@ async fn run_entity(
         tx,
         stage.resume.as_ref(),
         stage.since.as_deref(),
+        target.max_document_bytes(),
     )
     .await;
     let write_result = match writer {
@@ -1089,6 +1099,7 @@ async fn read_loop(
     tx: mpsc::Sender<Batch>,
     resume: Option<&Resume>,
     since: Option<&str>,
+    max_document_bytes: Option<usize>,
 ) -> Result<(), RunError> {
     let mut readers = Readers::open(session, plan).await?;
     let readers = &mut readers;
@@ -1118,10 +1129,11 @@ async fn read_loop(
     tracing::info!(entity = %plan.entity, after_rows = start_rows, embeds = plan.embeds.len(), "reading the source in key order");
     let mut seq: u64 = 0;
     let child_reads: Vec<&postgres::ReadSpec> = child_specs.iter().collect();
-    let mut rows = ExpectedRows::with_reads(readers, plan, &read_spec, &child_reads);
-    let io_err = |source: std::io::Error| RunError::Io {
+    let mut rows =
+        ExpectedRows::with_reads(readers, plan, &read_spec, &child_reads, max_document_bytes);
+    let io_err = |cause: std::io::Error| RunError::Io {
         path: rejects.dir().to_path_buf(),
-        source,
+        cause,
     };
     let mut batch = Batch::new(opts.batch_size);
     let mut prev_row: Option<Vec<Value>> = None;
@@ -1144,8 +1156,7 @@ async fn read_loop(
                     &key,
                     &issues,
                     opts,
-                )
-                .map_err(io_err)??;
+                )?;
                 if row.is_some() {
                     prev_row = row;
                 }
@@ -1212,7 +1223,8 @@ async fn read_loop(
     Ok(())
 }
 
-/// Counts and records a rejected row; `Err` when --max-rejects is exceeded.
+/// Counts and records a rejected row; `Err` when the rejects file cannot be written or
+/// --max-rejects is exceeded.
 fn reject(
     counters: &EntityCounters,
     total_rejected: &AtomicU64,
@@ -1221,16 +1233,21 @@ fn reject(
     key: &str,
     issues: &[Issue],
     opts: &RunOptions,
-) -> std::io::Result<Result<(), RunError>> {
+) -> Result<(), RunError> {
     EntityCounters::add(&counters.rejected, 1);
-    rejects.reject(entity, key, issues)?;
+    rejects
+        .reject(entity, key, issues)
+        .map_err(|cause| RunError::Io {
+            path: rejects.dir().to_path_buf(),
+            cause,
+        })?;
     let n = total_rejected.fetch_add(1, Ordering::Relaxed) + 1;
     if let Some(max) = opts.max_rejects
         && n > max
     {
-        return Ok(Err(RunError::TooManyRejects { rejected: n, max }));
+        return Err(RunError::TooManyRejects { rejected: n, max });
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Writes again, as upserts, the documents of `docs` that `r` says the server may take on
@@ -1377,10 +1394,6 @@ async fn write_loop(
         .buffer_unordered(opts.concurrency.max(1));
     let mut results = std::pin::pin!(results);
 
-    let io_err = |source: std::io::Error| RunError::Io {
-        path: rejects.dir().to_path_buf(),
-        source,
-    };
     // Batches (or documents) not written with --continue-on-error: the stage ends failed, and
     // the checkpoint never passes them.
     let mut failed_batches = 0u64;
@@ -1424,8 +1437,7 @@ async fn write_loop(
                         key,
                         &[issue],
                         &opts,
-                    )
-                    .map_err(io_err)??;
+                    )?;
                 }
                 // After the batch's refused documents are recorded.
                 if !transient.is_empty() {
@@ -1455,7 +1467,7 @@ async fn write_loop(
                         entity,
                         rows: batch.docs.len(),
                         attempts,
-                        source: Box::new(source),
+                        cause: Box::new(source),
                     });
                 }
                 failed_batches += 1;

@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use super::error::RunError;
 use super::spill::{Absent, Sorted, Spill};
 use crate::mapping::plan::Plan;
-use crate::sink::mongodb::MongoError;
+use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, SinkError, Target};
 use crate::source::postgres;
 use crate::source::{SourceSession, Value};
@@ -22,10 +22,10 @@ use crate::source::{SourceSession, Value};
 /// Ids deleted per request (and held at most before deleting).
 pub const CHUNK: usize = 1000;
 
-fn spill_err(source: std::io::Error) -> RunError {
+fn spill_err(cause: std::io::Error) -> RunError {
     RunError::Io {
         path: PathBuf::from("a temporary file (sorting ids for --sync-deletes)"),
-        source,
+        cause,
     }
 }
 
@@ -44,7 +44,8 @@ pub async fn sync_deletes(
 
 /// Deletes gathered ids `CHUNK` at a time; counts them all.
 struct Deleter<'a> {
-    coll: &'a mongodb::Collection<bson::Document>,
+    target: &'a MongoTarget,
+    collection: &'a str,
     dry_run: bool,
     pending: Vec<bson::Bson>,
     gone: u64,
@@ -68,33 +69,22 @@ impl Deleter<'_> {
             return Ok(());
         }
         let ids = std::mem::take(&mut self.pending);
-        self.coll
-            .delete_many(bson::doc! { "_id": { "$in": ids } })
-            .await
-            .map_err(cmd_err("delete from", self.coll.name()))?;
+        self.target.delete_ids(self.collection, ids).await?;
         Ok(())
     }
-}
-
-fn cmd_err(what: &str, collection: &str) -> impl FnOnce(mongodb::error::Error) -> RunError {
-    let op = format!("{what} {collection}");
-    move |source| RunError::Target(MongoError::Command { op, source })
 }
 
 async fn sync_deletes_mongo(
     plan: &Plan,
     session: &mut SourceSession,
-    target: &crate::sink::mongodb::MongoTarget,
+    target: &MongoTarget,
     dry_run: bool,
 ) -> Result<u64, RunError> {
     use crate::sink::order::{bson_cmp, id_bytes, id_from_bytes, ids_follow_key_order};
     let keys_spec = keys_only(plan);
-    let coll = target
-        .database()
-        .collection::<bson::Document>(&plan.collection);
-    let find_err = || cmd_err("find on", &plan.collection);
     let mut del = Deleter {
-        coll: &coll,
+        target,
+        collection: &plan.collection,
         dry_run,
         pending: Vec::new(),
         gone: 0,
@@ -102,18 +92,10 @@ async fn sync_deletes_mongo(
     if ids_follow_key_order(plan) {
         let mut conn = session.reader().await?;
         let mut rows = postgres::stream(&mut conn, &keys_spec);
-        let mut cursor = coll
-            .find(bson::doc! {})
-            .projection(bson::doc! { "_id": 1 })
-            .sort(bson::doc! { "_id": 1 })
-            .await
-            .map_err(find_err())?;
+        let mut ids = target.ids(&plan.collection, true).await?;
         let mut source_id: Option<bson::Bson> = None;
         let mut source_done = false;
-        while let Some(d) = cursor.try_next().await.map_err(find_err())? {
-            let Some(tid) = d.get("_id").cloned() else {
-                continue;
-            };
+        while let Some(tid) = ids.next().await? {
             loop {
                 if source_id.is_none() && !source_done {
                     match rows.try_next().await? {
@@ -150,17 +132,11 @@ async fn sync_deletes_mongo(
             }
         }
         let mut targets = Spill::new();
-        let mut cursor = coll
-            .find(bson::doc! {})
-            .projection(bson::doc! { "_id": 1 })
-            .await
-            .map_err(find_err())?;
-        while let Some(d) = cursor.try_next().await.map_err(find_err())? {
-            if let Some(id) = d.get("_id") {
-                targets.push(id_bytes(id), Vec::new()).map_err(spill_err)?;
-            }
+        let mut ids = target.ids(&plan.collection, false).await?;
+        while let Some(id) = ids.next().await? {
+            targets.push(id_bytes(&id), Vec::new()).map_err(spill_err)?;
         }
-        drop(cursor);
+        drop(ids);
         let mut gone = absent(targets, source)?;
         while let Some((idb, _)) = gone.next_record().map_err(spill_err)? {
             if let Some(id) = id_from_bytes(&idb) {
@@ -201,7 +177,6 @@ async fn sync_deletes_appwrite(
     dry_run: bool,
 ) -> Result<u64, RunError> {
     use crate::sink::appwrite::rows::row_id;
-    use crate::sink::appwrite::tables::Pages;
     let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
     let keys_spec = keys_only(plan);
     let mut source = Spill::new();
@@ -218,27 +193,13 @@ async fn sync_deletes_appwrite(
             }
         }
     }
-    let users = target.is_users(&plan.collection);
-    let client = &target.client;
-    let (mut pages, one) = if users {
-        (Pages::users(client), "/users".to_string())
-    } else {
-        (
-            Pages::rows(client, &target.database, &plan.collection),
-            format!(
-                "/tablesdb/{}/tables/{}/rows",
-                target.database, plan.collection
-            ),
-        )
-    };
     let mut targets = Spill::new();
-    while let Some(page) = pages.next().await.map_err(aerr)? {
-        for r in &page {
-            if let Some(id) = r["$id"].as_str() {
-                targets
-                    .push(id.as_bytes().to_vec(), Vec::new())
-                    .map_err(spill_err)?;
-            }
+    let mut ids = target.ids(&plan.collection);
+    while let Some(page) = ids.next_page().await.map_err(aerr)? {
+        for id in page {
+            targets
+                .push(id.into_bytes(), Vec::new())
+                .map_err(spill_err)?;
         }
     }
     let mut gone = absent(targets, source)?;
@@ -251,44 +212,19 @@ async fn sync_deletes_appwrite(
         }
         chunk.push(String::from_utf8_lossy(&id).into_owned());
         if chunk.len() >= CHUNK {
-            delete_records(target, &plan.collection, &one, &mut chunk).await?;
+            target
+                .delete_records(&plan.collection, &chunk)
+                .await
+                .map_err(aerr)?;
+            chunk.clear();
         }
     }
-    delete_records(target, &plan.collection, &one, &mut chunk).await?;
+    target
+        .delete_records(&plan.collection, &chunk)
+        .await
+        .map_err(aerr)?;
     if n > 0 && !dry_run {
         tracing::warn!(entity = %plan.entity, records = n, "deleted Appwrite records whose source rows are gone");
     }
     Ok(n)
-}
-
-/// Deletes the Appwrite records `ids` (under `one`), their child-table rows first; empties `ids`.
-async fn delete_records(
-    target: &AppwriteTarget,
-    collection: &str,
-    one: &str,
-    ids: &mut Vec<String>,
-) -> Result<(), RunError> {
-    let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
-    if ids.is_empty() {
-        return Ok(());
-    }
-    for child in target.tables_of(collection).iter().skip(1) {
-        target
-            .client
-            .delete_children(&target.database, child, ids)
-            .await
-            .map_err(aerr)?;
-    }
-    for id in ids.drain(..) {
-        match target
-            .client
-            .call(reqwest::Method::DELETE, &format!("{one}/{id}"), None)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_missing() => {}
-            Err(e) => return Err(aerr(e)),
-        }
-    }
-    Ok(())
 }

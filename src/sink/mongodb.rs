@@ -8,17 +8,20 @@ use mongodb::{Client, Database};
 
 use super::retry::Retryable;
 
+/// MongoDB refuses documents over 16 MiB.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MongoError {
-    #[error("cannot connect to MongoDB {uri}: {}", error_text(source))]
+    #[error("cannot connect to MongoDB {uri}: {}", error_text(cause))]
     Connect {
         uri: String,
-        source: mongodb::error::Error,
+        cause: mongodb::error::Error,
     },
-    #[error("MongoDB {op} failed: {}", error_text(source))]
+    #[error("MongoDB {op} failed: {}", error_text(cause))]
     Command {
         op: String,
-        source: mongodb::error::Error,
+        cause: mongodb::error::Error,
     },
     #[error("MongoDB write concern not satisfied: {0}")]
     WriteConcern(String),
@@ -103,7 +106,7 @@ mod error_tests {
         assert_eq!(text, "I/O error: connection reset by peer");
         let err = MongoError::Command {
             op: "insert".into(),
-            source: e,
+            cause: e,
         };
         let shown = err.to_string();
         assert!(
@@ -139,7 +142,7 @@ impl Retryable for MongoError {
             MongoError::Connect { .. } => true,
             MongoError::WriteConcern(_) => true,
             MongoError::Reply(_) => false,
-            MongoError::Command { source, .. } => is_transient(source),
+            MongoError::Command { cause, .. } => is_transient(cause),
         }
     }
 }
@@ -185,6 +188,37 @@ pub async fn shutdown_all() {
     }
 }
 
+/// The `_id`s of a collection, as [`MongoTarget::ids`] reads them.
+pub struct Ids {
+    cursor: mongodb::Cursor<Document>,
+    collection: String,
+}
+
+impl Ids {
+    /// The next `_id` (documents without one are passed over).
+    pub async fn next(&mut self) -> Result<Option<Bson>, MongoError> {
+        use futures::TryStreamExt;
+        loop {
+            let found = self
+                .cursor
+                .try_next()
+                .await
+                .map_err(|cause| MongoError::Command {
+                    op: format!("find on {}", self.collection),
+                    cause,
+                })?;
+            match found {
+                None => return Ok(None),
+                Some(d) => {
+                    if let Some(id) = d.get("_id") {
+                        return Ok(Some(id.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MongoTarget {
     client: Client,
@@ -198,9 +232,9 @@ pub struct MongoTarget {
 const LEDGER_POOL: u32 = 4;
 
 async fn open_client(uri: &str, pool: Option<u32>) -> Result<Client, MongoError> {
-    let connect_err = |source| MongoError::Connect {
+    let connect_err = |cause| MongoError::Connect {
         uri: crate::redact::redact_url(uri),
-        source,
+        cause,
     };
     let mut options = mongodb::options::ClientOptions::parse(uri)
         .await
@@ -222,9 +256,9 @@ impl MongoTarget {
         let db = client.database(database);
         db.run_command(doc! { "ping": 1 })
             .await
-            .map_err(|source| MongoError::Connect {
+            .map_err(|cause| MongoError::Connect {
                 uri: crate::redact::redact_url(uri),
-                source,
+                cause,
             })?;
         let ledger_db = open_client(uri, Some(LEDGER_POOL))
             .await?
@@ -257,9 +291,9 @@ impl MongoTarget {
             .find_one(doc! {})
             .projection(doc! { "_id": 1 })
             .await
-            .map_err(|source| MongoError::Command {
+            .map_err(|cause| MongoError::Command {
                 op: format!("find on {collection}"),
-                source,
+                cause,
             })?;
         Ok(found.is_none())
     }
@@ -269,10 +303,42 @@ impl MongoTarget {
             .collection::<Document>(collection)
             .count_documents(doc! {})
             .await
-            .map_err(|source| MongoError::Command {
+            .map_err(|cause| MongoError::Command {
                 op: format!("count on {collection}"),
-                source,
+                cause,
             })
+    }
+
+    /// The `_id` of every document of `collection`, in `_id` order when `sorted`.
+    pub async fn ids(&self, collection: &str, sorted: bool) -> Result<Ids, MongoError> {
+        let coll = self.db.collection::<Document>(collection);
+        let find = coll.find(doc! {}).projection(doc! { "_id": 1 });
+        let find = if sorted {
+            find.sort(doc! { "_id": 1 })
+        } else {
+            find
+        };
+        let cursor = find.await.map_err(|cause| MongoError::Command {
+            op: format!("find on {collection}"),
+            cause,
+        })?;
+        Ok(Ids {
+            cursor,
+            collection: collection.to_string(),
+        })
+    }
+
+    /// Deletes the documents of `collection` with these `_id`s.
+    pub async fn delete_ids(&self, collection: &str, ids: Vec<Bson>) -> Result<(), MongoError> {
+        self.db
+            .collection::<Document>(collection)
+            .delete_many(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(|cause| MongoError::Command {
+                op: format!("delete from {collection}"),
+                cause,
+            })?;
+        Ok(())
     }
 
     /// Writes `docs` (each with an `_id`) into `collection`, unordered.
@@ -320,9 +386,9 @@ impl MongoTarget {
             .db
             .run_raw_command(cmd)
             .await
-            .map_err(|source| MongoError::Command {
+            .map_err(|cause| MongoError::Command {
                 op: format!("{op} into {collection}"),
-                source,
+                cause,
             })?;
         if let Ok(wce) = reply.get_document("writeConcernError") {
             return Err(MongoError::WriteConcern(

@@ -89,7 +89,7 @@ pub fn id_from_bytes(bytes: &[u8]) -> Option<Bson> {
     doc.extend_from_slice(bytes);
     doc.push(0);
     let raw = bson::RawDocument::from_bytes(&doc).ok()?;
-    let value = raw.get("").ok()??;
+    let value = raw.get("").ok().flatten()?;
     Bson::try_from(value.to_raw_bson()).ok()
 }
 

@@ -1,18 +1,22 @@
 //! The target a run writes to: MongoDB or Appwrite, behind one face for the run loop — set up a
-//! stage's destination, say whether it is empty, write a batch and report per-document failures.
+//! stage's destination, say whether it is empty, write a batch and report per-document failures;
+//! and for `--sync-deletes`, list a destination's record ids and delete records.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bson::{Bson, Document, RawDocumentBuf};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::appwrite::schema::{self, TableSpec};
+use super::appwrite::tables::Pages;
 use super::appwrite::users::{self, ImportUser};
-use super::appwrite::{AppwriteClient, AppwriteError, rows};
+use super::appwrite::{AppwriteClient, AppwriteError, ClientKind, rows};
 use super::mongodb::{BatchResult, DocError, MongoError, MongoTarget, WriteMode};
 use super::retry::Retryable;
+use crate::config::TargetKind;
 use crate::mapping::plan::Plan;
 use crate::mapping::spec::AppwriteUsersSpec;
 
@@ -34,15 +38,69 @@ impl Retryable for SinkError {
     }
 }
 
-/// The ledger's name for Appwrite's users (Auth), which no table holds.
+/// How ledgers before typed destinations named Appwrite's users (Auth), which no table holds;
+/// still how a [`Destination::Users`] reads.
 pub const USERS: &str = "@users";
+
+/// Where a stage writes, as the ledger records it with each step and each backup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Destination {
+    /// A MongoDB collection.
+    Collection { name: String },
+    /// An Appwrite table, then its child tables: backed up, restored and emptied together.
+    Tables { names: Vec<String> },
+    /// Appwrite's users (Auth): no table holds them, no backup can copy them.
+    Users,
+}
+
+impl Destination {
+    /// A destination as ledgers recorded it before it was typed: the collection's name
+    /// (MongoDB), `table+child+…` or `@users` (Appwrite).
+    pub fn from_legacy(text: &str, kind: TargetKind) -> Destination {
+        match kind {
+            TargetKind::Mongodb => Destination::Collection {
+                name: text.to_string(),
+            },
+            TargetKind::Appwrite if text == USERS => Destination::Users,
+            TargetKind::Appwrite => Destination::Tables {
+                names: text.split('+').map(str::to_string).collect(),
+            },
+        }
+    }
+}
+
+/// As messages name it: the collection, `table+child+…`, or `@users`.
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Collection { name } => f.pad(name),
+            Destination::Tables { names } => f.pad(&names.join("+")),
+            Destination::Users => f.pad(USERS),
+        }
+    }
+}
 
 /// How long a column may take to become available.
 pub const COLUMN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// What an Appwrite collection name stands for.
+/// The ids of an Appwrite collection's records, as [`AppwriteTarget::ids`] reads them.
+pub struct RecordIds<'c>(Pages<'c>);
+
+impl RecordIds<'_> {
+    /// The ids of the next page (`None` after the last).
+    pub async fn next_page(&mut self) -> Result<Option<Vec<String>>, AppwriteError> {
+        Ok(self.0.next().await?.map(|page| {
+            page.iter()
+                .filter_map(|r| r["$id"].as_str().map(str::to_string))
+                .collect()
+        }))
+    }
+}
+
+/// What an Appwrite collection name stands for: a table with its child tables, or users.
 #[derive(Debug, Clone)]
-enum Destination {
+enum Layout {
     Table(TableSpec, Vec<schema::ChildTable>),
     Users(AppwriteUsersSpec),
 }
@@ -55,7 +113,7 @@ pub struct AppwriteTarget {
     pub bulk_rows: usize,
     /// Users imported at once (each takes several requests).
     pub user_concurrency: usize,
-    destinations: Arc<Mutex<HashMap<String, Destination>>>,
+    layouts: Arc<Mutex<HashMap<String, Layout>>>,
 }
 
 impl AppwriteTarget {
@@ -65,12 +123,12 @@ impl AppwriteTarget {
             database: database.to_string(),
             bulk_rows: bulk_rows.clamp(1, rows::MAX_BULK_ROWS),
             user_concurrency: 4,
-            destinations: Default::default(),
+            layouts: Default::default(),
         }
     }
 
-    fn destination(&self, collection: &str) -> Option<Destination> {
-        self.destinations
+    fn layout(&self, collection: &str) -> Option<Layout> {
+        self.layouts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(collection)
@@ -81,7 +139,7 @@ impl AppwriteTarget {
     /// its documents are users.
     pub async fn prepare(&self, plan: &Plan) -> Result<(), AppwriteError> {
         let dest = match &plan.appwrite_users {
-            Some(u) => Destination::Users(u.clone()),
+            Some(u) => Layout::Users(u.clone()),
             None => {
                 let spec = schema::table_spec(plan);
                 schema::apply(&self.client, &self.database, &spec, COLUMN_TIMEOUT).await?;
@@ -89,10 +147,10 @@ impl AppwriteTarget {
                 for c in &children {
                     schema::apply(&self.client, &self.database, &c.table, COLUMN_TIMEOUT).await?;
                 }
-                Destination::Table(spec, children)
+                Layout::Table(spec, children)
             }
         };
-        self.destinations
+        self.layouts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(plan.collection.clone(), dest);
@@ -102,10 +160,10 @@ impl AppwriteTarget {
     /// Remembers how `plan` maps without touching the server (dry runs, verification).
     pub fn describe(&self, plan: &Plan) {
         let dest = match &plan.appwrite_users {
-            Some(u) => Destination::Users(u.clone()),
-            None => Destination::Table(schema::table_spec(plan), schema::child_tables(plan)),
+            Some(u) => Layout::Users(u.clone()),
+            None => Layout::Table(schema::table_spec(plan), schema::child_tables(plan)),
         };
-        self.destinations
+        self.layouts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(plan.collection.clone(), dest);
@@ -113,25 +171,25 @@ impl AppwriteTarget {
 
     /// The row a document becomes in `collection`'s table.
     pub fn row_for(&self, collection: &str, doc: &Document) -> Option<Value> {
-        match self.destination(collection)? {
-            Destination::Table(spec, _) => Some(schema::to_row(doc, &spec)),
-            Destination::Users(_) => None,
+        match self.layout(collection)? {
+            Layout::Table(spec, _) => Some(schema::to_row(doc, &spec)),
+            Layout::Users(_) => None,
         }
     }
 
     /// The user a document becomes, when `collection` holds users.
     pub fn user_for(&self, collection: &str, doc: &Document) -> Option<ImportUser> {
-        match self.destination(collection)? {
-            Destination::Users(spec) => Some(user_of(doc, &spec)),
-            Destination::Table(..) => None,
+        match self.layout(collection)? {
+            Layout::Users(spec) => Some(user_of(doc, &spec)),
+            Layout::Table(..) => None,
         }
     }
 
     /// The tables a stage writes: its own, then its child tables (the ledger backs them up and
-    /// rolls them back together, recorded as `table+child+…`).
+    /// rolls them back together, as one [`Destination::Tables`]).
     pub fn tables_of(&self, collection: &str) -> Vec<String> {
-        match self.destination(collection) {
-            Some(Destination::Table(_, children)) => std::iter::once(collection.to_string())
+        match self.layout(collection) {
+            Some(Layout::Table(_, children)) => std::iter::once(collection.to_string())
                 .chain(children.into_iter().map(|c| c.table.id))
                 .collect(),
             _ => vec![collection.to_string()],
@@ -139,7 +197,55 @@ impl AppwriteTarget {
     }
 
     pub fn is_users(&self, collection: &str) -> bool {
-        matches!(self.destination(collection), Some(Destination::Users(_)))
+        matches!(self.layout(collection), Some(Layout::Users(_)))
+    }
+
+    /// Where one record of `collection` is: a row of its table, or a user.
+    fn record_path(&self, collection: &str) -> String {
+        if self.is_users(collection) {
+            "/users".to_string()
+        } else {
+            format!("/tablesdb/{}/tables/{collection}/rows", self.database)
+        }
+    }
+
+    /// The ids of the records `collection` holds (its rows, or the users), a page at a time.
+    pub fn ids(&self, collection: &str) -> RecordIds<'_> {
+        RecordIds(if self.is_users(collection) {
+            Pages::users(&self.client)
+        } else {
+            Pages::rows(&self.client, &self.database, collection)
+        })
+    }
+
+    /// Deletes the records `ids` of `collection`, their child-table rows first; a record
+    /// already gone is no error.
+    pub async fn delete_records(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<(), AppwriteError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for child in self.tables_of(collection).iter().skip(1) {
+            self.client
+                .delete_children(&self.database, child, ids)
+                .await?;
+        }
+        let path = self.record_path(collection);
+        for id in ids {
+            match self
+                .client
+                .call(reqwest::Method::DELETE, &format!("{path}/{id}"), None)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_missing() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
@@ -175,9 +281,9 @@ impl AppwriteTarget {
         let mut errors = Vec::new();
         let mut ok_index = Vec::new();
         let mut ok_docs = Vec::new();
-        let destination = self.destination(collection);
-        let table = match &destination {
-            Some(Destination::Table(spec, _)) => Some(spec),
+        let layout = self.layout(collection);
+        let table = match &layout {
+            Some(Layout::Table(spec, _)) => Some(spec),
             _ => None,
         };
         for (i, d) in decoded.into_iter().enumerate() {
@@ -205,19 +311,17 @@ impl AppwriteTarget {
                 }),
             }
         }
-        let failed = match destination {
-            Some(Destination::Table(spec, children)) => {
+        let failed = match layout {
+            Some(Layout::Table(spec, children)) => {
                 self.write_rows(collection, &spec, &children, &ok_docs, mode)
                     .await?
             }
-            Some(Destination::Users(spec)) => self.write_users(&spec, &ok_docs).await?,
+            Some(Layout::Users(spec)) => self.write_users(&spec, &ok_docs).await?,
             None => {
-                return Err(AppwriteError {
-                    status: 0,
-                    kind: "not_prepared".into(),
-                    message: format!("the table {collection} was not set up before writing"),
-                    wait: None,
-                });
+                return Err(AppwriteError::client(
+                    ClientKind::NotPrepared,
+                    format!("the table {collection} was not set up before writing"),
+                ));
             }
         };
         for (i, e) in failed {
@@ -276,7 +380,8 @@ impl AppwriteTarget {
             .await?;
             for f in failures {
                 let mut e = f.error;
-                e.message = format!("child table {} ({}): {}", c.table.id, c.key, e.message);
+                let message = e.message_mut();
+                *message = format!("child table {} ({}): {message}", c.table.id, c.key);
                 failed.entry(owner[f.index]).or_insert(e);
             }
         }
@@ -329,10 +434,10 @@ impl AppwriteTarget {
         for (i, r) in results {
             match r {
                 Ok(()) => {}
-                Err(e) if e.status == 400 || e.status == 409 => failed.push((i, e)),
+                Err(e) if e.is_refusal() => failed.push((i, e)),
                 // A user the server still fails after the client's retries (a 5xx on this one
                 // user): failed alone (not rejected), the others of the batch stay written.
-                Err(e) if e.status != 0 && e.is_retryable() => failed.push((i, e)),
+                Err(e) if e.status().is_some() && e.is_retryable() => failed.push((i, e)),
                 Err(e) => return Err(e),
             }
         }
@@ -387,9 +492,9 @@ pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<Stri
 fn doc_error(index: usize, e: &AppwriteError) -> DocError {
     DocError {
         index,
-        code: i32::from(e.status),
-        code_name: e.kind.clone(),
-        message: e.message.clone(),
+        code: i32::from(e.code()),
+        code_name: e.kind(),
+        message: e.message().to_string(),
         transient: e.is_retryable(),
     }
 }
@@ -474,14 +579,12 @@ async fn upsert_user(client: &AppwriteClient, u: &ImportUser) -> Result<(), Appw
     // Refused before the user is created, so that a reject leaves nothing half-written.
     let prefs = u.prefs.to_string().len();
     if prefs > MAX_PREFS_BYTES {
-        return Err(AppwriteError {
-            status: 400,
-            kind: "user_prefs_too_large".into(),
-            message: format!(
+        return Err(AppwriteError::client(
+            ClientKind::Refused("user_prefs_too_large"),
+            format!(
                 "the prefs are {prefs} bytes of JSON; Appwrite keeps at most {MAX_PREFS_BYTES}"
             ),
-            wait: None,
-        });
+        ));
     }
     users::import_user(client, u).await.map(|_| ())
 }
@@ -508,10 +611,19 @@ impl Target {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> TargetKind {
         match self {
-            Target::Mongo(_) => "mongodb",
-            Target::Appwrite(_) => "appwrite",
+            Target::Mongo(_) => TargetKind::Mongodb,
+            Target::Appwrite(_) => TargetKind::Appwrite,
+        }
+    }
+
+    /// The largest document the target takes (MongoDB's 16 MiB); `None` when it sets no such
+    /// limit of its own (Appwrite refuses what does not fit a column, row by row).
+    pub fn max_document_bytes(&self) -> Option<usize> {
+        match self {
+            Target::Mongo(_) => Some(super::mongodb::MAX_DOCUMENT_BYTES),
+            Target::Appwrite(_) => None,
         }
     }
 
@@ -550,13 +662,17 @@ impl Target {
         }
     }
 
-    /// The name the ledger records for a stage's destination: the collection or table, or
-    /// [`USERS`] for Appwrite users.
-    pub fn ledger_collection(&self, collection: &str) -> String {
+    /// What the ledger records as a stage's destination: the collection, the table with its
+    /// child tables, or Appwrite's users.
+    pub fn destination(&self, collection: &str) -> Destination {
         match self {
-            Target::Appwrite(a) if a.is_users(collection) => USERS.to_string(),
-            Target::Appwrite(a) => a.tables_of(collection).join("+"),
-            _ => collection.to_string(),
+            Target::Appwrite(a) if a.is_users(collection) => Destination::Users,
+            Target::Appwrite(a) => Destination::Tables {
+                names: a.tables_of(collection),
+            },
+            Target::Mongo(_) => Destination::Collection {
+                name: collection.to_string(),
+            },
         }
     }
 
@@ -600,6 +716,25 @@ mod tests {
         let deep = unrepresentable_doc(&bson::doc! { "m": [[1, 2], [3, 4]] }).unwrap();
         assert!(deep.contains("multi-dimensional"), "{deep}");
         assert!(unrepresentable_doc(&bson::doc! { "lines": [{ "a": 1 }, { "a": 2 }] }).is_none());
+    }
+
+    #[test]
+    fn destinations_read_as_the_ledger_named_them_before() {
+        let tables = Destination::from_legacy("visits+visits__lines", TargetKind::Appwrite);
+        assert_eq!(
+            tables,
+            Destination::Tables {
+                names: vec!["visits".into(), "visits__lines".into()]
+            }
+        );
+        assert_eq!(tables.to_string(), "visits+visits__lines");
+        let users = Destination::from_legacy(USERS, TargetKind::Appwrite);
+        assert_eq!(users, Destination::Users);
+        assert_eq!(users.to_string(), "@users");
+        // A MongoDB collection's name is the whole text, whatever it holds.
+        let odd = Destination::from_legacy("a+b", TargetKind::Mongodb);
+        assert_eq!(odd, Destination::Collection { name: "a+b".into() });
+        assert_eq!(format!("{odd:<5}|"), "a+b  |");
     }
 
     #[test]

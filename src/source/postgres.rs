@@ -11,13 +11,10 @@ use super::value::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot connect to the source {url}: {}", error_text(source))]
-    Connect { url: String, source: sqlx::Error },
-    #[error("source query failed ({context}): {}", error_text(source))]
-    Query {
-        context: String,
-        source: sqlx::Error,
-    },
+    #[error("cannot connect to the source {url}: {}", error_text(cause))]
+    Connect { url: String, cause: sqlx::Error },
+    #[error("source query failed ({context}): {}", error_text(cause))]
+    Query { context: String, cause: sqlx::Error },
     #[error("{relation}: no column `{column}` in the source")]
     NoColumn { relation: String, column: String },
 }
@@ -311,9 +308,9 @@ impl SourceSession {
         )
         .fetch_one(&mut holder)
         .await
-        .map_err(|source| SourceError::Query {
+        .map_err(|cause| SourceError::Query {
             context: "export snapshot".into(),
-            source,
+            cause,
         })?;
         Ok(SourceSession {
             url: url.to_string(),
@@ -366,9 +363,9 @@ impl SourceSession {
         let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_one(&mut self.holder)
             .await
-            .map_err(|source| SourceError::Query {
+            .map_err(|cause| SourceError::Query {
                 context: format!("count {relation}"),
-                source,
+                cause,
             })?;
         Ok(n.max(0) as u64)
     }
@@ -382,9 +379,9 @@ impl SourceSession {
 /// (sqlx would warn about each as a "slow statement"), and cutover reports progress itself.
 pub async fn connect(url: &str) -> Result<PgConnection, SourceError> {
     use sqlx::ConnectOptions;
-    let err = |source| SourceError::Connect {
+    let err = |cause| SourceError::Connect {
         url: crate::redact::redact_url(url),
-        source,
+        cause,
     };
     let opts: sqlx::postgres::PgConnectOptions = url.parse().map_err(err)?;
     PgConnection::connect_with(&opts.disable_statement_logging())
@@ -395,9 +392,9 @@ pub async fn connect(url: &str) -> Result<PgConnection, SourceError> {
 async fn exec(conn: &mut PgConnection, sql: &str, context: &str) -> Result<(), SourceError> {
     conn.execute(AssertSqlSafe(sql.to_string()))
         .await
-        .map_err(|source| SourceError::Query {
+        .map_err(|cause| SourceError::Query {
             context: context.to_string(),
-            source,
+            cause,
         })?;
     Ok(())
 }
@@ -411,9 +408,9 @@ pub async fn describe(
     let stmt = conn
         .prepare(AssertSqlSafe(sql).into_sql_str())
         .await
-        .map_err(|source| SourceError::Query {
+        .map_err(|cause| SourceError::Query {
             context: format!("describe {relation}"),
-            source,
+            cause,
         })?;
     let not_null = not_null_columns(conn, relation).await?;
     let loose = nondeterministic_columns(conn, relation).await?;
@@ -456,9 +453,9 @@ async fn nondeterministic_columns(
     .bind(relation)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|source| SourceError::Query {
+    .map_err(|cause| SourceError::Query {
         context: format!("describe {relation}"),
-        source,
+        cause,
     })
 }
 
@@ -476,9 +473,9 @@ async fn not_null_columns(
     .bind(relation)
     .fetch_all(&mut *conn)
     .await
-    .map_err(|source| SourceError::Query {
+    .map_err(|cause| SourceError::Query {
         context: format!("describe {relation}"),
-        source,
+        cause,
     })
 }
 
@@ -704,9 +701,9 @@ pub fn stream<'c>(
     Box::pin(
         query
             .fetch(conn)
-            .map_err(move |source| SourceError::Query {
+            .map_err(move |cause| SourceError::Query {
                 context: context.clone(),
-                source,
+                cause,
             })
             .map_ok(move |row| decode_row(&row, &kinds)),
     )
@@ -1139,7 +1136,7 @@ mod tests {
         );
         let err = SourceError::Query {
             context: "read patients".into(),
-            source: e,
+            cause: e,
         };
         assert_eq!(
             err.to_string(),
@@ -1161,7 +1158,7 @@ mod tests {
     fn connect_errors_hide_the_password() {
         let err = SourceError::Connect {
             url: crate::redact::redact_url("postgres://u:p@ss/w@h/db"),
-            source: sqlx::Error::Configuration("password=p@ss/w rejected".into()),
+            cause: sqlx::Error::Configuration("password=p@ss/w rejected".into()),
         };
         let text = err.to_string();
         assert!(!text.contains("ss/w"), "{text}");

@@ -132,7 +132,8 @@ async fn each_expected(
     mut f: impl FnMut(u64, String, Option<Document>, &[usize]),
 ) -> Result<(), RunError> {
     let mut readers = Readers::open(session, plan).await?;
-    let mut rows = ExpectedRows::new(&mut readers, plan);
+    // Appwrite sets no document size limit of its own (MongoDB's is not applied).
+    let mut rows = ExpectedRows::new(&mut readers, plan, None);
     let mut n = 0u64;
     while let Some(item) = rows.next(ctx).await? {
         let this = n;

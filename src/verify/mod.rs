@@ -68,7 +68,7 @@ impl ProblemLog {
 
     fn io(&self) -> impl FnOnce(std::io::Error) -> RunError + use<> {
         let path = self.path.clone();
-        move |source| RunError::Io { path, source }
+        move |cause| RunError::Io { path, cause }
     }
 
     pub fn write(&mut self, line: serde_json::Value) -> Result<(), RunError> {
@@ -301,7 +301,7 @@ pub fn diff_paths(
 }
 
 fn merr(op: String) -> impl FnOnce(mongodb::error::Error) -> RunError {
-    move |source| RunError::Target(MongoError::Command { op, source })
+    move |cause| RunError::Target(MongoError::Command { op, cause })
 }
 
 /// The next target document's `_id` and hash.
@@ -323,10 +323,10 @@ async fn next_target(
 /// Sampled ids looked up in the target at once.
 const SAMPLE_CHUNK: usize = 500;
 
-pub(crate) fn spill_err(source: std::io::Error) -> RunError {
+pub(crate) fn spill_err(cause: std::io::Error) -> RunError {
     RunError::Io {
         path: PathBuf::from("a temporary file (sorting ids for verify)"),
-        source,
+        cause,
     }
 }
 
@@ -410,7 +410,8 @@ pub async fn verify_entity(
     let mut child_totals: Vec<u64> = vec![0; plan.embeds.len()];
     {
         let mut readers = Readers::open(session, plan).await?;
-        let mut rows = ExpectedRows::new(&mut readers, plan);
+        let limit = Some(crate::sink::mongodb::MAX_DOCUMENT_BYTES);
+        let mut rows = ExpectedRows::new(&mut readers, plan, limit);
         let mut n = 0u64;
         while let Some(item) = rows.next(ctx).await? {
             let this = n;

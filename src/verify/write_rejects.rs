@@ -76,11 +76,11 @@ pub fn read(dir: &Path, runs: &[&str], entity: &str) -> Result<WriteRejects, Run
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(RunError::Io { path, source }),
+            Err(cause) => return Err(RunError::Io { path, cause }),
         };
         let io = |path: &PathBuf, e: csv::Error| RunError::Io {
             path: path.clone(),
-            source: std::io::Error::other(e),
+            cause: std::io::Error::other(e),
         };
         let mut csv = csv::Reader::from_reader(file);
         let headers = csv.headers().map_err(|e| io(&path, e))?.clone();
@@ -94,7 +94,7 @@ pub fn read(dir: &Path, runs: &[&str], entity: &str) -> Result<WriteRejects, Run
         else {
             return Err(RunError::Io {
                 path,
-                source: std::io::Error::other(
+                cause: std::io::Error::other(
                     "not a rejects file (no entity, source_key and stage columns)",
                 ),
             });
@@ -136,7 +136,9 @@ mod tests {
             run_id: run.into(),
             run_number: 0,
             entity: entity.into(),
-            collection: entity.into(),
+            destination: crate::sink::target::Destination::Collection {
+                name: entity.into(),
+            },
             mapping: String::new(),
             checksum: String::new(),
             status: status.into(),

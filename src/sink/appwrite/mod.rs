@@ -5,6 +5,7 @@
 //! limit (governor). Counters: requests, retries, throttled waits. `cutover migrate --target
 //! appwrite` reaches it through [`crate::sink::target::Target`].
 
+pub mod error;
 pub mod rows;
 pub mod schema;
 pub mod tables;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 
-use super::retry::{RetryPolicy, Retryable, retry};
+pub use self::error::{AppwriteError, ClientKind};
+use super::retry::{RetryPolicy, retry};
 
 /// Appwrite's id rule: at most 36 of `[A-Za-z0-9._-]`, not starting with a special character.
 pub fn id_ok(id: &str) -> bool {
@@ -28,40 +30,6 @@ pub fn id_ok(id: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         && !id.starts_with(['.', '_', '-'])
-}
-
-/// An error answer of Appwrite (or a transport failure).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("Appwrite {}{kind}: {message}", status_text(*.status))]
-pub struct AppwriteError {
-    /// HTTP status (0 for transport errors).
-    pub status: u16,
-    /// Appwrite's error `type`, e.g. `row_invalid_structure`.
-    pub kind: String,
-    pub message: String,
-    /// How long the server asked us to wait.
-    pub wait: Option<Duration>,
-}
-
-impl AppwriteError {
-    /// A 404 that says a resource (database, table, row, user, file…) does not exist — the
-    /// answer that means "nothing there yet". A 404 of another kind (`project_not_found`, a
-    /// route the server does not have: an endpoint without `/v1`) is a configuration error.
-    pub fn is_missing(&self) -> bool {
-        self.status == 404
-            && self.kind.ends_with("_not_found")
-            && self.kind != "project_not_found"
-            && !self.kind.starts_with("general_")
-    }
-}
-
-/// `429 ` for an HTTP status, nothing for transport errors (status 0).
-fn status_text(status: u16) -> String {
-    if status == 0 {
-        String::new()
-    } else {
-        format!("{status} ")
-    }
 }
 
 /// An error with its causes, `a: b: c` (reqwest's own text leaves out why a request failed).
@@ -77,16 +45,6 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
-}
-
-impl Retryable for AppwriteError {
-    fn is_retryable(&self) -> bool {
-        matches!(self.status, 0 | 408 | 429) || self.status >= 500
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        self.wait
-    }
 }
 
 /// Requests, retries and throttled waits of one client.
@@ -148,12 +106,7 @@ impl AppwriteClient {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| AppwriteError {
-                status: 0,
-                kind: "client".into(),
-                message: e.to_string(),
-                wait: None,
-            })?;
+            .map_err(|e| AppwriteError::client(ClientKind::Setup, e.to_string()))?;
         let limiter = rate.and_then(|(per_sec, burst)| {
             let per_sec = NonZeroU32::new(per_sec)?;
             let burst = NonZeroU32::new(burst.max(1))?;
@@ -198,11 +151,8 @@ impl AppwriteClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| AppwriteError {
-            status: 0,
-            kind: "transport".into(),
+        let resp = req.send().await.map_err(|e| AppwriteError::Transport {
             message: crate::redact::redact_text(&with_causes(&e)),
-            wait: None,
         })?;
         let status = resp.status().as_u16();
         let wait = wait_hint(resp.headers());
@@ -218,7 +168,7 @@ impl AppwriteClient {
         if status == 429 {
             self.counters.throttled.fetch_add(1, Ordering::Relaxed);
         }
-        Err(AppwriteError {
+        Err(AppwriteError::Http {
             status,
             kind: value["type"].as_str().unwrap_or("unknown").to_string(),
             message: value["message"].as_str().unwrap_or("").to_string(),
@@ -243,21 +193,17 @@ impl AppwriteClient {
             .header("X-Appwrite-Key", self.key_header())
             .send()
             .await
-            .map_err(|e| AppwriteError {
-                status: 0,
-                kind: "transport".into(),
+            .map_err(|e| AppwriteError::Transport {
                 message: crate::redact::redact_text(&e.to_string()),
-                wait: None,
             })?;
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if status == 401 || status == 403 {
-            return Err(AppwriteError {
+            return Err(AppwriteError::http(
                 status,
-                kind: body["type"].as_str().unwrap_or("unknown").to_string(),
-                message: body["message"].as_str().unwrap_or("").to_string(),
-                wait: None,
-            });
+                body["type"].as_str().unwrap_or("unknown"),
+                body["message"].as_str().unwrap_or(""),
+            ));
         }
         Ok(body["version"].as_str().unwrap_or("?").to_string())
     }
@@ -379,31 +325,29 @@ impl AppwriteClient {
         &self,
         path: &str,
         what: &str,
-        kind: &str,
+        kind: &'static str,
         timeout: Duration,
     ) -> Result<(), AppwriteError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let c = self.call(reqwest::Method::GET, path, None).await?;
-            match c["status"].as_str() {
+            let state = match c["status"].as_str() {
                 Some("available") => return Ok(()),
-                Some(s @ ("failed" | "stuck")) => {
-                    return Err(AppwriteError {
-                        status: 0,
-                        kind: format!("{kind}_{s}"),
-                        message: format!("{what} is {s}: {}", c["error"].as_str().unwrap_or("")),
-                        wait: None,
-                    });
-                }
-                _ => {}
+                Some("failed") => "failed",
+                Some("stuck") => "stuck",
+                _ => "",
+            };
+            if !state.is_empty() {
+                return Err(AppwriteError::client(
+                    ClientKind::NotAvailable { what: kind, state },
+                    format!("{what} is {state}: {}", c["error"].as_str().unwrap_or("")),
+                ));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(AppwriteError {
-                    status: 0,
-                    kind: format!("{kind}_timeout"),
-                    message: format!("{what} was not available after {timeout:?}"),
-                    wait: None,
-                });
+                return Err(AppwriteError::client(
+                    ClientKind::Timeout { what: kind },
+                    format!("{what} was not available after {timeout:?}"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -413,7 +357,7 @@ impl AppwriteClient {
 fn ignore_exists(r: Result<Value, AppwriteError>) -> Result<(), AppwriteError> {
     match r {
         Ok(_) => Ok(()),
-        Err(e) if e.status == 409 && e.kind.ends_with("_already_exists") => Ok(()),
+        Err(e) if e.status() == Some(409) && e.kind().ends_with("_already_exists") => Ok(()),
         Err(e) => Err(e),
     }
 }

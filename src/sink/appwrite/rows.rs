@@ -131,8 +131,8 @@ pub async fn upsert_rows(
             Ok(_) => continue,
             Err(e) => e,
         };
-        let refused = e.status == 400;
-        let transient = e.status != 0 && e.status != 429 && e.is_retryable();
+        let refused = e.status() == Some(400);
+        let transient = e.status().is_some_and(|s| s != 429) && e.is_retryable();
         if !refused && !transient {
             return Err(e);
         }

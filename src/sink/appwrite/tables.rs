@@ -173,7 +173,7 @@ impl AppwriteClient {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.status == 409 => Ok(false),
+            Err(e) if e.status() == Some(409) => Ok(false),
             Err(e) => Err(e),
         }
     }

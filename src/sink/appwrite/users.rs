@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{AppwriteClient, AppwriteError};
+use super::{AppwriteClient, AppwriteError, ClientKind};
 
 pub use crate::mapping::spec::APPWRITE_HASH_ALGORITHMS as ALGORITHMS;
 
@@ -43,16 +43,14 @@ pub async fn import_user(
     u: &ImportUser,
 ) -> Result<Imported, AppwriteError> {
     if !ALGORITHMS.contains(&u.algorithm.as_str()) {
-        return Err(AppwriteError {
-            status: 0,
-            kind: "unsupported_algorithm".into(),
-            message: format!(
+        return Err(AppwriteError::client(
+            ClientKind::Unsupported("unsupported_algorithm"),
+            format!(
                 "Appwrite imports {} hashes, not {}",
                 ALGORITHMS.join(", "),
                 u.algorithm
             ),
-            wait: None,
-        });
+        ));
     }
     let id = &u.id;
     let mut created = create(client, u).await?;
@@ -64,12 +62,11 @@ pub async fn import_user(
             Ok(v) => v,
             Err(e) if e.is_missing() => {
                 // The 409 came from another user holding this email (or phone).
-                return Err(AppwriteError {
-                    status: 409,
-                    kind: "user_email_already_exists".into(),
-                    message: format!("another Appwrite user already has the email {}", u.email),
-                    wait: None,
-                });
+                return Err(AppwriteError::http(
+                    409,
+                    "user_email_already_exists",
+                    format!("another Appwrite user already has the email {}", u.email),
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -82,12 +79,11 @@ pub async fn import_user(
                 .await?;
             created = create(client, u).await?;
             if created == Imported::Existed {
-                return Err(AppwriteError {
-                    status: 409,
-                    kind: "user_already_exists".into(),
-                    message: format!("another Appwrite user already has the email {}", u.email),
-                    wait: None,
-                });
+                return Err(AppwriteError::http(
+                    409,
+                    "user_already_exists",
+                    format!("another Appwrite user already has the email {}", u.email),
+                ));
             }
             created = Imported::Existed;
         } else if existing["name"].as_str() != Some(u.name.as_str()) {
@@ -160,7 +156,9 @@ async fn create(client: &AppwriteClient, u: &ImportUser) -> Result<Imported, App
         .await
     {
         Ok(_) => Ok(Imported::Created),
-        Err(e) if e.status == 409 && e.kind == "user_already_exists" => Ok(Imported::Existed),
+        Err(e) if e.status() == Some(409) && e.kind() == "user_already_exists" => {
+            Ok(Imported::Existed)
+        }
         Err(e) => Err(e),
     }
 }

@@ -429,11 +429,11 @@ fn at_path<'d>(d: &'d Document, path: &[String]) -> Option<&'d Bson> {
 }
 
 fn merr(op: String) -> impl FnOnce(mongodb::error::Error) -> RunError {
-    move |source| RunError::Target(MongoError::Command { op, source })
+    move |cause| RunError::Target(MongoError::Command { op, cause })
 }
 
 fn qerr(context: String) -> impl FnOnce(sqlx::Error) -> RunError {
-    move |source| RunError::Source(SourceError::Query { context, source })
+    move |cause| RunError::Source(SourceError::Query { context, cause })
 }
 
 /// Source rows whose documents are looked up at once when ids do not follow key order.
