@@ -110,9 +110,10 @@ pub struct ChangesHistoryArgs {
 /// Where the change files are and which target they change.
 #[derive(Debug, Args)]
 pub struct ChangesTargetArgs {
-    /// Directory of change files.
-    #[arg(long, value_name = "DIR", default_value = "pipelines/changes")]
-    pub dir: PathBuf,
+    /// Directory of change files (default: the pipeline file's `changes_dir`, else
+    /// pipelines/changes).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
     /// Target (changes support MongoDB only).
     #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
     pub target: ChangesTarget,
@@ -144,9 +145,10 @@ pub struct ChangesNewArgs {
     /// The operation the new file starts with.
     #[arg(long, value_enum, default_value_t = ChangeTemplate::Empty)]
     pub template: ChangeTemplate,
-    /// Directory of change files.
-    #[arg(long, value_name = "DIR", default_value = "pipelines/changes")]
-    pub dir: PathBuf,
+    /// Directory of change files (default: the pipeline file's `changes_dir`, else
+    /// pipelines/changes).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

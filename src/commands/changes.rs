@@ -1,17 +1,30 @@
 //! `cutover changes new | up | down | status | list`: prints what [`crate::changes`] reports.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 
 use crate::changes::{self, ChangeTarget, DownTarget, UpOptions, template::Template};
 use crate::cli::{ChangeTemplate, ChangesCommand, ChangesTargetArgs, Cli, Outcome, TargetArgs};
 use crate::sink::target::Target;
 
+/// The directory of the change files: `--dir`, else the pipeline file's `changes_dir` (the
+/// pipeline of the config, `[run] pipeline`), else `pipelines/changes`.
+fn changes_dir(cli: &Cli, dir: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d.clone());
+    }
+    let cfg = super::shared::load_config(cli, crate::config::Overrides::default())?;
+    Ok(crate::pipeline::changes_dir_of(&cfg.pipeline)?
+        .unwrap_or_else(|| PathBuf::from("pipelines/changes")))
+}
+
 /// The change files and the MongoDB target with its ledger.
 async fn open(
     cli: &Cli,
     args: &ChangesTargetArgs,
 ) -> Result<(Vec<changes::Change>, Target, crate::ledger::Ledger)> {
-    let files = changes::file::load_dir(&args.dir)?;
+    let files = changes::file::load_dir(&changes_dir(cli, &args.dir)?)?;
     let target = TargetArgs {
         target: Some(crate::config::TargetKind::Mongodb),
         database: args.database.clone(),
@@ -39,8 +52,12 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 ChangeTemplate::Transform => Template::Transform,
                 ChangeTemplate::Archive => Template::Archive,
             };
-            let path =
-                changes::template::new_file(&args.dir, &args.name, template, chrono::Utc::now())?;
+            let path = changes::template::new_file(
+                &changes_dir(cli, &args.dir)?,
+                &args.name,
+                template,
+                chrono::Utc::now(),
+            )?;
             crate::outln!("wrote {}", path.display());
             Ok(Outcome::Success)
         }
@@ -202,7 +219,10 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 return Ok(Outcome::Success);
             }
             if states.is_empty() {
-                crate::outln!("no change files in {}", args.target.dir.display());
+                crate::outln!(
+                    "no change files in {}",
+                    changes_dir(cli, &args.target.dir)?.display()
+                );
             }
             for s in &states {
                 let reversible = if s.reversible { "" } else { "  non-reversible" };

@@ -179,6 +179,8 @@ pub struct Plan {
     pub read: ReadSpec,
     /// The change-tracking column (delta runs).
     pub updated_at: Option<String>,
+    /// Its type: a date, a timestamp or a timestamptz.
+    pub updated_at_kind: Option<crate::source::ColKind>,
     pub key: Vec<usize>,
     pub id: IdRule,
     pub fields: Vec<FieldPlan>,
@@ -547,9 +549,10 @@ pub fn compile(
             return Err(invalid("source.key", loose_collation(name, collation)));
         }
     }
-    if let Some(column) = &src.updated_at {
-        check_updated_at(m, &relations[0], &columns[0], column)?;
-    }
+    let updated_at_kind = match &src.updated_at {
+        Some(column) => Some(check_updated_at(m, &relations[0], &columns[0], column)?),
+        None => None,
+    };
     let fields = compile_fields(m, set, &m.spec.fields, &read, "")?;
     let mut read = read;
     infinity_policies(&mut read, &m.spec.fields);
@@ -669,6 +672,7 @@ pub fn compile(
         relation: relations[0].clone(),
         read,
         updated_at: m.spec.source.updated_at.clone(),
+        updated_at_kind,
         key: (0..src.key.len()).collect(),
         id: IdRule::of(m),
         fields,
@@ -686,7 +690,7 @@ fn check_updated_at(
     relation: &str,
     available: &[SourceColumn],
     column: &str,
-) -> Result<(), MappingError> {
+) -> Result<crate::source::ColKind, MappingError> {
     use crate::source::ColKind::{Date, Timestamp, TimestampTz};
     let invalid = |message: String| MappingError::Invalid {
         path: m.path.clone(),
@@ -718,7 +722,7 @@ fn check_updated_at(
             candidates()
         )));
     }
-    Ok(())
+    Ok(c.kind)
 }
 
 /// The `[appwrite.users]` section, its fields checked against the document's top-level keys.

@@ -51,8 +51,33 @@ pub struct PipelineFile {
     /// The target this pipeline writes to unless `--target` says otherwise (default: the
     /// config's `target.default`).
     pub target: Option<TargetKind>,
+    /// Directory of the change files (`cutover changes`), relative to the pipeline file
+    /// (default: `pipelines/changes`).
+    pub changes_dir: Option<PathBuf>,
     #[serde(rename = "stage")]
     pub stages: Vec<StageSpec>,
+}
+
+/// The `changes_dir` of the pipeline file at `path`, resolved against the file's directory;
+/// `None` when the file does not exist or names none.
+pub fn changes_dir_of(path: &Path) -> Result<Option<PathBuf>, PipelineError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(cause) => {
+            return Err(PipelineError::Read {
+                path: path.to_path_buf(),
+                cause,
+            });
+        }
+    };
+    let spec: PipelineFile = toml::from_str(&text).map_err(|e| PipelineError::Parse {
+        path: path.to_path_buf(),
+        message: crate::redact::clip_lines(&e.to_string(), crate::redact::QUOTED_LINE_MAX),
+    })?;
+    Ok(spec
+        .changes_dir
+        .map(|d| normalize(&path.parent().unwrap_or(Path::new(".")).join(d))))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -261,7 +261,13 @@ fn decide(
         let last_completed = completed.get(&s.entity);
         // A stage without a change-tracking column cannot know its delta: it is copied in full.
         let since = match (opts.since_last, last_completed) {
-            (true, Some(done)) if m.spec.source.updated_at.is_some() => done.snapshot_at.clone(),
+            // A child changed alone leaves its parent's column as it was: a mapping that embeds
+            // children is copied in full.
+            (true, Some(done))
+                if m.spec.source.updated_at.is_some() && m.spec.embeds.is_empty() =>
+            {
+                done.snapshot_at.clone()
+            }
             _ => None,
         };
         let full_recopy = opts.since_last && last_completed.is_some() && since.is_none();
@@ -524,6 +530,10 @@ async fn migrate_locked(
             (None, true) if p.updated_at.is_none() => {
                 Some("copied in full: the mapping names no source.updated_at".to_string())
             }
+            (None, true) if !p.embeds.is_empty() => Some(
+                "copied in full: its embedded children have no change column of their own (a child changed alone leaves source.updated_at as it was)"
+                    .to_string(),
+            ),
             (None, true) => Some("copied in full: no completed run to start from".to_string()),
             _ => None,
         };
@@ -739,6 +749,13 @@ async fn prepare_step(
         .resume
         .as_ref()
         .map(|r| (r.key.as_slice(), r.rows as i64));
+    // A resumed step holds rows read under the snapshots of every part: the next
+    // `--since-last` must copy what changed after the earliest of them, or a row changed between
+    // the crash and the resume, below the checkpoint, would never be copied.
+    let earliest = match (&stage.resume, resume.and_then(|r| r.snapshot_at.as_deref())) {
+        (Some(_), Some(before)) => earlier(before, snapshot_at),
+        _ => snapshot_at,
+    };
     ledger
         .start_step(&ledger::StepStart {
             run_id,
@@ -752,11 +769,44 @@ async fn prepare_step(
             total: 0,
             resumed_from: stage.resume.as_ref().map(|r| r.from_run.as_str()),
             checkpoint,
-            snapshot_at,
+            snapshot_at: earliest,
             since: stage.since.as_deref(),
         })
         .await?;
     Ok((destination, was_empty, backup, taken))
+}
+
+/// The condition of a `--since-last` read: rows whose `column` says they changed at or after the
+/// watermark `at` (UTC, RFC 3339), and rows that do not say (NULL): they are copied every time,
+/// never lost. A `date` column holds no time of day and a `timestamp` one no zone (its local
+/// time may be up to a day from UTC): both are compared a day early, re-copying at most a day of
+/// rows (writes are idempotent) rather than missing one.
+fn delta_filter(column: &str, kind: Option<crate::source::ColKind>, at: &str) -> String {
+    let col = postgres::quote_ident(column);
+    let since = match kind {
+        Some(crate::source::ColKind::Date) => {
+            format!(
+                "CAST(CAST('{at}' AS timestamptz) AT TIME ZONE 'UTC' - interval '1 day' AS date)"
+            )
+        }
+        Some(crate::source::ColKind::Timestamp) => {
+            format!("CAST('{at}' AS timestamptz) AT TIME ZONE 'UTC' - interval '1 day'")
+        }
+        _ => format!("CAST('{at}' AS timestamptz)"),
+    };
+    format!("({col} >= {since} OR {col} IS NULL)")
+}
+
+/// The earlier of two RFC 3339 instants (`b` when `a` cannot be read).
+fn earlier<'a>(a: &'a str, b: &'a str) -> &'a str {
+    match (
+        chrono::DateTime::parse_from_rfc3339(a),
+        chrono::DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(x), Ok(y)) if x < y => a,
+        (Ok(_), Ok(_)) => b,
+        _ => b,
+    }
 }
 
 /// Puts a collection back as it was before a step: emptied when the step found it empty,
@@ -1111,10 +1161,7 @@ async fn read_loop(
                 RunError::Refused(format!("bad snapshot time {since:?} in the ledger: {e}"))
             })?
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        read_spec.filter = Some(format!(
-            "{} >= CAST('{at}' AS timestamptz)",
-            postgres::quote_ident(column)
-        ));
+        read_spec.filter = Some(delta_filter(column, plan.updated_at_kind, &at));
     }
     let mut child_specs: Vec<_> = plan.embeds.iter().map(|e| e.read.clone()).collect();
     if let Some(r) = resume {
