@@ -1050,3 +1050,40 @@ async fn two_changes_up_at_once_apply_each_change_exactly_once() {
     assert_eq!(upper, 5_000);
     w.drop().await;
 }
+
+/// Without `--dir`, the change files are where the pipeline file's `changes_dir` says (relative
+/// to the pipeline file), the pipeline being the config's.
+#[tokio::test]
+async fn the_pipeline_file_names_the_changes_directory() {
+    let w = World::new("changes_dir").await;
+    things(&w).await;
+    let dir = w.dir.path();
+    write(
+        &dir.join("deploy/changes"),
+        "3_a.toml",
+        "version = 3\nname = \"a\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"a\"\ndefault = 1\n",
+    );
+    write(
+        &dir.join("deploy"),
+        "p.toml",
+        "version = 1\nname = \"p\"\nchanges_dir = \"changes\"\n[[stage]]\nname = \"s\"\nentities = []\n",
+    );
+    std::fs::write(
+        dir.join("cutover.toml"),
+        "[run]\npipeline = \"deploy/p.toml\"\n",
+    )
+    .unwrap();
+    let run = |sub: &str| {
+        let mut cmd = w.cutover();
+        cmd.arg("changes").arg(sub);
+        cmd.output().unwrap()
+    };
+    ok(&run("up"));
+    let status = ok(&run("list"));
+    assert!(status.contains("applied"), "{status}");
+    assert_eq!(
+        states(&w, &dir.join("deploy/changes")),
+        [("3".to_string(), "applied".to_string())]
+    );
+    w.drop().await;
+}
