@@ -570,3 +570,60 @@ async fn keys_under_a_non_deterministic_collation_are_refused() {
     }
     w.drop().await;
 }
+
+/// A key given twice (a table without a unique key, a query source): the second row's document
+/// replaced the first's on an upsert, with "written 3" for 2 documents. The run now writes the
+/// first row of a key and rejects the others (`duplicate_key`), on the insert and the upsert
+/// path alike, and `check` names the key as not unique.
+#[tokio::test]
+async fn a_key_given_twice_is_rejected_not_overwritten() {
+    let w = World::new("check_dup_key").await;
+    w.sql(
+        "CREATE TABLE t (id int, v text);
+         INSERT INTO t VALUES (1, 'first'), (1, 'second'), (2, 'z'), (3, 'x'), (3, 'y'), (3, 'w');",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not unique"), "{text}");
+    for extra in [&[][..], &["--rerun"][..]] {
+        let out = w.migrate_with(&pipeline, extra);
+        assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+        let report = w.latest_report();
+        let e = &report["entities"][0];
+        assert_eq!(
+            (
+                e["read"].as_u64(),
+                e["written"].as_u64(),
+                e["rejected"].as_u64()
+            ),
+            (Some(6), Some(3), Some(3)),
+            "{report}"
+        );
+        let run_id = report["run_id"].as_str().unwrap();
+        let mut rejects: Vec<(String, String)> =
+            w.rejects(run_id).into_iter().map(|r| (r.1, r.3)).collect();
+        rejects.sort();
+        assert_eq!(
+            rejects,
+            [
+                ("1".to_string(), "duplicate_key".to_string()),
+                ("3".to_string(), "duplicate_key".to_string()),
+                ("3".to_string(), "duplicate_key".to_string())
+            ]
+        );
+        assert_eq!(w.count("t").await, 3);
+    }
+    w.drop().await;
+}

@@ -60,7 +60,14 @@ pub(crate) struct ExpectedRows<'c, 'p> {
     /// The target's document size limit (MongoDB's), if it has one: larger documents are
     /// rejected.
     max_document_bytes: Option<usize>,
+    /// The key of the last row read, to tell a key given twice (a query source, a table
+    /// without a unique key): rows arrive in key order, so a repeated key follows its first.
+    last_key: Option<Vec<Value>>,
 }
+
+/// The reject rule of a row whose key an earlier row of the same read has (its document would
+/// replace the first's).
+pub const RULE_DUPLICATE_KEY: &str = "duplicate_key";
 
 impl<'c, 'p> ExpectedRows<'c, 'p> {
     /// The plan's own reads, for a target that takes documents up to `max_document_bytes`
@@ -94,6 +101,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
             rows: postgres::stream(&mut readers.parent, read),
             cursors,
             max_document_bytes,
+            last_key: None,
         }
     }
 
@@ -132,6 +140,35 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                 }));
             }
         };
+        let key: Vec<&Value> = plan.key.iter().map(|&k| &row[k]).collect();
+        if !key.iter().any(|v| v.is_null()) {
+            let repeated = self.last_key.as_ref().is_some_and(|last| {
+                last.len() == key.len()
+                    && last
+                        .iter()
+                        .zip(&key)
+                        .all(|(a, b)| a.key_cmp(b) == std::cmp::Ordering::Equal)
+            });
+            if repeated {
+                // Its children were embedded in the first row of the key.
+                let issue = Issue::error(
+                    Stage::Transform,
+                    RULE_DUPLICATE_KEY,
+                    "_id",
+                    format!(
+                        "an earlier row has the key {}: its document would replace that row's (make the key unique, or choose another key)",
+                        key_text(&key)
+                    ),
+                    String::new(),
+                );
+                return Ok(Some(ExpectedRow::Rejected {
+                    key: key_text(&key),
+                    issues: vec![issue],
+                    row: Some(row),
+                }));
+            }
+            self.last_key = Some(key.iter().map(|v| (*v).clone()).collect());
+        }
         let mut children = Vec::with_capacity(self.cursors.len());
         let mut undecodable = Vec::new();
         for (i, c) in self.cursors.iter_mut().enumerate() {
