@@ -476,6 +476,31 @@ async fn the_mapping_can_write_infinite_dates_as_null_or_as_their_text() {
     assert_eq!(by_id(11).get("at"), Some(&Bson::Null));
     let ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
     assert_eq!(ids, [1, 2, 3, 4, 9, 10, 11, 13, 14]);
+
+    // verify's independent comparison knows what the mapping writes for an infinity: the
+    // target passes, and an infinity written as the other one's text fails.
+    let verify = || {
+        w.cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    w.mongo()
+        .await
+        .collection::<bson::Document>("moments")
+        .update_one(doc! { "_id": 2 }, doc! { "$set": { "day": "-infinity" } })
+        .await
+        .unwrap();
+    let out = verify();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("writes this infinity as the text \"infinity\""),
+        "{}",
+        text(&out)
+    );
     w.drop().await;
 }
 

@@ -354,14 +354,35 @@ fn columns_used(fields: &[FieldSpec]) -> Vec<String> {
 
 /// The `infinity` choices of fields reading a column as it is go to the reader, which decodes
 /// the column.
-fn infinity_policies(read: &mut ReadSpec, fields: &[FieldSpec]) {
+fn infinity_policies(
+    m: &Mapping,
+    read: &mut ReadSpec,
+    fields: &[FieldSpec],
+    what: &str,
+) -> Result<(), MappingError> {
+    // A column decodes one way: every field reading it must say the same of ±infinity.
+    use crate::source::postgres::Infinity;
+    let mut seen: std::collections::BTreeMap<&str, (&str, Infinity)> = Default::default();
     for f in fields {
-        if let (Some(policy), Some(column)) = (f.infinity, &f.column)
-            && let Some(i) = read.index_of(column)
+        let Some(column) = &f.column else { continue };
+        let policy = f.infinity.unwrap_or(Infinity::Reject);
+        if let Some((other, was)) = seen.insert(column, (&f.path, policy))
+            && was != policy
         {
+            return Err(MappingError::Invalid {
+                path: m.path.clone(),
+                key: format!("{what}field ({}).infinity", f.path),
+                message: format!(
+                    "fields `{other}` and `{}` read column `{column}` with different `infinity` ({was:?} and {policy:?}, reject when not given): a column decodes one way; give them the same",
+                    f.path
+                ),
+            });
+        }
+        if let Some(i) = read.index_of(column) {
             read.columns[i].infinity = policy;
         }
     }
+    Ok(())
 }
 
 fn compile_fields(
@@ -555,7 +576,7 @@ pub fn compile(
     };
     let fields = compile_fields(m, set, &m.spec.fields, &read, "")?;
     let mut read = read;
-    infinity_policies(&mut read, &m.spec.fields);
+    infinity_policies(m, &mut read, &m.spec.fields, "")?;
     let mut embeds = Vec::new();
     for (i, e) in m.spec.embeds.iter().enumerate() {
         let key = format!("embed[{i}] ({})", e.path);
@@ -604,7 +625,7 @@ pub fn compile(
         }
         let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
         let mut child_read = child_read;
-        infinity_policies(&mut child_read, &e.fields);
+        infinity_policies(m, &mut child_read, &e.fields, &format!("{key}."))?;
         let appwrite_table = e.appwrite == crate::mapping::spec::EmbedStore::Table;
         if appwrite_table && (e.element != EmbedElement::Document || e.path.contains('.')) {
             return Err(invalid(
@@ -826,6 +847,34 @@ mod tests {
             infinity: crate::source::postgres::Infinity::Reject,
             nondeterministic_collation: None,
         }
+    }
+
+    /// Two fields of one date column with different `infinity` policies: the last one's was
+    /// applied to both (an infinity meant to be rejected was written as text).
+    #[test]
+    fn fields_of_one_column_must_agree_on_infinity() {
+        let compile_text = |second: &str| {
+            let text = format!(
+                "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"a\"\ncolumn = \"changed\"\n\
+                 [[field]]\npath = \"b\"\ncolumn = \"changed\"\n{second}"
+            );
+            let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), &text)?;
+            let set = MappingSet::from_mappings(vec![m.clone()])?;
+            compile(
+                &set,
+                &m,
+                &[vec![column("id", "INT4"), column("changed", "TIMESTAMPTZ")]],
+            )
+        };
+        let err = compile_text("infinity = \"string\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fields `a` and `b` read column `changed` with different `infinity`"),
+            "{err}"
+        );
+        assert!(compile_text("").is_ok());
     }
 
     fn compile_with_updated_at(updated_at: &str) -> Result<Plan, MappingError> {

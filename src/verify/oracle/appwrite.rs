@@ -281,7 +281,32 @@ fn field_problem(c: &FieldCheck, text: Option<&str>, row: &Value) -> Option<Stri
             other => Err(format!("expected document text, found {other}")),
         }
     };
-    judge(&c.check, text, target)
+    match super::infinite(c, text) {
+        // Written as its text: a string column (or a string inside a document).
+        Some(Some(expected)) => {
+            let found = if rest.is_empty() {
+                Ok(match stored {
+                    Value::String(s) => Bson::String(s.clone()),
+                    Value::Null => Bson::Null,
+                    other => Bson::String(other.to_string()),
+                })
+            } else {
+                target
+            };
+            match found {
+                Ok(b) if b == expected => None,
+                Ok(b) => Some(format!(
+                    "the mapping writes this infinity as the text {}, found {}",
+                    compare::show(&expected),
+                    compare::show(&b)
+                )),
+                Err(e) => Some(e),
+            }
+        }
+        // Written as null.
+        Some(None) => judge(&c.check, None, target.or(Ok(Bson::Null))),
+        None => judge(&c.check, text, target),
+    }
 }
 
 /// Whether `target` (read back from the row) is PostgreSQL's `text` under `c`.

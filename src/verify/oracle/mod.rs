@@ -143,6 +143,21 @@ struct FieldCheck {
     sql: String,
     check: Check,
     keep_nulls: bool,
+    /// What the mapping writes for a date or timestamp of ±infinity.
+    infinity: crate::source::postgres::Infinity,
+}
+
+/// What the target holds for PostgreSQL's `text` of a date or timestamp under `c` when that text
+/// is `infinity` or `-infinity` and the mapping writes such values: the text itself
+/// (`infinity = "string"`), or nothing, as for NULL (`"null"`). `None`: not such a value.
+fn infinite(c: &FieldCheck, text: Option<&str>) -> Option<Option<Bson>> {
+    use crate::source::postgres::Infinity;
+    let t = text.filter(|t| *t == "infinity" || *t == "-infinity")?;
+    match c.infinity {
+        Infinity::String => Some(Some(Bson::String(t.to_string()))),
+        Infinity::Null => Some(None),
+        Infinity::Reject => None,
+    }
 }
 
 /// Whether a type name is an array type (`INT4[]`, `_int4`), and of which element type.
@@ -356,6 +371,7 @@ fn field_checks(
                             offset_s: *offset_s,
                         },
                         keep_nulls: f.nulls == crate::mapping::spec::NullPolicy::Keep,
+                        infinity: column.infinity,
                     });
                 }
                 checks.push(FieldCheck {
@@ -365,6 +381,7 @@ fn field_checks(
                     sql,
                     check,
                     keep_nulls: f.nulls == crate::mapping::spec::NullPolicy::Keep,
+                    infinity: column.infinity,
                 });
             }
             Err(why) => skipped.push(NotCompared {
@@ -471,7 +488,22 @@ impl Comparer<'_> {
         target: Option<&Bson>,
         element: Option<usize>,
     ) -> Result<(), RunError> {
+        let written = infinite(c, text.as_deref());
+        let null = None;
+        let text = match &written {
+            Some(None) => &null,
+            _ => text,
+        };
         let problem = match (text, target) {
+            (Some(_), _) if matches!(written, Some(Some(_))) => {
+                let expected = written.as_ref().and_then(|w| w.as_ref());
+                (target != expected).then(|| {
+                    format!(
+                        "the mapping writes this infinity as the text {}",
+                        expected.map_or_else(String::new, compare::show)
+                    )
+                })
+            }
             (None, None) if !c.keep_nulls => None,
             (None, Some(Bson::Null)) if c.keep_nulls => None,
             (None, _) => Some(if c.keep_nulls {
