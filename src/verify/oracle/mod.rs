@@ -232,10 +232,16 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
         if matches!(inner, Check::Text) && ColKind::from_pg_type(&elem) != ColKind::Text {
             return Err(format!("array of {}", elem.to_lowercase()));
         }
-        return Ok((
-            Check::Array(Box::new(inner)),
-            format!("to_jsonb({col})::text"),
-        ));
+        // to_jsonb turns each float into a numeric, which has no −0: floats are read from the
+        // array's own text (their shortest exact digits), as JSON (NaN and infinities quoted).
+        let sql = if matches!(elem.as_str(), "FLOAT4" | "FLOAT8") {
+            format!(
+                "replace(regexp_replace(translate({col}::text, '{{}}', '[]'), '(-?Infinity|NaN)', '\"\\1\"', 'g'), 'NULL', 'null')"
+            )
+        } else {
+            format!("to_jsonb({col})::text")
+        };
+        return Ok((Check::Array(Box::new(inner)), sql));
     }
     let check = scalar_check(pg_type, f)?;
     let sql = match &check {
