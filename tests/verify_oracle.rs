@@ -775,3 +775,62 @@ async fn float_arrays_with_negative_zero_verify_and_a_lost_sign_is_named() {
     assert!(text.contains("value differs: 1 field f:"), "{text}");
     w.drop().await;
 }
+
+/// A numeric with more decimal places than Decimal128's exponent reaches (a zero with 7000) is
+/// written with all the scale it holds and a `decimal_scale` warning, which `check` counts;
+/// verify passes it, and still fails another value.
+#[tokio::test]
+async fn scale_beyond_decimal128_is_warned_and_verifies() {
+    let w = World::new("oracle_deep_scale").await;
+    w.sql(
+        "CREATE TABLE z (id int PRIMARY KEY, n numeric);
+         INSERT INTO z VALUES (1, ('0.' || repeat('0', 7000))::numeric), (2, 1.5);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "z",
+        "version = 1\nname = \"z\"\n[source]\ntable = \"z\"\nkey = [\"id\"]\n[[field]]\npath = \"n\"\ncolumn = \"n\"\n",
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rule"] == "decimal_scale" && f["rows"] == 1),
+        "{report}"
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let warned: Vec<String> = w.warnings(&run_id).into_iter().map(|r| r.3).collect();
+    assert_eq!(warned, ["decimal_scale"]);
+    let verify = || {
+        w.cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.mongo()
+        .await
+        .collection::<Document>("z")
+        .update_one(
+            doc! { "_id": 1 },
+            doc! { "$set": { "n": bson::Decimal128::from_bytes(1u128.to_le_bytes()) } },
+        )
+        .await
+        .unwrap();
+    let out = verify();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    w.drop().await;
+}

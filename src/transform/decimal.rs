@@ -152,12 +152,22 @@ pub fn encode_decimal128(text: &str) -> Result<([u8; 16], Option<String>), Strin
                 d.digits.push('0');
                 d.exponent -= 1;
             }
+            let asked = d.exponent;
             if d.digits == "0" {
                 d.exponent = d.exponent.clamp(EXP_MIN, EXP_MAX);
             }
             while d.exponent < EXP_MIN && d.digits.ends_with('0') && d.digits.len() > 1 {
                 d.digits.pop();
                 d.exponent += 1;
+            }
+            if d.exponent > asked && asked < 0 && scale_note.is_none() {
+                scale_note = Some(format!(
+                    "`{}` has {} decimal places; Decimal128 holds {}: written with {} fewer (the same value, less scale)",
+                    crate::redact::clip_lines(text, 80),
+                    asked.unsigned_abs(),
+                    -EXP_MIN,
+                    d.exponent.saturating_sub(asked)
+                ));
             }
             if !(EXP_MIN..=EXP_MAX).contains(&d.exponent) {
                 return Err(format!("`{text}` is out of Decimal128's exponent range"));
@@ -215,6 +225,19 @@ mod tests {
     fn hex(bytes: [u8; 16]) -> String {
         let v = u128::from_le_bytes(bytes);
         format!("{:016X}{:016X}", (v >> 64) as u64, v as u64)
+    }
+
+    /// A zero with 7000 decimal places was written as 0E-6176 without a word: the same value,
+    /// less scale, said with `decimal_scale` like scale lost past 34 digits.
+    #[test]
+    fn scale_past_decimal128s_exponent_is_said() {
+        let zero = format!("0.{}", "0".repeat(7000));
+        let (_, note) = encode_decimal128(&zero).unwrap();
+        assert!(note.unwrap().contains("7000 decimal places"));
+        let one = format!("1.{}", "0".repeat(7000));
+        assert!(encode_decimal128(&one).unwrap().1.is_some());
+        assert!(encode_decimal128("0.00").unwrap().1.is_none());
+        assert!(encode_decimal128("1.50").unwrap().1.is_none());
     }
 
     #[test]
