@@ -627,3 +627,45 @@ async fn a_key_given_twice_is_rejected_not_overwritten() {
     }
     w.drop().await;
 }
+
+/// A source table locked by another session (an ALTER in progress) made check and migrate hang
+/// without a word: the read now gives up after the lock timeout (60 s, or the source URL's
+/// `lock_timeout`), naming the table and the lock.
+#[tokio::test]
+async fn a_locked_source_table_is_said_not_waited_for_forever() {
+    let w = World::new("check_locked").await;
+    w.sql("CREATE TABLE jn (id int PRIMARY KEY, v text); INSERT INTO jn VALUES (1, 'a');")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "jn",
+        "version = 1\nname = \"jn\"\n[source]\ntable = \"jn\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    use sqlx::{Connection, Executor};
+    let mut holder = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+    holder.execute("BEGIN").await.unwrap();
+    holder
+        .execute("LOCK TABLE jn IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let url = format!("{}?options=-c%20lock_timeout%3D1s", w.pg_url);
+    for command in ["check", "migrate"] {
+        let out = w
+            .cutover()
+            .env("CUTOVER_SOURCE_URL", &url)
+            .args([command, "--pipeline"])
+            .arg(&pipeline)
+            .timeout(std::time::Duration::from_secs(50))
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command}: {text}");
+        assert!(
+            text.contains("another session holds a lock") && text.contains("jn"),
+            "{command}: {text}"
+        );
+    }
+    holder.execute("ROLLBACK").await.unwrap();
+    assert_eq!(w.count("jn").await, 0);
+    w.drop().await;
+}

@@ -32,6 +32,11 @@ pub fn error_text(err: &sqlx::Error) -> String {
                     t.push_str(&format!(" ({detail})"));
                 }
                 t.push_str(&format!(" [SQLSTATE {}]", pg.code()));
+                if pg.code() == "55P03" {
+                    t.push_str(&format!(
+                        ": another session holds a lock on it that reading must wait for (an ALTER, TRUNCATE, VACUUM FULL…); cutover waited its lock_timeout ({LOCK_TIMEOUT} unless the source URL sets one) — find the holder in pg_locks and try again"
+                    ));
+                }
             }
             t
         }
@@ -377,6 +382,9 @@ impl SourceSession {
 
 /// Connects to the source. Statement logging is off: key-ordered scans are long by design
 /// (sqlx would warn about each as a "slow statement"), and cutover reports progress itself.
+/// How long a source read waits for a lock another session holds before it fails.
+pub const LOCK_TIMEOUT: &str = "60s";
+
 pub async fn connect(url: &str) -> Result<PgConnection, SourceError> {
     use sqlx::ConnectOptions;
     let err = |cause| SourceError::Connect {
@@ -384,6 +392,13 @@ pub async fn connect(url: &str) -> Result<PgConnection, SourceError> {
         cause,
     };
     let opts: sqlx::postgres::PgConnectOptions = url.parse().map_err(err)?;
+    // A read waiting for a lock another session holds (an ALTER TABLE in progress) fails after a
+    // while, saying so, rather than hanging silently.
+    let opts = if url.contains("lock_timeout") {
+        opts
+    } else {
+        opts.options([("lock_timeout", LOCK_TIMEOUT)])
+    };
     PgConnection::connect_with(&opts.disable_statement_logging())
         .await
         .map_err(err)
