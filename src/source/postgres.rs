@@ -680,6 +680,9 @@ pub struct DecodeError {
     /// The columns before `column`, decoded. Every read starts with its ordering columns, so a
     /// row failing past its key still names it.
     pub decoded: Vec<Value>,
+    /// PostgreSQL's text of the value that failed, when known (`infinity`, `-infinity`): a key
+    /// that cannot be decoded is still named by it.
+    pub raw: Option<String>,
 }
 
 impl DecodeError {
@@ -688,12 +691,17 @@ impl DecodeError {
         (width > 0 && self.decoded.len() >= width).then(|| self.decoded[..width].iter().collect())
     }
 
-    /// The key as written in rejects files, `?` when the key itself could not be decoded.
+    /// The key as written in rejects files: a key column that could not be decoded is named by
+    /// PostgreSQL's text of its value when known, else `?` (as are the key columns after it).
     pub fn key_text(&self, width: usize) -> String {
-        match self.key(width) {
-            Some(key) => super::value::key_text(&key),
-            None => "?".to_string(),
+        if let Some(key) = self.key(width) {
+            return super::value::key_text(&key);
         }
+        let mut parts: Vec<Value> = self.decoded.clone();
+        parts.push(Value::Text(self.raw.clone().unwrap_or_else(|| "?".into())));
+        parts.resize(width.max(1), Value::Text("?".into()));
+        let refs: Vec<&Value> = parts.iter().take(width.max(1)).collect();
+        super::value::key_text(&refs)
     }
 }
 
@@ -738,11 +746,15 @@ fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity)]) -> DecodedRow {
                 _ => Value::Text(if negative { "-infinity" } else { "infinity" }.into()),
             }),
             Err(f) => {
+                let raw = f
+                    .infinite
+                    .map(|negative| if negative { "-infinity" } else { "infinity" }.to_string());
                 return Err(DecodeError {
                     column: i,
                     rule: f.rule,
                     message: f.message,
                     decoded: out,
+                    raw,
                 });
             }
         }
@@ -1308,10 +1320,22 @@ mod tests {
             rule: RULE_DATE_OUT_OF_RANGE,
             message: String::new(),
             decoded: vec![Value::Int32(7), Value::Text("x".into())],
+            raw: None,
         };
         assert_eq!(e.key_text(1), "7");
         assert_eq!(e.key_text(2), "7|x");
-        assert_eq!(e.key_text(3), "?");
+        // The failing column is the key's third: named as far as it can be.
+        assert_eq!(e.key_text(3), "7|x|?");
+        assert_eq!(e.key_text(4), "7|x|?|?");
+        // A timestamp key of `infinity` is named by PostgreSQL's text of it, not `?`.
+        let inf = DecodeError {
+            column: 0,
+            rule: RULE_DATE_OUT_OF_RANGE,
+            message: String::new(),
+            decoded: vec![],
+            raw: Some("infinity".into()),
+        };
+        assert_eq!(inf.key_text(1), "infinity");
     }
 
     #[test]
