@@ -176,33 +176,50 @@ impl AppwriteTarget {
         let mut ok_index = Vec::new();
         let mut ok_docs = Vec::new();
         let destination = self.destination(collection);
-        let table = match &destination {
-            Some(Destination::Table(spec, _)) => Some(spec),
-            _ => None,
+        let (table, children) = match &destination {
+            Some(Destination::Table(spec, children)) => (Some(spec), children.as_slice()),
+            _ => (None, &[][..]),
         };
         for (i, d) in decoded.into_iter().enumerate() {
-            match d {
-                Ok(d) => match unrepresentable(&d, table) {
-                    // Appwrite's JSON has no NaN or infinity: never let them become null.
-                    Some(message) => errors.push(DocError {
+            let d = match d {
+                Ok(d) => d,
+                Err(message) => {
+                    errors.push(DocError {
                         index: i,
                         code: 0,
-                        code_name: "appwrite_unrepresentable".into(),
+                        code_name: "document_unreadable".into(),
                         message,
                         transient: false,
-                    }),
-                    None => {
-                        ok_index.push(i);
-                        ok_docs.push(d);
-                    }
-                },
-                Err(message) => errors.push(DocError {
+                    });
+                    continue;
+                }
+            };
+            // Refused here, before anything is sent, under the rule `check` names: Appwrite's
+            // JSON has no NaN or infinity (never let them become null), and text longer than
+            // its column would be refused by the server as a bare `row_invalid_structure`.
+            let refusal = match unrepresentable(&d, table, children) {
+                Some(message) => Some(("appwrite_unrepresentable", message)),
+                None => table.and_then(|t| {
+                    let long = too_long(&d, t, children);
+                    let (path, size) = long.iter().next()?;
+                    Some((
+                        "appwrite_string_size",
+                        format!("{path} is longer than the Appwrite column's {size} characters"),
+                    ))
+                }),
+            };
+            match refusal {
+                Some((rule, message)) => errors.push(DocError {
                     index: i,
                     code: 0,
-                    code_name: "document_unreadable".into(),
+                    code_name: rule.into(),
                     message,
                     transient: false,
                 }),
+                None => {
+                    ok_index.push(i);
+                    ok_docs.push(d);
+                }
             }
         }
         let failed = match destination {
@@ -342,14 +359,50 @@ impl AppwriteTarget {
 
 /// Why a document cannot be written to Appwrite as it is: a NaN or infinite number in a column
 /// (JSON has none; nested ones are kept as extended-JSON text), a date without ISO 8601 text, or
-/// an array column's NULL element or nested array (`table` says which columns hold JSON text,
-/// whose values may be anything).
-pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<String> {
+/// an array column's NULL element (a JSON `null` in a `jsonb[]` too) or nested array (`table`
+/// says which columns hold JSON text, whose values may be anything). The rows of its child
+/// tables (`children`) are held to the same rules, a refused child row refusing its parent.
+pub fn unrepresentable(
+    doc: &Document,
+    table: Option<&TableSpec>,
+    children: &[schema::ChildTable],
+) -> Option<String> {
+    let child_keys: Vec<&str> = children.iter().map(|c| c.key.as_str()).collect();
+    if let Some(message) = unrepresentable_columns(doc, table, &child_keys) {
+        return Some(message);
+    }
+    for c in children {
+        let Some(Bson::Array(items)) = doc.get(&c.key) else {
+            continue;
+        };
+        for (pos, item) in items.iter().enumerate() {
+            // An element becomes a row as `schema::child_rows` makes it.
+            let element = match item {
+                Bson::Document(d) => d.clone(),
+                other => bson::doc! { "value": other.clone() },
+            };
+            if let Some(message) = unrepresentable_columns(&element, Some(&c.table), &[]) {
+                return Some(format!(
+                    "{}[{pos}].{message} (child table {})",
+                    c.key, c.table.id
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// [`unrepresentable`] for the columns of one row (`skip`: keys stored in child tables).
+fn unrepresentable_columns(
+    doc: &Document,
+    table: Option<&TableSpec>,
+    skip: &[&str],
+) -> Option<String> {
     let json_column = |k: &str| {
-        table.is_some_and(|t| {
+        table.and_then(|t| {
             t.columns
                 .iter()
-                .any(|c| c.key == k && c.kind == schema::Kind::Json)
+                .find(|c| c.key == k && c.kind == schema::Kind::Json)
         })
     };
     let bad = |v: &Bson| match v {
@@ -359,8 +412,20 @@ pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<Stri
         _ => false,
     };
     doc.iter().find_map(|(k, v)| {
-        if json_column(k) {
+        if skip.contains(&k.as_str()) {
             return None;
+        }
+        if let Some(c) = json_column(k) {
+            // JSON text holds any value, but an array column of JSON texts no NULL element: a
+            // JSON `null` and a NULL element both arrive as null, and neither has a text there.
+            return match v {
+                Bson::Array(items) if c.array && items.iter().any(|i| matches!(i, Bson::Null)) => {
+                    Some(format!(
+                        "{k} is an array holding a null (JSON null or NULL), which an Appwrite array column cannot store"
+                    ))
+                }
+                _ => None,
+            };
         }
         let hit = match v {
             // An array column holds values of its type: no NULL, no nested array (an array of
@@ -380,6 +445,55 @@ pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<Stri
         };
         hit.then(|| format!("{k} holds {v}, which an Appwrite column cannot store"))
     })
+}
+
+/// The text columns of a document's row and of its child tables' rows longer than their column
+/// holds, as (path, size): a child table's column as `<array>.<column>`. Appwrite refuses such a
+/// row (and a refused child row fails its parent).
+pub fn too_long(
+    doc: &Document,
+    table: &TableSpec,
+    children: &[schema::ChildTable],
+) -> std::collections::BTreeMap<String, u64> {
+    let mut long = std::collections::BTreeMap::new();
+    long_columns(&schema::to_row(doc, table), table, "", &mut long);
+    if children.is_empty() {
+        return long;
+    }
+    let parent_id = rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
+    for (child, rows) in children
+        .iter()
+        .zip(schema::child_rows(doc, &parent_id, children))
+    {
+        for row in &rows {
+            long_columns(row, &child.table, &format!("{}.", child.key), &mut long);
+        }
+    }
+    long
+}
+
+/// The text columns of an Appwrite row longer than the column holds, as (`prefix` + key, size).
+fn long_columns(
+    row: &Value,
+    spec: &TableSpec,
+    prefix: &str,
+    out: &mut std::collections::BTreeMap<String, u64>,
+) {
+    for c in &spec.columns {
+        let size = match c.kind {
+            schema::Kind::Text(n) => n,
+            schema::Kind::Json => schema::DEFAULT_TEXT_SIZE,
+            _ => continue,
+        };
+        let too_long = |v: &Value| v.as_str().map(|s| s.chars().count() as u64).unwrap_or(0) > size;
+        let long = match &row[&c.key] {
+            Value::Array(items) => items.iter().any(too_long),
+            v => too_long(v),
+        };
+        if long {
+            out.insert(format!("{prefix}{}", c.key), size);
+        }
+    }
 }
 
 /// A document the server did not take: refused (400, 409: rejected), or failed by a transient
@@ -582,7 +696,7 @@ mod tests {
     use super::*;
 
     fn unrepresentable_doc(doc: &Document) -> Option<String> {
-        unrepresentable(doc, None)
+        unrepresentable(doc, None, &[])
     }
 
     #[test]
