@@ -217,10 +217,14 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
         if matches!(inner, Check::Text) && ColKind::from_pg_type(&elem) != ColKind::Text {
             return Err(format!("array of {}", elem.to_lowercase()));
         }
-        return Ok((
-            Check::Array(Box::new(inner)),
-            format!("to_jsonb({col})::text"),
-        ));
+        // `json` elements as their own text: `to_jsonb` would fail on some valid ones
+        // (`\u0000`, numbers beyond numeric's range) and abort the whole comparison.
+        let sql = if elem == "JSON" {
+            format!("array_to_json({col})::text")
+        } else {
+            format!("to_jsonb({col})::text")
+        };
+        return Ok((Check::Array(Box::new(inner)), sql));
     }
     let check = scalar_check(pg_type, f)?;
     let sql = match &check {
@@ -234,6 +238,9 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
         Check::Date => format!(
             "CASE WHEN isfinite({col}) THEN ({col} - date '1970-01-01')::text ELSE {col}::text END"
         ),
+        // A `json` column as its own text (read by the oracle's JSON reader): `to_jsonb` fails
+        // on some valid values (`\u0000`, numbers beyond numeric's range).
+        Check::Json { .. } if pg_type == "JSON" => format!("{col}::text"),
         Check::Json { .. } => format!("to_jsonb({col})::text"),
         _ => format!("{col}::text"),
     };
@@ -400,6 +407,17 @@ fn at_path<'d>(d: &'d Document, path: &[String]) -> Option<&'d Bson> {
     cur.get(last)
 }
 
+/// A target document as stored, decoded from its raw BSON: never through serde, whose `Bson`
+/// visitor reads an embedded object with a `$numberDecimal` (`$oid`, `$date`…) key as that type
+/// and would fail a document that holds such a JSON object exactly.
+pub(super) fn stored(raw: &bson::RawDocumentBuf, collection: &str) -> Result<Document, RunError> {
+    raw.to_document().map_err(|e| {
+        RunError::Target(MongoError::Reply(format!(
+            "a document of {collection} does not decode: {e}"
+        )))
+    })
+}
+
 fn merr(op: String) -> impl FnOnce(mongodb::error::Error) -> RunError {
     move |source| RunError::Target(MongoError::Command { op, source })
 }
@@ -480,7 +498,7 @@ impl Comparer<'_> {
 
 /// Looks the documents of `pending` up by `_id` and compares them; empties `pending`.
 async fn lookup(
-    coll: &mongodb::Collection<Document>,
+    coll: &mongodb::Collection<bson::RawDocumentBuf>,
     collection: &str,
     pending: &mut Vec<Pending>,
     cmp: &mut Comparer<'_>,
@@ -499,6 +517,7 @@ async fn lookup(
         .await
         .map_err(merr(format!("read {collection}")))?
     {
+        let d = stored(&d, collection)?;
         let id = d.get("_id").cloned().unwrap_or(Bson::Null);
         found.insert(super::id_bytes(&id), d);
     }
@@ -607,7 +626,9 @@ pub async fn verify_entity(
         Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
         _ => 1,
     };
-    let coll = target.database().collection::<Document>(&plan.collection);
+    let coll = target
+        .database()
+        .collection::<bson::RawDocumentBuf>(&plan.collection);
     let mut cmp = Comparer {
         entity: &plan.entity,
         checks: &checks,
@@ -662,7 +683,9 @@ pub async fn verify_entity(
                     pending_doc = cursor
                         .try_next()
                         .await
-                        .map_err(merr(format!("read {}", plan.collection)))?;
+                        .map_err(merr(format!("read {}", plan.collection)))?
+                        .map(|raw| stored(&raw, &plan.collection))
+                        .transpose()?;
                 }
                 let Some(d) = pending_doc.as_ref() else { break };
                 let tid = d.get("_id").cloned().unwrap_or(Bson::Null);
