@@ -424,6 +424,9 @@ fn unrepresentable_columns(
                         "{k} is an array holding a null (JSON null or NULL), which an Appwrite array column cannot store"
                     ))
                 }
+                v if extjson_lookalike(v) => Some(format!(
+                    "{k} holds an object keyed like an extended JSON type (`$numberDecimal`, `$date`…): its JSON text would read back as that type, not as the object"
+                )),
                 _ => None,
             };
         }
@@ -445,6 +448,24 @@ fn unrepresentable_columns(
         };
         hit.then(|| format!("{k} holds {v}, which an Appwrite column cannot store"))
     })
+}
+
+/// Whether `v` holds an object that extended JSON reads back as another type (`{"$numberDecimal":
+/// "1"}` from a `jsonb` value): as JSON text in Appwrite it would not be the object it is.
+fn extjson_lookalike(v: &Bson) -> bool {
+    match v {
+        Bson::Document(d) => {
+            if d.keys().any(|k| k.starts_with('$')) {
+                let back = Bson::try_from(Bson::Document(d.clone()).into_relaxed_extjson());
+                if !matches!(back, Ok(Bson::Document(_))) {
+                    return true;
+                }
+            }
+            d.values().any(extjson_lookalike)
+        }
+        Bson::Array(items) => items.iter().any(extjson_lookalike),
+        _ => false,
+    }
 }
 
 /// The text columns of a document's row and of its child tables' rows longer than their column
@@ -714,6 +735,38 @@ mod tests {
         let deep = unrepresentable_doc(&bson::doc! { "m": [[1, 2], [3, 4]] }).unwrap();
         assert!(deep.contains("multi-dimensional"), "{deep}");
         assert!(unrepresentable_doc(&bson::doc! { "lines": [{ "a": 1 }, { "a": 2 }] }).is_none());
+    }
+
+    /// Issue #11: a JSON object keyed `$numberDecimal` (a `jsonb` value) would be read back from
+    /// Appwrite's JSON text as a decimal: rejected; other `$` keys are plain objects there.
+    #[test]
+    fn json_objects_that_extended_json_reads_as_another_type_are_named() {
+        let table = TableSpec {
+            id: "t".into(),
+            columns: vec![schema::ColumnSpec {
+                key: "j".into(),
+                kind: schema::Kind::Json,
+                array: false,
+                reference: false,
+            }],
+            indexes: Vec::new(),
+        };
+        let named = |j: Bson| unrepresentable(&bson::doc! { "j": j }, Some(&table), &[]);
+        let m = named(Bson::Document(bson::doc! { "$numberDecimal": "1" })).unwrap();
+        assert!(m.starts_with("j holds an object keyed like"), "{m}");
+        assert!(
+            named(Bson::Array(vec![Bson::Document(
+                bson::doc! { "x": { "$date": "2024-01-01T00:00:00Z" } }
+            )]))
+            .is_some()
+        );
+        assert!(named(Bson::Document(bson::doc! { "$x": 1, "a.b": { "$y": [1] } })).is_none());
+        assert!(
+            named(Bson::Document(
+                bson::doc! { "n": f64::NAN, "big": 1i64 << 40 }
+            ))
+            .is_none()
+        );
     }
 
     #[test]
