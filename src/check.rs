@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use bson::{Bson, doc};
+use bson::doc;
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
@@ -14,7 +14,7 @@ use crate::pipeline::Pipeline;
 use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
 use crate::pipeline::run::{compile_plans, load_known_keys};
 use crate::sink::appwrite::id_ok as appwrite_id_ok;
-use crate::sink::appwrite::schema::{self, ChildTable, Kind, TableSpec};
+use crate::sink::appwrite::schema::{self, ChildTable, TableSpec};
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, Target};
 use crate::source::SourceSession;
@@ -406,7 +406,7 @@ fn scan_row(
     }
     // Appwrite: text longer than its column's size is refused by the server.
     if let (Some(spec), Some(doc)) = (table, doc.as_ref().and_then(|d| d.to_document().ok())) {
-        if let Some(message) = crate::sink::target::unrepresentable(&doc, Some(spec)) {
+        if let Some(message) = crate::sink::target::unrepresentable(&doc, Some(spec), children) {
             let f = tally
                 .entry((
                     String::new(),
@@ -424,17 +424,7 @@ fn scan_row(
             f.rows += 1;
         }
         // The row and its child tables' rows (a refused child row fails its parent).
-        let parent_id = crate::sink::appwrite::rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
-        let mut long = std::collections::BTreeMap::new();
-        long_columns(&schema::to_row(&doc, spec), spec, "", &mut long);
-        for (child, rows) in children
-            .iter()
-            .zip(schema::child_rows(&doc, &parent_id, children))
-        {
-            for row in &rows {
-                long_columns(row, &child.table, &format!("{}.", child.key), &mut long);
-            }
-        }
+        let long = crate::sink::target::too_long(&doc, spec, children);
         for (path, size) in long {
             let f = tally
                 .entry((path.clone(), "appwrite_string_size".into(), "reject".into()))
@@ -470,31 +460,5 @@ fn scan_row(
                 example: issue.message.clone(),
             });
         f.rows += 1;
-    }
-}
-
-/// The text columns of an Appwrite row longer than the column holds, as (`prefix` + key, size).
-fn long_columns(
-    row: &serde_json::Value,
-    spec: &TableSpec,
-    prefix: &str,
-    out: &mut std::collections::BTreeMap<String, u64>,
-) {
-    for c in &spec.columns {
-        let size = match c.kind {
-            Kind::Text(n) => n,
-            Kind::Json => schema::DEFAULT_TEXT_SIZE,
-            _ => continue,
-        };
-        let too_long = |v: &serde_json::Value| {
-            v.as_str().map(|s| s.chars().count() as u64).unwrap_or(0) > size
-        };
-        let long = match &row[&c.key] {
-            serde_json::Value::Array(items) => items.iter().any(too_long),
-            v => too_long(v),
-        };
-        if long {
-            out.insert(format!("{prefix}{}", c.key), size);
-        }
     }
 }

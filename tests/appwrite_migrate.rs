@@ -715,8 +715,8 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
         rules,
         [
             ("1", "write", "appwrite_unrepresentable"),
-            ("2", "write", "row_invalid_structure"),
-            ("3", "write", "row_invalid_structure"),
+            ("2", "write", "appwrite_string_size"),
+            ("3", "write", "appwrite_string_size"),
         ]
     );
     assert_eq!(aw.s.row_count("registry", "notes"), 1);
@@ -830,6 +830,152 @@ column = "body"
     let run_id = report["run_id"].as_str().unwrap();
     let keys: Vec<String> = w.rejects(run_id).into_iter().map(|r| r.1).collect();
     assert_eq!(keys, ["2"]);
+    // Rejected before writing, under the rule `check` names (not the server's bare
+    // `row_invalid_structure`), and `verify` expects none of its children in the target.
+    let rules: Vec<String> = w.rejects(run_id).into_iter().map(|r| r.3).collect();
+    assert_eq!(rules, ["appwrite_string_size"]);
+    let out = cutover(
+        &w,
+        &aw,
+        &["verify", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    w.drop().await;
+}
+
+/// Issue #11: a child table's row (`appwrite = "table"`) holding what no Appwrite column holds — a
+/// NaN or infinite float, a date past year 9999, an array with a NULL element or of two
+/// dimensions — rejects its parent with `appwrite_unrepresentable` before anything is written
+/// (it used to be written as null, as `""`, or refused by the server as `row_invalid_structure`),
+/// `check` counts exactly those parents in advance, and a `jsonb[]` holding a JSON `null` is
+/// found by both alike. `verify` then passes: the children of the refused parents are not
+/// expected in the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_table_values_appwrite_cannot_hold_reject_their_parent_before_writing() {
+    let w = World::new("aw_child_unrepresentable").await;
+    w.sql(
+        "CREATE TABLE notes (id integer PRIMARY KEY, title text, j jsonb[]);
+         CREATE TABLE lines (id integer PRIMARY KEY, note_id integer, f float8, a int[],
+                             tz timestamptz);
+         INSERT INTO notes VALUES (1, 'nan', NULL), (2, 'minus inf', NULL), (3, 'null elem', NULL),
+           (4, 'two dims', NULL), (5, 'year 10000', NULL), (6, 'fine', ARRAY['{\"a\": 1}'::jsonb]),
+           (7, 'json null', ARRAY['{\"a\": 1}'::jsonb, 'null'::jsonb]), (8, 'no lines', NULL);
+         INSERT INTO lines VALUES (10, 1, 'NaN', NULL, NULL), (11, 1, 1.5, NULL, NULL),
+           (20, 2, '-Infinity', NULL, NULL), (30, 3, NULL, '{1,NULL}', NULL),
+           (40, 4, NULL, '{{1},{2}}', NULL), (50, 5, NULL, NULL, '10000-01-01 00:00:00+00'),
+           (60, 6, 1.5, '{1}', '2024-01-01 00:00:00+00'), (61, 6, 2.5, '{}', NULL);",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/notes.toml"),
+        r#"version = 1
+name = "notes"
+[source]
+table = "notes"
+key = ["id"]
+[[field]]
+path = "title"
+column = "title"
+[[field]]
+path = "j"
+column = "j"
+[[embed]]
+path = "lines"
+table = "lines"
+foreign_key = "note_id"
+order_by = ["id"]
+appwrite = "table"
+[[embed.field]]
+path = "f"
+column = "f"
+[[embed.field]]
+path = "a"
+column = "a"
+[[embed.field]]
+path = "tz"
+column = "tz"
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("notes.toml"), NOTES_PIPELINE).unwrap();
+    let pipeline = dir.join("notes.toml").display().to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--target",
+            "appwrite",
+            "--json",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "appwrite_unrepresentable")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(
+        (f["rows"].as_u64(), f["example_key"].as_str()),
+        (Some(6), Some("1")),
+        "{report}"
+    );
+    assert_eq!(aw.s.writes(), 0, "check writes nothing");
+
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let notes = entity(&report, "notes");
+    assert_eq!(
+        (notes["written"].as_u64(), notes["rejected"].as_u64()),
+        (Some(2), Some(6)),
+        "{report}"
+    );
+    let run_id = report["run_id"].as_str().unwrap();
+    let mut rejects = w.rejects(run_id);
+    rejects.sort();
+    let rules: Vec<(&str, &str)> = rejects
+        .iter()
+        .map(|(_, key, _, rule)| (key.as_str(), rule.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        ["1", "2", "3", "4", "5", "7"].map(|k| (k, "appwrite_unrepresentable"))
+    );
+    // Nothing of a refused parent was written: no null for the NaN, no "" for the far date.
+    assert_eq!(aw.s.row_count("registry", "notes"), 2);
+    assert_eq!(aw.s.row_count("registry", "notes_lines"), 2);
+
+    let out = cutover(
+        &w,
+        &aw,
+        &["verify", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    let out_text = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{out_text}");
+    assert!(!out_text.contains("child rows in the source"), "{out_text}");
     w.drop().await;
 }
 

@@ -355,3 +355,82 @@ async fn arrays_into_appwrite_are_columns_of_their_type_and_what_none_holds_is_r
     );
     w.drop().await;
 }
+
+/// Issue #11: an array of a domain (`posint[]`, a `numeric(12,2)` domain, a timestamptz domain, a
+/// jsonb domain, a domain of a domain) converts as an array of the domain's base type, as a
+/// column of the domain itself does — it used to arrive as an array of strings — and verify
+/// compares it independently.
+#[tokio::test]
+async fn arrays_of_domains_convert_as_arrays_of_their_base_type() {
+    let w = World::new("array_domains").await;
+    w.sql(
+        "CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+         CREATE DOMAIN small_posint AS posint CHECK (VALUE < 100);
+         CREATE DOMAIN money2 AS numeric(12,2);
+         CREATE DOMAIN ts_d AS timestamptz;
+         CREATE DOMAIN js AS jsonb;
+         CREATE TABLE doms (id int PRIMARY KEY, pi posint[], sp small_posint[], ma money2[],
+                            td ts_d[], ja js[], m money2);
+         INSERT INTO doms VALUES (1, '{1,2,3}', '{{7},{8}}', '{1.10,2}',
+           '{2024-01-01 00:00:00.123+00}', ARRAY['{\"b\": 2.5}'::js, '[1]'::js], 10.5);",
+    )
+    .await;
+    let mut mapping =
+        String::from("version = 1\nname = \"doms\"\n[source]\ntable = \"doms\"\nkey = [\"id\"]\n");
+    for c in ["pi", "sp", "ma", "td", "ja", "m"] {
+        mapping.push_str(&format!("[[field]]\npath = \"{c}\"\ncolumn = \"{c}\"\n"));
+    }
+    let pipeline = common::one_entity_pipeline(&w, "doms", &mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let docs = w.docs("doms").await;
+    let d = &docs[0];
+    let dec = |s: &str| Bson::Decimal128(s.parse().unwrap());
+    assert_eq!(
+        d.get("pi").unwrap(),
+        &Bson::Array(vec![Bson::Int32(1), Bson::Int32(2), Bson::Int32(3)])
+    );
+    assert_eq!(
+        d.get("sp").unwrap(),
+        &Bson::Array(vec![
+            Bson::Array(vec![Bson::Int32(7)]),
+            Bson::Array(vec![Bson::Int32(8)])
+        ])
+    );
+    assert_eq!(
+        d.get("ma").unwrap(),
+        &Bson::Array(vec![dec("1.10"), dec("2.00")])
+    );
+    assert_eq!(d.get("m").unwrap(), &dec("10.50"));
+    assert_eq!(
+        d.get("td").unwrap(),
+        &Bson::Array(vec![Bson::DateTime(bson::DateTime::from_millis(
+            1_704_067_200_123
+        ))])
+    );
+    assert_eq!(
+        d.get("ja").unwrap(),
+        &Bson::Array(vec![
+            Bson::Document(bson::doc! { "b": 2.5 }),
+            Bson::Array(vec![Bson::Int32(1)])
+        ])
+    );
+
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let out_text = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{out_text}");
+    assert!(
+        out_text.contains("compared independently with PostgreSQL's own values (1 documents): pi, sp, ma, td, ja, m"),
+        "{out_text}"
+    );
+    assert!(
+        !out_text.contains("not compared independently"),
+        "{out_text}"
+    );
+    w.drop().await;
+}

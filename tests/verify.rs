@@ -385,3 +385,66 @@ async fn verify_does_not_excuse_a_missing_document_whose_key_reads_like_a_refuse
     assert_eq!(e["rejected_by_target"], 1, "{e}");
     w.drop().await;
 }
+
+/// Issue #11: the children embedded in a document MongoDB refused are not expected in the target
+/// either — verify used to fail a right target with "embedded tags: 4 child rows in the source,
+/// 2 elements in the target" and no problem named. Checked under both merges: key-ordered ids
+/// (integer key) and the external sort (text key).
+#[tokio::test]
+async fn verify_expects_no_children_of_a_parent_mongodb_refused() {
+    for (test, key_type) in [
+        ("verify_refused_children", "int"),
+        ("verify_refused_children_text", "text"),
+    ] {
+        let w = World::new(test).await;
+        w.sql(&format!(
+            "CREATE TABLE items (id {key_type} PRIMARY KEY, label text NOT NULL);
+             CREATE TABLE tags (id int PRIMARY KEY, item_id {key_type}, tag text);
+             INSERT INTO items VALUES ('1', 'item 1'), ('2', 'bad 2'), ('3', 'item 3');
+             INSERT INTO tags VALUES (1, '1', 'a'), (2, '2', 'b'), (3, '2', 'c'), (4, '3', 'd');"
+        ))
+        .await;
+        w.mongo()
+            .await
+            .create_collection("items")
+            .validator(doc! { "label": { "$not": { "$regex": "^bad" } } })
+            .await
+            .unwrap();
+        let pipeline = common::one_entity_pipeline(
+            &w,
+            "items",
+            "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"label\"\ncolumn = \"label\"\n\
+             [[embed]]\npath = \"tags\"\ntable = \"tags\"\nforeign_key = \"item_id\"\n\
+             order_by = [\"id\"]\n[[embed.field]]\npath = \"tag\"\ncolumn = \"tag\"\n",
+        );
+        let out = w.migrate_with(&pipeline, &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+        assert_eq!(w.count("items").await, 2);
+        let out_path = w.dir.path().join("verify.json");
+        let out = w
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .arg("-o")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{key_type}: {text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        let e = &json["entities"][0];
+        assert_eq!(
+            e["rejected_by_target_keys"],
+            serde_json::json!(["2"]),
+            "{e}"
+        );
+        assert_eq!(
+            e["embedded"],
+            serde_json::json!([{ "path": "tags", "source_children": 2, "target_elements": 2 }]),
+            "{e}"
+        );
+        w.drop().await;
+    }
+}

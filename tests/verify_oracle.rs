@@ -834,3 +834,76 @@ async fn scale_beyond_decimal128_is_warned_and_verifies() {
     assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// Issue #11: `json` values that `to_jsonb` cannot convert (`\u0000`, a number beyond numeric's
+/// range) used to abort verify (exit 1). A `json` column (and a `json[]`) is read as its own text
+/// and parsed by the oracle's reader: verify compares every row, passes a right target and still
+/// names a wrong one. A JSON object whose key is `$numberDecimal` is compared as the object it is.
+#[tokio::test]
+async fn verify_compares_json_values_that_to_jsonb_cannot_convert() {
+    let w = World::new("verify_json_text").await;
+    w.sql(
+        r#"CREATE TABLE js (id int PRIMARY KEY, j json, ja json[]);
+           INSERT INTO js VALUES
+             (1, '{"s": "x\u0000y"}', ARRAY['{"s": "a\u0000b"}'::json, '1'::json]),
+             (2, '{"x": 0.000000e999999999999999999999}', NULL),
+             (3, '{"a": 1, "a": 2, "b": [1.50]}', NULL),
+             (4, '{"$numberDecimal": "1"}', NULL),
+             (5, '{"ok": "fine"}', ARRAY['{"k": 1}'::json]);"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "js",
+        "version = 1\nname = \"js\"\n[source]\ntable = \"js\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"j\"\ncolumn = \"j\"\nlossy = \"warn\"\nvalidate = { severity = \"warning\" }\n\
+         [[field]]\npath = \"ja\"\ncolumn = \"ja\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(
+        out.status.code().is_some_and(|c| c < 3),
+        "{}",
+        common::output_text(&out)
+    );
+    let run = |w: &World| {
+        let out_path = w.dir.path().join("verify.json");
+        let out = w
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .arg("-o")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&out_path)
+                .unwrap_or_else(|_| panic!("{}", common::output_text(&out))),
+        )
+        .unwrap();
+        (out.status.code(), common::output_text(&out), json)
+    };
+    let (code, text, json) = run(&w);
+    assert_eq!(code, Some(0), "{text}");
+    let e = entity(&json, "js");
+    let compared: Vec<&str> = e["independent"]["compared_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(compared, ["j", "ja"], "{e}");
+    assert_eq!(e["independent"]["documents"], 5, "{e}");
+
+    // A wrong value is still named.
+    let c = w.mongo().await.collection::<Document>("js");
+    c.update_one(doc! { "_id": 1 }, doc! { "$set": { "j.s": "xy" } })
+        .await
+        .unwrap();
+    let (code, text, json) = run(&w);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "js")),
+        [("1".to_string(), "j".to_string())]
+    );
+    w.drop().await;
+}

@@ -282,33 +282,50 @@ impl AppwriteTarget {
         let mut ok_index = Vec::new();
         let mut ok_docs = Vec::new();
         let layout = self.layout(collection);
-        let table = match &layout {
-            Some(Layout::Table(spec, _)) => Some(spec),
-            _ => None,
+        let (table, children) = match &layout {
+            Some(Layout::Table(spec, children)) => (Some(spec), children.as_slice()),
+            _ => (None, &[][..]),
         };
         for (i, d) in decoded.into_iter().enumerate() {
-            match d {
-                Ok(d) => match unrepresentable(&d, table) {
-                    // Appwrite's JSON has no NaN or infinity: never let them become null.
-                    Some(message) => errors.push(DocError {
+            let d = match d {
+                Ok(d) => d,
+                Err(message) => {
+                    errors.push(DocError {
                         index: i,
                         code: 0,
-                        code_name: "appwrite_unrepresentable".into(),
+                        code_name: "document_unreadable".into(),
                         message,
                         transient: false,
-                    }),
-                    None => {
-                        ok_index.push(i);
-                        ok_docs.push(d);
-                    }
-                },
-                Err(message) => errors.push(DocError {
+                    });
+                    continue;
+                }
+            };
+            // Refused here, before anything is sent, under the rule `check` names: Appwrite's
+            // JSON has no NaN or infinity (never let them become null), and text longer than
+            // its column would be refused by the server as a bare `row_invalid_structure`.
+            let refusal = match unrepresentable(&d, table, children) {
+                Some(message) => Some(("appwrite_unrepresentable", message)),
+                None => table.and_then(|t| {
+                    let long = too_long(&d, t, children);
+                    let (path, size) = long.iter().next()?;
+                    Some((
+                        "appwrite_string_size",
+                        format!("{path} is longer than the Appwrite column's {size} characters"),
+                    ))
+                }),
+            };
+            match refusal {
+                Some((rule, message)) => errors.push(DocError {
                     index: i,
                     code: 0,
-                    code_name: "document_unreadable".into(),
+                    code_name: rule.into(),
                     message,
                     transient: false,
                 }),
+                None => {
+                    ok_index.push(i);
+                    ok_docs.push(d);
+                }
             }
         }
         let failed = match layout {
@@ -447,14 +464,50 @@ impl AppwriteTarget {
 
 /// Why a document cannot be written to Appwrite as it is: a NaN or infinite number in a column
 /// (JSON has none; nested ones are kept as extended-JSON text), a date without ISO 8601 text, or
-/// an array column's NULL element or nested array (`table` says which columns hold JSON text,
-/// whose values may be anything).
-pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<String> {
+/// an array column's NULL element (a JSON `null` in a `jsonb[]` too) or nested array (`table`
+/// says which columns hold JSON text, whose values may be anything). The rows of its child
+/// tables (`children`) are held to the same rules, a refused child row refusing its parent.
+pub fn unrepresentable(
+    doc: &Document,
+    table: Option<&TableSpec>,
+    children: &[schema::ChildTable],
+) -> Option<String> {
+    let child_keys: Vec<&str> = children.iter().map(|c| c.key.as_str()).collect();
+    if let Some(message) = unrepresentable_columns(doc, table, &child_keys) {
+        return Some(message);
+    }
+    for c in children {
+        let Some(Bson::Array(items)) = doc.get(&c.key) else {
+            continue;
+        };
+        for (pos, item) in items.iter().enumerate() {
+            // An element becomes a row as `schema::child_rows` makes it.
+            let element = match item {
+                Bson::Document(d) => d.clone(),
+                other => bson::doc! { "value": other.clone() },
+            };
+            if let Some(message) = unrepresentable_columns(&element, Some(&c.table), &[]) {
+                return Some(format!(
+                    "{}[{pos}].{message} (child table {})",
+                    c.key, c.table.id
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// [`unrepresentable`] for the columns of one row (`skip`: keys stored in child tables).
+fn unrepresentable_columns(
+    doc: &Document,
+    table: Option<&TableSpec>,
+    skip: &[&str],
+) -> Option<String> {
     let json_column = |k: &str| {
-        table.is_some_and(|t| {
+        table.and_then(|t| {
             t.columns
                 .iter()
-                .any(|c| c.key == k && c.kind == schema::Kind::Json)
+                .find(|c| c.key == k && c.kind == schema::Kind::Json)
         })
     };
     let bad = |v: &Bson| match v {
@@ -464,8 +517,23 @@ pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<Stri
         _ => false,
     };
     doc.iter().find_map(|(k, v)| {
-        if json_column(k) {
+        if skip.contains(&k.as_str()) {
             return None;
+        }
+        if let Some(c) = json_column(k) {
+            // JSON text holds any value, but an array column of JSON texts no NULL element: a
+            // JSON `null` and a NULL element both arrive as null, and neither has a text there.
+            return match v {
+                Bson::Array(items) if c.array && items.iter().any(|i| matches!(i, Bson::Null)) => {
+                    Some(format!(
+                        "{k} is an array holding a null (JSON null or NULL), which an Appwrite array column cannot store"
+                    ))
+                }
+                v if extjson_lookalike(v) => Some(format!(
+                    "{k} holds an object keyed like an extended JSON type (`$numberDecimal`, `$date`…): its JSON text would read back as that type, not as the object"
+                )),
+                _ => None,
+            };
         }
         let hit = match v {
             // An array column holds values of its type: no NULL, no nested array (an array of
@@ -485,6 +553,73 @@ pub fn unrepresentable(doc: &Document, table: Option<&TableSpec>) -> Option<Stri
         };
         hit.then(|| format!("{k} holds {v}, which an Appwrite column cannot store"))
     })
+}
+
+/// Whether `v` holds an object that extended JSON reads back as another type (`{"$numberDecimal":
+/// "1"}` from a `jsonb` value): as JSON text in Appwrite it would not be the object it is.
+fn extjson_lookalike(v: &Bson) -> bool {
+    match v {
+        Bson::Document(d) => {
+            if d.keys().any(|k| k.starts_with('$')) {
+                let back = Bson::try_from(Bson::Document(d.clone()).into_relaxed_extjson());
+                if !matches!(back, Ok(Bson::Document(_))) {
+                    return true;
+                }
+            }
+            d.values().any(extjson_lookalike)
+        }
+        Bson::Array(items) => items.iter().any(extjson_lookalike),
+        _ => false,
+    }
+}
+
+/// The text columns of a document's row and of its child tables' rows longer than their column
+/// holds, as (path, size): a child table's column as `<array>.<column>`. Appwrite refuses such a
+/// row (and a refused child row fails its parent).
+pub fn too_long(
+    doc: &Document,
+    table: &TableSpec,
+    children: &[schema::ChildTable],
+) -> std::collections::BTreeMap<String, u64> {
+    let mut long = std::collections::BTreeMap::new();
+    long_columns(&schema::to_row(doc, table), table, "", &mut long);
+    if children.is_empty() {
+        return long;
+    }
+    let parent_id = rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
+    for (child, rows) in children
+        .iter()
+        .zip(schema::child_rows(doc, &parent_id, children))
+    {
+        for row in &rows {
+            long_columns(row, &child.table, &format!("{}.", child.key), &mut long);
+        }
+    }
+    long
+}
+
+/// The text columns of an Appwrite row longer than the column holds, as (`prefix` + key, size).
+fn long_columns(
+    row: &Value,
+    spec: &TableSpec,
+    prefix: &str,
+    out: &mut std::collections::BTreeMap<String, u64>,
+) {
+    for c in &spec.columns {
+        let size = match c.kind {
+            schema::Kind::Text(n) => n,
+            schema::Kind::Json => schema::DEFAULT_TEXT_SIZE,
+            _ => continue,
+        };
+        let too_long = |v: &Value| v.as_str().map(|s| s.chars().count() as u64).unwrap_or(0) > size;
+        let long = match &row[&c.key] {
+            Value::Array(items) => items.iter().any(too_long),
+            v => too_long(v),
+        };
+        if long {
+            out.insert(format!("{prefix}{}", c.key), size);
+        }
+    }
 }
 
 /// A document the server did not take: refused (400, 409: rejected), or failed by a transient
@@ -698,7 +833,7 @@ mod tests {
     use super::*;
 
     fn unrepresentable_doc(doc: &Document) -> Option<String> {
-        unrepresentable(doc, None)
+        unrepresentable(doc, None, &[])
     }
 
     #[test]
@@ -716,6 +851,38 @@ mod tests {
         let deep = unrepresentable_doc(&bson::doc! { "m": [[1, 2], [3, 4]] }).unwrap();
         assert!(deep.contains("multi-dimensional"), "{deep}");
         assert!(unrepresentable_doc(&bson::doc! { "lines": [{ "a": 1 }, { "a": 2 }] }).is_none());
+    }
+
+    /// Issue #11: a JSON object keyed `$numberDecimal` (a `jsonb` value) would be read back from
+    /// Appwrite's JSON text as a decimal: rejected; other `$` keys are plain objects there.
+    #[test]
+    fn json_objects_that_extended_json_reads_as_another_type_are_named() {
+        let table = TableSpec {
+            id: "t".into(),
+            columns: vec![schema::ColumnSpec {
+                key: "j".into(),
+                kind: schema::Kind::Json,
+                array: false,
+                reference: false,
+            }],
+            indexes: Vec::new(),
+        };
+        let named = |j: Bson| unrepresentable(&bson::doc! { "j": j }, Some(&table), &[]);
+        let m = named(Bson::Document(bson::doc! { "$numberDecimal": "1" })).unwrap();
+        assert!(m.starts_with("j holds an object keyed like"), "{m}");
+        assert!(
+            named(Bson::Array(vec![Bson::Document(
+                bson::doc! { "x": { "$date": "2024-01-01T00:00:00Z" } }
+            )]))
+            .is_some()
+        );
+        assert!(named(Bson::Document(bson::doc! { "$x": 1, "a.b": { "$y": [1] } })).is_none());
+        assert!(
+            named(Bson::Document(
+                bson::doc! { "n": f64::NAN, "big": 1i64 << 40 }
+            ))
+            .is_none()
+        );
     }
 
     #[test]

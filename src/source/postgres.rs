@@ -429,11 +429,26 @@ pub async fn describe(
         })?;
     let not_null = not_null_columns(conn, relation).await?;
     let loose = nondeterministic_columns(conn, relation).await?;
+    // PostgreSQL describes a domain's column by its base type, but an array of a domain by the
+    // array type itself (`posint[]`): those are resolved to an array of the base type.
+    let arrays: Vec<i64> = stmt
+        .columns()
+        .iter()
+        .filter(|c| {
+            let name = c.type_info().name();
+            name.ends_with("[]") || name.starts_with('_')
+        })
+        .filter_map(|c| c.type_info().oid().map(|o| i64::from(o.0)))
+        .collect();
+    let domain_arrays = domain_array_types(conn, relation, &arrays).await?;
     Ok(stmt
         .columns()
         .iter()
         .map(|c| {
-            let pg_type = c.type_info().name().to_string();
+            let oid = c.type_info().oid().map(|o| i64::from(o.0));
+            let pg_type = oid
+                .and_then(|o| domain_arrays.get(&o).cloned())
+                .unwrap_or_else(|| c.type_info().name().to_string());
             SourceColumn {
                 name: c.name().to_string(),
                 kind: ColKind::from_pg_type(&pg_type),
@@ -472,6 +487,47 @@ async fn nondeterministic_columns(
         context: format!("describe {relation}"),
         cause,
     })
+}
+
+/// Of the array types `oids`, those whose element is a domain, as the array of the domain's base
+/// type (through domains of domains) named as sqlx names it: `INT4[]` for a built-in base type,
+/// `mood[]` for another.
+async fn domain_array_types(
+    conn: &mut PgConnection,
+    relation: &str,
+    oids: &[i64],
+) -> Result<std::collections::HashMap<i64, String>, SourceError> {
+    if oids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(i64, String, bool)> = sqlx::query_as(
+        "WITH RECURSIVE d(arr, t, depth) AS (
+             SELECT a.oid::int8, e.typbasetype, 1 FROM pg_type a JOIN pg_type e ON e.oid = a.typelem
+             WHERE a.oid = ANY($1::int8[]::oid[]) AND e.typtype = 'd'
+             UNION ALL
+             SELECT d.arr, p.typbasetype, d.depth + 1 FROM d JOIN pg_type p ON p.oid = d.t
+             WHERE p.typtype = 'd' AND d.depth < 32)
+         SELECT d.arr, b.typname::text, b.typnamespace = 'pg_catalog'::regnamespace
+         FROM d JOIN pg_type b ON b.oid = d.t WHERE b.typtype <> 'd'",
+    )
+    .bind(oids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|cause| SourceError::Query {
+        context: format!("describe {relation}: the element types of arrays of domains"),
+        cause,
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(oid, base, builtin)| {
+            let name = if builtin {
+                format!("{}[]", base.to_ascii_uppercase())
+            } else {
+                format!("{base}[]")
+            };
+            (oid, name)
+        })
+        .collect())
 }
 
 /// The `NOT NULL` columns of `relation` when it is a table (a query's columns may all be NULL).

@@ -43,8 +43,14 @@ pub fn default_region(spec: &str) -> Result<Id, String> {
 /// parse, is not a valid number of its country, or carries an extension (E.164 cannot hold one)
 /// is an error.
 pub fn to_e164(raw: &str, region: Id) -> Result<String, String> {
-    let number =
-        parse(raw.trim(), region).map_err(|e| format!("`{raw}` is not a phone number ({e})"))?;
+    let ascii = ascii_digits(raw.trim());
+    let mut number =
+        parse(&ascii, region).map_err(|e| format!("`{raw}` is not a phone number ({e})"))?;
+    if number.extension().is_none()
+        && let Some(read) = as_libphonenumber(&ascii, region, &number)
+    {
+        number = read;
+    }
     let e164 = number.format().mode(Mode::E164).to_string();
     if !number.is_valid() {
         return Err(format!(
@@ -78,6 +84,163 @@ fn parse(raw: &str, region: Id) -> Result<PhoneNumber, ParseError> {
         },
         Source::Number | Source::Default => Ok(first),
     }
+}
+
+/// The number as libphonenumber reads it, when that differs from the crate's reading. The crate
+/// strips a country's trunk prefix unconditionally, twice (its viability test compares the number
+/// with itself, then it strips `national_prefix` again): `+7 812 315-00-00` and
+/// `8 (812) 315-00-00` read as +7 123150000, `+375 801 123 4567` as +375 11234567.
+/// libphonenumber strips by `national_prefix_for_parsing` once, and keeps the digits as written
+/// when they are a viable national number and the rest is not, or when the rest has no possible
+/// length. None when the digits as written cannot be told (the crate's reading stands).
+fn as_libphonenumber(raw: &str, region: Id, number: &PhoneNumber) -> Option<PhoneNumber> {
+    // Letters (vanity numbers, `tel:` URIs, words around a number) are the crate's to read.
+    if raw.chars().any(char::is_alphabetic) {
+        return None;
+    }
+    let code = number.code().value();
+    let code_text = code.to_string();
+    let digits = |s: &str| -> String { s.chars().filter(char::is_ascii_digit).collect() };
+    let (written, meta) = match number.code().source() {
+        Source::Default => (digits(raw), DATABASE.by_id(region.as_ref())?),
+        Source::Plus | Source::Idd | Source::Number => {
+            let all = digits(raw);
+            let intl = if all.starts_with(&code_text) {
+                all
+            } else {
+                digits(&idd_to_plus(raw, region)?)
+            };
+            let regions = DATABASE.by_code(&code)?;
+            let main = regions
+                .iter()
+                .find(|m| m.is_main_country_for_code())
+                .or(regions.first())
+                .copied()?;
+            (intl.strip_prefix(&code_text)?.to_string(), main)
+        }
+    };
+    let read = number.national().to_string();
+    // The crate strips a prefix only (or transforms it, where a rule says so).
+    if !written.ends_with(&read) && meta.national_prefix_transform_rule().is_none() {
+        return None;
+    }
+    let national = strip_national_prefix(&written, meta)?;
+    if national == read {
+        return None;
+    }
+    // Read in a region without trunk prefix, the crate keeps the national number as given.
+    let plain = (*PLAIN_REGION)?;
+    let again = guarded(Some(plain), &format!("+{code}{national}")).ok()?;
+    (again.code().value() == code && again.national().to_string() == national).then_some(again)
+}
+
+/// libphonenumber's `maybeStripNationalPrefixAndCarrierCode` followed by its length test: the
+/// national number `written` (the digits after the country code) comes to.
+fn strip_national_prefix(written: &str, meta: &phonenumber::Metadata) -> Option<String> {
+    let general = meta.descriptors().general();
+    let viable =
+        |s: &str| anchored(general.national_number().as_str(), true).is_some_and(|r| r.is_match(s));
+    let stripped = match meta.national_prefix_for_parsing() {
+        Some(parsing) => {
+            let re = anchored(parsing.as_str(), false)?;
+            match re.captures(written) {
+                None => return Some(written.to_string()),
+                Some(caps) => {
+                    let end = caps.get(0)?.end();
+                    let last = caps.len() - 1;
+                    match meta.national_prefix_transform_rule() {
+                        Some(rule) if !rule.is_empty() && last > 0 && caps.get(last).is_some() => {
+                            let mut out = String::new();
+                            caps.expand(rule, &mut out);
+                            out.push_str(&written[end..]);
+                            out
+                        }
+                        _ => written[end..].to_string(),
+                    }
+                }
+            }
+        }
+        None => match meta.national_prefix() {
+            Some(p) if !p.is_empty() && written.starts_with(p) => written[p.len()..].to_string(),
+            _ => return Some(written.to_string()),
+        },
+    };
+    if viable(written) && !viable(&stripped) {
+        return Some(written.to_string());
+    }
+    // Stripped only when the rest has a possible length (not too short, not local only).
+    let possible = general.possible_length();
+    let local = general.possible_local_length();
+    let n = stripped.len() as u16;
+    let length_ok = match (possible.first(), possible.last()) {
+        (Some(&min), Some(&max)) => {
+            !local.contains(&n) && n >= min && (n > max || possible.contains(&n))
+        }
+        _ => true,
+    };
+    Some(if length_ok {
+        stripped
+    } else {
+        written.to_string()
+    })
+}
+
+/// `pattern` (from the numbering metadata) anchored at the start (`whole`: at both ends), compiled
+/// once.
+fn anchored(pattern: &str, whole: bool) -> Option<regex::Regex> {
+    type Compiled = std::collections::HashMap<(String, bool), Option<regex::Regex>>;
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<Compiled>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache
+        .entry((pattern.to_string(), whole))
+        .or_insert_with(|| {
+            // The metadata's patterns are laid out with white space, which is no part of them.
+            let pattern: String = pattern.chars().filter(|c| !c.is_whitespace()).collect();
+            let end = if whole { "$" } else { "" };
+            regex::Regex::new(&format!("^(?:{pattern}){end}")).ok()
+        })
+        .clone()
+}
+
+/// A region whose numbers have no trunk prefix (none to strip, none to parse by).
+static PLAIN_REGION: std::sync::LazyLock<Option<Id>> = std::sync::LazyLock::new(|| {
+    DATABASE
+        .iter()
+        .filter(|m| m.national_prefix().is_none() && m.national_prefix_for_parsing().is_none())
+        .find_map(|m| m.id().parse::<Id>().ok())
+});
+
+/// `raw` with every decimal digit in ASCII and a full-width plus as `+`, as libphonenumber reads
+/// them (it takes any Unicode decimal digit: full-width `０`–`９`, Arabic-Indic `٠`–`٩`, …).
+fn ascii_digits(raw: &str) -> String {
+    raw.chars()
+        .map(|c| match c {
+            '\u{ff0b}' => '+',
+            c => unicode_digit(c)
+                .and_then(|d| char::from_digit(d, 10))
+                .unwrap_or(c),
+        })
+        .collect()
+}
+
+/// The value of a decimal digit (Unicode category Nd) outside ASCII, for the scripts whose digits
+/// run from a zero in one block of ten.
+fn unicode_digit(c: char) -> Option<u32> {
+    const ZEROS: &[u32] = &[
+        0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6,
+        0x0D66, 0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0,
+        0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0,
+        0xAA50, 0xABF0, 0xFF10,
+    ];
+    let code = u32::from(c);
+    if c.is_ascii() {
+        return None;
+    }
+    ZEROS
+        .iter()
+        .find(|&&zero| (zero..zero + 10).contains(&code))
+        .map(|zero| code - zero)
 }
 
 /// `phonenumber::parse`, with a panic inside the crate turned into "not a number": one odd value
@@ -224,6 +387,86 @@ mod tests {
         assert!(
             message.contains("`12ab` is not a phone number"),
             "{message}"
+        );
+    }
+
+    /// Issue #11: the trunk prefix is stripped only as libphonenumber strips it. Expected values
+    /// are the Python `phonenumbers` library's (libphonenumber's port), `format_number(parse(raw,
+    /// region), E164)` with `is_valid_number` true.
+    #[test]
+    fn a_trunk_prefix_digit_after_the_country_code_is_kept_as_libphonenumber_keeps_it() {
+        let cases = [
+            ("+7 812 315-00-00", Id::RU, "+78123150000"),
+            ("8 (812) 315-00-00", Id::RU, "+78123150000"),
+            ("+7 800 555-35-35", Id::RU, "+78005553535"),
+            ("+78001234567", Id::RU, "+78001234567"),
+            ("+7 809 123-45-67", Id::RU, "+78091234567"),
+            ("+78722152676", Id::RU, "+78722152676"),
+            ("+7 800 123-45-67", Id::KZ, "+78001234567"),
+            ("+375 801 123 4567", Id::BY, "+3758011234567"),
+            ("+3758003019243", Id::BY, "+3758003019243"),
+            ("+370 800 12 345", Id::LT, "+37080012345"),
+            ("+370 801 23 456", Id::LT, "+37080123456"),
+            // Still stripped where it is a trunk prefix.
+            ("8 812 315-00-00", Id::RU, "+78123150000"),
+            ("+44 020 7946 0018", Id::RU, "+442079460018"),
+        ];
+        for (raw, region, want) in cases {
+            assert_eq!(
+                to_e164(raw, region).as_deref(),
+                Ok(want),
+                "{raw} in {region:?}"
+            );
+        }
+    }
+
+    /// Issue #11: libphonenumber reads any decimal digits and a full-width plus.
+    #[test]
+    fn full_width_and_arabic_indic_digits_are_read() {
+        assert_eq!(
+            to_e164("＋７ ８１２ ３１５-００-００", Id::RU).as_deref(),
+            Ok("+78123150000")
+        );
+        assert_eq!(
+            to_e164("٠٧٧٧ ١٢٣٤٥٦", Id::LR).as_deref(),
+            Ok("+231777123456")
+        );
+        assert_eq!(
+            to_e164("۰۷۷۷ ۱۲۳۴۵۶", Id::LR).as_deref(),
+            Ok("+231777123456")
+        );
+        assert!(PLAIN_REGION.is_some());
+    }
+
+    /// Issue #11: numbers of every region, national and international, with spaces or without,
+    /// read exactly as libphonenumber reads them. The table (`testdata/phones.tsv`) holds the
+    /// Python `phonenumbers` library's answers: `format_number(parse(raw, region), E164)` when
+    /// `is_valid_number`, else empty.
+    #[test]
+    fn numbers_read_as_libphonenumber_reads_them() {
+        let table = include_str!("testdata/phones.tsv");
+        let mut wrong = Vec::new();
+        let mut n = 0;
+        for line in table.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.split('\t');
+            let (Some(region), Some(raw), Some(want)) = (parts.next(), parts.next(), parts.next())
+            else {
+                panic!("bad line {line:?}");
+            };
+            n += 1;
+            let got = to_e164(raw, region.parse().unwrap()).unwrap_or_default();
+            if got != want {
+                wrong.push(format!(
+                    "{region} {raw:?}: {got:?}, libphonenumber {want:?}"
+                ));
+            }
+        }
+        assert!(n > 4000);
+        assert!(
+            wrong.is_empty(),
+            "{} of {n} differ:\n{}",
+            wrong.len(),
+            wrong.join("\n")
         );
     }
 

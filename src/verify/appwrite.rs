@@ -301,6 +301,7 @@ pub async fn verify_entity(
     let mut rejected_by_mapping = 0u64;
     let mut expected_count = 0u64;
     let mut child_totals = vec![0u64; plan.embeds.len()];
+    let mut refused_children: HashMap<String, Vec<u64>> = HashMap::new();
     let mut spilled: std::io::Result<()> = Ok(());
     each_expected(plan, session, ctx, |n, key, doc, counts| {
         let Some(doc) = doc else {
@@ -310,6 +311,11 @@ pub async fn verify_entity(
         expected_count += 1;
         for (t, c) in child_totals.iter_mut().zip(counts) {
             *t += *c as u64;
+        }
+        // A parent the run refused has no children in the target when it is absent: the merge
+        // takes its children back out of the totals then.
+        if refused.contains(&key) {
+            refused_children.insert(key.clone(), counts.iter().map(|&c| c as u64).collect());
         }
         let (id, value) = shape.expected(&doc);
         let sampled = n.is_multiple_of(step);
@@ -469,6 +475,14 @@ pub async fn verify_entity(
             (Some(w), None) if w.sampled => found.missing(w.key.clone())?,
             (None, Some(_)) => found.unexpected(text(&id))?,
             _ => {} // not in the sample
+        }
+        // The children of a refused parent that is rightly absent are not expected either.
+        if let (Some(w), None) = (&want, have)
+            && let Some(counts) = refused_children.get(&w.key)
+        {
+            for (t, c) in child_totals.iter_mut().zip(counts) {
+                *t = t.saturating_sub(*c);
+            }
         }
         if want.is_some() {
             e = take(&mut expected)?;

@@ -354,6 +354,16 @@ async fn read_sampled(
 }
 
 /// Verifies one entity. `sample`: compare only every k-th source row so that about `n` are checked.
+/// Takes the children of an absent parent the target refused (`refused`: their counts by key) out
+/// of the expected totals: they are rightly absent with it.
+fn uncount_children(key: &str, refused: &HashMap<String, Vec<u64>>, totals: &mut [u64]) {
+    if let Some(counts) = refused.get(key) {
+        for (t, c) in totals.iter_mut().zip(counts) {
+            *t = t.saturating_sub(*c);
+        }
+    }
+}
+
 /// The rows of `refused` (write rejects of the runs that wrote the collection) are excused when
 /// they are absent.
 #[allow(clippy::too_many_arguments)]
@@ -408,6 +418,7 @@ pub async fn verify_entity(
     let mut rejected_by_mapping = 0u64;
     let mut expected_count = 0u64;
     let mut child_totals: Vec<u64> = vec![0; plan.embeds.len()];
+    let mut refused_children: HashMap<String, Vec<u64>> = HashMap::new();
     {
         let mut readers = Readers::open(session, plan).await?;
         let limit = Some(crate::sink::mongodb::MAX_DOCUMENT_BYTES);
@@ -425,6 +436,14 @@ pub async fn verify_entity(
                 } => {
                     for (total, kids) in child_totals.iter_mut().zip(&child_counts) {
                         *total += *kids as u64;
+                    }
+                    // A parent the run refused has no children in the target when it is absent:
+                    // they are taken back out of the totals then.
+                    if refused.contains(&mapped.key) {
+                        refused_children.insert(
+                            mapped.key.clone(),
+                            child_counts.iter().map(|&c| c as u64).collect(),
+                        );
                     }
                     let doc = mapped.doc.expect("a document row has its document");
                     expected_count += 1;
@@ -464,6 +483,7 @@ pub async fn verify_entity(
                             }
                         }
                         if !matched {
+                            uncount_children(&mapped.key, &refused_children, &mut child_totals);
                             found.missing(mapped.key)?;
                         }
                         continue;
@@ -522,7 +542,9 @@ pub async fn verify_entity(
             match order {
                 std::cmp::Ordering::Less => {
                     let (_, payload) = e.take().expect("an expected record");
-                    found.missing(String::from_utf8_lossy(&payload[8..]).into_owned())?;
+                    let key = String::from_utf8_lossy(&payload[8..]).into_owned();
+                    uncount_children(&key, &refused_children, &mut child_totals);
+                    found.missing(key)?;
                     e = expected.next_record().map_err(spill_err)?;
                 }
                 std::cmp::Ordering::Greater => {

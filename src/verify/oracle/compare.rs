@@ -109,9 +109,9 @@ impl Dec {
             b'+' => (false, &t[1..]),
             _ => (false, t),
         };
-        let (mantissa, e) = match t.find(['e', 'E']) {
-            Some(i) => (&t[..i], t[i + 1..].parse::<i64>().ok()?),
-            None => (t, 0),
+        let (mantissa, exponent) = match t.find(['e', 'E']) {
+            Some(i) => (&t[..i], Some(&t[i + 1..])),
+            None => (t, None),
         };
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
         if int.is_empty() && frac.is_empty() {
@@ -122,11 +122,32 @@ impl Dec {
         }
         let digits = format!("{int}{frac}");
         let coef = digits.trim_start_matches('0');
-        Some(Dec {
-            neg,
-            coef: if coef.is_empty() { "0" } else { coef }.to_string(),
-            exp: e.checked_sub(frac.len() as i64)?,
-        })
+        let exp = match exponent {
+            Some(e) => e
+                .parse::<i64>()
+                .ok()
+                .and_then(|e| e.checked_sub(frac.len() as i64)),
+            None => 0i64.checked_sub(frac.len() as i64),
+        };
+        match exp {
+            Some(exp) => Some(Dec {
+                neg,
+                coef: if coef.is_empty() { "0" } else { coef }.to_string(),
+                exp,
+            }),
+            // Zero under an exponent beyond 64 bits is still zero (`0e999999999999999999999`,
+            // valid JSON that a `json` column keeps as written); another number is none.
+            None if coef.is_empty() => {
+                let e = exponent.unwrap_or("0");
+                let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+                (!e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())).then(|| Dec {
+                    neg,
+                    coef: "0".into(),
+                    exp: 0,
+                })
+            }
+            None => None,
+        }
     }
 
     fn is_zero(&self) -> bool {
@@ -614,6 +635,19 @@ mod tests {
 
     fn d128(text: &str) -> Bson {
         Bson::Decimal128(text.parse().unwrap())
+    }
+
+    /// Zero keeps its scale (`0.00`), and is zero under an exponent beyond 64 bits.
+    #[test]
+    fn zero_keeps_its_scale_and_any_exponent() {
+        let d = Dec::parse("0.00").unwrap();
+        assert_eq!((d.coef.as_str(), d.exp), ("0", -2));
+        let d = Dec::parse("0.000000e999999999999999999999").unwrap();
+        assert_eq!((d.coef.as_str(), d.exp), ("0", 0));
+        assert!(Dec::parse("1e999999999999999999999").is_none());
+        assert!(Dec::parse("0e").is_none());
+        let d = Dec::parse("1.50e3").unwrap();
+        assert_eq!((d.coef.as_str(), d.exp), ("150", 1));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! in batches, so memory holds one batch of parents' children. A parent or element that is not
 //! in the target is left to the main comparison (which counts the elements).
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, doc};
 use futures::TryStreamExt;
 use sqlx::{AssertSqlSafe, Executor, Row};
 
@@ -106,7 +106,7 @@ pub(super) fn child_query(e: &EmbedPlan, checks: &[FieldCheck]) -> String {
 
 /// Looks the parents of `families` up and compares their children's fields; empties it.
 async fn lookup(
-    coll: &mongodb::Collection<Document>,
+    coll: &mongodb::Collection<bson::RawDocumentBuf>,
     e: &EmbedPlan,
     checks: &[FieldCheck],
     families: &mut Vec<Family>,
@@ -124,6 +124,7 @@ async fn lookup(
         .map_err(merr(op()))?;
     let mut found = std::collections::HashMap::new();
     while let Some(d) = cursor.try_next().await.map_err(merr(op()))? {
+        let d = super::stored(&d, coll.name())?;
         let id = d.get("_id").cloned().unwrap_or(Bson::Null);
         found.insert(crate::verify::id_bytes(&id), d);
     }
@@ -255,7 +256,7 @@ impl<'p> Families<'p> {
 pub(super) async fn compare(
     plan: &Plan,
     session: &mut SourceSession,
-    coll: &mongodb::Collection<Document>,
+    coll: &mongodb::Collection<bson::RawDocumentBuf>,
     step: u64,
     embeds: &[EmbedChecks],
     cmp: &mut Comparer<'_>,

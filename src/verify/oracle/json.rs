@@ -1,4 +1,5 @@
-//! A small JSON reader for PostgreSQL's own JSON output (`to_jsonb(col)::text`) that keeps every
+//! A small JSON reader for PostgreSQL's own JSON output (`to_jsonb(col)::text`, or a `json`
+//! column's own text, which `to_jsonb` cannot always convert: `\u0000`, `1e100000000000`) that keeps every
 //! number as its text, so that the comparer sees the exact value PostgreSQL holds. Kept apart from
 //! `transform::json` on purpose: verify must not share the converter's parser.
 
@@ -103,7 +104,12 @@ impl Reader<'_> {
                     self.blank();
                     self.expect(b':')?;
                     let v = self.value()?;
-                    members.push((k, v));
+                    // A key given twice keeps its first place and its last value, as `jsonb`
+                    // does on input (a `json` column's text may hold both).
+                    match members.iter_mut().find(|(m, _)| *m == k) {
+                        Some(member) => member.1 = v,
+                        None => members.push((k, v)),
+                    }
                     self.blank();
                     match self.peek() {
                         Some(b',') => self.at += 1,

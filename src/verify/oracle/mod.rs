@@ -234,10 +234,14 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
         }
         // to_jsonb turns each float into a numeric, which has no −0: floats are read from the
         // array's own text (their shortest exact digits), as JSON (NaN and infinities quoted).
+        // `json` elements as their own text: `to_jsonb` would fail on some valid ones
+        // (`\u0000`, numbers beyond numeric's range) and abort the whole comparison.
         let sql = if matches!(elem.as_str(), "FLOAT4" | "FLOAT8") {
             format!(
                 "replace(regexp_replace(translate({col}::text, '{{}}', '[]'), '(-?Infinity|NaN)', '\"\\1\"', 'g'), 'NULL', 'null')"
             )
+        } else if elem == "JSON" {
+            format!("array_to_json({col})::text")
         } else {
             format!("to_jsonb({col})::text")
         };
@@ -260,6 +264,9 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
         Check::Date => format!(
             "CASE WHEN isfinite({col}) THEN ({col} - date '1970-01-01')::text ELSE {col}::text END"
         ),
+        // A `json` column as its own text (read by the oracle's JSON reader): `to_jsonb` fails
+        // on some valid values (`\u0000`, numbers beyond numeric's range).
+        Check::Json { .. } if pg_type == "JSON" => format!("{col}::text"),
         Check::Json { .. } => format!("to_jsonb({col})::text"),
         _ => format!("{col}::text"),
     };
@@ -451,6 +458,17 @@ fn at_path<'d>(d: &'d Document, path: &[String]) -> Option<&'d Bson> {
     cur.get(last)
 }
 
+/// A target document as stored, decoded from its raw BSON: never through serde, whose `Bson`
+/// visitor reads an embedded object with a `$numberDecimal` (`$oid`, `$date`…) key as that type
+/// and would fail a document that holds such a JSON object exactly.
+pub(super) fn stored(raw: &bson::RawDocumentBuf, collection: &str) -> Result<Document, RunError> {
+    raw.to_document().map_err(|e| {
+        RunError::Target(MongoError::Reply(format!(
+            "a document of {collection} does not decode: {e}"
+        )))
+    })
+}
+
 fn merr(op: String) -> impl FnOnce(mongodb::error::Error) -> RunError {
     move |cause| RunError::Target(MongoError::Command { op, cause })
 }
@@ -546,7 +564,7 @@ impl Comparer<'_> {
 
 /// Looks the documents of `pending` up by `_id` and compares them; empties `pending`.
 async fn lookup(
-    coll: &mongodb::Collection<Document>,
+    coll: &mongodb::Collection<bson::RawDocumentBuf>,
     collection: &str,
     pending: &mut Vec<Pending>,
     cmp: &mut Comparer<'_>,
@@ -565,6 +583,7 @@ async fn lookup(
         .await
         .map_err(merr(format!("read {collection}")))?
     {
+        let d = stored(&d, collection)?;
         let id = d.get("_id").cloned().unwrap_or(Bson::Null);
         found.insert(super::id_bytes(&id), d);
     }
@@ -669,7 +688,9 @@ pub async fn verify_entity(
         Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
         _ => 1,
     };
-    let coll = target.database().collection::<Document>(&plan.collection);
+    let coll = target
+        .database()
+        .collection::<bson::RawDocumentBuf>(&plan.collection);
     let mut cmp = Comparer {
         entity: &plan.entity,
         checks: &checks,
@@ -724,7 +745,9 @@ pub async fn verify_entity(
                     pending_doc = cursor
                         .try_next()
                         .await
-                        .map_err(merr(format!("read {}", plan.collection)))?;
+                        .map_err(merr(format!("read {}", plan.collection)))?
+                        .map(|raw| stored(&raw, &plan.collection))
+                        .transpose()?;
                 }
                 let Some(d) = pending_doc.as_ref() else { break };
                 let tid = d.get("_id").cloned().unwrap_or(Bson::Null);
