@@ -55,6 +55,9 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A value given by a flag or the environment, not by the file.
+    #[error("{from}: {message}")]
+    Given { from: String, message: String },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,10 +351,19 @@ impl Config {
             (env.var("DATABASE_URL"), Origin::Env("DATABASE_URL")),
             (parsed.source.url, Origin::File),
         ]);
-        origins.source = origin;
+        origins.source = origin.clone();
         if let Some(url) = &source_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
+            if origin != Origin::File {
+                return Err(ConfigError::Given {
+                    from: origin.describe(None),
+                    message: format!(
+                        "expected a postgres:// URL, got `{}`",
+                        crate::redact::redact_url(url)
+                    ),
+                });
+            }
             return Err(invalid(
                 "source.url",
                 format!(
@@ -469,10 +481,14 @@ impl Config {
             .or(parsed.run.batch_size)
             .unwrap_or(DEFAULT_BATCH_SIZE);
         if batch_size == 0 || batch_size > 100_000 {
-            return Err(invalid(
-                "run.batch_size",
-                format!("must be between 1 and 100000, got {batch_size}"),
-            ));
+            let message = format!("must be between 1 and 100000, got {batch_size}");
+            return Err(match o.batch_size {
+                Some(_) => ConfigError::Given {
+                    from: "flag --batch-size".into(),
+                    message,
+                },
+                None => invalid("run.batch_size", message),
+            });
         }
         let batch_bytes = parsed.run.batch_bytes.unwrap_or(DEFAULT_BATCH_BYTES);
         if !(1024..=MAX_BATCH_BYTES).contains(&batch_bytes) {
@@ -486,10 +502,14 @@ impl Config {
             .or(parsed.run.concurrency)
             .unwrap_or(DEFAULT_CONCURRENCY);
         if concurrency == 0 || concurrency > 64 {
-            return Err(invalid(
-                "run.concurrency",
-                format!("must be between 1 and 64, got {concurrency}"),
-            ));
+            let message = format!("must be between 1 and 64, got {concurrency}");
+            return Err(match o.concurrency {
+                Some(_) => ConfigError::Given {
+                    from: "flag --concurrency".into(),
+                    message,
+                },
+                None => invalid("run.concurrency", message),
+            });
         }
 
         Ok(Config {
@@ -718,6 +738,31 @@ mod tests {
         );
     }
 
+    /// A bad value given by a flag is blamed on the flag, not on the file.
+    #[test]
+    fn a_bad_flag_value_names_the_flag() {
+        let o = Overrides {
+            batch_size: Some(0),
+            ..Overrides::default()
+        };
+        let err = Config::from_str(Path::new("c.toml"), "", &env(&[]), &o)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "flag --batch-size: must be between 1 and 100000, got 0"
+        );
+        let err = Config::from_str(
+            Path::new("c.toml"),
+            "[run]\nconcurrency = 0\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("c.toml: key `run.concurrency`"), "{err}");
+    }
+
     #[test]
     fn environment_overrides_file_and_flags_override_environment() {
         let text = "[source]\nurl = \"postgres://file/db\"\n[run]\nbatch_size = 10\n";
@@ -920,7 +965,8 @@ mod tests {
         let err = Config::from_str(Path::new("c.toml"), "", &e, &Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("source.url"), "{err}");
+        // Named where it came from: the environment, not the file.
+        assert!(err.starts_with("environment CUTOVER_SOURCE_URL:"), "{err}");
         assert!(!err.contains("a b/c@d") && !err.contains("c@d"), "{err}");
         assert!(err.contains("user=app"), "{err}");
     }
@@ -931,7 +977,7 @@ mod tests {
         let err = Config::from_str(Path::new("c.toml"), "", &e, &Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("source.url"), "{err}");
+        assert!(err.contains("CUTOVER_SOURCE_URL"), "{err}");
         assert!(!err.contains("pw123"), "{err}");
     }
 }
