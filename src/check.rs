@@ -105,10 +105,16 @@ pub async fn target_description(target: &MongoTarget) -> Result<String, mongodb:
 /// and whether the API key may read databases.
 pub async fn appwrite_description(a: &AppwriteTarget) -> Result<String, String> {
     let c = &a.client;
-    let version = c
-        .server_version()
-        .await
-        .map_err(|e| format!("the API key was refused: {e}"))?;
+    let version = c.server_version().await.map_err(|e| match e {
+        crate::sink::appwrite::AppwriteError::Transport { .. } => {
+            format!(
+                "cannot reach {}: {e}",
+                crate::redact::redact_url(c.endpoint())
+            )
+        }
+        e if matches!(e.status(), Some(401 | 403)) => format!("the API key was refused: {e}"),
+        e => format!("the server's version cannot be read: {e}"),
+    })?;
     let health = match c.call(reqwest::Method::GET, "/health", None).await {
         Ok(v) => v["status"].as_str().unwrap_or("?").to_string(),
         Err(e) => format!("unknown ({e})"),

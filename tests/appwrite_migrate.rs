@@ -1742,3 +1742,34 @@ async fn mongodbs_document_size_limit_is_not_applied_to_appwrite() {
     assert_eq!(aw.s.row_count("registry", &kids), 18_001);
     w.drop().await;
 }
+
+/// An Appwrite endpoint nobody answers on is said to be unreachable, not "the API key was
+/// refused".
+#[tokio::test]
+async fn an_unreachable_appwrite_endpoint_is_said_so() {
+    let w = World::new("aw_unreachable").await;
+    w.sql("CREATE TABLE t (id int PRIMARY KEY, v text);").await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let out = w
+        .cutover()
+        .env("APPWRITE_ENDPOINT", "http://127.0.0.1:1/v1")
+        .env("APPWRITE_PROJECT", "p")
+        .env("APPWRITE_API_KEY", "secret-key-123")
+        .args(["check", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot reach http://127.0.0.1:1/v1"),
+        "{text}"
+    );
+    assert!(!text.contains("API key was refused"), "{text}");
+    assert!(!text.contains("secret-key-123"), "{text}");
+    w.drop().await;
+}
