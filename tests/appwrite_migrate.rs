@@ -1773,3 +1773,63 @@ async fn an_unreachable_appwrite_endpoint_is_said_so() {
     assert!(!text.contains("secret-key-123"), "{text}");
     w.drop().await;
 }
+
+/// A re-run into an Appwrite table of more than 25 columns backs it up whole: the backup table
+/// lacked every column past the first page of the column list (25), and the run failed with
+/// `Unknown attribute`. Rollback then restores every column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_table_is_backed_up_with_every_column() {
+    let w = World::new("aw_wide").await;
+    let cols: Vec<String> = (1..=30).map(|i| format!("c{i} int")).collect();
+    let values: Vec<String> = (1..=30).map(|i| i.to_string()).collect();
+    w.sql(&format!(
+        "CREATE TABLE notes (id int PRIMARY KEY, {});
+         INSERT INTO notes VALUES (1, {}), (2, {});",
+        cols.join(", "),
+        values.join(", "),
+        values.join(", ")
+    ))
+    .await;
+    let fields: String = (1..=30)
+        .map(|i| format!("[[field]]\npath = \"c{i}\"\ncolumn = \"c{i}\"\n"))
+        .collect();
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/notes.toml"),
+        format!(
+            "version = 1\nname = \"notes\"\n[source]\ntable = \"notes\"\nkey = [\"id\"]\n{fields}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("notes.toml"), NOTES_PIPELINE).unwrap();
+    let pipeline = dir.join("notes.toml").display().to_string();
+    let aw = standin().await;
+    let args = [
+        "migrate",
+        "--quiet",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        &pipeline,
+    ];
+    let out = cutover(&w, &aw, &args).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.sql("UPDATE notes SET c30 = 300 WHERE id = 1").await;
+    let mut rerun = args.to_vec();
+    rerun.push("--rerun");
+    let out = cutover(&w, &aw, &rerun).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cutover(
+        &w,
+        &aw,
+        &["rollback", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = aw.s.rows("registry", "notes");
+    let one = rows.iter().find(|r| r["$id"] == "1").unwrap();
+    assert_eq!(one["c30"], 30, "{one}");
+    assert_eq!(one["c26"], 26, "{one}");
+    w.drop().await;
+}

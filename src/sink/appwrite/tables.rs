@@ -322,16 +322,30 @@ impl AppwriteClient {
         }
     }
 
-    /// The user columns of a table, as the server describes them.
+    /// The user columns of a table, as the server describes them: every one, page by page (a
+    /// list answers 25 by default; a backup of a wider table lacked the others).
     pub async fn columns(&self, db: &str, table: &str) -> Result<Vec<Value>, AppwriteError> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/tablesdb/{db}/tables/{table}/columns"),
-                None,
-            )
-            .await?;
-        Ok(v["columns"].as_array().cloned().unwrap_or_default())
+        const COLUMN_PAGE: usize = 100;
+        let mut out = Vec::new();
+        loop {
+            let q = [
+                json!({ "method": "limit", "values": [COLUMN_PAGE] }),
+                json!({ "method": "offset", "values": [out.len()] }),
+            ];
+            let v = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/tablesdb/{db}/tables/{table}/columns?{}", query_string(&q)),
+                    None,
+                )
+                .await?;
+            let page = v["columns"].as_array().cloned().unwrap_or_default();
+            let n = page.len();
+            out.extend(page);
+            if n < COLUMN_PAGE {
+                return Ok(out);
+            }
+        }
     }
 
     /// Copies every row of `from` into `to` (created with the same columns when missing; rows of
