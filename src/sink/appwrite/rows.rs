@@ -23,14 +23,26 @@ pub fn row_id(id: &Bson) -> String {
         }
         _ => None,
     };
+    // A plain key of the hashed form (`h` + 35 hex digits) is hashed too, so that no plain id is
+    // ever another key's hash.
     if let Some(p) = plain
         && crate::sink::appwrite::id_ok(&p)
+        && !looks_hashed(&p)
     {
         return p;
     }
     let digest = Sha256::digest(id.clone().into_canonical_extjson().to_string().as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("h{}", &hex[..35])
+}
+
+/// Whether `id` has the form of a hashed row id: `h` and 35 lowercase hex digits.
+fn looks_hashed(id: &str) -> bool {
+    id.len() == 36
+        && id.starts_with('h')
+        && id[1..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A BSON value as an Appwrite column value: nested documents and arrays of documents become JSON
@@ -179,6 +191,18 @@ mod tests {
             row_id(&composite),
             row_id(&Bson::Document(bson::doc! { "a": 1, "b": "y" }))
         );
+    }
+
+    /// A key that breaks the id rule is hashed; a plain key spelling that very hash was used as
+    /// it is: both rows had one id and the second replaced the first.
+    #[test]
+    fn a_plain_key_never_spells_another_keys_hash() {
+        let hashed = row_id(&Bson::String("_a".into()));
+        assert!(looks_hashed(&hashed), "{hashed}");
+        let plain = row_id(&Bson::String(hashed.clone()));
+        assert_ne!(plain, hashed);
+        assert!(crate::sink::appwrite::id_ok(&plain));
+        assert_eq!(row_id(&Bson::String("h123".into())), "h123");
     }
 
     /// Two composite keys whose parts hold the quotes and separators of the other's rendering
