@@ -363,8 +363,13 @@ fn infinity_policies(
     // A column decodes one way: every field reading it must say the same of ±infinity.
     use crate::source::postgres::Infinity;
     let mut seen: std::collections::BTreeMap<&str, (&str, Infinity)> = Default::default();
-    for f in fields {
-        let Some(column) = &f.column else { continue };
+    let read_by = fields.iter().flat_map(|f| {
+        f.column
+            .iter()
+            .chain(f.columns.iter().flatten())
+            .map(move |c| (f, c))
+    });
+    for (f, column) in read_by {
         let policy = f.infinity.unwrap_or(Infinity::Reject);
         if let Some((other, was)) = seen.insert(column, (&f.path, policy))
             && was != policy
@@ -875,6 +880,23 @@ mod tests {
             "{err}"
         );
         assert!(compile_text("").is_ok());
+        // A field of several columns reads each of them too.
+        let text = "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"a\"\ncolumn = \"changed\"\ninfinity = \"string\"\n\
+             [[field]]\npath = \"arr\"\ncolumns = [\"changed\", \"changed\"]\ntransform = [\"array\"]\n";
+        let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), text).unwrap();
+        let set = MappingSet::from_mappings(vec![m.clone()]).unwrap();
+        let err = compile(
+            &set,
+            &m,
+            &[vec![column("id", "INT4"), column("changed", "TIMESTAMPTZ")]],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("read column `changed` with different `infinity`"),
+            "{err}"
+        );
     }
 
     fn compile_with_updated_at(updated_at: &str) -> Result<Plan, MappingError> {
