@@ -810,18 +810,31 @@ pub async fn verify_entity(
             let context = format!("read {} for the independent comparison", plan.relation);
             let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
             let mut n = 0u64;
-            while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
+            let mut unique = super::Unique::default();
+            loop {
+                let (key, id, texts) = match rows.try_next().await.map_err(qerr(context.clone()))? {
+                    Some(row) => {
+                        let Some(item) =
+                            super::source_row(&row, &keys, plan, checks.len(), &context)?
+                        else {
+                            rows_without_id += 1;
+                            continue;
+                        };
+                        match unique.push(item.1.clone(), item) {
+                            Some(ready) => ready,
+                            None => continue,
+                        }
+                    }
+                    None => match unique.finish() {
+                        Some(ready) => ready,
+                        None => break,
+                    },
+                };
                 let this = n;
                 n += 1;
                 if !this.is_multiple_of(step) {
                     continue;
                 }
-                let Some((key, id, texts)) =
-                    super::source_row(&row, &keys, plan, checks.len(), &context)?
-                else {
-                    rows_without_id += 1;
-                    continue;
-                };
                 let payload: Rendered = (key, None, texts);
                 let payload = serde_json::to_vec(&payload).expect("strings serialize");
                 expected

@@ -152,6 +152,17 @@ async fn lookup(
     Ok(())
 }
 
+/// A numeric's text without trailing fractional zeros (`-0` as `0`): one text for every scale
+/// of one value.
+fn numeric_text(t: &str) -> String {
+    let t = if t.contains('.') {
+        t.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        t
+    };
+    if t == "-0" { "0".into() } else { t.to_string() }
+}
+
 /// A child row of a compared parent, as [`Families::child`] reads it.
 pub(super) struct Child<'a> {
     /// The parent's key text and `_id`.
@@ -216,7 +227,12 @@ impl<'p> Families<'p> {
         };
         let mut fk = Vec::with_capacity(self.fk_len);
         for i in 0..self.fk_len {
-            fk.push(text(i)?);
+            let t = text(i)?;
+            // Numerics PostgreSQL holds equal (1, 1.0, 1.00) are one parent's.
+            fk.push(match self.kinds.get(i) {
+                Some(ColKind::Numeric) => t.map(|t| numeric_text(&t)),
+                _ => t,
+            });
         }
         if self.fk.as_ref() != Some(&fk) {
             let sampled = self.parents.is_multiple_of(self.step);

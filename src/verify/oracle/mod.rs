@@ -629,6 +629,45 @@ fn source_query(plan: &Plan, checks: &[FieldCheck]) -> (Vec<(ColKind, String)>, 
     (keys, sql)
 }
 
+/// The rows of a key-ordered read whose `_id` no other row shares: a key given twice (a query
+/// source, a table without a unique key) wrote one of its rows — which one the read's order of
+/// equal keys decides — and the run rejected the others (`duplicate_key`), so none of them can
+/// be compared with the document. Holds one row until the next shows it unique.
+pub(super) struct Unique<T> {
+    held: Option<(Bson, T)>,
+    repeated: bool,
+}
+
+impl<T> Default for Unique<T> {
+    fn default() -> Self {
+        Unique {
+            held: None,
+            repeated: false,
+        }
+    }
+}
+
+impl<T> Unique<T> {
+    /// Takes the next row; returns the one before it when no other row has its `_id`.
+    pub(super) fn push(&mut self, id: Bson, item: T) -> Option<T> {
+        if self.held.as_ref().is_some_and(|(held, _)| *held == id) {
+            self.repeated = true;
+            return None;
+        }
+        let repeated = std::mem::replace(&mut self.repeated, false);
+        self.held
+            .replace((id, item))
+            .filter(|_| !repeated)
+            .map(|(_, item)| item)
+    }
+
+    /// The last row, when unique (then `None` from here on).
+    pub(super) fn finish(&mut self) -> Option<T> {
+        let repeated = std::mem::replace(&mut self.repeated, false);
+        self.held.take().filter(|_| !repeated).map(|(_, item)| item)
+    }
+}
+
 /// A row of [`source_query`]: its key text, its `_id` and the renderings of the `checks` checks
 /// (`None`: its key gives no `_id` here).
 fn source_row(
@@ -722,16 +761,30 @@ pub async fn verify_entity(
         let context = format!("read {} for the independent comparison", plan.relation);
         let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
         let mut n = 0u64;
-        while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
+        let mut unique = Unique::default();
+        loop {
+            let item = match rows.try_next().await.map_err(qerr(context.clone()))? {
+                Some(row) => {
+                    let Some(item) = source_row(&row, &keys, plan, checks.len(), &context)? else {
+                        rows_without_id += 1;
+                        continue;
+                    };
+                    let id = item.1.clone();
+                    match unique.push(id, item) {
+                        Some(ready) => ready,
+                        None => continue,
+                    }
+                }
+                None => match unique.finish() {
+                    Some(ready) => ready,
+                    None => break,
+                },
+            };
             let this = n;
             n += 1;
             if !this.is_multiple_of(step) {
                 continue;
             }
-            let Some(item) = source_row(&row, &keys, plan, checks.len(), &context)? else {
-                rows_without_id += 1;
-                continue;
-            };
             let Some(cursor) = target_cursor.as_mut() else {
                 pending.push(item);
                 if pending.len() >= LOOKUP_CHUNK {
