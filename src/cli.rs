@@ -529,10 +529,12 @@ pub const EXIT_BROKEN_PIPE: i32 = 141;
 /// failure ends it with status 1.
 pub fn write_out(to_stderr: bool, args: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    // No registered secret reaches the terminal, whatever carried it (a source value too).
+    let text = crate::redact::scrub_secrets(&args.to_string());
     let result = if to_stderr {
-        std::io::stderr().lock().write_fmt(args)
+        std::io::stderr().lock().write_all(text.as_bytes())
     } else {
-        std::io::stdout().lock().write_fmt(args)
+        std::io::stdout().lock().write_all(text.as_bytes())
     };
     match result {
         Ok(()) => {}

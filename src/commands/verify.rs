@@ -148,8 +148,11 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         "problems_file": problems_file,
         "entities": results,
     });
-    std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(
+        &path,
+        crate::redact::scrub_secrets(&serde_json::to_string_pretty(&json)?) + "\n",
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&json)?);
     } else {

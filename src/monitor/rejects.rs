@@ -101,14 +101,15 @@ impl RejectsWriter {
             files.insert(file.clone(), w);
         }
         let w = files.get_mut(&file).expect("inserted above");
+        let scrub = crate::redact::scrub_secrets;
         w.record([
             entity,
-            key,
+            &scrub(key),
             issue.stage.as_str(),
             &issue.rule,
             &issue.path,
-            &issue.message,
-            &truncate(&issue.value),
+            &scrub(&issue.message),
+            &scrub(&truncate(&issue.value)),
         ])?;
         Ok(())
     }

@@ -78,8 +78,8 @@ impl ProblemLog {
         }
         let err = self.io();
         let out = self.out.as_mut().expect("opened above");
-        serde_json::to_writer(&mut *out, &line)
-            .map_err(std::io::Error::from)
+        let text = crate::redact::scrub_secrets(&line.to_string());
+        out.write_all(text.as_bytes())
             .and_then(|_| out.write_all(b"\n"))
             .map_err(err)?;
         self.lines += 1;
