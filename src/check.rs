@@ -285,7 +285,7 @@ pub async fn check(
         if let Some(table) = &m.spec.source.table {
             let idx_sql = "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND a.attname = $2)";
             let indexed: Result<bool, _> = sqlx::query_scalar(idx_sql)
-                .bind(table.clone())
+                .bind(crate::source::postgres::quote_relation(table))
                 .bind(m.spec.source.key[0].clone())
                 .fetch_one(session.conn())
                 .await;

@@ -669,3 +669,43 @@ async fn a_locked_source_table_is_said_not_waited_for_forever() {
     assert_eq!(w.count("jn").await, 0);
     w.drop().await;
 }
+
+/// A column whose name holds a dot, and a table whose name holds capitals: the read quoted the
+/// column as `"v"."a"` (failing with `missing FROM-clause entry`), and check said the capitalised
+/// table's primary key had no index.
+#[tokio::test]
+async fn dotted_column_names_and_capitalised_tables_are_read_as_named() {
+    let w = World::new("check_names").await;
+    w.sql(
+        r#"CREATE TABLE "Up" ("Id" int PRIMARY KEY, "v.a" text);
+           INSERT INTO "Up" VALUES (1, 'one'), (2, 'two');"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "up",
+        "version = 1\nname = \"up\"\n[source]\ntable = \"Up\"\nkey = [\"Id\"]\n\
+         [[field]]\npath = \"va\"\ncolumn = \"v.a\"\n",
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["entities"][0]["key_indexed"], true, "{report}");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let docs = w.docs("up").await;
+    assert_eq!(docs[0].get_str("va"), Ok("one"), "{docs:?}");
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}

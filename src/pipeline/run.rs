@@ -134,7 +134,7 @@ async fn answer_exists_in_sql(
         let indexed: Result<bool, _> = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass($1) AND a.attname = $2)",
         )
-        .bind(postgres::quote_ident(table))
+        .bind(postgres::quote_relation(table))
         .bind(key.clone())
         .fetch_one(session.conn())
         .await;

@@ -271,8 +271,13 @@ pub enum Infinity {
 
 /// Quotes an identifier (`schema.table` is split on the dot).
 pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A table name as written in a mapping (`schema.table` or `table`), each part quoted.
+pub fn quote_relation(name: &str) -> String {
     name.split('.')
-        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .map(quote_ident)
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -280,7 +285,7 @@ pub fn quote_ident(name: &str) -> String {
 /// The FROM item of a table or a query.
 pub fn relation_sql(table: Option<&str>, query: Option<&str>) -> String {
     match (table, query) {
-        (Some(t), _) => quote_ident(t),
+        (Some(t), _) => quote_relation(t),
         (None, Some(q)) => format!("({}) AS cutover_src", q.trim().trim_end_matches(';')),
         (None, None) => "(SELECT 1) AS cutover_src".to_string(),
     }
@@ -1396,6 +1401,8 @@ mod tests {
 
     #[test]
     fn identifiers_are_quoted() {
-        assert_eq!(quote_ident("public.we\"ird"), "\"public\".\"we\"\"ird\"");
+        assert_eq!(quote_relation("public.we\"ird"), "\"public\".\"we\"\"ird\"");
+        // A column's name is one identifier, dots and all.
+        assert_eq!(quote_ident("v.a"), "\"v.a\"");
     }
 }
