@@ -384,6 +384,18 @@ fn infinity_policies(
             });
         }
         if let Some(i) = read.index_of(column) {
+            use crate::source::ColKind::{Date, Timestamp, TimestampTz};
+            let c = &read.columns[i];
+            if f.infinity.is_some() && !matches!(c.kind, Date | Timestamp | TimestampTz) {
+                return Err(MappingError::Invalid {
+                    path: m.path.clone(),
+                    key: format!("{what}field ({}).infinity", f.path),
+                    message: format!(
+                        "column `{column}` is {}: `infinity` says what a date or timestamp column's ±infinity becomes (an array's infinite elements are rejected)",
+                        c.pg_type
+                    ),
+                });
+            }
             read.columns[i].infinity = policy;
         }
     }
@@ -880,6 +892,19 @@ mod tests {
             "{err}"
         );
         assert!(compile_text("").is_ok());
+        // `infinity` on a column that is no date or timestamp (an array of dates) is refused.
+        let text = "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"ds\"\ncolumn = \"days\"\ninfinity = \"string\"\n";
+        let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), text).unwrap();
+        let set = MappingSet::from_mappings(vec![m.clone()]).unwrap();
+        let err = compile(
+            &set,
+            &m,
+            &[vec![column("id", "INT4"), column("days", "DATE[]")]],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is DATE[]"), "{err}");
         // A field of several columns reads each of them too.
         let text = "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
              [[field]]\npath = \"a\"\ncolumn = \"changed\"\ninfinity = \"string\"\n\
