@@ -52,7 +52,10 @@ impl std::error::Error for ParseError {}
 
 /// Deeper nesting is refused rather than risking the stack (serde_json's limit; MongoDB's own is
 /// 100 levels).
-const MAX_DEPTH: usize = 128;
+pub const MAX_DEPTH: usize = 128;
+
+/// The message of a value nested deeper than [`MAX_DEPTH`].
+pub const TOO_DEEP: &str = "nested deeper than 128 levels";
 
 /// Objects with more members than this find duplicate keys through a hash map.
 const LINEAR_KEYS: usize = 16;
@@ -137,7 +140,7 @@ impl Parser<'_> {
         read: fn(&mut Self) -> Result<Json, ParseError>,
     ) -> Result<Json, ParseError> {
         if self.depth == MAX_DEPTH {
-            return Err(self.error("recursion limit exceeded"));
+            return Err(self.error(TOO_DEEP));
         }
         self.depth += 1;
         let value = read(self);
@@ -478,10 +481,7 @@ mod tests {
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
         let deep = "[".repeat(100_000);
-        assert_eq!(
-            parse(&deep).unwrap_err().message,
-            "recursion limit exceeded"
-        );
+        assert_eq!(parse(&deep).unwrap_err().message, TOO_DEEP);
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert!(parse(&ok).is_ok());
     }

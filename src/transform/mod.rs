@@ -281,6 +281,16 @@ fn json_bson(text: &str, out: &Output, conv: &mut Converted) -> Result<Bson, (St
     use std::fmt::Write;
     let parsed = match json::parse(text) {
         Ok(p) => p,
+        // Valid JSON no document can hold: its own rule, not "invalid".
+        Err(e) if e.message == json::TOO_DEEP => {
+            return err(
+                "json_too_deep",
+                format!(
+                    "the JSON value is {e}: a document holds at most {} levels",
+                    json::MAX_DEPTH
+                ),
+            );
+        }
         Err(e) => return err("json", format!("invalid JSON: {e}")),
     };
     if let Some(key) = parsed.duplicate {
@@ -635,6 +645,17 @@ mod tests {
             lossy: Lossy::Reject,
             duplicate_keys: Severity::Error,
         }
+    }
+
+    /// Valid JSON nested deeper than a document may be was rejected as "invalid JSON".
+    #[test]
+    fn json_nested_too_deep_has_its_own_rule() {
+        let mut o = out();
+        o.cast = None;
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = to_bson(&Value::Json(deep), &o).unwrap_err();
+        assert_eq!(e.0, "json_too_deep", "{e:?}");
+        assert!(e.1.contains("128 levels"), "{e:?}");
     }
 
     #[test]
