@@ -623,6 +623,10 @@ impl ReadSpec {
                 let q = quote_ident(&c.name);
                 if let Some(expr) = &c.expr {
                     format!("{expr} AS {q}")
+                } else if c.pg_type == "INET" {
+                    // inet's `::text` adds the mask of a host (`10.0.0.1/32`); its own output
+                    // (`abbrev`) is what PostgreSQL shows.
+                    format!("abbrev({q}) AS {q}")
                 } else if let Some(cast) = c.kind.read_cast() {
                     format!("{q}::{cast} AS {q}")
                 } else {

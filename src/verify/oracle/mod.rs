@@ -268,6 +268,8 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
         // on some valid values (`\u0000`, numbers beyond numeric's range).
         Check::Json { .. } if pg_type == "JSON" => format!("{col}::text"),
         Check::Json { .. } => format!("to_jsonb({col})::text"),
+        // inet as PostgreSQL shows it (a host without its /32).
+        Check::Text if pg_type == "INET" => format!("abbrev({col})"),
         _ => format!("{col}::text"),
     };
     Ok((check, sql))
