@@ -359,7 +359,7 @@ impl Config {
                 return Err(ConfigError::Given {
                     from: origin.describe(None),
                     message: format!(
-                        "expected a postgres:// URL, got `{}`",
+                        "the source must be a postgres:// URL, got `{}`",
                         crate::redact::redact_url(url)
                     ),
                 });
