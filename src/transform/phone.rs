@@ -187,8 +187,10 @@ fn strip_national_prefix(written: &str, meta: &phonenumber::Metadata) -> Option<
 
 /// `pattern` (from the numbering metadata) anchored at the start (`whole`: at both ends), compiled
 /// once.
-fn anchored(pattern: &str, whole: bool) -> Option<regex::Regex> {
-    type Compiled = std::collections::HashMap<(String, bool), Option<regex::Regex>>;
+/// Shared, not cloned: a cloned `Regex` starts with an empty cache, so each match would build its
+/// lazy DFA anew.
+fn anchored(pattern: &str, whole: bool) -> Option<std::sync::Arc<regex::Regex>> {
+    type Compiled = std::collections::HashMap<(String, bool), Option<std::sync::Arc<regex::Regex>>>;
     static CACHE: std::sync::LazyLock<std::sync::Mutex<Compiled>> =
         std::sync::LazyLock::new(Default::default);
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
@@ -198,7 +200,9 @@ fn anchored(pattern: &str, whole: bool) -> Option<regex::Regex> {
             // The metadata's patterns are laid out with white space, which is no part of them.
             let pattern: String = pattern.chars().filter(|c| !c.is_whitespace()).collect();
             let end = if whole { "$" } else { "" };
-            regex::Regex::new(&format!("^(?:{pattern}){end}")).ok()
+            regex::Regex::new(&format!("^(?:{pattern}){end}"))
+                .ok()
+                .map(std::sync::Arc::new)
         })
         .clone()
 }
