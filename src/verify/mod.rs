@@ -263,6 +263,15 @@ fn show_id(id: &Bson) -> String {
 }
 
 /// Paths (dotted) where two documents differ, depth first, at most `limit`.
+/// Whether two values are the same BSON, as the hash compares them: NaN is NaN, −0 is not 0, and
+/// a document's field order counts (`==` says otherwise on each).
+fn same_value(a: &Bson, b: &Bson) -> bool {
+    // As text: JSON maps compare without regard to order.
+    let a = a.clone().into_canonical_extjson().to_string();
+    let b = b.clone().into_canonical_extjson().to_string();
+    a == b
+}
+
 pub fn diff_paths(
     expected: &Document,
     actual: &Document,
@@ -281,8 +290,15 @@ pub fn diff_paths(
         };
         match (ev, actual.get(k)) {
             (_, None) => out.push(path),
-            (Bson::Document(e), Some(Bson::Document(a))) => diff_paths(e, a, &path, out, limit),
-            (e, Some(a)) if e != a => out.push(path),
+            (Bson::Document(e), Some(b @ Bson::Document(a))) => {
+                let before = out.len();
+                diff_paths(e, a, &path, out, limit);
+                // Same fields, other order: the document itself differs.
+                if out.len() == before && !same_value(ev, b) {
+                    out.push(path);
+                }
+            }
+            (e, Some(a)) if !same_value(e, a) => out.push(path),
             _ => {}
         }
     }
@@ -745,6 +761,22 @@ pub async fn verify_entity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields a differing document is named by: −0 against 0, field order inside a
+    /// sub-document; and a NaN that is still NaN is no difference. (They read `?` or named an
+    /// unchanged NaN field.)
+    #[test]
+    fn differing_paths_see_negative_zero_order_and_nan() {
+        let mut out = Vec::new();
+        diff_paths(
+            &doc! { "d": -0.0, "r": f64::NAN, "s": { "a": 1, "b": 2 } },
+            &doc! { "d": 0.0, "r": f64::NAN, "s": { "b": 2, "a": 1 } },
+            "",
+            &mut out,
+            20,
+        );
+        assert_eq!(out, ["d", "s"]);
+    }
 
     #[test]
     fn diff_names_changed_missing_and_extra_paths() {
