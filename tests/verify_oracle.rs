@@ -1000,3 +1000,48 @@ async fn rows_of_a_key_given_twice_are_not_compared_independently() {
     assert!(text.contains("value differs: z|1 field v"), "{text}");
     w.drop().await;
 }
+
+/// BC dates inside arrays (`date[]`, `timestamptz[]`): `to_jsonb` writes them `… BC`, which the
+/// independent comparison could not read, so verify failed a correct target; a date moved by a
+/// day is still named.
+#[tokio::test]
+async fn bc_dates_inside_arrays_verify() {
+    let w = World::new("oracle_bc_arrays").await;
+    w.sql(
+        r#"CREATE TABLE p (k int PRIMARY KEY, d date[], t timestamptz[]);
+           INSERT INTO p VALUES (1, '{0001-01-01 BC,2024-02-29}', '{"0001-01-01 00:00:00+00 BC"}'),
+             (2, '{0044-03-15 BC}', NULL);"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "p",
+        "version = 1\nname = \"p\"\n[source]\ntable = \"p\"\nkey = [\"k\"]\n\
+         [[field]]\npath = \"d\"\ncolumn = \"d\"\n[[field]]\npath = \"t\"\ncolumn = \"t\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let verify = || {
+        w.cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("d, t"), "compared independently: {text}");
+    let day = bson::DateTime::from_millis(-62_167_219_200_000 + 86_400_000);
+    w.mongo()
+        .await
+        .collection::<Document>("p")
+        .update_one(doc! { "_id": 1 }, doc! { "$set": { "d.0": day } })
+        .await
+        .unwrap();
+    let out = verify();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("value differs: 1 field d:"), "{text}");
+    w.drop().await;
+}

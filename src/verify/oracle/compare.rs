@@ -240,6 +240,19 @@ fn same_double(a: f64, b: f64) -> bool {
 /// Microseconds since 1970 of PostgreSQL's epoch text (`1704067200.123456`), of RFC 3339 text
 /// (`to_jsonb` of a timestamptz), or of a zone-less ISO timestamp (`to_jsonb` of a timestamp).
 fn micros(text: &str) -> Result<i128, String> {
+    // `to_jsonb` writes a date before year 1 as the year of its era and ` BC`.
+    if let Some(ad) = text.strip_suffix(" BC") {
+        use chrono::Datelike;
+        let bc = |y: i32| 1 - y;
+        let t = chrono::DateTime::parse_from_rfc3339(ad)
+            .map(|t| t.naive_utc())
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(ad, "%Y-%m-%dT%H:%M:%S%.f"))
+            .ok()
+            .and_then(|t| t.with_year(bc(t.year())))
+            .ok_or_else(|| format!("`{text}` is no point in time a BSON date holds"))?
+            .and_utc();
+        return Ok(i128::from(t.timestamp()) * 1_000_000 + i128::from(t.timestamp_subsec_micros()));
+    }
     if text.contains('T') {
         if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
             return Ok(
@@ -268,6 +281,15 @@ fn micros(text: &str) -> Result<i128, String> {
 }
 
 fn days(text: &str) -> Result<i64, String> {
+    if let Some(ad) = text.strip_suffix(" BC") {
+        use chrono::Datelike;
+        let d = chrono::NaiveDate::parse_from_str(ad, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.with_year(1 - d.year()))
+            .ok_or_else(|| format!("`{text}` has no BSON date"))?;
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+        return Ok((d - epoch).num_days());
+    }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
         return Ok((d - epoch).num_days());
@@ -638,6 +660,26 @@ mod tests {
     }
 
     /// Zero keeps its scale (`0.00`), and is zero under an exponent beyond 64 bits.
+    /// `to_jsonb` of a date or timestamp before year 1 (inside an array) reads `… BC`: the year
+    /// of its era, 1 BC being year 0.
+    #[test]
+    fn bc_dates_read_as_pg_writes_them() {
+        let year0 = chrono::NaiveDate::from_ymd_opt(0, 1, 1).unwrap();
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        assert_eq!(days("0001-01-01 BC").unwrap(), (year0 - epoch).num_days());
+        let ides = chrono::NaiveDate::from_ymd_opt(-43, 3, 15).unwrap();
+        assert_eq!(days("0044-03-15 BC").unwrap(), (ides - epoch).num_days());
+        let t = year0.and_hms_opt(0, 0, 0).unwrap().and_utc();
+        assert_eq!(
+            micros("0001-01-01T00:00:00+00:00 BC").unwrap(),
+            i128::from(t.timestamp()) * 1_000_000
+        );
+        assert_eq!(
+            micros("0001-01-01T00:00:00 BC").unwrap(),
+            i128::from(t.timestamp()) * 1_000_000
+        );
+    }
+
     #[test]
     fn zero_keeps_its_scale_and_any_exponent() {
         let d = Dec::parse("0.00").unwrap();
