@@ -625,6 +625,25 @@ async fn a_key_given_twice_is_rejected_not_overwritten() {
         );
         assert_eq!(w.count("t").await, 3);
     }
+    // The message names the key of the row that was written.
+    w.sql("CREATE TABLE n (k numeric, v text); INSERT INTO n VALUES (1.0, 'a'), (1.00, 'b');")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "n",
+        "version = 1\nname = \"n\"\n[source]\nquery = \"SELECT k, v FROM n ORDER BY v\"\nkey = [\"k\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let dir = w.dir.path().join("rejects").join(&run_id);
+    let text = std::fs::read_to_string(dir.join("n.csv")).unwrap();
+    let kept = w.docs("n").await[0].get_str("v").unwrap().to_string();
+    let kept_key = if kept == "a" { "1.0" } else { "1.00" };
+    assert!(
+        text.contains(&format!("an earlier row has the key {kept_key},")),
+        "{text}"
+    );
     w.drop().await;
 }
 

@@ -150,14 +150,16 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                         .all(|(a, b)| a.key_cmp(b) == std::cmp::Ordering::Equal)
             });
             if repeated {
-                // Its children were embedded in the first row of the key.
+                // Its children were embedded in the first row of the key. Named by the written
+                // row's key (equal, yet maybe written otherwise: 1.0 and 1.00).
+                let kept: Vec<&Value> = self.last_key.iter().flatten().collect();
                 let issue = Issue::error(
                     Stage::Transform,
                     RULE_DUPLICATE_KEY,
                     "_id",
                     format!(
-                        "an earlier row has the key {}: its document would replace that row's (make the key unique, or choose another key)",
-                        key_text(&key)
+                        "an earlier row has the key {}, which PostgreSQL holds equal: that row is written, this one would replace it (make the key unique, or choose another key)",
+                        key_text(&kept)
                     ),
                     String::new(),
                 );
