@@ -683,6 +683,19 @@ fn check_path(path: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Two field paths an operation moves a value between (`verb` it): each a path, neither
+/// containing the other.
+fn apart(from: &str, to: &str, verb: &str) -> Result<(), String> {
+    check_path(from, "from")?;
+    check_path(to, "to")?;
+    if from == to || to.starts_with(&format!("{from}.")) || from.starts_with(&format!("{to}.")) {
+        return Err(format!(
+            "cannot {verb} `{from}` to `{to}`: one contains the other"
+        ));
+    }
+    Ok(())
+}
+
 fn check_collection(c: &str) -> Result<(), String> {
     if c.is_empty() || c.contains('$') || c.starts_with("system.") {
         return Err(format!("`{c}` is not a collection a change may write"));
@@ -740,16 +753,7 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
             filter,
         } => {
             check_collection(collection)?;
-            check_path(from, "from")?;
-            check_path(to, "to")?;
-            if from == to
-                || to.starts_with(&format!("{from}."))
-                || from.starts_with(&format!("{to}."))
-            {
-                return Err(format!(
-                    "cannot rename `{from}` to `{to}`: one contains the other"
-                ));
-            }
+            apart(from, to, "rename")?;
             Op::RenameField {
                 collection: collection.clone(),
                 from: from.clone(),
@@ -881,16 +885,7 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
             filter,
         } => {
             check_collection(collection)?;
-            check_path(from, "from")?;
-            check_path(to, "to")?;
-            if from == to
-                || to.starts_with(&format!("{from}."))
-                || from.starts_with(&format!("{to}."))
-            {
-                return Err(format!(
-                    "cannot copy `{from}` to `{to}`: one contains the other"
-                ));
-            }
+            apart(from, to, "copy")?;
             Op::CopyField {
                 collection: collection.clone(),
                 from: from.clone(),

@@ -108,6 +108,24 @@ macro_rules! with_session {
     };
 }
 
+/// Every document `$action` (a find or an aggregate) yields, read with the session when there
+/// is one.
+macro_rules! collect_all {
+    ($sess:expr, $action:expr) => {
+        match $sess.as_mut() {
+            Some(s) => {
+                let mut cur = $action.session(&mut **s).await?;
+                let mut out: Vec<Document> = Vec::new();
+                while let Some(d) = cur.next(s).await.transpose()? {
+                    out.push(d);
+                }
+                out
+            }
+            None => $action.await?.try_collect::<Vec<Document>>().await?,
+        }
+    };
+}
+
 /// The database a change writes, and its backup collection.
 pub struct Exec<'a> {
     pub db: &'a Database,
@@ -423,17 +441,7 @@ impl Exec<'_> {
             .find(filter)
             .sort(doc! { "_id": 1 })
             .limit(BATCH as i64);
-        Ok(match sess.as_mut() {
-            Some(s) => {
-                let mut cur = find.session(&mut **s).await?;
-                let mut out = Vec::new();
-                while let Some(d) = cur.next(s).await.transpose()? {
-                    out.push(d);
-                }
-                out
-            }
-            None => find.await?.try_collect().await?,
-        })
+        Ok(collect_all!(sess, find))
     }
 
     /// Keeps, in the backup beside the documents of op `op` among `ids`, what each is now (its
@@ -448,17 +456,7 @@ impl Exec<'_> {
     ) -> Result<(), OpError> {
         let coll = self.coll(collection);
         let find = coll.find(doc! { "_id": { "$in": ids } });
-        let now: Vec<Document> = match sess.as_mut() {
-            Some(s) => {
-                let mut cur = find.session(&mut **s).await?;
-                let mut out = Vec::new();
-                while let Some(d) = cur.next(s).await.transpose()? {
-                    out.push(d);
-                }
-                out
-            }
-            None => find.await?.try_collect().await?,
-        };
+        let now: Vec<Document> = collect_all!(sess, find);
         if now.is_empty() {
             return Ok(());
         }
@@ -487,17 +485,7 @@ impl Exec<'_> {
             .collect();
         let backup = self.coll(self.backup);
         let find = backup.find(doc! { "_id": { "$in": keys } });
-        let found: Vec<Document> = match sess.as_mut() {
-            Some(s) => {
-                let mut cur = find.session(&mut **s).await?;
-                let mut out = Vec::new();
-                while let Some(d) = cur.next(s).await.transpose()? {
-                    out.push(d);
-                }
-                out
-            }
-            None => find.await?.try_collect().await?,
-        };
+        let found: Vec<Document> = collect_all!(sess, find);
         Ok(found
             .into_iter()
             .filter_map(|d| {
@@ -805,17 +793,7 @@ impl Exec<'_> {
         let groups: Vec<Document> = {
             let coll = self.coll(collection);
             let agg = coll.aggregate(pipeline).allow_disk_use(true);
-            match sess.as_mut() {
-                Some(s) => {
-                    let mut cur = agg.session(&mut **s).await?;
-                    let mut v = Vec::new();
-                    while let Some(d) = cur.next(s).await.transpose()? {
-                        v.push(d);
-                    }
-                    v
-                }
-                None => agg.await?.try_collect().await?,
-            }
+            collect_all!(sess, agg)
         };
         for g in groups {
             out.matched += g.get_i32("n").map(i64::from).unwrap_or(0) as u64;
