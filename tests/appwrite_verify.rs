@@ -340,6 +340,35 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
         .put_row("registry", "orders_lines", "stray-line", &stray)
         .await
         .unwrap();
+    // A column added to each table by hand, holding a value on one row (issue #11: only the
+    // mapped columns were compared, so this passed).
+    for table in ["orders", "orders_lines"] {
+        s.create_column(
+            "registry",
+            table,
+            "string",
+            &json!({ "key": "zz", "size": 20, "required": false }),
+        )
+        .unwrap();
+        // Columns become available after a moment, as on Appwrite.
+        while s.get_column("registry", table, "zz").unwrap()["status"] != "available" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    client
+        .update_row("registry", "orders", "40", &json!({ "zz": "added" }))
+        .await
+        .unwrap();
+    let extra = line_of("50");
+    client
+        .update_row(
+            "registry",
+            "orders_lines",
+            extra["$id"].as_str().unwrap(),
+            &json!({ "zz": "added" }),
+        )
+        .await
+        .unwrap();
 
     let out = output(verify()).await;
     assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
@@ -363,10 +392,12 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
             ("12".to_string(), json!(["label"])),
             ("20".to_string(), json!(["lines"])),
             ("30".to_string(), json!(["lines"])),
+            ("40".to_string(), json!(["zz"])),
+            ("50".to_string(), json!(["lines"])),
         ],
         "{e}"
     );
-    assert_eq!(e["different_count"], 3, "{e}");
+    assert_eq!(e["different_count"], 5, "{e}");
     assert_eq!(e["compared"], 299, "{e}");
     let source_lines = w.pg_count("lines").await;
     assert_eq!(e["embedded"][0]["source_children"], source_lines, "{e}");

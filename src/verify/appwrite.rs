@@ -62,14 +62,29 @@ fn normal(kind: &Kind, array: bool, v: &Value) -> Value {
     }
 }
 
-/// A row as `[column values…]` in the table's column order.
+/// A row as `[column values…]` in the table's column order. A column the mapping does not write
+/// (one added to the table by hand) that holds a value on this row is a difference: it is kept as
+/// a last element `{column: value}`, so the row's hash differs from the expected one (whose rows
+/// only have the mapped columns) and [`diff_json`] names the column.
 fn canonical_row(spec: &TableSpec, row: &Value) -> Value {
-    Value::Array(
-        spec.columns
+    let mut values: Vec<Value> = spec
+        .columns
+        .iter()
+        .map(|c| normal(&c.kind, c.array, row.get(&c.key).unwrap_or(&Value::Null)))
+        .collect();
+    if let Value::Object(fields) = row {
+        let extra: serde_json::Map<String, Value> = fields
             .iter()
-            .map(|c| normal(&c.kind, c.array, row.get(&c.key).unwrap_or(&Value::Null)))
-            .collect(),
-    )
+            .filter(|(k, v)| {
+                !k.starts_with('$') && !v.is_null() && !spec.columns.iter().any(|c| &c.key == *k)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !extra.is_empty() {
+            values.push(Value::Object(extra));
+        }
+    }
+    Value::Array(values)
 }
 
 /// The user fields cutover sets, in canonical form.
@@ -101,19 +116,29 @@ fn hash_value(v: &Value) -> u64 {
     hash_bytes(v.to_string().as_bytes())
 }
 
+/// Whether two canonical values are the same by what is hashed (their text): `==` says `-0.0`
+/// equals `0.0`, which the hash does not.
+fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
+    a.map(Value::to_string) == b.map(Value::to_string)
+}
+
 /// Paths where two canonical values differ (first `limit`).
 fn diff_json(names: &[String], e: &Value, a: &Value, out: &mut Vec<String>) {
     match (e, a) {
         (Value::Array(es), Value::Array(as_)) if !names.is_empty() => {
             for (i, name) in names.iter().enumerate() {
-                if es.get(i) != as_.get(i) {
+                if !same(es.get(i), as_.get(i)) {
                     out.push(name.clone());
                 }
+            }
+            // Columns the mapping does not write, holding a value (see `canonical_row`).
+            if let Some(Value::Object(extra)) = as_.get(names.len()) {
+                out.extend(extra.keys().cloned());
             }
         }
         (Value::Object(eo), Value::Object(ao)) => {
             for (k, v) in eo {
-                if ao.get(k) != Some(v) {
+                if !same(ao.get(k), Some(v)) {
                     out.push(k.clone());
                 }
             }
@@ -659,4 +684,24 @@ pub async fn verify_entity(
         counts_agree,
         ok,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_difference_the_hash_sees_is_named() {
+        let names = vec!["a".to_string(), "b".to_string()];
+        // `-0.0 == 0.0` for serde_json, not for the hash of the row's text.
+        let (e, a) = (json!([1, 0.0]), json!([1, -0.0]));
+        assert_ne!(hash_value(&e), hash_value(&a));
+        let mut out = Vec::new();
+        diff_json(&names, &e, &a, &mut out);
+        assert_eq!(out, ["b"]);
+        // A column the mapping does not write, holding a value.
+        let mut out = Vec::new();
+        diff_json(&names, &e, &json!([1, 0.0, {"zz": "x"}]), &mut out);
+        assert_eq!(out, ["zz"]);
+    }
 }
