@@ -800,6 +800,26 @@ FROM orders o, generate_series(1, 1 + o.seq % 3) l;
     parents: 60,
 };
 
+/// char(n) keys shorter than n (PostgreSQL keeps them blank-padded; a cast to text drops the
+/// blanks, so the independent comparison once named no row for them).
+const CHAR_SHAPE: Shape = Shape {
+    name: "charn",
+    sql: r#"
+CREATE TABLE orders (code char(6) PRIMARY KEY, label text NOT NULL);
+INSERT INTO orders SELECT CASE g % 3 WHEN 0 THEN 'Or' || g WHEN 1 THEN 'o' || g
+  ELSE 'ord' || g || '!' END, 'order ' || g
+FROM generate_series(1, 60) g;
+CREATE TABLE lines (order_code char(6) NOT NULL, n int NOT NULL, item text NOT NULL,
+                    PRIMARY KEY (order_code, n));
+INSERT INTO lines SELECT o.code, l, 'item ' || substr(o.label, 7) || '/' || l
+FROM orders o, generate_series(1, 1 + substr(o.label, 7)::int % 3) l;
+"#,
+    key: r#"["code"]"#,
+    foreign_key: r#""order_code""#,
+    key_of_31: "o31   ",
+    parents: 60,
+};
+
 /// Issue #11, the shapes: the independent comparison of an embed's fields — in a child table
 /// and in JSON text — holds for text and composite parent keys: a clean run verifies with every
 /// field compared, and one changed element (order 31's second line) is named by its parent's key.
@@ -866,6 +886,7 @@ async fn embed_comparison_holds_for_the_key_shape(shape: &Shape, child_table: bo
         .collect();
     assert_eq!(compared, ["label", "lines.n", "lines.item"], "{e}");
     assert_eq!(e["compared"], shape.parents, "{e}");
+    assert_eq!(e["independent"]["documents"], shape.parents, "{e}");
     assert_eq!(e["independent"]["mismatch_count"], 0, "{e}");
 
     // Order 31's second line changed.
@@ -1000,4 +1021,14 @@ async fn composite_keys_that_print_alike_become_two_rows() {
     let out = output(command(&w, &endpoint, &["verify", "--pipeline", &pipeline])).await;
     assert!(out.status.success(), "{}", out_text(&out));
     w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_child_table_under_a_char_n_key() {
+    embed_comparison_holds_for_the_key_shape(&CHAR_SHAPE, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_json_embed_under_a_char_n_key() {
+    embed_comparison_holds_for_the_key_shape(&CHAR_SHAPE, false).await;
 }

@@ -1045,3 +1045,53 @@ async fn bc_dates_inside_arrays_verify() {
     assert!(text.contains("value differs: 1 field d:"), "{text}");
     w.drop().await;
 }
+
+/// char(n) keys shorter than n, of the document and of its embedded children, are compared
+/// independently (a cast to text dropped their blanks and the rows were silently skipped), and a
+/// changed value under such a key is named.
+#[tokio::test]
+async fn short_char_n_keys_are_compared_independently() {
+    let w = World::new("oracle_charn").await;
+    w.sql(
+        r#"CREATE TABLE p (k char(4) PRIMARY KEY, v text);
+           INSERT INTO p VALUES ('abcd', 'full'), ('ab', 'short'), ('a', 'shorter');
+           CREATE TABLE c (pk char(4) REFERENCES p, n int, item text, PRIMARY KEY (pk, n));
+           INSERT INTO c VALUES ('abcd', 1, 'x'), ('ab', 1, 'y'), ('ab', 2, 'z'), ('a', 1, 'w');"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "p",
+        "version = 1\nname = \"p\"\n[source]\ntable = \"p\"\nkey = [\"k\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n\
+         [[embed]]\npath = \"c\"\ntable = \"c\"\nforeign_key = \"pk\"\norder_by = [\"n\"]\n\
+         [[embed.field]]\npath = \"item\"\ncolumn = \"item\"\n",
+    );
+    std::fs::copy(&pipeline, w.dir.path().join("oracle.toml")).unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let e = entity(&json, "p");
+    assert_eq!(e["independent"]["documents"], 3, "{e}");
+    assert_eq!(e["independent"]["mismatch_count"], 0, "{e}");
+    let coll = w.mongo().await.collection::<Document>("p");
+    coll.update_one(doc! { "_id": "ab  " }, doc! { "$set": { "v": "Short" } })
+        .await
+        .unwrap();
+    coll.update_one(doc! { "_id": "a   " }, doc! { "$set": { "c.0.item": "W" } })
+        .await
+        .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    let named = named(entity(&json, "p"));
+    assert_eq!(
+        named,
+        [
+            ("a   ".to_string(), "c.item".to_string()),
+            ("ab  ".to_string(), "v".to_string())
+        ],
+        "{text}"
+    );
+    w.drop().await;
+}

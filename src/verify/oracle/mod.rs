@@ -411,7 +411,10 @@ fn field_checks(
 /// The SQL rendering a key column is read with, to rebuild its value (and the row's `_id`).
 fn key_sql(kind: ColKind, pg_type: &str, col: &str) -> String {
     match kind {
-        ColKind::Text if pg_type != "NAME" && pg_type != "CHAR" => col.to_string(),
+        // char(n) as read, with its blanks: a cast to text drops them, so a key shorter than n
+        // named no document (the row was silently not compared).
+        ColKind::Text if pg_type == "CHAR" || pg_type == "BPCHAR" => format!("concat({col})"),
+        ColKind::Text if pg_type != "NAME" => col.to_string(),
         ColKind::Date => {
             format!("CASE WHEN isfinite({col}) THEN ({col} - date '1970-01-01')::text END")
         }
