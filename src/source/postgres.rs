@@ -425,13 +425,38 @@ pub async fn describe(
     relation: &str,
 ) -> Result<Vec<SourceColumn>, SourceError> {
     let sql = format!("SELECT * FROM {relation} LIMIT 0");
-    let stmt = conn
-        .prepare(AssertSqlSafe(sql).into_sql_str())
-        .await
-        .map_err(|cause| SourceError::Query {
-            context: format!("describe {relation}"),
-            cause,
-        })?;
+    let described = conn.prepare(AssertSqlSafe(sql).into_sql_str()).await;
+    let (stmt, multiranges) = match described {
+        Ok(stmt) => (stmt, Vec::new()),
+        Err(cause) => {
+            // sqlx cannot describe a multirange type (it does not know typtype 'm'): a table's
+            // multirange columns are described (and read) through `::text`, as other types
+            // cutover keeps as PostgreSQL's text.
+            let multiranges = multirange_columns(conn, relation).await?;
+            if multiranges.is_empty() {
+                let context = if relation.starts_with('(') {
+                    format!(
+                        "describe {relation} (a multirange column in a query must be cast: `col::text`)"
+                    )
+                } else {
+                    format!("describe {relation}")
+                };
+                return Err(SourceError::Query { context, cause });
+            }
+            let select = select_multiranges_as_text(conn, relation, &multiranges).await?;
+            let stmt = conn
+                .prepare(
+                    AssertSqlSafe(format!("SELECT {select} FROM {relation} LIMIT 0"))
+                        .into_sql_str(),
+                )
+                .await
+                .map_err(|cause| SourceError::Query {
+                    context: format!("describe {relation}"),
+                    cause,
+                })?;
+            (stmt, multiranges)
+        }
+    };
     let not_null = not_null_columns(conn, relation).await?;
     let loose = nondeterministic_columns(conn, relation).await?;
     // PostgreSQL describes a domain's column by its base type, but an array of a domain by the
@@ -451,9 +476,14 @@ pub async fn describe(
         .iter()
         .map(|c| {
             let oid = c.type_info().oid().map(|o| i64::from(o.0));
-            let pg_type = oid
-                .and_then(|o| domain_arrays.get(&o).cloned())
-                .unwrap_or_else(|| c.type_info().name().to_string());
+            let pg_type = match multiranges.iter().find(|(n, _)| n == c.name()) {
+                // Read as text (`ColKind::OtherAsText`), an array of them as `text[]`.
+                Some((_, false)) => "MULTIRANGE".to_string(),
+                Some((_, true)) => "MULTIRANGE[]".to_string(),
+                None => oid
+                    .and_then(|o| domain_arrays.get(&o).cloned())
+                    .unwrap_or_else(|| c.type_info().name().to_string()),
+            };
             SourceColumn {
                 name: c.name().to_string(),
                 kind: ColKind::from_pg_type(&pg_type),
@@ -468,6 +498,65 @@ pub async fn describe(
             }
         })
         .collect())
+}
+
+/// The columns of the table `relation` whose type is a multirange (or an array or a domain of
+/// one), with whether it is an array. A query's columns are not looked up.
+async fn multirange_columns(
+    conn: &mut PgConnection,
+    relation: &str,
+) -> Result<Vec<(String, bool)>, SourceError> {
+    if relation.starts_with('(') {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT a.attname::text, e.oid IS NOT NULL FROM pg_attribute a \
+         JOIN pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' \
+         LEFT JOIN pg_type b ON b.oid = t.typbasetype AND t.typtype = 'd' \
+         LEFT JOIN pg_type eb ON eb.oid = e.typbasetype AND e.typtype = 'd' \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+         AND 'm' IN (t.typtype, e.typtype, b.typtype, eb.typtype)",
+    )
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|cause| SourceError::Query {
+        context: format!("describe {relation}: its multirange columns"),
+        cause,
+    })
+}
+
+/// The select list of every column of the table `relation`, in order, the `multiranges` cast to
+/// text (`text[]` for arrays).
+async fn select_multiranges_as_text(
+    conn: &mut PgConnection,
+    relation: &str,
+    multiranges: &[(String, bool)],
+) -> Result<String, SourceError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
+         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+    )
+    .bind(relation)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|cause| SourceError::Query {
+        context: format!("describe {relation}"),
+        cause,
+    })?;
+    Ok(names
+        .iter()
+        .map(|n| {
+            let q = quote_ident(n);
+            match multiranges.iter().find(|(m, _)| m == n) {
+                Some((_, false)) => format!("{q}::text AS {q}"),
+                Some((_, true)) => format!("{q}::text[] AS {q}"),
+                None => q,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// The columns of `relation` (a table or view) whose collation is non-deterministic, with the
