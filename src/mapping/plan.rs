@@ -445,7 +445,11 @@ fn compile_fields(
         }
         // Bytes have no text of their own: the mapping says which encoding.
         if let Input::Column(i) = &input
-            && read.columns[*i].kind == crate::source::ColKind::Bytes
+            && matches!(
+                read.columns[*i].kind,
+                crate::source::ColKind::Bytes
+                    | crate::source::ColKind::Array(crate::source::postgres::Elem::Bytes)
+            )
             && f.cast == Some(CastType::String)
         {
             return Err(invalid(
@@ -480,7 +484,37 @@ fn compile_fields(
                     region: crate::transform::phone::default_region(&p.default_country)
                         .map_err(|e| invalid(key.clone(), format!("phone: {e}")))?,
                 }),
-                TransformSpec::Concat(c) => combine = Some(Combine::Concat(c.sep.clone())),
+                TransformSpec::Concat(c) => {
+                    // Joined as text: bytes have none of their own, and an array's would be
+                    // cutover's, not PostgreSQL's (`{"x,y"}` and `{x,y}` would join alike).
+                    if let Input::Columns(idx) = &input
+                        && let Some(c) = idx.iter().map(|&i| &read.columns[i]).find(|c| {
+                            matches!(
+                                c.kind,
+                                crate::source::ColKind::Bytes | crate::source::ColKind::Array(_)
+                            )
+                        })
+                    {
+                        return Err(invalid(
+                            key.clone(),
+                            format!(
+                                "column `{}` is {}: `concat` joins text and has no exact text for it; map it to its own field{}",
+                                c.name,
+                                if c.kind == crate::source::ColKind::Bytes {
+                                    "bytea"
+                                } else {
+                                    "an array"
+                                },
+                                if c.kind == crate::source::ColKind::Bytes {
+                                    " (`type = \"base64\"` or `\"hex\"`)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        ));
+                    }
+                    combine = Some(Combine::Concat(c.sep.clone()))
+                }
                 TransformSpec::Array => combine = Some(Combine::Array),
             }
         }
@@ -863,6 +897,54 @@ mod tests {
             nullable: false,
             infinity: crate::source::postgres::Infinity::Reject,
             nondeterministic_collation: None,
+        }
+    }
+
+    /// Bytes and arrays have no exact text: `type = "string"` on bytea or bytea[] and `concat`
+    /// over either are mapping errors (they wrote the placeholder `<4 bytes>` or `[x,y]`).
+    #[test]
+    fn text_of_bytes_or_arrays_is_refused() {
+        let compile_field = |field: &str| {
+            let text = format!(
+                "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"f\"\n{field}"
+            );
+            let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), &text)?;
+            let set = MappingSet::from_mappings(vec![m.clone()])?;
+            compile(
+                &set,
+                &m,
+                &[vec![
+                    column("id", "INT4"),
+                    column("name", "TEXT"),
+                    column("b", "BYTEA"),
+                    column("bs", "BYTEA[]"),
+                    column("tags", "TEXT[]"),
+                ]],
+            )
+        };
+        for (field, says) in [
+            ("column = \"b\"\ntype = \"string\"\n", "`b` is bytea"),
+            ("column = \"bs\"\ntype = \"string\"\n", "`bs` is bytea"),
+            (
+                "columns = [\"name\", \"b\"]\ntransform = [{ concat = { sep = \"-\" } }]\n",
+                "`b` is bytea: `concat`",
+            ),
+            (
+                "columns = [\"name\", \"tags\"]\ntransform = [{ concat = { sep = \"-\" } }]\n",
+                "`tags` is an array: `concat`",
+            ),
+        ] {
+            let err = compile_field(field).unwrap_err().to_string();
+            assert!(err.contains(says), "{field}: {err}");
+        }
+        for ok in [
+            "column = \"b\"\ntype = \"base64\"\n",
+            "column = \"bs\"\n",
+            "columns = [\"name\", \"id\"]\ntransform = [{ concat = { sep = \"-\" } }]\n",
+            "columns = [\"name\", \"b\"]\ntransform = [\"array\"]\n",
+        ] {
+            assert!(compile_field(ok).is_ok(), "{ok}");
         }
     }
 

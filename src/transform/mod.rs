@@ -482,6 +482,8 @@ fn cast_to(
             Value::Text(s) | Value::Numeric(s) | Value::Json(s) => s.clone(),
             Value::Uuid(u) => u.hyphenated().to_string(),
             Value::TimestampTz(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            // The mapping refuses this (`type = "base64"` or `"hex"`); never a placeholder text.
+            Value::Bytes(_) => return cannot("string (bytes have no text: base64 or hex)"),
             other => other.to_string(),
         })),
         CastType::Int | CastType::Long => {
