@@ -56,9 +56,75 @@ fn normal(kind: &Kind, array: bool, v: &Value) -> Value {
             .map(|t| json!(t.timestamp_micros()))
             .unwrap_or_else(|_| v.clone()),
         (Kind::Float, Value::Number(n)) => json!(n.as_f64()),
-        (Kind::Integer, Value::Number(n)) => json!(n.as_i64()),
-        (Kind::Json, Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
+        // A number no i64 holds (2^63, a fraction) stays itself: it is a difference, not null.
+        (Kind::Integer, Value::Number(n)) => n.as_i64().map_or_else(|| v.clone(), |i| json!(i)),
+        // Parsed (the server may respace it), unless a key repeats: serde_json keeps the last
+        // one, which would hide a wrong value before it — the text itself is compared then.
+        (Kind::Json, Value::String(s)) if !repeats_a_key(s) => {
+            serde_json::from_str(s).unwrap_or_else(|_| v.clone())
+        }
         _ => v.clone(),
+    }
+}
+
+/// Whether some object in the JSON text `s` has a key twice (unreadable text counts as not).
+fn repeats_a_key(s: &str) -> bool {
+    serde_json::from_str::<Repeats>(s).is_ok_and(|r| r.0)
+}
+
+/// A JSON value read only for whether an object in it repeats a key.
+struct Repeats(bool);
+
+impl<'de> serde::Deserialize<'de> for Repeats {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Repeats;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Repeats, E> {
+                Ok(Repeats(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Repeats, E> {
+                Ok(Repeats(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Repeats, E> {
+                Ok(Repeats(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Repeats, E> {
+                Ok(Repeats(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Repeats, E> {
+                Ok(Repeats(false))
+            }
+            fn visit_unit<E>(self) -> Result<Repeats, E> {
+                Ok(Repeats(false))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Repeats, A::Error> {
+                let mut any = false;
+                while let Some(Repeats(r)) = a.next_element()? {
+                    any |= r;
+                }
+                Ok(Repeats(any))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Repeats, A::Error> {
+                let mut keys = HashSet::new();
+                let mut any = false;
+                while let Some(k) = a.next_key::<String>()? {
+                    any |= !keys.insert(k);
+                    any |= a.next_value::<Repeats>()?.0;
+                }
+                Ok(Repeats(any))
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -689,6 +755,30 @@ pub async fn verify_entity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_text_with_a_repeated_key_is_compared_as_text() {
+        let right = json!(r#"{"city":"Monrovia","zip":"1000"}"#);
+        let wrong = json!(r#"{"city":"EVIL","city":"Monrovia","zip":"1000"}"#);
+        let nested = json!(r#"[{"v":1,"kid":{"val":"EVIL","val":"a"}}]"#);
+        assert_ne!(
+            normal(&Kind::Json, false, &right),
+            normal(&Kind::Json, false, &wrong)
+        );
+        assert_eq!(normal(&Kind::Json, false, &nested), nested);
+        assert_eq!(
+            normal(&Kind::Json, false, &json!(r#"{ "a" : 1 }"#)),
+            json!({"a": 1})
+        );
+    }
+
+    #[test]
+    fn integers_no_i64_holds_are_not_null() {
+        for big in [json!(9_223_372_036_854_775_808u64), json!(1.5)] {
+            assert_eq!(normal(&Kind::Integer, false, &big), big);
+        }
+        assert_eq!(normal(&Kind::Integer, false, &json!(-3)), json!(-3));
+    }
 
     #[test]
     fn a_difference_the_hash_sees_is_named() {
