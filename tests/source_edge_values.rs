@@ -412,6 +412,76 @@ column = "day"
     w.drop().await;
 }
 
+/// Parents keyed by a date, one of them `infinity` and one `-infinity`, whose children's
+/// foreign keys are those dates too: the two parents are rejected (`date_out_of_range`) and
+/// their children go with them — a child whose foreign key cannot be decoded stopped the whole
+/// entity (0 written). check predicts it, and verify agrees with the run.
+#[tokio::test]
+async fn children_of_an_infinite_date_key_go_with_their_rejected_parent() {
+    let w = World::new("edge_child_date_keys").await;
+    w.sql(
+        "CREATE TABLE days (k date PRIMARY KEY, v int);
+         CREATE TABLE notes (id serial PRIMARY KEY, dk date, val text);
+         INSERT INTO days VALUES ('2024-01-01', 1), ('10000-01-01', 2), ('0045-03-15 BC', 3),
+           ('infinity', 4), ('-infinity', 5), ('1970-01-01', 6);
+         INSERT INTO notes (dk, val) SELECT k, 'n' || v || '/' || g FROM days, generate_series(1, 2) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "days",
+        "version = 1\nname = \"days\"\n[source]\ntable = \"days\"\nkey = [\"k\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n\
+         [[embed]]\npath = \"notes\"\ntable = \"notes\"\nforeign_key = \"dk\"\norder_by = [\"id\"]\n\
+         [[embed.field]]\npath = \"val\"\ncolumn = \"val\"\n",
+    );
+    let check = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(
+        text(&check).contains("date_out_of_range"),
+        "{}",
+        text(&check)
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let e = &report["entities"][0];
+    assert_eq!(
+        (
+            e["read"].as_u64(),
+            e["written"].as_u64(),
+            e["rejected"].as_u64()
+        ),
+        (Some(6), Some(4), Some(2)),
+        "{report}"
+    );
+    let docs = w.docs("days").await;
+    assert_eq!(docs.len(), 4);
+    for d in &docs {
+        let v = d.get_i32("v").unwrap();
+        let notes: Vec<&str> = d
+            .get_array("notes")
+            .unwrap()
+            .iter()
+            .map(|n| n.as_document().unwrap().get_str("val").unwrap())
+            .collect();
+        assert_eq!(notes, [format!("n{v}/1"), format!("n{v}/2")], "{d}");
+    }
+    let out = w
+        .cutover()
+        .args(["verify", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    w.drop().await;
+}
+
 /// `infinity = "null" | "string"` says what ±infinity becomes instead of a reject; a date past
 /// the calendar (year 5874897) is still rejected, and `check` counts only what is left.
 #[tokio::test]

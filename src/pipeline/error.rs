@@ -55,13 +55,6 @@ pub enum RunError {
         rows: u64,
         batches: u64,
     },
-    #[error("{entity}: cannot read a child row of `{path}`: column {column}: {message}")]
-    ChildDecode {
-        entity: String,
-        path: String,
-        column: String,
-        message: String,
-    },
     #[error(
         "accounting broken for {entity}: read {read} ≠ written {written} + rejected {rejected} + skipped {skipped}"
     )]

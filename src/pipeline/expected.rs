@@ -129,8 +129,8 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                 );
                 // The children of a row rejected past its key are its own, not orphans.
                 if err.key(plan.key.len()).is_some() {
-                    for (i, c) in self.cursors.iter_mut().enumerate() {
-                        c.children_of(&err.decoded, plan, i).await?;
+                    for c in self.cursors.iter_mut() {
+                        c.children_of(&err.decoded, plan).await?;
                     }
                 }
                 return Ok(Some(ExpectedRow::Rejected {
@@ -174,7 +174,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
         let mut children = Vec::with_capacity(self.cursors.len());
         let mut undecodable = Vec::new();
         for (i, c) in self.cursors.iter_mut().enumerate() {
-            let got = c.children_of(&row, plan, i).await?;
+            let got = c.children_of(&row, plan).await?;
             children.push(got.rows);
             let e = &plan.embeds[i];
             undecodable.extend(got.undecodable.into_iter().map(|err| {
@@ -259,12 +259,11 @@ impl<'c> ChildCursor<'c> {
     /// The child rows of the parent row `parent` (children of keys before its key are orphans).
     /// Children start with the foreign-key columns, one per parent key column. A child whose
     /// foreign key could be decoded but another column not is handed out as undecodable; one
-    /// whose foreign key cannot be read belongs to no known parent and fails the read.
+    /// whose foreign key cannot be decoded belongs to no parent that can be written.
     pub(crate) async fn children_of(
         &mut self,
         parent: &[Value],
         plan: &Plan,
-        embed: usize,
     ) -> Result<Children, RunError> {
         let width = plan.key.len();
         let mut out = Children {
@@ -281,8 +280,12 @@ impl<'c> ChildCursor<'c> {
                         self.done = true;
                         return Ok(out);
                     }
+                    // A foreign key that cannot be decoded (a date `infinity`) equals no
+                    // parent key that can: its parent, if any, is itself rejected for that key
+                    // (`date_out_of_range`), so the child goes with it, counted as an orphan.
                     Some(Err(err)) if err.key(width).is_none() => {
-                        return Err(child_decode(plan, embed, err));
+                        self.orphans += 1;
+                        continue;
                     }
                     Some(row) => self.pending = Some(row),
                 }
@@ -310,15 +313,5 @@ impl<'c> ChildCursor<'c> {
                 std::cmp::Ordering::Greater => return Ok(out),
             }
         }
-    }
-}
-
-fn child_decode(plan: &Plan, embed: usize, err: postgres::DecodeError) -> RunError {
-    let e = &plan.embeds[embed];
-    RunError::ChildDecode {
-        entity: plan.entity.clone(),
-        path: e.path_text.clone(),
-        column: e.read.columns[err.column].name.clone(),
-        message: err.message,
     }
 }

@@ -431,8 +431,13 @@ pub async fn describe(
         Err(cause) => {
             // sqlx cannot describe a multirange type (it does not know typtype 'm'): a table's
             // multirange columns are described (and read) through `::text`, as other types
-            // cutover keeps as PostgreSQL's text.
-            let multiranges = multirange_columns(conn, relation).await?;
+            // cutover keeps as PostgreSQL's text. (sqlx fails decoding the type's row; an error
+            // of the server — a missing table — aborted the transaction and is the answer.)
+            let multiranges = if matches!(cause, sqlx::Error::Database(_)) {
+                Vec::new()
+            } else {
+                multirange_columns(conn, relation).await?
+            };
             if multiranges.is_empty() {
                 let context = if relation.starts_with('(') {
                     format!(
