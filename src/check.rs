@@ -43,6 +43,8 @@ pub struct EntityCheck {
     pub key_indexed: Option<bool>,
     pub estimated_ms: Option<u64>,
     pub estimate_basis: String,
+    /// Scanned rows the run will reject (a row with two reject findings counts once).
+    pub rejected_rows: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -55,13 +57,9 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// Rows the run will reject, summed over the findings of reject severity.
+    /// Scanned rows the run will reject, over the entities.
     pub fn rejected_rows(&self) -> u64 {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == "reject")
-            .map(|f| f.rows)
-            .sum()
+        self.entities.iter().map(|e| e.rejected_rows).sum()
     }
 
     pub fn ok(&self) -> bool {
@@ -339,7 +337,7 @@ pub async fn check(
                         }
                     };
                     scanned += 1;
-                    scan_row(
+                    ec.rejected_rows += u64::from(scan_row(
                         plan,
                         row,
                         &mut tally,
@@ -347,7 +345,7 @@ pub async fn check(
                         &mut bad_id_example,
                         table.as_ref(),
                         &children,
-                    );
+                    ));
                 }
             }
         }
@@ -399,7 +397,8 @@ fn scan_row(
     bad_id_example: &mut String,
     table: Option<&TableSpec>,
     children: &[ChildTable],
-) {
+) -> bool {
+    let mut rejected = matches!(row, ExpectedRow::Rejected { .. });
     let (key, issues, doc) = match row {
         ExpectedRow::Rejected { key, issues, .. } => (key, issues, None),
         ExpectedRow::Document { mapped, .. } => (mapped.key, mapped.issues, mapped.doc),
@@ -428,6 +427,7 @@ fn scan_row(
                     ..Default::default()
                 });
             f.rows += 1;
+            rejected = true;
         }
         // The row and its child tables' rows (a refused child row fails its parent).
         let long = crate::sink::target::too_long(&doc, spec, children);
@@ -446,10 +446,12 @@ fn scan_row(
                     ..Default::default()
                 });
             f.rows += 1;
+            rejected = true;
         }
     }
     for issue in &issues {
         let severity = if issue.severity == Severity::Error {
+            rejected = true;
             "reject"
         } else {
             "warning"
@@ -467,4 +469,5 @@ fn scan_row(
             });
         f.rows += 1;
     }
+    rejected
 }

@@ -1833,3 +1833,73 @@ async fn a_wide_table_is_backed_up_with_every_column() {
     assert_eq!(one["c26"], 26, "{one}");
     w.drop().await;
 }
+
+/// `max_length` on an array field bounds its number of elements (validation), not each
+/// element's size: the Appwrite column was sized by it (`string(2)[]`) and the server refused
+/// `['hello', 'world']`, which had passed. check counts a row with two rejects once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_length_on_an_array_counts_elements_and_check_counts_rows() {
+    let w = World::new("aw_array_len").await;
+    w.sql(
+        "CREATE TABLE a (k int PRIMARY KEY, tags text[], csv text);
+         INSERT INTO a VALUES (1, '{hello,world}', 'alpha, beta'), (2, '{x,y,z}', 'a,b,c,d'),
+                              (3, '{a}', 'x');",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "a",
+        "version = 1\nname = \"a\"\n[source]\ntable = \"a\"\nkey = [\"k\"]\n\
+         [[field]]\npath = \"tags\"\ncolumn = \"tags\"\nvalidate = { max_length = 2 }\n\
+         [[field]]\npath = \"parts\"\ncolumn = \"csv\"\ntransform = [{ split = \",\" }]\n\
+         validate = { max_length = 3 }\n",
+    )
+    .display()
+    .to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &["check", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("but 1 scanned rows will be rejected"),
+        "{}",
+        text(&out)
+    );
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let a = entity(&report, "a");
+    assert_eq!(
+        (a["written"].as_u64(), a["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    let mut rejects = w.rejects(report["run_id"].as_str().unwrap());
+    rejects.sort();
+    let rules: Vec<(&str, &str)> = rejects
+        .iter()
+        .map(|(_, key, _, rule)| (key.as_str(), rule.as_str()))
+        .collect();
+    assert_eq!(rules, [("2", "max_length"), ("2", "max_length")]);
+    let rows = aw.s.rows("registry", "a");
+    let one = rows.iter().find(|r| r["$id"] == "1").unwrap();
+    assert_eq!(one["tags"], serde_json::json!(["hello", "world"]), "{one}");
+    assert_eq!(one["parts"], serde_json::json!(["alpha", "beta"]), "{one}");
+    w.drop().await;
+}
