@@ -1903,3 +1903,78 @@ async fn max_length_on_an_array_counts_elements_and_check_counts_rows() {
     assert_eq!(one["parts"], serde_json::json!(["alpha", "beta"]), "{one}");
     w.drop().await;
 }
+
+/// A value of another type than its Appwrite column's — a mapping's `default = "none"` on an
+/// integer column — is rejected before writing with `appwrite_unrepresentable`, and `check`
+/// counts it (the server refused it in the run and check had said nothing would be rejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_of_another_type_than_its_column_is_found_by_check_and_rejected() {
+    let w = World::new("aw_default_type").await;
+    w.sql(
+        "CREATE TABLE m (k int PRIMARY KEY, i int, at timestamptz);
+         INSERT INTO m VALUES (1, 1, '2024-01-01Z'), (2, NULL, '2024-01-01Z'), (3, 3, NULL);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "m",
+        "version = 1\nname = \"m\"\n[source]\ntable = \"m\"\nkey = [\"k\"]\n\
+         [[field]]\npath = \"i\"\ncolumn = \"i\"\ndefault = \"none\"\n\
+         [[field]]\npath = \"at\"\ncolumn = \"at\"\ndefault = 0\n",
+    )
+    .display()
+    .to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--json",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "appwrite_unrepresentable")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(f["rows"], 2, "{report}");
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let mut rejects = w.rejects(report["run_id"].as_str().unwrap());
+    rejects.sort();
+    let rules: Vec<(&str, &str, &str)> = rejects
+        .iter()
+        .map(|(_, key, stage, rule)| (key.as_str(), stage.as_str(), rule.as_str()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("2", "write", "appwrite_unrepresentable"),
+            ("3", "write", "appwrite_unrepresentable")
+        ]
+    );
+    assert_eq!(aw.s.row_count("registry", "m"), 1);
+    w.drop().await;
+}

@@ -535,6 +535,24 @@ fn unrepresentable_columns(
                 _ => None,
             };
         }
+        // A value of another type than its column's (a mapping's `default = "none"` on an
+        // integer column, a `map` to booleans of a date): the server refuses the row.
+        if let Some(c) = table.and_then(|t| t.columns.iter().find(|c| c.key == *k))
+            && !c.reference
+        {
+            let misfit = match v {
+                Bson::Array(items) if c.array => items.iter().find(|i| !fits(&c.kind, i)),
+                Bson::Array(_) => Some(v),
+                v if !fits(&c.kind, v) => Some(v),
+                _ => None,
+            };
+            if let Some(m) = misfit {
+                return Some(format!(
+                    "{k} holds {m}, which its Appwrite {} column cannot store",
+                    c.request().0
+                ));
+            }
+        }
         let hit = match v {
             // An array column holds values of its type: no NULL, no nested array (an array of
             // documents is JSON text, as embedded documents are).
@@ -553,6 +571,21 @@ fn unrepresentable_columns(
         };
         hit.then(|| format!("{k} holds {v}, which an Appwrite column cannot store"))
     })
+}
+
+/// Whether a column of `kind` stores `v` as itself (a text column stores any scalar's text).
+fn fits(kind: &schema::Kind, v: &Bson) -> bool {
+    use schema::Kind;
+    match (kind, v) {
+        (_, Bson::Null) => true,
+        (Kind::Integer, Bson::Int32(_) | Bson::Int64(_)) => true,
+        (Kind::Float, Bson::Double(_) | Bson::Int32(_) | Bson::Int64(_)) => true,
+        (Kind::Boolean, Bson::Boolean(_)) => true,
+        (Kind::Datetime, Bson::DateTime(_)) => true,
+        (Kind::Text(_), v) => !matches!(v, Bson::Document(_) | Bson::Array(_)),
+        (Kind::Json, _) => true,
+        _ => false,
+    }
 }
 
 /// Whether `v` holds an object that extended JSON reads back as another type (`{"$numberDecimal":
