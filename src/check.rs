@@ -13,7 +13,6 @@ use crate::mapping::spec::Severity;
 use crate::pipeline::Pipeline;
 use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
 use crate::pipeline::run::{compile_plans, load_known_keys};
-use crate::sink::appwrite::id_ok as appwrite_id_ok;
 use crate::sink::appwrite::schema::{self, ChildTable, TableSpec};
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, Target};
@@ -358,7 +357,7 @@ pub async fn check(
                 severity: "warning".into(),
                 rows: bad_ids,
                 example_key: bad_id_example,
-                example: "keys that break Appwrite's id rule (36 of [A-Za-z0-9._-]) need an encoded id there".into(),
+                example: "keys that break Appwrite's id rule (36 of [A-Za-z0-9._-]) or hold a capital (Appwrite ids ignore case) get a hashed row id there".into(),
             });
         }
         report.findings.extend(tally.into_values());
@@ -403,7 +402,7 @@ fn scan_row(
         ExpectedRow::Rejected { key, issues, .. } => (key, issues, None),
         ExpectedRow::Document { mapped, .. } => (mapped.key, mapped.issues, mapped.doc),
     };
-    if plan.key.len() == 1 && !appwrite_id_ok(&key) {
+    if plan.key.len() == 1 && !crate::sink::appwrite::rows::kept_as_is(&key) {
         *bad_ids += 1;
         if bad_id_example.is_empty() {
             *bad_id_example = key.clone();

@@ -820,6 +820,25 @@ FROM orders o, generate_series(1, 1 + substr(o.label, 7)::int % 3) l;
     parents: 60,
 };
 
+/// Text keys differing only by case, each a valid Appwrite id: Appwrite compares ids without
+/// case, so they must not be the row ids as they are (the second replaced the first).
+const CASE_SHAPE: Shape = Shape {
+    name: "case",
+    sql: r#"
+CREATE TABLE orders (code text PRIMARY KEY, label text NOT NULL);
+INSERT INTO orders SELECT (ARRAY['ab', 'Ab', 'AB'])[1 + g % 3] || (g / 3), 'order ' || g
+FROM generate_series(1, 60) g;
+CREATE TABLE lines (order_code text NOT NULL, n int NOT NULL, item text NOT NULL,
+                    PRIMARY KEY (order_code, n));
+INSERT INTO lines SELECT o.code, l, 'item ' || substr(o.label, 7) || '/' || l
+FROM orders o, generate_series(1, 1 + substr(o.label, 7)::int % 3) l;
+"#,
+    key: r#"["code"]"#,
+    foreign_key: r#""order_code""#,
+    key_of_31: "Ab10",
+    parents: 60,
+};
+
 /// Issue #11, the shapes: the independent comparison of an embed's fields — in a child table
 /// and in JSON text — holds for text and composite parent keys: a clean run verifies with every
 /// field compared, and one changed element (order 31's second line) is named by its parent's key.
@@ -1031,4 +1050,14 @@ async fn appwrite_verify_compares_a_child_table_under_a_char_n_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appwrite_verify_compares_a_json_embed_under_a_char_n_key() {
     embed_comparison_holds_for_the_key_shape(&CHAR_SHAPE, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_child_table_under_keys_differing_by_case() {
+    embed_comparison_holds_for_the_key_shape(&CASE_SHAPE, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_verify_compares_a_json_embed_under_keys_differing_by_case() {
+    embed_comparison_holds_for_the_key_shape(&CASE_SHAPE, false).await;
 }

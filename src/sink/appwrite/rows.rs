@@ -23,17 +23,24 @@ pub fn row_id(id: &Bson) -> String {
         }
         _ => None,
     };
-    // A plain key of the hashed form (`h` + 35 hex digits) is hashed too, so that no plain id is
-    // ever another key's hash.
     if let Some(p) = plain
-        && crate::sink::appwrite::id_ok(&p)
-        && !looks_hashed(&p)
+        && kept_as_is(&p)
     {
         return p;
     }
     let digest = Sha256::digest(id.clone().into_canonical_extjson().to_string().as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("h{}", &hex[..35])
+}
+
+/// Whether a key's text is its own row id: it fits Appwrite's id rule, has no capital letter
+/// (Appwrite compares ids without case — `Abc` and `abc` would be one row, the second replacing
+/// the first), and does not have the hashed form (`h` + 35 hex digits), so that no plain id is
+/// ever another key's hash. Other keys are hashed (lowercase).
+pub fn kept_as_is(key: &str) -> bool {
+    crate::sink::appwrite::id_ok(key)
+        && !key.bytes().any(|b| b.is_ascii_uppercase())
+        && !looks_hashed(key)
 }
 
 /// Whether `id` has the form of a hashed row id: `h` and 35 lowercase hex digits.
@@ -203,6 +210,19 @@ mod tests {
         assert_ne!(plain, hashed);
         assert!(crate::sink::appwrite::id_ok(&plain));
         assert_eq!(row_id(&Bson::String("h123".into())), "h123");
+    }
+
+    /// Appwrite compares ids without case: keys differing only by case get ids that differ
+    /// without case too (a key with a capital is hashed, lowercase).
+    #[test]
+    fn keys_differing_by_case_have_ids_differing_without_case() {
+        let lower = row_id(&Bson::String("abc".into()));
+        let upper = row_id(&Bson::String("Abc".into()));
+        assert_eq!(lower, "abc");
+        assert_ne!(lower.to_ascii_lowercase(), upper.to_ascii_lowercase());
+        assert_eq!(upper, upper.to_ascii_lowercase());
+        let u = uuid::Uuid::parse_str("6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162").unwrap();
+        assert_eq!(row_id(&Bson::String(u.to_string())), u.to_string());
     }
 
     /// Two composite keys whose parts hold the quotes and separators of the other's rendering

@@ -836,7 +836,7 @@ impl StandIn {
         upsert: bool,
     ) -> Result<Value, ApiError> {
         let stamp = now();
-        let (seq, created) = match t.rows.get(id) {
+        let (seq, created) = match t.rows.get(&uid(id)) {
             Some(existing) if upsert => (
                 existing["$sequence"].as_u64().unwrap_or(0),
                 existing["$createdAt"]
@@ -861,7 +861,7 @@ impl StandIn {
             o.retain(|k, _| !k.starts_with('$'));
         }
         let row = Self::row_json(db, &t.id, id, seq, &created, &stamp, &clean);
-        t.rows.insert(id.to_string(), row.clone());
+        t.rows.insert(uid(id), row.clone());
         Ok(row)
     }
 
@@ -892,7 +892,7 @@ impl StandIn {
     ) -> Result<Value, ApiError> {
         self.row_fault_hit([id])?;
         self.with_table(db, table, |t| {
-            let Some(existing) = t.rows.get(id) else {
+            let Some(existing) = t.rows.get(&uid(id)) else {
                 return Err(ApiError::new(
                     404,
                     "row_not_found",
@@ -948,7 +948,7 @@ impl StandIn {
                     None => check_id("unique()")?,
                 };
                 self.check_data(t, r)?;
-                if !upsert && (t.rows.contains_key(&id) || !seen.insert(id.clone())) {
+                if !upsert && (t.rows.contains_key(&uid(&id)) || !seen.insert(uid(&id))) {
                     return Err(ApiError::new(
                         409,
                         "row_already_exists",
@@ -967,7 +967,7 @@ impl StandIn {
 
     pub fn get_row(&self, db: &str, table: &str, id: &str) -> Result<Value, ApiError> {
         self.with_table(db, table, |t| {
-            t.rows.get(id).cloned().ok_or_else(|| {
+            t.rows.get(&uid(id)).cloned().ok_or_else(|| {
                 ApiError::new(
                     404,
                     "row_not_found",
@@ -979,7 +979,7 @@ impl StandIn {
 
     pub fn delete_row(&self, db: &str, table: &str, id: &str) -> Result<(), ApiError> {
         self.with_table(db, table, |t| {
-            t.rows.remove(id).map(|_| ()).ok_or_else(|| {
+            t.rows.remove(&uid(id)).map(|_| ()).ok_or_else(|| {
                 ApiError::new(
                     404,
                     "row_not_found",
@@ -998,7 +998,7 @@ impl StandIn {
             let (rows, _) = filter(&t.rows, &q)?;
             for r in &rows {
                 if let Some(id) = r["$id"].as_str() {
-                    t.rows.remove(id);
+                    t.rows.remove(&uid(id));
                 }
             }
             Ok(json!({ "total": rows.len(), "rows": rows }))
@@ -1025,7 +1025,7 @@ impl StandIn {
     ) -> Result<Value, ApiError> {
         self.row_fault_hit([id])?;
         let mut data = self.lock();
-        if data.users.contains_key(id) || data.users.values().any(|u| u["email"] == email) {
+        if data.users.contains_key(&uid(id)) || data.users.values().any(|u| u["email"] == email) {
             return Err(ApiError::new(
                 409,
                 "user_already_exists",
@@ -1039,18 +1039,22 @@ impl StandIn {
             "labels": [], "passwordUpdate": stamp, "email": email, "phone": "", "emailVerification": false,
             "phoneVerification": false, "mfa": false, "prefs": {}, "targets": [], "accessedAt": "",
         });
-        data.users.insert(id.to_string(), user.clone());
+        data.users.insert(uid(id), user.clone());
         Ok(user)
     }
 
     pub fn delete_user(&self, id: &str) -> Result<(), ApiError> {
-        self.lock().users.remove(id).map(|_| ()).ok_or_else(|| {
-            ApiError::new(
-                404,
-                "user_not_found",
-                "User with the requested ID could not be found.",
-            )
-        })
+        self.lock()
+            .users
+            .remove(&uid(id))
+            .map(|_| ())
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "user_not_found",
+                    "User with the requested ID could not be found.",
+                )
+            })
     }
 
     /// Sets a user's phone; another user holding the number is a 409.
@@ -1088,7 +1092,7 @@ impl StandIn {
     }
 
     pub fn get_user(&self, id: &str) -> Result<Value, ApiError> {
-        self.lock().users.get(id).cloned().ok_or_else(|| {
+        self.lock().users.get(&uid(id)).cloned().ok_or_else(|| {
             ApiError::new(
                 404,
                 "user_not_found",
@@ -1099,7 +1103,7 @@ impl StandIn {
 
     pub fn update_user(&self, id: &str, f: impl FnOnce(&mut Value)) -> Result<Value, ApiError> {
         let mut data = self.lock();
-        let u = data.users.get_mut(id).ok_or_else(|| {
+        let u = data.users.get_mut(&uid(id)).ok_or_else(|| {
             ApiError::new(
                 404,
                 "user_not_found",
@@ -1257,6 +1261,13 @@ pub fn email_ok(email: &str) -> bool {
     }
 }
 
+/// The key a row or user is stored under: Appwrite's `_uid` column compares ids without case
+/// (MariaDB's `utf8mb4_general_ci`; a case-insensitive collation on MongoDB too), so `Abc` and
+/// `abc` are one row there — and here.
+pub fn uid(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
 /// A page of `items` (keyed by id) for `queries`, and the matching total (capped at 5000, as
 /// Appwrite counts). The order is `orderAsc` / `orderDesc` on any attributes (`$id` breaking
 /// ties), else by id. In `$id` order a cursor starts right after its id: a page costs its own
@@ -1277,7 +1288,7 @@ fn filter(
         let values = q["values"].as_array().cloned().unwrap_or_default();
         match method {
             "limit" => limit = values.first().and_then(Value::as_u64).unwrap_or(25) as usize,
-            "cursorAfter" => after = values.first().and_then(Value::as_str).map(str::to_string),
+            "cursorAfter" => after = values.first().and_then(Value::as_str).map(uid),
             "equal" => equals.push((q["attribute"].as_str().unwrap_or("").to_string(), values)),
             "orderAsc" | "orderDesc" => {
                 let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
