@@ -1311,10 +1311,27 @@ fn filter(
             }
         }
     }
+    // Each `equal` as a set of the values' texts: a delete of the children of a batch of parents
+    // (hundreds of values) over a large table was rows × values comparisons per request.
+    // (attribute, the string values, the other values)
+    type Wanted<'q> = (&'q str, std::collections::HashSet<&'q str>, Vec<&'q Value>);
+    let equals: Vec<Wanted<'_>> = equals
+        .iter()
+        .map(|(a, vals)| {
+            let (texts, others): (Vec<&Value>, Vec<&Value>) =
+                vals.iter().partition(|v| v.is_string());
+            (
+                a.as_str(),
+                texts.into_iter().filter_map(Value::as_str).collect(),
+                others,
+            )
+        })
+        .collect();
     let matches = |v: &Value| {
-        equals
-            .iter()
-            .all(|(a, vals)| vals.iter().any(|x| &v[a.as_str()] == x))
+        equals.iter().all(|(a, texts, others)| match &v[*a] {
+            Value::String(s) => texts.contains(s.as_str()),
+            x => others.contains(&x),
+        })
     };
     let total = items.values().filter(|v| matches(v)).take(5000).count();
     if let Some(id) = &after
@@ -1342,7 +1359,7 @@ fn filter(
         let start = match &after {
             Some(id) => all
                 .iter()
-                .position(|v| v["$id"] == id.as_str())
+                .position(|v| v["$id"].as_str().map(uid).as_deref() == Some(id.as_str()))
                 .map_or(0, |i| i + 1),
             None => 0,
         };
