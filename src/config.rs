@@ -571,7 +571,7 @@ impl Config {
         match &self.source_url {
             Some(url) => lines.push(format!(
                 "source: postgres {} (from {})",
-                endpoint_of(url),
+                crate::redact::endpoint_of(url),
                 self.origins.source.describe(file)
             )),
             None => lines.push("source: none given".into()),
@@ -579,7 +579,7 @@ impl Config {
         if let Some(m) = &self.mongodb {
             lines.push(format!(
                 "target mongodb: {} database {} (uri from {}, database from {})",
-                endpoint_of(&m.uri),
+                crate::redact::endpoint_of(&m.uri),
                 m.database,
                 self.origins.mongodb_uri.describe(file),
                 self.origins.mongodb_database.describe(file)
@@ -650,22 +650,6 @@ impl Config {
 }
 
 /// `host:port/database` of a connection URL (hosts of a seed list joined), without credentials.
-fn endpoint_of(url: &str) -> String {
-    // Parsed from the redacted form: a password (which may hold '/', '@', '?' and blanks
-    // unescaped) is `***` there, so the first '?' and the last '@' are the URL's own.
-    let url = crate::redact::redact_url(url);
-    let Some((_, rest)) = url.split_once("://") else {
-        return "?".into();
-    };
-    let rest = rest.split('?').next().unwrap_or_default();
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
-    if path.is_empty() {
-        hosts.to_string()
-    } else {
-        format!("{hosts}/{path}")
-    }
-}
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {

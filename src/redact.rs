@@ -428,6 +428,24 @@ fn lowercase_escapes(s: &str) -> String {
     out
 }
 
+/// A URL's hosts and path (`host:port/db`), never its user, password or options: where it points.
+pub fn endpoint_of(url: &str) -> String {
+    // Parsed from the redacted form: a password (which may hold '/', '@', '?' and blanks
+    // unescaped) is `***` there, so the first '?' and the last '@' are the URL's own.
+    let url = redact_url(url);
+    let Some((_, rest)) = url.split_once("://") else {
+        return "?".into();
+    };
+    let rest = rest.split('?').next().unwrap_or_default();
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if path.is_empty() {
+        hosts.to_string()
+    } else {
+        format!("{hosts}/{path}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

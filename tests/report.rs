@@ -237,6 +237,37 @@ async fn signoff_joins_only_a_matching_verification_and_skips_runs_that_did_noth
         s["verification"]["target"],
         format!("mongodb {}", w.mongo_db)
     );
+    assert_eq!(
+        s["verification"]["source"].as_str(),
+        w.pg_url.split_once('@').map(|(_, at)| at),
+        "{}",
+        s["verification"]
+    );
+
+    // A later verification of the same target against another source (a rehearsal copy, a
+    // leftover CUTOVER_SOURCE_URL; here the same registry less one immunization, so it fails)
+    // is not this run's: the sign-off keeps the one against the run's own source.
+    let rehearsal = World::new("signoff_other_source").await;
+    rehearsal.load_registry(100);
+    rehearsal
+        .sql("DELETE FROM immunizations WHERE record_id = (SELECT record_id FROM immunizations ORDER BY record_id LIMIT 1)")
+        .await;
+    let out = w
+        .cutover()
+        .env("CUTOVER_SOURCE_URL", &rehearsal.pg_url)
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (s, _) = signoff(&[&run_id]);
+    assert_eq!(s["verification"]["ok"], true, "{}", s["verification"]);
+    rehearsal.drop().await;
 
     // A run that found everything applied, and a dry run, are passed over by a plain `report`.
     let out = w.migrate(&[]);

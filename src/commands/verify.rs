@@ -15,6 +15,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         super::shared::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     let target_kind = target.kind();
     let target_name = target.display_name();
+    let target_at = target.location();
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
@@ -143,6 +144,9 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "target": target_name,
         "target_kind": target_kind,
+        // Which source and which server: the sign-off joins a verification to a run by these.
+        "source": crate::redact::endpoint_of(&source),
+        "target_at": target_at,
         "pipeline": pipeline.spec.name,
         "ok": ok,
         "problems_file": problems_file,

@@ -104,11 +104,22 @@ pub fn find_verification(reports_dir: &Path, run: &RunReport) -> Option<serde_js
     })
 }
 
-/// Whether verification `v` speaks of `run`: same target (kind and database), made after the run,
-/// and covering each of its entities.
+/// Whether verification `v` speaks of `run`: same target (kind and database, and the same servers
+/// and source where the run recorded them — a verification of a rehearsal copy, or of another
+/// server with a database of the same name, is not this run's), made after the run, and covering
+/// each of its entities.
 fn verification_matches(v: &serde_json::Value, run: &RunReport) -> bool {
     let after = v["verified_at"].as_str().unwrap_or("") >= run.finished_at.as_str();
-    let same_target = v["target"].as_str() == Some(run.target.as_str());
+    let same_source = match run.config["source"].as_str() {
+        Some(url) => v["source"].as_str() == Some(crate::redact::endpoint_of(url).as_str()),
+        None => true,
+    };
+    let same_server = match run.config["target_at"].as_str() {
+        Some(at) => v["target_at"].as_str() == Some(at),
+        None => true,
+    };
+    let same_target =
+        v["target"].as_str() == Some(run.target.as_str()) && same_source && same_server;
     let verified: std::collections::BTreeSet<&str> = v["entities"]
         .as_array()
         .map(|a| a.iter().filter_map(|e| e["entity"].as_str()).collect())
@@ -118,6 +129,14 @@ fn verification_matches(v: &serde_json::Value, run: &RunReport) -> bool {
         .iter()
         .all(|e| verified.contains(e.name.as_str()));
     after && same_target && covered
+}
+
+/// `, source … → target …` of a verification that recorded them.
+fn verified_where(v: &serde_json::Value) -> String {
+    match (v["source"].as_str(), v["target_at"].as_str()) {
+        (Some(source), Some(at)) => format!(", source {source} → {at}"),
+        _ => String::new(),
+    }
 }
 
 /// Rejects (or warnings) of a run, by entity and rule, with a few examples each.
@@ -249,9 +268,10 @@ impl SignOff {
             Some(v) => {
                 let _ = writeln!(
                     s,
-                    "{} at {}",
+                    "{} at {}{}",
                     if v["ok"] == true { "PASSED" } else { "FAILED" },
-                    v["verified_at"].as_str().unwrap_or("?")
+                    v["verified_at"].as_str().unwrap_or("?"),
+                    verified_where(v)
                 );
                 for e in v["entities"].as_array().into_iter().flatten() {
                     let _ = writeln!(
@@ -527,7 +547,11 @@ th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
                     } else {
                         "differs"
                     },
-                    esc(v["verified_at"].as_str().unwrap_or(""))
+                    esc(&format!(
+                        "{}{}",
+                        v["verified_at"].as_str().unwrap_or(""),
+                        verified_where(v)
+                    ))
                 );
                 for e in v["entities"].as_array().into_iter().flatten() {
                     let n = |k: &str| problem_count(e, k);

@@ -646,6 +646,7 @@ async fn migrate_locked(
         config: serde_json::json!({
             "source": crate::redact::redact_url(source_url),
             "target": opts.target_name,
+            "target_at": target.location(),
             "batch_size": opts.batch_size,
             "batch_bytes": opts.batch_bytes,
             "concurrency": opts.concurrency,

@@ -226,6 +226,8 @@ pub struct MongoTarget {
     /// The same database through a client of its own: checkpoints, heartbeats and lock checks
     /// never wait for a connection held by the batches in flight, however many there are.
     ledger_db: Database,
+    /// Where the URI points (`host:port,…`), without credentials or options.
+    hosts: String,
 }
 
 /// Connections of the ledger's own client (checkpoint, heartbeat, a lock check at once).
@@ -263,11 +265,19 @@ impl MongoTarget {
         let ledger_db = open_client(uri, Some(LEDGER_POOL))
             .await?
             .database(database);
+        let hosts = crate::redact::endpoint_of(uri);
+        let hosts = hosts.split('/').next().unwrap_or_default().to_string();
         Ok(MongoTarget {
             client,
             db,
             ledger_db,
+            hosts,
         })
+    }
+
+    /// The servers the target's URI names (`host:port,…`), without credentials or options.
+    pub fn hosts(&self) -> &str {
+        &self.hosts
     }
 
     pub fn database(&self) -> &Database {

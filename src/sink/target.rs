@@ -779,6 +779,15 @@ impl Target {
         }
     }
 
+    /// Where the target is — servers (or endpoint and project) and database — so that a
+    /// verification of one server is never taken for another's with the same database name.
+    pub fn location(&self) -> String {
+        match self {
+            Target::Mongo(m) => format!("mongodb {}/{}", m.hosts(), m.database().name()),
+            Target::Appwrite(_) => self.display_name(),
+        }
+    }
+
     pub fn kind(&self) -> TargetKind {
         match self {
             Target::Mongo(_) => TargetKind::Mongodb,
