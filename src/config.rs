@@ -649,8 +649,6 @@ impl Config {
     }
 }
 
-/// `host:port/database` of a connection URL (hosts of a seed list joined), without credentials.
-
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_path_buf(),
