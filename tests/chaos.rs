@@ -1387,23 +1387,59 @@ async fn chaos(shape: &Shape) {
             }
         }
     }
-    // The run that finished an entity (when it lived to write its report) read exactly the rows
-    // after its checkpoint.
+    // The run that finished an entity (when it lived to write its report) accounts for every row
+    // of it, the parts before its checkpoint included: it counts the source's rows, the
+    // reference's rejects, and its rejects file holds each reject line exactly once (those of the
+    // interrupted runs it continued copied in).
+    let reference_reports = reference.reports();
     for (entity, table) in shape.entities {
-        let last = reports.iter().rev().find_map(|r| {
-            r["entities"]
-                .as_array()
-                .and_then(|es| es.iter().find(|e| e["name"] == *entity))
-        });
-        let Some(e) = last else {
+        let finishing = |reports: &[Value]| {
+            reports.iter().rev().find_map(|r| {
+                let e = r["entities"]
+                    .as_array()
+                    .and_then(|es| es.iter().find(|e| e["name"] == *entity))?;
+                Some((
+                    r["run_id"].as_str().unwrap_or_default().to_string(),
+                    e.clone(),
+                ))
+            })
+        };
+        let Some((run, e)) = finishing(&reports) else {
             continue;
         };
         let source = side.w.pg_count(table).await;
         let read = e["read"].as_u64().unwrap_or(0);
         let after = e["resumed_after_rows"].as_u64().unwrap_or(0);
-        if read + after != source {
+        if read != source {
             problems.push(format!(
-                "{entity}: the finishing run read {read} rows after a checkpoint of {after}, the source has {source}"
+                "{entity}: the finishing run counts {read} rows read (after a checkpoint of {after}), the source has {source}"
+            ));
+        }
+        let Some((reference_run, r)) = finishing(&reference_reports) else {
+            continue;
+        };
+        if e["rejected"] != r["rejected"] {
+            problems.push(format!(
+                "{entity}: the finishing run counts {} rejected rows, the uninterrupted run {}",
+                e["rejected"], r["rejected"]
+            ));
+        }
+        let lines = |w: &World, run: &str| {
+            let mut l: Vec<(String, String)> = w
+                .rejects(run)
+                .into_iter()
+                .filter(|(en, ..)| en == entity)
+                .map(|(_, key, _, rule)| (key, rule))
+                .collect();
+            l.sort();
+            l
+        };
+        let (have, want) = (lines(&side.w, &run), lines(&reference.w, &reference_run));
+        if have != want {
+            problems.push(format!(
+                "{entity}: the finishing run's rejects file has {} lines, the uninterrupted run's {} (each reject once)",
+                have.len(),
+                want.len()
             ));
         }
     }

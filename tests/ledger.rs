@@ -205,21 +205,43 @@ async fn killed_runs_resume_from_their_checkpoint_and_end_identical() {
         .unwrap();
     let resumed_after = events["resumed_after_rows"].as_u64().unwrap();
     assert!(resumed_after >= second as u64);
+    // The report accounts for the whole entity, the parts the killed runs covered included: every
+    // source row, every reject (those before the checkpoint too), each in its rejects file once.
+    assert_eq!(events["read"].as_u64().unwrap(), 200_000, "{events}");
+    let all_rejects = w
+        .pg_count("(SELECT * FROM events) t WHERE length(note) > 45")
+        .await;
+    let before_checkpoint_rejects = w
+        .pg_count(&format!(
+            "(SELECT * FROM events ORDER BY id LIMIT {resumed_after}) t WHERE length(note) > 45"
+        ))
+        .await;
+    assert!(before_checkpoint_rejects > 0, "the kills came too early");
     assert_eq!(
-        events["read"].as_u64().unwrap() + resumed_after,
+        events["rejected"].as_u64().unwrap(),
+        all_rejects,
+        "{events}"
+    );
+    assert_eq!(
+        events["resumed_after_rejected"].as_u64().unwrap(),
+        before_checkpoint_rejects,
+        "{events}"
+    );
+    assert_eq!(
+        events["written"].as_u64().unwrap() + all_rejects,
         200_000,
         "{events}"
     );
-    // Rejects of this report are those after the checkpoint only.
-    let after_checkpoint_rejects = w
-        .pg_count(&format!(
-            "(SELECT * FROM events ORDER BY id OFFSET {resumed_after}) t WHERE length(note) > 45"
-        ))
-        .await;
-    assert_eq!(
-        events["rejected"].as_u64().unwrap(),
-        after_checkpoint_rejects
-    );
+    let mut keys: Vec<String> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .filter(|r| r.0 == "events")
+        .map(|r| r.1)
+        .collect();
+    keys.sort();
+    let lines = keys.len();
+    keys.dedup();
+    assert_eq!((lines, keys.len() as u64), (keys.len(), all_rejects));
     assert_eq!(report["already_applied"], serde_json::json!(["kinds"]));
 
     // Same documents as the uninterrupted run: no duplicates (same count), no gaps, same content.

@@ -105,6 +105,12 @@ pub struct StepRecord {
     /// Key values (as text) below which everything is written, and how many source rows that is.
     pub checkpoint_key: Option<Vec<String>>,
     pub checkpoint_rows: i64,
+    /// Of those rows, how many were rejected and how many written with warnings (this step's
+    /// and the steps it continues), and how many of this step's own batches the checkpoint
+    /// covers (the rejects file's `batch` column says which lines it covers).
+    pub checkpoint_rejected: i64,
+    pub checkpoint_warned: i64,
+    pub checkpoint_batches: i64,
     pub total: i64,
     pub resumed_from: Option<String>,
     /// The source snapshot's time (RFC 3339, microseconds): a delta run copies rows changed since.
@@ -195,6 +201,9 @@ impl StepRecord {
                     .collect()
             }),
             checkpoint_rows: int(d, "checkpoint_rows"),
+            checkpoint_rejected: int(d, "checkpoint_rejected"),
+            checkpoint_warned: int(d, "checkpoint_warned"),
+            checkpoint_batches: int(d, "checkpoint_batches"),
             total: int(d, "total"),
             resumed_from: d.get_str("resumed_from").ok().map(str::to_string),
             snapshot_at: d.get_str("snapshot_at").ok().map(str::to_string),
@@ -223,6 +232,37 @@ pub struct RunRecord {
     pub host: String,
 }
 
+/// What a checkpoint covers: source rows, of which rejected and written with warnings (since the
+/// entity's first part), and the step's own batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Covered {
+    pub rows: u64,
+    pub rejected: u64,
+    pub warned: u64,
+    pub batches: u64,
+}
+
+impl Covered {
+    /// The covered rows written: the rest were rejected (nothing covered is skipped or failed).
+    pub fn written(&self) -> u64 {
+        self.rows.saturating_sub(self.rejected)
+    }
+
+    fn fields(&self) -> Document {
+        // The step's running counts too: a killed run's record says how far it came.
+        doc! {
+            "checkpoint_rows": self.rows as i64,
+            "checkpoint_rejected": self.rejected as i64,
+            "checkpoint_warned": self.warned as i64,
+            "checkpoint_batches": self.batches as i64,
+            "read": self.rows as i64,
+            "written": self.written() as i64,
+            "rejected": self.rejected as i64,
+            "warnings": self.warned as i64,
+        }
+    }
+}
+
 /// What a new step records when it begins.
 #[derive(Debug, Clone)]
 pub struct StepStart<'a> {
@@ -236,7 +276,7 @@ pub struct StepStart<'a> {
     pub backup: Option<&'a str>,
     pub total: u64,
     pub resumed_from: Option<&'a str>,
-    pub checkpoint: Option<(&'a [String], i64)>,
+    pub checkpoint: Option<(&'a [String], Covered)>,
     pub snapshot_at: &'a str,
     /// Rows changed since this time only (a delta run).
     pub since: Option<&'a str>,
@@ -368,29 +408,26 @@ impl Ledger {
         if let Some(since) = s.since {
             step.insert("since", since);
         }
-        if let Some((key, rows)) = s.checkpoint {
+        if let Some((key, covered)) = s.checkpoint {
             step.insert("checkpoint_key", key.to_vec());
-            step.insert("checkpoint_rows", rows);
+            step.extend(covered.fields());
         }
         self.put("start step", &self.steps(), &id, &step).await
     }
 
-    /// Records that everything up to `key` (and `rows` source rows) is durably written.
+    /// Records that everything up to `key` is durably written or rejected, and what that is.
     pub async fn checkpoint(
         &self,
         run_id: &str,
         entity: &str,
         key: &[String],
-        rows: i64,
+        covered: Covered,
     ) -> Result<(), LedgerError> {
         let id = format!("{run_id}:{entity}");
-        self.set(
-            "checkpoint",
-            &self.steps(),
-            &id,
-            doc! { "checkpoint_key": key.to_vec(), "checkpoint_rows": rows, "checkpoint_at": bson::DateTime::now() },
-        )
-        .await
+        let mut set =
+            doc! { "checkpoint_key": key.to_vec(), "checkpoint_at": bson::DateTime::now() };
+        set.extend(covered.fields());
+        self.set("checkpoint", &self.steps(), &id, set).await
     }
 
     pub async fn finish_step(&self, run_id: &str, e: &EntityReport) -> Result<(), LedgerError> {

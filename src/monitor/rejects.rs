@@ -1,5 +1,10 @@
 //! The rejects files: `rejects/<run-id>/<entity>.csv` for rejected rows and
 //! `rejects/<run-id>/<entity>.warnings.csv` for rows written with warnings.
+//!
+//! The last column, `batch`, is the position of the row's batch in the step (empty for a line
+//! carried over from the run a resumed step continues): a checkpoint covers the batches before
+//! its own count, so a resume copies exactly the covered lines of the interrupted run's files and
+//! reads the rest again — each row is then in the resumed run's files once.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,6 +14,16 @@ use std::sync::Mutex;
 use crate::transform::Issue;
 
 const VALUE_MAX: usize = 200;
+const HEADER: [&str; 8] = [
+    "entity",
+    "source_key",
+    "stage",
+    "rule",
+    "path",
+    "message",
+    "value",
+    "batch",
+];
 /// Records are gathered up to this many bytes before they go to the file, in whole records.
 const PENDING_MAX: usize = 64 * 1024;
 
@@ -40,7 +55,7 @@ impl Records {
         })
     }
 
-    fn record(&mut self, fields: [&str; 7]) -> std::io::Result<()> {
+    fn record(&mut self, fields: [&str; 8]) -> std::io::Result<()> {
         let mut csv = csv::WriterBuilder::new()
             .buffer_capacity(1024)
             .from_writer(&mut self.pending);
@@ -84,24 +99,32 @@ impl RejectsWriter {
         &self.dir
     }
 
-    fn write(&self, file: String, entity: &str, key: &str, issue: &Issue) -> std::io::Result<()> {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if !files.contains_key(&file) {
+    fn file<'f>(
+        &self,
+        files: &'f mut HashMap<String, Records>,
+        file: &str,
+    ) -> std::io::Result<&'f mut Records> {
+        if !files.contains_key(file) {
             std::fs::create_dir_all(&self.dir)?;
-            let mut w = Records::create(&self.dir.join(&file))?;
-            w.record([
-                "entity",
-                "source_key",
-                "stage",
-                "rule",
-                "path",
-                "message",
-                "value",
-            ])?;
-            files.insert(file.clone(), w);
+            let mut w = Records::create(&self.dir.join(file))?;
+            w.record(HEADER)?;
+            files.insert(file.to_string(), w);
         }
-        let w = files.get_mut(&file).expect("inserted above");
+        Ok(files.get_mut(file).expect("inserted above"))
+    }
+
+    fn write(
+        &self,
+        file: String,
+        entity: &str,
+        key: &str,
+        issue: &Issue,
+        batch: Option<u64>,
+    ) -> std::io::Result<()> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let w = self.file(&mut files, &file)?;
         let scrub = crate::redact::scrub_secrets;
+        let batch = batch.map(|b| b.to_string()).unwrap_or_default();
         w.record([
             entity,
             &scrub(key),
@@ -110,24 +133,86 @@ impl RejectsWriter {
             &issue.path,
             &scrub(&issue.message),
             &scrub(&truncate(&issue.value)),
+            &batch,
         ])?;
         Ok(())
     }
 
     /// Records a rejected row (each error-severity issue is one line).
     pub fn reject(&self, entity: &str, key: &str, issues: &[Issue]) -> std::io::Result<()> {
+        self.reject_in(entity, key, issues, None)
+    }
+
+    /// Records a rejected row of batch `batch` of the step.
+    pub fn reject_in(
+        &self,
+        entity: &str,
+        key: &str,
+        issues: &[Issue],
+        batch: Option<u64>,
+    ) -> std::io::Result<()> {
         for issue in issues.iter().filter(|i| i.is_error()) {
-            self.write(format!("{entity}.csv"), entity, key, issue)?;
+            self.write(format!("{entity}.csv"), entity, key, issue, batch)?;
         }
         Ok(())
     }
 
-    /// Records the warnings of a written row.
-    pub fn warn(&self, entity: &str, key: &str, issues: &[&Issue]) -> std::io::Result<()> {
+    /// Records the warnings of a written row (of batch `batch` of the step).
+    pub fn warn(
+        &self,
+        entity: &str,
+        key: &str,
+        issues: &[&Issue],
+        batch: Option<u64>,
+    ) -> std::io::Result<()> {
         for issue in issues {
-            self.write(format!("{entity}.warnings.csv"), entity, key, issue)?;
+            self.write(format!("{entity}.warnings.csv"), entity, key, issue, batch)?;
         }
         Ok(())
+    }
+
+    /// Copies into this run's files the lines of `entity` that the checkpoint of the interrupted
+    /// run in `from` covers — carried-over lines (no batch) and those of its first `batches`
+    /// batches — as carried-over lines. Returns the lines copied (rejects, warnings). A file
+    /// without the `batch` column (an older version) is not copied: its rows cannot be told apart.
+    pub fn carry(&self, from: &Path, entity: &str, batches: u64) -> std::io::Result<(u64, u64)> {
+        let mut copied = (0, 0);
+        for (name, n) in [
+            (format!("{entity}.csv"), &mut copied.0),
+            (format!("{entity}.warnings.csv"), &mut copied.1),
+        ] {
+            let mut r = match csv::Reader::from_path(from.join(&name)) {
+                Ok(r) => r,
+                Err(e) if matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound) => {
+                    continue;
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            };
+            let headers = r.headers().map_err(std::io::Error::other)?.clone();
+            if headers.iter().collect::<Vec<_>>() != HEADER {
+                continue;
+            }
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            for record in r.records() {
+                // A torn last line (the run was killed mid-write) is past any checkpoint.
+                let Ok(record) = record else { break };
+                let covered = match record.get(7) {
+                    Some("") | None => true,
+                    Some(b) => b.parse::<u64>().is_ok_and(|b| b < batches),
+                };
+                if !covered {
+                    continue;
+                }
+                let w = self.file(&mut files, &name)?;
+                let mut fields: [&str; 8] = [""; 8];
+                for (i, f) in fields.iter_mut().enumerate().take(7) {
+                    *f = record.get(i).unwrap_or_default();
+                }
+                w.record(fields)?;
+                *n += 1;
+            }
+        }
+        Ok(copied)
     }
 
     pub fn flush(&self) -> std::io::Result<()> {
@@ -178,7 +263,7 @@ mod tests {
                 let bytes = std::fs::read(&path).unwrap_or_default();
                 let mut r = csv::Reader::from_reader(bytes.as_slice());
                 let rows = r.records().collect::<Result<Vec<_>, _>>().unwrap();
-                assert!(rows.iter().all(|x| x.len() == 7), "after record {n}");
+                assert!(rows.iter().all(|x| x.len() == 8), "after record {n}");
             }
         }
         w.sync().unwrap();

@@ -46,6 +46,9 @@ pub struct EntityReport {
     pub resumed_from: Option<String>,
     #[serde(default)]
     pub resumed_after_rows: u64,
+    /// Of those rows, how many were rejected (their lines are in this run's rejects file).
+    #[serde(default)]
+    pub resumed_after_rejected: u64,
     /// [ms since the run began, rows read, rows written], sampled every 250 ms.
     #[serde(default)]
     pub timeline: Vec<[u64; 3]>,
@@ -93,6 +96,7 @@ impl EntityReport {
             error: None,
             resumed_from: None,
             resumed_after_rows: 0,
+            resumed_after_rejected: 0,
             delta: None,
             requests: None,
             throttled: None,
@@ -305,8 +309,11 @@ impl RunReport {
             if let Some(from) = &e.resumed_from {
                 let _ = writeln!(
                     s,
-                    "{}: resumed run {from} after {} rows already written",
-                    e.name, e.resumed_after_rows
+                    "{}: resumed run {from} after {} rows ({} written, {} rejected; counted above, their rejects copied into this run's file)",
+                    e.name,
+                    e.resumed_after_rows,
+                    e.resumed_after_rows - e.resumed_after_rejected.min(e.resumed_after_rows),
+                    e.resumed_after_rejected
                 );
             }
         }

@@ -470,6 +470,13 @@ async fn migrate_locked(
                 from_run: r.run_id.clone(),
                 key: r.checkpoint_key.clone().unwrap_or_default(),
                 rows: r.checkpoint_rows.max(0) as u64,
+                covered: ledger::Covered {
+                    rows: r.checkpoint_rows.max(0) as u64,
+                    rejected: r.checkpoint_rejected.max(0) as u64,
+                    warned: r.checkpoint_warned.max(0) as u64,
+                    batches: 0,
+                },
+                from_batches: r.checkpoint_batches.max(0) as u64,
             }),
             mode: None,
             ledger: (!opts.dry_run).then(|| ledger.clone()),
@@ -746,10 +753,7 @@ async fn prepare_step(
         WriteMode::Upsert
     });
     let mapping = p.mapping_path.display().to_string();
-    let checkpoint = stage
-        .resume
-        .as_ref()
-        .map(|r| (r.key.as_slice(), r.rows as i64));
+    let checkpoint = stage.resume.as_ref().map(|r| (r.key.as_slice(), r.covered));
     // A resumed step holds rows read under the snapshots of every part: the next
     // `--since-last` must copy what changed after the earliest of them, or a row changed between
     // the crash and the resume, below the checkpoint, would never be copied.
@@ -841,6 +845,10 @@ struct Resume {
     from_run: String,
     key: Vec<String>,
     rows: u64,
+    /// What the checkpoint covers (since the entity's first part); no batch of this step yet.
+    covered: ledger::Covered,
+    /// How many of the interrupted step's own batches its checkpoint covers.
+    from_batches: u64,
 }
 
 /// Per-stage facts the reader and writer need.
@@ -870,6 +878,10 @@ struct Batch {
     last_key: Vec<String>,
     /// Source rows read (this run) up to and including that row.
     read_upto: u64,
+    /// Rows of the batch's stretch rejected (by the mapping before it, or by the target), and
+    /// rows in it written with warnings.
+    rejected: u64,
+    warned: u64,
 }
 
 impl Batch {
@@ -881,6 +893,8 @@ impl Batch {
             seq: 0,
             last_key: Vec::new(),
             read_upto: 0,
+            rejected: 0,
+            warned: 0,
         }
     }
 
@@ -913,11 +927,13 @@ pub(crate) struct Checkpointer {
     fence: Option<ledger::lock::Fence>,
     run_id: String,
     entity: String,
-    /// Rows already covered before this run (a resumed step).
-    base_rows: u64,
+    /// What was covered before this run (a resumed step).
+    base: ledger::Covered,
     next: u64,
-    done: std::collections::BTreeMap<u64, (Vec<String>, u64)>,
-    watermark: Option<(Vec<String>, u64)>,
+    /// Finished batches past the watermark: (key, rows read up to it, rejected, warned).
+    done: std::collections::BTreeMap<u64, (Vec<String>, u64, u64, u64)>,
+    /// The key below which every batch is finished, and what that covers.
+    watermark: Option<(Vec<String>, ledger::Covered)>,
     recorded: Option<Instant>,
 }
 
@@ -928,7 +944,7 @@ impl Checkpointer {
         fence: Option<ledger::lock::Fence>,
         run_id: &str,
         entity: &str,
-        base_rows: u64,
+        base: ledger::Covered,
     ) -> Checkpointer {
         Checkpointer {
             ledger,
@@ -936,7 +952,7 @@ impl Checkpointer {
             fence,
             run_id: run_id.to_string(),
             entity: entity.to_string(),
-            base_rows,
+            base,
             next: 0,
             done: Default::default(),
             watermark: None,
@@ -945,12 +961,27 @@ impl Checkpointer {
     }
 
     /// Notes batch `seq` as finished; records the watermark at most every 200 ms.
-    async fn finished(&mut self, seq: u64, key: Vec<String>, rows: u64) -> Result<(), RunError> {
-        self.done.insert(seq, (key, rows));
+    async fn finished(&mut self, seq: u64, batch: &mut Batch) -> Result<(), RunError> {
+        self.done.insert(
+            seq,
+            (
+                std::mem::take(&mut batch.last_key),
+                batch.read_upto,
+                batch.rejected,
+                batch.warned,
+            ),
+        );
         let mut advanced = false;
-        while let Some(entry) = self.done.remove(&self.next) {
-            self.watermark = Some(entry);
+        while let Some((key, rows, rejected, warned)) = self.done.remove(&self.next) {
+            let before = self.watermark.as_ref().map_or(self.base, |(_, c)| *c);
             self.next += 1;
+            let covered = ledger::Covered {
+                rows: self.base.rows + rows,
+                rejected: before.rejected + rejected,
+                warned: before.warned + warned,
+                batches: self.next,
+            };
+            self.watermark = Some((key, covered));
             advanced = true;
         }
         let due = self
@@ -963,7 +994,7 @@ impl Checkpointer {
     }
 
     async fn record(&mut self) -> Result<(), RunError> {
-        if let Some((key, rows)) = &self.watermark
+        if let Some((key, covered)) = &self.watermark
             && !key.is_empty()
         {
             if let Some(f) = &self.fence {
@@ -974,14 +1005,9 @@ impl Checkpointer {
                 cause,
             })?;
             self.ledger
-                .checkpoint(
-                    &self.run_id,
-                    &self.entity,
-                    key,
-                    (self.base_rows + rows) as i64,
-                )
+                .checkpoint(&self.run_id, &self.entity, key, *covered)
                 .await?;
-            tracing::debug!(entity = %self.entity, rows = self.base_rows + rows, "checkpoint recorded");
+            tracing::debug!(entity = %self.entity, rows = covered.rows, rejected = covered.rejected, "checkpoint recorded");
             self.recorded = Some(Instant::now());
         }
         Ok(())
@@ -1031,6 +1057,25 @@ async fn run_entity(
     if resumed_rows > 0 {
         bar.set_position(resumed_rows);
     }
+    // The rejects and warnings of the rows the interrupted run's checkpoint covers go into this
+    // run's files (the rest are read again): each row of the entity is in them once.
+    if let Some(r) = stage.resume.as_ref().filter(|_| !opts.dry_run) {
+        let from = opts.rejects_dir.join(&r.from_run);
+        // On disk before anything else: a run killed before its first checkpoint is resumed
+        // from this file in turn.
+        match rejects
+            .carry(&from, &plan.entity, r.from_batches)
+            .and_then(|n| rejects.sync().map(|()| n))
+        {
+            Ok((lines, warnings)) => {
+                tracing::info!(entity = %plan.entity, from = %from.display(), lines, warnings, "carried the covered rejects of the interrupted run")
+            }
+            Err(cause) => {
+                let e = RunError::Io { path: from, cause };
+                return (report_base(&counters, "none", total), Some(e));
+            }
+        }
+    }
 
     let (tx, rx) = mpsc::channel::<Batch>(opts.concurrency);
     let writer = mode.map(|mode| {
@@ -1051,7 +1096,7 @@ async fn run_entity(
                     stage.fence.clone(),
                     &stage.run_id,
                     &plan.entity,
-                    resumed_rows,
+                    stage.resume.as_ref().map(|r| r.covered).unwrap_or_default(),
                 )
             }),
         ))
@@ -1133,6 +1178,15 @@ async fn run_entity(
     if let Some(r) = &stage.resume {
         report.resumed_from = Some(r.from_run.clone());
         report.resumed_after_rows = r.rows;
+        report.resumed_after_rejected = r.covered.rejected;
+        // The entity's counts, the interrupted part's included: every row accounted for. (The
+        // throughput stays this run's own.)
+        report.read += r.covered.rows;
+        report.written += r.covered.written();
+        report.rejected += r.covered.rejected;
+        report.warnings += r.covered.warned;
+        report.success_rate =
+            crate::monitor::report::success_rate(report.written, report.read, report.skipped);
     }
     (report, err)
 }
@@ -1196,15 +1250,16 @@ async fn read_loop(
         }
         let (row, mut mapped) = match item {
             ExpectedRow::Rejected { key, issues, row } => {
+                // Part of the batch being gathered (the next sealed).
                 reject(
                     counters,
                     total_rejected,
                     rejects,
-                    &plan.entity,
-                    &key,
+                    (&plan.entity, &key, (!opts.dry_run).then_some(seq)),
                     &issues,
                     opts,
                 )?;
+                batch.rejected += 1;
                 if row.is_some() {
                     prev_row = row;
                 }
@@ -1215,13 +1270,13 @@ async fn read_loop(
         let raw = mapped.doc.take().expect("a document row has its document");
         let size = raw.as_bytes().len();
         let warnings: Vec<&Issue> = mapped.warnings().collect();
-        if !warnings.is_empty() {
-            EntityCounters::add(&counters.warnings, 1);
-            rejects
-                .warn(&plan.entity, &mapped.key, &warnings)
-                .map_err(io_err)?;
-        }
         if opts.dry_run {
+            if !warnings.is_empty() {
+                EntityCounters::add(&counters.warnings, 1);
+                rejects
+                    .warn(&plan.entity, &mapped.key, &warnings, None)
+                    .map_err(io_err)?;
+            }
             EntityCounters::add(&counters.written, 1);
             EntityCounters::add(&counters.bytes, size as u64);
             prev_row = Some(row);
@@ -1238,6 +1293,14 @@ async fn read_loop(
             if tx.send(full).await.is_err() {
                 return Ok(()); // the writer stopped; its error is reported
             }
+        }
+        // Recorded once the row's batch is known (the one sealed above is not it).
+        if !warnings.is_empty() {
+            EntityCounters::add(&counters.warnings, 1);
+            rejects
+                .warn(&plan.entity, &mapped.key, &warnings, Some(seq))
+                .map_err(io_err)?;
+            batch.warned += 1;
         }
         batch.bytes += size;
         batch.docs.push(raw);
@@ -1271,20 +1334,19 @@ async fn read_loop(
     Ok(())
 }
 
-/// Counts and records a rejected row; `Err` when the rejects file cannot be written or
-/// --max-rejects is exceeded.
+/// Counts and records a rejected row (entity, source key, the batch of the step it belongs to);
+/// `Err` when the rejects file cannot be written or --max-rejects is exceeded.
 fn reject(
     counters: &EntityCounters,
     total_rejected: &AtomicU64,
     rejects: &RejectsWriter,
-    entity: &str,
-    key: &str,
+    (entity, key, batch): (&str, &str, Option<u64>),
     issues: &[Issue],
     opts: &RunOptions,
 ) -> Result<(), RunError> {
     EntityCounters::add(&counters.rejected, 1);
     rejects
-        .reject(entity, key, issues)
+        .reject_in(entity, key, issues, batch)
         .map_err(|cause| RunError::Io {
             path: rejects.dir().to_path_buf(),
             cause,
@@ -1481,11 +1543,11 @@ async fn write_loop(
                         &counters,
                         &total_rejected,
                         &rejects,
-                        &entity,
-                        key,
+                        (&entity, key, Some(batch.seq)),
                         &[issue],
                         &opts,
                     )?;
+                    batch.rejected += 1;
                 }
                 // After the batch's refused documents are recorded.
                 if !transient.is_empty() {
@@ -1529,12 +1591,7 @@ async fn write_loop(
             continue;
         }
         if let Some(c) = checkpointer.as_mut() {
-            c.finished(
-                batch.seq,
-                std::mem::take(&mut batch.last_key),
-                batch.read_upto,
-            )
-            .await?;
+            c.finished(batch.seq, &mut batch).await?;
         }
     }
     let failed = counters.failed.load(Ordering::Relaxed);
