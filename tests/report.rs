@@ -293,3 +293,42 @@ async fn signoff_joins_only_a_matching_verification_and_skips_runs_that_did_noth
     client.database(&other).drop().await.unwrap();
     w.drop().await;
 }
+
+/// A run whose report file cannot be written (a path under a file, as a full or read-only disk
+/// would refuse it) is still recorded in the ledger with its status and counts, prints its counts,
+/// and says the report was not written (exit 1); it was left `running` with no counts.
+#[tokio::test]
+async fn a_report_that_cannot_be_written_leaves_the_run_recorded_and_says_so() {
+    let w = World::new("report_io").await;
+    w.load_registry(100);
+    let blocker = w.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "a file").unwrap();
+    let report_path = blocker.join("run.json");
+    let out = w
+        .cutover()
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .arg("--report")
+        .arg(&report_path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("patients"),
+        "the counts are printed: {stdout}"
+    );
+    assert!(
+        stderr.contains("the run report could not be written"),
+        "{stderr}"
+    );
+    let history = w.cutover().args(["history", "--json"]).output().unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let last = &runs.as_array().unwrap()[0];
+    assert_eq!(last["status"], "completed_with_rejects", "{runs}");
+    assert!(last["written"].as_u64().unwrap() > 0, "{runs}");
+    w.drop().await;
+}

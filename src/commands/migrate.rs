@@ -87,6 +87,10 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         crate::errln!("error: {}", crate::redact::redact_text(e));
         return Ok(Outcome::Failed);
     }
+    if let Some(e) = &report.file_error {
+        crate::errln!("error: {}", crate::redact::redact_text(e));
+        return Ok(Outcome::Failed);
+    }
     Ok(if report.totals.rejected > 0 {
         Outcome::FinishedWithRejects
     } else {

@@ -183,7 +183,8 @@ impl RejectsWriter {
         ] {
             let mut r = match csv::Reader::from_path(from.join(&name)) {
                 Ok(r) => r,
-                Err(e) if matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound) => {
+                Err(e) if matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound) =>
+                {
                     continue;
                 }
                 Err(e) => return Err(std::io::Error::other(e)),

@@ -159,6 +159,9 @@ pub struct RunReport {
     /// The configuration used (credentials redacted).
     #[serde(default)]
     pub config: serde_json::Value,
+    /// Why the report file could not be written (not part of the file).
+    #[serde(skip)]
+    pub file_error: Option<String>,
 }
 
 /// written / (read − skipped), as a percentage; 100 when nothing was to be written.
@@ -433,6 +436,7 @@ mod tests {
             error: None,
             rejects_dir: String::new(),
             config: serde_json::Value::Null,
+            file_error: None,
         };
         let text = r.render_text();
         assert!(

@@ -603,10 +603,17 @@ async fn migrate_locked(
         } else {
             // The step's rejects are on disk before the ledger says it is done: a run killed
             // after that is never re-read, so rejects still in memory would be recorded nowhere.
-            rejects.sync().map_err(|cause| RunError::Io {
-                path: rejects.dir().to_path_buf(),
-                cause,
-            })?;
+            // When they cannot be (a full disk), the step is failed — recorded so, its
+            // checkpoint before the rows whose rejects may be lost — and the run ends.
+            if let Err(cause) = rejects.sync() {
+                let e = RunError::Io {
+                    path: rejects.dir().to_path_buf(),
+                    cause,
+                };
+                report.status = "failed".into();
+                report.error = Some(crate::redact::redact_text(&e.to_string()));
+                err.get_or_insert(e);
+            }
             ledger.finish_step(run_id, &report).await?;
             // A restore only while the lock is this run's (another run may be writing now).
             let still_ours = match fence {
@@ -627,10 +634,12 @@ async fn migrate_locked(
         }
     }
     session.close().await;
-    rejects.flush().map_err(|cause| RunError::Io {
-        path: rejects.dir().to_path_buf(),
-        cause,
-    })?;
+    if let Err(cause) = rejects.flush() {
+        run_error.get_or_insert(RunError::Io {
+            path: rejects.dir().to_path_buf(),
+            cause,
+        });
+    }
 
     let mut report = RunReport {
         run_id: run_id.to_string(),
@@ -664,6 +673,7 @@ async fn migrate_locked(
             "since_last": opts.since_last,
             "sync_deletes": opts.sync_deletes,
         }),
+        file_error: None,
     };
     report.compute_totals();
     report.status = if matches!(run_error, Some(RunError::LockLost(_))) {
@@ -675,15 +685,20 @@ async fn migrate_locked(
     } else {
         "completed".into()
     };
+    // The ledger first: the run is recorded (status, counts) whether or not its report file can
+    // be written; a report that cannot be is said by the caller, with the counts.
+    if !opts.dry_run && run_number > 0 {
+        ledger.finish_run(&report).await?;
+    }
     let path = opts
         .report_path
         .clone()
         .unwrap_or_else(|| opts.reports_dir.join(format!("{run_id}.json")));
-    report
-        .write_json(&path)
-        .map_err(|cause| RunError::Io { path, cause })?;
-    if !opts.dry_run && run_number > 0 {
-        ledger.finish_run(&report).await?;
+    if let Err(cause) = report.write_json(&path) {
+        report.file_error = Some(format!(
+            "the run report could not be written to {}: {cause} (the ledger records the run: `cutover history`)",
+            path.display()
+        ));
     }
     Ok(report)
 }
