@@ -208,7 +208,7 @@ pub enum SchemaCommand {
 
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
-    /// Stages or entities (default: all).
+    /// Entities or stages (default: all); a name that is both is the entity, `stage:NAME` the stage.
     pub names: Vec<String>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -265,7 +265,7 @@ pub enum ReportFormat {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Stages or entities (default: all).
+    /// Entities or stages (default: all); a name that is both is the entity, `stage:NAME` the stage.
     pub names: Vec<String>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -292,7 +292,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Stages or entities (default: all).
+    /// Entities or stages (default: all); a name that is both is the entity, `stage:NAME` the stage.
     pub names: Vec<String>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -330,7 +330,8 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// Stages or entities to roll back (their latest applied step).
+    /// Entities or stages to roll back (their latest applied step); a name that is both is the
+    /// entity, `stage:NAME` the stage.
     pub names: Vec<String>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -414,7 +415,8 @@ pub struct PipelineArgs {
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Stages or entities to run (default: all, in pipeline order).
+    /// Entities or stages to run (default: all, in pipeline order); a name that is both is the
+    /// entity, `stage:NAME` the stage.
     pub names: Vec<String>,
 
     #[command(flatten)]
@@ -513,7 +515,7 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Stages or entities (default: all).
+    /// Entities or stages (default: all); a name that is both is the entity, `stage:NAME` the stage.
     pub names: Vec<String>,
 
     #[command(flatten)]

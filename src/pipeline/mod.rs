@@ -236,18 +236,21 @@ impl Pipeline {
         if names.is_empty() {
             return Ok(all);
         }
+        // A name is an entity, or else a stage; `stage:NAME` is the stage whatever else NAME is
+        // (`migrate users` runs the users entity alone even in a stage called users).
         let mut wanted = BTreeSet::new();
         for n in names {
-            let mut found = false;
-            for s in &all {
-                if &s.stage == n || &s.entity == n {
-                    wanted.insert(s.entity.clone());
-                    found = true;
+            let picked: Vec<&Step> = match n.strip_prefix("stage:") {
+                Some(stage) => all.iter().filter(|s| s.stage == stage).collect(),
+                None if all.iter().any(|s| &s.entity == n) => {
+                    all.iter().filter(|s| &s.entity == n).collect()
                 }
-            }
-            if !found {
+                None => all.iter().filter(|s| &s.stage == n).collect(),
+            };
+            if picked.is_empty() {
                 return Err(PipelineError::UnknownName(n.clone()));
             }
+            wanted.extend(picked.into_iter().map(|s| s.entity.clone()));
         }
         Ok(all
             .into_iter()
@@ -335,6 +338,13 @@ depends_on = ["one"]
             ["a", "c"]
         );
         assert!(p.select(&["nope".into()]).is_err());
+        // A stage named like one of its entities: the name is the entity, `stage:` the stage
+        // (`migrate users` ran roles, users and sessions).
+        let p = pipeline(&GOOD.replace("name = \"two\"", "name = \"b\"")).unwrap();
+        assert_eq!(names(p.select(&["b".into()]).unwrap()), ["b"]);
+        assert_eq!(names(p.select(&["stage:b".into()]).unwrap()), ["b", "c"]);
+        assert_eq!(names(p.select(&["one".into()]).unwrap()), ["a"]);
+        assert!(p.select(&["stage:a".into()]).is_err());
     }
 
     #[test]
