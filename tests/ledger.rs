@@ -956,3 +956,25 @@ async fn since_last_misses_no_change_of_any_column_type() {
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// A mapping whose collection is named like the ledger's own (`cutover_steps`) is refused before
+/// anything is written: a rollback of its step would have wiped the ledger's records.
+#[tokio::test]
+async fn a_mapping_into_the_ledgers_collections_is_refused() {
+    let w = World::new("ledger_name").await;
+    w.sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\ncollection = \"cutover_steps\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("named like the ledger's own"), "{text}");
+    let names = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(!names.contains(&"cutover_steps".to_string()), "{names:?}");
+    w.drop().await;
+}

@@ -382,6 +382,25 @@ async fn max_rejects_stops_the_run() {
             "{e}"
         );
     }
+    // Re-run after re-run, with checkpoints between the rejects: the limit counts the rejects of
+    // the part a run resumes too, so no re-run gets further than the limit allows.
+    for attempt in 0..8 {
+        let out = w.migrate(&["--max-rejects", "3", "--batch-size", "5"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "attempt {attempt}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let report = w.latest_report();
+        let rejected: u64 = report["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["rejected"].as_u64().unwrap())
+            .sum();
+        assert!(rejected <= 4, "attempt {attempt}: {report}");
+    }
     w.drop().await;
 }
 

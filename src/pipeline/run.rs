@@ -345,6 +345,22 @@ pub async fn migrate(
     opts: &RunOptions,
 ) -> Result<RunReport, RunError> {
     let run_id = new_run_id();
+    // The ledger's own collections (runs, steps, lock, backups, changes) are never a mapping's:
+    // a rollback of that step would wipe the ledger.
+    for step in &steps {
+        let collection = pipeline
+            .mappings
+            .get(&step.entity)
+            .map(|m| m.collection().to_string())
+            .unwrap_or_default();
+        if !ledger.prefix().is_empty() && collection.starts_with(ledger.prefix()) {
+            return Err(RunError::Refused(format!(
+                "{}: collection `{collection}` is named like the ledger's own (`{}…`); choose another `collection` in its mapping",
+                step.entity,
+                ledger.prefix()
+            )));
+        }
+    }
     if opts.dry_run {
         return migrate_locked(
             pipeline, steps, source_url, target, ledger, opts, &run_id, None,
@@ -482,6 +498,11 @@ async fn migrate_locked(
             ledger: (!opts.dry_run).then(|| ledger.clone()),
             fence: fence.cloned(),
         };
+        // --max-rejects counts the entity's rejects, those of the part it resumes included: a
+        // limit re-run after re-run would otherwise let any number through.
+        if let Some(r) = &stage.resume {
+            total_rejected.fetch_add(r.covered.rejected, Ordering::Relaxed);
+        }
         // What the ledger records as the step's destination: the table group or the users.
         let mut destination = target.destination(&p.collection);
         let mut backup = None;
