@@ -214,6 +214,27 @@ fn problem_count(e: &serde_json::Value, k: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Source text (keys, messages) as inert Markdown: on one line, HTML and Markdown's own
+/// characters escaped, so a value holding `<script>`, `|` or a newline is shown, not rendered.
+fn md_esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\n' | '\r' => out.push_str("\\n"),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -311,18 +332,24 @@ impl SignOff {
                     r.rows,
                     r.examples
                         .iter()
-                        .map(|(k, m)| format!("{k}: {m}"))
+                        .map(|(k, m)| if md {
+                            format!("{}: {}", md_esc(k), md_esc(m))
+                        } else {
+                            format!("{k}: {m}")
+                        })
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
             }
         }
         h(s, "Configuration");
-        let _ = writeln!(
-            s,
-            "{}",
-            serde_json::to_string_pretty(&self.run.config).unwrap_or_default()
-        );
+        let config = serde_json::to_string_pretty(&self.run.config).unwrap_or_default();
+        if md {
+            // Fenced, and no fence inside can end it.
+            let _ = writeln!(s, "```json\n{}\n```", config.replace("```", "`\u{200b}``"));
+        } else {
+            let _ = writeln!(s, "{config}");
+        }
     }
 
     pub fn render_markdown(&self) -> String {
@@ -585,5 +612,21 @@ th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
             esc(&serde_json::to_string_pretty(&r.config).unwrap_or_default())
         );
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_text_in_markdown_is_shown_not_rendered() {
+        let key = "<script>alert(1)</script>\n# heading | cell *bold* [link](x) `code`";
+        let out = md_esc(key);
+        assert!(!out.contains('<') && !out.contains('\n'), "{out}");
+        assert_eq!(
+            out,
+            "&lt;script&gt;alert(1)&lt;/script&gt;\\n\\# heading \\| cell \\*bold\\* \\[link\\](x) \\`code\\`"
+        );
     }
 }
