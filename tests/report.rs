@@ -332,3 +332,65 @@ async fn a_report_that_cannot_be_written_leaves_the_run_recorded_and_says_so() {
     assert!(last["written"].as_u64().unwrap() > 0, "{runs}");
     w.drop().await;
 }
+
+/// `report --database` (and `--target`) choose among the runs of that database; a run made with
+/// `migrate --database X` has its ledger entries read from X (they were read from the default
+/// database: an empty ledger section).
+#[tokio::test]
+async fn report_chooses_the_run_of_the_database_named_and_reads_its_ledger() {
+    let w = World::new("report_db").await;
+    w.load_registry(100);
+    let first = w.migrate(&[]);
+    assert_eq!(
+        first.status.code(),
+        Some(2),
+        "{}",
+        common::output_text(&first)
+    );
+    let first_run = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let other = format!("{}_b", w.mongo_db);
+    let second = w.migrate(&["--database", &other]);
+    assert_eq!(
+        second.status.code(),
+        Some(2),
+        "{}",
+        common::output_text(&second)
+    );
+    let second_run = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    assert_ne!(first_run, second_run);
+    let signoff = |args: &[&str]| -> serde_json::Value {
+        let out = w
+            .cutover()
+            .args(["report", "--format", "json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let s = signoff(&["--database", &w.mongo_db]);
+    assert_eq!(s["run"]["run_id"], first_run.as_str());
+    let s = signoff(&[]);
+    assert_eq!(s["run"]["run_id"], second_run.as_str());
+    let steps = s["ledger"].as_array().unwrap();
+    assert!(!steps.is_empty(), "the run's ledger entries, from {other}");
+    assert!(steps.iter().all(|st| st["run_id"] == second_run.as_str()));
+    let out = w
+        .cutover()
+        .args(["report", "--target", "appwrite"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "no Appwrite run: {}",
+        common::output_text(&out)
+    );
+    mongodb::Client::with_uri_str(common::mongo_uri())
+        .await
+        .unwrap()
+        .database(&other)
+        .drop()
+        .await
+        .unwrap();
+    w.drop().await;
+}

@@ -7,13 +7,29 @@ use crate::cli::{Cli, Outcome, ReportArgs, ReportFormat};
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
     let cfg = config_for(cli, &args.target)?;
+    // `--target` and `--database` choose among the runs of that target and database.
+    let filter = crate::monitor::signoff::RunFilter {
+        kind: args.target.target,
+        database: args.target.database.clone(),
+    };
     let mut signoff = crate::monitor::signoff::SignOff::load(
         &cfg.reports_dir,
         &cfg.rejects_dir,
         args.run_id.as_deref(),
+        &filter,
     )?;
-    // The ledger entries of the run, from the target it wrote to, when that is reachable.
+    // The ledger entries of the run, from the target and database it wrote to (a run of
+    // `migrate --database X` is in X's ledger), when that is reachable.
     let kind = args.target.target.or(signoff.run.target_kind());
+    let run_target = crate::cli::TargetArgs {
+        target: kind,
+        database: args
+            .target
+            .database
+            .clone()
+            .or_else(|| crate::monitor::signoff::run_database(&signoff.run.target)),
+    };
+    let cfg = config_for(cli, &run_target).unwrap_or(cfg);
     if let Ok((_, ledger, _)) = super::shared::connect_target(&cfg, kind, Default::default()).await
         && let Ok(steps) = ledger.all_steps().await
     {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::report::{RunReport, format_ms};
+use crate::config::TargetKind;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleCount {
@@ -38,9 +39,50 @@ fn is_run_report(p: &Path) -> bool {
 
 /// The report file of `run_id`, or of the newest run that ran a stage (runs that found everything
 /// applied are passed over; their number is returned with the path).
+/// Which runs a report may be of: a target kind and a database, when the user named them.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub kind: Option<TargetKind>,
+    pub database: Option<String>,
+}
+
+impl RunFilter {
+    fn admits(&self, v: &serde_json::Value) -> bool {
+        let target = v["target"].as_str().unwrap_or_default();
+        let kind_ok = self.kind.is_none_or(|k| {
+            v["target_kind"]
+                .as_str()
+                .and_then(TargetKind::from_name)
+                .or_else(|| {
+                    target
+                        .split_whitespace()
+                        .next()
+                        .and_then(TargetKind::from_name)
+                })
+                == Some(k)
+        });
+        let db_ok = self
+            .database
+            .as_deref()
+            .is_none_or(|db| run_database(target).as_deref() == Some(db));
+        kind_ok && db_ok
+    }
+}
+
+/// The database a run wrote to, from its target's name (`mongodb DB`, or Appwrite's
+/// `appwrite URL (project P, database DB)`).
+pub fn run_database(target: &str) -> Option<String> {
+    if let Some(db) = target.strip_prefix("mongodb ") {
+        return Some(db.to_string());
+    }
+    let (_, db) = target.rsplit_once("database ")?;
+    Some(db.trim_end_matches(')').to_string())
+}
+
 pub fn find_run_report(
     reports_dir: &Path,
     run_id: Option<&str>,
+    filter: &RunFilter,
 ) -> std::io::Result<(PathBuf, usize)> {
     if let Some(id) = run_id {
         let p = reports_dir.join(format!("{id}.json"));
@@ -57,15 +99,35 @@ pub fn find_run_report(
             ))
         };
     }
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(reports_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| is_run_report(p))
+        .filter(|p| read(p).is_some_and(|v| filter.admits(&v)))
         .collect();
     files.sort();
     let newest = files.last().cloned().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("no run report in {}", reports_dir.display()),
+            format!(
+                "no run report{} in {}",
+                match (&filter.kind, &filter.database) {
+                    (None, None) => String::new(),
+                    (kind, db) => format!(
+                        " of {}{}",
+                        kind.map(|k| k.to_string())
+                            .unwrap_or_else(|| "the target".into()),
+                        db.as_deref()
+                            .map(|d| format!(" database {d}"))
+                            .unwrap_or_default()
+                    ),
+                },
+                reports_dir.display()
+            ),
         )
     })?;
     let ran_something = |p: &PathBuf| {
@@ -247,8 +309,9 @@ impl SignOff {
         reports_dir: &Path,
         rejects_root: &Path,
         run_id: Option<&str>,
+        filter: &RunFilter,
     ) -> std::io::Result<SignOff> {
-        let (path, passed_over) = find_run_report(reports_dir, run_id)?;
+        let (path, passed_over) = find_run_report(reports_dir, run_id, filter)?;
         let text = std::fs::read_to_string(&path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let run: RunReport = serde_json::from_str(&text)
