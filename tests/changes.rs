@@ -580,7 +580,7 @@ async fn changes_up_is_refused_while_a_migrate_holds_the_lock_and_migrate_while_
 }
 
 #[tokio::test]
-async fn a_change_left_running_by_a_dead_process_is_interrupted_and_up_refuses_it() {
+async fn a_change_left_running_by_a_dead_process_is_interrupted_up_refuses_it_and_down_undoes_it() {
     let w = World::new("changes_interrupted").await;
     things(&w).await;
     let dir = w.dir.path().join("changes");
@@ -602,8 +602,33 @@ async fn a_change_left_running_by_a_dead_process_is_interrupted_and_up_refuses_i
     );
     let text = refused(&changes(&w, "up", &dir, &[]));
     assert!(
-        text.contains("change 1 (1_a.toml) was interrupted while it was applied"),
+        text.contains("change 1 (1_a.toml) is interrupted")
+            && text.contains("`cutover changes down` undoes what it wrote"),
         "{text}"
+    );
+    // `down` undoes it (it recorded no operation as started: nothing to put back), then `up`
+    // applies it.
+    let text = ok(&changes(&w, "down", &dir, &[]));
+    assert!(
+        text.contains(
+            "change 1: the up of run changes-dead stopped with 0 of 1 operations started: undone"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        states(&w, &dir),
+        [("1".to_string(), "rolled-back".to_string())]
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+    assert_eq!(
+        w.mongo()
+            .await
+            .collection::<Document>("things")
+            .count_documents(doc! { "a": 1 })
+            .await
+            .unwrap(),
+        3
     );
     w.drop().await;
 }
