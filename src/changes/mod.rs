@@ -287,15 +287,33 @@ pub async fn history(
     status: Option<&str>,
 ) -> Result<Vec<HistoryEntry>, ChangesError> {
     let live = t.ledger.lock_holder().await?.filter(|h| !h.expired);
-    Ok(Records { ledger: t.ledger }
+    let records = Records { ledger: t.ledger };
+    let by_version: BTreeMap<u64, ChangeRecord> = records
+        .all()
+        .await?
+        .into_iter()
+        .map(|r| (r.version, r))
+        .collect();
+    Ok(records
         .history()
         .await?
         .into_iter()
         .map(|mut e| {
-            // Written as it started; its process died before it ended.
-            if e.status == RUNNING && live.as_ref().is_none_or(|h| h.run_id != e.run_id) {
-                e.status = "interrupted".into();
+            if e.status != RUNNING || live.as_ref().is_some_and(|h| h.run_id == e.run_id) {
+                return e;
             }
+            // Written as it started, its process died before it wrote how it ended: the
+            // record says whether it ended (the process died between the two writes).
+            let r = by_version.get(&e.version);
+            e.status = match (e.action.as_str(), r) {
+                ("up", Some(r)) if r.run_id == e.run_id && r.status != RUNNING => r.status.clone(),
+                ("down", Some(r))
+                    if r.down_run_id.as_deref() == Some(&e.run_id) && r.status == ROLLED_BACK =>
+                {
+                    ROLLED_BACK.into()
+                }
+                _ => "interrupted".into(),
+            };
             e
         })
         .filter(|e| status.is_none_or(|s| e.status == s))
@@ -992,11 +1010,11 @@ async fn recover(
             }
             (RUNNING, None) => {
                 let note = format!("{dead} before its transaction committed: nothing was written");
-                return settle(t, records, r, &c, &exec, run_id, note).await;
+                return settle(records, r, &c, &exec, run_id, note).await;
             }
             (_, Some(_)) => {
                 let note = format!("{dead} after its transaction committed: it was reversed");
-                return settle(t, records, r, &c, &exec, run_id, note).await;
+                return settle(records, r, &c, &exec, run_id, note).await;
             }
             (_, None) => {
                 let note =
@@ -1045,13 +1063,17 @@ async fn recover(
         ),
         None => format!("{dead}: finished"),
     };
-    reverse_logged(t, records, r, &c, &r.ops, How::Resume, run_id, Some(note)).await
+    let how = if r.down_partial_up {
+        How::ResumeInterrupted
+    } else {
+        How::Resume
+    };
+    reverse_logged(t, records, r, &c, &r.ops, how, run_id, Some(note)).await
 }
 
 /// Records as rolled back a change whose transaction left nothing to undo (it never committed,
 /// or its `down`'s did).
 async fn settle(
-    t: &ChangeTarget<'_>,
     records: &Records<'_>,
     r: &ChangeRecord,
     c: &Change,
@@ -1065,7 +1087,6 @@ async fn settle(
     let mut line = HistoryEntry::new("down", r.version, &r.name, ROLLED_BACK, run_id);
     line.note = Some(note.clone());
     records.log(&line).await?;
-    let _ = t;
     Ok(Reversed {
         version: r.version,
         name: r.name.clone(),
@@ -1252,6 +1273,22 @@ enum How {
     /// Its `up` stopped half way: the inverse of each operation that started writing,
     /// tolerating what it did not do.
     Interrupted,
+    /// Undoing an `up` that stopped half way stopped half way too: as `Interrupted`, the steps
+    /// done skipped as for `Resume`.
+    ResumeInterrupted,
+}
+
+impl How {
+    /// Whether it takes up an earlier `down`'s progress.
+    fn resumes(self) -> bool {
+        matches!(self, How::Resume | How::ResumeInterrupted)
+    }
+
+    /// Whether it undoes an `up` that stopped half way (by the inverses, never the file's
+    /// [[down]], which undoes a change applied whole).
+    fn partial_up(self) -> bool {
+        matches!(self, How::Interrupted | How::ResumeInterrupted)
+    }
 }
 
 /// Reverses one change, recording it `reversing` before it writes anything, then `rolled-back`
@@ -1270,7 +1307,7 @@ async fn reverse_logged(
     let mut line = HistoryEntry::new("down", r.version, &r.name, RUNNING, run_id);
     line.note = note.clone();
     records
-        .start_down(r.version, run_id, how != How::Resume)
+        .start_down(r.version, run_id, !how.resumes(), how.partial_up())
         .await?;
     records.log(&line).await?;
     let started = Instant::now();
@@ -1388,7 +1425,7 @@ async fn reverse_one(
             }
         }
     } else {
-        let resume = how == How::Resume;
+        let resume = how.resumes();
         let mut steps = Steps {
             exec: &exec,
             records: Some(records),
@@ -1445,7 +1482,7 @@ impl Steps<'_> {
         match &c.down {
             // The file's own down (for a change applied whole): its operations run forward, each
             // backed up like an up's, so one cut short is undone and run again.
-            Some(down_ops) if how != How::Interrupted => {
+            Some(down_ops) if !how.partial_up() => {
                 for (i, op) in down_ops.iter().enumerate() {
                     if i < self.done {
                         continue;

@@ -68,6 +68,10 @@ pub struct ChangeRecord {
     pub down_ops: Vec<OpOutcome>,
     #[serde(skip)]
     pub down_done: usize,
+    /// The `down` undoes an `up` that stopped half way (with the inverses of the operations
+    /// that started, not the file's [[down]]).
+    #[serde(skip)]
+    pub down_partial_up: bool,
     #[serde(skip)]
     pub applied_millis: i64,
 }
@@ -133,6 +137,7 @@ impl ChangeRecord {
             down_session: d.get_document("down_session").ok().cloned(),
             down_ops: outcomes(d, "down_ops"),
             down_done: int(d, "down_done").max(0) as usize,
+            down_partial_up: d.get_bool("down_partial_up").unwrap_or(false),
             applied_millis: d
                 .get_datetime("applied_at")
                 .map(|t| t.timestamp_millis())
@@ -378,13 +383,14 @@ impl Records<'_> {
             .await
     }
 
-    /// Records that `down` starts reversing the change (`fresh`), or takes up where an earlier
-    /// `down` stopped.
+    /// Records that `down` starts reversing the change (`fresh`; `partial_up`: an `up` that
+    /// stopped half way), or takes up where an earlier `down` stopped.
     pub async fn start_down(
         &self,
         version: u64,
         run_id: &str,
         fresh: bool,
+        partial_up: bool,
     ) -> Result<(), StoreError> {
         let mut set = doc! {
             "status": REVERSING,
@@ -397,6 +403,7 @@ impl Records<'_> {
         if fresh {
             set.insert("down_ops", Vec::<Bson>::new());
             set.insert("down_done", 0_i64);
+            set.insert("down_partial_up", partial_up);
         }
         self.update(version, set).await
     }
