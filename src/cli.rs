@@ -99,7 +99,8 @@ pub struct ChangesHistoryArgs {
     /// Skip this many of the newest entries first.
     #[arg(long, default_value_t = 0)]
     pub skip: usize,
-    /// Only entries with this status (applied, failed, restore-failed, rolled-back).
+    /// Only entries with this status (applied, failed, restore-failed, rolled-back, running,
+    /// interrupted).
     #[arg(long)]
     pub status: Option<String>,
     /// Print JSON instead of a table.

@@ -580,7 +580,7 @@ async fn changes_up_is_refused_while_a_migrate_holds_the_lock_and_migrate_while_
 }
 
 #[tokio::test]
-async fn a_change_left_running_by_a_dead_process_is_interrupted_and_up_refuses_it() {
+async fn a_change_left_running_by_a_dead_process_is_interrupted_up_refuses_it_and_down_undoes_it() {
     let w = World::new("changes_interrupted").await;
     things(&w).await;
     let dir = w.dir.path().join("changes");
@@ -602,8 +602,33 @@ async fn a_change_left_running_by_a_dead_process_is_interrupted_and_up_refuses_i
     );
     let text = refused(&changes(&w, "up", &dir, &[]));
     assert!(
-        text.contains("change 1 (1_a.toml) was interrupted while it was applied"),
+        text.contains("change 1 (1_a.toml) is interrupted")
+            && text.contains("`cutover changes down` undoes what it wrote"),
         "{text}"
+    );
+    // `down` undoes it (it recorded no operation as started: nothing to put back), then `up`
+    // applies it.
+    let text = ok(&changes(&w, "down", &dir, &[]));
+    assert!(
+        text.contains(
+            "change 1: the up of run changes-dead stopped with 0 of 1 operations started: undone"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        states(&w, &dir),
+        [("1".to_string(), "rolled-back".to_string())]
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+    assert_eq!(
+        w.mongo()
+            .await
+            .collection::<Document>("things")
+            .count_documents(doc! { "a": 1 })
+            .await
+            .unwrap(),
+        3
     );
     w.drop().await;
 }
@@ -1085,5 +1110,344 @@ async fn the_pipeline_file_names_the_changes_directory() {
         states(&w, &dir.join("deploy/changes")),
         [("3".to_string(), "applied".to_string())]
     );
+    w.drop().await;
+}
+
+// --- A process killed at any point of `up` or `down` ------------------------------------------
+
+/// `cutover changes SUB --dir DIR`, spawned and killed (SIGKILL) after `delay` (when it has not
+/// ended by then).
+fn kill_after(w: &World, sub: &str, dir: &Path, delay: std::time::Duration) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args(["changes", sub, "--dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+/// The state `changes status` gives the one change of `dir`.
+fn state_of(w: &World, dir: &Path) -> String {
+    let s = states(w, dir);
+    assert_eq!(s.len(), 1, "{s:?}");
+    s[0].1.clone()
+}
+
+/// The status of the newest history line of `action` (up or down).
+fn last_history(w: &World, dir: &Path, action: &str) -> String {
+    let out = changes(w, "history", dir, &["--json"]);
+    let lines: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["action"] == action)
+        .map(|l| l["status"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// `items`: `n` documents of a few fields each.
+async fn items(w: &World, n: i64) {
+    let docs: Vec<Document> = (0..n)
+        .map(|i| doc! { "_id": i, "name": format!("item {i}"), "size": i % 7, "tags": ["a", "b"] })
+        .collect();
+    w.mongo()
+        .await
+        .collection::<Document>("items")
+        .insert_many(docs)
+        .await
+        .unwrap();
+}
+
+/// Kills `changes up`, then `changes down`, of the one change in `dir` at random points over
+/// their whole run, `trials` times each. After each kill the state that status and history give
+/// must be the truth, and the command the README names (`changes down`) finishes or undoes what
+/// was left: the data is then exactly the image before the change (after down) or after it
+/// (after up), compared by a hash of every document in `_id` order and of the indexes.
+async fn killed_anywhere(w: &World, dir: &Path, trials: usize) {
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let before = hashes(w).await;
+    let timed = |sub: &str| {
+        let t0 = std::time::Instant::now();
+        ok(&changes(w, sub, dir, &[]));
+        t0.elapsed()
+    };
+    let up_took = timed("up");
+    let after = hashes(w).await;
+    assert_ne!(before, after);
+    let down_took = timed("down");
+    assert_eq!(hashes(w).await, before);
+    let mut seen = Vec::new();
+    for trial in 0..trials {
+        // Over the whole command: start-up, lock, each operation, the records.
+        let delay = up_took.mul_f64(rng.f64() * 1.1);
+        let ctx = format!("seed {seed}, trial {trial}: up killed after {delay:?}");
+        kill_after(w, "up", dir, delay);
+        let state = state_of(w, dir);
+        seen.push(format!("up→{state}"));
+        match state.as_str() {
+            "applied" => assert_eq!(hashes(w).await, after, "{ctx}"),
+            // Killed before it recorded anything.
+            "pending" | "rolled-back" => assert_eq!(hashes(w).await, before, "{ctx}"),
+            "interrupted" => {
+                assert_eq!(last_history(w, dir, "up"), "interrupted", "{ctx}");
+                let text = refused(&changes(w, "up", dir, &[]));
+                assert!(
+                    text.contains("`cutover changes down` undoes"),
+                    "{ctx}: {text}"
+                );
+                let text = ok(&changes(w, "down", dir, &[]));
+                assert!(text.contains("undone"), "{ctx}: {text}");
+                assert_eq!(state_of(w, dir), "rolled-back", "{ctx}");
+                assert_eq!(hashes(w).await, before, "{ctx}: undone");
+            }
+            s => panic!("{ctx}: left {s}"),
+        }
+        if state != "applied" {
+            ok(&changes(w, "up", dir, &[]));
+            assert_eq!(hashes(w).await, after, "{ctx}: applied again");
+        }
+        let delay = down_took.mul_f64(rng.f64() * 1.1);
+        let ctx = format!("seed {seed}, trial {trial}: down killed after {delay:?}");
+        kill_after(w, "down", dir, delay);
+        let state = state_of(w, dir);
+        seen.push(format!("down→{state}"));
+        match state.as_str() {
+            "rolled-back" => {}
+            // Killed before it recorded anything.
+            "applied" => {
+                assert_eq!(hashes(w).await, after, "{ctx}");
+                ok(&changes(w, "down", dir, &[]));
+            }
+            "down-interrupted" => {
+                assert_eq!(last_history(w, dir, "down"), "interrupted", "{ctx}");
+                let text = refused(&changes(w, "up", dir, &[]));
+                assert!(text.contains("finishes reversing it"), "{ctx}: {text}");
+                let text = ok(&changes(w, "down", dir, &[]));
+                assert!(text.contains("finished"), "{ctx}: {text}");
+                assert_eq!(state_of(w, dir), "rolled-back", "{ctx}");
+            }
+            s => panic!("{ctx}: left {s}"),
+        }
+        assert_eq!(last_history(w, dir, "down"), "rolled-back", "{ctx}");
+        assert_eq!(hashes(w).await, before, "{ctx}: reversed");
+    }
+    // A backup a kill left behind is dropped by the next command.
+    ok(&changes(w, "up", dir, &[]));
+    ok(&changes(w, "down", dir, &[]));
+    assert_eq!(hashes(w).await, before);
+    assert!(backup_collections(w).await.is_empty());
+    eprintln!("seed {seed}: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_change_killed_anywhere_in_up_or_down_is_finished_by_the_next_down_exactly() {
+    let w = World::new("changes_kill").await;
+    items(&w, 4000).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_kill.toml",
+        r#"version = 1
+name = "rename, add, index, seed"
+
+[[up]]
+op = "rename_field"
+collection = "items"
+from = "name"
+to = "title"
+
+[[up]]
+op = "add_field"
+collection = "items"
+field = "flag"
+default = "x"
+
+[[up]]
+op = "create_index"
+collection = "items"
+keys = ["title", "-size"]
+name = "items_title"
+
+[[up]]
+op = "insert"
+collection = "seeds"
+documents = [{ _id = "a", v = 1 }, { _id = "b", v = 2 }]
+
+[[up]]
+op = "create_index"
+collection = "seeds"
+keys = ["v"]
+unique = true
+"#,
+    );
+    killed_anywhere(&w, &dir, 4).await;
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_change_in_a_transaction_killed_anywhere_is_recorded_as_it_committed() {
+    let w = World::new("changes_kill_tx").await;
+    items(&w, 3000).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_kill.toml",
+        r#"version = 1
+name = "set, unset, seed"
+transaction = true
+
+[[up]]
+op = "set"
+collection = "items"
+filter = { size = { "$lt" = 4 } }
+fields = { small = true }
+
+[[up]]
+op = "unset"
+collection = "items"
+filter = {}
+fields = ["tags"]
+
+[[up]]
+op = "insert"
+collection = "seeds"
+documents = [{ _id = "a" }]
+"#,
+    );
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let before = hashes(&w).await;
+    let t0 = std::time::Instant::now();
+    ok(&changes(&w, "up", &dir, &[]));
+    let took = t0.elapsed();
+    let after = hashes(&w).await;
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(hashes(&w).await, before);
+    for trial in 0..3 {
+        let delay = took.mul_f64(rng.f64() * 1.1);
+        let ctx = format!("seed {seed}, trial {trial}: up killed after {delay:?}");
+        kill_after(&w, "up", &dir, delay);
+        // Committed or not, never in part; the next `up` records which and applies it whole.
+        let now = hashes(&w).await;
+        assert!(
+            now == before || now == after,
+            "{ctx}: a transaction in part"
+        );
+        let state = state_of(&w, &dir);
+        assert!(
+            ["applied", "interrupted", "pending", "rolled-back"].contains(&state.as_str()),
+            "{ctx}: {state}"
+        );
+        let text = ok(&changes(&w, "up", &dir, &[]));
+        if state == "interrupted" {
+            assert!(text.contains("transaction"), "{ctx}: {text}");
+        }
+        assert_eq!(state_of(&w, &dir), "applied", "{ctx}");
+        assert_eq!(hashes(&w).await, after, "{ctx}");
+        let delay = took.mul_f64(rng.f64() * 1.1);
+        let ctx = format!("seed {seed}, trial {trial}: down killed after {delay:?}");
+        kill_after(&w, "down", &dir, delay);
+        let now = hashes(&w).await;
+        assert!(
+            now == before || now == after,
+            "{ctx}: a transaction in part"
+        );
+        let state = state_of(&w, &dir);
+        if state != "rolled-back" {
+            ok(&changes(&w, "down", &dir, &[]));
+        }
+        assert_eq!(state_of(&w, &dir), "rolled-back", "{ctx}");
+        assert_eq!(hashes(&w).await, before, "{ctx}");
+    }
+    ok(&changes(&w, "up", &dir, &[]));
+    ok(&changes(&w, "down", &dir, &[]));
+    assert!(backup_collections(&w).await.is_empty());
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn down_of_many_documents_puts_them_back_in_a_few_commands() {
+    use std::sync::{Arc, Mutex};
+    let w = World::new("changes_batched").await;
+    items(&w, 5000).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_flag.toml",
+        "version = 1\nname = \"flag\"\n[[up]]\nop = \"add_field\"\ncollection = \"items\"\nfield = \"flag\"\ndefault = \"x\"\n",
+    );
+    let before = hashes(&w).await;
+    let commands: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let mut opts = mongodb::options::ClientOptions::parse(common::mongo_uri())
+        .await
+        .unwrap();
+    let seen = commands.clone();
+    opts.command_event_handler = Some(mongodb::event::EventHandler::callback(
+        move |e: mongodb::event::command::CommandEvent| {
+            if let mongodb::event::command::CommandEvent::Started(s) = e {
+                *seen.lock().unwrap().entry(s.command_name).or_default() += 1;
+            }
+        },
+    ));
+    let client = mongodb::Client::with_options(opts).unwrap();
+    let db = client.database(&w.mongo_db);
+    let ledger =
+        cutover::ledger::Ledger::new(cutover::ledger::Store::Mongo(db.clone()), "cutover_");
+    let target = cutover::changes::ChangeTarget {
+        db: &db,
+        ledger: &ledger,
+    };
+    let files = cutover::changes::file::load_dir(&dir).unwrap();
+    cutover::changes::up(&target, &files, &Default::default())
+        .await
+        .unwrap();
+    commands.lock().unwrap().clear();
+    let done = cutover::changes::down(&target, cutover::changes::DownTarget::Steps(1))
+        .await
+        .unwrap();
+    assert_eq!(done[0].restored, 5000);
+    assert_eq!(hashes(&w).await, before);
+    let counts = commands.lock().unwrap().clone();
+    let total: u64 = counts.values().sum();
+    // 5000 documents: a find and an update per 500, and the ledger's few (it was 5000
+    // replace_one round trips).
+    assert!(
+        counts.get("update").copied().unwrap_or(0) <= 30 && total <= 80,
+        "{counts:?}"
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn an_insert_refused_because_its_documents_exist_leaves_them_alone() {
+    let w = World::new("changes_refused_insert").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_seed.toml",
+        "version = 1\nname = \"seed\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"f\"\ndefault = 1\n[[up]]\nop = \"insert\"\ncollection = \"things\"\ndocuments = [{ _id = 9 }, { _id = 2 }]\n",
+    );
+    let before = hashes(&w).await;
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("1 of the documents to insert are in things already"),
+        "{text}"
+    );
+    // Undoing the refused insert deleted document 2, which made it refuse.
+    assert_eq!(hashes(&w).await, before);
+    assert_eq!(states(&w, &dir), [("1".to_string(), "failed".to_string())]);
     w.drop().await;
 }

@@ -32,6 +32,7 @@ pub mod template;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use bson::doc;
 use mongodb::{ClientSession, Database};
 use serde::Serialize;
 
@@ -42,7 +43,10 @@ pub use record::{ChangeRecord, HistoryEntry};
 use crate::ledger::lock::{DEFAULT_TTL, LockError};
 use crate::ledger::{Ledger, StoreError};
 use ops::Exec;
-use record::{APPLIED, FAILED, Finished, RESTORE_FAILED, ROLLED_BACK, RUNNING, Records};
+use record::{
+    APPLIED, COMMITTED, FAILED, Finished, RESTORE_FAILED, REVERSED, REVERSING, ROLLED_BACK,
+    RUNNING, Records,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
@@ -91,9 +95,13 @@ pub struct ChangeStatus {
     pub name: String,
     pub file: Option<String>,
     /// applied, modified (applied, its file changed since), pending, out-of-order (pending, older
-    /// than the newest applied), failed, rolled-back, running, interrupted, missing (applied, its
-    /// file gone)
+    /// than the newest applied), failed, rolled-back, running, interrupted (its process died
+    /// while applying it), reversing, down-interrupted (its process died while reversing it),
+    /// down-failed (reversing it failed half way), missing (applied, its file gone)
     pub state: String,
+    /// What to run next, for the states that need it (interrupted, down-interrupted,
+    /// down-failed).
+    pub hint: Option<String>,
     pub reversible: bool,
     /// The operation that makes the change non-reversible.
     pub irreversible_because: Option<String>,
@@ -134,9 +142,15 @@ pub async fn status(
     let live_lock = t.ledger.lock_holder().await?.filter(|h| !h.expired);
     let newest_applied = records
         .values()
-        .filter(|r| r.status == APPLIED || r.status == RUNNING)
+        .filter(|r| [APPLIED, RUNNING, REVERSING].contains(&r.status.as_str()))
         .map(|r| r.version)
         .max();
+    let live = |run_id: Option<&str>| {
+        live_lock
+            .as_ref()
+            .zip(run_id)
+            .is_some_and(|(h, id)| h.run_id == id)
+    };
     let mut out = Vec::new();
     for c in files {
         let r = records.get(&c.version);
@@ -144,15 +158,11 @@ pub async fn status(
         let state = match r.map(|r| r.status.as_str()) {
             Some(APPLIED) if r.is_some_and(|r| r.checksum == c.checksum) => "applied",
             Some(APPLIED) => "modified",
-            Some(RUNNING)
-                if live_lock
-                    .as_ref()
-                    .zip(r)
-                    .is_some_and(|(h, r)| h.run_id == r.run_id) =>
-            {
-                "running"
-            }
+            Some(RUNNING) if live(r.map(|r| r.run_id.as_str())) => "running",
             Some(RUNNING) => "interrupted",
+            Some(REVERSING) if live(r.and_then(|r| r.down_run_id.as_deref())) => "reversing",
+            Some(REVERSING) if r.is_some_and(|r| r.down_error.is_some()) => "down-failed",
+            Some(REVERSING) => "down-interrupted",
             None | Some(FAILED) | Some(ROLLED_BACK) if older => "out-of-order",
             None => "pending",
             Some(s) => s,
@@ -163,18 +173,28 @@ pub async fn status(
         }
         out.push(s);
     }
+    for s in &mut out {
+        if let Some(r) = records.get(&s.version) {
+            s.hint = hint(&s.state, r);
+            if s.state == "down-failed" {
+                s.error = r.down_error.clone();
+            }
+        }
+    }
     for r in records.values() {
         if files.iter().all(|c| c.version != r.version) && r.status != ROLLED_BACK {
-            let state = if r.status == APPLIED {
-                "missing"
-            } else {
-                &r.status
+            let state = match r.status.as_str() {
+                APPLIED => "missing",
+                RUNNING if !live(Some(&r.run_id)) => "interrupted",
+                REVERSING if !live(r.down_run_id.as_deref()) => "down-interrupted",
+                s => s,
             };
             let mut s = ChangeStatus {
                 version: r.version,
                 name: r.name.clone(),
                 file: None,
                 state: state.to_string(),
+                hint: hint(state, r),
                 reversible: r.reversible,
                 irreversible_because: None,
                 transaction: r.transaction,
@@ -196,12 +216,37 @@ pub async fn status(
     Ok(out)
 }
 
+/// What to run for a change its process left half done.
+fn hint(state: &str, r: &ChangeRecord) -> Option<String> {
+    let operations = file::parse(std::path::Path::new(&r.file), &r.source)
+        .map(|c| c.up.len())
+        .unwrap_or(0);
+    match state {
+        "interrupted" if r.transaction => Some(
+            "its process died while applying it in a transaction: the next `cutover changes up` (or `down`) finds whether the transaction committed and records it so".into(),
+        ),
+        "interrupted" => Some(format!(
+            "its process died while applying it ({} of {operations} operations had started writing): `cutover changes down` undoes what it wrote (from its backup collection {}), then `cutover changes up` applies it again",
+            r.ops.len(),
+            r.backup.as_deref().unwrap_or("-")
+        )),
+        "down-interrupted" => Some(
+            "its process died while reversing it: `cutover changes down` finishes reversing it (then `cutover changes up` applies it again)".into(),
+        ),
+        "down-failed" => Some(
+            "reversing it failed part way: fix the cause, then `cutover changes down` finishes reversing it".into(),
+        ),
+        _ => None,
+    }
+}
+
 fn from_change(c: &Change, state: &str) -> ChangeStatus {
     ChangeStatus {
         version: c.version,
         name: c.name.clone(),
         file: Some(c.file_name()),
         state: state.to_string(),
+        hint: None,
         reversible: c.reversible(),
         irreversible_because: c.irreversible_op().map(|(i, op)| {
             format!(
@@ -241,10 +286,36 @@ pub async fn history(
     skip: usize,
     status: Option<&str>,
 ) -> Result<Vec<HistoryEntry>, ChangesError> {
-    Ok(Records { ledger: t.ledger }
+    let live = t.ledger.lock_holder().await?.filter(|h| !h.expired);
+    let records = Records { ledger: t.ledger };
+    let by_version: BTreeMap<u64, ChangeRecord> = records
+        .all()
+        .await?
+        .into_iter()
+        .map(|r| (r.version, r))
+        .collect();
+    Ok(records
         .history()
         .await?
         .into_iter()
+        .map(|mut e| {
+            if e.status != RUNNING || live.as_ref().is_some_and(|h| h.run_id == e.run_id) {
+                return e;
+            }
+            // Written as it started, its process died before it wrote how it ended: the
+            // record says whether it ended (the process died between the two writes).
+            let r = by_version.get(&e.version);
+            e.status = match (e.action.as_str(), r) {
+                ("up", Some(r)) if r.run_id == e.run_id && r.status != RUNNING => r.status.clone(),
+                ("down", Some(r))
+                    if r.down_run_id.as_deref() == Some(&e.run_id) && r.status == ROLLED_BACK =>
+                {
+                    ROLLED_BACK.into()
+                }
+                _ => "interrupted".into(),
+            };
+            e
+        })
         .filter(|e| status.is_none_or(|s| e.status == s))
         .skip(skip)
         .take(limit)
@@ -285,6 +356,19 @@ pub struct UpReport {
     pub batch: Option<i64>,
     pub dry_run: bool,
     pub changes: Vec<AppliedChange>,
+    /// Changes left half done in a transaction by a process that died, recorded as found
+    /// before the batch.
+    pub recovered: Vec<Recovered>,
+}
+
+/// A change a dead process left half done, and what the command that found it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    pub version: u64,
+    pub name: String,
+    /// The state it is recorded in now.
+    pub status: String,
+    pub note: String,
 }
 
 impl UpReport {
@@ -318,10 +402,16 @@ fn select_pending<'c>(
                 s.version,
                 s.file.as_deref().unwrap_or("?")
             )),
-            "interrupted" => refusals.push(format!(
-                "change {} ({}) was interrupted while it was applied: its backup collection holds the documents it had rewritten; check the data, put it back if needed, and record it by hand",
+            "interrupted" | "down-interrupted" | "down-failed" => refusals.push(format!(
+                "change {} ({}) is {}: {}",
                 s.version,
-                s.file.as_deref().unwrap_or("?")
+                s.file.as_deref().unwrap_or("?"),
+                s.state,
+                s.hint.as_deref().unwrap_or("")
+            )),
+            "reversing" => refusals.push(format!(
+                "change {} is being reversed by another cutover right now",
+                s.version
             )),
             "restore-failed" => refusals.push(format!(
                 "change {} ({}) failed and undoing it failed too: the documents as they were are in its backup collection (see `cutover changes status --json` and the ledger's cutover_changes record); put them back, then delete its record",
@@ -379,6 +469,8 @@ pub async fn up(
         .acquire_lock(&run_id, "changes up", DEFAULT_TTL)
         .await?;
     let result = async {
+        let recovered = settle_transactions(t, &run_id).await?;
+        sweep_backups(t).await?;
         let states = status(t, files).await?;
         let pending = select_pending(&states, files, opts)?;
         if pending.is_empty() {
@@ -386,9 +478,13 @@ pub async fn up(
                 batch: None,
                 dry_run: false,
                 changes: Vec::new(),
+                recovered,
             });
         }
-        apply_all(t, &pending, &run_id, &lock.fence(), opts.continue_on_error).await
+        let mut report =
+            apply_all(t, &pending, &run_id, &lock.fence(), opts.continue_on_error).await?;
+        report.recovered = recovered;
+        Ok(report)
     }
     .await;
     lock.release()
@@ -425,6 +521,7 @@ async fn preview_all(t: &ChangeTarget<'_>, pending: &[&Change]) -> Result<UpRepo
         batch: None,
         dry_run: true,
         changes,
+        recovered: Vec::new(),
     })
 }
 
@@ -445,12 +542,15 @@ async fn apply_all(
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
         let backup = records.backup_name(c.version, run_id);
         records.start(c, batch, &backup, run_id).await?;
+        let mut line = HistoryEntry::new("up", c.version, &c.name, RUNNING, run_id);
+        line.batch = Some(batch);
+        records.log(&line).await?;
         let started = Instant::now();
         let exec = Exec {
             db: t.db,
             backup: &backup,
         };
-        let result = apply_one(&exec, c).await;
+        let result = apply_one(&exec, &records, c).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         // A failure leaves outcomes only when undoing it failed too.
         let (status, outcomes, error) = match result {
@@ -470,24 +570,14 @@ async fn apply_all(
             )
             .await?;
         let sum = |g: fn(&OpOutcome) -> u64| outcomes.iter().map(g).sum::<u64>();
-        records
-            .log(&HistoryEntry {
-                at: None,
-                action: "up".into(),
-                version: c.version,
-                name: c.name.clone(),
-                status: status.to_string(),
-                batch: Some(batch),
-                duration_ms: duration_ms as i64,
-                matched: sum(|o| o.matched) as i64,
-                modified: sum(|o| o.modified) as i64,
-                inserted: sum(|o| o.inserted) as i64,
-                deleted: sum(|o| o.deleted) as i64,
-                error: error.clone(),
-                run_id: run_id.to_string(),
-                at_millis: 0,
-            })
-            .await?;
+        line.status = status.to_string();
+        line.duration_ms = duration_ms as i64;
+        line.matched = sum(|o| o.matched) as i64;
+        line.modified = sum(|o| o.modified) as i64;
+        line.inserted = sum(|o| o.inserted) as i64;
+        line.deleted = sum(|o| o.deleted) as i64;
+        line.error = error.clone();
+        records.log(&line).await?;
         changes.push(AppliedChange {
             version: c.version,
             name: c.name.clone(),
@@ -509,6 +599,7 @@ async fn apply_all(
         batch: Some(batch),
         dry_run: false,
         changes,
+        recovered: Vec::new(),
     })
 }
 
@@ -545,8 +636,15 @@ fn op_error(i: usize, op: &Op, e: impl std::fmt::Display) -> String {
 }
 
 /// Applies one change; on failure returns what was left recorded and why.
+///
+/// In a transaction, a marker committed with it ([`COMMITTED`], holding what each operation did)
+/// tells whoever finds the change interrupted whether it committed. Without one, what undoing
+/// each operation needs is recorded in the ledger before the operation writes (after its checks,
+/// [`Exec::prepare`]), so a process that dies at any point leaves `down` what it needs to undo
+/// the operations that started.
 async fn apply_one(
     exec: &Exec<'_>,
+    records: &Records<'_>,
     c: &Change,
 ) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
     let creating = inserts_creating(exec, &c.up)
@@ -563,6 +661,10 @@ async fn apply_one(
             .start_session()
             .await
             .map_err(|e| (Vec::new(), format!("cannot start a session: {e}")))?;
+        records
+            .update(c.version, doc! { "session": session.id().clone() })
+            .await
+            .map_err(|e| (Vec::new(), format!("ledger: {e}")))?;
         session
             .start_transaction()
             .await
@@ -573,11 +675,24 @@ async fn apply_one(
             let mut sess: Option<&mut ClientSession> = Some(&mut session);
             for (i, op) in c.up.iter().enumerate() {
                 let mut out = fresh(i);
-                if let Err(e) = exec.run(&mut sess, op, i, &mut out).await {
+                let mut result = exec.prepare(&mut sess, op, &mut out).await;
+                if result.is_ok() {
+                    result = exec.run(&mut sess, op, i, &mut out).await;
+                }
+                if let Err(e) = result {
                     failure = Some(op_error(i, op, e));
                     break;
                 }
                 outcomes.push(out);
+            }
+            if failure.is_none() {
+                let ops: Vec<bson::Bson> = outcomes.iter().map(|o| o.to_doc().into()).collect();
+                if let Err(e) = exec
+                    .put_marker(&mut sess, COMMITTED, doc! { "ops": ops })
+                    .await
+                {
+                    failure = Some(format!("keeping the commit marker: {e}"));
+                }
             }
         }
         let failure = match failure {
@@ -596,20 +711,33 @@ async fn apply_one(
             format!("{failure}; the transaction was rolled back: nothing was written"),
         ));
     }
-    let mut outcomes = Vec::new();
+    let mut outcomes: Vec<OpOutcome> = Vec::new();
     let mut none: Option<&mut ClientSession> = None;
     for (i, op) in c.up.iter().enumerate() {
         let mut out = fresh(i);
-        let result = exec.run(&mut none, op, i, &mut out).await;
-        outcomes.push(out);
+        let mut result = exec.prepare(&mut none, op, &mut out).await;
+        if result.is_ok() {
+            outcomes.push(out);
+            result = match records.progress(c.version, &outcomes).await {
+                Ok(()) => {
+                    let out = outcomes.last_mut().expect("pushed above");
+                    exec.run(&mut none, op, i, out).await
+                }
+                Err(e) => {
+                    outcomes.pop();
+                    Err(OpError::Refused(format!("ledger: {e}")))
+                }
+            };
+        }
         if let Err(e) = result {
             let why = op_error(i, op, e);
-            // Undo what ran, the failed operation's part included, newest first.
+            // Undo what ran, the failed operation's part included (one refused by its checks
+            // wrote nothing), newest first.
             let mut created = Vec::new();
             let mut restore_error = None;
             for j in (0..outcomes.len()).rev() {
                 if let Err(e) = exec
-                    .undo(&mut none, &c.up[j], j, &outcomes[j], &mut created)
+                    .undo(&mut none, &c.up[j], j, &outcomes[j], true, &mut created)
                     .await
                 {
                     restore_error = Some(format!("undoing up operation {}: {e}", j + 1));
@@ -665,6 +793,9 @@ pub struct Reversed {
     pub deleted: u64,
     /// Documents left alone because they changed since the change was applied.
     pub skipped: u64,
+    /// Set when this `down` finished a change that a dead process (or a failed `down`) left
+    /// half done: what it found.
+    pub note: Option<String>,
 }
 
 /// `changes down`: reverses applied changes, the last applied first, each from the text the
@@ -781,64 +912,459 @@ async fn down_locked(
     run_id: &str,
 ) -> Result<Vec<Reversed>, ChangesError> {
     let records = Records { ledger: t.ledger };
-    let chosen = chosen_for_down(records.all().await?, which)?;
+    sweep_backups(t).await?;
+    let all = records.all().await?;
+    // Under the lock, a change still `running` or `reversing` was left so by a process that
+    // died (or, reversing, by a `down` that failed): it is finished first, and alone.
+    let mut unfinished: Vec<&ChangeRecord> = all
+        .iter()
+        .filter(|r| r.status == RUNNING || r.status == REVERSING)
+        .collect();
+    if !unfinished.is_empty() {
+        unfinished.reverse();
+        if let DownTarget::Version(v) = which
+            && unfinished.iter().all(|r| r.version != v)
+        {
+            let names: Vec<String> = unfinished
+                .iter()
+                .map(|r| format!("{} ({})", r.version, r.file))
+                .collect();
+            return Err(ChangesError::Refused(format!(
+                "change {} was left half done by a process that died: run `cutover changes down` to finish it first; nothing was reversed",
+                names.join(", ")
+            )));
+        }
+        let mut done = Vec::new();
+        for r in unfinished {
+            fence
+                .check()
+                .await
+                .map_err(|e| ChangesError::Refused(e.to_string()))?;
+            done.push(recover(t, &records, r, run_id).await?);
+        }
+        return Ok(done);
+    }
+    let chosen = chosen_for_down(all, which)?;
     let mut done = Vec::new();
     for (r, c) in &chosen {
         fence
             .check()
             .await
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
-        let started = Instant::now();
-        let result = reverse_one(t, r, c).await;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let entry =
-            |status: &str, error: Option<String>, restored: u64, deleted: u64| HistoryEntry {
-                at: None,
-                action: "down".into(),
-                version: r.version,
-                name: r.name.clone(),
-                status: status.to_string(),
-                batch: None,
-                duration_ms: duration_ms as i64,
-                matched: 0,
-                modified: restored as i64,
-                inserted: 0,
-                deleted: deleted as i64,
-                error,
-                run_id: run_id.to_string(),
-                at_millis: 0,
-            };
-        match result {
-            Ok(mut rev) => {
-                rev.duration_ms = duration_ms;
-                records.mark_rolled_back(r.version, rev.duration_ms).await?;
-                records
-                    .log(&entry(ROLLED_BACK, None, rev.restored, rev.deleted))
-                    .await?;
-                done.push(rev);
-            }
-            Err(e) => {
-                let _ = records.note_down_error(r.version, &e).await;
-                let _ = records.log(&entry(FAILED, Some(e.clone()), 0, 0)).await;
-                let how = if c.transaction {
-                    "its transaction was rolled back: the change is still applied"
-                } else {
-                    "the operations undone before the failure stay undone; the change is still recorded applied and its backup kept"
-                };
-                return Err(ChangesError::Refused(format!(
-                    "reversing change {} ({}) failed: {e}; {how}",
-                    r.version, r.file
-                )));
-            }
-        }
+        done.push(reverse_logged(t, &records, r, c, &r.ops, How::Applied, run_id, None).await?);
     }
     Ok(done)
 }
 
-async fn reverse_one(
+/// Finishes a change a dead process left `running` (its `up` is undone) or `reversing` (its
+/// `down` is taken up where it stopped), and records it `rolled-back`.
+async fn recover(
     t: &ChangeTarget<'_>,
+    records: &Records<'_>,
+    r: &ChangeRecord,
+    run_id: &str,
+) -> Result<Reversed, ChangesError> {
+    let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
+    let backup = r.backup.clone().unwrap_or_default();
+    let exec = Exec {
+        db: t.db,
+        backup: &backup,
+    };
+    let dead = if r.status == RUNNING {
+        format!("the up of run {} stopped", r.run_id)
+    } else {
+        format!(
+            "the down of run {} stopped",
+            r.down_run_id.as_deref().unwrap_or("?")
+        )
+    };
+    if c.transaction {
+        // The dead process's transaction may still hold its locks until the server times it
+        // out: it is aborted (unless it committed).
+        let session = if r.status == RUNNING {
+            &r.session
+        } else {
+            &r.down_session
+        };
+        kill_session(t.db, session.as_ref()).await;
+        let marker = if r.status == RUNNING {
+            COMMITTED
+        } else {
+            REVERSED
+        };
+        let found = exec.marker(marker).await?;
+        match (r.status.as_str(), found) {
+            (RUNNING, Some(m)) => {
+                let ops: Vec<OpOutcome> = m
+                    .get_array("ops")
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(bson::Bson::as_document)
+                            .map(OpOutcome::from_doc)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let note = format!("{dead} after its transaction committed: reversed whole");
+                return reverse_logged(t, records, r, &c, &ops, How::Applied, run_id, Some(note))
+                    .await;
+            }
+            (RUNNING, None) => {
+                let note = format!("{dead} before its transaction committed: nothing was written");
+                return settle(records, r, &c, &exec, run_id, note).await;
+            }
+            (_, Some(_)) => {
+                let note = format!("{dead} after its transaction committed: it was reversed");
+                return settle(records, r, &c, &exec, run_id, note).await;
+            }
+            (_, None) => {
+                let note =
+                    format!("{dead} before its transaction committed: reversed again, whole");
+                return reverse_logged(t, records, r, &c, &r.ops, How::Applied, run_id, Some(note))
+                    .await;
+            }
+        }
+    }
+    if r.status == RUNNING {
+        if let Some((i, op)) =
+            c.up.iter()
+                .take(r.ops.len())
+                .enumerate()
+                .find(|(_, op)| !op.has_inverse())
+        {
+            return Err(ChangesError::Refused(format!(
+                "change {} ({}) was interrupted while it was applied, after up operation {} (`{}`), which has no inverse: it cannot be undone; its backup collection {backup} holds the documents it rewrote as they were",
+                r.version,
+                r.file,
+                i + 1,
+                op.kind()
+            )));
+        }
+        let note = format!(
+            "{dead} with {} of {} operations started: undone",
+            r.ops.len(),
+            c.up.len()
+        );
+        return reverse_logged(
+            t,
+            records,
+            r,
+            &c,
+            &r.ops,
+            How::Interrupted,
+            run_id,
+            Some(note),
+        )
+        .await;
+    }
+    let note = match &r.down_error {
+        Some(e) => format!(
+            "the down of run {} failed ({e}): finished",
+            r.down_run_id.as_deref().unwrap_or("?")
+        ),
+        None => format!("{dead}: finished"),
+    };
+    let how = if r.down_partial_up {
+        How::ResumeInterrupted
+    } else {
+        How::Resume
+    };
+    reverse_logged(t, records, r, &c, &r.ops, how, run_id, Some(note)).await
+}
+
+/// Records as rolled back a change whose transaction left nothing to undo (it never committed,
+/// or its `down`'s did).
+async fn settle(
+    records: &Records<'_>,
     r: &ChangeRecord,
     c: &Change,
+    exec: &Exec<'_>,
+    run_id: &str,
+    note: String,
+) -> Result<Reversed, ChangesError> {
+    exec.drop_created(&created_collections(c, &r.ops)).await?;
+    records.mark_rolled_back(r.version, 0).await?;
+    exec.drop_backup().await?;
+    let mut line = HistoryEntry::new("down", r.version, &r.name, ROLLED_BACK, run_id);
+    line.note = Some(note.clone());
+    records.log(&line).await?;
+    Ok(Reversed {
+        version: r.version,
+        name: r.name.clone(),
+        duration_ms: 0,
+        restored: 0,
+        deleted: 0,
+        skipped: 0,
+        note: Some(note),
+    })
+}
+
+/// The collections a change's operations created (dropped again once empty).
+fn created_collections(c: &Change, ops: &[OpOutcome]) -> Vec<String> {
+    c.up.iter()
+        .zip(ops)
+        .filter(|(_, o)| o.created_collection)
+        .filter_map(|(op, _)| match op {
+            Op::Archive { to, .. } => Some(to.clone()),
+            Op::Insert { collection, .. } => Some(collection.clone()),
+            Op::CreateIndex(spec) => Some(spec.collection.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Settles, before `up` selects what to apply, the changes whose transaction a dead process
+/// left: an `up` that committed is recorded applied, one that did not failed (nothing was
+/// written: `up` applies it again); a `down` that committed rolled back, one that did not
+/// applied again. Reads and records only.
+async fn settle_transactions(
+    t: &ChangeTarget<'_>,
+    run_id: &str,
+) -> Result<Vec<Recovered>, ChangesError> {
+    let records = Records { ledger: t.ledger };
+    let mut out = Vec::new();
+    for r in records.all().await? {
+        if !r.transaction || (r.status != RUNNING && r.status != REVERSING) {
+            continue;
+        }
+        let backup = r.backup.clone().unwrap_or_default();
+        let exec = Exec {
+            db: t.db,
+            backup: &backup,
+        };
+        let up = r.status == RUNNING;
+        let session = if up { &r.session } else { &r.down_session };
+        kill_session(t.db, session.as_ref()).await;
+        let committed = exec.marker(if up { COMMITTED } else { REVERSED }).await?;
+        let action = if up { "up" } else { "down" };
+        let (status, note) = match (up, committed) {
+            (true, Some(m)) => {
+                let ops: Vec<OpOutcome> = m
+                    .get_array("ops")
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(bson::Bson::as_document)
+                            .map(OpOutcome::from_doc)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records
+                    .finish(
+                        r.version,
+                        &Finished {
+                            status: APPLIED,
+                            duration_ms: 0,
+                            ops: &ops,
+                            error: None,
+                        },
+                    )
+                    .await?;
+                (
+                    APPLIED,
+                    format!(
+                        "the up of run {} stopped after its transaction committed: recorded applied",
+                        r.run_id
+                    ),
+                )
+            }
+            (true, None) => {
+                let note = format!(
+                    "the up of run {} stopped before its transaction committed: nothing was written",
+                    r.run_id
+                );
+                records
+                    .finish(
+                        r.version,
+                        &Finished {
+                            status: FAILED,
+                            duration_ms: 0,
+                            ops: &[],
+                            error: Some(note.clone()),
+                        },
+                    )
+                    .await?;
+                exec.drop_backup().await?;
+                (FAILED, note)
+            }
+            (false, Some(_)) => {
+                let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
+                exec.drop_created(&created_collections(&c, &r.ops)).await?;
+                records.mark_rolled_back(r.version, 0).await?;
+                exec.drop_backup().await?;
+                (
+                    ROLLED_BACK,
+                    format!(
+                        "the down of run {} stopped after its transaction committed: recorded rolled back",
+                        r.down_run_id.as_deref().unwrap_or("?")
+                    ),
+                )
+            }
+            (false, None) => {
+                let note = format!(
+                    "the down of run {} stopped before its transaction committed: nothing was reversed, the change is applied",
+                    r.down_run_id.as_deref().unwrap_or("?")
+                );
+                records.note_down_error(r.version, &note, APPLIED).await?;
+                (APPLIED, note)
+            }
+        };
+        let mut line = HistoryEntry::new(action, r.version, &r.name, status, run_id);
+        line.note = Some(note.clone());
+        records.log(&line).await?;
+        out.push(Recovered {
+            version: r.version,
+            name: r.name.clone(),
+            status: status.to_string(),
+            note,
+        });
+    }
+    Ok(out)
+}
+
+/// Aborts the transaction of a dead process's session, if it is still open (best effort: the
+/// server aborts it by itself after `transactionLifetimeLimitSeconds`).
+async fn kill_session(db: &Database, session: Option<&bson::Document>) {
+    let Some(s) = session else { return };
+    if let Err(e) = db
+        .client()
+        .database("admin")
+        .run_command(doc! { "killSessions": [s.clone()] })
+        .await
+    {
+        tracing::warn!(error = %ops_text(&e), "could not end the dead process's session");
+    }
+}
+
+/// Drops the changes' backup collections no record keeps (the record of a change rolled back
+/// or failed, or none: its process died after recording it and before dropping its backup).
+async fn sweep_backups(t: &ChangeTarget<'_>) -> Result<(), ChangesError> {
+    let records = Records { ledger: t.ledger };
+    let kept: std::collections::BTreeSet<String> = records
+        .all()
+        .await?
+        .into_iter()
+        .filter(|r| r.status != ROLLED_BACK && r.status != FAILED)
+        .filter_map(|r| r.backup)
+        .collect();
+    let prefix = format!("{}change_", t.ledger.prefix());
+    let names =
+        t.db.list_collection_names()
+            .await
+            .map_err(|e| ChangesError::Mongo(e.into()))?;
+    for name in names {
+        if name.starts_with(&prefix) && name.contains("_backup_") && !kept.contains(&name) {
+            t.db.collection::<bson::Document>(&name)
+                .drop()
+                .await
+                .map_err(|e| ChangesError::Mongo(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+/// How [`reverse_one`] undoes a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Applied whole: its [[down]], or the inverse of each up operation.
+    Applied,
+    /// Its `down` stopped half way: the steps done are skipped (but for commands, each inverse
+    /// is run again, tolerating what is back already), an operation of its [[down]] cut short
+    /// is undone and run again.
+    Resume,
+    /// Its `up` stopped half way: the inverse of each operation that started writing,
+    /// tolerating what it did not do.
+    Interrupted,
+    /// Undoing an `up` that stopped half way stopped half way too: as `Interrupted`, the steps
+    /// done skipped as for `Resume`.
+    ResumeInterrupted,
+}
+
+impl How {
+    /// Whether it takes up an earlier `down`'s progress.
+    fn resumes(self) -> bool {
+        matches!(self, How::Resume | How::ResumeInterrupted)
+    }
+
+    /// Whether it undoes an `up` that stopped half way (by the inverses, never the file's
+    /// [[down]], which undoes a change applied whole).
+    fn partial_up(self) -> bool {
+        matches!(self, How::Interrupted | How::ResumeInterrupted)
+    }
+}
+
+/// Reverses one change, recording it `reversing` before it writes anything, then `rolled-back`
+/// (or, failed, why), with a line of history as it starts and as it ends.
+#[allow(clippy::too_many_arguments)]
+async fn reverse_logged(
+    t: &ChangeTarget<'_>,
+    records: &Records<'_>,
+    r: &ChangeRecord,
+    c: &Change,
+    ops: &[OpOutcome],
+    how: How,
+    run_id: &str,
+    note: Option<String>,
+) -> Result<Reversed, ChangesError> {
+    let mut line = HistoryEntry::new("down", r.version, &r.name, RUNNING, run_id);
+    line.note = note.clone();
+    records
+        .start_down(r.version, run_id, !how.resumes(), how.partial_up())
+        .await?;
+    records.log(&line).await?;
+    let started = Instant::now();
+    let result = reverse_one(t, records, r, c, ops, how).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    line.duration_ms = duration_ms as i64;
+    match result {
+        Ok(mut rev) => {
+            rev.duration_ms = duration_ms;
+            rev.note = note;
+            records.mark_rolled_back(r.version, duration_ms).await?;
+            Exec {
+                db: t.db,
+                backup: r.backup.as_deref().unwrap_or_default(),
+            }
+            .drop_backup()
+            .await?;
+            line.status = ROLLED_BACK.into();
+            line.modified = rev.restored as i64;
+            line.deleted = rev.deleted as i64;
+            records.log(&line).await?;
+            Ok(rev)
+        }
+        Err(e) => {
+            // In a transaction nothing was reversed; without one, what was stays so and the
+            // next `down` finishes it.
+            let (status, how) = if c.transaction {
+                (
+                    APPLIED,
+                    "its transaction was rolled back: the change is still applied",
+                )
+            } else {
+                (
+                    REVERSING,
+                    "what was reversed before the failure stays so, the change is recorded `down-failed` and its backup kept: fix the cause, then `cutover changes down` finishes reversing it",
+                )
+            };
+            let _ = records.note_down_error(r.version, &e, status).await;
+            line.status = FAILED.into();
+            line.error = Some(e.clone());
+            let _ = records.log(&line).await;
+            Err(ChangesError::Refused(format!(
+                "reversing change {} ({}) failed: {e}; {how}",
+                r.version, r.file
+            )))
+        }
+    }
+}
+
+/// Undoes a change (see [`How`]), in a transaction when the change ran in one.
+async fn reverse_one(
+    t: &ChangeTarget<'_>,
+    records: &Records<'_>,
+    r: &ChangeRecord,
+    c: &Change,
+    ops: &[OpOutcome],
+    how: How,
 ) -> Result<Reversed, String> {
     let backup = r.backup.clone().unwrap_or_default();
     let exec = Exec {
@@ -852,36 +1378,151 @@ async fn reverse_one(
         restored: 0,
         deleted: 0,
         skipped: 0,
+        note: None,
     };
     let mut created = Vec::new();
-    let mut session = None;
     if c.transaction {
+        // Nothing of an earlier attempt committed (its marker would have said so): from the
+        // start, whole.
         let mut s =
             t.db.client()
                 .start_session()
                 .await
                 .map_err(|e| ops_text(&e))?;
+        records
+            .update(r.version, doc! { "down_session": s.id().clone() })
+            .await
+            .map_err(|e| format!("ledger: {e}"))?;
         s.start_transaction().await.map_err(|e| ops_text(&e))?;
-        session = Some(s);
+        let outcome = {
+            let mut sess: Option<&mut ClientSession> = Some(&mut s);
+            let mut steps = Steps {
+                exec: &exec,
+                records: None,
+                version: r.version,
+                done: 0,
+                down_ops: Vec::new(),
+            };
+            match steps
+                .run(&mut sess, c, ops, How::Applied, &mut rev, &mut created)
+                .await
+            {
+                Ok(()) => exec
+                    .put_marker(&mut sess, REVERSED, doc! {})
+                    .await
+                    .map_err(|e| format!("keeping the commit marker: {e}")),
+                Err(e) => Err(e),
+            }
+        };
+        match outcome {
+            Ok(()) => s
+                .commit_transaction()
+                .await
+                .map_err(|e| format!("the transaction did not commit: {}", ops_text(&e)))?,
+            Err(e) => {
+                let _ = s.abort_transaction().await;
+                return Err(e);
+            }
+        }
+    } else {
+        let resume = how.resumes();
+        let mut steps = Steps {
+            exec: &exec,
+            records: Some(records),
+            version: r.version,
+            done: if resume { r.down_done } else { 0 },
+            down_ops: if resume {
+                r.down_ops.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        steps
+            .run(&mut None, c, ops, how, &mut rev, &mut created)
+            .await?;
     }
-    let outcome: Result<(), String> = async {
-        let mut sess: Option<&mut ClientSession> = session.as_mut();
+    exec.drop_created(&created)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rev)
+}
+
+/// The steps of one `down`, and how far it got (recorded, without a transaction, as it goes).
+struct Steps<'a> {
+    exec: &'a Exec<'a>,
+    records: Option<&'a Records<'a>>,
+    version: u64,
+    /// Steps done (by an earlier attempt, then this one).
+    done: usize,
+    /// What each operation of the file's [[down]] that started did.
+    down_ops: Vec<OpOutcome>,
+}
+
+impl Steps<'_> {
+    async fn record(&self) -> Result<(), String> {
+        match self.records {
+            Some(r) => r
+                .down_progress(self.version, &self.down_ops, self.done)
+                .await
+                .map_err(|e| format!("ledger: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        sess: &mut Option<&mut ClientSession>,
+        c: &Change,
+        ops: &[OpOutcome],
+        how: How,
+        rev: &mut Reversed,
+        created: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let exec = self.exec;
         match &c.down {
-            // The file's own down: its operations run forward (their backups are dropped below).
-            Some(down_ops) => {
+            // The file's own down (for a change applied whole): its operations run forward, each
+            // backed up like an up's, so one cut short is undone and run again.
+            Some(down_ops) if !how.partial_up() => {
                 for (i, op) in down_ops.iter().enumerate() {
+                    if i < self.done {
+                        continue;
+                    }
+                    let index = 100_000 + i;
+                    let what = |e: ops::OpError| {
+                        format!("down operation {} (`{}`): {e}", i + 1, op.kind())
+                    };
+                    if i < self.down_ops.len() {
+                        if op.has_inverse() {
+                            let cut = self.down_ops[i].clone();
+                            exec.undo(sess, op, index, &cut, true, created)
+                                .await
+                                .map_err(what)?;
+                            exec.forget(index).await.map_err(what)?;
+                        }
+                        self.down_ops.truncate(i);
+                    }
                     let mut out = OpOutcome::default();
-                    exec.run(&mut sess, op, 100_000 + i, &mut out)
-                        .await
-                        .map_err(|e| format!("down operation {} (`{}`): {e}", i + 1, op.kind()))?;
+                    exec.prepare(sess, op, &mut out).await.map_err(what)?;
+                    self.down_ops.push(out);
+                    self.record().await?;
+                    let out = self.down_ops.last_mut().expect("pushed above");
+                    exec.run(sess, op, index, out).await.map_err(what)?;
                     rev.restored += out.modified;
                     rev.deleted += out.deleted;
+                    self.done = i + 1;
+                    self.record().await?;
                 }
             }
-            None => {
-                for i in (0..c.up.len()).rev() {
+            _ => {
+                let partial = how != How::Applied;
+                for (step, i) in (0..ops.len().min(c.up.len())).rev().enumerate() {
+                    // A command is not run twice; every other inverse is run again, tolerating
+                    // what is back already (and naming what it created, dropped at the end).
+                    if step < self.done && matches!(c.up[i], Op::Command { .. }) {
+                        continue;
+                    }
                     let done = exec
-                        .undo(&mut sess, &c.up[i], i, &r.ops[i], &mut created)
+                        .undo(sess, &c.up[i], i, &ops[i], partial, created)
                         .await
                         .map_err(|e| {
                             format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
@@ -889,27 +1530,11 @@ async fn reverse_one(
                     rev.restored += done.modified;
                     rev.deleted += done.deleted;
                     rev.skipped += done.skipped;
+                    self.done = self.done.max(step + 1);
+                    self.record().await?;
                 }
             }
         }
         Ok(())
     }
-    .await;
-    if let Some(mut s) = session {
-        match &outcome {
-            Ok(()) => s
-                .commit_transaction()
-                .await
-                .map_err(|e| format!("the transaction did not commit: {}", ops_text(&e)))?,
-            Err(_) => {
-                let _ = s.abort_transaction().await;
-            }
-        }
-    }
-    outcome?;
-    exec.drop_created(&created)
-        .await
-        .map_err(|e| e.to_string())?;
-    exec.drop_backup().await.map_err(|e| e.to_string())?;
-    Ok(rev)
 }

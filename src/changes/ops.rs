@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use mongodb::options::UpdateModifications;
 use mongodb::{ClientSession, Database};
 
-use super::file::{IndexSpec, Op, UpdateSpec};
+use super::file::{Op, UpdateSpec};
 
 /// Documents per backup / update batch.
 pub const BATCH: usize = 500;
@@ -342,6 +342,61 @@ fn still(image: &Document) -> Document {
     doc! { "$expr": { "$eq": ["$$ROOT", { "$literal": image.clone() }] } }
 }
 
+/// Statements of one write command each: at most [`STATEMENTS`] and about [`COMMAND_BYTES`]
+/// (a command holds 16 MiB; a statement bigger than that alone is sent alone, and refused).
+fn by_size(statements: Vec<Document>) -> Vec<Vec<Document>> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for s in statements {
+        let n = bson::to_vec(&s).map(|v| v.len()).unwrap_or(0);
+        if !chunk.is_empty() && (chunk.len() >= STATEMENTS || bytes + n > COMMAND_BYTES) {
+            out.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += n;
+        chunk.push(s);
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
+/// Statements per `update` / `delete` command of an inverse.
+const STATEMENTS: usize = 1000;
+/// About how many bytes of statements one command carries.
+const COMMAND_BYTES: usize = 8 * 1024 * 1024;
+
+fn count(reply: &Document, key: &str) -> u64 {
+    match reply.get(key) {
+        Some(Bson::Int32(n)) => *n as u64,
+        Some(Bson::Int64(n)) => *n as u64,
+        _ => 0,
+    }
+}
+
+/// The first write error of a write command's reply (run as a command, its errors are in the
+/// reply, not an `Err`).
+fn write_errors(reply: &Document) -> Result<(), OpError> {
+    if let Ok(errors) = reply.get_array("writeErrors")
+        && let Some(e) = errors.first().and_then(Bson::as_document)
+    {
+        return Err(OpError::Refused(format!(
+            "{} of the statements failed, the first: {}",
+            errors.len(),
+            e.get_str("errmsg").unwrap_or("?")
+        )));
+    }
+    if let Ok(e) = reply.get_document("writeConcernError") {
+        return Err(OpError::Refused(format!(
+            "write concern: {}",
+            e.get_str("errmsg").unwrap_or("?")
+        )));
+    }
+    Ok(())
+}
+
 impl Exec<'_> {
     fn coll(&self, name: &str) -> mongodb::Collection<Document> {
         self.db.collection(name)
@@ -496,16 +551,27 @@ impl Exec<'_> {
             .collect())
     }
 
-    /// Runs an up operation (number `index` of its change).
-    pub async fn run(
+    /// Checks an operation before it writes anything and keeps in `out` what its inverse needs
+    /// (the index it drops, the collection options or validator it replaces, whether it creates
+    /// its collection). Reads only: a refusal here leaves nothing to undo. Its caller records
+    /// `out` in the ledger before [`Self::run`] writes, so the inverse is known even when the
+    /// process dies half way through.
+    pub async fn prepare(
         &self,
         sess: &mut Option<&mut ClientSession>,
         op: &Op,
-        index: usize,
         out: &mut OpOutcome,
     ) -> Result<(), OpError> {
-        if let Some((collection, filter, update)) = rewrite_of(op) {
-            if let Op::RenameField { from, to, .. } = op {
+        match op {
+            Op::RenameField {
+                collection,
+                from,
+                to,
+                ..
+            } => {
+                let Some((_, filter, _)) = rewrite_of(op) else {
+                    return Ok(());
+                };
                 let clash = and(&filter, exists(to, true));
                 let n = with_session!(sess, self.coll(collection).count_documents(clash))?;
                 if n > 0 {
@@ -514,6 +580,94 @@ impl Exec<'_> {
                     )));
                 }
             }
+            Op::Insert {
+                collection,
+                documents,
+            } => {
+                let ids: Vec<Bson> = documents
+                    .iter()
+                    .filter_map(|d| d.get("_id"))
+                    .cloned()
+                    .collect();
+                let there = with_session!(
+                    sess,
+                    self.coll(collection)
+                        .count_documents(doc! { "_id": { "$in": ids } })
+                )?;
+                if there > 0 {
+                    return Err(OpError::Refused(format!(
+                        "{there} of the documents to insert are in {collection} already (same _id)"
+                    )));
+                }
+            }
+            Op::CreateIndex(spec) => {
+                if self.index_of(&spec.collection, &spec.name).await?.is_some() {
+                    return Err(OpError::Refused(format!(
+                        "{} has an index named {} already",
+                        spec.collection, spec.name
+                    )));
+                }
+                out.created_collection = !self.collection_exists(&spec.collection).await?;
+            }
+            Op::DropIndex { collection, name } => {
+                let Some(index) = self.index_of(collection, name).await? else {
+                    return Err(OpError::Refused(format!(
+                        "{collection} has no index named {name}"
+                    )));
+                };
+                out.dropped_index = Some(index);
+            }
+            Op::CreateCollection { collection, .. } => {
+                if self.collection_exists(collection).await? {
+                    return Err(OpError::Refused(format!("{collection} exists already")));
+                }
+                out.created_collection = true;
+            }
+            Op::DropCollection { collection } => {
+                let Some(options) = self.collection_options(collection).await? else {
+                    return Err(OpError::Refused(format!("{collection} does not exist")));
+                };
+                let indexes: Vec<Bson> = self
+                    .indexes_of(collection)
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.get_str("name") != Ok("_id_"))
+                    .map(Bson::Document)
+                    .collect();
+                out.before = Some(doc! { "options": options, "indexes": indexes });
+            }
+            Op::SetValidator { collection, .. } => {
+                let Some(options) = self.collection_options(collection).await? else {
+                    return Err(OpError::Refused(format!("{collection} does not exist")));
+                };
+                let mut before = Document::new();
+                for k in ["validator", "validationLevel", "validationAction"] {
+                    if let Some(v) = options.get(k) {
+                        before.insert(k, v.clone());
+                    }
+                }
+                out.before = Some(before);
+            }
+            Op::CopyCollection { to, .. } => {
+                if self.collection_exists(to).await? {
+                    return Err(OpError::Refused(format!("{to} exists already")));
+                }
+                out.created_collection = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Runs an up operation (number `index` of its change), [`Self::prepare`]d into `out`.
+    pub async fn run(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: &Op,
+        index: usize,
+        out: &mut OpOutcome,
+    ) -> Result<(), OpError> {
+        if let Some((collection, filter, update)) = rewrite_of(op) {
             out.backed_up = self
                 .back_up(sess, collection, filter.clone(), index)
                 .await?;
@@ -625,35 +779,20 @@ impl Exec<'_> {
                 collection,
                 documents,
             } => {
-                let ids: Vec<Bson> = documents
-                    .iter()
-                    .filter_map(|d| d.get("_id"))
-                    .cloned()
-                    .collect();
-                let there = with_session!(
-                    sess,
-                    self.coll(collection)
-                        .count_documents(doc! { "_id": { "$in": ids } })
-                )?;
-                if there > 0 {
-                    return Err(OpError::Refused(format!(
-                        "{there} of the documents to insert are in {collection} already (same _id)"
-                    )));
-                }
                 let r = with_session!(sess, self.coll(collection).insert_many(documents.clone()))?;
                 out.inserted = r.inserted_ids.len() as u64;
             }
-            Op::CreateIndex(spec) => self.create_index(spec, out).await?,
+            Op::CreateIndex(spec) => {
+                self.db
+                    .run_command(
+                        doc! { "createIndexes": &spec.collection, "indexes": [spec.to_index_doc()] },
+                    )
+                    .await?;
+            }
             Op::DropIndex { collection, name } => {
-                let Some(index) = self.index_of(collection, name).await? else {
-                    return Err(OpError::Refused(format!(
-                        "{collection} has no index named {name}"
-                    )));
-                };
                 self.db
                     .run_command(doc! { "dropIndexes": collection, "index": name })
                     .await?;
-                out.dropped_index = Some(index);
             }
             Op::Command { command, .. } => {
                 self.db.run_command(command.clone()).await?;
@@ -662,27 +801,12 @@ impl Exec<'_> {
                 collection,
                 options,
             } => {
-                if self.collection_exists(collection).await? {
-                    return Err(OpError::Refused(format!("{collection} exists already")));
-                }
                 let mut cmd = doc! { "create": collection };
                 cmd.extend(options.clone());
                 self.db.run_command(cmd).await?;
-                out.created_collection = true;
             }
             Op::DropCollection { collection } => {
-                let Some(options) = self.collection_options(collection).await? else {
-                    return Err(OpError::Refused(format!("{collection} does not exist")));
-                };
-                let indexes: Vec<Bson> = self
-                    .indexes_of(collection)
-                    .await?
-                    .into_iter()
-                    .filter(|i| i.get_str("name") != Ok("_id_"))
-                    .map(Bson::Document)
-                    .collect();
                 out.backed_up = self.back_up(sess, collection, doc! {}, index).await?;
-                out.before = Some(doc! { "options": options, "indexes": indexes });
                 out.deleted = out.backed_up;
                 self.coll(collection).drop().await?;
             }
@@ -692,16 +816,6 @@ impl Exec<'_> {
                 level,
                 action,
             } => {
-                let Some(options) = self.collection_options(collection).await? else {
-                    return Err(OpError::Refused(format!("{collection} does not exist")));
-                };
-                let mut before = Document::new();
-                for k in ["validator", "validationLevel", "validationAction"] {
-                    if let Some(v) = options.get(k) {
-                        before.insert(k, v.clone());
-                    }
-                }
-                out.before = Some(before);
                 let mut cmd = doc! { "collMod": collection, "validator": validator.clone() };
                 if let Some(l) = level {
                     cmd.insert("validationLevel", l);
@@ -712,9 +826,6 @@ impl Exec<'_> {
                 self.db.run_command(cmd).await?;
             }
             Op::CopyCollection { from, to, pipeline } => {
-                if self.collection_exists(to).await? {
-                    return Err(OpError::Refused(format!("{to} exists already")));
-                }
                 let mut stages = pipeline.clone();
                 stages.push(doc! { "$out": to });
                 self.coll(from)
@@ -723,7 +834,6 @@ impl Exec<'_> {
                     .await?
                     .try_collect::<Vec<Document>>()
                     .await?;
-                out.created_collection = true;
                 out.inserted = self.coll(to).count_documents(doc! {}).await?;
             }
             _ => unreachable!("rewrites are handled above"),
@@ -814,30 +924,19 @@ impl Exec<'_> {
         Ok(())
     }
 
-    async fn create_index(&self, spec: &IndexSpec, out: &mut OpOutcome) -> Result<(), OpError> {
-        if self.index_of(&spec.collection, &spec.name).await?.is_some() {
-            return Err(OpError::Refused(format!(
-                "{} has an index named {} already",
-                spec.collection, spec.name
-            )));
-        }
-        out.created_collection = !self.collection_exists(&spec.collection).await?;
-        self.db
-            .run_command(
-                doc! { "createIndexes": &spec.collection, "indexes": [spec.to_index_doc()] },
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Undoes up operation `index` as `out` recorded it. Collections the operation created are
-    /// returned in `drop_if_empty` (dropped after a transaction commits).
+    /// returned in `drop_if_empty` (dropped after a transaction commits). With `partial`, the
+    /// operation may have stopped half way (its process died, or it failed) or been undone in
+    /// part already: what it did not do, or what is back already, is skipped (a collection it
+    /// dropped and that exists again is filled up with the documents missing from it, rather
+    /// than refused). Documents go back a batch per round trip.
     pub async fn undo(
         &self,
         sess: &mut Option<&mut ClientSession>,
         op: &Op,
         index: usize,
         out: &OpOutcome,
+        partial: bool,
         drop_if_empty: &mut Vec<String>,
     ) -> Result<OpOutcome, OpError> {
         let mut done = OpOutcome::default();
@@ -860,6 +959,8 @@ impl Exec<'_> {
                 } else {
                     Default::default()
                 };
+                let mut statements = Vec::with_capacity(batch.len());
+                let mut originals = Vec::with_capacity(batch.len());
                 for b in batch {
                     let (Some(id), Ok(original)) = (
                         b.get_document("_id")
@@ -880,27 +981,27 @@ impl Exec<'_> {
                         },
                         _ => guard_of(op, original),
                     };
-                    filter.insert("_id", id);
-                    let r = match op {
+                    filter.insert("_id", id.clone());
+                    let update = match op {
                         // A copy changed one field: only that field is taken away again (the
                         // rest of the document may have changed since, and stays).
-                        Op::CopyField { to, .. } => with_session!(
-                            sess,
-                            self.coll(collection)
-                                .update_one(filter, doc! { "$unset": { to: "" } })
-                        )?,
-                        _ => with_session!(
-                            sess,
-                            self.coll(collection).replace_one(filter, original.clone())
-                        )?,
+                        Op::CopyField { to, .. } => doc! { "$unset": { to: "" } },
+                        _ => original.clone(),
                     };
-                    done.matched += 1;
-                    if r.matched_count == 0 {
-                        done.skipped += 1;
-                    } else {
-                        done.modified += r.modified_count;
-                    }
+                    statements.push(doc! { "q": filter, "u": update });
+                    originals.push((id, original.clone()));
                 }
+                let (matched, modified) = self.update_each(sess, collection, statements).await?;
+                done.matched += originals.len() as u64;
+                done.modified += modified;
+                let unmatched = originals.len() as u64 - matched.min(originals.len() as u64);
+                done.skipped += if unmatched == 0 || matches!(op, Op::CopyField { .. }) {
+                    unmatched
+                } else {
+                    // Those the guard left alone are as before already (never rewritten, or put
+                    // back by an earlier attempt) or changed since: only the latter are skipped.
+                    self.differing(sess, collection, &originals).await?
+                };
             }
             return Ok(done);
         }
@@ -911,23 +1012,15 @@ impl Exec<'_> {
                 let batch = self.backed_up(sess, index, after.clone()).await?;
                 let Some(last) = batch.last() else { break };
                 after = last.get("_id").cloned();
-                for b in batch {
-                    let Ok(original) = b.get_document("doc") else {
-                        continue;
-                    };
-                    done.matched += 1;
-                    let id = original.get("_id").cloned().unwrap_or(Bson::Null);
-                    let there = with_session!(
-                        sess,
-                        self.coll(collection).count_documents(doc! { "_id": id })
-                    )?;
-                    if there == 0 {
-                        with_session!(sess, self.coll(collection).insert_one(original.clone()))?;
-                        done.inserted += 1;
-                    } else {
-                        done.skipped += 1;
-                    }
-                }
+                let originals: Vec<Document> = batch
+                    .iter()
+                    .filter_map(|b| b.get_document("doc").ok().cloned())
+                    .collect();
+                done.matched += originals.len() as u64;
+                let n = originals.len() as u64;
+                let inserted = self.insert_where_free(sess, collection, originals).await?;
+                done.inserted += inserted;
+                done.skipped += n - inserted;
             }
             return Ok(done);
         }
@@ -939,27 +1032,25 @@ impl Exec<'_> {
                 let batch = self.backed_up(sess, index, after.clone()).await?;
                 let Some(last) = batch.last() else { break };
                 after = last.get("_id").cloned();
-                for b in batch {
-                    let Ok(original) = b.get_document("doc") else {
-                        continue;
-                    };
-                    let id = original.get("_id").cloned().unwrap_or(Bson::Null);
-                    done.matched += 1;
-                    let mut moved = still(original);
-                    moved.insert("_id", id.clone());
-                    let r = with_session!(sess, self.coll(to).delete_one(moved))?;
-                    done.deleted += r.deleted_count;
-                    let there = with_session!(
-                        sess,
-                        self.coll(collection).count_documents(doc! { "_id": id })
-                    )?;
-                    if there == 0 {
-                        with_session!(sess, self.coll(collection).insert_one(original.clone()))?;
-                        done.inserted += 1;
-                    } else {
-                        done.skipped += 1;
-                    }
-                }
+                let originals: Vec<Document> = batch
+                    .iter()
+                    .filter_map(|b| b.get_document("doc").ok().cloned())
+                    .collect();
+                let deletes: Vec<Document> = originals
+                    .iter()
+                    .map(|original| {
+                        let mut moved = still(original);
+                        moved.insert("_id", original.get("_id").cloned().unwrap_or(Bson::Null));
+                        doc! { "q": moved, "limit": 1 }
+                    })
+                    .collect();
+                done.deleted += self.delete_each(sess, to, deletes).await?;
+                done.matched += originals.len() as u64;
+                let n = originals.len() as u64;
+                let inserted = self.insert_where_free(sess, collection, originals).await?;
+                done.inserted += inserted;
+                // Put back by an earlier attempt, or re-created at its place since.
+                done.skipped += n - inserted;
             }
             if out.created_collection {
                 drop_if_empty.push(to.clone());
@@ -1002,6 +1093,10 @@ impl Exec<'_> {
                         "the ledger has no record of the index {name} of {collection} this change dropped"
                     )));
                 };
+                if partial && self.index_of(collection, name).await?.is_some() {
+                    // Never dropped, or created again by an earlier attempt.
+                    return Ok(done);
+                }
                 index.remove("v");
                 index.remove("ns");
                 self.db
@@ -1019,6 +1114,9 @@ impl Exec<'_> {
                 }
             },
             Op::CreateCollection { collection, .. } => {
+                if partial && !self.collection_exists(collection).await? {
+                    return Ok(done);
+                }
                 let n = self.coll(collection).count_documents(doc! {}).await?;
                 if n > 0 {
                     return Err(OpError::Refused(format!(
@@ -1028,8 +1126,13 @@ impl Exec<'_> {
                 self.coll(collection).drop().await?;
             }
             Op::CopyCollection { to, .. } => {
+                if partial && !self.collection_exists(to).await? {
+                    return Ok(done);
+                }
                 let n = self.coll(to).count_documents(doc! {}).await?;
-                if n != out.inserted {
+                // Cut short, the copy may have written `to` without recording how many: `to` did
+                // not exist before it (checked under the lock), so it is the copy's.
+                if n != out.inserted && !partial {
                     return Err(OpError::Refused(format!(
                         "{to} holds {n} documents, the copy wrote {}: it changed since; drop it yourself",
                         out.inserted
@@ -1044,15 +1147,23 @@ impl Exec<'_> {
                         "the ledger has no record of {collection}'s options and indexes"
                     )));
                 };
-                if self.coll(collection).count_documents(doc! {}).await? > 0 {
-                    return Err(OpError::Refused(format!(
-                        "{collection} was created again since and holds documents"
-                    )));
+                // Cut short, the drop may not have happened (it comes after the backup), or an
+                // earlier attempt at undoing it created the collection again: it is kept and
+                // filled up with what is missing from it.
+                let there = self.collection_exists(collection).await?;
+                if there && !partial {
+                    if self.coll(collection).count_documents(doc! {}).await? > 0 {
+                        return Err(OpError::Refused(format!(
+                            "{collection} was created again since and holds documents"
+                        )));
+                    }
+                    self.coll(collection).drop().await?;
                 }
-                self.coll(collection).drop().await?;
-                let mut cmd = doc! { "create": collection };
-                cmd.extend(before.get_document("options").cloned().unwrap_or_default());
-                self.db.run_command(cmd).await?;
+                if !there || !partial {
+                    let mut cmd = doc! { "create": collection };
+                    cmd.extend(before.get_document("options").cloned().unwrap_or_default());
+                    self.db.run_command(cmd).await?;
+                }
                 let indexes: Vec<Bson> = before
                     .get_array("indexes")
                     .cloned()
@@ -1079,8 +1190,7 @@ impl Exec<'_> {
                         .iter()
                         .filter_map(|b| b.get_document("doc").ok().cloned())
                         .collect();
-                    let r = self.coll(collection).insert_many(docs).await?;
-                    done.inserted += r.inserted_ids.len() as u64;
+                    done.inserted += self.insert_where_free(sess, collection, docs).await?;
                 }
             }
             Op::SetValidator { collection, .. } => {
@@ -1111,6 +1221,128 @@ impl Exec<'_> {
                 c.drop().await?;
             }
         }
+        Ok(())
+    }
+
+    /// Runs `update` statements (`{q, u}`, one document each) a few thousand at a time, unordered;
+    /// returns how many documents they matched and modified.
+    async fn update_each(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        statements: Vec<Document>,
+    ) -> Result<(u64, u64), OpError> {
+        let (mut matched, mut modified) = (0, 0);
+        for chunk in by_size(statements) {
+            let cmd = doc! { "update": collection, "updates": chunk, "ordered": false };
+            let reply = with_session!(sess, self.db.run_command(cmd))?;
+            write_errors(&reply)?;
+            matched += count(&reply, "n");
+            modified += count(&reply, "nModified");
+        }
+        Ok((matched, modified))
+    }
+
+    /// Runs `delete` statements (`{q, limit}`) a few thousand at a time, unordered; returns how
+    /// many documents they deleted.
+    async fn delete_each(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        statements: Vec<Document>,
+    ) -> Result<u64, OpError> {
+        let mut deleted = 0;
+        for chunk in by_size(statements) {
+            let cmd = doc! { "delete": collection, "deletes": chunk, "ordered": false };
+            let reply = with_session!(sess, self.db.run_command(cmd))?;
+            write_errors(&reply)?;
+            deleted += count(&reply, "n");
+        }
+        Ok(deleted)
+    }
+
+    /// Inserts the documents whose `_id` is free in `collection`; returns how many.
+    async fn insert_where_free(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        docs: Vec<Document>,
+    ) -> Result<u64, OpError> {
+        if docs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+        let coll = self.coll(collection);
+        let find = coll
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 });
+        let there: std::collections::HashSet<String> = collect_all!(sess, find)
+            .iter()
+            .filter_map(|d| d.get("_id").map(id_key))
+            .collect();
+        let free: Vec<Document> = docs
+            .into_iter()
+            .filter(|d| !d.get("_id").is_some_and(|id| there.contains(&id_key(id))))
+            .collect();
+        if free.is_empty() {
+            return Ok(0);
+        }
+        let r = with_session!(sess, coll.insert_many(free))?;
+        Ok(r.inserted_ids.len() as u64)
+    }
+
+    /// How many of `originals` (`_id`, document) are not, byte for byte, what `collection` holds
+    /// now (changed since, or gone).
+    async fn differing(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        originals: &[(Bson, Document)],
+    ) -> Result<u64, OpError> {
+        let ids: Vec<Bson> = originals.iter().map(|(id, _)| id.clone()).collect();
+        let coll = self.coll(collection);
+        let find = coll.find(doc! { "_id": { "$in": ids } });
+        let now: std::collections::HashMap<String, Vec<u8>> = collect_all!(sess, find)
+            .iter()
+            .filter_map(|d| Some((id_key(d.get("_id")?), bson::to_vec(d).ok()?)))
+            .collect();
+        Ok(originals
+            .iter()
+            .filter(|(id, d)| now.get(&id_key(id)) != bson::to_vec(d).ok().as_ref())
+            .count() as u64)
+    }
+
+    /// Keeps a marker document in the backup collection, in the session's transaction: it
+    /// exists once that transaction committed, and says so to whoever finds the change
+    /// interrupted.
+    pub async fn put_marker(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        name: &str,
+        mut body: Document,
+    ) -> Result<(), OpError> {
+        body.insert("_id", name);
+        with_session!(sess, self.coll(self.backup).insert_one(body))?;
+        Ok(())
+    }
+
+    /// The marker [`Self::put_marker`] kept, if its transaction committed.
+    pub async fn marker(&self, name: &str) -> Result<Option<Document>, OpError> {
+        if self.backup.is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .coll(self.backup)
+            .find_one(doc! { "_id": name })
+            .await?)
+    }
+
+    /// Forgets what op `index` backed up (its documents are back): it is run again from the
+    /// start.
+    pub async fn forget(&self, index: usize) -> Result<(), OpError> {
+        self.coll(self.backup)
+            .delete_many(doc! { "$or": [{ "_id.op": index as i64 }, { "_id.img": index as i64 }] })
+            .await?;
         Ok(())
     }
 

@@ -14,6 +14,13 @@ pub const ROLLED_BACK: &str = crate::ledger::ROLLED_BACK;
 pub const RUNNING: &str = crate::ledger::RUNNING;
 /// A change that failed without a transaction and whose undoing failed too: its backup is kept.
 pub const RESTORE_FAILED: &str = "restore-failed";
+/// A change being reversed, recorded before `down` writes anything: one left so by a process that
+/// died (or by a `down` that failed half way) is finished by the next `changes down`.
+pub const REVERSING: &str = "reversing";
+/// The marker a change's transaction writes into its backup collection as it commits.
+pub const COMMITTED: &str = "committed";
+/// The marker the transaction of a change's `down` writes as it commits.
+pub const REVERSED: &str = "reversed";
 
 /// One applied (or attempted) change as the ledger holds it.
 #[derive(Debug, Clone, Serialize)]
@@ -39,10 +46,32 @@ pub struct ChangeRecord {
     pub host: String,
     /// The lock run id of the `changes` command that applied it.
     pub run_id: String,
+    /// The lock run id of the `changes down` reversing it (status `reversing`).
+    pub down_run_id: Option<String>,
+    /// Why the last `down` failed.
+    pub down_error: Option<String>,
     #[serde(skip)]
     pub source: String,
+    /// What each operation did, or, while the change is applied (status `running`), what each
+    /// operation that started writing will need undone: recorded before it writes.
     #[serde(skip)]
     pub ops: Vec<OpOutcome>,
+    /// The session of the change's transaction (`{id: UUID}`), recorded before it starts.
+    #[serde(skip)]
+    pub session: Option<Document>,
+    /// The session of the transaction of its `down`.
+    #[serde(skip)]
+    pub down_session: Option<Document>,
+    /// While reversing: what each operation of the file's own [[down]] that started did (as
+    /// `ops`), and how many steps of the `down` are done.
+    #[serde(skip)]
+    pub down_ops: Vec<OpOutcome>,
+    #[serde(skip)]
+    pub down_done: usize,
+    /// The `down` undoes an `up` that stopped half way (with the inverses of the operations
+    /// that started, not the file's [[down]]).
+    #[serde(skip)]
+    pub down_partial_up: bool,
     #[serde(skip)]
     pub applied_millis: i64,
 }
@@ -60,6 +89,21 @@ fn date_text(d: &Document, k: &str) -> Option<String> {
         t.to_chrono()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     })
+}
+
+fn outcomes(d: &Document, k: &str) -> Vec<OpOutcome> {
+    d.get_array(k)
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .map(OpOutcome::from_doc)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn outcome_docs(ops: &[OpOutcome]) -> Vec<Bson> {
+    ops.iter().map(|o| Bson::Document(o.to_doc())).collect()
 }
 
 impl ChangeRecord {
@@ -85,16 +129,15 @@ impl ChangeRecord {
             backup: d.get_str("backup").ok().map(str::to_string),
             host: text("host"),
             run_id: text("run_id"),
+            down_run_id: d.get_str("down_run_id").ok().map(str::to_string),
+            down_error: d.get_str("down_error").ok().map(str::to_string),
             source: text("source"),
-            ops: d
-                .get_array("ops")
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Bson::as_document)
-                        .map(OpOutcome::from_doc)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            ops: outcomes(d, "ops"),
+            session: d.get_document("session").ok().cloned(),
+            down_session: d.get_document("down_session").ok().cloned(),
+            down_ops: outcomes(d, "down_ops"),
+            down_done: int(d, "down_done").max(0) as usize,
+            down_partial_up: d.get_bool("down_partial_up").unwrap_or(false),
             applied_millis: d
                 .get_datetime("applied_at")
                 .map(|t| t.timestamp_millis())
@@ -111,7 +154,8 @@ pub struct HistoryEntry {
     pub action: String,
     pub version: u64,
     pub name: String,
-    /// applied, failed, restore-failed (up); rolled-back, failed (down)
+    /// applied, failed, restore-failed (up); rolled-back, failed (down); running while it runs,
+    /// interrupted when its process died
     pub status: String,
     pub batch: Option<i64>,
     pub duration_ms: i64,
@@ -120,12 +164,35 @@ pub struct HistoryEntry {
     pub inserted: i64,
     pub deleted: i64,
     pub error: Option<String>,
+    /// What a `down` finishing an interrupted one found and did.
+    pub note: Option<String>,
     pub run_id: String,
     #[serde(skip)]
     pub at_millis: i64,
 }
 
 impl HistoryEntry {
+    /// A line with no counts yet.
+    pub fn new(action: &str, version: u64, name: &str, status: &str, run_id: &str) -> Self {
+        HistoryEntry {
+            at: None,
+            action: action.to_string(),
+            version,
+            name: name.to_string(),
+            status: status.to_string(),
+            batch: None,
+            duration_ms: 0,
+            matched: 0,
+            modified: 0,
+            inserted: 0,
+            deleted: 0,
+            error: None,
+            note: None,
+            run_id: run_id.to_string(),
+            at_millis: 0,
+        }
+    }
+
     fn to_doc(&self) -> Document {
         let mut d = doc! {
             "at": bson::DateTime::now(),
@@ -146,6 +213,9 @@ impl HistoryEntry {
         if let Some(e) = &self.error {
             d.insert("error", crate::redact::redact_text(e));
         }
+        if let Some(n) = &self.note {
+            d.insert("note", n);
+        }
         d
     }
 
@@ -164,6 +234,7 @@ impl HistoryEntry {
             inserted: int(d, "inserted"),
             deleted: int(d, "deleted"),
             error: d.get_str("error").ok().map(str::to_string),
+            note: d.get_str("note").ok().map(str::to_string),
             run_id: text("run_id"),
             at_millis: d
                 .get_datetime("at")
@@ -284,7 +355,7 @@ impl Records<'_> {
             "modified": sum(|o| o.modified),
             "inserted": sum(|o| o.inserted),
             "deleted": sum(|o| o.deleted),
-            "ops": f.ops.iter().map(|o| Bson::Document(o.to_doc())).collect::<Vec<_>>(),
+            "ops": outcome_docs(f.ops),
         };
         if let Some(e) = &f.error {
             set.insert("error", crate::redact::redact_text(e));
@@ -294,6 +365,62 @@ impl Records<'_> {
             .set(&self.table(), &version.to_string(), set, None)
             .await?;
         Ok(())
+    }
+
+    /// Sets fields of a change's record.
+    pub async fn update(&self, version: u64, fields: Document) -> Result<(), StoreError> {
+        self.ledger
+            .store()
+            .set(&self.table(), &version.to_string(), fields, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Records what the operations that started writing will need undone (before the next
+    /// one writes).
+    pub async fn progress(&self, version: u64, ops: &[OpOutcome]) -> Result<(), StoreError> {
+        self.update(version, doc! { "ops": outcome_docs(ops) })
+            .await
+    }
+
+    /// Records that `down` starts reversing the change (`fresh`; `partial_up`: an `up` that
+    /// stopped half way), or takes up where an earlier `down` stopped.
+    pub async fn start_down(
+        &self,
+        version: u64,
+        run_id: &str,
+        fresh: bool,
+        partial_up: bool,
+    ) -> Result<(), StoreError> {
+        let mut set = doc! {
+            "status": REVERSING,
+            "down_run_id": run_id,
+            "down_started_at": bson::DateTime::now(),
+            "down_error": Bson::Null,
+            "down_host": crate::ledger::host(),
+            "down_pid": i64::from(std::process::id()),
+        };
+        if fresh {
+            set.insert("down_ops", Vec::<Bson>::new());
+            set.insert("down_done", 0_i64);
+            set.insert("down_partial_up", partial_up);
+        }
+        self.update(version, set).await
+    }
+
+    /// Records how far `down` got: the file's own down operations that started (what each
+    /// needs undone), and the steps done.
+    pub async fn down_progress(
+        &self,
+        version: u64,
+        down_ops: &[OpOutcome],
+        done: usize,
+    ) -> Result<(), StoreError> {
+        self.update(
+            version,
+            doc! { "down_ops": outcome_docs(down_ops), "down_done": done as i64 },
+        )
+        .await
     }
 
     pub async fn mark_rolled_back(&self, version: u64, duration_ms: u64) -> Result<(), StoreError> {
@@ -313,16 +440,22 @@ impl Records<'_> {
         Ok(())
     }
 
-    pub async fn note_down_error(&self, version: u64, error: &str) -> Result<(), StoreError> {
-        self.ledger
-            .store()
-            .set(
-                &self.table(),
-                &version.to_string(),
-                doc! { "down_error": crate::redact::redact_text(error), "down_failed_at": bson::DateTime::now() },
-                None,
-            )
-            .await?;
-        Ok(())
+    /// Records why a `down` failed, and the change's status after it: `applied` when nothing
+    /// was reversed (its transaction rolled back), `reversing` when part of it was.
+    pub async fn note_down_error(
+        &self,
+        version: u64,
+        error: &str,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        self.update(
+            version,
+            doc! {
+                "status": status,
+                "down_error": crate::redact::redact_text(error),
+                "down_failed_at": bson::DateTime::now(),
+            },
+        )
+        .await
     }
 }

@@ -74,6 +74,11 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 continue_on_error: args.continue_on_error,
             };
             let report = changes::up(&target, &files, &opts).await?;
+            if !args.json {
+                for r in &report.recovered {
+                    crate::outln!("{:<8} {} {}: {}", r.status, r.version, r.name, r.note);
+                }
+            }
             if args.json {
                 crate::outln!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.changes.is_empty() {
@@ -135,7 +140,15 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             if done.is_empty() {
                 crate::outln!("nothing to reverse");
             }
+            if done.iter().any(|r| r.note.is_some()) {
+                crate::outln!(
+                    "finishing what a process that died left half done (nothing else is reversed by this command; run it again for more):"
+                );
+            }
             for r in &done {
+                if let Some(n) = &r.note {
+                    crate::outln!("change {}: {n}", r.version);
+                }
                 crate::outln!(
                     "reversed {} {} ({} ms; restored {}, deleted {})",
                     r.version,
@@ -197,6 +210,9 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 if let Some(err) = &e.error {
                     crate::outln!("{:<24} error: {err}", "");
                 }
+                if let Some(note) = &e.note {
+                    crate::outln!("{:<24} {note}", "");
+                }
             }
             Ok(Outcome::Success)
         }
@@ -250,10 +266,15 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                     if let Some(why) = &s.irreversible_because {
                         crate::outln!("{:<16} {why}", "");
                     }
-                    if matches!(s.state.as_str(), "failed" | "restore-failed")
-                        && let Some(e) = &s.error
+                    if matches!(
+                        s.state.as_str(),
+                        "failed" | "restore-failed" | "down-failed"
+                    ) && let Some(e) = &s.error
                     {
                         crate::outln!("{:<16} last error: {e}", "");
+                    }
+                    if let Some(h) = &s.hint {
+                        crate::outln!("{:<16} {h}", "");
                     }
                 }
             }
