@@ -226,6 +226,30 @@ pub async fn check(
             Ok(m) => m,
             Err(_) => continue,
         };
+        // The destination as it exists: a view or a non-binary collation blocks (migrate
+        // refuses it too); a validator may refuse rows, which only the run can tell.
+        for t in targets.iter() {
+            let Target::Mongo(mt) = t else { continue };
+            match mt.unfit(&plan.collection).await {
+                Ok(Some(why)) => report.blocking.push(format!("{}: {why}", plan.entity)),
+                Ok(None) => {}
+                Err(e) => report.blocking.push(format!("{}: {e}", plan.entity)),
+            }
+            if let Ok(true) = mt.has_validator(&plan.collection).await {
+                report.findings.push(Finding {
+                    entity: plan.entity.clone(),
+                    path: String::new(),
+                    rule: "target_validator".into(),
+                    severity: "warning".into(),
+                    rows: 0,
+                    example_key: String::new(),
+                    example: format!(
+                        "`{}` has a validator in the target: documents it refuses are rejected when written (check cannot tell which)",
+                        plan.collection
+                    ),
+                });
+            }
+        }
         savepoint(&mut session, "SAVEPOINT cutover_check").await;
         let rows = match session.count(&plan.relation).await {
             Ok(n) => n,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use bson::{Document, doc};
 use common::World;
 
 #[tokio::test]
@@ -726,5 +727,95 @@ async fn dotted_column_names_and_capitalised_tables_are_read_as_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}
+
+/// A destination collection that cannot hold the documents as they are — a view, a collection
+/// with a non-binary collation (keys differing by case are one `_id` there) — blocks check and
+/// is refused by migrate before any write; one whose validator refuses every document fails
+/// the stage (it "completed" with every row a reject, and verify excused them all), and check
+/// warns of the validator.
+#[tokio::test]
+async fn a_destination_that_cannot_hold_the_documents_is_found_and_refused() {
+    let w = World::new("check_dest").await;
+    w.sql(
+        "CREATE TABLE t (id text PRIMARY KEY, v int);
+         INSERT INTO t VALUES ('Abc', 1), ('abc', 2), ('ABC', 3), ('x', 4);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let db = w.mongo().await;
+    let check = || {
+        w.cutover()
+            .args(["check", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    // A view.
+    db.create_collection("elsewhere").await.unwrap();
+    db.create_collection("t")
+        .view_on("elsewhere".to_string())
+        .pipeline(vec![])
+        .await
+        .unwrap();
+    let out = check();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("BLOCKING: t: `t` is a view"), "{text}");
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("is a view"), "{text}");
+    db.collection::<Document>("t").drop().await.unwrap();
+
+    // A case-insensitive collation: 'Abc', 'abc' and 'ABC' would be one _id.
+    db.create_collection("t")
+        .collation(
+            mongodb::options::Collation::builder()
+                .locale("en".to_string())
+                .strength(mongodb::options::CollationStrength::Secondary)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let out = check();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("has the collation `en`"), "{text}");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
+    assert_eq!(
+        db.collection::<Document>("t")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        0
+    );
+    db.collection::<Document>("t").drop().await.unwrap();
+
+    // A validator no document fits.
+    db.create_collection("t")
+        .validator(doc! { "$jsonSchema": { "required": ["nowhere"] } })
+        .await
+        .unwrap();
+    let out = check();
+    let text = common::output_text(&out);
+    assert!(text.contains("target_validator"), "{text}");
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the target refused every document it was sent (4"),
+        "{text}"
+    );
+    let report = w.latest_report();
+    assert_eq!(report["entities"][0]["status"], "failed", "{report}");
+    assert_eq!(report["entities"][0]["rejected"], 4, "{report}");
     w.drop().await;
 }

@@ -360,7 +360,7 @@ impl SignOff {
                 for e in v["entities"].as_array().into_iter().flatten() {
                     let _ = writeln!(
                         s,
-                        "{}{}: {} — expected {}, target {}, missing {}, unexpected {}, different {}",
+                        "{}{}: {} — expected {}, target {}, missing {}, unexpected {}, different {}{}",
                         if md { "- " } else { "  " },
                         e["entity"].as_str().unwrap_or("?"),
                         if e["ok"] == true { "OK" } else { "DIFFERS" },
@@ -369,6 +369,12 @@ impl SignOff {
                         problem_count(e, "missing"),
                         problem_count(e, "unexpected"),
                         problem_count(e, "different"),
+                        match e["rejected_by_target"].as_u64() {
+                            Some(n) if n > 0 => format!(
+                                "; {n} rows the target refused when written are not expected (rejects, stage write)"
+                            ),
+                            _ => String::new(),
+                        },
                     );
                 }
             }

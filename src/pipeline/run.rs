@@ -1544,6 +1544,10 @@ async fn write_loop(
     // the checkpoint never passes them.
     let mut failed_batches = 0u64;
     let mut blocked = false;
+    // Documents the target refused, and the first refusal: a target that takes none of them
+    // (a view, a validator that fits nothing) fails the stage rather than "completing" it.
+    let mut refused = 0u64;
+    let mut first_refusal: Option<String> = None;
     while let Some(joined) = results.next().await {
         let (mut batch, result, attempts) =
             joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
@@ -1567,6 +1571,8 @@ async fn write_loop(
                 let (transient, errors): (Vec<_>, Vec<_>) =
                     errors.into_iter().partition(|e| e.transient);
                 for e in errors {
+                    refused += 1;
+                    first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
                     let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
                     let issue = Issue::error(
                         Stage::Write,
@@ -1629,6 +1635,15 @@ async fn write_loop(
         if let Some(c) = checkpointer.as_mut() {
             c.finished(batch.seq, &mut batch).await?;
         }
+    }
+    if refused > 0
+        && counters.written.load(Ordering::Relaxed) == 0
+        && checkpointer.as_ref().is_none_or(|c| c.base.written() == 0)
+    {
+        return Err(RunError::Refused(format!(
+            "{entity}: the target refused every document it was sent ({refused}, each recorded as a reject); the first: {}",
+            first_refusal.unwrap_or_default()
+        )));
     }
     let failed = counters.failed.load(Ordering::Relaxed);
     if failed_batches > 0 {

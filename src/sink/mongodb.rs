@@ -27,6 +27,9 @@ pub enum MongoError {
     WriteConcern(String),
     #[error("unexpected MongoDB reply: {0}")]
     Reply(String),
+    /// The destination exists in a form that cannot hold the documents (see `MongoTarget::unfit`).
+    #[error("{0}")]
+    Unfit(String),
 }
 
 /// A driver error as one readable line: the server's code name and message, or the driver's
@@ -141,7 +144,7 @@ impl Retryable for MongoError {
         match self {
             MongoError::Connect { .. } => true,
             MongoError::WriteConcern(_) => true,
-            MongoError::Reply(_) => false,
+            MongoError::Reply(_) | MongoError::Unfit(_) => false,
             MongoError::Command { cause, .. } => is_transient(cause),
         }
     }
@@ -291,6 +294,61 @@ impl MongoTarget {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Why `collection`, as it exists, cannot hold the run's documents as they are: a view (it
+    /// takes no write), or a collation that is not binary (`_id`s differing by case or accents
+    /// are one key there: distinct source keys would be refused as duplicates). `None` when it
+    /// does not exist or can hold them; a validator is not a reason (it refuses row by row).
+    pub async fn unfit(&self, collection: &str) -> Result<Option<String>, MongoError> {
+        let err = |cause| MongoError::Command {
+            op: format!("listCollections {collection}"),
+            cause,
+        };
+        let mut specs = self
+            .db
+            .list_collections()
+            .filter(doc! { "name": collection })
+            .await
+            .map_err(err)?;
+        use futures::TryStreamExt;
+        let Some(spec) = specs.try_next().await.map_err(err)? else {
+            return Ok(None);
+        };
+        if matches!(spec.collection_type, mongodb::results::CollectionType::View) {
+            return Ok(Some(format!(
+                "`{collection}` is a view in the target: it takes no write (drop it or map the entity to another collection)"
+            )));
+        }
+        if let Some(c) = &spec.options.collation
+            && c.locale != "simple"
+        {
+            return Ok(Some(format!(
+                "`{collection}` has the collation `{}` (strength {:?}): keys differing only by case or accents are one _id there, so distinct source rows would be refused as duplicates (recreate it without a collation, or map the entity to another collection)",
+                c.locale, c.strength
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Whether `collection` has a validator (documents it refuses are rejected, stage write).
+    pub async fn has_validator(&self, collection: &str) -> Result<bool, MongoError> {
+        let err = |cause| MongoError::Command {
+            op: format!("listCollections {collection}"),
+            cause,
+        };
+        use futures::TryStreamExt;
+        let mut specs = self
+            .db
+            .list_collections()
+            .filter(doc! { "name": collection })
+            .await
+            .map_err(err)?;
+        Ok(specs
+            .try_next()
+            .await
+            .map_err(err)?
+            .is_some_and(|s| s.options.validator.is_some()))
     }
 
     /// Whether `collection` holds no document.

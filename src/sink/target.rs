@@ -807,7 +807,10 @@ impl Target {
     /// Sets up the destination of a stage before its first row.
     pub async fn prepare(&self, plan: &Plan) -> Result<(), SinkError> {
         match self {
-            Target::Mongo(_) => Ok(()),
+            Target::Mongo(m) => match m.unfit(&plan.collection).await? {
+                Some(why) => Err(MongoError::Unfit(why).into()),
+                None => Ok(()),
+            },
             Target::Appwrite(a) => Ok(a.prepare(plan).await?),
         }
     }
