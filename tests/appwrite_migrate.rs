@@ -682,6 +682,31 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
         "{target}"
     );
 
+    // The rehearsal predicts the run: a dry run rejects what Appwrite would refuse (it said 0).
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--dry-run",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let dry = w.latest_report();
+    let notes = entity(&dry, "notes");
+    assert_eq!(
+        (notes["written"].as_u64(), notes["rejected"].as_u64()),
+        (Some(1), Some(3)),
+        "{dry}"
+    );
+    assert_eq!(aw.s.writes(), 0, "a dry run writes nothing");
+
     // Migrating anyway: Appwrite refuses the two long rows (rejects with its type), the NaN is
     // rejected before it could become a null, the fourth row is written.
     let out = cutover(

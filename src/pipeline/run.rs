@@ -1171,7 +1171,7 @@ async fn run_entity(
         tx,
         stage.resume.as_ref(),
         stage.since.as_deref(),
-        target.max_document_bytes(),
+        target,
     )
     .await;
     let write_result = match writer {
@@ -1240,8 +1240,9 @@ async fn read_loop(
     tx: mpsc::Sender<Batch>,
     resume: Option<&Resume>,
     since: Option<&str>,
-    max_document_bytes: Option<usize>,
+    target: &Target,
 ) -> Result<(), RunError> {
+    let max_document_bytes = target.max_document_bytes();
     let mut readers = Readers::open(session, plan).await?;
     let readers = &mut readers;
     let mut read_spec = plan.read.clone();
@@ -1307,6 +1308,21 @@ async fn read_loop(
         let size = raw.as_bytes().len();
         let warnings: Vec<&Issue> = mapped.warnings().collect();
         if opts.dry_run {
+            // What the target would refuse before writing (Appwrite's column types and sizes)
+            // is rejected here as the run would: the rehearsal predicts the run's rejects.
+            if let Some((rule, message)) = target.refusal(&plan.collection, &raw) {
+                let issue = Issue::error(Stage::Write, rule, "", message, String::new());
+                reject(
+                    counters,
+                    total_rejected,
+                    rejects,
+                    (&plan.entity, &mapped.key, None),
+                    &[issue],
+                    opts,
+                )?;
+                prev_row = Some(row);
+                continue;
+            }
             if !warnings.is_empty() {
                 EntityCounters::add(&counters.warnings, 1);
                 rejects

@@ -300,21 +300,7 @@ impl AppwriteTarget {
                     continue;
                 }
             };
-            // Refused here, before anything is sent, under the rule `check` names: Appwrite's
-            // JSON has no NaN or infinity (never let them become null), and text longer than
-            // its column would be refused by the server as a bare `row_invalid_structure`.
-            let refusal = match unrepresentable(&d, table, children) {
-                Some(message) => Some(("appwrite_unrepresentable", message)),
-                None => table.and_then(|t| {
-                    let long = too_long(&d, t, children);
-                    let (path, size) = long.iter().next()?;
-                    Some((
-                        "appwrite_string_size",
-                        format!("{path} is longer than the Appwrite column's {size} characters"),
-                    ))
-                }),
-            };
-            match refusal {
+            match refusal(&d, table, children) {
                 Some((rule, message)) => errors.push(DocError {
                     index: i,
                     code: 0,
@@ -467,6 +453,28 @@ impl AppwriteTarget {
 /// an array column's NULL element (a JSON `null` in a `jsonb[]` too) or nested array (`table`
 /// says which columns hold JSON text, whose values may be anything). The rows of its child
 /// tables (`children`) are held to the same rules, a refused child row refusing its parent.
+/// Why Appwrite would refuse `d` as a row of `table` (with `children`), as (rule, message) —
+/// refused before anything is sent, under the rule `check` names: Appwrite's JSON has no NaN
+/// or infinity (never let them become null), and text longer than its column would be refused by
+/// the server as a bare `row_invalid_structure`.
+fn refusal(
+    d: &Document,
+    table: Option<&TableSpec>,
+    children: &[schema::ChildTable],
+) -> Option<(&'static str, String)> {
+    match unrepresentable(d, table, children) {
+        Some(message) => Some(("appwrite_unrepresentable", message)),
+        None => table.and_then(|t| {
+            let long = too_long(d, t, children);
+            let (path, size) = long.iter().next()?;
+            Some((
+                "appwrite_string_size",
+                format!("{path} is longer than the Appwrite column's {size} characters"),
+            ))
+        }),
+    }
+}
+
 pub fn unrepresentable(
     doc: &Document,
     table: Option<&TableSpec>,
@@ -813,6 +821,26 @@ impl Target {
             },
             Target::Appwrite(a) => Ok(a.prepare(plan).await?),
         }
+    }
+
+    /// Why the target would refuse `doc` for `collection` before writing it, as (rule, message):
+    /// what a dry run rejects as the real run would (Appwrite's column types and sizes; MongoDB
+    /// refuses only at the server). Needs the plan described or prepared.
+    pub fn refusal(
+        &self,
+        collection: &str,
+        doc: &bson::RawDocumentBuf,
+    ) -> Option<(&'static str, String)> {
+        let Target::Appwrite(a) = self else {
+            return None;
+        };
+        let layout = a.layout(collection);
+        let (table, children) = match &layout {
+            Some(Layout::Table(spec, children)) => (Some(spec), children.as_slice()),
+            _ => (None, &[][..]),
+        };
+        let d = doc.to_document().ok()?;
+        refusal(&d, table, children)
     }
 
     /// Notes a plan's destination without writing (dry runs).
