@@ -50,11 +50,13 @@ pub enum Command {
     /// compare by _id; list missing, unexpected and different documents; check references.
     Verify(VerifyArgs),
     /// Show every stage's state in the target: applied, pending, failed, interrupted (with its
-    /// checkpoint), rolled back, or changed since applied; and who holds the lock.
+    /// checkpoint), rolling back (a rollback cut short), rolled back, or changed since applied;
+    /// and who holds the lock.
     Status(StatusArgs),
     /// List past runs.
     History(HistoryArgs),
-    /// Undo stages: by default every stage of the last run, newest first.
+    /// Undo stages: by default every stage of the last run, newest first; after a rollback cut
+    /// short, only that rollback (finished from the start).
     Rollback(RollbackArgs),
     /// Inspect or release the lock that keeps two runs apart.
     #[command(subcommand)]
@@ -368,7 +370,7 @@ pub enum LockCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// List backups.
+    /// List backups (`incomplete`: its copy was cut short; prune drops it).
     List(TargetArgs),
     /// Put a backup back into its collection (replacing the collection's documents).
     Restore {
@@ -383,7 +385,7 @@ pub enum BackupCommand {
         target: TargetArgs,
     },
     /// Keep the newest N backups of each collection and drop the rest (data and record); a
-    /// backup `cutover rollback` would restore is always kept.
+    /// backup `cutover rollback` would restore is always kept, an incomplete one always dropped.
     Prune(PruneArgs),
 }
 

@@ -14,12 +14,21 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             if list.is_empty() {
                 crate::outln!("no backups");
             }
+            let live = live_run(&ledger).await?;
             for b in list {
+                let size = if b.complete {
+                    format!("{:>9} docs", b.documents)
+                } else if live.as_deref() == Some(b.run_id.as_str()) {
+                    "in progress".to_string()
+                } else {
+                    // Its run died while copying: nothing to restore, `backup prune` drops it.
+                    "incomplete".to_string()
+                };
                 crate::outln!(
-                    "{:<60} {:<24} {:>9} docs  run {}  {}",
+                    "{:<60} {:<24} {:>14}  run {}  {}",
                     b.name,
                     b.destination,
-                    b.documents,
+                    size,
                     b.run_id,
                     b.created_at.as_deref().unwrap_or("")
                 );
@@ -46,6 +55,12 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             let b = ledger.find_backup(name).await?.ok_or_else(|| {
                 anyhow::anyhow!("no backup named {name} (see `cutover backup list`)")
             })?;
+            if !b.complete && live_run(&ledger).await?.as_deref() == Some(b.run_id.as_str()) {
+                anyhow::bail!(
+                    "{name} is being taken by run {} (it holds the lock); drop it after that run",
+                    b.run_id
+                );
+            }
             ledger.drop_backup(&b).await?;
             crate::outln!("dropped {}", b.name);
             Ok(Outcome::Success)
@@ -73,4 +88,13 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             Ok(Outcome::Success)
         }
     }
+}
+
+/// The run holding the lock, while it lives.
+async fn live_run(ledger: &ledger::Ledger) -> Result<Option<String>> {
+    Ok(ledger
+        .lock_holder()
+        .await?
+        .filter(|h| !h.expired)
+        .map(|h| h.run_id))
 }

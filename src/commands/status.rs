@@ -11,7 +11,7 @@ struct EntityStatus {
     entity: String,
     stage: String,
     collection: String,
-    /// applied, pending, failed, interrupted, running, rolled-back, changed
+    /// applied, pending, failed, interrupted, running, rolling-back, rolled-back, changed
     state: String,
     last_run: Option<String>,
     finished_at: Option<String>,
@@ -29,7 +29,8 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
         super::shared::open_ledger_for(cli, &args.target, Some(&args.pipeline)).await?;
     use super::shared::pipeline_for;
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
-    let latest = ledger.latest_steps().await?;
+    // The step each entity's data is in: after a rolled-back re-run, the run before it.
+    let latest = ledger.current_steps().await?;
     let holder = ledger.lock_holder().await?;
     let live_run = holder
         .as_ref()
@@ -91,6 +92,9 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
                 format!("checkpoint at {} rows", r.checkpoint_rows)
             }
             "changed" => "mapping changed since applied".to_string(),
+            "rolling-back" if live_run.is_none() => {
+                "rollback interrupted: finish it with `cutover rollback`".to_string()
+            }
             _ => String::new(),
         };
         crate::outln!(

@@ -66,6 +66,9 @@ pub const RUNNING: &str = "running";
 pub const COMPLETED: &str = "completed";
 pub const FAILED: &str = "failed";
 pub const ROLLED_BACK: &str = "rolled-back";
+/// A step being rolled back: recorded before its destination is touched, so a rollback cut short
+/// (kill -9) shows, is not taken for applied, and is finished by `cutover rollback`.
+pub const ROLLING_BACK: &str = "rolling-back";
 /// A run or step whose process died or lost the lock before it ended (resumable from its
 /// checkpoint).
 pub const INTERRUPTED: &str = "interrupted";
@@ -73,6 +76,50 @@ pub const INTERRUPTED: &str = "interrupted";
 /// Whether a step with this status stopped before its end (its checkpoint can be resumed).
 pub fn unfinished(status: &str) -> bool {
     status == RUNNING || status == FAILED || status == INTERRUPTED
+}
+
+/// Whether `next` (the step after `prev` of the same entity) took over `prev`'s record of the
+/// destination before the stage (a resumed or restarted step does): undoing `next` undoes `prev`.
+fn inherits(next: &StepRecord, prev: &StepRecord) -> bool {
+    next.destination == prev.destination
+        && next.was_empty == prev.was_empty
+        && next.backup == prev.backup
+}
+
+/// The steps whose writes are undone (`steps` oldest first): those rolled back, and the unfinished
+/// steps a rolled-back step continued (its restore put the destination back before them too).
+pub fn undone(steps: &[StepRecord]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut next: BTreeMap<&str, &StepRecord> = BTreeMap::new();
+    for s in steps.iter().rev() {
+        let gone = s.status == ROLLED_BACK
+            || (unfinished(&s.status)
+                && next
+                    .get(s.entity.as_str())
+                    .is_some_and(|n| out.contains(&n.id) && inherits(n, s)));
+        if gone {
+            out.insert(s.id.clone());
+        }
+        next.insert(&s.entity, s);
+    }
+    out
+}
+
+/// The step each entity's data is in (`steps` oldest first): its latest step not undone — after a
+/// rollback of a re-run, or a re-run restored on failure, the run before it — or, when every step
+/// is undone, its latest (rolled back).
+pub fn current_steps(steps: &[StepRecord]) -> BTreeMap<String, StepRecord> {
+    let undone = undone(steps);
+    let mut out: BTreeMap<String, StepRecord> = BTreeMap::new();
+    for s in steps {
+        let keep = out
+            .get(&s.entity)
+            .is_some_and(|c| !undone.contains(&c.id) && undone.contains(&s.id));
+        if !keep {
+            out.insert(s.entity.clone(), s.clone());
+        }
+    }
+    out
 }
 
 /// One step (an entity within a run) as the ledger holds it.
@@ -496,6 +543,17 @@ impl Ledger {
         Ok(marked)
     }
 
+    /// Marks a step as being rolled back, before its destination is touched.
+    pub async fn mark_rolling_back(&self, step_id: &str) -> Result<(), LedgerError> {
+        self.set(
+            "mark rolling back",
+            &self.steps(),
+            step_id,
+            doc! { "status": ROLLING_BACK, "rolling_back_at": bson::DateTime::now() },
+        )
+        .await
+    }
+
     /// Marks a step rolled back.
     pub async fn mark_rolled_back(&self, step_id: &str) -> Result<(), LedgerError> {
         self.set(
@@ -533,21 +591,17 @@ impl Ledger {
         Ok(docs.iter().map(|d| StepRecord::from_doc(d, kind)).collect())
     }
 
-    /// The latest step of each entity.
-    pub async fn latest_steps(&self) -> Result<BTreeMap<String, StepRecord>, LedgerError> {
-        let mut latest = BTreeMap::new();
-        for s in self.all_steps().await? {
-            latest.insert(s.entity.clone(), s);
-        }
-        Ok(latest)
+    /// The step each entity's data is in (see [`current_steps`]).
+    pub async fn current_steps(&self) -> Result<BTreeMap<String, StepRecord>, LedgerError> {
+        Ok(current_steps(&self.all_steps().await?))
     }
 
-    /// Entities whose latest step completed.
+    /// Entities whose current step completed.
     pub async fn completed_entities(
         &self,
     ) -> Result<std::collections::BTreeSet<String>, LedgerError> {
         Ok(self
-            .latest_steps()
+            .current_steps()
             .await?
             .into_iter()
             .filter(|(_, s)| s.status == COMPLETED)
@@ -614,7 +668,9 @@ impl Ledger {
     }
 
     /// Copies `destination` (in the target) into a backup and records it; returns its name, size
-    /// and how long it took (the copy and its record).
+    /// and how long it took (the copy and its record). The record comes first, `in-progress`, and
+    /// is completed after the copy: a copy cut short (kill -9) is listed as incomplete, never
+    /// restored, and dropped by `backup drop` and `backup prune`.
     pub async fn backup(
         &self,
         destination: &Destination,
@@ -624,21 +680,33 @@ impl Ledger {
         let started = std::time::Instant::now();
         let copy = self.store.backup_of(destination, run_id);
         let name = copy.to_string();
-        let docs = self
-            .store
-            .copy_data(destination, &copy)
-            .await
-            .map_err(lerr("backup"))?;
         let record = doc! {
             "destination": destination_bson(destination).map_err(lerr("record backup"))?,
             "copy": destination_bson(&copy).map_err(lerr("record backup"))?,
             "run_id": run_id,
             "entity": entity,
-            "documents": docs as i64,
+            "status": BACKUP_IN_PROGRESS,
+            "documents": 0_i64,
             "created_at": bson::DateTime::now(),
         };
         self.put("record backup", &self.backups(), &name, &record)
             .await?;
+        let docs = self
+            .store
+            .copy_data(destination, &copy)
+            .await
+            .map_err(lerr("backup"))?;
+        self.set(
+            "complete backup",
+            &self.backups(),
+            &name,
+            doc! {
+                "status": BACKUP_COMPLETE,
+                "documents": docs as i64,
+                "completed_at": bson::DateTime::now(),
+            },
+        )
+        .await?;
         Ok(TakenBackup {
             name,
             documents: docs,
@@ -669,6 +737,8 @@ impl Ledger {
                 entity: text(d, "entity"),
                 documents: int(d, "documents"),
                 created_at: date_text(d, "created_at"),
+                // Records before backups were recorded ahead of their copy are complete.
+                complete: d.get_str("status").unwrap_or(BACKUP_COMPLETE) == BACKUP_COMPLETE,
             })
             .collect())
     }
@@ -681,8 +751,18 @@ impl Ledger {
             .find(|b| b.name == name))
     }
 
-    /// Replaces the contents of the backup's destination with the backup (indexes are kept).
+    /// Replaces the contents of the backup's destination with the backup (indexes are kept);
+    /// refuses an incomplete backup (its copy was cut short).
     pub async fn restore_backup(&self, b: &BackupRecord) -> Result<(), LedgerError> {
+        if !b.complete {
+            return Err(LedgerError {
+                op: "restore backup".into(),
+                cause: StoreError::Corrupt(format!(
+                    "{} is incomplete (its copy was cut short) and cannot be restored",
+                    b.name
+                )),
+            });
+        }
         self.store
             .copy_data(&b.copy, &b.destination)
             .await
@@ -722,7 +802,13 @@ pub struct BackupRecord {
     pub entity: String,
     pub documents: i64,
     pub created_at: Option<String>,
+    /// Its copy finished (false: being taken, or its run died before the copy was done).
+    pub complete: bool,
 }
+
+/// Status of a backup record: recorded before its copy begins, completed after.
+pub const BACKUP_IN_PROGRESS: &str = "in-progress";
+pub const BACKUP_COMPLETE: &str = "complete";
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::{BackupRecord, Ledger, LedgerError, ROLLED_BACK, StepRecord};
+use super::{BackupRecord, Ledger, LedgerError, StepRecord};
 use crate::sink::target::Destination;
 
 /// Why a backup stays.
@@ -54,7 +54,8 @@ pub struct PruneRequest {
 pub fn needed_by_rollback(steps: &[StepRecord]) -> BTreeMap<String, Keep> {
     let mut earliest: BTreeMap<&str, &StepRecord> = BTreeMap::new();
     let mut latest: BTreeMap<&str, &StepRecord> = BTreeMap::new();
-    for s in steps.iter().filter(|s| s.status != ROLLED_BACK) {
+    let undone = super::undone(steps);
+    for s in steps.iter().filter(|s| !undone.contains(&s.id)) {
         earliest.entry(&s.entity).or_insert(s);
         latest.insert(&s.entity, s);
     }
@@ -85,6 +86,14 @@ pub fn decide(backups: &[BackupRecord], steps: &[StepRecord], req: &PruneRequest
             .as_ref()
             .is_some_and(|e| !e.contains(&b.entity))
         {
+            continue;
+        }
+        // A backup whose copy was cut short holds nothing to restore: always dropped.
+        if !b.complete {
+            out.push(Verdict {
+                backup: b.clone(),
+                keep: None,
+            });
             continue;
         }
         let rank = seen.entry((&b.entity, &b.destination)).or_insert(0);
@@ -131,10 +140,17 @@ pub fn render(verdicts: &[Verdict], dry_run: bool) -> String {
     let mut dropped = 0;
     for v in verdicts {
         let b = &v.backup;
-        let what = format!(
-            "{} ({}, {} docs, run {})",
-            b.name, b.destination, b.documents, b.run_id
-        );
+        let what = if b.complete {
+            format!(
+                "{} ({}, {} docs, run {})",
+                b.name, b.destination, b.documents, b.run_id
+            )
+        } else {
+            format!(
+                "{} ({}, incomplete: run {} ended before its copy was done)",
+                b.name, b.destination, b.run_id
+            )
+        };
         let _ = match &v.keep {
             None => {
                 dropped += 1;
@@ -161,6 +177,7 @@ pub fn render(verdicts: &[Verdict], dry_run: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::{FAILED, INTERRUPTED, ROLLED_BACK};
 
     fn backup(name: &str, entity: &str, run: &str) -> BackupRecord {
         BackupRecord {
@@ -173,6 +190,7 @@ mod tests {
             entity: entity.into(),
             documents: 3,
             created_at: None,
+            complete: true,
         }
     }
 
@@ -313,6 +331,49 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(dropped(&v), ["e1"]);
         assert_eq!(v[0].keep, Some(Keep::ThisRun));
+    }
+
+    #[test]
+    fn an_incomplete_backup_is_always_dropped_and_never_counted_among_the_newest() {
+        let (mut backups, steps) = three_reruns();
+        // r5 was killed while copying: its backup record says in progress.
+        let mut cut = backup("b5", "kinds", "r5");
+        cut.complete = false;
+        backups.insert(0, cut);
+        let req = PruneRequest {
+            keep: 2,
+            ..Default::default()
+        };
+        let v = decide(&backups, &steps, &req);
+        assert_eq!(dropped(&v), ["b5", "b2"]);
+        assert!(render(&v, true).contains("would drop b5 (kinds, incomplete: run r5"));
+    }
+
+    #[test]
+    fn a_rerun_restored_on_failure_leaves_the_run_before_it_current() {
+        // r1 applied kinds; r2 re-ran it and was killed; r3 resumed r2 and failed, restored.
+        let (_, mut steps) = three_reruns();
+        steps.truncate(2);
+        steps[1].status = INTERRUPTED.into();
+        let mut r3 = step("r3", "kinds", ROLLED_BACK, Some("b2"));
+        r3.resumed_from = Some("r2".into());
+        steps.push(r3);
+        let undone = crate::ledger::undone(&steps);
+        assert_eq!(undone.len(), 2, "{undone:?}");
+        let current = crate::ledger::current_steps(&steps);
+        assert_eq!(current["kinds"].run_id, "r1");
+        // b2 (the state r1 left) is needed by nobody: rolling kinds back now undoes r1.
+        assert!(needed_by_rollback(&steps).is_empty());
+        // A failed step the next one did not continue (it took a backup of its own) stays.
+        steps[2].backup = Some("b3".into());
+        steps[1].status = FAILED.into();
+        let current = crate::ledger::current_steps(&steps);
+        assert_eq!(current["kinds"].run_id, "r2");
+        // Every step undone: the latest is current (rolled back).
+        for s in &mut steps {
+            s.status = ROLLED_BACK.into();
+        }
+        assert_eq!(crate::ledger::current_steps(&steps)["kinds"].run_id, "r3");
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Rollback: undo stages in reverse order, restoring each collection to what it held before the
 //! stage (emptied when the stage found it empty, else restored from the stage's backup). Undoing
 //! several steps of one entity restores once: the state before the oldest of them.
+//!
+//! Every step to undo is marked `rolling-back` before the first destination is touched, and
+//! `rolled-back` once its destination is restored: a rollback cut short (kill -9) leaves its
+//! steps `rolling-back` — not applied — and the next `cutover rollback` finishes them (a restore
+//! replaces the destination's contents, so it may run again).
 
 use std::collections::BTreeSet;
 
@@ -28,23 +33,28 @@ pub struct Undo {
     pub restore: bool,
 }
 
-fn active(s: &StepRecord) -> bool {
-    s.status != ledger::ROLLED_BACK
-}
-
 /// Works out which steps to undo, newest first, refusing to strand dependents unless `cascade`.
 pub async fn plan(
     pipeline: &Pipeline,
     ledger: &Ledger,
     req: &RollbackRequest,
 ) -> Result<Vec<Undo>, RunError> {
-    let steps: Vec<StepRecord> = ledger
-        .all_steps()
-        .await?
+    let all = ledger.all_steps().await?;
+    let undone = ledger::undone(&all);
+    let steps: Vec<StepRecord> = all
         .into_iter()
-        .filter(active)
+        .filter(|s| !undone.contains(&s.id))
         .collect();
-    let mut chosen: Vec<StepRecord> = if req.all {
+    // A rollback cut short is finished first, whatever else is asked; alone when nothing is.
+    let unfinished: Vec<StepRecord> = steps
+        .iter()
+        .filter(|s| s.status == ledger::ROLLING_BACK)
+        .cloned()
+        .collect();
+    let asked = req.all || req.steps.is_some() || !req.names.is_empty();
+    let mut chosen: Vec<StepRecord> = if !asked && !unfinished.is_empty() {
+        Vec::new()
+    } else if req.all {
         steps.clone()
     } else if let Some(n) = req.steps {
         steps.iter().rev().take(n).cloned().collect()
@@ -70,6 +80,7 @@ pub async fn plan(
             .cloned()
             .collect()
     };
+    chosen.extend(unfinished);
 
     // Entities still applied after this rollback that depend on one being rolled back.
     loop {
@@ -109,20 +120,28 @@ pub async fn plan(
     chosen.sort_by(|a, b| {
         (b.started_at.clone(), b.run_number).cmp(&(a.started_at.clone(), a.run_number))
     });
-    chosen.dedup_by(|a, b| a.id == b.id);
+    let mut seen = BTreeSet::new();
+    chosen.retain(|s| seen.insert(s.id.clone()));
     // Newest first: the last step of an entity in `chosen` is the oldest, the one that restores.
     let mut oldest = std::collections::BTreeMap::new();
     for s in &chosen {
         oldest.insert(s.entity.clone(), s.id.clone());
     }
+    // Only a complete backup restores (an incomplete one's copy was cut short).
     let backups: BTreeSet<String> = ledger
         .list_backups()
         .await?
         .into_iter()
+        .filter(|b| b.complete)
         .map(|b| b.name)
         .collect();
     let mut out = Vec::new();
     for s in chosen {
+        let again = if s.status == ledger::ROLLING_BACK {
+            " (finishing an interrupted rollback)"
+        } else {
+            ""
+        };
         if oldest.get(&s.entity) != Some(&s.id) {
             let action = format!(
                 "nothing to restore: an older step of {} is rolled back too",
@@ -137,7 +156,7 @@ pub async fn plan(
         }
         let action = if s.was_empty {
             format!(
-                "empty {} (it was empty before run {})",
+                "empty {} (it was empty before run {}){again}",
                 s.destination, s.run_id
             )
         } else if let Some(b) = &s.backup {
@@ -147,7 +166,7 @@ pub async fn plan(
                     s.entity, s.run_id, s.destination
                 )));
             }
-            format!("restore {} from backup {b}", s.destination)
+            format!("restore {} from backup {b}{again}", s.destination)
         } else {
             return Err(RunError::Refused(format!(
                 "{} (run {}) is not reversible: {} was not empty and no backup was taken",
@@ -163,9 +182,14 @@ pub async fn plan(
     Ok(out)
 }
 
-/// Carries out `undos` in order and marks each step rolled back: an entity's steps all at once,
-/// once its collection is restored.
+/// Carries out `undos` in order: marks every step `rolling-back` first, then restores each
+/// entity's collection and marks its steps rolled back, all at once.
 pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
+    for u in undos {
+        if u.step.status != ledger::ROLLING_BACK {
+            ledger.mark_rolling_back(&u.step.id).await?;
+        }
+    }
     for u in undos.iter().filter(|u| u.restore) {
         restore_step(
             ledger,
@@ -178,5 +202,32 @@ pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
             ledger.mark_rolled_back(&done.step.id).await?;
         }
     }
+    Ok(())
+}
+
+/// Puts one step's destination back as it was before the step (`--restore-on-failure`), recorded
+/// as a rollback: the step is `rolling-back` while its destination is touched, then
+/// `rolled-back`; a restore cut short is finished by `cutover rollback`. Refuses, before any
+/// change, when there is nothing to restore from.
+pub async fn restore_failed_step(
+    ledger: &Ledger,
+    step_id: &str,
+    destination: &crate::sink::target::Destination,
+    was_empty: bool,
+    backup: Option<&str>,
+) -> Result<(), RunError> {
+    if !was_empty {
+        let found = match backup {
+            Some(name) => ledger.find_backup(name).await?.filter(|b| b.complete),
+            None => None,
+        };
+        if found.is_none() {
+            // restore_step says why (no backup, or gone).
+            return restore_step(ledger, destination, was_empty, backup).await;
+        }
+    }
+    ledger.mark_rolling_back(step_id).await?;
+    restore_step(ledger, destination, was_empty, backup).await?;
+    ledger.mark_rolled_back(step_id).await?;
     Ok(())
 }

@@ -246,18 +246,25 @@ fn decide(
             "--sync-deletes goes with --since-last (the catch-up) or --rerun".into(),
         ));
     }
-    let mut latest = std::collections::BTreeMap::new();
+    // The step each entity's data is in: after a rolled-back re-run, the run before it.
+    let latest = ledger::current_steps(history);
     let mut completed = std::collections::BTreeMap::new();
     for s in history {
-        latest.insert(s.entity.clone(), s.clone());
         if s.status == ledger::COMPLETED {
             completed.insert(s.entity.clone(), s.clone());
         }
     }
     let mut out = Vec::new();
     let mut changed = Vec::new();
+    let mut rolling_back = Vec::new();
     for s in steps {
         let m = pipeline.mappings.get(&s.entity)?;
+        if let Some(prev) = latest.get(&s.entity)
+            && prev.status == ledger::ROLLING_BACK
+        {
+            rolling_back.push(format!("{} (run {})", s.entity, prev.run_id));
+            continue;
+        }
         let last_completed = completed.get(&s.entity);
         // A stage without a change-tracking column cannot know its delta: it is copied in full.
         let since = match (opts.since_last, last_completed) {
@@ -325,6 +332,12 @@ fn decide(
             },
         };
         out.push((s.clone(), d));
+    }
+    if !rolling_back.is_empty() {
+        return Err(RunError::Refused(format!(
+            "the rollback of {} did not finish: its data is partly restored; finish it with `cutover rollback` (it restores again from the start)",
+            rolling_back.join(", ")
+        )));
     }
     if !changed.is_empty() {
         return Err(RunError::Refused(format!(
@@ -643,8 +656,14 @@ async fn migrate_locked(
             };
             if report.status == "failed" && opts.restore_on_failure && still_ours {
                 let step_id = format!("{run_id}:{}", p.entity);
-                restore_step(ledger, &destination, was_empty, backup.as_deref()).await?;
-                ledger.mark_rolled_back(&step_id).await?;
+                super::rollback::restore_failed_step(
+                    ledger,
+                    &step_id,
+                    &destination,
+                    was_empty,
+                    backup.as_deref(),
+                )
+                .await?;
                 report.status = "failed, restored".into();
             }
         }

@@ -4,7 +4,7 @@
 //! row the mapping rejects — so verify does not call it missing.
 //!
 //! The source of truth is the rejects files of the steps whose writes make up what the target
-//! holds of the entity now: the entity's latest step in the ledger (rolled-back steps aside), and
+//! holds of the entity now: the entity's latest step in the ledger (undone steps aside), and
 //! the steps it continues — the one it resumed (`resumed_from`) and, for a delta step, the one
 //! before it. Only exactly the keys recorded there are excused, and only when they are missing: a
 //! count would let a different missing row hide behind a refused one, and a refused key whose row
@@ -45,12 +45,14 @@ impl WriteRejects {
 }
 
 /// The steps of `entity` whose writes make up what the target holds now, newest first: the latest
-/// step that was not rolled back, then each step it continues (the run it resumed, or for a delta
+/// step not undone (see [`ledger::undone`]), then each step it continues (the run it resumed, or for a delta
 /// step the step before it). `steps` oldest first, as [`Ledger::all_steps`] gives them.
 pub fn steps_behind<'s>(steps: &'s [StepRecord], entity: &str) -> Vec<&'s StepRecord> {
+    // Undone steps aside: those rolled back and the unfinished ones a rolled-back step continued.
+    let undone = ledger::undone(steps);
     let mine: Vec<&StepRecord> = steps
         .iter()
-        .filter(|s| s.entity == entity && s.status != ledger::ROLLED_BACK)
+        .filter(|s| s.entity == entity && !undone.contains(&s.id))
         .collect();
     let mut out = Vec::new();
     let mut at = mine.len().checked_sub(1);
