@@ -1061,3 +1061,141 @@ async fn appwrite_verify_compares_a_child_table_under_keys_differing_by_case() {
 async fn appwrite_verify_compares_a_json_embed_under_keys_differing_by_case() {
     embed_comparison_holds_for_the_key_shape(&CASE_SHAPE, false).await;
 }
+
+/// Issue #11: references stored inside JSON text — a nested document's field, an embed stored as
+/// JSON, an embedded array of reference values — are the referenced rows' ids, as top-level
+/// references and child tables are (they were the MongoDB `_id`: a uuid as `{"$binary"…}`, a
+/// key with a capital raw while its row id is hashed), and verify checks them: one pointing
+/// nowhere is a broken reference under its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_inside_json_text_are_row_ids_and_verified() {
+    let w = World::new("aw_json_refs").await;
+    w.sql(
+        "CREATE TABLE u (k uuid PRIMARY KEY, v text);
+         INSERT INTO u VALUES ('6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 'a'),
+                              ('00000000-0000-0000-0000-000000000001', 'b');
+         CREATE TABLE t (k text PRIMARY KEY, v text);
+         INSERT INTO t VALUES ('Abc', 'x'), ('a b', 'y'), ('plain', 'z');
+         CREATE TABLE r (id int PRIMARY KEY, ou uuid, ot text);
+         INSERT INTO r VALUES (1, '6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 'Abc'),
+                              (2, '00000000-0000-0000-0000-000000000001', 'a b'),
+                              (3, NULL, 'plain');
+         CREATE TABLE kid (rid int, n int, ot text, ou uuid, PRIMARY KEY (rid, n));
+         INSERT INTO kid VALUES (1, 1, 'Abc', '6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162'),
+                                (1, 2, 'a b', NULL), (2, 1, 'plain', '00000000-0000-0000-0000-000000000001');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    for (name, text) in [
+        (
+            "u",
+            "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"k\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+        ),
+        (
+            "t",
+            "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"k\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+        ),
+        (
+            "r",
+            "version = 1\nname = \"r\"\n[source]\ntable = \"r\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"ou\"\ncolumn = \"ou\"\nreference = \"u\"\n\
+             [[field]]\npath = \"nested.ou\"\ncolumn = \"ou\"\nreference = \"u\"\n\
+             [[field]]\npath = \"nested.ot\"\ncolumn = \"ot\"\nreference = \"t\"\n\
+             [[embed]]\npath = \"kids\"\ntable = \"kid\"\nforeign_key = \"rid\"\norder_by = [\"n\"]\n\
+             [[embed.field]]\npath = \"ot\"\ncolumn = \"ot\"\nreference = \"t\"\n\
+             [[embed.field]]\npath = \"deep.ou\"\ncolumn = \"ou\"\nreference = \"u\"\n\
+             [[embed]]\npath = \"tags\"\ntable = \"kid\"\nforeign_key = \"rid\"\norder_by = [\"n\"]\nelement = \"value\"\n\
+             [[embed.field]]\npath = \"ot\"\ncolumn = \"ot\"\nreference = \"t\"\n",
+        ),
+    ] {
+        std::fs::write(dir.join(format!("mappings/{name}.toml")), text).unwrap();
+    }
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
+         [[stage]]\nname = \"refs\"\nentities = [\"u\", \"t\"]\n\
+         [[stage]]\nname = \"main\"\nentities = [\"r\"]\ndepends_on = [\"refs\"]\n",
+    )
+    .unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let ids = |table: &str| -> std::collections::BTreeSet<String> {
+        s.rows("registry", table)
+            .iter()
+            .map(|r| r["$id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (u_ids, t_ids) = (ids("u"), ids("t"));
+    let row = |id: &str| {
+        s.rows("registry", "r")
+            .into_iter()
+            .find(|r| r["$id"] == id)
+            .unwrap()
+    };
+    let one = row("1");
+    let nested: Value = serde_json::from_str(one["nested"].as_str().unwrap()).unwrap();
+    let kids: Value = serde_json::from_str(one["kids"].as_str().unwrap()).unwrap();
+    assert!(u_ids.contains(nested["ou"].as_str().unwrap()), "{one}");
+    assert!(t_ids.contains(nested["ot"].as_str().unwrap()), "{one}");
+    assert!(t_ids.contains(kids[0]["ot"].as_str().unwrap()), "{one}");
+    assert!(t_ids.contains(kids[1]["ot"].as_str().unwrap()), "{one}");
+    assert!(
+        u_ids.contains(kids[0]["deep"]["ou"].as_str().unwrap()),
+        "{one}"
+    );
+    for tag in one["tags"].as_array().unwrap() {
+        assert!(t_ids.contains(tag.as_str().unwrap()), "{one}");
+    }
+    let out_path = dir.join("verify.json").display().to_string();
+    let verify = || {
+        command(
+            &w,
+            &endpoint,
+            &["verify", "--pipeline", &pipeline, "-o", &out_path],
+        )
+    };
+    let out = output(verify()).await;
+    assert!(out.status.success(), "{}", out_text(&out));
+
+    // A reference inside the JSON embed pointing nowhere is named.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&endpoint, "cutover", KEY, None).unwrap();
+    let mut tampered = kids.clone();
+    tampered[0]["ot"] = serde_json::json!("nowhere");
+    client
+        .update_row(
+            "registry",
+            "r",
+            "1",
+            &serde_json::json!({ "kids": tampered.to_string() }),
+        )
+        .await
+        .unwrap();
+    let out = output(verify()).await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let r = json["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "r")
+        .unwrap();
+    let broken: Vec<&str> = r["broken_references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(broken, ["kids.ot"], "{r}");
+    w.drop().await;
+}

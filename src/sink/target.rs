@@ -937,6 +937,7 @@ mod tests {
                 kind: schema::Kind::Json,
                 array: false,
                 reference: false,
+                json_refs: Vec::new(),
             }],
             indexes: Vec::new(),
         };

@@ -24,6 +24,7 @@ use super::{
     hash_bytes, spill_err,
 };
 use crate::mapping::plan::Plan;
+use crate::mapping::spec::EmbedElement;
 use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
 use crate::pipeline::run::RunError;
 use crate::pipeline::spill::{Absent, Sorted, Spill};
@@ -36,6 +37,27 @@ use crate::transform::row::MapContext;
 
 fn aerr(e: AppwriteError) -> RunError {
     RunError::Sink(e.into())
+}
+
+/// The reference ids at `path` inside `v` (through objects and, element by element, arrays).
+fn reference_strings(v: &Value, path: &[String], out: &mut Vec<String>) {
+    match (v, path.split_first()) {
+        (Value::Array(items), _) => {
+            for i in items {
+                reference_strings(i, path, out);
+            }
+        }
+        (Value::Object(o), Some((first, rest))) => {
+            if let Some(x) = o.get(first) {
+                reference_strings(x, rest, out);
+            }
+        }
+        (Value::String(s), None) => out.push(s.clone()),
+        // Anything else where a reference belongs is no row id: named as it is.
+        (Value::Null, _) => {}
+        (other, None) => out.push(other.to_string()),
+        _ => {}
+    }
 }
 
 /// A column value in canonical form.
@@ -448,14 +470,32 @@ pub async fn verify_entity(
     }
 
     // Target side: (row id → hash), the referenced values, the elements of embedded arrays.
-    let ref_fields: Vec<(String, String)> = plan
-        .fields
-        .iter()
-        .filter_map(|f| {
-            let r = f.reference.as_ref()?;
-            (f.path.len() == 1).then(|| (f.path_text.clone(), r.entity.clone()))
-        })
-        .collect();
+    // (the path as named, the column, the path inside its JSON text, the entity referenced):
+    // top-level reference columns (arrays of them too) and references inside JSON text.
+    let mut ref_fields: Vec<(String, String)> = Vec::new();
+    let mut ref_places: Vec<(String, Vec<String>)> = Vec::new();
+    if !users_shape {
+        for f in &plan.fields {
+            if let (Some(r), 1) = (&f.reference, f.path.len()) {
+                ref_fields.push((f.path_text.clone(), r.entity.clone()));
+                ref_places.push((f.path_text.clone(), Vec::new()));
+            }
+        }
+        for e in plan
+            .embeds
+            .iter()
+            .filter(|e| !e.appwrite_table && e.path.len() == 1 && e.element == EmbedElement::Value)
+        {
+            if let Some(r) = e.fields.first().and_then(|f| f.reference.as_ref()) {
+                ref_fields.push((e.path_text.clone(), r.entity.clone()));
+                ref_places.push((e.path_text.clone(), Vec::new()));
+            }
+        }
+        for (key, path, entity) in schema::json_references(plan) {
+            ref_fields.push((format!("{key}.{}", path.join(".")), entity));
+            ref_places.push((key, path));
+        }
+    }
     let mut ref_values: Vec<Spill> = ref_fields.iter().map(|_| Spill::new()).collect();
     let mut embedded_elements = vec![0u64; plan.embeds.len()];
     let mut actual = Spill::new();
@@ -478,8 +518,18 @@ pub async fn verify_entity(
                     _ => 0,
                 };
             }
-            for ((field, _), values) in ref_fields.iter().zip(ref_values.iter_mut()) {
-                if let Some(v) = r.get(field).and_then(Value::as_str) {
+            for ((key, path), values) in ref_places.iter().zip(ref_values.iter_mut()) {
+                let mut found = Vec::new();
+                match (r.get(key), path.is_empty()) {
+                    (Some(v), true) => reference_strings(v, &[], &mut found),
+                    (Some(Value::String(text)), false) => {
+                        if let Ok(v) = serde_json::from_str::<Value>(text) {
+                            reference_strings(&v, path, &mut found);
+                        }
+                    }
+                    _ => {}
+                }
+                for v in found {
                     values
                         .push(v.as_bytes().to_vec(), Vec::new())
                         .map_err(spill_err)?;

@@ -33,6 +33,9 @@ pub struct ColumnSpec {
     pub array: bool,
     /// Holds references: written as the referenced row's id (whatever the key's type).
     pub reference: bool,
+    /// A JSON text column: the paths inside its value (through documents and arrays) that hold
+    /// references, written as the referenced rows' ids too.
+    pub json_refs: Vec<Vec<String>>,
 }
 
 impl ColumnSpec {
@@ -197,12 +200,29 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
                 None => (Kind::Text(64), false), // exact copies of timestamps
             },
         };
-        let reference = matches!(node, LayoutNode::Slot(i) if plan.fields.get(*i).is_some_and(|f| f.reference.is_some()));
+        let reference = match node {
+            LayoutNode::Slot(i) => match plan.fields.get(*i) {
+                Some(f) => f.reference.is_some(),
+                // An embedded array of values: each element a reference.
+                None => l.embed_slot.iter().position(|s| s == i).is_some_and(|e| {
+                    let e = &plan.embeds[e];
+                    e.element == EmbedElement::Value
+                        && e.fields.first().is_some_and(|f| f.reference.is_some())
+                }),
+            },
+            LayoutNode::Doc(_) => false,
+        };
+        let json_refs = if kind == Kind::Json {
+            json_reference_paths(plan, key)
+        } else {
+            Vec::new()
+        };
         columns.push(ColumnSpec {
             key: key.clone(),
             kind,
             array,
             reference,
+            json_refs,
         });
     }
     let indexes = plan
@@ -218,6 +238,67 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
         id: plan.collection.clone(),
         columns,
         indexes,
+    }
+}
+
+/// The paths, inside the JSON value of top-level key `key`, that hold references: fields of a
+/// nested document (`key.x.y`), fields of an embed stored as JSON (`key` its array, or below),
+/// and an embedded array of reference values.
+fn json_reference_paths(plan: &Plan, key: &str) -> Vec<Vec<String>> {
+    json_references(plan)
+        .into_iter()
+        .filter(|(k, _, _)| k == key)
+        .map(|(_, path, _)| path)
+        .collect()
+}
+
+/// Every reference stored inside a JSON text column of the plan's table: (the column, the path
+/// inside its value, the entity referenced).
+pub fn json_references(plan: &Plan) -> Vec<(String, Vec<String>, String)> {
+    let mut out: Vec<(String, Vec<String>, String)> = plan
+        .fields
+        .iter()
+        .filter(|f| f.path.len() > 1)
+        .filter_map(|f| {
+            let r = f.reference.as_ref()?;
+            Some((f.path[0].clone(), f.path[1..].to_vec(), r.entity.clone()))
+        })
+        .collect();
+    for e in plan.embeds.iter().filter(|e| !e.appwrite_table) {
+        // An embedded array of values at the top level is an array column, not JSON text.
+        if e.path.len() == 1 && e.element == EmbedElement::Value {
+            continue;
+        }
+        for f in &e.fields {
+            let Some(r) = &f.reference else { continue };
+            let mut p = e.path[1..].to_vec();
+            if e.element == EmbedElement::Document {
+                p.extend(f.path.iter().cloned());
+            }
+            out.push((e.path[0].clone(), p, r.entity.clone()));
+        }
+    }
+    out
+}
+
+/// Rewrites the references at `path` inside `v` (through documents and, element by element,
+/// arrays) as the referenced rows' ids; an empty path is `v` itself.
+fn reference_ids(v: &mut bson::Bson, path: &[String]) {
+    match (v, path.split_first()) {
+        (bson::Bson::Array(items), _) => {
+            for i in items {
+                reference_ids(i, path);
+            }
+        }
+        (bson::Bson::Document(d), Some((first, rest))) => {
+            if let Some(x) = d.get_mut(first) {
+                reference_ids(x, rest);
+            }
+        }
+        (bson::Bson::Null, None) => {}
+        (v @ bson::Bson::Document(_), None) => *v = bson::Bson::String(row_id(v)),
+        (v, None) => *v = bson::Bson::String(row_id(v)),
+        _ => {}
     }
 }
 
@@ -260,12 +341,14 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     kind: Kind::Text(36),
                     array: false,
                     reference: false,
+                    json_refs: Vec::new(),
                 },
                 ColumnSpec {
                     key: POSITION.into(),
                     kind: Kind::Integer,
                     array: false,
                     reference: false,
+                    json_refs: Vec::new(),
                 },
             ];
             for (key, node) in &e.layout.root {
@@ -277,11 +360,19 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     LayoutNode::Slot(_) => (Kind::Text(64), false),
                 };
                 let reference = matches!(node, LayoutNode::Slot(s) if e.fields.get(*s).is_some_and(|f| f.reference.is_some()));
+                // A nested document of the element: its references, relative to it.
+                let json_refs = e
+                    .fields
+                    .iter()
+                    .filter(|f| f.reference.is_some() && f.path.len() > 1 && &f.path[0] == key)
+                    .map(|f| f.path[1..].to_vec())
+                    .collect();
                 columns.push(ColumnSpec {
                     key: key.clone(),
                     kind,
                     array,
                     reference,
+                    json_refs,
                 });
             }
             ChildTable {
@@ -387,6 +478,13 @@ pub fn to_row(doc: &bson::Document, spec: &TableSpec) -> Value {
                     })
                     .collect(),
             ),
+            (Kind::Json, v) if !c.json_refs.is_empty() => {
+                let mut v = v.clone();
+                for path in &c.json_refs {
+                    reference_ids(&mut v, path);
+                }
+                json!(v.into_relaxed_extjson().to_string())
+            }
             (Kind::Json, v) => json!(v.clone().into_relaxed_extjson().to_string()),
             (Kind::Text(_), bson::Bson::Array(items)) => {
                 Value::Array(items.iter().map(text_value).collect())
