@@ -665,3 +665,76 @@ type = "long"
     assert_ne!(out.status.code(), Some(101), "{}", text(&out));
     w.drop().await;
 }
+
+/// A reference column of another type than the referenced key — text holding uuids, an int for a
+/// numeric key, char(n) for a text key — is refused before the run, naming both types: its values
+/// would not be the referenced `_id`s (the run wrote them and only verify saw them dangle).
+/// Integers of different widths are one type to the targets and are accepted.
+#[tokio::test]
+async fn a_reference_of_another_type_than_the_key_is_refused() {
+    let w = World::new("ref_types").await;
+    w.sql(
+        "CREATE TABLE ku (k uuid PRIMARY KEY, v int); INSERT INTO ku VALUES ('6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 1);
+         CREATE TABLE kn (k numeric PRIMARY KEY, v int); INSERT INTO kn VALUES (5, 1);
+         CREATE TABLE kt (k text PRIMARY KEY, v int); INSERT INTO kt VALUES ('Abc', 1);
+         CREATE TABLE k8 (k bigint PRIMARY KEY, v int); INSERT INTO k8 VALUES (5, 1);
+         CREATE TABLE r (id int PRIMARY KEY, tu text, i int, c char(5));
+         INSERT INTO r VALUES (1, '6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 5, 'Abc');",
+    )
+    .await;
+    let key_mapping = |name: &str| {
+        format!(
+            "version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"k\"]\n\
+             [[field]]\npath = \"v\"\ncolumn = \"v\"\n"
+        )
+    };
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    for name in ["ku", "kn", "kt", "k8"] {
+        std::fs::write(dir.join(format!("mappings/{name}.toml")), key_mapping(name)).unwrap();
+    }
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"keys\"\nentities = [\"ku\", \"kn\", \"kt\", \"k8\"]\n\
+         [[stage]]\nname = \"refs\"\nentities = [\"r\"]\ndepends_on = [\"keys\"]\n",
+    )
+    .unwrap();
+    for (column, entity, says) in [
+        (
+            "tu",
+            "ku",
+            "(column `tu`, text) references `ku`, whose key `k` is uuid",
+        ),
+        (
+            "i",
+            "kn",
+            "(column `i`, an integer) references `kn`, whose key `k` is numeric",
+        ),
+        (
+            "c",
+            "kt",
+            "(column `c`, blank-padded char(n)) references `kt`, whose key `k` is text",
+        ),
+        ("i", "k8", ""),
+    ] {
+        std::fs::write(
+            dir.join("mappings/r.toml"),
+            format!(
+                "version = 1\nname = \"r\"\n[source]\ntable = \"r\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"ref\"\ncolumn = \"{column}\"\nreference = \"{entity}\"\n"
+            ),
+        )
+        .unwrap();
+        let out = w.migrate_with(&pipeline, &["--rerun"]);
+        let text = common::output_text(&out);
+        if says.is_empty() {
+            assert_eq!(out.status.code(), Some(0), "{text}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{column} → {entity}: {text}");
+            assert!(text.contains(says), "{text}");
+        }
+    }
+    w.drop().await;
+}

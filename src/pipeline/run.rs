@@ -90,10 +90,76 @@ pub async fn compile_plans(
             columns.push(described[&rel].clone());
         }
         let mut p = plan::compile(&pipeline.mappings, m, &columns)?;
+        reference_types_agree(pipeline, &p, session, &mut described).await?;
         answer_exists_in_sql(pipeline, &mut p, session, &mut described).await?;
         plans.push(p);
     }
     Ok(plans)
+}
+
+/// A reference written as its column's value must have the referenced key's type: an `_id` is
+/// matched by type and bytes, not as PostgreSQL's join would (a uuid held as text is a string, not
+/// the binary uuid `_id`; an int is not the numeric key's text; a char(n) value keeps its blanks),
+/// so a column of another type writes references that point nowhere — refused, saying how to
+/// convert it. (Integers of any width are one type to MongoDB and Appwrite.)
+async fn reference_types_agree(
+    pipeline: &Pipeline,
+    p: &Plan,
+    session: &mut SourceSession,
+    described: &mut HashMap<String, Vec<postgres::SourceColumn>>,
+) -> Result<(), RunError> {
+    use crate::source::ColKind as K;
+    let family = |c: &postgres::SourceColumn| match c.kind {
+        K::Int16 | K::Int32 | K::Int64 => "an integer".to_string(),
+        K::Text if c.is_padded() => "blank-padded char(n)".to_string(),
+        K::Text => "text".to_string(),
+        K::Uuid => "uuid".to_string(),
+        K::Numeric => "numeric".to_string(),
+        _ => c.pg_type.to_lowercase(),
+    };
+    let top = p.fields.iter().map(|f| (f, &p.read));
+    let embedded = p
+        .embeds
+        .iter()
+        .flat_map(|e| e.fields.iter().map(move |f| (f, &e.read)));
+    for (f, read) in top.chain(embedded) {
+        let (Some(rule), plan::Input::Column(col)) = (&f.reference, &f.input) else {
+            continue;
+        };
+        if rule.strategy != crate::mapping::spec::IdStrategy::Key
+            || rule.key_names.len() != 1
+            || !f.steps.is_empty()
+        {
+            continue;
+        }
+        let m = pipeline.mappings.get(&rule.entity)?;
+        let rel = postgres::relation_sql(
+            m.spec.source.table.as_deref(),
+            m.spec.source.query.as_deref(),
+        );
+        if !described.contains_key(&rel) {
+            let cols = session.describe(&rel).await?;
+            described.insert(rel.clone(), cols);
+        }
+        let Some(key) = described[&rel].iter().find(|c| c.name == rule.key_names[0]) else {
+            continue;
+        };
+        let column = &read.columns[*col];
+        let (have, want) = (family(column), family(key));
+        if have != want {
+            return Err(RunError::Refused(format!(
+                "{}: field `{}` (column `{}`, {have}) references `{}`, whose key `{}` is {want}: its values would not be the referenced `_id`s (they would point nowhere); read the column as the key's type (a `query` source casting it, e.g. `{}::{}`)",
+                p.entity,
+                f.path_text,
+                column.name,
+                rule.entity,
+                key.name,
+                column.name,
+                key.pg_type.to_lowercase(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Lets PostgreSQL answer the `exists` rules of top-level fields in the read itself — a computed
