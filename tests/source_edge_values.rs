@@ -738,3 +738,61 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
     }
     w.drop().await;
 }
+
+/// `exists` rules PostgreSQL cannot answer in the read (a field with a default, an embed field)
+/// look the referenced keys up as the `_id`s they are: a timestamptz, a BC date and a numeric of
+/// another scale exist (they were looked up by texts that differ from PostgreSQL's `::text` of
+/// the key, and every such row was rejected).
+#[tokio::test]
+async fn exists_finds_keys_whatever_their_text() {
+    let w = World::new("exists_texts").await;
+    w.sql(
+        "CREATE TABLE ots (k timestamptz PRIMARY KEY, v text);
+         INSERT INTO ots VALUES ('2020-01-01 00:00:00+00', 'a');
+         CREATE TABLE onum (k numeric PRIMARY KEY, v text); INSERT INTO onum VALUES (1.50, 'a');
+         CREATE TABLE od (k date PRIMARY KEY, v text);
+         INSERT INTO od VALUES ('0044-03-15 BC', 'a'), ('2020-01-01', 'b');
+         CREATE TABLE r (id int PRIMARY KEY, ts timestamptz, num numeric(6,1), dk date);
+         INSERT INTO r VALUES (1, '2020-01-01 00:00:00+00', 1.5, '0044-03-15 BC'),
+                              (2, NULL, 1.5, NULL), (3, '2021-01-01 00:00:00+00', 2.5, '1999-01-01');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    for name in ["ots", "onum", "od"] {
+        std::fs::write(
+            dir.join(format!("mappings/{name}.toml")),
+            format!(
+                "version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"k\"]\n\
+                 [[field]]\npath = \"v\"\ncolumn = \"v\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("mappings/r.toml"),
+        "version = 1\nname = \"r\"\n[source]\ntable = \"r\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"ts\"\ncolumn = \"ts\"\nreference = \"ots\"\ndefault = \"2020-01-01T00:00:00Z\"\nvalidate = { exists = true }\n\
+         [[field]]\npath = \"dk\"\ncolumn = \"dk\"\nreference = \"od\"\ndefault = \"2020-01-01\"\nvalidate = { exists = true }\n\
+         [[embed]]\npath = \"kids\"\nquery = \"SELECT id AS pid, num FROM r\"\nforeign_key = \"pid\"\n\
+         [[embed.field]]\npath = \"num\"\ncolumn = \"num\"\nreference = \"onum\"\nvalidate = { exists = true }\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"keys\"\nentities = [\"ots\", \"onum\", \"od\"]\n\
+         [[stage]]\nname = \"refs\"\nentities = [\"r\"]\ndepends_on = [\"keys\"]\n",
+    )
+    .unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let rejects = w.rejects(report["run_id"].as_str().unwrap());
+    // Row 3 only: none of its keys exists.
+    let keys: std::collections::BTreeSet<&str> = rejects.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(keys, ["3"].into_iter().collect(), "{rejects:?}");
+    assert!(rejects.iter().all(|r| r.3 == "exists"), "{rejects:?}");
+    w.drop().await;
+}

@@ -80,6 +80,12 @@ impl IdRule {
     }
 }
 
+/// An `_id` as one text (canonical extended JSON: the type is part of it), to hold and look up
+/// sets of ids.
+pub fn id_text(id: &Bson) -> String {
+    id.clone().into_canonical_extjson().to_string()
+}
+
 /// A numeric key as one text for every scale PostgreSQL holds equal (`1.0`, `1.00` and `1` are
 /// one key to it, so a `numeric(10,2)` foreign key finds the `numeric` key it references):
 /// trailing fractional zeros dropped, `-0` as `0`.

@@ -23,7 +23,7 @@ use crate::monitor::{EntityCounters, Progress};
 use crate::sink::mongodb::{BatchResult, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
 use crate::sink::target::{Destination, SinkError, Target};
-use crate::source::postgres::{self, SourceError};
+use crate::source::postgres;
 use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
 use crate::transform::{Issue, Stage};
@@ -266,19 +266,33 @@ pub(crate) async fn load_known_keys(
             m.spec.source.table.as_deref(),
             m.spec.source.query.as_deref(),
         );
-        let sql = format!(
-            "SELECT {}::text FROM {rel}",
-            postgres::quote_ident(&m.spec.source.key[0])
-        );
-        let keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_all(session.conn())
-            .await
-            .map_err(|cause| SourceError::Query {
-                context: format!("load keys of {entity}"),
-                cause,
-            })?;
+        // Held as the `_id`s they are (decoded as the run decodes them, then the referenced
+        // entity's id rule), and looked up by the referencing value's `_id`: the same existence
+        // the target will have, whatever the texts (`2020-01-01 00:00:00+00` and RFC 3339, a BC
+        // date, `1.50` and `1.5` were different texts of one key).
+        let key = m.spec.source.key[0].clone();
+        let columns = session.describe(&rel).await?;
+        let spec = postgres::ReadSpec::new(
+            &rel,
+            &columns,
+            std::slice::from_ref(&key),
+            std::slice::from_ref(&key),
+        )?;
+        let rule = plan::IdRule::of(m);
+        let mut keys = HashSet::new();
+        {
+            let mut rows = postgres::stream(session.conn(), &spec);
+            while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+                // A key that cannot be decoded is no document's `_id`.
+                if let Ok(row) = row
+                    && let Some(id) = row.first().and_then(|v| rule.id_for(&[v]).ok())
+                {
+                    keys.insert(plan::id_text(&id));
+                }
+            }
+        }
         tracing::info!(entity = %entity, keys = keys.len(), "keys held in memory for exists rules that PostgreSQL cannot answer in the read");
-        out.insert(entity, Arc::new(keys.into_iter().collect()));
+        out.insert(entity, Arc::new(keys));
     }
     Ok(out)
 }

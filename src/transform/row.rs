@@ -158,7 +158,10 @@ fn eval_field(
                 .exists_in
                 .as_ref()
                 .and_then(|e| ctx.known_keys.get(e))
-                .is_some_and(|keys| !keys.contains(&value.to_string())),
+                .is_some_and(|keys| {
+                    rule.id_for(&[&value])
+                        .is_ok_and(|id| !keys.contains(&crate::mapping::plan::id_text(&id)))
+                }),
         };
         if let Some(entity) = &f.exists_in
             && !ctx.skip_validation
