@@ -229,6 +229,22 @@ pub async fn check(
         // The destination as it exists: a view or a non-binary collation blocks (migrate
         // refuses it too); a validator may refuse rows, which only the run can tell.
         for t in targets.iter() {
+            if let Target::Appwrite(a) = t
+                && plan.appwrite_users.is_some()
+            {
+                report.findings.push(Finding {
+                    entity: plan.entity.clone(),
+                    path: String::new(),
+                    rule: "appwrite_users_shared".into(),
+                    severity: "warning".into(),
+                    rows: 0,
+                    example_key: String::new(),
+                    example: format!(
+                        "Appwrite users belong to the project, not to database `{}`: a run into another database of the same project (a rehearsal) writes these same users",
+                        a.database
+                    ),
+                });
+            }
             let Target::Mongo(mt) = t else { continue };
             match mt.unfit(&plan.collection).await {
                 Ok(Some(why)) => report.blocking.push(format!("{}: {why}", plan.entity)),

@@ -87,6 +87,22 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
     w.load_registry(100);
     let aw = standin().await;
 
+    // check says the users are the project's, whichever database a run names.
+    let mut check = migrate_args(&["--json"]);
+    check[0] = "check";
+    check.retain(|a| *a != "--quiet");
+    let out = cutover(&w, &aw, &check).await;
+    let found: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        found["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["rule"] == "appwrite_users_shared" && f["entity"] == "users"),
+        "{}",
+        text(&out)
+    );
+
     let out = cutover(&w, &aw, &migrate_args(&[])).await;
     // The sample registry has rows the mappings reject: exit 2, finished with rejects.
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
