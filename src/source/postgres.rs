@@ -224,7 +224,8 @@ pub fn order_expr(c: &SourceColumn, col: &str) -> String {
         format!("concat({col}) COLLATE \"C\"")
     } else if c.kind.is_textual() {
         format!("{col} COLLATE \"C\"")
-    } else if c.kind.orders_as_text() {
+    } else if c.kind.orders_as_text() || matches!(c.kind, ColKind::Array(e) if e.reads_as_text()) {
+        // (An array of json has no ordering of its own; its text has.)
         format!("({col}::text) COLLATE \"C\"")
     } else {
         col.to_string()
