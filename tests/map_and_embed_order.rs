@@ -135,6 +135,13 @@ async fn map_goes_element_by_element_and_matches_postgres_text_on_both_targets()
     assert_eq!(rows[1]["codes"], serde_json::json!(["X", "male"]));
     assert_eq!(rows[0]["yes"], "yes");
     assert_eq!(rows[0]["day"], "new year");
+
+    // `true` is not PostgreSQL's text of a boolean: such a key would never match.
+    common::one_entity_pipeline(&w, "t", &MAPS.replace("t = \"yes\"", "true = \"yes\""));
+    let out = cutover(&w, None, &["check", "--pipeline", &pipeline]).await;
+    let text = common::output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("column `b` is boolean"), "{text}");
     w.drop().await;
 }
 

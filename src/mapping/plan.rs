@@ -470,6 +470,28 @@ fn compile_fields(
                 TransformSpec::Split(sep) => steps.push(Step::Split(sep.clone())),
                 TransformSpec::Json => steps.push(Step::Json),
                 TransformSpec::Map(pairs) => {
+                    // Keys match PostgreSQL's text of the value: a boolean's is `t` or `f`, so
+                    // `true = …` (cutover's text before) would never match, silently.
+                    if let Input::Column(i) = &input
+                        && matches!(
+                            read.columns[*i].kind,
+                            crate::source::ColKind::Bool
+                                | crate::source::ColKind::Array(
+                                    crate::source::postgres::Elem::Bool
+                                )
+                        )
+                        && let Some(k) = pairs
+                            .keys()
+                            .find(|k| !matches!(k.as_str(), "t" | "f" | "*"))
+                    {
+                        return Err(invalid(
+                            key.clone(),
+                            format!(
+                                "map: column `{}` is boolean, whose PostgreSQL text is `t` or `f`: the key `{k}` never matches (write t = … and f = …)",
+                                read.columns[*i].name
+                            ),
+                        ));
+                    }
                     let fallback = pairs.get("*").map(toml_to_value);
                     steps.push(Step::Map {
                         pairs: pairs
@@ -1021,6 +1043,42 @@ mod tests {
         ] {
             assert!(compile_field(ok).is_ok(), "{ok}");
         }
+    }
+
+    /// `map` keys are matched against PostgreSQL's text: a boolean key other than `t`/`f`
+    /// (`true`, cutover's own text before) would never match, so it is refused.
+    #[test]
+    fn map_keys_of_a_boolean_column_are_t_or_f() {
+        let compile_field = |field: &str| {
+            let text = format!(
+                "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"f\"\n{field}"
+            );
+            let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), &text)?;
+            let set = MappingSet::from_mappings(vec![m.clone()])?;
+            compile(
+                &set,
+                &m,
+                &[vec![
+                    column("id", "INT4"),
+                    column("b", "BOOL"),
+                    column("bs", "BOOL[]"),
+                ]],
+            )
+        };
+        for bad in [
+            "column = \"b\"\ntransform = [{ map = { true = \"yes\" } }]\n",
+            "column = \"bs\"\ntransform = [{ map = { t = \"yes\", false = \"no\" } }]\n",
+        ] {
+            let err = compile_field(bad).unwrap_err().to_string();
+            assert!(err.contains("is boolean"), "{bad}: {err}");
+        }
+        assert!(
+            compile_field(
+                "column = \"b\"\ntransform = [{ map = { t = \"yes\", \"*\" = \"no\" } }]\n"
+            )
+            .is_ok()
+        );
     }
 
     /// An embed's `order_by` with ties gave children in whatever order the server chose: the
