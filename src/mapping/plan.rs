@@ -476,6 +476,28 @@ fn compile_fields(
                 TransformSpec::Split(sep) => steps.push(Step::Split(sep.clone())),
                 TransformSpec::Json => steps.push(Step::Json),
                 TransformSpec::Map(pairs) => {
+                    // Keys match PostgreSQL's text of the value: a boolean's is `t` or `f`, so
+                    // `true = …` (cutover's text before) would never match, silently.
+                    if let Input::Column(i) = &input
+                        && matches!(
+                            read.columns[*i].kind,
+                            crate::source::ColKind::Bool
+                                | crate::source::ColKind::Array(
+                                    crate::source::postgres::Elem::Bool
+                                )
+                        )
+                        && let Some(k) = pairs
+                            .keys()
+                            .find(|k| !matches!(k.as_str(), "t" | "f" | "*"))
+                    {
+                        return Err(invalid(
+                            key.clone(),
+                            format!(
+                                "map: column `{}` is boolean, whose PostgreSQL text is `t` or `f`: the key `{k}` never matches (write t = … and f = …)",
+                                read.columns[*i].name
+                            ),
+                        ));
+                    }
                     let fallback = pairs.get("*").map(toml_to_value);
                     steps.push(Step::Map {
                         pairs: pairs
@@ -523,6 +545,31 @@ fn compile_fields(
                 }
                 TransformSpec::Array => combine = Some(Combine::Array),
             }
+        }
+        // An array field (an array column, or text after `split`) holds arrays: a scalar default
+        // would make one row's value a scalar (an Appwrite array column refuses it).
+        let array_field = steps.iter().any(|s| matches!(s, Step::Split(_)))
+            || matches!(&input, Input::Column(i)
+                if matches!(read.columns[*i].kind, crate::source::ColKind::Array(_)));
+        if array_field
+            && combine.is_none()
+            && let Some(d) = &f.default
+            && !matches!(d, toml::Value::Array(_))
+        {
+            return Err(invalid(
+                format!("{key}.default"),
+                format!(
+                    "the field is an array ({}): its default replaces a NULL array, so give an array (`default = []`, `default = [{d}]`)",
+                    match &input {
+                        Input::Column(i) if !steps.iter().any(|s| matches!(s, Step::Split(_))) =>
+                            format!(
+                                "column `{}` is {}",
+                                read.columns[*i].name, read.columns[*i].pg_type
+                            ),
+                        _ => "after `split`".to_string(),
+                    }
+                ),
+            ));
         }
         let reference = match &f.reference {
             Some(r) => Some(IdRule::of(set.get(r)?)),
@@ -680,8 +727,17 @@ pub fn compile(
                 ));
             }
         }
-        let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
         let mut child_read = child_read;
+        if !e.order_by.is_empty() {
+            // `order_by` may tie (or be NULL) for several children of a parent: the rest of the
+            // read columns break the tie, so the element order is the same in every read (run,
+            // check, verify) — children tied on all of them are equal elements.
+            let tie_break: Vec<usize> = (0..child_read.columns.len())
+                .filter(|i| !child_read.order.contains(i) && child_read.columns[*i].expr.is_none())
+                .collect();
+            child_read.order.extend(tie_break);
+        }
+        let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
         infinity_policies(m, &mut child_read, &e.fields, &format!("{key}."))?;
         let appwrite_table = e.appwrite == crate::mapping::spec::EmbedStore::Table;
         if appwrite_table && (e.element != EmbedElement::Document || e.path.contains('.')) {
@@ -952,6 +1008,129 @@ mod tests {
         ] {
             assert!(compile_field(ok).is_ok(), "{ok}");
         }
+    }
+
+    /// A scalar `default` on an array column (or after `split`) wrote a scalar where every
+    /// other row has an array (Appwrite refused the row; check did not say).
+    #[test]
+    fn scalar_default_on_an_array_field_is_refused() {
+        let compile_field = |field: &str| {
+            let text = format!(
+                "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"f\"\n{field}"
+            );
+            let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), &text)?;
+            let set = MappingSet::from_mappings(vec![m.clone()])?;
+            compile(
+                &set,
+                &m,
+                &[vec![
+                    column("id", "INT4"),
+                    column("name", "TEXT"),
+                    column("tags", "TEXT[]"),
+                ]],
+            )
+        };
+        for bad in [
+            "column = \"tags\"\ndefault = \"x\"\n",
+            "column = \"tags\"\ntransform = [\"upper\"]\ndefault = 0\n",
+            "column = \"name\"\ntransform = [{ split = \",\" }]\ndefault = \"x\"\n",
+        ] {
+            let err = compile_field(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("`field (f).default`") && err.contains("give an array"),
+                "{bad}: {err}"
+            );
+        }
+        for ok in [
+            "column = \"tags\"\ndefault = []\n",
+            "column = \"tags\"\ndefault = [\"x\"]\n",
+            "column = \"name\"\ndefault = \"x\"\n",
+        ] {
+            assert!(compile_field(ok).is_ok(), "{ok}");
+        }
+    }
+
+    /// `map` keys are matched against PostgreSQL's text: a boolean key other than `t`/`f`
+    /// (`true`, cutover's own text before) would never match, so it is refused.
+    #[test]
+    fn map_keys_of_a_boolean_column_are_t_or_f() {
+        let compile_field = |field: &str| {
+            let text = format!(
+                "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"f\"\n{field}"
+            );
+            let m = crate::mapping::parse(std::path::Path::new("mappings/things.toml"), &text)?;
+            let set = MappingSet::from_mappings(vec![m.clone()])?;
+            compile(
+                &set,
+                &m,
+                &[vec![
+                    column("id", "INT4"),
+                    column("b", "BOOL"),
+                    column("bs", "BOOL[]"),
+                ]],
+            )
+        };
+        for bad in [
+            "column = \"b\"\ntransform = [{ map = { true = \"yes\" } }]\n",
+            "column = \"bs\"\ntransform = [{ map = { t = \"yes\", false = \"no\" } }]\n",
+        ] {
+            let err = compile_field(bad).unwrap_err().to_string();
+            assert!(err.contains("is boolean"), "{bad}: {err}");
+        }
+        assert!(
+            compile_field(
+                "column = \"b\"\ntransform = [{ map = { t = \"yes\", \"*\" = \"no\" } }]\n"
+            )
+            .is_ok()
+        );
+    }
+
+    /// An embed's `order_by` with ties gave children in whatever order the server chose: the
+    /// other read columns break the tie (and nothing is added without `order_by`).
+    #[test]
+    fn embed_order_by_is_tie_broken_by_the_other_columns() {
+        let compile_embed = |order_by: &str| {
+            let text = format!(
+                "version = 1\nname = \"things\"\n[source]\ntable = \"things\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"n\"\ncolumn = \"id\"\n\
+                 [[embed]]\npath = \"kids\"\ntable = \"kids\"\nforeign_key = \"pid\"\n{order_by}\
+                 [[embed.field]]\npath = \"val\"\ncolumn = \"val\"\n\
+                 [[embed.field]]\npath = \"rank\"\ncolumn = \"rank\"\n"
+            );
+            let m =
+                crate::mapping::parse(std::path::Path::new("mappings/things.toml"), &text).unwrap();
+            let set = MappingSet::from_mappings(vec![m.clone()]).unwrap();
+            compile(
+                &set,
+                &m,
+                &[
+                    vec![column("id", "INT4")],
+                    vec![
+                        column("cid", "INT4"),
+                        column("pid", "INT4"),
+                        column("rank", "INT4"),
+                        column("val", "TEXT"),
+                    ],
+                ],
+            )
+            .unwrap()
+        };
+        let p = compile_embed("order_by = [\"rank\"]\n");
+        let r = &p.embeds[0].read;
+        let names: Vec<&str> = r
+            .order
+            .iter()
+            .map(|&i| r.columns[i].name.as_str())
+            .collect();
+        assert_eq!(names, ["pid", "rank", "val"]);
+        let p = compile_embed("");
+        assert_eq!(
+            p.embeds[0].read.order.len(),
+            1,
+            "no order_by: no defined order"
+        );
     }
 
     /// Two fields of one date column with different `infinity` policies: the last one's was

@@ -224,7 +224,8 @@ pub fn order_expr(c: &SourceColumn, col: &str) -> String {
         format!("concat({col}) COLLATE \"C\"")
     } else if c.kind.is_textual() {
         format!("{col} COLLATE \"C\"")
-    } else if c.kind.orders_as_text() {
+    } else if c.kind.orders_as_text() || matches!(c.kind, ColKind::Array(e) if e.reads_as_text()) {
+        // (An array of json has no ordering of its own; its text has.)
         format!("({col}::text) COLLATE \"C\"")
     } else {
         col.to_string()
@@ -286,7 +287,8 @@ pub fn quote_relation(name: &str) -> String {
 pub fn relation_sql(table: Option<&str>, query: Option<&str>) -> String {
     match (table, query) {
         (Some(t), _) => quote_relation(t),
-        (None, Some(q)) => format!("({}) AS cutover_src", q.trim().trim_end_matches(';')),
+        // The `)` on a line of its own: a query ending in a `-- comment` would comment it out.
+        (None, Some(q)) => format!("({}\n) AS cutover_src", q.trim().trim_end_matches(';')),
         (None, None) => "(SELECT 1) AS cutover_src".to_string(),
     }
 }
@@ -439,7 +441,11 @@ pub async fn describe(
                 multirange_columns(conn, relation).await?
             };
             if multiranges.is_empty() {
-                let context = if relation.starts_with('(') {
+                // The hint only where the driver failed to decode a type (not a server error:
+                // a syntax error, a missing column).
+                let context = if relation.starts_with('(')
+                    && !matches!(cause, sqlx::Error::Database(_))
+                {
                     format!(
                         "describe {relation} (a multirange column in a query must be cast: `col::text`)"
                     )
@@ -1407,6 +1413,19 @@ mod tests {
         );
     }
 
+    /// A query ending in a `-- comment` commented the wrapper's `)` out.
+    #[test]
+    fn a_query_ending_in_a_line_comment_is_wrapped_on_its_own_line() {
+        assert_eq!(
+            relation_sql(None, Some("SELECT id FROM t -- last")),
+            "(SELECT id FROM t -- last\n) AS cutover_src"
+        );
+        assert_eq!(
+            qualifier(&relation_sql(None, Some("SELECT 1 -- x"))),
+            "cutover_src"
+        );
+    }
+
     #[test]
     fn nullable_keys_resume_in_nulls_last_order() {
         let mut a = col("a", "INT4");
@@ -1417,7 +1436,7 @@ mod tests {
         spec.after = Some(vec!["1".into(), "x".into()]);
         assert_eq!(
             spec.sql(),
-            "SELECT \"a\", \"b\" FROM (SELECT a, b FROM t) AS cutover_src WHERE (cutover_src.\"a\" > CAST($1 AS INT4) OR cutover_src.\"a\" IS NULL OR (cutover_src.\"a\" = CAST($1 AS INT4) AND (cutover_src.\"b\" COLLATE \"C\" > CAST($2 AS TEXT)))) ORDER BY cutover_src.\"a\", cutover_src.\"b\" COLLATE \"C\""
+            "SELECT \"a\", \"b\" FROM (SELECT a, b FROM t\n) AS cutover_src WHERE (cutover_src.\"a\" > CAST($1 AS INT4) OR cutover_src.\"a\" IS NULL OR (cutover_src.\"a\" = CAST($1 AS INT4) AND (cutover_src.\"b\" COLLATE \"C\" > CAST($2 AS TEXT)))) ORDER BY cutover_src.\"a\", cutover_src.\"b\" COLLATE \"C\""
         );
     }
 

@@ -194,6 +194,37 @@ fn pg_float(x: f64, text: String) -> String {
 }
 
 impl Value {
+    /// The value as PostgreSQL prints it (`::text`, DateStyle ISO, TimeZone UTC): `t`/`f`,
+    /// `2020-01-01 00:00:00+00`, `0044-03-15 BC`, a numeric with its own scale, bytea as `\x…`.
+    /// What a `map` key is matched against. An array is its elements' texts in cutover's
+    /// brackets (`map` goes element by element and never asks).
+    pub fn pg_text(&self) -> String {
+        fn fraction(nanos: u32) -> String {
+            let micros = nanos / 1000;
+            if micros == 0 {
+                return String::new();
+            }
+            format!(".{micros:06}").trim_end_matches('0').to_string()
+        }
+        fn stamp(t: NaiveDateTime, zone: &str) -> String {
+            let (date, bc) = pg_date(t.date());
+            format!(
+                "{date} {}{}{zone}{}",
+                t.time().format("%H:%M:%S"),
+                fraction(t.and_utc().timestamp_subsec_nanos()),
+                if bc { " BC" } else { "" }
+            )
+        }
+        match self {
+            Value::Bool(b) => if *b { "t" } else { "f" }.to_string(),
+            Value::Timestamp(t) => stamp(*t, ""),
+            Value::TimestampTz(t) => stamp(t.naive_utc(), "+00"),
+            Value::Date(_) | Value::Bytes(_) => self.key_literal().unwrap_or_default(),
+            // Floats print as PostgreSQL does (`1e+23`, `Infinity`), the rest as they read.
+            other => other.to_string(),
+        }
+    }
+
     /// The value as PostgreSQL's input reads it back as the same value, to be bound as
     /// `CAST($n AS type)`: what a checkpoint stores of a key. `None` for NULL (no key position
     /// can be named by it) and for arrays.

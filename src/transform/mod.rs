@@ -99,16 +99,7 @@ pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
             )),
             other => Err(format!("split needs text, got {}", other.type_name())),
         },
-        Step::Map { pairs, fallback } => {
-            let key = match &value {
-                Value::Text(s) => s.clone(),
-                other => other.to_string(),
-            };
-            if let Some((_, v)) = pairs.iter().find(|(k, _)| *k == key) {
-                return Ok(v.clone());
-            }
-            Ok(fallback.clone().unwrap_or(value))
-        }
+        Step::Map { pairs, fallback } => Ok(map_value(value, pairs, fallback.as_ref())),
         Step::Phone { region } => match value {
             Value::Text(s) => phone::to_e164(&s, *region).map(Value::Text),
             other => Err(format!("phone needs text, got {}", other.type_name())),
@@ -117,6 +108,31 @@ pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
             Value::Text(s) | Value::Json(s) => Ok(Value::Json(s)),
             other => Err(format!("json needs text, got {}", other.type_name())),
         },
+    }
+}
+
+/// `map` of one value: an array element by element (a NULL element stays NULL, the fallback
+/// replaces each unlisted element), any other value by its PostgreSQL text (`t`/`f` for a
+/// boolean, `2020-01-01 00:00:00+00` for a timestamptz, a numeric with its own scale).
+fn map_value(value: Value, pairs: &[(String, Value)], fallback: Option<&Value>) -> Value {
+    match value {
+        Value::Null => Value::Null,
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| map_value(v, pairs, fallback))
+                .collect(),
+        ),
+        value => {
+            let key = match &value {
+                Value::Text(s) => std::borrow::Cow::Borrowed(s.as_str()),
+                other => std::borrow::Cow::Owned(other.pg_text()),
+            };
+            match pairs.iter().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.clone(),
+                None => fallback.cloned().unwrap_or(value),
+            }
+        }
     }
 }
 
@@ -1028,5 +1044,57 @@ mod tests {
             apply(&step, Value::Text("X".into())).unwrap(),
             Value::Text("X".into())
         );
+    }
+
+    /// `map` on an array (an array column, or after `split`) left `["M","F"]` as it was, and a
+    /// `"*"` fallback replaced the whole array by one scalar.
+    #[test]
+    fn map_applies_to_each_array_element() {
+        let t = |s: &str| Value::Text(s.into());
+        let step = Step::Map {
+            pairs: vec![("M".into(), t("male")), ("F".into(), t("female"))],
+            fallback: None,
+        };
+        assert_eq!(
+            apply(
+                &step,
+                Value::Array(vec![t("M"), t("F"), t("X"), Value::Null])
+            )
+            .unwrap(),
+            Value::Array(vec![t("male"), t("female"), t("X"), Value::Null])
+        );
+        let step = Step::Map {
+            pairs: vec![("M".into(), t("male"))],
+            fallback: Some(t("unknown")),
+        };
+        assert_eq!(
+            apply(&step, Value::Array(vec![t("M"), t("F")])).unwrap(),
+            Value::Array(vec![t("male"), t("unknown")])
+        );
+        assert_eq!(
+            apply(&step, Value::Array(vec![])).unwrap(),
+            Value::Array(vec![])
+        );
+    }
+
+    /// `map` matched a boolean as `true`/`false`, a timestamptz as RFC 3339, a BC date as
+    /// `-0043-03-15`: the keys are PostgreSQL's text of the value.
+    #[test]
+    fn map_matches_the_postgres_text_of_non_text_values() {
+        let step = |k: &str| Step::Map {
+            pairs: vec![(k.into(), Value::Text("hit".into()))],
+            fallback: None,
+        };
+        let hit = |k: &str, v: Value| apply(&step(k), v).unwrap() == Value::Text("hit".into());
+        assert!(hit("t", Value::Bool(true)));
+        assert!(hit("f", Value::Bool(false)));
+        assert!(!hit("true", Value::Bool(true)));
+        let at = Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap();
+        assert!(hit("2020-01-01 00:00:00+00", Value::TimestampTz(at)));
+        let bc = chrono::NaiveDate::from_ymd_opt(-43, 3, 15).unwrap();
+        assert!(hit("0044-03-15 BC", Value::Date(bc)));
+        assert!(hit("1.50", Value::Numeric("1.50".into())));
+        assert!(!hit("1.5", Value::Numeric("1.50".into())));
+        assert!(hit("7", Value::Int32(7)));
     }
 }
