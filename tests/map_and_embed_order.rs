@@ -274,3 +274,43 @@ async fn a_query_ending_in_a_line_comment_migrates_and_errors_name_no_multirange
     assert!(!text.contains("multirange"), "{text}");
     w.drop().await;
 }
+
+/// The tie-break orders by every read column of the child: columns of types without a
+/// collation or an ordering of their own (enum, inet, interval, point, xml, json) are ordered by
+/// their text — `COLLATE "C"` on the type itself is an error, and point, xml and json have no
+/// ordering at all.
+#[tokio::test]
+async fn children_with_columns_of_any_type_order_and_verify() {
+    let w = World::new("adv_embed_types").await;
+    w.sql(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TABLE p (id int PRIMARY KEY, name text);
+         INSERT INTO p VALUES (1, 'p1');
+         CREATE TABLE c (cid int PRIMARY KEY, pid int, kind text, e mood, ip inet, iv interval,
+                         pt point, x xml, j json);
+         INSERT INTO c VALUES
+           (1, 1, 'a', 'happy', '10.0.0.2', '1 day', '(1,2)', '<a/>', '{\"b\":1}'),
+           (2, 1, 'a', 'sad', '10.0.0.1', '2 days', '(0,1)', '<b/>', '[1]');",
+    )
+    .await;
+    let mapping = "version = 1\nname = \"p\"\n[source]\ntable = \"p\"\nkey = [\"id\"]\n\
+        [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+        [[embed]]\npath = \"kids\"\ntable = \"c\"\nforeign_key = \"pid\"\norder_by = [\"kind\"]\n\
+        [[embed.field]]\npath = \"e\"\ncolumn = \"e\"\n[[embed.field]]\npath = \"ip\"\ncolumn = \"ip\"\n\
+        [[embed.field]]\npath = \"iv\"\ncolumn = \"iv\"\n[[embed.field]]\npath = \"pt\"\ncolumn = \"pt\"\n\
+        [[embed.field]]\npath = \"x\"\ncolumn = \"x\"\n[[embed.field]]\npath = \"j\"\ncolumn = \"j\"\n";
+    let pipeline = common::one_entity_pipeline(&w, "p", mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let docs = w.docs("p").await;
+    let kids = docs[0].get_array("kids").unwrap();
+    assert_eq!(kids.len(), 2, "{}", docs[0]);
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}

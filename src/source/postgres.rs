@@ -208,11 +208,6 @@ impl ColKind {
     pub(crate) fn orders_as_text(self) -> bool {
         self.reads_as_text() && self != ColKind::Numeric
     }
-
-    /// Whether key ordering needs `COLLATE "C"` (so that byte order matches PostgreSQL's order).
-    pub(crate) fn is_textual(self) -> bool {
-        matches!(self, ColKind::Text | ColKind::OtherAsText)
-    }
 }
 
 /// The expression ordering by column `c` (written `col`) in the order the client compares its
@@ -222,7 +217,7 @@ impl ColKind {
 pub fn order_expr(c: &SourceColumn, col: &str) -> String {
     if c.is_padded() {
         format!("concat({col}) COLLATE \"C\"")
-    } else if c.kind.is_textual() {
+    } else if c.kind == ColKind::Text {
         format!("{col} COLLATE \"C\"")
     } else if c.kind.orders_as_text() || matches!(c.kind, ColKind::Array(e) if e.reads_as_text()) {
         // (An array of json has no ordering of its own; its text has.)
