@@ -10,8 +10,9 @@
 use std::collections::BTreeSet;
 
 use super::Pipeline;
+use super::error::RunError;
 use crate::ledger::{self, Ledger, StepRecord};
-use crate::pipeline::run::{RunError, restore_step};
+use crate::sink::target::Destination;
 
 /// What to roll back.
 #[derive(Debug, Clone, Default)]
@@ -230,4 +231,29 @@ pub async fn restore_failed_step(
     restore_step(ledger, destination, was_empty, backup).await?;
     ledger.mark_rolled_back(step_id).await?;
     Ok(())
+}
+
+/// Puts a collection back as it was before a step: emptied when the step found it empty,
+/// else restored from the step's backup.
+pub async fn restore_step(
+    ledger: &Ledger,
+    collection: &Destination,
+    was_empty: bool,
+    backup: Option<&str>,
+) -> Result<(), RunError> {
+    if was_empty {
+        ledger.empty_destination(collection).await?;
+        return Ok(());
+    }
+    match backup {
+        Some(name) => match ledger.find_backup(name).await? {
+            Some(b) => Ok(ledger.restore_backup(&b).await?),
+            None => Err(RunError::Refused(format!(
+                "the backup {name} of {collection} is gone; cannot restore"
+            ))),
+        },
+        None => Err(RunError::Refused(format!(
+            "{collection} was not empty and no backup was taken (--no-backup); cannot restore"
+        ))),
+    }
 }

@@ -949,31 +949,6 @@ fn earlier<'a>(a: &'a str, b: &'a str) -> &'a str {
     }
 }
 
-/// Puts a collection back as it was before a step: emptied when the step found it empty,
-/// else restored from the step's backup.
-pub async fn restore_step(
-    ledger: &Ledger,
-    collection: &Destination,
-    was_empty: bool,
-    backup: Option<&str>,
-) -> Result<(), RunError> {
-    if was_empty {
-        ledger.empty_destination(collection).await?;
-        return Ok(());
-    }
-    match backup {
-        Some(name) => match ledger.find_backup(name).await? {
-            Some(b) => Ok(ledger.restore_backup(&b).await?),
-            None => Err(RunError::Refused(format!(
-                "the backup {name} of {collection} is gone; cannot restore"
-            ))),
-        },
-        None => Err(RunError::Refused(format!(
-            "{collection} was not empty and no backup was taken (--no-backup); cannot restore"
-        ))),
-    }
-}
-
 /// Where an interrupted step stopped.
 #[derive(Debug, Clone)]
 struct Resume {
