@@ -457,7 +457,7 @@ impl AppwriteTarget {
 /// refused before anything is sent, under the rule `check` names: Appwrite's JSON has no NaN
 /// or infinity (never let them become null), and text longer than its column would be refused by
 /// the server as a bare `row_invalid_structure`.
-fn refusal(
+pub(crate) fn refusal(
     d: &Document,
     table: Option<&TableSpec>,
     children: &[schema::ChildTable],

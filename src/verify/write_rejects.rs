@@ -21,6 +21,8 @@ use crate::transform::Stage;
 #[derive(Debug, Clone, Default)]
 pub struct WriteRejects {
     keys: HashSet<String>,
+    /// The rule each key was refused under (the last recorded).
+    rules: std::collections::HashMap<String, String>,
     /// Run ids consulted, newest first.
     pub runs: Vec<String>,
 }
@@ -33,6 +35,25 @@ impl WriteRejects {
 
     pub fn contains(&self, key: &str) -> bool {
         self.keys.contains(key)
+    }
+
+    /// The rule `key` was refused under.
+    pub fn rule(&self, key: &str) -> Option<&str> {
+        self.rules.get(key).map(String::as_str)
+    }
+
+    /// These rejects but `stale` (rows whose refusal no longer holds).
+    pub fn without(&self, stale: &HashSet<String>) -> WriteRejects {
+        WriteRejects {
+            keys: self.keys.difference(stale).cloned().collect(),
+            rules: self
+                .rules
+                .iter()
+                .filter(|(k, _)| !stale.contains(*k))
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
+            runs: self.runs.clone(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -91,6 +112,7 @@ pub fn read(dir: &Path, runs: &[&str], entity: &str) -> Result<WriteRejects, Run
             continue;
         }
         let column = |name: &str| headers.iter().position(|h| h == name);
+        let r_at = column("rule");
         let (Some(e_at), Some(k_at), Some(s_at)) =
             (column("entity"), column("source_key"), column("stage"))
         else {
@@ -104,9 +126,11 @@ pub fn read(dir: &Path, runs: &[&str], entity: &str) -> Result<WriteRejects, Run
         for record in csv.records() {
             let record = record.map_err(|e| io(&path, e))?;
             if record.get(e_at) == Some(entity) && record.get(s_at) == Some(Stage::Write.as_str()) {
-                found
-                    .keys
-                    .insert(record.get(k_at).unwrap_or_default().to_string());
+                let key = record.get(k_at).unwrap_or_default().to_string();
+                if let Some(rule) = r_at.and_then(|i| record.get(i)) {
+                    found.rules.insert(key.clone(), rule.to_string());
+                }
+                found.keys.insert(key);
             }
         }
     }
