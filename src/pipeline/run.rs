@@ -596,12 +596,31 @@ async fn migrate_locked(
         if let Some(r) = &stage.resume {
             total_rejected.fetch_add(r.covered.rejected, Ordering::Relaxed);
         }
+        // The rejects and warnings of the rows the interrupted run's checkpoint covers go into
+        // this run's files (the rest are read again): each row of the entity is in them once.
+        // On disk before the ledger records this step (which a later resume continues): a run
+        // killed in between must leave a file holding every covered line.
+        let carried = match stage.resume.as_ref().filter(|_| !opts.dry_run) {
+            Some(r) => {
+                let from = opts.rejects_dir.join(&r.from_run);
+                rejects
+                    .carry(&from, &p.entity, r.from_batches)
+                    .and_then(|n| rejects.sync().map(|()| n))
+                    .map(|(lines, warnings)| {
+                        tracing::info!(entity = %p.entity, from = %from.display(), lines, warnings, "carried the covered rejects of the interrupted run");
+                    })
+                    .map_err(|cause| RunError::Io { path: from, cause })
+            }
+            None => Ok(()),
+        };
         // What the ledger records as the step's destination: the table group or the users.
         let mut destination = target.destination(&p.collection);
         let mut backup = None;
         let mut backup_taken = None;
         let mut was_empty = false;
-        let prepared = if opts.dry_run {
+        let prepared = if let Err(e) = carried {
+            Err(e)
+        } else if opts.dry_run {
             target.describe(p);
             Ok(())
         } else if let Some(Err(lost)) = match fence {
@@ -1166,25 +1185,6 @@ async fn run_entity(
     let resumed_rows = stage.resume.as_ref().map(|r| r.rows).unwrap_or(0);
     if resumed_rows > 0 {
         bar.set_position(resumed_rows);
-    }
-    // The rejects and warnings of the rows the interrupted run's checkpoint covers go into this
-    // run's files (the rest are read again): each row of the entity is in them once.
-    if let Some(r) = stage.resume.as_ref().filter(|_| !opts.dry_run) {
-        let from = opts.rejects_dir.join(&r.from_run);
-        // On disk before anything else: a run killed before its first checkpoint is resumed
-        // from this file in turn.
-        match rejects
-            .carry(&from, &plan.entity, r.from_batches)
-            .and_then(|n| rejects.sync().map(|()| n))
-        {
-            Ok((lines, warnings)) => {
-                tracing::info!(entity = %plan.entity, from = %from.display(), lines, warnings, "carried the covered rejects of the interrupted run")
-            }
-            Err(cause) => {
-                let e = RunError::Io { path: from, cause };
-                return (report_base(&counters, "none", total), Some(e));
-            }
-        }
     }
 
     let (tx, rx) = mpsc::channel::<Batch>(opts.concurrency);
