@@ -799,6 +799,18 @@ async fn a_destination_that_cannot_hold_the_documents_is_found_and_refused() {
     );
     db.collection::<Document>("t").drop().await.unwrap();
 
+    // A capped collection: it drops its oldest documents.
+    db.create_collection("t")
+        .capped(true)
+        .size(4096)
+        .await
+        .unwrap();
+    let out = check();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("is a capped collection"), "{text}");
+    db.collection::<Document>("t").drop().await.unwrap();
+
     // A validator no document fits.
     db.create_collection("t")
         .validator(doc! { "$jsonSchema": { "required": ["nowhere"] } })

@@ -978,5 +978,14 @@ async fn a_mapping_into_the_ledgers_collections_is_refused() {
     assert!(text.contains("named like the ledger's own"), "{text}");
     let names = w.mongo().await.list_collection_names().await.unwrap();
     assert!(!names.contains(&"cutover_steps".to_string()), "{names:?}");
+    // Without case too (Appwrite's table ids ignore it).
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\ncollection = \"Cutover_Runs\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
     w.drop().await;
 }

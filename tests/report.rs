@@ -394,3 +394,37 @@ async fn report_chooses_the_run_of_the_database_named_and_reads_its_ledger() {
         .unwrap();
     w.drop().await;
 }
+
+/// After a rollback of a verified run, the sign-off no longer says the target was verified (it
+/// said "Verification PASSED" over emptied collections): it names the steps rolled back.
+#[tokio::test]
+async fn a_rolled_back_run_is_no_longer_signed_off_as_verified() {
+    let w = World::new("report_rolled_back").await;
+    w.load_registry(100);
+    let pipeline = common::repo().join("pipelines/registry.toml");
+    assert_eq!(w.migrate(&[]).status.code(), Some(2));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let report = || {
+        let out = w.cutover().args(["report", &run_id]).output().unwrap();
+        common::output_text(&out)
+    };
+    assert!(report().contains("PASSED"), "{}", report());
+    let out = w
+        .cutover()
+        .args(["rollback", "--all", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let text = report();
+    assert!(!text.contains("PASSED"), "{text}");
+    assert!(text.contains("rolled back since"), "{text}");
+    w.drop().await;
+}

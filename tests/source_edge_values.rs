@@ -723,7 +723,8 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
             dir.join("mappings/r.toml"),
             format!(
                 "version = 1\nname = \"r\"\n[source]\ntable = \"r\"\nkey = [\"id\"]\n\
-                 [[field]]\npath = \"ref\"\ncolumn = \"{column}\"\nreference = \"{entity}\"\n"
+                 [[field]]\npath = \"ref\"\ncolumn = \"{column}\"\nreference = \"{entity}\"\n\
+                 validate = {{ exists = true }}\n"
             ),
         )
         .unwrap();

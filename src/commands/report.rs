@@ -38,6 +38,7 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
             .filter(|s| s.run_id == signoff.run.run_id)
             .filter_map(|s| serde_json::to_value(s).ok())
             .collect();
+        signoff.note_rollbacks();
     }
     let text = match args.format {
         ReportFormat::Text => signoff.render_text(),

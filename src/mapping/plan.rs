@@ -83,7 +83,14 @@ impl IdRule {
 /// An `_id` as one text (canonical extended JSON: the type is part of it), to hold and look up
 /// sets of ids.
 pub fn id_text(id: &Bson) -> String {
-    id.clone().into_canonical_extjson().to_string()
+    // Integers of any width are one `_id` to MongoDB (and one row id to Appwrite): an int4
+    // column referencing a bigint key finds it.
+    match id {
+        Bson::Int32(i) => Bson::Int64(i64::from(*i)),
+        other => other.clone(),
+    }
+    .into_canonical_extjson()
+    .to_string()
 }
 
 /// A numeric key as one text for every scale PostgreSQL holds equal (`1.0`, `1.00` and `1` are

@@ -28,6 +28,37 @@ pub struct SignOff {
     pub rejects: Vec<RuleCount>,
     pub warnings: Vec<RuleCount>,
     pub ledger: Vec<serde_json::Value>,
+    /// Steps of the run rolled back since: its verification no longer speaks of the target.
+    #[serde(default)]
+    pub rolled_back: Vec<String>,
+}
+
+impl SignOff {
+    /// Notes the run's steps the ledger shows rolled back; a verification made before a
+    /// rollback no longer describes the target, so it is dropped (it said PASSED over an emptied
+    /// collection).
+    pub fn note_rollbacks(&mut self) {
+        self.rolled_back = self
+            .ledger
+            .iter()
+            .filter(|s| s["status"] == crate::ledger::ROLLED_BACK)
+            .filter_map(|s| s["entity"].as_str().map(str::to_string))
+            .collect();
+        if !self.rolled_back.is_empty() {
+            self.verification = None;
+        }
+    }
+
+    fn not_verified(&self) -> String {
+        if self.rolled_back.is_empty() {
+            "not verified since this run (run `cutover verify`)".to_string()
+        } else {
+            format!(
+                "rolled back since ({}): no verification speaks of the target as this run left it",
+                self.rolled_back.join(", ")
+            )
+        }
+    }
 }
 
 fn is_run_report(p: &Path) -> bool {
@@ -330,6 +361,7 @@ impl SignOff {
             verification,
             run,
             ledger: Vec::new(),
+            rolled_back: Vec::new(),
         })
     }
 
@@ -379,7 +411,7 @@ impl SignOff {
                 }
             }
             None => {
-                let _ = writeln!(s, "not verified since this run (run `cutover verify`)");
+                let _ = writeln!(s, "{}", self.not_verified());
             }
         }
         for (title, list) in [
@@ -666,7 +698,9 @@ th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
                 }
                 h.push_str("</table>");
             }
-            None => h.push_str("<p class=\"muted\">not verified since this run</p>"),
+            None => {
+                let _ = write!(h, "<p class=\"muted\">{}</p>", esc(&self.not_verified()));
+            }
         }
         if !self.ledger.is_empty() {
             h.push_str("<h2>Ledger</h2><pre>");

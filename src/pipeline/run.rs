@@ -446,7 +446,12 @@ pub async fn migrate(
             .get(&step.entity)
             .map(|m| m.collection().to_string())
             .unwrap_or_default();
-        if !ledger.prefix().is_empty() && collection.starts_with(ledger.prefix()) {
+        // Without case: Appwrite's table ids ignore it.
+        if !ledger.prefix().is_empty()
+            && collection
+                .to_lowercase()
+                .starts_with(&ledger.prefix().to_lowercase())
+        {
             return Err(RunError::Refused(format!(
                 "{}: collection `{collection}` is named like the ledger's own (`{}…`); choose another `collection` in its mapping",
                 step.entity,
@@ -594,7 +599,16 @@ async fn migrate_locked(
         // --max-rejects counts the entity's rejects, those of the part it resumes included: a
         // limit re-run after re-run would otherwise let any number through.
         if let Some(r) = &stage.resume {
-            total_rejected.fetch_add(r.covered.rejected, Ordering::Relaxed);
+            let n = total_rejected.fetch_add(r.covered.rejected, Ordering::Relaxed)
+                + r.covered.rejected;
+            if let Some(max) = opts.max_rejects
+                && n > max
+                && !opts.dry_run
+            {
+                // Already past the limit before this run reads a row.
+                run_error = Some(RunError::TooManyRejects { rejected: n, max });
+                break;
+            }
         }
         // The rejects and warnings of the rows the interrupted run's checkpoint covers go into
         // this run's files (the rest are read again): each row of the entity is in them once.

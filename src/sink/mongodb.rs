@@ -320,6 +320,11 @@ impl MongoTarget {
                 "`{collection}` is a view in the target: it takes no write (drop it or map the entity to another collection)"
             )));
         }
+        if spec.options.capped == Some(true) {
+            return Ok(Some(format!(
+                "`{collection}` is a capped collection in the target: it drops its oldest documents to stay within its size, so written documents would silently go (drop it or map the entity to another collection)"
+            )));
+        }
         if let Some(c) = &spec.options.collation
             && c.locale != "simple"
         {
