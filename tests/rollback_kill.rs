@@ -427,6 +427,20 @@ async fn a_killed_rollback_is_shown_and_finished(c: &Case) {
                 // A dependent is refused too: items is not applied.
                 let out = c.run(&["migrate", "--quiet", "notes"]).await;
                 assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
+                // The backup the rollback restores from cannot be dropped under it.
+                let steps = c.steps().await;
+                let backup = steps
+                    .iter()
+                    .find(|s| s.get_str("status") == Ok("rolling-back"))
+                    .and_then(|s| s.get_str("backup").ok())
+                    .expect("the rolling-back step names its backup");
+                let out = c.run(&["backup", "drop", backup]).await;
+                assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
+                assert!(
+                    common::output_text(&out).contains("interrupted rollback"),
+                    "{}",
+                    common::output_text(&out)
+                );
             }
             other => panic!("trial {trial}: items is {other}"),
         }

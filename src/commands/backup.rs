@@ -61,6 +61,18 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
                     b.run_id
                 );
             }
+            // An interrupted rollback restores from it: dropping it would leave the destination
+            // half restored with no way back.
+            if let Some(s) = ledger.all_steps().await?.into_iter().find(|s| {
+                s.status == crate::ledger::ROLLING_BACK
+                    && s.backup.as_deref() == Some(name.as_str())
+            }) {
+                anyhow::bail!(
+                    "{name} is what the interrupted rollback of {} (run {}) restores from: finish it with `cutover rollback` first",
+                    s.entity,
+                    s.run_id
+                );
+            }
             ledger.drop_backup(&b).await?;
             crate::outln!("dropped {}", b.name);
             Ok(Outcome::Success)
