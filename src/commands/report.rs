@@ -38,7 +38,13 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
             .filter(|s| s.run_id == signoff.run.run_id)
             .filter_map(|s| serde_json::to_value(s).ok())
             .collect();
-        signoff.note_rollbacks();
+        let rolled_back = signoff
+            .ledger
+            .iter()
+            .filter(|s| s["status"] == crate::ledger::ROLLED_BACK)
+            .filter_map(|s| s["entity"].as_str().map(str::to_string))
+            .collect();
+        signoff.note_rollbacks(rolled_back);
     }
     let text = match args.format {
         ReportFormat::Text => signoff.render_text(),

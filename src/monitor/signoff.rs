@@ -34,16 +34,11 @@ pub struct SignOff {
 }
 
 impl SignOff {
-    /// Notes the run's steps the ledger shows rolled back; a verification made before a
-    /// rollback no longer describes the target, so it is dropped (it said PASSED over an emptied
-    /// collection).
-    pub fn note_rollbacks(&mut self) {
-        self.rolled_back = self
-            .ledger
-            .iter()
-            .filter(|s| s["status"] == crate::ledger::ROLLED_BACK)
-            .filter_map(|s| s["entity"].as_str().map(str::to_string))
-            .collect();
+    /// Notes the run's entities whose steps were rolled back since; a verification made before
+    /// a rollback no longer describes the target, so it is dropped (it said PASSED over an
+    /// emptied collection).
+    pub fn note_rollbacks(&mut self, rolled_back: Vec<String>) {
+        self.rolled_back = rolled_back;
         if !self.rolled_back.is_empty() {
             self.verification = None;
         }
