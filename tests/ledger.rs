@@ -178,6 +178,19 @@ async fn killed_runs_resume_from_their_checkpoint_and_end_identical() {
     let status = status_json(&w, &pipeline);
     let e = entity_status(&status, "events");
     assert_eq!(e["state"], "interrupted", "{status}");
+    // The killed holder's lock is free before its expiry time: said so, not "expired".
+    assert_eq!(status["lock"]["process_gone"], true, "{status}");
+    let text = w
+        .cutover()
+        .args(["status", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains("lock: free — the process holding it is gone"),
+        "{text}"
+    );
     assert!(e["checkpoint_rows"].as_i64().unwrap() >= first, "{status}");
     assert_eq!(entity_status(&status, "kinds")["state"], "applied");
 

@@ -47,6 +47,9 @@ pub struct LockHolder {
     pub acquired_at: Option<String>,
     pub expires_at: Option<String>,
     pub expired: bool,
+    /// The holder ran on this machine and its process is gone (free before its expiry).
+    #[serde(default)]
+    pub process_gone: bool,
     /// The fencing token of the acquisition (none in locks written before tokens existed).
     #[serde(skip)]
     pub token: Option<String>,
@@ -99,6 +102,7 @@ fn holder_of(d: &Document) -> LockHolder {
         acquired_at: date("acquired_at"),
         expires_at: date("expires_at"),
         expired,
+        process_gone: dead,
         token: d.get_str("token").ok().map(str::to_string),
     }
 }
