@@ -112,9 +112,9 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
     match holder {
         Some(h) if !h.expired => crate::outln!("lock: held by {h}"),
         // Free before its expiry time: say why, not "expired".
-        Some(h) if h.process_gone => crate::outln!(
-            "lock: free — the process holding it is gone (last held by {h})"
-        ),
+        Some(h) if h.process_gone => {
+            crate::outln!("lock: free — the process holding it is gone (last held by {h})")
+        }
         Some(h) => crate::outln!("lock: expired (last held by {h})"),
         None => crate::outln!("lock: free"),
     }
