@@ -246,12 +246,17 @@ pub async fn check(
                 });
             }
             let Target::Mongo(mt) = t else { continue };
-            match mt.unfit(&plan.collection).await {
-                Ok(Some(why)) => report.blocking.push(format!("{}: {why}", plan.entity)),
-                Ok(None) => {}
-                Err(e) => report.blocking.push(format!("{}: {e}", plan.entity)),
+            let shape = match mt.destination(&plan.collection).await {
+                Ok(shape) => shape,
+                Err(e) => {
+                    report.blocking.push(format!("{}: {e}", plan.entity));
+                    continue;
+                }
+            };
+            if let Some(why) = shape.unfit {
+                report.blocking.push(format!("{}: {why}", plan.entity));
             }
-            if let Ok(true) = mt.has_validator(&plan.collection).await {
+            if shape.validator {
                 report.findings.push(Finding {
                     entity: plan.entity.clone(),
                     path: String::new(),

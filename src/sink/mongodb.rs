@@ -139,6 +139,17 @@ pub fn is_transient(err: &mongodb::error::Error) -> bool {
     }
 }
 
+/// A destination collection as it exists (see [`MongoTarget::destination`]).
+#[derive(Debug, Clone, Default)]
+pub struct DestinationShape {
+    /// Why it cannot hold the documents as they are: a view (it takes no write), a capped
+    /// collection (it drops documents), a non-binary collation (`_id`s differing by case or
+    /// accents are one key there). `None` when it does not exist or can hold them.
+    pub unfit: Option<String>,
+    /// It has a validator (documents it refuses are rejected row by row, stage write).
+    pub validator: bool,
+}
+
 impl Retryable for MongoError {
     fn is_retryable(&self) -> bool {
         match self {
@@ -296,11 +307,9 @@ impl MongoTarget {
         &self.client
     }
 
-    /// Why `collection`, as it exists, cannot hold the run's documents as they are: a view (it
-    /// takes no write), or a collation that is not binary (`_id`s differing by case or accents
-    /// are one key there: distinct source keys would be refused as duplicates). `None` when it
-    /// does not exist or can hold them; a validator is not a reason (it refuses row by row).
-    pub async fn unfit(&self, collection: &str) -> Result<Option<String>, MongoError> {
+    /// What `collection`, as it exists, means for the run's documents (one `listCollections`).
+    pub async fn destination(&self, collection: &str) -> Result<DestinationShape, MongoError> {
+        use futures::TryStreamExt;
         let err = |cause| MongoError::Command {
             op: format!("listCollections {collection}"),
             cause,
@@ -311,49 +320,31 @@ impl MongoTarget {
             .filter(doc! { "name": collection })
             .await
             .map_err(err)?;
-        use futures::TryStreamExt;
         let Some(spec) = specs.try_next().await.map_err(err)? else {
-            return Ok(None);
+            return Ok(DestinationShape::default());
         };
-        if matches!(spec.collection_type, mongodb::results::CollectionType::View) {
-            return Ok(Some(format!(
+        let unfit = if matches!(spec.collection_type, mongodb::results::CollectionType::View) {
+            Some(format!(
                 "`{collection}` is a view in the target: it takes no write (drop it or map the entity to another collection)"
-            )));
-        }
-        if spec.options.capped == Some(true) {
-            return Ok(Some(format!(
+            ))
+        } else if spec.options.capped == Some(true) {
+            Some(format!(
                 "`{collection}` is a capped collection in the target: it drops its oldest documents to stay within its size, so written documents would silently go (drop it or map the entity to another collection)"
-            )));
-        }
-        if let Some(c) = &spec.options.collation
-            && c.locale != "simple"
-        {
-            return Ok(Some(format!(
-                "`{collection}` has the collation `{}` (strength {:?}): keys differing only by case or accents are one _id there, so distinct source rows would be refused as duplicates (recreate it without a collation, or map the entity to another collection)",
-                c.locale, c.strength
-            )));
-        }
-        Ok(None)
-    }
-
-    /// Whether `collection` has a validator (documents it refuses are rejected, stage write).
-    pub async fn has_validator(&self, collection: &str) -> Result<bool, MongoError> {
-        let err = |cause| MongoError::Command {
-            op: format!("listCollections {collection}"),
-            cause,
+            ))
+        } else {
+            spec.options
+                .collation
+                .as_ref()
+                .filter(|c| c.locale != "simple")
+                .map(|c| format!(
+                    "`{collection}` has the collation `{}` (strength {:?}): keys differing only by case or accents are one _id there, so distinct source rows would be refused as duplicates (recreate it without a collation, or map the entity to another collection)",
+                    c.locale, c.strength
+                ))
         };
-        use futures::TryStreamExt;
-        let mut specs = self
-            .db
-            .list_collections()
-            .filter(doc! { "name": collection })
-            .await
-            .map_err(err)?;
-        Ok(specs
-            .try_next()
-            .await
-            .map_err(err)?
-            .is_some_and(|s| s.options.validator.is_some()))
+        Ok(DestinationShape {
+            unfit,
+            validator: spec.options.validator.is_some(),
+        })
     }
 
     /// Whether `collection` holds no document.

@@ -815,7 +815,7 @@ impl Target {
     /// Sets up the destination of a stage before its first row.
     pub async fn prepare(&self, plan: &Plan) -> Result<(), SinkError> {
         match self {
-            Target::Mongo(m) => match m.unfit(&plan.collection).await? {
+            Target::Mongo(m) => match m.destination(&plan.collection).await?.unfit {
                 Some(why) => Err(MongoError::Unfit(why).into()),
                 None => Ok(()),
             },
