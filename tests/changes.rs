@@ -1451,3 +1451,128 @@ async fn an_insert_refused_because_its_documents_exist_leaves_them_alone() {
     assert_eq!(states(&w, &dir), [("1".to_string(), "failed".to_string())]);
     w.drop().await;
 }
+
+/// `cutover rollback` restores a collection to what it held before a run: changes applied to it
+/// after that run would vanish while the ledger still lists them applied. It refuses (dry run
+/// too) naming them; reversed first, the rollback goes ahead. A change applied before a rerun is
+/// part of the rerun's backup and does not stand in the way. And `changes up` is refused on a
+/// collection whose rollback was cut short (its end would wipe the change) or whose run stopped
+/// half way.
+#[tokio::test]
+async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuses_an_unsettled_collection()
+ {
+    let w = World::new("changes_vs_rollback").await;
+    w.sql("CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL); INSERT INTO kinds SELECT 'k' || g, 'label ' || g FROM generate_series(1, 30) g;")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "kinds",
+        "version = 1\nname = \"kinds\"\n[source]\ntable = \"kinds\"\nkey = [\"code\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let pipeline_arg = pipeline.to_str().unwrap().to_string();
+    let rollback = |extra: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.args(["rollback", "--pipeline", &pipeline_arg])
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    ok(&w.migrate_with(&pipeline, &[]));
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_flag.toml",
+        "version = 1\nname = \"flag\"\n[[up]]\nop = \"add_field\"\ncollection = \"kinds\"\nfield = \"flag\"\ndefault = true\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let before = hashes(&w).await;
+
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let text = refused(&rollback(extra));
+        assert!(
+            text.contains("would silently discard changes applied after the run")
+                && text.contains("change 1 (")
+                && text.contains("on kinds after run"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        hashes(&w).await,
+        before,
+        "a refused rollback changed the data"
+    );
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+
+    // Reversed first, the rollback empties the collection (it was empty before the run).
+    ok(&changes(&w, "down", &dir, &[]));
+    ok(&rollback(&[]));
+    assert_eq!(w.count("kinds").await, 0);
+
+    // A change applied before a rerun is in the rerun's backup: rolling the rerun back keeps it.
+    ok(&w.migrate_with(&pipeline, &[]));
+    ok(&changes(&w, "up", &dir, &[]));
+    ok(&w.migrate_with(&pipeline, &["--rerun"]));
+    let flagged = || async {
+        w.mongo()
+            .await
+            .collection::<Document>("kinds")
+            .count_documents(doc! { "flag": true })
+            .await
+            .unwrap()
+    };
+    assert_eq!(flagged().await, 0, "the rerun rewrote the documents");
+    ok(&rollback(&[]));
+    assert_eq!(
+        flagged().await,
+        30,
+        "the rollback put the flagged documents back"
+    );
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+
+    // A rollback cut short (its step left `rolling-back`), or a run stopped half way: `changes
+    // up` on that collection is refused, its dry run too, and nothing is written.
+    write(
+        &dir,
+        "2_size.toml",
+        "version = 2\nname = \"size\"\n[[up]]\nop = \"add_field\"\ncollection = \"kinds\"\nfield = \"size\"\ndefault = 1\n",
+    );
+    let steps = w.mongo().await.collection::<Document>("cutover_steps");
+    for (status, why) in [
+        ("rolling-back", "is being rolled back"),
+        ("running", "was left half written by a run that stopped"),
+    ] {
+        let last = steps
+            .find_one(doc! { "entity": "kinds" })
+            .sort(doc! { "started_at": -1 })
+            .await
+            .unwrap()
+            .unwrap();
+        let status_before = last.get_str("status").unwrap().to_string();
+        steps
+            .update_one(
+                doc! { "_id": last.get("_id").unwrap() },
+                doc! { "$set": { "status": status } },
+            )
+            .await
+            .unwrap();
+        let before = hashes(&w).await;
+        for extra in [&["--dry-run"][..], &[][..]] {
+            let text = refused(&changes(&w, "up", &dir, extra));
+            assert!(
+                text.contains("change 2 (")
+                    && text.contains("writes kinds, which")
+                    && text.contains(why),
+                "{status}: {text}"
+            );
+        }
+        assert_eq!(hashes(&w).await, before);
+        steps
+            .update_one(
+                doc! { "_id": last.get("_id").unwrap() },
+                doc! { "$set": { "status": status_before } },
+            )
+            .await
+            .unwrap();
+    }
+    ok(&changes(&w, "up", &dir, &[]));
+    w.drop().await;
+}

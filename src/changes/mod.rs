@@ -379,6 +379,100 @@ impl UpReport {
     }
 }
 
+/// A change recorded on collections that a restore from an earlier backup would put back.
+#[derive(Debug, Clone)]
+pub struct ChangeOnCollections {
+    pub version: u64,
+    pub file: String,
+    pub status: String,
+    /// The restored collections it wrote.
+    pub collections: Vec<String>,
+}
+
+/// The changes started at or after `since_millis` that wrote any of `collections` and are
+/// not undone (applied, or left half applied or half reversed), oldest first: restoring those
+/// collections from a backup taken before would discard what they did while the ledger still
+/// calls them applied.
+pub async fn changes_since(
+    ledger: &Ledger,
+    collections: &std::collections::BTreeSet<String>,
+    since_millis: i64,
+) -> Result<Vec<ChangeOnCollections>, ChangesError> {
+    let mut out = Vec::new();
+    for r in (Records { ledger }).all().await? {
+        if r.applied_millis < since_millis || r.status == ROLLED_BACK || r.status == FAILED {
+            continue;
+        }
+        let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
+        let theirs = touched(&c);
+        let both: Vec<String> = match &theirs {
+            Some(t) => t.intersection(collections).cloned().collect(),
+            None => collections.iter().cloned().collect(),
+        };
+        if !both.is_empty() {
+            out.push(ChangeOnCollections {
+                version: r.version,
+                file: r.file,
+                status: r.status,
+                collections: both,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses changes that write a collection whose last migrate step did not settle: one being
+/// rolled back (a cut-short rollback whose end will restore over the change), or one a run
+/// stopped writing half way (its resume would mix with the change).
+async fn refuse_unsettled_collections(
+    t: &ChangeTarget<'_>,
+    pending: &[&Change],
+) -> Result<(), ChangesError> {
+    let steps = t
+        .ledger
+        .all_steps()
+        .await
+        .map_err(|e| ChangesError::Refused(e.to_string()))?;
+    let undone = crate::ledger::undone(&steps);
+    let mut last: BTreeMap<&str, &crate::ledger::StepRecord> = BTreeMap::new();
+    for s in steps.iter().filter(|s| !undone.contains(&s.id)) {
+        last.insert(&s.entity, s);
+    }
+    let mut refusals = Vec::new();
+    for s in last.values() {
+        let why = if s.status == crate::ledger::ROLLING_BACK {
+            "is being rolled back (a rollback was cut short); finish it with `cutover rollback` first"
+        } else if crate::ledger::unfinished(&s.status) {
+            "was left half written by a run that stopped; finish it with `cutover migrate` (or roll it back) first"
+        } else {
+            continue;
+        };
+        let crate::sink::target::Destination::Collection { name } = &s.destination else {
+            continue;
+        };
+        for c in pending {
+            let writes = match touched(c) {
+                Some(cols) => cols.contains(name),
+                None => true,
+            };
+            if writes {
+                refusals.push(format!(
+                    "change {} ({}) writes {name}, which {why} (entity {}, run {})",
+                    c.version,
+                    c.path.display(),
+                    s.entity,
+                    s.run_id
+                ));
+            }
+        }
+    }
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(ChangesError::Refused(refusals.join("\n")))
+    }
+}
+
 /// A lock run id for one `changes` invocation.
 fn new_run_id() -> String {
     format!(
@@ -459,6 +553,7 @@ pub async fn up(
     if opts.dry_run {
         let states = status(t, files).await?;
         let pending = select_pending(&states, files, opts)?;
+        refuse_unsettled_collections(t, &pending).await?;
         return preview_all(t, &pending).await;
     }
     // The state is read under the lock: another `changes up` may have applied changes until
@@ -473,6 +568,7 @@ pub async fn up(
         sweep_backups(t).await?;
         let states = status(t, files).await?;
         let pending = select_pending(&states, files, opts)?;
+        refuse_unsettled_collections(t, &pending).await?;
         if pending.is_empty() {
             return Ok(UpReport {
                 batch: None,

@@ -3,9 +3,11 @@
 use anyhow::Result;
 
 use super::shared::pipeline_for;
+use crate::changes;
 use crate::cli::{Cli, Outcome, RollbackArgs};
 use crate::ledger::{self};
-use crate::pipeline::rollback::{self, RollbackRequest};
+use crate::pipeline::rollback::{self, RollbackRequest, Undo};
+use crate::sink::target::Destination;
 
 pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
     let (cfg, _target, ledger) =
@@ -22,6 +24,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
         crate::outln!("nothing to roll back");
         return Ok(Outcome::Success);
     }
+    refuse_discarding_changes(&ledger, &undo).await?;
     let verb = if args.dry_run {
         "would roll back"
     } else {
@@ -47,4 +50,41 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
     result?;
     crate::outln!("rolled back {} step(s)", undo.len());
     Ok(Outcome::Success)
+}
+
+/// Refuses to restore a collection on which `cutover changes` were applied after the step the
+/// restore undoes: the backup predates them, so their effects would vanish while the ledger
+/// still lists them applied. Reversing them first (`changes down`) keeps the history true.
+async fn refuse_discarding_changes(ledger: &ledger::Ledger, undo: &[Undo]) -> Result<()> {
+    let mut blocking = Vec::new();
+    for u in undo.iter().filter(|u| u.restore) {
+        let Destination::Collection { name } = &u.step.destination else {
+            continue;
+        };
+        let since = u
+            .step
+            .started_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map_or(0, |t| t.timestamp_millis());
+        let collections = std::collections::BTreeSet::from([name.clone()]);
+        for c in changes::changes_since(ledger, &collections, since).await? {
+            blocking.push(format!(
+                "change {} ({}, {}) on {} after run {} of {}",
+                c.version,
+                c.file,
+                c.status,
+                c.collections.join(", "),
+                u.step.run_id,
+                u.step.entity
+            ));
+        }
+    }
+    if blocking.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to roll back: the restore would silently discard changes applied after the run — {}; reverse them first with `cutover changes down` (`--to VERSION` or `--steps N`), then roll back",
+        blocking.join("; ")
+    )
 }
