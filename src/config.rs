@@ -526,12 +526,12 @@ impl Config {
                 .run
                 .reports_dir
                 .map(in_file)
-                .unwrap_or_else(|| PathBuf::from("reports")),
+                .unwrap_or_else(|| in_file(PathBuf::from("reports"))),
             rejects_dir: parsed
                 .run
                 .rejects_dir
                 .map(in_file)
-                .unwrap_or_else(|| PathBuf::from("rejects")),
+                .unwrap_or_else(|| in_file(PathBuf::from("rejects"))),
             pipeline: o
                 .pipeline
                 .clone()
@@ -824,6 +824,17 @@ mod tests {
         let c =
             Config::from_str(Path::new("/etc/cutover/cutover.toml"), text, &env(&[]), &o).unwrap();
         assert_eq!(c.pipeline, Path::new("here.toml"));
+        // Not given, they are beside the file too: a run started from another directory with
+        // the same config finds the reports and rejects of the one before.
+        let c = Config::from_str(
+            Path::new("/etc/cutover/cutover.toml"),
+            "",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.reports_dir, Path::new("/etc/cutover/reports"));
+        assert_eq!(c.rejects_dir, Path::new("/etc/cutover/rejects"));
     }
 
     #[test]

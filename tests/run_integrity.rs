@@ -105,8 +105,13 @@ async fn setup(w: &World) -> PathBuf {
 }
 
 fn spawn(w: &World, args: &[&str]) -> Child {
+    spawn_in(w, w.dir.path(), args)
+}
+
+/// `cutover ARGS…` started in `cwd`.
+fn spawn_in(w: &World, cwd: &Path, args: &[&str]) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin("cutover"))
-        .current_dir(w.dir.path())
+        .current_dir(cwd)
         .env("CUTOVER_SOURCE_URL", &w.pg_url)
         .env("MONGODB_URI", common::mongo_uri())
         .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
@@ -511,5 +516,90 @@ async fn a_stage_moved_to_another_collection_after_a_crash_rolls_back_that_colle
         "people was not restored to its own state: {} documents",
         left.len()
     );
+    w.drop().await;
+}
+
+/// Every (source key, rule) of `entity` in the rejects files of the runs under `dir`.
+fn rejects_under(dir: &Path, entity: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for run in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = run.unwrap().path().join(format!("{entity}.csv"));
+        let Ok(mut r) = csv::Reader::from_path(&path) else {
+            continue;
+        };
+        for rec in r.records() {
+            let rec = rec.unwrap();
+            out.push((rec[1].to_string(), rec[3].to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A run killed in one directory and resumed from another (no config file: `rejects/` follows
+/// the working directory) copies the covered reject lines from where the killed run wrote them,
+/// as the ledger recorded; when they are gone the resume refuses, naming the directory, and
+/// writes nothing — every rejected row stays in a rejects file.
+#[tokio::test]
+async fn a_run_resumed_from_another_directory_finds_the_killed_runs_rejects_or_refuses() {
+    let w = World::new("integrity_cwd").await;
+    let pipeline = setup(&w).await;
+    let p = pipeline.display().to_string();
+    let (a, b) = (w.dir.path().join("a"), w.dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let args = [
+        "migrate",
+        "--quiet",
+        "--pipeline",
+        &p,
+        "owners",
+        "--batch-size",
+        "100",
+    ];
+    let mut child = spawn_in(&w, &a, &args);
+    let covered = kill_after(&w, &mut child, "owners", 3_000).await;
+    let before = rejects_under(&a.join("rejects"), "owners");
+    assert!(before.len() as i64 >= covered / 97, "{}", before.len());
+
+    // The killed run's rejects are gone from where it wrote them: refused, nothing written.
+    std::fs::rename(a.join("rejects"), w.dir.path().join("moved")).unwrap();
+    let docs = w.count("owners").await;
+    let out = wait_bounded(spawn_in(&w, &b, &args), Duration::from_secs(120), "resume");
+    let text = out_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("cannot resume owners")
+            && text.contains(&a.join("rejects").display().to_string())
+            && text.contains("rejected row(s)"),
+        "{text}"
+    );
+    assert_eq!(w.count("owners").await, docs, "the refused resume wrote");
+
+    // Put back, the resume from the other directory copies them: every rejected row of the
+    // entity is in the finishing run's file, once.
+    std::fs::rename(w.dir.path().join("moved"), a.join("rejects")).unwrap();
+    let out = wait_bounded(spawn_in(&w, &b, &args), Duration::from_secs(120), "resume");
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let expected: Vec<String> = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT id::text FROM owners WHERE length(note) > 45 ORDER BY 1")
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+        keys
+    };
+    let runs: Vec<_> = std::fs::read_dir(b.join("rejects"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let got: Vec<String> = rejects_under(&b.join("rejects"), "owners")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(got, expected);
     w.drop().await;
 }

@@ -164,6 +164,9 @@ pub struct StepRecord {
     pub snapshot_at: Option<String>,
     /// A delta step: rows changed since this instant.
     pub since: Option<String>,
+    /// Where the step's rejects and warnings files are (absolute): a resume started from
+    /// another directory finds the lines its checkpoint covers there.
+    pub rejects_dir: Option<String>,
     pub host: String,
     pub pid: i64,
     pub version: String,
@@ -255,6 +258,7 @@ impl StepRecord {
             resumed_from: d.get_str("resumed_from").ok().map(str::to_string),
             snapshot_at: d.get_str("snapshot_at").ok().map(str::to_string),
             since: d.get_str("since").ok().map(str::to_string),
+            rejects_dir: d.get_str("rejects_dir").ok().map(str::to_string),
             host: text(d, "host"),
             pid: int(d, "pid"),
             version: text(d, "version"),
@@ -327,6 +331,8 @@ pub struct StepStart<'a> {
     pub snapshot_at: &'a str,
     /// Rows changed since this time only (a delta run).
     pub since: Option<&'a str>,
+    /// The directory of this run's rejects files.
+    pub rejects_dir: Option<&'a str>,
 }
 
 #[derive(Clone, Debug)]
@@ -454,6 +460,9 @@ impl Ledger {
         step.insert("snapshot_at", s.snapshot_at);
         if let Some(since) = s.since {
             step.insert("since", since);
+        }
+        if let Some(dir) = s.rejects_dir {
+            step.insert("rejects_dir", dir);
         }
         if let Some((key, covered)) = s.checkpoint {
             step.insert("checkpoint_key", key.to_vec());

@@ -228,6 +228,7 @@ mod tests {
             resumed_from: None,
             snapshot_at: None,
             since: None,
+            rejects_dir: None,
             host: String::new(),
             pid: 0,
             version: String::new(),

@@ -27,6 +27,16 @@ const HEADER: [&str; 8] = [
 /// Records are gathered up to this many bytes before they go to the file, in whole records.
 const PENDING_MAX: usize = 64 * 1024;
 
+/// What [`RejectsWriter::carry`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    /// Reject lines (a row rejected for several reasons has several).
+    pub lines: u64,
+    pub warnings: u64,
+    /// Distinct rows among the reject lines.
+    pub rejected_rows: u64,
+}
+
 /// Writes reject and warning records; created lazily per entity, safe to share between tasks.
 pub struct RejectsWriter {
     dir: PathBuf,
@@ -175,12 +185,14 @@ impl RejectsWriter {
     /// run in `from` covers — carried-over lines (no batch) and those of its first `batches`
     /// batches — as carried-over lines. Returns the lines copied (rejects, warnings). A file
     /// without the `batch` column (an older version) is not copied: its rows cannot be told apart.
-    pub fn carry(&self, from: &Path, entity: &str, batches: u64) -> std::io::Result<(u64, u64)> {
+    pub fn carry(&self, from: &Path, entity: &str, batches: u64) -> std::io::Result<Carried> {
         let mut copied = (0, 0);
+        let mut rejected_keys = std::collections::HashSet::new();
         for (name, n) in [
             (format!("{entity}.csv"), &mut copied.0),
             (format!("{entity}.warnings.csv"), &mut copied.1),
         ] {
+            let rejects = name.ends_with(".csv") && !name.ends_with(".warnings.csv");
             let mut r = match csv::Reader::from_path(from.join(&name)) {
                 Ok(r) => r,
                 Err(e) if matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::NotFound) =>
@@ -211,9 +223,16 @@ impl RejectsWriter {
                 }
                 w.record(fields)?;
                 *n += 1;
+                if rejects {
+                    rejected_keys.insert(fields[1].to_string());
+                }
             }
         }
-        Ok(copied)
+        Ok(Carried {
+            lines: copied.0,
+            warnings: copied.1,
+            rejected_rows: rejected_keys.len() as u64,
+        })
     }
 
     pub fn flush(&self) -> std::io::Result<()> {

@@ -582,6 +582,11 @@ async fn migrate_locked(
             run_id: run_id.to_string(),
             resume: resume.as_ref().map(|r| Resume {
                 from_run: r.run_id.clone(),
+                from_dir: r
+                    .rejects_dir
+                    .as_ref()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| opts.rejects_dir.join(&r.run_id)),
                 key: r.checkpoint_key.clone().unwrap_or_default(),
                 rows: r.checkpoint_rows.max(0) as u64,
                 covered: ledger::Covered {
@@ -616,14 +621,28 @@ async fn migrate_locked(
         // killed in between must leave a file holding every covered line.
         let carried = match stage.resume.as_ref().filter(|_| !opts.dry_run) {
             Some(r) => {
-                let from = opts.rejects_dir.join(&r.from_run);
-                rejects
+                let from = r.from_dir.clone();
+                match rejects
                     .carry(&from, &p.entity, r.from_batches)
                     .and_then(|n| rejects.sync().map(|()| n))
-                    .map(|(lines, warnings)| {
-                        tracing::info!(entity = %p.entity, from = %from.display(), lines, warnings, "carried the covered rejects of the interrupted run");
-                    })
-                    .map_err(|cause| RunError::Io { path: from, cause })
+                {
+                    Ok(c) if c.rejected_rows < r.covered.rejected => {
+                        Err(RunError::Refused(format!(
+                            "cannot resume {}: the checkpoint of run {} covers {} rejected row(s) but {} holds the lines of {}; without them those rows would be in no rejects file. Run from the directory that run ran in, or set `rejects_dir` in the config to where its rejects are; or roll {} back and migrate it again",
+                            p.entity,
+                            r.from_run,
+                            r.covered.rejected,
+                            from.display(),
+                            c.rejected_rows,
+                            p.entity
+                        )))
+                    }
+                    Ok(c) => {
+                        tracing::info!(entity = %p.entity, from = %from.display(), lines = c.lines, warnings = c.warnings, "carried the covered rejects of the interrupted run");
+                        Ok(())
+                    }
+                    Err(cause) => Err(RunError::Io { path: from, cause }),
+                }
             }
             None => Ok(()),
         };
@@ -856,6 +875,15 @@ async fn migrate_locked(
     Ok(report)
 }
 
+/// The directory of this run's rejects files, absolute (as the ledger records it).
+fn run_rejects_dir(opts: &RunOptions, run_id: &str) -> String {
+    let dir = opts.rejects_dir.join(run_id);
+    std::path::absolute(&dir)
+        .unwrap_or(dir)
+        .display()
+        .to_string()
+}
+
 /// Gets the target ready for one stage and records the step's start in the ledger: the schema
 /// (Appwrite), whether the destination is empty, its backup, and the write mode. Returns the
 /// destination as the ledger records it, whether it was empty, the backup's name, and the
@@ -944,6 +972,7 @@ async fn prepare_step(
             checkpoint,
             snapshot_at: earliest,
             since: stage.since.as_deref(),
+            rejects_dir: Some(&run_rejects_dir(opts, run_id)),
         })
         .await?;
     Ok((destination, was_empty, backup, taken))
@@ -986,6 +1015,8 @@ fn earlier<'a>(a: &'a str, b: &'a str) -> &'a str {
 #[derive(Debug, Clone)]
 struct Resume {
     from_run: String,
+    /// Where the resumed run's rejects files are.
+    from_dir: PathBuf,
     key: Vec<String>,
     rows: u64,
     /// What the checkpoint covers (since the entity's first part); no batch of this step yet.

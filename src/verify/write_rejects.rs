@@ -89,13 +89,13 @@ pub fn steps_behind<'s>(steps: &'s [StepRecord], entity: &str) -> Vec<&'s StepRe
     out
 }
 
-/// The write-stage rejects of `entity` in the rejects files of `runs` under `dir`. A run without
-/// a rejects file for the entity had none.
-pub fn read(dir: &Path, runs: &[&str], entity: &str) -> Result<WriteRejects, RunError> {
+/// The write-stage rejects of `entity` in the rejects files of `runs`, each a run id and the
+/// directory of its files. A run without a rejects file for the entity had none.
+pub fn read(runs: &[(&str, PathBuf)], entity: &str) -> Result<WriteRejects, RunError> {
     let mut found = WriteRejects::none();
-    for run in runs {
+    for (run, dir) in runs {
         found.runs.push((*run).to_string());
-        let path = dir.join(run).join(format!("{entity}.csv"));
+        let path = dir.join(format!("{entity}.csv"));
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -145,11 +145,19 @@ pub async fn load(
     entity: &str,
 ) -> Result<WriteRejects, RunError> {
     let steps = ledger.all_steps().await?;
-    let runs: Vec<&str> = steps_behind(&steps, entity)
+    // Each run's files where it recorded them, else under `rejects_dir` (older ledgers).
+    let runs: Vec<(&str, PathBuf)> = steps_behind(&steps, entity)
         .iter()
-        .map(|s| s.run_id.as_str())
+        .map(|s| {
+            let dir = s
+                .rejects_dir
+                .as_ref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| rejects_dir.join(&s.run_id));
+            (s.run_id.as_str(), dir)
+        })
         .collect();
-    read(rejects_dir, &runs, entity)
+    read(&runs, entity)
 }
 
 #[cfg(test)]
@@ -190,6 +198,7 @@ mod tests {
             resumed_from: None,
             snapshot_at: None,
             since: None,
+            rejects_dir: None,
             host: String::new(),
             pid: 0,
             version: String::new(),
@@ -237,7 +246,11 @@ mod tests {
             .unwrap();
         w.reject("b", "4", &[issue(Stage::Write)]).unwrap();
         w.flush().unwrap();
-        let got = read(dir.path(), &["r1", "r0"], "a").unwrap();
+        let got = read(
+            &[("r1", dir.path().join("r1")), ("r0", dir.path().join("r0"))],
+            "a",
+        )
+        .unwrap();
         assert_eq!(got.len(), 2);
         assert!(got.contains("1") && got.contains("3, with a comma"));
         assert!(!got.contains("2") && !got.contains("4"));
@@ -249,10 +262,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("r1")).unwrap();
         std::fs::write(dir.path().join("r1/a.csv"), "").unwrap();
-        let got = read(dir.path(), &["r1"], "a").unwrap();
+        let got = read(&[("r1", dir.path().join("r1"))], "a").unwrap();
         assert_eq!(got.len(), 0);
         // A file that is not a rejects file is still refused.
         std::fs::write(dir.path().join("r1/a.csv"), "x,y\n1,2\n").unwrap();
-        assert!(read(dir.path(), &["r1"], "a").is_err());
+        assert!(read(&[("r1", dir.path().join("r1"))], "a").is_err());
     }
 }
