@@ -243,7 +243,9 @@ async fn stages_with_embedded_children_resume_after_kill_9_and_end_identical() {
         Duration::from_secs(120),
         "the resuming run",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    // Exit 2: its report accounts for owners too (completed by the second killed run), rejects
+    // included.
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
     let runs: Vec<Document> = {
         use futures::TryStreamExt;
         w.mongo()
@@ -601,5 +603,97 @@ async fn a_run_resumed_from_another_directory_finds_the_killed_runs_rejects_or_r
         .map(|(key, _)| key)
         .collect();
     assert_eq!(got, expected);
+    w.drop().await;
+}
+
+/// kill -9 after the first stage completed, during the second: the run that finishes wrote the
+/// only report, and it accounts for every entity — the first stage's counts from the ledger
+/// (marked as completed by the interrupted run) and its rejects copied into its file — so the
+/// sign-off's totals cover the whole source. History counts each step once: the interrupted run
+/// its completed step, the finishing run its own. A later run does not report it again.
+#[tokio::test]
+async fn an_entity_completed_by_a_killed_run_is_accounted_for_by_the_run_that_finishes() {
+    let w = World::new("integrity_adopt").await;
+    let pipeline = setup(&w).await;
+    let small = ["--batch-size", "100", "--concurrency", "2"];
+    let mut child = spawn_migrate(&w, &pipeline, &small);
+    kill_after(&w, &mut child, "plots", 1_000).await;
+    let killed = step_of(&w, "owners").await.unwrap();
+    assert_eq!(killed.get_str("status"), Ok("completed"), "{killed}");
+    let killed_run = killed.get_str("run_id").unwrap().to_string();
+
+    let out = wait_bounded(
+        spawn_migrate(&w, &pipeline, &[]),
+        Duration::from_secs(120),
+        "the finishing run",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let report = w.latest_report();
+    let names: Vec<&str> = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["owners", "plots"], "{report}");
+    let owners = &report["entities"][0];
+    assert_eq!(owners["completed_by"], killed_run.as_str(), "{owners}");
+    assert_eq!(owners["read"], 30000);
+    assert_eq!(owners["rejected"], 30000 / 97);
+    assert_eq!(owners["written"], 30000 - 30000 / 97);
+    assert_eq!(report["totals"]["read"], 30000 + 24000, "{report}");
+    assert_eq!(report["totals"]["rejected"], 30000 / 97);
+    let finishing_run = report["run_id"].as_str().unwrap().to_string();
+    // The finishing run's rejects file holds every rejected row of owners, once.
+    let rejects_dir = w.dir.path().join("rejects").join(&finishing_run);
+    let mut keys: Vec<String> = {
+        let mut r = csv::Reader::from_path(rejects_dir.join("owners.csv")).unwrap();
+        r.records().map(|r| r.unwrap()[1].to_string()).collect()
+    };
+    keys.sort();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!((n, keys.len()), (30000 / 97, 30000 / 97));
+
+    // The sign-off (`cutover report`) shows it; history counts each step once.
+    let out = w.cutover().args(["report"]).output().unwrap();
+    let signoff = out_text(&out);
+    assert!(
+        signoff.contains(&format!("completed by run {killed_run}"))
+            && signoff.contains(&format!("{}", 30000 + 24000)),
+        "{signoff}"
+    );
+    let out = w.cutover().args(["history", "--json"]).output().unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |id: &str| {
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["run_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {history}"))
+    };
+    assert_eq!(of(&killed_run)["status"], "interrupted");
+    assert_eq!(of(&killed_run)["read"], 30000, "{history}");
+    assert_eq!(of(&killed_run)["written"], 30000 - 30000 / 97);
+    assert_eq!(of(&finishing_run)["read"], 24000, "{history}");
+    let written: i64 = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["written"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        written as u64,
+        w.count("owners").await + w.count("plots").await
+    );
+
+    // A later run has nothing to do and reports nothing again.
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let later = w.latest_report();
+    assert_ne!(later["run_id"], finishing_run.as_str());
+    assert_eq!(later["entities"], serde_json::json!([]), "{later}");
     w.drop().await;
 }

@@ -167,6 +167,9 @@ pub struct StepRecord {
     /// Where the step's rejects and warnings files are (absolute): a resume started from
     /// another directory finds the lines its checkpoint covers there.
     pub rejects_dir: Option<String>,
+    /// The run whose report accounts for this step when its own run was interrupted before
+    /// it ended.
+    pub reported_by: Option<String>,
     pub host: String,
     pub pid: i64,
     pub version: String,
@@ -259,6 +262,7 @@ impl StepRecord {
             snapshot_at: d.get_str("snapshot_at").ok().map(str::to_string),
             since: d.get_str("since").ok().map(str::to_string),
             rejects_dir: d.get_str("rejects_dir").ok().map(str::to_string),
+            reported_by: d.get_str("reported_by").ok().map(str::to_string),
             host: text(d, "host"),
             pid: int(d, "pid"),
             version: text(d, "version"),
@@ -506,13 +510,14 @@ impl Ledger {
     }
 
     pub async fn finish_run(&self, report: &RunReport) -> Result<(), LedgerError> {
+        let own = report.own_totals();
         let set = doc! {
             "status": &report.status,
             "finished_at": bson::DateTime::now(),
-            "written": report.totals.written as i64,
-            "rejected": report.totals.rejected as i64,
-            "read": report.totals.read as i64,
-            "duration_ms": report.totals.duration_ms as i64,
+            "written": own.written as i64,
+            "rejected": own.rejected as i64,
+            "read": own.read as i64,
+            "duration_ms": own.duration_ms as i64,
         };
         self.set("finish run", &self.runs(), &report.run_id, set)
             .await
@@ -525,20 +530,35 @@ impl Ledger {
         let why =
             format!("interrupted: the process ended without finishing; found by run {run_id}");
         let mut marked = Vec::new();
+        let steps = self.all_steps().await?;
         for d in self.all_runs().await? {
             let id = text(&d, "_id");
             if id != run_id && text(&d, "status") == RUNNING {
+                // The run's counts are those of the steps it completed (a step it left
+                // unfinished is counted, checkpoint included, by the run that resumes it).
+                let done = steps
+                    .iter()
+                    .filter(|s| s.run_id == id && s.status == COMPLETED);
+                let (mut read, mut written, mut rejected) = (0, 0, 0);
+                for s in done {
+                    read += s.read;
+                    written += s.written;
+                    rejected += s.rejected;
+                }
                 self.set(
                     "mark run interrupted",
                     &self.runs(),
                     &id,
-                    doc! { "status": INTERRUPTED, "error": &why, "interrupted_at": bson::DateTime::now() },
+                    doc! {
+                        "status": INTERRUPTED, "error": &why, "interrupted_at": bson::DateTime::now(),
+                        "read": read, "written": written, "rejected": rejected,
+                    },
                 )
                 .await?;
                 marked.push(id);
             }
         }
-        for s in self.all_steps().await? {
+        for s in steps {
             if s.run_id != run_id && s.status == RUNNING {
                 self.set(
                     "mark step interrupted",
@@ -550,6 +570,17 @@ impl Ledger {
             }
         }
         Ok(marked)
+    }
+
+    /// Records that `run_id`'s report accounts for a step of an interrupted run.
+    pub async fn mark_reported(&self, step_id: &str, run_id: &str) -> Result<(), LedgerError> {
+        self.set(
+            "mark step reported",
+            &self.steps(),
+            step_id,
+            doc! { "reported_by": run_id },
+        )
+        .await
     }
 
     /// Marks a step as being rolled back, before its destination is touched.

@@ -71,6 +71,11 @@ pub struct EntityReport {
     pub backup_documents: u64,
     #[serde(default)]
     pub backup_ms: u64,
+    /// Completed by this earlier run, which was interrupted before it ended (and so wrote no
+    /// report): the counts are that step's as the ledger recorded them, and its rejects were
+    /// copied into this run's files. Not part of this run's own totals in the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_by: Option<String>,
 }
 
 impl EntityReport {
@@ -105,6 +110,7 @@ impl EntityReport {
             backup: None,
             backup_documents: 0,
             backup_ms: 0,
+            completed_by: None,
         }
     }
 
@@ -194,8 +200,21 @@ impl RunReport {
     }
 
     pub fn compute_totals(&mut self) {
+        let t = self.sum(|_| true);
+        self.success_rate = success_rate(t.written, t.read, t.skipped);
+        self.totals = t;
+    }
+
+    /// The totals of the steps this run carried out itself (without those it reports for an
+    /// interrupted run): what the ledger records as the run's, so that history does not count
+    /// a step twice.
+    pub fn own_totals(&self) -> Totals {
+        self.sum(|e| e.completed_by.is_none())
+    }
+
+    fn sum(&self, keep: impl Fn(&EntityReport) -> bool) -> Totals {
         let mut t = Totals::default();
-        for e in &self.entities {
+        for e in self.entities.iter().filter(|e| keep(e)) {
             t.read += e.read;
             t.written += e.written;
             t.rejected += e.rejected;
@@ -204,8 +223,7 @@ impl RunReport {
             t.retried += e.retried;
             t.duration_ms += e.duration_ms;
         }
-        self.success_rate = success_rate(t.written, t.read, t.skipped);
-        self.totals = t;
+        t
     }
 
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
@@ -308,6 +326,16 @@ impl RunReport {
                     "{}: {} rows not written: their batches failed (counted as skipped, not rejected; the next `cutover migrate` resumes before them)",
                     e.name, e.failed
                 );
+            }
+            if let Some(by) = &e.completed_by {
+                let _ = writeln!(
+                    s,
+                    "{}: completed by run {by}, which was interrupted before it ended (counted above from the ledger; its rejects copied into this run's file)",
+                    e.name
+                );
+                if let Some(err) = &e.error {
+                    let _ = writeln!(s, "{}: {err}", e.name);
+                }
             }
             if let Some(from) = &e.resumed_from {
                 let _ = writeln!(

@@ -279,7 +279,11 @@ fn entity_ok(
             .find(|x| x["entity"] == entity)
             .map(|x| x["ok"] == true)
     });
-    match (e, verified) {
+    let by = e
+        .and_then(|e| e.completed_by.as_deref())
+        .map(|r| format!(" (completed by interrupted run {r})"))
+        .unwrap_or_default();
+    let (ok, state) = match (e, verified) {
         (Some(e), _) if e.status != "completed" => (false, e.status.clone()),
         (_, Some(false)) => (false, "verification failed".into()),
         (Some(e), Some(true)) if e.rejected == 0 => (true, "written and verified".into()),
@@ -290,7 +294,8 @@ fn entity_ok(
             format!("{} rows rejected (not verified)", e.rejected),
         ),
         (None, _) => (true, "not run".into()),
-    }
+    };
+    (ok, state + &by)
 }
 
 /// How many problems of kind `k` (`missing`…) a verify JSON entity counts: `k_count`, or the

@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 pub use super::error::RunError;
 use super::expected::{ExpectedRow, ExpectedRows, Readers};
 use super::{Pipeline, Step};
-use crate::ledger::{self, Ledger};
+use crate::ledger::{self, Ledger, StepRecord};
 use crate::mapping::plan::{self, Plan};
 use crate::monitor::rejects::RejectsWriter;
 use crate::monitor::report::{EntityReport, RunReport};
-use crate::monitor::{EntityCounters, Progress};
+use crate::monitor::{Counts, EntityCounters, Progress};
 use crate::sink::mongodb::{BatchResult, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
 use crate::sink::target::{Destination, SinkError, Target};
@@ -545,6 +545,33 @@ async fn migrate_locked(
         }
     }
 
+    // Entities applied by a run that was interrupted before it ended wrote no report: this run's
+    // report accounts for them (from the ledger), so that its totals cover the whole selection.
+    let adopted: Vec<StepRecord> = if opts.dry_run || already_applied.is_empty() {
+        Vec::new()
+    } else {
+        let interrupted: std::collections::BTreeSet<String> = ledger
+            .runs_newest_first(i64::MAX, Some(ledger::INTERRUPTED))
+            .await?
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        let current = ledger::current_steps(&history);
+        already_applied
+            .iter()
+            .filter_map(|e| current.get(e))
+            .filter(|s| {
+                s.status == ledger::COMPLETED
+                    && s.reported_by.is_none()
+                    && interrupted.contains(&s.run_id)
+            })
+            .cloned()
+            .collect()
+    };
+
+    // Reported in full below, not as merely "already applied".
+    already_applied.retain(|e| !adopted.iter().any(|s| &s.entity == e));
+
     let mut session = SourceSession::open(source_url).await?;
     let run_steps: Vec<Step> = to_run.iter().map(|(s, ..)| s.clone()).collect();
     let snapshot_at = session
@@ -571,7 +598,10 @@ async fn migrate_locked(
     let rejects = Arc::new(RejectsWriter::new(&opts.rejects_dir.join(run_id)));
     let progress = Progress::new(opts.quiet);
     let total_rejected = Arc::new(AtomicU64::new(0));
-    let mut entities = Vec::new();
+    let mut entities: Vec<EntityReport> = adopted
+        .iter()
+        .map(|step| adopt_step(step, opts, &rejects))
+        .collect();
     let mut run_error: Option<RunError> = None;
     let mut estimate_ms: u64 = 0;
 
@@ -862,6 +892,7 @@ async fn migrate_locked(
     if !opts.dry_run && run_number > 0 {
         ledger.finish_run(&report).await?;
     }
+
     let path = opts
         .report_path
         .clone()
@@ -871,8 +902,65 @@ async fn migrate_locked(
             "the run report could not be written to {}: {cause} (the ledger records the run: `cutover history`)",
             path.display()
         ));
+    } else if !opts.dry_run {
+        // Its report written, this run is the one that accounts for the adopted steps.
+        for step in &adopted {
+            ledger.mark_reported(&step.id, run_id).await?;
+        }
     }
     Ok(report)
+}
+
+/// The report of a step an interrupted run completed, from its ledger record, with its rejects
+/// and warnings copied into this run's files (all of them: the step completed).
+fn adopt_step(step: &StepRecord, opts: &RunOptions, rejects: &RejectsWriter) -> EntityReport {
+    let read = step.read.max(0) as u64;
+    let written = step.written.max(0) as u64;
+    let rejected = step.rejected.max(0) as u64;
+    let counts = Counts {
+        read,
+        written,
+        rejected,
+        warnings: step.warnings.max(0) as u64,
+        skipped: read.saturating_sub(written + rejected),
+        retried: step.retried.max(0) as u64,
+        ..Default::default()
+    };
+    let mut e = EntityReport::new(
+        &step.entity,
+        &step.destination.to_string(),
+        counts,
+        step.duration_ms.max(0) as u64,
+    );
+    e.completed_by = Some(step.run_id.clone());
+    e.total = read;
+    let from = step
+        .rejects_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| opts.rejects_dir.join(&step.run_id));
+    match rejects
+        .carry(&from, &step.entity, u64::MAX)
+        .and_then(|c| rejects.sync().map(|()| c))
+    {
+        Ok(c) if c.rejected_rows < rejected => {
+            e.error = Some(format!(
+                "the rejects of {rejected} rows of run {} were not found in {} ({} found): they are in no rejects file of this run",
+                step.run_id,
+                from.display(),
+                c.rejected_rows
+            ));
+        }
+        Ok(_) => {}
+        Err(cause) => {
+            e.error = Some(format!(
+                "the rejects of run {} could not be copied from {}: {cause}",
+                step.run_id,
+                from.display()
+            ));
+        }
+    }
+    e
 }
 
 /// The directory of this run's rejects files, absolute (as the ledger records it).

@@ -199,6 +199,7 @@ mod tests {
             snapshot_at: None,
             since: None,
             rejects_dir: None,
+            reported_by: None,
             host: String::new(),
             pid: 0,
             version: String::new(),
