@@ -105,6 +105,19 @@ async fn verify_passes_after_a_clean_run_and_names_exactly_what_differs() {
     assert_eq!(broken[0]["path"], "patientId");
     assert_eq!(broken[0]["examples"][0], gone.get_str("patientId").unwrap());
 
+    // One more stray document: the counts differ, and the line gives the cause (the listed
+    // documents), not documents sharing an _id.
+    patients
+        .insert_one(doc! { "_id": "stray-doc-2", "firstName": "Nobody" })
+        .await
+        .unwrap();
+    let (_, text, _) = verify(&w, &["patients"]);
+    assert!(
+        text.contains("in the target (the missing and unexpected documents above)")
+            && !text.contains("hide one another"),
+        "{text}"
+    );
+
     // A sample still finds the changed document when it is sampled, and says it sampled.
     let (_, text, json) = verify(&w, &["patients", "--sample", "5"]);
     assert!(

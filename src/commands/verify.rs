@@ -257,10 +257,18 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         }
     }
     if !v.counts_agree {
+        // Said only when the missing and unexpected documents listed do not explain it.
+        let explained =
+            (v.expected + v.unexpected_count).checked_sub(v.missing_count) == Some(v.target);
         crate::outln!(
-            "    counts differ: {} documents expected, {} in the target (documents sharing an _id hide one another)",
+            "    counts differ: {} documents expected, {} in the target ({})",
             v.expected,
-            v.target
+            v.target,
+            if explained {
+                "the missing and unexpected documents above"
+            } else {
+                "documents sharing an _id hide one another"
+            }
         );
     }
     for r in &v.broken_references {
