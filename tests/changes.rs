@@ -1209,6 +1209,8 @@ async fn killed_anywhere(w: &World, dir: &Path, trials: usize) {
                 );
                 let text = ok(&changes(w, "down", dir, &[]));
                 assert!(text.contains("undone"), "{ctx}: {text}");
+                // Nobody changed the documents: none is said to have changed since.
+                assert!(!text.contains("changed since"), "{ctx}: {text}");
                 assert_eq!(state_of(w, dir), "rolled-back", "{ctx}");
                 assert_eq!(hashes(w).await, before, "{ctx}: undone");
             }
@@ -1236,6 +1238,8 @@ async fn killed_anywhere(w: &World, dir: &Path, trials: usize) {
                 assert!(text.contains("finishes reversing it"), "{ctx}: {text}");
                 let text = ok(&changes(w, "down", dir, &[]));
                 assert!(text.contains("finished"), "{ctx}: {text}");
+                // The documents the killed down put back are not "changed since".
+                assert!(!text.contains("changed since"), "{ctx}: {text}");
                 assert_eq!(state_of(w, dir), "rolled-back", "{ctx}");
             }
             s => panic!("{ctx}: left {s}"),
@@ -1293,6 +1297,98 @@ unique = true
 "#,
     );
     killed_anywhere(&w, &dir, 4).await;
+    w.drop().await;
+}
+
+/// The operations whose inverse puts documents back from a backup (copied, removed, rewritten,
+/// archived): `down` killed while it reverses them, at several points, then finished by the
+/// next `down` — which restores exactly and counts none of the documents the killed attempt
+/// already put back as "changed since".
+#[tokio::test]
+async fn a_down_killed_while_restoring_is_finished_exactly_without_false_warnings() {
+    let w = World::new("changes_kill_restore").await;
+    items(&w, 12000).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_restore.toml",
+        r#"version = 1
+name = "copy, remove, set, archive"
+
+[[up]]
+op = "copy_field"
+collection = "items"
+from = "name"
+to = "label"
+
+[[up]]
+op = "remove_field"
+collection = "items"
+field = "tags"
+
+[[up]]
+op = "set"
+collection = "items"
+filter = { size = 3 }
+fields = { size = 30 }
+
+[[up]]
+op = "archive"
+collection = "items"
+to = "oldItems"
+filter = { size = { "$gte" = 5 } }
+"#,
+    );
+    let before = hashes(&w).await;
+    let records = w.mongo().await.collection::<Document>("cutover_changes");
+    let mut finished = Vec::new();
+    for steps_done in [1i64, 2, 3] {
+        ok(&changes(&w, "up", &dir, &[]));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .current_dir(w.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MONGODB_URI", common::mongo_uri())
+            .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+            .args(["changes", "down", "--dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed once it has recorded `steps_done` inverses done (the next under way).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let r = records.find_one(doc! { "_id": "1" }).await.unwrap();
+            if r.is_some_and(|r| {
+                r.get_str("status") == Ok("reversing")
+                    && r.get_i64("down_done").unwrap_or(0) >= steps_done
+            }) {
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "down never started");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let state = state_of(&w, &dir);
+        if state == "down-interrupted" {
+            let text = ok(&changes(&w, "down", &dir, &[]));
+            assert!(
+                !text.contains("changed since"),
+                "killed after {steps_done} steps of down: {text}"
+            );
+            finished.push(steps_done);
+        } else {
+            assert_eq!(state, "rolled-back", "killed after {steps_done} steps");
+        }
+        assert_eq!(hashes(&w).await, before, "killed after {steps_done} steps");
+    }
+    assert!(!finished.is_empty(), "no kill landed while reversing");
+    eprintln!("finished after kills at {finished:?} steps");
     w.drop().await;
 }
 
