@@ -402,7 +402,7 @@ pub async fn check(
                 severity: "warning".into(),
                 rows: bad_ids,
                 example_key: bad_id_example,
-                example: "keys that break Appwrite's id rule (36 of [A-Za-z0-9._-]) or hold a capital (Appwrite ids ignore case) get a hashed row id there".into(),
+                example: "keys that do not fit an Appwrite row id (a capital, a character outside [a-z0-9._-], more than 36, or several key columns) get a hashed row id, and no column keeps the key: map the key column(s) as fields to keep the value".into(),
             });
         }
         report.findings.extend(tally.into_values());
@@ -447,7 +447,17 @@ fn scan_row(
         ExpectedRow::Rejected { key, issues, .. } => (key, issues, None),
         ExpectedRow::Document { mapped, .. } => (mapped.key, mapped.issues, mapped.doc),
     };
-    if plan.key.len() == 1 && !crate::sink::appwrite::rows::kept_as_is(&key) {
+    // Appwrite: a key its row ids cannot hold is hashed; unless the key is mapped as a field too,
+    // its value is kept nowhere (the run warns for each such row, as counted here).
+    if table.is_some()
+        && plan.appwrite_users.is_none()
+        && !plan.key_in_fields()
+        && doc
+            .as_ref()
+            .and_then(|d| d.get("_id").ok().flatten())
+            .and_then(|id| bson::Bson::try_from(id.to_raw_bson()).ok())
+            .is_some_and(|id| crate::sink::appwrite::rows::id_is_hashed(&id))
+    {
         *bad_ids += 1;
         if bad_id_example.is_empty() {
             *bad_id_example = key.clone();

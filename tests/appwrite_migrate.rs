@@ -2039,3 +2039,113 @@ async fn a_default_of_another_type_than_its_column_is_found_by_check_and_rejecte
     assert_eq!(aw.s.row_count("registry", "m"), 1);
     w.drop().await;
 }
+
+/// Keys Appwrite's row ids cannot hold (capitals; several key columns) get a hashed row id: a
+/// key not mapped as a field too is then kept nowhere. `check` counts those rows, the dry run and
+/// the run warn for exactly those (rule `appwrite_id`, in the warnings file); mapped as fields,
+/// nothing is lost and nothing is said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_appwrite_ids_cannot_hold_are_warned_alike_by_check_dry_run_and_run_unless_mapped() {
+    let w = World::new("aw_key_lost").await;
+    w.sql("CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL);
+           INSERT INTO currencies VALUES ('USD', 'US dollar'), ('EUR', 'Euro'), ('xau', 'gold'), ('nok', 'krone');
+           CREATE TABLE prices (sku text, region text, amount int NOT NULL, PRIMARY KEY (sku, region));
+           INSERT INTO prices VALUES ('a1', 'eu', 1), ('a1', 'us', 2), ('b2', 'eu', 3);")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"currencies\", \"prices\"]\n",
+    )
+    .unwrap();
+    let aw = standin().await;
+    let warned = |report: &Value| -> (u64, u64) {
+        let rows = |rule_entity: &str| {
+            report["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["rule"] == "appwrite_id" && f["entity"] == rule_entity)
+                .map_or(0, |f| f["rows"].as_u64().unwrap())
+        };
+        (rows("currencies"), rows("prices"))
+    };
+    for (mapped, expected) in [(false, (2, 3)), (true, (0, 0))] {
+        let key_fields = |cols: &[&str]| {
+            if mapped {
+                cols.iter()
+                    .map(|c| format!("[[field]]\npath = \"{c}\"\ncolumn = \"{c}\"\n"))
+                    .collect::<String>()
+            } else {
+                String::new()
+            }
+        };
+        std::fs::write(
+            dir.join("mappings/currencies.toml"),
+            format!(
+                "version = 1\nname = \"currencies\"\n[source]\ntable = \"currencies\"\nkey = [\"code\"]\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n{}",
+                key_fields(&["code"])
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("mappings/prices.toml"),
+            format!(
+                "version = 1\nname = \"prices\"\n[source]\ntable = \"prices\"\nkey = [\"sku\", \"region\"]\n[[field]]\npath = \"amount\"\ncolumn = \"amount\"\n{}",
+                key_fields(&["sku", "region"])
+            ),
+        )
+        .unwrap();
+        let out = cutover(
+            &w,
+            &aw,
+            &[
+                "check",
+                "--target",
+                "appwrite",
+                "--json",
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+        let report: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+        assert_eq!(warned(&report), expected, "mapped {mapped}: {report}");
+
+        for dry in [true, false] {
+            let mut args = vec![
+                "migrate",
+                "--quiet",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                &pipeline,
+                "--rerun",
+            ];
+            if dry {
+                args.push("--dry-run");
+            }
+            let out = cutover(&w, &aw, &args).await;
+            assert!(out.status.success(), "{}", text(&out));
+            let report = w.latest_report();
+            let counts = (
+                entity(&report, "currencies")["warnings"].as_u64().unwrap(),
+                entity(&report, "prices")["warnings"].as_u64().unwrap(),
+            );
+            assert_eq!(counts, expected, "mapped {mapped}, dry run {dry}: {report}");
+            if !dry && !mapped {
+                let file = std::path::Path::new(report["rejects_dir"].as_str().unwrap())
+                    .join("currencies.warnings.csv");
+                let lines = std::fs::read_to_string(dir.join(&file))
+                    .or_else(|_| std::fs::read_to_string(&file))
+                    .unwrap();
+                assert_eq!(lines.matches("appwrite_id").count(), 2, "{lines}");
+                assert!(lines.contains("USD") && lines.contains("EUR"), "{lines}");
+            }
+        }
+    }
+    w.drop().await;
+}

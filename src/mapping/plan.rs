@@ -205,6 +205,19 @@ pub struct Plan {
     pub appwrite_users: Option<crate::mapping::spec::AppwriteUsersSpec>,
 }
 
+impl Plan {
+    /// Whether every key column is also written as a top-level field of the document: its
+    /// value is then kept whatever becomes of the id (Appwrite hashes keys its row ids cannot
+    /// hold).
+    pub fn key_in_fields(&self) -> bool {
+        self.key.iter().all(|k| {
+            self.fields
+                .iter()
+                .any(|f| f.path.len() == 1 && matches!(f.input, Input::Column(c) if c == *k))
+        })
+    }
+}
+
 /// A node of the document layout: a value slot or a nested document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayoutNode {

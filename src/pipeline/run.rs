@@ -1513,6 +1513,16 @@ async fn read_loop(
         };
         let raw = mapped.doc.take().expect("a document row has its document");
         let size = raw.as_bytes().len();
+        if let Some((rule, message)) = target.key_lost(plan, &raw) {
+            mapped.issues.push(Issue {
+                stage: Stage::Write,
+                severity: crate::mapping::spec::Severity::Warning,
+                rule: rule.to_string(),
+                path: "_id".into(),
+                message,
+                value: mapped.key.clone(),
+            });
+        }
         let warnings: Vec<&Issue> = mapped.warnings().collect();
         if opts.dry_run {
             // What the target would refuse before writing (Appwrite's column types and sizes)

@@ -843,6 +843,44 @@ impl Target {
         refusal(&d, table, children)
     }
 
+    /// Why a document written into `plan`'s destination keeps its key's value nowhere, as
+    /// (rule, message): Appwrite hashes a key its row ids cannot hold (a capital, a character
+    /// outside its id rule, several key columns), and a key not mapped as a field is then lost.
+    pub fn key_lost(
+        &self,
+        plan: &Plan,
+        doc: &bson::RawDocumentBuf,
+    ) -> Option<(&'static str, String)> {
+        let Target::Appwrite(_) = self else {
+            return None;
+        };
+        if plan.appwrite_users.is_some() || plan.key_in_fields() {
+            return None;
+        }
+        let id = doc
+            .get("_id")
+            .ok()
+            .flatten()?
+            .to_raw_bson()
+            .try_into()
+            .ok()?;
+        if !crate::sink::appwrite::rows::id_is_hashed(&id) {
+            return None;
+        }
+        let columns: Vec<&str> = plan
+            .key
+            .iter()
+            .map(|&k| plan.read.columns[k].name.as_str())
+            .collect();
+        Some((
+            "appwrite_id",
+            format!(
+                "the key does not fit an Appwrite row id (a capital, a character outside [a-z0-9._-], or several columns): the row id is its hash and no column holds {}; map the key column(s) as fields to keep the value",
+                columns.join(", ")
+            ),
+        ))
+    }
+
     /// Notes a plan's destination without writing (dry runs).
     pub fn describe(&self, plan: &Plan) {
         if let Target::Appwrite(a) = self {

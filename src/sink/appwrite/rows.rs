@@ -43,6 +43,11 @@ pub fn kept_as_is(key: &str) -> bool {
         && !looks_hashed(key)
 }
 
+/// Whether the row id of `id` is its hash (the key itself is then not in the row id).
+pub fn id_is_hashed(id: &Bson) -> bool {
+    looks_hashed(&row_id(id))
+}
+
 /// Whether `id` has the form of a hashed row id: `h` and 35 lowercase hex digits.
 fn looks_hashed(id: &str) -> bool {
     id.len() == 36
