@@ -2149,3 +2149,66 @@ async fn keys_appwrite_ids_cannot_hold_are_warned_alike_by_check_dry_run_and_run
     }
     w.drop().await;
 }
+
+/// A mapping whose table id Appwrite refuses (longer than 36 characters) is blocked by `check`
+/// and refused by `migrate` before anything is written, both naming the mapping; with a
+/// `collection` that fits, it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_id_appwrite_refuses_is_named_by_check_and_refused_by_migrate() {
+    let w = World::new("aw_long_name").await;
+    w.sql("CREATE TABLE memberships (id int PRIMARY KEY, tier text NOT NULL); INSERT INTO memberships VALUES (1, 'gold');")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    let name = "customer_loyalty_program_memberships_x";
+    let pipeline = dir.join("p.toml").display().to_string();
+    std::fs::write(
+        dir.join("p.toml"),
+        format!("version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"{name}\"]\n"),
+    )
+    .unwrap();
+    let aw = standin().await;
+    for (collection, fits) in [("", false), ("collection = \"memberships\"\n", true)] {
+        std::fs::write(
+            dir.join(format!("mappings/{name}.toml")),
+            format!(
+                "version = 1\nname = \"{name}\"\n{collection}[source]\ntable = \"memberships\"\nkey = [\"id\"]\n[[field]]\npath = \"tier\"\ncolumn = \"tier\"\n"
+            ),
+        )
+        .unwrap();
+        let out = cutover(
+            &w,
+            &aw,
+            &["check", "--target", "appwrite", "--pipeline", &pipeline],
+        )
+        .await;
+        let said = text(&out);
+        assert_eq!(out.status.success(), fits, "{said}");
+        let migrate = cutover(
+            &w,
+            &aw,
+            &[
+                "migrate",
+                "--quiet",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+        let ran = text(&migrate);
+        assert_eq!(migrate.status.success(), fits, "{ran}");
+        if !fits {
+            for t in [&said, &ran] {
+                assert!(
+                    t.contains(&format!("{name}: `{name}` cannot be an Appwrite table id"))
+                        && t.contains("set `collection` in its mapping"),
+                    "{t}"
+                );
+            }
+            assert_eq!(aw.s.writes(), 0, "refused before writing");
+        }
+    }
+    w.drop().await;
+}

@@ -441,11 +441,14 @@ pub async fn migrate(
     // The ledger's own collections (runs, steps, lock, backups, changes) are never a mapping's:
     // a rollback of that step would wipe the ledger.
     for step in &steps {
-        let collection = pipeline
-            .mappings
-            .get(&step.entity)
+        let mapping = pipeline.mappings.get(&step.entity).ok();
+        let collection = mapping
             .map(|m| m.collection().to_string())
             .unwrap_or_default();
+        let users = mapping.is_some_and(|m| m.spec.appwrite.users.is_some());
+        if let Some(why) = target.unfit_name(&step.entity, &collection, users) {
+            return Err(RunError::Refused(why));
+        }
         // Without case: Appwrite's table ids ignore it.
         if !ledger.prefix().is_empty()
             && collection

@@ -843,6 +843,20 @@ impl Target {
         refusal(&d, table, children)
     }
 
+    /// Why this target cannot have `collection` as the destination of `entity` at all (Appwrite:
+    /// a table id outside its id rule), naming the mapping and what to change.
+    pub fn unfit_name(&self, entity: &str, collection: &str, users: bool) -> Option<String> {
+        let Target::Appwrite(_) = self else {
+            return None;
+        };
+        if users || crate::sink::appwrite::id_ok(collection) {
+            return None;
+        }
+        Some(format!(
+            "{entity}: `{collection}` cannot be an Appwrite table id (at most 36 of a-z, A-Z, 0-9, `.`, `-`, `_`, not starting with `.`, `-` or `_`); set `collection` in its mapping to a name that fits"
+        ))
+    }
+
     /// Why a document written into `plan`'s destination keeps its key's value nowhere, as
     /// (rule, message): Appwrite hashes a key its row ids cannot hold (a capital, a character
     /// outside its id rule, several key columns), and a key not mapped as a field is then lost.
