@@ -2212,3 +2212,51 @@ async fn a_table_id_appwrite_refuses_is_named_by_check_and_refused_by_migrate() 
     }
     w.drop().await;
 }
+
+/// Appwrite: a row an earlier run wrote and that the mapping rejects now loses its older row on
+/// a re-run (a child-table row with it), so the target is what a fresh run writes: verify passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_rejected_on_rerun_loses_its_older_appwrite_row() {
+    let w = World::new("aw_stale").await;
+    w.sql("CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL);
+           INSERT INTO people SELECT g, 'p' || g || '@example.org' FROM generate_series(1, 40) g;
+           CREATE TABLE pets (person_id int NOT NULL, n int NOT NULL, name text NOT NULL, PRIMARY KEY (person_id, n));
+           INSERT INTO pets SELECT g, 1, 'pet ' || g FROM generate_series(1, 40) g;")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/people.toml"),
+        "version = 1\nname = \"people\"\n[source]\ntable = \"people\"\nkey = [\"id\"]\n[[field]]\npath = \"email\"\ncolumn = \"email\"\nvalidate = { email = true }\n[[embed]]\npath = \"pets\"\ntable = \"pets\"\nforeign_key = \"person_id\"\norder_by = [\"n\"]\nappwrite = \"table\"\n[[embed.field]]\npath = \"name\"\ncolumn = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"people\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    let run = |extra: &'static [&'static str]| {
+        let mut args = vec!["migrate", "--quiet", "--target", "appwrite", "--pipeline"];
+        args.push(Box::leak(pipeline.clone().into_boxed_str()));
+        args.extend_from_slice(extra);
+        args
+    };
+    let out = cutover(&w, &aw, &run(&[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.sql("UPDATE people SET email = 'broken' WHERE id IN (3, 40)")
+        .await;
+    let out = cutover(&w, &aw, &run(&["--rerun"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let people = entity(&w.latest_report(), "people").clone();
+    assert_eq!(people["stale_removed"], 2, "{people}");
+    let out = cutover(
+        &w,
+        &aw,
+        &["verify", "--target", "appwrite", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    w.drop().await;
+}

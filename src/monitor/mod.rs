@@ -22,6 +22,9 @@ pub struct EntityCounters {
     pub retried: AtomicU64,
     pub batches: AtomicU64,
     pub bytes: AtomicU64,
+    /// Documents of rows now rejected that an earlier run had written (an older version),
+    /// removed so that the target holds what a fresh run would.
+    pub removed: AtomicU64,
 }
 
 /// A point-in-time copy of [`EntityCounters`].

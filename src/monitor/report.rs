@@ -76,6 +76,9 @@ pub struct EntityReport {
     /// copied into this run's files. Not part of this run's own totals in the ledger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_by: Option<String>,
+    /// Documents an earlier run wrote for rows this run rejected (their older version), removed.
+    #[serde(default)]
+    pub stale_removed: u64,
 }
 
 impl EntityReport {
@@ -111,6 +114,7 @@ impl EntityReport {
             backup_documents: 0,
             backup_ms: 0,
             completed_by: None,
+            stale_removed: 0,
         }
     }
 
@@ -325,6 +329,13 @@ impl RunReport {
                     s,
                     "{}: {} rows not written: their batches failed (counted as skipped, not rejected; the next `cutover migrate` resumes before them)",
                     e.name, e.failed
+                );
+            }
+            if e.stale_removed > 0 {
+                let _ = writeln!(
+                    s,
+                    "{}: removed {} documents an earlier run wrote for rows rejected now (their older version; the step's backup keeps them)",
+                    e.name, e.stale_removed
                 );
             }
             if let Some(by) = &e.completed_by {

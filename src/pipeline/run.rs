@@ -1147,6 +1147,9 @@ struct Batch {
     /// rows in it written with warnings.
     rejected: u64,
     warned: u64,
+    /// Ids of rows rejected in this batch's stretch whose documents an earlier run may have
+    /// written (upsert mode): removed before the batch is written.
+    stale: Vec<bson::Bson>,
 }
 
 impl Batch {
@@ -1160,6 +1163,7 @@ impl Batch {
             read_upto: 0,
             rejected: 0,
             warned: 0,
+            stale: Vec::new(),
         }
     }
 
@@ -1302,6 +1306,7 @@ async fn run_entity(
         );
         r.write_mode = mode.to_string();
         r.total = total;
+        r.stale_removed = c.removed.load(Ordering::Relaxed);
         r
     };
 
@@ -1382,6 +1387,7 @@ async fn run_entity(
         stage.resume.as_ref(),
         stage.since.as_deref(),
         target,
+        mode == Some(WriteMode::Upsert),
     )
     .await;
     let write_result = match writer {
@@ -1451,6 +1457,7 @@ async fn read_loop(
     resume: Option<&Resume>,
     since: Option<&str>,
     target: &Target,
+    upsert: bool,
 ) -> Result<(), RunError> {
     let max_document_bytes = target.max_document_bytes();
     let mut readers = Readers::open(session, plan).await?;
@@ -1507,6 +1514,16 @@ async fn read_loop(
                     opts,
                 )?;
                 batch.rejected += 1;
+                // Into a collection that held documents, this row's may be there from an
+                // earlier run: stale now, it goes (a fresh run would not have written it).
+                if upsert
+                    && let Some(values) = &row
+                    && let Ok(id) = plan
+                        .id
+                        .id_for(&plan.key.iter().map(|&k| &values[k]).collect::<Vec<_>>())
+                {
+                    batch.stale.push(id);
+                }
                 if row.is_some() {
                     prev_row = row;
                 }
@@ -1590,7 +1607,8 @@ async fn read_loop(
         }
         prev_row = Some(row);
     }
-    if !batch.docs.is_empty() {
+    // The last stretch, also when it holds only rejected rows whose older documents go.
+    if !batch.docs.is_empty() || !batch.stale.is_empty() {
         batch.seal(
             &mut seq,
             key_strings(plan, prev_row.as_deref()),
@@ -1749,7 +1767,17 @@ async fn write_loop(
                         let target = &target;
                         let collection = &collection;
                         let docs = &batch.docs;
-                        async move { target.write(collection, docs, m).await }
+                        let stale = &batch.stale;
+                        let counters = &counters;
+                        async move {
+                            // Again on a retry: what an attempt removed is gone (counted once).
+                            let removed = target.remove_documents(collection, stale).await?;
+                            EntityCounters::add(&counters.removed, removed);
+                            if docs.is_empty() {
+                                return Ok(BatchResult::default());
+                            }
+                            target.write(collection, docs, m).await
+                        }
                     },
                 )
                 .await;

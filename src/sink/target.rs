@@ -248,6 +248,33 @@ impl AppwriteTarget {
         Ok(())
     }
 
+    /// [`Self::delete_records`] of rows, counting those that were there.
+    pub async fn delete_counted(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<u64, AppwriteError> {
+        for child in self.tables_of(collection).iter().skip(1) {
+            self.client
+                .delete_children(&self.database, child, ids)
+                .await?;
+        }
+        let path = self.record_path(collection);
+        let mut n = 0;
+        for id in ids {
+            match self
+                .client
+                .call(reqwest::Method::DELETE, &format!("{path}/{id}"), None)
+                .await
+            {
+                Ok(_) => n += 1,
+                Err(e) if e.is_missing() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
     async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
         if self.is_users(collection) {
             let v = self
@@ -919,6 +946,22 @@ impl Target {
         match self {
             Target::Mongo(m) => Ok(m.write(collection, docs, mode).await?),
             Target::Appwrite(a) => Ok(a.write(collection, docs, mode).await?),
+        }
+    }
+
+    /// Removes the documents `ids` of `collection` (with their child-table rows); returns how
+    /// many were there. Appwrite users are never removed this way.
+    pub async fn remove_documents(&self, collection: &str, ids: &[Bson]) -> Result<u64, SinkError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Target::Mongo(m) => Ok(m.delete_counted(collection, ids.to_vec()).await?),
+            Target::Appwrite(a) if a.is_users(collection) => Ok(0),
+            Target::Appwrite(a) => {
+                let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
+                Ok(a.delete_counted(collection, &rows).await?)
+            }
         }
     }
 
