@@ -299,7 +299,12 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
     assert!(text(&v).contains("patients") && text(&v).contains("OK"));
 
     // The sign-off report of the last run carries its ledger entries, read from Appwrite.
-    let r = cutover(&w, &aw, &["report", "--format", "json"]).await;
+    let r = cutover(
+        &w,
+        &aw,
+        &["report", "--target", "appwrite", "--format", "json"],
+    )
+    .await;
     assert!(r.status.success(), "{}", text(&r));
     let signoff: Value = serde_json::from_slice(&r.stdout).unwrap();
     let ledger = signoff["ledger"].as_array().unwrap();

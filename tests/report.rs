@@ -370,7 +370,10 @@ async fn report_chooses_the_run_of_the_database_named_and_reads_its_ledger() {
     };
     let s = signoff(&["--database", &w.mongo_db]);
     assert_eq!(s["run"]["run_id"], first_run.as_str());
+    // Without flags: the configured target and database, not the newest rehearsal elsewhere.
     let s = signoff(&[]);
+    assert_eq!(s["run"]["run_id"], first_run.as_str());
+    let s = signoff(&["--database", &other]);
     assert_eq!(s["run"]["run_id"], second_run.as_str());
     let steps = s["ledger"].as_array().unwrap();
     assert!(!steps.is_empty(), "the run's ledger entries, from {other}");
@@ -384,6 +387,14 @@ async fn report_chooses_the_run_of_the_database_named_and_reads_its_ledger() {
         !out.status.success(),
         "no Appwrite run: {}",
         common::output_text(&out)
+    );
+    let said = common::output_text(&out);
+    assert!(
+        said.contains("no run report of appwrite")
+            && said.contains(&format!(
+                "the newest run report there is of mongodb {other}"
+            )),
+        "{said}"
     );
     mongodb::Client::with_uri_str(common::mongo_uri())
         .await

@@ -7,10 +7,17 @@ use crate::cli::{Cli, Outcome, ReportArgs, ReportFormat};
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
     let cfg = config_for(cli, &args.target)?;
-    // `--target` and `--database` choose among the runs of that target and database.
+    // The runs of the target and database this configuration names (`--target`, `--database`,
+    // else the config's default target and its database), as status, history and verify use:
+    // a rehearsal into another database is not taken for the sign-off.
+    let kind = args.target.target.unwrap_or(cfg.default_target);
+    let database = args.target.database.clone().or_else(|| match kind {
+        crate::config::TargetKind::Mongodb => cfg.mongodb.as_ref().map(|m| m.database.clone()),
+        crate::config::TargetKind::Appwrite => cfg.appwrite.as_ref().map(|a| a.database.clone()),
+    });
     let filter = crate::monitor::signoff::RunFilter {
-        kind: args.target.target,
-        database: args.target.database.clone(),
+        kind: Some(kind),
+        database,
     };
     let mut signoff = crate::monitor::signoff::SignOff::load(
         &cfg.reports_dir,

@@ -130,17 +130,28 @@ pub fn find_run_report(
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(reports_dir)?
+    let mut all: Vec<PathBuf> = std::fs::read_dir(reports_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| is_run_report(p))
+        .collect();
+    all.sort();
+    let elsewhere = all
+        .last()
+        .and_then(read)
+        .and_then(|v| v["target"].as_str().map(str::to_string))
+        .map(|t| {
+            format!("; the newest run report there is of {t}: name it with --target / --database")
+        })
+        .unwrap_or_default();
+    let files: Vec<PathBuf> = all
+        .into_iter()
         .filter(|p| read(p).is_some_and(|v| filter.admits(&v)))
         .collect();
-    files.sort();
     let newest = files.last().cloned().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
-                "no run report{} in {}",
+                "no run report{} in {}{elsewhere}",
                 match (&filter.kind, &filter.database) {
                     (None, None) => String::new(),
                     (kind, db) => format!(
