@@ -439,3 +439,44 @@ async fn a_rolled_back_run_is_no_longer_signed_off_as_verified() {
     assert!(text.contains("rolled back since"), "{text}");
     w.drop().await;
 }
+
+/// A verification that fails only on references that point nowhere: the sign-off's text and
+/// Markdown name them (path, referenced entity, how many, examples) — "DIFFERS" with every count
+/// 0 and no reason would leave the signer guessing.
+#[tokio::test]
+async fn the_signoff_names_broken_references_when_they_are_why_verification_failed() {
+    let w = World::new("report_broken_refs").await;
+    w.load_registry(100);
+    let out = w.migrate(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    // A patient's document goes: its immunizations now point nowhere.
+    let db = w.mongo().await;
+    let patients = db.collection::<bson::Document>("patients");
+    let gone = patients.find_one(bson::doc! {}).await.unwrap().unwrap();
+    let gone_id = gone.get_str("patientId").unwrap().to_string();
+    patients
+        .delete_one(bson::doc! { "_id": gone.get("_id").unwrap().clone() })
+        .await
+        .unwrap();
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    for format in ["text", "md"] {
+        let out = w
+            .cutover()
+            .args(["report", "--format", format])
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert!(
+            text.contains("broken references: patientId → patients: 1 value(s) point nowhere")
+                && text.contains(&gone_id),
+            "{format}: {text}"
+        );
+    }
+    w.drop().await;
+}

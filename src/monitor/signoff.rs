@@ -419,6 +419,37 @@ impl SignOff {
                             _ => String::new(),
                         },
                     );
+                    // The other reasons verify gives: references that point nowhere, values
+                    // that are not PostgreSQL's.
+                    for r in e["broken_references"].as_array().into_iter().flatten() {
+                        let _ = writeln!(
+                            s,
+                            "{}  broken references: {} → {}: {} value(s) point nowhere (e.g. {})",
+                            if md { "  - " } else { "  " },
+                            r["path"].as_str().unwrap_or("?"),
+                            r["references"].as_str().unwrap_or("?"),
+                            r["dangling"],
+                            r["examples"]
+                                .as_array()
+                                .map(|a| a
+                                    .iter()
+                                    .filter_map(|x| x.as_str())
+                                    .map(|x| if md { md_esc(x) } else { x.to_string() })
+                                    .collect::<Vec<_>>()
+                                    .join(", "))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if let Some(n) = e["independent"]["mismatch_count"]
+                        .as_u64()
+                        .filter(|n| *n > 0)
+                    {
+                        let _ = writeln!(
+                            s,
+                            "{}  {n} value(s) differ from PostgreSQL's own rendering (see the verify report)",
+                            if md { "  - " } else { "  " },
+                        );
+                    }
                 }
             }
             None => {
@@ -694,6 +725,13 @@ th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
                 );
                 for e in v["entities"].as_array().into_iter().flatten() {
                     let n = |k: &str| problem_count(e, k);
+                    // Values that point nowhere (not the number of reference fields).
+                    let dangling: u64 = e["broken_references"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r["dangling"].as_u64())
+                        .sum();
                     let _ = write!(
                         h,
                         "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -704,7 +742,7 @@ th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
                         n("missing"),
                         n("unexpected"),
                         n("different"),
-                        n("broken_references")
+                        dangling
                     );
                 }
                 h.push_str("</table>");
