@@ -382,6 +382,44 @@ async fn max_rejects_stops_the_run() {
             "{e}"
         );
     }
+    // status and history account for every row too (skipped shown), and history lists only
+    // the entities the run started.
+    let pipeline = common::repo().join("pipelines/registry.toml");
+    let out = w
+        .cutover()
+        .args(["status", "--json", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for e in status["entities"].as_array().unwrap() {
+        if e["state"] == "pending" {
+            continue;
+        }
+        let n = |k: &str| e[k].as_i64().unwrap_or_else(|| panic!("{k} in {e}"));
+        assert_eq!(
+            n("read"),
+            n("written") + n("rejected") + n("skipped"),
+            "{e}"
+        );
+    }
+    let out = w.cutover().args(["history", "--json"]).output().unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &history[0];
+    let n = |k: &str| run[k].as_i64().unwrap_or_else(|| panic!("{k} in {run}"));
+    assert_eq!(
+        n("read"),
+        n("written") + n("rejected") + n("skipped"),
+        "{run}"
+    );
+    let ran: Vec<&str> = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(run["entities"], serde_json::json!(ran), "{run}");
+    assert!(!run["not_started"].as_array().unwrap().is_empty(), "{run}");
     // Re-run after re-run, with checkpoints between the rejects: the limit counts the rejects of
     // the part a run resumes too, so no re-run gets further than the limit allows.
     for attempt in 0..8 {

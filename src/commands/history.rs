@@ -8,15 +8,39 @@ use crate::monitor::report::format_ms;
 
 pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
     let (_cfg, _target, ledger) = open_ledger(cli, &args.target).await?;
-    let runs = ledger
+    let mut runs = ledger
         .runs_newest_first(args.limit.max(1), args.status.as_deref())
         .await?;
+    // The entities each run ran (its record lists those it planned; a run that stopped early
+    // never started the rest).
+    let steps = ledger.all_steps().await?;
+    for r in &mut runs {
+        let ran: Vec<String> = r
+            .entities
+            .iter()
+            .filter(|e| {
+                steps
+                    .iter()
+                    .any(|s| s.run_id == r.run_id && &s.entity == *e)
+            })
+            .cloned()
+            .collect();
+        if ran.len() < r.entities.len() {
+            r.not_started = r
+                .entities
+                .iter()
+                .filter(|e| !ran.contains(e))
+                .cloned()
+                .collect();
+            r.entities = ran;
+        }
+    }
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(Outcome::Success);
     }
     crate::outln!(
-        "{:>4}  {:<26} {:<24} {:>9} {:>10} {:>9} {:>9}  {:<22} entities",
+        "{:>4}  {:<26} {:<24} {:>9} {:>10} {:>9} {:>9} {:>9}  {:<22} entities",
         "#",
         "run",
         "started",
@@ -24,11 +48,17 @@ pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
         "read",
         "written",
         "rejected",
+        "skipped",
         "status"
     );
     for r in runs {
+        let not_started = if r.not_started.is_empty() {
+            String::new()
+        } else {
+            format!(" (not started: {})", r.not_started.join(","))
+        };
         crate::outln!(
-            "{:>4}  {:<26} {:<24} {:>9} {:>10} {:>9} {:>9}  {:<22} {}",
+            "{:>4}  {:<26} {:<24} {:>9} {:>10} {:>9} {:>9} {:>9}  {:<22} {}{}",
             r.run_number,
             r.run_id,
             r.started_at.as_deref().unwrap_or("-"),
@@ -36,8 +66,10 @@ pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
             r.read,
             r.written,
             r.rejected,
+            r.skipped,
             r.status,
-            r.entities.join(",")
+            r.entities.join(","),
+            not_started
         );
     }
     Ok(Outcome::Success)

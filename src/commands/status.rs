@@ -18,6 +18,8 @@ struct EntityStatus {
     read: i64,
     written: i64,
     rejected: i64,
+    /// Rows neither written nor rejected (batches that failed).
+    skipped: i64,
     /// Source rows covered by the checkpoint of an unfinished stage.
     checkpoint_rows: i64,
     total_rows: i64,
@@ -64,6 +66,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
             read: s.map(|s| s.read).unwrap_or(0),
             written: s.map(|s| s.written).unwrap_or(0),
             rejected: s.map(|s| s.rejected).unwrap_or(0),
+            skipped: s.map(|s| s.skipped).unwrap_or(0),
             checkpoint_rows: s.map(|s| s.checkpoint_rows).unwrap_or(0),
             total_rows: s.map(|s| s.total).unwrap_or(0),
             mapping_changed: changed,
@@ -77,13 +80,14 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
         return Ok(Outcome::Success);
     }
     crate::outln!(
-        "{:<24} {:<14} {:<12} {:>9} {:>9} {:>9}  {:<26} progress",
+        "{:<24} {:<14} {:<12} {:>9} {:>9} {:>9} {:>9}  {:<26} progress",
         "entity",
         "stage",
         "state",
         "read",
         "written",
         "rejected",
+        "skipped",
         "last run"
     );
     for r in &rows {
@@ -98,13 +102,14 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
             _ => String::new(),
         };
         crate::outln!(
-            "{:<24} {:<14} {:<12} {:>9} {:>9} {:>9}  {:<26} {}",
+            "{:<24} {:<14} {:<12} {:>9} {:>9} {:>9} {:>9}  {:<26} {}",
             r.entity,
             r.stage,
             r.state,
             r.read,
             r.written,
             r.rejected,
+            r.skipped,
             r.last_run.as_deref().unwrap_or("-"),
             progress
         );

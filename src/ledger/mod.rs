@@ -122,6 +122,32 @@ pub fn current_steps(steps: &[StepRecord]) -> BTreeMap<String, StepRecord> {
     out
 }
 
+/// What a step did itself, as (read, written, rejected, skipped): a completed one its counts, an
+/// unfinished one its checkpoint (rows past it are read again by the run that resumes it), both
+/// without the rows of the step it resumed.
+pub fn own_counts(s: &StepRecord, steps: &[StepRecord]) -> (i64, i64, i64, i64) {
+    let (base_rows, base_rejected) = s
+        .resumed_from
+        .as_deref()
+        .and_then(|from| {
+            steps
+                .iter()
+                .find(|p| p.run_id == from && p.entity == s.entity)
+        })
+        .map_or((0, 0), |p| (p.checkpoint_rows, p.checkpoint_rejected));
+    let (read, rejected, skipped) = if s.status == COMPLETED {
+        (s.read, s.rejected, s.skipped)
+    } else if unfinished(&s.status) {
+        (s.checkpoint_rows, s.checkpoint_rejected, 0)
+    } else {
+        (0, 0, 0)
+    };
+    let read = (read - base_rows).max(0);
+    let rejected = (rejected - base_rejected).max(0);
+    let skipped = skipped.max(0);
+    (read, (read - rejected - skipped).max(0), rejected, skipped)
+}
+
 /// One step (an entity within a run) as the ledger holds it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRecord {
@@ -142,6 +168,8 @@ pub struct StepRecord {
     pub written: i64,
     pub rejected: i64,
     pub warnings: i64,
+    /// Rows neither written nor rejected (batches that failed).
+    pub skipped: i64,
     pub retried: i64,
     pub error: Option<String>,
     /// The collection held no document when the step began (rollback empties it).
@@ -243,6 +271,7 @@ impl StepRecord {
             written: int(d, "written"),
             rejected: int(d, "rejected"),
             warnings: int(d, "warnings"),
+            skipped: int(d, "skipped"),
             retried: int(d, "retried"),
             error: d.get_str("error").ok().map(str::to_string),
             was_empty: d.get_bool("was_empty").unwrap_or(false),
@@ -284,6 +313,10 @@ pub struct RunRecord {
     pub read: i64,
     pub written: i64,
     pub rejected: i64,
+    pub skipped: i64,
+    /// Entities the run planned but never started (filled by `history`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_started: Vec<String>,
     pub host: String,
 }
 
@@ -517,6 +550,7 @@ impl Ledger {
             "written": own.written as i64,
             "rejected": own.rejected as i64,
             "read": own.read as i64,
+            "skipped": own.skipped as i64,
             "duration_ms": own.duration_ms as i64,
         };
         self.set("finish run", &self.runs(), &report.run_id, set)
@@ -534,16 +568,16 @@ impl Ledger {
         for d in self.all_runs().await? {
             let id = text(&d, "_id");
             if id != run_id && text(&d, "status") == RUNNING {
-                // The run's counts are those of the steps it completed (a step it left
-                // unfinished is counted, checkpoint included, by the run that resumes it).
-                let done = steps
-                    .iter()
-                    .filter(|s| s.run_id == id && s.status == COMPLETED);
-                let (mut read, mut written, mut rejected) = (0, 0, 0);
-                for s in done {
-                    read += s.read;
-                    written += s.written;
-                    rejected += s.rejected;
+                // What the run itself did: its completed steps, and its unfinished ones up to
+                // their checkpoints — each without the part it resumed (counted by the run
+                // that did it), so that history counts every row once.
+                let (mut read, mut written, mut rejected, mut skipped) = (0, 0, 0, 0);
+                for s in steps.iter().filter(|s| s.run_id == id) {
+                    let (r, w, j, k) = own_counts(s, &steps);
+                    read += r;
+                    written += w;
+                    rejected += j;
+                    skipped += k;
                 }
                 self.set(
                     "mark run interrupted",
@@ -551,7 +585,7 @@ impl Ledger {
                     &id,
                     doc! {
                         "status": INTERRUPTED, "error": &why, "interrupted_at": bson::DateTime::now(),
-                        "read": read, "written": written, "rejected": rejected,
+                        "read": read, "written": written, "rejected": rejected, "skipped": skipped,
                     },
                 )
                 .await?;
@@ -702,6 +736,8 @@ impl Ledger {
                 read: int(d, "read"),
                 written: int(d, "written"),
                 rejected: int(d, "rejected"),
+                skipped: int(d, "skipped"),
+                not_started: Vec::new(),
                 host: text(d, "host"),
             })
             .collect())

@@ -214,6 +214,7 @@ mod tests {
             written: 0,
             rejected: 0,
             warnings: 0,
+            skipped: 0,
             retried: 0,
             error: None,
             was_empty: backup.is_none(),

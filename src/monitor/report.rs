@@ -213,7 +213,16 @@ impl RunReport {
     /// interrupted run): what the ledger records as the run's, so that history does not count
     /// a step twice.
     pub fn own_totals(&self) -> Totals {
-        self.sum(|e| e.completed_by.is_none())
+        let mut t = self.sum(|e| e.completed_by.is_none());
+        // Less the parts resumed: the interrupted runs that read them count them.
+        for e in self.entities.iter().filter(|e| e.completed_by.is_none()) {
+            let rows = e.resumed_after_rows;
+            let rejected = e.resumed_after_rejected.min(rows);
+            t.read = t.read.saturating_sub(rows);
+            t.rejected = t.rejected.saturating_sub(rejected);
+            t.written = t.written.saturating_sub(rows - rejected);
+        }
+        t
     }
 
     fn sum(&self, keep: impl Fn(&EntityReport) -> bool) -> Totals {
