@@ -44,6 +44,9 @@ pub struct EntityCheck {
     pub estimate_basis: String,
     /// Scanned rows the run will reject (a row with two reject findings counts once).
     pub rejected_rows: u64,
+    /// Per embed (by path), the child rows met by the scan that belong to no parent row: the
+    /// run embeds them nowhere and lists each in the rejects file (rule `orphan_child`).
+    pub orphan_children: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -374,6 +377,8 @@ pub async fn check(
             )),
             Ok(mut readers) => {
                 let mut rows = ExpectedRows::new(&mut readers, plan, max_document_bytes);
+                // Per embed: the orphans and the key of the first.
+                let mut orphans: Vec<(u64, String)> = vec![(0, String::new()); plan.embeds.len()];
                 while sample.is_none_or(|n| scanned < n) {
                     let row = match rows.next(&ctx).await {
                         Ok(Some(row)) => row,
@@ -387,6 +392,14 @@ pub async fn check(
                             break;
                         }
                     };
+                    if let ExpectedRow::Orphan(o) = row {
+                        let (n, example) = &mut orphans[o.embed];
+                        *n += 1;
+                        if example.is_empty() {
+                            *example = o.key;
+                        }
+                        continue;
+                    }
                     scanned += 1;
                     ec.rejected_rows += u64::from(scan_row(
                         plan,
@@ -397,6 +410,25 @@ pub async fn check(
                         table.as_ref(),
                         &children,
                     ));
+                }
+                for (e, (n, example_key)) in plan.embeds.iter().zip(orphans) {
+                    ec.orphan_children.insert(e.path_text.clone(), n);
+                    if n == 0 {
+                        continue;
+                    }
+                    // Not a reject: no source row of the entity is lost with them.
+                    report.findings.push(Finding {
+                        entity: plan.entity.clone(),
+                        path: e.path_text.clone(),
+                        rule: crate::transform::RULE_ORPHAN_CHILD.into(),
+                        severity: "warning".into(),
+                        rows: n,
+                        example_key,
+                        example: format!(
+                            "{n} rows of {} belong to no {} row: not embedded, each listed in the run's rejects file",
+                            e.source_name, plan.source_name
+                        ),
+                    });
                 }
             }
         }
@@ -453,6 +485,7 @@ fn scan_row(
     let (key, issues, doc) = match row {
         ExpectedRow::Rejected { key, issues, .. } => (key, issues, None),
         ExpectedRow::Document { mapped, .. } => (mapped.key, mapped.issues, mapped.doc),
+        ExpectedRow::Orphan(_) => return false, // counted by the caller
     };
     // Appwrite: a key its row ids cannot hold is hashed; unless the key is mapped as a field too,
     // its value is kept nowhere (the run warns for each such row, as counted here).

@@ -478,13 +478,21 @@ column = "notes"
     let run_id = report["run_id"].as_str().unwrap().to_string();
     let mut rejected = std::collections::BTreeMap::new();
     let mut keys = std::collections::BTreeSet::new();
-    for (entity, key, _stage, rule) in w.rejects(&run_id) {
+    let mut orphans = Vec::new();
+    for (entity, key, stage, rule) in w.rejects(&run_id) {
         assert_eq!(entity, "parents");
+        if rule == "orphan_child" {
+            // The child of no parent: listed apart from the rejected parent rows.
+            assert_eq!(stage, "embed");
+            orphans.push(key);
+            continue;
+        }
         *rejected.entry(rule).or_insert(0u64) += 1;
         keys.insert(key);
     }
     assert_eq!(rejected, expected, "{}", common::output_text(&out));
     assert_eq!(keys, rejected_keys, "{}", common::output_text(&out));
+    assert_eq!(orphans.len(), 1, "the child of key 99: {orphans:?}");
     assert_eq!(w.count("parents").await, 2, "parents 3 and 7 are written");
     w.drop().await;
 }

@@ -455,7 +455,14 @@ async fn verify_expects_no_children_of_a_parent_mongodb_refused() {
         );
         assert_eq!(
             e["embedded"],
-            serde_json::json!([{ "path": "tags", "source_children": 2, "target_elements": 2 }]),
+            serde_json::json!([{
+                "path": "tags",
+                "source_children": 2,
+                "target_elements": 2,
+                "orphan_children": 0,
+                "child_source": "tags",
+                "parent_source": "items",
+            }]),
             "{e}"
         );
         w.drop().await;

@@ -247,6 +247,17 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         );
     }
     for e in &v.embedded {
+        if e.orphan_children > 0 {
+            // Not a failure: the run listed them (rule orphan_child); the count below is of
+            // the written parents' children.
+            crate::outln!(
+                "    embedded {}: {} child rows of {} belong to no {} row: in no document (the run listed them as orphan_child), not counted among the child rows in the source",
+                e.path,
+                e.orphan_children,
+                e.child_source,
+                e.parent_source
+            );
+        }
         if e.source_children != e.target_elements {
             crate::outln!(
                 "    embedded {}: {} child rows in the source, {} elements in the target",

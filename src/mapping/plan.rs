@@ -169,8 +169,13 @@ pub struct EmbedPlan {
     pub path: Vec<String>,
     pub path_text: String,
     pub read: ReadSpec,
+    /// The child source as the mapping names it: its table, or `the query of embed <path>`.
+    pub source_name: String,
     /// The child read starts with this many foreign-key columns (the parent key's width).
     pub fk_len: usize,
+    /// The foreign key and the `order_by` columns: what names one child row (the read's
+    /// leading columns).
+    pub child_key_len: usize,
     pub element: EmbedElement,
     /// Index of the top-level field after which the array goes (`None`: at the end).
     pub after: Option<usize>,
@@ -189,6 +194,8 @@ pub struct Plan {
     pub mapping_path: std::path::PathBuf,
     pub checksum: String,
     pub relation: String,
+    /// The source as the mapping names it: its table, or `the query of <entity>`.
+    pub source_name: String,
     pub read: ReadSpec,
     /// The change-tracking column (delta runs).
     pub updated_at: Option<String>,
@@ -783,7 +790,21 @@ pub fn compile(
             appwrite_table,
             path: split_path(&e.path),
             path_text: e.path.clone(),
+            source_name: e
+                .table
+                .clone()
+                .unwrap_or_else(|| format!("the query of embed {}", e.path)),
             fk_len: fk.len(),
+            child_key_len: {
+                // The read's leading columns: the ordering columns, each once.
+                let mut named: Vec<&String> = Vec::new();
+                for c in fk.iter().chain(&e.order_by) {
+                    if !named.contains(&c) {
+                        named.push(c);
+                    }
+                }
+                named.len()
+            },
             read: child_read,
             element: e.element,
             after: e
@@ -824,6 +845,10 @@ pub fn compile(
         mapping_path: m.path.clone(),
         checksum: m.checksum.clone(),
         relation: relations[0].clone(),
+        source_name: src
+            .table
+            .clone()
+            .unwrap_or_else(|| format!("the query of {}", m.spec.name)),
         read,
         updated_at: m.spec.source.updated_at.clone(),
         updated_at_kind,

@@ -25,6 +25,9 @@ pub struct EntityCounters {
     /// Documents of rows now rejected that an earlier run had written (an older version),
     /// removed so that the target holds what a fresh run would.
     pub removed: AtomicU64,
+    /// Per embed (by index), child rows that belong to no parent row: embedded nowhere. Not
+    /// source rows of the entity (not in `read`).
+    pub orphans: std::sync::Mutex<Vec<u64>>,
 }
 
 /// A point-in-time copy of [`EntityCounters`].
@@ -44,6 +47,21 @@ pub struct Counts {
 impl EntityCounters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an orphan child row of embed `embed`.
+    pub fn add_orphan(&self, embed: usize) {
+        let mut o = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        if o.len() <= embed {
+            o.resize(embed + 1, 0);
+        }
+        o[embed] += 1;
+    }
+
+    /// The orphan child rows of embed `embed` so far.
+    pub fn orphans_of(&self, embed: usize) -> u64 {
+        let o = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        o.get(embed).copied().unwrap_or(0)
     }
 
     pub fn snapshot(&self) -> Counts {

@@ -6,12 +6,12 @@
 //! its own count, so a resume copies exactly the covered lines of the interrupted run's files and
 //! reads the rest again — each row is then in the resumed run's files once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::transform::Issue;
+use crate::transform::{Issue, RULE_ORPHAN_CHILD, Stage};
 
 const VALUE_MAX: usize = 200;
 const HEADER: [&str; 8] = [
@@ -28,13 +28,16 @@ const HEADER: [&str; 8] = [
 const PENDING_MAX: usize = 64 * 1024;
 
 /// What [`RejectsWriter::carry`] copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Carried {
     /// Reject lines (a row rejected for several reasons has several).
     pub lines: u64,
     pub warnings: u64,
-    /// Distinct rows among the reject lines.
+    /// Distinct rows among the reject lines (orphan child rows aside).
     pub rejected_rows: u64,
+    /// Orphan child rows among the reject lines, per embed path (stage `embed`, rule
+    /// [`RULE_ORPHAN_CHILD`]): each is one line.
+    pub orphans: BTreeMap<String, u64>,
 }
 
 /// Writes reject and warning records; created lazily per entity, safe to share between tasks.
@@ -188,6 +191,7 @@ impl RejectsWriter {
     pub fn carry(&self, from: &Path, entity: &str, batches: u64) -> std::io::Result<Carried> {
         let mut copied = (0, 0);
         let mut rejected_keys = std::collections::HashSet::new();
+        let mut orphans: BTreeMap<String, u64> = BTreeMap::new();
         for (name, n) in [
             (format!("{entity}.csv"), &mut copied.0),
             (format!("{entity}.warnings.csv"), &mut copied.1),
@@ -223,7 +227,9 @@ impl RejectsWriter {
                 }
                 w.record(fields)?;
                 *n += 1;
-                if rejects {
+                if rejects && fields[2] == Stage::Embed.as_str() && fields[3] == RULE_ORPHAN_CHILD {
+                    *orphans.entry(fields[4].to_string()).or_default() += 1;
+                } else if rejects {
                     rejected_keys.insert(fields[1].to_string());
                 }
             }
@@ -232,6 +238,7 @@ impl RejectsWriter {
             lines: copied.0,
             warnings: copied.1,
             rejected_rows: rejected_keys.len() as u64,
+            orphans,
         })
     }
 

@@ -79,6 +79,43 @@ pub struct EntityReport {
     /// Documents an earlier run wrote for rows this run rejected (their older version), removed.
     #[serde(default)]
     pub stale_removed: u64,
+    /// Per embed, the child rows whose parent row is not in the source: in no document, each a
+    /// line of the rejects file (stage `embed`, rule `orphan_child`). Not source rows of the
+    /// entity: not part of `read` nor of `rejected`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphan_children: Vec<OrphanChildren>,
+}
+
+/// The child rows of one embed that belong to no parent row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrphanChildren {
+    /// The embed's path.
+    pub embed: String,
+    /// The child source and the parent's, as the mapping names them (empty when unknown: a
+    /// step completed by an interrupted run is reported from its rejects file).
+    pub child_source: String,
+    pub parent_source: String,
+    pub rows: u64,
+}
+
+impl OrphanChildren {
+    /// The sentence the text report (and the sign-off) gives.
+    pub fn sentence(&self) -> String {
+        let child = if self.child_source.is_empty() {
+            "child rows".to_string()
+        } else {
+            format!("rows of {}", self.child_source)
+        };
+        let parent = if self.parent_source.is_empty() {
+            "parent".to_string()
+        } else {
+            self.parent_source.clone()
+        };
+        format!(
+            "{} {child} belong to no {parent} row and were not embedded in `{}` (rejects file: stage embed, rule orphan_child)",
+            self.rows, self.embed
+        )
+    }
 }
 
 impl EntityReport {
@@ -115,7 +152,13 @@ impl EntityReport {
             backup_ms: 0,
             completed_by: None,
             stale_removed: 0,
+            orphan_children: Vec::new(),
         }
+    }
+
+    /// Child rows of all embeds that belong to no parent row.
+    pub fn orphans(&self) -> u64 {
+        self.orphan_children.iter().map(|o| o.rows).sum()
     }
 
     /// Records the backup the step took.
@@ -333,6 +376,9 @@ impl RunReport {
                     e.name, e.deleted
                 );
             }
+            for o in e.orphan_children.iter().filter(|o| o.rows > 0) {
+                let _ = writeln!(s, "{}: {}", e.name, o.sentence());
+            }
             if e.failed > 0 {
                 let _ = writeln!(
                     s,
@@ -389,7 +435,7 @@ impl RunReport {
                 t.retried
             );
         }
-        if t.rejected > 0 || t.warnings > 0 {
+        if t.rejected > 0 || t.warnings > 0 || self.entities.iter().any(|e| e.orphans() > 0) {
             let _ = writeln!(s, "rejected rows and warnings: {}", self.rejects_dir);
         }
         if let Some(e) = &self.error {

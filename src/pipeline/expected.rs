@@ -1,5 +1,7 @@
 //! The expected documents: the source rows of one plan read in key order, their embedded
-//! children merged in, and each row mapped exactly as `migrate` maps it. One stream for every
+//! children merged in, and each row mapped exactly as `migrate` maps it — and, where the merge
+//! meets them, the child rows that belong to no parent row (every one, the child read's rows
+//! past the last parent included), so that each reader accounts for them alike. One stream for every
 //! reader that must agree with the run — the run itself, `check` (which counts in advance what
 //! the run will reject), `verify` (which re-derives what the target should hold) and the bench.
 
@@ -13,7 +15,7 @@ use crate::source::postgres::{self, DecodedRow, ReadSpec, SourceError};
 use crate::source::value::key_text;
 use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, Mapped, map_row};
-use crate::transform::{Issue, Stage};
+use crate::transform::{Issue, RULE_ORPHAN_CHILD, Stage};
 
 /// The connections one expected-documents stream reads over: the parent's and one per embed,
 /// all in the session's snapshot.
@@ -50,12 +52,60 @@ pub(crate) enum ExpectedRow {
         child_counts: Vec<usize>,
         mapped: Mapped,
     },
+    /// A child row no parent row of the read has (not a source row of the plan itself: not
+    /// counted as read). Handed out where the child stream has it: before the first parent row
+    /// whose key sorts after its foreign key, or after the last parent row (a foreign key past
+    /// every parent key, NULL or NULL in part, or one that cannot be decoded).
+    Orphan(Orphan),
+}
+
+/// A child row embedded nowhere (see [`ExpectedRow::Orphan`]).
+pub(crate) struct Orphan {
+    /// Index of the embed (into `plan.embeds`).
+    pub embed: usize,
+    /// The child's foreign key and `order_by` values, as rejects files write keys.
+    pub key: String,
+    /// Its foreign key alone.
+    pub foreign_key: String,
+}
+
+impl Orphan {
+    /// The line of the rejects file that accounts for it.
+    pub(crate) fn issue(&self, plan: &Plan) -> Issue {
+        let e = &plan.embeds[self.embed];
+        let fk: Vec<&str> = e.read.columns[..e.fk_len]
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        Issue::error(
+            Stage::Embed,
+            RULE_ORPHAN_CHILD,
+            &e.path_text,
+            format!(
+                "a row of {} whose {} ({}) no row of {} has was not embedded in `{}`",
+                e.source_name,
+                if fk.len() == 1 {
+                    "foreign key"
+                } else {
+                    "foreign keys"
+                },
+                fk.join(", "),
+                plan.source_name,
+                e.path_text
+            ),
+            self.foreign_key.clone(),
+        )
+    }
 }
 
 /// The source rows of a plan, mapped (see the module's documentation).
 pub(crate) struct ExpectedRows<'c, 'p> {
     plan: &'p Plan,
     rows: BoxStream<'c, Result<DecodedRow, SourceError>>,
+    /// The parent row read whose preceding orphans are being handed out.
+    parent: Option<DecodedRow>,
+    /// Every parent row read: what the child streams still hold are orphans.
+    parents_done: bool,
     cursors: Vec<ChildCursor<'c>>,
     /// The target's document size limit (MongoDB's), if it has one: larger documents are
     /// rejected.
@@ -99,21 +149,40 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
         ExpectedRows {
             plan,
             rows: postgres::stream(&mut readers.parent, read),
+            parent: None,
+            parents_done: false,
             cursors,
             max_document_bytes,
             last_key: None,
         }
     }
 
-    /// Child rows whose parent is not in the source (not embedded anywhere), so far.
-    pub(crate) fn orphans(&self) -> u64 {
-        self.cursors.iter().map(|c| c.orphans).sum()
-    }
-
-    /// The next row, `None` at the end.
+    /// The next row or orphan child row, `None` at the end.
     pub(crate) async fn next(&mut self, ctx: &MapContext) -> Result<Option<ExpectedRow>, RunError> {
         let plan = self.plan;
-        let Some(item) = self.rows.try_next().await? else {
+        let width = plan.key.len();
+        if self.parent.is_none() && !self.parents_done {
+            match self.rows.try_next().await? {
+                Some(item) => self.parent = Some(item),
+                None => self.parents_done = true,
+            }
+        }
+        // The children sorting before this parent's key (after the last parent: every child
+        // left) are orphans, handed out one by one: none is held in memory. A parent whose key
+        // could not be decoded bounds nothing; the next one does.
+        let bound: Option<Option<&[Value]>> = match &self.parent {
+            None => Some(None),
+            Some(Ok(row)) => Some(Some(&row[..width])),
+            Some(Err(err)) => err.key(width).map(|_| Some(&err.decoded[..width])),
+        };
+        if let Some(bound) = bound {
+            for (i, c) in self.cursors.iter_mut().enumerate() {
+                if let Some(child) = c.next_orphan(bound, width).await? {
+                    return Ok(Some(ExpectedRow::Orphan(orphan(plan, i, child))));
+                }
+            }
+        }
+        let Some(item) = self.parent.take() else {
             return Ok(None);
         };
         let row = match item {
@@ -231,12 +300,32 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
     }
 }
 
-/// Reads child rows of one embed in foreign-key order, handing out those of each parent.
+/// Names an orphan child row of embed `embed` by its leading (ordering) columns.
+fn orphan(plan: &Plan, embed: usize, child: DecodedRow) -> Orphan {
+    let e = &plan.embeds[embed];
+    let (key, foreign_key) = match &child {
+        Ok(values) => {
+            let refs: Vec<&Value> = values.iter().collect();
+            (
+                key_text(&refs[..e.child_key_len.min(refs.len())]),
+                key_text(&refs[..e.fk_len.min(refs.len())]),
+            )
+        }
+        Err(err) => (err.key_text(e.child_key_len), err.key_text(e.fk_len)),
+    };
+    Orphan {
+        embed,
+        key,
+        foreign_key,
+    }
+}
+
+/// Reads child rows of one embed in foreign-key order, handing out those of each parent and
+/// those of none.
 pub(crate) struct ChildCursor<'c> {
     stream: BoxStream<'c, Result<DecodedRow, SourceError>>,
     pending: Option<DecodedRow>,
     done: bool,
-    orphans: u64,
 }
 
 /// The child rows of one parent, and those of its children that could not be decoded (which
@@ -246,20 +335,73 @@ pub(crate) struct Children {
     pub undecodable: Vec<postgres::DecodeError>,
 }
 
+/// The foreign key of a child row, when it could be decoded. Children start with the
+/// foreign-key columns, one per parent key column.
+fn foreign_key(child: &DecodedRow, width: usize) -> Option<&[Value]> {
+    match child {
+        Ok(values) => values.get(..width),
+        Err(err) => err.key(width).map(|_| &err.decoded[..width]),
+    }
+}
+
+/// How a child's foreign key stands to a parent key: `Equal` only when it is that parent's (a
+/// NULL part equals nothing, as in SQL).
+fn fk_order(fk: &[Value], parent: &[Value]) -> std::cmp::Ordering {
+    let order = fk
+        .iter()
+        .zip(parent)
+        .map(|(fk, p)| fk.key_cmp(p))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal);
+    if order.is_eq() && fk.iter().any(Value::is_null) {
+        // Sorts with a parent key holding NULL at the same place, yet belongs to none.
+        return std::cmp::Ordering::Less;
+    }
+    order
+}
+
 impl<'c> ChildCursor<'c> {
     pub(crate) fn new(stream: BoxStream<'c, Result<DecodedRow, SourceError>>) -> ChildCursor<'c> {
         ChildCursor {
             stream,
             pending: None,
             done: false,
-            orphans: 0,
         }
     }
 
-    /// The child rows of the parent row `parent` (children of keys before its key are orphans).
-    /// Children start with the foreign-key columns, one per parent key column. A child whose
-    /// foreign key could be decoded but another column not is handed out as undecodable; one
-    /// whose foreign key cannot be decoded belongs to no parent that can be written.
+    /// The next child row, read when none is pending; `None` at the end.
+    async fn peek(&mut self) -> Result<Option<&DecodedRow>, RunError> {
+        if self.pending.is_none() && !self.done {
+            match self.stream.try_next().await? {
+                Some(row) => self.pending = Some(row),
+                None => self.done = true,
+            }
+        }
+        Ok(self.pending.as_ref())
+    }
+
+    /// The next child row that belongs to no parent row, given the key of the parent row read
+    /// next (`None`: every parent row was read): one whose foreign key sorts before that key,
+    /// holds a NULL, or cannot be decoded (a date `infinity`: it equals no parent key that can
+    /// be, and a parent of that key is itself rejected for it, `date_out_of_range`).
+    pub(crate) async fn next_orphan(
+        &mut self,
+        parent: Option<&[Value]>,
+        width: usize,
+    ) -> Result<Option<DecodedRow>, RunError> {
+        let Some(child) = self.peek().await? else {
+            return Ok(None);
+        };
+        let orphan = match (foreign_key(child, width), parent) {
+            (None, _) | (Some(_), None) => true,
+            (Some(fk), Some(parent)) => fk_order(fk, parent).is_lt(),
+        };
+        Ok(if orphan { self.pending.take() } else { None })
+    }
+
+    /// The child rows of the parent row `parent`, once the orphans before it were handed out
+    /// ([`ChildCursor::next_orphan`]). A child whose foreign key could be decoded but another
+    /// column not is handed out as undecodable.
     pub(crate) async fn children_of(
         &mut self,
         parent: &[Value],
@@ -271,46 +413,18 @@ impl<'c> ChildCursor<'c> {
             undecodable: Vec::new(),
         };
         loop {
-            if self.pending.is_none() {
-                if self.done {
-                    return Ok(out);
-                }
-                match self.stream.try_next().await? {
-                    None => {
-                        self.done = true;
-                        return Ok(out);
-                    }
-                    // A foreign key that cannot be decoded (a date `infinity`) equals no
-                    // parent key that can: its parent, if any, is itself rejected for that key
-                    // (`date_out_of_range`), so the child goes with it, counted as an orphan.
-                    Some(Err(err)) if err.key(width).is_none() => {
-                        self.orphans += 1;
-                        continue;
-                    }
-                    Some(row) => self.pending = Some(row),
-                }
-            }
-            let fk: &[Value] = match self.pending.as_ref().expect("set above") {
-                Ok(child) => child,
-                Err(err) => &err.decoded,
+            let Some(child) = self.peek().await? else {
+                return Ok(out);
             };
-            let order = plan
-                .key
-                .iter()
-                .zip(fk)
-                .map(|(&k, fk)| fk.key_cmp(&parent[k]))
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal);
-            match order {
-                std::cmp::Ordering::Less => {
-                    self.orphans += 1;
-                    self.pending = None;
-                }
-                std::cmp::Ordering::Equal => match self.pending.take().expect("set above") {
-                    Ok(child) => out.rows.push(child),
-                    Err(err) => out.undecodable.push(err),
-                },
-                std::cmp::Ordering::Greater => return Ok(out),
+            let mine =
+                foreign_key(child, width).is_some_and(|fk| fk_order(fk, &parent[..width]).is_eq());
+            if !mine {
+                // A later parent's, or an orphan handed out before the next parent.
+                return Ok(out);
+            }
+            match self.pending.take().expect("peeked above") {
+                Ok(child) => out.rows.push(child),
+                Err(err) => out.undecodable.push(err),
             }
         }
     }

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 pub use super::error::RunError;
-use super::expected::{ExpectedRow, ExpectedRows, Readers};
+use super::expected::{ExpectedRow, ExpectedRows, Orphan, Readers};
 use super::{Pipeline, Step};
 use crate::ledger::{self, Ledger, StepRecord};
 use crate::mapping::plan::{self, Plan};
@@ -629,6 +629,7 @@ async fn migrate_locked(
                     batches: 0,
                 },
                 from_batches: r.checkpoint_batches.max(0) as u64,
+                orphans: Default::default(),
             }),
             mode: None,
             ledger: (!opts.dry_run).then(|| ledger.clone()),
@@ -672,13 +673,18 @@ async fn migrate_locked(
                     }
                     Ok(c) => {
                         tracing::info!(entity = %p.entity, from = %from.display(), lines = c.lines, warnings = c.warnings, "carried the covered rejects of the interrupted run");
-                        Ok(())
+                        Ok(c.orphans)
                     }
                     Err(cause) => Err(RunError::Io { path: from, cause }),
                 }
             }
-            None => Ok(()),
+            None => Ok(Default::default()),
         };
+        let carried = carried.map(|orphans| {
+            if let Some(r) = stage.resume.as_mut() {
+                r.orphans = orphans;
+            }
+        });
         // What the ledger records as the step's destination: the table group or the users.
         let mut destination = target.destination(&p.collection);
         let mut backup = None;
@@ -947,6 +953,7 @@ fn adopt_step(step: &StepRecord, opts: &RunOptions, rejects: &RejectsWriter) -> 
         .and_then(|c| rejects.sync().map(|()| c))
     {
         Ok(c) if c.rejected_rows < rejected => {
+            e.orphan_children = orphans_of_lines(&c.orphans);
             e.error = Some(format!(
                 "the rejects of {rejected} rows of run {} were not found in {} ({} found): they are in no rejects file of this run",
                 step.run_id,
@@ -954,7 +961,7 @@ fn adopt_step(step: &StepRecord, opts: &RunOptions, rejects: &RejectsWriter) -> 
                 c.rejected_rows
             ));
         }
-        Ok(_) => {}
+        Ok(c) => e.orphan_children = orphans_of_lines(&c.orphans),
         Err(cause) => {
             e.error = Some(format!(
                 "the rejects of run {} could not be copied from {}: {cause}",
@@ -964,6 +971,21 @@ fn adopt_step(step: &StepRecord, opts: &RunOptions, rejects: &RejectsWriter) -> 
         }
     }
     e
+}
+
+/// The orphan child rows of a step known only by its rejects file's lines (per embed path).
+fn orphans_of_lines(
+    lines: &std::collections::BTreeMap<String, u64>,
+) -> Vec<crate::monitor::report::OrphanChildren> {
+    lines
+        .iter()
+        .map(|(embed, &rows)| crate::monitor::report::OrphanChildren {
+            embed: embed.clone(),
+            child_source: String::new(),
+            parent_source: String::new(),
+            rows,
+        })
+        .collect()
 }
 
 /// The directory of this run's rejects files, absolute (as the ledger records it).
@@ -1114,6 +1136,9 @@ struct Resume {
     covered: ledger::Covered,
     /// How many of the interrupted step's own batches its checkpoint covers.
     from_batches: u64,
+    /// The orphan child rows among the covered lines copied, per embed path: counted by the
+    /// interrupted run, not read again.
+    orphans: std::collections::BTreeMap<String, u64>,
 }
 
 /// Per-stage facts the reader and writer need.
@@ -1427,6 +1452,26 @@ async fn run_entity(
         report.requests = Some(r1 - r0);
         report.throttled = Some(h1 - h0);
     }
+    report.orphan_children = plan
+        .embeds
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // Those the resumed run counted (lines carried) and those this run met.
+            let carried = stage
+                .resume
+                .as_ref()
+                .and_then(|r| r.orphans.get(&e.path_text))
+                .copied()
+                .unwrap_or(0);
+            crate::monitor::report::OrphanChildren {
+                embed: e.path_text.clone(),
+                child_source: e.source_name.clone(),
+                parent_source: plan.source_name.clone(),
+                rows: carried + counters.orphans_of(i),
+            }
+        })
+        .collect();
     if let Some(r) = &stage.resume {
         report.resumed_from = Some(r.from_run.clone());
         report.resumed_after_rows = r.rows;
@@ -1494,8 +1539,44 @@ async fn read_loop(
     let mut batch = Batch::new(opts.batch_size);
     let mut prev_row: Option<Vec<Value>> = None;
     let mut since_tick = 0u64;
+    // Orphan child rows come before the parent row they sort before; their lines wait for that
+    // row's batch, whose checkpoint is at or past their foreign key: a resume (reading the
+    // children after the checkpoint's key) neither reads them again nor loses them. Those after
+    // the last parent row go to no checkpointed batch: a resume reads them again.
+    let mut waiting: Vec<Orphan> = Vec::new();
+    let write_orphans = |waiting: &mut Vec<Orphan>, batch: Option<u64>| {
+        for o in waiting.drain(..) {
+            rejects
+                .reject_in(&plan.entity, &o.key, &[o.issue(plan)], batch)
+                .map_err(io_err)?;
+            counters.add_orphan(o.embed);
+        }
+        Ok::<(), RunError>(())
+    };
 
     while let Some(item) = rows.next(ctx).await? {
+        if let ExpectedRow::Orphan(o) = item {
+            waiting.push(o);
+            if opts.dry_run {
+                write_orphans(&mut waiting, None)?;
+            } else if waiting.len() >= ORPHANS_WAITING {
+                // Not held in memory without end: the batch gathered so far is sealed (its
+                // checkpoint is before them) and they go to the next.
+                if !batch.docs.is_empty() {
+                    let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+                    full.seal(
+                        &mut seq,
+                        key_strings(plan, prev_row.as_deref()),
+                        counters.read.load(Ordering::Relaxed),
+                    );
+                    if tx.send(full).await.is_err() {
+                        return Ok(()); // the writer stopped; its error is reported
+                    }
+                }
+                write_orphans(&mut waiting, Some(seq))?;
+            }
+            continue;
+        }
         EntityCounters::add(&counters.read, 1);
         since_tick += 1;
         if since_tick >= 256 {
@@ -1526,10 +1607,13 @@ async fn read_loop(
                 }
                 if row.is_some() {
                     prev_row = row;
+                    // In the batch the row's key ends (a row without one bounds nothing).
+                    write_orphans(&mut waiting, (!opts.dry_run).then_some(seq))?;
                 }
                 continue;
             }
             ExpectedRow::Document { row, mapped, .. } => (row, mapped),
+            ExpectedRow::Orphan(_) => unreachable!("handled above"),
         };
         let raw = mapped.doc.take().expect("a document row has its document");
         let size = raw.as_bytes().len();
@@ -1584,6 +1668,7 @@ async fn read_loop(
             }
         }
         // Recorded once the row's batch is known (the one sealed above is not it).
+        write_orphans(&mut waiting, Some(seq))?;
         if !warnings.is_empty() {
             EntityCounters::add(&counters.warnings, 1);
             rejects
@@ -1616,13 +1701,20 @@ async fn read_loop(
         );
         let _ = tx.send(batch).await;
     }
-    let orphans = rows.orphans();
-    if orphans > 0 {
-        tracing::warn!(entity = %plan.entity, orphans, "child rows whose parent is not in the source were not embedded");
+    // After the last parent row: in a batch no checkpoint covers.
+    write_orphans(&mut waiting, (!opts.dry_run).then_some(seq))?;
+    for (i, e) in plan.embeds.iter().enumerate() {
+        let orphans = counters.orphans_of(i);
+        if orphans > 0 {
+            tracing::warn!(entity = %plan.entity, embed = %e.path_text, orphans, "child rows whose parent is not in the source were not embedded");
+        }
     }
     bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
     Ok(())
 }
+
+/// Orphan child rows whose lines wait for the next parent row's batch, at most.
+const ORPHANS_WAITING: usize = 1024;
 
 /// Counts and records a rejected row (entity, source key, the batch of the step it belongs to);
 /// `Err` when the rejects file cannot be written or --max-rejects is exceeded.

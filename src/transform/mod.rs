@@ -21,7 +21,15 @@ pub enum Stage {
     Transform,
     Validate,
     Write,
+    /// Merging child rows into their parents' documents (a child row whose parent is not in
+    /// the source: [`RULE_ORPHAN_CHILD`]).
+    Embed,
 }
+
+/// The rule of a child row of an embed whose parent row is not in the source (a foreign key no
+/// parent has, or NULL): embedded nowhere. A line of the entity's rejects file, counted apart
+/// from the rejected parent rows.
+pub const RULE_ORPHAN_CHILD: &str = "orphan_child";
 
 impl Stage {
     pub fn as_str(self) -> &'static str {
@@ -29,6 +37,7 @@ impl Stage {
             Stage::Transform => "transform",
             Stage::Validate => "validate",
             Stage::Write => "write",
+            Stage::Embed => "embed",
         }
     }
 }

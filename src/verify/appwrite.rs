@@ -237,21 +237,27 @@ fn diff_json(names: &[String], e: &Value, a: &Value, out: &mut Vec<String>) {
 
 /// Streams the source rows of `plan` mapped as `migrate` maps them (children embedded), calling
 /// `f` with each row's position, key and document (`None` when the mapping rejects it) and its
-/// child counts.
+/// child counts. Returns, per embed, the child rows that belong to no parent row.
 async fn each_expected(
     plan: &Plan,
     session: &mut SourceSession,
     ctx: &MapContext,
     mut f: impl FnMut(u64, String, Option<Document>, &[usize]),
-) -> Result<(), RunError> {
+) -> Result<Vec<u64>, RunError> {
     let mut readers = Readers::open(session, plan).await?;
     // Appwrite sets no document size limit of its own (MongoDB's is not applied).
     let mut rows = ExpectedRows::new(&mut readers, plan, None);
     let mut n = 0u64;
+    let mut orphans = vec![0u64; plan.embeds.len()];
     while let Some(item) = rows.next(ctx).await? {
+        if let ExpectedRow::Orphan(o) = &item {
+            orphans[o.embed] += 1;
+            continue;
+        }
         let this = n;
         n += 1;
         match item {
+            ExpectedRow::Orphan(_) => {}
             ExpectedRow::Rejected { key, .. } => f(this, key, None, &[]),
             ExpectedRow::Document {
                 mapped,
@@ -263,7 +269,7 @@ async fn each_expected(
             }
         }
     }
-    Ok(())
+    Ok(orphans)
 }
 
 /// What one expected record is compared by.
@@ -419,7 +425,7 @@ pub async fn verify_entity(
     // (the source row was fixed since): expected, not excused — re-running migrate writes them.
     let mut stale: HashSet<String> = HashSet::new();
     let mut spilled: std::io::Result<()> = Ok(());
-    each_expected(plan, session, ctx, |n, key, doc, counts| {
+    let orphan_totals = each_expected(plan, session, ctx, |n, key, doc, counts| {
         let Some(doc) = doc else {
             rejected_by_mapping += 1;
             return;
@@ -770,11 +776,17 @@ pub async fn verify_entity(
         .embeds
         .iter()
         .zip(child_totals.iter().zip(&embedded_elements))
-        .map(|(e, (&source_children, &target_elements))| EmbeddedCount {
-            path: e.path_text.clone(),
-            source_children,
-            target_elements,
-        })
+        .zip(&orphan_totals)
+        .map(
+            |((e, (&source_children, &target_elements)), &orphan_children)| EmbeddedCount {
+                path: e.path_text.clone(),
+                source_children,
+                target_elements,
+                orphan_children,
+                child_source: e.source_name.clone(),
+                parent_source: plan.source_name.clone(),
+            },
+        )
         .collect();
     let embedded_ok = embedded
         .iter()
