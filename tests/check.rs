@@ -215,6 +215,16 @@ async fn plan_and_check_refuse_invalid_collection_names_and_field_paths_naming_f
             things_mapping("", "$name"),
             "`field[0] ($name)`: `$name` is not a valid target path: a field name cannot start with `$`",
         ),
+        // A misspelt table, of the source or of an embed: the part of the mapping is named.
+        (
+            things_mapping("", "name").replace("table = \"things\"", "table = \"thing\""),
+            "`source`: ",
+        ),
+        (
+            things_mapping("", "name")
+                + "[[embed]]\npath = \"parts\"\ntable = \"part\"\nforeign_key = \"id\"\n[[embed.field]]\npath = \"label\"\ncolumn = \"label\"\n",
+            "`embed[0] (parts)`: ",
+        ),
     ];
     for (mapping, message) in cases {
         let pipeline = write_things(&w, &mapping, &parts_mapping(""));

@@ -1138,7 +1138,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
             .enumerate()
             .map(|(i, v)| {
                 serde_json::from_value::<RawOp>(v.0.clone())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| with_culprit(&v.0, &e.to_string()))
                     .and_then(|raw| compile_op(&raw))
                     .map_err(|m| invalid(format!("{side} operation {}: {m}", i + 1)))
             })
@@ -1176,6 +1176,29 @@ pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
         checksum: checksum(source.as_bytes()),
         source: source.to_string(),
     })
+}
+
+/// `message` (why an operation's table does not deserialize) with the key it is about, when serde
+/// does not say (an internally tagged enum loses the path): the key whose removal changes the
+/// error is the one whose value is wrong — `keys`: invalid type: map, expected a sequence.
+fn with_culprit(op: &serde_json::Value, message: &str) -> String {
+    let Some(fields) = op.as_object() else {
+        return message.to_string();
+    };
+    if !message.starts_with("invalid") {
+        return message.to_string(); // unknown or missing fields are named already
+    }
+    for key in fields.keys().filter(|k| *k != "op") {
+        let mut without = fields.clone();
+        without.remove(key);
+        let other = serde_json::from_value::<RawOp>(serde_json::Value::Object(without))
+            .err()
+            .map(|e| e.to_string());
+        if other.as_deref() != Some(message) {
+            return format!("`{key}`: {message}");
+        }
+    }
+    message.to_string()
 }
 
 /// sha256 of a file's bytes, hex.
@@ -1274,6 +1297,21 @@ keys = ["lastName", "-createdAt"]
         };
         assert_eq!(spec.name, "lastName_1_createdAt_-1");
         assert!(c.reversible());
+    }
+
+    #[test]
+    fn a_wrongly_typed_key_is_named() {
+        // MongoDB's own index syntax where the file wants a list.
+        let e = parse(
+            &p("4_x.toml"),
+            "version = 4\nname = \"x\"\n[[up]]\nop = \"create_index\"\ncollection = \"a\"\nkeys = { customerId = 1, placedAt = -1 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("up operation 1: `keys`: invalid type: map"),
+            "{e}"
+        );
     }
 
     #[test]

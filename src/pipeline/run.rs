@@ -82,9 +82,16 @@ pub async fn compile_plans(
     for s in steps {
         let m = pipeline.mappings.get(&s.entity)?;
         let mut columns = Vec::new();
-        for rel in plan::relations_of(m) {
+        for (i, rel) in plan::relations_of(m).into_iter().enumerate() {
             if !described.contains_key(&rel) {
-                let cols = session.describe(&rel).await?;
+                // Which part of which mapping names the relation, as a column error says.
+                let cols = session.describe(&rel).await.map_err(|e| {
+                    let part = match i.checked_sub(1).and_then(|e| m.spec.embeds.get(e)) {
+                        Some(embed) => format!("embed[{}] ({})", i - 1, embed.path),
+                        None => "source".to_string(),
+                    };
+                    RunError::Refused(format!("{}: `{part}`: {e}", m.path.display()))
+                })?;
                 described.insert(rel.clone(), cols);
             }
             columns.push(described[&rel].clone());
