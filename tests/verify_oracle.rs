@@ -1157,3 +1157,35 @@ async fn multirange_columns_are_read_as_their_text_and_verified() {
     );
     w.drop().await;
 }
+
+/// A mapping whose only independently compared values are embedded (its top-level field is a
+/// transform): the count of documents compared is of those whose embedded values were compared,
+/// not 0 (read as "nothing was compared").
+#[tokio::test]
+async fn documents_compared_only_through_their_embedded_values_are_counted() {
+    let w = World::new("oracle_embed_only").await;
+    w.sql(
+        r#"CREATE TABLE p (k int PRIMARY KEY, v text);
+           INSERT INTO p SELECT g, 'p' || g FROM generate_series(1, 6) g;
+           CREATE TABLE c (pk int REFERENCES p, n int, item text, PRIMARY KEY (pk, n));
+           INSERT INTO c SELECT g, 1, 'x' || g FROM generate_series(1, 4) g;"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "p",
+        "version = 1\nname = \"p\"\n[source]\ntable = \"p\"\nkey = [\"k\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\ntransform = [\"upper\"]\n\
+         [[embed]]\npath = \"c\"\ntable = \"c\"\nforeign_key = \"pk\"\norder_by = [\"n\"]\n\
+         [[embed.field]]\npath = \"item\"\ncolumn = \"item\"\n",
+    );
+    std::fs::copy(&pipeline, w.dir.path().join("oracle.toml")).unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let e = entity(&json, "p");
+    assert_eq!(e["independent"]["documents"], 4, "{e}");
+    assert!(text.contains("(4 documents): c.item"), "{text}");
+    w.drop().await;
+}

@@ -286,6 +286,7 @@ pub fn diff_paths(
     out: &mut Vec<String>,
     limit: usize,
 ) {
+    let found_before = out.len();
     for (k, ev) in expected {
         if out.len() >= limit {
             return;
@@ -320,6 +321,14 @@ pub fn diff_paths(
                 format!("{prefix}.{k}")
             });
         }
+    }
+    // Same fields and values, other order at the top (a sub-document's is named by its path).
+    if prefix.is_empty()
+        && out.len() == found_before
+        && out.len() < limit
+        && !expected.keys().eq(actual.keys())
+    {
+        out.push("(field order)".to_string());
     }
 }
 
@@ -794,6 +803,16 @@ mod tests {
             20,
         );
         assert_eq!(out, ["d", "s"]);
+        // Only the top-level order differs.
+        let mut out = Vec::new();
+        diff_paths(
+            &doc! { "a": 1, "email": "x", "b": 2 },
+            &doc! { "a": 1, "b": 2, "email": "x" },
+            "",
+            &mut out,
+            20,
+        );
+        assert_eq!(out, ["(field order)"]);
     }
 
     #[test]

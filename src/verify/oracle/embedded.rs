@@ -105,15 +105,16 @@ pub(super) fn child_query(e: &EmbedPlan, checks: &[FieldCheck]) -> String {
 }
 
 /// Looks the parents of `families` up and compares their children's fields; empties it.
+/// Returns how many parent documents were compared.
 async fn lookup(
     coll: &mongodb::Collection<bson::RawDocumentBuf>,
     e: &EmbedPlan,
     checks: &[FieldCheck],
     families: &mut Vec<Family>,
     cmp: &mut Comparer<'_>,
-) -> Result<(), RunError> {
+) -> Result<u64, RunError> {
     if families.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let ids: Vec<Bson> = families.iter().map(|(_, id, _)| id.clone()).collect();
     let op = || format!("read {}", coll.name());
@@ -128,10 +129,12 @@ async fn lookup(
         let id = d.get("_id").cloned().unwrap_or(Bson::Null);
         found.insert(crate::verify::id_bytes(&id), d);
     }
+    let mut compared = 0;
     for (key, id, children) in families.drain(..) {
         let Some(d) = found.get(&crate::verify::id_bytes(&id)) else {
             continue;
         };
+        compared += 1;
         let Some(Bson::Array(elements)) = at_path(d, &e.path) else {
             continue;
         };
@@ -149,7 +152,7 @@ async fn lookup(
             }
         }
     }
-    Ok(())
+    Ok(compared)
 }
 
 /// A numeric's text without trailing fractional zeros (`-0` as `0`): one text for every scale
@@ -288,13 +291,14 @@ pub(super) async fn compare(
             .map_err(qerr("set extra_float_digits".into()))?;
         let mut rows = sqlx::query(AssertSqlSafe(child_query(e, checks))).fetch(&mut conn);
         let mut families: Vec<Family> = Vec::new();
+        let mut parents = 0u64;
         while let Some(row) = rows.try_next().await.map_err(qerr(context.clone()))? {
             let Some(child) = reader.child(&row)? else {
                 continue;
             };
             if child.pos == 0 {
                 if families.len() >= LOOKUP_CHUNK {
-                    lookup(coll, e, checks, &mut families, cmp).await?;
+                    parents += lookup(coll, e, checks, &mut families, cmp).await?;
                 }
                 let (key, id) = child.parent.clone();
                 families.push((key, id, Vec::new()));
@@ -306,7 +310,10 @@ pub(super) async fn compare(
                 .push(child.texts);
         }
         drop(rows);
-        lookup(coll, e, checks, &mut families, cmp).await?;
+        parents += lookup(coll, e, checks, &mut families, cmp).await?;
+        // Documents whose values were compared: those of the top-level fields, else those
+        // whose embedded values were.
+        cmp.documents = cmp.documents.max(parents);
     }
     Ok(())
 }
