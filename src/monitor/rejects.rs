@@ -14,6 +14,15 @@ use std::sync::Mutex;
 use crate::transform::{Issue, RULE_ORPHAN_CHILD, Stage};
 
 const VALUE_MAX: usize = 200;
+/// The `value` of a write-stage reject: a fingerprint of the document the target refused, so that
+/// `verify` excuses the row's absence only while the source still maps to that same document.
+pub fn document_fingerprint(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 const HEADER: [&str; 8] = [
     "entity",
     "source_key",

@@ -1937,12 +1937,17 @@ async fn write_loop(
                     refused += 1;
                     first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
                     let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
+                    let fingerprint = batch
+                        .docs
+                        .get(e.index)
+                        .map(|d| crate::monitor::rejects::document_fingerprint(d.as_bytes()))
+                        .unwrap_or_default();
                     let issue = Issue::error(
                         Stage::Write,
                         &e.code_name,
                         "",
                         format!("{} (code {})", e.message, e.code),
-                        String::new(),
+                        fingerprint,
                     );
                     reject(
                         &counters,

@@ -436,6 +436,12 @@ pub async fn verify_entity(
         {
             stale.insert(key.clone());
         }
+        // Refused by the server as another document: the source changed since.
+        if refused.contains(&key)
+            && refused.stale_for(&key, &bson::to_vec(&doc).unwrap_or_default())
+        {
+            stale.insert(key.clone());
+        }
         expected_count += 1;
         for (t, c) in child_totals.iter_mut().zip(counts) {
             *t += *c as u64;

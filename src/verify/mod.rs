@@ -10,7 +10,7 @@
 //! [`KEPT`] problems of each kind are held (and put in the JSON); every one of them is written to
 //! the problems file ([`ProblemLog`], JSON lines next to the verify JSON).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{BufWriter, Write};
@@ -131,6 +131,8 @@ pub struct Problems<'a, D> {
     excused: Option<&'a write_rejects::WriteRejects>,
     /// Source keys of the rows absent from the target because it refused them (write rejects).
     pub refused: Kept<String>,
+    /// Refused rows whose source maps to another document now: their absence is not excused.
+    unexcused: HashSet<String>,
 }
 
 impl<'a, D> Problems<'a, D> {
@@ -143,6 +145,7 @@ impl<'a, D> Problems<'a, D> {
             different: Kept::default(),
             excused: None,
             refused: Kept::default(),
+            unexcused: HashSet::new(),
         }
     }
 
@@ -153,8 +156,13 @@ impl<'a, D> Problems<'a, D> {
     }
 
     /// A row of `key` is not in the target: refused there when written (excused), else missing.
+    /// The refusal of `key` no longer holds (its source changed since): missing if absent.
+    pub fn unexcuse(&mut self, key: &str) {
+        self.unexcused.insert(key.to_string());
+    }
+
     pub fn missing(&mut self, key: String) -> Result<(), RunError> {
-        if self.excused.is_some_and(|r| r.contains(&key)) {
+        if self.excused.is_some_and(|r| r.contains(&key)) && !self.unexcused.contains(&key) {
             self.refused.push(key);
             return Ok(());
         }
@@ -477,13 +485,18 @@ pub async fn verify_entity(
                     }
                     // A parent the run refused has no children in the target when it is absent:
                     // they are taken back out of the totals then.
-                    if refused.contains(&mapped.key) {
-                        refused_children.insert(
-                            mapped.key.clone(),
-                            child_counts.iter().map(|&c| c as u64).collect(),
-                        );
-                    }
                     let doc = mapped.doc.expect("a document row has its document");
+                    if refused.contains(&mapped.key) {
+                        if refused.stale_for(&mapped.key, doc.as_bytes()) {
+                            // Refused as another document: the source changed since.
+                            found.unexcuse(&mapped.key);
+                        } else {
+                            refused_children.insert(
+                                mapped.key.clone(),
+                                child_counts.iter().map(|&c| c as u64).collect(),
+                            );
+                        }
+                    }
                     expected_count += 1;
                     if !this.is_multiple_of(step) {
                         continue;

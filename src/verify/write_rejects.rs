@@ -23,6 +23,9 @@ pub struct WriteRejects {
     keys: HashSet<String>,
     /// The rule each key was refused under (the last recorded).
     rules: std::collections::HashMap<String, String>,
+    /// The fingerprint of the document each key's refusal was about (the last recorded), when
+    /// the run recorded one.
+    fingerprints: std::collections::HashMap<String, String>,
     /// Run ids consulted, newest first.
     pub runs: Vec<String>,
 }
@@ -35,6 +38,14 @@ impl WriteRejects {
 
     pub fn contains(&self, key: &str) -> bool {
         self.keys.contains(key)
+    }
+
+    /// Whether the refusal of `key` was about a document other than `bytes` (the source changed
+    /// since: its absence is no longer excused). Unknown (no fingerprint recorded): not stale.
+    pub fn stale_for(&self, key: &str, bytes: &[u8]) -> bool {
+        self.fingerprints
+            .get(key)
+            .is_some_and(|f| *f != crate::monitor::rejects::document_fingerprint(bytes))
     }
 
     /// The rule `key` was refused under.
@@ -51,6 +62,12 @@ impl WriteRejects {
                 .iter()
                 .filter(|(k, _)| !stale.contains(*k))
                 .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
+            fingerprints: self
+                .fingerprints
+                .iter()
+                .filter(|(k, _)| !stale.contains(*k))
+                .map(|(k, f)| (k.clone(), f.clone()))
                 .collect(),
             runs: self.runs.clone(),
         }
@@ -113,6 +130,7 @@ pub fn read(runs: &[(&str, PathBuf)], entity: &str) -> Result<WriteRejects, RunE
         }
         let column = |name: &str| headers.iter().position(|h| h == name);
         let r_at = column("rule");
+        let v_at = column("value");
         let (Some(e_at), Some(k_at), Some(s_at)) =
             (column("entity"), column("source_key"), column("stage"))
         else {
@@ -129,6 +147,14 @@ pub fn read(runs: &[(&str, PathBuf)], entity: &str) -> Result<WriteRejects, RunE
                 let key = record.get(k_at).unwrap_or_default().to_string();
                 if let Some(rule) = r_at.and_then(|i| record.get(i)) {
                     found.rules.insert(key.clone(), rule.to_string());
+                }
+                match v_at.and_then(|i| record.get(i)) {
+                    Some(f) if f.starts_with("sha256:") => {
+                        found.fingerprints.insert(key.clone(), f.to_string());
+                    }
+                    _ => {
+                        found.fingerprints.remove(&key);
+                    }
                 }
                 found.keys.insert(key);
             }
