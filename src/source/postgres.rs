@@ -282,10 +282,117 @@ pub fn quote_relation(name: &str) -> String {
 pub fn relation_sql(table: Option<&str>, query: Option<&str>) -> String {
     match (table, query) {
         (Some(t), _) => quote_relation(t),
-        // The `)` on a line of its own: a query ending in a `-- comment` would comment it out.
-        (None, Some(q)) => format!("({}\n) AS cutover_src", q.trim().trim_end_matches(';')),
+        // The `)` on a line of its own all the same (a comment the scan could not see).
+        (None, Some(q)) => format!("({}\n) AS cutover_src", query_body(q)),
         (None, None) => "(SELECT 1) AS cutover_src".to_string(),
     }
+}
+
+/// A query without what follows its last token — spaces, `;`, `-- line` and `/* block */`
+/// comments, in any order — so that a query written as for psql (`SELECT …; -- note`) can be
+/// wrapped as a sub-query. Quoted text (`'…'`, `E'…'`, `"…"`, `$tag$…$tag$`) is skipped whole:
+/// what looks like a comment or a `;` inside it is kept.
+pub fn query_body(q: &str) -> &str {
+    let b = q.as_bytes();
+    let (mut i, mut end) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' => {
+                // E'…' (backslash escapes) when the quote follows an E that starts a token.
+                let escapes = i > 0
+                    && matches!(b[i - 1], b'E' | b'e')
+                    && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'_'));
+                i = after_quoted(b, i, b'\'', escapes);
+                end = i;
+            }
+            b'"' => {
+                i = after_quoted(b, i, b'"', false);
+                end = i;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Block comments nest in PostgreSQL.
+                let mut depth = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'$' => match dollar_tag(b, i) {
+                Some(tag) => {
+                    let close = &b[i..i + tag];
+                    let mut j = i + tag;
+                    while j < b.len() && !b[j..].starts_with(close) {
+                        j += 1;
+                    }
+                    i = (j + tag).min(b.len());
+                    end = i;
+                }
+                None => {
+                    i += 1;
+                    end = i;
+                }
+            },
+            b';' => i += 1,
+            c if c.is_ascii_whitespace() => i += 1,
+            _ => {
+                i += 1;
+                end = i;
+            }
+        }
+    }
+    // `end` is past an ASCII byte or at the end of a quoted run: a char boundary.
+    &q[..end]
+}
+
+/// The index just past the quoted text opened at `start` by `quote` (a doubled quote is one
+/// character; with `escapes`, a backslash escapes the next byte).
+fn after_quoted(b: &[u8], start: usize, quote: u8, escapes: bool) -> usize {
+    let mut i = start + 1;
+    while i < b.len() {
+        if escapes && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+/// The length of the dollar-quote tag (`$$`, `$name$`) at `i`, if one starts there: not a
+/// parameter (`$1`) nor part of an identifier (`a$b`).
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$') {
+        return None;
+    }
+    let mut j = i + 1;
+    if b.get(j).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+        j += 1;
+    }
+    (b.get(j) == Some(&b'$')).then_some(j + 1 - i)
 }
 
 /// A session on the source holding one exported snapshot; readers import it so every stage of a
@@ -1298,6 +1405,27 @@ fn pg_date_text(days: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_loses_only_what_follows_its_last_token() {
+        for (q, body) in [
+            ("SELECT 1", "SELECT 1"),
+            ("SELECT 1;", "SELECT 1"),
+            ("SELECT 1; -- note", "SELECT 1"),
+            ("SELECT 1 -- a\n; -- b\n", "SELECT 1"),
+            ("SELECT 1; /* c /* nested */ */ ;", "SELECT 1"),
+            ("SELECT '--;' AS a", "SELECT '--;' AS a"),
+            ("SELECT 'it''s;' ;", "SELECT 'it''s;'"),
+            ("SELECT E'a\\';' ; -- x", "SELECT E'a\\';'"),
+            ("SELECT \"a;--\" FROM t;", "SELECT \"a;--\" FROM t"),
+            ("SELECT $q$ -- ; $q$ ;", "SELECT $q$ -- ; $q$"),
+            ("SELECT $$x;$$", "SELECT $$x;$$"),
+            ("SELECT 1 /* é */ ; ", "SELECT 1"),
+            ("SELECT 'é'; -- é", "SELECT 'é'"),
+        ] {
+            assert_eq!(query_body(q), body, "{q:?}");
+        }
+    }
 
     fn col(name: &str, pg: &str) -> SourceColumn {
         SourceColumn {
