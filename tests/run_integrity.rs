@@ -702,3 +702,54 @@ async fn an_entity_completed_by_a_killed_run_is_accounted_for_by_the_run_that_fi
     assert_eq!(later["entities"], serde_json::json!([]), "{later}");
     w.drop().await;
 }
+
+/// Rejected rows that share their key text (duplicate keys in a table without a primary key) are
+/// each a rejected row: a run killed past them resumes (it refused, counting distinct keys), and
+/// the finishing run's rejects file holds every one of their lines once.
+#[tokio::test]
+async fn a_resume_past_rejected_rows_sharing_a_key_goes_on_and_keeps_each_line() {
+    let w = World::new("integrity_dupkeys").await;
+    w.sql(
+        "CREATE TABLE d1 (id int NOT NULL, v int NOT NULL);
+         INSERT INTO d1 SELECT g, g FROM generate_series(1, 20000) g;
+         INSERT INTO d1 SELECT 3, -g FROM generate_series(1, 5) g;",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/d1.toml"),
+        "version = 1\nname = \"d1\"\n[source]\ntable = \"d1\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"d1\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    let mut child = spawn_migrate(&w, &pipeline, &["--batch-size", "50", "--concurrency", "1"]);
+    kill_after(&w, &mut child, "d1", 3_000).await;
+    let out = wait_bounded(
+        spawn_migrate(&w, &pipeline, &[]),
+        Duration::from_secs(120),
+        "the resume",
+    );
+    let text = out_text(&out);
+    assert!(!text.contains("cannot resume"), "{text}");
+    let report = w.latest_report();
+    let d1 = &report["entities"][0];
+    let rejected = d1["rejected"].as_u64().unwrap();
+    assert!(rejected >= 5, "{d1}");
+    assert_eq!(d1["read"], 20005, "{d1}");
+    let file = dir
+        .join("rejects")
+        .join(report["run_id"].as_str().unwrap())
+        .join("d1.csv");
+    let lines = csv::Reader::from_path(&file).unwrap().records().count() as u64;
+    assert_eq!(
+        lines, rejected,
+        "one line per rejected row, none lost or doubled"
+    );
+    w.drop().await;
+}

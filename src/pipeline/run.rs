@@ -608,9 +608,15 @@ async fn migrate_locked(
     let rejects = Arc::new(RejectsWriter::new(&opts.rejects_dir.join(run_id)));
     let progress = Progress::new(opts.quiet);
     let total_rejected = Arc::new(AtomicU64::new(0));
-    let mut entities: Vec<EntityReport> = adopted
+    let (mut entities, found): (Vec<EntityReport>, Vec<bool>) = adopted
         .iter()
         .map(|step| adopt_step(step, opts, &rejects))
+        .unzip();
+    // Those whose rejects were not found are reported again by a later run.
+    let adopted: Vec<StepRecord> = adopted
+        .into_iter()
+        .zip(found)
+        .filter_map(|(s, found)| found.then_some(s))
         .collect();
     let mut run_error: Option<RunError> = None;
     let mut estimate_ms: u64 = 0;
@@ -662,27 +668,35 @@ async fn migrate_locked(
         // killed in between must leave a file holding every covered line.
         let carried = match stage.resume.as_ref().filter(|_| !opts.dry_run) {
             Some(r) => {
-                let from = r.from_dir.clone();
-                match rejects
-                    .carry(&from, &p.entity, r.from_batches)
-                    .and_then(|n| rejects.sync().map(|()| n))
-                {
-                    Ok(c) if c.rejected_rows < r.covered.rejected => {
+                let fallback = opts.rejects_dir.join(&r.from_run);
+                match carry_from(
+                    &rejects,
+                    &[&r.from_dir, &fallback],
+                    &p.entity,
+                    r.from_batches,
+                ) {
+                    // Rows were rejected below the checkpoint, and no line of them is found.
+                    Ok((c, _)) if c.rejected_rows == 0 && r.covered.rejected > 0 => {
                         Err(RunError::Refused(format!(
-                            "cannot resume {}: the checkpoint of run {} covers {} rejected row(s) but {} holds the lines of {}; without them those rows would be in no rejects file. Run from the directory that run ran in, or set `rejects_dir` in the config to where its rejects are; or roll {} back and migrate it again",
+                            "cannot resume {}: the checkpoint of run {} covers {} rejected row(s), but no rejects file of that run is in {}{}; without it those rows would be in no rejects file. Put that run's rejects directory back there (or copy it to {}), or roll {} back and migrate it again",
                             p.entity,
                             r.from_run,
                             r.covered.rejected,
-                            from.display(),
-                            c.rejected_rows,
+                            r.from_dir.display(),
+                            if fallback != r.from_dir {
+                                format!(" nor in {}", fallback.display())
+                            } else {
+                                String::new()
+                            },
+                            fallback.display(),
                             p.entity
                         )))
                     }
-                    Ok(c) => {
+                    Ok((c, from)) => {
                         tracing::info!(entity = %p.entity, from = %from.display(), lines = c.lines, warnings = c.warnings, "carried the covered rejects of the interrupted run");
                         Ok(c.orphans)
                     }
-                    Err(cause) => Err(RunError::Io { path: from, cause }),
+                    Err((from, cause)) => Err(RunError::Io { path: from, cause }),
                 }
             }
             None => Ok(Default::default()),
@@ -929,7 +943,12 @@ async fn migrate_locked(
 
 /// The report of a step an interrupted run completed, from its ledger record, with its rejects
 /// and warnings copied into this run's files (all of them: the step completed).
-fn adopt_step(step: &StepRecord, opts: &RunOptions, rejects: &RejectsWriter) -> EntityReport {
+/// Returns the report, and whether the step's rejects were found (and copied).
+fn adopt_step(
+    step: &StepRecord,
+    opts: &RunOptions,
+    rejects: &RejectsWriter,
+) -> (EntityReport, bool) {
     let read = step.read.max(0) as u64;
     let written = step.written.max(0) as u64;
     let rejected = step.rejected.max(0) as u64;
@@ -950,26 +969,28 @@ fn adopt_step(step: &StepRecord, opts: &RunOptions, rejects: &RejectsWriter) -> 
     );
     e.completed_by = Some(step.run_id.clone());
     e.total = read;
-    let from = step
+    let fallback = opts.rejects_dir.join(&step.run_id);
+    let recorded = step
         .rejects_dir
         .as_ref()
         .map(PathBuf::from)
-        .unwrap_or_else(|| opts.rejects_dir.join(&step.run_id));
-    match rejects
-        .carry(&from, &step.entity, u64::MAX)
-        .and_then(|c| rejects.sync().map(|()| c))
-    {
-        Ok(c) if c.rejected_rows < rejected => {
+        .unwrap_or_else(|| fallback.clone());
+    let mut found = true;
+    match carry_from(rejects, &[&recorded, &fallback], &step.entity, u64::MAX) {
+        Ok((c, _)) if c.rejected_rows == 0 && rejected > 0 => {
+            // Not marked reported: a later run (with the directory back) accounts for them.
+            found = false;
             e.orphan_children = orphans_of_lines(&c.orphans);
             e.error = Some(format!(
-                "the rejects of {rejected} rows of run {} were not found in {} ({} found): they are in no rejects file of this run",
+                "the rejects of the {rejected} rows run {} rejected are not in {}: put that run's rejects directory back (or copy it to {}) and run `cutover migrate` again to copy them",
                 step.run_id,
-                from.display(),
-                c.rejected_rows
+                recorded.display(),
+                fallback.display()
             ));
         }
-        Ok(c) => e.orphan_children = orphans_of_lines(&c.orphans),
-        Err(cause) => {
+        Ok((c, _)) => e.orphan_children = orphans_of_lines(&c.orphans),
+        Err((from, cause)) => {
+            found = false;
             e.error = Some(format!(
                 "the rejects of run {} could not be copied from {}: {cause}",
                 step.run_id,
@@ -977,7 +998,30 @@ fn adopt_step(step: &StepRecord, opts: &RunOptions, rejects: &RejectsWriter) -> 
             ));
         }
     }
-    e
+    (e, found)
+}
+
+/// Copies the lines of `entity` the first `batches` batches cover from the first of `dirs`
+/// holding any, synced; with the directory they came from.
+fn carry_from(
+    rejects: &RejectsWriter,
+    dirs: &[&PathBuf],
+    entity: &str,
+    batches: u64,
+) -> Result<(crate::monitor::rejects::Carried, PathBuf), (PathBuf, std::io::Error)> {
+    let mut last = None;
+    for dir in dirs {
+        let c = rejects
+            .carry(dir, entity, batches)
+            .and_then(|c| rejects.sync().map(|()| c))
+            .map_err(|cause| ((*dir).clone(), cause))?;
+        let any = c.lines > 0 || c.warnings > 0;
+        last = Some((c, (*dir).clone()));
+        if any {
+            break;
+        }
+    }
+    Ok(last.expect("at least one directory"))
 }
 
 /// The orphan child rows of a step known only by its rejects file's lines (per embed path).
