@@ -753,3 +753,34 @@ async fn a_resume_past_rejected_rows_sharing_a_key_goes_on_and_keeps_each_line()
     );
     w.drop().await;
 }
+
+/// The run's report file is on disk before the ledger says the run ended: killed the moment the
+/// ledger records its end, the run still has its report (it was in none: recorded finished, the
+/// next run found nothing to report, `report RUN` had no file).
+#[tokio::test]
+async fn a_run_killed_as_the_ledger_records_its_end_has_its_report() {
+    let w = World::new("integrity_report_first").await;
+    let pipeline = setup(&w).await;
+    let mut child = spawn_migrate(&w, &pipeline, &["owners"]);
+    let runs = w.mongo().await.collection::<Document>("cutover_runs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let run_id = loop {
+        if let Some(r) = runs.find_one(doc! {}).await.unwrap()
+            && r.get_str("status") != Ok("running")
+        {
+            let _ = child.kill();
+            break r.get_str("_id").unwrap().to_string();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none() || Instant::now() < deadline,
+            "no run recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let _ = child.wait();
+    let file = w.dir.path().join("reports").join(format!("{run_id}.json"));
+    assert!(file.exists(), "{} is missing", file.display());
+    let out = w.cutover().args(["report", &run_id]).output().unwrap();
+    assert!(out.status.success(), "{}", out_text(&out));
+    w.drop().await;
+}

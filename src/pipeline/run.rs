@@ -917,22 +917,28 @@ async fn migrate_locked(
     } else {
         "completed".into()
     };
-    // The ledger first: the run is recorded (status, counts) whether or not its report file can
-    // be written; a report that cannot be is said by the caller, with the counts.
-    if !opts.dry_run && run_number > 0 {
-        ledger.finish_run(&report).await?;
-    }
-
+    // The report file first, then the ledger: a run killed between the two has its report, and
+    // the next run finds it unfinished in the ledger (interrupted) and accounts for its
+    // completed steps again — never a run in no report. The ledger records the run whether or
+    // not the file could be written; a report that cannot be is said by the caller.
     let path = opts
         .report_path
         .clone()
         .unwrap_or_else(|| opts.reports_dir.join(format!("{run_id}.json")));
-    if let Err(cause) = report.write_json(&path) {
-        report.file_error = Some(format!(
-            "the run report could not be written to {}: {cause} (the ledger records the run: `cutover history`)",
-            path.display()
-        ));
-    } else if !opts.dry_run {
+    let written = match report.write_json(&path) {
+        Ok(()) => true,
+        Err(cause) => {
+            report.file_error = Some(format!(
+                "the run report could not be written to {}: {cause} (the ledger records the run: `cutover history`)",
+                path.display()
+            ));
+            false
+        }
+    };
+    if !opts.dry_run && run_number > 0 {
+        ledger.finish_run(&report).await?;
+    }
+    if written && !opts.dry_run {
         // Its report written, this run is the one that accounts for the adopted steps.
         for step in &adopted {
             ledger.mark_reported(&step.id, run_id).await?;
