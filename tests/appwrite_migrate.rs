@@ -2265,3 +2265,53 @@ async fn a_row_rejected_on_rerun_loses_its_older_appwrite_row() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     w.drop().await;
 }
+
+/// Appwrite users whose rows are rejected now (an email the mapping refuses) lose their older
+/// user on a re-run, as table rows do: a user disabled or broken in the source does not stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appwrite_user_whose_row_is_rejected_now_is_removed_on_rerun() {
+    let w = World::new("aw_stale_users").await;
+    w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+           INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
+           FROM generate_series(1, 10) g;")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/accounts.toml"),
+        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\nvalidate = { email = true }\n\
+         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    let base = [
+        "migrate",
+        "--quiet",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        &pipeline,
+    ];
+    let out = cutover(&w, &aw, &base).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(aw.s.users().len(), 10);
+    w.sql("UPDATE accounts SET email = 'not an email' WHERE id = 4")
+        .await;
+    let rerun: Vec<&str> = base.iter().copied().chain(["--rerun"]).collect();
+    let out = cutover(&w, &aw, &rerun).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    assert_eq!(entity(&report, "accounts")["stale_removed"], 1, "{report}");
+    assert_eq!(aw.s.users().len(), 9);
+    w.drop().await;
+}

@@ -164,3 +164,74 @@ async fn rows_rejected_now_lose_their_older_documents_on_rerun_and_delta() {
     assert!(has(150).await && !has(7).await && !has(300).await);
     w.drop().await;
 }
+
+/// The server refuses a row's new version (a validator added after the first run): its older
+/// document goes too on a re-run. And a first run into a collection that already held documents
+/// (not cutover's) leaves them alone, even those whose rows it rejects.
+#[tokio::test]
+async fn rows_the_server_refuses_now_lose_their_older_documents_but_foreign_documents_stay() {
+    let w = World::new("stale_server").await;
+    w.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "items",
+        "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\nvalidate = { max_length = 20 }\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let db = w.mongo().await;
+    db.run_command(bson::doc! {
+        "collMod": "items",
+        "validator": { "label": { "$not": { "$regex": "^bad" } } },
+    })
+    .await
+    .unwrap();
+    w.sql("UPDATE items SET label = 'bad ' || id WHERE id IN (5, 6)")
+        .await;
+    let report = report_of(&w, &w.migrate_with(&pipeline, &["--rerun"]));
+    let items = entity(&report, "items");
+    assert_eq!(items["rejected"], 2, "{items}");
+    assert_eq!(items["stale_removed"], 2, "{items}");
+    assert_eq!(w.count("items").await, 48);
+
+    // Another world: the collection holds documents before any run; rows 7 and 8 are rejected
+    // by the mapping — the documents already there under their ids are not cutover's.
+    let v = World::new("stale_foreign").await;
+    v.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO items SELECT g, CASE WHEN g IN (7, 8) THEN repeat('x', 30) ELSE 'item ' || g END
+         FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let coll = v.mongo().await.collection::<bson::Document>("items");
+    coll.insert_many(vec![
+        bson::doc! { "_id": 7, "label": "theirs" },
+        bson::doc! { "_id": 99, "label": "theirs" },
+    ])
+    .await
+    .unwrap();
+    let pipeline = common::one_entity_pipeline(
+        &v,
+        "items",
+        "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\nvalidate = { max_length = 20 }\n",
+    );
+    let report = report_of(&v, &v.migrate_with(&pipeline, &[]));
+    let items = entity(&report, "items");
+    assert_eq!(items["rejected"], 2, "{items}");
+    assert_eq!(items["stale_removed"], 0, "{items}");
+    assert!(
+        coll.find_one(bson::doc! { "_id": 7 })
+            .await
+            .unwrap()
+            .is_some(),
+        "a document cutover did not write was removed"
+    );
+    w.drop().await;
+    v.drop().await;
+}

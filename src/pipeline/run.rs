@@ -621,6 +621,7 @@ async fn migrate_locked(
     let mut run_error: Option<RunError> = None;
     let mut estimate_ms: u64 = 0;
 
+    let current_steps = ledger::current_steps(&history);
     for (p, (_, resume, since, origin)) in plans.iter().zip(&to_run) {
         let mut stage = StageRun {
             run_started,
@@ -647,6 +648,9 @@ async fn migrate_locked(
             mode: None,
             ledger: (!opts.dry_run).then(|| ledger.clone()),
             fence: fence.cloned(),
+            prior: current_steps.get(&p.entity).is_some_and(|s| {
+                s.status != ledger::ROLLED_BACK && s.status != ledger::ROLLING_BACK
+            }),
         };
         // --max-rejects counts the entity's rejects, those of the part it resumes included: a
         // limit re-run after re-run would otherwise let any number through.
@@ -1212,6 +1216,10 @@ struct StageRun {
     ledger: Option<Ledger>,
     /// The lock's fencing check (`None` in a dry run).
     fence: Option<ledger::lock::Fence>,
+    /// cutover wrote the destination before (a step of the entity is applied, or was cut
+    /// short): documents of rows rejected now are its own older ones, removed. Documents the
+    /// collection held before cutover are never removed.
+    prior: bool,
 }
 
 /// A batch of documents on its way to the target.
@@ -1418,6 +1426,7 @@ async fn run_entity(
             plan.collection.clone(),
             plan.entity.clone(),
             mode,
+            mode == WriteMode::Upsert && stage.prior,
             opts.clone(),
             counters.clone(),
             rejects.clone(),
@@ -1469,7 +1478,7 @@ async fn run_entity(
         stage.resume.as_ref(),
         stage.since.as_deref(),
         target,
-        mode == Some(WriteMode::Upsert),
+        mode == Some(WriteMode::Upsert) && stage.prior,
     )
     .await;
     let write_result = match writer {
@@ -1876,6 +1885,7 @@ async fn write_loop(
     collection: String,
     entity: String,
     mode: WriteMode,
+    remove_stale: bool,
     opts: RunOptions,
     counters: Arc<EntityCounters>,
     rejects: Arc<RejectsWriter>,
@@ -1983,6 +1993,30 @@ async fn write_loop(
                 // like a failed batch: never rejected, and the checkpoint stays before them.
                 let (transient, errors): (Vec<_>, Vec<_>) =
                     errors.into_iter().partition(|e| e.transient);
+                // The older documents of rows the target refused now are stale like those of
+                // rows the mapping rejects (see `Batch::stale`).
+                let refused_ids: Vec<bson::Bson> = if remove_stale {
+                    errors
+                        .iter()
+                        .filter_map(|e| batch.docs.get(e.index))
+                        .filter_map(|d| d.get("_id").ok().flatten())
+                        .filter_map(|id| bson::Bson::try_from(id.to_raw_bson()).ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if !refused_ids.is_empty() {
+                    let removed = target
+                        .remove_documents(&collection, &refused_ids)
+                        .await
+                        .map_err(|cause| RunError::BatchFailed {
+                            entity: entity.clone(),
+                            rows: refused_ids.len(),
+                            attempts: 1,
+                            cause: Box::new(cause),
+                        })?;
+                    EntityCounters::add(&counters.removed, removed);
+                }
                 for e in errors {
                     refused += 1;
                     first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));

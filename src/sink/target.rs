@@ -254,7 +254,12 @@ impl AppwriteTarget {
         collection: &str,
         ids: &[String],
     ) -> Result<u64, AppwriteError> {
-        for child in self.tables_of(collection).iter().skip(1) {
+        let children = if self.is_users(collection) {
+            Vec::new()
+        } else {
+            self.tables_of(collection)
+        };
+        for child in children.iter().skip(1) {
             self.client
                 .delete_children(&self.database, child, ids)
                 .await?;
@@ -949,15 +954,16 @@ impl Target {
         }
     }
 
-    /// Removes the documents `ids` of `collection` (with their child-table rows); returns how
-    /// many were there. Appwrite users are never removed this way.
+    /// Removes the documents `ids` of `collection` (with their child-table rows), or Appwrite
+    /// users; returns how many were there.
     pub async fn remove_documents(&self, collection: &str, ids: &[Bson]) -> Result<u64, SinkError> {
         if ids.is_empty() {
             return Ok(0);
         }
         match self {
             Target::Mongo(m) => Ok(m.delete_counted(collection, ids.to_vec()).await?),
-            Target::Appwrite(a) if a.is_users(collection) => Ok(0),
+            // Users too: one whose row is rejected now (e.g. disabled in the source) must not
+            // stay able to sign in as before.
             Target::Appwrite(a) => {
                 let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
                 Ok(a.delete_counted(collection, &rows).await?)
