@@ -352,6 +352,10 @@ pub struct RollbackArgs {
     /// Print what would be undone; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Roll back even when `cutover changes` applied or reversed after the run on the same
+    /// collections: the restore discards (or brings back) what they did; their records stay.
+    #[arg(long)]
+    pub ignore_changes: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1602,9 +1602,9 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuse
     for extra in [&["--dry-run"][..], &[][..]] {
         let text = refused(&rollback(extra));
         assert!(
-            text.contains("would silently discard changes applied after the run")
+            text.contains("would silently discard what changes did after the run")
                 && text.contains("change 1 (")
-                && text.contains("on kinds after run"),
+                && text.contains("applied on kinds after run"),
             "{text}"
         );
     }
@@ -1687,5 +1687,65 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuse
             .unwrap();
     }
     ok(&changes(&w, "up", &dir, &[]));
+
+    // A re-run rewrites the documents the applied changes touched: it says so first.
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    let said = common::output_text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("warning: change 1 (") && said.contains("warning: change 2 ("),
+        "{said}"
+    );
+    // `changes down` is refused too while a rollback of the collection is cut short.
+    let last = steps
+        .find_one(doc! { "entity": "kinds" })
+        .sort(doc! { "started_at": -1 })
+        .await
+        .unwrap()
+        .unwrap();
+    let set_status = |status: &'static str| {
+        let steps = steps.clone();
+        let id = last.get("_id").unwrap().clone();
+        async move {
+            steps
+                .update_one(doc! { "_id": id }, doc! { "$set": { "status": status } })
+                .await
+                .unwrap();
+        }
+    };
+    set_status("rolling-back").await;
+    let text = refused(&changes(&w, "down", &dir, &[]));
+    assert!(text.contains("is being rolled back"), "{text}");
+    set_status("completed").await;
+    // Changes applied before the re-run and reversed after it: the restore would bring their
+    // effects back while the ledger says reversed — refused, unless --ignore-changes.
+    ok(&changes(&w, "down", &dir, &["--steps", "2"]));
+    let text = refused(&rollback(&[]));
+    assert!(
+        text.contains("change 2 (")
+            && text.contains("reversed (the restore would bring its effects back)"),
+        "{text}"
+    );
+    // A command change (its collections unknown) is said, not a refusal.
+    write(
+        &dir,
+        "3_cmd.toml",
+        "version = 3\nname = \"cmd\"\n[[up]]\nop = \"command\"\ncommand = { create = \"elsewhere\" }\n",
+    );
+    ok(&changes(
+        &w,
+        "up",
+        &dir,
+        &["--to", "3", "--allow-out-of-order"],
+    ));
+    let out = rollback(&["--ignore-changes"]);
+    let said = common::output_text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("warning: --ignore-changes")
+            && said.contains("change 3 (")
+            && said.contains("runs a command that may have touched kinds"),
+        "{said}"
+    );
     w.drop().await;
 }

@@ -387,12 +387,16 @@ pub struct ChangeOnCollections {
     pub status: String,
     /// The restored collections it wrote.
     pub collections: Vec<String>,
+    /// Applied (`true`) or reversed (`false`) since.
+    pub applied: bool,
+    /// It runs a command: which collections it wrote is not known (`collections` are all).
+    pub uncertain: bool,
 }
 
-/// The changes started at or after `since_millis` that wrote any of `collections` and are
-/// not undone (applied, or left half applied or half reversed), oldest first: restoring those
-/// collections from a backup taken before would discard what they did while the ledger still
-/// calls them applied.
+/// The changes applied — or reversed — at or after `since_millis` that wrote any of
+/// `collections` (applied, half applied or half reversed, or rolled back since), oldest first:
+/// restoring those collections from a backup taken before would undo what they did (or bring
+/// back what their reversal took away) while the ledger says otherwise.
 pub async fn changes_since(
     ledger: &Ledger,
     collections: &std::collections::BTreeSet<String>,
@@ -400,7 +404,15 @@ pub async fn changes_since(
 ) -> Result<Vec<ChangeOnCollections>, ChangesError> {
     let mut out = Vec::new();
     for r in (Records { ledger }).all().await? {
-        if r.applied_millis < since_millis || r.status == ROLLED_BACK || r.status == FAILED {
+        let reversed_since = r.status == ROLLED_BACK
+            && r.applied_millis < since_millis
+            && r.rolled_back_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t.timestamp_millis() >= since_millis);
+        let applied_since =
+            r.applied_millis >= since_millis && r.status != ROLLED_BACK && r.status != FAILED;
+        if !(applied_since || reversed_since) {
             continue;
         }
         let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
@@ -415,6 +427,8 @@ pub async fn changes_since(
                 file: r.file,
                 status: r.status,
                 collections: both,
+                applied: applied_since,
+                uncertain: theirs.is_none(),
             });
         }
     }
@@ -1041,6 +1055,9 @@ async fn down_locked(
         return Ok(done);
     }
     let chosen = chosen_for_down(all, which)?;
+    // A rollback cut short would restore over the reversal (or a stopped run mix with it).
+    let changes: Vec<&Change> = chosen.iter().map(|(_, c)| c).collect();
+    refuse_unsettled_collections(t, &changes).await?;
     let mut done = Vec::new();
     for (r, c) in &chosen {
         fence

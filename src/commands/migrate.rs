@@ -67,6 +67,9 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         restore_on_failure: args.restore_on_failure,
         lock_ttl: std::time::Duration::from_secs(args.lock_ttl.max(1)),
     };
+    if args.rerun || args.since_last {
+        warn_of_applied_changes(&pipeline, &steps, &ledger).await;
+    }
     let report = run::migrate(&pipeline, steps, &source, &target, &ledger, &opts).await?;
     crate::out!("{}", crate::redact::redact_text(&report.render_text()));
     if let Some(keep) = cfg.backups_keep
@@ -138,4 +141,30 @@ async fn prune_after_run(
         ));
     }
     Ok(text)
+}
+
+/// A re-run or a delta run rewrites documents from the source: what `cutover changes` applied to
+/// them is lost while the ledger still lists the changes applied. Said before the run, with the
+/// way to keep them (reverse first, apply again after).
+async fn warn_of_applied_changes(
+    pipeline: &crate::pipeline::Pipeline,
+    steps: &[crate::pipeline::Step],
+    ledger: &Ledger,
+) {
+    let collections: std::collections::BTreeSet<String> = steps
+        .iter()
+        .filter_map(|s| pipeline.mappings.get(&s.entity).ok())
+        .map(|m| m.collection().to_string())
+        .collect();
+    let Ok(applied) = crate::changes::changes_since(ledger, &collections, 0).await else {
+        return;
+    };
+    for c in applied.iter().filter(|c| c.applied && !c.uncertain) {
+        crate::errln!(
+            "warning: change {} ({}) is applied on {}: the documents this run rewrites lose what it did while the ledger lists it applied; to keep it, reverse it first (`cutover changes down`) and apply it again after the run",
+            c.version,
+            c.file,
+            c.collections.join(", ")
+        );
+    }
 }

@@ -24,7 +24,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
         crate::outln!("nothing to roll back");
         return Ok(Outcome::Success);
     }
-    refuse_discarding_changes(&ledger, &undo).await?;
+    refuse_discarding_changes(&ledger, &undo, args.ignore_changes).await?;
     let verb = if args.dry_run {
         "would roll back"
     } else {
@@ -55,7 +55,11 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
 /// Refuses to restore a collection on which `cutover changes` were applied after the step the
 /// restore undoes: the backup predates them, so their effects would vanish while the ledger
 /// still lists them applied. Reversing them first (`changes down`) keeps the history true.
-async fn refuse_discarding_changes(ledger: &ledger::Ledger, undo: &[Undo]) -> Result<()> {
+async fn refuse_discarding_changes(
+    ledger: &ledger::Ledger,
+    undo: &[Undo],
+    ignore: bool,
+) -> Result<()> {
     let mut blocking = Vec::new();
     for u in undo.iter().filter(|u| u.restore) {
         let Destination::Collection { name } = &u.step.destination else {
@@ -69,11 +73,26 @@ async fn refuse_discarding_changes(ledger: &ledger::Ledger, undo: &[Undo]) -> Re
             .map_or(0, |t| t.timestamp_millis());
         let collections = std::collections::BTreeSet::from([name.clone()]);
         for c in changes::changes_since(ledger, &collections, since).await? {
+            let what = if c.applied {
+                "applied"
+            } else {
+                "reversed (the restore would bring its effects back)"
+            };
+            if c.uncertain {
+                // A command may or may not have touched it: said, not refused (a
+                // non-reversible command would otherwise block every rollback for good).
+                crate::errln!(
+                    "warning: change {} ({}) runs a command that may have touched {name} after run {}: if it did, the restore undoes that",
+                    c.version,
+                    c.file,
+                    u.step.run_id
+                );
+                continue;
+            }
             blocking.push(format!(
-                "change {} ({}, {}) on {} after run {} of {}",
+                "change {} ({}) {what} on {} after run {} of {}",
                 c.version,
                 c.file,
-                c.status,
                 c.collections.join(", "),
                 u.step.run_id,
                 u.step.entity
@@ -83,8 +102,15 @@ async fn refuse_discarding_changes(ledger: &ledger::Ledger, undo: &[Undo]) -> Re
     if blocking.is_empty() {
         return Ok(());
     }
+    if ignore {
+        crate::errln!(
+            "warning: --ignore-changes: the restore discards what changes did after the run, their records unchanged — {}",
+            blocking.join("; ")
+        );
+        return Ok(());
+    }
     anyhow::bail!(
-        "refusing to roll back: the restore would silently discard changes applied after the run — {}; reverse them first with `cutover changes down` (`--to VERSION` or `--steps N`), then roll back",
+        "refusing to roll back: the restore would silently discard what changes did after the run — {}; reverse the applied ones first with `cutover changes down` (`--to VERSION` or `--steps N`), then roll back — or roll back anyway with --ignore-changes",
         blocking.join("; ")
     )
 }
