@@ -237,7 +237,9 @@ pub async fn check(
                 &plan.collection,
                 plan.appwrite_users.is_some(),
             ) {
-                report.blocking.push(why);
+                if !report.blocking.contains(&why) {
+                    report.blocking.push(why);
+                }
             }
             if let Target::Appwrite(a) = t
                 && plan.appwrite_users.is_some()

@@ -2215,6 +2215,32 @@ async fn a_table_id_appwrite_refuses_is_named_by_check_and_refused_by_migrate() 
             assert_eq!(aw.s.writes(), 0, "refused before writing");
         }
     }
+    // A database id Appwrite refuses, likewise (named once, with where to set it).
+    let long_db = "a_database_name_longer_than_the_36_chars";
+    for command in ["check", "migrate"] {
+        let out = cutover(
+            &w,
+            &aw,
+            &[
+                command,
+                "--target",
+                "appwrite",
+                "--database",
+                long_db,
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+        let said = text(&out);
+        assert!(!out.status.success(), "{command}: {said}");
+        assert_eq!(
+            said.matches(&format!("`{long_db}` cannot be an Appwrite database id"))
+                .count(),
+            1,
+            "{command}: {said}"
+        );
+    }
     w.drop().await;
 }
 

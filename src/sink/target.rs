@@ -878,9 +878,15 @@ impl Target {
     /// Why this target cannot have `collection` as the destination of `entity` at all (Appwrite:
     /// a table id outside its id rule), naming the mapping and what to change.
     pub fn unfit_name(&self, entity: &str, collection: &str, users: bool) -> Option<String> {
-        let Target::Appwrite(_) = self else {
+        let Target::Appwrite(a) = self else {
             return None;
         };
+        if !crate::sink::appwrite::id_ok(&a.database) {
+            return Some(format!(
+                "`{}` cannot be an Appwrite database id (at most 36 of a-z, A-Z, 0-9, `.`, `-`, `_`, not starting with `.`, `-` or `_`): name another with --database, APPWRITE_DATABASE or [target.appwrite] database",
+                a.database
+            ));
+        }
         if users || crate::sink::appwrite::id_ok(collection) {
             return None;
         }
