@@ -236,10 +236,9 @@ pub async fn check(
                 &plan.entity,
                 &plan.collection,
                 plan.appwrite_users.is_some(),
-            ) {
-                if !report.blocking.contains(&why) {
-                    report.blocking.push(why);
-                }
+            ) && !report.blocking.contains(&why)
+            {
+                report.blocking.push(why);
             }
             if let Target::Appwrite(a) = t
                 && plan.appwrite_users.is_some()
