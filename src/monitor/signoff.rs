@@ -257,8 +257,26 @@ pub fn rule_counts(dir: &Path, warnings: bool) -> Vec<RuleCount> {
         let Ok(mut r) = csv::Reader::from_path(&p) else {
             continue;
         };
+        // A row rejected for one rule on several fields has one line per field, one after
+        // the other (same key, batch and rule, another field): one row. Rows sharing a key
+        // (duplicates) have the same field too, and count each. (A row rejected under several
+        // rules counts under each.)
+        let mut previous: Option<(String, String, String, String)> = None;
         for rec in r.records().flatten() {
             let (entity, key, stage, rule, message) = (&rec[0], &rec[1], &rec[2], &rec[3], &rec[5]);
+            let this = (
+                key.to_string(),
+                rec.get(7).unwrap_or_default().to_string(),
+                rule.to_string(),
+                rec[4].to_string(),
+            );
+            let same_row = previous.as_ref().is_some_and(|p| {
+                (&p.0, &p.1, &p.2) == (&this.0, &this.1, &this.2) && p.3 != this.3
+            });
+            previous = Some(this);
+            if same_row {
+                continue;
+            }
             let c = by
                 .entry((entity.to_string(), rule.to_string(), stage.to_string()))
                 .or_insert_with(|| RuleCount {
@@ -770,6 +788,36 @@ th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One row rejected on two fields under one rule is one row; two rows sharing a key (a
+    /// duplicate) are two; a row under two rules counts under each.
+    #[test]
+    fn rule_counts_count_rows_not_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("e.csv"),
+            "entity,source_key,stage,rule,path,message,value,batch\n\
+             e,1,validate,max_length,a,too long,,0\n\
+             e,1,validate,max_length,b,too long,,0\n\
+             e,3,transform,duplicate_key,_id,dup,,0\n\
+             e,3,transform,duplicate_key,_id,dup,,0\n\
+             e,4,validate,max_length,a,too long,,0\n\
+             e,4,validate,email,c,bad,,0\n",
+        )
+        .unwrap();
+        let counts: Vec<(String, u64)> = rule_counts(dir.path(), false)
+            .into_iter()
+            .map(|c| (c.rule, c.rows))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("duplicate_key".to_string(), 2),
+                ("email".to_string(), 1),
+                ("max_length".to_string(), 2)
+            ]
+        );
+    }
 
     #[test]
     fn source_text_in_markdown_is_shown_not_rendered() {
