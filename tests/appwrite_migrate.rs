@@ -2341,3 +2341,40 @@ async fn an_appwrite_user_whose_row_is_rejected_now_is_removed_on_rerun() {
     assert_eq!(aw.s.users().len(), 9);
     w.drop().await;
 }
+
+/// A pipeline file that names its target (`target = "appwrite"`): `report` and `history` without
+/// `--target` follow it, as `migrate` and `status` do — not the MongoDB rehearsal beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_and_history_follow_the_pipeline_files_target() {
+    let w = World::new("aw_pipeline_target").await;
+    w.sql("CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL); INSERT INTO kinds VALUES ('a', 'Alpha'), ('b', 'Beta');")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/kinds.toml"),
+        "version = 1\nname = \"kinds\"\n[source]\ntable = \"kinds\"\nkey = [\"code\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"kinds\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("cutover.toml"), "[run]\npipeline = \"p.toml\"\n").unwrap();
+    let aw = standin().await;
+    let out = cutover(&w, &aw, &["migrate", "--quiet"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cutover(&w, &aw, &["migrate", "--quiet", "--target", "mongodb"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cutover(&w, &aw, &["report", "--format", "json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let signoff: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(signoff["run"]["target_kind"], "appwrite", "{signoff}");
+    let out = cutover(&w, &aw, &["history", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let history: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history[0]["run_id"], signoff["run"]["run_id"], "{history}");
+    w.drop().await;
+}

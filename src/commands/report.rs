@@ -10,7 +10,11 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
     // The runs of the target and database this configuration names (`--target`, `--database`,
     // else the config's default target and its database), as status, history and verify use:
     // a rehearsal into another database is not taken for the sign-off.
-    let kind = args.target.target.unwrap_or(cfg.default_target);
+    let kind = args
+        .target
+        .target
+        .or_else(|| super::shared::default_pipeline_target(&cfg))
+        .unwrap_or(cfg.default_target);
     let database = args.target.database.clone().or_else(|| match kind {
         crate::config::TargetKind::Mongodb => cfg.mongodb.as_ref().map(|m| m.database.clone()),
         crate::config::TargetKind::Appwrite => cfg.appwrite.as_ref().map(|a| a.database.clone()),

@@ -153,10 +153,20 @@ pub(crate) async fn open_ledger_for(
     let kind = match (target.target, pipeline) {
         (Some(k), _) => Some(k),
         (None, Some(args)) => load_pipeline(&cfg, args)?.spec.target,
-        (None, None) => None,
+        // The configured pipeline's `target` when it names one (as migrate and status follow).
+        (None, None) => default_pipeline_target(&cfg),
     };
     let (t, ledger, _) = connect_target(&cfg, kind, AppwriteTuning::default()).await?;
     Ok((cfg, t, ledger))
+}
+
+/// The `target` of the configured pipeline file, if it loads and names one.
+pub(crate) fn default_pipeline_target(cfg: &Config) -> Option<crate::config::TargetKind> {
+    let args = PipelineArgs {
+        pipeline: None,
+        mappings: None,
+    };
+    load_pipeline(cfg, &args).ok()?.spec.target
 }
 
 pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {
