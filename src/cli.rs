@@ -381,6 +381,10 @@ pub enum BackupCommand {
         name: String,
         #[command(flatten)]
         target: TargetArgs,
+        /// Restore even when `cutover changes` applied or reversed after the backup on its
+        /// collection: their effects are discarded (or come back), their records unchanged.
+        #[arg(long)]
+        ignore_changes: bool,
     },
     /// Delete a backup.
     Drop {

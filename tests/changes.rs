@@ -1749,3 +1749,57 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuse
     );
     w.drop().await;
 }
+
+/// `backup restore` puts a collection back as the backup holds it: changes applied after the
+/// backup was taken would vanish while the ledger lists them applied — refused like a rollback,
+/// unless --ignore-changes.
+#[tokio::test]
+async fn backup_restore_refuses_to_discard_changes_applied_after_the_backup() {
+    let w = World::new("changes_vs_backup_restore").await;
+    w.sql("CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL); INSERT INTO kinds SELECT 'k' || g, 'label ' || g FROM generate_series(1, 20) g;")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "kinds",
+        "version = 1\nname = \"kinds\"\n[source]\ntable = \"kinds\"\nkey = [\"code\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    ok(&w.migrate_with(&pipeline, &[]));
+    ok(&w.migrate_with(&pipeline, &["--rerun"]));
+    let backup = w
+        .mongo()
+        .await
+        .collection::<Document>("cutover_backups")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .expect("the re-run's backup");
+    let name = backup.get_str("_id").unwrap().to_string();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_flag.toml",
+        "version = 1\nname = \"flag\"\n[[up]]\nop = \"add_field\"\ncollection = \"kinds\"\nfield = \"flag\"\ndefault = true\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let before = hashes(&w).await;
+    let restore = |extra: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.args(["backup", "restore", &name]).args(extra);
+        cmd.output().unwrap()
+    };
+    let text = refused(&restore(&[]));
+    assert!(
+        text.contains("change 1 (")
+            && text.contains(&format!("applied on kinds after backup {name}")),
+        "{text}"
+    );
+    assert_eq!(
+        hashes(&w).await,
+        before,
+        "a refused restore changed the data"
+    );
+    let out = restore(&["--ignore-changes"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("warning: --ignore-changes"));
+    w.drop().await;
+}

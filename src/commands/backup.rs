@@ -35,11 +35,23 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             }
             Ok(Outcome::Success)
         }
-        BackupCommand::Restore { name, target } => {
+        BackupCommand::Restore {
+            name,
+            target,
+            ignore_changes,
+        } => {
             let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
             let b = ledger.find_backup(name).await?.ok_or_else(|| {
                 anyhow::anyhow!("no backup named {name} (see `cutover backup list`)")
             })?;
+            // Changes applied (or reversed) after the backup was taken would be discarded.
+            if let crate::sink::target::Destination::Collection { name: coll } = &b.destination {
+                let what = format!("backup {}", b.name);
+                let blocking =
+                    super::rollback::changes_after(&ledger, coll, b.created_at.as_deref(), &what)
+                        .await?;
+                super::rollback::settle_or_refuse(blocking, *ignore_changes)?;
+            }
             let run_id = crate::pipeline::run::new_run_id();
             let lock = ledger
                 .acquire_lock(&run_id, "backup restore", ledger::lock::DEFAULT_TTL)

@@ -1539,9 +1539,15 @@ mod tests {
     /// A query ending in a `-- comment` commented the wrapper's `)` out.
     #[test]
     fn a_query_ending_in_a_line_comment_is_wrapped_on_its_own_line() {
+        // The trailing comment goes (what follows the last token); a comment inside stays, and
+        // the `)` is on its own line all the same.
         assert_eq!(
             relation_sql(None, Some("SELECT id FROM t -- last")),
-            "(SELECT id FROM t -- last\n) AS cutover_src"
+            "(SELECT id FROM t\n) AS cutover_src"
+        );
+        assert_eq!(
+            relation_sql(None, Some("SELECT id -- the key\nFROM t; -- last")),
+            "(SELECT id -- the key\nFROM t\n) AS cutover_src"
         );
         assert_eq!(
             qualifier(&relation_sql(None, Some("SELECT 1 -- x"))),
