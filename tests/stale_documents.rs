@@ -235,3 +235,89 @@ async fn rows_the_server_refuses_now_lose_their_older_documents_but_foreign_docu
     w.drop().await;
     v.drop().await;
 }
+
+/// A re-run removing older documents, killed and resumed: the count of removed documents goes
+/// with the checkpoint, so the finishing run's report includes what the killed run removed below
+/// it (it said only the resuming run's part).
+#[tokio::test]
+async fn removed_documents_are_counted_across_a_kill_and_a_resume() {
+    let w = World::new("stale_kill").await;
+    w.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20000) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "items",
+        "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\nvalidate = { max_length = 20 }\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    // Every fourth row becomes too long: 5000 older documents to remove.
+    w.sql("UPDATE items SET label = repeat('x', 30) WHERE id % 4 = 0")
+        .await;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(w.dir.path())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args([
+            "migrate",
+            "--quiet",
+            "--rerun",
+            "--batch-size",
+            "50",
+            "--concurrency",
+            "1",
+            "--pipeline",
+        ])
+        .arg(&pipeline)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let steps = w
+        .mongo()
+        .await
+        .collection::<bson::Document>("cutover_steps");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let killed_removed = loop {
+        let running = steps
+            .find_one(bson::doc! { "status": "running" })
+            .await
+            .unwrap();
+        if let Some(s) = running {
+            let removed = s.get_i64("checkpoint_removed").unwrap_or(0);
+            if s.get_i64("checkpoint_rows").unwrap_or(0) >= 6000 {
+                let _ = child.kill();
+                let _ = child.wait();
+                break removed;
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    assert!(
+        killed_removed > 0,
+        "the checkpoint records no removed documents"
+    );
+    let report = report_of(&w, &w.migrate_with(&pipeline, &[]));
+    let items = entity(&report, "items");
+    assert!(items["resumed_from"].is_string(), "{items}");
+    let removed = items["stale_removed"].as_i64().unwrap();
+    assert!(
+        removed >= killed_removed && removed <= 5000,
+        "{removed} (killed run removed {killed_removed} below its checkpoint): {items}"
+    );
+    assert_eq!(w.count("items").await, 15000);
+    w.drop().await;
+}

@@ -185,6 +185,8 @@ pub struct StepRecord {
     /// covers (the rejects file's `batch` column says which lines it covers).
     pub checkpoint_rejected: i64,
     pub checkpoint_warned: i64,
+    /// Older documents removed below the checkpoint (this step's and those it continues).
+    pub checkpoint_removed: i64,
     pub checkpoint_batches: i64,
     pub total: i64,
     pub resumed_from: Option<String>,
@@ -285,6 +287,7 @@ impl StepRecord {
             checkpoint_rows: int(d, "checkpoint_rows"),
             checkpoint_rejected: int(d, "checkpoint_rejected"),
             checkpoint_warned: int(d, "checkpoint_warned"),
+            checkpoint_removed: int(d, "checkpoint_removed"),
             checkpoint_batches: int(d, "checkpoint_batches"),
             total: int(d, "total"),
             resumed_from: d.get_str("resumed_from").ok().map(str::to_string),
@@ -328,6 +331,8 @@ pub struct Covered {
     pub rejected: u64,
     pub warned: u64,
     pub batches: u64,
+    /// Older documents of rows rejected now, removed (see `stale_removed`).
+    pub removed: u64,
 }
 
 impl Covered {
@@ -343,6 +348,7 @@ impl Covered {
             "checkpoint_rejected": self.rejected as i64,
             "checkpoint_warned": self.warned as i64,
             "checkpoint_batches": self.batches as i64,
+            "checkpoint_removed": self.removed as i64,
             "read": self.rows as i64,
             "written": self.written() as i64,
             "rejected": self.rejected as i64,

@@ -641,6 +641,7 @@ async fn migrate_locked(
                     rejected: r.checkpoint_rejected.max(0) as u64,
                     warned: r.checkpoint_warned.max(0) as u64,
                     batches: 0,
+                    removed: r.checkpoint_removed.max(0) as u64,
                 },
                 from_batches: r.checkpoint_batches.max(0) as u64,
                 orphans: Default::default(),
@@ -1240,6 +1241,8 @@ struct Batch {
     /// Ids of rows rejected in this batch's stretch whose documents an earlier run may have
     /// written (upsert mode): removed before the batch is written.
     stale: Vec<bson::Bson>,
+    /// How many of those (and of the documents the target refused) were there and removed.
+    removed: u64,
 }
 
 impl Batch {
@@ -1254,6 +1257,7 @@ impl Batch {
             rejected: 0,
             warned: 0,
             stale: Vec::new(),
+            removed: 0,
         }
     }
 
@@ -1290,7 +1294,7 @@ pub(crate) struct Checkpointer {
     base: ledger::Covered,
     next: u64,
     /// Finished batches past the watermark: (key, rows read up to it, rejected, warned).
-    done: std::collections::BTreeMap<u64, (Vec<String>, u64, u64, u64)>,
+    done: std::collections::BTreeMap<u64, (Vec<String>, u64, u64, u64, u64)>,
     /// The key below which every batch is finished, and what that covers.
     watermark: Option<(Vec<String>, ledger::Covered)>,
     recorded: Option<Instant>,
@@ -1328,10 +1332,11 @@ impl Checkpointer {
                 batch.read_upto,
                 batch.rejected,
                 batch.warned,
+                batch.removed,
             ),
         );
         let mut advanced = false;
-        while let Some((key, rows, rejected, warned)) = self.done.remove(&self.next) {
+        while let Some((key, rows, rejected, warned, removed)) = self.done.remove(&self.next) {
             let before = self.watermark.as_ref().map_or(self.base, |(_, c)| *c);
             self.next += 1;
             let covered = ledger::Covered {
@@ -1339,6 +1344,7 @@ impl Checkpointer {
                 rejected: before.rejected + rejected,
                 warned: before.warned + warned,
                 batches: self.next,
+                removed: before.removed + removed,
             };
             self.watermark = Some((key, covered));
             advanced = true;
@@ -1396,7 +1402,9 @@ async fn run_entity(
         );
         r.write_mode = mode.to_string();
         r.total = total;
-        r.stale_removed = c.removed.load(Ordering::Relaxed);
+        // With those the part it resumes removed (this step's count starts at its checkpoint).
+        r.stale_removed = c.removed.load(Ordering::Relaxed)
+            + stage.resume.as_ref().map_or(0, |r| r.covered.removed);
         r
     };
 
@@ -1912,6 +1920,7 @@ async fn write_loop(
                     return (batch, Err(lost), 0);
                 }
                 let attempts = std::sync::atomic::AtomicU32::new(0);
+                let removed_here = AtomicU64::new(0);
                 let result = retry(
                     policy,
                     tokio::time::sleep,
@@ -1928,10 +1937,12 @@ async fn write_loop(
                         let docs = &batch.docs;
                         let stale = &batch.stale;
                         let counters = &counters;
+                        let removed_here = &removed_here;
                         async move {
                             // Again on a retry: what an attempt removed is gone (counted once).
                             let removed = target.remove_documents(collection, stale).await?;
                             EntityCounters::add(&counters.removed, removed);
+                            removed_here.fetch_add(removed, Ordering::Relaxed);
                             if docs.is_empty() {
                                 return Ok(BatchResult::default());
                             }
@@ -1957,6 +1968,8 @@ async fn write_loop(
                     .await),
                     other => other,
                 };
+                let mut batch = batch;
+                batch.removed += removed_here.load(Ordering::Relaxed);
                 (batch, Ok(result), attempts.load(Ordering::Relaxed))
             }))
         })
@@ -2016,6 +2029,7 @@ async fn write_loop(
                             cause: Box::new(cause),
                         })?;
                     EntityCounters::add(&counters.removed, removed);
+                    batch.removed += removed;
                 }
                 for e in errors {
                     refused += 1;

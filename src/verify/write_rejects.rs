@@ -220,6 +220,7 @@ mod tests {
             checkpoint_rows: 0,
             checkpoint_rejected: 0,
             checkpoint_warned: 0,
+            checkpoint_removed: 0,
             checkpoint_batches: 0,
             total: 0,
             resumed_from: None,
