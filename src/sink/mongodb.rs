@@ -392,13 +392,8 @@ impl MongoTarget {
         })
     }
 
-    /// Deletes the documents of `collection` with these `_id`s.
     /// Deletes the documents `ids` of `collection`; returns how many there were.
-    pub async fn delete_counted(
-        &self,
-        collection: &str,
-        ids: Vec<Bson>,
-    ) -> Result<u64, MongoError> {
+    pub async fn delete_ids(&self, collection: &str, ids: Vec<Bson>) -> Result<u64, MongoError> {
         let r = self
             .db
             .collection::<Document>(collection)
@@ -409,18 +404,6 @@ impl MongoTarget {
                 cause,
             })?;
         Ok(r.deleted_count)
-    }
-
-    pub async fn delete_ids(&self, collection: &str, ids: Vec<Bson>) -> Result<(), MongoError> {
-        self.db
-            .collection::<Document>(collection)
-            .delete_many(doc! { "_id": { "$in": ids } })
-            .await
-            .map_err(|cause| MongoError::Command {
-                op: format!("delete from {collection}"),
-                cause,
-            })?;
-        Ok(())
     }
 
     /// Writes `docs` (each with an `_id`) into `collection`, unordered.

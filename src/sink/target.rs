@@ -218,38 +218,9 @@ impl AppwriteTarget {
         })
     }
 
-    /// Deletes the records `ids` of `collection`, their child-table rows first; a record
-    /// already gone is no error.
+    /// Deletes the records `ids` of `collection` (rows, their child-table rows first, or
+    /// users); a record already gone is no error. Returns how many were there.
     pub async fn delete_records(
-        &self,
-        collection: &str,
-        ids: &[String],
-    ) -> Result<(), AppwriteError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        for child in self.tables_of(collection).iter().skip(1) {
-            self.client
-                .delete_children(&self.database, child, ids)
-                .await?;
-        }
-        let path = self.record_path(collection);
-        for id in ids {
-            match self
-                .client
-                .call(reqwest::Method::DELETE, &format!("{path}/{id}"), None)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.is_missing() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Self::delete_records`] of rows, counting those that were there.
-    pub async fn delete_counted(
         &self,
         collection: &str,
         ids: &[String],
@@ -967,12 +938,12 @@ impl Target {
             return Ok(0);
         }
         match self {
-            Target::Mongo(m) => Ok(m.delete_counted(collection, ids.to_vec()).await?),
+            Target::Mongo(m) => Ok(m.delete_ids(collection, ids.to_vec()).await?),
             // Users too: one whose row is rejected now (e.g. disabled in the source) must not
             // stay able to sign in as before.
             Target::Appwrite(a) => {
                 let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
-                Ok(a.delete_counted(collection, &rows).await?)
+                Ok(a.delete_records(collection, &rows).await?)
             }
         }
     }
