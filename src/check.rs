@@ -15,7 +15,7 @@ use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
 use crate::pipeline::run::{compile_plans, load_known_keys};
 use crate::sink::appwrite::schema::{self, ChildTable, TableSpec};
 use crate::sink::mongodb::MongoTarget;
-use crate::sink::target::{AppwriteTarget, Target};
+use crate::sink::target::{AppwriteTarget, KeyLost, Target};
 use crate::source::SourceSession;
 use crate::source::postgres::quote_ident;
 use crate::transform::row::MapContext;
@@ -365,6 +365,8 @@ pub async fn check(
         let mut bad_ids = 0u64;
         let mut bad_id_example = String::new();
         let table = (appwrite && plan.appwrite_users.is_none()).then(|| schema::table_spec(plan));
+        // As the run decides it: the rows whose hashed row id loses the key are counted.
+        let key_lost = targets.iter().find_map(|t| t.key_lost(plan));
         let children = match &table {
             Some(_) => schema::child_tables(plan),
             None => Vec::new(),
@@ -406,8 +408,7 @@ pub async fn check(
                         plan,
                         row,
                         &mut tally,
-                        &mut bad_ids,
-                        &mut bad_id_example,
+                        (key_lost.as_ref(), &mut bad_ids, &mut bad_id_example),
                         table.as_ref(),
                         &children,
                     ));
@@ -477,8 +478,7 @@ fn scan_row(
     plan: &crate::mapping::plan::Plan,
     row: ExpectedRow,
     tally: &mut BTreeMap<(String, String, String), Finding>,
-    bad_ids: &mut u64,
-    bad_id_example: &mut String,
+    (key_lost, bad_ids, bad_id_example): (Option<&KeyLost>, &mut u64, &mut String),
     table: Option<&TableSpec>,
     children: &[ChildTable],
 ) -> bool {
@@ -490,14 +490,8 @@ fn scan_row(
     };
     // Appwrite: a key its row ids cannot hold is hashed; unless the key is mapped as a field too,
     // its value is kept nowhere (the run warns for each such row, as counted here).
-    if table.is_some()
-        && plan.appwrite_users.is_none()
-        && !plan.key_in_fields()
-        && doc
-            .as_ref()
-            .and_then(|d| d.get("_id").ok().flatten())
-            .and_then(|id| bson::Bson::try_from(id.to_raw_bson()).ok())
-            .is_some_and(|id| crate::sink::appwrite::rows::id_is_hashed(&id))
+    if let (Some(k), Some(d)) = (key_lost, doc.as_ref())
+        && k.warning(d).is_some()
     {
         *bad_ids += 1;
         if bad_id_example.is_empty() {

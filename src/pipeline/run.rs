@@ -1612,6 +1612,8 @@ async fn read_loop(
     };
     let mut batch = Batch::new(opts.batch_size);
     let mut prev_row: Option<Vec<Value>> = None;
+    // Once per entity: whether a hashed row id loses the key (then said per document).
+    let key_lost = target.key_lost(plan);
     let mut since_tick = 0u64;
     // Orphan child rows come before the parent row they sort before; their lines wait for that
     // row's batch, whose checkpoint is at or past their foreign key: a resume (reading the
@@ -1691,13 +1693,13 @@ async fn read_loop(
         };
         let raw = mapped.doc.take().expect("a document row has its document");
         let size = raw.as_bytes().len();
-        if let Some((rule, message)) = target.key_lost(plan, &raw) {
+        if let Some(message) = key_lost.as_ref().and_then(|k| k.warning(&raw)) {
             mapped.issues.push(Issue {
                 stage: Stage::Write,
                 severity: crate::mapping::spec::Severity::Warning,
-                rule: rule.to_string(),
+                rule: crate::sink::target::KeyLost::RULE.to_string(),
                 path: "_id".into(),
-                message,
+                message: message.to_string(),
                 value: mapped.key.clone(),
             });
         }

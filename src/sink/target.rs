@@ -768,6 +768,28 @@ async fn upsert_user(client: &AppwriteClient, u: &ImportUser) -> Result<(), Appw
     users::import_user(client, u).await.map(|_| ())
 }
 
+/// Documents of an entity whose key Appwrite may hash into the row id, kept nowhere else.
+#[derive(Debug, Clone)]
+pub struct KeyLost {
+    message: String,
+}
+
+impl KeyLost {
+    pub const RULE: &'static str = "appwrite_id";
+
+    /// The warning for `doc`, when its row id is its key's hash.
+    pub fn warning(&self, doc: &bson::RawDocumentBuf) -> Option<&str> {
+        let id: Bson = doc
+            .get("_id")
+            .ok()
+            .flatten()?
+            .to_raw_bson()
+            .try_into()
+            .ok()?;
+        rows::id_is_hashed(&id).then_some(self.message.as_str())
+    }
+}
+
 /// The run's target.
 #[derive(Clone)]
 pub enum Target {
@@ -866,28 +888,15 @@ impl Target {
         ))
     }
 
-    /// Why a document written into `plan`'s destination keeps its key's value nowhere, as
-    /// (rule, message): Appwrite hashes a key its row ids cannot hold (a capital, a character
-    /// outside its id rule, several key columns), and a key not mapped as a field is then lost.
-    pub fn key_lost(
-        &self,
-        plan: &Plan,
-        doc: &bson::RawDocumentBuf,
-    ) -> Option<(&'static str, String)> {
+    /// Whether documents written into `plan`'s destination may keep their key's value nowhere:
+    /// Appwrite hashes a key its row ids cannot hold (a capital, a character outside its id
+    /// rule, several key columns), and a key not mapped as a field is then lost. Decided once per
+    /// entity; [`KeyLost::warning`] says it for each document it applies to.
+    pub fn key_lost(&self, plan: &Plan) -> Option<KeyLost> {
         let Target::Appwrite(_) = self else {
             return None;
         };
         if plan.appwrite_users.is_some() || plan.key_in_fields() {
-            return None;
-        }
-        let id = doc
-            .get("_id")
-            .ok()
-            .flatten()?
-            .to_raw_bson()
-            .try_into()
-            .ok()?;
-        if !crate::sink::appwrite::rows::id_is_hashed(&id) {
             return None;
         }
         let columns: Vec<&str> = plan
@@ -895,13 +904,12 @@ impl Target {
             .iter()
             .map(|&k| plan.read.columns[k].name.as_str())
             .collect();
-        Some((
-            "appwrite_id",
-            format!(
+        Some(KeyLost {
+            message: format!(
                 "the key does not fit an Appwrite row id (a capital, a character outside [a-z0-9._-], or several columns): the row id is its hash and no column holds {}; map the key column(s) as fields to keep the value",
                 columns.join(", ")
             ),
-        ))
+        })
     }
 
     /// Notes a plan's destination without writing (dry runs).
