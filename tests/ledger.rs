@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bson::{Document, doc};
 use common::World;
+use common::process::{kill_after, spawn_migrate};
 
 const EVENTS: &str = r#"
 CREATE TABLE events (id bigint PRIMARY KEY, kind text NOT NULL, amount numeric(12,2), at timestamptz NOT NULL, note text);
@@ -75,55 +75,6 @@ async fn setup(w: &World) -> std::path::PathBuf {
     std::fs::write(dir.join("mappings/events.toml"), EVENTS_MAPPING).unwrap();
     std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
     dir.join("pipeline.toml")
-}
-
-fn spawn_migrate(w: &World, pipeline: &std::path::Path, extra: &[&str]) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("cutover"))
-        .current_dir(w.dir.path())
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .env("MONGODB_URI", common::mongo_uri())
-        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(pipeline)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// The newest step document of `entity`.
-async fn latest_step(w: &World, entity: &str) -> Option<Document> {
-    w.mongo()
-        .await
-        .collection::<Document>("cutover_steps")
-        .find_one(doc! { "entity": entity })
-        .sort(doc! { "started_at": -1 })
-        .await
-        .unwrap()
-}
-
-/// Waits until the running step of `entity` has a checkpoint of at least `rows`, then kill -9.
-async fn kill_after(w: &World, child: &mut Child, entity: &str, rows: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(step) = latest_step(w, entity).await {
-            let at = step.get_i64("checkpoint_rows").unwrap_or(0);
-            if step.get_str("status") == Ok("running") && at >= rows {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                return at;
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before reaching {rows} rows: make the stage slower");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint at {rows} rows in time"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn status_json(w: &World, pipeline: &std::path::Path) -> serde_json::Value {

@@ -8,11 +8,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use bson::{Document, doc};
+use bson::doc;
 use common::World;
+use common::process::{kill_after, spawn_migrate};
 use serde_json::Value;
 
 const INVOICES: &str = r#"version = 1
@@ -282,51 +281,6 @@ column = "kind"
     assert_eq!(kinds, ["kept", "kept", "kept"]);
     assert_eq!(verified(&w, &pipeline), expected);
     w.drop().await;
-}
-
-fn spawn_migrate(w: &World, pipeline: &Path, extra: &[&str]) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("cutover"))
-        .current_dir(w.dir.path())
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .env("MONGODB_URI", common::mongo_uri())
-        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
-        .args(["migrate", "--quiet", "--pipeline"])
-        .arg(pipeline)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-async fn step_of(w: &World, entity: &str) -> Option<Document> {
-    w.mongo()
-        .await
-        .collection::<Document>("cutover_steps")
-        .find_one(doc! { "entity": entity })
-        .sort(doc! { "started_at": -1 })
-        .await
-        .unwrap()
-}
-
-/// kill -9 once the running step of `entity` has a checkpoint past `rows`.
-async fn kill_after(w: &World, child: &mut Child, entity: &str, rows: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(step) = step_of(w, entity).await {
-            let at = step.get_i64("checkpoint_rows").unwrap_or(0);
-            if step.get_str("status") == Ok("running") && at >= rows {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                return at;
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before a checkpoint at {rows} rows of {entity}");
-        }
-        assert!(Instant::now() < deadline, "no checkpoint at {rows} in time");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// The run directories under rejects/, oldest first.

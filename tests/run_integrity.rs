@@ -6,11 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bson::{Document, doc};
 use common::World;
+use common::process::{kill_after, latest_step, spawn_in, spawn_migrate, wait_bounded};
 
 const SCHEMA: &str = r#"
 CREATE TABLE owners (id uuid PRIMARY KEY, name text NOT NULL, note text);
@@ -102,80 +103,6 @@ async fn setup(w: &World) -> PathBuf {
     std::fs::write(dir.join("mappings/plots.toml"), PLOTS).unwrap();
     std::fs::write(dir.join("pipeline.toml"), PIPELINE).unwrap();
     dir.join("pipeline.toml")
-}
-
-fn spawn(w: &World, args: &[&str]) -> Child {
-    spawn_in(w, w.dir.path(), args)
-}
-
-/// `cutover ARGS…` started in `cwd`.
-fn spawn_in(w: &World, cwd: &Path, args: &[&str]) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("cutover"))
-        .current_dir(cwd)
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .env("MONGODB_URI", common::mongo_uri())
-        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn spawn_migrate(w: &World, pipeline: &Path, extra: &[&str]) -> Child {
-    let p = pipeline.display().to_string();
-    let mut args = vec!["migrate", "--quiet", "--pipeline", &p];
-    args.extend_from_slice(extra);
-    spawn(w, &args)
-}
-
-/// Waits for `child` at most `limit`; kills it and fails the test when it takes longer.
-fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what} did not finish within {limit:?} (hung?)\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-async fn step_of(w: &World, entity: &str) -> Option<Document> {
-    w.mongo()
-        .await
-        .collection::<Document>("cutover_steps")
-        .find_one(doc! { "entity": entity })
-        .sort(doc! { "started_at": -1 })
-        .await
-        .unwrap()
-}
-
-/// kill -9 once the running step of `entity` has a checkpoint past `rows`.
-async fn kill_after(w: &World, child: &mut Child, entity: &str, rows: i64) -> i64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(step) = step_of(w, entity).await {
-            let at = step.get_i64("checkpoint_rows").unwrap_or(0);
-            if step.get_str("status") == Ok("running") && at >= rows {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                return at;
-            }
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before a checkpoint at {rows} rows of {entity}");
-        }
-        assert!(Instant::now() < deadline, "no checkpoint at {rows} in time");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn out_text(o: &std::process::Output) -> String {
@@ -326,7 +253,7 @@ async fn a_run_whose_lock_is_taken_away_stops_writing_and_ends_interrupted() {
         rejects.iter().all(|(_, _, rule)| rule == "max_length"),
         "{rejects:?}"
     );
-    let step = step_of(&w, "owners").await.unwrap();
+    let step = latest_step(&w, "owners").await.unwrap();
     assert_eq!(step.get_str("status"), Ok("interrupted"), "{step}");
     // A plain re-run resumes and completes.
     let out = w.migrate_with(&pipeline, &[]);
@@ -348,7 +275,7 @@ fn signal(child: &Child, sig: &str) {
 async fn kill_after_pause(w: &World, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(step) = step_of(w, "owners").await
+        if let Some(step) = latest_step(w, "owners").await
             && step.get_i64("checkpoint_rows").unwrap_or(0) > 500
         {
             signal(child, "STOP");
@@ -368,8 +295,9 @@ async fn log_level_debug_shows_the_run_phases_not_the_libraries() {
     let pipeline = setup(&w).await;
     let p = pipeline.display().to_string();
     let out = wait_bounded(
-        spawn(
+        spawn_in(
             &w,
+            w.dir.path(),
             &[
                 "--log-level",
                 "debug",
@@ -618,7 +546,7 @@ async fn an_entity_completed_by_a_killed_run_is_accounted_for_by_the_run_that_fi
     let small = ["--batch-size", "100", "--concurrency", "2"];
     let mut child = spawn_migrate(&w, &pipeline, &small);
     kill_after(&w, &mut child, "plots", 1_000).await;
-    let killed = step_of(&w, "owners").await.unwrap();
+    let killed = latest_step(&w, "owners").await.unwrap();
     assert_eq!(killed.get_str("status"), Ok("completed"), "{killed}");
     let killed_run = killed.get_str("run_id").unwrap().to_string();
 

@@ -258,26 +258,11 @@ async fn removed_documents_are_counted_across_a_kill_and_a_resume() {
     // Every fourth row becomes too long: 5000 older documents to remove.
     w.sql("UPDATE items SET label = repeat('x', 30) WHERE id % 4 = 0")
         .await;
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
-        .current_dir(w.dir.path())
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .env("MONGODB_URI", common::mongo_uri())
-        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
-        .args([
-            "migrate",
-            "--quiet",
-            "--rerun",
-            "--batch-size",
-            "50",
-            "--concurrency",
-            "1",
-            "--pipeline",
-        ])
-        .arg(&pipeline)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::process::spawn_migrate(
+        &w,
+        &pipeline,
+        &["--rerun", "--batch-size", "50", "--concurrency", "1"],
+    );
     let steps = w
         .mongo()
         .await

@@ -4,6 +4,7 @@
 
 pub mod library;
 pub mod oracle;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
