@@ -48,9 +48,9 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             if let crate::sink::target::Destination::Collection { name: coll } = &b.destination {
                 let what = format!("backup {}", b.name);
                 let blocking =
-                    super::rollback::changes_after(&ledger, coll, b.created_at.as_deref(), &what)
+                    super::shared::changes_after(&ledger, coll, b.created_at.as_deref(), &what)
                         .await?;
-                super::rollback::settle_or_refuse(blocking, *ignore_changes)?;
+                super::shared::settle_or_refuse(blocking, *ignore_changes)?;
             }
             let run_id = crate::pipeline::run::new_run_id();
             let lock = ledger

@@ -3,7 +3,6 @@
 use anyhow::Result;
 
 use super::shared::pipeline_for;
-use crate::changes;
 use crate::cli::{Cli, Outcome, RollbackArgs};
 use crate::ledger::{self};
 use crate::pipeline::rollback::{self, RollbackRequest, Undo};
@@ -67,65 +66,9 @@ async fn refuse_discarding_changes(
             continue;
         };
         let what = format!("run {} of {}", u.step.run_id, u.step.entity);
-        blocking.extend(changes_after(ledger, name, u.step.started_at.as_deref(), &what).await?);
-    }
-    settle_or_refuse(blocking, ignore)
-}
-
-/// The changes applied or reversed on `collection` since `since` (RFC 3339; the beginning when
-/// unknown), as lines naming them and `what` they came after; a command change (collections
-/// unknown) is warned about here, not returned.
-pub(crate) async fn changes_after(
-    ledger: &ledger::Ledger,
-    collection: &str,
-    since: Option<&str>,
-    what: &str,
-) -> Result<Vec<String>> {
-    let since = since
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or(0, |t| t.timestamp_millis());
-    let collections = std::collections::BTreeSet::from([collection.to_string()]);
-    let mut out = Vec::new();
-    for c in changes::changes_since(ledger, &collections, since).await? {
-        if c.uncertain {
-            // A command may or may not have touched it: said, not refused (a non-reversible
-            // command would otherwise block every restore for good).
-            crate::errln!(
-                "warning: change {} ({}) runs a command that may have touched {collection} after {what}: if it did, the restore undoes that",
-                c.version,
-                c.file
-            );
-            continue;
-        }
-        let how = if c.applied {
-            "applied"
-        } else {
-            "reversed (the restore would bring its effects back)"
-        };
-        out.push(format!(
-            "change {} ({}) {how} on {} after {what}",
-            c.version,
-            c.file,
-            c.collections.join(", ")
-        ));
-    }
-    Ok(out)
-}
-
-/// Goes ahead when nothing blocks, or when told to (`--ignore-changes`, said); else refuses.
-pub(crate) fn settle_or_refuse(blocking: Vec<String>, ignore: bool) -> Result<()> {
-    if blocking.is_empty() {
-        return Ok(());
-    }
-    if ignore {
-        crate::errln!(
-            "warning: --ignore-changes: the restore discards what changes did after it, their records unchanged — {}",
-            blocking.join("; ")
+        blocking.extend(
+            super::shared::changes_after(ledger, name, u.step.started_at.as_deref(), &what).await?,
         );
-        return Ok(());
     }
-    anyhow::bail!(
-        "refusing to restore: it would silently discard what changes did after the run — {}; reverse the applied ones first with `cutover changes down` (`--to VERSION` or `--steps N`), then restore — or go ahead anyway with --ignore-changes",
-        blocking.join("; ")
-    )
+    super::shared::settle_or_refuse(blocking, ignore)
 }
