@@ -288,6 +288,42 @@ async fn verify_names_each_tampered_value_and_the_broken_embedded_reference() {
     assert_eq!(broken[0]["examples"][0], "99");
     assert!(text.contains("value differs: 1 field d"), "{text}");
     assert!(text.contains("parts.owner"), "{text}");
+    // One problems file: the main comparison's lines, then the independent ones (that pass runs
+    // beside the main one and writes a file of its own, appended at the end and removed).
+    let problems = w.dir.path().join("verify.problems.jsonl");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&problems)
+        .unwrap_or_else(|_| panic!("{text}"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    let first_value = kinds
+        .iter()
+        .position(|k| *k == "value")
+        .expect("value lines");
+    assert!(
+        kinds[..first_value].iter().all(|k| *k == "different"),
+        "{kinds:?}"
+    );
+    let mut valued: Vec<(String, String)> = lines[first_value..]
+        .iter()
+        .map(|l| {
+            assert_eq!(l["kind"], "value", "{l}");
+            (
+                l["key"].as_str().unwrap().into(),
+                l["field"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    valued.sort();
+    assert_eq!(valued, named(t));
+    assert!(
+        !w.dir
+            .path()
+            .join("verify.problems.independent.jsonl")
+            .exists(),
+        "the independent pass's own file is appended and removed"
+    );
     w.drop().await;
 }
 

@@ -53,6 +53,8 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     // Every problem, one a line, next to the JSON (which holds the first ones of each kind).
     let problems_path = path.with_extension("problems.jsonl");
     let _ = std::fs::remove_file(&problems_path);
+    let side_problems_path = path.with_extension("problems.independent.jsonl");
+    let _ = std::fs::remove_file(&side_problems_path);
     let mut log = crate::verify::ProblemLog::new(problems_path);
     let mut results = Vec::new();
     for p in &plans {
@@ -67,8 +69,29 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         // Rows the target refused in the runs that wrote the entity: not missing.
         let refused =
             crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity).await?;
+        // The independent comparison (PostgreSQL's own values against the target's, apart from
+        // the converter) reads the source and the target a second time: it runs beside the main
+        // comparison, on its own connection to the same snapshot and its own problem file
+        // (appended to the main one after), so on two cores the passes overlap.
+        let mut fork = session.fork().await?;
+        let side_log = crate::verify::ProblemLog::new(side_problems_path.clone());
         let v = match &target {
             Target::Mongo(m) => {
+                let (plan, m2, refs) = (p.clone(), m.clone(), collections.clone());
+                let side = crate::pipeline::run::Spawned::spawn(async move {
+                    let mut side_log = side_log;
+                    let i = crate::verify::oracle::verify_entity(
+                        &plan,
+                        &mut fork,
+                        &m2,
+                        sample,
+                        &refs,
+                        &mut side_log,
+                    )
+                    .await;
+                    fork.close().await;
+                    i.map(|i| (i, side_log))
+                });
                 let mut v = crate::verify::verify_entity(
                     p,
                     &mut session,
@@ -80,21 +103,27 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &mut log,
                 )
                 .await?;
-                // PostgreSQL's own values against the target's, apart from the converter.
-                let i = crate::verify::oracle::verify_entity(
-                    p,
-                    &mut session,
-                    m,
-                    sample,
-                    &collections,
-                    &mut log,
-                )
-                .await?;
+                let (i, side_log) = side.await.context("the independent comparison stopped")??;
+                log.append(side_log)?;
                 i.apply(&mut v);
                 independent = Some(i);
                 v
             }
             Target::Appwrite(a) => {
+                let (plan, a2) = (p.clone(), a.clone());
+                let side = crate::pipeline::run::Spawned::spawn(async move {
+                    let mut side_log = side_log;
+                    let i = crate::verify::oracle::appwrite::verify_entity(
+                        &plan,
+                        &mut fork,
+                        &a2,
+                        sample,
+                        &mut side_log,
+                    )
+                    .await;
+                    fork.close().await;
+                    i.map(|i| (i, side_log))
+                });
                 let mut v = crate::verify::appwrite::verify_entity(
                     p,
                     &mut session,
@@ -109,15 +138,8 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &mut log,
                 )
                 .await?;
-                // PostgreSQL's own values against the rows', apart from the converter.
-                let i = crate::verify::oracle::appwrite::verify_entity(
-                    p,
-                    &mut session,
-                    a,
-                    sample,
-                    &mut log,
-                )
-                .await?;
+                let (i, side_log) = side.await.context("the independent comparison stopped")??;
+                log.append(side_log)?;
                 i.apply(&mut v);
                 independent = Some(i);
                 v

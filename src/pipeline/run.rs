@@ -1869,7 +1869,13 @@ where
 const FENCE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A spawned task that is aborted when dropped (a stopped write loop leaves no write behind).
-struct Spawned<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Spawned<T> {
+    pub(crate) fn spawn(task: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Spawned(tokio::spawn(task))
+    }
+}
 
 impl<T> Drop for Spawned<T> {
     fn drop(&mut self) {

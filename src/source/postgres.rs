@@ -434,6 +434,17 @@ impl SourceSession {
         })
     }
 
+    /// A second session on the same snapshot, with its own connection: two passes over the
+    /// source (verify's main and independent comparisons) run side by side and see the same rows.
+    pub async fn fork(&self) -> Result<SourceSession, SourceError> {
+        Ok(SourceSession {
+            url: self.url.clone(),
+            holder: self.reader().await?,
+            snapshot: self.snapshot.clone(),
+            snapshot_at: self.snapshot_at,
+        })
+    }
+
     /// The id of the exported snapshot.
     pub fn snapshot_id(&self) -> &str {
         &self.snapshot

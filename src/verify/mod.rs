@@ -72,18 +72,34 @@ impl ProblemLog {
     }
 
     pub fn write(&mut self, line: serde_json::Value) -> Result<(), RunError> {
+        self.write_text(&crate::redact::scrub_secrets(&line.to_string()))
+    }
+
+    fn write_text(&mut self, text: &str) -> Result<(), RunError> {
         if self.out.is_none() {
             let f = File::create(&self.path).map_err(self.io())?;
             self.out = Some(BufWriter::new(f));
         }
         let err = self.io();
         let out = self.out.as_mut().expect("opened above");
-        let text = crate::redact::scrub_secrets(&line.to_string());
         out.write_all(text.as_bytes())
             .and_then(|_| out.write_all(b"\n"))
             .map_err(err)?;
         self.lines += 1;
         Ok(())
+    }
+
+    /// Appends the problems of `other` (written beside this one) and removes its file.
+    pub fn append(&mut self, mut other: ProblemLog) -> Result<(), RunError> {
+        other.finish()?;
+        if other.lines == 0 {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&other.path).map_err(other.io())?;
+        for line in text.lines() {
+            self.write_text(line)?;
+        }
+        std::fs::remove_file(&other.path).map_err(other.io())
     }
 
     pub fn finish(&mut self) -> Result<(), RunError> {
@@ -360,6 +376,68 @@ async fn next_target(
     Ok(Some((id, hash_bytes(d.as_bytes()))))
 }
 
+/// The target's documents as (`_id`, hash), read ahead by a task of their own: the target's
+/// round trips and BSON decoding overlap the source side's reading and mapping.
+struct TargetHashes {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<(Bson, u64)>, RunError>>,
+    batch: std::vec::IntoIter<(Bson, u64)>,
+    _reader: crate::pipeline::run::Spawned<()>,
+}
+
+impl TargetHashes {
+    /// Documents handed over at once, and batches read ahead.
+    const BATCH: usize = 1024;
+    const AHEAD: usize = 4;
+
+    fn spawn(mut cursor: mongodb::Cursor<RawDocumentBuf>, collection: String) -> TargetHashes {
+        let (tx, rx) = tokio::sync::mpsc::channel(Self::AHEAD);
+        let reader = crate::pipeline::run::Spawned::spawn(async move {
+            let mut batch = Vec::with_capacity(Self::BATCH);
+            loop {
+                match next_target(&mut cursor, &collection).await {
+                    Ok(Some(item)) => {
+                        batch.push(item);
+                        if batch.len() < Self::BATCH {
+                            continue;
+                        }
+                    }
+                    Ok(None) => {
+                        if !batch.is_empty() {
+                            let _ = tx.send(Ok(batch)).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(Self::BATCH));
+                if tx.send(Ok(full)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        TargetHashes {
+            rx,
+            batch: Vec::new().into_iter(),
+            _reader: reader,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<(Bson, u64)>, RunError> {
+        loop {
+            if let Some(item) = self.batch.next() {
+                return Ok(Some(item));
+            }
+            match self.rx.recv().await {
+                Some(batch) => self.batch = batch?.into_iter(),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
 /// Sampled ids looked up in the target at once.
 const SAMPLE_CHUNK: usize = 500;
 
@@ -439,12 +517,13 @@ pub async fn verify_entity(
         Problems::new(&plan.entity, log).excusing(refused);
     let mut compared = 0u64;
     let mut target_cursor = if ordered {
-        Some(
+        Some(TargetHashes::spawn(
             coll.find(doc! {})
                 .sort(doc! { "_id": 1 })
                 .await
                 .map_err(merr(format!("read {}", plan.collection)))?,
-        )
+            plan.collection.clone(),
+        ))
     } else {
         None
     };
@@ -507,7 +586,7 @@ pub async fn verify_entity(
                         let mut matched = false;
                         loop {
                             if pending_target.is_none() {
-                                pending_target = next_target(cursor, &plan.collection).await?;
+                                pending_target = cursor.next().await?;
                             }
                             let Some((tid, thash)) = pending_target.as_ref() else {
                                 break;
@@ -560,17 +639,19 @@ pub async fn verify_entity(
         if let Some((tid, _)) = pending_target.take() {
             found.unexpected(show_id(&tid))?;
         }
-        while let Some((tid, _)) = next_target(cursor, &plan.collection).await? {
+        while let Some((tid, _)) = cursor.next().await? {
             found.unexpected(show_id(&tid))?;
         }
     } else {
         // Every target document (full) or the sampled ones.
         if step == 1 {
-            let mut cursor = coll
-                .find(doc! {})
-                .await
-                .map_err(merr(format!("read {}", plan.collection)))?;
-            while let Some((id, hash)) = next_target(&mut cursor, &plan.collection).await? {
+            let mut cursor = TargetHashes::spawn(
+                coll.find(doc! {})
+                    .await
+                    .map_err(merr(format!("read {}", plan.collection)))?,
+                plan.collection.clone(),
+            );
+            while let Some((id, hash)) = cursor.next().await? {
                 actual
                     .push(id_bytes(&id), hash.to_le_bytes().to_vec())
                     .map_err(spill_err)?;
