@@ -52,7 +52,7 @@ pub fn to_e164(raw: &str, region: Id) -> Result<String, String> {
         number = read;
     }
     let e164 = number.format().mode(Mode::E164).to_string();
-    if !number.is_valid() {
+    if !is_valid_number(&number) {
         return Err(format!(
             "`{raw}` is not a valid phone number (read as {e164})"
         ));
@@ -204,6 +204,116 @@ fn anchored(pattern: &str, whole: bool) -> Option<std::sync::Arc<regex::Regex>> 
                 .ok()
                 .map(std::sync::Arc::new)
         })
+        .clone()
+}
+
+/// libphonenumber's `isValidNumber`: the number's region (the only one of its calling code; of
+/// several, the first whose leading digits begin the national number, or, without leading digits,
+/// of whose number types it is one), and the national number matching that region's general
+/// pattern and one number type's pattern, entirely and at one of the type's possible lengths.
+/// The crate's own `is_valid` asks the same through a regex cache shared by every pattern (a lock
+/// and a hash of the pattern's text for each match): two thirds of the time a number took.
+/// Checked against libphonenumber itself by `numbers_read_as_libphonenumber_reads_them`.
+fn is_valid_number(number: &PhoneNumber) -> bool {
+    let code = number.code().value();
+    let national = number.national().to_string();
+    let Some(regions) = DATABASE.region(&code) else {
+        return false;
+    };
+    let meta =
+        match regions.as_slice() {
+            [] => return false,
+            ["001"] => DATABASE.by_code(&code).and_then(|m| m.first().copied()),
+            [one] => DATABASE.by_id(*one),
+            several => several.iter().filter_map(|r| DATABASE.by_id(*r)).find(|m| {
+                match m.leading_digits() {
+                    Some(leading) => {
+                        anchored(leading.as_str(), false).is_some_and(|re| re.is_match(&national))
+                    }
+                    None => number_types(m).is_of_a_type(&national),
+                }
+            }),
+        };
+    meta.is_some_and(|m| number_types(m).is_of_a_type(&national))
+}
+
+/// A number type's pattern (anchored at both ends) and possible lengths.
+struct TypePattern {
+    pattern: Option<regex::Regex>,
+    lengths: Vec<u16>,
+}
+
+impl TypePattern {
+    fn new(d: &phonenumber::metadata::Descriptor) -> TypePattern {
+        let pattern: String = d
+            .national_number()
+            .as_str()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        TypePattern {
+            pattern: (!pattern.is_empty())
+                .then(|| regex::Regex::new(&format!("^(?:{pattern})$")).ok())
+                .flatten(),
+            lengths: d.possible_length().to_vec(),
+        }
+    }
+
+    /// libphonenumber's `isNumberMatchingDesc`.
+    fn matches(&self, national: &str) -> bool {
+        (self.lengths.is_empty() || self.lengths.contains(&(national.len() as u16)))
+            && self.pattern.as_ref().is_some_and(|p| p.is_match(national))
+    }
+}
+
+/// A region's general pattern and the patterns of its number types, compiled once.
+struct NumberTypes {
+    general: TypePattern,
+    types: Vec<TypePattern>,
+}
+
+impl NumberTypes {
+    fn is_of_a_type(&self, national: &str) -> bool {
+        self.general.matches(national) && self.types.iter().any(|t| t.matches(national))
+    }
+}
+
+fn number_types(meta: &'static phonenumber::Metadata) -> std::sync::Arc<NumberTypes> {
+    type Compiled = std::collections::HashMap<usize, std::sync::Arc<NumberTypes>>;
+    static COMPILED: std::sync::LazyLock<std::sync::RwLock<Compiled>> =
+        std::sync::LazyLock::new(Default::default);
+    // The metadata lives in a static database: its address names it (non-geographic entities
+    // share the id "001").
+    let at = meta as *const phonenumber::Metadata as usize;
+    if let Some(found) = COMPILED.read().unwrap_or_else(|p| p.into_inner()).get(&at) {
+        return found.clone();
+    }
+    let d = meta.descriptors();
+    let types = [
+        d.premium_rate(),
+        d.toll_free(),
+        d.shared_cost(),
+        d.voip(),
+        d.personal_number(),
+        d.pager(),
+        d.uan(),
+        d.voicemail(),
+        d.fixed_line(),
+        d.mobile(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(TypePattern::new)
+    .collect();
+    let compiled = std::sync::Arc::new(NumberTypes {
+        general: TypePattern::new(d.general()),
+        types,
+    });
+    COMPILED
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(at)
+        .or_insert(compiled)
         .clone()
 }
 
@@ -446,6 +556,29 @@ mod tests {
     /// read exactly as libphonenumber reads them. The table (`testdata/phones.tsv`) holds the
     /// Python `phonenumbers` library's answers: `format_number(parse(raw, region), E164)` when
     /// `is_valid_number`, else empty.
+    /// Where the crate's parser still reads a number otherwise than libphonenumber (found among
+    /// the 6,000 random numbers at the end of the table): a national number that begins with its
+    /// region's own calling code (`7710093561` in KZ, `395128003` in IT) loses those digits as a
+    /// calling code, so a valid number is rejected; Jersey numbers whose trunk `0` libphonenumber
+    /// keeps as a leading zero are read without it. The test fails when this list changes.
+    const KNOWN_DIFFERENCES: &[&str] = &[
+        "IT \"395128003\": \"\", libphonenumber \"+39395128003\"",
+        "KZ \"7613337674\": \"\", libphonenumber \"+77613337674\"",
+        "KZ \"7710093561\": \"\", libphonenumber \"+77710093561\"",
+        "KZ \"7710009906\": \"\", libphonenumber \"+77710009906\"",
+        "KZ \"7123456768\": \"\", libphonenumber \"+77123456768\"",
+        "KZ \"7710009690\": \"\", libphonenumber \"+77710009690\"",
+        "KZ \"7710080157\": \"\", libphonenumber \"+77710080157\"",
+        "KZ \"7123424869\": \"\", libphonenumber \"+77123424869\"",
+        "JE \"0800735443\": \"+44800735443\", libphonenumber \"\"",
+        "KZ \"7123403854\": \"\", libphonenumber \"+77123403854\"",
+        "JE \"+44-588-943\": \"+441534588943\", libphonenumber \"\"",
+        "KZ \"7123483589\": \"\", libphonenumber \"+77123483589\"",
+        "KZ \"7123987064\": \"\", libphonenumber \"+77123987064\"",
+        "KZ \"7710009998\": \"\", libphonenumber \"+77710009998\"",
+        "KZ \"7710096064\": \"\", libphonenumber \"+77710096064\"",
+    ];
+
     #[test]
     fn numbers_read_as_libphonenumber_reads_them() {
         let table = include_str!("testdata/phones.tsv");
@@ -465,12 +598,15 @@ mod tests {
                 ));
             }
         }
-        assert!(n > 4000);
-        assert!(
-            wrong.is_empty(),
-            "{} of {n} differ:\n{}",
+        assert!(n > 10_000);
+        let mut known = KNOWN_DIFFERENCES.to_vec();
+        known.sort_unstable();
+        wrong.sort();
+        assert_eq!(
+            wrong,
+            known,
+            "{} of {n} differ (expected only the known ones)",
             wrong.len(),
-            wrong.join("\n")
         );
     }
 
