@@ -306,3 +306,81 @@ async fn removed_documents_are_counted_across_a_kill_and_a_resume() {
     assert_eq!(w.count("items").await, 15000);
     w.drop().await;
 }
+
+/// Found by the eleventh tester (R5, R6): an entity whose mapping moves to another collection the
+/// application already fills. The re-run into the new collection removes nothing there (no step
+/// of the entity wrote it: its documents under the rejected rows' ids are the application's), and
+/// `rollback --all` / `--steps 2` puts each collection back from its own oldest step — the old one
+/// emptied, the new one restored from its backup — instead of one restore for the entity.
+#[tokio::test]
+async fn an_entity_moved_to_another_collection_is_rolled_back_in_both() {
+    use bson::doc;
+    for form in [["--all"].as_slice(), ["--steps", "2"].as_slice()] {
+        let w = World::new("stale_moved").await;
+        w.sql(
+            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+               INSERT INTO t SELECT g, g FROM generate_series(1, 20) g;",
+        )
+        .await;
+        let mapping = |collection: &str| {
+            format!(
+                "version = 1\nname = \"t\"\ncollection = \"{collection}\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\nvalidate = {{ min = 0 }}\n"
+            )
+        };
+        let pipeline = common::one_entity_pipeline(&w, "t", &mapping("t"));
+        let report = report_of(&w, &w.migrate_with(&pipeline, &[]));
+        assert_eq!(report["totals"]["written"], 20, "{report}");
+
+        let db = w.mongo().await;
+        let own: Vec<bson::Document> = (1..=20).map(|i| doc! { "_id": i, "app": "own" }).collect();
+        db.collection::<bson::Document>("t_v2")
+            .insert_many(own)
+            .await
+            .unwrap();
+        std::fs::write(w.dir.path().join("mappings/t.toml"), mapping("t_v2")).unwrap();
+        w.sql("UPDATE t SET v = -1 WHERE id IN (3, 4)").await;
+        let report = report_of(&w, &w.migrate_with(&pipeline, &["--rerun"]));
+        let t = entity(&report, "t");
+        assert_eq!(
+            (
+                t["written"].as_u64(),
+                t["rejected"].as_u64(),
+                t["stale_removed"].as_u64()
+            ),
+            (Some(18), Some(2), Some(0)),
+            "{t}"
+        );
+        let v2 = db.collection::<bson::Document>("t_v2");
+        for id in [3, 4] {
+            let d = v2.find_one(doc! { "_id": id }).await.unwrap();
+            assert_eq!(
+                d,
+                Some(doc! { "_id": id, "app": "own" }),
+                "the application's {id}"
+            );
+        }
+
+        let out = w
+            .cutover()
+            .arg("rollback")
+            .args(form)
+            .args(["--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        assert_eq!(
+            w.count("t").await,
+            0,
+            "{form:?}: t was empty before the first run"
+        );
+        assert_eq!(
+            v2.count_documents(doc! { "app": "own" }).await.unwrap(),
+            20,
+            "{form:?}: t_v2 back from its backup: {}",
+            common::output_text(&out)
+        );
+        assert_eq!(w.count("t_v2").await, 20, "{form:?}");
+        w.drop().await;
+    }
+}

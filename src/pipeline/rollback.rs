@@ -1,6 +1,7 @@
 //! Rollback: undo stages in reverse order, restoring each collection to what it held before the
 //! stage (emptied when the stage found it empty, else restored from the stage's backup). Undoing
-//! several steps of one entity restores once: the state before the oldest of them.
+//! several steps of one entity into one destination restores it once: the state before the
+//! oldest of them.
 //!
 //! Every step to undo is marked `rolling-back` before the first destination is touched, and
 //! `rolled-back` once its destination is restored: a rollback cut short (kill -9) leaves its
@@ -123,10 +124,12 @@ pub async fn plan(
     });
     let mut seen = BTreeSet::new();
     chosen.retain(|s| seen.insert(s.id.clone()));
-    // Newest first: the last step of an entity in `chosen` is the oldest, the one that restores.
+    // Newest first: the last step of an entity into a destination in `chosen` is the oldest, the
+    // one that restores it. Steps of one entity into different destinations (its mapping's
+    // `collection` changed between runs) each put their own destination back.
     let mut oldest = std::collections::BTreeMap::new();
     for s in &chosen {
-        oldest.insert(s.entity.clone(), s.id.clone());
+        oldest.insert(restores(s), s.id.clone());
     }
     // Only a complete backup restores (an incomplete one's copy was cut short).
     let backups: BTreeSet<String> = ledger
@@ -143,10 +146,10 @@ pub async fn plan(
         } else {
             ""
         };
-        if oldest.get(&s.entity) != Some(&s.id) {
+        if oldest.get(&restores(&s)) != Some(&s.id) {
             let action = format!(
-                "nothing to restore: an older step of {} is rolled back too",
-                s.entity
+                "nothing to restore: an older step of {} into {} is rolled back too",
+                s.entity, s.destination
             );
             out.push(Undo {
                 step: s,
@@ -183,6 +186,11 @@ pub async fn plan(
     Ok(out)
 }
 
+/// What one restore puts back: an entity's destination.
+fn restores(step: &StepRecord) -> (String, String) {
+    (step.entity.clone(), step.destination.to_string())
+}
+
 /// Carries out `undos` in order: marks every step `rolling-back` first, then restores each
 /// entity's collection and marks its steps rolled back, all at once.
 pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
@@ -199,7 +207,10 @@ pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
             u.step.backup.as_deref(),
         )
         .await?;
-        for done in undos.iter().filter(|d| d.step.entity == u.step.entity) {
+        for done in undos
+            .iter()
+            .filter(|d| restores(&d.step) == restores(&u.step))
+        {
             ledger.mark_rolled_back(&done.step.id).await?;
         }
     }

@@ -621,7 +621,6 @@ async fn migrate_locked(
     let mut run_error: Option<RunError> = None;
     let mut estimate_ms: u64 = 0;
 
-    let current_steps = ledger::current_steps(&history);
     for (p, (_, resume, since, origin)) in plans.iter().zip(&to_run) {
         let mut stage = StageRun {
             run_started,
@@ -649,9 +648,7 @@ async fn migrate_locked(
             mode: None,
             ledger: (!opts.dry_run).then(|| ledger.clone()),
             fence: fence.cloned(),
-            prior: current_steps.get(&p.entity).is_some_and(|s| {
-                s.status != ledger::ROLLED_BACK && s.status != ledger::ROLLING_BACK
-            }),
+            prior: wrote_before(&history, &p.entity, &target.destination(&p.collection)),
         };
         // --max-rejects counts the entity's rejects, those of the part it resumes included: a
         // limit re-run after re-run would otherwise let any number through.
@@ -1221,6 +1218,21 @@ struct StageRun {
     /// short): documents of rows rejected now are its own older ones, removed. Documents the
     /// collection held before cutover are never removed.
     prior: bool,
+}
+
+/// Whether a step of `entity` still in effect (not rolled back, finished or cut short) wrote
+/// `destination`: then documents there under the entity's ids may be cutover's own older ones.
+/// A step that wrote another collection (the mapping's `collection` changed since) says nothing
+/// about this one, whose documents may all be the application's.
+fn wrote_before(history: &[StepRecord], entity: &str, destination: &Destination) -> bool {
+    let undone = ledger::undone(history);
+    history.iter().any(|s| {
+        s.entity == entity
+            && s.destination == *destination
+            && !undone.contains(&s.id)
+            && s.status != ledger::ROLLED_BACK
+            && s.status != ledger::ROLLING_BACK
+    })
 }
 
 /// A batch of documents on its way to the target.
