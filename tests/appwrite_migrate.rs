@@ -2342,6 +2342,86 @@ async fn an_appwrite_user_whose_row_is_rejected_now_is_removed_on_rerun() {
     w.drop().await;
 }
 
+/// Found by the eleventh tester (R8): Appwrite users belong to the project, the ledger to one
+/// database. A rehearsal into one database, then the production cutover into another: rolling the
+/// rehearsal back ("users was empty before it") would delete every user of the project —
+/// production's too. It is refused, naming the other database; nothing is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsals_users_are_not_rolled_back_while_another_database_holds_them() {
+    let w = World::new("aw_users_shared").await;
+    w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+           INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
+           FROM generate_series(1, 10) g;")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/accounts.toml"),
+        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    let run = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let rehearsal = run(&[]);
+    let out = cutover(
+        &w,
+        &aw,
+        &rehearsal.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let production = run(&["--database", "prod"]);
+    let out = cutover(
+        &w,
+        &aw,
+        &production.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(aw.s.users().len(), 10);
+
+    for dry in [true, false] {
+        let mut args = vec!["rollback", "--target", "appwrite", "--pipeline", &pipeline];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = cutover(&w, &aw, &args).await;
+        assert!(!out.status.success(), "dry run {dry}: {}", text(&out));
+        let said = text(&out);
+        assert!(
+            said.contains("accounts in database prod") && said.contains("every user"),
+            "{said}"
+        );
+        assert_eq!(aw.s.users().len(), 10, "nothing deleted ({said})");
+    }
+    w.drop().await;
+}
+
 /// A pipeline file that names its target (`target = "appwrite"`): `report` and `history` without
 /// `--target` follow it, as `migrate` and `status` do — not the MongoDB rehearsal beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

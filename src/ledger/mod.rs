@@ -671,6 +671,46 @@ impl Ledger {
         Ok(docs.iter().map(|d| StepRecord::from_doc(d, kind)).collect())
     }
 
+    /// Appwrite users belong to the whole project, not to this ledger's database: the other
+    /// databases of the project whose ledgers hold a users step still in effect (applied, or cut
+    /// short), with the entity. Read only: a database without a ledger is passed over. Empty on
+    /// MongoDB.
+    pub async fn users_in_effect_elsewhere(&self) -> Result<Vec<(String, String)>, LedgerError> {
+        let Store::Appwrite { client, db, .. } = &self.store else {
+            return Ok(Vec::new());
+        };
+        let mut others = Vec::new();
+        let mut pages = crate::sink::appwrite::tables::Pages::databases(client);
+        while let Some(page) = pages
+            .next()
+            .await
+            .map_err(lerr("list the project's databases"))?
+        {
+            others.extend(
+                page.iter()
+                    .filter_map(|d| d["$id"].as_str())
+                    .filter(|id| id != db)
+                    .map(str::to_string),
+            );
+        }
+        let mut found = Vec::new();
+        for other in others {
+            // Reading creates nothing: a database without the steps table has no steps.
+            let steps = Ledger::new(Store::appwrite(client.clone(), &other), &self.prefix)
+                .all_steps()
+                .await?;
+            for s in current_steps(&steps).into_values() {
+                if s.destination == Destination::Users
+                    && s.status != ROLLED_BACK
+                    && s.status != ROLLING_BACK
+                {
+                    found.push((other.clone(), s.entity));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The step each entity's data is in (see [`current_steps`]).
     pub async fn current_steps(&self) -> Result<BTreeMap<String, StepRecord>, LedgerError> {
         Ok(current_steps(&self.all_steps().await?))

@@ -158,6 +158,9 @@ pub async fn plan(
             });
             continue;
         }
+        if s.was_empty && s.destination == Destination::Users {
+            refuse_shared_users(ledger, &s.entity).await?;
+        }
         let action = if s.was_empty {
             format!(
                 "empty {} (it was empty before run {}){again}",
@@ -184,6 +187,29 @@ pub async fn plan(
         });
     }
     Ok(out)
+}
+
+/// Emptying Appwrite's users empties the whole project's: refused while another database's
+/// ledger records users of its own cutover (a rehearsal rolled back must not take production's
+/// accounts with it).
+async fn refuse_shared_users(ledger: &Ledger, entity: &str) -> Result<(), RunError> {
+    let elsewhere = ledger.users_in_effect_elsewhere().await?;
+    if elsewhere.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = elsewhere
+        .iter()
+        .map(|(db, e)| format!("{e} in database {db}"))
+        .collect();
+    Err(RunError::Refused(format!(
+        "{entity} cannot be rolled back: undoing it deletes every user of the Appwrite project, and users are shared by its databases — the ledger of {} records users migrated there ({}); roll that back first, or delete these users yourself",
+        if elsewhere.len() == 1 {
+            "another database"
+        } else {
+            "other databases"
+        },
+        named.join(", ")
+    )))
 }
 
 /// What one restore puts back: an entity's destination.
@@ -228,6 +254,16 @@ pub async fn restore_failed_step(
     was_empty: bool,
     backup: Option<&str>,
 ) -> Result<(), RunError> {
+    if was_empty && *destination == Destination::Users {
+        let entity = ledger
+            .all_steps()
+            .await?
+            .into_iter()
+            .find(|s| s.id == step_id)
+            .map(|s| s.entity)
+            .unwrap_or_else(|| "the users step".into());
+        refuse_shared_users(ledger, &entity).await?;
+    }
     if !was_empty {
         let found = match backup {
             Some(name) => ledger.find_backup(name).await?.filter(|b| b.complete),

@@ -45,6 +45,11 @@ impl<'c> Pages<'c> {
         Pages::new(client, "/users".into(), "users")
     }
 
+    /// The project's databases (`/tablesdb`, under `databases`).
+    pub fn databases(client: &'c AppwriteClient) -> Pages<'c> {
+        Pages::new(client, "/tablesdb".into(), "databases")
+    }
+
     fn new(client: &'c AppwriteClient, path: String, key: &'static str) -> Pages<'c> {
         Pages {
             client,
