@@ -79,6 +79,11 @@ pub struct EntityReport {
     /// Documents an earlier run wrote for rows this run rejected (their older version), removed.
     #[serde(default)]
     pub stale_removed: u64,
+    /// The same for Appwrite users, which are blocked (status off), not deleted: users cannot be
+    /// backed up, and a deleted account (its password hash, what the application changed on it
+    /// since) could not be put back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stale_blocked: u64,
     /// Per embed, the child rows whose parent row is not in the source: in no document, each a
     /// line of the rejects file (stage `embed`, rule `orphan_child`). Not source rows of the
     /// entity: not part of `read` nor of `rejected`.
@@ -152,6 +157,7 @@ impl EntityReport {
             backup_ms: 0,
             completed_by: None,
             stale_removed: 0,
+            stale_blocked: 0,
             orphan_children: Vec::new(),
         }
     }
@@ -387,10 +393,21 @@ impl RunReport {
                 );
             }
             if e.stale_removed > 0 {
+                let kept = match &e.backup {
+                    Some(b) => format!("the step's backup {b} keeps them"),
+                    None => "no backup was taken: they are gone".to_string(),
+                };
                 let _ = writeln!(
                     s,
-                    "{}: removed {} documents an earlier run wrote for rows rejected now (their older version; the step's backup keeps them)",
+                    "{}: removed {} documents an earlier run wrote for rows rejected now (their older version; {kept})",
                     e.name, e.stale_removed
+                );
+            }
+            if e.stale_blocked > 0 {
+                let _ = writeln!(
+                    s,
+                    "{}: blocked {} users an earlier run created for rows rejected now (status off: they cannot sign in; kept, since users cannot be backed up — delete them yourself if they must go)",
+                    e.name, e.stale_blocked
                 );
             }
             if let Some(by) = &e.completed_by {
@@ -475,6 +492,10 @@ pub fn format_ms(ms: u64) -> String {
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

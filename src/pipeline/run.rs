@@ -648,7 +648,8 @@ async fn migrate_locked(
             mode: None,
             ledger: (!opts.dry_run).then(|| ledger.clone()),
             fence: fence.cloned(),
-            prior: wrote_before(&history, &p.entity, &target.destination(&p.collection)),
+            // Known once the step is prepared (Appwrite learns the layout, users or tables).
+            prior: false,
         };
         // --max-rejects counts the entity's rejects, those of the part it resumes included: a
         // limit re-run after re-run would otherwise let any number through.
@@ -738,6 +739,7 @@ async fn migrate_locked(
             )
             .await
             .map(|(dest, empty, b, taken)| {
+                stage.prior = wrote_before(&history, &p.entity, &dest);
                 destination = dest;
                 was_empty = empty;
                 backup = b;
@@ -1415,8 +1417,13 @@ async fn run_entity(
         r.write_mode = mode.to_string();
         r.total = total;
         // With those the part it resumes removed (this step's count starts at its checkpoint).
-        r.stale_removed = c.removed.load(Ordering::Relaxed)
+        let stale = c.removed.load(Ordering::Relaxed)
             + stage.resume.as_ref().map_or(0, |r| r.covered.removed);
+        if target.destination(&plan.collection) == Destination::Users {
+            r.stale_blocked = stale;
+        } else {
+            r.stale_removed = stale;
+        }
         r
     };
 

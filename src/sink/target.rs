@@ -939,16 +939,44 @@ impl Target {
         }
     }
 
-    /// Removes the documents `ids` of `collection` (with their child-table rows), or Appwrite
-    /// users; returns how many were there.
+    /// Removes the documents `ids` of `collection` (with their child-table rows); Appwrite users
+    /// are blocked instead. Returns how many were there.
     pub async fn remove_documents(&self, collection: &str, ids: &[Bson]) -> Result<u64, SinkError> {
         if ids.is_empty() {
             return Ok(0);
         }
         match self {
             Target::Mongo(m) => Ok(m.delete_ids(collection, ids.to_vec()).await?),
-            // Users too: one whose row is rejected now (e.g. disabled in the source) must not
-            // stay able to sign in as before.
+            // A user whose row is rejected now (e.g. disabled in the source) must not stay able
+            // to sign in as before; blocked, not deleted: an account cannot be put back.
+            Target::Appwrite(a) if a.is_users(collection) => {
+                let mut n = 0;
+                for id in ids {
+                    let id = super::appwrite::rows::row_id(id);
+                    // Counted once: a retried batch finds the user blocked already.
+                    let user = match a
+                        .client
+                        .call(reqwest::Method::GET, &format!("/users/{id}"), None)
+                        .await
+                    {
+                        Ok(user) => user,
+                        Err(e) if e.is_missing() => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if user["status"] == false {
+                        continue;
+                    }
+                    a.client
+                        .call(
+                            reqwest::Method::PATCH,
+                            &format!("/users/{id}/status"),
+                            Some(&serde_json::json!({ "status": false })),
+                        )
+                        .await?;
+                    n += 1;
+                }
+                Ok(n)
+            }
             Target::Appwrite(a) => {
                 let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
                 Ok(a.delete_records(collection, &rows).await?)
