@@ -384,3 +384,55 @@ async fn an_entity_moved_to_another_collection_is_rolled_back_in_both() {
         w.drop().await;
     }
 }
+
+/// Found by the eleventh tester (R7): a `--since-last --sync-deletes` run killed mid-way and
+/// resumed by a plain `cutover migrate` kept the delta (the step records `since`) but dropped the
+/// deletions. The step records `--sync-deletes` too: the resume deletes the documents whose rows
+/// are gone, and the target ends equal to the source. Shapes: the delta (`--since-last`) and
+/// `--rerun`.
+#[tokio::test]
+async fn a_resumed_step_deletes_what_its_killed_run_was_to_delete() {
+    for (flag, test) in [
+        ("--since-last", "sync_resume_delta"),
+        ("--rerun", "sync_resume_rerun"),
+    ] {
+        let w = World::new(test).await;
+        w.sql(
+            "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL,
+                             at timestamptz NOT NULL DEFAULT '2024-01-01');
+             INSERT INTO t (id, v) SELECT g, g FROM generate_series(1, 20000) g;",
+        )
+        .await;
+        let pipeline = common::one_entity_pipeline(
+            &w,
+            "t",
+            "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\nupdated_at = \"at\"\n\
+             [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+        );
+        let out = w.migrate_with(&pipeline, &[]);
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        w.sql("DELETE FROM t WHERE id % 10 = 0; UPDATE t SET v = -v, at = now() WHERE id % 3 = 0;")
+            .await;
+        let mut child = common::process::spawn_migrate(
+            &w,
+            &pipeline,
+            &[
+                flag,
+                "--sync-deletes",
+                "--batch-size",
+                "50",
+                "--concurrency",
+                "1",
+            ],
+        );
+        common::process::kill_after(&w, &mut child, "t", 500).await;
+        let out = w.migrate_with(&pipeline, &[]);
+        let report = report_of(&w, &out);
+        let t = entity(&report, "t");
+        assert!(t["resumed_from"].is_string(), "{flag}: {t}");
+        assert_eq!(t["deleted"], 2000, "{flag}: {t}");
+        assert_eq!(w.count("t").await, 18_000, "{flag}");
+        assert_eq!(w.pg_count("t").await, 18_000);
+        w.drop().await;
+    }
+}

@@ -194,6 +194,8 @@ pub struct StepRecord {
     pub snapshot_at: Option<String>,
     /// A delta step: rows changed since this instant.
     pub since: Option<String>,
+    /// The step deletes documents whose source rows are gone when it ends.
+    pub sync_deletes: bool,
     /// Where the step's rejects and warnings files are (absolute): a resume started from
     /// another directory finds the lines its checkpoint covers there.
     pub rejects_dir: Option<String>,
@@ -293,6 +295,7 @@ impl StepRecord {
             resumed_from: d.get_str("resumed_from").ok().map(str::to_string),
             snapshot_at: d.get_str("snapshot_at").ok().map(str::to_string),
             since: d.get_str("since").ok().map(str::to_string),
+            sync_deletes: d.get_bool("sync_deletes").unwrap_or(false),
             rejects_dir: d.get_str("rejects_dir").ok().map(str::to_string),
             reported_by: d.get_str("reported_by").ok().map(str::to_string),
             host: text(d, "host"),
@@ -374,6 +377,9 @@ pub struct StepStart<'a> {
     pub snapshot_at: &'a str,
     /// Rows changed since this time only (a delta run).
     pub since: Option<&'a str>,
+    /// The step ends by deleting the documents whose source rows are gone (`--sync-deletes`):
+    /// a resume of it does too.
+    pub sync_deletes: bool,
     /// The directory of this run's rejects files.
     pub rejects_dir: Option<&'a str>,
 }
@@ -503,6 +509,9 @@ impl Ledger {
         step.insert("snapshot_at", s.snapshot_at);
         if let Some(since) = s.since {
             step.insert("since", since);
+        }
+        if s.sync_deletes {
+            step.insert("sync_deletes", true);
         }
         if let Some(dir) = s.rejects_dir {
             step.insert("rejects_dir", dir);

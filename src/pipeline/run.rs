@@ -622,7 +622,11 @@ async fn migrate_locked(
     let mut estimate_ms: u64 = 0;
 
     for (p, (_, resume, since, origin)) in plans.iter().zip(&to_run) {
+        // A resumed step deletes what its interrupted run was to delete, whatever this command's
+        // flags (as it keeps that run's `since`).
+        let sync_deletes = opts.sync_deletes || resume.as_ref().is_some_and(|r| r.sync_deletes);
         let mut stage = StageRun {
+            sync_deletes,
             run_started,
             since: since.clone(),
             run_id: run_id.to_string(),
@@ -792,13 +796,13 @@ async fn migrate_locked(
         }
         let mut err = err;
         if err.is_none()
-            && opts.sync_deletes
+            && stage.sync_deletes
             && let Some(f) = fence
             && let Err(lost) = f.check().await
         {
             err = Some(RunError::LockLost(lost));
         }
-        if err.is_none() && opts.sync_deletes {
+        if err.is_none() && stage.sync_deletes {
             match super::sync_deletes::sync_deletes(p, &mut session, target, opts.dry_run).await {
                 Ok(n) => report.deleted = n,
                 Err(e) => err = Some(e),
@@ -1146,6 +1150,7 @@ async fn prepare_step(
             checkpoint,
             snapshot_at: earliest,
             since: stage.since.as_deref(),
+            sync_deletes: stage.sync_deletes,
             rejects_dir: Some(&run_rejects_dir(opts, run_id)),
         })
         .await?;
@@ -1208,6 +1213,9 @@ struct StageRun {
     run_started: Instant,
     /// Delta run: only rows whose change-tracking column is at or after this instant.
     since: Option<String>,
+    /// Delete the documents whose source rows are gone at the end (`--sync-deletes`, or the
+    /// interrupted step this one resumes had it).
+    sync_deletes: bool,
     run_id: String,
     resume: Option<Resume>,
     /// `None` in a dry run.

@@ -226,6 +226,7 @@ mod tests {
             resumed_from: None,
             snapshot_at: None,
             since: None,
+            sync_deletes: false,
             rejects_dir: None,
             reported_by: None,
             host: String::new(),
