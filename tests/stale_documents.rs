@@ -436,3 +436,46 @@ async fn a_resumed_step_deletes_what_its_killed_run_was_to_delete() {
         w.drop().await;
     }
 }
+
+/// Found by the eleventh tester (R3): the application tightened its collection's validator after
+/// a re-run; the backup holds documents the validator refuses now. A rollback puts back what was
+/// there, validator or not (it failed for ever, the step stuck `rolling-back`).
+#[tokio::test]
+async fn a_rollback_restores_documents_a_newer_validator_refuses() {
+    use bson::doc;
+    let w = World::new("stale_validator").await;
+    w.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+           INSERT INTO t SELECT g, g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.sql("UPDATE t SET v = v + 1000 WHERE id <= 10").await;
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let db = w.mongo().await;
+    db.run_command(doc! { "collMod": "t", "validator": { "v": { "$gte": 1000 } } })
+        .await
+        .unwrap();
+    let out = w
+        .cutover()
+        .args(["rollback", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let docs = w.docs("t").await;
+    assert_eq!(docs.len(), 100);
+    assert!(
+        docs.iter().all(|d| d.get_i32("v").unwrap() <= 100),
+        "the first run's values are back"
+    );
+    w.drop().await;
+}

@@ -307,8 +307,11 @@ impl Store {
         match self {
             Store::Mongo(db) => {
                 let (from, to) = (Self::collection(from)?, Self::collection(to)?);
+                // A restore puts back what was there: a validator the application added or
+                // tightened since does not get a say (it would refuse the whole copy, for ever).
                 Self::coll(db, from)
                     .aggregate(vec![doc! { "$match": {} }, doc! { "$out": to }])
+                    .bypass_document_validation(true)
                     .await?
                     .try_collect::<Vec<_>>()
                     .await?;
