@@ -849,3 +849,36 @@ async fn a_destination_that_cannot_hold_the_documents_is_found_and_refused() {
     assert_eq!(report["entities"][0]["rejected"], 4, "{report}");
     w.drop().await;
 }
+
+/// Found by the eleventh tester (R4): a project writing MongoDB (`[target] default`) that also
+/// configures Appwrite. `check` without `--target` checks the target `migrate` writes — it counted
+/// Appwrite's rejects (NaN, which an Appwrite column cannot hold) and exited 2 while `migrate`
+/// rejected nothing. `check --target appwrite` still finds them.
+#[tokio::test]
+async fn check_checks_the_target_migrate_would_write() {
+    let w = World::new("check_default_target").await;
+    w.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v float8 NOT NULL);
+           INSERT INTO t SELECT g, CASE WHEN g % 10 = 0 THEN 'NaN'::float8 ELSE g END
+           FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    std::fs::write(
+        w.dir.path().join("cutover.toml"),
+        "[target]\ndefault = \"mongodb\"\n[target.appwrite]\nendpoint = \"http://127.0.0.1:9/v1\"\nproject = \"p\"\ndatabase = \"d\"\n",
+    )
+    .unwrap();
+    let (code, text) = run(&w, "check", &pipeline);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("appwrite_unrepresentable"), "{text}");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    assert_eq!(w.count("t").await, 100);
+    w.drop().await;
+}

@@ -13,21 +13,15 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     }
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
     let source = cfg.require_source()?.to_string();
-    // The named target (flag, else pipeline); else every configured one.
-    let kinds: Vec<Option<crate::config::TargetKind>> =
-        match args.target.target.or(pipeline.spec.target) {
-            Some(k) => vec![Some(k)],
-            None => {
-                let mut all = Vec::new();
-                if cfg.mongodb.is_some() {
-                    all.push(Some(crate::config::TargetKind::Mongodb));
-                }
-                if cfg.appwrite.is_some() {
-                    all.push(Some(crate::config::TargetKind::Appwrite));
-                }
-                all
-            }
-        };
+    // The target `migrate` would write: the flag, else the pipeline's, else `[target] default`
+    // (found by the eleventh tester, R4: checking every configured target counted another
+    // target's rejects into a run that would not reject them).
+    let kinds = vec![
+        args.target
+            .target
+            .or(pipeline.spec.target)
+            .or(Some(cfg.default_target)),
+    ];
     let mut blocking_targets = Vec::new();
     let mut targets = Vec::new();
     let mut rates = std::collections::BTreeMap::new();
