@@ -479,3 +479,107 @@ async fn a_rollback_restores_documents_a_newer_validator_refuses() {
     );
     w.drop().await;
 }
+
+/// Found by the eleventh tester (R10): a step completed by a run killed later (during the next
+/// stage) is reported by the run that finishes, from the ledger — its removed older documents
+/// too (they were reported as 0).
+#[tokio::test]
+async fn an_adopted_step_reports_the_documents_it_removed() {
+    let w = World::new("stale_adopted").await;
+    w.sql(
+        "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+           INSERT INTO a SELECT g, g FROM generate_series(1, 1000) g;
+           CREATE TABLE b (id int PRIMARY KEY, v int NOT NULL);
+           INSERT INTO b SELECT g, g FROM generate_series(1, 20000) g;",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    for t in ["a", "b"] {
+        std::fs::write(
+            dir.join(format!("mappings/{t}.toml")),
+            format!(
+                "version = 1\nname = \"{t}\"\n[source]\ntable = \"{t}\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"v\"\ncolumn = \"v\"\nvalidate = {{ min = 0 }}\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"one\"\nentities = [\"a\"]\n[[stage]]\nname = \"two\"\nentities = [\"b\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.sql("UPDATE a SET v = -1 WHERE id % 10 = 0").await;
+    let mut child = common::process::spawn_migrate(
+        &w,
+        &pipeline,
+        &["--rerun", "--batch-size", "50", "--concurrency", "1"],
+    );
+    common::process::kill_after(&w, &mut child, "b", 1_000).await;
+    let report = report_of(&w, &w.migrate_with(&pipeline, &[]));
+    let a = entity(&report, "a");
+    assert!(a["completed_by"].is_string(), "{a}");
+    assert_eq!(
+        (a["rejected"].as_u64(), a["stale_removed"].as_u64()),
+        (Some(100), Some(100)),
+        "{a}"
+    );
+    assert_eq!(w.count("a").await, 900);
+    w.drop().await;
+}
+
+/// The other window of R10: a run killed after its report file and its last step, before the
+/// ledger recorded its end (made here by putting the run back to `running`, as the kill leaves
+/// it). The next run reports the step from the ledger — with the documents it removed — and is
+/// in `history` (it wrote the report the sign-off shows, though it had nothing else to run).
+#[tokio::test]
+async fn a_run_reporting_only_an_adopted_step_reports_its_removals_and_is_in_history() {
+    use bson::doc;
+    let w = World::new("stale_adopted_only").await;
+    w.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+           INSERT INTO t SELECT g, g FROM generate_series(1, 1000) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\nvalidate = { min = 0 }\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.sql("UPDATE t SET v = -1 WHERE id % 10 = 0").await;
+    let rerun = report_of(&w, &w.migrate_with(&pipeline, &["--rerun"]));
+    assert_eq!(entity(&rerun, "t")["stale_removed"], 100, "{rerun}");
+    let killed = rerun["run_id"].as_str().unwrap().to_string();
+    w.mongo()
+        .await
+        .collection::<bson::Document>("cutover_runs")
+        .update_one(
+            doc! { "_id": &killed },
+            doc! { "$set": { "status": "running" }, "$unset": { "finished_at": "" } },
+        )
+        .await
+        .unwrap();
+
+    let report = report_of(&w, &w.migrate_with(&pipeline, &[]));
+    let t = entity(&report, "t");
+    assert_eq!(t["completed_by"], killed.as_str(), "{t}");
+    assert_eq!(t["stale_removed"], 100, "{t}");
+    let finishing = report["run_id"].as_str().unwrap();
+    let out = w.cutover().args(["history", "--json"]).output().unwrap();
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&finishing), "{finishing} not in {listed:?}");
+    w.drop().await;
+}

@@ -550,6 +550,9 @@ impl Ledger {
             "warnings": e.warnings as i64,
             "skipped": e.skipped as i64,
             "retried": e.retried as i64,
+            // The whole step is covered now: the older documents it removed (or users it
+            // blocked) in all, for a run that reports the step from the ledger.
+            "checkpoint_removed": (e.stale_removed + e.stale_blocked) as i64,
         };
         if let Some(err) = &e.error {
             set.insert("error", crate::redact::redact_text(err));
