@@ -961,3 +961,72 @@ async fn a_mapping_into_the_ledgers_collections_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// Found by the eleventh tester (R9): `backup restore` of the backup a second re-run's first
+/// re-run took puts the first run's data back; the ledger now says so — the two re-runs' steps
+/// rolled back, the first run's applied — so `migrate` does not call the entity up to date at
+/// the newest run's data, and `rollback` would not move the data forward.
+#[tokio::test]
+async fn a_restored_backup_is_recorded_as_the_rollback_it_is() {
+    let w = World::new("ledger_backup_restore").await;
+    w.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+           INSERT INTO t SELECT g, g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let run = |args: &[&str]| {
+        let out = w.migrate_with(&pipeline, args);
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        w.latest_report()
+    };
+    let first = run(&[]);
+    w.sql("UPDATE t SET v = v + 1000").await;
+    let second = run(&["--rerun"]);
+    w.sql("UPDATE t SET v = v + 1000").await;
+    let third = run(&["--rerun"]);
+    let backup = second["entities"][0]["backup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = w
+        .cutover()
+        .args(["backup", "restore", &backup])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let said = common::output_text(&out);
+    for r in [&second, &third] {
+        assert!(said.contains(r["run_id"].as_str().unwrap()), "{said}");
+    }
+    let one = w
+        .mongo()
+        .await
+        .collection::<Document>("t")
+        .find_one(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.get_i32("v"), Ok(1), "the first run's data");
+    let out = w
+        .cutover()
+        .args(["status", "--json", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        status.contains(first["run_id"].as_str().unwrap())
+            && !status.contains(third["run_id"].as_str().unwrap()),
+        "{status}"
+    );
+    // A plain re-run brings the data forward again.
+    let again = run(&["--rerun"]);
+    assert_eq!(again["entities"][0]["written"], 50);
+    w.drop().await;
+}

@@ -56,10 +56,17 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
             let lock = ledger
                 .acquire_lock(&run_id, "backup restore", ledger::lock::DEFAULT_TTL)
                 .await?;
-            let r = ledger.restore_backup(&b).await;
+            let r = restore_and_record(&ledger, &b).await;
             lock.release().await?;
-            r?;
+            let undone = r?;
             crate::outln!("restored {} from {}", b.destination, b.name);
+            if !undone.is_empty() {
+                crate::outln!(
+                    "the steps that wrote {} since are recorded rolled back (as `cutover rollback` would): {}",
+                    b.destination,
+                    undone.join(", ")
+                );
+            }
             Ok(Outcome::Success)
         }
         BackupCommand::Drop { name, target } => {
@@ -121,4 +128,47 @@ async fn live_run(ledger: &ledger::Ledger) -> Result<Option<String>> {
         .await?
         .filter(|h| !h.expired)
         .map(|h| h.run_id))
+}
+
+/// Restores `b` and records what that undid: the step that took the backup (before writing) and
+/// every later step of its entity into the same destination are rolled back, so that `status`,
+/// `migrate` and `rollback` see the data as the restore left it (found by the eleventh tester,
+/// R9: status kept saying the newest run's data was there, and a rollback would have moved the
+/// data forward). Returns the steps marked, as `entity (run …)`.
+async fn restore_and_record(
+    ledger: &crate::ledger::Ledger,
+    b: &crate::ledger::BackupRecord,
+) -> Result<Vec<String>> {
+    let steps = ledger.all_steps().await?;
+    let undone = crate::ledger::undone(&steps);
+    let from = steps
+        .iter()
+        .find(|s| s.run_id == b.run_id && s.entity == b.entity)
+        .map(|s| s.started_at.clone());
+    let later: Vec<&crate::ledger::StepRecord> = match &from {
+        Some(from) => steps
+            .iter()
+            .filter(|s| {
+                s.entity == b.entity
+                    && s.destination == b.destination
+                    && s.started_at >= *from
+                    && !undone.contains(&s.id)
+                    && s.status != crate::ledger::ROLLED_BACK
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    for s in &later {
+        if s.status != crate::ledger::ROLLING_BACK {
+            ledger.mark_rolling_back(&s.id).await?;
+        }
+    }
+    ledger.restore_backup(b).await?;
+    for s in &later {
+        ledger.mark_rolled_back(&s.id).await?;
+    }
+    Ok(later
+        .iter()
+        .map(|s| format!("{} (run {})", s.entity, s.run_id))
+        .collect())
 }
