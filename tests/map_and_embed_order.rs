@@ -314,3 +314,59 @@ async fn children_with_columns_of_any_type_order_and_verify() {
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// A row rule (`any_of`) naming an embedded array and a field: a row with neither (no child row,
+/// NULL field) is rejected; an empty array counts as no value, one child or the field as one.
+/// The embedded array is written with its elements in `order_by` order whatever the rule says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_rule_sees_an_embedded_array_as_a_value_when_it_has_elements() {
+    let w = World::new("rule_any_of_embed").await;
+    w.sql(
+        "CREATE TABLE p (id int PRIMARY KEY, email text);
+         INSERT INTO p VALUES (1, NULL), (2, NULL), (3, 'x@example.org'), (4, NULL);
+         CREATE TABLE k (id int PRIMARY KEY, p_id int NOT NULL, n int NOT NULL);
+         INSERT INTO k VALUES (10, 2, 2), (11, 2, 1), (12, 4, 1);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "p",
+        r#"
+version = 1
+name = "p"
+[source]
+table = "p"
+key = ["id"]
+[[field]]
+path = "email"
+column = "email"
+[[embed]]
+path = "kids"
+table = "k"
+foreign_key = "p_id"
+order_by = ["n"]
+[[embed.field]]
+path = "n"
+column = "n"
+[[rule]]
+name = "reachable"
+any_of = ["email", "kids"]
+"#,
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    assert_eq!(report["totals"]["rejected"], 1, "{report}");
+    let docs = w.docs("p").await;
+    let ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert_eq!(ids, [2, 3, 4]);
+    assert_eq!(
+        docs[0].get_array("kids").unwrap(),
+        &vec![
+            Bson::Document(doc! { "n": 1 }),
+            Bson::Document(doc! { "n": 2 })
+        ]
+    );
+    assert_eq!(docs[1].get_array("kids").unwrap(), &Vec::<Bson>::new());
+    w.drop().await;
+}

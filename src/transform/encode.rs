@@ -107,6 +107,16 @@ pub fn element(buf: &mut Vec<u8>, k: &str, v: &Bson) -> Result<(), EncodeError> 
     Ok(())
 }
 
+/// Writes the key of element `k` with type `tag` (its value follows, written by the caller).
+pub fn element_key(buf: &mut Vec<u8>, tag: u8, k: &str) -> Result<(), EncodeError> {
+    key(buf, tag, k)
+}
+
+/// The key of array element `i` (`"0"`, `"1"`, …) in `s`.
+pub fn array_key(s: &mut String, i: usize) -> &str {
+    index_key(s, i)
+}
+
 fn itoa_buf() -> String {
     String::with_capacity(8)
 }

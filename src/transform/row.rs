@@ -41,15 +41,21 @@ impl Mapped {
 
 /// Writes the slot values as elements of the document being built in `buf`, following
 /// `nodes`; nested documents with no value are left out (as a NULL-omitted field is).
+/// `arrays`: embedded arrays already encoded (an array document's bytes) by slot; they take the
+/// place of the slot's value.
 fn write_layout(
     nodes: &[(String, LayoutNode)],
     slots: &mut [Option<Bson>],
+    arrays: &mut [Option<EmbedArray>],
     buf: &mut Vec<u8>,
 ) -> Result<(), String> {
     for (key, node) in nodes {
         match node {
             LayoutNode::Slot(i) => {
-                if let Some(v) = slots[*i].take() {
+                if let Some(a) = arrays.get_mut(*i).and_then(Option::take) {
+                    encode::element_key(buf, 0x04, key)?;
+                    buf.extend_from_slice(&a.bytes);
+                } else if let Some(v) = slots[*i].take() {
                     encode::element(buf, key, &v)?;
                 }
             }
@@ -58,7 +64,7 @@ fn write_layout(
                 encode::element(buf, key, &Bson::Null)?; // placeholder tag + key
                 buf[header] = 0x03;
                 let at = encode::begin(buf);
-                write_layout(children, slots, buf)?;
+                write_layout(children, slots, arrays, buf)?;
                 if buf.len() == at + 4 {
                     buf.truncate(header);
                 } else {
@@ -273,36 +279,50 @@ fn fill(
     }
 }
 
+/// An embedded array, encoded: the bytes of its array document and how many elements it has.
+#[derive(Debug)]
+struct EmbedArray {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+/// Encodes the array of `e` from the child rows straight into BSON (each element document is
+/// written once, into the array's bytes, which the parent's writer copies).
 fn embed(
     e: &EmbedPlan,
     children: &[Vec<Value>],
     ctx: &MapContext,
     issues: &mut Vec<Issue>,
-) -> Result<Bson, String> {
-    let mut items = Vec::with_capacity(children.len());
+) -> Result<EmbedArray, String> {
+    let mut buf = Vec::with_capacity(16 + 128 * children.len());
+    let array = encode::begin(&mut buf);
     let mut slots: Vec<Option<Bson>> = vec![None; e.layout.slots];
+    let mut index = String::with_capacity(8);
     for (n, child) in children.iter().enumerate() {
         let prefix = format!("{}[{n}].", e.path_text);
+        let key = encode::array_key(&mut index, n);
         match e.element {
             EmbedElement::Value => {
                 let mut exact = None;
                 let v = eval_field(&e.fields[0], child, ctx, &prefix, issues, &mut exact);
-                items.push(v.unwrap_or(Bson::Null));
+                encode::element(&mut buf, key, &v.unwrap_or(Bson::Null))?;
             }
             EmbedElement::Document => {
                 fill(
                     &e.fields, &e.layout, child, ctx, &prefix, &mut slots, issues,
                 );
-                let mut buf = Vec::with_capacity(128);
+                encode::element_key(&mut buf, 0x03, key)?;
                 let at = encode::begin(&mut buf);
-                write_layout(&e.layout.root, &mut slots, &mut buf)?;
+                write_layout(&e.layout.root, &mut slots, &mut [], &mut buf)?;
                 encode::end(&mut buf, at)?;
-                let d = encode::finish(buf)?;
-                items.push(Bson::Document(d.to_document().map_err(|e| e.to_string())?));
             }
         }
     }
-    Ok(Bson::Array(items))
+    encode::end(&mut buf, array)?;
+    Ok(EmbedArray {
+        bytes: buf,
+        len: children.len(),
+    })
 }
 
 /// Maps one row. `children[i]` holds the child rows of `plan.embeds[i]` for this row.
@@ -335,9 +355,15 @@ pub fn map_row(
     let layout = &plan.layout;
     let mut slots: Vec<Option<Bson>> = vec![None; layout.slots];
     fill(&plan.fields, layout, row, ctx, "", &mut slots, &mut issues);
+    let mut arrays: Vec<Option<EmbedArray>> = Vec::new();
     for ((e, kids), &slot) in plan.embeds.iter().zip(children).zip(&layout.embed_slot) {
         match embed(e, kids, ctx, &mut issues) {
-            Ok(arr) => slots[slot] = Some(arr),
+            Ok(arr) => {
+                if arrays.len() <= slot {
+                    arrays.resize_with(slot + 1, || None);
+                }
+                arrays[slot] = Some(arr);
+            }
             Err(message) => issues.push(Issue::error(
                 Stage::Transform,
                 "bson",
@@ -348,8 +374,12 @@ pub fn map_row(
         }
     }
     if !ctx.skip_validation {
+        let present = |i: usize| match arrays.get(i).and_then(Option::as_ref) {
+            Some(a) => a.len > 0,
+            None => crate::validate::is_present(slots.get(i).and_then(Option::as_ref)),
+        };
         for r in &plan.row_rules {
-            r.check(&slots, &mut issues);
+            r.check(present, &mut issues);
         }
     }
     if issues.iter().any(Issue::is_error) {
@@ -362,7 +392,7 @@ pub fn map_row(
     let mut buf = Vec::with_capacity(1024);
     let at = encode::begin(&mut buf);
     let written = encode::element(&mut buf, "_id", &id)
-        .and_then(|()| write_layout(&layout.root, &mut slots, &mut buf))
+        .and_then(|()| write_layout(&layout.root, &mut slots, &mut arrays, &mut buf))
         .and_then(|()| encode::end(&mut buf, at))
         .and_then(|()| encode::finish(buf));
     let doc = match written {
@@ -460,7 +490,7 @@ mod tests {
         let render = |mut slots: Vec<Option<Bson>>| {
             let mut buf = Vec::new();
             let at = encode::begin(&mut buf);
-            write_layout(&nodes, &mut slots, &mut buf).unwrap();
+            write_layout(&nodes, &mut slots, &mut [], &mut buf).unwrap();
             encode::end(&mut buf, at).unwrap();
             encode::finish(buf).unwrap().to_document().unwrap()
         };

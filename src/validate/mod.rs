@@ -212,12 +212,15 @@ pub struct RowRule {
     pub message: String,
 }
 
+/// Whether a value counts as given for `any_of`: not absent, null, blank text or an empty array.
+pub fn is_present(v: Option<&Bson>) -> bool {
+    !is_empty(v)
+}
+
 impl RowRule {
-    pub fn check(&self, values: &[Option<Bson>], issues: &mut Vec<Issue>) {
-        let present = self
-            .slots
-            .iter()
-            .any(|&i| !is_empty(values.get(i).and_then(Option::as_ref)));
+    /// `present(i)`: whether slot `i` holds a value (see [`is_present`]).
+    pub fn check(&self, present: impl Fn(usize) -> bool, issues: &mut Vec<Issue>) {
+        let present = self.slots.iter().any(|&i| present(i));
         if !present {
             issues.push(Issue {
                 stage: Stage::Validate,
@@ -389,10 +392,16 @@ mod tests {
             message: "no contact".into(),
         };
         let mut issues = Vec::new();
-        rule.check(&[Some(Bson::Null), None, Some(Bson::Int32(1))], &mut issues);
+        let values = [Some(Bson::Null), None, Some(Bson::Int32(1))];
+        rule.check(|i| is_present(values[i].as_ref()), &mut issues);
         assert_eq!(issues.len(), 1);
         issues.clear();
-        rule.check(&[None, Some(Bson::String("a@b.org".into()))], &mut issues);
+        let values = [None, Some(Bson::String("a@b.org".into()))];
+        rule.check(|i| is_present(values[i].as_ref()), &mut issues);
         assert!(issues.is_empty());
+        // An empty array is no value; an array with an element is.
+        let values = [Some(Bson::Array(vec![])), None];
+        rule.check(|i| is_present(values[i].as_ref()), &mut issues);
+        assert_eq!(issues.len(), 1);
     }
 }
