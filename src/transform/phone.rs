@@ -43,15 +43,25 @@ pub fn default_region(spec: &str) -> Result<Id, String> {
 /// parse, is not a valid number of its country, or carries an extension (E.164 cannot hold one)
 /// is an error.
 pub fn to_e164(raw: &str, region: Id) -> Result<String, String> {
-    let ascii = ascii_digits(raw.trim());
-    let number =
-        parse(&ascii, region).map_err(|e| format!("`{raw}` is not a phone number ({e})"))?;
-    if let Some(ext) = number.extension() {
-        return Err(format!(
-            "`{raw}` has an extension ({}), which E.164 cannot hold",
-            &**ext
-        ));
+    let not_a_number = |e: &dyn std::fmt::Display| format!("`{raw}` is not a phone number ({e})");
+    let extracted = extract_possible(raw.trim()).ok_or_else(|| not_a_number(&"no digits"))?;
+    let extracted = extracted.as_ref();
+    // Letters (words, vanity numbers, an extension's `ext`/`x`) or `#`: the number must be one
+    // as written, and the extension comes off before anything else (E.164 cannot hold one; a
+    // bare `x` is none). Digits and punctuation alone need no such look.
+    if extracted.contains(|c: char| c.is_alphabetic() || c == '#') {
+        let n = guarded(Some(region), &ascii_digits(extracted)).map_err(|e| not_a_number(&e))?;
+        if let Some(ext) = n.extension()
+            && !ext.is_empty()
+        {
+            return Err(format!(
+                "`{raw}` has an extension ({}), which E.164 cannot hold",
+                &**ext
+            ));
+        }
     }
+    let ascii = normalize(extracted);
+    let number = parse(&ascii, region).map_err(|e| not_a_number(&e))?;
     let code = number.code().value();
     // The national significant number as libphonenumber reads it (leading zeros included).
     let national =
@@ -63,6 +73,119 @@ pub fn to_e164(raw: &str, region: Id) -> Result<String, String> {
         ));
     }
     Ok(e164)
+}
+
+/// libphonenumber's `extractPossibleNumber`: from the first `+` or digit on (words before a
+/// number, a `tel:` prefix, go), without trailing characters that are neither digits nor letters
+/// (but `#`), and cut where a second number starts (`/ x`). None without a digit or plus.
+fn extract_possible(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    // RFC 3966 with a context (`tel:…;phone-context=…`): the number between the two, after a
+    // global context (`+1`); an empty context is no number. An ISDN subaddress goes.
+    if let Some(at) = raw.find(";phone-context=") {
+        let context = raw[at + ";phone-context=".len()..]
+            .split(';')
+            .next()
+            .unwrap_or_default();
+        if !phone_context_ok(context) {
+            return None;
+        }
+        let from = raw.find("tel:").map_or(0, |i| i + 4);
+        let mut number = String::new();
+        if context.starts_with('+') {
+            number.push_str(context);
+        }
+        if from < at {
+            number.push_str(&raw[from..at]);
+        }
+        let number = match number.find(";isub=") {
+            Some(i) => number[..i].to_string(),
+            None => number,
+        };
+        return extract_possible(&number).map(|s| std::borrow::Cow::Owned(s.into_owned()));
+    }
+    let is_digit = |c: char| c.is_ascii_digit() || unicode_digit(c).is_some();
+    let start = raw.find(|c: char| c == '+' || c == '\u{ff0b}' || is_digit(c))?;
+    let mut rest = &raw[start..];
+    rest = rest.trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '#'));
+    // SECOND_NUMBER_START: a slash or backslash, spaces, then `x`.
+    let bytes = rest.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' || b == b'\\' {
+            let after = rest[i + 1..].trim_start_matches(' ');
+            if after.starts_with('x') {
+                rest = rest[..i].trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '#'));
+                break;
+            }
+        }
+    }
+    let rest = match rest.find(";isub=") {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    Some(std::borrow::Cow::Borrowed(rest))
+}
+
+/// An RFC 3966 `phone-context`: a global number (`+` and digits with visual separators) or a
+/// domain name (labels of letters, digits and inner hyphens, the last starting with a letter).
+fn phone_context_ok(context: &str) -> bool {
+    if let Some(digits) = context.strip_prefix('+') {
+        return digits.chars().any(|c| c.is_ascii_digit())
+            && digits
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '-' | '.' | '(' | ')'));
+    }
+    let name = context.strip_suffix('.').unwrap_or(context);
+    let labels: Vec<&str> = name.split('.').collect();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    labels.iter().all(|l| label_ok(l))
+        && labels
+            .last()
+            .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()))
+}
+
+/// libphonenumber's normalisation of the extracted number (its extension off): with three ASCII
+/// letters or more it is a vanity number, each letter its keypad digit and only ASCII digits
+/// kept; else the letters and every other sign go and any decimal digit counts. A leading plus
+/// stays.
+fn normalize(extracted: &str) -> String {
+    let plus = extracted.starts_with(['+', '\u{ff0b}']);
+    let letters = extracted.chars().filter(char::is_ascii_alphabetic).count();
+    let mut out = String::with_capacity(extracted.len() + 1);
+    if plus {
+        out.push('+');
+    }
+    for c in extracted.chars() {
+        if c.is_ascii_digit() {
+            out.push(c);
+        } else if letters >= 3 {
+            if let Some(d) = keypad(c) {
+                out.push(d);
+            }
+        } else if let Some(d) = unicode_digit(c).and_then(|d| char::from_digit(d, 10)) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// The keypad digit of an ASCII letter.
+fn keypad(c: char) -> Option<char> {
+    Some(match c.to_ascii_uppercase() {
+        'A'..='C' => '2',
+        'D'..='F' => '3',
+        'G'..='I' => '4',
+        'J'..='L' => '5',
+        'M'..='O' => '6',
+        'P'..='S' => '7',
+        'T'..='V' => '8',
+        'W'..='Z' => '9',
+        _ => return None,
+    })
 }
 
 /// Parses `raw` in `region`. A number dialled to another country (`+39 06…`, `00 39 06…`) is parsed
