@@ -4,8 +4,9 @@
 //! A backup `cutover rollback` may still restore is never dropped, however many are kept:
 //! - the backup of each entity's latest step that is not rolled back: what `rollback` (the last
 //!   run) and `rollback ENTITY` restore;
-//! - the backup of each entity's earliest step that is not rolled back: what `rollback --all`
-//!   puts back, the collection as it was before cutover first wrote into it.
+//! - the backup of each entity's earliest step into each destination that is not rolled back:
+//!   what `rollback --all` puts back, the collection as it was before cutover first wrote into it
+//!   (an entity whose mapping's `collection` changed between runs has two).
 //!
 //! Steps in between need their backups only to be rolled back one by one beyond the latest; the
 //! rollback plan refuses, before it changes anything, a step whose backup is gone.
@@ -52,15 +53,19 @@ pub struct PruneRequest {
 /// The backups a rollback may restore, with the entity and the kind of rollback that needs each.
 /// `steps` oldest first (as [`Ledger::all_steps`] returns them).
 pub fn needed_by_rollback(steps: &[StepRecord]) -> BTreeMap<String, Keep> {
-    let mut earliest: BTreeMap<&str, &StepRecord> = BTreeMap::new();
+    // `rollback --all` puts each destination of an entity back from its own oldest step (a
+    // mapping whose `collection` changed between runs wrote two).
+    let mut earliest: BTreeMap<(&str, String), &StepRecord> = BTreeMap::new();
     let mut latest: BTreeMap<&str, &StepRecord> = BTreeMap::new();
     let undone = super::undone(steps);
     for s in steps.iter().filter(|s| !undone.contains(&s.id)) {
-        earliest.entry(&s.entity).or_insert(s);
+        earliest
+            .entry((&s.entity, s.destination.to_string()))
+            .or_insert(s);
         latest.insert(&s.entity, s);
     }
     let mut needed = BTreeMap::new();
-    for (entity, s) in earliest {
+    for ((entity, _), s) in earliest {
         if let Some(b) = &s.backup {
             needed.insert(b.clone(), Keep::RollbackAll(entity.to_string()));
         }
@@ -395,5 +400,29 @@ mod tests {
         );
         assert!(text.contains("would drop b3 (kinds"), "{text}");
         assert!(text.ends_with("would drop 2 backup(s), keep 1\n"), "{text}");
+    }
+
+    /// Found by the twelfth tester (S3): r1 wrote `kinds` (empty before); the mapping moved to
+    /// `kinds2`, which held the application's documents: r2 backed them up (b2), r3 re-ran (b3).
+    /// `rollback --all` restores `kinds2` from b2: it stays whatever `keep` says.
+    #[test]
+    fn each_destination_keeps_the_backup_of_its_oldest_step() {
+        let (mut backups, mut steps) = three_reruns();
+        backups.remove(0);
+        steps.pop();
+        for b in &mut backups {
+            b.destination = Destination::Collection {
+                name: "kinds2".into(),
+            };
+        }
+        for s in &mut steps[1..] {
+            s.destination = Destination::Collection {
+                name: "kinds2".into(),
+            };
+        }
+        let req = PruneRequest::default();
+        let v = decide(&backups, &steps, &req);
+        assert!(dropped(&v).is_empty(), "{:?}", dropped(&v));
+        assert_eq!(v[1].keep, Some(Keep::RollbackAll("kinds".into())));
     }
 }
