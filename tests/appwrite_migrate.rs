@@ -2356,6 +2356,36 @@ async fn an_appwrite_user_whose_row_is_rejected_now_is_blocked_on_rerun() {
         .map(|u| u["email"].as_str().unwrap())
         .collect();
     assert_eq!(blocked, ["u4@example.org"], "{users:?}");
+
+    // The application blocks user 6 itself; user 4's row is fixed. The next re-run unblocks the
+    // user cutover blocked (the mapping says nothing of status: found by the twelfth tester, S4)
+    // and leaves the application's block alone.
+    let six = users
+        .iter()
+        .find(|u| u["email"] == "u6@example.org")
+        .unwrap()["$id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    aw.s.update_user(&six, |u| u["status"] = Value::Bool(false))
+        .unwrap();
+    w.sql("UPDATE accounts SET email = 'u4@example.org' WHERE id = 4")
+        .await;
+    let out = cutover(&w, &aw, &rerun).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let users = aw.s.users();
+    let blocked: Vec<&str> = users
+        .iter()
+        .filter(|u| u["status"] == false)
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(blocked, ["u6@example.org"], "{users:?}");
+    assert!(
+        users
+            .iter()
+            .all(|u| u["prefs"].get("cutoverBlocked").is_none()),
+        "{users:?}"
+    );
     w.drop().await;
 }
 

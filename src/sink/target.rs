@@ -966,6 +966,20 @@ impl Target {
                     if user["status"] == false {
                         continue;
                     }
+                    // Marked, so that the run that writes the user again (its row fixed)
+                    // unblocks it — and only what cutover blocked (see `import_user`).
+                    let mut prefs = user["prefs"].clone();
+                    if !prefs.is_object() {
+                        prefs = serde_json::json!({});
+                    }
+                    prefs[super::appwrite::users::BLOCKED_MARK] = serde_json::Value::Bool(true);
+                    a.client
+                        .call(
+                            reqwest::Method::PATCH,
+                            &format!("/users/{id}/prefs"),
+                            Some(&serde_json::json!({ "prefs": prefs })),
+                        )
+                        .await?;
                     a.client
                         .call(
                             reqwest::Method::PATCH,

@@ -28,6 +28,11 @@ pub struct ImportUser {
     pub enabled: Option<bool>,
 }
 
+/// The pref cutover sets on a user it blocks because the user's row is rejected now (a re-run
+/// or delta run): the run that writes the user again unblocks it when the mapping does not say
+/// its status. Users the application blocked itself carry no such mark and stay blocked.
+pub const BLOCKED_MARK: &str = "cutoverBlocked";
+
 /// Whether the user was created now or already existed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Imported {
@@ -54,6 +59,7 @@ pub async fn import_user(
     }
     let id = &u.id;
     let mut created = create(client, u).await?;
+    let mut blocked_by_cutover = false;
     if created == Imported::Existed {
         let existing = match client
             .call(reqwest::Method::GET, &format!("/users/{id}"), None)
@@ -70,6 +76,7 @@ pub async fn import_user(
             }
             Err(e) => return Err(e),
         };
+        blocked_by_cutover = existing["prefs"][BLOCKED_MARK] == true && existing["status"] == false;
         if existing["password"].as_str() != Some(u.hash.as_str())
             || existing["hash"].as_str() != Some(u.algorithm.as_str())
             || existing["email"].as_str() != Some(u.email.as_str())
@@ -114,7 +121,9 @@ pub async fn import_user(
             )
             .await?;
     }
-    if let Some(enabled) = u.enabled {
+    // Unblocked when cutover blocked it and the mapping does not say (a mapped status is set).
+    let enabled = u.enabled.or(blocked_by_cutover.then_some(true));
+    if let Some(enabled) = enabled {
         client
             .call(
                 reqwest::Method::PATCH,
