@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod expected;
+mod options;
 pub mod rollback;
 pub mod run;
 pub mod spill;

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 pub use super::error::RunError;
+pub use super::options::RunOptions;
 use super::expected::{ExpectedRow, ExpectedRows, Orphan, Readers};
 use super::{Pipeline, Step};
 use crate::ledger::{self, Ledger, StepRecord};
@@ -27,40 +28,6 @@ use crate::source::postgres;
 use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
 use crate::transform::{Issue, Stage};
-
-/// What the operator asked for.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub dry_run: bool,
-    pub batch_size: usize,
-    pub batch_bytes: usize,
-    pub concurrency: usize,
-    pub continue_on_error: bool,
-    pub skip_validation: bool,
-    pub max_rejects: Option<u64>,
-    pub ignore_dependencies: bool,
-    pub report_path: Option<PathBuf>,
-    pub reports_dir: PathBuf,
-    pub rejects_dir: PathBuf,
-    pub quiet: bool,
-    pub retry: RetryPolicy,
-    pub target_name: String,
-    /// Run stages again even when the ledger says they completed.
-    pub rerun: bool,
-    /// Keep data migrated with an older mapping and record the new mapping's checksum.
-    pub accept_changed: bool,
-    /// Ignore checkpoints of interrupted stages and start them over.
-    pub fresh: bool,
-    /// Copy only rows changed since the snapshot of each stage's last completed run.
-    pub since_last: bool,
-    /// Remove target documents whose source rows no longer exist.
-    pub sync_deletes: bool,
-    /// Do not copy a non-empty collection before writing into it.
-    pub no_backup: bool,
-    /// When a stage fails, put its collection back as it was.
-    pub restore_on_failure: bool,
-    pub lock_ttl: std::time::Duration,
-}
 
 /// A new run id: UTC time plus a random suffix, sortable.
 pub fn new_run_id() -> String {
