@@ -12,9 +12,10 @@ use bson::RawDocumentBuf;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::decide::{Decision, decide};
 pub use super::error::RunError;
-pub use super::options::RunOptions;
 use super::expected::{ExpectedRow, ExpectedRows, Orphan, Readers};
+pub use super::options::RunOptions;
 use super::{Pipeline, Step};
 use crate::ledger::{self, Ledger, StepRecord};
 use crate::mapping::plan::{self, Plan};
@@ -267,137 +268,6 @@ pub(crate) async fn load_known_keys(
         }
         tracing::info!(entity = %entity, keys = keys.len(), "keys held in memory for exists rules that PostgreSQL cannot answer in the read");
         out.insert(entity, Arc::new(keys));
-    }
-    Ok(out)
-}
-
-/// What `migrate` does with one selected entity, decided from the ledger before anything runs.
-#[derive(Debug, Clone)]
-enum Decision {
-    /// Completed before with the same mapping: nothing to do (unless --rerun).
-    AlreadyApplied,
-    /// Completed before with another mapping, and --accept-changed: record the new checksum.
-    AcceptChange { step_id: String },
-    /// Run it, from the start or from an interrupted step's checkpoint; `since`: only rows
-    /// changed since that instant (delta run).
-    Run {
-        resume: Option<Box<ledger::StepRecord>>,
-        since: Option<String>,
-        /// An unfinished step started over (no checkpoint, --fresh): the destination's state
-        /// before it (empty, or its backup) is still the state a rollback returns to.
-        origin: Option<Box<ledger::StepRecord>>,
-    },
-}
-
-fn decide(
-    steps: &[Step],
-    pipeline: &Pipeline,
-    history: &[ledger::StepRecord],
-    opts: &RunOptions,
-) -> Result<Vec<(Step, Decision)>, RunError> {
-    if opts.sync_deletes && !opts.since_last && !opts.rerun {
-        return Err(RunError::Refused(
-            "--sync-deletes goes with --since-last (the catch-up) or --rerun".into(),
-        ));
-    }
-    // The step each entity's data is in: after a rolled-back re-run, the run before it.
-    let latest = ledger::current_steps(history);
-    let mut completed = std::collections::BTreeMap::new();
-    for s in history {
-        if s.status == ledger::COMPLETED {
-            completed.insert(s.entity.clone(), s.clone());
-        }
-    }
-    let mut out = Vec::new();
-    let mut changed = Vec::new();
-    let mut rolling_back = Vec::new();
-    for s in steps {
-        let m = pipeline.mappings.get(&s.entity)?;
-        if let Some(prev) = latest.get(&s.entity)
-            && prev.status == ledger::ROLLING_BACK
-        {
-            rolling_back.push(format!("{} (run {})", s.entity, prev.run_id));
-            continue;
-        }
-        let last_completed = completed.get(&s.entity);
-        // A stage without a change-tracking column cannot know its delta: it is copied in full.
-        let since = match (opts.since_last, last_completed) {
-            // A child changed alone leaves its parent's column as it was: a mapping that embeds
-            // children is copied in full.
-            (true, Some(done))
-                if m.spec.source.updated_at.is_some() && m.spec.embeds.is_empty() =>
-            {
-                done.snapshot_at.clone()
-            }
-            _ => None,
-        };
-        let full_recopy = opts.since_last && last_completed.is_some() && since.is_none();
-        let d = match latest.get(&s.entity) {
-            None => Decision::Run {
-                resume: None,
-                since: None,
-                origin: None,
-            },
-            Some(prev)
-                if prev.status == ledger::COMPLETED
-                    && since.is_some()
-                    && prev.checksum == m.checksum =>
-            {
-                Decision::Run {
-                    resume: None,
-                    since: since.clone(),
-                    origin: None,
-                }
-            }
-            Some(prev) if prev.status == ledger::COMPLETED => {
-                if opts.rerun || full_recopy {
-                    Decision::Run {
-                        resume: None,
-                        since: None,
-                        origin: None,
-                    }
-                } else if prev.checksum == m.checksum {
-                    Decision::AlreadyApplied
-                } else if opts.accept_changed {
-                    Decision::AcceptChange {
-                        step_id: prev.id.clone(),
-                    }
-                } else {
-                    changed.push(format!("{} (completed in run {})", s.entity, prev.run_id));
-                    continue;
-                }
-            }
-            Some(prev)
-                if ledger::unfinished(&prev.status)
-                    && prev.checkpoint_key.is_some()
-                    && prev.checksum == m.checksum
-                    && !opts.fresh =>
-            {
-                Decision::Run {
-                    resume: Some(Box::new(prev.clone())),
-                    since: prev.since.clone(),
-                    origin: None,
-                }
-            }
-            Some(prev) => Decision::Run {
-                resume: None,
-                since: None,
-                origin: ledger::unfinished(&prev.status).then(|| Box::new(prev.clone())),
-            },
-        };
-        out.push((s.clone(), d));
-    }
-    if !rolling_back.is_empty() {
-        return Err(RunError::Refused(format!(
-            "the rollback of {} did not finish: its data is partly restored; finish it with `cutover rollback` (it restores again from the start)",
-            rolling_back.join(", ")
-        )));
-    }
-    if !changed.is_empty() {
-        return Err(RunError::Refused(format!(
-            "the mapping of {} changed after its stage completed; re-run it with --rerun, or keep the migrated data and accept the new mapping with --accept-changed",
-            changed.join(", ")
-        )));
     }
     Ok(out)
 }
