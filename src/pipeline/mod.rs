@@ -8,6 +8,7 @@ mod options;
 pub mod rollback;
 pub mod run;
 pub mod spill;
+mod stage;
 pub mod sync_deletes;
 
 use std::collections::BTreeSet;

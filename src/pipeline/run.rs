@@ -16,6 +16,7 @@ use super::decide::{Decision, decide};
 pub use super::error::RunError;
 use super::expected::{ExpectedRow, ExpectedRows, Orphan, Readers};
 pub use super::options::RunOptions;
+use super::stage::{Resume, StageRun, prepare_step, wrote_before};
 use super::{Pipeline, Step};
 use crate::ledger::{self, Ledger, StepRecord};
 use crate::mapping::plan::{self, Plan};
@@ -900,110 +901,6 @@ fn orphans_of_lines(
         .collect()
 }
 
-/// The directory of this run's rejects files, absolute (as the ledger records it).
-fn run_rejects_dir(opts: &RunOptions, run_id: &str) -> String {
-    let dir = opts.rejects_dir.join(run_id);
-    std::path::absolute(&dir)
-        .unwrap_or(dir)
-        .display()
-        .to_string()
-}
-
-/// Gets the target ready for one stage and records the step's start in the ledger: the schema
-/// (Appwrite), whether the destination is empty, its backup, and the write mode. Returns the
-/// destination as the ledger records it, whether it was empty, the backup's name, and the
-/// backup when this step took it.
-#[allow(clippy::too_many_arguments)]
-async fn prepare_step(
-    p: &Plan,
-    target: &Target,
-    ledger: &Ledger,
-    opts: &RunOptions,
-    run_id: &str,
-    run_number: i64,
-    snapshot_at: &str,
-    // The unfinished step this one continues (resumed or started over): its record of the
-    // destination's state before the stage wrote into it stands.
-    resume: Option<&ledger::StepRecord>,
-    stage: &mut StageRun,
-) -> Result<
-    (
-        Destination,
-        bool,
-        Option<String>,
-        Option<ledger::TakenBackup>,
-    ),
-    RunError,
-> {
-    let mut backup = None;
-    let mut taken = None;
-    target.prepare(p).await?;
-    let destination = target.destination(&p.collection);
-    let mut was_empty = target.is_empty(&p.collection).await?;
-    // The earlier step's record stands only for the same destination, and only while the
-    // backup it names still exists; otherwise this step records the state it finds.
-    let inherited = match resume {
-        Some(r) if r.destination != destination => {
-            tracing::warn!(entity = %p.entity, before = %r.destination, now = %destination, "the unfinished step wrote elsewhere; this one records the state it finds");
-            None
-        }
-        Some(r) => match &r.backup {
-            Some(name) if ledger.find_backup(name).await?.is_none() => {
-                tracing::warn!(entity = %p.entity, backup = %name, "the backup of the unfinished step is gone; a new one is taken of the state found now");
-                None
-            }
-            _ => Some(r),
-        },
-        None => None,
-    };
-    if let Some(r) = inherited {
-        was_empty = r.was_empty;
-        backup = r.backup.clone();
-    } else if !was_empty && !opts.no_backup {
-        if destination == Destination::Users {
-            tracing::warn!(entity = %p.entity, "{destination} cannot be backed up; rollback of this step will refuse");
-        } else {
-            let b = ledger.backup(&destination, run_id, &p.entity).await?;
-            backup = Some(b.name.clone());
-            taken = Some(b);
-        }
-    }
-    stage.mode = Some(if target.is_empty(&p.collection).await? {
-        WriteMode::Insert
-    } else {
-        WriteMode::Upsert
-    });
-    let mapping = p.mapping_path.display().to_string();
-    let checkpoint = stage.resume.as_ref().map(|r| (r.key.as_slice(), r.covered));
-    // A resumed step holds rows read under the snapshots of every part: the next
-    // `--since-last` must copy what changed after the earliest of them, or a row changed between
-    // the crash and the resume, below the checkpoint, would never be copied.
-    let earliest = match (&stage.resume, resume.and_then(|r| r.snapshot_at.as_deref())) {
-        (Some(_), Some(before)) => earlier(before, snapshot_at),
-        _ => snapshot_at,
-    };
-    ledger
-        .start_step(&ledger::StepStart {
-            run_id,
-            run_number,
-            entity: &p.entity,
-            destination: &destination,
-            mapping: &mapping,
-            checksum: &p.checksum,
-            was_empty,
-            backup: backup.as_deref(),
-            total: 0,
-            resumed_from: stage.resume.as_ref().map(|r| r.from_run.as_str()),
-            checkpoint,
-            snapshot_at: earliest,
-            since: stage.since.as_deref(),
-            sync_deletes: stage.sync_deletes,
-            rejects_dir: Some(&run_rejects_dir(opts, run_id)),
-        })
-        .await?;
-    Ok((destination, was_empty, backup, taken))
-}
-
 /// The condition of a `--since-last` read: rows whose `column` says they changed at or after the
 /// watermark `at` (UTC, RFC 3339), and rows that do not say (NULL): they are copied every time,
 /// never lost. A `date` column holds no time of day and a `timestamp` one no zone (its local
@@ -1023,73 +920,6 @@ fn delta_filter(column: &str, kind: Option<crate::source::ColKind>, at: &str) ->
         _ => format!("CAST('{at}' AS timestamptz)"),
     };
     format!("({col} >= {since} OR {col} IS NULL)")
-}
-
-/// The earlier of two RFC 3339 instants (`b` when `a` cannot be read).
-fn earlier<'a>(a: &'a str, b: &'a str) -> &'a str {
-    match (
-        chrono::DateTime::parse_from_rfc3339(a),
-        chrono::DateTime::parse_from_rfc3339(b),
-    ) {
-        (Ok(x), Ok(y)) if x < y => a,
-        (Ok(_), Ok(_)) => b,
-        _ => b,
-    }
-}
-
-/// Where an interrupted step stopped.
-#[derive(Debug, Clone)]
-struct Resume {
-    from_run: String,
-    /// Where the resumed run's rejects files are.
-    from_dir: PathBuf,
-    key: Vec<String>,
-    rows: u64,
-    /// What the checkpoint covers (since the entity's first part); no batch of this step yet.
-    covered: ledger::Covered,
-    /// How many of the interrupted step's own batches its checkpoint covers.
-    from_batches: u64,
-    /// The orphan child rows among the covered lines copied, per embed path: counted by the
-    /// interrupted run, not read again.
-    orphans: std::collections::BTreeMap<String, u64>,
-}
-
-/// Per-stage facts the reader and writer need.
-struct StageRun {
-    /// When the run began (the report's timeline counts from it).
-    run_started: Instant,
-    /// Delta run: only rows whose change-tracking column is at or after this instant.
-    since: Option<String>,
-    /// Delete the documents whose source rows are gone at the end (`--sync-deletes`, or the
-    /// interrupted step this one resumes had it).
-    sync_deletes: bool,
-    run_id: String,
-    resume: Option<Resume>,
-    /// `None` in a dry run.
-    mode: Option<WriteMode>,
-    /// Where checkpoints go (`None` in a dry run).
-    ledger: Option<Ledger>,
-    /// The lock's fencing check (`None` in a dry run).
-    fence: Option<ledger::lock::Fence>,
-    /// cutover wrote the destination before (a step of the entity is applied, or was cut
-    /// short): documents of rows rejected now are its own older ones, removed. Documents the
-    /// collection held before cutover are never removed.
-    prior: bool,
-}
-
-/// Whether a step of `entity` still in effect (not rolled back, finished or cut short) wrote
-/// `destination`: then documents there under the entity's ids may be cutover's own older ones.
-/// A step that wrote another collection (the mapping's `collection` changed since) says nothing
-/// about this one, whose documents may all be the application's.
-fn wrote_before(history: &[StepRecord], entity: &str, destination: &Destination) -> bool {
-    let undone = ledger::undone(history);
-    history.iter().any(|s| {
-        s.entity == entity
-            && s.destination == *destination
-            && !undone.contains(&s.id)
-            && s.status != ledger::ROLLED_BACK
-            && s.status != ledger::ROLLING_BACK
-    })
 }
 
 /// A batch of documents on its way to the target.
