@@ -5,6 +5,7 @@ mod decide;
 pub mod error;
 pub mod expected;
 mod options;
+mod read;
 pub mod rollback;
 pub mod run;
 pub mod spill;
