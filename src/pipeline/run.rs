@@ -1384,7 +1384,9 @@ async fn write_loop(
     }
     if refused > 0
         && counters.written.load(Ordering::Relaxed) == 0
-        && checkpointer.as_ref().is_none_or(|c| c.base.written() == 0)
+        && checkpointer
+            .as_ref()
+            .is_none_or(|c| c.base().written() == 0)
     {
         return Err(RunError::Refused(format!(
             "{entity}: the target refused every document it was sent ({refused}, each recorded as a reject); the first: {}",
