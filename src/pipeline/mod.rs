@@ -12,6 +12,7 @@ pub mod run;
 pub mod spill;
 mod stage;
 pub mod sync_deletes;
+mod write;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
