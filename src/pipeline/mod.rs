@@ -1,6 +1,7 @@
 //! Pipelines (`pipelines/*.toml`): ordered stages of entities with dependencies. This module parses
 //! and checks them and works out what a `migrate`/`plan` selection runs, in which order.
 
+mod adopt;
 mod checkpoint;
 mod decide;
 pub mod error;
