@@ -4,6 +4,7 @@
 mod adopt;
 mod checkpoint;
 mod decide;
+mod entity;
 pub mod error;
 pub mod expected;
 mod options;

@@ -1,6 +1,11 @@
 //! The run loop: for each selected entity, stream the source in key order (merging embedded child
 //! streams), map and validate each row, batch by rows and bytes, and write with bounded concurrency
 //! and retry. Memory is bounded by the batches in flight, whatever the table size.
+//!
+//! This module holds the run as a whole (`migrate`: the lock, the snapshot, the plans, the
+//! report); the layers below it are `decide` (what each entity needs, from the ledger), `adopt`
+//! (steps an interrupted run completed), `stage` (preparing a step), `entity` (one entity's
+//! stage), `read` (the reader), `write` (the writer) and `checkpoint` (the watermark).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -8,25 +13,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use super::adopt::{adopt_step, carry_from};
-use super::checkpoint::Checkpointer;
 use super::decide::{Decision, decide};
+use super::entity::run_entity;
 pub use super::error::RunError;
 pub use super::options::RunOptions;
-use super::read::{Batch, read_loop};
 use super::stage::{Resume, StageRun, prepare_step, wrote_before};
 pub(crate) use super::write::Spawned;
-use super::write::write_loop;
 use super::{Pipeline, Step};
 use crate::ledger::{self, Ledger, StepRecord};
 use crate::mapping::plan::{self, Plan};
+use crate::monitor::Progress;
 use crate::monitor::rejects::RejectsWriter;
 use crate::monitor::report::{EntityReport, RunReport};
-use crate::monitor::{EntityCounters, Progress};
-use crate::sink::mongodb::WriteMode;
-use crate::sink::target::{Destination, Target};
+use crate::sink::target::Target;
 use crate::source::SourceSession;
 use crate::source::postgres;
 use crate::transform::row::MapContext;
@@ -793,192 +793,4 @@ async fn migrate_locked(
         }
     }
     Ok(report)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_entity(
-    plan: &Plan,
-    session: &mut SourceSession,
-    target: &Target,
-    ctx: &MapContext,
-    opts: &RunOptions,
-    rejects: &Arc<RejectsWriter>,
-    progress: &Progress,
-    total_rejected: &Arc<AtomicU64>,
-    stage: &StageRun,
-) -> (EntityReport, Option<RunError>) {
-    let counters = Arc::new(EntityCounters::default());
-    let started = Instant::now();
-    let report_base = |c: &EntityCounters, mode: &str, total: u64| {
-        let mut r = EntityReport::new(
-            &plan.entity,
-            &plan.collection,
-            c.snapshot(),
-            started.elapsed().as_millis() as u64,
-        );
-        r.write_mode = mode.to_string();
-        r.total = total;
-        // With those the part it resumes removed (this step's count starts at its checkpoint).
-        let stale = c.removed.load(Ordering::Relaxed)
-            + stage.resume.as_ref().map_or(0, |r| r.covered.removed);
-        if target.destination(&plan.collection) == Destination::Users {
-            r.stale_blocked = stale;
-        } else {
-            r.stale_removed = stale;
-        }
-        r
-    };
-
-    let client_before = target.client_counters();
-    let total = match session.count(&plan.relation).await {
-        Ok(n) => n,
-        Err(e) => return (report_base(&counters, "none", 0), Some(e.into())),
-    };
-    tracing::info!(entity = %plan.entity, rows = total, "counted the source rows");
-    let mode = stage.mode;
-    let mode_name = match mode {
-        None => "none",
-        Some(WriteMode::Insert) => "insert",
-        Some(WriteMode::Upsert) => "upsert",
-    };
-    let bar = progress.bar(&plan.entity, total, true);
-    let resumed_rows = stage.resume.as_ref().map(|r| r.rows).unwrap_or(0);
-    if resumed_rows > 0 {
-        bar.set_position(resumed_rows);
-    }
-
-    let (tx, rx) = mpsc::channel::<Batch>(opts.concurrency);
-    let writer = mode.map(|mode| {
-        tokio::spawn(write_loop(
-            rx,
-            target.clone(),
-            plan.collection.clone(),
-            plan.entity.clone(),
-            mode,
-            mode == WriteMode::Upsert && stage.prior,
-            opts.clone(),
-            counters.clone(),
-            rejects.clone(),
-            total_rejected.clone(),
-            stage.ledger.clone().map(|l| {
-                Checkpointer::new(
-                    l,
-                    rejects.clone(),
-                    stage.fence.clone(),
-                    &stage.run_id,
-                    &plan.entity,
-                    stage.resume.as_ref().map(|r| r.covered).unwrap_or_default(),
-                )
-            }),
-        ))
-    });
-
-    // Throughput over time, for the report's chart: the counters every 250 ms.
-    let timeline: Arc<std::sync::Mutex<Vec<[u64; 3]>>> = Default::default();
-    let sampler = {
-        let counters = counters.clone();
-        let timeline = timeline.clone();
-        let since = stage.run_started;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-            loop {
-                tick.tick().await;
-                let c = counters.snapshot();
-                let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
-                t.push([since.elapsed().as_millis() as u64, c.read, c.written]);
-                if t.len() > 4_000 {
-                    // Bounded on long runs: keep every other point.
-                    let thinned: Vec<[u64; 3]> = t.iter().step_by(2).copied().collect();
-                    *t = thinned;
-                }
-            }
-        })
-    };
-    let read_result = read_loop(
-        plan,
-        session,
-        ctx,
-        opts,
-        &counters,
-        rejects,
-        total_rejected,
-        &bar,
-        tx,
-        stage.resume.as_ref(),
-        stage.since.as_deref(),
-        target,
-        mode == Some(WriteMode::Upsert) && stage.prior,
-    )
-    .await;
-    let write_result = match writer {
-        Some(handle) => match handle.await {
-            Ok(r) => r,
-            Err(join) => Err(RunError::Refused(format!("writer task failed: {join}"))),
-        },
-        None => Ok(()),
-    };
-    bar.finish_and_clear();
-    let err = match (read_result, write_result) {
-        (_, Err(w)) => Some(w),
-        (Err(r), Ok(())) => Some(r),
-        (Ok(()), Ok(())) => None,
-    };
-    if err.is_some() {
-        // Rows read but never attempted because the run stopped are skipped, not lost.
-        let c = counters.snapshot();
-        let unattempted = c.read.saturating_sub(c.written + c.rejected + c.skipped);
-        EntityCounters::add(&counters.skipped, unattempted);
-    }
-    sampler.abort();
-    let mut report = report_base(&counters, mode_name, total);
-    {
-        let c = counters.snapshot();
-        let mut t = timeline.lock().unwrap_or_else(|p| p.into_inner());
-        t.push([
-            stage.run_started.elapsed().as_millis() as u64,
-            c.read,
-            c.written,
-        ]);
-        report.timeline = std::mem::take(&mut *t);
-    }
-    // Appwrite: the client's own retries (throttling, 5xx, transport) count as this step's.
-    if let (Some((r0, t0, h0)), Some((r1, t1, h1))) = (client_before, target.client_counters()) {
-        report.retried += t1 - t0;
-        report.requests = Some(r1 - r0);
-        report.throttled = Some(h1 - h0);
-    }
-    report.orphan_children = plan
-        .embeds
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            // Those the resumed run counted (lines carried) and those this run met.
-            let carried = stage
-                .resume
-                .as_ref()
-                .and_then(|r| r.orphans.get(&e.path_text))
-                .copied()
-                .unwrap_or(0);
-            crate::monitor::report::OrphanChildren {
-                embed: e.path_text.clone(),
-                child_source: e.source_name.clone(),
-                parent_source: plan.source_name.clone(),
-                rows: carried + counters.orphans_of(i),
-            }
-        })
-        .collect();
-    if let Some(r) = &stage.resume {
-        report.resumed_from = Some(r.from_run.clone());
-        report.resumed_after_rows = r.rows;
-        report.resumed_after_rejected = r.covered.rejected;
-        // The entity's counts, the interrupted part's included: every row accounted for. (The
-        // throughput stays this run's own.)
-        report.read += r.covered.rows;
-        report.written += r.covered.written();
-        report.rejected += r.covered.rejected;
-        report.warnings += r.covered.warned;
-        report.success_rate =
-            crate::monitor::report::success_rate(report.written, report.read, report.skipped);
-    }
-    (report, err)
 }
