@@ -4,38 +4,39 @@
 //! share the stage's facts (`stage`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::checkpoint::Checkpointer;
 use super::error::RunError;
-use super::options::RunOptions;
 use super::read::{Batch, read_loop};
-use super::stage::StageRun;
+use super::stage::{RunCtx, StageCtx, StageRun};
 use super::write::write_loop;
 use crate::mapping::plan::Plan;
-use crate::monitor::rejects::RejectsWriter;
+use crate::monitor::EntityCounters;
 use crate::monitor::report::EntityReport;
-use crate::monitor::{EntityCounters, Progress};
 use crate::sink::mongodb::WriteMode;
-use crate::sink::target::{Destination, Target};
+use crate::sink::target::Destination;
 use crate::source::SourceSession;
-use crate::transform::row::MapContext;
 
-#[allow(clippy::too_many_arguments)]
+/// Runs the prepared stage `stage` of `plan`'s entity: its report, and the error that ended it.
 pub(super) async fn run_entity(
     plan: &Plan,
     session: &mut SourceSession,
-    target: &Target,
-    ctx: &MapContext,
-    opts: &RunOptions,
-    rejects: &Arc<RejectsWriter>,
-    progress: &Progress,
-    total_rejected: &Arc<AtomicU64>,
+    run: &RunCtx<'_>,
     stage: &StageRun,
 ) -> (EntityReport, Option<RunError>) {
+    let RunCtx {
+        target,
+        map: ctx,
+        opts,
+        rejects,
+        progress,
+        total_rejected,
+        ..
+    } = *run;
     let counters = Arc::new(EntityCounters::default());
     let started = Instant::now();
     let report_base = |c: &EntityCounters, mode: &str, total: u64| {
@@ -76,19 +77,22 @@ pub(super) async fn run_entity(
         bar.set_position(resumed_rows);
     }
 
+    let shared = StageCtx {
+        target: target.clone(),
+        opts: opts.clone(),
+        entity: plan.entity.clone(),
+        collection: plan.collection.clone(),
+        counters: counters.clone(),
+        rejects: rejects.clone(),
+        total_rejected: total_rejected.clone(),
+        remove_stale: mode == Some(WriteMode::Upsert) && stage.prior,
+    };
     let (tx, rx) = mpsc::channel::<Batch>(opts.concurrency);
     let writer = mode.map(|mode| {
         tokio::spawn(write_loop(
             rx,
-            target.clone(),
-            plan.collection.clone(),
-            plan.entity.clone(),
+            shared.clone(),
             mode,
-            mode == WriteMode::Upsert && stage.prior,
-            opts.clone(),
-            counters.clone(),
-            rejects.clone(),
-            total_rejected.clone(),
             stage.ledger.clone().map(|l| {
                 Checkpointer::new(
                     l,
@@ -123,22 +127,7 @@ pub(super) async fn run_entity(
             }
         })
     };
-    let read_result = read_loop(
-        plan,
-        session,
-        ctx,
-        opts,
-        &counters,
-        rejects,
-        total_rejected,
-        &bar,
-        tx,
-        stage.resume.as_ref(),
-        stage.since.as_deref(),
-        target,
-        mode == Some(WriteMode::Upsert) && stage.prior,
-    )
-    .await;
+    let read_result = read_loop(plan, session, ctx, &shared, stage, &bar, tx).await;
     let write_result = match writer {
         Some(handle) => match handle.await {
             Ok(r) => r,

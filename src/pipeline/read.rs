@@ -2,7 +2,6 @@
 //! stream, merging embedded child streams), maps and validates each row, records rejects and
 //! orphan child rows, and gathers the documents into batches (by rows and bytes) for the writer.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bson::RawDocumentBuf;
@@ -11,11 +10,10 @@ use tokio::sync::mpsc;
 use super::error::RunError;
 use super::expected::{ExpectedRow, ExpectedRows, Orphan, Readers};
 use super::options::RunOptions;
-use super::stage::Resume;
+use super::stage::{StageCtx, StageRun};
 use crate::mapping::plan::Plan;
 use crate::monitor::EntityCounters;
 use crate::monitor::rejects::RejectsWriter;
-use crate::sink::target::Target;
 use crate::source::postgres;
 use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
@@ -99,22 +97,27 @@ pub(super) fn key_strings(plan: &Plan, row: Option<&[Value]>) -> Vec<String> {
     .unwrap_or_default()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Reads the stage's rows (those after the checkpoint it resumes, those changed since its
+/// `since`) into batches sent to the writer through `tx`.
 pub(super) async fn read_loop(
     plan: &Plan,
     session: &mut SourceSession,
     ctx: &MapContext,
-    opts: &RunOptions,
-    counters: &Arc<EntityCounters>,
-    rejects: &Arc<RejectsWriter>,
-    total_rejected: &Arc<AtomicU64>,
+    shared: &StageCtx,
+    stage: &StageRun,
     bar: &indicatif::ProgressBar,
     tx: mpsc::Sender<Batch>,
-    resume: Option<&Resume>,
-    since: Option<&str>,
-    target: &Target,
-    upsert: bool,
 ) -> Result<(), RunError> {
+    let StageCtx {
+        target,
+        opts,
+        counters,
+        rejects,
+        total_rejected,
+        ..
+    } = shared;
+    let upsert = shared.remove_stale;
+    let (resume, since) = (stage.resume.as_ref(), stage.since.as_deref());
     let max_document_bytes = target.max_document_bytes();
     let mut readers = Readers::open(session, plan).await?;
     let readers = &mut readers;

@@ -18,7 +18,7 @@ use super::decide::{Decision, decide};
 use super::entity::run_entity;
 pub use super::error::RunError;
 pub use super::options::RunOptions;
-use super::stage::{Resume, StageRun, prepare_step, wrote_before};
+use super::stage::{Resume, RunCtx, StageRun, prepare_step, wrote_before};
 pub(crate) use super::write::Spawned;
 use super::{Pipeline, Step};
 use crate::ledger::{self, Ledger, StepRecord};
@@ -309,7 +309,13 @@ pub async fn migrate(
     }
     if opts.dry_run {
         return migrate_locked(
-            pipeline, steps, source_url, target, ledger, opts, &run_id, None,
+            pipeline,
+            steps,
+            source_url,
+            target,
+            ledger,
+            opts,
+            (&run_id, None),
         )
         .await;
     }
@@ -331,8 +337,7 @@ pub async fn migrate(
                 target,
                 ledger,
                 opts,
-                &run_id,
-                Some(&fence),
+                (&run_id, Some(&fence)),
             )
             .await
         }
@@ -342,7 +347,8 @@ pub async fn migrate(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `migrate` once the lock is taken (or in a dry run, which takes none): the run `run_id`,
+/// writing while `fence` (the lock's fencing check; `None` in a dry run) says the lock is its.
 async fn migrate_locked(
     pipeline: &Pipeline,
     steps: Vec<Step>,
@@ -350,8 +356,7 @@ async fn migrate_locked(
     target: &Target,
     ledger: &Ledger,
     opts: &RunOptions,
-    run_id: &str,
-    fence: Option<&ledger::lock::Fence>,
+    (run_id, fence): (&str, Option<&ledger::lock::Fence>),
 ) -> Result<RunReport, RunError> {
     let started_at = chrono::Utc::now();
     let run_started = Instant::now();
@@ -460,6 +465,18 @@ async fn migrate_locked(
         .collect();
     let mut run_error: Option<RunError> = None;
     let mut estimate_ms: u64 = 0;
+    let run = RunCtx {
+        target,
+        ledger,
+        opts,
+        run_id,
+        run_number,
+        snapshot_at: &snapshot_at,
+        map: &ctx,
+        rejects: &rejects,
+        progress: &progress,
+        total_rejected: &total_rejected,
+    };
 
     for (p, (_, resume, since, origin)) in plans.iter().zip(&to_run) {
         // A resumed step deletes what its interrupted run was to delete, whatever this command's
@@ -570,25 +587,15 @@ async fn migrate_locked(
         } {
             Err(RunError::LockLost(lost))
         } else {
-            prepare_step(
-                p,
-                target,
-                ledger,
-                opts,
-                run_id,
-                run_number,
-                &snapshot_at,
-                resume.as_deref().or(origin.as_deref()),
-                &mut stage,
-            )
-            .await
-            .map(|(dest, empty, b, taken)| {
-                stage.prior = wrote_before(&history, &p.entity, &dest);
-                destination = dest;
-                was_empty = empty;
-                backup = b;
-                backup_taken = taken;
-            })
+            prepare_step(p, &run, resume.as_deref().or(origin.as_deref()), &mut stage)
+                .await
+                .map(|(dest, empty, b, taken)| {
+                    stage.prior = wrote_before(&history, &p.entity, &dest);
+                    destination = dest;
+                    was_empty = empty;
+                    backup = b;
+                    backup_taken = taken;
+                })
         };
         if let Err(e) = prepared {
             // The stage failed before its first row: it is reported (and recorded) as failed.
@@ -618,18 +625,7 @@ async fn migrate_locked(
             (None, true) => Some("copied in full: no completed run to start from".to_string()),
             _ => None,
         };
-        let (mut report, err) = run_entity(
-            p,
-            &mut session,
-            target,
-            &ctx,
-            opts,
-            &rejects,
-            &progress,
-            &total_rejected,
-            &stage,
-        )
-        .await;
+        let (mut report, err) = run_entity(p, &mut session, &run, &stage).await;
         report.delta = delta;
         if let Some(b) = backup_taken {
             report.set_backup(b);

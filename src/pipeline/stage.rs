@@ -3,14 +3,54 @@
 //! start in the ledger (`prepare_step`: schema, emptiness, backup, write mode).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use super::error::RunError;
 use super::options::RunOptions;
 use crate::ledger::{self, Ledger, StepRecord};
 use crate::mapping::plan::Plan;
+use crate::monitor::rejects::RejectsWriter;
+use crate::monitor::{EntityCounters, Progress};
 use crate::sink::mongodb::WriteMode;
 use crate::sink::target::{Destination, Target};
+use crate::transform::row::MapContext;
+
+/// What every stage of a run shares: the target and the ledger, the operator's options, the
+/// run's id, number and source snapshot, the row mapper's inputs, and the run's rejects files,
+/// progress display and count of rejected rows (for --max-rejects).
+#[derive(Clone, Copy)]
+pub(super) struct RunCtx<'a> {
+    pub(super) target: &'a Target,
+    pub(super) ledger: &'a Ledger,
+    pub(super) opts: &'a RunOptions,
+    pub(super) run_id: &'a str,
+    /// The run's number in the ledger (0 in a dry run).
+    pub(super) run_number: i64,
+    /// The source snapshot's time (RFC 3339, microseconds).
+    pub(super) snapshot_at: &'a str,
+    pub(super) map: &'a MapContext,
+    pub(super) rejects: &'a Arc<RejectsWriter>,
+    pub(super) progress: &'a Progress,
+    pub(super) total_rejected: &'a Arc<AtomicU64>,
+}
+
+/// What the reader and the writer of one entity's stage share. The writer is a task of its own:
+/// it gets a clone (the counters, rejects and count of rejected rows are shared through `Arc`s).
+#[derive(Clone)]
+pub(super) struct StageCtx {
+    pub(super) target: Target,
+    pub(super) opts: RunOptions,
+    pub(super) entity: String,
+    pub(super) collection: String,
+    pub(super) counters: Arc<EntityCounters>,
+    pub(super) rejects: Arc<RejectsWriter>,
+    pub(super) total_rejected: Arc<AtomicU64>,
+    /// Upserts into a destination cutover wrote before (`StageRun::prior`): the older documents
+    /// of rows rejected now (by the mapping or by the target) are removed.
+    pub(super) remove_stale: bool,
+}
 
 /// The directory of this run's rejects files, absolute (as the ledger records it).
 fn run_rejects_dir(opts: &RunOptions, run_id: &str) -> String {
@@ -25,15 +65,9 @@ fn run_rejects_dir(opts: &RunOptions, run_id: &str) -> String {
 /// (Appwrite), whether the destination is empty, its backup, and the write mode. Returns the
 /// destination as the ledger records it, whether it was empty, the backup's name, and the
 /// backup when this step took it.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn prepare_step(
     p: &Plan,
-    target: &Target,
-    ledger: &Ledger,
-    opts: &RunOptions,
-    run_id: &str,
-    run_number: i64,
-    snapshot_at: &str,
+    run: &RunCtx<'_>,
     // The unfinished step this one continues (resumed or started over): its record of the
     // destination's state before the stage wrote into it stands.
     resume: Option<&ledger::StepRecord>,
@@ -47,6 +81,15 @@ pub(super) async fn prepare_step(
     ),
     RunError,
 > {
+    let RunCtx {
+        target,
+        ledger,
+        opts,
+        run_id,
+        run_number,
+        snapshot_at,
+        ..
+    } = *run;
     let mut backup = None;
     let mut taken = None;
     target.prepare(p).await?;

@@ -3,7 +3,6 @@
 //! another try, removing stale documents, recording the target's refusals as rejects, and moving
 //! the checkpoint as batches complete.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bson::RawDocumentBuf;
@@ -12,13 +11,12 @@ use tokio::sync::mpsc;
 
 use super::checkpoint::Checkpointer;
 use super::error::RunError;
-use super::options::RunOptions;
 use super::read::{Batch, reject};
+use super::stage::StageCtx;
 use crate::monitor::EntityCounters;
-use crate::monitor::rejects::RejectsWriter;
 use crate::sink::mongodb::{BatchResult, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
-use crate::sink::target::{SinkError, Target};
+use crate::sink::target::SinkError;
 use crate::transform::{Issue, Stage};
 
 /// Writes again, as upserts, the documents of `docs` that `r` says the server may take on
@@ -97,20 +95,24 @@ impl<T> std::future::Future for Spawned<T> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Writes the batches of `rx` in `mode`, as many at once as --concurrency says, and moves the
+/// checkpoint (when there is one) as they complete.
 pub(super) async fn write_loop(
     rx: mpsc::Receiver<Batch>,
-    target: Target,
-    collection: String,
-    entity: String,
+    shared: StageCtx,
     mode: WriteMode,
-    remove_stale: bool,
-    opts: RunOptions,
-    counters: Arc<EntityCounters>,
-    rejects: Arc<RejectsWriter>,
-    total_rejected: Arc<AtomicU64>,
     mut checkpointer: Option<Checkpointer>,
 ) -> Result<(), RunError> {
+    let StageCtx {
+        target,
+        opts,
+        entity,
+        collection,
+        counters,
+        rejects,
+        total_rejected,
+        remove_stale,
+    } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
     let batches =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
