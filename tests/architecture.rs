@@ -325,9 +325,9 @@ fn no_module_imports_from_a_layer_above_it() {
 fn the_files_of_src_import_each_other_without_a_cycle() {
     let files = sources();
     let e = edges(&files);
-    // The checker reads real edges: the engine's run loop imports the expected-rows stream.
+    // The checker reads real edges: the engine's read loop imports the expected-rows stream.
     assert!(
-        e[&vec!["pipeline".to_string(), "run".to_string()]]
+        e[&vec!["pipeline".to_string(), "read".to_string()]]
             .contains(&vec!["pipeline".to_string(), "expected".to_string()])
     );
     if let Some(cycle) = a_cycle(&e) {

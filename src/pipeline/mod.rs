@@ -1,12 +1,20 @@
 //! Pipelines (`pipelines/*.toml`): ordered stages of entities with dependencies. This module parses
 //! and checks them and works out what a `migrate`/`plan` selection runs, in which order.
 
+mod adopt;
+mod checkpoint;
+mod decide;
+mod entity;
 pub mod error;
 pub mod expected;
+mod options;
+mod read;
 pub mod rollback;
 pub mod run;
 pub mod spill;
+mod stage;
 pub mod sync_deletes;
+mod write;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,210 @@
+//! Checkpoints of a stage: batches complete in any order (the writer has several in flight), and
+//! the checkpoint recorded in the ledger is the contiguous watermark — the key below which every
+//! batch is durably written — with what it covers (rows, rejected, warned, removed).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::error::RunError;
+use super::read::Batch;
+use crate::ledger::{self, Ledger};
+use crate::monitor::rejects::RejectsWriter;
+
+/// The contiguous watermark of a stage's batches, which finish in any order: the key below
+/// which every batch is finished, and what that covers.
+#[derive(Debug)]
+pub(super) struct Watermark {
+    /// What was covered before this run (a resumed step).
+    base: ledger::Covered,
+    next: u64,
+    /// Finished batches past the watermark: (key, rows read up to it, rejected, warned, removed).
+    done: std::collections::BTreeMap<u64, (Vec<String>, u64, u64, u64, u64)>,
+    /// The key below which every batch is finished, and what that covers.
+    at: Option<(Vec<String>, ledger::Covered)>,
+}
+
+impl Watermark {
+    fn new(base: ledger::Covered) -> Watermark {
+        Watermark {
+            base,
+            next: 0,
+            done: Default::default(),
+            at: None,
+        }
+    }
+
+    /// Notes batch `seq` as finished (its last key, rows read up to it, rejected, warned,
+    /// removed); whether the watermark moved.
+    fn finished(&mut self, seq: u64, batch: (Vec<String>, u64, u64, u64, u64)) -> bool {
+        self.done.insert(seq, batch);
+        let mut advanced = false;
+        while let Some((key, rows, rejected, warned, removed)) = self.done.remove(&self.next) {
+            let before = self.at.as_ref().map_or(self.base, |(_, c)| *c);
+            self.next += 1;
+            let covered = ledger::Covered {
+                rows: self.base.rows + rows,
+                rejected: before.rejected + rejected,
+                warned: before.warned + warned,
+                batches: self.next,
+                removed: before.removed + removed,
+            };
+            self.at = Some((key, covered));
+            advanced = true;
+        }
+        advanced
+    }
+}
+
+/// Tracks finished batches and records the contiguous watermark: the key below which every
+/// batch is durably written, however the concurrent batches complete.
+pub(crate) struct Checkpointer {
+    ledger: Ledger,
+    /// Synced before each checkpoint: the rejects of the rows it covers are on disk first.
+    rejects: Arc<RejectsWriter>,
+    /// Checked before each checkpoint: a run that lost the lock records nothing more.
+    pub(super) fence: Option<ledger::lock::Fence>,
+    run_id: String,
+    entity: String,
+    watermark: Watermark,
+    recorded: Option<Instant>,
+}
+
+impl Checkpointer {
+    pub(super) fn new(
+        ledger: Ledger,
+        rejects: Arc<RejectsWriter>,
+        fence: Option<ledger::lock::Fence>,
+        run_id: &str,
+        entity: &str,
+        base: ledger::Covered,
+    ) -> Checkpointer {
+        Checkpointer {
+            ledger,
+            rejects,
+            fence,
+            run_id: run_id.to_string(),
+            entity: entity.to_string(),
+            watermark: Watermark::new(base),
+            recorded: None,
+        }
+    }
+
+    /// What was covered before this run (a resumed step).
+    pub(super) fn base(&self) -> ledger::Covered {
+        self.watermark.base
+    }
+
+    /// Notes batch `seq` as finished; records the watermark at most every 200 ms.
+    pub(super) async fn finished(&mut self, seq: u64, batch: &mut Batch) -> Result<(), RunError> {
+        let advanced = self.watermark.finished(
+            seq,
+            (
+                std::mem::take(&mut batch.last_key),
+                batch.read_upto,
+                batch.rejected,
+                batch.warned,
+                batch.removed,
+            ),
+        );
+        let due = self
+            .recorded
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(200));
+        if advanced && due {
+            self.record().await?;
+        }
+        Ok(())
+    }
+
+    async fn record(&mut self) -> Result<(), RunError> {
+        if let Some((key, covered)) = &self.watermark.at
+            && !key.is_empty()
+        {
+            if let Some(f) = &self.fence {
+                f.check().await?;
+            }
+            self.rejects.sync().map_err(|cause| RunError::Io {
+                path: self.rejects.dir().to_path_buf(),
+                cause,
+            })?;
+            self.ledger
+                .checkpoint(&self.run_id, &self.entity, key, *covered)
+                .await?;
+            tracing::debug!(entity = %self.entity, rows = covered.rows, rejected = covered.rejected, "checkpoint recorded");
+            self.recorded = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> Vec<String> {
+        vec![k.to_string()]
+    }
+
+    fn at(w: &Watermark) -> Option<(&str, ledger::Covered)> {
+        w.at.as_ref().map(|(k, c)| (k[0].as_str(), *c))
+    }
+
+    #[test]
+    fn the_watermark_waits_for_every_earlier_batch() {
+        let mut w = Watermark::new(Default::default());
+        // Batches 1 and 2 finish before batch 0: nothing is covered yet.
+        assert!(!w.finished(2, (key("30"), 30, 1, 0, 0)));
+        assert!(!w.finished(1, (key("20"), 20, 0, 2, 1)));
+        assert_eq!(at(&w), None);
+        // Batch 0 finishes: the watermark jumps past all three, adding up what they cover.
+        assert!(w.finished(0, (key("10"), 10, 3, 0, 0)));
+        assert_eq!(
+            at(&w),
+            Some((
+                "30",
+                ledger::Covered {
+                    rows: 30,
+                    rejected: 4,
+                    warned: 2,
+                    batches: 3,
+                    removed: 1,
+                }
+            ))
+        );
+        assert!(w.done.is_empty());
+        // Batch 4 before batch 3: it waits.
+        assert!(!w.finished(4, (key("50"), 50, 0, 0, 0)));
+        assert_eq!(at(&w).map(|(k, _)| k), Some("30"));
+        assert!(w.finished(3, (key("40"), 40, 0, 1, 0)));
+        let (k, c) = at(&w).unwrap();
+        assert_eq!((k, c.rows, c.warned, c.batches), ("50", 50, 3, 5));
+    }
+
+    #[test]
+    fn a_resumed_steps_watermark_counts_from_what_its_checkpoint_covered() {
+        let base = ledger::Covered {
+            rows: 100,
+            rejected: 5,
+            warned: 7,
+            batches: 0,
+            removed: 2,
+        };
+        let mut w = Watermark::new(base);
+        // Rows read are this run's (up to the batch's last row): the base's rows come on top;
+        // the other counts add to the base's.
+        assert!(w.finished(0, (key("k"), 10, 1, 1, 1)));
+        assert_eq!(
+            at(&w).unwrap().1,
+            ledger::Covered {
+                rows: 110,
+                rejected: 6,
+                warned: 8,
+                batches: 1,
+                removed: 3,
+            }
+        );
+        // The step's own batches count from 0.
+        assert!(w.finished(1, (key("l"), 25, 0, 0, 0)));
+        assert_eq!(at(&w).unwrap().1.batches, 2);
+        assert_eq!(at(&w).unwrap().1.rows, 125);
+    }
+}

@@ -1,0 +1,501 @@
+//! What `migrate` runs: for each selected entity, a `Decision` taken from the ledger's history
+//! before anything runs (already applied, accept a changed mapping, run from the start, resume
+//! from a checkpoint, or a delta since the last completed run). A pure function of the steps,
+//! the pipeline, the history and the options.
+
+use super::error::RunError;
+use super::options::RunOptions;
+use super::{Pipeline, Step};
+use crate::ledger;
+
+/// What `migrate` does with one selected entity, decided from the ledger before anything runs.
+#[derive(Debug, Clone)]
+pub(super) enum Decision {
+    /// Completed before with the same mapping: nothing to do (unless --rerun).
+    AlreadyApplied,
+    /// Completed before with another mapping, and --accept-changed: record the new checksum.
+    AcceptChange { step_id: String },
+    /// Run it, from the start or from an interrupted step's checkpoint; `since`: only rows
+    /// changed since that instant (delta run).
+    Run {
+        resume: Option<Box<ledger::StepRecord>>,
+        since: Option<String>,
+        /// An unfinished step started over (no checkpoint, --fresh): the destination's state
+        /// before it (empty, or its backup) is still the state a rollback returns to.
+        origin: Option<Box<ledger::StepRecord>>,
+    },
+}
+
+pub(super) fn decide(
+    steps: &[Step],
+    pipeline: &Pipeline,
+    history: &[ledger::StepRecord],
+    opts: &RunOptions,
+) -> Result<Vec<(Step, Decision)>, RunError> {
+    if opts.sync_deletes && !opts.since_last && !opts.rerun {
+        return Err(RunError::Refused(
+            "--sync-deletes goes with --since-last (the catch-up) or --rerun".into(),
+        ));
+    }
+    // The step each entity's data is in: after a rolled-back re-run, the run before it.
+    let latest = ledger::current_steps(history);
+    let mut completed = std::collections::BTreeMap::new();
+    for s in history {
+        if s.status == ledger::COMPLETED {
+            completed.insert(s.entity.clone(), s.clone());
+        }
+    }
+    let mut out = Vec::new();
+    let mut changed = Vec::new();
+    let mut rolling_back = Vec::new();
+    for s in steps {
+        let m = pipeline.mappings.get(&s.entity)?;
+        if let Some(prev) = latest.get(&s.entity)
+            && prev.status == ledger::ROLLING_BACK
+        {
+            rolling_back.push(format!("{} (run {})", s.entity, prev.run_id));
+            continue;
+        }
+        let last_completed = completed.get(&s.entity);
+        // A stage without a change-tracking column cannot know its delta: it is copied in full.
+        let since = match (opts.since_last, last_completed) {
+            // A child changed alone leaves its parent's column as it was: a mapping that embeds
+            // children is copied in full.
+            (true, Some(done))
+                if m.spec.source.updated_at.is_some() && m.spec.embeds.is_empty() =>
+            {
+                done.snapshot_at.clone()
+            }
+            _ => None,
+        };
+        let full_recopy = opts.since_last && last_completed.is_some() && since.is_none();
+        let d = match latest.get(&s.entity) {
+            None => Decision::Run {
+                resume: None,
+                since: None,
+                origin: None,
+            },
+            Some(prev)
+                if prev.status == ledger::COMPLETED
+                    && since.is_some()
+                    && prev.checksum == m.checksum =>
+            {
+                Decision::Run {
+                    resume: None,
+                    since: since.clone(),
+                    origin: None,
+                }
+            }
+            Some(prev) if prev.status == ledger::COMPLETED => {
+                if opts.rerun || full_recopy {
+                    Decision::Run {
+                        resume: None,
+                        since: None,
+                        origin: None,
+                    }
+                } else if prev.checksum == m.checksum {
+                    Decision::AlreadyApplied
+                } else if opts.accept_changed {
+                    Decision::AcceptChange {
+                        step_id: prev.id.clone(),
+                    }
+                } else {
+                    changed.push(format!("{} (completed in run {})", s.entity, prev.run_id));
+                    continue;
+                }
+            }
+            Some(prev)
+                if ledger::unfinished(&prev.status)
+                    && prev.checkpoint_key.is_some()
+                    && prev.checksum == m.checksum
+                    && !opts.fresh =>
+            {
+                Decision::Run {
+                    resume: Some(Box::new(prev.clone())),
+                    since: prev.since.clone(),
+                    origin: None,
+                }
+            }
+            Some(prev) => Decision::Run {
+                resume: None,
+                since: None,
+                origin: ledger::unfinished(&prev.status).then(|| Box::new(prev.clone())),
+            },
+        };
+        out.push((s.clone(), d));
+    }
+    if !rolling_back.is_empty() {
+        return Err(RunError::Refused(format!(
+            "the rollback of {} did not finish: its data is partly restored; finish it with `cutover rollback` (it restores again from the start)",
+            rolling_back.join(", ")
+        )));
+    }
+    if !changed.is_empty() {
+        return Err(RunError::Refused(format!(
+            "the mapping of {} changed after its stage completed; re-run it with --rerun, or keep the migrated data and accept the new mapping with --accept-changed",
+            changed.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::ledger::StepRecord;
+    use crate::mapping::MappingSet;
+    use crate::sink::target::Destination;
+
+    /// A pipeline of one stage: `a` (no change column) and `d` (a `source.updated_at`).
+    fn pipeline() -> Pipeline {
+        let mapping = |name: &str, extra: &str| {
+            crate::mapping::parse(
+                Path::new(&format!("{name}.toml")),
+                &format!(
+                    "version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"id\"]\n{extra}[[field]]\npath = \"x\"\ncolumn = \"x\"\n"
+                ),
+            )
+            .unwrap()
+        };
+        let set = MappingSet::from_mappings(vec![
+            mapping("a", ""),
+            mapping("d", "updated_at = \"changed_at\"\n"),
+        ])
+        .unwrap();
+        let spec = toml::from_str(
+            "version = 1\nname = \"p\"\n[[stage]]\nname = \"one\"\nentities = [\"a\", \"d\"]\n",
+        )
+        .unwrap();
+        Pipeline::new(Path::new("p.toml"), spec, set).unwrap()
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            dry_run: false,
+            batch_size: 1000,
+            batch_bytes: 1 << 20,
+            concurrency: 2,
+            continue_on_error: false,
+            skip_validation: false,
+            max_rejects: None,
+            ignore_dependencies: false,
+            report_path: None,
+            reports_dir: PathBuf::from("reports"),
+            rejects_dir: PathBuf::from("rejects"),
+            quiet: true,
+            retry: Default::default(),
+            target_name: "mongodb".into(),
+            rerun: false,
+            accept_changed: false,
+            fresh: false,
+            since_last: false,
+            sync_deletes: false,
+            no_backup: false,
+            restore_on_failure: false,
+            lock_ttl: std::time::Duration::from_secs(30),
+        }
+    }
+
+    fn checksum(p: &Pipeline, entity: &str) -> String {
+        p.mappings.get(entity).unwrap().checksum.clone()
+    }
+
+    /// A step of `entity` in `run`, with the mapping's current checksum.
+    fn step(p: &Pipeline, run: &str, entity: &str, status: &str) -> StepRecord {
+        StepRecord {
+            id: format!("{run}:{entity}"),
+            run_id: run.into(),
+            run_number: 0,
+            entity: entity.into(),
+            destination: Destination::Collection {
+                name: entity.into(),
+            },
+            mapping: String::new(),
+            checksum: checksum(p, entity),
+            status: status.into(),
+            started_at: None,
+            finished_at: None,
+            rolled_back_at: None,
+            duration_ms: 0,
+            read: 0,
+            written: 0,
+            rejected: 0,
+            warnings: 0,
+            skipped: 0,
+            retried: 0,
+            error: None,
+            was_empty: true,
+            backup: None,
+            reversible: true,
+            checkpoint_key: None,
+            checkpoint_rows: 0,
+            checkpoint_rejected: 0,
+            checkpoint_warned: 0,
+            checkpoint_removed: 0,
+            checkpoint_batches: 0,
+            total: 0,
+            resumed_from: None,
+            snapshot_at: Some("2024-01-01T00:00:00.000000Z".into()),
+            since: None,
+            sync_deletes: false,
+            rejects_dir: None,
+            reported_by: None,
+            host: String::new(),
+            pid: 0,
+            version: String::new(),
+        }
+    }
+
+    fn steps(entities: &[&str]) -> Vec<Step> {
+        entities
+            .iter()
+            .map(|e| Step {
+                stage: "one".into(),
+                entity: e.to_string(),
+            })
+            .collect()
+    }
+
+    /// The one decision for `entity`.
+    fn one(
+        p: &Pipeline,
+        entity: &str,
+        history: &[StepRecord],
+        opts: &RunOptions,
+    ) -> Result<Decision, RunError> {
+        let mut out = decide(&steps(&[entity]), p, history, opts)?;
+        assert_eq!(out.len(), 1);
+        let (s, d) = out.remove(0);
+        assert_eq!(s.entity, entity);
+        Ok(d)
+    }
+
+    fn refusal(r: Result<Decision, RunError>) -> String {
+        match r {
+            Err(RunError::Refused(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fresh_entity_runs_from_the_start() {
+        let p = pipeline();
+        let d = one(&p, "a", &[], &opts()).unwrap();
+        assert!(
+            matches!(
+                d,
+                Decision::Run {
+                    resume: None,
+                    since: None,
+                    origin: None
+                }
+            ),
+            "{d:?}"
+        );
+        // Another entity's history says nothing about this one.
+        let d = one(&p, "a", &[step(&p, "r1", "d", ledger::COMPLETED)], &opts()).unwrap();
+        assert!(matches!(d, Decision::Run { resume: None, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_completed_entity_with_the_same_mapping_is_already_applied() {
+        let p = pipeline();
+        let history = [step(&p, "r1", "a", ledger::COMPLETED)];
+        let d = one(&p, "a", &history, &opts()).unwrap();
+        assert!(matches!(d, Decision::AlreadyApplied), "{d:?}");
+    }
+
+    #[test]
+    fn rerun_runs_a_completed_entity_again_in_full() {
+        let p = pipeline();
+        let history = [step(&p, "r1", "a", ledger::COMPLETED)];
+        let o = RunOptions {
+            rerun: true,
+            ..opts()
+        };
+        let d = one(&p, "a", &history, &o).unwrap();
+        assert!(
+            matches!(
+                d,
+                Decision::Run {
+                    resume: None,
+                    since: None,
+                    origin: None
+                }
+            ),
+            "{d:?}"
+        );
+        // Also with a changed mapping: --rerun is the way to apply it.
+        let mut changed = step(&p, "r1", "a", ledger::COMPLETED);
+        changed.checksum = "older".into();
+        let d = one(&p, "a", &[changed], &o).unwrap();
+        assert!(matches!(d, Decision::Run { resume: None, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_changed_mapping_is_refused_unless_accepted() {
+        let p = pipeline();
+        let mut prev = step(&p, "r1", "a", ledger::COMPLETED);
+        prev.checksum = "older".into();
+        let history = [prev];
+        let why = refusal(one(&p, "a", &history, &opts()));
+        assert!(
+            why.contains("the mapping of a (completed in run r1) changed"),
+            "{why}"
+        );
+        assert!(why.contains("--accept-changed"), "{why}");
+        let o = RunOptions {
+            accept_changed: true,
+            ..opts()
+        };
+        match one(&p, "a", &history, &o).unwrap() {
+            Decision::AcceptChange { step_id } => assert_eq!(step_id, "r1:a"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unfinished_step_with_a_checkpoint_is_resumed_as_it_was_started() {
+        let p = pipeline();
+        for status in [ledger::RUNNING, ledger::FAILED, ledger::INTERRUPTED] {
+            let mut prev = step(&p, "r2", "d", status);
+            prev.checkpoint_key = Some(vec!["41".into()]);
+            prev.checkpoint_rows = 41;
+            prev.since = Some("2024-01-01T00:00:00.000000Z".into());
+            prev.sync_deletes = true;
+            let history = [step(&p, "r1", "d", ledger::COMPLETED), prev];
+            // Whatever this command's flags: the resumed part keeps its `since` and its
+            // --sync-deletes (recorded in the step resumed).
+            match one(&p, "d", &history, &opts()).unwrap() {
+                Decision::Run {
+                    resume: Some(r),
+                    since,
+                    origin: None,
+                } => {
+                    assert_eq!(r.id, "r2:d");
+                    assert_eq!(r.checkpoint_key.as_deref(), Some(&["41".to_string()][..]));
+                    assert!(r.sync_deletes, "{status}");
+                    assert_eq!(since.as_deref(), Some("2024-01-01T00:00:00.000000Z"));
+                }
+                d => panic!("{status}: {d:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unfinished_step_without_a_checkpoint_or_with_fresh_starts_over_from_its_origin() {
+        let p = pipeline();
+        let prev = step(&p, "r2", "a", ledger::INTERRUPTED);
+        let check = |history: &[StepRecord], o: &RunOptions| match one(&p, "a", history, o).unwrap()
+        {
+            Decision::Run {
+                resume: None,
+                since: None,
+                origin: Some(origin),
+            } => assert_eq!(origin.id, "r2:a"),
+            d => panic!("{d:?}"),
+        };
+        // No checkpoint.
+        check(std::slice::from_ref(&prev), &opts());
+        // A checkpoint, but --fresh.
+        let mut with_checkpoint = prev.clone();
+        with_checkpoint.checkpoint_key = Some(vec!["7".into()]);
+        let fresh = RunOptions {
+            fresh: true,
+            ..opts()
+        };
+        check(std::slice::from_ref(&with_checkpoint), &fresh);
+        // A checkpoint of another mapping is not resumed either.
+        with_checkpoint.checksum = "older".into();
+        check(&[with_checkpoint], &opts());
+    }
+
+    #[test]
+    fn a_rolled_back_step_is_no_origin() {
+        let p = pipeline();
+        let history = [step(&p, "r1", "a", ledger::ROLLED_BACK)];
+        let d = one(&p, "a", &history, &opts()).unwrap();
+        assert!(
+            matches!(
+                d,
+                Decision::Run {
+                    resume: None,
+                    since: None,
+                    origin: None
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn sync_deletes_goes_with_since_last_or_rerun() {
+        let p = pipeline();
+        let o = RunOptions {
+            sync_deletes: true,
+            ..opts()
+        };
+        let why = refusal(one(&p, "a", &[], &o));
+        assert_eq!(
+            why,
+            "--sync-deletes goes with --since-last (the catch-up) or --rerun"
+        );
+        for o in [
+            RunOptions {
+                since_last: true,
+                ..o.clone()
+            },
+            RunOptions {
+                rerun: true,
+                ..o.clone()
+            },
+        ] {
+            assert!(one(&p, "a", &[], &o).is_ok());
+        }
+    }
+
+    #[test]
+    fn since_last_copies_the_delta_of_an_entity_with_a_change_column() {
+        let p = pipeline();
+        let o = RunOptions {
+            since_last: true,
+            ..opts()
+        };
+        let done = step(&p, "r1", "d", ledger::COMPLETED);
+        match one(&p, "d", std::slice::from_ref(&done), &o).unwrap() {
+            Decision::Run {
+                resume: None,
+                since,
+                origin: None,
+            } => assert_eq!(since, done.snapshot_at),
+            d => panic!("{d:?}"),
+        }
+        // Without a change column: copied in full (not "already applied").
+        let done = step(&p, "r1", "a", ledger::COMPLETED);
+        let d = one(&p, "a", &[done], &o).unwrap();
+        assert!(
+            matches!(
+                d,
+                Decision::Run {
+                    resume: None,
+                    since: None,
+                    origin: None
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_rollback_cut_short_is_refused() {
+        let p = pipeline();
+        let history = [step(&p, "r1", "a", ledger::ROLLING_BACK)];
+        let why = refusal(one(&p, "a", &history, &opts()));
+        assert!(
+            why.contains("the rollback of a (run r1) did not finish"),
+            "{why}"
+        );
+    }
+}

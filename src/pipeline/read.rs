@@ -1,0 +1,359 @@
+//! The reader of one stage: streams the source in key order (through the expected-documents
+//! stream, merging embedded child streams), maps and validates each row, records rejects and
+//! orphan child rows, and gathers the documents into batches (by rows and bytes) for the writer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bson::RawDocumentBuf;
+use tokio::sync::mpsc;
+
+use super::error::RunError;
+use super::expected::{ExpectedRow, ExpectedRows, Orphan, Readers};
+use super::options::RunOptions;
+use super::stage::{StageCtx, StageRun};
+use crate::mapping::plan::Plan;
+use crate::monitor::EntityCounters;
+use crate::monitor::rejects::RejectsWriter;
+use crate::source::postgres;
+use crate::source::{SourceSession, Value};
+use crate::transform::row::MapContext;
+use crate::transform::{Issue, Stage};
+
+/// The condition of a `--since-last` read: rows whose `column` says they changed at or after the
+/// watermark `at` (UTC, RFC 3339), and rows that do not say (NULL): they are copied every time,
+/// never lost. A `date` column holds no time of day and a `timestamp` one no zone (its local
+/// time may be up to a day from UTC): both are compared a day early, re-copying at most a day of
+/// rows (writes are idempotent) rather than missing one.
+fn delta_filter(column: &str, kind: Option<crate::source::ColKind>, at: &str) -> String {
+    let col = postgres::quote_ident(column);
+    let since = match kind {
+        Some(crate::source::ColKind::Date) => {
+            format!(
+                "CAST(CAST('{at}' AS timestamptz) AT TIME ZONE 'UTC' - interval '1 day' AS date)"
+            )
+        }
+        Some(crate::source::ColKind::Timestamp) => {
+            format!("CAST('{at}' AS timestamptz) AT TIME ZONE 'UTC' - interval '1 day'")
+        }
+        _ => format!("CAST('{at}' AS timestamptz)"),
+    };
+    format!("({col} >= {since} OR {col} IS NULL)")
+}
+
+/// A batch of documents on its way to the target.
+pub(super) struct Batch {
+    pub(super) docs: Vec<RawDocumentBuf>,
+    pub(super) keys: Vec<String>,
+    pub(super) bytes: usize,
+    /// Position in the stage's sequence of batches (for the contiguous checkpoint).
+    pub(super) seq: u64,
+    /// Key (as text) of the last source row this batch covers, rejected rows included.
+    pub(super) last_key: Vec<String>,
+    /// Source rows read (this run) up to and including that row.
+    pub(super) read_upto: u64,
+    /// Rows of the batch's stretch rejected (by the mapping before it, or by the target), and
+    /// rows in it written with warnings.
+    pub(super) rejected: u64,
+    pub(super) warned: u64,
+    /// Ids of rows rejected in this batch's stretch whose documents an earlier run may have
+    /// written (upsert mode): removed before the batch is written.
+    pub(super) stale: Vec<bson::Bson>,
+    /// How many of those (and of the documents the target refused) were there and removed.
+    pub(super) removed: u64,
+}
+
+impl Batch {
+    pub(super) fn new(cap: usize) -> Batch {
+        Batch {
+            docs: Vec::with_capacity(cap),
+            keys: Vec::with_capacity(cap),
+            bytes: 0,
+            seq: 0,
+            last_key: Vec::new(),
+            read_upto: 0,
+            rejected: 0,
+            warned: 0,
+            stale: Vec::new(),
+            removed: 0,
+        }
+    }
+
+    fn seal(&mut self, seq: &mut u64, last_key: Vec<String>, read_upto: u64) {
+        self.seq = *seq;
+        *seq += 1;
+        self.last_key = last_key;
+        self.read_upto = read_upto;
+    }
+}
+
+/// The key of `row` in PostgreSQL's input form, in scan order (what a checkpoint stores); empty
+/// when the row has none or a NULL part — a batch ending there moves no checkpoint (the next
+/// batch's does, and a resume's read finds rows with NULL parts where the scan put them).
+pub(super) fn key_strings(plan: &Plan, row: Option<&[Value]>) -> Vec<String> {
+    row.and_then(|row| {
+        let key: Vec<&Value> = plan.key.iter().map(|&i| &row[i]).collect();
+        crate::source::value::key_literals(&key)
+    })
+    .unwrap_or_default()
+}
+
+/// Reads the stage's rows (those after the checkpoint it resumes, those changed since its
+/// `since`) into batches sent to the writer through `tx`.
+pub(super) async fn read_loop(
+    plan: &Plan,
+    session: &mut SourceSession,
+    ctx: &MapContext,
+    shared: &StageCtx,
+    stage: &StageRun,
+    bar: &indicatif::ProgressBar,
+    tx: mpsc::Sender<Batch>,
+) -> Result<(), RunError> {
+    let StageCtx {
+        target,
+        opts,
+        counters,
+        rejects,
+        total_rejected,
+        ..
+    } = shared;
+    let upsert = shared.remove_stale;
+    let (resume, since) = (stage.resume.as_ref(), stage.since.as_deref());
+    let max_document_bytes = target.max_document_bytes();
+    let mut readers = Readers::open(session, plan).await?;
+    let readers = &mut readers;
+    let mut read_spec = plan.read.clone();
+    if let (Some(since), Some(column)) = (since, plan.updated_at.as_deref()) {
+        // Re-formatted from a parsed instant: safe to inline.
+        let at = chrono::DateTime::parse_from_rfc3339(since)
+            .map_err(|e| {
+                RunError::Refused(format!("bad snapshot time {since:?} in the ledger: {e}"))
+            })?
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        read_spec.filter = Some(delta_filter(column, plan.updated_at_kind, &at));
+    }
+    let mut child_specs: Vec<_> = plan.embeds.iter().map(|e| e.read.clone()).collect();
+    if let Some(r) = resume {
+        read_spec.after = Some(r.key.clone());
+        // Children of parents already written are skipped by the same key: their leading
+        // ordering columns are the foreign key, one per parent key column.
+        for c in &mut child_specs {
+            c.after = Some(r.key.clone());
+        }
+    }
+    let start_rows = resume.map(|r| r.rows).unwrap_or(0);
+    tracing::info!(entity = %plan.entity, after_rows = start_rows, embeds = plan.embeds.len(), "reading the source in key order");
+    let mut seq: u64 = 0;
+    let child_reads: Vec<&postgres::ReadSpec> = child_specs.iter().collect();
+    let mut rows =
+        ExpectedRows::with_reads(readers, plan, &read_spec, &child_reads, max_document_bytes);
+    let io_err = |cause: std::io::Error| RunError::Io {
+        path: rejects.dir().to_path_buf(),
+        cause,
+    };
+    let mut batch = Batch::new(opts.batch_size);
+    let mut prev_row: Option<Vec<Value>> = None;
+    // Once per entity: whether a hashed row id loses the key (then said per document).
+    let key_lost = target.key_lost(plan);
+    let mut since_tick = 0u64;
+    // Orphan child rows come before the parent row they sort before; their lines wait for that
+    // row's batch, whose checkpoint is at or past their foreign key: a resume (reading the
+    // children after the checkpoint's key) neither reads them again nor loses them. Those after
+    // the last parent row go to no checkpointed batch: a resume reads them again.
+    let mut waiting: Vec<Orphan> = Vec::new();
+    let write_orphans = |waiting: &mut Vec<Orphan>, batch: Option<u64>| {
+        for o in waiting.drain(..) {
+            rejects
+                .reject_in(&plan.entity, &o.key, &[o.issue(plan)], batch)
+                .map_err(io_err)?;
+            counters.add_orphan(o.embed);
+        }
+        Ok::<(), RunError>(())
+    };
+
+    while let Some(item) = rows.next(ctx).await? {
+        if let ExpectedRow::Orphan(o) = item {
+            waiting.push(o);
+            if opts.dry_run {
+                write_orphans(&mut waiting, None)?;
+            } else if waiting.len() >= ORPHANS_WAITING {
+                // Not held in memory without end: the batch gathered so far is sealed (its
+                // checkpoint is before them) and they go to the next.
+                if !batch.docs.is_empty() {
+                    let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+                    full.seal(
+                        &mut seq,
+                        key_strings(plan, prev_row.as_deref()),
+                        counters.read.load(Ordering::Relaxed),
+                    );
+                    if tx.send(full).await.is_err() {
+                        return Ok(()); // the writer stopped; its error is reported
+                    }
+                }
+                write_orphans(&mut waiting, Some(seq))?;
+            }
+            continue;
+        }
+        EntityCounters::add(&counters.read, 1);
+        since_tick += 1;
+        if since_tick >= 256 {
+            bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
+            since_tick = 0;
+        }
+        let (row, mut mapped) = match item {
+            ExpectedRow::Rejected { key, issues, row } => {
+                // Part of the batch being gathered (the next sealed).
+                reject(
+                    counters,
+                    total_rejected,
+                    rejects,
+                    (&plan.entity, &key, (!opts.dry_run).then_some(seq)),
+                    &issues,
+                    opts,
+                )?;
+                batch.rejected += 1;
+                // Into a collection that held documents, this row's may be there from an
+                // earlier run: stale now, it goes (a fresh run would not have written it).
+                if upsert
+                    && let Some(values) = &row
+                    && let Ok(id) = plan
+                        .id
+                        .id_for(&plan.key.iter().map(|&k| &values[k]).collect::<Vec<_>>())
+                {
+                    batch.stale.push(id);
+                }
+                if row.is_some() {
+                    prev_row = row;
+                    // In the batch the row's key ends (a row without one bounds nothing).
+                    write_orphans(&mut waiting, (!opts.dry_run).then_some(seq))?;
+                }
+                continue;
+            }
+            ExpectedRow::Document { row, mapped, .. } => (row, mapped),
+            ExpectedRow::Orphan(_) => unreachable!("handled above"),
+        };
+        let raw = mapped.doc.take().expect("a document row has its document");
+        let size = raw.as_bytes().len();
+        if let Some(message) = key_lost.as_ref().and_then(|k| k.warning(&raw)) {
+            mapped.issues.push(Issue {
+                stage: Stage::Write,
+                severity: crate::mapping::spec::Severity::Warning,
+                rule: crate::sink::target::KeyLost::RULE.to_string(),
+                path: "_id".into(),
+                message: message.to_string(),
+                value: mapped.key.clone(),
+            });
+        }
+        let warnings: Vec<&Issue> = mapped.warnings().collect();
+        if opts.dry_run {
+            // What the target would refuse before writing (Appwrite's column types and sizes)
+            // is rejected here as the run would: the rehearsal predicts the run's rejects.
+            if let Some((rule, message)) = target.refusal(&plan.collection, &raw) {
+                let issue = Issue::error(Stage::Write, rule, "", message, String::new());
+                reject(
+                    counters,
+                    total_rejected,
+                    rejects,
+                    (&plan.entity, &mapped.key, None),
+                    &[issue],
+                    opts,
+                )?;
+                prev_row = Some(row);
+                continue;
+            }
+            if !warnings.is_empty() {
+                EntityCounters::add(&counters.warnings, 1);
+                rejects
+                    .warn(&plan.entity, &mapped.key, &warnings, None)
+                    .map_err(io_err)?;
+            }
+            EntityCounters::add(&counters.written, 1);
+            EntityCounters::add(&counters.bytes, size as u64);
+            prev_row = Some(row);
+            continue;
+        }
+        if batch.bytes + size > opts.batch_bytes && !batch.docs.is_empty() {
+            // The batch covers every row before this one.
+            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            full.seal(
+                &mut seq,
+                key_strings(plan, prev_row.as_deref()),
+                counters.read.load(Ordering::Relaxed) - 1,
+            );
+            if tx.send(full).await.is_err() {
+                return Ok(()); // the writer stopped; its error is reported
+            }
+        }
+        // Recorded once the row's batch is known (the one sealed above is not it).
+        write_orphans(&mut waiting, Some(seq))?;
+        if !warnings.is_empty() {
+            EntityCounters::add(&counters.warnings, 1);
+            rejects
+                .warn(&plan.entity, &mapped.key, &warnings, Some(seq))
+                .map_err(io_err)?;
+            batch.warned += 1;
+        }
+        batch.bytes += size;
+        batch.docs.push(raw);
+        batch.keys.push(mapped.key.clone());
+        if batch.docs.len() >= opts.batch_size {
+            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            full.seal(
+                &mut seq,
+                key_strings(plan, Some(&row)),
+                counters.read.load(Ordering::Relaxed),
+            );
+            if tx.send(full).await.is_err() {
+                return Ok(());
+            }
+        }
+        prev_row = Some(row);
+    }
+    // The last stretch, also when it holds only rejected rows whose older documents go.
+    if !batch.docs.is_empty() || !batch.stale.is_empty() {
+        batch.seal(
+            &mut seq,
+            key_strings(plan, prev_row.as_deref()),
+            counters.read.load(Ordering::Relaxed),
+        );
+        let _ = tx.send(batch).await;
+    }
+    // After the last parent row: in a batch no checkpoint covers.
+    write_orphans(&mut waiting, (!opts.dry_run).then_some(seq))?;
+    for (i, e) in plan.embeds.iter().enumerate() {
+        let orphans = counters.orphans_of(i);
+        if orphans > 0 {
+            tracing::warn!(entity = %plan.entity, embed = %e.path_text, orphans, "child rows whose parent is not in the source were not embedded");
+        }
+    }
+    bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// Orphan child rows whose lines wait for the next parent row's batch, at most.
+const ORPHANS_WAITING: usize = 1024;
+
+/// Counts and records a rejected row (entity, source key, the batch of the step it belongs to);
+/// `Err` when the rejects file cannot be written or --max-rejects is exceeded.
+pub(super) fn reject(
+    counters: &EntityCounters,
+    total_rejected: &AtomicU64,
+    rejects: &RejectsWriter,
+    (entity, key, batch): (&str, &str, Option<u64>),
+    issues: &[Issue],
+    opts: &RunOptions,
+) -> Result<(), RunError> {
+    EntityCounters::add(&counters.rejected, 1);
+    rejects
+        .reject_in(entity, key, issues, batch)
+        .map_err(|cause| RunError::Io {
+            path: rejects.dir().to_path_buf(),
+            cause,
+        })?;
+    let n = total_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Some(max) = opts.max_rejects
+        && n > max
+    {
+        return Err(RunError::TooManyRejects { rejected: n, max });
+    }
+    Ok(())
+}

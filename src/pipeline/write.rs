@@ -1,0 +1,451 @@
+//! The writer of one stage: takes the reader's batches and writes them with bounded concurrency
+//! (each batch its own task), retrying whole batches and the documents the server may take on
+//! another try, removing stale documents, recording the target's refusals as rejects, and moving
+//! the checkpoint as batches complete.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bson::RawDocumentBuf;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::checkpoint::Checkpointer;
+use super::error::RunError;
+use super::read::{Batch, reject};
+use super::stage::StageCtx;
+use crate::monitor::EntityCounters;
+use crate::sink::mongodb::{BatchResult, WriteMode};
+use crate::sink::retry::{RetryPolicy, retry};
+use crate::sink::target::SinkError;
+use crate::transform::{Issue, Stage};
+
+/// Writes again, as upserts, the documents of `docs` that `r` says the server may take on
+/// another try (not primary, a write conflict…), as often as the retry policy allows.
+async fn retry_transient<W, F>(
+    write: W,
+    collection: &str,
+    docs: &[RawDocumentBuf],
+    mut r: BatchResult,
+    policy: RetryPolicy,
+    counters: &EntityCounters,
+) -> BatchResult
+where
+    W: Fn(Vec<RawDocumentBuf>) -> F,
+    F: std::future::Future<Output = Result<BatchResult, SinkError>>,
+{
+    for attempt in 0..policy.max_retries {
+        let idx: Vec<usize> = r
+            .errors
+            .iter()
+            .filter(|e| e.transient && e.index < docs.len())
+            .map(|e| e.index)
+            .collect();
+        if idx.is_empty() {
+            break;
+        }
+        EntityCounters::add(&counters.retried, 1);
+        tracing::warn!(
+            collection,
+            documents = idx.len(),
+            attempt,
+            "writing refused documents again"
+        );
+        tokio::time::sleep(policy.delay(attempt, fastrand::f64())).await;
+        let again: Vec<RawDocumentBuf> = idx.iter().map(|&i| docs[i].clone()).collect();
+        if let Ok(sub) = write(again).await {
+            r.errors.retain(|e| !(e.transient && e.index < docs.len()));
+            r.written += sub.written;
+            for mut e in sub.errors {
+                e.index = idx.get(e.index).copied().unwrap_or(usize::MAX);
+                r.errors.push(e);
+            }
+            r.errors.sort_by_key(|e| e.index);
+        }
+    }
+    r
+}
+
+/// How long a run writes on the strength of its last look at the lock (checkpoints look every
+/// 200 ms while batches complete).
+const FENCE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A spawned task that is aborted when dropped (a stopped write loop leaves no write behind).
+pub(crate) struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Spawned<T> {
+    pub(crate) fn spawn(task: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Spawned(tokio::spawn(task))
+    }
+}
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Spawned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// Writes the batches of `rx` in `mode`, as many at once as --concurrency says, and moves the
+/// checkpoint (when there is one) as they complete.
+pub(super) async fn write_loop(
+    rx: mpsc::Receiver<Batch>,
+    shared: StageCtx,
+    mode: WriteMode,
+    mut checkpointer: Option<Checkpointer>,
+) -> Result<(), RunError> {
+    let StageCtx {
+        target,
+        opts,
+        entity,
+        collection,
+        counters,
+        rejects,
+        total_rejected,
+        remove_stale,
+    } = shared;
+    let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
+    let batches =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let results = batches
+        .map(|batch| {
+            let fence = fence.clone();
+            let target = target.clone();
+            let collection = collection.clone();
+            let counters = counters.clone();
+            let policy = opts.retry;
+            // Each batch is its own task: it makes progress (and gives its connection back)
+            // while this loop waits for the ledger.
+            Spawned(tokio::spawn(async move {
+                // After a pause (or with slow writes) the lock is read again before writing.
+                if let Some(f) = &fence
+                    && let Err(lost) = f.check_if_stale(FENCE_MAX_AGE).await
+                {
+                    return (batch, Err(lost), 0);
+                }
+                let attempts = std::sync::atomic::AtomicU32::new(0);
+                let removed_here = AtomicU64::new(0);
+                let result = retry(
+                    policy,
+                    tokio::time::sleep,
+                    |attempt, err: &SinkError| {
+                        EntityCounters::add(&counters.retried, 1);
+                        tracing::warn!(collection = %collection, attempt, error = %err, "retrying a batch");
+                    },
+                    |attempt| {
+                        attempts.store(attempt + 1, Ordering::Relaxed);
+                        // A retried batch may be partly written: only upserts are idempotent.
+                        let m = if attempt == 0 { mode } else { WriteMode::Upsert };
+                        let target = &target;
+                        let collection = &collection;
+                        let docs = &batch.docs;
+                        let stale = &batch.stale;
+                        let counters = &counters;
+                        let removed_here = &removed_here;
+                        async move {
+                            // Again on a retry: what an attempt removed is gone (counted once).
+                            let removed = target.remove_documents(collection, stale).await?;
+                            EntityCounters::add(&counters.removed, removed);
+                            removed_here.fetch_add(removed, Ordering::Relaxed);
+                            if docs.is_empty() {
+                                return Ok(BatchResult::default());
+                            }
+                            target.write(collection, docs, m).await
+                        }
+                    },
+                )
+                .await;
+                let result = match result {
+                    Ok(r) if r.errors.iter().any(|e| e.transient) => Ok(retry_transient(
+                        |again: Vec<RawDocumentBuf>| {
+                            let (target, collection) = (&target, &collection);
+                            async move {
+                                target.write(collection, &again, WriteMode::Upsert).await
+                            }
+                        },
+                        &collection,
+                        &batch.docs,
+                        r,
+                        policy,
+                        &counters,
+                    )
+                    .await),
+                    other => other,
+                };
+                let mut batch = batch;
+                batch.removed += removed_here.load(Ordering::Relaxed);
+                (batch, Ok(result), attempts.load(Ordering::Relaxed))
+            }))
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+    let mut results = std::pin::pin!(results);
+
+    // Batches (or documents) not written with --continue-on-error: the stage ends failed, and
+    // the checkpoint never passes them.
+    let mut failed_batches = 0u64;
+    let mut blocked = false;
+    // Documents the target refused, and the first refusal: a target that takes none of them
+    // (a view, a validator that fits nothing) fails the stage rather than "completing" it.
+    let mut refused = 0u64;
+    let mut first_refusal: Option<String> = None;
+    while let Some(joined) = results.next().await {
+        let (mut batch, result, attempts) =
+            joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
+        let result = result?;
+        if let Some(f) = &fence {
+            // Lost (seen by the heartbeat): stop at once. Refused documents (duplicate keys, in
+            // insert mode) may be another run's: make sure the lock is still ours first.
+            let refused = matches!(&result, Ok(r) if !r.errors.is_empty());
+            if f.is_lost() || refused {
+                f.check().await?;
+            }
+        }
+        EntityCounters::add(&counters.batches, 1);
+        tracing::debug!(entity = %entity, seq = batch.seq, documents = batch.docs.len(), "batch written");
+        match result {
+            Ok(BatchResult { written, errors }) => {
+                EntityCounters::add(&counters.written, written);
+                EntityCounters::add(&counters.bytes, batch.bytes as u64);
+                // Documents the server could still not take after their retries are failed,
+                // like a failed batch: never rejected, and the checkpoint stays before them.
+                let (transient, errors): (Vec<_>, Vec<_>) =
+                    errors.into_iter().partition(|e| e.transient);
+                // The older documents of rows the target refused now are stale like those of
+                // rows the mapping rejects (see `Batch::stale`).
+                let refused_ids: Vec<bson::Bson> = if remove_stale {
+                    errors
+                        .iter()
+                        .filter_map(|e| batch.docs.get(e.index))
+                        .filter_map(|d| d.get("_id").ok().flatten())
+                        .filter_map(|id| bson::Bson::try_from(id.to_raw_bson()).ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                if !refused_ids.is_empty() {
+                    let removed = target
+                        .remove_documents(&collection, &refused_ids)
+                        .await
+                        .map_err(|cause| RunError::BatchFailed {
+                            entity: entity.clone(),
+                            rows: refused_ids.len(),
+                            attempts: 1,
+                            cause: Box::new(cause),
+                        })?;
+                    EntityCounters::add(&counters.removed, removed);
+                    batch.removed += removed;
+                }
+                for e in errors {
+                    refused += 1;
+                    first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
+                    let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
+                    let fingerprint = batch
+                        .docs
+                        .get(e.index)
+                        .map(|d| crate::monitor::rejects::document_fingerprint(d.as_bytes()))
+                        .unwrap_or_default();
+                    let issue = Issue::error(
+                        Stage::Write,
+                        &e.code_name,
+                        "",
+                        format!("{} (code {})", e.message, e.code),
+                        fingerprint,
+                    );
+                    reject(
+                        &counters,
+                        &total_rejected,
+                        &rejects,
+                        (&entity, key, Some(batch.seq)),
+                        &[issue],
+                        &opts,
+                    )?;
+                    batch.rejected += 1;
+                }
+                // After the batch's refused documents are recorded.
+                if !transient.is_empty() {
+                    let rows = transient.len() as u64;
+                    EntityCounters::add(&counters.failed, rows);
+                    EntityCounters::add(&counters.skipped, rows);
+                    blocked = true;
+                    if !opts.continue_on_error {
+                        return Err(RunError::DocumentsFailed {
+                            entity,
+                            rows,
+                            message: transient[0].message.clone(),
+                        });
+                    }
+                    failed_batches += 1;
+                }
+            }
+            Err(source) => {
+                // Not a row's fault: the rows are failed (not written, not refused), counted
+                // apart from rejects; the checkpoint stays before them so a resume writes them.
+                let rows = batch.docs.len() as u64;
+                EntityCounters::add(&counters.failed, rows);
+                EntityCounters::add(&counters.skipped, rows);
+                tracing::error!(entity = %entity, rows, error = %source, "a batch could not be written");
+                if !opts.continue_on_error {
+                    return Err(RunError::BatchFailed {
+                        entity,
+                        rows: batch.docs.len(),
+                        attempts,
+                        cause: Box::new(source),
+                    });
+                }
+                failed_batches += 1;
+                continue;
+            }
+        }
+        // Every row of the batch is now written or recorded as a reject (a stopped run returned
+        // above): the watermark may move past it — unless rows of it (or of an earlier batch)
+        // failed.
+        if blocked {
+            continue;
+        }
+        if let Some(c) = checkpointer.as_mut() {
+            c.finished(batch.seq, &mut batch).await?;
+        }
+    }
+    if refused > 0
+        && counters.written.load(Ordering::Relaxed) == 0
+        && checkpointer
+            .as_ref()
+            .is_none_or(|c| c.base().written() == 0)
+    {
+        return Err(RunError::Refused(format!(
+            "{entity}: the target refused every document it was sent ({refused}, each recorded as a reject); the first: {}",
+            first_refusal.unwrap_or_default()
+        )));
+    }
+    let failed = counters.failed.load(Ordering::Relaxed);
+    if failed_batches > 0 {
+        return Err(RunError::Unwritten {
+            entity,
+            rows: failed,
+            batches: failed_batches,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::mongodb::DocError;
+
+    fn fast(max_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_retries,
+            base: std::time::Duration::from_millis(1),
+            max_delay: std::time::Duration::from_millis(2),
+        }
+    }
+
+    fn doc_error(index: usize, transient: bool) -> DocError {
+        DocError {
+            index,
+            code: if transient { 112 } else { 11000 },
+            code_name: if transient {
+                "WriteConflict"
+            } else {
+                "DuplicateKey"
+            }
+            .into(),
+            message: String::new(),
+            transient,
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_document_errors_are_written_again_and_permanent_ones_stay() {
+        let docs: Vec<RawDocumentBuf> = (0..5)
+            .map(|i| {
+                let mut d = RawDocumentBuf::new();
+                d.append("_id", i);
+                d
+            })
+            .collect();
+        // Docs 1 and 3 hit a write conflict, doc 4 a duplicate key.
+        let first = BatchResult {
+            written: 2,
+            errors: vec![doc_error(1, true), doc_error(3, true), doc_error(4, false)],
+        };
+        let calls = std::sync::Mutex::new(Vec::new());
+        let counters = EntityCounters::default();
+        let r = retry_transient(
+            |again: Vec<RawDocumentBuf>| {
+                let ids: Vec<i32> = again.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+                let n = {
+                    let mut c = calls.lock().unwrap();
+                    c.push(ids.clone());
+                    c.len()
+                };
+                async move {
+                    // The first retry still conflicts on its second document (doc 3).
+                    Ok(if n == 1 {
+                        BatchResult {
+                            written: 1,
+                            errors: vec![doc_error(1, true)],
+                        }
+                    } else {
+                        BatchResult {
+                            written: ids.len() as u64,
+                            errors: Vec::new(),
+                        }
+                    })
+                }
+            },
+            "c",
+            &docs,
+            first,
+            fast(5),
+            &counters,
+        )
+        .await;
+        assert_eq!(*calls.lock().unwrap(), vec![vec![1, 3], vec![3]]);
+        assert_eq!(r.written, 4);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!((r.errors[0].index, r.errors[0].transient), (4, false));
+        assert_eq!(counters.retried.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn documents_still_refused_after_the_retries_stay_transient() {
+        let mut d = RawDocumentBuf::new();
+        d.append("_id", 1);
+        let policy = fast(3);
+        let counters = EntityCounters::default();
+        let r = retry_transient(
+            |_again: Vec<RawDocumentBuf>| async {
+                Ok(BatchResult {
+                    written: 0,
+                    errors: vec![doc_error(0, true)],
+                })
+            },
+            "c",
+            std::slice::from_ref(&d),
+            BatchResult {
+                written: 0,
+                errors: vec![doc_error(0, true)],
+            },
+            policy,
+            &counters,
+        )
+        .await;
+        assert_eq!(r.written, 0);
+        assert!(
+            r.errors[0].transient,
+            "left for the caller to count as failed"
+        );
+        assert_eq!(counters.retried.load(Ordering::Relaxed), 3);
+    }
+}
