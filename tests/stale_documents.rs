@@ -553,9 +553,19 @@ async fn a_run_reporting_only_an_adopted_step_reports_its_removals_and_is_in_his
     );
     let out = w.migrate_with(&pipeline, &[]);
     assert!(out.status.success(), "{}", common::output_text(&out));
-    w.sql("UPDATE t SET v = -1 WHERE id % 10 = 0").await;
-    let rerun = report_of(&w, &w.migrate_with(&pipeline, &["--rerun"]));
-    assert_eq!(entity(&rerun, "t")["stale_removed"], 100, "{rerun}");
+    w.sql("UPDATE t SET v = -1 WHERE id % 10 = 0 AND id <= 900; DELETE FROM t WHERE id > 950;")
+        .await;
+    let rerun = report_of(
+        &w,
+        &w.migrate_with(&pipeline, &["--rerun", "--sync-deletes"]),
+    );
+    let t = entity(&rerun, "t");
+    assert_eq!(
+        (t["stale_removed"].as_u64(), t["deleted"].as_u64()),
+        (Some(90), Some(50)),
+        "{rerun}"
+    );
+    let backup = t["backup"].as_str().unwrap().to_string();
     let killed = rerun["run_id"].as_str().unwrap().to_string();
     w.mongo()
         .await
@@ -567,10 +577,22 @@ async fn a_run_reporting_only_an_adopted_step_reports_its_removals_and_is_in_his
         .await
         .unwrap();
 
-    let report = report_of(&w, &w.migrate_with(&pipeline, &[]));
+    let out = w.migrate_with(&pipeline, &[]);
+    let report = report_of(&w, &out);
     let t = entity(&report, "t");
     assert_eq!(t["completed_by"], killed.as_str(), "{t}");
-    assert_eq!(t["stale_removed"], 100, "{t}");
+    // Its removals, its deletions (S6) and the backup that keeps what it removed.
+    assert_eq!(
+        (t["stale_removed"].as_u64(), t["deleted"].as_u64()),
+        (Some(90), Some(50)),
+        "{t}"
+    );
+    assert_eq!(t["backup"], backup.as_str(), "{t}");
+    let said = common::output_text(&out);
+    assert!(
+        said.contains(&backup) && !said.contains("no backup was taken"),
+        "{said}"
+    );
     let finishing = report["run_id"].as_str().unwrap();
     let out = w.cutover().args(["history", "--json"]).output().unwrap();
     let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -196,6 +196,8 @@ pub struct StepRecord {
     pub since: Option<String>,
     /// The step deletes documents whose source rows are gone when it ends.
     pub sync_deletes: bool,
+    /// Documents it deleted so (recorded at its end).
+    pub deleted: i64,
     /// Where the step's rejects and warnings files are (absolute): a resume started from
     /// another directory finds the lines its checkpoint covers there.
     pub rejects_dir: Option<String>,
@@ -296,6 +298,7 @@ impl StepRecord {
             snapshot_at: d.get_str("snapshot_at").ok().map(str::to_string),
             since: d.get_str("since").ok().map(str::to_string),
             sync_deletes: d.get_bool("sync_deletes").unwrap_or(false),
+            deleted: d.get_i64("deleted").unwrap_or(0),
             rejects_dir: d.get_str("rejects_dir").ok().map(str::to_string),
             reported_by: d.get_str("reported_by").ok().map(str::to_string),
             host: text(d, "host"),
@@ -553,6 +556,7 @@ impl Ledger {
             // The whole step is covered now: the older documents it removed (or users it
             // blocked) in all, for a run that reports the step from the ledger.
             "checkpoint_removed": (e.stale_removed + e.stale_blocked) as i64,
+            "deleted": e.deleted as i64,
         };
         if let Some(err) = &e.error {
             set.insert("error", crate::redact::redact_text(err));

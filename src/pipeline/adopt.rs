@@ -47,6 +47,10 @@ pub(super) fn adopt_step(
     } else {
         e.stale_removed = removed;
     }
+    // What --sync-deletes deleted, and the backup the step took (which keeps what it removed)
+    // (found by the twelfth tester, S6).
+    e.deleted = step.deleted.max(0) as u64;
+    e.backup = step.backup.clone();
     let fallback = opts.rejects_dir.join(&step.run_id);
     let recorded = step
         .rejects_dir

@@ -240,6 +240,7 @@ mod tests {
             snapshot_at: Some("2024-01-01T00:00:00.000000Z".into()),
             since: None,
             sync_deletes: false,
+            deleted: 0,
             rejects_dir: None,
             reported_by: None,
             host: String::new(),

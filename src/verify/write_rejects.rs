@@ -227,6 +227,7 @@ mod tests {
             snapshot_at: None,
             since: None,
             sync_deletes: false,
+            deleted: 0,
             rejects_dir: None,
             reported_by: None,
             host: String::new(),
