@@ -299,8 +299,10 @@ async fn removed_documents_are_counted_across_a_kill_and_a_resume() {
     let items = entity(&report, "items");
     assert!(items["resumed_from"].is_string(), "{items}");
     let removed = items["stale_removed"].as_i64().unwrap();
+    // Within the batches in flight at the kill (13 of a batch's 50 rows are every fourth):
+    // every finished batch's removals are recorded at once (the eleventh tester's R1).
     assert!(
-        removed >= killed_removed && removed <= 5000,
+        (5000 - 2 * 13..=5000).contains(&removed) && removed >= killed_removed,
         "{removed} (killed run removed {killed_removed} below its checkpoint): {items}"
     );
     assert_eq!(w.count("items").await, 15000);

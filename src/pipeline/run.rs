@@ -629,6 +629,9 @@ async fn migrate_locked(
         report.delta = delta;
         if let Some(b) = backup_taken {
             report.set_backup(b);
+        } else if report.backup.is_none() {
+            // A resumed step's backup is the one its interrupted run took.
+            report.backup = backup.clone();
         }
         let mut err = err;
         if err.is_none()
