@@ -4,6 +4,7 @@
 pub mod rejects;
 pub mod report;
 pub mod signoff;
+pub mod table;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

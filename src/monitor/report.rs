@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Counts;
+use super::table::{Column, Table};
 use crate::config::TargetKind;
 
 /// A backup a step has just taken.
@@ -307,56 +308,16 @@ impl RunReport {
             ""
         };
         let _ = writeln!(s, "cutover run {} → {}{mode}", self.run_id, self.target);
-        let _ = writeln!(
-            s,
-            "{:<24} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10} {:>8}",
-            "entity",
-            "read",
-            self.written_label(),
-            "rejected",
-            "warnings",
-            "skipped",
-            "retried",
-            "duration",
-            "rows/s",
-            "success"
-        );
-        for e in &self.entities {
-            let _ = writeln!(
-                s,
-                "{:<24} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10.0} {:>7.1}%{}",
-                e.name,
-                e.read,
-                e.written,
-                e.rejected,
-                e.warnings,
-                e.skipped,
-                e.retried,
-                format_ms(e.duration_ms),
-                e.rows_per_sec,
-                e.success_rate,
-                if e.status == "completed" {
-                    String::new()
-                } else {
-                    format!("  {}", e.status)
-                }
-            );
-        }
+        // A stage that did not complete says so after its success rate.
+        let table = self.entity_table("", |e| {
+            if e.status == "completed" {
+                String::new()
+            } else {
+                e.status.clone()
+            }
+        });
+        s.push_str(&table.text(""));
         let t = &self.totals;
-        let _ = writeln!(
-            s,
-            "{:<24} {:>10} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10} {:>7.1}%",
-            "total",
-            t.read,
-            t.written,
-            t.rejected,
-            t.warnings,
-            t.skipped,
-            t.retried,
-            format_ms(t.duration_ms),
-            "",
-            self.success_rate
-        );
         for e in &self.entities {
             if let Some(b) = &e.backup {
                 let _ = writeln!(
@@ -460,6 +421,61 @@ impl RunReport {
         }
         let _ = writeln!(s, "status: {}", self.status);
         s
+    }
+
+    /// The per-entity table (and the totals), with a last column of words: `state` says
+    /// what became of each entity.
+    pub fn entity_table(
+        &self,
+        state_title: &'static str,
+        state: impl Fn(&EntityReport) -> String,
+    ) -> Table {
+        let mut table = Table::new(
+            Some("entities"),
+            vec![
+                Column::left("entity", 24),
+                Column::right("read", 10),
+                Column::right(self.written_label(), 10),
+                Column::right("rejected", 9),
+                Column::right("warnings", 9),
+                Column::right("skipped", 8),
+                Column::right("retried", 8),
+                Column::right("duration", 10),
+                Column::right("rows/s", 10),
+                Column::right("success", 8),
+                Column::left(state_title, 0),
+            ],
+        );
+        for e in &self.entities {
+            table.push(vec![
+                e.name.clone(),
+                e.read.to_string(),
+                e.written.to_string(),
+                e.rejected.to_string(),
+                e.warnings.to_string(),
+                e.skipped.to_string(),
+                e.retried.to_string(),
+                format_ms(e.duration_ms),
+                format!("{:.0}", e.rows_per_sec),
+                format!("{:.2}%", e.success_rate),
+                state(e),
+            ]);
+        }
+        let t = &self.totals;
+        table.footer.push(vec![
+            "total".into(),
+            t.read.to_string(),
+            t.written.to_string(),
+            t.rejected.to_string(),
+            t.warnings.to_string(),
+            t.skipped.to_string(),
+            t.retried.to_string(),
+            format_ms(t.duration_ms),
+            String::new(),
+            format!("{:.2}%", self.success_rate),
+            String::new(),
+        ]);
+        table
     }
 
     fn written_label(&self) -> &'static str {

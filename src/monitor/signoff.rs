@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
 use super::report::{RunReport, format_ms};
+use super::table::{Column, Table, md_escape};
 use crate::config::TargetKind;
 
 #[derive(Debug, Clone, Serialize)]
@@ -336,34 +339,6 @@ fn problem_count(e: &serde_json::Value, k: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Source text (keys, messages) as inert Markdown: on one line, HTML and Markdown's own
-/// characters escaped, so a value holding `<script>`, `|` or a newline is shown, not rendered.
-fn md_esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\n' | '\r' => out.push_str("\\n"),
-            '\\' | '`' | '*' | '_' | '[' | ']' | '|' | '#' | '!' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 impl SignOff {
     pub fn load(
         reports_dir: &Path,
@@ -395,393 +370,369 @@ impl SignOff {
     }
 
     pub fn render_text(&self) -> String {
+        let m = self.model();
         let mut s = self.run.render_text();
-        self.append_details(&mut s, false);
-        s
-    }
-
-    fn append_details(&self, s: &mut String, md: bool) {
-        let h = |s: &mut String, t: &str| {
-            if md {
-                let _ = writeln!(s, "\n## {t}\n");
-            } else {
-                let _ = writeln!(s, "\n{t}");
-            }
-        };
-        h(s, "Verification");
-        match &self.verification {
-            Some(v) => {
-                let _ = writeln!(
-                    s,
-                    "{} at {}{}",
-                    if v["ok"] == true { "PASSED" } else { "FAILED" },
-                    v["verified_at"].as_str().unwrap_or("?"),
-                    verified_where(v)
-                );
-                for e in v["entities"].as_array().into_iter().flatten() {
-                    let _ = writeln!(
-                        s,
-                        "{}{}: {} — expected {}, target {}, missing {}, unexpected {}, different {}{}",
-                        if md { "- " } else { "  " },
-                        e["entity"].as_str().unwrap_or("?"),
-                        if e["ok"] == true { "OK" } else { "DIFFERS" },
-                        e["expected"],
-                        e["target"],
-                        problem_count(e, "missing"),
-                        problem_count(e, "unexpected"),
-                        problem_count(e, "different"),
-                        match e["rejected_by_target"].as_u64() {
-                            Some(n) if n > 0 => format!(
-                                "; {n} rows the target refused when written are not expected (rejects, stage write)"
-                            ),
-                            _ => String::new(),
-                        },
-                    );
-                    // The other reasons verify gives: references that point nowhere, values
-                    // that are not PostgreSQL's.
-                    for r in e["broken_references"].as_array().into_iter().flatten() {
-                        let _ = writeln!(
-                            s,
-                            "{}  broken references: {} → {}: {} value(s) point nowhere (e.g. {})",
-                            if md { "  - " } else { "  " },
-                            r["path"].as_str().unwrap_or("?"),
-                            r["references"].as_str().unwrap_or("?"),
-                            r["dangling"],
-                            r["examples"]
-                                .as_array()
-                                .map(|a| a
-                                    .iter()
-                                    .filter_map(|x| x.as_str())
-                                    .map(|x| if md { md_esc(x) } else { x.to_string() })
-                                    .collect::<Vec<_>>()
-                                    .join(", "))
-                                .unwrap_or_default()
-                        );
-                    }
-                    if let Some(n) = e["independent"]["mismatch_count"]
-                        .as_u64()
-                        .filter(|n| *n > 0)
-                    {
-                        let _ = writeln!(
-                            s,
-                            "{}  {n} value(s) differ from PostgreSQL's own rendering (see the verify report)",
-                            if md { "  - " } else { "  " },
-                        );
-                    }
-                }
-            }
-            None => {
-                let _ = writeln!(s, "{}", self.not_verified());
-            }
+        let _ = writeln!(s, "\nVerification\n{}", m.verified_line);
+        if let Some(t) = &m.verification {
+            s.push_str(&t.text("  "));
         }
-        for (title, list) in [
-            ("Rejected rows by rule", &self.rejects),
-            ("Warnings by rule", &self.warnings),
+        for n in &m.verification_notes {
+            let _ = writeln!(s, "  {n}");
+        }
+        for (title, t) in [
+            ("Rejected rows by rule", &m.rejects),
+            ("Warnings by rule", &m.warnings),
         ] {
-            h(s, title);
-            if list.is_empty() {
+            let _ = writeln!(s, "\n{title}");
+            if t.rows.is_empty() {
                 let _ = writeln!(s, "none");
-            }
-            for r in list {
-                let _ = writeln!(
-                    s,
-                    "{}{} {} ({}): {} rows; e.g. {}",
-                    if md { "- " } else { "  " },
-                    r.entity,
-                    r.rule,
-                    r.stage,
-                    r.rows,
-                    r.examples
-                        .iter()
-                        .map(|(k, m)| if md {
-                            format!("{}: {}", md_esc(k), md_esc(m))
-                        } else {
-                            format!("{k}: {m}")
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
+            } else {
+                s.push_str(&t.text("  "));
             }
         }
-        h(s, "Configuration");
-        let config = serde_json::to_string_pretty(&self.run.config).unwrap_or_default();
-        if md {
-            // Fenced, and no fence inside can end it.
-            let _ = writeln!(s, "```json\n{}\n```", config.replace("```", "`\u{200b}``"));
-        } else {
-            let _ = writeln!(s, "{config}");
-        }
+        let _ = writeln!(s, "\nConfiguration\n{}", m.config);
+        s
     }
 
     pub fn render_markdown(&self) -> String {
         let r = &self.run;
+        let m = self.model();
         let mut s = format!(
             "# cutover run {}\n\n- target: {}\n- started {}, finished {}\n- status: **{}**, success rate {:.2}%{}\n\n",
-            r.run_id,
-            r.target,
-            r.started_at,
-            r.finished_at,
-            r.status,
+            md_escape(&r.run_id),
+            md_escape(&r.target),
+            md_escape(&r.started_at),
+            md_escape(&r.finished_at),
+            md_escape(&r.status),
             r.success_rate,
             if r.dry_run { " (dry run)" } else { "" }
         );
-        s.push_str("| entity | read | written | rejected | warnings | skipped | retried | duration | rows/s | success | state |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-        for e in &r.entities {
-            let (_, state) = entity_ok(r, self.verification.as_ref(), &e.name);
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2}% | {} |",
-                e.name,
-                e.read,
-                e.written,
-                e.rejected,
-                e.warnings,
-                e.skipped,
-                e.retried,
-                format_ms(e.duration_ms),
-                e.rows_per_sec,
-                e.success_rate,
-                state
-            );
+        s.push_str(&m.entities.markdown());
+        let _ = writeln!(s, "\n## Verification\n\n{}\n", md_escape(&m.verified_line));
+        if let Some(t) = &m.verification {
+            s.push_str(&t.markdown());
+            s.push('\n');
         }
-        self.append_details(&mut s, true);
+        for n in &m.verification_notes {
+            let _ = writeln!(s, "- {}", md_escape(n));
+        }
+        for (title, t) in [
+            ("Rejected rows by rule", &m.rejects),
+            ("Warnings by rule", &m.warnings),
+        ] {
+            let _ = writeln!(s, "\n## {title}\n");
+            if t.rows.is_empty() {
+                let _ = writeln!(s, "none");
+            } else {
+                s.push_str(&t.markdown());
+            }
+        }
+        // Fenced, and no fence inside can end it.
+        let _ = writeln!(
+            s,
+            "\n## Configuration\n\n```json\n{}\n```",
+            m.config.replace("```", "`\u{200b}``")
+        );
         s
     }
 
-    /// One self-contained HTML page: summary, charts (inline SVG), tables.
+    /// One self-contained HTML page: summary, charts (inline SVG), tables — a `maud` template,
+    /// so every value from the run is escaped by the template.
     pub fn render_html(&self) -> String {
         let r = &self.run;
-        let mut h = String::new();
+        let m = self.model();
         let overall_ok =
             r.status == "completed" && self.verification.as_ref().is_none_or(|v| v["ok"] == true);
-        let _ = write!(
-            h,
-            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>cutover run {id}</title>
-<style>
-body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1b1b;max-width:1100px}}
-h1{{font-size:22px;margin:0 0 4px}} h2{{font-size:17px;margin:28px 0 8px}}
-.muted{{color:#666}} .badge{{display:inline-block;padding:3px 10px;border-radius:12px;color:#fff;font-weight:600}}
-.ok{{background:#2e7d32}} .bad{{background:#c62828}}
-.chips span{{display:inline-block;margin:4px 6px 0 0;padding:6px 10px;border-radius:6px;color:#fff;font-size:13px}}
-table{{border-collapse:collapse;width:100%;font-size:13px}} th,td{{border-bottom:1px solid #ddd;padding:5px 8px;text-align:right}}
-th:first-child,td:first-child{{text-align:left}} td.l{{text-align:left}}
-.cards{{display:flex;gap:12px;flex-wrap:wrap}} .card{{border:1px solid #ddd;border-radius:8px;padding:10px 14px;min-width:120px}}
-.card b{{display:block;font-size:22px}} pre{{background:#f6f6f6;padding:10px;font-size:12px;overflow:auto}}
-</style></head><body>
-<h1>cutover run {id}</h1>
-<div class="muted">{target} · {start} → {end}{dry}</div>
-<p><span id="overall" class="badge {cls}">{status}</span> success rate <b id="success-rate">{rate:.2}%</b></p>
-"#,
-            id = esc(&r.run_id),
-            target = esc(&r.target),
-            start = esc(&r.started_at),
-            end = esc(&r.finished_at),
-            dry = if r.dry_run {
-                " · dry run: nothing was written"
-            } else {
-                ""
-            },
-            cls = if overall_ok { "ok" } else { "bad" },
-            status = esc(&r.status),
-            rate = r.success_rate,
-        );
         let t = &r.totals;
-        let _ = write!(
-            h,
-            r#"<div class="cards"><div class="card">read<b id="total-read">{}</b></div><div class="card">written<b id="total-written">{}</b></div><div class="card">rejected<b id="total-rejected">{}</b></div><div class="card">warnings<b>{}</b></div><div class="card">retried<b>{}</b></div><div class="card">duration<b>{}</b></div></div>"#,
-            t.read,
-            t.written,
-            t.rejected,
-            t.warnings,
-            t.retried,
-            format_ms(t.duration_ms)
-        );
-        h.push_str(r#"<h2>Entities</h2><div class="chips">"#);
-        for e in &r.entities {
-            let (ok, state) = entity_ok(r, self.verification.as_ref(), &e.name);
-            let _ = write!(
-                h,
-                r#"<span class="entity-chip" style="background:{}" title="{}">{}</span>"#,
-                if ok { "#2e7d32" } else { "#c62828" },
-                esc(&state),
-                esc(&e.name)
-            );
-        }
-        h.push_str("</div>");
-
-        // Chart 1: written and rejected per entity (horizontal stacked bars).
-        let max = r.entities.iter().map(|e| e.read).max().unwrap_or(1).max(1) as f64;
-        let row_h = 26.0;
-        let width = 1000.0;
-        let label_w = 190.0;
-        let bar_w = width - label_w - 120.0;
-        let height = row_h * r.entities.len() as f64 + 30.0;
-        let _ = write!(
-            h,
-            r#"<h2>Written and rejected per entity</h2><svg id="chart-entities" width="{width}" height="{height}" viewBox="0 0 {width} {height}">"#
-        );
-        for (i, e) in r.entities.iter().enumerate() {
-            let y = 10.0 + i as f64 * row_h;
-            let ww = bar_w * e.written as f64 / max;
-            let rw = (bar_w * e.rejected as f64 / max).max(if e.rejected > 0 { 3.0 } else { 0.0 });
-            let _ = write!(
-                h,
-                r##"<text x="0" y="{ty}" font-size="13">{name}</text><rect class="bar-written" x="{label_w}" y="{y}" width="{ww:.1}" height="18" fill="#2e7d32"/><rect class="bar-rejected" x="{rx:.1}" y="{y}" width="{rw:.1}" height="18" fill="#c62828"/><text x="{tx:.1}" y="{ty}" font-size="12">{written} / {rejected}</text>"##,
-                ty = y + 14.0,
-                name = esc(&e.name),
-                rx = label_w + ww,
-                tx = label_w + ww + rw + 6.0,
-                written = e.written,
-                rejected = e.rejected,
-            );
-        }
-        h.push_str("</svg>");
-
-        // Chart 2: throughput over the run (rows written per second between samples).
-        let mut series: Vec<(f64, f64)> = Vec::new();
-        for e in &r.entities {
-            for w in e.timeline.windows(2) {
-                let dt = (w[1][0].saturating_sub(w[0][0])) as f64 / 1000.0;
-                if dt > 0.0 {
-                    series.push((
-                        w[1][0] as f64 / 1000.0,
-                        w[1][2].saturating_sub(w[0][2]) as f64 / dt,
-                    ));
+        let cards = [
+            ("read", Some("total-read"), t.read.to_string()),
+            ("written", Some("total-written"), t.written.to_string()),
+            ("rejected", Some("total-rejected"), t.rejected.to_string()),
+            ("warnings", None, t.warnings.to_string()),
+            ("retried", None, t.retried.to_string()),
+            ("duration", None, format_ms(t.duration_ms)),
+        ];
+        let page = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { "cutover run " (r.run_id) }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    h1 { "cutover run " (r.run_id) }
+                    div class="muted" {
+                        (r.target) " · " (r.started_at) " → " (r.finished_at)
+                        @if r.dry_run { " · dry run: nothing was written" }
+                    }
+                    p {
+                        span id="overall" class={ "badge " (if overall_ok { "ok" } else { "bad" }) } { (r.status) }
+                        " success rate " b id="success-rate" { (format!("{:.2}%", r.success_rate)) }
+                    }
+                    div class="cards" {
+                        @for (label, id, value) in &cards {
+                            div class="card" { (label) b id=[id] { (value) } }
+                        }
+                    }
+                    h2 { "Entities" }
+                    div class="chips" {
+                        @for e in &r.entities {
+                            @let (ok, state) = entity_ok(r, self.verification.as_ref(), &e.name);
+                            span class="entity-chip" style={ "background:" (if ok { GREEN } else { RED }) } title=(state) { (e.name) }
+                        }
+                    }
+                    h2 { "Written and rejected per entity" }
+                    (entities_chart(r))
+                    h2 { "Throughput over the run" }
+                    (throughput_chart(r))
+                    h2 { "Per entity" }
+                    (m.entities.html())
+                    @for (title, table) in [("Rejected rows by rule", &m.rejects), ("Warnings by rule", &m.warnings)] {
+                        h2 { (title) }
+                        @if table.rows.is_empty() { p class="muted" { "none" } } @else { (table.html()) }
+                    }
+                    h2 { "Verification" }
+                    @match &self.verification {
+                        Some(v) => {
+                            p {
+                                @let ok = v["ok"] == true;
+                                span class={ "badge " (if ok { "ok" } else { "bad" }) } { (if ok { "verified" } else { "differs" }) }
+                                " "
+                                span class="muted" { (m.verified_line) }
+                            }
+                            @if let Some(t) = &m.verification { (t.html()) }
+                            @if !m.verification_notes.is_empty() {
+                                ul { @for n in &m.verification_notes { li { (n) } } }
+                            }
+                        }
+                        None => { p class="muted" { (m.verified_line) } }
+                    }
+                    @if !self.ledger.is_empty() {
+                        h2 { "Ledger" }
+                        pre { (serde_json::to_string_pretty(&self.ledger).unwrap_or_default()) }
+                    }
+                    h2 { "Configuration" }
+                    pre { (m.config) }
                 }
             }
-        }
-        series.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (cw, ch) = (1000.0, 240.0);
-        let tmax = series.last().map(|p| p.0).unwrap_or(1.0).max(0.001);
-        let vmax = series.iter().map(|p| p.1).fold(1.0, f64::max);
-        let pts: Vec<String> = series
-            .iter()
-            .map(|(t, v)| {
-                format!(
-                    "{:.1},{:.1}",
-                    50.0 + (cw - 70.0) * t / tmax,
-                    ch - 30.0 - (ch - 50.0) * v / vmax
-                )
-            })
-            .collect();
-        let _ = write!(
-            h,
-            r##"<h2>Throughput over the run</h2><svg id="chart-throughput" width="{cw}" height="{ch}" viewBox="0 0 {cw} {ch}"><line x1="50" y1="{base}" x2="{xend}" y2="{base}" stroke="#999"/><line x1="50" y1="20" x2="50" y2="{base}" stroke="#999"/><text x="0" y="28" font-size="11">{vmax:.0}/s</text><text x="{xend}" y="{tl}" font-size="11" text-anchor="end">{tmax:.1}s</text><polyline id="throughput-line" fill="none" stroke="#1565c0" stroke-width="3" points="{points}"/></svg>"##,
-            base = ch - 30.0,
-            xend = cw - 20.0,
-            tl = ch - 12.0,
-            points = pts.join(" ")
-        );
+        };
+        page.into_string() + "\n"
+    }
 
-        // Tables.
-        h.push_str(r#"<h2>Per entity</h2><table id="entities"><tr><th>entity</th><th>read</th><th>written</th><th>rejected</th><th>warnings</th><th>skipped</th><th>retried</th><th>duration</th><th>rows/s</th><th>success</th><th>state</th></tr>"#);
-        for e in &r.entities {
-            let (_, state) = entity_ok(r, self.verification.as_ref(), &e.name);
-            let _ = write!(
-                h,
-                r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}%</td><td class="l">{}</td></tr>"#,
-                esc(&e.name),
-                e.read,
-                e.written,
-                e.rejected,
-                e.warnings,
-                e.skipped,
-                e.retried,
-                format_ms(e.duration_ms),
-                e.rows_per_sec,
-                e.success_rate,
-                esc(&state)
+    /// The sign-off's tables and sentences, once, for every format.
+    fn model(&self) -> Model {
+        let r = &self.run;
+        let entities = r.entity_table("state", |e| {
+            entity_ok(r, self.verification.as_ref(), &e.name).1
+        });
+        let rules = |list: &[RuleCount]| {
+            let mut t = Table::new(
+                None,
+                vec![
+                    Column::left("entity", 0),
+                    Column::left("rule", 0),
+                    Column::left("stage", 0),
+                    Column::right("rows", 0),
+                    Column::left("examples", 0),
+                ],
             );
-        }
-        h.push_str("</table>");
-        for (title, list) in [
-            ("Rejected rows by rule", &self.rejects),
-            ("Warnings by rule", &self.warnings),
-        ] {
-            let _ = write!(h, "<h2>{title}</h2>");
-            if list.is_empty() {
-                h.push_str("<p class=\"muted\">none</p>");
-                continue;
-            }
-            h.push_str("<table><tr><th>entity</th><th>rule</th><th>stage</th><th>rows</th><th>examples</th></tr>");
             for c in list {
-                let ex = c
-                    .examples
-                    .iter()
-                    .map(|(k, m)| format!("{}: {}", esc(k), esc(m)))
-                    .collect::<Vec<_>>()
-                    .join("<br>");
-                let _ = write!(
-                    h,
-                    r#"<tr><td>{}</td><td class="l">{}</td><td class="l">{}</td><td>{}</td><td class="l">{ex}</td></tr>"#,
-                    esc(&c.entity),
-                    esc(&c.rule),
-                    esc(&c.stage),
-                    c.rows
-                );
+                t.push(vec![
+                    c.entity.clone(),
+                    c.rule.clone(),
+                    c.stage.clone(),
+                    c.rows.to_string(),
+                    c.examples
+                        .iter()
+                        .map(|(k, m)| format!("{k}: {m}"))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ]);
             }
-            h.push_str("</table>");
-        }
-        h.push_str("<h2>Verification</h2>");
-        match &self.verification {
-            Some(v) => {
-                let _ = write!(
-                    h,
-                    r#"<p><span class="badge {}">{}</span> <span class="muted">{}</span></p><table><tr><th>entity</th><th>mode</th><th>expected</th><th>target</th><th>missing</th><th>unexpected</th><th>different</th><th>broken refs</th></tr>"#,
-                    if v["ok"] == true { "ok" } else { "bad" },
-                    if v["ok"] == true {
-                        "verified"
-                    } else {
-                        "differs"
-                    },
-                    esc(&format!(
-                        "{}{}",
-                        v["verified_at"].as_str().unwrap_or(""),
-                        verified_where(v)
-                    ))
-                );
-                for e in v["entities"].as_array().into_iter().flatten() {
-                    let n = |k: &str| problem_count(e, k);
-                    // Values that point nowhere (not the number of reference fields).
-                    let dangling: u64 = e["broken_references"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|r| r["dangling"].as_u64())
-                        .sum();
-                    let _ = write!(
-                        h,
-                        "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                        esc(e["entity"].as_str().unwrap_or("")),
-                        esc(e["mode"].as_str().unwrap_or("")),
-                        e["expected"],
-                        e["target"],
-                        n("missing"),
-                        n("unexpected"),
-                        n("different"),
-                        dangling
-                    );
-                }
-                h.push_str("</table>");
-            }
-            None => {
-                let _ = write!(h, "<p class=\"muted\">{}</p>", esc(&self.not_verified()));
-            }
-        }
-        if !self.ledger.is_empty() {
-            h.push_str("<h2>Ledger</h2><pre>");
-            h.push_str(&esc(
-                &serde_json::to_string_pretty(&self.ledger).unwrap_or_default()
-            ));
-            h.push_str("</pre>");
-        }
-        let _ = writeln!(
-            h,
-            "<h2>Configuration</h2><pre>{}</pre></body></html>",
-            esc(&serde_json::to_string_pretty(&r.config).unwrap_or_default())
+            t
+        };
+        let mut m = Model {
+            entities,
+            verified_line: self.not_verified(),
+            verification: None,
+            verification_notes: Vec::new(),
+            rejects: rules(&self.rejects),
+            warnings: rules(&self.warnings),
+            config: serde_json::to_string_pretty(&r.config).unwrap_or_default(),
+        };
+        let Some(v) = &self.verification else {
+            return m;
+        };
+        m.verified_line = format!(
+            "{} at {}{}",
+            if v["ok"] == true { "PASSED" } else { "FAILED" },
+            v["verified_at"].as_str().unwrap_or("?"),
+            verified_where(v)
         );
-        h
+        let mut t = Table::new(
+            Some("verification"),
+            vec![
+                Column::left("entity", 0),
+                Column::left("result", 0),
+                Column::left("mode", 0),
+                Column::right("expected", 0),
+                Column::right("target", 0),
+                Column::right("missing", 0),
+                Column::right("unexpected", 0),
+                Column::right("different", 0),
+                Column::right("broken refs", 0),
+                Column::right("refused", 0),
+            ],
+        );
+        for e in v["entities"].as_array().into_iter().flatten() {
+            let entity = e["entity"].as_str().unwrap_or("?");
+            let n = |k: &str| problem_count(e, k).to_string();
+            let count = |k: &str| e[k].as_u64().map(|n| n.to_string()).unwrap_or_default();
+            let broken = e["broken_references"].as_array();
+            // Values that point nowhere (not the number of reference fields).
+            let dangling: u64 = broken
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["dangling"].as_u64())
+                .sum();
+            t.push(vec![
+                entity.to_string(),
+                if e["ok"] == true { "OK" } else { "DIFFERS" }.to_string(),
+                e["mode"].as_str().unwrap_or("").to_string(),
+                count("expected"),
+                count("target"),
+                n("missing"),
+                n("unexpected"),
+                n("different"),
+                dangling.to_string(),
+                count("rejected_by_target"),
+            ]);
+            // The other reasons verify gives: references that point nowhere, values that are
+            // not PostgreSQL's, rows the target refused.
+            for b in broken.into_iter().flatten() {
+                m.verification_notes.push(format!(
+                    "{entity}: broken references: {} → {}: {} value(s) point nowhere (e.g. {})",
+                    b["path"].as_str().unwrap_or("?"),
+                    b["references"].as_str().unwrap_or("?"),
+                    b["dangling"],
+                    b["examples"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                ));
+            }
+            if let Some(k) = e["independent"]["mismatch_count"]
+                .as_u64()
+                .filter(|k| *k > 0)
+            {
+                m.verification_notes.push(format!(
+                    "{entity}: {k} value(s) differ from PostgreSQL's own rendering (see the verify report)"
+                ));
+            }
+            if let Some(k) = e["rejected_by_target"].as_u64().filter(|k| *k > 0) {
+                m.verification_notes.push(format!(
+                    "{entity}: {k} rows the target refused when written are not expected (rejects, stage write)"
+                ));
+            }
+        }
+        m.verification = Some(t);
+        m
+    }
+}
+
+/// What every format of the sign-off shows (see [`SignOff::model`]).
+struct Model {
+    entities: Table,
+    /// PASSED/FAILED, when and where — or why there is no verification.
+    verified_line: String,
+    verification: Option<Table>,
+    verification_notes: Vec<String>,
+    rejects: Table,
+    warnings: Table,
+    config: String,
+}
+
+const GREEN: &str = "#2e7d32";
+const RED: &str = "#c62828";
+const BLUE: &str = "#1565c0";
+
+const STYLE: &str = "
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1b1b;max-width:1100px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
+.muted{color:#666} .badge{display:inline-block;padding:3px 10px;border-radius:12px;color:#fff;font-weight:600}
+.ok{background:#2e7d32} .bad{background:#c62828}
+.chips span{display:inline-block;margin:4px 6px 0 0;padding:6px 10px;border-radius:6px;color:#fff;font-size:13px}
+table{border-collapse:collapse;width:100%;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:5px 8px;text-align:right}
+th.l,td.l{text-align:left} tr.total td{border-top:2px solid #999}
+.cards{display:flex;gap:12px;flex-wrap:wrap} .card{border:1px solid #ddd;border-radius:8px;padding:10px 14px;min-width:120px}
+.card b{display:block;font-size:22px} pre{background:#f6f6f6;padding:10px;font-size:12px;overflow:auto}
+";
+
+/// Written and rejected rows per entity, as horizontal stacked bars (inline SVG).
+fn entities_chart(r: &RunReport) -> Markup {
+    let max = r.entities.iter().map(|e| e.read).max().unwrap_or(1).max(1) as f64;
+    let (row_h, width, label_w) = (26.0, 1000.0, 190.0);
+    let bar_w = width - label_w - 120.0;
+    let height = row_h * r.entities.len() as f64 + 30.0;
+    html! {
+        svg id="chart-entities" width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } {
+            @for (i, e) in r.entities.iter().enumerate() {
+                @let y = 10.0 + i as f64 * row_h;
+                @let ww = bar_w * e.written as f64 / max;
+                @let rw = (bar_w * e.rejected as f64 / max).max(if e.rejected > 0 { 3.0 } else { 0.0 });
+                text x="0" y=(y + 14.0) font-size="13" { (e.name) }
+                rect class="bar-written" x=(label_w) y=(y) width=(format!("{ww:.1}")) height="18" fill=(GREEN) {}
+                rect class="bar-rejected" x=(format!("{:.1}", label_w + ww)) y=(y) width=(format!("{rw:.1}")) height="18" fill=(RED) {}
+                text x=(format!("{:.1}", label_w + ww + rw + 6.0)) y=(y + 14.0) font-size="12" { (e.written) " / " (e.rejected) }
+            }
+        }
+    }
+}
+
+/// Rows written per second between the run's samples, as a line (inline SVG).
+fn throughput_chart(r: &RunReport) -> Markup {
+    let mut series: Vec<(f64, f64)> = Vec::new();
+    for e in &r.entities {
+        for w in e.timeline.windows(2) {
+            let dt = (w[1][0].saturating_sub(w[0][0])) as f64 / 1000.0;
+            if dt > 0.0 {
+                series.push((
+                    w[1][0] as f64 / 1000.0,
+                    w[1][2].saturating_sub(w[0][2]) as f64 / dt,
+                ));
+            }
+        }
+    }
+    series.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (cw, ch) = (1000.0, 240.0);
+    let tmax = series.last().map(|p| p.0).unwrap_or(1.0).max(0.001);
+    let vmax = series.iter().map(|p| p.1).fold(1.0, f64::max);
+    let points = series
+        .iter()
+        .map(|(t, v)| {
+            format!(
+                "{:.1},{:.1}",
+                50.0 + (cw - 70.0) * t / tmax,
+                ch - 30.0 - (ch - 50.0) * v / vmax
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let base = ch - 30.0;
+    let xend = cw - 20.0;
+    html! {
+        svg id="chart-throughput" width=(cw) height=(ch) viewBox={ "0 0 " (cw) " " (ch) } {
+            line x1="50" y1=(base) x2=(xend) y2=(base) stroke="#999" {}
+            line x1="50" y1="20" x2="50" y2=(base) stroke="#999" {}
+            text x="0" y="28" font-size="11" { (format!("{vmax:.0}/s")) }
+            text x=(xend) y=(ch - 12.0) font-size="11" text-anchor="end" { (format!("{tmax:.1}s")) }
+            polyline id="throughput-line" fill="none" stroke=(BLUE) stroke-width="3" points=(points) {}
+        }
     }
 }
 
@@ -822,7 +773,7 @@ mod tests {
     #[test]
     fn source_text_in_markdown_is_shown_not_rendered() {
         let key = "<script>alert(1)</script>\n# heading | cell *bold* [link](x) `code`";
-        let out = md_esc(key);
+        let out = md_escape(key);
         assert!(!out.contains('<') && !out.contains('\n'), "{out}");
         assert_eq!(
             out,
