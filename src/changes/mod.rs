@@ -651,10 +651,12 @@ async fn apply_all(
             .await
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
         let backup = records.backup_name(c.version, run_id);
-        records.start(c, batch, &backup, run_id).await?;
+        // The history line first: a process killed between the two writes leaves a change
+        // recorded `running` (interrupted) only with its line (`history` says interrupted).
         let mut line = HistoryEntry::new("up", c.version, &c.name, RUNNING, run_id);
         line.batch = Some(batch);
         records.log(&line).await?;
+        records.start(c, batch, &backup, run_id).await?;
         let started = Instant::now();
         let exec = Exec {
             db: t.db,
@@ -1419,10 +1421,11 @@ async fn reverse_logged(
 ) -> Result<Reversed, ChangesError> {
     let mut line = HistoryEntry::new("down", r.version, &r.name, RUNNING, run_id);
     line.note = note.clone();
+    // The line first (see `apply_all`).
+    records.log(&line).await?;
     records
         .start_down(r.version, run_id, !how.resumes(), how.partial_up())
         .await?;
-    records.log(&line).await?;
     let started = Instant::now();
     let result = reverse_one(t, records, r, c, ops, how).await;
     let duration_ms = started.elapsed().as_millis() as u64;
