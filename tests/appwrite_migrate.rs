@@ -2505,3 +2505,84 @@ async fn report_and_history_follow_the_pipeline_files_target() {
     assert_eq!(history[0]["run_id"], signoff["run"]["run_id"], "{history}");
     w.drop().await;
 }
+
+/// Into Appwrite, a `--rerun --sync-deletes` killed at a random point — while it removes the
+/// older rows of rows rejected now, or while it deletes the rows whose source is gone — is
+/// resumed, and the report counts every row each part removed, the killed run's too (each
+/// removal is noted in the ledger first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_of_a_killed_appwrite_run_are_counted_by_the_resume() {
+    let w = World::new("aw_removals_kill").await;
+    w.sql(
+        "CREATE TABLE items (id bigint PRIMARY KEY, label text NOT NULL);
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/items.toml"),
+        "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\nvalidate = { max_length = 20 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("items.toml"),
+        "version = 1\nname = \"items\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
+         [[stage]]\nname = \"all\"\nentities = [\"items\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("items.toml").display().to_string();
+    let aw = standin().await;
+    let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(aw.s.row_count("registry", "items"), 3000);
+    // 1000 rows go (every third), 500 of the rest are rejected now (every fourth).
+    w.sql(
+        "DELETE FROM items WHERE id % 3 = 0;
+         UPDATE items SET label = repeat('x', 30) WHERE id % 4 = 0;",
+    )
+    .await;
+    let fence = fastrand::usize(1_550..2_990);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(dir)
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", "registry")
+        .args(["migrate", "--quiet", "--rerun", "--sync-deletes"])
+        .args(["--batch-size", "100", "--pipeline", &pipeline])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if aw.s.row_count("registry", "items") <= fence {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the kill (fence {fence})"
+        );
+        assert!(std::time::Instant::now() < deadline, "no removal in time");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let left = aw.s.row_count("registry", "items");
+    let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let e = entity(&report, "items");
+    // Resumed from its checkpoint, or (killed before one) started over: either way the
+    // killed run's removals count, and its --sync-deletes is carried out.
+    assert_eq!(
+        (e["stale_removed"].as_u64(), e["deleted"].as_u64()),
+        (Some(500), Some(1000)),
+        "killed at {left} rows: {e}"
+    );
+    assert_eq!(aw.s.row_count("registry", "items"), 1500);
+    w.drop().await;
+}

@@ -198,6 +198,11 @@ pub struct StepRecord {
     pub sync_deletes: bool,
     /// Documents it deleted so (recorded at its end).
     pub deleted: i64,
+    /// What the step it resumed had removed (older documents of rejected rows) and deleted
+    /// (`--sync-deletes`) in all, when it began: with its removal notes, what a run that
+    /// resumes it inherits.
+    pub inherited_removed: i64,
+    pub inherited_deleted: i64,
     /// Where the step's rejects and warnings files are (absolute): a resume started from
     /// another directory finds the lines its checkpoint covers there.
     pub rejects_dir: Option<String>,
@@ -299,6 +304,8 @@ impl StepRecord {
             since: d.get_str("since").ok().map(str::to_string),
             sync_deletes: d.get_bool("sync_deletes").unwrap_or(false),
             deleted: d.get_i64("deleted").unwrap_or(0),
+            inherited_removed: int(d, "inherited_removed"),
+            inherited_deleted: int(d, "inherited_deleted"),
             rejects_dir: d.get_str("rejects_dir").ok().map(str::to_string),
             reported_by: d.get_str("reported_by").ok().map(str::to_string),
             host: text(d, "host"),
@@ -363,6 +370,43 @@ impl Covered {
     }
 }
 
+/// Why a step removes target records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The older documents of rows rejected now (`stale_removed`; Appwrite users: blocked).
+    Stale,
+    /// Records whose source rows are gone (`--sync-deletes`).
+    SyncDeletes,
+}
+
+impl Removal {
+    fn name(self) -> &'static str {
+        match self {
+            Removal::Stale => "stale",
+            Removal::SyncDeletes => "sync_deletes",
+        }
+    }
+
+    fn from_name(s: &str) -> Removal {
+        if s == "sync_deletes" {
+            Removal::SyncDeletes
+        } else {
+            Removal::Stale
+        }
+    }
+}
+
+/// A removal a step noted before it removed (see [`Ledger::note_removal`]).
+#[derive(Debug, Clone)]
+pub struct NotedRemoval {
+    pub id: String,
+    pub kind: Removal,
+    /// The records it was about to remove (all there then).
+    pub ids: Vec<Bson>,
+    /// How many went, once it was done; `None` when the run was cut short before it said so.
+    pub removed: Option<u64>,
+}
+
 /// What a new step records when it begins.
 #[derive(Debug, Clone)]
 pub struct StepStart<'a> {
@@ -385,6 +429,8 @@ pub struct StepStart<'a> {
     pub sync_deletes: bool,
     /// The directory of this run's rejects files.
     pub rejects_dir: Option<&'a str>,
+    /// What the step it resumes removed and deleted in all (see `StepRecord::inherited_removed`).
+    pub inherited: (u64, u64),
 }
 
 #[derive(Clone, Debug)]
@@ -423,6 +469,84 @@ impl Ledger {
 
     pub(crate) fn lock_table(&self) -> String {
         format!("{}lock", self.prefix)
+    }
+
+    fn removals(&self) -> String {
+        format!("{}removals", self.prefix)
+    }
+
+    /// Notes, before a step removes target records, which ones it is about to remove (`ids`,
+    /// all there now) and why (`kind`); returns the note's id for [`Ledger::removal_done`]. A
+    /// killed run leaves the note behind: the run that resumes its step counts those of the
+    /// ids that are gone by then ([`Ledger::removals_of`]) — nothing else could tell, since
+    /// they are gone.
+    pub async fn note_removal(
+        &self,
+        run_id: &str,
+        entity: &str,
+        kind: Removal,
+        ids: &[Bson],
+    ) -> Result<String, LedgerError> {
+        let id = format!("{run_id}:{entity}:{:016x}", fastrand::u64(..));
+        let note = doc! {
+            "run_id": run_id,
+            "entity": entity,
+            "kind": kind.name(),
+            "ids": ids.to_vec(),
+        };
+        self.put("note a removal", &self.removals(), &id, &note)
+            .await?;
+        Ok(id)
+    }
+
+    /// The removal noted as `note` is done: `removed` of its records were there and went.
+    pub async fn removal_done(&self, note: &str, removed: u64) -> Result<(), LedgerError> {
+        self.set(
+            "record a removal",
+            &self.removals(),
+            note,
+            doc! { "removed": removed as i64 },
+        )
+        .await
+    }
+
+    /// The removals a step (`run_id`, `entity`) noted: those done with their counts, those
+    /// cut short with their ids.
+    pub async fn removals_of(
+        &self,
+        run_id: &str,
+        entity: &str,
+    ) -> Result<Vec<NotedRemoval>, LedgerError> {
+        let all = self
+            .store
+            .all(&self.removals())
+            .await
+            .map_err(lerr("read removals"))?;
+        Ok(all
+            .iter()
+            .filter(|d| d.get_str("run_id") == Ok(run_id) && d.get_str("entity") == Ok(entity))
+            .map(|d| NotedRemoval {
+                id: text(d, "_id"),
+                kind: Removal::from_name(d.get_str("kind").unwrap_or_default()),
+                ids: d.get_array("ids").cloned().unwrap_or_default(),
+                removed: d.get_i64("removed").ok().map(|n| n.max(0) as u64),
+            })
+            .collect())
+    }
+
+    /// Forgets the removal notes of a step whose counts are recorded elsewhere now (it ended,
+    /// or a step resuming it recorded what it inherits).
+    pub async fn forget_removals(&self, run_id: &str, entity: &str) -> Result<(), LedgerError> {
+        for n in self.removals_of(run_id, entity).await? {
+            retried(|_| async {
+                self.store
+                    .delete(&self.removals(), &n.id, None)
+                    .await
+                    .map_err(lerr("forget a removal"))
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     fn backups(&self) -> String {
@@ -523,6 +647,10 @@ impl Ledger {
             step.insert("checkpoint_key", key.to_vec());
             step.extend(covered.fields());
         }
+        if s.inherited != (0, 0) {
+            step.insert("inherited_removed", s.inherited.0 as i64);
+            step.insert("inherited_deleted", s.inherited.1 as i64);
+        }
         self.put("start step", &self.steps(), &id, &step).await
     }
 
@@ -561,7 +689,9 @@ impl Ledger {
         if let Some(err) = &e.error {
             set.insert("error", crate::redact::redact_text(err));
         }
-        self.set("finish step", &self.steps(), &id, set).await
+        self.set("finish step", &self.steps(), &id, set).await?;
+        // Its counts are whole now.
+        self.forget_removals(run_id, &e.name).await
     }
 
     pub async fn finish_run(&self, report: &RunReport) -> Result<(), LedgerError> {

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::checkpoint::Checkpointer;
 use super::error::RunError;
 use super::read::{Batch, read_loop};
+use super::removal::Remover;
 use super::stage::{RunCtx, StageCtx, StageRun};
 use super::write::write_loop;
 use crate::mapping::plan::Plan;
@@ -48,9 +49,11 @@ pub(super) async fn run_entity(
         );
         r.write_mode = mode.to_string();
         r.total = total;
-        // With those the part it resumes removed (this step's count starts at its checkpoint).
-        let stale = c.removed.load(Ordering::Relaxed)
-            + stage.resume.as_ref().map_or(0, |r| r.covered.removed);
+        // What the step it resumes (or starts over) deleted (`--sync-deletes`); this run's
+        // deletions add to it.
+        r.deleted = stage.inherited.1;
+        // With those the step it resumes (or starts over) removed.
+        let stale = c.removed.load(Ordering::Relaxed) + stage.inherited.0;
         if target.destination(&plan.collection) == Destination::Users {
             r.stale_blocked = stale;
         } else {
@@ -86,7 +89,20 @@ pub(super) async fn run_entity(
         rejects: rejects.clone(),
         total_rejected: total_rejected.clone(),
         remove_stale: mode == Some(WriteMode::Upsert) && stage.prior,
+        remover: Remover {
+            ledger: stage.ledger.clone(),
+            run_id: stage.run_id.clone(),
+            entity: plan.entity.clone(),
+        },
     };
+    // What the checkpoints count from: the part resumed, or what the step started over removed.
+    let base = stage.resume.as_ref().map_or(
+        crate::ledger::Covered {
+            removed: stage.inherited.0,
+            ..Default::default()
+        },
+        |r| r.covered,
+    );
     let (tx, rx) = mpsc::channel::<Batch>(opts.concurrency);
     let writer = mode.map(|mode| {
         tokio::spawn(write_loop(
@@ -100,7 +116,7 @@ pub(super) async fn run_entity(
                     stage.fence.clone(),
                     &stage.run_id,
                     &plan.entity,
-                    stage.resume.as_ref().map(|r| r.covered).unwrap_or_default(),
+                    base,
                 )
             }),
         ))

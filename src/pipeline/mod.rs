@@ -9,6 +9,7 @@ pub mod error;
 pub mod expected;
 mod options;
 mod read;
+mod removal;
 pub mod rollback;
 pub mod run;
 pub mod spill;

@@ -479,14 +479,28 @@ async fn migrate_locked(
     };
 
     for (p, (_, resume, since, origin)) in plans.iter().zip(&to_run) {
-        // A resumed step deletes what its interrupted run was to delete, whatever this command's
-        // flags (as it keeps that run's `since`).
-        let sync_deletes = opts.sync_deletes || resume.as_ref().is_some_and(|r| r.sync_deletes);
+        // The step cut short that this one resumes, or starts over.
+        let interrupted = resume.as_deref().or(origin.as_deref());
+        // It deletes what its interrupted run was to delete, whatever this command's flags (as
+        // a resumed step keeps that run's `since`), and counts what that run removed.
+        let sync_deletes = opts.sync_deletes || interrupted.is_some_and(|r| r.sync_deletes);
+        let (removed, deleted) = match interrupted {
+            Some(r) => match inherited(ledger, target, &p.collection, r).await {
+                Ok(n) => n,
+                Err(e) => {
+                    run_error = Some(e);
+                    break;
+                }
+            },
+            None => (0, 0),
+        };
         let mut stage = StageRun {
             sync_deletes,
             run_started,
             since: since.clone(),
             run_id: run_id.to_string(),
+            inherited: (removed, deleted),
+            interrupted_run: interrupted.map(|r| r.run_id.clone()),
             resume: resume.as_ref().map(|r| Resume {
                 from_run: r.run_id.clone(),
                 from_dir: r
@@ -501,7 +515,7 @@ async fn migrate_locked(
                     rejected: r.checkpoint_rejected.max(0) as u64,
                     warned: r.checkpoint_warned.max(0) as u64,
                     batches: 0,
-                    removed: r.checkpoint_removed.max(0) as u64,
+                    removed,
                 },
                 from_batches: r.checkpoint_batches.max(0) as u64,
                 orphans: Default::default(),
@@ -642,8 +656,15 @@ async fn migrate_locked(
             err = Some(RunError::LockLost(lost));
         }
         if err.is_none() && stage.sync_deletes {
-            match super::sync_deletes::sync_deletes(p, &mut session, target, opts.dry_run).await {
-                Ok(n) => report.deleted = n,
+            let remover = super::removal::Remover {
+                ledger: stage.ledger.clone(),
+                run_id: run_id.to_string(),
+                entity: p.entity.clone(),
+            };
+            match super::sync_deletes::sync_deletes(p, &mut session, target, opts.dry_run, &remover)
+                .await
+            {
+                Ok(n) => report.deleted += n,
                 Err(e) => err = Some(e),
             }
         }
@@ -792,4 +813,25 @@ async fn migrate_locked(
         }
     }
     Ok(report)
+}
+
+/// What the interrupted step `r` (and those it continued) removed in all — older documents of
+/// rows rejected now, records deleted by `--sync-deletes`: a step that ended recorded it; a
+/// killed one left its removal notes, the last ones perhaps without their counts.
+async fn inherited(
+    ledger: &Ledger,
+    target: &Target,
+    collection: &str,
+    r: &StepRecord,
+) -> Result<(u64, u64), RunError> {
+    let recorded = (r.checkpoint_removed.max(0) as u64, r.deleted.max(0) as u64);
+    if r.finished_at.is_some() {
+        return Ok(recorded);
+    }
+    let notes = ledger.removals_of(&r.run_id, &r.entity).await?;
+    let (stale, deleted) = super::removal::removed_by(target, collection, &notes).await?;
+    Ok((
+        recorded.0.max(r.inherited_removed.max(0) as u64 + stale),
+        r.inherited_deleted.max(0) as u64 + deleted,
+    ))
 }

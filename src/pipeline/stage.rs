@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::error::RunError;
 use super::options::RunOptions;
+use super::removal::Remover;
 use crate::ledger::{self, Ledger, StepRecord};
 use crate::mapping::plan::Plan;
 use crate::monitor::rejects::RejectsWriter;
@@ -50,6 +51,8 @@ pub(super) struct StageCtx {
     /// Upserts into a destination cutover wrote before (`StageRun::prior`): the older documents
     /// of rows rejected now (by the mapping or by the target) are removed.
     pub(super) remove_stale: bool,
+    /// Removes records with a note in the ledger first (see `removal`).
+    pub(super) remover: Remover,
 }
 
 /// The directory of this run's rejects files, absolute (as the ledger records it).
@@ -154,8 +157,13 @@ pub(super) async fn prepare_step(
             since: stage.since.as_deref(),
             sync_deletes: stage.sync_deletes,
             rejects_dir: Some(&run_rejects_dir(opts, run_id)),
+            inherited: stage.inherited,
         })
         .await?;
+    // This step's start holds what the interrupted one removed: its notes may go.
+    if let Some(r) = &stage.interrupted_run {
+        ledger.forget_removals(r, &p.entity).await?;
+    }
     Ok((destination, was_empty, backup, taken))
 }
 
@@ -198,6 +206,11 @@ pub(super) struct StageRun {
     /// interrupted step this one resumes had it).
     pub(super) sync_deletes: bool,
     pub(super) run_id: String,
+    /// What the step cut short that this one resumes or starts over (and those it continued)
+    /// removed: older documents of rows rejected now, records deleted by `--sync-deletes`.
+    pub(super) inherited: (u64, u64),
+    /// The run of that step: its removal notes go once this step's start records the counts.
+    pub(super) interrupted_run: Option<String>,
     pub(super) resume: Option<Resume>,
     /// `None` in a dry run.
     pub(super) mode: Option<WriteMode>,

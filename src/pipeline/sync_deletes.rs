@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use futures::TryStreamExt;
 
 use super::error::RunError;
+use super::removal::Remover;
 use super::spill::{Absent, Sorted, Spill};
+use crate::ledger::Removal;
 use crate::mapping::plan::Plan;
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, SinkError, Target};
@@ -30,21 +32,50 @@ fn spill_err(cause: std::io::Error) -> RunError {
 }
 
 /// Removes the target records of `plan` whose source row is gone; returns how many (were) gone.
-pub async fn sync_deletes(
+/// Each chunk is noted in the ledger before it goes (`remover`; none in a dry run), so that a
+/// run resuming after a kill counts what this one deleted.
+pub(super) async fn sync_deletes(
     plan: &Plan,
     session: &mut SourceSession,
     target: &Target,
     dry_run: bool,
+    remover: &Remover,
 ) -> Result<u64, RunError> {
     match target {
-        Target::Mongo(m) => sync_deletes_mongo(plan, session, m, dry_run).await,
-        Target::Appwrite(a) => sync_deletes_appwrite(plan, session, a, dry_run).await,
+        Target::Mongo(m) => sync_deletes_mongo(plan, session, m, dry_run, remover).await,
+        Target::Appwrite(a) => sync_deletes_appwrite(plan, session, a, dry_run, remover).await,
     }
+}
+
+/// Notes `ids` (as the target lists them), deletes them with `delete`, records how many went.
+async fn noted_delete<F, Fut>(
+    remover: &Remover,
+    ids: Vec<bson::Bson>,
+    delete: F,
+) -> Result<(), RunError>
+where
+    F: FnOnce(Vec<bson::Bson>) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, RunError>>,
+{
+    let noted = match &remover.ledger {
+        Some(ledger) => Some(
+            remover
+                .note_listed(ledger, Removal::SyncDeletes, ids.clone())
+                .await?,
+        ),
+        None => None,
+    };
+    let n = delete(ids).await?;
+    if let Some(noted) = noted {
+        remover.done(noted, n).await?;
+    }
+    Ok(())
 }
 
 /// Deletes gathered ids `CHUNK` at a time; counts them all.
 struct Deleter<'a> {
     target: &'a MongoTarget,
+    remover: &'a Remover,
     collection: &'a str,
     dry_run: bool,
     pending: Vec<bson::Bson>,
@@ -69,8 +100,11 @@ impl Deleter<'_> {
             return Ok(());
         }
         let ids = std::mem::take(&mut self.pending);
-        self.target.delete_ids(self.collection, ids).await?;
-        Ok(())
+        let (target, collection) = (self.target, self.collection);
+        noted_delete(self.remover, ids, |ids| async move {
+            Ok(target.delete_ids(collection, ids).await?)
+        })
+        .await
     }
 }
 
@@ -79,11 +113,13 @@ async fn sync_deletes_mongo(
     session: &mut SourceSession,
     target: &MongoTarget,
     dry_run: bool,
+    remover: &Remover,
 ) -> Result<u64, RunError> {
     use crate::sink::order::{bson_cmp, id_bytes, id_from_bytes, ids_follow_key_order};
     let keys_spec = keys_only(plan);
     let mut del = Deleter {
         target,
+        remover,
         collection: &plan.collection,
         dry_run,
         pending: Vec::new(),
@@ -175,6 +211,7 @@ async fn sync_deletes_appwrite(
     session: &mut SourceSession,
     target: &AppwriteTarget,
     dry_run: bool,
+    remover: &Remover,
 ) -> Result<u64, RunError> {
     use crate::sink::appwrite::rows::row_id;
     let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
@@ -212,19 +249,42 @@ async fn sync_deletes_appwrite(
         }
         chunk.push(String::from_utf8_lossy(&id).into_owned());
         if chunk.len() >= CHUNK {
-            target
-                .delete_records(&plan.collection, &chunk)
-                .await
-                .map_err(aerr)?;
-            chunk.clear();
+            delete_rows(
+                remover,
+                target,
+                &plan.collection,
+                std::mem::take(&mut chunk),
+            )
+            .await?;
         }
     }
-    target
-        .delete_records(&plan.collection, &chunk)
-        .await
-        .map_err(aerr)?;
+    delete_rows(remover, target, &plan.collection, chunk).await?;
     if n > 0 && !dry_run {
         tracing::warn!(entity = %plan.entity, records = n, "deleted Appwrite records whose source rows are gone");
     }
     Ok(n)
+}
+
+/// Deletes Appwrite records by their ids, noted first (see [`noted_delete`]).
+async fn delete_rows(
+    remover: &Remover,
+    target: &AppwriteTarget,
+    collection: &str,
+    rows: Vec<String>,
+) -> Result<(), RunError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids = rows.into_iter().map(bson::Bson::String).collect();
+    noted_delete(remover, ids, |ids| async move {
+        let rows: Vec<String> = ids
+            .iter()
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .collect();
+        target
+            .delete_records(collection, &rows)
+            .await
+            .map_err(|e| RunError::Sink(SinkError::Appwrite(e)))
+    })
+    .await
 }

@@ -13,6 +13,7 @@ use super::checkpoint::Checkpointer;
 use super::error::RunError;
 use super::read::{Batch, reject};
 use super::stage::StageCtx;
+use crate::ledger::Removal;
 use crate::monitor::EntityCounters;
 use crate::sink::mongodb::{BatchResult, WriteMode};
 use crate::sink::retry::{RetryPolicy, retry};
@@ -112,6 +113,7 @@ pub(super) async fn write_loop(
         rejects,
         total_rejected,
         remove_stale,
+        remover,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
     let batches =
@@ -122,6 +124,7 @@ pub(super) async fn write_loop(
             let target = target.clone();
             let collection = collection.clone();
             let counters = counters.clone();
+            let remover = remover.clone();
             let policy = opts.retry;
             // Each batch is its own task: it makes progress (and gives its connection back)
             // while this loop waits for the ledger.
@@ -130,8 +133,21 @@ pub(super) async fn write_loop(
                 if let Some(f) = &fence
                     && let Err(lost) = f.check_if_stale(FENCE_MAX_AGE).await
                 {
-                    return (batch, Err(lost), 0);
+                    return (batch, Err(RunError::LockLost(lost)), 0);
                 }
+                // The older documents to remove are noted in the ledger first (those there
+                // now): a run resuming after a kill counts what this one removed.
+                let noted = if batch.stale.is_empty() {
+                    None
+                } else {
+                    match remover
+                        .note(&target, &collection, Removal::Stale, &batch.stale)
+                        .await
+                    {
+                        Ok(n) => Some(n),
+                        Err(e) => return (batch, Err(e), 0),
+                    }
+                };
                 let attempts = std::sync::atomic::AtomicU32::new(0);
                 let removed_here = AtomicU64::new(0);
                 let result = retry(
@@ -148,7 +164,7 @@ pub(super) async fn write_loop(
                         let target = &target;
                         let collection = &collection;
                         let docs = &batch.docs;
-                        let stale = &batch.stale;
+                        let stale = noted.as_ref().map_or(&[][..], |n| n.ids.as_slice());
                         let counters = &counters;
                         let removed_here = &removed_here;
                         async move {
@@ -182,8 +198,16 @@ pub(super) async fn write_loop(
                     other => other,
                 };
                 let mut batch = batch;
-                batch.removed += removed_here.load(Ordering::Relaxed);
-                (batch, Ok(result), attempts.load(Ordering::Relaxed))
+                let removed = removed_here.load(Ordering::Relaxed);
+                batch.removed += removed;
+                let attempts = attempts.load(Ordering::Relaxed);
+                if let Some(n) = noted
+                    && result.is_ok()
+                    && let Err(e) = remover.done(n, removed).await
+                {
+                    return (batch, Err(e), attempts);
+                }
+                (batch, Ok(result), attempts)
             }))
         })
         .buffer_unordered(opts.concurrency.max(1));
@@ -232,15 +256,9 @@ pub(super) async fn write_loop(
                     Vec::new()
                 };
                 if !refused_ids.is_empty() {
-                    let removed = target
-                        .remove_documents(&collection, &refused_ids)
-                        .await
-                        .map_err(|cause| RunError::BatchFailed {
-                            entity: entity.clone(),
-                            rows: refused_ids.len(),
-                            attempts: 1,
-                            cause: Box::new(cause),
-                        })?;
+                    let removed = remover
+                        .remove_stale(&target, &collection, &refused_ids)
+                        .await?;
                     EntityCounters::add(&counters.removed, removed);
                     batch.removed += removed;
                 }

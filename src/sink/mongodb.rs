@@ -406,6 +406,35 @@ impl MongoTarget {
         Ok(r.deleted_count)
     }
 
+    /// Those of `ids` that `collection` holds a document of.
+    pub async fn present_ids(
+        &self,
+        collection: &str,
+        ids: &[Bson],
+    ) -> Result<Vec<Bson>, MongoError> {
+        let op = || format!("find ids in {collection}");
+        let mut found = self
+            .db
+            .collection::<Document>(collection)
+            .find(doc! { "_id": { "$in": ids.to_vec() } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(|cause| MongoError::Command { op: op(), cause })?;
+        let mut out = Vec::new();
+        while found
+            .advance()
+            .await
+            .map_err(|cause| MongoError::Command { op: op(), cause })?
+        {
+            if let Ok(Some(id)) = found.current().get("_id")
+                && let Ok(id) = Bson::try_from(id.to_raw_bson())
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes `docs` (each with an `_id`) into `collection`, unordered.
     pub async fn write(
         &self,

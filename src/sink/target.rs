@@ -251,6 +251,39 @@ impl AppwriteTarget {
         Ok(n)
     }
 
+    /// Those of the records `ids` (row ids, or user ids) that are there: rows that exist,
+    /// users that exist and are not blocked (what `remove_documents` would remove).
+    pub async fn present_records(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, AppwriteError> {
+        let users = self.is_users(collection);
+        let mut out = Vec::new();
+        for id in ids {
+            let found = if users {
+                match self
+                    .client
+                    .call(reqwest::Method::GET, &format!("/users/{id}"), None)
+                    .await
+                {
+                    Ok(user) => user["status"] != false,
+                    Err(e) if e.is_missing() => false,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.client
+                    .get_row(&self.database, collection, id)
+                    .await?
+                    .is_some()
+            };
+            if found {
+                out.push(id.clone());
+            }
+        }
+        Ok(out)
+    }
+
     async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
         if self.is_users(collection) {
             let v = self
@@ -936,6 +969,27 @@ impl Target {
         match self {
             Target::Mongo(m) => Ok(m.write(collection, docs, mode).await?),
             Target::Appwrite(a) => Ok(a.write(collection, docs, mode).await?),
+        }
+    }
+
+    /// Those of `ids` that `remove_documents` would remove now: documents (rows) there, users
+    /// there and not blocked.
+    pub async fn present(&self, collection: &str, ids: &[Bson]) -> Result<Vec<Bson>, SinkError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Target::Mongo(m) => Ok(m.present_ids(collection, ids).await?),
+            Target::Appwrite(a) => {
+                let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
+                let there = a.present_records(collection, &rows).await?;
+                Ok(ids
+                    .iter()
+                    .zip(&rows)
+                    .filter(|(_, r)| there.contains(*r))
+                    .map(|(id, _)| id.clone())
+                    .collect())
+            }
         }
     }
 

@@ -228,6 +228,8 @@ mod tests {
             since: None,
             sync_deletes: false,
             deleted: 0,
+            inherited_removed: 0,
+            inherited_deleted: 0,
             rejects_dir: None,
             reported_by: None,
             host: String::new(),
