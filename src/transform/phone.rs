@@ -46,6 +46,13 @@ pub fn to_e164(raw: &str, region: Id) -> Result<String, String> {
     let not_a_number = |e: &dyn std::fmt::Display| format!("`{raw}` is not a phone number ({e})");
     let extracted = extract_possible(raw.trim()).ok_or_else(|| not_a_number(&"no digits"))?;
     let extracted = extracted.as_ref();
+    // A `#` is an extension's end (`…123#`, `ext. 5#`) or no part of a number libphonenumber
+    // reads (`… #`): either way nothing E.164 holds.
+    if extracted.contains(['#', '\u{ff03}']) {
+        return Err(format!(
+            "`{raw}` is not a phone number E.164 can hold (`#` ends an extension or a service code)"
+        ));
+    }
     // Letters (words, vanity numbers, an extension's `ext`/`x`) or `#`: the number must be one
     // as written, and the extension comes off before anything else (E.164 cannot hold one; a
     // bare `x` is none). Digits and punctuation alone need no such look.
@@ -101,6 +108,14 @@ fn extract_possible(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
             Some(i) => number[..i].to_string(),
             None => number,
         };
+        // A plus only leads: a global number under a global context (`tel:+49…;phone-context=+49`
+        // reads `+49+49…`) is no number — it would be written with its calling code twice.
+        if number
+            .char_indices()
+            .any(|(i, c)| i > 0 && (c == '+' || c == '\u{ff0b}'))
+        {
+            return None;
+        }
         return extract_possible(&number).map(|s| std::borrow::Cow::Owned(s.into_owned()));
     }
     let is_digit = |c: char| c.is_ascii_digit() || unicode_digit(c).is_some();
@@ -613,6 +628,33 @@ mod tests {
         assert_eq!(lr("+231-88-1234567").unwrap(), "+231881234567");
         assert_eq!(lr("00231 (88) 123.4567").unwrap(), "+231881234567");
         assert_eq!(lr("tel:+231-77-712-3456").unwrap(), "+231777123456");
+    }
+
+    /// Found by the thirteenth tester (T1): libphonenumber refuses both; cutover wrote
+    /// `+494915123456789` and `+4915123456789`.
+    #[test]
+    fn a_global_number_under_a_global_context_and_a_hash_are_no_numbers() {
+        let de = Id::DE;
+        for raw in [
+            "tel:+4915123456789;phone-context=+49",
+            "tel:+4918012345;phone-context=+49",
+            "tel:+1-780-555-0100;phone-context=+1",
+            "+4915123456789#",
+            "015123456789#",
+            "+49 30 123456 #",
+            "+49 30 123456 ext. 5#",
+        ] {
+            assert!(to_e164(raw, de).is_err(), "{raw}: {:?}", to_e164(raw, de));
+        }
+        // A national number under a global context, and a global one under a domain: numbers.
+        assert_eq!(
+            to_e164("tel:015123456789;phone-context=+49", de).unwrap(),
+            "+4915123456789"
+        );
+        assert_eq!(
+            to_e164("tel:+4915123456789;phone-context=example.com", de).unwrap(),
+            "+4915123456789"
+        );
     }
 
     #[test]
