@@ -310,8 +310,18 @@ pub async fn check(
             .map(|k| quote_ident(k))
             .collect::<Vec<_>>()
             .join(", ");
+        // Rows with a NULL key part are no duplicates: the run rejects them (rule `id`), and
+        // this check counts them so with the other rejects.
+        let not_null = m
+            .spec
+            .source
+            .key
+            .iter()
+            .map(|k| format!("{} IS NOT NULL", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let dup_sql = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {} GROUP BY {keys} HAVING count(*) > 1) d",
+            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {not_null} GROUP BY {keys} HAVING count(*) > 1) d",
             plan.relation
         );
         match sqlx::query_scalar::<_, i64>(AssertSqlSafe(dup_sql))

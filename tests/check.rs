@@ -666,6 +666,54 @@ async fn a_key_given_twice_is_rejected_not_overwritten() {
     w.drop().await;
 }
 
+/// Found by the thirteenth tester (T6): a query source whose key has NULL parts. The run
+/// rejects those rows (rule `id`); check counted NULL as a key value given more than once and
+/// blocked. Now check counts them as rejects (exit 2), like the run, single and composite keys.
+#[tokio::test]
+async fn null_key_parts_are_rejects_for_check_as_for_the_run_not_duplicates() {
+    let w = World::new("check_null_key").await;
+    w.sql(
+        "CREATE TABLE q (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO q SELECT g, g FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    for (name, query, key) in [
+        (
+            "single",
+            "SELECT CASE WHEN id % 1000 = 0 THEN NULL ELSE id END AS id, v FROM q",
+            "[\"id\"]",
+        ),
+        (
+            "composite",
+            "SELECT id % 2 AS a, CASE WHEN id % 1000 = 0 THEN NULL ELSE id END AS b, v FROM q",
+            "[\"a\", \"b\"]",
+        ),
+    ] {
+        let pipeline = common::one_entity_pipeline(
+            &w,
+            name,
+            &format!(
+                "version = 1\nname = \"{name}\"\n[source]\nquery = \"{query}\"\nkey = {key}\n\
+                 [[field]]\npath = \"v\"\ncolumn = \"v\"\n"
+            ),
+        );
+        let out = w
+            .cutover()
+            .args(["check", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {text}");
+        assert!(!text.contains("not unique"), "{name}: {text}");
+        let out = w.migrate_with(&pipeline, &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+        let e = &w.latest_report()["entities"][0];
+        assert_eq!(e["rejected"], 3, "{name}: {e}");
+    }
+    w.drop().await;
+}
+
 /// A source table locked by another session (an ALTER in progress) made check and migrate hang
 /// without a word: the read now gives up after the lock timeout (60 s, or the source URL's
 /// `lock_timeout`), naming the table and the lock.
