@@ -274,15 +274,12 @@ pub struct CheckArgs {
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Rows scanned per entity.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 10_000,
-        conflicts_with = "full"
-    )]
-    pub sample: u64,
-    /// Scan every row.
+    /// Scan only the first N rows of each entity (a quick look: rows past them are not checked,
+    /// and the verdict says so). Default: every row, so that check finds every row the run
+    /// will reject.
+    #[arg(long, value_name = "N", conflicts_with = "full")]
+    pub sample: Option<u64>,
+    /// Scan every row (the default).
     #[arg(long)]
     pub full: bool,
     /// Print JSON instead of text.

@@ -714,6 +714,50 @@ async fn null_key_parts_are_rejects_for_check_as_for_the_run_not_duplicates() {
     w.drop().await;
 }
 
+/// Found by the thirteenth tester (T9): check scanned the first 10,000 rows by default and said
+/// "check passed" over a table whose rejects came later. It scans every row now; a `--sample`
+/// says which rows it left out and never says "passed".
+#[tokio::test]
+async fn check_scans_every_row_by_default_and_a_sample_says_what_it_left_out() {
+    let w = World::new("check_all_rows").await;
+    w.sql(
+        "CREATE TABLE s (id int PRIMARY KEY, v text NOT NULL);
+         INSERT INTO s SELECT g, CASE WHEN g > 19990 THEN repeat('x', 30) ELSE 'ok' END
+         FROM generate_series(1, 20000) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "s",
+        "version = 1\nname = \"s\"\n[source]\ntable = \"s\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\nvalidate = { max_length = 20 }\n",
+    );
+    let check = |extra: &[&str]| {
+        let out = w
+            .cutover()
+            .args(["check", "--pipeline"])
+            .arg(&pipeline)
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), common::output_text(&out))
+    };
+    let (code, text) = check(&[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("10 scanned rows will be rejected"), "{text}");
+    let (code, text) = check(&["--sample", "10000"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("check passed"), "{text}");
+    assert!(
+        text.contains("NOT scanned (--sample): rows of s (10000 of 20000)"),
+        "{text}"
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    assert_eq!(w.latest_report()["entities"][0]["rejected"], 10);
+    w.drop().await;
+}
+
 /// A source table locked by another session (an ALTER in progress) made check and migrate hang
 /// without a word: the read now gives up after the lock timeout (60 s, or the source URL's
 /// `lock_timeout`), naming the table and the lock.

@@ -38,7 +38,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
             Err(e) => blocking_targets.push(crate::redact::redact_text(&e.to_string())),
         }
     }
-    let sample = (!args.full).then_some(args.sample);
+    let sample = if args.full { None } else { args.sample };
     let mut report =
         crate::check::check(&pipeline, &args.names, &source, &targets, sample, &rates).await;
     for e in blocking_targets.into_iter().rev() {
@@ -106,6 +106,21 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
         crate::outln!("BLOCKING: {b}");
     }
     let rejected = report.rejected_rows();
+    // Rows a --sample left out: no verdict speaks for them.
+    let unscanned: Vec<String> = report
+        .entities
+        .iter()
+        .filter(|e| e.scanned < e.rows)
+        .map(|e| format!("{} ({} of {})", e.entity, e.rows - e.scanned, e.rows))
+        .collect();
+    let unscanned = if unscanned.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; NOT scanned (--sample): rows of {} — check without --sample to find every row the run will reject",
+            unscanned.join(", ")
+        )
+    };
     let verdict = if !report.ok() {
         "check FAILED: fix the blocking problems above".to_string()
     } else if rejected > 0 {
@@ -116,9 +131,11 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
             } else {
                 "; exit 2 — fix them or accept them with --allow-rejects"
             }
-        )
+        ) + &unscanned
+    } else if !unscanned.is_empty() {
+        format!("check: nothing blocks a run and no scanned row will be rejected{unscanned}")
     } else {
-        "check passed: nothing blocks a run and no scanned row will be rejected".to_string()
+        "check passed: nothing blocks a run and no row will be rejected".to_string()
     };
     crate::outln!("{verdict}");
     Ok(check_outcome(&report, args.allow_rejects))
