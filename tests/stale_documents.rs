@@ -286,6 +286,9 @@ async fn removed_documents_are_counted_exactly_across_a_kill_and_a_resume() {
             "seed {seed}, round {round}: killed at {kill_at} rows, concurrency {concurrency}: {items}"
         );
         assert_eq!(w.count("items").await, 15000);
+        // The backup the killed run took, named with what it holds (thirteenth tester, T11).
+        assert_eq!(items["backup_documents"], 20000, "{items}");
+        assert_eq!(items["backup_by"], items["resumed_from"], "{items}");
         // The notes of both steps are gone: their counts are in the steps now.
         let notes = w
             .mongo()

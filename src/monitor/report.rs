@@ -72,6 +72,9 @@ pub struct EntityReport {
     pub backup_documents: u64,
     #[serde(default)]
     pub backup_ms: u64,
+    /// The run that took the backup, when an earlier one did (a resumed or adopted step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_by: Option<String>,
     /// Completed by this earlier run, which was interrupted before it ended (and so wrote no
     /// report): the counts are that step's as the ledger recorded them, and its rejects were
     /// copied into this run's files. Not part of this run's own totals in the ledger.
@@ -156,6 +159,7 @@ impl EntityReport {
             backup: None,
             backup_documents: 0,
             backup_ms: 0,
+            backup_by: None,
             completed_by: None,
             stale_removed: 0,
             stale_blocked: 0,
@@ -319,14 +323,25 @@ impl RunReport {
         s.push_str(&table.text(""));
         let t = &self.totals;
         for e in &self.entities {
-            if let Some(b) = &e.backup {
-                let _ = writeln!(
-                    s,
-                    "{}: backup {b} of {} documents in {}",
-                    e.name,
-                    thousands(e.backup_documents),
-                    format_ms(e.backup_ms)
-                );
+            match (&e.backup, &e.backup_by) {
+                (Some(b), Some(by)) if *by != self.run_id => {
+                    let _ = writeln!(
+                        s,
+                        "{}: backup {b} of {} documents (taken by run {by})",
+                        e.name,
+                        thousands(e.backup_documents)
+                    );
+                }
+                (Some(b), _) => {
+                    let _ = writeln!(
+                        s,
+                        "{}: backup {b} of {} documents in {}",
+                        e.name,
+                        thousands(e.backup_documents),
+                        format_ms(e.backup_ms)
+                    );
+                }
+                (None, _) => {}
             }
             if let Some(d) = &e.delta {
                 let _ = writeln!(s, "{}: {d}", e.name);
