@@ -637,6 +637,12 @@ fn fits(kind: &schema::Kind, v: &Bson) -> bool {
 fn extjson_lookalike(v: &Bson) -> bool {
     match v {
         Bson::Document(d) => {
+            // The legacy regular expression (`{"$regex": "a", "$options": "i"}`), which the
+            // bson crate does not read but MongoDB's drivers do (found by the thirteenth
+            // tester, T7: pymongo read the stored text back as a Regex).
+            if matches!(d.get("$regex"), Some(Bson::String(_))) {
+                return true;
+            }
             if d.keys().any(|k| k.starts_with('$')) {
                 let back = Bson::try_from(Bson::Document(d.clone()).into_relaxed_extjson());
                 if !matches!(back, Ok(Bson::Document(_))) {
@@ -1133,6 +1139,15 @@ mod tests {
             .is_some()
         );
         assert!(named(Bson::Document(bson::doc! { "$x": 1, "a.b": { "$y": [1] } })).is_none());
+        for legacy in [
+            bson::doc! { "$regex": "a", "$options": "i" },
+            bson::doc! { "$regex": "^x" },
+        ] {
+            let m = named(Bson::Document(bson::doc! { "v": legacy.clone() }));
+            assert!(m.is_some(), "{legacy}");
+        }
+        // A `$regex` that is no pattern text is an object to every reader.
+        assert!(named(Bson::Document(bson::doc! { "$regex": 1 })).is_none());
         assert!(
             named(Bson::Document(
                 bson::doc! { "n": f64::NAN, "big": 1i64 << 40 }
