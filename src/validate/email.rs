@@ -65,9 +65,44 @@ fn label_ok(label: &str) -> bool {
             if c.is_ascii() {
                 c.is_ascii_alphanumeric() || c == '-'
             } else {
-                !c.is_whitespace() && !c.is_control()
+                !c.is_whitespace() && !c.is_control() && !idna_disallowed(c)
             }
         })
+}
+
+/// Characters IDNA 2008 never allows in a label, whatever the script: format characters
+/// (Unicode category Cf: zero-width spaces and joiners, bidi controls, the BOM, soft hyphen, tags),
+/// private use, and noncharacters. `x.com` followed by a zero-width space looked like a valid
+/// host name (found by the thirteenth tester, T2).
+fn idna_disallowed(c: char) -> bool {
+    let u = c as u32;
+    matches!(
+        u,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+            | 0xE000..=0xF8FF
+            | 0xF0000..=0x10FFFF
+            | 0xFDD0..=0xFDEF
+    ) || u & 0xFFFE == 0xFFFE
 }
 
 fn address_literal_ok(literal: &str) -> bool {
@@ -112,6 +147,23 @@ mod tests {
             assert!(is_valid(ok, false), "{ok}");
             assert!(is_valid(ok, true), "{ok} (ascii)");
         }
+    }
+
+    #[test]
+    fn invisible_and_private_characters_make_no_host_name() {
+        for bad in [
+            "a@x.com\u{200b}",
+            "a@x\u{200d}y.com",
+            "a@\u{feff}x.com",
+            "a@x.c\u{00ad}om",
+            "a@x.com\u{202e}",
+            "a@\u{e000}.com",
+            "a@x.\u{fdd0}",
+            "a@x.com\u{e0041}",
+        ] {
+            assert!(!is_valid(bad, false), "{bad:?}");
+        }
+        assert!(is_valid("a@bücher.ch", false));
     }
 
     #[test]
