@@ -232,7 +232,9 @@ pub struct RunReport {
 pub fn success_rate(written: u64, read: u64, skipped: u64) -> f64 {
     let denom = read.saturating_sub(skipped);
     if denom == 0 {
-        return 100.0;
+        // Nothing read, or nothing but skipped rows: a stage that wrote none of the rows it
+        // read is no success (the thirteenth tester's T5 saw "100.0%" on a failed stage).
+        return if skipped > 0 { 0.0 } else { 100.0 };
     }
     let rate = written as f64 * 100.0 / denom as f64;
     if written < denom {
@@ -538,6 +540,7 @@ mod tests {
         assert_eq!(success_rate(90, 100, 0), 90.0);
         assert_eq!(success_rate(90, 100, 10), 100.0);
         assert_eq!(success_rate(0, 0, 0), 100.0);
+        assert_eq!(success_rate(0, 1, 1), 0.0);
         assert_eq!(success_rate(188, 200, 0), 94.0);
         assert_eq!(success_rate(999_988, 1_000_000, 0), 99.9);
     }
