@@ -1066,7 +1066,15 @@ async fn down_locked(
             .check()
             .await
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
-        done.push(reverse_logged(t, &records, r, c, &r.ops, How::Applied, run_id, None).await?);
+        done.push(
+            reverse_logged(
+                t,
+                &records,
+                (r, c, &r.ops),
+                DownRun::new(How::Applied, run_id, None),
+            )
+            .await?,
+        );
     }
     Ok(done)
 }
@@ -1120,8 +1128,13 @@ async fn recover(
                     })
                     .unwrap_or_default();
                 let note = format!("{dead} after its transaction committed: reversed whole");
-                return reverse_logged(t, records, r, &c, &ops, How::Applied, run_id, Some(note))
-                    .await;
+                return reverse_logged(
+                    t,
+                    records,
+                    (r, &c, &ops),
+                    DownRun::new(How::Applied, run_id, Some(note)),
+                )
+                .await;
             }
             (RUNNING, None) => {
                 let note = format!("{dead} before its transaction committed: nothing was written");
@@ -1134,8 +1147,13 @@ async fn recover(
             (_, None) => {
                 let note =
                     format!("{dead} before its transaction committed: reversed again, whole");
-                return reverse_logged(t, records, r, &c, &r.ops, How::Applied, run_id, Some(note))
-                    .await;
+                return reverse_logged(
+                    t,
+                    records,
+                    (r, &c, &r.ops),
+                    DownRun::new(How::Applied, run_id, Some(note)),
+                )
+                .await;
             }
         }
     }
@@ -1162,12 +1180,8 @@ async fn recover(
         return reverse_logged(
             t,
             records,
-            r,
-            &c,
-            &r.ops,
-            How::Interrupted,
-            run_id,
-            Some(note),
+            (r, &c, &r.ops),
+            DownRun::new(How::Interrupted, run_id, Some(note)),
         )
         .await;
     }
@@ -1183,7 +1197,13 @@ async fn recover(
     } else {
         How::Resume
     };
-    reverse_logged(t, records, r, &c, &r.ops, how, run_id, Some(note)).await
+    reverse_logged(
+        t,
+        records,
+        (r, &c, &r.ops),
+        DownRun::new(how, run_id, Some(note)),
+    )
+    .await
 }
 
 /// Records as rolled back a change whose transaction left nothing to undo (it never committed,
@@ -1406,19 +1426,29 @@ impl How {
     }
 }
 
+/// One `down` of a change: how it reverses, the run doing it, and what it found (a note for
+/// the history line and the report).
+struct DownRun<'a> {
+    how: How,
+    run_id: &'a str,
+    note: Option<String>,
+}
+
+impl<'a> DownRun<'a> {
+    fn new(how: How, run_id: &'a str, note: Option<String>) -> Self {
+        DownRun { how, run_id, note }
+    }
+}
+
 /// Reverses one change, recording it `reversing` before it writes anything, then `rolled-back`
 /// (or, failed, why), with a line of history as it starts and as it ends.
-#[allow(clippy::too_many_arguments)]
 async fn reverse_logged(
     t: &ChangeTarget<'_>,
     records: &Records<'_>,
-    r: &ChangeRecord,
-    c: &Change,
-    ops: &[OpOutcome],
-    how: How,
-    run_id: &str,
-    note: Option<String>,
+    (r, c, ops): (&ChangeRecord, &Change, &[OpOutcome]),
+    down: DownRun<'_>,
 ) -> Result<Reversed, ChangesError> {
+    let DownRun { how, run_id, note } = down;
     let mut line = HistoryEntry::new("down", r.version, &r.name, RUNNING, run_id);
     line.note = note.clone();
     // The line first (see `apply_all`).

@@ -732,9 +732,13 @@ impl Exec<'_> {
             sort,
         } = op
         {
-            return self
-                .remove_duplicates(sess, collection, fields, *keep_last, sort, index, out)
-                .await;
+            let dups = Duplicates {
+                collection,
+                fields,
+                keep_last: *keep_last,
+                sort,
+            };
+            return self.remove_duplicates(sess, dups, index, out).await;
         }
         if let Op::Archive {
             collection,
@@ -876,17 +880,19 @@ impl Exec<'_> {
 
     /// Deletes all but one of each group of documents sharing `fields` (documents missing one
     /// of them are no duplicates), after backing up those it deletes.
-    #[allow(clippy::too_many_arguments)]
     async fn remove_duplicates(
         &self,
         sess: &mut Option<&mut ClientSession>,
-        collection: &str,
-        fields: &[String],
-        keep_last: bool,
-        sort: &Document,
+        dups: Duplicates<'_>,
         index: usize,
         out: &mut OpOutcome,
     ) -> Result<(), OpError> {
+        let Duplicates {
+            collection,
+            fields,
+            keep_last,
+            sort,
+        } = dups;
         let mut group = Document::new();
         let mut present = Document::new();
         for (i, f) in fields.iter().enumerate() {
@@ -1489,6 +1495,15 @@ impl Exec<'_> {
             _ => unreachable!("rewrites are handled above"),
         })
     }
+}
+
+/// What `remove_duplicates` removes: the documents of `collection` sharing `fields`, all but the
+/// first (or, `keep_last`, the last) of each group by `sort`.
+struct Duplicates<'a> {
+    collection: &'a str,
+    fields: &'a [String],
+    keep_last: bool,
+    sort: &'a Document,
 }
 
 #[cfg(test)]
