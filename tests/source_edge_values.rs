@@ -797,3 +797,81 @@ async fn exists_finds_keys_whatever_their_text() {
     assert!(rejects.iter().all(|r| r.3 == "exists"), "{rejects:?}");
     w.drop().await;
 }
+
+/// Found by the thirteenth tester (T5): in a `SQL_ASCII` database, one text value that is not
+/// UTF-8 made the server end the whole read ("invalid byte sequence for encoding UTF8"): the
+/// entity failed, the rows after it unread. Each such row is rejected now (rule `encoding`,
+/// naming the byte) — text and json alike, in check as in the run — and the others are written.
+#[tokio::test]
+async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    let w = World::new("sql_ascii").await;
+    let (base, db) = w.pg_url.rsplit_once('/').unwrap();
+    let db = db.split('?').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    for sql in [
+        format!("DROP DATABASE {db}"),
+        format!(
+            "CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ),
+    ] {
+        admin.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    admin.close().await.unwrap();
+    w.sql(
+        r#"CREATE TABLE x (id int PRIMARY KEY, t text, j json, v varchar(5));
+           INSERT INTO x VALUES (1, 'plain', '{"a": 1}', 'ab'),
+                                (2, E'caf\xe9', '{}', 'x'),
+                                (3, E'ok\xc3\xa9', '"x"', 'y'),
+                                (4, 'fine', E'{"a": "\xe9"}', NULL),
+                                (5, 'tail', NULL, E'\xff'),
+                                (6, 'last', NULL, NULL);"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "x",
+        "version = 1\nname = \"x\"\n[source]\ntable = \"x\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"t\"\ncolumn = \"t\"\n[[field]]\npath = \"j\"\ncolumn = \"j\"\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("3 scanned rows will be rejected"), "{text}");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let e = &report["entities"][0];
+    assert_eq!(
+        (
+            e["read"].as_u64(),
+            e["written"].as_u64(),
+            e["rejected"].as_u64()
+        ),
+        (Some(6), Some(3), Some(3)),
+        "{e}"
+    );
+    let mut rejects: Vec<(String, String)> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| (r.1, r.3))
+        .collect();
+    rejects.sort();
+    assert_eq!(
+        rejects,
+        [("2", "encoding"), ("4", "encoding"), ("5", "encoding")]
+            .map(|(k, r)| (k.to_string(), r.to_string()))
+    );
+    let docs = w.docs("x").await;
+    let ok3 = docs.iter().find(|d| d.get_i32("_id") == Ok(3)).unwrap();
+    assert_eq!(ok3.get_str("t").unwrap(), "oké");
+    w.drop().await;
+}

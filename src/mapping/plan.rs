@@ -1004,6 +1004,7 @@ mod tests {
             nullable: false,
             infinity: crate::source::postgres::Infinity::Reject,
             nondeterministic_collation: None,
+            raw_bytes: false,
         }
     }
 

@@ -212,6 +212,7 @@ async fn answer_exists_in_sql(
             nullable: true,
             infinity: postgres::Infinity::Reject,
             nondeterministic_collation: None,
+            raw_bytes: false,
         });
         p.fields[i].exists_at = Some(p.read.columns.len() - 1);
         tracing::info!(entity = %p.entity, field = %p.fields[i].path_text, references = %entity, "exists rule answered by PostgreSQL in the read (no keys held in memory)");

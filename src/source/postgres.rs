@@ -250,6 +250,10 @@ pub struct SourceColumn {
     /// The column's collation when it is non-deterministic (`deterministic = false`): values it
     /// holds equal may differ byte for byte, so it cannot key a scan or match a foreign key.
     pub nondeterministic_collation: Option<String>,
+    /// Text of a `SQL_ASCII` database, which holds any bytes: read as its bytes
+    /// (`convert_to(…, 'SQL_ASCII')`) and checked here, so that a value that is not UTF-8
+    /// rejects its row (rule `encoding`) instead of the server ending the whole read.
+    pub raw_bytes: bool,
 }
 
 /// What a date or timestamp of `infinity` or `-infinity` becomes (no calendar holds it).
@@ -583,6 +587,14 @@ pub async fn describe(
     };
     let not_null = not_null_columns(conn, relation).await?;
     let loose = nondeterministic_columns(conn, relation).await?;
+    let sql_ascii = sqlx::query_scalar::<_, String>("SELECT current_setting('server_encoding')")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|cause| SourceError::Query {
+            context: "read the server's encoding".into(),
+            cause,
+        })?
+        == "SQL_ASCII";
     // PostgreSQL describes a domain's column by its base type, but an array of a domain by the
     // array type itself (`posint[]`): those are resolved to an array of the base type.
     let arrays: Vec<i64> = stmt
@@ -608,9 +620,12 @@ pub async fn describe(
                     .and_then(|o| domain_arrays.get(&o).cloned())
                     .unwrap_or_else(|| c.type_info().name().to_string()),
             };
+            let kind = ColKind::from_pg_type(&pg_type);
             SourceColumn {
                 name: c.name().to_string(),
-                kind: ColKind::from_pg_type(&pg_type),
+                raw_bytes: sql_ascii
+                    && matches!(kind, ColKind::Text | ColKind::Json | ColKind::OtherAsText),
+                kind,
                 pg_type,
                 expr: None,
                 nullable: !not_null.iter().any(|n| n == c.name()),
@@ -836,6 +851,13 @@ impl ReadSpec {
                 let q = quote_ident(&c.name);
                 if let Some(expr) = &c.expr {
                     format!("{expr} AS {q}")
+                } else if c.raw_bytes {
+                    let text = if c.pg_type == "INET" {
+                        format!("abbrev({q})")
+                    } else {
+                        format!("{q}::text")
+                    };
+                    format!("convert_to({text}, 'SQL_ASCII') AS {q}")
                 } else if c.pg_type == "INET" {
                     // inet's `::text` adds the mask of a host (`10.0.0.1/32`); its own output
                     // (`abbrev`) is what PostgreSQL shows.
@@ -943,6 +965,32 @@ pub fn qualifier(relation: &str) -> String {
 
 /// The reject rule of a column the driver could not decode.
 pub const RULE_DECODE: &str = "decode";
+
+/// The reject rule of a text value of a `SQL_ASCII` database that is not UTF-8.
+pub const RULE_ENCODING: &str = "encoding";
+
+/// A text value read as its bytes (see `SourceColumn::raw_bytes`): UTF-8, or the row is
+/// rejected naming the first byte that is not.
+fn decode_raw_text(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
+    let Some(bytes) = row.try_get::<Option<Vec<u8>>, _>(i)? else {
+        return Ok(Value::Null);
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bad = e.as_bytes().get(at).copied().unwrap_or_default();
+        Failure {
+            rule: RULE_ENCODING,
+            message: format!(
+                "the text is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
+            ),
+            infinite: None,
+        }
+    })?;
+    Ok(match kind {
+        ColKind::Json => Value::Json(text),
+        _ => Value::Text(text),
+    })
+}
 /// The reject rule of a date or timestamp no BSON date can hold: `infinity`, `-infinity`, or a
 /// year past what cutover's calendar holds (PostgreSQL's dates reach the year 5874897).
 pub const RULE_DATE_OUT_OF_RANGE: &str = "date_out_of_range";
@@ -991,8 +1039,11 @@ pub fn stream<'c>(
     conn: &'c mut PgConnection,
     spec: &ReadSpec,
 ) -> BoxStream<'c, Result<DecodedRow, SourceError>> {
-    let kinds: Vec<(ColKind, Infinity)> =
-        spec.columns.iter().map(|c| (c.kind, c.infinity)).collect();
+    let kinds: Vec<(ColKind, Infinity, bool)> = spec
+        .columns
+        .iter()
+        .map(|c| (c.kind, c.infinity, c.raw_bytes))
+        .collect();
     let sql = spec.sql();
     let context = format!("read {}", spec.relation);
     let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -1010,10 +1061,15 @@ pub fn stream<'c>(
     )
 }
 
-fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity)]) -> DecodedRow {
+fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
     let mut out = Vec::with_capacity(kinds.len());
-    for (i, (kind, infinity)) in kinds.iter().enumerate() {
-        match decode(row, i, *kind) {
+    for (i, (kind, infinity, raw)) in kinds.iter().enumerate() {
+        let value = if *raw {
+            decode_raw_text(row, i, *kind)
+        } else {
+            decode(row, i, *kind)
+        };
+        match value {
             Ok(v) => out.push(v),
             // What the mapping says an infinite date becomes.
             Err(Failure {
@@ -1444,6 +1500,7 @@ mod tests {
             nullable: false,
             infinity: Infinity::Reject,
             nondeterministic_collation: None,
+            raw_bytes: false,
             name: name.into(),
             pg_type: pg.into(),
             kind: ColKind::from_pg_type(pg),
