@@ -1225,3 +1225,95 @@ async fn documents_compared_only_through_their_embedded_values_are_counted() {
     assert!(text.contains("(4 documents): c.item"), "{text}");
     w.drop().await;
 }
+
+/// The migrated, then verified, mapping of `table` (key `k`): `fields` as TOML `[[field]]`s; the
+/// pipeline is also `oracle.toml` (for [`verify`]).
+async fn migrated(w: &World, table: &str, fields: &str) -> std::path::PathBuf {
+    let pipeline = common::one_entity_pipeline(
+        w,
+        table,
+        &format!(
+            "version = 1\nname = \"{table}\"\n[source]\ntable = \"{table}\"\nkey = [\"k\"]\n{fields}"
+        ),
+    );
+    std::fs::copy(&pipeline, w.dir.path().join("oracle.toml")).unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    pipeline
+}
+
+/// The settings of the database that change PostgreSQL's text (`bytea_output`, `DateStyle`,
+/// `TimeZone`, `extra_float_digits`, `IntervalStyle`) set to other values than the defaults:
+/// a correct target verifies. `to_jsonb` of a `bytea[]` followed `bytea_output = 'escape'`
+/// (`\000\377`) and verify failed the correct `bya` ("bad hex": found by the thirteenth
+/// tester, T4). Intervals are PostgreSQL's text under the session's `IntervalStyle`, as the
+/// run wrote them. A changed byte is still named.
+#[tokio::test]
+async fn verify_holds_whatever_the_database_sets_for_its_renderings() {
+    let w = World::new("oracle_db_settings").await;
+    w.sql(&format!(
+        "ALTER DATABASE {0} SET bytea_output = 'escape';
+         ALTER DATABASE {0} SET datestyle = 'SQL, DMY';
+         ALTER DATABASE {0} SET timezone = 'America/New_York';
+         ALTER DATABASE {0} SET extra_float_digits = 0;
+         ALTER DATABASE {0} SET intervalstyle = 'sql_standard';",
+        w.name
+    ))
+    .await;
+    w.sql(
+        r#"CREATE TABLE r (k int PRIMARY KEY, bya bytea[], b bytea, da date[], tza timestamptz[],
+             fa float8[], f4 real, f8 float8, iv interval, n numeric[], tz timestamptz);
+           INSERT INTO r VALUES
+             (1, '{"\\x00ff",NULL,"\\x41"}', '\x00ff', '{1800-01-01,0044-03-15 BC,2024-02-29}',
+              '{"1800-01-01 12:00:00+00","2024-06-01 00:00:00.5+00","0044-03-15 00:00:00+00 BC"}',
+              '{0.1,-0,1e300,NaN}', 0.1, 0.30000000000000004, '1 year 2 mons 3 days 04:05:06',
+              '{1.50,NULL}', '1800-01-01 00:00:00.123456+00'),
+             (2, '{"\\x5c27","\\x"}', '\x', '{}', '{}', '{}', -0, 1e-300, '-3 days',
+              '{}', '2024-01-01 12:00:00+00');
+           CREATE TABLE rc (rk int REFERENCES r, n int, cb bytea[], PRIMARY KEY (rk, n));
+           INSERT INTO rc VALUES (1, 1, '{"\\x00ff"}'), (1, 2, '{"\\x41",NULL}'), (2, 1, NULL);"#,
+    )
+    .await;
+    let fields = ["bya", "b", "da", "tza", "fa", "f4", "f8", "iv", "n"]
+        .iter()
+        .map(|c| format!("[[field]]\npath = \"{c}\"\ncolumn = \"{c}\"\n"))
+        .collect::<String>()
+        + "[[field]]\npath = \"tz\"\ncolumn = \"tz\"\nsub_millis = \"keep_string\"\nexact_path = \"tzExact\"\n"
+        + "[[embed]]\npath = \"c\"\ntable = \"rc\"\nforeign_key = \"rk\"\norder_by = [\"n\"]\n\
+           [[embed.field]]\npath = \"cb\"\ncolumn = \"cb\"\n";
+    migrated(&w, "r", &fields).await;
+    let docs = w.docs("r").await;
+    assert_eq!(
+        docs[0].get_array("bya").unwrap()[0],
+        Bson::Binary(bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: vec![0, 255]
+        }),
+        "{}",
+        docs[0]
+    );
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("(2 documents): bya, b, da, tza, fa, f4, f8, iv, n, tzExact, tz, c.cb"),
+        "{text}"
+    );
+    assert_eq!(entity(&json, "r")["independent"]["mismatch_count"], 0);
+    w.mongo()
+        .await
+        .collection::<Document>("r")
+        .update_one(
+            doc! { "_id": 1 },
+            doc! { "$set": { "bya.2": bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0x42] } } },
+        )
+        .await
+        .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "r")),
+        [("1".to_string(), "bya".to_string())]
+    );
+    w.drop().await;
+}
