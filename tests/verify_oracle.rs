@@ -1317,3 +1317,131 @@ async fn verify_holds_whatever_the_database_sets_for_its_renderings() {
     );
     w.drop().await;
 }
+
+/// `sub_millis = "keep_string"` of instants before year 1 and past 9999: the run writes the
+/// exact text with ISO 8601's signed, astronomical years (`-0043-03-15T12:00:00.123456Z` is
+/// 44 BC), and verify said "expected the exact RFC 3339 text" of it (found by the thirteenth
+/// tester, T8), also at the ends of the range (4714-11-24 BC, 262142-12-31). A text naming
+/// another instant (the era dropped) is still named.
+#[tokio::test]
+async fn exact_texts_of_bc_and_far_instants_verify() {
+    let w = World::new("oracle_exact_bc").await;
+    w.sql(
+        "CREATE TABLE t (k int PRIMARY KEY, tz timestamptz);
+         INSERT INTO t VALUES (1, '0044-03-15 12:00:00.123456+00 BC'),
+           (2, '0044-03-15 12:00:00.123+00 BC'), (3, '2020-01-01 00:00:00.123456+00'),
+           (4, '4714-11-24 00:00:00+00 BC'), (5, '262142-12-31 23:59:59.999+00'),
+           (6, '1969-12-31 23:59:59.9995+00');",
+    )
+    .await;
+    migrated(
+        &w,
+        "t",
+        "[[field]]\npath = \"tz\"\ncolumn = \"tz\"\nsub_millis = \"keep_string\"\nexact_path = \"tzExact\"\n",
+    )
+    .await;
+    let exact: Vec<String> = w
+        .docs("t")
+        .await
+        .iter()
+        .map(|d| d.get_str("tzExact").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        exact,
+        [
+            "-0043-03-15T12:00:00.123456Z",
+            "-0043-03-15T12:00:00.123000Z",
+            "2020-01-01T00:00:00.123456Z",
+            "-4713-11-24T00:00:00.000000Z",
+            "+262142-12-31T23:59:59.999000Z",
+            "1969-12-31T23:59:59.999500Z",
+        ]
+    );
+    let (code, text, _) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(6 documents): tzExact, tz"), "{text}");
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .update_one(
+            doc! { "_id": 1 },
+            doc! { "$set": { "tzExact": "0044-03-15T12:00:00.123456Z" } },
+        )
+        .await
+        .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "t")),
+        [("1".to_string(), "tzExact".to_string())]
+    );
+    w.drop().await;
+}
+
+/// `date[]`, `timestamp[]` and `timestamptz[]` elements in years past 9999 (to 262142) and
+/// before year 1 (to 4714-11-24 BC): `to_jsonb` writes such years with all their digits (and
+/// ` BC`), which verify could not read ("`10000-01-01` has no BSON date": found by the
+/// thirteenth tester, T10) while the same values in scalar columns verified. An element moved
+/// by a day is still named.
+#[tokio::test]
+async fn far_and_bc_years_inside_arrays_verify() {
+    let w = World::new("oracle_far_arrays").await;
+    w.sql(
+        r#"CREATE TABLE a (k int PRIMARY KEY, d date, da date[], tsa timestamp[], tza timestamptz[]);
+           INSERT INTO a VALUES
+             (1, '10000-01-01', '{10000-01-01}', '{"10000-01-01 00:00"}', '{"10000-01-01 00:00+00"}'),
+             (2, '99999-12-31', '{99999-12-31}', '{"99999-12-31 00:00"}', '{"99999-12-31 00:00+00"}'),
+             (3, '0044-03-15 BC', '{0044-03-15 BC}', '{"0044-03-15 00:00 BC"}',
+              '{"0044-03-15 00:00+00 BC"}'),
+             (4, '9999-12-31', '{9999-12-31}', '{"9999-12-31 00:00"}', '{"9999-12-31 00:00+00"}'),
+             (5, '262142-12-31', '{262142-12-31,NULL,2024-02-29}',
+              '{"262142-12-31 23:59:59.999"}', '{"262142-12-31 23:59:59.999+00"}'),
+             (6, '4714-11-24 BC', '{4714-11-24 BC}', '{"4714-11-24 00:00 BC"}',
+              '{"4714-11-24 00:00+00 BC"}');"#,
+    )
+    .await;
+    migrated(
+        &w,
+        "a",
+        "[[field]]\npath = \"d\"\ncolumn = \"d\"\n[[field]]\npath = \"da\"\ncolumn = \"da\"\n\
+         [[field]]\npath = \"tsa\"\ncolumn = \"tsa\"\ntimezone = \"UTC\"\n\
+         [[field]]\npath = \"tza\"\ncolumn = \"tza\"\n",
+    )
+    .await;
+    let (code, text, _) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(6 documents): d, da, tsa, tza"), "{text}");
+    let coll = w.mongo().await.collection::<Document>("a");
+    let one = coll.find_one(doc! { "_id": 1 }).await.unwrap().unwrap();
+    let day = one.get_array("da").unwrap()[0]
+        .as_datetime()
+        .unwrap()
+        .timestamp_millis();
+    coll.update_one(
+        doc! { "_id": 1 },
+        doc! { "$set": { "da.0": bson::DateTime::from_millis(day + 86_400_000) } },
+    )
+    .await
+    .unwrap();
+    let one = coll.find_one(doc! { "_id": 6 }).await.unwrap().unwrap();
+    let t = one.get_array("tza").unwrap()[0]
+        .as_datetime()
+        .unwrap()
+        .timestamp_millis();
+    coll.update_one(
+        doc! { "_id": 6 },
+        doc! { "$set": { "tza.0": bson::DateTime::from_millis(t + 1) } },
+    )
+    .await
+    .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "a")),
+        [
+            ("1".to_string(), "da".to_string()),
+            ("6".to_string(), "tza".to_string())
+        ]
+    );
+    w.drop().await;
+}
