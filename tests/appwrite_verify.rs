@@ -1286,5 +1286,8 @@ async fn appwrite_verify_holds_whatever_the_database_sets_for_its_renderings() {
     let i = &json["entities"][0]["independent"];
     assert_eq!(i["mismatch_count"], 1, "{i}");
     assert_eq!(i["mismatches"][0]["field"], "bya", "{i}");
+    // The entity's line counts the value found differing (its count left it out): the row
+    // differs and so does its value.
+    assert!(text.contains("2 compared — 2 problem(s)"), "{text}");
     w.drop().await;
 }

@@ -79,10 +79,12 @@ impl Independent {
         self.mismatch_count == 0 && self.broken_embedded_references.is_empty()
     }
 
-    /// Folds the result into the entity's verification: its `ok` and its broken references.
+    /// Folds the result into the entity's verification: its `ok`, its broken references and its
+    /// count of problems.
     pub fn apply(&self, v: &mut EntityVerification) {
         v.broken_references
             .extend(self.broken_embedded_references.iter().cloned());
+        v.independent_mismatches += self.mismatch_count;
         v.ok = v.ok && self.ok();
     }
 
