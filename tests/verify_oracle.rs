@@ -1225,3 +1225,228 @@ async fn documents_compared_only_through_their_embedded_values_are_counted() {
     assert!(text.contains("(4 documents): c.item"), "{text}");
     w.drop().await;
 }
+
+/// The migrated, then verified, mapping of `table` (key `k`): `fields` as TOML `[[field]]`s; the
+/// pipeline is also `oracle.toml` (for [`verify`]).
+async fn migrated(w: &World, table: &str, fields: &str) -> std::path::PathBuf {
+    let pipeline = common::one_entity_pipeline(
+        w,
+        table,
+        &format!(
+            "version = 1\nname = \"{table}\"\n[source]\ntable = \"{table}\"\nkey = [\"k\"]\n{fields}"
+        ),
+    );
+    std::fs::copy(&pipeline, w.dir.path().join("oracle.toml")).unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    pipeline
+}
+
+/// The settings of the database that change PostgreSQL's text (`bytea_output`, `DateStyle`,
+/// `TimeZone`, `extra_float_digits`, `IntervalStyle`) set to other values than the defaults:
+/// a correct target verifies. `to_jsonb` of a `bytea[]` followed `bytea_output = 'escape'`
+/// (`\000\377`) and verify failed the correct `bya` ("bad hex": found by the thirteenth
+/// tester, T4). Intervals are PostgreSQL's text under the session's `IntervalStyle`, as the
+/// run wrote them. A changed byte is still named.
+#[tokio::test]
+async fn verify_holds_whatever_the_database_sets_for_its_renderings() {
+    let w = World::new("oracle_db_settings").await;
+    w.sql(&format!(
+        "ALTER DATABASE {0} SET bytea_output = 'escape';
+         ALTER DATABASE {0} SET datestyle = 'SQL, DMY';
+         ALTER DATABASE {0} SET timezone = 'America/New_York';
+         ALTER DATABASE {0} SET extra_float_digits = 0;
+         ALTER DATABASE {0} SET intervalstyle = 'sql_standard';",
+        w.name
+    ))
+    .await;
+    w.sql(
+        r#"CREATE TABLE r (k int PRIMARY KEY, bya bytea[], b bytea, da date[], tza timestamptz[],
+             fa float8[], f4 real, f8 float8, iv interval, n numeric[], tz timestamptz);
+           INSERT INTO r VALUES
+             (1, '{"\\x00ff",NULL,"\\x41"}', '\x00ff', '{1800-01-01,0044-03-15 BC,2024-02-29}',
+              '{"1800-01-01 12:00:00+00","2024-06-01 00:00:00.5+00","0044-03-15 00:00:00+00 BC"}',
+              '{0.1,-0,1e300,NaN}', 0.1, 0.30000000000000004, '1 year 2 mons 3 days 04:05:06',
+              '{1.50,NULL}', '1800-01-01 00:00:00.123456+00'),
+             (2, '{"\\x5c27","\\x"}', '\x', '{}', '{}', '{}', -0, 1e-300, '-3 days',
+              '{}', '2024-01-01 12:00:00+00');
+           CREATE TABLE rc (rk int REFERENCES r, n int, cb bytea[], PRIMARY KEY (rk, n));
+           INSERT INTO rc VALUES (1, 1, '{"\\x00ff"}'), (1, 2, '{"\\x41",NULL}'), (2, 1, NULL);"#,
+    )
+    .await;
+    let fields = ["bya", "b", "da", "tza", "fa", "f4", "f8", "iv", "n"]
+        .iter()
+        .map(|c| format!("[[field]]\npath = \"{c}\"\ncolumn = \"{c}\"\n"))
+        .collect::<String>()
+        + "[[field]]\npath = \"tz\"\ncolumn = \"tz\"\nsub_millis = \"keep_string\"\nexact_path = \"tzExact\"\n"
+        + "[[embed]]\npath = \"c\"\ntable = \"rc\"\nforeign_key = \"rk\"\norder_by = [\"n\"]\n\
+           [[embed.field]]\npath = \"cb\"\ncolumn = \"cb\"\n";
+    migrated(&w, "r", &fields).await;
+    let docs = w.docs("r").await;
+    assert_eq!(
+        docs[0].get_array("bya").unwrap()[0],
+        Bson::Binary(bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic,
+            bytes: vec![0, 255]
+        }),
+        "{}",
+        docs[0]
+    );
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("(2 documents): bya, b, da, tza, fa, f4, f8, iv, n, tzExact, tz, c.cb"),
+        "{text}"
+    );
+    assert_eq!(entity(&json, "r")["independent"]["mismatch_count"], 0);
+    w.mongo()
+        .await
+        .collection::<Document>("r")
+        .update_one(
+            doc! { "_id": 1 },
+            doc! { "$set": { "bya.2": bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0x42] } } },
+        )
+        .await
+        .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "r")),
+        [("1".to_string(), "bya".to_string())]
+    );
+    // The entity's line counts the value found differing (its count left it out): the
+    // document differs and so does its value.
+    assert!(text.contains("2 compared — 2 problem(s)"), "{text}");
+    w.drop().await;
+}
+
+/// `sub_millis = "keep_string"` of instants before year 1 and past 9999: the run writes the
+/// exact text with ISO 8601's signed, astronomical years (`-0043-03-15T12:00:00.123456Z` is
+/// 44 BC), and verify said "expected the exact RFC 3339 text" of it (found by the thirteenth
+/// tester, T8), also at the ends of the range (4714-11-24 BC, 262142-12-31). A text naming
+/// another instant (the era dropped) is still named.
+#[tokio::test]
+async fn exact_texts_of_bc_and_far_instants_verify() {
+    let w = World::new("oracle_exact_bc").await;
+    w.sql(
+        "CREATE TABLE t (k int PRIMARY KEY, tz timestamptz);
+         INSERT INTO t VALUES (1, '0044-03-15 12:00:00.123456+00 BC'),
+           (2, '0044-03-15 12:00:00.123+00 BC'), (3, '2020-01-01 00:00:00.123456+00'),
+           (4, '4714-11-24 00:00:00+00 BC'), (5, '262142-12-31 23:59:59.999+00'),
+           (6, '1969-12-31 23:59:59.9995+00');",
+    )
+    .await;
+    migrated(
+        &w,
+        "t",
+        "[[field]]\npath = \"tz\"\ncolumn = \"tz\"\nsub_millis = \"keep_string\"\nexact_path = \"tzExact\"\n",
+    )
+    .await;
+    let exact: Vec<String> = w
+        .docs("t")
+        .await
+        .iter()
+        .map(|d| d.get_str("tzExact").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        exact,
+        [
+            "-0043-03-15T12:00:00.123456Z",
+            "-0043-03-15T12:00:00.123000Z",
+            "2020-01-01T00:00:00.123456Z",
+            "-4713-11-24T00:00:00.000000Z",
+            "+262142-12-31T23:59:59.999000Z",
+            "1969-12-31T23:59:59.999500Z",
+        ]
+    );
+    let (code, text, _) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(6 documents): tzExact, tz"), "{text}");
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .update_one(
+            doc! { "_id": 1 },
+            doc! { "$set": { "tzExact": "0044-03-15T12:00:00.123456Z" } },
+        )
+        .await
+        .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "t")),
+        [("1".to_string(), "tzExact".to_string())]
+    );
+    assert!(text.contains("6 compared — 2 problem(s)"), "{text}");
+    w.drop().await;
+}
+
+/// `date[]`, `timestamp[]` and `timestamptz[]` elements in years past 9999 (to 262142) and
+/// before year 1 (to 4714-11-24 BC): `to_jsonb` writes such years with all their digits (and
+/// ` BC`), which verify could not read ("`10000-01-01` has no BSON date": found by the
+/// thirteenth tester, T10) while the same values in scalar columns verified. An element moved
+/// by a day is still named.
+#[tokio::test]
+async fn far_and_bc_years_inside_arrays_verify() {
+    let w = World::new("oracle_far_arrays").await;
+    w.sql(
+        r#"CREATE TABLE a (k int PRIMARY KEY, d date, da date[], tsa timestamp[], tza timestamptz[]);
+           INSERT INTO a VALUES
+             (1, '10000-01-01', '{10000-01-01}', '{"10000-01-01 00:00"}', '{"10000-01-01 00:00+00"}'),
+             (2, '99999-12-31', '{99999-12-31}', '{"99999-12-31 00:00"}', '{"99999-12-31 00:00+00"}'),
+             (3, '0044-03-15 BC', '{0044-03-15 BC}', '{"0044-03-15 00:00 BC"}',
+              '{"0044-03-15 00:00+00 BC"}'),
+             (4, '9999-12-31', '{9999-12-31}', '{"9999-12-31 00:00"}', '{"9999-12-31 00:00+00"}'),
+             (5, '262142-12-31', '{262142-12-31,NULL,2024-02-29}',
+              '{"262142-12-31 23:59:59.999"}', '{"262142-12-31 23:59:59.999+00"}'),
+             (6, '4714-11-24 BC', '{4714-11-24 BC}', '{"4714-11-24 00:00 BC"}',
+              '{"4714-11-24 00:00+00 BC"}');"#,
+    )
+    .await;
+    migrated(
+        &w,
+        "a",
+        "[[field]]\npath = \"d\"\ncolumn = \"d\"\n[[field]]\npath = \"da\"\ncolumn = \"da\"\n\
+         [[field]]\npath = \"tsa\"\ncolumn = \"tsa\"\ntimezone = \"UTC\"\n\
+         [[field]]\npath = \"tza\"\ncolumn = \"tza\"\n",
+    )
+    .await;
+    let (code, text, _) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(6 documents): d, da, tsa, tza"), "{text}");
+    let coll = w.mongo().await.collection::<Document>("a");
+    let one = coll.find_one(doc! { "_id": 1 }).await.unwrap().unwrap();
+    let day = one.get_array("da").unwrap()[0]
+        .as_datetime()
+        .unwrap()
+        .timestamp_millis();
+    coll.update_one(
+        doc! { "_id": 1 },
+        doc! { "$set": { "da.0": bson::DateTime::from_millis(day + 86_400_000) } },
+    )
+    .await
+    .unwrap();
+    let one = coll.find_one(doc! { "_id": 6 }).await.unwrap().unwrap();
+    let t = one.get_array("tza").unwrap()[0]
+        .as_datetime()
+        .unwrap()
+        .timestamp_millis();
+    coll.update_one(
+        doc! { "_id": 6 },
+        doc! { "$set": { "tza.0": bson::DateTime::from_millis(t + 1) } },
+    )
+    .await
+    .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "a")),
+        [
+            ("1".to_string(), "da".to_string()),
+            ("6".to_string(), "tza".to_string())
+        ]
+    );
+    assert!(text.contains("6 compared — 4 problem(s)"), "{text}");
+    w.drop().await;
+}

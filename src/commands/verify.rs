@@ -204,11 +204,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
 
 fn print_verification(v: &crate::verify::EntityVerification) {
     use crate::verify::SHOWN;
-    let problems = v.missing_count
-        + v.unexpected_count
-        + v.different_count
-        + v.broken_references.len() as u64
-        + u64::from(!v.counts_agree);
+    let problems = v.problem_count();
     crate::outln!(
         "{:<24} {} comparison: {} source rows, {} rejected by the mapping, {} expected, {} in the target, {} compared — {}",
         v.entity,

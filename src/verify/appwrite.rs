@@ -827,6 +827,7 @@ pub async fn verify_entity(
         embedded,
         counts_agree,
         ok,
+        independent_mismatches: 0,
     })
 }
 

@@ -266,6 +266,36 @@ pub struct EntityVerification {
     /// the per-document comparison says (documents sharing an `_id` would hide one another).
     pub counts_agree: bool,
     pub ok: bool,
+    /// Values the independent comparison found other than PostgreSQL's own (set by
+    /// [`oracle::Independent::apply`]; in the JSON report under `independent`).
+    #[serde(skip)]
+    pub independent_mismatches: u64,
+}
+
+impl EntityVerification {
+    /// Every problem found in the entity, for its summary line: documents missing, unexpected or
+    /// different, broken references, counts that disagree (the target's, an embedded array's in
+    /// a full comparison) and values the independent comparison found other than PostgreSQL's.
+    /// The line said "0 problem(s)" of an entity failing on independent mismatches alone (found
+    /// by the thirteenth tester, T4 and T8). Never 0 for an entity that fails.
+    pub fn problem_count(&self) -> u64 {
+        let embedded = if self.mode == "full" {
+            self.embedded
+                .iter()
+                .filter(|e| e.source_children != e.target_elements)
+                .count() as u64
+        } else {
+            0
+        };
+        let n = self.missing_count
+            + self.unexpected_count
+            + self.different_count
+            + self.broken_references.len() as u64
+            + u64::from(!self.counts_agree)
+            + embedded
+            + self.independent_mismatches;
+        n.max(u64::from(!self.ok))
+    }
 }
 
 fn hash_bytes(b: &[u8]) -> u64 {
@@ -876,12 +906,70 @@ pub async fn verify_entity(
         embedded,
         counts_agree,
         ok,
+        independent_mismatches: 0,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entity whose only fault is values the independent comparison found other than
+    /// PostgreSQL's: its line said "0 problem(s)" (found by the thirteenth tester, T4 and T8).
+    /// Those values count; and an entity that fails never counts 0.
+    #[test]
+    fn independent_mismatches_count_as_the_entitys_problems() {
+        let mut v = EntityVerification {
+            entity: "t".into(),
+            collection: "t".into(),
+            mode: "full".into(),
+            source_rows: 3,
+            rejected_by_mapping: 0,
+            rejected_by_target: 0,
+            rejected_by_target_keys: Vec::new(),
+            expected: 3,
+            target: 3,
+            compared: 3,
+            missing_count: 0,
+            missing: Vec::new(),
+            unexpected_count: 0,
+            unexpected: Vec::new(),
+            different_count: 0,
+            different: Vec::new(),
+            broken_references: Vec::new(),
+            embedded: Vec::new(),
+            counts_agree: true,
+            ok: true,
+            independent_mismatches: 0,
+        };
+        assert_eq!(v.problem_count(), 0);
+        let independent = oracle::Independent {
+            compared_fields: Vec::new(),
+            not_compared: Vec::new(),
+            documents: 3,
+            rows_without_id: 0,
+            mismatch_count: 2,
+            mismatches: Vec::new(),
+            broken_embedded_references: Vec::new(),
+        };
+        independent.apply(&mut v);
+        assert!(!v.ok);
+        assert_eq!(v.problem_count(), 2);
+        // An embedded array's count that disagrees in a full comparison is one problem too.
+        let mut w = v.clone();
+        w.independent_mismatches = 0;
+        w.embedded.push(EmbeddedCount {
+            path: "c".into(),
+            source_children: 4,
+            target_elements: 3,
+            orphan_children: 0,
+            child_source: "c".into(),
+            parent_source: "t".into(),
+        });
+        assert_eq!(w.problem_count(), 1);
+        w.embedded.clear();
+        assert_eq!(w.problem_count(), 1, "a failing entity never counts 0");
+    }
 
     /// The fields a differing document is named by: −0 against 0, field order inside a
     /// sub-document; and a NaN that is still NaN is no difference. (They read `?` or named an

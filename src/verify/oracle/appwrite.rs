@@ -18,7 +18,7 @@ use base64::Engine;
 use bson::{Bson, Document};
 use futures::TryStreamExt;
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Executor};
+use sqlx::AssertSqlSafe;
 
 use super::compare::{self, Check, D128, Dec};
 use super::embedded::Families;
@@ -545,9 +545,7 @@ async fn compare_child_table(
         let mut reader = Families::new(plan, embed, checks.len(), step);
         let context = reader.context().to_string();
         let mut conn = session.reader().await?;
-        conn.execute("SET LOCAL extra_float_digits = 1")
-            .await
-            .map_err(qerr("set extra_float_digits".into()))?;
+        super::pin_renderings(&mut conn).await?;
         let sql = super::embedded::child_query(e, checks);
         let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
         // The row id of the parent being read.
@@ -630,9 +628,7 @@ async fn compare_json_embed(
         let mut reader = Families::new(plan, embed, checks.len(), step);
         let context = reader.context().to_string();
         let mut conn = session.reader().await?;
-        conn.execute("SET LOCAL extra_float_digits = 1")
-            .await
-            .map_err(qerr("set extra_float_digits".into()))?;
+        super::pin_renderings(&mut conn).await?;
         let sql = super::embedded::child_query(e, checks);
         let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
         let mut gathered: Option<(String, Children)> = None;
@@ -804,9 +800,7 @@ pub async fn verify_entity(
         let mut expected = Spill::new();
         {
             let mut conn = session.reader().await?;
-            conn.execute("SET LOCAL extra_float_digits = 1")
-                .await
-                .map_err(qerr("set extra_float_digits".into()))?;
+            super::pin_renderings(&mut conn).await?;
             let context = format!("read {} for the independent comparison", plan.relation);
             let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(&mut conn);
             let mut n = 0u64;

@@ -237,32 +237,138 @@ fn same_double(a: f64, b: f64) -> bool {
     (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits()
 }
 
-/// Microseconds since 1970 of PostgreSQL's epoch text (`1704067200.123456`), of RFC 3339 text
-/// (`to_jsonb` of a timestamptz), or of a zone-less ISO timestamp (`to_jsonb` of a timestamp).
-fn micros(text: &str) -> Result<i128, String> {
-    // `to_jsonb` writes a date before year 1 as the year of its era and ` BC`.
-    if let Some(ad) = text.strip_suffix(" BC") {
-        use chrono::Datelike;
-        let bc = |y: i32| 1 - y;
-        let t = chrono::DateTime::parse_from_rfc3339(ad)
-            .map(|t| t.naive_utc())
-            .or_else(|_| chrono::NaiveDateTime::parse_from_str(ad, "%Y-%m-%dT%H:%M:%S%.f"))
-            .ok()
-            .and_then(|t| t.with_year(bc(t.year())))
-            .ok_or_else(|| format!("`{text}` is no point in time a BSON date holds"))?
-            .and_utc();
-        return Ok(i128::from(t.timestamp()) * 1_000_000 + i128::from(t.timestamp_subsec_micros()));
+/// Days since 1970-01-01 of day `d` of month `m` of the proleptic Gregorian year `y`
+/// (astronomical: 1 BC is year 0, 44 BC is −43), for any year (H. Hinnant's `days_from_civil`).
+fn civil_days(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn month_days(y: i64, m: i64) -> i64 {
+    let leap = y.rem_euclid(4) == 0 && (y.rem_euclid(100) != 0 || y.rem_euclid(400) == 0);
+    match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
     }
-    if text.contains('T') {
-        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-            return Ok(
-                i128::from(t.timestamp()) * 1_000_000 + i128::from(t.timestamp_subsec_micros())
-            );
+}
+
+/// Which ISO 8601 text [`iso`] reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum IsoForm {
+    /// PostgreSQL's (`to_jsonb` of a date, timestamp or timestamptz): the year unsigned, of at
+    /// least four digits (`10000-01-01`, `262142-12-31`), the year of its era followed by ` BC`
+    /// at the very end before year 1 (`0044-03-15T00:00:00+00:00 BC`); a time and a zone
+    /// offset (`+HH`, `+HH:MM`, `+HH:MM:SS`) when the type has them.
+    Postgres,
+    /// RFC 3339 with ISO 8601's expanded years, as an exact text is written: a time and a zone
+    /// (`Z`, `+HH:MM`) always; a year of 0000–9999 as four digits, another astronomical and
+    /// signed (`-0043` is 44 BC, `+10000`).
+    Rfc3339,
+}
+
+/// Days since 1970 and microseconds within the day (`None`: a date only; the zone's offset
+/// applied) of ISO 8601 text of the form `form`; `None` when it is not such a text.
+fn iso(text: &str, form: IsoForm) -> Option<(i64, Option<i64>)> {
+    fn digits(s: &str, min: usize, max: usize) -> Option<(i64, &str)> {
+        let n = s.bytes().take_while(u8::is_ascii_digit).count();
+        if n < min || n > max {
+            return None;
         }
-        let t = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
-            .map_err(|_| format!("`{text}` is no point in time a BSON date holds"))?
-            .and_utc();
-        return Ok(i128::from(t.timestamp()) * 1_000_000 + i128::from(t.timestamp_subsec_micros()));
+        Some((s[..n].parse().ok()?, &s[n..]))
+    }
+    fn two(s: &str) -> Option<(i64, &str)> {
+        digits(s, 2, 2)
+    }
+    let (t, bc) = match (form, text.strip_suffix(" BC")) {
+        (IsoForm::Postgres, Some(t)) => (t, true),
+        _ => (text, false),
+    };
+    // The year: at most 9 digits (PostgreSQL's dates end in year 5874897).
+    let (year, t) = match (form, t.as_bytes().first()?) {
+        (IsoForm::Rfc3339, b'+' | b'-') => {
+            let (y, t1) = digits(&t[1..], 4, 9)?;
+            (if t.starts_with('-') { -y } else { y }, t1)
+        }
+        (IsoForm::Rfc3339, _) => digits(t, 4, 4)?,
+        (IsoForm::Postgres, _) => digits(t, 4, 9)?,
+    };
+    let year = match bc {
+        // There is no year 0 BC: 1 BC is year 0.
+        true if year == 0 => return None,
+        true => 1 - year,
+        false => year,
+    };
+    let (month, t) = two(t.strip_prefix('-')?)?;
+    let (day, t) = two(t.strip_prefix('-')?)?;
+    if !(1..=12).contains(&month) || day < 1 || day > month_days(year, month) {
+        return None;
+    }
+    let days = civil_days(year, month, day);
+    if t.is_empty() && form == IsoForm::Postgres {
+        return Some((days, None));
+    }
+    let (hour, t) = two(t.strip_prefix('T')?)?;
+    let (minute, t) = two(t.strip_prefix(':')?)?;
+    let (second, mut t) = two(t.strip_prefix(':')?)?;
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut micros = ((hour * 60 + minute) * 60 + second) * 1_000_000;
+    if let Some(f) = t.strip_prefix('.') {
+        let n = f.bytes().take_while(u8::is_ascii_digit).count();
+        // Finer than a microsecond: not a value PostgreSQL has (nor one to compare in µs).
+        if n == 0 || n > 9 || f[6.min(n)..n].bytes().any(|b| b != b'0') {
+            return None;
+        }
+        let us: i64 = format!("{:0<6}", &f[..n.min(6)]).parse().ok()?;
+        micros += us;
+        t = &f[n..];
+    }
+    let offset_s = match t.as_bytes().first() {
+        None if form == IsoForm::Postgres => 0,
+        Some(b'Z') if t.len() == 1 => 0,
+        Some(sign @ (b'+' | b'-')) => {
+            let (h, rest) = two(&t[1..])?;
+            let (m, rest) = match rest.strip_prefix(':') {
+                Some(r) => two(r)?,
+                None if form == IsoForm::Postgres => (0, rest),
+                None => return None,
+            };
+            let (s, rest) = match rest.strip_prefix(':') {
+                Some(r) if form == IsoForm::Postgres => two(r)?,
+                _ => (0, rest),
+            };
+            if !rest.is_empty() || m > 59 || s > 59 {
+                return None;
+            }
+            let o = h * 3600 + m * 60 + s;
+            if *sign == b'-' { -o } else { o }
+        }
+        _ => return None,
+    };
+    Some((days, Some(micros - offset_s * 1_000_000)))
+}
+
+/// Microseconds since 1970 of ISO 8601 text of the form `form` with a time.
+fn iso_micros(text: &str, form: IsoForm) -> Option<i128> {
+    let (days, us) = iso(text, form)?;
+    Some(i128::from(days) * 86_400_000_000 + i128::from(us?))
+}
+
+/// Microseconds since 1970 of PostgreSQL's epoch text (`1704067200.123456`), or of `to_jsonb`'s
+/// ISO text of a timestamptz or a (zone-less) timestamp inside an array, any year PostgreSQL
+/// holds (`10000-01-01T00:00:00`, `0044-03-15T00:00:00+00:00 BC`).
+fn micros(text: &str) -> Result<i128, String> {
+    if text.contains('T') {
+        return iso_micros(text, IsoForm::Postgres)
+            .ok_or_else(|| format!("`{text}` is no point in time a BSON date holds"));
     }
     let d = Dec::parse(text).ok_or_else(|| format!("`{text}` has no BSON date"))?;
     if d.exp < -6 {
@@ -280,22 +386,16 @@ fn micros(text: &str) -> Result<i128, String> {
     Ok(if d.neg { -scaled } else { scaled })
 }
 
+/// Days since 1970 of PostgreSQL's day count (`date - date '1970-01-01'`) or of `to_jsonb`'s
+/// text of a date inside an array, any year PostgreSQL holds (`99999-12-31`, `0044-03-15 BC`).
 fn days(text: &str) -> Result<i64, String> {
-    if let Some(ad) = text.strip_suffix(" BC") {
-        use chrono::Datelike;
-        let d = chrono::NaiveDate::parse_from_str(ad, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| d.with_year(1 - d.year()))
-            .ok_or_else(|| format!("`{text}` has no BSON date"))?;
-        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
-        return Ok((d - epoch).num_days());
+    if let Ok(n) = text.parse::<i64>() {
+        return Ok(n);
     }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
-        return Ok((d - epoch).num_days());
+    match iso(text, IsoForm::Postgres) {
+        Some((d, None)) => Ok(d),
+        _ => Err(format!("`{text}` has no BSON date")),
     }
-    text.parse::<i64>()
-        .map_err(|_| format!("`{text}` has no BSON date"))
 }
 
 fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
@@ -621,7 +721,7 @@ pub fn value(check: &Check, text: &str, target: &Bson) -> Result<(), String> {
         Check::InstantText { offset_s } => {
             let us = micros(text)? - i128::from(*offset_s) * 1_000_000;
             match target {
-                Bson::String(s) if micros(s).is_ok_and(|t| t == us) => Ok(()),
+                Bson::String(s) if iso_micros(s, IsoForm::Rfc3339) == Some(us) => Ok(()),
                 _ => Err("expected the exact RFC 3339 text".into()),
             }
         }
@@ -678,6 +778,117 @@ mod tests {
             micros("0001-01-01T00:00:00 BC").unwrap(),
             i128::from(t.timestamp()) * 1_000_000
         );
+    }
+
+    /// The day count of any year PostgreSQL holds, against chrono's calendar (±262143).
+    #[test]
+    fn civil_days_agree_with_chrono() {
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        let mut y = -262_143i32;
+        while y <= 262_142 {
+            for (m, d) in [(1, 1), (2, 28), (3, 1), (12, 31)] {
+                let c = chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+                assert_eq!(
+                    civil_days(i64::from(y), i64::from(m), i64::from(d)),
+                    (c - epoch).num_days(),
+                    "{c}"
+                );
+            }
+            y += 97;
+        }
+        for y in [-4, 0, 4, 400, 2000, 10000, 99996] {
+            let c = chrono::NaiveDate::from_ymd_opt(y, 2, 29).unwrap();
+            assert_eq!(civil_days(i64::from(y), 2, 29), (c - epoch).num_days());
+        }
+    }
+
+    /// `to_jsonb` inside arrays writes years past 9999 with all their digits, unsigned
+    /// (`10000-01-01`, `262142-12-31`): verify read none of them (found by the thirteenth tester,
+    /// T10); nor the BC ones of the range's start.
+    #[test]
+    fn five_and_six_digit_and_bc_years_read_as_pg_writes_them() {
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        let day = |y, m, d| (chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap() - epoch).num_days();
+        assert_eq!(days("10000-01-01").unwrap(), day(10000, 1, 1));
+        assert_eq!(days("99999-12-31").unwrap(), day(99999, 12, 31));
+        assert_eq!(days("262142-12-31").unwrap(), day(262_142, 12, 31));
+        assert_eq!(days("4714-11-24 BC").unwrap(), -2_440_588);
+        assert_eq!(days("0044-03-15 BC").unwrap(), day(-43, 3, 15));
+        assert_eq!(days("-719528").unwrap(), -719_528);
+        for bad in [
+            "100-01-01",
+            "10000-13-01",
+            "10000-02-30",
+            "0000-01-01 BC",
+            "+10000-01-01",
+        ] {
+            assert!(days(bad).is_err(), "{bad}");
+        }
+        let us = |d: i64, s: i64| i128::from(d) * 86_400_000_000 + i128::from(s);
+        assert_eq!(
+            micros("10000-01-01T00:00:00").unwrap(),
+            us(day(10000, 1, 1), 0)
+        );
+        assert_eq!(
+            micros("99999-12-31T00:00:00+00:00").unwrap(),
+            us(day(99999, 12, 31), 0)
+        );
+        assert_eq!(
+            micros("262142-12-31T23:59:59.999+00:00").unwrap(),
+            us(day(262_142, 12, 31), 86_399_999_000)
+        );
+        assert_eq!(
+            micros("0044-03-15T00:00:00+00:00 BC").unwrap(),
+            us(day(-43, 3, 15), 0)
+        );
+        // An offset moves the instant across the day (and the era) as it says.
+        assert_eq!(
+            micros("0001-01-01T00:00:00+01:00 BC").unwrap(),
+            us(day(0, 1, 1), -3_600_000_000)
+        );
+        assert_eq!(
+            micros("1883-11-18T12:00:00-04:56:02").unwrap(),
+            us(
+                day(1883, 11, 18),
+                (12 * 3600 + 4 * 3600 + 56 * 60 + 2) * 1_000_000
+            )
+        );
+        let date = |ms: i64| Bson::DateTime(bson::DateTime::from_millis(ms));
+        let a = Check::Array(Box::new(Check::Date));
+        let d = date(day(10000, 1, 1) * 86_400_000);
+        assert!(value(&a, r#"["10000-01-01"]"#, &Bson::Array(vec![d.clone()])).is_ok());
+        assert!(value(&a, r#"["10000-01-02"]"#, &Bson::Array(vec![d])).is_err());
+    }
+
+    /// The exact text of `keep_string` names years outside 0000–9999 as ISO 8601 expanded
+    /// years, signed and astronomical (`-0043` is 44 BC): verify said "expected the exact RFC
+    /// 3339 text" of a correct one (found by the thirteenth tester, T8). Another instant, or a
+    /// year without its sign, is still no exact text.
+    #[test]
+    fn exact_texts_of_bc_and_far_years() {
+        let text = Check::InstantText { offset_s: 0 };
+        let s = |t: &str| Bson::String(t.into());
+        let ok = |src: &str, t: &str| value(&text, src, &s(t)).is_ok();
+        assert!(ok("-63517780799.876544", "-0043-03-15T12:00:00.123456Z"));
+        assert!(ok("-63517780799.877", "-0043-03-15T12:00:00.123000Z"));
+        assert!(!ok("-63517780799.876544", "0044-03-15T12:00:00.123456Z"));
+        assert!(!ok("-63517780799.876544", "-0044-03-15T12:00:00.123456Z"));
+        assert!(!ok("-63517780799.876544", "-0043-03-15T12:00:00.123457Z"));
+        assert!(!ok("-63517780799.876544", "0044-03-15T12:00:00.123456Z BC"));
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        let secs = |y, m, d| {
+            (chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap() - epoch).num_days() * 86_400
+        };
+        let first = secs(-4713, 11, 24).to_string();
+        assert!(ok(&first, "-4713-11-24T00:00:00.000000Z"));
+        assert!(!ok(&first, "-4714-11-24T00:00:00.000000Z"));
+        let last = format!("{}.999", secs(262_142, 12, 31) + 86_399);
+        assert!(ok(&last, "+262142-12-31T23:59:59.999000Z"));
+        assert!(!ok(&last, "262142-12-31T23:59:59.999000Z"));
+        assert!(!ok(&last, "+262142-12-31T23:59:59.998000Z"));
+        assert!(ok("1704067200.123456", "2024-01-01T00:00:00.123456Z"));
+        assert!(!ok("1704067200.123456", "+2024-01-01T00:00:00.123457Z"));
+        assert!(ok("1704067200.123456", "2024-01-01T01:00:00.123456+01:00"));
     }
 
     #[test]

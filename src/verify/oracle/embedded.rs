@@ -9,7 +9,7 @@
 
 use bson::{Bson, doc};
 use futures::TryStreamExt;
-use sqlx::{AssertSqlSafe, Executor, Row};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{
     Comparer, FieldCheck, LOOKUP_CHUNK, NotCompared, at_path, field_checks, key_sql, key_value,
@@ -286,9 +286,7 @@ pub(super) async fn compare(
         let mut reader = Families::new(plan, ec.embed, checks.len(), step);
         let context = reader.context().to_string();
         let mut conn = session.reader().await?;
-        conn.execute("SET LOCAL extra_float_digits = 1")
-            .await
-            .map_err(qerr("set extra_float_digits".into()))?;
+        super::pin_renderings(&mut conn).await?;
         let mut rows = sqlx::query(AssertSqlSafe(child_query(e, checks))).fetch(&mut conn);
         let mut families: Vec<Family> = Vec::new();
         let mut parents = 0u64;
