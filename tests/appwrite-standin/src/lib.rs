@@ -318,10 +318,15 @@ pub fn router(s: Shared) -> Router {
         )
         .route("/v1/users/{user}/labels", put(update_labels))
         .route("/v1/users/{user}/prefs", axum::routing::patch(update_prefs))
-        // Matched API routes only: an unknown route stays a plain 404.
+        // Matched API routes only: an unknown route is Appwrite's 404 below.
         .route_layer(axum::middleware::from_fn_with_state(s.clone(), auth));
     control
         .merge(api)
+        // Appwrite matches method and path together: a path it does not serve, or a method it does
+        // not serve on a path, is 404 `general_route_not_found` with its error body, never an
+        // empty answer (axum's defaults: 404 and 405 with no body).
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(route_not_found)
         // Chunks are 5 MiB; whole uploads may be larger.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
@@ -329,6 +334,15 @@ pub fn router(s: Shared) -> Router {
             headers_layer,
         ))
         .with_state(s)
+}
+
+/// A route the stand-in does not serve: Appwrite's 404 `general_route_not_found`.
+async fn route_not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "general_route_not_found",
+        "The requested route was not found. Please refer to the API docs and try again.",
+    )
 }
 
 /// Serves on `addr` (port 0 picks one); returns the bound address and the server task.
@@ -912,4 +926,70 @@ async fn download_file(
 ) -> ApiResult {
     let bytes = s.file_content(&bucket, &file)?;
     Ok((StatusCode::OK, bytes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "unit-key";
+
+    /// A stand-in serving on a free port, with no column delay.
+    async fn start() -> (std::net::SocketAddr, Arc<StandIn>) {
+        let mut s = StandIn::new("cutover", KEY);
+        s.column_delay = Duration::ZERO;
+        let s = Arc::new(s);
+        let (addr, _) = serve(s.clone(), "127.0.0.1:0").await.unwrap();
+        (addr, s)
+    }
+
+    /// `method path` with the project and key headers (HTTP/1.1 over a plain socket, so the
+    /// stand-in's tests need no client library): the status and the body (`Null` when empty).
+    async fn call(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Value) {
+        let request = format!(
+            "{method} /v1{path} HTTP/1.1\r\nHost: {addr}\r\nX-Appwrite-Project: cutover\r\n\
+             X-Appwrite-Key: {KEY}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let text = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+        .await
+        .unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        };
+        (status, body)
+    }
+
+    /// Asserts an Appwrite error body of `status` and `kind`.
+    fn assert_error(answer: &(u16, Value), status: u16, kind: &str) {
+        assert_eq!(answer.0, status, "{answer:?}");
+        assert_eq!(answer.1["code"], status, "{answer:?}");
+        assert_eq!(answer.1["type"], kind, "{answer:?}");
+        assert!(answer.1["message"].is_string(), "{answer:?}");
+        assert_eq!(answer.1["version"], VERSION, "{answer:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unknown_route_or_method_is_appwrites_404_json() {
+        let (addr, _) = start().await;
+        for (method, path) in [
+            ("GET", "/nothing/here"),
+            ("GET", "/tablesdb/db/tables/t/unknown"),
+            ("PATCH", "/tablesdb"),
+            ("DELETE", "/tablesdb/db/tables/t/columns"),
+        ] {
+            let answer = call(addr, method, path).await;
+            assert_error(&answer, 404, "general_route_not_found");
+        }
+    }
 }
