@@ -247,6 +247,18 @@ pub fn router(s: Shared) -> Router {
     let api = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
+        // Static before `{db}`: `transactions` is the spec's route, not a database id.
+        .route("/v1/tablesdb/transactions", get(list_transactions))
+        .route(
+            "/v1/tablesdb/transactions/{transaction}",
+            get(transaction_not_found)
+                .patch(transaction_not_found)
+                .delete(transaction_not_found),
+        )
+        .route(
+            "/v1/tablesdb/transactions/{transaction}/operations",
+            post(transaction_not_found),
+        )
         .route("/v1/tablesdb/{db}", get(get_database))
         .route(
             "/v1/tablesdb/{db}/tables",
@@ -399,6 +411,22 @@ async fn list_tables(
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     ok(200, s.list_tables(&db, &queries(raw)?)?)
+}
+
+/// `GET /tablesdb/transactions`: the stand-in never holds a transaction (it does not serve their
+/// creation), so the list is empty (`transactionList`, `total` 0); its queries are still parsed.
+async fn list_transactions(RawQuery(raw): RawQuery) -> ApiResult {
+    queries(raw)?;
+    ok(200, json!({ "total": 0, "transactions": [] }))
+}
+
+/// A transaction by id (get, commit or roll back, delete, stage operations): none exists here.
+async fn transaction_not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "transaction_not_found",
+        "Transaction with the requested ID could not be found.",
+    )
 }
 
 /// `GET /_standin/stats` (not Appwrite's; no key): requests received, writes, and their rate.
@@ -970,6 +998,25 @@ mod tests {
         (status, body)
     }
 
+    /// `queries[]=…` parameters, percent-encoded.
+    fn q(queries: &[Value]) -> String {
+        let enc = |text: &str| -> String {
+            text.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        queries
+            .iter()
+            .map(|v| format!("queries%5B%5D={}", enc(&v.to_string())))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
     /// Asserts an Appwrite error body of `status` and `kind`.
     fn assert_error(answer: &(u16, Value), status: u16, kind: &str) {
         assert_eq!(answer.0, status, "{answer:?}");
@@ -977,6 +1024,27 @@ mod tests {
         assert_eq!(answer.1["type"], kind, "{answer:?}");
         assert!(answer.1["message"].is_string(), "{answer:?}");
         assert_eq!(answer.1["version"], VERSION, "{answer:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn transactions_are_listed_not_taken_for_a_database() {
+        let (addr, s) = start().await;
+        // Even with a database whose id is `transactions`: the spec's static route wins.
+        s.create_database("transactions", "T").unwrap();
+        let (status, body) = call(addr, "GET", "/tablesdb/transactions").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({ "total": 0, "transactions": [] }));
+        let limited = format!(
+            "/tablesdb/transactions?{}",
+            q(&[json!({"method": "limit", "values": [5]})])
+        );
+        assert_eq!(call(addr, "GET", &limited).await.0, 200);
+        for method in ["GET", "PATCH", "DELETE"] {
+            let answer = call(addr, method, "/tablesdb/transactions/tx1").await;
+            assert_error(&answer, 404, "transaction_not_found");
+        }
+        let answer = call(addr, "POST", "/tablesdb/transactions/tx1/operations").await;
+        assert_error(&answer, 404, "transaction_not_found");
     }
 
     #[tokio::test(flavor = "multi_thread")]
