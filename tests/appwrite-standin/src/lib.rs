@@ -402,7 +402,7 @@ async fn create_database(
 }
 
 async fn list_databases(State(s): State<Shared>, RawQuery(raw): RawQuery) -> ApiResult {
-    ok(200, s.list_databases(&queries(raw)?)?)
+    ok(200, s.list_databases(list_query(raw)?)?)
 }
 
 async fn list_tables(
@@ -410,7 +410,7 @@ async fn list_tables(
     Path(db): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    ok(200, s.list_tables(&db, &queries(raw)?)?)
+    ok(200, s.list_tables(&db, list_query(raw)?)?)
 }
 
 /// `GET /tablesdb/transactions`: the stand-in never holds a transaction (it does not serve their
@@ -537,7 +537,7 @@ async fn list_indexes(
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    ok(200, s.list_indexes(&db, &table, &queries(raw)?)?)
+    ok(200, s.list_indexes(&db, &table, list_query(raw)?)?)
 }
 
 async fn list_columns(
@@ -545,7 +545,7 @@ async fn list_columns(
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    ok(200, s.list_columns(&db, &table, &queries(raw)?)?)
+    ok(200, s.list_columns(&db, &table, list_query(raw)?)?)
 }
 
 async fn create_rows(
@@ -652,6 +652,41 @@ fn queries(raw: Option<String>) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
+/// A list route's parameters: `queries[]`, `search` (at most 256 characters: the routes without
+/// one ignore it) and `total` (a boolean, true by default).
+fn list_query(raw: Option<String>) -> Result<state::ListQuery, ApiError> {
+    let mut list = state::ListQuery::from(&queries(raw.clone())?);
+    for (k, v) in url_pairs(raw.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "total" => {
+                list.total = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::new(
+                            400,
+                            "general_argument_invalid",
+                            "Invalid `total` param: Value must be a valid boolean",
+                        ));
+                    }
+                }
+            }
+            "search" => {
+                if v.chars().count() > 256 {
+                    return Err(ApiError::new(
+                        400,
+                        "general_argument_invalid",
+                        "Invalid `search` param: Value must be a valid string and no longer than 256 chars",
+                    ));
+                }
+                list.search = v;
+            }
+            _ => {}
+        }
+    }
+    Ok(list)
+}
+
 fn url_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
@@ -691,8 +726,7 @@ async fn list_rows(
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let q = queries(raw)?;
-    ok(200, s.list_rows(&db, &table, &q)?)
+    ok(200, s.list_rows(&db, &table, list_query(raw)?)?)
 }
 
 /// `POST /users/{algorithm}`: a user with an existing password hash (`{algorithm}` shares its
@@ -822,8 +856,7 @@ async fn list_users(
     Query(_q): Query<Vec<(String, String)>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let q = queries(raw)?;
-    ok(200, s.list_users(&q))
+    ok(200, s.list_users(list_query(raw)?))
 }
 
 async fn update_labels(
@@ -1024,6 +1057,92 @@ mod tests {
         assert_eq!(answer.1["type"], kind, "{answer:?}");
         assert!(answer.1["message"].is_string(), "{answer:?}");
         assert_eq!(answer.1["version"], VERSION, "{answer:?}");
+    }
+
+    /// Databases `main` (named Main) and `other` (Archive); in `main`, tables `people` (People),
+    /// `places` (Places) and `things` (Odds and ends); `people` has columns `name`, `age`, `email`,
+    /// indexes `by_name` and `by_age`, and rows `r1` … `r5`; a user `u1`.
+    fn fixture(s: &StandIn) {
+        s.create_database("main", "Main").unwrap();
+        s.create_database("other", "Archive").unwrap();
+        for (id, name) in [
+            ("people", "People"),
+            ("places", "Places"),
+            ("things", "Odds and ends"),
+        ] {
+            s.create_table("main", id, name).unwrap();
+        }
+        for (kind, body) in [
+            (
+                "string",
+                json!({ "key": "name", "size": 40, "required": true }),
+            ),
+            ("integer", json!({ "key": "age", "required": false })),
+            (
+                "email",
+                json!({ "key": "email", "required": false, "array": true }),
+            ),
+        ] {
+            s.create_column("main", "people", kind, &body).unwrap();
+        }
+        for (key, column) in [("by_name", "name"), ("by_age", "age")] {
+            let body = json!({ "key": key, "type": "key", "columns": [column] });
+            s.create_index("main", "people", &body).unwrap();
+        }
+        let rows: Vec<Value> = (1..=5)
+            .map(|i| json!({ "$id": format!("r{i}"), "name": format!("n{i}"), "age": 20 + i }))
+            .collect();
+        s.write_rows("main", "people", &json!(rows), false).unwrap();
+        s.create_user(
+            "u1",
+            "u1@example.com",
+            "$2y$10$abcdefghijklmnopqrstuv",
+            "bcrypt",
+            "Ann",
+            serde_json::Map::new(),
+        )
+        .unwrap();
+    }
+
+    /// The list routes that take `total`, with the field of their items and how many the fixture
+    /// gives each.
+    const TOTALLED: &[(&str, &str, usize)] = &[
+        ("/tablesdb", "databases", 2),
+        ("/tablesdb/main/tables", "tables", 3),
+        ("/tablesdb/main/tables/people/columns", "columns", 3),
+        ("/tablesdb/main/tables/people/indexes", "indexes", 2),
+        ("/tablesdb/main/tables/people/rows", "rows", 5),
+        ("/users", "users", 1),
+    ];
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn total_false_answers_a_total_of_0_on_every_list() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        for &(path, field, n) in TOTALLED {
+            let (status, all) = call(addr, "GET", path).await;
+            assert_eq!(status, 200, "{path}: {all}");
+            assert_eq!(all["total"], n, "{path}: {all}");
+            assert_eq!(all[field].as_array().unwrap().len(), n, "{path}");
+            let (_, counted) = call(addr, "GET", &format!("{path}?total=true")).await;
+            assert_eq!(counted["total"], n, "{path}: {counted}");
+            // The spec: "When set to false, the total count returned will be 0" — the items stay.
+            let (status, uncounted) = call(addr, "GET", &format!("{path}?total=false")).await;
+            assert_eq!(status, 200, "{path}: {uncounted}");
+            assert_eq!(uncounted["total"], 0, "{path}: {uncounted}");
+            assert_eq!(uncounted[field], all[field], "{path}");
+            let page = format!(
+                "{path}?{}&total=false",
+                q(&[json!({"method": "limit", "values": [1]})])
+            );
+            let (_, one) = call(addr, "GET", &page).await;
+            assert_eq!(
+                (one["total"].clone(), one[field].as_array().unwrap().len()),
+                (json!(0), 1)
+            );
+            let answer = call(addr, "GET", &format!("{path}?total=maybe")).await;
+            assert_error(&answer, 400, "general_argument_invalid");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

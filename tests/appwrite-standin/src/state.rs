@@ -92,6 +92,38 @@ pub struct RowFault {
     pub times: Option<u64>,
 }
 
+/// The parameters of a list route: its `queries[]`, its `search` term (empty: none) and `total`
+/// (the spec: "When set to false, the total count returned will be 0 and will not be
+/// calculated").
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub queries: Vec<Value>,
+    pub search: String,
+    pub total: bool,
+}
+
+impl From<&[Value]> for ListQuery {
+    fn from(queries: &[Value]) -> ListQuery {
+        ListQuery {
+            queries: queries.to_vec(),
+            search: String::new(),
+            total: true,
+        }
+    }
+}
+
+impl From<&Vec<Value>> for ListQuery {
+    fn from(queries: &Vec<Value>) -> ListQuery {
+        ListQuery::from(queries.as_slice())
+    }
+}
+
+impl<const N: usize> From<&[Value; N]> for ListQuery {
+    fn from(queries: &[Value; N]) -> ListQuery {
+        ListQuery::from(queries.as_slice())
+    }
+}
+
 /// The stand-in server's state and settings.
 #[derive(Debug)]
 pub struct StandIn {
@@ -346,22 +378,22 @@ impl StandIn {
     }
 
     /// `GET /tablesdb`: a page of the databases (`limit`, `offset`, `cursorAfter`).
-    pub fn list_databases(&self, queries: &[Value]) -> Result<Value, ApiError> {
+    pub fn list_databases(&self, list: impl Into<ListQuery>) -> Result<Value, ApiError> {
         let data = self.lock();
-        let list: Vec<Value> = data.databases.values().map(Self::database_json).collect();
-        let (page, total) = page_of(list, queries, "$id")?;
+        let items: Vec<Value> = data.databases.values().map(Self::database_json).collect();
+        let (page, total) = page_of(items, &list.into(), "$id")?;
         Ok(json!({ "total": total, "databases": page }))
     }
 
     /// `GET /tablesdb/{db}/tables`: a page of the database's tables.
-    pub fn list_tables(&self, db: &str, queries: &[Value]) -> Result<Value, ApiError> {
+    pub fn list_tables(&self, db: &str, list: impl Into<ListQuery>) -> Result<Value, ApiError> {
         let data = self.lock();
         let d = data
             .databases
             .get(db)
             .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
-        let list: Vec<Value> = d.tables.values().map(|t| self.table_json(db, t)).collect();
-        let (page, total) = page_of(list, queries, "$id")?;
+        let items: Vec<Value> = d.tables.values().map(|t| self.table_json(db, t)).collect();
+        let (page, total) = page_of(items, &list.into(), "$id")?;
         Ok(json!({ "total": total, "tables": page }))
     }
 
@@ -535,11 +567,12 @@ impl StandIn {
         &self,
         db: &str,
         table: &str,
-        queries: &[Value],
+        list: impl Into<ListQuery>,
     ) -> Result<Value, ApiError> {
+        let list = list.into();
         self.read_table(db, table, |t| {
-            let list: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
-            let (page, total) = page_of(list, queries, "key")?;
+            let items: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
+            let (page, total) = page_of(items, &list, "key")?;
             Ok(json!({ "total": total, "indexes": page }))
         })
     }
@@ -712,11 +745,12 @@ impl StandIn {
         &self,
         db: &str,
         table: &str,
-        queries: &[Value],
+        list: impl Into<ListQuery>,
     ) -> Result<Value, ApiError> {
+        let list = list.into();
         self.read_table(db, table, |t| {
             let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
-            let (page, total) = page_of(cols, queries, "key")?;
+            let (page, total) = page_of(cols, &list, "key")?;
             Ok(json!({ "total": total, "columns": page }))
         })
     }
@@ -995,7 +1029,7 @@ impl StandIn {
         let mut q = vec![json!({ "method": "limit", "values": [u32::MAX] })];
         q.extend_from_slice(queries);
         self.with_table(db, table, |t| {
-            let (rows, _) = filter(&t.rows, &q)?;
+            let (rows, _) = filter(&t.rows, &q, false)?;
             for r in &rows {
                 if let Some(id) = r["$id"].as_str() {
                     t.rows.remove(&uid(id));
@@ -1007,9 +1041,15 @@ impl StandIn {
 
     /// Lists rows: `equal`, `limit` (default 25), `cursorAfter`, `orderAsc` / `orderDesc` (any column);
     /// `total` counts matches, capped at 5000 as Appwrite does.
-    pub fn list_rows(&self, db: &str, table: &str, queries: &[Value]) -> Result<Value, ApiError> {
+    pub fn list_rows(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+    ) -> Result<Value, ApiError> {
+        let list = list.into();
         self.with_table(db, table, |t| {
-            let (rows, total) = filter(&t.rows, queries)?;
+            let (rows, total) = filter(&t.rows, &list.queries, list.total)?;
             Ok(json!({ "total": total, "rows": rows }))
         })
     }
@@ -1115,9 +1155,10 @@ impl StandIn {
         Ok(u.clone())
     }
 
-    pub fn list_users(&self, queries: &[Value]) -> Value {
+    pub fn list_users(&self, list: impl Into<ListQuery>) -> Value {
+        let list = list.into();
         let data = self.lock();
-        let (users, total) = filter(&data.users, queries).unwrap_or_default();
+        let (users, total) = filter(&data.users, &list.queries, list.total).unwrap_or_default();
         json!({ "total": total, "users": users })
     }
 
@@ -1269,12 +1310,13 @@ pub fn uid(id: &str) -> String {
 }
 
 /// A page of `items` (keyed by id) for `queries`, and the matching total (capped at 5000, as
-/// Appwrite counts). The order is `orderAsc` / `orderDesc` on any attributes (`$id` breaking
+/// Appwrite counts; 0 without `count`). The order is `orderAsc` / `orderDesc` on any attributes (`$id` breaking
 /// ties), else by id. In `$id` order a cursor starts right after its id: a page costs its own
 /// size plus the capped count, not the table's size; other orders sort the matches.
 fn filter(
     items: &BTreeMap<String, Value>,
     queries: &[Value],
+    count: bool,
 ) -> Result<(Vec<Value>, usize), ApiError> {
     use std::ops::Bound::{Excluded, Unbounded};
     let mut limit = 25usize;
@@ -1333,7 +1375,11 @@ fn filter(
             x => others.contains(&x),
         })
     };
-    let total = items.values().filter(|v| matches(v)).take(5000).count();
+    let total = if count {
+        items.values().filter(|v| matches(v)).take(5000).count()
+    } else {
+        0
+    };
     if let Some(id) = &after
         && !items.contains_key(id)
     {
@@ -1393,16 +1439,17 @@ fn filter(
 
 /// A page of a list other than rows (databases, tables, columns, indexes), in its stored order:
 /// `limit` (default 25), `offset` and `cursorAfter` (an item's `key`: `$id`, or a column's
-/// `key`), and the total of all items. Other query methods are refused.
+/// `key`), and the total of all items (0 when `list.total` is false). Other query methods are
+/// refused.
 fn page_of(
     items: Vec<Value>,
-    queries: &[Value],
+    list: &ListQuery,
     key: &str,
 ) -> Result<(Vec<Value>, usize), ApiError> {
     let mut limit = 25usize;
     let mut offset = 0usize;
     let mut start = 0usize;
-    for q in queries {
+    for q in &list.queries {
         let method = q["method"].as_str().unwrap_or("");
         let first = q["values"].as_array().and_then(|v| v.first()).cloned();
         match method {
@@ -1427,7 +1474,7 @@ fn page_of(
             }
         }
     }
-    let total = items.len();
+    let total = if list.total { items.len() } else { 0 };
     let page = items.into_iter().skip(start + offset).take(limit).collect();
     Ok((page, total))
 }
