@@ -1145,6 +1145,47 @@ mod tests {
         }
     }
 
+    /// The `$id`s of a list's items.
+    fn ids(list: &Value, field: &str) -> Vec<String> {
+        list[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {field}: {list}"))
+            .iter()
+            .map(|i| i["$id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn search_finds_databases_tables_and_users_by_id_or_name() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        for (path, field, term, found) in [
+            ("/tablesdb", "databases", "zzz", vec![]),
+            ("/tablesdb", "databases", "arch", vec!["other"]),
+            ("/tablesdb", "databases", "main", vec!["main"]),
+            ("/tablesdb", "databases", "", vec!["main", "other"]),
+            ("/tablesdb/main/tables", "tables", "zzz", vec![]),
+            ("/tablesdb/main/tables", "tables", "pla", vec!["places"]),
+            ("/tablesdb/main/tables", "tables", "ends", vec!["things"]),
+            (
+                "/tablesdb/main/tables",
+                "tables",
+                "people%20zzz",
+                vec!["people"],
+            ),
+            ("/users", "users", "zzz", vec![]),
+            ("/users", "users", "ann", vec!["u1"]),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{path}?search={term}")).await;
+            assert_eq!(status, 200, "{path} {term}: {list}");
+            assert_eq!(ids(&list, field), found, "{path} {term}");
+            assert_eq!(list["total"], found.len(), "{path} {term}");
+        }
+        let long = "a".repeat(257);
+        let answer = call(addr, "GET", &format!("/tablesdb?search={long}")).await;
+        assert_error(&answer, 400, "general_argument_invalid");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn transactions_are_listed_not_taken_for_a_database() {
         let (addr, s) = start().await;

@@ -381,7 +381,7 @@ impl StandIn {
     pub fn list_databases(&self, list: impl Into<ListQuery>) -> Result<Value, ApiError> {
         let data = self.lock();
         let items: Vec<Value> = data.databases.values().map(Self::database_json).collect();
-        let (page, total) = page_of(items, &list.into(), "$id")?;
+        let (page, total) = page_of(items, &list.into(), &DATABASES)?;
         Ok(json!({ "total": total, "databases": page }))
     }
 
@@ -393,7 +393,7 @@ impl StandIn {
             .get(db)
             .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
         let items: Vec<Value> = d.tables.values().map(|t| self.table_json(db, t)).collect();
-        let (page, total) = page_of(items, &list.into(), "$id")?;
+        let (page, total) = page_of(items, &list.into(), &TABLES)?;
         Ok(json!({ "total": total, "tables": page }))
     }
 
@@ -572,7 +572,7 @@ impl StandIn {
         let list = list.into();
         self.read_table(db, table, |t| {
             let items: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
-            let (page, total) = page_of(items, &list, "key")?;
+            let (page, total) = page_of(items, &list, &INDEXES)?;
             Ok(json!({ "total": total, "indexes": page }))
         })
     }
@@ -750,7 +750,7 @@ impl StandIn {
         let list = list.into();
         self.read_table(db, table, |t| {
             let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
-            let (page, total) = page_of(cols, &list, "key")?;
+            let (page, total) = page_of(cols, &list, &COLUMNS)?;
             Ok(json!({ "total": total, "columns": page }))
         })
     }
@@ -1158,7 +1158,20 @@ impl StandIn {
     pub fn list_users(&self, list: impl Into<ListQuery>) -> Value {
         let list = list.into();
         let data = self.lock();
-        let (users, total) = filter(&data.users, &list.queries, list.total).unwrap_or_default();
+        // The spec's search over users: id, email, phone and name.
+        let found: BTreeMap<String, Value>;
+        let users = if list.search.trim().is_empty() {
+            &data.users
+        } else {
+            found = data
+                .users
+                .iter()
+                .filter(|(_, u)| searched(&list.search, u, &["$id", "email", "phone", "name"]))
+                .map(|(k, u)| (k.clone(), u.clone()))
+                .collect();
+            &found
+        };
+        let (users, total) = filter(users, &list.queries, list.total).unwrap_or_default();
         json!({ "total": total, "users": users })
     }
 
@@ -1437,15 +1450,80 @@ fn filter(
     Ok((page, total))
 }
 
+/// How a list other than rows is queried.
+struct Listing {
+    /// The field a cursor names: `$id`, or `key` for columns and indexes.
+    key: &'static str,
+    /// The fields `search` looks into (none: the route has no `search`, it is ignored).
+    search: &'static [&'static str],
+}
+
+/// Appwrite searches databases and tables by their `search` attribute, "{id} {name}".
+const DATABASES: Listing = Listing {
+    key: "$id",
+    search: &["$id", "name"],
+};
+const TABLES: Listing = Listing {
+    key: "$id",
+    search: &["$id", "name"],
+};
+const COLUMNS: Listing = Listing {
+    key: "key",
+    search: &[],
+};
+const INDEXES: Listing = Listing {
+    key: "key",
+    search: &[],
+};
+
+/// Whether search term `term` finds `item`, whose searchable text is its `fields`, as Appwrite's
+/// full-text search does (MariaDB `MATCH … AGAINST` in boolean mode over the item's `search`
+/// attribute): the term's words (letters, digits, `_`; everything else separates them, Appwrite's
+/// reserved `@+-*()<>~"` included) are compared with the text's words without case, one word
+/// found is enough, and the last word is a prefix (Appwrite appends `*` to the term). A term in
+/// double quotes is a phrase: its words in a row. A blank term finds everything; a term of no word
+/// finds nothing.
+pub fn searched(term: &str, item: &Value, fields: &[&str]) -> bool {
+    fn words(s: &str) -> Vec<String> {
+        s.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+    let term = term.trim();
+    if term.is_empty() {
+        return true;
+    }
+    let text: Vec<&str> = fields.iter().filter_map(|f| item[*f].as_str()).collect();
+    let have = words(&text.join(" "));
+    let wanted = words(term);
+    let Some((last, others)) = wanted.split_last() else {
+        return false;
+    };
+    if term.len() >= 2 && term.starts_with('"') && term.ends_with('"') {
+        return have.windows(wanted.len()).any(|w| w == wanted.as_slice());
+    }
+    others.iter().any(|w| have.contains(w)) || have.iter().any(|h| h.starts_with(last.as_str()))
+}
+
 /// A page of a list other than rows (databases, tables, columns, indexes), in its stored order:
-/// `limit` (default 25), `offset` and `cursorAfter` (an item's `key`: `$id`, or a column's
-/// `key`), and the total of all items (0 when `list.total` is false). Other query methods are
-/// refused.
+/// the items `search` finds (routes with one), `limit` (default 25), `offset` and `cursorAfter`
+/// (an item's `key`: `$id`, or a column's `key`), and the total of the items found (0 when
+/// `list.total` is false). Other query methods are refused.
 fn page_of(
     items: Vec<Value>,
     list: &ListQuery,
-    key: &str,
+    how: &Listing,
 ) -> Result<(Vec<Value>, usize), ApiError> {
+    let key = how.key;
+    let items: Vec<Value> = if how.search.is_empty() {
+        items
+    } else {
+        items
+            .into_iter()
+            .filter(|i| searched(&list.search, i, how.search))
+            .collect()
+    };
     let mut limit = 25usize;
     let mut offset = 0usize;
     let mut start = 0usize;
@@ -1524,6 +1602,33 @@ mod tests {
             &"a".repeat(37),
         ] {
             assert!(!id_ok(bad), "{bad:?} is not an id");
+        }
+    }
+
+    #[test]
+    fn search_matches_words_of_the_id_or_name_as_appwrite_does() {
+        let t = json!({ "$id": "cutover_lock", "name": "Odds and-ends" });
+        let f = &["$id", "name"];
+        for found in [
+            "",
+            "  ",
+            "odds",
+            "ODDS",
+            "cutover_lock",
+            "cut",
+            "and",
+            "end",
+            "zzz odds",
+            "-ends",
+            "\"odds and\"",
+            "od*",
+            "cutover",
+            "odds zzz",
+        ] {
+            assert!(searched(found, &t, f), "{found:?} finds it");
+        }
+        for missed in ["zzz", "lock", "dds", "\"and odds\"", "***"] {
+            assert!(!searched(missed, &t, f), "{missed:?} does not find it");
         }
     }
 
