@@ -1186,6 +1186,69 @@ mod tests {
         assert_error(&answer, 400, "general_argument_invalid");
     }
 
+    /// A query: `method` on `attribute` (empty: none) with `values`.
+    fn query(method: &str, attribute: &str, values: Value) -> Value {
+        if attribute.is_empty() {
+            json!({ "method": method, "values": values })
+        } else {
+            json!({ "method": method, "attribute": attribute, "values": values })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cursor_before_pages_back_through_rows_in_their_order() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        let rows = "/tablesdb/main/tables/people/rows";
+        let limit = |n: u64| query("limit", "", json!([n]));
+        let before = |id: &str| query("cursorBefore", "", json!([id]));
+        let after = |id: &str| query("cursorAfter", "", json!([id]));
+        for (queries, want) in [
+            (vec![limit(2), before("r4")], vec!["r2", "r3"]),
+            (vec![before("r4")], vec!["r1", "r2", "r3"]),
+            (
+                vec![limit(2), before("r4"), query("offset", "", json!([1]))],
+                vec!["r1", "r2"],
+            ),
+            (vec![before("r1")], vec![]),
+            (
+                vec![limit(2), query("orderDesc", "age", json!([])), before("r2")],
+                vec!["r4", "r3"],
+            ),
+            (
+                vec![query("orderDesc", "age", json!([])), before("r5")],
+                vec![],
+            ),
+            // The cursor need not match the filter: the page starts where it would be.
+            (
+                vec![
+                    query("equal", "age", json!([21, 25])),
+                    query("orderDesc", "age", json!([])),
+                    after("r3"),
+                ],
+                vec!["r1"],
+            ),
+            (
+                vec![
+                    query("equal", "age", json!([21, 25])),
+                    query("orderDesc", "age", json!([])),
+                    before("r3"),
+                ],
+                vec!["r5"],
+            ),
+            (
+                vec![query("equal", "age", json!([21, 25])), before("r3")],
+                vec!["r1"],
+            ),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{rows}?{}", q(&queries))).await;
+            assert_eq!(status, 200, "{queries:?}: {list}");
+            assert_eq!(ids(&list, "rows"), want, "{queries:?}");
+        }
+        let answer = call(addr, "GET", &format!("{rows}?{}", q(&[before("nope")]))).await;
+        assert_error(&answer, 400, "general_cursor_not_found");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn transactions_are_listed_not_taken_for_a_database() {
         let (addr, s) = start().await;

@@ -1324,17 +1324,21 @@ pub fn uid(id: &str) -> String {
 
 /// A page of `items` (keyed by id) for `queries`, and the matching total (capped at 5000, as
 /// Appwrite counts; 0 without `count`). The order is `orderAsc` / `orderDesc` on any attributes (`$id` breaking
-/// ties), else by id. In `$id` order a cursor starts right after its id: a page costs its own
-/// size plus the capped count, not the table's size; other orders sort the matches.
+/// ties), else by id. `cursorAfter` pages on from the item it names, `cursorBefore` back: the
+/// `limit` matches right before it (`offset` skips those nearest it), in the list's order, as
+/// Appwrite does (it reverses the order, pages after the cursor, and reverses the page). The
+/// cursor must exist, not match. In `$id` order a cursor starts right at its id: a page costs its
+/// own size plus the capped count, not the table's size; other orders sort the matches.
 fn filter(
     items: &BTreeMap<String, Value>,
     queries: &[Value],
     count: bool,
 ) -> Result<(Vec<Value>, usize), ApiError> {
-    use std::ops::Bound::{Excluded, Unbounded};
+    use std::ops::Bound::{self, Excluded, Unbounded};
     let mut limit = 25usize;
     let mut offset = 0usize;
-    let mut after: Option<String> = None;
+    // (id, before: cursorBefore rather than cursorAfter)
+    let mut cursor: Option<(String, bool)> = None;
     let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
     // (attribute, descending)
     let mut orders: Vec<(String, bool)> = Vec::new();
@@ -1343,7 +1347,12 @@ fn filter(
         let values = q["values"].as_array().cloned().unwrap_or_default();
         match method {
             "limit" => limit = values.first().and_then(Value::as_u64).unwrap_or(25) as usize,
-            "cursorAfter" => after = values.first().and_then(Value::as_str).map(uid),
+            "cursorAfter" | "cursorBefore" => {
+                cursor = values
+                    .first()
+                    .and_then(Value::as_str)
+                    .map(|id| (uid(id), method == "cursorBefore"));
+            }
             "equal" => equals.push((q["attribute"].as_str().unwrap_or("").to_string(), values)),
             "orderAsc" | "orderDesc" => {
                 let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
@@ -1393,19 +1402,38 @@ fn filter(
     } else {
         0
     };
-    if let Some(id) = &after
-        && !items.contains_key(id)
-    {
-        return Err(ApiError::new(
-            400,
-            "general_cursor_not_found",
-            "Cursor not found",
-        ));
+    let cursor = match &cursor {
+        Some((id, before)) => match items.get(id) {
+            Some(item) => Some((id.as_str(), item, *before)),
+            None => {
+                return Err(ApiError::new(
+                    400,
+                    "general_cursor_not_found",
+                    "Cursor not found",
+                ));
+            }
+        },
+        None => None,
+    };
+    // A page of `sorted` (ascending in the list's order): from the front, or back from the end.
+    fn page_from<'v>(
+        sorted: impl DoubleEndedIterator<Item = &'v Value>,
+        back: bool,
+        offset: usize,
+        limit: usize,
+    ) -> Vec<Value> {
+        if back {
+            let mut page: Vec<Value> = sorted.rev().skip(offset).take(limit).cloned().collect();
+            page.reverse();
+            page
+        } else {
+            sorted.skip(offset).take(limit).cloned().collect()
+        }
     }
     let by_id = orders.iter().all(|(a, desc)| a == "$id" && !desc);
     if !by_id {
         let mut all: Vec<&Value> = items.values().filter(|v| matches(v)).collect();
-        all.sort_by(|a, b| {
+        let order = |a: &Value, b: &Value| {
             orders
                 .iter()
                 .map(|(attr, desc)| {
@@ -1414,39 +1442,30 @@ fn filter(
                 })
                 .find(|o| o.is_ne())
                 .unwrap_or_else(|| json_cmp(&a["$id"], &b["$id"]))
-        });
-        let start = match &after {
-            Some(id) => all
-                .iter()
-                .position(|v| v["$id"].as_str().map(uid).as_deref() == Some(id.as_str()))
-                .map_or(0, |i| i + 1),
-            None => 0,
         };
-        let page = all
-            .into_iter()
-            .skip(start + offset)
-            .take(limit)
-            .cloned()
-            .collect();
+        all.sort_by(|a, b| order(a, b));
+        // Where the cursor falls among the matches (it need not be one of them).
+        let (range, back) = match cursor {
+            Some((_, c, false)) => (
+                all.partition_point(|v| order(v, c).is_le())..all.len(),
+                false,
+            ),
+            Some((_, c, true)) => (0..all.partition_point(|v| order(v, c).is_lt()), true),
+            None => (0..all.len(), false),
+        };
+        let page = page_from(all[range].iter().copied(), back, offset, limit);
         return Ok((page, total));
     }
-    let page: Vec<Value> = match &after {
-        Some(id) => items
-            .range::<str, _>((Excluded(id.as_str()), Unbounded))
-            .map(|(_, v)| v)
-            .filter(|v| matches(v))
-            .skip(offset)
-            .take(limit)
-            .cloned()
-            .collect(),
-        None => items
-            .values()
-            .filter(|v| matches(v))
-            .skip(offset)
-            .take(limit)
-            .cloned()
-            .collect(),
+    let (range, back): ((Bound<&str>, Bound<&str>), bool) = match cursor {
+        Some((id, _, false)) => ((Excluded(id), Unbounded), false),
+        Some((id, _, true)) => ((Unbounded, Excluded(id)), true),
+        None => ((Unbounded, Unbounded), false),
     };
+    let matching = items
+        .range::<str, _>(range)
+        .map(|(_, v)| v)
+        .filter(|v| matches(v));
+    let page = page_from(matching, back, offset, limit);
     Ok((page, total))
 }
 
