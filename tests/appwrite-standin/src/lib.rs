@@ -1249,6 +1249,223 @@ mod tests {
         assert_error(&answer, 400, "general_cursor_not_found");
     }
 
+    /// The `key`s of a list's items (columns, indexes).
+    fn keys(list: &Value, field: &str) -> Vec<String> {
+        list[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {field}: {list}"))
+            .iter()
+            .map(|i| i["key"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lists_filter_order_and_page_back_on_the_attributes_the_spec_names() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        let (dbs, tables) = ("/tablesdb", "/tablesdb/main/tables");
+        let (columns, indexes) = (
+            "/tablesdb/main/tables/people/columns",
+            "/tablesdb/main/tables/people/indexes",
+        );
+        for (path, field, queries, want) in [
+            (
+                tables,
+                "tables",
+                vec![query("equal", "name", json!(["People"]))],
+                vec!["people"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("equal", "enabled", json!([true]))],
+                vec!["people", "places", "things"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("equal", "rowSecurity", json!([true]))],
+                vec![],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("notEqual", "$id", json!(["places"]))],
+                vec!["people", "things"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("startsWith", "name", json!(["P"]))],
+                vec!["people", "places"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("orderDesc", "name", json!([]))],
+                vec!["places", "people", "things"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("cursorBefore", "", json!(["things"]))],
+                vec!["people", "places"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![
+                    query("limit", "", json!([1])),
+                    query("cursorBefore", "", json!(["things"])),
+                ],
+                vec!["places"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![
+                    query("orderDesc", "name", json!([])),
+                    query("cursorBefore", "", json!(["things"])),
+                ],
+                vec!["places", "people"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("orderDesc", "", json!([]))],
+                vec!["things", "places", "people"],
+            ),
+            (
+                dbs,
+                "databases",
+                vec![query("equal", "name", json!(["Archive"]))],
+                vec!["other"],
+            ),
+            (
+                dbs,
+                "databases",
+                vec![query("cursorBefore", "", json!(["other"]))],
+                vec!["main"],
+            ),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{path}?{}", q(&queries))).await;
+            assert_eq!(status, 200, "{path} {queries:?}: {list}");
+            assert_eq!(ids(&list, field), want, "{path} {queries:?}");
+        }
+        for (path, field, queries, want) in [
+            (
+                columns,
+                "columns",
+                vec![query("equal", "type", json!(["integer"]))],
+                vec!["age"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "array", json!([true]))],
+                vec!["email"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "array", json!([false]))],
+                vec!["name", "age"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "required", json!([true]))],
+                vec!["name"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("greaterThan", "size", json!([10]))],
+                vec!["name"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "status", json!(["available"]))],
+                vec!["name", "age", "email"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![
+                    query("limit", "", json!([1])),
+                    query("cursorBefore", "", json!(["email"])),
+                ],
+                vec!["age"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("orderAsc", "key", json!([]))],
+                vec!["age", "email", "name"],
+            ),
+            (
+                indexes,
+                "indexes",
+                vec![query("equal", "attributes", json!(["age"]))],
+                vec!["by_age"],
+            ),
+            (
+                indexes,
+                "indexes",
+                vec![query("equal", "key", json!(["by_name"]))],
+                vec!["by_name"],
+            ),
+            (
+                indexes,
+                "indexes",
+                vec![query("cursorBefore", "", json!(["by_age"]))],
+                vec!["by_name"],
+            ),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{path}?{}", q(&queries))).await;
+            assert_eq!(status, 200, "{path} {queries:?}: {list}");
+            assert_eq!(keys(&list, field), want, "{path} {queries:?}");
+        }
+        // Filters count in the total; cursors and limits do not.
+        let path = format!(
+            "{tables}?{}",
+            q(&[
+                query("equal", "name", json!(["People", "Places"])),
+                query("limit", "", json!([1]))
+            ])
+        );
+        let (_, list) = call(addr, "GET", &path).await;
+        assert_eq!(
+            (ids(&list, "tables"), list["total"].clone()),
+            (vec!["people".to_string()], json!(2))
+        );
+        // Search and a cursor the search does not find: the page starts where it would be.
+        let path = format!(
+            "/tablesdb/main/tables?search=p&{}",
+            q(&[query("cursorAfter", "", json!(["people"]))])
+        );
+        let (_, list) = call(addr, "GET", &path).await;
+        assert_eq!(ids(&list, "tables"), ["places"]);
+        // Attributes the spec does not name for the list are refused, as Appwrite does.
+        for (path, queries) in [
+            (dbs, vec![query("equal", "enabled", json!([true]))]),
+            (
+                tables,
+                vec![query("equal", "documentSecurity", json!([true]))],
+            ),
+            (tables, vec![query("orderAsc", "columns", json!([]))]),
+            (indexes, vec![query("equal", "columns", json!(["age"]))]),
+            (columns, vec![query("contains", "key", json!(["a"]))]),
+        ] {
+            let answer = call(addr, "GET", &format!("{path}?{}", q(&queries))).await;
+            assert_error(&answer, 400, "general_query_invalid");
+        }
+        let before = q(&[query("cursorBefore", "", json!(["nope"]))]);
+        let answer = call(addr, "GET", &format!("{tables}?{before}")).await;
+        assert_error(&answer, 400, "general_cursor_not_found");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn transactions_are_listed_not_taken_for_a_database() {
         let (addr, s) = start().await;

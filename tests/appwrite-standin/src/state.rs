@@ -439,6 +439,10 @@ impl StandIn {
         if v.get("required").is_none() {
             v["required"] = json!(false);
         }
+        // Appwrite answers `array` on every column (the list's filters name it).
+        if v.get("array").is_none() {
+            v["array"] = json!(false);
+        }
         if let Some(obj) = v.as_object_mut() {
             obj.remove("encrypt");
         }
@@ -1415,21 +1419,6 @@ fn filter(
         },
         None => None,
     };
-    // A page of `sorted` (ascending in the list's order): from the front, or back from the end.
-    fn page_from<'v>(
-        sorted: impl DoubleEndedIterator<Item = &'v Value>,
-        back: bool,
-        offset: usize,
-        limit: usize,
-    ) -> Vec<Value> {
-        if back {
-            let mut page: Vec<Value> = sorted.rev().skip(offset).take(limit).cloned().collect();
-            page.reverse();
-            page
-        } else {
-            sorted.skip(offset).take(limit).cloned().collect()
-        }
-    }
     let by_id = orders.iter().all(|(a, desc)| a == "$id" && !desc);
     if !by_id {
         let mut all: Vec<&Value> = items.values().filter(|v| matches(v)).collect();
@@ -1475,24 +1464,51 @@ struct Listing {
     key: &'static str,
     /// The fields `search` looks into (none: the route has no `search`, it is ignored).
     search: &'static [&'static str],
+    /// The attributes its queries may filter and order on — the spec's "You may filter on the
+    /// following …" of the route, besides `$id`, `$createdAt` and `$updatedAt` — each with the
+    /// field of the item holding it.
+    attributes: &'static [(&'static str, &'static str)],
 }
 
 /// Appwrite searches databases and tables by their `search` attribute, "{id} {name}".
 const DATABASES: Listing = Listing {
     key: "$id",
     search: &["$id", "name"],
+    attributes: &[("name", "name")],
 };
 const TABLES: Listing = Listing {
     key: "$id",
     search: &["$id", "name"],
+    attributes: &[
+        ("name", "name"),
+        ("enabled", "enabled"),
+        ("rowSecurity", "rowSecurity"),
+    ],
 };
 const COLUMNS: Listing = Listing {
     key: "key",
     search: &[],
+    attributes: &[
+        ("key", "key"),
+        ("type", "type"),
+        ("size", "size"),
+        ("required", "required"),
+        ("array", "array"),
+        ("status", "status"),
+        ("error", "error"),
+    ],
 };
+/// The spec names an index's columns `attributes` in the TablesDB list's filters too.
 const INDEXES: Listing = Listing {
     key: "key",
     search: &[],
+    attributes: &[
+        ("key", "key"),
+        ("type", "type"),
+        ("status", "status"),
+        ("attributes", "columns"),
+        ("error", "error"),
+    ],
 };
 
 /// Whether search term `term` finds `item`, whose searchable text is its `fields`, as Appwrite's
@@ -1525,55 +1541,173 @@ pub fn searched(term: &str, item: &Value, fields: &[&str]) -> bool {
     others.iter().any(|w| have.contains(w)) || have.iter().any(|h| h.starts_with(last.as_str()))
 }
 
-/// A page of a list other than rows (databases, tables, columns, indexes), in its stored order:
-/// the items `search` finds (routes with one), `limit` (default 25), `offset` and `cursorAfter`
-/// (an item's `key`: `$id`, or a column's `key`), and the total of the items found (0 when
+/// A page of a list other than rows (databases, tables, columns, indexes), in its stored order
+/// or its `orderAsc` / `orderDesc` (on its attributes; without one, the stored order), of the
+/// items `search` finds (routes with one) and its filters keep (`equal`, `notEqual`, `lessThan`,
+/// `lessThanEqual`, `greaterThan`, `greaterThanEqual`, `between`, `isNull`, `isNotNull`,
+/// `startsWith`, `endsWith` on its attributes: another attribute is refused as Appwrite does);
+/// `limit` (default 25), `offset`, `cursorAfter` / `cursorBefore` (an item's `key`: `$id`, or a
+/// column's `key`; the cursor must exist, not match), and the total of the items kept (0 when
 /// `list.total` is false). Other query methods are refused.
 fn page_of(
     items: Vec<Value>,
     list: &ListQuery,
     how: &Listing,
 ) -> Result<(Vec<Value>, usize), ApiError> {
-    let key = how.key;
-    let items: Vec<Value> = if how.search.is_empty() {
-        items
-    } else {
-        items
-            .into_iter()
-            .filter(|i| searched(&list.search, i, how.search))
-            .collect()
+    let invalid = |m: String| ApiError::new(400, "general_query_invalid", m);
+    // The field of a query's attribute (`None`: no attribute).
+    let field = |q: &Value| -> Result<Option<&'static str>, ApiError> {
+        let name = q["attribute"].as_str().unwrap_or("");
+        if name.is_empty() {
+            return Ok(None);
+        }
+        [
+            ("$id", "$id"),
+            ("$createdAt", "$createdAt"),
+            ("$updatedAt", "$updatedAt"),
+        ]
+        .iter()
+        .chain(how.attributes)
+        .find(|(a, _)| *a == name)
+        .map(|(_, f)| Some(*f))
+        .ok_or_else(|| {
+            invalid(format!(
+                "Invalid query: Attribute not found in schema: {name}"
+            ))
+        })
     };
     let mut limit = 25usize;
     let mut offset = 0usize;
-    let mut start = 0usize;
+    // (the cursor's key, before: cursorBefore rather than cursorAfter)
+    let mut cursor: Option<(Value, bool)> = None;
+    // (method, field, values)
+    let mut filters: Vec<(&str, &str, Vec<Value>)> = Vec::new();
+    // (field, descending); no field: the stored order
+    let mut orders: Vec<(Option<&str>, bool)> = Vec::new();
     for q in &list.queries {
         let method = q["method"].as_str().unwrap_or("");
-        let first = q["values"].as_array().and_then(|v| v.first()).cloned();
+        let values = q["values"].as_array().cloned().unwrap_or_default();
+        let first = values.first().cloned();
         match method {
             "limit" => limit = first.and_then(|v| v.as_u64()).unwrap_or(25) as usize,
             "offset" => offset = first.and_then(|v| v.as_u64()).unwrap_or(0) as usize,
-            "cursorAfter" => {
-                let id = first.and_then(|v| v.as_str().map(str::to_string));
-                start = items
-                    .iter()
-                    .position(|i| i[key].as_str() == id.as_deref())
-                    .map(|i| i + 1)
-                    .ok_or_else(|| {
-                        ApiError::new(400, "general_cursor_not_found", "Cursor not found")
-                    })?;
+            "cursorAfter" | "cursorBefore" => {
+                cursor = Some((first.unwrap_or(Value::Null), method == "cursorBefore"));
             }
-            other => {
-                return Err(ApiError::new(
-                    400,
-                    "general_query_invalid",
-                    format!("Invalid query method: {other}"),
-                ));
+            "orderAsc" | "orderDesc" => orders.push((field(q)?, method == "orderDesc")),
+            "equal" | "notEqual" | "lessThan" | "lessThanEqual" | "greaterThan"
+            | "greaterThanEqual" | "between" | "isNull" | "isNotNull" | "startsWith"
+            | "endsWith" => {
+                let Some(f) = field(q)? else {
+                    return Err(invalid(format!(
+                        "Invalid query: {method} needs an attribute"
+                    )));
+                };
+                filters.push((method, f, values));
             }
+            other => return Err(invalid(format!("Invalid query method: {other}"))),
         }
     }
-    let total = if list.total { items.len() } else { 0 };
-    let page = items.into_iter().skip(start + offset).take(limit).collect();
+    let kept = |item: &Value| {
+        (how.search.is_empty() || searched(&list.search, item, how.search))
+            && filters
+                .iter()
+                .all(|(method, f, values)| passes(method, &item[*f], values))
+    };
+    // Items with their stored place, which breaks ties.
+    let order = |a: &(usize, &Value), b: &(usize, &Value)| {
+        orders
+            .iter()
+            .map(|(f, desc)| {
+                let o = match f {
+                    Some(f) => json_cmp(&a.1[*f], &b.1[*f]),
+                    None => a.0.cmp(&b.0),
+                };
+                if *desc { o.reverse() } else { o }
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| a.0.cmp(&b.0))
+    };
+    let cursor = match cursor {
+        Some((id, back)) => {
+            let at = items.iter().position(|i| i[how.key] == id).ok_or_else(|| {
+                ApiError::new(400, "general_cursor_not_found", "Cursor not found")
+            })?;
+            Some(((at, &items[at]), back))
+        }
+        None => None,
+    };
+    let mut found: Vec<(usize, &Value)> =
+        items.iter().enumerate().filter(|(_, i)| kept(i)).collect();
+    let total = if list.total { found.len() } else { 0 };
+    found.sort_by(|a, b| order(a, b));
+    // Where the cursor falls among the items kept (it need not be one of them).
+    let (range, back) = match cursor {
+        Some((c, false)) => (
+            found.partition_point(|v| order(v, &c).is_le())..found.len(),
+            false,
+        ),
+        Some((c, true)) => (0..found.partition_point(|v| order(v, &c).is_lt()), true),
+        None => (0..found.len(), false),
+    };
+    let page = page_from(found[range].iter().map(|(_, v)| *v), back, offset, limit);
     Ok((page, total))
+}
+
+/// Whether a value passes a filter (`method` with `values`); an array passes when one of its
+/// items does (`notEqual`: when none equals).
+fn passes(method: &str, value: &Value, values: &[Value]) -> bool {
+    let each: Vec<&Value> = match value {
+        Value::Array(a) => a.iter().collect(),
+        v => vec![v],
+    };
+    let any = |f: &dyn Fn(&Value) -> bool| each.iter().any(|v| f(v));
+    let cmp = |want: fn(std::cmp::Ordering) -> bool| {
+        values
+            .first()
+            .is_some_and(|x| any(&|v| !v.is_null() && want(json_cmp(v, x))))
+    };
+    let text = |f: fn(&str, &str) -> bool| {
+        values
+            .first()
+            .and_then(Value::as_str)
+            .is_some_and(|x| any(&|v| v.as_str().is_some_and(|s| f(s, x))))
+    };
+    match method {
+        "isNull" => value.is_null(),
+        "isNotNull" => !value.is_null(),
+        "equal" => any(&|v| values.contains(v)),
+        "notEqual" => !any(&|v| values.contains(v)),
+        "lessThan" => cmp(std::cmp::Ordering::is_lt),
+        "lessThanEqual" => cmp(std::cmp::Ordering::is_le),
+        "greaterThan" => cmp(std::cmp::Ordering::is_gt),
+        "greaterThanEqual" => cmp(std::cmp::Ordering::is_ge),
+        "between" => match values {
+            [low, high] => {
+                any(&|v| !v.is_null() && json_cmp(v, low).is_ge() && json_cmp(v, high).is_le())
+            }
+            _ => false,
+        },
+        "startsWith" => text(|s, x| s.starts_with(x)),
+        "endsWith" => text(|s, x| s.ends_with(x)),
+        _ => false,
+    }
+}
+
+/// A page of `sorted` (ascending in the list's order): from the front, or back from the end.
+fn page_from<'v>(
+    sorted: impl DoubleEndedIterator<Item = &'v Value>,
+    back: bool,
+    offset: usize,
+    limit: usize,
+) -> Vec<Value> {
+    if back {
+        let mut page: Vec<Value> = sorted.rev().skip(offset).take(limit).cloned().collect();
+        page.reverse();
+        page
+    } else {
+        sorted.skip(offset).take(limit).cloned().collect()
+    }
 }
 
 /// An order on column values: null, then booleans, numbers, strings (by bytes), then the rest.
