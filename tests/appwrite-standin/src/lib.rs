@@ -9,12 +9,17 @@
 //! using unknown or unavailable columns, single rows created, upserted (`PUT`) or updated
 //! (`PATCH`, 404 when the row is gone), bulk create and upsert with at most 100 rows,
 //! all-or-nothing, 409 on duplicates, every list route of the spec (databases, tables, columns,
-//! indexes, rows) with `queries[]` JSON, `limit`, `offset`, `cursorAfter` and for rows a `total`
-//! capped at 5000, numbers kept exactly as sent (serde_json parses with `float_roundtrip`), users created with an existing bcrypt hash, labels and prefs,
+//! indexes, rows, transactions — always none) with `queries[]` JSON (`limit`, `offset`,
+//! `cursorAfter`, `cursorBefore`, orders, and the filters on the attributes the spec names for
+//! each list), `search` and `total` (false: 0; for rows capped at 5000), the reads of the
+//! deprecated Databases API (`/databases/…`: collections, attributes, indexes, documents) over
+//! the same state, Appwrite's 404 `general_route_not_found` for any other route, numbers kept
+//! exactly as sent (serde_json parses with `float_roundtrip`), users created with an existing bcrypt hash, labels and prefs,
 //! rate-limit headers — and fault injection (a fraction of requests answered 429 with
 //! `Retry-After`, 500 or 503, or slowed), for every request or for the row writes of one table,
 //! and a 500 or 503 for the writes of one row or user id, a number of times or always.
 
+pub mod legacy;
 pub mod state;
 pub mod storage;
 
@@ -28,7 +33,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
-pub use state::{Faults, RowFault, StandIn};
+pub use legacy::Api;
+pub use state::{Faults, ListQuery, RowFault, StandIn};
 
 /// Appwrite's version string in error bodies.
 pub const VERSION: &str = "1.8.0";
@@ -299,6 +305,49 @@ pub fn router(s: Shared) -> Router {
                 .patch(update_row)
                 .delete(delete_row),
         )
+        // The deprecated Databases API the spec still lists: its reads, over the same state.
+        .route("/v1/databases", get(list_databases))
+        .route("/v1/databases/transactions", get(list_transactions))
+        .route(
+            "/v1/databases/transactions/{transaction}",
+            get(transaction_not_found)
+                .patch(transaction_not_found)
+                .delete(transaction_not_found),
+        )
+        .route(
+            "/v1/databases/transactions/{transaction}/operations",
+            post(transaction_not_found),
+        )
+        .route("/v1/databases/{db}", get(get_database))
+        .route("/v1/databases/{db}/collections", get(list_collections))
+        .route(
+            "/v1/databases/{db}/collections/{collection}",
+            get(get_collection),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/attributes",
+            get(list_attributes),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/attributes/{key}",
+            get(get_attribute),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/indexes",
+            get(list_legacy_indexes),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/indexes/{key}",
+            get(get_legacy_index),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/documents",
+            get(list_documents),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/documents/{document}",
+            get(get_document),
+        )
         .route("/v1/storage/buckets", post(create_bucket))
         .route("/v1/storage/buckets/{bucket}", get(get_bucket))
         .route("/v1/storage/buckets/{bucket}/files", post(upload_file))
@@ -427,6 +476,94 @@ async fn transaction_not_found() -> ApiError {
         "transaction_not_found",
         "Transaction with the requested ID could not be found.",
     )
+}
+
+/// `GET /databases/{db}/collections` (deprecated Databases API): the tables as `collectionList`.
+async fn list_collections(
+    State(s): State<Shared>,
+    Path(db): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    ok(
+        200,
+        s.list_tables_in(&db, list, Api::Legacy)
+            .map_err(legacy::error)?,
+    )
+}
+
+/// `GET /databases/{db}/collections/{collection}`: a table as `collection`.
+async fn get_collection(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+) -> ApiResult {
+    let table = s.get_table(&db, &collection).map_err(legacy::error)?;
+    ok(200, legacy::collection(table))
+}
+
+/// `GET …/collections/{collection}/attributes`: the columns as `attributeList`.
+async fn list_attributes(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    let answer = s.list_columns_in(&db, &collection, list, Api::Legacy);
+    ok(200, answer.map_err(legacy::error)?)
+}
+
+/// `GET …/collections/{collection}/attributes/{key}`: a column (attributes and columns are alike).
+async fn get_attribute(
+    State(s): State<Shared>,
+    Path((db, collection, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    ok(
+        200,
+        s.get_column(&db, &collection, &key)
+            .map_err(legacy::error)?,
+    )
+}
+
+/// `GET …/collections/{collection}/indexes`: the indexes as `indexList`.
+async fn list_legacy_indexes(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    let answer = s.list_indexes_in(&db, &collection, list, Api::Legacy);
+    ok(200, answer.map_err(legacy::error)?)
+}
+
+/// `GET …/collections/{collection}/indexes/{key}`: an index as `index`.
+async fn get_legacy_index(
+    State(s): State<Shared>,
+    Path((db, collection, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    let index = s.get_index(&db, &collection, &key).map_err(legacy::error)?;
+    ok(200, legacy::index(index))
+}
+
+/// `GET …/collections/{collection}/documents`: the rows as `documentList`.
+async fn list_documents(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    let answer = s.list_rows_in(&db, &collection, list, Api::Legacy);
+    ok(200, answer.map_err(legacy::error)?)
+}
+
+/// `GET …/collections/{collection}/documents/{document}`: a row as `document`.
+async fn get_document(
+    State(s): State<Shared>,
+    Path((db, collection, document)): Path<(String, String, String)>,
+) -> ApiResult {
+    let row = s
+        .get_row(&db, &collection, &document)
+        .map_err(legacy::error)?;
+    ok(200, legacy::document(row))
 }
 
 /// `GET /_standin/stats` (not Appwrite's; no key): requests received, writes, and their rate.
@@ -1464,6 +1601,166 @@ mod tests {
         let before = q(&[query("cursorBefore", "", json!(["nope"]))]);
         let answer = call(addr, "GET", &format!("{tables}?{before}")).await;
         assert_error(&answer, 400, "general_cursor_not_found");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_deprecated_databases_api_reads_the_same_state_under_its_own_names() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        let get = |path: String| async move {
+            let (status, body) = call(addr, "GET", &path).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        };
+        let dbs = get("/databases".into()).await;
+        assert_eq!(ids(&dbs, "databases"), ["main", "other"]);
+        assert_eq!(get("/databases/main".into()).await["name"], "Main");
+        let base = "/databases/main/collections";
+        let collections = get(base.into()).await;
+        assert_eq!(collections["total"], 3);
+        assert_eq!(
+            ids(&collections, "collections"),
+            ["people", "places", "things"]
+        );
+        let people = &collections["collections"][0];
+        for (field, present) in [
+            ("documentSecurity", true),
+            ("attributes", true),
+            ("rowSecurity", false),
+            ("columns", false),
+        ] {
+            assert_eq!(people.get(field).is_some(), present, "{field}: {people}");
+        }
+        assert_eq!(people["indexes"][0]["attributes"], json!(["name"]));
+        assert!(people["indexes"][0].get("columns").is_none());
+        assert_eq!(&get(format!("{base}/people")).await, people);
+        let attributes = get(format!("{base}/people/attributes")).await;
+        assert_eq!(keys(&attributes, "attributes"), ["name", "age", "email"]);
+        assert_eq!(
+            get(format!("{base}/people/attributes/age")).await["type"],
+            "integer"
+        );
+        let indexes = get(format!("{base}/people/indexes")).await;
+        assert_eq!(keys(&indexes, "indexes"), ["by_name", "by_age"]);
+        assert_eq!(indexes["indexes"][1]["attributes"], json!(["age"]));
+        assert_eq!(
+            get(format!("{base}/people/indexes/by_age")).await,
+            indexes["indexes"][1]
+        );
+        let documents = get(format!("{base}/people/documents")).await;
+        assert_eq!(ids(&documents, "documents"), ["r1", "r2", "r3", "r4", "r5"]);
+        let r2 = get(format!("{base}/people/documents/r2")).await;
+        assert_eq!(
+            (&r2["$collectionId"], &r2["$databaseId"]),
+            (&json!("people"), &json!("main"))
+        );
+        assert!(r2.get("$tableId").is_none(), "{r2}");
+        assert_eq!(r2, documents["documents"][1]);
+        // The same queries as TablesDB, under the Databases API's attribute names.
+        for (path, field, queries, want) in [
+            (
+                base.to_string(),
+                "collections",
+                vec![query("equal", "documentSecurity", json!([false]))],
+                vec!["people", "places", "things"],
+            ),
+            (
+                base.to_string(),
+                "collections",
+                vec![
+                    query("limit", "", json!([1])),
+                    query("cursorBefore", "", json!(["things"])),
+                ],
+                vec!["places"],
+            ),
+            (
+                format!("{base}/people/documents"),
+                "documents",
+                vec![
+                    query("limit", "", json!([2])),
+                    query("cursorBefore", "", json!(["r3"])),
+                ],
+                vec!["r1", "r2"],
+            ),
+            (
+                format!("{base}/people/documents"),
+                "documents",
+                vec![
+                    query("orderDesc", "age", json!([])),
+                    query("offset", "", json!([3])),
+                ],
+                vec!["r2", "r1"],
+            ),
+        ] {
+            let list = get(format!("{path}?{}", q(&queries))).await;
+            assert_eq!(ids(&list, field), want, "{path} {queries:?}");
+        }
+        let index_query = q(&[query("equal", "attributes", json!(["age"]))]);
+        let by_age = get(format!("{base}/people/indexes?{index_query}")).await;
+        assert_eq!(keys(&by_age, "indexes"), ["by_age"]);
+        assert_eq!(
+            ids(&get(format!("{base}?search=ends")).await, "collections"),
+            ["things"]
+        );
+        assert_eq!(
+            ids(&get("/databases?search=zzz".into()).await, "databases"),
+            Vec::<String>::new()
+        );
+        for path in [
+            "/databases".to_string(),
+            base.to_string(),
+            format!("{base}/people/attributes"),
+            format!("{base}/people/indexes"),
+            format!("{base}/people/documents"),
+        ] {
+            let list = get(format!("{path}?total=false")).await;
+            assert_eq!(list["total"], 0, "{path}: {list}");
+        }
+        assert_eq!(
+            get("/databases/transactions".into()).await,
+            json!({ "total": 0, "transactions": [] })
+        );
+        // Its errors under its own names.
+        for (path, status, kind) in [
+            ("/databases/nope".to_string(), 404, "database_not_found"),
+            (
+                "/databases/nope/collections".to_string(),
+                404,
+                "database_not_found",
+            ),
+            (format!("{base}/nope"), 404, "collection_not_found"),
+            (
+                format!("{base}/nope/documents"),
+                404,
+                "collection_not_found",
+            ),
+            (
+                format!("{base}/people/documents/nope"),
+                404,
+                "document_not_found",
+            ),
+            (
+                format!("{base}/people/attributes/nope"),
+                404,
+                "attribute_not_found",
+            ),
+            (
+                format!("{base}/people/indexes/nope"),
+                404,
+                "index_not_found",
+            ),
+            (
+                format!(
+                    "{base}?{}",
+                    q(&[query("equal", "rowSecurity", json!([true]))])
+                ),
+                400,
+                "general_query_invalid",
+            ),
+        ] {
+            let answer = call(addr, "GET", &path).await;
+            assert_error(&answer, status, kind);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

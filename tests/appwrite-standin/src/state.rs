@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::legacy::{self, Api};
 
 /// Fault injection: fractions of requests answered with an error, and a delay for every request.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
@@ -387,14 +388,32 @@ impl StandIn {
 
     /// `GET /tablesdb/{db}/tables`: a page of the database's tables.
     pub fn list_tables(&self, db: &str, list: impl Into<ListQuery>) -> Result<Value, ApiError> {
+        self.list_tables_in(db, list, Api::TablesDb)
+    }
+
+    /// A page of the database's tables, or (`Api::Legacy`) collections.
+    pub fn list_tables_in(
+        &self,
+        db: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
         let data = self.lock();
         let d = data
             .databases
             .get(db)
             .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
-        let items: Vec<Value> = d.tables.values().map(|t| self.table_json(db, t)).collect();
-        let (page, total) = page_of(items, &list.into(), &TABLES)?;
-        Ok(json!({ "total": total, "tables": page }))
+        let as_api = api.pick(
+            std::convert::identity as fn(Value) -> Value,
+            legacy::collection,
+        );
+        let items: Vec<Value> = d
+            .tables
+            .values()
+            .map(|t| as_api(self.table_json(db, t)))
+            .collect();
+        let (page, total) = page_of(items, &list.into(), api.pick(&TABLES, &COLLECTIONS))?;
+        Ok(list_json(total, api.pick("tables", "collections"), page))
     }
 
     pub fn get_database(&self, id: &str) -> Result<Value, ApiError> {
@@ -573,10 +592,26 @@ impl StandIn {
         table: &str,
         list: impl Into<ListQuery>,
     ) -> Result<Value, ApiError> {
+        self.list_indexes_in(db, table, list, Api::TablesDb)
+    }
+
+    /// A page of a table's indexes (`columnIndex`, or through `Api::Legacy` `index`).
+    pub fn list_indexes_in(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
         let list = list.into();
+        let as_api = api.pick(std::convert::identity as fn(Value) -> Value, legacy::index);
         self.read_table(db, table, |t| {
-            let items: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
-            let (page, total) = page_of(items, &list, &INDEXES)?;
+            let items: Vec<Value> = t
+                .indexes
+                .iter()
+                .map(|i| as_api(self.index_json(i)))
+                .collect();
+            let (page, total) = page_of(items, &list, api.pick(&INDEXES, &LEGACY_INDEXES))?;
             Ok(json!({ "total": total, "indexes": page }))
         })
     }
@@ -751,11 +786,22 @@ impl StandIn {
         table: &str,
         list: impl Into<ListQuery>,
     ) -> Result<Value, ApiError> {
+        self.list_columns_in(db, table, list, Api::TablesDb)
+    }
+
+    /// A page of a table's columns, or (`Api::Legacy`) attributes: the models are alike.
+    pub fn list_columns_in(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
         let list = list.into();
         self.read_table(db, table, |t| {
             let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
             let (page, total) = page_of(cols, &list, &COLUMNS)?;
-            Ok(json!({ "total": total, "columns": page }))
+            Ok(list_json(total, api.pick("columns", "attributes"), page))
         })
     }
 
@@ -1051,10 +1097,26 @@ impl StandIn {
         table: &str,
         list: impl Into<ListQuery>,
     ) -> Result<Value, ApiError> {
+        self.list_rows_in(db, table, list, Api::TablesDb)
+    }
+
+    /// A page of a table's rows, or (`Api::Legacy`) documents.
+    pub fn list_rows_in(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
         let list = list.into();
+        let as_api = api.pick(
+            std::convert::identity as fn(Value) -> Value,
+            legacy::document,
+        );
         self.with_table(db, table, |t| {
             let (rows, total) = filter(&t.rows, &list.queries, list.total)?;
-            Ok(json!({ "total": total, "rows": rows }))
+            let rows = rows.into_iter().map(as_api).collect();
+            Ok(list_json(total, api.pick("rows", "documents"), rows))
         })
     }
 
@@ -1458,6 +1520,13 @@ fn filter(
     Ok((page, total))
 }
 
+/// A list's answer: `{"total": total, field: items}`.
+fn list_json(total: usize, field: &str, items: Vec<Value>) -> Value {
+    let mut out = json!({ "total": total });
+    out[field] = Value::Array(items);
+    out
+}
+
 /// How a list other than rows is queried.
 struct Listing {
     /// The field a cursor names: `$id`, or `key` for columns and indexes.
@@ -1485,6 +1554,16 @@ const TABLES: Listing = Listing {
         ("rowSecurity", "rowSecurity"),
     ],
 };
+/// The Databases API's collections: `documentSecurity` for `rowSecurity`.
+const COLLECTIONS: Listing = Listing {
+    key: "$id",
+    search: &["$id", "name"],
+    attributes: &[
+        ("name", "name"),
+        ("enabled", "enabled"),
+        ("documentSecurity", "documentSecurity"),
+    ],
+};
 const COLUMNS: Listing = Listing {
     key: "key",
     search: &[],
@@ -1507,6 +1586,18 @@ const INDEXES: Listing = Listing {
         ("type", "type"),
         ("status", "status"),
         ("attributes", "columns"),
+        ("error", "error"),
+    ],
+};
+/// The Databases API's indexes: their columns are `attributes`.
+const LEGACY_INDEXES: Listing = Listing {
+    key: "key",
+    search: &[],
+    attributes: &[
+        ("key", "key"),
+        ("type", "type"),
+        ("status", "status"),
+        ("attributes", "attributes"),
         ("error", "error"),
     ],
 };
