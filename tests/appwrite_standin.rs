@@ -897,3 +897,206 @@ async fn the_control_routes_count_requests_and_set_faults() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
 }
+
+/// The reads of the deprecated Databases API, the transactions lists and the list parameters
+/// (`search`, `total`, `cursorBefore`, filters) answer the spec's models (found by the thirteenth
+/// tester, T3: those routes were 404 with an empty body, or ignored their parameters).
+#[tokio::test]
+async fn legacy_reads_transactions_and_list_parameters_follow_the_spec() {
+    let (c, s) = start().await;
+    s.create_database("registry", "Registry").unwrap();
+    s.create_table("registry", "patients", "Patients").unwrap();
+    s.create_table("registry", "visits", "Visits").unwrap();
+    for (kind, body) in [
+        (
+            "string",
+            json!({ "key": "name", "size": 100, "required": true }),
+        ),
+        ("integer", json!({ "key": "doses", "required": false })),
+        (
+            "enum",
+            json!({ "key": "gender", "elements": ["f", "m"], "required": false }),
+        ),
+        (
+            "email",
+            json!({ "key": "email", "required": false, "array": true }),
+        ),
+    ] {
+        s.create_column("registry", "patients", kind, &body)
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let index =
+        json!({ "key": "by_doses", "type": "key", "columns": ["doses"], "orders": ["ASC"] });
+    s.create_index("registry", "patients", &index).unwrap();
+    let rows: Vec<Value> = (1..=4)
+        .map(|i| json!({ "$id": format!("p{i}"), "name": format!("N{i}"), "doses": i }))
+        .collect();
+    s.write_rows("registry", "patients", &json!(rows), false)
+        .unwrap();
+    let qs = |queries: &[Value]| -> String {
+        queries
+            .iter()
+            .map(|v| format!("queries%5B%5D={}", urlencode(&v.to_string())))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let before = |id: &str| json!({ "method": "cursorBefore", "values": [id] });
+    let limit = json!({ "method": "limit", "values": [2] });
+    let legacy = "/databases/{databaseId}/collections/{collectionId}";
+    let coll = "/databases/registry/collections/patients";
+    for (spec_path, path, field, want) in [
+        (
+            "/databases".to_string(),
+            "/databases".to_string(),
+            "databases",
+            1,
+        ),
+        (
+            "/databases/{databaseId}".into(),
+            "/databases/registry".into(),
+            "",
+            0,
+        ),
+        (
+            "/databases/{databaseId}/collections".into(),
+            "/databases/registry/collections".into(),
+            "collections",
+            2,
+        ),
+        (legacy.into(), coll.into(), "", 0),
+        (
+            format!("{legacy}/attributes"),
+            format!("{coll}/attributes"),
+            "attributes",
+            4,
+        ),
+        (
+            format!("{legacy}/attributes/{{key}}"),
+            format!("{coll}/attributes/gender"),
+            "",
+            0,
+        ),
+        (
+            format!("{legacy}/indexes"),
+            format!("{coll}/indexes"),
+            "indexes",
+            1,
+        ),
+        (
+            format!("{legacy}/indexes/{{key}}"),
+            format!("{coll}/indexes/by_doses"),
+            "",
+            0,
+        ),
+        (
+            format!("{legacy}/documents"),
+            format!("{coll}/documents"),
+            "documents",
+            4,
+        ),
+        (
+            format!("{legacy}/documents"),
+            format!(
+                "{coll}/documents?{}&total=false",
+                qs(&[limit.clone(), before("p4")])
+            ),
+            "documents",
+            2,
+        ),
+        (
+            format!("{legacy}/documents/{{documentId}}"),
+            format!("{coll}/documents/p2"),
+            "",
+            0,
+        ),
+        (
+            "/databases/transactions".into(),
+            "/databases/transactions".into(),
+            "transactions",
+            0,
+        ),
+        (
+            "/tablesdb/transactions".into(),
+            "/tablesdb/transactions".into(),
+            "transactions",
+            0,
+        ),
+        (
+            "/tablesdb".into(),
+            "/tablesdb?search=zzz&total=false".into(),
+            "databases",
+            0,
+        ),
+        (
+            TABLES.into(),
+            "/tablesdb/registry/tables?search=pat".into(),
+            "tables",
+            1,
+        ),
+        (
+            TABLES.into(),
+            format!(
+                "/tablesdb/registry/tables?{}",
+                qs(&[json!({ "method": "equal", "attribute": "name", "values": ["Visits"] })])
+            ),
+            "tables",
+            1,
+        ),
+        (
+            format!("{TABLE}/columns"),
+            format!(
+                "/tablesdb/registry/tables/patients/columns?{}",
+                qs(&[limit.clone(), before("email")])
+            ),
+            "columns",
+            2,
+        ),
+        (
+            format!("{TABLE}/indexes"),
+            "/tablesdb/registry/tables/patients/indexes?total=false".into(),
+            "indexes",
+            1,
+        ),
+        (
+            ROWS.into(),
+            format!(
+                "/tablesdb/registry/tables/patients/rows?{}",
+                qs(&[limit, before("p3")])
+            ),
+            "rows",
+            2,
+        ),
+    ] {
+        let (st, body, _) = c.call("get", &spec_path, &path, None).await;
+        assert_eq!(st, 200, "{path}: {body}");
+        if !field.is_empty() {
+            assert_eq!(
+                body[field].as_array().map(Vec::len),
+                Some(want),
+                "{path}: {body}"
+            );
+        }
+    }
+    // Unknown routes and the legacy API's own error types carry Appwrite's error body.
+    for (path, status, kind) in [
+        (
+            "/databases/registry/tables".to_string(),
+            404,
+            "general_route_not_found",
+        ),
+        (format!("{coll}/documents/nope"), 404, "document_not_found"),
+        (
+            "/databases/registry/collections/nope".into(),
+            404,
+            "collection_not_found",
+        ),
+    ] {
+        let (st, body, _) = c.call("get", "", &path, None).await;
+        assert_eq!(
+            (st, body["type"].as_str()),
+            (status, Some(kind)),
+            "{path}: {body}"
+        );
+    }
+}

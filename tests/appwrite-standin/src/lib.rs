@@ -9,12 +9,17 @@
 //! using unknown or unavailable columns, single rows created, upserted (`PUT`) or updated
 //! (`PATCH`, 404 when the row is gone), bulk create and upsert with at most 100 rows,
 //! all-or-nothing, 409 on duplicates, every list route of the spec (databases, tables, columns,
-//! indexes, rows) with `queries[]` JSON, `limit`, `offset`, `cursorAfter` and for rows a `total`
-//! capped at 5000, numbers kept exactly as sent (serde_json parses with `float_roundtrip`), users created with an existing bcrypt hash, labels and prefs,
+//! indexes, rows, transactions — always none) with `queries[]` JSON (`limit`, `offset`,
+//! `cursorAfter`, `cursorBefore`, orders, and the filters on the attributes the spec names for
+//! each list), `search` and `total` (false: 0; for rows capped at 5000), the reads of the
+//! deprecated Databases API (`/databases/…`: collections, attributes, indexes, documents) over
+//! the same state, Appwrite's 404 `general_route_not_found` for any other route, numbers kept
+//! exactly as sent (serde_json parses with `float_roundtrip`), users created with an existing bcrypt hash, labels and prefs,
 //! rate-limit headers — and fault injection (a fraction of requests answered 429 with
 //! `Retry-After`, 500 or 503, or slowed), for every request or for the row writes of one table,
 //! and a 500 or 503 for the writes of one row or user id, a number of times or always.
 
+pub mod legacy;
 pub mod state;
 pub mod storage;
 
@@ -28,7 +33,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
-pub use state::{Faults, RowFault, StandIn};
+pub use legacy::Api;
+pub use state::{Faults, ListQuery, RowFault, StandIn};
 
 /// Appwrite's version string in error bodies.
 pub const VERSION: &str = "1.8.0";
@@ -247,6 +253,18 @@ pub fn router(s: Shared) -> Router {
     let api = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
+        // Static before `{db}`: `transactions` is the spec's route, not a database id.
+        .route("/v1/tablesdb/transactions", get(list_transactions))
+        .route(
+            "/v1/tablesdb/transactions/{transaction}",
+            get(transaction_not_found)
+                .patch(transaction_not_found)
+                .delete(transaction_not_found),
+        )
+        .route(
+            "/v1/tablesdb/transactions/{transaction}/operations",
+            post(transaction_not_found),
+        )
         .route("/v1/tablesdb/{db}", get(get_database))
         .route(
             "/v1/tablesdb/{db}/tables",
@@ -287,6 +305,49 @@ pub fn router(s: Shared) -> Router {
                 .patch(update_row)
                 .delete(delete_row),
         )
+        // The deprecated Databases API the spec still lists: its reads, over the same state.
+        .route("/v1/databases", get(list_databases))
+        .route("/v1/databases/transactions", get(list_transactions))
+        .route(
+            "/v1/databases/transactions/{transaction}",
+            get(transaction_not_found)
+                .patch(transaction_not_found)
+                .delete(transaction_not_found),
+        )
+        .route(
+            "/v1/databases/transactions/{transaction}/operations",
+            post(transaction_not_found),
+        )
+        .route("/v1/databases/{db}", get(get_database))
+        .route("/v1/databases/{db}/collections", get(list_collections))
+        .route(
+            "/v1/databases/{db}/collections/{collection}",
+            get(get_collection),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/attributes",
+            get(list_attributes),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/attributes/{key}",
+            get(get_attribute),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/indexes",
+            get(list_legacy_indexes),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/indexes/{key}",
+            get(get_legacy_index),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/documents",
+            get(list_documents),
+        )
+        .route(
+            "/v1/databases/{db}/collections/{collection}/documents/{document}",
+            get(get_document),
+        )
         .route("/v1/storage/buckets", post(create_bucket))
         .route("/v1/storage/buckets/{bucket}", get(get_bucket))
         .route("/v1/storage/buckets/{bucket}/files", post(upload_file))
@@ -318,10 +379,15 @@ pub fn router(s: Shared) -> Router {
         )
         .route("/v1/users/{user}/labels", put(update_labels))
         .route("/v1/users/{user}/prefs", axum::routing::patch(update_prefs))
-        // Matched API routes only: an unknown route stays a plain 404.
+        // Matched API routes only: an unknown route is Appwrite's 404 below.
         .route_layer(axum::middleware::from_fn_with_state(s.clone(), auth));
     control
         .merge(api)
+        // Appwrite matches method and path together: a path it does not serve, or a method it does
+        // not serve on a path, is 404 `general_route_not_found` with its error body, never an
+        // empty answer (axum's defaults: 404 and 405 with no body).
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(route_not_found)
         // Chunks are 5 MiB; whole uploads may be larger.
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
@@ -329,6 +395,15 @@ pub fn router(s: Shared) -> Router {
             headers_layer,
         ))
         .with_state(s)
+}
+
+/// A route the stand-in does not serve: Appwrite's 404 `general_route_not_found`.
+async fn route_not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "general_route_not_found",
+        "The requested route was not found. Please refer to the API docs and try again.",
+    )
 }
 
 /// Serves on `addr` (port 0 picks one); returns the bound address and the server task.
@@ -376,7 +451,7 @@ async fn create_database(
 }
 
 async fn list_databases(State(s): State<Shared>, RawQuery(raw): RawQuery) -> ApiResult {
-    ok(200, s.list_databases(&queries(raw)?)?)
+    ok(200, s.list_databases(list_query(raw)?)?)
 }
 
 async fn list_tables(
@@ -384,7 +459,111 @@ async fn list_tables(
     Path(db): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    ok(200, s.list_tables(&db, &queries(raw)?)?)
+    ok(200, s.list_tables(&db, list_query(raw)?)?)
+}
+
+/// `GET /tablesdb/transactions`: the stand-in never holds a transaction (it does not serve their
+/// creation), so the list is empty (`transactionList`, `total` 0); its queries are still parsed.
+async fn list_transactions(RawQuery(raw): RawQuery) -> ApiResult {
+    queries(raw)?;
+    ok(200, json!({ "total": 0, "transactions": [] }))
+}
+
+/// A transaction by id (get, commit or roll back, delete, stage operations): none exists here.
+async fn transaction_not_found() -> ApiError {
+    ApiError::new(
+        404,
+        "transaction_not_found",
+        "Transaction with the requested ID could not be found.",
+    )
+}
+
+/// `GET /databases/{db}/collections` (deprecated Databases API): the tables as `collectionList`.
+async fn list_collections(
+    State(s): State<Shared>,
+    Path(db): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    ok(
+        200,
+        s.list_tables_in(&db, list, Api::Legacy)
+            .map_err(legacy::error)?,
+    )
+}
+
+/// `GET /databases/{db}/collections/{collection}`: a table as `collection`.
+async fn get_collection(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+) -> ApiResult {
+    let table = s.get_table(&db, &collection).map_err(legacy::error)?;
+    ok(200, legacy::collection(table))
+}
+
+/// `GET …/collections/{collection}/attributes`: the columns as `attributeList`.
+async fn list_attributes(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    let answer = s.list_columns_in(&db, &collection, list, Api::Legacy);
+    ok(200, answer.map_err(legacy::error)?)
+}
+
+/// `GET …/collections/{collection}/attributes/{key}`: a column (attributes and columns are alike).
+async fn get_attribute(
+    State(s): State<Shared>,
+    Path((db, collection, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    ok(
+        200,
+        s.get_column(&db, &collection, &key)
+            .map_err(legacy::error)?,
+    )
+}
+
+/// `GET …/collections/{collection}/indexes`: the indexes as `indexList`.
+async fn list_legacy_indexes(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    let answer = s.list_indexes_in(&db, &collection, list, Api::Legacy);
+    ok(200, answer.map_err(legacy::error)?)
+}
+
+/// `GET …/collections/{collection}/indexes/{key}`: an index as `index`.
+async fn get_legacy_index(
+    State(s): State<Shared>,
+    Path((db, collection, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    let index = s.get_index(&db, &collection, &key).map_err(legacy::error)?;
+    ok(200, legacy::index(index))
+}
+
+/// `GET …/collections/{collection}/documents`: the rows as `documentList`.
+async fn list_documents(
+    State(s): State<Shared>,
+    Path((db, collection)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let list = list_query(raw)?;
+    let answer = s.list_rows_in(&db, &collection, list, Api::Legacy);
+    ok(200, answer.map_err(legacy::error)?)
+}
+
+/// `GET …/collections/{collection}/documents/{document}`: a row as `document`.
+async fn get_document(
+    State(s): State<Shared>,
+    Path((db, collection, document)): Path<(String, String, String)>,
+) -> ApiResult {
+    let row = s
+        .get_row(&db, &collection, &document)
+        .map_err(legacy::error)?;
+    ok(200, legacy::document(row))
 }
 
 /// `GET /_standin/stats` (not Appwrite's; no key): requests received, writes, and their rate.
@@ -495,7 +674,7 @@ async fn list_indexes(
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    ok(200, s.list_indexes(&db, &table, &queries(raw)?)?)
+    ok(200, s.list_indexes(&db, &table, list_query(raw)?)?)
 }
 
 async fn list_columns(
@@ -503,7 +682,7 @@ async fn list_columns(
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    ok(200, s.list_columns(&db, &table, &queries(raw)?)?)
+    ok(200, s.list_columns(&db, &table, list_query(raw)?)?)
 }
 
 async fn create_rows(
@@ -610,6 +789,41 @@ fn queries(raw: Option<String>) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
+/// A list route's parameters: `queries[]`, `search` (at most 256 characters: the routes without
+/// one ignore it) and `total` (a boolean, true by default).
+fn list_query(raw: Option<String>) -> Result<state::ListQuery, ApiError> {
+    let mut list = state::ListQuery::from(&queries(raw.clone())?);
+    for (k, v) in url_pairs(raw.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "total" => {
+                list.total = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::new(
+                            400,
+                            "general_argument_invalid",
+                            "Invalid `total` param: Value must be a valid boolean",
+                        ));
+                    }
+                }
+            }
+            "search" => {
+                if v.chars().count() > 256 {
+                    return Err(ApiError::new(
+                        400,
+                        "general_argument_invalid",
+                        "Invalid `search` param: Value must be a valid string and no longer than 256 chars",
+                    ));
+                }
+                list.search = v;
+            }
+            _ => {}
+        }
+    }
+    Ok(list)
+}
+
 fn url_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
@@ -649,8 +863,7 @@ async fn list_rows(
     Path((db, table)): Path<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let q = queries(raw)?;
-    ok(200, s.list_rows(&db, &table, &q)?)
+    ok(200, s.list_rows(&db, &table, list_query(raw)?)?)
 }
 
 /// `POST /users/{algorithm}`: a user with an existing password hash (`{algorithm}` shares its
@@ -780,8 +993,7 @@ async fn list_users(
     Query(_q): Query<Vec<(String, String)>>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let q = queries(raw)?;
-    ok(200, s.list_users(&q))
+    ok(200, s.list_users(list_query(raw)?))
 }
 
 async fn update_labels(
@@ -912,4 +1124,677 @@ async fn download_file(
 ) -> ApiResult {
     let bytes = s.file_content(&bucket, &file)?;
     Ok((StatusCode::OK, bytes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "unit-key";
+
+    /// A stand-in serving on a free port, with no column delay.
+    async fn start() -> (std::net::SocketAddr, Arc<StandIn>) {
+        let mut s = StandIn::new("cutover", KEY);
+        s.column_delay = Duration::ZERO;
+        let s = Arc::new(s);
+        let (addr, _) = serve(s.clone(), "127.0.0.1:0").await.unwrap();
+        (addr, s)
+    }
+
+    /// `method path` with the project and key headers (HTTP/1.1 over a plain socket, so the
+    /// stand-in's tests need no client library): the status and the body (`Null` when empty).
+    async fn call(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Value) {
+        let request = format!(
+            "{method} /v1{path} HTTP/1.1\r\nHost: {addr}\r\nX-Appwrite-Project: cutover\r\n\
+             X-Appwrite-Key: {KEY}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let text = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+        .await
+        .unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        };
+        (status, body)
+    }
+
+    /// `queries[]=…` parameters, percent-encoded.
+    fn q(queries: &[Value]) -> String {
+        let enc = |text: &str| -> String {
+            text.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        queries
+            .iter()
+            .map(|v| format!("queries%5B%5D={}", enc(&v.to_string())))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// Asserts an Appwrite error body of `status` and `kind`.
+    fn assert_error(answer: &(u16, Value), status: u16, kind: &str) {
+        assert_eq!(answer.0, status, "{answer:?}");
+        assert_eq!(answer.1["code"], status, "{answer:?}");
+        assert_eq!(answer.1["type"], kind, "{answer:?}");
+        assert!(answer.1["message"].is_string(), "{answer:?}");
+        assert_eq!(answer.1["version"], VERSION, "{answer:?}");
+    }
+
+    /// Databases `main` (named Main) and `other` (Archive); in `main`, tables `people` (People),
+    /// `places` (Places) and `things` (Odds and ends); `people` has columns `name`, `age`, `email`,
+    /// indexes `by_name` and `by_age`, and rows `r1` … `r5`; a user `u1`.
+    fn fixture(s: &StandIn) {
+        s.create_database("main", "Main").unwrap();
+        s.create_database("other", "Archive").unwrap();
+        for (id, name) in [
+            ("people", "People"),
+            ("places", "Places"),
+            ("things", "Odds and ends"),
+        ] {
+            s.create_table("main", id, name).unwrap();
+        }
+        for (kind, body) in [
+            (
+                "string",
+                json!({ "key": "name", "size": 40, "required": true }),
+            ),
+            ("integer", json!({ "key": "age", "required": false })),
+            (
+                "email",
+                json!({ "key": "email", "required": false, "array": true }),
+            ),
+        ] {
+            s.create_column("main", "people", kind, &body).unwrap();
+        }
+        for (key, column) in [("by_name", "name"), ("by_age", "age")] {
+            let body = json!({ "key": key, "type": "key", "columns": [column] });
+            s.create_index("main", "people", &body).unwrap();
+        }
+        let rows: Vec<Value> = (1..=5)
+            .map(|i| json!({ "$id": format!("r{i}"), "name": format!("n{i}"), "age": 20 + i }))
+            .collect();
+        s.write_rows("main", "people", &json!(rows), false).unwrap();
+        s.create_user(
+            "u1",
+            "u1@example.com",
+            "$2y$10$abcdefghijklmnopqrstuv",
+            "bcrypt",
+            "Ann",
+            serde_json::Map::new(),
+        )
+        .unwrap();
+    }
+
+    /// The list routes that take `total`, with the field of their items and how many the fixture
+    /// gives each.
+    const TOTALLED: &[(&str, &str, usize)] = &[
+        ("/tablesdb", "databases", 2),
+        ("/tablesdb/main/tables", "tables", 3),
+        ("/tablesdb/main/tables/people/columns", "columns", 3),
+        ("/tablesdb/main/tables/people/indexes", "indexes", 2),
+        ("/tablesdb/main/tables/people/rows", "rows", 5),
+        ("/users", "users", 1),
+    ];
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn total_false_answers_a_total_of_0_on_every_list() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        for &(path, field, n) in TOTALLED {
+            let (status, all) = call(addr, "GET", path).await;
+            assert_eq!(status, 200, "{path}: {all}");
+            assert_eq!(all["total"], n, "{path}: {all}");
+            assert_eq!(all[field].as_array().unwrap().len(), n, "{path}");
+            let (_, counted) = call(addr, "GET", &format!("{path}?total=true")).await;
+            assert_eq!(counted["total"], n, "{path}: {counted}");
+            // The spec: "When set to false, the total count returned will be 0" — the items stay.
+            let (status, uncounted) = call(addr, "GET", &format!("{path}?total=false")).await;
+            assert_eq!(status, 200, "{path}: {uncounted}");
+            assert_eq!(uncounted["total"], 0, "{path}: {uncounted}");
+            assert_eq!(uncounted[field], all[field], "{path}");
+            let page = format!(
+                "{path}?{}&total=false",
+                q(&[json!({"method": "limit", "values": [1]})])
+            );
+            let (_, one) = call(addr, "GET", &page).await;
+            assert_eq!(
+                (one["total"].clone(), one[field].as_array().unwrap().len()),
+                (json!(0), 1)
+            );
+            let answer = call(addr, "GET", &format!("{path}?total=maybe")).await;
+            assert_error(&answer, 400, "general_argument_invalid");
+        }
+    }
+
+    /// The `$id`s of a list's items.
+    fn ids(list: &Value, field: &str) -> Vec<String> {
+        list[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {field}: {list}"))
+            .iter()
+            .map(|i| i["$id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn search_finds_databases_tables_and_users_by_id_or_name() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        for (path, field, term, found) in [
+            ("/tablesdb", "databases", "zzz", vec![]),
+            ("/tablesdb", "databases", "arch", vec!["other"]),
+            ("/tablesdb", "databases", "main", vec!["main"]),
+            ("/tablesdb", "databases", "", vec!["main", "other"]),
+            ("/tablesdb/main/tables", "tables", "zzz", vec![]),
+            ("/tablesdb/main/tables", "tables", "pla", vec!["places"]),
+            ("/tablesdb/main/tables", "tables", "ends", vec!["things"]),
+            (
+                "/tablesdb/main/tables",
+                "tables",
+                "people%20zzz",
+                vec!["people"],
+            ),
+            ("/users", "users", "zzz", vec![]),
+            ("/users", "users", "ann", vec!["u1"]),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{path}?search={term}")).await;
+            assert_eq!(status, 200, "{path} {term}: {list}");
+            assert_eq!(ids(&list, field), found, "{path} {term}");
+            assert_eq!(list["total"], found.len(), "{path} {term}");
+        }
+        let long = "a".repeat(257);
+        let answer = call(addr, "GET", &format!("/tablesdb?search={long}")).await;
+        assert_error(&answer, 400, "general_argument_invalid");
+    }
+
+    /// A query: `method` on `attribute` (empty: none) with `values`.
+    fn query(method: &str, attribute: &str, values: Value) -> Value {
+        if attribute.is_empty() {
+            json!({ "method": method, "values": values })
+        } else {
+            json!({ "method": method, "attribute": attribute, "values": values })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cursor_before_pages_back_through_rows_in_their_order() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        let rows = "/tablesdb/main/tables/people/rows";
+        let limit = |n: u64| query("limit", "", json!([n]));
+        let before = |id: &str| query("cursorBefore", "", json!([id]));
+        let after = |id: &str| query("cursorAfter", "", json!([id]));
+        for (queries, want) in [
+            (vec![limit(2), before("r4")], vec!["r2", "r3"]),
+            (vec![before("r4")], vec!["r1", "r2", "r3"]),
+            (
+                vec![limit(2), before("r4"), query("offset", "", json!([1]))],
+                vec!["r1", "r2"],
+            ),
+            (vec![before("r1")], vec![]),
+            (
+                vec![limit(2), query("orderDesc", "age", json!([])), before("r2")],
+                vec!["r4", "r3"],
+            ),
+            (
+                vec![query("orderDesc", "age", json!([])), before("r5")],
+                vec![],
+            ),
+            // The cursor need not match the filter: the page starts where it would be.
+            (
+                vec![
+                    query("equal", "age", json!([21, 25])),
+                    query("orderDesc", "age", json!([])),
+                    after("r3"),
+                ],
+                vec!["r1"],
+            ),
+            (
+                vec![
+                    query("equal", "age", json!([21, 25])),
+                    query("orderDesc", "age", json!([])),
+                    before("r3"),
+                ],
+                vec!["r5"],
+            ),
+            (
+                vec![query("equal", "age", json!([21, 25])), before("r3")],
+                vec!["r1"],
+            ),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{rows}?{}", q(&queries))).await;
+            assert_eq!(status, 200, "{queries:?}: {list}");
+            assert_eq!(ids(&list, "rows"), want, "{queries:?}");
+        }
+        let answer = call(addr, "GET", &format!("{rows}?{}", q(&[before("nope")]))).await;
+        assert_error(&answer, 400, "general_cursor_not_found");
+    }
+
+    /// The `key`s of a list's items (columns, indexes).
+    fn keys(list: &Value, field: &str) -> Vec<String> {
+        list[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {field}: {list}"))
+            .iter()
+            .map(|i| i["key"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lists_filter_order_and_page_back_on_the_attributes_the_spec_names() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        let (dbs, tables) = ("/tablesdb", "/tablesdb/main/tables");
+        let (columns, indexes) = (
+            "/tablesdb/main/tables/people/columns",
+            "/tablesdb/main/tables/people/indexes",
+        );
+        for (path, field, queries, want) in [
+            (
+                tables,
+                "tables",
+                vec![query("equal", "name", json!(["People"]))],
+                vec!["people"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("equal", "enabled", json!([true]))],
+                vec!["people", "places", "things"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("equal", "rowSecurity", json!([true]))],
+                vec![],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("notEqual", "$id", json!(["places"]))],
+                vec!["people", "things"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("startsWith", "name", json!(["P"]))],
+                vec!["people", "places"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("orderDesc", "name", json!([]))],
+                vec!["places", "people", "things"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("cursorBefore", "", json!(["things"]))],
+                vec!["people", "places"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![
+                    query("limit", "", json!([1])),
+                    query("cursorBefore", "", json!(["things"])),
+                ],
+                vec!["places"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![
+                    query("orderDesc", "name", json!([])),
+                    query("cursorBefore", "", json!(["things"])),
+                ],
+                vec!["places", "people"],
+            ),
+            (
+                tables,
+                "tables",
+                vec![query("orderDesc", "", json!([]))],
+                vec!["things", "places", "people"],
+            ),
+            (
+                dbs,
+                "databases",
+                vec![query("equal", "name", json!(["Archive"]))],
+                vec!["other"],
+            ),
+            (
+                dbs,
+                "databases",
+                vec![query("cursorBefore", "", json!(["other"]))],
+                vec!["main"],
+            ),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{path}?{}", q(&queries))).await;
+            assert_eq!(status, 200, "{path} {queries:?}: {list}");
+            assert_eq!(ids(&list, field), want, "{path} {queries:?}");
+        }
+        for (path, field, queries, want) in [
+            (
+                columns,
+                "columns",
+                vec![query("equal", "type", json!(["integer"]))],
+                vec!["age"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "array", json!([true]))],
+                vec!["email"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "array", json!([false]))],
+                vec!["name", "age"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "required", json!([true]))],
+                vec!["name"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("greaterThan", "size", json!([10]))],
+                vec!["name"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("equal", "status", json!(["available"]))],
+                vec!["name", "age", "email"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![
+                    query("limit", "", json!([1])),
+                    query("cursorBefore", "", json!(["email"])),
+                ],
+                vec!["age"],
+            ),
+            (
+                columns,
+                "columns",
+                vec![query("orderAsc", "key", json!([]))],
+                vec!["age", "email", "name"],
+            ),
+            (
+                indexes,
+                "indexes",
+                vec![query("equal", "attributes", json!(["age"]))],
+                vec!["by_age"],
+            ),
+            (
+                indexes,
+                "indexes",
+                vec![query("equal", "key", json!(["by_name"]))],
+                vec!["by_name"],
+            ),
+            (
+                indexes,
+                "indexes",
+                vec![query("cursorBefore", "", json!(["by_age"]))],
+                vec!["by_name"],
+            ),
+        ] {
+            let (status, list) = call(addr, "GET", &format!("{path}?{}", q(&queries))).await;
+            assert_eq!(status, 200, "{path} {queries:?}: {list}");
+            assert_eq!(keys(&list, field), want, "{path} {queries:?}");
+        }
+        // Filters count in the total; cursors and limits do not.
+        let path = format!(
+            "{tables}?{}",
+            q(&[
+                query("equal", "name", json!(["People", "Places"])),
+                query("limit", "", json!([1]))
+            ])
+        );
+        let (_, list) = call(addr, "GET", &path).await;
+        assert_eq!(
+            (ids(&list, "tables"), list["total"].clone()),
+            (vec!["people".to_string()], json!(2))
+        );
+        // Search and a cursor the search does not find: the page starts where it would be.
+        let path = format!(
+            "/tablesdb/main/tables?search=p&{}",
+            q(&[query("cursorAfter", "", json!(["people"]))])
+        );
+        let (_, list) = call(addr, "GET", &path).await;
+        assert_eq!(ids(&list, "tables"), ["places"]);
+        // Attributes the spec does not name for the list are refused, as Appwrite does.
+        for (path, queries) in [
+            (dbs, vec![query("equal", "enabled", json!([true]))]),
+            (
+                tables,
+                vec![query("equal", "documentSecurity", json!([true]))],
+            ),
+            (tables, vec![query("orderAsc", "columns", json!([]))]),
+            (indexes, vec![query("equal", "columns", json!(["age"]))]),
+            (columns, vec![query("contains", "key", json!(["a"]))]),
+        ] {
+            let answer = call(addr, "GET", &format!("{path}?{}", q(&queries))).await;
+            assert_error(&answer, 400, "general_query_invalid");
+        }
+        let before = q(&[query("cursorBefore", "", json!(["nope"]))]);
+        let answer = call(addr, "GET", &format!("{tables}?{before}")).await;
+        assert_error(&answer, 400, "general_cursor_not_found");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_deprecated_databases_api_reads_the_same_state_under_its_own_names() {
+        let (addr, s) = start().await;
+        fixture(&s);
+        let get = |path: String| async move {
+            let (status, body) = call(addr, "GET", &path).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        };
+        let dbs = get("/databases".into()).await;
+        assert_eq!(ids(&dbs, "databases"), ["main", "other"]);
+        assert_eq!(get("/databases/main".into()).await["name"], "Main");
+        let base = "/databases/main/collections";
+        let collections = get(base.into()).await;
+        assert_eq!(collections["total"], 3);
+        assert_eq!(
+            ids(&collections, "collections"),
+            ["people", "places", "things"]
+        );
+        let people = &collections["collections"][0];
+        for (field, present) in [
+            ("documentSecurity", true),
+            ("attributes", true),
+            ("rowSecurity", false),
+            ("columns", false),
+        ] {
+            assert_eq!(people.get(field).is_some(), present, "{field}: {people}");
+        }
+        assert_eq!(people["indexes"][0]["attributes"], json!(["name"]));
+        assert!(people["indexes"][0].get("columns").is_none());
+        assert_eq!(&get(format!("{base}/people")).await, people);
+        let attributes = get(format!("{base}/people/attributes")).await;
+        assert_eq!(keys(&attributes, "attributes"), ["name", "age", "email"]);
+        assert_eq!(
+            get(format!("{base}/people/attributes/age")).await["type"],
+            "integer"
+        );
+        let indexes = get(format!("{base}/people/indexes")).await;
+        assert_eq!(keys(&indexes, "indexes"), ["by_name", "by_age"]);
+        assert_eq!(indexes["indexes"][1]["attributes"], json!(["age"]));
+        assert_eq!(
+            get(format!("{base}/people/indexes/by_age")).await,
+            indexes["indexes"][1]
+        );
+        let documents = get(format!("{base}/people/documents")).await;
+        assert_eq!(ids(&documents, "documents"), ["r1", "r2", "r3", "r4", "r5"]);
+        let r2 = get(format!("{base}/people/documents/r2")).await;
+        assert_eq!(
+            (&r2["$collectionId"], &r2["$databaseId"]),
+            (&json!("people"), &json!("main"))
+        );
+        assert!(r2.get("$tableId").is_none(), "{r2}");
+        assert_eq!(r2, documents["documents"][1]);
+        // The same queries as TablesDB, under the Databases API's attribute names.
+        for (path, field, queries, want) in [
+            (
+                base.to_string(),
+                "collections",
+                vec![query("equal", "documentSecurity", json!([false]))],
+                vec!["people", "places", "things"],
+            ),
+            (
+                base.to_string(),
+                "collections",
+                vec![
+                    query("limit", "", json!([1])),
+                    query("cursorBefore", "", json!(["things"])),
+                ],
+                vec!["places"],
+            ),
+            (
+                format!("{base}/people/documents"),
+                "documents",
+                vec![
+                    query("limit", "", json!([2])),
+                    query("cursorBefore", "", json!(["r3"])),
+                ],
+                vec!["r1", "r2"],
+            ),
+            (
+                format!("{base}/people/documents"),
+                "documents",
+                vec![
+                    query("orderDesc", "age", json!([])),
+                    query("offset", "", json!([3])),
+                ],
+                vec!["r2", "r1"],
+            ),
+        ] {
+            let list = get(format!("{path}?{}", q(&queries))).await;
+            assert_eq!(ids(&list, field), want, "{path} {queries:?}");
+        }
+        let index_query = q(&[query("equal", "attributes", json!(["age"]))]);
+        let by_age = get(format!("{base}/people/indexes?{index_query}")).await;
+        assert_eq!(keys(&by_age, "indexes"), ["by_age"]);
+        assert_eq!(
+            ids(&get(format!("{base}?search=ends")).await, "collections"),
+            ["things"]
+        );
+        assert_eq!(
+            ids(&get("/databases?search=zzz".into()).await, "databases"),
+            Vec::<String>::new()
+        );
+        for path in [
+            "/databases".to_string(),
+            base.to_string(),
+            format!("{base}/people/attributes"),
+            format!("{base}/people/indexes"),
+            format!("{base}/people/documents"),
+        ] {
+            let list = get(format!("{path}?total=false")).await;
+            assert_eq!(list["total"], 0, "{path}: {list}");
+        }
+        assert_eq!(
+            get("/databases/transactions".into()).await,
+            json!({ "total": 0, "transactions": [] })
+        );
+        // Its errors under its own names.
+        for (path, status, kind) in [
+            ("/databases/nope".to_string(), 404, "database_not_found"),
+            (
+                "/databases/nope/collections".to_string(),
+                404,
+                "database_not_found",
+            ),
+            (format!("{base}/nope"), 404, "collection_not_found"),
+            (
+                format!("{base}/nope/documents"),
+                404,
+                "collection_not_found",
+            ),
+            (
+                format!("{base}/people/documents/nope"),
+                404,
+                "document_not_found",
+            ),
+            (
+                format!("{base}/people/attributes/nope"),
+                404,
+                "attribute_not_found",
+            ),
+            (
+                format!("{base}/people/indexes/nope"),
+                404,
+                "index_not_found",
+            ),
+            (
+                format!(
+                    "{base}?{}",
+                    q(&[query("equal", "rowSecurity", json!([true]))])
+                ),
+                400,
+                "general_query_invalid",
+            ),
+        ] {
+            let answer = call(addr, "GET", &path).await;
+            assert_error(&answer, status, kind);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn transactions_are_listed_not_taken_for_a_database() {
+        let (addr, s) = start().await;
+        // Even with a database whose id is `transactions`: the spec's static route wins.
+        s.create_database("transactions", "T").unwrap();
+        let (status, body) = call(addr, "GET", "/tablesdb/transactions").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({ "total": 0, "transactions": [] }));
+        let limited = format!(
+            "/tablesdb/transactions?{}",
+            q(&[json!({"method": "limit", "values": [5]})])
+        );
+        assert_eq!(call(addr, "GET", &limited).await.0, 200);
+        for method in ["GET", "PATCH", "DELETE"] {
+            let answer = call(addr, method, "/tablesdb/transactions/tx1").await;
+            assert_error(&answer, 404, "transaction_not_found");
+        }
+        let answer = call(addr, "POST", "/tablesdb/transactions/tx1/operations").await;
+        assert_error(&answer, 404, "transaction_not_found");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unknown_route_or_method_is_appwrites_404_json() {
+        let (addr, _) = start().await;
+        for (method, path) in [
+            ("GET", "/nothing/here"),
+            ("GET", "/tablesdb/db/tables/t/unknown"),
+            ("PATCH", "/tablesdb"),
+            ("DELETE", "/tablesdb/db/tables/t/columns"),
+        ] {
+            let answer = call(addr, method, path).await;
+            assert_error(&answer, 404, "general_route_not_found");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::legacy::{self, Api};
 
 /// Fault injection: fractions of requests answered with an error, and a delay for every request.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
@@ -90,6 +91,38 @@ pub struct RowFault {
     pub status: u16,
     #[serde(default)]
     pub times: Option<u64>,
+}
+
+/// The parameters of a list route: its `queries[]`, its `search` term (empty: none) and `total`
+/// (the spec: "When set to false, the total count returned will be 0 and will not be
+/// calculated").
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub queries: Vec<Value>,
+    pub search: String,
+    pub total: bool,
+}
+
+impl From<&[Value]> for ListQuery {
+    fn from(queries: &[Value]) -> ListQuery {
+        ListQuery {
+            queries: queries.to_vec(),
+            search: String::new(),
+            total: true,
+        }
+    }
+}
+
+impl From<&Vec<Value>> for ListQuery {
+    fn from(queries: &Vec<Value>) -> ListQuery {
+        ListQuery::from(queries.as_slice())
+    }
+}
+
+impl<const N: usize> From<&[Value; N]> for ListQuery {
+    fn from(queries: &[Value; N]) -> ListQuery {
+        ListQuery::from(queries.as_slice())
+    }
 }
 
 /// The stand-in server's state and settings.
@@ -346,23 +379,41 @@ impl StandIn {
     }
 
     /// `GET /tablesdb`: a page of the databases (`limit`, `offset`, `cursorAfter`).
-    pub fn list_databases(&self, queries: &[Value]) -> Result<Value, ApiError> {
+    pub fn list_databases(&self, list: impl Into<ListQuery>) -> Result<Value, ApiError> {
         let data = self.lock();
-        let list: Vec<Value> = data.databases.values().map(Self::database_json).collect();
-        let (page, total) = page_of(list, queries, "$id")?;
+        let items: Vec<Value> = data.databases.values().map(Self::database_json).collect();
+        let (page, total) = page_of(items, &list.into(), &DATABASES)?;
         Ok(json!({ "total": total, "databases": page }))
     }
 
     /// `GET /tablesdb/{db}/tables`: a page of the database's tables.
-    pub fn list_tables(&self, db: &str, queries: &[Value]) -> Result<Value, ApiError> {
+    pub fn list_tables(&self, db: &str, list: impl Into<ListQuery>) -> Result<Value, ApiError> {
+        self.list_tables_in(db, list, Api::TablesDb)
+    }
+
+    /// A page of the database's tables, or (`Api::Legacy`) collections.
+    pub fn list_tables_in(
+        &self,
+        db: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
         let data = self.lock();
         let d = data
             .databases
             .get(db)
             .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?;
-        let list: Vec<Value> = d.tables.values().map(|t| self.table_json(db, t)).collect();
-        let (page, total) = page_of(list, queries, "$id")?;
-        Ok(json!({ "total": total, "tables": page }))
+        let as_api = api.pick(
+            std::convert::identity as fn(Value) -> Value,
+            legacy::collection,
+        );
+        let items: Vec<Value> = d
+            .tables
+            .values()
+            .map(|t| as_api(self.table_json(db, t)))
+            .collect();
+        let (page, total) = page_of(items, &list.into(), api.pick(&TABLES, &COLLECTIONS))?;
+        Ok(list_json(total, api.pick("tables", "collections"), page))
     }
 
     pub fn get_database(&self, id: &str) -> Result<Value, ApiError> {
@@ -406,6 +457,10 @@ impl StandIn {
         v["$updatedAt"] = json!(c.created_at);
         if v.get("required").is_none() {
             v["required"] = json!(false);
+        }
+        // Appwrite answers `array` on every column (the list's filters name it).
+        if v.get("array").is_none() {
+            v["array"] = json!(false);
         }
         if let Some(obj) = v.as_object_mut() {
             obj.remove("encrypt");
@@ -535,11 +590,28 @@ impl StandIn {
         &self,
         db: &str,
         table: &str,
-        queries: &[Value],
+        list: impl Into<ListQuery>,
     ) -> Result<Value, ApiError> {
+        self.list_indexes_in(db, table, list, Api::TablesDb)
+    }
+
+    /// A page of a table's indexes (`columnIndex`, or through `Api::Legacy` `index`).
+    pub fn list_indexes_in(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
+        let list = list.into();
+        let as_api = api.pick(std::convert::identity as fn(Value) -> Value, legacy::index);
         self.read_table(db, table, |t| {
-            let list: Vec<Value> = t.indexes.iter().map(|i| self.index_json(i)).collect();
-            let (page, total) = page_of(list, queries, "key")?;
+            let items: Vec<Value> = t
+                .indexes
+                .iter()
+                .map(|i| as_api(self.index_json(i)))
+                .collect();
+            let (page, total) = page_of(items, &list, api.pick(&INDEXES, &LEGACY_INDEXES))?;
             Ok(json!({ "total": total, "indexes": page }))
         })
     }
@@ -712,12 +784,24 @@ impl StandIn {
         &self,
         db: &str,
         table: &str,
-        queries: &[Value],
+        list: impl Into<ListQuery>,
     ) -> Result<Value, ApiError> {
+        self.list_columns_in(db, table, list, Api::TablesDb)
+    }
+
+    /// A page of a table's columns, or (`Api::Legacy`) attributes: the models are alike.
+    pub fn list_columns_in(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
+        let list = list.into();
         self.read_table(db, table, |t| {
             let cols: Vec<Value> = t.columns.iter().map(|c| self.column_json(c)).collect();
-            let (page, total) = page_of(cols, queries, "key")?;
-            Ok(json!({ "total": total, "columns": page }))
+            let (page, total) = page_of(cols, &list, &COLUMNS)?;
+            Ok(list_json(total, api.pick("columns", "attributes"), page))
         })
     }
 
@@ -995,7 +1079,7 @@ impl StandIn {
         let mut q = vec![json!({ "method": "limit", "values": [u32::MAX] })];
         q.extend_from_slice(queries);
         self.with_table(db, table, |t| {
-            let (rows, _) = filter(&t.rows, &q)?;
+            let (rows, _) = filter(&t.rows, &q, false)?;
             for r in &rows {
                 if let Some(id) = r["$id"].as_str() {
                     t.rows.remove(&uid(id));
@@ -1007,10 +1091,32 @@ impl StandIn {
 
     /// Lists rows: `equal`, `limit` (default 25), `cursorAfter`, `orderAsc` / `orderDesc` (any column);
     /// `total` counts matches, capped at 5000 as Appwrite does.
-    pub fn list_rows(&self, db: &str, table: &str, queries: &[Value]) -> Result<Value, ApiError> {
+    pub fn list_rows(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+    ) -> Result<Value, ApiError> {
+        self.list_rows_in(db, table, list, Api::TablesDb)
+    }
+
+    /// A page of a table's rows, or (`Api::Legacy`) documents.
+    pub fn list_rows_in(
+        &self,
+        db: &str,
+        table: &str,
+        list: impl Into<ListQuery>,
+        api: Api,
+    ) -> Result<Value, ApiError> {
+        let list = list.into();
+        let as_api = api.pick(
+            std::convert::identity as fn(Value) -> Value,
+            legacy::document,
+        );
         self.with_table(db, table, |t| {
-            let (rows, total) = filter(&t.rows, queries)?;
-            Ok(json!({ "total": total, "rows": rows }))
+            let (rows, total) = filter(&t.rows, &list.queries, list.total)?;
+            let rows = rows.into_iter().map(as_api).collect();
+            Ok(list_json(total, api.pick("rows", "documents"), rows))
         })
     }
 
@@ -1115,9 +1221,23 @@ impl StandIn {
         Ok(u.clone())
     }
 
-    pub fn list_users(&self, queries: &[Value]) -> Value {
+    pub fn list_users(&self, list: impl Into<ListQuery>) -> Value {
+        let list = list.into();
         let data = self.lock();
-        let (users, total) = filter(&data.users, queries).unwrap_or_default();
+        // The spec's search over users: id, email, phone and name.
+        let found: BTreeMap<String, Value>;
+        let users = if list.search.trim().is_empty() {
+            &data.users
+        } else {
+            found = data
+                .users
+                .iter()
+                .filter(|(_, u)| searched(&list.search, u, &["$id", "email", "phone", "name"]))
+                .map(|(k, u)| (k.clone(), u.clone()))
+                .collect();
+            &found
+        };
+        let (users, total) = filter(users, &list.queries, list.total).unwrap_or_default();
         json!({ "total": total, "users": users })
     }
 
@@ -1269,17 +1389,22 @@ pub fn uid(id: &str) -> String {
 }
 
 /// A page of `items` (keyed by id) for `queries`, and the matching total (capped at 5000, as
-/// Appwrite counts). The order is `orderAsc` / `orderDesc` on any attributes (`$id` breaking
-/// ties), else by id. In `$id` order a cursor starts right after its id: a page costs its own
-/// size plus the capped count, not the table's size; other orders sort the matches.
+/// Appwrite counts; 0 without `count`). The order is `orderAsc` / `orderDesc` on any attributes (`$id` breaking
+/// ties), else by id. `cursorAfter` pages on from the item it names, `cursorBefore` back: the
+/// `limit` matches right before it (`offset` skips those nearest it), in the list's order, as
+/// Appwrite does (it reverses the order, pages after the cursor, and reverses the page). The
+/// cursor must exist, not match. In `$id` order a cursor starts right at its id: a page costs its
+/// own size plus the capped count, not the table's size; other orders sort the matches.
 fn filter(
     items: &BTreeMap<String, Value>,
     queries: &[Value],
+    count: bool,
 ) -> Result<(Vec<Value>, usize), ApiError> {
-    use std::ops::Bound::{Excluded, Unbounded};
+    use std::ops::Bound::{self, Excluded, Unbounded};
     let mut limit = 25usize;
     let mut offset = 0usize;
-    let mut after: Option<String> = None;
+    // (id, before: cursorBefore rather than cursorAfter)
+    let mut cursor: Option<(String, bool)> = None;
     let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
     // (attribute, descending)
     let mut orders: Vec<(String, bool)> = Vec::new();
@@ -1288,7 +1413,12 @@ fn filter(
         let values = q["values"].as_array().cloned().unwrap_or_default();
         match method {
             "limit" => limit = values.first().and_then(Value::as_u64).unwrap_or(25) as usize,
-            "cursorAfter" => after = values.first().and_then(Value::as_str).map(uid),
+            "cursorAfter" | "cursorBefore" => {
+                cursor = values
+                    .first()
+                    .and_then(Value::as_str)
+                    .map(|id| (uid(id), method == "cursorBefore"));
+            }
             "equal" => equals.push((q["attribute"].as_str().unwrap_or("").to_string(), values)),
             "orderAsc" | "orderDesc" => {
                 let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
@@ -1333,20 +1463,28 @@ fn filter(
             x => others.contains(&x),
         })
     };
-    let total = items.values().filter(|v| matches(v)).take(5000).count();
-    if let Some(id) = &after
-        && !items.contains_key(id)
-    {
-        return Err(ApiError::new(
-            400,
-            "general_cursor_not_found",
-            "Cursor not found",
-        ));
-    }
+    let total = if count {
+        items.values().filter(|v| matches(v)).take(5000).count()
+    } else {
+        0
+    };
+    let cursor = match &cursor {
+        Some((id, before)) => match items.get(id) {
+            Some(item) => Some((id.as_str(), item, *before)),
+            None => {
+                return Err(ApiError::new(
+                    400,
+                    "general_cursor_not_found",
+                    "Cursor not found",
+                ));
+            }
+        },
+        None => None,
+    };
     let by_id = orders.iter().all(|(a, desc)| a == "$id" && !desc);
     if !by_id {
         let mut all: Vec<&Value> = items.values().filter(|v| matches(v)).collect();
-        all.sort_by(|a, b| {
+        let order = |a: &Value, b: &Value| {
             orders
                 .iter()
                 .map(|(attr, desc)| {
@@ -1355,81 +1493,312 @@ fn filter(
                 })
                 .find(|o| o.is_ne())
                 .unwrap_or_else(|| json_cmp(&a["$id"], &b["$id"]))
-        });
-        let start = match &after {
-            Some(id) => all
-                .iter()
-                .position(|v| v["$id"].as_str().map(uid).as_deref() == Some(id.as_str()))
-                .map_or(0, |i| i + 1),
-            None => 0,
         };
-        let page = all
-            .into_iter()
-            .skip(start + offset)
-            .take(limit)
-            .cloned()
-            .collect();
+        all.sort_by(|a, b| order(a, b));
+        // Where the cursor falls among the matches (it need not be one of them).
+        let (range, back) = match cursor {
+            Some((_, c, false)) => (
+                all.partition_point(|v| order(v, c).is_le())..all.len(),
+                false,
+            ),
+            Some((_, c, true)) => (0..all.partition_point(|v| order(v, c).is_lt()), true),
+            None => (0..all.len(), false),
+        };
+        let page = page_from(all[range].iter().copied(), back, offset, limit);
         return Ok((page, total));
     }
-    let page: Vec<Value> = match &after {
-        Some(id) => items
-            .range::<str, _>((Excluded(id.as_str()), Unbounded))
-            .map(|(_, v)| v)
-            .filter(|v| matches(v))
-            .skip(offset)
-            .take(limit)
-            .cloned()
-            .collect(),
-        None => items
-            .values()
-            .filter(|v| matches(v))
-            .skip(offset)
-            .take(limit)
-            .cloned()
-            .collect(),
+    let (range, back): ((Bound<&str>, Bound<&str>), bool) = match cursor {
+        Some((id, _, false)) => ((Excluded(id), Unbounded), false),
+        Some((id, _, true)) => ((Unbounded, Excluded(id)), true),
+        None => ((Unbounded, Unbounded), false),
     };
+    let matching = items
+        .range::<str, _>(range)
+        .map(|(_, v)| v)
+        .filter(|v| matches(v));
+    let page = page_from(matching, back, offset, limit);
     Ok((page, total))
 }
 
-/// A page of a list other than rows (databases, tables, columns, indexes), in its stored order:
-/// `limit` (default 25), `offset` and `cursorAfter` (an item's `key`: `$id`, or a column's
-/// `key`), and the total of all items. Other query methods are refused.
+/// A list's answer: `{"total": total, field: items}`.
+fn list_json(total: usize, field: &str, items: Vec<Value>) -> Value {
+    let mut out = json!({ "total": total });
+    out[field] = Value::Array(items);
+    out
+}
+
+/// How a list other than rows is queried.
+struct Listing {
+    /// The field a cursor names: `$id`, or `key` for columns and indexes.
+    key: &'static str,
+    /// The fields `search` looks into (none: the route has no `search`, it is ignored).
+    search: &'static [&'static str],
+    /// The attributes its queries may filter and order on — the spec's "You may filter on the
+    /// following …" of the route, besides `$id`, `$createdAt` and `$updatedAt` — each with the
+    /// field of the item holding it.
+    attributes: &'static [(&'static str, &'static str)],
+}
+
+/// Appwrite searches databases and tables by their `search` attribute, "{id} {name}".
+const DATABASES: Listing = Listing {
+    key: "$id",
+    search: &["$id", "name"],
+    attributes: &[("name", "name")],
+};
+const TABLES: Listing = Listing {
+    key: "$id",
+    search: &["$id", "name"],
+    attributes: &[
+        ("name", "name"),
+        ("enabled", "enabled"),
+        ("rowSecurity", "rowSecurity"),
+    ],
+};
+/// The Databases API's collections: `documentSecurity` for `rowSecurity`.
+const COLLECTIONS: Listing = Listing {
+    key: "$id",
+    search: &["$id", "name"],
+    attributes: &[
+        ("name", "name"),
+        ("enabled", "enabled"),
+        ("documentSecurity", "documentSecurity"),
+    ],
+};
+const COLUMNS: Listing = Listing {
+    key: "key",
+    search: &[],
+    attributes: &[
+        ("key", "key"),
+        ("type", "type"),
+        ("size", "size"),
+        ("required", "required"),
+        ("array", "array"),
+        ("status", "status"),
+        ("error", "error"),
+    ],
+};
+/// The spec names an index's columns `attributes` in the TablesDB list's filters too.
+const INDEXES: Listing = Listing {
+    key: "key",
+    search: &[],
+    attributes: &[
+        ("key", "key"),
+        ("type", "type"),
+        ("status", "status"),
+        ("attributes", "columns"),
+        ("error", "error"),
+    ],
+};
+/// The Databases API's indexes: their columns are `attributes`.
+const LEGACY_INDEXES: Listing = Listing {
+    key: "key",
+    search: &[],
+    attributes: &[
+        ("key", "key"),
+        ("type", "type"),
+        ("status", "status"),
+        ("attributes", "attributes"),
+        ("error", "error"),
+    ],
+};
+
+/// Whether search term `term` finds `item`, whose searchable text is its `fields`, as Appwrite's
+/// full-text search does (MariaDB `MATCH … AGAINST` in boolean mode over the item's `search`
+/// attribute): the term's words (letters, digits, `_`; everything else separates them, Appwrite's
+/// reserved `@+-*()<>~"` included) are compared with the text's words without case, one word
+/// found is enough, and the last word is a prefix (Appwrite appends `*` to the term). A term in
+/// double quotes is a phrase: its words in a row. A blank term finds everything; a term of no word
+/// finds nothing.
+pub fn searched(term: &str, item: &Value, fields: &[&str]) -> bool {
+    fn words(s: &str) -> Vec<String> {
+        s.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+    let term = term.trim();
+    if term.is_empty() {
+        return true;
+    }
+    let text: Vec<&str> = fields.iter().filter_map(|f| item[*f].as_str()).collect();
+    let have = words(&text.join(" "));
+    let wanted = words(term);
+    let Some((last, others)) = wanted.split_last() else {
+        return false;
+    };
+    if term.len() >= 2 && term.starts_with('"') && term.ends_with('"') {
+        return have.windows(wanted.len()).any(|w| w == wanted.as_slice());
+    }
+    others.iter().any(|w| have.contains(w)) || have.iter().any(|h| h.starts_with(last.as_str()))
+}
+
+/// A page of a list other than rows (databases, tables, columns, indexes), in its stored order
+/// or its `orderAsc` / `orderDesc` (on its attributes; without one, the stored order), of the
+/// items `search` finds (routes with one) and its filters keep (`equal`, `notEqual`, `lessThan`,
+/// `lessThanEqual`, `greaterThan`, `greaterThanEqual`, `between`, `isNull`, `isNotNull`,
+/// `startsWith`, `endsWith` on its attributes: another attribute is refused as Appwrite does);
+/// `limit` (default 25), `offset`, `cursorAfter` / `cursorBefore` (an item's `key`: `$id`, or a
+/// column's `key`; the cursor must exist, not match), and the total of the items kept (0 when
+/// `list.total` is false). Other query methods are refused.
 fn page_of(
     items: Vec<Value>,
-    queries: &[Value],
-    key: &str,
+    list: &ListQuery,
+    how: &Listing,
 ) -> Result<(Vec<Value>, usize), ApiError> {
+    let invalid = |m: String| ApiError::new(400, "general_query_invalid", m);
+    // The field of a query's attribute (`None`: no attribute).
+    let field = |q: &Value| -> Result<Option<&'static str>, ApiError> {
+        let name = q["attribute"].as_str().unwrap_or("");
+        if name.is_empty() {
+            return Ok(None);
+        }
+        [
+            ("$id", "$id"),
+            ("$createdAt", "$createdAt"),
+            ("$updatedAt", "$updatedAt"),
+        ]
+        .iter()
+        .chain(how.attributes)
+        .find(|(a, _)| *a == name)
+        .map(|(_, f)| Some(*f))
+        .ok_or_else(|| {
+            invalid(format!(
+                "Invalid query: Attribute not found in schema: {name}"
+            ))
+        })
+    };
     let mut limit = 25usize;
     let mut offset = 0usize;
-    let mut start = 0usize;
-    for q in queries {
+    // (the cursor's key, before: cursorBefore rather than cursorAfter)
+    let mut cursor: Option<(Value, bool)> = None;
+    // (method, field, values)
+    let mut filters: Vec<(&str, &str, Vec<Value>)> = Vec::new();
+    // (field, descending); no field: the stored order
+    let mut orders: Vec<(Option<&str>, bool)> = Vec::new();
+    for q in &list.queries {
         let method = q["method"].as_str().unwrap_or("");
-        let first = q["values"].as_array().and_then(|v| v.first()).cloned();
+        let values = q["values"].as_array().cloned().unwrap_or_default();
+        let first = values.first().cloned();
         match method {
             "limit" => limit = first.and_then(|v| v.as_u64()).unwrap_or(25) as usize,
             "offset" => offset = first.and_then(|v| v.as_u64()).unwrap_or(0) as usize,
-            "cursorAfter" => {
-                let id = first.and_then(|v| v.as_str().map(str::to_string));
-                start = items
-                    .iter()
-                    .position(|i| i[key].as_str() == id.as_deref())
-                    .map(|i| i + 1)
-                    .ok_or_else(|| {
-                        ApiError::new(400, "general_cursor_not_found", "Cursor not found")
-                    })?;
+            "cursorAfter" | "cursorBefore" => {
+                cursor = Some((first.unwrap_or(Value::Null), method == "cursorBefore"));
             }
-            other => {
-                return Err(ApiError::new(
-                    400,
-                    "general_query_invalid",
-                    format!("Invalid query method: {other}"),
-                ));
+            "orderAsc" | "orderDesc" => orders.push((field(q)?, method == "orderDesc")),
+            "equal" | "notEqual" | "lessThan" | "lessThanEqual" | "greaterThan"
+            | "greaterThanEqual" | "between" | "isNull" | "isNotNull" | "startsWith"
+            | "endsWith" => {
+                let Some(f) = field(q)? else {
+                    return Err(invalid(format!(
+                        "Invalid query: {method} needs an attribute"
+                    )));
+                };
+                filters.push((method, f, values));
             }
+            other => return Err(invalid(format!("Invalid query method: {other}"))),
         }
     }
-    let total = items.len();
-    let page = items.into_iter().skip(start + offset).take(limit).collect();
+    let kept = |item: &Value| {
+        (how.search.is_empty() || searched(&list.search, item, how.search))
+            && filters
+                .iter()
+                .all(|(method, f, values)| passes(method, &item[*f], values))
+    };
+    // Items with their stored place, which breaks ties.
+    let order = |a: &(usize, &Value), b: &(usize, &Value)| {
+        orders
+            .iter()
+            .map(|(f, desc)| {
+                let o = match f {
+                    Some(f) => json_cmp(&a.1[*f], &b.1[*f]),
+                    None => a.0.cmp(&b.0),
+                };
+                if *desc { o.reverse() } else { o }
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| a.0.cmp(&b.0))
+    };
+    let cursor = match cursor {
+        Some((id, back)) => {
+            let at = items.iter().position(|i| i[how.key] == id).ok_or_else(|| {
+                ApiError::new(400, "general_cursor_not_found", "Cursor not found")
+            })?;
+            Some(((at, &items[at]), back))
+        }
+        None => None,
+    };
+    let mut found: Vec<(usize, &Value)> =
+        items.iter().enumerate().filter(|(_, i)| kept(i)).collect();
+    let total = if list.total { found.len() } else { 0 };
+    found.sort_by(|a, b| order(a, b));
+    // Where the cursor falls among the items kept (it need not be one of them).
+    let (range, back) = match cursor {
+        Some((c, false)) => (
+            found.partition_point(|v| order(v, &c).is_le())..found.len(),
+            false,
+        ),
+        Some((c, true)) => (0..found.partition_point(|v| order(v, &c).is_lt()), true),
+        None => (0..found.len(), false),
+    };
+    let page = page_from(found[range].iter().map(|(_, v)| *v), back, offset, limit);
     Ok((page, total))
+}
+
+/// Whether a value passes a filter (`method` with `values`); an array passes when one of its
+/// items does (`notEqual`: when none equals).
+fn passes(method: &str, value: &Value, values: &[Value]) -> bool {
+    let each: Vec<&Value> = match value {
+        Value::Array(a) => a.iter().collect(),
+        v => vec![v],
+    };
+    let any = |f: &dyn Fn(&Value) -> bool| each.iter().any(|v| f(v));
+    let cmp = |want: fn(std::cmp::Ordering) -> bool| {
+        values
+            .first()
+            .is_some_and(|x| any(&|v| !v.is_null() && want(json_cmp(v, x))))
+    };
+    let text = |f: fn(&str, &str) -> bool| {
+        values
+            .first()
+            .and_then(Value::as_str)
+            .is_some_and(|x| any(&|v| v.as_str().is_some_and(|s| f(s, x))))
+    };
+    match method {
+        "isNull" => value.is_null(),
+        "isNotNull" => !value.is_null(),
+        "equal" => any(&|v| values.contains(v)),
+        "notEqual" => !any(&|v| values.contains(v)),
+        "lessThan" => cmp(std::cmp::Ordering::is_lt),
+        "lessThanEqual" => cmp(std::cmp::Ordering::is_le),
+        "greaterThan" => cmp(std::cmp::Ordering::is_gt),
+        "greaterThanEqual" => cmp(std::cmp::Ordering::is_ge),
+        "between" => match values {
+            [low, high] => {
+                any(&|v| !v.is_null() && json_cmp(v, low).is_ge() && json_cmp(v, high).is_le())
+            }
+            _ => false,
+        },
+        "startsWith" => text(|s, x| s.starts_with(x)),
+        "endsWith" => text(|s, x| s.ends_with(x)),
+        _ => false,
+    }
+}
+
+/// A page of `sorted` (ascending in the list's order): from the front, or back from the end.
+fn page_from<'v>(
+    sorted: impl DoubleEndedIterator<Item = &'v Value>,
+    back: bool,
+    offset: usize,
+    limit: usize,
+) -> Vec<Value> {
+    if back {
+        let mut page: Vec<Value> = sorted.rev().skip(offset).take(limit).cloned().collect();
+        page.reverse();
+        page
+    } else {
+        sorted.skip(offset).take(limit).cloned().collect()
+    }
 }
 
 /// An order on column values: null, then booleans, numbers, strings (by bytes), then the rest.
@@ -1477,6 +1846,33 @@ mod tests {
             &"a".repeat(37),
         ] {
             assert!(!id_ok(bad), "{bad:?} is not an id");
+        }
+    }
+
+    #[test]
+    fn search_matches_words_of_the_id_or_name_as_appwrite_does() {
+        let t = json!({ "$id": "cutover_lock", "name": "Odds and-ends" });
+        let f = &["$id", "name"];
+        for found in [
+            "",
+            "  ",
+            "odds",
+            "ODDS",
+            "cutover_lock",
+            "cut",
+            "and",
+            "end",
+            "zzz odds",
+            "-ends",
+            "\"odds and\"",
+            "od*",
+            "cutover",
+            "odds zzz",
+        ] {
+            assert!(searched(found, &t, f), "{found:?} finds it");
+        }
+        for missed in ["zzz", "lock", "dds", "\"and odds\"", "***"] {
+            assert!(!searched(missed, &t, f), "{missed:?} does not find it");
         }
     }
 
