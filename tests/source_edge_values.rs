@@ -873,5 +873,14 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
     let docs = w.docs("x").await;
     let ok3 = docs.iter().find(|d| d.get_i32("_id") == Ok(3)).unwrap();
     assert_eq!(ok3.get_str("t").unwrap(), "oké");
+    // verify reads the same database (its independent query too): the rejected rows are not
+    // compared, the others are.
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }

@@ -430,6 +430,18 @@ pub(super) async fn pin_renderings(conn: &mut sqlx::PgConnection) -> Result<(), 
             .await
             .map_err(qerr(format!("pin the oracle's renderings ({set})")))?;
     }
+    // A SQL_ASCII database holds any bytes: converted to UTF-8 for the client, a value that is
+    // not UTF-8 makes the server end the whole read. Its bytes come as they are instead, and a
+    // row holding such a value (which the run rejected: rule `encoding`) is not compared.
+    let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(qerr("read the server's encoding".into()))?;
+    if encoding == "SQL_ASCII" {
+        conn.execute("SET LOCAL client_encoding = 'SQL_ASCII'")
+            .await
+            .map_err(qerr("read a SQL_ASCII database's bytes as they are".into()))?;
+    }
     Ok(())
 }
 
@@ -698,6 +710,24 @@ impl<T> Unique<T> {
     }
 }
 
+/// Column `i` of `row` as text; `None` when its bytes are not UTF-8 (only a SQL_ASCII database
+/// sends such bytes: see [`pin_renderings`]).
+#[allow(clippy::option_option)]
+fn utf8_text(
+    row: &sqlx::postgres::PgRow,
+    i: usize,
+    context: &str,
+) -> Result<Option<Option<String>>, RunError> {
+    // Unchecked: the column is text (its binary format is its bytes), not bytea.
+    let bytes: Option<&[u8]> = row
+        .try_get_unchecked(i)
+        .map_err(qerr(context.to_string()))?;
+    Ok(match bytes {
+        None => Some(None),
+        Some(b) => std::str::from_utf8(b).ok().map(|t| Some(t.to_string())),
+    })
+}
+
 /// A row of [`source_query`]: its key text, its `_id` and the renderings of the `checks` checks
 /// (`None`: its key gives no `_id` here).
 fn source_row(
@@ -710,7 +740,11 @@ fn source_row(
     let width = keys.len();
     let mut key_values = Vec::with_capacity(width);
     for (i, (kind, _)) in keys.iter().enumerate() {
-        let text: Option<String> = row.try_get(i).map_err(qerr(context.to_string()))?;
+        // Bytes that are no UTF-8 (a SQL_ASCII database, see `pin_renderings`): a row the run
+        // rejected, not compared.
+        let Some(text) = utf8_text(row, i, context)? else {
+            return Ok(None);
+        };
         key_values.push(text.as_deref().and_then(|t| key_value(*kind, t)));
     }
     let Some(key_values) = key_values.into_iter().collect::<Option<Vec<Value>>>() else {
@@ -722,10 +756,10 @@ fn source_row(
     };
     let mut texts = Vec::with_capacity(checks);
     for i in 0..checks {
-        texts.push(
-            row.try_get::<Option<String>, _>(width + i)
-                .map_err(qerr(context.to_string()))?,
-        );
+        let Some(text) = utf8_text(row, width + i, context)? else {
+            return Ok(None);
+        };
+        texts.push(text);
     }
     Ok(Some((crate::source::value::key_text(&key_refs), id, texts)))
 }
