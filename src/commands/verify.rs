@@ -96,10 +96,12 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     p,
                     &mut session,
                     m,
-                    &ctx,
-                    sample,
+                    &crate::verify::Expecting {
+                        ctx: &ctx,
+                        sample,
+                        refused: &refused,
+                    },
                     &collections,
-                    &refused,
                     &mut log,
                 )
                 .await?;
@@ -128,13 +130,15 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     p,
                     &mut session,
                     a,
-                    &ctx,
-                    sample,
+                    &crate::verify::Expecting {
+                        ctx: &ctx,
+                        sample,
+                        refused: &refused,
+                    },
                     &crate::verify::appwrite::References {
                         collections: &collections,
                         user_entities: &user_entities,
                     },
-                    &refused,
                     &mut log,
                 )
                 .await?;

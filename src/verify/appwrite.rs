@@ -18,7 +18,6 @@ use std::collections::{HashMap, HashSet};
 use bson::Document;
 use serde_json::{Value, json};
 
-use super::write_rejects::WriteRejects;
 use super::{
     BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, ProblemLog, Problems,
     hash_bytes, spill_err,
@@ -381,17 +380,19 @@ type Differing = (String, String, bool, Vec<String>);
 
 /// Verifies one entity written to Appwrite. The rows of `refused` (write rejects of the runs that
 /// wrote the table) are excused when they are absent.
-#[allow(clippy::too_many_arguments)]
 pub async fn verify_entity(
     plan: &Plan,
     session: &mut SourceSession,
     target: &AppwriteTarget,
-    ctx: &MapContext,
-    sample: Option<u64>,
+    expecting: &super::Expecting<'_>,
     refs: &References<'_>,
-    refused: &WriteRejects,
     log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
+    let super::Expecting {
+        ctx,
+        sample,
+        refused,
+    } = *expecting;
     let (ref_collections, user_entities) = (refs.collections, refs.user_entities);
     let client = &target.client;
     let db = &target.database;

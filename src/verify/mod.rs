@@ -512,19 +512,31 @@ fn uncount_children(key: &str, refused: &HashMap<String, Vec<u64>>, totals: &mut
     }
 }
 
+/// What a target's documents are compared with, the same for either target: the mapping's
+/// context, the sample (`Some(n)`: about n rows spread over the source) and the rows the
+/// server refused when the runs wrote them (excused when absent).
+#[derive(Clone, Copy)]
+pub struct Expecting<'a> {
+    pub ctx: &'a MapContext,
+    pub sample: Option<u64>,
+    pub refused: &'a write_rejects::WriteRejects,
+}
+
 /// The rows of `refused` (write rejects of the runs that wrote the collection) are excused when
 /// they are absent.
-#[allow(clippy::too_many_arguments)]
 pub async fn verify_entity(
     plan: &Plan,
     session: &mut SourceSession,
     target: &MongoTarget,
-    ctx: &MapContext,
-    sample: Option<u64>,
+    expecting: &Expecting<'_>,
     ref_collections: &HashMap<String, String>,
-    refused: &write_rejects::WriteRejects,
     log: &mut ProblemLog,
 ) -> Result<EntityVerification, RunError> {
+    let Expecting {
+        ctx,
+        sample,
+        refused,
+    } = *expecting;
     let coll = target
         .database()
         .collection::<RawDocumentBuf>(&plan.collection);

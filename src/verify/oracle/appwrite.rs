@@ -439,22 +439,27 @@ fn embed_fields_of(
     out
 }
 
+/// Where a comparison puts what it finds: the mismatches kept for the report, and the log.
+struct Found<'a> {
+    mismatches: &'a mut Kept<Mismatch>,
+    log: &'a mut ProblemLog,
+}
+
 /// An expected record of the comparison: the source key, the element's position in its
 /// parent's array (child tables), PostgreSQL's renderings.
 type Rendered = (String, Option<u64>, Vec<Option<String>>);
 
 /// Merges the expected records (by row key) with the target's (the row's compared columns),
 /// comparing each field; returns how many rows were compared.
-#[allow(clippy::too_many_arguments)]
 fn merge_compare(
     plan: &Plan,
     checks: &[FieldCheck],
     expected: Spill,
     actual: Spill,
     id_of: &dyn Fn(&[u8]) -> String,
-    mismatches: &mut Kept<Mismatch>,
-    log: &mut ProblemLog,
+    found: &mut Found<'_>,
 ) -> Result<u64, RunError> {
+    let (mismatches, log) = (&mut *found.mismatches, &mut *found.log);
     let mut documents = 0u64;
     let mut expected = expected.sorted().map_err(spill_err)?;
     let mut actual = actual.sorted().map_err(spill_err)?;
@@ -521,7 +526,6 @@ fn child_key_text(k: &[u8]) -> String {
 
 /// Compares the fields of one child table with the child rows' own renderings; `step`: every
 /// `step`-th parent. Returns the child rows compared.
-#[allow(clippy::too_many_arguments)]
 async fn compare_child_table(
     plan: &Plan,
     embed: usize,
@@ -529,9 +533,9 @@ async fn compare_child_table(
     session: &mut SourceSession,
     target: &AppwriteTarget,
     step: u64,
-    mismatches: &mut Kept<Mismatch>,
-    log: &mut ProblemLog,
+    found: &mut Found<'_>,
 ) -> Result<u64, RunError> {
+    let (mismatches, log) = (&mut *found.mismatches, &mut *found.log);
     let e = &plan.embeds[embed];
     let Some(table) = crate::sink::appwrite::schema::child_tables(plan)
         .into_iter()
@@ -601,15 +605,13 @@ async fn compare_child_table(
         expected,
         actual,
         &child_key_text,
-        mismatches,
-        log,
+        &mut Found { mismatches, log },
     )
 }
 
 /// Compares the fields inside one embed stored as JSON text in the parent's column with the
 /// child rows' own renderings, parent by parent (merged by row id on disk); `step`: every
 /// `step`-th parent.
-#[allow(clippy::too_many_arguments)]
 async fn compare_json_embed(
     plan: &Plan,
     embed: usize,
@@ -617,9 +619,9 @@ async fn compare_json_embed(
     session: &mut SourceSession,
     target: &AppwriteTarget,
     step: u64,
-    mismatches: &mut Kept<Mismatch>,
-    log: &mut ProblemLog,
+    found: &mut Found<'_>,
 ) -> Result<(), RunError> {
+    let (mismatches, log) = (&mut *found.mismatches, &mut *found.log);
     let e = &plan.embeds[embed];
     // Source side: (parent row id → key text, each child's renderings in order).
     type Children = (String, Vec<Vec<Option<String>>>);
@@ -869,8 +871,10 @@ pub async fn verify_entity(
             expected,
             actual,
             &id_of,
-            &mut mismatches,
-            log,
+            &mut Found {
+                mismatches: &mut mismatches,
+                log,
+            },
         )?;
     }
     for (embed, embed_checks) in &json_embeds {
@@ -881,8 +885,10 @@ pub async fn verify_entity(
             session,
             target,
             step,
-            &mut mismatches,
-            log,
+            &mut Found {
+                mismatches: &mut mismatches,
+                log,
+            },
         )
         .await?;
     }
@@ -894,8 +900,10 @@ pub async fn verify_entity(
             session,
             target,
             step,
-            &mut mismatches,
-            log,
+            &mut Found {
+                mismatches: &mut mismatches,
+                log,
+            },
         )
         .await?;
     }
