@@ -105,7 +105,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &mut log,
                 )
                 .await?;
-                let (i, side_log) = side.await.context("the independent comparison stopped")??;
+                let (i, side_log) = independent_result(side).await?;
                 log.append(side_log)?;
                 i.apply(&mut v);
                 independent = Some(i);
@@ -142,7 +142,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                     &mut log,
                 )
                 .await?;
-                let (i, side_log) = side.await.context("the independent comparison stopped")??;
+                let (i, side_log) = independent_result(side).await?;
                 log.append(side_log)?;
                 i.apply(&mut v);
                 independent = Some(i);
@@ -313,4 +313,13 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             r.examples.join(", ")
         );
     }
+}
+
+/// What the independent comparison's task gave: its result, or how the task itself stopped (it
+/// panicked or was aborted) — one error either way.
+async fn independent_result<T>(
+    side: crate::pipeline::run::Spawned<Result<T, crate::pipeline::run::RunError>>,
+) -> anyhow::Result<T> {
+    let result = side.await.context("the independent comparison stopped")?;
+    Ok(result?)
 }
