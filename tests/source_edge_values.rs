@@ -827,7 +827,11 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
                                 (3, E'ok\xc3\xa9', '"x"', 'y'),
                                 (4, 'fine', E'{"a": "\xe9"}', NULL),
                                 (5, 'tail', NULL, E'\xff'),
-                                (6, 'last', NULL, NULL);"#,
+                                (6, 'last', NULL, NULL),
+                                (7, 'seven', NULL, NULL);
+           CREATE TABLE y (x_id int NOT NULL, n int NOT NULL, label text, PRIMARY KEY (x_id, n));
+           INSERT INTO y VALUES (1, 1, 'a'), (1, 2, E'b\xc3\xa9'), (3, 1, 'c'),
+                                (6, 1, 'fine'), (6, 2, E'bad\xe9'), (7, 1, 'z');"#,
     )
     .await;
     let pipeline = common::one_entity_pipeline(
@@ -835,7 +839,9 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
         "x",
         "version = 1\nname = \"x\"\n[source]\ntable = \"x\"\nkey = [\"id\"]\n\
          [[field]]\npath = \"t\"\ncolumn = \"t\"\n[[field]]\npath = \"j\"\ncolumn = \"j\"\n\
-         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n\
+         [[embed]]\npath = \"ys\"\ntable = \"y\"\nforeign_key = \"x_id\"\norder_by = [\"n\"]\n\
+         [[embed.field]]\npath = \"label\"\ncolumn = \"label\"\n",
     );
     let out = w
         .cutover()
@@ -845,7 +851,7 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
         .unwrap();
     let text = common::output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains("3 scanned rows will be rejected"), "{text}");
+    assert!(text.contains("4 scanned rows will be rejected"), "{text}");
     let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
     let report = w.latest_report();
@@ -856,7 +862,7 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
             e["written"].as_u64(),
             e["rejected"].as_u64()
         ),
-        (Some(6), Some(3), Some(3)),
+        (Some(7), Some(3), Some(4)),
         "{e}"
     );
     let mut rejects: Vec<(String, String)> = w
@@ -867,8 +873,13 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
     rejects.sort();
     assert_eq!(
         rejects,
-        [("2", "encoding"), ("4", "encoding"), ("5", "encoding")]
-            .map(|(k, r)| (k.to_string(), r.to_string()))
+        [
+            ("2", "encoding"),
+            ("4", "encoding"),
+            ("5", "encoding"),
+            ("6", "encoding")
+        ]
+        .map(|(k, r)| (k.to_string(), r.to_string()))
     );
     let docs = w.docs("x").await;
     let ok3 = docs.iter().find(|d| d.get_i32("_id") == Ok(3)).unwrap();

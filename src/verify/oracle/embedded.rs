@@ -9,7 +9,7 @@
 
 use bson::{Bson, doc};
 use futures::TryStreamExt;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::{
     Comparer, FieldCheck, LOOKUP_CHUNK, NotCompared, at_path, field_checks, key_sql, key_value,
@@ -224,13 +224,15 @@ impl<'p> Families<'p> {
         &mut self,
         row: &sqlx::postgres::PgRow,
     ) -> Result<Option<Child<'_>>, RunError> {
-        let text = |i: usize| {
-            row.try_get::<Option<String>, _>(i)
-                .map_err(qerr(self.context.clone()))
-        };
+        // Bytes that are no UTF-8 (a SQL_ASCII database): the run rejected the child's parent
+        // (rule `encoding`), which is not compared.
+        let context = self.context.clone();
+        let text = |i: usize| super::utf8_text(row, i, &context);
         let mut fk = Vec::with_capacity(self.fk_len);
         for i in 0..self.fk_len {
-            let t = text(i)?;
+            let Some(t) = text(i)? else {
+                return Ok(None);
+            };
             // Numerics PostgreSQL holds equal (1, 1.0, 1.00) are one parent's.
             fk.push(match self.kinds.get(i) {
                 Some(ColKind::Numeric) => t.map(|t| numeric_text(&t)),
@@ -263,7 +265,10 @@ impl<'p> Families<'p> {
         }
         let mut texts = Vec::with_capacity(self.checks);
         for i in 0..self.checks {
-            texts.push(text(self.fk_len + i)?);
+            let Some(t) = text(self.fk_len + i)? else {
+                return Ok(None);
+            };
+            texts.push(t);
         }
         let parent = self.parent.as_ref().expect("checked above");
         Ok(Some(Child { parent, pos, texts }))

@@ -713,7 +713,7 @@ impl<T> Unique<T> {
 /// Column `i` of `row` as text; `None` when its bytes are not UTF-8 (only a SQL_ASCII database
 /// sends such bytes: see [`pin_renderings`]).
 #[allow(clippy::option_option)]
-fn utf8_text(
+pub(super) fn utf8_text(
     row: &sqlx::postgres::PgRow,
     i: usize,
     context: &str,
