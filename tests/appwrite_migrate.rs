@@ -2543,7 +2543,7 @@ async fn removals_of_a_killed_appwrite_run_are_counted_by_the_resume() {
          UPDATE items SET label = repeat('x', 30) WHERE id % 4 = 0;",
     )
     .await;
-    let fence = fastrand::usize(1_550..2_990);
+    let fence = fastrand::usize(1_700..2_990);
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
         .current_dir(dir)
         .env("CUTOVER_SOURCE_URL", &w.pg_url)
