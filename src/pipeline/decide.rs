@@ -146,7 +146,6 @@ mod tests {
     use super::*;
     use crate::ledger::StepRecord;
     use crate::mapping::MappingSet;
-    use crate::sink::target::Destination;
 
     /// A pipeline of one stage: `a` (no change column) and `d` (a `source.updated_at`).
     fn pipeline() -> Pipeline {
@@ -205,49 +204,9 @@ mod tests {
     /// A step of `entity` in `run`, with the mapping's current checksum.
     fn step(p: &Pipeline, run: &str, entity: &str, status: &str) -> StepRecord {
         StepRecord {
-            id: format!("{run}:{entity}"),
-            run_id: run.into(),
-            run_number: 0,
-            entity: entity.into(),
-            destination: Destination::Collection {
-                name: entity.into(),
-            },
-            mapping: String::new(),
             checksum: checksum(p, entity),
-            status: status.into(),
-            started_at: None,
-            finished_at: None,
-            rolled_back_at: None,
-            duration_ms: 0,
-            read: 0,
-            written: 0,
-            rejected: 0,
-            warnings: 0,
-            skipped: 0,
-            retried: 0,
-            error: None,
-            was_empty: true,
-            backup: None,
-            reversible: true,
-            checkpoint_key: None,
-            checkpoint_rows: 0,
-            checkpoint_rejected: 0,
-            checkpoint_warned: 0,
-            checkpoint_removed: 0,
-            checkpoint_batches: 0,
-            total: 0,
-            resumed_from: None,
             snapshot_at: Some("2024-01-01T00:00:00.000000Z".into()),
-            since: None,
-            sync_deletes: false,
-            deleted: 0,
-            inherited_removed: 0,
-            inherited_deleted: 0,
-            rejects_dir: None,
-            reported_by: None,
-            host: String::new(),
-            pid: 0,
-            version: String::new(),
+            ..StepRecord::for_test(run, entity, status)
         }
     }
 

@@ -191,51 +191,7 @@ mod tests {
     use super::*;
 
     fn step(run: &str, entity: &str, status: &str) -> StepRecord {
-        StepRecord {
-            id: format!("{run}:{entity}"),
-            run_id: run.into(),
-            run_number: 0,
-            entity: entity.into(),
-            destination: crate::sink::target::Destination::Collection {
-                name: entity.into(),
-            },
-            mapping: String::new(),
-            checksum: String::new(),
-            status: status.into(),
-            started_at: None,
-            finished_at: None,
-            rolled_back_at: None,
-            duration_ms: 0,
-            read: 0,
-            written: 0,
-            rejected: 0,
-            warnings: 0,
-            skipped: 0,
-            retried: 0,
-            error: None,
-            was_empty: true,
-            backup: None,
-            reversible: true,
-            checkpoint_key: None,
-            checkpoint_rows: 0,
-            checkpoint_rejected: 0,
-            checkpoint_warned: 0,
-            checkpoint_removed: 0,
-            checkpoint_batches: 0,
-            total: 0,
-            resumed_from: None,
-            snapshot_at: None,
-            since: None,
-            sync_deletes: false,
-            deleted: 0,
-            inherited_removed: 0,
-            inherited_deleted: 0,
-            rejects_dir: None,
-            reported_by: None,
-            host: String::new(),
-            pid: 0,
-            version: String::new(),
-        }
+        StepRecord::for_test(run, entity, status)
     }
 
     fn runs(steps: &[StepRecord], entity: &str) -> Vec<String> {
