@@ -43,6 +43,9 @@ pub fn default_region(spec: &str) -> Result<Id, String> {
 /// parse, is not a valid number of its country, or carries an extension (E.164 cannot hold one)
 /// is an error.
 pub fn to_e164(raw: &str, region: Id) -> Result<String, String> {
+    if let Some(e164) = plain_e164(raw, region) {
+        return Ok(e164);
+    }
     let not_a_number = |e: &dyn std::fmt::Display| format!("`{raw}` is not a phone number ({e})");
     let extracted = extract_possible(raw.trim()).ok_or_else(|| not_a_number(&"no digits"))?;
     let extracted = extracted.as_ref();
@@ -282,11 +285,11 @@ fn as_libphonenumber(raw: &str, region: Id, number: &PhoneNumber) -> Option<Stri
 fn own_code_as_national(all: &str, region: Id, read: &str) -> Option<String> {
     let meta = DATABASE.by_id(region.as_ref())?;
     let rest = all.strip_prefix(&meta.country_code().to_string())?;
-    let general = meta.descriptors().general();
-    let pattern = anchored(general.national_number().as_str(), true)?;
+    let rules = rules(meta);
+    let pattern = rules.general.as_ref()?;
     let rest = strip_prefix_only(rest, meta)?;
-    let too_long = general_lengths(meta)
-        .0
+    let too_long = rules
+        .possible
         .last()
         .is_some_and(|&max| all.len() as u16 > max);
     let national = if (!pattern.is_match(all) && pattern.is_match(&rest)) || too_long {
@@ -305,7 +308,8 @@ fn strip_national_prefix(written: &str, meta: &phonenumber::Metadata) -> Option<
         return Some(stripped);
     }
     // Stripped only when the rest has a possible length (not too short, not local only).
-    let (possible, local) = general_lengths(meta);
+    let rules = rules(meta);
+    let (possible, local) = (&rules.possible, &rules.local);
     let n = stripped.len() as u16;
     let length_ok = match (possible.first(), possible.last()) {
         (Some(&min), Some(&max)) => {
@@ -366,12 +370,11 @@ fn general_lengths(meta: &phonenumber::Metadata) -> (Vec<u16>, Vec<u16>) {
 /// prefix (or transformed by the region's rule), unless the digits as written are a viable
 /// national number and the rest is not.
 fn strip_prefix_only(written: &str, meta: &phonenumber::Metadata) -> Option<String> {
-    let general = meta.descriptors().general();
-    let viable =
-        |s: &str| anchored(general.national_number().as_str(), true).is_some_and(|r| r.is_match(s));
+    let rules = rules(meta);
+    let viable = |s: &str| rules.general.as_ref().is_some_and(|r| r.is_match(s));
     let stripped = match meta.national_prefix_for_parsing() {
-        Some(parsing) => {
-            let re = anchored(parsing.as_str(), false)?;
+        Some(_) => {
+            let re = rules.prefix_for_parsing.as_ref()?;
             match re.captures(written) {
                 None => return Some(written.to_string()),
                 Some(caps) => {
@@ -400,26 +403,156 @@ fn strip_prefix_only(written: &str, meta: &phonenumber::Metadata) -> Option<Stri
     Some(stripped)
 }
 
-/// `pattern` (from the numbering metadata) anchored at the start (`whole`: at both ends), compiled
-/// once.
-/// Shared, not cloned: a cloned `Regex` starts with an empty cache, so each match would build its
-/// lazy DFA anew.
-fn anchored(pattern: &str, whole: bool) -> Option<std::sync::Arc<regex::Regex>> {
-    type Compiled = std::collections::HashMap<(String, bool), Option<std::sync::Arc<regex::Regex>>>;
-    static CACHE: std::sync::LazyLock<std::sync::Mutex<Compiled>> =
+/// `pattern` (from the numbering metadata) anchored at the start (`whole`: at both ends); None
+/// for an empty or unreadable pattern. The metadata's patterns are laid out with white space,
+/// which is no part of them.
+fn anchored(pattern: &str, whole: bool) -> Option<regex::Regex> {
+    let pattern: String = pattern.chars().filter(|c| !c.is_whitespace()).collect();
+    if pattern.is_empty() {
+        return None;
+    }
+    let end = if whole { "$" } else { "" };
+    regex::Regex::new(&format!("^(?:{pattern}){end}")).ok()
+}
+
+/// What reading a number of one region asks of its metadata, compiled once: the patterns
+/// (anchored), the possible lengths, the number types.
+struct Rules {
+    /// The general national number pattern, whole.
+    general: Option<regex::Regex>,
+    /// `national_prefix_for_parsing`, at the start.
+    prefix_for_parsing: Option<regex::Regex>,
+    /// The international dialling prefix, at the start.
+    idd: Option<regex::Regex>,
+    /// `leading_digits` (which region of a shared code a number is), at the start.
+    leading: Option<regex::Regex>,
+    possible: Vec<u16>,
+    local: Vec<u16>,
+    types: NumberTypes,
+}
+
+/// The compiled rules of `meta`. Shared, not cloned: a cloned `Regex` starts with an empty cache,
+/// so each match would build its lazy DFA anew.
+fn rules(meta: &phonenumber::Metadata) -> std::sync::Arc<Rules> {
+    type Compiled = std::collections::HashMap<usize, std::sync::Arc<Rules>>;
+    static COMPILED: std::sync::LazyLock<std::sync::RwLock<Compiled>> =
         std::sync::LazyLock::new(Default::default);
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    cache
-        .entry((pattern.to_string(), whole))
-        .or_insert_with(|| {
-            // The metadata's patterns are laid out with white space, which is no part of them.
-            let pattern: String = pattern.chars().filter(|c| !c.is_whitespace()).collect();
-            let end = if whole { "$" } else { "" };
-            regex::Regex::new(&format!("^(?:{pattern}){end}"))
-                .ok()
-                .map(std::sync::Arc::new)
-        })
+    // The metadata lives in a static database: its address names it (non-geographic entities
+    // share the id "001").
+    let at = meta as *const phonenumber::Metadata as usize;
+    if let Some(found) = COMPILED.read().unwrap_or_else(|p| p.into_inner()).get(&at) {
+        return found.clone();
+    }
+    let (possible, local) = general_lengths(meta);
+    let compiled = std::sync::Arc::new(Rules {
+        general: anchored(
+            meta.descriptors().general().national_number().as_str(),
+            true,
+        ),
+        prefix_for_parsing: meta
+            .national_prefix_for_parsing()
+            .and_then(|p| anchored(p.as_str(), false)),
+        idd: meta
+            .international_prefix()
+            .and_then(|p| anchored(p.as_str(), false)),
+        leading: meta
+            .leading_digits()
+            .and_then(|p| anchored(p.as_str(), false)),
+        possible,
+        local,
+        types: number_types(meta),
+    });
+    COMPILED
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(at)
+        .or_insert(compiled)
         .clone()
+}
+
+/// The regions of each calling code: the main one (whose rules read a number dialled with the
+/// code) and those a number's validity is looked up in, in libphonenumber's order.
+struct CallingCode {
+    main: &'static phonenumber::Metadata,
+    regions: Vec<&'static phonenumber::Metadata>,
+}
+
+fn calling_code(code: u16) -> Option<&'static CallingCode> {
+    static CODES: std::sync::LazyLock<std::collections::HashMap<u16, CallingCode>> =
+        std::sync::LazyLock::new(|| {
+            (1..1000)
+                .filter_map(|code: u16| {
+                    let all = DATABASE.by_code(&code)?;
+                    let main = all
+                        .iter()
+                        .find(|m| m.is_main_country_for_code())
+                        .or(all.first())
+                        .copied()?;
+                    let regions = match DATABASE.region(&code)?.as_slice() {
+                        ["001"] => all.first().copied().into_iter().collect(),
+                        ids => ids.iter().filter_map(|r| DATABASE.by_id(*r)).collect(),
+                    };
+                    Some((code, CallingCode { main, regions }))
+                })
+                .collect()
+        });
+    CODES.get(&code)
+}
+
+/// The common shape, read without the crate: ASCII digits with spaces, hyphens, dots or brackets,
+/// either `+` and a calling code or a national number of `region` that starts with neither the
+/// region's international prefix nor its calling code. Read as libphonenumber reads it (the
+/// calling code, the trunk prefix stripped by `strip_national_prefix`); Some only for a valid
+/// number — anything else is left to the full reading, which also words the error. Checked
+/// against libphonenumber by `numbers_read_as_libphonenumber_reads_them` and against the full
+/// reading by `the_plain_reading_agrees_with_the_full_one`.
+fn plain_e164(raw: &str, region: Id) -> Option<String> {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    let mut plus = false;
+    for b in raw.bytes() {
+        match b {
+            b'0'..=b'9' => {
+                *digits.get_mut(n)? = b;
+                n += 1;
+            }
+            b' ' | b'-' | b'.' | b'(' | b')' => {}
+            b'+' if n == 0 && !plus => plus = true,
+            _ => return None,
+        }
+    }
+    // libphonenumber's shortest viable number is three digits.
+    if n < 3 {
+        return None;
+    }
+    let digits = std::str::from_utf8(&digits[..n]).ok()?;
+    // The national number is read by the rules of the code's main region when dialled with a
+    // calling code, else by the default region's own (Jersey's trunk prefix is not Britain's).
+    let (code, written, meta) = if plus {
+        // The calling code: the shortest of one to three digits that is one.
+        (1..=3).find_map(|len| {
+            let code: u16 = digits[..len].parse().ok()?;
+            let main = calling_code(code)
+                .filter(|_| !digits.starts_with('0'))?
+                .main;
+            Some((code, &digits[len..], main))
+        })?
+    } else {
+        let meta = DATABASE.by_id(region.as_ref())?;
+        let rules = rules(meta);
+        if rules
+            .idd
+            .as_ref()
+            .is_some_and(|idd| idd.find(digits).is_some_and(|m| m.end() > 0))
+            || digits.starts_with(&meta.country_code().to_string())
+        {
+            return None;
+        }
+        (meta.country_code(), digits, meta)
+    };
+    let national = strip_national_prefix(written, meta)?;
+    (national.len() >= 2 && national.len() <= 17 && is_valid_national(code, &national))
+        .then(|| format!("+{code}{national}"))
 }
 
 /// libphonenumber's `isValidNumber`: the number's region (the only one of its calling code; of
@@ -430,24 +563,22 @@ fn anchored(pattern: &str, whole: bool) -> Option<std::sync::Arc<regex::Regex>> 
 /// and a hash of the pattern's text for each match): two thirds of the time a number took.
 /// Checked against libphonenumber itself by `numbers_read_as_libphonenumber_reads_them`.
 fn is_valid_national(code: u16, national: &str) -> bool {
-    let Some(regions) = DATABASE.region(&code) else {
+    let Some(code) = calling_code(code) else {
         return false;
     };
-    let meta =
-        match regions.as_slice() {
-            [] => return false,
-            ["001"] => DATABASE.by_code(&code).and_then(|m| m.first().copied()),
-            [one] => DATABASE.by_id(*one),
-            several => several.iter().filter_map(|r| DATABASE.by_id(*r)).find(|m| {
-                match m.leading_digits() {
-                    Some(leading) => {
-                        anchored(leading.as_str(), false).is_some_and(|re| re.is_match(national))
-                    }
-                    None => number_types(m).is_of_a_type(national),
-                }
-            }),
-        };
-    meta.is_some_and(|m| number_types(m).is_of_a_type(national))
+    let meta = match code.regions.as_slice() {
+        [] => return false,
+        [one] => Some(*one),
+        several => several.iter().copied().find(|m| {
+            let rules = rules(m);
+            match &rules.leading {
+                Some(leading) => leading.is_match(national),
+                None if m.leading_digits().is_some() => false,
+                None => rules.types.is_of_a_type(national),
+            }
+        }),
+    };
+    meta.is_some_and(|m| rules(m).types.is_of_a_type(national))
 }
 
 /// A number type's pattern (anchored at both ends) and possible lengths.
@@ -491,16 +622,7 @@ impl NumberTypes {
     }
 }
 
-fn number_types(meta: &'static phonenumber::Metadata) -> std::sync::Arc<NumberTypes> {
-    type Compiled = std::collections::HashMap<usize, std::sync::Arc<NumberTypes>>;
-    static COMPILED: std::sync::LazyLock<std::sync::RwLock<Compiled>> =
-        std::sync::LazyLock::new(Default::default);
-    // The metadata lives in a static database: its address names it (non-geographic entities
-    // share the id "001").
-    let at = meta as *const phonenumber::Metadata as usize;
-    if let Some(found) = COMPILED.read().unwrap_or_else(|p| p.into_inner()).get(&at) {
-        return found.clone();
-    }
+fn number_types(meta: &phonenumber::Metadata) -> NumberTypes {
     let d = meta.descriptors();
     let types = [
         d.premium_rate(),
@@ -518,16 +640,10 @@ fn number_types(meta: &'static phonenumber::Metadata) -> std::sync::Arc<NumberTy
     .flatten()
     .map(TypePattern::new)
     .collect();
-    let compiled = std::sync::Arc::new(NumberTypes {
+    NumberTypes {
         general: TypePattern::new(d.general()),
         types,
-    });
-    COMPILED
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(at)
-        .or_insert(compiled)
-        .clone()
+    }
 }
 
 /// `raw` with every decimal digit in ASCII and a full-width plus as `+`, as libphonenumber reads
@@ -813,6 +929,55 @@ mod tests {
             wrong.len(),
             wrong.join("\n")
         );
+    }
+
+    /// The plain reading (no crate) gives libphonenumber's answer wherever it gives one, and
+    /// takes the common shapes: national and `+` numbers with spaces, hyphens, dots, brackets.
+    #[test]
+    fn the_plain_reading_agrees_with_the_full_one() {
+        let table = include_str!("testdata/phones.tsv");
+        let (mut plain, mut n) = (0, 0);
+        let mut wrong = Vec::new();
+        for line in table.lines().filter(|l| !l.starts_with('#')) {
+            let mut parts = line.split('\t');
+            let (Some(region), Some(raw), Some(want)) = (parts.next(), parts.next(), parts.next())
+            else {
+                panic!("bad line {line:?}");
+            };
+            n += 1;
+            if let Some(got) = plain_e164(raw, region.parse().unwrap()) {
+                plain += 1;
+                if got != want {
+                    wrong.push(format!(
+                        "{region} {raw:?}: {got:?}, libphonenumber {want:?}"
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // Most of the table's valid numbers are of the plain shape.
+        assert!(plain * 4 > n, "{plain} of {n} read plainly");
+        assert_eq!(lr("0777 123456").unwrap(), "+231777123456");
+        assert_eq!(
+            plain_e164("0777 123456", Id::LR).as_deref(),
+            Some("+231777123456")
+        );
+        assert_eq!(
+            plain_e164("+231-88-1234567", Id::LR).as_deref(),
+            Some("+231881234567")
+        );
+        assert_eq!(
+            plain_e164("(+44) 20 7946 0018", Id::LR).as_deref(),
+            Some("+442079460018")
+        );
+        for full in [
+            "tel:+231777123456",
+            "0777 123456 x5",
+            "00 44 20 7946 0018",
+            "231777123456",
+        ] {
+            assert_eq!(plain_e164(full, Id::LR), None, "{full}");
+        }
     }
 
     #[test]
