@@ -2586,3 +2586,131 @@ async fn removals_of_a_killed_appwrite_run_are_counted_by_the_resume() {
     assert_eq!(aw.s.row_count("registry", "items"), 1500);
     w.drop().await;
 }
+
+/// An Appwrite project has users of its own besides those cutover imports (signed up in the
+/// application, an administrator made by hand). They are no rows of the source: `verify` counted
+/// them as unexpected (failing a users entity in any project that has users), `--sync-deletes`
+/// deleted every one of them (their ids are in no source row) and rolling back a users step that
+/// "found none" deleted them all. cutover's users carry a pref naming their destination
+/// (`cutoverImported`); only those are cutover's to count, delete or roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollback() {
+    let w = World::new("aw_own_users").await;
+    w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+           INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
+           FROM generate_series(1, 10) g;")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/accounts.toml"),
+        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    // The application's own users, before the cutover and after it.
+    cutover::sink::appwrite::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let own = |id: &'static str| {
+        let (http, endpoint) = (http.clone(), aw.endpoint.clone());
+        async move {
+            let r = http
+                .post(format!("{endpoint}/users/bcrypt"))
+                .header("X-Appwrite-Project", "cutover")
+                .header("X-Appwrite-Key", KEY)
+                .json(&serde_json::json!({
+                    "userId": id, "email": format!("{id}@app.example"), "name": id,
+                    "password": "$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu",
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{:?}", r.text().await);
+        }
+    };
+    own("admin").await;
+    let base = ["--target", "appwrite", "--pipeline", pipeline.as_str()];
+    let with = |cmd: &[&'static str], extra: &[&'static str]| -> Vec<String> {
+        cmd.iter()
+            .chain(base.iter())
+            .chain(extra.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let (w, aw) = (&w, &aw);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cutover(w, aw, &args).await
+        }
+    };
+    let out = run(with(&["migrate", "--quiet"], &[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    own("signup").await;
+    assert_eq!(aw.s.users().len(), 12);
+    let imported = |users: &[Value]| {
+        users
+            .iter()
+            .filter(|u| u["prefs"]["cutoverImported"] == "accounts")
+            .count()
+    };
+    assert_eq!(imported(&aw.s.users()), 10);
+
+    let out = run(with(&["verify"], &[])).await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("10 expected, 10 in the target")
+            && said.contains("2 user(s) of the project that cutover did not import"),
+        "{said}"
+    );
+
+    // A user cutover imported whose row is gone is unexpected; the project's own are not.
+    w.sql("DELETE FROM accounts WHERE id = 3").await;
+    let out = run(with(&["verify"], &[])).await;
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("unexpected in the target (_id) (1)"),
+        "{said}"
+    );
+
+    // --sync-deletes deletes that one user and no other.
+    let out = run(with(
+        &["migrate", "--quiet"],
+        &["--rerun", "--sync-deletes"],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let users = aw.s.users();
+    assert_eq!(users.len(), 11, "{users:?}");
+    assert!(
+        users.iter().any(|u| u["$id"] == "admin") && users.iter().any(|u| u["$id"] == "signup")
+    );
+    assert!(!users.iter().any(|u| u["email"] == "u3@example.org"));
+    let out = run(with(&["verify"], &[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Rolling every step back removes the users cutover imported, and only those.
+    let out = run(with(&["rollback", "--all"], &[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mut left: Vec<String> =
+        aw.s.users()
+            .iter()
+            .map(|u| u["$id"].as_str().unwrap().to_string())
+            .collect();
+    left.sort();
+    assert_eq!(left, ["admin", "signup"]);
+    w.drop().await;
+}

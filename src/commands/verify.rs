@@ -240,6 +240,12 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         v.rejected_by_target,
         &v.rejected_by_target_keys,
     );
+    if v.not_imported > 0 {
+        crate::outln!(
+            "    {} user(s) of the project that cutover did not import (the application's own): not compared",
+            v.not_imported
+        );
+    }
     list(
         "missing in the target (source key)",
         v.missing_count,

@@ -420,31 +420,32 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     }
 }
 
-/// Deletes every Appwrite user (rollback of a users step that found none).
+/// Deletes every Appwrite user cutover imported (rollback of a users step that found none): the
+/// project's own users — those without [`IMPORTED_MARK`] — stay.
+///
+/// [`IMPORTED_MARK`]: crate::sink::appwrite::users::IMPORTED_MARK
 async fn delete_all_users(client: &AppwriteClient) -> Result<u64, AppwriteError> {
+    use crate::sink::appwrite::users::IMPORTED_MARK;
+    // Listed first, deleted after: the pages' cursor does not walk a list that shrinks under it.
+    let mut imported = Vec::new();
+    let mut pages = crate::sink::appwrite::tables::Pages::users(client);
+    while let Some(page) = pages.next().await? {
+        imported.extend(
+            page.iter()
+                .filter(|u| u["prefs"].get(IMPORTED_MARK).is_some())
+                .filter_map(|u| u["$id"].as_str().map(str::to_string)),
+        );
+    }
     let mut n = 0;
-    loop {
-        let q = crate::sink::appwrite::tables::query_string(&[
-            json!({ "method": "limit", "values": [crate::sink::appwrite::tables::PAGE] }),
-        ]);
-        let v = client
-            .call(reqwest::Method::GET, &format!("/users?{q}"), None)
-            .await?;
-        let users = v["users"].as_array().cloned().unwrap_or_default();
-        if users.is_empty() {
-            return Ok(n);
-        }
-        for u in &users {
-            if let Some(id) = u["$id"].as_str() {
-                match client
-                    .call(reqwest::Method::DELETE, &format!("/users/{id}"), None)
-                    .await
-                {
-                    Ok(_) => n += 1,
-                    Err(e) if e.is_missing() => {}
-                    Err(e) => return Err(e),
-                }
-            }
+    for id in imported {
+        match client
+            .call(reqwest::Method::DELETE, &format!("/users/{id}"), None)
+            .await
+        {
+            Ok(_) => n += 1,
+            Err(e) if e.is_missing() => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(n)
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bson::{Bson, Document, RawDocumentBuf};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::appwrite::schema::{self, TableSpec};
 use super::appwrite::tables::Pages;
@@ -85,13 +85,19 @@ impl std::fmt::Display for Destination {
 pub const COLUMN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The ids of an Appwrite collection's records, as [`AppwriteTarget::ids`] reads them.
-pub struct RecordIds<'c>(Pages<'c>);
+pub struct RecordIds<'c> {
+    pages: Pages<'c>,
+    /// Users: only those imported into this destination.
+    users_of: Option<String>,
+}
 
 impl RecordIds<'_> {
     /// The ids of the next page (`None` after the last).
     pub async fn next_page(&mut self) -> Result<Option<Vec<String>>, AppwriteError> {
-        Ok(self.0.next().await?.map(|page| {
+        let users_of = self.users_of.as_deref();
+        Ok(self.pages.next().await?.map(|page| {
             page.iter()
+                .filter(|r| users_of.is_none_or(|c| super::appwrite::users::imported_into(r, c)))
                 .filter_map(|r| r["$id"].as_str().map(str::to_string))
                 .collect()
         }))
@@ -180,7 +186,7 @@ impl AppwriteTarget {
     /// The user a document becomes, when `collection` holds users.
     pub fn user_for(&self, collection: &str, doc: &Document) -> Option<ImportUser> {
         match self.layout(collection)? {
-            Layout::Users(spec) => Some(user_of(doc, &spec)),
+            Layout::Users(spec) => Some(user_of(doc, &spec, collection)),
             Layout::Table(..) => None,
         }
     }
@@ -209,13 +215,20 @@ impl AppwriteTarget {
         }
     }
 
-    /// The ids of the records `collection` holds (its rows, or the users), a page at a time.
+    /// The ids of the records `collection` holds (its rows, or the users cutover imported into
+    /// it), a page at a time.
     pub fn ids(&self, collection: &str) -> RecordIds<'_> {
-        RecordIds(if self.is_users(collection) {
-            Pages::users(&self.client)
+        if self.is_users(collection) {
+            RecordIds {
+                pages: Pages::users(&self.client),
+                users_of: Some(collection.to_string()),
+            }
         } else {
-            Pages::rows(&self.client, &self.database, collection)
-        })
+            RecordIds {
+                pages: Pages::rows(&self.client, &self.database, collection),
+                users_of: None,
+            }
+        }
     }
 
     /// Deletes the records `ids` of `collection` (rows, their child-table rows first, or
@@ -285,21 +298,15 @@ impl AppwriteTarget {
     }
 
     async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
+        // Users: none imported into it yet (the project's own users are not cutover's).
         if self.is_users(collection) {
-            let v = self
-                .client
-                .call(
-                    reqwest::Method::GET,
-                    &format!(
-                        "/users?{}",
-                        super::appwrite::tables::query_string(&[
-                            json!({ "method": "limit", "values": [1] })
-                        ])
-                    ),
-                    None,
-                )
-                .await?;
-            return Ok(v["users"].as_array().is_none_or(|a| a.is_empty()));
+            let mut ids = self.ids(collection);
+            while let Some(page) = ids.next_page().await? {
+                if !page.is_empty() {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
         }
         self.client.table_is_empty(&self.database, collection).await
     }
@@ -355,7 +362,7 @@ impl AppwriteTarget {
                 self.write_rows(collection, &spec, &children, &ok_docs, mode)
                     .await?
             }
-            Some(Layout::Users(spec)) => self.write_users(&spec, &ok_docs).await?,
+            Some(Layout::Users(spec)) => self.write_users(collection, &spec, &ok_docs).await?,
             None => {
                 return Err(AppwriteError::client(
                     ClientKind::NotPrepared,
@@ -456,11 +463,15 @@ impl AppwriteTarget {
     /// Imports documents as users, a few at a time. Returns the users refused, by index.
     async fn write_users(
         &self,
+        collection: &str,
         spec: &AppwriteUsersSpec,
         docs: &[Document],
     ) -> Result<Vec<(usize, AppwriteError)>, AppwriteError> {
-        let users: Vec<(usize, ImportUser)> =
-            docs.iter().map(|d| user_of(d, spec)).enumerate().collect();
+        let users: Vec<(usize, ImportUser)> = docs
+            .iter()
+            .map(|d| user_of(d, spec, collection))
+            .enumerate()
+            .collect();
         let results: Vec<(usize, Result<(), AppwriteError>)> = futures::stream::iter(users)
             .map(|(i, u)| {
                 let client = self.client.clone();
@@ -734,7 +745,8 @@ fn text_of(doc: &Document, field: Option<&String>) -> Option<String> {
 }
 
 /// The user a document becomes under `spec`.
-pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec) -> ImportUser {
+/// Its prefs carry [`IMPORTED_MARK`](super::appwrite::users::IMPORTED_MARK) = `collection`.
+pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec, collection: &str) -> ImportUser {
     let used: Vec<&String> = [
         Some(&spec.email),
         Some(&spec.password_hash),
@@ -752,6 +764,10 @@ pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec) -> ImportUser {
             prefs.insert(k.clone(), v.clone().into_relaxed_extjson());
         }
     }
+    prefs.insert(
+        super::appwrite::users::IMPORTED_MARK.to_string(),
+        Value::String(collection.to_string()),
+    );
     let labels = match spec.labels.as_ref().and_then(|f| doc.get(f)) {
         Some(Bson::Array(items)) => items
             .iter()

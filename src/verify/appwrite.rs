@@ -274,7 +274,8 @@ async fn each_expected(
 /// What one expected record is compared by.
 enum Shape {
     Table(TableSpec),
-    Users(crate::mapping::spec::AppwriteUsersSpec),
+    /// Users imported into the named destination.
+    Users(crate::mapping::spec::AppwriteUsersSpec, String),
 }
 
 impl Shape {
@@ -285,8 +286,8 @@ impl Shape {
                 let id = row["$id"].as_str().unwrap_or_default().to_string();
                 (id, canonical_row(spec, &row))
             }
-            Shape::Users(spec) => {
-                let u = user_of(doc, spec);
+            Shape::Users(spec, collection) => {
+                let u = user_of(doc, spec, collection);
                 (u.id.clone(), expected_user(&u))
             }
         }
@@ -295,14 +296,14 @@ impl Shape {
     fn actual(&self, record: &Value) -> Value {
         match self {
             Shape::Table(spec) => canonical_row(spec, record),
-            Shape::Users(_) => canonical_user(record),
+            Shape::Users(..) => canonical_user(record),
         }
     }
 
     fn names(&self) -> Vec<String> {
         match self {
             Shape::Table(spec) => spec.columns.iter().map(|c| c.key.clone()).collect(),
-            Shape::Users(_) => Vec::new(),
+            Shape::Users(..) => Vec::new(),
         }
     }
 }
@@ -407,14 +408,14 @@ pub async fn verify_entity(
         format!("sample of every {step}th row")
     };
     let shape = match &plan.appwrite_users {
-        Some(u) => Shape::Users(u.clone()),
+        Some(u) => Shape::Users(u.clone(), plan.collection.clone()),
         None => Shape::Table(schema::table_spec(plan)),
     };
     let children = match &shape {
         Shape::Table(_) => schema::child_tables(plan),
-        Shape::Users(_) => Vec::new(),
+        Shape::Users(..) => Vec::new(),
     };
-    let users_shape = matches!(shape, Shape::Users(_));
+    let users_shape = matches!(shape, Shape::Users(..));
 
     // Expected side: (row id → sampled, hash, child sums, key), every mapped row.
     let mut expected = Spill::new();
@@ -523,13 +524,20 @@ pub async fn verify_entity(
     let mut actual = Spill::new();
     let mut target_count = 0u64;
     let pages = match &shape {
-        Shape::Users(_) => Pages::users(client),
+        Shape::Users(..) => Pages::users(client),
         Shape::Table(_) => Pages::rows(client, db, &plan.collection).by_id(),
     };
     each_page(pages, |page| {
         target_count += page.len() as u64;
         for r in page {
+            // A user the project has of its own (no mark of this destination) is compared when
+            // a source row expects it, and else is none of this entity's.
+            let ours =
+                !users_shape || crate::sink::appwrite::users::imported_into(r, &plan.collection);
             for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
+                if !ours {
+                    break;
+                }
                 let holder = if users_shape { &r["prefs"] } else { r };
                 *count += match holder.get(&e.path_text) {
                     Some(Value::Array(a)) => a.len() as u64,
@@ -558,11 +566,10 @@ pub async fn verify_entity(
                 }
             }
             let id = r["$id"].as_str().unwrap_or_default();
+            let mut payload = hash_value(&shape.actual(r)).to_le_bytes().to_vec();
+            payload.push(u8::from(ours));
             actual
-                .push(
-                    id.as_bytes().to_vec(),
-                    hash_value(&shape.actual(r)).to_le_bytes().to_vec(),
-                )
+                .push(id.as_bytes().to_vec(), payload)
                 .map_err(spill_err)?;
         }
         Ok(())
@@ -573,6 +580,8 @@ pub async fn verify_entity(
     let current = refused.without(&stale);
     let mut found: Problems<'_, Differing> = Problems::new(&plan.entity, log).excusing(&current);
     let mut compared = 0u64;
+    // The project's own users: in the target, not cutover's.
+    let mut others = 0u64;
     let mut child_counts = vec![0u64; children.len()];
     let mut expected = expected.sorted().map_err(spill_err)?;
     let mut actual = actual.sorted().map_err(spill_err)?;
@@ -598,6 +607,7 @@ pub async fn verify_entity(
             Some((ak, p)) if *ak == id => Some(u64_at(p, 0)),
             _ => None,
         };
+        let ours = matches!(&a, Some((ak, p)) if *ak == id && p.get(8) == Some(&1));
         // Child rows of parents before this id belong to no expected record; this id's rows are
         // counted (and summed) when it is expected.
         let mut sums = vec![0u64; children.len()];
@@ -637,7 +647,8 @@ pub async fn verify_entity(
                 }
             }
             (Some(w), None) if w.sampled => found.missing(w.key.clone())?,
-            (None, Some(_)) => found.unexpected(text(&id))?,
+            (None, Some(_)) if ours => found.unexpected(text(&id))?,
+            (None, Some(_)) => others += 1,
             _ => {} // not in the sample
         }
         // The children of a refused parent that is rightly absent are not expected either.
@@ -798,6 +809,7 @@ pub async fn verify_entity(
     let embedded_ok = embedded
         .iter()
         .all(|e| e.source_children == e.target_elements);
+    let target_count = target_count - others;
     // The rows the target refused are expected yet rightly absent.
     let counts_agree =
         step > 1 || expected_count.saturating_sub(refused_rows.count) == target_count;
@@ -817,6 +829,7 @@ pub async fn verify_entity(
         rejected_by_target_keys: refused_rows.first,
         expected: expected_count,
         target: target_count,
+        not_imported: others,
         compared,
         missing_count: missing.count,
         missing: missing.first,

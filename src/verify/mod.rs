@@ -251,6 +251,11 @@ pub struct EntityVerification {
     pub rejected_by_target_keys: Vec<String>,
     pub expected: u64,
     pub target: u64,
+    /// Appwrite users of the project that cutover did not import into this destination and no
+    /// source row expects (signed up in the application, created by hand): not counted in
+    /// `target`, not unexpected.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_imported: u64,
     pub compared: u64,
     /// How many documents are missing; `missing` holds the first [`KEPT`] source keys.
     pub missing_count: u64,
@@ -270,6 +275,10 @@ pub struct EntityVerification {
     /// [`oracle::Independent::apply`]; in the JSON report under `independent`).
     #[serde(skip)]
     pub independent_mismatches: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl EntityVerification {
@@ -907,6 +916,7 @@ pub async fn verify_entity(
         rejected_by_target_keys: refused_rows.first,
         expected: expected_count,
         target: target_count,
+        not_imported: 0,
         compared,
         missing_count: missing.count,
         missing: missing.first,
@@ -941,6 +951,7 @@ mod tests {
             rejected_by_target_keys: Vec::new(),
             expected: 3,
             target: 3,
+            not_imported: 0,
             compared: 3,
             missing_count: 0,
             missing: Vec::new(),
