@@ -2599,22 +2599,29 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
            INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
              '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
-           FROM generate_series(1, 10) g;")
+           FROM generate_series(1, 10) g;
+           CREATE TABLE staff (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+           INSERT INTO staff SELECT g, 's' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'staff ' || g
+           FROM generate_series(101, 102) g;")
         .await;
     let dir = w.dir.path();
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
-    std::fs::write(
-        dir.join("mappings/accounts.toml"),
-        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
-         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
-         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
-         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
-         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
-    )
-    .unwrap();
+    // Two users entities: each is the other's "other users" too.
+    for name in ["accounts", "staff"] {
+        std::fs::write(
+            dir.join(format!("mappings/{name}.toml")),
+            format!("version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+             [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+             [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+             [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n"),
+        )
+        .unwrap();
+    }
     std::fs::write(
         dir.join("p.toml"),
-        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\", \"staff\"]\n",
     )
     .unwrap();
     let pipeline = dir.join("p.toml").display().to_string();
@@ -2658,7 +2665,7 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     let out = run(with(&["migrate", "--quiet"], &[])).await;
     assert!(out.status.success(), "{}", text(&out));
     own("signup").await;
-    assert_eq!(aw.s.users().len(), 12);
+    assert_eq!(aw.s.users().len(), 14);
     let imported = |users: &[Value]| {
         users
             .iter()
@@ -2672,7 +2679,9 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     assert!(out.status.success(), "{said}");
     assert!(
         said.contains("10 expected, 10 in the target")
-            && said.contains("2 user(s) of the project that cutover did not import"),
+            && said.contains("2 expected, 2 in the target")
+            && said.contains("4 user(s) of the project that cutover did not import")
+            && said.contains("12 user(s) of the project that cutover did not import"),
         "{said}"
     );
 
@@ -2694,7 +2703,8 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let users = aw.s.users();
-    assert_eq!(users.len(), 11, "{users:?}");
+    assert_eq!(users.len(), 13, "{users:?}");
+    assert!(users.iter().any(|u| u["email"] == "s101@example.org"));
     assert!(
         users.iter().any(|u| u["$id"] == "admin") && users.iter().any(|u| u["$id"] == "signup")
     );

@@ -1101,10 +1101,15 @@ impl Ledger {
         Ok(())
     }
 
-    /// Removes every document of `destination` (rollback of a stage that found it empty).
-    pub async fn empty_destination(&self, destination: &Destination) -> Result<u64, LedgerError> {
+    /// Removes every document of `destination` (rollback of a stage that found it empty); of
+    /// users, those imported as `entity`'s.
+    pub async fn empty_destination(
+        &self,
+        destination: &Destination,
+        entity: &str,
+    ) -> Result<u64, LedgerError> {
         self.store
-            .empty_data(destination)
+            .empty_data(destination, entity)
             .await
             .map_err(lerr("empty collection"))
     }

@@ -724,6 +724,7 @@ async fn migrate_locked(
                 super::rollback::restore_failed_step(
                     ledger,
                     &step_id,
+                    &p.entity,
                     &destination,
                     was_empty,
                     backup.as_deref(),

@@ -274,7 +274,7 @@ async fn each_expected(
 /// What one expected record is compared by.
 enum Shape {
     Table(TableSpec),
-    /// Users imported into the named destination.
+    /// Users imported as the named entity's.
     Users(crate::mapping::spec::AppwriteUsersSpec, String),
 }
 
@@ -286,8 +286,8 @@ impl Shape {
                 let id = row["$id"].as_str().unwrap_or_default().to_string();
                 (id, canonical_row(spec, &row))
             }
-            Shape::Users(spec, collection) => {
-                let u = user_of(doc, spec, collection);
+            Shape::Users(spec, entity) => {
+                let u = user_of(doc, spec, entity);
                 (u.id.clone(), expected_user(&u))
             }
         }
@@ -408,7 +408,7 @@ pub async fn verify_entity(
         format!("sample of every {step}th row")
     };
     let shape = match &plan.appwrite_users {
-        Some(u) => Shape::Users(u.clone(), plan.collection.clone()),
+        Some(u) => Shape::Users(u.clone(), plan.entity.clone()),
         None => Shape::Table(schema::table_spec(plan)),
     };
     let children = match &shape {
@@ -532,8 +532,7 @@ pub async fn verify_entity(
         for r in page {
             // A user the project has of its own (no mark of this destination) is compared when
             // a source row expects it, and else is none of this entity's.
-            let ours =
-                !users_shape || crate::sink::appwrite::users::imported_into(r, &plan.collection);
+            let ours = !users_shape || crate::sink::appwrite::users::imported_into(r, &plan.entity);
             for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
                 if !ours {
                     break;

@@ -33,14 +33,14 @@ pub struct ImportUser {
 /// its status. Users the application blocked itself carry no such mark and stay blocked.
 pub const BLOCKED_MARK: &str = "cutoverBlocked";
 
-/// The pref every user cutover imports carries, its value the destination's name: which users of
+/// The pref every user cutover imports carries, its value the entity's name: which users of
 /// a project are cutover's. Verification, `--sync-deletes` and rollback touch only those — the
 /// project's own users (signed up in the application, created by hand) are no rows of the source.
 pub const IMPORTED_MARK: &str = "cutoverImported";
 
-/// Whether `user` (as Appwrite returns it) was imported by cutover into `collection`.
-pub fn imported_into(user: &Value, collection: &str) -> bool {
-    user["prefs"][IMPORTED_MARK].as_str() == Some(collection)
+/// Whether `user` (as Appwrite returns it) was imported by cutover as one of `entity`.
+pub fn imported_into(user: &Value, entity: &str) -> bool {
+    user["prefs"][IMPORTED_MARK].as_str() == Some(entity)
 }
 
 /// Whether the user was created now or already existed.
