@@ -2680,8 +2680,8 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     assert!(
         said.contains("10 expected, 10 in the target")
             && said.contains("2 expected, 2 in the target")
-            && said.contains("4 user(s) of the project that cutover did not import")
-            && said.contains("12 user(s) of the project that cutover did not import"),
+            && said.contains("4 user(s) of the project not imported as accounts's")
+            && said.contains("12 user(s) of the project not imported as staff's"),
         "{said}"
     );
 

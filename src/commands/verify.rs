@@ -242,8 +242,9 @@ fn print_verification(v: &crate::verify::EntityVerification) {
     );
     if v.not_imported > 0 {
         crate::outln!(
-            "    {} user(s) of the project that cutover did not import (the application's own): not compared",
-            v.not_imported
+            "    {} user(s) of the project not imported as {}'s (the application's own, or another entity's): not compared",
+            v.not_imported,
+            v.entity
         );
     }
     list(
