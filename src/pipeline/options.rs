@@ -38,3 +38,14 @@ pub struct RunOptions {
     pub restore_on_failure: bool,
     pub lock_ttl: std::time::Duration,
 }
+
+impl RunOptions {
+    /// What this command asks of entities that completed before.
+    pub fn intent(&self) -> crate::ledger::RunIntent {
+        crate::ledger::RunIntent {
+            rerun: self.rerun,
+            since_last: self.since_last,
+            sync_deletes: self.sync_deletes,
+        }
+    }
+}
