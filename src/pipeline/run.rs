@@ -501,6 +501,10 @@ async fn migrate_locked(
         // that run's `since`; see `decide`), and counts what that run removed.
         let interrupted = resume.as_deref().or(origin.as_deref());
         let sync_deletes = *sync_deletes;
+        // What the interrupted step removed is read from the target: it must know first what
+        // the collection is (Appwrite users are looked up as users, not as rows of a table —
+        // all of a killed run's noted users were counted gone: the fourteenth tester's U5).
+        target.describe(p);
         let (removed, deleted) = match interrupted {
             Some(r) => match inherited(ledger, target, &p.collection, r).await {
                 Ok(n) => n,
