@@ -895,3 +895,71 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// Found by the fourteenth tester (U6): in a `SQL_ASCII` database, rows whose text *key* is not
+/// UTF-8 were all named `?` in the rejects file and by `check` — two of them could not be told
+/// apart. Each is named by its bytes (`\xNN` for those that are not UTF-8), the key's later parts
+/// included.
+#[tokio::test]
+async fn a_key_that_is_not_utf8_names_its_row_by_its_bytes() {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    let w = World::new("sql_ascii_key").await;
+    let (base, db) = w.pg_url.rsplit_once('/').unwrap();
+    let db = db.split('?').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    for sql in [
+        format!("DROP DATABASE {db}"),
+        format!(
+            "CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ),
+    ] {
+        admin.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    admin.close().await.unwrap();
+    w.sql(
+        r#"CREATE TABLE k (code text, n int, label text, PRIMARY KEY (code, n));
+           INSERT INTO k VALUES ('a1', 1, 'x'), (E'k\xe9y1', 7, 'y'), (E'k\xe9y2', 8, 'z'),
+                                (E'k\\xe9y1', 9, 'w');"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "k",
+        "version = 1\nname = \"k\"\n[source]\ntable = \"k\"\nkey = [\"code\", \"n\"]\n\
+         [id]\nstrategy = \"uuid5\"\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let mut rejects: Vec<(String, String)> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| (r.1, r.3))
+        .collect();
+    rejects.sort();
+    // Rejects files write a key's backslash doubled (and `|` between its parts).
+    assert_eq!(
+        rejects,
+        [(r"k\\xe9y1|7", "encoding"), (r"k\\xe9y2|8", "encoding")]
+            .map(|(k, r)| (k.to_string(), r.to_string())),
+        "{report}"
+    );
+    // The valid key that reads like an escape (a backslash, `xe9`) is written.
+    assert_eq!(w.count("k").await, 2);
+    let out = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(r"k\\xe9y1|7") || text.contains(r"k\xe9y1"),
+        "{text}"
+    );
+    w.drop().await;
+}
