@@ -624,7 +624,13 @@ pub async fn describe(
             SourceColumn {
                 name: c.name().to_string(),
                 raw_bytes: sql_ascii
-                    && matches!(kind, ColKind::Text | ColKind::Json | ColKind::OtherAsText),
+                    && matches!(
+                        kind,
+                        ColKind::Text
+                            | ColKind::Json
+                            | ColKind::OtherAsText
+                            | ColKind::Array(Elem::Text | Elem::Json | Elem::Other)
+                    ),
                 kind,
                 pg_type,
                 expr: None,
@@ -851,6 +857,10 @@ impl ReadSpec {
                 let q = quote_ident(&c.name);
                 if let Some(expr) = &c.expr {
                     format!("{expr} AS {q}")
+                } else if c.raw_bytes && matches!(c.kind, ColKind::Array(_)) {
+                    // Each element's bytes as they are (an array of bytea has the binary
+                    // layout of an array of text): the UTF-8 check is the client's.
+                    format!("{q}::text[]::bytea[] AS {q}")
                 } else if c.raw_bytes {
                     let text = if c.pg_type == "INET" {
                         format!("abbrev({q})")
@@ -1083,7 +1093,7 @@ pub fn stream<'c>(
 fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
     let mut out = Vec::with_capacity(kinds.len());
     for (i, (kind, infinity, raw)) in kinds.iter().enumerate() {
-        let value = if *raw {
+        let value = if *raw && !matches!(kind, ColKind::Array(_)) {
             decode_raw_text(row, i, *kind)
         } else {
             decode(row, i, *kind)
@@ -1109,7 +1119,7 @@ fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
                     .enumerate()
                     .skip(i + 1)
                     .map(|(j, (kind, _, raw))| {
-                        let value = if *raw {
+                        let value = if *raw && !matches!(kind, ColKind::Array(_)) {
                             decode_raw_text(row, j, *kind)
                         } else {
                             decode(row, j, *kind)
@@ -1286,12 +1296,19 @@ fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
             })
         }
     };
+    // Only a SQL_ASCII database holds text that is not UTF-8.
     let text = || {
-        String::from_utf8(b.to_vec()).map_err(|_| Failure {
-            rule: RULE_DECODE,
-            message: "an array element is not valid UTF-8".into(),
-            infinite: None,
-            raw: None,
+        String::from_utf8(b.to_vec()).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let bad = b.get(at).copied().unwrap_or_default();
+            Failure {
+                rule: RULE_ENCODING,
+                message: format!(
+                    "an array element is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
+                ),
+                infinite: None,
+                raw: None,
+            }
         })
     };
     Ok(match elem {
