@@ -2356,6 +2356,17 @@ async fn an_appwrite_user_whose_row_is_rejected_now_is_blocked_on_rerun() {
         .map(|u| u["email"].as_str().unwrap())
         .collect();
     assert_eq!(blocked, ["u4@example.org"], "{users:?}");
+    // Blocked on purpose and kept, as documented: verify passes and says so (found by the
+    // fourteenth tester, U8: it failed, calling the user unexpected).
+    let verify: Vec<&str> = ["verify", "--target", "appwrite", "--pipeline", &pipeline].to_vec();
+    let out = cutover(&w, &aw, &verify).await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("9 expected, 9 in the target")
+            && said.contains("1 user(s) blocked by cutover, kept"),
+        "{said}"
+    );
 
     // The application blocks user 6 itself; user 4's row is fixed. The next re-run unblocks the
     // user cutover blocked (the mapping says nothing of status: found by the twelfth tester, S4)

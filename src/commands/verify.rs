@@ -240,6 +240,12 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         v.rejected_by_target,
         &v.rejected_by_target_keys,
     );
+    if v.blocked_kept > 0 {
+        crate::outln!(
+            "    {} user(s) blocked by cutover, kept: their rows are rejected now (they cannot sign in; delete them yourself if they must go)",
+            v.blocked_kept
+        );
+    }
     if v.not_imported > 0 {
         crate::outln!(
             "    {} user(s) of the project not imported as {}'s (the application's own, or another entity's): not compared",
