@@ -958,7 +958,6 @@ mod tests {
             target: 3,
             not_imported: 0,
             blocked_kept: 0,
-            blocked_kept: 0,
             compared: 3,
             missing_count: 0,
             missing: Vec::new(),
