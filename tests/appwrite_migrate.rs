@@ -2820,3 +2820,95 @@ async fn users_blocked_by_a_killed_run_are_counted_once_by_the_resume() {
         w.drop().await;
     }
 }
+
+/// Found by the fourteenth tester (U9): Appwrite keeps one user per email; `check` passed a users
+/// entity whose rows the run then rejected — an email another user of the project has, or two
+/// rows sharing one. It finds them now, with the run's rule and count. And a re-run that changes
+/// a user's email to one another user holds re-created the user (a changed email cannot be
+/// patched without the hash) only after deleting it: the creation was refused, the account gone.
+/// The user keeps its older email, and the row is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_another_user_holds_are_found_by_check_and_never_cost_an_account() {
+    let w = World::new("aw_user_emails").await;
+    w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+           INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
+           FROM generate_series(1, 6) g;
+           UPDATE accounts SET email = 'u2@example.org' WHERE id = 3;")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/accounts.toml"),
+        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
+         [[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    // The project's own administrator holds u1's email.
+    aw.s.create_user(
+        "admin",
+        "u1@example.org",
+        "$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu",
+        "bcrypt",
+        "Admin",
+        Default::default(),
+    )
+    .unwrap();
+    let out = cutover(&w, &aw, &["check", "--pipeline", &pipeline]).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("user_email_already_exists"))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(line.contains(" 2  e.g. "), "{line}");
+    assert!(said.contains("2 scanned rows will be rejected"), "{said}");
+    // The run rejects the same two.
+    let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let e = entity(&report, "accounts");
+    assert_eq!(
+        (e["written"].as_u64(), e["rejected"].as_u64()),
+        (Some(4), Some(2)),
+        "{e}"
+    );
+    let rules: Vec<String> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    assert!(
+        rules.iter().all(|r| r.contains("already_exists")),
+        "{rules:?}"
+    );
+
+    // User 4 changes its email to user 5's: refused, and user 4 keeps its account.
+    w.sql("UPDATE accounts SET email = 'u5@example.org' WHERE id = 4")
+        .await;
+    let out = cutover(
+        &w,
+        &aw,
+        &["migrate", "--quiet", "--rerun", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let users = aw.s.users();
+    assert!(
+        users.iter().any(|u| u["email"] == "u4@example.org"),
+        "user 4 lost: {users:?}"
+    );
+    assert_eq!(users.len(), 5, "{users:?}");
+    w.drop().await;
+}
