@@ -1018,3 +1018,64 @@ async fn an_array_element_that_is_not_utf8_rejects_its_row_only() {
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// Found by the fourteenth tester (U6): the embedded children of a parent row whose text key is
+/// not UTF-8 (its row rejected, `encoding`) were counted as orphans — "no row of items has" their
+/// foreign key, though one has. They go with their rejected parent; a real orphan is still one,
+/// in check, in the run and in verify alike.
+#[tokio::test]
+async fn children_of_a_parent_whose_key_is_not_utf8_go_with_it_not_to_the_orphans() {
+    let w = sql_ascii_world("sql_ascii_children").await;
+    w.sql(
+        r#"CREATE TABLE items (code text PRIMARY KEY, label text);
+           INSERT INTO items VALUES ('a1', 'x'), (E'k\xe9y1', 'y'), (E'k\xe9y2', 'z'), ('m', 'w');
+           CREATE TABLE notes (id int PRIMARY KEY, item_code text NOT NULL, body text);
+           INSERT INTO notes VALUES (1, 'a1', 'n1'), (2, E'k\xe9y1', 'n2'), (3, E'k\xe9y2', 'n3'),
+                                    (4, E'k\xe9y2', 'n4'), (5, 'm', 'n5'), (6, 'zz', 'orphan');"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "items",
+        "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"code\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\n\
+         [[embed]]\npath = \"notes\"\ntable = \"notes\"\nforeign_key = \"item_code\"\norder_by = [\"id\"]\n\
+         [[embed.field]]\npath = \"body\"\ncolumn = \"body\"\n",
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("1 rows of notes belong to no items row"),
+        "{text}"
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let e = &report["entities"][0];
+    assert_eq!(
+        (e["written"].as_u64(), e["rejected"].as_u64()),
+        (Some(2), Some(2)),
+        "{e}"
+    );
+    let orphans: u64 = e["orphan_children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(orphans, 1, "{e}");
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}
