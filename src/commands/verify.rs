@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 
 use super::shared::pipeline_for;
 use crate::cli::{Cli, Outcome};
-use crate::sink::target::Target;
 
 /// Entities above this many source rows are sampled unless --full.
 const FULL_VERIFY_MAX_ROWS: u64 = 1_000_000;
@@ -65,7 +64,6 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             (false, None) if rows > FULL_VERIFY_MAX_ROWS => Some(DEFAULT_SAMPLE),
             _ => None,
         };
-        let independent;
         // Rows the target refused in the runs that wrote the entity: not missing.
         let refused =
             crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, &p.entity).await?;
@@ -75,80 +73,41 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         // (appended to the main one after), so on two cores the passes overlap.
         let mut fork = session.fork().await?;
         let side_log = crate::verify::ProblemLog::new(side_problems_path.clone());
-        let v = match &target {
-            Target::Mongo(m) => {
-                let (plan, m2, refs) = (p.clone(), m.clone(), collections.clone());
-                let side = crate::pipeline::run::Spawned::spawn(async move {
-                    let mut side_log = side_log;
-                    let i = crate::verify::oracle::verify_entity(
-                        &plan,
-                        &mut fork,
-                        &m2,
-                        sample,
-                        &refs,
-                        &mut side_log,
-                    )
-                    .await;
-                    fork.close().await;
-                    i.map(|i| (i, side_log))
-                });
-                let mut v = crate::verify::verify_entity(
-                    p,
-                    &mut session,
-                    m,
-                    &crate::verify::Expecting {
-                        ctx: &ctx,
-                        sample,
-                        refused: &refused,
-                    },
-                    &collections,
-                    &mut log,
-                )
-                .await?;
-                let (i, side_log) = independent_result(side).await?;
-                log.append(side_log)?;
-                i.apply(&mut v);
-                independent = Some(i);
-                v
-            }
-            Target::Appwrite(a) => {
-                let (plan, a2) = (p.clone(), a.clone());
-                let side = crate::pipeline::run::Spawned::spawn(async move {
-                    let mut side_log = side_log;
-                    let i = crate::verify::oracle::appwrite::verify_entity(
-                        &plan,
-                        &mut fork,
-                        &a2,
-                        sample,
-                        &mut side_log,
-                    )
-                    .await;
-                    fork.close().await;
-                    i.map(|i| (i, side_log))
-                });
-                let mut v = crate::verify::appwrite::verify_entity(
-                    p,
-                    &mut session,
-                    a,
-                    &crate::verify::Expecting {
-                        ctx: &ctx,
-                        sample,
-                        refused: &refused,
-                    },
-                    &crate::verify::appwrite::References {
-                        collections: &collections,
-                        user_entities: &user_entities,
-                    },
-                    &mut log,
-                )
-                .await?;
-                let (i, side_log) = independent_result(side).await?;
-                log.append(side_log)?;
-                i.apply(&mut v);
-                independent = Some(i);
-                v
-            }
-        };
+        let (plan, side_target, refs) = (p.clone(), target.clone(), collections.clone());
+        let side = crate::pipeline::run::Spawned::spawn(async move {
+            let mut side_log = side_log;
+            let i = crate::verify::oracle::independent_in(
+                &side_target,
+                &plan,
+                &mut fork,
+                sample,
+                &refs,
+                &mut side_log,
+            )
+            .await;
+            fork.close().await;
+            i.map(|i| (i, side_log))
+        });
+        let mut v = crate::verify::verify_entity_in(
+            &target,
+            p,
+            &mut session,
+            &crate::verify::Expecting {
+                ctx: &ctx,
+                sample,
+                refused: &refused,
+            },
+            &crate::verify::appwrite::References {
+                collections: &collections,
+                user_entities: &user_entities,
+            },
+            &mut log,
+        )
+        .await?;
+        let (i, side_log) = independent_result(side).await?;
+        log.append(side_log)?;
+        i.apply(&mut v);
+        let independent = Some(i);
         if !args.json {
             print_verification(&v);
             for line in independent.iter().flat_map(|i| i.lines()) {

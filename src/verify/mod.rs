@@ -535,6 +535,25 @@ pub struct Expecting<'a> {
     pub refused: &'a write_rejects::WriteRejects,
 }
 
+/// Compares one entity of the source with `target`, whichever kind it is (the only place verify
+/// asks which).
+pub async fn verify_entity_in(
+    target: &crate::sink::target::Target,
+    plan: &Plan,
+    session: &mut SourceSession,
+    expecting: &Expecting<'_>,
+    refs: &appwrite::References<'_>,
+    log: &mut ProblemLog,
+) -> Result<EntityVerification, RunError> {
+    use crate::sink::target::Target;
+    match target {
+        Target::Mongo(m) => verify_entity(plan, session, m, expecting, refs.collections, log).await,
+        Target::Appwrite(a) => {
+            appwrite::verify_entity(plan, session, a, expecting, refs, log).await
+        }
+    }
+}
+
 /// The rows of `refused` (write rejects of the runs that wrote the collection) are excused when
 /// they are absent.
 pub async fn verify_entity(

@@ -764,6 +764,22 @@ fn source_row(
     Ok(Some((crate::source::value::key_text(&key_refs), id, texts)))
 }
 
+/// The independent comparison of one entity with `target`, whichever kind it is.
+pub async fn independent_in(
+    target: &crate::sink::target::Target,
+    plan: &Plan,
+    session: &mut SourceSession,
+    sample: Option<u64>,
+    ref_collections: &HashMap<String, String>,
+    log: &mut ProblemLog,
+) -> Result<Independent, RunError> {
+    use crate::sink::target::Target;
+    match target {
+        Target::Mongo(m) => verify_entity(plan, session, m, sample, ref_collections, log).await,
+        Target::Appwrite(a) => appwrite::verify_entity(plan, session, a, sample, log).await,
+    }
+}
+
 /// Compares the independently checkable fields of `plan` in the target with PostgreSQL's own
 /// values, and the references inside its embedded documents. `sample`: as [`super::verify_entity`].
 pub async fn verify_entity(
