@@ -2477,6 +2477,19 @@ async fn a_rehearsals_users_are_not_rolled_back_while_another_database_holds_the
         );
         assert_eq!(aw.s.users().len(), 10, "nothing deleted ({said})");
     }
+    // Nor does the rehearsal's --sync-deletes delete them (found by this session's review, K:
+    // production's users are in no row of a rehearsal's source).
+    w.sql("DELETE FROM accounts WHERE id = 2").await;
+    let sync = run(&["--rerun", "--sync-deletes"]);
+    let out = cutover(
+        &w,
+        &aw,
+        &sync.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("in database prod"), "{}", text(&out));
+    assert_eq!(aw.s.users().len(), 10);
     w.drop().await;
 }
 
@@ -2657,7 +2670,6 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
             assert!(r.status().is_success(), "{:?}", r.text().await);
         }
     };
-    own("admin").await;
     let base = ["--target", "appwrite", "--pipeline", pipeline.as_str()];
     let with = |cmd: &[&'static str], extra: &[&'static str]| -> Vec<String> {
         cmd.iter()
@@ -2675,6 +2687,8 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     };
     let out = run(with(&["migrate", "--quiet"], &[])).await;
     assert!(out.status.success(), "{}", text(&out));
+    // Made after the cutover: an administrator by hand, a user signing up in the application.
+    own("admin").await;
     own("signup").await;
     assert_eq!(aw.s.users().len(), 14);
     let imported = |users: &[Value]| {
@@ -2733,6 +2747,16 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
             .collect();
     left.sort();
     assert_eq!(left, ["admin", "signup"]);
+
+    // A users step into a project that has users already (its own, or imported by an older
+    // version without the mark) cannot be told apart from them: its rollback is refused and
+    // deletes nothing (found by the fifteenth session's review, B).
+    let out = run(with(&["migrate", "--quiet"], &[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(aw.s.users().len(), 13);
+    let out = run(with(&["rollback", "--all"], &[])).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(aw.s.users().len(), 13, "{}", text(&out));
     w.drop().await;
 }
 
@@ -2910,5 +2934,68 @@ async fn emails_another_user_holds_are_found_by_check_and_never_cost_an_account(
         "user 4 lost: {users:?}"
     );
     assert_eq!(users.len(), 5, "{users:?}");
+    w.drop().await;
+}
+
+/// Found by this session's review (J): a user created and then refused (its phone number another
+/// user has) stayed — enabled, with its hash, and without the pref that marks cutover's users, so
+/// no rollback, --sync-deletes or verify took it for cutover's. A user created by the failing
+/// write goes again; the row is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_refused_after_its_creation_is_not_left_behind() {
+    let w = World::new("aw_user_half").await;
+    w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, phone text);
+           INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', '+23177712345' || g
+           FROM generate_series(1, 3) g;")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/accounts.toml"),
+        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+         [[field]]\npath = \"phone\"\ncolumn = \"phone\"\n\
+         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nphone = \"phone\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
+         [[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    // The application's own user has user 2's phone number.
+    aw.s.create_user(
+        "own",
+        "own@app.example",
+        "$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu",
+        "bcrypt",
+        "Own",
+        Default::default(),
+    )
+    .unwrap();
+    aw.s.update_phone("own", "+231777123452").unwrap();
+    let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = entity(&w.latest_report(), "accounts").clone();
+    assert_eq!(
+        (e["written"].as_u64(), e["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{e}"
+    );
+    let mut emails: Vec<String> =
+        aw.s.users()
+            .iter()
+            .map(|u| u["email"].as_str().unwrap().to_string())
+            .collect();
+    emails.sort();
+    assert_eq!(
+        emails,
+        ["own@app.example", "u1@example.org", "u3@example.org"]
+    );
     w.drop().await;
 }

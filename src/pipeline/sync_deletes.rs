@@ -215,6 +215,25 @@ async fn sync_deletes_appwrite(
 ) -> Result<u64, RunError> {
     use crate::sink::appwrite::rows::row_id;
     let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
+    // Users are the project's, the ledger one database's: a rehearsal's source lacks
+    // production's rows, so its sync would delete production's accounts (found by this
+    // session's review, K). Refused as a rollback of them is.
+    if target.is_users(&plan.collection)
+        && let Some(ledger) = &remover.ledger
+    {
+        let elsewhere = ledger.users_in_effect_elsewhere().await?;
+        if !elsewhere.is_empty() {
+            let named: Vec<String> = elsewhere
+                .iter()
+                .map(|(db, e)| format!("{e} in database {db}"))
+                .collect();
+            return Err(RunError::Refused(format!(
+                "{}: --sync-deletes would delete users of the Appwrite project that another database's ledger records as migrated there ({}): users are the project's, shared by its databases; run it where those users belong",
+                plan.entity,
+                named.join(", ")
+            )));
+        }
+    }
     let keys_spec = keys_only(plan);
     let mut source = Spill::new();
     {

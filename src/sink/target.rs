@@ -301,11 +301,19 @@ impl AppwriteTarget {
     }
 
     async fn is_empty(&self, collection: &str) -> Result<bool, AppwriteError> {
-        // Users: none imported into it yet (the project's own users are not cutover's).
-        if self.is_users(collection) {
-            let mut ids = self.ids(collection);
-            while let Some(page) = ids.next_page().await? {
-                if !page.is_empty() {
+        // Users: none but those cutover imported for other entities. A user without the mark
+        // (the project's own, or imported by an older version) makes it not empty: a rollback
+        // must not take for cutover's what it cannot tell apart (found by this session's
+        // review, B).
+        if let Some(Layout::Users(_, entity)) = self.layout(collection) {
+            let mut pages = Pages::users(&self.client);
+            while let Some(page) = pages.next().await? {
+                let others = |u: &Value| {
+                    u["prefs"][super::appwrite::users::IMPORTED_MARK]
+                        .as_str()
+                        .is_some_and(|e| e != entity)
+                };
+                if !page.iter().all(others) {
                     return Ok(false);
                 }
             }

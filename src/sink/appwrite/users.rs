@@ -147,6 +147,34 @@ pub async fn import_user(
                 .await?;
         }
     }
+    // A user created now and refused later (a phone another user has, a bad label) goes again:
+    // half made, without the mark, it could sign in and no rollback, --sync-deletes or verify
+    // would take it for cutover's (found by this session's review, J).
+    if let Err(e) = finish(client, u, blocked_by_cutover).await {
+        if created == Imported::Created {
+            match client
+                .call(reqwest::Method::DELETE, &format!("/users/{id}"), None)
+                .await
+            {
+                Ok(_) => {}
+                Err(gone) if gone.is_missing() => {}
+                Err(other) => {
+                    tracing::warn!(user = %id, error = %other, "a user refused after its creation could not be deleted")
+                }
+            }
+        }
+        return Err(e);
+    }
+    Ok(created)
+}
+
+/// Sets what creating a user does not: phone, verification, status, labels and prefs.
+async fn finish(
+    client: &AppwriteClient,
+    u: &ImportUser,
+    blocked_by_cutover: bool,
+) -> Result<(), AppwriteError> {
+    let id = &u.id;
     if let Some(phone) = &u.phone {
         client
             .call(
@@ -190,7 +218,7 @@ pub async fn import_user(
             Some(&json!({ "prefs": u.prefs })),
         )
         .await?;
-    Ok(created)
+    Ok(())
 }
 
 async fn create(client: &AppwriteClient, u: &ImportUser) -> Result<Imported, AppwriteError> {
