@@ -29,28 +29,39 @@ pub(super) enum Decision {
     },
 }
 
-/// What the ledger says of runs cut short: the newest run, when it was interrupted (a plain
-/// `migrate`, or the same command again, finishes it as it was asked to run), and every
-/// interrupted run (whose completed steps no report accounts for yet).
+/// The runs cut short (killed, or lost their lock), as the ledger records them: what each was
+/// asked to do (its intent) and for which entities. A plain `migrate`, or the same command
+/// again, finishes for each entity what the newest of them that planned it still owes.
 #[derive(Debug, Default)]
 pub(super) struct Interrupted {
-    pub newest: Option<ledger::RunRecord>,
-    pub runs: std::collections::BTreeSet<String>,
+    pub runs: Vec<ledger::RunRecord>,
 }
 
 impl Interrupted {
-    /// The run whose intent this command carries on: the newest run, interrupted, asked for a
-    /// re-run or a delta, when this command is plain or asks the same.
-    pub fn carried(&self, asked: ledger::RunIntent) -> Option<&ledger::RunRecord> {
-        self.newest
-            .as_ref()
-            .filter(|r| !r.intent.is_plain() && (asked.is_plain() || r.intent == asked))
+    fn run(&self, run_id: &str) -> Option<&ledger::RunRecord> {
+        self.runs.iter().find(|r| r.run_id == run_id)
     }
 
-    /// The intent a run with these options records and carries out (per entity, for those the
-    /// carried run planned).
-    pub fn intent(&self, asked: ledger::RunIntent) -> ledger::RunIntent {
-        self.carried(asked).map_or(asked, |r| r.intent)
+    /// The interrupted run whose re-run or delta of `entity` is still owed: the newest that
+    /// planned it and asked more than a plain run, unless a step of the entity completed since
+    /// that run began (it was done, by that run or another) or was rolled back (the operator
+    /// undid it). Found by this session's review: only the newest run was looked at, so a
+    /// narrower run in between dropped the others' (D); a rolled-back step was run again (F).
+    pub fn owed(&self, entity: &str, history: &[ledger::StepRecord]) -> Option<&ledger::RunRecord> {
+        let run = self
+            .runs
+            .iter()
+            .filter(|r| !r.intent.is_plain() && r.entities.iter().any(|e| e == entity))
+            .max_by_key(|r| r.run_number)?;
+        let settled = history.iter().any(|s| {
+            s.entity == entity
+                && s.run_number >= run.run_number
+                && matches!(
+                    s.status.as_str(),
+                    ledger::COMPLETED | ledger::ROLLED_BACK | ledger::ROLLING_BACK
+                )
+        });
+        (!settled).then_some(run)
     }
 }
 
@@ -75,22 +86,26 @@ pub(super) fn decide(
         }
     }
     let asked = opts.intent();
-    let carried = interrupted.carried(asked);
     let mut out = Vec::new();
     let mut changed = Vec::new();
     let mut rolling_back = Vec::new();
     for s in steps {
         let m = pipeline.mappings.get(&s.entity)?;
-        // An entity the interrupted run planned is run as that run was asked to run it (a plain
-        // `migrate` after a killed `--rerun --sync-deletes` finishes the re-run of every entity
-        // it did not reach); and one it completed is not run again (its step is adopted) when
-        // this command is plain or the same.
-        let intent = carried
-            .filter(|r| r.entities.contains(&s.entity))
+        // An entity an interrupted run planned and did not finish is run as that run was asked
+        // to run it (a plain `migrate` after a killed `--rerun --sync-deletes` finishes the
+        // re-run of every entity it did not reach), when this command is plain or the same.
+        let intent = interrupted
+            .owed(&s.entity, history)
+            .filter(|r| asked.is_plain() || r.intent == asked)
             .map_or(asked, |r| r.intent);
-        let finishing = asked.is_plain() || carried.is_some();
+        // One an interrupted run completed is not run again (its step is adopted into this
+        // run's report) by a plain command, or by the command that run was (not by another:
+        // this session's review, E).
         let done_by_interrupted = |prev: &ledger::StepRecord| {
-            finishing && prev.reported_by.is_none() && interrupted.runs.contains(&prev.run_id)
+            prev.reported_by.is_none()
+                && interrupted
+                    .run(&prev.run_id)
+                    .is_some_and(|r| asked.is_plain() || r.intent == asked)
         };
         if let Some(prev) = latest.get(&s.entity)
             && prev.status == ledger::ROLLING_BACK
@@ -246,6 +261,7 @@ mod tests {
         StepRecord {
             checksum: checksum(p, entity),
             snapshot_at: Some("2024-01-01T00:00:00.000000Z".into()),
+            run_number: run[1..].parse().unwrap_or(0),
             ..StepRecord::for_test(run, entity, status)
         }
     }
@@ -510,9 +526,16 @@ mod tests {
 
     /// A run record of `entities`, interrupted, asked for `intent`.
     fn killed_run(id: &str, entities: &[&str], intent: ledger::RunIntent) -> Interrupted {
-        let run = ledger::RunRecord {
+        Interrupted {
+            runs: vec![run_record(id, entities, intent)],
+        }
+    }
+
+    /// A run record: `rN` is run number N.
+    fn run_record(id: &str, entities: &[&str], intent: ledger::RunIntent) -> ledger::RunRecord {
+        ledger::RunRecord {
             run_id: id.into(),
-            run_number: 2,
+            run_number: id[1..].parse().unwrap(),
             pipeline: "p".into(),
             entities: entities.iter().map(|e| e.to_string()).collect(),
             status: ledger::INTERRUPTED.into(),
@@ -526,10 +549,6 @@ mod tests {
             not_started: Vec::new(),
             host: String::new(),
             intent,
-        };
-        Interrupted {
-            newest: Some(run),
-            runs: [id.to_string()].into(),
         }
     }
 
@@ -578,7 +597,6 @@ mod tests {
                 "d, not reached: {:?}",
                 out[1].1
             );
-            assert_eq!(killed.intent(asked.intent()), rerun_sync);
         }
         // Another command is that command: a --since-last re-runs nothing in full.
         let other = RunOptions {
@@ -607,11 +625,14 @@ mod tests {
             out[0].1
         );
         // A run that ended is nothing to finish.
-        let ended = Interrupted {
-            newest: None,
-            ..killed_run("r2", &["a", "d"], rerun_sync)
-        };
-        let out = decide(&steps(&["d"]), &p, &history, &opts(), &ended).unwrap();
+        let out = decide(
+            &steps(&["d"]),
+            &p,
+            &history,
+            &opts(),
+            &Interrupted::default(),
+        )
+        .unwrap();
         assert!(
             matches!(out[0].1, Decision::AlreadyApplied),
             "{:?}",
@@ -653,6 +674,133 @@ mod tests {
                 out[1].1,
                 Decision::Run {
                     since: Some(_),
+                    sync_deletes: true,
+                    ..
+                }
+            ),
+            "{:?}",
+            out[1].1
+        );
+    }
+
+    fn rerun_sync() -> ledger::RunIntent {
+        ledger::RunIntent {
+            rerun: true,
+            since_last: false,
+            sync_deletes: true,
+        }
+    }
+
+    /// Found by this session's review (D): r2 `--rerun --sync-deletes` of [a, d] killed; r3 a
+    /// narrower `migrate a` (completed, or killed too); then a plain `migrate`: d's re-run and
+    /// deletions were dropped (only the newest run was looked at).
+    #[test]
+    fn a_narrower_run_in_between_does_not_drop_what_a_killed_run_owes() {
+        let p = pipeline();
+        let r2 = run_record("r2", &["a", "d"], rerun_sync());
+        for r3_status in [ledger::COMPLETED, ledger::INTERRUPTED] {
+            let history = vec![
+                step(&p, "r1", "a", ledger::COMPLETED),
+                step(&p, "r1", "d", ledger::COMPLETED),
+                StepRecord {
+                    reported_by: Some("r3".into()),
+                    ..step(&p, "r3", "a", r3_status)
+                },
+            ];
+            let mut runs = vec![r2.clone()];
+            if r3_status == ledger::INTERRUPTED {
+                runs.push(run_record("r3", &["a"], ledger::RunIntent::default()));
+            }
+            let out = decide(
+                &steps(&["a", "d"]),
+                &p,
+                &history,
+                &opts(),
+                &Interrupted { runs },
+            )
+            .unwrap();
+            assert!(
+                matches!(
+                    out[1].1,
+                    Decision::Run {
+                        since: None,
+                        sync_deletes: true,
+                        ..
+                    }
+                ),
+                "r3 {r3_status}: d: {:?}",
+                out[1].1
+            );
+        }
+    }
+
+    /// Found by this session's review (E): an older killed `--since-last` completed a; a
+    /// killed `--rerun --sync-deletes d`; then `--rerun --sync-deletes`: a's delta was adopted
+    /// as if it were the re-run asked for.
+    #[test]
+    fn a_step_of_a_killed_run_asked_otherwise_is_not_adopted_for_this_command() {
+        let p = pipeline();
+        let history = vec![
+            step(&p, "r1", "a", ledger::COMPLETED),
+            step(&p, "r1", "d", ledger::COMPLETED),
+            step(&p, "r2", "a", ledger::COMPLETED),
+        ];
+        let delta = ledger::RunIntent {
+            since_last: true,
+            ..Default::default()
+        };
+        let runs = vec![
+            run_record("r2", &["a"], delta),
+            run_record("r3", &["d"], rerun_sync()),
+        ];
+        let asked = RunOptions {
+            rerun: true,
+            sync_deletes: true,
+            ..opts()
+        };
+        let out = decide(
+            &steps(&["a", "d"]),
+            &p,
+            &history,
+            &asked,
+            &Interrupted { runs },
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                out[0].1,
+                Decision::Run {
+                    since: None,
+                    sync_deletes: true,
+                    ..
+                }
+            ),
+            "{:?}",
+            out[0].1
+        );
+    }
+
+    /// Found by this session's review (F): a step of the killed run the operator rolled back
+    /// (abandoning it) was re-run, with its deletions, by the next plain `migrate`.
+    #[test]
+    fn a_rolled_back_step_of_a_killed_run_is_not_run_again() {
+        let p = pipeline();
+        let history = vec![
+            step(&p, "r1", "a", ledger::COMPLETED),
+            step(&p, "r1", "d", ledger::COMPLETED),
+            step(&p, "r2", "a", ledger::ROLLED_BACK),
+        ];
+        let k = killed_run("r2", &["a", "d"], rerun_sync());
+        let out = decide(&steps(&["a", "d"]), &p, &history, &opts(), &k).unwrap();
+        assert!(
+            matches!(out[0].1, Decision::AlreadyApplied),
+            "{:?}",
+            out[0].1
+        );
+        assert!(
+            matches!(
+                out[1].1,
+                Decision::Run {
                     sync_deletes: true,
                     ..
                 }

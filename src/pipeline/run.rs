@@ -378,16 +378,17 @@ async fn migrate_locked(
         }
     }
     let history = ledger.all_steps().await?;
-    let runs = ledger.runs_newest_first(i64::MAX, None).await?;
+    // A dry run takes no lock and marks nothing: the runs still `running` it finds died, or
+    // are alive beside it — it previews as if they died (this session's review, G).
     let interrupted = Interrupted {
-        newest: runs
-            .first()
-            .filter(|r| r.status == ledger::INTERRUPTED)
-            .cloned(),
-        runs: runs
-            .iter()
-            .filter(|r| r.status == ledger::INTERRUPTED)
-            .map(|r| r.run_id.clone())
+        runs: ledger
+            .runs_newest_first(i64::MAX, None)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.status == ledger::INTERRUPTED
+                    || (opts.dry_run && r.status == ledger::RUNNING && r.run_id != run_id)
+            })
             .collect(),
     };
     let decisions = decide(&steps, pipeline, &history, opts, &interrupted)?;
@@ -424,7 +425,7 @@ async fn migrate_locked(
             .filter(|s| {
                 s.status == ledger::COMPLETED
                     && s.reported_by.is_none()
-                    && interrupted.runs.contains(&s.run_id)
+                    && interrupted.runs.iter().any(|r| r.run_id == s.run_id)
             })
             .cloned()
             .collect()
@@ -453,13 +454,7 @@ async fn migrate_locked(
     } else {
         let n = ledger.next_run_number().await?;
         ledger
-            .start_run(
-                run_id,
-                n,
-                &pipeline.spec.name,
-                &entity_names,
-                interrupted.intent(opts.intent()),
-            )
+            .start_run(run_id, n, &pipeline.spec.name, &entity_names, opts.intent())
             .await?;
         n
     };
