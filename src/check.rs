@@ -513,8 +513,8 @@ pub async fn check(
 /// Appwrite users: the emails and phone numbers users of the project hold, and those the scan
 /// gave to earlier rows. Appwrite keeps one user per email and per phone (a second is refused:
 /// 409), so a row whose user would take one another user holds is rejected by the run
-/// (`user_email_already_exists`, `user_phone_already_exists`). Emails compare without case, as
-/// Appwrite stores them.
+/// (`user_email_already_exists`, `user_phone_already_exists`). Emails compare with their ASCII
+/// letters in lower case, as Appwrite stores them.
 struct UserClaims {
     spec: crate::mapping::spec::AppwriteUsersSpec,
     entity: String,
@@ -539,7 +539,7 @@ impl UserClaims {
             for u in page {
                 let id = u["$id"].as_str().unwrap_or_default().to_string();
                 if let Some(email) = u["email"].as_str().filter(|e| !e.is_empty()) {
-                    claims.emails.insert(email.to_lowercase(), id.clone());
+                    claims.emails.insert(email.to_ascii_lowercase(), id.clone());
                 }
                 if let Some(phone) = u["phone"].as_str().filter(|p| !p.is_empty()) {
                     claims.phones.insert(phone.to_string(), id);
@@ -566,7 +566,7 @@ impl UserClaims {
                 }
             }
         };
-        if let Some(other) = taken(&mut self.emails, u.email.to_lowercase()) {
+        if let Some(other) = taken(&mut self.emails, u.email.to_ascii_lowercase()) {
             return Some((
                 "user_email_already_exists",
                 format!(

@@ -2858,7 +2858,8 @@ async fn emails_another_user_holds_are_found_by_check_and_never_cost_an_account(
            INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
              '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
            FROM generate_series(1, 6) g;
-           UPDATE accounts SET email = 'u2@example.org' WHERE id = 3;")
+           UPDATE accounts SET email = 'U2@Example.org' WHERE id = 3;
+           UPDATE accounts SET email = 'U6@EXAMPLE.org' WHERE id = 6;")
         .await;
     let dir = w.dir.path();
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
@@ -2918,6 +2919,17 @@ async fn emails_another_user_holds_are_found_by_check_and_never_cost_an_account(
         "{rules:?}"
     );
 
+    // Appwrite keeps emails in lower case: so does cutover, and a re-run finds user 6 unchanged
+    // (a mixed-case email read as changed re-created the user on every run: this session's
+    // review, H).
+    let six = |aw: &Aw| {
+        aw.s.users()
+            .into_iter()
+            .find(|u| u["email"] == "u6@example.org")
+            .map(|u| u["$createdAt"].clone())
+    };
+    let created = six(&aw);
+    assert!(created.is_some(), "{:?}", aw.s.users());
     // User 4 changes its email to user 5's: refused, and user 4 keeps its account.
     w.sql("UPDATE accounts SET email = 'u5@example.org' WHERE id = 4")
         .await;
@@ -2934,6 +2946,7 @@ async fn emails_another_user_holds_are_found_by_check_and_never_cost_an_account(
         "user 4 lost: {users:?}"
     );
     assert_eq!(users.len(), 5, "{users:?}");
+    assert_eq!(six(&aw), created, "user 6 was created again");
     w.drop().await;
 }
 

@@ -796,7 +796,12 @@ pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec, entity: &str) -> Import
         .collect();
     ImportUser {
         id: rows::row_id(doc.get("_id").unwrap_or(&Bson::Null)),
-        email: text_of(doc, Some(&spec.email)).unwrap_or_default(),
+        // As Appwrite keeps it (its ASCII letters in lower case): compared so on a re-run, a
+        // mixed-case email no longer reads as changed — which re-created the user each time
+        // (this session's review, H).
+        email: text_of(doc, Some(&spec.email))
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
         name: text_of(doc, spec.name.as_ref()).unwrap_or_default(),
         hash: text_of(doc, Some(&spec.password_hash)).unwrap_or_default(),
         algorithm: spec.algorithm.clone(),

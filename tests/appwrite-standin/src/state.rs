@@ -1130,6 +1130,9 @@ impl StandIn {
         options: serde_json::Map<String, Value>,
     ) -> Result<Value, ApiError> {
         self.row_fault_hit([id])?;
+        // Appwrite keeps an email with its ASCII letters in lower case (`strtolower`).
+        let email = email.to_ascii_lowercase();
+        let email = email.as_str();
         let mut data = self.lock();
         if data.users.contains_key(&uid(id)) || data.users.values().any(|u| u["email"] == email) {
             return Err(ApiError::new(
