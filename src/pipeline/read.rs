@@ -43,6 +43,8 @@ fn delta_filter(column: &str, kind: Option<crate::source::ColKind>, at: &str) ->
 /// A batch of documents on its way to the target.
 pub(super) struct Batch {
     pub(super) docs: Vec<RawDocumentBuf>,
+    /// A file stage's files, one per document (empty otherwise).
+    pub(super) files: Vec<crate::sink::gridfs::FileRef>,
     pub(super) keys: Vec<String>,
     pub(super) bytes: usize,
     /// Position in the stage's sequence of batches (for the contiguous checkpoint).
@@ -66,6 +68,7 @@ impl Batch {
     pub(super) fn new(cap: usize) -> Batch {
         Batch {
             docs: Vec::with_capacity(cap),
+            files: Vec::new(),
             keys: Vec::with_capacity(cap),
             bytes: 0,
             seq: 0,
@@ -150,7 +153,14 @@ pub(super) async fn read_loop(
         path: rejects.dir().to_path_buf(),
         cause,
     };
-    let mut batch = Batch::new(opts.batch_size);
+    // Files are written one after the other within a batch: a few per batch, so that the
+    // checkpoint moves and --concurrency uploads run side by side.
+    let batch_size = if plan.file.is_some() {
+        opts.batch_size.min(FILES_PER_BATCH)
+    } else {
+        opts.batch_size
+    };
+    let mut batch = Batch::new(batch_size);
     let mut prev_row: Option<Vec<Value>> = None;
     // Once per entity: whether a hashed row id loses the key (then said per document).
     let key_lost = target.key_lost(plan);
@@ -179,7 +189,7 @@ pub(super) async fn read_loop(
                 // Not held in memory without end: the batch gathered so far is sealed (its
                 // checkpoint is before them) and they go to the next.
                 if !batch.docs.is_empty() {
-                    let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+                    let mut full = std::mem::replace(&mut batch, Batch::new(batch_size));
                     full.seal(
                         &mut seq,
                         key_strings(plan, prev_row.as_deref()),
@@ -273,7 +283,7 @@ pub(super) async fn read_loop(
         }
         if batch.bytes + size > opts.batch_bytes && !batch.docs.is_empty() {
             // The batch covers every row before this one.
-            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            let mut full = std::mem::replace(&mut batch, Batch::new(batch_size));
             full.seal(
                 &mut seq,
                 key_strings(plan, prev_row.as_deref()),
@@ -293,10 +303,13 @@ pub(super) async fn read_loop(
             batch.warned += 1;
         }
         batch.bytes += size;
+        if let Some(f) = &plan.file {
+            batch.files.push(file_ref(f, &row));
+        }
         batch.docs.push(raw);
         batch.keys.push(mapped.key.clone());
-        if batch.docs.len() >= opts.batch_size {
-            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+        if batch.docs.len() >= batch_size {
+            let mut full = std::mem::replace(&mut batch, Batch::new(batch_size));
             full.seal(
                 &mut seq,
                 key_strings(plan, Some(&row)),
@@ -327,6 +340,29 @@ pub(super) async fn read_loop(
     }
     bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
     Ok(())
+}
+
+/// Files per batch of a file stage (at most).
+const FILES_PER_BATCH: usize = 4;
+
+/// What `row` says of its file, from the columns of the `[file]` table.
+fn file_ref(f: &crate::mapping::plan::FilePlan, row: &[Value]) -> crate::sink::gridfs::FileRef {
+    let text = |i: Option<usize>| match i.map(|i| &row[i]) {
+        Some(Value::Text(t)) => Some(t.clone()),
+        _ => None,
+    };
+    let size = match f.size.map(|i| &row[i]) {
+        Some(Value::Int32(n)) => Some(i64::from(*n)),
+        Some(Value::Int64(n)) => Some(*n),
+        _ => None,
+    };
+    crate::sink::gridfs::FileRef {
+        path: text(Some(f.path)),
+        name: text(f.name),
+        size,
+        checksum: text(f.checksum),
+        mime: text(f.mime),
+    }
 }
 
 /// Orphan child rows whose lines wait for the next parent row's batch, at most.

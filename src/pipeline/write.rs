@@ -164,6 +164,7 @@ pub(super) async fn write_loop(
                         let target = &target;
                         let collection = &collection;
                         let docs = &batch.docs;
+                        let files = &batch.files;
                         let stale = noted.as_ref().map_or(&[][..], |n| n.ids.as_slice());
                         let counters = &counters;
                         let removed_here = &removed_here;
@@ -174,6 +175,9 @@ pub(super) async fn write_loop(
                             removed_here.fetch_add(removed, Ordering::Relaxed);
                             if docs.is_empty() {
                                 return Ok(BatchResult::default());
+                            }
+                            if target.is_bucket(collection) {
+                                return target.write_files(collection, docs, files).await;
                             }
                             target.write(collection, docs, m).await
                         }
@@ -271,13 +275,28 @@ pub(super) async fn write_loop(
                         .get(e.index)
                         .map(|d| crate::monitor::rejects::document_fingerprint(d.as_bytes()))
                         .unwrap_or_default();
-                    let issue = Issue::error(
-                        Stage::Write,
-                        &e.code_name,
-                        "",
-                        format!("{} (code {})", e.message, e.code),
-                        fingerprint,
-                    );
+                    // A file stage's own refusals (the file on disk) name no server code.
+                    let issue = if e.code_name.starts_with("file_") && e.code == 0 {
+                        Issue::error(
+                            Stage::File,
+                            &e.code_name,
+                            "",
+                            e.message.clone(),
+                            batch
+                                .files
+                                .get(e.index)
+                                .and_then(|f| f.path.clone())
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        Issue::error(
+                            Stage::Write,
+                            &e.code_name,
+                            "",
+                            format!("{} (code {})", e.message, e.code),
+                            fingerprint,
+                        )
+                    };
                     reject(
                         &counters,
                         &total_rejected,

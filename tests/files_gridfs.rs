@@ -1,0 +1,314 @@
+//! The files stage into MongoDB GridFS, end to end on the sample registry's `documents` (20
+//! files on disk, 3 over 5 MiB): every file once, byte-identical; a missing file and a changed
+//! one rejected with their rules; re-runs leave complete files alone; kill -9 in the middle of a
+//! large upload, then `migrate`, leaves every file exactly once and no orphan chunk.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bson::{Bson, Document, doc};
+use common::World;
+use futures::{AsyncReadExt, TryStreamExt};
+use sha2::Digest;
+
+/// The `documents` rows: document_id → (storage_path, size, sha256).
+async fn source_files(w: &World) -> BTreeMap<uuid::Uuid, (String, i64, String)> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+    let rows: Vec<(uuid::Uuid, String, i64, String)> = sqlx::query_as(
+        "SELECT document_id, storage_path, size_bytes, sha256 FROM documents ORDER BY document_id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(id, p, s, h)| (id, (p, s, h)))
+        .collect()
+}
+
+fn uuid_id(u: &uuid::Uuid) -> Bson {
+    Bson::Binary(bson::Binary {
+        subtype: bson::spec::BinarySubtype::Uuid,
+        bytes: u.as_bytes().to_vec(),
+    })
+}
+
+/// The sha256 (hex) of a file as GridFS gives it back.
+async fn download_sha256(db: &mongodb::Database, bucket: &str, id: Bson) -> (u64, String) {
+    let b = db.gridfs_bucket(
+        mongodb::options::GridFsBucketOptions::builder()
+            .bucket_name(bucket.to_string())
+            .build(),
+    );
+    let mut stream = b.open_download_stream(id).await.unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        h.update(&buf[..n]);
+    }
+    (len, cutover::sink::gridfs::hex(&h.finalize()))
+}
+
+async fn files_docs(w: &World, bucket: &str) -> Vec<Document> {
+    w.docs(&format!("{bucket}.files")).await
+}
+
+/// Chunks whose file has no files document (an upload cut short and never cleaned up).
+async fn orphan_chunks(w: &World, bucket: &str) -> u64 {
+    let db = w.mongo().await;
+    let ids: Vec<Bson> = files_docs(w, bucket)
+        .await
+        .iter()
+        .map(|d| d.get("_id").unwrap().clone())
+        .collect();
+    db.collection::<Document>(&format!("{bucket}.chunks"))
+        .count_documents(doc! { "files_id": { "$nin": ids } })
+        .await
+        .unwrap()
+}
+
+fn entity<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_go_into_gridfs_byte_identical_and_bad_files_are_rejected() {
+    let w = World::new("files_gridfs").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    assert_eq!(source.len(), 20);
+    // One file gone from disk, one changed in place (same size, other bytes).
+    let mut it = source.iter();
+    let (missing_id, (missing_path, _, _)) = it.next().unwrap();
+    let (changed_id, (changed_path, changed_size, changed_sha)) = it.next().unwrap();
+    std::fs::remove_file(w.files_root().join(missing_path)).unwrap();
+    let mut bytes = std::fs::read(w.files_root().join(changed_path)).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(w.files_root().join(changed_path), &bytes).unwrap();
+
+    let out = w.migrate(&[]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "finished with rejects\n{text}");
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    let docs = entity(&report, "documents");
+    assert_eq!(docs["read"], 20, "{docs}");
+    assert_eq!(docs["written"], 18, "{docs}");
+    assert_eq!(docs["rejected"], 2, "{docs}");
+    assert_eq!(
+        docs["read"].as_u64().unwrap(),
+        docs["written"].as_u64().unwrap()
+            + docs["rejected"].as_u64().unwrap()
+            + docs["skipped"].as_u64().unwrap()
+    );
+    let rejects: Vec<_> = w
+        .rejects(&run_id)
+        .into_iter()
+        .filter(|r| r.0 == "documents")
+        .collect();
+    assert_eq!(
+        rejects,
+        vec![
+            (
+                "documents".to_string(),
+                missing_id.to_string(),
+                "file".to_string(),
+                "file_missing".to_string()
+            ),
+            (
+                "documents".to_string(),
+                changed_id.to_string(),
+                "file".to_string(),
+                "file_checksum".to_string()
+            ),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    // The checksum reject names the path and both values.
+    let csv = std::fs::read_to_string(
+        w.dir
+            .path()
+            .join("rejects")
+            .join(&run_id)
+            .join("documents.csv"),
+    )
+    .unwrap();
+    assert!(csv.contains(changed_path.as_str()), "{csv}");
+    assert!(csv.contains(changed_sha.as_str()), "{csv}");
+    let _ = changed_size;
+
+    // Every other file once, byte-identical, its row as metadata.
+    let db = w.mongo().await;
+    let stored = files_docs(&w, "documents").await;
+    assert_eq!(stored.len(), 18);
+    for (id, (path, size, sha)) in &source {
+        if id == missing_id || id == changed_id {
+            continue;
+        }
+        let f = stored
+            .iter()
+            .find(|d| d.get("_id") == Some(&uuid_id(id)))
+            .unwrap_or_else(|| panic!("no file {id}"));
+        assert_eq!(f.get_i64("length").unwrap(), *size, "{f}");
+        assert_eq!(
+            f.get_str("filename").unwrap(),
+            path.rsplit('/').next().unwrap()
+        );
+        assert_eq!(f.get_str("sha256").unwrap(), sha);
+        let meta = f.get_document("metadata").unwrap();
+        assert_eq!(meta.get_str("sha256").unwrap(), sha);
+        assert!(meta.get("patientId").is_some(), "{meta}");
+        assert!(meta.get("_id").is_none(), "{meta}");
+        let (len, got) = download_sha256(&db, "documents", uuid_id(id)).await;
+        assert_eq!((len as i64, got.as_str()), (*size, sha.as_str()));
+    }
+    assert_eq!(orphan_chunks(&w, "documents").await, 0);
+
+    // Again: complete files are left as they are (not uploaded again), still counted.
+    let dates: Vec<Bson> = stored
+        .iter()
+        .map(|d| d.get("uploadDate").unwrap().clone())
+        .collect();
+    let out = w.migrate(&["--rerun", "documents"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let docs = entity(&report, "documents");
+    assert_eq!(
+        (
+            docs["read"].as_u64(),
+            docs["written"].as_u64(),
+            docs["rejected"].as_u64()
+        ),
+        (Some(20), Some(18), Some(2)),
+        "{docs}"
+    );
+    let again = files_docs(&w, "documents").await;
+    let dates_again: Vec<Bson> = again
+        .iter()
+        .map(|d| d.get("uploadDate").unwrap().clone())
+        .collect();
+    assert_eq!(dates, dates_again, "complete files were uploaded again");
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_stage_without_a_files_root_is_refused() {
+    let w = World::new("files_noroot").await;
+    w.load_registry(100);
+    let out = w
+        .cutover()
+        .env_remove("CUTOVER_FILES_ROOT")
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .args(["documents", "--ignore-dependencies"])
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("--files-root"), "{text}");
+    w.drop().await;
+}
+
+/// The documents mapping alone (no reference to patients), its chunks small so that a large
+/// file takes thousands of chunk writes: a window wide enough to kill the run inside it.
+fn small_chunk_pipeline(w: &World) -> std::path::PathBuf {
+    let mapping = std::fs::read_to_string(common::repo().join("mappings/documents.toml"))
+        .unwrap()
+        .replace("reference = \"patients\"\n", "")
+        .replace(
+            "bucket = \"documents\"",
+            "bucket = \"documents\"\nchunk_size = 4096",
+        );
+    assert!(mapping.contains("chunk_size = 4096"));
+    common::one_entity_pipeline(w, "documents", &mapping)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_large_upload_then_migrate_leaves_every_file_once() {
+    let w = World::new("files_kill").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = small_chunk_pipeline(&w);
+    let db = w.mongo().await;
+    let mut child = common::process::spawn_migrate(&w, &pipeline, &["--concurrency", "1"]);
+    // Killed once a file over 5 MiB is partly in GridFS: chunks past 5 MiB, no files document.
+    let big: Vec<Bson> = source
+        .iter()
+        .filter(|(_, (_, size, _))| *size > 5 * 1024 * 1024)
+        .map(|(id, _)| uuid_id(id))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let killed_in = loop {
+        let mut found = None;
+        for id in &big {
+            let chunks = db
+                .collection::<Document>("documents.chunks")
+                .count_documents(doc! { "files_id": id })
+                .await
+                .unwrap();
+            let file = db
+                .collection::<Document>("documents.files")
+                .find_one(doc! { "_id": id })
+                .await
+                .unwrap();
+            if file.is_none() && chunks * 4096 > 5 * 1024 * 1024 {
+                found = Some(id.clone());
+            }
+        }
+        if let Some(id) = found {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            break id;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before a large upload was seen in flight");
+        }
+        assert!(Instant::now() < deadline, "no large upload seen in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The kill left a partial file: chunks without a files document.
+    assert!(orphan_chunks(&w, "documents").await > 0);
+    let _ = killed_in;
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let stored = files_docs(&w, "documents").await;
+    assert_eq!(stored.len(), source.len(), "every file exactly once");
+    assert_eq!(orphan_chunks(&w, "documents").await, 0, "no orphan chunk");
+    for (id, (_, size, sha)) in &source {
+        let (len, got) = download_sha256(&db, "documents", uuid_id(id)).await;
+        assert_eq!((len as i64, got.as_str()), (*size, sha.as_str()), "{id}");
+        let expected_chunks = (*size as u64).div_ceil(4096);
+        let chunks = db
+            .collection::<Document>("documents.chunks")
+            .count_documents(doc! { "files_id": uuid_id(id) })
+            .await
+            .unwrap();
+        assert_eq!(chunks, expected_chunks, "{id}");
+    }
+    let _: Vec<Document> = db
+        .collection::<Document>("documents.files")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    w.drop().await;
+}
