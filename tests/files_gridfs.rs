@@ -204,6 +204,72 @@ async fn documents_go_into_gridfs_byte_identical_and_bad_files_are_rejected() {
         .map(|d| d.get("uploadDate").unwrap().clone())
         .collect();
     assert_eq!(dates, dates_again, "complete files were uploaded again");
+
+    // verify: present, lengths and checksums as recorded, the bytes on disk the same; the two
+    // rejected rows are excused.
+    let registry = common::repo().join("pipelines/registry.toml");
+    let verify = |extra: &[&str]| {
+        w.cutover()
+            .arg("verify")
+            .arg("--pipeline")
+            .arg(&registry)
+            .arg("documents")
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    // A byte changed inside GridFS is found by the download of --full (the records still agree).
+    let (some_id, (_, _, _)) = source
+        .iter()
+        .find(|(id, _)| *id != missing_id && *id != changed_id)
+        .unwrap();
+    let chunks = db.collection::<Document>("documents.chunks");
+    let chunk = chunks
+        .find_one(doc! { "files_id": uuid_id(some_id), "n": 0 })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut data = chunk.get_binary_generic("data").unwrap().clone();
+    data[0] ^= 0x01;
+    chunks
+        .update_one(
+            doc! { "_id": chunk.get("_id").unwrap() },
+            doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: data }) } },
+        )
+        .await
+        .unwrap();
+    let out = verify(&[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = verify(&["--full"]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&some_id.to_string()), "{text}");
+
+    // rollback of the re-run puts the bucket back as the re-run found it (its backup of files
+    // and chunks): the changed byte is gone again.
+    let patients = w.count("patients").await;
+    let rollback = || {
+        w.cutover()
+            .args(["rollback", "--pipeline"])
+            .arg(&registry)
+            .arg("documents")
+            .output()
+            .unwrap()
+    };
+    let out = rollback();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documents.files").await, 18);
+    let out = verify(&["--full"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    // rollback of the first run's step removes exactly the files it wrote (the bucket was
+    // empty before it), chunks included; nothing else.
+    let out = rollback();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documents.files").await, 0);
+    assert_eq!(w.count("documents.chunks").await, 0);
+    assert_eq!(w.count("patients").await, patients);
     w.drop().await;
 }
 

@@ -304,7 +304,9 @@ pub(super) async fn read_loop(
         }
         batch.bytes += size;
         if let Some(f) = &plan.file {
-            batch.files.push(file_ref(f, &row));
+            batch
+                .files
+                .push(crate::sink::gridfs::FileRef::of_row(f, &row));
         }
         batch.docs.push(raw);
         batch.keys.push(mapped.key.clone());
@@ -344,26 +346,6 @@ pub(super) async fn read_loop(
 
 /// Files per batch of a file stage (at most).
 const FILES_PER_BATCH: usize = 4;
-
-/// What `row` says of its file, from the columns of the `[file]` table.
-fn file_ref(f: &crate::mapping::plan::FilePlan, row: &[Value]) -> crate::sink::gridfs::FileRef {
-    let text = |i: Option<usize>| match i.map(|i| &row[i]) {
-        Some(Value::Text(t)) => Some(t.clone()),
-        _ => None,
-    };
-    let size = match f.size.map(|i| &row[i]) {
-        Some(Value::Int32(n)) => Some(i64::from(*n)),
-        Some(Value::Int64(n)) => Some(*n),
-        _ => None,
-    };
-    crate::sink::gridfs::FileRef {
-        path: text(Some(f.path)),
-        name: text(f.name),
-        size,
-        checksum: text(f.checksum),
-        mime: text(f.mime),
-    }
-}
 
 /// Orphan child rows whose lines wait for the next parent row's batch, at most.
 const ORPHANS_WAITING: usize = 1024;

@@ -81,6 +81,29 @@ pub struct FileRef {
     pub mime: Option<String>,
 }
 
+impl FileRef {
+    /// What `row` says of its file, from the columns of the `[file]` table.
+    pub fn of_row(f: &crate::mapping::plan::FilePlan, row: &[crate::source::Value]) -> FileRef {
+        use crate::source::Value;
+        let text = |i: Option<usize>| match i.map(|i| &row[i]) {
+            Some(Value::Text(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let size = match f.size.map(|i| &row[i]) {
+            Some(Value::Int32(n)) => Some(i64::from(*n)),
+            Some(Value::Int64(n)) => Some(*n),
+            _ => None,
+        };
+        FileRef {
+            path: text(Some(f.path)),
+            name: text(f.name),
+            size,
+            checksum: text(f.checksum),
+            mime: text(f.mime),
+        }
+    }
+}
+
 /// `rel` under `root`, or why it is not a path there (absolute, or climbing out with `..`).
 pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, String> {
     if rel.is_empty() {
@@ -351,7 +374,7 @@ pub async fn write_files(
             .find_one(doc! { "_id": &id })
             .await
             .map_err(command(format!("find in {}", spec.files())))?;
-        let length = stored.as_ref().and_then(|d| length_of(d));
+        let length = stored.as_ref().and_then(length_of);
         if uploaded != found || length != Some(found.len) {
             delete_files(db, &spec.name, std::slice::from_ref(&id)).await?;
             let message = if uploaded != found {
