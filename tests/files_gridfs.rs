@@ -378,3 +378,37 @@ async fn kill_9_during_a_large_upload_then_migrate_leaves_every_file_once() {
         .unwrap();
     w.drop().await;
 }
+
+/// Appwrite Storage is not built yet: a files stage into Appwrite fails at once with a clear
+/// error (also as a dry run), never skipped silently, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_stage_into_appwrite_is_refused_before_anything_is_written() {
+    let w = World::new("files_appwrite").await;
+    w.load_registry_with_files(100);
+    let s = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "files-key"));
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "files-key")
+            .env("APPWRITE_DATABASE", "registry")
+            .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+            .arg(common::repo().join("pipelines/registry.toml"))
+            .args(extra);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains("files into Appwrite Storage are not built yet"),
+            "{text}"
+        );
+        // Refused before the first stage: no table was created.
+        assert_eq!(s.row_count("registry", "vaccines"), 0, "{text}");
+    }
+    w.drop().await;
+}
