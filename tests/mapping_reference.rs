@@ -61,7 +61,7 @@ fn shipped_pipeline_and_mappings_load() {
         &root.join("mappings"),
     )
     .unwrap();
-    assert_eq!(p.all_steps().len(), 10);
+    assert_eq!(p.all_steps().len(), 11);
     let set = MappingSet::load_dir(&root.join("mappings")).unwrap();
-    assert_eq!(set.mappings.len(), 10);
+    assert_eq!(set.mappings.len(), 11);
 }
