@@ -294,15 +294,52 @@ async fn a_files_stage_without_a_files_root_is_refused() {
 /// The documents mapping alone (no reference to patients), its chunks small so that a large
 /// file takes thousands of chunk writes: a window wide enough to kill the run inside it.
 fn small_chunk_pipeline(w: &World) -> std::path::PathBuf {
+    documents_alone(w, "\nchunk_size = 4096")
+}
+
+/// The documents mapping alone (no reference to patients), `extra` added to its `[file]`.
+fn documents_alone(w: &World, extra: &str) -> std::path::PathBuf {
     let mapping = std::fs::read_to_string(common::repo().join("mappings/documents.toml"))
         .unwrap()
         .replace("reference = \"patients\"\n", "")
         .replace(
             "bucket = \"documents\"",
-            "bucket = \"documents\"\nchunk_size = 4096",
+            &format!("bucket = \"documents\"{extra}"),
         );
-    assert!(mapping.contains("chunk_size = 4096"));
+    assert!(mapping.contains(extra));
     common::one_entity_pipeline(w, "documents", &mapping)
+}
+
+/// `--sync-deletes`: the file of a row deleted from the source goes, chunks and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_deletes_removes_the_file_of_a_deleted_row_with_its_chunks() {
+    let w = World::new("files_sync").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = documents_alone(&w, "");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documents.files").await, 20);
+    // The largest file's row goes from the source.
+    let (gone, _) = source.iter().max_by_key(|(_, (_, size, _))| *size).unwrap();
+    w.sql(&format!(
+        "DELETE FROM documents WHERE document_id = '{gone}'"
+    ))
+    .await;
+    let out = w.migrate_with(&pipeline, &["--rerun", "--sync-deletes"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    assert_eq!(entity(&report, "documents")["deleted"], 1, "{report}");
+    assert_eq!(w.count("documents.files").await, 19);
+    let db = w.mongo().await;
+    let left = db
+        .collection::<Document>("documents.chunks")
+        .count_documents(doc! { "files_id": uuid_id(gone) })
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the deleted file's chunks stayed");
+    assert_eq!(orphan_chunks(&w, "documents").await, 0);
+    w.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
