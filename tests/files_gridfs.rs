@@ -99,6 +99,31 @@ async fn documents_go_into_gridfs_byte_identical_and_bad_files_are_rejected() {
     bytes[0] ^= 0xff;
     std::fs::write(w.files_root().join(changed_path), &bytes).unwrap();
 
+    // check finds, before the run, the two rows the run will reject.
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .arg("documents")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = |rule: &str| -> u64 {
+        check["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["entity"] == "documents" && f["rule"] == rule)
+            .map(|f| f["rows"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (finding("file_missing"), finding("file_checksum")),
+        (1, 1),
+        "{check}"
+    );
+
     let out = w.migrate(&[]);
     let text = common::output_text(&out);
     assert_eq!(out.status.code(), Some(2), "finished with rejects\n{text}");
@@ -287,6 +312,18 @@ async fn a_files_stage_without_a_files_root_is_refused() {
         .unwrap();
     let text = common::output_text(&out);
     assert!(!out.status.success(), "{text}");
+    assert!(text.contains("--files-root"), "{text}");
+    // check says so too, as a blocking finding.
+    let out = w
+        .cutover()
+        .env_remove("CUTOVER_FILES_ROOT")
+        .args(["check", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .arg("documents")
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("--files-root"), "{text}");
     w.drop().await;
 }

@@ -236,6 +236,32 @@ pub fn disagreement(
     None
 }
 
+/// The file a row names, checked as the upload checks it before sending a byte: its path under
+/// `root`, and the digests of what is on disk; or the reject (rule, message) the row gets.
+pub async fn inspect(
+    root: &Path,
+    file: &FileRef,
+    algorithm: ChecksumAlgorithm,
+) -> Result<(PathBuf, Digests), (&'static str, String)> {
+    let Some(rel) = file.path.as_deref() else {
+        return Err((
+            RULE_MISSING,
+            "the row names no file (its path is NULL)".into(),
+        ));
+    };
+    let path = resolve(root, rel).map_err(|why| (RULE_PATH, why))?;
+    let found = digest_file(&path, algorithm).await.map_err(|e| {
+        (
+            RULE_MISSING,
+            format!("{rel}: cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if let Some(problem) = disagreement(file, rel, &found, algorithm) {
+        return Err(problem);
+    }
+    Ok((path, found))
+}
+
 fn refused(index: usize, rule: &str, message: String) -> DocError {
     DocError {
         index,
@@ -298,36 +324,14 @@ pub async fn write_files(
         let Some(id) = metadata.remove("_id") else {
             return Err(MongoError::Reply("document without _id".into()));
         };
-        let Some(rel) = file.path.as_deref() else {
-            result.errors.push(refused(
-                index,
-                RULE_MISSING,
-                "the row names no file (its path is NULL)".into(),
-            ));
-            continue;
-        };
-        let path = match resolve(&spec.root, rel) {
-            Ok(p) => p,
-            Err(why) => {
-                result.errors.push(refused(index, RULE_PATH, why));
+        let (path, found) = match inspect(&spec.root, file, spec.algorithm).await {
+            Ok(checked) => checked,
+            Err((rule, message)) => {
+                result.errors.push(refused(index, rule, message));
                 continue;
             }
         };
-        let found = match digest_file(&path, spec.algorithm).await {
-            Ok(d) => d,
-            Err(e) => {
-                result.errors.push(refused(
-                    index,
-                    RULE_MISSING,
-                    format!("{rel}: cannot read {}: {e}", path.display()),
-                ));
-                continue;
-            }
-        };
-        if let Some((rule, message)) = disagreement(file, rel, &found, spec.algorithm) {
-            result.errors.push(refused(index, rule, message));
-            continue;
-        }
+        let rel = file.path.as_deref().unwrap_or_default();
         let filename = file.name.clone().unwrap_or_else(|| {
             Path::new(rel)
                 .file_name()
