@@ -139,6 +139,19 @@ async fn documents_go_into_gridfs_byte_identical_and_bad_files_are_rejected() {
             + docs["rejected"].as_u64().unwrap()
             + docs["skipped"].as_u64().unwrap()
     );
+    // Files and bytes moved, in the report (JSON and text).
+    let written_bytes: i64 = source
+        .iter()
+        .filter(|(id, _)| *id != missing_id && *id != changed_id)
+        .map(|(_, (_, size, _))| size)
+        .sum();
+    assert_eq!(docs["files"]["uploaded"], 18, "{docs}");
+    assert_eq!(docs["files"]["bytes"], written_bytes, "{docs}");
+    assert_eq!(docs["files"]["unchanged"], 0, "{docs}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("documents: 18 files uploaded"),
+        "{text}"
+    );
     let rejects: Vec<_> = w
         .rejects(&run_id)
         .into_iter()
@@ -221,6 +234,14 @@ async fn documents_go_into_gridfs_byte_identical_and_bad_files_are_rejected() {
             docs["rejected"].as_u64()
         ),
         (Some(20), Some(18), Some(2)),
+        "{docs}"
+    );
+    assert_eq!(
+        (
+            docs["files"]["uploaded"].as_u64(),
+            docs["files"]["unchanged"].as_u64()
+        ),
+        (Some(0), Some(18)),
         "{docs}"
     );
     let again = files_docs(&w, "documents").await;

@@ -240,7 +240,14 @@ pub(super) async fn write_loop(
         EntityCounters::add(&counters.batches, 1);
         tracing::debug!(entity = %entity, seq = batch.seq, documents = batch.docs.len(), "batch written");
         match result {
-            Ok(BatchResult { written, errors }) => {
+            Ok(BatchResult {
+                written,
+                errors,
+                files,
+            }) => {
+                EntityCounters::add(&counters.files_uploaded, files.uploaded);
+                EntityCounters::add(&counters.file_bytes, files.uploaded_bytes);
+                EntityCounters::add(&counters.files_unchanged, files.unchanged);
                 EntityCounters::add(&counters.written, written);
                 EntityCounters::add(&counters.bytes, batch.bytes as u64);
                 // Documents the server could still not take after their retries are failed,
@@ -415,6 +422,7 @@ mod tests {
         let first = BatchResult {
             written: 2,
             errors: vec![doc_error(1, true), doc_error(3, true), doc_error(4, false)],
+            ..Default::default()
         };
         let calls = std::sync::Mutex::new(Vec::new());
         let counters = EntityCounters::default();
@@ -432,11 +440,13 @@ mod tests {
                         BatchResult {
                             written: 1,
                             errors: vec![doc_error(1, true)],
+                            ..Default::default()
                         }
                     } else {
                         BatchResult {
                             written: ids.len() as u64,
                             errors: Vec::new(),
+                            ..Default::default()
                         }
                     })
                 }
@@ -466,6 +476,7 @@ mod tests {
                 Ok(BatchResult {
                     written: 0,
                     errors: vec![doc_error(0, true)],
+                    ..Default::default()
                 })
             },
             "c",
@@ -473,6 +484,7 @@ mod tests {
             BatchResult {
                 written: 0,
                 errors: vec![doc_error(0, true)],
+                ..Default::default()
             },
             policy,
             &counters,

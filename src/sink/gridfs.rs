@@ -355,6 +355,7 @@ pub async fn write_files(
                 .await
                 .map_err(command(format!("update {}", spec.files())))?;
             result.written += 1;
+            result.files.unchanged += 1;
             continue;
         }
         // An older version, or an upload cut short (chunks without a files document, or a
@@ -408,6 +409,8 @@ pub async fn write_files(
             .await
             .map_err(command(format!("update {}", spec.files())))?;
         result.written += 1;
+        result.files.uploaded += 1;
+        result.files.uploaded_bytes += found.len;
     }
     Ok(result)
 }

@@ -186,6 +186,17 @@ pub struct DocError {
 pub struct BatchResult {
     pub written: u64,
     pub errors: Vec<DocError>,
+    /// A file stage: the bytes of the files uploaded, and the files found complete already
+    /// (written, not uploaded again).
+    pub files: FileCounts,
+}
+
+/// What a file stage's batch moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileCounts {
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    pub unchanged: u64,
 }
 
 /// Every client this process opened, so that [`shutdown_all`] can close them cleanly before the
@@ -529,6 +540,7 @@ impl MongoTarget {
         Ok(BatchResult {
             written: (docs.len() - errors.len().min(docs.len())) as u64,
             errors,
+            ..Default::default()
         })
     }
 }

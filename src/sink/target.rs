@@ -381,6 +381,7 @@ impl AppwriteTarget {
         Ok(BatchResult {
             written: (docs.len() - errors.len()) as u64,
             errors,
+            ..Default::default()
         })
     }
 }
