@@ -571,3 +571,51 @@ async fn a_file_larger_than_the_memory_cap_streams_through() {
         "peak RSS grew with the file: {small} KiB for 8 MiB, {large} KiB for 160 MiB"
     );
 }
+
+/// A dry run checks the files as the run will (the rehearsal predicts the run's rejects), and a
+/// symbolic link leading out of the files root is refused like a `..` path (rule `file_path`),
+/// even when the bytes it leads to are the recorded ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_predicts_file_rejects_and_a_link_out_of_the_root_is_refused() {
+    let w = World::new("files_dry").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let mut it = source.iter();
+    let (missing_id, (missing_path, _, _)) = it.next().unwrap();
+    let (linked_id, (linked_path, _, _)) = it.next().unwrap();
+    std::fs::remove_file(w.files_root().join(missing_path)).unwrap();
+    let outside = w.dir.path().join("outside.bin");
+    std::fs::rename(w.files_root().join(linked_path), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, w.files_root().join(linked_path)).unwrap();
+    let pipeline = documents_alone(&w, "");
+    let expected = vec![
+        (missing_id.to_string(), "file_missing".to_string()),
+        (linked_id.to_string(), "file_path".to_string()),
+    ]
+    .into_iter()
+    .collect::<std::collections::BTreeSet<_>>();
+    for dry in [true, false] {
+        let out = w.migrate_with(&pipeline, if dry { &["--dry-run"] } else { &[] });
+        assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+        let report = w.latest_report();
+        let docs = entity(&report, "documents");
+        assert_eq!(
+            (docs["written"].as_u64(), docs["rejected"].as_u64()),
+            (Some(18), Some(2)),
+            "dry run {dry}: {docs}"
+        );
+        let run_id = report["run_id"].as_str().unwrap();
+        let found: std::collections::BTreeSet<_> = w
+            .rejects(run_id)
+            .into_iter()
+            .map(|(_, key, stage, rule)| {
+                assert_eq!(stage, "file");
+                (key, rule)
+            })
+            .collect();
+        assert_eq!(found, expected, "dry run {dry}");
+        let files = if dry { 0 } else { 18 };
+        assert_eq!(w.count("documents.files").await, files, "dry run {dry}");
+    }
+    w.drop().await;
+}

@@ -257,8 +257,23 @@ pub(super) async fn read_loop(
         if opts.dry_run {
             // What the target would refuse before writing (Appwrite's column types and sizes)
             // is rejected here as the run would: the rehearsal predicts the run's rejects.
-            if let Some((rule, message)) = target.refusal(&plan.collection, &raw) {
-                let issue = Issue::error(Stage::Write, rule, "", message, String::new());
+            // A file stage: the file checked as the upload will check it.
+            let file_refusal = match &plan.file {
+                Some(f) => {
+                    let file = crate::sink::gridfs::FileRef::of_row(f, &row);
+                    target
+                        .file_refusal(&plan.collection, &file)
+                        .await
+                        .map(|(rule, message)| (rule, message, Stage::File))
+                }
+                None => None,
+            };
+            if let Some((rule, message, stage)) = file_refusal.or_else(|| {
+                target
+                    .refusal(&plan.collection, &raw)
+                    .map(|(rule, message)| (rule, message, Stage::Write))
+            }) {
+                let issue = Issue::error(stage, rule, "", message, String::new());
                 reject(
                     counters,
                     total_rejected,

@@ -295,7 +295,6 @@ pub async fn migrate(
         if let Some(f) = mapping.and_then(|m| m.spec.file.as_ref()) {
             let root = match &opts.files_root {
                 Some(r) => r.clone(),
-                None if opts.dry_run => std::path::PathBuf::from("."),
                 None => {
                     return Err(RunError::Refused(format!(
                         "{}: its mapping reads files ([file]): give their root with --files-root, CUTOVER_FILES_ROOT or [files] root in cutover.toml",

@@ -250,6 +250,20 @@ pub async fn inspect(
         ));
     };
     let path = resolve(root, rel).map_err(|why| (RULE_PATH, why))?;
+    // A symbolic link may lead out of the root: where the path really is must be under it.
+    if let (Ok(real), Ok(real_root)) = (
+        tokio::fs::canonicalize(&path).await,
+        tokio::fs::canonicalize(root).await,
+    ) && !real.starts_with(&real_root)
+    {
+        return Err((
+            RULE_PATH,
+            format!(
+                "the path {rel:?} leads out of the files root (to {})",
+                real.display()
+            ),
+        ));
+    }
     let found = digest_file(&path, algorithm).await.map_err(|e| {
         (
             RULE_MISSING,

@@ -1009,6 +1009,22 @@ impl Target {
         matches!(self, Target::Mongo(m) if m.bucket(collection).is_some())
     }
 
+    /// Why the run will refuse the file a row of `collection` (a file stage's bucket) names, as
+    /// (rule, message): what a dry run rejects as the real run would.
+    pub async fn file_refusal(
+        &self,
+        collection: &str,
+        file: &super::gridfs::FileRef,
+    ) -> Option<(&'static str, String)> {
+        let Target::Mongo(m) = self else {
+            return None;
+        };
+        let spec = m.bucket(collection)?;
+        super::gridfs::inspect(&spec.root, file, spec.algorithm)
+            .await
+            .err()
+    }
+
     /// Writes the files of a file stage's batch (`files[i]` belongs to `docs[i]`).
     pub async fn write_files(
         &self,
