@@ -86,7 +86,7 @@ fn reference_file_table_parses_with_every_key() {
         .map(|l| format!("{l}\n"))
         .collect();
     let mapping = format!(
-        "version = 1\nname = \"docs\"\n[source]\ntable = \"documents\"\nkey = [\"id\"]\n{table}"
+        "version = 1\nname = \"docs\"\n[source]\ntable = \"documents\"\nkey = [\"id\"]\n{table}\n[[field]]\npath = \"name\"\ncolumn = \"file_name\"\n"
     );
     let m = mapping::parse(Path::new("mappings/README.md"), &mapping).unwrap();
     let f = m.spec.file.as_ref().expect("[file]");
