@@ -230,6 +230,8 @@ pub async fn check(
             Ok(m) => m,
             Err(_) => continue,
         };
+        // Appwrite users: the emails and phones the project's users hold already.
+        let mut claims: Option<UserClaims> = None;
         // The destination as it exists: a view or a non-binary collation blocks (migrate
         // refuses it too); a validator may refuse rows, which only the run can tell.
         for t in targets.iter() {
@@ -242,7 +244,7 @@ pub async fn check(
                 report.blocking.push(why);
             }
             if let Target::Appwrite(a) = t
-                && plan.appwrite_users.is_some()
+                && let Some(spec) = &plan.appwrite_users
             {
                 report.findings.push(Finding {
                     entity: plan.entity.clone(),
@@ -256,6 +258,13 @@ pub async fn check(
                         a.database
                     ),
                 });
+                match UserClaims::load(a, spec, &plan.entity).await {
+                    Ok(c) => claims = Some(c),
+                    Err(e) => report.blocking.push(format!(
+                        "{}: cannot list the project's users: {e}",
+                        plan.entity
+                    )),
+                }
             }
             let Target::Mongo(mt) = t else { continue };
             let shape = match mt.destination(&plan.collection).await {
@@ -446,15 +455,38 @@ pub async fn check(
                         }
                         _ => None,
                     };
-                    let rejected_before = ec.rejected_rows;
-                    ec.rejected_rows += u64::from(scan_row(
+                    let claimed = match (&row, claims.as_mut()) {
+                        (ExpectedRow::Document { mapped, .. }, Some(c)) => mapped
+                            .doc
+                            .as_ref()
+                            .and_then(|d| d.to_document().ok())
+                            .and_then(|d| c.claim(&d))
+                            .map(|why| (mapped.key.clone(), why)),
+                        _ => None,
+                    };
+                    let rejected = scan_row(
                         plan,
                         row,
                         &mut tally,
                         (key_lost.as_ref(), &mut bad_ids, &mut bad_id_example),
                         table.as_ref(),
                         &children,
-                    ));
+                    );
+                    let refused = claimed.is_some();
+                    if let Some((key, (rule, message))) = claimed {
+                        let f = tally
+                            .entry((String::new(), rule.into(), "reject".into()))
+                            .or_insert_with(|| Finding {
+                                entity: plan.entity.clone(),
+                                rule: rule.into(),
+                                severity: "reject".into(),
+                                example_key: key,
+                                example: message,
+                                ..Default::default()
+                            });
+                        f.rows += 1;
+                    }
+                    let file_refused = file_problem.is_some();
                     if let Some((key, rule, message)) = file_problem {
                         let f = tally
                             .entry((String::new(), rule.to_string(), "reject".into()))
@@ -467,10 +499,8 @@ pub async fn check(
                                 ..Default::default()
                             });
                         f.rows += 1;
-                        if ec.rejected_rows == rejected_before {
-                            ec.rejected_rows += 1;
-                        }
                     }
+                    ec.rejected_rows += u64::from(rejected || refused || file_refused);
                 }
                 for (e, (n, example_key)) in plan.embeds.iter().zip(orphans) {
                     ec.orphan_children.insert(e.path_text.clone(), n);
@@ -524,6 +554,85 @@ pub async fn check(
     }
     session.close().await;
     report
+}
+
+/// Appwrite users: the emails and phone numbers users of the project hold, and those the scan
+/// gave to earlier rows. Appwrite keeps one user per email and per phone (a second is refused:
+/// 409), so a row whose user would take one another user holds is rejected by the run
+/// (`user_email_already_exists`, `user_phone_already_exists`). Emails compare without case, as
+/// Appwrite stores them.
+struct UserClaims {
+    spec: crate::mapping::spec::AppwriteUsersSpec,
+    entity: String,
+    emails: std::collections::HashMap<String, String>,
+    phones: std::collections::HashMap<String, String>,
+}
+
+impl UserClaims {
+    async fn load(
+        a: &AppwriteTarget,
+        spec: &crate::mapping::spec::AppwriteUsersSpec,
+        entity: &str,
+    ) -> Result<UserClaims, crate::sink::appwrite::AppwriteError> {
+        let mut claims = UserClaims {
+            spec: spec.clone(),
+            entity: entity.to_string(),
+            emails: Default::default(),
+            phones: Default::default(),
+        };
+        let mut pages = crate::sink::appwrite::tables::Pages::users(&a.client);
+        while let Some(page) = pages.next().await? {
+            for u in page {
+                let id = u["$id"].as_str().unwrap_or_default().to_string();
+                if let Some(email) = u["email"].as_str().filter(|e| !e.is_empty()) {
+                    claims.emails.insert(email.to_lowercase(), id.clone());
+                }
+                if let Some(phone) = u["phone"].as_str().filter(|p| !p.is_empty()) {
+                    claims.phones.insert(phone.to_string(), id);
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Takes the email and phone of the user `doc` becomes; the rule and message when another
+    /// user has either.
+    fn claim(&mut self, doc: &bson::Document) -> Option<(&'static str, String)> {
+        let u = crate::sink::target::user_of(doc, &self.spec, &self.entity);
+        let taken = |held: &mut std::collections::HashMap<String, String>, value: String| {
+            if value.is_empty() {
+                return None;
+            }
+            match held.get(&value) {
+                Some(other) if *other != u.id => Some(other.clone()),
+                Some(_) => None,
+                None => {
+                    held.insert(value, u.id.clone());
+                    None
+                }
+            }
+        };
+        if let Some(other) = taken(&mut self.emails, u.email.to_lowercase()) {
+            return Some((
+                "user_email_already_exists",
+                format!(
+                    "another user ({other}) has the email {}: Appwrite keeps one user per email",
+                    u.email
+                ),
+            ));
+        }
+        if let Some(phone) = &u.phone
+            && let Some(other) = taken(&mut self.phones, phone.clone())
+        {
+            return Some((
+                "user_phone_already_exists",
+                format!(
+                    "another user ({other}) has the phone {phone}: Appwrite keeps one user per phone number"
+                ),
+            ));
+        }
+        None
+    }
 }
 
 /// Runs a savepoint statement on the snapshot's connection (errors are for the checks to tell).

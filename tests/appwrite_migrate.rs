@@ -2347,6 +2347,17 @@ async fn an_appwrite_user_whose_row_is_rejected_now_is_blocked_on_rerun() {
         .map(|u| u["email"].as_str().unwrap())
         .collect();
     assert_eq!(blocked, ["u4@example.org"], "{users:?}");
+    // Blocked on purpose and kept, as documented: verify passes and says so (found by the
+    // fourteenth tester, U8: it failed, calling the user unexpected).
+    let verify: Vec<&str> = ["verify", "--target", "appwrite", "--pipeline", &pipeline].to_vec();
+    let out = cutover(&w, &aw, &verify).await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("9 expected, 9 in the target")
+            && said.contains("1 user(s) blocked by cutover, kept"),
+        "{said}"
+    );
 
     // The application blocks user 6 itself; user 4's row is fixed. The next re-run unblocks the
     // user cutover blocked (the mapping says nothing of status: found by the twelfth tester, S4)
@@ -2590,22 +2601,29 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
            INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
              '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
-           FROM generate_series(1, 10) g;")
+           FROM generate_series(1, 10) g;
+           CREATE TABLE staff (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+           INSERT INTO staff SELECT g, 's' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'staff ' || g
+           FROM generate_series(101, 102) g;")
         .await;
     let dir = w.dir.path();
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
-    std::fs::write(
-        dir.join("mappings/accounts.toml"),
-        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
-         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
-         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
-         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
-         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
-    )
-    .unwrap();
+    // Two users entities: each is the other's "other users" too.
+    for name in ["accounts", "staff"] {
+        std::fs::write(
+            dir.join(format!("mappings/{name}.toml")),
+            format!("version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+             [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+             [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+             [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n"),
+        )
+        .unwrap();
+    }
     std::fs::write(
         dir.join("p.toml"),
-        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\", \"staff\"]\n",
     )
     .unwrap();
     let pipeline = dir.join("p.toml").display().to_string();
@@ -2649,7 +2667,7 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     let out = run(with(&["migrate", "--quiet"], &[])).await;
     assert!(out.status.success(), "{}", text(&out));
     own("signup").await;
-    assert_eq!(aw.s.users().len(), 12);
+    assert_eq!(aw.s.users().len(), 14);
     let imported = |users: &[Value]| {
         users
             .iter()
@@ -2663,7 +2681,9 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     assert!(out.status.success(), "{said}");
     assert!(
         said.contains("10 expected, 10 in the target")
-            && said.contains("2 user(s) of the project that cutover did not import"),
+            && said.contains("2 expected, 2 in the target")
+            && said.contains("4 user(s) of the project not imported as accounts's")
+            && said.contains("12 user(s) of the project not imported as staff's"),
         "{said}"
     );
 
@@ -2685,7 +2705,8 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let users = aw.s.users();
-    assert_eq!(users.len(), 11, "{users:?}");
+    assert_eq!(users.len(), 13, "{users:?}");
+    assert!(users.iter().any(|u| u["email"] == "s101@example.org"));
     assert!(
         users.iter().any(|u| u["$id"] == "admin") && users.iter().any(|u| u["$id"] == "signup")
     );
@@ -2703,5 +2724,182 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
             .collect();
     left.sort();
     assert_eq!(left, ["admin", "signup"]);
+    w.drop().await;
+}
+
+/// Found by the fourteenth tester (U5): a `--rerun` that blocks the users of rows rejected now,
+/// killed while it blocks a batch of them, then resumed (plain, or `--fresh`): `stale_blocked`
+/// said more users than were blocked. The resume counts what the killed run blocked from its
+/// notes — and looked the noted users up as rows of a table (the entity's layout was not known
+/// yet), so every noted user counted as blocked. Killed after a random number of blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_blocked_by_a_killed_run_are_counted_once_by_the_resume() {
+    let seed = fastrand::u64(..);
+    println!("seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for trial in 0..4 {
+        let w = World::new(&format!("aw_blocked_kill{trial}")).await;
+        w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+               INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
+                 '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
+               FROM generate_series(1, 200) g;")
+            .await;
+        let dir = w.dir.path();
+        std::fs::create_dir_all(dir.join("mappings")).unwrap();
+        std::fs::write(
+            dir.join("mappings/accounts.toml"),
+            "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"email\"\ncolumn = \"email\"\nvalidate = { email = true }\n\
+             [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+             [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+             [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("p.toml"),
+            "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
+             [[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+        )
+        .unwrap();
+        let pipeline = dir.join("p.toml").display().to_string();
+        let aw = standin().await;
+        let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        w.sql("UPDATE accounts SET email = 'not an email' WHERE id % 4 = 0")
+            .await;
+        let blocked = |aw: &Aw| aw.s.users().iter().filter(|u| u["status"] == false).count();
+        let at = rng.usize(1..45);
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+            .current_dir(dir)
+            .env("CUTOVER_SOURCE_URL", &w.pg_url)
+            .env("APPWRITE_ENDPOINT", &aw.endpoint)
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", KEY)
+            .env("APPWRITE_DATABASE", "registry")
+            .args(["migrate", "--quiet", "--rerun", "--batch-size", "10"])
+            .args(["--concurrency", "1", "--pipeline", &pipeline])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let killed = loop {
+            if blocked(&aw) >= at {
+                child.kill().unwrap();
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            assert!(std::time::Instant::now() < deadline, "no block in time");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        child.wait().unwrap();
+        let next: &[&str] = if trial % 2 == 0 { &[] } else { &["--fresh"] };
+        let mut args = vec!["migrate", "--quiet", "--pipeline", &pipeline];
+        args.extend_from_slice(next);
+        let out = cutover(&w, &aw, &args).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let e = entity(&w.latest_report(), "accounts").clone();
+        assert_eq!(blocked(&aw), 50);
+        if killed {
+            assert_eq!(
+                e["stale_blocked"], 50,
+                "seed {seed}, trial {trial} {next:?}, killed at {at} blocked: {e}"
+            );
+        }
+        w.drop().await;
+    }
+}
+
+/// Found by the fourteenth tester (U9): Appwrite keeps one user per email; `check` passed a users
+/// entity whose rows the run then rejected — an email another user of the project has, or two
+/// rows sharing one. It finds them now, with the run's rule and count. And a re-run that changes
+/// a user's email to one another user holds re-created the user (a changed email cannot be
+/// patched without the hash) only after deleting it: the creation was refused, the account gone.
+/// The user keeps its older email, and the row is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_another_user_holds_are_found_by_check_and_never_cost_an_account() {
+    let w = World::new("aw_user_emails").await;
+    w.sql("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, pw text NOT NULL, name text NOT NULL);
+           INSERT INTO accounts SELECT g, 'u' || g || '@example.org',
+             '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
+           FROM generate_series(1, 6) g;
+           UPDATE accounts SET email = 'u2@example.org' WHERE id = 3;")
+        .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/accounts.toml"),
+        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
+         [[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    // The project's own administrator holds u1's email.
+    aw.s.create_user(
+        "admin",
+        "u1@example.org",
+        "$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu",
+        "bcrypt",
+        "Admin",
+        Default::default(),
+    )
+    .unwrap();
+    let out = cutover(&w, &aw, &["check", "--pipeline", &pipeline]).await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.contains("user_email_already_exists"))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(line.contains(" 2  e.g. "), "{line}");
+    assert!(said.contains("2 scanned rows will be rejected"), "{said}");
+    // The run rejects the same two.
+    let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let e = entity(&report, "accounts");
+    assert_eq!(
+        (e["written"].as_u64(), e["rejected"].as_u64()),
+        (Some(4), Some(2)),
+        "{e}"
+    );
+    let rules: Vec<String> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    assert!(
+        rules.iter().all(|r| r.contains("already_exists")),
+        "{rules:?}"
+    );
+
+    // User 4 changes its email to user 5's: refused, and user 4 keeps its account.
+    w.sql("UPDATE accounts SET email = 'u5@example.org' WHERE id = 4")
+        .await;
+    let out = cutover(
+        &w,
+        &aw,
+        &["migrate", "--quiet", "--rerun", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let users = aw.s.users();
+    assert!(
+        users.iter().any(|u| u["email"] == "u4@example.org"),
+        "user 4 lost: {users:?}"
+    );
+    assert_eq!(users.len(), 5, "{users:?}");
     w.drop().await;
 }

@@ -804,22 +804,7 @@ async fn exists_finds_keys_whatever_their_text() {
 /// naming the byte) — text and json alike, in check as in the run — and the others are written.
 #[tokio::test]
 async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
-    use sqlx::{AssertSqlSafe, Connection, Executor};
-    let w = World::new("sql_ascii").await;
-    let (base, db) = w.pg_url.rsplit_once('/').unwrap();
-    let db = db.split('?').next().unwrap().to_string();
-    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .unwrap();
-    for sql in [
-        format!("DROP DATABASE {db}"),
-        format!(
-            "CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
-        ),
-    ] {
-        admin.execute(AssertSqlSafe(sql)).await.unwrap();
-    }
-    admin.close().await.unwrap();
+    let w = sql_ascii_world("sql_ascii").await;
     w.sql(
         r#"CREATE TABLE x (id int PRIMARY KEY, t text, j json, v varchar(5));
            INSERT INTO x VALUES (1, 'plain', '{"a": 1}', 'ab'),
@@ -886,6 +871,205 @@ async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_only() {
     assert_eq!(ok3.get_str("t").unwrap(), "oké");
     // verify reads the same database (its independent query too): the rejected rows are not
     // compared, the others are.
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}
+
+/// Found by the fourteenth tester (U6): in a `SQL_ASCII` database, rows whose text *key* is not
+/// UTF-8 were all named `?` in the rejects file and by `check` — two of them could not be told
+/// apart. Each is named by its bytes (`\xNN` for those that are not UTF-8), the key's later parts
+/// included.
+#[tokio::test]
+async fn a_key_that_is_not_utf8_names_its_row_by_its_bytes() {
+    let w = sql_ascii_world("sql_ascii_key").await;
+    w.sql(
+        r#"CREATE TABLE k (code text, n int, label text, PRIMARY KEY (code, n));
+           INSERT INTO k VALUES ('a1', 1, 'x'), (E'k\xe9y1', 7, 'y'), (E'k\xe9y2', 8, 'z'),
+                                (E'k\\xe9y1', 9, 'w');"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "k",
+        "version = 1\nname = \"k\"\n[source]\ntable = \"k\"\nkey = [\"code\", \"n\"]\n\
+         [id]\nstrategy = \"uuid5\"\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let mut rejects: Vec<(String, String)> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| (r.1, r.3))
+        .collect();
+    rejects.sort();
+    // Rejects files write a key's backslash doubled (and `|` between its parts).
+    assert_eq!(
+        rejects,
+        [(r"k\\xe9y1|7", "encoding"), (r"k\\xe9y2|8", "encoding")]
+            .map(|(k, r)| (k.to_string(), r.to_string())),
+        "{report}"
+    );
+    // The valid key that reads like an escape (a backslash, `xe9`) is written.
+    assert_eq!(w.count("k").await, 2);
+    let out = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(r"k\\xe9y1|7") || text.contains(r"k\xe9y1"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+/// A world whose database is `SQL_ASCII` (any bytes in text).
+async fn sql_ascii_world(name: &str) -> World {
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+    let w = World::new(name).await;
+    let (base, db) = w.pg_url.rsplit_once('/').unwrap();
+    let db = db.split('?').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    for sql in [
+        format!("DROP DATABASE {db}"),
+        format!(
+            "CREATE DATABASE {db} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ),
+    ] {
+        admin.execute(AssertSqlSafe(sql)).await.unwrap();
+    }
+    admin.close().await.unwrap();
+    w
+}
+
+/// Found by the fourteenth tester (U7): in a `SQL_ASCII` database, one array element that is not
+/// UTF-8 (`text[]`, `varchar[]`, `json[]`) made the server end the whole read: check called it a
+/// blocker, the run failed after the rows before it. Its row is rejected (`encoding`) like one
+/// with such a scalar, in check as in the run, and verify passes.
+#[tokio::test]
+async fn an_array_element_that_is_not_utf8_rejects_its_row_only() {
+    let w = sql_ascii_world("sql_ascii_arrays").await;
+    w.sql(
+        r#"CREATE TABLE a (id int PRIMARY KEY, t text[], v varchar(9)[], j json[]);
+           INSERT INTO a VALUES (1, ARRAY['ok', NULL], ARRAY['x'], ARRAY['{"k": 1}'::json]),
+                                (2, ARRAY['ok', E'b\xffd'], NULL, NULL),
+                                (3, ARRAY[ARRAY[E'\xc3\xa9', 'b'], ARRAY['c', 'd']], ARRAY['y'], NULL),
+                                (4, NULL, ARRAY[E'\xe9'], NULL),
+                                (5, NULL, NULL, ARRAY[E'{"k": "\xff"}'::json]),
+                                (6, ARRAY['six'], NULL, NULL);"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "a",
+        "version = 1\nname = \"a\"\n[source]\ntable = \"a\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"t\"\ncolumn = \"t\"\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n\
+         [[field]]\npath = \"j\"\ncolumn = \"j\"\n",
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("3 scanned rows will be rejected"), "{text}");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let mut rejects: Vec<(String, String)> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| (r.1, r.3))
+        .collect();
+    rejects.sort();
+    assert_eq!(
+        rejects,
+        [("2", "encoding"), ("4", "encoding"), ("5", "encoding")]
+            .map(|(k, r)| (k.to_string(), r.to_string()))
+    );
+    let docs = w.docs("a").await;
+    assert_eq!(docs.len(), 3);
+    let three = docs.iter().find(|d| d.get_i32("_id") == Ok(3)).unwrap();
+    assert_eq!(
+        three.get_array("t").unwrap()[0].as_array().unwrap()[0].as_str(),
+        Some("é")
+    );
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}
+
+/// Found by the fourteenth tester (U6): the embedded children of a parent row whose text key is
+/// not UTF-8 (its row rejected, `encoding`) were counted as orphans — "no row of items has" their
+/// foreign key, though one has. They go with their rejected parent; a real orphan is still one,
+/// in check, in the run and in verify alike.
+#[tokio::test]
+async fn children_of_a_parent_whose_key_is_not_utf8_go_with_it_not_to_the_orphans() {
+    let w = sql_ascii_world("sql_ascii_children").await;
+    w.sql(
+        r#"CREATE TABLE items (code text PRIMARY KEY, label text);
+           INSERT INTO items VALUES ('a1', 'x'), (E'k\xe9y1', 'y'), (E'k\xe9y2', 'z'), ('m', 'w');
+           CREATE TABLE notes (id int PRIMARY KEY, item_code text NOT NULL, body text);
+           INSERT INTO notes VALUES (1, 'a1', 'n1'), (2, E'k\xe9y1', 'n2'), (3, E'k\xe9y2', 'n3'),
+                                    (4, E'k\xe9y2', 'n4'), (5, 'm', 'n5'), (6, 'zz', 'orphan');"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "items",
+        "version = 1\nname = \"items\"\n[source]\ntable = \"items\"\nkey = [\"code\"]\n\
+         [[field]]\npath = \"label\"\ncolumn = \"label\"\n\
+         [[embed]]\npath = \"notes\"\ntable = \"notes\"\nforeign_key = \"item_code\"\norder_by = [\"id\"]\n\
+         [[embed.field]]\npath = \"body\"\ncolumn = \"body\"\n",
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("1 rows of notes belong to no items row"),
+        "{text}"
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let e = &report["entities"][0];
+    assert_eq!(
+        (e["written"].as_u64(), e["rejected"].as_u64()),
+        (Some(2), Some(2)),
+        "{e}"
+    );
+    let orphans: u64 = e["orphan_children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(orphans, 1, "{e}");
     let out = w
         .cutover()
         .args(["verify", "--pipeline"])

@@ -659,3 +659,153 @@ async fn a_run_reporting_only_an_adopted_step_reports_its_removals_and_is_in_his
     assert!(listed.contains(&finishing), "{finishing} not in {listed:?}");
     w.drop().await;
 }
+
+/// Found by the fourteenth tester (U3, U4): `migrate --rerun --sync-deletes` of a stage of two
+/// entities, killed at a random moment of the whole run. The plain `migrate` the README
+/// prescribes finished only the entity in progress and called the other "already applied" — its
+/// deletions never happened, yet the run ended `completed` — and re-issuing the same command ran
+/// the entity the killed run had completed again, so its deletions were in no report. Either
+/// way the stage ends as the killed command was to leave it, and every deletion is in exactly
+/// one report.
+#[tokio::test]
+async fn a_killed_sync_run_of_a_stage_is_finished_by_a_plain_migrate_or_the_same_command() {
+    let seed = std::env::var("CUTOVER_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("CUTOVER_KILL_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for trial in 0..4 {
+        let next: &[&str] = if trial % 2 == 0 {
+            &[]
+        } else {
+            &["--rerun", "--sync-deletes"]
+        };
+        let w = World::new(&format!("stage_sync_kill{trial}")).await;
+        w.sql(
+            "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO a SELECT g, g FROM generate_series(1, 6000) g;
+             CREATE TABLE b (k text PRIMARY KEY, v int NOT NULL);
+             INSERT INTO b SELECT 'k' || g, g FROM generate_series(1, 6000) g;",
+        )
+        .await;
+        let dir = w.dir.path();
+        std::fs::create_dir_all(dir.join("mappings")).unwrap();
+        for (name, key) in [("a", "id"), ("b", "k")] {
+            std::fs::write(
+                dir.join(format!("mappings/{name}.toml")),
+                format!(
+                    "version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"{key}\"]\n\
+                     [[field]]\npath = \"v\"\ncolumn = \"v\"\n"
+                ),
+            )
+            .unwrap();
+        }
+        let pipeline = dir.join("p.toml");
+        std::fs::write(
+            &pipeline,
+            "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        let out = w.migrate_with(&pipeline, &[]);
+        assert!(out.status.success(), "{}", common::output_text(&out));
+        let before: std::collections::BTreeSet<_> = std::fs::read_dir(dir.join("reports"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        w.sql("DELETE FROM a WHERE id % 3 = 0; DELETE FROM b WHERE v % 4 = 0;")
+            .await;
+        let mut child = common::process::spawn_migrate(
+            &w,
+            &pipeline,
+            &[
+                "--rerun",
+                "--sync-deletes",
+                "--batch-size",
+                "100",
+                "--concurrency",
+                "1",
+            ],
+        );
+        // Killed at a random point of the whole run: after `target` of its 12,000 rows are
+        // covered by its steps (a completed step covers all of its entity's), or not at all.
+        let target = rng.i64(0..12_500);
+        let steps = w
+            .mongo()
+            .await
+            .collection::<bson::Document>("cutover_steps");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let killed = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            let mut covered = 0;
+            let mut cursor = steps.find(bson::doc! {}).await.unwrap();
+            while cursor.advance().await.unwrap() {
+                let step = cursor.deserialize_current().unwrap();
+                // The first run's two steps are not this run's.
+                match step.get_str("status").unwrap_or_default() {
+                    "running" => covered += step.get_i64("checkpoint_rows").unwrap_or(0),
+                    "completed" => covered += 6000,
+                    _ => {}
+                }
+            }
+            if covered - 12_000 >= target {
+                child.kill().ok();
+                break true;
+            }
+            assert!(std::time::Instant::now() < deadline, "no progress in time");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        };
+        child.wait().unwrap();
+        let delay = target;
+        let mut attempts = 0;
+        loop {
+            let out = w.migrate_with(&pipeline, next);
+            attempts += 1;
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                attempts < 3,
+                "trial {trial} ({next:?}, killed at {delay} rows: {killed}): {}",
+                common::output_text(&out)
+            );
+        }
+        let what =
+            format!("trial {trial}, seed {seed}, {next:?}, killed at {delay} rows ({killed})");
+        println!("{what}: {attempts} run(s) after the kill");
+        assert_eq!(w.count("a").await, 4000, "{what}");
+        assert_eq!(w.count("b").await, 4500, "{what}");
+        let verify = w
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{what}: {}",
+            common::output_text(&verify)
+        );
+        // Every deletion in exactly one report of the runs after the first.
+        let mut deleted = std::collections::BTreeMap::new();
+        for path in std::fs::read_dir(dir.join("reports")).unwrap() {
+            let path = path.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if before.contains(&path) || name.starts_with("verify-") || !name.ends_with(".json") {
+                continue;
+            }
+            let report: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for e in report["entities"].as_array().unwrap() {
+                *deleted
+                    .entry(e["name"].as_str().unwrap().to_string())
+                    .or_insert(0) += e["deleted"].as_u64().unwrap_or(0);
+            }
+        }
+        assert_eq!(deleted.get("a"), Some(&2000), "{what}: {deleted:?}");
+        assert_eq!(deleted.get("b"), Some(&1500), "{what}: {deleted:?}");
+        w.drop().await;
+    }
+}

@@ -94,14 +94,19 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     if !report.findings.is_empty() {
         crate::outln!("findings (rows affected within the scanned rows):");
         for f in &report.findings {
+            // A finding of no row (a note on the entity) has no count and no example row.
+            let (rows, eg) = if f.rows == 0 && f.example_key.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (f.rows.to_string(), format!("e.g. {} ", f.example_key))
+            };
             crate::outln!(
-                "  {:<24} {:<28} {:<22} {:<8} {:>8}  e.g. {} {}",
+                "  {:<24} {:<28} {:<22} {:<8} {:>8}  {eg}{}",
                 f.entity,
                 f.path,
                 f.rule,
                 f.severity,
-                f.rows,
-                f.example_key,
+                rows,
                 f.example
             );
         }

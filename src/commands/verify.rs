@@ -266,10 +266,17 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         v.rejected_by_target,
         &v.rejected_by_target_keys,
     );
+    if v.blocked_kept > 0 {
+        crate::outln!(
+            "    {} user(s) blocked by cutover, kept: their rows are rejected now (they cannot sign in; delete them yourself if they must go)",
+            v.blocked_kept
+        );
+    }
     if v.not_imported > 0 {
         crate::outln!(
-            "    {} user(s) of the project that cutover did not import (the application's own): not compared",
-            v.not_imported
+            "    {} user(s) of the project not imported as {}'s (the application's own, or another entity's): not compared",
+            v.not_imported,
+            v.entity
         );
     }
     list(

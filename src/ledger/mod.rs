@@ -385,6 +385,44 @@ pub struct RunRecord {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_started: Vec<String>,
     pub host: String,
+    /// What the run was asked to do with its entities: a run interrupted before it ended is
+    /// finished so by the next plain `migrate` (older ledgers: none of it).
+    pub intent: RunIntent,
+}
+
+/// The flags that say what a run does with an entity that completed before: run it again
+/// (`--rerun`), copy what changed since (`--since-last`), and delete what the source lost
+/// (`--sync-deletes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunIntent {
+    pub rerun: bool,
+    pub since_last: bool,
+    pub sync_deletes: bool,
+}
+
+impl RunIntent {
+    /// Neither a re-run nor a delta: a plain `migrate`.
+    pub fn is_plain(&self) -> bool {
+        !self.rerun && !self.since_last && !self.sync_deletes
+    }
+
+    fn to_doc(self) -> Document {
+        doc! { "rerun": self.rerun, "since_last": self.since_last, "sync_deletes": self.sync_deletes }
+    }
+
+    fn of(d: &Document) -> RunIntent {
+        let flag = |k: &str| {
+            d.get_document("intent")
+                .ok()
+                .and_then(|i| i.get_bool(k).ok())
+                .unwrap_or(false)
+        };
+        RunIntent {
+            rerun: flag("rerun"),
+            since_last: flag("since_last"),
+            sync_deletes: flag("sync_deletes"),
+        }
+    }
 }
 
 /// What a checkpoint covers: source rows, of which rejected and written with warnings (since the
@@ -644,12 +682,14 @@ impl Ledger {
         run_number: i64,
         pipeline: &str,
         entities: &[String],
+        intent: RunIntent,
     ) -> Result<(), LedgerError> {
         let run = doc! {
             "_id": run_id,
             "run_number": run_number,
             "pipeline": pipeline,
             "entities": entities,
+            "intent": intent.to_doc(),
             "status": RUNNING,
             "started_at": bson::DateTime::now(),
             "host": host(),
@@ -982,6 +1022,7 @@ impl Ledger {
                 skipped: int(d, "skipped"),
                 not_started: Vec::new(),
                 host: text(d, "host"),
+                intent: RunIntent::of(d),
             })
             .collect())
     }
@@ -1101,10 +1142,15 @@ impl Ledger {
         Ok(())
     }
 
-    /// Removes every document of `destination` (rollback of a stage that found it empty).
-    pub async fn empty_destination(&self, destination: &Destination) -> Result<u64, LedgerError> {
+    /// Removes every document of `destination` (rollback of a stage that found it empty); of
+    /// users, those imported as `entity`'s.
+    pub async fn empty_destination(
+        &self,
+        destination: &Destination,
+        entity: &str,
+    ) -> Result<u64, LedgerError> {
         self.store
-            .empty_data(destination)
+            .empty_data(destination, entity)
             .await
             .map_err(lerr("empty collection"))
     }

@@ -388,8 +388,9 @@ impl Store {
         }
     }
 
-    /// Deletes every document of a destination; returns how many.
-    pub async fn empty_data(&self, what: &Destination) -> Result<u64, StoreError> {
+    /// Deletes every document of a destination (of users, those imported as `entity`'s);
+    /// returns how many.
+    pub async fn empty_data(&self, what: &Destination, entity: &str) -> Result<u64, StoreError> {
         match self {
             Store::Mongo(db) => {
                 let mut first = None;
@@ -400,7 +401,7 @@ impl Store {
                 Ok(first.unwrap_or(0))
             }
             Store::Appwrite { client, .. } if *what == Destination::Users => {
-                Ok(delete_all_users(client).await?)
+                Ok(delete_imported_users(client, entity).await?)
             }
             Store::Appwrite { client, db, .. } => {
                 let mut first = None;
@@ -453,19 +454,19 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     }
 }
 
-/// Deletes every Appwrite user cutover imported (rollback of a users step that found none): the
-/// project's own users — those without [`IMPORTED_MARK`] — stay.
-///
-/// [`IMPORTED_MARK`]: crate::sink::appwrite::users::IMPORTED_MARK
-async fn delete_all_users(client: &AppwriteClient) -> Result<u64, AppwriteError> {
-    use crate::sink::appwrite::users::IMPORTED_MARK;
+/// Deletes the Appwrite users cutover imported as `entity`'s (rollback of a users step that found
+/// none): the project's own users, and another entity's, stay.
+async fn delete_imported_users(
+    client: &AppwriteClient,
+    entity: &str,
+) -> Result<u64, AppwriteError> {
     // Listed first, deleted after: the pages' cursor does not walk a list that shrinks under it.
     let mut imported = Vec::new();
     let mut pages = crate::sink::appwrite::tables::Pages::users(client);
     while let Some(page) = pages.next().await? {
         imported.extend(
             page.iter()
-                .filter(|u| u["prefs"].get(IMPORTED_MARK).is_some())
+                .filter(|u| crate::sink::appwrite::users::imported_into(u, entity))
                 .filter_map(|u| u["$id"].as_str().map(str::to_string)),
         );
     }

@@ -400,6 +400,25 @@ fn check_fields(
             if let Some(re) = &rules.regex {
                 regex::Regex::new(re).map_err(|e| invalid(m, &key, format!("regex: {e}")))?;
             }
+            // NaN compares false with every value: a bound of nan would pass every row.
+            for (name, bound) in [("min", rules.min), ("max", rules.max)] {
+                if bound.is_some_and(f64::is_nan) {
+                    return Err(invalid(
+                        m,
+                        &format!("{key}.validate.{name}"),
+                        "is nan, which no value is below or above: give a number".into(),
+                    ));
+                }
+            }
+            if let (Some(lo), Some(hi)) = (rules.min, rules.max)
+                && lo > hi
+            {
+                return Err(invalid(
+                    m,
+                    &format!("{key}.validate"),
+                    format!("min ({lo}) is above max ({hi}): no value passes"),
+                ));
+            }
             if rules.exists && f.reference.is_none() {
                 return Err(invalid(m, &key, "`exists` needs `reference`".into()));
             }
@@ -692,6 +711,32 @@ column = "name"
             "{err}"
         );
         MappingSet::from_mappings(vec![parent]).unwrap();
+    }
+
+    /// Found by the fourteenth tester: `validate = { min = nan }` was taken, and then no row
+    /// failed it (NaN compares false with everything). Bounds that no value can meet are
+    /// mapping errors.
+    #[test]
+    fn bounds_no_value_can_meet_are_refused() {
+        for (rule, said) in [
+            ("min = nan", "validate.min"),
+            ("max = nan", "validate.max"),
+            ("min = 5, max = 1", "min (5) is above max (1)"),
+        ] {
+            let text = MINIMAL.replace(
+                "column = \"name\"",
+                &format!("column = \"name\"\nvalidate = {{ {rule} }}"),
+            );
+            let err = parse(Path::new("things.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(said), "{rule}: {err}");
+        }
+        let text = MINIMAL.replace(
+            "column = \"name\"",
+            "column = \"name\"\nvalidate = { min = -inf, max = 3 }",
+        );
+        parse(Path::new("things.toml"), &text).unwrap();
     }
 
     #[test]

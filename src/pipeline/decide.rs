@@ -23,7 +23,35 @@ pub(super) enum Decision {
         /// An unfinished step started over (no checkpoint, --fresh): the destination's state
         /// before it (empty, or its backup) is still the state a rollback returns to.
         origin: Option<Box<ledger::StepRecord>>,
+        /// Delete the documents whose source rows are gone when it ends: this command's
+        /// `--sync-deletes`, or the interrupted run's it finishes.
+        sync_deletes: bool,
     },
+}
+
+/// What the ledger says of runs cut short: the newest run, when it was interrupted (a plain
+/// `migrate`, or the same command again, finishes it as it was asked to run), and every
+/// interrupted run (whose completed steps no report accounts for yet).
+#[derive(Debug, Default)]
+pub(super) struct Interrupted {
+    pub newest: Option<ledger::RunRecord>,
+    pub runs: std::collections::BTreeSet<String>,
+}
+
+impl Interrupted {
+    /// The run whose intent this command carries on: the newest run, interrupted, asked for a
+    /// re-run or a delta, when this command is plain or asks the same.
+    pub fn carried(&self, asked: ledger::RunIntent) -> Option<&ledger::RunRecord> {
+        self.newest
+            .as_ref()
+            .filter(|r| !r.intent.is_plain() && (asked.is_plain() || r.intent == asked))
+    }
+
+    /// The intent a run with these options records and carries out (per entity, for those the
+    /// carried run planned).
+    pub fn intent(&self, asked: ledger::RunIntent) -> ledger::RunIntent {
+        self.carried(asked).map_or(asked, |r| r.intent)
+    }
 }
 
 pub(super) fn decide(
@@ -31,6 +59,7 @@ pub(super) fn decide(
     pipeline: &Pipeline,
     history: &[ledger::StepRecord],
     opts: &RunOptions,
+    interrupted: &Interrupted,
 ) -> Result<Vec<(Step, Decision)>, RunError> {
     if opts.sync_deletes && !opts.since_last && !opts.rerun {
         return Err(RunError::Refused(
@@ -45,11 +74,24 @@ pub(super) fn decide(
             completed.insert(s.entity.clone(), s.clone());
         }
     }
+    let asked = opts.intent();
+    let carried = interrupted.carried(asked);
     let mut out = Vec::new();
     let mut changed = Vec::new();
     let mut rolling_back = Vec::new();
     for s in steps {
         let m = pipeline.mappings.get(&s.entity)?;
+        // An entity the interrupted run planned is run as that run was asked to run it (a plain
+        // `migrate` after a killed `--rerun --sync-deletes` finishes the re-run of every entity
+        // it did not reach); and one it completed is not run again (its step is adopted) when
+        // this command is plain or the same.
+        let intent = carried
+            .filter(|r| r.entities.contains(&s.entity))
+            .map_or(asked, |r| r.intent);
+        let finishing = asked.is_plain() || carried.is_some();
+        let done_by_interrupted = |prev: &ledger::StepRecord| {
+            finishing && prev.reported_by.is_none() && interrupted.runs.contains(&prev.run_id)
+        };
         if let Some(prev) = latest.get(&s.entity)
             && prev.status == ledger::ROLLING_BACK
         {
@@ -58,7 +100,7 @@ pub(super) fn decide(
         }
         let last_completed = completed.get(&s.entity);
         // A stage without a change-tracking column cannot know its delta: it is copied in full.
-        let since = match (opts.since_last, last_completed) {
+        let since = match (intent.since_last, last_completed) {
             // A child changed alone leaves its parent's column as it was: a mapping that embeds
             // children is copied in full.
             (true, Some(done))
@@ -68,31 +110,37 @@ pub(super) fn decide(
             }
             _ => None,
         };
-        let full_recopy = opts.since_last && last_completed.is_some() && since.is_none();
+        let full_recopy = intent.since_last && last_completed.is_some() && since.is_none();
+        let run = |resume: Option<&ledger::StepRecord>,
+                   since: Option<String>,
+                   origin: Option<&ledger::StepRecord>| {
+            let interrupted_sync = resume.or(origin).is_some_and(|r| r.sync_deletes);
+            Decision::Run {
+                resume: resume.map(|r| Box::new(r.clone())),
+                since,
+                origin: origin.map(|r| Box::new(r.clone())),
+                sync_deletes: intent.sync_deletes || interrupted_sync,
+            }
+        };
         let d = match latest.get(&s.entity) {
-            None => Decision::Run {
-                resume: None,
-                since: None,
-                origin: None,
-            },
+            None => run(None, None, None),
+            Some(prev)
+                if prev.status == ledger::COMPLETED
+                    && prev.checksum == m.checksum
+                    && done_by_interrupted(prev) =>
+            {
+                Decision::AlreadyApplied
+            }
             Some(prev)
                 if prev.status == ledger::COMPLETED
                     && since.is_some()
                     && prev.checksum == m.checksum =>
             {
-                Decision::Run {
-                    resume: None,
-                    since: since.clone(),
-                    origin: None,
-                }
+                run(None, since.clone(), None)
             }
             Some(prev) if prev.status == ledger::COMPLETED => {
-                if opts.rerun || full_recopy {
-                    Decision::Run {
-                        resume: None,
-                        since: None,
-                        origin: None,
-                    }
+                if intent.rerun || full_recopy {
+                    run(None, None, None)
                 } else if prev.checksum == m.checksum {
                     Decision::AlreadyApplied
                 } else if opts.accept_changed {
@@ -110,17 +158,9 @@ pub(super) fn decide(
                     && prev.checksum == m.checksum
                     && !opts.fresh =>
             {
-                Decision::Run {
-                    resume: Some(Box::new(prev.clone())),
-                    since: prev.since.clone(),
-                    origin: None,
-                }
+                run(Some(prev), prev.since.clone(), None)
             }
-            Some(prev) => Decision::Run {
-                resume: None,
-                since: None,
-                origin: ledger::unfinished(&prev.status).then(|| Box::new(prev.clone())),
-            },
+            Some(prev) => run(None, None, ledger::unfinished(&prev.status).then_some(prev)),
         };
         out.push((s.clone(), d));
     }
@@ -228,7 +268,7 @@ mod tests {
         history: &[StepRecord],
         opts: &RunOptions,
     ) -> Result<Decision, RunError> {
-        let mut out = decide(&steps(&[entity]), p, history, opts)?;
+        let mut out = decide(&steps(&[entity]), p, history, opts, &Interrupted::default())?;
         assert_eq!(out.len(), 1);
         let (s, d) = out.remove(0);
         assert_eq!(s.entity, entity);
@@ -252,7 +292,8 @@ mod tests {
                 Decision::Run {
                     resume: None,
                     since: None,
-                    origin: None
+                    origin: None,
+                    ..
                 }
             ),
             "{d:?}"
@@ -285,7 +326,8 @@ mod tests {
                 Decision::Run {
                     resume: None,
                     since: None,
-                    origin: None
+                    origin: None,
+                    ..
                 }
             ),
             "{d:?}"
@@ -336,6 +378,7 @@ mod tests {
                     resume: Some(r),
                     since,
                     origin: None,
+                    ..
                 } => {
                     assert_eq!(r.id, "r2:d");
                     assert_eq!(r.checkpoint_key.as_deref(), Some(&["41".to_string()][..]));
@@ -357,6 +400,7 @@ mod tests {
                 resume: None,
                 since: None,
                 origin: Some(origin),
+                ..
             } => assert_eq!(origin.id, "r2:a"),
             d => panic!("{d:?}"),
         };
@@ -386,7 +430,8 @@ mod tests {
                 Decision::Run {
                     resume: None,
                     since: None,
-                    origin: None
+                    origin: None,
+                    ..
                 }
             ),
             "{d:?}"
@@ -432,6 +477,7 @@ mod tests {
                 resume: None,
                 since,
                 origin: None,
+                ..
             } => assert_eq!(since, done.snapshot_at),
             d => panic!("{d:?}"),
         }
@@ -444,7 +490,8 @@ mod tests {
                 Decision::Run {
                     resume: None,
                     since: None,
-                    origin: None
+                    origin: None,
+                    ..
                 }
             ),
             "{d:?}"
@@ -459,6 +506,160 @@ mod tests {
         assert!(
             why.contains("the rollback of a (run r1) did not finish"),
             "{why}"
+        );
+    }
+
+    /// A run record of `entities`, interrupted, asked for `intent`.
+    fn killed_run(id: &str, entities: &[&str], intent: ledger::RunIntent) -> Interrupted {
+        let run = ledger::RunRecord {
+            run_id: id.into(),
+            run_number: 2,
+            pipeline: "p".into(),
+            entities: entities.iter().map(|e| e.to_string()).collect(),
+            status: ledger::INTERRUPTED.into(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: 0,
+            read: 0,
+            written: 0,
+            rejected: 0,
+            skipped: 0,
+            not_started: Vec::new(),
+            host: String::new(),
+            intent,
+        };
+        Interrupted {
+            newest: Some(run),
+            runs: [id.to_string()].into(),
+        }
+    }
+
+    /// Found by the fourteenth tester (U3, U4): `migrate --rerun --sync-deletes` of a stage of
+    /// two entities killed while re-running the first. A plain `migrate` finished the first and
+    /// called the second "already applied" (its older run completed it): its re-run and its
+    /// deletions never happened, and the run ended `completed`. It carries on the killed run's
+    /// intent for every entity that run planned; an entity the killed run completed is adopted,
+    /// not run again — by a plain `migrate` or by the same command re-issued.
+    #[test]
+    fn a_killed_rerun_is_finished_as_it_was_asked_by_a_plain_migrate_or_the_same_command() {
+        let p = pipeline();
+        let rerun_sync = ledger::RunIntent {
+            rerun: true,
+            since_last: false,
+            sync_deletes: true,
+        };
+        let killed = killed_run("r2", &["a", "d"], rerun_sync);
+        let history = vec![
+            step(&p, "r1", "a", ledger::COMPLETED),
+            step(&p, "r1", "d", ledger::COMPLETED),
+            step(&p, "r2", "a", ledger::COMPLETED),
+        ];
+        let same = RunOptions {
+            rerun: true,
+            sync_deletes: true,
+            ..opts()
+        };
+        for asked in [opts(), same.clone()] {
+            let out = decide(&steps(&["a", "d"]), &p, &history, &asked, &killed).unwrap();
+            assert!(
+                matches!(out[0].1, Decision::AlreadyApplied),
+                "a, completed by the killed run: {:?}",
+                out[0].1
+            );
+            assert!(
+                matches!(
+                    out[1].1,
+                    Decision::Run {
+                        resume: None,
+                        since: None,
+                        sync_deletes: true,
+                        ..
+                    }
+                ),
+                "d, not reached: {:?}",
+                out[1].1
+            );
+            assert_eq!(killed.intent(asked.intent()), rerun_sync);
+        }
+        // Another command is that command: a --since-last re-runs nothing in full.
+        let other = RunOptions {
+            since_last: true,
+            ..opts()
+        };
+        let out = decide(&steps(&["d"]), &p, &history, &other, &killed).unwrap();
+        assert!(
+            matches!(
+                out[0].1,
+                Decision::Run {
+                    since: Some(_),
+                    sync_deletes: false,
+                    ..
+                }
+            ),
+            "{:?}",
+            out[0].1
+        );
+        // An entity the killed run did not plan is this command's.
+        let only_a = killed_run("r2", &["a"], rerun_sync);
+        let out = decide(&steps(&["d"]), &p, &history, &opts(), &only_a).unwrap();
+        assert!(
+            matches!(out[0].1, Decision::AlreadyApplied),
+            "{:?}",
+            out[0].1
+        );
+        // A run that ended is nothing to finish.
+        let ended = Interrupted {
+            newest: None,
+            ..killed_run("r2", &["a", "d"], rerun_sync)
+        };
+        let out = decide(&steps(&["d"]), &p, &history, &opts(), &ended).unwrap();
+        assert!(
+            matches!(out[0].1, Decision::AlreadyApplied),
+            "{:?}",
+            out[0].1
+        );
+    }
+
+    /// A killed `--since-last --sync-deletes` that wrote its run record and no step: the plain
+    /// `migrate` after it runs every planned entity as a delta (or in full, without a change
+    /// column), deleting what the source lost.
+    #[test]
+    fn a_delta_killed_before_its_first_step_is_run_whole_by_the_next_plain_migrate() {
+        let p = pipeline();
+        let intent = ledger::RunIntent {
+            rerun: false,
+            since_last: true,
+            sync_deletes: true,
+        };
+        let killed = killed_run("r2", &["a", "d"], intent);
+        let history = vec![
+            step(&p, "r1", "a", ledger::COMPLETED),
+            step(&p, "r1", "d", ledger::COMPLETED),
+        ];
+        let out = decide(&steps(&["a", "d"]), &p, &history, &opts(), &killed).unwrap();
+        assert!(
+            matches!(
+                out[0].1,
+                Decision::Run {
+                    since: None,
+                    sync_deletes: true,
+                    ..
+                }
+            ),
+            "a has no change column: copied in full: {:?}",
+            out[0].1
+        );
+        assert!(
+            matches!(
+                out[1].1,
+                Decision::Run {
+                    since: Some(_),
+                    sync_deletes: true,
+                    ..
+                }
+            ),
+            "{:?}",
+            out[1].1
         );
     }
 }

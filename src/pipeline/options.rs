@@ -41,3 +41,14 @@ pub struct RunOptions {
     /// stage then refuses to start).
     pub files_root: Option<PathBuf>,
 }
+
+impl RunOptions {
+    /// What this command asks of entities that completed before.
+    pub fn intent(&self) -> crate::ledger::RunIntent {
+        crate::ledger::RunIntent {
+            rerun: self.rerun,
+            since_last: self.since_last,
+            sync_deletes: self.sync_deletes,
+        }
+    }
+}

@@ -202,7 +202,7 @@ async fn refuse_shared_users(ledger: &Ledger, entity: &str) -> Result<(), RunErr
         .map(|(db, e)| format!("{e} in database {db}"))
         .collect();
     Err(RunError::Refused(format!(
-        "{entity} cannot be rolled back: undoing it deletes every user of the Appwrite project, and users are shared by its databases — the ledger of {} records users migrated there ({}); roll that back first, or delete these users yourself",
+        "{entity} cannot be rolled back: undoing it deletes every user it imported, and users are the Appwrite project's, shared by its databases — the ledger of {} records users migrated there ({}); roll that back first, or delete these users yourself",
         if elsewhere.len() == 1 {
             "another database"
         } else {
@@ -228,6 +228,7 @@ pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
     for u in undos.iter().filter(|u| u.restore) {
         restore_step(
             ledger,
+            &u.step.entity,
             &u.step.destination,
             u.step.was_empty,
             u.step.backup.as_deref(),
@@ -250,19 +251,13 @@ pub async fn execute(ledger: &Ledger, undos: &[Undo]) -> Result<(), RunError> {
 pub async fn restore_failed_step(
     ledger: &Ledger,
     step_id: &str,
+    entity: &str,
     destination: &crate::sink::target::Destination,
     was_empty: bool,
     backup: Option<&str>,
 ) -> Result<(), RunError> {
     if was_empty && *destination == Destination::Users {
-        let entity = ledger
-            .all_steps()
-            .await?
-            .into_iter()
-            .find(|s| s.id == step_id)
-            .map(|s| s.entity)
-            .unwrap_or_else(|| "the users step".into());
-        refuse_shared_users(ledger, &entity).await?;
+        refuse_shared_users(ledger, entity).await?;
     }
     if !was_empty {
         let found = match backup {
@@ -271,11 +266,11 @@ pub async fn restore_failed_step(
         };
         if found.is_none() {
             // restore_step says why (no backup, or gone).
-            return restore_step(ledger, destination, was_empty, backup).await;
+            return restore_step(ledger, entity, destination, was_empty, backup).await;
         }
     }
     ledger.mark_rolling_back(step_id).await?;
-    restore_step(ledger, destination, was_empty, backup).await?;
+    restore_step(ledger, entity, destination, was_empty, backup).await?;
     ledger.mark_rolled_back(step_id).await?;
     Ok(())
 }
@@ -284,12 +279,13 @@ pub async fn restore_failed_step(
 /// else restored from the step's backup.
 pub async fn restore_step(
     ledger: &Ledger,
+    entity: &str,
     collection: &Destination,
     was_empty: bool,
     backup: Option<&str>,
 ) -> Result<(), RunError> {
     if was_empty {
-        ledger.empty_destination(collection).await?;
+        ledger.empty_destination(collection, entity).await?;
         return Ok(());
     }
     match backup {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::adopt::{adopt_step, carry_from};
-use super::decide::{Decision, decide};
+use super::decide::{Decision, Interrupted, decide};
 use super::entity::run_entity;
 pub use super::error::RunError;
 pub use super::options::RunOptions;
@@ -393,7 +393,19 @@ async fn migrate_locked(
         }
     }
     let history = ledger.all_steps().await?;
-    let decisions = decide(&steps, pipeline, &history, opts)?;
+    let runs = ledger.runs_newest_first(i64::MAX, None).await?;
+    let interrupted = Interrupted {
+        newest: runs
+            .first()
+            .filter(|r| r.status == ledger::INTERRUPTED)
+            .cloned(),
+        runs: runs
+            .iter()
+            .filter(|r| r.status == ledger::INTERRUPTED)
+            .map(|r| r.run_id.clone())
+            .collect(),
+    };
+    let decisions = decide(&steps, pipeline, &history, opts, &interrupted)?;
     let mut already_applied = Vec::new();
     let mut to_run = Vec::new();
     for (step, d) in decisions {
@@ -410,7 +422,8 @@ async fn migrate_locked(
                 resume,
                 since,
                 origin,
-            } => to_run.push((step, resume, since, origin)),
+                sync_deletes,
+            } => to_run.push((step, resume, since, origin, sync_deletes)),
         }
     }
 
@@ -419,12 +432,6 @@ async fn migrate_locked(
     let adopted: Vec<StepRecord> = if opts.dry_run || already_applied.is_empty() {
         Vec::new()
     } else {
-        let interrupted: std::collections::BTreeSet<String> = ledger
-            .runs_newest_first(i64::MAX, Some(ledger::INTERRUPTED))
-            .await?
-            .into_iter()
-            .map(|r| r.run_id)
-            .collect();
         let current = ledger::current_steps(&history);
         already_applied
             .iter()
@@ -432,7 +439,7 @@ async fn migrate_locked(
             .filter(|s| {
                 s.status == ledger::COMPLETED
                     && s.reported_by.is_none()
-                    && interrupted.contains(&s.run_id)
+                    && interrupted.runs.contains(&s.run_id)
             })
             .cloned()
             .collect()
@@ -461,7 +468,13 @@ async fn migrate_locked(
     } else {
         let n = ledger.next_run_number().await?;
         ledger
-            .start_run(run_id, n, &pipeline.spec.name, &entity_names)
+            .start_run(
+                run_id,
+                n,
+                &pipeline.spec.name,
+                &entity_names,
+                interrupted.intent(opts.intent()),
+            )
             .await?;
         n
     };
@@ -497,12 +510,16 @@ async fn migrate_locked(
         total_rejected: &total_rejected,
     };
 
-    for (p, (_, resume, since, origin)) in plans.iter().zip(&to_run) {
-        // The step cut short that this one resumes, or starts over.
+    for (p, (_, resume, since, origin, sync_deletes)) in plans.iter().zip(&to_run) {
+        // The step cut short that this one resumes, or starts over. It deletes what its
+        // interrupted run was to delete, whatever this command's flags (as a resumed step keeps
+        // that run's `since`; see `decide`), and counts what that run removed.
         let interrupted = resume.as_deref().or(origin.as_deref());
-        // It deletes what its interrupted run was to delete, whatever this command's flags (as
-        // a resumed step keeps that run's `since`), and counts what that run removed.
-        let sync_deletes = opts.sync_deletes || interrupted.is_some_and(|r| r.sync_deletes);
+        let sync_deletes = *sync_deletes;
+        // What the interrupted step removed is read from the target: it must know first what
+        // the collection is (Appwrite users are looked up as users, not as rows of a table —
+        // all of a killed run's noted users were counted gone: the fourteenth tester's U5).
+        target.describe(p);
         let (removed, deleted) = match interrupted {
             Some(r) => match inherited(ledger, target, &p.collection, r).await {
                 Ok(n) => n,
@@ -739,6 +756,7 @@ async fn migrate_locked(
                 super::rollback::restore_failed_step(
                     ledger,
                     &step_id,
+                    &p.entity,
                     &destination,
                     was_empty,
                     backup.as_deref(),

@@ -112,7 +112,10 @@ impl RecordIds<'_> {
 #[derive(Debug, Clone)]
 enum Layout {
     Table(TableSpec, Vec<schema::ChildTable>),
-    Users(AppwriteUsersSpec),
+    /// Users, imported under the entity's name (their [`IMPORTED_MARK`]).
+    ///
+    /// [`IMPORTED_MARK`]: super::appwrite::users::IMPORTED_MARK
+    Users(AppwriteUsersSpec, String),
 }
 
 #[derive(Clone, Debug)]
@@ -149,7 +152,7 @@ impl AppwriteTarget {
     /// its documents are users.
     pub async fn prepare(&self, plan: &Plan) -> Result<(), AppwriteError> {
         let dest = match &plan.appwrite_users {
-            Some(u) => Layout::Users(u.clone()),
+            Some(u) => Layout::Users(u.clone(), plan.entity.clone()),
             None => {
                 let spec = schema::table_spec(plan);
                 schema::apply(&self.client, &self.database, &spec, COLUMN_TIMEOUT).await?;
@@ -170,7 +173,7 @@ impl AppwriteTarget {
     /// Remembers how `plan` maps without touching the server (dry runs, verification).
     pub fn describe(&self, plan: &Plan) {
         let dest = match &plan.appwrite_users {
-            Some(u) => Layout::Users(u.clone()),
+            Some(u) => Layout::Users(u.clone(), plan.entity.clone()),
             None => Layout::Table(schema::table_spec(plan), schema::child_tables(plan)),
         };
         self.layouts
@@ -183,14 +186,14 @@ impl AppwriteTarget {
     pub fn row_for(&self, collection: &str, doc: &Document) -> Option<Value> {
         match self.layout(collection)? {
             Layout::Table(spec, _) => Some(schema::to_row(doc, &spec)),
-            Layout::Users(_) => None,
+            Layout::Users(..) => None,
         }
     }
 
     /// The user a document becomes, when `collection` holds users.
     pub fn user_for(&self, collection: &str, doc: &Document) -> Option<ImportUser> {
         match self.layout(collection)? {
-            Layout::Users(spec) => Some(user_of(doc, &spec, collection)),
+            Layout::Users(spec, entity) => Some(user_of(doc, &spec, &entity)),
             Layout::Table(..) => None,
         }
     }
@@ -207,7 +210,7 @@ impl AppwriteTarget {
     }
 
     pub fn is_users(&self, collection: &str) -> bool {
-        matches!(self.layout(collection), Some(Layout::Users(_)))
+        matches!(self.layout(collection), Some(Layout::Users(..)))
     }
 
     /// Where one record of `collection` is: a row of its table, or a user.
@@ -222,10 +225,10 @@ impl AppwriteTarget {
     /// The ids of the records `collection` holds (its rows, or the users cutover imported into
     /// it), a page at a time.
     pub fn ids(&self, collection: &str) -> RecordIds<'_> {
-        if self.is_users(collection) {
+        if let Some(Layout::Users(_, entity)) = self.layout(collection) {
             RecordIds {
                 pages: Pages::users(&self.client),
-                users_of: Some(collection.to_string()),
+                users_of: Some(entity),
             }
         } else {
             RecordIds {
@@ -366,7 +369,7 @@ impl AppwriteTarget {
                 self.write_rows(collection, &spec, &children, &ok_docs, mode)
                     .await?
             }
-            Some(Layout::Users(spec)) => self.write_users(collection, &spec, &ok_docs).await?,
+            Some(Layout::Users(spec, entity)) => self.write_users(&entity, &spec, &ok_docs).await?,
             None => {
                 return Err(AppwriteError::client(
                     ClientKind::NotPrepared,
@@ -468,13 +471,13 @@ impl AppwriteTarget {
     /// Imports documents as users, a few at a time. Returns the users refused, by index.
     async fn write_users(
         &self,
-        collection: &str,
+        entity: &str,
         spec: &AppwriteUsersSpec,
         docs: &[Document],
     ) -> Result<Vec<(usize, AppwriteError)>, AppwriteError> {
         let users: Vec<(usize, ImportUser)> = docs
             .iter()
-            .map(|d| user_of(d, spec, collection))
+            .map(|d| user_of(d, spec, entity))
             .enumerate()
             .collect();
         let results: Vec<(usize, Result<(), AppwriteError>)> = futures::stream::iter(users)
@@ -750,8 +753,8 @@ fn text_of(doc: &Document, field: Option<&String>) -> Option<String> {
 }
 
 /// The user a document becomes under `spec`.
-/// Its prefs carry [`IMPORTED_MARK`](super::appwrite::users::IMPORTED_MARK) = `collection`.
-pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec, collection: &str) -> ImportUser {
+/// Its prefs carry [`IMPORTED_MARK`](super::appwrite::users::IMPORTED_MARK) = `entity`.
+pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec, entity: &str) -> ImportUser {
     let used: Vec<&String> = [
         Some(&spec.email),
         Some(&spec.password_hash),
@@ -771,7 +774,7 @@ pub fn user_of(doc: &Document, spec: &AppwriteUsersSpec, collection: &str) -> Im
     }
     prefs.insert(
         super::appwrite::users::IMPORTED_MARK.to_string(),
-        Value::String(collection.to_string()),
+        Value::String(entity.to_string()),
     );
     let labels = match spec.labels.as_ref().and_then(|f| doc.get(f)) {
         Some(Bson::Array(items)) => items

@@ -624,7 +624,13 @@ pub async fn describe(
             SourceColumn {
                 name: c.name().to_string(),
                 raw_bytes: sql_ascii
-                    && matches!(kind, ColKind::Text | ColKind::Json | ColKind::OtherAsText),
+                    && matches!(
+                        kind,
+                        ColKind::Text
+                            | ColKind::Json
+                            | ColKind::OtherAsText
+                            | ColKind::Array(Elem::Text | Elem::Json | Elem::Other)
+                    ),
                 kind,
                 pg_type,
                 expr: None,
@@ -851,6 +857,10 @@ impl ReadSpec {
                 let q = quote_ident(&c.name);
                 if let Some(expr) = &c.expr {
                     format!("{expr} AS {q}")
+                } else if c.raw_bytes && matches!(c.kind, ColKind::Array(_)) {
+                    // Each element's bytes as they are (an array of bytea has the binary
+                    // layout of an array of text): the UTF-8 check is the client's.
+                    format!("{q}::text[]::bytea[] AS {q}")
                 } else if c.raw_bytes {
                     let text = if c.pg_type == "INET" {
                         format!("abbrev({q})")
@@ -969,6 +979,19 @@ pub const RULE_DECODE: &str = "decode";
 /// The reject rule of a text value of a `SQL_ASCII` database that is not UTF-8.
 pub const RULE_ENCODING: &str = "encoding";
 
+/// `bytes` as text: UTF-8 as it is, each byte that is not as `\xNN` (a backslash as `\\`, so
+/// two different values never read the same).
+fn escaped(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// A text value read as its bytes (see `SourceColumn::raw_bytes`): UTF-8, or the row is
 /// rejected naming the first byte that is not.
 fn decode_raw_text(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
@@ -984,6 +1007,7 @@ fn decode_raw_text(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failur
                 "the text is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
             ),
             infinite: None,
+            raw: Some(escaped(e.as_bytes())),
         }
     })?;
     Ok(match kind {
@@ -1006,9 +1030,13 @@ pub struct DecodeError {
     /// The columns before `column`, decoded. Every read starts with its ordering columns, so a
     /// row failing past its key still names it.
     pub decoded: Vec<Value>,
-    /// PostgreSQL's text of the value that failed, when known (`infinity`, `-infinity`): a key
-    /// that cannot be decoded is still named by it.
+    /// PostgreSQL's text of the value that failed, when known (`infinity`, `-infinity`; text
+    /// that is not UTF-8 with each such byte as `\xNN`): a key that cannot be decoded is still
+    /// named by it.
     pub raw: Option<String>,
+    /// The columns after the failing one, each named as rejects files write it (`?` for one
+    /// that cannot be decoded either): the key parts past the failure.
+    pub rest: Vec<String>,
 }
 
 impl DecodeError {
@@ -1025,6 +1053,7 @@ impl DecodeError {
         }
         let mut parts: Vec<Value> = self.decoded.clone();
         parts.push(Value::Text(self.raw.clone().unwrap_or_else(|| "?".into())));
+        parts.extend(self.rest.iter().map(|t| Value::Text(t.clone())));
         parts.resize(width.max(1), Value::Text("?".into()));
         let refs: Vec<&Value> = parts.iter().take(width.max(1)).collect();
         super::value::key_text(&refs)
@@ -1064,7 +1093,7 @@ pub fn stream<'c>(
 fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
     let mut out = Vec::with_capacity(kinds.len());
     for (i, (kind, infinity, raw)) in kinds.iter().enumerate() {
-        let value = if *raw {
+        let value = if *raw && !matches!(kind, ColKind::Array(_)) {
             decode_raw_text(row, i, *kind)
         } else {
             decode(row, i, *kind)
@@ -1082,13 +1111,32 @@ fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
             Err(f) => {
                 let raw = f
                     .infinite
-                    .map(|negative| if negative { "-infinity" } else { "infinity" }.to_string());
+                    .map(|negative| if negative { "-infinity" } else { "infinity" }.to_string())
+                    .or(f.raw);
+                // The rest of the row, named only (a key's later parts).
+                let rest = kinds
+                    .iter()
+                    .enumerate()
+                    .skip(i + 1)
+                    .map(|(j, (kind, _, raw))| {
+                        let value = if *raw && !matches!(kind, ColKind::Array(_)) {
+                            decode_raw_text(row, j, *kind)
+                        } else {
+                            decode(row, j, *kind)
+                        };
+                        match value {
+                            Ok(v) => super::value::key_text(&[&v]),
+                            Err(f) => f.raw.unwrap_or_else(|| "?".into()),
+                        }
+                    })
+                    .collect();
                 return Err(DecodeError {
                     column: i,
                     rule: f.rule,
                     message: f.message,
                     decoded: out,
                     raw,
+                    rest,
                 });
             }
         }
@@ -1103,6 +1151,8 @@ struct Failure {
     message: String,
     /// The value was `infinity` (false) or `-infinity` (true).
     infinite: Option<bool>,
+    /// The value as text, when it can be told though not decoded (bytes that are not UTF-8).
+    raw: Option<String>,
 }
 
 impl Failure {
@@ -1111,12 +1161,14 @@ impl Failure {
             rule: RULE_DATE_OUT_OF_RANGE,
             message,
             infinite: None,
+            raw: None,
         }
     }
 
     fn infinite(self, negative: Option<bool>) -> Failure {
         Failure {
             infinite: negative,
+            raw: None,
             ..self
         }
     }
@@ -1128,6 +1180,7 @@ impl From<sqlx::Error> for Failure {
             rule: RULE_DECODE,
             message: e.to_string(),
             infinite: None,
+            raw: None,
         }
     }
 }
@@ -1175,6 +1228,7 @@ fn decode_array(row: &PgRow, i: usize, elem: Elem) -> Result<Value, Failure> {
         rule: RULE_DECODE,
         message: e.to_string(),
         infinite: None,
+        raw: None,
     })?;
     let mut r = Bin { bytes, at: 0 };
     let ndim = r.i32()?;
@@ -1197,6 +1251,7 @@ fn decode_array(row: &PgRow, i: usize, elem: Elem) -> Result<Value, Failure> {
                     "the array's indexes start at {lower}, not 1: a document array starts at its first element, so every element would change its index"
                 ),
                 infinite: None,
+                raw: None,
             });
         }
         dims.push(len as usize);
@@ -1237,14 +1292,23 @@ fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
                 rule: RULE_DECODE,
                 message: format!("an array element of {} bytes, expected {n}", b.len()),
                 infinite: None,
+                raw: None,
             })
         }
     };
+    // Only a SQL_ASCII database holds text that is not UTF-8.
     let text = || {
-        String::from_utf8(b.to_vec()).map_err(|_| Failure {
-            rule: RULE_DECODE,
-            message: "an array element is not valid UTF-8".into(),
-            infinite: None,
+        String::from_utf8(b.to_vec()).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let bad = b.get(at).copied().unwrap_or_default();
+            Failure {
+                rule: RULE_ENCODING,
+                message: format!(
+                    "an array element is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
+                ),
+                infinite: None,
+                raw: None,
+            }
         })
     };
     Ok(match elem {
@@ -1314,6 +1378,7 @@ impl<'a> Bin<'a> {
             rule: RULE_DECODE,
             message: format!("a binary array with {what}"),
             infinite: None,
+            raw: None,
         }
     }
 }
@@ -1339,6 +1404,7 @@ fn decode_time(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
         rule: RULE_DECODE,
         message: e.to_string(),
         infinite: None,
+        raw: None,
     })?;
     let wrong_size = |want: usize| Failure {
         rule: RULE_DECODE,
@@ -1348,6 +1414,7 @@ fn decode_time(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
             bytes.len()
         ),
         infinite: None,
+        raw: None,
     };
     match kind {
         ColKind::Date => {
@@ -1696,6 +1763,7 @@ mod tests {
             message: String::new(),
             decoded: vec![Value::Int32(7), Value::Text("x".into())],
             raw: None,
+            rest: Vec::new(),
         };
         assert_eq!(e.key_text(1), "7");
         assert_eq!(e.key_text(2), "7|x");
@@ -1709,8 +1777,24 @@ mod tests {
             message: String::new(),
             decoded: vec![],
             raw: Some("infinity".into()),
+            rest: Vec::new(),
         };
         assert_eq!(inf.key_text(1), "infinity");
+        // Text of a SQL_ASCII database that is not UTF-8 names its row by its bytes, and the
+        // key's later parts are named too (found by the fourteenth tester, U6: every such row
+        // was `?`, two of them could not be told apart).
+        let bytes = DecodeError {
+            column: 0,
+            rule: RULE_ENCODING,
+            message: String::new(),
+            decoded: vec![],
+            raw: Some(escaped(b"k\xe9y\\1")),
+            rest: vec!["5".into()],
+        };
+        // (`key_text` writes a backslash doubled.)
+        assert_eq!(bytes.key_text(2), "k\\\\xe9y\\\\\\\\1|5");
+        assert_ne!(escaped(b"k\xe9"), escaped(b"k\\xe9"));
+        assert_eq!(escaped("caf\u{e9}".as_bytes()), "caf\u{e9}");
     }
 
     #[test]

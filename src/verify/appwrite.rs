@@ -274,7 +274,7 @@ async fn each_expected(
 /// What one expected record is compared by.
 enum Shape {
     Table(TableSpec),
-    /// Users imported into the named destination.
+    /// Users imported as the named entity's.
     Users(crate::mapping::spec::AppwriteUsersSpec, String),
 }
 
@@ -286,8 +286,8 @@ impl Shape {
                 let id = row["$id"].as_str().unwrap_or_default().to_string();
                 (id, canonical_row(spec, &row))
             }
-            Shape::Users(spec, collection) => {
-                let u = user_of(doc, spec, collection);
+            Shape::Users(spec, entity) => {
+                let u = user_of(doc, spec, entity);
                 (u.id.clone(), expected_user(&u))
             }
         }
@@ -408,7 +408,7 @@ pub async fn verify_entity(
         format!("sample of every {step}th row")
     };
     let shape = match &plan.appwrite_users {
-        Some(u) => Shape::Users(u.clone(), plan.collection.clone()),
+        Some(u) => Shape::Users(u.clone(), plan.entity.clone()),
         None => Shape::Table(schema::table_spec(plan)),
     };
     let children = match &shape {
@@ -532,8 +532,7 @@ pub async fn verify_entity(
         for r in page {
             // A user the project has of its own (no mark of this destination) is compared when
             // a source row expects it, and else is none of this entity's.
-            let ours =
-                !users_shape || crate::sink::appwrite::users::imported_into(r, &plan.collection);
+            let ours = !users_shape || crate::sink::appwrite::users::imported_into(r, &plan.entity);
             for (e, count) in plan.embeds.iter().zip(embedded_elements.iter_mut()) {
                 if !ours {
                     break;
@@ -567,7 +566,11 @@ pub async fn verify_entity(
             }
             let id = r["$id"].as_str().unwrap_or_default();
             let mut payload = hash_value(&shape.actual(r)).to_le_bytes().to_vec();
-            payload.push(u8::from(ours));
+            // 0: not this entity's; 1: its; 2: its, blocked by cutover (its row rejected now).
+            let blocked = users_shape
+                && r["status"] == false
+                && r["prefs"][crate::sink::appwrite::users::BLOCKED_MARK] == true;
+            payload.push(u8::from(ours) + u8::from(ours && blocked));
             actual
                 .push(id.as_bytes().to_vec(), payload)
                 .map_err(spill_err)?;
@@ -582,6 +585,8 @@ pub async fn verify_entity(
     let mut compared = 0u64;
     // The project's own users: in the target, not cutover's.
     let mut others = 0u64;
+    // Users cutover blocked, not deleted, because their rows are rejected now (kept on purpose).
+    let mut kept_blocked = 0u64;
     let mut child_counts = vec![0u64; children.len()];
     let mut expected = expected.sorted().map_err(spill_err)?;
     let mut actual = actual.sorted().map_err(spill_err)?;
@@ -607,7 +612,10 @@ pub async fn verify_entity(
             Some((ak, p)) if *ak == id => Some(u64_at(p, 0)),
             _ => None,
         };
-        let ours = matches!(&a, Some((ak, p)) if *ak == id && p.get(8) == Some(&1));
+        let flag = match &a {
+            Some((ak, p)) if *ak == id => p.get(8).copied().unwrap_or(0),
+            _ => 0,
+        };
         // Child rows of parents before this id belong to no expected record; this id's rows are
         // counted (and summed) when it is expected.
         let mut sums = vec![0u64; children.len()];
@@ -647,7 +655,8 @@ pub async fn verify_entity(
                 }
             }
             (Some(w), None) if w.sampled => found.missing(w.key.clone())?,
-            (None, Some(_)) if ours => found.unexpected(text(&id))?,
+            (None, Some(_)) if flag == 2 => kept_blocked += 1,
+            (None, Some(_)) if flag == 1 => found.unexpected(text(&id))?,
             (None, Some(_)) => others += 1,
             _ => {} // not in the sample
         }
@@ -809,7 +818,7 @@ pub async fn verify_entity(
     let embedded_ok = embedded
         .iter()
         .all(|e| e.source_children == e.target_elements);
-    let target_count = target_count - others;
+    let target_count = target_count - others - kept_blocked;
     // The rows the target refused are expected yet rightly absent.
     let counts_agree =
         step > 1 || expected_count.saturating_sub(refused_rows.count) == target_count;
@@ -830,6 +839,7 @@ pub async fn verify_entity(
         expected: expected_count,
         target: target_count,
         not_imported: others,
+        blocked_kept: kept_blocked,
         compared,
         missing_count: missing.count,
         missing: missing.first,

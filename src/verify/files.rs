@@ -234,6 +234,7 @@ pub async fn verify_files(
         expected,
         target: target_count,
         not_imported: 0,
+        blocked_kept: 0,
         compared,
         missing_count: missing.count,
         missing: missing.first,

@@ -257,6 +257,10 @@ pub struct EntityVerification {
     /// `target`, not unexpected.
     #[serde(skip_serializing_if = "is_zero")]
     pub not_imported: u64,
+    /// Appwrite users cutover blocked (not deleted: an account cannot be put back) because their
+    /// rows are rejected now: kept on purpose, not counted in `target`, not unexpected.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub blocked_kept: u64,
     pub compared: u64,
     /// How many documents are missing; `missing` holds the first [`KEPT`] source keys.
     pub missing_count: u64,
@@ -918,6 +922,7 @@ pub async fn verify_entity(
         expected: expected_count,
         target: target_count,
         not_imported: 0,
+        blocked_kept: 0,
         compared,
         missing_count: missing.count,
         missing: missing.first,
@@ -953,6 +958,7 @@ mod tests {
             expected: 3,
             target: 3,
             not_imported: 0,
+            blocked_kept: 0,
             compared: 3,
             missing_count: 0,
             missing: Vec::new(),

@@ -33,14 +33,33 @@ pub struct ImportUser {
 /// its status. Users the application blocked itself carry no such mark and stay blocked.
 pub const BLOCKED_MARK: &str = "cutoverBlocked";
 
-/// The pref every user cutover imports carries, its value the destination's name: which users of
+/// The pref every user cutover imports carries, its value the entity's name: which users of
 /// a project are cutover's. Verification, `--sync-deletes` and rollback touch only those — the
 /// project's own users (signed up in the application, created by hand) are no rows of the source.
 pub const IMPORTED_MARK: &str = "cutoverImported";
 
-/// Whether `user` (as Appwrite returns it) was imported by cutover into `collection`.
-pub fn imported_into(user: &Value, collection: &str) -> bool {
-    user["prefs"][IMPORTED_MARK].as_str() == Some(collection)
+/// Whether `user` (as Appwrite returns it) was imported by cutover as one of `entity`.
+pub fn imported_into(user: &Value, entity: &str) -> bool {
+    user["prefs"][IMPORTED_MARK].as_str() == Some(entity)
+}
+
+/// The id of a user holding `email`, if any.
+pub async fn holder_of_email(
+    client: &AppwriteClient,
+    email: &str,
+) -> Result<Option<String>, AppwriteError> {
+    let q = super::tables::query_string(&[
+        json!({ "method": "equal", "attribute": "email", "values": [email] }),
+        json!({ "method": "limit", "values": [1] }),
+    ]);
+    let v = client
+        .call(reqwest::Method::GET, &format!("/users?{q}"), None)
+        .await?;
+    Ok(v["users"]
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|u| u["$id"].as_str())
+        .map(str::to_string))
 }
 
 /// Whether the user was created now or already existed.
@@ -91,6 +110,21 @@ pub async fn import_user(
             || existing["hash"].as_str() != Some(u.algorithm.as_str())
             || existing["email"].as_str() != Some(u.email.as_str())
         {
+            // Re-created under an email another user holds, it could not be created again:
+            // the account would be gone (found while answering the fourteenth tester's U9).
+            if let Some(other) = holder_of_email(client, &u.email)
+                .await?
+                .filter(|other| other != id)
+            {
+                return Err(AppwriteError::http(
+                    409,
+                    "user_email_already_exists",
+                    format!(
+                        "another Appwrite user ({other}) already has the email {}; the user keeps its older email",
+                        u.email
+                    ),
+                ));
+            }
             client
                 .call(reqwest::Method::DELETE, &format!("/users/{id}"), None)
                 .await?;
