@@ -25,6 +25,8 @@ CUTOVER="${CARGO_TARGET_DIR:-$ROOT/target}/release/cutover"
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
 export CUTOVER_MONGODB_DATABASE="${CUTOVER_MONGODB_DATABASE:-registry}"
+# The files stage reads the sample files fixtures.sh writes (documents → GridFS).
+export CUTOVER_FILES_ROOT="${CUTOVER_FILES_ROOT:-$ROOT/fixtures/files}"
 
 echo "== loading the sample registry ($PATIENTS patients)"
 scripts/fixtures.sh --patients "$PATIENTS"
@@ -48,5 +50,6 @@ echo "== cutover verify"
 "$CUTOVER" verify
 "$CUTOVER" report --format html -o reports/signoff.html
 echo "demo: the sign-off report is reports/signoff.html"
-echo "demo: the same into Appwrite (the local stand-in): eval \"\$(scripts/services.sh env)\"; $CUTOVER migrate --target appwrite"
+echo "demo: the files of documents are in the GridFS bucket documents (documents.files, documents.chunks)"
+echo "demo: the same into Appwrite (the local stand-in; its files stage is not built yet): eval \"\$(scripts/services.sh env)\"; $CUTOVER migrate --target appwrite stage:reference stage:users stage:patients stage:immunizations stage:configuration"
 echo "demo: the servers are still running; stop them with scripts/services.sh stop"

@@ -136,6 +136,7 @@ pub async fn check(
     targets: &[Target],
     sample: Option<u64>,
     rates: &BTreeMap<String, f64>,
+    files_root: Option<&std::path::Path>,
 ) -> CheckReport {
     let mut report = CheckReport::default();
     let steps = match pipeline.select(names) {
@@ -291,6 +292,18 @@ pub async fn check(
                 });
             }
         }
+        if plan.file.is_some() && targets.iter().any(|t| matches!(t, Target::Appwrite(_))) {
+            report.blocking.push(format!(
+                "{}: files into Appwrite Storage are not built yet (the files stage writes MongoDB GridFS only)",
+                plan.entity
+            ));
+        }
+        if plan.file.is_some() && files_root.is_none() {
+            report.blocking.push(format!(
+                "{}: its mapping reads files ([file]): give their root with --files-root, CUTOVER_FILES_ROOT or [files] root in cutover.toml",
+                plan.entity
+            ));
+        }
         savepoint(&mut session, "SAVEPOINT cutover_check").await;
         let rows = match session.count(&plan.relation).await {
             Ok(n) => n,
@@ -423,6 +436,25 @@ pub async fn check(
                         continue;
                     }
                     scanned += 1;
+                    // A file stage: the file each row names, checked as the upload will.
+                    let file_problem = match (&plan.file, &row, files_root) {
+                        (
+                            Some(f),
+                            ExpectedRow::Document {
+                                row: values,
+                                mapped,
+                                ..
+                            },
+                            Some(root),
+                        ) => {
+                            let file = crate::sink::gridfs::FileRef::of_row(f, values);
+                            crate::sink::gridfs::inspect(root, &file, f.algorithm)
+                                .await
+                                .err()
+                                .map(|(rule, message)| (mapped.key.clone(), rule, message))
+                        }
+                        _ => None,
+                    };
                     let claimed = match (&row, claims.as_mut()) {
                         (ExpectedRow::Document { mapped, .. }, Some(c)) => mapped
                             .doc
@@ -454,7 +486,21 @@ pub async fn check(
                             });
                         f.rows += 1;
                     }
-                    ec.rejected_rows += u64::from(rejected || refused);
+                    let file_refused = file_problem.is_some();
+                    if let Some((key, rule, message)) = file_problem {
+                        let f = tally
+                            .entry((String::new(), rule.to_string(), "reject".into()))
+                            .or_insert_with(|| Finding {
+                                entity: plan.entity.clone(),
+                                rule: rule.into(),
+                                severity: "reject".into(),
+                                example_key: key,
+                                example: message,
+                                ..Default::default()
+                            });
+                        f.rows += 1;
+                    }
+                    ec.rejected_rows += u64::from(rejected || refused || file_refused);
                 }
                 for (e, (n, example_key)) in plan.embeds.iter().zip(orphans) {
                     ec.orphan_children.insert(e.path_text.clone(), n);

@@ -273,6 +273,8 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     #[command(flatten)]
+    pub files: FilesArgs,
+    #[command(flatten)]
     pub target: TargetArgs,
     /// Scan only the first N rows of each entity (a quick look: rows past them are not checked,
     /// and the verdict says so). Default: every row, so that check finds every row the run
@@ -296,6 +298,8 @@ pub struct VerifyArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub files: FilesArgs,
     #[command(flatten)]
     pub target: TargetArgs,
     /// Compare about N documents per entity instead of all.
@@ -421,6 +425,15 @@ pub struct PipelineArgs {
     pub mappings: Option<PathBuf>,
 }
 
+/// Where the files of file mappings are.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FilesArgs {
+    /// The directory the paths of file mappings (`[file] path_column`) are relative to (default:
+    /// CUTOVER_FILES_ROOT, else `[files] root` of the config).
+    #[arg(long, value_name = "DIR")]
+    pub files_root: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// Entities or stages to run (default: all, in pipeline order); a name that is both is the
@@ -429,6 +442,8 @@ pub struct MigrateArgs {
 
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub files: FilesArgs,
 
     /// Read, transform and validate everything; write nothing to the target.
     #[arg(long)]

@@ -71,6 +71,15 @@ struct FileConfig {
     run: FileRun,
     #[serde(default)]
     backups: FileBackups,
+    #[serde(default)]
+    files: FileFiles,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFiles {
+    /// The directory the paths of file mappings are relative to.
+    root: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +144,7 @@ pub struct Overrides {
     pub concurrency: Option<usize>,
     pub pipeline: Option<PathBuf>,
     pub mappings_dir: Option<PathBuf>,
+    pub files_root: Option<PathBuf>,
 }
 
 /// Where the environment comes from; tests pass a map instead of the process environment.
@@ -256,6 +266,9 @@ pub struct Config {
     /// `[backups] keep`: after a successful run, prune the run's collections to this many backups
     /// (besides those rollback needs). `None`: keep every backup.
     pub backups_keep: Option<usize>,
+    /// The directory the paths of file mappings (`[file]`) are relative to: `--files-root`,
+    /// `CUTOVER_FILES_ROOT` or `[files] root` (relative to the file). `None`: none given.
+    pub files_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -543,6 +556,11 @@ impl Config {
                 .or(parsed.run.mappings_dir.map(in_file))
                 .unwrap_or_else(|| PathBuf::from("mappings")),
             backups_keep: parsed.backups.keep,
+            files_root: o
+                .files_root
+                .clone()
+                .or(env.var("CUTOVER_FILES_ROOT").map(PathBuf::from))
+                .or(parsed.files.root.map(in_file)),
         })
     }
 

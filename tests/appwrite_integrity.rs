@@ -35,10 +35,7 @@ async fn ledger_commands_fail_on_a_wrong_project_or_an_endpoint_without_v1() {
     let s = Arc::new(StandIn::new("cutover", KEY));
     let (addr, _) = appwrite_standin::serve(s, "127.0.0.1:0").await.unwrap();
     let good = format!("http://{addr}/v1");
-    let pipeline = common::repo()
-        .join("pipelines/registry.toml")
-        .display()
-        .to_string();
+    let pipeline = common::registry_without_files().display().to_string();
     let commands: [&[&str]; 4] = [
         &["status", "--target", "appwrite", "--pipeline", &pipeline],
         &["history", "--target", "appwrite"],
@@ -79,10 +76,7 @@ async fn concurrency_32_completes_on_appwrite() {
     let s = Arc::new(StandIn::new("cutover", KEY));
     let (addr, _) = appwrite_standin::serve(s, "127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{addr}/v1");
-    let pipeline = common::repo()
-        .join("pipelines/registry.toml")
-        .display()
-        .to_string();
+    let pipeline = common::registry_without_files().display().to_string();
     let args = [
         "migrate",
         "--quiet",
@@ -143,10 +137,7 @@ async fn a_stage_that_fails_while_prepared_ends_its_run_with_a_report() {
     let s = Arc::new(standin);
     let (addr, _) = appwrite_standin::serve(s, "127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{addr}/v1");
-    let pipeline = common::repo()
-        .join("pipelines/registry.toml")
-        .display()
-        .to_string();
+    let pipeline = common::registry_without_files().display().to_string();
     let out = run(
         &w,
         &endpoint,
@@ -424,10 +415,7 @@ fn strip_times(mut v: Value) -> Value {
 /// uninterrupted run does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_appwrite_batch_refused_with_503_is_failed_not_rejected_and_written_later() {
-    let pipeline = common::repo()
-        .join("pipelines/registry.toml")
-        .display()
-        .to_string();
+    let pipeline = common::registry_without_files().display().to_string();
     let args = [
         "migrate",
         "vaccines",
@@ -628,10 +616,7 @@ async fn a_takeover_overwritten_by_the_old_holders_heartbeat_is_refused() {
 /// failing always ends failed (not rejected) alone, and the rest of its batch is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_failing_transiently_is_retried_alone_and_its_batch_is_written() {
-    let pipeline = common::repo()
-        .join("pipelines/registry.toml")
-        .display()
-        .to_string();
+    let pipeline = common::registry_without_files().display().to_string();
     let args = [
         "migrate",
         "vaccines",

@@ -46,8 +46,7 @@ async fn cutover(w: &World, aw: &Aw, args: &[&str]) -> std::process::Output {
 
 fn migrate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let pipeline = Box::leak(
-        common::repo()
-            .join("pipelines/registry.toml")
+        common::registry_without_files()
             .display()
             .to_string()
             .into_boxed_str(),
@@ -237,7 +236,7 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
     assert!(u["phone"].as_str().unwrap_or("").starts_with('+') || u["phone"] == "");
 
     // The ledger is kept in Appwrite: status shows every stage applied.
-    let pipeline = common::repo().join("pipelines/registry.toml");
+    let pipeline = common::registry_without_files();
     let pipeline = pipeline.to_str().unwrap();
     let status = cutover(
         &w,
@@ -288,10 +287,7 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
             "--target",
             "appwrite",
             "--pipeline",
-            common::repo()
-                .join("pipelines/registry.toml")
-                .to_str()
-                .unwrap(),
+            common::registry_without_files().to_str().unwrap(),
         ],
     )
     .await;
@@ -387,10 +383,7 @@ async fn with_a_tenth_of_requests_failing_every_row_is_written_once() {
             "--target",
             "appwrite",
             "--pipeline",
-            common::repo()
-                .join("pipelines/registry.toml")
-                .to_str()
-                .unwrap(),
+            common::registry_without_files().to_str().unwrap(),
         ],
     )
     .await;
@@ -435,10 +428,7 @@ async fn the_client_side_request_rate_is_kept_over_a_run() {
 }
 
 fn registry() -> String {
-    common::repo()
-        .join("pipelines/registry.toml")
-        .display()
-        .to_string()
+    common::registry_without_files().display().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1237,12 +1227,13 @@ fn child_table_pipeline(w: &World) -> String {
     assert!(patients.contains("appwrite = \"table\""));
     std::fs::write(dir.join("mappings/patients.toml"), patients).unwrap();
     // The pipeline names its target: no --target needed below.
-    let pipeline = std::fs::read_to_string(common::repo().join("pipelines/registry.toml"))
-        .unwrap()
-        .replace(
-            "mappings_dir = \"../mappings\"",
-            "mappings_dir = \"../mappings\"\ntarget = \"appwrite\"",
-        );
+    let pipeline = common::without_files_stage(
+        &std::fs::read_to_string(common::repo().join("pipelines/registry.toml")).unwrap(),
+    )
+    .replace(
+        "mappings_dir = \"../mappings\"",
+        "mappings_dir = \"../mappings\"\ntarget = \"appwrite\"",
+    );
     assert!(pipeline.contains("target = \"appwrite\""));
     std::fs::write(dir.join("pipelines/registry.toml"), pipeline).unwrap();
     dir.join("pipelines/registry.toml").display().to_string()

@@ -20,6 +20,8 @@ fn with_closed_pipe(w: &World, args: &[&str], stderr_too: bool) -> (Option<i32>,
         .env("CUTOVER_SOURCE_URL", &w.pg_url)
         .env("MONGODB_URI", common::mongo_uri())
         .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        // The registry's files stage needs its root (a dry run checks the files too).
+        .env("CUTOVER_FILES_ROOT", w.files_root())
         .args(args);
     let stderr_file = w.dir.path().join("stderr.txt");
     if stderr_too {

@@ -47,7 +47,8 @@ async fn check_lists_lossy_and_invalid_data_with_counts_and_writes_nothing() {
     assert!(
         entities
             .iter()
-            .all(|e| e["key_unique"] == true && e["estimated_ms"].is_u64())
+            // An empty source (documents: loaded without its files) has no rate to estimate by.
+            .all(|e| e["key_unique"] == true && (e["estimated_ms"].is_u64() || e["rows"] == 0))
     );
     let names = w.mongo().await.list_collection_names().await.unwrap();
     assert!(names.is_empty(), "check wrote {names:?}");

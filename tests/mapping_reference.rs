@@ -61,7 +61,42 @@ fn shipped_pipeline_and_mappings_load() {
         &root.join("mappings"),
     )
     .unwrap();
-    assert_eq!(p.all_steps().len(), 10);
+    assert_eq!(p.all_steps().len(), 11);
     let set = MappingSet::load_dir(&root.join("mappings")).unwrap();
-    assert_eq!(set.mappings.len(), 10);
+    assert_eq!(set.mappings.len(), 11);
+}
+
+/// The `[file]` table of the reference (commented out there: the reference entity embeds) parses
+/// with every key it shows, so its documentation cannot drift either.
+#[test]
+fn reference_file_table_parses_with_every_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("mappings/README.md")).unwrap();
+    let block = &toml_blocks(&text)[0];
+    let start = block
+        .find("# [file]\n")
+        .expect("a [file] table in the reference");
+    let end = block[start..]
+        .find("\n\n")
+        .map_or(block.len(), |e| start + e);
+    let table: String = block[start..end]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .filter(|l| !l.starts_with("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mapping = format!(
+        "version = 1\nname = \"docs\"\n[source]\ntable = \"documents\"\nkey = [\"id\"]\n{table}\n[[field]]\npath = \"name\"\ncolumn = \"file_name\"\n"
+    );
+    let m = mapping::parse(Path::new("mappings/README.md"), &mapping).unwrap();
+    let f = m.spec.file.as_ref().expect("[file]");
+    assert_eq!(f.path_column, "storage_path");
+    assert!(f.name_column.is_some() && f.size_column.is_some());
+    assert!(f.checksum_column.is_some() && f.mime_column.is_some());
+    assert_eq!((f.bucket.as_str(), f.chunk_size), ("fs", 261_120));
+    assert_eq!(
+        m.collection(),
+        "fs",
+        "a file mapping writes into its bucket"
+    );
 }

@@ -143,10 +143,7 @@ fn secrets() -> Vec<String> {
 }
 
 fn pipeline() -> String {
-    common::repo()
-        .join("pipelines/registry.toml")
-        .display()
-        .to_string()
+    common::registry_without_files().display().to_string()
 }
 
 /// `cutover ARGS…` with `url` as the source (and any extra environment).

@@ -39,8 +39,17 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
         }
     }
     let sample = if args.full { None } else { args.sample };
-    let mut report =
-        crate::check::check(&pipeline, &args.names, &source, &targets, sample, &rates).await;
+    let files_root = args.files.files_root.clone().or(cfg.files_root.clone());
+    let mut report = crate::check::check(
+        &pipeline,
+        &args.names,
+        &source,
+        &targets,
+        sample,
+        &rates,
+        files_root.as_deref(),
+    )
+    .await;
     for e in blocking_targets.into_iter().rev() {
         report.blocking.insert(0, e);
     }

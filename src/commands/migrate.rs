@@ -17,6 +17,7 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         Overrides {
             batch_size: args.batch_size,
             concurrency: args.concurrency,
+            files_root: args.files.files_root.clone(),
             mongodb_database: args.target.database.clone(),
             appwrite_database: args.target.database.clone(),
             ..Default::default()
@@ -66,6 +67,7 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
         no_backup: args.no_backup,
         restore_on_failure: args.restore_on_failure,
         lock_ttl: std::time::Duration::from_secs(args.lock_ttl.max(1)),
+        files_root: cfg.files_root.clone(),
     };
     if args.rerun || args.since_last {
         warn_of_applied_changes(&pipeline, &steps, &ledger).await;

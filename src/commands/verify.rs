@@ -16,6 +16,8 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     let target_name = target.display_name();
     let target_at = target.location();
     let pipeline = pipeline_for(&cfg, &args.pipeline)?;
+    // Where the files of file stages are (their bytes on disk are compared when given).
+    let files_root = args.files.files_root.clone().or(cfg.files_root.clone());
     let steps = pipeline.select(&args.names)?;
     let source = cfg.require_source()?.to_string();
     let mut session = crate::source::SourceSession::open(&source).await?;
@@ -71,6 +73,30 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         // the converter) reads the source and the target a second time: it runs beside the main
         // comparison, on its own connection to the same snapshot and its own problem file
         // (appended to the main one after), so on two cores the passes overlap.
+        if p.file.is_some() {
+            // A file stage: its files against the rows (no document comparison applies).
+            let Target::Mongo(m) = &target else {
+                anyhow::bail!(
+                    "{}: files into Appwrite Storage are not built yet: nothing to verify",
+                    p.entity
+                );
+            };
+            let v = crate::verify::files::verify_files(
+                p,
+                &mut session,
+                m,
+                &ctx,
+                (files_root.as_deref(), args.full),
+                &refused,
+                &mut log,
+            )
+            .await?;
+            if !args.json {
+                print_verification(&v);
+            }
+            results.push((v.ok, serde_json::to_value(&v)?));
+            continue;
+        }
         let mut fork = session.fork().await?;
         let side_log = crate::verify::ProblemLog::new(side_problems_path.clone());
         let (plan, side_target, refs) = (p.clone(), target.clone(), collections.clone());

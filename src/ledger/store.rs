@@ -289,6 +289,18 @@ impl Store {
         }
     }
 
+    /// The collections of a MongoDB destination: the collection, or a GridFS bucket's files
+    /// collection and its chunks (the files first: their count is the destination's).
+    fn collections(to: &Destination) -> Result<Vec<String>, StoreError> {
+        match to {
+            Destination::Bucket { name } => Ok(vec![
+                crate::sink::gridfs::files_collection(name),
+                crate::sink::gridfs::chunks_collection(name),
+            ]),
+            other => Ok(vec![Self::collection(other)?.to_string()]),
+        }
+    }
+
     /// The tables an Appwrite destination names (the stage's own first); users have none.
     fn tables(to: &Destination) -> Result<&[String], StoreError> {
         match to {
@@ -298,6 +310,9 @@ impl Store {
                 "Appwrite users cannot be copied (their hashes cannot be read back): no backup"
                     .into(),
             )),
+            Destination::Bucket { .. } => Err(StoreError::Corrupt(format!(
+                "{to} is not an Appwrite table"
+            ))),
         }
     }
 
@@ -306,16 +321,24 @@ impl Store {
     pub async fn copy_data(&self, from: &Destination, to: &Destination) -> Result<u64, StoreError> {
         match self {
             Store::Mongo(db) => {
-                let (from, to) = (Self::collection(from)?, Self::collection(to)?);
-                // A restore puts back what was there: a validator the application added or
-                // tightened since does not get a say (it would refuse the whole copy, for ever).
-                Self::coll(db, from)
-                    .aggregate(vec![doc! { "$match": {} }, doc! { "$out": to }])
-                    .bypass_document_validation(true)
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await?;
-                Ok(Self::coll(db, to).estimated_document_count().await?)
+                let (froms, tos) = (Self::collections(from)?, Self::collections(to)?);
+                if froms.len() != tos.len() {
+                    return Err(StoreError::Corrupt(format!("cannot copy {from} into {to}")));
+                }
+                let mut first = None;
+                for (from, to) in froms.iter().zip(&tos) {
+                    // A restore puts back what was there: a validator the application added or
+                    // tightened since does not get a say (it would refuse the whole copy, for ever).
+                    Self::coll(db, from)
+                        .aggregate(vec![doc! { "$match": {} }, doc! { "$out": to }])
+                        .bypass_document_validation(true)
+                        .await?
+                        .try_collect::<Vec<_>>()
+                        .await?;
+                    let n = Self::coll(db, to).estimated_document_count().await?;
+                    first.get_or_insert(n);
+                }
+                Ok(first.unwrap_or(0))
             }
             // A stage with child tables is copied table by table.
             Store::Appwrite { client, db, .. } => {
@@ -339,7 +362,12 @@ impl Store {
     /// Removes a destination with its data.
     pub async fn drop_data(&self, what: &Destination) -> Result<(), StoreError> {
         match self {
-            Store::Mongo(db) => Ok(Self::coll(db, Self::collection(what)?).drop().await?),
+            Store::Mongo(db) => {
+                for c in Self::collections(what)? {
+                    Self::coll(db, &c).drop().await?;
+                }
+                Ok(())
+            }
             Store::Appwrite { client, db, .. } => {
                 for part in Self::tables(what)? {
                     match client
@@ -364,10 +392,14 @@ impl Store {
     /// returns how many.
     pub async fn empty_data(&self, what: &Destination, entity: &str) -> Result<u64, StoreError> {
         match self {
-            Store::Mongo(db) => Ok(Self::coll(db, Self::collection(what)?)
-                .delete_many(doc! {})
-                .await?
-                .deleted_count),
+            Store::Mongo(db) => {
+                let mut first = None;
+                for c in Self::collections(what)? {
+                    let n = Self::coll(db, &c).delete_many(doc! {}).await?.deleted_count;
+                    first.get_or_insert(n);
+                }
+                Ok(first.unwrap_or(0))
+            }
             Store::Appwrite { client, .. } if *what == Destination::Users => {
                 Ok(delete_imported_users(client, entity).await?)
             }
@@ -399,6 +431,7 @@ impl Store {
                 names: names.iter().map(|n| backup(n)).collect(),
             },
             Destination::Users => Destination::Users,
+            Destination::Bucket { name } => Destination::Bucket { name: backup(name) },
         }
     }
 

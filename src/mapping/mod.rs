@@ -45,6 +45,10 @@ impl Mapping {
     }
 
     pub fn collection(&self) -> &str {
+        // A file mapping writes into its bucket.
+        if let Some(f) = &self.spec.file {
+            return &f.bucket;
+        }
         self.spec.collection.as_deref().unwrap_or(&self.spec.name)
     }
 
@@ -435,6 +439,60 @@ fn check_fields(
     Ok(())
 }
 
+/// A `[file]` table: where the bytes go is the bucket (never also a `collection`), its chunks fit
+/// a document, and a row is one file (no embedded arrays, no Appwrite users).
+fn check_file(m: &Mapping, f: &spec::FileSpec) -> Result<(), MappingError> {
+    let s = &m.spec;
+    if s.collection.is_some() {
+        return Err(invalid(
+            m,
+            "collection",
+            "a mapping with `[file]` writes into its `file.bucket`: leave `collection` out".into(),
+        ));
+    }
+    if let Some(problem) = collection_problem(&f.bucket) {
+        return Err(invalid(
+            m,
+            "file.bucket",
+            format!(
+                "`{}` is not a valid bucket name: {problem}",
+                f.bucket.escape_debug()
+            ),
+        ));
+    }
+    if !(1024..=MAX_CHUNK_SIZE).contains(&f.chunk_size) {
+        return Err(invalid(
+            m,
+            "file.chunk_size",
+            format!(
+                "must be between 1024 and {MAX_CHUNK_SIZE} bytes, got {}",
+                f.chunk_size
+            ),
+        ));
+    }
+    if f.path_column.is_empty() {
+        return Err(invalid(m, "file.path_column", "name a column".into()));
+    }
+    if !s.embeds.is_empty() {
+        return Err(invalid(
+            m,
+            "embed",
+            "a mapping with `[file]` writes one file per row: it embeds nothing".into(),
+        ));
+    }
+    if s.appwrite.users.is_some() {
+        return Err(invalid(
+            m,
+            "appwrite.users",
+            "a mapping with `[file]` writes files, not users".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The largest GridFS chunk: a chunk document must stay under MongoDB's 16 MiB.
+const MAX_CHUNK_SIZE: u32 = 15 * 1024 * 1024;
+
 fn check_one(m: &Mapping) -> Result<(), MappingError> {
     let s = &m.spec;
     if s.version != spec::MAPPING_VERSION {
@@ -471,6 +529,9 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
                 c.escape_debug()
             ),
         ));
+    }
+    if let Some(f) = &s.file {
+        check_file(m, f)?;
     }
     if s.source.updated_at.as_deref().is_some_and(str::is_empty) {
         return Err(invalid(

@@ -210,6 +210,22 @@ pub struct Plan {
     pub layout: Layout,
     /// Appwrite: write the documents as users (Auth), not rows.
     pub appwrite_users: Option<crate::mapping::spec::AppwriteUsersSpec>,
+    /// The entity writes files (`[file]`): where each row's file is, and what it records.
+    pub file: Option<FilePlan>,
+}
+
+/// A `[file]` table compiled: the columns (indexes into `read.columns`) holding the file's
+/// path and what the row records of it.
+#[derive(Debug, Clone)]
+pub struct FilePlan {
+    pub path: usize,
+    pub name: Option<usize>,
+    pub size: Option<usize>,
+    pub checksum: Option<usize>,
+    pub algorithm: crate::mapping::spec::ChecksumAlgorithm,
+    pub mime: Option<usize>,
+    pub bucket: String,
+    pub chunk_size: u32,
 }
 
 impl Plan {
@@ -676,13 +692,20 @@ pub fn compile(
     };
     let relations = relations_of(m);
     let src = &m.spec.source;
-    let read = ReadSpec::new(
-        &relations[0],
-        &columns[0],
-        &columns_used(&m.spec.fields),
-        &src.key,
-    )
-    .map_err(|e| invalid("source", e.to_string()))?;
+    let mut wanted = columns_used(&m.spec.fields);
+    if let Some(f) = &m.spec.file {
+        for c in file_columns(f).into_iter().map(|(_, c)| c) {
+            if !wanted.contains(c) {
+                wanted.push(c.clone());
+            }
+        }
+    }
+    let read = ReadSpec::new(&relations[0], &columns[0], &wanted, &src.key)
+        .map_err(|e| invalid("source", e.to_string()))?;
+    let file = match &m.spec.file {
+        Some(f) => Some(file_plan(f, &read).map_err(|(key, message)| invalid(&key, message))?),
+        None => None,
+    };
     for (name, c) in src.key.iter().zip(read.columns.iter()) {
         use crate::source::ColKind::*;
         if !matches!(
@@ -859,6 +882,69 @@ pub fn compile(
         row_rules,
         appwrite_users: users_spec(m, &layout)?,
         layout,
+        file,
+    })
+}
+
+/// The columns a `[file]` table names, with their keys.
+fn file_columns(f: &crate::mapping::spec::FileSpec) -> Vec<(&'static str, &String)> {
+    let mut out = vec![("file.path_column", &f.path_column)];
+    for (key, c) in [
+        ("file.name_column", &f.name_column),
+        ("file.size_column", &f.size_column),
+        ("file.checksum_column", &f.checksum_column),
+        ("file.mime_column", &f.mime_column),
+    ] {
+        if let Some(c) = c {
+            out.push((key, c));
+        }
+    }
+    out
+}
+
+/// Resolves a `[file]` table's columns in the read, checking their types: the path, name,
+/// checksum and mime type are text, the size an integer.
+fn file_plan(
+    f: &crate::mapping::spec::FileSpec,
+    read: &ReadSpec,
+) -> Result<FilePlan, (String, String)> {
+    use crate::source::ColKind::{Int16, Int32, Int64, Text};
+    let find = |key: &str, name: &str, integer: bool| {
+        let i = read
+            .columns
+            .iter()
+            .position(|c| c.name == name && c.expr.is_none())
+            .ok_or_else(|| (key.to_string(), format!("no column `{name}` in the source")))?;
+        let kind = read.columns[i].kind;
+        let fits = if integer {
+            matches!(kind, Int16 | Int32 | Int64)
+        } else {
+            kind == Text
+        };
+        if !fits {
+            return Err((
+                key.to_string(),
+                format!(
+                    "column `{name}` has type {}; it must be {}",
+                    read.columns[i].pg_type,
+                    if integer { "an integer" } else { "text" }
+                ),
+            ));
+        }
+        Ok(i)
+    };
+    let opt = |key: &str, name: &Option<String>, integer: bool| {
+        name.as_deref().map(|n| find(key, n, integer)).transpose()
+    };
+    Ok(FilePlan {
+        path: find("file.path_column", &f.path_column, false)?,
+        name: opt("file.name_column", &f.name_column, false)?,
+        size: opt("file.size_column", &f.size_column, true)?,
+        checksum: opt("file.checksum_column", &f.checksum_column, false)?,
+        algorithm: f.checksum,
+        mime: opt("file.mime_column", &f.mime_column, false)?,
+        bucket: f.bucket.clone(),
+        chunk_size: f.chunk_size,
     })
 }
 

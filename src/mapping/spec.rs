@@ -32,6 +32,62 @@ pub struct MappingFile {
     /// How the documents go into an Appwrite target (ignored for MongoDB).
     #[serde(default)]
     pub appwrite: AppwriteSpec,
+    /// Each row names a file on disk: the entity writes files (MongoDB: a GridFS bucket), the
+    /// mapped document of the row's fields becomes the file's metadata.
+    pub file: Option<FileSpec>,
+}
+
+/// The default GridFS chunk size: 255 KiB, as the drivers' own.
+pub const DEFAULT_CHUNK_SIZE: u32 = 261_120;
+
+/// Where a row's file is and what the row records of it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// The text column holding the file's path, relative to the files root.
+    pub path_column: String,
+    /// The text column holding the file's name (default: the last part of the path).
+    pub name_column: Option<String>,
+    /// The integer column holding the file's size in bytes, checked before the upload.
+    pub size_column: Option<String>,
+    /// The text column holding the file's checksum (hex), checked before the upload.
+    pub checksum_column: Option<String>,
+    /// The checksum's algorithm: `sha256` (default) or `md5`.
+    #[serde(default)]
+    pub checksum: ChecksumAlgorithm,
+    /// The text column holding the mime type (MongoDB: the files document's `contentType`).
+    pub mime_column: Option<String>,
+    /// The GridFS bucket (MongoDB): `<bucket>.files` and `<bucket>.chunks`.
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+    /// Bytes per GridFS chunk.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: u32,
+}
+
+fn default_bucket() -> String {
+    "fs".into()
+}
+
+fn default_chunk_size() -> u32 {
+    DEFAULT_CHUNK_SIZE
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumAlgorithm {
+    #[default]
+    Sha256,
+    Md5,
+}
+
+impl ChecksumAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Sha256 => "sha256",
+            ChecksumAlgorithm::Md5 => "md5",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

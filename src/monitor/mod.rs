@@ -23,6 +23,10 @@ pub struct EntityCounters {
     pub retried: AtomicU64,
     pub batches: AtomicU64,
     pub bytes: AtomicU64,
+    /// A file stage: files uploaded, their bytes, and files found complete already.
+    pub files_uploaded: AtomicU64,
+    pub file_bytes: AtomicU64,
+    pub files_unchanged: AtomicU64,
     /// Documents of rows now rejected that an earlier run had written (an older version),
     /// removed so that the target holds what a fresh run would.
     pub removed: AtomicU64,

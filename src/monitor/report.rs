@@ -93,6 +93,44 @@ pub struct EntityReport {
     /// entity: not part of `read` nor of `rejected`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orphan_children: Vec<OrphanChildren>,
+    /// A file stage: what this run uploaded (a resumed part's files not included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileStats>,
+}
+
+/// The files of a file stage, as this run moved them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FileStats {
+    /// Files uploaded, and their bytes.
+    pub uploaded: u64,
+    pub bytes: u64,
+    /// Files found complete already (same length and sha256): written, not uploaded again.
+    pub unchanged: u64,
+    /// Bytes uploaded per second of the stage, in MB (10^6 bytes).
+    pub mb_per_sec: f64,
+}
+
+impl FileStats {
+    pub fn new(uploaded: u64, bytes: u64, unchanged: u64, duration_ms: u64) -> FileStats {
+        let secs = (duration_ms as f64 / 1000.0).max(0.001);
+        FileStats {
+            uploaded,
+            bytes,
+            unchanged,
+            mb_per_sec: round1(bytes as f64 / 1e6 / secs),
+        }
+    }
+
+    /// One line of the text report.
+    pub fn sentence(&self) -> String {
+        format!(
+            "{} files uploaded ({:.1} MB, {} MB/s), {} complete already",
+            self.uploaded,
+            self.bytes as f64 / 1e6,
+            self.mb_per_sec,
+            self.unchanged
+        )
+    }
 }
 
 /// The child rows of one embed that belong to no parent row.
@@ -164,6 +202,7 @@ impl EntityReport {
             stale_removed: 0,
             stale_blocked: 0,
             orphan_children: Vec::new(),
+            files: None,
         }
     }
 
@@ -347,6 +386,9 @@ impl RunReport {
             }
             if let Some(d) = &e.delta {
                 let _ = writeln!(s, "{}: {d}", e.name);
+            }
+            if let Some(f) = &e.files {
+                let _ = writeln!(s, "{}: {}", e.name, f.sentence());
             }
             if e.deleted > 0 {
                 let verb = if self.dry_run {

@@ -249,6 +249,7 @@ mod tests {
             no_backup: false,
             restore_on_failure: false,
             lock_ttl: std::time::Duration::from_secs(30),
+            files_root: None,
         }
     }
 

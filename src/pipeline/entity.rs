@@ -181,6 +181,14 @@ pub(super) async fn run_entity(
         report.requests = Some(r1 - r0);
         report.throttled = Some(h1 - h0);
     }
+    if plan.file.is_some() {
+        report.files = Some(crate::monitor::report::FileStats::new(
+            counters.files_uploaded.load(Ordering::Relaxed),
+            counters.file_bytes.load(Ordering::Relaxed),
+            counters.files_unchanged.load(Ordering::Relaxed),
+            report.duration_ms,
+        ));
+    }
     report.orphan_children = plan
         .embeds
         .iter()

@@ -37,6 +37,9 @@ pub struct RunOptions {
     /// When a stage fails, put its collection back as it was.
     pub restore_on_failure: bool,
     pub lock_ttl: std::time::Duration,
+    /// The directory the paths of file mappings are relative to (`None`: none given; a file
+    /// stage then refuses to start).
+    pub files_root: Option<PathBuf>,
 }
 
 impl RunOptions {

@@ -43,6 +43,8 @@ fn delta_filter(column: &str, kind: Option<crate::source::ColKind>, at: &str) ->
 /// A batch of documents on its way to the target.
 pub(super) struct Batch {
     pub(super) docs: Vec<RawDocumentBuf>,
+    /// A file stage's files, one per document (empty otherwise).
+    pub(super) files: Vec<crate::sink::gridfs::FileRef>,
     pub(super) keys: Vec<String>,
     pub(super) bytes: usize,
     /// Position in the stage's sequence of batches (for the contiguous checkpoint).
@@ -66,6 +68,7 @@ impl Batch {
     pub(super) fn new(cap: usize) -> Batch {
         Batch {
             docs: Vec::with_capacity(cap),
+            files: Vec::new(),
             keys: Vec::with_capacity(cap),
             bytes: 0,
             seq: 0,
@@ -150,7 +153,14 @@ pub(super) async fn read_loop(
         path: rejects.dir().to_path_buf(),
         cause,
     };
-    let mut batch = Batch::new(opts.batch_size);
+    // Files are written one after the other within a batch: a few per batch, so that the
+    // checkpoint moves and --concurrency uploads run side by side.
+    let batch_size = if plan.file.is_some() {
+        opts.batch_size.min(FILES_PER_BATCH)
+    } else {
+        opts.batch_size
+    };
+    let mut batch = Batch::new(batch_size);
     let mut prev_row: Option<Vec<Value>> = None;
     // Once per entity: whether a hashed row id loses the key (then said per document).
     let key_lost = target.key_lost(plan);
@@ -179,7 +189,7 @@ pub(super) async fn read_loop(
                 // Not held in memory without end: the batch gathered so far is sealed (its
                 // checkpoint is before them) and they go to the next.
                 if !batch.docs.is_empty() {
-                    let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+                    let mut full = std::mem::replace(&mut batch, Batch::new(batch_size));
                     full.seal(
                         &mut seq,
                         key_strings(plan, prev_row.as_deref()),
@@ -247,8 +257,23 @@ pub(super) async fn read_loop(
         if opts.dry_run {
             // What the target would refuse before writing (Appwrite's column types and sizes)
             // is rejected here as the run would: the rehearsal predicts the run's rejects.
-            if let Some((rule, message)) = target.refusal(&plan.collection, &raw) {
-                let issue = Issue::error(Stage::Write, rule, "", message, String::new());
+            // A file stage: the file checked as the upload will check it.
+            let file_refusal = match &plan.file {
+                Some(f) => {
+                    let file = crate::sink::gridfs::FileRef::of_row(f, &row);
+                    target
+                        .file_refusal(&plan.collection, &file)
+                        .await
+                        .map(|(rule, message)| (rule, message, Stage::File))
+                }
+                None => None,
+            };
+            if let Some((rule, message, stage)) = file_refusal.or_else(|| {
+                target
+                    .refusal(&plan.collection, &raw)
+                    .map(|(rule, message)| (rule, message, Stage::Write))
+            }) {
+                let issue = Issue::error(stage, rule, "", message, String::new());
                 reject(
                     counters,
                     total_rejected,
@@ -273,7 +298,7 @@ pub(super) async fn read_loop(
         }
         if batch.bytes + size > opts.batch_bytes && !batch.docs.is_empty() {
             // The batch covers every row before this one.
-            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+            let mut full = std::mem::replace(&mut batch, Batch::new(batch_size));
             full.seal(
                 &mut seq,
                 key_strings(plan, prev_row.as_deref()),
@@ -293,10 +318,15 @@ pub(super) async fn read_loop(
             batch.warned += 1;
         }
         batch.bytes += size;
+        if let Some(f) = &plan.file {
+            batch
+                .files
+                .push(crate::sink::gridfs::FileRef::of_row(f, &row));
+        }
         batch.docs.push(raw);
         batch.keys.push(mapped.key.clone());
-        if batch.docs.len() >= opts.batch_size {
-            let mut full = std::mem::replace(&mut batch, Batch::new(opts.batch_size));
+        if batch.docs.len() >= batch_size {
+            let mut full = std::mem::replace(&mut batch, Batch::new(batch_size));
             full.seal(
                 &mut seq,
                 key_strings(plan, Some(&row)),
@@ -328,6 +358,9 @@ pub(super) async fn read_loop(
     bar.set_position(start_rows + counters.read.load(Ordering::Relaxed));
     Ok(())
 }
+
+/// Files per batch of a file stage (at most).
+const FILES_PER_BATCH: usize = 4;
 
 /// Orphan child rows whose lines wait for the next parent row's batch, at most.
 const ORPHANS_WAITING: usize = 1024;

@@ -291,6 +291,21 @@ pub async fn migrate(
         let collection = mapping
             .map(|m| m.collection().to_string())
             .unwrap_or_default();
+        // A file stage needs its files' root, and a target that takes files.
+        if let Some(f) = mapping.and_then(|m| m.spec.file.as_ref()) {
+            let root = match &opts.files_root {
+                Some(r) => r.clone(),
+                None => {
+                    return Err(RunError::Refused(format!(
+                        "{}: its mapping reads files ([file]): give their root with --files-root, CUTOVER_FILES_ROOT or [files] root in cutover.toml",
+                        step.entity
+                    )));
+                }
+            };
+            target
+                .register_files(&step.entity, f, &root)
+                .map_err(|e| RunError::Refused(e.to_string()))?;
+        }
         let users = mapping.is_some_and(|m| m.spec.appwrite.users.is_some());
         if let Some(why) = target.unfit_name(&step.entity, &collection, users) {
             return Err(RunError::Refused(why));

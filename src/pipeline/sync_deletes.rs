@@ -77,6 +77,8 @@ struct Deleter<'a> {
     target: &'a MongoTarget,
     remover: &'a Remover,
     collection: &'a str,
+    /// A file stage's GridFS bucket (`collection` is its name): files go with their chunks.
+    bucket: bool,
     dry_run: bool,
     pending: Vec<bson::Bson>,
     gone: u64,
@@ -100,8 +102,13 @@ impl Deleter<'_> {
             return Ok(());
         }
         let ids = std::mem::take(&mut self.pending);
-        let (target, collection) = (self.target, self.collection);
+        let (target, collection, bucket) = (self.target, self.collection, self.bucket);
         noted_delete(self.remover, ids, |ids| async move {
+            if bucket {
+                return Ok(
+                    crate::sink::gridfs::delete_files(target.database(), collection, &ids).await?,
+                );
+            }
             Ok(target.delete_ids(collection, ids).await?)
         })
         .await
@@ -121,14 +128,20 @@ async fn sync_deletes_mongo(
         target,
         remover,
         collection: &plan.collection,
+        bucket: plan.file.is_some(),
         dry_run,
         pending: Vec::new(),
         gone: 0,
     };
+    // A bucket's files are the documents of its files collection.
+    let ids_of = match &plan.file {
+        Some(f) => crate::sink::gridfs::files_collection(&f.bucket),
+        None => plan.collection.clone(),
+    };
     if ids_follow_key_order(plan) {
         let mut conn = session.reader().await?;
         let mut rows = postgres::stream(&mut conn, &keys_spec);
-        let mut ids = target.ids(&plan.collection, true).await?;
+        let mut ids = target.ids(&ids_of, true).await?;
         let mut source_id: Option<bson::Bson> = None;
         let mut source_done = false;
         while let Some(tid) = ids.next().await? {
@@ -168,7 +181,7 @@ async fn sync_deletes_mongo(
             }
         }
         let mut targets = Spill::new();
-        let mut ids = target.ids(&plan.collection, false).await?;
+        let mut ids = target.ids(&ids_of, false).await?;
         while let Some(id) = ids.next().await? {
             targets.push(id_bytes(&id), Vec::new()).map_err(spill_err)?;
         }

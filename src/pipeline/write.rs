@@ -164,6 +164,7 @@ pub(super) async fn write_loop(
                         let target = &target;
                         let collection = &collection;
                         let docs = &batch.docs;
+                        let files = &batch.files;
                         let stale = noted.as_ref().map_or(&[][..], |n| n.ids.as_slice());
                         let counters = &counters;
                         let removed_here = &removed_here;
@@ -174,6 +175,9 @@ pub(super) async fn write_loop(
                             removed_here.fetch_add(removed, Ordering::Relaxed);
                             if docs.is_empty() {
                                 return Ok(BatchResult::default());
+                            }
+                            if target.is_bucket(collection) {
+                                return target.write_files(collection, docs, files).await;
                             }
                             target.write(collection, docs, m).await
                         }
@@ -236,7 +240,14 @@ pub(super) async fn write_loop(
         EntityCounters::add(&counters.batches, 1);
         tracing::debug!(entity = %entity, seq = batch.seq, documents = batch.docs.len(), "batch written");
         match result {
-            Ok(BatchResult { written, errors }) => {
+            Ok(BatchResult {
+                written,
+                errors,
+                files,
+            }) => {
+                EntityCounters::add(&counters.files_uploaded, files.uploaded);
+                EntityCounters::add(&counters.file_bytes, files.uploaded_bytes);
+                EntityCounters::add(&counters.files_unchanged, files.unchanged);
                 EntityCounters::add(&counters.written, written);
                 EntityCounters::add(&counters.bytes, batch.bytes as u64);
                 // Documents the server could still not take after their retries are failed,
@@ -271,13 +282,28 @@ pub(super) async fn write_loop(
                         .get(e.index)
                         .map(|d| crate::monitor::rejects::document_fingerprint(d.as_bytes()))
                         .unwrap_or_default();
-                    let issue = Issue::error(
-                        Stage::Write,
-                        &e.code_name,
-                        "",
-                        format!("{} (code {})", e.message, e.code),
-                        fingerprint,
-                    );
+                    // A file stage's own refusals (the file on disk) name no server code.
+                    let issue = if e.code_name.starts_with("file_") && e.code == 0 {
+                        Issue::error(
+                            Stage::File,
+                            &e.code_name,
+                            "",
+                            e.message.clone(),
+                            batch
+                                .files
+                                .get(e.index)
+                                .and_then(|f| f.path.clone())
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        Issue::error(
+                            Stage::Write,
+                            &e.code_name,
+                            "",
+                            format!("{} (code {})", e.message, e.code),
+                            fingerprint,
+                        )
+                    };
                     reject(
                         &counters,
                         &total_rejected,
@@ -396,6 +422,7 @@ mod tests {
         let first = BatchResult {
             written: 2,
             errors: vec![doc_error(1, true), doc_error(3, true), doc_error(4, false)],
+            ..Default::default()
         };
         let calls = std::sync::Mutex::new(Vec::new());
         let counters = EntityCounters::default();
@@ -413,11 +440,13 @@ mod tests {
                         BatchResult {
                             written: 1,
                             errors: vec![doc_error(1, true)],
+                            ..Default::default()
                         }
                     } else {
                         BatchResult {
                             written: ids.len() as u64,
                             errors: Vec::new(),
+                            ..Default::default()
                         }
                     })
                 }
@@ -447,6 +476,7 @@ mod tests {
                 Ok(BatchResult {
                     written: 0,
                     errors: vec![doc_error(0, true)],
+                    ..Default::default()
                 })
             },
             "c",
@@ -454,6 +484,7 @@ mod tests {
             BatchResult {
                 written: 0,
                 errors: vec![doc_error(0, true)],
+                ..Default::default()
             },
             policy,
             &counters,

@@ -1,6 +1,7 @@
 //! Targets: the MongoDB writer and the shared plumbing (retry with back-off).
 
 pub mod appwrite;
+pub mod gridfs;
 pub mod mongodb;
 pub mod order;
 pub mod retry;

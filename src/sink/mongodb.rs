@@ -186,6 +186,17 @@ pub struct DocError {
 pub struct BatchResult {
     pub written: u64,
     pub errors: Vec<DocError>,
+    /// A file stage: the bytes of the files uploaded, and the files found complete already
+    /// (written, not uploaded again).
+    pub files: FileCounts,
+}
+
+/// What a file stage's batch moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileCounts {
+    pub uploaded: u64,
+    pub uploaded_bytes: u64,
+    pub unchanged: u64,
 }
 
 /// Every client this process opened, so that [`shutdown_all`] can close them cleanly before the
@@ -242,6 +253,10 @@ pub struct MongoTarget {
     ledger_db: Database,
     /// Where the URI points (`host:port,…`), without credentials or options.
     hosts: String,
+    /// The GridFS buckets of this run's file stages, by name (see [`MongoTarget::register_bucket`]).
+    buckets: std::sync::Arc<
+        std::sync::RwLock<std::collections::HashMap<String, super::gridfs::BucketSpec>>,
+    >,
 }
 
 /// Connections of the ledger's own client (checkpoint, heartbeat, a lock check at once).
@@ -286,7 +301,26 @@ impl MongoTarget {
             db,
             ledger_db,
             hosts,
+            buckets: Default::default(),
         })
+    }
+
+    /// Notes that `spec.name` is a GridFS bucket a file stage writes: the collection names of
+    /// the stage (emptiness, removals, the ledger's destination) then mean the bucket.
+    pub fn register_bucket(&self, spec: super::gridfs::BucketSpec) {
+        self.buckets
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.name.clone(), spec);
+    }
+
+    /// The registered bucket named `name`.
+    pub fn bucket(&self, name: &str) -> Option<super::gridfs::BucketSpec> {
+        self.buckets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// The servers the target's URI names (`host:port,…`), without credentials or options.
@@ -506,6 +540,7 @@ impl MongoTarget {
         Ok(BatchResult {
             written: (docs.len() - errors.len().min(docs.len())) as u64,
             errors,
+            ..Default::default()
         })
     }
 }

@@ -52,6 +52,9 @@ pub enum Destination {
     Tables { names: Vec<String> },
     /// Appwrite's users (Auth): no table holds them, no backup can copy them.
     Users,
+    /// A MongoDB GridFS bucket: `<name>.files` and `<name>.chunks`, backed up, restored and
+    /// emptied together.
+    Bucket { name: String },
 }
 
 impl Destination {
@@ -77,6 +80,7 @@ impl std::fmt::Display for Destination {
             Destination::Collection { name } => f.pad(name),
             Destination::Tables { names } => f.pad(&names.join("+")),
             Destination::Users => f.pad(USERS),
+            Destination::Bucket { name } => f.pad(&format!("{name} (GridFS)")),
         }
     }
 }
@@ -388,6 +392,7 @@ impl AppwriteTarget {
         Ok(BatchResult {
             written: (docs.len() - errors.len()) as u64,
             errors,
+            ..Default::default()
         })
     }
 }
@@ -911,6 +916,7 @@ impl Target {
     /// Sets up the destination of a stage before its first row.
     pub async fn prepare(&self, plan: &Plan) -> Result<(), SinkError> {
         match self {
+            Target::Mongo(_) if plan.file.is_some() => Ok(()),
             Target::Mongo(m) => match m.destination(&plan.collection).await?.unfit {
                 Some(why) => Err(MongoError::Unfit(why).into()),
                 None => Ok(()),
@@ -990,8 +996,82 @@ impl Target {
         }
     }
 
+    /// Gets the target ready for a file stage (a mapping's `[file]`), its files under `root`. Appwrite
+    /// Storage is not built yet: refused, never skipped.
+    pub fn register_files(
+        &self,
+        entity: &str,
+        f: &crate::mapping::spec::FileSpec,
+        root: &std::path::Path,
+    ) -> Result<(), SinkError> {
+        match self {
+            Target::Mongo(m) => {
+                m.register_bucket(super::gridfs::BucketSpec {
+                    name: f.bucket.clone(),
+                    chunk_size: f.chunk_size,
+                    algorithm: f.checksum,
+                    root: root.to_path_buf(),
+                });
+                Ok(())
+            }
+            Target::Appwrite(_) => Err(SinkError::Mongo(MongoError::Unfit(format!(
+                "{entity}: files into Appwrite Storage are not built yet (the files stage writes MongoDB GridFS only)"
+            )))),
+        }
+    }
+
+    /// Whether `collection` is a GridFS bucket of a file stage.
+    pub fn is_bucket(&self, collection: &str) -> bool {
+        matches!(self, Target::Mongo(m) if m.bucket(collection).is_some())
+    }
+
+    /// Why the run will refuse the file a row of `collection` (a file stage's bucket) names, as
+    /// (rule, message): what a dry run rejects as the real run would.
+    pub async fn file_refusal(
+        &self,
+        collection: &str,
+        file: &super::gridfs::FileRef,
+    ) -> Option<(&'static str, String)> {
+        let Target::Mongo(m) = self else {
+            return None;
+        };
+        let spec = m.bucket(collection)?;
+        super::gridfs::inspect(&spec.root, file, spec.algorithm)
+            .await
+            .err()
+    }
+
+    /// Writes the files of a file stage's batch (`files[i]` belongs to `docs[i]`).
+    pub async fn write_files(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+        files: &[super::gridfs::FileRef],
+    ) -> Result<BatchResult, SinkError> {
+        match self {
+            Target::Mongo(m) => {
+                let Some(spec) = m.bucket(collection) else {
+                    return Err(MongoError::Reply(format!(
+                        "`{collection}` is not a bucket of this run"
+                    ))
+                    .into());
+                };
+                Ok(super::gridfs::write_files(m.database(), &spec, docs, files).await?)
+            }
+            Target::Appwrite(_) => Err(MongoError::Unfit(
+                "files into Appwrite Storage are not built yet".into(),
+            )
+            .into()),
+        }
+    }
+
     pub async fn is_empty(&self, collection: &str) -> Result<bool, SinkError> {
         match self {
+            Target::Mongo(m) if m.bucket(collection).is_some() => Ok(m
+                .is_empty(&super::gridfs::files_collection(collection))
+                .await?
+                && m.is_empty(&super::gridfs::chunks_collection(collection))
+                    .await?),
             Target::Mongo(m) => Ok(m.is_empty(collection).await?),
             Target::Appwrite(a) => Ok(a.is_empty(collection).await?),
         }
@@ -1017,6 +1097,9 @@ impl Target {
             return Ok(Vec::new());
         }
         match self {
+            Target::Mongo(m) if m.bucket(collection).is_some() => Ok(m
+                .present_ids(&super::gridfs::files_collection(collection), ids)
+                .await?),
             Target::Mongo(m) => Ok(m.present_ids(collection, ids).await?),
             Target::Appwrite(a) => {
                 let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
@@ -1038,6 +1121,9 @@ impl Target {
             return Ok(0);
         }
         match self {
+            Target::Mongo(m) if m.bucket(collection).is_some() => {
+                Ok(super::gridfs::delete_files(m.database(), collection, ids).await?)
+            }
             Target::Mongo(m) => Ok(m.delete_ids(collection, ids.to_vec()).await?),
             // A user whose row is rejected now (e.g. disabled in the source) must not stay able
             // to sign in as before; blocked, not deleted: an account cannot be put back.
@@ -1097,6 +1183,9 @@ impl Target {
             Target::Appwrite(a) if a.is_users(collection) => Destination::Users,
             Target::Appwrite(a) => Destination::Tables {
                 names: a.tables_of(collection),
+            },
+            Target::Mongo(m) if m.bucket(collection).is_some() => Destination::Bucket {
+                name: collection.to_string(),
             },
             Target::Mongo(_) => Destination::Collection {
                 name: collection.to_string(),

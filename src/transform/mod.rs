@@ -24,6 +24,8 @@ pub enum Stage {
     /// Merging child rows into their parents' documents (a child row whose parent is not in
     /// the source: [`RULE_ORPHAN_CHILD`]).
     Embed,
+    /// Checking and uploading a file stage's file (missing, checksum, path).
+    File,
 }
 
 /// The rule of a child row of an embed whose parent row is not in the source (a foreign key no
@@ -38,6 +40,7 @@ impl Stage {
             Stage::Validate => "validate",
             Stage::Write => "write",
             Stage::Embed => "embed",
+            Stage::File => "file",
         }
     }
 }

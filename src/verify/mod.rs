@@ -30,6 +30,7 @@ use crate::source::{SourceSession, Value};
 use crate::transform::row::{MapContext, map_row};
 
 pub mod appwrite;
+pub mod files;
 pub mod oracle;
 pub mod write_rejects;
 /// Target `_id` order (lives with the targets; `--sync-deletes` uses it too).

@@ -143,7 +143,10 @@ pub fn read(runs: &[(&str, PathBuf)], entity: &str) -> Result<WriteRejects, RunE
         };
         for record in csv.records() {
             let record = record.map_err(|e| io(&path, e))?;
-            if record.get(e_at) == Some(entity) && record.get(s_at) == Some(Stage::Write.as_str()) {
+            if record.get(e_at) == Some(entity)
+                && (record.get(s_at) == Some(Stage::Write.as_str())
+                    || record.get(s_at) == Some(Stage::File.as_str()))
+            {
                 let key = record.get(k_at).unwrap_or_default().to_string();
                 if let Some(rule) = r_at.and_then(|i| record.get(i)) {
                     found.rules.insert(key.clone(), rule.to_string());

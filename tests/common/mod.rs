@@ -121,8 +121,31 @@ impl World {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CUTOVER_SOURCE_URL", &self.pg_url)
             .env("MONGODB_URI", mongo_uri())
-            .env("CUTOVER_MONGODB_DATABASE", &self.mongo_db);
+            .env("CUTOVER_MONGODB_DATABASE", &self.mongo_db)
+            // The files stage's root: the world's `files` (load_registry_with_files fills it).
+            .env("CUTOVER_FILES_ROOT", self.files_root());
         cmd
+    }
+
+    /// Where this world's sample files are (`CUTOVER_FILES_ROOT` of its commands).
+    pub fn files_root(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    /// Loads the sample registry with `patients` patients and writes the sample files of
+    /// `documents` under [`World::files_root`].
+    pub fn load_registry_with_files(&self, patients: u32) {
+        let out = Command::new(repo().join("scripts/fixtures.sh"))
+            .args(["--patients", &patients.to_string(), "--files-dir"])
+            .arg(self.files_root())
+            .env("CUTOVER_SOURCE_URL", &self.pg_url)
+            .output()
+            .expect("run scripts/fixtures.sh");
+        assert!(
+            out.status.success(),
+            "fixtures.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `cutover migrate --quiet --pipeline <repo registry> ARGS…`
@@ -233,6 +256,41 @@ fn read_csvs(dir: &Path, warnings: bool) -> Vec<(String, String, String, String)
     }
     out.sort();
     out
+}
+
+/// The registry pipeline without its `files` stage, for Appwrite targets: files into Appwrite
+/// Storage are not built yet, and `migrate` refuses a files stage there (never skips it).
+pub fn registry_without_files() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let text = without_files_stage(
+            &std::fs::read_to_string(repo().join("pipelines/registry.toml")).unwrap(),
+        )
+        .replace(
+            "mappings_dir = \"../mappings\"",
+            &format!(
+                "mappings_dir = {:?}",
+                repo().join("mappings").display().to_string()
+            ),
+        );
+        let dir = std::env::temp_dir().join(format!("cutover-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registry.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+    .clone()
+}
+
+/// A pipeline file's text without its `files` stage.
+pub fn without_files_stage(text: &str) -> String {
+    let start = text
+        .find("[[stage]]\nname = \"files\"")
+        .expect("a files stage");
+    let end = text[start + 1..]
+        .find("[[stage]]")
+        .map_or(text.len(), |e| start + 1 + e);
+    format!("{}{}", &text[..start], &text[end..])
 }
 
 /// Writes `mappings/<entity>.toml` and a one-stage pipeline `<entity>.toml` running it into the

@@ -16,6 +16,7 @@ pub fn spawn_in(w: &World, cwd: &Path, args: &[&str]) -> Child {
         .env("CUTOVER_SOURCE_URL", &w.pg_url)
         .env("MONGODB_URI", super::mongo_uri())
         .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .env("CUTOVER_FILES_ROOT", w.files_root())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

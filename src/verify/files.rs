@@ -1,0 +1,251 @@
+//! Verify of a file stage (MongoDB GridFS): every source row's file present under its id, its
+//! length the size the row records, its sha256 (and md5) the checksum the row records, its
+//! metadata the row's mapped document; the file on disk (when the files root is given) the same
+//! bytes; files and chunks under no expected id named as unexpected. `--full` also downloads
+//! every file from GridFS and hashes the bytes it holds.
+//!
+//! Reads only: never writes the target.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use bson::{Bson, Document, doc};
+use futures::{AsyncReadExt, TryStreamExt};
+use sha2::Digest;
+
+use super::{Different, EntityVerification, ProblemLog, Problems, show_id};
+use crate::mapping::plan::Plan;
+use crate::pipeline::error::RunError;
+use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
+use crate::sink::gridfs::{self, FileRef};
+use crate::sink::mongodb::MongoTarget;
+use crate::source::SourceSession;
+use crate::transform::row::MapContext;
+
+fn merr(op: String) -> impl Fn(mongodb::error::Error) -> RunError {
+    move |cause| {
+        RunError::Sink(crate::sink::target::SinkError::Mongo(
+            crate::sink::mongodb::MongoError::Command {
+                op: op.clone(),
+                cause,
+            },
+        ))
+    }
+}
+
+/// What the bytes GridFS holds under `id` hash to (sha256, hex) and how many there are.
+async fn download_sha256(
+    db: &mongodb::Database,
+    bucket: &str,
+    id: Bson,
+) -> Result<(u64, String), RunError> {
+    let mut options = mongodb::options::GridFsBucketOptions::default();
+    options.bucket_name = Some(bucket.to_string());
+    let b = db.gridfs_bucket(options);
+    let op = format!("download from {bucket}");
+    let mut stream = b.open_download_stream(id).await.map_err(merr(op.clone()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| RunError::Refused(format!("{op}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((len, gridfs::hex(&h.finalize())))
+}
+
+/// Verifies the file stage of `plan` (it has a `[file]` table) against its GridFS bucket.
+pub async fn verify_files(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &MongoTarget,
+    ctx: &MapContext,
+    (root, full): (Option<&Path>, bool),
+    refused: &super::write_rejects::WriteRejects,
+    log: &mut ProblemLog,
+) -> Result<EntityVerification, RunError> {
+    let Some(file) = &plan.file else {
+        return Err(RunError::Refused(format!(
+            "{}: not a file mapping",
+            plan.entity
+        )));
+    };
+    let db = target.database();
+    let files_name = gridfs::files_collection(&file.bucket);
+    let files = db.collection::<Document>(&files_name);
+    let source_rows = session.count(&plan.relation).await?;
+    let mut found: Problems<'_, Different> = Problems::new(&plan.entity, log).excusing(refused);
+    let mut expected_ids: HashSet<Vec<u8>> = HashSet::new();
+    let (mut rejected_by_mapping, mut expected, mut compared) = (0u64, 0u64, 0u64);
+    {
+        let mut readers = Readers::open(session, plan).await?;
+        let mut rows = ExpectedRows::new(&mut readers, plan, None);
+        while let Some(item) = rows.next(ctx).await? {
+            let (row, mapped) = match item {
+                ExpectedRow::Orphan(_) => continue,
+                ExpectedRow::Rejected { .. } => {
+                    rejected_by_mapping += 1;
+                    continue;
+                }
+                ExpectedRow::Document { row, mapped, .. } => (row, mapped),
+            };
+            expected += 1;
+            let doc = mapped
+                .doc
+                .as_ref()
+                .expect("a document row has its document")
+                .to_document()
+                .map_err(|e| RunError::Refused(format!("{}: {e}", plan.entity)))?;
+            let mut metadata = doc.clone();
+            let id = metadata.remove("_id").unwrap_or(Bson::Null);
+            expected_ids.insert(bson::to_vec(&doc! { "i": &id }).unwrap_or_default());
+            let Some(stored) = files
+                .find_one(doc! { "_id": &id })
+                .await
+                .map_err(merr(format!("read {files_name}")))?
+            else {
+                found.missing(mapped.key.clone())?;
+                continue;
+            };
+            compared += 1;
+            let f = FileRef::of_row(file, &row);
+            let mut fields = Vec::new();
+            let length = gridfs::length_of(&stored);
+            if let Some(size) = f.size
+                && u64::try_from(size).ok() != length
+            {
+                fields.push(format!(
+                    "length (the row records {size}, GridFS holds {})",
+                    length.map_or("none".to_string(), |l| l.to_string())
+                ));
+            }
+            let field = match file.algorithm {
+                crate::mapping::spec::ChecksumAlgorithm::Sha256 => gridfs::SHA256_FIELD,
+                crate::mapping::spec::ChecksumAlgorithm::Md5 => gridfs::MD5_FIELD,
+            };
+            if let Some(want) = &f.checksum
+                && !stored
+                    .get_str(field)
+                    .is_ok_and(|have| have.eq_ignore_ascii_case(want.trim()))
+            {
+                fields.push(format!(
+                    "{field} (the row records {}, GridFS holds {})",
+                    want.trim(),
+                    stored.get_str(field).unwrap_or("none")
+                ));
+            }
+            if stored.get_document("metadata").ok() != Some(&metadata) {
+                fields.push("metadata".to_string());
+            }
+            let stored_sha = stored.get_str(gridfs::SHA256_FIELD).unwrap_or_default();
+            if let (Some(root), Some(rel)) = (root, f.path.as_deref()) {
+                match gridfs::resolve(root, rel) {
+                    Ok(path) => match gridfs::digest_file(&path, file.algorithm).await {
+                        Ok(d) if d.sha256 != stored_sha => fields.push(format!(
+                            "bytes (the file on disk {rel} has sha256 {}, GridFS records {stored_sha})",
+                            d.sha256
+                        )),
+                        Ok(_) => {}
+                        Err(e) => fields.push(format!("the file on disk {rel}: {e}")),
+                    },
+                    Err(why) => fields.push(why),
+                }
+            }
+            if full {
+                let (len, sha) = download_sha256(db, &file.bucket, id.clone()).await?;
+                if sha != stored_sha || Some(len) != length {
+                    fields.push(format!(
+                        "bytes (GridFS holds {len} bytes with sha256 {sha}, its record says {} with {stored_sha})",
+                        length.map_or("none".to_string(), |l| l.to_string())
+                    ));
+                }
+            }
+            if !fields.is_empty() {
+                let id_text = show_id(&id);
+                found.different(
+                    &mapped.key,
+                    &id_text,
+                    Different {
+                        key: mapped.key.clone(),
+                        id: id_text.clone(),
+                        fields,
+                    },
+                )?;
+            }
+        }
+    }
+    // Files, and chunks of no file, under ids no source row expects.
+    let mut target_count = 0u64;
+    let mut cursor = files
+        .find(doc! {})
+        .projection(doc! { "_id": 1 })
+        .await
+        .map_err(merr(format!("read {files_name}")))?;
+    let mut present: HashSet<Vec<u8>> = HashSet::new();
+    while let Some(d) = cursor
+        .try_next()
+        .await
+        .map_err(merr(format!("read {files_name}")))?
+    {
+        target_count += 1;
+        let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+        let bytes = bson::to_vec(&doc! { "i": &id }).unwrap_or_default();
+        if !expected_ids.contains(&bytes) {
+            found.unexpected(show_id(&id))?;
+        }
+        present.insert(bytes);
+    }
+    let chunks_name = gridfs::chunks_collection(&file.bucket);
+    let orphans: Vec<Bson> = db
+        .collection::<Document>(&chunks_name)
+        .distinct("files_id", doc! {})
+        .await
+        .map_err(merr(format!("read {chunks_name}")))?
+        .into_iter()
+        .filter(|id| !present.contains(&bson::to_vec(&doc! { "i": id }).unwrap_or_default()))
+        .collect();
+    for id in orphans {
+        found.unexpected(format!("chunks of {} (no files document)", show_id(&id)))?;
+    }
+    let Problems {
+        missing,
+        unexpected,
+        different,
+        refused,
+        ..
+    } = found;
+    let counts_agree = expected.saturating_sub(refused.count) == target_count;
+    let ok = counts_agree && missing.count == 0 && unexpected.count == 0 && different.count == 0;
+    Ok(EntityVerification {
+        entity: plan.entity.clone(),
+        collection: files_name,
+        mode: if full { "full (downloaded)" } else { "full" }.to_string(),
+        source_rows,
+        rejected_by_mapping,
+        rejected_by_target: refused.count,
+        rejected_by_target_keys: refused.first,
+        expected,
+        target: target_count,
+        not_imported: 0,
+        blocked_kept: 0,
+        compared,
+        missing_count: missing.count,
+        missing: missing.first,
+        unexpected_count: unexpected.count,
+        unexpected: unexpected.first,
+        different_count: different.count,
+        different: different.first,
+        broken_references: Vec::new(),
+        embedded: Vec::new(),
+        counts_agree,
+        ok,
+        independent_mismatches: 0,
+    })
+}

@@ -1,0 +1,621 @@
+//! The files stage into MongoDB GridFS, end to end on the sample registry's `documents` (20
+//! files on disk, 3 over 5 MiB): every file once, byte-identical; a missing file and a changed
+//! one rejected with their rules; re-runs leave complete files alone; kill -9 in the middle of a
+//! large upload, then `migrate`, leaves every file exactly once and no orphan chunk.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bson::{Bson, Document, doc};
+use common::World;
+use futures::{AsyncReadExt, TryStreamExt};
+use sha2::Digest;
+
+/// The `documents` rows: document_id → (storage_path, size, sha256).
+async fn source_files(w: &World) -> BTreeMap<uuid::Uuid, (String, i64, String)> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+    let rows: Vec<(uuid::Uuid, String, i64, String)> = sqlx::query_as(
+        "SELECT document_id, storage_path, size_bytes, sha256 FROM documents ORDER BY document_id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(id, p, s, h)| (id, (p, s, h)))
+        .collect()
+}
+
+fn uuid_id(u: &uuid::Uuid) -> Bson {
+    Bson::Binary(bson::Binary {
+        subtype: bson::spec::BinarySubtype::Uuid,
+        bytes: u.as_bytes().to_vec(),
+    })
+}
+
+/// The sha256 (hex) of a file as GridFS gives it back.
+async fn download_sha256(db: &mongodb::Database, bucket: &str, id: Bson) -> (u64, String) {
+    let b = db.gridfs_bucket(
+        mongodb::options::GridFsBucketOptions::builder()
+            .bucket_name(bucket.to_string())
+            .build(),
+    );
+    let mut stream = b.open_download_stream(id).await.unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        h.update(&buf[..n]);
+    }
+    (len, cutover::sink::gridfs::hex(&h.finalize()))
+}
+
+async fn files_docs(w: &World, bucket: &str) -> Vec<Document> {
+    w.docs(&format!("{bucket}.files")).await
+}
+
+/// Chunks whose file has no files document (an upload cut short and never cleaned up).
+async fn orphan_chunks(w: &World, bucket: &str) -> u64 {
+    let db = w.mongo().await;
+    let ids: Vec<Bson> = files_docs(w, bucket)
+        .await
+        .iter()
+        .map(|d| d.get("_id").unwrap().clone())
+        .collect();
+    db.collection::<Document>(&format!("{bucket}.chunks"))
+        .count_documents(doc! { "files_id": { "$nin": ids } })
+        .await
+        .unwrap()
+}
+
+fn entity<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_go_into_gridfs_byte_identical_and_bad_files_are_rejected() {
+    let w = World::new("files_gridfs").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    assert_eq!(source.len(), 20);
+    // One file gone from disk, one changed in place (same size, other bytes).
+    let mut it = source.iter();
+    let (missing_id, (missing_path, _, _)) = it.next().unwrap();
+    let (changed_id, (changed_path, changed_size, changed_sha)) = it.next().unwrap();
+    std::fs::remove_file(w.files_root().join(missing_path)).unwrap();
+    let mut bytes = std::fs::read(w.files_root().join(changed_path)).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(w.files_root().join(changed_path), &bytes).unwrap();
+
+    // check finds, before the run, the two rows the run will reject.
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .arg("documents")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = |rule: &str| -> u64 {
+        check["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["entity"] == "documents" && f["rule"] == rule)
+            .map(|f| f["rows"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        (finding("file_missing"), finding("file_checksum")),
+        (1, 1),
+        "{check}"
+    );
+
+    let out = w.migrate(&[]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "finished with rejects\n{text}");
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    let docs = entity(&report, "documents");
+    assert_eq!(docs["read"], 20, "{docs}");
+    assert_eq!(docs["written"], 18, "{docs}");
+    assert_eq!(docs["rejected"], 2, "{docs}");
+    assert_eq!(
+        docs["read"].as_u64().unwrap(),
+        docs["written"].as_u64().unwrap()
+            + docs["rejected"].as_u64().unwrap()
+            + docs["skipped"].as_u64().unwrap()
+    );
+    // Files and bytes moved, in the report (JSON and text).
+    let written_bytes: i64 = source
+        .iter()
+        .filter(|(id, _)| *id != missing_id && *id != changed_id)
+        .map(|(_, (_, size, _))| size)
+        .sum();
+    assert_eq!(docs["files"]["uploaded"], 18, "{docs}");
+    assert_eq!(docs["files"]["bytes"], written_bytes, "{docs}");
+    assert_eq!(docs["files"]["unchanged"], 0, "{docs}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("documents: 18 files uploaded"),
+        "{text}"
+    );
+    let rejects: Vec<_> = w
+        .rejects(&run_id)
+        .into_iter()
+        .filter(|r| r.0 == "documents")
+        .collect();
+    assert_eq!(
+        rejects,
+        vec![
+            (
+                "documents".to_string(),
+                missing_id.to_string(),
+                "file".to_string(),
+                "file_missing".to_string()
+            ),
+            (
+                "documents".to_string(),
+                changed_id.to_string(),
+                "file".to_string(),
+                "file_checksum".to_string()
+            ),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+    // The checksum reject names the path and both values.
+    let csv = std::fs::read_to_string(
+        w.dir
+            .path()
+            .join("rejects")
+            .join(&run_id)
+            .join("documents.csv"),
+    )
+    .unwrap();
+    assert!(csv.contains(changed_path.as_str()), "{csv}");
+    assert!(csv.contains(changed_sha.as_str()), "{csv}");
+    let _ = changed_size;
+
+    // Every other file once, byte-identical, its row as metadata.
+    let db = w.mongo().await;
+    let stored = files_docs(&w, "documents").await;
+    assert_eq!(stored.len(), 18);
+    for (id, (path, size, sha)) in &source {
+        if id == missing_id || id == changed_id {
+            continue;
+        }
+        let f = stored
+            .iter()
+            .find(|d| d.get("_id") == Some(&uuid_id(id)))
+            .unwrap_or_else(|| panic!("no file {id}"));
+        assert_eq!(f.get_i64("length").unwrap(), *size, "{f}");
+        assert_eq!(
+            f.get_str("filename").unwrap(),
+            path.rsplit('/').next().unwrap()
+        );
+        assert_eq!(f.get_str("sha256").unwrap(), sha);
+        let meta = f.get_document("metadata").unwrap();
+        assert_eq!(meta.get_str("sha256").unwrap(), sha);
+        assert!(meta.get("patientId").is_some(), "{meta}");
+        assert!(meta.get("_id").is_none(), "{meta}");
+        let (len, got) = download_sha256(&db, "documents", uuid_id(id)).await;
+        assert_eq!((len as i64, got.as_str()), (*size, sha.as_str()));
+    }
+    assert_eq!(orphan_chunks(&w, "documents").await, 0);
+
+    // Again: complete files are left as they are (not uploaded again), still counted.
+    let dates: Vec<Bson> = stored
+        .iter()
+        .map(|d| d.get("uploadDate").unwrap().clone())
+        .collect();
+    let out = w.migrate(&["--rerun", "documents"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let docs = entity(&report, "documents");
+    assert_eq!(
+        (
+            docs["read"].as_u64(),
+            docs["written"].as_u64(),
+            docs["rejected"].as_u64()
+        ),
+        (Some(20), Some(18), Some(2)),
+        "{docs}"
+    );
+    assert_eq!(
+        (
+            docs["files"]["uploaded"].as_u64(),
+            docs["files"]["unchanged"].as_u64()
+        ),
+        (Some(0), Some(18)),
+        "{docs}"
+    );
+    let again = files_docs(&w, "documents").await;
+    let dates_again: Vec<Bson> = again
+        .iter()
+        .map(|d| d.get("uploadDate").unwrap().clone())
+        .collect();
+    assert_eq!(dates, dates_again, "complete files were uploaded again");
+
+    // verify: present, lengths and checksums as recorded, the bytes on disk the same; the two
+    // rejected rows are excused.
+    let registry = common::repo().join("pipelines/registry.toml");
+    let verify = |extra: &[&str]| {
+        w.cutover()
+            .arg("verify")
+            .arg("--pipeline")
+            .arg(&registry)
+            .arg("documents")
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    // A byte changed inside GridFS is found by the download of --full (the records still agree).
+    let (some_id, (_, _, _)) = source
+        .iter()
+        .find(|(id, _)| *id != missing_id && *id != changed_id)
+        .unwrap();
+    let chunks = db.collection::<Document>("documents.chunks");
+    let chunk = chunks
+        .find_one(doc! { "files_id": uuid_id(some_id), "n": 0 })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut data = chunk.get_binary_generic("data").unwrap().clone();
+    data[0] ^= 0x01;
+    chunks
+        .update_one(
+            doc! { "_id": chunk.get("_id").unwrap() },
+            doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: data }) } },
+        )
+        .await
+        .unwrap();
+    let out = verify(&[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = verify(&["--full"]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&some_id.to_string()), "{text}");
+
+    // rollback of the re-run puts the bucket back as the re-run found it (its backup of files
+    // and chunks): the changed byte is gone again.
+    let patients = w.count("patients").await;
+    let rollback = || {
+        w.cutover()
+            .args(["rollback", "--pipeline"])
+            .arg(&registry)
+            .arg("documents")
+            .output()
+            .unwrap()
+    };
+    let out = rollback();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documents.files").await, 18);
+    let out = verify(&["--full"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    // rollback of the first run's step removes exactly the files it wrote (the bucket was
+    // empty before it), chunks included; nothing else.
+    let out = rollback();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documents.files").await, 0);
+    assert_eq!(w.count("documents.chunks").await, 0);
+    assert_eq!(w.count("patients").await, patients);
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_stage_without_a_files_root_is_refused() {
+    let w = World::new("files_noroot").await;
+    w.load_registry(100);
+    let out = w
+        .cutover()
+        .env_remove("CUTOVER_FILES_ROOT")
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .args(["documents", "--ignore-dependencies"])
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("--files-root"), "{text}");
+    // check says so too, as a blocking finding.
+    let out = w
+        .cutover()
+        .env_remove("CUTOVER_FILES_ROOT")
+        .args(["check", "--pipeline"])
+        .arg(common::repo().join("pipelines/registry.toml"))
+        .arg("documents")
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("--files-root"), "{text}");
+    w.drop().await;
+}
+
+/// The documents mapping alone (no reference to patients), its chunks small so that a large
+/// file takes thousands of chunk writes: a window wide enough to kill the run inside it.
+fn small_chunk_pipeline(w: &World) -> std::path::PathBuf {
+    documents_alone(w, "\nchunk_size = 4096")
+}
+
+/// The documents mapping alone (no reference to patients), `extra` added to its `[file]`.
+fn documents_alone(w: &World, extra: &str) -> std::path::PathBuf {
+    let mapping = std::fs::read_to_string(common::repo().join("mappings/documents.toml"))
+        .unwrap()
+        .replace("reference = \"patients\"\n", "")
+        .replace(
+            "bucket = \"documents\"",
+            &format!("bucket = \"documents\"{extra}"),
+        );
+    assert!(mapping.contains(extra));
+    common::one_entity_pipeline(w, "documents", &mapping)
+}
+
+/// `--sync-deletes`: the file of a row deleted from the source goes, chunks and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_deletes_removes_the_file_of_a_deleted_row_with_its_chunks() {
+    let w = World::new("files_sync").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = documents_alone(&w, "");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documents.files").await, 20);
+    // The largest file's row goes from the source.
+    let (gone, _) = source.iter().max_by_key(|(_, (_, size, _))| *size).unwrap();
+    w.sql(&format!(
+        "DELETE FROM documents WHERE document_id = '{gone}'"
+    ))
+    .await;
+    let out = w.migrate_with(&pipeline, &["--rerun", "--sync-deletes"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    assert_eq!(entity(&report, "documents")["deleted"], 1, "{report}");
+    assert_eq!(w.count("documents.files").await, 19);
+    let db = w.mongo().await;
+    let left = db
+        .collection::<Document>("documents.chunks")
+        .count_documents(doc! { "files_id": uuid_id(gone) })
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the deleted file's chunks stayed");
+    assert_eq!(orphan_chunks(&w, "documents").await, 0);
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_large_upload_then_migrate_leaves_every_file_once() {
+    let w = World::new("files_kill").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = small_chunk_pipeline(&w);
+    let db = w.mongo().await;
+    let mut child = common::process::spawn_migrate(&w, &pipeline, &["--concurrency", "1"]);
+    // Killed once a file over 5 MiB is partly in GridFS: chunks past 5 MiB, no files document.
+    let big: Vec<Bson> = source
+        .iter()
+        .filter(|(_, (_, size, _))| *size > 5 * 1024 * 1024)
+        .map(|(id, _)| uuid_id(id))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let killed_in = loop {
+        let mut found = None;
+        for id in &big {
+            let chunks = db
+                .collection::<Document>("documents.chunks")
+                .count_documents(doc! { "files_id": id })
+                .await
+                .unwrap();
+            let file = db
+                .collection::<Document>("documents.files")
+                .find_one(doc! { "_id": id })
+                .await
+                .unwrap();
+            if file.is_none() && chunks * 4096 > 5 * 1024 * 1024 {
+                found = Some(id.clone());
+            }
+        }
+        if let Some(id) = found {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            break id;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before a large upload was seen in flight");
+        }
+        assert!(Instant::now() < deadline, "no large upload seen in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The kill left a partial file: chunks without a files document.
+    assert!(orphan_chunks(&w, "documents").await > 0);
+    let _ = killed_in;
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let stored = files_docs(&w, "documents").await;
+    assert_eq!(stored.len(), source.len(), "every file exactly once");
+    assert_eq!(orphan_chunks(&w, "documents").await, 0, "no orphan chunk");
+    for (id, (_, size, sha)) in &source {
+        let (len, got) = download_sha256(&db, "documents", uuid_id(id)).await;
+        assert_eq!((len as i64, got.as_str()), (*size, sha.as_str()), "{id}");
+        let expected_chunks = (*size as u64).div_ceil(4096);
+        let chunks = db
+            .collection::<Document>("documents.chunks")
+            .count_documents(doc! { "files_id": uuid_id(id) })
+            .await
+            .unwrap();
+        assert_eq!(chunks, expected_chunks, "{id}");
+    }
+    let _: Vec<Document> = db
+        .collection::<Document>("documents.files")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    w.drop().await;
+}
+
+/// Appwrite Storage is not built yet: a files stage into Appwrite fails at once with a clear
+/// error (also as a dry run), never skipped silently, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_stage_into_appwrite_is_refused_before_anything_is_written() {
+    let w = World::new("files_appwrite").await;
+    w.load_registry_with_files(100);
+    let s = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "files-key"));
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "files-key")
+            .env("APPWRITE_DATABASE", "registry")
+            .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+            .arg(common::repo().join("pipelines/registry.toml"))
+            .args(extra);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains("files into Appwrite Storage are not built yet"),
+            "{text}"
+        );
+        // Refused before the first stage: no table was created.
+        assert_eq!(s.row_count("registry", "vaccines"), 0, "{text}");
+    }
+    w.drop().await;
+}
+
+/// Uploads one sparse file of `size` bytes into a new world's `fs` bucket; the peak RSS (KiB)
+/// of the `cutover migrate` process.
+async fn peak_rss_uploading(size: u64) -> u64 {
+    let w = World::new("files_big").await;
+    w.sql("CREATE TABLE blobs (id integer PRIMARY KEY, path text NOT NULL, size bigint NOT NULL)")
+        .await;
+    w.sql(&format!(
+        "INSERT INTO blobs VALUES (1, 'big/one.bin', {size})"
+    ))
+    .await;
+    std::fs::create_dir_all(w.files_root().join("big")).unwrap();
+    std::fs::File::create(w.files_root().join("big/one.bin"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "blobs",
+        "version = 1\nname = \"blobs\"\n[source]\ntable = \"blobs\"\nkey = [\"id\"]\n\
+         [file]\npath_column = \"path\"\nsize_column = \"size\"\n\
+         [[field]]\npath = \"size\"\ncolumn = \"size\"\n",
+    );
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak-rss-kib=%M"])
+        .arg(assert_cmd::cargo::cargo_bin("cutover"))
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(&pipeline)
+        .current_dir(w.dir.path())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .env("CUTOVER_FILES_ROOT", w.files_root())
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    let peak: u64 = text
+        .split("peak-rss-kib=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {text}"));
+    let files = w.docs("fs.files").await;
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].get_i64("length").unwrap() as u64, size);
+    w.drop().await;
+    peak
+}
+
+/// Memory does not grow with the file: the peak RSS uploading 160 MiB is within 32 MiB of the
+/// peak uploading 8 MiB (the read buffer and one GridFS chunk are held, never the file; the
+/// process's own baseline — runtime, drivers, allocator — is the same for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_larger_than_the_memory_cap_streams_through() {
+    const MIB: u64 = 1024 * 1024;
+    let small = peak_rss_uploading(8 * MIB).await;
+    let large = peak_rss_uploading(160 * MIB).await;
+    eprintln!("peak RSS: {small} KiB for 8 MiB, {large} KiB for 160 MiB");
+    assert!(
+        large < small + 32 * 1024,
+        "peak RSS grew with the file: {small} KiB for 8 MiB, {large} KiB for 160 MiB"
+    );
+}
+
+/// A dry run checks the files as the run will (the rehearsal predicts the run's rejects), and a
+/// symbolic link leading out of the files root is refused like a `..` path (rule `file_path`),
+/// even when the bytes it leads to are the recorded ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_predicts_file_rejects_and_a_link_out_of_the_root_is_refused() {
+    let w = World::new("files_dry").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let mut it = source.iter();
+    let (missing_id, (missing_path, _, _)) = it.next().unwrap();
+    let (linked_id, (linked_path, _, _)) = it.next().unwrap();
+    std::fs::remove_file(w.files_root().join(missing_path)).unwrap();
+    let outside = w.dir.path().join("outside.bin");
+    std::fs::rename(w.files_root().join(linked_path), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, w.files_root().join(linked_path)).unwrap();
+    let pipeline = documents_alone(&w, "");
+    let expected = vec![
+        (missing_id.to_string(), "file_missing".to_string()),
+        (linked_id.to_string(), "file_path".to_string()),
+    ]
+    .into_iter()
+    .collect::<std::collections::BTreeSet<_>>();
+    for dry in [true, false] {
+        let out = w.migrate_with(&pipeline, if dry { &["--dry-run"] } else { &[] });
+        assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+        let report = w.latest_report();
+        let docs = entity(&report, "documents");
+        assert_eq!(
+            (docs["written"].as_u64(), docs["rejected"].as_u64()),
+            (Some(18), Some(2)),
+            "dry run {dry}: {docs}"
+        );
+        let run_id = report["run_id"].as_str().unwrap();
+        let found: std::collections::BTreeSet<_> = w
+            .rejects(run_id)
+            .into_iter()
+            .map(|(_, key, stage, rule)| {
+                assert_eq!(stage, "file");
+                (key, rule)
+            })
+            .collect();
+        assert_eq!(found, expected, "dry run {dry}");
+        let files = if dry { 0 } else { 18 };
+        assert_eq!(w.count("documents.files").await, files, "dry run {dry}");
+    }
+    w.drop().await;
+}
