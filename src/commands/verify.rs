@@ -75,7 +75,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         // (appended to the main one after), so on two cores the passes overlap.
         if p.file.is_some() {
             // A file stage: its files against the rows (no document comparison applies).
-            let Target::Mongo(m) = &target else {
+            let crate::sink::target::Target::Mongo(m) = &target else {
                 anyhow::bail!(
                     "{}: files into Appwrite Storage are not built yet: nothing to verify",
                     p.entity
