@@ -804,6 +804,29 @@ async fn a_killed_sync_run_of_a_stage_is_finished_by_a_plain_migrate_or_the_same
                     .or_insert(0) += e["deleted"].as_u64().unwrap_or(0);
             }
         }
+        // A plain command says whose intent it carried out for the entity the killed run had not
+        // reached.
+        if next.is_empty() && killed {
+            let last = w.latest_report();
+            let b = last["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "b")
+                .cloned()
+                .unwrap_or_default();
+            if b["resumed_from"].is_null()
+                && b["completed_by"].is_null()
+                && b["read"].as_u64().unwrap_or(0) > 0
+            {
+                assert!(
+                    b["finishing"]
+                        .as_str()
+                        .is_some_and(|f| f.contains("--rerun --sync-deletes")),
+                    "{what}: {b}"
+                );
+            }
+        }
         assert_eq!(deleted.get("a"), Some(&2000), "{what}: {deleted:?}");
         assert_eq!(deleted.get("b"), Some(&1500), "{what}: {deleted:?}");
         w.drop().await;

@@ -45,6 +45,10 @@ pub struct EntityReport {
     /// The interrupted run this step resumed, and how many source rows it had already covered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_from: Option<String>,
+    /// The interrupted run whose intent this step carried out (a plain `migrate` finishing a
+    /// killed re-run or delta), with its flags: `run … (--rerun --sync-deletes)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finishing: Option<String>,
     #[serde(default)]
     pub resumed_after_rows: u64,
     /// Of those rows, how many were rejected (their lines are in this run's rejects file).
@@ -187,6 +191,7 @@ impl EntityReport {
             write_mode: "none".into(),
             error: None,
             resumed_from: None,
+            finishing: None,
             resumed_after_rows: 0,
             resumed_after_rejected: 0,
             delta: None,
@@ -439,6 +444,9 @@ impl RunReport {
                 if let Some(err) = &e.error {
                     let _ = writeln!(s, "{}: {err}", e.name);
                 }
+            }
+            if let Some(run) = &e.finishing {
+                let _ = writeln!(s, "{}: run as interrupted {run} was asked", e.name);
             }
             if let Some(from) = &e.resumed_from {
                 let _ = writeln!(

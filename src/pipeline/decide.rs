@@ -26,6 +26,9 @@ pub(super) enum Decision {
         /// Delete the documents whose source rows are gone when it ends: this command's
         /// `--sync-deletes`, or the interrupted run's it finishes.
         sync_deletes: bool,
+        /// The interrupted run whose intent it carries out, when that is not this command's:
+        /// `run … (--rerun --sync-deletes)`, for the report.
+        finishing: Option<String>,
     },
 }
 
@@ -94,10 +97,21 @@ pub(super) fn decide(
         // An entity an interrupted run planned and did not finish is run as that run was asked
         // to run it (a plain `migrate` after a killed `--rerun --sync-deletes` finishes the
         // re-run of every entity it did not reach), when this command is plain or the same.
-        let intent = interrupted
+        let owed = interrupted
             .owed(&s.entity, history)
-            .filter(|r| asked.is_plain() || r.intent == asked)
-            .map_or(asked, |r| r.intent);
+            .filter(|r| asked.is_plain() || r.intent == asked);
+        let intent = owed.map_or(asked, |r| r.intent);
+        let finishing = owed.filter(|r| r.intent != asked).map(|r| {
+            let flags: Vec<&str> = [
+                (r.intent.rerun, "--rerun"),
+                (r.intent.since_last, "--since-last"),
+                (r.intent.sync_deletes, "--sync-deletes"),
+            ]
+            .into_iter()
+            .filter_map(|(on, flag)| on.then_some(flag))
+            .collect();
+            format!("run {} ({})", r.run_id, flags.join(" "))
+        });
         // One an interrupted run completed is not run again (its step is adopted into this
         // run's report) by a plain command, or by the command that run was (not by another:
         // this session's review, E).
@@ -135,6 +149,7 @@ pub(super) fn decide(
                 since,
                 origin: origin.map(|r| Box::new(r.clone())),
                 sync_deletes: intent.sync_deletes || interrupted_sync,
+                finishing: finishing.clone(),
             }
         };
         let d = match latest.get(&s.entity) {
@@ -597,6 +612,17 @@ mod tests {
                 ),
                 "d, not reached: {:?}",
                 out[1].1
+            );
+            // The report says whose intent a plain command carried out.
+            let Decision::Run { finishing, .. } = &out[1].1 else {
+                unreachable!()
+            };
+            assert_eq!(
+                finishing.as_deref(),
+                asked
+                    .intent()
+                    .is_plain()
+                    .then_some("run r2 (--rerun --sync-deletes)")
             );
         }
         // Another command is that command: a --since-last re-runs nothing in full.

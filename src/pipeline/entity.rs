@@ -52,6 +52,7 @@ pub(super) async fn run_entity(
         // What the step it resumes (or starts over) deleted (`--sync-deletes`); this run's
         // deletions add to it.
         r.deleted = stage.inherited.1;
+        r.finishing = stage.finishing.clone();
         // With those the step it resumes (or starts over) removed.
         let stale = c.removed.load(Ordering::Relaxed) + stage.inherited.0;
         if target.destination(&plan.collection) == Destination::Users {

@@ -424,7 +424,8 @@ async fn migrate_locked(
                 since,
                 origin,
                 sync_deletes,
-            } => to_run.push((step, resume, since, origin, sync_deletes)),
+                finishing,
+            } => to_run.push((step, resume, since, origin, (sync_deletes, finishing))),
         }
     }
 
@@ -505,7 +506,7 @@ async fn migrate_locked(
         total_rejected: &total_rejected,
     };
 
-    for (p, (_, resume, since, origin, sync_deletes)) in plans.iter().zip(&to_run) {
+    for (p, (_, resume, since, origin, (sync_deletes, finishing))) in plans.iter().zip(&to_run) {
         // The step cut short that this one resumes, or starts over. It deletes what its
         // interrupted run was to delete, whatever this command's flags (as a resumed step keeps
         // that run's `since`; see `decide`), and counts what that run removed.
@@ -532,6 +533,7 @@ async fn migrate_locked(
             run_id: run_id.to_string(),
             inherited: (removed, deleted),
             interrupted_run: interrupted.map(|r| r.run_id.clone()),
+            finishing: finishing.clone(),
             resume: resume.as_ref().map(|r| Resume {
                 from_run: r.run_id.clone(),
                 from_dir: r

@@ -211,6 +211,8 @@ pub(super) struct StageRun {
     pub(super) inherited: (u64, u64),
     /// The run of that step: its removal notes go once this step's start records the counts.
     pub(super) interrupted_run: Option<String>,
+    /// The interrupted run whose intent this step carries out (see `Decision::Run`).
+    pub(super) finishing: Option<String>,
     pub(super) resume: Option<Resume>,
     /// `None` in a dry run.
     pub(super) mode: Option<WriteMode>,
