@@ -1095,20 +1095,25 @@ impl ArrayText<'_> {
     }
 }
 
+/// The rejection of `what` whose bytes are not UTF-8 (only a SQL_ASCII database stores such
+/// text), naming the first byte that is not; `named`: the value names its row (a key part) by
+/// its bytes.
+fn not_utf8(what: &str, e: &std::string::FromUtf8Error, named: bool) -> Failure {
+    let at = e.utf8_error().valid_up_to();
+    let bad = e.as_bytes().get(at).copied().unwrap_or_default();
+    Failure {
+        rule: RULE_ENCODING,
+        message: format!(
+            "{what} is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
+        ),
+        infinite: None,
+        raw: named.then(|| escaped(e.as_bytes())),
+    }
+}
+
 /// One element of an array of text or json, from its bytes.
 fn element_text(bytes: Vec<u8>, elem: Elem) -> Result<Value, Failure> {
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let bad = e.as_bytes().get(at).copied().unwrap_or_default();
-        Failure {
-            rule: RULE_ENCODING,
-            message: format!(
-                "an array element is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
-            ),
-            infinite: None,
-            raw: None,
-        }
-    })?;
+    let text = String::from_utf8(bytes).map_err(|e| not_utf8("an array element", &e, false))?;
     Ok(match elem {
         Elem::Json => Value::Json(text),
         _ => Value::Text(text),
@@ -1138,18 +1143,7 @@ fn decode_raw_text(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failur
     if let ColKind::Array(elem) = kind {
         return ArrayText { b: &bytes, at: 0 }.array(elem);
     }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let bad = e.as_bytes().get(at).copied().unwrap_or_default();
-        Failure {
-            rule: RULE_ENCODING,
-            message: format!(
-                "the text is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
-            ),
-            infinite: None,
-            raw: Some(escaped(e.as_bytes())),
-        }
-    })?;
+    let text = String::from_utf8(bytes).map_err(|e| not_utf8("the text", &e, true))?;
     Ok(match kind {
         ColKind::Json => Value::Json(text),
         _ => Value::Text(text),
@@ -1437,20 +1431,8 @@ fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
         }
     };
     // Only a SQL_ASCII database holds text that is not UTF-8.
-    let text = || {
-        String::from_utf8(b.to_vec()).map_err(|e| {
-            let at = e.utf8_error().valid_up_to();
-            let bad = b.get(at).copied().unwrap_or_default();
-            Failure {
-                rule: RULE_ENCODING,
-                message: format!(
-                    "an array element is not UTF-8: byte 0x{bad:02x} at offset {at} (the database's encoding is SQL_ASCII, which stores any bytes)"
-                ),
-                infinite: None,
-                raw: None,
-            }
-        })
-    };
+    let text =
+        || String::from_utf8(b.to_vec()).map_err(|e| not_utf8("an array element", &e, false));
     Ok(match elem {
         Elem::Bool => Value::Bool(fixed(1)?[0] != 0),
         Elem::Int16 => Value::Int32(i32::from(i16::from_be_bytes(
