@@ -2620,26 +2620,7 @@ async fn the_projects_own_users_are_left_alone_by_verify_sync_deletes_and_rollba
              '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'staff ' || g
            FROM generate_series(101, 102) g;")
         .await;
-    let dir = w.dir.path();
-    std::fs::create_dir_all(dir.join("mappings")).unwrap();
-    // Two users entities: each is the other's "other users" too.
-    for name in ["accounts", "staff"] {
-        std::fs::write(
-            dir.join(format!("mappings/{name}.toml")),
-            format!("version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"id\"]\n\
-             [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
-             [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
-             [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
-             [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n"),
-        )
-        .unwrap();
-    }
-    std::fs::write(
-        dir.join("p.toml"),
-        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"accounts\", \"staff\"]\n",
-    )
-    .unwrap();
-    let pipeline = dir.join("p.toml").display().to_string();
+    let pipeline = users_pipeline(&w, &["accounts", "staff"], "name", false, false);
     let aw = standin().await;
     // The application's own users, before the cutover and after it.
     cutover::sink::appwrite::install_crypto_provider();
@@ -2768,24 +2749,7 @@ async fn users_blocked_by_a_killed_run_are_counted_once_by_the_resume() {
                  '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', 'user ' || g
                FROM generate_series(1, 200) g;")
             .await;
-        let dir = w.dir.path();
-        std::fs::create_dir_all(dir.join("mappings")).unwrap();
-        std::fs::write(
-            dir.join("mappings/accounts.toml"),
-            "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
-             [[field]]\npath = \"email\"\ncolumn = \"email\"\nvalidate = { email = true }\n\
-             [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
-             [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
-             [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("p.toml"),
-            "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
-             [[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
-        )
-        .unwrap();
-        let pipeline = dir.join("p.toml").display().to_string();
+        let pipeline = users_pipeline(&w, &["accounts"], "name", true, true);
         let aw = standin().await;
         let out = cutover(&w, &aw, &["migrate", "--quiet", "--pipeline", &pipeline]).await;
         assert!(out.status.success(), "{}", text(&out));
@@ -2794,7 +2758,7 @@ async fn users_blocked_by_a_killed_run_are_counted_once_by_the_resume() {
         let blocked = |aw: &Aw| aw.s.users().iter().filter(|u| u["status"] == false).count();
         let at = rng.usize(1..45);
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
-            .current_dir(dir)
+            .current_dir(w.dir.path())
             .env("CUTOVER_SOURCE_URL", &w.pg_url)
             .env("APPWRITE_ENDPOINT", &aw.endpoint)
             .env("APPWRITE_PROJECT", "cutover")
@@ -2852,24 +2816,7 @@ async fn emails_another_user_holds_are_found_by_check_and_never_cost_an_account(
            UPDATE accounts SET email = 'U2@Example.org' WHERE id = 3;
            UPDATE accounts SET email = 'U6@EXAMPLE.org' WHERE id = 6;")
         .await;
-    let dir = w.dir.path();
-    std::fs::create_dir_all(dir.join("mappings")).unwrap();
-    std::fs::write(
-        dir.join("mappings/accounts.toml"),
-        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
-         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
-         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
-         [[field]]\npath = \"name\"\ncolumn = \"name\"\n\
-         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nname = \"name\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("p.toml"),
-        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
-         [[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
-    )
-    .unwrap();
-    let pipeline = dir.join("p.toml").display().to_string();
+    let pipeline = users_pipeline(&w, &["accounts"], "name", false, true);
     let aw = standin().await;
     // The project's own administrator holds u1's email.
     aw.s.create_user(
@@ -2953,24 +2900,7 @@ async fn a_user_refused_after_its_creation_is_not_left_behind() {
              '$2y$10$abcdefghijklmnopqrstuu5EJZ4cDpPq9u8gxUKFnwz0l9QbRoRKu', '+23177712345' || g
            FROM generate_series(1, 3) g;")
         .await;
-    let dir = w.dir.path();
-    std::fs::create_dir_all(dir.join("mappings")).unwrap();
-    std::fs::write(
-        dir.join("mappings/accounts.toml"),
-        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
-         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
-         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
-         [[field]]\npath = \"phone\"\ncolumn = \"phone\"\n\
-         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\nphone = \"phone\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("p.toml"),
-        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n\
-         [[stage]]\nname = \"all\"\nentities = [\"accounts\"]\n",
-    )
-    .unwrap();
-    let pipeline = dir.join("p.toml").display().to_string();
+    let pipeline = users_pipeline(&w, &["accounts"], "phone", false, true);
     let aw = standin().await;
     // The application's own user has user 2's phone number.
     aw.s.create_user(
@@ -3002,4 +2932,47 @@ async fn a_user_refused_after_its_creation_is_not_left_behind() {
         ["own@app.example", "u1@example.org", "u3@example.org"]
     );
     w.drop().await;
+}
+
+/// Writes one stage of users entities into Appwrite (`entities`, each a table of the same name with
+/// `id`, `email`, `pw` and `column` — `name` or `phone` — mapped as users; `validate_email`: the
+/// email must be one) and returns the pipeline's path. `target`: the pipeline names Appwrite.
+fn users_pipeline(
+    w: &World,
+    entities: &[&str],
+    column: &str,
+    validate_email: bool,
+    target: bool,
+) -> String {
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    let validate = if validate_email {
+        "validate = { email = true }\n"
+    } else {
+        ""
+    };
+    for name in entities {
+        std::fs::write(
+            dir.join(format!("mappings/{name}.toml")),
+            format!(
+                "version = 1\nname = \"{name}\"\n[source]\ntable = \"{name}\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"email\"\ncolumn = \"email\"\n{validate}\
+                 [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+                 [[field]]\npath = \"{column}\"\ncolumn = \"{column}\"\n\
+                 [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\n{column} = \"{column}\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let names: Vec<String> = entities.iter().map(|e| format!("\"{e}\"")).collect();
+    std::fs::write(
+        dir.join("p.toml"),
+        format!(
+            "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n{}[[stage]]\nname = \"all\"\nentities = [{}]\n",
+            if target { "target = \"appwrite\"\n" } else { "" },
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    dir.join("p.toml").display().to_string()
 }
