@@ -139,6 +139,8 @@ pub enum ChangeTemplate {
     Index,
     Seed,
     Archive,
+    Schema,
+    Sanitize,
 }
 
 #[derive(Debug, Args)]

@@ -1264,7 +1264,7 @@ async fn a_change_killed_anywhere_in_up_or_down_is_finished_by_the_next_down_exa
         &dir,
         "1_kill.toml",
         r#"version = 1
-name = "rename, add, index, seed"
+name = "rename, add, clean, index, seed"
 
 [[up]]
 op = "rename_field"
@@ -1276,7 +1276,14 @@ to = "title"
 op = "add_field"
 collection = "items"
 field = "flag"
-default = "x"
+default = "  X  "
+
+[[up]]
+op = "sanitize_strings"
+collection = "items"
+fields = ["flag"]
+trim = true
+lower = true
 
 [[up]]
 op = "create_index"
@@ -1801,5 +1808,234 @@ async fn backup_restore_refuses_to_discard_changes_applied_after_the_backup() {
     let out = restore(&["--ignore-changes"]);
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(output_text(&out).contains("warning: --ignore-changes"));
+    w.drop().await;
+}
+
+const SANITIZE_OPS: &str = r#"
+[[up]]
+op = "sanitize_strings"
+collection = "people"
+fields = ["email", "profile.name", "tags", "contacts.label"]
+normalize = "NFC"
+trim = true
+lower = true
+"#;
+
+/// The shapes a `sanitize_strings` path meets: a top-level string, a nested one, an array of
+/// strings, an array of documents, a value that is no string, a missing field, a string already
+/// clean. Expected values written out by hand (Unicode's NFC and full lower-casing), not derived
+/// with the code under test.
+async fn people(w: &World) {
+    w.mongo()
+        .await
+        .collection::<Document>("people")
+        .insert_many(vec![
+            doc! { "_id": 1, "email": "\u{a0} Ann@Example.ORG\t", "profile": { "name": "Cafe\u{301} ÄRZTIN" },
+                   "tags": [" A ", 7, "b"], "contacts": [{ "label": " Home " }, { "label": 5 }, {}] },
+            doc! { "_id": 2, "email": 42, "profile": { "name": null } },
+            doc! { "_id": 3, "email": "clean@example.org", "tags": ["x"] },
+            doc! { "_id": 4, "other": "  Not Listed  " },
+        ])
+        .await
+        .unwrap();
+}
+
+async fn sanitize(transaction: bool) {
+    let w = World::new(&format!("changes_sanitize_{transaction}")).await;
+    people(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "9_clean.toml",
+        &format!("version = 9\nname = \"clean\"\ntransaction = {transaction}\n{SANITIZE_OPS}"),
+    );
+    let before = hashes(&w).await;
+    let dry = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(
+        dry.contains("2 documents with strings there would be backed up, 1 of them cleaned"),
+        "{dry}"
+    );
+    assert_eq!(hashes(&w).await, before, "a dry run writes nothing");
+    let up = ok(&changes(&w, "up", &dir, &[]));
+    assert!(up.contains("matched 2, modified 1"), "{up}");
+    assert_eq!(
+        w.docs("people").await,
+        [
+            doc! { "_id": 1, "email": "ann@example.org", "profile": { "name": "caf\u{e9} \u{e4}rztin" },
+            "tags": ["a", 7, "b"], "contacts": [{ "label": "home" }, { "label": 5 }, {}] },
+            doc! { "_id": 2, "email": 42, "profile": { "name": null } },
+            doc! { "_id": 3, "email": "clean@example.org", "tags": ["x"] },
+            doc! { "_id": 4, "other": "  Not Listed  " },
+        ]
+    );
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(hashes(&w).await, before, "down puts every document back");
+
+    // Edited since it was cleaned: down leaves it alone and says so.
+    ok(&changes(&w, "up", &dir, &[]));
+    w.mongo()
+        .await
+        .collection::<Document>("people")
+        .update_one(
+            doc! { "_id": 1 },
+            doc! { "$set": { "email": "new@example.org" } },
+        )
+        .await
+        .unwrap();
+    let down = changes(&w, "down", &dir, &[]);
+    let text = ok(&down);
+    assert!(
+        output_text(&down).contains("1 documents changed since it was applied were left"),
+        "{text}"
+    );
+    let one = w.docs("people").await.remove(0);
+    assert_eq!(one.get_str("email"), Ok("new@example.org"), "{one}");
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn sanitize_strings_cleans_every_path_shape_and_down_restores_exactly() {
+    sanitize(false).await;
+}
+
+#[tokio::test]
+async fn sanitize_strings_in_a_transaction_cleans_and_restores_exactly() {
+    sanitize(true).await;
+}
+
+#[tokio::test]
+async fn a_file_refusing_a_sanitize_without_work_or_on_the_id_names_why() {
+    let w = World::new("changes_sanitize_refused").await;
+    let dir = w.dir.path().join("changes");
+    for (body, says) in [
+        ("fields = [\"a\"]\n", "nothing to do"),
+        (
+            "fields = [\"_id\"]\ntrim = true\n",
+            "`_id` cannot be changed",
+        ),
+        ("fields = []\ntrim = true\n", "fields is empty"),
+        ("fields = [\"a\"]\nnormalize = \"NFX\"\n", "NFX"),
+    ] {
+        write(
+            &dir,
+            "1_x.toml",
+            &format!(
+                "version = 1\nname = \"x\"\n[[up]]\nop = \"sanitize_strings\"\ncollection = \"c\"\n{body}"
+            ),
+        );
+        let text = refused(&changes(&w, "up", &dir, &[]));
+        assert!(text.contains(says), "{body}: {text}");
+        assert!(text.contains("1_x.toml"), "{text}");
+    }
+    w.drop().await;
+}
+
+/// Seed documents from a file (one per line, extended JSON): inserted; editing the seed file is
+/// editing the change (status says modified, up refuses); down deletes exactly what was inserted
+/// from the ledger's record, whatever the file says now.
+#[tokio::test]
+async fn an_insert_reads_its_documents_from_a_seed_file_recorded_with_the_change() {
+    let w = World::new("changes_seed_file").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    let seeds = "{\"_id\": \"a\", \"at\": {\"$date\": \"2026-01-02T03:04:05Z\"}, \"fee\": {\"$numberDecimal\": \"12.50\"}}\n\n{\"_id\": {\"$oid\": \"65a1b2c3d4e5f60718293a4b\"}, \"n\": 1}\n";
+    write(&dir.join("seeds"), "lookups.jsonl", seeds);
+    write(
+        &dir,
+        "3_seed.toml",
+        "version = 3\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"lookups\"\nfile = \"seeds/lookups.jsonl\"\n",
+    );
+    let up = ok(&changes(&w, "up", &dir, &[]));
+    assert!(up.contains("inserted 2"), "{up}");
+    let got = w.docs("lookups").await;
+    assert_eq!(got.len(), 2);
+    let a = got.iter().find(|d| d.get_str("_id") == Ok("a")).expect("a");
+    assert_eq!(
+        a.get_datetime("at")
+            .unwrap()
+            .try_to_rfc3339_string()
+            .unwrap(),
+        "2026-01-02T03:04:05Z"
+    );
+    assert_eq!(
+        a.get("fee"),
+        Some(&Bson::Decimal128("12.50".parse().unwrap()))
+    );
+
+    // The seed edited after it was applied.
+    write(
+        &dir.join("seeds"),
+        "lookups.jsonl",
+        &format!("{seeds}{{\"_id\": \"later\"}}\n"),
+    );
+    let st = states(&w, &dir);
+    assert_eq!(st, [("3".to_string(), "modified".to_string())], "{st:?}");
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("modified"), "{text}");
+    w.mongo()
+        .await
+        .collection::<Document>("lookups")
+        .insert_one(doc! { "_id": "later" })
+        .await
+        .unwrap();
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(
+        w.docs("lookups").await,
+        [doc! { "_id": "later" }],
+        "down deletes what the change inserted, not what the file says now"
+    );
+
+    // A path out of the changes directory is refused.
+    write(
+        &dir,
+        "3_seed.toml",
+        "version = 3\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"lookups\"\nfile = \"../x.json\"\n",
+    );
+    let text = refused(&changes(&w, "status", &dir, &[]));
+    assert!(text.contains("inside the changes directory"), "{text}");
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn an_index_with_a_collation_is_created_and_dropped_again() {
+    let w = World::new("changes_collation").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "4_ix.toml",
+        "version = 4\nname = \"ix\"\n[[up]]\nop = \"create_index\"\ncollection = \"things\"\nkeys = [\"name\"]\nunique = true\ncollation = { locale = \"en\", strength = 2 }\n",
+    );
+    let before = hashes(&w).await;
+    ok(&changes(&w, "up", &dir, &[]));
+    let db = w.mongo().await;
+    let reply = db
+        .run_command(doc! { "listIndexes": "things" })
+        .await
+        .unwrap();
+    let ix = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .filter_map(Bson::as_document)
+        .find(|i| i.get_str("name") == Ok("name_1"))
+        .cloned()
+        .expect("the index");
+    let c = ix.get_document("collation").unwrap();
+    assert_eq!(c.get_str("locale"), Ok("en"));
+    assert_eq!(c.get_i32("strength"), Ok(2));
+    // Case-insensitive unique: "ONE" collides with "one".
+    let dup = db
+        .collection::<Document>("things")
+        .insert_one(doc! { "_id": 9, "name": "ONE" })
+        .await;
+    assert!(
+        dup.is_err(),
+        "the collation makes the index case-insensitive"
+    );
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(hashes(&w).await, before);
     w.drop().await;
 }

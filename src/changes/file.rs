@@ -139,11 +139,61 @@ pub enum Op {
         collection: String,
         documents: Vec<Document>,
     },
+    /// Cleans the string values at `fields` (dotted paths; through arrays, every element) in
+    /// the documents matching `filter`: trims, lower-cases, and/or Unicode-normalises them.
+    SanitizeStrings {
+        collection: String,
+        filter: Document,
+        fields: Vec<String>,
+        clean: Sanitize,
+    },
     /// Any database command, with the command that undoes it.
     Command {
         command: Document,
         down: Option<Document>,
     },
+}
+
+/// What `sanitize_strings` does to each string, in this order: normalise, trim, lower-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sanitize {
+    /// Leading and trailing white space (Unicode `White_Space`) removed.
+    pub trim: bool,
+    /// Lower-cased (Unicode's full mapping, e.g. `Ä` → `ä`).
+    pub lower: bool,
+    /// Unicode normalisation form.
+    pub normalize: Option<NormalForm>,
+}
+
+/// A Unicode normalisation form (UAX #15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NormalForm {
+    Nfc,
+    Nfd,
+    Nfkc,
+    Nfkd,
+}
+
+impl Sanitize {
+    /// The cleaned string, or `None` when it is already clean.
+    pub fn apply(&self, s: &str) -> Option<String> {
+        use unicode_normalization::UnicodeNormalization;
+        let normal: std::borrow::Cow<str> = match self.normalize {
+            None => s.into(),
+            Some(NormalForm::Nfc) => s.nfc().collect::<String>().into(),
+            Some(NormalForm::Nfd) => s.nfd().collect::<String>().into(),
+            Some(NormalForm::Nfkc) => s.nfkc().collect::<String>().into(),
+            Some(NormalForm::Nfkd) => s.nfkd().collect::<String>().into(),
+        };
+        let trimmed = if self.trim { normal.trim() } else { &normal };
+        let out = if self.lower {
+            trimmed.to_lowercase()
+        } else {
+            trimmed.to_string()
+        };
+        (out != s).then_some(out)
+    }
 }
 
 /// An update: an update document (`{ "$set" = … }`) or an update pipeline (a list of stages).
@@ -163,6 +213,8 @@ pub struct IndexSpec {
     pub unique: bool,
     pub partial_filter: Option<Document>,
     pub expire_after_seconds: Option<i64>,
+    /// The index's collation (`{ locale = "en", strength = 2 }`: case-insensitive matching).
+    pub collation: Option<Document>,
 }
 
 impl IndexSpec {
@@ -177,6 +229,9 @@ impl IndexSpec {
         }
         if let Some(s) = self.expire_after_seconds {
             d.insert("expireAfterSeconds", s);
+        }
+        if let Some(c) = &self.collation {
+            d.insert("collation", c.clone());
         }
         d
     }
@@ -204,6 +259,7 @@ impl Op {
             Op::DropCollection { .. } => "drop_collection",
             Op::SetValidator { .. } => "set_validator",
             Op::CopyCollection { .. } => "copy_collection",
+            Op::SanitizeStrings { .. } => "sanitize_strings",
             Op::Command { .. } => "command",
         }
     }
@@ -235,6 +291,7 @@ impl Op {
             | Op::CreateCollection { collection, .. }
             | Op::DropCollection { collection }
             | Op::SetValidator { collection, .. }
+            | Op::SanitizeStrings { collection, .. }
             | Op::Insert { collection, .. } => Some(collection),
             Op::CopyCollection { to, .. } => Some(to),
             Op::CreateIndex(s) => Some(&s.collection),
@@ -274,6 +331,7 @@ impl Op {
                 | Op::Transform { .. }
                 | Op::BulkUpdate { .. }
                 | Op::UpdateReferences { .. }
+                | Op::SanitizeStrings { .. }
         )
     }
 }
@@ -294,6 +352,8 @@ pub struct Change {
     pub checksum: String,
     /// The file's text.
     pub source: String,
+    /// The seed files its `insert`s read (name → text), recorded with the change.
+    pub seeds: BTreeMap<String, String>,
 }
 
 impl Change {
@@ -386,6 +446,7 @@ enum RawOp {
         unique: bool,
         partial_filter: Option<serde_json::Value>,
         expire_after_seconds: Option<i64>,
+        collation: Option<serde_json::Value>,
     },
     DropIndex {
         collection: String,
@@ -393,7 +454,11 @@ enum RawOp {
     },
     Insert {
         collection: String,
+        #[serde(default)]
         documents: Vec<serde_json::Value>,
+        /// A file of documents in extended JSON (an array, or one per line in `.jsonl` /
+        /// `.ndjson`), relative to the change file's directory.
+        file: Option<String>,
     },
     CopyField {
         collection: String,
@@ -448,6 +513,16 @@ enum RawOp {
         to: String,
         #[serde(default)]
         pipeline: Vec<serde_json::Value>,
+    },
+    SanitizeStrings {
+        collection: String,
+        fields: Vec<String>,
+        filter: Option<serde_json::Value>,
+        #[serde(default)]
+        trim: bool,
+        #[serde(default)]
+        lower: bool,
+        normalize: Option<NormalForm>,
     },
     Command {
         command: serde_json::Value,
@@ -716,7 +791,65 @@ pub fn default_index_name(keys: &Document) -> String {
         .join("_")
 }
 
-fn compile_op(raw: &RawOp) -> Result<Op, String> {
+/// Where an `insert`'s `file` is read from: the disk beside the change file, or the seed texts a
+/// ledger record kept (so `down` and `status` never depend on the file still being there).
+enum Seeds<'a> {
+    Disk(&'a Path),
+    Recorded(&'a BTreeMap<String, String>),
+}
+
+impl Seeds<'_> {
+    fn read(&self, name: &str) -> Result<String, String> {
+        match self {
+            Seeds::Disk(dir) => {
+                let rel = Path::new(name);
+                if rel.is_absolute()
+                    || rel
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(format!(
+                        "file `{name}` must be a path inside the changes directory (no `..`, not absolute)"
+                    ));
+                }
+                let path = dir.join(rel);
+                let bytes =
+                    std::fs::read(&path).map_err(|e| format!("file {}: {e}", path.display()))?;
+                String::from_utf8(bytes)
+                    .map_err(|e| format!("file {}: not UTF-8 ({e})", path.display()))
+            }
+            Seeds::Recorded(texts) => texts
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("file {name} is not in the ledger's record of the change")),
+        }
+    }
+}
+
+/// The documents of a seed file's text (extended JSON: an array of documents, one document, or
+/// one per line when the name ends in `.jsonl` / `.ndjson`).
+fn seed_documents(name: &str, text: &str) -> Result<Vec<serde_json::Value>, String> {
+    if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| format!("file {name} line {}: {e}", i + 1))
+            })
+            .collect()
+    } else {
+        match serde_json::from_str(text).map_err(|e| format!("file {name}: {e}"))? {
+            serde_json::Value::Array(a) => Ok(a),
+            one => Ok(vec![one]),
+        }
+    }
+}
+
+fn compile_op(
+    raw: &RawOp,
+    seeds: &Seeds,
+    read: &mut BTreeMap<String, String>,
+) -> Result<Op, String> {
     Ok(match raw {
         RawOp::AddField {
             collection,
@@ -805,6 +938,7 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
             unique,
             partial_filter,
             expire_after_seconds,
+            collation,
         } => {
             check_collection(collection)?;
             if keys.is_empty() {
@@ -837,6 +971,19 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
                     .map(|p| to_doc(p, "partial_filter"))
                     .transpose()?,
                 expire_after_seconds: *expire_after_seconds,
+                collation: match collation {
+                    Some(c) => {
+                        let c = to_doc(c, "collation")?;
+                        if c.get_str("locale").is_err() {
+                            return Err(
+                                "collation needs a locale (e.g. { locale = \"en\", strength = 2 })"
+                                    .into(),
+                            );
+                        }
+                        Some(c)
+                    }
+                    None => None,
+                },
             })
         }
         RawOp::DropIndex { collection, name } => {
@@ -852,10 +999,27 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
         RawOp::Insert {
             collection,
             documents,
+            file,
         } => {
             check_collection(collection)?;
+            let from_file;
+            let documents = match file {
+                Some(_) if !documents.is_empty() => {
+                    return Err("give documents or file, not both".into());
+                }
+                Some(name) => {
+                    let text = seeds.read(name)?;
+                    from_file = seed_documents(name, &text)?;
+                    read.insert(name.clone(), text);
+                    &from_file
+                }
+                None => documents,
+            };
             if documents.is_empty() {
-                return Err("documents is empty".into());
+                return Err(match file {
+                    Some(name) => format!("file {name} holds no documents"),
+                    None => "documents is empty".into(),
+                });
             }
             let mut docs = Vec::new();
             let mut ids = Vec::new();
@@ -1081,6 +1245,38 @@ fn compile_op(raw: &RawOp) -> Result<Op, String> {
                 pipeline: stages,
             }
         }
+        RawOp::SanitizeStrings {
+            collection,
+            fields,
+            filter,
+            trim,
+            lower,
+            normalize,
+        } => {
+            check_collection(collection)?;
+            if fields.is_empty() {
+                return Err("fields is empty".into());
+            }
+            for f in fields {
+                check_path(f, "field")?;
+            }
+            if !trim && !lower && normalize.is_none() {
+                return Err(
+                    "nothing to do: set trim = true, lower = true and/or normalize = \"NFC\" (NFD, NFKC, NFKD)"
+                        .into(),
+                );
+            }
+            Op::SanitizeStrings {
+                collection: collection.clone(),
+                filter: opt_doc(filter, "filter")?,
+                fields: fields.clone(),
+                clean: Sanitize {
+                    trim: *trim,
+                    lower: *lower,
+                    normalize: *normalize,
+                },
+            }
+        }
         RawOp::Command { command, down } => Op::Command {
             command: to_doc(command, "command")?,
             down: down.as_ref().map(|d| to_doc(d, "down")).transpose()?,
@@ -1100,6 +1296,23 @@ fn version_of_name(path: &Path) -> Option<u64> {
 
 /// Parses one change from its text; `path` is where it was read (its name carries the version).
 pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
+    parse_with(
+        path,
+        source,
+        &Seeds::Disk(path.parent().unwrap_or(Path::new("."))),
+    )
+}
+
+/// A change as a ledger record holds it: its text and the seed files it read when applied.
+pub fn parse_recorded(
+    file: &str,
+    source: &str,
+    seeds: &BTreeMap<String, String>,
+) -> Result<Change, FileError> {
+    parse_with(Path::new(file), source, &Seeds::Recorded(seeds))
+}
+
+fn parse_with(path: &Path, source: &str, seeds: &Seeds) -> Result<Change, FileError> {
     let invalid = |message: String| FileError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -1133,13 +1346,14 @@ pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
     if raw.name.trim().is_empty() {
         return Err(invalid("name is empty".into()));
     }
-    let compile_all = |ops: &[Ordered], side: &str| -> Result<Vec<Op>, FileError> {
+    let mut read = BTreeMap::new();
+    let mut compile_all = |ops: &[Ordered], side: &str| -> Result<Vec<Op>, FileError> {
         ops.iter()
             .enumerate()
             .map(|(i, v)| {
                 serde_json::from_value::<RawOp>(v.0.clone())
                     .map_err(|e| with_culprit(&v.0, &e.to_string()))
-                    .and_then(|raw| compile_op(&raw))
+                    .and_then(|raw| compile_op(&raw, seeds, &mut read))
                     .map_err(|m| invalid(format!("{side} operation {}: {m}", i + 1)))
             })
             .collect()
@@ -1173,8 +1387,17 @@ pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
         up,
         down,
         path: path.to_path_buf(),
-        checksum: checksum(source.as_bytes()),
+        // A change with seed files: its text and then theirs, in name order (a change without
+        // keeps the checksum it had).
+        checksum: {
+            let mut bytes = source.as_bytes().to_vec();
+            for text in read.values() {
+                bytes.extend_from_slice(text.as_bytes());
+            }
+            checksum(&bytes)
+        },
         source: source.to_string(),
+        seeds: read,
     })
 }
 
@@ -1409,6 +1632,7 @@ keys = ["lastName", "-createdAt"]
             "insert",
             "create_index",
             "drop_index",
+            "sanitize_strings",
             "command",
         ];
         assert_eq!(kinds, all.into_iter().collect());

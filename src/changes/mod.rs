@@ -218,7 +218,7 @@ pub async fn status(
 
 /// What to run for a change its process left half done.
 fn hint(state: &str, r: &ChangeRecord) -> Option<String> {
-    let operations = file::parse(std::path::Path::new(&r.file), &r.source)
+    let operations = file::parse_recorded(&r.file, &r.source, &r.seeds)
         .map(|c| c.up.len())
         .unwrap_or(0);
     match state {
@@ -415,7 +415,7 @@ pub async fn changes_since(
         if !(applied_since || reversed_since) {
             continue;
         }
-        let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
+        let c = file::parse_recorded(&r.file, &r.source, &r.seeds)?;
         let theirs = touched(&c);
         let both: Vec<String> = match &theirs {
             Some(t) => t.intersection(collections).cloned().collect(),
@@ -946,14 +946,15 @@ fn chosen_for_down(
                 )));
             };
             let this = &applied[at];
-            let theirs = touched(&file::parse(
-                std::path::Path::new(&this.file),
+            let theirs = touched(&file::parse_recorded(
+                &this.file,
                 &this.source,
+                &this.seeds,
             )?);
             let mut blocking = Vec::new();
             // `applied` is newest first: those before `at` were applied after it.
             for later in &applied[..at] {
-                let c = file::parse(std::path::Path::new(&later.file), &later.source)?;
+                let c = file::parse_recorded(&later.file, &later.source, &later.seeds)?;
                 let both = overlap(&theirs, &touched(&c));
                 if !both.is_empty() {
                     blocking.push(format!(
@@ -975,7 +976,7 @@ fn chosen_for_down(
     };
     let mut out = Vec::new();
     for r in chosen {
-        let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
+        let c = file::parse_recorded(&r.file, &r.source, &r.seeds)?;
         if let Some((i, op)) = c.irreversible_op() {
             return Err(ChangesError::Refused(format!(
                 "change {} ({}) is non-reversible: up operation {i} (`{}`) has no inverse and the change has no [[down]]; nothing was reversed",
@@ -1087,7 +1088,7 @@ async fn recover(
     r: &ChangeRecord,
     run_id: &str,
 ) -> Result<Reversed, ChangesError> {
-    let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
+    let c = file::parse_recorded(&r.file, &r.source, &r.seeds)?;
     let backup = r.backup.clone().unwrap_or_default();
     let exec = Exec {
         db: t.db,
@@ -1321,7 +1322,7 @@ async fn settle_transactions(
                 (FAILED, note)
             }
             (false, Some(_)) => {
-                let c = file::parse(std::path::Path::new(&r.file), &r.source)?;
+                let c = file::parse_recorded(&r.file, &r.source, &r.seeds)?;
                 exec.drop_created(&created_collections(&c, &r.ops)).await?;
                 records.mark_rolled_back(r.version, 0).await?;
                 exec.drop_backup().await?;

@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use mongodb::options::UpdateModifications;
 use mongodb::{ClientSession, Database};
 
-use super::file::{Op, UpdateSpec};
+use super::file::{Op, Sanitize, UpdateSpec};
 
 /// Documents per backup / update batch.
 pub const BATCH: usize = 500;
@@ -274,6 +274,38 @@ fn get_path<'d>(d: &'d Document, path: &str) -> Option<&'d Bson> {
     None
 }
 
+/// Cleans the strings at a dotted path of `d` in place (through arrays: every element, and every
+/// string of an array at the end of the path); whether anything changed.
+fn sanitize_path(d: &mut Document, path: &str, clean: &Sanitize) -> bool {
+    let (head, rest) = match path.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (path, None),
+    };
+    d.get_mut(head)
+        .is_some_and(|v| sanitize_value(v, rest, clean))
+}
+
+fn sanitize_value(v: &mut Bson, rest: Option<&str>, clean: &Sanitize) -> bool {
+    match (v, rest) {
+        (Bson::String(s), None) => match clean.apply(s) {
+            Some(new) => {
+                *s = new;
+                true
+            }
+            None => false,
+        },
+        (Bson::Document(d), Some(r)) => sanitize_path(d, r, clean),
+        (Bson::Array(items), rest) => {
+            let mut changed = false;
+            for item in items {
+                changed |= sanitize_value(item, rest, clean);
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
 /// The condition under which the inverse of a rewrite puts `original` back: the fields the
 /// operation changed still hold what it wrote.
 fn guard_of(op: &Op, original: &Document) -> Document {
@@ -311,7 +343,10 @@ fn guard_of(op: &Op, original: &Document) -> Document {
 fn image_guarded(op: &Op) -> bool {
     matches!(
         op,
-        Op::Transform { .. } | Op::BulkUpdate { .. } | Op::UpdateReferences { .. }
+        Op::Transform { .. }
+            | Op::BulkUpdate { .. }
+            | Op::UpdateReferences { .. }
+            | Op::SanitizeStrings { .. }
     )
 }
 
@@ -725,6 +760,53 @@ impl Exec<'_> {
             }
             return Ok(());
         }
+        if let Op::SanitizeStrings {
+            collection,
+            filter,
+            fields,
+            clean,
+        } = op
+        {
+            let strings: Vec<Bson> = fields
+                .iter()
+                .map(|f| doc! { f: { "$type": "string" } }.into())
+                .collect();
+            let touched = and(filter, doc! { "$or": strings });
+            out.backed_up = self.back_up(sess, collection, touched, index).await?;
+            let mut after = None;
+            loop {
+                let batch = self.backed_up(sess, index, after.clone()).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.get("_id").cloned();
+                let mut ids = Vec::with_capacity(batch.len());
+                let mut statements = Vec::new();
+                for b in &batch {
+                    let (Some(id), Ok(original)) = (
+                        b.get_document("_id").ok().and_then(|k| k.get("id")),
+                        b.get_document("doc"),
+                    ) else {
+                        continue;
+                    };
+                    ids.push(id.clone());
+                    let mut cleaned = original.clone();
+                    let mut changed = false;
+                    for f in fields {
+                        changed |= sanitize_path(&mut cleaned, f, clean);
+                    }
+                    if changed {
+                        // Only where the document is still what was backed up.
+                        let mut q = still(original);
+                        q.insert("_id", id.clone());
+                        statements.push(doc! { "q": q, "u": cleaned });
+                    }
+                }
+                out.matched += ids.len() as u64;
+                let (_, modified) = self.update_each(sess, collection, statements).await?;
+                out.modified += modified;
+                self.record_images(sess, collection, index, ids).await?;
+            }
+            return Ok(());
+        }
         if let Op::RemoveDuplicates {
             collection,
             fields,
@@ -947,7 +1029,9 @@ impl Exec<'_> {
     ) -> Result<OpOutcome, OpError> {
         let mut done = OpOutcome::default();
         let rewritten = match op {
-            Op::BulkUpdate { collection, .. } => Some(collection.as_str()),
+            Op::BulkUpdate { collection, .. } | Op::SanitizeStrings { collection, .. } => {
+                Some(collection.as_str())
+            }
             other => rewrite_of(other).map(|(c, _, _)| c),
         };
         if let Some(collection) = rewritten {
@@ -1492,6 +1576,37 @@ impl Exec<'_> {
                     command.keys().next().map(String::as_str).unwrap_or("?")
                 ),
             ),
+            Op::SanitizeStrings {
+                collection,
+                filter,
+                fields,
+                clean,
+            } => {
+                let strings: Vec<Bson> = fields
+                    .iter()
+                    .map(|f| doc! { f: { "$type": "string" } }.into())
+                    .collect();
+                let mut cur = self
+                    .coll(collection)
+                    .find(and(filter, doc! { "$or": strings }))
+                    .await?;
+                let (mut seen, mut changing) = (0u64, 0u64);
+                while let Some(mut d) = cur.try_next().await? {
+                    seen += 1;
+                    let mut changed = false;
+                    for f in fields {
+                        changed |= sanitize_path(&mut d, f, clean);
+                    }
+                    changing += u64::from(changed);
+                }
+                preview(
+                    Some(collection),
+                    seen,
+                    format!(
+                        "{seen} documents with strings there would be backed up, {changing} of them cleaned"
+                    ),
+                )
+            }
             _ => unreachable!("rewrites are handled above"),
         })
     }

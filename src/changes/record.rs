@@ -52,6 +52,9 @@ pub struct ChangeRecord {
     pub down_error: Option<String>,
     #[serde(skip)]
     pub source: String,
+    /// The seed files the change's inserts read when it was applied (name → text).
+    #[serde(skip)]
+    pub seeds: std::collections::BTreeMap<String, String>,
     /// What each operation did, or, while the change is applied (status `running`), what each
     /// operation that started writing will need undone: recorded before it writes.
     #[serde(skip)]
@@ -132,6 +135,14 @@ impl ChangeRecord {
             down_run_id: d.get_str("down_run_id").ok().map(str::to_string),
             down_error: d.get_str("down_error").ok().map(str::to_string),
             source: text("source"),
+            seeds: d
+                .get_document("seeds")
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
             ops: outcomes(d, "ops"),
             session: d.get_document("session").ok().cloned(),
             down_session: d.get_document("down_session").ok().cloned(),
@@ -338,6 +349,11 @@ impl Records<'_> {
             "backup": backup,
             "run_id": run_id,
             "source": &change.source,
+            "seeds": change
+                .seeds
+                .iter()
+                .map(|(k, v)| (k.clone(), Bson::String(v.clone())))
+                .collect::<Document>(),
             "host": crate::ledger::host(),
             "pid": i64::from(std::process::id()),
             "version": env!("CARGO_PKG_VERSION"),

@@ -14,6 +14,8 @@ pub enum Template {
     Index,
     Seed,
     Archive,
+    Schema,
+    Sanitize,
 }
 
 const HEAD: &str = r#"# Change {version}: {name}
@@ -115,6 +117,34 @@ to = "sessionsArchive"
 filter = { expiresAt = { "$lt" = { "$date" = "2026-01-01T00:00:00Z" } } }
 "#;
 
+const SCHEMA: &str = r#"
+# Sets a collection's validator: a $jsonSchema (or any query) every inserted or updated document
+# must satisfy. `validation_level` strict | moderate (existing invalid documents may still be
+# updated) | off; `validation_action` error | warn. Down puts the previous validator back.
+# (A new collection with a validator: op = "create_collection" takes the same keys.)
+[[up]]
+op = "set_validator"
+collection = "immunizations"
+validation_level = "moderate"
+validation_action = "error"
+validator = { "$jsonSchema" = { bsonType = "object", required = ["patientId", "vaccineCode"], properties = { patientId = { bsonType = "string" }, vaccineCode = { bsonType = "string" } } } }
+"#;
+
+const SANITIZE: &str = r#"
+# Cleans string values at the listed fields (dotted paths; through arrays, each element) of the
+# documents matching `filter` (optional): normalize = "NFC" | "NFD" | "NFKC" | "NFKD", then
+# trim = true (leading/trailing white space), then lower = true. Every document with a string
+# there is backed up first; down puts each back where it is still exactly as cleaned.
+[[up]]
+op = "sanitize_strings"
+collection = "users"
+fields = ["email"]
+trim = true
+lower = true
+# normalize = "NFC"
+# filter = { isActive = true }
+"#;
+
 impl Template {
     fn body(self) -> &'static str {
         match self {
@@ -125,6 +155,8 @@ impl Template {
             Template::Seed => SEED,
             Template::Transform => TRANSFORM,
             Template::Archive => ARCHIVE,
+            Template::Schema => SCHEMA,
+            Template::Sanitize => SANITIZE,
         }
     }
 }
@@ -206,6 +238,8 @@ mod tests {
             Template::Seed,
             Template::Transform,
             Template::Archive,
+            Template::Schema,
+            Template::Sanitize,
         ] {
             let text = render(t, 42, "a \"quoted\" name");
             let c =

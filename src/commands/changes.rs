@@ -51,6 +51,8 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 ChangeTemplate::Seed => Template::Seed,
                 ChangeTemplate::Transform => Template::Transform,
                 ChangeTemplate::Archive => Template::Archive,
+                ChangeTemplate::Schema => Template::Schema,
+                ChangeTemplate::Sanitize => Template::Sanitize,
             };
             let path = changes::template::new_file(
                 &changes_dir(cli, &args.dir)?,
