@@ -1525,19 +1525,30 @@ async fn down_of_many_documents_puts_them_back_in_a_few_commands() {
     let db = client.database(&w.mongo_db);
     let ledger =
         cutover::ledger::Ledger::new(cutover::ledger::Store::Mongo(db.clone()), "cutover_");
+    let activity = cutover::monitor::Activity::default();
     let target = cutover::changes::ChangeTarget {
         db: &db,
         ledger: &ledger,
+        activity: Some(&activity),
     };
     let files = cutover::changes::file::load_dir(&dir).unwrap();
     cutover::changes::up(&target, &files, &Default::default())
         .await
         .unwrap();
+    // What a spinner (or a server) shows: the operation and how far it got.
+    assert_eq!(
+        activity.snapshot(),
+        ("up operation 1 add_field items".to_string(), 5000, 5000)
+    );
     commands.lock().unwrap().clear();
     let done = cutover::changes::down(&target, cutover::changes::DownTarget::Steps(1))
         .await
         .unwrap();
     assert_eq!(done[0].restored, 5000);
+    assert_eq!(
+        activity.snapshot(),
+        ("down operation 1 add_field items".to_string(), 0, 5000)
+    );
     assert_eq!(hashes(&w).await, before);
     let counts = commands.lock().unwrap().clone();
     let total: u64 = counts.values().sum();

@@ -17,7 +17,7 @@
 //! let db = client.database("registry");
 //! let ledger = Ledger::new(Store::Mongo(db.clone()), "cutover_");
 //! let files = changes::file::load_dir("pipelines/changes".as_ref())?;
-//! let target = ChangeTarget { db: &db, ledger: &ledger };
+//! let target = ChangeTarget { db: &db, ledger: &ledger, activity: None };
 //! let report = changes::up(&target, &files, &UpOptions::default()).await?;
 //! assert!(!report.failed(), "{:?}", report.changes);
 //! # Ok(())
@@ -86,6 +86,8 @@ impl From<LockError> for ChangesError {
 pub struct ChangeTarget<'a> {
     pub db: &'a Database,
     pub ledger: &'a Ledger,
+    /// Where long operations say how far they are (`None`: nowhere).
+    pub activity: Option<&'a crate::monitor::Activity>,
 }
 
 /// One change's state, from its file and its ledger record.
@@ -607,6 +609,7 @@ async fn preview_all(t: &ChangeTarget<'_>, pending: &[&Change]) -> Result<UpRepo
     let exec = Exec {
         db: t.db,
         backup: "",
+        activity: t.activity,
     };
     let mut changes = Vec::new();
     for c in pending {
@@ -661,6 +664,7 @@ async fn apply_all(
         let exec = Exec {
             db: t.db,
             backup: &backup,
+            activity: t.activity,
         };
         let result = apply_one(&exec, &records, c).await;
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -1093,6 +1097,7 @@ async fn recover(
     let exec = Exec {
         db: t.db,
         backup: &backup,
+        activity: t.activity,
     };
     let dead = if r.status == RUNNING {
         format!("the up of run {} stopped", r.run_id)
@@ -1266,6 +1271,7 @@ async fn settle_transactions(
         let exec = Exec {
             db: t.db,
             backup: &backup,
+            activity: t.activity,
         };
         let up = r.status == RUNNING;
         let session = if up { &r.session } else { &r.down_session };
@@ -1469,6 +1475,7 @@ async fn reverse_logged(
             Exec {
                 db: t.db,
                 backup: r.backup.as_deref().unwrap_or_default(),
+                activity: t.activity,
             }
             .drop_backup()
             .await?;
@@ -1517,6 +1524,7 @@ async fn reverse_one(
     let exec = Exec {
         db: t.db,
         backup: &backup,
+        activity: t.activity,
     };
     let mut rev = Reversed {
         version: r.version,

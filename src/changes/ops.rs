@@ -130,6 +130,8 @@ macro_rules! collect_all {
 pub struct Exec<'a> {
     pub db: &'a Database,
     pub backup: &'a str,
+    /// Where the operation says how far it is (a spinner, a server's status).
+    pub activity: Option<&'a crate::monitor::Activity>,
 }
 
 fn and(a: &Document, b: Document) -> Document {
@@ -433,6 +435,20 @@ fn write_errors(reply: &Document) -> Result<(), OpError> {
 }
 
 impl Exec<'_> {
+    fn tick_backed_up(&self, n: usize) {
+        if let Some(a) = self.activity {
+            a.backed_up(n as u64);
+        }
+    }
+
+    /// Says which operation is under way (`up` or `down`).
+    fn begin(&self, side: &str, op: &Op, index: usize) {
+        if let Some(a) = self.activity {
+            let on = op.collections().map(|c| c.join(" → ")).unwrap_or_default();
+            a.begin(format!("{side} operation {} {} {on}", index + 1, op.kind()));
+        }
+    }
+
     fn coll(&self, name: &str) -> mongodb::Collection<Document> {
         self.db.collection(name)
     }
@@ -490,6 +506,7 @@ impl Exec<'_> {
                     batch.push(wrap(d));
                     if batch.len() >= BATCH {
                         n += batch.len() as u64;
+                        self.tick_backed_up(batch.len());
                         backup
                             .insert_many(std::mem::take(&mut batch))
                             .session(&mut **s)
@@ -503,6 +520,7 @@ impl Exec<'_> {
                     batch.push(wrap(d));
                     if batch.len() >= BATCH {
                         n += batch.len() as u64;
+                        self.tick_backed_up(batch.len());
                         backup.insert_many(std::mem::take(&mut batch)).await?;
                     }
                 }
@@ -510,6 +528,7 @@ impl Exec<'_> {
         }
         if !batch.is_empty() {
             n += batch.len() as u64;
+            self.tick_backed_up(batch.len());
             with_session!(sess, backup.insert_many(batch))?;
         }
         Ok(n)
@@ -531,7 +550,11 @@ impl Exec<'_> {
             .find(filter)
             .sort(doc! { "_id": 1 })
             .limit(BATCH as i64);
-        Ok(collect_all!(sess, find))
+        let batch: Vec<Document> = collect_all!(sess, find);
+        if let Some(a) = self.activity {
+            a.done(batch.len() as u64);
+        }
+        Ok(batch)
     }
 
     /// Keeps, in the backup beside the documents of op `op` among `ids`, what each is now (its
@@ -702,6 +725,7 @@ impl Exec<'_> {
         index: usize,
         out: &mut OpOutcome,
     ) -> Result<(), OpError> {
+        self.begin("up", op, index);
         if let Some((collection, filter, update)) = rewrite_of(op) {
             out.backed_up = self
                 .back_up(sess, collection, filter.clone(), index)
@@ -1027,6 +1051,7 @@ impl Exec<'_> {
         partial: bool,
         drop_if_empty: &mut Vec<String>,
     ) -> Result<OpOutcome, OpError> {
+        self.begin("down", op, index);
         let mut done = OpOutcome::default();
         let rewritten = match op {
             Op::BulkUpdate { collection, .. } | Op::SanitizeStrings { collection, .. } => {

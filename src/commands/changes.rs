@@ -65,9 +65,12 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
         }
         ChangesCommand::Up(args) => {
             let (files, t, ledger) = open(cli, &args.target).await?;
+            let activity = std::sync::Arc::new(crate::monitor::Activity::default());
+            let spinner = crate::monitor::watch(activity.clone(), false);
             let target = ChangeTarget {
                 db: mongo_db(&t)?,
                 ledger: &ledger,
+                activity: Some(&activity),
             };
             let opts = UpOptions {
                 to: args.to,
@@ -75,7 +78,9 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 allow_out_of_order: args.allow_out_of_order,
                 continue_on_error: args.continue_on_error,
             };
-            let report = changes::up(&target, &files, &opts).await?;
+            let report = changes::up(&target, &files, &opts).await;
+            spinner.finish_and_clear();
+            let report = report?;
             if !args.json {
                 for r in &report.recovered {
                     crate::outln!("{:<8} {} {}: {}", r.status, r.version, r.name, r.note);
@@ -128,9 +133,12 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
         }
         ChangesCommand::Down(args) => {
             let (_files, t, ledger) = open(cli, &args.target).await?;
+            let activity = std::sync::Arc::new(crate::monitor::Activity::default());
+            let spinner = crate::monitor::watch(activity.clone(), false);
             let target = ChangeTarget {
                 db: mongo_db(&t)?,
                 ledger: &ledger,
+                activity: Some(&activity),
             };
             let which = match (args.version, args.steps, args.to) {
                 (Some(v), _, _) => DownTarget::Version(v),
@@ -138,7 +146,9 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 (None, Some(n), None) => DownTarget::Steps(n),
                 (None, None, None) => DownTarget::Steps(1),
             };
-            let done = changes::down(&target, which).await?;
+            let done = changes::down(&target, which).await;
+            spinner.finish_and_clear();
+            let done = done?;
             if done.is_empty() {
                 crate::outln!("nothing to reverse");
             }
@@ -174,6 +184,7 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             let target = ChangeTarget {
                 db: mongo_db(&t)?,
                 ledger: &ledger,
+                activity: None,
             };
             let entries =
                 changes::history(&target, args.limit, args.skip, args.status.as_deref()).await?;
@@ -224,6 +235,7 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             let target = ChangeTarget {
                 db: mongo_db(&t)?,
                 ledger: &ledger,
+                activity: None,
             };
             let states = changes::status(&target, &files).await?;
             let holder = ledger.lock_holder().await?;

@@ -91,6 +91,75 @@ impl Counts {
     }
 }
 
+/// What a long operation outside a run is doing (a versioned change's operation): a label and
+/// how many documents it has backed up and worked through. Bumped by the work, read by a
+/// spinner ([`watch`]) or anyone else (a server's status).
+#[derive(Debug, Default)]
+pub struct Activity {
+    what: std::sync::Mutex<String>,
+    backed_up: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Activity {
+    /// A new step: its label, its counts from zero.
+    pub fn begin(&self, what: String) {
+        *self.what.lock().unwrap_or_else(|p| p.into_inner()) = what;
+        self.backed_up.store(0, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+    }
+
+    pub fn backed_up(&self, n: u64) {
+        self.backed_up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// (label, documents backed up, documents worked through) of the current step.
+    pub fn snapshot(&self) -> (String, u64, u64) {
+        (
+            self.what.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            self.backed_up.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+        )
+    }
+
+    /// One line for a spinner: `add_field patients: 12,000 backed up, 8,000 done`.
+    pub fn line(&self) -> String {
+        let (what, backed, done) = self.snapshot();
+        if what.is_empty() {
+            return "starting".into();
+        }
+        format!("{what}: {backed} documents backed up, {done} done")
+    }
+}
+
+/// A spinner on stderr showing `activity` until the returned bar is finished (hidden when quiet
+/// or when stderr is not a terminal). Needs a tokio runtime.
+pub fn watch(activity: std::sync::Arc<Activity>, quiet: bool) -> ProgressBar {
+    let target = if quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr_with_hz(5)
+    };
+    let pb = ProgressBar::with_draw_target(None, target);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let shown = pb.clone();
+    tokio::spawn(async move {
+        while !shown.is_finished() {
+            shown.set_message(activity.line());
+            shown.tick();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    pb
+}
+
 /// Progress bars, one per running entity; hidden when stderr is not a terminal or when quiet.
 pub struct Progress {
     multi: MultiProgress,
