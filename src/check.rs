@@ -455,13 +455,15 @@ pub async fn check(
                         }
                         _ => None,
                     };
-                    let claimed = match (&row, claims.as_mut()) {
-                        (ExpectedRow::Document { mapped, .. }, Some(c)) => mapped
+                    // The user this row becomes (Appwrite users): it claims its email and
+                    // phone only when nothing else rejects the row (a rejected row never
+                    // reaches the project, so it takes nothing from a later row).
+                    let user = match (&row, claims.is_some()) {
+                        (ExpectedRow::Document { mapped, .. }, true) => mapped
                             .doc
                             .as_ref()
                             .and_then(|d| d.to_document().ok())
-                            .and_then(|d| c.claim(&d))
-                            .map(|why| (mapped.key.clone(), why)),
+                            .map(|d| (mapped.key.clone(), d)),
                         _ => None,
                     };
                     let rejected = scan_row(
@@ -472,6 +474,12 @@ pub async fn check(
                         table.as_ref(),
                         &children,
                     );
+                    let claimed = match (user, claims.as_mut()) {
+                        (Some((key, d)), Some(c)) if !rejected && file_problem.is_none() => {
+                            c.claim(&d).map(|why| (key, why))
+                        }
+                        _ => None,
+                    };
                     let refused = claimed.is_some();
                     if let Some((key, (rule, message))) = claimed {
                         let f = tally
@@ -564,8 +572,36 @@ pub async fn check(
 struct UserClaims {
     spec: crate::mapping::spec::AppwriteUsersSpec,
     entity: String,
-    emails: std::collections::HashMap<String, String>,
-    phones: std::collections::HashMap<String, String>,
+    /// Value → the user holding it, and user → the value it holds (a user that takes a new
+    /// email gives its old one up, as the run's update does).
+    emails: Held,
+    phones: Held,
+}
+
+#[derive(Default)]
+struct Held {
+    by_value: std::collections::HashMap<String, String>,
+    by_user: std::collections::HashMap<String, String>,
+}
+
+impl Held {
+    fn insert(&mut self, value: String, user: String) {
+        if let Some(old) = self.by_user.insert(user.clone(), value.clone())
+            && old != value
+            && self.by_value.get(&old) == Some(&user)
+        {
+            self.by_value.remove(&old);
+        }
+        self.by_value.insert(value, user);
+    }
+
+    /// The other user holding `value`, if any.
+    fn holder(&self, value: &str, user: &str) -> Option<String> {
+        self.by_value
+            .get(value)
+            .filter(|other| !value.is_empty() && *other != user)
+            .cloned()
+    }
 }
 
 impl UserClaims {
@@ -599,20 +635,8 @@ impl UserClaims {
     /// user has either.
     fn claim(&mut self, doc: &bson::Document) -> Option<(&'static str, String)> {
         let u = crate::sink::target::user_of(doc, &self.spec, &self.entity);
-        let taken = |held: &mut std::collections::HashMap<String, String>, value: String| {
-            if value.is_empty() {
-                return None;
-            }
-            match held.get(&value) {
-                Some(other) if *other != u.id => Some(other.clone()),
-                Some(_) => None,
-                None => {
-                    held.insert(value, u.id.clone());
-                    None
-                }
-            }
-        };
-        if let Some(other) = taken(&mut self.emails, u.email.to_ascii_lowercase()) {
+        let email = u.email.to_ascii_lowercase();
+        if let Some(other) = self.emails.holder(&email, &u.id) {
             return Some((
                 "user_email_already_exists",
                 format!(
@@ -622,7 +646,7 @@ impl UserClaims {
             ));
         }
         if let Some(phone) = &u.phone
-            && let Some(other) = taken(&mut self.phones, phone.clone())
+            && let Some(other) = self.phones.holder(phone, &u.id)
         {
             return Some((
                 "user_phone_already_exists",
@@ -630,6 +654,13 @@ impl UserClaims {
                     "another user ({other}) has the phone {phone}: Appwrite keeps one user per phone number"
                 ),
             ));
+        }
+        // Both free: the user takes them (and gives up what it held before).
+        if !email.is_empty() {
+            self.emails.insert(email, u.id.clone());
+        }
+        if let Some(phone) = u.phone.filter(|p| !p.is_empty()) {
+            self.phones.insert(phone, u.id);
         }
         None
     }

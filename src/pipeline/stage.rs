@@ -97,7 +97,10 @@ pub(super) async fn prepare_step(
     let mut taken = None;
     target.prepare(p).await?;
     let destination = target.destination(&p.collection);
-    let mut was_empty = target.is_empty(&p.collection).await?;
+    // Asked once: nothing writes the destination before the step's first batch (a backup only
+    // reads it), and for Appwrite users the answer pages through the project's users.
+    let empty_now = target.is_empty(&p.collection).await?;
+    let mut was_empty = empty_now;
     // The earlier step's record stands only for the same destination, and only while the
     // backup it names still exists; otherwise this step records the state it finds.
     let inherited = match resume {
@@ -126,7 +129,7 @@ pub(super) async fn prepare_step(
             taken = Some(b);
         }
     }
-    stage.mode = Some(if target.is_empty(&p.collection).await? {
+    stage.mode = Some(if empty_now {
         WriteMode::Insert
     } else {
         WriteMode::Upsert

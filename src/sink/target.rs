@@ -496,6 +496,18 @@ impl AppwriteTarget {
             .buffer_unordered(self.user_concurrency.max(1))
             .collect()
             .await;
+        // Users refused because another user of the batch held their email or phone at that
+        // moment (two users swapping emails, imported at once) are tried again, one at a time in
+        // the batch's order, as a one-by-one import would have met them.
+        let (mut results, conflicts): (Vec<_>, Vec<_>) = results
+            .into_iter()
+            .partition(|(_, r)| !matches!(r, Err(e) if e.status() == Some(409)));
+        let mut conflicts = conflicts;
+        conflicts.sort_by_key(|(i, _)| *i);
+        for (i, _) in conflicts {
+            let u = user_of(&docs[i], spec, entity);
+            results.push((i, upsert_user(&self.client, &u).await));
+        }
         let mut failed = Vec::new();
         for (i, r) in results {
             match r {

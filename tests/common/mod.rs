@@ -103,6 +103,17 @@ impl World {
         let _ = c.close().await;
     }
 
+    /// The first column of every row of `sql`, as text (PostgreSQL's own rendering).
+    pub async fn query_strings(&self, sql: &str) -> Vec<String> {
+        let mut c = PgConnection::connect(&self.pg_url).await.unwrap();
+        let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.to_string()))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        let _ = c.close().await;
+        rows
+    }
+
     pub async fn pg_count(&self, table: &str) -> u64 {
         let mut c = PgConnection::connect(&self.pg_url).await.unwrap();
         let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
