@@ -292,12 +292,6 @@ pub async fn check(
                 });
             }
         }
-        if plan.file.is_some() && targets.iter().any(|t| matches!(t, Target::Appwrite(_))) {
-            report.blocking.push(format!(
-                "{}: files into Appwrite Storage are not built yet (the files stage writes MongoDB GridFS only)",
-                plan.entity
-            ));
-        }
         if plan.file.is_some() && files_root.is_none() {
             report.blocking.push(format!(
                 "{}: its mapping reads files ([file]): give their root with --files-root, CUTOVER_FILES_ROOT or [files] root in cutover.toml",

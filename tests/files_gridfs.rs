@@ -474,37 +474,68 @@ async fn kill_9_during_a_large_upload_then_migrate_leaves_every_file_once() {
     w.drop().await;
 }
 
-/// Appwrite Storage is not built yet: a files stage into Appwrite fails at once with a clear
-/// error (also as a dry run), never skipped silently, and writes nothing.
+/// The whole registry, its files stage included, into Appwrite (the stand-in): the documents'
+/// files go into the Storage bucket `documents` (once each, the bytes on disk), their rows into
+/// the table of that name, and verify passes for them. A dry run writes no file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_files_stage_into_appwrite_is_refused_before_anything_is_written() {
-    let w = World::new("files_appwrite").await;
+async fn the_registry_with_its_files_stage_moves_into_appwrite() {
+    let w = World::new("files_appwrite_registry").await;
     w.load_registry_with_files(100);
     let s = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "files-key"));
     let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
         .unwrap();
-    for extra in [&[][..], &["--dry-run"][..]] {
+    let run = |extra: &[&str]| {
         let mut cmd = w.cutover();
         cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
             .env("APPWRITE_PROJECT", "cutover")
             .env("APPWRITE_API_KEY", "files-key")
             .env("APPWRITE_DATABASE", "registry")
-            .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
-            .arg(common::repo().join("pipelines/registry.toml"))
-            .args(extra);
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        let text = common::output_text(&out);
-        assert!(!out.status.success(), "{text}");
-        assert!(
-            text.contains("files into Appwrite Storage are not built yet"),
-            "{text}"
-        );
-        // Refused before the first stage: no table was created.
-        assert_eq!(s.row_count("registry", "vaccines"), 0, "{text}");
+            .args(extra)
+            .args(["--target", "appwrite", "--pipeline"])
+            .arg(common::repo().join("pipelines/registry.toml"));
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(&["migrate", "--quiet", "--dry-run"]).await;
+    assert!(out.status.code().is_some(), "{}", common::output_text(&out));
+    assert!(
+        s.file_ids("documents").is_empty(),
+        "a dry run uploads nothing"
+    );
+    let out = run(&["migrate", "--quiet"]).await;
+    let text = common::output_text(&out);
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{text}");
+    let report = w.latest_report();
+    let docs = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "documents")
+        .cloned()
+        .unwrap();
+    let written = docs["written"].as_u64().unwrap();
+    assert!(written > 0, "{docs}");
+    let ids = s.file_ids("documents");
+    assert_eq!(ids.len() as u64, written, "{docs}");
+    assert_eq!(s.row_count("registry", "documents") as u64, written);
+    // The oracle: each stored file's bytes against the file on disk the source row names.
+    let mut compared = 0;
+    for (id, (path, size, sha)) in source_files(&w).await {
+        let rid = cutover::sink::appwrite::rows::row_id(&uuid_id(&id));
+        let Ok(held) = s.file_content("documents", &rid) else {
+            continue; // a row the run rejected (its file missing or changed)
+        };
+        assert_eq!(held.len() as i64, size, "{path}");
+        assert_eq!(format!("{:x}", sha2::Sha256::digest(&held)), sha, "{path}");
+        compared += 1;
     }
+    assert_eq!(compared, written);
+    let out = run(&["verify", "documents"]).await;
+    assert!(out.status.success(), "{}", common::output_text(&out));
     w.drop().await;
 }
 

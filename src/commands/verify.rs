@@ -75,22 +75,32 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         // (appended to the main one after), so on two cores the passes overlap.
         if p.file.is_some() {
             // A file stage: its files against the rows (no document comparison applies).
-            let crate::sink::target::Target::Mongo(m) = &target else {
-                anyhow::bail!(
-                    "{}: files into Appwrite Storage are not built yet: nothing to verify",
-                    p.entity
-                );
+            let v = match &target {
+                crate::sink::target::Target::Mongo(m) => {
+                    crate::verify::files::verify_files(
+                        p,
+                        &mut session,
+                        m,
+                        &ctx,
+                        (files_root.as_deref(), args.full),
+                        &refused,
+                        &mut log,
+                    )
+                    .await?
+                }
+                crate::sink::target::Target::Appwrite(a) => {
+                    crate::verify::files::verify_storage(
+                        p,
+                        &mut session,
+                        a,
+                        &ctx,
+                        (files_root.as_deref(), args.full),
+                        &refused,
+                        &mut log,
+                    )
+                    .await?
+                }
             };
-            let v = crate::verify::files::verify_files(
-                p,
-                &mut session,
-                m,
-                &ctx,
-                (files_root.as_deref(), args.full),
-                &refused,
-                &mut log,
-            )
-            .await?;
             if !args.json {
                 print_verification(&v);
             }

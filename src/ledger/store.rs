@@ -305,6 +305,7 @@ impl Store {
     fn tables(to: &Destination) -> Result<&[String], StoreError> {
         match to {
             Destination::Tables { names } => Ok(names),
+            Destination::Storage { tables, .. } => Ok(tables),
             Destination::Collection { name } => Ok(std::slice::from_ref(name)),
             Destination::Users => Err(StoreError::Corrupt(
                 "Appwrite users cannot be copied (their hashes cannot be read back): no backup"
@@ -404,6 +405,14 @@ impl Store {
                 Ok(delete_imported_users(client, entity).await?)
             }
             Store::Appwrite { client, db, .. } => {
+                // A Storage bucket's files go first: a rollback cut short then finds rows
+                // without files (emptied on the next try), never files nothing names.
+                if let Destination::Storage { bucket, .. } = what {
+                    use crate::sink::appwrite::storage;
+                    for id in storage::file_ids(client, bucket).await? {
+                        storage::delete_file(client, bucket, &id).await?;
+                    }
+                }
                 let mut first = None;
                 for part in Self::tables(what)? {
                     let n = client.empty_table(db, part).await?;
@@ -432,6 +441,8 @@ impl Store {
             },
             Destination::Users => Destination::Users,
             Destination::Bucket { name } => Destination::Bucket { name: backup(name) },
+            // Not backed up (see `Destination::can_back_up`): named as itself.
+            Destination::Storage { .. } => of.clone(),
         }
     }
 

@@ -473,6 +473,15 @@ fn check_file(m: &Mapping, f: &spec::FileSpec) -> Result<(), MappingError> {
     if f.path_column.is_empty() {
         return Err(invalid(m, "file.path_column", "name a column".into()));
     }
+    if let Some(c) = &f.appwrite.compression
+        && !["none", "gzip", "zstd"].contains(&c.as_str())
+    {
+        return Err(invalid(
+            m,
+            "file.appwrite.compression",
+            format!("must be none, gzip or zstd, not `{}`", c.escape_debug()),
+        ));
+    }
     if !s.embeds.is_empty() {
         return Err(invalid(
             m,

@@ -63,6 +63,26 @@ pub struct FileSpec {
     /// Bytes per GridFS chunk.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: u32,
+    /// Appwrite Storage: the bucket's settings when cutover creates it (`[file.appwrite]`).
+    #[serde(default)]
+    pub appwrite: AppwriteBucketSpec,
+}
+
+/// An Appwrite Storage bucket's settings (unset: Appwrite's own defaults). Applied when the
+/// bucket is created; an existing bucket is left as it is.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppwriteBucketSpec {
+    /// Permission strings, e.g. `read("users")`.
+    pub permissions: Option<Vec<String>>,
+    pub file_security: Option<bool>,
+    /// Bytes; a bigger file is refused by the server (the row is rejected).
+    pub maximum_file_size: Option<u64>,
+    pub allowed_file_extensions: Option<Vec<String>>,
+    /// `none`, `gzip` or `zstd`.
+    pub compression: Option<String>,
+    pub encryption: Option<bool>,
+    pub antivirus: Option<bool>,
 }
 
 fn default_bucket() -> String {

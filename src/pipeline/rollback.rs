@@ -174,6 +174,11 @@ pub async fn plan(
                 )));
             }
             format!("restore {} from backup {b}{again}", s.destination)
+        } else if !s.destination.can_back_up() {
+            return Err(RunError::Refused(format!(
+                "{} (run {}) is not reversible: {} was not empty before it, and cannot be backed up; remove or migrate again what it wrote yourself",
+                s.entity, s.run_id, s.destination
+            )));
         } else {
             return Err(RunError::Refused(format!(
                 "{} (run {}) is not reversible: {} was not empty and no backup was taken",
@@ -295,6 +300,9 @@ pub async fn restore_step(
                 "the backup {name} of {collection} is gone; cannot restore"
             ))),
         },
+        None if !collection.can_back_up() => Err(RunError::Refused(format!(
+            "{collection} was not empty before the step, and cannot be backed up: cannot restore (remove what the step wrote yourself, or migrate again)"
+        ))),
         None => Err(RunError::Refused(format!(
             "{collection} was not empty and no backup was taken (--no-backup); cannot restore"
         ))),

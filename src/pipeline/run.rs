@@ -303,7 +303,7 @@ pub async fn migrate(
                 }
             };
             target
-                .register_files(&step.entity, f, &root)
+                .register_files(f, &root)
                 .map_err(|e| RunError::Refused(e.to_string()))?;
         }
         let users = mapping.is_some_and(|m| m.spec.appwrite.users.is_some());

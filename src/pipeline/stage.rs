@@ -121,7 +121,7 @@ pub(super) async fn prepare_step(
         was_empty = r.was_empty;
         backup = r.backup.clone();
     } else if !was_empty && !opts.no_backup {
-        if destination == Destination::Users {
+        if !destination.can_back_up() {
             tracing::warn!(entity = %p.entity, "{destination} cannot be backed up; rollback of this step will refuse");
         } else {
             let b = ledger.backup(&destination, run_id, &p.entity).await?;

@@ -165,10 +165,13 @@ struct Hashers {
 
 impl Hashers {
     fn new(algorithm: ChecksumAlgorithm) -> Hashers {
+        Hashers::with_md5(algorithm == ChecksumAlgorithm::Md5)
+    }
+    fn with_md5(md5: bool) -> Hashers {
         Hashers {
             len: 0,
             sha256: sha2::Sha256::new(),
-            md5: (algorithm == ChecksumAlgorithm::Md5).then(md5::Md5::new),
+            md5: md5.then(md5::Md5::new),
         }
     }
     fn update(&mut self, bytes: &[u8]) {
@@ -189,8 +192,13 @@ impl Hashers {
 
 /// Reads the file at `path` through, a buffer at a time.
 pub async fn digest_file(path: &Path, algorithm: ChecksumAlgorithm) -> std::io::Result<Digests> {
+    digest_file_md5(path, algorithm == ChecksumAlgorithm::Md5).await
+}
+
+/// [`digest_file`], with the md5 whenever `md5` (Appwrite's file signature is one).
+pub async fn digest_file_md5(path: &Path, md5: bool) -> std::io::Result<Digests> {
     let mut f = tokio::fs::File::open(path).await?;
-    let mut h = Hashers::new(algorithm);
+    let mut h = Hashers::with_md5(md5);
     let mut buf = vec![0u8; READ_BUFFER];
     loop {
         let n = f.read(&mut buf).await?;
@@ -243,6 +251,24 @@ pub async fn inspect(
     file: &FileRef,
     algorithm: ChecksumAlgorithm,
 ) -> Result<(PathBuf, Digests), (&'static str, String)> {
+    inspect_digests(root, file, algorithm, algorithm == ChecksumAlgorithm::Md5).await
+}
+
+/// [`inspect`], with the md5 of the file always (what Appwrite Storage's signature is).
+pub async fn inspect_with_md5(
+    root: &Path,
+    file: &FileRef,
+    algorithm: ChecksumAlgorithm,
+) -> Result<(PathBuf, Digests), (&'static str, String)> {
+    inspect_digests(root, file, algorithm, true).await
+}
+
+async fn inspect_digests(
+    root: &Path,
+    file: &FileRef,
+    algorithm: ChecksumAlgorithm,
+    md5: bool,
+) -> Result<(PathBuf, Digests), (&'static str, String)> {
     let Some(rel) = file.path.as_deref() else {
         return Err((
             RULE_MISSING,
@@ -264,7 +290,7 @@ pub async fn inspect(
             ),
         ));
     }
-    let found = digest_file(&path, algorithm).await.map_err(|e| {
+    let found = digest_file_md5(&path, md5).await.map_err(|e| {
         (
             RULE_MISSING,
             format!("{rel}: cannot read {}: {e}", path.display()),

@@ -55,6 +55,16 @@ pub enum Destination {
     /// A MongoDB GridFS bucket: `<name>.files` and `<name>.chunks`, backed up, restored and
     /// emptied together.
     Bucket { name: String },
+    /// An Appwrite Storage bucket and the table of its files' rows: emptied together; no
+    /// backup can copy a bucket's files (a rollback restores only what found it empty).
+    Storage { bucket: String, tables: Vec<String> },
+}
+
+impl Destination {
+    /// Whether the ledger can back it up (users and Storage buckets it cannot).
+    pub fn can_back_up(&self) -> bool {
+        !matches!(self, Destination::Users | Destination::Storage { .. })
+    }
 }
 
 impl Destination {
@@ -81,6 +91,10 @@ impl std::fmt::Display for Destination {
             Destination::Tables { names } => f.pad(&names.join("+")),
             Destination::Users => f.pad(USERS),
             Destination::Bucket { name } => f.pad(&format!("{name} (GridFS)")),
+            Destination::Storage { bucket, tables } => f.pad(&format!(
+                "{bucket} (Appwrite Storage) with {}",
+                tables.join("+")
+            )),
         }
     }
 }
@@ -127,6 +141,17 @@ pub struct AppwriteTarget {
     /// Users imported at once (each takes several requests).
     pub user_concurrency: usize,
     layouts: Arc<Mutex<HashMap<String, Layout>>>,
+    /// File stages' buckets (Appwrite Storage), by the stage's collection.
+    buckets: Arc<Mutex<HashMap<String, StorageSpec>>>,
+}
+
+/// Where a file stage's files go in Appwrite Storage and where they come from.
+#[derive(Debug, Clone)]
+pub struct StorageSpec {
+    pub bucket: String,
+    pub options: super::appwrite::storage::BucketOptions,
+    pub algorithm: crate::mapping::spec::ChecksumAlgorithm,
+    pub root: std::path::PathBuf,
 }
 
 impl AppwriteTarget {
@@ -137,7 +162,155 @@ impl AppwriteTarget {
             bulk_rows: bulk_rows.clamp(1, rows::MAX_BULK_ROWS),
             user_concurrency: 4,
             layouts: Default::default(),
+            buckets: Default::default(),
         }
+    }
+
+    /// The Storage bucket of a file stage writing `collection`, once registered.
+    pub fn storage(&self, collection: &str) -> Option<StorageSpec> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(collection)
+            .cloned()
+    }
+
+    /// Uploads the file of each document (`files[i]` is `docs[i]`'s) into the bucket, under the
+    /// row id of the document's `_id`, and writes the document as that row of `collection`'s
+    /// table. Rows whose file is missing, differs from what they record or escapes the root are
+    /// refused with their rule (as into GridFS); a file complete already (same length and md5)
+    /// is not sent again; anything else under its id (a partial upload, an older version) is
+    /// deleted first. A row the table refuses takes its file away again.
+    pub async fn write_files(
+        &self,
+        collection: &str,
+        spec: &StorageSpec,
+        docs: &[RawDocumentBuf],
+        files: &[super::gridfs::FileRef],
+    ) -> Result<BatchResult, SinkError> {
+        use super::appwrite::storage;
+        use super::gridfs::{RULE_MISSING, RULE_UPLOAD};
+        let refused = |index: usize, rule: &str, message: String| super::mongodb::DocError {
+            index,
+            code: 0,
+            code_name: rule.to_string(),
+            message,
+            transient: false,
+        };
+        let mut result = BatchResult::default();
+        // Rows to write (their index in `docs`) once their file is there.
+        let mut ready: Vec<(usize, String, bool, u64)> = Vec::new();
+        for (index, (raw, file)) in docs.iter().zip(files).enumerate() {
+            let doc = raw.to_document().map_err(|e| {
+                SinkError::Appwrite(AppwriteError::client(
+                    ClientKind::Setup,
+                    format!("a document to write is not BSON: {e}"),
+                ))
+            })?;
+            let id = rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
+            let (path, found) =
+                match super::gridfs::inspect_with_md5(&spec.root, file, spec.algorithm).await {
+                    Ok(checked) => checked,
+                    Err((rule, message)) => {
+                        result.errors.push(refused(index, rule, message));
+                        continue;
+                    }
+                };
+            let md5 = found.md5.clone().unwrap_or_default();
+            let rel = file.path.as_deref().unwrap_or_default();
+            let name = file.name.clone().unwrap_or_else(|| {
+                std::path::Path::new(rel)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_else(|| rel.to_string())
+            });
+            let existing = storage::file(&self.client, &spec.bucket, &id).await?;
+            if let Some(e) = &existing
+                && storage::complete(e, found.len, &md5)
+            {
+                ready.push((index, id, false, 0));
+                continue;
+            }
+            if existing.is_some() {
+                storage::delete_file(&self.client, &spec.bucket, &id).await?;
+            }
+            let record = match storage::upload(
+                &self.client,
+                &spec.bucket,
+                &id,
+                &name,
+                file.mime.as_deref(),
+                &path,
+                found.len,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(storage::UploadError::Disk(why)) => {
+                    let _ = storage::delete_file(&self.client, &spec.bucket, &id).await;
+                    result
+                        .errors
+                        .push(refused(index, RULE_MISSING, format!("{rel}: {why}")));
+                    continue;
+                }
+                Err(storage::UploadError::Server(e)) if e.is_refusal() => {
+                    let _ = storage::delete_file(&self.client, &spec.bucket, &id).await;
+                    result.errors.push(refused(
+                        index,
+                        RULE_UPLOAD,
+                        format!("{rel}: Appwrite Storage refused the file: {e}"),
+                    ));
+                    continue;
+                }
+                Err(storage::UploadError::Server(e)) => return Err(e.into()),
+            };
+            // The server's record must be the bytes checked: their length and md5.
+            if !storage::complete(&record, found.len, &md5) {
+                storage::delete_file(&self.client, &spec.bucket, &id).await?;
+                result.errors.push(refused(
+                    index,
+                    RULE_UPLOAD,
+                    format!(
+                        "{rel}: Appwrite Storage records {} bytes with md5 {} for the {} bytes with md5 {md5} sent; removed again",
+                        record["sizeOriginal"], record["signature"], found.len
+                    ),
+                ));
+                continue;
+            }
+            ready.push((index, id, true, found.len));
+        }
+        if ready.is_empty() {
+            return Ok(result);
+        }
+        let rows_docs: Vec<RawDocumentBuf> = ready.iter().map(|(i, ..)| docs[*i].clone()).collect();
+        let written = self
+            .write(collection, &rows_docs, WriteMode::Upsert)
+            .await?;
+        let mut row_refused: HashMap<usize, super::mongodb::DocError> = written
+            .errors
+            .into_iter()
+            .map(|mut e| {
+                let at = e.index;
+                e.index = ready[at].0;
+                (at, e)
+            })
+            .collect();
+        for (at, (_, id, uploaded, bytes)) in ready.into_iter().enumerate() {
+            if let Some(e) = row_refused.remove(&at) {
+                // Its row refused: its file goes too (nothing would name it).
+                storage::delete_file(&self.client, &spec.bucket, &id).await?;
+                result.errors.push(e);
+                continue;
+            }
+            result.written += 1;
+            if uploaded {
+                result.files.uploaded += 1;
+                result.files.uploaded_bytes += bytes;
+            } else {
+                result.files.unchanged += 1;
+            }
+        }
+        Ok(result)
     }
 
     fn layout(&self, collection: &str) -> Option<Layout> {
@@ -159,6 +332,14 @@ impl AppwriteTarget {
                 let children = schema::child_tables(plan);
                 for c in &children {
                     schema::apply(&self.client, &self.database, &c.table, COLUMN_TIMEOUT).await?;
+                }
+                if let Some(storage) = self.storage(&plan.collection) {
+                    super::appwrite::storage::ensure_bucket(
+                        &self.client,
+                        &storage.bucket,
+                        &storage.options,
+                    )
+                    .await?;
                 }
                 Layout::Table(spec, children)
             }
@@ -1008,11 +1189,10 @@ impl Target {
         }
     }
 
-    /// Gets the target ready for a file stage (a mapping's `[file]`), its files under `root`. Appwrite
-    /// Storage is not built yet: refused, never skipped.
+    /// Gets the target ready for a file stage (a mapping's `[file]`), its files under `root`:
+    /// a GridFS bucket (MongoDB) or a Storage bucket with its rows' table (Appwrite).
     pub fn register_files(
         &self,
-        entity: &str,
         f: &crate::mapping::spec::FileSpec,
         root: &std::path::Path,
     ) -> Result<(), SinkError> {
@@ -1026,15 +1206,36 @@ impl Target {
                 });
                 Ok(())
             }
-            Target::Appwrite(_) => Err(SinkError::Mongo(MongoError::Unfit(format!(
-                "{entity}: files into Appwrite Storage are not built yet (the files stage writes MongoDB GridFS only)"
-            )))),
+            Target::Appwrite(a) => {
+                let o = &f.appwrite;
+                a.buckets.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    f.bucket.clone(),
+                    StorageSpec {
+                        bucket: f.bucket.clone(),
+                        options: super::appwrite::storage::BucketOptions {
+                            permissions: o.permissions.clone(),
+                            file_security: o.file_security,
+                            maximum_file_size: o.maximum_file_size,
+                            allowed_file_extensions: o.allowed_file_extensions.clone(),
+                            compression: o.compression.clone(),
+                            encryption: o.encryption,
+                            antivirus: o.antivirus,
+                        },
+                        algorithm: f.checksum,
+                        root: root.to_path_buf(),
+                    },
+                );
+                Ok(())
+            }
         }
     }
 
-    /// Whether `collection` is a GridFS bucket of a file stage.
+    /// Whether `collection` is a file stage's bucket (GridFS, or Appwrite Storage).
     pub fn is_bucket(&self, collection: &str) -> bool {
-        matches!(self, Target::Mongo(m) if m.bucket(collection).is_some())
+        match self {
+            Target::Mongo(m) => m.bucket(collection).is_some(),
+            Target::Appwrite(a) => a.storage(collection).is_some(),
+        }
     }
 
     /// Why the run will refuse the file a row of `collection` (a file stage's bucket) names, as
@@ -1044,13 +1245,11 @@ impl Target {
         collection: &str,
         file: &super::gridfs::FileRef,
     ) -> Option<(&'static str, String)> {
-        let Target::Mongo(m) = self else {
-            return None;
+        let (root, algorithm) = match self {
+            Target::Mongo(m) => m.bucket(collection).map(|s| (s.root, s.algorithm))?,
+            Target::Appwrite(a) => a.storage(collection).map(|s| (s.root, s.algorithm))?,
         };
-        let spec = m.bucket(collection)?;
-        super::gridfs::inspect(&spec.root, file, spec.algorithm)
-            .await
-            .err()
+        super::gridfs::inspect(&root, file, algorithm).await.err()
     }
 
     /// Writes the files of a file stage's batch (`files[i]` belongs to `docs[i]`).
@@ -1070,10 +1269,16 @@ impl Target {
                 };
                 Ok(super::gridfs::write_files(m.database(), &spec, docs, files).await?)
             }
-            Target::Appwrite(_) => Err(MongoError::Unfit(
-                "files into Appwrite Storage are not built yet".into(),
-            )
-            .into()),
+            Target::Appwrite(a) => {
+                let Some(spec) = a.storage(collection) else {
+                    return Err(AppwriteError::client(
+                        ClientKind::Setup,
+                        format!("`{collection}` is not a bucket of this run"),
+                    )
+                    .into());
+                };
+                a.write_files(collection, &spec, docs, files).await
+            }
         }
     }
 
@@ -1085,7 +1290,13 @@ impl Target {
                 && m.is_empty(&super::gridfs::chunks_collection(collection))
                     .await?),
             Target::Mongo(m) => Ok(m.is_empty(collection).await?),
-            Target::Appwrite(a) => Ok(a.is_empty(collection).await?),
+            Target::Appwrite(a) => match a.storage(collection) {
+                Some(spec) => Ok(a.is_empty(collection).await?
+                    && super::appwrite::storage::file_ids(&a.client, &spec.bucket)
+                        .await?
+                        .is_empty()),
+                None => Ok(a.is_empty(collection).await?),
+            },
         }
     }
 
@@ -1183,6 +1394,12 @@ impl Target {
             }
             Target::Appwrite(a) => {
                 let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
+                // A file stage: the files go with their rows.
+                if let Some(spec) = a.storage(collection) {
+                    for id in &rows {
+                        super::appwrite::storage::delete_file(&a.client, &spec.bucket, id).await?;
+                    }
+                }
                 Ok(a.delete_records(collection, &rows).await?)
             }
         }
@@ -1193,6 +1410,10 @@ impl Target {
     pub fn destination(&self, collection: &str) -> Destination {
         match self {
             Target::Appwrite(a) if a.is_users(collection) => Destination::Users,
+            Target::Appwrite(a) if a.storage(collection).is_some() => Destination::Storage {
+                bucket: a.storage(collection).map(|s| s.bucket).unwrap_or_default(),
+                tables: a.tables_of(collection),
+            },
             Target::Appwrite(a) => Destination::Tables {
                 names: a.tables_of(collection),
             },

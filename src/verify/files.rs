@@ -249,3 +249,192 @@ pub async fn verify_files(
         independent_mismatches: 0,
     })
 }
+
+/// Verifies the file stage of `plan` against its Appwrite Storage bucket: every source row's
+/// file present under the row id of its `_id`, its `sizeOriginal` the size the row records and
+/// the file on disk has, its `signature` (md5) the disk's md5 (and the row's, when it records
+/// md5), its row present in the stage's table; files under no expected id named as unexpected.
+/// `--full` also downloads every file and hashes the bytes (sha256 against the file on disk or
+/// the row's sha256).
+pub async fn verify_storage(
+    plan: &Plan,
+    session: &mut SourceSession,
+    target: &crate::sink::target::AppwriteTarget,
+    ctx: &MapContext,
+    (root, full): (Option<&Path>, bool),
+    refused: &super::write_rejects::WriteRejects,
+    log: &mut ProblemLog,
+) -> Result<EntityVerification, RunError> {
+    use crate::sink::appwrite::storage;
+    let Some(file) = &plan.file else {
+        return Err(RunError::Refused(format!(
+            "{}: not a file mapping",
+            plan.entity
+        )));
+    };
+    let aerr = |e: crate::sink::appwrite::AppwriteError| {
+        RunError::Sink(crate::sink::target::SinkError::Appwrite(e))
+    };
+    let client = &target.client;
+    let bucket = &file.bucket;
+    let source_rows = session.count(&plan.relation).await?;
+    let mut found: Problems<'_, Different> = Problems::new(&plan.entity, log).excusing(refused);
+    let mut expected_ids: HashSet<String> = HashSet::new();
+    let (mut rejected_by_mapping, mut expected, mut compared) = (0u64, 0u64, 0u64);
+    {
+        let mut readers = Readers::open(session, plan).await?;
+        let mut rows = ExpectedRows::new(&mut readers, plan, None);
+        while let Some(item) = rows.next(ctx).await? {
+            let (row, mapped) = match item {
+                ExpectedRow::Orphan(_) => continue,
+                ExpectedRow::Rejected { .. } => {
+                    rejected_by_mapping += 1;
+                    continue;
+                }
+                ExpectedRow::Document { row, mapped, .. } => (row, mapped),
+            };
+            expected += 1;
+            let doc = mapped
+                .doc
+                .as_ref()
+                .and_then(|d| d.to_document().ok())
+                .ok_or_else(|| {
+                    RunError::Refused(format!("{}: a row without its document", plan.entity))
+                })?;
+            let id = crate::sink::appwrite::rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
+            expected_ids.insert(id.clone());
+            let Some(stored) = storage::file(client, bucket, &id).await.map_err(aerr)? else {
+                found.missing(mapped.key.clone())?;
+                continue;
+            };
+            compared += 1;
+            let f = FileRef::of_row(file, &row);
+            let mut fields = Vec::new();
+            let size = stored["sizeOriginal"].as_u64();
+            let signature = stored["signature"].as_str().unwrap_or_default().to_string();
+            if let Some(want) = f.size
+                && u64::try_from(want).ok() != size
+            {
+                fields.push(format!(
+                    "sizeOriginal (the row records {want}, Appwrite holds {})",
+                    size.map_or("none".to_string(), |l| l.to_string())
+                ));
+            }
+            if stored["chunksUploaded"].as_u64() != stored["chunksTotal"].as_u64() {
+                fields.push(format!(
+                    "chunks ({} of {} uploaded)",
+                    stored["chunksUploaded"], stored["chunksTotal"]
+                ));
+            }
+            if file.algorithm == crate::mapping::spec::ChecksumAlgorithm::Md5
+                && let Some(want) = &f.checksum
+                && !want.trim().eq_ignore_ascii_case(&signature)
+            {
+                fields.push(format!(
+                    "signature (the row records md5 {}, Appwrite holds {signature})",
+                    want.trim()
+                ));
+            }
+            let mut disk_sha = None;
+            if let (Some(root), Some(rel)) = (root, f.path.as_deref()) {
+                match gridfs::resolve(root, rel) {
+                    Ok(path) => match gridfs::digest_file_md5(&path, true).await {
+                        Ok(d) => {
+                            if d.md5.as_deref() != Some(signature.as_str()) || Some(d.len) != size {
+                                fields.push(format!(
+                                    "bytes (the file on disk {rel} has {} bytes with md5 {}, Appwrite records {} with {signature})",
+                                    d.len,
+                                    d.md5.unwrap_or_default(),
+                                    size.map_or("none".to_string(), |l| l.to_string())
+                                ));
+                            }
+                            disk_sha = Some(d.sha256);
+                        }
+                        Err(e) => fields.push(format!("the file on disk {rel}: {e}")),
+                    },
+                    Err(why) => fields.push(why),
+                }
+            }
+            if full {
+                let (len, sha, md5) = storage::download_digests(client, bucket, &id)
+                    .await
+                    .map_err(aerr)?;
+                let want_sha = disk_sha.or_else(|| {
+                    (file.algorithm == crate::mapping::spec::ChecksumAlgorithm::Sha256)
+                        .then(|| f.checksum.clone().map(|c| c.trim().to_ascii_lowercase()))
+                        .flatten()
+                });
+                if Some(len) != size || md5 != signature || want_sha.is_some_and(|w| w != sha) {
+                    fields.push(format!(
+                        "bytes (Appwrite serves {len} bytes with sha256 {sha} and md5 {md5})"
+                    ));
+                }
+            }
+            // The row of the file's fields, in the stage's table.
+            let row_path = format!(
+                "/tablesdb/{}/tables/{}/rows/{id}",
+                target.database, plan.collection
+            );
+            match client.call(reqwest::Method::GET, &row_path, None).await {
+                Ok(_) => {}
+                Err(e) if e.is_missing() => fields.push(format!(
+                    "its row (none in table {} under {id})",
+                    plan.collection
+                )),
+                Err(e) => return Err(aerr(e)),
+            }
+            if !fields.is_empty() {
+                found.different(
+                    &mapped.key,
+                    &id,
+                    Different {
+                        key: mapped.key.clone(),
+                        id: id.clone(),
+                        fields,
+                    },
+                )?;
+            }
+        }
+    }
+    let present = storage::file_ids(client, bucket).await.map_err(aerr)?;
+    let target_count = present.len() as u64;
+    for id in present {
+        if !expected_ids.contains(&id) {
+            found.unexpected(id)?;
+        }
+    }
+    let Problems {
+        missing,
+        unexpected,
+        different,
+        refused,
+        ..
+    } = found;
+    let counts_agree = expected.saturating_sub(refused.count) == target_count;
+    let ok = counts_agree && missing.count == 0 && unexpected.count == 0 && different.count == 0;
+    Ok(EntityVerification {
+        entity: plan.entity.clone(),
+        collection: format!("{bucket} (Appwrite Storage)"),
+        mode: if full { "full (downloaded)" } else { "full" }.to_string(),
+        source_rows,
+        rejected_by_mapping,
+        rejected_by_target: refused.count,
+        rejected_by_target_keys: refused.first,
+        expected,
+        target: target_count,
+        not_imported: 0,
+        blocked_kept: 0,
+        compared,
+        missing_count: missing.count,
+        missing: missing.first,
+        unexpected_count: unexpected.count,
+        unexpected: unexpected.first,
+        different_count: different.count,
+        different: different.first,
+        broken_references: Vec::new(),
+        embedded: Vec::new(),
+        counts_agree,
+        ok,
+        independent_mismatches: 0,
+    })
+}

@@ -269,8 +269,8 @@ fn read_csvs(dir: &Path, warnings: bool) -> Vec<(String, String, String, String)
     out
 }
 
-/// The registry pipeline without its `files` stage, for Appwrite targets: files into Appwrite
-/// Storage are not built yet, and `migrate` refuses a files stage there (never skips it).
+/// The registry pipeline without its `files` stage, for Appwrite tests that need no files (the
+/// files stage into Appwrite Storage has its own tests).
 pub fn registry_without_files() -> PathBuf {
     static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {

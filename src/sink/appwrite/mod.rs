@@ -8,6 +8,7 @@
 pub mod error;
 pub mod rows;
 pub mod schema;
+pub mod storage;
 pub mod tables;
 pub mod users;
 
@@ -139,18 +140,30 @@ impl AppwriteClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, AppwriteError> {
+        self.once_with(method, path, |req| match body {
+            Some(b) => req.json(b),
+            None => req,
+        })
+        .await
+    }
+
+    /// One request whose body (and extra headers) `build` adds.
+    async fn once_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Value, AppwriteError> {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
         }
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut req = self
+        let req = self
             .http
             .request(method, format!("{}{}", self.endpoint, path))
             .header("X-Appwrite-Project", &self.project)
             .header("X-Appwrite-Key", self.key_header());
-        if let Some(b) = body {
-            req = req.json(b);
-        }
+        let req = build(req);
         let resp = req.send().await.map_err(|e| AppwriteError::Transport {
             message: crate::redact::redact_text(&with_causes(&e)),
         })?;
@@ -225,6 +238,62 @@ impl AppwriteClient {
             |_| self.once(method.clone(), path, body),
         )
         .await
+    }
+
+    /// One API call with retries whose body `build` adds (built again for each attempt: a
+    /// multipart upload's form cannot be sent twice).
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Value, AppwriteError> {
+        retry(
+            self.policy,
+            tokio::time::sleep,
+            |attempt, err: &AppwriteError| {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(attempt, error = %err, "retrying an Appwrite request");
+            },
+            |_| self.once_with(method.clone(), path, &build),
+        )
+        .await
+    }
+
+    /// Streams the body of a GET (a file's bytes) into `each`, a network chunk at a time.
+    pub async fn download(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), AppwriteError> {
+        if let Some(l) = &self.limiter {
+            l.until_ready().await;
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let transport = |e: reqwest::Error| AppwriteError::Transport {
+            message: crate::redact::redact_text(&with_causes(&e)),
+        };
+        let mut resp = self
+            .http
+            .get(format!("{}{}", self.endpoint, path))
+            .header("X-Appwrite-Project", &self.project)
+            .header("X-Appwrite-Key", self.key_header())
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(AppwriteError::http(
+                status,
+                value["type"].as_str().unwrap_or("unknown"),
+                value["message"].as_str().unwrap_or(""),
+            ));
+        }
+        while let Some(bytes) = resp.chunk().await.map_err(transport)? {
+            each(&bytes);
+        }
+        Ok(())
     }
 
     /// Creates the database unless it exists.

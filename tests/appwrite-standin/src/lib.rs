@@ -350,8 +350,14 @@ pub fn router(s: Shared) -> Router {
         )
         .route("/v1/storage/buckets", post(create_bucket))
         .route("/v1/storage/buckets/{bucket}", get(get_bucket))
-        .route("/v1/storage/buckets/{bucket}/files", post(upload_file))
-        .route("/v1/storage/buckets/{bucket}/files/{file}", get(get_file))
+        .route(
+            "/v1/storage/buckets/{bucket}/files",
+            post(upload_file).get(list_files),
+        )
+        .route(
+            "/v1/storage/buckets/{bucket}/files/{file}",
+            get(get_file).delete(delete_file),
+        )
         .route(
             "/v1/storage/buckets/{bucket}/files/{file}/download",
             get(download_file),
@@ -1116,6 +1122,22 @@ async fn get_file(
     Path((bucket, file)): Path<(String, String)>,
 ) -> ApiResult {
     ok(200, s.get_file(&bucket, &file)?)
+}
+
+async fn list_files(
+    State(s): State<Shared>,
+    Path(bucket): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    ok(200, s.list_files(&bucket, list_query(raw)?)?)
+}
+
+async fn delete_file(
+    State(s): State<Shared>,
+    Path((bucket, file)): Path<(String, String)>,
+) -> ApiResult {
+    s.delete_file(&bucket, &file)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn download_file(

@@ -1325,6 +1325,51 @@ impl StandIn {
             })
     }
 
+    /// `GET /storage/buckets/{bucket}/files`: the files as the spec lists them (`files`, `total`).
+    pub fn list_files(&self, bucket: &str, list: impl Into<ListQuery>) -> Result<Value, ApiError> {
+        let list = list.into();
+        let data = self.lock();
+        let b = data.buckets.get(bucket).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "storage_bucket_not_found",
+                "Storage bucket with the requested ID could not be found.",
+            )
+        })?;
+        let files: BTreeMap<String, Value> = b
+            .files
+            .iter()
+            .map(|(id, f)| (id.clone(), f.json(bucket, id)))
+            .collect();
+        let (files, total) = filter(&files, &list.queries, list.total).unwrap_or_default();
+        Ok(json!({ "total": total, "files": files }))
+    }
+
+    /// `DELETE /storage/buckets/{bucket}/files/{file}` (a partial upload too).
+    pub fn delete_file(&self, bucket: &str, file: &str) -> Result<(), ApiError> {
+        let mut data = self.lock();
+        data.buckets
+            .get_mut(bucket)
+            .and_then(|b| b.files.remove(file))
+            .map(|_| ())
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "storage_file_not_found",
+                    "The requested file could not be found.",
+                )
+            })
+    }
+
+    /// The bucket's file ids (for tests).
+    pub fn file_ids(&self, bucket: &str) -> Vec<String> {
+        self.lock()
+            .buckets
+            .get(bucket)
+            .map(|b| b.files.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn file_content(&self, bucket: &str, file: &str) -> Result<Vec<u8>, ApiError> {
         let data = self.lock();
         data.buckets

@@ -1,0 +1,273 @@
+//! Appwrite Storage: buckets and files. A file up to 5 MiB goes in one multipart request; a
+//! bigger one in chunks of exactly 5 MiB (the last shorter), each with `Content-Range` and the
+//! file's id in `x-appwrite-id` — read from disk one chunk at a time, so memory stays at one
+//! chunk whatever the file's size. The server's record of a file (`sizeOriginal`, `signature` —
+//! the md5 of its bytes —, `chunksUploaded` of `chunksTotal`) says whether it is complete.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+use super::error::AppwriteError;
+use super::{AppwriteClient, tables::query_string};
+
+/// Appwrite's chunk size: every chunk of a chunked upload but the last is exactly this long.
+pub const CHUNK: u64 = 5 * 1024 * 1024;
+
+/// A bucket as a mapping's `[file.appwrite]` asks for it (unset: Appwrite's default).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BucketOptions {
+    pub permissions: Option<Vec<String>>,
+    pub file_security: Option<bool>,
+    pub maximum_file_size: Option<u64>,
+    pub allowed_file_extensions: Option<Vec<String>>,
+    pub compression: Option<String>,
+    pub encryption: Option<bool>,
+    pub antivirus: Option<bool>,
+}
+
+/// Creates the bucket unless it exists.
+pub async fn ensure_bucket(
+    client: &AppwriteClient,
+    id: &str,
+    options: &BucketOptions,
+) -> Result<(), AppwriteError> {
+    match client
+        .call(
+            reqwest::Method::GET,
+            &format!("/storage/buckets/{id}"),
+            None,
+        )
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.is_missing() => {}
+        Err(e) => return Err(e),
+    }
+    let mut body = json!({ "bucketId": id, "name": id });
+    let o = options;
+    if let Some(p) = &o.permissions {
+        body["permissions"] = json!(p);
+    }
+    if let Some(v) = o.file_security {
+        body["fileSecurity"] = json!(v);
+    }
+    if let Some(v) = o.maximum_file_size {
+        body["maximumFileSize"] = json!(v);
+    }
+    if let Some(v) = &o.allowed_file_extensions {
+        body["allowedFileExtensions"] = json!(v);
+    }
+    if let Some(v) = &o.compression {
+        body["compression"] = json!(v);
+    }
+    if let Some(v) = o.encryption {
+        body["encryption"] = json!(v);
+    }
+    if let Some(v) = o.antivirus {
+        body["antivirus"] = json!(v);
+    }
+    match client
+        .call(reqwest::Method::POST, "/storage/buckets", Some(&body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Created meanwhile (another process): there now.
+        Err(e) if e.status() == Some(409) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The server's record of a file, if there is one.
+pub async fn file(
+    client: &AppwriteClient,
+    bucket: &str,
+    id: &str,
+) -> Result<Option<Value>, AppwriteError> {
+    match client
+        .call(
+            reqwest::Method::GET,
+            &format!("/storage/buckets/{bucket}/files/{id}"),
+            None,
+        )
+        .await
+    {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_missing() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes a file (complete or partial); whether it was there.
+pub async fn delete_file(
+    client: &AppwriteClient,
+    bucket: &str,
+    id: &str,
+) -> Result<bool, AppwriteError> {
+    match client
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/storage/buckets/{bucket}/files/{id}"),
+            None,
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_missing() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every file id of the bucket (none when the bucket does not exist), a page at a time.
+pub async fn file_ids(client: &AppwriteClient, bucket: &str) -> Result<Vec<String>, AppwriteError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = vec![json!({ "method": "limit", "values": [1000] })];
+        if let Some(a) = &after {
+            q.push(json!({ "method": "cursorAfter", "values": [a] }));
+        }
+        let page = match client
+            .call(
+                reqwest::Method::GET,
+                &format!("/storage/buckets/{bucket}/files?{}", query_string(&q)),
+                None,
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_missing() => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let ids: Vec<String> = page["files"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f["$id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(last) = ids.last().cloned() else {
+            return Ok(out);
+        };
+        let full = ids.len() >= 1000;
+        out.extend(ids);
+        if !full {
+            return Ok(out);
+        }
+        after = Some(last);
+    }
+}
+
+/// Whether the server's record says the file is complete, `len` bytes with md5 `md5`.
+pub fn complete(record: &Value, len: u64, md5: &str) -> bool {
+    record["sizeOriginal"].as_u64() == Some(len)
+        && record["signature"].as_str() == Some(md5)
+        && record["chunksUploaded"].as_u64() == record["chunksTotal"].as_u64()
+}
+
+/// Why an upload stopped.
+#[derive(Debug)]
+pub enum UploadError {
+    /// Reading the file failed (or it changed length meanwhile).
+    Disk(String),
+    /// The server refused or failed.
+    Server(AppwriteError),
+}
+
+/// Uploads the `len` bytes of the file at `path` as file `id` of `bucket`, named `name`; returns
+/// the server's record of the finished file.
+pub async fn upload(
+    client: &AppwriteClient,
+    bucket: &str,
+    id: &str,
+    name: &str,
+    mime: Option<&str>,
+    path: &Path,
+    len: u64,
+) -> Result<Value, UploadError> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| UploadError::Disk(e.to_string()))?;
+    let route = format!("/storage/buckets/{bucket}/files");
+    let mime = mime.unwrap_or("application/octet-stream").to_string();
+    let mut start = 0u64;
+    let last = loop {
+        let want = (len - start).min(CHUNK) as usize;
+        let mut buf = vec![0u8; want];
+        f.read_exact(&mut buf).await.map_err(|e| {
+            UploadError::Disk(format!(
+                "reading bytes {start}.. of {}: {e}",
+                path.display()
+            ))
+        })?;
+        let chunked = len > CHUNK;
+        let end = start + want as u64;
+        let range = format!("bytes {start}-{}/{len}", end.saturating_sub(1));
+        let build = |req: reqwest::RequestBuilder| {
+            let part = reqwest::multipart::Part::bytes(buf.clone())
+                .file_name(name.to_string())
+                .mime_str(&mime)
+                .unwrap_or_else(|_| reqwest::multipart::Part::bytes(buf.clone()));
+            let form = reqwest::multipart::Form::new()
+                .text("fileId", id.to_string())
+                .part("file", part);
+            let req = req.multipart(form);
+            if chunked {
+                req.header("content-range", range.clone())
+                    .header("x-appwrite-id", id.to_string())
+            } else {
+                req
+            }
+        };
+        let reply = client
+            .call_with(reqwest::Method::POST, &route, build)
+            .await
+            .map_err(UploadError::Server)?;
+        start = end;
+        if start >= len {
+            break reply;
+        }
+    };
+    // The file must end where its length said: one more byte means it grew meanwhile.
+    let mut probe = [0u8; 1];
+    if f.read(&mut probe)
+        .await
+        .map_err(|e| UploadError::Disk(e.to_string()))?
+        != 0
+    {
+        return Err(UploadError::Disk(format!(
+            "{} grew while it was uploaded",
+            path.display()
+        )));
+    }
+    Ok(last)
+}
+
+/// Streams file `id` of `bucket` down and hashes it: (length, sha256 hex, md5 hex).
+pub async fn download_digests(
+    client: &AppwriteClient,
+    bucket: &str,
+    id: &str,
+) -> Result<(u64, String, String), AppwriteError> {
+    use md5::Digest as _;
+    let mut sha = sha2::Sha256::new();
+    let mut md5 = md5::Md5::new();
+    let mut len = 0u64;
+    client
+        .download(
+            &format!("/storage/buckets/{bucket}/files/{id}/download"),
+            |bytes| {
+                len += bytes.len() as u64;
+                sha.update(bytes);
+                md5.update(bytes);
+            },
+        )
+        .await?;
+    Ok((
+        len,
+        crate::sink::gridfs::hex(&sha.finalize()),
+        crate::sink::gridfs::hex(&md5.finalize()),
+    ))
+}

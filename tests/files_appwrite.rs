@@ -1,0 +1,292 @@
+//! The files stage into Appwrite Storage (the stand-in, held to the spec's chunked-upload
+//! rules: chunks of exactly 5 MiB with `Content-Range` and `x-appwrite-id`): the sizes around
+//! the chunk boundary (empty, small, exactly 5 MiB, 5 MiB + 1, 11 MiB), each file once and
+//! byte-identical (the oracle: sha256 of the bytes on disk, computed here, against the bytes the
+//! stand-in holds); a missing file, a changed one and a path out of the root rejected with their
+//! rules; re-runs leave complete files alone and send a changed file again; verify finds a file
+//! taken away; a rollback of the step that found the bucket empty empties it again.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appwrite_standin::StandIn;
+use common::World;
+use serde_json::Value;
+use sha2::Digest;
+
+const KEY: &str = "files-appwrite-test-key";
+
+struct Aw {
+    s: Arc<StandIn>,
+    endpoint: String,
+}
+
+async fn standin() -> Aw {
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = Duration::from_millis(5);
+    let s = Arc::new(s);
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    Aw {
+        s,
+        endpoint: format!("http://{addr}/v1"),
+    }
+}
+
+async fn cutover(w: &World, root: &Path, aw: &Aw, args: &[&str]) -> std::process::Output {
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", "registry")
+        .env("CUTOVER_FILES_ROOT", root)
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+const MIB: usize = 5 * 1024 * 1024;
+
+/// (id, relative path, bytes) of the files the rows name and the disk holds.
+fn contents() -> Vec<(i32, &'static str, Vec<u8>)> {
+    let pattern = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    };
+    vec![
+        (1, "a/empty.bin", Vec::new()),
+        (2, "a/small.txt", b"hello".to_vec()),
+        (3, "b/exactly-5mib.bin", pattern(MIB, 1)),
+        (4, "b/5mib-plus-1.bin", pattern(MIB + 1, 2)),
+        (5, "b/eleven.bin", pattern(11 * 1024 * 1024, 3)),
+    ]
+}
+
+fn mapping(dir: &Path) -> String {
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/docs.toml"),
+        r#"version = 1
+name = "docs"
+[source]
+table = "docs"
+key = ["id"]
+[file]
+path_column = "path"
+name_column = "name"
+size_column = "size"
+checksum_column = "sha"
+mime_column = "mime"
+bucket = "docs"
+[file.appwrite]
+maximum_file_size = 30000000
+compression = "none"
+[[field]]
+path = "name"
+column = "name"
+[[field]]
+path = "size"
+column = "size"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"files\"\nentities = [\"docs\"]\n",
+    )
+    .unwrap();
+    dir.join("p.toml").display().to_string()
+}
+
+fn report_entity(w: &World) -> Value {
+    let r = w.latest_report();
+    r["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "docs")
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_around_the_chunk_size_go_into_appwrite_storage_once_and_byte_identical() {
+    let w = World::new("files_appwrite").await;
+    let root = w.dir.path().join("files");
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);\n",
+    );
+    for (id, rel, bytes) in contents() {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{}', {}, '{}', 'application/octet-stream');\n",
+            Path::new(rel).file_name().unwrap().to_string_lossy(),
+            bytes.len(),
+            sha(&bytes)
+        ));
+    }
+    // Refused: a file not on disk, one whose checksum differs, a path out of the root.
+    std::fs::write(root.join("changed.txt"), b"not what the row says").unwrap();
+    sql.push_str(&format!(
+        "INSERT INTO docs VALUES (6, 'gone.txt', 'gone.txt', 3, '{}', 'text/plain');
+         INSERT INTO docs VALUES (7, 'changed.txt', 'changed.txt', NULL, '{}', 'text/plain');
+         INSERT INTO docs VALUES (8, '../outside.txt', 'outside.txt', NULL, NULL, 'text/plain');",
+        sha(b"abc"),
+        sha(b"the row's version")
+    ));
+    w.sql(&sql).await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+
+    let out = cutover(&w, &root, &aw, &["check", "--pipeline", &pipeline]).await;
+    let said = text(&out);
+    for rule in ["file_missing", "file_checksum", "file_path"] {
+        assert!(said.contains(rule), "check names {rule}: {said}");
+    }
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = report_entity(&w);
+    assert_eq!(
+        (
+            e["read"].as_u64(),
+            e["written"].as_u64(),
+            e["rejected"].as_u64()
+        ),
+        (Some(8), Some(5), Some(3)),
+        "{e}"
+    );
+    let mut rules: Vec<String> = w
+        .rejects(w.latest_report()["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| r.3)
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["file_checksum", "file_missing", "file_path"]);
+
+    // Each file once, the bytes the disk holds; the big ones in 5 MiB chunks.
+    let ids = aw.s.file_ids("docs");
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    for (id, rel, bytes) in contents() {
+        let fid = id.to_string();
+        assert!(ids.contains(&fid), "{rel} as {fid}: {ids:?}");
+        let held = aw.s.file_content("docs", &fid).unwrap();
+        assert_eq!(
+            (held.len(), sha(&held)),
+            (bytes.len(), sha(&bytes)),
+            "{rel}"
+        );
+        let record = aw.s.get_file("docs", &fid).unwrap();
+        let chunks = bytes.len().div_ceil(MIB).max(1) as u64;
+        assert_eq!(
+            record["chunksTotal"].as_u64(),
+            Some(chunks),
+            "{rel}: {record}"
+        );
+        assert_eq!(
+            record["name"].as_str(),
+            Path::new(rel).file_name().unwrap().to_str()
+        );
+    }
+    // Their rows, in the stage's table.
+    assert_eq!(aw.s.row_count("registry", "docs"), 5);
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["verify", "--full", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The run found the bucket empty: rolling it back empties bucket and table again.
+    let out = cutover(&w, &root, &aw, &["rollback", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        aw.s.file_ids("docs").is_empty(),
+        "{:?}",
+        aw.s.file_ids("docs")
+    );
+    assert_eq!(aw.s.row_count("registry", "docs"), 0);
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(aw.s.file_ids("docs").len(), 5);
+
+    // A re-run sends nothing again; a changed file (and its row) goes again.
+    let before = aw.s.get_file("docs", "2").unwrap();
+    std::fs::write(root.join("a/small.txt"), b"hello, again").unwrap();
+    w.sql(&format!(
+        "UPDATE docs SET size = 12, sha = '{}' WHERE id = 2",
+        sha(b"hello, again")
+    ))
+    .await;
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--rerun", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = report_entity(&w);
+    assert_eq!(
+        (
+            e["files"]["uploaded"].as_u64(),
+            e["files"]["unchanged"].as_u64()
+        ),
+        (Some(1), Some(4)),
+        "{e}"
+    );
+    assert_eq!(aw.s.file_content("docs", "2").unwrap(), b"hello, again");
+    assert_ne!(
+        aw.s.get_file("docs", "2").unwrap()["signature"],
+        before["signature"]
+    );
+
+    // A file taken away is found missing.
+    aw.s.delete_file("docs", "3").unwrap();
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("missing"), "{}", text(&out));
+
+    // A step that found the bucket holding files cannot be undone (no backup copies a bucket):
+    // refused, saying so, and nothing is touched.
+    let out = cutover(&w, &root, &aw, &["rollback", "--pipeline", &pipeline]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("cannot be backed up"), "{}", text(&out));
+    assert_eq!(aw.s.file_ids("docs").len(), 4);
+    w.drop().await;
+}
