@@ -288,6 +288,26 @@ async fn files_around_the_chunk_size_go_into_appwrite_storage_once_and_byte_iden
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("cannot be backed up"), "{}", text(&out));
     assert_eq!(aw.s.file_ids("docs").len(), 4);
+
+    // Buckets belong to the project: a rehearsal into another database is refused the bucket
+    // whose files this database's rows name (its rollback would empty them).
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", "rehearsal")
+        .env("CUTOVER_FILES_ROOT", &root)
+        .args(["migrate", "--quiet", "--pipeline", &pipeline]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("holds the files of database `registry`"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(aw.s.file_ids("docs").len(), 4);
     w.drop().await;
 }
 

@@ -337,6 +337,7 @@ impl AppwriteTarget {
                     super::appwrite::storage::ensure_bucket(
                         &self.client,
                         &storage.bucket,
+                        &self.database,
                         &storage.options,
                     )
                     .await?;

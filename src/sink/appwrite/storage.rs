@@ -27,10 +27,25 @@ pub struct BucketOptions {
     pub antivirus: Option<bool>,
 }
 
-/// Creates the bucket unless it exists.
+/// The name of a bucket cutover creates for the run of `database`: buckets belong to the
+/// project, so the name says which database's rows name its files.
+pub fn bucket_name(id: &str, database: &str) -> String {
+    format!("{id} [cutover database {database}]")
+}
+
+/// The database a bucket's name says its files are of, when cutover created it.
+pub fn bucket_database(name: &str) -> Option<&str> {
+    name.rsplit_once(" [cutover database ")
+        .and_then(|(_, rest)| rest.strip_suffix(']'))
+}
+
+/// Creates the bucket unless it exists. A bucket cutover created for another database is
+/// refused: buckets belong to the project, and a rehearsal into another database would share
+/// (and its rollback empty) the files the other database's rows name.
 pub async fn ensure_bucket(
     client: &AppwriteClient,
     id: &str,
+    database: &str,
     options: &BucketOptions,
 ) -> Result<(), AppwriteError> {
     match client
@@ -41,11 +56,21 @@ pub async fn ensure_bucket(
         )
         .await
     {
-        Ok(_) => return Ok(()),
+        Ok(b) => {
+            return match b["name"].as_str().and_then(bucket_database) {
+                Some(other) if other != database => Err(AppwriteError::client(
+                    super::error::ClientKind::Setup,
+                    format!(
+                        "the Storage bucket `{id}` holds the files of database `{other}` (buckets belong to the project): give this mapping's [file] another `bucket` for database `{database}`"
+                    ),
+                )),
+                _ => Ok(()),
+            };
+        }
         Err(e) if e.is_missing() => {}
         Err(e) => return Err(e),
     }
-    let mut body = json!({ "bucketId": id, "name": id });
+    let mut body = json!({ "bucketId": id, "name": bucket_name(id, database) });
     let o = options;
     if let Some(p) = &o.permissions {
         body["permissions"] = json!(p);
@@ -73,8 +98,10 @@ pub async fn ensure_bucket(
         .await
     {
         Ok(_) => Ok(()),
-        // Created meanwhile (another process): there now.
-        Err(e) if e.status() == Some(409) => Ok(()),
+        // Created meanwhile (another process): whose it is is asked again.
+        Err(e) if e.status() == Some(409) => {
+            Box::pin(ensure_bucket(client, id, database, options)).await
+        }
         Err(e) => Err(e),
     }
 }
@@ -270,4 +297,20 @@ pub async fn download_digests(
         crate::sink::gridfs::hex(&sha.finalize()),
         crate::sink::gridfs::hex(&md5.finalize()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buckets_name_says_its_database() {
+        assert_eq!(
+            bucket_database(&bucket_name("docs", "registry")),
+            Some("registry")
+        );
+        assert_eq!(bucket_database(&bucket_name("a b", "x [y]")), Some("x [y]"));
+        assert_eq!(bucket_database("docs"), None);
+        assert_eq!(bucket_database("docs [cutover database"), None);
+    }
 }
