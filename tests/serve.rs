@@ -586,3 +586,107 @@ async fn three_instances_started_together_apply_each_change_once() {
     }
     w.drop().await;
 }
+
+/// Each entity row's `read` number on the status page's DOM.
+fn page_reads(dom: &str) -> std::collections::BTreeMap<String, u64> {
+    let re = regex::Regex::new(r#"<tr id="entity-([a-z_]+)">.*?class="read">(\d+)<"#).unwrap();
+    re.captures_iter(dom)
+        .map(|c| (c[1].to_string(), c[2].parse().unwrap()))
+        .collect()
+}
+
+fn dump_dom(url: &str, profile: &Path) -> String {
+    let out =
+        common::browser::chromium(&["--virtual-time-budget=1500", "--dump-dom", url], profile);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn the_status_page_shows_a_run_moving_in_chromium() {
+    let w = World::new("serve_page").await;
+    w.load_registry(2000);
+    let dir = changes_dir(&w);
+    let d = dir.display().to_string();
+    let pipeline = repo().join("pipelines/registry.toml").display().to_string();
+    let mut server = Server::start(
+        &w,
+        "page",
+        &["--no-auth", "--dir", &d, "--pipeline", &pipeline],
+        &[],
+    );
+    let api = Api::new(&server.base, None);
+    let (s, v) = api.post("/api/runs", Some(json!({"batchSize": 5}))).await;
+    assert_eq!(s, 202, "{v}");
+    let run_id = v["runId"].as_str().unwrap().to_string();
+    // Once the patients are being copied, the page is read twice: the numbers have moved.
+    let started = Instant::now();
+    loop {
+        let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
+        let going = v["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["entity"] == "patients" && e["status"] == "running");
+        if going {
+            break;
+        }
+        assert_ne!(
+            v["status"], "completed_with_rejects",
+            "the run ended first: {v}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let profile = w.dir.path().join("chromium");
+    let url = format!("{}/", server.base);
+    let first = dump_dom(&url, &profile);
+    assert!(
+        first.contains(&format!("id=\"run-id\">{run_id}<")),
+        "{first}"
+    );
+    assert!(
+        first.contains("class=\"state-running\">running<"),
+        "{first}"
+    );
+    let before: u64 = page_reads(&first).values().sum();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = dump_dom(&url, &profile);
+    let after: u64 = page_reads(&second).values().sum();
+    assert!(
+        after > before,
+        "the numbers did not move: {before} then {after}"
+    );
+
+    // At the end the page shows what the target holds, with full progress bars.
+    let run = api.wait_run(&run_id).await;
+    assert_eq!(run["status"], "completed_with_rejects", "{run}");
+    let last = dump_dom(&url, &profile);
+    let reads = page_reads(&last);
+    assert_eq!(reads["patients"], w.pg_count("patients").await, "{last}");
+    assert!(
+        last.contains(&format!(
+            "class=\"written\">{}<",
+            w.count("immunizations").await
+        )),
+        "{last}"
+    );
+    assert!(last.contains("/report?format=html"), "report links: {last}");
+    let shot = w.dir.path().join("status.png");
+    let out = common::browser::chromium(
+        &[
+            "--window-size=1100,1400",
+            "--virtual-time-budget=1500",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
+        &profile,
+    );
+    assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The progress bars' fill (#2e7d32), full for each finished entity.
+    assert!(
+        common::browser::count_color(&shot, [0x2e, 0x7d, 0x32]) > 5_000,
+        "progress bars not visible"
+    );
+    assert!(server.stop().success(), "{}", server.log());
+    w.drop().await;
+}

@@ -760,6 +760,19 @@ impl Ledger {
         self.set("checkpoint", &self.steps(), &id, set).await
     }
 
+    /// Records how many source rows the step's entity has (counted once its snapshot is
+    /// open): what its progress and time left are measured against while it runs.
+    pub async fn record_total(
+        &self,
+        run_id: &str,
+        entity: &str,
+        total: u64,
+    ) -> Result<(), LedgerError> {
+        let id = format!("{run_id}:{entity}");
+        let set = doc! { "total": total as i64 };
+        self.set("record total", &self.steps(), &id, set).await
+    }
+
     pub async fn finish_step(&self, run_id: &str, e: &EntityReport) -> Result<(), LedgerError> {
         let id = format!("{run_id}:{}", e.name);
         let mut set = doc! {
