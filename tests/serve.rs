@@ -690,3 +690,63 @@ async fn the_status_page_shows_a_run_moving_in_chromium() {
     assert!(server.stop().success(), "{}", server.log());
     w.drop().await;
 }
+
+#[tokio::test]
+async fn a_change_failing_on_start_stops_the_server_or_shows_in_the_status() {
+    let w = World::new("serve_start_fail").await;
+    w.mongo()
+        .await
+        .collection::<Document>("things")
+        .insert_one(doc! { "_id": "a" })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("1_duplicate.toml"),
+        "version = 1\nname = \"duplicate\"\n[[up]]\nop = \"insert\"\ncollection = \"things\"\ndocuments = [{ _id = \"a\" }]\n",
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    let token = "start-token-91b0";
+    let mut child = spawn(
+        &w,
+        "hard",
+        &["--dir", &d],
+        &[
+            ("CUTOVER_API_TOKEN", token),
+            ("MIGRATE_ON_START", "true"),
+            ("MIGRATE_ON_START_FAIL_HARD", "true"),
+        ],
+    );
+    let st = child.wait().unwrap();
+    let err = std::fs::read_to_string(w.dir.path().join("hard.err")).unwrap();
+    assert!(!st.success(), "{err}");
+    assert!(
+        err.contains("migrate-on-start") && !err.contains("serving on"),
+        "{err}"
+    );
+
+    let mut server = Server::start(
+        &w,
+        "soft",
+        &["--dir", &d, "--migrate-on-start"],
+        &[("CUTOVER_API_TOKEN", token)],
+    );
+    let api = Api::new(&server.base, Some(token));
+    let (s, v) = api.get("/api/migrations/status").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["summary"]["failed"], 1, "{v}");
+    assert_eq!(v["failed"][0]["version"], 1, "{v}");
+    assert!(
+        v["startupError"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed")),
+        "{v}"
+    );
+    // Both attempts are in the ledger's history, read directly.
+    let log = ledger_docs(&w, "cutover_changes_log", doc! { "status": "failed" }).await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(server.stop().success());
+    w.drop().await;
+}

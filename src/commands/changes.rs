@@ -10,7 +10,7 @@ use crate::sink::target::Target;
 
 /// The directory of the change files: `--dir`, else the pipeline file's `changes_dir` (the
 /// pipeline of the config, `[run] pipeline`), else `pipelines/changes`.
-pub(crate) fn changes_dir(cli: &Cli, dir: &Option<PathBuf>) -> Result<PathBuf> {
+fn changes_dir(cli: &Cli, dir: &Option<PathBuf>) -> Result<PathBuf> {
     if let Some(d) = dir {
         return Ok(d.clone());
     }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::cli::{Cli, Command, Outcome};
 
 mod backup;
-pub(crate) mod changes;
+mod changes;
 mod check;
 mod history;
 mod lock;
