@@ -240,13 +240,13 @@ pub async fn history(
         ledger: &state.ledger,
     };
     let limit = q.limit.unwrap_or(50).min(1000);
-    let entries = changes::history(
-        &target,
-        limit,
-        q.skip.unwrap_or(0),
-        q.status.as_deref().filter(|s| !s.is_empty()),
-    )
-    .await?;
+    // `completed` is what other migration tools call an applied change.
+    let status = match q.status.as_deref() {
+        Some("") | None => None,
+        Some("completed") => Some("applied"),
+        Some(s) => Some(s),
+    };
+    let entries = changes::history(&target, limit, q.skip.unwrap_or(0), status).await?;
     Ok(axum::Json(json!({ "entries": entries })))
 }
 
