@@ -506,6 +506,21 @@ async fn a_missing_or_wrong_token_is_refused_and_the_token_never_shows() {
     let (s, v) = api.get("/api/migrations/status").await;
     assert_eq!(s, 200, "{v}");
     assert!(!v.to_string().contains(token));
+    for header in [
+        format!("bearer {token}"),
+        format!("Basic {token}"),
+        token.to_string(),
+    ] {
+        let (s, _, _) = api
+            .send(
+                api.http
+                    .get(format!("{}/api/runs", server.base))
+                    .header("Authorization", &header),
+            )
+            .await;
+        let scheme = header.split(' ').next().unwrap();
+        assert_eq!(s, if scheme == "bearer" { 200 } else { 401 }, "{scheme}");
+    }
     // Without --allow-create, creating a change file is forbidden.
     let (s, v) = api
         .post("/api/migrations", Some(json!({"name": "nope"})))
