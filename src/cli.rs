@@ -71,9 +71,10 @@ pub enum Command {
     /// up and down operations, applied under the run lock and recorded in the ledger.
     #[command(subcommand)]
     Changes(ChangesCommand),
-    /// Serve the HTTP API over the changes, the runs, the lock and the reports, and a live
-    /// status page (`GET /`). Every `/api` route needs `Authorization: Bearer <token>`, the
-    /// token from CUTOVER_API_TOKEN or the file `[serve] token_file` of the config.
+    /// Serve the HTTP API over the changes, runs, lock and reports, and a live status page.
+    ///
+    /// Every `/api` route needs `Authorization: Bearer <token>`, the token from CUTOVER_API_TOKEN
+    /// or the file `[serve] token_file` of the config; `GET /` is the status page.
     Serve(ServeArgs),
 }
 
