@@ -315,7 +315,7 @@ impl StepRecord {
         }
     }
 
-    fn from_doc(d: &Document, kind: TargetKind) -> StepRecord {
+    pub(crate) fn from_doc(d: &Document, kind: TargetKind) -> StepRecord {
         StepRecord {
             id: text(d, "_id"),
             run_id: text(d, "run_id"),

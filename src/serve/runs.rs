@@ -15,6 +15,9 @@ use super::api::{ApiError, Json, Query};
 use crate::cli::{Command, PipelineArgs};
 use crate::ledger::{self, StepRecord};
 
+/// How many runs started through the API this process remembers.
+const KEEP_SERVED: usize = 100;
+
 /// A run started through the API, as this process knows it (a dry run is in no ledger).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -232,19 +235,7 @@ pub async fn report(
 pub async fn verify_latest(
     Shared(state): Shared<Arc<State>>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let dir = &state.cfg.reports_dir;
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .is_some_and(|n| n.starts_with("verify-") && n.ends_with(".json"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
+    let files = crate::monitor::signoff::verification_files(&state.cfg.reports_dir);
     let Some(last) = files.last() else {
         return Err(ApiError::not_found(
             "no verification yet (run `cutover verify`)",
@@ -330,6 +321,10 @@ pub async fn start(
         finished_at: None,
     };
     if let Ok(mut runs) = state.runs.lock() {
+        // The newest hundred are kept (ids sort by time); older ones are in the ledger.
+        while runs.len() >= KEEP_SERVED {
+            runs.pop_first();
+        }
         runs.insert(run_id.clone(), entry.clone());
     }
     let task_state = state.clone();
@@ -417,6 +412,33 @@ pub async fn pipeline(Shared(state): Shared<Arc<State>>) -> Result<axum::Json<Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(status: &str) -> StepRecord {
+        let d = bson::doc! {
+            "_id": "r:patients", "run_id": "r", "entity": "patients", "status": status,
+            "started_at": bson::DateTime::from_millis(1_000_000),
+            "checkpoint_rows": 300_i64, "checkpoint_rejected": 3_i64, "total": 1200_i64,
+            "read": 1200_i64, "written": 1190_i64, "rejected": 10_i64, "duration_ms": 4000_i64,
+        };
+        StepRecord::from_doc(&d, crate::config::TargetKind::Mongodb)
+    }
+
+    #[test]
+    fn a_running_step_counts_its_checkpoint_and_the_time_left_at_its_rate() {
+        // 300 rows in 3 s: 100 rows/s, 900 rows left, 9 s.
+        let p = progress(&step(ledger::RUNNING), 1_003_000);
+        assert_eq!(
+            (&p["read"], &p["written"], &p["rejected"]),
+            (&json!(300), &json!(297), &json!(3))
+        );
+        assert_eq!(p["rowsPerSecond"], json!(100.0));
+        assert_eq!(p["etaSeconds"], json!(9));
+        // Ended: its own counts, no time left.
+        let p = progress(&step(ledger::COMPLETED), 9_999_999);
+        assert_eq!((&p["read"], &p["written"]), (&json!(1200), &json!(1190)));
+        assert_eq!(p["rowsPerSecond"], json!(300.0));
+        assert_eq!(p["etaSeconds"], Value::Null);
+    }
 
     #[test]
     fn run_ids_are_plain_names() {
