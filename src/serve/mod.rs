@@ -258,6 +258,9 @@ async fn finish_runs(state: &State) {
         crate::errln!(
             "warning: a run was still going at shutdown; the ledger records it interrupted (resume it with `cutover migrate`)"
         );
+        // The runtime would wait for the run's thread when dropped: the process ends here, and
+        // the ledger sees its step's process gone (interrupted, resumable from its checkpoint).
+        std::process::exit(1);
     }
 }
 
