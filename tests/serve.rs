@@ -773,10 +773,10 @@ async fn a_change_failing_on_start_stops_the_server_or_shows_in_the_status() {
     let mut server = Server::start(
         &w,
         "soft",
-        &["--dir", &d, "--migrate-on-start"],
-        &[("CUTOVER_API_TOKEN", token)],
+        &["--dir", &d, "--migrate-on-start", "--no-auth"],
+        &[],
     );
-    let api = Api::new(&server.base, Some(token));
+    let api = Api::new(&server.base, None);
     let (s, v) = api.get("/api/migrations/status").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["summary"]["failed"], 1, "{v}");
@@ -787,6 +787,14 @@ async fn a_change_failing_on_start_stops_the_server_or_shows_in_the_status() {
             .is_some_and(|e| e.contains("failed")),
         "{v}"
     );
+    // The status page says so too.
+    let dom = dump_dom(&format!("{}/", server.base), &w.dir.path().join("chromium"));
+    let re = regex::Regex::new(r#"id="startup"[^>]*>([^<]*)<"#).unwrap();
+    let shown = re
+        .captures(&dom)
+        .map(|c| c[1].to_string())
+        .unwrap_or_default();
+    assert!(shown.contains("failed"), "{dom}");
     // Both attempts are in the ledger's history, read directly.
     let log = ledger_docs(&w, "cutover_changes_log", doc! { "status": "failed" }).await;
     assert_eq!(log.len(), 2, "{log:?}");

@@ -36,64 +36,69 @@ async function api(path) {
 }
 function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; }
 function fill(tbody, rows) { tbody.replaceChildren(...rows); }
-async function refresh() {
-  try {
-    const p = await api("/api/pipeline");
-    $("pipeline-name").textContent = p.pipeline;
-    fill($("stages"), p.stages.flatMap((s) => s.entities.map((e) => {
-      const tr = document.createElement("tr");
-      cell(tr, s.name); cell(tr, e.entity); cell(tr, e.state, "state-" + e.state);
-      return tr;
-    })));
-    const m = await api("/api/migrations/status");
-    $("changes-summary").textContent = m.summary.applied + " applied, " + m.summary.pending + " pending, " + m.summary.failed + " failed";
-    fill($("pending"), m.pending.concat(m.failed).map((c) => {
-      const tr = document.createElement("tr");
-      cell(tr, c.version); cell(tr, c.name); cell(tr, c.state, "state-" + c.state);
-      return tr;
-    }));
-    $("lock").textContent = m.locked ? ("held by " + m.locked.by + " since " + m.locked.since + ", expires " + m.locked.expiresAt) : "free";
-    const runs = await api("/api/runs?limit=10");
-    fill($("runs"), runs.runs.map((r) => {
-      const tr = document.createElement("tr");
-      cell(tr, r.run_id); cell(tr, r.status, "state-" + r.status);
-      const td = cell(tr, "");
-      for (const f of ["json", "md", "html"]) {
-        const a = document.createElement("a");
-        a.href = "/api/runs/" + encodeURIComponent(r.run_id) + "/report?format=" + f;
-        a.textContent = f; a.style.marginRight = ".5rem"; td.appendChild(a);
-      }
-      return tr;
-    }));
-    const newest = runs.runs[0];
-    if (newest) {
-      const run = await api("/api/runs/" + encodeURIComponent(newest.run_id));
-      $("run-id").textContent = run.runId;
-      $("run-status").textContent = run.status;
-      $("run-status").className = "state-" + run.status;
-      fill($("progress"), run.entities.map((e) => {
-        const tr = document.createElement("tr");
-        tr.id = "entity-" + e.entity;
-        cell(tr, e.entity); cell(tr, e.status, "state-" + e.status);
-        const pct = e.total > 0 ? Math.min(100, Math.round(100 * e.read / e.total)) : (e.status === "completed" ? 100 : 0);
-        const td = cell(tr, "");
-        const bar = document.createElement("span"); bar.className = "bar";
-        const f = document.createElement("div"); f.className = "fill"; f.style.width = pct + "%";
-        bar.appendChild(f); td.appendChild(bar);
-        cell(tr, String(e.read)).className = "read";
-        cell(tr, String(e.written)).className = "written";
-        cell(tr, String(e.rejected)).className = "rejected";
-        cell(tr, String(e.total));
-        cell(tr, String(e.rowsPerSecond));
-        cell(tr, e.etaSeconds == null ? "-" : e.etaSeconds + " s");
-        return tr;
-      }));
+async function stages() {
+  const p = await api("/api/pipeline");
+  $("pipeline-name").textContent = p.pipeline;
+  fill($("stages"), p.stages.flatMap((s) => s.entities.map((e) => {
+    const tr = document.createElement("tr");
+    cell(tr, s.name); cell(tr, e.entity); cell(tr, e.state, "state-" + e.state);
+    return tr;
+  })));
+}
+async function changes() {
+  const m = await api("/api/migrations/status");
+  $("changes-summary").textContent = m.summary.applied + " applied, " + m.summary.pending + " pending, " + m.summary.failed + " failed";
+  fill($("pending"), m.pending.concat(m.failed).map((c) => {
+    const tr = document.createElement("tr");
+    cell(tr, c.version); cell(tr, c.name); cell(tr, c.state, "state-" + c.state);
+    return tr;
+  }));
+  $("startup").textContent = m.startupError ? ("applying changes at start failed: " + m.startupError) : "";
+  $("lock").textContent = m.locked ? ("held by " + m.locked.by + " since " + m.locked.since + ", expires " + m.locked.expiresAt) : "free";
+}
+async function runs() {
+  const runs = await api("/api/runs?limit=10");
+  fill($("runs"), runs.runs.map((r) => {
+    const tr = document.createElement("tr");
+    cell(tr, r.run_id); cell(tr, r.status, "state-" + r.status);
+    const td = cell(tr, "");
+    for (const f of ["json", "md", "html"]) {
+      const a = document.createElement("a");
+      a.href = "/api/runs/" + encodeURIComponent(r.run_id) + "/report?format=" + f;
+      a.textContent = f; a.style.marginRight = ".5rem"; td.appendChild(a);
     }
-    $("updated").textContent = new Date().toISOString();
-    $("error").textContent = "";
-  } catch (e) {
-    $("error").textContent = String(e.message || e);
-  }
+    return tr;
+  }));
+  const newest = runs.runs[0];
+  if (!newest) return;
+  const run = await api("/api/runs/" + encodeURIComponent(newest.run_id));
+  $("run-id").textContent = run.runId;
+  $("run-status").textContent = run.status;
+  $("run-status").className = "state-" + run.status;
+  fill($("progress"), run.entities.map((e) => {
+    const tr = document.createElement("tr");
+    tr.id = "entity-" + e.entity;
+    cell(tr, e.entity); cell(tr, e.status, "state-" + e.status);
+    const pct = e.total > 0 ? Math.min(100, Math.round(100 * e.read / e.total)) : (e.status === "completed" ? 100 : 0);
+    const td = cell(tr, "");
+    const bar = document.createElement("span"); bar.className = "bar";
+    const f = document.createElement("div"); f.className = "fill"; f.style.width = pct + "%";
+    bar.appendChild(f); td.appendChild(bar);
+    cell(tr, String(e.read)).className = "read";
+    cell(tr, String(e.written)).className = "written";
+    cell(tr, String(e.rejected)).className = "rejected";
+    cell(tr, String(e.total));
+    cell(tr, String(e.rowsPerSecond));
+    cell(tr, e.etaSeconds == null ? "-" : e.etaSeconds + " s");
+    return tr;
+  }));
+}
+// Each part on its own: a server without a pipeline file still shows its changes and lock.
+async function refresh() {
+  const results = await Promise.allSettled([stages(), changes(), runs()]);
+  const errors = results.filter((r) => r.status === "rejected").map((r) => String(r.reason.message || r.reason));
+  $("error").textContent = errors.join("; ");
+  $("updated").textContent = new Date().toISOString();
 }
 $("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -136,6 +141,7 @@ pub async fn page() -> impl IntoResponse {
                     tbody id="stages" {}
                 }
                 h2 { "Changes: " span id="changes-summary" { "…" } }
+                p id="startup" class="state-failed" {}
                 table {
                     thead { tr { th { "version" } th { "name" } th { "state" } } }
                     tbody id="pending" {}
