@@ -190,37 +190,14 @@ pub async fn down(
         ledger: &state.ledger,
     };
     if q.dry_run {
-        let files = files(&state)?;
-        let states = changes::status(&target, &files).await?;
-        let would = would_reverse(&states, which);
+        let would = changes::down_preview(&target, which).await?;
         return Ok(axum::Json(json!({
             "dryRun": true,
-            "changes": would.iter().map(|s| json!({"version": s.version, "name": s.name, "reversible": s.reversible})).collect::<Vec<_>>(),
+            "changes": would.iter().map(|r| json!({"version": r.version, "name": r.name, "file": r.file})).collect::<Vec<_>>(),
         })));
     }
     let done = changes::down(&target, which).await?;
     Ok(axum::Json(json!({ "dryRun": false, "changes": done })))
-}
-
-/// What `down` would reverse, newest applied first (the dry run's answer; `down` itself
-/// decides again under the lock).
-fn would_reverse(states: &[ChangeStatus], which: DownTarget) -> Vec<&ChangeStatus> {
-    let mut applied: Vec<&ChangeStatus> = states
-        .iter()
-        .filter(|s| matches!(s.state.as_str(), "applied" | "modified" | "missing"))
-        .collect();
-    applied.sort_by(|a, b| {
-        (b.batch, b.applied_at.as_deref(), b.version).cmp(&(
-            a.batch,
-            a.applied_at.as_deref(),
-            a.version,
-        ))
-    });
-    match which {
-        DownTarget::Steps(n) => applied.into_iter().take(n).collect(),
-        DownTarget::To(v) => applied.into_iter().filter(|s| s.version > v).collect(),
-        DownTarget::Version(v) => applied.into_iter().filter(|s| s.version == v).collect(),
-    }
 }
 
 #[derive(Debug, Deserialize)]
