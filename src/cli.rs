@@ -71,6 +71,46 @@ pub enum Command {
     /// up and down operations, applied under the run lock and recorded in the ledger.
     #[command(subcommand)]
     Changes(ChangesCommand),
+    /// Serve the HTTP API over the changes, runs, lock and reports, and a live status page.
+    ///
+    /// Every `/api` route needs `Authorization: Bearer <token>`, the token from CUTOVER_API_TOKEN
+    /// or the file `[serve] token_file` of the config; `GET /` is the status page.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
+    pub listen: std::net::SocketAddr,
+    /// Serve without a token (refused unless the address is a loopback one).
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Allow `POST /api/migrations` to write new change files.
+    #[arg(long)]
+    pub allow_create: bool,
+    /// Apply the pending changes before listening (several instances started together apply
+    /// each change once: the others wait for the lock, then see it applied).
+    #[arg(long, env = "MIGRATE_ON_START")]
+    pub migrate_on_start: bool,
+    /// With --migrate-on-start: a failed change makes `serve` exit non-zero (default: it serves,
+    /// the failure shown in the status).
+    #[arg(long, env = "MIGRATE_ON_START_FAIL_HARD")]
+    pub migrate_on_start_fail_hard: bool,
+    /// With --migrate-on-start: how long to wait for another instance's lock, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub lock_wait: u64,
+    /// Directory of change files (default: the pipeline file's `changes_dir`, else
+    /// pipelines/changes).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Pipeline file the runs started through the API use (default: run.pipeline from the
+    /// config, else pipelines/registry.toml).
+    #[arg(long, value_name = "PATH")]
+    pub pipeline: Option<PathBuf>,
+    /// Target database (MongoDB; overrides CUTOVER_MONGODB_DATABASE and the config).
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -73,6 +73,15 @@ struct FileConfig {
     backups: FileBackups,
     #[serde(default)]
     files: FileFiles,
+    #[serde(default)]
+    serve: FileServe,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServe {
+    /// The file holding `cutover serve`'s API token (never the token itself).
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,6 +278,9 @@ pub struct Config {
     /// The directory the paths of file mappings (`[file]`) are relative to: `--files-root`,
     /// `CUTOVER_FILES_ROOT` or `[files] root` (relative to the file). `None`: none given.
     pub files_root: Option<PathBuf>,
+    /// `[serve] token_file` (relative to the config file): where `cutover serve` reads its API
+    /// token when CUTOVER_API_TOKEN is not set. The path only; the token is read by `serve`.
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -561,6 +573,7 @@ impl Config {
                 .clone()
                 .or(env.var("CUTOVER_FILES_ROOT").map(PathBuf::from))
                 .or(parsed.files.root.map(in_file)),
+            api_token_file: parsed.serve.token_file.map(in_file),
         })
     }
 
@@ -688,6 +701,17 @@ fn parse_text(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
             key: "target.appwrite.api_key".into(),
             message:
                 "API keys are not read from the config text: set APPWRITE_API_KEY or api_key_file"
+                    .into(),
+        });
+    }
+    if let Ok(table) = text.parse::<toml::Table>()
+        && table.get("serve").and_then(|t| t.get("token")).is_some()
+    {
+        return Err(ConfigError::Invalid {
+            path: path.display().to_string(),
+            key: "serve.token".into(),
+            message:
+                "API tokens are not read from the config text: set CUTOVER_API_TOKEN or [serve] token_file"
                     .into(),
         });
     }
@@ -928,6 +952,31 @@ mod tests {
         .to_string();
         assert!(err.contains("target.appwrite.api_key"), "{err}");
         assert!(!err.contains("sekret-value"), "{err}");
+    }
+
+    #[test]
+    fn serve_token_in_config_text_is_refused_and_token_file_is_relative_to_the_file() {
+        let err = Config::from_str(
+            Path::new("cutover.toml"),
+            "[serve]\ntoken = \"tok-in-text\"\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("serve.token"), "{err}");
+        assert!(!err.contains("tok-in-text"), "{err}");
+        let c = Config::from_str(
+            Path::new("/etc/cutover/cutover.toml"),
+            "[serve]\ntoken_file = \"api.token\"\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.api_token_file.as_deref(),
+            Some(Path::new("/etc/cutover/api.token"))
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! (`tests/architecture.rs` reads `src/` and fails otherwise). Top to bottom:
 //!
 //! 1. [`commands`]: one file per subcommand, and what they share (configuration, logging, the
-//!    target and its ledger). The only place that prints results.
+//!    target and its ledger). The only place that prints results · [`serve`]: `cutover serve`,
+//!    the HTTP API and status page over the commands, the changes and the ledger (it runs the
+//!    commands' own code; `commands` only dispatches to it).
 //! 2. [`cli`]: the clap types (their doc comments are the help), the output macros, the outcome.
 //! 3. [`check`]: the pre-flight · [`verify`]: the target compared with the source, with an
 //!    independent oracle ([`verify::oracle`]).
@@ -43,6 +45,7 @@ pub mod mapping;
 pub mod monitor;
 pub mod pipeline;
 pub mod redact;
+pub mod serve;
 pub mod sink;
 pub mod source;
 pub mod transform;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Top to bottom. A module may use the modules of its own layer and of the layers after it.
 const LAYERS: &[&[&str]] = &[
-    &["commands"],
+    &["commands", "serve"],
     &["cli"],
     &["check", "verify"],
     &["pipeline", "changes"],

@@ -929,6 +929,20 @@ pub async fn down(t: &ChangeTarget<'_>, which: DownTarget) -> Result<Vec<Reverse
     result
 }
 
+/// What `down` would reverse now, newest first, with the same choice and refusals (a
+/// non-reversible change, one that cannot be reversed alone); writes nothing and takes no lock
+/// (the dry run of `cutover serve`'s `POST /api/migrations/down`).
+pub async fn down_preview(
+    t: &ChangeTarget<'_>,
+    which: DownTarget,
+) -> Result<Vec<ChangeRecord>, ChangesError> {
+    let all = Records { ledger: t.ledger }.all().await?;
+    Ok(chosen_for_down(all, which)?
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect())
+}
+
 /// Which applied records `down` reverses, each with its change parsed from the text applied;
 /// refuses (before anything is reversed) when one is non-reversible.
 fn chosen_for_down(

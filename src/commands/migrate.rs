@@ -12,6 +12,11 @@ use crate::pipeline::run::{self, RunOptions};
 use crate::sink::retry::RetryPolicy;
 
 pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
+    migrate_as(cli, args, &run::new_run_id()).await
+}
+
+/// `migrate` as the run `run_id` (`cutover serve` names the run it starts).
+pub(crate) async fn migrate_as(cli: &Cli, args: &MigrateArgs, run_id: &str) -> Result<Outcome> {
     let cfg = load_config(
         cli,
         Overrides {
@@ -72,7 +77,8 @@ pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
     if args.rerun || args.since_last {
         warn_of_applied_changes(&pipeline, &steps, &ledger).await;
     }
-    let report = run::migrate(&pipeline, steps, &source, &target, &ledger, &opts).await?;
+    let report =
+        run::migrate_as(run_id, &pipeline, steps, &source, &target, &ledger, &opts).await?;
     crate::out!("{}", crate::redact::redact_text(&report.render_text()));
     if let Some(keep) = cfg.backups_keep
         && !args.dry_run

@@ -10,12 +10,12 @@ mod changes;
 mod check;
 mod history;
 mod lock;
-mod migrate;
+pub(crate) mod migrate;
 mod plan;
-mod report;
+pub(crate) mod report;
 mod rollback;
 mod schema;
-mod shared;
+pub(crate) mod shared;
 mod status;
 mod verify;
 
@@ -47,5 +47,6 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Backup(cmd) => backup(&cli, cmd).await,
         Command::Schema(cmd) => schema(&cli, cmd).await,
         Command::Changes(cmd) => changes(&cli, cmd).await,
+        Command::Serve(args) => crate::serve::serve(&cli, args).await,
     }
 }

@@ -6,6 +6,26 @@ use super::shared::config_for;
 use crate::cli::{Cli, Outcome, ReportArgs, ReportFormat};
 
 pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
+    let text = render(cli, args).await?;
+    match &args.output {
+        Some(path) => {
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::errln!("wrote {}", path.display());
+        }
+        None => crate::out!("{text}"),
+    }
+    Ok(Outcome::Success)
+}
+
+/// The report `args` ask for, in their format, redacted (`cutover serve` answers with it).
+pub(crate) async fn render(cli: &Cli, args: &ReportArgs) -> Result<String> {
     let cfg = config_for(cli, &args.target)?;
     // The runs of the target and database this configuration names (`--target`, `--database`,
     // else the config's default target and its database), as status, history and verify use:
@@ -64,20 +84,5 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> Result<Outcome> {
         ReportFormat::Html => signoff.render_html(),
     };
     // The report joins files and ledger records written by any version: redact once more.
-    let text = crate::redact::redact_text(&text);
-    match &args.output {
-        Some(path) => {
-            if let Some(dir) = path.parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            std::fs::write(path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            crate::errln!("wrote {}", path.display());
-        }
-        None => crate::out!("{text}"),
-    }
-    Ok(Outcome::Success)
+    Ok(crate::redact::redact_text(&text))
 }

@@ -315,7 +315,7 @@ impl StepRecord {
         }
     }
 
-    fn from_doc(d: &Document, kind: TargetKind) -> StepRecord {
+    pub(crate) fn from_doc(d: &Document, kind: TargetKind) -> StepRecord {
         StepRecord {
             id: text(d, "_id"),
             run_id: text(d, "run_id"),
@@ -758,6 +758,19 @@ impl Ledger {
             doc! { "checkpoint_key": key.to_vec(), "checkpoint_at": bson::DateTime::now() };
         set.extend(covered.fields());
         self.set("checkpoint", &self.steps(), &id, set).await
+    }
+
+    /// Records how many source rows the step's entity has (counted once its snapshot is
+    /// open): what its progress and time left are measured against while it runs.
+    pub async fn record_total(
+        &self,
+        run_id: &str,
+        entity: &str,
+        total: u64,
+    ) -> Result<(), LedgerError> {
+        let id = format!("{run_id}:{entity}");
+        let set = doc! { "total": total as i64 };
+        self.set("record total", &self.steps(), &id, set).await
     }
 
     pub async fn finish_step(&self, run_id: &str, e: &EntityReport) -> Result<(), LedgerError> {

@@ -187,11 +187,13 @@ pub fn find_run_report(
     Ok((newest, 0))
 }
 
-/// The newest verification of `run`'s target that covers every entity the run wrote and was
-/// made after it ended; `None` when there is none ("not verified").
-pub fn find_verification(reports_dir: &Path, run: &RunReport) -> Option<serde_json::Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(reports_dir)
-        .ok()?
+/// The verification files of `reports_dir` (`verify-*.json`), oldest first (their names start
+/// with the time they were made); none when the directory cannot be read.
+pub fn verification_files(reports_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(reports_dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
@@ -200,10 +202,20 @@ pub fn find_verification(reports_dir: &Path, run: &RunReport) -> Option<serde_js
         })
         .collect();
     files.sort();
-    files.into_iter().rev().find_map(|f| {
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).ok()?).ok()?;
-        verification_matches(&v, run).then_some(v)
-    })
+    files
+}
+
+/// The newest verification of `run`'s target that covers every entity the run wrote and was
+/// made after it ended; `None` when there is none ("not verified").
+pub fn find_verification(reports_dir: &Path, run: &RunReport) -> Option<serde_json::Value> {
+    verification_files(reports_dir)
+        .into_iter()
+        .rev()
+        .find_map(|f| {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(f).ok()?).ok()?;
+            verification_matches(&v, run).then_some(v)
+        })
 }
 
 /// Whether verification `v` speaks of `run`: same target (kind and database, and the same servers

@@ -69,6 +69,13 @@ pub(super) async fn run_entity(
         Err(e) => return (report_base(&counters, "none", 0), Some(e.into())),
     };
     tracing::info!(entity = %plan.entity, rows = total, "counted the source rows");
+    // The step's total, for its progress while it runs (`cutover serve`): not worth failing the
+    // run over.
+    if let Some(l) = &stage.ledger
+        && let Err(e) = l.record_total(&stage.run_id, &plan.entity, total).await
+    {
+        tracing::warn!(entity = %plan.entity, error = %e, "could not record the step's total");
+    }
     let mode = stage.mode;
     let mode_name = match mode {
         None => "none",

@@ -283,7 +283,30 @@ pub async fn migrate(
     ledger: &Ledger,
     opts: &RunOptions,
 ) -> Result<RunReport, RunError> {
-    let run_id = new_run_id();
+    migrate_as(
+        &new_run_id(),
+        pipeline,
+        steps,
+        source_url,
+        target,
+        ledger,
+        opts,
+    )
+    .await
+}
+
+/// [`migrate`] as the run `run_id` (from [`new_run_id`]), for a caller that names the run before
+/// it starts (`cutover serve` answers with it).
+pub async fn migrate_as(
+    run_id: &str,
+    pipeline: &Pipeline,
+    steps: Vec<Step>,
+    source_url: &str,
+    target: &Target,
+    ledger: &Ledger,
+    opts: &RunOptions,
+) -> Result<RunReport, RunError> {
+    let run_id = run_id.to_string();
     // The ledger's own collections (runs, steps, lock, backups, changes) are never a mapping's:
     // a rollback of that step would wipe the ledger.
     for step in &steps {

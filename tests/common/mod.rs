@@ -2,6 +2,7 @@
 //! it). Each test gets its own PostgreSQL database and MongoDB database, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod library;
 pub mod oracle;
 pub mod process;

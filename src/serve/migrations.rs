@@ -1,0 +1,325 @@
+//! The change routes (`/api/migrations…`): [`crate::changes`] status, up, down, history and new
+//! files, and the lock, as JSON.
+
+use std::sync::Arc;
+
+use axum::extract::State as Shared;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::State;
+use super::api::{ApiError, Json, Query};
+use crate::changes::template::Template;
+use crate::changes::{self, ChangeStatus, ChangeTarget, DownTarget, UpOptions};
+use crate::ledger::lock::LockHolder;
+
+/// The states a change is listed as failed in (it needs attention before `up` goes on).
+const FAILED_STATES: [&str; 5] = [
+    "failed",
+    "restore-failed",
+    "down-failed",
+    "interrupted",
+    "down-interrupted",
+];
+
+fn files(state: &State) -> Result<Vec<changes::Change>, ApiError> {
+    Ok(changes::file::load_dir(&state.changes_dir)?)
+}
+
+/// The lock as the API shows it: `null` when free (or expired).
+pub fn lock_json(holder: Option<&LockHolder>) -> Value {
+    match holder {
+        Some(h) if !h.expired => json!({
+            "by": format!("{} (run {}) on {} pid {}", h.command, h.run_id, h.host, h.pid),
+            "runId": h.run_id,
+            "command": h.command,
+            "host": h.host,
+            "pid": h.pid,
+            "since": h.acquired_at,
+            "expiresAt": h.expires_at,
+        }),
+        _ => Value::Null,
+    }
+}
+
+fn change_json(s: &ChangeStatus) -> Value {
+    json!({
+        "version": s.version,
+        "name": s.name,
+        "state": s.state,
+        "reversible": s.reversible,
+        "appliedAt": s.applied_at,
+        "executionTime": s.duration_ms,
+        "batch": s.batch,
+        "error": s.error,
+        "hint": s.hint,
+    })
+}
+
+/// The status of every change, as the status route and the page show it.
+pub async fn status_json(state: &State) -> Result<Value, ApiError> {
+    let files = files(state)?;
+    let target = ChangeTarget {
+        db: state.mongo_db()?,
+        ledger: &state.ledger,
+        activity: None,
+    };
+    let states = changes::status(&target, &files).await?;
+    let holder = state.ledger.lock_holder().await?;
+    let failed: Vec<Value> = states
+        .iter()
+        .filter(|s| FAILED_STATES.contains(&s.state.as_str()))
+        .map(change_json)
+        .collect();
+    let pending: Vec<Value> = states
+        .iter()
+        .filter(|s| s.is_pending() && !FAILED_STATES.contains(&s.state.as_str()))
+        .map(|s| json!({"version": s.version, "name": s.name, "reversible": s.reversible, "state": s.state}))
+        .collect();
+    let applied: Vec<Value> = states
+        .iter()
+        .filter(|s| matches!(s.state.as_str(), "applied" | "modified" | "missing"))
+        .map(|s| json!({"version": s.version, "name": s.name, "appliedAt": s.applied_at, "executionTime": s.duration_ms, "state": s.state}))
+        .collect();
+    let startup = state.startup_error.lock().ok().and_then(|s| s.clone());
+    Ok(json!({
+        "summary": {
+            "total": states.len(),
+            "applied": applied.len(),
+            "pending": pending.len(),
+            "failed": failed.len(),
+        },
+        "applied": applied,
+        "pending": pending,
+        "failed": failed,
+        "locked": lock_json(holder.as_ref()),
+        "startupError": startup,
+    }))
+}
+
+pub async fn status(Shared(state): Shared<Arc<State>>) -> Result<axum::Json<Value>, ApiError> {
+    Ok(axum::Json(status_json(&state).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    continue_on_error: bool,
+    to: Option<u64>,
+    #[serde(default)]
+    allow_out_of_order: bool,
+}
+
+pub async fn up(
+    Shared(state): Shared<Arc<State>>,
+    Query(q): Query<UpQuery>,
+) -> Result<Response, ApiError> {
+    let files = files(&state)?;
+    let target = ChangeTarget {
+        db: state.mongo_db()?,
+        ledger: &state.ledger,
+        activity: None,
+    };
+    let opts = UpOptions {
+        to: q.to,
+        dry_run: q.dry_run,
+        allow_out_of_order: q.allow_out_of_order,
+        continue_on_error: q.continue_on_error,
+    };
+    let report = changes::up(&target, &files, &opts).await?;
+    let failed = report.failed();
+    let body = json!({
+        "dryRun": report.dry_run,
+        "batch": report.batch,
+        "failed": failed,
+        "changes": report.changes,
+        "recovered": report.recovered,
+    });
+    if failed {
+        // A failed change was undone and stopped the batch: refused, with what was done.
+        let mut b = json!({
+            "error": "change_failed",
+            "message": report
+                .changes
+                .iter()
+                .filter_map(|c| c.error.as_ref().map(|e| format!("change {}: {e}", c.version)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+        b["report"] = body;
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(b)).into_response());
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DownQuery {
+    steps: Option<usize>,
+    to: Option<u64>,
+    version: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+    /// Accepted for the shape tools expect; `down` stops at its first failure either way.
+    #[serde(default)]
+    #[allow(dead_code)]
+    continue_on_error: bool,
+}
+
+pub async fn down(
+    Shared(state): Shared<Arc<State>>,
+    Query(q): Query<DownQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let which = match (q.version, q.steps, q.to) {
+        (Some(v), None, None) => DownTarget::Version(v),
+        (None, None, Some(v)) => DownTarget::To(v),
+        (None, Some(0), None) => return Err(ApiError::bad_request("steps must be at least 1")),
+        (None, Some(n), None) => DownTarget::Steps(n),
+        (None, None, None) => DownTarget::Steps(1),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give at most one of steps, to and version",
+            ));
+        }
+    };
+    let target = ChangeTarget {
+        db: state.mongo_db()?,
+        ledger: &state.ledger,
+        activity: None,
+    };
+    if q.dry_run {
+        let would = changes::down_preview(&target, which).await?;
+        return Ok(axum::Json(json!({
+            "dryRun": true,
+            "changes": would.iter().map(|r| json!({"version": r.version, "name": r.name, "file": r.file})).collect::<Vec<_>>(),
+        })));
+    }
+    let done = changes::down(&target, which).await?;
+    Ok(axum::Json(json!({ "dryRun": false, "changes": done })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+    skip: Option<usize>,
+    status: Option<String>,
+}
+
+pub async fn history(
+    Shared(state): Shared<Arc<State>>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let target = ChangeTarget {
+        db: state.mongo_db()?,
+        ledger: &state.ledger,
+        activity: None,
+    };
+    let limit = q.limit.unwrap_or(50).min(1000);
+    // `completed` is what other migration tools call an applied change.
+    let status = match q.status.as_deref() {
+        Some("") | None => None,
+        Some("completed") => Some("applied"),
+        Some(s) => Some(s),
+    };
+    let entries = changes::history(&target, limit, q.skip.unwrap_or(0), status).await?;
+    Ok(axum::Json(json!({ "entries": entries })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    name: String,
+    #[serde(default)]
+    template: Option<String>,
+}
+
+fn template_of(name: &str) -> Option<Template> {
+    Some(match name {
+        "" | "empty" => Template::Empty,
+        "add-field" => Template::AddField,
+        "rename-field" => Template::RenameField,
+        "transform" => Template::Transform,
+        "index" => Template::Index,
+        "seed" => Template::Seed,
+        "archive" => Template::Archive,
+        _ => return None,
+    })
+}
+
+pub async fn create(
+    Shared(state): Shared<Arc<State>>,
+    Json(body): Json<CreateBody>,
+) -> Result<Response, ApiError> {
+    if !state.allow_create {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this server does not create change files (start it with --allow-create)",
+        ));
+    }
+    let t = body.template.as_deref().unwrap_or("empty");
+    let template = template_of(t).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown template `{t}`: empty, add-field, rename-field, transform, index, seed or archive"
+        ))
+    })?;
+    let path =
+        changes::template::new_file(&state.changes_dir, &body.name, template, chrono::Utc::now())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let version: Option<u64> = file.split('_').next().and_then(|v| v.parse().ok());
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "file": file, "version": version })),
+    )
+        .into_response())
+}
+
+pub async fn lock_status(Shared(state): Shared<Arc<State>>) -> Result<axum::Json<Value>, ApiError> {
+    let holder = state.ledger.lock_holder().await?;
+    Ok(axum::Json(json!({
+        "locked": lock_json(holder.as_ref()),
+        "expired": holder.as_ref().filter(|h| h.expired).map(|h| json!({"runId": h.run_id, "command": h.command, "expiresAt": h.expires_at})),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    #[serde(default)]
+    confirm: bool,
+}
+
+pub async fn lock_release(
+    Shared(state): Shared<Arc<State>>,
+    Json(body): Json<ReleaseBody>,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !body.confirm {
+        return Err(ApiError::bad_request(
+            "refusing to release the lock without {\"confirm\": true}: if its holder is alive, a second run would start beside it",
+        ));
+    }
+    let released = state.ledger.force_release_lock().await?;
+    Ok(axum::Json(json!({
+        "released": released.map(|h| json!({"runId": h.run_id, "command": h.command, "host": h.host, "pid": h.pid})),
+    })))
+}
+
+impl From<crate::changes::FileError> for ApiError {
+    fn from(e: crate::changes::FileError) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_change_file",
+            e.to_string(),
+        )
+    }
+}

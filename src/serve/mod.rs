@@ -1,0 +1,342 @@
+//! `cutover serve`: a small authenticated HTTP server over what the commands already do — the
+//! versioned changes ([`crate::changes`]), the ledger's runs, steps, checkpoints and lock, the
+//! run reports and `migrate` itself — and a status page. It holds no second implementation of
+//! any of them: the change routes call [`crate::changes`], a run started through the API is
+//! `cutover migrate` parsed from its arguments and run in this process, a report is what
+//! `cutover report` renders.
+//!
+//! Layout: [`api`] (errors, the token, request logs), [`migrations`] (the change routes),
+//! [`runs`] (runs, reports, verification), [`page`] (`GET /`).
+
+mod api;
+mod migrations;
+mod page;
+mod runs;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::changes::{self, ChangeTarget, ChangesError, UpOptions};
+use crate::cli::{Cli, Outcome, ServeArgs};
+use crate::commands::shared::{
+    AppwriteTuning, connect_target, default_pipeline_target, load_config,
+};
+use crate::config::{Config, Overrides};
+use crate::ledger::Ledger;
+use crate::ledger::lock::LockError;
+use crate::sink::target::Target;
+
+/// What the handlers share.
+pub struct State {
+    /// `--config`, `--pipeline` and `--database` as given, for the commands run in the server.
+    config_path: Option<PathBuf>,
+    pipeline: Option<PathBuf>,
+    database: Option<String>,
+    cfg: Config,
+    changes_dir: PathBuf,
+    target: Target,
+    ledger: Ledger,
+    allow_create: bool,
+    /// `None`: `--no-auth` on loopback.
+    token: Option<String>,
+    /// Runs started through the API, by id (dry runs are in no ledger).
+    runs: Mutex<BTreeMap<String, runs::Served>>,
+    /// The tasks of those runs, awaited at shutdown.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Why `--migrate-on-start` did not apply every pending change.
+    startup_error: Mutex<Option<String>>,
+}
+
+impl State {
+    /// The MongoDB database of the target (changes support MongoDB only).
+    fn mongo_db(&self) -> Result<&mongodb::Database, api::ApiError> {
+        match &self.target {
+            Target::Mongo(m) => Ok(m.database()),
+            Target::Appwrite(_) => Err(api::ApiError::refused(
+                "changes support the MongoDB target only",
+            )),
+        }
+    }
+
+    /// The command line `cutover ARGS…` with this server's `--config`, for a command run in it.
+    fn cli(&self, args: &[String]) -> Result<Cli, api::ApiError> {
+        let mut argv = vec!["cutover".to_string()];
+        if let Some(c) = &self.config_path {
+            argv.push("--config".into());
+            argv.push(c.display().to_string());
+        }
+        argv.extend(args.iter().cloned());
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .map_err(|e| api::ApiError::bad_request(e.to_string().trim().to_string()))
+    }
+}
+
+/// The API token: CUTOVER_API_TOKEN, else the file `[serve] token_file` names.
+fn api_token(cfg: &Config) -> Result<Option<String>> {
+    if let Ok(t) = std::env::var("CUTOVER_API_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(Some(t.trim().to_string()));
+    }
+    let Some(path) = &cfg.api_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the API token file {} ([serve] token_file)",
+            path.display()
+        )
+    })?;
+    let t = text.trim();
+    if t.is_empty() {
+        anyhow::bail!("the API token file {} is empty", path.display());
+    }
+    Ok(Some(t.to_string()))
+}
+
+/// The token to require, or a refusal: no token is allowed only on loopback with `--no-auth`.
+fn token_policy(token: Option<String>, args: &ServeArgs) -> Result<Option<String>> {
+    let loopback = args.listen.ip().is_loopback();
+    if args.no_auth {
+        if !loopback {
+            anyhow::bail!(
+                "refusing --no-auth on {}: without a token the server listens on a loopback address only (127.0.0.1, ::1)",
+                args.listen
+            );
+        }
+        return Ok(None);
+    }
+    match token {
+        Some(t) => Ok(Some(t)),
+        None => anyhow::bail!(
+            "refusing to serve without an API token: set CUTOVER_API_TOKEN or [serve] token_file in the config (or, on a loopback address only, pass --no-auth)"
+        ),
+    }
+}
+
+pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
+    let cfg = load_config(
+        cli,
+        Overrides {
+            mongodb_database: args.database.clone(),
+            pipeline: args.pipeline.clone(),
+            ..Default::default()
+        },
+    )?;
+    let token = token_policy(api_token(&cfg)?, args)?;
+    if let Some(t) = &token {
+        crate::redact::register_secret(t);
+    }
+    let changes_dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => crate::pipeline::changes_dir_of(&cfg.pipeline)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| PathBuf::from("pipelines/changes")),
+    };
+    let kind = default_pipeline_target(&cfg);
+    let (target, ledger, _) = connect_target(&cfg, kind, AppwriteTuning::default()).await?;
+    let state = Arc::new(State {
+        config_path: cli.config.clone(),
+        pipeline: args.pipeline.clone(),
+        database: args.database.clone(),
+        cfg,
+        changes_dir,
+        target,
+        ledger,
+        allow_create: args.allow_create,
+        token,
+        runs: Mutex::new(BTreeMap::new()),
+        tasks: Mutex::new(Vec::new()),
+        startup_error: Mutex::new(None),
+    });
+    if args.migrate_on_start {
+        let wait = Duration::from_secs(args.lock_wait);
+        if let Err(e) = migrate_on_start(&state, wait).await {
+            let text = crate::redact::redact_text(&e);
+            if args.migrate_on_start_fail_hard {
+                anyhow::bail!("--migrate-on-start: {text}");
+            }
+            tracing::error!(error = %text, "migrate on start failed; serving with the failure in the status");
+            crate::errln!("warning: --migrate-on-start: {text}");
+            if let Ok(mut s) = state.startup_error.lock() {
+                *s = Some(text);
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    crate::errln!(
+        "serving on http://{addr}{}",
+        if state.token.is_some() {
+            " (bearer token required)"
+        } else {
+            " (no token: loopback only)"
+        }
+    );
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the server failed")?;
+    finish_runs(&state).await;
+    crate::errln!("stopped");
+    Ok(Outcome::Success)
+}
+
+fn router(state: Arc<State>) -> Router {
+    let api = Router::new()
+        .route("/api/migrations/status", get(migrations::status))
+        .route("/api/migrations/up", post(migrations::up))
+        .route("/api/migrations/down", post(migrations::down))
+        .route("/api/migrations/history", get(migrations::history))
+        .route("/api/migrations", post(migrations::create))
+        .route("/api/migrations/lock/status", get(migrations::lock_status))
+        .route(
+            "/api/migrations/lock/release",
+            post(migrations::lock_release),
+        )
+        .route("/api/runs", get(runs::list).post(runs::start))
+        .route("/api/runs/{id}", get(runs::get))
+        .route("/api/runs/{id}/report", get(runs::report))
+        .route("/api/verify/latest", get(runs::verify_latest))
+        .route("/api/pipeline", get(runs::pipeline))
+        .fallback(|| async { api::ApiError::not_found("no such route") })
+        // `layer`, not `route_layer`: an unknown route answers 401 too without a token.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_token,
+        ));
+    Router::new()
+        .route("/", get(page::page))
+        .merge(api)
+        .layer(axum::middleware::from_fn(api::log_request))
+        .with_state(state)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: no new requests; runs in progress may finish");
+}
+
+/// Lets the runs started through the API end (bounded): a run still going when the bound is
+/// reached is left to the ledger, which records it interrupted once this process is gone.
+async fn finish_runs(state: &State) {
+    let tasks: Vec<_> = match state.tasks.lock() {
+        Ok(mut t) => t.drain(..).collect(),
+        Err(_) => return,
+    };
+    if tasks.iter().all(|t| t.is_finished()) {
+        return;
+    }
+    crate::errln!("waiting for the run in progress to finish (at most 60 s)");
+    let all = futures::future::join_all(tasks);
+    if tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .is_err()
+    {
+        crate::errln!(
+            "warning: a run was still going at shutdown; the ledger records it interrupted (resume it with `cutover migrate`)"
+        );
+        // The runtime would wait for the run's thread when dropped: the process ends here, and
+        // the ledger sees its step's process gone (interrupted, resumable from its checkpoint).
+        std::process::exit(1);
+    }
+}
+
+/// Applies the pending changes before the server listens. Another instance applying them holds
+/// the lock: wait for it (at most `wait`), then see what is left. Returns why it failed.
+async fn migrate_on_start(state: &State, wait: Duration) -> Result<(), String> {
+    let db = state.mongo_db().map_err(|e| e.message)?;
+    let files = changes::file::load_dir(&state.changes_dir).map_err(|e| e.to_string())?;
+    let target = ChangeTarget {
+        db,
+        ledger: &state.ledger,
+        activity: None,
+    };
+    let started = Instant::now();
+    loop {
+        match changes::up(&target, &files, &UpOptions::default()).await {
+            Ok(report) => {
+                for c in &report.changes {
+                    crate::errln!("migrate on start: {} {} {}", c.status, c.version, c.name);
+                }
+                if report.failed() {
+                    let failed: Vec<String> = report
+                        .changes
+                        .iter()
+                        .filter_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.version)))
+                        .collect();
+                    return Err(format!("a change failed: {}", failed.join("; ")));
+                }
+                return Ok(());
+            }
+            Err(ChangesError::Lock(l)) if matches!(*l, LockError::Held(_)) => {
+                if started.elapsed() >= wait {
+                    return Err(format!(
+                        "gave up waiting {} s for the lock: {l}",
+                        wait.as_secs()
+                    ));
+                }
+                tracing::info!("another instance holds the lock; waiting");
+                let pause = 200 + fastrand::u64(..300);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(line: &[&str]) -> ServeArgs {
+        let mut argv = vec!["cutover", "serve"];
+        argv.extend_from_slice(line);
+        match Cli::parse_from(argv).command {
+            crate::cli::Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn no_token_is_refused_unless_no_auth_on_loopback() {
+        let err = token_policy(None, &args(&[])).unwrap_err().to_string();
+        assert!(err.contains("CUTOVER_API_TOKEN"), "{err}");
+        assert_eq!(token_policy(None, &args(&["--no-auth"])).unwrap(), None);
+        assert_eq!(
+            token_policy(None, &args(&["--no-auth", "--listen", "[::1]:9000"])).unwrap(),
+            None
+        );
+        let err = token_policy(None, &args(&["--no-auth", "--listen", "0.0.0.0:8088"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loopback"), "{err}");
+        assert_eq!(
+            token_policy(Some("t0k".into()), &args(&["--listen", "0.0.0.0:8088"])).unwrap(),
+            Some("t0k".into())
+        );
+    }
+}

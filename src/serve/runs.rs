@@ -1,0 +1,450 @@
+//! The run routes: the ledger's runs with per-entity progress from their steps and checkpoints
+//! (live while a run goes), reports as `cutover report` renders them, the latest verification,
+//! and `POST /api/runs`, which runs `cutover migrate` in this process.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State as Shared};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::State;
+use super::api::{ApiError, Json, Query};
+use crate::cli::{Command, PipelineArgs};
+use crate::ledger::{self, StepRecord};
+
+/// How many runs started through the API this process remembers.
+const KEEP_SERVED: usize = 100;
+
+/// A run started through the API, as this process knows it (a dry run is in no ledger).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Served {
+    pub run_id: String,
+    pub stages: Vec<String>,
+    pub dry_run: bool,
+    /// running, finished, failed
+    pub state: String,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// Run ids are file names in the reports directory: letters, digits, `.`, `-`, `_`, `:` only.
+fn checked_id(id: &str) -> Result<&str, ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && !id.starts_with(['.', '-'])
+        && !id.contains("..")
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(ApiError::bad_request("not a run id"))
+    }
+}
+
+fn served(state: &State) -> Vec<Served> {
+    state
+        .runs
+        .lock()
+        .map(|r| r.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    status: Option<String>,
+}
+
+pub async fn list(
+    Shared(state): Shared<Arc<State>>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(0, 1000);
+    let status = q.status.as_deref().filter(|s| !s.is_empty());
+    let recorded = state.ledger.runs_newest_first(limit, status).await?;
+    let mine = served(&state);
+    // Runs started here that no ledger holds (dry runs, or not started yet), newest first.
+    let mut runs: Vec<Value> = mine
+        .iter()
+        .rev()
+        .filter(|s| recorded.iter().all(|r| r.run_id != s.run_id))
+        .filter(|s| status.is_none_or(|st| s.state == st))
+        .map(|s| json!({"run_id": s.run_id, "status": s.state, "dry_run": s.dry_run, "started_at": s.started_at, "entities": s.stages, "served": s}))
+        .collect();
+    for r in &recorded {
+        let mut v = serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Some(s) = mine.iter().find(|s| s.run_id == r.run_id) {
+            v["served"] = json!(s);
+        }
+        runs.push(v);
+    }
+    runs.truncate(limit as usize);
+    Ok(axum::Json(json!({ "runs": runs })))
+}
+
+fn millis_of(rfc3339: Option<&str>) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339?)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// One entity's progress: what its step wrote so far (its checkpoint while it runs, its counts
+/// once it ended), its rate and, while it runs, the time left at that rate.
+fn progress(s: &StepRecord, now_ms: i64) -> Value {
+    let running = s.status == ledger::RUNNING;
+    let (read, rejected, written) = if running {
+        let read = s.checkpoint_rows;
+        let rejected = s.checkpoint_rejected;
+        (read, rejected, (read - rejected).max(0))
+    } else {
+        (s.read, s.rejected, s.written)
+    };
+    let elapsed_ms = if running {
+        millis_of(s.started_at.as_deref()).map_or(0, |t| (now_ms - t).max(0))
+    } else {
+        s.duration_ms
+    };
+    let rate = if elapsed_ms > 0 {
+        read as f64 * 1000.0 / elapsed_ms as f64
+    } else {
+        0.0
+    };
+    let eta = (running && rate > 0.0 && s.total > read)
+        .then(|| ((s.total - read) as f64 / rate).ceil() as i64);
+    json!({
+        "entity": s.entity,
+        "status": s.status,
+        "read": read,
+        "written": written,
+        "rejected": rejected,
+        "total": s.total,
+        "rowsPerSecond": (rate * 10.0).round() / 10.0,
+        "etaSeconds": eta,
+        "startedAt": s.started_at,
+        "finishedAt": s.finished_at,
+        "error": s.error,
+    })
+}
+
+/// A run's report file (dry runs have one too), when it exists.
+fn report_file(state: &State, id: &str) -> Option<crate::monitor::report::RunReport> {
+    let path = state.cfg.reports_dir.join(format!("{id}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+pub async fn get(
+    Shared(state): Shared<Arc<State>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = checked_id(&id)?;
+    let record = state
+        .ledger
+        .runs_newest_first(i64::MAX, None)
+        .await?
+        .into_iter()
+        .find(|r| r.run_id == id);
+    let steps: Vec<StepRecord> = state
+        .ledger
+        .all_steps()
+        .await?
+        .into_iter()
+        .filter(|s| s.run_id == id)
+        .collect();
+    let mine = served(&state).into_iter().find(|s| s.run_id == id);
+    let report = report_file(&state, id);
+    if record.is_none() && mine.is_none() && report.is_none() {
+        return Err(ApiError::not_found(format!("no run {id}")));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut entities: Vec<Value> = steps.iter().map(|s| progress(s, now)).collect();
+    if entities.is_empty()
+        && let Some(r) = &report
+    {
+        // A dry run: its report's counts.
+        entities = r
+            .entities
+            .iter()
+            .map(|e| json!({"entity": e.name, "status": e.status, "read": e.read, "written": e.written, "rejected": e.rejected, "total": e.total, "rowsPerSecond": e.rows_per_sec, "etaSeconds": null}))
+            .collect();
+    }
+    let status = match (&mine, &record, &report) {
+        (Some(s), _, _) if s.state == "running" => "running".to_string(),
+        (_, Some(r), _) => r.status.clone(),
+        (_, None, Some(r)) => r.status.clone(),
+        (Some(s), None, None) => s.state.clone(),
+        (None, None, None) => "unknown".to_string(),
+    };
+    Ok(axum::Json(json!({
+        "runId": id,
+        "status": status,
+        "dryRun": mine.as_ref().map(|s| s.dry_run).or(report.as_ref().map(|r| r.dry_run)).unwrap_or(false),
+        "run": record,
+        "served": mine,
+        "entities": entities,
+        "reports": {
+            "json": format!("/api/runs/{id}/report?format=json"),
+            "md": format!("/api/runs/{id}/report?format=md"),
+            "html": format!("/api/runs/{id}/report?format=html"),
+        },
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    format: Option<String>,
+}
+
+pub async fn report(
+    Shared(state): Shared<Arc<State>>,
+    Path(id): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let id = checked_id(&id)?;
+    let format = q.format.unwrap_or_else(|| "json".into());
+    let content_type = match format.as_str() {
+        "json" => "application/json",
+        "md" => "text/markdown; charset=utf-8",
+        "html" => "text/html; charset=utf-8",
+        _ => return Err(ApiError::bad_request("format is json, md or html")),
+    };
+    let mut argv: Vec<String> = vec!["report".into(), "--format".into(), format];
+    if let Some(d) = &state.database {
+        argv.extend(["--database".into(), d.clone()]);
+    }
+    argv.extend(["--".into(), id.to_string()]);
+    let cli = state.cli(&argv)?;
+    let Command::Report(args) = &cli.command else {
+        return Err(ApiError::internal("not a report command"));
+    };
+    if report_file(&state, id).is_none() {
+        return Err(ApiError::not_found(format!("no report of run {id}")));
+    }
+    let text = crate::commands::report::render(&cli, args).await?;
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+pub async fn verify_latest(
+    Shared(state): Shared<Arc<State>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let files = crate::monitor::signoff::verification_files(&state.cfg.reports_dir);
+    let Some(last) = files.last() else {
+        return Err(ApiError::not_found(
+            "no verification yet (run `cutover verify`)",
+        ));
+    };
+    let text = std::fs::read_to_string(last)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", last.display())))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", last.display())))?;
+    Ok(axum::Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartBody {
+    #[serde(default)]
+    stages: Vec<String>,
+    #[serde(default)]
+    dry_run: bool,
+    batch_size: Option<usize>,
+}
+
+pub async fn start(
+    Shared(state): Shared<Arc<State>>,
+    Json(body): Json<StartBody>,
+) -> Result<Response, ApiError> {
+    if body
+        .stages
+        .iter()
+        .any(|s| s.is_empty() || s.starts_with('-'))
+    {
+        return Err(ApiError::bad_request(
+            "a stage name is empty or starts with -",
+        ));
+    }
+    if body.batch_size == Some(0) {
+        return Err(ApiError::bad_request("batchSize must be at least 1"));
+    }
+    // The names are checked against the pipeline now, not after the answer.
+    let pipeline = crate::commands::shared::load_pipeline(
+        &state.cfg,
+        &PipelineArgs {
+            pipeline: state.pipeline.clone(),
+            mappings: None,
+        },
+    )
+    .map_err(|e| ApiError::refused(format!("{e:#}")))?;
+    pipeline
+        .select(&body.stages)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if served(&state).iter().any(|s| s.state == "running") {
+        return Err(ApiError::locked("a run started here is still going"));
+    }
+    if !body.dry_run
+        && let Some(h) = state.ledger.lock_holder().await?.filter(|h| !h.expired)
+    {
+        return Err(ApiError::locked(format!("the target is locked by {h}")));
+    }
+    let mut argv: Vec<String> = vec!["migrate".into(), "--quiet".into()];
+    if let Some(p) = &state.pipeline {
+        argv.extend(["--pipeline".into(), p.display().to_string()]);
+    }
+    if let Some(d) = &state.database {
+        argv.extend(["--database".into(), d.clone()]);
+    }
+    if body.dry_run {
+        argv.push("--dry-run".into());
+    }
+    if let Some(n) = body.batch_size {
+        argv.extend(["--batch-size".into(), n.to_string()]);
+    }
+    argv.push("--".into());
+    argv.extend(body.stages.iter().cloned());
+    let cli = state.cli(&argv)?;
+    let run_id = crate::pipeline::run::new_run_id();
+    let entry = Served {
+        run_id: run_id.clone(),
+        stages: body.stages.clone(),
+        dry_run: body.dry_run,
+        state: "running".into(),
+        error: None,
+        started_at: chrono::Utc::now().to_rfc3339(),
+        finished_at: None,
+    };
+    if let Ok(mut runs) = state.runs.lock() {
+        // The newest hundred are kept (ids sort by time); older ones are in the ledger.
+        while runs.len() >= KEEP_SERVED {
+            runs.pop_first();
+        }
+        runs.insert(run_id.clone(), entry.clone());
+    }
+    let task_state = state.clone();
+    let id = run_id.clone();
+    // The run's future is not `Send` (the engine borrows across awaits in ways the compiler
+    // cannot prove sendable): it runs on a blocking thread of the same runtime.
+    let handle = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let result = match &cli.command {
+            Command::Migrate(args) => {
+                handle.block_on(crate::commands::migrate::migrate_as(&cli, args, &id))
+            }
+            _ => Err(anyhow::anyhow!("not a migrate command")),
+        };
+        let (st, error) = match result {
+            Ok(crate::cli::Outcome::Success) => ("finished", None),
+            Ok(crate::cli::Outcome::FinishedWithRejects) => ("finished", None),
+            Ok(crate::cli::Outcome::Failed) => ("failed", Some("the run failed".to_string())),
+            Err(e) => (
+                "failed",
+                Some(crate::redact::redact_text(&format!("{e:#}"))),
+            ),
+        };
+        tracing::info!(run = %id, state = st, "run started through the API ended");
+        if let Ok(mut runs) = task_state.runs.lock()
+            && let Some(r) = runs.get_mut(&id)
+        {
+            r.state = st.to_string();
+            r.error = error;
+            r.finished_at = Some(chrono::Utc::now().to_rfc3339());
+        }
+    });
+    if let Ok(mut tasks) = state.tasks.lock() {
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "runId": run_id,
+            "dryRun": body.dry_run,
+            "stages": body.stages,
+            "links": { "self": format!("/api/runs/{run_id}") },
+        })),
+    )
+        .into_response())
+}
+
+/// The pipeline's stages and each entity's state in the ledger (the status page's table).
+pub async fn pipeline(Shared(state): Shared<Arc<State>>) -> Result<axum::Json<Value>, ApiError> {
+    let pipeline = crate::commands::shared::load_pipeline(
+        &state.cfg,
+        &PipelineArgs {
+            pipeline: state.pipeline.clone(),
+            mappings: None,
+        },
+    )
+    .map_err(|e| ApiError::refused(format!("{e:#}")))?;
+    let current = state.ledger.current_steps().await?;
+    let stages: Vec<Value> = pipeline
+        .spec
+        .stages
+        .iter()
+        .map(|st| {
+            let entities: Vec<Value> = st
+                .entities
+                .iter()
+                .map(|e| {
+                    let s = current.get(e);
+                    json!({
+                        "entity": e,
+                        "state": s.map_or("pending", |s| s.status.as_str()),
+                        "runId": s.map(|s| s.run_id.as_str()),
+                    })
+                })
+                .collect();
+            json!({ "name": st.name, "entities": entities })
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({ "pipeline": pipeline.spec.name, "stages": stages }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(status: &str) -> StepRecord {
+        let d = bson::doc! {
+            "_id": "r:patients", "run_id": "r", "entity": "patients", "status": status,
+            "started_at": bson::DateTime::from_millis(1_000_000),
+            "checkpoint_rows": 300_i64, "checkpoint_rejected": 3_i64, "total": 1200_i64,
+            "read": 1200_i64, "written": 1190_i64, "rejected": 10_i64, "duration_ms": 4000_i64,
+        };
+        StepRecord::from_doc(&d, crate::config::TargetKind::Mongodb)
+    }
+
+    #[test]
+    fn a_running_step_counts_its_checkpoint_and_the_time_left_at_its_rate() {
+        // 300 rows in 3 s: 100 rows/s, 900 rows left, 9 s.
+        let p = progress(&step(ledger::RUNNING), 1_003_000);
+        assert_eq!(
+            (&p["read"], &p["written"], &p["rejected"]),
+            (&json!(300), &json!(297), &json!(3))
+        );
+        assert_eq!(p["rowsPerSecond"], json!(100.0));
+        assert_eq!(p["etaSeconds"], json!(9));
+        // Ended: its own counts, no time left.
+        let p = progress(&step(ledger::COMPLETED), 9_999_999);
+        assert_eq!((&p["read"], &p["written"]), (&json!(1200), &json!(1190)));
+        assert_eq!(p["rowsPerSecond"], json!(300.0));
+        assert_eq!(p["etaSeconds"], Value::Null);
+    }
+
+    #[test]
+    fn run_ids_are_plain_names() {
+        assert!(checked_id("20261206T034500.123Z-0a1b").is_ok());
+        for bad in ["", "../etc/passwd", "a/b", ".hidden", "-x", "a b", "a..b"] {
+            assert!(checked_id(bad).is_err(), "{bad}");
+        }
+    }
+}

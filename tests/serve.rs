@@ -1,0 +1,803 @@
+//! `cutover serve` as a deployment runs it: the real binary listening on a free port, driven by a
+//! real HTTP client (reqwest) against the real mongod and PostgreSQL. What the routes answer is
+//! checked against the ledger's collections read with the mongodb driver, not through cutover.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::{Document, doc};
+use common::{World, repo};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+/// A `cutover serve` child process, its address and its log files; stopped with SIGTERM on drop.
+struct Server {
+    child: Child,
+    base: String,
+    stderr: PathBuf,
+}
+
+impl Server {
+    /// `cutover serve --listen 127.0.0.1:0 ARGS…` in the world's directory, with `env` added;
+    /// waits until it says where it listens.
+    fn start(w: &World, tag: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let child = spawn(w, tag, args, env);
+        let stderr = w.dir.path().join(format!("{tag}.err"));
+        let mut s = Server {
+            child,
+            base: String::new(),
+            stderr,
+        };
+        s.base = s.wait_listening(Duration::from_secs(60));
+        s
+    }
+
+    fn wait_listening(&mut self, limit: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            if let Some(rest) = text.split("serving on ").nth(1) {
+                let url = rest.split_whitespace().next().unwrap().to_string();
+                return url;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("serve exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                started.elapsed() < limit,
+                "serve did not listen within {limit:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// SIGTERM, then its exit status (bounded).
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("serve did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `cutover --log-level debug serve --listen 127.0.0.1:0 ARGS…`, output to `<tag>.out|err`.
+fn spawn(w: &World, tag: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let out = std::fs::File::create(w.dir.path().join(format!("{tag}.out"))).unwrap();
+    let err = std::fs::File::create(w.dir.path().join(format!("{tag}.err"))).unwrap();
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .env("CUTOVER_FILES_ROOT", w.files_root())
+        .args(["--log-level", "debug", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// A copy of the registry's change files in the world (creating files must not touch the repo).
+fn changes_dir(w: &World) -> PathBuf {
+    let dir = w.dir.path().join("changes");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(repo().join("pipelines/changes")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+fn versions(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().to_string();
+            n.ends_with(".toml")
+                .then(|| n.split('_').next().unwrap().parse().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(base: &str, token: Option<&str>) -> Api {
+        // reqwest is built without a TLS provider of its own (plain HTTP here all the same).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Api {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> (u16, String, Value) {
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, ct, v)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let (s, _, v) = self.send(self.req(reqwest::Method::GET, path)).await;
+        (s, v)
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.req(reqwest::Method::POST, path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let (s, _, v) = self.send(r).await;
+        (s, v)
+    }
+
+    /// Polls `GET /api/runs/{id}` until the run is no longer running; returns the last answer.
+    async fn wait_run(&self, id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let (s, v) = self.get(&format!("/api/runs/{id}")).await;
+            assert_eq!(s, 200, "{v}");
+            if v["status"] != "running" {
+                return v;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "{v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn is_error(v: &Value, error: &str) {
+    assert_eq!(v["error"], error, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+async fn ledger_docs(w: &World, collection: &str, filter: Document) -> Vec<Document> {
+    w.mongo()
+        .await
+        .collection::<Document>(collection)
+        .find(filter)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_route_answers_with_what_the_ledger_holds() {
+    let w = World::new("serve_routes").await;
+    w.load_registry(100);
+    let dir = changes_dir(&w);
+    let all = versions(&dir);
+    let token = "route-token-7f3a9c";
+    let d = dir.display().to_string();
+    let pipeline = repo().join("pipelines/registry.toml").display().to_string();
+    let mut server = Server::start(
+        &w,
+        "routes",
+        &["--allow-create", "--dir", &d, "--pipeline", &pipeline],
+        &[("CUTOVER_API_TOKEN", token)],
+    );
+    let api = Api::new(&server.base, Some(token));
+
+    // No run yet; a dry run started through the API ends and writes nothing.
+    let (s, v) = api.get("/api/runs").await;
+    assert_eq!((s, v["runs"].as_array().unwrap().len()), (200, 0), "{v}");
+    let (s, v) = api
+        .post(
+            "/api/runs",
+            Some(json!({"stages": ["reference"], "dryRun": true})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let dry_id = v["runId"].as_str().unwrap().to_string();
+    let dry = api.wait_run(&dry_id).await;
+    assert_eq!(dry["dryRun"], true, "{dry}");
+    assert!(dry["entities"].as_array().unwrap().len() >= 2, "{dry}");
+    assert_eq!(w.count("vaccines").await, 0, "a dry run wrote");
+
+    // A real run of the whole pipeline; its numbers are the target's.
+    let (s, v) = api
+        .post("/api/runs", Some(json!({"dryRun": false, "batchSize": 25})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let run_id = v["runId"].as_str().unwrap().to_string();
+    let run = api.wait_run(&run_id).await;
+    // The registry's fixtures hold rows the mappings reject on purpose.
+    assert_eq!(
+        run["status"],
+        "completed_with_rejects",
+        "{run}\n{}",
+        server.log()
+    );
+    let patients = run["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "patients")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        patients["written"],
+        json!(w.count("patients").await),
+        "{run}"
+    );
+    assert_eq!(
+        patients["read"],
+        json!(w.pg_count("patients").await),
+        "{run}"
+    );
+    let runs = ledger_docs(&w, "cutover_runs", doc! { "_id": &run_id }).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].get_str("status").unwrap(), "completed_with_rejects");
+    let (_, listed) = api.get("/api/runs?limit=10").await;
+    let ids: Vec<&str> = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&run_id.as_str()) && ids.contains(&dry_id.as_str()),
+        "{listed}"
+    );
+
+    // Its report in each format; bad formats and ids are refused.
+    for (format, ct) in [
+        ("json", "application/json"),
+        ("md", "text/markdown"),
+        ("html", "text/html"),
+    ] {
+        let (s, got_ct, body) = api
+            .send(api.req(
+                reqwest::Method::GET,
+                &format!("/api/runs/{run_id}/report?format={format}"),
+            ))
+            .await;
+        assert_eq!(s, 200, "{format}: {body}");
+        assert!(got_ct.starts_with(ct), "{format}: {got_ct}");
+        assert!(body.to_string().contains(&run_id), "{format}");
+    }
+    let (_, v) = api.get(&format!("/api/runs/{run_id}/report")).await;
+    assert_eq!(v["run"]["run_id"], json!(run_id), "json is the default");
+    let (s, v) = api
+        .get(&format!("/api/runs/{run_id}/report?format=xml"))
+        .await;
+    assert_eq!(s, 400);
+    is_error(&v, "bad_request");
+    let (s, v) = api.get("/api/runs/20200101T000000.000Z-0000").await;
+    assert_eq!(s, 404);
+    is_error(&v, "not_found");
+    let (s, _) = api.get("/api/runs/..%2Fcutover.toml/report").await;
+    assert_eq!(s, 400);
+
+    // No verification yet; after `cutover verify`, the latest one.
+    let (s, v) = api.get("/api/verify/latest").await;
+    assert_eq!(s, 404, "{v}");
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline", &pipeline, "reference"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let (s, v) = api.get("/api/verify/latest").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["entities"].as_array().is_some_and(|e| !e.is_empty()),
+        "{v}"
+    );
+
+    // Changes: status, a dry up that writes nothing, a real up to the second version.
+    let (s, v) = api.get("/api/migrations/status").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["summary"]["pending"], json!(all.len()), "{v}");
+    assert_eq!(v["summary"]["total"], json!(all.len()), "{v}");
+    assert_eq!(v["locked"], Value::Null);
+    let (s, v) = api.post("/api/migrations/up?dryRun=true", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["changes"].as_array().unwrap().len(), all.len(), "{v}");
+    assert!(ledger_docs(&w, "cutover_changes", doc! {}).await.is_empty());
+    let (s, v) = api.post("/api/migrations/up?dryRun=maybe", None).await;
+    assert_eq!(s, 400);
+    is_error(&v, "bad_request");
+    let (s, v) = api
+        .post(&format!("/api/migrations/up?to={}", all[1]), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["changes"].as_array().unwrap().len(), 2, "{v}");
+    let applied = ledger_docs(&w, "cutover_changes", doc! { "status": "applied" }).await;
+    let mut applied: Vec<u64> = applied
+        .iter()
+        .map(|d| d.get_str("_id").unwrap().parse().unwrap())
+        .collect();
+    applied.sort();
+    assert_eq!(applied, vec![all[0], all[1]]);
+    let (_, v) = api.get("/api/migrations/status").await;
+    assert_eq!(v["summary"]["applied"], 2, "{v}");
+    assert_eq!(v["applied"][0]["version"], json!(all[0]), "{v}");
+    assert!(v["applied"][0]["appliedAt"].is_string(), "{v}");
+
+    // History with its filters; then down one step.
+    let (_, h) = api.get("/api/migrations/history?status=applied").await;
+    assert_eq!(h["entries"].as_array().unwrap().len(), 2, "{h}");
+    let (_, completed) = api.get("/api/migrations/history?status=completed").await;
+    assert_eq!(completed, h, "completed is applied");
+    let (_, h1) = api.get("/api/migrations/history?limit=1").await;
+    let (_, h2) = api.get("/api/migrations/history?limit=1&skip=1").await;
+    assert_eq!(h1["entries"].as_array().unwrap().len(), 1);
+    assert_ne!(h1["entries"][0]["version"], h2["entries"][0]["version"]);
+    let (_, none) = api.get("/api/migrations/history?status=failed").await;
+    assert_eq!(none["entries"], json!([]));
+    let (s, v) = api.post("/api/migrations/down?steps=x", None).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api
+        .post("/api/migrations/down?steps=1&dryRun=true", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["changes"][0]["version"], json!(all[1]), "{v}");
+    let (s, v) = api.post("/api/migrations/down?steps=1", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["changes"][0]["version"], json!(all[1]), "{v}");
+    let log = ledger_docs(&w, "cutover_changes_log", doc! { "action": "down" }).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    let (_, v) = api.get("/api/migrations/status").await;
+    assert_eq!(v["summary"]["applied"], 1, "{v}");
+
+    // The lock: held by another host (written directly), every writer is refused with 409.
+    let expires = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 600_000);
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_lock")
+        .insert_one(doc! {
+            "_id": "cutover", "run_id": "other-run", "token": "t", "host": "another-host",
+            "pid": 4242_i64, "command": "migrate", "acquired_at": bson::DateTime::now(),
+            "expires_at": expires,
+        })
+        .await
+        .unwrap();
+    let (_, v) = api.get("/api/migrations/lock/status").await;
+    assert_eq!(v["locked"]["runId"], "other-run", "{v}");
+    let (s, v) = api.post("/api/migrations/up", None).await;
+    assert_eq!(s, 409, "{v}");
+    is_error(&v, "locked");
+    let (s, v) = api.post("/api/runs", Some(json!({}))).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = api
+        .post("/api/migrations/lock/release", Some(json!({})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api.post("/api/migrations/lock/release", None).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = api
+        .post(
+            "/api/migrations/lock/release",
+            Some(json!({"confirm": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["released"]["runId"], "other-run", "{v}");
+    assert!(ledger_docs(&w, "cutover_lock", doc! {}).await.is_empty());
+    let (_, v) = api.get("/api/migrations/lock/status").await;
+    assert_eq!(v["locked"], Value::Null, "{v}");
+
+    // Creating a change file (allowed here).
+    let (s, v) = api
+        .post(
+            "/api/migrations",
+            Some(json!({"name": "flag vip patients", "template": "add-field"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let file = v["file"].as_str().unwrap();
+    assert!(dir.join(file).exists(), "{v}");
+    assert_eq!(versions(&dir).len(), all.len() + 1);
+    let (s, v) = api
+        .post(
+            "/api/migrations",
+            Some(json!({"name": "x", "template": "nope"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, v) = api.get("/api/migrations/status").await;
+    assert_eq!(v["summary"]["total"], json!(all.len() + 1), "{v}");
+
+    assert!(server.stop().success(), "{}", server.log());
+    assert!(server.log().contains("stopped"), "{}", server.log());
+    assert!(!server.log().contains(token));
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_refused_and_the_token_never_shows() {
+    let w = World::new("serve_auth").await;
+    let dir = changes_dir(&w);
+    let d = dir.display().to_string();
+    // Without a token the server does not start, unless on loopback with --no-auth.
+    let mut child = spawn(&w, "none", &["--dir", &d], &[]);
+    let st = child.wait().unwrap();
+    let err = std::fs::read_to_string(w.dir.path().join("none.err")).unwrap();
+    assert!(!st.success() && err.contains("CUTOVER_API_TOKEN"), "{err}");
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(w.dir.path())
+        .args(["serve", "--no-auth", "--listen", "0.0.0.0:0"])
+        .env("MONGODB_URI", common::mongo_uri())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(!st.success());
+
+    // The token from a file named in the config (the config text itself holds no token).
+    let token = "file-token-0c8e41d2";
+    std::fs::write(w.dir.path().join("api.token"), format!("{token}\n")).unwrap();
+    std::fs::write(
+        w.dir.path().join("cutover.toml"),
+        "[serve]\ntoken_file = \"api.token\"\n",
+    )
+    .unwrap();
+    let mut server = Server::start(&w, "auth", &["--dir", &d], &[]);
+    for (tok, why) in [(None, "no token"), (Some("wrong-token"), "a wrong token")] {
+        let api = Api::new(&server.base, tok);
+        for path in ["/api/migrations/status", "/api/runs", "/api/nothing-here"] {
+            let (s, v) = api.get(path).await;
+            assert_eq!(s, 401, "{why} {path}: {v}");
+            is_error(&v, "unauthorized");
+            assert!(!v.to_string().contains(token));
+        }
+        let (s, _) = api.post("/api/migrations/up", None).await;
+        assert_eq!(s, 401, "{why}");
+    }
+    let api = Api::new(&server.base, Some(token));
+    let (s, v) = api.get("/api/migrations/status").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!v.to_string().contains(token));
+    for header in [
+        format!("bearer {token}"),
+        format!("Basic {token}"),
+        token.to_string(),
+    ] {
+        let (s, _, _) = api
+            .send(
+                api.http
+                    .get(format!("{}/api/runs", server.base))
+                    .header("Authorization", &header),
+            )
+            .await;
+        let scheme = header.split(' ').next().unwrap();
+        assert_eq!(s, if scheme == "bearer" { 200 } else { 401 }, "{scheme}");
+    }
+    // Without --allow-create, creating a change file is forbidden.
+    let (s, v) = api
+        .post("/api/migrations", Some(json!({"name": "nope"})))
+        .await;
+    assert_eq!(s, 403, "{v}");
+    is_error(&v, "forbidden");
+    // The page is a shell without data: it needs no token and shows none.
+    let anonymous = Api::new(&server.base, None);
+    let (s, _, page) = anonymous
+        .send(anonymous.req(reqwest::Method::GET, "/"))
+        .await;
+    assert_eq!(s, 200);
+    assert!(!page.to_string().contains(token));
+    assert!(server.stop().success());
+    let log = server.log();
+    assert!(log.contains("request"), "debug logs are on: {log}");
+    assert!(!log.contains(token), "{log}");
+    let out = std::fs::read_to_string(w.dir.path().join("auth.out")).unwrap();
+    assert!(!out.contains(token));
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn three_instances_started_together_apply_each_change_once() {
+    let w = World::new("serve_three").await;
+    w.load_registry(100);
+    let out = w.migrate(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let dir = changes_dir(&w);
+    let all = versions(&dir);
+    let d = dir.display().to_string();
+    let token = "three-token-55d1";
+    let env = [
+        ("CUTOVER_API_TOKEN", token),
+        ("MIGRATE_ON_START", "true"),
+        ("MIGRATE_ON_START_FAIL_HARD", "true"),
+    ];
+    let children: Vec<Child> = (0..3)
+        .map(|i| spawn(&w, &format!("three{i}"), &["--dir", &d], &env))
+        .collect();
+    let mut servers: Vec<Server> = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| {
+            let mut s = Server {
+                child,
+                base: String::new(),
+                stderr: w.dir.path().join(format!("three{i}.err")),
+            };
+            s.base = s.wait_listening(Duration::from_secs(120));
+            s
+        })
+        .collect();
+    // The ledger, read directly: one applied `up` per change, none twice.
+    let ups = ledger_docs(&w, "cutover_changes_log", doc! { "action": "up" }).await;
+    let mut seen: Vec<u64> = ups
+        .iter()
+        .map(|d| d.get_str("version").unwrap().parse().unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, all, "{ups:?}");
+    assert!(
+        ups.iter().all(|d| d.get_str("status") == Ok("applied")),
+        "{ups:?}"
+    );
+    let batches: std::collections::BTreeSet<i64> =
+        ups.iter().map(|d| d.get_i64("batch").unwrap()).collect();
+    assert_eq!(batches.len(), 1, "one instance applied them all: {ups:?}");
+    for s in &servers {
+        let api = Api::new(&s.base, Some(token));
+        let (st, v) = api.get("/api/migrations/status").await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["summary"]["pending"], 0, "{v}");
+        assert_eq!(v["summary"]["applied"], json!(all.len()), "{v}");
+        let (_, h) = api.get("/api/migrations/history?status=applied").await;
+        assert_eq!(h["entries"].as_array().unwrap().len(), all.len(), "{h}");
+    }
+    for s in &mut servers {
+        assert!(s.stop().success(), "{}", s.log());
+    }
+    w.drop().await;
+}
+
+/// Each entity row's `read` number on the status page's DOM.
+fn page_reads(dom: &str) -> std::collections::BTreeMap<String, u64> {
+    let re = regex::Regex::new(r#"<tr id="entity-([a-z_]+)">.*?class="read">(\d+)<"#).unwrap();
+    re.captures_iter(dom)
+        .map(|c| (c[1].to_string(), c[2].parse().unwrap()))
+        .collect()
+}
+
+fn dump_dom(url: &str, profile: &Path) -> String {
+    let out =
+        common::browser::chromium(&["--virtual-time-budget=1500", "--dump-dom", url], profile);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn the_status_page_shows_a_run_moving_in_chromium() {
+    let w = World::new("serve_page").await;
+    w.load_registry(2000);
+    let dir = changes_dir(&w);
+    let d = dir.display().to_string();
+    let pipeline = repo().join("pipelines/registry.toml").display().to_string();
+    let mut server = Server::start(
+        &w,
+        "page",
+        &["--no-auth", "--dir", &d, "--pipeline", &pipeline],
+        &[],
+    );
+    let api = Api::new(&server.base, None);
+    let (s, v) = api.post("/api/runs", Some(json!({"batchSize": 5}))).await;
+    assert_eq!(s, 202, "{v}");
+    let run_id = v["runId"].as_str().unwrap().to_string();
+    // Once the patients are being copied, the page is read twice: the numbers have moved.
+    let started = Instant::now();
+    loop {
+        let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
+        let going = v["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["entity"] == "patients" && e["status"] == "running");
+        if going {
+            break;
+        }
+        assert_ne!(
+            v["status"], "completed_with_rejects",
+            "the run ended first: {v}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let profile = w.dir.path().join("chromium");
+    let url = format!("{}/", server.base);
+    let first = dump_dom(&url, &profile);
+    assert!(
+        first.contains(&format!("id=\"run-id\">{run_id}<")),
+        "{first}"
+    );
+    assert!(
+        first.contains("class=\"state-running\">running<"),
+        "{first}"
+    );
+    let before: u64 = page_reads(&first).values().sum();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = dump_dom(&url, &profile);
+    let after: u64 = page_reads(&second).values().sum();
+    assert!(
+        after > before,
+        "the numbers did not move: {before} then {after}"
+    );
+
+    // SIGTERM while the run goes: the server stops taking requests, lets the run finish, and
+    // exits; the ledger (read directly) has the run completed.
+    let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
+    let still_going = v["status"] == "running";
+    eprintln!("the run was still going at SIGTERM: {still_going}");
+    assert!(server.stop().success(), "{}", server.log());
+    if still_going {
+        assert!(
+            server.log().contains("waiting for the run in progress"),
+            "{}",
+            server.log()
+        );
+    }
+    let runs = ledger_docs(&w, "cutover_runs", doc! { "_id": &run_id }).await;
+    assert_eq!(
+        runs[0].get_str("status").unwrap(),
+        "completed_with_rejects",
+        "{runs:?}"
+    );
+
+    // Served again, the page shows what the target holds, with full progress bars.
+    let mut server = Server::start(
+        &w,
+        "page-again",
+        &["--no-auth", "--dir", &d, "--pipeline", &pipeline],
+        &[],
+    );
+    let url = format!("{}/", server.base);
+    let last = dump_dom(&url, &profile);
+    assert!(last.contains(&format!("id=\"run-id\">{run_id}<")), "{last}");
+    let reads = page_reads(&last);
+    assert_eq!(reads["patients"], w.pg_count("patients").await, "{last}");
+    assert!(
+        last.contains(&format!(
+            "class=\"written\">{}<",
+            w.count("immunizations").await
+        )),
+        "{last}"
+    );
+    assert!(last.contains("/report?format=html"), "report links: {last}");
+    let shot = w.dir.path().join("status.png");
+    let out = common::browser::chromium(
+        &[
+            "--window-size=1100,1400",
+            "--virtual-time-budget=1500",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ],
+        &profile,
+    );
+    assert!(shot.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The progress bars' fill (#2e7d32), full for each finished entity.
+    assert!(
+        common::browser::count_color(&shot, [0x2e, 0x7d, 0x32]) > 5_000,
+        "progress bars not visible"
+    );
+    assert!(server.stop().success(), "{}", server.log());
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_change_failing_on_start_stops_the_server_or_shows_in_the_status() {
+    let w = World::new("serve_start_fail").await;
+    w.mongo()
+        .await
+        .collection::<Document>("things")
+        .insert_one(doc! { "_id": "a" })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("1_duplicate.toml"),
+        "version = 1\nname = \"duplicate\"\n[[up]]\nop = \"insert\"\ncollection = \"things\"\ndocuments = [{ _id = \"a\" }]\n",
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    let token = "start-token-91b0";
+    let mut child = spawn(
+        &w,
+        "hard",
+        &["--dir", &d],
+        &[
+            ("CUTOVER_API_TOKEN", token),
+            ("MIGRATE_ON_START", "true"),
+            ("MIGRATE_ON_START_FAIL_HARD", "true"),
+        ],
+    );
+    let st = child.wait().unwrap();
+    let err = std::fs::read_to_string(w.dir.path().join("hard.err")).unwrap();
+    assert!(!st.success(), "{err}");
+    assert!(
+        err.contains("migrate-on-start") && !err.contains("serving on"),
+        "{err}"
+    );
+
+    let mut server = Server::start(
+        &w,
+        "soft",
+        &["--dir", &d, "--migrate-on-start", "--no-auth"],
+        &[],
+    );
+    let api = Api::new(&server.base, None);
+    let (s, v) = api.get("/api/migrations/status").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["summary"]["failed"], 1, "{v}");
+    assert_eq!(v["failed"][0]["version"], 1, "{v}");
+    assert!(
+        v["startupError"]
+            .as_str()
+            .is_some_and(|e| e.contains("failed")),
+        "{v}"
+    );
+    // The status page says so too.
+    let dom = dump_dom(&format!("{}/", server.base), &w.dir.path().join("chromium"));
+    let re = regex::Regex::new(r#"id="startup"[^>]*>([^<]*)<"#).unwrap();
+    let shown = re
+        .captures(&dom)
+        .map(|c| c[1].to_string())
+        .unwrap_or_default();
+    assert!(shown.contains("failed"), "{dom}");
+    // Both attempts are in the ledger's history, read directly.
+    let log = ledger_docs(&w, "cutover_changes_log", doc! { "status": "failed" }).await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(server.stop().success());
+    w.drop().await;
+}
