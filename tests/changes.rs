@@ -2050,3 +2050,80 @@ async fn an_index_with_a_collation_is_created_and_dropped_again() {
     assert_eq!(hashes(&w).await, before);
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V1–V3): `down` put the whole backed-up document back,
+/// reverting what the application changed since in fields the change never touched; "still
+/// holds what it wrote" was a query's equality (an array holding the value, 1.0 for 1, passed);
+/// and in a change of two operations the earlier one's restore wiped what the later one's
+/// inverse had left alone. Now only the fields an operation wrote go back, and only where they
+/// hold exactly (type included) what it wrote; the expectations are written out by hand.
+#[tokio::test]
+async fn down_puts_back_only_the_fields_a_change_wrote_and_only_where_they_are_as_written() {
+    let w = World::new("changes_fields_only").await;
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .insert_many(vec![
+            doc! { "_id": 0, "name": "n0", "k": 0 },
+            doc! { "_id": 1, "name": "n1", "k": 1 },
+            doc! { "_id": 2, "name": "n2", "k": 0 },
+            doc! { "_id": 3, "name": "n3", "k": 1 },
+            doc! { "_id": 4, "name": "n4", "k": 0 },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_two.toml",
+        "version = 1\nname = \"set then add\"\n[[up]]\nop = \"set\"\ncollection = \"t\"\nfilter = {}\nfields = { flag = \"on\", n = 1 }\n[[up]]\nop = \"add_field\"\ncollection = \"t\"\nfield = \"prefs.lang\"\ndefault = \"en\"\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let t = w.mongo().await.collection::<Document>("t");
+    let edit = |id: i32, set: Document| {
+        let t = t.clone();
+        async move {
+            t.update_one(doc! { "_id": id }, doc! { "$set": set })
+                .await
+                .unwrap();
+        }
+    };
+    edit(0, doc! { "name": "EDITED" }).await; // a field the change never wrote
+    edit(1, doc! { "flag": ["on", "app"] }).await; // an array holding what it wrote
+    edit(2, doc! { "n": 1.0 }).await; // the same number, another type
+    edit(3, doc! { "prefs.lang": "EN" }).await; // the later operation's field
+    let out = changes(&w, "down", &dir, &[]);
+    let said = ok(&out);
+    assert!(
+        output_text(&out).contains("3 documents changed since it was applied were left"),
+        "{said}\n{}",
+        output_text(&out)
+    );
+    assert_eq!(
+        w.docs("t").await,
+        [
+            doc! { "_id": 0, "name": "EDITED", "k": 0 },
+            doc! { "_id": 1, "name": "n1", "k": 1, "flag": ["on", "app"], "n": 1 },
+            doc! { "_id": 2, "name": "n2", "k": 0, "flag": "on", "n": 1.0 },
+            doc! { "_id": 3, "name": "n3", "k": 1, "prefs": { "lang": "EN" } },
+            doc! { "_id": 4, "name": "n4", "k": 0 },
+        ]
+    );
+    // Without edits, down is exact (field order and the `prefs` it created included).
+    let w2 = World::new("changes_fields_only_exact").await;
+    w2.mongo()
+        .await
+        .collection::<Document>("t")
+        .insert_many(vec![
+            doc! { "_id": 0, "name": "n0", "k": 0 },
+            doc! { "_id": 1, "name": "n1", "flag": "off", "k": 1 },
+        ])
+        .await
+        .unwrap();
+    let before2 = hashes(&w2).await;
+    ok(&changes(&w2, "up", &dir, &[]));
+    ok(&changes(&w2, "down", &dir, &[]));
+    assert_eq!(hashes(&w2).await, before2);
+    w2.drop().await;
+    w.drop().await;
+}

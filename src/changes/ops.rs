@@ -308,36 +308,100 @@ fn sanitize_value(v: &mut Bson, rest: Option<&str>, clean: &Sanitize) -> bool {
     }
 }
 
-/// The condition under which the inverse of a rewrite puts `original` back: the fields the
-/// operation changed still hold what it wrote.
-fn guard_of(op: &Op, original: &Document) -> Document {
+/// Documents whose image and restored form together exceed this are matched by `_id` alone
+/// when put back (checked byte for byte just before).
+const STILL_LIMIT: usize = 12 * 1024 * 1024;
+
+/// The paths a field operation writes (what its inverse puts back).
+fn touched(op: &Op) -> Vec<&str> {
     match op {
-        Op::AddField { field, default, .. } => doc! { field: { "$eq": default.clone() } },
-        Op::RemoveField { field, .. } => exists(field, false),
-        Op::RenameField { from, to, .. } => {
-            let old = get_path(original, from).cloned().unwrap_or(Bson::Null);
-            doc! { from: { "$exists": false }, to: { "$eq": old } }
-        }
-        Op::Set { fields, .. } => {
-            let mut g = Document::new();
-            for (k, v) in fields {
-                g.insert(k, doc! { "$eq": v.clone() });
-            }
-            g
-        }
-        Op::Unset { fields, .. } => {
-            let mut g = Document::new();
-            for f in fields {
-                g.insert(f, doc! { "$exists": false });
-            }
-            g
-        }
-        Op::CopyField { from, to, .. } => {
-            let old = get_path(original, from).cloned().unwrap_or(Bson::Null);
-            doc! { to: { "$eq": old } }
-        }
-        _ => Document::new(),
+        Op::AddField { field, .. } | Op::RemoveField { field, .. } => vec![field],
+        Op::RenameField { from, to, .. } => vec![from, to],
+        Op::Set { fields, .. } => fields.keys().map(String::as_str).collect(),
+        Op::Unset { fields, .. } => fields.iter().map(String::as_str).collect(),
+        Op::CopyField { to, .. } => vec![to],
+        _ => Vec::new(),
     }
+}
+
+/// Whether the fields a field operation wrote still hold exactly what it wrote into `original`
+/// (same type, same value: an array holding it, or 1.0 for 1, is a change).
+fn still_written(op: &Op, original: &Document, current: &Document) -> bool {
+    match op {
+        Op::AddField { field, default, .. } => get_path(current, field) == Some(default),
+        Op::RemoveField { field, .. } => get_path(current, field).is_none(),
+        Op::RenameField { from, to, .. } => {
+            get_path(current, from).is_none() && get_path(current, to) == get_path(original, from)
+        }
+        Op::Set { fields, .. } => fields.iter().all(|(k, v)| get_path(current, k) == Some(v)),
+        Op::Unset { fields, .. } => fields.iter().all(|f| get_path(current, f).is_none()),
+        Op::CopyField { from, to, .. } => {
+            get_path(original, from).is_some() && get_path(current, to) == get_path(original, from)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a dotted path passes through a value that is not a document (an array) in `d`.
+fn crosses_non_document(d: &Document, path: &str) -> bool {
+    match path.split_once('.') {
+        None => false,
+        Some((head, rest)) => match d.get(head) {
+            None => false,
+            Some(Bson::Document(inner)) => crosses_non_document(inner, rest),
+            Some(_) => true,
+        },
+    }
+}
+
+/// Sets a dotted path (creating documents on the way).
+fn set_path(d: &mut Document, path: &str, v: Bson) {
+    match path.split_once('.') {
+        None => {
+            d.insert(path, v);
+        }
+        Some((head, rest)) => {
+            if !matches!(d.get(head), Some(Bson::Document(_))) {
+                d.insert(head, Document::new());
+            }
+            if let Some(Bson::Document(inner)) = d.get_mut(head) {
+                set_path(inner, rest, v);
+            }
+        }
+    }
+}
+
+/// Removes a dotted path; a document left empty on the way goes too where `original` has none
+/// there.
+fn remove_path(d: &mut Document, path: &str, original: &Document) {
+    match path.split_once('.') {
+        None => {
+            d.remove(path);
+        }
+        Some((head, rest)) => {
+            let empty = match d.get_mut(head) {
+                Some(Bson::Document(inner)) => {
+                    let orig_inner = original.get_document(head).ok();
+                    remove_path(inner, rest, orig_inner.unwrap_or(&Document::new()));
+                    inner.is_empty() && orig_inner.is_none()
+                }
+                _ => false,
+            };
+            if empty {
+                d.remove(head);
+            }
+        }
+    }
+}
+
+/// The same fields with the same values, in any order (documents inside compared the same way).
+fn same_content(a: &Document, b: &Document) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(k, v)| match (v, b.get(k)) {
+            (Bson::Document(x), Some(Bson::Document(y))) => same_content(x, y),
+            (x, Some(y)) => x == y,
+            (_, None) => false,
+        })
 }
 
 /// Operations whose inverse puts a document back only where it is still exactly the image the
@@ -1074,9 +1138,21 @@ impl Exec<'_> {
                 } else {
                     Default::default()
                 };
+                let ids: Vec<Bson> = batch
+                    .iter()
+                    .filter_map(|b| b.get_document("_id").ok()?.get("id").cloned())
+                    .collect();
+                // What each document is now, compared here byte for byte (a query's equality
+                // takes 1 for 1.0 and an array for one of its elements).
+                let coll = self.coll(collection);
+                let find = coll.find(doc! { "_id": { "$in": ids } });
+                let now: std::collections::HashMap<String, Document> = collect_all!(sess, find)
+                    .into_iter()
+                    .filter_map(|d| Some((id_key(d.get("_id")?), d)))
+                    .collect();
                 let mut statements = Vec::with_capacity(batch.len());
-                let mut originals = Vec::with_capacity(batch.len());
-                for b in batch {
+                let mut skipped = 0u64;
+                for b in &batch {
                     let (Some(id), Ok(original)) = (
                         b.get_document("_id")
                             .ok()
@@ -1086,37 +1162,71 @@ impl Exec<'_> {
                     ) else {
                         continue;
                     };
-                    let mut filter = match op {
-                        op if image_guarded(op) => match images.get(&id_key(&id)) {
-                            Some(image) => still(image),
-                            // The change stopped between rewriting this batch and keeping its
-                            // images (and is being undone now, under the lock): the original
-                            // goes back whether or not it was rewritten.
-                            None => Document::new(),
-                        },
-                        _ => guard_of(op, original),
+                    done.matched += 1;
+                    let Some(current) = now.get(&id_key(&id)) else {
+                        // Deleted since: left so, and counted.
+                        skipped += 1;
+                        continue;
                     };
-                    filter.insert("_id", id.clone());
-                    let update = match op {
-                        // A copy changed one field: only that field is taken away again (the
-                        // rest of the document may have changed since, and stays).
-                        Op::CopyField { to, .. } => doc! { "$unset": { to: "" } },
-                        _ => original.clone(),
+                    if current == original {
+                        continue; // never rewritten, or put back by an earlier attempt
+                    }
+                    let restored = if image_guarded(op) {
+                        match images.get(&id_key(&id)) {
+                            Some(image) if image != current => {
+                                skipped += 1;
+                                continue;
+                            }
+                            // As the operation left it; or the change stopped between rewriting
+                            // this batch and keeping its images (and is undone now, under the
+                            // lock): the original goes back whether or not it was rewritten.
+                            _ => original.clone(),
+                        }
+                    } else {
+                        if !still_written(op, original, current) {
+                            skipped += 1;
+                            continue;
+                        }
+                        // Only the fields the operation changed go back: what the application
+                        // changed in the others since stays.
+                        let mut restored = current.clone();
+                        for path in touched(op) {
+                            match get_path(original, path) {
+                                Some(v) => set_path(&mut restored, path, v.clone()),
+                                None => remove_path(&mut restored, path, original),
+                            }
+                        }
+                        // A path through something that is no document (an array): the
+                        // document as it was, whole.
+                        let through_arrays = touched(op).iter().any(|p| {
+                            crosses_non_document(original, p) || crosses_non_document(current, p)
+                        });
+                        if through_arrays || same_content(&restored, original) {
+                            original.clone()
+                        } else {
+                            restored
+                        }
                     };
-                    statements.push(doc! { "q": filter, "u": update });
-                    originals.push((id, original.clone()));
+                    // Only where it is still what was read (the application may write
+                    // meanwhile); a document too big to repeat in the filter is matched by
+                    // `_id` (the statement would pass the 16 MiB a command holds).
+                    let mut q = if bson::to_vec(current).map(|v| v.len()).unwrap_or(0)
+                        + bson::to_vec(&restored).map(|v| v.len()).unwrap_or(0)
+                        < STILL_LIMIT
+                    {
+                        still(current)
+                    } else {
+                        Document::new()
+                    };
+                    q.insert("_id", id.clone());
+                    statements.push(doc! { "q": q, "u": restored });
                 }
+                let n = statements.len() as u64;
                 let (matched, modified) = self.update_each(sess, collection, statements).await?;
-                done.matched += originals.len() as u64;
                 done.modified += modified;
-                let unmatched = originals.len() as u64 - matched.min(originals.len() as u64);
-                done.skipped += if unmatched == 0 || matches!(op, Op::CopyField { .. }) {
-                    unmatched
-                } else {
-                    // Those the guard left alone are as before already (never rewritten, or put
-                    // back by an earlier attempt) or changed since: only the latter are skipped.
-                    self.differing(sess, collection, &originals).await?
-                };
+                // Changed between the read and the write: left so too.
+                skipped += n - matched.min(n);
+                done.skipped += skipped;
             }
             return Ok(done);
         }
@@ -1406,27 +1516,6 @@ impl Exec<'_> {
         Ok(r.inserted_ids.len() as u64)
     }
 
-    /// How many of `originals` (`_id`, document) are not, byte for byte, what `collection` holds
-    /// now (changed since, or gone).
-    async fn differing(
-        &self,
-        sess: &mut Option<&mut ClientSession>,
-        collection: &str,
-        originals: &[(Bson, Document)],
-    ) -> Result<u64, OpError> {
-        let ids: Vec<Bson> = originals.iter().map(|(id, _)| id.clone()).collect();
-        let coll = self.coll(collection);
-        let find = coll.find(doc! { "_id": { "$in": ids } });
-        let now: std::collections::HashMap<String, Vec<u8>> = collect_all!(sess, find)
-            .iter()
-            .filter_map(|d| Some((id_key(d.get("_id")?), bson::to_vec(d).ok()?)))
-            .collect();
-        Ok(originals
-            .iter()
-            .filter(|(id, d)| now.get(&id_key(id)) != bson::to_vec(d).ok().as_ref())
-            .count() as u64)
-    }
-
     /// Keeps a marker document in the backup collection, in the session's transaction: it
     /// exists once that transaction committed, and says so to whoever finds the change
     /// interrupted.
@@ -1659,14 +1748,56 @@ mod tests {
     }
 
     #[test]
-    fn a_rename_is_undone_only_where_the_new_field_still_holds_the_old_value() {
-        let op = Op::RenameField {
+    fn a_field_is_undone_only_where_it_still_holds_exactly_what_was_written() {
+        let set = Op::Set {
+            collection: "c".into(),
+            filter: Document::new(),
+            fields: doc! { "flag": "on", "n": 1 },
+        };
+        let original = doc! { "_id": 1, "name": "a" };
+        let written = doc! { "_id": 1, "name": "a", "flag": "on", "n": 1 };
+        assert!(still_written(&set, &original, &written));
+        // An array holding the value, or the same number as another type, is a change.
+        let array = doc! { "_id": 1, "name": "a", "flag": ["on", "app"], "n": 1 };
+        assert!(!still_written(&set, &original, &array));
+        let double = doc! { "_id": 1, "name": "a", "flag": "on", "n": 1.0 };
+        assert!(!still_written(&set, &original, &double));
+        let rename = Op::RenameField {
             collection: "c".into(),
             from: "a".into(),
             to: "b".into(),
             filter: Document::new(),
         };
-        let g = guard_of(&op, &doc! { "_id": 1, "a": "v" });
-        assert_eq!(g, doc! { "a": { "$exists": false }, "b": { "$eq": "v" } });
+        let original = doc! { "_id": 1, "a": "v" };
+        assert!(still_written(
+            &rename,
+            &original,
+            &doc! { "_id": 1, "b": "v" }
+        ));
+        assert!(!still_written(
+            &rename,
+            &original,
+            &doc! { "_id": 1, "b": "w" }
+        ));
+    }
+
+    #[test]
+    fn putting_a_field_back_keeps_the_rest_and_leaves_no_empty_parent() {
+        let original = doc! { "_id": 1, "x": 1 };
+        let mut d = doc! { "_id": 1, "x": 2, "profile": { "lang": "en" } };
+        remove_path(&mut d, "profile.lang", &original);
+        assert_eq!(d, doc! { "_id": 1, "x": 2 });
+        let original = doc! { "_id": 1, "profile": {} };
+        let mut d = doc! { "_id": 1, "profile": { "lang": "en" } };
+        remove_path(&mut d, "profile.lang", &original);
+        assert_eq!(d, doc! { "_id": 1, "profile": {} });
+        let mut d = doc! { "_id": 1 };
+        set_path(&mut d, "a.b", Bson::Int32(3));
+        assert_eq!(d, doc! { "_id": 1, "a": { "b": 3 } });
+        assert!(same_content(
+            &doc! { "a": 1, "b": { "c": 1, "d": 2 } },
+            &doc! { "b": { "d": 2, "c": 1 }, "a": 1 }
+        ));
+        assert!(!same_content(&doc! { "a": 1 }, &doc! { "a": 1.0 }));
     }
 }
