@@ -2127,3 +2127,30 @@ async fn down_puts_back_only_the_fields_a_change_wrote_and_only_where_they_are_a
     w2.drop().await;
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V7): a document over 8 MiB could not be put back by
+/// the inverse of a transform (the update carried it twice, over the 16 MiB a command holds):
+/// the change stayed down-failed for good; sanitize_strings could not even apply.
+#[tokio::test]
+async fn documents_near_the_size_limit_are_rewritten_and_put_back_exactly() {
+    let w = World::new("changes_big_docs").await;
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .insert_one(doc! { "_id": 1, "blob": "x".repeat(9 * 1024 * 1024), "n": 1, "s": "  Hi " })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_big.toml",
+        "version = 1\nname = \"big\"\n[[up]]\nop = \"transform\"\ncollection = \"t\"\npipeline = [{ \"$set\" = { n = 10 } }]\n[[up]]\nop = \"sanitize_strings\"\ncollection = \"t\"\nfields = [\"s\"]\ntrim = true\nlower = true\n",
+    );
+    let before = hashes(&w).await;
+    ok(&changes(&w, "up", &dir, &[]));
+    let d = w.docs("t").await.remove(0);
+    assert_eq!((d.get_i32("n"), d.get_str("s")), (Ok(10), Ok("hi")));
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(hashes(&w).await, before);
+    w.drop().await;
+}

@@ -882,8 +882,14 @@ impl Exec<'_> {
                         changed |= sanitize_path(&mut cleaned, f, clean);
                     }
                     if changed {
-                        // Only where the document is still what was backed up.
-                        let mut q = still(original);
+                        // Only where the document is still what was backed up (a document too
+                        // big to repeat in the filter: by `_id`, under the lock).
+                        let size = bson::to_vec(original).map(|v| v.len()).unwrap_or(0);
+                        let mut q = if 2 * size < STILL_LIMIT {
+                            still(original)
+                        } else {
+                            Document::new()
+                        };
                         q.insert("_id", id.clone());
                         statements.push(doc! { "q": q, "u": cleaned });
                     }
