@@ -2154,3 +2154,40 @@ async fn documents_near_the_size_limit_are_rewritten_and_put_back_exactly() {
     assert_eq!(hashes(&w).await, before);
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V9, V12): a change could drop or rewrite the ledger's
+/// own collections (after which what was applied could no longer be undone), and an empty
+/// command was accepted and ended restore-failed.
+#[tokio::test]
+async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_load() {
+    let w = World::new("changes_ledger_guard").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    for (body, says) in [
+        (
+            "op = \"drop_collection\"\ncollection = \"cutover_changes\"\n",
+            "a collection of cutover's ledger",
+        ),
+        (
+            "op = \"set\"\ncollection = \"cutover_lock\"\nfilter = {}\nfields = { x = 1 }\n",
+            "a collection of cutover's ledger",
+        ),
+        (
+            "op = \"command\"\ncommand = { drop = \"cutover_changes\" }\n",
+            "a collection of cutover's ledger",
+        ),
+        ("op = \"command\"\ncommand = {}\n", "command is empty"),
+    ] {
+        write(
+            &dir,
+            "1_x.toml",
+            &format!("version = 1\nname = \"x\"\n[[up]]\n{body}"),
+        );
+        let text = refused(&changes(&w, "up", &dir, &[]));
+        assert!(text.contains(says), "{body}: {text}");
+        assert_eq!(w.count("cutover_changes").await, 0, "{body}: nothing applied");
+    }
+    let names = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(!names.contains(&"x".to_string()));
+    w.drop().await;
+}

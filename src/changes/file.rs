@@ -1277,10 +1277,17 @@ fn compile_op(
                 },
             }
         }
-        RawOp::Command { command, down } => Op::Command {
-            command: to_doc(command, "command")?,
-            down: down.as_ref().map(|d| to_doc(d, "down")).transpose()?,
-        },
+        RawOp::Command { command, down } => {
+            let command = to_doc(command, "command")?;
+            let down = down.as_ref().map(|d| to_doc(d, "down")).transpose()?;
+            if command.is_empty() || down.as_ref().is_some_and(Document::is_empty) {
+                return Err(
+                    "command is empty: name the database command, e.g. { collMod = \"patients\", validationLevel = \"moderate\" }"
+                        .into(),
+                );
+            }
+            Op::Command { command, down }
+        }
     })
 }
 

@@ -444,6 +444,34 @@ async fn refuse_unsettled_collections(
     t: &ChangeTarget<'_>,
     pending: &[&Change],
 ) -> Result<(), ChangesError> {
+    // The ledger's own collections (runs, steps, the lock, changes, backups) are never a
+    // change's: dropping or rewriting them loses how to undo what was applied.
+    let prefix = t.ledger.prefix().to_lowercase();
+    for c in pending {
+        let ops: Vec<&file::Op> = c.up.iter().chain(c.down.iter().flatten()).collect();
+        // A command names its collection with its first value (`{ drop = "x" }`).
+        let commanded = ops.iter().filter_map(|op| match op {
+            file::Op::Command { command, down } => Some(
+                [Some(command), down.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.iter().next().and_then(|(_, v)| v.as_str()))
+                    .collect::<Vec<&str>>(),
+            ),
+            _ => None,
+        });
+        let named = ops.iter().filter_map(|op| op.collections());
+        for name in named.chain(commanded).flatten() {
+            let lower = name.to_lowercase();
+            if (!prefix.is_empty() && lower.starts_with(&prefix)) || lower.contains("__backup__") {
+                return Err(ChangesError::Refused(format!(
+                    "change {} ({}) writes `{name}`, a collection of cutover's ledger or a backup: a change may not touch them (they record how to undo what was applied)",
+                    c.version,
+                    c.file_name()
+                )));
+            }
+        }
+    }
     let steps = t
         .ledger
         .all_steps()
