@@ -2185,9 +2185,79 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
         );
         let text = refused(&changes(&w, "up", &dir, &[]));
         assert!(text.contains(says), "{body}: {text}");
-        assert_eq!(w.count("cutover_changes").await, 0, "{body}: nothing applied");
+        assert_eq!(
+            w.count("cutover_changes").await,
+            0,
+            "{body}: nothing applied"
+        );
     }
     let names = w.mongo().await.list_collection_names().await.unwrap();
     assert!(!names.contains(&"x".to_string()));
+    w.drop().await;
+}
+
+/// Found by the fifteenth outside tester (V10): a `changes up` whose lock was released by an
+/// operator (or expired) went on writing and recorded `applied` over the new holder's work. It
+/// stops at its next batch now and leaves the change interrupted; `down` then undoes it exactly.
+#[tokio::test]
+async fn an_up_that_loses_its_lock_stops_writing_and_leaves_the_change_interrupted() {
+    let w = World::new("changes_lock_lost").await;
+    items(&w, 30000).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_long.toml",
+        "version = 1\nname = \"long\"\n[[up]]\nop = \"set\"\ncollection = \"items\"\nfilter = {}\nfields = { flag = \"on\" }\n[[up]]\nop = \"transform\"\ncollection = \"items\"\npipeline = [{ \"$set\" = { size = { \"$add\" = [\"$size\", 100] } } }]\n",
+    );
+    let before = hashes(&w).await;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args(["changes", "up", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let records = w.mongo().await.collection::<Document>("cutover_changes");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = records.find_one(doc! { "_id": "1" }).await.unwrap();
+        if r.is_some_and(|r| r.get_str("status") == Ok("running")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "up never started");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let out = w
+        .cutover()
+        .args(["lock", "release", "--confirm"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = output_text(&out);
+    if out.status.success() {
+        // It finished before the release took effect: nothing to show here.
+        eprintln!("the up finished before the lock was released: {text}");
+    } else {
+        assert!(
+            text.contains("stopped writing") || text.contains("left interrupted"),
+            "{text}"
+        );
+        let r = records
+            .find_one(doc! { "_id": "1" })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.get_str("status"), Ok("running"), "{r}");
+        ok(&changes(&w, "down", &dir, &[]));
+        assert_eq!(hashes(&w).await, before);
+    }
     w.drop().await;
 }

@@ -638,6 +638,7 @@ async fn preview_all(t: &ChangeTarget<'_>, pending: &[&Change]) -> Result<UpRepo
         db: t.db,
         backup: "",
         activity: t.activity,
+        fence: None,
     };
     let mut changes = Vec::new();
     for c in pending {
@@ -693,9 +694,19 @@ async fn apply_all(
             db: t.db,
             backup: &backup,
             activity: t.activity,
+            fence: Some(fence),
         };
         let result = apply_one(&exec, &records, c).await;
         let duration_ms = started.elapsed().as_millis() as u64;
+        // Lost the lock meanwhile (an operator released it, or it expired): the record is left
+        // as it is (`running`: status says interrupted) for whoever holds the lock now.
+        if let Err(e) = fence.check().await {
+            return Err(ChangesError::Refused(format!(
+                "change {} ({}): {e}; it is left interrupted: `cutover changes status` says what was done, `cutover changes down` undoes it",
+                c.version,
+                c.file_name()
+            )));
+        }
         // A failure leaves outcomes only when undoing it failed too.
         let (status, outcomes, error) = match result {
             Ok(o) => (APPLIED, o, None),
@@ -1140,6 +1151,7 @@ async fn recover(
         db: t.db,
         backup: &backup,
         activity: t.activity,
+        fence: None,
     };
     let dead = if r.status == RUNNING {
         format!("the up of run {} stopped", r.run_id)
@@ -1314,6 +1326,7 @@ async fn settle_transactions(
             db: t.db,
             backup: &backup,
             activity: t.activity,
+            fence: None,
         };
         let up = r.status == RUNNING;
         let session = if up { &r.session } else { &r.down_session };
@@ -1518,6 +1531,7 @@ async fn reverse_logged(
                 db: t.db,
                 backup: r.backup.as_deref().unwrap_or_default(),
                 activity: t.activity,
+                fence: None,
             }
             .drop_backup()
             .await?;
@@ -1567,6 +1581,7 @@ async fn reverse_one(
         db: t.db,
         backup: &backup,
         activity: t.activity,
+        fence: None,
     };
     let mut rev = Reversed {
         version: r.version,

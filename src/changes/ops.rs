@@ -132,6 +132,9 @@ pub struct Exec<'a> {
     pub backup: &'a str,
     /// Where the operation says how far it is (a spinner, a server's status).
     pub activity: Option<&'a crate::monitor::Activity>,
+    /// The lock this work runs under: checked between batches, so that a process that lost it
+    /// (released by an operator, or expired) stops writing.
+    pub fence: Option<&'a crate::ledger::lock::Fence>,
 }
 
 fn and(a: &Document, b: Document) -> Document {
@@ -506,6 +509,17 @@ impl Exec<'_> {
     }
 
     /// Says which operation is under way (`up` or `down`).
+    /// Refuses to go on once the lock is lost.
+    async fn fenced(&self) -> Result<(), OpError> {
+        match self.fence {
+            Some(f) => f
+                .check()
+                .await
+                .map_err(|e| OpError::Refused(format!("{e}: stopped writing"))),
+            None => Ok(()),
+        }
+    }
+
     fn begin(&self, side: &str, op: &Op, index: usize) {
         if let Some(a) = self.activity {
             let on = op.collections().map(|c| c.join(" → ")).unwrap_or_default();
@@ -614,6 +628,11 @@ impl Exec<'_> {
             .find(filter)
             .sort(doc! { "_id": 1 })
             .limit(BATCH as i64);
+        if let Some(f) = self.fence {
+            f.check_if_stale(std::time::Duration::from_secs(2))
+                .await
+                .map_err(|e| OpError::Refused(format!("{e}: stopped writing")))?;
+        }
         let batch: Vec<Document> = collect_all!(sess, find);
         if let Some(a) = self.activity {
             a.done(batch.len() as u64);
@@ -790,6 +809,7 @@ impl Exec<'_> {
         out: &mut OpOutcome,
     ) -> Result<(), OpError> {
         self.begin("up", op, index);
+        self.fenced().await?;
         if let Some((collection, filter, update)) = rewrite_of(op) {
             out.backed_up = self
                 .back_up(sess, collection, filter.clone(), index)
