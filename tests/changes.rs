@@ -2261,3 +2261,46 @@ async fn an_up_that_loses_its_lock_stops_writing_and_leaves_the_change_interrupt
     }
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V20): `update_references` on a dotted path through an
+/// array of documents turned `[{id: OLD}, {id: X}, {id: OLD}]` into three copies of
+/// `{id: [NEW, X, NEW]}`. Refused now, before anything is written; a plain nested path works.
+#[tokio::test]
+async fn update_references_through_an_array_of_documents_is_refused_before_writing() {
+    let w = World::new("changes_refs_arrays").await;
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .insert_many(vec![
+            doc! { "_id": 1, "refs": [{ "id": "OLD" }, { "id": "X" }, { "id": "OLD" }] },
+            doc! { "_id": 2, "one": { "id": "OLD" } },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_refs.toml",
+        "version = 1\nname = \"refs\"\n[[up]]\nop = \"update_references\"\ncollection = \"t\"\nfield = \"refs.id\"\nfrom = \"OLD\"\nto = \"NEW\"\n",
+    );
+    let before = hashes(&w).await;
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("through the array `refs`"), "{text}");
+    assert_eq!(hashes(&w).await, before);
+    write(
+        &dir,
+        "1_refs.toml",
+        "version = 1\nname = \"refs\"\n[[up]]\nop = \"update_references\"\ncollection = \"t\"\nfield = \"one.id\"\nfrom = \"OLD\"\nto = \"NEW\"\n",
+    );
+    // A failed change is recorded; the edited file is a new attempt once that record is gone.
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_changes")
+        .delete_many(doc! {})
+        .await
+        .unwrap();
+    ok(&changes(&w, "up", &dir, &[]));
+    let two = w.docs("t").await.remove(1);
+    assert_eq!(two, doc! { "_id": 2, "one": { "id": "NEW" } });
+    w.drop().await;
+}

@@ -703,6 +703,30 @@ impl Exec<'_> {
         op: &Op,
         out: &mut OpOutcome,
     ) -> Result<(), OpError> {
+        // A dotted path through an array of documents: the update pipeline would set the
+        // whole path in every element (three elements become three copies of one array).
+        if let Op::UpdateReferences {
+            collection,
+            field,
+            from,
+            ..
+        } = op
+        {
+            let mut prefix = String::new();
+            for part in field.split('.').take(field.split('.').count() - 1) {
+                if !prefix.is_empty() {
+                    prefix.push('.');
+                }
+                prefix.push_str(part);
+                let filter = doc! { field: from.clone(), &prefix: { "$type": "array" } };
+                let n = with_session!(sess, self.coll(collection).count_documents(filter))?;
+                if n > 0 {
+                    return Err(OpError::Refused(format!(
+                        "update_references cannot follow `{field}` through the array `{prefix}` ({n} documents hold one there): use a transform with $map for arrays of documents"
+                    )));
+                }
+            }
+        }
         match op {
             Op::RenameField {
                 collection,
