@@ -2304,3 +2304,57 @@ async fn update_references_through_an_array_of_documents_is_refused_before_writi
     assert_eq!(two, doc! { "_id": 2, "one": { "id": "NEW" } });
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V4, V5): the inverse of `archive` deleted an archived
+/// document whose place in the source had been taken (and dropped the archive with it: the
+/// document was gone), and put back the stale copy of a document edited in the archive (it then
+/// existed twice). Both stay in the archive now, counted.
+#[tokio::test]
+async fn archive_down_keeps_in_the_archive_what_it_cannot_put_back_as_it_was() {
+    let w = World::new("changes_archive_down").await;
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .insert_many((0..4).map(|i| doc! { "_id": i, "name": format!("n{i}"), "k": i % 2 }))
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_arch.toml",
+        "version = 1\nname = \"archive odd\"\n[[up]]\nop = \"archive\"\ncollection = \"t\"\nto = \"arch\"\nfilter = { k = 1 }\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let db = w.mongo().await;
+    db.collection::<Document>("t")
+        .insert_one(doc! { "_id": 3, "name": "NEW" })
+        .await
+        .unwrap();
+    db.collection::<Document>("arch")
+        .update_one(doc! { "_id": 1 }, doc! { "$set": { "name": "EDITED" } })
+        .await
+        .unwrap();
+    let out = changes(&w, "down", &dir, &[]);
+    ok(&out);
+    assert!(
+        output_text(&out).contains("2 documents changed since it was applied were left"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(
+        w.docs("t").await,
+        [
+            doc! { "_id": 0, "name": "n0", "k": 0 },
+            doc! { "_id": 2, "name": "n2", "k": 0 },
+            doc! { "_id": 3, "name": "NEW" },
+        ]
+    );
+    assert_eq!(
+        w.docs("arch").await,
+        [
+            doc! { "_id": 1, "name": "EDITED", "k": 1 },
+            doc! { "_id": 3, "name": "n3", "k": 1 },
+        ]
+    );
+    w.drop().await;
+}

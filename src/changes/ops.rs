@@ -1311,7 +1311,24 @@ impl Exec<'_> {
                     .iter()
                     .filter_map(|b| b.get_document("doc").ok().cloned())
                     .collect();
-                let deletes: Vec<Document> = originals
+                done.matched += originals.len() as u64;
+                let ids: Vec<Bson> = originals
+                    .iter()
+                    .filter_map(|d| d.get("_id").cloned())
+                    .collect();
+                let in_source = self.by_id(sess, collection, &ids).await?;
+                // Its place in the source taken since: it stays in the archive (counted); taken
+                // by itself (put back by an earlier attempt): nothing to do.
+                let mut candidates = Vec::new();
+                for original in originals {
+                    let key = original.get("_id").map(id_key).unwrap_or_default();
+                    match in_source.get(&key) {
+                        Some(now) if *now == original => {}
+                        Some(_) => done.skipped += 1,
+                        None => candidates.push(original),
+                    }
+                }
+                let deletes: Vec<Document> = candidates
                     .iter()
                     .map(|original| {
                         let mut moved = still(original);
@@ -1320,12 +1337,25 @@ impl Exec<'_> {
                     })
                     .collect();
                 done.deleted += self.delete_each(sess, to, deletes).await?;
-                done.matched += originals.len() as u64;
-                let n = originals.len() as u64;
-                let inserted = self.insert_where_free(sess, collection, originals).await?;
-                done.inserted += inserted;
-                // Put back by an earlier attempt, or re-created at its place since.
-                done.skipped += n - inserted;
+                // Still in the archive: changed there since (left there, counted). Gone from
+                // both (moved out by an attempt killed before putting it back): goes back.
+                let ids: Vec<Bson> = candidates
+                    .iter()
+                    .filter_map(|d| d.get("_id").cloned())
+                    .collect();
+                let still_archived = self.by_id(sess, to, &ids).await?;
+                let back: Vec<Document> = candidates
+                    .into_iter()
+                    .filter(|d| {
+                        let kept = still_archived
+                            .contains_key(&d.get("_id").map(id_key).unwrap_or_default());
+                        if kept {
+                            done.skipped += 1;
+                        }
+                        !kept
+                    })
+                    .collect();
+                done.inserted += self.insert_where_free(sess, collection, back).await?;
             }
             if out.created_collection {
                 drop_if_empty.push(to.clone());
@@ -1534,6 +1564,24 @@ impl Exec<'_> {
             deleted += count(&reply, "n");
         }
         Ok(deleted)
+    }
+
+    /// The documents of `collection` among `ids`, by their `_id`'s canonical extended JSON.
+    async fn by_id(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        ids: &[Bson],
+    ) -> Result<std::collections::HashMap<String, Document>, OpError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let coll = self.coll(collection);
+        let find = coll.find(doc! { "_id": { "$in": ids.to_vec() } });
+        Ok(collect_all!(sess, find)
+            .into_iter()
+            .filter_map(|d| Some((id_key(d.get("_id")?), d)))
+            .collect())
     }
 
     /// Inserts the documents whose `_id` is free in `collection`; returns how many.
