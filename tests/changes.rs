@@ -2358,3 +2358,38 @@ async fn archive_down_keeps_in_the_archive_what_it_cannot_put_back_as_it_was() {
     );
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V6): the inverse of `insert` deleted seed documents the
+/// application had edited since. Those stay now, counted; the others go.
+#[tokio::test]
+async fn insert_down_leaves_seed_documents_edited_since() {
+    let w = World::new("changes_insert_down").await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_seed.toml",
+        "version = 1\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"t\"\ndocuments = [{ _id = 100, body = \"v1\" }, { _id = 101, body = \"v1\" }]\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .update_one(
+            doc! { "_id": 100 },
+            doc! { "$set": { "body": "EDITED by admin" } },
+        )
+        .await
+        .unwrap();
+    let out = changes(&w, "down", &dir, &[]);
+    ok(&out);
+    assert!(
+        output_text(&out).contains("1 documents changed since it was applied were left"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(
+        w.docs("t").await,
+        [doc! { "_id": 100, "body": "EDITED by admin" }]
+    );
+    w.drop().await;
+}

@@ -1367,17 +1367,30 @@ impl Exec<'_> {
                 collection,
                 documents,
             } => {
+                // Each inserted document goes where it is still exactly as inserted; one the
+                // application edited since stays (counted).
                 let ids: Vec<Bson> = documents
                     .iter()
                     .filter_map(|d| d.get("_id"))
                     .cloned()
                     .collect();
-                let r = with_session!(
-                    sess,
-                    self.coll(collection)
-                        .delete_many(doc! { "_id": { "$in": ids } })
-                )?;
-                done.deleted = r.deleted_count;
+                let now = self.by_id(sess, collection, &ids).await?;
+                let mut deletes = Vec::new();
+                for d in documents {
+                    let key = d.get("_id").map(id_key).unwrap_or_default();
+                    match now.get(&key) {
+                        None => {}
+                        Some(current) if current == d => {
+                            let mut q = still(d);
+                            q.insert("_id", d.get("_id").cloned().unwrap_or(Bson::Null));
+                            deletes.push(doc! { "q": q, "limit": 1 });
+                        }
+                        Some(_) => done.skipped += 1,
+                    }
+                }
+                let n = deletes.len() as u64;
+                done.deleted = self.delete_each(sess, collection, deletes).await?;
+                done.skipped += n - done.deleted.min(n);
                 if out.created_collection {
                     drop_if_empty.push(collection.clone());
                 }
