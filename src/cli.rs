@@ -41,6 +41,10 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print what `migrate` would run, in which order, from which mapping.
     Plan(PlanArgs),
+    /// Draft mappings and a pipeline from the live source's catalog (tables, keys, foreign keys,
+    /// checks, comments): `DIR/pipelines/<name>.toml` and `DIR/mappings/<table>.toml`, to review
+    /// and commit.
+    Scaffold(ScaffoldArgs),
     /// Pre-flight: connectivity, every mapping against the live source, and a scan of the data for
     /// conversions that would lose information or reject rows. Writes nothing.
     Check(CheckArgs),
@@ -534,6 +538,29 @@ pub struct MigrateArgs {
     /// Lock expiry in seconds, renewed while the run lives.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub lock_ttl: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaffoldArgs {
+    /// The source schema to read.
+    #[arg(long, default_value = "public", value_name = "NAME")]
+    pub schema: String,
+    /// Only these tables (comma-separated; default: every table of the schema). A foreign key to
+    /// a table left out is written as a plain value, with a comment.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub tables: Vec<String>,
+    /// Where to write `pipelines/` and `mappings/`.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub out: PathBuf,
+    /// The pipeline's name (default: the source database's name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The target the drafts are for (key fields and type notes differ).
+    #[arg(long, value_enum, default_value_t = TargetKind::Mongodb)]
+    pub target: TargetKind,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod migrate;
 mod plan;
 mod report;
 mod rollback;
+mod scaffold;
 mod schema;
 mod shared;
 mod status;
@@ -28,6 +29,7 @@ use migrate::migrate;
 use plan::plan;
 use report::report;
 use rollback::rollback;
+use scaffold::scaffold;
 use schema::schema;
 pub use shared::init_logging;
 use status::status;
@@ -37,6 +39,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
+        Command::Scaffold(args) => scaffold(&cli, args).await,
         Command::Check(args) => check(&cli, args).await,
         Command::Report(args) => report(&cli, args).await,
         Command::Verify(args) => verify(&cli, args).await,

@@ -1,6 +1,7 @@
 //! Mapping files: load a directory of `*.toml`, check them without touching any server, and
 //! compile one into a [`plan::Plan`] once the source's column types are known.
 
+pub mod draft;
 pub mod plan;
 pub mod spec;
 
