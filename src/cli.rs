@@ -559,8 +559,12 @@ pub struct ScaffoldArgs {
     #[arg(long, value_enum, default_value_t = TargetKind::Mongodb)]
     pub target: TargetKind,
     /// Overwrite existing files.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "diff")]
     pub force: bool,
+    /// Write nothing: list what changed in the source's schema against the mappings in
+    /// `DIR/mappings` (tables and columns added or gone, keys, NOT NULL, lengths, foreign keys).
+    #[arg(long)]
+    pub diff: bool,
 }
 
 #[derive(Debug, Args)]

@@ -383,6 +383,51 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
         "the join table is proposed on one side"
     );
 
+    // --diff: nothing right after the drafts; then the schema changes and each change is named.
+    let out_s = out.to_str().unwrap();
+    let same = run(&w, &["scaffold", "--diff", "--out", out_s], 0);
+    assert!(same.contains("no differences"), "{same}");
+    w.sql(
+        "ALTER TABLE employees ADD COLUMN nickname text;
+         ALTER TABLE employees DROP COLUMN probation;
+         ALTER TABLE employees ALTER COLUMN full_name TYPE varchar(200);
+         ALTER TABLE employees ALTER COLUMN email DROP NOT NULL;
+         ALTER TABLE projects ADD COLUMN lead_id bigint;
+         CREATE TABLE offices (id int PRIMARY KEY);
+         DROP TABLE employee_projects;",
+    )
+    .await;
+    // A mapping written without the reference a foreign key makes (as by hand).
+    let emp_path = out.join("mappings/employees.toml");
+    let edited = std::fs::read_to_string(&emp_path)
+        .unwrap()
+        .replace("reference = \"departments\"\n", "");
+    std::fs::write(&emp_path, &edited).unwrap();
+    let changed = run(&w, &["scaffold", "--diff", "--out", out_s], 0);
+    let lines: BTreeSet<String> = changed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let expected: BTreeSet<String> = [
+        "- new table `offices` (1 columns): no mapping reads it (a draft: mappings/offices.toml)",
+        "employee_projects table `employee_projects` no longer exists in schema `public`",
+        "employees column `nickname` (text) is not mapped (a draft: path = \"nickname\")",
+        "employees column `probation` (field probation) no longer exists",
+        "employees column `full_name` is character varying(200); field fullName has max_length = 120",
+        "employees column `email` is nullable; field email is `required` (NULL rows would be rejected)",
+        "projects column `lead_id` (bigint) is not mapped (a draft: path = \"leadId\")",
+        "employees column `department_id` has a foreign key to `departments` (employees_department_id_fkey); field departmentId is no reference (a draft: reference = \"departments\")",
+        // With that reference gone, the cycle's other edge could be one (not both: a cycle).
+        "departments column `head_id` has a foreign key to `employees` (departments_head_id_fkey); field headId is no reference (a draft: reference = \"employees\")",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(lines, expected, "{changed}");
+    let untouched = std::fs::read_to_string(&emp_path).unwrap();
+    assert_eq!(untouched, edited, "--diff writes nothing");
+
     // References hold the referenced document's _id: every manager is a document.
     let docs = w.docs("employees").await;
     let ids: BTreeSet<String> = docs

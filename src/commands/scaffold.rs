@@ -45,6 +45,9 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
         }
         catalog.tables.retain(|t| args.tables.contains(&t.name));
     }
+    if args.diff {
+        return diff(&catalog, &args.out);
+    }
     let name = draft::entity_name(args.name.as_deref().unwrap_or(&catalog.database));
     let drafts = draft::draft(
         &catalog,
@@ -102,6 +105,38 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
     crate::outln!(
         "{decisions} `# decide:` notes and {proposals} embedding proposals (commented out) to review"
     );
+    Ok(Outcome::Success)
+}
+
+/// `--diff`: the schema against the mappings in `out/mappings`.
+fn diff(catalog: &crate::source::catalog::Catalog, out: &Path) -> Result<Outcome> {
+    let dir = out.join("mappings");
+    if !dir.is_dir() {
+        bail!(
+            "no mappings to compare with: {} is not a directory",
+            dir.display()
+        );
+    }
+    let set = MappingSet::load_dir(&dir)?;
+    let found = crate::mapping::drift::drift(catalog, &set.mappings);
+    if found.is_empty() {
+        crate::outln!(
+            "no differences between schema `{}` and the {} mappings in {}",
+            catalog.schema,
+            set.mappings.len(),
+            dir.display()
+        );
+        return Ok(Outcome::Success);
+    }
+    crate::outln!(
+        "{} differences between schema `{}` and the mappings in {}:",
+        found.len(),
+        catalog.schema,
+        dir.display()
+    );
+    for d in &found {
+        crate::outln!("  {:<24} {}", d.entity, d.message);
+    }
     Ok(Outcome::Success)
 }
 

@@ -2,6 +2,7 @@
 //! compile one into a [`plan::Plan`] once the source's column types are known.
 
 pub mod draft;
+pub mod drift;
 pub mod plan;
 pub mod spec;
 
