@@ -45,6 +45,10 @@ pub enum Command {
     /// checks, comments): `DIR/pipelines/<name>.toml` and `DIR/mappings/<table>.toml`, to review
     /// and commit.
     Scaffold(ScaffoldArgs),
+    /// The data-mapping document for a sign-off: per collection its source tables, every field
+    /// with source column and type, target type, transforms, defaults, rules, references,
+    /// embeds, and the conversions that lose information or need a decision.
+    Docs(DocsArgs),
     /// Pre-flight: connectivity, every mapping against the live source, and a scan of the data for
     /// conversions that would lose information or reject rows. Writes nothing.
     Check(CheckArgs),
@@ -538,6 +542,27 @@ pub struct MigrateArgs {
     /// Lock expiry in seconds, renewed while the run lives.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub lock_ttl: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DocsArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The target the types are given for (default: the pipeline's, else the config's).
+    #[arg(long, value_enum)]
+    pub target: Option<TargetKind>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DocsFormat::Md)]
+    pub format: DocsFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocsFormat {
+    Md,
+    Html,
 }
 
 #[derive(Debug, Args)]

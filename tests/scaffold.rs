@@ -477,7 +477,8 @@ const SHOP: &str = "CREATE SCHEMA shop;
            JOIN (SELECT *, row_number() OVER (ORDER BY country, region_code, store_no) - 1 AS k FROM shop.stores) s ON s.k = i % 9;
          INSERT INTO shop.sale_lines SELECT id, n, 'SKU-' || n FROM shop.sales, generate_series(1, 2) n;
          INSERT INTO shop.currencies VALUES ('LRD', 'Liberian dollar'), ('GHS', NULL);
-         INSERT INTO shop.audit VALUES (now(), 'x');";
+         INSERT INTO shop.audit VALUES (now(), 'x');
+         ANALYZE;";
 
 #[tokio::test]
 async fn composite_keys_in_another_schema_migrate_and_verify_without_edits() {

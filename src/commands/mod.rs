@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command, Outcome};
 mod backup;
 mod changes;
 mod check;
+mod docs;
 mod history;
 mod lock;
 mod migrate;
@@ -23,6 +24,7 @@ mod verify;
 use backup::backup;
 use changes::changes;
 use check::check;
+use docs::docs;
 use history::history;
 use lock::lock;
 use migrate::migrate;
@@ -40,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
         Command::Scaffold(args) => scaffold(&cli, args).await,
+        Command::Docs(args) => docs(&cli, args).await,
         Command::Check(args) => check(&cli, args).await,
         Command::Report(args) => report(&cli, args).await,
         Command::Verify(args) => verify(&cli, args).await,

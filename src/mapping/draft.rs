@@ -520,12 +520,14 @@ fn mapping_text(model: &Model, t: &Table) -> String {
     }
 
     let mut paths = BTreeSet::new();
+    // The key is the _id; a key column is also a field when it references another table, into
+    // Appwrite (where a hashed row id would not keep its value), or when the table has no
+    // other column (a mapping needs a field).
+    let only_key = t.columns.iter().all(|c| key.contains(&c.name));
     for col in &t.columns {
         let is_key = key.contains(&col.name);
         let reference = refs.get(col.name.as_str());
-        // The key is the _id; a key column is also a field when it references another table
-        // or, into Appwrite, where a hashed row id would not keep its value.
-        if is_key && model.opts.target == TargetKind::Mongodb && reference.is_none() {
+        if is_key && model.opts.target == TargetKind::Mongodb && reference.is_none() && !only_key {
             continue;
         }
         out.push('\n');
@@ -1265,6 +1267,8 @@ mod tests {
                     vec![col("id", "int4", true), col("a_id", "int4", true)],
                     vec![fk("c_a", "a_id", "a", "id")],
                 ),
+                // Only a key: its key column is its field (a mapping needs one).
+                table("tags", vec![col("name", "text", true)], vec![]),
             ],
         };
         let d = draft(
@@ -1285,7 +1289,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(stages.len(), 2, "{}", d.pipeline);
-        assert_eq!(entities(0), ["a", "b"]);
+        assert_eq!(entities(0), ["a", "b", "tags"]);
         assert_eq!(entities(1), ["c"]);
         assert_eq!(stages[1]["depends_on"].as_array().unwrap().len(), 1);
         let dir = std::path::Path::new("mappings");
