@@ -159,12 +159,12 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
     let mut drafted = BTreeMap::new();
     let mut used = BTreeSet::new();
     for t in &catalog.tables {
-        let Some(key) = t.key() else {
-            notes.push(format!(
-                "`{}` is not drafted: it has no primary key and no unique key of NOT NULL columns (a mapping needs a unique key)",
-                t.name
-            ));
-            continue;
+        let key = match usable_key(t) {
+            Ok(k) => k,
+            Err(why) => {
+                notes.push(format!("`{}` is not drafted: {why}", t.name));
+                continue;
+            }
         };
         let mut e = entity_name(&t.name);
         while !used.insert(e.clone()) {
@@ -194,6 +194,57 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
         mappings,
         notes,
     }
+}
+
+/// Base types a key scan can order by (mappings/README.md, `source.key`).
+const KEY_TYPES: &[&str] = &[
+    "int2",
+    "int4",
+    "int8",
+    "numeric",
+    "text",
+    "varchar",
+    "bpchar",
+    "uuid",
+    "date",
+    "timestamp",
+    "timestamptz",
+];
+
+/// The table's key, when it has one a key scan can order: its primary key, else the first
+/// unique key of NOT NULL columns; each column of a type in [`KEY_TYPES`].
+fn usable_key(t: &Table) -> Result<Vec<String>, String> {
+    let orderable = |cols: &[String]| {
+        cols.iter().all(|c| {
+            t.column(c).is_some_and(|c| {
+                c.element_type.is_none() && KEY_TYPES.contains(&c.base_type.as_str())
+            })
+        })
+    };
+    let candidates = std::iter::once(t.primary_key.clone())
+        .filter(|k| !k.is_empty())
+        .chain(
+            t.unique
+                .iter()
+                .filter(|u| u.iter().all(|c| t.column(c).is_some_and(|c| c.not_null)))
+                .cloned(),
+        );
+    let mut seen_any = false;
+    for k in candidates {
+        seen_any = true;
+        if orderable(&k) {
+            return Ok(k);
+        }
+    }
+    Err(if seen_any {
+        format!(
+            "no key of types a key scan can order ({}; not enums, arrays or other types)",
+            KEY_TYPES.join(", ")
+        )
+    } else {
+        "it has no primary key and no unique key of NOT NULL columns (a mapping needs a unique key)"
+            .to_string()
+    })
 }
 
 /// One stage: its tables in run order, the stages it depends on, and its cycles.
@@ -601,12 +652,14 @@ fn field_text_prefixed(
     if let Some(c) = &col.comment {
         comment(out, note, c);
     }
-    if let Some(d) = &col.default {
-        comment(
+    match &col.default {
+        Some(d) if col.generated => comment(out, note, &format!("generated: {d}")),
+        Some(d) => comment(
             out,
             note,
             &format!("source default: {d} (applies to inserts only; existing NULLs stay NULL)"),
-        );
+        ),
+        None => {}
     }
     if let Some(Err(why)) = reference {
         comment(out, note, why);
