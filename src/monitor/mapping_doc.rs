@@ -14,7 +14,7 @@ use crate::mapping::Mapping;
 use crate::mapping::spec::Infinity;
 use crate::mapping::spec::{
     CastType, EmailRule, EmbedElement, EmbedStore, FieldSpec, IdStrategy, Lossy, NullPolicy,
-    RulesSpec, Severity, SubMillis, TransformSpec, UuidFormat,
+    RulesSpec, Severity, SubMillis, TransformSpec, UuidFormat, ValidatorLevel,
 };
 
 /// A source column's type: as shown, and the base type name the conversion follows
@@ -668,6 +668,43 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         }
         parts.push(format!("active = [{}]", u.active.join(", ")));
         facts.push(("appwrite.users".into(), parts.join("; ")));
+    }
+
+    match s.validator {
+        ValidatorLevel::Off => {}
+        level => facts.push((
+            "validator".into(),
+            format!(
+                "{} ($jsonSchema of the rules of severity error, set after the load)",
+                if level == ValidatorLevel::Strict {
+                    "strict"
+                } else {
+                    "moderate"
+                }
+            ),
+        )),
+    }
+    for ix in &s.indexes {
+        let mut parts = vec![format!("keys = [{}]", ix.keys.join(", "))];
+        if ix.unique {
+            parts.push("unique".into());
+        }
+        if let Some(n) = &ix.name {
+            parts.push(format!("name = {n}"));
+        }
+        if let Some(p) = &ix.partial {
+            parts.push(format!(
+                "partial = {}",
+                toml_text(&toml::Value::Table(p.clone()))
+            ));
+        }
+        if let Some(t) = ix.ttl_seconds {
+            parts.push(format!("ttl_seconds = {t}"));
+        }
+        if let Some(c) = &ix.collation {
+            parts.push(format!("collation = {c}"));
+        }
+        facts.push(("index (built after the load)".into(), parts.join("; ")));
     }
 
     let mut decisions = Vec::new();

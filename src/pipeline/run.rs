@@ -702,6 +702,33 @@ async fn migrate_locked(
                 Err(e) => err = Some(e),
             }
         }
+        // Indexes and the validator once the collection is loaded (not in a dry run, not after
+        // a failed load: a resume finishes it).
+        if err.is_none()
+            && !opts.dry_run
+            && (!p.indexes.is_empty() || p.validator.is_some())
+            && let crate::sink::target::Target::Mongo(m) = target
+        {
+            match m
+                .finish_collection(&p.collection, &p.indexes, p.validator.as_ref())
+                .await
+            {
+                Ok(built) => {
+                    report.indexes = built
+                        .into_iter()
+                        .map(|(name, ms)| crate::monitor::report::IndexBuild { name, ms })
+                        .collect();
+                    report.validator = p.validator.as_ref().map(|(level, _)| {
+                        match level {
+                            crate::mapping::spec::ValidatorLevel::Moderate => "moderate",
+                            _ => "strict",
+                        }
+                        .to_string()
+                    });
+                }
+                Err(e) => err = Some(RunError::from(crate::sink::target::SinkError::from(e))),
+            }
+        }
         if let Some(e) = &err {
             report.status = if matches!(e, RunError::LockLost(_)) {
                 ledger::INTERRUPTED.into()
