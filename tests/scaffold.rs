@@ -297,6 +297,10 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
          INSERT INTO employee_projects
            SELECT e, 'P' || (1 + (e * p) % 10) FROM generate_series(1, 200) e, generate_series(1, 2) p
            ON CONFLICT DO NOTHING;
+         ALTER TABLE employees ADD COLUMN badge text UNIQUE;
+         UPDATE employees SET badge = 'B' || id WHERE id % 7 = 0;
+         CREATE INDEX employees_status_level_idx ON employees (status, level);
+         CREATE INDEX employees_lower_email_idx ON employees (lower(email));
          ANALYZE;",
     )
     .await;
@@ -381,6 +385,46 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
         proj.contains("`employee_projects` is a pure join table")
             != emps.contains("`employee_projects` is a pure join table"),
         "the join table is proposed on one side"
+    );
+
+    // The source's indexes, built by migrate after the load: a unique one over a nullable
+    // column indexes only the documents holding it; an expression index is said, not drafted.
+    let reply = w
+        .mongo()
+        .await
+        .run_command(bson::doc! { "listIndexes": "employees" })
+        .await
+        .unwrap();
+    let indexes: BTreeMap<String, Document> = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let d = d.as_document().unwrap().clone();
+            (d.get_str("name").unwrap().to_string(), d)
+        })
+        .collect();
+    assert_eq!(
+        indexes.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["_id_", "employees_badge_key", "employees_status_level_idx"]
+    );
+    let badge = &indexes["employees_badge_key"];
+    assert_eq!(badge.get_bool("unique"), Ok(true));
+    assert_eq!(
+        badge.get_document("partialFilterExpression").unwrap(),
+        &bson::doc! { "badge": { "$exists": true } }
+    );
+    assert_eq!(
+        indexes["employees_status_level_idx"]
+            .get_document("key")
+            .unwrap(),
+        &bson::doc! { "status": 1, "level": 1 }
+    );
+    assert!(
+        emp_text.contains("# source index employees_lower_email_idx is on an expression"),
+        "{emp_text}"
     );
 
     // --diff: nothing right after the drafts; then the schema changes and each change is named.

@@ -571,6 +571,7 @@ fn mapping_text(model: &Model, t: &Table) -> String {
     }
 
     let mut paths = BTreeSet::new();
+    let mut path_of: BTreeMap<&str, String> = BTreeMap::new();
     // The key is the _id; a key column is also a field when it references another table, into
     // Appwrite (where a hashed row id would not keep its value), or when the table has no
     // other column (a mapping needs a field).
@@ -592,6 +593,10 @@ fn mapping_text(model: &Model, t: &Table) -> String {
             reference,
             model.opts.target,
         );
+        path_of.insert(col.name.as_str(), path);
+    }
+    if model.opts.target == TargetKind::Mongodb {
+        index_text(&mut out, t, key, &path_of);
     }
 
     for (table, fk) in embed_candidates(model, t) {
@@ -603,6 +608,70 @@ fn mapping_text(model: &Model, t: &Table) -> String {
         join_proposal(&mut out, model, join, own_fk, other_fk, &mut paths);
     }
     out
+}
+
+/// The source's indexes as `[[index]]` tables (MongoDB builds them after the load): those on
+/// plain columns mapped to fields; others said in a comment. A unique index over a nullable
+/// column indexes only the documents that hold it (PostgreSQL lets any number of rows be NULL;
+/// a MongoDB unique index would count each missing field as one null).
+fn index_text(out: &mut String, t: &Table, key: &[String], path_of: &BTreeMap<&str, String>) {
+    let mut seen: BTreeSet<&[String]> = BTreeSet::new();
+    for ix in t.indexes.iter().filter(|i| !i.primary) {
+        if ix.columns == key {
+            continue;
+        }
+        // MongoDB keeps one index per key pattern: the first (a unique one sorts first).
+        if !ix.columns.is_empty() && !seen.insert(ix.columns.as_slice()) {
+            continue;
+        }
+        out.push('\n');
+        if ix.columns.is_empty() {
+            comment(
+                out,
+                "#",
+                &format!(
+                    "source index {} is on an expression or partial: not drafted ({})",
+                    ix.name, ix.definition
+                ),
+            );
+            continue;
+        }
+        let paths: Option<Vec<&String>> =
+            ix.columns.iter().map(|c| path_of.get(c.as_str())).collect();
+        let Some(paths) = paths else {
+            comment(
+                out,
+                "#",
+                &format!(
+                    "source index {} names a column that is no field here: not drafted ({})",
+                    ix.name, ix.definition
+                ),
+            );
+            continue;
+        };
+        comment(out, "#", &format!("From source index {}.", ix.name));
+        out.push_str("[[index]]\n");
+        let keys: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        out.push_str(&format!("keys = {}\n", q_list(&keys)));
+        if ix.unique {
+            out.push_str("unique = true\n");
+        }
+        out.push_str(&format!("name = {}\n", q(&ix.name)));
+        let nullable: Vec<&String> = ix
+            .columns
+            .iter()
+            .zip(&paths)
+            .filter(|(c, _)| t.column(c).is_some_and(|c| !c.not_null))
+            .map(|(_, p)| *p)
+            .collect();
+        if ix.unique && !nullable.is_empty() {
+            let conds: Vec<String> = nullable
+                .iter()
+                .map(|p| format!("{} = {{ \"$exists\" = true }}", q(p)))
+                .collect();
+            out.push_str(&format!("partial = {{ {} }}\n", conds.join(", ")));
+        }
+    }
 }
 
 fn unique_path(used: &mut BTreeSet<String>, base: &str) -> String {

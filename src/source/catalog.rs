@@ -110,6 +110,8 @@ pub struct Index {
     pub primary: bool,
     /// `CREATE INDEX …` as PostgreSQL prints it.
     pub definition: String,
+    /// Its columns in order, when it is on plain columns (no expression, no predicate).
+    pub columns: Vec<String>,
 }
 
 /// Reads schema `schema` of the source at `url` (in one read-only transaction).
@@ -267,7 +269,7 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
          JOIN pg_class c ON c.oid = i.indrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 \
-         ORDER BY ic.relname",
+         ORDER BY i.indisunique DESC, ic.relname",
     )
     .bind(schema)
     .fetch_all(&mut *conn)
@@ -284,13 +286,14 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
         // A unique index that backs no constraint is a key all the same (when it is on plain
         // columns, for every row).
         if unique && plain && no_constraint && !columns.is_empty() {
-            t.unique.push(columns);
+            t.unique.push(columns.clone());
         }
         t.indexes.push(Index {
             name: r.get(1),
             unique,
             primary: r.get(3),
             definition: r.get(4),
+            columns: if plain { columns } else { Vec::new() },
         });
     }
     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
