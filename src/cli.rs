@@ -588,7 +588,7 @@ pub struct ScaffoldArgs {
     pub force: bool,
     /// Write nothing: list what changed in the source's schema against the mappings in
     /// `DIR/mappings` (tables and columns added or gone, keys, NOT NULL, lengths, foreign keys).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tables")]
     pub diff: bool,
 }
 

@@ -56,6 +56,13 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
             name,
         },
     );
+    if drafts.mappings.is_empty() {
+        bail!(
+            "no table of schema `{}` could be drafted: {}",
+            catalog.schema,
+            drafts.notes.join("; ")
+        );
+    }
     let files = files_of(&args.out, &drafts);
     check_drafts(&args.out, &drafts)?;
 

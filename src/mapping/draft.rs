@@ -518,6 +518,14 @@ fn mapping_text(model: &Model, t: &Table) -> String {
     if let Some(d) = &t.comment {
         out.push_str(&format!("description = {}\n", q(d)));
     }
+    if model.opts.target == TargetKind::Mongodb {
+        comment(
+            &mut out,
+            "#",
+            "decide: no validator (the default); validator = \"strict\" sets a $jsonSchema of the rules below\non the collection after the load, so that mongod refuses later writes that break them.",
+        );
+        out.push_str("# validator = \"strict\"\n");
+    }
     out.push_str("\n[source]\n");
     let table = if c.schema == "public" {
         t.name.clone()
