@@ -41,13 +41,17 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print what `migrate` would run, in which order, from which mapping.
     Plan(PlanArgs),
-    /// Draft mappings and a pipeline from the live source's catalog (tables, keys, foreign keys,
-    /// checks, comments): `DIR/pipelines/<name>.toml` and `DIR/mappings/<table>.toml`, to review
-    /// and commit.
+    /// Draft mappings and a pipeline from the live source's catalog, to review and commit.
+    ///
+    /// Reads tables, columns, keys, foreign keys, checks, indexes and comments (no row) and
+    /// writes `DIR/pipelines/<name>.toml` and `DIR/mappings/<table>.toml`; `--diff` lists what
+    /// changed in the schema against existing mappings instead.
     Scaffold(ScaffoldArgs),
-    /// The data-mapping document for a sign-off: per collection its source tables, every field
-    /// with source column and type, target type, transforms, defaults, rules, references,
-    /// embeds, and the conversions that lose information or need a decision.
+    /// The data-mapping document for a sign-off, from the mappings and the live source.
+    ///
+    /// Per collection its source tables, every field with source column and type, target type,
+    /// transforms, defaults, rules, references, embeds, indexes, and the conversions that lose
+    /// information or need a decision.
     Docs(DocsArgs),
     /// Pre-flight: connectivity, every mapping against the live source, and a scan of the data for
     /// conversions that would lose information or reject rows. Writes nothing.

@@ -15,9 +15,7 @@ use crate::pipeline::{Pipeline, PipelineFile};
 
 pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
     let cfg = load_config(cli, Overrides::default())?;
-    let Some(url) = cfg.source_url.as_deref() else {
-        bail!("no source configured: set CUTOVER_SOURCE_URL or [source] url in cutover.toml");
-    };
+    let url = cfg.require_source()?;
     let mut catalog = crate::source::catalog::read(url, &args.schema).await?;
     if catalog.tables.is_empty() {
         bail!(

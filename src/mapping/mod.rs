@@ -1168,4 +1168,44 @@ column = "name"
         let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("exact_path"), "{err}");
     }
+
+    /// The validator holds the rules of severity error, nested as the paths nest; a warning
+    /// rule (its rows are written) and an unruled field are left out.
+    #[test]
+    fn json_schema_holds_the_error_rules_only() {
+        let text = "version = 1\nname = \"t\"\nvalidator = \"strict\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+            [[field]]\npath = \"a.b\"\ncolumn = \"b\"\nvalidate = { required = true, max_length = 5 }\n\
+            [[field]]\npath = \"n\"\ncolumn = \"n\"\nvalidate = { min = 1, max = 3, severities = { max = \"warning\" } }\n\
+            [[field]]\npath = \"w\"\ncolumn = \"w\"\nvalidate = { max_length = 1, severity = \"warning\" }\n\
+            [[field]]\npath = \"s\"\ncolumn = \"s\"\nvalidate = { one_of = [\"x\"] }\n\
+            [[field]]\npath = \"free\"\ncolumn = \"free\"\n";
+        let m = parse(Path::new("t.toml"), text).unwrap();
+        let schema = json_schema(&m.spec);
+        assert_eq!(
+            schema,
+            bson::doc! {
+                "bsonType": "object",
+                "required": ["a"],
+                "properties": {
+                    "a": {
+                        "bsonType": "object",
+                        "required": ["b"],
+                        "properties": { "b": { "maxLength": 5_i64 } },
+                    },
+                    "n": { "minimum": 1.0 },
+                    "s": { "anyOf": [{ "enum": ["x", bson::Bson::Null] }, { "bsonType": "array" }] },
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn index_keys_must_be_paths() {
+        let text = format!("{MINIMAL}[[index]]\nkeys = [\"a..b\"]\n");
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("index[0].keys"), "{err}");
+        let text = format!("{MINIMAL}[[index]]\nkeys = []\n");
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("index[0]"), "{err}");
+    }
 }
