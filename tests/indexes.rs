@@ -218,3 +218,49 @@ async fn a_ttl_index_of_two_keys_is_refused_before_the_run() {
     assert!(text.contains("index[0].ttl_seconds"), "{text}");
     w.drop().await;
 }
+
+/// Into Appwrite: the `[[index]]` tables over top-level columns become table indexes (`unique`
+/// or `key`, with their orders); one over a nested path (a JSON text column there) is not made.
+#[tokio::test]
+async fn appwrite_gets_the_indexes_over_top_level_columns() {
+    let w = World::new("indexes_aw").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL, name varchar(20) NOT NULL,
+                              status text, age int, nick text, seen_at timestamptz);
+         INSERT INTO people
+           SELECT i, 'p' || i || '@example.org', 'P' || i, 'a', i, NULL, NULL
+           FROM generate_series(1, 20) i;",
+    )
+    .await;
+    let mapping = MAPPING.replace(
+        "[[index]]\nkeys = [\"seenAt\"]",
+        "[[index]]\nkeys = [\"profile.name\"]\n\n[[index]]\nkeys = [\"seenAt\"]",
+    );
+    let pipeline = one_entity_pipeline(&w, "people", &mapping);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "ix-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "ix-key")
+        .env("APPWRITE_DATABASE", "ix")
+        .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(standin.rows("ix", "people").len(), 20);
+    let mut keys = standin.table_indexes("ix", "people");
+    keys.sort();
+    assert_eq!(keys, ["email_unique", "ix_seenAt", "ix_status_age"]);
+    let email = standin.get_index("ix", "people", "email_unique").unwrap();
+    assert_eq!(email["type"], "unique");
+    assert_eq!(email["columns"], serde_json::json!(["email"]));
+    let status = standin.get_index("ix", "people", "ix_status_age").unwrap();
+    assert_eq!(status["type"], "key");
+    assert_eq!(status["orders"], serde_json::json!(["ASC", "DESC"]));
+    w.drop().await;
+}
