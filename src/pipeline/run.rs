@@ -672,6 +672,14 @@ async fn migrate_locked(
             (None, true) => Some("copied in full: no completed run to start from".to_string()),
             _ => None,
         };
+        // A validator an earlier mapping set is off during the load (set again after it).
+        if !opts.dry_run
+            && p.validator.is_some()
+            && let crate::sink::target::Target::Mongo(m) = target
+            && let Err(e) = m.clear_validator(&p.collection).await
+        {
+            tracing::warn!(entity = %p.entity, error = %e, "cannot clear the collection's validator before the load");
+        }
         let (mut report, err) = run_entity(p, &mut session, &run, &stage).await;
         report.delta = delta;
         if let Some(b) = backup_taken {

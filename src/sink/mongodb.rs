@@ -332,6 +332,30 @@ impl MongoTarget {
         &self.db
     }
 
+    /// Removes the validator of `collection` before a load whose mapping sets one: a validator an
+    /// earlier mapping set (stricter rules since relaxed) must not refuse this run's documents;
+    /// the mapping's own is set again after the load. A missing collection has none.
+    pub async fn clear_validator(&self, collection: &str) -> Result<(), MongoError> {
+        match self
+            .db
+            .run_command(doc! {
+                "collMod": collection,
+                "validator": {},
+                "validationLevel": "off",
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
+                Ok(())
+            }
+            Err(cause) => Err(MongoError::Command {
+                op: format!("collMod (clear the validator) on {collection}"),
+                cause,
+            }),
+        }
+    }
+
     /// Builds a mapping's indexes on `collection` (after its load: cheaper than keeping them
     /// up during it) and sets its validator. Idempotent: an index that exists with the same keys
     /// and options is left as it is. Returns each index's name and build time in milliseconds.
