@@ -41,6 +41,18 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print what `migrate` would run, in which order, from which mapping.
     Plan(PlanArgs),
+    /// Draft mappings and a pipeline from the live source's catalog, to review and commit.
+    ///
+    /// Reads tables, columns, keys, foreign keys, checks, indexes and comments (no row) and
+    /// writes `DIR/pipelines/<name>.toml` and `DIR/mappings/<table>.toml`; `--diff` lists what
+    /// changed in the schema against existing mappings instead.
+    Scaffold(ScaffoldArgs),
+    /// The data-mapping document for a sign-off, from the mappings and the live source.
+    ///
+    /// Per collection its source tables, every field with source column and type, target type,
+    /// transforms, defaults, rules, references, embeds, indexes, and the conversions that lose
+    /// information or need a decision.
+    Docs(DocsArgs),
     /// Pre-flight: connectivity, every mapping against the live source, and a scan of the data for
     /// conversions that would lose information or reject rows. Writes nothing.
     Check(CheckArgs),
@@ -576,6 +588,54 @@ pub struct MigrateArgs {
     /// Lock expiry in seconds, renewed while the run lives.
     #[arg(long, value_name = "SECONDS", default_value_t = 1800)]
     pub lock_ttl: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DocsArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The target the types are given for (default: the pipeline's, else the config's).
+    #[arg(long, value_enum)]
+    pub target: Option<TargetKind>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DocsFormat::Md)]
+    pub format: DocsFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocsFormat {
+    Md,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaffoldArgs {
+    /// The source schema to read.
+    #[arg(long, default_value = "public", value_name = "NAME")]
+    pub schema: String,
+    /// Only these tables (comma-separated; default: every table of the schema). A foreign key to
+    /// a table left out is written as a plain value, with a comment.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub tables: Vec<String>,
+    /// Where to write `pipelines/` and `mappings/`.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub out: PathBuf,
+    /// The pipeline's name (default: the source database's name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The target the drafts are for (key fields and type notes differ).
+    #[arg(long, value_enum, default_value_t = TargetKind::Mongodb)]
+    pub target: TargetKind,
+    /// Overwrite existing files.
+    #[arg(long, conflicts_with = "diff")]
+    pub force: bool,
+    /// Write nothing: list what changed in the source's schema against the mappings in
+    /// `DIR/mappings` (tables and columns added or gone, keys, NOT NULL, lengths, foreign keys).
+    #[arg(long, conflicts_with = "tables")]
+    pub diff: bool,
 }
 
 #[derive(Debug, Args)]

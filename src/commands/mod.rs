@@ -8,12 +8,14 @@ use crate::cli::{Cli, Command, Outcome};
 mod backup;
 mod changes;
 mod check;
+mod docs;
 mod history;
 mod lock;
 pub(crate) mod migrate;
 mod plan;
 pub(crate) mod report;
 mod rollback;
+mod scaffold;
 mod schema;
 pub(crate) mod shared;
 mod status;
@@ -22,12 +24,14 @@ mod verify;
 use backup::backup;
 use changes::changes;
 use check::check;
+use docs::docs;
 use history::history;
 use lock::lock;
 use migrate::migrate;
 use plan::plan;
 use report::report;
 use rollback::rollback;
+use scaffold::scaffold;
 use schema::schema;
 pub use shared::init_logging;
 use status::status;
@@ -37,6 +41,8 @@ pub async fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Migrate(args) => migrate(&cli, args).await,
         Command::Plan(args) => plan(&cli, args).await,
+        Command::Scaffold(args) => scaffold(&cli, args).await,
+        Command::Docs(args) => docs(&cli, args).await,
         Command::Check(args) => check(&cli, args).await,
         Command::Report(args) => report(&cli, args).await,
         Command::Verify(args) => verify(&cli, args).await,

@@ -56,7 +56,7 @@ pub async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
                 crate::outln!("  {:<28} {kind}{size}{array}{json}", c.key);
             }
             for i in &spec.indexes {
-                crate::outln!("  index {} (key: {})", i.key, i.columns.join(", "));
+                crate::outln!("  index {} ({}: {})", i.key, i.kind, i.columns.join(", "));
             }
         }
         if let Some((t, _, _)) = &target {

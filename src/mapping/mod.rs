@@ -1,6 +1,8 @@
 //! Mapping files: load a directory of `*.toml`, check them without touching any server, and
 //! compile one into a [`plan::Plan`] once the source's column types are known.
 
+pub mod draft;
+pub mod drift;
 pub mod plan;
 pub mod spec;
 
@@ -193,6 +195,163 @@ fn invalid(m: &Mapping, key: &str, message: String) -> MappingError {
         key: key.to_string(),
         message,
     }
+}
+
+/// `[[index]]` tables: keys that are target paths, TTL on one key, names used once; not on a
+/// file stage (GridFS buckets keep their own indexes).
+fn check_indexes(m: &Mapping) -> Result<(), MappingError> {
+    let s = &m.spec;
+    let mut names = BTreeSet::new();
+    for (i, ix) in s.indexes.iter().enumerate() {
+        let key = format!("index[{i}]");
+        if s.file.is_some() {
+            return Err(invalid(
+                m,
+                &key,
+                "a file stage writes a GridFS bucket, which keeps its own indexes".into(),
+            ));
+        }
+        if ix.keys.is_empty() {
+            return Err(invalid(m, &key, "`keys` names at least one path".into()));
+        }
+        for (path, _) in ix.key_pairs() {
+            if let Some(problem) = path_problem(&path) {
+                return Err(invalid(
+                    m,
+                    &format!("{key}.keys"),
+                    format!("`{}` is not a valid path: {problem}", path.escape_debug()),
+                ));
+            }
+        }
+        if ix.ttl_seconds.is_some() && ix.keys.len() != 1 {
+            return Err(invalid(
+                m,
+                &format!("{key}.ttl_seconds"),
+                "a TTL index has exactly one key (a date)".into(),
+            ));
+        }
+        if let Some(n) = &ix.name
+            && (n.is_empty() || !names.insert(n.clone()))
+        {
+            return Err(invalid(
+                m,
+                &format!("{key}.name"),
+                format!("`{}` is empty or names two indexes", n.escape_debug()),
+            ));
+        }
+        if ix.collation.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(
+                m,
+                &format!("{key}.collation"),
+                "name a locale (`en`, `fr`, `simple`…)".into(),
+            ));
+        }
+    }
+    if s.file.is_some() && s.validator != spec::ValidatorLevel::Off {
+        return Err(invalid(
+            m,
+            "validator",
+            "a file stage writes a GridFS bucket: no validator".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The `$jsonSchema` a mapping's fields imply: required fields (rules of severity error), string
+/// lengths, number ranges and `one_of` lists, nested as the dotted paths nest. Rules of severity
+/// warning are left out: their rows are written.
+pub fn json_schema(spec: &spec::MappingFile) -> bson::Document {
+    use bson::{Bson, Document, doc};
+    use spec::{RuleName, Severity};
+    // path segments → (required children, properties)
+    #[derive(Default)]
+    struct Node {
+        required: Vec<String>,
+        props: std::collections::BTreeMap<String, (Document, Node)>,
+    }
+    fn insert(node: &mut Node, segs: &[&str], leaf: Document, required: bool) {
+        let Some((first, rest)) = segs.split_first() else {
+            return;
+        };
+        if required && !node.required.contains(&first.to_string()) {
+            node.required.push(first.to_string());
+        }
+        let entry = node.props.entry(first.to_string()).or_default();
+        if rest.is_empty() {
+            entry.0.extend(leaf);
+        } else {
+            // An object on the way to a required leaf is required too.
+            insert(&mut entry.1, rest, leaf, required);
+        }
+    }
+    fn render(node: &Node) -> Document {
+        let mut props = Document::new();
+        for (k, (leaf, child)) in &node.props {
+            let mut d = leaf.clone();
+            if !child.props.is_empty() {
+                d.insert("bsonType", "object");
+                d.extend(render(child));
+            }
+            props.insert(k.clone(), d);
+        }
+        let mut out = Document::new();
+        if !node.required.is_empty() {
+            out.insert("required", node.required.clone());
+        }
+        out.insert("properties", props);
+        out
+    }
+    let mut root = Node::default();
+    for f in &spec.fields {
+        let Some(r) = &f.validate else { continue };
+        let error = |rule: RuleName| {
+            r.has(rule) && r.severities.get(&rule).copied().unwrap_or(r.severity) == Severity::Error
+        };
+        let mut leaf = Document::new();
+        if error(RuleName::MaxLength)
+            && let Some(n) = r.max_length
+        {
+            leaf.insert("maxLength", n as i64);
+        }
+        if error(RuleName::MinLength)
+            && let Some(n) = r.min_length
+        {
+            leaf.insert("minLength", n as i64);
+        }
+        if error(RuleName::Min)
+            && let Some(n) = r.min
+        {
+            leaf.insert("minimum", n);
+        }
+        if error(RuleName::Max)
+            && let Some(n) = r.max
+        {
+            leaf.insert("maximum", n);
+        }
+        let required = error(RuleName::Required);
+        if error(RuleName::OneOf)
+            && let Some(list) = &r.one_of
+        {
+            let mut values: Vec<Bson> = list.iter().map(plan::toml_to_bson).collect();
+            if !required {
+                values.push(Bson::Null);
+            }
+            // `one_of` checks each element of an array field (an array column, `split`): an
+            // array passes here, cutover has checked its elements.
+            leaf.insert(
+                "anyOf",
+                vec![doc! { "enum": values }, doc! { "bsonType": "array" }],
+            );
+        }
+        if leaf.is_empty() && !required {
+            continue;
+        }
+        let segs: Vec<&str> = f.path.split('.').collect();
+        insert(&mut root, &segs, leaf, required);
+    }
+    let mut schema = doc! { "bsonType": "object" };
+    schema.extend(render(&root));
+    schema
 }
 
 /// Parses and checks one mapping file's text (no I/O).
@@ -542,6 +701,7 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
     if let Some(f) = &s.file {
         check_file(m, f)?;
     }
+    check_indexes(m)?;
     if s.source.updated_at.as_deref().is_some_and(str::is_empty) {
         return Err(invalid(
             m,
@@ -1016,5 +1176,45 @@ column = "name"
         );
         let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("exact_path"), "{err}");
+    }
+
+    /// The validator holds the rules of severity error, nested as the paths nest; a warning
+    /// rule (its rows are written) and an unruled field are left out.
+    #[test]
+    fn json_schema_holds_the_error_rules_only() {
+        let text = "version = 1\nname = \"t\"\nvalidator = \"strict\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+            [[field]]\npath = \"a.b\"\ncolumn = \"b\"\nvalidate = { required = true, max_length = 5 }\n\
+            [[field]]\npath = \"n\"\ncolumn = \"n\"\nvalidate = { min = 1, max = 3, severities = { max = \"warning\" } }\n\
+            [[field]]\npath = \"w\"\ncolumn = \"w\"\nvalidate = { max_length = 1, severity = \"warning\" }\n\
+            [[field]]\npath = \"s\"\ncolumn = \"s\"\nvalidate = { one_of = [\"x\"] }\n\
+            [[field]]\npath = \"free\"\ncolumn = \"free\"\n";
+        let m = parse(Path::new("t.toml"), text).unwrap();
+        let schema = json_schema(&m.spec);
+        assert_eq!(
+            schema,
+            bson::doc! {
+                "bsonType": "object",
+                "required": ["a"],
+                "properties": {
+                    "a": {
+                        "bsonType": "object",
+                        "required": ["b"],
+                        "properties": { "b": { "maxLength": 5_i64 } },
+                    },
+                    "n": { "minimum": 1.0 },
+                    "s": { "anyOf": [{ "enum": ["x", bson::Bson::Null] }, { "bsonType": "array" }] },
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn index_keys_must_be_paths() {
+        let text = format!("{MINIMAL}[[index]]\nkeys = [\"a..b\"]\n");
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("index[0].keys"), "{err}");
+        let text = format!("{MINIMAL}[[index]]\nkeys = []\n");
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("index[0]"), "{err}");
     }
 }

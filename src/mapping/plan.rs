@@ -212,6 +212,10 @@ pub struct Plan {
     pub appwrite_users: Option<crate::mapping::spec::AppwriteUsersSpec>,
     /// The entity writes files (`[file]`): where each row's file is, and what it records.
     pub file: Option<FilePlan>,
+    /// MongoDB indexes built after the load.
+    pub indexes: Vec<crate::mapping::spec::IndexSpec>,
+    /// MongoDB: the validator set after the load (level, `$jsonSchema`), unless off.
+    pub validator: Option<(crate::mapping::spec::ValidatorLevel, bson::Document)>,
 }
 
 /// A `[file]` table compiled: the columns (indexes into `read.columns`) holding the file's
@@ -883,6 +887,9 @@ pub fn compile(
         appwrite_users: users_spec(m, &layout)?,
         layout,
         file,
+        indexes: m.spec.indexes.clone(),
+        validator: (m.spec.validator != crate::mapping::spec::ValidatorLevel::Off)
+            .then(|| (m.spec.validator, crate::mapping::json_schema(&m.spec))),
     })
 }
 

@@ -35,6 +35,56 @@ pub struct MappingFile {
     /// Each row names a file on disk: the entity writes files (MongoDB: a GridFS bucket), the
     /// mapped document of the row's fields becomes the file's metadata.
     pub file: Option<FileSpec>,
+    /// MongoDB indexes, built after the bulk load of the collection (idempotently).
+    #[serde(default, rename = "index")]
+    pub indexes: Vec<IndexSpec>,
+    /// MongoDB: a `$jsonSchema` validator derived from the mapping, set after the load.
+    #[serde(default)]
+    pub validator: ValidatorLevel,
+}
+
+/// One MongoDB index of the collection, built after the load.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSpec {
+    /// Target paths in order; `-path` for descending.
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub unique: bool,
+    /// The index name (default: MongoDB's, from the keys).
+    pub name: Option<String>,
+    /// Only documents matching this filter are indexed (`{ status = "active" }`).
+    pub partial: Option<toml::Table>,
+    /// A TTL index: documents expire this many seconds after the (date) key's value.
+    pub ttl_seconds: Option<u64>,
+    /// A collation locale (`en`, `fr`, …) for string comparisons in the index.
+    pub collation: Option<String>,
+}
+
+/// Whether a `$jsonSchema` validator derived from the mapping is set on the collection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidatorLevel {
+    /// No validator (the default).
+    #[default]
+    Off,
+    /// Every insert and update must pass.
+    Strict,
+    /// Inserts, and updates of documents that pass already.
+    Moderate,
+}
+
+impl IndexSpec {
+    /// (path, 1 | -1) of each key.
+    pub fn key_pairs(&self) -> Vec<(String, i32)> {
+        self.keys
+            .iter()
+            .map(|k| match k.strip_prefix('-') {
+                Some(p) => (p.to_string(), -1),
+                None => (k.clone(), 1),
+            })
+            .collect()
+    }
 }
 
 /// The default GridFS chunk size: 255 KiB, as the drivers' own.

@@ -100,6 +100,19 @@ pub struct EntityReport {
     /// A file stage: what this run uploaded (a resumed part's files not included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileStats>,
+    /// MongoDB: the mapping's indexes, built after the load, with their build times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexBuild>,
+    /// MongoDB: the validator level set after the load (`strict`, `moderate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<String>,
+}
+
+/// One index built after a collection's load.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IndexBuild {
+    pub name: String,
+    pub ms: u64,
 }
 
 /// The files of a file stage, as this run moved them.
@@ -208,6 +221,8 @@ impl EntityReport {
             stale_blocked: 0,
             orphan_children: Vec::new(),
             files: None,
+            indexes: Vec::new(),
+            validator: None,
         }
     }
 
@@ -394,6 +409,22 @@ impl RunReport {
             }
             if let Some(f) = &e.files {
                 let _ = writeln!(s, "{}: {}", e.name, f.sentence());
+            }
+            if !e.indexes.is_empty() {
+                let built: Vec<String> = e
+                    .indexes
+                    .iter()
+                    .map(|i| format!("{} ({})", i.name, format_ms(i.ms)))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "{}: indexes built after the load: {}",
+                    e.name,
+                    built.join(", ")
+                );
+            }
+            if let Some(v) = &e.validator {
+                let _ = writeln!(s, "{}: validator set after the load ({v})", e.name);
             }
             if e.deleted > 0 {
                 let verb = if self.dry_run {

@@ -695,6 +695,14 @@ async fn migrate_locked(
             (None, true) => Some("copied in full: no completed run to start from".to_string()),
             _ => None,
         };
+        // A validator an earlier mapping set is off during the load (set again after it).
+        if !opts.dry_run
+            && p.validator.is_some()
+            && let crate::sink::target::Target::Mongo(m) = target
+            && let Err(e) = m.clear_validator(&p.collection).await
+        {
+            tracing::warn!(entity = %p.entity, error = %e, "cannot clear the collection's validator before the load");
+        }
         let (mut report, err) = run_entity(p, &mut session, &run, &stage).await;
         report.delta = delta;
         if let Some(b) = backup_taken {
@@ -723,6 +731,33 @@ async fn migrate_locked(
             {
                 Ok(n) => report.deleted += n,
                 Err(e) => err = Some(e),
+            }
+        }
+        // Indexes and the validator once the collection is loaded (not in a dry run, not after
+        // a failed load: a resume finishes it).
+        if err.is_none()
+            && !opts.dry_run
+            && (!p.indexes.is_empty() || p.validator.is_some())
+            && let crate::sink::target::Target::Mongo(m) = target
+        {
+            match m
+                .finish_collection(&p.collection, &p.indexes, p.validator.as_ref())
+                .await
+            {
+                Ok(built) => {
+                    report.indexes = built
+                        .into_iter()
+                        .map(|(name, ms)| crate::monitor::report::IndexBuild { name, ms })
+                        .collect();
+                    report.validator = p.validator.as_ref().map(|(level, _)| {
+                        match level {
+                            crate::mapping::spec::ValidatorLevel::Moderate => "moderate",
+                            _ => "strict",
+                        }
+                        .to_string()
+                    });
+                }
+                Err(e) => err = Some(RunError::from(crate::sink::target::SinkError::from(e))),
             }
         }
         if let Some(e) = &err {

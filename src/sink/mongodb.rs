@@ -332,6 +332,94 @@ impl MongoTarget {
         &self.db
     }
 
+    /// Removes the validator of `collection` before a load whose mapping sets one: a validator an
+    /// earlier mapping set (stricter rules since relaxed) must not refuse this run's documents;
+    /// the mapping's own is set again after the load. A missing collection has none.
+    pub async fn clear_validator(&self, collection: &str) -> Result<(), MongoError> {
+        match self
+            .db
+            .run_command(doc! {
+                "collMod": collection,
+                "validator": {},
+                "validationLevel": "off",
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
+                Ok(())
+            }
+            Err(cause) => Err(MongoError::Command {
+                op: format!("collMod (clear the validator) on {collection}"),
+                cause,
+            }),
+        }
+    }
+
+    /// Builds a mapping's indexes on `collection` (after its load: cheaper than keeping them
+    /// up during it) and sets its validator. Idempotent: an index that exists with the same keys
+    /// and options is left as it is. Returns each index's name and build time in milliseconds.
+    pub async fn finish_collection(
+        &self,
+        collection: &str,
+        indexes: &[crate::mapping::spec::IndexSpec],
+        validator: Option<&(crate::mapping::spec::ValidatorLevel, Document)>,
+    ) -> Result<Vec<(String, u64)>, MongoError> {
+        use mongodb::IndexModel;
+        use mongodb::options::{Collation, IndexOptions};
+        let coll = self.db.collection::<Document>(collection);
+        let mut built = Vec::new();
+        for ix in indexes {
+            let mut keys = Document::new();
+            for (path, dir) in ix.key_pairs() {
+                keys.insert(path, dir);
+            }
+            let mut opts = IndexOptions::default();
+            opts.name = ix.name.clone();
+            opts.unique = ix.unique.then_some(true);
+            opts.expire_after = ix.ttl_seconds.map(std::time::Duration::from_secs);
+            opts.partial_filter_expression = ix.partial.as_ref().map(|t| {
+                match crate::mapping::plan::toml_to_bson(&toml::Value::Table(t.clone())) {
+                    bson::Bson::Document(d) => d,
+                    _ => Document::new(),
+                }
+            });
+            opts.collation = ix
+                .collation
+                .as_ref()
+                .map(|locale| Collation::builder().locale(locale.clone()).build());
+            let model = IndexModel::builder().keys(keys).options(opts).build();
+            let started = std::time::Instant::now();
+            let created = coll
+                .create_index(model)
+                .await
+                .map_err(|cause| MongoError::Command {
+                    op: format!("createIndexes on {collection}"),
+                    cause,
+                })?;
+            built.push((created.index_name, started.elapsed().as_millis() as u64));
+        }
+        if let Some((level, schema)) = validator {
+            let level = match level {
+                crate::mapping::spec::ValidatorLevel::Moderate => "moderate",
+                _ => "strict",
+            };
+            self.db
+                .run_command(doc! {
+                    "collMod": collection,
+                    "validator": { "$jsonSchema": schema.clone() },
+                    "validationLevel": level,
+                    "validationAction": "error",
+                })
+                .await
+                .map_err(|cause| MongoError::Command {
+                    op: format!("collMod (validator) on {collection}"),
+                    cause,
+                })?;
+        }
+        Ok(built)
+    }
+
     /// The database through the ledger's own connections.
     pub fn ledger_database(&self) -> &Database {
         &self.ledger_db

@@ -1,5 +1,6 @@
 //! The PostgreSQL source: snapshot sessions, key-ordered row streams, decoded values.
 
+pub mod catalog;
 pub mod float;
 pub mod postgres;
 pub mod value;

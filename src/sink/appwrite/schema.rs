@@ -61,11 +61,68 @@ impl ColumnSpec {
 }
 
 /// An index of a table: a `key` index on each reference column, so that lookups by the
-/// referenced row id (and verification's reference checks) do not scan.
+/// referenced row id (and verification's reference checks) do not scan; and the mapping's
+/// `[[index]]` tables over top-level columns (`key` or `unique`, with their orders).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexSpec {
     pub key: String,
     pub columns: Vec<String>,
+    /// `key` or `unique`.
+    pub kind: &'static str,
+    /// `ASC` / `DESC` per column (empty: Appwrite's default).
+    pub orders: Vec<String>,
+}
+
+/// An Appwrite id from free text: `[A-Za-z0-9._-]`, at most 36, not starting with `_`, `.`, `-`.
+fn appwrite_key(text: &str) -> String {
+    let s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_start_matches(['_', '.', '-']);
+    let s = if s.is_empty() { "ix" } else { s };
+    s.chars().take(36).collect()
+}
+
+/// The mapping's `[[index]]` tables Appwrite can hold: those over top-level columns of the
+/// table (a nested path is inside a JSON text column; `partial`, `ttl_seconds` and `collation`
+/// have no Appwrite counterpart and are left to MongoDB).
+fn mapping_indexes(plan: &Plan, columns: &[ColumnSpec]) -> Vec<IndexSpec> {
+    let mut out = Vec::new();
+    for ix in &plan.indexes {
+        let pairs = ix.key_pairs();
+        if !pairs
+            .iter()
+            .all(|(p, _)| columns.iter().any(|c| &c.key == p))
+        {
+            tracing::warn!(entity = %plan.entity, keys = ?ix.keys, "an index over a nested path has no Appwrite counterpart: not created");
+            continue;
+        }
+        let key = appwrite_key(ix.name.as_deref().unwrap_or(&format!(
+            "ix_{}",
+            pairs
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join("_")
+        )));
+        out.push(IndexSpec {
+            key,
+            columns: pairs.iter().map(|(p, _)| p.clone()).collect(),
+            kind: if ix.unique { "unique" } else { "key" },
+            orders: pairs
+                .iter()
+                .map(|(_, d)| if *d < 0 { "DESC" } else { "ASC" }.to_string())
+                .collect(),
+        });
+    }
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -225,15 +282,22 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
             json_refs,
         });
     }
-    let indexes = plan
+    let mut indexes: Vec<IndexSpec> = plan
         .fields
         .iter()
         .filter(|f| f.reference.is_some() && f.path.len() == 1)
         .map(|f| IndexSpec {
             key: format!("ref_{}", f.path_text).chars().take(36).collect(),
             columns: vec![f.path_text.clone()],
+            kind: "key",
+            orders: Vec::new(),
         })
         .collect();
+    for ix in mapping_indexes(plan, &columns) {
+        if !indexes.iter().any(|i| i.key == ix.key) {
+            indexes.push(ix);
+        }
+    }
     TableSpec {
         id: plan.collection.clone(),
         columns,
@@ -384,6 +448,8 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     indexes: vec![IndexSpec {
                         key: format!("ref_{PARENT}"),
                         columns: vec![PARENT.into()],
+                        kind: "key",
+                        orders: Vec::new(),
                     }],
                 },
             }
@@ -437,7 +503,10 @@ pub async fn apply(
         client.wait_column(db, &spec.id, &c.key, timeout).await?;
     }
     for i in &spec.indexes {
-        let body = json!({ "key": i.key, "type": "key", "columns": i.columns });
+        let mut body = json!({ "key": i.key, "type": i.kind, "columns": i.columns });
+        if !i.orders.is_empty() {
+            body["orders"] = json!(i.orders);
+        }
         client.ensure_index(db, &spec.id, &body).await?;
     }
     for i in &spec.indexes {

@@ -1,0 +1,184 @@
+//! `cutover scaffold`: read the source's catalog, draft a pipeline and one mapping per table,
+//! check that the drafts parse as a pipeline, and write them (never over an existing file
+//! without `--force`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::shared::load_config;
+use crate::cli::{Cli, Outcome, ScaffoldArgs};
+use crate::config::Overrides;
+use crate::mapping::draft::{self, DraftOptions, Drafts};
+use crate::mapping::{MappingSet, parse};
+use crate::pipeline::{Pipeline, PipelineFile};
+
+pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
+    let cfg = load_config(cli, Overrides::default())?;
+    let url = cfg.require_source()?;
+    let mut catalog = crate::source::catalog::read(url, &args.schema).await?;
+    if catalog.tables.is_empty() {
+        bail!(
+            "schema `{}` of the source has no tables (or does not exist)",
+            args.schema
+        );
+    }
+    if !args.tables.is_empty() {
+        let missing: Vec<&str> = args
+            .tables
+            .iter()
+            .filter(|t| catalog.table(t).is_none())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "no table {} in schema `{}`",
+                missing
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                args.schema
+            );
+        }
+        catalog.tables.retain(|t| args.tables.contains(&t.name));
+    }
+    if args.diff {
+        return diff(&catalog, &args.out);
+    }
+    let name = draft::entity_name(args.name.as_deref().unwrap_or(&catalog.database));
+    let drafts = draft::draft(
+        &catalog,
+        &DraftOptions {
+            target: args.target,
+            name,
+        },
+    );
+    if drafts.mappings.is_empty() {
+        bail!(
+            "no table of schema `{}` could be drafted: {}",
+            catalog.schema,
+            drafts.notes.join("; ")
+        );
+    }
+    let files = files_of(&args.out, &drafts);
+    check_drafts(&args.out, &drafts)?;
+
+    if !args.force {
+        let existing: Vec<String> = files
+            .iter()
+            .filter(|(p, _)| p.exists())
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        if !existing.is_empty() {
+            bail!(
+                "not overwriting existing files (--force overwrites them): {}",
+                existing.join(", ")
+            );
+        }
+    }
+    for (path, text) in &files {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    crate::outln!(
+        "drafted {} mappings and pipeline {} from schema `{}` of `{}`:",
+        drafts.mappings.len(),
+        drafts.pipeline_name,
+        catalog.schema,
+        catalog.database
+    );
+    for (path, _) in &files {
+        crate::outln!("  wrote {}", path.display());
+    }
+    for n in &drafts.notes {
+        crate::outln!("note: {n}");
+    }
+    let decisions: usize = drafts
+        .mappings
+        .iter()
+        .map(|(_, t)| t.matches("# decide:").count())
+        .sum();
+    let proposals: usize = drafts
+        .mappings
+        .iter()
+        .map(|(_, t)| t.matches("## Proposal").count())
+        .sum();
+    crate::outln!(
+        "{decisions} `# decide:` notes and {proposals} embedding proposals (commented out) to review"
+    );
+    Ok(Outcome::Success)
+}
+
+/// `--diff`: the schema against the mappings in `out/mappings`.
+fn diff(catalog: &crate::source::catalog::Catalog, out: &Path) -> Result<Outcome> {
+    let dir = out.join("mappings");
+    if !dir.is_dir() {
+        bail!(
+            "no mappings to compare with: {} is not a directory",
+            dir.display()
+        );
+    }
+    let set = MappingSet::load_dir(&dir)?;
+    let found = crate::mapping::drift::drift(catalog, &set.mappings);
+    if found.is_empty() {
+        crate::outln!(
+            "no differences between schema `{}` and the {} mappings in {}",
+            catalog.schema,
+            set.mappings.len(),
+            dir.display()
+        );
+        return Ok(Outcome::Success);
+    }
+    crate::outln!(
+        "{} differences between schema `{}` and the mappings in {}:",
+        found.len(),
+        catalog.schema,
+        dir.display()
+    );
+    for d in &found {
+        crate::outln!("  {:<24} {}", d.entity, d.message);
+    }
+    Ok(Outcome::Success)
+}
+
+/// Where each draft goes.
+fn files_of(out: &Path, d: &Drafts) -> Vec<(PathBuf, String)> {
+    let mut files = vec![(
+        out.join("pipelines")
+            .join(format!("{}.toml", d.pipeline_name)),
+        d.pipeline.clone(),
+    )];
+    for (name, text) in &d.mappings {
+        files.push((
+            out.join("mappings").join(format!("{name}.toml")),
+            text.clone(),
+        ));
+    }
+    files
+}
+
+/// The drafts as the pipeline loader would read them: a draft that does not load is a defect of
+/// scaffold, reported before anything is written.
+fn check_drafts(out: &Path, d: &Drafts) -> Result<()> {
+    let mut mappings = Vec::new();
+    for (name, text) in &d.mappings {
+        let path = out.join("mappings").join(format!("{name}.toml"));
+        mappings.push(parse(&path, text).with_context(|| {
+            format!("scaffold drafted a mapping that does not load (a defect of cutover): {name}")
+        })?);
+    }
+    let set = MappingSet::from_mappings(mappings)
+        .context("scaffold drafted mappings that do not load together (a defect of cutover)")?;
+    let path = out
+        .join("pipelines")
+        .join(format!("{}.toml", d.pipeline_name));
+    let spec: PipelineFile = toml::from_str(&d.pipeline)
+        .context("scaffold drafted a pipeline that does not parse (a defect of cutover)")?;
+    Pipeline::new(&path, spec, set)
+        .context("scaffold drafted a pipeline that does not load (a defect of cutover)")?;
+    Ok(())
+}

@@ -1,0 +1,1449 @@
+//! Draft mappings and a pipeline from the source's catalog (`cutover scaffold`): pure text
+//! generation, no I/O. Every option written is one [`super::parse`] accepts; the command parses
+//! the drafts before it writes them.
+//!
+//! What a draft decides, and says so in comments: the key (primary key, else a NOT NULL unique
+//! key), references (single-column foreign keys to a drafted table's key), rules (NOT NULL,
+//! `varchar(n)`, checks that are ranges or lists), stage order (foreign keys, cycles inside one
+//! stage), and the safe choice for each type that needs a decision (`# decide:`). Embedding
+//! proposals are written commented out: uncommenting the lines that start with `# ` (not `## `)
+//! turns one on.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::TargetKind;
+use crate::source::catalog::{Catalog, Column, ForeignKey, Table};
+
+/// What to draft.
+#[derive(Debug, Clone)]
+pub struct DraftOptions {
+    pub target: TargetKind,
+    /// The pipeline's name (its file is `pipelines/<name>.toml`).
+    pub name: String,
+}
+
+/// The drafted files: the pipeline and one mapping per table, each as (file stem, text).
+#[derive(Debug, Clone, Default)]
+pub struct Drafts {
+    pub pipeline_name: String,
+    pub pipeline: String,
+    pub mappings: Vec<(String, String)>,
+    /// Tables not drafted and other things the user must know (also written into the files).
+    pub notes: Vec<String>,
+}
+
+/// `snake_case` (or any separators) → `camelCase`; never empty, never starting with a digit.
+pub fn camel(name: &str) -> String {
+    let mut out = String::new();
+    let mut boundary = false;
+    for ch in name.chars() {
+        if !ch.is_alphanumeric() {
+            boundary = true;
+            continue;
+        }
+        if out.is_empty() {
+            out.extend(ch.to_lowercase());
+        } else if boundary {
+            out.extend(ch.to_uppercase());
+        } else {
+            out.push(ch);
+        }
+        boundary = false;
+    }
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, 'f');
+    }
+    out
+}
+
+/// A name a mapping accepts (letters, digits, `_` and `-`).
+pub fn entity_name(table: &str) -> String {
+    let s: String = table
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() { "table".into() } else { s }
+}
+
+/// A TOML basic string.
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn q_list(items: &[String]) -> String {
+    format!(
+        "[{}]",
+        items.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// A comment line (every line of `text` commented).
+fn comment(out: &mut String, prefix: &str, text: &str) {
+    for line in text.lines() {
+        out.push_str(prefix);
+        if !line.is_empty() {
+            out.push(' ');
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+}
+
+/// The tables drafted, with their entity names and keys.
+struct Model<'a> {
+    catalog: &'a Catalog,
+    opts: &'a DraftOptions,
+    /// table → (entity, key)
+    drafted: BTreeMap<&'a str, (String, Vec<String>)>,
+    /// Position of each drafted table in run order.
+    position: BTreeMap<&'a str, usize>,
+    /// Reference edges dropped to break a cycle: (table, fk name).
+    broken: BTreeSet<(String, String)>,
+}
+
+impl Model<'_> {
+    fn entity(&self, table: &str) -> Option<&str> {
+        self.drafted.get(table).map(|(e, _)| e.as_str())
+    }
+
+    fn key(&self, table: &str) -> Option<&[String]> {
+        self.drafted.get(table).map(|(_, k)| k.as_slice())
+    }
+
+    /// Whether the foreign key points at a drafted table of this schema.
+    fn internal<'f>(&self, fk: &'f ForeignKey) -> Option<&'f str> {
+        (fk.ref_schema == self.catalog.schema && self.drafted.contains_key(fk.ref_table.as_str()))
+            .then_some(fk.ref_table.as_str())
+    }
+
+    /// Why a foreign key cannot be a `reference`, if it cannot.
+    fn reference_problem(&self, table: &str, fk: &ForeignKey) -> Option<String> {
+        let Some(target) = self.internal(fk) else {
+            return Some(format!(
+                "`{}.{}` is not drafted here",
+                fk.ref_schema, fk.ref_table
+            ));
+        };
+        if fk.columns.len() != 1 {
+            return Some("a composite foreign key (references need one column)".into());
+        }
+        let key = self.key(target).unwrap_or_default();
+        if key != fk.ref_columns.as_slice() {
+            return Some(format!(
+                "it points at {} of `{target}`, not at its key ({})",
+                fk.ref_columns.join(", "),
+                key.join(", ")
+            ));
+        }
+        if self
+            .broken
+            .contains(&(table.to_string(), fk.name.to_string()))
+        {
+            return Some(format!(
+                "`{target}` and `{table}` reference each other (a cycle): they run in one stage, `{target}` after `{table}`, so this one is kept as a plain value"
+            ));
+        }
+        None
+    }
+}
+
+/// Drafts the pipeline and mappings of every table of `catalog`.
+pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
+    let mut notes = Vec::new();
+    let mut drafted = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for t in &catalog.tables {
+        let key = match usable_key(t) {
+            Ok(k) => k,
+            Err(why) => {
+                notes.push(format!("`{}` is not drafted: {why}", t.name));
+                continue;
+            }
+        };
+        let mut e = entity_name(&t.name);
+        while !used.insert(e.clone()) {
+            e.push('_');
+        }
+        drafted.insert(t.name.as_str(), (e, key));
+    }
+    let mut model = Model {
+        catalog,
+        opts,
+        drafted,
+        position: BTreeMap::new(),
+        broken: BTreeSet::new(),
+    };
+    let stages = order(&mut model);
+
+    let mut mappings = Vec::new();
+    for t in &catalog.tables {
+        if let Some((entity, _)) = model.drafted.get(t.name.as_str()) {
+            mappings.push((entity.clone(), mapping_text(&model, t)));
+        }
+    }
+    let pipeline = pipeline_text(&model, &stages, &notes);
+    Drafts {
+        pipeline_name: opts.name.clone(),
+        pipeline,
+        mappings,
+        notes,
+    }
+}
+
+/// Base types a key scan can order by (mappings/README.md, `source.key`).
+const KEY_TYPES: &[&str] = &[
+    "int2",
+    "int4",
+    "int8",
+    "numeric",
+    "text",
+    "varchar",
+    "bpchar",
+    "uuid",
+    "date",
+    "timestamp",
+    "timestamptz",
+];
+
+/// The table's key, when it has one a key scan can order: its primary key, else the first
+/// unique key of NOT NULL columns; each column of a type in [`KEY_TYPES`].
+fn usable_key(t: &Table) -> Result<Vec<String>, String> {
+    let orderable = |cols: &[String]| {
+        cols.iter().all(|c| {
+            t.column(c).is_some_and(|c| {
+                c.element_type.is_none() && KEY_TYPES.contains(&c.base_type.as_str())
+            })
+        })
+    };
+    let candidates = std::iter::once(t.primary_key.clone())
+        .filter(|k| !k.is_empty())
+        .chain(
+            t.unique
+                .iter()
+                .filter(|u| u.iter().all(|c| t.column(c).is_some_and(|c| c.not_null)))
+                .cloned(),
+        );
+    let mut seen_any = false;
+    for k in candidates {
+        seen_any = true;
+        if orderable(&k) {
+            return Ok(k);
+        }
+    }
+    Err(if seen_any {
+        format!(
+            "no key of types a key scan can order ({}; not enums, arrays or other types)",
+            KEY_TYPES.join(", ")
+        )
+    } else {
+        "it has no primary key and no unique key of NOT NULL columns (a mapping needs a unique key)"
+            .to_string()
+    })
+}
+
+/// One stage: its tables in run order, the stages it depends on, and its cycles.
+struct Stage {
+    tables: Vec<String>,
+    depends_on: BTreeSet<usize>,
+    cycles: Vec<Vec<String>>,
+}
+
+/// Orders the drafted tables by their foreign keys: strongly connected components (Tarjan),
+/// each at the level one past the deepest component it references. Records run positions and
+/// the reference edges a cycle forces to drop.
+fn order(model: &mut Model) -> Vec<Stage> {
+    let names: Vec<&str> = model.drafted.keys().copied().collect();
+    let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); names.len()];
+    for (i, n) in names.iter().enumerate() {
+        let t = model
+            .catalog
+            .table(n)
+            .expect("a drafted table is in the catalog");
+        for fk in &t.foreign_keys {
+            if let Some(target) = model.internal(fk)
+                && let Some(&j) = index.get(target)
+                && j != i
+            {
+                deps[i].insert(j);
+            }
+        }
+    }
+    let comps = tarjan(&deps);
+    // Tarjan yields components dependencies first.
+    let mut comp_of = vec![0; names.len()];
+    for (c, members) in comps.iter().enumerate() {
+        for &m in members {
+            comp_of[m] = c;
+        }
+    }
+    let mut level = vec![0usize; comps.len()];
+    for (c, members) in comps.iter().enumerate() {
+        let mut l = 0;
+        for &m in members {
+            for &d in &deps[m] {
+                if comp_of[d] != c {
+                    l = l.max(level[comp_of[d]] + 1);
+                }
+            }
+        }
+        level[c] = l;
+    }
+    let levels = level.iter().copied().max().map_or(0, |m| m + 1);
+    let mut stages: Vec<Stage> = (0..levels)
+        .map(|_| Stage {
+            tables: Vec::new(),
+            depends_on: BTreeSet::new(),
+            cycles: Vec::new(),
+        })
+        .collect();
+    for (c, members) in comps.iter().enumerate() {
+        let mut ms: Vec<&str> = members.iter().map(|&m| names[m]).collect();
+        ms.sort();
+        if ms.len() > 1 {
+            stages[level[c]]
+                .cycles
+                .push(ms.iter().map(|s| s.to_string()).collect());
+        }
+        for &m in members {
+            for &d in &deps[m] {
+                if comp_of[d] != c {
+                    stages[level[c]].depends_on.insert(level[comp_of[d]]);
+                }
+            }
+        }
+        stages[level[c]]
+            .tables
+            .extend(ms.iter().map(|s| s.to_string()));
+    }
+    // No table of a stage references another of it but within a cycle (whose members are
+    // ordered by name too): by name reads best.
+    for s in &mut stages {
+        s.tables.sort();
+    }
+    let mut pos = 0;
+    for s in &stages {
+        for t in &s.tables {
+            let name = names[index[t.as_str()]];
+            model.position.insert(name, pos);
+            pos += 1;
+        }
+    }
+    // A reference to a table of one's own cycle placed at or after oneself cannot be kept.
+    for (i, n) in names.iter().enumerate() {
+        let t = model.catalog.table(n).expect("drafted");
+        for fk in &t.foreign_keys {
+            if let Some(target) = model.internal(fk)
+                && let Some(&j) = index.get(target)
+                && j != i
+                && comp_of[j] == comp_of[i]
+                && model.position[target] > model.position[n]
+            {
+                model.broken.insert((n.to_string(), fk.name.clone()));
+            }
+        }
+    }
+    stages
+}
+
+/// Strongly connected components of a graph given as each node's successors, in an order
+/// where a component comes after every component it reaches (dependencies first).
+fn tarjan(succ: &[BTreeSet<usize>]) -> Vec<Vec<usize>> {
+    struct St<'a> {
+        succ: &'a [BTreeSet<usize>],
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        on: Vec<bool>,
+        stack: Vec<usize>,
+        next: usize,
+        out: Vec<Vec<usize>>,
+    }
+    fn visit(s: &mut St, v: usize) {
+        s.index[v] = Some(s.next);
+        s.low[v] = s.next;
+        s.next += 1;
+        s.stack.push(v);
+        s.on[v] = true;
+        let succ: Vec<usize> = s.succ[v].iter().copied().collect();
+        for w in succ {
+            match s.index[w] {
+                None => {
+                    visit(s, w);
+                    s.low[v] = s.low[v].min(s.low[w]);
+                }
+                Some(iw) if s.on[w] => s.low[v] = s.low[v].min(iw),
+                Some(_) => {}
+            }
+        }
+        if Some(s.low[v]) == s.index[v] {
+            let mut comp = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on[w] = false;
+                comp.push(w);
+                if w == v {
+                    break;
+                }
+            }
+            comp.sort();
+            s.out.push(comp);
+        }
+    }
+    let n = succ.len();
+    let mut s = St {
+        succ,
+        index: vec![None; n],
+        low: vec![0; n],
+        on: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        out: Vec::new(),
+    };
+    for v in 0..n {
+        if s.index[v].is_none() {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}
+
+fn stage_name(i: usize) -> String {
+    format!("stage_{}", i + 1)
+}
+
+fn pipeline_text(model: &Model, stages: &[Stage], notes: &[String]) -> String {
+    let c = model.catalog;
+    let mut out = String::new();
+    comment(
+        &mut out,
+        "#",
+        &format!(
+            "Drafted by `cutover scaffold` from schema `{}` of database `{}`: review, edit, commit.\nStages follow the foreign keys: a stage's tables reference only tables of earlier stages\n(or themselves, or a table of a cycle within the stage).",
+            c.schema, c.database
+        ),
+    );
+    for n in notes {
+        comment(&mut out, "#", &format!("Not drafted: {n}"));
+    }
+    out.push_str("version = 1\n");
+    out.push_str(&format!("name = {}\n", q(&model.opts.name)));
+    out.push_str(&format!(
+        "description = {}\n",
+        q(&format!(
+            "Every table of schema {} of {}, in foreign-key order.",
+            c.schema, c.database
+        ))
+    ));
+    out.push_str("mappings_dir = \"../mappings\"\n");
+    out.push_str(&format!(
+        "target = {}\n",
+        q(match model.opts.target {
+            TargetKind::Mongodb => "mongodb",
+            TargetKind::Appwrite => "appwrite",
+        })
+    ));
+    for (i, s) in stages.iter().enumerate() {
+        out.push('\n');
+        for cycle in &s.cycles {
+            comment(
+                &mut out,
+                "#",
+                &format!(
+                    "A cycle of foreign keys ({}): these run in this one stage; a reference to one placed later is\nwritten as a plain value (see the comment in its mapping).",
+                    cycle.join(", ")
+                ),
+            );
+        }
+        for t in &s.tables {
+            let table = c.table(t).expect("drafted");
+            if table
+                .foreign_keys
+                .iter()
+                .any(|fk| fk.ref_table == *t && fk.ref_schema == c.schema)
+            {
+                comment(
+                    &mut out,
+                    "#",
+                    &format!(
+                        "`{t}` references itself: its references are resolved within the stage (the rows are all written by it)."
+                    ),
+                );
+            }
+        }
+        out.push_str("[[stage]]\n");
+        out.push_str(&format!("name = {}\n", q(&stage_name(i))));
+        let entities: Vec<String> = s
+            .tables
+            .iter()
+            .map(|t| model.entity(t).unwrap_or_default().to_string())
+            .collect();
+        out.push_str(&format!("entities = {}\n", q_list(&entities)));
+        if !s.depends_on.is_empty() {
+            let deps: Vec<String> = s.depends_on.iter().map(|&d| stage_name(d)).collect();
+            out.push_str(&format!("depends_on = {}\n", q_list(&deps)));
+        }
+    }
+    out
+}
+
+fn estimate_text(t: &Table) -> String {
+    match t.row_estimate {
+        Some(n) => format!("~{n} rows"),
+        None => "rows unknown (never analyzed)".into(),
+    }
+}
+
+fn mapping_text(model: &Model, t: &Table) -> String {
+    let c = model.catalog;
+    let (entity, key) = model.drafted.get(t.name.as_str()).expect("drafted");
+    let mut out = String::new();
+    comment(
+        &mut out,
+        "#",
+        &format!(
+            "Drafted by `cutover scaffold` from `{}.{}` ({}).",
+            c.schema,
+            t.name,
+            estimate_text(t)
+        ),
+    );
+    out.push_str("version = 1\n");
+    out.push_str(&format!("name = {}\n", q(entity)));
+    out.push_str(&format!("collection = {}\n", q(&camel(&t.name))));
+    if let Some(d) = &t.comment {
+        out.push_str(&format!("description = {}\n", q(d)));
+    }
+    if model.opts.target == TargetKind::Mongodb {
+        comment(
+            &mut out,
+            "#",
+            "decide: no validator (the default); validator = \"strict\" sets a $jsonSchema of the rules below\non the collection after the load, so that mongod refuses later writes that break them.",
+        );
+        out.push_str("# validator = \"strict\"\n");
+    }
+    out.push_str("\n[source]\n");
+    let table = if c.schema == "public" {
+        t.name.clone()
+    } else {
+        format!("{}.{}", c.schema, t.name)
+    };
+    out.push_str(&format!("table = {}\n", q(&table)));
+    if t.primary_key.is_empty() {
+        comment(
+            &mut out,
+            "#",
+            "No primary key: the key is a unique key of NOT NULL columns.",
+        );
+    }
+    out.push_str(&format!("key = {}\n", q_list(key)));
+    if key.len() > 1 {
+        out.push('\n');
+        comment(
+            &mut out,
+            "#",
+            "A composite key: _id is the sub-document {column: value, …} (strategy = \"key\");\nstrategy = \"uuid5\" makes a deterministic UUID instead.",
+        );
+        out.push_str("[id]\nstrategy = \"key\"\n");
+    }
+
+    // Which column's foreign key makes it a reference (or why not).
+    let mut refs: BTreeMap<&str, Result<String, String>> = BTreeMap::new();
+    for fk in &t.foreign_keys {
+        let outcome = match model.reference_problem(&t.name, fk) {
+            None => Ok(model
+                .entity(fk.ref_table.as_str())
+                .unwrap_or_default()
+                .to_string()),
+            Some(problem) => Err(format!(
+                "foreign key {} → {}.{} ({}) is not a reference: {problem}",
+                fk.name,
+                fk.ref_schema,
+                fk.ref_table,
+                fk.ref_columns.join(", ")
+            )),
+        };
+        for col in &fk.columns {
+            // A column in two foreign keys keeps the first that is a reference.
+            match refs.get(col.as_str()) {
+                Some(Ok(_)) => {}
+                _ => {
+                    refs.insert(col.as_str(), outcome.clone());
+                }
+            }
+        }
+    }
+
+    let mut paths = BTreeSet::new();
+    let mut path_of: BTreeMap<&str, String> = BTreeMap::new();
+    // The key is the _id; a key column is also a field when it references another table, into
+    // Appwrite (where a hashed row id would not keep its value), or when the table has no
+    // other column (a mapping needs a field).
+    let only_key = t.columns.iter().all(|c| key.contains(&c.name));
+    for col in &t.columns {
+        let is_key = key.contains(&col.name);
+        let reference = refs.get(col.name.as_str());
+        if is_key && model.opts.target == TargetKind::Mongodb && reference.is_none() && !only_key {
+            continue;
+        }
+        out.push('\n');
+        let path = unique_path(&mut paths, &camel(&col.name));
+        field_text(
+            &mut out,
+            "[[field]]",
+            &path,
+            t,
+            col,
+            reference,
+            model.opts.target,
+        );
+        path_of.insert(col.name.as_str(), path);
+    }
+    if model.opts.target == TargetKind::Mongodb {
+        index_text(&mut out, t, key, &path_of);
+    }
+
+    for (table, fk) in embed_candidates(model, t) {
+        out.push('\n');
+        embed_proposal(&mut out, model, t, table, fk, &mut paths);
+    }
+    for (join, other_fk, own_fk) in join_candidates(model, t) {
+        out.push('\n');
+        join_proposal(&mut out, model, join, own_fk, other_fk, &mut paths);
+    }
+    out
+}
+
+/// The source's indexes as `[[index]]` tables (MongoDB builds them after the load): those on
+/// plain columns mapped to fields; others said in a comment. A unique index over a nullable
+/// column indexes only the documents that hold it (PostgreSQL lets any number of rows be NULL;
+/// a MongoDB unique index would count each missing field as one null).
+fn index_text(out: &mut String, t: &Table, key: &[String], path_of: &BTreeMap<&str, String>) {
+    let mut seen: BTreeSet<&[String]> = BTreeSet::new();
+    for ix in t.indexes.iter().filter(|i| !i.primary) {
+        if ix.columns == key {
+            continue;
+        }
+        // MongoDB keeps one index per key pattern: the first (a unique one sorts first).
+        if !ix.columns.is_empty() && !seen.insert(ix.columns.as_slice()) {
+            continue;
+        }
+        out.push('\n');
+        if ix.columns.is_empty() {
+            comment(
+                out,
+                "#",
+                &format!(
+                    "source index {} is on an expression or partial: not drafted ({})",
+                    ix.name, ix.definition
+                ),
+            );
+            continue;
+        }
+        let paths: Option<Vec<&String>> =
+            ix.columns.iter().map(|c| path_of.get(c.as_str())).collect();
+        let Some(paths) = paths else {
+            comment(
+                out,
+                "#",
+                &format!(
+                    "source index {} names a column that is no field here: not drafted ({})",
+                    ix.name, ix.definition
+                ),
+            );
+            continue;
+        };
+        comment(out, "#", &format!("From source index {}.", ix.name));
+        out.push_str("[[index]]\n");
+        let keys: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        out.push_str(&format!("keys = {}\n", q_list(&keys)));
+        if ix.unique {
+            out.push_str("unique = true\n");
+        }
+        out.push_str(&format!("name = {}\n", q(&ix.name)));
+        let nullable: Vec<&String> = ix
+            .columns
+            .iter()
+            .zip(&paths)
+            .filter(|(c, _)| t.column(c).is_some_and(|c| !c.not_null))
+            .map(|(_, p)| *p)
+            .collect();
+        if ix.unique && !nullable.is_empty() {
+            let conds: Vec<String> = nullable
+                .iter()
+                .map(|p| format!("{} = {{ \"$exists\" = true }}", q(p)))
+                .collect();
+            out.push_str(&format!("partial = {{ {} }}\n", conds.join(", ")));
+        }
+    }
+}
+
+fn unique_path(used: &mut BTreeSet<String>, base: &str) -> String {
+    let mut p = base.to_string();
+    let mut n = 2;
+    while !used.insert(p.clone()) {
+        p = format!("{base}{n}");
+        n += 1;
+    }
+    p
+}
+
+/// The base type a column's values convert like (an array's element type).
+fn scalar_type(col: &Column) -> &str {
+    col.element_type.as_deref().unwrap_or(&col.base_type)
+}
+
+fn is_text(ty: &str) -> bool {
+    matches!(ty, "text" | "varchar" | "bpchar" | "name")
+}
+
+/// Writes one `[[field]]` (or `# [[embed.field]]` lines, with `header` and a `prefix`).
+fn field_text(
+    out: &mut String,
+    header: &str,
+    path: &str,
+    t: &Table,
+    col: &Column,
+    reference: Option<&Result<String, String>>,
+    target: TargetKind,
+) {
+    field_text_prefixed(out, "", header, path, t, col, reference, target)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn field_text_prefixed(
+    out: &mut String,
+    prefix: &str,
+    header: &str,
+    path: &str,
+    t: &Table,
+    col: &Column,
+    reference: Option<&Result<String, String>>,
+    target: TargetKind,
+) {
+    let note = if prefix.is_empty() { "#" } else { "##" };
+    if let Some(c) = &col.comment {
+        comment(out, note, c);
+    }
+    match &col.default {
+        Some(d) if col.generated => comment(out, note, &format!("generated: {d}")),
+        Some(d) => comment(
+            out,
+            note,
+            &format!("source default: {d} (applies to inserts only; existing NULLs stay NULL)"),
+        ),
+        None => {}
+    }
+    if let Some(Err(why)) = reference {
+        comment(out, note, why);
+    }
+    let ty = scalar_type(col);
+    let mut options: Vec<String> = Vec::new();
+    let mut decide: Vec<String> = Vec::new();
+    match ty {
+        "timestamp" => {
+            options.push("timezone = \"UTC\"".into());
+            options.push("sub_millis = \"truncate\"".into());
+            decide.push(format!(
+                "{} has no time zone: read as UTC (timezone = \"UTC\"), or the offset the application wrote in (\"+01:00\").",
+                col.type_sql
+            ));
+            decide.push("sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.".into());
+        }
+        "timestamptz" => {
+            options.push("sub_millis = \"truncate\"".into());
+            decide.push("sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.".into());
+        }
+        "numeric" => decide.push(match target {
+            TargetKind::Mongodb => "numeric is written as Decimal128, exactly (the default); type = \"double\" is smaller but inexact (lossy = \"reject\" | \"warn\").".into(),
+            TargetKind::Appwrite => "numeric is written as its exact text (Appwrite has no decimal column); type = \"double\" makes a float column, inexact (lossy = \"reject\" | \"warn\").".into(),
+        }),
+        "float4" | "float8" => decide.push(format!(
+            "{} is written as a double, bit for bit; type = \"decimal\" would give the decimal of its shortest text.",
+            col.type_sql
+        )),
+        "money" => decide.push("money is kept as its text as lc_monetary prints it (\"$1,234.50\"); for a number, read it through a `query` source as money::numeric.".into()),
+        "interval" => decide.push("interval is kept as its text (IntervalStyle); for a number, read it through a `query` source as extract(epoch FROM …).".into()),
+        "bpchar" => decide.push("char(n) values keep their blank padding; transform = [\"trim\"] drops it.".into()),
+        "bytea" if target == TargetKind::Appwrite => decide.push("bytea is stored as extended-JSON text; type = \"base64\" or \"hex\" gives plain text.".into()),
+        _ => {}
+    }
+    if col.element_type.is_some() && target == TargetKind::Appwrite {
+        decide.push("Appwrite array columns hold one dimension and no NULL element: such rows are rejected (appwrite_unrepresentable; `cutover check` counts them).".into());
+    }
+    for d in &decide {
+        comment(out, note, &format!("decide: {d}"));
+    }
+
+    let mut rules: Vec<String> = Vec::new();
+    if col.not_null && matches!(ty, "json" | "jsonb") && col.element_type.is_none() {
+        // A JSON `null` is a value of a NOT NULL column, written as null: `required` would
+        // refuse it.
+        comment(
+            out,
+            note,
+            "NOT NULL, but a JSON null is a value: no `required` rule (it would refuse it).",
+        );
+    } else if col.not_null {
+        rules.push("required = true".into());
+    }
+    if let Some(n) = col.max_length {
+        rules.push(format!("max_length = {n}"));
+    }
+    let mut range = Range::default();
+    for check in t
+        .checks
+        .iter()
+        .filter(|c| c.columns.len() == 1 && c.columns[0] == col.name)
+    {
+        match parse_check(&check.definition, &col.name, ty) {
+            Some(r) if range.merge(&r) => {}
+            _ => comment(
+                out,
+                note,
+                &format!(
+                    "check {} is not a rule here: {}",
+                    check.name, check.definition
+                ),
+            ),
+        }
+    }
+    if let Some(m) = range.min {
+        rules.push(format!("min = {}", number(m)));
+    }
+    if let Some(m) = range.max {
+        rules.push(format!("max = {}", number(m)));
+    }
+    if let Some(list) = &range.one_of {
+        rules.push(format!("one_of = [{}]", list.join(", ")));
+    }
+
+    out.push_str(prefix);
+    out.push_str(header);
+    out.push('\n');
+    let mut line = |s: String| {
+        out.push_str(prefix);
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!("path = {}", q(path)));
+    line(format!("column = {}", q(&col.name)));
+    if let Some(Ok(entity)) = reference {
+        line(format!("reference = {}", q(entity)));
+    }
+    for o in options {
+        line(o);
+    }
+    if !rules.is_empty() {
+        line(format!("validate = {{ {} }}", rules.join(", ")));
+    }
+}
+
+/// A number as TOML: an integer when it is one.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:?}")
+    }
+}
+
+/// What a check constraint says of one column, as rules.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Range {
+    min: Option<f64>,
+    max: Option<f64>,
+    /// TOML values.
+    one_of: Option<Vec<String>>,
+}
+
+impl Range {
+    /// Adds another constraint's bounds; false when they cannot combine (two lists).
+    fn merge(&mut self, o: &Range) -> bool {
+        if self.one_of.is_some() && o.one_of.is_some() {
+            return false;
+        }
+        if let Some(m) = o.min {
+            self.min = Some(self.min.map_or(m, |x| x.max(m)));
+        }
+        if let Some(m) = o.max {
+            self.max = Some(self.max.map_or(m, |x| x.min(m)));
+        }
+        if o.one_of.is_some() {
+            self.one_of = o.one_of.clone();
+        }
+        true
+    }
+}
+
+fn is_integer(ty: &str) -> bool {
+    matches!(ty, "int2" | "int4" | "int8")
+}
+
+fn is_number(ty: &str) -> bool {
+    is_integer(ty) || matches!(ty, "numeric" | "float4" | "float8")
+}
+
+/// Strips one pair of parentheses around the whole text, if they enclose it.
+fn strip_parens(s: &str) -> &str {
+    let s = s.trim();
+    if !(s.starts_with('(') && s.ends_with(')')) {
+        return s;
+    }
+    let mut depth = 0i32;
+    let mut in_quote = false;
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '\'' => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote => {
+                depth -= 1;
+                if depth == 0 && i != s.len() - 1 {
+                    return s;
+                }
+            }
+            _ => {}
+        }
+    }
+    &s[1..s.len() - 1]
+}
+
+fn strip_all_parens(mut s: &str) -> &str {
+    loop {
+        let t = strip_parens(s);
+        if t == s {
+            return s;
+        }
+        s = t;
+    }
+}
+
+/// Splits on a separator outside parentheses, brackets and quotes.
+fn split_top<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut in_quote = false;
+    let mut start = 0;
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => in_quote = !in_quote,
+            b'(' | b'[' if !in_quote => depth += 1,
+            b')' | b']' if !in_quote => depth -= 1,
+            _ => {}
+        }
+        if !in_quote && depth == 0 && s[i..].starts_with(sep) {
+            parts.push(&s[start..i]);
+            i += sep.len();
+            start = i;
+            continue;
+        }
+        i += 1;
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// Drops `::type` casts (and the parentheses they leave) from a literal or column reference.
+fn uncast(s: &str) -> &str {
+    let mut s = strip_all_parens(s);
+    loop {
+        // A cast at the end: `'x'::text`, `(1)::numeric`, `(ARRAY[…])::text[]`.
+        let Some(i) = s.rfind("::") else { return s };
+        let ty = &s[i + 2..];
+        let ty = ty.strip_suffix("[]").unwrap_or(ty);
+        if ty.is_empty()
+            || !ty
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ' ')
+        {
+            return s;
+        }
+        s = strip_all_parens(&s[..i]);
+    }
+}
+
+/// A literal as (number, TOML text): `'x'` → a string, `10` / `'-180'` → a number.
+fn literal(s: &str, numeric: bool) -> Option<(Option<f64>, String)> {
+    let s = uncast(s);
+    if let Some(inner) = s.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+        let text = inner.replace("''", "'");
+        if numeric {
+            let n: f64 = text.trim().parse().ok()?;
+            return Some((Some(n), number(n)));
+        }
+        return Some((None, q(&text)));
+    }
+    let n: f64 = s.parse().ok()?;
+    if !n.is_finite() {
+        return None;
+    }
+    Some((Some(n), number(n)))
+}
+
+fn is_column(s: &str, col: &str) -> bool {
+    let s = uncast(s);
+    s == col || s == format!("\"{}\"", col.replace('"', "\"\""))
+}
+
+/// The rules a check constraint makes of column `col` (of base type `ty`), if all of it is
+/// ranges (`>=`, `<=`, and `>`, `<` on integers) and lists (`IN`, `= ANY (ARRAY[…])`).
+fn parse_check(def: &str, col: &str, ty: &str) -> Option<Range> {
+    let body = def.trim().strip_suffix("NOT VALID").unwrap_or(def).trim();
+    let body = body.strip_prefix("CHECK")?.trim();
+    let body = strip_all_parens(body);
+    let mut range = Range::default();
+    for part in split_top(body, " AND ") {
+        let part = strip_all_parens(part);
+        if let [lhs, rhs] = split_top(part, " = ANY ").as_slice() {
+            if !is_column(lhs, col) {
+                return None;
+            }
+            // one_of compares values as the document holds them: text, and 32-bit integers
+            // (a TOML integer is read as an int32 when it fits).
+            if !(is_text(ty) || matches!(ty, "int2" | "int4")) {
+                return None;
+            }
+            let list = uncast(rhs);
+            let items = list.strip_prefix("ARRAY[")?.strip_suffix(']')?;
+            let mut values = Vec::new();
+            for item in split_top(items, ", ") {
+                let (_, v) = literal(item, !is_text(ty))?;
+                values.push(v);
+            }
+            range
+                .merge(&Range {
+                    one_of: Some(values),
+                    ..Range::default()
+                })
+                .then_some(())?;
+            continue;
+        }
+        let ops = [" >= ", " <= ", " > ", " < "];
+        let (op, lhs, rhs) = ops.iter().find_map(|op| {
+            let parts = split_top(part, op);
+            (parts.len() == 2).then(|| (op.trim(), parts[0], parts[1]))
+        })?;
+        if !is_number(ty) {
+            return None;
+        }
+        // `col OP n` or `n OP col`.
+        let (op, value) = if is_column(lhs, col) {
+            (op, rhs)
+        } else if is_column(rhs, col) {
+            (
+                match op {
+                    ">=" => "<=",
+                    "<=" => ">=",
+                    ">" => "<",
+                    _ => ">",
+                },
+                lhs,
+            )
+        } else {
+            return None;
+        };
+        let (n, _) = literal(value, true)?;
+        let n = n?;
+        let strict_ok = is_integer(ty) && n.fract() == 0.0;
+        let r = match op {
+            ">=" => Range {
+                min: Some(n),
+                ..Range::default()
+            },
+            "<=" => Range {
+                max: Some(n),
+                ..Range::default()
+            },
+            ">" if strict_ok => Range {
+                min: Some(n + 1.0),
+                ..Range::default()
+            },
+            "<" if strict_ok => Range {
+                max: Some(n - 1.0),
+                ..Range::default()
+            },
+            _ => return None,
+        };
+        range.merge(&r);
+    }
+    Some(range)
+}
+
+/// Child tables to propose embedding into `parent`: a child whose only foreign key points at
+/// `parent`'s key and that no other table references.
+fn embed_candidates<'a>(model: &Model<'a>, parent: &Table) -> Vec<(&'a Table, &'a ForeignKey)> {
+    let mut out = Vec::new();
+    let Some(parent_key) = model.key(&parent.name) else {
+        return out;
+    };
+    for child in &model.catalog.tables {
+        if child.name == parent.name || model.entity(&child.name).is_none() {
+            continue;
+        }
+        let [fk] = child.foreign_keys.as_slice() else {
+            continue;
+        };
+        if model.internal(fk) != Some(parent.name.as_str()) || fk.ref_columns != parent_key {
+            continue;
+        }
+        let referenced = model.catalog.tables.iter().any(|t| {
+            t.foreign_keys
+                .iter()
+                .any(|f| f.ref_schema == model.catalog.schema && f.ref_table == child.name)
+        });
+        if referenced || is_join_table(model, child).is_some() {
+            continue;
+        }
+        out.push((child, fk));
+    }
+    out
+}
+
+/// A pure join table: exactly two single-column foreign keys to drafted tables' keys, and no
+/// other column. Returns its two foreign keys.
+fn is_join_table<'a>(model: &Model, t: &'a Table) -> Option<(&'a ForeignKey, &'a ForeignKey)> {
+    let [a, b] = t.foreign_keys.as_slice() else {
+        return None;
+    };
+    let all: BTreeSet<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+    let fk_cols: BTreeSet<&str> = a
+        .columns
+        .iter()
+        .chain(&b.columns)
+        .map(String::as_str)
+        .collect();
+    let ok = |fk: &ForeignKey| {
+        fk.columns.len() == 1
+            && model
+                .internal(fk)
+                .is_some_and(|r| model.key(r) == Some(fk.ref_columns.as_slice()))
+    };
+    (all == fk_cols && all.len() == 2 && ok(a) && ok(b) && a.ref_table != b.ref_table)
+        .then_some((a, b))
+}
+
+/// Join tables to propose as an array of references on `side`: (join table, its foreign key to
+/// the other side, its foreign key to `side`). The array goes on the side placed later in the
+/// run, so that the other side is migrated before it.
+fn join_candidates<'a>(
+    model: &Model<'a>,
+    side: &Table,
+) -> Vec<(&'a Table, &'a ForeignKey, &'a ForeignKey)> {
+    let mut out = Vec::new();
+    for t in &model.catalog.tables {
+        if model.entity(&t.name).is_none() {
+            continue;
+        }
+        let Some((a, b)) = is_join_table(model, t) else {
+            continue;
+        };
+        for (own, other) in [(a, b), (b, a)] {
+            if own.ref_table != side.name {
+                continue;
+            }
+            let later = |x: &str| model.position.get(x).copied().unwrap_or(0);
+            if later(&own.ref_table) > later(&other.ref_table) {
+                out.push((t, other, own));
+            }
+        }
+    }
+    out
+}
+
+fn embed_proposal(
+    out: &mut String,
+    model: &Model,
+    parent: &Table,
+    child: &Table,
+    fk: &ForeignKey,
+    paths: &mut BTreeSet<String>,
+) {
+    let child_entity = model.entity(&child.name).unwrap_or_default();
+    let per_parent = match (child.row_estimate, parent.row_estimate) {
+        (Some(c), Some(p)) if p > 0 => {
+            format!(", ~{:.1} per `{}` row", c as f64 / p as f64, parent.name)
+        }
+        _ => String::new(),
+    };
+    let size = match (child.avg_row_bytes, child.row_estimate, parent.row_estimate) {
+        (Some(w), Some(c), Some(p)) if p > 0 => format!(
+            "; adds ~{} bytes to an average document (pg_stats widths)",
+            w * c / p
+        ),
+        _ => String::new(),
+    };
+    comment(
+        out,
+        "##",
+        &format!(
+            "Proposal (opt-in): embed `{child}` as an array here. Why: its only foreign key ({fkname}) points at\n`{parent}` and no table references `{child}`. Rows: {est}{per_parent}{size}.\nTo take it: uncomment the lines below starting with `# ` and remove `{child_entity}` from the pipeline\n(otherwise its rows are written twice: embedded here and as their own collection).",
+            child = child.name,
+            fkname = fk.name,
+            parent = parent.name,
+            est = estimate_text(child),
+        ),
+    );
+    let path = unique_path(paths, &camel(&child.name));
+    out.push_str("# [[embed]]\n");
+    out.push_str(&format!("# path = {}\n", q(&path)));
+    let table = if model.catalog.schema == "public" {
+        child.name.clone()
+    } else {
+        format!("{}.{}", model.catalog.schema, child.name)
+    };
+    out.push_str(&format!("# table = {}\n", q(&table)));
+    // One child column per parent key column, in the parent key's order.
+    let fk_cols: Vec<String> = fk.columns.clone();
+    if fk_cols.len() == 1 {
+        out.push_str(&format!("# foreign_key = {}\n", q(&fk_cols[0])));
+    } else {
+        out.push_str(&format!("# foreign_key = {}\n", q_list(&fk_cols)));
+    }
+    let order: Vec<String> = model
+        .key(&child.name)
+        .map(|k| k.to_vec())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| !fk_cols.contains(c))
+        .collect();
+    if !order.is_empty() {
+        out.push_str(&format!("# order_by = {}\n", q_list(&order)));
+    }
+    let mut inner = BTreeSet::new();
+    for col in &child.columns {
+        if fk_cols.contains(&col.name) {
+            continue;
+        }
+        out.push_str("#\n");
+        let path = unique_path(&mut inner, &camel(&col.name));
+        field_text_prefixed(
+            out,
+            "# ",
+            "[[embed.field]]",
+            &path,
+            child,
+            col,
+            None,
+            model.opts.target,
+        );
+    }
+}
+
+fn join_proposal(
+    out: &mut String,
+    model: &Model,
+    join: &Table,
+    own: &ForeignKey,
+    other: &ForeignKey,
+    paths: &mut BTreeSet<String>,
+) {
+    let other_entity = model.entity(&other.ref_table).unwrap_or_default();
+    let join_entity = model.entity(&join.name).unwrap_or_default();
+    comment(
+        out,
+        "##",
+        &format!(
+            "Proposal (opt-in): `{join}` is a pure join table ({a} ↔ {b}, {est}): an array of references to\n`{other_entity}` here instead of its own collection. To take it: uncomment the lines below starting\nwith `# ` and remove `{join_entity}` from the pipeline.",
+            join = join.name,
+            a = own.ref_table,
+            b = other.ref_table,
+            est = estimate_text(join),
+        ),
+    );
+    let col = &other.columns[0];
+    let singular = other
+        .ref_table
+        .strip_suffix('s')
+        .filter(|s| !s.ends_with('s') && !s.is_empty())
+        .unwrap_or(&other.ref_table);
+    let path = unique_path(paths, &format!("{}Ids", camel(singular)));
+    out.push_str("# [[embed]]\n");
+    out.push_str(&format!("# path = {}\n", q(&path)));
+    let table = if model.catalog.schema == "public" {
+        join.name.clone()
+    } else {
+        format!("{}.{}", model.catalog.schema, join.name)
+    };
+    out.push_str(&format!("# table = {}\n", q(&table)));
+    out.push_str(&format!("# foreign_key = {}\n", q(&own.columns[0])));
+    out.push_str(&format!(
+        "# order_by = {}\n",
+        q_list(std::slice::from_ref(col))
+    ));
+    out.push_str("# element = \"value\"\n#\n");
+    out.push_str("# [[embed.field]]\n");
+    out.push_str(&format!("# path = {}\n", q(&camel(col))));
+    out.push_str(&format!("# column = {}\n", q(col)));
+    out.push_str(&format!("# reference = {}\n", q(other_entity)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camel_case_paths() {
+        assert_eq!(camel("address_postal_code"), "addressPostalCode");
+        assert_eq!(camel("_id"), "id");
+        assert_eq!(camel("Name"), "name");
+        assert_eq!(camel("2fa"), "f2fa");
+        assert_eq!(camel("__"), "f");
+        assert_eq!(camel("a b.c"), "aBC");
+    }
+
+    #[test]
+    fn checks_become_rules() {
+        let r = parse_check(
+            "CHECK (((dose_number >= 1) AND (dose_number <= 10)))",
+            "dose_number",
+            "int2",
+        )
+        .unwrap();
+        assert_eq!((r.min, r.max), (Some(1.0), Some(10.0)));
+        let r = parse_check(
+            "CHECK ((status = ANY (ARRAY['due'::text, 'it''s'::text])))",
+            "status",
+            "text",
+        )
+        .unwrap();
+        assert_eq!(r.one_of.unwrap(), ["\"due\"", "\"it's\""]);
+        let r = parse_check(
+            "CHECK (((kind)::text = ANY ((ARRAY['a'::character varying, 'b'::character varying])::text[])))",
+            "kind",
+            "varchar",
+        )
+        .unwrap();
+        assert_eq!(r.one_of.unwrap(), ["\"a\"", "\"b\""]);
+        let r = parse_check("CHECK ((qty > 0))", "qty", "int4").unwrap();
+        assert_eq!(r.min, Some(1.0));
+        let r = parse_check(
+            "CHECK ((lon >= ('-180'::integer)::numeric))",
+            "lon",
+            "numeric",
+        )
+        .unwrap();
+        assert_eq!(r.min, Some(-180.0));
+        // Not rules: a strict bound on a decimal, a function, an OR, a list of bigints.
+        assert!(parse_check("CHECK ((price > (0)::numeric))", "price", "numeric").is_none());
+        assert!(parse_check("CHECK ((length(code) = 3))", "code", "text").is_none());
+        assert!(parse_check("CHECK (((a > 1) OR (a < 0)))", "a", "int4").is_none());
+        assert!(parse_check("CHECK ((a = ANY (ARRAY[1, 2])))", "a", "int8").is_none());
+        assert!(parse_check("CHECK ((a = ANY (ARRAY[1, 2])))", "a", "int4").is_some());
+    }
+
+    fn col(name: &str, ty: &str, not_null: bool) -> Column {
+        Column {
+            name: name.into(),
+            type_sql: ty.into(),
+            base_type: ty.into(),
+            not_null,
+            ..Column::default()
+        }
+    }
+
+    fn fk(name: &str, col: &str, table: &str, refcol: &str) -> ForeignKey {
+        ForeignKey {
+            name: name.into(),
+            columns: vec![col.into()],
+            ref_schema: "public".into(),
+            ref_table: table.into(),
+            ref_columns: vec![refcol.into()],
+        }
+    }
+
+    fn table(name: &str, cols: Vec<Column>, fks: Vec<ForeignKey>) -> Table {
+        Table {
+            name: name.into(),
+            primary_key: vec![cols[0].name.clone()],
+            columns: cols,
+            foreign_keys: fks,
+            ..Table::default()
+        }
+    }
+
+    /// Two tables referencing each other run in one stage; one reference is kept, the other
+    /// written as a plain value; a self-reference is kept.
+    #[test]
+    fn cycles_share_a_stage_and_drafts_parse() {
+        let catalog = Catalog {
+            schema: "public".into(),
+            database: "db".into(),
+            tables: vec![
+                table(
+                    "a",
+                    vec![col("id", "int4", true), col("b_id", "int4", false)],
+                    vec![fk("a_b", "b_id", "b", "id")],
+                ),
+                table(
+                    "b",
+                    vec![
+                        col("id", "int4", true),
+                        col("a_id", "int4", false),
+                        col("parent_id", "int4", false),
+                    ],
+                    vec![
+                        fk("b_a", "a_id", "a", "id"),
+                        fk("b_parent", "parent_id", "b", "id"),
+                    ],
+                ),
+                table(
+                    "c",
+                    vec![col("id", "int4", true), col("a_id", "int4", true)],
+                    vec![fk("c_a", "a_id", "a", "id")],
+                ),
+                // Only a key: its key column is its field (a mapping needs one).
+                table("tags", vec![col("name", "text", true)], vec![]),
+            ],
+        };
+        let d = draft(
+            &catalog,
+            &DraftOptions {
+                target: TargetKind::Mongodb,
+                name: "p".into(),
+            },
+        );
+        let pipeline: toml::Value = toml::from_str(&d.pipeline).unwrap();
+        let stages = pipeline["stage"].as_array().unwrap();
+        let entities = |i: usize| -> Vec<&str> {
+            stages[i]["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect()
+        };
+        assert_eq!(stages.len(), 2, "{}", d.pipeline);
+        assert_eq!(entities(0), ["a", "b", "tags"]);
+        assert_eq!(entities(1), ["c"]);
+        assert_eq!(stages[1]["depends_on"].as_array().unwrap().len(), 1);
+        let dir = std::path::Path::new("mappings");
+        let maps: Vec<_> = d
+            .mappings
+            .iter()
+            .map(|(n, text)| super::super::parse(&dir.join(format!("{n}.toml")), text).unwrap())
+            .collect();
+        let refs = |name: &str| {
+            maps.iter()
+                .find(|m| m.name() == name)
+                .unwrap()
+                .spec
+                .fields
+                .iter()
+                .filter_map(|f| f.reference.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(refs("a"), Vec::<String>::new());
+        assert_eq!(refs("b"), ["a", "b"]);
+        assert_eq!(refs("c"), ["a"]);
+        // c is a child of a only, referenced by none: proposed as an embed of a.
+        let a_text = &d.mappings.iter().find(|(n, _)| n == "a").unwrap().1;
+        assert!(a_text.contains("# [[embed]]\n# path = \"c\""), "{a_text}");
+        super::super::MappingSet::from_mappings(maps).unwrap();
+    }
+}

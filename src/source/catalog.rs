@@ -1,0 +1,307 @@
+//! The source's schema, read from PostgreSQL's catalog: tables, columns with their types,
+//! nullability and defaults, keys, foreign keys, check constraints, indexes, comments and the
+//! planner's row estimates. What `cutover scaffold` and `cutover docs` draft from.
+//!
+//! Read-only and data-blind: only catalog queries, no row of a table is read.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+
+use super::postgres::{SourceError, connect};
+
+/// One schema of the source, as its catalog describes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    /// The schema read (`public`).
+    pub schema: String,
+    /// The database's name.
+    pub database: String,
+    /// Tables (ordinary and partitioned parents), by name.
+    pub tables: Vec<Table>,
+}
+
+impl Catalog {
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    pub name: String,
+    pub comment: Option<String>,
+    /// The planner's estimate (`pg_class.reltuples`); `None` when the table was never analyzed.
+    pub row_estimate: Option<u64>,
+    /// The sum of the columns' average widths in bytes (`pg_stats`), when analyzed.
+    pub avg_row_bytes: Option<u64>,
+    /// In column order.
+    pub columns: Vec<Column>,
+    /// Primary key columns, in key order (empty without one).
+    pub primary_key: Vec<String>,
+    /// Unique constraints and plain unique indexes (no expression, no predicate), each in order.
+    pub unique: Vec<Vec<String>>,
+    pub foreign_keys: Vec<ForeignKey>,
+    pub checks: Vec<Check>,
+    pub indexes: Vec<Index>,
+}
+
+impl Table {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The key a mapping streams by: the primary key, else the first unique key whose columns
+    /// are all NOT NULL.
+    pub fn key(&self) -> Option<Vec<String>> {
+        if !self.primary_key.is_empty() {
+            return Some(self.primary_key.clone());
+        }
+        self.unique
+            .iter()
+            .find(|u| u.iter().all(|c| self.column(c).is_some_and(|c| c.not_null)))
+            .cloned()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Column {
+    pub name: String,
+    /// As PostgreSQL prints it: `character varying(50)`, `timestamp without time zone`, `text[]`.
+    pub type_sql: String,
+    /// The base type's name (a domain's base): `int4`, `varchar`, `timestamptz`, `_text`.
+    pub base_type: String,
+    /// For arrays: the element's base type name (`text` for `text[]`).
+    pub element_type: Option<String>,
+    /// `varchar(n)` / `char(n)` (or an array of them): n.
+    pub max_length: Option<u32>,
+    pub not_null: bool,
+    /// The default expression, as PostgreSQL prints it.
+    pub default: Option<String>,
+    pub comment: Option<String>,
+    /// A generated column (`GENERATED ALWAYS AS … STORED`).
+    pub generated: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForeignKey {
+    pub name: String,
+    pub columns: Vec<String>,
+    /// The referenced table's schema and name.
+    pub ref_schema: String,
+    pub ref_table: String,
+    pub ref_columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Check {
+    pub name: String,
+    /// The columns it names.
+    pub columns: Vec<String>,
+    /// `CHECK (...)` as PostgreSQL prints it.
+    pub definition: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Index {
+    pub name: String,
+    pub unique: bool,
+    pub primary: bool,
+    /// `CREATE INDEX …` as PostgreSQL prints it.
+    pub definition: String,
+    /// Its columns in order, when it is on plain columns (no expression, no predicate).
+    pub columns: Vec<String>,
+}
+
+/// Reads schema `schema` of the source at `url` (in one read-only transaction).
+pub async fn read(url: &str, schema: &str) -> Result<Catalog, SourceError> {
+    let mut conn = connect(url).await?;
+    let result = read_on(&mut conn, schema).await;
+    let _ = conn.close().await;
+    result
+}
+
+fn query_err(context: &str) -> impl FnOnce(sqlx::Error) -> SourceError + '_ {
+    move |cause| SourceError::Query {
+        context: context.to_string(),
+        cause,
+    }
+}
+
+async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, SourceError> {
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err("begin catalog read"))?;
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(query_err("current database"))?;
+
+    let rows = sqlx::query(
+        "SELECT c.oid::int8, c.relname::text, obj_description(c.oid, 'pg_class'), \
+                c.reltuples::float8, \
+                (SELECT sum(s.avg_width)::int8 FROM pg_stats s \
+                  WHERE s.schemaname = n.nspname AND s.tablename = c.relname) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+         ORDER BY c.relname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err("list tables"))?;
+    let mut by_oid: BTreeMap<i64, Table> = BTreeMap::new();
+    for r in &rows {
+        let reltuples: f64 = r.get(3);
+        let width: Option<i64> = r.get(4);
+        by_oid.insert(
+            r.get(0),
+            Table {
+                name: r.get(1),
+                comment: r.get(2),
+                // -1: never vacuumed or analyzed (PostgreSQL 14+); 0 may mean the same before.
+                row_estimate: (reltuples >= 0.0).then_some(reltuples as u64),
+                avg_row_bytes: width.map(|w| w.max(0) as u64),
+                ..Table::default()
+            },
+        );
+    }
+
+    let rows = sqlx::query(
+        "SELECT a.attrelid::int8, a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                bt.typname::text, et.typname::text, a.attnotnull, \
+                pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum), \
+                CASE WHEN coalesce(et.typname, bt.typname) IN ('varchar', 'bpchar') \
+                      AND coalesce(nullif(a.atttypmod, -1), t.typtypmod) > 4 \
+                     THEN coalesce(nullif(a.atttypmod, -1), t.typtypmod) - 4 END, \
+                a.attgenerated <> '' \
+         FROM pg_attribute a \
+         JOIN pg_class c ON c.oid = a.attrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_type t ON t.oid = a.atttypid \
+         JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+         LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A' \
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attrelid, a.attnum",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err("list columns"))?;
+    for r in &rows {
+        let Some(t) = by_oid.get_mut(&r.get::<i64, _>(0)) else {
+            continue;
+        };
+        let max: Option<i32> = r.get(8);
+        t.columns.push(Column {
+            name: r.get(1),
+            type_sql: r.get(2),
+            base_type: r.get(3),
+            element_type: r.get(4),
+            max_length: max.and_then(|m| u32::try_from(m).ok()),
+            not_null: r.get(5),
+            default: r.get(6),
+            comment: r.get(7),
+            generated: r.get(9),
+        });
+    }
+
+    let rows = sqlx::query(
+        "SELECT con.conrelid::int8, con.conname::text, con.contype::text, \
+                array(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(num, i) \
+                      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num \
+                      ORDER BY k.i), \
+                fn.nspname::text, fc.relname::text, \
+                array(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(num, i) \
+                      JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num \
+                      ORDER BY k.i), \
+                pg_get_constraintdef(con.oid) \
+         FROM pg_constraint con \
+         JOIN pg_class c ON c.oid = con.conrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_class fc ON fc.oid = con.confrelid \
+         LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
+         WHERE n.nspname = $1 AND con.contype IN ('p', 'u', 'f', 'c') \
+         ORDER BY con.conname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err("list constraints"))?;
+    for r in &rows {
+        let Some(t) = by_oid.get_mut(&r.get::<i64, _>(0)) else {
+            continue;
+        };
+        let name: String = r.get(1);
+        let kind: String = r.get(2);
+        let columns: Vec<String> = r.get(3);
+        match kind.as_str() {
+            "p" => t.primary_key = columns,
+            "u" => t.unique.push(columns),
+            "f" => t.foreign_keys.push(ForeignKey {
+                name,
+                columns,
+                ref_schema: r.get::<Option<String>, _>(4).unwrap_or_default(),
+                ref_table: r.get::<Option<String>, _>(5).unwrap_or_default(),
+                ref_columns: r.get(6),
+            }),
+            _ => t.checks.push(Check {
+                name,
+                columns,
+                definition: r.get(7),
+            }),
+        }
+    }
+
+    let rows = sqlx::query(
+        "SELECT i.indrelid::int8, ic.relname::text, i.indisunique, i.indisprimary, \
+                pg_get_indexdef(i.indexrelid), \
+                i.indexprs IS NULL AND i.indpred IS NULL, \
+                array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(num, o) \
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num \
+                      ORDER BY k.o), \
+                NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conindid = i.indexrelid) \
+         FROM pg_index i \
+         JOIN pg_class ic ON ic.oid = i.indexrelid \
+         JOIN pg_class c ON c.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 \
+         ORDER BY i.indisunique DESC, ic.relname",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err("list indexes"))?;
+    for r in &rows {
+        let Some(t) = by_oid.get_mut(&r.get::<i64, _>(0)) else {
+            continue;
+        };
+        let unique: bool = r.get(2);
+        let plain: bool = r.get(5);
+        let columns: Vec<String> = r.get(6);
+        let no_constraint: bool = r.get(7);
+        // A unique index that backs no constraint is a key all the same (when it is on plain
+        // columns, for every row).
+        if unique && plain && no_constraint && !columns.is_empty() {
+            t.unique.push(columns.clone());
+        }
+        t.indexes.push(Index {
+            name: r.get(1),
+            unique,
+            primary: r.get(3),
+            definition: r.get(4),
+            columns: if plain { columns } else { Vec::new() },
+        });
+    }
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    let mut tables: Vec<Table> = by_oid.into_values().collect();
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Catalog {
+        schema: schema.to_string(),
+        database,
+        tables,
+    })
+}

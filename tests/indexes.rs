@@ -1,0 +1,283 @@
+//! `[[index]]` and `validator` in a mapping: built and set by `migrate` after the collection's
+//! load, idempotently; checked with the MongoDB driver (listIndexes, listCollections, an insert
+//! mongod refuses), not with cutover's own code.
+
+mod common;
+
+use bson::{Bson, Document, doc};
+use common::{World, one_entity_pipeline, output_text};
+
+const MAPPING: &str = r#"
+version = 1
+name = "people"
+validator = "strict"
+
+[source]
+table = "people"
+key = ["id"]
+
+[[field]]
+path = "email"
+column = "email"
+validate = { required = true, max_length = 100 }
+
+[[field]]
+path = "profile.name"
+column = "name"
+validate = { required = true, max_length = 20 }
+
+[[field]]
+path = "status"
+column = "status"
+validate = { one_of = ["a", "b"] }
+
+[[field]]
+path = "age"
+column = "age"
+validate = { min = 0, max = 150 }
+
+# A warning rule: its rows are written, so the validator leaves it out.
+[[field]]
+path = "nick"
+column = "nick"
+validate = { max_length = 3, severity = "warning" }
+
+[[field]]
+path = "seenAt"
+column = "seen_at"
+
+[[index]]
+keys = ["email"]
+unique = true
+name = "email_unique"
+collation = "en"
+
+[[index]]
+keys = ["status", "-age"]
+partial = { status = "a" }
+
+[[index]]
+keys = ["seenAt"]
+ttl_seconds = 3600
+"#;
+
+/// The collection's indexes as mongod's `listIndexes` answers.
+async fn list_indexes(db: &mongodb::Database) -> Vec<Document> {
+    let reply = db
+        .run_command(doc! { "listIndexes": "people" })
+        .await
+        .unwrap();
+    reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| d.as_document().unwrap().clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn indexes_and_the_validator_are_set_after_the_load() {
+    let w = World::new("indexes").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL, name varchar(20) NOT NULL,
+                              status text, age int, nick text, seen_at timestamptz);
+         INSERT INTO people
+           SELECT i, 'p' || i || '@example.org', 'P' || i, (ARRAY['a', 'b'])[1 + i % 2], i % 90,
+                  CASE WHEN i % 10 = 0 THEN 'toolong' END, date_trunc('second', now())
+           FROM generate_series(1, 300) i;",
+    )
+    .await;
+    let pipeline = one_entity_pipeline(&w, "people", MAPPING);
+    let out = w.migrate_with(&pipeline, &[]);
+    // Rows written with a warning (nick) leave the exit status 0.
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("indexes built after the load: email_unique"),
+        "{text}"
+    );
+    assert!(
+        text.contains("validator set after the load (strict)"),
+        "{text}"
+    );
+    assert_eq!(w.count("people").await, 300);
+
+    let db = w.mongo().await;
+    let indexes = list_indexes(&db).await;
+    let by_name = |n: &str| {
+        indexes
+            .iter()
+            .find(|i| i.get_str("name") == Ok(n))
+            .unwrap_or_else(|| panic!("no index {n}: {indexes:?}"))
+            .clone()
+    };
+    assert_eq!(indexes.len(), 4, "_id and three: {indexes:?}");
+    let email = by_name("email_unique");
+    assert_eq!(email.get_document("key").unwrap(), &doc! { "email": 1 });
+    assert_eq!(email.get_bool("unique"), Ok(true));
+    assert_eq!(
+        email.get_document("collation").unwrap().get_str("locale"),
+        Ok("en")
+    );
+    let status = by_name("status_1_age_-1");
+    assert_eq!(
+        status.get_document("key").unwrap(),
+        &doc! { "status": 1, "age": -1 }
+    );
+    assert_eq!(
+        status.get_document("partialFilterExpression").unwrap(),
+        &doc! { "status": "a" }
+    );
+    let ttl = by_name("seenAt_1");
+    assert!(
+        matches!(
+            ttl.get("expireAfterSeconds"),
+            Some(Bson::Int64(3600)) | Some(Bson::Int32(3600))
+        ),
+        "{ttl:?}"
+    );
+
+    // The validator, as listCollections shows it.
+    let spec = db
+        .run_command(doc! { "listCollections": 1, "filter": { "name": "people" } })
+        .await
+        .unwrap();
+    let coll = spec
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()[0]
+        .as_document()
+        .unwrap()
+        .get_document("options")
+        .unwrap()
+        .clone();
+    assert_eq!(coll.get_str("validationLevel"), Ok("strict"));
+    let schema = coll
+        .get_document("validator")
+        .unwrap()
+        .get_document("$jsonSchema")
+        .unwrap();
+    let required: Vec<&str> = schema
+        .get_array("required")
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(required, ["email", "profile"]);
+    let props = schema.get_document("properties").unwrap();
+    assert!(
+        !props.contains_key("nick"),
+        "warning rules are not enforced by mongod"
+    );
+
+    // mongod refuses what the mapping would reject; a document the mapping makes passes.
+    let c = db.collection::<Document>("people");
+    for bad in [
+        doc! { "_id": 1001, "profile": { "name": "x" } },
+        doc! { "_id": 1002, "email": "a@b", "profile": { "name": "x" }, "age": 200 },
+        doc! { "_id": 1003, "email": "a@b", "profile": { "name": "x" }, "status": "zzz" },
+        doc! { "_id": 1004, "email": "a@b", "profile": {} },
+    ] {
+        let e = c.insert_one(bad.clone()).await.expect_err("refused");
+        assert!(
+            e.to_string().contains("121") || e.to_string().contains("validation"),
+            "{bad}: {e}"
+        );
+    }
+    c.insert_one(
+        doc! { "_id": 1005, "email": "ok@b", "profile": { "name": "x" }, "status": "b", "age": 3 },
+    )
+    .await
+    .unwrap();
+    c.delete_one(doc! { "_id": 1005 }).await.unwrap();
+
+    // Again: the same indexes are found and kept. A validator an older, stricter mapping left
+    // (here: a field no document has) does not refuse the load; the mapping's own is set again.
+    db.run_command(doc! {
+        "collMod": "people",
+        "validator": { "$jsonSchema": { "required": ["noSuchField"] } },
+        "validationLevel": "strict",
+    })
+    .await
+    .unwrap();
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(list_indexes(&db).await, indexes);
+    let spec = db
+        .run_command(doc! { "listCollections": 1, "filter": { "name": "people" } })
+        .await
+        .unwrap();
+    let text = spec.to_string();
+    assert!(
+        !text.contains("noSuchField") && text.contains("profile"),
+        "{text}"
+    );
+    let report = w.latest_report();
+    let built = report["entities"][0]["indexes"].as_array().unwrap();
+    assert_eq!(built.len(), 3, "{report}");
+    assert!(built.iter().all(|b| b["ms"].is_u64()));
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn a_ttl_index_of_two_keys_is_refused_before_the_run() {
+    let w = World::new("indexes_bad").await;
+    w.sql("CREATE TABLE t (id int PRIMARY KEY, a timestamptz, b int)")
+        .await;
+    let mapping = "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"a\"\ncolumn = \"a\"\n[[index]]\nkeys = [\"a\", \"b\"]\nttl_seconds = 10\n";
+    let pipeline = one_entity_pipeline(&w, "t", mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("index[0].ttl_seconds"), "{text}");
+    w.drop().await;
+}
+
+/// Into Appwrite: the `[[index]]` tables over top-level columns become table indexes (`unique`
+/// or `key`, with their orders); one over a nested path (a JSON text column there) is not made.
+#[tokio::test]
+async fn appwrite_gets_the_indexes_over_top_level_columns() {
+    let w = World::new("indexes_aw").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL, name varchar(20) NOT NULL,
+                              status text, age int, nick text, seen_at timestamptz);
+         INSERT INTO people
+           SELECT i, 'p' || i || '@example.org', 'P' || i, 'a', i, NULL, NULL
+           FROM generate_series(1, 20) i;",
+    )
+    .await;
+    let mapping = MAPPING.replace(
+        "[[index]]\nkeys = [\"seenAt\"]",
+        "[[index]]\nkeys = [\"profile.name\"]\n\n[[index]]\nkeys = [\"seenAt\"]",
+    );
+    let pipeline = one_entity_pipeline(&w, "people", &mapping);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "ix-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "ix-key")
+        .env("APPWRITE_DATABASE", "ix")
+        .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(standin.rows("ix", "people").len(), 20);
+    let mut keys = standin.table_indexes("ix", "people");
+    keys.sort();
+    assert_eq!(keys, ["email_unique", "ix_seenAt", "ix_status_age"]);
+    let email = standin.get_index("ix", "people", "email_unique").unwrap();
+    assert_eq!(email["type"], "unique");
+    assert_eq!(email["columns"], serde_json::json!(["email"]));
+    let status = standin.get_index("ix", "people", "ix_status_age").unwrap();
+    assert_eq!(status["type"], "key");
+    assert_eq!(status["orders"], serde_json::json!(["ASC", "DESC"]));
+    w.drop().await;
+}

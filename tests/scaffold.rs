@@ -1,0 +1,791 @@
+//! `cutover scaffold` against real PostgreSQL and mongod: the drafts of the sample registry and
+//! of two schemas made here load, check, migrate and verify unchanged; their structure is
+//! compared with the hand-written mappings; counts are checked with SQL and the MongoDB driver,
+//! not with cutover's own code.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use appwrite_standin::StandIn;
+use bson::{Bson, Document};
+use common::{World, output_text, repo};
+
+/// `cutover ARGS…` in the world; asserts the exit status.
+fn run(w: &World, args: &[&str], status: i32) -> String {
+    let out = w.cutover().args(args).output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(status), "cutover {args:?}:\n{text}");
+    text
+}
+
+fn toml_file(path: &Path) -> toml::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn s<'a>(v: &'a toml::Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(|x| x.as_str())
+}
+
+/// Every draft mapping by its source table (as written, without a schema).
+fn drafts_by_table(dir: &Path) -> BTreeMap<String, toml::Value> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir.join("mappings")).unwrap() {
+        let p = e.unwrap().path();
+        let v = toml_file(&p);
+        let table = s(&v["source"], "table").unwrap();
+        let table = table.rsplit('.').next().unwrap().to_string();
+        out.insert(table, v);
+    }
+    out
+}
+
+/// (path, referenced entity) of a mapping's top-level fields.
+fn references(m: &toml::Value) -> BTreeSet<(String, String)> {
+    m.get("field")
+        .and_then(|f| f.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|f| Some((s(f, "path")?.to_string(), s(f, "reference")?.to_string())))
+        .collect()
+}
+
+fn field<'a>(m: &'a toml::Value, path: &str) -> &'a toml::Value {
+    m["field"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| s(f, "path") == Some(path))
+        .unwrap_or_else(|| panic!("no field {path}"))
+}
+
+/// The text with its proposals taken, as the comments tell a user to: in each block from a
+/// `## Proposal` line to the next blank line, lines `# x` become `x` (`## notes` stay).
+fn uncomment(text: &str) -> String {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        if l.starts_with("## Proposal") {
+            inside = true;
+        } else if l.is_empty() {
+            inside = false;
+        }
+        let taken = match l.strip_prefix("# ") {
+            _ if !inside => l,
+            _ if l == "#" => "",
+            Some(rest) => rest,
+            None => l,
+        };
+        out.push(taken);
+    }
+    out.join("\n")
+}
+
+/// For each drafted table: rows counted by SQL, documents counted by the MongoDB driver.
+async fn assert_counts(w: &World, drafts: &BTreeMap<String, toml::Value>, schema: &str) {
+    for (table, m) in drafts {
+        let rows = w.pg_count(&format!("\"{schema}\".\"{table}\"")).await;
+        let coll = s(m, "collection").unwrap();
+        assert_eq!(w.count(coll).await, rows, "{table} → {coll}");
+    }
+}
+
+fn scaffold(w: &World, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["scaffold", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(w, &args, 0)
+}
+
+/// The whole workflow on a draft: plan, check (no rejects), migrate (exit 0), verify.
+fn plan_check_migrate_verify(w: &World, pipeline: &Path) {
+    let p = pipeline.to_str().unwrap();
+    run(w, &["plan", "--pipeline", p], 0);
+    let check = run(w, &["check", "--pipeline", p], 0);
+    assert!(check.contains("check passed"), "{check}");
+    let out = w.migrate_with(pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let verify = run(w, &["verify", "--pipeline", p], 0);
+    assert!(verify.contains("verified: the target matches"), "{verify}");
+}
+
+#[tokio::test]
+async fn registry_drafts_migrate_unchanged_and_match_the_hand_written_structure() {
+    let w = World::new("scaffold_registry").await;
+    w.load_registry(100);
+    let out = w.dir.path().join("draft");
+    let printed = scaffold(&w, &out, &["--name", "registry"]);
+    assert!(printed.contains("embedding proposals"), "{printed}");
+    let pipeline = out.join("pipelines/registry.toml");
+    plan_check_migrate_verify(&w, &pipeline);
+    let drafts = drafts_by_table(&out);
+    assert_counts(&w, &drafts, "public").await;
+
+    // Compare with the hand-written mappings: keys, references, the guardians embed.
+    let mut differences = BTreeSet::new();
+    for e in std::fs::read_dir(repo().join("mappings")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let hand = toml_file(&p);
+        let table = s(&hand["source"], "table").unwrap().to_string();
+        let draft = drafts
+            .get(&table)
+            .unwrap_or_else(|| panic!("no draft for {table}"));
+        assert_eq!(
+            hand["source"]["key"], draft["source"]["key"],
+            "key of {table}"
+        );
+        let (h, d) = (references(&hand), references(draft));
+        for (path, r) in h.difference(&d) {
+            differences.insert(format!("{table}: only hand-written: {path} → {r}"));
+        }
+        for (path, r) in d.difference(&h) {
+            differences.insert(format!("{table}: only drafted: {path} → {r}"));
+        }
+        let hand_embeds: Vec<&str> = hand
+            .get("embed")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .map(|e| s(e, "path").unwrap())
+            .collect();
+        for path in hand_embeds {
+            differences.insert(format!("{table}: hand-written embed {path}"));
+        }
+    }
+    for table in drafts.keys() {
+        let hand_has = std::fs::read_dir(repo().join("mappings"))
+            .unwrap()
+            .any(|e| {
+                let p = e.unwrap().path();
+                p.extension().is_some_and(|x| x == "toml")
+                    && s(&toml_file(&p)["source"], "table") == Some(table.as_str())
+            });
+        if !hand_has {
+            differences.insert(format!("{table}: drafted only"));
+        }
+    }
+    // What a catalog cannot know (references the source does not enforce) and what the
+    // hand-written mappings chose (embeds through queries; join and child tables folded in).
+    let expected: BTreeSet<String> = [
+        "immunizations: only hand-written: administeredBy → users",
+        "sessions: only hand-written: userId → users",
+        "patients: hand-written embed guardians",
+        "roles: hand-written embed permissions",
+        "users: hand-written embed roles",
+        "users: hand-written embed permissions",
+        "guardians: drafted only",
+        "permissions: drafted only",
+        "role_permissions: drafted only",
+        "user_roles: drafted only",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(differences, expected);
+
+    // The guardians embed is proposed in patients, and taking the proposal gives the
+    // hand-written embed's table, foreign key and order.
+    let text = std::fs::read_to_string(out.join("mappings/patients.toml")).unwrap();
+    assert!(
+        text.contains("## Proposal (opt-in): embed `guardians`"),
+        "{text}"
+    );
+    let taken: toml::Value = toml::from_str(&uncomment(&text)).unwrap();
+    let hand = toml_file(&repo().join("mappings/patients.toml"));
+    let embed_of = |m: &toml::Value| {
+        m["embed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| s(e, "table") == Some("guardians"))
+            .cloned()
+            .unwrap()
+    };
+    let (d, h) = (embed_of(&taken), embed_of(&hand));
+    for key in ["path", "table", "foreign_key", "order_by"] {
+        assert_eq!(d.get(key), h.get(key), "embed {key}");
+    }
+    // Join tables are proposed as arrays of references on the side migrated later.
+    let roles = std::fs::read_to_string(out.join("mappings/roles.toml")).unwrap();
+    assert!(
+        roles.contains("`role_permissions` is a pure join table"),
+        "{roles}"
+    );
+    let users = std::fs::read_to_string(out.join("mappings/users.toml")).unwrap();
+    assert!(users.contains("# reference = \"roles\""), "{users}");
+
+    // Taken, the proposals load and check against the source once their child entities
+    // leave the pipeline.
+    let flipped = w.dir.path().join("flipped");
+    std::fs::create_dir_all(flipped.join("mappings")).unwrap();
+    std::fs::create_dir_all(flipped.join("pipelines")).unwrap();
+    let folded = ["guardians", "documents", "role_permissions", "user_roles"];
+    for e in std::fs::read_dir(out.join("mappings")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_stem().unwrap().to_string_lossy().to_string();
+        if folded.contains(&name.as_str()) {
+            continue;
+        }
+        let text = uncomment(&std::fs::read_to_string(&p).unwrap());
+        std::fs::write(flipped.join("mappings").join(p.file_name().unwrap()), text).unwrap();
+    }
+    let mut pipeline_text = std::fs::read_to_string(&pipeline).unwrap();
+    for f in folded {
+        pipeline_text = pipeline_text
+            .replace(&format!("\"{f}\", "), "")
+            .replace(&format!(", \"{f}\""), "");
+    }
+    let flipped_pipeline = flipped.join("pipelines/registry.toml");
+    std::fs::write(&flipped_pipeline, pipeline_text).unwrap();
+    let p = flipped_pipeline.to_str().unwrap();
+    let plan = run(&w, &["plan", "--pipeline", p], 0);
+    assert!(plan.contains("(embeds documents, guardians)"), "{plan}");
+    run(
+        &w,
+        &["check", "--pipeline", p, "patients", "roles", "users"],
+        0,
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() {
+    let w = World::new("scaffold_org").await;
+    w.sql(
+        "CREATE TABLE departments (
+           id serial PRIMARY KEY,
+           name varchar(80) NOT NULL UNIQUE,
+           budget numeric(12,2) CHECK (budget >= 0));
+         CREATE TABLE employees (
+           id bigint PRIMARY KEY,
+           email text NOT NULL,
+           full_name varchar(120) NOT NULL,
+           reports_to bigint REFERENCES employees (id),
+           department_id integer NOT NULL REFERENCES departments (id),
+           level smallint NOT NULL CHECK (level BETWEEN 1 AND 9),
+           status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'leave', 'gone')),
+           hired_at timestamp NOT NULL,
+           salary money,
+           tags text[],
+           probation interval,
+           score real CHECK (score > 0.5));
+         COMMENT ON TABLE employees IS 'Staff, with their managers';
+         COMMENT ON COLUMN employees.reports_to IS 'The manager';
+         ALTER TABLE departments ADD COLUMN head_id bigint REFERENCES employees (id);
+         CREATE TABLE projects (code text PRIMARY KEY, title text NOT NULL);
+         CREATE TABLE employee_projects (
+           employee_id bigint NOT NULL REFERENCES employees (id),
+           project_code text NOT NULL REFERENCES projects (code),
+           PRIMARY KEY (employee_id, project_code));
+         INSERT INTO departments (name, budget) SELECT 'dept ' || i, i * 1000.5 FROM generate_series(1, 5) i;
+         INSERT INTO employees
+           SELECT i, 'e' || i || '@example.org', 'Employee ' || i,
+                  CASE WHEN i > 5 THEN (i - 1) / 5 END, 1 + i % 5, 1 + i % 9,
+                  (ARRAY['active', 'leave', 'gone'])[1 + i % 3],
+                  timestamp '2020-01-01 08:00' + i * interval '1 day 1.234567 second',
+                  (i * 10.25)::money,
+                  CASE WHEN i % 4 = 0 THEN ARRAY['a', NULL, 'b'] WHEN i % 4 = 1 THEN ARRAY['x'] END,
+                  CASE WHEN i % 2 = 0 THEN interval '3 months' END,
+                  CASE WHEN i % 3 = 0 THEN 1.5 END
+           FROM generate_series(1, 200) i;
+         UPDATE departments SET head_id = id;
+         INSERT INTO projects SELECT 'P' || i, 'Project ' || i FROM generate_series(1, 10) i;
+         INSERT INTO employee_projects
+           SELECT e, 'P' || (1 + (e * p) % 10) FROM generate_series(1, 200) e, generate_series(1, 2) p
+           ON CONFLICT DO NOTHING;
+         ALTER TABLE employees ADD COLUMN badge text UNIQUE;
+         UPDATE employees SET badge = 'B' || id WHERE id % 7 = 0;
+         CREATE INDEX employees_status_level_idx ON employees (status, level);
+         CREATE INDEX employees_lower_email_idx ON employees (lower(email));
+         ANALYZE;",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--name", "org"]);
+    let pipeline = out.join("pipelines/org.toml");
+    plan_check_migrate_verify(&w, &pipeline);
+    let drafts = drafts_by_table(&out);
+    assert_eq!(drafts.len(), 4);
+    assert_counts(&w, &drafts, "public").await;
+
+    // The cycle departments ↔ employees runs in one stage; the self-reference is kept, one
+    // edge of the cycle is written as a plain value.
+    let p = toml_file(&pipeline);
+    let stages = p["stage"].as_array().unwrap();
+    let stage_of = |e: &str| {
+        stages
+            .iter()
+            .position(|s| {
+                s["entities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x.as_str() == Some(e))
+            })
+            .unwrap()
+    };
+    assert_eq!(stage_of("departments"), stage_of("employees"));
+    assert!(stage_of("employee_projects") > stage_of("employees"));
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    assert!(
+        text.contains("A cycle of foreign keys (departments, employees)"),
+        "{text}"
+    );
+    assert!(text.contains("`employees` references itself"), "{text}");
+    let emp = &drafts["employees"];
+    assert_eq!(
+        references(emp),
+        [
+            ("reportsTo".to_string(), "employees".to_string()),
+            ("departmentId".to_string(), "departments".to_string())
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert!(references(&drafts["departments"]).is_empty());
+    assert_eq!(s(emp, "description"), Some("Staff, with their managers"));
+
+    // Rules from NOT NULL, varchar(n) and checks; the checks that are no rule are said.
+    let v = |path: &str| field(emp, path).get("validate").cloned();
+    let level = v("level").unwrap();
+    assert_eq!(level["min"].as_integer(), Some(1));
+    assert_eq!(level["max"].as_integer(), Some(9));
+    assert_eq!(level["required"].as_bool(), Some(true));
+    let status_rules = v("status").unwrap();
+    let status: Vec<&str> = status_rules["one_of"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["active", "leave", "gone"]);
+    assert_eq!(v("fullName").unwrap()["max_length"].as_integer(), Some(120));
+    assert!(v("score").is_none());
+    let emp_text = std::fs::read_to_string(out.join("mappings/employees.toml")).unwrap();
+    assert!(
+        emp_text.contains("# check employees_score_check is not a rule here"),
+        "{emp_text}"
+    );
+    assert_eq!(s(field(emp, "hiredAt"), "timezone"), Some("UTC"));
+    for decision in ["has no time zone", "money is kept", "interval is kept"] {
+        assert!(
+            emp_text
+                .lines()
+                .any(|l| l.starts_with("# decide: ") && l.contains(decision)),
+            "{decision}\n{emp_text}"
+        );
+    }
+    let proj = std::fs::read_to_string(out.join("mappings/projects.toml")).unwrap();
+    let emps = std::fs::read_to_string(out.join("mappings/employees.toml")).unwrap();
+    assert!(
+        proj.contains("`employee_projects` is a pure join table")
+            != emps.contains("`employee_projects` is a pure join table"),
+        "the join table is proposed on one side"
+    );
+
+    // The source's indexes, built by migrate after the load: a unique one over a nullable
+    // column indexes only the documents holding it; an expression index is said, not drafted.
+    let reply = w
+        .mongo()
+        .await
+        .run_command(bson::doc! { "listIndexes": "employees" })
+        .await
+        .unwrap();
+    let indexes: BTreeMap<String, Document> = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let d = d.as_document().unwrap().clone();
+            (d.get_str("name").unwrap().to_string(), d)
+        })
+        .collect();
+    assert_eq!(
+        indexes.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["_id_", "employees_badge_key", "employees_status_level_idx"]
+    );
+    let badge = &indexes["employees_badge_key"];
+    assert_eq!(badge.get_bool("unique"), Ok(true));
+    assert_eq!(
+        badge.get_document("partialFilterExpression").unwrap(),
+        &bson::doc! { "badge": { "$exists": true } }
+    );
+    assert_eq!(
+        indexes["employees_status_level_idx"]
+            .get_document("key")
+            .unwrap(),
+        &bson::doc! { "status": 1, "level": 1 }
+    );
+    assert!(
+        emp_text.contains("# source index employees_lower_email_idx is on an expression"),
+        "{emp_text}"
+    );
+
+    // --diff: nothing right after the drafts; then the schema changes and each change is named.
+    let out_s = out.to_str().unwrap();
+    let same = run(&w, &["scaffold", "--diff", "--out", out_s], 0);
+    assert!(same.contains("no differences"), "{same}");
+    w.sql(
+        "ALTER TABLE employees ADD COLUMN nickname text;
+         ALTER TABLE employees DROP COLUMN probation;
+         ALTER TABLE employees ALTER COLUMN full_name TYPE varchar(200);
+         ALTER TABLE employees ALTER COLUMN email DROP NOT NULL;
+         ALTER TABLE projects ADD COLUMN lead_id bigint;
+         CREATE TABLE offices (id int PRIMARY KEY);
+         DROP TABLE employee_projects;",
+    )
+    .await;
+    // A mapping written without the reference a foreign key makes (as by hand).
+    let emp_path = out.join("mappings/employees.toml");
+    let edited = std::fs::read_to_string(&emp_path)
+        .unwrap()
+        .replace("reference = \"departments\"\n", "");
+    std::fs::write(&emp_path, &edited).unwrap();
+    let changed = run(&w, &["scaffold", "--diff", "--out", out_s], 0);
+    let lines: BTreeSet<String> = changed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let expected: BTreeSet<String> = [
+        "- new table `offices` (1 columns): no mapping reads it (a draft: mappings/offices.toml)",
+        "employee_projects table `employee_projects` no longer exists in schema `public`",
+        "employees column `nickname` (text) is not mapped (a draft: path = \"nickname\")",
+        "employees column `probation` (field probation) no longer exists",
+        "employees column `full_name` is character varying(200); field fullName has max_length = 120",
+        "employees column `email` is nullable; field email is `required` (NULL rows would be rejected)",
+        "projects column `lead_id` (bigint) is not mapped (a draft: path = \"leadId\")",
+        "employees column `department_id` has a foreign key to `departments` (employees_department_id_fkey); field departmentId is no reference (a draft: reference = \"departments\")",
+        // With that reference gone, the cycle's other edge could be one (not both: a cycle).
+        "departments column `head_id` has a foreign key to `employees` (departments_head_id_fkey); field headId is no reference (a draft: reference = \"employees\")",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(lines, expected, "{changed}");
+    let untouched = std::fs::read_to_string(&emp_path).unwrap();
+    assert_eq!(untouched, edited, "--diff writes nothing");
+
+    // References hold the referenced document's _id: every manager is a document.
+    let docs = w.docs("employees").await;
+    let ids: BTreeSet<String> = docs
+        .iter()
+        .map(|d| d.get("_id").unwrap().to_string())
+        .collect();
+    let managed: Vec<&Document> = docs
+        .iter()
+        .filter(|d| d.contains_key("reportsTo"))
+        .collect();
+    assert_eq!(managed.len(), 195);
+    for d in managed {
+        assert!(
+            ids.contains(&d.get("reportsTo").unwrap().to_string()),
+            "{d}"
+        );
+    }
+    w.drop().await;
+}
+
+/// A schema of composite keys (and composite foreign keys), a key from a unique constraint
+/// and a table with no key at all.
+const SHOP: &str = "CREATE SCHEMA shop;
+         CREATE TABLE shop.regions (
+           country char(2) NOT NULL, code text NOT NULL, name text NOT NULL,
+           PRIMARY KEY (country, code));
+         CREATE TABLE shop.stores (
+           country char(2), region_code text, store_no integer, opened date,
+           PRIMARY KEY (country, region_code, store_no),
+           FOREIGN KEY (country, region_code) REFERENCES shop.regions);
+         CREATE TABLE shop.sales (
+           id uuid PRIMARY KEY, country char(2) NOT NULL, region_code text NOT NULL,
+           store_no integer NOT NULL, sold_at timestamptz NOT NULL,
+           amount numeric(10,2) NOT NULL CHECK (amount > 0), qty integer NOT NULL CHECK (qty > 0),
+           FOREIGN KEY (country, region_code, store_no) REFERENCES shop.stores);
+         CREATE TABLE shop.sale_lines (
+           sale_id uuid REFERENCES shop.sales, line_no integer, sku text NOT NULL,
+           PRIMARY KEY (sale_id, line_no));
+         CREATE TABLE shop.currencies (code text NOT NULL UNIQUE, name text);
+         CREATE TABLE shop.audit (at timestamptz, note text);
+         INSERT INTO shop.regions VALUES ('LR', 'MO', 'Montserrado'), ('LR', 'NI', 'Nimba'), ('GH', 'AC', 'Accra');
+         INSERT INTO shop.stores SELECT r.country, r.code, n, date '2020-01-01' + n FROM shop.regions r, generate_series(1, 3) n;
+         INSERT INTO shop.sales
+           SELECT md5(i::text)::uuid, s.country, s.region_code, s.store_no,
+                  timestamptz '2024-01-01 00:00+00' + i * interval '1 hour', i * 1.25, 1 + i % 4
+           FROM generate_series(1, 90) i
+           JOIN (SELECT *, row_number() OVER (ORDER BY country, region_code, store_no) - 1 AS k FROM shop.stores) s ON s.k = i % 9;
+         INSERT INTO shop.sale_lines SELECT id, n, 'SKU-' || n FROM shop.sales, generate_series(1, 2) n;
+         INSERT INTO shop.currencies VALUES ('LRD', 'Liberian dollar'), ('GHS', NULL);
+         INSERT INTO shop.audit VALUES (now(), 'x');
+         ANALYZE;";
+
+#[tokio::test]
+async fn composite_keys_in_another_schema_migrate_and_verify_without_edits() {
+    let w = World::new("scaffold_shop").await;
+    w.sql(SHOP).await;
+    let out = w.dir.path().join("draft");
+    let printed = scaffold(&w, &out, &["--schema", "shop"]);
+    assert!(printed.contains("`audit` is not drafted"), "{printed}");
+    let pipeline = out.join(format!("pipelines/{}.toml", w.name));
+    plan_check_migrate_verify(&w, &pipeline);
+    let drafts = drafts_by_table(&out);
+    assert_eq!(
+        drafts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["currencies", "regions", "sale_lines", "sales", "stores"]
+    );
+    assert_counts(&w, &drafts, "shop").await;
+    assert_eq!(s(&drafts["sales"]["source"], "table"), Some("shop.sales"));
+    assert_eq!(
+        drafts["currencies"]["source"]["key"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "a NOT NULL unique key stands in for the primary key"
+    );
+    // Composite foreign keys are plain values, said in a comment; the composite keys make
+    // sub-document ids.
+    assert!(references(&drafts["stores"]).is_empty());
+    let sales = std::fs::read_to_string(out.join("mappings/sales.toml")).unwrap();
+    assert!(sales.contains("a composite foreign key"), "{sales}");
+    assert!(
+        sales.contains("## Proposal (opt-in): embed `sale_lines`"),
+        "{sales}"
+    );
+    let qty = field(&drafts["sales"], "qty")["validate"].clone();
+    assert_eq!(qty["min"].as_integer(), Some(1));
+    assert!(
+        field(&drafts["sales"], "amount")["validate"]
+            .get("min")
+            .is_none()
+    );
+    let store = w.docs("stores").await.into_iter().next().unwrap();
+    let id = store.get_document("_id").unwrap();
+    assert_eq!(
+        id.keys().collect::<Vec<_>>(),
+        ["country", "region_code", "store_no"]
+    );
+    assert_eq!(id.get("store_no"), Some(&Bson::Int32(1)));
+
+    // Never over an existing file without --force; --force rewrites them.
+    let before = std::fs::read_to_string(out.join("mappings/sales.toml")).unwrap();
+    std::fs::write(out.join("mappings/sales.toml"), "edited").unwrap();
+    let refused = run(
+        &w,
+        &[
+            "scaffold",
+            "--schema",
+            "shop",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(
+        refused.contains("not overwriting existing files"),
+        "{refused}"
+    );
+    assert!(refused.contains("sales.toml"), "{refused}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("mappings/sales.toml")).unwrap(),
+        "edited"
+    );
+    scaffold(&w, &out, &["--schema", "shop", "--force"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("mappings/sales.toml")).unwrap(),
+        before
+    );
+
+    // --tables: a foreign key to a table left out is a plain value; an unknown table is an error.
+    let part = w.dir.path().join("part");
+    scaffold(
+        &w,
+        &part,
+        &["--schema", "shop", "--tables", "sales,sale_lines"],
+    );
+    let part_drafts = drafts_by_table(&part);
+    assert_eq!(part_drafts.len(), 2);
+    let lines = std::fs::read_to_string(part.join("mappings/sale_lines.toml")).unwrap();
+    assert!(lines.contains("reference = \"sales\""), "{lines}");
+    let err = run(
+        &w,
+        &[
+            "scaffold",
+            "--schema",
+            "shop",
+            "--tables",
+            "nope",
+            "--out",
+            part.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("no table `nope` in schema `shop`"), "{err}");
+    let err = run(&w, &["scaffold", "--schema", "nothing_here"], 1);
+    assert!(err.contains("has no tables"), "{err}");
+    w.drop().await;
+}
+
+/// Into Appwrite: drafts for `--target appwrite` keep the key columns as fields (a composite
+/// key's row id is a hash), and migrate and verify unchanged; rows counted in the stand-in.
+#[tokio::test]
+async fn composite_keys_into_appwrite_migrate_and_verify_without_edits() {
+    let w = World::new("scaffold_shop_aw").await;
+    w.sql(SHOP).await;
+    let standin = std::sync::Arc::new(StandIn::new("cutover", "scaffold-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let out = w.dir.path().join("draft");
+    scaffold(
+        &w,
+        &out,
+        &["--schema", "shop", "--target", "appwrite", "--name", "shop"],
+    );
+    let stores = toml_file(&out.join("mappings/stores.toml"));
+    for path in ["country", "regionCode", "storeNo"] {
+        field(&stores, path);
+    }
+    let pipeline = out.join("pipelines/shop.toml");
+    let p = pipeline.to_str().unwrap().to_string();
+    let endpoint = format!("http://{addr}/v1");
+    let cmd = |args: Vec<String>| {
+        let mut c = w.cutover();
+        c.env("APPWRITE_ENDPOINT", &endpoint)
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "scaffold-key")
+            .env("APPWRITE_DATABASE", "shop")
+            .args(args);
+        c
+    };
+    for (args, status) in [
+        (vec!["check".to_string(), "--pipeline".into(), p.clone()], 0),
+        (
+            vec![
+                "migrate".into(),
+                "--quiet".into(),
+                "--pipeline".into(),
+                p.clone(),
+            ],
+            0,
+        ),
+        (
+            vec![
+                "verify".into(),
+                "--target".into(),
+                "appwrite".into(),
+                "--pipeline".into(),
+                p.clone(),
+            ],
+            0,
+        ),
+    ] {
+        let mut c = cmd(args.clone());
+        let o = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(status),
+            "{args:?}\n{}",
+            output_text(&o)
+        );
+    }
+    for (table, m) in drafts_by_table(&out) {
+        let rows = w.pg_count(&format!("shop.{table}")).await;
+        let coll = s(&m, "collection").unwrap();
+        assert_eq!(standin.rows("shop", coll).len() as u64, rows, "{table}");
+    }
+    w.drop().await;
+}
+
+/// Types cutover keeps as text, arrays, a domain, a generated column, names that are not
+/// snake_case, a partitioned table, keys of numeric, date and timestamp: the drafts migrate and
+/// verify unchanged; a table keyed by an enum (no key scan orders it) is left out, said so.
+#[tokio::test]
+async fn unusual_types_and_names_migrate_and_verify_without_edits() {
+    let w = World::new("scaffold_zoo").await;
+    w.sql(ZOO).await;
+    let out = w.dir.path().join("draft");
+    let printed = scaffold(&w, &out, &["--name", "zoo"]);
+    assert!(
+        printed.contains("`enum_keyed` is not drafted: no key of types a key scan can order"),
+        "{printed}"
+    );
+    plan_check_migrate_verify(&w, &out.join("pipelines/zoo.toml"));
+    let drafts = drafts_by_table(&out);
+    assert_eq!(
+        drafts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["Mixed Case", "numkey", "parted", "tskey", "zoo"],
+        "partitions are read through their parent"
+    );
+    assert_counts(&w, &drafts, "public").await;
+    let zoo = &drafts["zoo"];
+    assert_eq!(s(field(zoo, "camelCol"), "column"), Some("CamelCol"));
+    assert_eq!(s(field(zoo, "weirdName"), "column"), Some("weird name"));
+    assert_eq!(s(field(zoo, "id"), "column"), Some("_id"));
+    assert_eq!(s(field(zoo, "tsa"), "timezone"), Some("UTC"));
+    assert_eq!(
+        references(&drafts["Mixed Case"]),
+        [("parent".to_string(), "Mixed_Case".to_string())]
+            .into_iter()
+            .collect()
+    );
+    let text = std::fs::read_to_string(out.join("mappings/zoo.toml")).unwrap();
+    assert!(text.contains("# generated: "), "{text}");
+    assert!(!text.contains("source default: (dom"), "{text}");
+    w.drop().await;
+}
+
+const ZOO: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+CREATE TABLE zoo (
+  code char(3) PRIMARY KEY, "CamelCol" text, ts timestamp, tsa timestamp[], tstz timestamptz[],
+  m mood, ma mood[], ip inet, iv interval, j jsonb[], b bytea, n numeric, f real, d date,
+  p point, r int4range, bits bit(3), mo money, dom posint, big bigint CHECK (big IN (1, 2, 3)),
+  "weird name" text, "_id" int, twice int GENERATED ALWAYS AS (dom * 2) STORED);
+INSERT INTO zoo (code, "CamelCol", ts, tsa, tstz, m, ma, ip, iv, j, b, n, f, d, p, r, bits, mo,
+                 dom, big, "weird name", "_id")
+VALUES ('abc', 'x', '2020-01-01 10:00:00.123456', ARRAY['2020-01-01 10:00:00.5'::timestamp, NULL],
+        ARRAY[now()], 'ok', ARRAY['sad'::mood], '10.0.0.1', '1 day', ARRAY['{"a": 1}'::jsonb],
+        '\x00ff', 1.5, 2.5, '2020-02-02', '(1,2)', '[1,5)', B'101', 12.5, 3, 2, 'w', 7),
+       ('d', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+        NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+CREATE TABLE enum_keyed (m mood PRIMARY KEY, note text);
+CREATE TABLE numkey (n numeric PRIMARY KEY, d date UNIQUE NOT NULL);
+INSERT INTO numkey VALUES (1.50, '2020-01-01');
+CREATE TABLE tskey (t timestamp PRIMARY KEY, v text);
+INSERT INTO tskey VALUES ('2020-01-01 00:00', 'a');
+CREATE TABLE "Mixed Case" (id int PRIMARY KEY, "Parent" int REFERENCES "Mixed Case" (id));
+INSERT INTO "Mixed Case" VALUES (1, NULL), (2, 1);
+CREATE TABLE parted (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE parted_2020 PARTITION OF parted FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+INSERT INTO parted VALUES (1, '2020-05-05'), (2, '2020-06-06');
+"#;
+
+#[test]
+fn a_source_password_never_reaches_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = assert_cmd::Command::cargo_bin("cutover")
+        .unwrap()
+        .current_dir(dir.path())
+        .env_clear()
+        .env(
+            "CUTOVER_SOURCE_URL",
+            "postgres://cutover:Sup3rSecretPw@127.0.0.1:1/nowhere",
+        )
+        .args(["scaffold", "--out", "x"])
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot connect to the source"), "{text}");
+    assert!(!text.contains("Sup3rSecretPw"), "{text}");
+    assert!(!PathBuf::from(dir.path()).join("x").exists());
+}
