@@ -181,7 +181,7 @@ impl Rules {
             );
         }
         if let Some(allowed) = &self.one_of
-            && !allowed.contains(v)
+            && !allowed.iter().any(|a| same_value(a, v))
         {
             fail(
                 RuleName::OneOf,
@@ -231,6 +231,20 @@ impl RowRule {
                 value: String::new(),
             });
         }
+    }
+}
+
+/// Equal values, an integer equal to an integer of the other width (a mapping's `one_of = [1, 2]`
+/// is read as 32-bit integers; a `bigint` column gives 64-bit ones).
+fn same_value(a: &Bson, b: &Bson) -> bool {
+    let int = |v: &Bson| match v {
+        Bson::Int32(n) => Some(i64::from(*n)),
+        Bson::Int64(n) => Some(*n),
+        _ => None,
+    };
+    match (int(a), int(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 
@@ -331,6 +345,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check(&r, Some(Bson::String("b".into()))), ["one_of"]);
+        // A bigint column's values against the 32-bit integers the mapping was read as.
+        let ints = Rules {
+            one_of: Some(vec![Bson::Int32(1), Bson::Int32(2)]),
+            ..Default::default()
+        };
+        assert!(check(&ints, Some(Bson::Int64(2))).is_empty());
+        assert_eq!(check(&ints, Some(Bson::Int64(3))), ["one_of"]);
+        assert_eq!(check(&ints, Some(Bson::Double(2.0))), ["one_of"]);
         let d = bson::Decimal128::from_bytes(
             crate::transform::decimal::to_decimal128_bytes("123.456789").unwrap(),
         );
