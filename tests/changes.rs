@@ -2393,3 +2393,46 @@ async fn insert_down_leaves_seed_documents_edited_since() {
     );
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V11, V14): a draft with a typo blocked `down` of the
+/// changes applied before it (down works from the ledger's records); `down VERSION` of a command
+/// change called the *later* change "a command".
+#[tokio::test]
+async fn down_works_from_the_ledger_whatever_the_drafts_and_names_the_command_rightly() {
+    let w = World::new("changes_down_ledger_only").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_a.toml",
+        "version = 1\nname = \"a\"\n[[up]]\nop = \"command\"\ncommand = { collMod = \"things\", validationLevel = \"moderate\" }\ndown = { collMod = \"things\", validationLevel = \"strict\" }\n",
+    );
+    write(
+        &dir,
+        "2_b.toml",
+        "version = 2\nname = \"b\"\n[[up]]\nop = \"set\"\ncollection = \"things\"\nfilter = {}\nfields = { x = 1 }\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let text = refused(&changes(&w, "down", &dir, &["1"]));
+    assert!(
+        text.contains("the change to reverse runs a command itself"),
+        "{text}"
+    );
+    // A draft with a typo next to them.
+    write(
+        &dir,
+        "3_draft.toml",
+        "version = 3\nname = \"draft\"\n[[up]]\nop = \"set\"\n",
+    );
+    let text = refused(&changes(&w, "status", &dir, &[]));
+    assert!(text.contains("3_draft.toml"), "{text}");
+    ok(&changes(&w, "down", &dir, &["--steps", "2"]));
+    assert_eq!(
+        w.count("cutover_changes").await,
+        2,
+        "both records stay, as rolled back"
+    );
+    let docs = w.docs("things").await;
+    assert!(docs.iter().all(|d| !d.contains_key("x")), "{docs:?}");
+    w.drop().await;
+}

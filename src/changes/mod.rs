@@ -1036,10 +1036,11 @@ fn chosen_for_down(
         let c = file::parse_recorded(&r.file, &r.source, &r.seeds)?;
         if let Some((i, op)) = c.irreversible_op() {
             return Err(ChangesError::Refused(format!(
-                "change {} ({}) is non-reversible: up operation {i} (`{}`) has no inverse and the change has no [[down]]; nothing was reversed",
+                "change {} ({}) is non-reversible: up operation {i} (`{}`) has no inverse and the change had no [[down]] when it was applied; nothing was reversed. Reverse only the changes applied after it (`cutover changes down --to {}`), then undo this one by hand, or write a new change that does",
                 r.version,
                 r.file,
-                op.kind()
+                op.kind(),
+                r.version
             )));
         }
         if c.down.is_none() && r.ops.len() != c.up.len() {
@@ -1071,7 +1072,13 @@ fn overlap(
 ) -> Vec<String> {
     match (a, b) {
         (Some(a), Some(b)) => a.intersection(b).cloned().collect(),
-        _ => vec!["a command, which may touch any collection".to_string()],
+        (None, _) => {
+            vec![
+                "the change to reverse runs a command itself, which may touch any collection"
+                    .to_string(),
+            ]
+        }
+        (_, None) => vec!["a command, which may touch any collection".to_string()],
     }
 }
 

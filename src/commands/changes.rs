@@ -25,12 +25,23 @@ async fn open(
     args: &ChangesTargetArgs,
 ) -> Result<(Vec<changes::Change>, Target, crate::ledger::Ledger)> {
     let files = changes::file::load_dir(&changes_dir(cli, &args.dir)?)?;
+    let (t, ledger) = open_target(cli, args).await?;
+    Ok((files, t, ledger))
+}
+
+/// The target and its ledger alone: `down` and `history` work from the ledger's records (the
+/// text each change was applied with), so a draft with a typo or a seed file gone since never
+/// blocks them.
+async fn open_target(
+    cli: &Cli,
+    args: &ChangesTargetArgs,
+) -> Result<(Target, crate::ledger::Ledger)> {
     let target = TargetArgs {
         target: Some(crate::config::TargetKind::Mongodb),
         database: args.database.clone(),
     };
     let (_cfg, t, ledger) = super::shared::open_ledger(cli, &target).await?;
-    Ok((files, t, ledger))
+    Ok((t, ledger))
 }
 
 fn mongo_db(t: &Target) -> Result<&mongodb::Database> {
@@ -132,7 +143,7 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             })
         }
         ChangesCommand::Down(args) => {
-            let (_files, t, ledger) = open(cli, &args.target).await?;
+            let (t, ledger) = open_target(cli, &args.target).await?;
             let activity = std::sync::Arc::new(crate::monitor::Activity::default());
             let spinner = crate::monitor::watch(activity.clone(), false);
             let target = ChangeTarget {
@@ -180,7 +191,7 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             Ok(Outcome::Success)
         }
         ChangesCommand::History(args) => {
-            let (_files, t, ledger) = open(cli, &args.target).await?;
+            let (t, ledger) = open_target(cli, &args.target).await?;
             let target = ChangeTarget {
                 db: mongo_db(&t)?,
                 ledger: &ledger,
