@@ -779,6 +779,25 @@ async fn inserts_creating(exec: &Exec<'_>, ops: &[Op]) -> Result<Vec<bool>, OpEr
     Ok(out)
 }
 
+/// A failure inside a transaction, with what to do when the server gave up on the transaction
+/// itself (too many documents, too long): MongoDB says "Please retry", which fails the same way.
+fn in_transaction(message: String) -> String {
+    let limits = [
+        "WriteConflict",
+        "TransactionTooLarge",
+        "TransactionExceededLifetimeLimitSeconds",
+        "ExceededTimeLimit",
+        "NoSuchTransaction",
+    ];
+    if limits.iter().any(|l| message.contains(l)) {
+        format!(
+            "{message} — the transaction hit the server's size or time limit (transactionLifetimeLimitSeconds, 60 s by default; writes held in one transaction): retrying fails the same way; set `transaction = false` (the change is then undone from its backup on failure) or split it into smaller changes"
+        )
+    } else {
+        message
+    }
+}
+
 fn op_error(i: usize, op: &Op, e: impl std::fmt::Display) -> String {
     match op.collection() {
         Some(c) => format!(
@@ -835,7 +854,7 @@ async fn apply_one(
                     result = exec.run(&mut sess, op, i, &mut out).await;
                 }
                 if let Err(e) = result {
-                    failure = Some(op_error(i, op, e));
+                    failure = Some(in_transaction(op_error(i, op, e)));
                     break;
                 }
                 outcomes.push(out);
@@ -853,7 +872,9 @@ async fn apply_one(
         let failure = match failure {
             None => match session.commit_transaction().await {
                 Ok(()) => return Ok(outcomes),
-                Err(e) => format!("the transaction did not commit: {}", ops_text(&e)),
+                Err(e) => {
+                    in_transaction(format!("the transaction did not commit: {}", ops_text(&e)))
+                }
             },
             Some(f) => {
                 let _ = session.abort_transaction().await;
@@ -1755,5 +1776,18 @@ impl Steps<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    #[test]
+    fn a_transaction_the_server_gave_up_on_says_what_to_do() {
+        let m = super::in_transaction(
+            "up operation 2 failed: WriteConflict error: Please retry".into(),
+        );
+        assert!(m.contains("transaction = false"), "{m}");
+        let m = super::in_transaction("up operation 2 failed: E11000 duplicate key".into());
+        assert!(!m.contains("transaction = false"), "{m}");
     }
 }
