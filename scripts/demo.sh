@@ -51,5 +51,5 @@ echo "== cutover verify"
 "$CUTOVER" report --format html -o reports/signoff.html
 echo "demo: the sign-off report is reports/signoff.html"
 echo "demo: the files of documents are in the GridFS bucket documents (documents.files, documents.chunks)"
-echo "demo: the same into Appwrite (the local stand-in; its files stage is not built yet): eval \"\$(scripts/services.sh env)\"; $CUTOVER migrate --target appwrite stage:reference stage:users stage:patients stage:immunizations stage:configuration"
+echo "demo: the same into Appwrite (the local stand-in; files into its Storage): eval \"\$(scripts/services.sh env)\"; $CUTOVER migrate --target appwrite --files-root fixtures/files"
 echo "demo: the servers are still running; stop them with scripts/services.sh stop"
