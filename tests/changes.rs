@@ -399,6 +399,9 @@ async fn a_failed_change_stops_the_batch_unless_continue_on_error() {
     )))
     .unwrap();
     assert_eq!(h.as_array().unwrap().len(), 1);
+    // A status no entry can have is refused, naming those there are (fifteenth tester, V18).
+    let text = refused(&changes(&w, "history", &dir, &["--status", "bogus"]));
+    assert!(text.contains("use one of applied, failed"), "{text}");
     w.drop().await;
 }
 

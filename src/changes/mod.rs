@@ -288,6 +288,22 @@ pub async fn history(
     skip: usize,
     status: Option<&str>,
 ) -> Result<Vec<HistoryEntry>, ChangesError> {
+    const STATUSES: &[&str] = &[
+        APPLIED,
+        FAILED,
+        RESTORE_FAILED,
+        ROLLED_BACK,
+        RUNNING,
+        "interrupted",
+    ];
+    if let Some(s) = status
+        && !STATUSES.contains(&s)
+    {
+        return Err(ChangesError::Refused(format!(
+            "no history entry has the status `{s}`: use one of {}",
+            STATUSES.join(", ")
+        )));
+    }
     let live = t.ledger.lock_holder().await?.filter(|h| !h.expired);
     let records = Records { ledger: t.ledger };
     let by_version: BTreeMap<u64, ChangeRecord> = records
