@@ -2439,3 +2439,35 @@ async fn down_works_from_the_ledger_whatever_the_drafts_and_names_the_command_ri
     assert!(docs.iter().all(|d| !d.contains_key("x")), "{docs:?}");
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V16): the dry run of `remove_duplicates` gave no number.
+#[tokio::test]
+async fn the_dry_run_of_remove_duplicates_counts_what_it_would_delete() {
+    let w = World::new("changes_dups_dry").await;
+    w.mongo()
+        .await
+        .collection::<Document>("p")
+        .insert_many(vec![
+            doc! { "_id": 1, "name": "a", "o": 1 },
+            doc! { "_id": 2, "name": "a", "o": 1 },
+            doc! { "_id": 3, "name": "a", "o": 1 },
+            doc! { "_id": 4, "name": "b", "o": 1 },
+            doc! { "_id": 5, "name": "b", "o": 1 },
+            doc! { "_id": 6, "name": "b", "o": 2 },
+            doc! { "_id": 7, "o": 2 },
+            doc! { "_id": 8, "o": 2 },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_d.toml",
+        "version = 1\nname = \"d\"\n[[up]]\nop = \"remove_duplicates\"\ncollection = \"p\"\nfields = [\"name\", \"o\"]\n",
+    );
+    let dry = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(dry.contains("3 duplicates in 2 groups"), "{dry}");
+    let up = ok(&changes(&w, "up", &dir, &[]));
+    assert!(up.contains("deleted 3"), "{up}");
+    w.drop().await;
+}

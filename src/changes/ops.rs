@@ -1704,11 +1704,50 @@ impl Exec<'_> {
                     ),
                 )
             }
-            Op::RemoveDuplicates { collection, .. } => preview(
-                Some(collection),
-                0,
-                "the duplicates found would be backed up and deleted".into(),
-            ),
+            Op::RemoveDuplicates {
+                collection, fields, ..
+            } => {
+                // The same groups the operation finds: each group of n deletes n - 1.
+                let mut group = Document::new();
+                let mut present = Document::new();
+                for (i, f) in fields.iter().enumerate() {
+                    group.insert(format!("k{i}"), format!("${f}"));
+                    present.insert(f, doc! { "$exists": true });
+                }
+                let pipeline = vec![
+                    doc! { "$match": present },
+                    doc! { "$group": { "_id": group, "n": { "$sum": 1 } } },
+                    doc! { "$match": { "n": { "$gt": 1 } } },
+                    doc! { "$group": { "_id": null, "groups": { "$sum": 1 }, "docs": { "$sum": "$n" } } },
+                ];
+                let totals: Vec<Document> = self
+                    .coll(collection)
+                    .aggregate(pipeline)
+                    .allow_disk_use(true)
+                    .await?
+                    .try_collect()
+                    .await?;
+                let number = |k: &str| {
+                    totals
+                        .first()
+                        .and_then(|d| d.get(k))
+                        .and_then(|v| match v {
+                            Bson::Int32(n) => Some(*n as u64),
+                            Bson::Int64(n) => Some(*n as u64),
+                            _ => None,
+                        })
+                        .unwrap_or(0)
+                };
+                let (groups, docs) = (number("groups"), number("docs"));
+                preview(
+                    Some(collection),
+                    docs,
+                    format!(
+                        "{} duplicates in {groups} groups would be backed up and deleted",
+                        docs - groups
+                    ),
+                )
+            }
             Op::CreateCollection { collection, .. } => {
                 let there = self.collection_exists(collection).await?;
                 let note = if there {
