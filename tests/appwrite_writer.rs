@@ -113,12 +113,14 @@ async fn injected_throttling_and_server_errors_are_retried_until_every_row_is_wr
         unavailable: 0.05,
         delay_ms: 0,
     });
-    let failures = upsert_rows(&c, "registry", "patients", &rows(2000), 100)
+    // 60 requests: with 20% of them failing at random, none failing is a chance of 0.8^60
+    // (1.5e-6); with 20 requests it was 1% and happened.
+    let failures = upsert_rows(&c, "registry", "patients", &rows(6000), 100)
         .await
         .unwrap();
     s.set_faults(Faults::default());
     assert!(failures.is_empty());
-    assert_eq!(s.row_count("registry", "patients"), 2000);
+    assert_eq!(s.row_count("registry", "patients"), 6000);
     let retries = c.counters.retries.load(Ordering::Relaxed);
     assert!(
         retries > 0,
