@@ -214,40 +214,19 @@ pub async fn verify_files(
     for id in orphans {
         found.unexpected(format!("chunks of {} (no files document)", show_id(&id)))?;
     }
-    let Problems {
-        missing,
-        unexpected,
-        different,
-        refused,
-        ..
-    } = found;
-    let counts_agree = expected.saturating_sub(refused.count) == target_count;
-    let ok = counts_agree && missing.count == 0 && unexpected.count == 0 && different.count == 0;
-    Ok(EntityVerification {
-        entity: plan.entity.clone(),
-        collection: files_name,
-        mode: if full { "full (downloaded)" } else { "full" }.to_string(),
-        source_rows,
-        rejected_by_mapping,
-        rejected_by_target: refused.count,
-        rejected_by_target_keys: refused.first,
-        expected,
-        target: target_count,
-        not_imported: 0,
-        blocked_kept: 0,
-        compared,
-        missing_count: missing.count,
-        missing: missing.first,
-        unexpected_count: unexpected.count,
-        unexpected: unexpected.first,
-        different_count: different.count,
-        different: different.first,
-        broken_references: Vec::new(),
-        embedded: Vec::new(),
-        counts_agree,
-        ok,
-        independent_mismatches: 0,
-    })
+    Ok(file_verification(
+        plan,
+        files_name,
+        full,
+        [
+            source_rows,
+            rejected_by_mapping,
+            expected,
+            compared,
+            target_count,
+        ],
+        found,
+    ))
 }
 
 /// Verifies the file stage of `plan` against its Appwrite Storage bucket: every source row's
@@ -403,6 +382,30 @@ pub async fn verify_storage(
             found.unexpected(id)?;
         }
     }
+    Ok(file_verification(
+        plan,
+        format!("{bucket} (Appwrite Storage)"),
+        full,
+        [
+            source_rows,
+            rejected_by_mapping,
+            expected,
+            compared,
+            target_count,
+        ],
+        found,
+    ))
+}
+
+/// The verification of a file entity from what its comparison found: `counts` are the source
+/// rows, the rows the mapping rejected, the expected files, those compared and the files there.
+fn file_verification(
+    plan: &Plan,
+    collection: String,
+    full: bool,
+    [source_rows, rejected_by_mapping, expected, compared, target]: [u64; 5],
+    found: Problems<'_, Different>,
+) -> EntityVerification {
     let Problems {
         missing,
         unexpected,
@@ -410,18 +413,18 @@ pub async fn verify_storage(
         refused,
         ..
     } = found;
-    let counts_agree = expected.saturating_sub(refused.count) == target_count;
+    let counts_agree = expected.saturating_sub(refused.count) == target;
     let ok = counts_agree && missing.count == 0 && unexpected.count == 0 && different.count == 0;
-    Ok(EntityVerification {
+    EntityVerification {
         entity: plan.entity.clone(),
-        collection: format!("{bucket} (Appwrite Storage)"),
+        collection,
         mode: if full { "full (downloaded)" } else { "full" }.to_string(),
         source_rows,
         rejected_by_mapping,
         rejected_by_target: refused.count,
         rejected_by_target_keys: refused.first,
         expected,
-        target: target_count,
+        target,
         not_imported: 0,
         blocked_kept: 0,
         compared,
@@ -436,5 +439,5 @@ pub async fn verify_storage(
         counts_agree,
         ok,
         independent_mismatches: 0,
-    })
+    }
 }
