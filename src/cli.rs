@@ -243,6 +243,14 @@ pub struct ChangesDownArgs {
     /// Reverse every applied change after this version (it stays applied).
     #[arg(long, value_name = "VERSION")]
     pub to: Option<u64>,
+    /// Go on past a change whose reversal fails: the older ones chosen are still reversed,
+    /// except those working on a collection of a change that failed (default: stop at the first
+    /// failure).
+    #[arg(long)]
+    pub continue_on_error: bool,
+    /// Print what was reversed, failed and left applied as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2471,3 +2471,125 @@ async fn the_dry_run_of_remove_duplicates_counts_what_it_would_delete() {
     assert!(up.contains("deleted 3"), "{up}");
     w.drop().await;
 }
+
+/// `down --continue-on-error` (and the API's `continueOnError`): a change whose reversal fails
+/// does not stop the older ones, except those on a collection of the failed one; without it
+/// `down` stops at the failure. The failure here is the application's own unique index, made
+/// after the change, that the reversal would break.
+#[tokio::test]
+async fn down_continue_on_error_goes_past_a_failed_reversal_to_the_independent_changes() {
+    for go_on in [false, true] {
+        let w = World::new("changes_down_continue").await;
+        let db = w.mongo().await;
+        db.collection::<Document>("a")
+            .insert_one(doc! { "_id": 1, "n": 1 })
+            .await
+            .unwrap();
+        db.collection::<Document>("b")
+            .insert_many(vec![
+                doc! { "_id": 1, "x": "dup" },
+                doc! { "_id": 2, "x": "dup" },
+            ])
+            .await
+            .unwrap();
+        db.collection::<Document>("c")
+            .insert_one(doc! { "_id": 1, "n": 1 })
+            .await
+            .unwrap();
+        let before = hashes(&w).await;
+        let dir = w.dir.path().join("changes");
+        let set = |c: &str| {
+            format!(
+                "[[up]]\nop = \"set\"\ncollection = \"{c}\"\nfilter = {{}}\nfields = {{ flag = \"on\" }}\n"
+            )
+        };
+        write(
+            &dir,
+            "1_a.toml",
+            &format!("version = 1\nname = \"a\"\n{}", set("a")),
+        );
+        write(
+            &dir,
+            "2_b.toml",
+            &format!("version = 2\nname = \"b\"\n{}", set("b")),
+        );
+        write(
+            &dir,
+            "3_rename.toml",
+            "version = 3\nname = \"rename\"\n[[up]]\nop = \"rename_field\"\ncollection = \"b\"\nfrom = \"x\"\nto = \"y\"\n",
+        );
+        write(
+            &dir,
+            "4_c.toml",
+            &format!("version = 4\nname = \"c\"\n{}", set("c")),
+        );
+        ok(&changes(&w, "up", &dir, &[]));
+        // The application makes `x` unique; putting `x` back on both documents breaks it.
+        db.collection::<Document>("b")
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! { "x": 1 })
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .unique(true)
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let mut args = vec!["--steps", "4", "--json"];
+        if go_on {
+            args.push("--continue-on-error");
+        }
+        let out = changes(&w, "down", &dir, &args);
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(&changes(&w, "status", &dir, &["--json"])))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let applied: Vec<u64> = status["changes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{status}"))
+            .iter()
+            .filter(|c| c["state"] == "applied")
+            .map(|c| c["version"].as_u64().unwrap())
+            .collect();
+        let after = hashes(&w).await;
+        if go_on {
+            assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let versions = |k: &str| -> Vec<u64> {
+                report[k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["version"].as_u64().unwrap())
+                    .collect()
+            };
+            assert_eq!(versions("reversed"), vec![4, 1], "{report}");
+            assert_eq!(versions("failed"), vec![3], "{report}");
+            assert_eq!(versions("blocked"), vec![2], "{report}");
+            assert!(
+                report["failed"][0]["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("E11000"),
+                "{report}"
+            );
+            // a and c are exactly as before; b is not (2 and 3 left as they were).
+            assert_eq!(after["a"], before["a"]);
+            assert_eq!(after["c"], before["c"]);
+            assert!(!applied.contains(&1) && !applied.contains(&4), "{status}");
+            assert!(applied.contains(&2), "{status}");
+        } else {
+            let text = refused(&out);
+            assert!(text.contains("E11000"), "{text}");
+            // Stopped at 3: 4 reversed, 1 and 2 still applied.
+            assert_eq!(after["c"], before["c"]);
+            assert_ne!(after["a"], before["a"]);
+            assert!(applied.contains(&1) && applied.contains(&2), "{status}");
+            assert!(!applied.contains(&4), "{status}");
+        }
+        w.drop().await;
+    }
+}

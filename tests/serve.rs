@@ -527,13 +527,68 @@ async fn a_missing_or_wrong_token_is_refused_and_the_token_never_shows() {
         .await;
     assert_eq!(s, 403, "{v}");
     is_error(&v, "forbidden");
-    // The page is a shell without data: it needs no token and shows none.
+    // The status page needs the token too: a browser is challenged for Basic (so it asks) and
+    // the token is the password; the API routes are challenged for a bearer token.
     let anonymous = Api::new(&server.base, None);
-    let (s, _, page) = anonymous
-        .send(anonymous.req(reqwest::Method::GET, "/"))
+    let page = |r: reqwest::RequestBuilder| async {
+        let resp = r.send().await.unwrap();
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (
+            resp.status().as_u16(),
+            challenge,
+            resp.text().await.unwrap(),
+        )
+    };
+    let url = format!("{}/", server.base);
+    let (s, challenge, body) = page(anonymous.http.get(&url)).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(challenge.starts_with("Basic realm="), "{challenge}");
+    let (s, challenge, _) = page(anonymous.http.get(format!("{}/api/runs", server.base))).await;
+    assert_eq!(s, 401);
+    assert!(challenge.starts_with("Bearer"), "{challenge}");
+    let (s, _, _) = page(anonymous.http.get(&url).basic_auth("viewer", Some("wrong"))).await;
+    assert_eq!(s, 401);
+    let (s, _, _) = page(anonymous.http.get(&url).basic_auth(token, None::<&str>)).await;
+    assert_eq!(s, 401, "the token as the user name, no password");
+    for r in [
+        anonymous.http.get(&url).basic_auth("viewer", Some(token)),
+        anonymous.http.get(&url).bearer_auth(token),
+    ] {
+        let (s, _, body) = page(r).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.contains("<title>cutover status</title>"), "{body}");
+        assert!(!body.contains(token));
+    }
+    // The API answers Basic credentials as well (the page's own requests, the report links).
+    let (s, _, v) = anonymous
+        .send(
+            anonymous
+                .http
+                .get(format!("{}/api/migrations/status", server.base))
+                .basic_auth("viewer", Some(token)),
+        )
         .await;
-    assert_eq!(s, 200);
-    assert!(!page.to_string().contains(token));
+    assert_eq!(s, 200, "{v}");
+    let pending = v["summary"]["pending"].as_u64().unwrap();
+    // In Chromium, opened with the credentials in the URL: the page's requests go through
+    // (the summary is filled from the API), and without them the page is refused.
+    let profile = w.dir.path().join("chromium");
+    let with = url.replacen("http://", &format!("http://viewer:{token}@"), 1);
+    let dom = dump_dom(&with, &profile);
+    assert!(
+        dom.contains(&format!(
+            "id=\"changes-summary\">{} applied, {pending} pending",
+            v["summary"]["applied"]
+        )),
+        "{dom}"
+    );
+    assert!(dom.contains("id=\"lock\">free<"), "{dom}");
+    let refused = dump_dom(&url, &w.dir.path().join("chromium-anonymous"));
+    assert!(!refused.contains("changes-summary"), "{refused}");
     assert!(server.stop().success());
     let log = server.log();
     assert!(log.contains("request"), "debug logs are on: {log}");
@@ -798,6 +853,77 @@ async fn a_change_failing_on_start_stops_the_server_or_shows_in_the_status() {
     // Both attempts are in the ledger's history, read directly.
     let log = ledger_docs(&w, "cutover_changes_log", doc! { "status": "failed" }).await;
     assert_eq!(log.len(), 2, "{log:?}");
+    assert!(server.stop().success());
+    w.drop().await;
+}
+
+/// `POST /api/migrations/down?continueOnError=true`: a failed reversal does not stop the older
+/// changes on other collections; the answer is 422 with what was reversed, what failed and what
+/// was left applied (`down` without it stops at the failure: `tests/changes.rs`).
+#[tokio::test]
+async fn down_with_continue_on_error_goes_past_a_failed_reversal() {
+    let w = World::new("serve_down_continue").await;
+    let db = w.mongo().await;
+    db.collection::<Document>("a")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    db.collection::<Document>("b")
+        .insert_many(vec![
+            doc! { "_id": 1, "x": "dup" },
+            doc! { "_id": 2, "x": "dup" },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("1_a.toml"),
+        "version = 1\nname = \"a\"\n[[up]]\nop = \"set\"\ncollection = \"a\"\nfilter = {}\nfields = { flag = \"on\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("2_rename.toml"),
+        "version = 2\nname = \"rename\"\n[[up]]\nop = \"rename_field\"\ncollection = \"b\"\nfrom = \"x\"\nto = \"y\"\n",
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    let mut server = Server::start(&w, "down", &["--no-auth", "--dir", &d], &[]);
+    let api = Api::new(&server.base, None);
+    let (s, v) = api.post("/api/migrations/up", None).await;
+    assert_eq!(s, 200, "{v}");
+    db.collection::<Document>("b")
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! { "x": 1 })
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .sparse(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    let (s, v) = api
+        .post("/api/migrations/down?steps=2&continueOnError=true", None)
+        .await;
+    assert_eq!(s, 422, "{v}");
+    is_error(&v, "change_failed");
+    let versions = |k: &str| -> Vec<u64> {
+        v["report"][k]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|c| c["version"].as_u64().unwrap())
+            .collect()
+    };
+    // Change 2's reversal fails; change 1, on another collection, is reversed all the same.
+    assert_eq!(versions("failed"), vec![2], "{v}");
+    assert_eq!(versions("changes"), vec![1], "{v}");
+    let a = w.docs("a").await;
+    assert!(a.iter().all(|d| !d.contains_key("flag")), "{a:?}");
     assert!(server.stop().success());
     w.drop().await;
 }

@@ -990,15 +990,46 @@ pub struct Reversed {
     pub note: Option<String>,
 }
 
+/// A change `down --continue-on-error` did not reverse, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotReversed {
+    pub version: u64,
+    pub name: String,
+    pub error: String,
+}
+
+/// What `down` did: the changes reversed (in the order reversed), and, when told to go on past
+/// a failure, those whose reversal failed and those left applied because a failed one, applied
+/// after them, works on the same collections.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DownReport {
+    pub reversed: Vec<Reversed>,
+    pub failed: Vec<NotReversed>,
+    pub blocked: Vec<NotReversed>,
+}
+
 /// `changes down`: reverses applied changes, the last applied first, each from the text the
 /// ledger recorded when it was applied (so a file edited since does not change what is undone).
+/// Stops at the first failure.
 pub async fn down(t: &ChangeTarget<'_>, which: DownTarget) -> Result<Vec<Reversed>, ChangesError> {
+    Ok(down_with(t, which, false).await?.reversed)
+}
+
+/// `down`, and with `continue_on_error` a failed reversal does not stop it: the older changes
+/// chosen are still reversed unless they work on a collection of a change that failed (which
+/// stays as the failure left it: recorded `down-failed`, or still applied when its transaction
+/// was rolled back; the next `down` finishes it first).
+pub async fn down_with(
+    t: &ChangeTarget<'_>,
+    which: DownTarget,
+    continue_on_error: bool,
+) -> Result<DownReport, ChangesError> {
     let run_id = new_run_id();
     let lock = t
         .ledger
         .acquire_lock(&run_id, "changes down", DEFAULT_TTL)
         .await?;
-    let result = down_locked(t, which, &lock.fence(), &run_id).await;
+    let result = down_locked(t, which, &lock.fence(), &run_id, continue_on_error).await;
     lock.release()
         .await
         .map_err(|e| ChangesError::Refused(e.to_string()))?;
@@ -1124,7 +1155,8 @@ async fn down_locked(
     which: DownTarget,
     fence: &crate::ledger::lock::Fence,
     run_id: &str,
-) -> Result<Vec<Reversed>, ChangesError> {
+    continue_on_error: bool,
+) -> Result<DownReport, ChangesError> {
     let records = Records { ledger: t.ledger };
     sweep_backups(t).await?;
     let all = records.all().await?;
@@ -1156,29 +1188,59 @@ async fn down_locked(
                 .map_err(|e| ChangesError::Refused(e.to_string()))?;
             done.push(recover(t, &records, r, run_id).await?);
         }
-        return Ok(done);
+        return Ok(DownReport {
+            reversed: done,
+            ..DownReport::default()
+        });
     }
     let chosen = chosen_for_down(all, which)?;
     // A rollback cut short would restore over the reversal (or a stopped run mix with it).
     let changes: Vec<&Change> = chosen.iter().map(|(_, c)| c).collect();
     refuse_unsettled_collections(t, &changes).await?;
-    let mut done = Vec::new();
+    let mut report = DownReport::default();
+    // The collections of each change whose reversal failed, newest first.
+    let mut failed: Vec<(u64, Option<std::collections::BTreeSet<String>>)> = Vec::new();
     for (r, c) in &chosen {
         fence
             .check()
             .await
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
-        done.push(
-            reverse_logged(
-                t,
-                &records,
-                (r, c, &r.ops),
-                DownRun::new(How::Applied, run_id, None),
-            )
-            .await?,
-        );
+        let mine = touched(c);
+        if let Some((v, both)) = failed.iter().find_map(|(v, theirs)| {
+            let both = overlap(&mine, theirs);
+            (!both.is_empty()).then_some((*v, both))
+        }) {
+            report.blocked.push(NotReversed {
+                version: r.version,
+                name: r.name.clone(),
+                error: format!(
+                    "left applied: change {v}, applied after it, failed to reverse and works on the same collections ({})",
+                    both.join(", ")
+                ),
+            });
+            continue;
+        }
+        match reverse_logged(
+            t,
+            &records,
+            (r, c, &r.ops),
+            DownRun::new(How::Applied, run_id, None),
+        )
+        .await
+        {
+            Ok(rev) => report.reversed.push(rev),
+            Err(e) if continue_on_error => {
+                failed.push((r.version, mine));
+                report.failed.push(NotReversed {
+                    version: r.version,
+                    name: r.name.clone(),
+                    error: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(done)
+    Ok(report)
 }
 
 /// Finishes a change a dead process left `running` (its `up` is undone) or `reversing` (its

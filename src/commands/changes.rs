@@ -157,10 +157,20 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 (None, Some(n), None) => DownTarget::Steps(n),
                 (None, None, None) => DownTarget::Steps(1),
             };
-            let done = changes::down(&target, which).await;
+            let done = changes::down_with(&target, which, args.continue_on_error).await;
             spinner.finish_and_clear();
-            let done = done?;
-            if done.is_empty() {
+            let report = done?;
+            let outcome = if report.failed.is_empty() {
+                Outcome::Success
+            } else {
+                Outcome::Failed
+            };
+            if args.json {
+                crate::outln!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(outcome);
+            }
+            let done = &report.reversed;
+            if done.is_empty() && report.failed.is_empty() && report.blocked.is_empty() {
                 crate::outln!("nothing to reverse");
             }
             if done.iter().any(|r| r.note.is_some()) {
@@ -168,7 +178,7 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                     "finishing what a process that died left half done (nothing else is reversed by this command; run it again for more):"
                 );
             }
-            for r in &done {
+            for r in done {
                 if let Some(n) = &r.note {
                     crate::outln!("change {}: {n}", r.version);
                 }
@@ -188,7 +198,13 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                     );
                 }
             }
-            Ok(Outcome::Success)
+            for f in &report.failed {
+                crate::errln!("error: change {} {}: {}", f.version, f.name, f.error);
+            }
+            for b in &report.blocked {
+                crate::errln!("not reversed {} {}: {}", b.version, b.name, b.error);
+            }
+            Ok(outcome)
         }
         ChangesCommand::History(args) => {
             let (t, ledger) = open_target(cli, &args.target).await?;

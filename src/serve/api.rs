@@ -153,8 +153,11 @@ pub fn same_token(given: &[u8], token: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Lets a request through when it carries `Authorization: Bearer <token>` (or the server runs
-/// without a token); otherwise 401. The header is never logged.
+/// Lets a request through when it carries the token (or the server runs without one);
+/// otherwise 401. Two ways to carry it: `Authorization: Bearer <token>` (API clients) or HTTP
+/// Basic with the token as the password and any user name (a browser opening the status page:
+/// it asks once and sends it with the page's own requests and the report links). The header is
+/// never logged.
 pub async fn require_token(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
     req: Request,
@@ -163,26 +166,50 @@ pub async fn require_token(
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        // The scheme's name is case-insensitive (RFC 9110).
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    match given {
+    // The status page and anything outside /api are opened by browsers: they are challenged
+    // for Basic so the browser asks; the API is challenged for a bearer token.
+    let browser = !req.uri().path().starts_with("/api");
+    match given_token(req.headers().get(header::AUTHORIZATION)) {
         Some(g) if same_token(g.as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => unauthorized("the bearer token is not this server's"),
-        None => unauthorized("this route needs a bearer token in the Authorization header"),
+        Some(_) => unauthorized("the token is not this server's", browser),
+        None => unauthorized(
+            "this route needs the API token: `Authorization: Bearer <token>` (or HTTP Basic with the token as the password)",
+            browser,
+        ),
     }
 }
 
-fn unauthorized(message: &str) -> Response {
+/// The token an `Authorization` header carries: a bearer token, or the password of HTTP Basic
+/// credentials. The scheme's name is case-insensitive (RFC 9110).
+fn given_token(value: Option<&header::HeaderValue>) -> Option<String> {
+    let (scheme, rest) = value?.to_str().ok()?.trim().split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.to_string());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        // RFC 7617: user-id ":" password; the user name is not used.
+        return text
+            .split_once(':')
+            .map(|(_, password)| password.to_string());
+    }
+    None
+}
+
+fn unauthorized(message: &str, browser: bool) -> Response {
     let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
+        header::HeaderValue::from_static(if browser {
+            "Basic realm=\"cutover\", charset=\"UTF-8\""
+        } else {
+            "Bearer realm=\"cutover\""
+        }),
     );
     r
 }
@@ -213,6 +240,26 @@ mod tests {
         assert!(!same_token(b"s3cret-tokem", b"s3cret-token"));
         assert!(!same_token(b"s3cret-token-and-more", b"s3cret-token"));
         assert!(!same_token(b"", b"s3cret-token"));
+    }
+
+    #[test]
+    fn the_token_comes_as_a_bearer_or_as_the_basic_password() {
+        let v = |s: &str| header::HeaderValue::from_str(s).unwrap();
+        assert_eq!(given_token(Some(&v("Bearer t0k"))).as_deref(), Some("t0k"));
+        assert_eq!(
+            given_token(Some(&v("bearer  t0k "))).as_deref(),
+            Some("t0k")
+        );
+        // base64("anyone:t0k:with:colons")
+        assert_eq!(
+            given_token(Some(&v("Basic YW55b25lOnQwazp3aXRoOmNvbG9ucw=="))).as_deref(),
+            Some("t0k:with:colons")
+        );
+        assert_eq!(given_token(Some(&v("Basic !!notbase64"))), None);
+        // base64("no-colon")
+        assert_eq!(given_token(Some(&v("Basic bm8tY29sb24="))), None);
+        assert_eq!(given_token(Some(&v("Digest x"))), None);
+        assert_eq!(given_token(None), None);
     }
 
     #[test]

@@ -165,16 +165,14 @@ pub struct DownQuery {
     version: Option<u64>,
     #[serde(default)]
     dry_run: bool,
-    /// Accepted for the shape tools expect; `down` stops at its first failure either way.
     #[serde(default)]
-    #[allow(dead_code)]
     continue_on_error: bool,
 }
 
 pub async fn down(
     Shared(state): Shared<Arc<State>>,
     Query(q): Query<DownQuery>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let which = match (q.version, q.steps, q.to) {
         (Some(v), None, None) => DownTarget::Version(v),
         (None, None, Some(v)) => DownTarget::To(v),
@@ -197,10 +195,29 @@ pub async fn down(
         return Ok(axum::Json(json!({
             "dryRun": true,
             "changes": would.iter().map(|r| json!({"version": r.version, "name": r.name, "file": r.file})).collect::<Vec<_>>(),
-        })));
+        }))
+        .into_response());
     }
-    let done = changes::down(&target, which).await?;
-    Ok(axum::Json(json!({ "dryRun": false, "changes": done })))
+    let report = changes::down_with(&target, which, q.continue_on_error).await?;
+    let body = json!({
+        "dryRun": false,
+        "changes": report.reversed,
+        "failed": report.failed,
+        "notReversed": report.blocked,
+    });
+    if !report.failed.is_empty() {
+        // Reversals failed (and were gone past): refused, with what was done.
+        let message = report
+            .failed
+            .iter()
+            .map(|f| format!("change {}: {}", f.version, f.error))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut b = json!({ "error": "change_failed", "message": message });
+        b["report"] = body;
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(b)).into_response());
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -178,7 +178,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
     crate::errln!(
         "serving on http://{addr}{}",
         if state.token.is_some() {
-            " (bearer token required)"
+            " (token required: bearer, or basic with the token as password)"
         } else {
             " (no token: loopback only)"
         }
@@ -193,7 +193,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
 }
 
 fn router(state: Arc<State>) -> Router {
+    // Every route, the status page included, needs the token (when the server has one).
     let api = Router::new()
+        .route("/", get(page::page))
         .route("/api/migrations/status", get(migrations::status))
         .route("/api/migrations/up", post(migrations::up))
         .route("/api/migrations/down", post(migrations::down))
@@ -216,7 +218,6 @@ fn router(state: Arc<State>) -> Router {
             api::require_token,
         ));
     Router::new()
-        .route("/", get(page::page))
         .merge(api)
         .layer(axum::middleware::from_fn(api::log_request))
         .with_state(state)

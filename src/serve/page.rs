@@ -3,9 +3,11 @@
 //! pipeline's stages with each entity's state, a progress bar per entity of the newest run, the
 //! pending changes, the lock and links to the reports.
 //!
-//! The page itself holds no data (so it needs no token); everything it shows comes from the
-//! `/api` routes, with the token the viewer types in (kept in the tab's session storage) unless
-//! the server runs without one.
+//! The page needs the token like every route: a browser is challenged for HTTP Basic and sends
+//! the token as the password (any user name) with the page and, from its credential cache, with
+//! the page's own requests and the report links. Its requests are built from `location.origin`
+//! so a page opened as `http://user:token@host/` can still fetch (a URL with credentials in it
+//! is refused by `fetch`).
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -20,17 +22,15 @@ th { border-bottom: 1px solid #999; }
 .fill { height: 100%; background: #2e7d32; }
 .state-running { color: #1565c0; } .state-completed, .state-applied { color: #2e7d32; }
 .state-failed, .state-interrupted { color: #c62828; }
-#auth { display: none; margin: 1rem 0; } #error { color: #c62828; }
+#error { color: #c62828; }
 "#;
 
 const SCRIPT: &str = r#"
 "use strict";
 const $ = (id) => document.getElementById(id);
-function token() { return sessionStorage.getItem("cutover-token") || ""; }
 async function api(path) {
-  const headers = token() ? { "Authorization": "Bearer " + token() } : {};
-  const r = await fetch(path, { headers });
-  if (r.status === 401) { $("auth").style.display = "block"; throw new Error("a token is needed"); }
+  const r = await fetch(new URL(path, location.origin), { credentials: "same-origin" });
+  if (r.status === 401) { throw new Error("the API token was not accepted: reload the page and give it as the password"); }
   if (!r.ok) { const b = await r.json().catch(() => ({})); throw new Error(b.message || r.status); }
   return r.json();
 }
@@ -100,13 +100,6 @@ async function refresh() {
   $("error").textContent = errors.join("; ");
   $("updated").textContent = new Date().toISOString();
 }
-$("token-form").addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  sessionStorage.setItem("cutover-token", $("token-input").value);
-  $("token-input").value = "";
-  $("auth").style.display = "none";
-  refresh();
-});
 refresh();
 setInterval(refresh, 1000);
 "#;
@@ -123,13 +116,6 @@ pub async fn page() -> impl IntoResponse {
             body {
                 h1 { "cutover — " span id="pipeline-name" { "…" } }
                 p { "updated " span id="updated" { "never" } " " span id="error" {} }
-                form id="token-form" {
-                    div id="auth" {
-                        label for="token-input" { "API token " }
-                        input id="token-input" type="password" autocomplete="off";
-                        button type="submit" { "use" }
-                    }
-                }
                 h2 { "Run " span id="run-id" { "-" } " " span id="run-status" {} }
                 table {
                     thead { tr { th { "entity" } th { "state" } th { "progress" } th { "read" } th { "written" } th { "rejected" } th { "total" } th { "rows/s" } th { "ETA" } } }
