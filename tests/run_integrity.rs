@@ -494,7 +494,17 @@ async fn a_run_resumed_from_another_directory_finds_the_killed_runs_rejects_or_r
 
     // The killed run's rejects are gone from where it wrote them: refused, nothing written.
     std::fs::rename(a.join("rejects"), w.dir.path().join("moved")).unwrap();
-    let docs = w.count("owners").await;
+    // A batch the killed process had sent is still applied by mongod after the kill: count
+    // once the collection has stopped changing.
+    let mut docs = w.count("owners").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = w.count("owners").await;
+        if now == docs {
+            break;
+        }
+        docs = now;
+    }
     let out = wait_bounded(spawn_in(&w, &b, &args), Duration::from_secs(120), "resume");
     let text = out_text(&out);
     assert!(!out.status.success(), "{text}");

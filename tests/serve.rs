@@ -729,25 +729,50 @@ async fn the_status_page_shows_a_run_moving_in_chromium() {
         "the numbers did not move: {before} then {after}"
     );
 
-    // SIGTERM while the run goes: the server stops taking requests, lets the run finish, and
-    // exits; the ledger (read directly) has the run completed.
+    // SIGTERM while the run goes: the server stops taking requests, the run stops after its
+    // current batch and records itself interrupted (the ledger, read directly, says so), and
+    // `cutover migrate` resumes it to the end.
     let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
     let still_going = v["status"] == "running";
     eprintln!("the run was still going at SIGTERM: {still_going}");
     assert!(server.stop().success(), "{}", server.log());
+    let runs = ledger_docs(&w, "cutover_runs", doc! { "_id": &run_id }).await;
     if still_going {
         assert!(
-            server.log().contains("waiting for the run in progress"),
+            server.log().contains("stopping the run in progress"),
             "{}",
             server.log()
         );
+        assert_eq!(
+            runs[0].get_str("status").unwrap(),
+            "interrupted",
+            "{runs:?}"
+        );
+        let steps = ledger_docs(&w, "cutover_steps", doc! { "run_id": &run_id }).await;
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.get_str("status") == Ok("interrupted")),
+            "{steps:?}"
+        );
+        let out = w
+            .cutover()
+            .args(["migrate", "--pipeline", &pipeline])
+            .output()
+            .unwrap();
+        // Exit 2: finished, some rows rejected (the registry has rows that are).
+        assert!(
+            out.status.code() == Some(2),
+            "{}",
+            common::output_text(&out)
+        );
+    } else {
+        assert_eq!(
+            runs[0].get_str("status").unwrap(),
+            "completed_with_rejects",
+            "{runs:?}"
+        );
     }
-    let runs = ledger_docs(&w, "cutover_runs", doc! { "_id": &run_id }).await;
-    assert_eq!(
-        runs[0].get_str("status").unwrap(),
-        "completed_with_rejects",
-        "{runs:?}"
-    );
 
     // Served again, the page shows what the target holds, with full progress bars.
     let mut server = Server::start(
@@ -758,9 +783,35 @@ async fn the_status_page_shows_a_run_moving_in_chromium() {
     );
     let url = format!("{}/", server.base);
     let last = dump_dom(&url, &profile);
-    assert!(last.contains(&format!("id=\"run-id\">{run_id}<")), "{last}");
+    // The newest run: the one that resumed the interrupted run, or that run itself.
+    let all_runs = ledger_docs(&w, "cutover_runs", doc! {}).await;
+    let newest = all_runs
+        .iter()
+        .map(|r| r.get_str("_id").unwrap().to_string())
+        .max()
+        .unwrap();
+    assert_eq!(newest != run_id, still_going, "{all_runs:?}");
+    assert!(last.contains(&format!("id=\"run-id\">{newest}<")), "{last}");
     let reads = page_reads(&last);
-    assert_eq!(reads["patients"], w.pg_count("patients").await, "{last}");
+    // Patients on the page when the newest run copied them; else the interrupted run finished
+    // them (its step, in the ledger, completed with every row read).
+    match reads.get("patients") {
+        Some(n) => assert_eq!(*n, w.pg_count("patients").await, "{last}"),
+        None => {
+            let steps = ledger_docs(
+                &w,
+                "cutover_steps",
+                doc! { "run_id": &run_id, "entity": "patients" },
+            )
+            .await;
+            assert_eq!(steps[0].get_str("status"), Ok("completed"), "{steps:?}");
+            assert_eq!(
+                steps[0].get_i64("read").unwrap() as u64,
+                w.pg_count("patients").await,
+                "{steps:?}"
+            );
+        }
+    }
     assert!(
         last.contains(&format!(
             "class=\"written\">{}<",

@@ -136,23 +136,48 @@ pub struct Fence {
     ledger: Ledger,
     run_id: String,
     lost: Arc<AtomicBool>,
+    /// A migrate run's writers also stop when the process is asked to stop
+    /// ([`request_runs_stop`]); a change's do not (a change is finished, not left half done).
+    stops_on_request: bool,
     /// When the lock was last read and found ours.
     verified_at: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
-/// This run no longer holds the target's lock.
+/// Set when the process is asked to stop (`cutover serve` on SIGTERM): every migrate run of
+/// this process stops writing after its current batch and records its stage interrupted.
+static RUNS_STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks every migrate run of this process to stop after its current batch (see [`LockLost`]).
+pub fn request_runs_stop() {
+    RUNS_STOP.store(true, Ordering::SeqCst);
+}
+
+/// This run no longer holds the target's lock, or its process asked it to stop.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "this run lost the target's lock ({now}); it stopped writing at once — the stage is interrupted and the next `cutover migrate` resumes it from its checkpoint"
+    "{}; it stopped writing at once — the stage is interrupted and the next `cutover migrate` resumes it from its checkpoint",
+    if *stopped { format!("this run was asked to stop ({now})") } else { format!("this run lost the target's lock ({now})") }
 )]
 pub struct LockLost {
     pub now: String,
+    /// The process asked the run to stop; the lock is still its own.
+    pub stopped: bool,
 }
 
 impl Fence {
-    /// Whether the lost flag is set (no I/O).
+    /// Whether the lost flag is set, or the run was asked to stop (no I/O).
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.lost.load(Ordering::SeqCst) || self.stop_requested()
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stops_on_request && RUNS_STOP.load(Ordering::SeqCst)
+    }
+
+    /// This fence also says "stop" once the process asks its runs to ([`request_runs_stop`]).
+    pub fn stopping_on_request(mut self) -> Fence {
+        self.stops_on_request = true;
+        self
     }
 
     /// Like [`Fence::check`], but only when the lock was last found ours longer than `max_age`
@@ -173,9 +198,16 @@ impl Fence {
 
     /// Reads the lock: `Err` when another run holds it or nobody does.
     pub async fn check(&self) -> Result<(), LockLost> {
+        if self.stop_requested() {
+            return Err(LockLost {
+                now: "the process is shutting down".into(),
+                stopped: true,
+            });
+        }
         if self.is_lost() {
             return Err(LockLost {
                 now: "taken away earlier".into(),
+                stopped: false,
             });
         }
         match self.ledger.lock_holder().await {
@@ -191,6 +223,7 @@ impl Fence {
                         Some(h) => format!("now held by {h}"),
                         None => "it was released by force".into(),
                     },
+                    stopped: false,
                 })
             }
             // The ledger cannot be read just now: the checkpoint write that follows will tell.
@@ -403,6 +436,7 @@ impl Lock {
             run_id: self.run_id.clone(),
             lost: self.lost.clone(),
             verified_at: self.verified_at.clone(),
+            stops_on_request: false,
         }
     }
 

@@ -368,7 +368,7 @@ pub async fn migrate_as(
             for r in dead {
                 tracing::warn!(run = %r, "marked interrupted: its process ended without finishing");
             }
-            let fence = lock.fence();
+            let fence = lock.fence().stopping_on_request();
             migrate_locked(
                 pipeline,
                 steps,

@@ -240,8 +240,10 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: no new requests; runs in progress may finish");
 }
 
-/// Lets the runs started through the API end (bounded): a run still going when the bound is
-/// reached is left to the ledger, which records it interrupted once this process is gone.
+/// Stops the runs started through the API: each is asked to stop after its current batch and
+/// records its stage interrupted (the next `cutover migrate` resumes it from its checkpoint).
+/// Bounded: a run that has not ended after 60 s (a batch stuck on the network) is left to the
+/// ledger, which records it interrupted when the next run finds this process gone.
 async fn finish_runs(state: &State) {
     let tasks: Vec<_> = match state.tasks.lock() {
         Ok(mut t) => t.drain(..).collect(),
@@ -250,14 +252,17 @@ async fn finish_runs(state: &State) {
     if tasks.iter().all(|t| t.is_finished()) {
         return;
     }
-    crate::errln!("waiting for the run in progress to finish (at most 60 s)");
+    crate::ledger::lock::request_runs_stop();
+    crate::errln!(
+        "stopping the run in progress after its current batch (it is recorded interrupted; `cutover migrate` resumes it; waiting at most 60 s)"
+    );
     let all = futures::future::join_all(tasks);
     if tokio::time::timeout(Duration::from_secs(60), all)
         .await
         .is_err()
     {
         crate::errln!(
-            "warning: a run was still going at shutdown; the ledger records it interrupted (resume it with `cutover migrate`)"
+            "warning: a run was still going 60 s after it was asked to stop; the next run records it interrupted (resume it with `cutover migrate`)"
         );
         // The runtime would wait for the run's thread when dropped: the process ends here, and
         // the ledger sees its step's process gone (interrupted, resumable from its checkpoint).
