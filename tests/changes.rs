@@ -2593,3 +2593,57 @@ async fn down_continue_on_error_goes_past_a_failed_reversal_to_the_independent_c
         w.drop().await;
     }
 }
+
+/// Found by the fifteenth outside tester (V8): without a transaction, a change failing on a
+/// unique index was undone only in part — putting a value back was refused while another
+/// document, put back later, still held it — and the operations before were never undone
+/// ("restore-failed", and `down` said "nothing to reverse"). The values go back in rounds now.
+#[tokio::test]
+async fn a_failed_change_is_undone_exactly_even_when_its_values_pass_down_a_unique_index() {
+    let w = World::new("changes_unique_undo").await;
+    let t = w.mongo().await.collection::<Document>("t");
+    t.insert_many((0..3000).map(|i| doc! { "_id": i, "u": i, "g": i }))
+        .await
+        .unwrap();
+    t.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! { "u": 1 })
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .build(),
+            )
+            .build(),
+    )
+    .await
+    .unwrap();
+    let before = hashes(&w).await;
+    let dir = w.dir.path().join("changes");
+    // Operation 2 moves every u out of the way, then gives 0 to the documents from 2500 on:
+    // the second of those is refused, after 2501 documents were rewritten.
+    write(
+        &dir,
+        "1_shift.toml",
+        r#"version = 1
+name = "shift"
+transaction = false
+[[up]]
+op = "set"
+collection = "t"
+filter = {}
+fields = { flag = "on" }
+[[up]]
+op = "transform"
+collection = "t"
+pipeline = [ { "$set" = { u = { "$cond" = [ { "$gte" = ["$_id", 2500] }, 0, { "$add" = ["$u", 100000] } ] } } } ]
+"#,
+    );
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("E11000"), "{text}");
+    assert!(!text.contains("restoring failed too"), "{text}");
+    assert_eq!(hashes(&w).await, before, "undone exactly: {text}");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&changes(&w, "status", &dir, &["--json"]))).unwrap();
+    assert_eq!(status["changes"][0]["state"], "failed", "{status}");
+    w.drop().await;
+}

@@ -238,6 +238,10 @@ fn hint(state: &str, r: &ChangeRecord) -> Option<String> {
         "down-failed" => Some(
             "reversing it failed part way: fix the cause, then `cutover changes down` finishes reversing it".into(),
         ),
+        "restore-failed" => Some(format!(
+            "it failed and undoing it failed too: fix the cause, then `cutover changes down` finishes undoing it (from its backup collection {})",
+            r.backup.as_deref().unwrap_or("-")
+        )),
         _ => None,
     }
 }
@@ -568,7 +572,7 @@ fn select_pending<'c>(
                 s.version
             )),
             "restore-failed" => refusals.push(format!(
-                "change {} ({}) failed and undoing it failed too: the documents as they were are in its backup collection (see `cutover changes status --json` and the ledger's cutover_changes record); put them back, then delete its record",
+                "change {} ({}) failed and undoing it failed too: fix the cause (`cutover changes status --json` shows the error), then `cutover changes down` finishes undoing it from its backup collection",
                 s.version,
                 s.file.as_deref().unwrap_or("?")
             )),
@@ -925,6 +929,8 @@ async fn apply_one(
             let why = op_error(i, op, e);
             // Undo what ran, the failed operation's part included (one refused by its checks
             // wrote nothing), newest first.
+            // An operation that cannot be undone does not keep the earlier ones from being undone
+            // (each puts back only what is still as it wrote it); the first error is kept.
             let mut created = Vec::new();
             let mut restore_error = None;
             for j in (0..outcomes.len()).rev() {
@@ -932,8 +938,7 @@ async fn apply_one(
                     .undo(&mut none, &c.up[j], j, &outcomes[j], true, &mut created)
                     .await
                 {
-                    restore_error = Some(format!("undoing up operation {}: {e}", j + 1));
-                    break;
+                    restore_error.get_or_insert(format!("undoing up operation {}: {e}", j + 1));
                 }
             }
             return Err(match restore_error {
@@ -1164,7 +1169,7 @@ async fn down_locked(
     // died (or, reversing, by a `down` that failed): it is finished first, and alone.
     let mut unfinished: Vec<&ChangeRecord> = all
         .iter()
-        .filter(|r| r.status == RUNNING || r.status == REVERSING)
+        .filter(|r| r.status == RUNNING || r.status == REVERSING || r.status == RESTORE_FAILED)
         .collect();
     if !unfinished.is_empty() {
         unfinished.reverse();
@@ -1259,7 +1264,13 @@ async fn recover(
         activity: t.activity,
         fence: None,
     };
-    let dead = if r.status == RUNNING {
+    let dead = if r.status == RESTORE_FAILED {
+        format!(
+            "the up of run {} failed and undoing it failed too ({})",
+            r.run_id,
+            r.error.as_deref().unwrap_or("?")
+        )
+    } else if r.status == RUNNING {
         format!("the up of run {} stopped", r.run_id)
     } else {
         format!(
@@ -1267,7 +1278,9 @@ async fn recover(
             r.down_run_id.as_deref().unwrap_or("?")
         )
     };
-    if c.transaction {
+    // A change applied in a transaction is never left restore-failed (its failure is rolled
+    // back whole).
+    if c.transaction && r.status != RESTORE_FAILED {
         // The dead process's transaction may still hold its locks until the server times it
         // out: it is aborted (unless it committed).
         let session = if r.status == RUNNING {
@@ -1323,7 +1336,7 @@ async fn recover(
             }
         }
     }
-    if r.status == RUNNING {
+    if r.status == RUNNING || r.status == RESTORE_FAILED {
         if let Some((i, op)) =
             c.up.iter()
                 .take(r.ops.len())

@@ -1175,6 +1175,8 @@ impl Exec<'_> {
         };
         if let Some(collection) = rewritten {
             let mut after = None;
+            // Statements a unique index refused (E11000), tried again at the end.
+            let mut deferred: Vec<Document> = Vec::new();
             loop {
                 let batch = self.backed_up(sess, index, after.clone()).await?;
                 let Some(last) = batch.last() else { break };
@@ -1272,11 +1274,39 @@ impl Exec<'_> {
                     statements.push(doc! { "q": q, "u": restored });
                 }
                 let n = statements.len() as u64;
-                let (matched, modified) = self.update_each(sess, collection, statements).await?;
+                let (matched, modified, waiting) = self
+                    .update_each_deferring(sess, collection, statements)
+                    .await?;
                 done.modified += modified;
-                // Changed between the read and the write: left so too.
-                skipped += n - matched.min(n);
+                // Changed between the read and the write: left so too (those waiting for a
+                // unique value to be freed are counted when they go back).
+                let waits = waiting.len() as u64;
+                skipped += (n - waits).saturating_sub(matched);
                 done.skipped += skipped;
+                deferred.extend(waiting);
+            }
+            // Put back what a unique index refused because a document restored later held the
+            // value then (values passed down a chain): again, as long as each round puts some back.
+            while !deferred.is_empty() {
+                let before = deferred.len();
+                let statements = std::mem::take(&mut deferred);
+                let first = statements.first().cloned();
+                let (matched, modified, waiting) = self
+                    .update_each_deferring(sess, collection, statements)
+                    .await?;
+                done.modified += modified;
+                done.skipped += ((before - waiting.len()) as u64).saturating_sub(matched);
+                if waiting.len() == before {
+                    let id = first
+                        .as_ref()
+                        .and_then(|d| d.get_document("q").ok()?.get("_id").cloned())
+                        .map(|id| id_key(&id))
+                        .unwrap_or_default();
+                    return Err(OpError::Refused(format!(
+                        "{before} document(s) cannot go back: a unique index refuses the value each had, which another document holds now (E11000; the first: _id {id})"
+                    )));
+                }
+                deferred = waiting;
             }
             return Ok(done);
         }
@@ -1559,6 +1589,55 @@ impl Exec<'_> {
             modified += count(&reply, "nModified");
         }
         Ok((matched, modified))
+    }
+
+    /// Like [`Exec::update_each`], but outside a transaction a statement refused by a unique
+    /// index (E11000) is returned to be tried again, rather than failing the whole: the value
+    /// it puts back may be held by a document that gets its own back later. In a transaction
+    /// (where a write error aborts it) it fails as `update_each` does.
+    async fn update_each_deferring(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        collection: &str,
+        statements: Vec<Document>,
+    ) -> Result<(u64, u64, Vec<Document>), OpError> {
+        if sess.is_some() {
+            let (m, n) = self.update_each(sess, collection, statements).await?;
+            return Ok((m, n, Vec::new()));
+        }
+        let (mut matched, mut modified) = (0, 0);
+        let mut waiting = Vec::new();
+        for chunk in by_size(statements) {
+            let cmd = doc! { "update": collection, "updates": chunk.clone(), "ordered": false };
+            let mut reply = with_session!(sess, self.db.run_command(cmd))?;
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                let mut others = Vec::new();
+                for e in errors.iter().filter_map(Bson::as_document) {
+                    let code = match e.get("code") {
+                        Some(Bson::Int32(c)) => i64::from(*c),
+                        Some(Bson::Int64(c)) => *c,
+                        _ => 0,
+                    };
+                    let at = match e.get("index") {
+                        Some(Bson::Int32(i)) => Some(*i as usize),
+                        Some(Bson::Int64(i)) => Some(*i as usize),
+                        _ => None,
+                    };
+                    match (code, at.and_then(|i| chunk.get(i))) {
+                        (11000, Some(statement)) => waiting.push(statement.clone()),
+                        _ => others.push(Bson::Document(e.clone())),
+                    }
+                }
+                reply.insert("writeErrors", others);
+                if reply.get_array("writeErrors").is_ok_and(|a| a.is_empty()) {
+                    reply.remove("writeErrors");
+                }
+            }
+            write_errors(&reply)?;
+            matched += count(&reply, "n");
+            modified += count(&reply, "nModified");
+        }
+        Ok((matched, modified, waiting))
     }
 
     /// Runs `delete` statements (`{q, limit}`) a few thousand at a time, unordered; returns how
