@@ -2647,3 +2647,84 @@ pipeline = [ { "$set" = { u = { "$cond" = [ { "$gte" = ["$_id", 2500] }, 0, { "$
     assert_eq!(status["changes"][0]["state"], "failed", "{status}");
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V15): `down` said "restored 0, deleted 0" for a
+/// remove_duplicates, archive or drop_collection it had put back. The counts, in `--json` and in
+/// the history, are those of the documents mongod holds again (counted here, not by cutover).
+#[tokio::test]
+async fn down_counts_the_documents_it_inserts_again() {
+    let w = World::new("changes_down_counts").await;
+    let db = w.mongo().await;
+    db.collection::<Document>("p")
+        .insert_many((0..10).map(|i| doc! { "_id": i, "k": i % 5 }))
+        .await
+        .unwrap();
+    db.collection::<Document>("a")
+        .insert_many((0..20).map(|i| doc! { "_id": i, "n": i }))
+        .await
+        .unwrap();
+    db.collection::<Document>("d")
+        .insert_many((0..50).map(|i| doc! { "_id": i }))
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_dups.toml",
+        "version = 1\nname = \"dups\"\n[[up]]\nop = \"remove_duplicates\"\ncollection = \"p\"\nfields = [\"k\"]\n",
+    );
+    write(
+        &dir,
+        "2_archive.toml",
+        "version = 2\nname = \"archive\"\n[[up]]\nop = \"archive\"\ncollection = \"a\"\nto = \"a_old\"\nfilter = { n = { \"$lt\" = 7 } }\n",
+    );
+    write(
+        &dir,
+        "3_drop.toml",
+        "version = 3\nname = \"drop\"\n[[up]]\nop = \"drop_collection\"\ncollection = \"d\"\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let counts = |db: mongodb::Database| async move {
+        let mut out = Vec::new();
+        for c in ["p", "a", "a_old", "d"] {
+            out.push(
+                db.collection::<Document>(c)
+                    .count_documents(doc! {})
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    let up = counts(db.clone()).await;
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&changes(&w, "down", &dir, &["--steps", "3", "--json"]))).unwrap();
+    let down = counts(db.clone()).await;
+    let by_version = |v: u64| {
+        report["reversed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == v)
+            .cloned()
+            .unwrap_or_else(|| panic!("{report}"))
+    };
+    let (dups, archive, drop) = (by_version(1), by_version(2), by_version(3));
+    assert_eq!(dups["inserted"], down[0] - up[0], "{report}");
+    assert_eq!(archive["inserted"], down[1] - up[1], "{report}");
+    assert_eq!(archive["deleted"], up[2] - down[2], "{report}");
+    assert_eq!(drop["inserted"], down[3] - up[3], "{report}");
+    assert_eq!((down[0], down[1], down[3]), (10, 20, 50));
+    // The history says the same.
+    let history: serde_json::Value =
+        serde_json::from_str(&ok(&changes(&w, "history", &dir, &["--json"]))).unwrap();
+    let line = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["action"] == "down" && h["version"] == 3 && h["status"] == "rolled-back")
+        .cloned()
+        .unwrap_or_else(|| panic!("{history}"));
+    assert_eq!(line["inserted"], 50, "{line}");
+    w.drop().await;
+}

@@ -985,8 +985,11 @@ pub struct Reversed {
     pub version: u64,
     pub name: String,
     pub duration_ms: u64,
-    /// Documents put back from the backup.
+    /// Documents put back from the backup (rewritten as they were).
     pub restored: u64,
+    /// Documents inserted again (removed by the change: deleted duplicates, archived or
+    /// dropped documents).
+    pub inserted: u64,
     pub deleted: u64,
     /// Documents left alone because they changed since the change was applied.
     pub skipped: u64,
@@ -1406,6 +1409,7 @@ async fn settle(
         name: r.name.clone(),
         duration_ms: 0,
         restored: 0,
+        inserted: 0,
         deleted: 0,
         skipped: 0,
         note: Some(note),
@@ -1656,6 +1660,7 @@ async fn reverse_logged(
             .await?;
             line.status = ROLLED_BACK.into();
             line.modified = rev.restored as i64;
+            line.inserted = rev.inserted as i64;
             line.deleted = rev.deleted as i64;
             records.log(&line).await?;
             Ok(rev)
@@ -1707,6 +1712,7 @@ async fn reverse_one(
         name: r.name.clone(),
         duration_ms: 0,
         restored: 0,
+        inserted: 0,
         deleted: 0,
         skipped: 0,
         note: None,
@@ -1839,6 +1845,7 @@ impl Steps<'_> {
                     let out = self.down_ops.last_mut().expect("pushed above");
                     exec.run(sess, op, index, out).await.map_err(what)?;
                     rev.restored += out.modified;
+                    rev.inserted += out.inserted;
                     rev.deleted += out.deleted;
                     self.done = i + 1;
                     self.record().await?;
@@ -1859,6 +1866,7 @@ impl Steps<'_> {
                             format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
                         })?;
                     rev.restored += done.modified;
+                    rev.inserted += done.inserted;
                     rev.deleted += done.deleted;
                     rev.skipped += done.skipped;
                     self.done = self.done.max(step + 1);

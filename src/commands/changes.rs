@@ -183,11 +183,12 @@ pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                     crate::outln!("change {}: {n}", r.version);
                 }
                 crate::outln!(
-                    "reversed {} {} ({} ms; restored {}, deleted {})",
+                    "reversed {} {} ({} ms; restored {}, inserted {}, deleted {})",
                     r.version,
                     r.name,
                     r.duration_ms,
                     r.restored,
+                    r.inserted,
                     r.deleted
                 );
                 if r.skipped > 0 {
