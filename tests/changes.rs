@@ -2728,3 +2728,54 @@ async fn down_counts_the_documents_it_inserts_again() {
     assert_eq!(line["inserted"], 50, "{line}");
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V19): after `up --continue-on-error` went past a
+/// failing change, `status` called it out-of-order (its error hidden) and a plain `up` refused
+/// to try it again; a change reversed alone was told to take a new version.
+#[tokio::test]
+async fn a_change_that_failed_is_tried_again_and_one_reversed_alone_is_told_what_fits() {
+    let w = World::new("changes_failed_again").await;
+    let db = w.mongo().await;
+    db.collection::<Document>("x")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    let insert = |v: u64, c: &str, id: i32| {
+        format!(
+            "version = {v}\nname = \"n{v}\"\n[[up]]\nop = \"insert\"\ncollection = \"{c}\"\ndocuments = [{{ _id = {id} }}]\n"
+        )
+    };
+    write(&dir, "1_n1.toml", &insert(1, "y", 10));
+    // Its document's _id is taken: it fails.
+    write(&dir, "2_n2.toml", &insert(2, "x", 1));
+    write(&dir, "3_n3.toml", &insert(3, "x", 30));
+    let out = changes(&w, "up", &dir, &["--continue-on-error"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&changes(&w, "status", &dir, &["--json"]))).unwrap();
+    let two = &status["changes"][1];
+    assert_eq!(two["state"], "failed", "{status}");
+    assert!(
+        two["error"].as_str().unwrap().contains("same _id"),
+        "{status}"
+    );
+    // Fixed, a plain up applies it.
+    write(&dir, "2_n2.toml", &insert(2, "x", 20));
+    let text = ok(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("applied  2 n2"), "{text}");
+    assert_eq!(w.count("x").await, 3);
+
+    // Reversed alone, change 1 is out of order: the refusal says what fits.
+    ok(&changes(&w, "down", &dir, &["1"]));
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("reversed alone") && text.contains("--allow-out-of-order"),
+        "{text}"
+    );
+    assert!(!text.contains("rename the file"), "{text}");
+    assert_eq!(w.count("y").await, 0);
+    ok(&changes(&w, "up", &dir, &["--allow-out-of-order"]));
+    assert_eq!(w.count("y").await, 1);
+    w.drop().await;
+}

@@ -165,7 +165,9 @@ pub async fn status(
             Some(REVERSING) if live(r.and_then(|r| r.down_run_id.as_deref())) => "reversing",
             Some(REVERSING) if r.is_some_and(|r| r.down_error.is_some()) => "down-failed",
             Some(REVERSING) => "down-interrupted",
-            None | Some(FAILED) | Some(ROLLED_BACK) if older => "out-of-order",
+            // A change that failed is tried again by `up` even when changes after it were
+            // applied since (`up --continue-on-error` went past it): the operator has seen it fail.
+            None | Some(ROLLED_BACK) if older => "out-of-order",
             None => "pending",
             Some(s) => s,
         };
@@ -587,11 +589,21 @@ fn select_pending<'c>(
                     .map(|n| n.version)
                     .max()
                     .unwrap_or(0);
-                refusals.push(format!(
-                    "change {} ({}) is older than change {newest}, applied already (out of order): give it a version after {newest} (rename the file and its `version`), or apply it anyway with `cutover changes up --allow-out-of-order`",
-                    s.version,
-                    s.file.as_deref().unwrap_or("?")
-                ));
+                if s.applied_at.is_some() {
+                    // Applied once, then reversed alone (`down VERSION`): the same change again.
+                    refusals.push(format!(
+                        "change {} ({}) was reversed alone while change {newest}, applied after it, stays applied: applying it again now is out of order — apply it anyway with `cutover changes up --allow-out-of-order`, or reverse the changes after it first (`cutover changes down --to {}`)",
+                        s.version,
+                        s.file.as_deref().unwrap_or("?"),
+                        s.version
+                    ));
+                } else {
+                    refusals.push(format!(
+                        "change {} ({}) is older than change {newest}, applied already (out of order): give it a version after {newest} (rename the file and its `version`), or apply it anyway with `cutover changes up --allow-out-of-order`",
+                        s.version,
+                        s.file.as_deref().unwrap_or("?")
+                    ));
+                }
             }
             _ => {}
         }
