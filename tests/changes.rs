@@ -2779,3 +2779,73 @@ async fn a_change_that_failed_is_tried_again_and_one_reversed_alone_is_told_what
     assert_eq!(w.count("y").await, 1);
     w.drop().await;
 }
+
+/// Found by the fifteenth outside tester (V19): a seed document with a key given twice kept the
+/// last value silently; refused at load now, naming the file, the line and the key.
+#[tokio::test]
+async fn a_seed_with_a_key_given_twice_is_refused() {
+    let w = World::new("changes_seed_dup").await;
+    let dir = w.dir.path().join("changes");
+    for (file, text, at) in [
+        (
+            "s.json",
+            "[{\"_id\": 1, \"a\": 1}, {\"_id\": 2, \"a\": 1, \"a\": 2}]",
+            "",
+        ),
+        (
+            "s.jsonl",
+            "{\"_id\": 1}\n{\"_id\": 2, \"b\": {\"c\": 1, \"c\": 2}}\n",
+            " line 2",
+        ),
+    ] {
+        write(&dir.join("seeds"), file, text);
+        write(
+            &dir,
+            "1_seed.toml",
+            &format!(
+                "version = 1\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"s\"\nfile = \"seeds/{file}\"\n"
+            ),
+        );
+        let text = refused(&changes(&w, "up", &dir, &[]));
+        assert!(
+            text.contains(&format!("file seeds/{file}{at}")) && text.contains("given twice"),
+            "{text}"
+        );
+        assert_eq!(w.count("s").await, 0);
+    }
+    w.drop().await;
+}
+
+/// Found by the fifteenth outside tester (V18): a seed file of 18 MiB failed with the ledger's
+/// raw "BSONObj size … is invalid"; refused at load now, saying what to do.
+#[tokio::test]
+async fn a_seed_too_big_for_the_ledger_is_refused_with_advice() {
+    let w = World::new("changes_seed_big").await;
+    let dir = w.dir.path().join("changes");
+    let pad = "x".repeat(1000);
+    let seed: String = (0..13_000)
+        .map(|i| format!("{{\"_id\": {i}, \"pad\": \"{pad}\"}}\n"))
+        .collect();
+    write(&dir.join("seeds"), "big.jsonl", &seed);
+    write(
+        &dir,
+        "1_seed.toml",
+        "version = 1\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"s\"\nfile = \"seeds/big.jsonl\"\n",
+    );
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("split the seed"), "{text}");
+    assert!(!text.contains("BSONObj"), "{text}");
+    // With --json, the refusal is JSON on stdout too (V19).
+    let out = changes(&w, "up", &dir, &["--json"]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
+    assert_eq!(v["error"], "refused", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("split the seed"),
+        "{v}"
+    );
+    assert_eq!(w.count("s").await, 0);
+    assert_eq!(w.count("cutover_changes_log").await, 0, "nothing recorded");
+    w.drop().await;
+}

@@ -829,15 +829,29 @@ impl Seeds<'_> {
 /// The documents of a seed file's text (extended JSON: an array of documents, one document, or
 /// one per line when the name ends in `.jsonl` / `.ndjson`).
 fn seed_documents(name: &str, text: &str) -> Result<Vec<serde_json::Value>, String> {
+    // A key given twice would keep only its last value, silently: refused, naming it.
+    let no_duplicate = |part: &str, at: &str| -> Result<(), String> {
+        if let Ok(parsed) = crate::transform::json::parse(part)
+            && let Some(path) = parsed.duplicate
+        {
+            return Err(format!(
+                "file {name}{at}: the key at `{}` is given twice in one object (JSON keeps only the last; write it once)",
+                if path.is_empty() { "$" } else { path.as_str() }
+            ));
+        }
+        Ok(())
+    };
     if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| {
+                no_duplicate(l, &format!(" line {}", i + 1))?;
                 serde_json::from_str(l).map_err(|e| format!("file {name} line {}: {e}", i + 1))
             })
             .collect()
     } else {
+        no_duplicate(text, "")?;
         match serde_json::from_str(text).map_err(|e| format!("file {name}: {e}"))? {
             serde_json::Value::Array(a) => Ok(a),
             one => Ok(vec![one]),
@@ -1301,6 +1315,10 @@ fn version_of_name(path: &Path) -> Option<u64> {
     v.parse().ok()
 }
 
+/// How much text (the change's and its seed files') one change may hold: its ledger record, a
+/// single BSON document of at most 16 MiB, holds it beside what each operation did.
+const MAX_RECORDED_TEXT: usize = 12 * 1024 * 1024;
+
 /// Parses one change from its text; `path` is where it was read (its name carries the version).
 pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
     parse_with(
@@ -1384,6 +1402,15 @@ fn parse_with(path: &Path, source: &str, seeds: &Seeds) -> Result<Change, FileEr
                 }
             }
         }
+    }
+    // The change's record in the ledger holds its text and its seeds' (one document: 16 MiB).
+    let recorded = source.len() + read.values().map(String::len).sum::<usize>();
+    if recorded > MAX_RECORDED_TEXT {
+        return Err(invalid(format!(
+            "the change and its seed files hold {:.1} MiB of text; the ledger records a change's text with it, at most {} MiB: split the seed into several changes (each with a seed file of its own)",
+            recorded as f64 / (1024.0 * 1024.0),
+            MAX_RECORDED_TEXT / (1024 * 1024)
+        )));
     }
     Ok(Change {
         version,

@@ -52,6 +52,29 @@ fn mongo_db(t: &Target) -> Result<&mongodb::Database> {
 }
 
 pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
+    let json = match cmd {
+        ChangesCommand::New(_) => false,
+        ChangesCommand::Up(a) => a.json,
+        ChangesCommand::Down(a) => a.json,
+        ChangesCommand::Status(a) | ChangesCommand::List(a) => a.json,
+        ChangesCommand::History(a) => a.json,
+    };
+    let result = run(cli, cmd).await;
+    // A script reading --json gets a JSON answer also when the command is refused (the error is
+    // on stderr as always).
+    if json && let Err(e) = &result {
+        crate::outln!(
+            "{}",
+            serde_json::json!({
+                "error": "refused",
+                "message": crate::redact::redact_text(&format!("{e:#}")),
+            })
+        );
+    }
+    result
+}
+
+async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
     match cmd {
         ChangesCommand::New(args) => {
             let template = match args.template {
