@@ -538,6 +538,204 @@ async fn bc_date_keys_and_query_keys_with_null_parts_killed_at_random_end_identi
     chaos(&EDGE_KEYS).await;
 }
 
+// The source changes between a complete run and a `--rerun --sync-deletes` run that is killed
+// at random points and then finished by plain `migrate`s, which carry out what the killed run
+// was asked (its owed intent): rows updated, deleted (children first), children moved and
+// added, parents added. Deterministic, so both sides change alike.
+const EMBEDDED_CHANGES: &str = r#"
+UPDATE orders SET customer = customer || ' (moved)' WHERE order_id % 11 = 0;
+UPDATE order_lines SET qty = qty + 1 WHERE line_id % 19 = 0;
+UPDATE order_lines SET order_id = order_id + 1 WHERE line_id % 23 = 0 AND order_id < 12000;
+DELETE FROM order_lines WHERE order_id % 17 = 0;
+DELETE FROM orders WHERE order_id % 17 = 0;
+INSERT INTO orders SELECT g, 'new ' || g, '2025-01-01 00:00:00+00', NULL FROM generate_series(12001, 12300) g;
+INSERT INTO order_lines SELECT 1000000 + g, 12001 + g % 300, 'SKU-NEW', 1 + g % 4 FROM generate_series(1, 600) g;
+"#;
+
+const COMPOSITE_PARENT_CHANGES: &str = r#"
+UPDATE stations SET name = name || '*' WHERE seq % 7 = 0;
+UPDATE samples SET value = value + 1 WHERE sample_id % 13 = 0;
+DELETE FROM samples WHERE seq % 11 = 0;
+DELETE FROM stations WHERE seq % 11 = 0;
+INSERT INTO stations SELECT 'West', s, 'west ' || s FROM generate_series(1, 300) s;
+INSERT INTO samples SELECT 1000000 + s, 'West', s, s FROM generate_series(1, 300) s;
+"#;
+
+const APPWRITE_CHILDREN_CHANGES: &str = r#"
+UPDATE visits SET patient = patient || ' b' WHERE ('x' || substr(visit_id::text, 1, 4))::bit(16)::int % 9 = 0;
+UPDATE visit_notes SET n = n + 100 WHERE note_id % 13 = 0;
+DELETE FROM visit_notes WHERE ('x' || substr(visit_id::text, 1, 4))::bit(16)::int % 11 = 0;
+DELETE FROM visits WHERE ('x' || substr(visit_id::text, 1, 4))::bit(16)::int % 11 = 0;
+INSERT INTO visits SELECT md5('new visit ' || g)::uuid, 'newcomer', '2025-01-01 00:00:00+00' FROM generate_series(1, 200) g;
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rerun_of_embedded_children_is_finished_by_plain_runs() {
+    chaos_intent(&EMBEDDED, EMBEDDED_CHANGES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rerun_of_a_composite_parent_is_finished_by_plain_runs() {
+    chaos_intent(&COMPOSITE_PARENT, COMPOSITE_PARENT_CHANGES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rerun_into_an_appwrite_child_table_is_finished_by_plain_runs() {
+    chaos_intent(&APPWRITE_CHILDREN, APPWRITE_CHILDREN_CHANGES).await;
+}
+
+/// Owed intent: a complete run, then the source changes (`changes`), then `migrate --rerun
+/// --sync-deletes` killed at random points and finished by plain `migrate`s (which must carry
+/// out what the killed run was asked: rewrite every document, remove those whose rows are gone)
+/// must end as the same command run once without a kill: the same documents byte for byte,
+/// every report balanced, and `verify` passing.
+async fn chaos_intent(shape: &Shape, changes: &str) {
+    let seed = seed();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let test = std::thread::current()
+        .name()
+        .unwrap_or(shape.test)
+        .to_string();
+    eprintln!("chaos (owed intent) shape `{}`: seed {seed}", shape.test);
+    let mut ctx = Ctx {
+        shape: shape.test,
+        test,
+        seed,
+        log: Vec::new(),
+    };
+    let intent = ["migrate", "--quiet", "--rerun", "--sync-deletes"];
+    let reference = Side::new(shape, "iref").await;
+    let side = Side::new(shape, "ichaos").await;
+    for (s, name) in [(&reference, "reference"), (&side, "chaos")] {
+        match s.run(&["migrate", "--quiet"], "first").await {
+            Ok(out) if matches!(out.status.code(), Some(0 | 2)) => {}
+            Ok(out) | Err(out) => {
+                ctx.fail(&format!("the first run of the {name} side\n{}", out.text()))
+            }
+        }
+        s.w.sql(changes).await;
+    }
+    match reference.run(&intent, "reference").await {
+        Ok(out) if matches!(out.status.code(), Some(0 | 2)) => {}
+        Ok(out) | Err(out) => ctx.fail(&format!("the uninterrupted rerun\n{}", out.text())),
+    }
+    let expected = reference.dump(shape).await;
+
+    let mut plan = kill_plan(shape, &mut rng);
+    let mut totals = BTreeMap::new();
+    for (entity, table) in shape.entities {
+        totals.insert(*entity, side.w.pg_count(table).await as i64);
+    }
+    let planned = plan.len();
+    let cycle = concurrency_cycle();
+    let offset = rng.usize(0..cycle.len());
+    let mut kills = 0;
+    let mut problems = Vec::new();
+    for n in 1.. {
+        if n > planned + FINAL_ATTEMPTS {
+            ctx.fail(&format!(
+                "not complete after {} attempts ({kills} killed)",
+                n - 1
+            ));
+        }
+        let concurrency = cycle[(offset + n) % cycle.len()];
+        let batch = BATCH_SIZES[rng.usize(0..BATCH_SIZES.len())];
+        // The first attempt asks for the rerun; after a kill, a plain run owes it (or, at
+        // random, the same command again while kills remain: the run that ends is plain).
+        let mut args: Vec<String> = if n == 1 || (!plan.is_empty() && rng.u8(0..4) == 0) {
+            intent.iter().map(|s| s.to_string()).collect()
+        } else {
+            vec!["migrate".into(), "--quiet".into()]
+        };
+        args.extend([
+            "--batch-size".into(),
+            batch.to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+        ]);
+        let flags = format!("attempt {n} ({})", args[1..].join(" "));
+        let log = format!("intent-{n}");
+        match attempt(&side, &ctx, &mut plan, &totals, &args, &log).await {
+            Outcome::Killed { how, .. } => {
+                kills += 1;
+                ctx.log.push(format!("{flags}: {how}"));
+            }
+            Outcome::Exited(out, _) => {
+                let code = out.status.code();
+                ctx.log.push(format!("{flags}: exited {code:?}"));
+                if !matches!(code, Some(0 | 2)) {
+                    ctx.fail(&format!("{flags} failed\n{}", out.text()));
+                }
+                match side.incomplete().await {
+                    Ok(left) if left.is_empty() => break,
+                    Ok(left) => ctx.fail(&format!(
+                        "{flags} exited {code:?} but the status says {left:?}"
+                    )),
+                    Err(e) => ctx.fail(&format!("status after {flags}: {e}")),
+                }
+            }
+        }
+    }
+    if kills == 0 {
+        ctx.fail("no kill landed: make the stages slower (more rows)");
+    }
+    let got = side.dump(shape).await;
+    for (collection, want) in &expected {
+        let empty = BTreeMap::new();
+        let have = got.get(collection).unwrap_or(&empty);
+        let missing: Vec<&String> = want.keys().filter(|k| !have.contains_key(*k)).collect();
+        let extra: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
+        let different: Vec<&String> = want
+            .iter()
+            .filter(|(k, w)| have.get(*k).is_some_and(|h| h != *w))
+            .map(|(k, _)| k)
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() || !different.is_empty() {
+            problems.push(format!(
+                "{collection}: {} missing (e.g. {:?}), {} extra (e.g. {:?}), {} different (e.g. {:?}) against the uninterrupted rerun",
+                missing.len(),
+                missing.first(),
+                extra.len(),
+                extra.first(),
+                different.len(),
+                different.first().map(|k| (k, &want[*k], have.get(*k)))
+            ));
+        }
+    }
+    if got.len() != expected.len() {
+        problems.push(format!(
+            "collections {:?}, the reference has {:?}",
+            got.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        ));
+    }
+    for r in side.reports() {
+        for e in r["entities"].as_array().into_iter().flatten() {
+            let n = |k: &str| e[k].as_u64().unwrap_or(0);
+            if n("read") != n("written") + n("rejected") + n("skipped") {
+                problems.push(format!(
+                    "report {}: {} read {} ≠ written {} + rejected {} + skipped {}",
+                    r["run_id"],
+                    e["name"],
+                    n("read"),
+                    n("written"),
+                    n("rejected"),
+                    n("skipped")
+                ));
+            }
+        }
+    }
+    if let Some(said) = side.verify().await {
+        problems.push(format!("verify failed after the chaos: {}", tail(&said)));
+    }
+    if !problems.is_empty() {
+        ctx.fail(&problems.join("\n"));
+    }
+    eprintln!("{}", ctx.log.join("\n"));
+    reference.drop().await;
+    side.drop().await;
+}
+
 /// The Appwrite stand-in of one side, served by this test's runtime.
 struct Aw {
     s: Arc<StandIn>,
