@@ -978,3 +978,273 @@ async fn down_with_continue_on_error_goes_past_a_failed_reversal() {
     assert!(server.stop().success());
     w.drop().await;
 }
+
+/// A slow change: 60,000 documents and a transform of each.
+async fn slow_change(w: &World) -> PathBuf {
+    let t = w.mongo().await.collection::<Document>("t");
+    for chunk in (0..60_000).collect::<Vec<i32>>().chunks(10_000) {
+        t.insert_many(chunk.iter().map(|i| doc! { "_id": *i, "n": *i }))
+            .await
+            .unwrap();
+    }
+    let dir = w.dir.path().join("slow");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("1_slow.toml"),
+        "version = 1\nname = \"slow\"\n[[up]]\nop = \"transform\"\ncollection = \"t\"\npipeline = [{ \"$set\" = { m = { \"$multiply\" = [\"$n\", 2] } } }]\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// The change's record in the ledger, read directly.
+async fn change_status(w: &World, version: i64) -> Option<String> {
+    ledger_docs(w, "cutover_changes", doc! { "_id": version.to_string() })
+        .await
+        .first()
+        .and_then(|d| d.get_str("status").ok().map(str::to_string))
+}
+
+/// Found by the outside tester of `serve` (1, 7, 11, 12): a client that went away stopped the
+/// change part way (half applied, the lock held by the living server); the status left out a
+/// change being applied; a missing changes directory read as "no changes"; the 401 message came
+/// out garbled by the redactor; 405 had no JSON body, a body over the limit was a 400.
+#[tokio::test]
+async fn a_change_started_through_the_api_finishes_when_its_client_goes_away() {
+    let w = World::new("serve_detach").await;
+    let dir = slow_change(&w).await;
+    let d = dir.display().to_string();
+    let mut server = Server::start(&w, "detach", &["--no-auth", "--dir", &d], &[]);
+    let api = Api::new(&server.base, None);
+    // The client gives up after 200 ms.
+    let gone = api
+        .http
+        .post(format!("{}/api/migrations/up", server.base))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the change should take longer: {gone:?}");
+    let started = Instant::now();
+    let mut seen_in_progress = false;
+    loop {
+        let (s, v) = api.get("/api/migrations/status").await;
+        assert_eq!(s, 200, "{v}");
+        if v["summary"]["inProgress"] == 1 {
+            assert_eq!(v["inProgress"][0]["version"], 1, "{v}");
+            seen_in_progress = true;
+        }
+        if v["summary"]["applied"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("seen in progress: {seen_in_progress}");
+    assert_eq!(change_status(&w, 1).await.as_deref(), Some("applied"));
+    let (_, lock) = api.get("/api/migrations/lock/status").await;
+    assert_eq!(lock["locked"], Value::Null, "{lock}");
+    let t = w.mongo().await.collection::<Document>("t");
+    assert_eq!(
+        t.count_documents(doc! { "m": { "$exists": true } })
+            .await
+            .unwrap(),
+        60_000
+    );
+    // A method a route does not take: 405 as JSON. A body over the limit: 413.
+    let (s, _, v) = api
+        .send(
+            api.http
+                .delete(format!("{}/api/migrations/status", server.base)),
+        )
+        .await;
+    assert_eq!(s, 405, "{v}");
+    is_error(&v, "method_not_allowed");
+    let (s, _, v) = api
+        .send(
+            api.http
+                .post(format!("{}/api/runs", server.base))
+                .header("content-type", "application/json")
+                .body(format!("{{\"stages\": [\"{}\"]}}", "x".repeat(3 << 20))),
+        )
+        .await;
+    assert_eq!(s, 413, "{v}");
+    assert!(server.stop().success(), "{}", server.log());
+
+    // A changes directory that is not there is an error, not "no changes".
+    let mut server = Server::start(
+        &w,
+        "nodir",
+        &["--no-auth", "--dir", "/nonexistent/changes"],
+        &[],
+    );
+    let api = Api::new(&server.base, None);
+    let (s, v) = api.get("/api/migrations/status").await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("no such directory"),
+        "{v}"
+    );
+    assert!(server.stop().success());
+    let out = w
+        .cutover()
+        .args(["changes", "up", "--dir", "/nonexistent/changes"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", common::output_text(&out));
+
+    // The 401 message is readable (not taken for a secret).
+    let mut server = Server::start(
+        &w,
+        "msg",
+        &["--dir", &d],
+        &[("CUTOVER_API_TOKEN", "msg-token-55aa")],
+    );
+    let anonymous = Api::new(&server.base, None);
+    let (s, v) = anonymous.get("/api/migrations/status").await;
+    assert_eq!(s, 401);
+    assert!(!v["message"].as_str().unwrap().contains("***"), "{v}");
+    assert!(server.stop().success());
+    w.drop().await;
+}
+
+/// Found by the outside tester of `serve` (2): SIGTERM while `--migrate-on-start` applied a
+/// change ended the process at once, the change half applied (and, with FAIL_HARD, every
+/// restart then failed). The change finishes now, then the server stops without listening.
+#[tokio::test]
+async fn sigterm_while_changes_are_applied_at_start_lets_the_change_finish() {
+    let w = World::new("serve_term_start").await;
+    let dir = slow_change(&w).await;
+    let d = dir.display().to_string();
+    let mut child = spawn(
+        &w,
+        "start",
+        &["--no-auth", "--dir", &d],
+        // Any of the usual spellings of true.
+        &[
+            ("MIGRATE_ON_START", "1"),
+            ("MIGRATE_ON_START_FAIL_HARD", "yes"),
+        ],
+    );
+    let started = Instant::now();
+    while change_status(&w, 1).await.as_deref() != Some("running") {
+        assert!(started.elapsed() < Duration::from_secs(60), "never running");
+        assert!(child.try_wait().unwrap().is_none(), "serve ended first");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let st = child.wait().unwrap();
+    let err = std::fs::read_to_string(w.dir.path().join("start.err")).unwrap();
+    assert!(st.success(), "{err}");
+    assert!(err.contains("stopped before serving"), "{err}");
+    assert!(!err.contains("serving on"), "{err}");
+    assert_eq!(
+        change_status(&w, 1).await.as_deref(),
+        Some("applied"),
+        "{err}"
+    );
+    let t = w.mongo().await.collection::<Document>("t");
+    assert_eq!(
+        t.count_documents(doc! { "m": { "$exists": true } })
+            .await
+            .unwrap(),
+        60_000
+    );
+    w.drop().await;
+}
+
+/// Found by the outside tester of `serve` (3, 4, 6): the latest verification and the runs' reports
+/// of another database sharing the reports directory were answered as this server's; three
+/// runs started at once were all accepted (two then failed on the lock); a batch size out of
+/// range was accepted and failed later.
+#[tokio::test]
+async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() {
+    let w = World::new("serve_own").await;
+    w.load_registry(300);
+    let pipeline = repo().join("pipelines/registry.toml").display().to_string();
+    // Another database of the same server: migrated and verified (its reports land in the same
+    // directory).
+    let other = format!("{}_other", w.mongo_db);
+    for args in [
+        vec![
+            "migrate",
+            "--quiet",
+            "--pipeline",
+            &pipeline,
+            "--database",
+            &other,
+        ],
+        vec!["verify", "--pipeline", &pipeline, "--database", &other],
+    ] {
+        let out = w.cutover().args(&args).output().unwrap();
+        assert!(
+            matches!(out.status.code(), Some(0 | 2)),
+            "{}",
+            common::output_text(&out)
+        );
+    }
+    let dir = changes_dir(&w);
+    let d = dir.display().to_string();
+    let mut server = Server::start(
+        &w,
+        "own",
+        &["--no-auth", "--dir", &d, "--pipeline", &pipeline],
+        &[],
+    );
+    let api = Api::new(&server.base, None);
+    let (s, v) = api.get("/api/verify/latest").await;
+    assert_eq!(s, 404, "another database's verification: {v}");
+    let other_run = std::fs::read_dir(w.dir.path().join("reports"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.ends_with(".json") && !n.starts_with("verify-"))
+        .map(|n| n.trim_end_matches(".json").to_string())
+        .expect("the other database's run report");
+    let (s, v) = api.get(&format!("/api/runs/{other_run}")).await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = api
+        .get(&format!("/api/runs/{other_run}/report?format=json"))
+        .await;
+    assert_eq!(s, 404, "{v}");
+
+    let (s, v) = api
+        .post("/api/runs", Some(json!({"batchSize": 99_999_999_999u64})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    // Three at once: one starts, the others are told the target is busy.
+    let body = json!({"batchSize": 5});
+    let (a, b, c) = tokio::join!(
+        api.post("/api/runs", Some(body.clone())),
+        api.post("/api/runs", Some(body.clone())),
+        api.post("/api/runs", Some(body.clone()))
+    );
+    let mut codes = vec![a.0, b.0, c.0];
+    codes.sort();
+    assert_eq!(codes, vec![202, 409, 409], "{a:?} {b:?} {c:?}");
+    let id = [a, b, c].into_iter().find(|(s, _)| *s == 202).unwrap().1["runId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let end = api.wait_run(&id).await;
+    assert_eq!(end["status"], "completed_with_rejects", "{end}");
+    let (_, list) = api.get("/api/runs").await;
+    assert_eq!(list["runs"][0]["run_id"], id.as_str(), "{list}");
+    assert_eq!(list["runs"][0]["hasReport"], true, "{list}");
+    // Verified now, this database's verification is the latest.
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline", &pipeline])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let (s, v) = api.get("/api/verify/latest").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["target"],
+        format!("mongodb {}", w.mongo_db).as_str(),
+        "{v}"
+    );
+    assert!(server.stop().success());
+    w.drop().await;
+}

@@ -1466,6 +1466,19 @@ pub fn checksum(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Every change file of `dir`, which must exist: a directory that is not there (a wrong
+/// `--dir`, a volume not mounted) is an error, not "no changes" (`up` would apply nothing and
+/// say all is well).
+pub fn load_existing_dir(dir: &Path) -> Result<Vec<Change>, FileError> {
+    if !dir.is_dir() {
+        return Err(FileError::Invalid {
+            path: dir.to_path_buf(),
+            message: "no such directory of change files: give it with --dir (or `changes_dir` in the pipeline file); `cutover changes new NAME` creates it with a first change".into(),
+        });
+    }
+    load_dir(dir)
+}
+
 /// Every change file of `dir` (`*.toml`), in version order; none when the directory does not
 /// exist.
 pub fn load_dir(dir: &Path) -> Result<Vec<Change>, FileError> {

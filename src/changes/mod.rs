@@ -1064,10 +1064,40 @@ pub async fn down_preview(
     which: DownTarget,
 ) -> Result<Vec<ChangeRecord>, ChangesError> {
     let all = Records { ledger: t.ledger }.all().await?;
+    // As `down` does: a change left half done is finished first, and alone.
+    let mut unfinished: Vec<ChangeRecord> = all
+        .iter()
+        .filter(|r| [RUNNING, REVERSING, RESTORE_FAILED].contains(&r.status.as_str()))
+        .cloned()
+        .collect();
+    if !unfinished.is_empty() {
+        unfinished.reverse();
+        if let DownTarget::Version(v) = which
+            && unfinished.iter().all(|r| r.version != v)
+        {
+            return Err(unfinished_first(&unfinished));
+        }
+        return Ok(unfinished);
+    }
     Ok(chosen_for_down(all, which)?
         .into_iter()
         .map(|(r, _)| r)
         .collect())
+}
+
+/// The refusal of `down VERSION` while other changes are left half done.
+fn unfinished_first(unfinished: &[impl std::borrow::Borrow<ChangeRecord>]) -> ChangesError {
+    let names: Vec<String> = unfinished
+        .iter()
+        .map(|r| {
+            let r = r.borrow();
+            format!("{} ({})", r.version, r.file)
+        })
+        .collect();
+    ChangesError::Refused(format!(
+        "change {} was left half done (its process died, or undoing or reversing it failed): run `cutover changes down` to finish it first; nothing was reversed",
+        names.join(", ")
+    ))
 }
 
 /// Which applied records `down` reverses, each with its change parsed from the text applied;
@@ -1191,14 +1221,7 @@ async fn down_locked(
         if let DownTarget::Version(v) = which
             && unfinished.iter().all(|r| r.version != v)
         {
-            let names: Vec<String> = unfinished
-                .iter()
-                .map(|r| format!("{} ({})", r.version, r.file))
-                .collect();
-            return Err(ChangesError::Refused(format!(
-                "change {} was left half done by a process that died: run `cutover changes down` to finish it first; nothing was reversed",
-                names.join(", ")
-            )));
+            return Err(unfinished_first(&unfinished));
         }
         let mut done = Vec::new();
         for r in unfinished {

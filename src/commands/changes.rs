@@ -24,7 +24,7 @@ async fn open(
     cli: &Cli,
     args: &ChangesTargetArgs,
 ) -> Result<(Vec<changes::Change>, Target, crate::ledger::Ledger)> {
-    let files = changes::file::load_dir(&changes_dir(cli, &args.dir)?)?;
+    let files = changes::file::load_existing_dir(&changes_dir(cli, &args.dir)?)?;
     let (t, ledger) = open_target(cli, args).await?;
     Ok((files, t, ledger))
 }

@@ -132,6 +132,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(j) => Ok(Json(j.0)),
+            // A body over the limit is 413, as axum says; every other bad body 400.
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                json_message(&e),
+            )),
             Err(e) => Err(ApiError::bad_request(json_message(&e))),
         }
     }
@@ -166,14 +172,20 @@ pub async fn require_token(
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
-    // The status page and anything outside /api are opened by browsers: they are challenged
-    // for Basic so the browser asks; the API is challenged for a bearer token.
-    let browser = !req.uri().path().starts_with("/api");
+    // The status page, and any route a browser navigates to (a report link: it asks for HTML),
+    // is challenged for Basic so the browser asks (and sends what it holds for the page); API
+    // clients are challenged for a bearer token.
+    let wants_html = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let browser = !req.uri().path().starts_with("/api") || wants_html;
     match given_token(req.headers().get(header::AUTHORIZATION)) {
         Some(g) if same_token(g.as_bytes(), token.as_bytes()) => next.run(req).await,
         Some(_) => unauthorized("the token is not this server's", browser),
         None => unauthorized(
-            "this route needs the API token: `Authorization: Bearer <token>` (or HTTP Basic with the token as the password)",
+            "this route needs the API token in the Authorization header, with the Bearer scheme (or HTTP Basic with the token as the password)",
             browser,
         ),
     }

@@ -25,7 +25,7 @@ const FAILED_STATES: [&str; 5] = [
 ];
 
 fn files(state: &State) -> Result<Vec<changes::Change>, ApiError> {
-    Ok(changes::file::load_dir(&state.changes_dir)?)
+    Ok(changes::file::load_existing_dir(&state.changes_dir)?)
 }
 
 /// The lock as the API shows it: `null` when free (or expired).
@@ -83,6 +83,12 @@ pub async fn status_json(state: &State) -> Result<Value, ApiError> {
         .filter(|s| matches!(s.state.as_str(), "applied" | "modified" | "missing"))
         .map(|s| json!({"version": s.version, "name": s.name, "appliedAt": s.applied_at, "executionTime": s.duration_ms, "state": s.state}))
         .collect();
+    // Being applied or reversed right now (by this server or another process).
+    let in_progress: Vec<Value> = states
+        .iter()
+        .filter(|s| matches!(s.state.as_str(), "running" | "reversing"))
+        .map(change_json)
+        .collect();
     let startup = state.startup_error.lock().ok().and_then(|s| s.clone());
     Ok(json!({
         "summary": {
@@ -90,13 +96,42 @@ pub async fn status_json(state: &State) -> Result<Value, ApiError> {
             "applied": applied.len(),
             "pending": pending.len(),
             "failed": failed.len(),
+            "inProgress": in_progress.len(),
         },
         "applied": applied,
         "pending": pending,
         "failed": failed,
+        "inProgress": in_progress,
         "locked": lock_json(holder.as_ref()),
         "startupError": startup,
     }))
+}
+
+/// Runs a change command in a task of its own, holding the server's change gate: it finishes
+/// even when the client goes away (a dropped request would otherwise stop it part way, the
+/// change half applied and the lock held), and shutdown waits for it.
+async fn detached<T, F, Fut>(state: &Arc<State>, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<State>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    let gate = state.change_gate.clone().read_owned().await;
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _gate = gate;
+        work(state).await
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the change task failed: {e}")))?
+}
+
+/// A dry run while another command holds the lock answers 409, as the real command would.
+async fn refuse_while_locked(state: &State) -> Result<(), ApiError> {
+    match state.ledger.lock_holder().await? {
+        Some(h) if !h.expired => Err(ApiError::locked(format!("the target is locked by {h}"))),
+        _ => Ok(()),
+    }
 }
 
 pub async fn status(Shared(state): Shared<Arc<State>>) -> Result<axum::Json<Value>, ApiError> {
@@ -120,19 +155,32 @@ pub async fn up(
     Query(q): Query<UpQuery>,
 ) -> Result<Response, ApiError> {
     let files = files(&state)?;
-    let target = ChangeTarget {
-        db: state.mongo_db()?,
-        ledger: &state.ledger,
-        activity: None,
-    };
+    state.mongo_db()?;
     let opts = UpOptions {
         to: q.to,
         dry_run: q.dry_run,
         allow_out_of_order: q.allow_out_of_order,
         continue_on_error: q.continue_on_error,
     };
-    let report = changes::up(&target, &files, &opts).await?;
+    if q.dry_run {
+        refuse_while_locked(&state).await?;
+    }
+    let report = detached(&state, move |state| async move {
+        let target = ChangeTarget {
+            db: state.mongo_db()?,
+            ledger: &state.ledger,
+            activity: None,
+        };
+        Ok(changes::up(&target, &files, &opts).await?)
+    })
+    .await?;
     let failed = report.failed();
+    if !failed && !report.dry_run {
+        // What `--migrate-on-start` could not apply is applied now.
+        if let Ok(mut s) = state.startup_error.lock() {
+            *s = None;
+        }
+    }
     let body = json!({
         "dryRun": report.dry_run,
         "batch": report.batch,
@@ -191,6 +239,7 @@ pub async fn down(
         activity: None,
     };
     if q.dry_run {
+        refuse_while_locked(&state).await?;
         let would = changes::down_preview(&target, which).await?;
         return Ok(axum::Json(json!({
             "dryRun": true,
@@ -198,7 +247,16 @@ pub async fn down(
         }))
         .into_response());
     }
-    let report = changes::down_with(&target, which, q.continue_on_error).await?;
+    let go_on = q.continue_on_error;
+    let report = detached(&state, move |state| async move {
+        let target = ChangeTarget {
+            db: state.mongo_db()?,
+            ledger: &state.ledger,
+            activity: None,
+        };
+        Ok(changes::down_with(&target, which, go_on).await?)
+    })
+    .await?;
     let body = json!({
         "dryRun": false,
         "changes": report.reversed,
@@ -244,7 +302,13 @@ pub async fn history(
         Some("completed") => Some("applied"),
         Some(s) => Some(s),
     };
-    let entries = changes::history(&target, limit, q.skip.unwrap_or(0), status).await?;
+    let entries = changes::history(&target, limit, q.skip.unwrap_or(0), status)
+        .await
+        .map_err(|e| match e {
+            // The one refusal of a history read: a status no entry can have.
+            changes::ChangesError::Refused(m) if status.is_some() => ApiError::bad_request(m),
+            e => ApiError::from(e),
+        })?;
     Ok(axum::Json(json!({ "entries": entries })))
 }
 
@@ -265,6 +329,8 @@ fn template_of(name: &str) -> Option<Template> {
         "index" => Template::Index,
         "seed" => Template::Seed,
         "archive" => Template::Archive,
+        "schema" => Template::Schema,
+        "sanitize" => Template::Sanitize,
         _ => return None,
     })
 }
@@ -283,7 +349,7 @@ pub async fn create(
     let t = body.template.as_deref().unwrap_or("empty");
     let template = template_of(t).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "unknown template `{t}`: empty, add-field, rename-field, transform, index, seed or archive"
+            "unknown template `{t}`: empty, add-field, rename-field, transform, index, seed, archive, schema or sanitize"
         ))
     })?;
     let path =

@@ -52,6 +52,46 @@ pub struct State {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Why `--migrate-on-start` did not apply every pending change.
     startup_error: Mutex<Option<String>>,
+    /// Held (read) by every change command running in the server; shutdown takes it (write)
+    /// to wait for them: a change that has started is finished, whoever went away.
+    change_gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// SIGTERM (or Ctrl-C) seen: listened for from the start, so that a signal during
+/// `--migrate-on-start` lets the change finish, then stops the server before it listens.
+#[derive(Clone, Default)]
+struct Stop {
+    requested: Arc<std::sync::atomic::AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Stop {
+    fn listen(&self) {
+        let me = self.clone();
+        // Registered now (not when the task first runs): from here on SIGTERM no longer ends
+        // the process at once.
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::spawn(async move {
+            shutdown_signal(term).await;
+            me.requested
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            me.notify.notify_waiters();
+        });
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn wait(self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl State {
@@ -156,7 +196,10 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
         runs: Mutex::new(BTreeMap::new()),
         tasks: Mutex::new(Vec::new()),
         startup_error: Mutex::new(None),
+        change_gate: Arc::new(tokio::sync::RwLock::new(())),
     });
+    let stop = Stop::default();
+    stop.listen();
     if args.migrate_on_start {
         let wait = Duration::from_secs(args.lock_wait);
         if let Err(e) = migrate_on_start(&state, wait).await {
@@ -171,6 +214,12 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
             }
         }
     }
+    if stop.requested() {
+        crate::errln!(
+            "stopped before serving (asked to stop while applying the changes at start; they finished first)"
+        );
+        return Ok(Outcome::Success);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -184,10 +233,11 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
         }
     );
     axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop.wait())
         .await
         .context("the server failed")?;
     finish_runs(&state).await;
+    finish_changes(&state).await;
     crate::errln!("stopped");
     Ok(Outcome::Success)
 }
@@ -212,6 +262,13 @@ fn router(state: Arc<State>) -> Router {
         .route("/api/verify/latest", get(runs::verify_latest))
         .route("/api/pipeline", get(runs::pipeline))
         .fallback(|| async { api::ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            api::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         // `layer`, not `route_layer`: an unknown route answers 401 too without a token.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -224,13 +281,13 @@ fn router(state: Arc<State>) -> Router {
 }
 
 /// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+async fn shutdown_signal(term: Option<tokio::signal::unix::Signal>) {
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+        match term {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
@@ -270,11 +327,20 @@ async fn finish_runs(state: &State) {
     }
 }
 
+/// Waits for the change commands still running (their clients may have gone): a change that
+/// has started is finished, not left half applied.
+async fn finish_changes(state: &State) {
+    if state.change_gate.try_write().is_err() {
+        crate::errln!("waiting for the change being applied or reversed to finish");
+        let _all_done = state.change_gate.write().await;
+    }
+}
+
 /// Applies the pending changes before the server listens. Another instance applying them holds
 /// the lock: wait for it (at most `wait`), then see what is left. Returns why it failed.
 async fn migrate_on_start(state: &State, wait: Duration) -> Result<(), String> {
     let db = state.mongo_db().map_err(|e| e.message)?;
-    let files = changes::file::load_dir(&state.changes_dir).map_err(|e| e.to_string())?;
+    let files = changes::file::load_existing_dir(&state.changes_dir).map_err(|e| e.to_string())?;
     let target = ChangeTarget {
         db,
         ledger: &state.ledger,

@@ -47,8 +47,8 @@ async function stages() {
 }
 async function changes() {
   const m = await api("/api/migrations/status");
-  $("changes-summary").textContent = m.summary.applied + " applied, " + m.summary.pending + " pending, " + m.summary.failed + " failed";
-  fill($("pending"), m.pending.concat(m.failed).map((c) => {
+  $("changes-summary").textContent = m.summary.applied + " applied, " + m.summary.pending + " pending, " + m.summary.failed + " failed" + (m.summary.inProgress ? ", " + m.summary.inProgress + " in progress" : "");
+  fill($("pending"), m.inProgress.concat(m.failed, m.pending).map((c) => {
     const tr = document.createElement("tr");
     cell(tr, c.version); cell(tr, c.name); cell(tr, c.state, "state-" + c.state);
     return tr;
@@ -61,10 +61,11 @@ async function runs() {
   fill($("runs"), runs.runs.map((r) => {
     const tr = document.createElement("tr");
     cell(tr, r.run_id); cell(tr, r.status, "state-" + r.status);
-    const td = cell(tr, "");
-    for (const f of ["json", "md", "html"]) {
+    const td = cell(tr, r.hasReport === false ? "no report (the run was killed)" : "");
+    for (const f of r.hasReport === false ? [] : ["json", "md", "html"]) {
       const a = document.createElement("a");
-      a.href = "/api/runs/" + encodeURIComponent(r.run_id) + "/report?format=" + f;
+      // From the origin: a page opened with the credentials in its URL must not repeat them.
+      a.href = new URL("/api/runs/" + encodeURIComponent(r.run_id) + "/report?format=" + f, location.origin).href;
       a.textContent = f; a.style.marginRight = ".5rem"; td.appendChild(a);
     }
     return tr;

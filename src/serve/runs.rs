@@ -25,7 +25,7 @@ pub struct Served {
     pub run_id: String,
     pub stages: Vec<String>,
     pub dry_run: bool,
-    /// running, finished, failed
+    /// running, completed, completed_with_rejects, failed (the ledger's names)
     pub state: String,
     pub error: Option<String>,
     pub started_at: String,
@@ -71,10 +71,10 @@ pub async fn list(
     let status = q.status.as_deref().filter(|s| !s.is_empty());
     let recorded = state.ledger.runs_newest_first(limit, status).await?;
     let mine = served(&state);
-    // Runs started here that no ledger holds (dry runs, or not started yet), newest first.
+    // Runs started here that no ledger holds (dry runs, or not started yet) among the ledger's,
+    // all newest first (run ids begin with their start time).
     let mut runs: Vec<Value> = mine
         .iter()
-        .rev()
         .filter(|s| recorded.iter().all(|r| r.run_id != s.run_id))
         .filter(|s| status.is_none_or(|st| s.state == st))
         .map(|s| json!({"run_id": s.run_id, "status": s.state, "dry_run": s.dry_run, "started_at": s.started_at, "entities": s.stages, "served": s}))
@@ -86,7 +86,22 @@ pub async fn list(
         }
         runs.push(v);
     }
+    runs.sort_by(|a, b| {
+        b["run_id"]
+            .as_str()
+            .unwrap_or_default()
+            .cmp(a["run_id"].as_str().unwrap_or_default())
+    });
     runs.truncate(limit as usize);
+    for r in &mut runs {
+        // A run killed before its end wrote no report: no links to one.
+        let id = r["run_id"].as_str().unwrap_or_default().to_string();
+        let running = r["status"] == "running";
+        r["hasReport"] = json!(!running && report_file(&state, &id).is_some());
+        if running {
+            r["hasReport"] = Value::Null;
+        }
+    }
     Ok(axum::Json(json!({ "runs": runs })))
 }
 
@@ -134,10 +149,20 @@ fn progress(s: &StepRecord, now_ms: i64) -> Value {
     })
 }
 
-/// A run's report file (dry runs have one too), when it exists.
+/// A run's report file (dry runs have one too), when it exists and is of this server's target
+/// (the reports directory may hold the runs of other databases and servers).
 fn report_file(state: &State, id: &str) -> Option<crate::monitor::report::RunReport> {
     let path = state.cfg.reports_dir.join(format!("{id}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    let r: crate::monitor::report::RunReport =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    ours(state, &r.target, r.config["target_at"].as_str()).then_some(r)
+}
+
+/// Whether a report's or verification's target (its name, and its servers where it recorded
+/// them) is this server's.
+fn ours(state: &State, target: &str, target_at: Option<&str>) -> bool {
+    target == state.target.display_name()
+        && target_at.is_none_or(|at| at == state.target.location())
 }
 
 pub async fn get(
@@ -235,17 +260,19 @@ pub async fn report(
 pub async fn verify_latest(
     Shared(state): Shared<Arc<State>>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    // The newest verification of this server's target (others share the reports directory).
     let files = crate::monitor::signoff::verification_files(&state.cfg.reports_dir);
-    let Some(last) = files.last() else {
-        return Err(ApiError::not_found(
-            "no verification yet (run `cutover verify`)",
-        ));
-    };
-    let text = std::fs::read_to_string(last)
-        .map_err(|e| ApiError::internal(format!("{}: {e}", last.display())))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| ApiError::internal(format!("{}: {e}", last.display())))?;
-    Ok(axum::Json(v))
+    let newest = files.iter().rev().find_map(|f| {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(f).ok()?).ok()?;
+        ours(&state, v["target"].as_str()?, v["target_at"].as_str()).then_some(v)
+    });
+    match newest {
+        Some(v) => Ok(axum::Json(v)),
+        None => Err(ApiError::not_found(format!(
+            "no verification of {} yet (run `cutover verify`)",
+            state.target.display_name()
+        ))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,8 +298,12 @@ pub async fn start(
             "a stage name is empty or starts with -",
         ));
     }
-    if body.batch_size == Some(0) {
-        return Err(ApiError::bad_request("batchSize must be at least 1"));
+    if let Some(n) = body.batch_size
+        && !(1..=100_000).contains(&n)
+    {
+        return Err(ApiError::bad_request(format!(
+            "batchSize must be between 1 and 100000, got {n}"
+        )));
     }
     // The names are checked against the pipeline now, not after the answer.
     let pipeline = crate::commands::shared::load_pipeline(
@@ -286,9 +317,6 @@ pub async fn start(
     pipeline
         .select(&body.stages)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if served(&state).iter().any(|s| s.state == "running") {
-        return Err(ApiError::locked("a run started here is still going"));
-    }
     if !body.dry_run
         && let Some(h) = state.ledger.lock_holder().await?.filter(|h| !h.expired)
     {
@@ -320,7 +348,15 @@ pub async fn start(
         started_at: chrono::Utc::now().to_rfc3339(),
         finished_at: None,
     };
-    if let Ok(mut runs) = state.runs.lock() {
+    {
+        // Checked and taken under one lock: of two requests at once, one starts a run.
+        let mut runs = state
+            .runs
+            .lock()
+            .map_err(|_| ApiError::internal("the runs table is poisoned"))?;
+        if runs.values().any(|s| s.state == "running") {
+            return Err(ApiError::locked("a run started here is still going"));
+        }
         // The newest hundred are kept (ids sort by time); older ones are in the ledger.
         while runs.len() >= KEEP_SERVED {
             runs.pop_first();
@@ -339,9 +375,10 @@ pub async fn start(
             }
             _ => Err(anyhow::anyhow!("not a migrate command")),
         };
+        // The names the ledger gives runs.
         let (st, error) = match result {
-            Ok(crate::cli::Outcome::Success) => ("finished", None),
-            Ok(crate::cli::Outcome::FinishedWithRejects) => ("finished", None),
+            Ok(crate::cli::Outcome::Success) => ("completed", None),
+            Ok(crate::cli::Outcome::FinishedWithRejects) => ("completed_with_rejects", None),
             Ok(crate::cli::Outcome::Failed) => ("failed", Some("the run failed".to_string())),
             Err(e) => (
                 "failed",
