@@ -550,6 +550,16 @@ async fn a_missing_or_wrong_token_is_refused_and_the_token_never_shows() {
     let (s, challenge, _) = page(anonymous.http.get(format!("{}/api/runs", server.base))).await;
     assert_eq!(s, 401);
     assert!(challenge.starts_with("Bearer"), "{challenge}");
+    // A browser following a report link asks for HTML: Basic, so it sends what it holds.
+    let (s, challenge, _) = page(
+        anonymous
+            .http
+            .get(format!("{}/api/runs/x/report?format=html", server.base))
+            .header("accept", "text/html,application/xhtml+xml"),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(challenge.starts_with("Basic realm="), "{challenge}");
     let (s, _, _) = page(anonymous.http.get(&url).basic_auth("viewer", Some("wrong"))).await;
     assert_eq!(s, 401);
     let (s, _, _) = page(anonymous.http.get(&url).basic_auth(token, None::<&str>)).await;
