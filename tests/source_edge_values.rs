@@ -1102,3 +1102,97 @@ async fn children_of_a_parent_whose_key_is_not_utf8_go_with_it_not_to_the_orphan
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// SQL_ASCII into Appwrite (the shapes #11 had tested on MongoDB only): text that is not UTF-8
+/// in a scalar, in a child going to a child table, and in the middle part of a composite key
+/// rejects its row (rule `encoding`, the key named by its bytes) in check as in the run; the
+/// others are written; verify passes. Counts are read from the stand-in's own tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_in_a_sql_ascii_database_rejects_its_row_in_appwrite_too() {
+    let w = sql_ascii_world("sql_ascii_aw").await;
+    w.sql(
+        r#"CREATE TABLE x (id int PRIMARY KEY, t text, v varchar(5));
+           INSERT INTO x VALUES (1, 'plain', 'ab'), (2, E'caf\xe9', 'x'), (3, E'ok\xc3\xa9', 'y'),
+                                (4, 'fine', NULL), (5, 'tail', E'\xff'), (6, 'six', NULL);
+           CREATE TABLE y (y_id int PRIMARY KEY, x_id int NOT NULL, label text);
+           INSERT INTO y VALUES (10, 1, 'a'), (11, 1, E'b\xc3\xa9'), (12, 4, E'bad\xe9'), (13, 6, 'z');
+           CREATE TABLE k (a text, b text, n int, label text, PRIMARY KEY (a, b, n));
+           INSERT INTO k VALUES ('p', 'q', 1, 'one'), ('p', E'q\xe9', 2, 'two'), ('p', 'r', 3, 'three');"#,
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/x.toml"),
+        "version = 1\nname = \"x\"\n[source]\ntable = \"x\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"t\"\ncolumn = \"t\"\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n\
+         [[embed]]\npath = \"ys\"\ntable = \"y\"\nforeign_key = \"x_id\"\norder_by = [\"y_id\"]\nappwrite = \"table\"\n\
+         [[embed.field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/k.toml"),
+        "version = 1\nname = \"k\"\n[source]\ntable = \"k\"\nkey = [\"a\", \"b\", \"n\"]\n\
+         [id]\nstrategy = \"uuid5\"\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\ntarget = \"appwrite\"\n[[stage]]\nname = \"all\"\nentities = [\"x\", \"k\"]\n",
+    )
+    .unwrap();
+    let key = "sql-ascii-key";
+    let s = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", key));
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let endpoint = format!("http://{addr}/v1");
+    let run = |args: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", &endpoint)
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", key)
+            .env("APPWRITE_DATABASE", "db")
+            .args(args)
+            .arg("--pipeline")
+            .arg(&pipeline);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(&["check"]).await.unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("4 scanned rows will be rejected"), "{text}");
+    let out = run(&["migrate", "--quiet"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let mut rejects: Vec<(String, String, String)> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|r| (r.0, r.1, r.3))
+        .collect();
+    rejects.sort();
+    let want: Vec<(String, String, String)> = [
+        ("k", r"p|q\\xe9|2", "encoding"),
+        ("x", "2", "encoding"),
+        ("x", "4", "encoding"),
+        ("x", "5", "encoding"),
+    ]
+    .iter()
+    .map(|(e, k, r)| (e.to_string(), k.to_string(), r.to_string()))
+    .collect();
+    assert_eq!(rejects, want, "{report}");
+    // In the stand-in: x 1, 3, 6; their children 10, 11, 13; k two of three.
+    assert_eq!(s.row_count("db", "x"), 3);
+    assert_eq!(s.row_count("db", "x_ys"), 3);
+    assert_eq!(s.row_count("db", "k"), 2);
+    let labels: Vec<String> = s
+        .rows("db", "x_ys")
+        .iter()
+        .filter_map(|r| r["label"].as_str().map(str::to_string))
+        .collect();
+    assert!(labels.contains(&"bé".to_string()), "{labels:?}");
+    let out = run(&["verify"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}
