@@ -11,6 +11,10 @@ pub async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<Outcome> {
             let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
             match ledger.lock_holder().await? {
                 Some(h) if !h.expired => crate::outln!("held by {h}"),
+                Some(h) if h.process_gone => crate::outln!(
+                    "free: the holder's process is gone (pid {} on this host) — its lock of {h} is taken over by the next command",
+                    h.pid
+                ),
                 Some(h) => crate::outln!("free (expired lock of {h})"),
                 None => crate::outln!("free"),
             }

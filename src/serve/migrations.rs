@@ -371,7 +371,14 @@ pub async fn lock_status(Shared(state): Shared<Arc<State>>) -> Result<axum::Json
     let holder = state.ledger.lock_holder().await?;
     Ok(axum::Json(json!({
         "locked": lock_json(holder.as_ref()),
-        "expired": holder.as_ref().filter(|h| h.expired).map(|h| json!({"runId": h.run_id, "command": h.command, "expiresAt": h.expires_at})),
+        // A holder whose lock is no longer good: its lease ran out, or its process (on this
+        // host) is gone before it did.
+        "expired": holder.as_ref().filter(|h| h.expired).map(|h| json!({
+            "runId": h.run_id,
+            "command": h.command,
+            "expiresAt": h.expires_at,
+            "why": if h.process_gone { "its process is gone" } else { "its lease expired" },
+        })),
     })))
 }
 
