@@ -281,3 +281,197 @@ async fn appwrite_gets_the_indexes_over_top_level_columns() {
     assert_eq!(status["orders"], serde_json::json!(["ASC", "DESC"]));
     w.drop().await;
 }
+
+/// References indexed by default: a top-level, a nested and an embedded document's reference
+/// each get an index; `index = false` opts one out; one that an `[[index]]` starts with gets no
+/// second index.
+const REFERENCES: &str = r#"
+version = 1
+name = "items"
+
+[source]
+table = "items"
+key = ["id"]
+
+[[field]]
+path = "parentId"
+column = "parent_id"
+reference = "items"
+
+[[field]]
+path = "meta.ownerId"
+column = "owner_id"
+reference = "items"
+
+[[field]]
+path = "altId"
+column = "alt_id"
+reference = "items"
+index = false
+
+[[field]]
+path = "linkId"
+column = "link_id"
+reference = "items"
+
+[[field]]
+path = "n"
+column = "n"
+
+[[index]]
+keys = ["linkId", "-n"]
+
+[[embed]]
+path = "parts"
+table = "parts"
+foreign_key = "item_id"
+order_by = ["part_id"]
+appwrite = "table"
+
+[[embed.field]]
+path = "madeBy"
+column = "made_by"
+reference = "items"
+"#;
+
+const REFERENCE_TABLES: &str = "
+    CREATE TABLE items (id int PRIMARY KEY, parent_id int REFERENCES items, owner_id int,
+                        alt_id int, link_id int, n int);
+    CREATE TABLE parts (part_id int PRIMARY KEY, item_id int REFERENCES items, made_by int);
+    INSERT INTO items SELECT i, NULLIF(i / 2, 0), i % 5 + 1, i % 3 + 1, i % 7 + 1, i
+      FROM generate_series(1, 40) i;
+    INSERT INTO parts SELECT i, i % 40 + 1, i % 11 + 1 FROM generate_series(1, 80) i;";
+
+/// (name, key) of every index of `collection`, as mongod's `listIndexes` answers.
+async fn index_keys(db: &mongodb::Database, collection: &str) -> Vec<(String, Document)> {
+    let reply = db
+        .run_command(doc! { "listIndexes": collection })
+        .await
+        .unwrap();
+    let mut out: Vec<(String, Document)> = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let d = d.as_document().unwrap();
+            assert_ne!(d.get_bool("unique"), Ok(true), "{d}");
+            (
+                d.get_str("name").unwrap().to_string(),
+                d.get_document("key").unwrap().clone(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test]
+async fn references_get_an_index_after_the_load_unless_the_mapping_opts_out() {
+    let w = World::new("ref_indexes").await;
+    w.sql(REFERENCE_TABLES).await;
+    let pipeline = one_entity_pipeline(&w, "items", REFERENCES);
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("indexes built after the load: linkId_1_n_-1")
+            && text.contains("parentId_1 (")
+            && text.contains("parts.madeBy_1 ("),
+        "{text}"
+    );
+    let db = w.mongo().await;
+    let expected = vec![
+        ("_id_".to_string(), doc! { "_id": 1 }),
+        ("linkId_1_n_-1".to_string(), doc! { "linkId": 1, "n": -1 }),
+        ("meta.ownerId_1".to_string(), doc! { "meta.ownerId": 1 }),
+        ("parentId_1".to_string(), doc! { "parentId": 1 }),
+        ("parts.madeBy_1".to_string(), doc! { "parts.madeBy": 1 }),
+    ];
+    assert_eq!(index_keys(&db, "items").await, expected);
+    let report = w.latest_report();
+    let built = report["entities"][0]["indexes"].as_array().unwrap();
+    assert_eq!(built.len(), 4, "{report}");
+    assert!(built.iter().all(|b| b["ms"].is_u64()), "{report}");
+
+    // Again: the same indexes, none added.
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(index_keys(&db, "items").await, expected);
+
+    // `index_references = false`: only the field that asks for its own (`index = true`) and
+    // the `[[index]]` are built.
+    let opted_out = REFERENCES
+        .replace(
+            "name = \"items\"\n",
+            "name = \"items\"\nindex_references = false\n",
+        )
+        .replace(
+            "path = \"meta.ownerId\"\ncolumn = \"owner_id\"\nreference = \"items\"\n",
+            "path = \"meta.ownerId\"\ncolumn = \"owner_id\"\nreference = \"items\"\nindex = true\n",
+        );
+    db.collection::<Document>("items").drop().await.unwrap();
+    let pipeline = one_entity_pipeline(&w, "items", &opted_out);
+    let out = w.migrate_with(&pipeline, &["--rerun", "--accept-changed"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(
+        index_keys(&db, "items").await,
+        vec![
+            ("_id_".to_string(), doc! { "_id": 1 }),
+            ("linkId_1_n_-1".to_string(), doc! { "linkId": 1, "n": -1 }),
+            ("meta.ownerId_1".to_string(), doc! { "meta.ownerId": 1 }),
+        ]
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn an_index_flag_on_a_field_without_reference_is_refused() {
+    let w = World::new("ref_index_bad").await;
+    w.sql("CREATE TABLE t (id int PRIMARY KEY, a int)").await;
+    let mapping = "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"a\"\ncolumn = \"a\"\nindex = false\n";
+    let pipeline = one_entity_pipeline(&w, "t", mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("field[0] (a).index"), "{text}");
+    w.drop().await;
+}
+
+/// Into Appwrite: each reference column of the table, and of an embed's child table, gets a
+/// `key` index (not the opted-out one, not the one an `[[index]]` covers), as the stand-in
+/// lists them.
+#[tokio::test]
+async fn appwrite_reference_columns_get_key_indexes_unless_opted_out() {
+    let w = World::new("ref_indexes_aw").await;
+    w.sql(REFERENCE_TABLES).await;
+    let pipeline = one_entity_pipeline(&w, "items", REFERENCES);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "rx-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "rx-key")
+        .env("APPWRITE_DATABASE", "rx")
+        .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(standin.rows("rx", "items").len(), 40);
+    let mut keys = standin.table_indexes("rx", "items");
+    keys.sort();
+    // meta.ownerId is inside the JSON text of `meta`: no column to index.
+    assert_eq!(keys, ["ix_linkId_n", "ref_parentId"]);
+    let parent = standin.get_index("rx", "items", "ref_parentId").unwrap();
+    assert_eq!(parent["type"], "key");
+    assert_eq!(parent["columns"], serde_json::json!(["parentId"]));
+    let mut child = standin.table_indexes("rx", "items_parts");
+    child.sort();
+    assert_eq!(child, ["ref_madeBy", "ref_parentId"]);
+    w.drop().await;
+}

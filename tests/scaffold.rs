@@ -389,6 +389,7 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
 
     // The source's indexes, built by migrate after the load: a unique one over a nullable
     // column indexes only the documents holding it; an expression index is said, not drafted.
+    // The references (departmentId, the self-reference reportsTo) get theirs by default.
     let reply = w
         .mongo()
         .await
@@ -408,7 +409,13 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
         .collect();
     assert_eq!(
         indexes.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["_id_", "employees_badge_key", "employees_status_level_idx"]
+        [
+            "_id_",
+            "departmentId_1",
+            "employees_badge_key",
+            "employees_status_level_idx",
+            "reportsTo_1"
+        ]
     );
     let badge = &indexes["employees_badge_key"];
     assert_eq!(badge.get_bool("unique"), Ok(true));

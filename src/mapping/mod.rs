@@ -257,6 +257,45 @@ fn check_indexes(m: &Mapping) -> Result<(), MappingError> {
     Ok(())
 }
 
+/// The paths whose reference index the mapping asks for (`index_references`, a field's own
+/// `index`): reference fields at the top level and nested, reference fields of embedded
+/// documents (`<array>.<field>`, a multikey index) and embedded arrays of references (`<array>`).
+/// Left out: `_id` (always indexed), a path that is the first key of an `[[index]]` (that index
+/// serves its look-ups), and everything of a file stage (a GridFS bucket keeps its own indexes).
+pub fn reference_index_paths(spec: &spec::MappingFile) -> Vec<String> {
+    if spec.file.is_some() {
+        return Vec::new();
+    }
+    let wanted =
+        |f: &spec::FieldSpec| f.reference.is_some() && f.index.unwrap_or(spec.index_references);
+    let mut paths: Vec<String> = spec
+        .fields
+        .iter()
+        .filter(|f| wanted(f))
+        .map(|f| f.path.clone())
+        .collect();
+    for e in &spec.embeds {
+        for f in e.fields.iter().filter(|f| wanted(f)) {
+            paths.push(match e.element {
+                spec::EmbedElement::Document => format!("{}.{}", e.path, f.path),
+                spec::EmbedElement::Value => e.path.clone(),
+            });
+        }
+    }
+    let covered: Vec<String> = spec
+        .indexes
+        .iter()
+        .filter_map(|ix| ix.key_pairs().into_iter().next().map(|(p, _)| p))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for p in paths {
+        if p != "_id" && !covered.contains(&p) && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The `$jsonSchema` a mapping's fields imply: required fields (rules of severity error), string
 /// lengths, number ranges and `one_of` lists, nested as the dotted paths nest. Rules of severity
 /// warning are left out: their rows are written.
@@ -495,6 +534,13 @@ fn check_fields(
     let mut paths = BTreeSet::new();
     for (i, f) in fields.iter().enumerate() {
         let key = format!("{prefix}field[{i}] ({})", f.path.escape_debug());
+        if f.index.is_some() && f.reference.is_none() {
+            return Err(invalid(
+                m,
+                &format!("{key}.index"),
+                "`index` is the index of a reference: it needs `reference` (use [[index]] for other fields)".into(),
+            ));
+        }
         if !scalar_element {
             check_path(m, &key, &f.path)?;
             if !paths.insert(f.path.clone()) {

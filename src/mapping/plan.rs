@@ -214,6 +214,10 @@ pub struct Plan {
     pub file: Option<FilePlan>,
     /// MongoDB indexes built after the load.
     pub indexes: Vec<crate::mapping::spec::IndexSpec>,
+    /// The reference indexes (one path each, non-unique) built after the load with `indexes`
+    /// (see [`crate::mapping::reference_index_paths`]); Appwrite makes `key` indexes of those
+    /// that are columns.
+    pub reference_indexes: Vec<crate::mapping::spec::IndexSpec>,
     /// MongoDB: the validator set after the load (level, `$jsonSchema`), unless off.
     pub validator: Option<(crate::mapping::spec::ValidatorLevel, bson::Document)>,
 }
@@ -888,6 +892,17 @@ pub fn compile(
         layout,
         file,
         indexes: m.spec.indexes.clone(),
+        reference_indexes: crate::mapping::reference_index_paths(&m.spec)
+            .into_iter()
+            .map(|p| crate::mapping::spec::IndexSpec {
+                keys: vec![p],
+                unique: false,
+                name: None,
+                partial: None,
+                ttl_seconds: None,
+                collation: None,
+            })
+            .collect(),
         validator: (m.spec.validator != crate::mapping::spec::ValidatorLevel::Off)
             .then(|| (m.spec.validator, crate::mapping::json_schema(&m.spec))),
     })

@@ -41,6 +41,14 @@ pub struct MappingFile {
     /// MongoDB: a `$jsonSchema` validator derived from the mapping, set after the load.
     #[serde(default)]
     pub validator: ValidatorLevel,
+    /// Every `reference` field gets an index after the load (MongoDB) or a `key` index
+    /// (Appwrite) unless this is `false`; a field's own `index` overrides it.
+    #[serde(default = "default_true")]
+    pub index_references: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One MongoDB index of the collection, built after the load.
@@ -352,6 +360,9 @@ pub struct FieldSpec {
     pub nulls: Option<NullPolicy>,
     /// Another entity whose `_id` this value is (the value is encoded with that entity's id rule).
     pub reference: Option<String>,
+    /// With `reference`: whether the field gets its reference index (default: the mapping's
+    /// `index_references`).
+    pub index: Option<bool>,
     /// Sub-millisecond timestamps: `reject` (default), `truncate` (with a warning), `keep_string`.
     pub sub_millis: Option<SubMillis>,
     /// What a date or timestamp of `infinity` / `-infinity` becomes (default: the row is

@@ -223,6 +223,9 @@ fn options_text(f: &FieldSpec) -> String {
     if let Some(p) = &f.exact_path {
         out.push(format!("exact_path = {p}"));
     }
+    if let Some(i) = f.index {
+        out.push(format!("index = {i}"));
+    }
     if let Some(tz) = &f.timezone {
         out.push(format!("timezone = {tz}"));
     }
@@ -708,6 +711,21 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
                 }
             ),
         )),
+    }
+    let refs = crate::mapping::reference_index_paths(s);
+    if !s.index_references || !refs.is_empty() {
+        facts.push((
+            "reference indexes (built after the load)".into(),
+            format!(
+                "index_references = {}: {}",
+                s.index_references,
+                if refs.is_empty() {
+                    "none".to_string()
+                } else {
+                    refs.join(", ")
+                }
+            ),
+        ));
     }
     for ix in &s.indexes {
         let mut parts = vec![format!("keys = [{}]", ix.keys.join(", "))];

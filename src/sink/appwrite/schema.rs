@@ -282,15 +282,17 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
             json_refs,
         });
     }
+    // The reference indexes the mapping asks for (`index_references`, a field's `index`) that
+    // are plain reference columns of this table (one inside JSON text has no column to index).
     let mut indexes: Vec<IndexSpec> = plan
-        .fields
+        .reference_indexes
         .iter()
-        .filter(|f| f.reference.is_some() && f.path.len() == 1)
-        .map(|f| IndexSpec {
-            key: format!("ref_{}", f.path_text).chars().take(36).collect(),
-            columns: vec![f.path_text.clone()],
-            kind: "key",
-            orders: Vec::new(),
+        .filter_map(|ix| {
+            let path = ix.keys.first()?;
+            columns
+                .iter()
+                .any(|c| &c.key == path && c.reference && !c.array)
+                .then(|| reference_index(path))
         })
         .collect();
     for ix in mapping_indexes(plan, &columns) {
@@ -302,6 +304,16 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
         id: plan.collection.clone(),
         columns,
         indexes,
+    }
+}
+
+/// The `key` index of reference column `column`.
+fn reference_index(column: &str) -> IndexSpec {
+    IndexSpec {
+        key: format!("ref_{column}").chars().take(36).collect(),
+        columns: vec![column.to_string()],
+        kind: "key",
+        orders: Vec::new(),
     }
 }
 
@@ -439,18 +451,22 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     json_refs,
                 });
             }
+            // The parent's id, and the elements' reference columns the mapping indexes
+            // (`<array>.<field>` among its reference indexes).
+            let mut indexes = vec![reference_index(PARENT)];
+            for c in columns.iter().filter(|c| c.reference && !c.array) {
+                let path = format!("{}.{}", e.path_text, c.key);
+                if plan.reference_indexes.iter().any(|ix| ix.keys == [path.clone()]) {
+                    indexes.push(reference_index(&c.key));
+                }
+            }
             ChildTable {
                 embed: i,
                 key: e.path_text.clone(),
                 table: TableSpec {
                     id: child_table_id(&plan.collection, &e.path_text),
                     columns,
-                    indexes: vec![IndexSpec {
-                        key: format!("ref_{PARENT}"),
-                        columns: vec![PARENT.into()],
-                        kind: "key",
-                        orders: Vec::new(),
-                    }],
+                    indexes,
                 },
             }
         })
