@@ -475,3 +475,160 @@ async fn appwrite_reference_columns_get_key_indexes_unless_opted_out() {
     assert_eq!(child, ["ref_madeBy", "ref_parentId"]);
     w.drop().await;
 }
+
+/// Into Appwrite the fields' rules of severity error become column constraints (required, size,
+/// enum elements, integer and float ranges), as the stand-in lists the columns; warning rules
+/// set none, so the rows they warn about are written; the stand-in refuses a row that breaks a
+/// constraint, as Appwrite's structure validator does.
+#[tokio::test]
+async fn appwrite_columns_carry_the_rules_of_severity_error() {
+    let w = World::new("constraints_aw").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, email text, status text, age int,
+                              score float8, nick text, level int, code text);
+         INSERT INTO people
+           SELECT i, 'p' || i || '@example.org', (ARRAY['a', 'b'])[1 + i % 2], i % 90, i / 4.0,
+                  CASE WHEN i % 5 = 0 THEN 'toolong' ELSE 'ok' END, i % 3, 'zz'
+           FROM generate_series(1, 30) i;
+         -- Rejected by cutover's rules of severity error: no email, age 200, status c, score 11.
+         INSERT INTO people VALUES (31, NULL, 'a', 1, 1, 'x', 1, 'x'),
+                                   (32, 'q@example.org', 'a', 200, 1, 'x', 1, 'x'),
+                                   (33, 'q@example.org', 'c', 1, 1, 'x', 1, 'x'),
+                                   (34, 'q@example.org', 'a', 1, 11, 'x', 1, 'x');",
+    )
+    .await;
+    let mapping = r#"
+version = 1
+name = "people"
+
+[source]
+table = "people"
+key = ["id"]
+
+[[field]]
+path = "email"
+column = "email"
+validate = { required = true, max_length = 100 }
+
+[[field]]
+path = "status"
+column = "status"
+validate = { one_of = ["a", "b"] }
+
+[[field]]
+path = "age"
+column = "age"
+validate = { min = -0.5, max = 150.5 }
+
+[[field]]
+path = "score"
+column = "score"
+validate = { min = 0.25, max = 9.5 }
+
+[[field]]
+path = "nick"
+column = "nick"
+validate = { required = true, max_length = 3, severity = "warning" }
+
+[[field]]
+path = "level"
+column = "level"
+validate = { min = 1, max = 5, severities = { min = "warning" } }
+
+[[field]]
+path = "code"
+column = "code"
+validate = { one_of = ["x"], severity = "warning" }
+"#;
+    let pipeline = one_entity_pipeline(&w, "people", mapping);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "cx-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "cx-key")
+        .env("APPWRITE_DATABASE", "cx")
+        .args(["migrate", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = output_text(&out);
+    // Four rows rejected by the rules: exit 2 (a rejected row changes the exit status).
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    // The rows warned about (nick too long, level 0, code zz) are written.
+    let rows = standin.rows("cx", "people");
+    assert_eq!(rows.len(), 30, "{text}");
+    assert!(
+        rows.iter()
+            .any(|r| r["nick"] == "toolong" && r["level"] == 0)
+    );
+
+    let column = |key: &str| standin.get_column("cx", "people", key).unwrap();
+    let email = column("email");
+    assert_eq!(
+        (
+            email["type"].as_str(),
+            email["required"].as_bool(),
+            email["size"].as_u64()
+        ),
+        (Some("string"), Some(true), Some(100))
+    );
+    let status = column("status");
+    assert_eq!(status["format"], "enum", "{status}");
+    assert_eq!(status["elements"], serde_json::json!(["a", "b"]));
+    assert_eq!(status["required"], false);
+    let age = column("age");
+    assert_eq!(
+        (
+            age["type"].as_str(),
+            age["min"].as_i64(),
+            age["max"].as_i64()
+        ),
+        (Some("integer"), Some(0), Some(150)),
+        "{age}"
+    );
+    let score = column("score");
+    assert_eq!(
+        (
+            score["type"].as_str(),
+            score["min"].as_f64(),
+            score["max"].as_f64()
+        ),
+        (Some("double"), Some(0.25), Some(9.5)),
+        "{score}"
+    );
+    // Warning rules: no constraint.
+    let nick = column("nick");
+    assert_eq!(nick["required"], false);
+    assert_ne!(nick["size"], 3, "{nick}");
+    let level = column("level");
+    assert!(level["min"].is_null() && level["max"] == 5, "{level}");
+    let code = column("code");
+    assert_eq!(code["type"], "string");
+    assert!(code.get("elements").is_none_or(|e| e.is_null()), "{code}");
+
+    // The stand-in refuses rows that break the constraints, and takes one that keeps them.
+    let good =
+        serde_json::json!({ "email": "z@example.org", "status": "a", "age": 150, "score": 9.5 });
+    for (change, value) in [
+        ("email", serde_json::Value::Null),
+        ("status", serde_json::json!("c")),
+        ("age", serde_json::json!(151)),
+        ("age", serde_json::json!(-1)),
+        ("score", serde_json::json!(9.6)),
+    ] {
+        let mut bad = good.clone();
+        bad[change] = value;
+        let e = standin
+            .write_row("cx", "people", "bad1", &bad, false)
+            .expect_err("refused");
+        assert_eq!(e.kind, "row_invalid_structure", "{bad}: {}", e.message);
+    }
+    standin
+        .write_row("cx", "people", "good1", &good, false)
+        .unwrap();
+    w.drop().await;
+}

@@ -1481,6 +1481,7 @@ mod tests {
                 array: false,
                 reference: false,
                 json_refs: Vec::new(),
+                constraints: schema::Constraints::default(),
             }],
             indexes: Vec::new(),
         };

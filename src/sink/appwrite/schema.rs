@@ -36,12 +36,103 @@ pub struct ColumnSpec {
     /// A JSON text column: the paths inside its value (through documents and arrays) that hold
     /// references, written as the referenced rows' ids too.
     pub json_refs: Vec<Vec<String>>,
+    /// The field's rules of severity error the server can hold (see [`constraints`]).
+    pub constraints: Constraints,
+}
+
+/// Column constraints from a field's rules of severity error — Appwrite's counterpart of the
+/// MongoDB validator: `required`, `enum` elements from a `one_of` of strings, `min` / `max` of an
+/// integer or float column (the string `size` from `max_length` is the column's [`Kind::Text`]).
+/// A warning rule sets none: the rows it warns about are written, so the server must take them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Constraints {
+    pub required: bool,
+    /// An `enum` column of these elements instead of a string column.
+    pub elements: Option<Vec<String>>,
+    pub min: Option<Value>,
+    pub max: Option<Value>,
+}
+
+/// Appwrite's limits on an enum column's elements.
+const ENUM_MAX_ELEMENTS: usize = 100;
+const ENUM_MAX_ELEMENT_LENGTH: usize = 255;
+
+/// The constraints of a top-level column holding field `f` (of kind `kind`). Arrays get none
+/// (a rule reads an array as a whole where Appwrite checks each element), nor do references
+/// (written as row ids) and JSON text columns.
+pub fn constraints(f: &FieldPlan, kind: &Kind, array: bool) -> Constraints {
+    use crate::mapping::spec::{RuleName, Severity};
+    let mut out = Constraints::default();
+    let Some(r) = &f.rules else { return out };
+    if array || f.reference.is_some() || *kind == Kind::Json {
+        return out;
+    }
+    let error = |rule: RuleName| r.severity_of(rule) == Severity::Error;
+    out.required = r.required && error(RuleName::Required);
+    if let (Kind::Text(_), Some(allowed)) = (kind, &r.one_of)
+        && error(RuleName::OneOf)
+    {
+        let strings: Vec<String> = allowed
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let fits = strings.len() == allowed.len()
+            && !strings.is_empty()
+            && strings.len() <= ENUM_MAX_ELEMENTS
+            && strings
+                .iter()
+                .all(|s| !s.is_empty() && s.chars().count() <= ENUM_MAX_ELEMENT_LENGTH);
+        if fits {
+            let mut elements: Vec<String> = Vec::new();
+            for s in strings {
+                if !elements.contains(&s) {
+                    elements.push(s);
+                }
+            }
+            out.elements = Some(elements);
+        }
+    }
+    // Integer bounds round inward (a value passes the rule exactly when it passes them); a bound
+    // beyond 64 bits bounds nothing an integer column can hold.
+    let int_bound = |b: f64, up: bool| {
+        let b = if up { b.ceil() } else { b.floor() };
+        (b.is_finite() && b > i64::MIN as f64 && b < i64::MAX as f64).then(|| json!(b as i64))
+    };
+    match kind {
+        Kind::Integer => {
+            out.min = r
+                .min
+                .filter(|_| error(RuleName::Min))
+                .and_then(|b| int_bound(b, true));
+            out.max = r
+                .max
+                .filter(|_| error(RuleName::Max))
+                .and_then(|b| int_bound(b, false));
+        }
+        Kind::Float => {
+            let finite = |b: f64| b.is_finite().then(|| json!(b));
+            out.min = r.min.filter(|_| error(RuleName::Min)).and_then(finite);
+            out.max = r.max.filter(|_| error(RuleName::Max)).and_then(finite);
+        }
+        _ => {}
+    }
+    out
 }
 
 impl ColumnSpec {
     /// The route segment and body of the create-column request.
     pub fn request(&self) -> (&'static str, Value) {
-        let mut body = json!({ "key": self.key, "required": false, "array": self.array });
+        let c = &self.constraints;
+        let mut body = json!({ "key": self.key, "required": c.required, "array": self.array });
+        if let Some(elements) = &c.elements {
+            body["elements"] = json!(elements);
+            return ("enum", body);
+        }
+        for (name, bound) in [("min", &c.min), ("max", &c.max)] {
+            if let Some(b) = bound {
+                body[name] = b.clone();
+            }
+        }
         let kind = match self.kind {
             Kind::Text(size) => {
                 body["size"] = json!(size);
@@ -274,12 +365,19 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
         } else {
             Vec::new()
         };
+        let constraints = match node {
+            LayoutNode::Slot(i) if *i < plan.fields.len() => {
+                constraints(&plan.fields[*i], &kind, array)
+            }
+            _ => Constraints::default(),
+        };
         columns.push(ColumnSpec {
             key: key.clone(),
             kind,
             array,
             reference,
             json_refs,
+            constraints,
         });
     }
     // The reference indexes the mapping asks for (`index_references`, a field's `index`) that
@@ -418,6 +516,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     array: false,
                     reference: false,
                     json_refs: Vec::new(),
+                    constraints: Constraints::default(),
                 },
                 ColumnSpec {
                     key: POSITION.into(),
@@ -425,6 +524,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     array: false,
                     reference: false,
                     json_refs: Vec::new(),
+                    constraints: Constraints::default(),
                 },
             ];
             for (key, node) in &e.layout.root {
@@ -443,12 +543,19 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     .filter(|f| f.reference.is_some() && f.path.len() > 1 && &f.path[0] == key)
                     .map(|f| f.path[1..].to_vec())
                     .collect();
+                let constraints = match node {
+                    LayoutNode::Slot(s) if *s < e.fields.len() => {
+                        constraints(&e.fields[*s], &kind, array)
+                    }
+                    _ => Constraints::default(),
+                };
                 columns.push(ColumnSpec {
                     key: key.clone(),
                     kind,
                     array,
                     reference,
                     json_refs,
+                    constraints,
                 });
             }
             // The parent's id, and the elements' reference columns the mapping indexes

@@ -864,8 +864,9 @@ impl StandIn {
                             .as_array()
                             .is_some_and(|e| e.iter().any(|x| x == s))
                     }),
-                    "integer" => item.is_i64() || item.is_u64(),
-                    "float" => item.is_number(),
+                    // Appwrite checks a number against the column's `min` / `max` (its range).
+                    "integer" => (item.is_i64() || item.is_u64()) && in_range(&c.body, item),
+                    "float" => item.is_number() && in_range(&c.body, item),
                     "boolean" => item.is_boolean(),
                     _ => true,
                 };
@@ -1415,6 +1416,26 @@ fn hash_options(algo: &str, options: serde_json::Map<String, Value>) -> Value {
 }
 
 /// A plausible email address: one `@`, text on both sides, a dot in the domain.
+/// Whether number `v` lies within the column's `min` and `max` (either may be absent).
+fn in_range(column: &Value, v: &Value) -> bool {
+    // Integers compare exactly (an f64 rounds values past 2^53).
+    let cmp = |bound: &Value| -> Option<std::cmp::Ordering> {
+        match (v.as_i64(), bound.as_i64()) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ => v.as_f64()?.partial_cmp(&bound.as_f64()?),
+        }
+    };
+    let below = column
+        .get("min")
+        .filter(|b| b.is_number())
+        .is_some_and(|b| cmp(b) == Some(std::cmp::Ordering::Less));
+    let above = column
+        .get("max")
+        .filter(|b| b.is_number())
+        .is_some_and(|b| cmp(b) == Some(std::cmp::Ordering::Greater));
+    !below && !above
+}
+
 pub fn email_ok(email: &str) -> bool {
     match email.split_once('@') {
         Some((local, domain)) => {
