@@ -632,3 +632,67 @@ validate = { one_of = ["x"], severity = "warning" }
         .unwrap();
     w.drop().await;
 }
+
+/// `[appwrite] permissions` and `row_security`: sent when the table (and its child table) is
+/// made, set again when the table's differ, as the stand-in returns the table; a permission
+/// that is not one is refused before the run.
+#[tokio::test]
+async fn appwrite_tables_get_the_mappings_permissions_and_row_security() {
+    let w = World::new("access_aw").await;
+    w.sql(REFERENCE_TABLES).await;
+    let mapping = REFERENCES.replace(
+        "[source]",
+        "[appwrite]\npermissions = ['read(\"any\")', 'update(\"team:editors/owner\")']\nrow_security = true\n\n[source]",
+    );
+    let pipeline = one_entity_pipeline(&w, "items", &mapping);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "ax-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    // The command runs off the runtime's thread: the stand-in serves on it.
+    let run = |pipeline: &std::path::Path, extra: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "ax-key")
+            .env("APPWRITE_DATABASE", "ax")
+            .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+            .arg(pipeline)
+            .args(extra);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(&pipeline, &[]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let access = |t: &str| {
+        let v = standin.get_table("ax", t).unwrap();
+        (v["$permissions"].clone(), v["rowSecurity"].clone())
+    };
+    let wanted = (
+        serde_json::json!(["read(\"any\")", "update(\"team:editors/owner\")"]),
+        serde_json::json!(true),
+    );
+    assert_eq!(access("items"), wanted);
+    assert_eq!(access("items_parts"), wanted);
+
+    // Someone changed them: the next run sets them again.
+    standin
+        .update_table(
+            "ax",
+            "items",
+            &serde_json::json!({ "name": "items", "permissions": ["read(\"users\")"], "rowSecurity": false }),
+        )
+        .unwrap();
+    assert_ne!(access("items"), wanted);
+    let out = run(&pipeline, &["--rerun"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(access("items"), wanted);
+
+    // A permission that is not one names its key, before anything runs.
+    let bad = mapping.replace("'read(\"any\")'", "'read(any)'");
+    let pipeline = one_entity_pipeline(&w, "items", &bad);
+    let out = run(&pipeline, &["--rerun"]).await.unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("appwrite.permissions[0]"), "{text}");
+    w.drop().await;
+}

@@ -42,6 +42,12 @@ pub async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
         );
         for (spec, what) in tables {
             crate::outln!("table {} {what}", spec.id);
+            if let Some(p) = &spec.access.permissions {
+                crate::outln!("  permissions [{}]", p.join(", "));
+            }
+            if let Some(r) = spec.access.row_security {
+                crate::outln!("  rowSecurity {r}");
+            }
             for c in &spec.columns {
                 let (kind, body) = c.request();
                 let size = body

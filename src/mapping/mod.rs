@@ -748,6 +748,18 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
         check_file(m, f)?;
     }
     check_indexes(m)?;
+    for (i, p) in s.appwrite.permissions.iter().flatten().enumerate() {
+        if !spec::appwrite_permission_ok(p) {
+            return Err(invalid(
+                m,
+                &format!("appwrite.permissions[{i}]"),
+                format!(
+                    "`{}` is not a permission: write `action(\"role\")`, the action read, create, update, delete or write, the role any, guests, users, users/verified, user:ID, team:ID, team:ID/ROLE, member:ID or label:NAME",
+                    p.escape_debug()
+                ),
+            ));
+        }
+    }
     if s.source.updated_at.as_deref().is_some_and(str::is_empty) {
         return Err(invalid(
             m,

@@ -210,6 +210,9 @@ pub struct Plan {
     pub layout: Layout,
     /// Appwrite: write the documents as users (Auth), not rows.
     pub appwrite_users: Option<crate::mapping::spec::AppwriteUsersSpec>,
+    /// Appwrite: the table's permissions and `rowSecurity`, when the mapping sets them.
+    pub appwrite_permissions: Option<Vec<String>>,
+    pub appwrite_row_security: Option<bool>,
     /// The entity writes files (`[file]`): where each row's file is, and what it records.
     pub file: Option<FilePlan>,
     /// MongoDB indexes built after the load.
@@ -889,6 +892,8 @@ pub fn compile(
         embeds,
         row_rules,
         appwrite_users: users_spec(m, &layout)?,
+        appwrite_permissions: m.spec.appwrite.permissions.clone(),
+        appwrite_row_security: m.spec.appwrite.row_security,
         layout,
         file,
         indexes: m.spec.indexes.clone(),

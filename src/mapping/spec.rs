@@ -173,6 +173,46 @@ impl ChecksumAlgorithm {
 pub struct AppwriteSpec {
     /// Write the documents as Appwrite users (Auth) instead of rows of a table.
     pub users: Option<AppwriteUsersSpec>,
+    /// The table's permission strings (`read("any")`, `create("users")`…), set when the table
+    /// is made and brought back to these when they differ (unset: the table's are left alone).
+    pub permissions: Option<Vec<String>>,
+    /// The table's `rowSecurity` (row-level permissions), set and kept like `permissions`.
+    pub row_security: Option<bool>,
+}
+
+/// Whether `p` is an Appwrite permission string: `action("role")`, the action one of read,
+/// create, update, delete, write; the role any, guests, users (`users/verified`,
+/// `users/unverified`), or `user:`, `team:`, `member:`, `label:` followed by an id (a team's
+/// may name a role: `team:ID/owner`).
+pub fn appwrite_permission_ok(p: &str) -> bool {
+    let Some((action, rest)) = p.split_once("(\"") else {
+        return false;
+    };
+    let Some(role) = rest.strip_suffix("\")") else {
+        return false;
+    };
+    if !["read", "create", "update", "delete", "write"].contains(&action) {
+        return false;
+    }
+    let id_ok = |id: &str| {
+        !id.is_empty()
+            && id.len() <= 36
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    match role.split_once(':') {
+        None => matches!(
+            role,
+            "any" | "guests" | "users" | "users/verified" | "users/unverified"
+        ),
+        Some(("user" | "member" | "label", id)) => id_ok(id),
+        Some(("team", rest)) => {
+            let (id, role) = rest.split_once('/').unwrap_or((rest, "x"));
+            id_ok(id) && !role.is_empty() && !role.contains('/')
+        }
+        Some(_) => false,
+    }
 }
 
 /// Hash algorithms Appwrite imports (the route segment of `POST /users/{algorithm}`).

@@ -665,6 +665,16 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         }
         facts.push(("file (GridFS / Appwrite Storage)".into(), parts.join("; ")));
     }
+    if s.appwrite.permissions.is_some() || s.appwrite.row_security.is_some() {
+        let mut parts = Vec::new();
+        if let Some(p) = &s.appwrite.permissions {
+            parts.push(format!("permissions = [{}]", p.join(", ")));
+        }
+        if let Some(r) = s.appwrite.row_security {
+            parts.push(format!("row_security = {r}"));
+        }
+        facts.push(("appwrite (table access)".into(), parts.join("; ")));
+    }
     if let Some(u) = &s.appwrite.users {
         let mut parts = vec![
             format!("email = {}", u.email),

@@ -1484,6 +1484,7 @@ mod tests {
                 constraints: schema::Constraints::default(),
             }],
             indexes: Vec::new(),
+            access: Default::default(),
         };
         let named = |j: Bson| unrepresentable(&bson::doc! { "j": j }, Some(&table), &[]);
         let m = named(Bson::Document(bson::doc! { "$numberDecimal": "1" })).unwrap();

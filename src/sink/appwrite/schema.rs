@@ -221,6 +221,24 @@ pub struct TableSpec {
     pub id: String,
     pub columns: Vec<ColumnSpec>,
     pub indexes: Vec<IndexSpec>,
+    /// The table's permissions and `rowSecurity` when the mapping sets them (a child table has
+    /// its parent's): sent on create, and set again when the table's differ.
+    pub access: TableAccess,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableAccess {
+    pub permissions: Option<Vec<String>>,
+    pub row_security: Option<bool>,
+}
+
+impl TableAccess {
+    fn of(plan: &Plan) -> TableAccess {
+        TableAccess {
+            permissions: plan.appwrite_permissions.clone(),
+            row_security: plan.appwrite_row_security,
+        }
+    }
 }
 
 /// A text column sized by the field's `max_length` when that rule rejects longer values (a
@@ -402,6 +420,7 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
         id: plan.collection.clone(),
         columns,
         indexes,
+        access: TableAccess::of(plan),
     }
 }
 
@@ -574,6 +593,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     id: child_table_id(&plan.collection, &e.path_text),
                     columns,
                     indexes,
+                    access: TableAccess::of(plan),
                 },
             }
         })
@@ -617,7 +637,14 @@ pub async fn apply(
     timeout: std::time::Duration,
 ) -> Result<(), AppwriteError> {
     client.ensure_database(db, db).await?;
-    client.ensure_table(db, &spec.id, &spec.id).await?;
+    let a = &spec.access;
+    if a.permissions.is_none() && a.row_security.is_none() {
+        client.ensure_table(db, &spec.id, &spec.id).await?;
+    } else {
+        client
+            .ensure_table_access(db, &spec.id, a.permissions.as_deref(), a.row_security)
+            .await?;
+    }
     for c in &spec.columns {
         let (kind, body) = c.request();
         client.ensure_column(db, &spec.id, kind, &body).await?;
