@@ -1156,6 +1156,41 @@ fn join_candidates<'a>(
     out
 }
 
+/// MongoDB's largest document.
+const MAX_DOCUMENT_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// The size an average `parent` document would have with `child` embedded, from `pg_stats`
+/// average widths: the parent row's width plus the child's times the children per parent (the
+/// planner's row estimates). Field names and BSON framing come on top. Without statistics (a
+/// table never analyzed, or no rows in the parent) it says so.
+fn embedded_size_text(parent: &Table, child: &Table) -> String {
+    let (Some(pw), Some(cw), Some(c), Some(p)) = (
+        parent.avg_row_bytes,
+        child.avg_row_bytes,
+        child.row_estimate,
+        parent.row_estimate,
+    ) else {
+        return "; document size: no statistics — run ANALYZE".into();
+    };
+    if p == 0 {
+        return format!(
+            "; document size: `{}` has no rows to estimate from — run ANALYZE after loading it",
+            parent.name
+        );
+    }
+    let children = cw as f64 * c as f64 / p as f64;
+    let total = pw as f64 + children;
+    let near = if total > MAX_DOCUMENT_BYTES / 2.0 {
+        " — near MongoDB's 16 MiB document limit: keep it a collection"
+    } else {
+        ""
+    };
+    format!(
+        "; an average `{parent}` document ~{total:.0} bytes (its row ~{pw} + the children ~{children:.0}; pg_stats average widths){near}",
+        parent = parent.name
+    )
+}
+
 fn embed_proposal(
     out: &mut String,
     model: &Model,
@@ -1171,13 +1206,7 @@ fn embed_proposal(
         }
         _ => String::new(),
     };
-    let size = match (child.avg_row_bytes, child.row_estimate, parent.row_estimate) {
-        (Some(w), Some(c), Some(p)) if p > 0 => format!(
-            "; adds ~{} bytes to an average document (pg_stats widths)",
-            w * c / p
-        ),
-        _ => String::new(),
-    };
+    let size = embedded_size_text(parent, child);
     comment(
         out,
         "##",
