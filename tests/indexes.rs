@@ -696,3 +696,162 @@ async fn appwrite_tables_get_the_mappings_permissions_and_row_security() {
     assert!(text.contains("appwrite.permissions[0]"), "{text}");
     w.drop().await;
 }
+
+const POINTS: &str = r#"
+version = 1
+name = "places"
+
+[source]
+table = "places"
+key = ["id"]
+
+[[field]]
+path = "loc"
+column = "loc"
+type = "point"
+
+[[field]]
+path = "pos"
+columns = ["lon", "lat"]
+transform = ["array"]
+type = "point"
+"#;
+
+/// Ids 4, 5 and 6 are out of range (or NaN): rejected; 7 has no point.
+const POINT_ROWS: &str = "
+    CREATE TABLE places (id int PRIMARY KEY, loc point, lon float8, lat float8);
+    INSERT INTO places VALUES
+      (1, '(10.5,-20.25)', 10.5, -20.25), (2, '(180,90)', 180, 90), (3, '(-180,-90)', -180, -90),
+      (4, '(180.0000001,0)', 180.0000001, 0), (5, '(0,90.5)', 0, 90.5), (6, '(NaN,0)', 'NaN', 0),
+      (7, NULL, NULL, NULL), (8, '(0.1,-0)', 0.1, '-0'), (9, '(1e-300,5.000000000000001)', 1e-300, 5.000000000000001);";
+
+/// `type = "point"`: a PostgreSQL point and a pair of numbers become GeoJSON points (mongod
+/// takes them under a 2dsphere index, which checks GeoJSON); values out of range are rejected
+/// (`point_range`); the coordinates are PostgreSQL's own floats, bit for bit; verify compares
+/// them independently and passes.
+#[tokio::test]
+async fn points_become_geojson_and_out_of_range_ones_are_rejected() {
+    let w = World::new("points").await;
+    w.sql(POINT_ROWS).await;
+    let pipeline = one_entity_pipeline(&w, "places", POINTS);
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut rejected: Vec<(String, String)> = w
+        .rejects(&run_id)
+        .into_iter()
+        .map(|(_, key, _, rule)| (key, rule))
+        .collect();
+    rejected.sort();
+    rejected.dedup();
+    assert_eq!(
+        rejected,
+        [
+            ("4", "point_range"),
+            ("5", "point_range"),
+            ("6", "point_range")
+        ]
+        .map(|(k, r)| (k.to_string(), r.to_string()))
+    );
+    let db = w.mongo().await;
+    let c = db.collection::<Document>("places");
+    // mongod's own GeoJSON check: a 2dsphere index refuses a malformed point.
+    c.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! { "loc": "2dsphere" })
+            .build(),
+    )
+    .await
+    .unwrap();
+    c.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! { "pos": "2dsphere" })
+            .build(),
+    )
+    .await
+    .unwrap();
+    // The oracle: PostgreSQL's own floats.
+    let expected = w
+        .query_strings(
+            "SELECT id || ' ' || loc[0]::text || ' ' || loc[1]::text FROM places
+             WHERE id NOT IN (4, 5, 6) AND loc IS NOT NULL ORDER BY id",
+        )
+        .await;
+    assert_eq!(expected.len(), 5);
+    for line in expected {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let id: i32 = parts[0].parse().unwrap();
+        let (lon, lat): (f64, f64) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+        let d = c.find_one(doc! { "_id": id }).await.unwrap().unwrap();
+        for field in ["loc", "pos"] {
+            let p = d.get_document(field).unwrap();
+            assert_eq!(p.get_str("type"), Ok("Point"), "{d}");
+            let coords = p.get_array("coordinates").unwrap();
+            let got: Vec<u64> = coords
+                .iter()
+                .map(|v| v.as_f64().unwrap().to_bits())
+                .collect();
+            assert_eq!(got, [lon.to_bits(), lat.to_bits()], "{id} {field}: {d}");
+        }
+    }
+    // A NULL point is left out; two NULL numbers make a null (the pair is an array).
+    let none = c.find_one(doc! { "_id": 7 }).await.unwrap().unwrap();
+    assert_eq!(none, doc! { "_id": 7, "pos": Bson::Null });
+    assert_eq!(c.count_documents(doc! {}).await.unwrap(), 6);
+
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("compared independently with PostgreSQL's own values (6 documents): loc"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+/// Into Appwrite: a `point` column holding `[lon, lat]`, as the stand-in lists and stores it.
+#[tokio::test]
+async fn appwrite_points_are_point_columns() {
+    let w = World::new("points_aw").await;
+    w.sql(POINT_ROWS).await;
+    let pipeline = one_entity_pipeline(&w, "places", POINTS);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "px-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "px-key")
+            .env("APPWRITE_DATABASE", "px")
+            .args(args)
+            .args(["--target", "appwrite", "--pipeline"])
+            .arg(&pipeline);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(&["migrate"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    let column = standin.get_column("px", "places", "loc").unwrap();
+    assert_eq!(column["type"], "point", "{column}");
+    let rows = standin.rows("px", "places");
+    assert_eq!(rows.len(), 6, "{}", output_text(&out));
+    let row = |id: &str| rows.iter().find(|r| r["$id"] == id).unwrap().clone();
+    assert_eq!(row("1")["loc"], serde_json::json!([10.5, -20.25]));
+    assert_eq!(row("2")["pos"], serde_json::json!([180.0, 90.0]));
+    assert!(row("7")["loc"].is_null());
+    let out = run(&["verify"]).await.unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("compared independently") && text.contains(": loc"),
+        "{text}"
+    );
+    w.drop().await;
+}

@@ -746,6 +746,20 @@ async fn unusual_types_and_names_migrate_and_verify_without_edits() {
     let text = std::fs::read_to_string(out.join("mappings/zoo.toml")).unwrap();
     assert!(text.contains("# generated: "), "{text}");
     assert!(!text.contains("source default: (dom"), "{text}");
+    // A point column is proposed as a geographic point: GeoJSON in mongod.
+    assert_eq!(s(field(zoo, "p"), "type"), Some("point"));
+    let abc = w
+        .mongo()
+        .await
+        .collection::<Document>("zoo")
+        .find_one(bson::doc! { "p": { "$exists": true } })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        abc.get_document("p").unwrap(),
+        &bson::doc! { "type": "Point", "coordinates": [1.0, 2.0] }
+    );
     w.drop().await;
 }
 

@@ -768,6 +768,13 @@ fn field_text_prefixed(
         )),
         "money" => decide.push("money is kept as its text as lc_monetary prints it (\"$1,234.50\"); for a number, read it through a `query` source as money::numeric.".into()),
         "interval" => decide.push("interval is kept as its text (IntervalStyle); for a number, read it through a `query` source as extract(epoch FROM …).".into()),
+        "point" if col.element_type.is_none() => {
+            options.push("type = \"point\"".into());
+            decide.push(match target {
+                TargetKind::Mongodb => "point becomes a GeoJSON point (type = \"point\": x the longitude, y the latitude; a 2dsphere [[index]] can use it); a row outside [-180, 180] × [-90, 90] is rejected (point_range). Without `type` it stays the text \"(x,y)\".",
+                TargetKind::Appwrite => "point becomes a point column [lon, lat] (type = \"point\": x the longitude, y the latitude); a row outside [-180, 180] × [-90, 90] is rejected (point_range). Without `type` it stays the text \"(x,y)\".",
+            }.into());
+        }
         "bpchar" => decide.push("char(n) values keep their blank padding; transform = [\"trim\"] drops it.".into()),
         "bytea" if target == TargetKind::Appwrite => decide.push("bytea is stored as extended-JSON text; type = \"base64\" or \"hex\" gives plain text.".into()),
         _ => {}

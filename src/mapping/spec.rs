@@ -367,6 +367,10 @@ pub enum CastType {
     Bool,
     Date,
     Uuid,
+    /// A geographic point: MongoDB GeoJSON `{ type: "Point", coordinates: [lon, lat] }`, an
+    /// Appwrite `point` column `[lon, lat]`. From a PostgreSQL `point` (x the longitude, y the
+    /// latitude) or two numbers (`columns = [lon, lat]` with the `array` transform).
+    Point,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -190,6 +190,7 @@ fn cast_text(c: CastType) -> &'static str {
         CastType::Bool => "bool",
         CastType::Date => "date",
         CastType::Uuid => "uuid",
+        CastType::Point => "point",
     }
 }
 
@@ -302,6 +303,8 @@ fn cast_target(c: CastType, target: TargetKind) -> &'static str {
         (TargetKind::Appwrite, CastType::Bool) => "boolean",
         (TargetKind::Appwrite, CastType::Date) => "datetime",
         (TargetKind::Appwrite, CastType::Uuid) => "string",
+        (TargetKind::Mongodb, CastType::Point) => "GeoJSON Point {type, coordinates: [lon, lat]}",
+        (TargetKind::Appwrite, CastType::Point) => "point [lon, lat]",
     }
 }
 

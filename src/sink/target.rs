@@ -849,6 +849,8 @@ fn fits(kind: &schema::Kind, v: &Bson) -> bool {
         (Kind::Datetime, Bson::DateTime(_)) => true,
         (Kind::Text(_), v) => !matches!(v, Bson::Document(_) | Bson::Array(_)),
         (Kind::Json, _) => true,
+        // A GeoJSON point (as `transform::point` makes it).
+        (Kind::Point, Bson::Document(d)) => d.get_str("type") == Ok("Point"),
         _ => false,
     }
 }

@@ -24,6 +24,8 @@ pub enum Kind {
     Float,
     Boolean,
     Datetime,
+    /// A geographic point (`[lon, lat]`), from a GeoJSON point.
+    Point,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +148,13 @@ impl ColumnSpec {
             Kind::Float => "float",
             Kind::Boolean => "boolean",
             Kind::Datetime => "datetime",
+            Kind::Point => {
+                // The point route takes no `array` (Appwrite has no array of points).
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("array");
+                }
+                "point"
+            }
         };
         (kind, body)
     }
@@ -328,6 +337,7 @@ pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, 
             CastType::Bool => Kind::Boolean,
             CastType::Date => Kind::Datetime,
             CastType::Uuid => Kind::Text(36),
+            CastType::Point => Kind::Point,
         };
     }
     // A text column is as long as the mapping allows (`max_length`), else the default.
@@ -705,6 +715,11 @@ pub fn to_row(doc: &bson::Document, spec: &TableSpec) -> Value {
                 json!(v.into_relaxed_extjson().to_string())
             }
             (Kind::Json, v) => json!(v.clone().into_relaxed_extjson().to_string()),
+            // A GeoJSON point as the point column's `[lon, lat]`.
+            (Kind::Point, bson::Bson::Document(d)) => match d.get_array("coordinates") {
+                Ok(c) => Value::Array(c.iter().map(column_value).collect()),
+                Err(_) => Value::Null,
+            },
             (Kind::Text(_), bson::Bson::Array(items)) => {
                 Value::Array(items.iter().map(text_value).collect())
             }

@@ -183,7 +183,7 @@ fn now() -> String {
 }
 
 const COLUMN_KINDS: &[&str] = &[
-    "string", "integer", "float", "boolean", "datetime", "email", "url", "ip", "enum",
+    "string", "integer", "float", "boolean", "datetime", "email", "url", "ip", "enum", "point",
 ];
 
 impl StandIn {
@@ -937,6 +937,15 @@ impl StandIn {
                     "integer" => (item.is_i64() || item.is_u64()) && in_range(&c.body, item),
                     "float" => item.is_number() && in_range(&c.body, item),
                     "boolean" => item.is_boolean(),
+                    // `[longitude, latitude]`, each within its range.
+                    "point" => match item.as_array().map(Vec::as_slice) {
+                        Some([lon, lat]) => {
+                            lon.as_f64().zip(lat.as_f64()).is_some_and(|(lon, lat)| {
+                                (-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat)
+                            })
+                        }
+                        _ => false,
+                    },
                     _ => true,
                 };
                 if !fits {
