@@ -715,11 +715,23 @@ path = "pos"
 columns = ["lon", "lat"]
 transform = ["array"]
 type = "point"
+
+[[field]]
+path = "label"
+column = "label"
+
+[[index]]
+keys = ["loc"]
+type = "2dsphere"
+
+[[index]]
+keys = ["label"]
+type = "text"
 "#;
 
 /// Ids 4, 5 and 6 are out of range (or NaN): rejected; 7 has no point.
 const POINT_ROWS: &str = "
-    CREATE TABLE places (id int PRIMARY KEY, loc point, lon float8, lat float8);
+    CREATE TABLE places (id int PRIMARY KEY, loc point, lon float8, lat float8, label text DEFAULT 'a place');
     INSERT INTO places VALUES
       (1, '(10.5,-20.25)', 10.5, -20.25), (2, '(180,90)', 180, 90), (3, '(-180,-90)', -180, -90),
       (4, '(180.0000001,0)', 180.0000001, 0), (5, '(0,90.5)', 0, 90.5), (6, '(NaN,0)', 'NaN', 0),
@@ -756,14 +768,16 @@ async fn points_become_geojson_and_out_of_range_ones_are_rejected() {
     );
     let db = w.mongo().await;
     let c = db.collection::<Document>("places");
-    // mongod's own GeoJSON check: a 2dsphere index refuses a malformed point.
-    c.create_index(
-        mongodb::IndexModel::builder()
-            .keys(doc! { "loc": "2dsphere" })
-            .build(),
-    )
-    .await
-    .unwrap();
+    // The mapping's 2dsphere and text indexes, as listIndexes shows them (mongod checked every
+    // document's GeoJSON building the first).
+    let keys: Vec<(String, Document)> = index_keys(&db, "places").await;
+    assert_eq!(
+        keys.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["_id_", "label_text", "loc_2dsphere"]
+    );
+    assert_eq!(keys[2].1, doc! { "loc": "2dsphere" });
+    assert_eq!(keys[1].1, doc! { "_fts": "text", "_ftsx": 1 });
+    // mongod's own GeoJSON check on the pairs too.
     c.create_index(
         mongodb::IndexModel::builder()
             .keys(doc! { "pos": "2dsphere" })
@@ -797,7 +811,10 @@ async fn points_become_geojson_and_out_of_range_ones_are_rejected() {
     }
     // A NULL point is left out; two NULL numbers make a null (the pair is an array).
     let none = c.find_one(doc! { "_id": 7 }).await.unwrap().unwrap();
-    assert_eq!(none, doc! { "_id": 7, "pos": Bson::Null });
+    assert_eq!(
+        none,
+        doc! { "_id": 7, "pos": Bson::Null, "label": "a place" }
+    );
     assert_eq!(c.count_documents(doc! {}).await.unwrap(), 6);
 
     let out = w
@@ -840,6 +857,13 @@ async fn appwrite_points_are_point_columns() {
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let column = standin.get_column("px", "places", "loc").unwrap();
     assert_eq!(column["type"], "point", "{column}");
+    let spatial = standin.get_index("px", "places", "ix_loc").unwrap();
+    assert_eq!(
+        (spatial["type"].as_str(), spatial["columns"].clone()),
+        (Some("spatial"), serde_json::json!(["loc"]))
+    );
+    let text = standin.get_index("px", "places", "ix_label").unwrap();
+    assert_eq!(text["type"], "fulltext");
     let rows = standin.rows("px", "places");
     assert_eq!(rows.len(), 6, "{}", output_text(&out));
     let row = |id: &str| rows.iter().find(|r| r["$id"] == id).unwrap().clone();

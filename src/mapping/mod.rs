@@ -239,6 +239,30 @@ fn check_indexes(m: &Mapping) -> Result<(), MappingError> {
                 format!("`{}` is empty or names two indexes", n.escape_debug()),
             ));
         }
+        if let Some(kind) = ix.kind {
+            let why = if ix.unique {
+                Some("is not `unique`")
+            } else if ix.ttl_seconds.is_some() {
+                Some("has no `ttl_seconds`")
+            } else if ix.keys.iter().any(|k| k.starts_with('-')) {
+                Some("has no order (no `-path`)")
+            } else if kind == spec::IndexKind::Text
+                && s.indexes[..i]
+                    .iter()
+                    .any(|o| o.kind == Some(spec::IndexKind::Text))
+            {
+                Some("is one per collection (MongoDB): put every path in its `keys`")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(invalid(
+                    m,
+                    &format!("{key}.type"),
+                    format!("a `{}` index {why}", kind.as_str()),
+                ));
+            }
+        }
         if ix.collation.as_deref().is_some_and(str::is_empty) {
             return Err(invalid(
                 m,
@@ -282,9 +306,11 @@ pub fn reference_index_paths(spec: &spec::MappingFile) -> Vec<String> {
             });
         }
     }
+    // Only an ordered index serves a reference's equality look-ups (not a text or 2dsphere one).
     let covered: Vec<String> = spec
         .indexes
         .iter()
+        .filter(|ix| ix.kind.is_none())
         .filter_map(|ix| ix.key_pairs().into_iter().next().map(|(p, _)| p))
         .collect();
     let mut out: Vec<String> = Vec::new();
@@ -1274,5 +1300,27 @@ column = "name"
         let text = format!("{MINIMAL}[[index]]\nkeys = []\n");
         let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("index[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_special_index_is_not_unique_ttl_or_ordered_and_text_is_one() {
+        for (extra, why) in [
+            ("type = \"text\"\nunique = true\n", "is not `unique`"),
+            ("type = \"2dsphere\"\nttl_seconds = 5\n", "no `ttl_seconds`"),
+        ] {
+            let text = format!("{MINIMAL}[[index]]\nkeys = [\"a\"]\n{extra}");
+            let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains("index[0].type") && err.contains(why), "{err}");
+        }
+        let text = format!("{MINIMAL}[[index]]\nkeys = [\"-a\"]\ntype = \"2dsphere\"\n");
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("no order"), "{err}");
+        let text = format!(
+            "{MINIMAL}[[index]]\nkeys = [\"a\"]\ntype = \"text\"\n[[index]]\nkeys = [\"b\"]\ntype = \"text\"\n"
+        );
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("index[1].type"), "{err}");
+        let text = format!("{MINIMAL}[[index]]\nkeys = [\"a\"]\ntype = \"fulltext\"\n");
+        assert!(parse(Path::new("t.toml"), &text).is_err());
     }
 }

@@ -906,6 +906,7 @@ pub fn compile(
                 partial: None,
                 ttl_seconds: None,
                 collation: None,
+                kind: None,
             })
             .collect(),
         validator: (m.spec.validator != crate::mapping::spec::ValidatorLevel::Off)

@@ -67,6 +67,28 @@ pub struct IndexSpec {
     pub ttl_seconds: Option<u64>,
     /// A collation locale (`en`, `fr`, …) for string comparisons in the index.
     pub collation: Option<String>,
+    /// A special index instead of an ordered one: `text` (MongoDB text index, Appwrite
+    /// `fulltext`) or `2dsphere` (of GeoJSON points: MongoDB `2dsphere`, Appwrite `spatial`).
+    #[serde(rename = "type")]
+    pub kind: Option<IndexKind>,
+}
+
+/// The kind of a special index (`[[index]] type = …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum IndexKind {
+    #[serde(rename = "text")]
+    Text,
+    #[serde(rename = "2dsphere")]
+    Sphere2d,
+}
+
+impl IndexKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexKind::Text => "text",
+            IndexKind::Sphere2d => "2dsphere",
+        }
+    }
 }
 
 /// Whether a `$jsonSchema` validator derived from the mapping is set on the collection.

@@ -745,6 +745,9 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         if ix.unique {
             parts.push("unique".into());
         }
+        if let Some(k) = ix.kind {
+            parts.push(format!("type = {}", k.as_str()));
+        }
         if let Some(n) = &ix.name {
             parts.push(format!("name = {n}"));
         }

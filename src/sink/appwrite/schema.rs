@@ -212,14 +212,23 @@ fn mapping_indexes(plan: &Plan, columns: &[ColumnSpec]) -> Vec<IndexSpec> {
                 .collect::<Vec<_>>()
                 .join("_")
         )));
+        let (kind, orders) = match ix.kind {
+            // Appwrite's full-text and spatial indexes take no orders.
+            Some(crate::mapping::spec::IndexKind::Text) => ("fulltext", Vec::new()),
+            Some(crate::mapping::spec::IndexKind::Sphere2d) => ("spatial", Vec::new()),
+            None => (
+                if ix.unique { "unique" } else { "key" },
+                pairs
+                    .iter()
+                    .map(|(_, d)| if *d < 0 { "DESC" } else { "ASC" }.to_string())
+                    .collect(),
+            ),
+        };
         out.push(IndexSpec {
             key,
             columns: pairs.iter().map(|(p, _)| p.clone()).collect(),
-            kind: if ix.unique { "unique" } else { "key" },
-            orders: pairs
-                .iter()
-                .map(|(_, d)| if *d < 0 { "DESC" } else { "ASC" }.to_string())
-                .collect(),
+            kind,
+            orders,
         });
     }
     out
