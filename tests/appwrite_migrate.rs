@@ -1098,7 +1098,8 @@ async fn sync_deletes_removes_appwrite_rows_whose_source_is_gone() {
             "registry",
             "vaccines",
             "stray-1",
-            &serde_json::json!({ "name": "Stray" }),
+            // The columns the mapping's required rules make required.
+            &serde_json::json!({ "code": "STRAY", "name": "Stray" }),
         )
         .await
         .unwrap();
@@ -1180,7 +1181,12 @@ async fn verify_names_exactly_the_deleted_changed_and_stray_appwrite_rows() {
             "registry",
             "patients",
             "stray-row",
-            &serde_json::json!({ "firstName": "Nobody" }),
+            // A whole row (its columns made required by the mapping's rules), of no source row.
+            &{
+                let mut stray = data.clone();
+                stray["firstName"] = serde_json::json!("Nobody");
+                stray
+            },
         )
         .await
         .unwrap();

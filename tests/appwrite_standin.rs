@@ -182,7 +182,10 @@ async fn tables_columns_and_rows_follow_the_spec() {
             "string",
             json!({ "key": "firstName", "size": 100, "required": true }),
         ),
-        ("integer", json!({ "key": "doses", "required": false })),
+        (
+            "integer",
+            json!({ "key": "doses", "required": false, "min": 0, "max": 9 }),
+        ),
         ("float", json!({ "key": "weight", "required": false })),
         ("boolean", json!({ "key": "isActive", "required": false })),
         ("datetime", json!({ "key": "birthDate", "required": false })),
@@ -237,6 +240,45 @@ async fn tables_columns_and_rows_follow_the_spec() {
             .await
             .0,
         200
+    );
+    // Table permissions and rowSecurity: given on create, changed by PUT, returned by both.
+    let (st, t, _) = c
+        .call(
+            "post",
+            TABLES,
+            "/tablesdb/registry/tables",
+            Some(json!({ "tableId": "open", "name": "Open", "permissions": ["read(\"any\")"], "rowSecurity": true })),
+        )
+        .await;
+    assert_eq!(st, 201, "{t}");
+    assert_eq!(
+        (t["$permissions"].clone(), t["rowSecurity"].clone()),
+        (json!(["read(\"any\")"]), json!(true))
+    );
+    let (st, t, _) = c
+        .call(
+            "put",
+            TABLE,
+            "/tablesdb/registry/tables/open",
+            Some(json!({ "name": "Open", "permissions": ["create(\"users\")"], "rowSecurity": false })),
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(
+        (t["$permissions"].clone(), t["rowSecurity"].clone()),
+        (json!(["create(\"users\")"]), json!(false))
+    );
+    let (st, e, _) = c
+        .call(
+            "put",
+            TABLE,
+            "/tablesdb/registry/tables/open",
+            Some(json!({ "name": "Open", "permissions": ["read(everyone)"] })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["type"].as_str()),
+        (400, Some("general_argument_invalid"))
     );
 
     // Single row, then duplicates and bad structure.

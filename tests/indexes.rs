@@ -281,3 +281,601 @@ async fn appwrite_gets_the_indexes_over_top_level_columns() {
     assert_eq!(status["orders"], serde_json::json!(["ASC", "DESC"]));
     w.drop().await;
 }
+
+/// References indexed by default: a top-level, a nested and an embedded document's reference
+/// each get an index; `index = false` opts one out; one that an `[[index]]` starts with gets no
+/// second index.
+const REFERENCES: &str = r#"
+version = 1
+name = "items"
+
+[source]
+table = "items"
+key = ["id"]
+
+[[field]]
+path = "parentId"
+column = "parent_id"
+reference = "items"
+
+[[field]]
+path = "meta.ownerId"
+column = "owner_id"
+reference = "items"
+
+[[field]]
+path = "altId"
+column = "alt_id"
+reference = "items"
+index = false
+
+[[field]]
+path = "linkId"
+column = "link_id"
+reference = "items"
+
+[[field]]
+path = "n"
+column = "n"
+
+[[index]]
+keys = ["linkId", "-n"]
+
+[[embed]]
+path = "parts"
+table = "parts"
+foreign_key = "item_id"
+order_by = ["part_id"]
+appwrite = "table"
+
+[[embed.field]]
+path = "madeBy"
+column = "made_by"
+reference = "items"
+"#;
+
+const REFERENCE_TABLES: &str = "
+    CREATE TABLE items (id int PRIMARY KEY, parent_id int REFERENCES items, owner_id int,
+                        alt_id int, link_id int, n int);
+    CREATE TABLE parts (part_id int PRIMARY KEY, item_id int REFERENCES items, made_by int);
+    INSERT INTO items SELECT i, NULLIF(i / 2, 0), i % 5 + 1, i % 3 + 1, i % 7 + 1, i
+      FROM generate_series(1, 40) i;
+    INSERT INTO parts SELECT i, i % 40 + 1, i % 11 + 1 FROM generate_series(1, 80) i;";
+
+/// (name, key) of every index of `collection`, as mongod's `listIndexes` answers.
+async fn index_keys(db: &mongodb::Database, collection: &str) -> Vec<(String, Document)> {
+    let reply = db
+        .run_command(doc! { "listIndexes": collection })
+        .await
+        .unwrap();
+    let mut out: Vec<(String, Document)> = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let d = d.as_document().unwrap();
+            assert_ne!(d.get_bool("unique"), Ok(true), "{d}");
+            (
+                d.get_str("name").unwrap().to_string(),
+                d.get_document("key").unwrap().clone(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test]
+async fn references_get_an_index_after_the_load_unless_the_mapping_opts_out() {
+    let w = World::new("ref_indexes").await;
+    w.sql(REFERENCE_TABLES).await;
+    let pipeline = one_entity_pipeline(&w, "items", REFERENCES);
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("indexes built after the load: linkId_1_n_-1")
+            && text.contains("parentId_1 (")
+            && text.contains("parts.madeBy_1 ("),
+        "{text}"
+    );
+    let db = w.mongo().await;
+    let expected = vec![
+        ("_id_".to_string(), doc! { "_id": 1 }),
+        ("linkId_1_n_-1".to_string(), doc! { "linkId": 1, "n": -1 }),
+        ("meta.ownerId_1".to_string(), doc! { "meta.ownerId": 1 }),
+        ("parentId_1".to_string(), doc! { "parentId": 1 }),
+        ("parts.madeBy_1".to_string(), doc! { "parts.madeBy": 1 }),
+    ];
+    assert_eq!(index_keys(&db, "items").await, expected);
+    let report = w.latest_report();
+    let built = report["entities"][0]["indexes"].as_array().unwrap();
+    assert_eq!(built.len(), 4, "{report}");
+    assert!(built.iter().all(|b| b["ms"].is_u64()), "{report}");
+
+    // Again: the same indexes, none added.
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(index_keys(&db, "items").await, expected);
+
+    // `index_references = false`: only the field that asks for its own (`index = true`) and
+    // the `[[index]]` are built.
+    let opted_out = REFERENCES
+        .replace(
+            "name = \"items\"\n",
+            "name = \"items\"\nindex_references = false\n",
+        )
+        .replace(
+            "path = \"meta.ownerId\"\ncolumn = \"owner_id\"\nreference = \"items\"\n",
+            "path = \"meta.ownerId\"\ncolumn = \"owner_id\"\nreference = \"items\"\nindex = true\n",
+        );
+    db.collection::<Document>("items").drop().await.unwrap();
+    let pipeline = one_entity_pipeline(&w, "items", &opted_out);
+    let out = w.migrate_with(&pipeline, &["--rerun", "--accept-changed"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(
+        index_keys(&db, "items").await,
+        vec![
+            ("_id_".to_string(), doc! { "_id": 1 }),
+            ("linkId_1_n_-1".to_string(), doc! { "linkId": 1, "n": -1 }),
+            ("meta.ownerId_1".to_string(), doc! { "meta.ownerId": 1 }),
+        ]
+    );
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn an_index_flag_on_a_field_without_reference_is_refused() {
+    let w = World::new("ref_index_bad").await;
+    w.sql("CREATE TABLE t (id int PRIMARY KEY, a int)").await;
+    let mapping = "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"a\"\ncolumn = \"a\"\nindex = false\n";
+    let pipeline = one_entity_pipeline(&w, "t", mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("field[0] (a).index"), "{text}");
+    w.drop().await;
+}
+
+/// Into Appwrite: each reference column of the table, and of an embed's child table, gets a
+/// `key` index (not the opted-out one, not the one an `[[index]]` covers), as the stand-in
+/// lists them.
+#[tokio::test]
+async fn appwrite_reference_columns_get_key_indexes_unless_opted_out() {
+    let w = World::new("ref_indexes_aw").await;
+    w.sql(REFERENCE_TABLES).await;
+    let pipeline = one_entity_pipeline(&w, "items", REFERENCES);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "rx-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "rx-key")
+        .env("APPWRITE_DATABASE", "rx")
+        .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(standin.rows("rx", "items").len(), 40);
+    let mut keys = standin.table_indexes("rx", "items");
+    keys.sort();
+    // meta.ownerId is inside the JSON text of `meta`: no column to index.
+    assert_eq!(keys, ["ix_linkId_n", "ref_parentId"]);
+    let parent = standin.get_index("rx", "items", "ref_parentId").unwrap();
+    assert_eq!(parent["type"], "key");
+    assert_eq!(parent["columns"], serde_json::json!(["parentId"]));
+    let mut child = standin.table_indexes("rx", "items_parts");
+    child.sort();
+    assert_eq!(child, ["ref_madeBy", "ref_parentId"]);
+    w.drop().await;
+}
+
+/// Into Appwrite the fields' rules of severity error become column constraints (required, size,
+/// enum elements, integer and float ranges), as the stand-in lists the columns; warning rules
+/// set none, so the rows they warn about are written; the stand-in refuses a row that breaks a
+/// constraint, as Appwrite's structure validator does.
+#[tokio::test]
+async fn appwrite_columns_carry_the_rules_of_severity_error() {
+    let w = World::new("constraints_aw").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, email text, status text, age int,
+                              score float8, nick text, level int, code text);
+         INSERT INTO people
+           SELECT i, 'p' || i || '@example.org', (ARRAY['a', 'b'])[1 + i % 2], i % 90, i / 4.0,
+                  CASE WHEN i % 5 = 0 THEN 'toolong' ELSE 'ok' END, i % 3, 'zz'
+           FROM generate_series(1, 30) i;
+         -- Rejected by cutover's rules of severity error: no email, age 200, status c, score 11.
+         INSERT INTO people VALUES (31, NULL, 'a', 1, 1, 'x', 1, 'x'),
+                                   (32, 'q@example.org', 'a', 200, 1, 'x', 1, 'x'),
+                                   (33, 'q@example.org', 'c', 1, 1, 'x', 1, 'x'),
+                                   (34, 'q@example.org', 'a', 1, 11, 'x', 1, 'x');",
+    )
+    .await;
+    let mapping = r#"
+version = 1
+name = "people"
+
+[source]
+table = "people"
+key = ["id"]
+
+[[field]]
+path = "email"
+column = "email"
+validate = { required = true, max_length = 100 }
+
+[[field]]
+path = "status"
+column = "status"
+validate = { one_of = ["a", "b"] }
+
+[[field]]
+path = "age"
+column = "age"
+validate = { min = -0.5, max = 150.5 }
+
+[[field]]
+path = "score"
+column = "score"
+validate = { min = 0.25, max = 9.5 }
+
+[[field]]
+path = "nick"
+column = "nick"
+validate = { required = true, max_length = 3, severity = "warning" }
+
+[[field]]
+path = "level"
+column = "level"
+validate = { min = 1, max = 5, severities = { min = "warning" } }
+
+[[field]]
+path = "code"
+column = "code"
+validate = { one_of = ["x"], severity = "warning" }
+"#;
+    let pipeline = one_entity_pipeline(&w, "people", mapping);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "cx-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "cx-key")
+        .env("APPWRITE_DATABASE", "cx")
+        .args(["migrate", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = output_text(&out);
+    // Four rows rejected by the rules: exit 2 (a rejected row changes the exit status).
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    // The rows warned about (nick too long, level 0, code zz) are written.
+    let rows = standin.rows("cx", "people");
+    assert_eq!(rows.len(), 30, "{text}");
+    assert!(
+        rows.iter()
+            .any(|r| r["nick"] == "toolong" && r["level"] == 0)
+    );
+
+    let column = |key: &str| standin.get_column("cx", "people", key).unwrap();
+    let email = column("email");
+    assert_eq!(
+        (
+            email["type"].as_str(),
+            email["required"].as_bool(),
+            email["size"].as_u64()
+        ),
+        (Some("string"), Some(true), Some(100))
+    );
+    let status = column("status");
+    assert_eq!(status["format"], "enum", "{status}");
+    assert_eq!(status["elements"], serde_json::json!(["a", "b"]));
+    assert_eq!(status["required"], false);
+    let age = column("age");
+    assert_eq!(
+        (
+            age["type"].as_str(),
+            age["min"].as_i64(),
+            age["max"].as_i64()
+        ),
+        (Some("integer"), Some(0), Some(150)),
+        "{age}"
+    );
+    let score = column("score");
+    assert_eq!(
+        (
+            score["type"].as_str(),
+            score["min"].as_f64(),
+            score["max"].as_f64()
+        ),
+        (Some("double"), Some(0.25), Some(9.5)),
+        "{score}"
+    );
+    // Warning rules: no constraint.
+    let nick = column("nick");
+    assert_eq!(nick["required"], false);
+    assert_ne!(nick["size"], 3, "{nick}");
+    let level = column("level");
+    assert!(level["min"].is_null() && level["max"] == 5, "{level}");
+    let code = column("code");
+    assert_eq!(code["type"], "string");
+    assert!(code.get("elements").is_none_or(|e| e.is_null()), "{code}");
+
+    // The stand-in refuses rows that break the constraints, and takes one that keeps them.
+    let good =
+        serde_json::json!({ "email": "z@example.org", "status": "a", "age": 150, "score": 9.5 });
+    for (change, value) in [
+        ("email", serde_json::Value::Null),
+        ("status", serde_json::json!("c")),
+        ("age", serde_json::json!(151)),
+        ("age", serde_json::json!(-1)),
+        ("score", serde_json::json!(9.6)),
+    ] {
+        let mut bad = good.clone();
+        bad[change] = value;
+        let e = standin
+            .write_row("cx", "people", "bad1", &bad, false)
+            .expect_err("refused");
+        assert_eq!(e.kind, "row_invalid_structure", "{bad}: {}", e.message);
+    }
+    standin
+        .write_row("cx", "people", "good1", &good, false)
+        .unwrap();
+    w.drop().await;
+}
+
+/// `[appwrite] permissions` and `row_security`: sent when the table (and its child table) is
+/// made, set again when the table's differ, as the stand-in returns the table; a permission
+/// that is not one is refused before the run.
+#[tokio::test]
+async fn appwrite_tables_get_the_mappings_permissions_and_row_security() {
+    let w = World::new("access_aw").await;
+    w.sql(REFERENCE_TABLES).await;
+    let mapping = REFERENCES.replace(
+        "[source]",
+        "[appwrite]\npermissions = ['read(\"any\")', 'update(\"team:editors/owner\")']\nrow_security = true\n\n[source]",
+    );
+    let pipeline = one_entity_pipeline(&w, "items", &mapping);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "ax-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    // The command runs off the runtime's thread: the stand-in serves on it.
+    let run = |pipeline: &std::path::Path, extra: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "ax-key")
+            .env("APPWRITE_DATABASE", "ax")
+            .args(["migrate", "--quiet", "--target", "appwrite", "--pipeline"])
+            .arg(pipeline)
+            .args(extra);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(&pipeline, &[]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let access = |t: &str| {
+        let v = standin.get_table("ax", t).unwrap();
+        (v["$permissions"].clone(), v["rowSecurity"].clone())
+    };
+    let wanted = (
+        serde_json::json!(["read(\"any\")", "update(\"team:editors/owner\")"]),
+        serde_json::json!(true),
+    );
+    assert_eq!(access("items"), wanted);
+    assert_eq!(access("items_parts"), wanted);
+
+    // Someone changed them: the next run sets them again.
+    standin
+        .update_table(
+            "ax",
+            "items",
+            &serde_json::json!({ "name": "items", "permissions": ["read(\"users\")"], "rowSecurity": false }),
+        )
+        .unwrap();
+    assert_ne!(access("items"), wanted);
+    let out = run(&pipeline, &["--rerun"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(access("items"), wanted);
+
+    // A permission that is not one names its key, before anything runs.
+    let bad = mapping.replace("'read(\"any\")'", "'read(any)'");
+    let pipeline = one_entity_pipeline(&w, "items", &bad);
+    let out = run(&pipeline, &["--rerun"]).await.unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("appwrite.permissions[0]"), "{text}");
+    w.drop().await;
+}
+
+const POINTS: &str = r#"
+version = 1
+name = "places"
+
+[source]
+table = "places"
+key = ["id"]
+
+[[field]]
+path = "loc"
+column = "loc"
+type = "point"
+
+[[field]]
+path = "pos"
+columns = ["lon", "lat"]
+transform = ["array"]
+type = "point"
+
+[[field]]
+path = "label"
+column = "label"
+
+[[index]]
+keys = ["loc"]
+type = "2dsphere"
+
+[[index]]
+keys = ["label"]
+type = "text"
+"#;
+
+/// Ids 4, 5 and 6 are out of range (or NaN): rejected; 7 has no point.
+const POINT_ROWS: &str = "
+    CREATE TABLE places (id int PRIMARY KEY, loc point, lon float8, lat float8, label text DEFAULT 'a place');
+    INSERT INTO places VALUES
+      (1, '(10.5,-20.25)', 10.5, -20.25), (2, '(180,90)', 180, 90), (3, '(-180,-90)', -180, -90),
+      (4, '(180.0000001,0)', 180.0000001, 0), (5, '(0,90.5)', 0, 90.5), (6, '(NaN,0)', 'NaN', 0),
+      (7, NULL, NULL, NULL), (8, '(0.1,-0)', 0.1, '-0'), (9, '(1e-300,5.000000000000001)', 1e-300, 5.000000000000001);";
+
+/// `type = "point"`: a PostgreSQL point and a pair of numbers become GeoJSON points (mongod
+/// takes them under a 2dsphere index, which checks GeoJSON); values out of range are rejected
+/// (`point_range`); the coordinates are PostgreSQL's own floats, bit for bit; verify compares
+/// them independently and passes.
+#[tokio::test]
+async fn points_become_geojson_and_out_of_range_ones_are_rejected() {
+    let w = World::new("points").await;
+    w.sql(POINT_ROWS).await;
+    let pipeline = one_entity_pipeline(&w, "places", POINTS);
+    let out = w.migrate_with(&pipeline, &[]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut rejected: Vec<(String, String)> = w
+        .rejects(&run_id)
+        .into_iter()
+        .map(|(_, key, _, rule)| (key, rule))
+        .collect();
+    rejected.sort();
+    rejected.dedup();
+    assert_eq!(
+        rejected,
+        [
+            ("4", "point_range"),
+            ("5", "point_range"),
+            ("6", "point_range")
+        ]
+        .map(|(k, r)| (k.to_string(), r.to_string()))
+    );
+    let db = w.mongo().await;
+    let c = db.collection::<Document>("places");
+    // The mapping's 2dsphere and text indexes, as listIndexes shows them (mongod checked every
+    // document's GeoJSON building the first).
+    let keys: Vec<(String, Document)> = index_keys(&db, "places").await;
+    assert_eq!(
+        keys.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["_id_", "label_text", "loc_2dsphere"]
+    );
+    assert_eq!(keys[2].1, doc! { "loc": "2dsphere" });
+    assert_eq!(keys[1].1, doc! { "_fts": "text", "_ftsx": 1 });
+    // mongod's own GeoJSON check on the pairs too.
+    c.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! { "pos": "2dsphere" })
+            .build(),
+    )
+    .await
+    .unwrap();
+    // The oracle: PostgreSQL's own floats.
+    let expected = w
+        .query_strings(
+            "SELECT id || ' ' || loc[0]::text || ' ' || loc[1]::text FROM places
+             WHERE id NOT IN (4, 5, 6) AND loc IS NOT NULL ORDER BY id",
+        )
+        .await;
+    assert_eq!(expected.len(), 5);
+    for line in expected {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let id: i32 = parts[0].parse().unwrap();
+        let (lon, lat): (f64, f64) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+        let d = c.find_one(doc! { "_id": id }).await.unwrap().unwrap();
+        for field in ["loc", "pos"] {
+            let p = d.get_document(field).unwrap();
+            assert_eq!(p.get_str("type"), Ok("Point"), "{d}");
+            let coords = p.get_array("coordinates").unwrap();
+            let got: Vec<u64> = coords
+                .iter()
+                .map(|v| v.as_f64().unwrap().to_bits())
+                .collect();
+            assert_eq!(got, [lon.to_bits(), lat.to_bits()], "{id} {field}: {d}");
+        }
+    }
+    // A NULL point is left out; two NULL numbers make a null (the pair is an array).
+    let none = c.find_one(doc! { "_id": 7 }).await.unwrap().unwrap();
+    assert_eq!(
+        none,
+        doc! { "_id": 7, "pos": Bson::Null, "label": "a place" }
+    );
+    assert_eq!(c.count_documents(doc! {}).await.unwrap(), 6);
+
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("compared independently with PostgreSQL's own values (6 documents): loc"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+/// Into Appwrite: a `point` column holding `[lon, lat]`, as the stand-in lists and stores it.
+#[tokio::test]
+async fn appwrite_points_are_point_columns() {
+    let w = World::new("points_aw").await;
+    w.sql(POINT_ROWS).await;
+    let pipeline = one_entity_pipeline(&w, "places", POINTS);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "px-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "px-key")
+            .env("APPWRITE_DATABASE", "px")
+            .args(args)
+            .args(["--target", "appwrite", "--pipeline"])
+            .arg(&pipeline);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(&["migrate"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    let column = standin.get_column("px", "places", "loc").unwrap();
+    assert_eq!(column["type"], "point", "{column}");
+    let spatial = standin.get_index("px", "places", "ix_loc").unwrap();
+    assert_eq!(
+        (spatial["type"].as_str(), spatial["columns"].clone()),
+        (Some("spatial"), serde_json::json!(["loc"]))
+    );
+    let text = standin.get_index("px", "places", "ix_label").unwrap();
+    assert_eq!(text["type"], "fulltext");
+    let rows = standin.rows("px", "places");
+    assert_eq!(rows.len(), 6, "{}", output_text(&out));
+    let row = |id: &str| rows.iter().find(|r| r["$id"] == id).unwrap().clone();
+    assert_eq!(row("1")["loc"], serde_json::json!([10.5, -20.25]));
+    assert_eq!(row("2")["pos"], serde_json::json!([180.0, 90.0]));
+    assert!(row("7")["loc"].is_null());
+    let out = run(&["verify"]).await.unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("compared independently") && text.contains(": loc"),
+        "{text}"
+    );
+    w.drop().await;
+}

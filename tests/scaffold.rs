@@ -389,6 +389,7 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
 
     // The source's indexes, built by migrate after the load: a unique one over a nullable
     // column indexes only the documents holding it; an expression index is said, not drafted.
+    // The references (departmentId, the self-reference reportsTo) get theirs by default.
     let reply = w
         .mongo()
         .await
@@ -408,7 +409,13 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
         .collect();
     assert_eq!(
         indexes.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["_id_", "employees_badge_key", "employees_status_level_idx"]
+        [
+            "_id_",
+            "departmentId_1",
+            "employees_badge_key",
+            "employees_status_level_idx",
+            "reportsTo_1"
+        ]
     );
     let badge = &indexes["employees_badge_key"];
     assert_eq!(badge.get_bool("unique"), Ok(true));
@@ -739,6 +746,20 @@ async fn unusual_types_and_names_migrate_and_verify_without_edits() {
     let text = std::fs::read_to_string(out.join("mappings/zoo.toml")).unwrap();
     assert!(text.contains("# generated: "), "{text}");
     assert!(!text.contains("source default: (dom"), "{text}");
+    // A point column is proposed as a geographic point: GeoJSON in mongod.
+    assert_eq!(s(field(zoo, "p"), "type"), Some("point"));
+    let abc = w
+        .mongo()
+        .await
+        .collection::<Document>("zoo")
+        .find_one(bson::doc! { "p": { "$exists": true } })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        abc.get_document("p").unwrap(),
+        &bson::doc! { "type": "Point", "coordinates": [1.0, 2.0] }
+    );
     w.drop().await;
 }
 
@@ -788,4 +809,73 @@ fn a_source_password_never_reaches_the_output() {
     assert!(text.contains("cannot connect to the source"), "{text}");
     assert!(!text.contains("Sup3rSecretPw"), "{text}");
     assert!(!PathBuf::from(dir.path()).join("x").exists());
+}
+
+/// An embed proposal gives the average document's size from `pg_stats` (parent row width plus
+/// the child's width times the children per parent), computed here from PostgreSQL's own
+/// statistics; a schema never analyzed says to run ANALYZE.
+#[tokio::test]
+async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
+    let w = World::new("scaffold_sizes").await;
+    w.sql(
+        "CREATE SCHEMA sized;
+         CREATE TABLE sized.orders (id int PRIMARY KEY, note text);
+         CREATE TABLE sized.order_lines (id int PRIMARY KEY, order_id int NOT NULL REFERENCES sized.orders, sku text);
+         INSERT INTO sized.orders SELECT i, repeat('n', 40 + i % 20) FROM generate_series(1, 300) i;
+         INSERT INTO sized.order_lines SELECT i, 1 + i % 300, 'SKU-' || repeat('x', i % 30) FROM generate_series(1, 1200) i;
+         ANALYZE sized.orders, sized.order_lines;
+         CREATE SCHEMA raw;
+         CREATE TABLE raw.orders (id int PRIMARY KEY, note text) WITH (autovacuum_enabled = off);
+         CREATE TABLE raw.order_lines (id int PRIMARY KEY, order_id int NOT NULL REFERENCES raw.orders, sku text)
+           WITH (autovacuum_enabled = off);
+         INSERT INTO raw.orders VALUES (1, 'a');
+         INSERT INTO raw.order_lines VALUES (1, 1, 'b');",
+    )
+    .await;
+    // The oracle: PostgreSQL's own statistics.
+    let stat = |sql: &str| {
+        let w = &w;
+        let sql = sql.to_string();
+        async move { w.query_strings(&sql).await[0].parse::<f64>().unwrap() }
+    };
+    let width = |t: &str| {
+        format!(
+            "SELECT sum(avg_width)::text FROM pg_stats WHERE schemaname = 'sized' AND tablename = '{t}'"
+        )
+    };
+    let rows =
+        |t: &str| format!("SELECT reltuples::text FROM pg_class WHERE oid = 'sized.{t}'::regclass");
+    let (pw, cw) = (
+        stat(&width("orders")).await,
+        stat(&width("order_lines")).await,
+    );
+    let (p, c) = (
+        stat(&rows("orders")).await,
+        stat(&rows("order_lines")).await,
+    );
+    let children = cw * c / p;
+    let expected = format!(
+        "an average `orders` document ~{:.0} bytes (its row ~{pw} + the children ~{children:.0}; pg_stats average widths)",
+        pw + children
+    );
+
+    let out = w.dir.path().join("sized");
+    scaffold(&w, &out, &["--schema", "sized"]);
+    let text = std::fs::read_to_string(out.join("mappings/orders.toml")).unwrap();
+    let flat = text.replace("\n## ", " ");
+    assert!(
+        text.contains("## Proposal (opt-in): embed `order_lines`"),
+        "{text}"
+    );
+    assert!(flat.contains(&expected), "{expected}\n{text}");
+
+    let out = w.dir.path().join("raw");
+    scaffold(&w, &out, &["--schema", "raw"]);
+    let text = std::fs::read_to_string(out.join("mappings/orders.toml")).unwrap();
+    let flat = text.replace("\n## ", " ");
+    assert!(
+        flat.contains("document size: no statistics — run ANALYZE"),
+        "{text}"
+    );
+    w.drop().await;
 }

@@ -42,6 +42,12 @@ pub async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
         );
         for (spec, what) in tables {
             crate::outln!("table {} {what}", spec.id);
+            if let Some(p) = &spec.access.permissions {
+                crate::outln!("  permissions [{}]", p.join(", "));
+            }
+            if let Some(r) = spec.access.row_security {
+                crate::outln!("  rowSecurity {r}");
+            }
             for c in &spec.columns {
                 let (kind, body) = c.request();
                 let size = body
@@ -53,7 +59,25 @@ pub async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
                     _ => "",
                 };
                 let array = if c.array { "[]" } else { "" };
-                crate::outln!("  {:<28} {kind}{size}{array}{json}", c.key);
+                // The constraints from the field's rules of severity error.
+                let mut rules = Vec::new();
+                if c.constraints.required {
+                    rules.push("required".to_string());
+                }
+                if let Some(e) = &c.constraints.elements {
+                    rules.push(format!("elements {}", e.join(", ")));
+                }
+                for (name, b) in [("min", &c.constraints.min), ("max", &c.constraints.max)] {
+                    if let Some(b) = b {
+                        rules.push(format!("{name} {b}"));
+                    }
+                }
+                let rules = if rules.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", rules.join("; "))
+                };
+                crate::outln!("  {:<28} {kind}{size}{array}{json}{rules}", c.key);
             }
             for i in &spec.indexes {
                 crate::outln!("  index {} ({}: {})", i.key, i.kind, i.columns.join(", "));

@@ -768,6 +768,13 @@ fn field_text_prefixed(
         )),
         "money" => decide.push("money is kept as its text as lc_monetary prints it (\"$1,234.50\"); for a number, read it through a `query` source as money::numeric.".into()),
         "interval" => decide.push("interval is kept as its text (IntervalStyle); for a number, read it through a `query` source as extract(epoch FROM …).".into()),
+        "point" if col.element_type.is_none() => {
+            options.push("type = \"point\"".into());
+            decide.push(match target {
+                TargetKind::Mongodb => "point becomes a GeoJSON point (type = \"point\": x the longitude, y the latitude; a 2dsphere [[index]] can use it); a row outside [-180, 180] × [-90, 90] is rejected (point_range). Without `type` it stays the text \"(x,y)\".",
+                TargetKind::Appwrite => "point becomes a point column [lon, lat] (type = \"point\": x the longitude, y the latitude); a row outside [-180, 180] × [-90, 90] is rejected (point_range). Without `type` it stays the text \"(x,y)\".",
+            }.into());
+        }
         "bpchar" => decide.push("char(n) values keep their blank padding; transform = [\"trim\"] drops it.".into()),
         "bytea" if target == TargetKind::Appwrite => decide.push("bytea is stored as extended-JSON text; type = \"base64\" or \"hex\" gives plain text.".into()),
         _ => {}
@@ -1156,6 +1163,41 @@ fn join_candidates<'a>(
     out
 }
 
+/// MongoDB's largest document.
+const MAX_DOCUMENT_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// The size an average `parent` document would have with `child` embedded, from `pg_stats`
+/// average widths: the parent row's width plus the child's times the children per parent (the
+/// planner's row estimates). Field names and BSON framing come on top. Without statistics (a
+/// table never analyzed, or no rows in the parent) it says so.
+fn embedded_size_text(parent: &Table, child: &Table) -> String {
+    let (Some(pw), Some(cw), Some(c), Some(p)) = (
+        parent.avg_row_bytes,
+        child.avg_row_bytes,
+        child.row_estimate,
+        parent.row_estimate,
+    ) else {
+        return "; document size: no statistics — run ANALYZE".into();
+    };
+    if p == 0 {
+        return format!(
+            "; document size: `{}` has no rows to estimate from — run ANALYZE after loading it",
+            parent.name
+        );
+    }
+    let children = cw as f64 * c as f64 / p as f64;
+    let total = pw as f64 + children;
+    let near = if total > MAX_DOCUMENT_BYTES / 2.0 {
+        " — near MongoDB's 16 MiB document limit: keep it a collection"
+    } else {
+        ""
+    };
+    format!(
+        "; an average `{parent}` document ~{total:.0} bytes (its row ~{pw} + the children ~{children:.0}; pg_stats average widths){near}",
+        parent = parent.name
+    )
+}
+
 fn embed_proposal(
     out: &mut String,
     model: &Model,
@@ -1171,13 +1213,7 @@ fn embed_proposal(
         }
         _ => String::new(),
     };
-    let size = match (child.avg_row_bytes, child.row_estimate, parent.row_estimate) {
-        (Some(w), Some(c), Some(p)) if p > 0 => format!(
-            "; adds ~{} bytes to an average document (pg_stats widths)",
-            w * c / p
-        ),
-        _ => String::new(),
-    };
+    let size = embedded_size_text(parent, child);
     comment(
         out,
         "##",

@@ -239,6 +239,30 @@ fn check_indexes(m: &Mapping) -> Result<(), MappingError> {
                 format!("`{}` is empty or names two indexes", n.escape_debug()),
             ));
         }
+        if let Some(kind) = ix.kind {
+            let why = if ix.unique {
+                Some("is not `unique`")
+            } else if ix.ttl_seconds.is_some() {
+                Some("has no `ttl_seconds`")
+            } else if ix.keys.iter().any(|k| k.starts_with('-')) {
+                Some("has no order (no `-path`)")
+            } else if kind == spec::IndexKind::Text
+                && s.indexes[..i]
+                    .iter()
+                    .any(|o| o.kind == Some(spec::IndexKind::Text))
+            {
+                Some("is one per collection (MongoDB): put every path in its `keys`")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(invalid(
+                    m,
+                    &format!("{key}.type"),
+                    format!("a `{}` index {why}", kind.as_str()),
+                ));
+            }
+        }
         if ix.collation.as_deref().is_some_and(str::is_empty) {
             return Err(invalid(
                 m,
@@ -255,6 +279,47 @@ fn check_indexes(m: &Mapping) -> Result<(), MappingError> {
         ));
     }
     Ok(())
+}
+
+/// The paths whose reference index the mapping asks for (`index_references`, a field's own
+/// `index`): reference fields at the top level and nested, reference fields of embedded
+/// documents (`<array>.<field>`, a multikey index) and embedded arrays of references (`<array>`).
+/// Left out: `_id` (always indexed), a path that is the first key of an `[[index]]` (that index
+/// serves its look-ups), and everything of a file stage (a GridFS bucket keeps its own indexes).
+pub fn reference_index_paths(spec: &spec::MappingFile) -> Vec<String> {
+    if spec.file.is_some() {
+        return Vec::new();
+    }
+    let wanted =
+        |f: &spec::FieldSpec| f.reference.is_some() && f.index.unwrap_or(spec.index_references);
+    let mut paths: Vec<String> = spec
+        .fields
+        .iter()
+        .filter(|f| wanted(f))
+        .map(|f| f.path.clone())
+        .collect();
+    for e in &spec.embeds {
+        for f in e.fields.iter().filter(|f| wanted(f)) {
+            paths.push(match e.element {
+                spec::EmbedElement::Document => format!("{}.{}", e.path, f.path),
+                spec::EmbedElement::Value => e.path.clone(),
+            });
+        }
+    }
+    // Only an ordered index serves a reference's equality look-ups (not a text or 2dsphere one).
+    let covered: Vec<String> = spec
+        .indexes
+        .iter()
+        .filter(|ix| ix.kind.is_none())
+        .filter_map(|ix| ix.key_pairs().into_iter().next().map(|(p, _)| p))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for p in paths {
+        if p != "_id" && !covered.contains(&p) && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The `$jsonSchema` a mapping's fields imply: required fields (rules of severity error), string
@@ -495,6 +560,13 @@ fn check_fields(
     let mut paths = BTreeSet::new();
     for (i, f) in fields.iter().enumerate() {
         let key = format!("{prefix}field[{i}] ({})", f.path.escape_debug());
+        if f.index.is_some() && f.reference.is_none() {
+            return Err(invalid(
+                m,
+                &format!("{key}.index"),
+                "`index` is the index of a reference: it needs `reference` (use [[index]] for other fields)".into(),
+            ));
+        }
         if !scalar_element {
             check_path(m, &key, &f.path)?;
             if !paths.insert(f.path.clone()) {
@@ -702,6 +774,18 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
         check_file(m, f)?;
     }
     check_indexes(m)?;
+    for (i, p) in s.appwrite.permissions.iter().flatten().enumerate() {
+        if !spec::appwrite_permission_ok(p) {
+            return Err(invalid(
+                m,
+                &format!("appwrite.permissions[{i}]"),
+                format!(
+                    "`{}` is not a permission: write `action(\"role\")`, the action read, create, update, delete or write, the role any, guests, users, users/verified, user:ID, team:ID, team:ID/ROLE, member:ID or label:NAME",
+                    p.escape_debug()
+                ),
+            ));
+        }
+    }
     if s.source.updated_at.as_deref().is_some_and(str::is_empty) {
         return Err(invalid(
             m,
@@ -1216,5 +1300,27 @@ column = "name"
         let text = format!("{MINIMAL}[[index]]\nkeys = []\n");
         let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
         assert!(err.contains("index[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_special_index_is_not_unique_ttl_or_ordered_and_text_is_one() {
+        for (extra, why) in [
+            ("type = \"text\"\nunique = true\n", "is not `unique`"),
+            ("type = \"2dsphere\"\nttl_seconds = 5\n", "no `ttl_seconds`"),
+        ] {
+            let text = format!("{MINIMAL}[[index]]\nkeys = [\"a\"]\n{extra}");
+            let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains("index[0].type") && err.contains(why), "{err}");
+        }
+        let text = format!("{MINIMAL}[[index]]\nkeys = [\"-a\"]\ntype = \"2dsphere\"\n");
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("no order"), "{err}");
+        let text = format!(
+            "{MINIMAL}[[index]]\nkeys = [\"a\"]\ntype = \"text\"\n[[index]]\nkeys = [\"b\"]\ntype = \"text\"\n"
+        );
+        let err = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+        assert!(err.contains("index[1].type"), "{err}");
+        let text = format!("{MINIMAL}[[index]]\nkeys = [\"a\"]\ntype = \"fulltext\"\n");
+        assert!(parse(Path::new("t.toml"), &text).is_err());
     }
 }

@@ -210,10 +210,17 @@ pub struct Plan {
     pub layout: Layout,
     /// Appwrite: write the documents as users (Auth), not rows.
     pub appwrite_users: Option<crate::mapping::spec::AppwriteUsersSpec>,
+    /// Appwrite: the table's permissions and `rowSecurity`, when the mapping sets them.
+    pub appwrite_permissions: Option<Vec<String>>,
+    pub appwrite_row_security: Option<bool>,
     /// The entity writes files (`[file]`): where each row's file is, and what it records.
     pub file: Option<FilePlan>,
     /// MongoDB indexes built after the load.
     pub indexes: Vec<crate::mapping::spec::IndexSpec>,
+    /// The reference indexes (one path each, non-unique) built after the load with `indexes`
+    /// (see [`crate::mapping::reference_index_paths`]); Appwrite makes `key` indexes of those
+    /// that are columns.
+    pub reference_indexes: Vec<crate::mapping::spec::IndexSpec>,
     /// MongoDB: the validator set after the load (level, `$jsonSchema`), unless off.
     pub validator: Option<(crate::mapping::spec::ValidatorLevel, bson::Document)>,
 }
@@ -885,9 +892,23 @@ pub fn compile(
         embeds,
         row_rules,
         appwrite_users: users_spec(m, &layout)?,
+        appwrite_permissions: m.spec.appwrite.permissions.clone(),
+        appwrite_row_security: m.spec.appwrite.row_security,
         layout,
         file,
         indexes: m.spec.indexes.clone(),
+        reference_indexes: crate::mapping::reference_index_paths(&m.spec)
+            .into_iter()
+            .map(|p| crate::mapping::spec::IndexSpec {
+                keys: vec![p],
+                unique: false,
+                name: None,
+                partial: None,
+                ttl_seconds: None,
+                collation: None,
+                kind: None,
+            })
+            .collect(),
         validator: (m.spec.validator != crate::mapping::spec::ValidatorLevel::Off)
             .then(|| (m.spec.validator, crate::mapping::json_schema(&m.spec))),
     })

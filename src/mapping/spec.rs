@@ -41,6 +41,14 @@ pub struct MappingFile {
     /// MongoDB: a `$jsonSchema` validator derived from the mapping, set after the load.
     #[serde(default)]
     pub validator: ValidatorLevel,
+    /// Every `reference` field gets an index after the load (MongoDB) or a `key` index
+    /// (Appwrite) unless this is `false`; a field's own `index` overrides it.
+    #[serde(default = "default_true")]
+    pub index_references: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One MongoDB index of the collection, built after the load.
@@ -59,6 +67,28 @@ pub struct IndexSpec {
     pub ttl_seconds: Option<u64>,
     /// A collation locale (`en`, `fr`, …) for string comparisons in the index.
     pub collation: Option<String>,
+    /// A special index instead of an ordered one: `text` (MongoDB text index, Appwrite
+    /// `fulltext`) or `2dsphere` (of GeoJSON points: MongoDB `2dsphere`, Appwrite `spatial`).
+    #[serde(rename = "type")]
+    pub kind: Option<IndexKind>,
+}
+
+/// The kind of a special index (`[[index]] type = …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum IndexKind {
+    #[serde(rename = "text")]
+    Text,
+    #[serde(rename = "2dsphere")]
+    Sphere2d,
+}
+
+impl IndexKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexKind::Text => "text",
+            IndexKind::Sphere2d => "2dsphere",
+        }
+    }
 }
 
 /// Whether a `$jsonSchema` validator derived from the mapping is set on the collection.
@@ -165,6 +195,46 @@ impl ChecksumAlgorithm {
 pub struct AppwriteSpec {
     /// Write the documents as Appwrite users (Auth) instead of rows of a table.
     pub users: Option<AppwriteUsersSpec>,
+    /// The table's permission strings (`read("any")`, `create("users")`…), set when the table
+    /// is made and brought back to these when they differ (unset: the table's are left alone).
+    pub permissions: Option<Vec<String>>,
+    /// The table's `rowSecurity` (row-level permissions), set and kept like `permissions`.
+    pub row_security: Option<bool>,
+}
+
+/// Whether `p` is an Appwrite permission string: `action("role")`, the action one of read,
+/// create, update, delete, write; the role any, guests, users (`users/verified`,
+/// `users/unverified`), or `user:`, `team:`, `member:`, `label:` followed by an id (a team's
+/// may name a role: `team:ID/owner`).
+pub fn appwrite_permission_ok(p: &str) -> bool {
+    let Some((action, rest)) = p.split_once("(\"") else {
+        return false;
+    };
+    let Some(role) = rest.strip_suffix("\")") else {
+        return false;
+    };
+    if !["read", "create", "update", "delete", "write"].contains(&action) {
+        return false;
+    }
+    let id_ok = |id: &str| {
+        !id.is_empty()
+            && id.len() <= 36
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    match role.split_once(':') {
+        None => matches!(
+            role,
+            "any" | "guests" | "users" | "users/verified" | "users/unverified"
+        ),
+        Some(("user" | "member" | "label", id)) => id_ok(id),
+        Some(("team", rest)) => {
+            let (id, role) = rest.split_once('/').unwrap_or((rest, "x"));
+            id_ok(id) && !role.is_empty() && !role.contains('/')
+        }
+        Some(_) => false,
+    }
 }
 
 /// Hash algorithms Appwrite imports (the route segment of `POST /users/{algorithm}`).
@@ -319,6 +389,10 @@ pub enum CastType {
     Bool,
     Date,
     Uuid,
+    /// A geographic point: MongoDB GeoJSON `{ type: "Point", coordinates: [lon, lat] }`, an
+    /// Appwrite `point` column `[lon, lat]`. From a PostgreSQL `point` (x the longitude, y the
+    /// latitude) or two numbers (`columns = [lon, lat]` with the `array` transform).
+    Point,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -352,6 +426,9 @@ pub struct FieldSpec {
     pub nulls: Option<NullPolicy>,
     /// Another entity whose `_id` this value is (the value is encoded with that entity's id rule).
     pub reference: Option<String>,
+    /// With `reference`: whether the field gets its reference index (default: the mapping's
+    /// `index_references`).
+    pub index: Option<bool>,
     /// Sub-millisecond timestamps: `reject` (default), `truncate` (with a warning), `keep_string`.
     pub sub_millis: Option<SubMillis>,
     /// What a date or timestamp of `infinity` / `-infinity` becomes (default: the row is

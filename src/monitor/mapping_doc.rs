@@ -190,6 +190,7 @@ fn cast_text(c: CastType) -> &'static str {
         CastType::Bool => "bool",
         CastType::Date => "date",
         CastType::Uuid => "uuid",
+        CastType::Point => "point",
     }
 }
 
@@ -222,6 +223,9 @@ fn options_text(f: &FieldSpec) -> String {
     }
     if let Some(p) = &f.exact_path {
         out.push(format!("exact_path = {p}"));
+    }
+    if let Some(i) = f.index {
+        out.push(format!("index = {i}"));
     }
     if let Some(tz) = &f.timezone {
         out.push(format!("timezone = {tz}"));
@@ -299,6 +303,8 @@ fn cast_target(c: CastType, target: TargetKind) -> &'static str {
         (TargetKind::Appwrite, CastType::Bool) => "boolean",
         (TargetKind::Appwrite, CastType::Date) => "datetime",
         (TargetKind::Appwrite, CastType::Uuid) => "string",
+        (TargetKind::Mongodb, CastType::Point) => "GeoJSON Point {type, coordinates: [lon, lat]}",
+        (TargetKind::Appwrite, CastType::Point) => "point [lon, lat]",
     }
 }
 
@@ -662,6 +668,16 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         }
         facts.push(("file (GridFS / Appwrite Storage)".into(), parts.join("; ")));
     }
+    if s.appwrite.permissions.is_some() || s.appwrite.row_security.is_some() {
+        let mut parts = Vec::new();
+        if let Some(p) = &s.appwrite.permissions {
+            parts.push(format!("permissions = [{}]", p.join(", ")));
+        }
+        if let Some(r) = s.appwrite.row_security {
+            parts.push(format!("row_security = {r}"));
+        }
+        facts.push(("appwrite (table access)".into(), parts.join("; ")));
+    }
     if let Some(u) = &s.appwrite.users {
         let mut parts = vec![
             format!("email = {}", u.email),
@@ -709,10 +725,28 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
             ),
         )),
     }
+    let refs = crate::mapping::reference_index_paths(s);
+    if !s.index_references || !refs.is_empty() {
+        facts.push((
+            "reference indexes (built after the load)".into(),
+            format!(
+                "index_references = {}: {}",
+                s.index_references,
+                if refs.is_empty() {
+                    "none".to_string()
+                } else {
+                    refs.join(", ")
+                }
+            ),
+        ));
+    }
     for ix in &s.indexes {
         let mut parts = vec![format!("keys = [{}]", ix.keys.join(", "))];
         if ix.unique {
             parts.push("unique".into());
+        }
+        if let Some(k) = ix.kind {
+            parts.push(format!("type = {}", k.as_str()));
         }
         if let Some(n) = &ix.name {
             parts.push(format!("name = {n}"));

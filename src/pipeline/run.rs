@@ -737,11 +737,18 @@ async fn migrate_locked(
         // a failed load: a resume finishes it).
         if err.is_none()
             && !opts.dry_run
-            && (!p.indexes.is_empty() || p.validator.is_some())
+            && (!p.indexes.is_empty() || !p.reference_indexes.is_empty() || p.validator.is_some())
             && let crate::sink::target::Target::Mongo(m) = target
         {
+            // The mapping's own indexes, then the references' (none duplicates one of them).
+            let indexes: Vec<_> = p
+                .indexes
+                .iter()
+                .chain(&p.reference_indexes)
+                .cloned()
+                .collect();
             match m
-                .finish_collection(&p.collection, &p.indexes, p.validator.as_ref())
+                .finish_collection(&p.collection, &indexes, p.validator.as_ref())
                 .await
             {
                 Ok(built) => {

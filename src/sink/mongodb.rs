@@ -372,7 +372,10 @@ impl MongoTarget {
         for ix in indexes {
             let mut keys = Document::new();
             for (path, dir) in ix.key_pairs() {
-                keys.insert(path, dir);
+                match ix.kind {
+                    Some(kind) => keys.insert(path, kind.as_str()),
+                    None => keys.insert(path, dir),
+                };
             }
             let mut opts = IndexOptions::default();
             opts.name = ix.name.clone();

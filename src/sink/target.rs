@@ -849,6 +849,8 @@ fn fits(kind: &schema::Kind, v: &Bson) -> bool {
         (Kind::Datetime, Bson::DateTime(_)) => true,
         (Kind::Text(_), v) => !matches!(v, Bson::Document(_) | Bson::Array(_)),
         (Kind::Json, _) => true,
+        // A GeoJSON point (as `transform::point` makes it).
+        (Kind::Point, Bson::Document(d)) => d.get_str("type") == Ok("Point"),
         _ => false,
     }
 }
@@ -1481,8 +1483,10 @@ mod tests {
                 array: false,
                 reference: false,
                 json_refs: Vec::new(),
+                constraints: schema::Constraints::default(),
             }],
             indexes: Vec::new(),
+            access: Default::default(),
         };
         let named = |j: Bson| unrepresentable(&bson::doc! { "j": j }, Some(&table), &[]);
         let m = named(Bson::Document(bson::doc! { "$numberDecimal": "1" })).unwrap();

@@ -478,6 +478,10 @@ fn cast_to(
     out: &Output,
     conv: &mut Converted,
 ) -> Result<Bson, (String, String)> {
+    // A point is made of two numbers: their array is the point, not two values to cast.
+    if cast == CastType::Point {
+        return point(value);
+    }
     if let Value::Array(items) = value {
         let mut arr = Vec::with_capacity(items.len());
         for v in items {
@@ -635,6 +639,7 @@ fn cast_to(
             }
             _ => cannot("a date"),
         },
+        CastType::Point => point(value),
         CastType::Uuid => match value {
             Value::Uuid(u) => Ok(uuid_bson(u, out.uuid)),
             Value::Text(s) => match uuid::Uuid::parse_str(s.trim()) {
@@ -644,6 +649,95 @@ fn cast_to(
             _ => cannot("a uuid"),
         },
     }
+}
+
+/// The rule of a point whose longitude or latitude is out of range or not a number.
+pub const POINT_RANGE: &str = "point_range";
+
+/// A GeoJSON point `{ type: "Point", coordinates: [lon, lat] }` from PostgreSQL's `point` text
+/// `(x,y)` (x the longitude) or from two numbers (`[lon, lat]`); an array of points (`point[]`)
+/// element by element. NULL (or both numbers NULL) is no point. A longitude outside
+/// [-180, 180], a latitude outside [-90, 90], NaN or an infinity rejects the row (`point_range`).
+pub fn point(value: &Value) -> Result<Bson, (String, String)> {
+    fn number(v: &Value) -> Option<f64> {
+        match v {
+            Value::Int32(i) => Some(f64::from(*i)),
+            Value::Int64(i) => Some(*i as f64),
+            Value::Real(r) => Some(f64::from(*r)),
+            Value::Double(d) => Some(*d),
+            Value::Numeric(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+    let (lon, lat) = match value {
+        Value::Null => return Ok(Bson::Null),
+        Value::Array(items)
+            if items.len() == 2 && items.iter().all(|i| i.is_null() || number(i).is_some()) =>
+        {
+            match (number(&items[0]), number(&items[1])) {
+                (Some(lon), Some(lat)) => (lon, lat),
+                (None, None) => return Ok(Bson::Null),
+                _ => {
+                    return err(
+                        POINT_RANGE,
+                        format!(
+                            "`{value}` is not a point: a longitude and a latitude are both needed"
+                        ),
+                    );
+                }
+            }
+        }
+        Value::Array(items) => {
+            let mut arr = Vec::with_capacity(items.len());
+            for v in items {
+                arr.push(point(v)?);
+            }
+            return Ok(Bson::Array(arr));
+        }
+        Value::Text(s) => {
+            let parsed = s
+                .trim()
+                .strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|r| r.split_once(','))
+                .and_then(|(x, y)| {
+                    Some((x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?))
+                });
+            match parsed {
+                Some(p) => p,
+                None => {
+                    return err(
+                        "cast",
+                        format!(
+                            "cannot convert text `{s}` to a point: expected `(longitude,latitude)`"
+                        ),
+                    );
+                }
+            }
+        }
+        other => {
+            return err(
+                "cast",
+                format!("cannot convert {} `{other}` to a point", other.type_name()),
+            );
+        }
+    };
+    if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
+        return err(
+            POINT_RANGE,
+            format!("longitude {lon} is not within [-180, 180]"),
+        );
+    }
+    if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
+        return err(
+            POINT_RANGE,
+            format!("latitude {lat} is not within [-90, 90]"),
+        );
+    }
+    Ok(Bson::Document(bson::doc! {
+        "type": "Point",
+        "coordinates": [lon, lat],
+    }))
 }
 
 /// Parses `UTC`, `Z` or `+hh:mm` / `-hh:mm`.
@@ -675,6 +769,53 @@ mod tests {
             lossy: Lossy::Reject,
             duplicate_keys: Severity::Error,
         }
+    }
+
+    #[test]
+    fn points_take_their_ranges_edges_included_and_refuse_the_rest() {
+        let text = |t: &str| point(&Value::Text(t.into()));
+        let coords = |b: Bson| match b {
+            Bson::Document(d) => d.get_array("coordinates").unwrap().clone(),
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            coords(text("(180,-90)").unwrap()),
+            vec![Bson::Double(180.0), Bson::Double(-90.0)]
+        );
+        assert_eq!(
+            coords(text(" ( -180 , 90 ) ").unwrap()),
+            vec![Bson::Double(-180.0), Bson::Double(90.0)]
+        );
+        for bad in [
+            "(180.0000001,0)",
+            "(0,-90.0000001)",
+            "(NaN,0)",
+            "(0,Infinity)",
+            "(-Infinity,0)",
+        ] {
+            assert_eq!(text(bad).unwrap_err().0, POINT_RANGE, "{bad}");
+        }
+        for garbage in ["1,2", "(1;2)", "(a,b)", "", "(1,2"] {
+            assert_eq!(text(garbage).unwrap_err().0, "cast", "{garbage}");
+        }
+        let pair = |a: Value, b: Value| point(&Value::Array(vec![a, b]));
+        assert_eq!(
+            coords(pair(Value::Int32(3), Value::Double(-0.0)).unwrap()),
+            vec![Bson::Double(3.0), Bson::Double(-0.0)]
+        );
+        assert_eq!(pair(Value::Null, Value::Null).unwrap(), Bson::Null);
+        assert_eq!(
+            pair(Value::Null, Value::Int32(1)).unwrap_err().0,
+            POINT_RANGE
+        );
+        assert_eq!(
+            pair(Value::Double(f64::NAN), Value::Int32(1))
+                .unwrap_err()
+                .0,
+            POINT_RANGE
+        );
+        assert_eq!(point(&Value::Null).unwrap(), Bson::Null);
+        assert_eq!(point(&Value::Bool(true)).unwrap_err().0, "cast");
     }
 
     /// Valid JSON nested deeper than a document may be was rejected as "invalid JSON".

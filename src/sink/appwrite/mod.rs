@@ -320,6 +320,63 @@ impl AppwriteClient {
         )
     }
 
+    /// Creates the table with these permissions and `rowSecurity` unless it exists; an existing
+    /// table whose permissions (as a set) or `rowSecurity` differ from those given is updated
+    /// (`PUT`, its name kept). `None` leaves that setting as the table has it.
+    pub async fn ensure_table_access(
+        &self,
+        db: &str,
+        id: &str,
+        permissions: Option<&[String]>,
+        row_security: Option<bool>,
+    ) -> Result<(), AppwriteError> {
+        let mut body = json!({ "tableId": id, "name": id });
+        if let Some(p) = permissions {
+            body["permissions"] = json!(p);
+        }
+        if let Some(r) = row_security {
+            body["rowSecurity"] = json!(r);
+        }
+        let path = format!("/tablesdb/{db}/tables");
+        match self.call(reqwest::Method::POST, &path, Some(&body)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.status() == Some(409) => {}
+            Err(e) => return Err(e),
+        }
+        let table = self
+            .call(reqwest::Method::GET, &format!("{path}/{id}"), None)
+            .await?;
+        let have: std::collections::BTreeSet<&str> = table["$permissions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let have_rows = table["rowSecurity"].as_bool().unwrap_or(false);
+        let same_permissions = permissions.is_none_or(|p| {
+            p.iter()
+                .map(String::as_str)
+                .collect::<std::collections::BTreeSet<_>>()
+                == have
+        });
+        let same_rows = row_security.is_none_or(|r| r == have_rows);
+        if same_permissions && same_rows {
+            return Ok(());
+        }
+        let name = table["name"].as_str().unwrap_or(id);
+        let mut update = json!({
+            "name": name,
+            "rowSecurity": row_security.unwrap_or(have_rows),
+            "enabled": table["enabled"].as_bool().unwrap_or(true),
+        });
+        if let Some(p) = permissions {
+            update["permissions"] = json!(p);
+        }
+        self.call(reqwest::Method::PUT, &format!("{path}/{id}"), Some(&update))
+            .await
+            .map(|_| ())
+    }
+
     /// Creates a column (`kind`: string, integer, float, boolean, datetime, …) unless it exists.
     pub async fn ensure_column(
         &self,

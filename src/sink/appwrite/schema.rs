@@ -24,6 +24,8 @@ pub enum Kind {
     Float,
     Boolean,
     Datetime,
+    /// A geographic point (`[lon, lat]`), from a GeoJSON point.
+    Point,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,12 +38,103 @@ pub struct ColumnSpec {
     /// A JSON text column: the paths inside its value (through documents and arrays) that hold
     /// references, written as the referenced rows' ids too.
     pub json_refs: Vec<Vec<String>>,
+    /// The field's rules of severity error the server can hold (see [`constraints`]).
+    pub constraints: Constraints,
+}
+
+/// Column constraints from a field's rules of severity error — Appwrite's counterpart of the
+/// MongoDB validator: `required`, `enum` elements from a `one_of` of strings, `min` / `max` of an
+/// integer or float column (the string `size` from `max_length` is the column's [`Kind::Text`]).
+/// A warning rule sets none: the rows it warns about are written, so the server must take them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Constraints {
+    pub required: bool,
+    /// An `enum` column of these elements instead of a string column.
+    pub elements: Option<Vec<String>>,
+    pub min: Option<Value>,
+    pub max: Option<Value>,
+}
+
+/// Appwrite's limits on an enum column's elements.
+const ENUM_MAX_ELEMENTS: usize = 100;
+const ENUM_MAX_ELEMENT_LENGTH: usize = 255;
+
+/// The constraints of a top-level column holding field `f` (of kind `kind`). Arrays get none
+/// (a rule reads an array as a whole where Appwrite checks each element), nor do references
+/// (written as row ids) and JSON text columns.
+pub fn constraints(f: &FieldPlan, kind: &Kind, array: bool) -> Constraints {
+    use crate::mapping::spec::{RuleName, Severity};
+    let mut out = Constraints::default();
+    let Some(r) = &f.rules else { return out };
+    if array || f.reference.is_some() || *kind == Kind::Json {
+        return out;
+    }
+    let error = |rule: RuleName| r.severity_of(rule) == Severity::Error;
+    out.required = r.required && error(RuleName::Required);
+    if let (Kind::Text(_), Some(allowed)) = (kind, &r.one_of)
+        && error(RuleName::OneOf)
+    {
+        let strings: Vec<String> = allowed
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let fits = strings.len() == allowed.len()
+            && !strings.is_empty()
+            && strings.len() <= ENUM_MAX_ELEMENTS
+            && strings
+                .iter()
+                .all(|s| !s.is_empty() && s.chars().count() <= ENUM_MAX_ELEMENT_LENGTH);
+        if fits {
+            let mut elements: Vec<String> = Vec::new();
+            for s in strings {
+                if !elements.contains(&s) {
+                    elements.push(s);
+                }
+            }
+            out.elements = Some(elements);
+        }
+    }
+    // Integer bounds round inward (a value passes the rule exactly when it passes them); a bound
+    // beyond 64 bits bounds nothing an integer column can hold.
+    let int_bound = |b: f64, up: bool| {
+        let b = if up { b.ceil() } else { b.floor() };
+        (b.is_finite() && b > i64::MIN as f64 && b < i64::MAX as f64).then(|| json!(b as i64))
+    };
+    match kind {
+        Kind::Integer => {
+            out.min = r
+                .min
+                .filter(|_| error(RuleName::Min))
+                .and_then(|b| int_bound(b, true));
+            out.max = r
+                .max
+                .filter(|_| error(RuleName::Max))
+                .and_then(|b| int_bound(b, false));
+        }
+        Kind::Float => {
+            let finite = |b: f64| b.is_finite().then(|| json!(b));
+            out.min = r.min.filter(|_| error(RuleName::Min)).and_then(finite);
+            out.max = r.max.filter(|_| error(RuleName::Max)).and_then(finite);
+        }
+        _ => {}
+    }
+    out
 }
 
 impl ColumnSpec {
     /// The route segment and body of the create-column request.
     pub fn request(&self) -> (&'static str, Value) {
-        let mut body = json!({ "key": self.key, "required": false, "array": self.array });
+        let c = &self.constraints;
+        let mut body = json!({ "key": self.key, "required": c.required, "array": self.array });
+        if let Some(elements) = &c.elements {
+            body["elements"] = json!(elements);
+            return ("enum", body);
+        }
+        for (name, bound) in [("min", &c.min), ("max", &c.max)] {
+            if let Some(b) = bound {
+                body[name] = b.clone();
+            }
+        }
         let kind = match self.kind {
             Kind::Text(size) => {
                 body["size"] = json!(size);
@@ -55,6 +148,13 @@ impl ColumnSpec {
             Kind::Float => "float",
             Kind::Boolean => "boolean",
             Kind::Datetime => "datetime",
+            Kind::Point => {
+                // The point route takes no `array` (Appwrite has no array of points).
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("array");
+                }
+                "point"
+            }
         };
         (kind, body)
     }
@@ -112,14 +212,23 @@ fn mapping_indexes(plan: &Plan, columns: &[ColumnSpec]) -> Vec<IndexSpec> {
                 .collect::<Vec<_>>()
                 .join("_")
         )));
+        let (kind, orders) = match ix.kind {
+            // Appwrite's full-text and spatial indexes take no orders.
+            Some(crate::mapping::spec::IndexKind::Text) => ("fulltext", Vec::new()),
+            Some(crate::mapping::spec::IndexKind::Sphere2d) => ("spatial", Vec::new()),
+            None => (
+                if ix.unique { "unique" } else { "key" },
+                pairs
+                    .iter()
+                    .map(|(_, d)| if *d < 0 { "DESC" } else { "ASC" }.to_string())
+                    .collect(),
+            ),
+        };
         out.push(IndexSpec {
             key,
             columns: pairs.iter().map(|(p, _)| p.clone()).collect(),
-            kind: if ix.unique { "unique" } else { "key" },
-            orders: pairs
-                .iter()
-                .map(|(_, d)| if *d < 0 { "DESC" } else { "ASC" }.to_string())
-                .collect(),
+            kind,
+            orders,
         });
     }
     out
@@ -130,6 +239,24 @@ pub struct TableSpec {
     pub id: String,
     pub columns: Vec<ColumnSpec>,
     pub indexes: Vec<IndexSpec>,
+    /// The table's permissions and `rowSecurity` when the mapping sets them (a child table has
+    /// its parent's): sent on create, and set again when the table's differ.
+    pub access: TableAccess,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableAccess {
+    pub permissions: Option<Vec<String>>,
+    pub row_security: Option<bool>,
+}
+
+impl TableAccess {
+    fn of(plan: &Plan) -> TableAccess {
+        TableAccess {
+            permissions: plan.appwrite_permissions.clone(),
+            row_security: plan.appwrite_row_security,
+        }
+    }
 }
 
 /// A text column sized by the field's `max_length` when that rule rejects longer values (a
@@ -219,6 +346,7 @@ pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, 
             CastType::Bool => Kind::Boolean,
             CastType::Date => Kind::Datetime,
             CastType::Uuid => Kind::Text(36),
+            CastType::Point => Kind::Point,
         };
     }
     // A text column is as long as the mapping allows (`max_length`), else the default.
@@ -274,23 +402,32 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
         } else {
             Vec::new()
         };
+        let constraints = match node {
+            LayoutNode::Slot(i) if *i < plan.fields.len() => {
+                constraints(&plan.fields[*i], &kind, array)
+            }
+            _ => Constraints::default(),
+        };
         columns.push(ColumnSpec {
             key: key.clone(),
             kind,
             array,
             reference,
             json_refs,
+            constraints,
         });
     }
+    // The reference indexes the mapping asks for (`index_references`, a field's `index`) that
+    // are plain reference columns of this table (one inside JSON text has no column to index).
     let mut indexes: Vec<IndexSpec> = plan
-        .fields
+        .reference_indexes
         .iter()
-        .filter(|f| f.reference.is_some() && f.path.len() == 1)
-        .map(|f| IndexSpec {
-            key: format!("ref_{}", f.path_text).chars().take(36).collect(),
-            columns: vec![f.path_text.clone()],
-            kind: "key",
-            orders: Vec::new(),
+        .filter_map(|ix| {
+            let path = ix.keys.first()?;
+            columns
+                .iter()
+                .any(|c| &c.key == path && c.reference && !c.array)
+                .then(|| reference_index(path))
         })
         .collect();
     for ix in mapping_indexes(plan, &columns) {
@@ -302,6 +439,17 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
         id: plan.collection.clone(),
         columns,
         indexes,
+        access: TableAccess::of(plan),
+    }
+}
+
+/// The `key` index of reference column `column`.
+fn reference_index(column: &str) -> IndexSpec {
+    IndexSpec {
+        key: format!("ref_{column}").chars().take(36).collect(),
+        columns: vec![column.to_string()],
+        kind: "key",
+        orders: Vec::new(),
     }
 }
 
@@ -406,6 +554,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     array: false,
                     reference: false,
                     json_refs: Vec::new(),
+                    constraints: Constraints::default(),
                 },
                 ColumnSpec {
                     key: POSITION.into(),
@@ -413,6 +562,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     array: false,
                     reference: false,
                     json_refs: Vec::new(),
+                    constraints: Constraints::default(),
                 },
             ];
             for (key, node) in &e.layout.root {
@@ -431,13 +581,29 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     .filter(|f| f.reference.is_some() && f.path.len() > 1 && &f.path[0] == key)
                     .map(|f| f.path[1..].to_vec())
                     .collect();
+                let constraints = match node {
+                    LayoutNode::Slot(s) if *s < e.fields.len() => {
+                        constraints(&e.fields[*s], &kind, array)
+                    }
+                    _ => Constraints::default(),
+                };
                 columns.push(ColumnSpec {
                     key: key.clone(),
                     kind,
                     array,
                     reference,
                     json_refs,
+                    constraints,
                 });
+            }
+            // The parent's id, and the elements' reference columns the mapping indexes
+            // (`<array>.<field>` among its reference indexes).
+            let mut indexes = vec![reference_index(PARENT)];
+            for c in columns.iter().filter(|c| c.reference && !c.array) {
+                let path = format!("{}.{}", e.path_text, c.key);
+                if plan.reference_indexes.iter().any(|ix| ix.keys == [path.clone()]) {
+                    indexes.push(reference_index(&c.key));
+                }
             }
             ChildTable {
                 embed: i,
@@ -445,12 +611,8 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                 table: TableSpec {
                     id: child_table_id(&plan.collection, &e.path_text),
                     columns,
-                    indexes: vec![IndexSpec {
-                        key: format!("ref_{PARENT}"),
-                        columns: vec![PARENT.into()],
-                        kind: "key",
-                        orders: Vec::new(),
-                    }],
+                    indexes,
+                    access: TableAccess::of(plan),
                 },
             }
         })
@@ -494,7 +656,14 @@ pub async fn apply(
     timeout: std::time::Duration,
 ) -> Result<(), AppwriteError> {
     client.ensure_database(db, db).await?;
-    client.ensure_table(db, &spec.id, &spec.id).await?;
+    let a = &spec.access;
+    if a.permissions.is_none() && a.row_security.is_none() {
+        client.ensure_table(db, &spec.id, &spec.id).await?;
+    } else {
+        client
+            .ensure_table_access(db, &spec.id, a.permissions.as_deref(), a.row_security)
+            .await?;
+    }
     for c in &spec.columns {
         let (kind, body) = c.request();
         client.ensure_column(db, &spec.id, kind, &body).await?;
@@ -555,6 +724,11 @@ pub fn to_row(doc: &bson::Document, spec: &TableSpec) -> Value {
                 json!(v.into_relaxed_extjson().to_string())
             }
             (Kind::Json, v) => json!(v.clone().into_relaxed_extjson().to_string()),
+            // A GeoJSON point as the point column's `[lon, lat]`.
+            (Kind::Point, bson::Bson::Document(d)) => match d.get_array("coordinates") {
+                Ok(c) => Value::Array(c.iter().map(column_value).collect()),
+                Err(_) => Value::Null,
+            },
             (Kind::Text(_), bson::Bson::Array(items)) => {
                 Value::Array(items.iter().map(text_value).collect())
             }

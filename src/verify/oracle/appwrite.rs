@@ -205,6 +205,14 @@ pub fn column(check: &Check, v: &Value) -> Result<Bson, String> {
         }
         Check::Bytes | Check::Json { .. } => extjson_text(text()?)?,
         Check::Instant { .. } | Check::Date => instant_text(text()?)?,
+        // A point column's `[lon, lat]`, as the GeoJSON point the check reads.
+        Check::Point => match v.as_array().map(Vec::as_slice) {
+            Some([Value::Number(lon), Value::Number(lat)]) => Bson::Document(bson::doc! {
+                "type": "Point",
+                "coordinates": [lon.as_f64().ok_or("no double")?, lat.as_f64().ok_or("no double")?],
+            }),
+            _ => return Err(format!("expected a point [lon, lat], found {v}")),
+        },
         Check::Array(elem) => match v {
             Value::Array(items) => Bson::Array(
                 items
@@ -259,6 +267,7 @@ pub fn describe(check: &Check) -> String {
         Check::Date => "date → datetime at midnight UTC".into(),
         Check::Json { .. } => "JSON text, numbers as exact decimals".into(),
         Check::Array(e) => format!("array, element by element ({})", describe(e)),
+        Check::Point => "point x y → point [lon, lat], bit-exact".into(),
     }
 }
 

@@ -55,6 +55,10 @@ pub enum Check {
     },
     /// `to_jsonb` of an array → a BSON array, element by element (nested for 2-D arrays).
     Array(Box<Check>),
+    /// A `point`'s x and y as PostgreSQL prints them (`x y`) → GeoJSON `{type: "Point",
+    /// coordinates: [x, y]}`, both doubles bit-exact; one out of range (or NaN) must have been
+    /// rejected.
+    Point,
 }
 
 impl Check {
@@ -88,6 +92,7 @@ impl Check {
             Check::Date => "date → date at midnight UTC".into(),
             Check::Json { .. } => "JSON, numbers as exact decimals".into(),
             Check::Array(e) => format!("array, element by element ({})", e.describe()),
+            Check::Point => "point x y → GeoJSON Point [lon, lat], bit-exact".into(),
         }
     }
 }
@@ -565,9 +570,48 @@ fn array_matches(elem: &Check, j: &J, target: &Bson, at: &str) -> Result<(), Str
     }
 }
 
+/// A point's longitude and latitude from PostgreSQL's `x y` text, or why the row must have
+/// been rejected.
+pub fn point_of(text: &str) -> Result<(f64, f64), String> {
+    let (x, y) = text
+        .split_once(' ')
+        .ok_or_else(|| format!("`{text}` is not a point's x and y"))?;
+    let lon = pg_f64(x).ok_or_else(|| format!("`{x}` is not a float"))?;
+    let lat = pg_f64(y).ok_or_else(|| format!("`{y}` is not a float"))?;
+    let ok = lon.is_finite()
+        && (-180.0..=180.0).contains(&lon)
+        && lat.is_finite()
+        && (-90.0..=90.0).contains(&lat);
+    if !ok {
+        return Err(format!(
+            "the point ({x},{y}) is out of range: the mapping rejects such a row (point_range), yet it was written"
+        ));
+    }
+    Ok((lon, lat))
+}
+
 /// Whether `target` is what `check` says PostgreSQL's non-NULL `text` becomes; else why not.
 pub fn value(check: &Check, text: &str, target: &Bson) -> Result<(), String> {
     match check {
+        Check::Point => {
+            let (lon, lat) = point_of(text)?;
+            let coordinates = match target {
+                Bson::Document(d) if d.get_str("type") == Ok("Point") => {
+                    d.get_array("coordinates").ok()
+                }
+                _ => None,
+            };
+            match coordinates.map(|c| c.as_slice()) {
+                Some([Bson::Double(a), Bson::Double(b)])
+                    if same_double(*a, lon) && same_double(*b, lat) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "expected the GeoJSON point [{lon:e}, {lat:e}], found {target}"
+                )),
+            }
+        }
         Check::Int { long } => expected_int(text, *long, target),
         Check::NearestDouble => {
             let want = text

@@ -218,6 +218,7 @@ fn scalar_check(pg_type: &str, f: &FieldPlan) -> Result<Check, String> {
             offset_s,
         },
         (ColKind::Json, None) => Check::Json { lossy: out.lossy },
+        (ColKind::OtherAsText, Some(C::Point)) if pg_type == "POINT" => Check::Point,
         (ColKind::OtherAsText, None | Some(C::String)) if element_type(pg_type).is_none() => {
             Check::Text
         }
@@ -260,6 +261,8 @@ fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, Strin
             col.to_string()
         }
         Check::Bytes | Check::Base64 | Check::Hex => format!("encode({col}, 'hex')"),
+        // x and y as float8 text (shortest exact digits), not the point's own `(x,y)`.
+        Check::Point => format!("({col})[0]::text || ' ' || ({col})[1]::text"),
         Check::Instant { .. } | Check::InstantText { .. } => format!(
             "CASE WHEN isfinite({col}) THEN extract(epoch FROM {col})::text ELSE {col}::text END"
         ),

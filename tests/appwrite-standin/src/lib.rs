@@ -272,7 +272,7 @@ pub fn router(s: Shared) -> Router {
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}",
-            get(get_table).delete(delete_table),
+            get(get_table).put(update_table).delete(delete_table),
         )
         // POST .../columns/{type} creates; GET .../columns/{key} reads (one segment, two meanings).
         .route(
@@ -635,7 +635,34 @@ async fn create_table(
 ) -> ApiResult {
     let id = state::check_id(str_field(&body, "tableId")?)?;
     let name = str_field(&body, "name")?;
-    ok(201, s.create_table(&db, &id, name)?)
+    // Bad permissions refuse the request before anything is made.
+    if let Some(bad) = body
+        .get("permissions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|p| !p.as_str().is_some_and(state::permission_ok))
+    {
+        return Err(ApiError::new(
+            400,
+            "general_argument_invalid",
+            format!("Invalid `permissions` param: Permission {bad} is not allowed"),
+        ));
+    }
+    let created = s.create_table(&db, &id, name)?;
+    if body.get("permissions").is_some() || body.get("rowSecurity").is_some() {
+        return ok(201, s.update_table(&db, &id, &body)?);
+    }
+    ok(201, created)
+}
+
+async fn update_table(
+    State(s): State<Shared>,
+    Path((db, table)): Path<(String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    str_field(&body, "name")?;
+    ok(200, s.update_table(&db, &table, &body)?)
 }
 
 async fn get_table(

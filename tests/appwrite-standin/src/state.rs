@@ -60,6 +60,9 @@ struct Table {
     indexes: Vec<Index>,
     rows: BTreeMap<String, Value>,
     sequence: u64,
+    /// Table-level permission strings and `rowSecurity`, as created or last updated.
+    permissions: Vec<String>,
+    row_security: bool,
 }
 
 #[derive(Debug)]
@@ -180,7 +183,7 @@ fn now() -> String {
 }
 
 const COLUMN_KINDS: &[&str] = &[
-    "string", "integer", "float", "boolean", "datetime", "email", "url", "ip", "enum",
+    "string", "integer", "float", "boolean", "datetime", "email", "url", "ip", "enum", "point",
 ];
 
 impl StandIn {
@@ -470,8 +473,9 @@ impl StandIn {
 
     fn table_json(&self, db: &str, t: &Table) -> Value {
         json!({
-            "$id": t.id, "$createdAt": t.created_at, "$updatedAt": t.created_at, "$permissions": [],
-            "databaseId": db, "name": t.name, "enabled": true, "rowSecurity": false,
+            "$id": t.id, "$createdAt": t.created_at, "$updatedAt": t.created_at,
+            "$permissions": t.permissions,
+            "databaseId": db, "name": t.name, "enabled": true, "rowSecurity": t.row_security,
             "columns": t.columns.iter().map(|c| self.column_json(c)).collect::<Vec<_>>(),
             "indexes": t.indexes.iter().map(|i| self.index_json(i)).collect::<Vec<_>>(),
         })
@@ -680,10 +684,75 @@ impl StandIn {
             indexes: Vec::new(),
             rows: BTreeMap::new(),
             sequence: 0,
+            permissions: Vec::new(),
+            row_security: false,
         };
         let out = self.table_json(db, &t);
         d.tables.insert(id.into(), t);
         Ok(out)
+    }
+
+    /// Sets a table's name, permissions and `rowSecurity` (`PUT …/tables/{tableId}`, and the
+    /// optional fields of the create request): `permissions` absent keeps the current ones (as the
+    /// spec says); `rowSecurity` absent is `false`, Appwrite's default for the parameter. A
+    /// permission string that is not `action("role")` is refused (400).
+    pub fn update_table(&self, db: &str, table: &str, body: &Value) -> Result<Value, ApiError> {
+        let permissions = match body.get("permissions") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for p in items {
+                    match p.as_str().filter(|p| permission_ok(p)) {
+                        Some(p) => out.push(p.to_string()),
+                        None => {
+                            return Err(ApiError::new(
+                                400,
+                                "general_argument_invalid",
+                                format!(
+                                    "Invalid `permissions` param: Permission \"{p}\" is not allowed. Must be one of: read, create, update, delete, write with a role."
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Some(out)
+            }
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Invalid `permissions` param: Value must a valid array",
+                ));
+            }
+        };
+        let row_security = body
+            .get("rowSecurity")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let name = body.get("name").and_then(Value::as_str).map(str::to_string);
+        let mut data = self.lock();
+        let t = data
+            .databases
+            .get_mut(db)
+            .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?
+            .tables
+            .get_mut(table)
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "table_not_found",
+                    "Table with the requested ID could not be found.",
+                )
+            })?;
+        if let Some(n) = name {
+            t.name = n;
+        }
+        if let Some(p) = permissions {
+            t.permissions = p;
+        }
+        t.row_security = row_security;
+        let t = &*t;
+        Ok(self.table_json(db, t))
     }
 
     pub fn get_table(&self, db: &str, table: &str) -> Result<Value, ApiError> {
@@ -864,9 +933,19 @@ impl StandIn {
                             .as_array()
                             .is_some_and(|e| e.iter().any(|x| x == s))
                     }),
-                    "integer" => item.is_i64() || item.is_u64(),
-                    "float" => item.is_number(),
+                    // Appwrite checks a number against the column's `min` / `max` (its range).
+                    "integer" => (item.is_i64() || item.is_u64()) && in_range(&c.body, item),
+                    "float" => item.is_number() && in_range(&c.body, item),
                     "boolean" => item.is_boolean(),
+                    // `[longitude, latitude]`, each within its range.
+                    "point" => match item.as_array().map(Vec::as_slice) {
+                        Some([lon, lat]) => {
+                            lon.as_f64().zip(lat.as_f64()).is_some_and(|(lon, lat)| {
+                                (-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat)
+                            })
+                        }
+                        _ => false,
+                    },
                     _ => true,
                 };
                 if !fits {
@@ -1415,6 +1494,55 @@ fn hash_options(algo: &str, options: serde_json::Map<String, Value>) -> Value {
 }
 
 /// A plausible email address: one `@`, text on both sides, a dot in the domain.
+/// Whether `p` is a permission string as Appwrite takes them: `action("role")`, the action one of
+/// read, create, update, delete, write, and a role any, guests, users (`users/verified`), or
+/// `user:`, `team:`, `member:`, `label:` with an id.
+pub fn permission_ok(p: &str) -> bool {
+    let Some((action, rest)) = p.split_once("(\"") else {
+        return false;
+    };
+    let Some(role) = rest.strip_suffix("\")") else {
+        return false;
+    };
+    if !["read", "create", "update", "delete", "write"].contains(&action) {
+        return false;
+    }
+    let (kind, id) = role.split_once(':').unwrap_or((role, ""));
+    let (kind, _dimension) = kind.split_once('/').unwrap_or((kind, ""));
+    match kind {
+        "any" | "guests" => id.is_empty(),
+        "users" => id.is_empty(),
+        "user" | "team" | "member" | "label" => {
+            let (id, _) = id.split_once('/').unwrap_or((id, ""));
+            !id.is_empty()
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        }
+        _ => false,
+    }
+}
+
+/// Whether number `v` lies within the column's `min` and `max` (either may be absent).
+fn in_range(column: &Value, v: &Value) -> bool {
+    // Integers compare exactly (an f64 rounds values past 2^53).
+    let cmp = |bound: &Value| -> Option<std::cmp::Ordering> {
+        match (v.as_i64(), bound.as_i64()) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            _ => v.as_f64()?.partial_cmp(&bound.as_f64()?),
+        }
+    };
+    let below = column
+        .get("min")
+        .filter(|b| b.is_number())
+        .is_some_and(|b| cmp(b) == Some(std::cmp::Ordering::Less));
+    let above = column
+        .get("max")
+        .filter(|b| b.is_number())
+        .is_some_and(|b| cmp(b) == Some(std::cmp::Ordering::Greater));
+    !below && !above
+}
+
 pub fn email_ok(email: &str) -> bool {
     match email.split_once('@') {
         Some((local, domain)) => {
