@@ -154,7 +154,7 @@ pub(super) async fn read_loop(
         cause,
     };
     // Files are written one after the other within a batch: a few per batch, so that the
-    // checkpoint moves and --concurrency uploads run side by side.
+    // checkpoint moves and --file-concurrency uploads run side by side.
     let batch_size = if plan.file.is_some() {
         opts.batch_size.min(FILES_PER_BATCH)
     } else {

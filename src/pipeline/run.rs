@@ -859,6 +859,7 @@ async fn migrate_locked(
             "batch_size": opts.batch_size,
             "batch_bytes": opts.batch_bytes,
             "concurrency": opts.concurrency,
+            "file_concurrency": opts.file_concurrency,
             "continue_on_error": opts.continue_on_error,
             "skip_validation": opts.skip_validation,
             "max_rejects": opts.max_rejects,

@@ -256,6 +256,7 @@ pub struct StartBody {
     #[serde(default)]
     dry_run: bool,
     batch_size: Option<usize>,
+    file_concurrency: Option<usize>,
 }
 
 pub async fn start(
@@ -273,6 +274,11 @@ pub async fn start(
     }
     if body.batch_size == Some(0) {
         return Err(ApiError::bad_request("batchSize must be at least 1"));
+    }
+    if body.file_concurrency.is_some_and(|n| n == 0 || n > 64) {
+        return Err(ApiError::bad_request(
+            "fileConcurrency must be between 1 and 64",
+        ));
     }
     // The names are checked against the pipeline now, not after the answer.
     let pipeline = crate::commands::shared::load_pipeline(
@@ -306,6 +312,9 @@ pub async fn start(
     }
     if let Some(n) = body.batch_size {
         argv.extend(["--batch-size".into(), n.to_string()]);
+    }
+    if let Some(n) = body.file_concurrency {
+        argv.extend(["--file-concurrency".into(), n.to_string()]);
     }
     argv.push("--".into());
     argv.extend(body.stages.iter().cloned());

@@ -248,10 +248,16 @@ pub async fn upload(
                 req
             }
         };
-        let reply = client
-            .call_with(reqwest::Method::POST, &route, build)
-            .await
-            .map_err(UploadError::Server)?;
+        let reply = match client.call_with(reqwest::Method::POST, &route, build).await {
+            Ok(reply) => reply,
+            // A one-request upload retried after the server took it (its answer lost) finds
+            // the file there: the server's record says whether it is these bytes.
+            Err(e) if !chunked && e.status() == Some(409) => file(client, bucket, id)
+                .await
+                .map_err(UploadError::Server)?
+                .ok_or(UploadError::Server(e))?,
+            Err(e) => return Err(UploadError::Server(e)),
+        };
         start = end;
         if start >= len {
             break reply;

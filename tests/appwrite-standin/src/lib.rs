@@ -1114,6 +1114,13 @@ async fn upload_file(
         None => None,
     };
     let (status, file) = s.upload(&bucket, &file_id, &name, &mime, data, range)?;
+    let barrier = s.upload_barrier();
+    if barrier > 0 && file["chunksUploaded"].as_u64() < file["chunksTotal"].as_u64() {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while s.files_in_progress_max() < barrier && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     ok(status, file)
 }
 
