@@ -3,6 +3,7 @@
 
 pub mod draft;
 pub mod drift;
+pub mod permission;
 pub mod plan;
 pub mod spec;
 
@@ -640,6 +641,12 @@ fn check_file(m: &Mapping, f: &spec::FileSpec) -> Result<(), MappingError> {
             "file.appwrite.compression",
             format!("must be none, gzip or zstd, not `{}`", c.escape_debug()),
         ));
+    }
+    for text in f.appwrite.file_permissions.iter().flatten() {
+        permission::check_file_permission(text, |p| {
+            !p.contains('.') && s.fields.iter().any(|field| field.path == p)
+        })
+        .map_err(|why| invalid(m, "file.appwrite.file_permissions", why))?;
     }
     if !s.embeds.is_empty() {
         return Err(invalid(

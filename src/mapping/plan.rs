@@ -230,6 +230,8 @@ pub struct FilePlan {
     pub mime: Option<usize>,
     pub bucket: String,
     pub chunk_size: u32,
+    /// Appwrite: each file's permission templates (`None`: the file gets none of its own).
+    pub permissions: Option<Vec<crate::mapping::permission::Template>>,
 }
 
 impl Plan {
@@ -952,6 +954,17 @@ fn file_plan(
         mime: opt("file.mime_column", &f.mime_column, false)?,
         bucket: f.bucket.clone(),
         chunk_size: f.chunk_size,
+        permissions: f
+            .appwrite
+            .file_permissions
+            .as_ref()
+            .map(|list| {
+                list.iter()
+                    .map(|t| crate::mapping::permission::Template::parse(t))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|why| ("file.appwrite.file_permissions".to_string(), why))?,
     })
 }
 

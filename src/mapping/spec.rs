@@ -125,6 +125,10 @@ pub struct FileSpec {
 pub struct AppwriteBucketSpec {
     /// Permission strings, e.g. `read("users")`.
     pub permissions: Option<Vec<String>>,
+    /// Permission strings of each file (its `permissions[]`), `{path}` filled from the row's
+    /// mapped document (a top-level field; a reference: the referenced record's id), e.g.
+    /// `read("user:{patientId}")`; a row whose placeholder is null is rejected (`file_permission`).
+    pub file_permissions: Option<Vec<String>>,
     pub file_security: Option<bool>,
     /// Bytes; a bigger file is refused by the server (the row is rejected).
     pub maximum_file_size: Option<u64>,

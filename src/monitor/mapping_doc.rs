@@ -639,6 +639,7 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         let a = &f.appwrite;
         for (k, list) in [
             ("permissions", &a.permissions),
+            ("file_permissions", &a.file_permissions),
             ("allowed_file_extensions", &a.allowed_file_extensions),
         ] {
             for v in list.iter().flatten() {

@@ -149,6 +149,8 @@ pub struct AppwriteTarget {
 #[derive(Debug, Clone)]
 pub struct StorageSpec {
     pub bucket: String,
+    /// Each file's permission templates (`[file.appwrite] file_permissions`).
+    pub file_permissions: Option<Vec<crate::mapping::permission::Template>>,
     pub options: super::appwrite::storage::BucketOptions,
     pub algorithm: crate::mapping::spec::ChecksumAlgorithm,
     pub root: std::path::PathBuf,
@@ -208,6 +210,16 @@ impl AppwriteTarget {
                 ))
             })?;
             let id = rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
+            let permissions =
+                match self.file_permissions(collection, spec.file_permissions.as_deref(), &doc) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        result
+                            .errors
+                            .push(refused(index, storage::RULE_PERMISSION, why));
+                        continue;
+                    }
+                };
             let (path, found) =
                 match super::gridfs::inspect_with_md5(&spec.root, file, spec.algorithm).await {
                     Ok(checked) => checked,
@@ -228,6 +240,12 @@ impl AppwriteTarget {
             if let Some(e) = &existing
                 && storage::complete(e, found.len, &md5)
             {
+                // The same bytes: only permissions the mapping now gives otherwise are set.
+                if let Some(p) = &permissions
+                    && !storage::same_permissions(e, p)
+                {
+                    storage::update_permissions(&self.client, &spec.bucket, &id, p).await?;
+                }
                 ready.push((index, id, false, 0));
                 continue;
             }
@@ -240,6 +258,7 @@ impl AppwriteTarget {
                 &id,
                 &name,
                 file.mime.as_deref(),
+                permissions.as_deref(),
                 &path,
                 found.len,
             )
@@ -311,6 +330,32 @@ impl AppwriteTarget {
             }
         }
         Ok(result)
+    }
+
+    /// The permissions of the file of `doc` (a document of `collection`, a file stage's) from
+    /// `templates`, each placeholder the value its row holds in that field (a reference: the
+    /// referenced record's id, as the row holds it); `None` without templates; why not (a value
+    /// null or missing, or one no role can hold).
+    pub fn file_permissions(
+        &self,
+        collection: &str,
+        templates: Option<&[crate::mapping::permission::Template]>,
+        doc: &Document,
+    ) -> Result<Option<Vec<String>>, String> {
+        let Some(templates) = templates else {
+            return Ok(None);
+        };
+        let row = self.row_for(collection, doc).unwrap_or(Value::Null);
+        let lookup = |path: &str| match row.get(path) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        templates
+            .iter()
+            .map(|t| t.fill(lookup))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     fn layout(&self, collection: &str) -> Option<Layout> {
@@ -1136,6 +1181,13 @@ impl Target {
             _ => (None, &[][..]),
         };
         let d = doc.to_document().ok()?;
+        // A file stage's file permissions the row cannot fill.
+        if let Some(storage) = a.storage(collection)
+            && let Err(why) =
+                a.file_permissions(collection, storage.file_permissions.as_deref(), &d)
+        {
+            return Some((super::appwrite::storage::RULE_PERMISSION, why));
+        }
         refusal(&d, table, children)
     }
 
@@ -1213,6 +1265,12 @@ impl Target {
                     f.bucket.clone(),
                     StorageSpec {
                         bucket: f.bucket.clone(),
+                        // Checked when the mapping loaded.
+                        file_permissions: o.file_permissions.as_ref().map(|list| {
+                            list.iter()
+                                .filter_map(|t| crate::mapping::permission::Template::parse(t).ok())
+                                .collect()
+                        }),
                         options: super::appwrite::storage::BucketOptions {
                             permissions: o.permissions.clone(),
                             file_security: o.file_security,

@@ -232,7 +232,8 @@ pub async fn verify_files(
 /// Verifies the file stage of `plan` against its Appwrite Storage bucket: every source row's
 /// file present under the row id of its `_id`, its `sizeOriginal` the size the row records and
 /// the file on disk has, its `signature` (md5) the disk's md5 (and the row's, when it records
-/// md5), its row present in the stage's table; files under no expected id named as unexpected.
+/// md5), its permissions those `[file.appwrite] file_permissions` give the row, its row present
+/// in the stage's table; files under no expected id named as unexpected.
 /// `--full` also downloads every file and hashes the bytes (sha256 against the file on disk or
 /// the row's sha256).
 pub async fn verify_storage(
@@ -256,6 +257,8 @@ pub async fn verify_storage(
     };
     let client = &target.client;
     let bucket = &file.bucket;
+    // The rows the documents become (what file permissions are filled from).
+    target.describe(plan);
     let source_rows = session.count(&plan.relation).await?;
     let mut found: Problems<'_, Different> = Problems::new(&plan.entity, log).excusing(refused);
     let mut expected_ids: HashSet<String> = HashSet::new();
@@ -348,6 +351,18 @@ pub async fn verify_storage(
                         "bytes (Appwrite serves {len} bytes with sha256 {sha} and md5 {md5})"
                     ));
                 }
+            }
+            // Its own permissions, as the mapping fills them from the row (a row that cannot
+            // have them was rejected by the run: its file is missing, excused).
+            if let Ok(Some(want)) =
+                target.file_permissions(&plan.collection, file.permissions.as_deref(), &doc)
+                && !storage::same_permissions(&stored, &want)
+            {
+                fields.push(format!(
+                    "permissions (the mapping gives {}, Appwrite holds {})",
+                    serde_json::json!(want),
+                    stored["$permissions"]
+                ));
             }
             // The row of the file's fields, in the stage's table.
             let row_path = format!(

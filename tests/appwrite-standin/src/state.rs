@@ -1305,7 +1305,9 @@ impl StandIn {
         mime: &str,
         content: Vec<u8>,
         range: Option<(u64, u64, u64)>,
+        permissions: &[String],
     ) -> Result<(u16, Value), ApiError> {
+        let permissions = super::storage::file_permissions(permissions)?;
         let mut data = self.lock();
         let b = data.buckets.get_mut(bucket).ok_or_else(|| {
             ApiError::new(
@@ -1314,7 +1316,17 @@ impl StandIn {
                 "Storage bucket with the requested ID could not be found.",
             )
         })?;
-        let answer = super::storage::upload(bucket, b, file, name, mime, content, range, now());
+        let answer = super::storage::upload(
+            bucket,
+            b,
+            file,
+            name,
+            mime,
+            content,
+            range,
+            permissions,
+            now(),
+        );
         let in_progress = data
             .buckets
             .values()
@@ -1381,6 +1393,54 @@ impl StandIn {
             .collect();
         let (files, total) = filter(&files, &list.queries, list.total).unwrap_or_default();
         Ok(json!({ "total": total, "files": files }))
+    }
+
+    /// `PUT /storage/buckets/{bucket}/files/{file} {name, permissions}`: a file's name and
+    /// permissions (each left as it is when not given).
+    pub fn update_file(&self, bucket: &str, file: &str, body: &Value) -> Result<Value, ApiError> {
+        let permissions = match body.get("permissions") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(a)) => {
+                let given: Vec<String> = a
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            400,
+                            "general_argument_invalid",
+                            "Invalid `permissions` param: Value must a valid array of strings.",
+                        )
+                    })?;
+                Some(super::storage::file_permissions(&given)?)
+            }
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Invalid `permissions` param: Value must a valid array of strings.",
+                ));
+            }
+        };
+        let mut data = self.lock();
+        let f = data
+            .buckets
+            .get_mut(bucket)
+            .and_then(|b| b.files.get_mut(file))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "storage_file_not_found",
+                    "The requested file could not be found.",
+                )
+            })?;
+        if let Some(name) = body.get("name").and_then(Value::as_str) {
+            f.name = name.to_string();
+        }
+        if let Some(p) = permissions {
+            f.permissions = p;
+        }
+        Ok(f.json(bucket, file))
     }
 
     /// `DELETE /storage/buckets/{bucket}/files/{file}` (a partial upload too).
