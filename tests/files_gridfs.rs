@@ -837,3 +837,105 @@ async fn file_concurrency_uploads_files_side_by_side_each_once_and_byte_identica
     assert_eq!(orphan_chunks(&w, "docs").await, 0);
     w.drop().await;
 }
+
+/// `[file] document_collection`: each file also gets a document `{_id, fileId, …fields}` in
+/// that collection, written with the file (the oracle: the PostgreSQL rows — their ids and file
+/// names — and the files GridFS holds); verify checks them (one taken away, one extra), a row
+/// rejected on a re-run takes its document away with its file, and `rollback` removes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_file_gets_its_document_verified_and_rolled_back_with_it() {
+    let w = World::new("files_documents").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = documents_alone(&w, "\ndocument_collection = \"documentFiles\"");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    let names: BTreeMap<String, String> = w
+        .query_strings("SELECT document_id::text || ' ' || file_name FROM documents")
+        .await
+        .into_iter()
+        .map(|r| {
+            let (id, name) = r.split_once(' ').unwrap();
+            (id.to_string(), name.to_string())
+        })
+        .collect();
+    let held = w.docs("documentFiles").await;
+    assert_eq!(held.len(), source.len(), "one document per file");
+    let files: Vec<Bson> = files_docs(&w, "documents")
+        .await
+        .iter()
+        .map(|d| d.get("_id").unwrap().clone())
+        .collect();
+    for id in source.keys() {
+        let d = held
+            .iter()
+            .find(|d| d.get("_id") == Some(&uuid_id(id)))
+            .unwrap_or_else(|| panic!("no document for {id}"));
+        assert_eq!(d.get("fileId"), Some(&uuid_id(id)), "{d}");
+        assert!(files.contains(&uuid_id(id)), "its file is in GridFS");
+        assert_eq!(
+            d.get_str("fileName").ok(),
+            names.get(&id.to_string()).map(String::as_str),
+            "{d}"
+        );
+    }
+    let verify = |w: &World| {
+        w.cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&w);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    // One document taken away, one that names no file: verify says both.
+    let db = w.mongo().await;
+    let (first, _) = source.iter().next().unwrap();
+    db.collection::<Document>("documentFiles")
+        .delete_one(doc! { "_id": uuid_id(first) })
+        .await
+        .unwrap();
+    db.collection::<Document>("documentFiles")
+        .insert_one(doc! { "_id": "stray", "fileId": "stray" })
+        .await
+        .unwrap();
+    let out = verify(&w);
+    let said = common::output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("its document (none in documentFiles)"),
+        "{said}"
+    );
+    assert!(said.contains("stray"), "{said}");
+    db.collection::<Document>("documentFiles")
+        .delete_one(doc! { "_id": "stray" })
+        .await
+        .unwrap();
+
+    // A row rejected on a re-run (its file gone from disk): its file and document go; the
+    // missing document of the first is written again.
+    let (gone, (gone_path, _, _)) = source.iter().nth(1).unwrap();
+    std::fs::remove_file(w.files_root().join(gone_path)).unwrap();
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let held = w.docs("documentFiles").await;
+    assert_eq!(held.len(), source.len() - 1);
+    assert!(held.iter().any(|d| d.get("_id") == Some(&uuid_id(first))));
+    assert!(!held.iter().any(|d| d.get("_id") == Some(&uuid_id(gone))));
+    assert_eq!(w.count("documents.files").await, source.len() as u64 - 1);
+
+    // rollback --all: the bucket and the documents as the first step found them (empty).
+    let out = w
+        .cutover()
+        .args(["rollback", "--all", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documentFiles").await, 0);
+    assert_eq!(w.count("documents.files").await, 0);
+    assert_eq!(w.count("documents.chunks").await, 0);
+    w.drop().await;
+}

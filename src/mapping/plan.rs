@@ -230,6 +230,8 @@ pub struct FilePlan {
     pub mime: Option<usize>,
     pub bucket: String,
     pub chunk_size: u32,
+    /// MongoDB: the collection of each file's document (`[file] document_collection`).
+    pub documents: Option<String>,
     /// Appwrite: each file's permission templates (`None`: the file gets none of its own).
     pub permissions: Option<Vec<crate::mapping::permission::Template>>,
 }
@@ -954,6 +956,7 @@ fn file_plan(
         mime: opt("file.mime_column", &f.mime_column, false)?,
         bucket: f.bucket.clone(),
         chunk_size: f.chunk_size,
+        documents: f.document_collection.clone(),
         permissions: f
             .appwrite
             .file_permissions

@@ -113,6 +113,9 @@ pub struct FileSpec {
     /// Bytes per GridFS chunk.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: u32,
+    /// MongoDB: also a document per file in this collection, `{_id, fileId, …mapped fields}`
+    /// (`_id` and `fileId` the file's id), written, rolled back and verified with the file.
+    pub document_collection: Option<String>,
     /// Appwrite Storage: the bucket's settings when cutover creates it (`[file.appwrite]`).
     #[serde(default)]
     pub appwrite: AppwriteBucketSpec,

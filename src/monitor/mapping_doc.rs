@@ -635,6 +635,9 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         parts.push(format!("checksum = {}", f.checksum.as_str()));
         parts.push(format!("bucket = {}", f.bucket));
         parts.push(format!("chunk_size = {}", f.chunk_size));
+        if let Some(c) = &f.document_collection {
+            parts.push(format!("document_collection = {c}"));
+        }
         // Appwrite Storage: the bucket's settings when cutover creates it.
         let a = &f.appwrite;
         for (k, list) in [

@@ -52,9 +52,13 @@ pub enum Destination {
     Tables { names: Vec<String> },
     /// Appwrite's users (Auth): no table holds them, no backup can copy them.
     Users,
-    /// A MongoDB GridFS bucket: `<name>.files` and `<name>.chunks`, backed up, restored and
-    /// emptied together.
-    Bucket { name: String },
+    /// A MongoDB GridFS bucket: `<name>.files` and `<name>.chunks` (and the collection of its
+    /// files' documents, when the mapping has one), backed up, restored and emptied together.
+    Bucket {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        documents: Option<String>,
+    },
     /// An Appwrite Storage bucket and the table of its files' rows: emptied together; no
     /// backup can copy a bucket's files (a rollback restores only what found it empty).
     Storage { bucket: String, tables: Vec<String> },
@@ -90,7 +94,14 @@ impl std::fmt::Display for Destination {
             Destination::Collection { name } => f.pad(name),
             Destination::Tables { names } => f.pad(&names.join("+")),
             Destination::Users => f.pad(USERS),
-            Destination::Bucket { name } => f.pad(&format!("{name} (GridFS)")),
+            Destination::Bucket {
+                name,
+                documents: None,
+            } => f.pad(&format!("{name} (GridFS)")),
+            Destination::Bucket {
+                name,
+                documents: Some(d),
+            } => f.pad(&format!("{name} (GridFS) + {d}")),
             Destination::Storage { bucket, tables } => f.pad(&format!(
                 "{bucket} (Appwrite Storage) with {}",
                 tables.join("+")
@@ -1253,6 +1264,7 @@ impl Target {
             Target::Mongo(m) => {
                 m.register_bucket(super::gridfs::BucketSpec {
                     name: f.bucket.clone(),
+                    documents: f.document_collection.clone(),
                     chunk_size: f.chunk_size,
                     algorithm: f.checksum,
                     root: root.to_path_buf(),
@@ -1343,11 +1355,17 @@ impl Target {
 
     pub async fn is_empty(&self, collection: &str) -> Result<bool, SinkError> {
         match self {
-            Target::Mongo(m) if m.bucket(collection).is_some() => Ok(m
-                .is_empty(&super::gridfs::files_collection(collection))
-                .await?
-                && m.is_empty(&super::gridfs::chunks_collection(collection))
-                    .await?),
+            Target::Mongo(m) if let Some(spec) = m.bucket(collection) => {
+                let documents_empty = match &spec.documents {
+                    Some(c) => m.is_empty(c).await?,
+                    None => true,
+                };
+                Ok(m.is_empty(&super::gridfs::files_collection(collection))
+                    .await?
+                    && m.is_empty(&super::gridfs::chunks_collection(collection))
+                        .await?
+                    && documents_empty)
+            }
             Target::Mongo(m) => Ok(m.is_empty(collection).await?),
             Target::Appwrite(a) => match a.storage(collection) {
                 Some(spec) => Ok(a.is_empty(collection).await?
@@ -1403,8 +1421,8 @@ impl Target {
             return Ok(0);
         }
         match self {
-            Target::Mongo(m) if m.bucket(collection).is_some() => {
-                Ok(super::gridfs::delete_files(m.database(), collection, ids).await?)
+            Target::Mongo(m) if let Some(spec) = m.bucket(collection) => {
+                Ok(super::gridfs::delete_files_of(m.database(), &spec, ids).await?)
             }
             Target::Mongo(m) => Ok(m.delete_ids(collection, ids.to_vec()).await?),
             // A user whose row is rejected now (e.g. disabled in the source) must not stay able
@@ -1476,8 +1494,9 @@ impl Target {
             Target::Appwrite(a) => Destination::Tables {
                 names: a.tables_of(collection),
             },
-            Target::Mongo(m) if m.bucket(collection).is_some() => Destination::Bucket {
+            Target::Mongo(m) if let Some(spec) = m.bucket(collection) => Destination::Bucket {
                 name: collection.to_string(),
+                documents: spec.documents,
             },
             Target::Mongo(_) => Destination::Collection {
                 name: collection.to_string(),

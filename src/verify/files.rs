@@ -1,7 +1,8 @@
 //! Verify of a file stage (MongoDB GridFS): every source row's file present under its id, its
 //! length the size the row records, its sha256 (and md5) the checksum the row records, its
 //! metadata the row's mapped document; the file on disk (when the files root is given) the same
-//! bytes; files and chunks under no expected id named as unexpected. `--full` also downloads
+//! bytes; each file's document (`[file] document_collection`) `{_id, fileId, …fields}`; files,
+//! chunks and documents under no expected id named as unexpected. `--full` also downloads
 //! every file from GridFS and hashes the bytes it holds.
 //!
 //! Reads only: never writes the target.
@@ -167,6 +168,21 @@ pub async fn verify_files(
                     ));
                 }
             }
+            // Its document, when the mapping asks for one per file.
+            if let Some(c) = &file.documents {
+                let held = db
+                    .collection::<Document>(c)
+                    .find_one(doc! { "_id": &id })
+                    .await
+                    .map_err(merr(format!("read {c}")))?;
+                match held {
+                    None => fields.push(format!("its document (none in {c})")),
+                    Some(d) if d != gridfs::file_document(&id, &metadata) => {
+                        fields.push(format!("its document in {c} (fileId or fields)"))
+                    }
+                    Some(_) => {}
+                }
+            }
             if !fields.is_empty() {
                 let id_text = show_id(&id);
                 found.different(
@@ -213,6 +229,24 @@ pub async fn verify_files(
         .collect();
     for id in orphans {
         found.unexpected(format!("chunks of {} (no files document)", show_id(&id)))?;
+    }
+    // Documents of files no source row expects.
+    if let Some(c) = &file.documents {
+        let mut cursor = db
+            .collection::<Document>(c)
+            .find(doc! {})
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(merr(format!("read {c}")))?;
+        while let Some(d) = cursor.try_next().await.map_err(merr(format!("read {c}")))? {
+            let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+            if !expected_ids.contains(&bson::to_vec(&doc! { "i": &id }).unwrap_or_default()) {
+                found.unexpected(format!(
+                    "{} in {c} (a document of no expected file)",
+                    show_id(&id)
+                ))?;
+            }
+        }
     }
     Ok(file_verification(
         plan,
