@@ -820,6 +820,23 @@ async fn file_concurrency_uploads_files_side_by_side_each_once_and_byte_identica
     assert_eq!((n("read"), n("written"), n("rejected")), (26, 24, 2), "{e}");
     assert_eq!(n("read"), n("written") + n("rejected") + n("skipped"));
     assert_eq!(report["config"]["file_concurrency"], 4, "{report}");
+    // The report: files and bytes uploaded (the bytes written to disk here), MB/s, rejects by
+    // rule — in the JSON and in the text.
+    let bytes: usize = files.values().map(Vec::len).sum();
+    assert_eq!(e["files"]["uploaded"], 24, "{e}");
+    assert_eq!(e["files"]["bytes"].as_u64(), Some(bytes as u64), "{e}");
+    assert!(e["files"]["mb_per_sec"].as_f64().unwrap() > 0.0, "{e}");
+    assert_eq!(
+        e["rejected_by_rule"],
+        serde_json::json!({ "file_missing": 1, "file_checksum": 1 }),
+        "{e}"
+    );
+    let said = common::output_text(&out);
+    assert!(
+        said.contains("docs: rejected by rule: file_checksum 1, file_missing 1"),
+        "{said}"
+    );
+    assert!(said.contains("docs: 24 files uploaded ("), "{said}");
     let order = chunk_insert_order(&w, "docs").await;
     assert!(
         uploads_overlap(&order),

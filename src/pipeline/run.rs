@@ -833,6 +833,17 @@ async fn migrate_locked(
             cause,
         });
     }
+    // Each entity's rejects by rule, from the rejects files (resumed parts' lines included).
+    let by_rule = crate::monitor::signoff::rule_counts(rejects.dir(), false);
+    for e in &mut entities {
+        e.rejected_by_rule = by_rule
+            .iter()
+            .filter(|c| c.entity == e.name && c.rule != "orphan_child")
+            .fold(Default::default(), |mut m, c| {
+                *m.entry(c.rule.clone()).or_default() += c.rows;
+                m
+            });
+    }
 
     let mut report = RunReport {
         run_id: run_id.to_string(),
