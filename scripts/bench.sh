@@ -12,16 +12,23 @@
 #   5. mongod alone re-inserting the very documents of 1 and 4  (the ceiling)
 #   6. Appwrite stand-in: the writer's bulk upserts vs single-row writes for 50,000 patients
 #   7. `cutover migrate --target appwrite` into the stand-in, --bulk-rows 100 vs 1 (50,000 patients)
+#   8. the files stage: MB/s into GridFS and into the stand-in, with the client's peak RSS, for the
+#      20 sample files of scripts/fixtures.sh and for generated files (1 GiB; the size in GiB
+#      from CUTOVER_BENCH_FILES_GIB, 0 to skip them) — the peak RSS must not grow with the bytes
+#   scripts/bench.sh --files-only runs 8 alone (no patients loaded).
 # Servers: scripts/services.sh (started if needed, left running).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PATIENTS=1000000
+FILES_ONLY=0
+FILES_GIB="${CUTOVER_BENCH_FILES_GIB:-1}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --patients) PATIENTS="$2"; shift 2 ;;
     --quick) PATIENTS=100000; shift ;;
+    --files-only) FILES_ONLY=1; shift ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -38,11 +45,12 @@ ADMIN_URL="$CUTOVER_SOURCE_URL"
 BENCH_URL="${ADMIN_URL%/*}/cutover_bench"
 
 have=$(psql "$BENCH_URL" -Atc "SELECT count(*) FROM patients" 2>/dev/null || echo 0)
-if [ "$have" != "$PATIENTS" ]; then
+if [ "$FILES_ONLY" = 0 ] && [ "$have" != "$PATIENTS" ]; then
   psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS cutover_bench" -qc "CREATE DATABASE cutover_bench"
   CUTOVER_SOURCE_URL="$BENCH_URL" scripts/fixtures.sh --patients "$PATIENTS" --no-files
 fi
 export CUTOVER_SOURCE_URL="$BENCH_URL"
+FILES_URL="${ADMIN_URL%/*}/cutover_bench_files"
 
 WORK="$(mktemp -d /tmp/cutover-bench.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
@@ -122,6 +130,108 @@ PY
 
 mongo_drop() { "$BIN/mongo-ceiling" --drop "$MONGODB_URI" "$1"; }
 
+# 8. The files stage. Each run writes into a fresh target (GridFS: a dropped database; the
+#    stand-in: a database and a bucket of their own, emptied again by `rollback` after, so that
+#    the stand-in does not keep the bytes), so every file is uploaded.
+files_run() { # name args...
+  local name="$1"; shift
+  /usr/bin/time -v "$BIN/cutover" migrate --quiet --ignore-dependencies --no-backup \
+    --report "$WORK/$name.json" "$@" >"$WORK/$name.out" 2>"$WORK/$name.time" || [ $? -eq 2 ]
+  python3 - "$name" "$WORK/$name.json" "$WORK/$name.time" <<'PY'
+import json, re, sys
+name, report, timing = sys.argv[1:4]
+r = json.load(open(report))
+e = [e for e in r["entities"] if e.get("files")][0]
+f = e["files"]
+t = open(timing).read()
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
+cpu = float(re.search(r"User time \(seconds\): ([\d.]+)", t).group(1)) + float(re.search(r"System time \(seconds\): ([\d.]+)", t).group(1))
+print(f"{name:<28} {f['uploaded']:>5} files, {f['bytes']/2**20:8.1f} MiB in {e['duration_ms']/1000:6.2f}s = {f['mb_per_sec']:6.1f} MB/s"
+      f" (rejected {e['rejected']}), client CPU {cpu:.1f}s, peak RSS {rss/1024:.0f} MiB")
+PY
+}
+
+# A one-entity pipeline over the generated files, into bucket $2.
+gen_pipeline() { # dir bucket
+  mkdir -p "$1/mappings"
+  cat >"$1/mappings/gen_files.toml" <<TOML
+version = 1
+name = "gen_files"
+[source]
+table = "gen_files"
+key = ["id"]
+[file]
+path_column = "path"
+size_column = "size"
+checksum_column = "sha"
+bucket = "$2"
+[file.appwrite]
+maximum_file_size = 134217728
+[[field]]
+path = "size"
+column = "size"
+TOML
+  printf 'version = 1\nname = "gen"\nmappings_dir = "mappings"\n[[stage]]\nname = "files"\nentities = ["gen_files"]\n' \
+    >"$1/pipeline.toml"
+}
+
+files_bench() {
+  echo "== files stage: sample files (scripts/fixtures.sh) and ${FILES_GIB} GiB of generated files"
+  have=$(psql "$FILES_URL" -Atc "SELECT count(*) FROM documents" 2>/dev/null || echo 0)
+  if [ "$have" != "20" ]; then
+    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS cutover_bench_files" -qc "CREATE DATABASE cutover_bench_files"
+  fi
+  CUTOVER_SOURCE_URL="$FILES_URL" scripts/fixtures.sh --patients 100 --files-dir "$WORK/sample" >/dev/null
+  # The stand-in takes a bucket once per project: each run's mappings name one of their own.
+  local tag; tag=$(date +%s)
+  cp -r mappings "$WORK/mappings-files"
+  sed -i "s/^bucket = \"documents\"/bucket = \"documents_$tag\"/" "$WORK/mappings-files/documents.toml"
+  if [ "$FILES_GIB" != 0 ]; then
+    mkdir -p "$WORK/gen/files"
+    # Files of 1, 4, 16 and 64 MiB in turn, random bytes, up to FILES_GIB GiB; their rows.
+    python3 - "$WORK/gen/files" "$FILES_GIB" >"$WORK/gen/rows.csv" <<'PY'
+import hashlib, os, sys
+root, gib = sys.argv[1], float(sys.argv[2])
+total, i, sizes = 0, 0, [1, 4, 16, 64]
+while total < gib * 2**30:
+    i += 1
+    size = sizes[i % 4] * 2**20 + i
+    data = os.urandom(size)
+    with open(os.path.join(root, f"g{i}.bin"), "wb") as f:
+        f.write(data)
+    print(f"{i},g{i}.bin,{size},{hashlib.sha256(data).hexdigest()}")
+    total += size
+PY
+    psql "$FILES_URL" -qc "DROP TABLE IF EXISTS gen_files" \
+      -qc "CREATE TABLE gen_files (id int PRIMARY KEY, path text, size bigint, sha text)" \
+      -qc "\\copy gen_files FROM '$WORK/gen/rows.csv' WITH (FORMAT csv)"
+    gen_pipeline "$WORK/gen/gridfs" gen
+    gen_pipeline "$WORK/gen/aw" "gen_$tag"
+  fi
+  export CUTOVER_SOURCE_URL="$FILES_URL"
+  mongo_drop bench_files
+  files_run "files sample -> GridFS" --database bench_files --files-root "$WORK/sample" documents
+  APPWRITE_DATABASE="bench_files_$tag" files_run "files sample -> stand-in" --target appwrite \
+    --files-root "$WORK/sample" --mappings "$WORK/mappings-files" documents
+  CUTOVER_FILES_ROOT="$WORK/sample" APPWRITE_DATABASE="bench_files_$tag" "$BIN/cutover" rollback --target appwrite \
+    --mappings "$WORK/mappings-files" documents >/dev/null 2>&1 || true
+  if [ "$FILES_GIB" != 0 ]; then
+    mongo_drop bench_files
+    files_run "files ${FILES_GIB} GiB -> GridFS" --database bench_files --files-root "$WORK/gen/files" \
+      --pipeline "$WORK/gen/gridfs/pipeline.toml"
+    mongo_drop bench_files
+    APPWRITE_DATABASE="bench_gen_$tag" files_run "files ${FILES_GIB} GiB -> stand-in" --target appwrite \
+      --files-root "$WORK/gen/files" --pipeline "$WORK/gen/aw/pipeline.toml"
+    CUTOVER_FILES_ROOT="$WORK/gen/files" APPWRITE_DATABASE="bench_gen_$tag" "$BIN/cutover" rollback --target appwrite \
+      --pipeline "$WORK/gen/aw/pipeline.toml" >/dev/null 2>&1 || true
+  fi
+}
+
+if [ "$FILES_ONLY" = 1 ]; then
+  files_bench
+  exit 0
+fi
+
 echo "== cutover bench: $PATIENTS patients, $(psql "$BENCH_URL" -Atc 'SELECT count(*) FROM immunizations') immunizations ($(nproc) cores)"
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
 run "patients+guardians (empty)" bench_patients patients
@@ -147,3 +257,5 @@ for bulk in 100 1; do
   CUTOVER_SOURCE_URL="$AW_URL" APPWRITE_DATABASE="bench_$bulk" \
     run "appwrite patients bulk=$bulk" unused patients --target appwrite --bulk-rows "$bulk"
 done
+
+files_bench

@@ -519,6 +519,11 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
 
+    /// File uploads in flight in a file stage (`[file]` mappings), into GridFS or Appwrite
+    /// Storage (default 4; 1: one file at a time). Takes the place of --concurrency there.
+    #[arg(long, value_name = "N")]
+    pub file_concurrency: Option<usize>,
+
     /// Record failed batches as rejects and go on (default: stop at the first failed batch).
     #[arg(long)]
     pub continue_on_error: bool,

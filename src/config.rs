@@ -136,6 +136,7 @@ struct FileRun {
     batch_size: Option<usize>,
     batch_bytes: Option<usize>,
     concurrency: Option<usize>,
+    file_concurrency: Option<usize>,
     reports_dir: Option<PathBuf>,
     rejects_dir: Option<PathBuf>,
     pipeline: Option<PathBuf>,
@@ -151,6 +152,7 @@ pub struct Overrides {
     pub appwrite_database: Option<String>,
     pub batch_size: Option<usize>,
     pub concurrency: Option<usize>,
+    pub file_concurrency: Option<usize>,
     pub pipeline: Option<PathBuf>,
     pub mappings_dir: Option<PathBuf>,
     pub files_root: Option<PathBuf>,
@@ -268,6 +270,8 @@ pub struct Config {
     pub batch_size: usize,
     pub batch_bytes: usize,
     pub concurrency: usize,
+    /// File uploads in flight in a file stage (`--file-concurrency`, `[run] file_concurrency`).
+    pub file_concurrency: usize,
     pub reports_dir: PathBuf,
     pub rejects_dir: PathBuf,
     pub pipeline: PathBuf,
@@ -297,6 +301,7 @@ impl std::fmt::Debug for Config {
             .field("batch_size", &self.batch_size)
             .field("batch_bytes", &self.batch_bytes)
             .field("concurrency", &self.concurrency)
+            .field("file_concurrency", &self.file_concurrency)
             .field("reports_dir", &self.reports_dir)
             .field("rejects_dir", &self.rejects_dir)
             .field("pipeline", &self.pipeline)
@@ -308,6 +313,7 @@ impl std::fmt::Debug for Config {
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 pub const DEFAULT_BATCH_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_FILE_CONCURRENCY: usize = 4;
 /// MongoDB refuses messages over 48 MB and commands over 16 MB; batches stay well below.
 const MAX_BATCH_BYTES: usize = 15 * 1024 * 1024;
 
@@ -536,6 +542,20 @@ impl Config {
                 None => invalid("run.concurrency", message),
             });
         }
+        let file_concurrency = o
+            .file_concurrency
+            .or(parsed.run.file_concurrency)
+            .unwrap_or(DEFAULT_FILE_CONCURRENCY);
+        if file_concurrency == 0 || file_concurrency > 64 {
+            let message = format!("must be between 1 and 64, got {file_concurrency}");
+            return Err(match o.file_concurrency {
+                Some(_) => ConfigError::Given {
+                    from: "flag --file-concurrency".into(),
+                    message,
+                },
+                None => invalid("run.file_concurrency", message),
+            });
+        }
 
         Ok(Config {
             origins,
@@ -547,6 +567,7 @@ impl Config {
             batch_size,
             batch_bytes,
             concurrency,
+            file_concurrency,
             reports_dir: parsed
                 .run
                 .reports_dir

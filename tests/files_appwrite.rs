@@ -406,3 +406,335 @@ async fn a_run_killed_inside_a_chunked_upload_is_finished_by_the_next_with_every
     assert!(out.status.success(), "{}", text(&out));
     w.drop().await;
 }
+
+/// `--file-concurrency`: 24 files of mixed sizes (8 over 5 MiB, so chunked) and a missing one.
+/// One at a time, the stand-in never sees two chunked uploads in progress at once; four at a
+/// time, it does (its own record of files with some chunks in and not all; it holds a first
+/// chunk's answer until a second upload begins, so that this does not hang on timing). Every file once
+/// and byte-identical (sha256 of the bytes on disk, computed here), read = written + rejected +
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_concurrency_uploads_files_side_by_side_each_once_and_byte_identical() {
+    let w = World::new("files_appwrite_conc").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);\n",
+    );
+    let mut files = Vec::new();
+    for id in 1..=24usize {
+        let len = match id % 3 {
+            1 => MIB + 1024 * id,
+            2 => 40 * 1024 + id,
+            _ => id * 13,
+        };
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(17).wrapping_add(id as u8))
+            .collect();
+        let rel = format!("f{id}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{rel}', {}, '{}', NULL);\n",
+            bytes.len(),
+            sha(&bytes)
+        ));
+        files.push((id.to_string(), bytes));
+    }
+    sql.push_str(&format!(
+        "INSERT INTO docs VALUES (25, 'gone.bin', 'gone.bin', 3, '{}', NULL);\n",
+        sha(b"abc")
+    ));
+    w.sql(&sql).await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+
+    let run = |n: &'static str| {
+        let (w, root, aw, pipeline) = (&w, &root, &aw, pipeline.clone());
+        async move {
+            cutover(
+                w,
+                root,
+                aw,
+                &[
+                    "migrate",
+                    "--quiet",
+                    "--file-concurrency",
+                    n,
+                    "--pipeline",
+                    &pipeline,
+                ],
+            )
+            .await
+        }
+    };
+    let out = run("1").await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(aw.s.files_in_progress_max(), 1, "one upload at a time");
+    let out = cutover(&w, &root, &aw, &["rollback", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(aw.s.file_ids("docs").is_empty());
+
+    aw.s.reset_files_in_progress();
+    // The stand-in holds the answer to a first chunk until a second upload is in progress (at
+    // most 10 s): uploads sent side by side get there, uploads sent one at a time could not.
+    aw.s.set_upload_barrier(2);
+    let out = run("4").await;
+    aw.s.set_upload_barrier(0);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        aw.s.files_in_progress_max() > 1,
+        "--file-concurrency 4: never two uploads in progress at once"
+    );
+    let e = report_entity(&w);
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!((n("read"), n("written"), n("rejected")), (25, 24, 1), "{e}");
+    assert_eq!(n("read"), n("written") + n("rejected") + n("skipped"));
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    let mut want: Vec<String> = files.iter().map(|(id, _)| id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want, "every file exactly once");
+    for (id, bytes) in &files {
+        let held = aw.s.file_content("docs", id).unwrap();
+        assert_eq!(
+            (held.len(), sha(&held)),
+            (bytes.len(), sha(bytes)),
+            "file {id}"
+        );
+    }
+    assert_eq!(aw.s.row_count("registry", "docs"), 24);
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.drop().await;
+}
+
+/// `[file.appwrite] file_permissions`: each file's `$permissions` are the templates filled from
+/// its row — a reference to the users entity as that user's Appwrite id (the oracle: the id the
+/// stand-in holds for the user of the owner's email in PostgreSQL, a capitalised key hashed and
+/// a lower-case one kept), a plain column as it is. A row whose placeholder is NULL is rejected
+/// `file_permission`; verify compares the permissions, and a re-run puts changed ones back
+/// without sending the bytes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_permissions_are_filled_from_the_row_and_verified() {
+    let w = World::new("files_appwrite_perm").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let hash = format!("$2y$10${}", "a".repeat(53));
+    let mut sql = format!(
+        "CREATE TABLE owners (id text PRIMARY KEY, email text, hash text);
+         INSERT INTO owners VALUES ('Ann', 'ann@example.org', '{hash}'), ('bob', 'bob@example.org', '{hash}');
+         CREATE TABLE docs (id int PRIMARY KEY, path text, owner_id text REFERENCES owners, team text);\n"
+    );
+    for (id, owner, team) in [
+        (1, "'Ann'", "'staff'"),
+        (2, "'bob'", "'staff'"),
+        (3, "'bob'", "'nurses'"),
+        (4, "NULL", "'staff'"),
+        (5, "'bob'", "NULL"),
+    ] {
+        std::fs::write(root.join(format!("f{id}.txt")), format!("file {id}")).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, 'f{id}.txt', {owner}, {team});\n"
+        ));
+    }
+    w.sql(&sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/owners.toml"),
+        r#"version = 1
+name = "owners"
+[source]
+table = "owners"
+key = ["id"]
+[[field]]
+path = "email"
+column = "email"
+[[field]]
+path = "passwordHash"
+column = "hash"
+[appwrite.users]
+email = "email"
+password_hash = "passwordHash"
+algorithm = "bcrypt"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/docs.toml"),
+        r#"version = 1
+name = "docs"
+[source]
+table = "docs"
+key = ["id"]
+[file]
+path_column = "path"
+bucket = "docs"
+[file.appwrite]
+file_security = true
+file_permissions = ['read("user:{ownerId}")', 'update("user:{ownerId}")', 'read("label:{team}")']
+[[field]]
+path = "ownerId"
+column = "owner_id"
+reference = "owners"
+[[field]]
+path = "team"
+column = "team"
+"#,
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"people\"\nentities = [\"owners\"]\n\
+         [[stage]]\nname = \"files\"\nentities = [\"docs\"]\ndepends_on = [\"people\"]\n",
+    )
+    .unwrap();
+    let pipeline = pipeline.display().to_string();
+    let aw = standin().await;
+
+    // The dry run predicts the two rejects, and writes no file.
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--dry-run", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = report_entity(&w);
+    assert_eq!(e["rejected"].as_u64(), Some(2), "{e}");
+    assert!(aw.s.file_ids("docs").is_empty());
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = report_entity(&w);
+    assert_eq!(
+        (
+            e["read"].as_u64(),
+            e["written"].as_u64(),
+            e["rejected"].as_u64()
+        ),
+        (Some(5), Some(3), Some(2)),
+        "{e}"
+    );
+    let rejects = w.rejects(w.latest_report()["run_id"].as_str().unwrap());
+    let mut rules: Vec<(String, String)> =
+        rejects.iter().map(|r| (r.1.clone(), r.3.clone())).collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        [
+            ("4".to_string(), "file_permission".to_string()),
+            ("5".to_string(), "file_permission".to_string())
+        ],
+        "{rejects:?}"
+    );
+
+    // The oracle: the PostgreSQL rows, the owner's Appwrite id found by email in the stand-in.
+    let user_id = |email: &str| -> String {
+        aw.s.users()
+            .iter()
+            .find(|u| u["email"] == email)
+            .and_then(|u| u["$id"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no user {email}"))
+    };
+    let rows: Vec<(String, String, String)> = w
+        .query_strings(
+            "SELECT d.id || ' ' || o.email || ' ' || d.team FROM docs d \
+             JOIN owners o ON o.id = d.owner_id WHERE d.team IS NOT NULL ORDER BY d.id",
+        )
+        .await
+        .iter()
+        .map(|r| {
+            let v: Vec<&str> = r.split(' ').collect();
+            (v[0].to_string(), v[1].to_string(), v[2].to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 3);
+    let expected = |email: &str, team: &str| -> Vec<String> {
+        let u = user_id(email);
+        let mut p = vec![
+            format!("read(\"user:{u}\")"),
+            format!("update(\"user:{u}\")"),
+            format!("read(\"label:{team}\")"),
+        ];
+        p.sort();
+        p
+    };
+    let held = |id: &str| -> Vec<String> {
+        let mut p: Vec<String> = aw.s.get_file("docs", id).unwrap()["$permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_ne!(
+        user_id("ann@example.org"),
+        "Ann",
+        "a capitalised key is hashed"
+    );
+    for (id, email, team) in &rows {
+        assert_eq!(held(id), expected(email, team), "file {id}");
+    }
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3"]);
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Permissions changed in the target: verify says so; a re-run puts them back, bytes unsent.
+    aw.s.update_file(
+        "docs",
+        "2",
+        &serde_json::json!({ "permissions": ["read(\"any\")"] }),
+    )
+    .unwrap();
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("permissions"), "{}", text(&out));
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--rerun",
+            "--pipeline",
+            &pipeline,
+            "docs",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = report_entity(&w);
+    assert_eq!(
+        (
+            e["files"]["uploaded"].as_u64(),
+            e["files"]["unchanged"].as_u64()
+        ),
+        (Some(0), Some(3)),
+        "{e}"
+    );
+    for (id, email, team) in &rows {
+        assert_eq!(
+            held(id),
+            expected(email, team),
+            "file {id} after the re-run"
+        );
+    }
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.drop().await;
+}

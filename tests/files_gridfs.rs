@@ -402,12 +402,26 @@ async fn sync_deletes_removes_the_file_of_a_deleted_row_with_its_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_large_upload_then_migrate_leaves_every_file_once() {
-    let w = World::new("files_kill").await;
+    kill_9_during_a_large_upload(
+        "files_kill",
+        &["--concurrency", "1", "--file-concurrency", "1"],
+    )
+    .await;
+}
+
+/// The same with four uploads in flight: the checkpoint passes no file still in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_concurrent_uploads_then_migrate_leaves_every_file_once() {
+    kill_9_during_a_large_upload("files_kill_conc", &["--file-concurrency", "4"]).await;
+}
+
+async fn kill_9_during_a_large_upload(name: &str, args: &[&str]) {
+    let w = World::new(name).await;
     w.load_registry_with_files(100);
     let source = source_files(&w).await;
     let pipeline = small_chunk_pipeline(&w);
     let db = w.mongo().await;
-    let mut child = common::process::spawn_migrate(&w, &pipeline, &["--concurrency", "1"]);
+    let mut child = common::process::spawn_migrate(&w, &pipeline, args);
     // Killed once a file over 5 MiB is partly in GridFS: chunks past 5 MiB, no files document.
     let big: Vec<Bson> = source
         .iter()
@@ -648,5 +662,297 @@ async fn dry_run_predicts_file_rejects_and_a_link_out_of_the_root_is_refused() {
         let files = if dry { 0 } else { 18 };
         assert_eq!(w.count("documents.files").await, files, "dry run {dry}");
     }
+    w.drop().await;
+}
+
+/// Mixed-size files (empty to 3 MiB) written to the world's files root as `docs` rows (id, path,
+/// size, sha256 of the bytes written here): the oracle of the concurrency tests.
+async fn mixed_files(w: &World, n: i32) -> BTreeMap<i32, Vec<u8>> {
+    let root = w.files_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text);\n",
+    );
+    let mut out = BTreeMap::new();
+    for id in 1..=n {
+        let len = match id % 4 {
+            0 => 0,
+            1 => 3 * 1024 * 1024 + id as usize * 311,
+            2 => 700 * 1024 + id as usize,
+            _ => 5 + id as usize * 97,
+        };
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(29).wrapping_add(id as u8))
+            .collect();
+        let rel = format!("d{}/f{id}.bin", id % 3);
+        std::fs::create_dir_all(root.join(format!("d{}", id % 3))).unwrap();
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        let digest = cutover::sink::gridfs::hex(&sha2::Sha256::digest(&bytes));
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', 'f{id}.bin', {}, '{digest}');\n",
+            bytes.len()
+        ));
+        out.insert(id, bytes);
+    }
+    w.sql(&sql).await;
+    out
+}
+
+fn docs_pipeline(w: &World) -> std::path::PathBuf {
+    common::one_entity_pipeline(
+        w,
+        "docs",
+        r#"version = 1
+name = "docs"
+[source]
+table = "docs"
+key = ["id"]
+[file]
+path_column = "path"
+name_column = "name"
+size_column = "size"
+checksum_column = "sha"
+bucket = "docs"
+chunk_size = 16384
+[[field]]
+path = "name"
+column = "name"
+"#,
+    )
+}
+
+/// The files ids of the chunk inserts into `bucket` in the order the server applied them (its
+/// oplog: the server's own record, not cutover's).
+async fn chunk_insert_order(w: &World, bucket: &str) -> Vec<Bson> {
+    let client = mongodb::Client::with_uri_str(common::mongo_uri())
+        .await
+        .unwrap();
+    let ns = format!("{}.{bucket}.chunks", w.mongo_db);
+    client
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find(doc! { "ns": ns, "op": "i" })
+        .sort(doc! { "$natural": 1 })
+        .projection(doc! { "o.files_id": 1 })
+        .await
+        .unwrap()
+        .try_collect::<Vec<Document>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| {
+            d.get_document("o")
+                .unwrap()
+                .get("files_id")
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+/// Whether two files' chunk inserts interleave (one file's first and last chunk insert around
+/// another's): uploads that were in flight at once.
+fn uploads_overlap(order: &[Bson]) -> bool {
+    let mut spans: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (i, id) in order.iter().enumerate() {
+        let e = spans.entry(id.to_string()).or_insert((i, i));
+        e.1 = i;
+    }
+    let spans: Vec<(usize, usize)> = spans.into_values().collect();
+    spans
+        .iter()
+        .enumerate()
+        .any(|(i, a)| spans[i + 1..].iter().any(|b| a.0 < b.1 && b.0 < a.1))
+}
+
+/// `--file-concurrency 4` with 26 files of mixed sizes (and a missing and a changed one): every
+/// file once and byte-identical (sha256 of the disk bytes, computed here, against GridFS's own
+/// bytes), read = written + rejected + skipped, and the server's oplog shows the chunk inserts
+/// of different files interleaved — uploads side by side. `--file-concurrency 1` first, into
+/// another bucket: its chunk inserts never interleave (so the oracle can tell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_concurrency_uploads_files_side_by_side_each_once_and_byte_identical() {
+    let w = World::new("files_concurrency").await;
+    let mut files = mixed_files(&w, 26).await;
+    let root = w.files_root();
+    // Rejected: one file gone from disk, one changed after its row was written.
+    std::fs::remove_file(root.join("d1/f25.bin")).unwrap();
+    files.remove(&25);
+    let changed = root.join("d2/f26.bin");
+    let mut bytes = std::fs::read(&changed).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&changed, &bytes).unwrap();
+    files.remove(&26);
+    let pipeline = docs_pipeline(&w);
+
+    // One at a time: every file's chunks inserted before the next file's.
+    let sequential = std::fs::read_to_string(w.dir.path().join("mappings/docs.toml"))
+        .unwrap()
+        .replace("bucket = \"docs\"", "bucket = \"seq\"");
+    std::fs::write(w.dir.path().join("mappings/docs.toml"), &sequential).unwrap();
+    let out = w.migrate_with(&pipeline, &["--file-concurrency", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let order = chunk_insert_order(&w, "seq").await;
+    assert!(order.len() > 100, "{} chunk inserts", order.len());
+    assert!(
+        !uploads_overlap(&order),
+        "--file-concurrency 1 interleaved uploads"
+    );
+    let out = w
+        .cutover()
+        .args(["rollback", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    // Four at a time, into the bucket `docs`.
+    std::fs::write(
+        w.dir.path().join("mappings/docs.toml"),
+        sequential.replace("bucket = \"seq\"", "bucket = \"docs\""),
+    )
+    .unwrap();
+    let out = w.migrate_with(&pipeline, &["--file-concurrency", "4"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let e = entity(&report, "docs");
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!((n("read"), n("written"), n("rejected")), (26, 24, 2), "{e}");
+    assert_eq!(n("read"), n("written") + n("rejected") + n("skipped"));
+    assert_eq!(report["config"]["file_concurrency"], 4, "{report}");
+    // The report: files and bytes uploaded (the bytes written to disk here), MB/s, rejects by
+    // rule — in the JSON and in the text.
+    let bytes: usize = files.values().map(Vec::len).sum();
+    assert_eq!(e["files"]["uploaded"], 24, "{e}");
+    assert_eq!(e["files"]["bytes"].as_u64(), Some(bytes as u64), "{e}");
+    assert!(e["files"]["mb_per_sec"].as_f64().unwrap() > 0.0, "{e}");
+    assert_eq!(
+        e["rejected_by_rule"],
+        serde_json::json!({ "file_missing": 1, "file_checksum": 1 }),
+        "{e}"
+    );
+    let said = common::output_text(&out);
+    assert!(
+        said.contains("docs: rejected by rule: file_checksum 1, file_missing 1"),
+        "{said}"
+    );
+    assert!(said.contains("docs: 24 files uploaded ("), "{said}");
+    let order = chunk_insert_order(&w, "docs").await;
+    assert!(
+        uploads_overlap(&order),
+        "--file-concurrency 4: no two uploads in flight at once"
+    );
+
+    let db = w.mongo().await;
+    let stored = files_docs(&w, "docs").await;
+    assert_eq!(stored.len(), files.len(), "every file exactly once");
+    for (id, bytes) in &files {
+        let want = cutover::sink::gridfs::hex(&sha2::Sha256::digest(bytes));
+        let (len, got) = download_sha256(&db, "docs", Bson::Int32(*id)).await;
+        assert_eq!((len as usize, got), (bytes.len(), want), "file {id}");
+    }
+    assert_eq!(orphan_chunks(&w, "docs").await, 0);
+    w.drop().await;
+}
+
+/// `[file] document_collection`: each file also gets a document `{_id, fileId, …fields}` in
+/// that collection, written with the file (the oracle: the PostgreSQL rows — their ids and file
+/// names — and the files GridFS holds); verify checks them (one taken away, one extra), a row
+/// rejected on a re-run takes its document away with its file, and `rollback` removes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_file_gets_its_document_verified_and_rolled_back_with_it() {
+    let w = World::new("files_documents").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = documents_alone(&w, "\ndocument_collection = \"documentFiles\"");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    let names: BTreeMap<String, String> = w
+        .query_strings("SELECT document_id::text || ' ' || file_name FROM documents")
+        .await
+        .into_iter()
+        .map(|r| {
+            let (id, name) = r.split_once(' ').unwrap();
+            (id.to_string(), name.to_string())
+        })
+        .collect();
+    let held = w.docs("documentFiles").await;
+    assert_eq!(held.len(), source.len(), "one document per file");
+    let files: Vec<Bson> = files_docs(&w, "documents")
+        .await
+        .iter()
+        .map(|d| d.get("_id").unwrap().clone())
+        .collect();
+    for id in source.keys() {
+        let d = held
+            .iter()
+            .find(|d| d.get("_id") == Some(&uuid_id(id)))
+            .unwrap_or_else(|| panic!("no document for {id}"));
+        assert_eq!(d.get("fileId"), Some(&uuid_id(id)), "{d}");
+        assert!(files.contains(&uuid_id(id)), "its file is in GridFS");
+        assert_eq!(
+            d.get_str("fileName").ok(),
+            names.get(&id.to_string()).map(String::as_str),
+            "{d}"
+        );
+    }
+    let verify = |w: &World| {
+        w.cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&w);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    // One document taken away, one that names no file: verify says both.
+    let db = w.mongo().await;
+    let (first, _) = source.iter().next().unwrap();
+    db.collection::<Document>("documentFiles")
+        .delete_one(doc! { "_id": uuid_id(first) })
+        .await
+        .unwrap();
+    db.collection::<Document>("documentFiles")
+        .insert_one(doc! { "_id": "stray", "fileId": "stray" })
+        .await
+        .unwrap();
+    let out = verify(&w);
+    let said = common::output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("its document (none in documentFiles)"),
+        "{said}"
+    );
+    assert!(said.contains("stray"), "{said}");
+    db.collection::<Document>("documentFiles")
+        .delete_one(doc! { "_id": "stray" })
+        .await
+        .unwrap();
+
+    // A row rejected on a re-run (its file gone from disk): its file and document go; the
+    // missing document of the first is written again.
+    let (gone, (gone_path, _, _)) = source.iter().nth(1).unwrap();
+    std::fs::remove_file(w.files_root().join(gone_path)).unwrap();
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let held = w.docs("documentFiles").await;
+    assert_eq!(held.len(), source.len() - 1);
+    assert!(held.iter().any(|d| d.get("_id") == Some(&uuid_id(first))));
+    assert!(!held.iter().any(|d| d.get("_id") == Some(&uuid_id(gone))));
+    assert_eq!(w.count("documents.files").await, source.len() as u64 - 1);
+
+    // rollback --all: the bucket and the documents as the first step found them (empty).
+    let out = w
+        .cutover()
+        .args(["rollback", "--all", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documentFiles").await, 0);
+    assert_eq!(w.count("documents.files").await, 0);
+    assert_eq!(w.count("documents.chunks").await, 0);
     w.drop().await;
 }

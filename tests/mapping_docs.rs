@@ -100,7 +100,7 @@ async fn reference_world(w: &World) -> std::path::PathBuf {
          CREATE TABLE guardians (guardian_id uuid PRIMARY KEY, patient_id uuid, name text);
          CREATE TABLE documents (
            document_id uuid PRIMARY KEY, storage_path text, file_name text, size_bytes bigint,
-           sha256 text, mime_type text);",
+           sha256 text, mime_type text, patient_id uuid);",
     )
     .await;
     let readme = std::fs::read_to_string(repo().join("mappings/README.md")).unwrap();
@@ -116,7 +116,7 @@ async fn reference_world(w: &World) -> std::path::PathBuf {
     std::fs::write(
         dir.join("mappings/documents.toml"),
         format!(
-            "version = 1\nname = \"documents\"\n[source]\ntable = \"documents\"\nkey = [\"document_id\"]\n[[field]]\npath = \"mimeType\"\ncolumn = \"mime_type\"\n{}\n",
+            "version = 1\nname = \"documents\"\n[source]\ntable = \"documents\"\nkey = [\"document_id\"]\n[[field]]\npath = \"mimeType\"\ncolumn = \"mime_type\"\n[[field]]\npath = \"patientId\"\ncolumn = \"patient_id\"\n{}\n",
             file_table(&block)
         ),
     )

@@ -86,7 +86,7 @@ fn reference_file_table_parses_with_every_key() {
         .map(|l| format!("{l}\n"))
         .collect();
     let mapping = format!(
-        "version = 1\nname = \"docs\"\n[source]\ntable = \"documents\"\nkey = [\"id\"]\n{table}\n[[field]]\npath = \"name\"\ncolumn = \"file_name\"\n"
+        "version = 1\nname = \"docs\"\n[source]\ntable = \"documents\"\nkey = [\"id\"]\n{table}\n[[field]]\npath = \"name\"\ncolumn = \"file_name\"\n[[field]]\npath = \"patientId\"\ncolumn = \"patient_id\"\n"
     );
     let m = mapping::parse(Path::new("mappings/README.md"), &mapping).unwrap();
     let f = m.spec.file.as_ref().expect("[file]");
@@ -94,6 +94,8 @@ fn reference_file_table_parses_with_every_key() {
     assert!(f.name_column.is_some() && f.size_column.is_some());
     assert!(f.checksum_column.is_some() && f.mime_column.is_some());
     assert_eq!((f.bucket.as_str(), f.chunk_size), ("fs", 261_120));
+    assert_eq!(f.document_collection.as_deref(), Some("documentFiles"));
+    assert!(f.appwrite.file_permissions.is_some());
     assert_eq!(
         m.collection(),
         "fs",

@@ -22,6 +22,7 @@ pub(crate) async fn migrate_as(cli: &Cli, args: &MigrateArgs, run_id: &str) -> R
         Overrides {
             batch_size: args.batch_size,
             concurrency: args.concurrency,
+            file_concurrency: args.file_concurrency,
             files_root: args.files.files_root.clone(),
             mongodb_database: args.target.database.clone(),
             appwrite_database: args.target.database.clone(),
@@ -51,6 +52,7 @@ pub(crate) async fn migrate_as(cli: &Cli, args: &MigrateArgs, run_id: &str) -> R
         batch_size: cfg.batch_size,
         batch_bytes: cfg.batch_bytes,
         concurrency: cfg.concurrency,
+        file_concurrency: cfg.file_concurrency,
         continue_on_error: args.continue_on_error,
         skip_validation: args.skip_validation,
         max_rejects: args.max_rejects,

@@ -293,10 +293,13 @@ impl Store {
     /// collection and its chunks (the files first: their count is the destination's).
     fn collections(to: &Destination) -> Result<Vec<String>, StoreError> {
         match to {
-            Destination::Bucket { name } => Ok(vec![
+            Destination::Bucket { name, documents } => Ok([
                 crate::sink::gridfs::files_collection(name),
                 crate::sink::gridfs::chunks_collection(name),
-            ]),
+            ]
+            .into_iter()
+            .chain(documents.clone())
+            .collect()),
             other => Ok(vec![Self::collection(other)?.to_string()]),
         }
     }
@@ -440,7 +443,10 @@ impl Store {
                 names: names.iter().map(|n| backup(n)).collect(),
             },
             Destination::Users => Destination::Users,
-            Destination::Bucket { name } => Destination::Bucket { name: backup(name) },
+            Destination::Bucket { name, documents } => Destination::Bucket {
+                name: backup(name),
+                documents: documents.as_deref().map(backup),
+            },
             // Not backed up (see `Destination::can_back_up`): named as itself.
             Destination::Storage { .. } => of.clone(),
         }

@@ -3,6 +3,7 @@
 
 pub mod draft;
 pub mod drift;
+pub mod permission;
 pub mod plan;
 pub mod spec;
 
@@ -712,6 +713,40 @@ fn check_file(m: &Mapping, f: &spec::FileSpec) -> Result<(), MappingError> {
             "file.appwrite.compression",
             format!("must be none, gzip or zstd, not `{}`", c.escape_debug()),
         ));
+    }
+    if let Some(c) = &f.document_collection {
+        if let Some(problem) = collection_problem(c) {
+            return Err(invalid(
+                m,
+                "file.document_collection",
+                format!(
+                    "`{}` is not a valid collection name: {problem}",
+                    c.escape_debug()
+                ),
+            ));
+        }
+        if *c == f.bucket || c.starts_with(&format!("{}.", f.bucket)) {
+            return Err(invalid(
+                m,
+                "file.document_collection",
+                format!(
+                    "`{c}` is the bucket or one of its collections: name a collection of its own"
+                ),
+            ));
+        }
+        if s.fields.iter().any(|field| field.path == "fileId") {
+            return Err(invalid(
+                m,
+                "file.document_collection",
+                "each file's document holds the file's id as `fileId`: a field of that path would be hidden by it; rename the field".into(),
+            ));
+        }
+    }
+    for text in f.appwrite.file_permissions.iter().flatten() {
+        permission::check_file_permission(text, |p| {
+            !p.contains('.') && s.fields.iter().any(|field| field.path == p)
+        })
+        .map_err(|why| invalid(m, "file.appwrite.file_permissions", why))?;
     }
     if !s.embeds.is_empty() {
         return Err(invalid(

@@ -237,6 +237,10 @@ pub struct FilePlan {
     pub mime: Option<usize>,
     pub bucket: String,
     pub chunk_size: u32,
+    /// MongoDB: the collection of each file's document (`[file] document_collection`).
+    pub documents: Option<String>,
+    /// Appwrite: each file's permission templates (`None`: the file gets none of its own).
+    pub permissions: Option<Vec<crate::mapping::permission::Template>>,
 }
 
 impl Plan {
@@ -973,6 +977,18 @@ fn file_plan(
         mime: opt("file.mime_column", &f.mime_column, false)?,
         bucket: f.bucket.clone(),
         chunk_size: f.chunk_size,
+        documents: f.document_collection.clone(),
+        permissions: f
+            .appwrite
+            .file_permissions
+            .as_ref()
+            .map(|list| {
+                list.iter()
+                    .map(|t| crate::mapping::permission::Template::parse(t))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|why| ("file.appwrite.file_permissions".to_string(), why))?,
     })
 }
 

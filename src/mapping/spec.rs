@@ -143,6 +143,9 @@ pub struct FileSpec {
     /// Bytes per GridFS chunk.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: u32,
+    /// MongoDB: also a document per file in this collection, `{_id, fileId, …mapped fields}`
+    /// (`_id` and `fileId` the file's id), written, rolled back and verified with the file.
+    pub document_collection: Option<String>,
     /// Appwrite Storage: the bucket's settings when cutover creates it (`[file.appwrite]`).
     #[serde(default)]
     pub appwrite: AppwriteBucketSpec,
@@ -155,6 +158,10 @@ pub struct FileSpec {
 pub struct AppwriteBucketSpec {
     /// Permission strings, e.g. `read("users")`.
     pub permissions: Option<Vec<String>>,
+    /// Permission strings of each file (its `permissions[]`), `{path}` filled from the row's
+    /// mapped document (a top-level field; a reference: the referenced record's id), e.g.
+    /// `read("user:{patientId}")`; a row whose placeholder is null is rejected (`file_permission`).
+    pub file_permissions: Option<Vec<String>>,
     pub file_security: Option<bool>,
     /// Bytes; a bigger file is refused by the server (the row is rejected).
     pub maximum_file_size: Option<u64>,

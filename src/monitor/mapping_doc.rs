@@ -641,10 +641,14 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         parts.push(format!("checksum = {}", f.checksum.as_str()));
         parts.push(format!("bucket = {}", f.bucket));
         parts.push(format!("chunk_size = {}", f.chunk_size));
+        if let Some(c) = &f.document_collection {
+            parts.push(format!("document_collection = {c}"));
+        }
         // Appwrite Storage: the bucket's settings when cutover creates it.
         let a = &f.appwrite;
         for (k, list) in [
             ("permissions", &a.permissions),
+            ("file_permissions", &a.file_permissions),
             ("allowed_file_extensions", &a.allowed_file_extensions),
         ] {
             for v in list.iter().flatten() {

@@ -100,6 +100,10 @@ pub struct EntityReport {
     /// A file stage: what this run uploaded (a resumed part's files not included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileStats>,
+    /// Rejected rows by rule, as the run's rejects file lists them (a resumed part's included;
+    /// a row rejected under several rules counts under each; orphan child rows are apart).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rejected_by_rule: std::collections::BTreeMap<String, u64>,
     /// MongoDB: the mapping's indexes, built after the load, with their build times.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub indexes: Vec<IndexBuild>,
@@ -221,6 +225,7 @@ impl EntityReport {
             stale_blocked: 0,
             orphan_children: Vec::new(),
             files: None,
+            rejected_by_rule: Default::default(),
             indexes: Vec::new(),
             validator: None,
         }
@@ -409,6 +414,14 @@ impl RunReport {
             }
             if let Some(f) = &e.files {
                 let _ = writeln!(s, "{}: {}", e.name, f.sentence());
+            }
+            if !e.rejected_by_rule.is_empty() {
+                let rules: Vec<String> = e
+                    .rejected_by_rule
+                    .iter()
+                    .map(|(rule, n)| format!("{rule} {}", thousands(*n)))
+                    .collect();
+                let _ = writeln!(s, "{}: rejected by rule: {}", e.name, rules.join(", "));
             }
             if !e.indexes.is_empty() {
                 let built: Vec<String> = e

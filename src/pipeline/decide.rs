@@ -246,6 +246,7 @@ mod tests {
             batch_size: 1000,
             batch_bytes: 1 << 20,
             concurrency: 2,
+            file_concurrency: 2,
             continue_on_error: false,
             skip_validation: false,
             max_rejects: None,

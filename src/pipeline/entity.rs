@@ -111,7 +111,7 @@ pub(super) async fn run_entity(
         },
         |r| r.covered,
     );
-    let (tx, rx) = mpsc::channel::<Batch>(opts.concurrency);
+    let (tx, rx) = mpsc::channel::<Batch>(super::write::in_flight(opts, plan.file.is_some()));
     let writer = mode.map(|mode| {
         tokio::spawn(write_loop(
             rx,

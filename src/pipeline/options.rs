@@ -12,6 +12,9 @@ pub struct RunOptions {
     pub batch_size: usize,
     pub batch_bytes: usize,
     pub concurrency: usize,
+    /// File uploads in flight in a file stage (its batches in flight: each uploads its files
+    /// one after the other).
+    pub file_concurrency: usize,
     pub continue_on_error: bool,
     pub skip_validation: bool,
     pub max_rejects: Option<u64>,

@@ -154,7 +154,7 @@ pub(super) async fn read_loop(
         cause,
     };
     // Files are written one after the other within a batch: a few per batch, so that the
-    // checkpoint moves and --concurrency uploads run side by side.
+    // checkpoint moves and --file-concurrency uploads run side by side.
     let batch_size = if plan.file.is_some() {
         opts.batch_size.min(FILES_PER_BATCH)
     } else {
@@ -271,7 +271,15 @@ pub(super) async fn read_loop(
             if let Some((rule, message, stage)) = file_refusal.or_else(|| {
                 target
                     .refusal(&plan.collection, &raw)
-                    .map(|(rule, message)| (rule, message, Stage::Write))
+                    .map(|(rule, message)| {
+                        // A file stage's own refusals are of stage file, as the run's are.
+                        let stage = if rule.starts_with("file_") {
+                            Stage::File
+                        } else {
+                            Stage::Write
+                        };
+                        (rule, message, stage)
+                    })
             }) {
                 let issue = Issue::error(stage, rule, "", message, String::new());
                 reject(

@@ -840,6 +840,17 @@ async fn migrate_locked(
             cause,
         });
     }
+    // Each entity's rejects by rule, from the rejects files (resumed parts' lines included).
+    let by_rule = crate::monitor::signoff::rule_counts(rejects.dir(), false);
+    for e in &mut entities {
+        e.rejected_by_rule = by_rule
+            .iter()
+            .filter(|c| c.entity == e.name && c.rule != "orphan_child")
+            .fold(Default::default(), |mut m, c| {
+                *m.entry(c.rule.clone()).or_default() += c.rows;
+                m
+            });
+    }
 
     let mut report = RunReport {
         run_id: run_id.to_string(),
@@ -866,6 +877,7 @@ async fn migrate_locked(
             "batch_size": opts.batch_size,
             "batch_bytes": opts.batch_bytes,
             "concurrency": opts.concurrency,
+            "file_concurrency": opts.file_concurrency,
             "continue_on_error": opts.continue_on_error,
             "skip_validation": opts.skip_validation,
             "max_rejects": opts.max_rejects,

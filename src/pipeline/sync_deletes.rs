@@ -104,6 +104,11 @@ impl Deleter<'_> {
         let ids = std::mem::take(&mut self.pending);
         let (target, collection, bucket) = (self.target, self.collection, self.bucket);
         noted_delete(self.remover, ids, |ids| async move {
+            if bucket && let Some(spec) = target.bucket(collection) {
+                return Ok(
+                    crate::sink::gridfs::delete_files_of(target.database(), &spec, &ids).await?,
+                );
+            }
             if bucket {
                 return Ok(
                     crate::sink::gridfs::delete_files(target.database(), collection, &ids).await?,

@@ -96,8 +96,10 @@ impl<T> std::future::Future for Spawned<T> {
     }
 }
 
-/// Writes the batches of `rx` in `mode`, as many at once as --concurrency says, and moves the
-/// checkpoint (when there is one) as they complete.
+/// Writes the batches of `rx` in `mode`, as many at once as --concurrency says (a file stage's:
+/// --file-concurrency, each batch uploading its files one after the other, so that many files
+/// are in flight), and moves the checkpoint (when there is one) as they complete: past a batch
+/// only once it and every batch before it are done, whatever order they complete in.
 pub(super) async fn write_loop(
     rx: mpsc::Receiver<Batch>,
     shared: StageCtx,
@@ -116,6 +118,7 @@ pub(super) async fn write_loop(
         remover,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
+    let in_flight = in_flight(&opts, target.is_bucket(&collection));
     let batches =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let results = batches
@@ -214,7 +217,7 @@ pub(super) async fn write_loop(
                 (batch, Ok(result), attempts)
             }))
         })
-        .buffer_unordered(opts.concurrency.max(1));
+        .buffer_unordered(in_flight);
     let mut results = std::pin::pin!(results);
 
     // Batches (or documents) not written with --continue-on-error: the stage ends failed, and
@@ -379,6 +382,16 @@ pub(super) async fn write_loop(
         });
     }
     Ok(())
+}
+
+/// Batches a stage keeps in flight: --concurrency, or for a file stage (`bucket`)
+/// --file-concurrency (its batches upload their files one at a time).
+pub(super) fn in_flight(opts: &super::options::RunOptions, bucket: bool) -> usize {
+    if bucket {
+        opts.file_concurrency.max(1)
+    } else {
+        opts.concurrency.max(1)
+    }
 }
 
 #[cfg(test)]

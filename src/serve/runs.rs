@@ -283,6 +283,7 @@ pub struct StartBody {
     #[serde(default)]
     dry_run: bool,
     batch_size: Option<usize>,
+    file_concurrency: Option<usize>,
 }
 
 pub async fn start(
@@ -304,6 +305,11 @@ pub async fn start(
         return Err(ApiError::bad_request(format!(
             "batchSize must be between 1 and 100000, got {n}"
         )));
+    }
+    if body.file_concurrency.is_some_and(|n| n == 0 || n > 64) {
+        return Err(ApiError::bad_request(
+            "fileConcurrency must be between 1 and 64",
+        ));
     }
     // The names are checked against the pipeline now, not after the answer.
     let pipeline = crate::commands::shared::load_pipeline(
@@ -334,6 +340,9 @@ pub async fn start(
     }
     if let Some(n) = body.batch_size {
         argv.extend(["--batch-size".into(), n.to_string()]);
+    }
+    if let Some(n) = body.file_concurrency {
+        argv.extend(["--file-concurrency".into(), n.to_string()]);
     }
     argv.push("--".into());
     argv.extend(body.stages.iter().cloned());

@@ -45,6 +45,8 @@ const READ_BUFFER: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct BucketSpec {
     pub name: String,
+    /// The collection of each file's document (`{_id, fileId, …metadata}`), if any.
+    pub documents: Option<String>,
     pub chunk_size: u32,
     pub algorithm: ChecksumAlgorithm,
     /// The directory the rows' paths are relative to.
@@ -343,6 +345,52 @@ pub async fn delete_files(db: &Database, bucket: &str, ids: &[Bson]) -> Result<u
     Ok(r.deleted_count)
 }
 
+/// [`delete_files`], and the files' documents when the bucket has a collection of them.
+pub async fn delete_files_of(
+    db: &Database,
+    spec: &BucketSpec,
+    ids: &[Bson],
+) -> Result<u64, MongoError> {
+    let n = delete_files(db, &spec.name, ids).await?;
+    if let Some(c) = &spec.documents
+        && !ids.is_empty()
+    {
+        db.collection::<Document>(c)
+            .delete_many(doc! { "_id": { "$in": ids.to_vec() } })
+            .await
+            .map_err(command(format!("delete from {c}")))?;
+    }
+    Ok(n)
+}
+
+/// The document of a file in the bucket's collection of them: its `_id` and `fileId` the
+/// file's id, then the mapped fields (its metadata).
+pub fn file_document(id: &Bson, metadata: &Document) -> Document {
+    let mut d = doc! { "_id": id.clone(), "fileId": id.clone() };
+    for (k, v) in metadata {
+        d.insert(k.clone(), v.clone());
+    }
+    d
+}
+
+/// Writes (replaces) the document of file `id` when the bucket has a collection of them.
+async fn write_document(
+    db: &Database,
+    spec: &BucketSpec,
+    id: &Bson,
+    metadata: &Document,
+) -> Result<(), MongoError> {
+    let Some(c) = &spec.documents else {
+        return Ok(());
+    };
+    db.collection::<Document>(c)
+        .replace_one(doc! { "_id": id }, file_document(id, metadata))
+        .upsert(true)
+        .await
+        .map_err(command(format!("write into {c}")))?;
+    Ok(())
+}
+
 /// Uploads the file of each document (`files[i]` is `docs[i]`'s): the document's `_id` is the
 /// file's, the rest of it the file's metadata. Rows whose file is missing, differs from what
 /// they record or escapes the root are refused (with their rule); a server error fails the
@@ -364,6 +412,7 @@ pub async fn write_files(
         let Some(id) = metadata.remove("_id") else {
             return Err(MongoError::Reply("document without _id".into()));
         };
+        let mapped_fields = metadata.clone();
         let (path, found) = match inspect(&spec.root, file, spec.algorithm).await {
             Ok(checked) => checked,
             Err((rule, message)) => {
@@ -394,6 +443,7 @@ pub async fn write_files(
                 .update_one(doc! { "_id": &id }, doc! { "$set": fields })
                 .await
                 .map_err(command(format!("update {}", spec.files())))?;
+            write_document(db, spec, &id, &mapped_fields).await?;
             result.written += 1;
             result.files.unchanged += 1;
             continue;
@@ -421,7 +471,7 @@ pub async fn write_files(
             .map_err(command(format!("find in {}", spec.files())))?;
         let length = stored.as_ref().and_then(length_of);
         if uploaded != found || length != Some(found.len) {
-            delete_files(db, &spec.name, std::slice::from_ref(&id)).await?;
+            delete_files_of(db, spec, std::slice::from_ref(&id)).await?;
             let message = if uploaded != found {
                 format!(
                     "{rel}: the file changed while it was uploaded (sha256 {} before, {} sent); removed again",
@@ -448,6 +498,8 @@ pub async fn write_files(
             .update_one(doc! { "_id": &id }, doc! { "$set": mark })
             .await
             .map_err(command(format!("update {}", spec.files())))?;
+        // After the file is complete: a document never names a file that is not there.
+        write_document(db, spec, &id, &mapped_fields).await?;
         result.written += 1;
         result.files.uploaded += 1;
         result.files.uploaded_bytes += found.len;

@@ -52,9 +52,13 @@ pub enum Destination {
     Tables { names: Vec<String> },
     /// Appwrite's users (Auth): no table holds them, no backup can copy them.
     Users,
-    /// A MongoDB GridFS bucket: `<name>.files` and `<name>.chunks`, backed up, restored and
-    /// emptied together.
-    Bucket { name: String },
+    /// A MongoDB GridFS bucket: `<name>.files` and `<name>.chunks` (and the collection of its
+    /// files' documents, when the mapping has one), backed up, restored and emptied together.
+    Bucket {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        documents: Option<String>,
+    },
     /// An Appwrite Storage bucket and the table of its files' rows: emptied together; no
     /// backup can copy a bucket's files (a rollback restores only what found it empty).
     Storage { bucket: String, tables: Vec<String> },
@@ -90,7 +94,14 @@ impl std::fmt::Display for Destination {
             Destination::Collection { name } => f.pad(name),
             Destination::Tables { names } => f.pad(&names.join("+")),
             Destination::Users => f.pad(USERS),
-            Destination::Bucket { name } => f.pad(&format!("{name} (GridFS)")),
+            Destination::Bucket {
+                name,
+                documents: None,
+            } => f.pad(&format!("{name} (GridFS)")),
+            Destination::Bucket {
+                name,
+                documents: Some(d),
+            } => f.pad(&format!("{name} (GridFS) + {d}")),
             Destination::Storage { bucket, tables } => f.pad(&format!(
                 "{bucket} (Appwrite Storage) with {}",
                 tables.join("+")
@@ -149,6 +160,8 @@ pub struct AppwriteTarget {
 #[derive(Debug, Clone)]
 pub struct StorageSpec {
     pub bucket: String,
+    /// Each file's permission templates (`[file.appwrite] file_permissions`).
+    pub file_permissions: Option<Vec<crate::mapping::permission::Template>>,
     pub options: super::appwrite::storage::BucketOptions,
     pub algorithm: crate::mapping::spec::ChecksumAlgorithm,
     pub root: std::path::PathBuf,
@@ -208,6 +221,16 @@ impl AppwriteTarget {
                 ))
             })?;
             let id = rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
+            let permissions =
+                match self.file_permissions(collection, spec.file_permissions.as_deref(), &doc) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        result
+                            .errors
+                            .push(refused(index, storage::RULE_PERMISSION, why));
+                        continue;
+                    }
+                };
             let (path, found) =
                 match super::gridfs::inspect_with_md5(&spec.root, file, spec.algorithm).await {
                     Ok(checked) => checked,
@@ -228,6 +251,12 @@ impl AppwriteTarget {
             if let Some(e) = &existing
                 && storage::complete(e, found.len, &md5)
             {
+                // The same bytes: only permissions the mapping now gives otherwise are set.
+                if let Some(p) = &permissions
+                    && !storage::same_permissions(e, p)
+                {
+                    storage::update_permissions(&self.client, &spec.bucket, &id, p).await?;
+                }
                 ready.push((index, id, false, 0));
                 continue;
             }
@@ -240,6 +269,7 @@ impl AppwriteTarget {
                 &id,
                 &name,
                 file.mime.as_deref(),
+                permissions.as_deref(),
                 &path,
                 found.len,
             )
@@ -311,6 +341,32 @@ impl AppwriteTarget {
             }
         }
         Ok(result)
+    }
+
+    /// The permissions of the file of `doc` (a document of `collection`, a file stage's) from
+    /// `templates`, each placeholder the value its row holds in that field (a reference: the
+    /// referenced record's id, as the row holds it); `None` without templates; why not (a value
+    /// null or missing, or one no role can hold).
+    pub fn file_permissions(
+        &self,
+        collection: &str,
+        templates: Option<&[crate::mapping::permission::Template]>,
+        doc: &Document,
+    ) -> Result<Option<Vec<String>>, String> {
+        let Some(templates) = templates else {
+            return Ok(None);
+        };
+        let row = self.row_for(collection, doc).unwrap_or(Value::Null);
+        let lookup = |path: &str| match row.get(path) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        };
+        templates
+            .iter()
+            .map(|t| t.fill(lookup))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     fn layout(&self, collection: &str) -> Option<Layout> {
@@ -1138,6 +1194,13 @@ impl Target {
             _ => (None, &[][..]),
         };
         let d = doc.to_document().ok()?;
+        // A file stage's file permissions the row cannot fill.
+        if let Some(storage) = a.storage(collection)
+            && let Err(why) =
+                a.file_permissions(collection, storage.file_permissions.as_deref(), &d)
+        {
+            return Some((super::appwrite::storage::RULE_PERMISSION, why));
+        }
         refusal(&d, table, children)
     }
 
@@ -1203,6 +1266,7 @@ impl Target {
             Target::Mongo(m) => {
                 m.register_bucket(super::gridfs::BucketSpec {
                     name: f.bucket.clone(),
+                    documents: f.document_collection.clone(),
                     chunk_size: f.chunk_size,
                     algorithm: f.checksum,
                     root: root.to_path_buf(),
@@ -1215,6 +1279,12 @@ impl Target {
                     f.bucket.clone(),
                     StorageSpec {
                         bucket: f.bucket.clone(),
+                        // Checked when the mapping loaded.
+                        file_permissions: o.file_permissions.as_ref().map(|list| {
+                            list.iter()
+                                .filter_map(|t| crate::mapping::permission::Template::parse(t).ok())
+                                .collect()
+                        }),
                         options: super::appwrite::storage::BucketOptions {
                             permissions: o.permissions.clone(),
                             file_security: o.file_security,
@@ -1287,11 +1357,17 @@ impl Target {
 
     pub async fn is_empty(&self, collection: &str) -> Result<bool, SinkError> {
         match self {
-            Target::Mongo(m) if m.bucket(collection).is_some() => Ok(m
-                .is_empty(&super::gridfs::files_collection(collection))
-                .await?
-                && m.is_empty(&super::gridfs::chunks_collection(collection))
-                    .await?),
+            Target::Mongo(m) if let Some(spec) = m.bucket(collection) => {
+                let documents_empty = match &spec.documents {
+                    Some(c) => m.is_empty(c).await?,
+                    None => true,
+                };
+                Ok(m.is_empty(&super::gridfs::files_collection(collection))
+                    .await?
+                    && m.is_empty(&super::gridfs::chunks_collection(collection))
+                        .await?
+                    && documents_empty)
+            }
             Target::Mongo(m) => Ok(m.is_empty(collection).await?),
             Target::Appwrite(a) => match a.storage(collection) {
                 Some(spec) => Ok(a.is_empty(collection).await?
@@ -1347,8 +1423,8 @@ impl Target {
             return Ok(0);
         }
         match self {
-            Target::Mongo(m) if m.bucket(collection).is_some() => {
-                Ok(super::gridfs::delete_files(m.database(), collection, ids).await?)
+            Target::Mongo(m) if let Some(spec) = m.bucket(collection) => {
+                Ok(super::gridfs::delete_files_of(m.database(), &spec, ids).await?)
             }
             Target::Mongo(m) => Ok(m.delete_ids(collection, ids.to_vec()).await?),
             // A user whose row is rejected now (e.g. disabled in the source) must not stay able
@@ -1420,8 +1496,9 @@ impl Target {
             Target::Appwrite(a) => Destination::Tables {
                 names: a.tables_of(collection),
             },
-            Target::Mongo(m) if m.bucket(collection).is_some() => Destination::Bucket {
+            Target::Mongo(m) if let Some(spec) = m.bucket(collection) => Destination::Bucket {
                 name: collection.to_string(),
+                documents: spec.documents,
             },
             Target::Mongo(_) => Destination::Collection {
                 name: collection.to_string(),

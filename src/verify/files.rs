@@ -1,7 +1,8 @@
 //! Verify of a file stage (MongoDB GridFS): every source row's file present under its id, its
 //! length the size the row records, its sha256 (and md5) the checksum the row records, its
 //! metadata the row's mapped document; the file on disk (when the files root is given) the same
-//! bytes; files and chunks under no expected id named as unexpected. `--full` also downloads
+//! bytes; each file's document (`[file] document_collection`) `{_id, fileId, …fields}`; files,
+//! chunks and documents under no expected id named as unexpected. `--full` also downloads
 //! every file from GridFS and hashes the bytes it holds.
 //!
 //! Reads only: never writes the target.
@@ -167,6 +168,21 @@ pub async fn verify_files(
                     ));
                 }
             }
+            // Its document, when the mapping asks for one per file.
+            if let Some(c) = &file.documents {
+                let held = db
+                    .collection::<Document>(c)
+                    .find_one(doc! { "_id": &id })
+                    .await
+                    .map_err(merr(format!("read {c}")))?;
+                match held {
+                    None => fields.push(format!("its document (none in {c})")),
+                    Some(d) if d != gridfs::file_document(&id, &metadata) => {
+                        fields.push(format!("its document in {c} (fileId or fields)"))
+                    }
+                    Some(_) => {}
+                }
+            }
             if !fields.is_empty() {
                 let id_text = show_id(&id);
                 found.different(
@@ -214,6 +230,24 @@ pub async fn verify_files(
     for id in orphans {
         found.unexpected(format!("chunks of {} (no files document)", show_id(&id)))?;
     }
+    // Documents of files no source row expects.
+    if let Some(c) = &file.documents {
+        let mut cursor = db
+            .collection::<Document>(c)
+            .find(doc! {})
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(merr(format!("read {c}")))?;
+        while let Some(d) = cursor.try_next().await.map_err(merr(format!("read {c}")))? {
+            let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+            if !expected_ids.contains(&bson::to_vec(&doc! { "i": &id }).unwrap_or_default()) {
+                found.unexpected(format!(
+                    "{} in {c} (a document of no expected file)",
+                    show_id(&id)
+                ))?;
+            }
+        }
+    }
     Ok(file_verification(
         plan,
         files_name,
@@ -232,7 +266,8 @@ pub async fn verify_files(
 /// Verifies the file stage of `plan` against its Appwrite Storage bucket: every source row's
 /// file present under the row id of its `_id`, its `sizeOriginal` the size the row records and
 /// the file on disk has, its `signature` (md5) the disk's md5 (and the row's, when it records
-/// md5), its row present in the stage's table; files under no expected id named as unexpected.
+/// md5), its permissions those `[file.appwrite] file_permissions` give the row, its row present
+/// in the stage's table; files under no expected id named as unexpected.
 /// `--full` also downloads every file and hashes the bytes (sha256 against the file on disk or
 /// the row's sha256).
 pub async fn verify_storage(
@@ -256,6 +291,8 @@ pub async fn verify_storage(
     };
     let client = &target.client;
     let bucket = &file.bucket;
+    // The rows the documents become (what file permissions are filled from).
+    target.describe(plan);
     let source_rows = session.count(&plan.relation).await?;
     let mut found: Problems<'_, Different> = Problems::new(&plan.entity, log).excusing(refused);
     let mut expected_ids: HashSet<String> = HashSet::new();
@@ -348,6 +385,18 @@ pub async fn verify_storage(
                         "bytes (Appwrite serves {len} bytes with sha256 {sha} and md5 {md5})"
                     ));
                 }
+            }
+            // Its own permissions, as the mapping fills them from the row (a row that cannot
+            // have them was rejected by the run: its file is missing, excused).
+            if let Ok(Some(want)) =
+                target.file_permissions(&plan.collection, file.permissions.as_deref(), &doc)
+                && !storage::same_permissions(&stored, &want)
+            {
+                fields.push(format!(
+                    "permissions (the mapping gives {}, Appwrite holds {})",
+                    serde_json::json!(want),
+                    stored["$permissions"]
+                ));
             }
             // The row of the file's fields, in the stage's table.
             let row_path = format!(

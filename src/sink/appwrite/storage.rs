@@ -194,6 +194,39 @@ pub fn complete(record: &Value, len: u64, md5: &str) -> bool {
         && record["chunksUploaded"].as_u64() == record["chunksTotal"].as_u64()
 }
 
+/// A row whose file's permission cannot be filled (a placeholder's value null or missing).
+pub const RULE_PERMISSION: &str = "file_permission";
+
+/// Whether the server's record of a file holds exactly the permissions `want` (in any order).
+pub fn same_permissions(record: &Value, want: &[String]) -> bool {
+    let mut have: Vec<&str> = record["$permissions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+    have.sort_unstable();
+    have.dedup();
+    want.sort_unstable();
+    want.dedup();
+    have == want
+}
+
+/// Sets a file's permissions (`PUT .../files/{id}`), its bytes left as they are.
+pub async fn update_permissions(
+    client: &AppwriteClient,
+    bucket: &str,
+    id: &str,
+    permissions: &[String],
+) -> Result<Value, AppwriteError> {
+    client
+        .call(
+            reqwest::Method::PUT,
+            &format!("/storage/buckets/{bucket}/files/{id}"),
+            Some(&json!({ "permissions": permissions })),
+        )
+        .await
+}
+
 /// Why an upload stopped.
 #[derive(Debug)]
 pub enum UploadError {
@@ -203,14 +236,17 @@ pub enum UploadError {
     Server(AppwriteError),
 }
 
-/// Uploads the `len` bytes of the file at `path` as file `id` of `bucket`, named `name`; returns
-/// the server's record of the finished file.
+/// Uploads the `len` bytes of the file at `path` as file `id` of `bucket`, named `name`, with
+/// `permissions` (`None`: none of its own; sent with every chunk, the server keeps the first's);
+/// returns the server's record of the finished file.
+#[allow(clippy::too_many_arguments)]
 pub async fn upload(
     client: &AppwriteClient,
     bucket: &str,
     id: &str,
     name: &str,
     mime: Option<&str>,
+    permissions: Option<&[String]>,
     path: &Path,
     len: u64,
 ) -> Result<Value, UploadError> {
@@ -237,9 +273,11 @@ pub async fn upload(
                 .file_name(name.to_string())
                 .mime_str(&mime)
                 .unwrap_or_else(|_| reqwest::multipart::Part::bytes(buf.clone()));
-            let form = reqwest::multipart::Form::new()
-                .text("fileId", id.to_string())
-                .part("file", part);
+            let mut form = reqwest::multipart::Form::new().text("fileId", id.to_string());
+            for p in permissions.into_iter().flatten() {
+                form = form.text("permissions[]", p.clone());
+            }
+            let form = form.part("file", part);
             let req = req.multipart(form);
             if chunked {
                 req.header("content-range", range.clone())
@@ -248,10 +286,16 @@ pub async fn upload(
                 req
             }
         };
-        let reply = client
-            .call_with(reqwest::Method::POST, &route, build)
-            .await
-            .map_err(UploadError::Server)?;
+        let reply = match client.call_with(reqwest::Method::POST, &route, build).await {
+            Ok(reply) => reply,
+            // A one-request upload retried after the server took it (its answer lost) finds
+            // the file there: the server's record says whether it is these bytes.
+            Err(e) if !chunked && e.status() == Some(409) => file(client, bucket, id)
+                .await
+                .map_err(UploadError::Server)?
+                .ok_or(UploadError::Server(e))?,
+            Err(e) => return Err(UploadError::Server(e)),
+        };
         start = end;
         if start >= len {
             break reply;

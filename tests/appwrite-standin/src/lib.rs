@@ -356,7 +356,7 @@ pub fn router(s: Shared) -> Router {
         )
         .route(
             "/v1/storage/buckets/{bucket}/files/{file}",
-            get(get_file).delete(delete_file),
+            get(get_file).put(update_file).delete(delete_file),
         )
         .route(
             "/v1/storage/buckets/{bucket}/files/{file}/download",
@@ -1093,6 +1093,7 @@ async fn upload_file(
     let mut name = String::from("file");
     let mut mime = String::from("application/octet-stream");
     let mut data: Option<Vec<u8>> = None;
+    let mut permissions: Vec<String> = Vec::new();
     while let Some(field) = form
         .next_field()
         .await
@@ -1104,6 +1105,9 @@ async fn upload_file(
                 if file_id.is_none() {
                     file_id = Some(v);
                 }
+            }
+            "permissions[]" | "permissions" => {
+                permissions.push(field.text().await.unwrap_or_default());
             }
             "file" => {
                 name = field.file_name().unwrap_or("file").to_string();
@@ -1140,7 +1144,14 @@ async fn upload_file(
         Some(r) => Some(storage::parse_content_range(r)?),
         None => None,
     };
-    let (status, file) = s.upload(&bucket, &file_id, &name, &mime, data, range)?;
+    let (status, file) = s.upload(&bucket, &file_id, &name, &mime, data, range, &permissions)?;
+    let barrier = s.upload_barrier();
+    if barrier > 0 && file["chunksUploaded"].as_u64() < file["chunksTotal"].as_u64() {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while s.files_in_progress_max() < barrier && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     ok(status, file)
 }
 
@@ -1149,6 +1160,14 @@ async fn get_file(
     Path((bucket, file)): Path<(String, String)>,
 ) -> ApiResult {
     ok(200, s.get_file(&bucket, &file)?)
+}
+
+async fn update_file(
+    State(s): State<Shared>,
+    Path((bucket, file)): Path<(String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    ok(200, s.update_file(&bucket, &file, &body)?)
 }
 
 async fn list_files(

@@ -83,6 +83,9 @@ struct Data {
     table_faults: BTreeMap<String, Faults>,
     /// Faults of the writes of one row (or user), by its id.
     row_faults: BTreeMap<String, RowFault>,
+    /// The most chunked uploads ever in progress at once (some chunks in, not all), over every
+    /// bucket: what shows a client uploading files side by side.
+    files_in_progress_max: u64,
 }
 
 /// A fault of the writes of one row id (in any table) or one user id: every request writing it
@@ -142,6 +145,8 @@ pub struct StandIn {
     pub failing_columns: Vec<String>,
     requests: AtomicU64,
     writes: AtomicU64,
+    /// See [`StandIn::set_upload_barrier`] (0: off).
+    upload_barrier: AtomicU64,
     /// When each request arrived (for rate measurements in tests), the first million.
     arrivals: Mutex<Vec<std::time::Instant>>,
     data: Mutex<Data>,
@@ -198,6 +203,7 @@ impl StandIn {
             failing_columns: Vec::new(),
             requests: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            upload_barrier: AtomicU64::new(0),
             arrivals: Mutex::new(Vec::new()),
             data: Mutex::new(Data::default()),
         }
@@ -329,6 +335,7 @@ impl StandIn {
             "requests_per_second": rate,
             "faults": self.faults(),
             "table_faults": table_faults,
+            "files_in_progress_max": self.files_in_progress_max(),
         })
     }
 
@@ -1377,7 +1384,9 @@ impl StandIn {
         mime: &str,
         content: Vec<u8>,
         range: Option<(u64, u64, u64)>,
+        permissions: &[String],
     ) -> Result<(u16, Value), ApiError> {
+        let permissions = super::storage::file_permissions(permissions)?;
         let mut data = self.lock();
         let b = data.buckets.get_mut(bucket).ok_or_else(|| {
             ApiError::new(
@@ -1386,7 +1395,48 @@ impl StandIn {
                 "Storage bucket with the requested ID could not be found.",
             )
         })?;
-        super::storage::upload(bucket, b, file, name, mime, content, range, now())
+        let answer = super::storage::upload(
+            bucket,
+            b,
+            file,
+            name,
+            mime,
+            content,
+            range,
+            permissions,
+            now(),
+        );
+        let in_progress = data
+            .buckets
+            .values()
+            .flat_map(|b| b.files.values())
+            .filter(|f| f.content.is_none())
+            .count() as u64;
+        data.files_in_progress_max = data.files_in_progress_max.max(in_progress);
+        answer
+    }
+
+    /// The most chunked uploads that were in progress at once (some of their chunks in, not
+    /// all) since the stand-in started or [`StandIn::reset_files_in_progress`].
+    pub fn files_in_progress_max(&self) -> u64 {
+        self.lock().files_in_progress_max
+    }
+
+    /// Holds the answer to a chunk that leaves its file in progress until `n` chunked uploads
+    /// have been in progress at once (or 10 s passed): a client that uploads files side by side
+    /// gets there, one that uploads them one at a time cannot (0: answer at once).
+    pub fn set_upload_barrier(&self, n: u64) {
+        self.upload_barrier.store(n, Ordering::Relaxed);
+    }
+
+    /// The barrier [`StandIn::set_upload_barrier`] set.
+    pub fn upload_barrier(&self) -> u64 {
+        self.upload_barrier.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the uploads counted by [`StandIn::files_in_progress_max`].
+    pub fn reset_files_in_progress(&self) {
+        self.lock().files_in_progress_max = 0;
     }
 
     pub fn get_file(&self, bucket: &str, file: &str) -> Result<Value, ApiError> {
@@ -1422,6 +1472,54 @@ impl StandIn {
             .collect();
         let (files, total) = filter(&files, &list.queries, list.total).unwrap_or_default();
         Ok(json!({ "total": total, "files": files }))
+    }
+
+    /// `PUT /storage/buckets/{bucket}/files/{file} {name, permissions}`: a file's name and
+    /// permissions (each left as it is when not given).
+    pub fn update_file(&self, bucket: &str, file: &str, body: &Value) -> Result<Value, ApiError> {
+        let permissions = match body.get("permissions") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(a)) => {
+                let given: Vec<String> = a
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            400,
+                            "general_argument_invalid",
+                            "Invalid `permissions` param: Value must a valid array of strings.",
+                        )
+                    })?;
+                Some(super::storage::file_permissions(&given)?)
+            }
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Invalid `permissions` param: Value must a valid array of strings.",
+                ));
+            }
+        };
+        let mut data = self.lock();
+        let f = data
+            .buckets
+            .get_mut(bucket)
+            .and_then(|b| b.files.get_mut(file))
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "storage_file_not_found",
+                    "The requested file could not be found.",
+                )
+            })?;
+        if let Some(name) = body.get("name").and_then(Value::as_str) {
+            f.name = name.to_string();
+        }
+        if let Some(p) = permissions {
+            f.permissions = p;
+        }
+        Ok(f.json(bucket, file))
     }
 
     /// `DELETE /storage/buckets/{bucket}/files/{file}` (a partial upload too).

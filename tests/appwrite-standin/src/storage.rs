@@ -27,6 +27,8 @@ pub(super) struct StoredFile {
     pub chunks: BTreeMap<u64, Vec<u8>>,
     pub created_at: String,
     pub content: Option<Vec<u8>>,
+    /// `$permissions`: as the upload's first request (or a later update) gave them.
+    pub permissions: Vec<String>,
 }
 
 impl StoredFile {
@@ -43,11 +45,48 @@ impl StoredFile {
             .unwrap_or_default();
         json!({
             "$id": id, "bucketId": bucket, "$createdAt": self.created_at, "$updatedAt": self.created_at,
-            "$permissions": [], "name": self.name, "signature": signature, "mimeType": self.mime,
+            "$permissions": self.permissions, "name": self.name, "signature": signature, "mimeType": self.mime,
             "sizeOriginal": self.total, "chunksTotal": self.chunks_total,
             "chunksUploaded": self.chunks.len() as u64 + u64::from(self.content.is_some() && self.chunks.is_empty()),
         })
     }
+}
+
+/// The `permissions` of a file as Appwrite takes them: `action("role")` with action read,
+/// update, delete or write (stored as update and delete); anything else is refused as the server
+/// refuses it.
+pub fn file_permissions(given: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for p in given {
+        let bad = || {
+            ApiError::new(
+                400,
+                "general_argument_invalid",
+                format!(
+                    "Invalid `permissions` param: Permission \"{p}\" is not allowed. Must be one of: read, update, delete, write."
+                ),
+            )
+        };
+        let (action, rest) = p.split_once('(').ok_or_else(bad)?;
+        let role = rest
+            .strip_suffix(')')
+            .and_then(|r| r.strip_prefix('"'))
+            .and_then(|r| r.strip_suffix('"'))
+            .filter(|r| !r.is_empty() && !r.contains('"'))
+            .ok_or_else(bad)?;
+        let actions: &[&str] = match action {
+            "read" | "update" | "delete" => &[action],
+            "write" => &["update", "delete"],
+            _ => return Err(bad()),
+        };
+        for a in actions {
+            let p = format!("{a}(\"{role}\")");
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `bytes start-end/total` → (start, end inclusive, total).
@@ -83,6 +122,7 @@ pub(super) fn upload(
     mime: &str,
     data: Vec<u8>,
     range: Option<(u64, u64, u64)>,
+    permissions: Vec<String>,
     now: String,
 ) -> Result<(u16, Value), ApiError> {
     let max = bucket.json["maximumFileSize"].as_u64().unwrap_or(u64::MAX);
@@ -110,6 +150,7 @@ pub(super) fn upload(
                 chunks: BTreeMap::new(),
                 created_at: now,
                 content: Some(data),
+                permissions,
             };
             let j = f.json(bucket_id, file_id);
             bucket.files.insert(file_id.into(), f);
@@ -151,6 +192,7 @@ pub(super) fn upload(
                     chunks: BTreeMap::new(),
                     created_at: now,
                     content: None,
+                    permissions,
                 });
             if f.content.is_some() {
                 // Resuming a finished upload is idempotent.
