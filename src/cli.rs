@@ -103,11 +103,11 @@ pub struct ServeArgs {
     pub allow_create: bool,
     /// Apply the pending changes before listening (several instances started together apply
     /// each change once: the others wait for the lock, then see it applied).
-    #[arg(long, env = "MIGRATE_ON_START", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, env = "MIGRATE_ON_START", value_parser = boolish, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub migrate_on_start: bool,
     /// With --migrate-on-start: a failed change makes `serve` exit non-zero (default: it serves,
     /// the failure shown in the status).
-    #[arg(long, env = "MIGRATE_ON_START_FAIL_HARD", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    #[arg(long, env = "MIGRATE_ON_START_FAIL_HARD", value_parser = boolish, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub migrate_on_start_fail_hard: bool,
     /// With --migrate-on-start: how long to wait for another instance's lock, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
@@ -730,5 +730,17 @@ impl Outcome {
             Outcome::Failed => 1,
             Outcome::FinishedWithRejects => 2,
         }
+    }
+}
+
+/// A yes/no setting as environments spell it: true/false, 1/0, yes/no, on/off (any case); empty
+/// is no (what a compose file passes for a variable left unset).
+fn boolish(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        other => Err(format!(
+            "`{other}` is not a yes/no value (true/false, 1/0, yes/no, on/off)"
+        )),
     }
 }

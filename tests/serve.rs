@@ -989,7 +989,7 @@ async fn down_with_continue_on_error_goes_past_a_failed_reversal() {
     w.drop().await;
 }
 
-/// A slow change: 60,000 documents and a transform of each.
+/// A slow change (60,000 documents and a transform of each) and a quick one after it.
 async fn slow_change(w: &World) -> PathBuf {
     let t = w.mongo().await.collection::<Document>("t");
     for chunk in (0..60_000).collect::<Vec<i32>>().chunks(10_000) {
@@ -1002,6 +1002,11 @@ async fn slow_change(w: &World) -> PathBuf {
     std::fs::write(
         dir.join("1_slow.toml"),
         "version = 1\nname = \"slow\"\n[[up]]\nop = \"transform\"\ncollection = \"t\"\npipeline = [{ \"$set\" = { m = { \"$multiply\" = [\"$n\", 2] } } }]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("2_after.toml"),
+        "version = 2\nname = \"after\"\n[[up]]\nop = \"add_field\"\ncollection = \"t\"\nfield = \"k\"\ndefault = 1\n",
     )
     .unwrap();
     dir
@@ -1040,10 +1045,11 @@ async fn a_change_started_through_the_api_finishes_when_its_client_goes_away() {
         let (s, v) = api.get("/api/migrations/status").await;
         assert_eq!(s, 200, "{v}");
         if v["summary"]["inProgress"] == 1 {
-            assert_eq!(v["inProgress"][0]["version"], 1, "{v}");
+            let at = v["inProgress"][0]["version"].as_u64();
+            assert!(matches!(at, Some(1 | 2)), "{v}");
             seen_in_progress = true;
         }
-        if v["summary"]["applied"] == 1 {
+        if v["summary"]["applied"] == 2 {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(120), "{v}");
@@ -1129,10 +1135,10 @@ async fn sigterm_while_changes_are_applied_at_start_lets_the_change_finish() {
         &w,
         "start",
         &["--no-auth", "--dir", &d],
-        // Any of the usual spellings of true.
+        // Any of the usual spellings of true; empty is no (a compose file's unset variable).
         &[
             ("MIGRATE_ON_START", "1"),
-            ("MIGRATE_ON_START_FAIL_HARD", "yes"),
+            ("MIGRATE_ON_START_FAIL_HARD", ""),
         ],
     );
     let started = Instant::now();
@@ -1154,6 +1160,8 @@ async fn sigterm_while_changes_are_applied_at_start_lets_the_change_finish() {
         Some("applied"),
         "{err}"
     );
+    // No change starts after the signal: the second stays pending.
+    assert_eq!(change_status(&w, 2).await, None, "{err}");
     let t = w.mongo().await.collection::<Document>("t");
     assert_eq!(
         t.count_documents(doc! { "m": { "$exists": true } })
@@ -1222,22 +1230,53 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
         .post("/api/runs", Some(json!({"batchSize": 99_999_999_999u64})))
         .await;
     assert_eq!(s, 400, "{v}");
-    // Three at once: one starts, the others are told the target is busy.
+    // Three at once, two to this server and one to another server of the same target: one
+    // starts, the others are told the target is busy (the other server's too: the second
+    // outside round's N2).
+    let mut second = Server::start(
+        &w,
+        "own2",
+        &["--no-auth", "--dir", &d, "--pipeline", &pipeline],
+        &[],
+    );
+    let api2 = Api::new(&second.base, None);
     let body = json!({"batchSize": 5});
     let (a, b, c) = tokio::join!(
         api.post("/api/runs", Some(body.clone())),
         api.post("/api/runs", Some(body.clone())),
-        api.post("/api/runs", Some(body.clone()))
+        api2.post("/api/runs", Some(body.clone()))
     );
     let mut codes = vec![a.0, b.0, c.0];
     codes.sort();
     assert_eq!(codes, vec![202, 409, 409], "{a:?} {b:?} {c:?}");
+    let won_here = a.0 == 202 || b.0 == 202;
     let id = [a, b, c].into_iter().find(|(s, _)| *s == 202).unwrap().1["runId"]
         .as_str()
         .unwrap()
         .to_string();
-    let end = api.wait_run(&id).await;
+    let end = if won_here {
+        api.wait_run(&id).await
+    } else {
+        api2.wait_run(&id).await
+    };
     assert_eq!(end["status"], "completed_with_rejects", "{end}");
+    // Each entity's numbers add up (skipped included).
+    for e in end["entities"].as_array().unwrap() {
+        let n = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k}: {e}"));
+        assert_eq!(
+            n("read"),
+            n("written") + n("rejected") + n("skipped"),
+            "{e}"
+        );
+    }
+    for bad in [
+        "/api/runs?limit=-1",
+        "/api/runs?limit=0",
+        "/api/runs?status=bogus",
+    ] {
+        let (s, v) = api.get(bad).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
     let (_, list) = api.get("/api/runs").await;
     assert_eq!(list["runs"][0]["run_id"], id.as_str(), "{list}");
     assert_eq!(list["runs"][0]["hasReport"], true, "{list}");
@@ -1255,6 +1294,119 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
         format!("mongodb {}", w.mongo_db).as_str(),
         "{v}"
     );
+
+    // A run killed (kill -9, no report) is not shown live for ever: interrupted (N3).
+    let mut killed = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(w.dir.path())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .env("CUTOVER_FILES_ROOT", w.files_root())
+        .stderr(Stdio::from(
+            std::fs::File::create(w.dir.path().join("killed.err")).unwrap(),
+        ))
+        .args([
+            "migrate",
+            "immunizations",
+            "--quiet",
+            "--rerun",
+            "--batch-size",
+            "1",
+            "--concurrency",
+            "1",
+            "--pipeline",
+            &pipeline,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let run_id = loop {
+        let (_, list) = api.get("/api/runs").await;
+        if list["runs"][0]["status"] == "running" && list["runs"][0]["served"].is_null() {
+            break list["runs"][0]["run_id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && killed.try_wait().unwrap().is_none(),
+            "{list}\n{}",
+            std::fs::read_to_string(w.dir.path().join("killed.err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
+    assert_eq!(v["status"], "interrupted", "{v}");
+    let (_, list) = api.get("/api/runs").await;
+    assert_eq!(list["runs"][0]["status"], "interrupted", "{list}");
+    assert_eq!(list["runs"][0]["hasReport"], false, "{list}");
+    assert!(second.stop().success());
     assert!(server.stop().success());
+    w.drop().await;
+}
+
+/// Found by the second outside round on `serve` (N1): SIGTERM while `--migrate-on-start` waited
+/// for another instance's lock was ignored until the wait ended, and the changes were then
+/// applied (cut short by the SIGKILL that follows in a deployment). The wait ends at once now.
+#[tokio::test]
+async fn sigterm_while_waiting_for_the_lock_at_start_ends_the_wait() {
+    let w = World::new("serve_term_wait").await;
+    let dir = slow_change(&w).await;
+    // The lock held by a live `changes up` of the slow change.
+    let mut holder = Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+        .current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args(["changes", "up", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while change_status(&w, 1).await.as_deref() != Some("running") {
+        assert!(started.elapsed() < Duration::from_secs(60), "never running");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = w.dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("3_more.toml"),
+        "version = 3\nname = \"more\"\n[[up]]\nop = \"add_field\"\ncollection = \"t\"\nfield = \"q\"\ndefault = 1\n",
+    )
+    .unwrap();
+    let o = other.display().to_string();
+    let mut waiting = spawn(
+        &w,
+        "waiting",
+        &[
+            "--no-auth",
+            "--dir",
+            &o,
+            "--migrate-on-start",
+            "--lock-wait",
+            "120",
+        ],
+        &[("MIGRATE_ON_START_FAIL_HARD", "true")],
+    );
+    let log = w.dir.path().join("waiting.err");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "the holder ended too soon"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &waiting.id().to_string()])
+        .status();
+    let asked = Instant::now();
+    let st = waiting.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(st.success(), "{err}");
+    assert!(!err.contains("serving on"), "{err}");
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(change_status(&w, 3).await, None, "never started");
     w.drop().await;
 }

@@ -51,8 +51,11 @@ pub fn init_logging(cli: &Cli) -> Result<()> {
             .with_context(|| format!("invalid --log-level `{l}`"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
     };
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a log file or a collector gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| crate::redact::RedactingWriter(std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => builder.try_init(),

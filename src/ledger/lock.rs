@@ -152,6 +152,20 @@ pub fn request_runs_stop() {
     RUNS_STOP.store(true, Ordering::SeqCst);
 }
 
+/// Set when the process is asked to stop: `changes up` finishes the change under way and starts
+/// no other (they stay pending).
+static CHANGES_STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks `changes up` in this process to start no further change.
+pub fn request_changes_stop() {
+    CHANGES_STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether the process asked `changes up` to start no further change.
+pub fn changes_stop_requested() -> bool {
+    CHANGES_STOP.load(Ordering::SeqCst)
+}
+
 /// This run no longer holds the target's lock, or its process asked it to stop.
 #[derive(Debug, thiserror::Error)]
 #[error(

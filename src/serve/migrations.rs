@@ -89,6 +89,15 @@ pub async fn status_json(state: &State) -> Result<Value, ApiError> {
         .filter(|s| matches!(s.state.as_str(), "running" | "reversing"))
         .map(change_json)
         .collect();
+    // What went wrong at start no longer shows once every change is applied and none is
+    // failed or under way (another instance, or a `changes up`, did what this one could not).
+    if failed.is_empty()
+        && pending.is_empty()
+        && in_progress.is_empty()
+        && let Ok(mut s) = state.startup_error.lock()
+    {
+        *s = None;
+    }
     let startup = state.startup_error.lock().ok().and_then(|s| s.clone());
     Ok(json!({
         "summary": {

@@ -73,6 +73,8 @@ impl Stop {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::spawn(async move {
             shutdown_signal(term).await;
+            // No change starts from now on (the one under way finishes).
+            crate::ledger::lock::request_changes_stop();
             me.requested
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             me.notify.notify_waiters();
@@ -202,7 +204,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
     stop.listen();
     if args.migrate_on_start {
         let wait = Duration::from_secs(args.lock_wait);
-        if let Err(e) = migrate_on_start(&state, wait).await {
+        if let Err(e) = migrate_on_start(&state, wait, &stop).await
+            && !stop.requested()
+        {
             let text = crate::redact::redact_text(&e);
             if args.migrate_on_start_fail_hard {
                 anyhow::bail!("--migrate-on-start: {text}");
@@ -216,7 +220,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
     }
     if stop.requested() {
         crate::errln!(
-            "stopped before serving (asked to stop while applying the changes at start; they finished first)"
+            "stopped before serving: asked to stop while applying the changes at start (a change under way finished; those not begun stay pending)"
         );
         return Ok(Outcome::Success);
     }
@@ -338,7 +342,7 @@ async fn finish_changes(state: &State) {
 
 /// Applies the pending changes before the server listens. Another instance applying them holds
 /// the lock: wait for it (at most `wait`), then see what is left. Returns why it failed.
-async fn migrate_on_start(state: &State, wait: Duration) -> Result<(), String> {
+async fn migrate_on_start(state: &State, wait: Duration, stop: &Stop) -> Result<(), String> {
     let db = state.mongo_db().map_err(|e| e.message)?;
     let files = changes::file::load_existing_dir(&state.changes_dir).map_err(|e| e.to_string())?;
     let target = ChangeTarget {
@@ -364,6 +368,9 @@ async fn migrate_on_start(state: &State, wait: Duration) -> Result<(), String> {
                 return Ok(());
             }
             Err(ChangesError::Lock(l)) if matches!(*l, LockError::Held(_)) => {
+                if stop.requested() {
+                    return Err("asked to stop while waiting for another instance's lock".into());
+                }
                 if started.elapsed() >= wait {
                     return Err(format!(
                         "gave up waiting {} s for the lock: {l}",
@@ -372,7 +379,11 @@ async fn migrate_on_start(state: &State, wait: Duration) -> Result<(), String> {
                 }
                 tracing::info!("another instance holds the lock; waiting");
                 let pause = 200 + fastrand::u64(..300);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+                // A stop request ends the wait at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    _ = stop.clone().wait() => {}
+                }
             }
             Err(e) => return Err(e.to_string()),
         }

@@ -70,7 +70,8 @@ async function runs() {
     }
     return tr;
   }));
-  const newest = runs.runs[0];
+  // The run going now, if one is (a dry run started beside it is not it); else the newest.
+  const newest = runs.runs.find((r) => r.status === "running" && !r.dry_run) || runs.runs[0];
   if (!newest) return;
   const run = await api("/api/runs/" + encodeURIComponent(newest.run_id));
   $("run-id").textContent = run.runId;

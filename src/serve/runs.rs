@@ -67,8 +67,29 @@ pub async fn list(
     Shared(state): Shared<Arc<State>>,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(0, 1000);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )));
+    }
     let status = q.status.as_deref().filter(|s| !s.is_empty());
+    const STATUSES: &[&str] = &[
+        "running",
+        "completed",
+        "completed_with_rejects",
+        "failed",
+        "interrupted",
+        "rolled-back",
+    ];
+    if let Some(st) = status
+        && !STATUSES.contains(&st)
+    {
+        return Err(ApiError::bad_request(format!(
+            "status `{st}` is none a run can have: {}",
+            STATUSES.join(", ")
+        )));
+    }
     let recorded = state.ledger.runs_newest_first(limit, status).await?;
     let mine = served(&state);
     // Runs started here that no ledger holds (dry runs, or not started yet) among the ledger's,
@@ -85,6 +106,18 @@ pub async fn list(
             v["served"] = json!(s);
         }
         runs.push(v);
+    }
+    // A run the ledger still calls running whose process is gone (killed; the next run records
+    // it interrupted) is not shown as live.
+    let live = live_run(&state).await;
+    for r in &mut runs {
+        let id = r["run_id"].as_str().unwrap_or_default().to_string();
+        let served_running = mine.iter().any(|s| s.run_id == id && s.state == "running");
+        if r["status"] == "running" && !served_running && live.as_deref() != Some(id.as_str()) {
+            r["status"] = json!(ledger::INTERRUPTED);
+            r["statusNote"] =
+                json!("its process is gone: the next run records it interrupted and resumes it");
+        }
     }
     runs.sort_by(|a, b| {
         b["run_id"]
@@ -103,6 +136,18 @@ pub async fn list(
         }
     }
     Ok(axum::Json(json!({ "runs": runs })))
+}
+
+/// The run holding the target's lock now, if its holder is alive.
+async fn live_run(state: &State) -> Option<String> {
+    state
+        .ledger
+        .lock_holder()
+        .await
+        .ok()
+        .flatten()
+        .filter(|h| !h.expired)
+        .map(|h| h.run_id)
 }
 
 fn millis_of(rfc3339: Option<&str>) -> Option<i64> {
@@ -140,6 +185,7 @@ fn progress(s: &StepRecord, now_ms: i64) -> Value {
         "read": read,
         "written": written,
         "rejected": rejected,
+        "skipped": if running { 0 } else { s.skipped },
         "total": s.total,
         "rowsPerSecond": (rate * 10.0).round() / 10.0,
         "etaSeconds": eta,
@@ -200,13 +246,24 @@ pub async fn get(
             .map(|e| json!({"entity": e.name, "status": e.status, "read": e.read, "written": e.written, "rejected": e.rejected, "total": e.total, "rowsPerSecond": e.rows_per_sec, "etaSeconds": null}))
             .collect();
     }
-    let status = match (&mine, &record, &report) {
+    let mut status = match (&mine, &record, &report) {
         (Some(s), _, _) if s.state == "running" => "running".to_string(),
         (_, Some(r), _) => r.status.clone(),
         (_, None, Some(r)) => r.status.clone(),
         (Some(s), None, None) => s.state.clone(),
         (None, None, None) => "unknown".to_string(),
     };
+    let served_running = mine.as_ref().is_some_and(|s| s.state == "running");
+    if status == "running" && !served_running && live_run(&state).await.as_deref() != Some(id) {
+        // Killed: what it did stays, nothing more is coming.
+        status = ledger::INTERRUPTED.to_string();
+        for e in &mut entities {
+            if e["status"] == "running" {
+                e["status"] = json!(ledger::INTERRUPTED);
+                e["etaSeconds"] = Value::Null;
+            }
+        }
+    }
     Ok(axum::Json(json!({
         "runId": id,
         "status": status,
@@ -406,6 +463,32 @@ pub async fn start(
     if let Ok(mut tasks) = state.tasks.lock() {
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
+    }
+    if !body.dry_run {
+        // Answered once the run holds the target's lock (or has ended): another server of the
+        // same target starting a run at the same moment gets its 409 here, not a run that fails.
+        let asked = std::time::Instant::now();
+        while asked.elapsed() < std::time::Duration::from_secs(10) {
+            let now = served(&state).into_iter().find(|s| s.run_id == run_id);
+            if let Some(s) = &now
+                && s.state == "failed"
+                && s.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("holds the lock"))
+            {
+                // Never started: not listed as a run of this server.
+                if let Ok(mut runs) = state.runs.lock() {
+                    runs.remove(&run_id);
+                }
+                return Err(ApiError::locked(s.error.clone().unwrap_or_default()));
+            }
+            if now.is_some_and(|s| s.state != "running")
+                || live_run(&state).await.as_deref() == Some(run_id.as_str())
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
     Ok((
         StatusCode::ACCEPTED,
