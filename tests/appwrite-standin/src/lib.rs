@@ -277,7 +277,12 @@ pub fn router(s: Shared) -> Router {
         // POST .../columns/{type} creates; GET .../columns/{key} reads (one segment, two meanings).
         .route(
             "/v1/tablesdb/{db}/tables/{table}/columns/{kind_or_key}",
-            post(create_column).get(get_column),
+            post(create_column).get(get_column).delete(delete_column),
+        )
+        // PATCH .../columns/{type}/{key} updates a column (renames it with `newKey`).
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}/columns/{kind}/{key}",
+            axum::routing::patch(update_column),
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/columns",
@@ -289,7 +294,7 @@ pub fn router(s: Shared) -> Router {
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/indexes/{key}",
-            get(get_index),
+            get(get_index).delete(delete_index),
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/rows",
@@ -658,6 +663,34 @@ async fn get_column(
     Path((db, table, key)): Path<(String, String, String)>,
 ) -> ApiResult {
     ok(200, s.get_column(&db, &table, &key)?)
+}
+
+/// `DELETE …/columns/{key}` (204).
+async fn delete_column(
+    State(s): State<Shared>,
+    Path((db, table, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    s.delete_column(&db, &table, &key)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PATCH …/columns/{type}/{key}` (200, the column).
+async fn update_column(
+    State(s): State<Shared>,
+    Path((db, table, kind, key)): Path<(String, String, String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    body_obj(&body)?;
+    ok(200, s.update_column(&db, &table, &kind, &key, &body)?)
+}
+
+/// `DELETE …/indexes/{key}` (204).
+async fn delete_index(
+    State(s): State<Shared>,
+    Path((db, table, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    s.delete_index(&db, &table, &key)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn create_index(

@@ -1385,6 +1385,160 @@ impl StandIn {
             })
     }
 
+    /// `DELETE …/columns/{key}`: removes a column and its values from every row; the indexes
+    /// lose it (an index left without columns goes).
+    pub fn delete_column(&self, db: &str, table: &str, key: &str) -> Result<(), ApiError> {
+        self.with_table(db, table, |t| {
+            let Some(at) = t.columns.iter().position(|c| c.key == key) else {
+                return Err(ApiError::new(
+                    404,
+                    "column_not_found",
+                    "Column with the requested ID could not be found.",
+                ));
+            };
+            t.columns.remove(at);
+            for row in t.rows.values_mut() {
+                if let Some(o) = row.as_object_mut() {
+                    o.remove(key);
+                }
+            }
+            for i in &mut t.indexes {
+                if let Some(p) = i.columns.iter().position(|c| c == key) {
+                    i.columns.remove(p);
+                    if p < i.orders.len() {
+                        i.orders.remove(p);
+                    }
+                    if p < i.lengths.len() {
+                        i.lengths.remove(p);
+                    }
+                }
+            }
+            t.indexes.retain(|i| !i.columns.is_empty());
+            Ok(())
+        })
+    }
+
+    /// `PATCH …/columns/{type}/{key}`: updates a column of that type (`required` and `default`
+    /// are required parameters; `size`, `elements`, `min`, `max` optional), renaming it when
+    /// `newKey` is given (in every row and index too).
+    pub fn update_column(
+        &self,
+        db: &str,
+        table: &str,
+        kind: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        if !COLUMN_KINDS.contains(&kind) {
+            return Err(ApiError::new(
+                404,
+                "general_route_not_found",
+                "The requested route was not found.",
+            ));
+        }
+        for p in ["required", "default"] {
+            if body.get(p).is_none() {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    format!("Param \"{p}\" is not optional."),
+                ));
+            }
+        }
+        let required = body["required"].as_bool().ok_or_else(|| {
+            ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Invalid `required` param: Value must be a valid boolean",
+            )
+        })?;
+        if required && !body["default"].is_null() {
+            return Err(ApiError::new(
+                400,
+                "column_default_unsupported",
+                "Cannot set default value for required column",
+            ));
+        }
+        let new_key = match body.get("newKey") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) => Some(check_id(k)?),
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Invalid `newKey` param: Value must be a valid string",
+                ));
+            }
+        };
+        let final_key = self.with_table(db, table, |t| {
+            let Some(at) = t.columns.iter().position(|c| c.key == key) else {
+                return Err(ApiError::new(
+                    404,
+                    "column_not_found",
+                    "Column with the requested ID could not be found.",
+                ));
+            };
+            if t.columns[at].kind != kind {
+                return Err(ApiError::new(
+                    400,
+                    "column_type_invalid",
+                    format!("Column {key} is not of type {kind}"),
+                ));
+            }
+            if let Some(k) = &new_key
+                && k != key
+                && t.columns.iter().any(|c| &c.key == k)
+            {
+                return Err(ApiError::new(
+                    409,
+                    "column_already_exists",
+                    "Column with the requested key already exists.",
+                ));
+            }
+            let c = &mut t.columns[at];
+            c.body["required"] = json!(required);
+            c.body["default"] = body["default"].clone();
+            for p in ["size", "elements", "min", "max"] {
+                if let Some(v) = body.get(p).filter(|v| !v.is_null()) {
+                    c.body[p] = v.clone();
+                }
+            }
+            let Some(new_key) = new_key.filter(|k| k != key) else {
+                return Ok(key.to_string());
+            };
+            c.key = new_key.clone();
+            c.body["key"] = json!(new_key);
+            for row in t.rows.values_mut() {
+                if let Some(o) = row.as_object_mut()
+                    && let Some(v) = o.remove(key)
+                {
+                    o.insert(new_key.clone(), v);
+                }
+            }
+            for i in &mut t.indexes {
+                for c in &mut i.columns {
+                    if c == key {
+                        *c = new_key.clone();
+                    }
+                }
+            }
+            Ok(new_key)
+        })?;
+        self.get_column(db, table, &final_key)
+    }
+
+    /// `DELETE …/indexes/{key}`.
+    pub fn delete_index(&self, db: &str, table: &str, key: &str) -> Result<(), ApiError> {
+        self.with_table(db, table, |t| {
+            let before = t.indexes.len();
+            t.indexes.retain(|i| i.key != key);
+            if t.indexes.len() == before {
+                return Err(ApiError::new(404, "index_not_found", "Index not found"));
+            }
+            Ok(())
+        })
+    }
+
     /// How many rows a table holds (for tests).
     pub fn row_count(&self, db: &str, table: &str) -> usize {
         self.with_table(db, table, |t| Ok(t.rows.len()))
