@@ -486,14 +486,31 @@ impl AwExec<'_> {
         (!holds(row, &new)).then_some(new)
     }
 
-    fn queries_of(op: &AwOp) -> Vec<Value> {
-        match op {
+    /// The rows a row operation works on: its queries, or the rows holding the value to
+    /// replace (`contains` for an array column, `equal` for one value).
+    async fn queries_of(&self, op: &AwOp) -> Result<Vec<Value>, AwError> {
+        Ok(match op {
             AwOp::Set { queries, .. } | AwOp::Unset { queries, .. } => queries.clone(),
-            AwOp::UpdateReferences { column, from, .. } => {
-                vec![json!({ "method": "equal", "attribute": column, "values": [from] })]
+            AwOp::UpdateReferences {
+                table,
+                column,
+                from,
+                ..
+            } => {
+                let Some(def) = self.column(table, column).await? else {
+                    return Err(AwError::Refused(format!(
+                        "column {table}.{column} does not exist"
+                    )));
+                };
+                let method = if def["array"].as_bool().unwrap_or(false) {
+                    "contains"
+                } else {
+                    "equal"
+                };
+                vec![json!({ "method": method, "attribute": column, "values": [from] })]
             }
             _ => Vec::new(),
-        }
+        })
     }
 
     /// Runs an operation (its checks passed, its outcome recorded).
@@ -573,7 +590,7 @@ impl AwExec<'_> {
             AwOp::Set { table, .. }
             | AwOp::Unset { table, .. }
             | AwOp::UpdateReferences { table, .. } => {
-                let queries = Self::queries_of(op);
+                let queries = self.queries_of(op).await?;
                 let (mut matched, mut modified) = (0u64, 0u64);
                 let mut after: Option<String> = None;
                 loop {
@@ -891,7 +908,8 @@ impl AwExec<'_> {
             }
             AwOp::Set { .. } | AwOp::Unset { .. } | AwOp::UpdateReferences { .. } => {
                 let (mut matched, mut changing) = (0u64, 0u64);
-                self.each_row(table, &Self::queries_of(op), |row| {
+                let queries = self.queries_of(op).await?;
+                self.each_row(table, &queries, |row| {
                     matched += 1;
                     changing += u64::from(Self::rewrite(op, &row).is_some());
                     async { Ok(()) }

@@ -1608,6 +1608,8 @@ fn filter(
     // (id, before: cursorBefore rather than cursorAfter)
     let mut cursor: Option<(String, bool)> = None;
     let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
+    // (attribute, method, values) of the filters other than `equal`
+    let mut filters: Vec<(String, String, Vec<Value>)> = Vec::new();
     // (attribute, descending)
     let mut orders: Vec<(String, bool)> = Vec::new();
     for q in queries {
@@ -1622,6 +1624,18 @@ fn filter(
                     .map(|id| (uid(id), method == "cursorBefore"));
             }
             "equal" => equals.push((q["attribute"].as_str().unwrap_or("").to_string(), values)),
+            // The other filters the spec lists, on a row's column (a missing one is null).
+            "notEqual" | "lessThan" | "lessThanEqual" | "greaterThan" | "greaterThanEqual"
+            | "between" | "isNull" | "isNotNull" | "startsWith" | "endsWith" | "contains" => {
+                let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
+                    return Err(ApiError::new(
+                        400,
+                        "general_query_invalid",
+                        format!("Invalid query: {method} needs an attribute"),
+                    ));
+                };
+                filters.push((attribute.to_string(), method.to_string(), values));
+            }
             "orderAsc" | "orderDesc" => {
                 let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
                     return Err(ApiError::new(
@@ -1663,7 +1677,9 @@ fn filter(
         equals.iter().all(|(a, texts, others)| match &v[*a] {
             Value::String(s) => texts.contains(s.as_str()),
             x => others.contains(&x),
-        })
+        }) && filters
+            .iter()
+            .all(|(a, method, values)| passes(method, &v[a.as_str()], values))
     };
     let total = if count {
         items.values().filter(|v| matches(v)).take(5000).count()
@@ -1982,6 +1998,13 @@ fn passes(method: &str, value: &Value, values: &[Value]) -> bool {
             _ => false,
         },
         "startsWith" => text(|s, x| s.starts_with(x)),
+        // An array holding one of the values, or a string holding one of them.
+        "contains" => match value {
+            Value::String(s) => values
+                .iter()
+                .any(|x| x.as_str().is_some_and(|x| s.contains(x))),
+            _ => any(&|v| values.contains(v)),
+        },
         "endsWith" => text(|s, x| s.ends_with(x)),
         _ => false,
     }
