@@ -1648,6 +1648,7 @@ keys = ["lastName", "-createdAt"]
     fn the_readme_blocks_parse_and_show_every_operation() {
         let readme = include_str!("../../pipelines/changes/README.md");
         let mut kinds = std::collections::BTreeSet::new();
+        let mut appwrite = std::collections::BTreeSet::new();
         let mut blocks = 0;
         for block in readme.split("```toml\n").skip(1) {
             let text = block.split("```").next().unwrap();
@@ -1657,10 +1658,36 @@ keys = ["lastName", "-createdAt"]
                 .expect("a version");
             let c = parse(&p(&format!("{version}_readme.toml")), text)
                 .unwrap_or_else(|e| panic!("{e}"));
-            kinds.extend(c.up.iter().map(Op::kind));
+            kinds.extend(
+                c.up.iter()
+                    .filter(|op| !matches!(op, Op::Appwrite(_)))
+                    .map(Op::kind),
+            );
+            appwrite.extend(c.up.iter().filter_map(|op| match op {
+                Op::Appwrite(a) => Some(a.kind()),
+                _ => None,
+            }));
             blocks += 1;
         }
-        assert_eq!(blocks, 2);
+        assert_eq!(blocks, 3);
+        assert_eq!(
+            appwrite,
+            [
+                "add_column",
+                "remove_column",
+                "rename_column",
+                "create_index",
+                "drop_index",
+                "create_table",
+                "drop_table",
+                "insert",
+                "set",
+                "unset",
+                "update_references",
+            ]
+            .into_iter()
+            .collect()
+        );
         let all = [
             "add_field",
             "remove_field",
