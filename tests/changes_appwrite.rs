@@ -685,6 +685,14 @@ async fn operations_of_the_other_target_and_transactions_are_refused_and_dry_run
     );
     let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
     assert!(said.contains("TablesDB transactions"), "{said}");
+    // Backup tables are not a change's to write.
+    write(
+        &dir,
+        "2_tx.toml",
+        "version = 2\nname = \"t\"\n[[up]]\nop = \"drop_table\"\ntable = \"chbk_0123\"\n",
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("a backup table"), "{said}");
     assert_eq!(hashes(&aw).await, before);
     std::fs::remove_file(dir.join("2_tx.toml")).unwrap();
 
@@ -844,6 +852,21 @@ async fn changes_and_migrate_share_the_lock_of_an_appwrite_target() {
     assert!(said.contains("(migrate)"), "{said}");
     let _ = migrate.kill();
     let _ = migrate.wait();
+    aw.s.set_table_faults("patients", Faults::default());
+
+    // The killed migrate left the registry's patients half written: a change writing that
+    // table is refused until migrate finishes it (or it is rolled back).
+    write(
+        &dir,
+        "2_patients.toml",
+        "version = 2\nname = \"p\"\n[[up]]\nop = \"add_column\"\ntable = \"patients\"\ncolumn = \"tier\"\ntype = \"integer\"\n",
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("writes patients, which was left half written by a run that stopped"),
+        "{said}"
+    );
+    assert!(aw.s.get_column(DB, "patients", "tier").is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

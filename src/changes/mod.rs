@@ -545,23 +545,27 @@ async fn refuse_unsettled_in(ledger: &Ledger, pending: &[&Change]) -> Result<(),
         } else {
             continue;
         };
-        let crate::sink::target::Destination::Collection { name } = &s.destination else {
-            continue;
+        // A MongoDB collection, or an Appwrite stage's tables (its own and its child tables).
+        let names: Vec<&String> = match &s.destination {
+            crate::sink::target::Destination::Collection { name } => vec![name],
+            crate::sink::target::Destination::Tables { names } => names.iter().collect(),
+            crate::sink::target::Destination::Storage { tables, .. } => tables.iter().collect(),
+            _ => continue,
         };
         for c in pending {
-            let writes = match touched(c) {
-                Some(cols) => cols.contains(name),
+            let Some(name) = names.iter().find(|n| match touched(c) {
+                Some(cols) => cols.contains(n.as_str()),
                 None => true,
+            }) else {
+                continue;
             };
-            if writes {
-                refusals.push(format!(
-                    "change {} ({}) writes {name}, which {why} (entity {}, run {})",
-                    c.version,
-                    c.path.display(),
-                    s.entity,
-                    s.run_id
-                ));
-            }
+            refusals.push(format!(
+                "change {} ({}) writes {name}, which {why} (entity {}, run {})",
+                c.version,
+                c.path.display(),
+                s.entity,
+                s.run_id
+            ));
         }
     }
     if refusals.is_empty() {

@@ -73,6 +73,24 @@ fn aw(op: &Op) -> Result<&AwOp, String> {
     }
 }
 
+/// Refuses changes that write a backup table (a change's, `chbk_…`, or a run's, `bk_…`): they
+/// hold what undoing needs.
+fn refuse_backup_tables(pending: &[&Change]) -> Result<(), ChangesError> {
+    for c in pending {
+        for op in c.up.iter().chain(c.down.iter().flatten()) {
+            let table = op.collection().unwrap_or_default();
+            if table.starts_with("chbk_") || table.starts_with("bk_") {
+                return Err(ChangesError::Refused(format!(
+                    "change {} ({}) writes `{table}`, a backup table: a change may not touch it (it holds what undoing a change or a run needs)",
+                    c.version,
+                    c.file_name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuses changes with `transaction = true`: TablesDB transactions are not used yet.
 fn refuse_transactions(pending: &[&Change]) -> Result<(), ChangesError> {
     let names: Vec<String> = pending
@@ -97,6 +115,7 @@ async fn plan<'c>(
     let states = super::status_in(t.ledger, files).await?;
     let pending = super::select_pending(&states, files, opts)?;
     super::refuse_other_target(&pending, true)?;
+    refuse_backup_tables(&pending)?;
     refuse_transactions(&pending)?;
     super::refuse_unsettled_in(t.ledger, &pending).await?;
     Ok(pending)
