@@ -629,7 +629,8 @@ async fn modified_and_out_of_order_changes_are_refused_with_what_to_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_of_the_other_target_and_transactions_are_refused_and_dry_runs_count() {
+async fn operations_of_the_other_target_and_schema_operations_in_a_transaction_are_refused_and_dry_runs_count()
+ {
     let w = World::new("aw_changes_refuse").await;
     let aw = standin().await;
     seed(&aw.s).await;
@@ -677,14 +678,6 @@ async fn operations_of_the_other_target_and_transactions_are_refused_and_dry_run
         said.contains("up operation 1 (`add_column`) cannot run in a transaction"),
         "{said}"
     );
-    // Row operations in a transaction: not on Appwrite yet, said so.
-    write(
-        &dir,
-        "2_tx.toml",
-        "version = 2\nname = \"t\"\ntransaction = true\n[[up]]\nop = \"set\"\ntable = \"people\"\nvalues = { status = \"x\" }\n",
-    );
-    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
-    assert!(said.contains("TablesDB transactions"), "{said}");
     // Backup tables are not a change's to write.
     write(
         &dir,
@@ -850,6 +843,18 @@ async fn changes_and_migrate_share_the_lock_of_an_appwrite_target() {
     let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
     assert!(migrate.try_wait().unwrap().is_none(), "migrate still runs");
     assert!(said.contains("(migrate)"), "{said}");
+    // Until its ledger records the patients step started (it then writes the rows, slowly).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !aw.s.rows(DB, "cutover_steps").iter().any(|r| {
+        let d = r["doc"].as_str().unwrap_or_default();
+        d.contains("\"patients\"") && d.contains("\"running\"")
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "migrate never started its patients step"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let _ = migrate.kill();
     let _ = migrate.wait();
     aw.s.set_table_faults("patients", Faults::default());
@@ -949,4 +954,83 @@ values = { status = "x", age = 0 }
             .iter()
             .all(|r| r["status"] == "x")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_operations_in_a_transaction_commit_together_or_leave_nothing_behind() {
+    let w = World::new("aw_changes_tx").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    let change = |last_site: &str| {
+        format!(
+            r#"version = 1
+name = "in a transaction"
+transaction = true
+[[up]]
+op = "set"
+table = "people"
+queries = [{{ method = "equal", attribute = "status", values = ["active"] }}]
+values = {{ status = "moved", age = 99 }}
+[[up]]
+op = "update_references"
+table = "people"
+column = "clinic"
+from = "c2"
+to = "c3"
+[[up]]
+op = "insert"
+table = "sites"
+rows = [{{ "$id" = "c3", code = "c3" }}, {{ "$id" = "{last_site}", code = "z" }}]
+"#
+        )
+    };
+    let before = hashes(&aw).await;
+    let statuses = |s: &StandIn| -> Vec<String> {
+        s.transactions()
+            .iter()
+            .map(|t| t["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Its last operation is refused (the row exists): the transaction is rolled back.
+    write(&dir, "1_tx.toml", &change("c1"));
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("row c1 exists already") && said.contains("the transaction was rolled back"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert_eq!(statuses(&aw.s), ["rolled_back"]);
+
+    // The server refuses one staged row at the commit (after the others were staged): the
+    // commit applies none of them.
+    write(&dir, "1_tx.toml", &change("c4"));
+    aw.s.set_row_fault(
+        "p11",
+        Some(serde_json::from_value(json!({"status": 500})).unwrap()),
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("did not commit"), "{said}");
+    aw.s.set_row_fault("p11", None);
+    assert_eq!(hashes(&aw).await, before);
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+
+    // Applied: one transaction, committed, holding every row write.
+    let said = ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("applied  1 "), "{said}");
+    let committed: Vec<Value> =
+        aw.s.transactions()
+            .into_iter()
+            .filter(|t| t["status"] == "committed")
+            .collect();
+    assert_eq!(committed.len(), 1, "{:?}", aw.s.transactions());
+    // 6 active people set, 6 with clinic c2 moved to c3, 2 sites inserted.
+    assert_eq!(committed[0]["operations"], 14);
+    let now = tables(&aw).await;
+    assert_eq!(row(&now["people"], "p02")["status"], "moved");
+    assert_eq!(row(&now["people"], "p01")["clinic"], "c3");
+    assert_eq!(now["sites"]["rows"].as_array().unwrap().len(), 4);
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(hashes(&aw).await, before);
 }

@@ -637,6 +637,152 @@ impl AwExec<'_> {
         Ok(())
     }
 
+    /// Starts a TablesDB transaction; returns its id.
+    pub async fn begin(&self) -> Result<String, AwError> {
+        let t = self
+            .client
+            .call(
+                reqwest::Method::POST,
+                "/tablesdb/transactions",
+                Some(&json!({ "ttl": 900 })),
+            )
+            .await?;
+        t["$id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| AwError::Refused("the new transaction has no $id".into()))
+    }
+
+    /// Commits (`true`) or rolls back a transaction.
+    pub async fn finish(&self, transaction: &str, commit: bool) -> Result<(), AwError> {
+        let body = if commit {
+            json!({ "commit": true })
+        } else {
+            json!({ "rollback": true })
+        };
+        self.client
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/tablesdb/transactions/{transaction}"),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A transaction's status (pending, committing, committed, rolled_back, failed); `None` when
+    /// the server has none by that id (expired and gone).
+    pub async fn transaction_status(&self, transaction: &str) -> Result<Option<String>, AwError> {
+        match self
+            .client
+            .call(
+                reqwest::Method::GET,
+                &format!("/tablesdb/transactions/{transaction}"),
+                None,
+            )
+            .await
+        {
+            Ok(t) => Ok(t["status"].as_str().map(str::to_string)),
+            Err(e) if e.is_missing() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn stage_batch(&self, transaction: &str, ops: &mut Vec<Value>) -> Result<(), AwError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .call(
+                reqwest::Method::POST,
+                &format!("/tablesdb/transactions/{transaction}/operations"),
+                Some(&json!({ "operations": ops })),
+            )
+            .await?;
+        ops.clear();
+        Ok(())
+    }
+
+    /// Stages a row operation in `transaction` (nothing is written before the commit); what
+    /// its inverse needs goes to the backup table as for [`AwExec::run`].
+    pub async fn stage(
+        &self,
+        transaction: &str,
+        op: &AwOp,
+        index: usize,
+        out: &mut OpOutcome,
+    ) -> Result<(), AwError> {
+        let mut batch: Vec<Value> = Vec::new();
+        let staged = |table: &str, action: &str, row: &str, data: Value| {
+            json!({
+                "action": action, "databaseId": self.db, "tableId": table, "rowId": row,
+                "data": data,
+            })
+        };
+        match op {
+            AwOp::Insert { table, rows } => {
+                for r in rows {
+                    let id = r["$id"].as_str().unwrap_or_default();
+                    batch.push(staged(table, "create", id, Value::Object(data_of(r))));
+                    out.inserted += 1;
+                    if batch.len() == 100 {
+                        self.stage_batch(transaction, &mut batch).await?;
+                    }
+                }
+            }
+            AwOp::Set { table, .. }
+            | AwOp::Unset { table, .. }
+            | AwOp::UpdateReferences { table, .. } => {
+                let queries = self.queries_of(op).await?;
+                let mut after: Option<String> = None;
+                loop {
+                    let page = self.page(table, &queries, after.as_deref()).await?;
+                    let n = page.len();
+                    after = page
+                        .last()
+                        .and_then(|r| r["$id"].as_str())
+                        .map(str::to_string);
+                    for row in &page {
+                        out.matched += 1;
+                        let Some(new) = Self::rewrite(op, row) else {
+                            continue;
+                        };
+                        let id = row["$id"].as_str().unwrap_or_default();
+                        let old: Map<String, Value> = new
+                            .keys()
+                            .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
+                            .collect();
+                        self.back_up(
+                            index,
+                            id,
+                            doc! {
+                                "old": to_bson(&Value::Object(old)),
+                                "new": to_bson(&Value::Object(new.clone())),
+                            },
+                        )
+                        .await?;
+                        out.backed_up += 1;
+                        out.modified += 1;
+                        batch.push(staged(table, "update", id, Value::Object(new)));
+                        if batch.len() == 100 {
+                            self.stage_batch(transaction, &mut batch).await?;
+                        }
+                    }
+                    if n < PAGE || after.is_none() {
+                        break;
+                    }
+                }
+            }
+            other => {
+                return Err(AwError::Refused(format!(
+                    "`{}` changes the schema: it cannot run in a transaction",
+                    other.kind()
+                )));
+            }
+        }
+        self.stage_batch(transaction, &mut batch).await
+    }
+
     /// Undoes an operation from its outcome; tolerant of what it did not do (an operation cut
     /// short, or undone already). Returns the counts of what it put back.
     pub async fn undo(

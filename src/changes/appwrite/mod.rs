@@ -5,8 +5,10 @@
 //! execution of the operations, their backups and the recovery of a change a dead process left
 //! half done differ (MongoDB sessions and commit markers have no counterpart here).
 //!
-//! `transaction = true` is refused on Appwrite (TablesDB transactions are not used yet): a
-//! failed change is undone from its backup instead.
+//! With `transaction = true` (row operations only: the file is refused at load otherwise) the
+//! change's row operations are staged in one TablesDB transaction and committed together; a
+//! failure rolls it back and nothing is written. Its `down` runs the inverses without one (each
+//! puts back only rows still as the change left them).
 
 pub mod exec;
 pub mod op;
@@ -91,22 +93,6 @@ fn refuse_backup_tables(pending: &[&Change]) -> Result<(), ChangesError> {
     Ok(())
 }
 
-/// Refuses changes with `transaction = true`: TablesDB transactions are not used yet.
-fn refuse_transactions(pending: &[&Change]) -> Result<(), ChangesError> {
-    let names: Vec<String> = pending
-        .iter()
-        .filter(|c| c.transaction)
-        .map(|c| format!("{} ({})", c.version, c.file_name()))
-        .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    Err(ChangesError::Refused(format!(
-        "change {} sets `transaction = true`: cutover does not run Appwrite changes in TablesDB transactions yet; set `transaction = false` (a failure is then undone from the change's backup)",
-        names.join(", ")
-    )))
-}
-
 async fn plan<'c>(
     t: &AppwriteTarget<'_>,
     files: &'c [Change],
@@ -116,7 +102,6 @@ async fn plan<'c>(
     let pending = super::select_pending(&states, files, opts)?;
     super::refuse_other_target(&pending, true)?;
     refuse_backup_tables(&pending)?;
-    refuse_transactions(&pending)?;
     super::refuse_unsettled_in(t.ledger, &pending).await?;
     Ok(pending)
 }
@@ -213,6 +198,7 @@ pub async fn up(
         .await?;
     let fence = lock.fence();
     let result = async {
+        let recovered = settle_transactions(t, &run_id).await?;
         sweep_backups(t).await?;
         let pending = plan(t, files, opts).await?;
         if pending.is_empty() {
@@ -220,7 +206,7 @@ pub async fn up(
                 batch: None,
                 dry_run: false,
                 changes: Vec::new(),
-                recovered: Vec::new(),
+                recovered,
             });
         }
         let records = Records { ledger: t.ledger };
@@ -291,7 +277,7 @@ pub async fn up(
             batch: Some(batch),
             dry_run: false,
             changes,
-            recovered: Vec::new(),
+            recovered,
         })
     }
     .await;
@@ -309,6 +295,9 @@ async fn apply_one(
     records: &Records<'_>,
     c: &Change,
 ) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
+    if c.transaction {
+        return apply_in_transaction(x, records, c).await;
+    }
     let mut outcomes: Vec<OpOutcome> = Vec::new();
     for (i, op) in c.up.iter().enumerate() {
         let result: Result<(), String> = async {
@@ -365,6 +354,157 @@ async fn apply_one(
     Ok(outcomes)
 }
 
+/// Applies a change's row operations in one TablesDB transaction: each staged (the rows it
+/// rewrites backed up first), what each did recorded, then the commit. A failure rolls the
+/// transaction back: nothing was written.
+async fn apply_in_transaction(
+    x: &AwExec<'_>,
+    records: &Records<'_>,
+    c: &Change,
+) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
+    let fail = |e: String| (Vec::new(), e);
+    let txn = x
+        .begin()
+        .await
+        .map_err(|e| fail(format!("cannot start a transaction: {e}")))?;
+    records
+        .update(
+            c.version,
+            bson::doc! { "session": { "appwrite_transaction": &txn } },
+        )
+        .await
+        .map_err(|e| fail(format!("ledger: {e}")))?;
+    let mut outcomes = Vec::new();
+    let mut failure = None;
+    for (i, op) in c.up.iter().enumerate() {
+        let result: Result<OpOutcome, String> = async {
+            let a = aw(op)?;
+            let mut out = OpOutcome::default();
+            x.prepare(a, &mut out).await.map_err(|e| e.to_string())?;
+            x.stage(&txn, a, i, &mut out)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        }
+        .await;
+        match result {
+            Ok(out) => outcomes.push(out),
+            Err(e) => {
+                failure = Some(format!(
+                    "up operation {} (`{}` on {}) failed: {e}",
+                    i + 1,
+                    op.kind(),
+                    op.collection().unwrap_or("-")
+                ));
+                break;
+            }
+        }
+    }
+    if failure.is_none()
+        && let Err(e) = records.progress(c.version, &outcomes).await
+    {
+        failure = Some(format!("ledger: {e}"));
+    }
+    let failure = match failure {
+        None => match x.finish(&txn, true).await {
+            Ok(()) => return Ok(outcomes),
+            Err(e) => format!("the transaction did not commit: {e}"),
+        },
+        Some(f) => {
+            let _ = x.finish(&txn, false).await;
+            f
+        }
+    };
+    let _ = x.drop_backup().await;
+    Err(fail(format!(
+        "{failure}; the transaction was rolled back: nothing was written"
+    )))
+}
+
+/// The TablesDB transaction a change's `up` recorded.
+fn transaction_of(r: &ChangeRecord) -> Option<String> {
+    r.session
+        .as_ref()
+        .and_then(|s| s.get_str("appwrite_transaction").ok())
+        .map(str::to_string)
+}
+
+/// Settles the changes whose transaction a dead process left (`running`, `transaction = true`):
+/// recorded applied when the transaction committed, failed (it is rolled back; nothing was
+/// written: `up` applies it again) when not. Returns them, with what was found.
+async fn settle_transactions(
+    t: &AppwriteTarget<'_>,
+    run_id: &str,
+) -> Result<Vec<super::Recovered>, ChangesError> {
+    let records = Records { ledger: t.ledger };
+    let mut out = Vec::new();
+    for r in records.all().await? {
+        if !r.transaction || r.status != RUNNING {
+            continue;
+        }
+        let backup = r.backup.clone().unwrap_or_default();
+        let x = exec(t, &backup);
+        let committed = match transaction_of(&r) {
+            Some(txn) => {
+                let status = x.transaction_status(&txn).await?;
+                if status.as_deref() == Some("pending") {
+                    let _ = x.finish(&txn, false).await;
+                }
+                status.as_deref() == Some("committed")
+            }
+            None => false,
+        };
+        let (status, note) = if committed {
+            records
+                .finish(
+                    r.version,
+                    &Finished {
+                        status: APPLIED,
+                        duration_ms: 0,
+                        ops: &r.ops,
+                        error: None,
+                    },
+                )
+                .await?;
+            (
+                APPLIED,
+                format!(
+                    "the up of run {} stopped after its transaction committed: recorded applied",
+                    r.run_id
+                ),
+            )
+        } else {
+            let note = format!(
+                "the up of run {} stopped before its transaction committed: nothing was written",
+                r.run_id
+            );
+            records
+                .finish(
+                    r.version,
+                    &Finished {
+                        status: FAILED,
+                        duration_ms: 0,
+                        ops: &[],
+                        error: Some(note.clone()),
+                    },
+                )
+                .await?;
+            x.drop_backup().await?;
+            (FAILED, note)
+        };
+        let mut line = HistoryEntry::new("up", r.version, &r.name, status, run_id);
+        line.note = Some(note.clone());
+        records.log(&line).await?;
+        out.push(super::Recovered {
+            version: r.version,
+            name: r.name.clone(),
+            status: status.to_string(),
+            note,
+        });
+    }
+    Ok(out)
+}
+
 /// `changes down --target appwrite`: as [`crate::changes::down_with`].
 pub async fn down_with(
     t: &AppwriteTarget<'_>,
@@ -378,9 +518,31 @@ pub async fn down_with(
         .await?;
     let fence = lock.fence();
     let result = async {
+        // A change whose transaction a dead process left is settled first: applied (then
+        // reversed below like any) or failed (nothing to reverse).
+        let settled = settle_transactions(t, &run_id).await?;
         sweep_backups(t).await?;
         let records = Records { ledger: t.ledger };
         let all = records.all().await?;
+        if settled.iter().any(|s| s.status == FAILED) {
+            return Ok(DownReport {
+                reversed: settled
+                    .into_iter()
+                    .filter(|s| s.status == FAILED)
+                    .map(|s| Reversed {
+                        version: s.version,
+                        name: s.name,
+                        duration_ms: 0,
+                        restored: 0,
+                        inserted: 0,
+                        deleted: 0,
+                        skipped: 0,
+                        note: Some(s.note),
+                    })
+                    .collect(),
+                ..DownReport::default()
+            });
+        }
         // A change left `running`, `reversing` or `restore-failed` (its process died, or its
         // undoing failed) is finished first, and alone.
         let mut unfinished: Vec<&ChangeRecord> = all

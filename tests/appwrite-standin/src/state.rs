@@ -31,7 +31,7 @@ impl Faults {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Column {
     key: String,
     kind: String,
@@ -40,7 +40,7 @@ struct Column {
     created_at: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Index {
     key: String,
     kind: String,
@@ -51,7 +51,7 @@ struct Index {
     created_at: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Table {
     id: String,
     name: String,
@@ -62,7 +62,7 @@ struct Table {
     sequence: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Database {
     id: String,
     name: String,
@@ -80,6 +80,8 @@ struct Data {
     table_faults: BTreeMap<String, Faults>,
     /// Faults of the writes of one row (or user), by its id.
     row_faults: BTreeMap<String, RowFault>,
+    /// TablesDB transactions by id: their model and their staged operations.
+    transactions: BTreeMap<String, (Value, Vec<Value>)>,
 }
 
 /// A fault of the writes of one row id (in any table) or one user id: every request writing it
@@ -1537,6 +1539,210 @@ impl StandIn {
             }
             Ok(())
         })
+    }
+
+    /// `POST /tablesdb/transactions {ttl}`: a pending transaction (201).
+    pub fn create_transaction(&self, ttl: u64) -> Result<Value, ApiError> {
+        if !(60..=3600).contains(&ttl) {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Invalid `ttl` param: Value must be a valid range between 60 and 3,600",
+            ));
+        }
+        let id = format!("{:x}", fastrand::u64(..));
+        let stamp = now();
+        let expires = (chrono::Utc::now() + chrono::Duration::seconds(ttl as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+        let t = json!({
+            "$id": id, "$createdAt": stamp, "$updatedAt": stamp, "status": "pending",
+            "operations": 0, "expiresAt": expires,
+        });
+        self.lock().transactions.insert(id, (t.clone(), Vec::new()));
+        Ok(t)
+    }
+
+    fn transaction_not_found() -> ApiError {
+        ApiError::new(
+            404,
+            "transaction_not_found",
+            "Transaction with the requested ID could not be found.",
+        )
+    }
+
+    pub fn get_transaction(&self, id: &str) -> Result<Value, ApiError> {
+        self.lock()
+            .transactions
+            .get(id)
+            .map(|(t, _)| t.clone())
+            .ok_or_else(Self::transaction_not_found)
+    }
+
+    /// Every transaction's model, in id order.
+    pub fn transactions(&self) -> Vec<Value> {
+        self.lock()
+            .transactions
+            .values()
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    pub fn delete_transaction(&self, id: &str) -> Result<(), ApiError> {
+        self.lock()
+            .transactions
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(Self::transaction_not_found)
+    }
+
+    /// `POST /tablesdb/transactions/{id}/operations {operations}`: stages row operations
+    /// (`action` create, update, upsert or delete, with `databaseId`, `tableId`, `rowId`,
+    /// `data`) in a pending transaction.
+    pub fn stage_operations(&self, id: &str, operations: &[Value]) -> Result<Value, ApiError> {
+        for op in operations {
+            let action = op["action"].as_str().unwrap_or("");
+            let named = ["databaseId", "tableId", "rowId"]
+                .iter()
+                .all(|k| op[*k].as_str().is_some_and(|v| !v.is_empty()));
+            if !["create", "update", "upsert", "delete"].contains(&action) || !named {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Invalid `operations` param: each needs an action (create, update, upsert, delete), databaseId, tableId and rowId",
+                ));
+            }
+        }
+        let mut data = self.lock();
+        let (t, staged) = data
+            .transactions
+            .get_mut(id)
+            .ok_or_else(Self::transaction_not_found)?;
+        if t["status"] != "pending" {
+            return Err(ApiError::new(
+                400,
+                "transaction_not_ready",
+                "The transaction is not pending.",
+            ));
+        }
+        staged.extend(operations.iter().cloned());
+        t["operations"] = json!(staged.len());
+        t["$updatedAt"] = json!(now());
+        Ok(t.clone())
+    }
+
+    /// `PATCH /tablesdb/transactions/{id} {commit | rollback}`: a commit applies every staged
+    /// operation or, when one fails, none (the transaction is then `failed` and the error
+    /// answered); a rollback drops them.
+    pub fn finish_transaction(&self, id: &str, commit: bool) -> Result<Value, ApiError> {
+        // A fault on one of its rows fails the commit (checked before the data is locked).
+        if commit {
+            let staged = self
+                .lock()
+                .transactions
+                .get(id)
+                .map(|(_, ops)| ops.clone())
+                .unwrap_or_default();
+            let ids = staged.iter().filter_map(|op| op["rowId"].as_str());
+            if let Err(e) = self.row_fault_hit(ids) {
+                if let Some((t, _)) = self.lock().transactions.get_mut(id) {
+                    t["status"] = json!("failed");
+                }
+                return Err(e);
+            }
+        }
+        let mut data = self.lock();
+        let Some((t, staged)) = data.transactions.get(id).cloned() else {
+            return Err(Self::transaction_not_found());
+        };
+        if t["status"] != "pending" {
+            return Err(ApiError::new(
+                400,
+                "transaction_not_ready",
+                "The transaction is not pending.",
+            ));
+        }
+        let status = if commit {
+            let before = data.databases.clone();
+            match self.apply_staged(&mut data, &staged) {
+                Ok(()) => "committed",
+                Err(e) => {
+                    data.databases = before;
+                    if let Some((t, _)) = data.transactions.get_mut(id) {
+                        t["status"] = json!("failed");
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            "rolled_back"
+        };
+        let (t, _) = data
+            .transactions
+            .get_mut(id)
+            .ok_or_else(Self::transaction_not_found)?;
+        t["status"] = json!(status);
+        t["$updatedAt"] = json!(now());
+        Ok(t.clone())
+    }
+
+    fn apply_staged(&self, data: &mut Data, staged: &[Value]) -> Result<(), ApiError> {
+        for op in staged {
+            let (db, table, row) = (
+                op["databaseId"].as_str().unwrap_or(""),
+                op["tableId"].as_str().unwrap_or(""),
+                op["rowId"].as_str().unwrap_or(""),
+            );
+            let t = data
+                .databases
+                .get_mut(db)
+                .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?
+                .tables
+                .get_mut(table)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "table_not_found",
+                        "Table with the requested ID could not be found.",
+                    )
+                })?;
+            let given = op.get("data").cloned().unwrap_or(json!({}));
+            match op["action"].as_str().unwrap_or("") {
+                "delete" => {
+                    t.rows.remove(&uid(row)).ok_or_else(|| {
+                        ApiError::new(
+                            404,
+                            "row_not_found",
+                            "Row with the requested ID could not be found.",
+                        )
+                    })?;
+                }
+                "update" => {
+                    let Some(existing) = t.rows.get(&uid(row)) else {
+                        return Err(ApiError::new(
+                            404,
+                            "row_not_found",
+                            "Row with the requested ID could not be found.",
+                        ));
+                    };
+                    let mut merged = existing.clone();
+                    if let Some(o) = merged.as_object_mut() {
+                        o.retain(|k, _| !k.starts_with('$'));
+                        for (k, v) in given.as_object().into_iter().flatten() {
+                            if !k.starts_with('$') {
+                                o.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    self.check_data(t, &merged)?;
+                    Self::put_row(t, db, row, &merged, true)?;
+                }
+                action => {
+                    self.check_data(t, &given)?;
+                    Self::put_row(t, db, row, &given, action == "upsert")?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How many rows a table holds (for tests).
