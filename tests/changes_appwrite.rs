@@ -1034,3 +1034,64 @@ rows = [{{ "$id" = "c3", code = "c3" }}, {{ "$id" = "{last_site}", code = "z" }}
     ok(&changes(&w, &aw, "down", &dir, &[]).await);
     assert_eq!(hashes(&aw).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_killed_while_it_restores_a_dropped_table_is_finished_by_the_next_down() {
+    let w = World::new("aw_changes_kill_down").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_drop.toml",
+        "version = 1\nname = \"drop people\"\n[[up]]\nop = \"drop_table\"\ntable = \"people\"\n",
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(!tables(&aw).await.contains_key("people"));
+    // Each restored row takes 200 ms: `down` is killed (SIGKILL) half way through the rows.
+    aw.s.set_table_faults(
+        "people",
+        Faults {
+            delay_ms: 200,
+            ..Faults::default()
+        },
+    );
+    let d = dir.display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .args(["changes", "down", "--target", "appwrite", "--dir", &d])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    env(&mut cmd, &aw);
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = aw.s.row_count(DB, "people");
+        if n >= 3 {
+            assert!(n < 12, "the kill came too late");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "down never restored rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    aw.s.set_table_faults("people", Faults::default());
+    let status: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
+    assert_eq!(
+        status["changes"][0]["state"], "down-interrupted",
+        "{status}"
+    );
+    let said = ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("finished"), "{said}");
+    assert_eq!(hashes(&aw).await, before);
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+}

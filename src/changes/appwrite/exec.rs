@@ -857,26 +857,30 @@ impl AwExec<'_> {
                 }
             }
             AwOp::DropTable { table } => {
+                // Each step only adds what is missing: an undo cut short (or an up that stopped
+                // before the table went) is finished by running it again.
                 if self.table(table).await?.is_none() {
-                    let columns: Vec<(String, Value)> = before("columns")
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(column_request)
-                        .collect();
-                    let indexes: Vec<Value> =
-                        before("indexes").as_array().cloned().unwrap_or_default();
                     let name = before("name");
-                    self.create_table(table, name.as_str().unwrap_or(table), &columns, &[])
+                    self.create_table(table, name.as_str().unwrap_or(table), &[], &[])
                         .await?;
-                    for e in self.backed_up(index).await? {
-                        let id = e.get_str("row").unwrap_or_default();
-                        let data = to_json(e.get("data").unwrap_or(&Bson::Null));
-                        if self.client.create_row(self.db, table, id, &data).await? {
-                            done.inserted += 1;
-                        }
+                }
+                for def in before("columns").as_array().into_iter().flatten() {
+                    let (kind, body) = column_request(def);
+                    let key = body["key"].as_str().unwrap_or_default();
+                    if self.column(table, key).await?.is_none() {
+                        self.create_column(table, &kind, &body).await?;
                     }
-                    for i in &indexes {
+                }
+                for e in self.backed_up(index).await? {
+                    let id = e.get_str("row").unwrap_or_default();
+                    let data = to_json(e.get("data").unwrap_or(&Bson::Null));
+                    if self.client.create_row(self.db, table, id, &data).await? {
+                        done.inserted += 1;
+                    }
+                }
+                for i in before("indexes").as_array().into_iter().flatten() {
+                    let key = i["key"].as_str().unwrap_or_default();
+                    if self.index(table, key).await?.is_none() {
                         self.create_index(table, i).await?;
                     }
                 }
