@@ -169,10 +169,11 @@ pub struct ChangesTargetArgs {
     /// pipelines/changes).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Target (changes support MongoDB only).
+    /// Target: mongodb, or appwrite (its operations name a `table`; see pipelines/changes/README.md).
     #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
     pub target: ChangesTarget,
-    /// Target database (overrides CUTOVER_MONGODB_DATABASE and the config).
+    /// Target database (overrides CUTOVER_MONGODB_DATABASE or CUTOVER_APPWRITE_DATABASE and the
+    /// config).
     #[arg(long, value_name = "NAME")]
     pub database: Option<String>,
 }
@@ -180,6 +181,7 @@ pub struct ChangesTargetArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ChangesTarget {
     Mongodb,
+    Appwrite,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

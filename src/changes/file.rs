@@ -10,6 +10,8 @@ use bson::{Bson, Document, doc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use super::appwrite::op::AwOp;
+
 /// What is wrong with a change file or the set of them.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -152,6 +154,8 @@ pub enum Op {
         command: Document,
         down: Option<Document>,
     },
+    /// An operation on an Appwrite table (it names a `table`): runs on an Appwrite target only.
+    Appwrite(AwOp),
 }
 
 /// What `sanitize_strings` does to each string, in this order: normalise, trim, lower-case.
@@ -261,6 +265,7 @@ impl Op {
             Op::CopyCollection { .. } => "copy_collection",
             Op::SanitizeStrings { .. } => "sanitize_strings",
             Op::Command { .. } => "command",
+            Op::Appwrite(a) => a.kind(),
         }
     }
 
@@ -296,6 +301,7 @@ impl Op {
             Op::CopyCollection { to, .. } => Some(to),
             Op::CreateIndex(s) => Some(&s.collection),
             Op::Command { .. } => None,
+            Op::Appwrite(a) => Some(a.table()),
         }
     }
 
@@ -306,6 +312,9 @@ impl Op {
 
     /// Whether the operation may run inside a multi-document transaction.
     pub fn transactional(&self) -> bool {
+        if let Op::Appwrite(a) = self {
+            return a.row_operation();
+        }
         !matches!(
             self,
             Op::CreateIndex(_)
@@ -1376,6 +1385,11 @@ fn parse_with(path: &Path, source: &str, seeds: &Seeds) -> Result<Change, FileEr
         ops.iter()
             .enumerate()
             .map(|(i, v)| {
+                if super::appwrite::op::is_appwrite(&v.0) {
+                    return super::appwrite::op::compile(&v.0)
+                        .map(Op::Appwrite)
+                        .map_err(|m| invalid(format!("{side} operation {}: {m}", i + 1)));
+                }
                 serde_json::from_value::<RawOp>(v.0.clone())
                     .map_err(|e| with_culprit(&v.0, &e.to_string()))
                     .and_then(|raw| compile_op(&raw, seeds, &mut read))
@@ -1647,6 +1661,7 @@ keys = ["lastName", "-createdAt"]
     fn the_readme_blocks_parse_and_show_every_operation() {
         let readme = include_str!("../../pipelines/changes/README.md");
         let mut kinds = std::collections::BTreeSet::new();
+        let mut appwrite = std::collections::BTreeSet::new();
         let mut blocks = 0;
         for block in readme.split("```toml\n").skip(1) {
             let text = block.split("```").next().unwrap();
@@ -1656,10 +1671,36 @@ keys = ["lastName", "-createdAt"]
                 .expect("a version");
             let c = parse(&p(&format!("{version}_readme.toml")), text)
                 .unwrap_or_else(|e| panic!("{e}"));
-            kinds.extend(c.up.iter().map(Op::kind));
+            kinds.extend(
+                c.up.iter()
+                    .filter(|op| !matches!(op, Op::Appwrite(_)))
+                    .map(Op::kind),
+            );
+            appwrite.extend(c.up.iter().filter_map(|op| match op {
+                Op::Appwrite(a) => Some(a.kind()),
+                _ => None,
+            }));
             blocks += 1;
         }
-        assert_eq!(blocks, 2);
+        assert_eq!(blocks, 3);
+        assert_eq!(
+            appwrite,
+            [
+                "add_column",
+                "remove_column",
+                "rename_column",
+                "create_index",
+                "drop_index",
+                "create_table",
+                "drop_table",
+                "insert",
+                "set",
+                "unset",
+                "update_references",
+            ]
+            .into_iter()
+            .collect()
+        );
         let all = [
             "add_field",
             "remove_field",

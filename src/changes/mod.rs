@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+pub mod appwrite;
 pub mod file;
 pub mod ops;
 pub mod record;
@@ -90,6 +91,11 @@ pub struct ChangeTarget<'a> {
     pub activity: Option<&'a crate::monitor::Activity>,
 }
 
+/// The ledger of a target, for what reads only the ledger (status, history, ordering).
+struct LedgerOnly<'a> {
+    ledger: &'a Ledger,
+}
+
 /// One change's state, from its file and its ledger record.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeStatus {
@@ -135,6 +141,15 @@ pub async fn status(
     t: &ChangeTarget<'_>,
     files: &[Change],
 ) -> Result<Vec<ChangeStatus>, ChangesError> {
+    status_in(t.ledger, files).await
+}
+
+/// [`status`] from the ledger alone (whatever the target).
+pub async fn status_in(
+    ledger: &Ledger,
+    files: &[Change],
+) -> Result<Vec<ChangeStatus>, ChangesError> {
+    let t = &LedgerOnly { ledger };
     let records: BTreeMap<u64, ChangeRecord> = Records { ledger: t.ledger }
         .all()
         .await?
@@ -294,6 +309,17 @@ pub async fn history(
     skip: usize,
     status: Option<&str>,
 ) -> Result<Vec<HistoryEntry>, ChangesError> {
+    history_in(t.ledger, limit, skip, status).await
+}
+
+/// [`history`] from the ledger alone (whatever the target).
+pub async fn history_in(
+    ledger: &Ledger,
+    limit: usize,
+    skip: usize,
+    status: Option<&str>,
+) -> Result<Vec<HistoryEntry>, ChangesError> {
+    let t = &LedgerOnly { ledger };
     const STATUSES: &[&str] = &[
         APPLIED,
         FAILED,
@@ -466,6 +492,12 @@ async fn refuse_unsettled_collections(
     t: &ChangeTarget<'_>,
     pending: &[&Change],
 ) -> Result<(), ChangesError> {
+    refuse_unsettled_in(t.ledger, pending).await
+}
+
+/// [`refuse_unsettled_collections`] from the ledger alone (whatever the target).
+async fn refuse_unsettled_in(ledger: &Ledger, pending: &[&Change]) -> Result<(), ChangesError> {
+    let t = &LedgerOnly { ledger };
     // The ledger's own collections (runs, steps, the lock, changes, backups) are never a
     // change's: dropping or rewriting them loses how to undo what was applied.
     let prefix = t.ledger.prefix().to_lowercase();
@@ -513,21 +545,61 @@ async fn refuse_unsettled_collections(
         } else {
             continue;
         };
-        let crate::sink::target::Destination::Collection { name } = &s.destination else {
-            continue;
+        // A MongoDB collection, or an Appwrite stage's tables (its own and its child tables).
+        let names: Vec<&String> = match &s.destination {
+            crate::sink::target::Destination::Collection { name } => vec![name],
+            crate::sink::target::Destination::Tables { names } => names.iter().collect(),
+            crate::sink::target::Destination::Storage { tables, .. } => tables.iter().collect(),
+            _ => continue,
         };
         for c in pending {
-            let writes = match touched(c) {
-                Some(cols) => cols.contains(name),
+            let Some(name) = names.iter().find(|n| match touched(c) {
+                Some(cols) => cols.contains(n.as_str()),
                 None => true,
+            }) else {
+                continue;
             };
-            if writes {
+            refusals.push(format!(
+                "change {} ({}) writes {name}, which {why} (entity {}, run {})",
+                c.version,
+                c.path.display(),
+                s.entity,
+                s.run_id
+            ));
+        }
+    }
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(ChangesError::Refused(refusals.join("\n")))
+    }
+}
+
+/// Refuses, naming them, the operations of `pending` written for the other kind of target: an
+/// Appwrite operation (one naming a `table`) on MongoDB, or a MongoDB one on Appwrite.
+fn refuse_other_target(pending: &[&Change], appwrite: bool) -> Result<(), ChangesError> {
+    let mut refusals = Vec::new();
+    for c in pending {
+        let sides = [("up", Some(&c.up)), ("down", c.down.as_ref())];
+        for (side, ops) in sides {
+            for (i, op) in ops.into_iter().flatten().enumerate() {
+                let theirs = matches!(op, Op::Appwrite(_));
+                if theirs == appwrite {
+                    continue;
+                }
+                let (on, target, other) = if appwrite {
+                    ("collection", "Appwrite", "MongoDB")
+                } else {
+                    ("table", "MongoDB", "Appwrite")
+                };
                 refusals.push(format!(
-                    "change {} ({}) writes {name}, which {why} (entity {}, run {})",
+                    "change {} ({}): {side} operation {} (`{}` on {on} {}) is a {other} operation and the target is {target}: run it with `--target {}`, or write it with the {target} operations (pipelines/changes/README.md)",
                     c.version,
-                    c.path.display(),
-                    s.entity,
-                    s.run_id
+                    c.file_name(),
+                    i + 1,
+                    op.kind(),
+                    op.collection().unwrap_or("-"),
+                    other.to_lowercase()
                 ));
             }
         }
@@ -629,6 +701,7 @@ pub async fn up(
     if opts.dry_run {
         let states = status(t, files).await?;
         let pending = select_pending(&states, files, opts)?;
+        refuse_other_target(&pending, false)?;
         refuse_unsettled_collections(t, &pending).await?;
         return preview_all(t, &pending).await;
     }
@@ -644,6 +717,7 @@ pub async fn up(
         sweep_backups(t).await?;
         let states = status(t, files).await?;
         let pending = select_pending(&states, files, opts)?;
+        refuse_other_target(&pending, false)?;
         refuse_unsettled_collections(t, &pending).await?;
         if pending.is_empty() {
             return Ok(UpReport {

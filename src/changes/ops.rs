@@ -23,6 +23,15 @@ pub enum OpError {
     Refused(String),
 }
 
+/// Why an Appwrite operation does not run on MongoDB.
+pub fn appwrite_only(a: &super::file::AwOp) -> OpError {
+    OpError::Refused(format!(
+        "`{}` on table {} is an Appwrite operation: run it with `--target appwrite`",
+        a.kind(),
+        a.table()
+    ))
+}
+
 impl From<mongodb::error::Error> for OpError {
     fn from(e: mongodb::error::Error) -> OpError {
         OpError::Mongo(e)
@@ -703,6 +712,9 @@ impl Exec<'_> {
         op: &Op,
         out: &mut OpOutcome,
     ) -> Result<(), OpError> {
+        if let Op::Appwrite(a) = op {
+            return Err(appwrite_only(a));
+        }
         // A dotted path through an array of documents: the update pipeline would set the
         // whole path in every element (three elements become three copies of one array).
         if let Op::UpdateReferences {
@@ -1060,6 +1072,7 @@ impl Exec<'_> {
                     .await?;
                 out.inserted = self.coll(to).count_documents(doc! {}).await?;
             }
+            Op::Appwrite(a) => return Err(appwrite_only(a)),
             _ => unreachable!("rewrites are handled above"),
         }
         Ok(())
@@ -1556,6 +1569,7 @@ impl Exec<'_> {
                     })
                     .await?;
             }
+            Op::Appwrite(a) => return Err(appwrite_only(a)),
             _ => unreachable!("rewrites are handled above"),
         }
         Ok(done)
@@ -1950,6 +1964,7 @@ impl Exec<'_> {
                     ),
                 )
             }
+            Op::Appwrite(a) => return Err(appwrite_only(a)),
             _ => unreachable!("rewrites are handled above"),
         })
     }

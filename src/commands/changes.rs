@@ -19,7 +19,7 @@ fn changes_dir(cli: &Cli, dir: &Option<PathBuf>) -> Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from("pipelines/changes")))
 }
 
-/// The change files and the MongoDB target with its ledger.
+/// The change files and the target with its ledger.
 async fn open(
     cli: &Cli,
     args: &ChangesTargetArgs,
@@ -36,18 +36,27 @@ async fn open_target(
     cli: &Cli,
     args: &ChangesTargetArgs,
 ) -> Result<(Target, crate::ledger::Ledger)> {
+    let kind = match args.target {
+        crate::cli::ChangesTarget::Mongodb => crate::config::TargetKind::Mongodb,
+        crate::cli::ChangesTarget::Appwrite => crate::config::TargetKind::Appwrite,
+    };
     let target = TargetArgs {
-        target: Some(crate::config::TargetKind::Mongodb),
+        target: Some(kind),
         database: args.database.clone(),
     };
     let (_cfg, t, ledger) = super::shared::open_ledger(cli, &target).await?;
     Ok((t, ledger))
 }
 
-fn mongo_db(t: &Target) -> Result<&mongodb::Database> {
-    match t {
-        Target::Mongo(m) => Ok(m.database()),
-        Target::Appwrite(_) => anyhow::bail!("changes support the MongoDB target only"),
+/// An Appwrite target as the changes see it.
+fn appwrite_target<'a>(
+    a: &'a crate::sink::target::AppwriteTarget,
+    ledger: &'a crate::ledger::Ledger,
+) -> changes::appwrite::AppwriteTarget<'a> {
+    changes::appwrite::AppwriteTarget {
+        client: &a.client,
+        db: &a.database,
+        ledger,
     }
 }
 
@@ -101,18 +110,25 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             let (files, t, ledger) = open(cli, &args.target).await?;
             let activity = std::sync::Arc::new(crate::monitor::Activity::default());
             let spinner = crate::monitor::watch(activity.clone(), false);
-            let target = ChangeTarget {
-                db: mongo_db(&t)?,
-                ledger: &ledger,
-                activity: Some(&activity),
-            };
             let opts = UpOptions {
                 to: args.to,
                 dry_run: args.dry_run,
                 allow_out_of_order: args.allow_out_of_order,
                 continue_on_error: args.continue_on_error,
             };
-            let report = changes::up(&target, &files, &opts).await;
+            let report = match &t {
+                Target::Mongo(m) => {
+                    let target = ChangeTarget {
+                        db: m.database(),
+                        ledger: &ledger,
+                        activity: Some(&activity),
+                    };
+                    changes::up(&target, &files, &opts).await
+                }
+                Target::Appwrite(a) => {
+                    changes::appwrite::up(&appwrite_target(a, &ledger), &files, &opts).await
+                }
+            };
             spinner.finish_and_clear();
             let report = report?;
             if !args.json {
@@ -169,18 +185,30 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             let (t, ledger) = open_target(cli, &args.target).await?;
             let activity = std::sync::Arc::new(crate::monitor::Activity::default());
             let spinner = crate::monitor::watch(activity.clone(), false);
-            let target = ChangeTarget {
-                db: mongo_db(&t)?,
-                ledger: &ledger,
-                activity: Some(&activity),
-            };
             let which = match (args.version, args.steps, args.to) {
                 (Some(v), _, _) => DownTarget::Version(v),
                 (None, _, Some(v)) => DownTarget::To(v),
                 (None, Some(n), None) => DownTarget::Steps(n),
                 (None, None, None) => DownTarget::Steps(1),
             };
-            let done = changes::down_with(&target, which, args.continue_on_error).await;
+            let done = match &t {
+                Target::Mongo(m) => {
+                    let target = ChangeTarget {
+                        db: m.database(),
+                        ledger: &ledger,
+                        activity: Some(&activity),
+                    };
+                    changes::down_with(&target, which, args.continue_on_error).await
+                }
+                Target::Appwrite(a) => {
+                    changes::appwrite::down_with(
+                        &appwrite_target(a, &ledger),
+                        which,
+                        args.continue_on_error,
+                    )
+                    .await
+                }
+            };
             spinner.finish_and_clear();
             let report = done?;
             let outcome = if report.failed.is_empty() {
@@ -231,14 +259,9 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
             Ok(outcome)
         }
         ChangesCommand::History(args) => {
-            let (t, ledger) = open_target(cli, &args.target).await?;
-            let target = ChangeTarget {
-                db: mongo_db(&t)?,
-                ledger: &ledger,
-                activity: None,
-            };
+            let (_t, ledger) = open_target(cli, &args.target).await?;
             let entries =
-                changes::history(&target, args.limit, args.skip, args.status.as_deref()).await?;
+                changes::history_in(&ledger, args.limit, args.skip, args.status.as_deref()).await?;
             if args.json {
                 crate::outln!("{}", serde_json::to_string_pretty(&entries)?);
                 return Ok(Outcome::Success);
@@ -282,13 +305,8 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
         }
         ChangesCommand::Status(args) | ChangesCommand::List(args) => {
             let list = matches!(cmd, ChangesCommand::List(_));
-            let (files, t, ledger) = open(cli, &args.target).await?;
-            let target = ChangeTarget {
-                db: mongo_db(&t)?,
-                ledger: &ledger,
-                activity: None,
-            };
-            let states = changes::status(&target, &files).await?;
+            let (files, _t, ledger) = open(cli, &args.target).await?;
+            let states = changes::status_in(&ledger, &files).await?;
             let holder = ledger.lock_holder().await?;
             if args.json {
                 let v = if list {

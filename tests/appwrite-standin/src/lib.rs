@@ -254,16 +254,19 @@ pub fn router(s: Shared) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/tablesdb", post(create_database).get(list_databases))
         // Static before `{db}`: `transactions` is the spec's route, not a database id.
-        .route("/v1/tablesdb/transactions", get(list_transactions))
+        .route(
+            "/v1/tablesdb/transactions",
+            get(list_transactions).post(create_transaction),
+        )
         .route(
             "/v1/tablesdb/transactions/{transaction}",
-            get(transaction_not_found)
-                .patch(transaction_not_found)
-                .delete(transaction_not_found),
+            get(get_transaction)
+                .patch(finish_transaction)
+                .delete(delete_transaction),
         )
         .route(
             "/v1/tablesdb/transactions/{transaction}/operations",
-            post(transaction_not_found),
+            post(stage_operations),
         )
         .route("/v1/tablesdb/{db}", get(get_database))
         .route(
@@ -277,7 +280,12 @@ pub fn router(s: Shared) -> Router {
         // POST .../columns/{type} creates; GET .../columns/{key} reads (one segment, two meanings).
         .route(
             "/v1/tablesdb/{db}/tables/{table}/columns/{kind_or_key}",
-            post(create_column).get(get_column),
+            post(create_column).get(get_column).delete(delete_column),
+        )
+        // PATCH .../columns/{type}/{key} updates a column (renames it with `newKey`).
+        .route(
+            "/v1/tablesdb/{db}/tables/{table}/columns/{kind}/{key}",
+            axum::routing::patch(update_column),
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/columns",
@@ -289,7 +297,7 @@ pub fn router(s: Shared) -> Router {
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/indexes/{key}",
-            get(get_index),
+            get(get_index).delete(delete_index),
         )
         .route(
             "/v1/tablesdb/{db}/tables/{table}/rows",
@@ -468,11 +476,75 @@ async fn list_tables(
     ok(200, s.list_tables(&db, list_query(raw)?)?)
 }
 
-/// `GET /tablesdb/transactions`: the stand-in never holds a transaction (it does not serve their
-/// creation), so the list is empty (`transactionList`, `total` 0); its queries are still parsed.
-async fn list_transactions(RawQuery(raw): RawQuery) -> ApiResult {
+/// `GET /tablesdb/transactions`: the transactions (`transactionList`); its queries are parsed.
+async fn list_transactions(State(s): State<Shared>, RawQuery(raw): RawQuery) -> ApiResult {
     queries(raw)?;
-    ok(200, json!({ "total": 0, "transactions": [] }))
+    let all = s.transactions();
+    ok(200, json!({ "total": all.len(), "transactions": all }))
+}
+
+/// `POST /tablesdb/transactions {ttl}` (ttl 60 to 3600 s, 300 by default).
+async fn create_transaction(State(s): State<Shared>, body: Option<axum::Json<Value>>) -> ApiResult {
+    let ttl = body
+        .as_ref()
+        .and_then(|b| b.get("ttl"))
+        .and_then(Value::as_u64)
+        .unwrap_or(300);
+    ok(201, s.create_transaction(ttl)?)
+}
+
+async fn get_transaction(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    ok(200, s.get_transaction(&id)?)
+}
+
+/// `PATCH /tablesdb/transactions/{id} {commit: true}` or `{rollback: true}`.
+async fn finish_transaction(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    body: Option<axum::Json<Value>>,
+) -> ApiResult {
+    // An unknown transaction is 404 whatever the body.
+    s.get_transaction(&id)?;
+    let body = body.map(|b| b.0).unwrap_or(json!({}));
+    let commit = body.get("commit").and_then(Value::as_bool).unwrap_or(false);
+    let rollback = body
+        .get("rollback")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if commit == rollback {
+        return Err(ApiError::new(
+            400,
+            "general_argument_invalid",
+            "Either commit or rollback must be true.",
+        ));
+    }
+    ok(200, s.finish_transaction(&id, commit)?)
+}
+
+async fn delete_transaction(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    s.delete_transaction(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /tablesdb/transactions/{id}/operations {operations: […]}` (201, the transaction).
+async fn stage_operations(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    body: Option<axum::Json<Value>>,
+) -> ApiResult {
+    s.get_transaction(&id)?;
+    let body = body.map(|b| b.0).unwrap_or(json!({}));
+    let ops = body
+        .get("operations")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Param \"operations\" is not optional.",
+            )
+        })?;
+    ok(201, s.stage_operations(&id, ops)?)
 }
 
 /// A transaction by id (get, commit or roll back, delete, stage operations): none exists here.
@@ -685,6 +757,34 @@ async fn get_column(
     Path((db, table, key)): Path<(String, String, String)>,
 ) -> ApiResult {
     ok(200, s.get_column(&db, &table, &key)?)
+}
+
+/// `DELETE …/columns/{key}` (204).
+async fn delete_column(
+    State(s): State<Shared>,
+    Path((db, table, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    s.delete_column(&db, &table, &key)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PATCH …/columns/{type}/{key}` (200, the column).
+async fn update_column(
+    State(s): State<Shared>,
+    Path((db, table, kind, key)): Path<(String, String, String, String)>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    body_obj(&body)?;
+    ok(200, s.update_column(&db, &table, &kind, &key, &body)?)
+}
+
+/// `DELETE …/indexes/{key}` (204).
+async fn delete_index(
+    State(s): State<Shared>,
+    Path((db, table, key)): Path<(String, String, String)>,
+) -> ApiResult {
+    s.delete_index(&db, &table, &key)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn create_index(

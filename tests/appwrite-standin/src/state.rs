@@ -31,7 +31,7 @@ impl Faults {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Column {
     key: String,
     kind: String,
@@ -40,7 +40,7 @@ struct Column {
     created_at: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Index {
     key: String,
     kind: String,
@@ -51,7 +51,7 @@ struct Index {
     created_at: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Table {
     id: String,
     name: String,
@@ -65,7 +65,7 @@ struct Table {
     row_security: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Database {
     id: String,
     name: String,
@@ -86,6 +86,8 @@ struct Data {
     /// The most chunked uploads ever in progress at once (some chunks in, not all), over every
     /// bucket: what shows a client uploading files side by side.
     files_in_progress_max: u64,
+    /// TablesDB transactions by id: their model and their staged operations.
+    transactions: BTreeMap<String, (Value, Vec<Value>)>,
 }
 
 /// A fault of the writes of one row id (in any table) or one user id: every request writing it
@@ -1562,6 +1564,364 @@ impl StandIn {
             })
     }
 
+    /// `DELETE …/columns/{key}`: removes a column and its values from every row; the indexes
+    /// lose it (an index left without columns goes).
+    pub fn delete_column(&self, db: &str, table: &str, key: &str) -> Result<(), ApiError> {
+        self.with_table(db, table, |t| {
+            let Some(at) = t.columns.iter().position(|c| c.key == key) else {
+                return Err(ApiError::new(
+                    404,
+                    "column_not_found",
+                    "Column with the requested ID could not be found.",
+                ));
+            };
+            t.columns.remove(at);
+            for row in t.rows.values_mut() {
+                if let Some(o) = row.as_object_mut() {
+                    o.remove(key);
+                }
+            }
+            for i in &mut t.indexes {
+                if let Some(p) = i.columns.iter().position(|c| c == key) {
+                    i.columns.remove(p);
+                    if p < i.orders.len() {
+                        i.orders.remove(p);
+                    }
+                    if p < i.lengths.len() {
+                        i.lengths.remove(p);
+                    }
+                }
+            }
+            t.indexes.retain(|i| !i.columns.is_empty());
+            Ok(())
+        })
+    }
+
+    /// `PATCH …/columns/{type}/{key}`: updates a column of that type (`required` and `default`
+    /// are required parameters; `size`, `elements`, `min`, `max` optional), renaming it when
+    /// `newKey` is given (in every row and index too).
+    pub fn update_column(
+        &self,
+        db: &str,
+        table: &str,
+        kind: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<Value, ApiError> {
+        if !COLUMN_KINDS.contains(&kind) {
+            return Err(ApiError::new(
+                404,
+                "general_route_not_found",
+                "The requested route was not found.",
+            ));
+        }
+        for p in ["required", "default"] {
+            if body.get(p).is_none() {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    format!("Param \"{p}\" is not optional."),
+                ));
+            }
+        }
+        let required = body["required"].as_bool().ok_or_else(|| {
+            ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Invalid `required` param: Value must be a valid boolean",
+            )
+        })?;
+        if required && !body["default"].is_null() {
+            return Err(ApiError::new(
+                400,
+                "column_default_unsupported",
+                "Cannot set default value for required column",
+            ));
+        }
+        let new_key = match body.get("newKey") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(k)) => Some(check_id(k)?),
+            Some(_) => {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Invalid `newKey` param: Value must be a valid string",
+                ));
+            }
+        };
+        let final_key = self.with_table(db, table, |t| {
+            let Some(at) = t.columns.iter().position(|c| c.key == key) else {
+                return Err(ApiError::new(
+                    404,
+                    "column_not_found",
+                    "Column with the requested ID could not be found.",
+                ));
+            };
+            if t.columns[at].kind != kind {
+                return Err(ApiError::new(
+                    400,
+                    "column_type_invalid",
+                    format!("Column {key} is not of type {kind}"),
+                ));
+            }
+            if let Some(k) = &new_key
+                && k != key
+                && t.columns.iter().any(|c| &c.key == k)
+            {
+                return Err(ApiError::new(
+                    409,
+                    "column_already_exists",
+                    "Column with the requested key already exists.",
+                ));
+            }
+            let c = &mut t.columns[at];
+            c.body["required"] = json!(required);
+            c.body["default"] = body["default"].clone();
+            for p in ["size", "elements", "min", "max"] {
+                if let Some(v) = body.get(p).filter(|v| !v.is_null()) {
+                    c.body[p] = v.clone();
+                }
+            }
+            let Some(new_key) = new_key.filter(|k| k != key) else {
+                return Ok(key.to_string());
+            };
+            c.key = new_key.clone();
+            c.body["key"] = json!(new_key);
+            for row in t.rows.values_mut() {
+                if let Some(o) = row.as_object_mut()
+                    && let Some(v) = o.remove(key)
+                {
+                    o.insert(new_key.clone(), v);
+                }
+            }
+            for i in &mut t.indexes {
+                for c in &mut i.columns {
+                    if c == key {
+                        *c = new_key.clone();
+                    }
+                }
+            }
+            Ok(new_key)
+        })?;
+        self.get_column(db, table, &final_key)
+    }
+
+    /// `DELETE …/indexes/{key}`.
+    pub fn delete_index(&self, db: &str, table: &str, key: &str) -> Result<(), ApiError> {
+        self.with_table(db, table, |t| {
+            let before = t.indexes.len();
+            t.indexes.retain(|i| i.key != key);
+            if t.indexes.len() == before {
+                return Err(ApiError::new(404, "index_not_found", "Index not found"));
+            }
+            Ok(())
+        })
+    }
+
+    /// `POST /tablesdb/transactions {ttl}`: a pending transaction (201).
+    pub fn create_transaction(&self, ttl: u64) -> Result<Value, ApiError> {
+        if !(60..=3600).contains(&ttl) {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Invalid `ttl` param: Value must be a valid range between 60 and 3,600",
+            ));
+        }
+        let id = format!("{:x}", fastrand::u64(..));
+        let stamp = now();
+        let expires = (chrono::Utc::now() + chrono::Duration::seconds(ttl as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+        let t = json!({
+            "$id": id, "$createdAt": stamp, "$updatedAt": stamp, "status": "pending",
+            "operations": 0, "expiresAt": expires,
+        });
+        self.lock().transactions.insert(id, (t.clone(), Vec::new()));
+        Ok(t)
+    }
+
+    fn transaction_not_found() -> ApiError {
+        ApiError::new(
+            404,
+            "transaction_not_found",
+            "Transaction with the requested ID could not be found.",
+        )
+    }
+
+    pub fn get_transaction(&self, id: &str) -> Result<Value, ApiError> {
+        self.lock()
+            .transactions
+            .get(id)
+            .map(|(t, _)| t.clone())
+            .ok_or_else(Self::transaction_not_found)
+    }
+
+    /// Every transaction's model, in id order.
+    pub fn transactions(&self) -> Vec<Value> {
+        self.lock()
+            .transactions
+            .values()
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    pub fn delete_transaction(&self, id: &str) -> Result<(), ApiError> {
+        self.lock()
+            .transactions
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(Self::transaction_not_found)
+    }
+
+    /// `POST /tablesdb/transactions/{id}/operations {operations}`: stages row operations
+    /// (`action` create, update, upsert or delete, with `databaseId`, `tableId`, `rowId`,
+    /// `data`) in a pending transaction.
+    pub fn stage_operations(&self, id: &str, operations: &[Value]) -> Result<Value, ApiError> {
+        for op in operations {
+            let action = op["action"].as_str().unwrap_or("");
+            let named = ["databaseId", "tableId", "rowId"]
+                .iter()
+                .all(|k| op[*k].as_str().is_some_and(|v| !v.is_empty()));
+            if !["create", "update", "upsert", "delete"].contains(&action) || !named {
+                return Err(ApiError::new(
+                    400,
+                    "general_argument_invalid",
+                    "Invalid `operations` param: each needs an action (create, update, upsert, delete), databaseId, tableId and rowId",
+                ));
+            }
+        }
+        let mut data = self.lock();
+        let (t, staged) = data
+            .transactions
+            .get_mut(id)
+            .ok_or_else(Self::transaction_not_found)?;
+        if t["status"] != "pending" {
+            return Err(ApiError::new(
+                400,
+                "transaction_not_ready",
+                "The transaction is not pending.",
+            ));
+        }
+        staged.extend(operations.iter().cloned());
+        t["operations"] = json!(staged.len());
+        t["$updatedAt"] = json!(now());
+        Ok(t.clone())
+    }
+
+    /// `PATCH /tablesdb/transactions/{id} {commit | rollback}`: a commit applies every staged
+    /// operation or, when one fails, none (the transaction is then `failed` and the error
+    /// answered); a rollback drops them.
+    pub fn finish_transaction(&self, id: &str, commit: bool) -> Result<Value, ApiError> {
+        // A fault on one of its rows fails the commit (checked before the data is locked).
+        if commit {
+            let staged = self
+                .lock()
+                .transactions
+                .get(id)
+                .map(|(_, ops)| ops.clone())
+                .unwrap_or_default();
+            let ids = staged.iter().filter_map(|op| op["rowId"].as_str());
+            if let Err(e) = self.row_fault_hit(ids) {
+                if let Some((t, _)) = self.lock().transactions.get_mut(id) {
+                    t["status"] = json!("failed");
+                }
+                return Err(e);
+            }
+        }
+        let mut data = self.lock();
+        let Some((t, staged)) = data.transactions.get(id).cloned() else {
+            return Err(Self::transaction_not_found());
+        };
+        if t["status"] != "pending" {
+            return Err(ApiError::new(
+                400,
+                "transaction_not_ready",
+                "The transaction is not pending.",
+            ));
+        }
+        let status = if commit {
+            let before = data.databases.clone();
+            match self.apply_staged(&mut data, &staged) {
+                Ok(()) => "committed",
+                Err(e) => {
+                    data.databases = before;
+                    if let Some((t, _)) = data.transactions.get_mut(id) {
+                        t["status"] = json!("failed");
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            "rolled_back"
+        };
+        let (t, _) = data
+            .transactions
+            .get_mut(id)
+            .ok_or_else(Self::transaction_not_found)?;
+        t["status"] = json!(status);
+        t["$updatedAt"] = json!(now());
+        Ok(t.clone())
+    }
+
+    fn apply_staged(&self, data: &mut Data, staged: &[Value]) -> Result<(), ApiError> {
+        for op in staged {
+            let (db, table, row) = (
+                op["databaseId"].as_str().unwrap_or(""),
+                op["tableId"].as_str().unwrap_or(""),
+                op["rowId"].as_str().unwrap_or(""),
+            );
+            let t = data
+                .databases
+                .get_mut(db)
+                .ok_or_else(|| ApiError::new(404, "database_not_found", "Database not found"))?
+                .tables
+                .get_mut(table)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "table_not_found",
+                        "Table with the requested ID could not be found.",
+                    )
+                })?;
+            let given = op.get("data").cloned().unwrap_or(json!({}));
+            match op["action"].as_str().unwrap_or("") {
+                "delete" => {
+                    t.rows.remove(&uid(row)).ok_or_else(|| {
+                        ApiError::new(
+                            404,
+                            "row_not_found",
+                            "Row with the requested ID could not be found.",
+                        )
+                    })?;
+                }
+                "update" => {
+                    let Some(existing) = t.rows.get(&uid(row)) else {
+                        return Err(ApiError::new(
+                            404,
+                            "row_not_found",
+                            "Row with the requested ID could not be found.",
+                        ));
+                    };
+                    let mut merged = existing.clone();
+                    if let Some(o) = merged.as_object_mut() {
+                        o.retain(|k, _| !k.starts_with('$'));
+                        for (k, v) in given.as_object().into_iter().flatten() {
+                            if !k.starts_with('$') {
+                                o.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                    self.check_data(t, &merged)?;
+                    Self::put_row(t, db, row, &merged, true)?;
+                }
+                action => {
+                    self.check_data(t, &given)?;
+                    Self::put_row(t, db, row, &given, action == "upsert")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How many rows a table holds (for tests).
     pub fn row_count(&self, db: &str, table: &str) -> usize {
         self.with_table(db, table, |t| Ok(t.rows.len()))
@@ -1680,6 +2040,8 @@ fn filter(
     // (id, before: cursorBefore rather than cursorAfter)
     let mut cursor: Option<(String, bool)> = None;
     let mut equals: Vec<(String, Vec<Value>)> = Vec::new();
+    // (attribute, method, values) of the filters other than `equal`
+    let mut filters: Vec<(String, String, Vec<Value>)> = Vec::new();
     // (attribute, descending)
     let mut orders: Vec<(String, bool)> = Vec::new();
     for q in queries {
@@ -1694,6 +2056,18 @@ fn filter(
                     .map(|id| (uid(id), method == "cursorBefore"));
             }
             "equal" => equals.push((q["attribute"].as_str().unwrap_or("").to_string(), values)),
+            // The other filters the spec lists, on a row's column (a missing one is null).
+            "notEqual" | "lessThan" | "lessThanEqual" | "greaterThan" | "greaterThanEqual"
+            | "between" | "isNull" | "isNotNull" | "startsWith" | "endsWith" | "contains" => {
+                let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
+                    return Err(ApiError::new(
+                        400,
+                        "general_query_invalid",
+                        format!("Invalid query: {method} needs an attribute"),
+                    ));
+                };
+                filters.push((attribute.to_string(), method.to_string(), values));
+            }
             "orderAsc" | "orderDesc" => {
                 let Some(attribute) = q["attribute"].as_str().filter(|a| !a.is_empty()) else {
                     return Err(ApiError::new(
@@ -1735,7 +2109,9 @@ fn filter(
         equals.iter().all(|(a, texts, others)| match &v[*a] {
             Value::String(s) => texts.contains(s.as_str()),
             x => others.contains(&x),
-        })
+        }) && filters
+            .iter()
+            .all(|(a, method, values)| passes(method, &v[a.as_str()], values))
     };
     let total = if count {
         items.values().filter(|v| matches(v)).take(5000).count()
@@ -2054,6 +2430,13 @@ fn passes(method: &str, value: &Value, values: &[Value]) -> bool {
             _ => false,
         },
         "startsWith" => text(|s, x| s.starts_with(x)),
+        // An array holding one of the values, or a string holding one of them.
+        "contains" => match value {
+            Value::String(s) => values
+                .iter()
+                .any(|x| x.as_str().is_some_and(|x| s.contains(x))),
+            _ => any(&|v| values.contains(v)),
+        },
         "endsWith" => text(|s, x| s.ends_with(x)),
         _ => false,
     }

@@ -1,0 +1,797 @@
+//! Changes on an Appwrite target: `changes up` and `down` with the operations of [`op`] run by
+//! [`exec`]. What does not depend on the target is [`crate::changes`]'s own and shared: the
+//! ledger records ([`crate::changes::record`]), the lock, the states, ordering and refusals
+//! ([`crate::changes::status_in`]), the choice of what `down` reverses, the history. Only the
+//! execution of the operations, their backups and the recovery of a change a dead process left
+//! half done differ (MongoDB sessions and commit markers have no counterpart here).
+//!
+//! With `transaction = true` (row operations only: the file is refused at load otherwise) the
+//! change's row operations are staged in one TablesDB transaction and committed together; a
+//! failure rolls it back and nothing is written. Its `down` runs the inverses without one (each
+//! puts back only rows still as the change left them).
+
+pub mod exec;
+pub mod op;
+
+use std::time::Instant;
+
+use bson::Bson;
+
+use super::file::{Change, Op};
+use super::ops::OpOutcome;
+use super::record::{
+    APPLIED, FAILED, Finished, HistoryEntry, RESTORE_FAILED, REVERSING, ROLLED_BACK, RUNNING,
+    Records,
+};
+use super::{
+    AppliedChange, ChangeRecord, ChangesError, DownReport, DownTarget, NotReversed, Reversed,
+    UpOptions, UpReport,
+};
+use crate::ledger::Ledger;
+use crate::ledger::lock::DEFAULT_TTL;
+use crate::sink::appwrite::AppwriteClient;
+use exec::{AwError, AwExec};
+use op::AwOp;
+
+/// An Appwrite database and the ledger kept in it.
+pub struct AppwriteTarget<'a> {
+    pub client: &'a AppwriteClient,
+    /// The database id.
+    pub db: &'a str,
+    pub ledger: &'a Ledger,
+}
+
+impl From<AwError> for ChangesError {
+    fn from(e: AwError) -> ChangesError {
+        ChangesError::Refused(e.to_string())
+    }
+}
+
+/// The backup table of one application of a change (table ids hold at most 36 characters).
+fn backup_table(version: u64, run_id: &str) -> String {
+    let h = crate::sink::appwrite::rows::row_id(&Bson::String(format!(
+        "change\u{0}{version}\u{0}{run_id}"
+    )));
+    format!("chbk_{}", &h[h.len().saturating_sub(20)..])
+}
+
+fn exec<'a>(t: &'a AppwriteTarget<'a>, backup: &'a str) -> AwExec<'a> {
+    AwExec {
+        client: t.client,
+        db: t.db,
+        store: t.ledger.store(),
+        backup,
+    }
+}
+
+/// The Appwrite operation of `op` (the plan refused the others before).
+fn aw(op: &Op) -> Result<&AwOp, String> {
+    match op {
+        Op::Appwrite(a) => Ok(a),
+        other => Err(format!(
+            "`{}` is a MongoDB operation: the target is Appwrite",
+            other.kind()
+        )),
+    }
+}
+
+/// Refuses changes that write a backup table (a change's, `chbk_…`, or a run's, `bk_…`): they
+/// hold what undoing needs.
+fn refuse_backup_tables(pending: &[&Change]) -> Result<(), ChangesError> {
+    for c in pending {
+        for op in c.up.iter().chain(c.down.iter().flatten()) {
+            let table = op.collection().unwrap_or_default();
+            if table.starts_with("chbk_") || table.starts_with("bk_") {
+                return Err(ChangesError::Refused(format!(
+                    "change {} ({}) writes `{table}`, a backup table: a change may not touch it (it holds what undoing a change or a run needs)",
+                    c.version,
+                    c.file_name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn plan<'c>(
+    t: &AppwriteTarget<'_>,
+    files: &'c [Change],
+    opts: &UpOptions,
+) -> Result<Vec<&'c Change>, ChangesError> {
+    let states = super::status_in(t.ledger, files).await?;
+    let pending = super::select_pending(&states, files, opts)?;
+    super::refuse_other_target(&pending, true)?;
+    refuse_backup_tables(&pending)?;
+    super::refuse_unsettled_in(t.ledger, &pending).await?;
+    Ok(pending)
+}
+
+/// Deletes the changes' backup tables no record keeps (the record of a change rolled back or
+/// failed, or none: its process died after creating it and before recording it).
+async fn sweep_backups(t: &AppwriteTarget<'_>) -> Result<(), ChangesError> {
+    let kept: std::collections::BTreeSet<String> = Records { ledger: t.ledger }
+        .all()
+        .await?
+        .into_iter()
+        .filter(|r| r.status != ROLLED_BACK && r.status != FAILED)
+        .filter_map(|r| r.backup)
+        .collect();
+    let mut stale = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = vec![serde_json::json!({ "method": "limit", "values": [100] })];
+        if let Some(a) = &after {
+            q.push(serde_json::json!({ "method": "cursorAfter", "values": [a] }));
+        }
+        let v = t
+            .client
+            .call(
+                reqwest::Method::GET,
+                &format!(
+                    "/tablesdb/{}/tables?{}",
+                    t.db,
+                    crate::sink::appwrite::tables::query_string(&q)
+                ),
+                None,
+            )
+            .await
+            .map_err(AwError::from)?;
+        let tables = v["tables"].as_array().cloned().unwrap_or_default();
+        after = tables
+            .last()
+            .and_then(|x| x["$id"].as_str())
+            .map(str::to_string);
+        for id in tables.iter().filter_map(|x| x["$id"].as_str()) {
+            if id.starts_with("chbk_") && !kept.contains(id) {
+                stale.push(id.to_string());
+            }
+        }
+        if tables.len() < 100 || after.is_none() {
+            break;
+        }
+    }
+    for id in stale {
+        exec(t, &id).drop_backup().await?;
+    }
+    Ok(())
+}
+
+/// `changes up --target appwrite`: as [`crate::changes::up`].
+pub async fn up(
+    t: &AppwriteTarget<'_>,
+    files: &[Change],
+    opts: &UpOptions,
+) -> Result<UpReport, ChangesError> {
+    if opts.dry_run {
+        let pending = plan(t, files, opts).await?;
+        let x = exec(t, "");
+        let mut changes = Vec::new();
+        for c in pending {
+            let mut preview = Vec::new();
+            for op in &c.up {
+                preview.push(x.preview(aw(op).map_err(ChangesError::Refused)?).await?);
+            }
+            changes.push(AppliedChange {
+                version: c.version,
+                name: c.name.clone(),
+                status: "would apply".into(),
+                duration_ms: 0,
+                matched: 0,
+                modified: 0,
+                inserted: 0,
+                deleted: 0,
+                error: None,
+                preview,
+            });
+        }
+        return Ok(UpReport {
+            batch: None,
+            dry_run: true,
+            changes,
+            recovered: Vec::new(),
+        });
+    }
+    let run_id = super::new_run_id();
+    let lock = t
+        .ledger
+        .acquire_lock(&run_id, "changes up", DEFAULT_TTL)
+        .await?;
+    let fence = lock.fence();
+    let result = async {
+        let recovered = settle_transactions(t, &run_id).await?;
+        sweep_backups(t).await?;
+        let pending = plan(t, files, opts).await?;
+        if pending.is_empty() {
+            return Ok(UpReport {
+                batch: None,
+                dry_run: false,
+                changes: Vec::new(),
+                recovered,
+            });
+        }
+        let records = Records { ledger: t.ledger };
+        let batch = records.next_batch().await?;
+        let mut changes = Vec::new();
+        for c in pending {
+            fence
+                .check()
+                .await
+                .map_err(|e| ChangesError::Refused(e.to_string()))?;
+            let backup = backup_table(c.version, &run_id);
+            let mut line = HistoryEntry::new("up", c.version, &c.name, RUNNING, &run_id);
+            line.batch = Some(batch);
+            records.log(&line).await?;
+            records.start(c, batch, &backup, &run_id).await?;
+            let started = Instant::now();
+            let result = apply_one(&exec(t, &backup), &records, c).await;
+            let duration_ms = started.elapsed().as_millis() as u64;
+            if let Err(e) = fence.check().await {
+                return Err(ChangesError::Refused(format!(
+                    "change {} ({}): {e}; it is left interrupted: `cutover changes status` says what was done, `cutover changes down` undoes it",
+                    c.version,
+                    c.file_name()
+                )));
+            }
+            let (status, outcomes, error) = match result {
+                Ok(o) => (APPLIED, o, None),
+                Err((o, e)) if o.is_empty() => (FAILED, o, Some(e)),
+                Err((o, e)) => (RESTORE_FAILED, o, Some(e)),
+            };
+            records
+                .finish(
+                    c.version,
+                    &Finished {
+                        status,
+                        duration_ms,
+                        ops: &outcomes,
+                        error: error.clone(),
+                    },
+                )
+                .await?;
+            let sum = |g: fn(&OpOutcome) -> u64| outcomes.iter().map(g).sum::<u64>();
+            line.status = status.to_string();
+            line.duration_ms = duration_ms as i64;
+            line.matched = sum(|o| o.matched) as i64;
+            line.modified = sum(|o| o.modified) as i64;
+            line.inserted = sum(|o| o.inserted) as i64;
+            line.deleted = sum(|o| o.deleted) as i64;
+            line.error = error.clone();
+            records.log(&line).await?;
+            changes.push(AppliedChange {
+                version: c.version,
+                name: c.name.clone(),
+                status: status.to_string(),
+                duration_ms,
+                matched: sum(|o| o.matched),
+                modified: sum(|o| o.modified),
+                inserted: sum(|o| o.inserted),
+                deleted: sum(|o| o.deleted),
+                error,
+                preview: Vec::new(),
+            });
+            if status == RESTORE_FAILED || (status == FAILED && !opts.continue_on_error) {
+                break;
+            }
+        }
+        Ok(UpReport {
+            batch: Some(batch),
+            dry_run: false,
+            changes,
+            recovered,
+        })
+    }
+    .await;
+    lock.release()
+        .await
+        .map_err(|e| ChangesError::Refused(e.to_string()))?;
+    result
+}
+
+/// Applies one change: each operation's checks, then what its inverse needs recorded, then the
+/// operation. A failure undoes what ran (newest first); returns the outcomes only when undoing
+/// failed too (the backup is kept).
+async fn apply_one(
+    x: &AwExec<'_>,
+    records: &Records<'_>,
+    c: &Change,
+) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
+    if c.transaction {
+        return apply_in_transaction(x, records, c).await;
+    }
+    let mut outcomes: Vec<OpOutcome> = Vec::new();
+    for (i, op) in c.up.iter().enumerate() {
+        let result: Result<(), String> = async {
+            let a = aw(op)?;
+            let mut out = OpOutcome::default();
+            x.prepare(a, &mut out).await.map_err(|e| e.to_string())?;
+            outcomes.push(out);
+            records
+                .progress(c.version, &outcomes)
+                .await
+                .map_err(|e| format!("ledger: {e}"))?;
+            let out = outcomes.last_mut().expect("pushed above");
+            x.run(a, i, out).await.map_err(|e| e.to_string())
+        }
+        .await;
+        let Err(e) = result else { continue };
+        let why = match op.collection() {
+            Some(t) => format!(
+                "up operation {} (`{}` on {t}) failed: {e}",
+                i + 1,
+                op.kind()
+            ),
+            None => format!("up operation {} (`{}`) failed: {e}", i + 1, op.kind()),
+        };
+        let mut restore_error = None;
+        for j in (0..outcomes.len()).rev() {
+            let undone = match aw(&c.up[j]) {
+                Ok(a) => x.undo(a, j, &outcomes[j]).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = undone {
+                restore_error.get_or_insert(format!("undoing up operation {}: {e}", j + 1));
+            }
+        }
+        return Err(match restore_error {
+            None => {
+                let _ = x.drop_backup().await;
+                (
+                    Vec::new(),
+                    format!(
+                        "{why}; the operations before it were undone and the rows restored from the backup"
+                    ),
+                )
+            }
+            Some(r) => (
+                outcomes,
+                format!(
+                    "{why}; restoring failed too ({r}): the rows as they were are in the backup table {}",
+                    x.backup
+                ),
+            ),
+        });
+    }
+    Ok(outcomes)
+}
+
+/// Applies a change's row operations in one TablesDB transaction: each staged (the rows it
+/// rewrites backed up first), what each did recorded, then the commit. A failure rolls the
+/// transaction back: nothing was written.
+async fn apply_in_transaction(
+    x: &AwExec<'_>,
+    records: &Records<'_>,
+    c: &Change,
+) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
+    let fail = |e: String| (Vec::new(), e);
+    let txn = x
+        .begin()
+        .await
+        .map_err(|e| fail(format!("cannot start a transaction: {e}")))?;
+    records
+        .update(
+            c.version,
+            bson::doc! { "session": { "appwrite_transaction": &txn } },
+        )
+        .await
+        .map_err(|e| fail(format!("ledger: {e}")))?;
+    let mut outcomes = Vec::new();
+    let mut failure = None;
+    for (i, op) in c.up.iter().enumerate() {
+        let result: Result<OpOutcome, String> = async {
+            let a = aw(op)?;
+            let mut out = OpOutcome::default();
+            x.prepare(a, &mut out).await.map_err(|e| e.to_string())?;
+            x.stage(&txn, a, i, &mut out)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        }
+        .await;
+        match result {
+            Ok(out) => outcomes.push(out),
+            Err(e) => {
+                failure = Some(format!(
+                    "up operation {} (`{}` on {}) failed: {e}",
+                    i + 1,
+                    op.kind(),
+                    op.collection().unwrap_or("-")
+                ));
+                break;
+            }
+        }
+    }
+    if failure.is_none()
+        && let Err(e) = records.progress(c.version, &outcomes).await
+    {
+        failure = Some(format!("ledger: {e}"));
+    }
+    let failure = match failure {
+        None => match x.finish(&txn, true).await {
+            Ok(()) => return Ok(outcomes),
+            Err(e) => format!("the transaction did not commit: {e}"),
+        },
+        Some(f) => {
+            let _ = x.finish(&txn, false).await;
+            f
+        }
+    };
+    let _ = x.drop_backup().await;
+    Err(fail(format!(
+        "{failure}; the transaction was rolled back: nothing was written"
+    )))
+}
+
+/// The TablesDB transaction a change's `up` recorded.
+fn transaction_of(r: &ChangeRecord) -> Option<String> {
+    r.session
+        .as_ref()
+        .and_then(|s| s.get_str("appwrite_transaction").ok())
+        .map(str::to_string)
+}
+
+/// Settles the changes whose transaction a dead process left (`running`, `transaction = true`):
+/// recorded applied when the transaction committed, failed (it is rolled back; nothing was
+/// written: `up` applies it again) when not. Returns them, with what was found.
+async fn settle_transactions(
+    t: &AppwriteTarget<'_>,
+    run_id: &str,
+) -> Result<Vec<super::Recovered>, ChangesError> {
+    let records = Records { ledger: t.ledger };
+    let mut out = Vec::new();
+    for r in records.all().await? {
+        if !r.transaction || r.status != RUNNING {
+            continue;
+        }
+        let backup = r.backup.clone().unwrap_or_default();
+        let x = exec(t, &backup);
+        let committed = match transaction_of(&r) {
+            Some(txn) => {
+                let status = x.transaction_status(&txn).await?;
+                if status.as_deref() == Some("pending") {
+                    let _ = x.finish(&txn, false).await;
+                }
+                status.as_deref() == Some("committed")
+            }
+            None => false,
+        };
+        let (status, note) = if committed {
+            records
+                .finish(
+                    r.version,
+                    &Finished {
+                        status: APPLIED,
+                        duration_ms: 0,
+                        ops: &r.ops,
+                        error: None,
+                    },
+                )
+                .await?;
+            (
+                APPLIED,
+                format!(
+                    "the up of run {} stopped after its transaction committed: recorded applied",
+                    r.run_id
+                ),
+            )
+        } else {
+            let note = format!(
+                "the up of run {} stopped before its transaction committed: nothing was written",
+                r.run_id
+            );
+            records
+                .finish(
+                    r.version,
+                    &Finished {
+                        status: FAILED,
+                        duration_ms: 0,
+                        ops: &[],
+                        error: Some(note.clone()),
+                    },
+                )
+                .await?;
+            x.drop_backup().await?;
+            (FAILED, note)
+        };
+        let mut line = HistoryEntry::new("up", r.version, &r.name, status, run_id);
+        line.note = Some(note.clone());
+        records.log(&line).await?;
+        out.push(super::Recovered {
+            version: r.version,
+            name: r.name.clone(),
+            status: status.to_string(),
+            note,
+        });
+    }
+    Ok(out)
+}
+
+/// `changes down --target appwrite`: as [`crate::changes::down_with`].
+pub async fn down_with(
+    t: &AppwriteTarget<'_>,
+    which: DownTarget,
+    continue_on_error: bool,
+) -> Result<DownReport, ChangesError> {
+    let run_id = super::new_run_id();
+    let lock = t
+        .ledger
+        .acquire_lock(&run_id, "changes down", DEFAULT_TTL)
+        .await?;
+    let fence = lock.fence();
+    let result = async {
+        // A change whose transaction a dead process left is settled first: applied (then
+        // reversed below like any) or failed (nothing to reverse).
+        let settled = settle_transactions(t, &run_id).await?;
+        sweep_backups(t).await?;
+        let records = Records { ledger: t.ledger };
+        let all = records.all().await?;
+        if settled.iter().any(|s| s.status == FAILED) {
+            return Ok(DownReport {
+                reversed: settled
+                    .into_iter()
+                    .filter(|s| s.status == FAILED)
+                    .map(|s| Reversed {
+                        version: s.version,
+                        name: s.name,
+                        duration_ms: 0,
+                        restored: 0,
+                        inserted: 0,
+                        deleted: 0,
+                        skipped: 0,
+                        note: Some(s.note),
+                    })
+                    .collect(),
+                ..DownReport::default()
+            });
+        }
+        // A change left `running`, `reversing` or `restore-failed` (its process died, or its
+        // undoing failed) is finished first, and alone.
+        let mut unfinished: Vec<&ChangeRecord> = all
+            .iter()
+            .filter(|r| r.status == RUNNING || r.status == REVERSING || r.status == RESTORE_FAILED)
+            .collect();
+        if !unfinished.is_empty() {
+            unfinished.reverse();
+            if let DownTarget::Version(v) = which
+                && unfinished.iter().all(|r| r.version != v)
+            {
+                let names: Vec<String> = unfinished
+                    .iter()
+                    .map(|r| format!("{} ({})", r.version, r.file))
+                    .collect();
+                return Err(ChangesError::Refused(format!(
+                    "change {} was left half done by a process that died: run `cutover changes down` to finish it first; nothing was reversed",
+                    names.join(", ")
+                )));
+            }
+            let mut done = Vec::new();
+            for r in unfinished {
+                fence
+                    .check()
+                    .await
+                    .map_err(|e| ChangesError::Refused(e.to_string()))?;
+                let c = super::file::parse_recorded(&r.file, &r.source, &r.seeds)?;
+                let (partial, note) = match r.status.as_str() {
+                    REVERSING => (
+                        r.down_partial_up,
+                        match &r.down_error {
+                            Some(e) => format!(
+                                "the down of run {} failed ({e}): finished",
+                                r.down_run_id.as_deref().unwrap_or("?")
+                            ),
+                            None => format!(
+                                "the down of run {} stopped: finished",
+                                r.down_run_id.as_deref().unwrap_or("?")
+                            ),
+                        },
+                    ),
+                    _ => (
+                        true,
+                        format!(
+                            "the up of run {} stopped with {} of {} operations started: undone",
+                            r.run_id,
+                            r.ops.len(),
+                            c.up.len()
+                        ),
+                    ),
+                };
+                let resume = r.status == REVERSING;
+                done.push(reverse_logged(t, &records, r, &c, &run_id, partial, resume, Some(note)).await?);
+            }
+            return Ok(DownReport {
+                reversed: done,
+                ..DownReport::default()
+            });
+        }
+        let chosen = super::chosen_for_down(all, which)?;
+        let changes: Vec<&Change> = chosen.iter().map(|(_, c)| c).collect();
+        super::refuse_other_target(&changes, true)?;
+        super::refuse_unsettled_in(t.ledger, &changes).await?;
+        let mut report = DownReport::default();
+        let mut failed: Vec<(u64, Option<std::collections::BTreeSet<String>>)> = Vec::new();
+        for (r, c) in &chosen {
+            fence
+                .check()
+                .await
+                .map_err(|e| ChangesError::Refused(e.to_string()))?;
+            let mine = super::touched(c);
+            if let Some((v, both)) = failed.iter().find_map(|(v, theirs)| {
+                let both = super::overlap(&mine, theirs);
+                (!both.is_empty()).then_some((*v, both))
+            }) {
+                report.blocked.push(NotReversed {
+                    version: r.version,
+                    name: r.name.clone(),
+                    error: format!(
+                        "left applied: change {v}, applied after it, failed to reverse and works on the same tables ({})",
+                        both.join(", ")
+                    ),
+                });
+                continue;
+            }
+            match reverse_logged(t, &records, r, c, &run_id, false, false, None).await {
+                Ok(rev) => report.reversed.push(rev),
+                Err(e) if continue_on_error => {
+                    failed.push((r.version, mine));
+                    report.failed.push(NotReversed {
+                        version: r.version,
+                        name: r.name.clone(),
+                        error: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+    .await;
+    lock.release()
+        .await
+        .map_err(|e| ChangesError::Refused(e.to_string()))?;
+    result
+}
+
+/// Reverses one change, recorded `reversing` before it writes, then `rolled-back` (or, failed,
+/// `reversing` with why: the next `down` finishes it), with a line of history as it starts and
+/// as it ends. `partial`: its `up` stopped half way (the inverses of the operations that started,
+/// never the file's [[down]]); `resume`: an earlier `down` stopped, its progress is taken up.
+#[allow(clippy::too_many_arguments)]
+async fn reverse_logged(
+    t: &AppwriteTarget<'_>,
+    records: &Records<'_>,
+    r: &ChangeRecord,
+    c: &Change,
+    run_id: &str,
+    partial: bool,
+    resume: bool,
+    note: Option<String>,
+) -> Result<Reversed, ChangesError> {
+    let mut line = HistoryEntry::new("down", r.version, &r.name, RUNNING, run_id);
+    line.note = note.clone();
+    records.log(&line).await?;
+    records
+        .start_down(r.version, run_id, !resume, partial)
+        .await?;
+    let backup = r.backup.clone().unwrap_or_default();
+    let x = exec(t, &backup);
+    let started = Instant::now();
+    let result = reverse_one(&x, records, r, c, partial, resume).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    line.duration_ms = duration_ms as i64;
+    match result {
+        Ok(mut rev) => {
+            rev.duration_ms = duration_ms;
+            rev.note = note;
+            records.mark_rolled_back(r.version, duration_ms).await?;
+            x.drop_backup().await?;
+            line.status = ROLLED_BACK.into();
+            line.modified = rev.restored as i64;
+            line.inserted = rev.inserted as i64;
+            line.deleted = rev.deleted as i64;
+            records.log(&line).await?;
+            Ok(rev)
+        }
+        Err(e) => {
+            let _ = records.note_down_error(r.version, &e, REVERSING).await;
+            line.status = FAILED.into();
+            line.error = Some(e.clone());
+            let _ = records.log(&line).await;
+            Err(ChangesError::Refused(format!(
+                "reversing change {} ({}) failed: {e}; what was reversed before the failure stays so, the change is recorded `down-failed` and its backup kept: fix the cause, then `cutover changes down` finishes reversing it",
+                r.version, r.file
+            )))
+        }
+    }
+}
+
+async fn reverse_one(
+    x: &AwExec<'_>,
+    records: &Records<'_>,
+    r: &ChangeRecord,
+    c: &Change,
+    partial: bool,
+    resume: bool,
+) -> Result<Reversed, String> {
+    let mut rev = Reversed {
+        version: r.version,
+        name: r.name.clone(),
+        duration_ms: 0,
+        restored: 0,
+        inserted: 0,
+        deleted: 0,
+        skipped: 0,
+        note: None,
+    };
+    let mut done = if resume { r.down_done } else { 0 };
+    let mut down_ops = if resume {
+        r.down_ops.clone()
+    } else {
+        Vec::new()
+    };
+    let progress = |down_ops: &[OpOutcome], done: usize| {
+        let version = r.version;
+        let down_ops = down_ops.to_vec();
+        async move {
+            records
+                .down_progress(version, &down_ops, done)
+                .await
+                .map_err(|e| format!("ledger: {e}"))
+        }
+    };
+    match &c.down {
+        // The file's own [[down]] (for a change applied whole): its operations run forward,
+        // each backed up like an up's, so one cut short is undone and run again.
+        Some(ops) if !partial => {
+            for (i, op) in ops.iter().enumerate() {
+                if i < done {
+                    continue;
+                }
+                let index = 100_000 + i;
+                let what = |e: String| format!("down operation {} (`{}`): {e}", i + 1, op.kind());
+                let a = aw(op).map_err(what)?;
+                if i < down_ops.len() {
+                    x.undo(a, index, &down_ops[i])
+                        .await
+                        .map_err(|e| what(e.to_string()))?;
+                    down_ops.truncate(i);
+                }
+                let mut out = OpOutcome::default();
+                x.prepare(a, &mut out)
+                    .await
+                    .map_err(|e| what(e.to_string()))?;
+                down_ops.push(out);
+                progress(&down_ops, done).await?;
+                let out = down_ops.last_mut().expect("pushed above");
+                x.run(a, index, out)
+                    .await
+                    .map_err(|e| what(e.to_string()))?;
+                rev.restored += out.modified;
+                rev.inserted += out.inserted;
+                rev.deleted += out.deleted;
+                done = i + 1;
+                progress(&down_ops, done).await?;
+            }
+        }
+        _ => {
+            // Every inverse is run again on a resume: each puts back only what is not back
+            // already.
+            let ops = &r.ops;
+            for (step, i) in (0..ops.len().min(c.up.len())).rev().enumerate() {
+                let what = |e: String| {
+                    format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
+                };
+                let a = aw(&c.up[i]).map_err(what)?;
+                let d = x
+                    .undo(a, i, &ops[i])
+                    .await
+                    .map_err(|e| what(e.to_string()))?;
+                rev.restored += d.modified;
+                rev.inserted += d.inserted;
+                rev.deleted += d.deleted;
+                rev.skipped += d.skipped;
+                done = done.max(step + 1);
+                progress(&down_ops, done).await?;
+            }
+        }
+    }
+    Ok(rev)
+}

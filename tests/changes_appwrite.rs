@@ -1,0 +1,1097 @@
+//! `cutover changes --target appwrite` against the Appwrite stand-in (in this process), through
+//! the real binary: every operation applied then reversed leaving the database exactly as before,
+//! a failing change undone, modified and out-of-order changes refused, the lock shared with
+//! `migrate --target appwrite`, a change killed half way undone by the next `down`, operations
+//! of the other target refused, dry runs.
+//!
+//! The oracle reads the database through the stand-in's own listing routes over HTTP (tables,
+//! columns, indexes, rows), never through cutover's code.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use appwrite_standin::{Faults, StandIn};
+use common::World;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const KEY: &str = "test-key-1";
+const DB: &str = "registry";
+
+struct Aw {
+    s: Arc<StandIn>,
+    endpoint: String,
+}
+
+async fn standin() -> Aw {
+    // reqwest's TLS needs a provider even for plain HTTP (the oracle's client).
+    cutover::sink::appwrite::install_crypto_provider();
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = Duration::from_millis(20);
+    let s = Arc::new(s);
+    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    Aw {
+        s,
+        endpoint: format!("http://{addr}/v1"),
+    }
+}
+
+fn env(cmd: &mut std::process::Command, aw: &Aw) {
+    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", DB);
+}
+
+/// `cutover ARGS…` against the stand-in, without blocking the runtime that serves it.
+async fn cutover(w: &World, aw: &Aw, args: &[&str]) -> std::process::Output {
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", KEY)
+        .env("APPWRITE_DATABASE", DB)
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `cutover changes SUB --target appwrite --dir DIR ARGS…`
+async fn changes(w: &World, aw: &Aw, sub: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    let d = dir.display().to_string();
+    let mut all = vec!["changes", sub, "--target", "appwrite", "--dir", &d];
+    all.extend_from_slice(args);
+    cutover(w, aw, &all).await
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", text(o));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn refused(o: &std::process::Output) -> String {
+    assert!(!o.status.success(), "expected a failure:\n{}", text(o));
+    text(o)
+}
+
+fn write(dir: &Path, name: &str, body: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), body).unwrap();
+}
+
+// --- The oracle: the stand-in's own listing routes ---------------------------------------------
+
+async fn get(aw: &Aw, path: &str, queries: &[Value]) -> Value {
+    let mut url = reqwest::Url::parse(&format!("{}{path}", aw.endpoint)).unwrap();
+    for q in queries {
+        url.query_pairs_mut()
+            .append_pair("queries[]", &q.to_string());
+    }
+    let r = reqwest::Client::new()
+        .get(url)
+        .header("X-Appwrite-Project", "cutover")
+        .header("X-Appwrite-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "GET {path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// A value as text with its object keys sorted and its nulls left out (Appwrite reads a column
+/// a row never set as null), so two equal states print alike.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(o) => {
+            let sorted: BTreeMap<&String, String> = o
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, canonical(v)))
+                .collect();
+            let parts: Vec<String> = sorted.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn without(v: &Value, keys: &[&str]) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for k in keys {
+            o.remove(*k);
+        }
+    }
+    v
+}
+
+/// Every table of the database (the ledger's and the changes' backups left out) as the stand-in
+/// lists it: its name, its columns and indexes (by key, without timestamps and status) and every
+/// row (by id, without timestamps and sequence numbers).
+async fn tables(aw: &Aw) -> BTreeMap<String, Value> {
+    let limit = json!({"method": "limit", "values": [100]});
+    let list = get(
+        aw,
+        &format!("/tablesdb/{DB}/tables"),
+        std::slice::from_ref(&limit),
+    )
+    .await;
+    let mut out = BTreeMap::new();
+    for t in list["tables"].as_array().unwrap() {
+        let id = t["$id"].as_str().unwrap();
+        if id.starts_with("cutover_") || id.starts_with("chbk_") {
+            continue;
+        }
+        let base = format!("/tablesdb/{DB}/tables/{id}");
+        let stamps = ["$createdAt", "$updatedAt", "status", "error"];
+        let mut columns: Vec<Value> =
+            get(aw, &format!("{base}/columns"), std::slice::from_ref(&limit)).await["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| without(c, &stamps))
+                .collect();
+        columns.sort_by_key(|c| c["key"].as_str().unwrap().to_string());
+        let mut indexes: Vec<Value> =
+            get(aw, &format!("{base}/indexes"), std::slice::from_ref(&limit)).await["indexes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| without(i, &["$createdAt", "$updatedAt", "status", "error", "$id"]))
+                .collect();
+        indexes.sort_by_key(|i| i["key"].as_str().unwrap().to_string());
+        let mut rows = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut q = vec![
+                limit.clone(),
+                json!({"method": "orderAsc", "attribute": "$id", "values": []}),
+            ];
+            if let Some(a) = &after {
+                q.push(json!({"method": "cursorAfter", "values": [a]}));
+            }
+            let page = get(aw, &format!("{base}/rows"), &q).await["rows"]
+                .as_array()
+                .unwrap()
+                .clone();
+            after = page.last().map(|r| r["$id"].as_str().unwrap().to_string());
+            let n = page.len();
+            rows.extend(page.iter().map(|r| {
+                without(
+                    r,
+                    &[
+                        "$createdAt",
+                        "$updatedAt",
+                        "$sequence",
+                        "$permissions",
+                        "$tableId",
+                        "$databaseId",
+                    ],
+                )
+            }));
+            if n < 100 {
+                break;
+            }
+        }
+        out.insert(
+            id.to_string(),
+            json!({ "name": t["name"], "columns": columns, "indexes": indexes, "rows": rows }),
+        );
+    }
+    out
+}
+
+/// A hash of each table (see [`tables`]).
+async fn hashes(aw: &Aw) -> BTreeMap<String, String> {
+    tables(aw)
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, format!("{:x}", Sha256::digest(canonical(&v)))))
+        .collect()
+}
+
+/// The ids of the tables whose id starts with `prefix`.
+async fn table_ids(aw: &Aw, prefix: &str) -> Vec<String> {
+    let list = get(
+        aw,
+        &format!("/tablesdb/{DB}/tables"),
+        &[json!({"method": "limit", "values": [100]})],
+    )
+    .await;
+    list["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["$id"].as_str())
+        .filter(|id| id.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+// --- The data ----------------------------------------------------------------------------------
+
+/// `people` (12 rows, an index on name) and `sites` (2 rows, a unique index), written
+/// through the stand-in itself.
+async fn seed(s: &StandIn) {
+    s.create_database(DB, DB).unwrap();
+    s.create_table(DB, "people", "People").unwrap();
+    s.create_table(DB, "sites", "Sites").unwrap();
+    for (kind, body) in [
+        (
+            "string",
+            json!({"key": "name", "size": 64, "required": true}),
+        ),
+        ("integer", json!({"key": "age", "required": false})),
+        (
+            "string",
+            json!({"key": "status", "size": 16, "required": false}),
+        ),
+        ("string", json!({"key": "tags", "size": 16, "array": true})),
+        ("string", json!({"key": "clinic", "size": 36})),
+    ] {
+        s.create_column(DB, "people", kind, &body).unwrap();
+    }
+    for body in [
+        json!({"key": "code", "size": 16, "required": true}),
+        json!({"key": "label", "size": 64}),
+    ] {
+        s.create_column(DB, "sites", "string", &body).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.create_index(
+        DB,
+        "people",
+        &json!({"key": "by_name", "type": "key", "columns": ["name"], "orders": ["ASC"]}),
+    )
+    .unwrap();
+    s.create_index(
+        DB,
+        "sites",
+        &json!({"key": "by_code", "type": "unique", "columns": ["code"], "orders": ["ASC"]}),
+    )
+    .unwrap();
+    for i in 1..=12 {
+        let data = json!({
+            "name": format!("patient {i}"),
+            "age": 20 + i * 5,
+            "status": if i % 2 == 0 { "active" } else { "inactive" },
+            "tags": ["x", if i % 3 == 0 { "c1" } else { "y" }],
+            "clinic": if i % 2 == 0 { "c1" } else { "c2" },
+        });
+        s.write_row(DB, "people", &format!("p{i:02}"), &data, false)
+            .unwrap();
+    }
+    for (id, label) in [("c1", "North"), ("c2", "South")] {
+        s.write_row(DB, "sites", id, &json!({"code": id, "label": label}), false)
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+}
+
+fn column<'a>(t: &'a Value, key: &str) -> Option<&'a Value> {
+    t["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == key)
+}
+
+fn index<'a>(t: &'a Value, key: &str) -> Option<&'a Value> {
+    t["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == key)
+}
+
+fn row<'a>(t: &'a Value, id: &str) -> &'a Value {
+    t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["$id"] == id)
+        .unwrap_or_else(|| panic!("row {id}"))
+}
+
+const COLUMNS: &str = r#"version = 1
+name = "columns"
+[[up]]
+op = "add_column"
+table = "people"
+column = "tier"
+type = "string"
+size = 16
+default = "basic"
+[[up]]
+op = "rename_column"
+table = "people"
+from = "clinic"
+to = "clinicId"
+"#;
+
+const INDEXES: &str = r#"version = 2
+name = "indexes"
+[[up]]
+op = "create_index"
+table = "people"
+key = "by_age"
+type = "key"
+columns = ["age"]
+orders = ["DESC"]
+[[up]]
+op = "drop_index"
+table = "people"
+key = "by_name"
+"#;
+
+const ROWS: &str = r#"version = 3
+name = "rows"
+[[up]]
+op = "insert"
+table = "sites"
+rows = [{ "$id" = "c3", code = "c3", label = "East" }, { "$id" = "c4", code = "c4" }]
+[[up]]
+op = "set"
+table = "people"
+queries = [{ method = "greaterThan", attribute = "age", values = [60] }]
+values = { status = "archived" }
+[[up]]
+op = "unset"
+table = "people"
+queries = [{ method = "equal", attribute = "status", values = ["inactive"] }]
+columns = ["tags"]
+[[up]]
+op = "update_references"
+table = "people"
+column = "clinicId"
+from = "c1"
+to = "c9"
+[[up]]
+op = "update_references"
+table = "people"
+column = "tags"
+from = "c1"
+to = "c9"
+"#;
+
+const REMOVE: &str = r#"version = 4
+name = "remove a column"
+[[up]]
+op = "remove_column"
+table = "people"
+column = "status"
+"#;
+
+const TABLES: &str = r#"version = 5
+name = "tables"
+[[up]]
+op = "create_table"
+table = "visits"
+name = "Visits"
+columns = [{ key = "patient", type = "string", size = 36, required = true }, { key = "at", type = "datetime" }, { key = "score", type = "float", min = 0, max = 10 }]
+indexes = [{ key = "by_patient", type = "key", columns = ["patient"] }]
+[[up]]
+op = "insert"
+table = "visits"
+rows = [{ "$id" = "v1", patient = "p01", score = 2.5 }]
+[[up]]
+op = "drop_table"
+table = "sites"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_applied_then_reversed_leaves_the_database_exactly_as_before() {
+    let w = World::new("aw_changes_all").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    for (name, body) in [
+        ("1_columns.toml", COLUMNS),
+        ("2_indexes.toml", INDEXES),
+        ("3_rows.toml", ROWS),
+        ("4_remove.toml", REMOVE),
+        ("5_tables.toml", TABLES),
+    ] {
+        write(&dir, name, body);
+    }
+    let mut before = Vec::new();
+    for v in 1..=5 {
+        before.push(hashes(&aw).await);
+        let out = changes(&w, &aw, "up", &dir, &["--to", &v.to_string()]).await;
+        let said = ok(&out);
+        assert!(said.contains(&format!("applied  {v} ")), "{said}");
+        let now = tables(&aw).await;
+        match v {
+            1 => {
+                let p = &now["people"];
+                let tier = column(p, "tier").expect("tier added");
+                assert_eq!(tier["default"], "basic");
+                assert_eq!(tier["size"], 16);
+                assert!(column(p, "clinic").is_none() && column(p, "clinicId").is_some());
+                assert_eq!(row(p, "p02")["clinicId"], "c1");
+            }
+            2 => {
+                let p = &now["people"];
+                assert!(index(p, "by_name").is_none());
+                assert_eq!(index(p, "by_age").unwrap()["orders"], json!(["DESC"]));
+            }
+            3 => {
+                let p = &now["people"];
+                assert_eq!(now["sites"]["rows"].as_array().unwrap().len(), 4);
+                // age 20 + 5i > 60 from i = 9.
+                assert_eq!(row(p, "p09")["status"], "archived");
+                assert_eq!(row(p, "p08")["status"], "active");
+                assert!(row(p, "p07")["tags"].is_null());
+                assert_eq!(row(p, "p02")["clinicId"], "c9");
+                assert_eq!(row(p, "p06")["tags"], json!(["x", "c9"]));
+                assert_eq!(row(p, "p03")["tags"], Value::Null);
+            }
+            4 => {
+                let p = &now["people"];
+                assert!(column(p, "status").is_none());
+                assert!(row(p, "p02").get("status").is_none());
+            }
+            5 => {
+                assert!(!now.contains_key("sites"));
+                let v = &now["visits"];
+                assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+                assert!(index(v, "by_patient").is_some());
+                assert_eq!(column(v, "score").unwrap()["max"], 10);
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Backups are kept while the changes are applied.
+    assert!(!table_ids(&aw, "chbk_").await.is_empty());
+    let status: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
+    let states: Vec<&str> = status["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["applied"; 5]);
+    for v in (1..=5).rev() {
+        let said = ok(&changes(&w, &aw, "down", &dir, &[]).await);
+        assert!(said.contains(&format!("reversed {v} ")), "{said}");
+        assert_eq!(
+            hashes(&aw).await,
+            before[v - 1],
+            "down of change {v} left the database otherwise than before its up"
+        );
+    }
+    assert!(table_ids(&aw, "chbk_").await.is_empty(), "backups removed");
+    let history: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "history", &dir, &["--json"]).await)).unwrap();
+    let lines = history.as_array().unwrap();
+    assert_eq!(lines.len(), 10, "{history}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["status"] == "applied" || l["status"] == "rolled-back")
+    );
+    // And again: the same changes apply on the restored database.
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    ok(&changes(&w, &aw, "down", &dir, &["--steps", "5"]).await);
+    assert_eq!(hashes(&aw).await, before[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_change_is_undone_from_its_backup() {
+    let w = World::new("aw_changes_fail").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_fail.toml",
+        r#"version = 1
+name = "fails at its last operation"
+[[up]]
+op = "set"
+table = "people"
+values = { status = "gone", age = 1 }
+[[up]]
+op = "add_column"
+table = "people"
+column = "extra"
+type = "boolean"
+default = false
+[[up]]
+op = "drop_index"
+table = "people"
+key = "by_name"
+[[up]]
+op = "remove_column"
+table = "people"
+column = "tags"
+[[up]]
+op = "insert"
+table = "sites"
+rows = [{ "$id" = "c9", code = "c9" }, { "$id" = "c1", code = "again" }]
+"#,
+    );
+    let before = hashes(&aw).await;
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("up operation 5 (`insert` on sites) failed: row c1 exists already"),
+        "{said}"
+    );
+    assert!(said.contains("undone"), "{said}");
+    assert_eq!(hashes(&aw).await, before);
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+    let status: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
+    assert_eq!(status["changes"][0]["state"], "failed");
+
+    // A failure in the middle of rewriting rows (the server refuses a row write): the rows
+    // rewritten before it are put back.
+    write(
+        &dir,
+        "1_fail.toml",
+        r#"version = 1
+name = "fails while it rewrites rows"
+[[up]]
+op = "set"
+table = "people"
+values = { status = "gone" }
+"#,
+    );
+    aw.s.set_row_fault(
+        "p07",
+        Some(serde_json::from_value(json!({"status": 500})).unwrap()),
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("up operation 1 (`set` on people) failed"),
+        "{said}"
+    );
+    aw.s.set_row_fault("p07", None);
+    assert_eq!(hashes(&aw).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modified_and_out_of_order_changes_are_refused_with_what_to_do() {
+    let w = World::new("aw_changes_order").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    let one = "version = 10\nname = \"a\"\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"a\"\ntype = \"integer\"\n";
+    write(&dir, "10_a.toml", one);
+    write(
+        &dir,
+        "20_b.toml",
+        "version = 20\nname = \"b\"\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"b\"\ntype = \"integer\"\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    write(&dir, "10_a.toml", &one.replace("integer", "float"));
+    let status = ok(&changes(&w, &aw, "status", &dir, &[]).await);
+    assert!(status.contains("modified"), "{status}");
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("was modified since it was applied (its checksum differs)"),
+        "{said}"
+    );
+    write(&dir, "10_a.toml", one);
+    write(
+        &dir,
+        "15_c.toml",
+        "version = 15\nname = \"c\"\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"c\"\ntype = \"integer\"\n",
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("is older than change 20, applied already (out of order)")
+            && said.contains("--allow-out-of-order"),
+        "{said}"
+    );
+    assert!(column(&tables(&aw).await["people"], "c").is_none());
+    ok(&changes(&w, &aw, "up", &dir, &["--allow-out-of-order"]).await);
+    assert!(column(&tables(&aw).await["people"], "c").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_of_the_other_target_and_schema_operations_in_a_transaction_are_refused_and_dry_runs_count()
+ {
+    let w = World::new("aw_changes_refuse").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_mongo.toml",
+        "version = 1\nname = \"m\"\n[[up]]\nop = \"add_field\"\ncollection = \"people\"\nfield = \"a\"\ndefault = 1\n",
+    );
+    let before = hashes(&aw).await;
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("up operation 1 (`add_field` on collection people) is a MongoDB operation and the target is Appwrite"),
+        "{said}"
+    );
+    // The reverse, on MongoDB.
+    let d = dir.display().to_string();
+    std::fs::remove_file(dir.join("1_mongo.toml")).unwrap();
+    write(
+        &dir,
+        "1_aw.toml",
+        "version = 1\nname = \"a\"\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"a\"\ntype = \"integer\"\n",
+    );
+    let said = refused(
+        &cutover(
+            &w,
+            &aw,
+            &["changes", "up", "--target", "mongodb", "--dir", &d],
+        )
+        .await,
+    );
+    assert!(
+        said.contains("up operation 1 (`add_column` on table people) is a Appwrite operation and the target is MongoDB")
+            || said.contains("is an Appwrite operation"),
+        "{said}"
+    );
+    // A schema operation cannot be in a transaction: refused when the file is loaded.
+    write(
+        &dir,
+        "2_tx.toml",
+        "version = 2\nname = \"t\"\ntransaction = true\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"b\"\ntype = \"integer\"\n",
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("up operation 1 (`add_column`) cannot run in a transaction"),
+        "{said}"
+    );
+    // Backup tables are not a change's to write.
+    write(
+        &dir,
+        "2_tx.toml",
+        "version = 2\nname = \"t\"\n[[up]]\nop = \"drop_table\"\ntable = \"chbk_0123\"\n",
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("a backup table"), "{said}");
+    assert_eq!(hashes(&aw).await, before);
+    std::fs::remove_file(dir.join("2_tx.toml")).unwrap();
+
+    // A dry run counts and writes nothing.
+    write(
+        &dir,
+        "2_dry.toml",
+        r#"version = 2
+name = "dry"
+[[up]]
+op = "set"
+table = "people"
+queries = [{ method = "equal", attribute = "status", values = ["active"] }]
+values = { status = "inactive" }
+[[up]]
+op = "drop_index"
+table = "people"
+key = "by_name"
+[[up]]
+op = "remove_column"
+table = "people"
+column = "clinic"
+[[up]]
+op = "insert"
+table = "sites"
+rows = [{ "$id" = "c1", code = "c1" }]
+"#,
+    );
+    let out = changes(&w, &aw, "up", &dir, &["--dry-run", "--json"]).await;
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    let preview = &report["changes"][1]["preview"];
+    assert_eq!(preview[0]["matching"], 6, "{report}");
+    assert!(
+        preview[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("6 would change")
+    );
+    assert!(preview[1]["note"].as_str().unwrap().contains("exists"));
+    assert_eq!(preview[2]["matching"], 12);
+    assert!(
+        preview[3]["note"]
+            .as_str()
+            .unwrap()
+            .contains("exist already")
+    );
+    assert_eq!(hashes(&aw).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_and_migrate_share_the_lock_of_an_appwrite_target() {
+    let w = World::new("aw_changes_lock").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_slow.toml",
+        "version = 1\nname = \"slow\"\n[[up]]\nop = \"set\"\ntable = \"people\"\nvalues = { status = \"x\" }\n",
+    );
+    // Each row write to people takes 300 ms: `changes up` holds the lock for seconds.
+    aw.s.set_table_faults(
+        "people",
+        Faults {
+            delay_ms: 300,
+            ..Faults::default()
+        },
+    );
+    let d = dir.display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .args(["changes", "up", "--target", "appwrite", "--dir", &d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    env(&mut cmd, &aw);
+    let child = cmd.spawn().unwrap();
+    // Until the change writes its rows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while table_ids(&aw, "chbk_").await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "changes up never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pipeline = common::registry_without_files().display().to_string();
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    let said = refused(&out);
+    assert!(
+        said.contains("another cutover holds the lock") && said.contains("(changes up)"),
+        "{said}"
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("(changes up)"), "{said}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    ok(&out);
+    aw.s.set_table_faults("people", Faults::default());
+
+    // The reverse: a slow migrate (its row writes to the registry's patients take 2 s each)
+    // holds the lock; changes are refused.
+    aw.s.set_table_faults(
+        "patients",
+        Faults {
+            delay_ms: 2000,
+            ..Faults::default()
+        },
+    );
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .args([
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    env(&mut cmd, &aw);
+    let mut migrate = cmd.spawn().unwrap();
+    // Until migrate writes the registry's patients (it holds the lock by then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while aw.s.get_table(DB, "patients").is_err() {
+        if let Some(st) = migrate.try_wait().unwrap() {
+            panic!("migrate ended ({st}) before it wrote anything");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "migrate never started writing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(migrate.try_wait().unwrap().is_none(), "migrate still runs");
+    assert!(said.contains("(migrate)"), "{said}");
+    // Until its ledger records the patients step started (it then writes the rows, slowly).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !aw.s.rows(DB, "cutover_steps").iter().any(|r| {
+        let d = r["doc"].as_str().unwrap_or_default();
+        d.contains("\"patients\"") && d.contains("\"running\"")
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "migrate never started its patients step"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = migrate.kill();
+    let _ = migrate.wait();
+    aw.s.set_table_faults("patients", Faults::default());
+
+    // The killed migrate left the registry's patients half written: a change writing that
+    // table is refused until migrate finishes it (or it is rolled back).
+    write(
+        &dir,
+        "2_patients.toml",
+        "version = 2\nname = \"p\"\n[[up]]\nop = \"add_column\"\ntable = \"patients\"\ncolumn = \"tier\"\ntype = \"integer\"\n",
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("writes patients, which was left half written by a run that stopped"),
+        "{said}"
+    );
+    assert!(aw.s.get_column(DB, "patients", "tier").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_killed_while_it_rewrites_rows_is_undone_by_the_next_down() {
+    let w = World::new("aw_changes_kill").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_kill.toml",
+        r#"version = 1
+name = "killed"
+[[up]]
+op = "add_column"
+table = "people"
+column = "tier"
+type = "string"
+size = 8
+[[up]]
+op = "set"
+table = "people"
+values = { status = "x", age = 0 }
+"#,
+    );
+    let before = hashes(&aw).await;
+    aw.s.set_table_faults(
+        "people",
+        Faults {
+            delay_ms: 200,
+            ..Faults::default()
+        },
+    );
+    let d = dir.display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .args(["changes", "up", "--target", "appwrite", "--dir", &d])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    env(&mut cmd, &aw);
+    let mut child = cmd.spawn().unwrap();
+    // Killed (SIGKILL) once some rows, not all, are rewritten.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = aw.s.rows(DB, "people");
+        let done = p.iter().filter(|r| r["status"] == "x").count();
+        if done >= 3 {
+            assert!(done < 12, "the kill came too late");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "up never rewrote rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    aw.s.set_table_faults("people", Faults::default());
+    assert_ne!(hashes(&aw).await, before);
+    let status: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
+    assert_eq!(status["changes"][0]["state"], "interrupted", "{status}");
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("`cutover changes down` undoes"), "{said}");
+    let said = ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("undone"), "{said}");
+    assert_eq!(hashes(&aw).await, before);
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+    // Then it applies whole.
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let p = tables(&aw).await;
+    assert!(
+        p["people"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "x")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_operations_in_a_transaction_commit_together_or_leave_nothing_behind() {
+    let w = World::new("aw_changes_tx").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    let change = |last_site: &str| {
+        format!(
+            r#"version = 1
+name = "in a transaction"
+transaction = true
+[[up]]
+op = "set"
+table = "people"
+queries = [{{ method = "equal", attribute = "status", values = ["active"] }}]
+values = {{ status = "moved", age = 99 }}
+[[up]]
+op = "update_references"
+table = "people"
+column = "clinic"
+from = "c2"
+to = "c3"
+[[up]]
+op = "insert"
+table = "sites"
+rows = [{{ "$id" = "c3", code = "c3" }}, {{ "$id" = "{last_site}", code = "z" }}]
+"#
+        )
+    };
+    let before = hashes(&aw).await;
+    let statuses = |s: &StandIn| -> Vec<String> {
+        s.transactions()
+            .iter()
+            .map(|t| t["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Its last operation is refused (the row exists): the transaction is rolled back.
+    write(&dir, "1_tx.toml", &change("c1"));
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        said.contains("row c1 exists already") && said.contains("the transaction was rolled back"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert_eq!(statuses(&aw.s), ["rolled_back"]);
+
+    // The server refuses one staged row at the commit (after the others were staged): the
+    // commit applies none of them.
+    write(&dir, "1_tx.toml", &change("c4"));
+    aw.s.set_row_fault(
+        "p11",
+        Some(serde_json::from_value(json!({"status": 500})).unwrap()),
+    );
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("did not commit"), "{said}");
+    aw.s.set_row_fault("p11", None);
+    assert_eq!(hashes(&aw).await, before);
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+
+    // Applied: one transaction, committed, holding every row write.
+    let said = ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("applied  1 "), "{said}");
+    let committed: Vec<Value> =
+        aw.s.transactions()
+            .into_iter()
+            .filter(|t| t["status"] == "committed")
+            .collect();
+    assert_eq!(committed.len(), 1, "{:?}", aw.s.transactions());
+    // 6 active people set, 6 with clinic c2 moved to c3, 2 sites inserted.
+    assert_eq!(committed[0]["operations"], 14);
+    let now = tables(&aw).await;
+    assert_eq!(row(&now["people"], "p02")["status"], "moved");
+    assert_eq!(row(&now["people"], "p01")["clinic"], "c3");
+    assert_eq!(now["sites"]["rows"].as_array().unwrap().len(), 4);
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(hashes(&aw).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_killed_while_it_restores_a_dropped_table_is_finished_by_the_next_down() {
+    let w = World::new("aw_changes_kill_down").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_drop.toml",
+        "version = 1\nname = \"drop people\"\n[[up]]\nop = \"drop_table\"\ntable = \"people\"\n",
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(!tables(&aw).await.contains_key("people"));
+    // Each restored row takes 200 ms: `down` is killed (SIGKILL) half way through the rows.
+    aw.s.set_table_faults(
+        "people",
+        Faults {
+            delay_ms: 200,
+            ..Faults::default()
+        },
+    );
+    let d = dir.display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .args(["changes", "down", "--target", "appwrite", "--dir", &d])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    env(&mut cmd, &aw);
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = aw.s.row_count(DB, "people");
+        if n >= 3 {
+            assert!(n < 12, "the kill came too late");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "down never restored rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    aw.s.set_table_faults("people", Faults::default());
+    let status: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
+    assert_eq!(
+        status["changes"][0]["state"], "down-interrupted",
+        "{status}"
+    );
+    let said = ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("finished"), "{said}");
+    assert_eq!(hashes(&aw).await, before);
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+}
