@@ -879,3 +879,32 @@ async fn appwrite_points_are_point_columns() {
     );
     w.drop().await;
 }
+
+/// Found by the outside tester of this session's #17 work: `validator = "strict"` on an entity
+/// that wrote nothing (an empty source) failed the stage (collMod: NamespaceNotFound). The
+/// collection is created with its validator, which mongod then enforces.
+#[tokio::test]
+async fn the_validator_of_an_entity_that_wrote_nothing_is_set_on_a_new_collection() {
+    let w = World::new("indexes_empty_validator").await;
+    w.sql("CREATE TABLE e (id int PRIMARY KEY, name text NOT NULL);")
+        .await;
+    let pipeline = one_entity_pipeline(
+        &w,
+        "e",
+        "version = 1\nname = \"e\"\nvalidator = \"strict\"\n[source]\ntable = \"e\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\nvalidate = { required = true, max_length = 5 }\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let db = w.mongo().await;
+    let refused = db
+        .collection::<Document>("e")
+        .insert_one(doc! { "_id": 1, "name": "far too long" })
+        .await;
+    assert!(refused.is_err(), "the validator is set: {refused:?}");
+    db.collection::<Document>("e")
+        .insert_one(doc! { "_id": 2, "name": "ok" })
+        .await
+        .unwrap();
+    w.drop().await;
+}

@@ -407,18 +407,37 @@ impl MongoTarget {
                 crate::mapping::spec::ValidatorLevel::Moderate => "moderate",
                 _ => "strict",
             };
-            self.db
+            let set = self
+                .db
                 .run_command(doc! {
                     "collMod": collection,
                     "validator": { "$jsonSchema": schema.clone() },
                     "validationLevel": level,
                     "validationAction": "error",
                 })
-                .await
-                .map_err(|cause| MongoError::Command {
-                    op: format!("collMod (validator) on {collection}"),
-                    cause,
-                })?;
+                .await;
+            // No collection yet (nothing written: an empty source, every row rejected): it is
+            // created with its validator, so that what the application writes later is checked.
+            let not_found = matches!(&set, Err(e) if matches!(
+                *e.kind,
+                mongodb::error::ErrorKind::Command(ref c) if c.code == 26
+            ));
+            let set = if not_found {
+                self.db
+                    .run_command(doc! {
+                        "create": collection,
+                        "validator": { "$jsonSchema": schema.clone() },
+                        "validationLevel": level,
+                        "validationAction": "error",
+                    })
+                    .await
+            } else {
+                set
+            };
+            set.map_err(|cause| MongoError::Command {
+                op: format!("collMod (validator) on {collection}"),
+                cause,
+            })?;
         }
         Ok(built)
     }

@@ -234,23 +234,87 @@ impl RowRule {
     }
 }
 
-/// Equal values, an integer equal to an integer of the other width (a mapping's `one_of = [1, 2]`
-/// is read as 32-bit integers; a `bigint` column gives 64-bit ones).
+/// Equal values; numbers by their exact value whatever their kind: an integer equal to one of
+/// the other width (a mapping's `one_of = [1, 2]` is read as 32-bit integers; a `bigint` column
+/// gives 64-bit ones), a `numeric` column's Decimal128 equal to the mapping's `0.5` or `1`, a
+/// double equal to an integer.
 fn same_value(a: &Bson, b: &Bson) -> bool {
-    let int = |v: &Bson| match v {
-        Bson::Int32(n) => Some(i64::from(*n)),
-        Bson::Int64(n) => Some(*n),
-        _ => None,
-    };
-    match (int(a), int(b)) {
+    match (exact_number(a), exact_number(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
 }
 
+/// A number as (negative, significant digits, power of ten of the last digit), without leading
+/// or trailing zeros — one form for every kind (a double by its shortest round-trip text); zero
+/// is (false, "0", 0). `None` for what is not a finite number.
+fn exact_number(v: &Bson) -> Option<(bool, String, i64)> {
+    let text = match v {
+        Bson::Int32(n) => n.to_string(),
+        Bson::Int64(n) => n.to_string(),
+        Bson::Double(f) if f.is_finite() => format!("{f}"),
+        Bson::Decimal128(d) => d.to_string(),
+        _ => return None,
+    };
+    normal_decimal(&text)
+}
+
+fn normal_decimal(text: &str) -> Option<(bool, String, i64)> {
+    let t = text.trim();
+    let (neg, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i64>().ok()?),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let mut exp10 = exp - frac.len() as i64;
+    let digits = digits.trim_start_matches('0');
+    let trimmed = digits.trim_end_matches('0');
+    exp10 += (digits.len() - trimmed.len()) as i64;
+    if trimmed.is_empty() {
+        return Some((false, "0".into(), 0));
+    }
+    Some((neg, trimmed.to_string(), exp10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_compare_by_exact_value_across_kinds() {
+        let dec = |t: &str| Bson::Decimal128(t.parse().unwrap());
+        let allowed = Rules {
+            one_of: Some(vec![Bson::Double(0.1), Bson::Double(0.5), Bson::Int32(1)]),
+            ..Default::default()
+        };
+        for ok in [
+            dec("0.1"),
+            dec("0.10"),
+            dec("0.50"),
+            dec("1"),
+            dec("1.000"),
+            dec("1E+0"),
+        ] {
+            assert!(check(&allowed, Some(ok.clone())).is_empty(), "{ok:?}");
+        }
+        for no in [dec("0.1000001"), dec("0.15"), dec("10"), dec("-1")] {
+            assert_eq!(check(&allowed, Some(no.clone())), ["one_of"], "{no:?}");
+        }
+        assert_eq!(normal_decimal("-0.00"), Some((false, "0".into(), 0)));
+        assert_eq!(normal_decimal("12.3400E2"), Some((false, "1234".into(), 0)));
+        assert_eq!(normal_decimal("1e5"), Some((false, "1".into(), 5)));
+        assert_eq!(normal_decimal("abc"), None);
+    }
 
     fn check(rules: &Rules, v: Option<Bson>) -> Vec<String> {
         let mut issues = Vec::new();
@@ -352,7 +416,9 @@ mod tests {
         };
         assert!(check(&ints, Some(Bson::Int64(2))).is_empty());
         assert_eq!(check(&ints, Some(Bson::Int64(3))), ["one_of"]);
-        assert_eq!(check(&ints, Some(Bson::Double(2.0))), ["one_of"]);
+        // A double equal to an integer is that number (the mapping says which values).
+        assert!(check(&ints, Some(Bson::Double(2.0))).is_empty());
+        assert_eq!(check(&ints, Some(Bson::Double(2.5))), ["one_of"]);
         let d = bson::Decimal128::from_bytes(
             crate::transform::decimal::to_decimal128_bytes("123.456789").unwrap(),
         );
