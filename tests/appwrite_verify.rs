@@ -504,7 +504,7 @@ async fn appwrite_verify_excuses_exactly_the_rows_the_server_refused() {
     let text = out_text(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("refused by the target when written") && text.contains("(3): 17, 33, 5"),
+        text.contains("rejected when written") && text.contains("(3): 17, 33, 5"),
         "{text}"
     );
     let e = entity();
