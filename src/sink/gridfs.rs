@@ -117,7 +117,7 @@ pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, String> {
             Component::Normal(_) | Component::CurDir => {}
             Component::ParentDir => {
                 return Err(format!(
-                    "the path {rel:?} climbs out of the files root with `..`"
+                    "the path {rel:?} has a `..` part: a row's path may not use `..` (it could climb out of the files root)"
                 ));
             }
             Component::RootDir | Component::Prefix(_) => {
