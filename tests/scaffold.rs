@@ -879,3 +879,41 @@ async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
     );
     w.drop().await;
 }
+
+/// Found by the outside tester of this session's #17 work: a `timestamptz UNIQUE` column was
+/// drafted with `sub_millis = "truncate"`: two values a few microseconds apart became one
+/// millisecond and the unique index failed after the load (check and verify saw nothing). A time
+/// in a unique index is drafted `sub_millis = "reject"`: check names the rows, the run rejects
+/// them, the index builds.
+#[tokio::test]
+async fn a_unique_time_is_drafted_to_reject_what_truncating_would_merge() {
+    let w = World::new("scaffold_unique_time").await;
+    w.sql(
+        "CREATE SCHEMA ut;
+         CREATE TABLE ut.events (id int PRIMARY KEY, at timestamptz NOT NULL UNIQUE, what text);
+         INSERT INTO ut.events VALUES (1, '2024-01-01 00:00:00.123456+00', 'a'),
+                                      (2, '2024-01-01 00:00:00.123999+00', 'b'),
+                                      (3, '2024-01-01 00:00:01.5+00', 'c');",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "ut"]);
+    let text = std::fs::read_to_string(out.join("mappings/events.toml")).unwrap();
+    assert!(text.contains("sub_millis = \"reject\""), "{text}");
+    let pipeline = out.join(format!("pipelines/{}.toml", w.name));
+    let p = pipeline.to_str().unwrap();
+    let check = run(&w, &["check", "--pipeline", p], 2);
+    assert!(check.contains("2 scanned rows will be rejected"), "{check}");
+    let run_out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(run_out.status.code(), Some(2), "{}", output_text(&run_out));
+    assert_eq!(w.count("events").await, 1);
+    let indexes: Vec<String> = w
+        .mongo()
+        .await
+        .collection::<bson::Document>("events")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(indexes.len() >= 2, "the unique index is built: {indexes:?}");
+    w.drop().await;
+}

@@ -744,10 +744,20 @@ fn field_text_prefixed(
     let ty = scalar_type(col);
     let mut options: Vec<String> = Vec::new();
     let mut decide: Vec<String> = Vec::new();
+    // A time in a unique index (or key) of the source: truncating its microseconds could make two
+    // rows one value (the index then fails after the load): such rows are refused instead.
+    let unique = t
+        .indexes
+        .iter()
+        .any(|i| i.unique && i.columns.iter().any(|c| c == &col.name));
+    let sub_millis = if unique { "reject" } else { "truncate" };
+    if unique && matches!(ty, "timestamp" | "timestamptz") {
+        decide.push("unique in the source: truncating sub-millisecond digits could make two values one, so rows with such digits are refused (sub_millis = \"reject\"); \"keep_string\" with exact_path keeps them.".into());
+    }
     match ty {
         "timestamp" => {
             options.push("timezone = \"UTC\"".into());
-            options.push("sub_millis = \"truncate\"".into());
+            options.push(format!("sub_millis = \"{sub_millis}\""));
             decide.push(format!(
                 "{} has no time zone: read as UTC (timezone = \"UTC\"), or the offset the application wrote in (\"+01:00\").",
                 col.type_sql
@@ -755,7 +765,7 @@ fn field_text_prefixed(
             decide.push("sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.".into());
         }
         "timestamptz" => {
-            options.push("sub_millis = \"truncate\"".into());
+            options.push(format!("sub_millis = \"{sub_millis}\""));
             decide.push("sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.".into());
         }
         "numeric" => decide.push(match target {
