@@ -316,7 +316,7 @@ async fn verify_excuses_exactly_the_documents_mongodb_refused() {
     assert_eq!(e["rejected_by_target"], 2, "{e}");
     assert_eq!(e["rejected_by_target_keys"], serde_json::json!(["4", "9"]));
     assert!(
-        text.contains("write rejects of the run, excused; source key) (2): 4, 9"),
+        text.contains("rejects of the run, excused; source key) (2): 4, 9"),
         "{text}"
     );
 
