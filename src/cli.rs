@@ -120,9 +120,10 @@ pub struct ServeArgs {
     /// config, else pipelines/registry.toml).
     #[arg(long, value_name = "PATH")]
     pub pipeline: Option<PathBuf>,
-    /// Target database (MongoDB; overrides CUTOVER_MONGODB_DATABASE and the config).
-    #[arg(long, value_name = "NAME")]
-    pub database: Option<String>,
+    /// The target the changes and runs go to (default: the pipeline's `target`, else
+    /// target.default from the config, else mongodb), and its database.
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -91,6 +91,69 @@ pub struct ChangeTarget<'a> {
     pub activity: Option<&'a crate::monitor::Activity>,
 }
 
+/// Where changes run, whichever the target: a MongoDB database or an Appwrite database, each
+/// with its ledger. The commands and the server go through this, so both targets get every
+/// change route and command.
+pub enum OnTarget<'a> {
+    Mongo(ChangeTarget<'a>),
+    Appwrite(appwrite::AppwriteTarget<'a>),
+}
+
+impl<'a> OnTarget<'a> {
+    pub fn new(
+        target: &'a crate::sink::target::Target,
+        ledger: &'a Ledger,
+        activity: Option<&'a crate::monitor::Activity>,
+    ) -> OnTarget<'a> {
+        match target {
+            crate::sink::target::Target::Mongo(m) => OnTarget::Mongo(ChangeTarget {
+                db: m.database(),
+                ledger,
+                activity,
+            }),
+            crate::sink::target::Target::Appwrite(a) => {
+                OnTarget::Appwrite(appwrite::AppwriteTarget {
+                    client: &a.client,
+                    db: &a.database,
+                    ledger,
+                })
+            }
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        match self {
+            OnTarget::Mongo(t) => t.ledger,
+            OnTarget::Appwrite(t) => t.ledger,
+        }
+    }
+
+    /// `changes up` on this target ([`up`], [`appwrite::up`]).
+    pub async fn up(&self, files: &[Change], opts: &UpOptions) -> Result<UpReport, ChangesError> {
+        match self {
+            OnTarget::Mongo(t) => up(t, files, opts).await,
+            OnTarget::Appwrite(t) => appwrite::up(t, files, opts).await,
+        }
+    }
+
+    /// `changes down` on this target ([`down_with`], [`appwrite::down_with`]).
+    pub async fn down_with(
+        &self,
+        which: DownTarget,
+        continue_on_error: bool,
+    ) -> Result<DownReport, ChangesError> {
+        match self {
+            OnTarget::Mongo(t) => down_with(t, which, continue_on_error).await,
+            OnTarget::Appwrite(t) => appwrite::down_with(t, which, continue_on_error).await,
+        }
+    }
+
+    /// What `down` would reverse, from the ledger alone ([`down_preview`]).
+    pub async fn down_preview(&self, which: DownTarget) -> Result<Vec<ChangeRecord>, ChangesError> {
+        down_preview_in(self.ledger(), which).await
+    }
+}
+
 /// The ledger of a target, for what reads only the ledger (status, history, ordering).
 struct LedgerOnly<'a> {
     ledger: &'a Ledger,
@@ -1146,7 +1209,15 @@ pub async fn down_preview(
     t: &ChangeTarget<'_>,
     which: DownTarget,
 ) -> Result<Vec<ChangeRecord>, ChangesError> {
-    let all = Records { ledger: t.ledger }.all().await?;
+    down_preview_in(t.ledger, which).await
+}
+
+/// [`down_preview`] from the ledger alone (whatever the target).
+pub async fn down_preview_in(
+    ledger: &Ledger,
+    which: DownTarget,
+) -> Result<Vec<ChangeRecord>, ChangesError> {
+    let all = Records { ledger }.all().await?;
     // As `down` does: a change left half done is finished first, and alone.
     let mut unfinished: Vec<ChangeRecord> = all
         .iter()

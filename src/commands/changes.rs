@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::changes::{self, ChangeTarget, DownTarget, UpOptions, template::Template};
+use crate::changes::{self, DownTarget, UpOptions, template::Template};
 use crate::cli::{ChangeTemplate, ChangesCommand, ChangesTargetArgs, Cli, Outcome, TargetArgs};
 use crate::sink::target::Target;
 
@@ -46,18 +46,6 @@ async fn open_target(
     };
     let (_cfg, t, ledger) = super::shared::open_ledger(cli, &target).await?;
     Ok((t, ledger))
-}
-
-/// An Appwrite target as the changes see it.
-fn appwrite_target<'a>(
-    a: &'a crate::sink::target::AppwriteTarget,
-    ledger: &'a crate::ledger::Ledger,
-) -> changes::appwrite::AppwriteTarget<'a> {
-    changes::appwrite::AppwriteTarget {
-        client: &a.client,
-        db: &a.database,
-        ledger,
-    }
 }
 
 pub async fn changes(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
@@ -116,19 +104,9 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 allow_out_of_order: args.allow_out_of_order,
                 continue_on_error: args.continue_on_error,
             };
-            let report = match &t {
-                Target::Mongo(m) => {
-                    let target = ChangeTarget {
-                        db: m.database(),
-                        ledger: &ledger,
-                        activity: Some(&activity),
-                    };
-                    changes::up(&target, &files, &opts).await
-                }
-                Target::Appwrite(a) => {
-                    changes::appwrite::up(&appwrite_target(a, &ledger), &files, &opts).await
-                }
-            };
+            let report = changes::OnTarget::new(&t, &ledger, Some(&activity))
+                .up(&files, &opts)
+                .await;
             spinner.finish_and_clear();
             let report = report?;
             if !args.json {
@@ -191,24 +169,9 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 (None, Some(n), None) => DownTarget::Steps(n),
                 (None, None, None) => DownTarget::Steps(1),
             };
-            let done = match &t {
-                Target::Mongo(m) => {
-                    let target = ChangeTarget {
-                        db: m.database(),
-                        ledger: &ledger,
-                        activity: Some(&activity),
-                    };
-                    changes::down_with(&target, which, args.continue_on_error).await
-                }
-                Target::Appwrite(a) => {
-                    changes::appwrite::down_with(
-                        &appwrite_target(a, &ledger),
-                        which,
-                        args.continue_on_error,
-                    )
-                    .await
-                }
-            };
+            let done = changes::OnTarget::new(&t, &ledger, Some(&activity))
+                .down_with(which, args.continue_on_error)
+                .await;
             spinner.finish_and_clear();
             let report = done?;
             let outcome = if report.failed.is_empty() {

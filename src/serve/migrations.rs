@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::State;
 use super::api::{ApiError, Json, Query};
 use crate::changes::template::Template;
-use crate::changes::{self, ChangeStatus, ChangeTarget, DownTarget, UpOptions};
+use crate::changes::{self, ChangeStatus, DownTarget, UpOptions};
 use crate::ledger::lock::LockHolder;
 
 /// The states a change is listed as failed in (it needs attention before `up` goes on).
@@ -61,12 +61,7 @@ fn change_json(s: &ChangeStatus) -> Value {
 /// The status of every change, as the status route and the page show it.
 pub async fn status_json(state: &State) -> Result<Value, ApiError> {
     let files = files(state)?;
-    let target = ChangeTarget {
-        db: state.mongo_db()?,
-        ledger: &state.ledger,
-        activity: None,
-    };
-    let states = changes::status(&target, &files).await?;
+    let states = changes::status_in(&state.ledger, &files).await?;
     let holder = state.ledger.lock_holder().await?;
     let failed: Vec<Value> = states
         .iter()
@@ -164,7 +159,6 @@ pub async fn up(
     Query(q): Query<UpQuery>,
 ) -> Result<Response, ApiError> {
     let files = files(&state)?;
-    state.mongo_db()?;
     let opts = UpOptions {
         to: q.to,
         dry_run: q.dry_run,
@@ -175,12 +169,7 @@ pub async fn up(
         refuse_while_locked(&state).await?;
     }
     let report = detached(&state, move |state| async move {
-        let target = ChangeTarget {
-            db: state.mongo_db()?,
-            ledger: &state.ledger,
-            activity: None,
-        };
-        Ok(changes::up(&target, &files, &opts).await?)
+        Ok(state.changes_on().up(&files, &opts).await?)
     })
     .await?;
     let failed = report.failed();
@@ -242,14 +231,9 @@ pub async fn down(
             ));
         }
     };
-    let target = ChangeTarget {
-        db: state.mongo_db()?,
-        ledger: &state.ledger,
-        activity: None,
-    };
     if q.dry_run {
         refuse_while_locked(&state).await?;
-        let would = changes::down_preview(&target, which).await?;
+        let would = state.changes_on().down_preview(which).await?;
         return Ok(axum::Json(json!({
             "dryRun": true,
             "changes": would.iter().map(|r| json!({"version": r.version, "name": r.name, "file": r.file})).collect::<Vec<_>>(),
@@ -258,12 +242,7 @@ pub async fn down(
     }
     let go_on = q.continue_on_error;
     let report = detached(&state, move |state| async move {
-        let target = ChangeTarget {
-            db: state.mongo_db()?,
-            ledger: &state.ledger,
-            activity: None,
-        };
-        Ok(changes::down_with(&target, which, go_on).await?)
+        Ok(state.changes_on().down_with(which, go_on).await?)
     })
     .await?;
     let body = json!({
@@ -299,11 +278,6 @@ pub async fn history(
     Shared(state): Shared<Arc<State>>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let target = ChangeTarget {
-        db: state.mongo_db()?,
-        ledger: &state.ledger,
-        activity: None,
-    };
     let limit = q.limit.unwrap_or(50).min(1000);
     // `completed` is what other migration tools call an applied change.
     let status = match q.status.as_deref() {
@@ -311,7 +285,7 @@ pub async fn history(
         Some("completed") => Some("applied"),
         Some(s) => Some(s),
     };
-    let entries = changes::history(&target, limit, q.skip.unwrap_or(0), status)
+    let entries = changes::history_in(&state.ledger, limit, q.skip.unwrap_or(0), status)
         .await
         .map_err(|e| match e {
             // The one refusal of a history read: a status no entry can have.

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::routing::{get, post};
 
-use crate::changes::{self, ChangeTarget, ChangesError, UpOptions};
+use crate::changes::{self, ChangesError, UpOptions};
 use crate::cli::{Cli, Outcome, ServeArgs};
 use crate::commands::shared::{
     AppwriteTuning, connect_target, default_pipeline_target, load_config,
@@ -39,6 +39,8 @@ pub struct State {
     config_path: Option<PathBuf>,
     pipeline: Option<PathBuf>,
     database: Option<String>,
+    /// The kind of `target`.
+    kind: crate::config::TargetKind,
     cfg: Config,
     changes_dir: PathBuf,
     target: Target,
@@ -97,14 +99,18 @@ impl Stop {
 }
 
 impl State {
-    /// The MongoDB database of the target (changes support MongoDB only).
-    fn mongo_db(&self) -> Result<&mongodb::Database, api::ApiError> {
-        match &self.target {
-            Target::Mongo(m) => Ok(m.database()),
-            Target::Appwrite(_) => Err(api::ApiError::refused(
-                "changes support the MongoDB target only",
-            )),
+    /// `--target KIND [--database NAME]`: the target of this server, for a command run in it.
+    fn target_args(&self) -> Vec<String> {
+        let mut argv = vec!["--target".to_string(), self.kind.name().to_string()];
+        if let Some(d) = &self.database {
+            argv.extend(["--database".to_string(), d.clone()]);
         }
+        argv
+    }
+
+    /// The changes on the target, whichever it is.
+    fn changes_on(&self) -> changes::OnTarget<'_> {
+        changes::OnTarget::new(&self.target, &self.ledger, None)
     }
 
     /// The command line `cutover ARGS…` with this server's `--config`, for a command run in it.
@@ -167,7 +173,8 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
     let cfg = load_config(
         cli,
         Overrides {
-            mongodb_database: args.database.clone(),
+            mongodb_database: args.target.database.clone(),
+            appwrite_database: args.target.database.clone(),
             pipeline: args.pipeline.clone(),
             ..Default::default()
         },
@@ -183,12 +190,18 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
             .flatten()
             .unwrap_or_else(|| PathBuf::from("pipelines/changes")),
     };
-    let kind = default_pipeline_target(&cfg);
-    let (target, ledger, _) = connect_target(&cfg, kind, AppwriteTuning::default()).await?;
+    // Resolved once, and given to every command the server runs, so that they all go to it.
+    let kind = args
+        .target
+        .target
+        .or_else(|| default_pipeline_target(&cfg))
+        .unwrap_or(cfg.default_target);
+    let (target, ledger, _) = connect_target(&cfg, Some(kind), AppwriteTuning::default()).await?;
     let state = Arc::new(State {
         config_path: cli.config.clone(),
         pipeline: args.pipeline.clone(),
-        database: args.database.clone(),
+        database: args.target.database.clone(),
+        kind,
         cfg,
         changes_dir,
         target,
@@ -343,16 +356,11 @@ async fn finish_changes(state: &State) {
 /// Applies the pending changes before the server listens. Another instance applying them holds
 /// the lock: wait for it (at most `wait`), then see what is left. Returns why it failed.
 async fn migrate_on_start(state: &State, wait: Duration, stop: &Stop) -> Result<(), String> {
-    let db = state.mongo_db().map_err(|e| e.message)?;
     let files = changes::file::load_existing_dir(&state.changes_dir).map_err(|e| e.to_string())?;
-    let target = ChangeTarget {
-        db,
-        ledger: &state.ledger,
-        activity: None,
-    };
+    let target = state.changes_on();
     let started = Instant::now();
     loop {
-        match changes::up(&target, &files, &UpOptions::default()).await {
+        match target.up(&files, &UpOptions::default()).await {
             Ok(report) => {
                 for c in &report.changes {
                     crate::errln!("migrate on start: {} {} {}", c.status, c.version, c.name);

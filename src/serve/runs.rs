@@ -243,7 +243,7 @@ pub async fn get(
         entities = r
             .entities
             .iter()
-            .map(|e| json!({"entity": e.name, "status": e.status, "read": e.read, "written": e.written, "rejected": e.rejected, "total": e.total, "rowsPerSecond": e.rows_per_sec, "etaSeconds": null}))
+            .map(|e| json!({"entity": e.name, "status": e.status, "read": e.read, "written": e.written, "rejected": e.rejected, "skipped": e.skipped, "total": e.total, "rowsPerSecond": e.rows_per_sec, "etaSeconds": null}))
             .collect();
     }
     let mut status = match (&mine, &record, &report) {
@@ -299,9 +299,7 @@ pub async fn report(
         _ => return Err(ApiError::bad_request("format is json, md or html")),
     };
     let mut argv: Vec<String> = vec!["report".into(), "--format".into(), format];
-    if let Some(d) = &state.database {
-        argv.extend(["--database".into(), d.clone()]);
-    }
+    argv.extend(state.target_args());
     argv.extend(["--".into(), id.to_string()]);
     let cli = state.cli(&argv)?;
     let Command::Report(args) = &cli.command else {
@@ -389,9 +387,7 @@ pub async fn start(
     if let Some(p) = &state.pipeline {
         argv.extend(["--pipeline".into(), p.display().to_string()]);
     }
-    if let Some(d) = &state.database {
-        argv.extend(["--database".into(), d.clone()]);
-    }
+    argv.extend(state.target_args());
     if body.dry_run {
         argv.push("--dry-run".into());
     }

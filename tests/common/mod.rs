@@ -6,6 +6,7 @@ pub mod browser;
 pub mod library;
 pub mod oracle;
 pub mod process;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

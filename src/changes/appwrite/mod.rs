@@ -213,6 +213,15 @@ pub async fn up(
         let batch = records.next_batch().await?;
         let mut changes = Vec::new();
         for c in pending {
+            if crate::ledger::lock::changes_stop_requested() {
+                // The process is stopping (a server's SIGTERM): the change under way finished;
+                // the others stay pending for the next `up`.
+                tracing::warn!(
+                    version = c.version,
+                    "stopping: the changes from this one on stay pending"
+                );
+                break;
+            }
             fence
                 .check()
                 .await
