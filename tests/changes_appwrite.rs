@@ -1095,3 +1095,45 @@ async fn a_down_killed_while_it_restores_a_dropped_table_is_finished_by_the_next
     assert_eq!(hashes(&aw).await, before);
     assert!(table_ids(&aw, "chbk_").await.is_empty());
 }
+
+/// A change whose backups span several pages of the backup table (two operations' entries
+/// mixed in it): `down` restores from it a page at a time and leaves every row as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_larger_than_a_page_are_restored_whole() {
+    let w = World::new("aw_changes_pages").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    for i in 13..=1_300 {
+        let data = json!({
+            "name": format!("patient {i}"),
+            "age": i % 97,
+            "status": if i % 2 == 0 { "active" } else { "inactive" },
+            "tags": ["x"],
+            "clinic": "c1",
+        });
+        aw.s.write_row(DB, "people", &format!("p{i:05}"), &data, false)
+            .unwrap();
+    }
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_rewrite-then-drop.toml",
+        r#"version = 1
+name = "rewrite then drop"
+[[up]]
+op = "set"
+table = "people"
+values = { status = "gone" }
+[[up]]
+op = "drop_table"
+table = "people"
+"#,
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(!tables(&aw).await.contains_key("people"));
+    let said = ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("inserted 1300"), "{said}");
+    assert_eq!(hashes(&aw).await, before);
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+}

@@ -844,9 +844,63 @@ async fn apply_all(
     continue_on_error: bool,
 ) -> Result<UpReport, ChangesError> {
     let records = Records { ledger: t.ledger };
+    let (batch, changes) = apply_batch(
+        t.ledger,
+        pending,
+        run_id,
+        fence,
+        continue_on_error,
+        |c| records.backup_name(c.version, run_id),
+        |c, backup| {
+            let records = Records { ledger: t.ledger };
+            async move {
+                let exec = Exec {
+                    db: t.db,
+                    backup: &backup,
+                    activity: t.activity,
+                    fence: Some(fence),
+                };
+                apply_one(&exec, &records, c).await
+            }
+        },
+    )
+    .await?;
+    Ok(UpReport {
+        batch: Some(batch),
+        dry_run: false,
+        changes,
+        recovered: Vec::new(),
+    })
+}
+
+/// What applying one change gave: its outcomes, or what was left recorded (outcomes only when
+/// undoing it failed too) and why it failed.
+pub(crate) type Applied = Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)>;
+
+/// Applies `pending` as one batch, whatever the target: `apply` runs one change with the name of
+/// its backup (`backup_of`). Around each: a stop asked for (a server's SIGTERM) leaves the rest
+/// pending; the history line and the record are written first (a process killed meanwhile leaves
+/// the change `running`, i.e. interrupted); a lost lock leaves the record for whoever holds the
+/// lock now; the outcome is recorded and logged. A failure stops the batch unless
+/// `continue_on_error`; a failure whose undoing failed too stops it always. Returns the batch
+/// number and each change's outcome.
+pub(crate) async fn apply_batch<'a, F, Fut>(
+    ledger: &Ledger,
+    pending: &[&'a Change],
+    run_id: &str,
+    fence: &crate::ledger::lock::Fence,
+    continue_on_error: bool,
+    backup_of: impl Fn(&Change) -> String,
+    mut apply: F,
+) -> Result<(i64, Vec<AppliedChange>), ChangesError>
+where
+    F: FnMut(&'a Change, String) -> Fut,
+    Fut: std::future::Future<Output = Applied>,
+{
+    let records = Records { ledger };
     let batch = records.next_batch().await?;
     let mut changes = Vec::new();
-    for c in pending {
+    for &c in pending {
         if crate::ledger::lock::changes_stop_requested() {
             // The process is stopping (a server's SIGTERM): the change under way finished; the
             // others stay pending for the next `up`.
@@ -860,7 +914,7 @@ async fn apply_all(
             .check()
             .await
             .map_err(|e| ChangesError::Refused(e.to_string()))?;
-        let backup = records.backup_name(c.version, run_id);
+        let backup = backup_of(c);
         // The history line first: a process killed between the two writes leaves a change
         // recorded `running` (interrupted) only with its line (`history` says interrupted).
         let mut line = HistoryEntry::new("up", c.version, &c.name, RUNNING, run_id);
@@ -868,13 +922,7 @@ async fn apply_all(
         records.log(&line).await?;
         records.start(c, batch, &backup, run_id).await?;
         let started = Instant::now();
-        let exec = Exec {
-            db: t.db,
-            backup: &backup,
-            activity: t.activity,
-            fence: Some(fence),
-        };
-        let result = apply_one(&exec, &records, c).await;
+        let result = apply(c, backup).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         // Lost the lock meanwhile (an operator released it, or it expired): the record is left
         // as it is (`running`: status says interrupted) for whoever holds the lock now.
@@ -923,17 +971,11 @@ async fn apply_all(
             error,
             preview: Vec::new(),
         });
-        // A failure whose undoing failed too stops the batch whatever the flag says.
         if status == RESTORE_FAILED || (status == FAILED && !continue_on_error) {
             break;
         }
     }
-    Ok(UpReport {
-        batch: Some(batch),
-        dry_run: false,
-        changes,
-        recovered: Vec::new(),
-    })
+    Ok((batch, changes))
 }
 
 /// For each insert (and archive): whether the collection it inserts into is missing before the

@@ -104,7 +104,8 @@ impl Store {
         json!({ "doc": Bson::Document(d.clone()).into_canonical_extjson().to_string() })
     }
 
-    fn decode(row: &Value) -> Result<Document, StoreError> {
+    /// A record from the Appwrite row it is stored in (for a caller paging a table itself).
+    pub fn decode(row: &Value) -> Result<Document, StoreError> {
         let text = row["doc"].as_str().unwrap_or("{}");
         let v: Value =
             serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))?;

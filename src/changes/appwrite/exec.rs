@@ -323,18 +323,38 @@ impl AwExec<'_> {
         Ok(())
     }
 
-    /// The backup entries of operation `index`.
-    async fn backed_up(&self, index: usize) -> Result<Vec<Document>, AwError> {
-        if self.backup.is_empty() {
-            return Ok(Vec::new());
+    /// The next page of operation `index`'s backup entries after `after` (the backup table's
+    /// last row id read; `None` to start), or `None` past the end: a dropped table's rows are
+    /// never all held at once.
+    async fn backed_up_page(
+        &self,
+        index: usize,
+        after: &mut Option<String>,
+        done: &mut bool,
+    ) -> Result<Option<Vec<Document>>, AwError> {
+        if self.backup.is_empty() || *done {
+            return Ok(None);
         }
-        Ok(self
-            .store
-            .all(self.backup)
-            .await?
-            .into_iter()
-            .filter(|d| d.get_i64("op").ok() == Some(index as i64))
-            .collect())
+        let page = match self.page(self.backup, &[], after.as_deref()).await {
+            Ok(p) => p,
+            // No backup table: the operation backed nothing up.
+            Err(e) if e.is_missing() && after.is_none() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let n = page.len();
+        *after = page
+            .last()
+            .and_then(|r| r["$id"].as_str())
+            .map(str::to_string);
+        *done = n < PAGE || after.is_none();
+        let mut mine = Vec::new();
+        for row in &page {
+            let d = Store::decode(row)?;
+            if d.get_i64("op").ok() == Some(index as i64) {
+                mine.push(d);
+            }
+        }
+        Ok(Some(mine))
     }
 
     /// Removes the change's backup table.
@@ -809,18 +829,21 @@ impl AwExec<'_> {
                     let (kind, body) = column_request(&before("column"));
                     self.create_column(table, &kind, &body).await?;
                 }
-                for e in self.backed_up(index).await? {
-                    let id = e.get_str("row").unwrap_or_default();
-                    let v = to_json(e.get("value").unwrap_or(&Bson::Null));
-                    match self.client.get_row(self.db, table, id).await? {
-                        Some(row) if row.get(column).is_none_or(Value::is_null) => {
-                            self.client
-                                .update_row(self.db, table, id, &json!({ column: v }))
-                                .await?;
-                            done.modified += 1;
+                let (mut after, mut end) = (None, false);
+                while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
+                    for e in page {
+                        let id = e.get_str("row").unwrap_or_default();
+                        let v = to_json(e.get("value").unwrap_or(&Bson::Null));
+                        match self.client.get_row(self.db, table, id).await? {
+                            Some(row) if row.get(column).is_none_or(Value::is_null) => {
+                                self.client
+                                    .update_row(self.db, table, id, &json!({ column: v }))
+                                    .await?;
+                                done.modified += 1;
+                            }
+                            Some(row) if row.get(column) == Some(&v) => {}
+                            _ => done.skipped += 1,
                         }
-                        Some(row) if row.get(column) == Some(&v) => {}
-                        _ => done.skipped += 1,
                     }
                 }
             }
@@ -871,11 +894,14 @@ impl AwExec<'_> {
                         self.create_column(table, &kind, &body).await?;
                     }
                 }
-                for e in self.backed_up(index).await? {
-                    let id = e.get_str("row").unwrap_or_default();
-                    let data = to_json(e.get("data").unwrap_or(&Bson::Null));
-                    if self.client.create_row(self.db, table, id, &data).await? {
-                        done.inserted += 1;
+                let (mut after, mut end) = (None, false);
+                while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
+                    for e in page {
+                        let id = e.get_str("row").unwrap_or_default();
+                        let data = to_json(e.get("data").unwrap_or(&Bson::Null));
+                        if self.client.create_row(self.db, table, id, &data).await? {
+                            done.inserted += 1;
+                        }
                     }
                 }
                 for i in before("indexes").as_array().into_iter().flatten() {
@@ -901,22 +927,25 @@ impl AwExec<'_> {
             AwOp::Set { table, .. }
             | AwOp::Unset { table, .. }
             | AwOp::UpdateReferences { table, .. } => {
-                for e in self.backed_up(index).await? {
-                    let id = e.get_str("row").unwrap_or_default();
-                    let map = |k: &str| match to_json(e.get(k).unwrap_or(&Bson::Null)) {
-                        Value::Object(o) => o,
-                        _ => Map::new(),
-                    };
-                    let (old, new) = (map("old"), map("new"));
-                    match self.client.get_row(self.db, table, id).await? {
-                        Some(row) if holds(&row, &new) => {
-                            self.client
-                                .update_row(self.db, table, id, &Value::Object(old))
-                                .await?;
-                            done.modified += 1;
+                let (mut after, mut end) = (None, false);
+                while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
+                    for e in page {
+                        let id = e.get_str("row").unwrap_or_default();
+                        let map = |k: &str| match to_json(e.get(k).unwrap_or(&Bson::Null)) {
+                            Value::Object(o) => o,
+                            _ => Map::new(),
+                        };
+                        let (old, new) = (map("old"), map("new"));
+                        match self.client.get_row(self.db, table, id).await? {
+                            Some(row) if holds(&row, &new) => {
+                                self.client
+                                    .update_row(self.db, table, id, &Value::Object(old))
+                                    .await?;
+                                done.modified += 1;
+                            }
+                            Some(row) if holds(&row, &old) => {}
+                            _ => done.skipped += 1,
                         }
-                        Some(row) if holds(&row, &old) => {}
-                        _ => done.skipped += 1,
                     }
                 }
             }

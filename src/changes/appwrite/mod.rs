@@ -209,79 +209,19 @@ pub async fn up(
                 recovered,
             });
         }
-        let records = Records { ledger: t.ledger };
-        let batch = records.next_batch().await?;
-        let mut changes = Vec::new();
-        for c in pending {
-            if crate::ledger::lock::changes_stop_requested() {
-                // The process is stopping (a server's SIGTERM): the change under way finished;
-                // the others stay pending for the next `up`.
-                tracing::warn!(
-                    version = c.version,
-                    "stopping: the changes from this one on stay pending"
-                );
-                break;
-            }
-            fence
-                .check()
-                .await
-                .map_err(|e| ChangesError::Refused(e.to_string()))?;
-            let backup = backup_table(c.version, &run_id);
-            let mut line = HistoryEntry::new("up", c.version, &c.name, RUNNING, &run_id);
-            line.batch = Some(batch);
-            records.log(&line).await?;
-            records.start(c, batch, &backup, &run_id).await?;
-            let started = Instant::now();
-            let result = apply_one(&exec(t, &backup), &records, c).await;
-            let duration_ms = started.elapsed().as_millis() as u64;
-            if let Err(e) = fence.check().await {
-                return Err(ChangesError::Refused(format!(
-                    "change {} ({}): {e}; it is left interrupted: `cutover changes status` says what was done, `cutover changes down` undoes it",
-                    c.version,
-                    c.file_name()
-                )));
-            }
-            let (status, outcomes, error) = match result {
-                Ok(o) => (APPLIED, o, None),
-                Err((o, e)) if o.is_empty() => (FAILED, o, Some(e)),
-                Err((o, e)) => (RESTORE_FAILED, o, Some(e)),
-            };
-            records
-                .finish(
-                    c.version,
-                    &Finished {
-                        status,
-                        duration_ms,
-                        ops: &outcomes,
-                        error: error.clone(),
-                    },
-                )
-                .await?;
-            let sum = |g: fn(&OpOutcome) -> u64| outcomes.iter().map(g).sum::<u64>();
-            line.status = status.to_string();
-            line.duration_ms = duration_ms as i64;
-            line.matched = sum(|o| o.matched) as i64;
-            line.modified = sum(|o| o.modified) as i64;
-            line.inserted = sum(|o| o.inserted) as i64;
-            line.deleted = sum(|o| o.deleted) as i64;
-            line.error = error.clone();
-            records.log(&line).await?;
-            changes.push(AppliedChange {
-                version: c.version,
-                name: c.name.clone(),
-                status: status.to_string(),
-                duration_ms,
-                matched: sum(|o| o.matched),
-                modified: sum(|o| o.modified),
-                inserted: sum(|o| o.inserted),
-                deleted: sum(|o| o.deleted),
-                error,
-                preview: Vec::new(),
-            });
-            if status == RESTORE_FAILED || (status == FAILED && !opts.continue_on_error) {
-                break;
-            }
-        }
+        let (batch, changes) = super::apply_batch(
+            t.ledger,
+            &pending,
+            &run_id,
+            &fence,
+            opts.continue_on_error,
+            |c| backup_table(c.version, &run_id),
+            |c, backup| {
+                let records = Records { ledger: t.ledger };
+                async move { apply_one(&exec(t, &backup), &records, c).await }
+            },
+        )
+        .await?;
         Ok(UpReport {
             batch: Some(batch),
             dry_run: false,
