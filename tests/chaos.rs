@@ -503,6 +503,68 @@ depends_on = ["tallies"]
     appwrite_tables: &[],
 };
 
+// (h) Two plain tables in two stages, one after the other: a run killed while it copies the
+// first has not begun the second, so what the second owes (a killed `--rerun --sync-deletes`)
+// is known only from the run's own record, not from a step of its entity.
+const TWO_STAGES: Shape = Shape {
+    test: "two_stages",
+    sql: r#"
+CREATE TABLE alpha (id bigint PRIMARY KEY, name text NOT NULL, n integer NOT NULL);
+INSERT INTO alpha SELECT g, 'alpha ' || g, g % 1000 FROM generate_series(1, 30000) g;
+CREATE TABLE beta (id bigint PRIMARY KEY, label text NOT NULL, m integer);
+INSERT INTO beta SELECT g * 3, 'beta ' || g, CASE WHEN g % 5 = 0 THEN NULL ELSE g END
+FROM generate_series(1, 20000) g;
+"#,
+    mappings: &[
+        (
+            "alpha",
+            r#"
+version = 1
+name = "alpha"
+[source]
+table = "alpha"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+[[field]]
+path = "n"
+column = "n"
+"#,
+        ),
+        (
+            "beta",
+            r#"
+version = 1
+name = "beta"
+[source]
+table = "beta"
+key = ["id"]
+[[field]]
+path = "label"
+column = "label"
+[[field]]
+path = "m"
+column = "m"
+"#,
+        ),
+    ],
+    pipeline: r#"
+version = 1
+name = "two_stages"
+mappings_dir = "mappings"
+[[stage]]
+name = "first"
+entities = ["alpha"]
+[[stage]]
+name = "second"
+entities = ["beta"]
+depends_on = ["first"]
+"#,
+    entities: &[("alpha", "alpha"), ("beta", "beta")],
+    appwrite_tables: &[],
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_table_killed_at_random_ends_identical() {
     chaos(&PLAIN).await;
@@ -584,12 +646,34 @@ async fn a_killed_rerun_into_an_appwrite_child_table_is_finished_by_plain_runs()
     chaos_intent(&APPWRITE_CHILDREN, APPWRITE_CHILDREN_CHANGES).await;
 }
 
+const TWO_STAGES_CHANGES: &str = r#"
+UPDATE alpha SET n = n + 1 WHERE id % 13 = 0;
+DELETE FROM alpha WHERE id % 17 = 0;
+INSERT INTO alpha SELECT g, 'late alpha ' || g, 7 FROM generate_series(30001, 30200) g;
+UPDATE beta SET label = label || ' (changed)' WHERE id % 7 = 0;
+DELETE FROM beta WHERE id % 11 = 0;
+INSERT INTO beta SELECT g * 3, 'late beta ' || g, NULL FROM generate_series(20001, 20150) g;
+"#;
+
+/// The run-level record of what a killed run was asked: the second stage had not begun when
+/// the run was killed in the first, and the plain runs after must still rewrite and sync it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rerun_of_two_stages_is_finished_by_plain_runs_for_the_stage_not_begun() {
+    chaos_intent_with(&TWO_STAGES, TWO_STAGES_CHANGES, false).await;
+}
+
 /// Owed intent: a complete run, then the source changes (`changes`), then `migrate --rerun
 /// --sync-deletes` killed at random points and finished by plain `migrate`s (which must carry
 /// out what the killed run was asked: rewrite every document, remove those whose rows are gone)
 /// must end as the same command run once without a kill: the same documents byte for byte,
 /// every report balanced, and `verify` passing.
 async fn chaos_intent(shape: &Shape, changes: &str) {
+    chaos_intent_with(shape, changes, true).await;
+}
+
+/// [`chaos_intent`]; with `repeat_intent` false, only the first attempt asks for the rerun (a
+/// stage not begun then is owed by the run's record alone, never asked for again).
+async fn chaos_intent_with(shape: &Shape, changes: &str, repeat_intent: bool) {
     let seed = seed();
     let mut rng = fastrand::Rng::with_seed(seed);
     let test = std::thread::current()
@@ -642,7 +726,8 @@ async fn chaos_intent(shape: &Shape, changes: &str) {
         let batch = BATCH_SIZES[rng.usize(0..BATCH_SIZES.len())];
         // The first attempt asks for the rerun; after a kill, a plain run owes it (or, at
         // random, the same command again while kills remain: the run that ends is plain).
-        let mut args: Vec<String> = if n == 1 || (!plan.is_empty() && rng.u8(0..4) == 0) {
+        let again = repeat_intent && !plan.is_empty() && rng.u8(0..4) == 0;
+        let mut args: Vec<String> = if n == 1 || again {
             intent.iter().map(|s| s.to_string()).collect()
         } else {
             vec!["migrate".into(), "--quiet".into()]
@@ -680,35 +765,7 @@ async fn chaos_intent(shape: &Shape, changes: &str) {
         ctx.fail("no kill landed: make the stages slower (more rows)");
     }
     let got = side.dump(shape).await;
-    for (collection, want) in &expected {
-        let empty = BTreeMap::new();
-        let have = got.get(collection).unwrap_or(&empty);
-        let missing: Vec<&String> = want.keys().filter(|k| !have.contains_key(*k)).collect();
-        let extra: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
-        let different: Vec<&String> = want
-            .iter()
-            .filter(|(k, w)| have.get(*k).is_some_and(|h| h != *w))
-            .map(|(k, _)| k)
-            .collect();
-        if !missing.is_empty() || !extra.is_empty() || !different.is_empty() {
-            problems.push(format!(
-                "{collection}: {} missing (e.g. {:?}), {} extra (e.g. {:?}), {} different (e.g. {:?}) against the uninterrupted rerun",
-                missing.len(),
-                missing.first(),
-                extra.len(),
-                extra.first(),
-                different.len(),
-                different.first().map(|k| (k, &want[*k], have.get(*k)))
-            ));
-        }
-    }
-    if got.len() != expected.len() {
-        problems.push(format!(
-            "collections {:?}, the reference has {:?}",
-            got.keys().collect::<Vec<_>>(),
-            expected.keys().collect::<Vec<_>>()
-        ));
-    }
+    problems.extend(compare_dumps(&side, shape, &expected, &got).await);
     for r in side.reports() {
         for e in r["entities"].as_array().into_iter().flatten() {
             let n = |k: &str| e[k].as_u64().unwrap_or(0);
@@ -1323,6 +1380,60 @@ async fn attempt(
     }
 }
 
+type Dump = BTreeMap<String, BTreeMap<String, String>>;
+
+/// How the chaos side's documents (`got`) differ from the uninterrupted run's (`expected`):
+/// collections, counts (read from the target), missing, extra and different documents.
+async fn compare_dumps(side: &Side, shape: &Shape, expected: &Dump, got: &Dump) -> Vec<String> {
+    let mut problems = Vec::new();
+    let names = |d: &Dump| -> Vec<String> { d.keys().cloned().collect() };
+    if names(got) != names(expected) {
+        problems.push(format!(
+            "collections: {:?}, the reference has {:?}",
+            names(got),
+            names(expected)
+        ));
+    }
+    for (collection, want) in expected {
+        let empty = BTreeMap::new();
+        let have = got.get(collection).unwrap_or(&empty);
+        let count = side.count(shape, collection).await;
+        if count != want.len() as u64 {
+            problems.push(format!(
+                "{collection}: {count} documents, the reference has {}",
+                want.len()
+            ));
+        }
+        let missing: Vec<&String> = want.keys().filter(|k| !have.contains_key(*k)).collect();
+        let extra: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
+        let different: Vec<(&String, &String, &String)> = want
+            .iter()
+            .filter_map(|(k, w)| have.get(k).filter(|h| *h != w).map(|h| (k, w, h)))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{collection}: {} documents missing, e.g. _id {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            ));
+        }
+        if !extra.is_empty() {
+            problems.push(format!(
+                "{collection}: {} documents the reference does not have, e.g. _id {:?}",
+                extra.len(),
+                &extra[..extra.len().min(5)]
+            ));
+        }
+        if let Some((id, w, h)) = different.first() {
+            problems.push(format!(
+                "{collection}: {} documents differ from the reference; the first, _id {id}:\n    reference {w}\n    chaos     {h}",
+                different.len()
+            ));
+        }
+    }
+    problems
+}
+
 fn seed() -> u64 {
     match std::env::var("CUTOVER_CHAOS_SEED") {
         Ok(s) => s.trim().parse().expect("CUTOVER_CHAOS_SEED: a number"),
@@ -1498,53 +1609,7 @@ async fn chaos(shape: &Shape) {
 
     // 3. The same end as the uninterrupted run.
     let got = side.dump(shape).await;
-    let names = |d: &BTreeMap<String, BTreeMap<String, String>>| -> Vec<String> {
-        d.keys().cloned().collect()
-    };
-    if names(&got) != names(&expected) {
-        problems.push(format!(
-            "collections: {:?}, the reference has {:?}",
-            names(&got),
-            names(&expected)
-        ));
-    }
-    for (collection, want) in &expected {
-        let empty = BTreeMap::new();
-        let have = got.get(collection).unwrap_or(&empty);
-        let count = side.count(shape, collection).await;
-        if count != want.len() as u64 {
-            problems.push(format!(
-                "{collection}: {count} documents, the reference has {}",
-                want.len()
-            ));
-        }
-        let missing: Vec<&String> = want.keys().filter(|k| !have.contains_key(*k)).collect();
-        let extra: Vec<&String> = have.keys().filter(|k| !want.contains_key(*k)).collect();
-        let different: Vec<(&String, &String, &String)> = want
-            .iter()
-            .filter_map(|(k, w)| have.get(k).filter(|h| *h != w).map(|h| (k, w, h)))
-            .collect();
-        if !missing.is_empty() {
-            problems.push(format!(
-                "{collection}: {} documents missing, e.g. _id {:?}",
-                missing.len(),
-                &missing[..missing.len().min(5)]
-            ));
-        }
-        if !extra.is_empty() {
-            problems.push(format!(
-                "{collection}: {} documents the reference does not have, e.g. _id {:?}",
-                extra.len(),
-                &extra[..extra.len().min(5)]
-            ));
-        }
-        if let Some((id, w, h)) = different.first() {
-            problems.push(format!(
-                "{collection}: {} documents differ from the reference; the first, _id {id}:\n    reference {w}\n    chaos     {h}",
-                different.len()
-            ));
-        }
-    }
+    problems.extend(compare_dumps(&side, shape, &expected, &got).await);
 
     let got_rejects = side.rejects();
     let lost: Vec<_> = expected_rejects.difference(&got_rejects).collect();
