@@ -243,6 +243,18 @@ pub async fn check(
             {
                 report.blocking.push(why);
             }
+            // On Appwrite the ledger's tables share the database (its prefix is fixed).
+            if let Target::Appwrite(_) = t
+                && let Some(why) = crate::pipeline::ledger_name_problem(
+                    &plan.entity,
+                    m,
+                    crate::ledger::Ledger::APPWRITE_PREFIX,
+                    true,
+                )
+                && !report.blocking.contains(&why)
+            {
+                report.blocking.push(why);
+            }
             if let Target::Appwrite(a) = t
                 && let Some(spec) = &plan.appwrite_users
             {

@@ -197,13 +197,8 @@ fn out_text(o: &std::process::Output) -> String {
 
 /// A stand-in with fast columns, served in this process.
 async fn standin() -> (Arc<StandIn>, String) {
-    let mut s = StandIn::new("cutover", KEY);
-    s.column_delay = Duration::from_millis(20);
-    let s = Arc::new(s);
-    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
-    (s, format!("http://{addr}/v1"))
+    let aw = common::standin::Aw::start(KEY).await;
+    (aw.s, aw.endpoint)
 }
 
 /// The latest ledger step of `entity` in the stand-in's ledger.

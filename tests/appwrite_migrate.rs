@@ -4,44 +4,22 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use appwrite_standin::{Faults, StandIn};
+use appwrite_standin::Faults;
 use common::World;
+use common::standin::Aw;
 use serde_json::Value;
 
 const KEY: &str = "test-key-1";
 
-struct Aw {
-    s: Arc<StandIn>,
-    endpoint: String,
-}
-
 async fn standin() -> Aw {
-    let mut s = StandIn::new("cutover", KEY);
-    s.column_delay = Duration::from_millis(20);
-    let s = Arc::new(s);
-    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
-    Aw {
-        s,
-        endpoint: format!("http://{addr}/v1"),
-    }
+    Aw::start(KEY).await
 }
 
 /// Runs `cutover ARGS…` against the stand-in without blocking the runtime that serves it.
 async fn cutover(w: &World, aw: &Aw, args: &[&str]) -> std::process::Output {
-    let mut cmd = w.cutover();
-    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
-        .env("APPWRITE_PROJECT", "cutover")
-        .env("APPWRITE_API_KEY", KEY)
-        .env("APPWRITE_DATABASE", "registry")
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    aw.cutover_in(w, "registry", args).await
 }
 
 fn migrate_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {

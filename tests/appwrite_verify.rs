@@ -16,13 +16,8 @@ use serde_json::{Value, json};
 const KEY: &str = "verify-key";
 
 async fn standin() -> (Arc<StandIn>, String) {
-    let mut s = StandIn::new("cutover", KEY);
-    s.column_delay = Duration::from_millis(20);
-    let s = Arc::new(s);
-    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
-    (s, format!("http://{addr}/v1"))
+    let aw = common::standin::Aw::start(KEY).await;
+    (aw.s, aw.endpoint)
 }
 
 fn command(w: &World, endpoint: &str, args: &[&str]) -> Command {

@@ -11,55 +11,28 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use appwrite_standin::{Faults, StandIn};
 use common::World;
+use common::standin::Aw;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const KEY: &str = "test-key-1";
 const DB: &str = "registry";
 
-struct Aw {
-    s: Arc<StandIn>,
-    endpoint: String,
-}
-
 async fn standin() -> Aw {
-    // reqwest's TLS needs a provider even for plain HTTP (the oracle's client).
-    cutover::sink::appwrite::install_crypto_provider();
-    let mut s = StandIn::new("cutover", KEY);
-    s.column_delay = Duration::from_millis(20);
-    let s = Arc::new(s);
-    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
-    Aw {
-        s,
-        endpoint: format!("http://{addr}/v1"),
-    }
+    Aw::start(KEY).await
 }
 
 fn env(cmd: &mut std::process::Command, aw: &Aw) {
-    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
-        .env("APPWRITE_PROJECT", "cutover")
-        .env("APPWRITE_API_KEY", KEY)
-        .env("APPWRITE_DATABASE", DB);
+    cmd.envs(aw.vars(DB));
 }
 
 /// `cutover ARGS…` against the stand-in, without blocking the runtime that serves it.
 async fn cutover(w: &World, aw: &Aw, args: &[&str]) -> std::process::Output {
-    let mut cmd = w.cutover();
-    cmd.env("APPWRITE_ENDPOINT", &aw.endpoint)
-        .env("APPWRITE_PROJECT", "cutover")
-        .env("APPWRITE_API_KEY", KEY)
-        .env("APPWRITE_DATABASE", DB)
-        .args(args);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    aw.cutover_in(w, DB, args).await
 }
 
 /// `cutover changes SUB --target appwrite --dir DIR ARGS…`

@@ -26,13 +26,10 @@ impl Aw {
 }
 
 async fn standin() -> Aw {
-    let s = Arc::new(StandIn::new("cutover", KEY));
-    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
+    let aw = common::standin::Aw::start_with(KEY, std::time::Duration::from_millis(200)).await;
     Aw {
-        _s: s,
-        endpoint: format!("http://{addr}/v1"),
+        _s: aw.s,
+        endpoint: aw.endpoint,
     }
 }
 

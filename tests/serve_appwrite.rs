@@ -21,14 +21,8 @@ const KEY: &str = "test-key-1";
 const DB: &str = "registry";
 
 async fn standin() -> (Arc<StandIn>, String) {
-    cutover::sink::appwrite::install_crypto_provider();
-    let mut s = StandIn::new("cutover", KEY);
-    s.column_delay = Duration::from_millis(20);
-    let s = Arc::new(s);
-    let (addr, _) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
-    (s, format!("http://{addr}/v1"))
+    let aw = common::standin::Aw::start(KEY).await;
+    (aw.s, aw.endpoint)
 }
 
 /// `cutover serve --no-auth --target appwrite ARGS…`, started off the runtime that serves the

@@ -123,7 +123,7 @@ pub(crate) async fn connect_target(
                 tuning.bulk_rows
             };
             let target = Target::Appwrite(AppwriteTarget::new(client, &a.database, bulk));
-            let ledger = Ledger::new(crate::ledger::Store::of(&target), "cutover_");
+            let ledger = Ledger::new(crate::ledger::Store::of(&target), Ledger::APPWRITE_PREFIX);
             let name = target.display_name();
             Ok((target, ledger, name))
         }

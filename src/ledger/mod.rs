@@ -548,6 +548,9 @@ impl Ledger {
         &self.prefix
     }
 
+    /// The prefix of the ledger's tables in an Appwrite database (not configurable).
+    pub const APPWRITE_PREFIX: &'static str = "cutover_";
+
     fn runs(&self) -> String {
         format!("{}runs", self.prefix)
     }

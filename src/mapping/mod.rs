@@ -47,6 +47,18 @@ impl Mapping {
         &self.spec.name
     }
 
+    /// The Appwrite child tables its embeds write (`<collection>_<path>`, for `appwrite =
+    /// "table"`), each with the embed's index and path.
+    pub fn appwrite_child_tables(&self) -> Vec<(usize, &str, String)> {
+        self.spec
+            .embeds
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.appwrite == spec::EmbedStore::Table)
+            .map(|(i, e)| (i, e.path.as_str(), format!("{}_{}", self.collection(), e.path)))
+            .collect()
+    }
+
     pub fn collection(&self) -> &str {
         // A file mapping writes into its bucket.
         if let Some(f) = &self.spec.file {
@@ -167,18 +179,28 @@ impl MappingSet {
                 ));
             }
         }
+        // Two child tables of one name would hold both embeds' rows under the same row ids
+        // (parent and position): one would overwrite the other (`a` + `b_c`, `a_b` + `c`).
+        let mut children: std::collections::BTreeMap<String, (&Mapping, &str)> = Default::default();
         for m in &self.mappings {
-            for (i, e) in m.spec.embeds.iter().enumerate() {
-                if e.appwrite != spec::EmbedStore::Table {
-                    continue;
-                }
-                let table = format!("{}_{}", m.collection(), e.path);
+            for (i, path, table) in m.appwrite_child_tables() {
                 if let Some(other) = writers.get(table.as_str()) {
                     return Err(invalid(
                         m,
-                        &format!("embed[{i}] ({}).appwrite", e.path),
+                        &format!("embed[{i}] ({path}).appwrite"),
                         format!(
                             "its Appwrite child table `{table}` is the collection mapping `{}` ({}) writes: rename one",
+                            other.name(),
+                            other.path.display()
+                        ),
+                    ));
+                }
+                if let Some((other, other_path)) = children.insert(table.clone(), (m, path)) {
+                    return Err(invalid(
+                        m,
+                        &format!("embed[{i}] ({path}).appwrite"),
+                        format!(
+                            "its Appwrite child table `{table}` is also the child table of embed `{other_path}` of mapping `{}` ({}): their rows would overwrite each other; rename a collection or an embed path",
                             other.name(),
                             other.path.display()
                         ),
@@ -998,7 +1020,31 @@ column = "name"
             err.contains("p.toml") && err.contains("child table `things_kids`"),
             "{err}"
         );
-        MappingSet::from_mappings(vec![parent]).unwrap();
+        MappingSet::from_mappings(vec![parent.clone()]).unwrap();
+        // Outside tester of #11, finding 16: `things` + `a_kids` and `things_a` + `kids` are both
+        // `things_a_kids`; one entity's children overwrote the other's.
+        let embed = |path: &str| {
+            format!(
+                "[[embed]]\npath = \"{path}\"\ntable = \"kids\"\nforeign_key = \"pid\"\nappwrite = \"table\"\n[[embed.field]]\npath = \"n\"\ncolumn = \"n\"\n"
+            )
+        };
+        let first = parse(Path::new("a.toml"), &format!("{MINIMAL}{}", embed("a_kids"))).unwrap();
+        let second = parse(
+            Path::new("b.toml"),
+            &format!(
+                "{}{}",
+                MINIMAL.replace("name = \"things\"", "name = \"things_a\""),
+                embed("kids")
+            ),
+        )
+        .unwrap();
+        let err = MappingSet::from_mappings(vec![first, second])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`things_a_kids`") && err.contains("a.toml") && err.contains("b.toml"),
+            "{err}"
+        );
     }
 
     /// Found by the fourteenth tester: `validate = { min = nan }` was taken, and then no row

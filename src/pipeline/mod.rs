@@ -297,9 +297,65 @@ impl Pipeline {
     }
 }
 
+/// Why a mapping's destinations cannot be written beside a ledger whose collections (tables)
+/// start with `prefix`: its collection, or on Appwrite (`appwrite`) a child table of its embeds,
+/// named like the ledger's own — a rollback of the step would empty the ledger's runs or steps.
+/// Without case: Appwrite's table ids ignore it.
+pub fn ledger_name_problem(
+    entity: &str,
+    mapping: &crate::mapping::Mapping,
+    prefix: &str,
+    appwrite: bool,
+) -> Option<String> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let clashes = |name: &str| name.to_lowercase().starts_with(&prefix.to_lowercase());
+    let collection = mapping.collection();
+    if clashes(collection) {
+        return Some(format!(
+            "{entity}: collection `{collection}` is named like the ledger's own (`{prefix}…`); choose another `collection` in its mapping"
+        ));
+    }
+    if appwrite {
+        for (_, path, table) in mapping.appwrite_child_tables() {
+            if clashes(&table) {
+                return Some(format!(
+                    "{entity}: embed `{path}` writes the Appwrite child table `{table}`, named like the ledger's own (`{prefix}…`); choose another `collection` or embed path"
+                ));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outside tester of #11, finding 27: an entity `cutover` embedding `runs` into an Appwrite
+    /// child table wrote into the ledger's `cutover_runs`, and its rollback emptied the history.
+    #[test]
+    fn a_destination_named_like_the_ledgers_own_is_refused() {
+        let text = |name: &str, embed: &str| {
+            format!(
+                "version = 1\nname = \"{name}\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n[[embed]]\npath = \"{embed}\"\ntable = \"k\"\nforeign_key = \"p\"\nappwrite = \"table\"\n[[embed.field]]\npath = \"x\"\ncolumn = \"x\"\n"
+            )
+        };
+        let parse = |t: String| crate::mapping::parse(Path::new("m.toml"), &t).unwrap();
+        let m = parse(text("cutover", "runs"));
+        let why = super::ledger_name_problem("cutover", &m, "cutover_", true).expect("refused");
+        assert!(why.contains("`cutover_runs`"), "{why}");
+        assert_eq!(
+            super::ledger_name_problem("cutover", &m, "cutover_", false),
+            None,
+            "a MongoDB embed writes no table"
+        );
+        let m = parse(text("Cutover_Steps", "x"));
+        assert!(super::ledger_name_problem("c", &m, "cutover_", false).is_some());
+        let m = parse(text("things", "runs"));
+        assert_eq!(super::ledger_name_problem("things", &m, "cutover_", true), None);
+    }
     use crate::mapping::parse;
 
     fn mapping(name: &str, reference: Option<&str>) -> crate::mapping::Mapping {

@@ -333,17 +333,15 @@ pub async fn migrate_as(
         if let Some(why) = target.unfit_name(&step.entity, &collection, users) {
             return Err(RunError::Refused(why));
         }
-        // Without case: Appwrite's table ids ignore it.
-        if !ledger.prefix().is_empty()
-            && collection
-                .to_lowercase()
-                .starts_with(&ledger.prefix().to_lowercase())
+        if let Some(m) = mapping
+            && let Some(why) = super::ledger_name_problem(
+                &step.entity,
+                m,
+                ledger.prefix(),
+                matches!(target, Target::Appwrite(_)),
+            )
         {
-            return Err(RunError::Refused(format!(
-                "{}: collection `{collection}` is named like the ledger's own (`{}…`); choose another `collection` in its mapping",
-                step.entity,
-                ledger.prefix()
-            )));
+            return Err(RunError::Refused(why));
         }
     }
     if opts.dry_run {

@@ -7,6 +7,7 @@ pub mod library;
 pub mod oracle;
 pub mod process;
 pub mod serve;
+pub mod standin;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
