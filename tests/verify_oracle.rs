@@ -1450,3 +1450,35 @@ async fn far_and_bc_years_inside_arrays_verify() {
     assert!(text.contains("6 compared — 4 problem(s)"), "{text}");
     w.drop().await;
 }
+
+/// Outside tester of #11, finding 20: `keep_string` on a `timestamptz[]` kept one exact text
+/// (the last element's) for the whole array; the other elements' microseconds were lost with no
+/// warning and verify passed. The mapping is refused before anything is read, by check and
+/// migrate alike, naming the column; nothing is written.
+#[tokio::test]
+async fn keep_string_on_an_array_column_is_refused() {
+    let w = World::new("oracle_keep_string_array").await;
+    w.sql(
+        "CREATE TABLE t (k int PRIMARY KEY, tza timestamptz[]);
+         INSERT INTO t VALUES (7, ARRAY['2020-01-01 00:00:00.123456+00'::timestamptz,
+                                         '2021-06-01 00:00:00.654321+00']);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"k\"]\n[[field]]\npath = \"v\"\ncolumn = \"tza\"\nsub_millis = \"keep_string\"\nexact_path = \"x\"\n",
+    );
+    let p = pipeline.display().to_string();
+    for cmd in ["check", "migrate"] {
+        let out = w.cutover().args([cmd, "--pipeline", &p]).output().unwrap();
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "{cmd}: {text}");
+        assert!(
+            text.contains("`tza`") && text.contains("keep_string") && text.contains("per element"),
+            "{cmd}: {text}"
+        );
+    }
+    assert_eq!(w.count("t").await, 0);
+    w.drop().await;
+}

@@ -55,7 +55,13 @@ impl Mapping {
             .iter()
             .enumerate()
             .filter(|(_, e)| e.appwrite == spec::EmbedStore::Table)
-            .map(|(i, e)| (i, e.path.as_str(), format!("{}_{}", self.collection(), e.path)))
+            .map(|(i, e)| {
+                (
+                    i,
+                    e.path.as_str(),
+                    format!("{}_{}", self.collection(), e.path),
+                )
+            })
             .collect()
     }
 
@@ -1028,7 +1034,11 @@ column = "name"
                 "[[embed]]\npath = \"{path}\"\ntable = \"kids\"\nforeign_key = \"pid\"\nappwrite = \"table\"\n[[embed.field]]\npath = \"n\"\ncolumn = \"n\"\n"
             )
         };
-        let first = parse(Path::new("a.toml"), &format!("{MINIMAL}{}", embed("a_kids"))).unwrap();
+        let first = parse(
+            Path::new("a.toml"),
+            &format!("{MINIMAL}{}", embed("a_kids")),
+        )
+        .unwrap();
         let second = parse(
             Path::new("b.toml"),
             &format!(

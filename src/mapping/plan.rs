@@ -629,6 +629,20 @@ fn compile_fields(
                 ),
             ));
         }
+        // `keep_string` keeps one exact text per field: an array's elements would share it (the
+        // last one's), the others' microseconds lost without a trace.
+        if f.sub_millis == Some(SubMillis::KeepString)
+            && let Input::Column(i) = &input
+            && matches!(read.columns[*i].kind, crate::source::ColKind::Array(_))
+        {
+            return Err(invalid(
+                format!("{key}.sub_millis"),
+                format!(
+                    "column `{}` is {}: `keep_string` keeps one exact text per field, not one per element; use `reject` (a row with sub-millisecond digits is rejected) or `truncate` (warned), or read the column as text (a `query` source selecting `col::text[]`)",
+                    read.columns[*i].name, read.columns[*i].pg_type
+                ),
+            ));
+        }
         let reference = match &f.reference {
             Some(r) => Some(IdRule::of(set.get(r)?)),
             None => None,

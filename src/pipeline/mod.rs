@@ -354,7 +354,10 @@ mod tests {
         let m = parse(text("Cutover_Steps", "x"));
         assert!(super::ledger_name_problem("c", &m, "cutover_", false).is_some());
         let m = parse(text("things", "runs"));
-        assert_eq!(super::ledger_name_problem("things", &m, "cutover_", true), None);
+        assert_eq!(
+            super::ledger_name_problem("things", &m, "cutover_", true),
+            None
+        );
     }
     use crate::mapping::parse;
 
