@@ -174,11 +174,29 @@ fn canonical_row(spec: &TableSpec, row: &Value) -> Value {
     Value::Array(values)
 }
 
+/// `v` with every object's keys in sorted order: an object's members have no order (Appwrite
+/// keeps a user's prefs as it likes), so two equal objects must hash alike.
+fn keys_sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), keys_sorted(&o[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(keys_sorted).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The user fields cutover sets, in canonical form.
 fn canonical_user(u: &Value) -> Value {
     json!({
         "email": u["email"], "name": u["name"], "password": u["password"], "hash": u["hash"],
-        "labels": u["labels"], "prefs": u["prefs"], "phone": u["phone"],
+        "labels": u["labels"], "prefs": keys_sorted(&u["prefs"]), "phone": u["phone"],
         "emailVerification": u["emailVerification"], "status": u["status"],
     })
 }
@@ -186,7 +204,7 @@ fn canonical_user(u: &Value) -> Value {
 fn expected_user(user: &crate::sink::appwrite::users::ImportUser) -> Value {
     json!({
         "email": user.email, "name": user.name, "password": user.hash, "hash": user.algorithm,
-        "labels": user.labels, "prefs": user.prefs, "phone": user.phone.clone().unwrap_or_default(),
+        "labels": user.labels, "prefs": keys_sorted(&json!(user.prefs)), "phone": user.phone.clone().unwrap_or_default(),
         "emailVerification": user.email_verified.unwrap_or(false),
         "status": user.enabled.unwrap_or(true),
     })
@@ -858,6 +876,23 @@ pub async fn verify_entity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outside tester of #11, finding 10: every imported user failed verify ("different:
+    /// prefs") when the server gave the prefs back in another key order than cutover sent them.
+    #[test]
+    fn a_users_prefs_compare_whatever_their_key_order() {
+        let sent = json!({"email": "a@b.c", "prefs": {"f": 0.1, "cutoverImported": "users", "o": {"z": 1, "a": [{"y": 1, "b": 2}]}}});
+        let back = json!({"email": "a@b.c", "prefs": {"cutoverImported": "users", "f": 0.1, "o": {"a": [{"b": 2, "y": 1}], "z": 1}}});
+        assert_eq!(
+            hash_value(&canonical_user(&sent)),
+            hash_value(&canonical_user(&back))
+        );
+        let other = json!({"email": "a@b.c", "prefs": {"cutoverImported": "users", "f": 0.2, "o": {"a": [{"b": 2, "y": 1}], "z": 1}}});
+        assert_ne!(
+            hash_value(&canonical_user(&sent)),
+            hash_value(&canonical_user(&other))
+        );
+    }
 
     #[test]
     fn json_text_with_a_repeated_key_is_compared_as_text() {
