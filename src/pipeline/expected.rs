@@ -39,11 +39,13 @@ impl Readers {
 pub(crate) enum ExpectedRow {
     /// Rejected before any write: a column (its own or a child's) that cannot be decoded, a
     /// mapping or validation error, or a document too large. `row` is the decoded row, `None`
-    /// when the row itself could not be decoded.
+    /// when the row itself could not be decoded; `decoded` then holds the columns read before
+    /// the one that failed (the key among them when it came first).
     Rejected {
         key: String,
         issues: Vec<Issue>,
         row: Option<Vec<Value>>,
+        decoded: Vec<Value>,
     },
     /// A document the run writes; `mapped.doc` is set and `mapped.issues` holds only warnings.
     Document {
@@ -213,6 +215,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                     key: err.key_text(plan.key.len()),
                     issues: vec![issue],
                     row: None,
+                    decoded: err.decoded,
                 }));
             }
         };
@@ -243,6 +246,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                     key: key_text(&key),
                     issues: vec![issue],
                     row: Some(row),
+                    decoded: Vec::new(),
                 }));
             }
             self.last_key = Some(key.iter().map(|v| (*v).clone()).collect());
@@ -270,6 +274,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                 key: key_text(&key),
                 issues: undecodable,
                 row: Some(row),
+                decoded: Vec::new(),
             }));
         }
         let mapped = map_row(plan, &row, &children, ctx);
@@ -279,6 +284,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                     key: mapped.key,
                     issues: mapped.issues,
                     row: Some(row),
+                    decoded: Vec::new(),
                 }));
             }
             Some(doc) => doc.as_bytes().len(),
@@ -297,6 +303,7 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
                 key: mapped.key,
                 issues: vec![issue],
                 row: Some(row),
+                decoded: Vec::new(),
             }));
         }
         Ok(Some(ExpectedRow::Document {

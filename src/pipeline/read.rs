@@ -210,7 +210,12 @@ pub(super) async fn read_loop(
             since_tick = 0;
         }
         let (row, mut mapped) = match item {
-            ExpectedRow::Rejected { key, issues, row } => {
+            ExpectedRow::Rejected {
+                key,
+                issues,
+                row,
+                decoded,
+            } => {
                 // Part of the batch being gathered (the next sealed).
                 reject(
                     counters,
@@ -223,8 +228,11 @@ pub(super) async fn read_loop(
                 batch.rejected += 1;
                 // Into a collection that held documents, this row's may be there from an
                 // earlier run: stale now, it goes (a fresh run would not have written it).
+                // A row that could not be decoded is named by its key when the key was read
+                // before the column that failed (an `infinity` date, an array's lower bound).
+                let values = row.as_ref().unwrap_or(&decoded);
                 if upsert
-                    && let Some(values) = &row
+                    && plan.key.iter().all(|&k| k < values.len())
                     && let Ok(id) = plan
                         .id
                         .id_for(&plan.key.iter().map(|&k| &values[k]).collect::<Vec<_>>())
