@@ -51,27 +51,66 @@ fn show(v: &Bson) -> String {
     }
 }
 
-fn number(v: &Bson) -> Option<f64> {
+/// How a value stands against a range bound, compared exactly (a decimal's digits against the
+/// bound's shortest text, never through a double: `0.3` is not above `max = 0.3`).
+#[derive(Debug, PartialEq)]
+enum Against {
+    /// Not a number: ranges do not apply.
+    NotANumber,
+    /// NaN: no range holds it.
+    NaN,
+    Is(std::cmp::Ordering),
+}
+
+fn against(v: &Bson, bound: f64) -> Against {
+    use std::cmp::Ordering::{Greater, Less};
+    let infinite = |negative: bool| Against::Is(if negative { Less } else { Greater });
     match v {
-        Bson::Int32(i) => Some(f64::from(*i)),
-        Bson::Int64(i) => Some(*i as f64),
-        Bson::Double(d) => Some(*d),
-        Bson::Decimal128(d) => decimal128_to_f64(d),
-        _ => None,
+        Bson::Double(f) if f.is_nan() => return Against::NaN,
+        Bson::Double(f) if f.is_infinite() => return infinite(*f < 0.0),
+        Bson::Decimal128(d) => {
+            let text = d.to_string();
+            match text.trim_start_matches(['-', '+']) {
+                "NaN" => return Against::NaN,
+                "Infinity" | "Inf" => return infinite(text.starts_with('-')),
+                _ => {}
+            }
+        }
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => {}
+        _ => return Against::NotANumber,
+    }
+    match (exact_number(v), exact_number(&Bson::Double(bound))) {
+        (Some(x), Some(b)) => Against::Is(cmp_exact(&x, &b)),
+        _ => Against::NotANumber,
     }
 }
 
-/// Approximate value of a Decimal128 (for range rules only).
-fn decimal128_to_f64(d: &bson::Decimal128) -> Option<f64> {
-    let bits = u128::from_le_bytes(d.bytes());
-    if (bits >> 122) & 0x1F >= 0x1E {
-        return None;
+/// Orders two numbers in [`exact_number`]'s form.
+fn cmp_exact(a: &(bool, String, i64), b: &(bool, String, i64)) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let zero = |x: &(bool, String, i64)| x.1 == "0";
+    let sign = |x: &(bool, String, i64)| {
+        if zero(x) {
+            0
+        } else if x.0 {
+            -1
+        } else {
+            1
+        }
+    };
+    match sign(a).cmp(&sign(b)) {
+        Ordering::Equal if sign(a) == 0 => return Ordering::Equal,
+        Ordering::Equal => {}
+        other => return other,
     }
-    let negative = bits >> 127 == 1;
-    let exp = ((bits >> 113) & 0x3FFF) as i32 - 6176;
-    let coeff = (bits & ((1u128 << 113) - 1)) as f64;
-    let v = coeff * 10f64.powi(exp);
-    Some(if negative { -v } else { v })
+    // Same sign, both non-zero: compare magnitudes, then flip for negatives.
+    let top = |x: &(bool, String, i64)| x.1.len() as i64 + x.2;
+    let magnitude = top(a).cmp(&top(b)).then_with(|| {
+        let width = a.1.len().max(b.1.len());
+        let pad = |d: &str| format!("{d:0<width$}");
+        pad(&a.1).cmp(&pad(&b.1))
+    });
+    if a.0 { magnitude.reverse() } else { magnitude }
 }
 
 impl Rules {
@@ -150,24 +189,35 @@ impl Rules {
             other => vec![other],
         };
         for item in numbers {
-            let Some(n) = number(item) else { continue };
-            if let Some(min) = self.min
-                && n < min
-            {
-                fail(
-                    RuleName::Min,
-                    format!("{path} is below the minimum {min}"),
-                    &show(item),
-                );
+            if let Some(min) = self.min {
+                match against(item, min) {
+                    Against::Is(std::cmp::Ordering::Less) => fail(
+                        RuleName::Min,
+                        format!("{path} is below the minimum {min}"),
+                        &show(item),
+                    ),
+                    Against::NaN => fail(
+                        RuleName::Min,
+                        format!("{path} is NaN, which no minimum holds ({min})"),
+                        &show(item),
+                    ),
+                    _ => {}
+                }
             }
-            if let Some(max) = self.max
-                && n > max
-            {
-                fail(
-                    RuleName::Max,
-                    format!("{path} is above the maximum {max}"),
-                    &show(item),
-                );
+            if let Some(max) = self.max {
+                match against(item, max) {
+                    Against::Is(std::cmp::Ordering::Greater) => fail(
+                        RuleName::Max,
+                        format!("{path} is above the maximum {max}"),
+                        &show(item),
+                    ),
+                    Against::NaN if self.min.is_none() => fail(
+                        RuleName::Max,
+                        format!("{path} is NaN, which no maximum holds ({max})"),
+                        &show(item),
+                    ),
+                    _ => {}
+                }
             }
         }
         if let Some(re) = &self.regex
@@ -314,6 +364,69 @@ mod tests {
         assert_eq!(normal_decimal("12.3400E2"), Some((false, "1234".into(), 0)));
         assert_eq!(normal_decimal("1e5"), Some((false, "1".into(), 5)));
         assert_eq!(normal_decimal("abc"), None);
+    }
+
+    /// Outside tester of #11, findings 23 and 25: numeric ±Infinity and every NaN passed `min`
+    /// and `max` (the validator set after the load then refused updates of those documents);
+    /// decimals compared through doubles (`0.3` failed `max = 0.3`, `0.300…01` passed it) and so
+    /// did integers past 2^53.
+    #[test]
+    fn ranges_compare_exactly_and_hold_no_nan_or_infinity() {
+        let dec = |t: &str| Bson::Decimal128(t.parse().unwrap());
+        let r = Rules {
+            min: Some(0.0),
+            max: Some(0.3),
+            ..Default::default()
+        };
+        for ok in [
+            dec("0.3"),
+            dec("0.30"),
+            dec("0"),
+            dec("-0"),
+            Bson::Double(0.3),
+            Bson::Int32(0),
+        ] {
+            assert!(check(&r, Some(ok.clone())).is_empty(), "{ok:?}");
+        }
+        assert_eq!(check(&r, Some(dec("0.30000000000000000001"))), ["max"]);
+        assert_eq!(check(&r, Some(dec("-0.000000000000000000001"))), ["min"]);
+        assert_eq!(check(&r, Some(dec("Infinity"))), ["max"]);
+        assert_eq!(check(&r, Some(dec("-Infinity"))), ["min"]);
+        assert_eq!(check(&r, Some(Bson::Double(f64::INFINITY))), ["max"]);
+        assert_eq!(check(&r, Some(dec("NaN"))), ["min"]);
+        assert_eq!(check(&r, Some(Bson::Double(f64::NAN))), ["min"]);
+        let only_max = Rules {
+            max: Some(10.0),
+            ..Default::default()
+        };
+        assert_eq!(check(&only_max, Some(Bson::Double(f64::NAN))), ["max"]);
+        assert_eq!(
+            check(
+                &only_max,
+                Some(Bson::Array(vec![Bson::Int32(1), dec("NaN")]))
+            ),
+            ["max"]
+        );
+        let big = Rules {
+            max: Some(9_007_199_254_740_992.0),
+            ..Default::default()
+        };
+        assert!(check(&big, Some(Bson::Int64(9_007_199_254_740_992))).is_empty());
+        assert_eq!(
+            check(&big, Some(Bson::Int64(9_007_199_254_740_993))),
+            ["max"]
+        );
+        let neg = Rules {
+            min: Some(-1.5),
+            max: Some(-0.25),
+            ..Default::default()
+        };
+        assert!(check(&neg, Some(dec("-1.5"))).is_empty());
+        assert!(check(&neg, Some(Bson::Double(-0.25))).is_empty());
+        assert_eq!(check(&neg, Some(dec("-1.51"))), ["min"]);
+        assert_eq!(check(&neg, Some(dec("-0.2"))), ["max"]);
+        assert_eq!(check(&neg, Some(Bson::Int32(-2))), ["min"]);
+        assert!(check(&neg, Some(Bson::String("x".into()))).is_empty());
     }
 
     fn check(rules: &Rules, v: Option<Bson>) -> Vec<String> {
