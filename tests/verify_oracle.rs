@@ -1482,3 +1482,43 @@ async fn keep_string_on_an_array_column_is_refused() {
     assert_eq!(w.count("t").await, 0);
     w.drop().await;
 }
+
+/// Outside tester of #11, finding 12: `point[]` with `type = "point"` was written as correct
+/// GeoJSON, and verify failed every row (the oracle could not read the elements' `(x,y)` text
+/// that `to_jsonb` gives). It passes now, and a coordinate one ulp off is still named.
+#[tokio::test]
+async fn arrays_of_points_verify_and_a_coordinate_one_ulp_off_is_named() {
+    let w = World::new("oracle_point_arrays").await;
+    w.sql(
+        "CREATE TABLE t (k int PRIMARY KEY, p point, pa point[]);
+         INSERT INTO t VALUES (1, '(180,90)', ARRAY['(1,2)'::point]),
+           (4, '(-0,-0)', ARRAY['(-0,-0)'::point, NULL]),
+           (7, '(0.1,0.2)', ARRAY['(0.1,0.2)'::point, '(-179.5,5.000000000000001)'::point]);",
+    )
+    .await;
+    migrated(
+        &w,
+        "t",
+        "[[field]]\npath = \"p\"\ncolumn = \"p\"\ntype = \"point\"\n[[field]]\npath = \"pa\"\ncolumn = \"pa\"\ntype = \"point\"\n",
+    )
+    .await;
+    let (code, text, _) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(3 documents): p, pa"), "{text}");
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .update_one(
+            doc! { "_id": 7 },
+            doc! { "$set": { "pa.1.coordinates.1": f64::from_bits(5.000000000000001f64.to_bits() + 1) } },
+        )
+        .await
+        .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "t")),
+        [("7".to_string(), "pa".to_string())]
+    );
+    w.drop().await;
+}

@@ -570,12 +570,15 @@ fn array_matches(elem: &Check, j: &J, target: &Bson, at: &str) -> Result<(), Str
     }
 }
 
-/// A point's longitude and latitude from PostgreSQL's `x y` text, or why the row must have
-/// been rejected.
+/// A point's longitude and latitude from PostgreSQL's text — `x y` (the scalar's query) or the
+/// point's own `(x,y)` (an array element, from `to_jsonb`) — or why the row must have been
+/// rejected.
 pub fn point_of(text: &str) -> Result<(f64, f64), String> {
-    let (x, y) = text
-        .split_once(' ')
-        .ok_or_else(|| format!("`{text}` is not a point's x and y"))?;
+    let pair = match text.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+        Some(inner) => inner.split_once(','),
+        None => text.split_once(' '),
+    };
+    let (x, y) = pair.ok_or_else(|| format!("`{text}` is not a point's x and y"))?;
     let lon = pg_f64(x).ok_or_else(|| format!("`{x}` is not a float"))?;
     let lat = pg_f64(y).ok_or_else(|| format!("`{y}` is not a float"))?;
     let ok = lon.is_finite()
