@@ -1522,3 +1522,49 @@ async fn arrays_of_points_verify_and_a_coordinate_one_ulp_off_is_named() {
     );
     w.drop().await;
 }
+
+/// Outside tester of #11, finding 13: into Appwrite a `point[]` with `type = "point"` made a
+/// scalar point column, and the server refused every row (check foresaw none). Appwrite has no
+/// array of points: the GeoJSON points are kept as JSON text, every row is written, and verify
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrays_of_points_into_appwrite_are_kept_as_json_text() {
+    let w = World::new("oracle_point_arrays_aw").await;
+    w.sql(
+        "CREATE TABLE t (k int PRIMARY KEY, p point, pa point[]);
+         INSERT INTO t VALUES (1, '(180,90)', ARRAY['(1,2)'::point]),
+           (4, '(-0,-0)', ARRAY['(-0,-0)'::point]),
+           (7, '(0.1,0.2)', ARRAY['(0.1,0.2)'::point, '(-179.5,5.000000000000001)'::point]);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"k\"]\n[[field]]\npath = \"p\"\ncolumn = \"p\"\ntype = \"point\"\n[[field]]\npath = \"pa\"\ncolumn = \"pa\"\ntype = \"point\"\n",
+    );
+    let p = pipeline.display().to_string();
+    let aw = common::standin::Aw::start("pts-key").await;
+    for cmd in ["check", "migrate", "verify"] {
+        let out = aw
+            .cutover_in(&w, "pts", &[cmd, "--target", "appwrite", "--pipeline", &p])
+            .await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{cmd}: {}",
+            common::output_text(&out)
+        );
+    }
+    assert_eq!(aw.s.get_column("pts", "t", "p").unwrap()["type"], "point");
+    assert_eq!(aw.s.get_column("pts", "t", "pa").unwrap()["type"], "string");
+    let rows = aw.s.rows("pts", "t");
+    let row = rows.iter().find(|r| r["$id"] == "7").unwrap();
+    let pa: serde_json::Value = serde_json::from_str(row["pa"].as_str().unwrap()).unwrap();
+    assert_eq!(pa[1]["type"], "Point", "{pa}");
+    assert_eq!(
+        pa[1]["coordinates"],
+        serde_json::json!([-179.5, 5.000000000000001]),
+        "{pa}"
+    );
+    w.drop().await;
+}

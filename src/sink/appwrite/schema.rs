@@ -349,6 +349,14 @@ pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, 
             CastType::Point => Kind::Point,
         };
     }
+    // Appwrite has no array of points (its point route takes no `array`): the GeoJSON points of
+    // a `point[]` are kept as JSON text, not sent to a scalar point column that refuses them.
+    if kind.0 == Kind::Point
+        && let Input::Column(i) = &f.input
+        && matches!(plan_read.columns[*i].kind, crate::source::ColKind::Array(_))
+    {
+        return (Kind::Json, false);
+    }
     // A text column is as long as the mapping allows (`max_length`), else the default.
     if kind.0 == Kind::Text(DEFAULT_TEXT_SIZE) {
         kind.0 = text(f);
