@@ -1244,3 +1244,88 @@ async fn sigterm_while_waiting_for_the_lock_at_start_ends_the_wait() {
     assert_eq!(change_status(&w, 3).await, None, "never started");
     w.drop().await;
 }
+
+/// Outside tester of #15/#16 (F17): a form on any site the operator visited could post
+/// `/api/migrations/down` with the Basic credentials the browser kept for the status page, and
+/// with `--no-auth` with none; a foreign `Host` (DNS rebinding) was answered. A request that
+/// changes something from another site (its `Origin` or `Sec-Fetch-Site`) is refused and
+/// nothing is reversed; the same request from the page's own origin, or from a script without
+/// those headers, goes through; `--no-auth` answers loopback names only.
+#[tokio::test]
+async fn requests_from_another_site_change_nothing() {
+    let w = World::new("serve_csrf").await;
+    let dir = changes_dir(&w);
+    let d = dir.display().to_string();
+    let token = "csrf-token-5b1e";
+    let mut server = Server::start(
+        &w,
+        "csrf",
+        &["--dir", &d, "--migrate-on-start"],
+        &[("CUTOVER_API_TOKEN", token)],
+    );
+    let applied = versions(&dir);
+    let api = Api::new(&server.base, Some(token));
+    let http = reqwest::Client::new();
+    let down = format!("{}/api/migrations/down?steps=1", server.base);
+    let host = server.base.trim_start_matches("http://").to_string();
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let r = http
+            .post(&down)
+            .basic_auth("anyone", Some(token))
+            .header(name, value)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{name}: {value}");
+        let v: Value = r.json().await.unwrap();
+        is_error(&v, "cross_origin");
+    }
+    let (_, v) = api.get("/api/migrations/status").await;
+    assert_eq!(v["summary"]["applied"], applied.len(), "{v}");
+    // The page's own origin goes through.
+    let r = http
+        .post(&down)
+        .basic_auth("anyone", Some(token))
+        .header("origin", format!("http://{host}"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, v) = api.get("/api/migrations/status").await;
+    assert_eq!(v["summary"]["applied"], applied.len() - 1, "{v}");
+    assert!(server.stop().success(), "{}", server.log());
+
+    // Without a token: loopback names only.
+    let mut open = Server::start(&w, "open", &["--dir", &d, "--no-auth"], &[]);
+    let port = open.base.rsplit(':').next().unwrap().to_string();
+    for (host, status) in [
+        (format!("evil.example:{port}"), 403),
+        (format!("localhost:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+    ] {
+        let r = http
+            .get(format!("{}/api/migrations/status", open.base))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{host}");
+    }
+    let r = http
+        .post(format!("{}/api/migrations/down?steps=1", open.base))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(open.stop().success(), "{}", open.log());
+    w.drop().await;
+}

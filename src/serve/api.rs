@@ -191,6 +191,73 @@ pub async fn require_token(
     }
 }
 
+/// Refuses (403) what another site makes a browser send: a request that changes something
+/// (any method but GET, HEAD and OPTIONS) whose `Sec-Fetch-Site` says it comes from another
+/// site, or whose `Origin` is not this server's own (`Host`) — a form on any page the operator
+/// visits could otherwise post `/api/migrations/down` with the Basic credentials the browser
+/// keeps for the status page. Requests without either header (curl, scripts, API clients) are
+/// let through. Without a token (`--no-auth`, loopback only), the `Host` must be a loopback name
+/// too: a page whose own name resolves to 127.0.0.1 (DNS rebinding) reaches nothing.
+pub async fn same_origin_only(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if state.token.is_none() && !host.is_empty() && !loopback_host(&host) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "foreign_host",
+            "this server runs without a token and answers only loopback names (localhost, 127.0.0.1, [::1])",
+        )
+        .into_response();
+    }
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe {
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let foreign = match (site, origin) {
+            (Some(s), _) if s != "same-origin" && s != "none" => true,
+            (Some(_), _) => false,
+            (None, Some(o)) => o
+                .split_once("://")
+                .map(|(_, authority)| authority.trim_end_matches('/'))
+                .is_none_or(|authority| !authority.eq_ignore_ascii_case(&host)),
+            (None, None) => false,
+        };
+        if foreign {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "a request from another site may not change anything here (its Origin is not this server's)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether `host` (a `Host` header: name and optional port) names this machine's loopback.
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The token an `Authorization` header carries: a bearer token, or the password of HTTP Basic
 /// credentials. The scheme's name is case-insensitive (RFC 9110).
 fn given_token(value: Option<&header::HeaderValue>) -> Option<String> {
@@ -258,6 +325,19 @@ mod tests {
     fn the_token_comes_as_a_bearer_or_as_the_basic_password() {
         let v = |s: &str| header::HeaderValue::from_str(s).unwrap();
         assert_eq!(given_token(Some(&v("Bearer t0k"))).as_deref(), Some("t0k"));
+        for (host, ok) in [
+            ("localhost:8088", true),
+            ("LOCALHOST", true),
+            ("127.0.0.1:1", true),
+            ("127.1.2.3", true),
+            ("[::1]:8088", true),
+            ("evil.example:8088", false),
+            ("localhost.evil.example", false),
+            ("10.0.0.1:8088", false),
+            ("[::2]:80", false),
+        ] {
+            assert_eq!(loopback_host(host), ok, "{host}");
+        }
         assert_eq!(
             given_token(Some(&v("bearer  t0k "))).as_deref(),
             Some("t0k")

@@ -290,6 +290,10 @@ fn router(state: Arc<State>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::same_origin_only,
         ));
     Router::new()
         .merge(api)
