@@ -811,11 +811,12 @@ fn a_source_password_never_reaches_the_output() {
     assert!(!PathBuf::from(dir.path()).join("x").exists());
 }
 
-/// An embed proposal gives the average document's size from `pg_stats` (parent row width plus
-/// the child's width times the children per parent), computed here from PostgreSQL's own
-/// statistics; a schema never analyzed says to run ANALYZE.
+/// An embed proposal gives the average document's size (parent row width plus the child's width
+/// times the children per parent): widths measured over the rows (each table here is smaller
+/// than the sample, so over all of them), row counts from PostgreSQL's own statistics; a schema
+/// never analyzed says to run ANALYZE.
 #[tokio::test]
-async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
+async fn embed_proposals_estimate_the_document_size_from_sampled_widths() {
     let w = World::new("scaffold_sizes").await;
     w.sql(
         "CREATE SCHEMA sized;
@@ -838,16 +839,17 @@ async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
         let sql = sql.to_string();
         async move { w.query_strings(&sql).await[0].parse::<f64>().unwrap() }
     };
-    let width = |t: &str| {
-        format!(
-            "SELECT sum(avg_width)::text FROM pg_stats WHERE schemaname = 'sized' AND tablename = '{t}'"
-        )
-    };
     let rows =
         |t: &str| format!("SELECT reltuples::text FROM pg_class WHERE oid = 'sized.{t}'::regclass");
+    // The values' lengths as text, averaged over every row.
     let (pw, cw) = (
-        stat(&width("orders")).await,
-        stat(&width("order_lines")).await,
+        stat("SELECT round(avg(length(id::text) + octet_length(note)))::text FROM sized.orders")
+            .await,
+        stat(
+            "SELECT round(avg(length(id::text) + length(order_id::text) + octet_length(sku)))::text
+             FROM sized.order_lines",
+        )
+        .await,
     );
     let (p, c) = (
         stat(&rows("orders")).await,
@@ -855,7 +857,7 @@ async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
     );
     let children = cw * c / p;
     let expected = format!(
-        "an average `orders` document ~{:.0} bytes (its row ~{pw} + the children ~{children:.0}; pg_stats average widths)",
+        "an average `orders` document ~{:.0} bytes (its row ~{pw} + the children ~{children:.0}; widths of the values uncompressed, averaged over up to 2000 rows of each table)",
         pw + children
     );
 
@@ -875,6 +877,64 @@ async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
     let flat = text.replace("\n## ", " ");
     assert!(
         flat.contains("document size: no statistics — run ANALYZE"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+/// Found by the outside tester of #17: the embed size came from `pg_stats.avg_width`, the
+/// stored width after TOAST compression, about 70× low for long compressible text. The width is
+/// the values' own length, over a sample: here it is within the rounding of the true average
+/// (computed by SQL over every row), far above what `pg_stats` says.
+#[tokio::test]
+async fn the_embed_size_counts_compressible_text_uncompressed() {
+    let w = World::new("scaffold_toast").await;
+    w.sql(
+        "CREATE SCHEMA toast;
+         CREATE TABLE toast.posts (id int PRIMARY KEY, title text);
+         CREATE TABLE toast.comments (id int PRIMARY KEY, post_id int NOT NULL REFERENCES toast.posts,
+                                      body text);
+         INSERT INTO toast.posts SELECT i, 'post ' || i FROM generate_series(1, 40) i;
+         INSERT INTO toast.comments
+           SELECT i, 1 + i % 40, repeat('all work and no play ', 2000 + i) FROM generate_series(1, 160) i;
+         ANALYZE toast.posts, toast.comments;",
+    )
+    .await;
+    let num = |sql: &'static str| {
+        let w = &w;
+        async move { w.query_strings(sql).await[0].parse::<f64>().unwrap() }
+    };
+    let true_width = num(
+        "SELECT round(avg(length(id::text) + length(post_id::text) + octet_length(body)))::text
+         FROM toast.comments",
+    )
+    .await;
+    let stored_width = num(
+        "SELECT sum(avg_width)::text FROM pg_stats WHERE schemaname = 'toast' AND tablename = 'comments'",
+    )
+    .await;
+    assert!(
+        true_width > 20.0 * stored_width,
+        "the text compresses: {true_width} vs {stored_width}"
+    );
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "toast"]);
+    let text = std::fs::read_to_string(out.join("mappings/posts.toml")).unwrap();
+    let flat = text.replace("\n## ", " ");
+    let children = flat
+        .split("the children ~")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no children's size:\n{text}"));
+    // Four comments a post.
+    let expected = true_width * 4.0;
+    assert!(
+        (children - expected).abs() <= 4.0,
+        "{children} against {expected}\n{text}"
+    );
+    assert!(
+        flat.contains("widths of the values uncompressed, averaged over up to 2000 rows"),
         "{text}"
     );
     w.drop().await;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::TargetKind;
-use crate::source::catalog::{Catalog, Column, ForeignKey, Table};
+use crate::source::catalog::{Catalog, Column, ForeignKey, SAMPLE_ROWS, Table, Width};
 
 /// What to draft.
 #[derive(Debug, Clone)]
@@ -1176,10 +1176,12 @@ fn join_candidates<'a>(
 /// MongoDB's largest document.
 const MAX_DOCUMENT_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
 
-/// The size an average `parent` document would have with `child` embedded, from `pg_stats`
-/// average widths: the parent row's width plus the child's times the children per parent (the
-/// planner's row estimates). Field names and BSON framing come on top. Without statistics (a
-/// table never analyzed, or no rows in the parent) it says so.
+/// The size an average `parent` document would have with `child` embedded: the parent row's
+/// width plus the child's times the children per parent (the planner's row estimates). A width
+/// is the average uncompressed length of a row's values over a bounded sample of the table
+/// ([`Width::Sampled`], see `source::catalog`), else `pg_stats`' average width (the stored,
+/// compressed size: low for compressible text), said which. Field names and BSON framing come
+/// on top. Without row estimates (a table never analyzed, or no rows in the parent) it says so.
 fn embedded_size_text(parent: &Table, child: &Table) -> String {
     let (Some(pw), Some(cw), Some(c), Some(p)) = (
         parent.avg_row_bytes,
@@ -1202,8 +1204,14 @@ fn embedded_size_text(parent: &Table, child: &Table) -> String {
     } else {
         ""
     };
+    let basis = match (parent.width, child.width) {
+        (Width::Sampled(_), Width::Sampled(_)) => format!(
+            "widths of the values uncompressed, averaged over up to {SAMPLE_ROWS} rows of each table"
+        ),
+        _ => "pg_stats average widths, compressed: low for long text".to_string(),
+    };
     format!(
-        "; an average `{parent}` document ~{total:.0} bytes (its row ~{pw} + the children ~{children:.0}; pg_stats average widths){near}",
+        "; an average `{parent}` document ~{total:.0} bytes (its row ~{pw} + the children ~{children:.0}; {basis}){near}",
         parent = parent.name
     )
 }
