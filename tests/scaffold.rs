@@ -711,6 +711,74 @@ async fn composite_keys_into_appwrite_migrate_and_verify_without_edits() {
     w.drop().await;
 }
 
+/// Found by the outside tester of #17: `--target appwrite` drafted an `int[]` holding NULL
+/// elements so that `check` failed (an Appwrite array column holds no NULL element) and the run
+/// rejected the rows. The draft drops the NULL elements (said in a `# decide:` comment): plan
+/// and check pass, migrate writes every row, verify agrees; the stand-in holds the arrays
+/// without their NULLs.
+#[tokio::test]
+async fn appwrite_drafts_of_arrays_holding_nulls_pass_check_and_write_every_row() {
+    let w = World::new("scaffold_aw_nulls").await;
+    w.sql(
+        "CREATE SCHEMA arr;
+         CREATE TABLE arr.readings (id int PRIMARY KEY, vals int[], tags text[]);
+         INSERT INTO arr.readings VALUES (1, ARRAY[1, NULL, 3], ARRAY['a', NULL]),
+                                         (2, ARRAY[NULL]::int[], NULL), (3, ARRAY[4, 5], ARRAY['b']),
+                                         (4, NULL, ARRAY[]::text[]);",
+    )
+    .await;
+    let standin = std::sync::Arc::new(StandIn::new("cutover", "nulls-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let out = w.dir.path().join("draft");
+    scaffold(
+        &w,
+        &out,
+        &["--schema", "arr", "--target", "appwrite", "--name", "arr"],
+    );
+    let p = out.join("pipelines/arr.toml").to_str().unwrap().to_string();
+    let endpoint = format!("http://{addr}/v1");
+    for (args, status) in [
+        (vec!["plan", "--pipeline", &p], 0),
+        (vec!["check", "--pipeline", &p], 0),
+        (vec!["migrate", "--quiet", "--pipeline", &p], 0),
+        (vec!["verify", "--target", "appwrite", "--pipeline", &p], 0),
+    ] {
+        let mut c = w.cutover();
+        c.env("APPWRITE_ENDPOINT", &endpoint)
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "nulls-key")
+            .env("APPWRITE_DATABASE", "arr")
+            .args(&args);
+        let o = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        let t = output_text(&o);
+        assert_eq!(o.status.code(), Some(status), "{args:?}\n{t}");
+        if args[0] == "check" {
+            assert!(t.contains("check passed"), "{t}");
+        }
+    }
+    let rows = standin.rows("arr", "readings");
+    assert_eq!(rows.len() as u64, w.pg_count("arr.readings").await);
+    let by_id = |id: i64| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("row {id}: {rows:?}"))
+    };
+    assert_eq!(by_id(1)["vals"], serde_json::json!([1, 3]));
+    assert_eq!(by_id(1)["tags"], serde_json::json!(["a"]));
+    assert_eq!(by_id(2)["vals"], serde_json::json!([]));
+    assert_eq!(by_id(3)["vals"], serde_json::json!([4, 5]));
+    let text = std::fs::read_to_string(out.join("mappings/readings.toml")).unwrap();
+    assert!(
+        text.contains("# decide: Appwrite array columns hold no NULL element"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
 /// Types cutover keeps as text, arrays, a domain, a generated column, names that are not
 /// snake_case, a partitioned table, keys of numeric, date and timestamp: the drafts migrate and
 /// verify unchanged; a table keyed by an enum (no key scan orders it) is left out, said so.

@@ -789,8 +789,12 @@ fn field_text_prefixed(
         "bytea" if target == TargetKind::Appwrite => decide.push("bytea is stored as extended-JSON text; type = \"base64\" or \"hex\" gives plain text.".into()),
         _ => {}
     }
-    if col.element_type.is_some() && target == TargetKind::Appwrite {
-        decide.push("Appwrite array columns hold one dimension and no NULL element: such rows are rejected (appwrite_unrepresentable; `cutover check` counts them).".into());
+    // An Appwrite array column holds no NULL element; the catalog cannot tell whether the
+    // column has any (data-blind), so every array drops them: the draft passes `check` and the
+    // run writes every row, and the comment says what that loses and the alternatives.
+    let drop_nulls = col.element_type.is_some() && target == TargetKind::Appwrite;
+    if drop_nulls {
+        decide.push("Appwrite array columns hold no NULL element: NULL elements are dropped (transform = [\"drop_nulls\"]; the other elements keep their order, but where the NULLs were and how many is lost). Without the transform such rows are rejected instead (appwrite_unrepresentable; `cutover check` counts them); to keep the array whole, read it through a `query` source as array_to_json(column)::text (a JSON text column). Arrays of two or more dimensions are rejected either way.".into());
     }
     for d in &decide {
         comment(out, note, &format!("decide: {d}"));
@@ -851,6 +855,9 @@ fn field_text_prefixed(
     line(format!("column = {}", q(&col.name)));
     if let Some(Ok(entity)) = reference {
         line(format!("reference = {}", q(entity)));
+    }
+    if drop_nulls {
+        line("transform = [\"drop_nulls\"]".to_string());
     }
     for o in options {
         line(o);

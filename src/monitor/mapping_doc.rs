@@ -105,6 +105,7 @@ fn transform_text(t: &TransformSpec) -> String {
         TransformSpec::Concat(c) => format!("concat (sep = {:?})", c.sep),
         TransformSpec::Array => "array".into(),
         TransformSpec::Json => "json".into(),
+        TransformSpec::DropNulls => "drop_nulls (NULL elements of the array dropped)".into(),
     }
 }
 
@@ -442,6 +443,14 @@ fn field_row(f: &FieldSpec, ctx: &Ctx, decisions: &mut Vec<String>) -> Vec<Strin
     if f.lossy == Some(Lossy::Warn) && f.cast.is_none() {
         decisions.push(format!(
             "{p}: JSON numbers no BSON number holds exactly are written as the nearest double, with a warning"
+        ));
+    }
+    if f.transform
+        .iter()
+        .any(|t| matches!(t, TransformSpec::DropNulls))
+    {
+        decisions.push(format!(
+            "{p}: NULL elements of the array are dropped (where they were is lost)"
         ));
     }
     vec![

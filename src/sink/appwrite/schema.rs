@@ -329,6 +329,7 @@ pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, 
                 kind = (text(f), true);
             }
             Step::Json => kind = (Kind::Json, false),
+            Step::DropNulls => {}
             Step::Phone { .. } => kind = (Kind::Text(16), kind.1),
             Step::Map { .. } | Step::Trim | Step::Lower | Step::Upper => {
                 if !matches!(kind.0, Kind::Text(_)) && matches!(step, Step::Map { .. }) {
