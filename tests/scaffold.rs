@@ -779,6 +779,38 @@ async fn appwrite_drafts_of_arrays_holding_nulls_pass_check_and_write_every_row(
     w.drop().await;
 }
 
+/// Found by the outside tester of #17: `order_items` and `orderItems` both camelCase to one
+/// collection, and scaffold aborted (only --tables got round it). Each gets its own collection,
+/// said in a comment; the drafts migrate and verify, every table's rows in its collection.
+#[tokio::test]
+async fn tables_camelcasing_to_one_name_get_their_own_collections() {
+    let w = World::new("scaffold_clash").await;
+    w.sql(
+        r#"CREATE SCHEMA clash;
+           CREATE TABLE clash.order_items (id int PRIMARY KEY, what text);
+           CREATE TABLE clash."orderItems" (id int PRIMARY KEY, qty int);
+           CREATE TABLE clash."Order_Items" (id int PRIMARY KEY, note text);
+           INSERT INTO clash.order_items SELECT i, 'w' || i FROM generate_series(1, 5) i;
+           INSERT INTO clash."orderItems" SELECT i, i FROM generate_series(1, 3) i;
+           INSERT INTO clash."Order_Items" VALUES (1, 'n');"#,
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "clash", "--name", "clash"]);
+    plan_check_migrate_verify(&w, &out.join("pipelines/clash.toml"));
+    let drafts = drafts_by_table(&out);
+    let collections: BTreeSet<&str> = drafts
+        .values()
+        .map(|m| s(m, "collection").unwrap())
+        .collect();
+    assert_eq!(collections.len(), 3, "{collections:?}");
+    assert_eq!(s(&drafts["orderItems"], "collection"), Some("orderItems"));
+    assert_counts(&w, &drafts, "clash").await;
+    let text = std::fs::read_to_string(out.join("mappings/order_items.toml")).unwrap();
+    assert!(text.contains("all camelCase to `orderItems`"), "{text}");
+    w.drop().await;
+}
+
 /// Types cutover keeps as text, arrays, a domain, a generated column, names that are not
 /// snake_case, a partitioned table, keys of numeric, date and timestamp: the drafts migrate and
 /// verify unchanged; a table keyed by an enum (no key scan orders it) is left out, said so.
