@@ -811,6 +811,47 @@ async fn tables_camelcasing_to_one_name_get_their_own_collections() {
     w.drop().await;
 }
 
+/// Found by the outside tester of #17: a table-level check that maps onto no rule (`CHECK (k <
+/// l)`) was dropped without a word, and so was a check on the key (the _id, no field). Every
+/// check of the table, as PostgreSQL lists it, is in the draft: a rule or a comment.
+#[tokio::test]
+async fn checks_that_are_no_rule_are_kept_as_comments() {
+    let w = World::new("scaffold_checks").await;
+    w.sql(
+        "CREATE SCHEMA chk;
+         CREATE TABLE chk.spans (id int PRIMARY KEY CHECK (id > 0), k int, l int,
+                                 n int CHECK (n >= 0), CHECK (k < l), CONSTRAINT nonempty CHECK (true));
+         INSERT INTO chk.spans VALUES (1, 1, 2, 0);",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "chk"]);
+    let text = std::fs::read_to_string(out.join("mappings/spans.toml")).unwrap();
+    let checks = w
+        .query_strings(
+            "SELECT conname || ': ' || pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'chk.spans'::regclass AND contype = 'c' ORDER BY conname",
+        )
+        .await;
+    assert_eq!(checks.len(), 4, "{checks:?}");
+    let spans = toml_file(&out.join("mappings/spans.toml"));
+    for c in &checks {
+        let (name, def) = c.split_once(": ").unwrap();
+        if def.contains("n >= 0") {
+            // A rule of its field.
+            assert_eq!(field(&spans, "n")["validate"]["min"].as_integer(), Some(0));
+            continue;
+        }
+        assert!(
+            text.contains(&format!("# check {name} is not a rule here, ")) && text.contains(def),
+            "{c}\n{text}"
+        );
+    }
+    assert!(text.contains("it relates `k`, `l`"), "{text}");
+    plan_check_migrate_verify(&w, &out.join(format!("pipelines/{}.toml", w.name)));
+    w.drop().await;
+}
+
 /// Types cutover keeps as text, arrays, a domain, a generated column, names that are not
 /// snake_case, a partitioned table, keys of numeric, date and timestamp: the drafts migrate and
 /// verify unchanged; a table keyed by an enum (no key scan orders it) is left out, said so.

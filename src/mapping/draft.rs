@@ -667,6 +667,31 @@ fn mapping_text(model: &Model, t: &Table) -> String {
         );
         path_of.insert(col.name.as_str(), path);
     }
+    // Checks no field shows: over several columns (or none), or over a column that is no field
+    // (the key, which is the _id): a rule reads one field, so they are kept as comments.
+    for check in &t.checks {
+        let why = match check.columns.as_slice() {
+            [one] if path_of.contains_key(one.as_str()) => continue,
+            [one] => format!("it is on `{one}`, which is the _id here, not a field"),
+            [] => "it names no column".to_string(),
+            many => format!(
+                "it relates {} (a rule reads one field)",
+                many.iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        out.push('\n');
+        comment(
+            &mut out,
+            "#",
+            &format!(
+                "check {} is not a rule here, {why}: {}",
+                check.name, check.definition
+            ),
+        );
+    }
     if model.opts.target == TargetKind::Mongodb {
         index_text(&mut out, t, key, &path_of);
     }
