@@ -633,6 +633,130 @@ validate = { one_of = ["x"], severity = "warning" }
     w.drop().await;
 }
 
+/// Found by the outside tester of #17: a column made `required` stayed required after the
+/// mapping's rule became a warning, and the server refused the rows with NULL that MongoDB
+/// took. A run updates an existing column whose constraints differ from the mapping's rules
+/// (required, the string's size, the enum's elements, integer bounds) before the load and says
+/// so; a difference Appwrite cannot update in place (enum to string) is said too. Oracle: the
+/// stand-in's own column listing and rows.
+#[tokio::test]
+async fn appwrite_columns_follow_rules_relaxed_since_they_were_made() {
+    let w = World::new("constraints_relaxed").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, email text, status text, age int, kind text);
+         INSERT INTO people
+           SELECT i, 'p' || i || '@example.org', (ARRAY['a', 'b'])[1 + i % 2], i, 'x'
+           FROM generate_series(1, 20) i;
+         INSERT INTO people VALUES (21, NULL, 'a', 1, 'x'), (22, 'q@example.org', 'c', 1, 'x'),
+                                   (23, 'r@example.org', 'a', 200, 'y');",
+    )
+    .await;
+    let strict = r#"
+version = 1
+name = "people"
+
+[source]
+table = "people"
+key = ["id"]
+
+[[field]]
+path = "email"
+column = "email"
+validate = { required = true, max_length = 100 }
+
+[[field]]
+path = "status"
+column = "status"
+validate = { one_of = ["a", "b"] }
+
+[[field]]
+path = "age"
+column = "age"
+validate = { min = 0, max = 150 }
+
+[[field]]
+path = "kind"
+column = "kind"
+validate = { one_of = ["x", "y"] }
+"#;
+    let relaxed = strict
+        .replace(
+            "{ required = true, max_length = 100 }",
+            "{ required = true, max_length = 100, severity = \"warning\" }",
+        )
+        .replace("[\"a\", \"b\"]", "[\"a\", \"b\", \"c\"]")
+        .replace("{ min = 0, max = 150 }", "{ min = 0 }")
+        .replace("validate = { one_of = [\"x\", \"y\"] }\n", "");
+    assert_ne!(relaxed, strict);
+    let pipeline = one_entity_pipeline(&w, "people", strict);
+    let standin = std::sync::Arc::new(appwrite_standin::StandIn::new("cutover", "rx-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let migrate = |extra: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "rx-key")
+            .env("APPWRITE_DATABASE", "rx")
+            .args(["migrate", "--target", "appwrite", "--pipeline"])
+            .arg(&pipeline)
+            .args(extra);
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let column = |key: &str| standin.get_column("rx", "people", key).unwrap();
+
+    // The strict rules: three rows rejected by cutover, the columns carry the rules.
+    let out = migrate(&[]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(standin.rows("rx", "people").len(), 20, "{text}");
+    assert_eq!(column("email")["required"], true);
+    assert_eq!(column("status")["elements"], serde_json::json!(["a", "b"]));
+    assert_eq!(column("age")["max"], 150);
+    assert_eq!(column("kind")["format"], "enum");
+
+    // The rules relaxed: the columns are updated before the load, and every row is written.
+    std::fs::write(w.dir.path().join("mappings/people.toml"), &relaxed).unwrap();
+    let out = migrate(&["--rerun"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let rows = standin.rows("rx", "people");
+    assert_eq!(rows.len(), 23, "{text}");
+    assert!(rows.iter().any(|r| r["email"].is_null()), "{rows:?}");
+    assert!(rows.iter().any(|r| r["age"] == 200), "{rows:?}");
+    let email = column("email");
+    assert_eq!(email["required"], false, "{email}");
+    assert!(email["size"].as_u64().unwrap() > 100, "{email}");
+    let status = column("status");
+    assert_eq!(status["elements"], serde_json::json!(["a", "b", "c"]));
+    let age = column("age");
+    assert_eq!(age["min"], 0, "{age}");
+    assert!(
+        age["max"].is_null() || age["max"].as_i64() == Some(i64::MAX),
+        "no upper bound: {age}"
+    );
+    for said in [
+        "Appwrite column people.email updated before the load to the mapping's rules: required → optional, size 100 → 1000000",
+        "Appwrite column people.status updated before the load to the mapping's rules: elements [\"a\",\"b\"] → [\"a\",\"b\",\"c\"]",
+        "Appwrite column people.age updated before the load to the mapping's rules: max 150 → none",
+        "Appwrite column people.kind left as it is: its type is enum and the mapping now makes it string",
+    ] {
+        assert!(text.contains(said), "{said}\n{text}");
+    }
+    // Nothing left to update: the next run changes no column (the enum is still said).
+    let out = migrate(&["--rerun"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("updated before the load"), "{text}");
+    assert!(text.contains("people.kind left as it is"), "{text}");
+    w.drop().await;
+}
+
 /// `[appwrite] permissions` and `row_security`: sent when the table (and its child table) is
 /// made, set again when the table's differ, as the stand-in returns the table; a permission
 /// that is not one is refused before the run.

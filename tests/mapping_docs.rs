@@ -146,7 +146,20 @@ async fn the_document_shows_every_option_of_the_reference_mapping() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
-    let md = unescape(&std::fs::read_to_string(&md_path).unwrap());
+    let raw = std::fs::read_to_string(&md_path).unwrap();
+    // Found by the outside tester of #17: the header's names were escaped inside their code
+    // spans (`` \`reference\` `` showed the backticks). Names are code spans as they are.
+    let header = raw.split("\n## ").next().unwrap();
+    assert!(
+        header.contains("Pipeline `reference`, into MongoDB"),
+        "{header}"
+    );
+    let embeds: Vec<&str> = raw.lines().filter(|l| l.starts_with("### Embed")).collect();
+    assert!(!embeds.is_empty(), "{raw}");
+    for l in &embeds {
+        assert!(l.starts_with("### Embed `") && !l.contains('\\'), "{l}");
+    }
+    let md = unescape(&raw);
 
     let readme = std::fs::read_to_string(repo().join("mappings/README.md")).unwrap();
     let block = toml_blocks(&readme).remove(0);

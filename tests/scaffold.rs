@@ -711,6 +711,147 @@ async fn composite_keys_into_appwrite_migrate_and_verify_without_edits() {
     w.drop().await;
 }
 
+/// Found by the outside tester of #17: `--target appwrite` drafted an `int[]` holding NULL
+/// elements so that `check` failed (an Appwrite array column holds no NULL element) and the run
+/// rejected the rows. The draft drops the NULL elements (said in a `# decide:` comment): plan
+/// and check pass, migrate writes every row, verify agrees; the stand-in holds the arrays
+/// without their NULLs.
+#[tokio::test]
+async fn appwrite_drafts_of_arrays_holding_nulls_pass_check_and_write_every_row() {
+    let w = World::new("scaffold_aw_nulls").await;
+    w.sql(
+        "CREATE SCHEMA arr;
+         CREATE TABLE arr.readings (id int PRIMARY KEY, vals int[], tags text[]);
+         INSERT INTO arr.readings VALUES (1, ARRAY[1, NULL, 3], ARRAY['a', NULL]),
+                                         (2, ARRAY[NULL]::int[], NULL), (3, ARRAY[4, 5], ARRAY['b']),
+                                         (4, NULL, ARRAY[]::text[]);",
+    )
+    .await;
+    let standin = std::sync::Arc::new(StandIn::new("cutover", "nulls-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let out = w.dir.path().join("draft");
+    scaffold(
+        &w,
+        &out,
+        &["--schema", "arr", "--target", "appwrite", "--name", "arr"],
+    );
+    let p = out.join("pipelines/arr.toml").to_str().unwrap().to_string();
+    let endpoint = format!("http://{addr}/v1");
+    for (args, status) in [
+        (vec!["plan", "--pipeline", &p], 0),
+        (vec!["check", "--pipeline", &p], 0),
+        (vec!["migrate", "--quiet", "--pipeline", &p], 0),
+        (vec!["verify", "--target", "appwrite", "--pipeline", &p], 0),
+    ] {
+        let mut c = w.cutover();
+        c.env("APPWRITE_ENDPOINT", &endpoint)
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "nulls-key")
+            .env("APPWRITE_DATABASE", "arr")
+            .args(&args);
+        let o = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        let t = output_text(&o);
+        assert_eq!(o.status.code(), Some(status), "{args:?}\n{t}");
+        if args[0] == "check" {
+            assert!(t.contains("check passed"), "{t}");
+        }
+    }
+    let rows = standin.rows("arr", "readings");
+    assert_eq!(rows.len() as u64, w.pg_count("arr.readings").await);
+    let by_id = |id: i64| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("row {id}: {rows:?}"))
+    };
+    assert_eq!(by_id(1)["vals"], serde_json::json!([1, 3]));
+    assert_eq!(by_id(1)["tags"], serde_json::json!(["a"]));
+    assert_eq!(by_id(2)["vals"], serde_json::json!([]));
+    assert_eq!(by_id(3)["vals"], serde_json::json!([4, 5]));
+    let text = std::fs::read_to_string(out.join("mappings/readings.toml")).unwrap();
+    assert!(
+        text.contains("# decide: Appwrite array columns hold no NULL element"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+/// Found by the outside tester of #17: `order_items` and `orderItems` both camelCase to one
+/// collection, and scaffold aborted (only --tables got round it). Each gets its own collection,
+/// said in a comment; the drafts migrate and verify, every table's rows in its collection.
+#[tokio::test]
+async fn tables_camelcasing_to_one_name_get_their_own_collections() {
+    let w = World::new("scaffold_clash").await;
+    w.sql(
+        r#"CREATE SCHEMA clash;
+           CREATE TABLE clash.order_items (id int PRIMARY KEY, what text);
+           CREATE TABLE clash."orderItems" (id int PRIMARY KEY, qty int);
+           CREATE TABLE clash."Order_Items" (id int PRIMARY KEY, note text);
+           INSERT INTO clash.order_items SELECT i, 'w' || i FROM generate_series(1, 5) i;
+           INSERT INTO clash."orderItems" SELECT i, i FROM generate_series(1, 3) i;
+           INSERT INTO clash."Order_Items" VALUES (1, 'n');"#,
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "clash", "--name", "clash"]);
+    plan_check_migrate_verify(&w, &out.join("pipelines/clash.toml"));
+    let drafts = drafts_by_table(&out);
+    let collections: BTreeSet<&str> = drafts
+        .values()
+        .map(|m| s(m, "collection").unwrap())
+        .collect();
+    assert_eq!(collections.len(), 3, "{collections:?}");
+    assert_eq!(s(&drafts["orderItems"], "collection"), Some("orderItems"));
+    assert_counts(&w, &drafts, "clash").await;
+    let text = std::fs::read_to_string(out.join("mappings/order_items.toml")).unwrap();
+    assert!(text.contains("all camelCase to `orderItems`"), "{text}");
+    w.drop().await;
+}
+
+/// Found by the outside tester of #17: a table-level check that maps onto no rule (`CHECK (k <
+/// l)`) was dropped without a word, and so was a check on the key (the _id, no field). Every
+/// check of the table, as PostgreSQL lists it, is in the draft: a rule or a comment.
+#[tokio::test]
+async fn checks_that_are_no_rule_are_kept_as_comments() {
+    let w = World::new("scaffold_checks").await;
+    w.sql(
+        "CREATE SCHEMA chk;
+         CREATE TABLE chk.spans (id int PRIMARY KEY CHECK (id > 0), k int, l int,
+                                 n int CHECK (n >= 0), CHECK (k < l), CONSTRAINT nonempty CHECK (true));
+         INSERT INTO chk.spans VALUES (1, 1, 2, 0);",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "chk"]);
+    let text = std::fs::read_to_string(out.join("mappings/spans.toml")).unwrap();
+    let checks = w
+        .query_strings(
+            "SELECT conname || ': ' || pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'chk.spans'::regclass AND contype = 'c' ORDER BY conname",
+        )
+        .await;
+    assert_eq!(checks.len(), 4, "{checks:?}");
+    let spans = toml_file(&out.join("mappings/spans.toml"));
+    for c in &checks {
+        let (name, def) = c.split_once(": ").unwrap();
+        if def.contains("n >= 0") {
+            // A rule of its field.
+            assert_eq!(field(&spans, "n")["validate"]["min"].as_integer(), Some(0));
+            continue;
+        }
+        assert!(
+            text.contains(&format!("# check {name} is not a rule here, ")) && text.contains(def),
+            "{c}\n{text}"
+        );
+    }
+    assert!(text.contains("it relates `k`, `l`"), "{text}");
+    plan_check_migrate_verify(&w, &out.join(format!("pipelines/{}.toml", w.name)));
+    w.drop().await;
+}
+
 /// Types cutover keeps as text, arrays, a domain, a generated column, names that are not
 /// snake_case, a partitioned table, keys of numeric, date and timestamp: the drafts migrate and
 /// verify unchanged; a table keyed by an enum (no key scan orders it) is left out, said so.
@@ -811,11 +952,12 @@ fn a_source_password_never_reaches_the_output() {
     assert!(!PathBuf::from(dir.path()).join("x").exists());
 }
 
-/// An embed proposal gives the average document's size from `pg_stats` (parent row width plus
-/// the child's width times the children per parent), computed here from PostgreSQL's own
-/// statistics; a schema never analyzed says to run ANALYZE.
+/// An embed proposal gives the average document's size (parent row width plus the child's width
+/// times the children per parent): widths measured over the rows (each table here is smaller
+/// than the sample, so over all of them), row counts from PostgreSQL's own statistics; a schema
+/// never analyzed says to run ANALYZE.
 #[tokio::test]
-async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
+async fn embed_proposals_estimate_the_document_size_from_sampled_widths() {
     let w = World::new("scaffold_sizes").await;
     w.sql(
         "CREATE SCHEMA sized;
@@ -838,16 +980,17 @@ async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
         let sql = sql.to_string();
         async move { w.query_strings(&sql).await[0].parse::<f64>().unwrap() }
     };
-    let width = |t: &str| {
-        format!(
-            "SELECT sum(avg_width)::text FROM pg_stats WHERE schemaname = 'sized' AND tablename = '{t}'"
-        )
-    };
     let rows =
         |t: &str| format!("SELECT reltuples::text FROM pg_class WHERE oid = 'sized.{t}'::regclass");
+    // The values' lengths as text, averaged over every row.
     let (pw, cw) = (
-        stat(&width("orders")).await,
-        stat(&width("order_lines")).await,
+        stat("SELECT round(avg(length(id::text) + octet_length(note)))::text FROM sized.orders")
+            .await,
+        stat(
+            "SELECT round(avg(length(id::text) + length(order_id::text) + octet_length(sku)))::text
+             FROM sized.order_lines",
+        )
+        .await,
     );
     let (p, c) = (
         stat(&rows("orders")).await,
@@ -855,7 +998,7 @@ async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
     );
     let children = cw * c / p;
     let expected = format!(
-        "an average `orders` document ~{:.0} bytes (its row ~{pw} + the children ~{children:.0}; pg_stats average widths)",
+        "an average `orders` document ~{:.0} bytes (its row ~{pw} + the children ~{children:.0}; widths of the values uncompressed, averaged over up to 2000 rows of each table)",
         pw + children
     );
 
@@ -875,6 +1018,64 @@ async fn embed_proposals_estimate_the_document_size_from_pg_stats() {
     let flat = text.replace("\n## ", " ");
     assert!(
         flat.contains("document size: no statistics — run ANALYZE"),
+        "{text}"
+    );
+    w.drop().await;
+}
+
+/// Found by the outside tester of #17: the embed size came from `pg_stats.avg_width`, the
+/// stored width after TOAST compression, about 70× low for long compressible text. The width is
+/// the values' own length, over a sample: here it is within the rounding of the true average
+/// (computed by SQL over every row), far above what `pg_stats` says.
+#[tokio::test]
+async fn the_embed_size_counts_compressible_text_uncompressed() {
+    let w = World::new("scaffold_toast").await;
+    w.sql(
+        "CREATE SCHEMA toast;
+         CREATE TABLE toast.posts (id int PRIMARY KEY, title text);
+         CREATE TABLE toast.comments (id int PRIMARY KEY, post_id int NOT NULL REFERENCES toast.posts,
+                                      body text);
+         INSERT INTO toast.posts SELECT i, 'post ' || i FROM generate_series(1, 40) i;
+         INSERT INTO toast.comments
+           SELECT i, 1 + i % 40, repeat('all work and no play ', 2000 + i) FROM generate_series(1, 160) i;
+         ANALYZE toast.posts, toast.comments;",
+    )
+    .await;
+    let num = |sql: &'static str| {
+        let w = &w;
+        async move { w.query_strings(sql).await[0].parse::<f64>().unwrap() }
+    };
+    let true_width = num(
+        "SELECT round(avg(length(id::text) + length(post_id::text) + octet_length(body)))::text
+         FROM toast.comments",
+    )
+    .await;
+    let stored_width = num(
+        "SELECT sum(avg_width)::text FROM pg_stats WHERE schemaname = 'toast' AND tablename = 'comments'",
+    )
+    .await;
+    assert!(
+        true_width > 20.0 * stored_width,
+        "the text compresses: {true_width} vs {stored_width}"
+    );
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "toast"]);
+    let text = std::fs::read_to_string(out.join("mappings/posts.toml")).unwrap();
+    let flat = text.replace("\n## ", " ");
+    let children = flat
+        .split("the children ~")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no children's size:\n{text}"));
+    // Four comments a post.
+    let expected = true_width * 4.0;
+    assert!(
+        (children - expected).abs() <= 4.0,
+        "{children} against {expected}\n{text}"
+    );
+    assert!(
+        flat.contains("widths of the values uncompressed, averaged over up to 2000 rows"),
         "{text}"
     );
     w.drop().await;

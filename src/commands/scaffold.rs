@@ -46,6 +46,8 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
     if args.diff {
         return diff(&catalog, &args.out);
     }
+    // The embedding proposals' document sizes: widths measured over a bounded sample.
+    crate::source::catalog::sample(url, &mut catalog).await?;
     let name = draft::entity_name(args.name.as_deref().unwrap_or(&catalog.database));
     let drafts = draft::draft(
         &catalog,

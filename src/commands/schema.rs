@@ -84,7 +84,9 @@ pub async fn schema(cli: &Cli, cmd: &SchemaCommand) -> Result<Outcome> {
             }
         }
         if let Some((t, _, _)) = &target {
-            t.prepare(p).await?;
+            for change in t.prepare(p).await? {
+                crate::outln!("  {change}");
+            }
             crate::outln!("  applied");
         }
     }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::TargetKind;
-use crate::source::catalog::{Catalog, Column, ForeignKey, Table};
+use crate::source::catalog::{Catalog, Column, ForeignKey, SAMPLE_ROWS, Table, Width};
 
 /// What to draft.
 #[derive(Debug, Clone)]
@@ -105,6 +105,8 @@ struct Model<'a> {
     position: BTreeMap<&'a str, usize>,
     /// Reference edges dropped to break a cycle: (table, fk name).
     broken: BTreeSet<(String, String)>,
+    /// table → its collection, and why it is not its camelCase name (when it is not).
+    collections: BTreeMap<&'a str, (String, Option<String>)>,
 }
 
 impl Model<'_> {
@@ -172,12 +174,14 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
         }
         drafted.insert(t.name.as_str(), (e, key));
     }
+    let collections = collections(&drafted);
     let mut model = Model {
         catalog,
         opts,
         drafted,
         position: BTreeMap::new(),
         broken: BTreeSet::new(),
+        collections,
     };
     let stages = order(&mut model);
 
@@ -194,6 +198,62 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
         mappings,
         notes,
     }
+}
+
+/// Each drafted table's collection: its name in camelCase, unless another drafted table's name
+/// camelCases to the same (`order_items` and `orderItems`, `Order_Items`): then a table whose
+/// own name is that camelCase keeps it, and the others are named like their mapping (the
+/// entity's name, unique, close to the table's); a name still taken gets the first free number
+/// suffix, in table order. The same for any set of tables, whatever order they come in; the
+/// reason goes into the mapping as a comment.
+fn collections<'a>(
+    drafted: &BTreeMap<&'a str, (String, Vec<String>)>,
+) -> BTreeMap<&'a str, (String, Option<String>)> {
+    let mut by_camel: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for table in drafted.keys() {
+        by_camel.entry(camel(table)).or_default().push(table);
+    }
+    let mut out = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    // Those that keep their camelCase name first, so that no suffix takes it from them.
+    for (name, tables) in &by_camel {
+        if let [only] = tables.as_slice() {
+            used.insert(name.clone());
+            out.insert(*only, (name.clone(), None));
+        } else if let Some(own) = tables.iter().find(|t| **t == name.as_str()) {
+            used.insert(name.clone());
+            out.insert(*own, (name.clone(), None));
+        }
+    }
+    for (name, tables) in &by_camel {
+        if tables.len() < 2 {
+            continue;
+        }
+        let all = tables
+            .iter()
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let renamed: Vec<&str> = tables
+            .iter()
+            .copied()
+            .filter(|t| !out.contains_key(*t))
+            .collect();
+        for table in renamed {
+            let base = drafted[table].0.clone();
+            let mut c = base.clone();
+            let mut n = 2;
+            while !used.insert(c.clone()) {
+                c = format!("{base}{n}");
+                n += 1;
+            }
+            let why = format!(
+                "Tables {all} all camelCase to `{name}`: this one's collection is `{c}` (its mapping's name) so that each table has its own; rename it at will."
+            );
+            out.insert(table, (c, Some(why)));
+        }
+    }
+    out
 }
 
 /// Base types a key scan can order by (mappings/README.md, `source.key`).
@@ -514,7 +574,11 @@ fn mapping_text(model: &Model, t: &Table) -> String {
     );
     out.push_str("version = 1\n");
     out.push_str(&format!("name = {}\n", q(entity)));
-    out.push_str(&format!("collection = {}\n", q(&camel(&t.name))));
+    let (collection, why) = &model.collections[t.name.as_str()];
+    if let Some(why) = why {
+        comment(&mut out, "#", why);
+    }
+    out.push_str(&format!("collection = {}\n", q(collection)));
     if let Some(d) = &t.comment {
         out.push_str(&format!("description = {}\n", q(d)));
     }
@@ -602,6 +666,31 @@ fn mapping_text(model: &Model, t: &Table) -> String {
             model.opts.target,
         );
         path_of.insert(col.name.as_str(), path);
+    }
+    // Checks no field shows: over several columns (or none), or over a column that is no field
+    // (the key, which is the _id): a rule reads one field, so they are kept as comments.
+    for check in &t.checks {
+        let why = match check.columns.as_slice() {
+            [one] if path_of.contains_key(one.as_str()) => continue,
+            [one] => format!("it is on `{one}`, which is the _id here, not a field"),
+            [] => "it names no column".to_string(),
+            many => format!(
+                "it relates {} (a rule reads one field)",
+                many.iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        out.push('\n');
+        comment(
+            &mut out,
+            "#",
+            &format!(
+                "check {} is not a rule here, {why}: {}",
+                check.name, check.definition
+            ),
+        );
     }
     if model.opts.target == TargetKind::Mongodb {
         index_text(&mut out, t, key, &path_of);
@@ -789,8 +878,12 @@ fn field_text_prefixed(
         "bytea" if target == TargetKind::Appwrite => decide.push("bytea is stored as extended-JSON text; type = \"base64\" or \"hex\" gives plain text.".into()),
         _ => {}
     }
-    if col.element_type.is_some() && target == TargetKind::Appwrite {
-        decide.push("Appwrite array columns hold one dimension and no NULL element: such rows are rejected (appwrite_unrepresentable; `cutover check` counts them).".into());
+    // An Appwrite array column holds no NULL element; the catalog cannot tell whether the
+    // column has any (data-blind), so every array drops them: the draft passes `check` and the
+    // run writes every row, and the comment says what that loses and the alternatives.
+    let drop_nulls = col.element_type.is_some() && target == TargetKind::Appwrite;
+    if drop_nulls {
+        decide.push("Appwrite array columns hold no NULL element: NULL elements are dropped (transform = [\"drop_nulls\"]; the other elements keep their order, but where the NULLs were and how many is lost). Without the transform such rows are rejected instead (appwrite_unrepresentable; `cutover check` counts them); to keep the array whole, read it through a `query` source as array_to_json(column)::text (a JSON text column). Arrays of two or more dimensions are rejected either way.".into());
     }
     for d in &decide {
         comment(out, note, &format!("decide: {d}"));
@@ -851,6 +944,9 @@ fn field_text_prefixed(
     line(format!("column = {}", q(&col.name)));
     if let Some(Ok(entity)) = reference {
         line(format!("reference = {}", q(entity)));
+    }
+    if drop_nulls {
+        line("transform = [\"drop_nulls\"]".to_string());
     }
     for o in options {
         line(o);
@@ -1176,10 +1272,12 @@ fn join_candidates<'a>(
 /// MongoDB's largest document.
 const MAX_DOCUMENT_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
 
-/// The size an average `parent` document would have with `child` embedded, from `pg_stats`
-/// average widths: the parent row's width plus the child's times the children per parent (the
-/// planner's row estimates). Field names and BSON framing come on top. Without statistics (a
-/// table never analyzed, or no rows in the parent) it says so.
+/// The size an average `parent` document would have with `child` embedded: the parent row's
+/// width plus the child's times the children per parent (the planner's row estimates). A width
+/// is the average uncompressed length of a row's values over a bounded sample of the table
+/// ([`Width::Sampled`], see `source::catalog`), else `pg_stats`' average width (the stored,
+/// compressed size: low for compressible text), said which. Field names and BSON framing come
+/// on top. Without row estimates (a table never analyzed, or no rows in the parent) it says so.
 fn embedded_size_text(parent: &Table, child: &Table) -> String {
     let (Some(pw), Some(cw), Some(c), Some(p)) = (
         parent.avg_row_bytes,
@@ -1202,8 +1300,14 @@ fn embedded_size_text(parent: &Table, child: &Table) -> String {
     } else {
         ""
     };
+    let basis = match (parent.width, child.width) {
+        (Width::Sampled(_), Width::Sampled(_)) => format!(
+            "widths of the values uncompressed, averaged over up to {SAMPLE_ROWS} rows of each table"
+        ),
+        _ => "pg_stats average widths, compressed: low for long text".to_string(),
+    };
     format!(
-        "; an average `{parent}` document ~{total:.0} bytes (its row ~{pw} + the children ~{children:.0}; pg_stats average widths){near}",
+        "; an average `{parent}` document ~{total:.0} bytes (its row ~{pw} + the children ~{children:.0}; {basis}){near}",
         parent = parent.name
     )
 }
@@ -1411,6 +1515,79 @@ mod tests {
             foreign_keys: fks,
             ..Table::default()
         }
+    }
+
+    /// Found by the outside tester of #17: tables whose names camelCase to one collection
+    /// aborted scaffold. A table named as the camelCase keeps it, the others take their mapping's
+    /// name, whatever order the tables come in; the drafts load together.
+    #[test]
+    fn tables_camelcasing_to_one_collection_get_their_own() {
+        let names = ["order_items", "orderItems", "Order_Items", "plain_one"];
+        let collections_of = |order: &[&str]| {
+            let catalog = Catalog {
+                schema: "public".into(),
+                database: "db".into(),
+                tables: order
+                    .iter()
+                    .map(|n| {
+                        table(
+                            n,
+                            vec![col("id", "int4", true), col("v", "text", false)],
+                            vec![],
+                        )
+                    })
+                    .collect(),
+            };
+            let d = draft(
+                &catalog,
+                &DraftOptions {
+                    target: TargetKind::Mongodb,
+                    name: "p".into(),
+                },
+            );
+            let dir = std::path::Path::new("mappings");
+            let maps: Vec<_> = d
+                .mappings
+                .iter()
+                .map(|(n, text)| super::super::parse(&dir.join(format!("{n}.toml")), text).unwrap())
+                .collect();
+            let out: BTreeMap<String, String> = maps
+                .iter()
+                .map(|m| {
+                    (
+                        m.spec.source.table.clone().unwrap(),
+                        m.collection().to_string(),
+                    )
+                })
+                .collect();
+            super::super::MappingSet::from_mappings(maps).unwrap();
+            (out, d)
+        };
+        let (got, d) = collections_of(&names);
+        let want: BTreeMap<String, String> = [
+            ("order_items", "order_items"),
+            ("orderItems", "orderItems"),
+            ("Order_Items", "Order_Items"),
+            ("plain_one", "plainOne"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        let text = &d
+            .mappings
+            .iter()
+            .find(|(n, _)| n == "order_items")
+            .unwrap()
+            .1;
+        assert!(
+            text.contains(
+                "# Tables `Order_Items`, `orderItems`, `order_items` all camelCase to `orderItems`"
+            ),
+            "{text}"
+        );
+        let reversed: Vec<&str> = names.iter().rev().copied().collect();
+        assert_eq!(collections_of(&reversed).0, want);
     }
 
     /// Two tables referencing each other run in one stage; one reference is kept, the other

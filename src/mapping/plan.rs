@@ -533,6 +533,7 @@ fn compile_fields(
                 TransformSpec::Upper => steps.push(Step::Upper),
                 TransformSpec::Split(sep) => steps.push(Step::Split(sep.clone())),
                 TransformSpec::Json => steps.push(Step::Json),
+                TransformSpec::DropNulls => steps.push(Step::DropNulls),
                 TransformSpec::Map(pairs) => {
                     // Keys match PostgreSQL's text of the value: a boolean's is `t` or `f`, so
                     // `true = …` (cutover's text before) would never match, silently.

@@ -473,6 +473,8 @@ pub enum TransformSpec {
     Array,
     /// Parse JSON text into an embedded document.
     Json,
+    /// Drop the NULL elements of an array (the others keep their order); other values pass.
+    DropNulls,
 }
 
 #[derive(Debug, Clone, Deserialize)]

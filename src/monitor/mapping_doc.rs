@@ -53,11 +53,47 @@ struct Section {
     decisions: Vec<String>,
 }
 
+/// Part of a line of text: plain, or a name shown as code.
+enum Span {
+    Text(String),
+    Code(String),
+}
+
 /// The whole document.
 pub struct MappingDoc {
     title: String,
-    intro: Vec<String>,
+    intro: Vec<Vec<Span>>,
     sections: Vec<Section>,
+}
+
+/// A Markdown code span of `s`, as it is: fenced by more backticks than any run inside it (and
+/// padded with a space when it starts or ends with one), so nothing in it needs an escape — an
+/// escape inside a code span is shown, not read (`` `a\_b` `` shows the backslash).
+fn md_code(s: &str) -> String {
+    let s = s.replace(['\n', '\r'], " ");
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
+fn md_spans(spans: &[Span]) -> String {
+    spans
+        .iter()
+        .map(|s| match s {
+            Span::Text(t) => md_escape(t),
+            Span::Code(c) => md_code(c),
+        })
+        .collect()
 }
 
 fn field_columns() -> Vec<Column> {
@@ -105,6 +141,7 @@ fn transform_text(t: &TransformSpec) -> String {
         TransformSpec::Concat(c) => format!("concat (sep = {:?})", c.sep),
         TransformSpec::Array => "array".into(),
         TransformSpec::Json => "json".into(),
+        TransformSpec::DropNulls => "drop_nulls (NULL elements of the array dropped)".into(),
     }
 }
 
@@ -444,6 +481,14 @@ fn field_row(f: &FieldSpec, ctx: &Ctx, decisions: &mut Vec<String>) -> Vec<Strin
             "{p}: JSON numbers no BSON number holds exactly are written as the nearest double, with a warning"
         ));
     }
+    if f.transform
+        .iter()
+        .any(|t| matches!(t, TransformSpec::DropNulls))
+    {
+        decisions.push(format!(
+            "{p}: NULL elements of the array are dropped (where they were is lost)"
+        ));
+    }
     vec![
         p.clone(),
         source,
@@ -477,16 +522,24 @@ impl MappingDoc {
         entities: &[DocEntity],
         types: &SourceTypes,
     ) -> MappingDoc {
-        let mut intro = vec![format!(
-            "Pipeline `{pipeline}`, into {}: {} collections in run order.",
-            match target {
-                TargetKind::Mongodb => "MongoDB",
-                TargetKind::Appwrite => "Appwrite",
-            },
-            entities.len()
-        )];
+        let mut intro = vec![vec![
+            Span::Text("Pipeline ".into()),
+            Span::Code(pipeline.to_string()),
+            Span::Text(format!(
+                ", into {}: {} collections in run order.",
+                match target {
+                    TargetKind::Mongodb => "MongoDB",
+                    TargetKind::Appwrite => "Appwrite",
+                },
+                entities.len()
+            )),
+        ]];
         for (rel, why) in &types.problems {
-            intro.push(format!("Source types of `{rel}` not shown: {why}"));
+            intro.push(vec![
+                Span::Text("Source types of ".into()),
+                Span::Code(rel.clone()),
+                Span::Text(format!(" not shown: {why}")),
+            ]);
         }
         let sections = entities.iter().map(|e| section(e, target, types)).collect();
         MappingDoc {
@@ -499,7 +552,7 @@ impl MappingDoc {
     pub fn markdown(&self) -> String {
         let mut out = format!("# {}\n\n", md_escape(&self.title));
         for l in &self.intro {
-            out.push_str(&format!("{}\n\n", md_escape(l)));
+            out.push_str(&format!("{}\n\n", md_spans(l)));
         }
         for s in &self.sections {
             out.push_str(&format!("## {}\n\n", md_escape(&s.entity)));
@@ -509,7 +562,7 @@ impl MappingDoc {
             out.push_str("\n### Fields\n\n");
             out.push_str(&s.fields.markdown());
             for (facts, t) in &s.embeds {
-                out.push_str(&format!("\n### Embed `{}`\n\n", md_escape(&facts[0].1)));
+                out.push_str(&format!("\n### Embed {}\n\n", md_code(&facts[0].1)));
                 for (k, v) in facts {
                     out.push_str(&format!("- **{}**: {}\n", md_escape(k), md_escape(v)));
                 }
@@ -543,7 +596,16 @@ impl MappingDoc {
                 }
                 body {
                     h1 { (self.title) }
-                    @for l in &self.intro { p class="muted" { (l) } }
+                    @for l in &self.intro {
+                        p class="muted" {
+                            @for s in l {
+                                @match s {
+                                    Span::Text(t) => (t),
+                                    Span::Code(c) => code { (c) },
+                                }
+                            }
+                        }
+                    }
                     @for s in &self.sections {
                         section class="entity" id={ "entity-" (s.entity) } {
                             h2 { (s.entity) }
@@ -861,5 +923,18 @@ fn section(e: &DocEntity, target: TargetKind, types: &SourceTypes) -> Section {
         embeds,
         rules,
         decisions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::md_code;
+
+    #[test]
+    fn code_spans_hold_names_as_they_are() {
+        assert_eq!(md_code("my_pipe"), "`my_pipe`");
+        assert_eq!(md_code("a`b"), "``a`b``");
+        assert_eq!(md_code("`x"), "`` `x ``");
+        assert_eq!(md_code("a\nb"), "`a b`");
     }
 }

@@ -110,6 +110,10 @@ pub struct EntityReport {
     /// MongoDB: the validator level set after the load (`strict`, `moderate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validator: Option<String>,
+    /// Appwrite: existing columns updated before the load because the mapping's rules changed
+    /// (or left as they are, said why), a sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema_changes: Vec<String>,
 }
 
 /// One index built after a collection's load.
@@ -228,6 +232,7 @@ impl EntityReport {
             rejected_by_rule: Default::default(),
             indexes: Vec::new(),
             validator: None,
+            schema_changes: Vec::new(),
         }
     }
 
@@ -438,6 +443,9 @@ impl RunReport {
             }
             if let Some(v) = &e.validator {
                 let _ = writeln!(s, "{}: validator set after the load ({v})", e.name);
+            }
+            for c in &e.schema_changes {
+                let _ = writeln!(s, "{}: {c}", e.name);
             }
             if e.deleted > 0 {
                 let verb = if self.dry_run {

@@ -579,6 +579,7 @@ async fn migrate_locked(
             fence: fence.cloned(),
             // Known once the step is prepared (Appwrite learns the layout, users or tables).
             prior: false,
+            schema_changes: Vec::new(),
         };
         // --max-rejects counts the entity's rejects, those of the part it resumes included: a
         // limit re-run after re-run would otherwise let any number through.
@@ -703,6 +704,7 @@ async fn migrate_locked(
         }
         let (mut report, err) = run_entity(p, &mut session, &run, &stage).await;
         report.delta = delta;
+        report.schema_changes = stage.schema_changes.clone();
         if let Some(b) = backup_taken {
             report.set_backup(b);
         } else if report.backup.is_none() {

@@ -95,7 +95,7 @@ pub(super) async fn prepare_step(
     } = *run;
     let mut backup = None;
     let mut taken = None;
-    target.prepare(p).await?;
+    stage.schema_changes = target.prepare(p).await?;
     let destination = target.destination(&p.collection);
     // Asked once: nothing writes the destination before the step's first batch (a backup only
     // reads it), and for Appwrite users the answer pages through the project's users.
@@ -227,6 +227,9 @@ pub(super) struct StageRun {
     /// short): documents of rows rejected now are its own older ones, removed. Documents the
     /// collection held before cutover are never removed.
     pub(super) prior: bool,
+    /// What preparing the target changed in an existing destination to match the mapping
+    /// (Appwrite columns updated before the load), for the report.
+    pub(super) schema_changes: Vec<String>,
 }
 
 /// Whether a step of `entity` still in effect (not rolled back, finished or cut short) wrote

@@ -378,16 +378,23 @@ impl AppwriteTarget {
     }
 
     /// Creates the database and the table of `plan` with its columns (idempotent), or notes that
-    /// its documents are users.
-    pub async fn prepare(&self, plan: &Plan) -> Result<(), AppwriteError> {
+    /// its documents are users. Returns what it changed in columns that existed (see
+    /// [`schema::apply`]).
+    pub async fn prepare(&self, plan: &Plan) -> Result<Vec<String>, AppwriteError> {
+        let mut changes = Vec::new();
         let dest = match &plan.appwrite_users {
             Some(u) => Layout::Users(u.clone(), plan.entity.clone()),
             None => {
                 let spec = schema::table_spec(plan);
-                schema::apply(&self.client, &self.database, &spec, COLUMN_TIMEOUT).await?;
+                changes.extend(
+                    schema::apply(&self.client, &self.database, &spec, COLUMN_TIMEOUT).await?,
+                );
                 let children = schema::child_tables(plan);
                 for c in &children {
-                    schema::apply(&self.client, &self.database, &c.table, COLUMN_TIMEOUT).await?;
+                    changes.extend(
+                        schema::apply(&self.client, &self.database, &c.table, COLUMN_TIMEOUT)
+                            .await?,
+                    );
                 }
                 if let Some(storage) = self.storage(&plan.collection) {
                     super::appwrite::storage::ensure_bucket(
@@ -405,7 +412,7 @@ impl AppwriteTarget {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(plan.collection.clone(), dest);
-        Ok(())
+        Ok(changes)
     }
 
     /// Remembers how `plan` maps without touching the server (dry runs, verification).
@@ -1165,13 +1172,14 @@ impl Target {
         }
     }
 
-    /// Sets up the destination of a stage before its first row.
-    pub async fn prepare(&self, plan: &Plan) -> Result<(), SinkError> {
+    /// Sets up the destination of a stage before its first row. Returns what it changed in an
+    /// existing destination to match the mapping (Appwrite columns), a sentence each.
+    pub async fn prepare(&self, plan: &Plan) -> Result<Vec<String>, SinkError> {
         match self {
-            Target::Mongo(_) if plan.file.is_some() => Ok(()),
+            Target::Mongo(_) if plan.file.is_some() => Ok(Vec::new()),
             Target::Mongo(m) => match m.destination(&plan.collection).await?.unfit {
                 Some(why) => Err(MongoError::Unfit(why).into()),
-                None => Ok(()),
+                None => Ok(Vec::new()),
             },
             Target::Appwrite(a) => Ok(a.prepare(plan).await?),
         }

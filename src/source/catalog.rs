@@ -2,7 +2,9 @@
 //! nullability and defaults, keys, foreign keys, check constraints, indexes, comments and the
 //! planner's row estimates. What `cutover scaffold` and `cutover docs` draft from.
 //!
-//! Read-only and data-blind: only catalog queries, no row of a table is read.
+//! Read-only. [`read`] is data-blind: only catalog queries, no row of a table is read;
+//! [`sample`] then reads a bounded sample of each table for the average width of its values
+//! (what `cutover scaffold` estimates embedded documents' sizes from).
 
 use std::collections::BTreeMap;
 
@@ -34,8 +36,11 @@ pub struct Table {
     pub comment: Option<String>,
     /// The planner's estimate (`pg_class.reltuples`); `None` when the table was never analyzed.
     pub row_estimate: Option<u64>,
-    /// The sum of the columns' average widths in bytes (`pg_stats`), when analyzed.
+    /// The average width of a row's values in bytes: measured over a sample of rows
+    /// ([`Width::Sampled`]), else the sum of the columns' `pg_stats` average widths when analyzed
+    /// ([`Width::Stats`]: compressed, low for long text).
     pub avg_row_bytes: Option<u64>,
+    pub width: Width,
     /// In column order.
     pub columns: Vec<Column>,
     /// Primary key columns, in key order (empty without one).
@@ -63,6 +68,19 @@ impl Table {
             .find(|u| u.iter().all(|c| self.column(c).is_some_and(|c| c.not_null)))
             .cloned()
     }
+}
+
+/// What a table's [`Table::avg_row_bytes`] is based on.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Width {
+    /// Nothing: no statistics and no sample.
+    #[default]
+    Unknown,
+    /// `pg_stats.avg_width` summed over the columns: the stored width, after TOAST compression.
+    Stats,
+    /// Measured over this many rows (a bounded sample): each value's uncompressed length as text
+    /// (bytea: its bytes).
+    Sampled(u64),
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -164,6 +182,11 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
                 // -1: never vacuumed or analyzed (PostgreSQL 14+); 0 may mean the same before.
                 row_estimate: (reltuples >= 0.0).then_some(reltuples as u64),
                 avg_row_bytes: width.map(|w| w.max(0) as u64),
+                width: if width.is_some() {
+                    Width::Stats
+                } else {
+                    Width::Unknown
+                },
                 ..Table::default()
             },
         );
@@ -304,4 +327,87 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
         database,
         tables,
     })
+}
+
+/// Measures each table's row width over a bounded sample of its rows (see [`sample_widths`]).
+pub async fn sample(url: &str, catalog: &mut Catalog) -> Result<(), SourceError> {
+    let mut conn = connect(url).await?;
+    for t in &mut catalog.tables {
+        sample_widths(&mut conn, &catalog.schema, t).await;
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Rows a width sample reads at most.
+pub const SAMPLE_ROWS: u64 = 2000;
+
+/// Above this many rows (the planner's estimate) the sample is drawn from random pages
+/// (`TABLESAMPLE SYSTEM`) rather than the table's first rows.
+const SAMPLE_FROM_PAGES_ABOVE: u64 = 50_000;
+
+/// The average width of a row of `t` over a bounded sample: the sum of its values' lengths
+/// uncompressed (`octet_length` of the value as text; bytea its bytes; NULL 0). `pg_stats`
+/// averages what is stored, after TOAST compression: for compressible long text ~70× low, so
+/// an embedding's document size came out far too small. At most [`SAMPLE_ROWS`] rows are read,
+/// from random pages on a big table, so a big table costs no more than a small one. A sample
+/// that cannot be read (no SELECT privilege) leaves the `pg_stats` width, said as such.
+async fn sample_widths(conn: &mut PgConnection, schema: &str, t: &mut Table) {
+    if t.columns.is_empty() {
+        return;
+    }
+    let width: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| {
+            let col = super::postgres::quote_ident(&c.name);
+            let raw = c.element_type.is_none()
+                && matches!(
+                    c.base_type.as_str(),
+                    "text" | "varchar" | "bpchar" | "bytea"
+                );
+            if raw {
+                format!("coalesce(octet_length({col}), 0)")
+            } else {
+                format!("coalesce(octet_length(({col})::text), 0)")
+            }
+        })
+        .collect();
+    let from = format!(
+        "{}.{}",
+        super::postgres::quote_ident(schema),
+        super::postgres::quote_ident(&t.name)
+    );
+    let big = t
+        .row_estimate
+        .filter(|n| *n > SAMPLE_FROM_PAGES_ABOVE)
+        .map(|n| {
+            // Pages enough for about four times the rows wanted.
+            let pct = (400.0 * SAMPLE_ROWS as f64 / n as f64).clamp(0.0001, 100.0);
+            format!(" TABLESAMPLE SYSTEM ({pct:.4})")
+        });
+    let query = |sample: &str| {
+        format!(
+            "SELECT count(*)::int8, avg(w)::float8 FROM (SELECT {} AS w FROM {from}{sample} LIMIT {SAMPLE_ROWS}) s",
+            width.join(" + ")
+        )
+    };
+    // From random pages on a big table; a sample of no row (or one refused) reads the first.
+    for sample in big.iter().map(String::as_str).chain([""]) {
+        let sql = query(sample);
+        let row: Result<(i64, Option<f64>), _> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await;
+        match row {
+            Ok((n, Some(avg))) if n > 0 => {
+                t.avg_row_bytes = Some(avg.round().max(0.0) as u64);
+                t.width = Width::Sampled(n as u64);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(table = %t.name, error = %e, "cannot sample the table's widths");
+            }
+        }
+    }
 }

@@ -90,6 +90,8 @@ pub enum Step {
         region: phonenumber::country::Id,
     },
     Json,
+    /// An array without its NULL elements.
+    DropNulls,
 }
 
 /// Applies one step to a value. NULL passes through every step.
@@ -119,6 +121,12 @@ pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
         Step::Json => match value {
             Value::Text(s) | Value::Json(s) => Ok(Value::Json(s)),
             other => Err(format!("json needs text, got {}", other.type_name())),
+        },
+        Step::DropNulls => match value {
+            Value::Array(items) => Ok(Value::Array(
+                items.into_iter().filter(|v| !v.is_null()).collect(),
+            )),
+            other => Ok(other),
         },
     }
 }
@@ -759,6 +767,25 @@ pub fn parse_offset(text: &str) -> Option<FixedOffset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_nulls_keeps_the_other_elements_in_order() {
+        let a = Value::Array(vec![
+            Value::Int32(1),
+            Value::Null,
+            Value::Int32(3),
+            Value::Null,
+        ]);
+        assert_eq!(
+            apply(&Step::DropNulls, a).unwrap(),
+            Value::Array(vec![Value::Int32(1), Value::Int32(3)])
+        );
+        assert_eq!(apply(&Step::DropNulls, Value::Null).unwrap(), Value::Null);
+        assert_eq!(
+            apply(&Step::DropNulls, Value::Int32(2)).unwrap(),
+            Value::Int32(2)
+        );
+    }
 
     fn out() -> Output {
         Output {

@@ -257,6 +257,7 @@ fn step_rule(step: &super::Step) -> &'static str {
         Map { .. } => "map",
         Phone { .. } => "phone",
         Json => "json",
+        DropNulls => "drop_nulls",
     }
 }
 

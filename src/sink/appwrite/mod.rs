@@ -395,6 +395,25 @@ impl AppwriteClient {
         )
     }
 
+    /// Updates column `key` of kind `kind` (`PATCH …/columns/{kind}/{key}`: `required` and
+    /// `default`, and the kind's own `size`, `elements`, `min`, `max`).
+    pub async fn update_column(
+        &self,
+        db: &str,
+        table: &str,
+        kind: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<(), AppwriteError> {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/tablesdb/{db}/tables/{table}/columns/{kind}/{key}"),
+            Some(body),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Waits until column `key` is `available`; an error names the column when it ends `failed`
     /// or `stuck`, or when `timeout` passes.
     pub async fn wait_column(

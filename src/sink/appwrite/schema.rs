@@ -329,6 +329,7 @@ pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, 
                 kind = (text(f), true);
             }
             Step::Json => kind = (Kind::Json, false),
+            Step::DropNulls => {}
             Step::Phone { .. } => kind = (Kind::Text(16), kind.1),
             Step::Map { .. } | Step::Trim | Step::Lower | Step::Upper => {
                 if !matches!(kind.0, Kind::Text(_)) && matches!(step, Step::Map { .. }) {
@@ -655,14 +656,168 @@ pub fn child_rows(
         .collect()
 }
 
+/// The route segment (`string`, `enum`, `float`, …) of a column as the server describes it:
+/// the model says `double` for floats and marks the string kinds by `format`.
+pub fn route_of(column: &Value) -> Option<&str> {
+    match (column["type"].as_str()?, column["format"].as_str()) {
+        ("double", _) => Some("float"),
+        ("string", Some(f @ ("email" | "url" | "ip" | "enum"))) => Some(f),
+        (k, _) => Some(k),
+    }
+}
+
+/// An existing column that no longer agrees with what the mapping makes of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnChange {
+    /// Updated in place (`PATCH …/columns/{kind}/{key}` with `body`); `what` says what changes.
+    Update {
+        kind: &'static str,
+        body: Value,
+        what: String,
+    },
+    /// A difference Appwrite cannot update in place (the column's type, or whether it is an
+    /// array): the column is left as it is, said why.
+    Kept(String),
+}
+
+/// Integer columns hold 64 bits: their widest bounds (what a column made without `min` / `max`
+/// answers), sent to take a bound away.
+const INT_BOUNDS: (i64, i64) = (i64::MIN, i64::MAX);
+
+/// A bound of a column as the server lists it: `None` when it is absent or the type's extreme
+/// (which bounds nothing).
+fn listed_bound(column: &Value, name: &str, route: &str) -> Option<f64> {
+    let v = column.get(name)?;
+    match route {
+        "integer" => {
+            let b = v.as_i64()?;
+            (b != INT_BOUNDS.0 && b != INT_BOUNDS.1).then_some(b as f64)
+        }
+        _ => {
+            let b = v.as_f64()?;
+            (b.is_finite() && b.abs() < f64::MAX).then_some(b)
+        }
+    }
+}
+
+fn bound_text(b: Option<f64>) -> String {
+    b.map_or_else(|| "none".to_string(), |b| b.to_string())
+}
+
+/// What to do about `existing` (a column as the server lists it) so that it holds what `spec`
+/// says: `None` when it agrees. Compared: `required`, the string's `size`, the enum's elements,
+/// integer and float `min` / `max`, and `default` (cutover sets none: a default would fill in a
+/// NULL the source holds).
+pub fn column_change(existing: &Value, spec: &ColumnSpec) -> Option<ColumnChange> {
+    let (kind, wanted) = spec.request();
+    let have = route_of(existing).unwrap_or_default();
+    let have_array = existing["array"].as_bool().unwrap_or(false);
+    if have != kind || (kind != "point" && have_array != spec.array) {
+        let shape = |k: &str, a: bool| format!("{k}{}", if a { " array" } else { "" });
+        return Some(ColumnChange::Kept(format!(
+            "its type is {} and the mapping now makes it {}: Appwrite changes no column's type in place (delete the column to have the next run make it again)",
+            shape(have, have_array),
+            shape(kind, spec.array)
+        )));
+    }
+    let mut what = Vec::new();
+    let mut body = json!({ "required": spec.constraints.required, "default": null });
+    let have_required = existing["required"].as_bool().unwrap_or(false);
+    if have_required != spec.constraints.required {
+        what.push(
+            if spec.constraints.required {
+                "optional → required"
+            } else {
+                "required → optional"
+            }
+            .to_string(),
+        );
+    }
+    if let Some(d) = existing.get("default").filter(|d| !d.is_null()) {
+        what.push(format!("default {d} → none"));
+    }
+    match kind {
+        "string" => {
+            body["size"] = wanted["size"].clone();
+            if existing["size"].as_u64() != wanted["size"].as_u64() {
+                what.push(format!("size {} → {}", existing["size"], wanted["size"]));
+            }
+        }
+        "enum" => {
+            body["elements"] = wanted["elements"].clone();
+            let set = |v: &Value| -> std::collections::BTreeSet<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect()
+            };
+            if set(&existing["elements"]) != set(&wanted["elements"]) {
+                what.push(format!(
+                    "elements {} → {}",
+                    existing["elements"], wanted["elements"]
+                ));
+            }
+        }
+        "integer" | "float" => {
+            for (name, wide) in [
+                (
+                    "min",
+                    if kind == "integer" {
+                        json!(INT_BOUNDS.0)
+                    } else {
+                        json!(-f64::MAX)
+                    },
+                ),
+                (
+                    "max",
+                    if kind == "integer" {
+                        json!(INT_BOUNDS.1)
+                    } else {
+                        json!(f64::MAX)
+                    },
+                ),
+            ] {
+                let have = listed_bound(existing, name, kind);
+                let want = wanted.get(name).and_then(Value::as_f64);
+                match want {
+                    Some(_) => body[name] = wanted[name].clone(),
+                    // No bound now: the widest one takes the old away.
+                    None if have.is_some() => body[name] = wide,
+                    None => {}
+                }
+                if have != want {
+                    what.push(format!(
+                        "{name} {} → {}",
+                        bound_text(have),
+                        bound_text(want)
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    if what.is_empty() {
+        return None;
+    }
+    Some(ColumnChange::Update {
+        kind,
+        body,
+        what: what.join(", "),
+    })
+}
+
 /// Creates the database, the table, its columns and indexes unless they exist, waiting until each
-/// is available (an error names the column or index that failed or timed out).
+/// is available (an error names the column or index that failed or timed out). An existing
+/// column whose constraints differ from what the mapping now says is updated before the load
+/// (a rule relaxed since the column was made must not leave the server refusing the rows it
+/// lets through). Returns what it changed, or found it could not, a sentence each.
 pub async fn apply(
     client: &AppwriteClient,
     db: &str,
     spec: &TableSpec,
     timeout: std::time::Duration,
-) -> Result<(), AppwriteError> {
+) -> Result<Vec<String>, AppwriteError> {
     client.ensure_database(db, db).await?;
     let a = &spec.access;
     if a.permissions.is_none() && a.row_security.is_none() {
@@ -672,9 +827,36 @@ pub async fn apply(
             .ensure_table_access(db, &spec.id, a.permissions.as_deref(), a.row_security)
             .await?;
     }
+    let existing = client.columns(db, &spec.id).await?;
+    let mut changes = Vec::new();
     for c in &spec.columns {
-        let (kind, body) = c.request();
-        client.ensure_column(db, &spec.id, kind, &body).await?;
+        let Some(have) = existing.iter().find(|e| e["key"].as_str() == Some(&c.key)) else {
+            let (kind, body) = c.request();
+            client.ensure_column(db, &spec.id, kind, &body).await?;
+            continue;
+        };
+        match column_change(have, c) {
+            None => {}
+            Some(ColumnChange::Update { kind, body, what }) => {
+                // A column still being made cannot be updated yet.
+                client.wait_column(db, &spec.id, &c.key, timeout).await?;
+                client
+                    .update_column(db, &spec.id, kind, &c.key, &body)
+                    .await?;
+                tracing::info!(table = %spec.id, column = %c.key, change = %what, "column updated to the mapping's rules");
+                changes.push(format!(
+                    "Appwrite column {}.{} updated before the load to the mapping's rules: {what}",
+                    spec.id, c.key
+                ));
+            }
+            Some(ColumnChange::Kept(why)) => {
+                tracing::warn!(table = %spec.id, column = %c.key, "{why}");
+                changes.push(format!(
+                    "Appwrite column {}.{} left as it is: {why}",
+                    spec.id, c.key
+                ));
+            }
+        }
     }
     for c in &spec.columns {
         client.wait_column(db, &spec.id, &c.key, timeout).await?;
@@ -689,7 +871,7 @@ pub async fn apply(
     for i in &spec.indexes {
         client.wait_index(db, &spec.id, &i.key, timeout).await?;
     }
-    Ok(())
+    Ok(changes)
 }
 
 /// A document as a row of `spec`: JSON columns get JSON text, text columns text (references as the
@@ -756,5 +938,76 @@ fn text_value(v: &bson::Bson) -> Value {
             bson::Bson::Int32(_) | bson::Bson::Int64(_) => Value::String(row_id(v)),
             _ => Value::String(other.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: Kind, constraints: Constraints) -> ColumnSpec {
+        ColumnSpec {
+            key: "c".into(),
+            kind,
+            array: false,
+            reference: false,
+            json_refs: Vec::new(),
+            constraints,
+        }
+    }
+
+    /// A column made without bounds lists the type's extremes on a real server (absent on the
+    /// stand-in): both agree with a mapping without bounds; a bound taken away is sent as the
+    /// widest one.
+    #[test]
+    fn bounds_at_the_types_extremes_bound_nothing() {
+        let none = spec(Kind::Integer, Constraints::default());
+        let listed = json!({ "key": "c", "type": "integer", "required": false, "array": false,
+                              "min": i64::MIN, "max": i64::MAX, "default": null });
+        assert_eq!(column_change(&listed, &none), None);
+        let bare = json!({ "key": "c", "type": "integer", "required": false });
+        assert_eq!(column_change(&bare, &none), None);
+        let float = json!({ "key": "c", "type": "double", "required": false,
+                             "min": -f64::MAX, "max": f64::MAX });
+        assert_eq!(
+            column_change(&float, &spec(Kind::Float, Constraints::default())),
+            None
+        );
+        let bounded = json!({ "key": "c", "type": "integer", "required": true, "min": 1 });
+        let Some(ColumnChange::Update { kind, body, what }) = column_change(&bounded, &none) else {
+            panic!("an update")
+        };
+        assert_eq!(kind, "integer");
+        assert_eq!(what, "required → optional, min 1 → none");
+        assert_eq!(body["min"], json!(i64::MIN));
+        assert_eq!(body["required"], false);
+        assert!(
+            body["default"].is_null() && body.get("max").is_none(),
+            "{body}"
+        );
+    }
+
+    /// A default cutover never sets is taken away (it would fill in a NULL the source holds);
+    /// a type Appwrite cannot change in place is said, not updated.
+    #[test]
+    fn defaults_go_and_types_are_said() {
+        let text = spec(Kind::Text(10), Constraints::default());
+        let listed = json!({ "key": "c", "type": "string", "size": 10, "required": false,
+                              "default": "x" });
+        let Some(ColumnChange::Update { what, body, .. }) = column_change(&listed, &text) else {
+            panic!("an update")
+        };
+        assert_eq!(what, "default \"x\" → none");
+        assert_eq!(body["size"], 10);
+        let int = json!({ "key": "c", "type": "integer", "required": false });
+        assert!(matches!(
+            column_change(&int, &text),
+            Some(ColumnChange::Kept(why)) if why.starts_with("its type is integer and the mapping now makes it string")
+        ));
+        let array = json!({ "key": "c", "type": "string", "size": 10, "array": true });
+        assert!(matches!(
+            column_change(&array, &text),
+            Some(ColumnChange::Kept(_))
+        ));
     }
 }

@@ -359,15 +359,9 @@ impl AppwriteClient {
         self.ensure_table(db, to, to).await?;
         let columns = self.columns(db, from).await?;
         for c in &columns {
-            let (Some(kind), Some(key)) = (c["type"].as_str(), c["key"].as_str()) else {
+            // Creation routes are named by kind.
+            let (Some(kind), Some(key)) = (super::schema::route_of(c), c["key"].as_str()) else {
                 continue;
-            };
-            // The model says `double` for floats and marks string kinds by `format`; creation
-            // routes are named by kind.
-            let kind = match (kind, c["format"].as_str()) {
-                ("double", _) => "float",
-                ("string", Some(f @ ("email" | "url" | "ip" | "enum"))) => f,
-                (k, _) => k,
             };
             let mut body = serde_json::Map::new();
             for field in ["key", "size", "required", "array", "elements", "min", "max"] {
