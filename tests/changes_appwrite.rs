@@ -1110,3 +1110,83 @@ table = "people"
     assert_eq!(hashes(&aw).await, before);
     assert!(table_ids(&aw, "chbk_").await.is_empty());
 }
+
+/// Outside tester F4: a `changes up` whose lock was released by force kept writing for seconds
+/// (whole operations), and a `down` was not fenced at all. Each reads its lock at least every
+/// second while it writes and stops once it is no longer its own: the rows being rewritten stop
+/// changing within that second, the next operation never runs, and the change is left
+/// interrupted for whoever holds the lock next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_lock_is_taken_away_stops_writing() {
+    let w = World::new("aw_changes_fence").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_slow.toml",
+        "version = 1\nname = \"slow\"\n[[up]]\nop = \"set\"\ntable = \"people\"\nvalues = { status = \"x\" }\n[[up]]\nop = \"set\"\ntable = \"sites\"\nvalues = { label = \"y\" }\n",
+    );
+    aw.s.set_table_faults(
+        "people",
+        Faults {
+            delay_ms: 250,
+            ..Faults::default()
+        },
+    );
+    let d = dir.display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .args(["changes", "up", "--target", "appwrite", "--dir", &d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    env(&mut cmd, &aw);
+    let child = cmd.spawn().unwrap();
+    let rewritten = |s: &appwrite_standin::StandIn| {
+        s.rows(DB, "people")
+            .iter()
+            .filter(|r| r["status"] == "x")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rewritten(&aw.s) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "up never rewrote rows"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ok(&cutover(
+        &w,
+        &aw,
+        &["lock", "release", "--confirm", "--target", "appwrite"],
+    )
+    .await);
+    let at_release = rewritten(&aw.s);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    aw.s.set_table_faults("people", Faults::default());
+    assert!(!out.status.success(), "{}", text(&out));
+    // At most the writes of the second before the lock was read again (4 at 250 ms each).
+    let after = rewritten(&aw.s);
+    assert!(
+        after <= at_release + 5 && after < 12,
+        "{at_release} rows rewritten at the release, {after} after\n{}",
+        text(&out)
+    );
+    assert!(
+        aw.s.rows(DB, "sites").iter().all(|r| r["label"] != "y"),
+        "the next operation ran after the release"
+    );
+    assert!(text(&out).contains("left interrupted"), "{}", text(&out));
+    let status: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
+    assert_eq!(status["changes"][0]["state"], "interrupted", "{status}");
+    // The next `down` (holding the lock) undoes what was written.
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(rewritten(&aw.s), 0);
+}

@@ -928,9 +928,10 @@ where
         // as it is (`running`: status says interrupted) for whoever holds the lock now.
         if let Err(e) = fence.check().await {
             return Err(ChangesError::Refused(format!(
-                "change {} ({}): {e}; it is left interrupted: `cutover changes status` says what was done, `cutover changes down` undoes it",
+                "change {} ({}): {}; it stopped writing and is left interrupted: `cutover changes status` says what was done, `cutover changes down` (once the lock is free) undoes it",
                 c.version,
-                c.file_name()
+                c.file_name(),
+                e.reason()
             )));
         }
         // A failure leaves outcomes only when undoing it failed too.

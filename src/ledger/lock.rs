@@ -178,6 +178,17 @@ pub struct LockLost {
     pub stopped: bool,
 }
 
+impl LockLost {
+    /// Why, without what it means for a stage (for a change, which has no checkpoint).
+    pub fn reason(&self) -> String {
+        if self.stopped {
+            format!("this run was asked to stop ({})", self.now)
+        } else {
+            format!("this run lost the target's lock ({})", self.now)
+        }
+    }
+}
+
 impl Fence {
     /// Whether the lost flag is set, or the run was asked to stop (no I/O).
     pub fn is_lost(&self) -> bool {

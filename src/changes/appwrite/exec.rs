@@ -34,6 +34,9 @@ pub struct AwExec<'a> {
     pub db: &'a str,
     pub store: &'a Store,
     pub backup: &'a str,
+    /// The lock of the command, checked before each operation and each page of rows: a change
+    /// whose lock was taken away (released by force) stops writing at once.
+    pub fence: Option<&'a crate::ledger::lock::Fence>,
 }
 
 fn to_bson(v: &Value) -> Bson {
@@ -106,6 +109,17 @@ fn ok_missing(r: Result<Value, AppwriteError>) -> Result<bool, AppwriteError> {
 }
 
 impl AwExec<'_> {
+    /// Refuses to go on once the command's lock is no longer its own (read at most every
+    /// second; at once when it was seen lost).
+    async fn alive(&self) -> Result<(), AwError> {
+        if let Some(f) = self.fence {
+            f.check_if_stale(Duration::from_secs(1))
+                .await
+                .map_err(|e| AwError::Refused(format!("{}; it stopped writing", e.reason())))?;
+        }
+        Ok(())
+    }
+
     fn path(&self, rest: &str) -> String {
         format!("/tablesdb/{}/tables{rest}", self.db)
     }
@@ -294,6 +308,7 @@ impl AwExec<'_> {
     {
         let mut after: Option<String> = None;
         loop {
+            self.alive().await?;
             let page = self.page(table, queries, after.as_deref()).await?;
             let n = page.len();
             after = page
@@ -335,6 +350,7 @@ impl AwExec<'_> {
         if self.backup.is_empty() || *done {
             return Ok(None);
         }
+        self.alive().await?;
         let page = match self.page(self.backup, &[], after.as_deref()).await {
             Ok(p) => p,
             // No backup table: the operation backed nothing up.
@@ -535,6 +551,7 @@ impl AwExec<'_> {
 
     /// Runs an operation (its checks passed, its outcome recorded).
     pub async fn run(&self, op: &AwOp, index: usize, out: &mut OpOutcome) -> Result<(), AwError> {
+        self.alive().await?;
         match op {
             AwOp::AddColumn { table, kind, body } => {
                 out.created_collection = true;
@@ -614,6 +631,7 @@ impl AwExec<'_> {
                 let (mut matched, mut modified) = (0u64, 0u64);
                 let mut after: Option<String> = None;
                 loop {
+                    self.alive().await?;
                     let page = self.page(table, &queries, after.as_deref()).await?;
                     let n = page.len();
                     after = page
@@ -625,6 +643,7 @@ impl AwExec<'_> {
                         let Some(new) = Self::rewrite(op, row) else {
                             continue;
                         };
+                        self.alive().await?;
                         let id = row["$id"].as_str().unwrap_or_default();
                         let old: Map<String, Value> = new
                             .keys()
@@ -767,6 +786,7 @@ impl AwExec<'_> {
                         let Some(new) = Self::rewrite(op, row) else {
                             continue;
                         };
+                        self.alive().await?;
                         let id = row["$id"].as_str().unwrap_or_default();
                         let old: Map<String, Value> = new
                             .keys()
@@ -811,6 +831,7 @@ impl AwExec<'_> {
         index: usize,
         out: &OpOutcome,
     ) -> Result<OpOutcome, AwError> {
+        self.alive().await?;
         let mut done = OpOutcome::default();
         let before = |k: &str| {
             out.before
@@ -832,6 +853,7 @@ impl AwExec<'_> {
                 let (mut after, mut end) = (None, false);
                 while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
                     for e in page {
+                        self.alive().await?;
                         let id = e.get_str("row").unwrap_or_default();
                         let v = to_json(e.get("value").unwrap_or(&Bson::Null));
                         match self.client.get_row(self.db, table, id).await? {
@@ -897,6 +919,7 @@ impl AwExec<'_> {
                 let (mut after, mut end) = (None, false);
                 while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
                     for e in page {
+                        self.alive().await?;
                         let id = e.get_str("row").unwrap_or_default();
                         let data = to_json(e.get("data").unwrap_or(&Bson::Null));
                         if self.client.create_row(self.db, table, id, &data).await? {
@@ -930,6 +953,7 @@ impl AwExec<'_> {
                 let (mut after, mut end) = (None, false);
                 while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
                     for e in page {
+                        self.alive().await?;
                         let id = e.get_str("row").unwrap_or_default();
                         let map = |k: &str| match to_json(e.get(k).unwrap_or(&Bson::Null)) {
                             Value::Object(o) => o,

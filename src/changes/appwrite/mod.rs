@@ -61,6 +61,19 @@ fn exec<'a>(t: &'a AppwriteTarget<'a>, backup: &'a str) -> AwExec<'a> {
         db: t.db,
         store: t.ledger.store(),
         backup,
+        fence: None,
+    }
+}
+
+/// [`exec`] that stops once `fence`'s lock is no longer the command's.
+fn exec_fenced<'a>(
+    t: &'a AppwriteTarget<'a>,
+    backup: &'a str,
+    fence: &'a crate::ledger::lock::Fence,
+) -> AwExec<'a> {
+    AwExec {
+        fence: Some(fence),
+        ..exec(t, backup)
     }
 }
 
@@ -218,7 +231,8 @@ pub async fn up(
             |c| backup_table(c.version, &run_id),
             |c, backup| {
                 let records = Records { ledger: t.ledger };
-                async move { apply_one(&exec(t, &backup), &records, c).await }
+                let fence = &fence;
+                async move { apply_one(&exec_fenced(t, &backup, fence), &records, c).await }
             },
         )
         .await?;
@@ -544,7 +558,7 @@ pub async fn down_with(
                     ),
                 };
                 let resume = r.status == REVERSING;
-                done.push(reverse_logged(t, &records, r, &c, &run_id, partial, resume, Some(note)).await?);
+                done.push(reverse_logged(t, &records, r, &c, (&run_id, &fence), partial, resume, Some(note)).await?);
             }
             return Ok(DownReport {
                 reversed: done,
@@ -577,7 +591,7 @@ pub async fn down_with(
                 });
                 continue;
             }
-            match reverse_logged(t, &records, r, c, &run_id, false, false, None).await {
+            match reverse_logged(t, &records, r, c, (&run_id, &fence), false, false, None).await {
                 Ok(rev) => report.reversed.push(rev),
                 Err(e) if continue_on_error => {
                     failed.push((r.version, mine));
@@ -609,7 +623,7 @@ async fn reverse_logged(
     records: &Records<'_>,
     r: &ChangeRecord,
     c: &Change,
-    run_id: &str,
+    (run_id, fence): (&str, &crate::ledger::lock::Fence),
     partial: bool,
     resume: bool,
     note: Option<String>,
@@ -621,7 +635,7 @@ async fn reverse_logged(
         .start_down(r.version, run_id, !resume, partial)
         .await?;
     let backup = r.backup.clone().unwrap_or_default();
-    let x = exec(t, &backup);
+    let x = exec_fenced(t, &backup, fence);
     let started = Instant::now();
     let result = reverse_one(&x, records, r, c, partial, resume).await;
     let duration_ms = started.elapsed().as_millis() as u64;
