@@ -771,6 +771,24 @@ async fn appwrite_drafts_of_arrays_holding_nulls_pass_check_and_write_every_row(
     assert_eq!(by_id(1)["tags"], serde_json::json!(["a"]));
     assert_eq!(by_id(2)["vals"], serde_json::json!([]));
     assert_eq!(by_id(3)["vals"], serde_json::json!([4, 5]));
+    // What was dropped is said: a warning on each row whose array held a NULL (rows 1 and 2).
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut warned: Vec<(String, String)> = w
+        .warnings(&run_id)
+        .into_iter()
+        .filter(|(_, _, _, rule)| rule == "nulls_dropped")
+        .map(|(_, key, _, rule)| (key, rule))
+        .collect();
+    warned.sort();
+    assert_eq!(
+        warned,
+        [
+            ("1", "nulls_dropped"),
+            ("1", "nulls_dropped"),
+            ("2", "nulls_dropped")
+        ]
+        .map(|(k, r)| (k.to_string(), r.to_string()))
+    );
     let text = std::fs::read_to_string(out.join("mappings/readings.toml")).unwrap();
     assert!(
         text.contains("# decide: Appwrite array columns hold no NULL element"),

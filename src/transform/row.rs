@@ -133,6 +133,23 @@ fn eval_field(
         },
     };
     for step in &f.steps {
+        // `drop_nulls` loses where the NULL elements were: said with a warning on each row it
+        // changes (the mapping chose it; the row is written).
+        if matches!(step, crate::transform::Step::DropNulls)
+            && let Value::Array(items) = value.as_ref()
+            && let n @ 1.. = items.iter().filter(|v| v.is_null()).count()
+        {
+            issues.push(Issue {
+                severity: Severity::Warning,
+                ..Issue::error(
+                    Stage::Transform,
+                    "nulls_dropped",
+                    &path,
+                    format!("{n} NULL element(s) of {} dropped", items.len()),
+                    input_text(f, row),
+                )
+            });
+        }
         match apply(step, value.into_owned()) {
             Ok(v) => value = Cow::Owned(v),
             Err(message) => {
