@@ -1190,3 +1190,67 @@ async fn a_change_whose_lock_is_taken_away_stops_writing() {
     ok(&changes(&w, &aw, "down", &dir, &[]).await);
     assert_eq!(rewritten(&aw.s), 0);
 }
+
+/// Outside tester F6: `drop_table` then `down` recreated the table open to no one (no
+/// permissions) and without row security, and its rows without their own permissions. The
+/// table comes back with its permissions, `rowSecurity` and `enabled`, each row with its
+/// permissions, as the stand-in lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_table_comes_back_with_its_permissions() {
+    let w = World::new("aw_changes_perms").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let perms = json!(["read(\"any\")", "create(\"users\")"]);
+    aw.s.update_table(
+        DB,
+        "sites",
+        &json!({"name": "Sites", "permissions": perms, "rowSecurity": true}),
+    )
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/tablesdb/{DB}/tables/sites/rows", aw.endpoint))
+        .header("X-Appwrite-Project", "cutover")
+        .header("X-Appwrite-Key", KEY)
+        .json(&json!({"rowId": "c7", "data": {"code": "c7", "label": "West"}, "permissions": ["read(\"user:u1\")", "update(\"user:u1\")"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let table_of = |s: &appwrite_standin::StandIn| {
+        let t = s.get_table(DB, "sites").unwrap();
+        (
+            t["$permissions"].clone(),
+            t["rowSecurity"].clone(),
+            t["enabled"].clone(),
+        )
+    };
+    let rows_of = |s: &appwrite_standin::StandIn| {
+        let mut rows: Vec<(String, Value)> = s
+            .rows(DB, "sites")
+            .iter()
+            .map(|r| {
+                (
+                    r["$id"].as_str().unwrap().to_string(),
+                    r["$permissions"].clone(),
+                )
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    };
+    let (table_before, rows_before) = (table_of(&aw.s), rows_of(&aw.s));
+    assert_eq!(table_before.0, perms);
+    let before = hashes(&aw).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_drop.toml",
+        "version = 1\nname = \"drop sites\"\n[[up]]\nop = \"drop_table\"\ntable = \"sites\"\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(aw.s.get_table(DB, "sites").is_err());
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(table_of(&aw.s), table_before);
+    assert_eq!(rows_of(&aw.s), rows_before);
+    assert_eq!(hashes(&aw).await, before);
+}

@@ -255,13 +255,7 @@ impl AwExec<'_> {
         columns: &[(String, Value)],
         indexes: &[Value],
     ) -> Result<(), AwError> {
-        self.client
-            .call(
-                reqwest::Method::POST,
-                &self.path(""),
-                Some(&json!({ "tableId": table, "name": name })),
-            )
-            .await?;
+        self.create_table_as(table, name, &Map::new()).await?;
         for (kind, body) in columns {
             self.create_column(table, kind, body).await?;
         }
@@ -269,6 +263,54 @@ impl AwExec<'_> {
             self.create_index(table, i).await?;
         }
         Ok(())
+    }
+
+    /// Creates an empty table with `settings` (its `permissions`, `rowSecurity`, `enabled`, as
+    /// a dropped table had them).
+    async fn create_table_as(
+        &self,
+        table: &str,
+        name: &str,
+        settings: &Map<String, Value>,
+    ) -> Result<(), AwError> {
+        let mut body = json!({ "tableId": table, "name": name });
+        for (k, v) in settings {
+            if !v.is_null() {
+                body[k] = v.clone();
+            }
+        }
+        self.client
+            .call(reqwest::Method::POST, &self.path(""), Some(&body))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a row with its permissions (as backed up); `false` when a row with this id
+    /// exists (nothing written).
+    async fn create_row_as(
+        &self,
+        table: &str,
+        id: &str,
+        data: &Value,
+        permissions: Option<&Value>,
+    ) -> Result<bool, AwError> {
+        let mut body = json!({ "rowId": id, "data": data });
+        if let Some(p) = permissions.filter(|p| p.is_array()) {
+            body["permissions"] = p.clone();
+        }
+        match self
+            .client
+            .call(
+                reqwest::Method::POST,
+                &self.path(&format!("/{table}/rows")),
+                Some(&body),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(409) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// One page of the rows of `table` matching `queries`, after row `after`, in `$id` order.
@@ -474,6 +516,11 @@ impl AwExec<'_> {
                     "name": t["name"].as_str().unwrap_or(table),
                     "columns": columns,
                     "indexes": indexes,
+                    // Who may read and write it: a table restored without them is open to no
+                    // one (or, without row security, its rows' own permissions go unread).
+                    "permissions": to_bson(&t["$permissions"]),
+                    "rowSecurity": to_bson(&t["rowSecurity"]),
+                    "enabled": to_bson(&t["enabled"]),
                 });
             }
             AwOp::Insert { table, rows } => {
@@ -601,7 +648,15 @@ impl AwExec<'_> {
                     n += 1;
                     let id = row["$id"].as_str().unwrap_or_default().to_string();
                     let data = to_bson(&Value::Object(data_of(&row)));
-                    async move { self.back_up(index, &id, doc! { "data": data }).await }
+                    let permissions = to_bson(&row["$permissions"]);
+                    async move {
+                        self.back_up(
+                            index,
+                            &id,
+                            doc! { "data": data, "permissions": permissions },
+                        )
+                        .await
+                    }
                 })
                 .await?;
                 out.backed_up = n;
@@ -906,7 +961,11 @@ impl AwExec<'_> {
                 // before the table went) is finished by running it again.
                 if self.table(table).await?.is_none() {
                     let name = before("name");
-                    self.create_table(table, name.as_str().unwrap_or(table), &[], &[])
+                    let settings: Map<String, Value> = ["permissions", "rowSecurity", "enabled"]
+                        .into_iter()
+                        .map(|k| (k.to_string(), before(k)))
+                        .collect();
+                    self.create_table_as(table, name.as_str().unwrap_or(table), &settings)
                         .await?;
                 }
                 for def in before("columns").as_array().into_iter().flatten() {
@@ -922,7 +981,11 @@ impl AwExec<'_> {
                         self.alive().await?;
                         let id = e.get_str("row").unwrap_or_default();
                         let data = to_json(e.get("data").unwrap_or(&Bson::Null));
-                        if self.client.create_row(self.db, table, id, &data).await? {
+                        let permissions = e.get("permissions").map(to_json);
+                        if self
+                            .create_row_as(table, id, &data, permissions.as_ref())
+                            .await?
+                        {
                             done.inserted += 1;
                         }
                     }
