@@ -1254,3 +1254,42 @@ async fn a_dropped_table_comes_back_with_its_permissions() {
     assert_eq!(rows_of(&aw.s), rows_before);
     assert_eq!(hashes(&aw).await, before);
 }
+
+/// Outside tester F9: the application made a table of the same id after `drop_table`; `down`
+/// merged the dropped table into it (its columns added, rows of taken ids skipped), said it was
+/// done and dropped the backup. Refused now before anything is reversed; the change stays
+/// applied, its backup kept, the application's table untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_refuses_to_restore_a_dropped_table_into_one_made_since() {
+    let w = World::new("aw_changes_remade").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_drop.toml",
+        "version = 1\nname = \"drop people\"\n[[up]]\nop = \"drop_table\"\ntable = \"people\"\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    aw.s.create_table(DB, "people", "People again").unwrap();
+    aw.s.create_column(DB, "people", "string", &json!({"key": "other", "size": 8}))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    aw.s.write_row(DB, "people", "p01", &json!({"other": "mine"}), false)
+        .unwrap();
+    let theirs = hashes(&aw).await;
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("exists again"), "{said}");
+    assert_eq!(
+        hashes(&aw).await,
+        theirs,
+        "the application's table was touched"
+    );
+    let status: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
+    assert_eq!(status["changes"][0]["state"], "applied", "{status}");
+    assert!(
+        !table_ids(&aw, "chbk_").await.is_empty(),
+        "the backup is kept"
+    );
+}

@@ -136,6 +136,11 @@ impl AwExec<'_> {
         }
     }
 
+    /// Whether `table` exists.
+    pub async fn table_exists(&self, table: &str) -> Result<bool, AwError> {
+        Ok(self.table(table).await?.is_some())
+    }
+
     async fn table(&self, table: &str) -> Result<Option<Value>, AppwriteError> {
         self.get(&format!("/{table}")).await
     }

@@ -628,14 +628,29 @@ async fn reverse_logged(
     resume: bool,
     note: Option<String>,
 ) -> Result<Reversed, ChangesError> {
+    let backup = r.backup.clone().unwrap_or_default();
+    let x = exec_fenced(t, &backup, fence);
+    // A table this change dropped that exists again was made since (by the application): its
+    // inverse would mix the dropped table's columns and rows into it. Refused before anything
+    // is reversed (a `down` that stopped half way may find its own table: not refused then).
+    if !resume && !partial && c.down.is_none() {
+        for op in &c.up {
+            if let Op::Appwrite(AwOp::DropTable { table }) = op
+                && x.table_exists(table).await?
+            {
+                return Err(ChangesError::Refused(format!(
+                    "change {} ({}): it dropped table `{table}`, and a table `{table}` exists again (made since): reversing would mix the dropped table's columns and rows into it; rename or remove that table, then run `down` again (nothing was reversed)",
+                    r.version, r.file
+                )));
+            }
+        }
+    }
     let mut line = HistoryEntry::new("down", r.version, &r.name, RUNNING, run_id);
     line.note = note.clone();
     records.log(&line).await?;
     records
         .start_down(r.version, run_id, !resume, partial)
         .await?;
-    let backup = r.backup.clone().unwrap_or_default();
-    let x = exec_fenced(t, &backup, fence);
     let started = Instant::now();
     let result = reverse_one(&x, records, r, c, partial, resume).await;
     let duration_ms = started.elapsed().as_millis() as u64;
