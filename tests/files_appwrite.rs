@@ -282,11 +282,20 @@ async fn files_around_the_chunk_size_go_into_appwrite_storage_once_and_byte_iden
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("missing"), "{}", text(&out));
 
-    // A step that found the bucket holding files cannot be undone (no backup copies a bucket):
-    // refused, saying so, and nothing is touched.
-    let out = cutover(&w, &root, &aw, &["rollback", "--pipeline", &pipeline]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("cannot be backed up"), "{}", text(&out));
+    // A step that found the bucket holding files cannot be undone alone (no backup copies a
+    // bucket): its rollback undoes the step before it too, which found the bucket empty, and
+    // says so (a dry run: nothing is touched).
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["rollback", "--dry-run", "--pipeline", &pipeline],
+    )
+    .await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("cannot be backed up"), "{said}");
+    assert_eq!(said.matches("would roll back docs").count(), 2, "{said}");
     assert_eq!(aw.s.file_ids("docs").len(), 4);
 
     // Buckets belong to the project: a rehearsal into another database is refused the bucket
@@ -873,5 +882,184 @@ async fn max_rejects_lets_the_chunked_uploads_in_flight_finish() {
     let n = |k: &str| e[k].as_u64().unwrap();
     assert_eq!((n("read"), n("written"), n("rejected")), (12, 11, 1), "{e}");
     assert_eq!(whole(&aw).len(), files.len());
+    w.drop().await;
+}
+
+/// A re-run whose row can no longer have its file's permissions (the placeholder's column now
+/// NULL): the row is rejected `file_permission`, and the file the first run uploaded stays as
+/// it was — bytes, permissions and its row (a Storage bucket cannot be backed up: a deleted
+/// file could not be put back) —, counted as kept in the report. `rollback files` after the
+/// re-run undoes it with the first run's step, which found the bucket empty: bucket and table
+/// empty again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_keeps_the_file_of_a_row_rejected_for_its_permissions_and_rollback_undoes_it() {
+    let w = World::new("files_appwrite_rerun_perm").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from("CREATE TABLE docs (id int PRIMARY KEY, path text, team text);\n");
+    let mut files = std::collections::BTreeMap::new();
+    for (id, len) in [(1usize, 10usize), (2, MIB + 7), (3, 2000)] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_add(id as u8)).collect();
+        std::fs::write(root.join(format!("f{id}.bin")), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, 'f{id}.bin', 'staff');\n"
+        ));
+        files.insert(id.to_string(), bytes);
+    }
+    w.sql(&sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/docs.toml"),
+        r#"version = 1
+name = "docs"
+[source]
+table = "docs"
+key = ["id"]
+[file]
+path_column = "path"
+bucket = "docs"
+[file.appwrite]
+file_security = true
+file_permissions = ['read("label:{team}")']
+[[field]]
+path = "team"
+column = "team"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"files\"\nentities = [\"docs\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let before = aw.s.get_file("docs", "2").unwrap();
+    assert_eq!(
+        before["$permissions"],
+        serde_json::json!(["read(\"label:staff\")"]),
+        "{before}"
+    );
+    let row_before = aw.s.row_count("registry", "docs");
+    assert_eq!(row_before, 3);
+
+    w.sql("UPDATE docs SET team = NULL WHERE id = 2").await;
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--rerun", "--pipeline", &pipeline],
+    )
+    .await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let e = report_entity(&w);
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!((n("read"), n("written"), n("rejected")), (3, 2, 1), "{e}");
+    assert_eq!(e["files"]["kept"], 1, "{e}");
+    assert_eq!(e["stale_removed"], 0, "{e}");
+    let rejects = w.rejects(w.latest_report()["run_id"].as_str().unwrap());
+    assert_eq!(
+        rejects
+            .iter()
+            .map(|r| (r.1.as_str(), r.3.as_str()))
+            .collect::<Vec<_>>(),
+        [("2", "file_permission")],
+        "{rejects:?}"
+    );
+    // The earlier file as it was: its record (permissions, signature, size) and bytes, its row.
+    let after = aw.s.get_file("docs", "2").unwrap();
+    for k in [
+        "$permissions",
+        "signature",
+        "sizeOriginal",
+        "chunksUploaded",
+    ] {
+        assert_eq!(after[k], before[k], "{k}: {after}");
+    }
+    assert_eq!(aw.s.file_content("docs", "2").unwrap(), files["2"]);
+    assert_eq!(aw.s.row_count("registry", "docs"), 3);
+    let out = cutover(&w, &root, &aw, &["report", "--target", "appwrite"]).await;
+    assert!(
+        text(&out).contains("docs: kept 1 files an earlier run uploaded"),
+        "{}",
+        text(&out)
+    );
+
+    // verify: the rejected row's file is excused (the run rejected it), the others compare.
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // `rollback files`: the re-run cannot be undone alone; with the first step, which found
+    // the bucket empty, it can.
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["rollback", "--pipeline", &pipeline, "files"],
+    )
+    .await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("rolled back 2 step(s)"), "{said}");
+    assert!(aw.s.file_ids("docs").is_empty(), "{said}");
+    assert_eq!(aw.s.row_count("registry", "docs"), 0);
+    w.drop().await;
+}
+
+/// A step into a bucket that held files no step of cutover put there cannot be rolled back (no
+/// backup copies a bucket's files, and emptying it would take those files too): refused, saying
+/// why, and nothing is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_into_a_bucket_holding_other_files_is_not_rolled_back() {
+    let w = World::new("files_appwrite_foreign").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("f1.bin"), b"one").unwrap();
+    w.sql(&format!(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);
+         INSERT INTO docs VALUES (1, 'f1.bin', 'f1.bin', 3, '{}', NULL);",
+        sha(b"one")
+    ))
+    .await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+    aw.s.create_bucket("docs", "the application's", &serde_json::json!({}))
+        .unwrap();
+    aw.s.upload(
+        "docs",
+        "theirs",
+        "theirs.txt",
+        "text/plain",
+        b"not cutover's".to_vec(),
+        None,
+        &[],
+    )
+    .unwrap();
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cutover(&w, &root, &aw, &["rollback", "--pipeline", &pipeline]).await;
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("cannot be backed up"), "{said}");
+    assert!(said.contains("held files before it"), "{said}");
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    assert_eq!(ids, ["1", "theirs"]);
     w.drop().await;
 }

@@ -51,6 +51,9 @@ pub(super) struct StageCtx {
     /// Upserts into a destination cutover wrote before (`StageRun::prior`): the older documents
     /// of rows rejected now (by the mapping or by the target) are removed.
     pub(super) remove_stale: bool,
+    /// The same into an Appwrite Storage bucket, which cannot be backed up: the older files
+    /// (and rows) of rows rejected now are kept as they were, and counted.
+    pub(super) keep_stale: bool,
     /// Removes records with a note in the ledger first (see `removal`).
     pub(super) remover: Remover,
 }

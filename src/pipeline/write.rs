@@ -115,6 +115,7 @@ pub(super) async fn write_loop(
         rejects,
         total_rejected,
         remove_stale,
+        keep_stale,
         remover,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
@@ -137,7 +138,14 @@ pub(super) async fn write_loop(
             }
             // The older documents to remove are noted in the ledger first (those there
             // now): a run resuming after a kill counts what this one removed.
-            let noted = if batch.stale.is_empty() {
+            // Kept (Appwrite Storage): only counted, those there now.
+            if keep_stale && !batch.stale.is_empty() {
+                match target.present(&collection, &batch.stale).await {
+                    Ok(there) => EntityCounters::add(&counters.files_kept, there.len() as u64),
+                    Err(e) => return (batch, Err(e.into()), 0),
+                }
+            }
+            let noted = if batch.stale.is_empty() || keep_stale {
                 None
             } else {
                 match remover
@@ -278,7 +286,7 @@ pub(super) async fn write_loop(
                         errors.into_iter().partition(|e| e.transient);
                     // The older documents of rows the target refused now are stale like those of
                     // rows the mapping rejects (see `Batch::stale`).
-                    let refused_ids: Vec<bson::Bson> = if remove_stale {
+                    let refused_ids: Vec<bson::Bson> = if remove_stale || keep_stale {
                         errors
                             .iter()
                             .filter_map(|e| batch.docs.get(e.index))
@@ -288,7 +296,10 @@ pub(super) async fn write_loop(
                     } else {
                         Vec::new()
                     };
-                    if !refused_ids.is_empty() {
+                    if keep_stale && !refused_ids.is_empty() {
+                        let there = target.present(&collection, &refused_ids).await?;
+                        EntityCounters::add(&counters.files_kept, there.len() as u64);
+                    } else if !refused_ids.is_empty() {
                         let removed = remover
                             .remove_stale(&target, &collection, &refused_ids)
                             .await?;
