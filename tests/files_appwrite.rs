@@ -603,6 +603,34 @@ column = "team"
     let pipeline = pipeline.display().to_string();
     let aw = standin().await;
 
+    // check predicts the two rejects, by rule and count (exit 2, as the run's), writing nothing.
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["check", "--json", "--full", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    for f in report["findings"].as_array().unwrap() {
+        if f["severity"] == "reject" && f["entity"] == "docs" {
+            *found.entry(f["rule"].as_str().unwrap()).or_insert(0) += f["rows"].as_u64().unwrap();
+            let key = f["example_key"].as_str().unwrap();
+            assert!(key == "4" || key == "5", "{f}");
+        }
+    }
+    assert_eq!(found, [("file_permission", 2)].into(), "{report}");
+    let docs = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "docs")
+        .unwrap();
+    assert_eq!(docs["rejected_rows"], 2, "{docs}");
+    assert!(aw.s.file_ids("docs").is_empty());
+
     // The dry run predicts the two rejects, and writes no file.
     let out = cutover(
         &w,
