@@ -1091,3 +1091,177 @@ async fn a_step_into_a_bucket_holding_other_files_is_not_rolled_back() {
     assert_eq!(ids, ["1", "theirs"]);
     w.drop().await;
 }
+
+/// The file (and row) id Appwrite's id rule gives a key's `_id`, as documented: the key's text
+/// when it fits the rule (`[A-Za-z0-9._-]`, at most 36, not starting with `_`, `.` or `-`) and
+/// has no capital, else `h` and the first 35 hex digits of the SHA-256 of the `_id`'s canonical
+/// extended JSON (a composite key's `_id` is the document of its columns, in key order).
+fn expected_id(id: &bson::Bson) -> String {
+    if let bson::Bson::String(s) = id {
+        let fits = !s.is_empty()
+            && s.len() <= 36
+            && !s.starts_with(['_', '.', '-'])
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+        if fits {
+            return s.clone();
+        }
+    }
+    let text = id.clone().into_canonical_extjson().to_string();
+    format!("h{}", &sha(text.as_bytes())[..35])
+}
+
+/// A text key and a composite key, each a documents table of its own (keys that are their own
+/// file id and keys hashed: capitals, a space, too long, a leading `_`; a file over 5 MiB among
+/// them): each file's id is the one Appwrite's id rule gives its key (the oracle above, from
+/// the documented rule) and its row has the same id and the key's columns; the bytes those on
+/// disk; a `--rerun` sends nothing again and changes no id; verify passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_composite_keys_give_each_file_the_id_of_its_key_and_rerun_idempotent() {
+    let w = World::new("files_appwrite_keys").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let long = "k".repeat(40);
+    let text_keys = ["plain-key.1", "Mixed Case", long.as_str(), "_lead"];
+    let comp_keys = [("eu", 1), ("eu", 2), ("US", 1)];
+    let mut sql = String::from(
+        "CREATE TABLE ctext (code text PRIMARY KEY, path text);
+         CREATE TABLE ccomp (region text, n int, path text, PRIMARY KEY (region, n));\n",
+    );
+    // (bucket, expected file id) → the bytes on disk; (bucket, id) → the key as the row holds it.
+    let mut files = std::collections::BTreeMap::new();
+    let mut keys = std::collections::BTreeMap::new();
+    for (i, code) in text_keys.iter().enumerate() {
+        let len = if i == 1 { MIB + 3 } else { 100 + i };
+        let bytes: Vec<u8> = (0..len)
+            .map(|b| (b as u8).wrapping_mul(3) ^ i as u8)
+            .collect();
+        let rel = format!("t{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!("INSERT INTO ctext VALUES ('{code}', '{rel}');\n"));
+        let id = expected_id(&bson::Bson::String(code.to_string()));
+        files.insert(("ctext", id.clone()), bytes);
+        keys.insert(("ctext", id), serde_json::json!({ "code": code }));
+    }
+    for (i, (region, n)) in comp_keys.iter().enumerate() {
+        let bytes: Vec<u8> = format!("{region}/{n}").repeat(50 + i).into_bytes();
+        let rel = format!("c{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO ccomp VALUES ('{region}', {n}, '{rel}');\n"
+        ));
+        let id = expected_id(&bson::Bson::Document(
+            bson::doc! { "region": *region, "n": *n },
+        ));
+        files.insert(("ccomp", id.clone()), bytes);
+        keys.insert(
+            ("ccomp", id),
+            serde_json::json!({ "region": region, "n": n }),
+        );
+    }
+    w.sql(&sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/ctext.toml"),
+        "version = 1\nname = \"ctext\"\n[source]\ntable = \"ctext\"\nkey = [\"code\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ctext\"\n\
+         [[field]]\npath = \"code\"\ncolumn = \"code\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/ccomp.toml"),
+        "version = 1\nname = \"ccomp\"\n[source]\ntable = \"ccomp\"\nkey = [\"region\", \"n\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ccomp\"\n\
+         [[field]]\npath = \"region\"\ncolumn = \"region\"\n\
+         [[field]]\npath = \"n\"\ncolumn = \"n\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"files\"\nentities = [\"ctext\", \"ccomp\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+
+    let held = |aw: &Aw| {
+        let mut out = Vec::new();
+        for bucket in ["ctext", "ccomp"] {
+            for id in aw.s.file_ids(bucket) {
+                let bytes = aw.s.file_content(bucket, &id).unwrap();
+                let row = aw.s.get_row("registry", bucket, &id).unwrap();
+                let key = match bucket {
+                    "ctext" => serde_json::json!({ "code": row["code"] }),
+                    _ => serde_json::json!({ "region": row["region"], "n": row["n"] }),
+                };
+                out.push(((bucket, id.clone()), sha(&bytes), key.to_string()));
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut want: Vec<_> = files
+        .iter()
+        .map(|((b, id), bytes)| {
+            (
+                (*b, id.clone()),
+                sha(bytes),
+                keys[&(*b, id.clone())].to_string(),
+            )
+        })
+        .collect();
+    want.sort();
+    let entities = |w: &World| -> Vec<(u64, u64, u64)> {
+        let r = w.latest_report();
+        r["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let n = |k: &str| e[k].as_u64().unwrap();
+                (
+                    n("written"),
+                    e["files"]["uploaded"].as_u64().unwrap(),
+                    e["files"]["unchanged"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(held(&aw), want);
+    assert_eq!(entities(&w), [(4, 4, 0), (3, 3, 0)]);
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["verify", "--full", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--rerun", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(entities(&w), [(4, 0, 4), (3, 0, 3)], "nothing sent again");
+    assert_eq!(held(&aw), want, "the same ids, once each");
+    assert_eq!(aw.s.row_count("registry", "ctext"), 4);
+    assert_eq!(aw.s.row_count("registry", "ccomp"), 3);
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.drop().await;
+}

@@ -1089,3 +1089,131 @@ async fn max_rejects_lets_the_uploads_in_flight_finish() {
     assert_eq!(held.len(), files.len());
     w.drop().await;
 }
+
+/// A text key and a composite key, each a documents table of its own: each file's `_id` is its
+/// key (the text; the document of the key's columns, in key order), its bytes those on disk,
+/// its metadata the mapped fields; a `--rerun` sends nothing again and changes no id; verify
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_composite_keys_give_each_file_its_key_as_id_and_rerun_idempotent() {
+    let w = World::new("files_keys").await;
+    let root = w.files_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE ctext (code text PRIMARY KEY, path text);
+         CREATE TABLE ccomp (region text, n int, path text, PRIMARY KEY (region, n));\n",
+    );
+    // (bucket, _id) → the bytes on disk.
+    let mut want: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (i, code) in ["plain-key.1", "Mixed Case", "ümlaut/ß"].iter().enumerate() {
+        let bytes: Vec<u8> = (0..(70_000 + i))
+            .map(|b| (b % 251) as u8 ^ i as u8)
+            .collect();
+        let rel = format!("t{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!("INSERT INTO ctext VALUES ('{code}', '{rel}');\n"));
+        want.insert(
+            ("ctext".into(), Bson::String(code.to_string()).to_string()),
+            cutover::sink::gridfs::hex(&sha2::Sha256::digest(&bytes)),
+        );
+    }
+    for (i, (region, n)) in [("eu", 1), ("eu", 2), ("US", 1)].iter().enumerate() {
+        let bytes: Vec<u8> = format!("{region}/{n}").repeat(9000 + i).into_bytes();
+        let rel = format!("c{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO ccomp VALUES ('{region}', {n}, '{rel}');\n"
+        ));
+        want.insert(
+            (
+                "ccomp".into(),
+                Bson::Document(doc! { "region": *region, "n": *n }).to_string(),
+            ),
+            cutover::sink::gridfs::hex(&sha2::Sha256::digest(&bytes)),
+        );
+    }
+    w.sql(&sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/ctext.toml"),
+        "version = 1\nname = \"ctext\"\n[source]\ntable = \"ctext\"\nkey = [\"code\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ctext\"\nchunk_size = 16384\n\
+         [[field]]\npath = \"code\"\ncolumn = \"code\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/ccomp.toml"),
+        "version = 1\nname = \"ccomp\"\n[source]\ntable = \"ccomp\"\nkey = [\"region\", \"n\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ccomp\"\nchunk_size = 16384\n\
+         [[field]]\npath = \"region\"\ncolumn = \"region\"\n\
+         [[field]]\npath = \"n\"\ncolumn = \"n\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"files\"\nentities = [\"ctext\", \"ccomp\"]\n",
+    )
+    .unwrap();
+    let db = w.mongo().await;
+    let held = || async {
+        let mut out = BTreeMap::new();
+        for bucket in ["ctext", "ccomp"] {
+            for f in files_docs(&w, bucket).await {
+                let id = f.get("_id").unwrap().clone();
+                // The metadata names the key the id is made of.
+                let meta = f.get_document("metadata").unwrap();
+                let from_meta = match bucket {
+                    "ctext" => meta.get("code").unwrap().clone(),
+                    _ => Bson::Document(doc! {
+                        "region": meta.get("region").unwrap().clone(),
+                        "n": meta.get("n").unwrap().clone(),
+                    }),
+                };
+                assert_eq!(id, from_meta, "{f}");
+                let (_, sha) = download_sha256(&db, bucket, id.clone()).await;
+                out.insert((bucket.to_string(), id.to_string()), sha);
+            }
+            assert_eq!(orphan_chunks(&w, bucket).await, 0);
+        }
+        out
+    };
+    let files_of = |w: &World| -> Vec<(u64, u64)> {
+        let r = w.latest_report();
+        r["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["files"]["uploaded"].as_u64().unwrap(),
+                    e["files"]["unchanged"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(held().await, want);
+    assert_eq!(files_of(&w), [(3, 0), (3, 0)]);
+    let verify = |w: &World| {
+        w.cutover()
+            .args(["verify", "--full", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&w);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(files_of(&w), [(0, 3), (0, 3)], "nothing sent again");
+    assert_eq!(held().await, want, "the same ids, once each");
+    let out = verify(&w);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.drop().await;
+}
