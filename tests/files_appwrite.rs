@@ -1265,3 +1265,81 @@ async fn text_and_composite_keys_give_each_file_the_id_of_its_key_and_rerun_idem
     assert!(out.status.success(), "{}", text(&out));
     w.drop().await;
 }
+
+/// A tenth of the requests failing (429, 500, 503 — answered before the stand-in reads the
+/// body): every chunk of a chunked upload that fails is sent again, and each file ends once,
+/// complete, with the bytes on disk (a chunk sent again is not appended twice); the report
+/// shows the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_refused_by_a_flaky_server_are_sent_again_and_each_file_ends_whole() {
+    let w = World::new("files_appwrite_flaky").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);\n",
+    );
+    let mut files = std::collections::BTreeMap::new();
+    for id in 1..=6usize {
+        let len = if id % 2 == 0 {
+            2 * MIB + 99 * id
+        } else {
+            5000 + id
+        };
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(11).wrapping_add(id as u8))
+            .collect();
+        let rel = format!("f{id}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{rel}', {len}, '{}', NULL);\n",
+            sha(&bytes)
+        ));
+        files.insert(id.to_string(), bytes);
+    }
+    w.sql(&sql).await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+    aw.s.set_faults(appwrite_standin::Faults {
+        rate_limited: 0.04,
+        server_error: 0.03,
+        unavailable: 0.03,
+        delay_ms: 0,
+    });
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--retries",
+            "8",
+            "--file-concurrency",
+            "2",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    aw.s.set_faults(appwrite_standin::Faults::default());
+    assert!(out.status.success(), "{}", text(&out));
+    let report = w.latest_report();
+    assert!(
+        report["totals"]["retried"].as_u64().unwrap() > 0,
+        "no request was retried: {report}"
+    );
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    assert_eq!(ids, files.keys().cloned().collect::<Vec<_>>());
+    for (id, bytes) in &files {
+        let f = aw.s.get_file("docs", id).unwrap();
+        assert_eq!(f["chunksUploaded"], f["chunksTotal"], "{f}");
+        let held = aw.s.file_content("docs", id).unwrap();
+        assert_eq!(
+            (held.len(), sha(&held)),
+            (bytes.len(), sha(bytes)),
+            "file {id}"
+        );
+    }
+    w.drop().await;
+}
