@@ -409,6 +409,15 @@ pub async fn check(
             Some(_) => schema::child_tables(plan),
             None => Vec::new(),
         };
+        // A file stage into Appwrite: the target that fills each file's permissions from its
+        // row (as the run does, from the row the document becomes).
+        let storage = targets.iter().find_map(|t| match t {
+            Target::Appwrite(a) if plan.file.is_some() => Some(a),
+            _ => None,
+        });
+        if let Some(a) = storage {
+            a.describe(plan);
+        }
         // A scan that fails is a blocking finding: "no data" would pass a check that read nothing.
         match Readers::open(&session, plan).await {
             Err(e) => report.blocking.push(format!(
@@ -442,8 +451,9 @@ pub async fn check(
                         continue;
                     }
                     scanned += 1;
-                    // A file stage: the file each row names, checked as the upload will.
-                    let file_problem = match (&plan.file, &row, files_root) {
+                    // A file stage: the file's permissions the row fills (Appwrite), then the
+                    // file each row names, checked as the upload will (in the run's order).
+                    let file_problem = match (&plan.file, &row) {
                         (
                             Some(f),
                             ExpectedRow::Document {
@@ -451,12 +461,32 @@ pub async fn check(
                                 mapped,
                                 ..
                             },
-                            Some(root),
                         ) => {
-                            let file = crate::sink::gridfs::FileRef::of_row(f, values);
-                            crate::sink::gridfs::inspect(root, &file, f.algorithm)
-                                .await
-                                .err()
+                            let permission = match (storage, f.permissions.as_deref()) {
+                                (Some(a), Some(templates)) => mapped
+                                    .doc
+                                    .as_ref()
+                                    .and_then(|d| d.to_document().ok())
+                                    .and_then(|d| {
+                                        a.file_permissions(&plan.collection, Some(templates), &d)
+                                            .err()
+                                    })
+                                    .map(|why| {
+                                        (crate::sink::appwrite::storage::RULE_PERMISSION, why)
+                                    }),
+                                _ => None,
+                            };
+                            let on_disk = match (permission.is_none(), files_root) {
+                                (true, Some(root)) => {
+                                    let file = crate::sink::gridfs::FileRef::of_row(f, values);
+                                    crate::sink::gridfs::inspect(root, &file, f.algorithm)
+                                        .await
+                                        .err()
+                                }
+                                _ => None,
+                            };
+                            permission
+                                .or(on_disk)
                                 .map(|(rule, message)| (mapped.key.clone(), rule, message))
                         }
                         _ => None,

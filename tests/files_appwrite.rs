@@ -282,11 +282,20 @@ async fn files_around_the_chunk_size_go_into_appwrite_storage_once_and_byte_iden
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("missing"), "{}", text(&out));
 
-    // A step that found the bucket holding files cannot be undone (no backup copies a bucket):
-    // refused, saying so, and nothing is touched.
-    let out = cutover(&w, &root, &aw, &["rollback", "--pipeline", &pipeline]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("cannot be backed up"), "{}", text(&out));
+    // A step that found the bucket holding files cannot be undone alone (no backup copies a
+    // bucket): its rollback undoes the step before it too, which found the bucket empty, and
+    // says so (a dry run: nothing is touched).
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["rollback", "--dry-run", "--pipeline", &pipeline],
+    )
+    .await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("cannot be backed up"), "{said}");
+    assert_eq!(said.matches("would roll back docs").count(), 2, "{said}");
     assert_eq!(aw.s.file_ids("docs").len(), 4);
 
     // Buckets belong to the project: a rehearsal into another database is refused the bucket
@@ -594,6 +603,34 @@ column = "team"
     let pipeline = pipeline.display().to_string();
     let aw = standin().await;
 
+    // check predicts the two rejects, by rule and count (exit 2, as the run's), writing nothing.
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["check", "--json", "--full", "--pipeline", &pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    for f in report["findings"].as_array().unwrap() {
+        if f["severity"] == "reject" && f["entity"] == "docs" {
+            *found.entry(f["rule"].as_str().unwrap()).or_insert(0) += f["rows"].as_u64().unwrap();
+            let key = f["example_key"].as_str().unwrap();
+            assert!(key == "4" || key == "5", "{f}");
+        }
+    }
+    assert_eq!(found, [("file_permission", 2)].into(), "{report}");
+    let docs = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "docs")
+        .unwrap();
+    assert_eq!(docs["rejected_rows"], 2, "{docs}");
+    assert!(aw.s.file_ids("docs").is_empty());
+
     // The dry run predicts the two rejects, and writes no file.
     let out = cutover(
         &w,
@@ -736,5 +773,573 @@ column = "team"
     }
     let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
     assert!(out.status.success(), "{}", text(&out));
+    w.drop().await;
+}
+
+/// --max-rejects stopping a file stage while chunked uploads are in flight (four at a time; the
+/// first three files 11 MiB, three chunks each; the fourth missing from disk, rejected at once):
+/// the uploads in flight finish and are counted written (each with its row), no partial file
+/// stays in the bucket, and read = written + rejected + skipped in the report and the ledger.
+/// The next run (the limit raised) finishes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rejects_lets_the_chunked_uploads_in_flight_finish() {
+    let w = World::new("files_appwrite_maxrej").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);\n",
+    );
+    let mut files = std::collections::BTreeMap::new();
+    for id in 1..=12usize {
+        let len = if id <= 3 {
+            11 * 1024 * 1024 + id
+        } else {
+            700 + id
+        };
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(id as u8))
+            .collect();
+        let rel = format!("f{id}.bin");
+        if id != 4 {
+            std::fs::write(root.join(&rel), &bytes).unwrap();
+            files.insert(id.to_string(), bytes.clone());
+        }
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{rel}', {len}, '{}', NULL);\n",
+            sha(&bytes)
+        ));
+    }
+    w.sql(&sql).await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+    // Every file in the bucket complete, its bytes those on disk; its id.
+    let whole = |aw: &Aw| -> Vec<String> {
+        let mut ids = aw.s.file_ids("docs");
+        ids.sort();
+        for id in &ids {
+            let f = aw.s.get_file("docs", id).unwrap();
+            assert_eq!(f["chunksUploaded"], f["chunksTotal"], "a partial file: {f}");
+            let held = aw.s.file_content("docs", id).unwrap();
+            let want = &files[id];
+            assert_eq!(
+                (held.len(), sha(&held)),
+                (want.len(), sha(want)),
+                "file {id}"
+            );
+        }
+        ids
+    };
+    let history = |out: std::process::Output| -> (u64, u64, u64, u64) {
+        assert!(out.status.success(), "{}", text(&out));
+        let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = &runs[0];
+        let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+        (n("read"), n("written"), n("rejected"), n("skipped"))
+    };
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--file-concurrency",
+            "4",
+            "--batch-size",
+            "1",
+            "--max-rejects",
+            "0",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("--max-rejects 0"), "{said}");
+    let e = report_entity(&w);
+    let n = |k: &str| e[k].as_u64().unwrap();
+    let (read, written, rejected, skipped) = (n("read"), n("written"), n("rejected"), n("skipped"));
+    assert_eq!(rejected, 1, "{e}");
+    assert_eq!(read, written + rejected + skipped, "{e}");
+    let ledger = history(
+        cutover(
+            &w,
+            &root,
+            &aw,
+            &["history", "--json", "--target", "appwrite"],
+        )
+        .await,
+    );
+    assert_eq!(ledger, (read, written, rejected, skipped));
+    let held = whole(&aw);
+    assert_eq!(
+        held.len() as u64,
+        written,
+        "a file for each row written: {held:?}"
+    );
+    assert_eq!(aw.s.row_count("registry", "docs") as u64, written);
+    for id in ["1", "2", "3"] {
+        assert!(
+            held.iter().any(|h| h == id),
+            "file {id} in flight: {held:?}"
+        );
+    }
+    assert!(written < 11, "the stage went on after the stop: {e}");
+
+    // Resumed with room for the reject: every file on disk once.
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--file-concurrency",
+            "4",
+            "--max-rejects",
+            "1",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let e = report_entity(&w);
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!((n("read"), n("written"), n("rejected")), (12, 11, 1), "{e}");
+    assert_eq!(whole(&aw).len(), files.len());
+    w.drop().await;
+}
+
+/// A re-run whose row can no longer have its file's permissions (the placeholder's column now
+/// NULL): the row is rejected `file_permission`, and the file the first run uploaded stays as
+/// it was — bytes, permissions and its row (a Storage bucket cannot be backed up: a deleted
+/// file could not be put back) —, counted as kept in the report. `rollback files` after the
+/// re-run undoes it with the first run's step, which found the bucket empty: bucket and table
+/// empty again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_keeps_the_file_of_a_row_rejected_for_its_permissions_and_rollback_undoes_it() {
+    let w = World::new("files_appwrite_rerun_perm").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from("CREATE TABLE docs (id int PRIMARY KEY, path text, team text);\n");
+    let mut files = std::collections::BTreeMap::new();
+    for (id, len) in [(1usize, 10usize), (2, MIB + 7), (3, 2000)] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_add(id as u8)).collect();
+        std::fs::write(root.join(format!("f{id}.bin")), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, 'f{id}.bin', 'staff');\n"
+        ));
+        files.insert(id.to_string(), bytes);
+    }
+    w.sql(&sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/docs.toml"),
+        r#"version = 1
+name = "docs"
+[source]
+table = "docs"
+key = ["id"]
+[file]
+path_column = "path"
+bucket = "docs"
+[file.appwrite]
+file_security = true
+file_permissions = ['read("label:{team}")']
+[[field]]
+path = "team"
+column = "team"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"files\"\nentities = [\"docs\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let before = aw.s.get_file("docs", "2").unwrap();
+    assert_eq!(
+        before["$permissions"],
+        serde_json::json!(["read(\"label:staff\")"]),
+        "{before}"
+    );
+    let row_before = aw.s.row_count("registry", "docs");
+    assert_eq!(row_before, 3);
+
+    w.sql("UPDATE docs SET team = NULL WHERE id = 2").await;
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--rerun", "--pipeline", &pipeline],
+    )
+    .await;
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let e = report_entity(&w);
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!((n("read"), n("written"), n("rejected")), (3, 2, 1), "{e}");
+    assert_eq!(e["files"]["kept"], 1, "{e}");
+    assert_eq!(e["stale_removed"], 0, "{e}");
+    let rejects = w.rejects(w.latest_report()["run_id"].as_str().unwrap());
+    assert_eq!(
+        rejects
+            .iter()
+            .map(|r| (r.1.as_str(), r.3.as_str()))
+            .collect::<Vec<_>>(),
+        [("2", "file_permission")],
+        "{rejects:?}"
+    );
+    // The earlier file as it was: its record (permissions, signature, size) and bytes, its row.
+    let after = aw.s.get_file("docs", "2").unwrap();
+    for k in [
+        "$permissions",
+        "signature",
+        "sizeOriginal",
+        "chunksUploaded",
+    ] {
+        assert_eq!(after[k], before[k], "{k}: {after}");
+    }
+    assert_eq!(aw.s.file_content("docs", "2").unwrap(), files["2"]);
+    assert_eq!(aw.s.row_count("registry", "docs"), 3);
+    let out = cutover(&w, &root, &aw, &["report", "--target", "appwrite"]).await;
+    assert!(
+        text(&out).contains("docs: kept 1 files an earlier run uploaded"),
+        "{}",
+        text(&out)
+    );
+
+    // verify: the rejected row's file is excused (the run rejected it), the others compare.
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // `rollback files`: the re-run cannot be undone alone; with the first step, which found
+    // the bucket empty, it can.
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["rollback", "--pipeline", &pipeline, "files"],
+    )
+    .await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("rolled back 2 step(s)"), "{said}");
+    assert!(aw.s.file_ids("docs").is_empty(), "{said}");
+    assert_eq!(aw.s.row_count("registry", "docs"), 0);
+    w.drop().await;
+}
+
+/// A step into a bucket that held files no step of cutover put there cannot be rolled back (no
+/// backup copies a bucket's files, and emptying it would take those files too): refused, saying
+/// why, and nothing is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_into_a_bucket_holding_other_files_is_not_rolled_back() {
+    let w = World::new("files_appwrite_foreign").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("f1.bin"), b"one").unwrap();
+    w.sql(&format!(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);
+         INSERT INTO docs VALUES (1, 'f1.bin', 'f1.bin', 3, '{}', NULL);",
+        sha(b"one")
+    ))
+    .await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+    aw.s.create_bucket("docs", "the application's", &serde_json::json!({}))
+        .unwrap();
+    aw.s.upload(
+        "docs",
+        "theirs",
+        "theirs.txt",
+        "text/plain",
+        b"not cutover's".to_vec(),
+        None,
+        &[],
+    )
+    .unwrap();
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cutover(&w, &root, &aw, &["rollback", "--pipeline", &pipeline]).await;
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("cannot be backed up"), "{said}");
+    assert!(said.contains("held files before it"), "{said}");
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    assert_eq!(ids, ["1", "theirs"]);
+    w.drop().await;
+}
+
+/// The file (and row) id Appwrite's id rule gives a key's `_id`, as documented: the key's text
+/// when it fits the rule (`[A-Za-z0-9._-]`, at most 36, not starting with `_`, `.` or `-`) and
+/// has no capital, else `h` and the first 35 hex digits of the SHA-256 of the `_id`'s canonical
+/// extended JSON (a composite key's `_id` is the document of its columns, in key order).
+fn expected_id(id: &bson::Bson) -> String {
+    if let bson::Bson::String(s) = id {
+        let fits = !s.is_empty()
+            && s.len() <= 36
+            && !s.starts_with(['_', '.', '-'])
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+        if fits {
+            return s.clone();
+        }
+    }
+    let text = id.clone().into_canonical_extjson().to_string();
+    format!("h{}", &sha(text.as_bytes())[..35])
+}
+
+/// A text key and a composite key, each a documents table of its own (keys that are their own
+/// file id and keys hashed: capitals, a space, too long, a leading `_`; a file over 5 MiB among
+/// them): each file's id is the one Appwrite's id rule gives its key (the oracle above, from
+/// the documented rule) and its row has the same id and the key's columns; the bytes those on
+/// disk; a `--rerun` sends nothing again and changes no id; verify passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_composite_keys_give_each_file_the_id_of_its_key_and_rerun_idempotent() {
+    let w = World::new("files_appwrite_keys").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let long = "k".repeat(40);
+    let text_keys = ["plain-key.1", "Mixed Case", long.as_str(), "_lead"];
+    let comp_keys = [("eu", 1), ("eu", 2), ("US", 1)];
+    let mut sql = String::from(
+        "CREATE TABLE ctext (code text PRIMARY KEY, path text);
+         CREATE TABLE ccomp (region text, n int, path text, PRIMARY KEY (region, n));\n",
+    );
+    // (bucket, expected file id) → the bytes on disk; (bucket, id) → the key as the row holds it.
+    let mut files = std::collections::BTreeMap::new();
+    let mut keys = std::collections::BTreeMap::new();
+    for (i, code) in text_keys.iter().enumerate() {
+        let len = if i == 1 { MIB + 3 } else { 100 + i };
+        let bytes: Vec<u8> = (0..len)
+            .map(|b| (b as u8).wrapping_mul(3) ^ i as u8)
+            .collect();
+        let rel = format!("t{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!("INSERT INTO ctext VALUES ('{code}', '{rel}');\n"));
+        let id = expected_id(&bson::Bson::String(code.to_string()));
+        files.insert(("ctext", id.clone()), bytes);
+        keys.insert(("ctext", id), serde_json::json!({ "code": code }));
+    }
+    for (i, (region, n)) in comp_keys.iter().enumerate() {
+        let bytes: Vec<u8> = format!("{region}/{n}").repeat(50 + i).into_bytes();
+        let rel = format!("c{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO ccomp VALUES ('{region}', {n}, '{rel}');\n"
+        ));
+        let id = expected_id(&bson::Bson::Document(
+            bson::doc! { "region": *region, "n": *n },
+        ));
+        files.insert(("ccomp", id.clone()), bytes);
+        keys.insert(
+            ("ccomp", id),
+            serde_json::json!({ "region": region, "n": n }),
+        );
+    }
+    w.sql(&sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/ctext.toml"),
+        "version = 1\nname = \"ctext\"\n[source]\ntable = \"ctext\"\nkey = [\"code\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ctext\"\n\
+         [[field]]\npath = \"code\"\ncolumn = \"code\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/ccomp.toml"),
+        "version = 1\nname = \"ccomp\"\n[source]\ntable = \"ccomp\"\nkey = [\"region\", \"n\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ccomp\"\n\
+         [[field]]\npath = \"region\"\ncolumn = \"region\"\n\
+         [[field]]\npath = \"n\"\ncolumn = \"n\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"files\"\nentities = [\"ctext\", \"ccomp\"]\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml").display().to_string();
+    let aw = standin().await;
+
+    let held = |aw: &Aw| {
+        let mut out = Vec::new();
+        for bucket in ["ctext", "ccomp"] {
+            for id in aw.s.file_ids(bucket) {
+                let bytes = aw.s.file_content(bucket, &id).unwrap();
+                let row = aw.s.get_row("registry", bucket, &id).unwrap();
+                let key = match bucket {
+                    "ctext" => serde_json::json!({ "code": row["code"] }),
+                    _ => serde_json::json!({ "region": row["region"], "n": row["n"] }),
+                };
+                out.push(((bucket, id.clone()), sha(&bytes), key.to_string()));
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut want: Vec<_> = files
+        .iter()
+        .map(|((b, id), bytes)| {
+            (
+                (*b, id.clone()),
+                sha(bytes),
+                keys[&(*b, id.clone())].to_string(),
+            )
+        })
+        .collect();
+    want.sort();
+    let entities = |w: &World| -> Vec<(u64, u64, u64)> {
+        let r = w.latest_report();
+        r["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let n = |k: &str| e[k].as_u64().unwrap();
+                (
+                    n("written"),
+                    e["files"]["uploaded"].as_u64().unwrap(),
+                    e["files"]["unchanged"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(held(&aw), want);
+    assert_eq!(entities(&w), [(4, 4, 0), (3, 3, 0)]);
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["verify", "--full", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--rerun", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(entities(&w), [(4, 0, 4), (3, 0, 3)], "nothing sent again");
+    assert_eq!(held(&aw), want, "the same ids, once each");
+    assert_eq!(aw.s.row_count("registry", "ctext"), 4);
+    assert_eq!(aw.s.row_count("registry", "ccomp"), 3);
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.drop().await;
+}
+
+/// A tenth of the requests failing (429, 500, 503 — answered before the stand-in reads the
+/// body): every chunk of a chunked upload that fails is sent again, and each file ends once,
+/// complete, with the bytes on disk (a chunk sent again is not appended twice); the report
+/// shows the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_refused_by_a_flaky_server_are_sent_again_and_each_file_ends_whole() {
+    let w = World::new("files_appwrite_flaky").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);\n",
+    );
+    let mut files = std::collections::BTreeMap::new();
+    for id in 1..=6usize {
+        let len = if id % 2 == 0 {
+            2 * MIB + 99 * id
+        } else {
+            5000 + id
+        };
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(11).wrapping_add(id as u8))
+            .collect();
+        let rel = format!("f{id}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{rel}', {len}, '{}', NULL);\n",
+            sha(&bytes)
+        ));
+        files.insert(id.to_string(), bytes);
+    }
+    w.sql(&sql).await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+    aw.s.set_faults(appwrite_standin::Faults {
+        rate_limited: 0.04,
+        server_error: 0.03,
+        unavailable: 0.03,
+        delay_ms: 0,
+    });
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--retries",
+            "8",
+            "--file-concurrency",
+            "2",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    aw.s.set_faults(appwrite_standin::Faults::default());
+    assert!(out.status.success(), "{}", text(&out));
+    let report = w.latest_report();
+    assert!(
+        report["totals"]["retried"].as_u64().unwrap() > 0,
+        "no request was retried: {report}"
+    );
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    assert_eq!(ids, files.keys().cloned().collect::<Vec<_>>());
+    for (id, bytes) in &files {
+        let f = aw.s.get_file("docs", id).unwrap();
+        assert_eq!(f["chunksUploaded"], f["chunksTotal"], "{f}");
+        let held = aw.s.file_content("docs", id).unwrap();
+        assert_eq!(
+            (held.len(), sha(&held)),
+            (bytes.len(), sha(bytes)),
+            "file {id}"
+        );
+    }
     w.drop().await;
 }

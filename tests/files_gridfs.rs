@@ -956,3 +956,264 @@ async fn each_file_gets_its_document_verified_and_rolled_back_with_it() {
     assert_eq!(w.count("documents.chunks").await, 0);
     w.drop().await;
 }
+
+/// Every files document has all its chunks (as many as its length and chunk size make, none
+/// missing) and a chunk of none; the ids of the files documents.
+async fn whole_files(w: &World, bucket: &str) -> Vec<Bson> {
+    let db = w.mongo().await;
+    let chunks = db.collection::<Document>(&format!("{bucket}.chunks"));
+    let mut ids = Vec::new();
+    for f in files_docs(w, bucket).await {
+        let id = f.get("_id").unwrap().clone();
+        let len = cutover::sink::gridfs::length_of(&f).unwrap();
+        let size = f.get_i32("chunkSize").unwrap() as u64;
+        let held = chunks
+            .count_documents(doc! { "files_id": &id })
+            .await
+            .unwrap();
+        assert_eq!(held, len.div_ceil(size), "the chunks of file {id} ({f})");
+        assert!(
+            f.get_str("sha256").is_ok(),
+            "file {id} is not complete: {f}"
+        );
+        ids.push(id);
+    }
+    assert_eq!(orphan_chunks(w, bucket).await, 0, "chunks of no file");
+    ids
+}
+
+/// The counts the ledger records of the newest run: (read, written, rejected, skipped).
+fn ledger_counts(w: &World) -> (u64, u64, u64, u64) {
+    let out = w.cutover().args(["history", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &runs[0];
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    (n("read"), n("written"), n("rejected"), n("skipped"))
+}
+
+/// --max-rejects stopping a file stage while uploads are in flight (four at a time, the first
+/// three files 2 MiB in 4 KiB chunks, the fourth missing from disk and rejected at once): the
+/// uploads in flight finish and are counted written, nothing is started after the stop, no
+/// files document lacks a chunk and no chunk lacks its file; read = written + rejected +
+/// skipped in the report and in the ledger. The next run (the limit raised) finishes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rejects_lets_the_uploads_in_flight_finish() {
+    let w = World::new("files_max_rejects").await;
+    let root = w.files_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text);\n",
+    );
+    let mut files = BTreeMap::new();
+    for id in 1..=12 {
+        let len = if id <= 3 {
+            2 * 1024 * 1024 + id
+        } else {
+            9000 + id
+        };
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(13).wrapping_add(id as u8))
+            .collect();
+        let rel = format!("f{id}.bin");
+        let digest = cutover::sink::gridfs::hex(&sha2::Sha256::digest(&bytes));
+        if id != 4 {
+            std::fs::write(root.join(&rel), &bytes).unwrap();
+            files.insert(id, bytes.clone());
+        }
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{rel}', {len}, '{digest}');\n"
+        ));
+    }
+    w.sql(&sql).await;
+    let pipeline = docs_pipeline(&w);
+    let mapping = w.dir.path().join("mappings/docs.toml");
+    let text = std::fs::read_to_string(&mapping).unwrap();
+    std::fs::write(
+        &mapping,
+        text.replace("chunk_size = 16384", "chunk_size = 4096"),
+    )
+    .unwrap();
+
+    let out = w.migrate_with(
+        &pipeline,
+        &[
+            "--file-concurrency",
+            "4",
+            "--batch-size",
+            "1",
+            "--max-rejects",
+            "0",
+        ],
+    );
+    let said = common::output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("--max-rejects 0"), "{said}");
+    let report = w.latest_report();
+    let e = entity(&report, "docs");
+    let n = |k: &str| e[k].as_u64().unwrap();
+    let (read, written, rejected, skipped) = (n("read"), n("written"), n("rejected"), n("skipped"));
+    assert_eq!(rejected, 1, "{e}");
+    assert_eq!(read, written + rejected + skipped, "{e}");
+    assert_eq!(ledger_counts(&w), (read, written, rejected, skipped));
+    let held = whole_files(&w, "docs").await;
+    assert_eq!(held.len() as u64, written, "a file for each row written");
+    // The three started before the missing file's batch were in flight when it stopped.
+    for id in 1..=3 {
+        assert!(
+            held.contains(&Bson::Int32(id)),
+            "file {id} in flight: {held:?}"
+        );
+    }
+    assert!(written < 11, "the stage went on after the stop: {e}");
+    let db = w.mongo().await;
+    for id in &held {
+        let Bson::Int32(i) = id else { panic!("{id}") };
+        let want = &files[i];
+        let got = download_sha256(&db, "docs", id.clone()).await;
+        let digest = cutover::sink::gridfs::hex(&sha2::Sha256::digest(want));
+        assert_eq!(got, (want.len() as u64, digest), "file {id}");
+    }
+
+    // Resumed with room for the reject: every file on disk once.
+    let out = w.migrate_with(
+        &pipeline,
+        &["--file-concurrency", "4", "--max-rejects", "1"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let e = entity(&report, "docs");
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!((n("read"), n("written"), n("rejected")), (12, 11, 1), "{e}");
+    let held = whole_files(&w, "docs").await;
+    assert_eq!(held.len(), files.len());
+    w.drop().await;
+}
+
+/// A text key and a composite key, each a documents table of its own: each file's `_id` is its
+/// key (the text; the document of the key's columns, in key order), its bytes those on disk,
+/// its metadata the mapped fields; a `--rerun` sends nothing again and changes no id; verify
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_composite_keys_give_each_file_its_key_as_id_and_rerun_idempotent() {
+    let w = World::new("files_keys").await;
+    let root = w.files_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE ctext (code text PRIMARY KEY, path text);
+         CREATE TABLE ccomp (region text, n int, path text, PRIMARY KEY (region, n));\n",
+    );
+    // (bucket, _id) → the bytes on disk.
+    let mut want: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (i, code) in ["plain-key.1", "Mixed Case", "ümlaut/ß"].iter().enumerate() {
+        let bytes: Vec<u8> = (0..(70_000 + i))
+            .map(|b| (b % 251) as u8 ^ i as u8)
+            .collect();
+        let rel = format!("t{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!("INSERT INTO ctext VALUES ('{code}', '{rel}');\n"));
+        want.insert(
+            ("ctext".into(), Bson::String(code.to_string()).to_string()),
+            cutover::sink::gridfs::hex(&sha2::Sha256::digest(&bytes)),
+        );
+    }
+    for (i, (region, n)) in [("eu", 1), ("eu", 2), ("US", 1)].iter().enumerate() {
+        let bytes: Vec<u8> = format!("{region}/{n}").repeat(9000 + i).into_bytes();
+        let rel = format!("c{i}.bin");
+        std::fs::write(root.join(&rel), &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO ccomp VALUES ('{region}', {n}, '{rel}');\n"
+        ));
+        want.insert(
+            (
+                "ccomp".into(),
+                Bson::Document(doc! { "region": *region, "n": *n }).to_string(),
+            ),
+            cutover::sink::gridfs::hex(&sha2::Sha256::digest(&bytes)),
+        );
+    }
+    w.sql(&sql).await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/ctext.toml"),
+        "version = 1\nname = \"ctext\"\n[source]\ntable = \"ctext\"\nkey = [\"code\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ctext\"\nchunk_size = 16384\n\
+         [[field]]\npath = \"code\"\ncolumn = \"code\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/ccomp.toml"),
+        "version = 1\nname = \"ccomp\"\n[source]\ntable = \"ccomp\"\nkey = [\"region\", \"n\"]\n\
+         [file]\npath_column = \"path\"\nbucket = \"ccomp\"\nchunk_size = 16384\n\
+         [[field]]\npath = \"region\"\ncolumn = \"region\"\n\
+         [[field]]\npath = \"n\"\ncolumn = \"n\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"files\"\nentities = [\"ctext\", \"ccomp\"]\n",
+    )
+    .unwrap();
+    let db = w.mongo().await;
+    let held = || async {
+        let mut out = BTreeMap::new();
+        for bucket in ["ctext", "ccomp"] {
+            for f in files_docs(&w, bucket).await {
+                let id = f.get("_id").unwrap().clone();
+                // The metadata names the key the id is made of.
+                let meta = f.get_document("metadata").unwrap();
+                let from_meta = match bucket {
+                    "ctext" => meta.get("code").unwrap().clone(),
+                    _ => Bson::Document(doc! {
+                        "region": meta.get("region").unwrap().clone(),
+                        "n": meta.get("n").unwrap().clone(),
+                    }),
+                };
+                assert_eq!(id, from_meta, "{f}");
+                let (_, sha) = download_sha256(&db, bucket, id.clone()).await;
+                out.insert((bucket.to_string(), id.to_string()), sha);
+            }
+            assert_eq!(orphan_chunks(&w, bucket).await, 0);
+        }
+        out
+    };
+    let files_of = |w: &World| -> Vec<(u64, u64)> {
+        let r = w.latest_report();
+        r["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["files"]["uploaded"].as_u64().unwrap(),
+                    e["files"]["unchanged"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(held().await, want);
+    assert_eq!(files_of(&w), [(3, 0), (3, 0)]);
+    let verify = |w: &World| {
+        w.cutover()
+            .args(["verify", "--full", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&w);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(files_of(&w), [(0, 3), (0, 3)], "nothing sent again");
+    assert_eq!(held().await, want, "the same ids, once each");
+    let out = verify(&w);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.drop().await;
+}

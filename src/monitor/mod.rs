@@ -28,6 +28,9 @@ pub struct EntityCounters {
     pub files_uploaded: AtomicU64,
     pub file_bytes: AtomicU64,
     pub files_unchanged: AtomicU64,
+    /// A file stage into Appwrite Storage: files an earlier run uploaded for rows rejected now,
+    /// kept as they were (a bucket cannot be backed up: a deleted file could not be put back).
+    pub files_kept: AtomicU64,
     /// Documents of rows now rejected that an earlier run had written (an older version),
     /// removed so that the target holds what a fresh run would.
     pub removed: AtomicU64,

@@ -133,6 +133,10 @@ pub struct FileStats {
     pub unchanged: u64,
     /// Bytes uploaded per second of the stage, in MB (10^6 bytes).
     pub mb_per_sec: f64,
+    /// Appwrite Storage: files an earlier run uploaded for rows rejected now, kept as they were
+    /// (a bucket cannot be backed up, so a deleted file could not be put back).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kept: u64,
 }
 
 impl FileStats {
@@ -143,6 +147,7 @@ impl FileStats {
             bytes,
             unchanged,
             mb_per_sec: round1(bytes as f64 / 1e6 / secs),
+            kept: 0,
         }
     }
 
@@ -478,6 +483,13 @@ impl RunReport {
                     s,
                     "{}: removed {} documents an earlier run wrote for rows rejected now (their older version; {kept})",
                     e.name, e.stale_removed
+                );
+            }
+            if let Some(f) = e.files.as_ref().filter(|f| f.kept > 0) {
+                let _ = writeln!(
+                    s,
+                    "{}: kept {} files an earlier run uploaded for rows rejected now, as they were (a Storage bucket cannot be backed up, so a deleted file could not be put back — delete them yourself if they must go)",
+                    e.name, f.kept
                 );
             }
             if e.stale_blocked > 0 {

@@ -88,6 +88,13 @@ pub(super) async fn run_entity(
         bar.set_position(resumed_rows);
     }
 
+    // A rerun into what cutover wrote before: the older records of rows rejected now are
+    // removed — except files in Appwrite Storage, which no backup keeps (see `keep_stale`).
+    let upsert_prior = mode == Some(WriteMode::Upsert) && stage.prior;
+    let storage = matches!(
+        target.destination(&plan.collection),
+        Destination::Storage { .. }
+    );
     let shared = StageCtx {
         target: target.clone(),
         opts: opts.clone(),
@@ -96,7 +103,8 @@ pub(super) async fn run_entity(
         counters: counters.clone(),
         rejects: rejects.clone(),
         total_rejected: total_rejected.clone(),
-        remove_stale: mode == Some(WriteMode::Upsert) && stage.prior,
+        remove_stale: upsert_prior && !storage,
+        keep_stale: upsert_prior && storage,
         remover: Remover {
             ledger: stage.ledger.clone(),
             run_id: stage.run_id.clone(),
@@ -196,6 +204,9 @@ pub(super) async fn run_entity(
             counters.files_unchanged.load(Ordering::Relaxed),
             report.duration_ms,
         ));
+        if let Some(f) = report.files.as_mut() {
+            f.kept = counters.files_kept.load(Ordering::Relaxed);
+        }
     }
     report.orphan_children = plan
         .embeds

@@ -119,7 +119,7 @@ pub(super) async fn read_loop(
         total_rejected,
         ..
     } = shared;
-    let upsert = shared.remove_stale;
+    let upsert = shared.remove_stale || shared.keep_stale;
     let (resume, since) = (stage.resume.as_ref(), stage.since.as_deref());
     let max_document_bytes = target.max_document_bytes();
     let mut readers = Readers::open(session, plan).await?;

@@ -83,6 +83,7 @@ pub async fn plan(
             .collect()
     };
     chosen.extend(unfinished);
+    let pulled = storage_chains(&steps, &mut chosen);
 
     // Entities still applied after this rollback that depend on one being rolled back.
     loop {
@@ -161,9 +162,15 @@ pub async fn plan(
         if s.was_empty && s.destination == Destination::Users {
             refuse_shared_users(ledger, &s.entity).await?;
         }
+        let with = match pulled.get(&s.id) {
+            Some(later) => format!(
+                " — undone with run {later}: a Storage bucket cannot be backed up, so a step into it that found files there can only be undone with the steps before it, back to the one that found it empty"
+            ),
+            None => String::new(),
+        };
         let action = if s.was_empty {
             format!(
-                "empty {} (it was empty before run {}){again}",
+                "empty {} (it was empty before run {}){again}{with}",
                 s.destination, s.run_id
             )
         } else if let Some(b) = &s.backup {
@@ -174,6 +181,11 @@ pub async fn plan(
                 )));
             }
             format!("restore {} from backup {b}{again}", s.destination)
+        } else if matches!(s.destination, Destination::Storage { .. }) {
+            return Err(RunError::Refused(format!(
+                "{} (run {}) is not reversible: {} held files before it, and no earlier step of {} found it empty (not every file there is cutover's); a Storage bucket cannot be backed up: remove or migrate again what it wrote yourself",
+                s.entity, s.run_id, s.destination, s.entity
+            )));
         } else if !s.destination.can_back_up() {
             return Err(RunError::Refused(format!(
                 "{} (run {}) is not reversible: {} was not empty before it, and cannot be backed up; remove or migrate again what it wrote yourself",
@@ -192,6 +204,58 @@ pub async fn plan(
         });
     }
     Ok(out)
+}
+
+/// Steps into an Appwrite Storage bucket that found files there (a re-run) cannot be undone
+/// alone: no backup copies a bucket's files. When the entity's earlier steps into the same
+/// bucket go back to one that found it empty, every file there is the entity's own, and undoing
+/// them all (emptying the bucket, as before the first) is exact: they are added to `chosen`.
+/// Returns the steps added, each with the run of the step that pulled it in. (Without such a
+/// step nothing is added, and the plan refuses, saying why.)
+fn storage_chains(
+    steps: &[StepRecord],
+    chosen: &mut Vec<StepRecord>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut pulled = std::collections::BTreeMap::new();
+    let mut added = Vec::new();
+    for s in chosen.iter() {
+        if s.was_empty
+            || s.backup.is_some()
+            || !matches!(s.destination, Destination::Storage { .. })
+        {
+            continue;
+        }
+        let Some(at) = steps.iter().position(|x| x.id == s.id) else {
+            continue;
+        };
+        // `steps` is oldest first: the entity's steps into the bucket before this one, newest
+        // first, up to the one that found it empty.
+        let mut chain = Vec::new();
+        let mut found = false;
+        for x in steps[..at].iter().rev() {
+            if x.entity != s.entity || x.destination != s.destination {
+                continue;
+            }
+            chain.push(x.clone());
+            if x.was_empty {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            continue;
+        }
+        for x in chain {
+            if chosen.iter().all(|c| c.id != x.id)
+                && added.iter().all(|a: &StepRecord| a.id != x.id)
+            {
+                pulled.insert(x.id.clone(), s.run_id.clone());
+                added.push(x);
+            }
+        }
+    }
+    chosen.extend(added);
+    pulled
 }
 
 /// Emptying Appwrite's users empties the whole project's: refused while another database's

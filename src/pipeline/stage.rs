@@ -51,6 +51,9 @@ pub(super) struct StageCtx {
     /// Upserts into a destination cutover wrote before (`StageRun::prior`): the older documents
     /// of rows rejected now (by the mapping or by the target) are removed.
     pub(super) remove_stale: bool,
+    /// The same into an Appwrite Storage bucket, which cannot be backed up: the older files
+    /// (and rows) of rows rejected now are kept as they were, and counted.
+    pub(super) keep_stale: bool,
     /// Removes records with a note in the ledger first (see `removal`).
     pub(super) remover: Remover,
 }
@@ -121,7 +124,9 @@ pub(super) async fn prepare_step(
         was_empty = r.was_empty;
         backup = r.backup.clone();
     } else if !was_empty && !opts.no_backup {
-        if !destination.can_back_up() {
+        if matches!(destination, Destination::Storage { .. }) {
+            tracing::warn!(entity = %p.entity, "{destination} cannot be backed up: rollback undoes this step only with the entity's earlier steps back to one that found it empty (and refuses when none did); the files of rows rejected now are kept");
+        } else if !destination.can_back_up() {
             tracing::warn!(entity = %p.entity, "{destination} cannot be backed up; rollback of this step will refuse");
         } else {
             let b = ledger.backup(&destination, run_id, &p.entity).await?;

@@ -115,45 +115,50 @@ pub(super) async fn write_loop(
         rejects,
         total_rejected,
         remove_stale,
+        keep_stale,
         remover,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
     let in_flight = in_flight(&opts, target.is_bucket(&collection));
-    let batches =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    let results = batches
-        .map(|batch| {
-            let fence = fence.clone();
-            let target = target.clone();
-            let collection = collection.clone();
-            let counters = counters.clone();
-            let remover = remover.clone();
-            let policy = opts.retry;
-            // Each batch is its own task: it makes progress (and gives its connection back)
-            // while this loop waits for the ledger.
-            Spawned(tokio::spawn(async move {
-                // After a pause (or with slow writes) the lock is read again before writing.
-                if let Some(f) = &fence
-                    && let Err(lost) = f.check_if_stale(FENCE_MAX_AGE).await
-                {
-                    return (batch, Err(RunError::LockLost(lost)), 0);
+    let start = |batch: Batch| {
+        let fence = fence.clone();
+        let target = target.clone();
+        let collection = collection.clone();
+        let counters = counters.clone();
+        let remover = remover.clone();
+        let policy = opts.retry;
+        // Each batch is its own task: it makes progress (and gives its connection back)
+        // while this loop waits for the ledger.
+        Spawned(tokio::spawn(async move {
+            // After a pause (or with slow writes) the lock is read again before writing.
+            if let Some(f) = &fence
+                && let Err(lost) = f.check_if_stale(FENCE_MAX_AGE).await
+            {
+                return (batch, Err(RunError::LockLost(lost)), 0);
+            }
+            // The older documents to remove are noted in the ledger first (those there
+            // now): a run resuming after a kill counts what this one removed.
+            // Kept (Appwrite Storage): only counted, those there now.
+            if keep_stale && !batch.stale.is_empty() {
+                match target.present(&collection, &batch.stale).await {
+                    Ok(there) => EntityCounters::add(&counters.files_kept, there.len() as u64),
+                    Err(e) => return (batch, Err(e.into()), 0),
                 }
-                // The older documents to remove are noted in the ledger first (those there
-                // now): a run resuming after a kill counts what this one removed.
-                let noted = if batch.stale.is_empty() {
-                    None
-                } else {
-                    match remover
-                        .note(&target, &collection, Removal::Stale, &batch.stale)
-                        .await
-                    {
-                        Ok(n) => Some(n),
-                        Err(e) => return (batch, Err(e), 0),
-                    }
-                };
-                let attempts = std::sync::atomic::AtomicU32::new(0);
-                let removed_here = AtomicU64::new(0);
-                let result = retry(
+            }
+            let noted = if batch.stale.is_empty() || keep_stale {
+                None
+            } else {
+                match remover
+                    .note(&target, &collection, Removal::Stale, &batch.stale)
+                    .await
+                {
+                    Ok(n) => Some(n),
+                    Err(e) => return (batch, Err(e), 0),
+                }
+            };
+            let attempts = std::sync::atomic::AtomicU32::new(0);
+            let removed_here = AtomicU64::new(0);
+            let result = retry(
                     policy,
                     tokio::time::sleep,
                     |attempt, err: &SinkError| {
@@ -187,38 +192,34 @@ pub(super) async fn write_loop(
                     },
                 )
                 .await;
-                let result = match result {
-                    Ok(r) if r.errors.iter().any(|e| e.transient) => Ok(retry_transient(
-                        |again: Vec<RawDocumentBuf>| {
-                            let (target, collection) = (&target, &collection);
-                            async move {
-                                target.write(collection, &again, WriteMode::Upsert).await
-                            }
-                        },
-                        &collection,
-                        &batch.docs,
-                        r,
-                        policy,
-                        &counters,
-                    )
-                    .await),
-                    other => other,
-                };
-                let mut batch = batch;
-                let removed = removed_here.load(Ordering::Relaxed);
-                batch.removed += removed;
-                let attempts = attempts.load(Ordering::Relaxed);
-                if let Some(n) = noted
-                    && result.is_ok()
-                    && let Err(e) = remover.done(n, removed).await
-                {
-                    return (batch, Err(e), attempts);
-                }
-                (batch, Ok(result), attempts)
-            }))
-        })
-        .buffer_unordered(in_flight);
-    let mut results = std::pin::pin!(results);
+            let result = match result {
+                Ok(r) if r.errors.iter().any(|e| e.transient) => Ok(retry_transient(
+                    |again: Vec<RawDocumentBuf>| {
+                        let (target, collection) = (&target, &collection);
+                        async move { target.write(collection, &again, WriteMode::Upsert).await }
+                    },
+                    &collection,
+                    &batch.docs,
+                    r,
+                    policy,
+                    &counters,
+                )
+                .await),
+                other => other,
+            };
+            let mut batch = batch;
+            let removed = removed_here.load(Ordering::Relaxed);
+            batch.removed += removed;
+            let attempts = attempts.load(Ordering::Relaxed);
+            if let Some(n) = noted
+                && result.is_ok()
+                && let Err(e) = remover.done(n, removed).await
+            {
+                return (batch, Err(e), attempts);
+            }
+            (batch, Ok(result), attempts)
+        }))
+    };
 
     // Batches (or documents) not written with --continue-on-error: the stage ends failed, and
     // the checkpoint never passes them.
@@ -228,139 +229,198 @@ pub(super) async fn write_loop(
     // (a view, a validator that fits nothing) fails the stage rather than "completing" it.
     let mut refused = 0u64;
     let mut first_refusal: Option<String> = None;
-    while let Some(joined) = results.next().await {
-        let (mut batch, result, attempts) =
-            joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
-        let result = result?;
-        if let Some(f) = &fence {
-            // Lost (seen by the heartbeat): stop at once. Refused documents (duplicate keys, in
-            // insert mode) may be another run's: make sure the lock is still ours first.
-            let refused = matches!(&result, Ok(r) if !r.errors.is_empty());
-            if f.is_lost() || refused {
-                f.check().await?;
+    let mut rx = rx;
+    let mut running = futures::stream::FuturesUnordered::new();
+    // The batches still to come (until the reader is done, or the stage stops).
+    let mut taking = true;
+    // What stopped the stage in order (--max-rejects, a batch or documents that could not be
+    // written): no batch is started after it, and those in flight are let finish — a file
+    // stage's uploads complete, their rows written or rejected, rather than cut off mid-file.
+    let mut stopping: Option<RunError> = None;
+    loop {
+        let take = taking && stopping.is_none() && running.len() < in_flight;
+        let joined = tokio::select! {
+            biased;
+            done = running.next(), if !running.is_empty() => match done {
+                Some(joined) => joined,
+                None => continue,
+            },
+            next = rx.recv(), if take => {
+                match next {
+                    Some(batch) => running.push(start(batch)),
+                    None => taking = false,
+                }
+                continue;
             }
-        }
-        EntityCounters::add(&counters.batches, 1);
-        tracing::debug!(entity = %entity, seq = batch.seq, documents = batch.docs.len(), "batch written");
-        match result {
-            Ok(BatchResult {
-                written,
-                errors,
-                files,
-            }) => {
-                EntityCounters::add(&counters.files_uploaded, files.uploaded);
-                EntityCounters::add(&counters.file_bytes, files.uploaded_bytes);
-                EntityCounters::add(&counters.files_unchanged, files.unchanged);
-                EntityCounters::add(&counters.written, written);
-                EntityCounters::add(&counters.bytes, batch.bytes as u64);
-                // Documents the server could still not take after their retries are failed,
-                // like a failed batch: never rejected, and the checkpoint stays before them.
-                let (transient, errors): (Vec<_>, Vec<_>) =
-                    errors.into_iter().partition(|e| e.transient);
-                // The older documents of rows the target refused now are stale like those of
-                // rows the mapping rejects (see `Batch::stale`).
-                let refused_ids: Vec<bson::Bson> = if remove_stale {
-                    errors
-                        .iter()
-                        .filter_map(|e| batch.docs.get(e.index))
-                        .filter_map(|d| d.get("_id").ok().flatten())
-                        .filter_map(|id| bson::Bson::try_from(id.to_raw_bson()).ok())
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                if !refused_ids.is_empty() {
-                    let removed = remover
-                        .remove_stale(&target, &collection, &refused_ids)
-                        .await?;
-                    EntityCounters::add(&counters.removed, removed);
-                    batch.removed += removed;
+            else => break,
+        };
+        let settled: Result<(), RunError> = async {
+            let (mut batch, result, attempts) =
+                joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
+            let result = result?;
+            if let Some(f) = &fence {
+                // Lost (seen by the heartbeat): stop at once. Refused documents (duplicate keys, in
+                // insert mode) may be another run's: make sure the lock is still ours first.
+                let refused = matches!(&result, Ok(r) if !r.errors.is_empty());
+                if f.is_lost() || refused {
+                    f.check().await?;
                 }
-                for e in errors {
-                    refused += 1;
-                    first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
-                    let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
-                    let fingerprint = batch
-                        .docs
-                        .get(e.index)
-                        .map(|d| crate::monitor::rejects::document_fingerprint(d.as_bytes()))
-                        .unwrap_or_default();
-                    // A file stage's own refusals (the file on disk) name no server code.
-                    let issue = if e.code_name.starts_with("file_") && e.code == 0 {
-                        Issue::error(
-                            Stage::File,
-                            &e.code_name,
-                            "",
-                            e.message.clone(),
-                            batch
-                                .files
-                                .get(e.index)
-                                .and_then(|f| f.path.clone())
-                                .unwrap_or_default(),
-                        )
+            }
+            EntityCounters::add(&counters.batches, 1);
+            tracing::debug!(entity = %entity, seq = batch.seq, documents = batch.docs.len(), "batch written");
+            match result {
+                Ok(BatchResult {
+                    written,
+                    errors,
+                    files,
+                }) => {
+                    let mut over_limit = None;
+                    EntityCounters::add(&counters.files_uploaded, files.uploaded);
+                    EntityCounters::add(&counters.file_bytes, files.uploaded_bytes);
+                    EntityCounters::add(&counters.files_unchanged, files.unchanged);
+                    EntityCounters::add(&counters.written, written);
+                    EntityCounters::add(&counters.bytes, batch.bytes as u64);
+                    // Documents the server could still not take after their retries are failed,
+                    // like a failed batch: never rejected, and the checkpoint stays before them.
+                    let (transient, errors): (Vec<_>, Vec<_>) =
+                        errors.into_iter().partition(|e| e.transient);
+                    // The older documents of rows the target refused now are stale like those of
+                    // rows the mapping rejects (see `Batch::stale`).
+                    let refused_ids: Vec<bson::Bson> = if remove_stale || keep_stale {
+                        errors
+                            .iter()
+                            .filter_map(|e| batch.docs.get(e.index))
+                            .filter_map(|d| d.get("_id").ok().flatten())
+                            .filter_map(|id| bson::Bson::try_from(id.to_raw_bson()).ok())
+                            .collect()
                     } else {
-                        Issue::error(
-                            Stage::Write,
-                            &e.code_name,
-                            "",
-                            format!("{} (code {})", e.message, e.code),
-                            fingerprint,
-                        )
+                        Vec::new()
                     };
-                    reject(
-                        &counters,
-                        &total_rejected,
-                        &rejects,
-                        (&entity, key, Some(batch.seq)),
-                        &[issue],
-                        &opts,
-                    )?;
-                    batch.rejected += 1;
+                    if keep_stale && !refused_ids.is_empty() {
+                        let there = target.present(&collection, &refused_ids).await?;
+                        EntityCounters::add(&counters.files_kept, there.len() as u64);
+                    } else if !refused_ids.is_empty() {
+                        let removed = remover
+                            .remove_stale(&target, &collection, &refused_ids)
+                            .await?;
+                        EntityCounters::add(&counters.removed, removed);
+                        batch.removed += removed;
+                    }
+                    for e in errors {
+                        refused += 1;
+                        first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
+                        let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
+                        let fingerprint = batch
+                            .docs
+                            .get(e.index)
+                            .map(|d| crate::monitor::rejects::document_fingerprint(d.as_bytes()))
+                            .unwrap_or_default();
+                        // A file stage's own refusals (the file on disk) name no server code.
+                        let issue = if e.code_name.starts_with("file_") && e.code == 0 {
+                            Issue::error(
+                                Stage::File,
+                                &e.code_name,
+                                "",
+                                e.message.clone(),
+                                batch
+                                    .files
+                                    .get(e.index)
+                                    .and_then(|f| f.path.clone())
+                                    .unwrap_or_default(),
+                            )
+                        } else {
+                            Issue::error(
+                                Stage::Write,
+                                &e.code_name,
+                                "",
+                                format!("{} (code {})", e.message, e.code),
+                                fingerprint,
+                            )
+                        };
+                        // Past --max-rejects: the batch's other refusals are recorded all the
+                        // same (its rows are accounted for), then the stage stops.
+                        match reject(
+                            &counters,
+                            &total_rejected,
+                            &rejects,
+                            (&entity, key, Some(batch.seq)),
+                            &[issue],
+                            &opts,
+                        ) {
+                            Ok(()) => {}
+                            Err(e @ RunError::TooManyRejects { .. }) => {
+                                over_limit.get_or_insert(e);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                        batch.rejected += 1;
+                    }
+                    if let Some(e) = over_limit {
+                        return Err(e);
+                    }
+                    // After the batch's refused documents are recorded.
+                    if !transient.is_empty() {
+                        let rows = transient.len() as u64;
+                        EntityCounters::add(&counters.failed, rows);
+                        EntityCounters::add(&counters.skipped, rows);
+                        blocked = true;
+                        if !opts.continue_on_error {
+                            return Err(RunError::DocumentsFailed {
+                                entity: entity.clone(),
+                                rows,
+                                message: transient[0].message.clone(),
+                            });
+                        }
+                        failed_batches += 1;
+                    }
                 }
-                // After the batch's refused documents are recorded.
-                if !transient.is_empty() {
-                    let rows = transient.len() as u64;
+                Err(source) => {
+                    // Not a row's fault: the rows are failed (not written, not refused), counted
+                    // apart from rejects; the checkpoint stays before them so a resume writes them.
+                    let rows = batch.docs.len() as u64;
                     EntityCounters::add(&counters.failed, rows);
                     EntityCounters::add(&counters.skipped, rows);
-                    blocked = true;
+                    tracing::error!(entity = %entity, rows, error = %source, "a batch could not be written");
                     if !opts.continue_on_error {
-                        return Err(RunError::DocumentsFailed {
-                            entity,
-                            rows,
-                            message: transient[0].message.clone(),
+                        return Err(RunError::BatchFailed {
+                            entity: entity.clone(),
+                            rows: batch.docs.len(),
+                            attempts,
+                            cause: Box::new(source),
                         });
                     }
                     failed_batches += 1;
+                    return Ok(());
                 }
             }
-            Err(source) => {
-                // Not a row's fault: the rows are failed (not written, not refused), counted
-                // apart from rejects; the checkpoint stays before them so a resume writes them.
-                let rows = batch.docs.len() as u64;
-                EntityCounters::add(&counters.failed, rows);
-                EntityCounters::add(&counters.skipped, rows);
-                tracing::error!(entity = %entity, rows, error = %source, "a batch could not be written");
-                if !opts.continue_on_error {
-                    return Err(RunError::BatchFailed {
-                        entity,
-                        rows: batch.docs.len(),
-                        attempts,
-                        cause: Box::new(source),
-                    });
-                }
-                failed_batches += 1;
-                continue;
+            // Every row of the batch is now written or recorded as a reject (a stopped run returned
+            // above): the watermark may move past it — unless rows of it (or of an earlier batch)
+            // failed.
+            if blocked {
+                return Ok(());
             }
+            if let Some(c) = checkpointer.as_mut() {
+                c.finished(batch.seq, &mut batch).await?;
+            }
+                Ok(())
         }
-        // Every row of the batch is now written or recorded as a reject (a stopped run returned
-        // above): the watermark may move past it — unless rows of it (or of an earlier batch)
-        // failed.
-        if blocked {
-            continue;
+        .await;
+        match settled {
+            Ok(()) => {}
+            Err(e) if orderly(&e) => {
+                if stopping.is_none() {
+                    if !running.is_empty() {
+                        tracing::warn!(entity = %entity, batches = running.len(), error = %e, "stopping: the batches in flight finish first");
+                    }
+                    stopping = Some(e);
+                }
+            }
+            // Anything else (the lock lost, the ledger or the rejects file failing): at once.
+            Err(e) => return Err(e),
         }
-        if let Some(c) = checkpointer.as_mut() {
-            c.finished(batch.seq, &mut batch).await?;
-        }
+    }
+    if let Some(e) = stopping {
+        return Err(e);
     }
     if refused > 0
         && counters.written.load(Ordering::Relaxed) == 0
@@ -382,6 +442,16 @@ pub(super) async fn write_loop(
         });
     }
     Ok(())
+}
+
+/// Whether `e` stops a stage in order: the batches in flight are let finish (and counted).
+fn orderly(e: &RunError) -> bool {
+    matches!(
+        e,
+        RunError::TooManyRejects { .. }
+            | RunError::BatchFailed { .. }
+            | RunError::DocumentsFailed { .. }
+    )
 }
 
 /// Batches a stage keeps in flight: --concurrency, or for a file stage (`bucket`)

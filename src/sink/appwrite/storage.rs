@@ -265,14 +265,17 @@ pub async fn upload(
                 path.display()
             ))
         })?;
+        // Shared, not copied, by each attempt's request (a retry sends the same chunk again).
+        let buf = bytes::Bytes::from(buf);
         let chunked = len > CHUNK;
         let end = start + want as u64;
         let range = format!("bytes {start}-{}/{len}", end.saturating_sub(1));
         let build = |req: reqwest::RequestBuilder| {
-            let part = reqwest::multipart::Part::bytes(buf.clone())
-                .file_name(name.to_string())
-                .mime_str(&mime)
-                .unwrap_or_else(|_| reqwest::multipart::Part::bytes(buf.clone()));
+            let part = || {
+                reqwest::multipart::Part::stream_with_length(buf.clone(), want as u64)
+                    .file_name(name.to_string())
+            };
+            let part = part().mime_str(&mime).unwrap_or_else(|_| part());
             let mut form = reqwest::multipart::Form::new().text("fileId", id.to_string());
             for p in permissions.into_iter().flatten() {
                 form = form.text("permissions[]", p.clone());
