@@ -173,7 +173,7 @@ pub struct ChangesTargetArgs {
     /// Target: mongodb, or appwrite (its operations name a `table`; see pipelines/changes/README.md).
     #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
     pub target: ChangesTarget,
-    /// Target database (overrides CUTOVER_MONGODB_DATABASE or CUTOVER_APPWRITE_DATABASE and the
+    /// Target database (overrides CUTOVER_MONGODB_DATABASE or APPWRITE_DATABASE and the
     /// config).
     #[arg(long, value_name = "NAME")]
     pub database: Option<String>,
@@ -209,6 +209,9 @@ pub struct ChangesNewArgs {
     /// pipelines/changes).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The target whose operations the template writes (appwrite: tables, columns, rows).
+    #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
+    pub target: ChangesTarget,
 }
 
 #[derive(Debug, Args)]

@@ -1329,3 +1329,32 @@ async fn requests_from_another_site_change_nothing() {
     assert!(open.stop().success(), "{}", open.log());
     w.drop().await;
 }
+
+/// Outside tester F11: an API `up` cut short by SIGTERM answered 200 `failed: false` and did not
+/// say that changes were left pending. The change under way finishes; the answer says it
+/// stopped early and which changes were not begun.
+#[tokio::test]
+async fn an_up_cut_short_by_sigterm_says_what_it_left_pending() {
+    let w = World::new("serve_term_up").await;
+    let dir = slow_change(&w).await;
+    let d = dir.display().to_string();
+    let mut server = Server::start(&w, "up", &["--no-auth", "--dir", &d], &[]);
+    let api = Api::new(&server.base, None);
+    let up = tokio::spawn(async move { api.post("/api/migrations/up", None).await });
+    let started = Instant::now();
+    while change_status(&w, 1).await.as_deref() != Some("running") {
+        assert!(started.elapsed() < Duration::from_secs(60), "never running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status();
+    let (status, v) = up.await.unwrap();
+    assert_eq!(status, 200, "{v}\n{}", server.log());
+    assert_eq!(v["stoppedEarly"], true, "{v}");
+    assert_eq!(v["leftPending"], json!([2]), "{v}");
+    assert_eq!(change_status(&w, 1).await.as_deref(), Some("applied"));
+    assert_eq!(change_status(&w, 2).await, None);
+    assert!(server.stop().success(), "{}", server.log());
+    w.drop().await;
+}

@@ -404,3 +404,42 @@ async fn sigterm_while_an_appwrite_change_is_applied_at_start_lets_it_finish() {
     assert_eq!(states, ["applied", "pending"], "{status}");
     w.drop().await;
 }
+
+/// Outside tester F10: on an Appwrite server `POST /api/migrations` wrote a MongoDB change file,
+/// which then blocked every `up`. The templates write Appwrite operations for an Appwrite
+/// target (a template without any, archive, is refused), and the file applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_change_files_of_an_appwrite_server_hold_appwrite_operations() {
+    let w = World::new("serve_aw_create").await;
+    let (s, endpoint) = standin().await;
+    seed(&s).await;
+    s.create_table(DB, "patients", "Patients").unwrap();
+    let dir = changes_dir(&w);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let mut server = start(&w, &endpoint, "s1", &["--dir", &d, "--allow-create"]).await;
+    let api = Api::new(&server.base, None);
+    let (st, v) = api
+        .post(
+            "/api/migrations",
+            Some(json!({"name": "language", "template": "add-field"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let file = std::fs::read_to_string(dir.join(v["file"].as_str().unwrap())).unwrap();
+    assert!(file.contains("op = \"add_column\""), "{file}");
+    let (st, v) = api
+        .post(
+            "/api/migrations",
+            Some(json!({"name": "old ones", "template": "archive"})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    let (st, v) = api.post("/api/migrations/up", None).await;
+    assert_eq!(st, 200, "{v}\n{}", server.log());
+    assert_eq!(v["failed"], false, "{v}");
+    assert!(s.get_column(DB, "patients", "preferredLanguage").is_ok());
+    assert!(server.stop().success(), "{}", server.log());
+    w.drop().await;
+}

@@ -472,6 +472,10 @@ pub struct UpReport {
     /// Changes left half done in a transaction by a process that died, recorded as found
     /// before the batch.
     pub recovered: Vec<Recovered>,
+    /// Pending changes not begun because the process is stopping (a server's SIGTERM): they
+    /// stay pending for the next `up`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_pending: Vec<u64>,
 }
 
 /// A change a dead process left half done, and what the command that found it did.
@@ -788,6 +792,7 @@ pub async fn up(
                 dry_run: false,
                 changes: Vec::new(),
                 recovered,
+                left_pending: Vec::new(),
             });
         }
         let mut report =
@@ -833,6 +838,7 @@ async fn preview_all(t: &ChangeTarget<'_>, pending: &[&Change]) -> Result<UpRepo
         dry_run: true,
         changes,
         recovered: Vec::new(),
+        left_pending: Vec::new(),
     })
 }
 
@@ -844,7 +850,7 @@ async fn apply_all(
     continue_on_error: bool,
 ) -> Result<UpReport, ChangesError> {
     let records = Records { ledger: t.ledger };
-    let (batch, changes) = apply_batch(
+    let (batch, changes, left_pending) = apply_batch(
         t.ledger,
         pending,
         run_id,
@@ -870,6 +876,7 @@ async fn apply_all(
         dry_run: false,
         changes,
         recovered: Vec::new(),
+        left_pending,
     })
 }
 
@@ -892,7 +899,7 @@ pub(crate) async fn apply_batch<'a, F, Fut>(
     continue_on_error: bool,
     backup_of: impl Fn(&Change) -> String,
     mut apply: F,
-) -> Result<(i64, Vec<AppliedChange>), ChangesError>
+) -> Result<(i64, Vec<AppliedChange>, Vec<u64>), ChangesError>
 where
     F: FnMut(&'a Change, String) -> Fut,
     Fut: std::future::Future<Output = Applied>,
@@ -900,7 +907,8 @@ where
     let records = Records { ledger };
     let batch = records.next_batch().await?;
     let mut changes = Vec::new();
-    for &c in pending {
+    let mut left = Vec::new();
+    for (i, &c) in pending.iter().enumerate() {
         if crate::ledger::lock::changes_stop_requested() {
             // The process is stopping (a server's SIGTERM): the change under way finished; the
             // others stay pending for the next `up`.
@@ -908,6 +916,7 @@ where
                 version = c.version,
                 "stopping: the changes from this one on stay pending"
             );
+            left = pending[i..].iter().map(|c| c.version).collect();
             break;
         }
         fence
@@ -976,7 +985,7 @@ where
             break;
         }
     }
-    Ok((batch, changes))
+    Ok((batch, changes, left))
 }
 
 /// For each insert (and archive): whether the collection it inserts into is missing before the

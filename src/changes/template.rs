@@ -145,7 +145,109 @@ lower = true
 # filter = { isActive = true }
 "#;
 
+const AW_HEAD: &str = r#"# Change {version}: {name} (Appwrite)
+# The format is documented in pipelines/changes/README.md. Edit freely until the change is applied:
+# once applied, its checksum is recorded and `changes up` refuses a modified file.
+version = {version}
+name = "{name}"
+description = ""
+author = ""
+# true: the row operations (insert, set, unset, update_references) run in one TablesDB
+# transaction; column, index and table operations cannot run in one.
+transaction = false
+"#;
+
+const AW_EMPTY: &str = r#"
+# Appwrite operations, applied in order by `changes --target appwrite up`. For example:
+#
+# [[up]]
+# op = "set"
+# table = "patients"
+# queries = [{ method = "equal", attribute = "isActive", values = [false] }]
+# values = { archived = true }
+#
+# Without [[down]], `changes down` runs the inverse of each up operation, last first; rows an
+# operation rewrites are backed up first and put back by down.
+"#;
+
+const AW_ADD_COLUMN: &str = r#"
+# Adds a column (Appwrite's column types: string with a size, integer, float, boolean, datetime,
+# email, url, ip, enum). Down removes it again.
+[[up]]
+op = "add_column"
+table = "patients"
+column = "preferredLanguage"
+type = "string"
+size = 8
+default = "en"
+"#;
+
+const AW_RENAME_COLUMN: &str = r#"
+# Renames a column. Down renames it back.
+[[up]]
+op = "rename_column"
+table = "sessions"
+from = "userAgent"
+to = "clientUserAgent"
+"#;
+
+const AW_INDEX: &str = r#"
+# Creates an index (`key`, `unique` or `fulltext`). Down drops it.
+[[up]]
+op = "create_index"
+table = "patients"
+key = "by_phone"
+type = "key"
+columns = ["phone"]
+orders = ["ASC"]
+"#;
+
+const AW_SEED: &str = r#"
+# Inserts rows (each with its `$id`); refused when a row with that id exists. Down deletes the
+# rows it inserted that still hold what it wrote.
+[[up]]
+op = "insert"
+table = "notificationTemplates"
+rows = [
+  { "$id" = "welcome", channel = "email", subject = "Welcome" },
+]
+"#;
+
+const AW_SET: &str = r#"
+# Sets values on the rows the queries match (Appwrite queries). The rows are backed up first;
+# down puts back the values of those that still hold what it wrote.
+[[up]]
+op = "set"
+table = "patients"
+queries = [{ method = "isNull", attribute = "preferredLanguage" }]
+values = { preferredLanguage = "en" }
+"#;
+
+const AW_SCHEMA: &str = r#"
+# Creates a table with its columns and indexes. Down drops it again (refused while it holds rows).
+[[up]]
+op = "create_table"
+table = "visits"
+name = "Visits"
+columns = [{ key = "patient", type = "string", size = 36, required = true }, { key = "at", type = "datetime" }]
+indexes = [{ key = "by_patient", type = "key", columns = ["patient"] }]
+"#;
+
 impl Template {
+    /// The body for an Appwrite target; `None` for a template that has no Appwrite operations.
+    fn appwrite_body(self) -> Option<&'static str> {
+        Some(match self {
+            Template::Empty => AW_EMPTY,
+            Template::AddField => AW_ADD_COLUMN,
+            Template::RenameField => AW_RENAME_COLUMN,
+            Template::Index => AW_INDEX,
+            Template::Seed => AW_SEED,
+            Template::Transform => AW_SET,
+            Template::Schema => AW_SCHEMA,
+            Template::Archive | Template::Sanitize => return None,
+        })
+    }
+
     fn body(self) -> &'static str {
         match self {
             Template::Empty => EMPTY,
@@ -182,6 +284,17 @@ pub fn render(template: Template, version: u64, name: &str) -> String {
         .replace("{name}", &name)
 }
 
+/// The text of a new change file for an Appwrite target; `None` when the template has no
+/// Appwrite operations (archive, sanitize).
+pub fn render_appwrite(template: Template, version: u64, name: &str) -> Option<String> {
+    let name = name.replace(['"', '\\', '\n'], " ");
+    Some(
+        format!("{}{}", AW_HEAD, template.appwrite_body()?)
+            .replace("{version}", &version.to_string())
+            .replace("{name}", &name),
+    )
+}
+
 /// Writes the next change file into `dir`: version `now` (UTC `YYYYMMDDhhmmss`), or one past the
 /// newest existing version when that is later. Returns its path.
 pub fn new_file(
@@ -190,6 +303,25 @@ pub fn new_file(
     template: Template,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<PathBuf, FileError> {
+    new_file_for(dir, name, template, now, false)
+}
+
+/// [`new_file`] with the template's operations for an Appwrite target when `appwrite`.
+pub fn new_file_for(
+    dir: &Path,
+    name: &str,
+    template: Template,
+    now: chrono::DateTime<chrono::Utc>,
+    appwrite: bool,
+) -> Result<PathBuf, FileError> {
+    if appwrite && template.appwrite_body().is_none() {
+        return Err(FileError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!(
+                "the template {template:?} has no Appwrite operations: use empty, add-field, rename-field, index, seed, transform or schema"
+            ),
+        });
+    }
     let slug = slug(name);
     if slug.is_empty() {
         return Err(FileError::Invalid {
@@ -209,7 +341,11 @@ pub fn new_file(
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let path = dir.join(format!("{version}_{slug}.toml"));
-    let text = render(template, version, name);
+    let text = if appwrite {
+        render_appwrite(template, version, name).unwrap_or_default()
+    } else {
+        render(template, version, name)
+    };
     // The file must load as written: a template that does not is a bug here, not the user's.
     file::parse(&path, &text)?;
     std::fs::OpenOptions::new()
@@ -247,6 +383,17 @@ mod tests {
             assert_eq!(c.version, 42);
             assert_eq!(c.up.is_empty(), t == Template::Empty, "{t:?}");
             assert!(c.reversible());
+            if let Some(text) = render_appwrite(t, 43, "n") {
+                let c = file::parse(Path::new("43_x.toml"), &text)
+                    .unwrap_or_else(|e| panic!("{t:?} (Appwrite): {e}"));
+                assert_eq!(c.up.is_empty(), t == Template::Empty, "{t:?}");
+                assert!(c.reversible(), "{t:?}");
+                assert!(
+                    c.up.iter()
+                        .all(|op| matches!(op, crate::changes::file::Op::Appwrite(_))),
+                    "{t:?}"
+                );
+            }
         }
     }
 

@@ -85,11 +85,12 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 ChangeTemplate::Schema => Template::Schema,
                 ChangeTemplate::Sanitize => Template::Sanitize,
             };
-            let path = changes::template::new_file(
+            let path = changes::template::new_file_for(
                 &changes_dir(cli, &args.dir)?,
                 &args.name,
                 template,
                 chrono::Utc::now(),
+                args.target == crate::cli::ChangesTarget::Appwrite,
             )?;
             crate::outln!("wrote {}", path.display());
             Ok(Outcome::Success)
@@ -151,6 +152,13 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                     if let Some(e) = &c.error {
                         crate::errln!("error: change {}: {e}", c.version);
                     }
+                }
+                if !report.left_pending.is_empty() {
+                    let v: Vec<String> = report.left_pending.iter().map(u64::to_string).collect();
+                    crate::errln!(
+                        "stopping: {} not begun, left pending for the next `cutover changes up`",
+                        v.join(", ")
+                    );
                 }
             }
             Ok(if report.failed() {

@@ -185,6 +185,9 @@ pub async fn up(
         "failed": failed,
         "changes": report.changes,
         "recovered": report.recovered,
+        // The server is stopping (SIGTERM): the change under way finished, these were not begun.
+        "stoppedEarly": !report.left_pending.is_empty(),
+        "leftPending": report.left_pending,
     });
     if failed {
         // A failed change was undone and stopped the batch: refused, with what was done.
@@ -335,9 +338,15 @@ pub async fn create(
             "unknown template `{t}`: empty, add-field, rename-field, transform, index, seed, archive, schema or sanitize"
         ))
     })?;
-    let path =
-        changes::template::new_file(&state.changes_dir, &body.name, template, chrono::Utc::now())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // The template's operations are those of this server's target.
+    let path = changes::template::new_file_for(
+        &state.changes_dir,
+        &body.name,
+        template,
+        chrono::Utc::now(),
+        state.is_appwrite(),
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let file = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())

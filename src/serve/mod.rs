@@ -108,6 +108,10 @@ impl State {
         argv
     }
 
+    pub(crate) fn is_appwrite(&self) -> bool {
+        self.kind == crate::config::TargetKind::Appwrite
+    }
+
     /// The changes on the target, whichever it is.
     fn changes_on(&self) -> changes::OnTarget<'_> {
         changes::OnTarget::new(&self.target, &self.ledger, None)

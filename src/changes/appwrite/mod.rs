@@ -202,6 +202,7 @@ pub async fn up(
             dry_run: true,
             changes,
             recovered: Vec::new(),
+            left_pending: Vec::new(),
         });
     }
     let run_id = super::new_run_id();
@@ -220,9 +221,10 @@ pub async fn up(
                 dry_run: false,
                 changes: Vec::new(),
                 recovered,
+                left_pending: Vec::new(),
             });
         }
-        let (batch, changes) = super::apply_batch(
+        let (batch, changes, left_pending) = super::apply_batch(
             t.ledger,
             &pending,
             &run_id,
@@ -241,6 +243,7 @@ pub async fn up(
             dry_run: false,
             changes,
             recovered,
+            left_pending,
         })
     }
     .await;
