@@ -1568,3 +1568,74 @@ async fn arrays_of_points_into_appwrite_are_kept_as_json_text() {
     );
     w.drop().await;
 }
+
+/// Outside tester of #11, findings 19 and 21: with `keep_string`, an infinity written as text
+/// (or as null) and a NULL kept by `nulls = "keep"` were written without their `exact_path`,
+/// and verify, expecting it, failed a clean run. The exact path holds the field's own value
+/// then; verify passes; a changed exact text is still named.
+#[tokio::test]
+async fn exact_paths_of_infinities_and_kept_nulls_verify() {
+    let w = World::new("oracle_exact_inf").await;
+    w.sql(
+        "CREATE TABLE t (k int PRIMARY KEY, tz timestamptz, tn timestamptz);
+         INSERT INTO t VALUES (1, '-infinity', 'infinity'), (2, '2020-01-01 00:00:00.123456+00', NULL),
+           (3, NULL, '2021-01-01 00:00:00+00');",
+    )
+    .await;
+    migrated(
+        &w,
+        "t",
+        "[[field]]\npath = \"tz\"\ncolumn = \"tz\"\ninfinity = \"string\"\nsub_millis = \"keep_string\"\nexact_path = \"tzx\"\n\
+         [[field]]\npath = \"tn\"\ncolumn = \"tn\"\ninfinity = \"null\"\nnulls = \"keep\"\nsub_millis = \"keep_string\"\nexact_path = \"tnx\"\n",
+    )
+    .await;
+    let docs = w.docs("t").await;
+    assert_eq!(docs[0].get_str("tzx"), Ok("-infinity"), "{:?}", docs[0]);
+    assert_eq!(docs[0].get("tnx"), Some(&Bson::Null), "{:?}", docs[0]);
+    assert_eq!(docs[1].get("tnx"), Some(&Bson::Null), "{:?}", docs[1]);
+    assert!(docs[2].get("tzx").is_none(), "{:?}", docs[2]);
+    let (code, text, _) = verify(&w, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    w.mongo()
+        .await
+        .collection::<Document>("t")
+        .update_one(doc! { "_id": 1 }, doc! { "$set": { "tzx": "infinity" } })
+        .await
+        .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        named(entity(&json, "t")),
+        [("1".to_string(), "tzx".to_string())]
+    );
+    w.drop().await;
+}
+
+/// Outside tester of #11, finding 22: an `element = "value"` embed with `keep_string` dropped
+/// the exact text silently. Such a mapping is refused by check and migrate alike.
+#[tokio::test]
+async fn keep_string_in_a_value_embed_is_refused() {
+    let w = World::new("oracle_value_embed_exact").await;
+    w.sql(
+        "CREATE TABLE p (k int PRIMARY KEY, name text);
+         CREATE TABLE c (id int PRIMARY KEY, p_id int REFERENCES p, d timestamptz);
+         INSERT INTO p VALUES (1, 'a'); INSERT INTO c VALUES (1, 1, '2020-01-01 00:00:00.123456+00');",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "p",
+        "version = 1\nname = \"p\"\n[source]\ntable = \"p\"\nkey = [\"k\"]\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [[embed]]\npath = \"ds\"\ntable = \"c\"\nforeign_key = \"p_id\"\norder_by = [\"id\"]\nelement = \"value\"\n\
+         [[embed.field]]\npath = \"d\"\ncolumn = \"d\"\nsub_millis = \"keep_string\"\nexact_path = \"dx\"\n",
+    );
+    let p = pipeline.display().to_string();
+    for cmd in ["check", "migrate"] {
+        let out = w.cutover().args([cmd, "--pipeline", &p]).output().unwrap();
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "{cmd}: {text}");
+        assert!(text.contains("element = \"value\""), "{cmd}: {text}");
+    }
+    assert_eq!(w.count("p").await, 0);
+    w.drop().await;
+}

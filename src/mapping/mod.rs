@@ -939,6 +939,14 @@ fn check_one(m: &Mapping) -> Result<(), MappingError> {
         if e.fields.is_empty() {
             return Err(invalid(m, &key, "an embed needs at least one field".into()));
         }
+        // A value embed's elements are the field's values alone: an exact text has no place.
+        if scalar && e.fields[0].sub_millis == Some(spec::SubMillis::KeepString) {
+            return Err(invalid(
+                m,
+                &format!("{key}.field[0].sub_millis"),
+                "`keep_string` writes an exact text beside the value, and an element = \"value\" embed holds the values alone: use element = \"document\" (the text at `exact_path` of each element), or `reject` / `truncate`".into(),
+            ));
+        }
         check_fields(m, &format!("{key}."), &e.fields, scalar)?;
     }
     check_overlaps(m, &written_paths("", &s.fields, &s.embeds))?;

@@ -291,8 +291,11 @@ fn fill(
     for (i, f) in fields.iter().enumerate() {
         let mut exact = None;
         slots[i] = eval_field(f, row, ctx, prefix, issues, &mut exact);
-        if let (Some(e), Some(slot)) = (exact, layout.exact_slot[i]) {
-            slots[slot] = Some(e);
+        if let Some(slot) = layout.exact_slot[i] {
+            // An instant's exact text; for what is no instant (an infinity written as text or
+            // null, a NULL kept) the field's own value, so `exact_path` is there whenever the
+            // field is (verify reads it so).
+            slots[slot] = exact.or_else(|| slots[i].clone());
         }
     }
 }
