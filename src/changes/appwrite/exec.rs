@@ -63,7 +63,45 @@ fn data_of(row: &Value) -> Map<String, Value> {
 fn holds(row: &Value, values: &Map<String, Value>) -> bool {
     values
         .iter()
-        .all(|(k, v)| row.get(k).unwrap_or(&Value::Null) == v)
+        .all(|(k, v)| same_stored(row.get(k).unwrap_or(&Value::Null), v))
+}
+
+/// Whether `text` is a datetime column's value as Appwrite gives it back
+/// (`2024-01-01T00:00:00.000+00:00`): a text column's value is compared as text.
+fn appwrite_datetime(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 29
+        && text.ends_with("+00:00")
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && chrono::DateTime::parse_from_rfc3339(text).is_ok()
+}
+
+/// Whether `stored` (a value as Appwrite gives it back) is `written` (as a change file or a
+/// backup wrote it): Appwrite keeps a column's own form — a float column gives `2` back as
+/// `2.0`, a datetime `2024-01-01T00:00:00Z` as `2024-01-01T00:00:00.000+00:00` — so numbers
+/// compare by value and datetimes by instant; arrays element by element; all else exactly.
+fn same_stored(stored: &Value, written: &Value) -> bool {
+    match (stored, written) {
+        (Value::Number(a), Value::Number(b)) => {
+            a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+        }
+        (Value::String(a), Value::String(b)) => {
+            a == b
+                || appwrite_datetime(a)
+                    && matches!(
+                    (
+                        chrono::DateTime::parse_from_rfc3339(a),
+                        chrono::DateTime::parse_from_rfc3339(b)
+                    ),
+                    (Ok(x), Ok(y)) if x == y
+                    )
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_stored(x, y))
+        }
+        (a, b) => a == b,
+    }
 }
 
 /// The `columns/{type}` route segment and the creation body of a column as the API lists it.
@@ -923,7 +961,7 @@ impl AwExec<'_> {
                                     .await?;
                                 done.modified += 1;
                             }
-                            Some(row) if row.get(column) == Some(&v) => {}
+                            Some(row) if row.get(column).is_some_and(|s| same_stored(s, &v)) => {}
                             _ => done.skipped += 1,
                         }
                     }
@@ -1192,5 +1230,45 @@ impl AwExec<'_> {
                 )
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside tester F5: inverses compared rows with the change file's literal values, so
+    /// against a real Appwrite (which gives a float column's `2` back as `2.0` and a datetime in
+    /// its own form) no `set` or `insert` was ever put back.
+    #[test]
+    fn stored_values_compare_in_the_columns_own_form() {
+        assert!(same_stored(&json!(2.0), &json!(2)));
+        assert!(same_stored(&json!([1.0, 2.5]), &json!([1, 2.5])));
+        assert!(!same_stored(&json!(2.5), &json!(2)));
+        assert!(same_stored(
+            &json!("2024-01-01T00:00:00.000+00:00"),
+            &json!("2024-01-01T00:00:00Z")
+        ));
+        assert!(same_stored(
+            &json!("2024-01-01T01:30:00.000+00:00"),
+            &json!("2024-01-01T02:30:00+01:00")
+        ));
+        assert!(!same_stored(
+            &json!("2024-01-01T00:00:00.001+00:00"),
+            &json!("2024-01-01T00:00:00Z")
+        ));
+        // A text column's value is text: another spelling of the same instant is another value.
+        assert!(!same_stored(
+            &json!("2024-01-01T00:00:00+00:00"),
+            &json!("2024-01-01T00:00:00Z")
+        ));
+        assert!(!same_stored(&json!("2"), &json!(2)));
+        let row = json!({"score": 2.0, "at": "2024-01-01T00:00:00.000+00:00", "s": "x"});
+        let mut wrote = Map::new();
+        wrote.insert("score".into(), json!(2));
+        wrote.insert("at".into(), json!("2024-01-01T00:00:00Z"));
+        assert!(holds(&row, &wrote));
+        wrote.insert("s".into(), json!("y"));
+        assert!(!holds(&row, &wrote));
     }
 }
