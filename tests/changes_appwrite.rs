@@ -1293,3 +1293,46 @@ async fn down_refuses_to_restore_a_dropped_table_into_one_made_since() {
         "the backup is kept"
     );
 }
+
+/// Outside tester F12: `add_column`'s down deleted the values the application had written into
+/// the column since, without a word. Refused while such values are there (the default does not
+/// count); once they are cleared, down removes the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_keeps_a_column_holding_values_written_since() {
+    let w = World::new("aw_changes_written_since").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_tier.toml",
+        "version = 1\nname = \"tier\"\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"tier\"\ntype = \"string\"\nsize = 8\ndefault = \"basic\"\n",
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut p03 = aw.s.get_row(DB, "people", "p03").unwrap();
+    p03["tier"] = json!("gold");
+    let data: serde_json::Map<String, Value> = p03
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| !k.starts_with('$'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    aw.s.write_row(DB, "people", "p03", &Value::Object(data.clone()), true)
+        .unwrap();
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(
+        said.contains("written since") && said.contains("p03"),
+        "{said}"
+    );
+    assert!(aw.s.get_column(DB, "people", "tier").is_ok());
+    assert_eq!(aw.s.get_row(DB, "people", "p03").unwrap()["tier"], "gold");
+    let mut cleared = data;
+    cleared.insert("tier".into(), Value::Null);
+    aw.s.write_row(DB, "people", "p03", &Value::Object(cleared), true)
+        .unwrap();
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(hashes(&aw).await, before);
+}

@@ -941,6 +941,23 @@ impl AwExec<'_> {
         match op {
             AwOp::AddColumn { table, body, .. } => {
                 let key = body["key"].as_str().unwrap_or_default();
+                // Values written into the column since it was added (other than its default)
+                // would go with it: refused, nothing deleted.
+                if self.column(table, key).await?.is_some() {
+                    let mut q = vec![json!({ "method": "isNotNull", "attribute": key })];
+                    if let Some(d) = body.get("default").filter(|d| !d.is_null()) {
+                        q.push(json!({ "method": "notEqual", "attribute": key, "values": [d] }));
+                    }
+                    let written = self.page(table, &q, None).await?;
+                    if let Some(first) = written.first() {
+                        return Err(AwError::Refused(format!(
+                            "column {table}.{key} holds values written since the change added it ({}{} row(s), e.g. row {}): removing it would delete them; clear or copy them first, then run down again",
+                            written.len(),
+                            if written.len() >= PAGE { "+" } else { "" },
+                            first["$id"].as_str().unwrap_or("?")
+                        )));
+                    }
+                }
                 self.delete_column(table, key).await?;
             }
             AwOp::RemoveColumn { table, column } => {
