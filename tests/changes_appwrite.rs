@@ -1336,3 +1336,52 @@ async fn down_keeps_a_column_holding_values_written_since() {
     ok(&changes(&w, &aw, "down", &dir, &[]).await);
     assert_eq!(hashes(&aw).await, before);
 }
+
+/// Outside tester F13: `rename_column`'s and `drop_index`'s downs said they were done when a
+/// column or index of the old key had been made since, and the original was not put back.
+/// Refused, naming it; the application's column and index are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downs_refuse_when_the_old_key_was_taken_since() {
+    let w = World::new("aw_changes_taken").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_rename.toml",
+        "version = 1\nname = \"rename\"\n[[up]]\nop = \"rename_column\"\ntable = \"people\"\nfrom = \"clinic\"\nto = \"clinicId\"\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    aw.s.create_column(DB, "people", "string", &json!({"key": "clinic", "size": 4}))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("people.clinic exists again"), "{said}");
+    assert_eq!(aw.s.get_column(DB, "people", "clinic").unwrap()["size"], 4);
+    assert!(aw.s.get_column(DB, "people", "clinicId").is_ok());
+
+    let w2 = World::new("aw_changes_taken_ix").await;
+    let aw2 = standin().await;
+    seed(&aw2.s).await;
+    let dir2 = w2.dir.path().join("changes");
+    write(
+        &dir2,
+        "1_drop-index.toml",
+        "version = 1\nname = \"drop index\"\n[[up]]\nop = \"drop_index\"\ntable = \"people\"\nkey = \"by_name\"\n",
+    );
+    ok(&changes(&w2, &aw2, "up", &dir2, &[]).await);
+    aw2.s
+        .create_index(
+            DB,
+            "people",
+            &json!({"key": "by_name", "type": "key", "columns": ["age"], "orders": ["ASC"]}),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let said = refused(&changes(&w2, &aw2, "down", &dir2, &[]).await);
+    assert!(said.contains("another definition"), "{said}");
+    assert_eq!(
+        aw2.s.get_index(DB, "people", "by_name").unwrap()["columns"],
+        json!(["age"])
+    );
+}

@@ -130,12 +130,17 @@ pub fn column_request(def: &Value) -> (String, Value) {
 
 /// The creation body of an index as the API lists it.
 fn index_request(def: &Value) -> Value {
-    json!({
+    let mut body = json!({
         "key": def["key"],
         "type": def["type"],
         "columns": def["columns"],
         "orders": def["orders"],
-    })
+    });
+    // The indexed length of each column, when the index has them (a recreated index keeps them).
+    if def["lengths"].as_array().is_some_and(|l| !l.is_empty()) {
+        body["lengths"] = def["lengths"].clone();
+    }
+    body
 }
 
 fn ok_missing(r: Result<Value, AppwriteError>) -> Result<bool, AppwriteError> {
@@ -985,10 +990,23 @@ impl AwExec<'_> {
                 }
             }
             AwOp::RenameColumn { table, from, to } => {
-                if self.column(table, from).await?.is_none()
-                    && let Some(def) = self.column(table, to).await?
-                {
-                    self.rename_column(table, &def, to, from).await?;
+                match (
+                    self.column(table, from).await?,
+                    self.column(table, to).await?,
+                ) {
+                    (None, Some(def)) => self.rename_column(table, &def, to, from).await?,
+                    // Renamed back already (a down cut short and run again).
+                    (Some(_), None) => {}
+                    (Some(_), Some(_)) => {
+                        return Err(AwError::Refused(format!(
+                            "column {table}.{from} exists again (made since) beside {to}: renaming {to} back would clash with it; rename or remove one, then run down again"
+                        )));
+                    }
+                    (None, None) => {
+                        return Err(AwError::Refused(format!(
+                            "column {table}.{to} is gone (removed since): there is nothing to rename back to {from}"
+                        )));
+                    }
                 }
             }
             AwOp::CreateIndex { table, body } => {
@@ -996,8 +1014,17 @@ impl AwExec<'_> {
                     .await?;
             }
             AwOp::DropIndex { table, key } => {
-                if self.table(table).await?.is_some() && self.index(table, key).await?.is_none() {
-                    self.create_index(table, &before("index")).await?;
+                if self.table(table).await?.is_some() {
+                    match self.index(table, key).await? {
+                        None => self.create_index(table, &before("index")).await?,
+                        // Another index of that key made since: not the one this change dropped.
+                        Some(now) if index_request(&now) != index_request(&before("index")) => {
+                            return Err(AwError::Refused(format!(
+                                "an index {table}.{key} exists again with another definition (made since): the dropped one cannot be put back under its key; drop or rename that index, then run down again"
+                            )));
+                        }
+                        Some(_) => {}
+                    }
                 }
             }
             AwOp::CreateTable { table, .. } => {
