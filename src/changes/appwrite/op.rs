@@ -280,18 +280,90 @@ fn column_body(c: RawColumn) -> Result<(String, Value), String> {
             c.key
         ));
     }
-    if let Some(d) = c.default {
-        body["default"] = d;
-    }
-    for (k, v) in [("min", c.min), ("max", c.max)] {
+    for (k, v) in [("min", &c.min), ("max", &c.max)] {
         if let Some(v) = v {
             if !matches!(c.kind.as_str(), "integer" | "float") {
                 return Err(format!("column `{}`: `{k}` is for numbers only", c.key));
             }
-            body[k] = v;
+            if !v.is_number() {
+                return Err(format!("column `{}`: `{k}` must be a number", c.key));
+            }
+            body[k] = v.clone();
         }
     }
+    if let (Some(lo), Some(hi)) = (
+        c.min.as_ref().and_then(Value::as_f64),
+        c.max.as_ref().and_then(Value::as_f64),
+    ) && lo > hi
+    {
+        return Err(format!(
+            "column `{}`: min {lo} is greater than max {hi} (Appwrite refuses it)",
+            c.key
+        ));
+    }
+    if let Some(d) = c.default.filter(|d| !d.is_null()) {
+        default_fits(&c.key, &c.kind, &body, &d)?;
+        body["default"] = d;
+    }
     Ok((c.kind, body))
+}
+
+/// Whether a column's default is one Appwrite takes (it answers 400 otherwise, so a change
+/// would pass its dry run and fail against the server): not on an array column, of the
+/// column's type, within its size, elements and bounds.
+fn default_fits(key: &str, kind: &str, body: &Value, d: &Value) -> Result<(), String> {
+    let refuse = |why: String| {
+        Err(format!(
+            "column `{key}`: the default {d} {why} (Appwrite refuses it)"
+        ))
+    };
+    if body["array"] == true {
+        return refuse("is on an array column, which takes no default".into());
+    }
+    let typed = match kind {
+        "integer" => d.is_i64() || d.is_u64(),
+        "float" => d.is_number(),
+        "boolean" => d.is_boolean(),
+        _ => d.is_string(),
+    };
+    if !typed {
+        return refuse(format!("is not of the column's type ({kind})"));
+    }
+    let text = d.as_str().unwrap_or_default();
+    match kind {
+        "string" if text.chars().count() as u64 > body["size"].as_u64().unwrap_or(u64::MAX) => {
+            return refuse(format!("is longer than the size {}", body["size"]));
+        }
+        "enum"
+            if !body["elements"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|x| x == d)) =>
+        {
+            return refuse(format!("is not one of the elements {}", body["elements"]));
+        }
+        "email" if !text.contains('@') => return refuse("is not an e-mail address".into()),
+        "url" if reqwest::Url::parse(text).is_err() => return refuse("is not a URL".into()),
+        "ip" if text.parse::<std::net::IpAddr>().is_err() => {
+            return refuse("is not an IP address".into());
+        }
+        "datetime" if chrono::DateTime::parse_from_rfc3339(text).is_err() => {
+            return refuse("is not an ISO 8601 date and time".into());
+        }
+        _ => {}
+    }
+    if let Some(n) = d.as_f64() {
+        if let Some(lo) = body["min"].as_f64()
+            && n < lo
+        {
+            return refuse(format!("is below min {lo}"));
+        }
+        if let Some(hi) = body["max"].as_f64()
+            && n > hi
+        {
+            return refuse(format!("is above max {hi}"));
+        }
+    }
+    Ok(())
 }
 
 fn index_body(i: RawIndex) -> Result<Value, String> {
@@ -563,6 +635,35 @@ mod tests {
             (
                 json!({"op": "add_column", "table": "t", "column": "a", "type": "integer", "required": true, "default": 1}),
                 "cannot have a default",
+            ),
+            // Outside tester F1: definitions Appwrite answers 400 to, refused at load.
+            (
+                json!({"op": "add_column", "table": "t", "column": "a", "type": "integer", "default": "abc"}),
+                "is not of the column's type (integer)",
+            ),
+            (
+                json!({"op": "add_column", "table": "t", "column": "a", "type": "enum", "elements": ["a", "b"], "default": "z"}),
+                "not one of the elements",
+            ),
+            (
+                json!({"op": "add_column", "table": "t", "column": "a", "type": "string", "size": 2, "default": "toolong"}),
+                "longer than the size",
+            ),
+            (
+                json!({"op": "add_column", "table": "t", "column": "a", "type": "integer", "min": 0, "max": 10, "default": 50}),
+                "above max",
+            ),
+            (
+                json!({"op": "add_column", "table": "t", "column": "a", "type": "float", "min": 10, "max": 1}),
+                "greater than max",
+            ),
+            (
+                json!({"op": "add_column", "table": "t", "column": "a", "type": "string", "size": 4, "array": true, "default": "x"}),
+                "array column",
+            ),
+            (
+                json!({"op": "add_column", "table": "t", "column": "a", "type": "email", "default": "notanemail"}),
+                "not an e-mail",
             ),
             (
                 json!({"op": "insert", "table": "t", "rows": [{"a": 1}]}),
