@@ -1708,43 +1708,12 @@ async fn settle_transactions(
                             .collect()
                     })
                     .unwrap_or_default();
-                records
-                    .finish(
-                        r.version,
-                        &Finished {
-                            status: APPLIED,
-                            duration_ms: 0,
-                            ops: &ops,
-                            error: None,
-                        },
-                    )
-                    .await?;
-                (
-                    APPLIED,
-                    format!(
-                        "the up of run {} stopped after its transaction committed: recorded applied",
-                        r.run_id
-                    ),
-                )
+                records.settle(&r, true, &ops).await?
             }
             (true, None) => {
-                let note = format!(
-                    "the up of run {} stopped before its transaction committed: nothing was written",
-                    r.run_id
-                );
-                records
-                    .finish(
-                        r.version,
-                        &Finished {
-                            status: FAILED,
-                            duration_ms: 0,
-                            ops: &[],
-                            error: Some(note.clone()),
-                        },
-                    )
-                    .await?;
+                let settled = records.settle(&r, false, &[]).await?;
                 exec.drop_backup().await?;
-                (FAILED, note)
+                settled
             }
             (false, Some(_)) => {
                 let c = file::parse_recorded(&r.file, &r.source, &r.seeds)?;

@@ -269,6 +269,45 @@ pub struct Records<'a> {
 }
 
 impl Records<'_> {
+    /// Records how a change a dead process left in a transaction ended, whatever the target:
+    /// committed — applied, with `ops`; not committed — failed, nothing written. Returns the
+    /// status and the note that says so.
+    pub async fn settle(
+        &self,
+        r: &ChangeRecord,
+        committed: bool,
+        ops: &[OpOutcome],
+    ) -> Result<(&'static str, String), StoreError> {
+        let (status, note) = if committed {
+            (
+                APPLIED,
+                format!(
+                    "the up of run {} stopped after its transaction committed: recorded applied",
+                    r.run_id
+                ),
+            )
+        } else {
+            (
+                FAILED,
+                format!(
+                    "the up of run {} stopped before its transaction committed: nothing was written",
+                    r.run_id
+                ),
+            )
+        };
+        self.finish(
+            r.version,
+            &Finished {
+                status,
+                duration_ms: 0,
+                ops: if committed { ops } else { &[] },
+                error: (!committed).then(|| note.clone()),
+            },
+        )
+        .await?;
+        Ok((status, note))
+    }
+
     pub fn table(&self) -> String {
         format!("{}changes", self.ledger.prefix())
     }

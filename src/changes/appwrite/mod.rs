@@ -20,8 +20,7 @@ use bson::Bson;
 use super::file::{Change, Op};
 use super::ops::OpOutcome;
 use super::record::{
-    APPLIED, FAILED, Finished, HistoryEntry, RESTORE_FAILED, REVERSING, ROLLED_BACK, RUNNING,
-    Records,
+    FAILED, HistoryEntry, RESTORE_FAILED, REVERSING, ROLLED_BACK, RUNNING, Records,
 };
 use super::{
     AppliedChange, ChangeRecord, ChangesError, DownReport, DownTarget, NotReversed, Reversed,
@@ -420,44 +419,10 @@ async fn settle_transactions(
             }
             None => false,
         };
-        let (status, note) = if committed {
-            records
-                .finish(
-                    r.version,
-                    &Finished {
-                        status: APPLIED,
-                        duration_ms: 0,
-                        ops: &r.ops,
-                        error: None,
-                    },
-                )
-                .await?;
-            (
-                APPLIED,
-                format!(
-                    "the up of run {} stopped after its transaction committed: recorded applied",
-                    r.run_id
-                ),
-            )
-        } else {
-            let note = format!(
-                "the up of run {} stopped before its transaction committed: nothing was written",
-                r.run_id
-            );
-            records
-                .finish(
-                    r.version,
-                    &Finished {
-                        status: FAILED,
-                        duration_ms: 0,
-                        ops: &[],
-                        error: Some(note.clone()),
-                    },
-                )
-                .await?;
+        let (status, note) = records.settle(&r, committed, &r.ops).await?;
+        if !committed {
             x.drop_backup().await?;
-            (FAILED, note)
-        };
+        }
         let mut line = HistoryEntry::new("up", r.version, &r.name, status, run_id);
         line.note = Some(note.clone());
         records.log(&line).await?;
