@@ -35,6 +35,28 @@ async fn cutover(w: &World, aw: &Aw, args: &[&str]) -> std::process::Output {
     aw.cutover_in(w, DB, args).await
 }
 
+/// `cutover changes SUB --target appwrite --dir DIR` as a child process the test can kill
+/// (its output captured when `piped`).
+fn spawn_changes(w: &World, aw: &Aw, sub: &str, dir: &str, piped: bool) -> std::process::Child {
+    let io = || {
+        if piped {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        }
+    };
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .args(["changes", sub, "--target", "appwrite", "--dir", dir])
+        .stdout(io())
+        .stderr(io());
+    env(&mut cmd, aw);
+    cmd.spawn().unwrap()
+}
+
 /// `cutover changes SUB --target appwrite --dir DIR ARGS…`
 async fn changes(w: &World, aw: &Aw, sub: &str, dir: &Path, args: &[&str]) -> std::process::Output {
     let d = dir.display().to_string();
@@ -729,16 +751,7 @@ async fn changes_and_migrate_share_the_lock_of_an_appwrite_target() {
         },
     );
     let d = dir.display().to_string();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
-    cmd.current_dir(w.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .args(["changes", "up", "--target", "appwrite", "--dir", &d])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    env(&mut cmd, &aw);
-    let child = cmd.spawn().unwrap();
+    let child = spawn_changes(&w, &aw, "up", &d, true);
     // Until the change writes its rows.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while table_ids(&aw, "chbk_").await.is_empty() {
@@ -879,16 +892,7 @@ values = { status = "x", age = 0 }
         },
     );
     let d = dir.display().to_string();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
-    cmd.current_dir(w.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .args(["changes", "up", "--target", "appwrite", "--dir", &d])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    env(&mut cmd, &aw);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = spawn_changes(&w, &aw, "up", &d, false);
     // Killed (SIGKILL) once some rows, not all, are rewritten.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -1031,16 +1035,7 @@ async fn a_down_killed_while_it_restores_a_dropped_table_is_finished_by_the_next
         },
     );
     let d = dir.display().to_string();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
-    cmd.current_dir(w.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .args(["changes", "down", "--target", "appwrite", "--dir", &d])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    env(&mut cmd, &aw);
-    let mut child = cmd.spawn().unwrap();
+    let mut child = spawn_changes(&w, &aw, "down", &d, false);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let n = aw.s.row_count(DB, "people");
@@ -1135,16 +1130,7 @@ async fn a_change_whose_lock_is_taken_away_stops_writing() {
         },
     );
     let d = dir.display().to_string();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"));
-    cmd.current_dir(w.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CUTOVER_SOURCE_URL", &w.pg_url)
-        .args(["changes", "up", "--target", "appwrite", "--dir", &d])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    env(&mut cmd, &aw);
-    let child = cmd.spawn().unwrap();
+    let child = spawn_changes(&w, &aw, "up", &d, true);
     let rewritten = |s: &appwrite_standin::StandIn| {
         s.rows(DB, "people")
             .iter()
