@@ -130,7 +130,10 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
         report["totals"]["rejected"].as_u64().unwrap(),
         rejected_total
     );
-    assert_eq!(rejected_total, 20, "the registry's 20 deliberate rejects");
+    assert_eq!(
+        rejected_total, 20,
+        "the registry's 20 deliberate rejects: {report}"
+    );
 
     // Rows have the mapped shape: nested documents as JSON text, dates as datetimes, references
     // as row ids of the referenced table.

@@ -523,24 +523,46 @@ impl AppwriteTarget {
         collection: &str,
         ids: &[String],
     ) -> Result<Vec<String>, AppwriteError> {
-        let users = self.is_users(collection);
+        self.records_there(collection, ids, false).await
+    }
+
+    /// Those of the records `ids` a reference can point at: rows that exist, users that exist
+    /// and that cutover did not block for a row rejected or removed since (a user the mapping
+    /// imported blocked — `status` — is one).
+    pub async fn referable_records(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, AppwriteError> {
+        self.records_there(collection, ids, true).await
+    }
+
+    async fn records_there(
+        &self,
+        collection: &str,
+        ids: &[String],
+        referable: bool,
+    ) -> Result<Vec<String>, AppwriteError> {
+        if !self.is_users(collection) {
+            let there = self
+                .client
+                .present_rows(&self.database, collection, ids)
+                .await?;
+            return Ok(ids.iter().filter(|i| there.contains(*i)).cloned().collect());
+        }
         let mut out = Vec::new();
         for id in ids {
-            let found = if users {
-                match self
-                    .client
-                    .call(reqwest::Method::GET, &format!("/users/{id}"), None)
-                    .await
-                {
-                    Ok(user) => user["status"] != false,
-                    Err(e) if e.is_missing() => false,
-                    Err(e) => return Err(e),
+            let found = match self
+                .client
+                .call(reqwest::Method::GET, &format!("/users/{id}"), None)
+                .await
+            {
+                Ok(user) if referable => {
+                    user["prefs"][super::appwrite::users::BLOCKED_MARK].is_null()
                 }
-            } else {
-                self.client
-                    .get_row(&self.database, collection, id)
-                    .await?
-                    .is_some()
+                Ok(user) => user["status"] != false,
+                Err(e) if e.is_missing() => false,
+                Err(e) => return Err(e),
             };
             if found {
                 out.push(id.clone());
@@ -1421,6 +1443,24 @@ impl Target {
                     .map(|(id, _)| id.clone())
                     .collect())
             }
+        }
+    }
+
+    /// Those of `ids` a reference can point at: documents (rows) there, users there and not
+    /// blocked by cutover (see [`AppwriteTarget::referable_records`]).
+    pub async fn referable(&self, collection: &str, ids: &[Bson]) -> Result<Vec<Bson>, SinkError> {
+        match self {
+            Target::Appwrite(a) if !ids.is_empty() => {
+                let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
+                let there = a.referable_records(collection, &rows).await?;
+                Ok(ids
+                    .iter()
+                    .zip(&rows)
+                    .filter(|(_, r)| there.contains(*r))
+                    .map(|(id, _)| id.clone())
+                    .collect())
+            }
+            _ => self.present(collection, ids).await,
         }
     }
 
