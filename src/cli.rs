@@ -170,9 +170,11 @@ pub struct ChangesTargetArgs {
     /// pipelines/changes).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Target: mongodb, or appwrite (its operations name a `table`; see pipelines/changes/README.md).
-    #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
-    pub target: ChangesTarget,
+    /// Target: mongodb, or appwrite (its operations name a `table`; see pipelines/changes/README.md)
+    /// (default: the configured pipeline's `target`, else the config's `[target] default`, else
+    /// mongodb — as `migrate`, `status` and `serve` choose).
+    #[arg(long, value_enum)]
+    pub target: Option<ChangesTarget>,
     /// Target database (overrides CUTOVER_MONGODB_DATABASE or APPWRITE_DATABASE and the
     /// config).
     #[arg(long, value_name = "NAME")]
@@ -209,9 +211,11 @@ pub struct ChangesNewArgs {
     /// pipelines/changes).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// The target whose operations the template writes (appwrite: tables, columns, rows).
-    #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
-    pub target: ChangesTarget,
+    /// The target whose operations the template writes (appwrite: tables, columns, rows)
+    /// (default: the configured pipeline's `target`, else the config's `[target] default`, else
+    /// mongodb).
+    #[arg(long, value_enum)]
+    pub target: Option<ChangesTarget>,
 }
 
 #[derive(Debug, Args)]

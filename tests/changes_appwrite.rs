@@ -1371,3 +1371,49 @@ async fn downs_refuse_when_the_old_key_was_taken_since() {
         json!(["age"])
     );
 }
+
+/// `cutover changes` follows the config's `[target] default` as `migrate`, `status` and `serve`
+/// do (it always went to MongoDB): without `--target`, a config naming appwrite applies the
+/// change in Appwrite, `status` reads Appwrite's history, and `changes new` writes an Appwrite
+/// template. Oracle: the stand-in's own listing.
+#[tokio::test]
+async fn changes_follow_the_configs_default_target() {
+    let w = World::new("aw_changes_cfg").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    std::fs::write(
+        w.dir.path().join("cutover.toml"),
+        "[target]\ndefault = \"appwrite\"\n",
+    )
+    .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(&dir, "1_columns.toml", COLUMNS);
+    let d = dir.display().to_string();
+    ok(&cutover(&w, &aw, &["changes", "up", "--dir", &d]).await);
+    let people = &tables(&aw).await["people"];
+    assert!(column(people, "tier").is_some(), "{people}");
+    let status = ok(&cutover(&w, &aw, &["changes", "status", "--dir", &d, "--json"]).await);
+    assert!(status.contains("\"applied\""), "{status}");
+    // The MongoDB database of the same name saw nothing.
+    let mongo = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(mongo.is_empty(), "{mongo:?}");
+    let new_dir = w.dir.path().join("drafts").display().to_string();
+    let out = ok(&cutover(
+        &w,
+        &aw,
+        &[
+            "changes",
+            "new",
+            "add tier",
+            "--template",
+            "add-field",
+            "--dir",
+            &new_dir,
+        ],
+    )
+    .await);
+    let path = out.trim().strip_prefix("wrote ").unwrap().to_string();
+    let draft = std::fs::read_to_string(&path).unwrap();
+    assert!(draft.contains("table = "), "an Appwrite template: {draft}");
+    w.drop().await;
+}

@@ -19,6 +19,13 @@ fn changes_dir(cli: &Cli, dir: &Option<PathBuf>) -> Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from("pipelines/changes")))
 }
 
+fn kind_of(t: crate::cli::ChangesTarget) -> crate::config::TargetKind {
+    match t {
+        crate::cli::ChangesTarget::Mongodb => crate::config::TargetKind::Mongodb,
+        crate::cli::ChangesTarget::Appwrite => crate::config::TargetKind::Appwrite,
+    }
+}
+
 /// The change files and the target with its ledger.
 async fn open(
     cli: &Cli,
@@ -36,12 +43,8 @@ async fn open_target(
     cli: &Cli,
     args: &ChangesTargetArgs,
 ) -> Result<(Target, crate::ledger::Ledger)> {
-    let kind = match args.target {
-        crate::cli::ChangesTarget::Mongodb => crate::config::TargetKind::Mongodb,
-        crate::cli::ChangesTarget::Appwrite => crate::config::TargetKind::Appwrite,
-    };
     let target = TargetArgs {
-        target: Some(kind),
+        target: args.target.map(kind_of),
         database: args.database.clone(),
     };
     let (_cfg, t, ledger) = super::shared::open_ledger(cli, &target).await?;
@@ -90,7 +93,14 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 &args.name,
                 template,
                 chrono::Utc::now(),
-                args.target == crate::cli::ChangesTarget::Appwrite,
+                match args.target {
+                    Some(t) => kind_of(t),
+                    None => {
+                        let cfg =
+                            super::shared::load_config(cli, crate::config::Overrides::default())?;
+                        super::shared::default_pipeline_target(&cfg).unwrap_or(cfg.default_target)
+                    }
+                } == crate::config::TargetKind::Appwrite,
             )?;
             crate::outln!("wrote {}", path.display());
             Ok(Outcome::Success)
