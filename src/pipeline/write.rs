@@ -258,12 +258,18 @@ pub(super) async fn write_loop(
             let (mut batch, result, attempts) =
                 joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
             let result = result?;
+            // Asked to stop (the process shuts down; the lock is still ours): this batch was
+            // written, so it is counted, and the stop is an orderly one after it.
+            let mut asked_to_stop = None;
             if let Some(f) = &fence {
                 // Lost (seen by the heartbeat): stop at once. Refused documents (duplicate keys, in
                 // insert mode) may be another run's: make sure the lock is still ours first.
                 let refused = matches!(&result, Ok(r) if !r.errors.is_empty());
                 if f.is_lost() || refused {
-                    f.check().await?;
+                    match f.check().await {
+                        Err(l) if l.stopped => asked_to_stop = Some(l),
+                        other => other?,
+                    }
                 }
             }
             EntityCounters::add(&counters.batches, 1);
@@ -396,6 +402,9 @@ pub(super) async fn write_loop(
             // Every row of the batch is now written or recorded as a reject (a stopped run returned
             // above): the watermark may move past it — unless rows of it (or of an earlier batch)
             // failed.
+            if let Some(l) = asked_to_stop {
+                return Err(RunError::LockLost(l));
+            }
             if blocked {
                 return Ok(());
             }
@@ -451,7 +460,7 @@ fn orderly(e: &RunError) -> bool {
         RunError::TooManyRejects { .. }
             | RunError::BatchFailed { .. }
             | RunError::DocumentsFailed { .. }
-    )
+    ) || matches!(e, RunError::LockLost(l) if l.stopped)
 }
 
 /// Batches a stage keeps in flight: --concurrency, or for a file stage (`bucket`)
