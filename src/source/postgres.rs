@@ -868,6 +868,11 @@ impl ReadSpec {
                     // inet's `::text` adds the mask of a host (`10.0.0.1/32`); its own output
                     // (`abbrev`) is what PostgreSQL shows.
                     format!("abbrev({q}) AS {q}")
+                } else if matches!(c.pg_type.as_str(), "INET[]" | "_INET") {
+                    // The same of each element: the array's own text (elements as PostgreSQL
+                    // shows them), read back as text[] by PostgreSQL (dimensions, bounds and
+                    // NULLs kept); `::text[]` would cast each element with its mask.
+                    format!("({q}::text)::text[] AS {q}")
                 } else if let Some(cast) = c.kind.read_cast() {
                     format!("{q}::{cast} AS {q}")
                 } else {
