@@ -85,6 +85,21 @@ async fn every_route_answers_with_what_the_ledger_holds() {
     assert!(dry["entities"].as_array().unwrap().len() >= 2, "{dry}");
     assert_eq!(w.count("vaccines").await, 0, "a dry run wrote");
 
+    // A run refused before it begins (its stage depends on stages not migrated) is answered
+    // 422 with the reason, and is no run of this server (it was 202 with links to nothing).
+    let (s, v) = api
+        .post("/api/runs", Some(json!({"stages": ["patients"]})))
+        .await;
+    assert_eq!(s, 422, "{v}");
+    is_error(&v, "refused");
+    assert!(v["message"].as_str().unwrap().contains("depends on"), "{v}");
+    let (_, v) = api.get("/api/runs").await;
+    assert_eq!(
+        v["runs"].as_array().unwrap().len(),
+        1,
+        "only the dry run: {v}"
+    );
+
     // A real run of the whole pipeline; its numbers are the target's.
     let (s, v) = api
         .post("/api/runs", Some(json!({"dryRun": false, "batchSize": 25})))
@@ -159,6 +174,12 @@ async fn every_route_answers_with_what_the_ledger_holds() {
     is_error(&v, "not_found");
     let (s, _) = api.get("/api/runs/..%2Fcutover.toml/report").await;
     assert_eq!(s, 400);
+    // Bytes that are not UTF-8 in the path: the documented JSON error too (was plain text).
+    for path in ["/api/runs/%ff", "/api/runs/%ff/report"] {
+        let (s, v) = api.get(path).await;
+        assert_eq!(s, 400, "{path}");
+        is_error(&v, "bad_request");
+    }
 
     // No verification yet; after `cutover verify`, the latest one.
     let (s, v) = api.get("/api/verify/latest").await;
