@@ -271,6 +271,40 @@ pub async fn check(
             {
                 report.blocking.push(why);
             }
+            // The table's columns as they exist: one whose type the mapping changed since it
+            // was made is kept as it is by the run (Appwrite changes no column's type in place),
+            // and the server then refuses the rows with a value there.
+            if let Target::Appwrite(a) = t
+                && plan.appwrite_users.is_none()
+                && plan.file.is_none()
+            {
+                let spec = schema::table_spec(plan);
+                let children = schema::child_tables(plan);
+                for table in std::iter::once(&spec).chain(children.iter().map(|c| &c.table)) {
+                    let live = match a.client.columns(&a.database, &table.id).await {
+                        Ok(live) => live,
+                        Err(e) if e.is_missing() => continue,
+                        Err(e) => {
+                            report.blocking.push(format!(
+                                "{}: cannot list the columns of Appwrite table {}: {e}",
+                                plan.entity, table.id
+                            ));
+                            continue;
+                        }
+                    };
+                    for c in &table.columns {
+                        if let Some(have) = live.iter().find(|l| l["key"].as_str() == Some(&c.key))
+                            && let Some(schema::ColumnChange::Kept(why)) =
+                                schema::column_change(have, c)
+                        {
+                            report.blocking.push(format!(
+                                "{}: Appwrite column {}.{} exists and {why}; the server would refuse every row with a value there",
+                                plan.entity, table.id, c.key
+                            ));
+                        }
+                    }
+                }
+            }
             if let Target::Appwrite(a) = t
                 && let Some(spec) = &plan.appwrite_users
             {

@@ -3035,3 +3035,70 @@ async fn users_passing_emails_down_a_chain_in_one_batch_are_all_written_and_chec
     assert_eq!(got, want);
     w.drop().await;
 }
+
+/// A column the mapping now gives another type (its fields swapped since the first run): the run
+/// keeps the column as it is (Appwrite changes no type in place) and the server refuses the rows
+/// with a value there — `check` blocks on it beforehand, naming the columns; the mapping the
+/// columns were made from passes. Oracle: the run's own refusals by the stand-in.
+#[tokio::test]
+async fn check_blocks_on_a_live_column_the_mapping_now_gives_another_type() {
+    let w = World::new("aw_live_columns").await;
+    w.sql("CREATE TABLE s (id int PRIMARY KEY, t text, n int); INSERT INTO s VALUES (1,'abc',1),(2,'abcde',5);")
+        .await;
+    let aw = standin().await;
+    let write = |t: &str, n: &str| {
+        common::one_entity_pipeline(
+            &w,
+            "s",
+            &format!(
+                "version = 1\nname = \"s\"\n[source]\ntable = \"s\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"t\"\ncolumn = \"{t}\"\n[[field]]\npath = \"n\"\ncolumn = \"{n}\"\n"
+            ),
+        )
+        .display()
+        .to_string()
+    };
+    let pipeline = write("t", "n");
+    let run = |extra: &'static [&'static str]| {
+        let mut a = vec!["migrate", "--quiet", "--target", "appwrite", "--pipeline"];
+        a.push(Box::leak(pipeline.clone().into_boxed_str()));
+        a.extend_from_slice(extra);
+        a
+    };
+    let out = cutover(&w, &aw, &run(&[])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let check = [
+        "check",
+        "--json",
+        "--full",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        pipeline.as_str(),
+    ];
+    let out = cutover(&w, &aw, &check).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    write("n", "t");
+    let out = cutover(&w, &aw, &check).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blocking: Vec<String> = report["blocking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    for column in ["s.t", "s.n"] {
+        assert!(
+            blocking
+                .iter()
+                .any(|b| b.contains(&format!("column {column} exists")) && b.contains("in place")),
+            "{column}: {blocking:?}"
+        );
+    }
+    // What check foresaw: the server refuses the rows.
+    let out = cutover(&w, &aw, &run(&["--rerun"])).await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    w.drop().await;
+}
