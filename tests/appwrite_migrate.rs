@@ -3102,3 +3102,67 @@ async fn check_blocks_on_a_live_column_the_mapping_now_gives_another_type() {
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     w.drop().await;
 }
+
+/// Every row of an entity rejected before sending, by a value Appwrite cannot hold (what check
+/// predicts, and `--allow-rejects`-style accepted rejects): the stage completes with its rejects
+/// and the next stage runs — it was "the target refused every document it was sent", stage
+/// failed, the run stopped.
+#[tokio::test]
+async fn an_entity_whose_every_row_is_rejected_before_sending_completes_with_rejects() {
+    let w = World::new("aw_all_rejected").await;
+    w.sql(
+        "CREATE TABLE mx (id int PRIMARY KEY, i int, t text);
+         INSERT INTO mx VALUES (1, 1, 'x'), (2, 2, 'y'), (3, 3, 'z');
+         CREATE TABLE other (id int PRIMARY KEY, v text); INSERT INTO other VALUES (1, 'fine');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/mx.toml"),
+        "version = 1\nname = \"mx\"\n[source]\ntable = \"mx\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"both\"\ncolumns = [\"i\", \"t\"]\ntransform = [\"array\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/other.toml"),
+        "version = 1\nname = \"other\"\n[source]\ntable = \"other\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"s1\"\nentities = [\"mx\"]\n\
+         [[stage]]\nname = \"s2\"\nentities = [\"other\"]\ndepends_on = [\"s1\"]\n",
+    )
+    .unwrap();
+    let pipeline = pipeline.display().to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let mx = entity(&report, "mx");
+    assert_eq!(
+        (mx["written"].as_u64(), mx["rejected"].as_u64()),
+        (Some(0), Some(3)),
+        "{mx}"
+    );
+    assert_eq!(mx["status"], "completed", "{mx}");
+    assert_eq!(entity(&report, "other")["written"], 1, "{report}");
+    assert_eq!(aw.s.rows("registry", "other").len(), 1);
+    w.drop().await;
+}

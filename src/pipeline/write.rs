@@ -313,8 +313,15 @@ pub(super) async fn write_loop(
                         batch.removed += removed;
                     }
                     for e in errors {
-                        refused += 1;
-                        first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
+                        // The server's own refusals (a code of its, or a file Storage refused):
+                        // those cutover makes before sending (code 0: a value Appwrite cannot
+                        // hold, a file missing on disk) are the data's rejects, as check
+                        // predicts them, not a target refusing all.
+                        if e.code != 0 || e.code_name == crate::sink::gridfs::RULE_UPLOAD {
+                            refused += 1;
+                            first_refusal
+                                .get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
+                        }
                         let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
                         let fingerprint = batch
                             .docs
