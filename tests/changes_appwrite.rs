@@ -1371,3 +1371,184 @@ async fn downs_refuse_when_the_old_key_was_taken_since() {
         json!(["age"])
     );
 }
+
+/// The states `changes status --json` gives, by version.
+async fn states(w: &World, aw: &Aw, dir: &Path) -> Vec<(u64, String)> {
+    let status: Value =
+        serde_json::from_str(&ok(&changes(w, aw, "status", dir, &["--json"]).await)).unwrap();
+    status["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["version"].as_u64().unwrap(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+const NEXT: &str = "version = 2\nname = \"next\"\n[[up]]\nop = \"insert\"\ntable = \"sites\"\nrows = [{ \"$id\" = \"c7\", code = \"c7\" }]\n";
+
+/// Outside tester F8: a `down` refused by its own checks before writing anything (the table it
+/// would delete holds rows, the column it would remove holds values written since, the old key
+/// of a rename or a dropped index was taken since) was recorded down-failed and then blocked
+/// every `up`. Now the change stays applied, said so: the target is as the application left it
+/// (the stand-in's own listing), `up` of a later change works, and a later `down` too (the
+/// later change, then this one once its cause is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_refused_before_writing_leaves_the_change_applied_and_up_working() {
+    struct Case {
+        name: &'static str,
+        change: &'static str,
+        /// What the application does after the change (the stand-in, directly).
+        meanwhile: fn(&StandIn),
+        said: &'static str,
+        /// Takes the cause away again, so `down` can go through.
+        undo_cause: fn(&StandIn),
+    }
+    let cases = [
+        Case {
+            name: "create_table",
+            change: "version = 1\nname = \"visits\"\n[[up]]\nop = \"create_table\"\ntable = \"visits\"\nname = \"Visits\"\ncolumns = [{ key = \"patient\", type = \"string\", size = 36 }]\n",
+            meanwhile: |s| {
+                s.write_row(DB, "visits", "v9", &json!({"patient": "p01"}), false)
+                    .unwrap();
+            },
+            said: "table visits, created by the change, holds rows written since",
+            undo_cause: |s| s.delete_row(DB, "visits", "v9").unwrap(),
+        },
+        Case {
+            name: "add_column",
+            change: "version = 1\nname = \"tier\"\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"tier\"\ntype = \"string\"\nsize = 8\n",
+            meanwhile: |s| {
+                s.update_row(DB, "people", "p04", &json!({"tier": "gold"}))
+                    .unwrap();
+            },
+            said: "column people.tier holds values written since",
+            undo_cause: |s| {
+                s.update_row(DB, "people", "p04", &json!({"tier": null}))
+                    .unwrap();
+            },
+        },
+        Case {
+            name: "rename_column",
+            change: "version = 1\nname = \"rename\"\n[[up]]\nop = \"rename_column\"\ntable = \"people\"\nfrom = \"clinic\"\nto = \"clinicId\"\n",
+            meanwhile: |s| {
+                s.create_column(DB, "people", "string", &json!({"key": "clinic", "size": 4}))
+                    .unwrap();
+            },
+            said: "column people.clinic exists again (made since)",
+            undo_cause: |s| s.delete_column(DB, "people", "clinic").unwrap(),
+        },
+        Case {
+            name: "drop_index",
+            change: "version = 1\nname = \"drop index\"\n[[up]]\nop = \"drop_index\"\ntable = \"people\"\nkey = \"by_name\"\n",
+            meanwhile: |s| {
+                s.create_index(
+                    DB,
+                    "people",
+                    &json!({"key": "by_name", "type": "key", "columns": ["age"], "orders": ["ASC"]}),
+                )
+                .unwrap();
+            },
+            said: "an index people.by_name exists again with another definition",
+            undo_cause: |s| s.delete_index(DB, "people", "by_name").unwrap(),
+        },
+    ];
+    for case in cases {
+        let w = World::new(&format!("aw_changes_refused_{}", case.name)).await;
+        let aw = standin().await;
+        seed(&aw.s).await;
+        let dir = w.dir.path().join("changes");
+        let before = hashes(&aw).await;
+        write(&dir, "1_first.toml", case.change);
+        ok(&changes(&w, &aw, "up", &dir, &[]).await);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        (case.meanwhile)(&aw.s);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let theirs = hashes(&aw).await;
+
+        let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+        assert!(
+            said.contains(case.said)
+                && said.contains("nothing was reversed, the change is still applied"),
+            "{}: {said}",
+            case.name
+        );
+        assert_eq!(
+            hashes(&aw).await,
+            theirs,
+            "{}: the target changed",
+            case.name
+        );
+        assert_eq!(
+            states(&w, &aw, &dir).await,
+            [(1, "applied".to_string())],
+            "{}",
+            case.name
+        );
+        let history: Value =
+            serde_json::from_str(&ok(&changes(&w, &aw, "history", &dir, &["--json"]).await))
+                .unwrap();
+        assert_eq!(history[0]["action"], "down", "{history}");
+        assert_eq!(history[0]["status"], "failed", "{history}");
+        assert_eq!(history[1]["action"], "up", "{history}");
+        assert_eq!(history[1]["status"], "applied", "{history}");
+
+        // `up` goes on; `down` reverses the later change, and this one once its cause is gone.
+        write(&dir, "2_next.toml", NEXT);
+        let up = ok(&changes(&w, &aw, "up", &dir, &[]).await);
+        assert!(up.contains("applied  2 "), "{}: {up}", case.name);
+        assert_eq!(aw.s.get_row(DB, "sites", "c7").unwrap()["code"], "c7");
+        ok(&changes(&w, &aw, "down", &dir, &[]).await);
+        assert_eq!(hashes(&aw).await, theirs, "{}", case.name);
+        refused(&changes(&w, &aw, "down", &dir, &[]).await);
+        (case.undo_cause)(&aw.s);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        ok(&changes(&w, &aw, "down", &dir, &[]).await);
+        assert_eq!(hashes(&aw).await, before, "{}", case.name);
+        assert_eq!(
+            states(&w, &aw, &dir).await,
+            [
+                (1, "rolled-back".to_string()),
+                (2, "rolled-back".to_string())
+            ],
+            "{}",
+            case.name
+        );
+    }
+    a_down_refused_after_writing_stays_down_failed().await;
+}
+
+/// A `down` refused after it wrote something (here: the rows the change inserted deleted, then
+/// the table it created found holding a row written since) stays `down-failed`, as before: `up`
+/// is refused until `down` finishes it.
+async fn a_down_refused_after_writing_stays_down_failed() {
+    let w = World::new("aw_changes_refused_late").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_visits.toml",
+        "version = 1\nname = \"visits\"\n[[up]]\nop = \"create_table\"\ntable = \"visits\"\nname = \"Visits\"\ncolumns = [{ key = \"patient\", type = \"string\", size = 36 }]\n[[up]]\nop = \"insert\"\ntable = \"visits\"\nrows = [{ \"$id\" = \"v1\", patient = \"p01\" }]\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    aw.s.write_row(DB, "visits", "v9", &json!({"patient": "p02"}), false)
+        .unwrap();
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("`down-failed`"), "{said}");
+    assert!(aw.s.get_row(DB, "visits", "v1").is_err(), "v1 was deleted");
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "down-failed".to_string())]
+    );
+    write(&dir, "2_next.toml", NEXT);
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("down-failed"), "{said}");
+    aw.s.delete_row(DB, "visits", "v9").unwrap();
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(aw.s.get_table(DB, "visits").is_err());
+}

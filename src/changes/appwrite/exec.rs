@@ -26,6 +26,17 @@ pub enum AwError {
     Store(#[from] crate::ledger::StoreError),
     #[error("{0}")]
     Refused(String),
+    /// An inverse refused by its own checks before it wrote anything (values written since in
+    /// a column it would remove, rows in a table it would delete, an old key taken since).
+    #[error("{0}")]
+    RefusedBeforeWriting(String),
+}
+
+impl AwError {
+    /// Whether it was refused before it wrote anything ([`AwError::RefusedBeforeWriting`]).
+    pub fn wrote_nothing(&self) -> bool {
+        matches!(self, AwError::RefusedBeforeWriting(_))
+    }
 }
 
 /// Where Appwrite operations run: the database, and the change's backup table in the ledger.
@@ -955,7 +966,7 @@ impl AwExec<'_> {
                     }
                     let written = self.page(table, &q, None).await?;
                     if let Some(first) = written.first() {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "column {table}.{key} holds values written since the change added it ({}{} row(s), e.g. row {}): removing it would delete them; clear or copy them first, then run down again",
                             written.len(),
                             if written.len() >= PAGE { "+" } else { "" },
@@ -998,12 +1009,12 @@ impl AwExec<'_> {
                     // Renamed back already (a down cut short and run again).
                     (Some(_), None) => {}
                     (Some(_), Some(_)) => {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "column {table}.{from} exists again (made since) beside {to}: renaming {to} back would clash with it; rename or remove one, then run down again"
                         )));
                     }
                     (None, None) => {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "column {table}.{to} is gone (removed since): there is nothing to rename back to {from}"
                         )));
                     }
@@ -1019,7 +1030,7 @@ impl AwExec<'_> {
                         None => self.create_index(table, &before("index")).await?,
                         // Another index of that key made since: not the one this change dropped.
                         Some(now) if index_request(&now) != index_request(&before("index")) => {
-                            return Err(AwError::Refused(format!(
+                            return Err(AwError::RefusedBeforeWriting(format!(
                                 "an index {table}.{key} exists again with another definition (made since): the dropped one cannot be put back under its key; drop or rename that index, then run down again"
                             )));
                         }
@@ -1030,7 +1041,7 @@ impl AwExec<'_> {
             AwOp::CreateTable { table, .. } => {
                 if self.table(table).await?.is_some() {
                     if !self.client.table_is_empty(self.db, table).await? {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "table {table}, created by the change, holds rows written since: it is left as it is (delete them, or drop the table, then run down again)"
                         )));
                     }

@@ -20,11 +20,11 @@ use bson::Bson;
 use super::file::{Change, Op};
 use super::ops::OpOutcome;
 use super::record::{
-    FAILED, HistoryEntry, RESTORE_FAILED, REVERSING, ROLLED_BACK, RUNNING, Records,
+    APPLIED, FAILED, HistoryEntry, RESTORE_FAILED, REVERSING, ROLLED_BACK, RUNNING, Records,
 };
 use super::{
-    AppliedChange, ChangeRecord, ChangesError, DownReport, DownTarget, NotReversed, Reversed,
-    UpOptions, UpReport,
+    AppliedChange, ChangeRecord, ChangesError, DownFailure, DownReport, DownTarget, NotReversed,
+    Reversed, UpOptions, UpReport,
 };
 use crate::ledger::Ledger;
 use crate::ledger::lock::DEFAULT_TTL;
@@ -636,13 +636,28 @@ async fn reverse_logged(
             records.log(&line).await?;
             Ok(rev)
         }
-        Err(e) => {
-            let _ = records.note_down_error(r.version, &e, REVERSING).await;
+        Err(DownFailure {
+            message: e,
+            wrote_nothing,
+        }) => {
+            // Refused by its first step's checks, before anything was written: still applied.
+            let (status, how) = if wrote_nothing {
+                (
+                    APPLIED,
+                    "it was refused before it wrote anything: nothing was reversed, the change is still applied (`cutover changes up` goes on as before; fix the cause, then `cutover changes down` again)",
+                )
+            } else {
+                (
+                    REVERSING,
+                    "what was reversed before the failure stays so, the change is recorded `down-failed` and its backup kept: fix the cause, then `cutover changes down` finishes reversing it",
+                )
+            };
+            let _ = records.note_down_error(r.version, &e, status).await;
             line.status = FAILED.into();
             line.error = Some(e.clone());
             let _ = records.log(&line).await;
             Err(ChangesError::Refused(format!(
-                "reversing change {} ({}) failed: {e}; what was reversed before the failure stays so, the change is recorded `down-failed` and its backup kept: fix the cause, then `cutover changes down` finishes reversing it",
+                "reversing change {} ({}) failed: {e}; {how}",
                 r.version, r.file
             )))
         }
@@ -656,7 +671,7 @@ async fn reverse_one(
     c: &Change,
     partial: bool,
     resume: bool,
-) -> Result<Reversed, String> {
+) -> Result<Reversed, DownFailure> {
     let mut rev = Reversed {
         version: r.version,
         name: r.name.clone(),
@@ -683,6 +698,8 @@ async fn reverse_one(
                 .map_err(|e| format!("ledger: {e}"))
         }
     };
+    // No step of this `down` has run yet (its checks may still refuse it whole).
+    let mut first = !partial && !resume;
     match &c.down {
         // The file's own [[down]] (for a change applied whole): its operations run forward,
         // each backed up like an up's, so one cut short is undone and run again.
@@ -701,9 +718,13 @@ async fn reverse_one(
                     down_ops.truncate(i);
                 }
                 let mut out = OpOutcome::default();
-                x.prepare(a, &mut out)
-                    .await
-                    .map_err(|e| what(e.to_string()))?;
+                // Its checks write nothing: a refusal there is one before writing.
+                if let Err(e) = x.prepare(a, &mut out).await {
+                    let refused =
+                        matches!(e, AwError::Refused(_) | AwError::RefusedBeforeWriting(_));
+                    return Err(DownFailure::of_step(what(e.to_string()), refused, first));
+                }
+                first = false;
                 down_ops.push(out);
                 progress(&down_ops, done).await?;
                 let out = down_ops.last_mut().expect("pushed above");
@@ -726,10 +747,14 @@ async fn reverse_one(
                     format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
                 };
                 let a = aw(&c.up[i]).map_err(what)?;
-                let d = x
-                    .undo(a, i, &ops[i])
-                    .await
-                    .map_err(|e| what(e.to_string()))?;
+                let d = match x.undo(a, i, &ops[i]).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let refused = e.wrote_nothing();
+                        return Err(DownFailure::of_step(what(e.to_string()), refused, first));
+                    }
+                };
+                first = false;
                 rev.restored += d.modified;
                 rev.inserted += d.inserted;
                 rev.deleted += d.deleted;
