@@ -970,15 +970,16 @@ rows = [{{ "$id" = "c3", code = "c3" }}, {{ "$id" = "{last_site}", code = "z" }}
             .collect()
     };
 
-    // Its last operation is refused (the row exists): the transaction is rolled back.
+    // Its last operation is refused (the row exists) by the checks that run before the
+    // transaction starts: nothing is written, no transaction begun.
     write(&dir, "1_tx.toml", &change("c1"));
     let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
     assert!(
-        said.contains("row c1 exists already") && said.contains("the transaction was rolled back"),
+        said.contains("row c1 exists already") && said.contains("nothing was written"),
         "{said}"
     );
     assert_eq!(hashes(&aw).await, before);
-    assert_eq!(statuses(&aw.s), ["rolled_back"]);
+    assert!(statuses(&aw.s).is_empty(), "{:?}", statuses(&aw.s));
 
     // The server refuses one staged row at the commit (after the others were staged): the
     // commit applies none of them.
@@ -1551,4 +1552,110 @@ async fn a_down_refused_after_writing_stays_down_failed() {
     aw.s.delete_row(DB, "visits", "v9").unwrap();
     ok(&changes(&w, &aw, "down", &dir, &[]).await);
     assert!(aw.s.get_table(DB, "visits").is_err());
+}
+
+/// Outside tester F3: a change with `transaction = true` staged any number of operations, while
+/// an Appwrite transaction holds at most its plan's (100 / 1,000 / 2,500). More than
+/// `max_transaction_operations` (default 100; the config file or
+/// APPWRITE_MAX_TRANSACTION_OPERATIONS) is refused before anything is written — no row, no
+/// backup, no transaction — naming the change, the count and the setting; within it, applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_max_transaction_operations_is_refused_before_writing() {
+    let w = World::new("aw_changes_tx_max").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    let with_env = |extra: &'static [(&'static str, &'static str)]| {
+        let w = &w;
+        let aw = &aw;
+        let dir = dir.display().to_string();
+        async move {
+            let mut cmd = w.cutover();
+            cmd.envs(aw.vars(DB))
+                .envs(extra.iter().copied())
+                .args(["changes", "up", "--target", "appwrite", "--dir", &dir]);
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    // 101 rows inserted in one transaction: over the default of 100.
+    let rows: Vec<String> = (0..101)
+        .map(|i| format!("{{ \"$id\" = \"s{i:03}\", code = \"s{i:03}\" }}"))
+        .collect();
+    write(
+        &dir,
+        "1_many.toml",
+        &format!(
+            "version = 1\nname = \"many sites\"\ntransaction = true\n[[up]]\nop = \"insert\"\ntable = \"sites\"\nrows = [{}]\n",
+            rows.join(", ")
+        ),
+    );
+    let before = hashes(&aw).await;
+    let said = refused(&with_env(&[]).await);
+    assert!(
+        said.contains("change 1 (1_many.toml) would stage 101 row operations")
+            && said.contains("`max_transaction_operations` = 100")
+            && said.contains("refused before anything was written"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert!(aw.s.transactions().is_empty(), "{:?}", aw.s.transactions());
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "failed".to_string())]);
+
+    // The setting from the environment, then from the config file.
+    let said = refused(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "50")]).await);
+    assert!(
+        said.contains("would stage 101 row operations")
+            && said.contains("`max_transaction_operations` = 50"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    std::fs::write(
+        w.dir.path().join("cutover.toml"),
+        "[target.appwrite]\nmax_transaction_operations = 101\n",
+    )
+    .unwrap();
+    let said = ok(&with_env(&[]).await);
+    assert!(said.contains("applied  1 "), "{said}");
+    assert_eq!(aw.s.row_count(DB, "sites"), 103);
+    let committed = aw.s.transactions();
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    assert_eq!(committed[0]["operations"], 101);
+    assert_eq!(committed[0]["status"], "committed");
+
+    // Rows a set would rewrite count too; matching rows it leaves as they are do not (8 people
+    // over 40, 4 of them active already).
+    write(
+        &dir,
+        "2_set.toml",
+        "version = 2\nname = \"set\"\ntransaction = true\n[[up]]\nop = \"set\"\ntable = \"people\"\nqueries = [{ method = \"greaterThan\", attribute = \"age\", values = [40] }]\nvalues = { status = \"active\" }\n",
+    );
+    let people = hashes(&aw).await;
+    let said = refused(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "3")]).await);
+    assert!(
+        said.contains("change 2 (2_set.toml) would stage 4 row operations")
+            && said.contains("`max_transaction_operations` = 3"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, people);
+    ok(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "4")]).await);
+    assert_eq!(
+        aw.s.get_row(DB, "people", "p05").unwrap()["status"],
+        "active"
+    );
+    let all = aw.s.transactions();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|t| t["operations"] == 4 && t["status"] == "committed"),
+        "{all:?}"
+    );
+    // A bad value of the setting is an error naming it.
+    let said = refused(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "0")]).await);
+    assert!(
+        said.contains("APPWRITE_MAX_TRANSACTION_OPERATIONS"),
+        "{said}"
+    );
 }

@@ -116,6 +116,7 @@ impl<'a> OnTarget<'a> {
                     client: &a.client,
                     db: &a.database,
                     ledger,
+                    max_transaction_operations: a.max_transaction_operations,
                 })
             }
         }

@@ -122,7 +122,9 @@ pub(crate) async fn connect_target(
             } else {
                 tuning.bulk_rows
             };
-            let target = Target::Appwrite(AppwriteTarget::new(client, &a.database, bulk));
+            let mut aw = AppwriteTarget::new(client, &a.database, bulk);
+            aw.max_transaction_operations = a.max_transaction_operations;
+            let target = Target::Appwrite(aw);
             let ledger = Ledger::new(crate::ledger::Store::of(&target), Ledger::APPWRITE_PREFIX);
             let name = target.display_name();
             Ok((target, ledger, name))

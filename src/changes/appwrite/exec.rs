@@ -39,6 +39,44 @@ impl AwError {
     }
 }
 
+/// What a change in a transaction would stage, gathered before anything is written: the
+/// operations and the backup entries (operation index, row id, entry) their inverses need, kept
+/// while they fit in `max`; `count` counts them all.
+#[derive(Debug, Default)]
+pub struct Staging {
+    pub max: usize,
+    pub count: usize,
+    pub operations: Vec<Value>,
+    pub backups: Vec<(usize, String, Document)>,
+}
+
+impl Staging {
+    pub fn new(max: usize) -> Staging {
+        Staging {
+            max,
+            ..Staging::default()
+        }
+    }
+
+    fn push(&mut self, operation: Value, backup: Option<(usize, String, Document)>) {
+        self.count += 1;
+        if self.count > self.max {
+            // Over the limit: the change is refused; only the count goes on (memory stays
+            // bounded by the limit).
+            self.operations = Vec::new();
+            self.backups = Vec::new();
+            return;
+        }
+        self.operations.push(operation);
+        self.backups.extend(backup);
+    }
+
+    /// Whether more operations were gathered than one transaction may hold.
+    pub fn over(&self) -> bool {
+        self.count > self.max
+    }
+}
+
 /// Where Appwrite operations run: the database, and the change's backup table in the ledger.
 pub struct AwExec<'a> {
     pub client: &'a AppwriteClient,
@@ -841,31 +879,16 @@ impl AwExec<'_> {
         }
     }
 
-    async fn stage_batch(&self, transaction: &str, ops: &mut Vec<Value>) -> Result<(), AwError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        self.client
-            .call(
-                reqwest::Method::POST,
-                &format!("/tablesdb/transactions/{transaction}/operations"),
-                Some(&json!({ "operations": ops })),
-            )
-            .await?;
-        ops.clear();
-        Ok(())
-    }
-
-    /// Stages a row operation in `transaction` (nothing is written before the commit); what
-    /// its inverse needs goes to the backup table as for [`AwExec::run`].
-    pub async fn stage(
+    /// Reads what a row operation would stage in a transaction (reads only: nothing is written)
+    /// into `staging`: each staged operation and the backup entry its inverse needs, while they
+    /// fit in `staging.max`; past it, only counts them.
+    pub async fn gather(
         &self,
-        transaction: &str,
         op: &AwOp,
         index: usize,
         out: &mut OpOutcome,
+        staging: &mut Staging,
     ) -> Result<(), AwError> {
-        let mut batch: Vec<Value> = Vec::new();
         let staged = |table: &str, action: &str, row: &str, data: Value| {
             json!({
                 "action": action, "databaseId": self.db, "tableId": table, "rowId": row,
@@ -876,11 +899,8 @@ impl AwExec<'_> {
             AwOp::Insert { table, rows } => {
                 for r in rows {
                     let id = r["$id"].as_str().unwrap_or_default();
-                    batch.push(staged(table, "create", id, Value::Object(data_of(r))));
                     out.inserted += 1;
-                    if batch.len() == 100 {
-                        self.stage_batch(transaction, &mut batch).await?;
-                    }
+                    staging.push(staged(table, "create", id, Value::Object(data_of(r))), None);
                 }
             }
             AwOp::Set { table, .. }
@@ -889,6 +909,7 @@ impl AwExec<'_> {
                 let queries = self.queries_of(op).await?;
                 let mut after: Option<String> = None;
                 loop {
+                    self.alive().await?;
                     let page = self.page(table, &queries, after.as_deref()).await?;
                     let n = page.len();
                     after = page
@@ -900,27 +921,21 @@ impl AwExec<'_> {
                         let Some(new) = Self::rewrite(op, row) else {
                             continue;
                         };
-                        self.alive().await?;
                         let id = row["$id"].as_str().unwrap_or_default();
                         let old: Map<String, Value> = new
                             .keys()
                             .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
                             .collect();
-                        self.back_up(
-                            index,
-                            id,
-                            doc! {
-                                "old": to_bson(&Value::Object(old)),
-                                "new": to_bson(&Value::Object(new.clone())),
-                            },
-                        )
-                        .await?;
                         out.backed_up += 1;
                         out.modified += 1;
-                        batch.push(staged(table, "update", id, Value::Object(new)));
-                        if batch.len() == 100 {
-                            self.stage_batch(transaction, &mut batch).await?;
-                        }
+                        let entry = doc! {
+                            "old": to_bson(&Value::Object(old)),
+                            "new": to_bson(&Value::Object(new.clone())),
+                        };
+                        staging.push(
+                            staged(table, "update", id, Value::Object(new)),
+                            Some((index, id.to_string(), entry)),
+                        );
                     }
                     if n < PAGE || after.is_none() {
                         break;
@@ -934,7 +949,28 @@ impl AwExec<'_> {
                 )));
             }
         }
-        self.stage_batch(transaction, &mut batch).await
+        Ok(())
+    }
+
+    /// Writes what `staging` gathered: the backup entries first (what undoing needs), then the
+    /// operations into `transaction`, at most 100 per request (nothing is written to the tables
+    /// before the commit).
+    pub async fn stage(&self, transaction: &str, staging: Staging) -> Result<(), AwError> {
+        for (index, row, entry) in staging.backups {
+            self.alive().await?;
+            self.back_up(index, &row, entry).await?;
+        }
+        for chunk in staging.operations.chunks(100) {
+            self.alive().await?;
+            self.client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/tablesdb/transactions/{transaction}/operations"),
+                    Some(&json!({ "operations": chunk })),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Undoes an operation from its outcome; tolerant of what it did not do (an operation cut

@@ -38,6 +38,9 @@ pub struct AppwriteTarget<'a> {
     /// The database id.
     pub db: &'a str,
     pub ledger: &'a Ledger,
+    /// The most row operations a change with `transaction = true` may stage in one transaction
+    /// (the server's plan limit; `max_transaction_operations` in the config).
+    pub max_transaction_operations: usize,
 }
 
 impl From<AwError> for ChangesError {
@@ -233,7 +236,8 @@ pub async fn up(
             |c, backup| {
                 let records = Records { ledger: t.ledger };
                 let fence = &fence;
-                async move { apply_one(&exec_fenced(t, &backup, fence), &records, c).await }
+                let max = t.max_transaction_operations;
+                async move { apply_one(&exec_fenced(t, &backup, fence), &records, c, max).await }
             },
         )
         .await?;
@@ -259,9 +263,10 @@ async fn apply_one(
     x: &AwExec<'_>,
     records: &Records<'_>,
     c: &Change,
+    max_transaction_operations: usize,
 ) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
     if c.transaction {
-        return apply_in_transaction(x, records, c).await;
+        return apply_in_transaction(x, records, c, max_transaction_operations).await;
     }
     let mut outcomes: Vec<OpOutcome> = Vec::new();
     for (i, op) in c.up.iter().enumerate() {
@@ -319,15 +324,51 @@ async fn apply_one(
     Ok(outcomes)
 }
 
-/// Applies a change's row operations in one TablesDB transaction: each staged (the rows it
-/// rewrites backed up first), what each did recorded, then the commit. A failure rolls the
-/// transaction back: nothing was written.
+/// Applies a change's row operations in one TablesDB transaction. What each would stage is read
+/// first (reads only, at most `max` operations kept): more than `max` (the server's limit of
+/// operations per transaction) refuses the change before anything is written. Then the rows it
+/// rewrites are backed up, the operations staged, what each did recorded, and the transaction
+/// committed. A failure rolls the transaction back: nothing was written.
 async fn apply_in_transaction(
     x: &AwExec<'_>,
     records: &Records<'_>,
     c: &Change,
+    max: usize,
 ) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
     let fail = |e: String| (Vec::new(), e);
+    let mut staging = exec::Staging::new(max);
+    let mut outcomes = Vec::new();
+    for (i, op) in c.up.iter().enumerate() {
+        let result: Result<OpOutcome, String> = async {
+            let a = aw(op)?;
+            let mut out = OpOutcome::default();
+            x.prepare(a, &mut out).await.map_err(|e| e.to_string())?;
+            x.gather(a, i, &mut out, &mut staging)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        }
+        .await;
+        match result {
+            Ok(out) => outcomes.push(out),
+            Err(e) => {
+                return Err(fail(format!(
+                    "up operation {} (`{}` on {}) failed: {e}; nothing was written",
+                    i + 1,
+                    op.kind(),
+                    op.collection().unwrap_or("-")
+                )));
+            }
+        }
+    }
+    if staging.over() {
+        return Err(fail(format!(
+            "change {} ({}) would stage {} row operations in one transaction, more than `max_transaction_operations` = {max} (the most one Appwrite transaction may hold: Free 100, Pro 1,000, Scale 2,500; set it to your server's limit with [target.appwrite] max_transaction_operations in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS); refused before anything was written: split the change, or set `transaction = false`",
+            c.version,
+            c.file_name(),
+            staging.count
+        )));
+    }
     let txn = x
         .begin()
         .await
@@ -339,31 +380,9 @@ async fn apply_in_transaction(
         )
         .await
         .map_err(|e| fail(format!("ledger: {e}")))?;
-    let mut outcomes = Vec::new();
     let mut failure = None;
-    for (i, op) in c.up.iter().enumerate() {
-        let result: Result<OpOutcome, String> = async {
-            let a = aw(op)?;
-            let mut out = OpOutcome::default();
-            x.prepare(a, &mut out).await.map_err(|e| e.to_string())?;
-            x.stage(&txn, a, i, &mut out)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(out)
-        }
-        .await;
-        match result {
-            Ok(out) => outcomes.push(out),
-            Err(e) => {
-                failure = Some(format!(
-                    "up operation {} (`{}` on {}) failed: {e}",
-                    i + 1,
-                    op.kind(),
-                    op.collection().unwrap_or("-")
-                ));
-                break;
-            }
-        }
+    if let Err(e) = x.stage(&txn, staging).await {
+        failure = Some(format!("staging the row operations failed: {e}"));
     }
     if failure.is_none()
         && let Err(e) = records.progress(c.version, &outcomes).await
