@@ -1773,6 +1773,65 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuse
     w.drop().await;
 }
 
+/// Outside tester F18: a rollback that empties a destination other than a plain collection (a
+/// GridFS bucket with its documents' collection; on Appwrite, tables) discarded the changes
+/// applied there since, without a word (only collections were checked). It refuses now, dry run
+/// too, naming them; reversed first, the rollback goes ahead. (The first run's plain
+/// collection: the test above.)
+#[tokio::test]
+async fn rollback_of_a_files_stage_refuses_to_discard_changes_applied_after_the_run() {
+    let w = World::new("changes_vs_rollback_bucket").await;
+    w.load_registry_with_files(100);
+    let mapping = std::fs::read_to_string(repo().join("mappings/documents.toml"))
+        .unwrap()
+        .replace("reference = \"patients\"\n", "")
+        .replace(
+            "bucket = \"documents\"",
+            "bucket = \"documents\"\ndocument_collection = \"documentFiles\"",
+        );
+    assert!(mapping.contains("documentFiles"));
+    let pipeline = common::one_entity_pipeline(&w, "documents", &mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let files = w.count("documents.files").await;
+    assert!(files > 0);
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_reviewed.toml",
+        "version = 1\nname = \"reviewed\"\n[[up]]\nop = \"add_field\"\ncollection = \"documentFiles\"\nfield = \"reviewed\"\ndefault = false\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let before = hashes(&w).await;
+    let rollback = |extra: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.args(["rollback", "--pipeline"])
+            .arg(&pipeline)
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let text = refused(&rollback(extra));
+        assert!(
+            text.contains("would silently discard what changes did after the run")
+                && text.contains("change 1 (1_reviewed.toml) applied on documentFiles after run")
+                && text.contains("`cutover changes down`"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        hashes(&w).await,
+        before,
+        "a refused rollback changed the data"
+    );
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+    ok(&changes(&w, "down", &dir, &[]));
+    ok(&rollback(&[]));
+    assert_eq!(w.count("documentFiles").await, 0);
+    assert_eq!(w.count("documents.files").await, 0);
+    w.drop().await;
+}
+
 /// `backup restore` puts a collection back as the backup holds it: changes applied after the
 /// backup was taken would vanish while the ledger lists them applied — refused like a rollback,
 /// unless --ignore-changes.

@@ -1659,3 +1659,93 @@ async fn a_transaction_over_max_transaction_operations_is_refused_before_writing
         "{said}"
     );
 }
+
+/// Outside tester F18: `cutover rollback` of a first run (one that found its table empty, so
+/// the rollback empties it) discarded the changes applied on the table since, without a word —
+/// on Appwrite no destination was checked at all. It refuses now (dry run too), naming them and
+/// saying to reverse them with `changes down` first; reversed, the rollback goes ahead.
+/// `backup restore` of a re-run's backup the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_refuses_to_discard_changes_applied_after_the_run() {
+    let w = World::new("aw_changes_vs_rollback").await;
+    let aw = standin().await;
+    w.sql("CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL); INSERT INTO kinds SELECT 'k' || g, 'label ' || g FROM generate_series(1, 30) g;")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "kinds",
+        "version = 1\nname = \"kinds\"\n[source]\ntable = \"kinds\"\nkey = [\"code\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let pipeline = pipeline.display().to_string();
+    let run = |args: &'static [&'static str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--target", "appwrite", "--pipeline", &pipeline]);
+        let all: Vec<String> = all.into_iter().map(str::to_string).collect();
+        let (w, aw) = (&w, &aw);
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            cutover(w, aw, &all).await
+        }
+    };
+    ok(&run(&["migrate", "--quiet"]).await);
+    assert_eq!(aw.s.row_count(DB, "kinds"), 30);
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_flag.toml",
+        "version = 1\nname = \"flag\"\n[[up]]\nop = \"set\"\ntable = \"kinds\"\nvalues = { label = \"flagged\" }\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let before = hashes(&aw).await;
+    for dry in [true, false] {
+        let out = if dry {
+            run(&["rollback", "--dry-run"]).await
+        } else {
+            run(&["rollback"]).await
+        };
+        let said = refused(&out);
+        assert!(
+            said.contains("would silently discard what changes did after the run")
+                && said.contains("change 1 (1_flag.toml) applied on kinds after run")
+                && said.contains("`cutover changes down`"),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        hashes(&aw).await,
+        before,
+        "a refused rollback changed the data"
+    );
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "applied".to_string())]);
+
+    // Reversed first, the rollback empties the table (it was empty before the run).
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    ok(&run(&["rollback"]).await);
+    assert_eq!(aw.s.row_count(DB, "kinds"), 0);
+
+    // A re-run's backup predates a change applied after it: restoring it is refused too.
+    ok(&run(&["migrate", "--quiet"]).await);
+    ok(&run(&["migrate", "--quiet", "--rerun"]).await);
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let backups = cutover(&w, &aw, &["backup", "list", "--target", "appwrite"]).await;
+    let name = String::from_utf8_lossy(&backups.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let before = hashes(&aw).await;
+    let said = refused(
+        &cutover(
+            &w,
+            &aw,
+            &["backup", "restore", &name, "--target", "appwrite"],
+        )
+        .await,
+    );
+    assert!(
+        said.contains("change 1 (1_flag.toml) applied on kinds after backup"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+}

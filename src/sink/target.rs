@@ -69,6 +69,23 @@ impl Destination {
     pub fn can_back_up(&self) -> bool {
         !matches!(self, Destination::Users | Destination::Storage { .. })
     }
+
+    /// The collections or tables it is made of, as a change names them (a GridFS bucket's
+    /// `<name>.files` and `<name>.chunks` and its documents' collection; a Storage bucket's
+    /// tables; none for users).
+    pub fn parts(&self) -> Vec<String> {
+        match self {
+            Destination::Collection { name } => vec![name.clone()],
+            Destination::Tables { names } => names.clone(),
+            Destination::Users => Vec::new(),
+            Destination::Bucket { name, documents } => {
+                let mut out = vec![format!("{name}.files"), format!("{name}.chunks")];
+                out.extend(documents.iter().cloned());
+                out
+            }
+            Destination::Storage { tables, .. } => tables.clone(),
+        }
+    }
 }
 
 impl Destination {
