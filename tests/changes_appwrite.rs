@@ -1749,3 +1749,187 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run() {
     );
     assert_eq!(hashes(&aw).await, before);
 }
+
+/// The `down` of a change applied in a transaction runs in one too, as its `up` did: every row
+/// goes back in one commit (the stand-in records one transaction holding them all), or — one
+/// refused at the commit — none does, and the change stays applied (not down-failed), so `up`
+/// goes on and the next `down` reverses it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_down_of_a_change_in_a_transaction_commits_whole_or_reverses_nothing() {
+    let w = World::new("aw_changes_tx_down").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_tx.toml",
+        r#"version = 1
+name = "in a transaction"
+transaction = true
+[[up]]
+op = "set"
+table = "people"
+queries = [{ method = "equal", attribute = "status", values = ["active"] }]
+values = { status = "moved", age = 99 }
+[[up]]
+op = "update_references"
+table = "people"
+column = "clinic"
+from = "c2"
+to = "c3"
+[[up]]
+op = "insert"
+table = "sites"
+rows = [{ "$id" = "c3", code = "c3" }, { "$id" = "c4", code = "c4" }]
+"#,
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let applied = hashes(&aw).await;
+    assert_ne!(applied, before);
+
+    // One row refused at the commit: nothing goes back, the change stays applied.
+    aw.s.set_row_fault(
+        "p11",
+        Some(serde_json::from_value(json!({"status": 500})).unwrap()),
+    );
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    aw.s.set_row_fault("p11", None);
+    assert!(
+        said.contains(
+            "its transaction was rolled back: nothing was reversed, the change is still applied"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        hashes(&aw).await,
+        applied,
+        "part of the change was reversed"
+    );
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "applied".to_string())]);
+    write(&dir, "2_next.toml", NEXT);
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    std::fs::remove_file(dir.join("2_next.toml")).unwrap();
+
+    // Reversed in one committed transaction holding every row put back: 6 people set back, 6
+    // clinics back to c2 (p11's among them), 2 sites deleted.
+    let known: Vec<Value> =
+        aw.s.transactions()
+            .iter()
+            .map(|t| t["$id"].clone())
+            .collect();
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(hashes(&aw).await, before);
+    let new: Vec<Value> =
+        aw.s.transactions()
+            .into_iter()
+            .filter(|t| !known.contains(&t["$id"]))
+            .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0]["status"], "committed", "{new:?}");
+    assert_eq!(new[0]["operations"], 14, "{new:?}");
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "rolled-back".to_string())]
+    );
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+}
+
+/// Rewrites the ledger record of change `version` as a `down` in a transaction a dead process
+/// left: `reversing`, its transaction `txn` recorded.
+fn leave_reversing(s: &StandIn, version: u64, txn: &str) {
+    let rows = s.rows(DB, "cutover_changes");
+    let row = rows
+        .iter()
+        .find(|r| {
+            let d: Value = serde_json::from_str(r["doc"].as_str().unwrap()).unwrap();
+            d["_id"] == version.to_string()
+        })
+        .expect("the change's record");
+    let mut d: Value = serde_json::from_str(row["doc"].as_str().unwrap()).unwrap();
+    d["status"] = json!("reversing");
+    d["down_session"] = json!({ "appwrite_transaction": txn });
+    s.write_row(
+        DB,
+        "cutover_changes",
+        row["$id"].as_str().unwrap(),
+        &json!({ "doc": d.to_string() }),
+        true,
+    )
+    .unwrap();
+}
+
+/// A process that dies during the `down` of a change in a transaction leaves it `reversing` with
+/// its transaction recorded: the next command asks the server. Not committed (still pending: it
+/// is rolled back) — nothing was reversed, the change is applied again, and this `down` reverses
+/// it; committed — it is recorded rolled back, and reversed nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_in_a_transaction_left_by_a_dead_process_is_settled_as_it_ended() {
+    let w = World::new("aw_changes_tx_down_dead").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_tx.toml",
+        "version = 1\nname = \"tx\"\ntransaction = true\n[[up]]\nop = \"set\"\ntable = \"people\"\nqueries = []\nvalues = { status = \"moved\" }\n",
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let applied = hashes(&aw).await;
+
+    // Left pending: rolled back, the change applied again, then reversed by this `down`.
+    let pending = aw.s.create_transaction(900).unwrap();
+    let pending = pending["$id"].as_str().unwrap().to_string();
+    leave_reversing(&aw.s, 1, &pending);
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "down-interrupted".to_string())]
+    );
+    assert_eq!(hashes(&aw).await, applied);
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(
+        aw.s.get_transaction(&pending).unwrap()["status"],
+        "rolled_back"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "rolled-back".to_string())]
+    );
+    let history: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "history", &dir, &["--json"]).await)).unwrap();
+    assert!(
+        history.as_array().unwrap().iter().any(|l| l["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("stopped before its transaction committed"))),
+        "{history}"
+    );
+
+    // Committed: recorded rolled back; nothing else is reversed.
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let known: Vec<Value> =
+        aw.s.transactions()
+            .iter()
+            .map(|t| t["$id"].clone())
+            .collect();
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    let down =
+        aw.s.transactions()
+            .into_iter()
+            .find(|t| !known.contains(&t["$id"]))
+            .expect("the down's transaction");
+    assert_eq!(down["status"], "committed");
+    leave_reversing(&aw.s, 1, down["$id"].as_str().unwrap());
+    let said = ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(
+        said.contains("stopped after its transaction committed"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "rolled-back".to_string())]
+    );
+}

@@ -861,6 +861,23 @@ impl AwExec<'_> {
         Ok(())
     }
 
+    /// Commits a transaction. An error whose answer was lost (the server may have committed)
+    /// is checked against the transaction's status: committed is a success; one still pending
+    /// is rolled back.
+    pub async fn commit(&self, transaction: &str) -> Result<(), AwError> {
+        let Err(e) = self.finish(transaction, true).await else {
+            return Ok(());
+        };
+        match self.transaction_status(transaction).await {
+            Ok(Some(s)) if s == "committed" => Ok(()),
+            Ok(Some(s)) if s == "pending" => {
+                let _ = self.finish(transaction, false).await;
+                Err(e)
+            }
+            _ => Err(e),
+        }
+    }
+
     /// A transaction's status (pending, committing, committed, rolled_back, failed); `None` when
     /// the server has none by that id (expired and gone).
     pub async fn transaction_status(&self, transaction: &str) -> Result<Option<String>, AwError> {
@@ -945,6 +962,71 @@ impl AwExec<'_> {
             other => {
                 return Err(AwError::Refused(format!(
                     "`{}` changes the schema: it cannot run in a transaction",
+                    other.kind()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what undoing a row operation would stage in a transaction (reads only) into
+    /// `staging`, counting into `done` what it would put back: each row the change inserted and
+    /// that still holds what it inserted is deleted, each row it rewrote and that still holds
+    /// what it wrote gets its old values back; rows changed since are left alone (counted).
+    pub async fn gather_undo(
+        &self,
+        op: &AwOp,
+        index: usize,
+        staging: &mut Staging,
+        done: &mut OpOutcome,
+    ) -> Result<(), AwError> {
+        self.alive().await?;
+        let staged = |table: &str, action: &str, row: &str, data: Value| {
+            json!({
+                "action": action, "databaseId": self.db, "tableId": table, "rowId": row,
+                "data": data,
+            })
+        };
+        match op {
+            AwOp::Insert { table, rows } => {
+                for r in rows {
+                    let id = r["$id"].as_str().unwrap_or_default();
+                    match self.client.get_row(self.db, table, id).await? {
+                        Some(row) if holds(&row, &data_of(r)) => {
+                            done.deleted += 1;
+                            staging.push(staged(table, "delete", id, json!({})), None);
+                        }
+                        Some(_) => done.skipped += 1,
+                        None => {}
+                    }
+                }
+            }
+            AwOp::Set { table, .. }
+            | AwOp::Unset { table, .. }
+            | AwOp::UpdateReferences { table, .. } => {
+                let (mut after, mut end) = (None, false);
+                while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
+                    for e in page {
+                        let id = e.get_str("row").unwrap_or_default();
+                        let map = |k: &str| match to_json(e.get(k).unwrap_or(&Bson::Null)) {
+                            Value::Object(o) => o,
+                            _ => Map::new(),
+                        };
+                        let (old, new) = (map("old"), map("new"));
+                        match self.client.get_row(self.db, table, id).await? {
+                            Some(row) if holds(&row, &new) => {
+                                done.modified += 1;
+                                staging.push(staged(table, "update", id, Value::Object(old)), None);
+                            }
+                            Some(row) if holds(&row, &old) => {}
+                            _ => done.skipped += 1,
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(AwError::Refused(format!(
+                    "`{}` changes the schema: it cannot be undone in a transaction",
                     other.kind()
                 )));
             }

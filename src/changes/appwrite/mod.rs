@@ -7,8 +7,10 @@
 //!
 //! With `transaction = true` (row operations only: the file is refused at load otherwise) the
 //! change's row operations are staged in one TablesDB transaction and committed together; a
-//! failure rolls it back and nothing is written. Its `down` runs the inverses without one (each
-//! puts back only rows still as the change left them).
+//! failure rolls it back and nothing is written; more operations than the server's limit
+//! (`max_transaction_operations`) refuse it before anything is written. Its `down` runs in one
+//! too (each inverse puts back only rows still as the change left them), committed whole or not
+//! at all.
 
 pub mod exec;
 pub mod op;
@@ -390,7 +392,7 @@ async fn apply_in_transaction(
         failure = Some(format!("ledger: {e}"));
     }
     let failure = match failure {
-        None => match x.finish(&txn, true).await {
+        None => match x.commit(&txn).await {
             Ok(()) => return Ok(outcomes),
             Err(e) => format!("the transaction did not commit: {e}"),
         },
@@ -413,9 +415,11 @@ fn transaction_of(r: &ChangeRecord) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Settles the changes whose transaction a dead process left (`running`, `transaction = true`):
-/// recorded applied when the transaction committed, failed (it is rolled back; nothing was
-/// written: `up` applies it again) when not. Returns them, with what was found.
+/// Settles the changes whose transaction a dead process left. An `up` (`running`,
+/// `transaction = true`): recorded applied when the transaction committed, failed (it is rolled
+/// back; nothing was written: `up` applies it again) when not. A `down` in a transaction
+/// (`reversing`, its transaction recorded): rolled back when it committed, applied again when
+/// not (nothing was reversed). Returns them, with what was found.
 async fn settle_transactions(
     t: &AppwriteTarget<'_>,
     run_id: &str,
@@ -423,12 +427,21 @@ async fn settle_transactions(
     let records = Records { ledger: t.ledger };
     let mut out = Vec::new();
     for r in records.all().await? {
-        if !r.transaction || r.status != RUNNING {
+        let up = r.status == RUNNING;
+        // A `down` in a transaction says so before it writes (`down_session`); one without
+        // (a `down` that went on without a transaction) is finished by `down` instead.
+        let down = r.status == REVERSING && down_transaction_of(&r).is_some();
+        if !r.transaction || !(up || down) {
             continue;
         }
         let backup = r.backup.clone().unwrap_or_default();
         let x = exec(t, &backup);
-        let committed = match transaction_of(&r) {
+        let txn = if up {
+            transaction_of(&r)
+        } else {
+            down_transaction_of(&r).flatten()
+        };
+        let committed = match txn {
             Some(txn) => {
                 let status = x.transaction_status(&txn).await?;
                 if status.as_deref() == Some("pending") {
@@ -438,11 +451,32 @@ async fn settle_transactions(
             }
             None => false,
         };
-        let (status, note) = records.settle(&r, committed, &r.ops).await?;
-        if !committed {
+        let (status, note) = if up {
+            let settled = records.settle(&r, committed, &r.ops).await?;
+            if !committed {
+                x.drop_backup().await?;
+            }
+            settled
+        } else if committed {
+            records.mark_rolled_back(r.version, 0).await?;
             x.drop_backup().await?;
-        }
-        let mut line = HistoryEntry::new("up", r.version, &r.name, status, run_id);
+            (
+                ROLLED_BACK,
+                format!(
+                    "the down of run {} stopped after its transaction committed: recorded rolled back",
+                    r.down_run_id.as_deref().unwrap_or("?")
+                ),
+            )
+        } else {
+            let note = format!(
+                "the down of run {} stopped before its transaction committed: nothing was reversed, the change is applied",
+                r.down_run_id.as_deref().unwrap_or("?")
+            );
+            records.note_down_error(r.version, &note, APPLIED).await?;
+            (APPLIED, note)
+        };
+        let action = if up { "up" } else { "down" };
+        let mut line = HistoryEntry::new(action, r.version, &r.name, status, run_id);
         line.note = Some(note.clone());
         records.log(&line).await?;
         out.push(super::Recovered {
@@ -453,6 +487,16 @@ async fn settle_transactions(
         });
     }
     Ok(out)
+}
+
+/// The TablesDB transaction of a change's `down` in a transaction: `None` when its `down` ran
+/// without one; `Some(None)` when it said so and started none yet.
+fn down_transaction_of(r: &ChangeRecord) -> Option<Option<String>> {
+    let s = r.down_session.as_ref()?;
+    match s.get("appwrite_transaction")? {
+        Bson::String(t) => Some(Some(t.clone())),
+        _ => Some(None),
+    }
 }
 
 /// `changes down --target appwrite`: as [`crate::changes::down_with`].
@@ -474,11 +518,14 @@ pub async fn down_with(
         sweep_backups(t).await?;
         let records = Records { ledger: t.ledger };
         let all = records.all().await?;
-        if settled.iter().any(|s| s.status == FAILED) {
+        // Settled to nothing applied (an `up` that never committed, a `down` that did): that
+        // was this `down`'s work.
+        let done = |s: &super::Recovered| s.status == FAILED || s.status == ROLLED_BACK;
+        if settled.iter().any(done) {
             return Ok(DownReport {
                 reversed: settled
                     .into_iter()
-                    .filter(|s| s.status == FAILED)
+                    .filter(done)
                     .map(|s| Reversed {
                         version: s.version,
                         name: s.name,
@@ -578,7 +625,13 @@ pub async fn down_with(
                 });
                 continue;
             }
-            match reverse_logged(t, &records, r, c, (&run_id, &fence), false, false, None).await {
+            // A `down` in a transaction a dead process left uncommitted was settled above (the
+            // change applied again): this reversal's history line says so.
+            let note = settled
+                .iter()
+                .find(|s| s.version == r.version && s.status == APPLIED)
+                .map(|s| s.note.clone());
+            match reverse_logged(t, &records, r, c, (&run_id, &fence), false, false, note).await {
                 Ok(rev) => report.reversed.push(rev),
                 Err(e) if continue_on_error => {
                     failed.push((r.version, mine));
@@ -639,7 +692,14 @@ async fn reverse_logged(
         .start_down(r.version, run_id, !resume, partial)
         .await?;
     let started = Instant::now();
-    let result = reverse_one(&x, records, r, c, partial, resume).await;
+    // A change applied in a transaction is reversed in one (a `down` it takes up where an
+    // earlier one without a transaction stopped goes on without).
+    let in_transaction = c.transaction && !partial && !resume;
+    let result = if in_transaction {
+        reverse_in_transaction(&x, records, r, c, t.max_transaction_operations).await
+    } else {
+        reverse_one(&x, records, r, c, partial, resume).await
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     line.duration_ms = duration_ms as i64;
     match result {
@@ -659,8 +719,14 @@ async fn reverse_logged(
             message: e,
             wrote_nothing,
         }) => {
-            // Refused by its first step's checks, before anything was written: still applied.
-            let (status, how) = if wrote_nothing {
+            // Its transaction rolled back, or refused by its first step's checks before anything
+            // was written: still applied.
+            let (status, how) = if wrote_nothing && in_transaction {
+                (
+                    APPLIED,
+                    "its transaction was rolled back: nothing was reversed, the change is still applied (`cutover changes up` goes on as before; fix the cause, then `cutover changes down` again)",
+                )
+            } else if wrote_nothing {
                 (
                     APPLIED,
                     "it was refused before it wrote anything: nothing was reversed, the change is still applied (`cutover changes up` goes on as before; fix the cause, then `cutover changes down` again)",
@@ -681,6 +747,108 @@ async fn reverse_logged(
             )))
         }
     }
+}
+
+/// Reverses a change applied in a transaction in one TablesDB transaction, as its `up` was
+/// applied: what undoing each operation would stage (its file's [[down]], or the inverses of its
+/// operations, newest first) is read first — more than `max` operations refuse it before
+/// anything is written — then staged and committed. Every failure leaves nothing reversed
+/// (`wrote_nothing`): the change is still applied.
+async fn reverse_in_transaction(
+    x: &AwExec<'_>,
+    records: &Records<'_>,
+    r: &ChangeRecord,
+    c: &Change,
+    max: usize,
+) -> Result<Reversed, DownFailure> {
+    let nothing = |message: String| DownFailure {
+        message,
+        wrote_nothing: true,
+    };
+    // Said before anything else: a process that dies from here on leaves a `down` the next
+    // command settles from its transaction's own status (none yet: nothing was reversed).
+    records
+        .update(
+            r.version,
+            bson::doc! { "down_session": { "appwrite_transaction": Bson::Null } },
+        )
+        .await
+        .map_err(|e| nothing(format!("ledger: {e}")))?;
+    let mut rev = Reversed {
+        version: r.version,
+        name: r.name.clone(),
+        duration_ms: 0,
+        restored: 0,
+        inserted: 0,
+        deleted: 0,
+        skipped: 0,
+        note: None,
+    };
+    let mut staging = exec::Staging::new(max);
+    match &c.down {
+        Some(ops) => {
+            for (i, op) in ops.iter().enumerate() {
+                let what = |e: String| format!("down operation {} (`{}`): {e}", i + 1, op.kind());
+                let a = aw(op).map_err(|e| nothing(what(e)))?;
+                let mut out = OpOutcome::default();
+                x.prepare(a, &mut out)
+                    .await
+                    .map_err(|e| nothing(what(e.to_string())))?;
+                x.gather(a, 100_000 + i, &mut out, &mut staging)
+                    .await
+                    .map_err(|e| nothing(what(e.to_string())))?;
+                rev.restored += out.modified;
+                rev.inserted += out.inserted;
+            }
+        }
+        None => {
+            for i in (0..r.ops.len().min(c.up.len())).rev() {
+                let what = |e: String| {
+                    format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
+                };
+                let a = aw(&c.up[i]).map_err(|e| nothing(what(e)))?;
+                let mut done = OpOutcome::default();
+                x.gather_undo(a, i, &mut staging, &mut done)
+                    .await
+                    .map_err(|e| nothing(what(e.to_string())))?;
+                rev.restored += done.modified;
+                rev.deleted += done.deleted;
+                rev.skipped += done.skipped;
+            }
+        }
+    }
+    if staging.over() {
+        return Err(nothing(format!(
+            "reversing it would stage {} row operations in one transaction, more than `max_transaction_operations` = {max} ([target.appwrite] in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS: your server's limit)",
+            staging.count
+        )));
+    }
+    if staging.count == 0 {
+        return Ok(rev);
+    }
+    let txn = x
+        .begin()
+        .await
+        .map_err(|e| nothing(format!("cannot start a transaction: {e}")))?;
+    records
+        .update(
+            r.version,
+            bson::doc! { "down_session": { "appwrite_transaction": &txn } },
+        )
+        .await
+        .map_err(|e| nothing(format!("ledger: {e}")))?;
+    if let Err(e) = x.stage(&txn, staging).await {
+        let _ = x.finish(&txn, false).await;
+        return Err(nothing(format!(
+            "staging the row operations failed: {e}; the transaction was rolled back"
+        )));
+    }
+    if let Err(e) = x.commit(&txn).await {
+        return Err(nothing(format!(
+            "the transaction did not commit: {e}; it was rolled back"
+        )));
+    }
+    Ok(rev)
 }
 
 async fn reverse_one(
