@@ -1844,7 +1844,7 @@ fn leave_reversing(s: &StandIn, version: u64, txn: &str) {
         .iter()
         .find(|r| {
             let d: Value = serde_json::from_str(r["doc"].as_str().unwrap()).unwrap();
-            d["_id"] == version.to_string()
+            d["_id"].as_str().and_then(|v| v.parse::<u64>().ok()) == Some(version)
         })
         .expect("the change's record");
     let mut d: Value = serde_json::from_str(row["doc"].as_str().unwrap()).unwrap();
