@@ -1812,8 +1812,9 @@ impl From<String> for DownFailure {
 }
 
 impl DownFailure {
-    /// A failure of step `message`; `untouched` when it was refused before it wrote, with no
-    /// step of this `down` run before it (`first`) and the `down` a fresh one.
+    /// A step's failure: `wrote_nothing` when the step was refused by its checks before it
+    /// wrote (`refused_before_writing`) and no step of this fresh `down` ran before it
+    /// (`first`, false for a `down` that finishes another).
     pub(crate) fn of_step(message: String, refused_before_writing: bool, first: bool) -> Self {
         DownFailure {
             message,
