@@ -426,7 +426,8 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Roll back even when `cutover changes` applied or reversed after the run on the same
-    /// collections: the restore discards (or brings back) what they did; their records stay.
+    /// collections or tables: the restore discards (or brings back) what they did; their
+    /// records stay.
     #[arg(long)]
     pub ignore_changes: bool,
 }
@@ -455,7 +456,8 @@ pub enum BackupCommand {
         #[command(flatten)]
         target: TargetArgs,
         /// Restore even when `cutover changes` applied or reversed after the backup on its
-        /// collection: their effects are discarded (or come back), their records unchanged.
+        /// collections or tables: their effects are discarded (or come back), their records
+        /// unchanged.
         #[arg(long)]
         ignore_changes: bool,
     },

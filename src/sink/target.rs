@@ -69,6 +69,23 @@ impl Destination {
     pub fn can_back_up(&self) -> bool {
         !matches!(self, Destination::Users | Destination::Storage { .. })
     }
+
+    /// The collections or tables it is made of, as a change names them (a GridFS bucket's
+    /// `<name>.files` and `<name>.chunks` and its documents' collection; a Storage bucket's
+    /// tables; none for users).
+    pub fn parts(&self) -> Vec<String> {
+        match self {
+            Destination::Collection { name } => vec![name.clone()],
+            Destination::Tables { names } => names.clone(),
+            Destination::Users => Vec::new(),
+            Destination::Bucket { name, documents } => {
+                let mut out = vec![format!("{name}.files"), format!("{name}.chunks")];
+                out.extend(documents.iter().cloned());
+                out
+            }
+            Destination::Storage { tables, .. } => tables.clone(),
+        }
+    }
 }
 
 impl Destination {
@@ -151,6 +168,10 @@ pub struct AppwriteTarget {
     pub bulk_rows: usize,
     /// Users imported at once (each takes several requests).
     pub user_concurrency: usize,
+    /// The most operations one TablesDB transaction may stage (the server's plan limit; the
+    /// config's `max_transaction_operations`): a change in a transaction that needs more is
+    /// refused before it writes.
+    pub max_transaction_operations: usize,
     layouts: Arc<Mutex<HashMap<String, Layout>>>,
     /// File stages' buckets (Appwrite Storage), by the stage's collection.
     buckets: Arc<Mutex<HashMap<String, StorageSpec>>>,
@@ -174,6 +195,7 @@ impl AppwriteTarget {
             database: database.to_string(),
             bulk_rows: bulk_rows.clamp(1, rows::MAX_BULK_ROWS),
             user_concurrency: 4,
+            max_transaction_operations: crate::config::DEFAULT_MAX_TRANSACTION_OPERATIONS,
             layouts: Default::default(),
             buckets: Default::default(),
         }
