@@ -253,6 +253,10 @@ pub struct ChangesDownArgs {
     /// Reverse every applied change after this version (it stays applied).
     #[arg(long, value_name = "VERSION")]
     pub to: Option<u64>,
+    /// Say which changes would be reversed, in order; reverse nothing (as the API's
+    /// `down?dryRun=true`).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Go on past a change whose reversal fails: the older ones chosen are still reversed,
     /// except those working on a collection of a change that failed (default: stop at the first
     /// failure).

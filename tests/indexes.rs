@@ -1092,49 +1092,107 @@ async fn check_blocks_a_unique_index_exactly_when_mongod_refuses_to_build_it() {
         ),
     ];
     for (name, rows, options, index) in cases {
-        let w = World::new(&format!("unique_{name}")).await;
-        w.sql(&format!(
+        let schema = format!(
             "CREATE TABLE u (id int PRIMARY KEY, code text, n numeric, tags text[]);
              INSERT INTO u VALUES {rows};"
-        ))
-        .await;
-        let mapping = format!(
-            "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"id\"]\n\
-             [[field]]\npath = \"code\"\ncolumn = \"code\"\n{options}\n\
-             [[field]]\npath = \"n\"\ncolumn = \"n\"\ntype = \"int\"\n\
-             [[field]]\npath = \"tags\"\ncolumn = \"tags\"\n\
-             [[index]]\n{index}\n"
         );
-        let pipeline = one_entity_pipeline(&w, "u", &mapping);
-        let check = w
-            .cutover()
-            .args(["check", "--json", "--full", "--pipeline"])
-            .arg(&pipeline)
-            .output()
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&check.stdout)
-            .unwrap_or_else(|e| panic!("{name}: {e}: {}", output_text(&check)));
-        let blocked = report["blocking"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b.as_str().unwrap().contains("unique index"));
-        let run = w.migrate_with(&pipeline, &[]);
-        let refused = output_text(&run).contains("E11000");
-        assert_eq!(
-            blocked,
-            refused,
-            "{name}: check {} but mongod {}:\n{report}\n{}",
-            if blocked { "blocked" } else { "passed" },
-            if refused {
-                "refused the index"
-            } else {
-                "built it"
-            },
-            output_text(&run)
+        let fields = format!(
+            "[[field]]\npath = \"code\"\ncolumn = \"code\"\n{options}\n\
+             [[field]]\npath = \"n\"\ncolumn = \"n\"\ntype = \"int\"\n\
+             [[field]]\npath = \"tags\"\ncolumn = \"tags\"\n"
         );
         let expect = !matches!(name, "nulls_partial" | "no_collation" | "distinct");
-        assert_eq!(blocked, expect, "{name}: {report}");
-        w.drop().await;
+        unique_case(name, &schema, &fields, index, expect).await;
     }
+    // Paths through arrays of objects (a jsonb value's, an embedded array's elements), and
+    // numbers of JSON that differ in type but not in value (or only past a double's digits).
+    let json = |rows: &str| {
+        format!("CREATE TABLE u (id int PRIMARY KEY, j jsonb); INSERT INTO u VALUES {rows};")
+    };
+    let j = "[[field]]\npath = \"j\"\ncolumn = \"j\"\n";
+    for (name, rows, index, expect) in [
+        (
+            "json_array_distinct",
+            "(1, '{\"a\":[{\"b\":1},{\"b\":2}]}'), (2, '{\"a\":[{\"b\":3}]}')",
+            "j.a.b",
+            false,
+        ),
+        (
+            "json_array_repeat",
+            "(1, '{\"a\":[{\"b\":1},{\"b\":2}]}'), (2, '{\"a\":[{\"b\":2.0}]}')",
+            "j.a.b",
+            true,
+        ),
+        (
+            "json_past_double",
+            "(1, '{\"a\": 9007199254740993}'), (2, '{\"a\": 9007199254740992}')",
+            "j.a",
+            false,
+        ),
+        (
+            "json_decimal_same",
+            "(1, '{\"a\": 1}'), (2, '{\"a\": 1.000}')",
+            "j.a",
+            true,
+        ),
+    ] {
+        let index = format!("keys = [\"{index}\"]\nunique = true");
+        unique_case(name, &json(rows), j, &index, expect).await;
+    }
+    let embedded = |codes: &str| {
+        format!(
+            "CREATE TABLE u (id int PRIMARY KEY, v text); INSERT INTO u VALUES (1, 'x'), (2, 'y');
+             CREATE TABLE items (u_id int, n int, code text, PRIMARY KEY (u_id, n));
+             INSERT INTO items VALUES {codes};"
+        )
+    };
+    let items = "[[field]]\npath = \"v\"\ncolumn = \"v\"\n[[embed]]\npath = \"items\"\ntable = \"items\"\nforeign_key = \"u_id\"\norder_by = [\"n\"]\n\
+                 [[embed.field]]\npath = \"code\"\ncolumn = \"code\"\n";
+    for (name, codes, expect) in [
+        ("embedded_distinct", "(1,1,'a'),(1,2,'b'),(2,1,'c')", false),
+        ("embedded_repeat", "(1,1,'a'),(1,2,'b'),(2,1,'b')", true),
+    ] {
+        let index = "keys = [\"items.code\"]\nunique = true";
+        unique_case(name, &embedded(codes), items, index, expect).await;
+    }
+}
+
+/// One shape of `check_blocks_a_unique_index_exactly_when_mongod_refuses_to_build_it`: table `u`
+/// made by `schema`, mapped with `fields` and the `[[index]]` `index`.
+async fn unique_case(name: &str, schema: &str, fields: &str, index: &str, expect: bool) {
+    let w = World::new(&format!("unique_{name}")).await;
+    w.sql(schema).await;
+    let mapping = format!(
+        "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"id\"]\n{fields}[[index]]\n{index}\n"
+    );
+    let pipeline = one_entity_pipeline(&w, "u", &mapping);
+    let check = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|e| panic!("{name}: {e}: {}", output_text(&check)));
+    let blocked = report["blocking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b.as_str().unwrap().contains("unique index"));
+    let run = w.migrate_with(&pipeline, &[]);
+    let refused = output_text(&run).contains("E11000");
+    assert_eq!(
+        blocked,
+        refused,
+        "{name}: check {} but mongod {}:\n{report}\n{}",
+        if blocked { "blocked" } else { "passed" },
+        if refused {
+            "refused the index"
+        } else {
+            "built it"
+        },
+        output_text(&run)
+    );
+    assert_eq!(blocked, expect, "{name}: {report}");
+    w.drop().await;
 }

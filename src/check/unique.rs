@@ -81,12 +81,7 @@ impl UniqueIndex {
         let collation = self.collation;
         let mut keys: Vec<Vec<String>> = vec![Vec::new()];
         for path in &self.paths {
-            let values = match lookup(doc, path) {
-                None | Some(Bson::Null) | Some(Bson::Undefined) => vec![Bson::Null],
-                Some(Bson::Array(a)) if a.is_empty() => vec![Bson::Undefined],
-                Some(Bson::Array(a)) => a.clone(),
-                Some(v) => vec![v.clone()],
-            };
+            let values = index_values(doc, path);
             keys = keys
                 .into_iter()
                 .flat_map(|k| {
@@ -201,6 +196,47 @@ fn type_is(have: &Bson, want: &Bson) -> bool {
     }
 }
 
+/// The keys one document gives an index on `path`, as mongod forms them: through nested
+/// documents and through arrays of documents (`items.code`: each element's `code`; an element
+/// without it is null), an array at the end giving each element (an empty one `undefined`), a
+/// missing field null.
+fn index_values(doc: &Document, path: &str) -> Vec<Bson> {
+    fn walk(v: &Bson, rest: &[&str], out: &mut Vec<Bson>) {
+        match (v, rest.split_first()) {
+            (Bson::Array(a), _) if a.is_empty() => out.push(Bson::Undefined),
+            (Bson::Array(a), None) => out.extend(a.iter().cloned()),
+            (Bson::Array(a), Some(_)) => {
+                // A scalar element has no field: it gives nothing (null only when no element
+                // gives a value).
+                for e in a {
+                    if let Bson::Document(_) = e {
+                        walk(e, rest, out);
+                    }
+                }
+            }
+            (Bson::Document(d), Some((first, tail))) => match d.get(*first) {
+                Some(next) => walk(next, tail, out),
+                None => out.push(Bson::Null),
+            },
+            (Bson::Null | Bson::Undefined, _) => out.push(Bson::Null),
+            (other, None) => out.push(other.clone()),
+            (_, Some(_)) => out.push(Bson::Null),
+        }
+    }
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut out = Vec::new();
+    match doc.get(parts[0]) {
+        Some(v) => walk(v, &parts[1..], &mut out),
+        None => out.push(Bson::Null),
+    }
+    if out.is_empty() {
+        out.push(Bson::Null);
+    }
+    out.sort_by_key(|b| canonical(b, false));
+    out.dedup_by_key(|b| canonical(b, false));
+    out
+}
+
 /// The value at a dotted path (through nested documents; not into arrays).
 fn lookup<'d>(doc: &'d Document, path: &str) -> Option<&'d Bson> {
     let mut parts = path.split('.');
@@ -214,28 +250,24 @@ fn lookup<'d>(doc: &'d Document, path: &str) -> Option<&'d Bson> {
     Some(v)
 }
 
-/// A value as an index key compares it: numbers by value, strings (with a collation) after
-/// canonical normalisation, the rest by their canonical extended JSON.
+/// A value as an index key compares it: numbers by their exact value whatever their type
+/// (`1`, `1.0`, `NumberLong(1)`, `NumberDecimal("1.00")` are one key; a long past 2^53 is not the
+/// double next to it), strings (with a collation) after canonical normalisation, the rest by
+/// their canonical extended JSON.
 fn canonical(v: &Bson, collation: bool) -> String {
-    let number = |x: f64| {
-        if x.fract() == 0.0 && x.abs() < 9.0e15 {
-            format!("n:{}", x as i64)
-        } else if x.is_nan() {
-            "n:NaN".to_string()
-        } else {
-            format!("n:{x:e}")
-        }
-    };
     match v {
-        Bson::Int32(i) => format!("n:{i}"),
-        Bson::Int64(i) => format!("n:{i}"),
-        Bson::Double(d) => number(*d),
-        Bson::Decimal128(d) => match d.to_string().parse::<f64>() {
-            // Exactly a double's value, or an integer a double holds: that number.
-            Ok(x) if x.to_string() == d.to_string() || (x.fract() == 0.0 && x.abs() < 9.0e15) => {
-                number(x)
-            }
-            _ => format!("d:{d}"),
+        Bson::Int32(i) => exact_number(&i.to_string()),
+        Bson::Int64(i) => exact_number(&i.to_string()),
+        Bson::Double(d) if d.is_nan() => "n:NaN".to_string(),
+        Bson::Double(d) if d.is_infinite() => format!("n:{}inf", if *d < 0.0 { "-" } else { "" }),
+        // The shortest digits that read back as the double: its value for the short decimals
+        // keys hold (a double that is not exactly its shortest digits, 0.1, is taken as them).
+        Bson::Double(d) => exact_number(&format!("{d:e}")),
+        Bson::Decimal128(d) => match d.to_string().as_str() {
+            "NaN" | "-NaN" => "n:NaN".to_string(),
+            "Infinity" => "n:inf".to_string(),
+            "-Infinity" => "n:-inf".to_string(),
+            text => exact_number(text),
         },
         Bson::String(s) if collation => format!("s:{}", s.nfc().collect::<String>()),
         Bson::String(s) => format!("s:{s}"),
@@ -243,6 +275,32 @@ fn canonical(v: &Bson, collation: bool) -> String {
         Bson::Undefined => "undefined".to_string(),
         other => other.clone().into_canonical_extjson().to_string(),
     }
+}
+
+/// A number's text (`-12.50`, `1E+3`, `1.5e0`) as its exact value: `n:<sign><digits>e<exp>`,
+/// without leading or trailing zeros (zero is `n:0`, whatever its sign).
+fn exact_number(text: &str) -> String {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], body[i + 1..].parse::<i64>().unwrap_or(0)),
+        None => (body, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits: String = format!("{int}{frac}");
+    let mut exp = exp - frac.len() as i64;
+    let lead = digits.len() - digits.trim_start_matches('0').len();
+    digits.drain(..lead);
+    if digits.is_empty() {
+        return "n:0".to_string();
+    }
+    while digits.ends_with('0') {
+        digits.pop();
+        exp += 1;
+    }
+    format!("n:{}{digits}e{exp}", if neg { "-" } else { "" })
 }
 
 #[cfg(test)]
@@ -279,6 +337,46 @@ mod tests {
         ix.add("3", &doc! { "n": 2_i64, "t": "y" });
         assert_eq!(ix.repeats, 1);
         assert_eq!(ix.example.as_ref().unwrap().0, "2");
+    }
+
+    #[test]
+    fn numbers_are_one_key_exactly_when_their_values_are_equal() {
+        let d = |t: &str| Bson::Decimal128(t.parse().unwrap());
+        let same = |a: &Bson, b: &Bson| canonical(a, false) == canonical(b, false);
+        assert!(same(&Bson::Int32(1), &d("1.00")));
+        assert!(same(&Bson::Double(1.5), &d("1.50")));
+        assert!(same(&Bson::Int64(1000), &d("1E+3")));
+        assert!(same(&Bson::Double(-0.0), &Bson::Int32(0)));
+        assert!(!same(
+            &Bson::Int32(1),
+            &d("1.00000000000000000000000000000001")
+        ));
+        assert!(same(
+            &Bson::Int64(9007199254740993),
+            &d("9007199254740993.0")
+        ));
+        assert!(!same(
+            &Bson::Int64(9007199254740993),
+            &Bson::Double(9007199254740992.0)
+        ));
+        assert!(same(&Bson::Double(f64::NAN), &d("NaN")));
+    }
+
+    #[test]
+    fn paths_through_arrays_of_documents_give_each_elements_value() {
+        let mut ix = index("keys = [\"items.code\"]\nunique = true\n");
+        ix.add("1", &doc! { "items": [{ "code": "a" }, { "code": "b" }] });
+        ix.add("2", &doc! { "items": [{ "code": "c" }] });
+        assert_eq!(ix.repeats, 0);
+        ix.add("3", &doc! { "items": [{ "code": "b" }] });
+        assert_eq!(ix.repeats, 1);
+        // One document repeating a value within itself is one key (mongod builds it).
+        let mut ix = index("keys = [\"j.a.b\"]\nunique = true\n");
+        ix.add("1", &doc! { "j": { "a": [{ "b": 1 }, { "b": 1 }] } });
+        ix.add("2", &doc! { "j": { "a": [{ "b": 2 }] } });
+        assert_eq!(ix.repeats, 0);
+        ix.add("3", &doc! { "j": { "a": [{ "b": 2.0 }] } });
+        assert_eq!(ix.repeats, 1);
     }
 
     #[test]

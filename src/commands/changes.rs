@@ -187,6 +187,31 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 (None, Some(n), None) => DownTarget::Steps(n),
                 (None, None, None) => DownTarget::Steps(1),
             };
+            if args.dry_run {
+                spinner.finish_and_clear();
+                let would = changes::OnTarget::new(&t, &ledger, None)
+                    .down_preview(which)
+                    .await?;
+                if args.json {
+                    let list: Vec<_> = would
+                        .iter()
+                        .map(|r| serde_json::json!({"version": r.version, "name": r.name, "file": r.file}))
+                        .collect();
+                    crate::outln!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "dryRun": true, "changes": list })
+                        )?
+                    );
+                } else if would.is_empty() {
+                    crate::outln!("nothing to reverse");
+                } else {
+                    for r in &would {
+                        crate::outln!("would reverse {} {}", r.version, r.name);
+                    }
+                }
+                return Ok(Outcome::Success);
+            }
             let done = changes::OnTarget::new(&t, &ledger, Some(&activity))
                 .down_with(which, args.continue_on_error)
                 .await;
