@@ -188,9 +188,15 @@ async fn registry_changes_apply_then_reverse_one_by_one_leaving_the_data_as_befo
     let status = ok(&changes(&w, "status", &dir, &[]));
     assert!(status.contains("lock: free"), "{status}");
 
-    // Down one at a time: each time the data exactly as before that change.
+    // Down one at a time: each time the data exactly as before that change (a dry run first
+    // names it and changes nothing).
     before.pop();
     for v in versions.iter().rev() {
+        let here = hashes(&w).await;
+        let text = ok(&changes(&w, "down", &dir, &["--dry-run"]));
+        assert_eq!(text.trim().lines().count(), 1, "{text}");
+        assert!(text.contains(&format!("would reverse {v}")), "{text}");
+        assert_eq!(hashes(&w).await, here, "a dry run changed the data");
         let out = changes(&w, "down", &dir, &[]);
         let text = ok(&out);
         assert!(text.contains(&format!("reversed {v}")), "{text}");
