@@ -1979,3 +1979,41 @@ async fn a_down_in_a_transaction_left_by_a_dead_process_is_settled_as_it_ended()
         [(1, "rolled-back".to_string())]
     );
 }
+
+/// Outside tester adv17 (6, High): in one Appwrite transaction a later operation picks its rows
+/// from the data as it was before the change — a second `set` matching the first one's values
+/// matched nothing, and the change was recorded applied. Such a change is refused before
+/// anything is written (the rows as they were, the change failed, saying why); the same file
+/// without `transaction` applies in order; operations that read no column an earlier one wrote
+/// still run in one transaction.
+#[tokio::test]
+async fn a_transactional_change_reading_its_own_writes_is_refused_before_writing() {
+    let w = World::new("aw_tx_reads").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    let body = |transaction: bool| {
+        format!(
+            "version = 1\nname = \"two sets\"\ntransaction = {transaction}\n\
+             [[up]]\nop = \"set\"\ntable = \"people\"\nqueries = []\nvalues = {{ status = \"q\" }}\n\
+             [[up]]\nop = \"set\"\ntable = \"people\"\n\
+             queries = [{{ method = \"equal\", attribute = \"status\", values = [\"q\"] }}]\n\
+             values = {{ status = \"r\" }}\n"
+        )
+    };
+    write(&dir, "1_sets.toml", &body(true));
+    let before = hashes(&aw).await;
+    let text = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        text.contains("writes column `status` it reads") && text.contains("transaction = false"),
+        "{text}"
+    );
+    assert_eq!(hashes(&aw).await, before, "nothing written");
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "failed".to_string())]);
+
+    write(&dir, "1_sets.toml", &body(false));
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let people = aw.s.rows(DB, "people");
+    assert!(!people.is_empty());
+    assert!(people.iter().all(|r| r["status"] == "r"), "{people:?}");
+}

@@ -331,6 +331,76 @@ async fn apply_one(
 /// operations per transaction) refuses the change before anything is written. Then the rows it
 /// rewrites are backed up, the operations staged, what each did recorded, and the transaction
 /// committed. A failure rolls the transaction back: nothing was written.
+/// Why a change cannot run in one Appwrite transaction as written: an operation that picks its
+/// rows by reading the table (`set` and `unset` by their queries, `update_references` by its
+/// column) after an earlier operation of the change inserted rows there, or wrote a column it
+/// reads. Appwrite stages a transaction's writes apart from what its reads see, so the later
+/// operation would pick rows as they were before the change (a second `set` matching the first
+/// one's values matches nothing) — not what the operations in order, or the same change on
+/// MongoDB, do.
+fn reads_own_writes(c: &Change) -> Option<String> {
+    fn attributes(queries: &[serde_json::Value], out: &mut Vec<String>) {
+        for q in queries {
+            if let Some(a) = q["attribute"].as_str() {
+                out.push(a.to_string());
+            }
+            // `and` / `or` hold queries as their values.
+            if let Some(inner) = q["values"].as_array() {
+                attributes(inner, out);
+            }
+        }
+    }
+    let reads = |op: &AwOp| -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        match op {
+            AwOp::Set { queries, .. } | AwOp::Unset { queries, .. } => {
+                attributes(queries, &mut out)
+            }
+            AwOp::UpdateReferences { column, .. } => out.push(column.clone()),
+            _ => return None,
+        }
+        Some(out)
+    };
+    let writes = |op: &AwOp| -> Vec<String> {
+        match op {
+            AwOp::Set { values, .. } => values.keys().cloned().collect(),
+            AwOp::Unset { columns, .. } => columns.clone(),
+            AwOp::UpdateReferences { column, .. } => vec![column.clone()],
+            _ => Vec::new(),
+        }
+    };
+    let ops: Vec<&AwOp> = c.up.iter().filter_map(|op| aw(op).ok()).collect();
+    for (i, later) in ops.iter().enumerate() {
+        let Some(read) = reads(later) else { continue };
+        for (j, earlier) in ops[..i].iter().enumerate() {
+            if earlier.table() != later.table() {
+                continue;
+            }
+            let what = if matches!(earlier, AwOp::Insert { .. }) {
+                Some("inserts rows there".to_string())
+            } else {
+                writes(earlier)
+                    .into_iter()
+                    .find(|w| read.contains(w))
+                    .map(|w| format!("writes column `{w}` it reads"))
+            };
+            if let Some(what) = what {
+                return Some(format!(
+                    "change {} ({}): up operation {} (`{}` on {}) picks its rows by reading the table, and operation {} (`{}`) of the same change {what}; in one Appwrite transaction it would read the rows as they were before the change (a transaction's staged writes are not seen by its reads), unlike the operations run in order: refused before anything was written — split the change in two, or set `transaction = false`",
+                    c.version,
+                    c.file_name(),
+                    i + 1,
+                    later.kind(),
+                    later.table(),
+                    j + 1,
+                    earlier.kind()
+                ));
+            }
+        }
+    }
+    None
+}
+
 async fn apply_in_transaction(
     x: &AwExec<'_>,
     records: &Records<'_>,
@@ -338,6 +408,9 @@ async fn apply_in_transaction(
     max: usize,
 ) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
     let fail = |e: String| (Vec::new(), e);
+    if let Some(why) = reads_own_writes(c) {
+        return Err(fail(why));
+    }
     let mut staging = exec::Staging::new(max);
     let mut outcomes = Vec::new();
     for (i, op) in c.up.iter().enumerate() {
