@@ -641,6 +641,13 @@ async fn the_status_page_shows_a_run_moving_in_chromium() {
                 n("written") + n("rejected") + n("skipped"),
                 "{s}"
             );
+            // The checkpoint covers them: the resume does not write (and count) them again
+            // (outside tester adv17, 10: history summed 101,200 written for 100,000 rows).
+            assert_eq!(
+                n("checkpoint_rows"),
+                n("written") + n("rejected"),
+                "{entity}: the checkpoint vs the rows written: {s}"
+            );
         }
         let out = w
             .cutover()

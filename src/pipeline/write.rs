@@ -409,16 +409,14 @@ pub(super) async fn write_loop(
             // Every row of the batch is now written or recorded as a reject (a stopped run returned
             // above): the watermark may move past it — unless rows of it (or of an earlier batch)
             // failed.
-            if let Some(l) = asked_to_stop {
-                return Err(RunError::LockLost(l));
-            }
+            let stop = || asked_to_stop.map_or(Ok(()), |l| Err(RunError::LockLost(l)));
             if blocked {
-                return Ok(());
+                return stop();
             }
             if let Some(c) = checkpointer.as_mut() {
                 c.finished(batch.seq, &mut batch).await?;
             }
-                Ok(())
+            stop()
         }
         .await;
         match settled {
@@ -436,6 +434,13 @@ pub(super) async fn write_loop(
         }
     }
     if let Some(e) = stopping {
+        // Every batch taken has finished: the checkpoint covers them, so the resume starts
+        // after what this stage wrote (history would count those rows twice otherwise).
+        if let Some(c) = checkpointer.as_mut()
+            && let Err(flush) = c.flush().await
+        {
+            tracing::warn!(entity = %entity, error = %flush, "the checkpoint of the batches let finish was not recorded");
+        }
         return Err(e);
     }
     if refused > 0
