@@ -170,6 +170,18 @@ async fn references_to_rows_rejected_by_an_earlier_run_are_rejected_or_warned_on
     // The referenced entity alone first: the next command learns its rejects from the target.
     let out = w.migrate_with(&pipeline, &["products"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // check of the referencing entities alone asks the target too, and predicts the run.
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .args(["orders", "notes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let mut alone = expected_findings();
+    alone.retain(|f| f.0 != "products");
+    assert_eq!(findings(&out), alone, "{}", text(&out));
     let out = w.migrate_with(&pipeline, &["orders", "notes"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let report = w.latest_report();
@@ -295,6 +307,28 @@ async fn references_to_rows_rejected_in_the_same_run_are_rejected_or_warned_on_a
     assert_eq!(ids("products"), ["p1"]);
     assert_eq!(ids("orders"), ["10"]);
     assert_eq!(ids("notes"), ["6", "7"]);
+    // check of the referencing entities alone asks the target which products it holds.
+    let out = aw
+        .cutover_in(
+            &w,
+            "shop",
+            &[
+                "check",
+                "--json",
+                "--full",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                &pipeline,
+                "orders",
+                "notes",
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let mut alone = expected_findings();
+    alone.retain(|f| f.0 != "products");
+    assert_eq!(findings(&out), alone, "{}", text(&out));
     let out = aw
         .cutover_in(
             &w,

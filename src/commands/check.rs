@@ -24,14 +24,26 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
     ];
     let mut blocking_targets = Vec::new();
     let mut targets = Vec::new();
-    let mut rates = std::collections::BTreeMap::new();
+    let mut history = crate::check::TargetHistory::default();
     for kind in kinds {
         match super::shared::connect_target(&cfg, kind, Default::default()).await {
             Ok((t, ledger, _)) => {
                 for s in pipeline.all_steps() {
                     if let Ok(Some(r)) = ledger.last_rate(&s.entity).await {
-                        rates.entry(s.entity).or_insert(r);
+                        history.rates.entry(s.entity).or_insert(r);
                     }
+                }
+                // The entities a completed run left in the target (as the run reads them).
+                match ledger.all_steps().await {
+                    Ok(steps) => history.completed.extend(
+                        crate::ledger::current_steps(&steps)
+                            .into_iter()
+                            .filter(|(_, s)| s.status == crate::ledger::COMPLETED)
+                            .map(|(e, _)| e),
+                    ),
+                    Err(e) => blocking_targets.push(crate::redact::redact_text(&format!(
+                        "cannot read the target's ledger: {e}"
+                    ))),
                 }
                 targets.push(t);
             }
@@ -46,7 +58,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
         &source,
         &targets,
         sample,
-        &rates,
+        &history,
         files_root.as_deref(),
     )
     .await;
