@@ -203,3 +203,151 @@ async fn rules_that_cannot_apply_are_refused_and_not_in_future_sees_arrays_and_i
     assert_eq!(ids, [3], "-infinity is in the past");
     w.drop().await;
 }
+
+/// The shapes a field writes besides a plain column: a constant, `split`, `phone`, columns joined
+/// (`concat`) or gathered (`array`), and JSON. A rule that cannot apply to what such a field
+/// writes is refused by `check` (and `migrate`); on JSON, whose values' kinds only the rows tell,
+/// a value the rule cannot judge fails the rule. Oracle for JSON: PostgreSQL's own
+/// `jsonb_typeof` and comparison.
+#[tokio::test]
+async fn rules_on_constants_transforms_combined_columns_and_json_are_refused_or_judged() {
+    let w = World::new("rules_shapes").await;
+    w.sql(
+        "CREATE TABLE q (id int PRIMARY KEY, de text, vc text, n int, js jsonb);
+         INSERT INTO q VALUES (1, 'a@b.c', 'x@y.z', 1, '{\"n\": 5}'), (2, 'nope', 'nope', 2, '{}'),
+           (3, 'c@d.e', 'e@f.g', 3, '7'), (4, 'f@g.h', 'g@h.i', 4, '\"text\"'),
+           (5, 'h@i.j', 'i@j.k', 5, '[8, 9]'), (6, 'j@k.l', 'k@l.m', 6, '5.5'),
+           (7, 'l@m.n', 'm@n.o', 7, NULL);",
+    )
+    .await;
+    let mapping = |field: &str| {
+        format!(
+            "version = 1\nname = \"q\"\n[source]\ntable = \"q\"\nkey = [\"id\"]\n[[field]]\npath = \"x\"\n{field}\n"
+        )
+    };
+    for (field, rule) in [
+        ("value = \"x\"\nvalidate = { min = 1 }", "min"),
+        (
+            "value = \"x\"\nvalidate = { not_in_future = true }",
+            "not_in_future",
+        ),
+        ("value = 5\nvalidate = { email = true }", "email"),
+        ("value = [1, 2]\nvalidate = { regex = \"1\" }", "regex"),
+        (
+            "column = \"de\"\ntransform = [{ split = \"@\" }]\nvalidate = { min = 1 }",
+            "min",
+        ),
+        (
+            "column = \"de\"\ntransform = [{ split = \"@\" }]\nvalidate = { email = true }",
+            "email",
+        ),
+        (
+            "column = \"de\"\ntransform = [{ phone = { default_country = \"US\" } }]\nvalidate = { max = 1 }",
+            "max",
+        ),
+        (
+            "columns = [\"de\", \"vc\"]\ntransform = [\"array\"]\nvalidate = { email = true }",
+            "email",
+        ),
+        (
+            "columns = [\"de\", \"n\"]\ntransform = [\"array\"]\nvalidate = { not_in_future = true }",
+            "not_in_future",
+        ),
+        (
+            "columns = [\"de\", \"vc\"]\ntransform = [{ concat = { sep = \" \" } }]\nvalidate = { min = 1 }",
+            "min",
+        ),
+        (
+            "column = \"n\"\ntransform = [\"trim\"]\nvalidate = { url = true }",
+            "url",
+        ),
+    ] {
+        let pipeline = common::one_entity_pipeline(&w, "q", &mapping(field));
+        for command in [&["check"][..], &["migrate", "--dry-run"]] {
+            let out = w
+                .cutover()
+                .args(command)
+                .arg("--pipeline")
+                .arg(&pipeline)
+                .output()
+                .unwrap();
+            let text = common::output_text(&out);
+            assert_ne!(out.status.code(), Some(0), "{command:?} {field}: {text}");
+            assert!(
+                text.contains(&format!("`{rule}` cannot apply to this field")),
+                "{command:?} {field}: {text}"
+            );
+        }
+    }
+    // Rules that do apply are taken: an array's length after `split`, the numbers of an array
+    // gathered from a text and a number column.
+    for field in [
+        "column = \"de\"\ntransform = [{ split = \"@\" }]\nvalidate = { min_length = 2 }",
+        "columns = [\"de\", \"n\"]\ntransform = [\"array\"]\nvalidate = { max = 6 }",
+    ] {
+        let pipeline = common::one_entity_pipeline(&w, "q", &mapping(field));
+        let out = w.migrate_with(&pipeline, &["--dry-run"]);
+        let text = common::output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{field}: {text}");
+        let report = w.latest_report();
+        let q = &report["entities"][0];
+        assert_eq!(q["rejected"].as_u64(), Some(1), "{field}: {report}");
+    }
+
+    // JSON: the rows whose value the rule cannot judge, or judges failing, are rejected; check
+    // counts the same rows beforehand.
+    let expected: Vec<String> = w
+        .query_strings(
+            "SELECT id::text FROM q WHERE js IS NOT NULL AND NOT (
+               (jsonb_typeof(js) = 'number' AND (js::text)::numeric >= 6)
+               OR (jsonb_typeof(js) = 'array' AND NOT EXISTS (
+                 SELECT 1 FROM jsonb_array_elements(js) e WHERE jsonb_typeof(e) <> 'null'
+                   AND (jsonb_typeof(e) <> 'number' OR (e::text)::numeric < 6)))) ORDER BY id",
+        )
+        .await;
+    assert_eq!(expected, ["1", "2", "4", "6"], "the oracle itself");
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "q",
+        &mapping("column = \"js\"\nvalidate = { min = 6, regex = \"^t\" }"),
+    );
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", common::output_text(&out)));
+    // `min` fails 1, 2, 4, 6 (the numbers of row 5's array hold it); `regex` fails every value
+    // that is not text (1, 2, 3, 5, 6): six rows.
+    assert_eq!(
+        report["entities"][0]["rejected_rows"].as_u64(),
+        Some(6),
+        "{report}"
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut by_rule: Vec<(String, String)> = w
+        .rejects(&run_id)
+        .into_iter()
+        .map(|(_, key, _, rule)| (rule, key))
+        .collect();
+    by_rule.sort();
+    by_rule.dedup();
+    let min: Vec<&str> = by_rule
+        .iter()
+        .filter(|(r, _)| r == "min")
+        .map(|(_, k)| k.as_str())
+        .collect();
+    assert_eq!(min, expected);
+    let ids: Vec<i32> = w
+        .docs("q")
+        .await
+        .iter()
+        .map(|d| d.get_i32("_id").unwrap())
+        .collect();
+    assert_eq!(ids, [7], "only the NULL is judged by no rule");
+    w.drop().await;
+}

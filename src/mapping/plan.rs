@@ -648,21 +648,24 @@ fn compile_fields(
             Some(r) => Some(IdRule::of(set.get(r)?)),
             None => None,
         };
-        // A rule that cannot apply to what the field writes would never fire, silently.
-        if let (Some(r), Input::Column(i), None, true) =
-            (&f.validate, &input, &combine, steps.is_empty())
-            && let Some((family, array)) = written_family(read.columns[*i].kind, f.cast)
-            && let Some(rule) = inapplicable_rule(r, family, array)
+        // A rule that cannot apply to what the field writes would never fire, silently: refused
+        // where what it writes is known now; judged on each row's value where it is not (JSON,
+        // a `map` to values of several kinds, a uuid, a point).
+        let written = written_shape(&input, combine.as_ref(), &steps, f.cast, read);
+        if let (Some(r), Some((families, array, what))) = (&f.validate, &written)
+            && let Some(rule) = families
+                .iter()
+                .map(|&family| inapplicable_rule(r, family, *array))
+                .reduce(|a, b| if a.is_some() && b.is_some() { a } else { None })
+                .flatten()
         {
-            let c = &read.columns[*i];
+            let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
             return Err(invalid(
                 format!("{key}.validate"),
                 format!(
-                    "`{rule}` cannot apply to this field: column `{}` is {} and the field is written as {}{} — {}; remove the rule, or write the field as the type it is for (`type = …`)",
-                    c.name,
-                    c.pg_type,
-                    if array { "an array of " } else { "" },
-                    family.name(),
+                    "`{rule}` cannot apply to this field: {what} and the field is written as {}{} — {}; remove the rule, or write the field as the type it is for (`type = …`)",
+                    if *array { "an array of " } else { "" },
+                    names.join(" and "),
                     family_rules_text(rule),
                 ),
             ));
@@ -683,6 +686,7 @@ fn compile_fields(
             not_in_future: r.not_in_future,
             severity: r.severity,
             severities: r.severities.clone(),
+            judge_kinds: written.is_none(),
         });
         let exists_in = match &f.validate {
             Some(r) if r.exists => f.reference.clone(),
@@ -1596,6 +1600,127 @@ fn written_family(kind: crate::source::ColKind, cast: Option<CastType>) -> Optio
         },
     };
     Some((family, array))
+}
+
+/// What a field writes, for its rules: the families of its values (several for an array of
+/// columns of different kinds), whether it is an array, and where it comes from (for messages);
+/// `None` where it cannot be told before the rows are read.
+fn written_shape(
+    input: &Input,
+    combine: Option<&Combine>,
+    steps: &[Step],
+    cast: Option<CastType>,
+    read: &ReadSpec,
+) -> Option<(Vec<Family>, bool, String)> {
+    use crate::source::ColKind as K;
+    let with_cast = |family: Family| match cast {
+        None => Some(family),
+        Some(c) => written_family(K::Text, Some(c)).map(|(f, _)| f),
+    };
+    let (mut families, mut array, mut what) = match (input, combine) {
+        (Input::Column(i), _) => {
+            let c = &read.columns[*i];
+            // A cast says the family whatever the column's (a uuid or JSON written as text).
+            let (family, array) = match written_family(c.kind, None) {
+                Some(shape) => shape,
+                None if cast.is_some() && steps.is_empty() => {
+                    (Family::Other, matches!(c.kind, K::Array(_)))
+                }
+                None => return None,
+            };
+            (
+                vec![family],
+                array,
+                format!("column `{}` is {}", c.name, c.pg_type),
+            )
+        }
+        (Input::Const(v), _) => {
+            let (family, array) = value_family(v)?;
+            (
+                vec![family],
+                array,
+                format!("the constant `{v}` is {}", v.type_name()),
+            )
+        }
+        (Input::Columns(idx), Some(Combine::Concat(_))) => (
+            vec![Family::Text],
+            false,
+            format!("columns {} are joined as text", column_list(idx, read)),
+        ),
+        (Input::Columns(idx), Some(Combine::Array)) => {
+            let mut families = Vec::new();
+            for &i in idx {
+                let (family, array) = written_family(read.columns[i].kind, None)?;
+                if array {
+                    return None;
+                }
+                if !families.contains(&family) {
+                    families.push(family);
+                }
+            }
+            (
+                families,
+                true,
+                format!("columns {} are written as an array", column_list(idx, read)),
+            )
+        }
+        (Input::Columns(_), None) => return None,
+    };
+    for step in steps {
+        match step {
+            Step::Trim | Step::Lower | Step::Upper | Step::DropNulls => {}
+            Step::Split(_) => {
+                (families, array) = (vec![Family::Text], true);
+                what.push_str(", split into an array of text");
+            }
+            Step::Phone { .. } => {
+                families = vec![Family::Text];
+                what.push_str(", as a phone number");
+            }
+            Step::Map { .. } | Step::Json => return None,
+        }
+    }
+    if cast.is_some() {
+        families = families
+            .into_iter()
+            .map(with_cast)
+            .collect::<Option<Vec<_>>>()?;
+        families.dedup();
+    }
+    Some((families, array, what))
+}
+
+/// The family of a constant, and whether it is an array (of one family).
+fn value_family(v: &Value) -> Option<(Family, bool)> {
+    Some(match v {
+        Value::Bool(_) => (Family::Bool, false),
+        Value::Int32(_)
+        | Value::Int64(_)
+        | Value::Real(_)
+        | Value::Double(_)
+        | Value::Numeric(_) => (Family::Number, false),
+        Value::Text(_) => (Family::Text, false),
+        Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_) => (Family::Date, false),
+        Value::Bytes(_) => (Family::Other, false),
+        Value::Array(items) => {
+            let mut families = items.iter().map(value_family);
+            let Some(Some((first, false))) = families.next() else {
+                return None;
+            };
+            if !families.all(|f| f == Some((first, false))) {
+                return None;
+            }
+            (first, true)
+        }
+        Value::Null | Value::Uuid(_) | Value::Json(_) => return None,
+    })
+}
+
+fn column_list(idx: &[usize], read: &ReadSpec) -> String {
+    idx.iter()
+        .map(|&i| format!("`{}`", read.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The first rule of `r` that no value of `family` (an array of them when `array`) can fail.

@@ -30,6 +30,11 @@ pub struct Rules {
     pub severity: Severity,
     /// Per-rule severities, overriding `severity`.
     pub severities: BTreeMap<RuleName, Severity>,
+    /// What the field writes could not be told from the mapping (JSON, a `map` to values of
+    /// several kinds, a uuid): a value a rule cannot judge (a document under `min`, a number
+    /// under `regex`) fails that rule instead of passing it unseen. Elsewhere the mapping is
+    /// refused when it is compiled.
+    pub judge_kinds: bool,
 }
 
 fn is_empty(v: Option<&Bson>) -> bool {
@@ -220,6 +225,9 @@ impl Rules {
                 }
             }
         }
+        if self.judge_kinds {
+            self.judge_kind(path, v, &mut fail);
+        }
         if let Some(re) = &self.regex
             && let Some(s) = text
             && !re.is_match(s)
@@ -261,6 +269,87 @@ impl Rules {
                 }
             }
         }
+    }
+}
+
+impl Rules {
+    /// Fails each rule of these that cannot judge `v` (see `judge_kinds`); NULL elements of an
+    /// array are judged by no rule.
+    fn judge_kind(&self, path: &str, v: &Bson, fail: &mut impl FnMut(RuleName, String, &str)) {
+        let mut cannot = |rule: RuleName, item: &Bson, applies: &str| {
+            fail(
+                rule,
+                format!(
+                    "{path} is {}: `{}` cannot judge it ({applies})",
+                    kind_name(item),
+                    rule.as_str()
+                ),
+                &show(item),
+            )
+        };
+        let text_rules = [
+            (self.email != EmailRule::Off, RuleName::Email),
+            (self.url, RuleName::Url),
+            (self.regex.is_some(), RuleName::Regex),
+        ];
+        for (on, rule) in text_rules {
+            if on && !matches!(v, Bson::String(_)) {
+                cannot(rule, v, "it applies to a text value");
+            }
+        }
+        let length_rule = if self.min_length.is_some() {
+            Some(RuleName::MinLength)
+        } else if self.max_length.is_some() {
+            Some(RuleName::MaxLength)
+        } else {
+            None
+        };
+        if let Some(rule) = length_rule
+            && !matches!(v, Bson::String(_) | Bson::Array(_))
+        {
+            cannot(rule, v, "it applies to text and arrays");
+        }
+        let items: Vec<&Bson> = match v {
+            Bson::Array(items) => items.iter().filter(|b| !matches!(b, Bson::Null)).collect(),
+            other => vec![other],
+        };
+        let range_rule = if self.min.is_some() {
+            Some(RuleName::Min)
+        } else if self.max.is_some() {
+            Some(RuleName::Max)
+        } else {
+            None
+        };
+        if let Some(rule) = range_rule
+            && let Some(item) = items
+                .iter()
+                .find(|b| matches!(against(b, 0.0), Against::NotANumber))
+        {
+            cannot(rule, item, "it applies to numbers");
+        }
+        if self.not_in_future
+            && let Some(item) = items.iter().find(|b| {
+                !matches!(b, Bson::DateTime(_))
+                    && !matches!(b, Bson::String(s) if s == "infinity" || s == "-infinity")
+            })
+        {
+            cannot(RuleName::NotInFuture, item, "it applies to dates");
+        }
+    }
+}
+
+/// What kind of value `v` is, for messages.
+fn kind_name(v: &Bson) -> &'static str {
+    match v {
+        Bson::Document(_) => "a document",
+        Bson::Array(_) => "an array",
+        Bson::String(_) => "text",
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => "a number",
+        Bson::Boolean(_) => "a boolean",
+        Bson::DateTime(_) => "a date",
+        Bson::Binary(_) => "binary data",
+        Bson::Null => "null",
+        _ => "a value of another kind",
     }
 }
 
