@@ -1313,5 +1313,22 @@ async fn enums_labelled_null_and_composites_holding_multiranges_are_their_text()
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The label `NULL` emptied in the target: verify shows the source's text as the text it is,
+    // not as an SQL NULL.
+    coll.update_one(bson::doc! { "_id": 1 }, bson::doc! { "$set": { "e": null } })
+        .await
+        .unwrap();
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("value differs: 1 field e: source 'NULL' target null"),
+        "{}",
+        text(&out)
+    );
     w.drop().await;
 }

@@ -280,7 +280,7 @@ async fn verify_names_each_tampered_value_and_the_broken_embedded_reference() {
         .iter()
         .find(|m| m["key"] == "3")
         .unwrap();
-    assert_eq!(m3["source"], "1.50");
+    assert_eq!(m3["source"], "'1.50'");
     assert!(m3["problem"].as_str().unwrap().contains("scale"), "{m3}");
     let broken = t["broken_references"].as_array().unwrap();
     assert_eq!(broken.len(), 1, "{t}");

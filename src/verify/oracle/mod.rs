@@ -52,11 +52,20 @@ pub struct Mismatch {
     pub key: String,
     pub id: String,
     pub field: String,
-    /// PostgreSQL's rendering (`NULL` for NULL).
+    /// PostgreSQL's rendering as an SQL literal (`'NULL'` is the text, `NULL` the SQL NULL).
     pub source: String,
     /// The target's value as canonical Extended JSON (`(absent)` when the field is missing).
     pub target: String,
     pub problem: String,
+}
+
+/// PostgreSQL's text of a value as an SQL literal, so that a text `NULL` (an enum label, say) and
+/// the SQL NULL read apart.
+pub(crate) fn shown_source(text: Option<&str>) -> String {
+    match text {
+        Some(t) => format!("'{}'", t.replace('\'', "''")),
+        None => "NULL".into(),
+    }
 }
 
 /// The independent comparison of one entity.
@@ -618,7 +627,7 @@ impl Comparer<'_> {
             key: key.to_string(),
             id: show_id(id),
             field: c.path_text.clone(),
-            source: text.clone().unwrap_or_else(|| "NULL".into()),
+            source: shown_source(text.as_deref()),
             target: target.map_or_else(|| "(absent)".into(), compare::show),
             problem,
         };
