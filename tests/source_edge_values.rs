@@ -669,7 +669,8 @@ type = "long"
 /// A reference column of another type than the referenced key — text holding uuids, an int for a
 /// numeric key, char(n) for a text key — is refused before the run, naming both types: its values
 /// would not be the referenced `_id`s (the run wrote them and only verify saw them dangle).
-/// Integers of different widths are one type to the targets and are accepted.
+/// Integers of different widths are one type to the targets and are accepted. An array of keys
+/// is refused with a fix that works (the seventeenth tester's 8: it was told to cast the array).
 #[tokio::test]
 async fn a_reference_of_another_type_than_the_key_is_refused() {
     let w = World::new("ref_types").await;
@@ -678,8 +679,8 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
          CREATE TABLE kn (k numeric PRIMARY KEY, v int); INSERT INTO kn VALUES (5, 1);
          CREATE TABLE kt (k text PRIMARY KEY, v int); INSERT INTO kt VALUES ('Abc', 1);
          CREATE TABLE k8 (k bigint PRIMARY KEY, v int); INSERT INTO k8 VALUES (5, 1);
-         CREATE TABLE r (id int PRIMARY KEY, tu text, i int, c char(5));
-         INSERT INTO r VALUES (1, '6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 5, 'Abc');",
+         CREATE TABLE r (id int PRIMARY KEY, tu text, i int, c char(5), ia int[]);
+         INSERT INTO r VALUES (1, '6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 5, 'Abc', '{5}');",
     )
     .await;
     let key_mapping = |name: &str| {
@@ -717,6 +718,12 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
             "kt",
             "(column `c`, blank-padded char(n)) references `kt`, whose key `k` is text",
         ),
+        // An array of keys is no reference (the hint names the embed that is one per element).
+        (
+            "ia",
+            "k8",
+            "(column `ia`, int4[]) references `k8`: a reference field holds one key, not an array of them; write the array as an embed",
+        ),
         ("i", "k8", ""),
     ] {
         std::fs::write(
@@ -737,6 +744,24 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
             assert!(text.contains(says), "{text}");
         }
     }
+    // The fix the hint names works: each element a reference of its own, judged by `exists`.
+    std::fs::write(
+        dir.join("mappings/r.toml"),
+        "version = 1\nname = \"r\"\n[source]\ntable = \"r\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"i\"\ncolumn = \"i\"\n\
+         [[embed]]\npath = \"refs\"\nquery = \"SELECT id AS parent, unnest(ia) AS k FROM r\"\n\
+         foreign_key = \"parent\"\norder_by = [\"k\"]\nelement = \"value\"\n\
+         [[embed.field]]\npath = \"k\"\ncolumn = \"k\"\nreference = \"k8\"\n\
+         validate = { exists = true }\n",
+    )
+    .unwrap();
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let docs = w.docs("r").await;
+    assert_eq!(
+        docs[0].get_array("refs").unwrap(),
+        &vec![bson::Bson::Int32(5)]
+    );
     w.drop().await;
 }
 
@@ -1315,9 +1340,12 @@ async fn enums_labelled_null_and_composites_holding_multiranges_are_their_text()
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // The label `NULL` emptied in the target: verify shows the source's text as the text it is,
     // not as an SQL NULL.
-    coll.update_one(bson::doc! { "_id": 1 }, bson::doc! { "$set": { "e": null } })
-        .await
-        .unwrap();
+    coll.update_one(
+        bson::doc! { "_id": 1 },
+        bson::doc! { "$set": { "e": null } },
+    )
+    .await
+    .unwrap();
     let out = w
         .cutover()
         .args(["verify", "--pipeline"])

@@ -121,6 +121,21 @@ async fn reference_types_agree(
             continue;
         };
         let column = &read.columns[*col];
+        // An array of references is not one reference: each element would need finding (and
+        // `exists`, verify and `reference_rejected` judge a field's one value). An embed of the
+        // array's elements (`element = "value"`) writes the same array, each element judged.
+        if matches!(column.kind, K::Array(_)) {
+            return Err(RunError::Refused(format!(
+                "{}: field `{}` (column `{}`, {}) references `{}`: a reference field holds one key, not an array of them; write the array as an embed of its elements (`[[embed]]` with `element = \"value\"` and a `query` that unnests the column, e.g. `SELECT <key> AS parent, unnest({}) AS {} FROM …`, `foreign_key = \"parent\"`): each element is then a reference of its own",
+                p.entity,
+                f.path_text,
+                column.name,
+                column.pg_type.to_lowercase(),
+                rule.entity,
+                column.name,
+                rule.key_names[0],
+            )));
+        }
         let (have, want) = (family(column), family(key));
         if have != want {
             return Err(RunError::Refused(format!(
