@@ -66,6 +66,11 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             .filter(|(_, s)| s.status == crate::ledger::COMPLETED)
             .map(|(e, _)| e)
             .collect();
+    // Per referenced entity, the ids of the rows its run left out (see below), and the mapping
+    // context they are found with (no reference judged: a chain of them is not followed).
+    let mut left_out: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    let plain_ctx = ctx.clone();
     for p in &plans {
         // References to rows the target does not hold: the run rejected (or warned) them
         // (`reference_rejected`), so the comparison expects what the run wrote.
@@ -78,6 +83,43 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             &mut session,
         )
         .await?;
+        // Excused only where the run left the referenced row out (its mapping rejects it, or
+        // the target refused it): a referenced document deleted since is not excused.
+        for (e, absent) in ctx.absent_ids.iter_mut() {
+            if absent.is_empty() {
+                continue;
+            }
+            if !left_out.contains_key(e) {
+                let step = crate::pipeline::Step {
+                    stage: String::new(),
+                    entity: e.clone(),
+                };
+                let referenced = crate::pipeline::run::compile_plans(
+                    &pipeline,
+                    std::slice::from_ref(&step),
+                    &mut session,
+                )
+                .await?;
+                let refused =
+                    crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, e).await?;
+                let mut ids = std::collections::HashSet::new();
+                for r in &referenced {
+                    ids.extend(
+                        crate::verify::left_out_ids(
+                            r,
+                            &mut session,
+                            &plain_ctx,
+                            &refused,
+                            target.max_document_bytes(),
+                        )
+                        .await?,
+                    );
+                }
+                left_out.insert(e.clone(), ids);
+            }
+            let keep = &left_out[e];
+            *absent = std::sync::Arc::new(absent.intersection(keep).cloned().collect());
+        }
         let rows = session.count(&p.relation).await?;
         let sample = match (args.full, args.sample) {
             (true, _) => None,
@@ -129,6 +171,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         let mut fork = session.fork().await?;
         let side_log = crate::verify::ProblemLog::new(side_problems_path.clone());
         let (plan, side_target, refs) = (p.clone(), target.clone(), collections.clone());
+        let absent = ctx.absent_ids.clone();
         let side = crate::pipeline::run::Spawned::spawn(async move {
             let mut side_log = side_log;
             let i = crate::verify::oracle::independent_in(
@@ -136,7 +179,10 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                 &plan,
                 &mut fork,
                 sample,
-                &refs,
+                &crate::verify::oracle::EmbeddedRefs {
+                    collections: &refs,
+                    absent: &absent,
+                },
                 &mut side_log,
             )
             .await;
@@ -334,6 +380,15 @@ fn print_verification(v: &crate::verify::EntityVerification) {
     for r in &v.broken_references {
         crate::outln!(
             "    broken references: {} → {}: {} value(s) point nowhere (e.g. {})",
+            r.path,
+            r.references,
+            r.dangling,
+            r.examples.join(", ")
+        );
+    }
+    for r in &v.warned_references {
+        crate::outln!(
+            "    references written with a warning: {} → {}: {} value(s) name rows the run left out (rejected by the mapping or refused by the target; the run wrote these with a warning, rule reference_rejected: not a failure) (e.g. {})",
             r.path,
             r.references,
             r.dangling,

@@ -768,8 +768,10 @@ pub async fn verify_entity(
         different.sort_by(|a, b| a.key.cmp(&b.key));
     }
 
-    // References: every referenced value is a row id of the referenced table (both sides sorted).
+    // References: every referenced value is a row id of the referenced table (both sides sorted),
+    // or one the run warned of.
     let mut broken_references = Vec::new();
+    let mut warned_references = Vec::new();
     for ((field, entity), values) in ref_fields.iter().zip(ref_values) {
         let table = ref_collections
             .get(entity)
@@ -796,21 +798,44 @@ pub async fn verify_entity(
             values.sorted().map_err(spill_err)?,
             present.sorted().map_err(spill_err)?,
         );
-        let mut count = 0u64;
-        let mut examples = Vec::new();
+        // The row ids of the referenced rows the target does not hold (rejected or skipped when
+        // their entity ran): references to them were written with a warning.
+        let absent: std::collections::HashSet<String> = ctx
+            .absent_ids
+            .get(entity)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                    .filter_map(|j| bson::Bson::try_from(j).ok())
+                    .map(|b| crate::sink::appwrite::rows::row_id(&b))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (mut broken, mut warned) = ((0u64, Vec::new()), (0u64, Vec::new()));
         while let Some((value, _)) = dangling.next_record().map_err(spill_err)? {
-            count += 1;
+            let value = text(&value);
+            let (count, examples) = if absent.contains(&value) {
+                &mut warned
+            } else {
+                &mut broken
+            };
+            *count += 1;
             if examples.len() < 5 {
-                examples.push(text(&value));
+                examples.push(value);
             }
         }
-        if count > 0 {
-            broken_references.push(BrokenReference {
-                path: field.clone(),
-                references: table,
-                dangling: count,
-                examples,
-            });
+        for ((count, examples), list) in [
+            (broken, &mut broken_references),
+            (warned, &mut warned_references),
+        ] {
+            if count > 0 {
+                list.push(BrokenReference {
+                    path: field.clone(),
+                    references: table.clone(),
+                    dangling: count,
+                    examples,
+                });
+            }
         }
     }
 
@@ -866,6 +891,7 @@ pub async fn verify_entity(
         different_count,
         different,
         broken_references,
+        warned_references,
         embedded,
         counts_agree,
         ok,

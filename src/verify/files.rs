@@ -484,6 +484,7 @@ fn file_verification(
         different_count: different.count,
         different: different.first,
         broken_references: Vec::new(),
+        warned_references: Vec::new(),
         embedded: Vec::new(),
         counts_agree,
         ok,

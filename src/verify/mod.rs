@@ -270,6 +270,12 @@ pub struct EntityVerification {
     pub different_count: u64,
     pub different: Vec<Different>,
     pub broken_references: Vec<BrokenReference>,
+    /// References the run wrote with a warning (rule `reference_rejected`, the field without an
+    /// `exists` rule at error severity): they name rows of the referenced entity that are in the
+    /// source but not in the target (rejected or skipped when it ran). Listed, not failures —
+    /// the run recorded each in its warnings file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warned_references: Vec<BrokenReference>,
     /// Embedded arrays: child rows of the written parents vs array elements in the target.
     pub embedded: Vec<EmbeddedCount>,
     /// In a full comparison the target holds exactly as many documents as expected — whatever
@@ -844,8 +850,10 @@ pub async fn verify_entity(
         }
     }
 
-    // References: every value of a reference field names an existing document.
+    // References: every value of a reference field names an existing document (or one the run
+    // warned of: a row rejected or skipped when its entity ran).
     let mut broken_references = Vec::new();
+    let mut warned_references = Vec::new();
     for f in &plan.fields {
         let Some(rule) = &f.reference else { continue };
         let ref_coll = ref_collections
@@ -859,26 +867,29 @@ pub async fn verify_entity(
             doc! { "$match": { "m": { "$size": 0 } } },
             doc! { "$project": { "_id": 1 } },
         ];
-        let dangling: Vec<Document> = target
+        let dangling: Vec<Bson> = target
             .database()
             .collection::<Document>(&plan.collection)
             .aggregate(pipeline)
             .await
             .map_err(merr(format!("check references of {}", plan.collection)))?
-            .try_collect()
+            .try_collect::<Vec<Document>>()
             .await
-            .map_err(merr(format!("check references of {}", plan.collection)))?;
-        if !dangling.is_empty() {
-            broken_references.push(BrokenReference {
-                path: f.path_text.clone(),
-                references: ref_coll.clone(),
-                dangling: dangling.len() as u64,
-                examples: dangling
-                    .iter()
-                    .take(5)
-                    .map(|d| d.get("_id").map(show_id).unwrap_or_default())
-                    .collect(),
-            });
+            .map_err(merr(format!("check references of {}", plan.collection)))?
+            .into_iter()
+            .filter_map(|mut d| d.remove("_id"))
+            .collect();
+        let (warned, broken) = split_dangling(
+            dangling,
+            ctx.absent_ids.get(&rule.entity).map(|a| a.as_ref()),
+        );
+        for (values, list) in [
+            (broken, &mut broken_references),
+            (warned, &mut warned_references),
+        ] {
+            if let Some(r) = dangling_reference(&f.path_text, &ref_coll, &values) {
+                list.push(r);
+            }
         }
     }
 
@@ -950,10 +961,67 @@ pub async fn verify_entity(
         different_count: different_ids.count,
         different,
         broken_references,
+        warned_references,
         embedded,
         counts_agree,
         ok,
         independent_mismatches: 0,
+    })
+}
+
+/// The ids (by [`crate::mapping::plan::id_text`]) of `plan`'s source rows that its run leaves out
+/// of the target whatever the target holds now: the rows its mapping rejects, and the rows the
+/// target refused when they were written (`refused`, by source key). A referenced row absent from
+/// the target for another reason (its document deleted since) is not among them: references
+/// to it are broken, not excused.
+pub async fn left_out_ids(
+    plan: &Plan,
+    session: &mut SourceSession,
+    ctx: &MapContext,
+    refused: &write_rejects::WriteRejects,
+    max_document_bytes: Option<usize>,
+) -> Result<HashSet<String>, RunError> {
+    let mut readers = Readers::open(session, plan).await?;
+    let mut rows = ExpectedRows::new(&mut readers, plan, max_document_bytes);
+    let mut out = HashSet::new();
+    while let Some(item) = rows.next(ctx).await? {
+        let values = match &item {
+            ExpectedRow::Rejected { row, decoded, .. } => row.as_ref().unwrap_or(decoded),
+            ExpectedRow::Document { row, mapped, .. } if refused.contains(&mapped.key) => row,
+            _ => continue,
+        };
+        let key: Option<Vec<&Value>> = plan.key.iter().map(|&i| values.get(i)).collect();
+        if let Some(id) = key.and_then(|k| plan.id.id_for(&k).ok()) {
+            out.insert(crate::mapping::plan::id_text(&id));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits reference values that name no document into those naming a row the target does not
+/// hold because its entity's run rejected or skipped it (`absent`, by [`crate::mapping::plan::id_text`]:
+/// the run wrote them with a `reference_rejected` warning) and the others.
+pub(crate) fn split_dangling(
+    values: Vec<Bson>,
+    absent: Option<&std::collections::HashSet<String>>,
+) -> (Vec<Bson>, Vec<Bson>) {
+    values
+        .into_iter()
+        .partition(|v| absent.is_some_and(|a| a.contains(&crate::mapping::plan::id_text(v))))
+}
+
+/// The dangling `values` of the reference field at `path` into `references` (None when there
+/// are none).
+pub(crate) fn dangling_reference(
+    path: &str,
+    references: &str,
+    values: &[Bson],
+) -> Option<BrokenReference> {
+    (!values.is_empty()).then(|| BrokenReference {
+        path: path.to_string(),
+        references: references.to_string(),
+        dangling: values.len() as u64,
+        examples: values.iter().take(5).map(show_id).collect(),
     })
 }
 
@@ -986,6 +1054,7 @@ mod tests {
             different_count: 0,
             different: Vec::new(),
             broken_references: Vec::new(),
+            warned_references: Vec::new(),
             embedded: Vec::new(),
             counts_agree: true,
             ok: true,

@@ -926,6 +926,7 @@ pub async fn verify_entity(
         mismatch_count: mismatches.count,
         mismatches: mismatches.first,
         broken_embedded_references: Vec::new(),
+        warned_embedded_references: Vec::new(),
     })
 }
 

@@ -81,6 +81,10 @@ pub struct Independent {
     pub mismatches: Vec<Mismatch>,
     /// References inside embedded documents that point nowhere.
     pub broken_embedded_references: Vec<BrokenReference>,
+    /// References inside embedded documents the run wrote with a `reference_rejected` warning
+    /// (see [`EntityVerification::warned_references`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warned_embedded_references: Vec<BrokenReference>,
 }
 
 impl Independent {
@@ -93,6 +97,8 @@ impl Independent {
     pub fn apply(&self, v: &mut EntityVerification) {
         v.broken_references
             .extend(self.broken_embedded_references.iter().cloned());
+        v.warned_references
+            .extend(self.warned_embedded_references.iter().cloned());
         v.independent_mismatches += self.mismatch_count;
         v.ok = v.ok && self.ok();
     }
@@ -800,18 +806,26 @@ fn source_row(
     Ok(Some((crate::source::value::key_text(&key_refs), id, texts)))
 }
 
+/// What the references of embedded documents are checked against: the collection of each
+/// entity, and the ids of each referenced entity's rows the target does not hold (rejected or
+/// skipped when it ran: a reference to one was written with a `reference_rejected` warning).
+pub struct EmbeddedRefs<'a> {
+    pub collections: &'a HashMap<String, String>,
+    pub absent: &'a HashMap<String, std::sync::Arc<std::collections::HashSet<String>>>,
+}
+
 /// The independent comparison of one entity with `target`, whichever kind it is.
 pub async fn independent_in(
     target: &crate::sink::target::Target,
     plan: &Plan,
     session: &mut SourceSession,
     sample: Option<u64>,
-    ref_collections: &HashMap<String, String>,
+    refs: &EmbeddedRefs<'_>,
     log: &mut ProblemLog,
 ) -> Result<Independent, RunError> {
     use crate::sink::target::Target;
     match target {
-        Target::Mongo(m) => verify_entity(plan, session, m, sample, ref_collections, log).await,
+        Target::Mongo(m) => verify_entity(plan, session, m, sample, refs, log).await,
         Target::Appwrite(a) => appwrite::verify_entity(plan, session, a, sample, log).await,
     }
 }
@@ -823,7 +837,7 @@ pub async fn verify_entity(
     session: &mut SourceSession,
     target: &MongoTarget,
     sample: Option<u64>,
-    ref_collections: &HashMap<String, String>,
+    refs: &EmbeddedRefs<'_>,
     log: &mut ProblemLog,
 ) -> Result<Independent, RunError> {
     let (checks, mut not_compared) = field_checks(&plan.relation, &plan.read, &plan.fields);
@@ -933,7 +947,8 @@ pub async fn verify_entity(
     }
     // Inside embedded arrays: each child row's columns against its element.
     embedded::compare(plan, session, &coll, step, &embed_checks, &mut cmp).await?;
-    let broken_embedded_references = embedded_references(plan, target, ref_collections).await?;
+    let (broken_embedded_references, warned_embedded_references) =
+        embedded_references(plan, target, refs).await?;
     let Comparer {
         mismatches,
         documents,
@@ -947,6 +962,7 @@ pub async fn verify_entity(
         mismatch_count: mismatches.count,
         mismatches: mismatches.first,
         broken_embedded_references,
+        warned_embedded_references,
     })
 }
 
@@ -955,9 +971,10 @@ pub async fn verify_entity(
 async fn embedded_references(
     plan: &Plan,
     target: &MongoTarget,
-    ref_collections: &HashMap<String, String>,
-) -> Result<Vec<BrokenReference>, RunError> {
-    let mut out = Vec::new();
+    refs: &EmbeddedRefs<'_>,
+) -> Result<(Vec<BrokenReference>, Vec<BrokenReference>), RunError> {
+    let ref_collections = refs.collections;
+    let (mut out, mut warned_out) = (Vec::new(), Vec::new());
     for e in &plan.embeds {
         for f in &e.fields {
             let Some(rule) = &f.reference else { continue };
@@ -980,28 +997,26 @@ async fn embedded_references(
                 doc! { "$match": { "m": { "$size": 0 } } },
                 doc! { "$project": { "_id": 1 } },
             ];
-            let dangling: Vec<Document> = target
+            let dangling: Vec<Bson> = target
                 .database()
                 .collection::<Document>(&plan.collection)
                 .aggregate(pipeline)
                 .await
                 .map_err(merr(op.clone()))?
-                .try_collect()
+                .try_collect::<Vec<Document>>()
                 .await
-                .map_err(merr(op))?;
-            if !dangling.is_empty() {
-                out.push(BrokenReference {
-                    path,
-                    references: ref_coll,
-                    dangling: dangling.len() as u64,
-                    examples: dangling
-                        .iter()
-                        .take(5)
-                        .map(|d| d.get("_id").map(show_id).unwrap_or_default())
-                        .collect(),
-                });
+                .map_err(merr(op))?
+                .into_iter()
+                .filter_map(|mut d| d.remove("_id"))
+                .collect();
+            let (warned, broken) =
+                super::split_dangling(dangling, refs.absent.get(&rule.entity).map(|a| a.as_ref()));
+            for (values, list) in [(broken, &mut out), (warned, &mut warned_out)] {
+                if let Some(r) = super::dangling_reference(&path, &ref_coll, &values) {
+                    list.push(r);
+                }
             }
         }
     }
-    Ok(out)
+    Ok((out, warned_out))
 }
