@@ -1069,6 +1069,7 @@ mod tests {
             mismatch_count: 2,
             mismatches: Vec::new(),
             broken_embedded_references: Vec::new(),
+            warned_embedded_references: Vec::new(),
         };
         independent.apply(&mut v);
         assert!(!v.ok);
