@@ -292,6 +292,11 @@ pub async fn check(
         // The destination as it exists: a view or a non-binary collation blocks (migrate
         // refuses it too); a validator may refuse rows, which only the run can tell.
         for t in targets.iter() {
+            if let Some(why) = t.unfit_columns(plan)
+                && !report.blocking.contains(&why)
+            {
+                report.blocking.push(why);
+            }
             if let Some(why) = t.unfit_name(
                 &plan.entity,
                 &plan.collection,

@@ -1360,3 +1360,60 @@ async fn enums_labelled_null_and_composites_holding_multiranges_are_their_text()
     );
     w.drop().await;
 }
+
+/// A key column whose value no target date holds (years past chrono's) is named in the rejects
+/// file and by check as PostgreSQL writes it, not `?` (the eleventh tester's 18). Shapes: date,
+/// timestamp and timestamptz keys, AD and BC. Oracle: PostgreSQL's own `::text` (TimeZone UTC).
+#[tokio::test]
+async fn a_key_no_target_date_holds_is_named_by_postgresql_text() {
+    let w = World::new("edge_key_text").await;
+    w.sql(
+        "CREATE TABLE dk (d date PRIMARY KEY, v text);
+         INSERT INTO dk VALUES ('2020-01-01', 'a'), ('5874897-12-31', 'b'), ('4713-01-01 BC', 'c'),
+           ('300000-06-01', 'e');
+         CREATE TABLE tk (t timestamp PRIMARY KEY, v text);
+         INSERT INTO tk VALUES ('2020-01-01 10:00', 'a'), ('294276-12-31 23:59:59.5', 'b'),
+           ('4713-01-01 00:00:01 BC', 'c');
+         CREATE TABLE zk (t timestamptz PRIMARY KEY, v text);
+         INSERT INTO zk VALUES ('2020-01-01 10:00+00', 'a'), ('294276-12-31 23:59:59.123+00', 'b');",
+    )
+    .await;
+    for (table, column) in [("dk", "d"), ("tk", "t"), ("zk", "t")] {
+        let pipeline = common::one_entity_pipeline(
+            &w,
+            table,
+            &format!(
+                "version = 1\nname = \"{table}\"\n[source]\ntable = \"{table}\"\nkey = [\"{column}\"]\n\
+                 [[field]]\npath = \"v\"\ncolumn = \"v\"\n"
+            ),
+        );
+        let out = w.migrate_with(&pipeline, &[]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+        let mut keys: Vec<String> = w
+            .rejects(&run_id)
+            .into_iter()
+            .map(|(_, key, _, rule)| {
+                assert_eq!(rule, "date_out_of_range");
+                key
+            })
+            .collect();
+        keys.sort();
+        // The rows chrono cannot hold, as PostgreSQL renders their keys.
+        let mut want = w
+            .query_strings(&format!(
+                "SELECT {shown} FROM {table} WHERE v <> 'a'
+                   AND (extract(year FROM {column}) > 262142 OR extract(year FROM {column}) < -262143)",
+                shown = if table == "zk" {
+                    format!("({column} AT TIME ZONE 'UTC')::text || '+00'")
+                } else {
+                    format!("{column}::text")
+                }
+            ))
+            .await;
+        want.sort();
+        assert!(!want.is_empty());
+        assert_eq!(keys, want, "{table}");
+    }
+    w.drop().await;
+}

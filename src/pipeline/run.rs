@@ -574,6 +574,10 @@ async fn migrate_locked(
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     tracing::info!(run = %run_id, snapshot_at = %snapshot_at, "source snapshot taken");
     let plans = compile_plans(pipeline, &run_steps, &mut session).await?;
+    // Refused before anything is written: columns the target cannot create.
+    if let Some(why) = plans.iter().find_map(|p| target.unfit_columns(p)) {
+        return Err(RunError::Refused(why));
+    }
     let ctx = MapContext {
         now_ms: started_at.timestamp_millis(),
         skip_validation: opts.skip_validation,

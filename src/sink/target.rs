@@ -1276,6 +1276,43 @@ impl Target {
         ))
     }
 
+    /// Appwrite: why the columns `plan` makes cannot be created — a key Appwrite's key rule
+    /// refuses (at most 36 of a-z, A-Z, 0-9, `.`, `-`, `_`, not starting with `.`, `-` or `_`;
+    /// a MongoDB field name may be anything), or two keys of one table equal but for case (its
+    /// database layer compares column names so). `None` for MongoDB, users and file stages.
+    pub fn unfit_columns(&self, plan: &crate::mapping::plan::Plan) -> Option<String> {
+        use crate::sink::appwrite::schema;
+        let Target::Appwrite(_) = self else {
+            return None;
+        };
+        if plan.appwrite_users.is_some() || plan.file.is_some() {
+            return None;
+        }
+        let main = schema::table_spec(plan);
+        let children = schema::child_tables(plan);
+        let mut problems = Vec::new();
+        for table in std::iter::once(&main).chain(children.iter().map(|c| &c.table)) {
+            let mut seen: HashMap<String, &str> = HashMap::new();
+            for c in &table.columns {
+                if !crate::sink::appwrite::id_ok(&c.key) {
+                    problems.push(format!("`{}` (table {})", c.key, table.id));
+                } else if let Some(other) = seen.insert(c.key.to_lowercase(), &c.key) {
+                    problems.push(format!(
+                        "`{}` and `{other}` (table {}: equal but for case)",
+                        c.key, table.id
+                    ));
+                }
+            }
+        }
+        (!problems.is_empty()).then(|| {
+            format!(
+                "{}: Appwrite cannot create the column(s) {}: a column key is at most 36 of a-z, A-Z, 0-9, `.`, `-`, `_`, not starting with `.`, `-` or `_`, and unique ignoring case; give the field another `path`",
+                plan.entity,
+                problems.join(", ")
+            )
+        })
+    }
+
     /// Whether documents written into `plan`'s destination may keep their key's value nowhere:
     /// Appwrite hashes a key its row ids cannot hold (a capital, a character outside its id
     /// rule, several key columns), and a key not mapped as a field is then lost. Decided once per

@@ -1554,22 +1554,33 @@ fn decode_time(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
             let b: [u8; 4] = bytes.try_into().map_err(|_| wrong_size(4))?;
             let days = i32::from_be_bytes(b);
             date_from_pg(days).map(Value::Date).map_err(|m| {
-                Failure::out_of_range(m).infinite(match days {
+                let infinite = match days {
                     i32::MAX => Some(false),
                     i32::MIN => Some(true),
                     _ => None,
-                })
+                };
+                // PostgreSQL's text of it, which names a key that cannot be decoded.
+                Failure {
+                    raw: infinite.is_none().then(|| pg_date_text(i64::from(days))),
+                    ..Failure::out_of_range(m).infinite(infinite)
+                }
             })
         }
         _ => {
             let b: [u8; 8] = bytes.try_into().map_err(|_| wrong_size(8))?;
             let micros = i64::from_be_bytes(b);
             let t = instant_from_pg(micros, kind).map_err(|m| {
-                Failure::out_of_range(m).infinite(match micros {
+                let infinite = match micros {
                     i64::MAX => Some(false),
                     i64::MIN => Some(true),
                     _ => None,
-                })
+                };
+                Failure {
+                    raw: infinite
+                        .is_none()
+                        .then(|| pg_instant_text(micros, kind == ColKind::TimestampTz)),
+                    ..Failure::out_of_range(m).infinite(infinite)
+                }
             })?;
             Ok(if kind == ColKind::Timestamp {
                 Value::Timestamp(t.naive_utc())
@@ -1652,6 +1663,25 @@ fn pg_year_text(year: i64) -> String {
 
 /// The calendar date `days` after 2000-01-01 as PostgreSQL writes it (`5874897-12-31`,
 /// `4714-11-24 BC`), for dates beyond chrono's range (Howard Hinnant's `civil_from_days`).
+/// A timestamp (microseconds since 2000-01-01) as PostgreSQL writes it (DateStyle ISO,
+/// TimeZone UTC for a timestamptz): `294277-01-01 00:00:00`, fractions without trailing zeros,
+/// ` BC` after the time.
+fn pg_instant_text(micros: i64, tz: bool) -> String {
+    let day = micros.div_euclid(MICROS_PER_DAY);
+    let of_day = micros.rem_euclid(MICROS_PER_DAY);
+    let (secs, frac) = (of_day / 1_000_000, of_day % 1_000_000);
+    let date = pg_date_text(day);
+    let (date, bc) = match date.strip_suffix(" BC") {
+        Some(d) => (d.to_string(), " BC"),
+        None => (date, ""),
+    };
+    let mut time = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    if frac > 0 {
+        time.push_str(format!(".{frac:06}").trim_end_matches('0'));
+    }
+    format!("{date} {time}{}{bc}", if tz { "+00" } else { "" })
+}
+
 fn pg_date_text(days: i64) -> String {
     let z = days + PG_EPOCH_UNIX_DAYS + 719_468;
     let era = z.div_euclid(146_097);
