@@ -21,6 +21,7 @@ use crate::source::postgres::quote_ident;
 use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
 
+mod ttl;
 mod unique;
 
 #[derive(Debug, Default, Serialize)]
@@ -530,6 +531,13 @@ pub async fn check(
                 } else {
                     Vec::new()
                 };
+                // mongod's TTL monitor deletes a document already past its expiry within a
+                // minute of its write (the eleventh tester's 8: a completed run, then missing).
+                let mut ttls = if targets.iter().any(|t| matches!(t, Target::Mongo(_))) {
+                    ttl::TtlIndex::of(&plan.indexes)
+                } else {
+                    Vec::new()
+                };
                 // Per embed: the orphans and the key of the first.
                 let mut orphans: Vec<(u64, String)> = vec![(0, String::new()); plan.embeds.len()];
                 while sample.is_none_or(|n| scanned < n) {
@@ -620,11 +628,15 @@ pub async fn check(
                         plan.id.id_for(&key?).ok()
                     });
                     let indexed = match &row {
-                        ExpectedRow::Document { mapped, .. } if !uniques.is_empty() => mapped
-                            .doc
-                            .as_ref()
-                            .and_then(|d| d.to_document().ok())
-                            .map(|d| (mapped.key.clone(), d)),
+                        ExpectedRow::Document { mapped, .. }
+                            if !uniques.is_empty() || !ttls.is_empty() =>
+                        {
+                            mapped
+                                .doc
+                                .as_ref()
+                                .and_then(|d| d.to_document().ok())
+                                .map(|d| (mapped.key.clone(), d))
+                        }
                         _ => None,
                     };
                     let rejected = scan_row(
@@ -676,6 +688,9 @@ pub async fn check(
                         for u in &mut uniques {
                             u.add(&key, &doc);
                         }
+                        for t in &mut ttls {
+                            t.add(&key, &doc, ctx.now_ms);
+                        }
                     }
                     if let Some(id) = row_id
                         && (rejected || refused || file_refused)
@@ -684,6 +699,34 @@ pub async fn check(
                             .entry(plan.entity.clone())
                             .or_default()
                             .insert(crate::mapping::plan::id_text(&id));
+                    }
+                }
+                for t in ttls {
+                    if let Some(why) = t.unchecked {
+                        report.findings.push(Finding {
+                            entity: plan.entity.clone(),
+                            path: t.path.clone(),
+                            rule: "ttl_expired_unchecked".into(),
+                            severity: "warning".into(),
+                            example: format!(
+                                "TTL index `{}`: not checked against the data ({why}); documents already past their expiry are deleted by mongod within a minute of the run",
+                                t.name
+                            ),
+                            ..Default::default()
+                        });
+                    } else if t.expired > 0 {
+                        report.findings.push(Finding {
+                            entity: plan.entity.clone(),
+                            path: t.path.clone(),
+                            rule: "ttl_expired".into(),
+                            severity: "warning".into(),
+                            rows: t.expired,
+                            example_key: t.example.unwrap_or_default(),
+                            example: format!(
+                                "TTL index `{}` (ttl_seconds = {}): these documents are past their expiry when written; mongod deletes them within about a minute, and verify then finds them missing",
+                                t.name, t.ttl_seconds
+                            ),
+                        });
                     }
                 }
                 for u in uniques {

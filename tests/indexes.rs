@@ -1196,3 +1196,64 @@ async fn unique_case(name: &str, schema: &str, fields: &str, index: &str, expect
     assert_eq!(blocked, expect, "{name}: {report}");
     w.drop().await;
 }
+
+/// A TTL index over dates already past their expiry: mongod deletes those documents within a
+/// minute of the run (the eleventh tester's 8: a completed run, then a failing verify). check
+/// says how many beforehand, as mongod judges them (date + ttl_seconds before now; the earliest
+/// of an array; no date, no expiry; a partial filter applied). Oracle: PostgreSQL's own
+/// `created_at + interval … < now()`.
+#[tokio::test]
+async fn check_counts_the_documents_a_ttl_index_deletes_at_once() {
+    let w = World::new("ix_ttl").await;
+    w.sql(
+        "CREATE TABLE ev (id int PRIMARY KEY, created_at timestamptz, kind text);
+         INSERT INTO ev SELECT g, now() - (g * 10 - 5) * interval '1 day',
+           CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 10) g;
+         INSERT INTO ev VALUES (11, NULL, 'a');",
+    )
+    .await;
+    for (partial, filter) in [("", "true"), ("\npartial = { kind = \"a\" }", "kind = 'a'")] {
+        let pipeline = common::one_entity_pipeline(
+            &w,
+            "ev",
+            &format!(
+                "version = 1\nname = \"ev\"\n[source]\ntable = \"ev\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"createdAt\"\ncolumn = \"created_at\"\nsub_millis = \"truncate\"\n\
+                 [[field]]\npath = \"kind\"\ncolumn = \"kind\"\n\
+                 [[index]]\nkeys = [\"createdAt\"]\nttl_seconds = 2592000{partial}\n"
+            ),
+        );
+        let want: Vec<String> = w
+            .query_strings(&format!(
+                "SELECT count(*)::text FROM ev WHERE created_at + interval '30 days' < now() AND {filter}"
+            ))
+            .await;
+        let out = w
+            .cutover()
+            .args(["check", "--json", "--full", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", common::output_text(&out)));
+        let ttl = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["rule"] == "ttl_expired")
+            .unwrap_or_else(|| panic!("{report}"));
+        assert_eq!(
+            ttl["rows"].as_u64().unwrap().to_string(),
+            want[0],
+            "{partial}: {ttl}"
+        );
+        assert_eq!(ttl["severity"], "warning");
+        assert!(
+            ttl["example"]
+                .as_str()
+                .unwrap()
+                .contains("mongod deletes them")
+        );
+    }
+    w.drop().await;
+}

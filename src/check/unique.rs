@@ -115,7 +115,7 @@ impl UniqueIndex {
 }
 
 /// Why a partial filter is beyond what [`matches`] applies, if it is.
-fn unsupported(filter: &Document) -> Option<String> {
+pub(super) fn unsupported(filter: &Document) -> Option<String> {
     for (k, v) in filter {
         if k.starts_with('$') {
             return Some(format!("its partial filter uses `{k}`"));
@@ -134,7 +134,7 @@ fn unsupported(filter: &Document) -> Option<String> {
 }
 
 /// Whether `doc` passes a partial filter of equalities, `$exists`, `$eq` and `$type`.
-fn matches(filter: &Document, doc: &Document) -> bool {
+pub(super) fn matches(filter: &Document, doc: &Document) -> bool {
     filter.iter().all(|(path, want)| {
         let have = lookup(doc, path);
         match want {
@@ -200,7 +200,7 @@ fn type_is(have: &Bson, want: &Bson) -> bool {
 /// documents and through arrays of documents (`items.code`: each element's `code`; an element
 /// without it is null), an array at the end giving each element (an empty one `undefined`), a
 /// missing field null.
-fn index_values(doc: &Document, path: &str) -> Vec<Bson> {
+pub(super) fn index_values(doc: &Document, path: &str) -> Vec<Bson> {
     fn walk(v: &Bson, rest: &[&str], out: &mut Vec<Bson>) {
         match (v, rest.split_first()) {
             (Bson::Array(a), _) if a.is_empty() => out.push(Bson::Undefined),

@@ -807,6 +807,14 @@ impl StandIn {
                 )
             })?
             .to_string();
+        // A column key follows the id rule (Appwrite's `Key` validator).
+        if !id_ok(&key) {
+            return Err(ApiError::new(
+                400,
+                "general_argument_invalid",
+                "Invalid `key` param: Parameter must contain at most 36 chars. Valid chars are a-z, A-Z, 0-9, period, hyphen, and underscore. Can't start with a special char",
+            ));
+        }
         if kind == "string" && body.get("size").and_then(Value::as_u64).is_none() {
             return Err(ApiError::new(
                 400,
@@ -822,7 +830,8 @@ impl StandIn {
             ));
         }
         self.with_table(db, table, |t| {
-            if t.columns.iter().any(|c| c.key == key) {
+            // Keys are compared ignoring case (the database layer's column names are).
+            if t.columns.iter().any(|c| c.key.eq_ignore_ascii_case(&key)) {
                 return Err(ApiError::new(
                     409,
                     "column_already_exists",
@@ -2531,6 +2540,24 @@ mod tests {
         for missed in ["zzz", "lock", "dds", "\"and odds\"", "***"] {
             assert!(!searched(missed, &t, f), "{missed:?} does not find it");
         }
+    }
+
+    #[test]
+    fn column_keys_follow_the_id_rule_and_are_unique_ignoring_case() {
+        let s = StandIn::new("p", "k");
+        s.create_database("db", "db").unwrap();
+        s.create_table("db", "t", "t").unwrap();
+        let col = |key: &str| json!({ "key": key, "size": 10, "required": false });
+        s.create_column("db", "t", "string", &col("name")).unwrap();
+        let long = "c".repeat(37);
+        for bad in ["with space", "ünï", "_under", "-x", long.as_str()] {
+            let e = s.create_column("db", "t", "string", &col(bad)).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400, "{bad}");
+        }
+        let e = s
+            .create_column("db", "t", "string", &col("Name"))
+            .unwrap_err();
+        assert_eq!(e.status.as_u16(), 409);
     }
 
     #[test]
