@@ -1417,3 +1417,113 @@ async fn a_key_no_target_date_holds_is_named_by_postgresql_text() {
     }
     w.drop().await;
 }
+
+/// A JSON value nested as deep as its place in the document leaves (MongoDB holds 180 levels of
+/// nesting, the top document one of them) is written; one level more is rejected
+/// (`json_too_deep`) by check and the run alike, instead of failing its batch (the eleventh
+/// tester's 14). Shapes: a field 60 segments deep, a field of an embedded document. Oracle:
+/// mongod itself, inserting the same nesting directly.
+#[tokio::test]
+async fn json_nesting_is_limited_by_its_place_in_the_document() {
+    let w = World::new("edge_json_levels").await;
+    let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    // The field's path: 60 segments (the top document and 59 documents above the value).
+    let segments: Vec<String> = (1..=60).map(|i| format!("l{i}")).collect();
+    let path = segments.join(".");
+    // Embedded: `kids` (1), its array (2), the element (3), then `x.y` (the value at 5).
+    w.sql(&format!(
+        "CREATE TABLE j (id int PRIMARY KEY, jb jsonb);
+         INSERT INTO j VALUES (1, '{}'), (2, '{}'), (3, '1');
+         CREATE TABLE jk (id int PRIMARY KEY, j_id int, jb jsonb);
+         INSERT INTO jk VALUES (1, 3, '{}'), (2, 3, '{}');",
+        nest(120),
+        nest(121),
+        nest(128 - 1),
+        nest(128),
+    ))
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "j",
+        &format!(
+            "version = 1\nname = \"j\"\n[source]\ntable = \"j\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"{path}\"\ncolumn = \"jb\"\n\
+             [[embed]]\npath = \"kids\"\ntable = \"jk\"\nforeign_key = \"j_id\"\norder_by = [\"id\"]\n\
+             [[embed.field]]\npath = \"x.y\"\ncolumn = \"jb\"\n"
+        ),
+    );
+    // mongod's own answer for each nesting at these places.
+    let db = w.mongo().await;
+    let probe = db.collection::<bson::Document>("probe");
+    let at_path = |depth: usize| {
+        let mut v = bson::Bson::Int32(1);
+        for _ in 0..depth {
+            v = bson::Bson::Array(vec![v]);
+        }
+        for s in segments.iter().rev() {
+            v = bson::Bson::Document(bson::doc! { s: v });
+        }
+        v
+    };
+    let fits = |doc: bson::Document| {
+        let probe = probe.clone();
+        async move { probe.insert_one(doc).await.is_ok() }
+    };
+    let top = |depth: usize| match at_path(depth) {
+        bson::Bson::Document(d) => d,
+        _ => unreachable!(),
+    };
+    assert!(fits(top(120)).await, "mongod holds 120 levels 60 deep");
+    assert!(!fits(top(121)).await, "mongod refuses 121 levels 60 deep");
+    let kid = |depth: usize| {
+        let mut v = bson::Bson::Int32(1);
+        for _ in 0..depth {
+            v = bson::Bson::Array(vec![v]);
+        }
+        bson::doc! { "kids": [ { "x": { "y": v } } ] }
+    };
+    // The element's value at level 5 with 128 levels: 132 ≤ 180, held (the parser's own 128
+    // is the bound there).
+    assert!(fits(kid(128)).await);
+    probe.drop().await.unwrap();
+
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let deep: Vec<(String, u64)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "json_too_deep")
+        .map(|f| {
+            (
+                f["example_key"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(deep, [("2".to_string(), 1)], "{report}");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let rejects: Vec<(String, String)> = w
+        .rejects(run_id)
+        .into_iter()
+        .map(|(_, k, _, r)| (k, r))
+        .collect();
+    assert_eq!(rejects, [("2".to_string(), "json_too_deep".to_string())]);
+    let ids: Vec<i32> = w
+        .docs("j")
+        .await
+        .iter()
+        .map(|d| d.get_i32("_id").unwrap())
+        .collect();
+    assert_eq!(ids, [1, 3]);
+    w.drop().await;
+}

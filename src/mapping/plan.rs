@@ -466,12 +466,16 @@ fn infinity_policies(
     Ok(())
 }
 
+/// `above`: the levels of the document above the fields' paths (0 at the top; an embed's path,
+/// its array and, for documents, its element's) — with the path, what MongoDB's nesting limit
+/// leaves a JSON value of the field; `value_element`: the field is an embed's element itself.
 fn compile_fields(
     m: &Mapping,
     set: &MappingSet,
     fields: &[FieldSpec],
     read: &ReadSpec,
     what: &str,
+    (above, value_element): (usize, bool),
 ) -> Result<Vec<FieldPlan>, MappingError> {
     let invalid = |key: String, message: String| MappingError::Invalid {
         path: m.path.clone(),
@@ -708,6 +712,16 @@ fn compile_fields(
                     .and_then(crate::transform::parse_offset),
                 lossy: f.lossy.unwrap_or(Lossy::Reject),
                 duplicate_keys: f.validate.as_ref().map_or(Severity::Error, |r| r.severity),
+                json_levels: crate::transform::json::DOCUMENT_LEVELS
+                    .saturating_sub(
+                        above
+                            + if value_element {
+                                0
+                            } else {
+                                split_path(&f.path).len()
+                            },
+                    )
+                    .min(crate::transform::json::MAX_DEPTH),
             },
             default: f.default.as_ref().map(toml_to_value),
             nulls: f.nulls.unwrap_or(m.spec.options.nulls),
@@ -781,7 +795,7 @@ pub fn compile(
         Some(column) => Some(check_updated_at(m, &relations[0], &columns[0], column)?),
         None => None,
     };
-    let fields = compile_fields(m, set, &m.spec.fields, &read, "")?;
+    let fields = compile_fields(m, set, &m.spec.fields, &read, "", (0, false))?;
     let mut read = read;
     infinity_policies(m, &mut read, &m.spec.fields, "")?;
     let mut embeds = Vec::new();
@@ -840,7 +854,17 @@ pub fn compile(
                 .collect();
             child_read.order.extend(tie_break);
         }
-        let fields = compile_fields(m, set, &e.fields, &child_read, &format!("{key}."))?;
+        // The embed's path, its array, and (documents) the element: the top document is one.
+        let value_element = e.element == EmbedElement::Value;
+        let above = split_path(&e.path).len() + 1 + usize::from(!value_element);
+        let fields = compile_fields(
+            m,
+            set,
+            &e.fields,
+            &child_read,
+            &format!("{key}."),
+            (above - usize::from(!value_element), value_element),
+        )?;
         infinity_policies(m, &mut child_read, &e.fields, &format!("{key}."))?;
         let appwrite_table = e.appwrite == crate::mapping::spec::EmbedStore::Table;
         if appwrite_table && (e.element != EmbedElement::Document || e.path.contains('.')) {
@@ -1152,6 +1176,7 @@ mod tests {
                 timezone: None,
                 lossy: Lossy::Reject,
                 duplicate_keys: Severity::Error,
+                json_levels: crate::transform::json::MAX_DEPTH,
             },
             default: None,
             nulls: NullPolicy::Omit,

@@ -54,18 +54,30 @@ impl std::error::Error for ParseError {}
 /// 100 levels).
 pub const MAX_DEPTH: usize = 128;
 
-/// The message of a value nested deeper than [`MAX_DEPTH`].
-pub const TOO_DEEP: &str = "nested deeper than 128 levels";
+/// The message of a value nested deeper than its limit.
+pub const TOO_DEEP: &str = "nested deeper than a document can hold here";
+
+/// MongoDB's limit on a document's nesting (the top document is level 1; each document or array
+/// inside adds one): measured on mongod, which refuses a document past it ("exceeds 180 levels
+/// of nesting").
+pub const DOCUMENT_LEVELS: usize = 180;
 
 /// Objects with more members than this find duplicate keys through a hash map.
 const LINEAR_KEYS: usize = 16;
 
 /// Parses `text`, keeping each number's text and noting the first duplicate key.
 pub fn parse(text: &str) -> Result<Parsed, ParseError> {
+    parse_within(text, MAX_DEPTH)
+}
+
+/// [`parse`], refusing ([`TOO_DEEP`]) a value nested more than `limit` (at most [`MAX_DEPTH`])
+/// levels.
+pub fn parse_within(text: &str, limit: usize) -> Result<Parsed, ParseError> {
     let mut p = Parser {
         text,
         pos: 0,
         depth: 0,
+        limit: limit.min(MAX_DEPTH),
         path: String::new(),
         duplicate: None,
     };
@@ -85,6 +97,7 @@ struct Parser<'a> {
     text: &'a str,
     pos: usize,
     depth: usize,
+    limit: usize,
     /// Path of the value being read, for duplicate keys.
     path: String,
     duplicate: Option<String>,
@@ -139,7 +152,7 @@ impl Parser<'_> {
         &mut self,
         read: fn(&mut Self) -> Result<Json, ParseError>,
     ) -> Result<Json, ParseError> {
-        if self.depth == MAX_DEPTH {
+        if self.depth >= self.limit {
             return Err(self.error(TOO_DEEP));
         }
         self.depth += 1;

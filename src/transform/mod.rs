@@ -175,6 +175,9 @@ pub struct Output {
     pub lossy: Lossy,
     /// What a JSON object with a key given twice does to the row (`json_duplicate_key`).
     pub duplicate_keys: Severity,
+    /// The levels of nesting a JSON value may take here: what MongoDB's document limit leaves
+    /// below the field's own place in the document (at most [`json::MAX_DEPTH`]).
+    pub json_levels: usize,
 }
 
 /// The BSON value of a field plus what the conversion had to say.
@@ -315,15 +318,17 @@ fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (S
 /// its exact value (see [`json_number`]).
 fn json_bson(text: &str, out: &Output, conv: &mut Converted) -> Result<Bson, (String, String)> {
     use std::fmt::Write;
-    let parsed = match json::parse(text) {
+    let parsed = match json::parse_within(text, out.json_levels) {
         Ok(p) => p,
         // Valid JSON no document can hold: its own rule, not "invalid".
         Err(e) if e.message == json::TOO_DEEP => {
             return err(
                 "json_too_deep",
                 format!(
-                    "the JSON value is {e}: a document holds at most {} levels",
-                    json::MAX_DEPTH
+                    "the JSON value is nested more than {} levels ({e}): a document holds at most {} levels, and this field sits {} deep",
+                    out.json_levels,
+                    json::DOCUMENT_LEVELS,
+                    json::DOCUMENT_LEVELS.saturating_sub(out.json_levels)
                 ),
             );
         }
@@ -795,6 +800,7 @@ mod tests {
             timezone: None,
             lossy: Lossy::Reject,
             duplicate_keys: Severity::Error,
+            json_levels: json::MAX_DEPTH,
         }
     }
 

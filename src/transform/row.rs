@@ -491,6 +491,7 @@ mod tests {
                 timezone: None,
                 lossy: Lossy::Reject,
                 duplicate_keys: Severity::Error,
+                json_levels: crate::transform::json::MAX_DEPTH,
             },
             default: None,
             nulls,
