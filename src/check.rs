@@ -649,7 +649,11 @@ pub async fn check(
                     );
                     let claimed = match (user, claims.as_mut()) {
                         (Some((key, d)), Some(c)) if !rejected && file_problem.is_none() => {
-                            c.claim(&d).map(|why| (key, why))
+                            // Prefs Appwrite would give back otherwise refuse the user before
+                            // it claims anything.
+                            crate::sink::target::users_refusal(&d)
+                                .or_else(|| c.claim(&d))
+                                .map(|why| (key, why))
                         }
                         _ => None,
                     };

@@ -3242,3 +3242,76 @@ async fn column_keys_appwrite_refuses_are_named_before_anything_is_written() {
     }
     w.drop().await;
 }
+
+/// A users entity's jsonb value keyed like an extended JSON type would read back from the user's
+/// prefs as that type (`{"$numberDecimal": "1"}` as a decimal): rejected
+/// (`appwrite_unrepresentable`) by check and the run, as a table's JSON column rejects it (the
+/// eleventh tester's 11). A plain object is written.
+#[tokio::test]
+async fn a_user_prefs_value_keyed_like_extended_json_is_rejected() {
+    let w = World::new("aw_user_extjson").await;
+    w.sql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, email text, pw text, j jsonb);
+         INSERT INTO accounts VALUES
+           (1, 'a@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"n\": 1}'),
+           (2, 'b@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"$numberDecimal\": \"1\"}'),
+           (3, 'c@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"x\": {\"$date\": \"2020-01-01T00:00:00Z\"}}');",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "accounts",
+        "version = 1\nname = \"accounts\"\n[source]\ntable = \"accounts\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\n\
+         [[field]]\npath = \"passwordHash\"\ncolumn = \"pw\"\n\
+         [[field]]\npath = \"j\"\ncolumn = \"j\"\n\
+         [appwrite.users]\nemail = \"email\"\npassword_hash = \"passwordHash\"\nalgorithm = \"bcrypt\"\n",
+    )
+    .display()
+    .to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "check",
+            "--json",
+            "--full",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(report["entities"][0]["rejected_rows"], 2, "{report}");
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut rejects: Vec<(String, String)> = w
+        .rejects(&run_id)
+        .into_iter()
+        .map(|(_, k, _, r)| (k, r))
+        .collect();
+    rejects.sort();
+    let r = |k: &str| (k.to_string(), "appwrite_unrepresentable".to_string());
+    assert_eq!(rejects, [r("2"), r("3")]);
+    let users = aw.s.users();
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0]["email"], "a@example.org");
+    w.drop().await;
+}

@@ -647,7 +647,8 @@ impl AppwriteTarget {
                     continue;
                 }
             };
-            match refusal(&d, table, children) {
+            let users = matches!(layout, Some(Layout::Users(..)));
+            match refusal(&d, table, children).or_else(|| users.then(|| users_refusal(&d))?) {
                 Some((rule, message)) => errors.push(DocError {
                     index: i,
                     code: 0,
@@ -837,6 +838,21 @@ pub(crate) fn refusal(
             ))
         }),
     }
+}
+
+/// Why Appwrite would not give back a user's document as it is: its prefs are relaxed extended
+/// JSON, so an object keyed like an extended JSON type (`{"$numberDecimal": "1"}` from a jsonb
+/// value) would read back as that type, not as the object (the eleventh tester's 11; a table's
+/// JSON column refuses the same).
+pub fn users_refusal(d: &Document) -> Option<(&'static str, String)> {
+    d.iter().find(|(_, v)| extjson_lookalike(v)).map(|(k, _)| {
+        (
+            "appwrite_unrepresentable",
+            format!(
+                "{k} holds an object keyed like an extended JSON type (`$numberDecimal`, `$date`…): the user's prefs would read it back as that type, not as the object"
+            ),
+        )
+    })
 }
 
 pub fn unrepresentable(
@@ -1253,7 +1269,8 @@ impl Target {
         {
             return Some((super::appwrite::storage::RULE_PERMISSION, why));
         }
-        refusal(&d, table, children)
+        let users = matches!(layout, Some(Layout::Users(..)));
+        refusal(&d, table, children).or_else(|| users.then(|| users_refusal(&d))?)
     }
 
     /// Why this target cannot have `collection` as the destination of `entity` at all (Appwrite:
