@@ -444,17 +444,9 @@ async fn apply_in_transaction(
             staging.count
         )));
     }
-    let txn = x
-        .begin()
+    let txn = begin_recorded(x, records, c.version, "session")
         .await
-        .map_err(|e| fail(format!("cannot start a transaction: {e}")))?;
-    records
-        .update(
-            c.version,
-            bson::doc! { "session": { "appwrite_transaction": &txn } },
-        )
-        .await
-        .map_err(|e| fail(format!("ledger: {e}")))?;
+        .map_err(fail)?;
     let mut failure = None;
     if let Err(e) = x.stage(&txn, staging).await {
         failure = Some(format!("staging the row operations failed: {e}"));
@@ -899,17 +891,9 @@ async fn reverse_in_transaction(
     if staging.count == 0 {
         return Ok(rev);
     }
-    let txn = x
-        .begin()
+    let txn = begin_recorded(x, records, r.version, "down_session")
         .await
-        .map_err(|e| nothing(format!("cannot start a transaction: {e}")))?;
-    records
-        .update(
-            r.version,
-            bson::doc! { "down_session": { "appwrite_transaction": &txn } },
-        )
-        .await
-        .map_err(|e| nothing(format!("ledger: {e}")))?;
+        .map_err(nothing)?;
     if let Err(e) = x.stage(&txn, staging).await {
         let _ = x.finish(&txn, false).await;
         return Err(nothing(format!(
@@ -922,6 +906,29 @@ async fn reverse_in_transaction(
         )));
     }
     Ok(rev)
+}
+
+/// Begins an Appwrite transaction and records its id in the change's ledger record under
+/// `field` (`session` for an up, `down_session` for a down), so a process that dies before the
+/// commit leaves the id its successor settles the change by. The error says which step failed.
+async fn begin_recorded(
+    x: &AwExec<'_>,
+    records: &Records<'_>,
+    version: u64,
+    field: &str,
+) -> Result<String, String> {
+    let txn = x
+        .begin()
+        .await
+        .map_err(|e| format!("cannot start a transaction: {e}"))?;
+    records
+        .update(
+            version,
+            bson::doc! { field: { "appwrite_transaction": &txn } },
+        )
+        .await
+        .map_err(|e| format!("ledger: {e}"))?;
+    Ok(txn)
 }
 
 async fn reverse_one(
