@@ -482,21 +482,17 @@ pub async fn start(
             // Refused before (a stage whose dependencies are not migrated, a mapping that does
             // not load): no run in the ledger, nothing written — answered 422 with its error,
             // not 202 with links to a report that will never be.
-            let recorded = live_run(&state).await.as_deref() == Some(run_id.as_str())
-                && state
-                    .ledger
-                    .runs_newest_first(1, None)
-                    .await?
-                    .iter()
-                    .any(|r| r.run_id == run_id);
+            // The ledger's newest run, read once a poll.
+            let in_ledger = state
+                .ledger
+                .runs_newest_first(1, None)
+                .await?
+                .iter()
+                .any(|r| r.run_id == run_id);
+            let recorded = in_ledger && live_run(&state).await.as_deref() == Some(run_id.as_str());
             if let Some(s) = &now
                 && s.state == "failed"
-                && !state
-                    .ledger
-                    .runs_newest_first(1, None)
-                    .await?
-                    .iter()
-                    .any(|r| r.run_id == run_id)
+                && !in_ledger
             {
                 if let Ok(mut runs) = state.runs.lock() {
                     runs.remove(&run_id);
