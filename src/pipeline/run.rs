@@ -642,6 +642,8 @@ async fn migrate_locked(
     // The entities whose rows the target holds as a run left them: completed before this run,
     // or by an earlier stage of it. The references into an entity that has not run (a stage run
     // alone with --ignore-dependencies) are not judged by the target: its rows may come later.
+    // What the target was asked of each referenced entity (see `absent_references`).
+    let mut absent_known: HashMap<String, Arc<HashSet<String>>> = HashMap::new();
     let mut ran: HashSet<String> = ledger::current_steps(&history)
         .into_iter()
         .filter(|(_, s)| s.status == ledger::COMPLETED)
@@ -669,8 +671,20 @@ async fn migrate_locked(
                 .into_iter()
                 .filter(|e| dry_rejected.contains_key(e) || ran.contains(e))
                 .partition(|e| dry_rejected.contains_key(e));
-            match absent_references(pipeline, asked, target, &mut session).await {
-                Ok(mut absent_ids) => {
+            // Asked once a run: a referenced entity's stage is over before the stages that
+            // reference it, and none of them writes it.
+            let fresh: Vec<String> = asked
+                .iter()
+                .filter(|e| !absent_known.contains_key(*e))
+                .cloned()
+                .collect();
+            match absent_references(pipeline, fresh, target, &mut session).await {
+                Ok(found) => {
+                    absent_known.extend(found);
+                    let mut absent_ids: HashMap<String, Arc<HashSet<String>>> = asked
+                        .iter()
+                        .filter_map(|e| Some((e.clone(), absent_known.get(e)?.clone())))
+                        .collect();
                     for e in in_dry_run {
                         let ids = dry_rejected[&e].lock().unwrap_or_else(|p| p.into_inner());
                         absent_ids.insert(e, Arc::new(ids.clone()));
