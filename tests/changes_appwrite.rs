@@ -1181,7 +1181,8 @@ async fn a_change_whose_lock_is_taken_away_stops_writing() {
 /// Outside tester F6: `drop_table` then `down` recreated the table open to no one (no
 /// permissions) and without row security, and its rows without their own permissions. The
 /// table comes back with its permissions, `rowSecurity` and `enabled`, each row with its
-/// permissions, as the stand-in lists them.
+/// permissions and its own `$createdAt` / `$updatedAt` (the sixteenth session's adv16c 8: they
+/// were new), as the stand-in lists them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_table_comes_back_with_its_permissions() {
     let w = World::new("aw_changes_perms").await;
@@ -1198,7 +1199,7 @@ async fn a_dropped_table_comes_back_with_its_permissions() {
         .post(format!("{}/tablesdb/{DB}/tables/sites/rows", aw.endpoint))
         .header("X-Appwrite-Project", "cutover")
         .header("X-Appwrite-Key", KEY)
-        .json(&json!({"rowId": "c7", "data": {"code": "c7", "label": "West"}, "permissions": ["read(\"user:u1\")", "update(\"user:u1\")"]}))
+        .json(&json!({"rowId": "c7", "data": {"code": "c7", "label": "West", "$createdAt": "2001-02-03T04:05:06.000+00:00"}, "permissions": ["read(\"user:u1\")", "update(\"user:u1\")"]}))
         .send()
         .await
         .unwrap();
@@ -1218,7 +1219,7 @@ async fn a_dropped_table_comes_back_with_its_permissions() {
             .map(|r| {
                 (
                     r["$id"].as_str().unwrap().to_string(),
-                    r["$permissions"].clone(),
+                    json!([r["$permissions"], r["$createdAt"], r["$updatedAt"]]),
                 )
             })
             .collect();
@@ -1234,6 +1235,8 @@ async fn a_dropped_table_comes_back_with_its_permissions() {
         "1_drop.toml",
         "version = 1\nname = \"drop sites\"\n[[up]]\nop = \"drop_table\"\ntable = \"sites\"\n",
     );
+    // Later than the rows' own timestamps, were they set again.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     ok(&changes(&w, &aw, "up", &dir, &[]).await);
     assert!(aw.s.get_table(DB, "sites").is_err());
     ok(&changes(&w, &aw, "down", &dir, &[]).await);

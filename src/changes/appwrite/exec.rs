@@ -746,11 +746,17 @@ impl AwExec<'_> {
                     let id = row["$id"].as_str().unwrap_or_default().to_string();
                     let data = to_bson(&Value::Object(data_of(&row)));
                     let permissions = to_bson(&row["$permissions"]);
+                    // Its system timestamps too: the down writes them back (an API key may
+                    // set them), so the rows are not new to an application ordering by them.
+                    let stamps = doc! {
+                        "createdAt": to_bson(&row["$createdAt"]),
+                        "updatedAt": to_bson(&row["$updatedAt"]),
+                    };
                     async move {
                         self.back_up(
                             index,
                             &id,
-                            doc! { "data": data, "permissions": permissions },
+                            doc! { "data": data, "permissions": permissions, "stamps": stamps },
                         )
                         .await
                     }
@@ -1196,7 +1202,20 @@ impl AwExec<'_> {
                     for e in page {
                         self.alive().await?;
                         let id = e.get_str("row").unwrap_or_default();
-                        let data = to_json(e.get("data").unwrap_or(&Bson::Null));
+                        let mut data = to_json(e.get("data").unwrap_or(&Bson::Null));
+                        // The row's own `$createdAt` / `$updatedAt` (backups made before they
+                        // were kept have none: the server sets new ones).
+                        if let (Some(stamps), Some(o)) =
+                            (e.get_document("stamps").ok(), data.as_object_mut())
+                        {
+                            for (from, to) in
+                                [("createdAt", "$createdAt"), ("updatedAt", "$updatedAt")]
+                            {
+                                if let Ok(at) = stamps.get_str(from) {
+                                    o.insert(to.into(), Value::String(at.into()));
+                                }
+                            }
+                        }
                         let permissions = e.get("permissions").map(to_json);
                         if self
                             .create_row_as(table, id, &data, permissions.as_ref())

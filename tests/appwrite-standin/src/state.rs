@@ -1037,11 +1037,21 @@ impl StandIn {
                 (t.sequence, stamp.clone())
             }
         };
+        // An API key may set the row's timestamps (ISO 8601 text in `data`; Appwrite's
+        // "timestamp overrides", for migrations); otherwise the server sets them.
+        let given = |k: &str| {
+            data.get(k)
+                .and_then(Value::as_str)
+                .filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
+                .map(str::to_string)
+        };
+        let created = given("$createdAt").unwrap_or(created);
+        let updated = given("$updatedAt").unwrap_or(stamp);
         let mut clean = data.clone();
         if let Some(o) = clean.as_object_mut() {
             o.retain(|k, _| !k.starts_with('$'));
         }
-        let row = Self::row_json(db, &t.id, id, seq, &created, &stamp, &clean);
+        let row = Self::row_json(db, &t.id, id, seq, &created, &updated, &clean);
         t.rows.insert(uid(id), row.clone());
         Ok(row)
     }
