@@ -2020,3 +2020,47 @@ async fn a_transactional_change_reading_its_own_writes_is_refused_before_writing
     assert!(!people.is_empty());
     assert!(people.iter().all(|r| r["status"] == "r"), "{people:?}");
 }
+
+/// A row holding more than an Appwrite ledger record keeps (1,000,000 characters of JSON) cannot
+/// be backed up: the change fails naming the record and both sizes (the fifteenth tester's F14:
+/// a bare `row_invalid_structure`), and what it did is undone. Shapes: `remove_column` (a
+/// column's values backed up) and `drop_table` (whole rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_to_back_up_is_named_and_the_change_undone() {
+    let w = World::new("aw_changes_huge").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    aw.s.create_column(
+        DB,
+        "sites",
+        "string",
+        &json!({"key": "blob", "size": 5_000_000, "required": false}),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    aw.s.update_row(DB, "sites", "c2", &json!({"blob": "x".repeat(1_100_000)}))
+        .unwrap();
+    let before = hashes(&aw).await;
+    for (n, body) in [
+        (
+            1,
+            "op = \"remove_column\"\ntable = \"sites\"\ncolumn = \"blob\"",
+        ),
+        (2, "op = \"drop_table\"\ntable = \"sites\""),
+    ] {
+        let dir = w.dir.path().join(format!("changes{n}"));
+        write(
+            &dir,
+            "1_big.toml",
+            &format!("version = 1\nname = \"big\"\n[[up]]\n{body}\n"),
+        );
+        let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+        assert!(
+            said.contains("more than the 1000000 an Appwrite ledger record holds")
+                && said.contains("c2"),
+            "{said}"
+        );
+        assert!(said.contains("undone"), "{said}");
+        assert_eq!(hashes(&aw).await, before, "{body}");
+    }
+}
