@@ -9,14 +9,22 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The stack of each runtime thread (see `main`).
+const STACK_BYTES: usize = 64 * 1024 * 1024;
+
 fn main() -> ExitCode {
     let cli = cutover::cli::Cli::parse();
     if let Err(err) = cutover::commands::init_logging(&cli) {
         cutover::errln!("error: {err:#}");
         return ExitCode::from(1);
     }
+    // Documents nest up to MongoDB's 180 levels, and their conversions (extended JSON, JSON
+    // text for Appwrite, comparison in verify) recurse once a level: a 2 MiB worker stack
+    // overflowed on one 160 levels deep (the eighteenth tester's F3). The stack is reserved,
+    // not committed, so a larger one costs only what a deep document uses.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(STACK_BYTES)
         .build()
     {
         Ok(rt) => rt,

@@ -3315,3 +3315,55 @@ async fn a_user_prefs_value_keyed_like_extended_json_is_rejected() {
     assert_eq!(users[0]["email"], "a@example.org");
     w.drop().await;
 }
+
+/// A JSON value deep in the document (a 51-segment path holding 128 levels of JSON: 180 levels,
+/// MongoDB's most) is written into Appwrite and MongoDB and verified, without overflowing a worker's stack (the eighteenth tester's F3:
+/// the run aborted, exit 134, and was left `running`).
+#[tokio::test]
+async fn json_deep_in_the_document_is_written_to_appwrite_without_a_crash() {
+    let w = World::new("aw_deep_json").await;
+    w.sql(
+        "CREATE TABLE jd (id int PRIMARY KEY, j jsonb);
+         INSERT INTO jd VALUES (100, (repeat('[', 128) || '1' || repeat(']', 128))::jsonb),
+           (101, '{\"a\": 1}');",
+    )
+    .await;
+    let path: Vec<String> = (0..51).map(|i| format!("p{i}")).collect();
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "jd",
+        &format!(
+            "version = 1\nname = \"jd\"\n[source]\ntable = \"jd\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"{}\"\ncolumn = \"j\"\n",
+            path.join(".")
+        ),
+    )
+    .display()
+    .to_string();
+    let aw = standin().await;
+    for args in [
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ][..],
+        &["verify", "--target", "appwrite", "--pipeline", &pipeline],
+    ] {
+        let out = cutover(&w, &aw, args).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    }
+    assert_eq!(aw.s.rows("registry", "jd").len(), 2);
+    // MongoDB too: written, and verified (its comparison recurses as deep).
+    let out = w.migrate_with(std::path::Path::new(&pipeline), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline", &pipeline])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    w.drop().await;
+}
