@@ -260,6 +260,36 @@ async fn references_to_rows_rejected_by_an_earlier_run_are_rejected_or_warned_on
         "{}",
         text(&out)
     );
+    // A plain check (the referenced entity scanned too) asks the target like the run that
+    // would skip products: product 1's document is gone, so orders 10 and 40 are rejected too
+    // (the eighteenth tester's F2). The rehearsal of the referencing entities agrees.
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let rejected = |name: &str| {
+        report["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["entity"] == name)
+            .unwrap()["rejected_rows"]
+            .as_u64()
+            .unwrap()
+    };
+    let out = w.migrate_with(&pipeline, &["--dry-run", "--rerun", "orders", "notes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let rehearsal = counts(&w.latest_report());
+    assert_eq!(
+        rehearsal[1],
+        ("orders".to_string(), 0, 4, 0),
+        "{rehearsal:?}"
+    );
+    assert_eq!(rejected("orders"), 4, "{report}");
     w.drop().await;
 }
 
