@@ -1525,5 +1525,56 @@ async fn json_nesting_is_limited_by_its_place_in_the_document() {
         .map(|d| d.get_i32("_id").unwrap())
         .collect();
     assert_eq!(ids, [1, 3]);
+
+    // A jsonb[] there: the array is a level of its own (the eighteenth tester's F4).
+    w.sql(&format!(
+        "CREATE TABLE ja (id int PRIMARY KEY, ja jsonb[]);
+         INSERT INTO ja VALUES (1, ARRAY['{}'::jsonb]), (2, ARRAY['{}'::jsonb]);",
+        nest(119),
+        nest(120),
+    ))
+    .await;
+    let in_array = |depth: usize| match at_path(depth) {
+        bson::Bson::Document(mut d) => {
+            // Wrap the innermost value of the path in one array more.
+            fn wrap(d: &mut bson::Document, depth: usize) {
+                let (k, v) = d.iter_mut().next().unwrap();
+                let _ = k;
+                match v {
+                    bson::Bson::Document(inner) if depth > 0 => wrap(inner, depth - 1),
+                    other => *other = bson::Bson::Array(vec![other.clone()]),
+                }
+            }
+            wrap(&mut d, segments.len() - 1);
+            d
+        }
+        _ => unreachable!(),
+    };
+    assert!(
+        fits(in_array(119)).await,
+        "mongod holds [119 levels] 60 deep"
+    );
+    assert!(
+        !fits(in_array(120)).await,
+        "mongod refuses [120 levels] 60 deep"
+    );
+    probe.drop().await.unwrap();
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "ja",
+        &format!(
+            "version = 1\nname = \"ja\"\n[source]\ntable = \"ja\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"{path}\"\ncolumn = \"ja\"\n"
+        ),
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let rejects: Vec<(String, String)> = w
+        .rejects(&run_id)
+        .into_iter()
+        .map(|(_, k, _, r)| (k, r))
+        .collect();
+    assert_eq!(rejects, [("2".to_string(), "json_too_deep".to_string())]);
     w.drop().await;
 }

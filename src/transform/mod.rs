@@ -305,6 +305,21 @@ fn natural(value: &Value, out: &Output, conv: &mut Converted) -> Result<Bson, (S
             bytes: b.clone(),
         }),
         Value::Array(items) => {
+            // The array is a level of the document: a JSON element has one fewer (the
+            // eighteenth tester's F4: a jsonb[] at a deep path passed and mongod refused it).
+            let inner;
+            let out = if items
+                .iter()
+                .any(|v| matches!(v, Value::Json(_) | Value::Array(_)))
+            {
+                inner = Output {
+                    json_levels: out.json_levels.saturating_sub(1),
+                    ..out.clone()
+                };
+                &inner
+            } else {
+                out
+            };
             let mut arr = Vec::with_capacity(items.len());
             for v in items {
                 arr.push(natural(v, out, conv)?);
