@@ -3255,7 +3255,8 @@ async fn a_user_prefs_value_keyed_like_extended_json_is_rejected() {
          INSERT INTO accounts VALUES
            (1, 'a@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"n\": 1}'),
            (2, 'b@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"$numberDecimal\": \"1\"}'),
-           (3, 'c@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"x\": {\"$date\": \"2020-01-01T00:00:00Z\"}}');",
+           (3, 'c@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"x\": {\"$date\": \"2020-01-01T00:00:00Z\"}}'),
+           (4, 'd@example.org', '$2y$10$abcdefghijklmnopqrstuv0123456789abcdefghijklmnopqrstu', '{\"$ref\": \"c\", \"$id\": 1}');",
     )
     .await;
     let pipeline = common::one_entity_pipeline(
@@ -3286,7 +3287,7 @@ async fn a_user_prefs_value_keyed_like_extended_json_is_rejected() {
     .await;
     let report: Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    assert_eq!(report["entities"][0]["rejected_rows"], 2, "{report}");
+    assert_eq!(report["entities"][0]["rejected_rows"], 3, "{report}");
     let out = cutover(
         &w,
         &aw,
@@ -3309,7 +3310,7 @@ async fn a_user_prefs_value_keyed_like_extended_json_is_rejected() {
         .collect();
     rejects.sort();
     let r = |k: &str| (k.to_string(), "appwrite_unrepresentable".to_string());
-    assert_eq!(rejects, [r("2"), r("3")]);
+    assert_eq!(rejects, [r("2"), r("3"), r("4")]);
     let users = aw.s.users();
     assert_eq!(users.len(), 1, "{users:?}");
     assert_eq!(users[0]["email"], "a@example.org");

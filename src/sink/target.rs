@@ -989,6 +989,11 @@ fn extjson_lookalike(v: &Bson) -> bool {
             if matches!(d.get("$regex"), Some(Bson::String(_))) {
                 return true;
             }
+            // A DBRef (`{"$ref": "c", "$id": …}`), which the drivers read back as one (the
+            // eighteenth tester's F7; the bson crate keeps it a document).
+            if matches!(d.get("$ref"), Some(Bson::String(_))) && d.contains_key("$id") {
+                return true;
+            }
             if d.keys().any(|k| k.starts_with('$')) {
                 let back = Bson::try_from(Bson::Document(d.clone()).into_relaxed_extjson());
                 if !matches!(back, Ok(Bson::Document(_))) {

@@ -452,10 +452,21 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
     }
 }
 
-/// The `key` index of reference column `column`.
+/// The `key` index of reference column `column`: `ref_<column>`, or, past Appwrite's 36
+/// characters, the column's first 23 and 8 hex digits of its hash — two long columns sharing
+/// their first characters got one index name, and the second no index (the eighteenth
+/// tester's F8).
 fn reference_index(column: &str) -> IndexSpec {
+    let plain = format!("ref_{column}");
+    let key = if plain.chars().count() <= 36 {
+        plain
+    } else {
+        let hash = row_id(&bson::Bson::String(format!("ref\u{0}{column}")));
+        let head: String = column.chars().take(23).collect();
+        format!("ref_{head}_{}", &hash[1..9])
+    };
     IndexSpec {
-        key: format!("ref_{column}").chars().take(36).collect(),
+        key,
         columns: vec![column.to_string()],
         kind: "key",
         orders: Vec::new(),
@@ -943,6 +954,17 @@ fn text_value(v: &bson::Bson) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_reference_columns_get_distinct_valid_index_names() {
+        let a = reference_index("facilityIdentifierOfTheRecordingSiteA").key;
+        let b = reference_index("facilityIdentifierOfTheRecordingSiteB").key;
+        assert_ne!(a, b);
+        for k in [&a, &b] {
+            assert!(crate::sink::appwrite::id_ok(k), "{k}");
+        }
+        assert_eq!(reference_index("facilityId").key, "ref_facilityId");
+    }
+
     use super::*;
 
     fn spec(kind: Kind, constraints: Constraints) -> ColumnSpec {
