@@ -678,9 +678,9 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
         "CREATE TABLE ku (k uuid PRIMARY KEY, v int); INSERT INTO ku VALUES ('6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 1);
          CREATE TABLE kn (k numeric PRIMARY KEY, v int); INSERT INTO kn VALUES (5, 1);
          CREATE TABLE kt (k text PRIMARY KEY, v int); INSERT INTO kt VALUES ('Abc', 1);
-         CREATE TABLE k8 (k bigint PRIMARY KEY, v int); INSERT INTO k8 VALUES (5, 1);
+         CREATE TABLE k8 (k bigint PRIMARY KEY, v int); INSERT INTO k8 VALUES (5, 1), (1, 1), (3, 1);
          CREATE TABLE r (id int PRIMARY KEY, tu text, i int, c char(5), ia int[]);
-         INSERT INTO r VALUES (1, '6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 5, 'Abc', '{5}');",
+         INSERT INTO r VALUES (1, '6f1c1f52-6a3c-4b8e-9c3e-1d2e3f405162', 5, 'Abc', '{5,1,3,1}');",
     )
     .await;
     let key_mapping = |name: &str| {
@@ -749,8 +749,9 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
         dir.join("mappings/r.toml"),
         "version = 1\nname = \"r\"\n[source]\ntable = \"r\"\nkey = [\"id\"]\n\
          [[field]]\npath = \"i\"\ncolumn = \"i\"\n\
-         [[embed]]\npath = \"refs\"\nquery = \"SELECT id AS parent, unnest(ia) AS k FROM r\"\n\
-         foreign_key = \"parent\"\norder_by = [\"k\"]\nelement = \"value\"\n\
+         [[embed]]\npath = \"refs\"\n\
+         query = \"SELECT t.id AS parent, e.v AS k, e.n FROM r t, unnest(t.ia) WITH ORDINALITY AS e(v, n)\"\n\
+         foreign_key = \"parent\"\norder_by = [\"n\"]\nelement = \"value\"\n\
          [[embed.field]]\npath = \"k\"\ncolumn = \"k\"\nreference = \"k8\"\n\
          validate = { exists = true }\n",
     )
@@ -758,10 +759,13 @@ async fn a_reference_of_another_type_than_the_key_is_refused() {
     let out = w.migrate_with(&pipeline, &["--rerun"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     let docs = w.docs("r").await;
-    assert_eq!(
-        docs[0].get_array("refs").unwrap(),
-        &vec![bson::Bson::Int32(5)]
-    );
+    let refs: Vec<i64> = docs[0]
+        .get_array("refs")
+        .unwrap()
+        .iter()
+        .map(|b| b.as_i64().or(b.as_i32().map(i64::from)).unwrap())
+        .collect();
+    assert_eq!(refs, [5, 1, 3, 1], "the array's own order");
     w.drop().await;
 }
 

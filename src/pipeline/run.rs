@@ -126,14 +126,14 @@ async fn reference_types_agree(
         // array's elements (`element = "value"`) writes the same array, each element judged.
         if matches!(column.kind, K::Array(_)) {
             return Err(RunError::Refused(format!(
-                "{}: field `{}` (column `{}`, {}) references `{}`: a reference field holds one key, not an array of them; write the array as an embed of its elements (`[[embed]]` with `element = \"value\"` and a `query` that unnests the column, e.g. `SELECT <key> AS parent, unnest({}) AS {} FROM …`, `foreign_key = \"parent\"`): each element is then a reference of its own",
+                "{}: field `{}` (column `{}`, {}) references `{}`: a reference field holds one key, not an array of them; write the array as an embed of its elements (`[[embed]]` with `element = \"value\"` and a `query` that unnests the column in its order, e.g. `SELECT t.<key> AS parent, e.v AS {key}, e.n FROM <table> t, unnest(t.{col}) WITH ORDINALITY AS e(v, n)`, `foreign_key = \"parent\"`, `order_by = [\"n\"]`; a composite key gives one column per part and `foreign_key = [...]`): each element is then a reference of its own",
                 p.entity,
                 f.path_text,
                 column.name,
                 column.pg_type.to_lowercase(),
                 rule.entity,
-                column.name,
-                rule.key_names[0],
+                col = column.name,
+                key = rule.key_names[0],
             )));
         }
         let (have, want) = (family(column), family(key));
