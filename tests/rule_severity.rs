@@ -279,6 +279,30 @@ async fn rules_on_constants_transforms_combined_columns_and_json_are_refused_or_
             );
         }
     }
+    // A default the rule cannot judge (the eighteenth tester's F10: written for every NULL,
+    // unjudged); one it can judge is taken.
+    for (field, refused) in [
+        (
+            "column = \"n\"\ndefault = \"none\"\nvalidate = { min = 0 }",
+            true,
+        ),
+        ("column = \"n\"\ndefault = 0\nvalidate = { min = 0 }", false),
+    ] {
+        let pipeline = common::one_entity_pipeline(&w, "q", &mapping(field));
+        let out = w
+            .cutover()
+            .args(["check", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert_eq!(
+            text.contains("`min` cannot apply to the field's default `none`"),
+            refused,
+            "{field}: {text}"
+        );
+        assert_eq!(out.status.code() == Some(1), refused, "{field}: {text}");
+    }
     // Rules that do apply are taken: an array's length after `split`, the numbers of an array
     // gathered from a text and a number column.
     for field in [

@@ -674,6 +674,22 @@ fn compile_fields(
                 ),
             ));
         }
+        // The default is written for a NULL: a rule must be able to judge it too (the
+        // eighteenth tester's F10: `default = "none"` under `min` was written unjudged).
+        if let (Some(r), Some(d)) = (&f.validate, f.default.as_ref().map(toml_to_value))
+            && let Some((family, array)) = value_family(&d)
+            && let Some(rule) = inapplicable_rule(r, family, array)
+        {
+            return Err(invalid(
+                format!("{key}.validate"),
+                format!(
+                    "`{rule}` cannot apply to the field's default `{d}` ({}{}) — {}; every NULL would be written as it, unjudged: give a default the rule can judge, or remove the rule",
+                    if array { "an array of " } else { "" },
+                    family.name(),
+                    family_rules_text(rule),
+                ),
+            ));
+        }
         let rules = f.validate.as_ref().map(|r| Rules {
             required: r.required,
             email: r.email,
