@@ -3,7 +3,8 @@
 //! runs the mappings over a sample (or all) of the rows and counts every conversion that would
 //! lose information or reject a row. Writes nothing anywhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use bson::doc;
 use serde::Serialize;
@@ -12,13 +13,15 @@ use sqlx::AssertSqlSafe;
 use crate::mapping::spec::Severity;
 use crate::pipeline::Pipeline;
 use crate::pipeline::expected::{ExpectedRow, ExpectedRows, Readers};
-use crate::pipeline::run::{compile_plans, load_known_keys};
+use crate::pipeline::run::{compile_plans, load_known_keys, referenced_entities};
 use crate::sink::appwrite::schema::{self, ChildTable, TableSpec};
 use crate::sink::mongodb::MongoTarget;
 use crate::sink::target::{AppwriteTarget, KeyLost, Target};
-use crate::source::SourceSession;
 use crate::source::postgres::quote_ident;
+use crate::source::{SourceSession, Value};
 use crate::transform::row::MapContext;
+
+mod unique;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Finding {
@@ -213,9 +216,10 @@ pub async fn check(
             }
         }
     }
-    let ctx = MapContext {
+    let mut ctx = MapContext {
         now_ms: chrono::Utc::now().timestamp_millis(),
         skip_validation: false,
+        absent_ids: HashMap::new(),
         known_keys: match load_known_keys(pipeline, &plans, &mut session).await {
             Ok(k) => k,
             Err(e) => {
@@ -225,11 +229,23 @@ pub async fn check(
         },
     };
 
+    // The entities a later plan references, and the ids of the rows this check rejects of each
+    // (the run leaves them out of the target): a reference to one is `reference_rejected`.
+    let referenced: HashSet<String> = plans.iter().flat_map(referenced_entities).collect();
+    let mut rejected_ids: HashMap<String, HashSet<String>> = HashMap::new();
     for plan in &plans {
         let m = match pipeline.mappings.get(&plan.entity) {
             Ok(m) => m,
             Err(_) => continue,
         };
+        ctx.absent_ids = referenced_entities(plan)
+            .into_iter()
+            .filter_map(|e| {
+                let ids = rejected_ids.get(&e)?.clone();
+                Some((e, Arc::new(ids)))
+            })
+            .collect();
+        let collect_rejected = referenced.contains(&plan.entity);
         // Appwrite users: the emails and phones the project's users hold already.
         let mut claims: Option<UserClaims> = None;
         // The destination as it exists: a view or a non-binary collation blocks (migrate
@@ -254,6 +270,40 @@ pub async fn check(
                 && !report.blocking.contains(&why)
             {
                 report.blocking.push(why);
+            }
+            // The table's columns as they exist: one whose type the mapping changed since it
+            // was made is kept as it is by the run (Appwrite changes no column's type in place),
+            // and the server then refuses the rows with a value there.
+            if let Target::Appwrite(a) = t
+                && plan.appwrite_users.is_none()
+                && plan.file.is_none()
+            {
+                let spec = schema::table_spec(plan);
+                let children = schema::child_tables(plan);
+                for table in std::iter::once(&spec).chain(children.iter().map(|c| &c.table)) {
+                    let live = match a.client.columns(&a.database, &table.id).await {
+                        Ok(live) => live,
+                        Err(e) if e.is_missing() => continue,
+                        Err(e) => {
+                            report.blocking.push(format!(
+                                "{}: cannot list the columns of Appwrite table {}: {e}",
+                                plan.entity, table.id
+                            ));
+                            continue;
+                        }
+                    };
+                    for c in &table.columns {
+                        if let Some(have) = live.iter().find(|l| l["key"].as_str() == Some(&c.key))
+                            && let Some(schema::ColumnChange::Kept(why)) =
+                                schema::column_change(have, c)
+                        {
+                            report.blocking.push(format!(
+                                "{}: Appwrite column {}.{} exists and {why}; the server would refuse every row with a value there",
+                                plan.entity, table.id, c.key
+                            ));
+                        }
+                    }
+                }
             }
             if let Target::Appwrite(a) = t
                 && let Some(spec) = &plan.appwrite_users
@@ -427,6 +477,13 @@ pub async fn check(
             )),
             Ok(mut readers) => {
                 let mut rows = ExpectedRows::new(&mut readers, plan, max_document_bytes);
+                // MongoDB builds the unique indexes after the load: keys the data repeats fail
+                // the run at its end (Appwrite's own unique semantics are not modelled here).
+                let mut uniques = if targets.iter().any(|t| matches!(t, Target::Mongo(_))) {
+                    unique::UniqueIndex::of(&plan.indexes)
+                } else {
+                    Vec::new()
+                };
                 // Per embed: the orphans and the key of the first.
                 let mut orphans: Vec<(u64, String)> = vec![(0, String::new()); plan.embeds.len()];
                 while sample.is_none_or(|n| scanned < n) {
@@ -502,6 +559,28 @@ pub async fn check(
                             .map(|d| (mapped.key.clone(), d)),
                         _ => None,
                     };
+                    // A row that could not be decoded has its key among the columns read
+                    // before the one that failed, when the key came first.
+                    let values = match &row {
+                        ExpectedRow::Document { row, .. } => Some(row),
+                        ExpectedRow::Rejected { row, decoded, .. } => {
+                            Some(row.as_ref().unwrap_or(decoded))
+                        }
+                        ExpectedRow::Orphan(_) => None,
+                    };
+                    let row_id = values.filter(|_| collect_rejected).and_then(|values| {
+                        let key: Option<Vec<&Value>> =
+                            plan.key.iter().map(|&i| values.get(i)).collect();
+                        plan.id.id_for(&key?).ok()
+                    });
+                    let indexed = match &row {
+                        ExpectedRow::Document { mapped, .. } if !uniques.is_empty() => mapped
+                            .doc
+                            .as_ref()
+                            .and_then(|d| d.to_document().ok())
+                            .map(|d| (mapped.key.clone(), d)),
+                        _ => None,
+                    };
                     let rejected = scan_row(
                         plan,
                         row,
@@ -545,6 +624,40 @@ pub async fn check(
                         f.rows += 1;
                     }
                     ec.rejected_rows += u64::from(rejected || refused || file_refused);
+                    if let Some((key, doc)) = indexed
+                        && !(rejected || refused || file_refused)
+                    {
+                        for u in &mut uniques {
+                            u.add(&key, &doc);
+                        }
+                    }
+                    if let Some(id) = row_id
+                        && (rejected || refused || file_refused)
+                    {
+                        rejected_ids
+                            .entry(plan.entity.clone())
+                            .or_default()
+                            .insert(crate::mapping::plan::id_text(&id));
+                    }
+                }
+                for u in uniques {
+                    if let Some(why) = u.unchecked {
+                        report.findings.push(Finding {
+                            entity: plan.entity.clone(),
+                            rule: "unique_index_unchecked".into(),
+                            severity: "warning".into(),
+                            example: format!(
+                                "unique index `{}`: not checked against the data ({why}); a key the data repeats fails the run at the index build, after the load",
+                                u.name
+                            ),
+                            ..Default::default()
+                        });
+                    } else if let Some((key, first, value)) = u.example {
+                        report.blocking.push(format!(
+                            "{}: unique index `{}` cannot be built over this data: {} document(s) repeat a key another holds (e.g. row {key} repeats row {first}'s [{value}]); the run would write every document and then fail at the index build. Fix the rows, the transforms that make keys equal, or the index (a `partial` filter, not `unique`)",
+                            plan.entity, u.name, u.repeats
+                        ));
+                    }
                 }
                 for (e, (n, example_key)) in plan.embeds.iter().zip(orphans) {
                     ec.orphan_children.insert(e.path_text.clone(), n);

@@ -170,9 +170,11 @@ pub struct ChangesTargetArgs {
     /// pipelines/changes).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Target: mongodb, or appwrite (its operations name a `table`; see pipelines/changes/README.md).
-    #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
-    pub target: ChangesTarget,
+    /// Target: mongodb, or appwrite (its operations name a `table`; see pipelines/changes/README.md)
+    /// (default: the configured pipeline's `target`, else the config's `[target] default`, else
+    /// mongodb — as `migrate`, `status` and `serve` choose).
+    #[arg(long, value_enum)]
+    pub target: Option<ChangesTarget>,
     /// Target database (overrides CUTOVER_MONGODB_DATABASE or APPWRITE_DATABASE and the
     /// config).
     #[arg(long, value_name = "NAME")]
@@ -209,9 +211,11 @@ pub struct ChangesNewArgs {
     /// pipelines/changes).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// The target whose operations the template writes (appwrite: tables, columns, rows).
-    #[arg(long, value_enum, default_value_t = ChangesTarget::Mongodb)]
-    pub target: ChangesTarget,
+    /// The target whose operations the template writes (appwrite: tables, columns, rows)
+    /// (default: the configured pipeline's `target`, else the config's `[target] default`, else
+    /// mongodb).
+    #[arg(long, value_enum)]
+    pub target: Option<ChangesTarget>,
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +253,10 @@ pub struct ChangesDownArgs {
     /// Reverse every applied change after this version (it stays applied).
     #[arg(long, value_name = "VERSION")]
     pub to: Option<u64>,
+    /// Say which changes would be reversed, in order; reverse nothing (as the API's
+    /// `down?dryRun=true`).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Go on past a change whose reversal fails: the older ones chosen are still reversed,
     /// except those working on a collection of a change that failed (default: stop at the first
     /// failure).
@@ -422,7 +430,8 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Roll back even when `cutover changes` applied or reversed after the run on the same
-    /// collections: the restore discards (or brings back) what they did; their records stay.
+    /// collections or tables: the restore discards (or brings back) what they did; their
+    /// records stay.
     #[arg(long)]
     pub ignore_changes: bool,
 }
@@ -451,7 +460,8 @@ pub enum BackupCommand {
         #[command(flatten)]
         target: TargetArgs,
         /// Restore even when `cutover changes` applied or reversed after the backup on its
-        /// collection: their effects are discarded (or come back), their records unchanged.
+        /// collections or tables: their effects are discarded (or come back), their records
+        /// unchanged.
         #[arg(long)]
         ignore_changes: bool,
     },

@@ -128,6 +128,8 @@ struct FileAppwrite {
     project: Option<String>,
     database: Option<String>,
     api_key_file: Option<PathBuf>,
+    /// Operations one TablesDB transaction may stage (the Appwrite plan's limit).
+    max_transaction_operations: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,7 +193,15 @@ pub struct AppwriteConfig {
     pub project: String,
     pub database: String,
     pub api_key: Option<String>,
+    /// The most row operations a change with `transaction = true` may stage in one TablesDB
+    /// transaction (`[target.appwrite] max_transaction_operations` or
+    /// `APPWRITE_MAX_TRANSACTION_OPERATIONS`; default [`DEFAULT_MAX_TRANSACTION_OPERATIONS`]).
+    pub max_transaction_operations: usize,
 }
+
+/// Appwrite's smallest plan limit of operations per transaction (Free 100, Pro 1,000, Scale
+/// 2,500).
+pub const DEFAULT_MAX_TRANSACTION_OPERATIONS: usize = 100;
 
 impl std::fmt::Debug for MongoConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,6 +220,10 @@ impl std::fmt::Debug for AppwriteConfig {
             .field("project", &self.project)
             .field("database", &self.database)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field(
+                "max_transaction_operations",
+                &self.max_transaction_operations,
+            )
             .finish()
     }
 }
@@ -492,6 +506,30 @@ impl Config {
                         database.unwrap_or_else(|| "cutover".to_string())
                     },
                     api_key,
+                    max_transaction_operations: match env.var("APPWRITE_MAX_TRANSACTION_OPERATIONS")
+                    {
+                        Some(v) => match v.trim().parse::<usize>() {
+                            Ok(n) if n > 0 => n,
+                            _ => {
+                                return Err(ConfigError::Given {
+                                    from: "environment APPWRITE_MAX_TRANSACTION_OPERATIONS".into(),
+                                    message: format!(
+                                        "expected a whole number of at least 1, got `{v}`"
+                                    ),
+                                });
+                            }
+                        },
+                        None => match file_aw.max_transaction_operations {
+                            Some(0) => {
+                                return Err(invalid(
+                                    "target.appwrite.max_transaction_operations",
+                                    "must be at least 1".into(),
+                                ));
+                            }
+                            Some(n) => n,
+                            None => DEFAULT_MAX_TRANSACTION_OPERATIONS,
+                        },
+                    },
                 })
             }
             None => None,
@@ -780,6 +818,34 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "c.toml: key `target.default`: expected `mongodb` or `appwrite`, got `postgres`"
+        );
+    }
+
+    /// `max_transaction_operations`: 100 unless the file or the environment says otherwise
+    /// (the environment wins); 0 or not a number is an error naming where it came from.
+    #[test]
+    fn max_transaction_operations_comes_from_the_file_or_the_environment() {
+        let parse = |text: &str, vars: &[(&str, &str)]| {
+            let mut all = vec![("APPWRITE_ENDPOINT", "http://aw/v1")];
+            all.extend_from_slice(vars);
+            Config::from_str(Path::new("c.toml"), text, &env(&all), &Overrides::default())
+        };
+        let max = |c: Config| c.appwrite.unwrap().max_transaction_operations;
+        assert_eq!(max(parse("", &[]).unwrap()), 100);
+        let file = "[target.appwrite]\nmax_transaction_operations = 1000\n";
+        assert_eq!(max(parse(file, &[]).unwrap()), 1000);
+        let vars = [("APPWRITE_MAX_TRANSACTION_OPERATIONS", "2500")];
+        assert_eq!(max(parse(file, &vars).unwrap()), 2500);
+        let e = parse("[target.appwrite]\nmax_transaction_operations = 0\n", &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.toml: key `target.appwrite.max_transaction_operations`: must be at least 1"
+        );
+        let e = parse("", &[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "many")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("environment APPWRITE_MAX_TRANSACTION_OPERATIONS"),
+            "{e}"
         );
     }
 

@@ -130,7 +130,10 @@ async fn the_whole_registry_moves_into_appwrite_and_verifies() {
         report["totals"]["rejected"].as_u64().unwrap(),
         rejected_total
     );
-    assert_eq!(rejected_total, 20, "the registry's 20 deliberate rejects");
+    assert_eq!(
+        rejected_total, 20,
+        "the registry's 20 deliberate rejects: {report}"
+    );
 
     // Rows have the mapped shape: nested documents as JSON text, dates as datetimes, references
     // as row ids of the referenced table.
@@ -3030,5 +3033,136 @@ async fn users_passing_emails_down_a_chain_in_one_batch_are_all_written_and_chec
             .collect();
     got.sort();
     assert_eq!(got, want);
+    w.drop().await;
+}
+
+/// A column the mapping now gives another type (its fields swapped since the first run): the run
+/// keeps the column as it is (Appwrite changes no type in place) and the server refuses the rows
+/// with a value there — `check` blocks on it beforehand, naming the columns; the mapping the
+/// columns were made from passes. Oracle: the run's own refusals by the stand-in.
+#[tokio::test]
+async fn check_blocks_on_a_live_column_the_mapping_now_gives_another_type() {
+    let w = World::new("aw_live_columns").await;
+    w.sql("CREATE TABLE s (id int PRIMARY KEY, t text, n int); INSERT INTO s VALUES (1,'abc',1),(2,'abcde',5);")
+        .await;
+    let aw = standin().await;
+    let write = |t: &str, n: &str| {
+        common::one_entity_pipeline(
+            &w,
+            "s",
+            &format!(
+                "version = 1\nname = \"s\"\n[source]\ntable = \"s\"\nkey = [\"id\"]\n\
+                 [[field]]\npath = \"t\"\ncolumn = \"{t}\"\n[[field]]\npath = \"n\"\ncolumn = \"{n}\"\n"
+            ),
+        )
+        .display()
+        .to_string()
+    };
+    let pipeline = write("t", "n");
+    let run = |extra: &'static [&'static str]| {
+        let mut a = vec!["migrate", "--quiet", "--target", "appwrite", "--pipeline"];
+        a.push(Box::leak(pipeline.clone().into_boxed_str()));
+        a.extend_from_slice(extra);
+        a
+    };
+    let out = cutover(&w, &aw, &run(&[])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let check = [
+        "check",
+        "--json",
+        "--full",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        pipeline.as_str(),
+    ];
+    let out = cutover(&w, &aw, &check).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    write("n", "t");
+    let out = cutover(&w, &aw, &check).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blocking: Vec<String> = report["blocking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    for column in ["s.t", "s.n"] {
+        assert!(
+            blocking
+                .iter()
+                .any(|b| b.contains(&format!("column {column} exists")) && b.contains("in place")),
+            "{column}: {blocking:?}"
+        );
+    }
+    // What check foresaw: the server refuses the rows.
+    let out = cutover(&w, &aw, &run(&["--rerun"])).await;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    w.drop().await;
+}
+
+/// Every row of an entity rejected before sending, by a value Appwrite cannot hold (what check
+/// predicts, and `--allow-rejects`-style accepted rejects): the stage completes with its rejects
+/// and the next stage runs — it was "the target refused every document it was sent", stage
+/// failed, the run stopped.
+#[tokio::test]
+async fn an_entity_whose_every_row_is_rejected_before_sending_completes_with_rejects() {
+    let w = World::new("aw_all_rejected").await;
+    w.sql(
+        "CREATE TABLE mx (id int PRIMARY KEY, i int, t text);
+         INSERT INTO mx VALUES (1, 1, 'x'), (2, 2, 'y'), (3, 3, 'z');
+         CREATE TABLE other (id int PRIMARY KEY, v text); INSERT INTO other VALUES (1, 'fine');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/mx.toml"),
+        "version = 1\nname = \"mx\"\n[source]\ntable = \"mx\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"both\"\ncolumns = [\"i\", \"t\"]\ntransform = [\"array\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/other.toml"),
+        "version = 1\nname = \"other\"\n[source]\ntable = \"other\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"p\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"s1\"\nentities = [\"mx\"]\n\
+         [[stage]]\nname = \"s2\"\nentities = [\"other\"]\ndepends_on = [\"s1\"]\n",
+    )
+    .unwrap();
+    let pipeline = pipeline.display().to_string();
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let mx = entity(&report, "mx");
+    assert_eq!(
+        (mx["written"].as_u64(), mx["rejected"].as_u64()),
+        (Some(0), Some(3)),
+        "{mx}"
+    );
+    assert_eq!(mx["status"], "completed", "{mx}");
+    assert_eq!(entity(&report, "other")["written"], 1, "{report}");
+    assert_eq!(aw.s.rows("registry", "other").len(), 1);
     w.drop().await;
 }

@@ -188,9 +188,15 @@ async fn registry_changes_apply_then_reverse_one_by_one_leaving_the_data_as_befo
     let status = ok(&changes(&w, "status", &dir, &[]));
     assert!(status.contains("lock: free"), "{status}");
 
-    // Down one at a time: each time the data exactly as before that change.
+    // Down one at a time: each time the data exactly as before that change (a dry run first
+    // names it and changes nothing).
     before.pop();
     for v in versions.iter().rev() {
+        let here = hashes(&w).await;
+        let text = ok(&changes(&w, "down", &dir, &["--dry-run"]));
+        assert_eq!(text.trim().lines().count(), 1, "{text}");
+        assert!(text.contains(&format!("would reverse {v}")), "{text}");
+        assert_eq!(hashes(&w).await, here, "a dry run changed the data");
         let out = changes(&w, "down", &dir, &[]);
         let text = ok(&out);
         assert!(text.contains(&format!("reversed {v}")), "{text}");
@@ -1773,6 +1779,65 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuse
     w.drop().await;
 }
 
+/// Outside tester F18: a rollback that empties a destination other than a plain collection (a
+/// GridFS bucket with its documents' collection; on Appwrite, tables) discarded the changes
+/// applied there since, without a word (only collections were checked). It refuses now, dry run
+/// too, naming them; reversed first, the rollback goes ahead. (The first run's plain
+/// collection: the test above.)
+#[tokio::test]
+async fn rollback_of_a_files_stage_refuses_to_discard_changes_applied_after_the_run() {
+    let w = World::new("changes_vs_rollback_bucket").await;
+    w.load_registry_with_files(100);
+    let mapping = std::fs::read_to_string(repo().join("mappings/documents.toml"))
+        .unwrap()
+        .replace("reference = \"patients\"\n", "")
+        .replace(
+            "bucket = \"documents\"",
+            "bucket = \"documents\"\ndocument_collection = \"documentFiles\"",
+        );
+    assert!(mapping.contains("documentFiles"));
+    let pipeline = common::one_entity_pipeline(&w, "documents", &mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let files = w.count("documents.files").await;
+    assert!(files > 0);
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_reviewed.toml",
+        "version = 1\nname = \"reviewed\"\n[[up]]\nop = \"add_field\"\ncollection = \"documentFiles\"\nfield = \"reviewed\"\ndefault = false\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let before = hashes(&w).await;
+    let rollback = |extra: &[&str]| {
+        let mut cmd = w.cutover();
+        cmd.args(["rollback", "--pipeline"])
+            .arg(&pipeline)
+            .args(extra);
+        cmd.output().unwrap()
+    };
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let text = refused(&rollback(extra));
+        assert!(
+            text.contains("would silently discard what changes did after the run")
+                && text.contains("change 1 (1_reviewed.toml) applied on documentFiles after run")
+                && text.contains("`cutover changes down`"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        hashes(&w).await,
+        before,
+        "a refused rollback changed the data"
+    );
+    assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+    ok(&changes(&w, "down", &dir, &[]));
+    ok(&rollback(&[]));
+    assert_eq!(w.count("documentFiles").await, 0);
+    assert_eq!(w.count("documents.files").await, 0);
+    w.drop().await;
+}
+
 /// `backup restore` puts a collection back as the backup holds it: changes applied after the
 /// backup was taken would vanish while the ledger lists them applied — refused like a rollback,
 /// unless --ignore-changes.
@@ -2849,5 +2914,179 @@ async fn a_seed_too_big_for_the_ledger_is_refused_with_advice() {
     );
     assert_eq!(w.count("s").await, 0);
     assert_eq!(w.count("cutover_changes_log").await, 0, "nothing recorded");
+    w.drop().await;
+}
+
+const NEXT_CHANGE: &str = "version = 2\nname = \"next\"\n[[up]]\nop = \"insert\"\ncollection = \"seeds\"\ndocuments = [{ _id = \"s1\" }]\n";
+
+/// Outside tester F8: a `down` refused by its own checks before writing anything (the
+/// collection it would drop holds documents written since, the copy it would drop changed, a
+/// dropped collection made again, the dropped index's name taken) was recorded down-failed and
+/// then blocked every `up`. Now the change stays applied, said so: the data is as the
+/// application left it (mongod's own listing), `up` of a later change works, and a later `down`
+/// too (the later change, then this one once its cause is gone).
+#[tokio::test]
+async fn a_down_refused_before_writing_leaves_the_change_applied_and_up_working() {
+    let cases = [
+        (
+            "create_collection",
+            "version = 1\nname = \"audit\"\n[[up]]\nop = \"create_collection\"\ncollection = \"auditLog\"\n",
+            "auditLog holds 1 documents written since it was created",
+        ),
+        (
+            "copy_collection",
+            "version = 1\nname = \"copy\"\n[[up]]\nop = \"copy_collection\"\nfrom = \"things\"\nto = \"thingsCopy\"\npipeline = [{ \"$match\" = { size = { \"$gt\" = 1 } } }]\n",
+            "thingsCopy holds 3 documents, the copy wrote 2",
+        ),
+        (
+            "drop_collection",
+            "version = 1\nname = \"drop\"\n[[up]]\nop = \"drop_collection\"\ncollection = \"things\"\n",
+            "things was created again since and holds documents",
+        ),
+        (
+            "drop_index",
+            "version = 1\nname = \"drop index\"\n[[up]]\nop = \"drop_index\"\ncollection = \"things\"\nname = \"by_size\"\n",
+            "an index by_size of things exists again with another definition",
+        ),
+    ];
+    for (kind, change, says) in cases {
+        let w = World::new(&format!("changes_refused_{kind}")).await;
+        things(&w).await;
+        let db = w.mongo().await;
+        let index = |key: &str| {
+            mongodb::IndexModel::builder()
+                .keys(doc! { key: 1 })
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name("by_size".to_string())
+                        .build(),
+                )
+                .build()
+        };
+        db.collection::<Document>("things")
+            .create_index(index("size"))
+            .await
+            .unwrap();
+        let dir = w.dir.path().join("changes");
+        let before = hashes(&w).await;
+        write(&dir, "1_first.toml", change);
+        ok(&changes(&w, "up", &dir, &[]));
+        // What the application does meanwhile, and how it is taken back.
+        let written = doc! { "_id": "theirs" };
+        match kind {
+            "create_collection" => {
+                db.collection::<Document>("auditLog")
+                    .insert_one(written.clone())
+                    .await
+                    .unwrap();
+            }
+            "copy_collection" => {
+                db.collection::<Document>("thingsCopy")
+                    .insert_one(written.clone())
+                    .await
+                    .unwrap();
+            }
+            "drop_collection" => {
+                db.collection::<Document>("things")
+                    .insert_one(written.clone())
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                db.collection::<Document>("things")
+                    .create_index(index("name"))
+                    .await
+                    .unwrap();
+            }
+        }
+        let theirs = hashes(&w).await;
+
+        let said = refused(&changes(&w, "down", &dir, &[]));
+        assert!(
+            said.contains(says)
+                && said.contains("nothing was reversed, the change is still applied"),
+            "{kind}: {said}"
+        );
+        assert_eq!(hashes(&w).await, theirs, "{kind}: the data changed");
+        assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+        assert_eq!(last_history(&w, &dir, "down"), "failed", "{kind}");
+        assert_eq!(last_history(&w, &dir, "up"), "applied", "{kind}");
+
+        // `up` goes on; `down` reverses the later change, and this one once its cause is gone.
+        write(&dir, "2_next.toml", NEXT_CHANGE);
+        let up = ok(&changes(&w, "up", &dir, &[]));
+        assert!(up.contains("applied  2 "), "{kind}: {up}");
+        assert_eq!(w.count("seeds").await, 1, "{kind}");
+        ok(&changes(&w, "down", &dir, &[]));
+        assert_eq!(hashes(&w).await, theirs, "{kind}");
+        refused(&changes(&w, "down", &dir, &[]));
+        match kind {
+            "create_collection" | "copy_collection" => {
+                let name = if kind == "create_collection" {
+                    "auditLog"
+                } else {
+                    "thingsCopy"
+                };
+                db.collection::<Document>(name)
+                    .delete_one(written.clone())
+                    .await
+                    .unwrap();
+            }
+            "drop_collection" => db.collection::<Document>("things").drop().await.unwrap(),
+            _ => db
+                .collection::<Document>("things")
+                .drop_index("by_size")
+                .await
+                .unwrap(),
+        }
+        ok(&changes(&w, "down", &dir, &[]));
+        assert_eq!(hashes(&w).await, before, "{kind}");
+        assert_eq!(
+            states(&w, &dir),
+            [
+                ("1".to_string(), "rolled-back".to_string()),
+                ("2".to_string(), "rolled-back".to_string())
+            ],
+            "{kind}"
+        );
+        w.drop().await;
+    }
+    a_down_refused_after_writing_stays_down_failed().await;
+}
+
+/// A `down` refused after it wrote something (the documents the change inserted deleted, then
+/// the collection it created found holding one written since) stays `down-failed`, as before:
+/// `up` is refused until `down` finishes it. (Part of the test above: the rule's other side.)
+async fn a_down_refused_after_writing_stays_down_failed() {
+    let w = World::new("changes_refused_late").await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_audit.toml",
+        "version = 1\nname = \"audit\"\n[[up]]\nop = \"create_collection\"\ncollection = \"auditLog\"\n[[up]]\nop = \"insert\"\ncollection = \"auditLog\"\ndocuments = [{ _id = \"a1\" }]\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let audit = w.mongo().await.collection::<Document>("auditLog");
+    audit.insert_one(doc! { "_id": "theirs" }).await.unwrap();
+    let said = refused(&changes(&w, "down", &dir, &[]));
+    assert!(said.contains("`down-failed`"), "{said}");
+    assert_eq!(w.count("auditLog").await, 1, "a1 was deleted");
+    assert_eq!(
+        states(&w, &dir),
+        [("1".to_string(), "down-failed".to_string())]
+    );
+    write(&dir, "2_next.toml", NEXT_CHANGE);
+    let said = refused(&changes(&w, "up", &dir, &[]));
+    assert!(said.contains("down-failed"), "{said}");
+    audit.delete_one(doc! { "_id": "theirs" }).await.unwrap();
+    ok(&changes(&w, "down", &dir, &[]));
+    assert!(
+        !w.mongo()
+            .await
+            .list_collection_names()
+            .await
+            .unwrap()
+            .contains(&"auditLog".to_string())
+    );
     w.drop().await;
 }

@@ -970,15 +970,16 @@ rows = [{{ "$id" = "c3", code = "c3" }}, {{ "$id" = "{last_site}", code = "z" }}
             .collect()
     };
 
-    // Its last operation is refused (the row exists): the transaction is rolled back.
+    // Its last operation is refused (the row exists) by the checks that run before the
+    // transaction starts: nothing is written, no transaction begun.
     write(&dir, "1_tx.toml", &change("c1"));
     let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
     assert!(
-        said.contains("row c1 exists already") && said.contains("the transaction was rolled back"),
+        said.contains("row c1 exists already") && said.contains("nothing was written"),
         "{said}"
     );
     assert_eq!(hashes(&aw).await, before);
-    assert_eq!(statuses(&aw.s), ["rolled_back"]);
+    assert!(statuses(&aw.s).is_empty(), "{:?}", statuses(&aw.s));
 
     // The server refuses one staged row at the commit (after the others were staged): the
     // commit applies none of them.
@@ -1370,4 +1371,649 @@ async fn downs_refuse_when_the_old_key_was_taken_since() {
         aw2.s.get_index(DB, "people", "by_name").unwrap()["columns"],
         json!(["age"])
     );
+}
+
+/// `cutover changes` follows the config's `[target] default` as `migrate`, `status` and `serve`
+/// do (it always went to MongoDB): without `--target`, a config naming appwrite applies the
+/// change in Appwrite, `status` reads Appwrite's history, and `changes new` writes an Appwrite
+/// template. Oracle: the stand-in's own listing.
+#[tokio::test]
+async fn changes_follow_the_configs_default_target() {
+    let w = World::new("aw_changes_cfg").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    std::fs::write(
+        w.dir.path().join("cutover.toml"),
+        "[target]\ndefault = \"appwrite\"\n",
+    )
+    .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(&dir, "1_columns.toml", COLUMNS);
+    let d = dir.display().to_string();
+    ok(&cutover(&w, &aw, &["changes", "up", "--dir", &d]).await);
+    let people = &tables(&aw).await["people"];
+    assert!(column(people, "tier").is_some(), "{people}");
+    let status = ok(&cutover(&w, &aw, &["changes", "status", "--dir", &d, "--json"]).await);
+    assert!(status.contains("\"applied\""), "{status}");
+    // The MongoDB database of the same name saw nothing.
+    let mongo = w.mongo().await.list_collection_names().await.unwrap();
+    assert!(mongo.is_empty(), "{mongo:?}");
+    let new_dir = w.dir.path().join("drafts").display().to_string();
+    let out = ok(&cutover(
+        &w,
+        &aw,
+        &[
+            "changes",
+            "new",
+            "add tier",
+            "--template",
+            "add-field",
+            "--dir",
+            &new_dir,
+        ],
+    )
+    .await);
+    let path = out.trim().strip_prefix("wrote ").unwrap().to_string();
+    let draft = std::fs::read_to_string(&path).unwrap();
+    assert!(draft.contains("table = "), "an Appwrite template: {draft}");
+    w.drop().await;
+}
+
+/// The states `changes status --json` gives, by version.
+async fn states(w: &World, aw: &Aw, dir: &Path) -> Vec<(u64, String)> {
+    let status: Value =
+        serde_json::from_str(&ok(&changes(w, aw, "status", dir, &["--json"]).await)).unwrap();
+    status["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["version"].as_u64().unwrap(),
+                c["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+const NEXT: &str = "version = 2\nname = \"next\"\n[[up]]\nop = \"insert\"\ntable = \"sites\"\nrows = [{ \"$id\" = \"c7\", code = \"c7\" }]\n";
+
+/// Outside tester F8: a `down` refused by its own checks before writing anything (the table it
+/// would delete holds rows, the column it would remove holds values written since, the old key
+/// of a rename or a dropped index was taken since) was recorded down-failed and then blocked
+/// every `up`. Now the change stays applied, said so: the target is as the application left it
+/// (the stand-in's own listing), `up` of a later change works, and a later `down` too (the
+/// later change, then this one once its cause is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_refused_before_writing_leaves_the_change_applied_and_up_working() {
+    struct Case {
+        name: &'static str,
+        change: &'static str,
+        /// What the application does after the change (the stand-in, directly).
+        meanwhile: fn(&StandIn),
+        said: &'static str,
+        /// Takes the cause away again, so `down` can go through.
+        undo_cause: fn(&StandIn),
+    }
+    let cases = [
+        Case {
+            name: "create_table",
+            change: "version = 1\nname = \"visits\"\n[[up]]\nop = \"create_table\"\ntable = \"visits\"\nname = \"Visits\"\ncolumns = [{ key = \"patient\", type = \"string\", size = 36 }]\n",
+            meanwhile: |s| {
+                s.write_row(DB, "visits", "v9", &json!({"patient": "p01"}), false)
+                    .unwrap();
+            },
+            said: "table visits, created by the change, holds rows written since",
+            undo_cause: |s| s.delete_row(DB, "visits", "v9").unwrap(),
+        },
+        Case {
+            name: "add_column",
+            change: "version = 1\nname = \"tier\"\n[[up]]\nop = \"add_column\"\ntable = \"people\"\ncolumn = \"tier\"\ntype = \"string\"\nsize = 8\n",
+            meanwhile: |s| {
+                s.update_row(DB, "people", "p04", &json!({"tier": "gold"}))
+                    .unwrap();
+            },
+            said: "column people.tier holds values written since",
+            undo_cause: |s| {
+                s.update_row(DB, "people", "p04", &json!({"tier": null}))
+                    .unwrap();
+            },
+        },
+        Case {
+            name: "rename_column",
+            change: "version = 1\nname = \"rename\"\n[[up]]\nop = \"rename_column\"\ntable = \"people\"\nfrom = \"clinic\"\nto = \"clinicId\"\n",
+            meanwhile: |s| {
+                s.create_column(DB, "people", "string", &json!({"key": "clinic", "size": 4}))
+                    .unwrap();
+            },
+            said: "column people.clinic exists again (made since)",
+            undo_cause: |s| s.delete_column(DB, "people", "clinic").unwrap(),
+        },
+        Case {
+            name: "drop_index",
+            change: "version = 1\nname = \"drop index\"\n[[up]]\nop = \"drop_index\"\ntable = \"people\"\nkey = \"by_name\"\n",
+            meanwhile: |s| {
+                s.create_index(
+                    DB,
+                    "people",
+                    &json!({"key": "by_name", "type": "key", "columns": ["age"], "orders": ["ASC"]}),
+                )
+                .unwrap();
+            },
+            said: "an index people.by_name exists again with another definition",
+            undo_cause: |s| s.delete_index(DB, "people", "by_name").unwrap(),
+        },
+    ];
+    for case in cases {
+        let w = World::new(&format!("aw_changes_refused_{}", case.name)).await;
+        let aw = standin().await;
+        seed(&aw.s).await;
+        let dir = w.dir.path().join("changes");
+        let before = hashes(&aw).await;
+        write(&dir, "1_first.toml", case.change);
+        ok(&changes(&w, &aw, "up", &dir, &[]).await);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        (case.meanwhile)(&aw.s);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let theirs = hashes(&aw).await;
+
+        let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+        assert!(
+            said.contains(case.said)
+                && said.contains("nothing was reversed, the change is still applied"),
+            "{}: {said}",
+            case.name
+        );
+        assert_eq!(
+            hashes(&aw).await,
+            theirs,
+            "{}: the target changed",
+            case.name
+        );
+        assert_eq!(
+            states(&w, &aw, &dir).await,
+            [(1, "applied".to_string())],
+            "{}",
+            case.name
+        );
+        let history: Value =
+            serde_json::from_str(&ok(&changes(&w, &aw, "history", &dir, &["--json"]).await))
+                .unwrap();
+        assert_eq!(history[0]["action"], "down", "{history}");
+        assert_eq!(history[0]["status"], "failed", "{history}");
+        assert_eq!(history[1]["action"], "up", "{history}");
+        assert_eq!(history[1]["status"], "applied", "{history}");
+
+        // `up` goes on; `down` reverses the later change, and this one once its cause is gone.
+        write(&dir, "2_next.toml", NEXT);
+        let up = ok(&changes(&w, &aw, "up", &dir, &[]).await);
+        assert!(up.contains("applied  2 "), "{}: {up}", case.name);
+        assert_eq!(aw.s.get_row(DB, "sites", "c7").unwrap()["code"], "c7");
+        ok(&changes(&w, &aw, "down", &dir, &[]).await);
+        assert_eq!(hashes(&aw).await, theirs, "{}", case.name);
+        refused(&changes(&w, &aw, "down", &dir, &[]).await);
+        (case.undo_cause)(&aw.s);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        ok(&changes(&w, &aw, "down", &dir, &[]).await);
+        assert_eq!(hashes(&aw).await, before, "{}", case.name);
+        assert_eq!(
+            states(&w, &aw, &dir).await,
+            [
+                (1, "rolled-back".to_string()),
+                (2, "rolled-back".to_string())
+            ],
+            "{}",
+            case.name
+        );
+    }
+    a_down_refused_after_writing_stays_down_failed().await;
+}
+
+/// A `down` refused after it wrote something (here: the rows the change inserted deleted, then
+/// the table it created found holding a row written since) stays `down-failed`, as before: `up`
+/// is refused until `down` finishes it.
+async fn a_down_refused_after_writing_stays_down_failed() {
+    let w = World::new("aw_changes_refused_late").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_visits.toml",
+        "version = 1\nname = \"visits\"\n[[up]]\nop = \"create_table\"\ntable = \"visits\"\nname = \"Visits\"\ncolumns = [{ key = \"patient\", type = \"string\", size = 36 }]\n[[up]]\nop = \"insert\"\ntable = \"visits\"\nrows = [{ \"$id\" = \"v1\", patient = \"p01\" }]\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    aw.s.write_row(DB, "visits", "v9", &json!({"patient": "p02"}), false)
+        .unwrap();
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(said.contains("`down-failed`"), "{said}");
+    assert!(aw.s.get_row(DB, "visits", "v1").is_err(), "v1 was deleted");
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "down-failed".to_string())]
+    );
+    write(&dir, "2_next.toml", NEXT);
+    let said = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(said.contains("down-failed"), "{said}");
+    aw.s.delete_row(DB, "visits", "v9").unwrap();
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(aw.s.get_table(DB, "visits").is_err());
+}
+
+/// Outside tester F3: a change with `transaction = true` staged any number of operations, while
+/// an Appwrite transaction holds at most its plan's (100 / 1,000 / 2,500). More than
+/// `max_transaction_operations` (default 100; the config file or
+/// APPWRITE_MAX_TRANSACTION_OPERATIONS) is refused before anything is written — no row, no
+/// backup, no transaction — naming the change, the count and the setting; within it, applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_max_transaction_operations_is_refused_before_writing() {
+    let w = World::new("aw_changes_tx_max").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    let with_env = |extra: &'static [(&'static str, &'static str)]| {
+        let w = &w;
+        let aw = &aw;
+        let dir = dir.display().to_string();
+        async move {
+            let mut cmd = w.cutover();
+            cmd.envs(aw.vars(DB))
+                .envs(extra.iter().copied())
+                .args(["changes", "up", "--target", "appwrite", "--dir", &dir]);
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    // 101 rows inserted in one transaction: over the default of 100.
+    let rows: Vec<String> = (0..101)
+        .map(|i| format!("{{ \"$id\" = \"s{i:03}\", code = \"s{i:03}\" }}"))
+        .collect();
+    write(
+        &dir,
+        "1_many.toml",
+        &format!(
+            "version = 1\nname = \"many sites\"\ntransaction = true\n[[up]]\nop = \"insert\"\ntable = \"sites\"\nrows = [{}]\n",
+            rows.join(", ")
+        ),
+    );
+    let before = hashes(&aw).await;
+    let said = refused(&with_env(&[]).await);
+    assert!(
+        said.contains("change 1 (1_many.toml) would stage 101 row operations")
+            && said.contains("`max_transaction_operations` = 100")
+            && said.contains("refused before anything was written"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert!(aw.s.transactions().is_empty(), "{:?}", aw.s.transactions());
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "failed".to_string())]);
+
+    // The setting from the environment, then from the config file.
+    let said = refused(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "50")]).await);
+    assert!(
+        said.contains("would stage 101 row operations")
+            && said.contains("`max_transaction_operations` = 50"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    std::fs::write(
+        w.dir.path().join("cutover.toml"),
+        "[target.appwrite]\nmax_transaction_operations = 101\n",
+    )
+    .unwrap();
+    let said = ok(&with_env(&[]).await);
+    assert!(said.contains("applied  1 "), "{said}");
+    assert_eq!(aw.s.row_count(DB, "sites"), 103);
+    let committed = aw.s.transactions();
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    assert_eq!(committed[0]["operations"], 101);
+    assert_eq!(committed[0]["status"], "committed");
+
+    // Rows a set would rewrite count too; matching rows it leaves as they are do not (8 people
+    // over 40, 4 of them active already).
+    write(
+        &dir,
+        "2_set.toml",
+        "version = 2\nname = \"set\"\ntransaction = true\n[[up]]\nop = \"set\"\ntable = \"people\"\nqueries = [{ method = \"greaterThan\", attribute = \"age\", values = [40] }]\nvalues = { status = \"active\" }\n",
+    );
+    let people = hashes(&aw).await;
+    let said = refused(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "3")]).await);
+    assert!(
+        said.contains("change 2 (2_set.toml) would stage 4 row operations")
+            && said.contains("`max_transaction_operations` = 3"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, people);
+    ok(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "4")]).await);
+    assert_eq!(
+        aw.s.get_row(DB, "people", "p05").unwrap()["status"],
+        "active"
+    );
+    let all = aw.s.transactions();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|t| t["operations"] == 4 && t["status"] == "committed"),
+        "{all:?}"
+    );
+    // A bad value of the setting is an error naming it.
+    let said = refused(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "0")]).await);
+    assert!(
+        said.contains("APPWRITE_MAX_TRANSACTION_OPERATIONS"),
+        "{said}"
+    );
+}
+
+/// Outside tester F18: `cutover rollback` of a first run (one that found its table empty, so
+/// the rollback empties it) discarded the changes applied on the table since, without a word —
+/// on Appwrite no destination was checked at all. It refuses now (dry run too), naming them and
+/// saying to reverse them with `changes down` first; reversed, the rollback goes ahead.
+/// `backup restore` of a re-run's backup the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_refuses_to_discard_changes_applied_after_the_run() {
+    let w = World::new("aw_changes_vs_rollback").await;
+    let aw = standin().await;
+    w.sql("CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL); INSERT INTO kinds SELECT 'k' || g, 'label ' || g FROM generate_series(1, 30) g;")
+        .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "kinds",
+        "version = 1\nname = \"kinds\"\n[source]\ntable = \"kinds\"\nkey = [\"code\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let pipeline = pipeline.display().to_string();
+    let run = |args: &'static [&'static str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--target", "appwrite", "--pipeline", &pipeline]);
+        let all: Vec<String> = all.into_iter().map(str::to_string).collect();
+        let (w, aw) = (&w, &aw);
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            cutover(w, aw, &all).await
+        }
+    };
+    ok(&run(&["migrate", "--quiet"]).await);
+    assert_eq!(aw.s.row_count(DB, "kinds"), 30);
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_flag.toml",
+        "version = 1\nname = \"flag\"\n[[up]]\nop = \"set\"\ntable = \"kinds\"\nvalues = { label = \"flagged\" }\n",
+    );
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let before = hashes(&aw).await;
+    for dry in [true, false] {
+        let out = if dry {
+            run(&["rollback", "--dry-run"]).await
+        } else {
+            run(&["rollback"]).await
+        };
+        let said = refused(&out);
+        assert!(
+            said.contains("would silently discard what changes did after the run")
+                && said.contains("change 1 (1_flag.toml) applied on kinds after run")
+                && said.contains("`cutover changes down`"),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        hashes(&aw).await,
+        before,
+        "a refused rollback changed the data"
+    );
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "applied".to_string())]);
+
+    // Reversed first, the rollback empties the table (it was empty before the run).
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    ok(&run(&["rollback"]).await);
+    assert_eq!(aw.s.row_count(DB, "kinds"), 0);
+
+    // A re-run's backup predates a change applied after it: restoring it is refused too.
+    ok(&run(&["migrate", "--quiet"]).await);
+    ok(&run(&["migrate", "--quiet", "--rerun"]).await);
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let backups = cutover(&w, &aw, &["backup", "list", "--target", "appwrite"]).await;
+    let name = String::from_utf8_lossy(&backups.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let before = hashes(&aw).await;
+    let said = refused(
+        &cutover(
+            &w,
+            &aw,
+            &["backup", "restore", &name, "--target", "appwrite"],
+        )
+        .await,
+    );
+    assert!(
+        said.contains("change 1 (1_flag.toml) applied on kinds after backup"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+}
+
+/// The `down` of a change applied in a transaction runs in one too, as its `up` did: every row
+/// goes back in one commit (the stand-in records one transaction holding them all), or — one
+/// refused at the commit — none does, and the change stays applied (not down-failed), so `up`
+/// goes on and the next `down` reverses it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_down_of_a_change_in_a_transaction_commits_whole_or_reverses_nothing() {
+    let w = World::new("aw_changes_tx_down").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_tx.toml",
+        r#"version = 1
+name = "in a transaction"
+transaction = true
+[[up]]
+op = "set"
+table = "people"
+queries = [{ method = "equal", attribute = "status", values = ["active"] }]
+values = { status = "moved", age = 99 }
+[[up]]
+op = "update_references"
+table = "people"
+column = "clinic"
+from = "c2"
+to = "c3"
+[[up]]
+op = "insert"
+table = "sites"
+rows = [{ "$id" = "c3", code = "c3" }, { "$id" = "c4", code = "c4" }]
+"#,
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let applied = hashes(&aw).await;
+    assert_ne!(applied, before);
+
+    // One row refused at the commit: nothing goes back, the change stays applied.
+    aw.s.set_row_fault(
+        "p11",
+        Some(serde_json::from_value(json!({"status": 500})).unwrap()),
+    );
+    let said = refused(&changes(&w, &aw, "down", &dir, &[]).await);
+    aw.s.set_row_fault("p11", None);
+    assert!(
+        said.contains(
+            "its transaction was rolled back: nothing was reversed, the change is still applied"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        hashes(&aw).await,
+        applied,
+        "part of the change was reversed"
+    );
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "applied".to_string())]);
+    write(&dir, "2_next.toml", NEXT);
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    std::fs::remove_file(dir.join("2_next.toml")).unwrap();
+
+    // Reversed in one committed transaction holding every row put back: 6 people set back, 6
+    // clinics back to c2 (p11's among them), 2 sites deleted.
+    let known: Vec<Value> =
+        aw.s.transactions()
+            .iter()
+            .map(|t| t["$id"].clone())
+            .collect();
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(hashes(&aw).await, before);
+    let new: Vec<Value> =
+        aw.s.transactions()
+            .into_iter()
+            .filter(|t| !known.contains(&t["$id"]))
+            .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0]["status"], "committed", "{new:?}");
+    assert_eq!(new[0]["operations"], 14, "{new:?}");
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "rolled-back".to_string())]
+    );
+    assert!(table_ids(&aw, "chbk_").await.is_empty());
+}
+
+/// Rewrites the ledger record of change `version` as a `down` in a transaction a dead process
+/// left: `reversing`, its transaction `txn` recorded.
+fn leave_reversing(s: &StandIn, version: u64, txn: &str) {
+    let rows = s.rows(DB, "cutover_changes");
+    let row = rows
+        .iter()
+        .find(|r| {
+            let d: Value = serde_json::from_str(r["doc"].as_str().unwrap()).unwrap();
+            d["_id"].as_str().and_then(|v| v.parse::<u64>().ok()) == Some(version)
+        })
+        .expect("the change's record");
+    let mut d: Value = serde_json::from_str(row["doc"].as_str().unwrap()).unwrap();
+    d["status"] = json!("reversing");
+    d["down_session"] = json!({ "appwrite_transaction": txn });
+    s.write_row(
+        DB,
+        "cutover_changes",
+        row["$id"].as_str().unwrap(),
+        &json!({ "doc": d.to_string() }),
+        true,
+    )
+    .unwrap();
+}
+
+/// A process that dies during the `down` of a change in a transaction leaves it `reversing` with
+/// its transaction recorded: the next command asks the server. Not committed (still pending: it
+/// is rolled back) — nothing was reversed, the change is applied again, and this `down` reverses
+/// it; committed — it is recorded rolled back, and reversed nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_in_a_transaction_left_by_a_dead_process_is_settled_as_it_ended() {
+    let w = World::new("aw_changes_tx_down_dead").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_tx.toml",
+        "version = 1\nname = \"tx\"\ntransaction = true\n[[up]]\nop = \"set\"\ntable = \"people\"\nqueries = []\nvalues = { status = \"moved\" }\n",
+    );
+    let before = hashes(&aw).await;
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let applied = hashes(&aw).await;
+
+    // Left pending: rolled back, the change applied again, then reversed by this `down`.
+    let pending = aw.s.create_transaction(900).unwrap();
+    let pending = pending["$id"].as_str().unwrap().to_string();
+    leave_reversing(&aw.s, 1, &pending);
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "down-interrupted".to_string())]
+    );
+    assert_eq!(hashes(&aw).await, applied);
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert_eq!(
+        aw.s.get_transaction(&pending).unwrap()["status"],
+        "rolled_back"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "rolled-back".to_string())]
+    );
+    let history: Value =
+        serde_json::from_str(&ok(&changes(&w, &aw, "history", &dir, &["--json"]).await)).unwrap();
+    assert!(
+        history.as_array().unwrap().iter().any(|l| l["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("stopped before its transaction committed"))),
+        "{history}"
+    );
+
+    // Committed: recorded rolled back; nothing else is reversed.
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let known: Vec<Value> =
+        aw.s.transactions()
+            .iter()
+            .map(|t| t["$id"].clone())
+            .collect();
+    ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    let down =
+        aw.s.transactions()
+            .into_iter()
+            .find(|t| !known.contains(&t["$id"]))
+            .expect("the down's transaction");
+    assert_eq!(down["status"], "committed");
+    leave_reversing(&aw.s, 1, down["$id"].as_str().unwrap());
+    let said = ok(&changes(&w, &aw, "down", &dir, &[]).await);
+    assert!(
+        said.contains("stopped after its transaction committed"),
+        "{said}"
+    );
+    assert_eq!(hashes(&aw).await, before);
+    assert_eq!(
+        states(&w, &aw, &dir).await,
+        [(1, "rolled-back".to_string())]
+    );
+}
+
+/// Outside tester adv17 (6, High): in one Appwrite transaction a later operation picks its rows
+/// from the data as it was before the change — a second `set` matching the first one's values
+/// matched nothing, and the change was recorded applied. Such a change is refused before
+/// anything is written (the rows as they were, the change failed, saying why); the same file
+/// without `transaction` applies in order; operations that read no column an earlier one wrote
+/// still run in one transaction.
+#[tokio::test]
+async fn a_transactional_change_reading_its_own_writes_is_refused_before_writing() {
+    let w = World::new("aw_tx_reads").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    let body = |transaction: bool| {
+        format!(
+            "version = 1\nname = \"two sets\"\ntransaction = {transaction}\n\
+             [[up]]\nop = \"set\"\ntable = \"people\"\nqueries = []\nvalues = {{ status = \"q\" }}\n\
+             [[up]]\nop = \"set\"\ntable = \"people\"\n\
+             queries = [{{ method = \"equal\", attribute = \"status\", values = [\"q\"] }}]\n\
+             values = {{ status = \"r\" }}\n"
+        )
+    };
+    write(&dir, "1_sets.toml", &body(true));
+    let before = hashes(&aw).await;
+    let text = refused(&changes(&w, &aw, "up", &dir, &[]).await);
+    assert!(
+        text.contains("writes column `status` it reads") && text.contains("transaction = false"),
+        "{text}"
+    );
+    assert_eq!(hashes(&aw).await, before, "nothing written");
+    assert_eq!(states(&w, &aw, &dir).await, [(1, "failed".to_string())]);
+
+    write(&dir, "1_sets.toml", &body(false));
+    ok(&changes(&w, &aw, "up", &dir, &[]).await);
+    let people = aw.s.rows(DB, "people");
+    assert!(!people.is_empty());
+    assert!(people.iter().all(|r| r["status"] == "r"), "{people:?}");
 }

@@ -1032,3 +1032,167 @@ async fn the_validator_of_an_entity_that_wrote_nothing_is_set_on_a_new_collectio
         .unwrap();
     w.drop().await;
 }
+
+/// A unique `[[index]]` the data breaks: `check` blocks exactly when mongod refuses to build the
+/// index after the load (the oracle: the run's own index build on the real server). Shapes:
+/// keys made equal by transforms, NULLs (missing fields index as null), a partial index that
+/// leaves them out, canonically equivalent strings under a collation and without one, numbers
+/// of two types, arrays (multikey), and distinct data.
+#[tokio::test]
+async fn check_blocks_a_unique_index_exactly_when_mongod_refuses_to_build_it() {
+    // (name, rows of (id, code, n, tags), field options of `code`, the index)
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "transformed",
+            "(1,'Abc',1,'{x}'),(2,' abc',2,'{y}'),(3,'ABC ',3,'{z}')",
+            "transform = [\"trim\", \"lower\"]",
+            "keys = [\"code\"]\nunique = true",
+        ),
+        (
+            "nulls",
+            "(1,NULL,1,'{x}'),(2,NULL,2,'{y}'),(3,'a',3,'{z}')",
+            "",
+            "keys = [\"code\"]\nunique = true",
+        ),
+        (
+            "nulls_partial",
+            "(1,NULL,1,'{x}'),(2,NULL,2,'{y}'),(3,'a',3,'{z}')",
+            "",
+            "keys = [\"code\"]\nunique = true\npartial = { code = { \"$exists\" = true } }",
+        ),
+        (
+            "collation",
+            "(1,'caf\u{e9}',1,'{x}'),(2,'cafe\u{301}',2,'{y}')",
+            "",
+            "keys = [\"code\"]\nunique = true\ncollation = \"en\"",
+        ),
+        (
+            "no_collation",
+            "(1,'caf\u{e9}',1,'{x}'),(2,'cafe\u{301}',2,'{y}')",
+            "",
+            "keys = [\"code\"]\nunique = true",
+        ),
+        (
+            "compound_numbers",
+            "(1,'a',1,'{x}'),(2,'a',1,'{y}'),(3,'b',1,'{z}')",
+            "",
+            "keys = [\"code\", \"-n\"]\nunique = true",
+        ),
+        (
+            "multikey",
+            "(1,'a',1,'{x,y}'),(2,'b',2,'{y,z}')",
+            "",
+            "keys = [\"tags\"]\nunique = true",
+        ),
+        (
+            "distinct",
+            "(1,'a',1,'{x}'),(2,'b',2,'{y}'),(3,NULL,3,'{z}')",
+            "",
+            "keys = [\"code\", \"tags\"]\nunique = true",
+        ),
+    ];
+    for (name, rows, options, index) in cases {
+        let schema = format!(
+            "CREATE TABLE u (id int PRIMARY KEY, code text, n numeric, tags text[]);
+             INSERT INTO u VALUES {rows};"
+        );
+        let fields = format!(
+            "[[field]]\npath = \"code\"\ncolumn = \"code\"\n{options}\n\
+             [[field]]\npath = \"n\"\ncolumn = \"n\"\ntype = \"int\"\n\
+             [[field]]\npath = \"tags\"\ncolumn = \"tags\"\n"
+        );
+        let expect = !matches!(name, "nulls_partial" | "no_collation" | "distinct");
+        unique_case(name, &schema, &fields, index, expect).await;
+    }
+    // Paths through arrays of objects (a jsonb value's, an embedded array's elements), and
+    // numbers of JSON that differ in type but not in value (or only past a double's digits).
+    let json = |rows: &str| {
+        format!("CREATE TABLE u (id int PRIMARY KEY, j jsonb); INSERT INTO u VALUES {rows};")
+    };
+    let j = "[[field]]\npath = \"j\"\ncolumn = \"j\"\n";
+    for (name, rows, index, expect) in [
+        (
+            "json_array_distinct",
+            "(1, '{\"a\":[{\"b\":1},{\"b\":2}]}'), (2, '{\"a\":[{\"b\":3}]}')",
+            "j.a.b",
+            false,
+        ),
+        (
+            "json_array_repeat",
+            "(1, '{\"a\":[{\"b\":1},{\"b\":2}]}'), (2, '{\"a\":[{\"b\":2.0}]}')",
+            "j.a.b",
+            true,
+        ),
+        (
+            "json_past_double",
+            "(1, '{\"a\": 9007199254740993}'), (2, '{\"a\": 9007199254740992}')",
+            "j.a",
+            false,
+        ),
+        (
+            "json_decimal_same",
+            "(1, '{\"a\": 1}'), (2, '{\"a\": 1.000}')",
+            "j.a",
+            true,
+        ),
+    ] {
+        let index = format!("keys = [\"{index}\"]\nunique = true");
+        unique_case(name, &json(rows), j, &index, expect).await;
+    }
+    let embedded = |codes: &str| {
+        format!(
+            "CREATE TABLE u (id int PRIMARY KEY, v text); INSERT INTO u VALUES (1, 'x'), (2, 'y');
+             CREATE TABLE items (u_id int, n int, code text, PRIMARY KEY (u_id, n));
+             INSERT INTO items VALUES {codes};"
+        )
+    };
+    let items = "[[field]]\npath = \"v\"\ncolumn = \"v\"\n[[embed]]\npath = \"items\"\ntable = \"items\"\nforeign_key = \"u_id\"\norder_by = [\"n\"]\n\
+                 [[embed.field]]\npath = \"code\"\ncolumn = \"code\"\n";
+    for (name, codes, expect) in [
+        ("embedded_distinct", "(1,1,'a'),(1,2,'b'),(2,1,'c')", false),
+        ("embedded_repeat", "(1,1,'a'),(1,2,'b'),(2,1,'b')", true),
+    ] {
+        let index = "keys = [\"items.code\"]\nunique = true";
+        unique_case(name, &embedded(codes), items, index, expect).await;
+    }
+}
+
+/// One shape of `check_blocks_a_unique_index_exactly_when_mongod_refuses_to_build_it`: table `u`
+/// made by `schema`, mapped with `fields` and the `[[index]]` `index`.
+async fn unique_case(name: &str, schema: &str, fields: &str, index: &str, expect: bool) {
+    let w = World::new(&format!("unique_{name}")).await;
+    w.sql(schema).await;
+    let mapping = format!(
+        "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"id\"]\n{fields}[[index]]\n{index}\n"
+    );
+    let pipeline = one_entity_pipeline(&w, "u", &mapping);
+    let check = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|e| panic!("{name}: {e}: {}", output_text(&check)));
+    let blocked = report["blocking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b.as_str().unwrap().contains("unique index"));
+    let run = w.migrate_with(&pipeline, &[]);
+    let refused = output_text(&run).contains("E11000");
+    assert_eq!(
+        blocked,
+        refused,
+        "{name}: check {} but mongod {}:\n{report}\n{}",
+        if blocked { "blocked" } else { "passed" },
+        if refused {
+            "refused the index"
+        } else {
+            "built it"
+        },
+        output_text(&run)
+    );
+    assert_eq!(blocked, expect, "{name}: {report}");
+    w.drop().await;
+}

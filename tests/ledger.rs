@@ -1030,3 +1030,58 @@ async fn a_restored_backup_is_recorded_as_the_rollback_it_is() {
     assert_eq!(again["entities"][0]["written"], 50);
     w.drop().await;
 }
+
+/// A collection whose name leaves no room for the backup's suffix in MongoDB's 255-byte
+/// namespace (a plain one and a multi-byte one, cut on a character boundary): `--rerun` backs it
+/// up under a shortened name the ledger records, and rollback puts the first run's documents back.
+#[tokio::test]
+async fn a_long_collection_name_is_backed_up_and_rolled_back() {
+    for (case, name) in [
+        ("ascii", "c".repeat(200)),
+        ("multibyte", format!("c{}", "é".repeat(100))),
+    ] {
+        let w = World::new(&format!("long_backup_{case}")).await;
+        w.sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one'), (2, 'two');")
+            .await;
+        let mapping = format!(
+            "version = 1\nname = \"t\"\ncollection = \"{name}\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"v\"\ncolumn = \"v\"\n"
+        );
+        let pipeline = common::one_entity_pipeline(&w, "t", &mapping);
+        let out = w.migrate_with(&pipeline, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{case}: {}",
+            common::output_text(&out)
+        );
+        let first = w.docs(&name).await;
+        w.sql("UPDATE t SET v = 'changed'").await;
+        let out = w.migrate_with(&pipeline, &["--rerun"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{case}: {}",
+            common::output_text(&out)
+        );
+        assert_ne!(w.docs(&name).await, first, "{case}");
+        let out = w
+            .cutover()
+            .args(["rollback", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{case}: {}",
+            common::output_text(&out)
+        );
+        assert_eq!(
+            w.docs(&name).await,
+            first,
+            "{case}: rolled back to the first run"
+        );
+        w.drop().await;
+    }
+}

@@ -116,6 +116,7 @@ impl<'a> OnTarget<'a> {
                     client: &a.client,
                     db: &a.database,
                     ledger,
+                    max_transaction_operations: a.max_transaction_operations,
                 })
             }
         }
@@ -1791,6 +1792,37 @@ async fn sweep_backups(t: &ChangeTarget<'_>) -> Result<(), ChangesError> {
     Ok(())
 }
 
+/// Why reversing one change failed. `wrote_nothing`: the first step of a fresh `down` (neither
+/// finishing an earlier one nor undoing an `up` cut short) was refused by its own checks before
+/// it wrote anything — nothing was reversed, so the change is still applied (not `down-failed`:
+/// `up` and a later `down` go on as before).
+#[derive(Debug)]
+pub(crate) struct DownFailure {
+    pub message: String,
+    pub wrote_nothing: bool,
+}
+
+impl From<String> for DownFailure {
+    fn from(message: String) -> DownFailure {
+        DownFailure {
+            message,
+            wrote_nothing: false,
+        }
+    }
+}
+
+impl DownFailure {
+    /// A step's failure: `wrote_nothing` when the step was refused by its checks before it
+    /// wrote (`refused_before_writing`) and no step of this fresh `down` ran before it
+    /// (`first`, false for a `down` that finishes another).
+    pub(crate) fn of_step(message: String, refused_before_writing: bool, first: bool) -> Self {
+        DownFailure {
+            message,
+            wrote_nothing: refused_before_writing && first,
+        }
+    }
+}
+
 /// How [`reverse_one`] undoes a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum How {
@@ -1875,13 +1907,21 @@ async fn reverse_logged(
             records.log(&line).await?;
             Ok(rev)
         }
-        Err(e) => {
-            // In a transaction nothing was reversed; without one, what was stays so and the
-            // next `down` finishes it.
+        Err(DownFailure {
+            message: e,
+            wrote_nothing,
+        }) => {
+            // In a transaction nothing was reversed, nor when its first step was refused before
+            // it wrote; otherwise what was reversed stays so and the next `down` finishes it.
             let (status, how) = if c.transaction {
                 (
                     APPLIED,
                     "its transaction was rolled back: the change is still applied",
+                )
+            } else if wrote_nothing {
+                (
+                    APPLIED,
+                    "it was refused before it wrote anything: nothing was reversed, the change is still applied (`cutover changes up` goes on as before; fix the cause, then `cutover changes down` again)",
                 )
             } else {
                 (
@@ -1909,7 +1949,7 @@ async fn reverse_one(
     c: &Change,
     ops: &[OpOutcome],
     how: How,
-) -> Result<Reversed, String> {
+) -> Result<Reversed, DownFailure> {
     let backup = r.backup.clone().unwrap_or_default();
     let exec = Exec {
         db: t.db,
@@ -1957,7 +1997,7 @@ async fn reverse_one(
                 Ok(()) => exec
                     .put_marker(&mut sess, REVERSED, doc! {})
                     .await
-                    .map_err(|e| format!("keeping the commit marker: {e}")),
+                    .map_err(|e| format!("keeping the commit marker: {e}").into()),
                 Err(e) => Err(e),
             }
         };
@@ -2024,8 +2064,10 @@ impl Steps<'_> {
         how: How,
         rev: &mut Reversed,
         created: &mut Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DownFailure> {
         let exec = self.exec;
+        // No step of this `down` has run yet (its checks may still refuse it whole).
+        let mut first = how == How::Applied;
         match &c.down {
             // The file's own down (for a change applied whole): its operations run forward, each
             // backed up like an up's, so one cut short is undone and run again.
@@ -2049,7 +2091,15 @@ impl Steps<'_> {
                         self.down_ops.truncate(i);
                     }
                     let mut out = OpOutcome::default();
-                    exec.prepare(sess, op, &mut out).await.map_err(what)?;
+                    // Its checks write nothing: a refusal there is one before writing.
+                    if let Err(e) = exec.prepare(sess, op, &mut out).await {
+                        let refused = matches!(
+                            e,
+                            ops::OpError::Refused(_) | ops::OpError::RefusedBeforeWriting(_)
+                        );
+                        return Err(DownFailure::of_step(what(e), refused, first));
+                    }
+                    first = false;
                     self.down_ops.push(out);
                     self.record().await?;
                     let out = self.down_ops.last_mut().expect("pushed above");
@@ -2069,12 +2119,22 @@ impl Steps<'_> {
                     if step < self.done && matches!(c.up[i], Op::Command { .. }) {
                         continue;
                     }
-                    let done = exec
+                    let done = match exec
                         .undo(sess, &c.up[i], i, &ops[i], partial, created)
                         .await
-                        .map_err(|e| {
-                            format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
-                        })?;
+                    {
+                        Ok(done) => done,
+                        Err(e) => {
+                            let refused = e.wrote_nothing();
+                            let message = format!(
+                                "undoing up operation {} (`{}`): {e}",
+                                i + 1,
+                                c.up[i].kind()
+                            );
+                            return Err(DownFailure::of_step(message, refused, first));
+                        }
+                    };
+                    first = false;
                     rev.restored += done.modified;
                     rev.inserted += done.inserted;
                     rev.deleted += done.deleted;

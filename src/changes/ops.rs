@@ -21,6 +21,17 @@ pub enum OpError {
     Mongo(mongodb::error::Error),
     #[error("{0}")]
     Refused(String),
+    /// An inverse refused by its own checks before it wrote anything (a collection it would
+    /// drop holds documents written since, an index name taken since): nothing of it was done.
+    #[error("{0}")]
+    RefusedBeforeWriting(String),
+}
+
+impl OpError {
+    /// Whether it was refused before it wrote anything ([`OpError::RefusedBeforeWriting`]).
+    pub fn wrote_nothing(&self) -> bool {
+        matches!(self, OpError::RefusedBeforeWriting(_))
+    }
 }
 
 /// Why an Appwrite operation does not run on MongoDB.
@@ -1450,16 +1461,28 @@ impl Exec<'_> {
             }
             Op::DropIndex { collection, name } => {
                 let Some(mut index) = out.dropped_index.clone() else {
-                    return Err(OpError::Refused(format!(
+                    return Err(OpError::RefusedBeforeWriting(format!(
                         "the ledger has no record of the index {name} of {collection} this change dropped"
                     )));
                 };
-                if partial && self.index_of(collection, name).await?.is_some() {
-                    // Never dropped, or created again by an earlier attempt.
-                    return Ok(done);
-                }
                 index.remove("v");
                 index.remove("ns");
+                match self.index_of(collection, name).await? {
+                    // Never dropped, or created again by an earlier attempt.
+                    Some(_) if partial => return Ok(done),
+                    Some(mut now) => {
+                        now.remove("v");
+                        now.remove("ns");
+                        if now == index {
+                            return Ok(done);
+                        }
+                        // Another index of that name made since: not the one this change dropped.
+                        return Err(OpError::RefusedBeforeWriting(format!(
+                            "an index {name} of {collection} exists again with another definition (made since): the dropped one cannot be put back under its name; drop or rename that index, then run down again"
+                        )));
+                    }
+                    None => {}
+                }
                 self.db
                     .run_command(doc! { "createIndexes": collection, "indexes": [index] })
                     .await?;
@@ -1480,7 +1503,7 @@ impl Exec<'_> {
                 }
                 let n = self.coll(collection).count_documents(doc! {}).await?;
                 if n > 0 {
-                    return Err(OpError::Refused(format!(
+                    return Err(OpError::RefusedBeforeWriting(format!(
                         "{collection} holds {n} documents written since it was created: move them or drop it yourself"
                     )));
                 }
@@ -1494,7 +1517,7 @@ impl Exec<'_> {
                 // Cut short, the copy may have written `to` without recording how many: `to` did
                 // not exist before it (checked under the lock), so it is the copy's.
                 if n != out.inserted && !partial {
-                    return Err(OpError::Refused(format!(
+                    return Err(OpError::RefusedBeforeWriting(format!(
                         "{to} holds {n} documents, the copy wrote {}: it changed since; drop it yourself",
                         out.inserted
                     )));
@@ -1504,7 +1527,7 @@ impl Exec<'_> {
             }
             Op::DropCollection { collection } => {
                 let Some(before) = out.before.clone() else {
-                    return Err(OpError::Refused(format!(
+                    return Err(OpError::RefusedBeforeWriting(format!(
                         "the ledger has no record of {collection}'s options and indexes"
                     )));
                 };
@@ -1514,7 +1537,7 @@ impl Exec<'_> {
                 let there = self.collection_exists(collection).await?;
                 if there && !partial {
                     if self.coll(collection).count_documents(doc! {}).await? > 0 {
-                        return Err(OpError::Refused(format!(
+                        return Err(OpError::RefusedBeforeWriting(format!(
                             "{collection} was created again since and holds documents"
                         )));
                     }

@@ -45,13 +45,15 @@ pub async fn backup(cli: &Cli, cmd: &BackupCommand) -> Result<Outcome> {
                 anyhow::anyhow!("no backup named {name} (see `cutover backup list`)")
             })?;
             // Changes applied (or reversed) after the backup was taken would be discarded.
-            if let crate::sink::target::Destination::Collection { name: coll } = &b.destination {
-                let what = format!("backup {}", b.name);
-                let blocking =
-                    super::shared::changes_after(&ledger, coll, b.created_at.as_deref(), &what)
-                        .await?;
-                super::shared::settle_or_refuse(blocking, *ignore_changes)?;
-            }
+            let what = format!("backup {}", b.name);
+            let blocking = super::shared::changes_after(
+                &ledger,
+                &b.destination,
+                b.created_at.as_deref(),
+                &what,
+            )
+            .await?;
+            super::shared::settle_or_refuse(blocking, *ignore_changes)?;
             let run_id = crate::pipeline::run::new_run_id();
             let lock = ledger
                 .acquire_lock(&run_id, "backup restore", ledger::lock::DEFAULT_TTL)

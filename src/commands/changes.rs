@@ -19,6 +19,13 @@ fn changes_dir(cli: &Cli, dir: &Option<PathBuf>) -> Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from("pipelines/changes")))
 }
 
+fn kind_of(t: crate::cli::ChangesTarget) -> crate::config::TargetKind {
+    match t {
+        crate::cli::ChangesTarget::Mongodb => crate::config::TargetKind::Mongodb,
+        crate::cli::ChangesTarget::Appwrite => crate::config::TargetKind::Appwrite,
+    }
+}
+
 /// The change files and the target with its ledger.
 async fn open(
     cli: &Cli,
@@ -36,12 +43,8 @@ async fn open_target(
     cli: &Cli,
     args: &ChangesTargetArgs,
 ) -> Result<(Target, crate::ledger::Ledger)> {
-    let kind = match args.target {
-        crate::cli::ChangesTarget::Mongodb => crate::config::TargetKind::Mongodb,
-        crate::cli::ChangesTarget::Appwrite => crate::config::TargetKind::Appwrite,
-    };
     let target = TargetArgs {
-        target: Some(kind),
+        target: args.target.map(kind_of),
         database: args.database.clone(),
     };
     let (_cfg, t, ledger) = super::shared::open_ledger(cli, &target).await?;
@@ -90,7 +93,14 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 &args.name,
                 template,
                 chrono::Utc::now(),
-                args.target == crate::cli::ChangesTarget::Appwrite,
+                match args.target {
+                    Some(t) => kind_of(t),
+                    None => {
+                        let cfg =
+                            super::shared::load_config(cli, crate::config::Overrides::default())?;
+                        super::shared::default_pipeline_target(&cfg).unwrap_or(cfg.default_target)
+                    }
+                } == crate::config::TargetKind::Appwrite,
             )?;
             crate::outln!("wrote {}", path.display());
             Ok(Outcome::Success)
@@ -177,6 +187,31 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 (None, Some(n), None) => DownTarget::Steps(n),
                 (None, None, None) => DownTarget::Steps(1),
             };
+            if args.dry_run {
+                spinner.finish_and_clear();
+                let would = changes::OnTarget::new(&t, &ledger, None)
+                    .down_preview(which)
+                    .await?;
+                if args.json {
+                    let list: Vec<_> = would
+                        .iter()
+                        .map(|r| serde_json::json!({"version": r.version, "name": r.name, "file": r.file}))
+                        .collect();
+                    crate::outln!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "dryRun": true, "changes": list })
+                        )?
+                    );
+                } else if would.is_empty() {
+                    crate::outln!("nothing to reverse");
+                } else {
+                    for r in &would {
+                        crate::outln!("would reverse {} {}", r.version, r.name);
+                    }
+                }
+                return Ok(Outcome::Success);
+            }
             let done = changes::OnTarget::new(&t, &ledger, Some(&activity))
                 .down_with(which, args.continue_on_error)
                 .await;

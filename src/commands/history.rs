@@ -71,6 +71,15 @@ pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
             r.entities.join(","),
             not_started
         );
+        for part in &r.resumed {
+            crate::outln!(
+                "      {}: resumed run {} after {} rows ({} rejected) — counted in that run's numbers, not in these; this run's report counts the whole entity",
+                part.entity,
+                part.from_run,
+                part.rows,
+                part.rejected
+            );
+        }
     }
     Ok(Outcome::Success)
 }

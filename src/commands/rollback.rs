@@ -6,7 +6,6 @@ use super::shared::pipeline_for;
 use crate::cli::{Cli, Outcome, RollbackArgs};
 use crate::ledger::{self};
 use crate::pipeline::rollback::{self, RollbackRequest, Undo};
-use crate::sink::target::Destination;
 
 pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
     let (cfg, _target, ledger) =
@@ -61,13 +60,18 @@ async fn refuse_discarding_changes(
     ignore: bool,
 ) -> Result<()> {
     let mut blocking = Vec::new();
+    // Whether the step found its destination empty (then emptied) or not (then restored from
+    // its backup), and whatever the target: both put back what the step found.
     for u in undo.iter().filter(|u| u.restore) {
-        let Destination::Collection { name } = &u.step.destination else {
-            continue;
-        };
         let what = format!("run {} of {}", u.step.run_id, u.step.entity);
         blocking.extend(
-            super::shared::changes_after(ledger, name, u.step.started_at.as_deref(), &what).await?,
+            super::shared::changes_after(
+                ledger,
+                &u.step.destination,
+                u.step.started_at.as_deref(),
+                &what,
+            )
+            .await?,
         );
     }
     super::shared::settle_or_refuse(blocking, ignore)

@@ -122,7 +122,9 @@ pub(crate) async fn connect_target(
             } else {
                 tuning.bulk_rows
             };
-            let target = Target::Appwrite(AppwriteTarget::new(client, &a.database, bulk));
+            let mut aw = AppwriteTarget::new(client, &a.database, bulk);
+            aw.max_transaction_operations = a.max_transaction_operations;
+            let target = Target::Appwrite(aw);
             let ledger = Ledger::new(crate::ledger::Store::of(&target), Ledger::APPWRITE_PREFIX);
             let name = target.display_name();
             Ok((target, ledger, name))
@@ -176,19 +178,23 @@ pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline
     load_pipeline(cfg, args)
 }
 
-/// The changes applied or reversed on `collection` since `since` (RFC 3339; the beginning when
-/// unknown), as lines naming them and `what` they came after; a command change (collections
-/// unknown) is warned about here, not returned.
+/// The changes applied or reversed on `destination` (any of its collections or tables) since
+/// `since` (RFC 3339; the beginning when unknown), as lines naming them and `what` they came
+/// after; a command change (collections unknown) is warned about here, not returned.
 pub(crate) async fn changes_after(
     ledger: &crate::ledger::Ledger,
-    collection: &str,
+    destination: &crate::sink::target::Destination,
     since: Option<&str>,
     what: &str,
 ) -> Result<Vec<String>> {
     let since = since
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map_or(0, |t| t.timestamp_millis());
-    let collections = std::collections::BTreeSet::from([collection.to_string()]);
+    let collections: std::collections::BTreeSet<String> = destination.parts().into_iter().collect();
+    if collections.is_empty() {
+        return Ok(Vec::new());
+    }
+    let collection = destination.to_string();
     let mut out = Vec::new();
     for c in crate::changes::changes_since(ledger, &collections, since).await? {
         if c.uncertain {

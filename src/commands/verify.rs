@@ -22,10 +22,11 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     let source = cfg.require_source()?.to_string();
     let mut session = crate::source::SourceSession::open(&source).await?;
     let plans = crate::pipeline::run::compile_plans(&pipeline, &steps, &mut session).await?;
-    let ctx = crate::transform::row::MapContext {
+    let mut ctx = crate::transform::row::MapContext {
         now_ms: chrono::Utc::now().timestamp_millis(),
         skip_validation: false,
         known_keys: crate::pipeline::run::load_known_keys(&pipeline, &plans, &mut session).await?,
+        absent_ids: Default::default(),
     };
     let collections: std::collections::HashMap<String, String> = pipeline
         .mappings
@@ -58,7 +59,25 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     let _ = std::fs::remove_file(&side_problems_path);
     let mut log = crate::verify::ProblemLog::new(problems_path);
     let mut results = Vec::new();
+    // The entities that have run (as the run judges references into them).
+    let ran: std::collections::HashSet<String> =
+        crate::ledger::current_steps(&ledger.all_steps().await?)
+            .into_iter()
+            .filter(|(_, s)| s.status == crate::ledger::COMPLETED)
+            .map(|(e, _)| e)
+            .collect();
     for p in &plans {
+        // References to rows the target does not hold: the run rejected (or warned) them
+        // (`reference_rejected`), so the comparison expects what the run wrote.
+        ctx.absent_ids = crate::pipeline::run::absent_references(
+            &pipeline,
+            crate::pipeline::run::referenced_entities(p)
+                .into_iter()
+                .filter(|e| ran.contains(e)),
+            &target,
+            &mut session,
+        )
+        .await?;
         let rows = session.count(&p.relation).await?;
         let sample = match (args.full, args.sample) {
             (true, _) => None,

@@ -169,8 +169,8 @@ pub fn changes_stop_requested() -> bool {
 /// This run no longer holds the target's lock, or its process asked it to stop.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{}; it stopped writing at once — the stage is interrupted and the next `cutover migrate` resumes it from its checkpoint",
-    if *stopped { format!("this run was asked to stop ({now})") } else { format!("this run lost the target's lock ({now})") }
+    "{}; the stage is interrupted and the next `cutover migrate` resumes it from its checkpoint",
+    if *stopped { format!("this run was asked to stop ({now}): it started no batch more, and the batches being written finished and are counted") } else { format!("this run lost the target's lock ({now}): it stopped writing at once") }
 )]
 pub struct LockLost {
     pub now: String,

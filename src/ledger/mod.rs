@@ -384,10 +384,25 @@ pub struct RunRecord {
     /// Entities the run planned but never started (filled by `history`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_started: Vec<String>,
+    /// The steps this run resumed from an interrupted run's checkpoint: the rows before it are
+    /// that run's (counted in its totals, not in these), while this run's report counts the
+    /// whole entity — one set of numbers each, said so.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<ResumedPart>,
     pub host: String,
     /// What the run was asked to do with its entities: a run interrupted before it ended is
     /// finished so by the next plain `migrate` (older ledgers: none of it).
     pub intent: RunIntent,
+}
+
+/// A step a run resumed: the part before the checkpoint, read by run `from_run`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResumedPart {
+    pub entity: String,
+    pub from_run: String,
+    /// Rows before the checkpoint, and how many of them were rejected.
+    pub rows: i64,
+    pub rejected: i64,
 }
 
 /// The flags that say what a run does with an entity that completed before: run it again
@@ -803,7 +818,22 @@ impl Ledger {
 
     pub async fn finish_run(&self, report: &RunReport) -> Result<(), LedgerError> {
         let own = report.own_totals();
+        let resumed: Vec<Document> = report
+            .entities
+            .iter()
+            .filter(|e| e.completed_by.is_none())
+            .filter_map(|e| {
+                let from = e.resumed_from.as_ref()?;
+                Some(doc! {
+                    "entity": &e.name,
+                    "from_run": from,
+                    "rows": e.resumed_after_rows as i64,
+                    "rejected": e.resumed_after_rejected.min(e.resumed_after_rows) as i64,
+                })
+            })
+            .collect();
         let set = doc! {
+            "resumed": resumed,
             "status": &report.status,
             "finished_at": bson::DateTime::now(),
             "written": own.written as i64,
@@ -1037,6 +1067,20 @@ impl Ledger {
                 rejected: int(d, "rejected"),
                 skipped: int(d, "skipped"),
                 not_started: Vec::new(),
+                resumed: d
+                    .get_array("resumed")
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_document())
+                            .map(|r| ResumedPart {
+                                entity: text(r, "entity"),
+                                from_run: text(r, "from_run"),
+                                rows: int(r, "rows"),
+                                rejected: int(r, "rejected"),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 host: text(d, "host"),
                 intent: RunIntent::of(d),
             })

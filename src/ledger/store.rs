@@ -431,7 +431,24 @@ impl Store {
     /// backup's name is how it reads). Users stay users: they cannot be copied.
     pub fn backup_of(&self, of: &Destination, run_id: &str) -> Destination {
         let backup = |part: &str| match self {
-            Store::Mongo(_) => format!("{part}__backup__{}", run_id.replace(['.', ':'], "_")),
+            Store::Mongo(db) => {
+                let tail = format!("__backup__{}", run_id.replace(['.', ':'], "_"));
+                // A namespace (`db.collection`, and a bucket's `.chunks`) holds at most 255
+                // bytes: a long name is cut, with a hash of the whole kept (the ledger records
+                // the name the copy has).
+                let room =
+                    255usize.saturating_sub(db.name().len() + 1 + ".chunks".len() + tail.len());
+                if part.len() <= room {
+                    format!("{part}{tail}")
+                } else {
+                    let h = row_id(&Bson::String(part.to_string()));
+                    let mut cut = room.saturating_sub(9);
+                    while !part.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    format!("{}_{}{tail}", &part[..cut], &h[h.len() - 8..])
+                }
+            }
             // Table ids hold at most 36 characters.
             Store::Appwrite { .. } => {
                 let h = row_id(&Bson::String(format!("{part}\u{0}{run_id}")));

@@ -648,6 +648,25 @@ fn compile_fields(
             Some(r) => Some(IdRule::of(set.get(r)?)),
             None => None,
         };
+        // A rule that cannot apply to what the field writes would never fire, silently.
+        if let (Some(r), Input::Column(i), None, true) =
+            (&f.validate, &input, &combine, steps.is_empty())
+            && let Some((family, array)) = written_family(read.columns[*i].kind, f.cast)
+            && let Some(rule) = inapplicable_rule(r, family, array)
+        {
+            let c = &read.columns[*i];
+            return Err(invalid(
+                format!("{key}.validate"),
+                format!(
+                    "`{rule}` cannot apply to this field: column `{}` is {} and the field is written as {}{} — {}; remove the rule, or write the field as the type it is for (`type = …`)",
+                    c.name,
+                    c.pg_type,
+                    if array { "an array of " } else { "" },
+                    family.name(),
+                    family_rules_text(rule),
+                ),
+            ));
+        }
         let rules = f.validate.as_ref().map(|r| Rules {
             required: r.required,
             email: r.email,
@@ -1514,5 +1533,112 @@ mod tests {
         assert_eq!(l.slots, 4);
         assert_eq!(l.slots_under("a"), vec![0, 2]);
         assert_eq!(l.slots_under("b"), vec![1]);
+    }
+}
+
+/// What a field written as it is (no transform, no combined columns) holds, for its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Number,
+    Text,
+    Date,
+    Bool,
+    /// Binary data, a uuid.
+    Other,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Number => "a number",
+            Family::Text => "text",
+            Family::Date => "a date",
+            Family::Bool => "a boolean",
+            Family::Other => "binary data",
+        }
+    }
+}
+
+/// The family a column of `kind` written with `cast` has, and whether it is an array; `None`
+/// where it cannot be told here (JSON, a point, a uuid's format).
+fn written_family(kind: crate::source::ColKind, cast: Option<CastType>) -> Option<(Family, bool)> {
+    use crate::source::ColKind as K;
+    use crate::source::postgres::Elem as E;
+    let (scalar, array) = match kind {
+        K::Array(e) => (
+            match e {
+                E::Bool => K::Bool,
+                E::Int16 | E::Int32 | E::Int64 | E::Float32 | E::Float64 | E::Numeric => K::Numeric,
+                E::Text | E::Other => K::Text,
+                E::Date | E::Timestamp | E::TimestampTz => K::Date,
+                E::Bytes => K::Bytes,
+                E::Uuid | E::Json => return None,
+            },
+            true,
+        ),
+        k => (k, false),
+    };
+    let family = match cast {
+        Some(CastType::String | CastType::Base64 | CastType::Hex) => Family::Text,
+        Some(CastType::Int | CastType::Long | CastType::Double | CastType::Decimal) => {
+            Family::Number
+        }
+        Some(CastType::Bool) => Family::Bool,
+        Some(CastType::Date) => Family::Date,
+        Some(CastType::Uuid | CastType::Point) => return None,
+        None => match scalar {
+            K::Bool => Family::Bool,
+            K::Int16 | K::Int32 | K::Int64 | K::Float32 | K::Float64 | K::Numeric => Family::Number,
+            K::Text | K::OtherAsText => Family::Text,
+            K::Date | K::Timestamp | K::TimestampTz => Family::Date,
+            K::Bytes => Family::Other,
+            K::Uuid | K::Json | K::Array(_) => return None,
+        },
+    };
+    Some((family, array))
+}
+
+/// The first rule of `r` that no value of `family` (an array of them when `array`) can fail.
+fn inapplicable_rule(
+    r: &super::spec::RulesSpec,
+    family: Family,
+    array: bool,
+) -> Option<&'static str> {
+    if (r.min.is_some() || r.max.is_some()) && family != Family::Number {
+        return Some(if r.min.is_some() { "min" } else { "max" });
+    }
+    if (r.min_length.is_some() || r.max_length.is_some()) && !array && family != Family::Text {
+        return Some(if r.min_length.is_some() {
+            "min_length"
+        } else {
+            "max_length"
+        });
+    }
+    if r.not_in_future && family != Family::Date {
+        return Some("not_in_future");
+    }
+    let text_rule = if r.email != crate::mapping::spec::EmailRule::Off {
+        Some("email")
+    } else if r.url {
+        Some("url")
+    } else if r.regex.is_some() {
+        Some("regex")
+    } else {
+        None
+    };
+    if let Some(rule) = text_rule
+        && (array || family != Family::Text)
+    {
+        return Some(rule);
+    }
+    None
+}
+
+fn family_rules_text(rule: &str) -> &'static str {
+    match rule {
+        "min" | "max" => "it applies to numbers (and each number of an array)",
+        "min_length" | "max_length" => "it applies to text (characters) and arrays (elements)",
+        "not_in_future" => "it applies to dates (and each date of an array)",
+        _ => "it applies to a text value",
     }
 }

@@ -125,6 +125,12 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// Records the watermark now (a stage stopping in order: the batches let finish are
+    /// covered, and a resume does not write them again).
+    pub(super) async fn flush(&mut self) -> Result<(), RunError> {
+        self.record().await
+    }
+
     async fn record(&mut self) -> Result<(), RunError> {
         if let Some((key, covered)) = &self.watermark.at
             && !key.is_empty()
@@ -134,8 +140,13 @@ impl Checkpointer {
                 removed: self.watermark.base.removed + self.watermark.removed,
                 ..*covered
             };
+            // Asked to stop (the process shuts down) the lock is still the run's: the batches
+            // that finished are recorded, so a resume starts after them.
             if let Some(f) = &self.fence {
-                f.check().await?;
+                match f.check().await {
+                    Err(l) if l.stopped => {}
+                    other => other?,
+                }
             }
             self.rejects.sync().map_err(|cause| RunError::Io {
                 path: self.rejects.dir().to_path_buf(),

@@ -564,6 +564,7 @@ mod tests {
             rejected: 0,
             skipped: 0,
             not_started: Vec::new(),
+            resumed: Vec::new(),
             host: String::new(),
             intent,
         }

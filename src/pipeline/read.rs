@@ -120,6 +120,7 @@ pub(super) async fn read_loop(
         ..
     } = shared;
     let upsert = shared.remove_stale || shared.keep_stale;
+    let dry_rejected = stage.dry_rejected.as_deref();
     let (resume, since) = (stage.resume.as_ref(), stage.since.as_deref());
     let max_document_bytes = target.max_document_bytes();
     let mut readers = Readers::open(session, plan).await?;
@@ -231,6 +232,9 @@ pub(super) async fn read_loop(
                 // A row that could not be decoded is named by its key when the key was read
                 // before the column that failed (an `infinity` date, an array's lower bound).
                 let values = row.as_ref().unwrap_or(&decoded);
+                if let Some(ids) = dry_rejected {
+                    note_rejected(plan, values, ids);
+                }
                 if upsert
                     && plan.key.iter().all(|&k| k < values.len())
                     && let Ok(id) = plan
@@ -298,6 +302,9 @@ pub(super) async fn read_loop(
                     &[issue],
                     opts,
                 )?;
+                if let Some(ids) = dry_rejected {
+                    note_rejected(plan, &row, ids);
+                }
                 prev_row = Some(row);
                 continue;
             }
@@ -380,6 +387,20 @@ const FILES_PER_BATCH: usize = 4;
 
 /// Orphan child rows whose lines wait for the next parent row's batch, at most.
 const ORPHANS_WAITING: usize = 1024;
+
+/// Keeps the id of a row a dry run rejects (its key among `values`, when it was decoded).
+fn note_rejected(
+    plan: &Plan,
+    values: &[Value],
+    ids: &std::sync::Mutex<std::collections::HashSet<String>>,
+) {
+    let key: Option<Vec<&Value>> = plan.key.iter().map(|&k| values.get(k)).collect();
+    if let Some(id) = key.and_then(|k| plan.id.id_for(&k).ok()) {
+        ids.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(crate::mapping::plan::id_text(&id));
+    }
+}
 
 /// Counts and records a rejected row (entity, source key, the batch of the step it belongs to);
 /// `Err` when the rejects file cannot be written or --max-rejects is exceeded.

@@ -238,38 +238,119 @@ pub(crate) async fn load_known_keys(
         .filter_map(|f| f.exists_in.clone())
         .collect();
     for entity in wanted {
-        let m = pipeline.mappings.get(&entity)?;
-        let rel = postgres::relation_sql(
-            m.spec.source.table.as_deref(),
-            m.spec.source.query.as_deref(),
-        );
         // Held as the `_id`s they are (decoded as the run decodes them, then the referenced
         // entity's id rule), and looked up by the referencing value's `_id`: the same existence
         // the target will have, whatever the texts (`2020-01-01 00:00:00+00` and RFC 3339, a BC
         // date, `1.50` and `1.5` were different texts of one key).
-        let key = m.spec.source.key[0].clone();
-        let columns = session.describe(&rel).await?;
-        let spec = postgres::ReadSpec::new(
-            &rel,
-            &columns,
-            std::slice::from_ref(&key),
-            std::slice::from_ref(&key),
-        )?;
-        let rule = plan::IdRule::of(m);
         let mut keys = HashSet::new();
-        {
-            let mut rows = postgres::stream(session.conn(), &spec);
-            while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
-                // A key that cannot be decoded is no document's `_id`.
-                if let Ok(row) = row
-                    && let Some(id) = row.first().and_then(|v| rule.id_for(&[v]).ok())
-                {
-                    keys.insert(plan::id_text(&id));
-                }
-            }
-        }
+        each_source_id(pipeline, &entity, session, |ids| {
+            keys.extend(ids.iter().map(plan::id_text));
+            async { Ok(()) }
+        })
+        .await?;
         tracing::info!(entity = %entity, keys = keys.len(), "keys held in memory for exists rules that PostgreSQL cannot answer in the read");
         out.insert(entity, Arc::new(keys));
+    }
+    Ok(out)
+}
+
+/// Streams the `_id`s of `entity`'s source rows (decoded as the run decodes them, then its id
+/// rule), a thousand at a time, to `f`. A key that cannot be decoded is no document's `_id`.
+async fn each_source_id<F, Fut>(
+    pipeline: &Pipeline,
+    entity: &str,
+    session: &mut SourceSession,
+    mut f: F,
+) -> Result<(), RunError>
+where
+    F: FnMut(Vec<bson::Bson>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), RunError>>,
+{
+    let m = pipeline.mappings.get(entity)?;
+    let rel = postgres::relation_sql(
+        m.spec.source.table.as_deref(),
+        m.spec.source.query.as_deref(),
+    );
+    let key = m.spec.source.key[0].clone();
+    let columns = session.describe(&rel).await?;
+    let spec = postgres::ReadSpec::new(
+        &rel,
+        &columns,
+        std::slice::from_ref(&key),
+        std::slice::from_ref(&key),
+    )?;
+    let rule = plan::IdRule::of(m);
+    let mut chunk = Vec::with_capacity(1000);
+    let mut rows = postgres::stream(session.conn(), &spec);
+    while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+        if let Ok(row) = row
+            && let Some(id) = row.first().and_then(|v| rule.id_for(&[v]).ok())
+        {
+            chunk.push(id);
+            if chunk.len() == 1000 {
+                f(std::mem::take(&mut chunk)).await?;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        f(chunk).await?;
+    }
+    Ok(())
+}
+
+/// The entities `p`'s reference fields (its own and its embeds') point into.
+pub(crate) fn referenced_entities(p: &Plan) -> HashSet<String> {
+    p.fields
+        .iter()
+        .chain(p.embeds.iter().flat_map(|e| e.fields.iter()))
+        .filter_map(|f| f.reference.as_ref().map(|r| r.entity.clone()))
+        .collect()
+}
+
+/// For each of `entities` (those a plan references), the ids (`id_text`) of its rows that are in the source but
+/// whose documents are not in the target now — rejected or skipped when it ran: a reference to
+/// one would point nowhere (rule `reference_rejected`). The referenced stages ran before `p`
+/// (the pipeline orders them so). Holds only those ids; the target is asked a thousand ids at a
+/// time.
+pub(crate) async fn absent_references(
+    pipeline: &Pipeline,
+    entities: impl IntoIterator<Item = String>,
+    target: &Target,
+    session: &mut SourceSession,
+) -> Result<HashMap<String, Arc<HashSet<String>>>, RunError> {
+    let mut out = HashMap::new();
+    for entity in entities {
+        let m = pipeline.mappings.get(&entity)?;
+        // The target must know what the referenced collection is (Appwrite: users or a table).
+        let step = Step {
+            stage: String::new(),
+            entity: entity.clone(),
+        };
+        let referenced = compile_plans(pipeline, std::slice::from_ref(&step), session).await?;
+        for r in &referenced {
+            target.describe(r);
+        }
+        let collection = m.collection().to_string();
+        let absent = std::sync::Mutex::new(HashSet::new());
+        each_source_id(pipeline, &entity, session, |ids| {
+            let (absent, collection) = (&absent, &collection);
+            async move {
+                let there = target.referable(collection, &ids).await?;
+                let there: HashSet<String> = there.iter().map(plan::id_text).collect();
+                absent.lock().unwrap_or_else(|p| p.into_inner()).extend(
+                    ids.iter()
+                        .map(plan::id_text)
+                        .filter(|id| !there.contains(id)),
+                );
+                Ok(())
+            }
+        })
+        .await?;
+        let absent = absent.into_inner().unwrap_or_else(|p| p.into_inner());
+        if !absent.is_empty() {
+            tracing::info!(references = %entity, absent = absent.len(), "referenced rows in the source whose documents are not in the target: references to them are `reference_rejected`");
+        }
+        out.insert(entity, Arc::new(absent));
     }
     Ok(out)
 }
@@ -482,6 +563,7 @@ async fn migrate_locked(
         now_ms: started_at.timestamp_millis(),
         skip_validation: opts.skip_validation,
         known_keys: load_known_keys(pipeline, &plans, &mut session).await?,
+        absent_ids: HashMap::new(),
     };
     let entity_names: Vec<String> = plans.iter().map(|p| p.entity.clone()).collect();
     // A run that only accounts for steps an interrupted run completed is a run too: its report
@@ -527,6 +609,25 @@ async fn migrate_locked(
         total_rejected: &total_rejected,
     };
 
+    // A dry run: the ids of the rows rejected by the stages of entities a later stage references.
+    let dry_rejected: HashMap<String, Arc<std::sync::Mutex<HashSet<String>>>> = if opts.dry_run {
+        plans
+            .iter()
+            .flat_map(referenced_entities)
+            .filter(|e| plans.iter().any(|p| &p.entity == e))
+            .map(|e| (e, Default::default()))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    // The entities whose rows the target holds as a run left them: completed before this run,
+    // or by an earlier stage of it. The references into an entity that has not run (a stage run
+    // alone with --ignore-dependencies) are not judged by the target: its rows may come later.
+    let mut ran: HashSet<String> = ledger::current_steps(&history)
+        .into_iter()
+        .filter(|(_, s)| s.status == ledger::COMPLETED)
+        .map(|(e, _)| e)
+        .collect();
     for (p, (_, resume, since, origin, (sync_deletes, finishing))) in plans.iter().zip(&to_run) {
         // The step cut short that this one resumes, or starts over. It deletes what its
         // interrupted run was to delete, whatever this command's flags (as a resumed step keeps
@@ -537,6 +638,40 @@ async fn migrate_locked(
         // the collection is (Appwrite users are looked up as users, not as rows of a table —
         // all of a killed run's noted users were counted gone: the fourteenth tester's U5).
         target.describe(p);
+        // References to rows the target does not hold (rejected when their entity ran, in
+        // this run or an earlier one) are known before the first row is mapped. A dry run
+        // writes nothing: the rows its earlier stages rejected stand for those.
+        let stage_map;
+        let referenced = referenced_entities(p);
+        let run = if referenced.is_empty() {
+            run
+        } else {
+            let (in_dry_run, asked): (Vec<String>, Vec<String>) = referenced
+                .into_iter()
+                .filter(|e| dry_rejected.contains_key(e) || ran.contains(e))
+                .partition(|e| dry_rejected.contains_key(e));
+            match absent_references(pipeline, asked, target, &mut session).await {
+                Ok(mut absent_ids) => {
+                    for e in in_dry_run {
+                        let ids = dry_rejected[&e].lock().unwrap_or_else(|p| p.into_inner());
+                        absent_ids.insert(e, Arc::new(ids.clone()));
+                    }
+                    stage_map = MapContext {
+                        absent_ids,
+                        ..ctx.clone()
+                    };
+                    RunCtx {
+                        map: &stage_map,
+                        ..run
+                    }
+                }
+                Err(e) => {
+                    run_error = Some(e);
+                    break;
+                }
+            }
+        };
+        ran.insert(p.entity.clone());
         let (removed, deleted) = match interrupted {
             Some(r) => match inherited(ledger, target, &p.collection, r).await {
                 Ok(n) => n,
@@ -580,6 +715,7 @@ async fn migrate_locked(
             // Known once the step is prepared (Appwrite learns the layout, users or tables).
             prior: false,
             schema_changes: Vec::new(),
+            dry_rejected: dry_rejected.get(&p.entity).cloned(),
         };
         // --max-rejects counts the entity's rejects, those of the part it resumes included: a
         // limit re-run after re-run would otherwise let any number through.

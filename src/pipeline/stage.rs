@@ -235,6 +235,10 @@ pub(super) struct StageRun {
     /// What preparing the target changed in an existing destination to match the mapping
     /// (Appwrite columns updated before the load), for the report.
     pub(super) schema_changes: Vec<String>,
+    /// A dry run: where the ids (`id_text`) of the rows this stage rejects are kept, when a later
+    /// stage of the run references the entity (its references to them are `reference_rejected`,
+    /// as the run's would be: the rehearsal writes nothing the target could be asked about).
+    pub(super) dry_rejected: Option<Arc<std::sync::Mutex<std::collections::HashSet<String>>>>,
 }
 
 /// Whether a step of `entity` still in effect (not rolled back, finished or cut short) wrote

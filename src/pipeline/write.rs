@@ -258,12 +258,18 @@ pub(super) async fn write_loop(
             let (mut batch, result, attempts) =
                 joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
             let result = result?;
+            // Asked to stop (the process shuts down; the lock is still ours): this batch was
+            // written, so it is counted, and the stop is an orderly one after it.
+            let mut asked_to_stop = None;
             if let Some(f) = &fence {
                 // Lost (seen by the heartbeat): stop at once. Refused documents (duplicate keys, in
                 // insert mode) may be another run's: make sure the lock is still ours first.
                 let refused = matches!(&result, Ok(r) if !r.errors.is_empty());
                 if f.is_lost() || refused {
-                    f.check().await?;
+                    match f.check().await {
+                        Err(l) if l.stopped => asked_to_stop = Some(l),
+                        other => other?,
+                    }
                 }
             }
             EntityCounters::add(&counters.batches, 1);
@@ -307,8 +313,15 @@ pub(super) async fn write_loop(
                         batch.removed += removed;
                     }
                     for e in errors {
-                        refused += 1;
-                        first_refusal.get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
+                        // The server's own refusals (a code of its, or a file Storage refused):
+                        // those cutover makes before sending (code 0: a value Appwrite cannot
+                        // hold, a file missing on disk) are the data's rejects, as check
+                        // predicts them, not a target refusing all.
+                        if e.code != 0 || e.code_name == crate::sink::gridfs::RULE_UPLOAD {
+                            refused += 1;
+                            first_refusal
+                                .get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
+                        }
                         let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
                         let fingerprint = batch
                             .docs
@@ -396,13 +409,14 @@ pub(super) async fn write_loop(
             // Every row of the batch is now written or recorded as a reject (a stopped run returned
             // above): the watermark may move past it — unless rows of it (or of an earlier batch)
             // failed.
+            let stop = || asked_to_stop.map_or(Ok(()), |l| Err(RunError::LockLost(l)));
             if blocked {
-                return Ok(());
+                return stop();
             }
             if let Some(c) = checkpointer.as_mut() {
                 c.finished(batch.seq, &mut batch).await?;
             }
-                Ok(())
+            stop()
         }
         .await;
         match settled {
@@ -420,6 +434,13 @@ pub(super) async fn write_loop(
         }
     }
     if let Some(e) = stopping {
+        // Every batch taken has finished: the checkpoint covers them, so the resume starts
+        // after what this stage wrote (history would count those rows twice otherwise).
+        if let Some(c) = checkpointer.as_mut()
+            && let Err(flush) = c.flush().await
+        {
+            tracing::warn!(entity = %entity, error = %flush, "the checkpoint of the batches let finish was not recorded");
+        }
         return Err(e);
     }
     if refused > 0
@@ -451,7 +472,7 @@ fn orderly(e: &RunError) -> bool {
         RunError::TooManyRejects { .. }
             | RunError::BatchFailed { .. }
             | RunError::DocumentsFailed { .. }
-    )
+    ) || matches!(e, RunError::LockLost(l) if l.stopped)
 }
 
 /// Batches a stage keeps in flight: --concurrency, or for a file stage (`bucket`)

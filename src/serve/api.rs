@@ -105,6 +105,20 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+/// Path parameters, a bad one (bytes that are not UTF-8) answered 400 as JSON.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(Path(p.0)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
 /// Query parameters, a bad one answered 400 as JSON.
 pub struct Query<T>(pub T);
 

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State as Shared};
+use axum::extract::State as Shared;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::State;
-use super::api::{ApiError, Json, Query};
+use super::api::{ApiError, Json, Path, Query};
 use crate::cli::{Command, PipelineArgs};
 use crate::ledger::{self, StepRecord};
 
@@ -478,9 +478,32 @@ pub async fn start(
                 }
                 return Err(ApiError::locked(s.error.clone().unwrap_or_default()));
             }
-            if now.is_some_and(|s| s.state != "running")
-                || live_run(&state).await.as_deref() == Some(run_id.as_str())
+            // Begun once the ledger records it (after the lock, the decisions and the plans).
+            // Refused before (a stage whose dependencies are not migrated, a mapping that does
+            // not load): no run in the ledger, nothing written — answered 422 with its error,
+            // not 202 with links to a report that will never be.
+            let recorded = live_run(&state).await.as_deref() == Some(run_id.as_str())
+                && state
+                    .ledger
+                    .runs_newest_first(1, None)
+                    .await?
+                    .iter()
+                    .any(|r| r.run_id == run_id);
+            if let Some(s) = &now
+                && s.state == "failed"
+                && !state
+                    .ledger
+                    .runs_newest_first(1, None)
+                    .await?
+                    .iter()
+                    .any(|r| r.run_id == run_id)
             {
+                if let Ok(mut runs) = state.runs.lock() {
+                    runs.remove(&run_id);
+                }
+                return Err(ApiError::refused(s.error.clone().unwrap_or_default()));
+            }
+            if recorded || now.is_some_and(|s| s.state != "running") {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;

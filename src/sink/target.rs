@@ -69,6 +69,23 @@ impl Destination {
     pub fn can_back_up(&self) -> bool {
         !matches!(self, Destination::Users | Destination::Storage { .. })
     }
+
+    /// The collections or tables it is made of, as a change names them (a GridFS bucket's
+    /// `<name>.files` and `<name>.chunks` and its documents' collection; a Storage bucket's
+    /// tables; none for users).
+    pub fn parts(&self) -> Vec<String> {
+        match self {
+            Destination::Collection { name } => vec![name.clone()],
+            Destination::Tables { names } => names.clone(),
+            Destination::Users => Vec::new(),
+            Destination::Bucket { name, documents } => {
+                let mut out = vec![format!("{name}.files"), format!("{name}.chunks")];
+                out.extend(documents.iter().cloned());
+                out
+            }
+            Destination::Storage { tables, .. } => tables.clone(),
+        }
+    }
 }
 
 impl Destination {
@@ -151,6 +168,10 @@ pub struct AppwriteTarget {
     pub bulk_rows: usize,
     /// Users imported at once (each takes several requests).
     pub user_concurrency: usize,
+    /// The most operations one TablesDB transaction may stage (the server's plan limit; the
+    /// config's `max_transaction_operations`): a change in a transaction that needs more is
+    /// refused before it writes.
+    pub max_transaction_operations: usize,
     layouts: Arc<Mutex<HashMap<String, Layout>>>,
     /// File stages' buckets (Appwrite Storage), by the stage's collection.
     buckets: Arc<Mutex<HashMap<String, StorageSpec>>>,
@@ -174,6 +195,7 @@ impl AppwriteTarget {
             database: database.to_string(),
             bulk_rows: bulk_rows.clamp(1, rows::MAX_BULK_ROWS),
             user_concurrency: 4,
+            max_transaction_operations: crate::config::DEFAULT_MAX_TRANSACTION_OPERATIONS,
             layouts: Default::default(),
             buckets: Default::default(),
         }
@@ -523,24 +545,46 @@ impl AppwriteTarget {
         collection: &str,
         ids: &[String],
     ) -> Result<Vec<String>, AppwriteError> {
-        let users = self.is_users(collection);
+        self.records_there(collection, ids, false).await
+    }
+
+    /// Those of the records `ids` a reference can point at: rows that exist, users that exist
+    /// and that cutover did not block for a row rejected or removed since (a user the mapping
+    /// imported blocked — `status` — is one).
+    pub async fn referable_records(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>, AppwriteError> {
+        self.records_there(collection, ids, true).await
+    }
+
+    async fn records_there(
+        &self,
+        collection: &str,
+        ids: &[String],
+        referable: bool,
+    ) -> Result<Vec<String>, AppwriteError> {
+        if !self.is_users(collection) {
+            let there = self
+                .client
+                .present_rows(&self.database, collection, ids)
+                .await?;
+            return Ok(ids.iter().filter(|i| there.contains(*i)).cloned().collect());
+        }
         let mut out = Vec::new();
         for id in ids {
-            let found = if users {
-                match self
-                    .client
-                    .call(reqwest::Method::GET, &format!("/users/{id}"), None)
-                    .await
-                {
-                    Ok(user) => user["status"] != false,
-                    Err(e) if e.is_missing() => false,
-                    Err(e) => return Err(e),
+            let found = match self
+                .client
+                .call(reqwest::Method::GET, &format!("/users/{id}"), None)
+                .await
+            {
+                Ok(user) if referable => {
+                    user["prefs"][super::appwrite::users::BLOCKED_MARK].is_null()
                 }
-            } else {
-                self.client
-                    .get_row(&self.database, collection, id)
-                    .await?
-                    .is_some()
+                Ok(user) => user["status"] != false,
+                Err(e) if e.is_missing() => false,
+                Err(e) => return Err(e),
             };
             if found {
                 out.push(id.clone());
@@ -1421,6 +1465,24 @@ impl Target {
                     .map(|(id, _)| id.clone())
                     .collect())
             }
+        }
+    }
+
+    /// Those of `ids` a reference can point at: documents (rows) there, users there and not
+    /// blocked by cutover (see [`AppwriteTarget::referable_records`]).
+    pub async fn referable(&self, collection: &str, ids: &[Bson]) -> Result<Vec<Bson>, SinkError> {
+        match self {
+            Target::Appwrite(a) if !ids.is_empty() => {
+                let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
+                let there = a.referable_records(collection, &rows).await?;
+                Ok(ids
+                    .iter()
+                    .zip(&rows)
+                    .filter(|(_, r)| there.contains(*r))
+                    .map(|(id, _)| id.clone())
+                    .collect())
+            }
+            _ => self.present(collection, ids).await,
         }
     }
 

@@ -612,10 +612,11 @@ pub async fn describe(
         .iter()
         .map(|c| {
             let oid = c.type_info().oid().map(|o| i64::from(o.0));
-            let pg_type = match multiranges.iter().find(|(n, _)| n == c.name()) {
-                // Read as text (`ColKind::OtherAsText`), an array of them as `text[]`.
-                Some((_, false)) => "MULTIRANGE".to_string(),
-                Some((_, true)) => "MULTIRANGE[]".to_string(),
+            let pg_type = match multiranges.iter().find(|(n, ..)| n == c.name()) {
+                // Read as text (`ColKind::OtherAsText`), an array of them as `text[]`; named
+                // so that no built-in type's name is taken (a domain `uuid` over an enum).
+                Some((_, false, t)) => format!("{} (AS TEXT)", t.to_uppercase()),
+                Some((_, true, t)) => format!("{} (AS TEXT)[]", t.to_uppercase()),
                 None => oid
                     .and_then(|o| domain_arrays.get(&o).cloned())
                     .unwrap_or_else(|| c.type_info().name().to_string()),
@@ -645,23 +646,28 @@ pub async fn describe(
         .collect())
 }
 
-/// The columns of the table `relation` whose type is a multirange (or an array or a domain of
-/// one), with whether it is an array. A query's columns are not looked up.
+/// The columns of the table `relation` that the driver may fail to describe, with whether each
+/// is an array: a multirange (sqlx knows no typtype 'm'), an enum (sqlx reads its labels as an
+/// array, and a label `NULL` is taken for a NULL), a composite (its attributes may be either) —
+/// or an array or a domain of one. All are types cutover keeps as PostgreSQL's text. A query's
+/// columns are not looked up.
 async fn multirange_columns(
     conn: &mut PgConnection,
     relation: &str,
-) -> Result<Vec<(String, bool)>, SourceError> {
+) -> Result<Vec<(String, bool, String)>, SourceError> {
     if relation.starts_with('(') {
         return Ok(Vec::new());
     }
     sqlx::query_as(
-        "SELECT a.attname::text, e.oid IS NOT NULL FROM pg_attribute a \
+        "SELECT a.attname::text, e.oid IS NOT NULL, \
+         format_type(coalesce(e.oid, t.oid), NULL) FROM pg_attribute a \
          JOIN pg_type t ON t.oid = a.atttypid \
          LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' \
          LEFT JOIN pg_type b ON b.oid = t.typbasetype AND t.typtype = 'd' \
          LEFT JOIN pg_type eb ON eb.oid = e.typbasetype AND e.typtype = 'd' \
          WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
-         AND 'm' IN (t.typtype, e.typtype, b.typtype, eb.typtype)",
+         AND (t.typtype IN ('m', 'e', 'c') OR e.typtype IN ('m', 'e', 'c') \
+           OR b.typtype IN ('m', 'e', 'c') OR eb.typtype IN ('m', 'e', 'c'))",
     )
     .bind(relation)
     .fetch_all(&mut *conn)
@@ -677,7 +683,7 @@ async fn multirange_columns(
 async fn select_multiranges_as_text(
     conn: &mut PgConnection,
     relation: &str,
-    multiranges: &[(String, bool)],
+    multiranges: &[(String, bool, String)],
 ) -> Result<String, SourceError> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
@@ -694,9 +700,9 @@ async fn select_multiranges_as_text(
         .iter()
         .map(|n| {
             let q = quote_ident(n);
-            match multiranges.iter().find(|(m, _)| m == n) {
-                Some((_, false)) => format!("{q}::text AS {q}"),
-                Some((_, true)) => format!("{q}::text[] AS {q}"),
+            match multiranges.iter().find(|(m, ..)| m == n) {
+                Some((_, false, _)) => format!("{q}::text AS {q}"),
+                Some((_, true, _)) => format!("{q}::text[] AS {q}"),
                 None => q,
             }
         })
@@ -868,6 +874,11 @@ impl ReadSpec {
                     // inet's `::text` adds the mask of a host (`10.0.0.1/32`); its own output
                     // (`abbrev`) is what PostgreSQL shows.
                     format!("abbrev({q}) AS {q}")
+                } else if matches!(c.pg_type.as_str(), "INET[]" | "_INET") {
+                    // The same of each element: the array's own text (elements as PostgreSQL
+                    // shows them), read back as text[] by PostgreSQL (dimensions, bounds and
+                    // NULLs kept); `::text[]` would cast each element with its mask.
+                    format!("({q}::text)::text[] AS {q}")
                 } else if let Some(cast) = c.kind.read_cast() {
                     format!("{q}::{cast} AS {q}")
                 } else {

@@ -21,6 +21,11 @@ pub struct MapContext {
     pub skip_validation: bool,
     /// Source keys of referenced entities, for `exists` rules (by entity name).
     pub known_keys: HashMap<String, Arc<HashSet<String>>>,
+    /// By referenced entity, the ids (`id_text`) of rows that are in the source but whose
+    /// documents are not in the target — rejected (or skipped) when that entity ran. A reference
+    /// to one would point nowhere: rule `reference_rejected`, at the severity of the field's
+    /// `exists` rule when it has one (an error unless the mapping says otherwise), else a warning.
+    pub absent_ids: HashMap<String, Arc<HashSet<String>>>,
 }
 
 /// What became of one row.
@@ -208,7 +213,33 @@ fn eval_field(
             }
         }
         match rule.id_for(&[&value]) {
-            Ok(b) => b,
+            Ok(b) => {
+                if !ctx.skip_validation
+                    && let Some(absent) = ctx.absent_ids.get(&rule.entity)
+                    && absent.contains(&crate::mapping::plan::id_text(&b))
+                {
+                    let sev = match (&f.exists_in, &f.rules) {
+                        (Some(_), Some(r)) => r.severity_of(RuleName::Exists),
+                        (Some(_), None) => Severity::Error,
+                        (None, _) => Severity::Warning,
+                    };
+                    issues.push(Issue {
+                        stage: Stage::Validate,
+                        severity: sev,
+                        rule: "reference_rejected".into(),
+                        path: path.to_string(),
+                        message: format!(
+                            "{path} refers to a {} row that is in the source but not in the target (it was rejected or skipped when {} ran): the reference would point nowhere",
+                            rule.entity, rule.entity
+                        ),
+                        value: value.to_string(),
+                    });
+                    if sev == Severity::Error {
+                        return None;
+                    }
+                }
+                b
+            }
             Err(message) => {
                 issues.push(Issue::error(
                     Stage::Transform,

@@ -239,15 +239,27 @@ impl Rules {
                 &show(v),
             );
         }
-        if self.not_in_future
-            && let Bson::DateTime(dt) = v
-            && dt.timestamp_millis() > now_ms
-        {
-            fail(
-                RuleName::NotInFuture,
-                format!("{path} is in the future"),
-                &show(v),
-            );
+        // A date, or each date of an array; an infinite one written as its text (`infinity =
+        // "string"`) is `infinity` — later than any date — or `-infinity`.
+        if self.not_in_future {
+            let items: Vec<&Bson> = match v {
+                Bson::Array(items) => items.iter().collect(),
+                other => vec![other],
+            };
+            for item in items {
+                let future = match item {
+                    Bson::DateTime(dt) => dt.timestamp_millis() > now_ms,
+                    Bson::String(s) => s == "infinity",
+                    _ => false,
+                };
+                if future {
+                    fail(
+                        RuleName::NotInFuture,
+                        format!("{path} is in the future"),
+                        &show(item),
+                    );
+                }
+            }
         }
     }
 }

@@ -26,6 +26,55 @@ pub enum AwError {
     Store(#[from] crate::ledger::StoreError),
     #[error("{0}")]
     Refused(String),
+    /// An inverse refused by its own checks before it wrote anything (values written since in
+    /// a column it would remove, rows in a table it would delete, an old key taken since).
+    #[error("{0}")]
+    RefusedBeforeWriting(String),
+}
+
+impl AwError {
+    /// Whether it was refused before it wrote anything ([`AwError::RefusedBeforeWriting`]).
+    pub fn wrote_nothing(&self) -> bool {
+        matches!(self, AwError::RefusedBeforeWriting(_))
+    }
+}
+
+/// What a change in a transaction would stage, gathered before anything is written: the
+/// operations and the backup entries (operation index, row id, entry) their inverses need, kept
+/// while they fit in `max`; `count` counts them all.
+#[derive(Debug, Default)]
+pub struct Staging {
+    pub max: usize,
+    pub count: usize,
+    pub operations: Vec<Value>,
+    pub backups: Vec<(usize, String, Document)>,
+}
+
+impl Staging {
+    pub fn new(max: usize) -> Staging {
+        Staging {
+            max,
+            ..Staging::default()
+        }
+    }
+
+    fn push(&mut self, operation: Value, backup: Option<(usize, String, Document)>) {
+        self.count += 1;
+        if self.count > self.max {
+            // Over the limit: the change is refused; only the count goes on (memory stays
+            // bounded by the limit).
+            self.operations = Vec::new();
+            self.backups = Vec::new();
+            return;
+        }
+        self.operations.push(operation);
+        self.backups.extend(backup);
+    }
+
+    /// Whether more operations were gathered than one transaction may hold.
+    pub fn over(&self) -> bool {
+        self.count > self.max
+    }
 }
 
 /// Where Appwrite operations run: the database, and the change's backup table in the ledger.
@@ -812,6 +861,23 @@ impl AwExec<'_> {
         Ok(())
     }
 
+    /// Commits a transaction. An error whose answer was lost (the server may have committed)
+    /// is checked against the transaction's status: committed is a success; one still pending
+    /// is rolled back.
+    pub async fn commit(&self, transaction: &str) -> Result<(), AwError> {
+        let Err(e) = self.finish(transaction, true).await else {
+            return Ok(());
+        };
+        match self.transaction_status(transaction).await {
+            Ok(Some(s)) if s == "committed" => Ok(()),
+            Ok(Some(s)) if s == "pending" => {
+                let _ = self.finish(transaction, false).await;
+                Err(e)
+            }
+            _ => Err(e),
+        }
+    }
+
     /// A transaction's status (pending, committing, committed, rolled_back, failed); `None` when
     /// the server has none by that id (expired and gone).
     pub async fn transaction_status(&self, transaction: &str) -> Result<Option<String>, AwError> {
@@ -830,31 +896,16 @@ impl AwExec<'_> {
         }
     }
 
-    async fn stage_batch(&self, transaction: &str, ops: &mut Vec<Value>) -> Result<(), AwError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        self.client
-            .call(
-                reqwest::Method::POST,
-                &format!("/tablesdb/transactions/{transaction}/operations"),
-                Some(&json!({ "operations": ops })),
-            )
-            .await?;
-        ops.clear();
-        Ok(())
-    }
-
-    /// Stages a row operation in `transaction` (nothing is written before the commit); what
-    /// its inverse needs goes to the backup table as for [`AwExec::run`].
-    pub async fn stage(
+    /// Reads what a row operation would stage in a transaction (reads only: nothing is written)
+    /// into `staging`: each staged operation and the backup entry its inverse needs, while they
+    /// fit in `staging.max`; past it, only counts them.
+    pub async fn gather(
         &self,
-        transaction: &str,
         op: &AwOp,
         index: usize,
         out: &mut OpOutcome,
+        staging: &mut Staging,
     ) -> Result<(), AwError> {
-        let mut batch: Vec<Value> = Vec::new();
         let staged = |table: &str, action: &str, row: &str, data: Value| {
             json!({
                 "action": action, "databaseId": self.db, "tableId": table, "rowId": row,
@@ -865,11 +916,8 @@ impl AwExec<'_> {
             AwOp::Insert { table, rows } => {
                 for r in rows {
                     let id = r["$id"].as_str().unwrap_or_default();
-                    batch.push(staged(table, "create", id, Value::Object(data_of(r))));
                     out.inserted += 1;
-                    if batch.len() == 100 {
-                        self.stage_batch(transaction, &mut batch).await?;
-                    }
+                    staging.push(staged(table, "create", id, Value::Object(data_of(r))), None);
                 }
             }
             AwOp::Set { table, .. }
@@ -878,6 +926,7 @@ impl AwExec<'_> {
                 let queries = self.queries_of(op).await?;
                 let mut after: Option<String> = None;
                 loop {
+                    self.alive().await?;
                     let page = self.page(table, &queries, after.as_deref()).await?;
                     let n = page.len();
                     after = page
@@ -889,27 +938,21 @@ impl AwExec<'_> {
                         let Some(new) = Self::rewrite(op, row) else {
                             continue;
                         };
-                        self.alive().await?;
                         let id = row["$id"].as_str().unwrap_or_default();
                         let old: Map<String, Value> = new
                             .keys()
                             .map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null)))
                             .collect();
-                        self.back_up(
-                            index,
-                            id,
-                            doc! {
-                                "old": to_bson(&Value::Object(old)),
-                                "new": to_bson(&Value::Object(new.clone())),
-                            },
-                        )
-                        .await?;
                         out.backed_up += 1;
                         out.modified += 1;
-                        batch.push(staged(table, "update", id, Value::Object(new)));
-                        if batch.len() == 100 {
-                            self.stage_batch(transaction, &mut batch).await?;
-                        }
+                        let entry = doc! {
+                            "old": to_bson(&Value::Object(old)),
+                            "new": to_bson(&Value::Object(new.clone())),
+                        };
+                        staging.push(
+                            staged(table, "update", id, Value::Object(new)),
+                            Some((index, id.to_string(), entry)),
+                        );
                     }
                     if n < PAGE || after.is_none() {
                         break;
@@ -923,7 +966,93 @@ impl AwExec<'_> {
                 )));
             }
         }
-        self.stage_batch(transaction, &mut batch).await
+        Ok(())
+    }
+
+    /// Reads what undoing a row operation would stage in a transaction (reads only) into
+    /// `staging`, counting into `done` what it would put back: each row the change inserted and
+    /// that still holds what it inserted is deleted, each row it rewrote and that still holds
+    /// what it wrote gets its old values back; rows changed since are left alone (counted).
+    pub async fn gather_undo(
+        &self,
+        op: &AwOp,
+        index: usize,
+        staging: &mut Staging,
+        done: &mut OpOutcome,
+    ) -> Result<(), AwError> {
+        self.alive().await?;
+        let staged = |table: &str, action: &str, row: &str, data: Value| {
+            json!({
+                "action": action, "databaseId": self.db, "tableId": table, "rowId": row,
+                "data": data,
+            })
+        };
+        match op {
+            AwOp::Insert { table, rows } => {
+                for r in rows {
+                    let id = r["$id"].as_str().unwrap_or_default();
+                    match self.client.get_row(self.db, table, id).await? {
+                        Some(row) if holds(&row, &data_of(r)) => {
+                            done.deleted += 1;
+                            staging.push(staged(table, "delete", id, json!({})), None);
+                        }
+                        Some(_) => done.skipped += 1,
+                        None => {}
+                    }
+                }
+            }
+            AwOp::Set { table, .. }
+            | AwOp::Unset { table, .. }
+            | AwOp::UpdateReferences { table, .. } => {
+                let (mut after, mut end) = (None, false);
+                while let Some(page) = self.backed_up_page(index, &mut after, &mut end).await? {
+                    for e in page {
+                        let id = e.get_str("row").unwrap_or_default();
+                        let map = |k: &str| match to_json(e.get(k).unwrap_or(&Bson::Null)) {
+                            Value::Object(o) => o,
+                            _ => Map::new(),
+                        };
+                        let (old, new) = (map("old"), map("new"));
+                        match self.client.get_row(self.db, table, id).await? {
+                            Some(row) if holds(&row, &new) => {
+                                done.modified += 1;
+                                staging.push(staged(table, "update", id, Value::Object(old)), None);
+                            }
+                            Some(row) if holds(&row, &old) => {}
+                            _ => done.skipped += 1,
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(AwError::Refused(format!(
+                    "`{}` changes the schema: it cannot be undone in a transaction",
+                    other.kind()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what `staging` gathered: the backup entries first (what undoing needs), then the
+    /// operations into `transaction`, at most 100 per request (nothing is written to the tables
+    /// before the commit).
+    pub async fn stage(&self, transaction: &str, staging: Staging) -> Result<(), AwError> {
+        for (index, row, entry) in staging.backups {
+            self.alive().await?;
+            self.back_up(index, &row, entry).await?;
+        }
+        for chunk in staging.operations.chunks(100) {
+            self.alive().await?;
+            self.client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/tablesdb/transactions/{transaction}/operations"),
+                    Some(&json!({ "operations": chunk })),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Undoes an operation from its outcome; tolerant of what it did not do (an operation cut
@@ -955,7 +1084,7 @@ impl AwExec<'_> {
                     }
                     let written = self.page(table, &q, None).await?;
                     if let Some(first) = written.first() {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "column {table}.{key} holds values written since the change added it ({}{} row(s), e.g. row {}): removing it would delete them; clear or copy them first, then run down again",
                             written.len(),
                             if written.len() >= PAGE { "+" } else { "" },
@@ -998,12 +1127,12 @@ impl AwExec<'_> {
                     // Renamed back already (a down cut short and run again).
                     (Some(_), None) => {}
                     (Some(_), Some(_)) => {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "column {table}.{from} exists again (made since) beside {to}: renaming {to} back would clash with it; rename or remove one, then run down again"
                         )));
                     }
                     (None, None) => {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "column {table}.{to} is gone (removed since): there is nothing to rename back to {from}"
                         )));
                     }
@@ -1019,7 +1148,7 @@ impl AwExec<'_> {
                         None => self.create_index(table, &before("index")).await?,
                         // Another index of that key made since: not the one this change dropped.
                         Some(now) if index_request(&now) != index_request(&before("index")) => {
-                            return Err(AwError::Refused(format!(
+                            return Err(AwError::RefusedBeforeWriting(format!(
                                 "an index {table}.{key} exists again with another definition (made since): the dropped one cannot be put back under its key; drop or rename that index, then run down again"
                             )));
                         }
@@ -1030,7 +1159,7 @@ impl AwExec<'_> {
             AwOp::CreateTable { table, .. } => {
                 if self.table(table).await?.is_some() {
                     if !self.client.table_is_empty(self.db, table).await? {
-                        return Err(AwError::Refused(format!(
+                        return Err(AwError::RefusedBeforeWriting(format!(
                             "table {table}, created by the change, holds rows written since: it is left as it is (delete them, or drop the table, then run down again)"
                         )));
                     }

@@ -7,8 +7,10 @@
 //!
 //! With `transaction = true` (row operations only: the file is refused at load otherwise) the
 //! change's row operations are staged in one TablesDB transaction and committed together; a
-//! failure rolls it back and nothing is written. Its `down` runs the inverses without one (each
-//! puts back only rows still as the change left them).
+//! failure rolls it back and nothing is written; more operations than the server's limit
+//! (`max_transaction_operations`) refuse it before anything is written. Its `down` runs in one
+//! too (each inverse puts back only rows still as the change left them), committed whole or not
+//! at all.
 
 pub mod exec;
 pub mod op;
@@ -20,11 +22,11 @@ use bson::Bson;
 use super::file::{Change, Op};
 use super::ops::OpOutcome;
 use super::record::{
-    FAILED, HistoryEntry, RESTORE_FAILED, REVERSING, ROLLED_BACK, RUNNING, Records,
+    APPLIED, FAILED, HistoryEntry, RESTORE_FAILED, REVERSING, ROLLED_BACK, RUNNING, Records,
 };
 use super::{
-    AppliedChange, ChangeRecord, ChangesError, DownReport, DownTarget, NotReversed, Reversed,
-    UpOptions, UpReport,
+    AppliedChange, ChangeRecord, ChangesError, DownFailure, DownReport, DownTarget, NotReversed,
+    Reversed, UpOptions, UpReport,
 };
 use crate::ledger::Ledger;
 use crate::ledger::lock::DEFAULT_TTL;
@@ -38,6 +40,9 @@ pub struct AppwriteTarget<'a> {
     /// The database id.
     pub db: &'a str,
     pub ledger: &'a Ledger,
+    /// The most row operations a change with `transaction = true` may stage in one transaction
+    /// (the server's plan limit; `max_transaction_operations` in the config).
+    pub max_transaction_operations: usize,
 }
 
 impl From<AwError> for ChangesError {
@@ -233,7 +238,8 @@ pub async fn up(
             |c, backup| {
                 let records = Records { ledger: t.ledger };
                 let fence = &fence;
-                async move { apply_one(&exec_fenced(t, &backup, fence), &records, c).await }
+                let max = t.max_transaction_operations;
+                async move { apply_one(&exec_fenced(t, &backup, fence), &records, c, max).await }
             },
         )
         .await?;
@@ -259,9 +265,10 @@ async fn apply_one(
     x: &AwExec<'_>,
     records: &Records<'_>,
     c: &Change,
+    max_transaction_operations: usize,
 ) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
     if c.transaction {
-        return apply_in_transaction(x, records, c).await;
+        return apply_in_transaction(x, records, c, max_transaction_operations).await;
     }
     let mut outcomes: Vec<OpOutcome> = Vec::new();
     for (i, op) in c.up.iter().enumerate() {
@@ -319,15 +326,124 @@ async fn apply_one(
     Ok(outcomes)
 }
 
-/// Applies a change's row operations in one TablesDB transaction: each staged (the rows it
-/// rewrites backed up first), what each did recorded, then the commit. A failure rolls the
-/// transaction back: nothing was written.
+/// Applies a change's row operations in one TablesDB transaction. What each would stage is read
+/// first (reads only, at most `max` operations kept): more than `max` (the server's limit of
+/// operations per transaction) refuses the change before anything is written. Then the rows it
+/// rewrites are backed up, the operations staged, what each did recorded, and the transaction
+/// committed. A failure rolls the transaction back: nothing was written.
+/// Why a change cannot run in one Appwrite transaction as written: an operation that picks its
+/// rows by reading the table (`set` and `unset` by their queries, `update_references` by its
+/// column) after an earlier operation of the change inserted rows there, or wrote a column it
+/// reads. Appwrite stages a transaction's writes apart from what its reads see, so the later
+/// operation would pick rows as they were before the change (a second `set` matching the first
+/// one's values matches nothing) — not what the operations in order, or the same change on
+/// MongoDB, do.
+fn reads_own_writes(c: &Change) -> Option<String> {
+    fn attributes(queries: &[serde_json::Value], out: &mut Vec<String>) {
+        for q in queries {
+            if let Some(a) = q["attribute"].as_str() {
+                out.push(a.to_string());
+            }
+            // `and` / `or` hold queries as their values.
+            if let Some(inner) = q["values"].as_array() {
+                attributes(inner, out);
+            }
+        }
+    }
+    let reads = |op: &AwOp| -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        match op {
+            AwOp::Set { queries, .. } | AwOp::Unset { queries, .. } => {
+                attributes(queries, &mut out)
+            }
+            AwOp::UpdateReferences { column, .. } => out.push(column.clone()),
+            _ => return None,
+        }
+        Some(out)
+    };
+    let writes = |op: &AwOp| -> Vec<String> {
+        match op {
+            AwOp::Set { values, .. } => values.keys().cloned().collect(),
+            AwOp::Unset { columns, .. } => columns.clone(),
+            AwOp::UpdateReferences { column, .. } => vec![column.clone()],
+            _ => Vec::new(),
+        }
+    };
+    let ops: Vec<&AwOp> = c.up.iter().filter_map(|op| aw(op).ok()).collect();
+    for (i, later) in ops.iter().enumerate() {
+        let Some(read) = reads(later) else { continue };
+        for (j, earlier) in ops[..i].iter().enumerate() {
+            if earlier.table() != later.table() {
+                continue;
+            }
+            let what = if matches!(earlier, AwOp::Insert { .. }) {
+                Some("inserts rows there".to_string())
+            } else {
+                writes(earlier)
+                    .into_iter()
+                    .find(|w| read.contains(w))
+                    .map(|w| format!("writes column `{w}` it reads"))
+            };
+            if let Some(what) = what {
+                return Some(format!(
+                    "change {} ({}): up operation {} (`{}` on {}) picks its rows by reading the table, and operation {} (`{}`) of the same change {what}; in one Appwrite transaction it would read the rows as they were before the change (a transaction's staged writes are not seen by its reads), unlike the operations run in order: refused before anything was written — split the change in two, or set `transaction = false`",
+                    c.version,
+                    c.file_name(),
+                    i + 1,
+                    later.kind(),
+                    later.table(),
+                    j + 1,
+                    earlier.kind()
+                ));
+            }
+        }
+    }
+    None
+}
+
 async fn apply_in_transaction(
     x: &AwExec<'_>,
     records: &Records<'_>,
     c: &Change,
+    max: usize,
 ) -> Result<Vec<OpOutcome>, (Vec<OpOutcome>, String)> {
     let fail = |e: String| (Vec::new(), e);
+    if let Some(why) = reads_own_writes(c) {
+        return Err(fail(why));
+    }
+    let mut staging = exec::Staging::new(max);
+    let mut outcomes = Vec::new();
+    for (i, op) in c.up.iter().enumerate() {
+        let result: Result<OpOutcome, String> = async {
+            let a = aw(op)?;
+            let mut out = OpOutcome::default();
+            x.prepare(a, &mut out).await.map_err(|e| e.to_string())?;
+            x.gather(a, i, &mut out, &mut staging)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        }
+        .await;
+        match result {
+            Ok(out) => outcomes.push(out),
+            Err(e) => {
+                return Err(fail(format!(
+                    "up operation {} (`{}` on {}) failed: {e}; nothing was written",
+                    i + 1,
+                    op.kind(),
+                    op.collection().unwrap_or("-")
+                )));
+            }
+        }
+    }
+    if staging.over() {
+        return Err(fail(format!(
+            "change {} ({}) would stage {} row operations in one transaction, more than `max_transaction_operations` = {max} (the most one Appwrite transaction may hold: Free 100, Pro 1,000, Scale 2,500; set it to your server's limit with [target.appwrite] max_transaction_operations in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS); refused before anything was written: split the change, or set `transaction = false`",
+            c.version,
+            c.file_name(),
+            staging.count
+        )));
+    }
     let txn = x
         .begin()
         .await
@@ -339,31 +455,9 @@ async fn apply_in_transaction(
         )
         .await
         .map_err(|e| fail(format!("ledger: {e}")))?;
-    let mut outcomes = Vec::new();
     let mut failure = None;
-    for (i, op) in c.up.iter().enumerate() {
-        let result: Result<OpOutcome, String> = async {
-            let a = aw(op)?;
-            let mut out = OpOutcome::default();
-            x.prepare(a, &mut out).await.map_err(|e| e.to_string())?;
-            x.stage(&txn, a, i, &mut out)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(out)
-        }
-        .await;
-        match result {
-            Ok(out) => outcomes.push(out),
-            Err(e) => {
-                failure = Some(format!(
-                    "up operation {} (`{}` on {}) failed: {e}",
-                    i + 1,
-                    op.kind(),
-                    op.collection().unwrap_or("-")
-                ));
-                break;
-            }
-        }
+    if let Err(e) = x.stage(&txn, staging).await {
+        failure = Some(format!("staging the row operations failed: {e}"));
     }
     if failure.is_none()
         && let Err(e) = records.progress(c.version, &outcomes).await
@@ -371,7 +465,7 @@ async fn apply_in_transaction(
         failure = Some(format!("ledger: {e}"));
     }
     let failure = match failure {
-        None => match x.finish(&txn, true).await {
+        None => match x.commit(&txn).await {
             Ok(()) => return Ok(outcomes),
             Err(e) => format!("the transaction did not commit: {e}"),
         },
@@ -394,9 +488,11 @@ fn transaction_of(r: &ChangeRecord) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Settles the changes whose transaction a dead process left (`running`, `transaction = true`):
-/// recorded applied when the transaction committed, failed (it is rolled back; nothing was
-/// written: `up` applies it again) when not. Returns them, with what was found.
+/// Settles the changes whose transaction a dead process left. An `up` (`running`,
+/// `transaction = true`): recorded applied when the transaction committed, failed (it is rolled
+/// back; nothing was written: `up` applies it again) when not. A `down` in a transaction
+/// (`reversing`, its transaction recorded): rolled back when it committed, applied again when
+/// not (nothing was reversed). Returns them, with what was found.
 async fn settle_transactions(
     t: &AppwriteTarget<'_>,
     run_id: &str,
@@ -404,12 +500,21 @@ async fn settle_transactions(
     let records = Records { ledger: t.ledger };
     let mut out = Vec::new();
     for r in records.all().await? {
-        if !r.transaction || r.status != RUNNING {
+        let up = r.status == RUNNING;
+        // A `down` in a transaction says so before it writes (`down_session`); one without
+        // (a `down` that went on without a transaction) is finished by `down` instead.
+        let down = r.status == REVERSING && down_transaction_of(&r).is_some();
+        if !r.transaction || !(up || down) {
             continue;
         }
         let backup = r.backup.clone().unwrap_or_default();
         let x = exec(t, &backup);
-        let committed = match transaction_of(&r) {
+        let txn = if up {
+            transaction_of(&r)
+        } else {
+            down_transaction_of(&r).flatten()
+        };
+        let committed = match txn {
             Some(txn) => {
                 let status = x.transaction_status(&txn).await?;
                 if status.as_deref() == Some("pending") {
@@ -419,11 +524,32 @@ async fn settle_transactions(
             }
             None => false,
         };
-        let (status, note) = records.settle(&r, committed, &r.ops).await?;
-        if !committed {
+        let (status, note) = if up {
+            let settled = records.settle(&r, committed, &r.ops).await?;
+            if !committed {
+                x.drop_backup().await?;
+            }
+            settled
+        } else if committed {
+            records.mark_rolled_back(r.version, 0).await?;
             x.drop_backup().await?;
-        }
-        let mut line = HistoryEntry::new("up", r.version, &r.name, status, run_id);
+            (
+                ROLLED_BACK,
+                format!(
+                    "the down of run {} stopped after its transaction committed: recorded rolled back",
+                    r.down_run_id.as_deref().unwrap_or("?")
+                ),
+            )
+        } else {
+            let note = format!(
+                "the down of run {} stopped before its transaction committed: nothing was reversed, the change is applied",
+                r.down_run_id.as_deref().unwrap_or("?")
+            );
+            records.note_down_error(r.version, &note, APPLIED).await?;
+            (APPLIED, note)
+        };
+        let action = if up { "up" } else { "down" };
+        let mut line = HistoryEntry::new(action, r.version, &r.name, status, run_id);
         line.note = Some(note.clone());
         records.log(&line).await?;
         out.push(super::Recovered {
@@ -434,6 +560,16 @@ async fn settle_transactions(
         });
     }
     Ok(out)
+}
+
+/// The TablesDB transaction of a change's `down` in a transaction: `None` when its `down` ran
+/// without one; `Some(None)` when it said so and started none yet.
+fn down_transaction_of(r: &ChangeRecord) -> Option<Option<String>> {
+    let s = r.down_session.as_ref()?;
+    match s.get("appwrite_transaction")? {
+        Bson::String(t) => Some(Some(t.clone())),
+        _ => Some(None),
+    }
 }
 
 /// `changes down --target appwrite`: as [`crate::changes::down_with`].
@@ -455,11 +591,14 @@ pub async fn down_with(
         sweep_backups(t).await?;
         let records = Records { ledger: t.ledger };
         let all = records.all().await?;
-        if settled.iter().any(|s| s.status == FAILED) {
+        // Settled to nothing applied (an `up` that never committed, a `down` that did): that
+        // was this `down`'s work.
+        let done = |s: &super::Recovered| s.status == FAILED || s.status == ROLLED_BACK;
+        if settled.iter().any(done) {
             return Ok(DownReport {
                 reversed: settled
                     .into_iter()
-                    .filter(|s| s.status == FAILED)
+                    .filter(done)
                     .map(|s| Reversed {
                         version: s.version,
                         name: s.name,
@@ -559,7 +698,13 @@ pub async fn down_with(
                 });
                 continue;
             }
-            match reverse_logged(t, &records, r, c, (&run_id, &fence), false, false, None).await {
+            // A `down` in a transaction a dead process left uncommitted was settled above (the
+            // change applied again): this reversal's history line says so.
+            let note = settled
+                .iter()
+                .find(|s| s.version == r.version && s.status == APPLIED)
+                .map(|s| s.note.clone());
+            match reverse_logged(t, &records, r, c, (&run_id, &fence), false, false, note).await {
                 Ok(rev) => report.reversed.push(rev),
                 Err(e) if continue_on_error => {
                     failed.push((r.version, mine));
@@ -620,7 +765,14 @@ async fn reverse_logged(
         .start_down(r.version, run_id, !resume, partial)
         .await?;
     let started = Instant::now();
-    let result = reverse_one(&x, records, r, c, partial, resume).await;
+    // A change applied in a transaction is reversed in one (a `down` it takes up where an
+    // earlier one without a transaction stopped goes on without).
+    let in_transaction = c.transaction && !partial && !resume;
+    let result = if in_transaction {
+        reverse_in_transaction(&x, records, r, c, t.max_transaction_operations).await
+    } else {
+        reverse_one(&x, records, r, c, partial, resume).await
+    };
     let duration_ms = started.elapsed().as_millis() as u64;
     line.duration_ms = duration_ms as i64;
     match result {
@@ -636,17 +788,140 @@ async fn reverse_logged(
             records.log(&line).await?;
             Ok(rev)
         }
-        Err(e) => {
-            let _ = records.note_down_error(r.version, &e, REVERSING).await;
+        Err(DownFailure {
+            message: e,
+            wrote_nothing,
+        }) => {
+            // Its transaction rolled back, or refused by its first step's checks before anything
+            // was written: still applied.
+            let (status, how) = if wrote_nothing && in_transaction {
+                (
+                    APPLIED,
+                    "its transaction was rolled back: nothing was reversed, the change is still applied (`cutover changes up` goes on as before; fix the cause, then `cutover changes down` again)",
+                )
+            } else if wrote_nothing {
+                (
+                    APPLIED,
+                    "it was refused before it wrote anything: nothing was reversed, the change is still applied (`cutover changes up` goes on as before; fix the cause, then `cutover changes down` again)",
+                )
+            } else {
+                (
+                    REVERSING,
+                    "what was reversed before the failure stays so, the change is recorded `down-failed` and its backup kept: fix the cause, then `cutover changes down` finishes reversing it",
+                )
+            };
+            let _ = records.note_down_error(r.version, &e, status).await;
             line.status = FAILED.into();
             line.error = Some(e.clone());
             let _ = records.log(&line).await;
             Err(ChangesError::Refused(format!(
-                "reversing change {} ({}) failed: {e}; what was reversed before the failure stays so, the change is recorded `down-failed` and its backup kept: fix the cause, then `cutover changes down` finishes reversing it",
+                "reversing change {} ({}) failed: {e}; {how}",
                 r.version, r.file
             )))
         }
     }
+}
+
+/// Reverses a change applied in a transaction in one TablesDB transaction, as its `up` was
+/// applied: what undoing each operation would stage (its file's [[down]], or the inverses of its
+/// operations, newest first) is read first — more than `max` operations refuse it before
+/// anything is written — then staged and committed. Every failure leaves nothing reversed
+/// (`wrote_nothing`): the change is still applied.
+async fn reverse_in_transaction(
+    x: &AwExec<'_>,
+    records: &Records<'_>,
+    r: &ChangeRecord,
+    c: &Change,
+    max: usize,
+) -> Result<Reversed, DownFailure> {
+    let nothing = |message: String| DownFailure {
+        message,
+        wrote_nothing: true,
+    };
+    // Said before anything else: a process that dies from here on leaves a `down` the next
+    // command settles from its transaction's own status (none yet: nothing was reversed).
+    records
+        .update(
+            r.version,
+            bson::doc! { "down_session": { "appwrite_transaction": Bson::Null } },
+        )
+        .await
+        .map_err(|e| nothing(format!("ledger: {e}")))?;
+    let mut rev = Reversed {
+        version: r.version,
+        name: r.name.clone(),
+        duration_ms: 0,
+        restored: 0,
+        inserted: 0,
+        deleted: 0,
+        skipped: 0,
+        note: None,
+    };
+    let mut staging = exec::Staging::new(max);
+    match &c.down {
+        Some(ops) => {
+            for (i, op) in ops.iter().enumerate() {
+                let what = |e: String| format!("down operation {} (`{}`): {e}", i + 1, op.kind());
+                let a = aw(op).map_err(|e| nothing(what(e)))?;
+                let mut out = OpOutcome::default();
+                x.prepare(a, &mut out)
+                    .await
+                    .map_err(|e| nothing(what(e.to_string())))?;
+                x.gather(a, 100_000 + i, &mut out, &mut staging)
+                    .await
+                    .map_err(|e| nothing(what(e.to_string())))?;
+                rev.restored += out.modified;
+                rev.inserted += out.inserted;
+            }
+        }
+        None => {
+            for i in (0..r.ops.len().min(c.up.len())).rev() {
+                let what = |e: String| {
+                    format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
+                };
+                let a = aw(&c.up[i]).map_err(|e| nothing(what(e)))?;
+                let mut done = OpOutcome::default();
+                x.gather_undo(a, i, &mut staging, &mut done)
+                    .await
+                    .map_err(|e| nothing(what(e.to_string())))?;
+                rev.restored += done.modified;
+                rev.deleted += done.deleted;
+                rev.skipped += done.skipped;
+            }
+        }
+    }
+    if staging.over() {
+        return Err(nothing(format!(
+            "reversing it would stage {} row operations in one transaction, more than `max_transaction_operations` = {max} ([target.appwrite] in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS: your server's limit)",
+            staging.count
+        )));
+    }
+    if staging.count == 0 {
+        return Ok(rev);
+    }
+    let txn = x
+        .begin()
+        .await
+        .map_err(|e| nothing(format!("cannot start a transaction: {e}")))?;
+    records
+        .update(
+            r.version,
+            bson::doc! { "down_session": { "appwrite_transaction": &txn } },
+        )
+        .await
+        .map_err(|e| nothing(format!("ledger: {e}")))?;
+    if let Err(e) = x.stage(&txn, staging).await {
+        let _ = x.finish(&txn, false).await;
+        return Err(nothing(format!(
+            "staging the row operations failed: {e}; the transaction was rolled back"
+        )));
+    }
+    if let Err(e) = x.commit(&txn).await {
+        return Err(nothing(format!(
+            "the transaction did not commit: {e}; it was rolled back"
+        )));
+    }
+    Ok(rev)
 }
 
 async fn reverse_one(
@@ -656,7 +931,7 @@ async fn reverse_one(
     c: &Change,
     partial: bool,
     resume: bool,
-) -> Result<Reversed, String> {
+) -> Result<Reversed, DownFailure> {
     let mut rev = Reversed {
         version: r.version,
         name: r.name.clone(),
@@ -683,6 +958,8 @@ async fn reverse_one(
                 .map_err(|e| format!("ledger: {e}"))
         }
     };
+    // No step of this `down` has run yet (its checks may still refuse it whole).
+    let mut first = !partial && !resume;
     match &c.down {
         // The file's own [[down]] (for a change applied whole): its operations run forward,
         // each backed up like an up's, so one cut short is undone and run again.
@@ -701,9 +978,13 @@ async fn reverse_one(
                     down_ops.truncate(i);
                 }
                 let mut out = OpOutcome::default();
-                x.prepare(a, &mut out)
-                    .await
-                    .map_err(|e| what(e.to_string()))?;
+                // Its checks write nothing: a refusal there is one before writing.
+                if let Err(e) = x.prepare(a, &mut out).await {
+                    let refused =
+                        matches!(e, AwError::Refused(_) | AwError::RefusedBeforeWriting(_));
+                    return Err(DownFailure::of_step(what(e.to_string()), refused, first));
+                }
+                first = false;
                 down_ops.push(out);
                 progress(&down_ops, done).await?;
                 let out = down_ops.last_mut().expect("pushed above");
@@ -726,10 +1007,14 @@ async fn reverse_one(
                     format!("undoing up operation {} (`{}`): {e}", i + 1, c.up[i].kind())
                 };
                 let a = aw(&c.up[i]).map_err(what)?;
-                let d = x
-                    .undo(a, i, &ops[i])
-                    .await
-                    .map_err(|e| what(e.to_string()))?;
+                let d = match x.undo(a, i, &ops[i]).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let refused = e.wrote_nothing();
+                        return Err(DownFailure::of_step(what(e.to_string()), refused, first));
+                    }
+                };
+                first = false;
                 rev.restored += d.modified;
                 rev.inserted += d.inserted;
                 rev.deleted += d.deleted;

@@ -295,6 +295,42 @@ impl AppwriteClient {
         Ok(())
     }
 
+    /// Those of the row ids `ids` that table `table` holds (none when the table is missing): a
+    /// hundred ids a request (`equal` on `$id`), not a request a row.
+    pub async fn present_rows(
+        &self,
+        db: &str,
+        table: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, AppwriteError> {
+        let mut out = std::collections::HashSet::new();
+        for chunk in ids.chunks(100) {
+            let q = [
+                json!({ "method": "equal", "attribute": "$id", "values": chunk }),
+                json!({ "method": "select", "values": ["$id"] }),
+                json!({ "method": "limit", "values": [chunk.len()] }),
+            ];
+            let v = match self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/tablesdb/{db}/tables/{table}/rows?{}", query_string(&q)),
+                    None,
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(e) if e.is_missing() => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            for r in v["rows"].as_array().into_iter().flatten() {
+                if let Some(id) = r["$id"].as_str() {
+                    out.insert(id.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a table holds no row (a missing table is empty).
     pub async fn table_is_empty(&self, db: &str, table: &str) -> Result<bool, AppwriteError> {
         match self.first_rows(db, table, 1).await {

@@ -232,7 +232,31 @@ fn scalar_check(pg_type: &str, f: &FieldPlan) -> Result<Check, String> {
 fn column_check(pg_type: &str, col: &str, f: &FieldPlan) -> Result<(Check, String), String> {
     if let Some(elem) = element_type(pg_type) {
         let inner = scalar_check(&elem, f).map_err(|why| format!("array: {why}"))?;
-        if matches!(inner, Check::Text) && ColKind::from_pg_type(&elem) != ColKind::Text {
+        // Elements kept as their text: compared where `to_jsonb` gives each as the string
+        // PostgreSQL shows (a composite or an hstore becomes a JSON object there, not its text).
+        let shown_as_text = matches!(
+            elem.as_str(),
+            "INET"
+                | "CIDR"
+                | "MACADDR"
+                | "MACADDR8"
+                | "INTERVAL"
+                | "MONEY"
+                | "TIME"
+                | "TIMETZ"
+                | "BIT"
+                | "VARBIT"
+                | "INT4RANGE"
+                | "INT8RANGE"
+                | "NUMRANGE"
+                | "DATERANGE"
+                | "TSRANGE"
+                | "TSTZRANGE"
+        );
+        if matches!(inner, Check::Text)
+            && ColKind::from_pg_type(&elem) != ColKind::Text
+            && !shown_as_text
+        {
             return Err(format!("array of {}", elem.to_lowercase()));
         }
         // to_jsonb turns each float into a numeric, which has no −0: floats are read from the

@@ -1,0 +1,315 @@
+//! A reference to a row whose document is not in the target — rejected when its entity ran, in
+//! this run or an earlier one — would point nowhere. The referencing row is rejected (rule
+//! `reference_rejected`) when its field has the `exists` rule, written with a warning otherwise;
+//! `check` counts both beforehand; `verify` then agrees with the run. Shapes: a top-level field and
+//! a field of an embedded document, integer and text keys, MongoDB (the referenced entity run by an
+//! earlier command) and Appwrite (one run). Oracle: the target's own documents and rows, the rejects
+//! and warnings files.
+
+mod common;
+
+use common::World;
+use common::standin::Aw;
+use serde_json::Value;
+
+/// `products` row 2 (and `p2` in the text-keyed variant) holds a date no target can hold
+/// (`infinity`): rejected (`date_out_of_range`). Orders 20 and 30 reference it (`exists`), order 40
+/// holds a line referencing it (embedded, `exists`), note 7 references it (no `exists`).
+fn schema(key_type: &str, one: &str, two: &str) -> String {
+    format!(
+        "CREATE TABLE products (id {key_type} PRIMARY KEY, released date);
+         INSERT INTO products VALUES ('{one}', '2020-01-01'), ('{two}', 'infinity');
+         CREATE TABLE orders (id int PRIMARY KEY, product_id {key_type} REFERENCES products (id));
+         INSERT INTO orders VALUES (10, '{one}'), (20, '{two}'), (30, '{two}'), (40, '{one}');
+         CREATE TABLE order_lines (order_id int REFERENCES orders (id), n int, product_id {key_type},
+           PRIMARY KEY (order_id, n));
+         INSERT INTO order_lines VALUES (10, 1, '{one}'), (40, 1, '{one}'), (40, 2, '{two}');
+         CREATE TABLE notes (id int PRIMARY KEY, product_id {key_type});
+         INSERT INTO notes VALUES (6, '{one}'), (7, '{two}');"
+    )
+}
+
+const PRODUCTS: &str = "version = 1\nname = \"products\"\n[source]\ntable = \"products\"\nkey = [\"id\"]\n\
+[[field]]\npath = \"released\"\ncolumn = \"released\"\n";
+
+const ORDERS: &str = "version = 1\nname = \"orders\"\n[source]\ntable = \"orders\"\nkey = [\"id\"]\n\
+[[field]]\npath = \"productId\"\ncolumn = \"product_id\"\nreference = \"products\"\n\
+validate = { exists = true }\n\
+[[embed]]\npath = \"lines\"\ntable = \"order_lines\"\nforeign_key = \"order_id\"\norder_by = [\"n\"]\n\
+[[embed.field]]\npath = \"n\"\ncolumn = \"n\"\n\
+[[embed.field]]\npath = \"productId\"\ncolumn = \"product_id\"\nreference = \"products\"\n\
+validate = { exists = true }\n";
+
+const NOTES: &str = "version = 1\nname = \"notes\"\n[source]\ntable = \"notes\"\nkey = [\"id\"]\n\
+[[field]]\npath = \"productId\"\ncolumn = \"product_id\"\nreference = \"products\"\n";
+
+fn files(w: &World) -> std::path::PathBuf {
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(dir.join("mappings/products.toml"), PRODUCTS).unwrap();
+    std::fs::write(dir.join("mappings/orders.toml"), ORDERS).unwrap();
+    std::fs::write(dir.join("mappings/notes.toml"), NOTES).unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"shop\"\nmappings_dir = \"mappings\"\n\
+         [[stage]]\nname = \"products\"\nentities = [\"products\"]\n\
+         [[stage]]\nname = \"orders\"\nentities = [\"orders\", \"notes\"]\ndepends_on = [\"products\"]\n",
+    )
+    .unwrap();
+    pipeline
+}
+
+fn text(o: &std::process::Output) -> String {
+    common::output_text(o)
+}
+
+/// check's findings as (entity, path, rule, severity, rows), sorted.
+fn findings(out: &std::process::Output) -> Vec<(String, String, String, String, u64)> {
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)));
+    let mut v: Vec<_> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["entity"].as_str().unwrap().to_string(),
+                f["path"].as_str().unwrap_or_default().to_string(),
+                f["rule"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn expected_findings() -> Vec<(String, String, String, String, u64)> {
+    let f =
+        |e: &str, p: &str, r: &str, s: &str, n: u64| (e.into(), p.into(), r.into(), s.into(), n);
+    vec![
+        f("notes", "productId", "reference_rejected", "warning", 1),
+        f(
+            "orders",
+            "lines[1].productId",
+            "reference_rejected",
+            "reject",
+            1,
+        ),
+        f("orders", "productId", "reference_rejected", "reject", 2),
+        f("products", "released", "date_out_of_range", "reject", 1),
+    ]
+}
+
+/// (entity, written, rejected, warnings) of a run report, sorted.
+fn counts(report: &Value) -> Vec<(String, u64, u64, u64)> {
+    let mut v: Vec<_> = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let n = |k: &str| e[k].as_u64().unwrap();
+            assert_eq!(
+                n("read"),
+                n("written") + n("rejected") + n("skipped"),
+                "{e}"
+            );
+            (
+                e["name"].as_str().unwrap().to_string(),
+                n("written"),
+                n("rejected"),
+                n("warnings"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What the whole pipeline's run does (and its dry run predicts).
+fn rehearsed() -> Vec<(String, u64, u64, u64)> {
+    [
+        ("notes", 2, 0, 1),
+        ("orders", 1, 3, 0),
+        ("products", 1, 1, 0),
+    ]
+    .map(|(e, w, r, n)| (e.to_string(), w, r, n))
+    .to_vec()
+}
+
+/// (entity, key, rule) of the rejects (or warnings) of a run, sorted.
+fn lines(rows: Vec<(String, String, String, String)>) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = rows.into_iter().map(|(e, k, _, r)| (e, k, r)).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn references_to_rows_rejected_by_an_earlier_run_are_rejected_or_warned_on_mongodb() {
+    let w = World::new("ref_rejected").await;
+    w.sql(&schema("int", "1", "2")).await;
+    let pipeline = files(&w);
+
+    let out = w
+        .cutover()
+        .args(["check", "--json", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(findings(&out), expected_findings(), "{}", text(&out));
+
+    // The rehearsal predicts the run: its orders stage knows the products it rejected.
+    let out = w.migrate_with(&pipeline, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(counts(&w.latest_report()), rehearsed());
+    assert_eq!(w.count("orders").await, 0);
+
+    // The referenced entity alone first: the next command learns its rejects from the target.
+    let out = w.migrate_with(&pipeline, &["products"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = w.migrate_with(&pipeline, &["orders", "notes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let s = |e: &str, k: &str, r: &str| (e.to_string(), k.to_string(), r.to_string());
+    assert_eq!(
+        lines(w.rejects(run_id)),
+        [
+            s("orders", "20", "reference_rejected"),
+            s("orders", "30", "reference_rejected"),
+            s("orders", "40", "reference_rejected"),
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        lines(w.warnings(run_id)),
+        [s("notes", "7", "reference_rejected")]
+    );
+    let ids = |docs: Vec<bson::Document>| -> Vec<i32> {
+        docs.iter().map(|d| d.get_i32("_id").unwrap()).collect()
+    };
+    assert_eq!(ids(w.docs("products").await), [1]);
+    assert_eq!(ids(w.docs("orders").await), [10]);
+    assert_eq!(ids(w.docs("notes").await), [6, 7]);
+    for e in report["entities"].as_array().unwrap() {
+        let n = |k: &str| e[k].as_u64().unwrap();
+        assert_eq!(
+            n("read"),
+            n("written") + n("rejected") + n("skipped"),
+            "{e}"
+        );
+    }
+
+    // verify agrees with the run on the rejected references; the warned one points nowhere.
+    let out = w
+        .cutover()
+        .args(["verify", "products", "orders", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w
+        .cutover()
+        .args(["verify", "notes", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("point nowhere"), "{}", text(&out));
+    w.drop().await;
+}
+
+#[tokio::test]
+async fn references_to_rows_rejected_in_the_same_run_are_rejected_or_warned_on_appwrite() {
+    let w = World::new("ref_rejected_aw").await;
+    w.sql(&schema("text", "p1", "p2")).await;
+    let pipeline = files(&w);
+    let pipeline = pipeline.display().to_string();
+    let aw = Aw::start("ref-key").await;
+
+    let out = aw
+        .cutover_in(
+            &w,
+            "shop",
+            &[
+                "check",
+                "--json",
+                "--full",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(findings(&out), expected_findings(), "{}", text(&out));
+
+    let migrate = [
+        "migrate",
+        "--quiet",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        &pipeline,
+    ];
+    let out = aw
+        .cutover_in(&w, "shop", &[&migrate[..], &["--dry-run"]].concat())
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(counts(&w.latest_report()), rehearsed());
+    assert!(aw.s.rows("shop", "orders").is_empty());
+
+    let out = aw.cutover_in(&w, "shop", &migrate).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report = w.latest_report();
+    assert_eq!(counts(&report), rehearsed());
+    let run_id = report["run_id"].as_str().unwrap();
+    let s = |e: &str, k: &str, r: &str| (e.to_string(), k.to_string(), r.to_string());
+    assert_eq!(
+        lines(w.rejects(run_id)),
+        [
+            s("orders", "20", "reference_rejected"),
+            s("orders", "30", "reference_rejected"),
+            s("orders", "40", "reference_rejected"),
+            s("products", "p2", "date_out_of_range"),
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        lines(w.warnings(run_id)),
+        [s("notes", "7", "reference_rejected")]
+    );
+    let ids = |table: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            aw.s.rows("shop", table)
+                .iter()
+                .map(|r| r["$id"].as_str().unwrap().to_string())
+                .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids("products"), ["p1"]);
+    assert_eq!(ids("orders"), ["10"]);
+    assert_eq!(ids("notes"), ["6", "7"]);
+    let out = aw
+        .cutover_in(
+            &w,
+            "shop",
+            &[
+                "verify",
+                "products",
+                "orders",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    w.drop().await;
+}
