@@ -1,34 +1,51 @@
 #!/usr/bin/env bash
-# Throughput and memory of `cutover migrate` on this machine, against mongod's own ceiling.
-#   scripts/bench.sh [--patients N] [--quick]
-# Loads N patients (default 1,000,000; ~3N immunizations) once into the database cutover_bench
-# (reused while its row count matches), then times, with peak RSS from /usr/bin/time -v and the
-# CPU seconds of the client, PostgreSQL and mongod (from /proc) for each run:
+# Throughput and memory of `cutover migrate` on this machine, side by side with mongod's write
+# ceiling and with the programs a user might pick instead.
+#   scripts/bench.sh [--patients N] [--quick] [--peers-only] [--no-peers] [--files-only]
+# Loads N patients (default 1,000,000, or $PATIENTS; ~3N immunizations) once into the database
+# cutover_bench (reused while its row count matches), then times, with peak RSS from /usr/bin/time -v
+# and the CPU seconds of the client, PostgreSQL and mongod (from /proc) for each run:
 #   1. patients (guardians embedded) into an empty collection   (insert path)
 #   2. the same again into the full collection                  (upsert path)
 #   3. patients without the guardians embed                     (insert path)
 #   4. immunizations into an empty collection                   (insert path)
 #      and `verify --full` of what 1 wrote (its rate as a ratio to the run's)
-#   5. mongod alone re-inserting the very documents of 1 and 4  (the ceiling)
-#   6. Appwrite stand-in: the writer's bulk upserts vs single-row writes for 50,000 patients
-#   7. `cutover migrate --target appwrite` into the stand-in, --bulk-rows 100 vs 1 (50,000 patients)
-#   8. the files stage: MB/s into GridFS and into the stand-in, with the client's peak RSS, for the
+#   5. the documents of 1, 3 and 4 re-inserted by mongo-ceiling: mongod plus cutover's own writer
+#      (MongoTarget::write) with nothing to read or map — where cutover's time goes, NOT an
+#      independent ceiling (it speeds up with the writer it measures; 6 has that one)
+#   6. side by side (the peers of ../shared/peers, or CUTOVER_PEERS_DIR, relative paths from the
+#      project root; skipped with a message when absent): cutover, the peers' own write ceiling (a
+#      separate Rust program that pre-builds every document and command, then times only the
+#      writes), a Node.js and a Python peer, on the same rows, ROUNDS interleaved rounds (default 3;
+#      CONTENDERS picks a subset), every run checked to write the same documents; cutover's ratios
+#      to each. The peers run from a copy (shared/ may be
+#      read-only) under CUTOVER_PEERS_WORK (default ~/.cache/cutover/peers), which keeps their
+#      node_modules and the ceiling's build; results under its results/. Needs node (20+) and npm.
+#   7. Appwrite stand-in: the writer's bulk upserts vs single-row writes for 50,000 patients
+#   8. `cutover migrate --target appwrite` into the stand-in, --bulk-rows 100 vs 1 (50,000 patients)
+#   9. the files stage: MB/s into GridFS and into the stand-in, with the client's peak RSS, for the
 #      20 sample files of scripts/fixtures.sh and for generated files (1 GiB; the size in GiB
 #      from CUTOVER_BENCH_FILES_GIB, 0 to skip them) — the peak RSS must not grow with the bytes
-#   scripts/bench.sh --files-only runs 8 alone (no patients loaded).
+#   scripts/bench.sh --files-only runs 9 alone (no patients loaded); --peers-only runs 6 alone;
+#   --no-peers leaves 6 out.
 # Servers: scripts/services.sh (started if needed, left running).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PATIENTS=1000000
+PATIENTS="${PATIENTS:-1000000}"
 FILES_ONLY=0
+PEERS=1       # 0: leave section 6 out; 2: run it alone
 FILES_GIB="${CUTOVER_BENCH_FILES_GIB:-1}"
+PEERS_SRC="${CUTOVER_PEERS_DIR:-../shared/peers}"
+PEERS_WORK="${CUTOVER_PEERS_WORK:-${CUTOVER_CACHE_DIR:-$HOME/.cache/cutover}/peers}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --patients) PATIENTS="$2"; shift 2 ;;
     --quick) PATIENTS=100000; shift ;;
     --files-only) FILES_ONLY=1; shift ;;
+    --peers-only) PEERS=2; shift ;;
+    --no-peers) PEERS=0; shift ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -130,7 +147,59 @@ PY
 
 mongo_drop() { "$BIN/mongo-ceiling" --drop "$MONGODB_URI" "$1"; }
 
-# 8. The files stage. Each run writes into a fresh target (GridFS: a dropped database; the
+# 6. Side by side with the peers: cutover against an independent write ceiling and the Node.js and
+#    Python peers, on the same rows in the same rounds (the peers' side_by_side.sh does the runs,
+#    the checks and the summary). The peers are run from a copy: shared/ may be read-only.
+peers_bench() {
+  local src="$PEERS_SRC"
+  if [ ! -f "$src/side_by_side.sh" ]; then
+    echo "== side by side: skipped, no peers at $src (set CUTOVER_PEERS_DIR to their directory)"
+    return 0
+  fi
+  for tool in node npm; do
+    if ! command -v "$tool" >/dev/null; then
+      echo "== side by side: skipped, $tool is not installed (the Node.js peer needs Node.js 20+)"
+      return 0
+    fi
+  done
+  src="$(cd "$src" && pwd)"
+  echo "== side by side with the peers of $src (a progress line a run, then their summary)"
+  # A fresh copy of the peers' sources each time; node_modules (installed again when the lock
+  # changes), the ceiling's build and its Cargo.lock are kept beside it.
+  mkdir -p "$PEERS_WORK/node" "$PEERS_WORK/results"
+  local copy="$PEERS_WORK/peers"
+  rm -rf "$copy"
+  cp -r "$src" "$copy"
+  chmod -R u+w "$copy"
+  rm -rf "$copy/node_peer/node_modules" "$copy/rust/target" "$copy/results"
+  if ! cmp -s "$copy/node_peer/package-lock.json" "$PEERS_WORK/node/package-lock.json" ||
+    [ ! -d "$PEERS_WORK/node/node_modules" ]; then
+    cp "$copy/node_peer/package.json" "$copy/node_peer/package-lock.json" "$PEERS_WORK/node/"
+    (cd "$PEERS_WORK/node" && npm ci --silent --no-audit --no-fund)
+  fi
+  ln -s "$PEERS_WORK/node/node_modules" "$copy/node_peer/node_modules"
+  local ceiling="${CEILING_BIN:-}"
+  if [ -z "$ceiling" ]; then
+    [ -f "$copy/rust/Cargo.lock" ] || [ ! -f "$PEERS_WORK/Cargo.lock" ] || cp "$PEERS_WORK/Cargo.lock" "$copy/rust/"
+    CARGO_TARGET_DIR="$PEERS_WORK/target" cargo build --release --quiet --manifest-path "$copy/rust/Cargo.toml" --bin ceiling
+    cp "$copy/rust/Cargo.lock" "$PEERS_WORK/Cargo.lock"
+    ceiling="$PEERS_WORK/target/release/ceiling"
+  fi
+  local out
+  out="$PEERS_WORK/results/sbs-$(date +%Y%m%d-%H%M%S)-$PATIENTS"
+  # The rows of sections 1-5 (cutover_bench), the servers of this script; the summary ends with
+  # cutover's ratios (docs/s, client CPU, peak RSS, mongod CPU) to the ceiling, Node and Python.
+  # Its progress goes to stderr, a line a run.
+  if ! CUTOVER_ROOT="$ROOT" CUTOVER_BIN="$BIN/cutover" CEILING_BIN="$ceiling" SRC_DB=cutover_bench \
+    CUTOVER_SOURCE_URL="$ADMIN_URL" PATIENTS="$PATIENTS" ROUNDS="${ROUNDS:-3}" OUT="$out" \
+    bash "$copy/side_by_side.sh"; then
+    echo "bench: the side by side failed (its logs: $out/logs)" >&2
+    return 1
+  fi
+  for db in sbs_g sbs_flat sbs_ref_g sbs_ref_flat; do mongo_drop "$db"; done
+}
+
+# 9. The files stage. Each run writes into a fresh target (GridFS: a dropped database; the
 #    stand-in: a database and a bucket of their own, emptied again by `rollback` after, so that
 #    the stand-in does not keep the bytes), so every file is uploaded.
 files_run() { # name args...
@@ -231,6 +300,10 @@ if [ "$FILES_ONLY" = 1 ]; then
   files_bench
   exit 0
 fi
+if [ "$PEERS" = 2 ]; then
+  peers_bench
+  exit 0
+fi
 
 echo "== cutover bench: $PATIENTS patients, $(psql "$BENCH_URL" -Atc 'SELECT count(*) FROM immunizations') immunizations ($(nproc) cores)"
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
@@ -239,13 +312,15 @@ run "patients+guardians (full)"  bench_patients patients
 verify_full "verify --full patients" bench_patients patients "patients+guardians (empty)"
 run "patients flat (empty)"      bench_flat patients --mappings "$WORK/mappings-flat"
 run "immunizations (empty)"      bench_imm immunizations
+echo "-- mongo-ceiling: the same documents through cutover's own writer, nothing to read or map (not independent: see the side by side)"
 ceiling "$MONGODB_URI" bench_patients patients bench_ceiling
 ceiling "$MONGODB_URI" bench_flat patients bench_ceiling
 ceiling "$MONGODB_URI" bench_imm immunizations bench_ceiling
 mongo_drop bench_patients; mongo_drop bench_flat; mongo_drop bench_imm
+[ "$PEERS" = 0 ] || peers_bench
 "$BIN/examples/appwrite-bench" "$ROOT/pipelines/registry.toml" patients 50000
 
-# 7. `cutover migrate --target appwrite` end to end into the stand-in (50,000 patients with their
+# 8. `cutover migrate --target appwrite` end to end into the stand-in (50,000 patients with their
 #    guardians): bulk upserts of 100 rows vs one row per request (--bulk-rows 1).
 AW_URL="${ADMIN_URL%/*}/cutover_bench_aw"
 have=$(psql "$AW_URL" -Atc "SELECT count(*) FROM patients" 2>/dev/null || echo 0)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bson::{Bson, RawDocumentBuf};
 
-use super::{Issue, Stage, apply, encode, to_bson};
+use super::{Converted, Issue, Stage, apply, convert, encode};
 use crate::mapping::plan::{Combine, EmbedPlan, FieldPlan, Input, Layout, LayoutNode, Plan};
 use crate::mapping::spec::{EmbedElement, NullPolicy, RuleName, Severity};
 use crate::source::Value;
@@ -252,8 +252,9 @@ fn eval_field(
             }
         }
     } else {
-        match to_bson(&value, &f.output) {
-            Ok(conv) => {
+        let mut conv = Converted::default();
+        match convert(&value, &f.output, &mut conv) {
+            Ok(bson) => {
                 for (rule, message) in conv.warnings {
                     issues.push(Issue {
                         stage: Stage::Transform,
@@ -267,7 +268,7 @@ fn eval_field(
                 if let Some(exact) = conv.exact {
                     *exact_out = Some(Bson::String(exact));
                 }
-                conv.value.unwrap_or(Bson::Null)
+                bson
             }
             Err((rule, message)) => {
                 issues.push(Issue::error(
