@@ -1792,8 +1792,9 @@ fn inapplicable_rule(
     } else {
         None
     };
+    // On an array, each element (an address list in a text[] column, or after `split`).
     if let Some(rule) = text_rule
-        && (array || family != Family::Text)
+        && family != Family::Text
     {
         return Some(rule);
     }
@@ -1805,6 +1806,6 @@ fn family_rules_text(rule: &str) -> &'static str {
         "min" | "max" => "it applies to numbers (and each number of an array)",
         "min_length" | "max_length" => "it applies to text (characters) and arrays (elements)",
         "not_in_future" => "it applies to dates (and each date of an array)",
-        _ => "it applies to a text value",
+        _ => "it applies to text (and each text of an array)",
     }
 }

@@ -143,13 +143,16 @@ impl Rules {
             return;
         }
         let Some(v) = value else { return };
-        let text = match v {
-            Bson::String(s) => Some(s.as_str()),
-            _ => None,
+        // A text, or each text of an array (addresses in a text[] column, after `split`).
+        let texts: Vec<&str> = match v {
+            Bson::String(s) => vec![s.as_str()],
+            Bson::Array(items) => items.iter().filter_map(Bson::as_str).collect(),
+            _ => Vec::new(),
         };
         if self.email != EmailRule::Off
-            && let Some(s) = text
-            && !email::is_valid(s, self.email == EmailRule::Ascii)
+            && let Some(s) = texts
+                .iter()
+                .find(|s| !email::is_valid(s, self.email == EmailRule::Ascii))
         {
             fail(
                 RuleName::Email,
@@ -158,8 +161,7 @@ impl Rules {
             );
         }
         if self.url
-            && let Some(s) = text
-            && !s.validate_url()
+            && let Some(s) = texts.iter().find(|s| !s.validate_url())
         {
             fail(RuleName::Url, format!("{path} is not a valid URL"), s);
         }
@@ -229,8 +231,7 @@ impl Rules {
             self.judge_kind(path, v, &mut fail);
         }
         if let Some(re) = &self.regex
-            && let Some(s) = text
-            && !re.is_match(s)
+            && let Some(s) = texts.iter().find(|s| !re.is_match(s))
         {
             fail(
                 RuleName::Regex,
@@ -292,9 +293,20 @@ impl Rules {
             (self.url, RuleName::Url),
             (self.regex.is_some(), RuleName::Regex),
         ];
+        let non_text = match v {
+            Bson::String(_) => None,
+            Bson::Array(items) => items
+                .iter()
+                .find(|b| !matches!(b, Bson::String(_) | Bson::Null)),
+            other => Some(other),
+        };
         for (on, rule) in text_rules {
-            if on && !matches!(v, Bson::String(_)) {
-                cannot(rule, v, "it applies to a text value");
+            if on && let Some(item) = non_text {
+                cannot(
+                    rule,
+                    item,
+                    "it applies to text, and to each text of an array",
+                );
             }
         }
         let length_rule = if self.min_length.is_some() {
