@@ -3314,6 +3314,45 @@ async fn a_user_prefs_value_keyed_like_extended_json_is_rejected() {
     let users = aw.s.users();
     assert_eq!(users.len(), 1, "{users:?}");
     assert_eq!(users[0]["email"], "a@example.org");
+    // User 1's row now holds such a value: the re-run blocks the user (the target refuses the
+    // row), and verify names it as blocked by cutover, not as different (the eighteenth
+    // tester's F6).
+    w.sql("UPDATE accounts SET j = '{\"$numberLong\": \"1\"}' WHERE id = 1")
+        .await;
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--rerun",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let users = aw.s.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0]["status"], false, "{users:?}");
+    let out = cutover(
+        &w,
+        &aw,
+        &[
+            "verify",
+            "--json",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["entities"][0]["blocked_kept"], 1, "{v}");
     w.drop().await;
 }
 
