@@ -348,13 +348,20 @@ fn json_bson(text: &str, out: &Output, conv: &mut Converted) -> Result<Bson, (St
         Ok(p) => p,
         // Valid JSON no document can hold: its own rule, not "invalid".
         Err(e) if e.message == json::TOO_DEEP => {
+            let why = if out.json_levels >= json::MAX_DEPTH {
+                format!("cutover reads JSON {} levels deep at most", json::MAX_DEPTH)
+            } else {
+                format!(
+                    "a MongoDB document holds {} levels, and this field sits {} deep in it",
+                    json::DOCUMENT_LEVELS,
+                    json::DOCUMENT_LEVELS - out.json_levels
+                )
+            };
             return err(
                 "json_too_deep",
                 format!(
-                    "the JSON value is nested more than {} levels ({e}): a document holds at most {} levels, and this field sits {} deep",
-                    out.json_levels,
-                    json::DOCUMENT_LEVELS,
-                    json::DOCUMENT_LEVELS.saturating_sub(out.json_levels)
+                    "the JSON value is nested more than {} levels ({e}): {why}",
+                    out.json_levels
                 ),
             );
         }
