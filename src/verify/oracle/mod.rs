@@ -61,8 +61,26 @@ pub struct Mismatch {
 
 /// PostgreSQL's text of a value as an SQL literal, so that a text `NULL` (an enum label, say) and
 /// the SQL NULL read apart.
+/// A text holding control characters (a newline would split verify's one-line report) is
+/// written as PostgreSQL's escape string, `E'a\nb'`.
 pub(crate) fn shown_source(text: Option<&str>) -> String {
     match text {
+        Some(t) if t.chars().any(char::is_control) => {
+            let mut out = String::from("E'");
+            for c in t.chars() {
+                match c {
+                    '\'' => out.push_str("''"),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+            out
+        }
         Some(t) => format!("'{}'", t.replace('\'', "''")),
         None => "NULL".into(),
     }
@@ -1019,4 +1037,20 @@ async fn embedded_references(
         }
     }
     Ok((out, warned_out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_source;
+
+    #[test]
+    fn source_values_read_as_sql_literals_on_one_line() {
+        assert_eq!(shown_source(None), "NULL");
+        assert_eq!(shown_source(Some("NULL")), "'NULL'");
+        assert_eq!(shown_source(Some("it's")), "'it''s'");
+        assert_eq!(
+            shown_source(Some("a\nb\\c'\u{1}")),
+            "E'a\\nb\\\\c''\\u0001'"
+        );
+    }
 }
