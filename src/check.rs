@@ -915,6 +915,29 @@ async fn savepoint(session: &mut SourceSession, sql: &'static str) {
     }
 }
 
+/// A finding's path without element positions (`guardians[3].email` → `guardians[].email`): one
+/// finding per field and rule, whichever element of an array or child row broke it.
+fn path_shape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '[' {
+            let mut digits = String::new();
+            while let Some(&d) = chars.peek()
+                && d.is_ascii_digit()
+            {
+                digits.push(d);
+                chars.next();
+            }
+            if chars.peek() != Some(&']') {
+                out.push_str(&digits);
+            }
+        }
+    }
+    out
+}
+
 fn scan_row(
     plan: &crate::mapping::plan::Plan,
     row: ExpectedRow,
@@ -924,6 +947,10 @@ fn scan_row(
     children: &[ChildTable],
 ) -> bool {
     let mut rejected = matches!(row, ExpectedRow::Rejected { .. });
+    // A finding counts rows: a row with two violations of one rule at one path (two elements of
+    // an array, two child rows) counts once, as the run rejects it once.
+    let mut counted: std::collections::HashSet<(String, String, String)> =
+        std::collections::HashSet::new();
     let (key, issues, doc) = match row {
         ExpectedRow::Rejected { key, issues, .. } => (key, issues, None),
         ExpectedRow::Document { mapped, .. } => (mapped.key, mapped.issues, mapped.doc),
@@ -962,8 +989,15 @@ fn scan_row(
         // The row and its child tables' rows (a refused child row fails its parent).
         let long = crate::sink::target::too_long(&doc, spec, children);
         for (path, size) in long {
+            let path = path_shape(&path);
+            let k = (
+                path.clone(),
+                "appwrite_string_size".to_string(),
+                "reject".to_string(),
+            );
+            let first = counted.insert(k.clone());
             let f = tally
-                .entry((path.clone(), "appwrite_string_size".into(), "reject".into()))
+                .entry(k)
                 .or_insert_with(|| Finding {
                     entity: plan.entity.clone(),
                     path,
@@ -975,7 +1009,7 @@ fn scan_row(
                     ),
                     ..Default::default()
                 });
-            f.rows += 1;
+            f.rows += u64::from(first);
             rejected = true;
         }
     }
@@ -986,18 +1020,34 @@ fn scan_row(
         } else {
             "warning"
         };
-        let f = tally
-            .entry((issue.path.clone(), issue.rule.clone(), severity.to_string()))
-            .or_insert_with(|| Finding {
-                entity: plan.entity.clone(),
-                path: issue.path.clone(),
-                rule: issue.rule.clone(),
-                severity: severity.to_string(),
-                rows: 0,
-                example_key: key.clone(),
-                example: issue.message.clone(),
-            });
-        f.rows += 1;
+        let path = path_shape(&issue.path);
+        let k = (path.clone(), issue.rule.clone(), severity.to_string());
+        let first = counted.insert(k.clone());
+        let f = tally.entry(k).or_insert_with(|| Finding {
+            entity: plan.entity.clone(),
+            path,
+            rule: issue.rule.clone(),
+            severity: severity.to_string(),
+            rows: 0,
+            example_key: key.clone(),
+            example: issue.message.clone(),
+        });
+        f.rows += u64::from(first);
     }
     rejected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_shape;
+
+    #[test]
+    fn a_finding_path_drops_element_positions_only() {
+        assert_eq!(path_shape("guardians[3].email"), "guardians[].email");
+        assert_eq!(path_shape("a[0][12].b"), "a[][].b");
+        assert_eq!(path_shape("tags"), "tags");
+        // A bracket that is not a position stays as written.
+        assert_eq!(path_shape("x[1a]"), "x[1a]");
+        assert_eq!(path_shape("x["), "x[");
+    }
 }

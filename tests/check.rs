@@ -381,13 +381,15 @@ async fn check_counts_in_advance_every_row_migrate_rejects(shape: &KeyShape) {
         .iter()
         .map(|(n, d)| format!("({}, '{d}')", k(*n)))
         .collect();
-    // 1: a child whose date cannot be written; 2: a child's e-mail fails its rule; 3: fine; 4: a
+    // 1: a child whose date cannot be written; 2: two children's e-mails fail their rule (one
+    // row, counted once per rule by check as by the run's rows); 3: fine; 4: a
     // child without its required name; 5: its own date; 6: 9 × 2 MB of children (over 16 MiB);
     // 7: no children; 99: an orphan child.
     let kids = [
         (10, 1, "'infinity'", "'a'", "a@example.com"),
         (11, 1, "'2019-01-01'", "'b'", "b@example.com"),
         (20, 2, "'2019-01-01'", "'c'", "not an address"),
+        (21, 2, "'2019-01-01'", "'c2'", "nor this"),
         (30, 3, "'2019-01-01'", "'d'", "d@example.com"),
         (40, 4, "'2019-01-01'", "NULL", "e@example.com"),
         (50, 5, "'2019-01-01'", "'f'", "f@example.com"),
@@ -490,6 +492,10 @@ column = "notes"
     let mut rejected = std::collections::BTreeMap::new();
     let mut keys = std::collections::BTreeSet::new();
     let mut orphans = Vec::new();
+    let mut lines = 0;
+    // The rejects file has a line per violation (row 2's two e-mails are two); a rule's rows are
+    // the distinct keys it names.
+    let mut rows_of_rule = std::collections::BTreeSet::new();
     for (entity, key, stage, rule) in w.rejects(&run_id) {
         assert_eq!(entity, "parents");
         if rule == "orphan_child" {
@@ -498,9 +504,13 @@ column = "notes"
             orphans.push(key);
             continue;
         }
-        *rejected.entry(rule).or_insert(0u64) += 1;
+        lines += 1;
+        if rows_of_rule.insert((rule.clone(), key.clone())) {
+            *rejected.entry(rule).or_insert(0u64) += 1;
+        }
         keys.insert(key);
     }
+    assert_eq!(lines, 6, "a line per violation: {rows_of_rule:?}");
     assert_eq!(rejected, expected, "{}", common::output_text(&out));
     assert_eq!(keys, rejected_keys, "{}", common::output_text(&out));
     assert_eq!(orphans.len(), 1, "the child of key 99: {orphans:?}");
