@@ -1706,3 +1706,90 @@ async fn arrays_of_text_kept_types_are_written_as_postgresql_shows_them_and_veri
     assert!(text.contains("value differs: 1 field ip:"), "{text}");
     w.drop().await;
 }
+
+/// A mismatch shows the source's value as PostgreSQL writes it (the oracle reads dates as days,
+/// timestamps as epoch seconds and bytea as bare hex, which nobody can look up in the source):
+/// each shown value equals the server's own `::text` as an SQL literal, BC dates and fractions
+/// of a second included; an array is shown as the `to_jsonb` rendering it was compared as.
+#[tokio::test]
+async fn a_mismatch_shows_the_source_value_as_postgresql_writes_it() {
+    let w = World::new("oracle_shown").await;
+    w.sql(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET TimeZone = %L', current_database(), 'UTC'); END $$;
+         CREATE TABLE shapes (id int PRIMARY KEY, dt date, ts timestamp, tz timestamptz, b bytea, ints int[]);
+         INSERT INTO shapes VALUES
+           (1, '2024-02-29', '2024-01-02 03:04:05.1', '2024-01-02 03:04:05.25+00', '\\x00ff', '{1,2}'),
+           (2, '0044-03-15 BC', '1969-12-31 23:59:59.5', '1960-06-01 12:00:00+00', '\\x', '{}'),
+           (3, '10000-01-01', '0010-01-01 00:00:00 BC', '2000-01-01 00:00:00.001+00', '\\x27', '{-3}');",
+    )
+    .await;
+    let mut mapping = String::from(
+        "version = 1\nname = \"shapes\"\n[source]\ntable = \"shapes\"\nkey = [\"id\"]\n",
+    );
+    for c in ["dt", "ts", "tz", "b", "ints"] {
+        mapping.push_str(&format!("[[field]]\npath = \"{c}\"\ncolumn = \"{c}\"\n"));
+        if c == "ts" {
+            // Shown as the source holds it, whatever zone the mapping reads it in.
+            mapping.push_str("timezone = \"+01:00\"\n");
+        }
+    }
+    let pipeline = common::one_entity_pipeline(&w, "shapes", &mapping);
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+
+    // Every field of every document changed.
+    let coll = w.mongo().await.collection::<Document>("shapes");
+    for d in w.docs("shapes").await {
+        let id = d.get("_id").unwrap().clone();
+        let shift = |k: &str| {
+            bson::DateTime::from_millis(d.get_datetime(k).unwrap().timestamp_millis() + 1)
+        };
+        coll.update_one(
+            doc! { "_id": id },
+            doc! { "$set": {
+                "dt": shift("dt"), "ts": shift("ts"), "tz": shift("tz"),
+                "b": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![9] }),
+                "ints": [99],
+            } },
+        )
+        .await
+        .unwrap();
+    }
+
+    let out_path = w.dir.path().join("verify.json");
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .arg("-o")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    let t = entity(&json, "shapes");
+    let mismatches = t["independent"]["mismatches"].as_array().unwrap();
+    assert_eq!(mismatches.len(), 15, "{t}");
+    for m in mismatches {
+        let (key, field) = (m["key"].as_str().unwrap(), m["field"].as_str().unwrap());
+        // PostgreSQL's own text (under TimeZone UTC), quoted as a literal.
+        let expr = if field == "ints" {
+            "to_jsonb(ints)::text".to_string()
+        } else {
+            format!("{field}::text")
+        };
+        let pg = w
+            .query_strings(&format!("SELECT {expr} FROM shapes WHERE id = {key}"))
+            .await
+            .remove(0);
+        let literal = format!("'{}'", pg.replace('\'', "''"));
+        let expected = if field == "ints" {
+            format!("{literal}::jsonb")
+        } else {
+            literal
+        };
+        assert_eq!(m["source"], expected.as_str(), "{m}");
+    }
+    w.drop().await;
+}

@@ -23,9 +23,7 @@ use sqlx::AssertSqlSafe;
 use super::compare::{self, Check, D128, Dec};
 use super::embedded::Families;
 use super::json::{self, J};
-use super::{
-    ComparedField, FieldCheck, Independent, Mismatch, NotCompared, at_path, qerr, shown_source,
-};
+use super::{ComparedField, FieldCheck, Independent, Mismatch, NotCompared, at_path, qerr};
 use crate::mapping::plan::{Input, Plan};
 use crate::mapping::spec::{SubMillis, UuidFormat};
 use crate::pipeline::run::RunError;
@@ -498,7 +496,7 @@ fn merge_compare(
                         key: key.clone(),
                         id: id.clone(),
                         field: c.path_text.clone(),
-                        source: shown_source(text.as_deref()),
+                        source: c.shown_source(text.as_deref()),
                         target: row.get(&c.path[0]).unwrap_or(&Value::Null).to_string(),
                         problem,
                     };
@@ -749,7 +747,7 @@ async fn compare_json_embed(
                             key: key.clone(),
                             id: format!("{id}[{pos}]"),
                             field: c.path_text.clone(),
-                            source: shown_source(text.as_deref()),
+                            source: c.shown_source(text.as_deref()),
                             target: shown,
                             problem: format!("element {pos}: {problem}"),
                         };

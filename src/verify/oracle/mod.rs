@@ -14,6 +14,7 @@ pub mod appwrite;
 pub mod compare;
 mod embedded;
 pub mod json;
+pub(crate) mod shown;
 
 use std::collections::HashMap;
 
@@ -30,6 +31,7 @@ use crate::sink::mongodb::{MongoError, MongoTarget};
 use crate::source::postgres::{qualifier, quote_ident};
 use crate::source::{ColKind, SourceError, SourceSession, Value};
 use compare::Check;
+use shown::Shown;
 
 /// A field compared independently, and how.
 #[derive(Debug, Clone, Serialize)]
@@ -52,38 +54,12 @@ pub struct Mismatch {
     pub key: String,
     pub id: String,
     pub field: String,
-    /// PostgreSQL's rendering as an SQL literal (`'NULL'` is the text, `NULL` the SQL NULL).
+    /// PostgreSQL's text of the value as an SQL literal (`'NULL'` is the text, `NULL` the SQL
+    /// NULL; an array as `to_jsonb` renders it, `'[…]'::jsonb`).
     pub source: String,
     /// The target's value as canonical Extended JSON (`(absent)` when the field is missing).
     pub target: String,
     pub problem: String,
-}
-
-/// PostgreSQL's text of a value as an SQL literal, so that a text `NULL` (an enum label, say) and
-/// the SQL NULL read apart.
-/// A text holding control characters (a newline would split verify's one-line report) is
-/// written as PostgreSQL's escape string, `E'a\nb'`.
-pub(crate) fn shown_source(text: Option<&str>) -> String {
-    match text {
-        Some(t) if t.chars().any(char::is_control) => {
-            let mut out = String::from("E'");
-            for c in t.chars() {
-                match c {
-                    '\'' => out.push_str("''"),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-                    c => out.push(c),
-                }
-            }
-            out.push('\'');
-            out
-        }
-        Some(t) => format!("'{}'", t.replace('\'', "''")),
-        None => "NULL".into(),
-    }
 }
 
 /// The independent comparison of one entity.
@@ -180,6 +156,15 @@ struct FieldCheck {
     keep_nulls: bool,
     /// What the mapping writes for a date or timestamp of ±infinity.
     infinity: crate::source::postgres::Infinity,
+    /// How a mismatch shows the source's value.
+    shown: Shown,
+}
+
+impl FieldCheck {
+    /// The source's value (the oracle's rendering `text`) as verify shows it.
+    fn shown_source(&self, text: Option<&str>) -> String {
+        self.shown.literal(text)
+    }
 }
 
 /// What the target holds for PostgreSQL's `text` of a date or timestamp under `c` when that text
@@ -449,6 +434,7 @@ fn field_checks(
                         },
                         keep_nulls: f.nulls == crate::mapping::spec::NullPolicy::Keep,
                         infinity: column.infinity,
+                        shown: Shown::of(&check, &column.pg_type),
                     });
                 }
                 checks.push(FieldCheck {
@@ -456,6 +442,7 @@ fn field_checks(
                     path_text: f.path_text.clone(),
                     column: column.name.clone(),
                     sql,
+                    shown: Shown::of(&check, &column.pg_type),
                     check,
                     keep_nulls: f.nulls == crate::mapping::spec::NullPolicy::Keep,
                     infinity: column.infinity,
@@ -651,7 +638,7 @@ impl Comparer<'_> {
             key: key.to_string(),
             id: show_id(id),
             field: c.path_text.clone(),
-            source: shown_source(text.as_deref()),
+            source: c.shown_source(text.as_deref()),
             target: target.map_or_else(|| "(absent)".into(), compare::show),
             problem,
         };
@@ -1037,20 +1024,4 @@ async fn embedded_references(
         }
     }
     Ok((out, warned_out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shown_source;
-
-    #[test]
-    fn source_values_read_as_sql_literals_on_one_line() {
-        assert_eq!(shown_source(None), "NULL");
-        assert_eq!(shown_source(Some("NULL")), "'NULL'");
-        assert_eq!(shown_source(Some("it's")), "'it''s'");
-        assert_eq!(
-            shown_source(Some("a\nb\\c'\u{1}")),
-            "E'a\\nb\\\\c''\\u0001'"
-        );
-    }
 }
