@@ -44,7 +44,7 @@ impl Shown {
         };
         let pg = match self {
             Shown::AsIs => None,
-            Shown::Date => t.parse::<i64>().ok().map(|days| date_text(days)),
+            Shown::Date => t.parse::<i64>().ok().map(date_text),
             Shown::Timestamp { tz } => epoch_micros(t).map(|us| {
                 let secs = us.div_euclid(1_000_000);
                 let frac = us.rem_euclid(1_000_000);
