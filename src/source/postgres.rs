@@ -1146,15 +1146,15 @@ fn escaped(bytes: &[u8]) -> String {
 
 /// A text value read as its bytes (see `SourceColumn::raw_bytes`): UTF-8, or the row is
 /// rejected naming the first byte that is not.
-fn decode_raw_text(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
-    let Some(bytes) = row.try_get::<Option<Vec<u8>>, _>(i)? else {
+fn decode_raw_text(bytes: Option<&[u8]>, kind: ColKind) -> Result<Value, Failure> {
+    let Some(bytes) = bytes else {
         return Ok(Value::Null);
     };
     // An array: its text form (`array_out`), each element's bytes checked.
     if let ColKind::Array(elem) = kind {
-        return ArrayText { b: &bytes, at: 0 }.array(elem);
+        return ArrayText { b: bytes, at: 0 }.array(elem);
     }
-    let text = String::from_utf8(bytes).map_err(|e| not_utf8("the text", &e, true))?;
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| not_utf8("the text", &e, true))?;
     Ok(match kind {
         ColKind::Json => Value::Json(text),
         _ => Value::Text(text),
@@ -1236,14 +1236,53 @@ pub fn stream<'c>(
 }
 
 fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
+    decode_values(|i| raw_value(row, i), kinds)
+}
+
+/// The binary bytes of column `i` of `row` (`None`: NULL).
+fn raw_value(row: &PgRow, i: usize) -> Result<Option<&[u8]>, Failure> {
+    use sqlx::ValueRef;
+    use sqlx::postgres::PgValueFormat;
+    let raw = row.try_get_raw(i)?;
+    if raw.is_null() {
+        return Ok(None);
+    }
+    // sqlx asks for every result column in binary format; a text one is refused, not guessed.
+    if raw.format() == PgValueFormat::Text {
+        return Err(Failure {
+            rule: RULE_DECODE,
+            message: "the server sent the value as text, not in binary format".into(),
+            infinite: None,
+            raw: None,
+        });
+    }
+    raw.as_bytes().map(Some).map_err(|e| Failure {
+        rule: RULE_DECODE,
+        message: e.to_string(),
+        infinite: None,
+        raw: None,
+    })
+}
+
+/// Decodes one row from each column's binary bytes (`raw(i)`; `None`: NULL): what the mapping
+/// says of an infinite date, or the error of the first column that cannot be decoded (with the
+/// columns before it, and the rest named).
+fn decode_values<'r>(
+    raw: impl Fn(usize) -> Result<Option<&'r [u8]>, Failure>,
+    kinds: &[(ColKind, Infinity, bool)],
+) -> DecodedRow {
+    let value_of = |i: usize, kind: ColKind, text: bool| {
+        raw(i).and_then(|b| {
+            if text {
+                decode_raw_text(b, kind)
+            } else {
+                decode(b, kind)
+            }
+        })
+    };
     let mut out = Vec::with_capacity(kinds.len());
     for (i, (kind, infinity, raw)) in kinds.iter().enumerate() {
-        let value = if *raw {
-            decode_raw_text(row, i, *kind)
-        } else {
-            decode(row, i, *kind)
-        };
-        match value {
+        match value_of(i, *kind, *raw) {
             Ok(v) => out.push(v),
             // What the mapping says an infinite date becomes.
             Err(Failure {
@@ -1263,16 +1302,9 @@ fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
                     .iter()
                     .enumerate()
                     .skip(i + 1)
-                    .map(|(j, (kind, _, raw))| {
-                        let value = if *raw {
-                            decode_raw_text(row, j, *kind)
-                        } else {
-                            decode(row, j, *kind)
-                        };
-                        match value {
-                            Ok(v) => super::value::key_text(&[&v]),
-                            Err(f) => f.raw.unwrap_or_else(|| "?".into()),
-                        }
+                    .map(|(j, (kind, _, raw))| match value_of(j, *kind, *raw) {
+                        Ok(v) => super::value::key_text(&[&v]),
+                        Err(f) => f.raw.unwrap_or_else(|| "?".into()),
                     })
                     .collect();
                 return Err(DecodeError {
@@ -1330,29 +1362,43 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
-fn opt<T>(v: Option<T>, f: impl FnOnce(T) -> Value) -> Value {
-    v.map(f).unwrap_or(Value::Null)
-}
-
-fn decode(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
-    Ok(match kind {
-        ColKind::Bool => opt(row.try_get::<Option<bool>, _>(i)?, Value::Bool),
-        ColKind::Int16 => opt(row.try_get::<Option<i16>, _>(i)?, |v| {
-            Value::Int32(i32::from(v))
-        }),
-        ColKind::Int32 => opt(row.try_get::<Option<i32>, _>(i)?, Value::Int32),
-        ColKind::Int64 => opt(row.try_get::<Option<i64>, _>(i)?, Value::Int64),
-        ColKind::Float32 => opt(row.try_get::<Option<f32>, _>(i)?, Value::Real),
-        ColKind::Float64 => opt(row.try_get::<Option<f64>, _>(i)?, Value::Double),
-        ColKind::Numeric => opt(row.try_get::<Option<String>, _>(i)?, Value::Numeric),
-        ColKind::Text | ColKind::OtherAsText => {
-            opt(row.try_get::<Option<String>, _>(i)?, Value::Text)
+fn decode(bytes: Option<&[u8]>, kind: ColKind) -> Result<Value, Failure> {
+    let Some(b) = bytes else {
+        return Ok(Value::Null);
+    };
+    let fixed = |n: usize| -> Result<&[u8], Failure> {
+        if b.len() == n {
+            Ok(b)
+        } else {
+            Err(Failure {
+                rule: RULE_DECODE,
+                message: format!("a binary {kind:?} value of {} bytes, expected {n}", b.len()),
+                infinite: None,
+                raw: None,
+            })
         }
-        ColKind::Json => opt(row.try_get::<Option<String>, _>(i)?, Value::Json),
-        ColKind::Uuid => opt(row.try_get::<Option<Uuid>, _>(i)?, Value::Uuid),
-        ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => decode_time(row, i, kind)?,
-        ColKind::Bytes => opt(row.try_get::<Option<Vec<u8>>, _>(i)?, Value::Bytes),
-        ColKind::Array(elem) => decode_array(row, i, elem)?,
+    };
+    let text = || String::from_utf8(b.to_vec()).map_err(|e| not_utf8("the text", &e, true));
+    Ok(match kind {
+        ColKind::Bool => Value::Bool(fixed(1)?[0] != 0),
+        ColKind::Int16 => Value::Int32(i32::from(i16::from_be_bytes(
+            fixed(2)?.try_into().expect("2 bytes"),
+        ))),
+        ColKind::Int32 => Value::Int32(i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes"))),
+        ColKind::Int64 => Value::Int64(i64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
+        ColKind::Float32 => Value::Real(f32::from_bits(u32::from_be_bytes(
+            fixed(4)?.try_into().expect("4 bytes"),
+        ))),
+        ColKind::Float64 => Value::Double(f64::from_bits(u64::from_be_bytes(
+            fixed(8)?.try_into().expect("8 bytes"),
+        ))),
+        ColKind::Numeric => Value::Numeric(text()?),
+        ColKind::Text | ColKind::OtherAsText => Value::Text(text()?),
+        ColKind::Json => Value::Json(text()?),
+        ColKind::Uuid => Value::Uuid(Uuid::from_bytes(fixed(16)?.try_into().expect("16 bytes"))),
+        ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => decode_time(b, kind)?,
+        ColKind::Bytes => Value::Bytes(b.to_vec()),
+        ColKind::Array(elem) => decode_array(b, elem)?,
     })
 }
 
@@ -1363,18 +1409,7 @@ pub const RULE_ARRAY_LOWER_BOUND: &str = "array_lower_bound";
 /// Decodes an array from PostgreSQL's binary format (dimensions, lower bounds, elements in row
 /// major order, each length-prefixed, -1 for NULL): any element type, any number of dimensions
 /// (nested arrays). sqlx's decoders take one dimension of a few types and drop lower bounds.
-fn decode_array(row: &PgRow, i: usize, elem: Elem) -> Result<Value, Failure> {
-    use sqlx::ValueRef;
-    let raw = row.try_get_raw(i)?;
-    if raw.is_null() {
-        return Ok(Value::Null);
-    }
-    let bytes = raw.as_bytes().map_err(|e| Failure {
-        rule: RULE_DECODE,
-        message: e.to_string(),
-        infinite: None,
-        raw: None,
-    })?;
+fn decode_array(bytes: &[u8], elem: Elem) -> Result<Value, Failure> {
     let mut r = Bin { bytes, at: 0 };
     let ndim = r.i32()?;
     let _has_nulls = r.i32()?;
@@ -1518,27 +1553,7 @@ impl<'a> Bin<'a> {
 
 /// Decodes a date or timestamp from PostgreSQL's binary format itself: sqlx's decoder panics on
 /// `infinity` and on years chrono cannot hold, and no source value may stop the tool.
-fn decode_time(row: &PgRow, i: usize, kind: ColKind) -> Result<Value, Failure> {
-    use sqlx::ValueRef;
-    use sqlx::postgres::PgValueFormat;
-    let raw = row.try_get_raw(i)?;
-    if raw.is_null() {
-        return Ok(Value::Null);
-    }
-    if raw.format() == PgValueFormat::Text {
-        // Never asked for, but sqlx's text decoders return errors rather than panic.
-        return Ok(match kind {
-            ColKind::Date => Value::Date(row.try_get(i)?),
-            ColKind::Timestamp => Value::Timestamp(row.try_get(i)?),
-            _ => Value::TimestampTz(row.try_get(i)?),
-        });
-    }
-    let bytes = raw.as_bytes().map_err(|e| Failure {
-        rule: RULE_DECODE,
-        message: e.to_string(),
-        infinite: None,
-        raw: None,
-    })?;
+fn decode_time(bytes: &[u8], kind: ColKind) -> Result<Value, Failure> {
     let wrong_size = |want: usize| Failure {
         rule: RULE_DECODE,
         message: format!(
