@@ -733,6 +733,18 @@ async fn appwrite_verify_compares_fields_independently_and_names_a_tampered_one(
         text.contains("value differs: 9 field at"),
         "the text names the field: {text}"
     );
+    // The source's value as PostgreSQL writes it (the oracle reads epoch seconds).
+    let at = i["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["field"] == "at")
+        .unwrap();
+    let pg = w
+        .query_strings("SELECT (at AT TIME ZONE 'UTC')::text || '+00' FROM measures WHERE id = 9")
+        .await
+        .remove(0);
+    assert_eq!(at["source"], format!("'{pg}'").as_str(), "{at}");
     w.drop().await;
 }
 
