@@ -115,6 +115,19 @@ fn input_text(f: &FieldPlan, row: &[Value]) -> String {
 }
 
 /// Evaluates one field; `None` means the field is left out of the document.
+/// A field's path within the document, written out only when an issue names it.
+struct FieldPath<'a> {
+    prefix: &'a str,
+    path: &'a str,
+}
+
+impl std::fmt::Display for FieldPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.prefix)?;
+        f.write_str(self.path)
+    }
+}
+
 fn eval_field(
     f: &FieldPlan,
     row: &[Value],
@@ -123,11 +136,11 @@ fn eval_field(
     issues: &mut Vec<Issue>,
     exact_out: &mut Option<Bson>,
 ) -> Option<Bson> {
-    // Top-level paths are borrowed; only embedded ones need formatting.
-    let path: Cow<'_, str> = if prefix.is_empty() {
-        Cow::Borrowed(&f.path_text)
-    } else {
-        Cow::Owned(format!("{prefix}{}", f.path_text))
+    // Written out only for an issue: an embedded field's path is its element's prefix and its
+    // own (formatting it for every field of every child cost an allocation each).
+    let path = FieldPath {
+        prefix,
+        path: &f.path_text,
     };
     let mut value: Cow<'_, Value> = match &f.input {
         Input::Column(i) => Cow::Borrowed(&row[*i]),
@@ -149,7 +162,7 @@ fn eval_field(
                 ..Issue::error(
                     Stage::Transform,
                     "nulls_dropped",
-                    &path,
+                    &path.to_string(),
                     format!("{n} NULL element(s) of {} dropped", items.len()),
                     input_text(f, row),
                 )
@@ -161,7 +174,7 @@ fn eval_field(
                 issues.push(Issue::error(
                     Stage::Transform,
                     step_rule(step),
-                    &path,
+                    &path.to_string(),
                     message,
                     input_text(f, row),
                 ));
@@ -244,7 +257,7 @@ fn eval_field(
                 issues.push(Issue::error(
                     Stage::Transform,
                     "reference",
-                    &path,
+                    &path.to_string(),
                     message,
                     input_text(f, row),
                 ));
@@ -274,7 +287,7 @@ fn eval_field(
                 issues.push(Issue::error(
                     Stage::Transform,
                     &rule,
-                    &path,
+                    &path.to_string(),
                     message,
                     input_text(f, row),
                 ));
@@ -351,19 +364,24 @@ fn embed(
     let array = encode::begin(&mut buf);
     let mut slots: Vec<Option<Bson>> = vec![None; e.layout.slots];
     let mut index = String::with_capacity(8);
+    // One buffer for every child's path prefix (`guardians[3].`).
+    let mut prefix = String::with_capacity(e.path_text.len() + 8);
     for (n, child) in children.iter().enumerate() {
-        let prefix = format!("{}[{n}].", e.path_text);
+        {
+            use std::fmt::Write;
+            prefix.clear();
+            let _ = write!(prefix, "{}[{n}].", e.path_text);
+        }
+        let prefix = prefix.as_str();
         let key = encode::array_key(&mut index, n);
         match e.element {
             EmbedElement::Value => {
                 let mut exact = None;
-                let v = eval_field(&e.fields[0], child, ctx, &prefix, issues, &mut exact);
+                let v = eval_field(&e.fields[0], child, ctx, prefix, issues, &mut exact);
                 encode::element(&mut buf, key, &v.unwrap_or(Bson::Null))?;
             }
             EmbedElement::Document => {
-                fill(
-                    &e.fields, &e.layout, child, ctx, &prefix, &mut slots, issues,
-                );
+                fill(&e.fields, &e.layout, child, ctx, prefix, &mut slots, issues);
                 encode::element_key(&mut buf, 0x03, key)?;
                 let at = encode::begin(&mut buf);
                 write_layout(&e.layout.root, &mut slots, &mut [], &mut buf)?;

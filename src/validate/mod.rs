@@ -125,7 +125,13 @@ impl Rules {
     }
 
     /// Checks `value` (None when the field is absent) at `path`; `now_ms` is the current time.
-    pub fn check(&self, path: &str, value: Option<&Bson>, now_ms: i64, issues: &mut Vec<Issue>) {
+    pub fn check(
+        &self,
+        path: &(impl std::fmt::Display + ?Sized),
+        value: Option<&Bson>,
+        now_ms: i64,
+        issues: &mut Vec<Issue>,
+    ) {
         let mut fail = |rule: RuleName, message: String, v: &str| {
             issues.push(Issue {
                 stage: Stage::Validate,
@@ -144,10 +150,19 @@ impl Rules {
         }
         let Some(v) = value else { return };
         // A text, or each text of an array (addresses in a text[] column, after `split`).
-        let texts: Vec<&str> = match v {
-            Bson::String(s) => vec![s.as_str()],
-            Bson::Array(items) => items.iter().filter_map(Bson::as_str).collect(),
-            _ => Vec::new(),
+        // (A single text without an allocation: this runs for every validated field of every row.)
+        let single: [&str; 1];
+        let many: Vec<&str>;
+        let texts: &[&str] = match v {
+            Bson::String(s) => {
+                single = [s.as_str()];
+                &single
+            }
+            Bson::Array(items) => {
+                many = items.iter().filter_map(Bson::as_str).collect();
+                &many
+            }
+            _ => &[],
         };
         if self.email != EmailRule::Off
             && let Some(s) = texts
@@ -276,7 +291,12 @@ impl Rules {
 impl Rules {
     /// Fails each rule of these that cannot judge `v` (see `judge_kinds`); NULL elements of an
     /// array are judged by no rule.
-    fn judge_kind(&self, path: &str, v: &Bson, fail: &mut impl FnMut(RuleName, String, &str)) {
+    fn judge_kind(
+        &self,
+        path: &(impl std::fmt::Display + ?Sized),
+        v: &Bson,
+        fail: &mut impl FnMut(RuleName, String, &str),
+    ) {
         let mut cannot = |rule: RuleName, item: &Bson, applies: &str| {
             fail(
                 rule,
