@@ -524,6 +524,85 @@ async fn three_instances_started_together_apply_each_change_once() {
     w.drop().await;
 }
 
+/// Three instances started together over a change that fails: one tries it, the two waiting
+/// for its lock see it fail and do not try it again (each attempt writes and undoes the
+/// change); all three serve with the failure in their status.
+#[tokio::test]
+async fn three_instances_try_a_failing_change_once() {
+    let w = World::new("serve_three_fail").await;
+    w.mongo()
+        .await
+        .collection::<Document>("things")
+        .insert_one(doc! { "_id": "a" })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Slow (the server-side filter sleeps 2.5 s), so the others are waiting when it fails.
+    std::fs::write(
+        dir.join("1_slow-duplicate.toml"),
+        r#"version = 1
+name = "slow-duplicate"
+[[up]]
+op = "set"
+collection = "things"
+filter = { "$where" = "sleep(2500) || true" }
+fields = { touched = true }
+[[up]]
+op = "insert"
+collection = "things"
+documents = [{ _id = "a" }]
+"#,
+    )
+    .unwrap();
+    let d = dir.display().to_string();
+    let token = "three-fail-token-7c2e";
+    let env = [("CUTOVER_API_TOKEN", token), ("MIGRATE_ON_START", "true")];
+    let children: Vec<Child> = (0..3)
+        .map(|i| spawn(&w, &format!("fail{i}"), &["--dir", &d], &env))
+        .collect();
+    let mut servers: Vec<Server> = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| {
+            let mut s = Server {
+                child,
+                base: String::new(),
+                stderr: w.dir.path().join(format!("fail{i}.err")),
+            };
+            s.base = s.wait_listening(Duration::from_secs(120));
+            s
+        })
+        .collect();
+    let failed = ledger_docs(&w, "cutover_changes_log", doc! { "status": "failed" }).await;
+    let logs: Vec<String> = servers.iter().map(|s| s.log()).collect();
+    assert_eq!(failed.len(), 1, "tried once: {failed:?} {logs:?}");
+    let waited = logs
+        .iter()
+        .filter(|l| l.contains("failed in another instance"))
+        .count();
+    assert_eq!(waited, 2, "{logs:?}");
+    for s in &servers {
+        let api = Api::new(&s.base, Some(token));
+        let (st, v) = api.get("/api/migrations/status").await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["summary"]["failed"], 1, "{v}");
+        assert!(
+            v["startupError"]
+                .as_str()
+                .is_some_and(|e| e.contains("failed")),
+            "{v}"
+        );
+    }
+    // The change was undone: the document as it was.
+    let things = w.docs("things").await;
+    assert_eq!(things, vec![doc! { "_id": "a" }]);
+    for s in &mut servers {
+        assert!(s.stop().success(), "{}", s.log());
+    }
+    w.drop().await;
+}
+
 /// Each entity row's `read` number on the status page's DOM.
 fn page_reads(dom: &str) -> std::collections::BTreeMap<String, u64> {
     let re = regex::Regex::new(r#"<tr id="entity-([a-z_]+)">.*?class="read">(\d+)<"#).unwrap();

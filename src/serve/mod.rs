@@ -367,7 +367,26 @@ async fn migrate_on_start(state: &State, wait: Duration, stop: &Stop) -> Result<
     let files = changes::file::load_existing_dir(&state.changes_dir).map_err(|e| e.to_string())?;
     let target = state.changes_on();
     let started = Instant::now();
+    // The failures already in the history: one that appears while this instance waits is
+    // another instance's attempt at the same files, which this one would only repeat (three
+    // replicas tried a failing change three times, each writing and undoing it).
+    let failed_before = failed_ups(&state.ledger).await?;
+    let mut waited = false;
     loop {
+        if waited {
+            let failed_now = failed_ups(&state.ledger).await?;
+            let theirs: Vec<String> = failed_now
+                .iter()
+                .filter(|(k, _)| !failed_before.contains_key(*k))
+                .map(|((version, _), error)| format!("{version}: {error}"))
+                .collect();
+            if !theirs.is_empty() {
+                return Err(format!(
+                    "a change failed in another instance while this one waited for its lock, and is not tried again here ({}); fix it, then `changes up` or restart",
+                    theirs.join("; ")
+                ));
+            }
+        }
         match target.up(&files, &UpOptions::default()).await {
             Ok(report) => {
                 for c in &report.changes {
@@ -393,6 +412,7 @@ async fn migrate_on_start(state: &State, wait: Duration, stop: &Stop) -> Result<
                         wait.as_secs()
                     ));
                 }
+                waited = true;
                 tracing::info!("another instance holds the lock; waiting");
                 let pause = 200 + fastrand::u64(..300);
                 // A stop request ends the wait at once.
@@ -404,6 +424,19 @@ async fn migrate_on_start(state: &State, wait: Duration, stop: &Stop) -> Result<
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// The failed `up`s of the changes history (newest first, the last 1,000), by (version, run),
+/// with their errors.
+async fn failed_ups(ledger: &Ledger) -> Result<BTreeMap<(u64, String), String>, String> {
+    let entries = changes::history_in(ledger, 1000, 0, Some(crate::ledger::FAILED))
+        .await
+        .map_err(|e| format!("read the changes history: {e}"))?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.action == "up")
+        .map(|e| ((e.version, e.run_id), e.error.unwrap_or_default()))
+        .collect())
 }
 
 #[cfg(test)]
