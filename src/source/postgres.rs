@@ -1366,20 +1366,38 @@ fn decode(bytes: Option<&[u8]>, kind: ColKind) -> Result<Value, Failure> {
     let Some(b) = bytes else {
         return Ok(Value::Null);
     };
-    let fixed = |n: usize| -> Result<&[u8], Failure> {
-        if b.len() == n {
-            Ok(b)
-        } else {
-            Err(Failure {
-                rule: RULE_DECODE,
-                message: format!("a binary {kind:?} value of {} bytes, expected {n}", b.len()),
-                infinite: None,
-                raw: None,
-            })
-        }
-    };
-    let text = || String::from_utf8(b.to_vec()).map_err(|e| not_utf8("the text", &e, true));
-    Ok(match kind {
+    if let Some(v) = scalar(b, kind, "a binary value", true)? {
+        return Ok(v);
+    }
+    match kind {
+        ColKind::Array(elem) => decode_array(b, elem),
+        _ => decode_time(b, kind),
+    }
+}
+
+/// `b`, which must be `n` bytes long (`what` names it in the error).
+fn fixed_width<'a>(b: &'a [u8], n: usize, what: &str) -> Result<&'a [u8], Failure> {
+    if b.len() == n {
+        Ok(b)
+    } else {
+        Err(Failure {
+            rule: RULE_DECODE,
+            message: format!("{what} of {} bytes, expected {n}", b.len()),
+            infinite: None,
+            raw: None,
+        })
+    }
+}
+
+/// A value of a kind whose binary form is its bytes as they are (text, bytea), a fixed-width
+/// number or a uuid; `None` for dates, timestamps and arrays, which their own decoders read.
+/// `what` names the value in errors (`an array element`); `named`: text that is not UTF-8
+/// carries its escaped bytes (a key is named by them).
+fn scalar(b: &[u8], kind: ColKind, what: &str, named: bool) -> Result<Option<Value>, Failure> {
+    let fixed = |n: usize| fixed_width(b, n, what);
+    // Only a SQL_ASCII database holds text that is not UTF-8.
+    let text = || String::from_utf8(b.to_vec()).map_err(|e| not_utf8(what, &e, named));
+    Ok(Some(match kind {
         ColKind::Bool => Value::Bool(fixed(1)?[0] != 0),
         ColKind::Int16 => Value::Int32(i32::from(i16::from_be_bytes(
             fixed(2)?.try_into().expect("2 bytes"),
@@ -1396,10 +1414,11 @@ fn decode(bytes: Option<&[u8]>, kind: ColKind) -> Result<Value, Failure> {
         ColKind::Text | ColKind::OtherAsText => Value::Text(text()?),
         ColKind::Json => Value::Json(text()?),
         ColKind::Uuid => Value::Uuid(Uuid::from_bytes(fixed(16)?.try_into().expect("16 bytes"))),
-        ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz => decode_time(b, kind)?,
         ColKind::Bytes => Value::Bytes(b.to_vec()),
-        ColKind::Array(elem) => decode_array(b, elem)?,
-    })
+        ColKind::Date | ColKind::Timestamp | ColKind::TimestampTz | ColKind::Array(_) => {
+            return Ok(None);
+        }
+    }))
 }
 
 /// The reject rule of an array whose indexes do not start at 1 (`'[0:2]={…}'`): a document
@@ -1464,35 +1483,13 @@ fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
         return Ok(Value::Null);
     }
     let b = r.take(usize::try_from(len).map_err(|_| r.bad("a negative length"))?)?;
-    let fixed = |n: usize| -> Result<&[u8], Failure> {
-        if b.len() == n {
-            Ok(b)
-        } else {
-            Err(Failure {
-                rule: RULE_DECODE,
-                message: format!("an array element of {} bytes, expected {n}", b.len()),
-                infinite: None,
-                raw: None,
-            })
-        }
-    };
-    // Only a SQL_ASCII database holds text that is not UTF-8.
-    let text =
-        || String::from_utf8(b.to_vec()).map_err(|e| not_utf8("an array element", &e, false));
+    if let Some(v) = scalar(b, elem.scalar(), "an array element", false)? {
+        return Ok(v);
+    }
+    let fixed = |n: usize| fixed_width(b, n, "an array element");
+    // A date or timestamp element (an infinite one rejects the row: the mapping's `infinity`
+    // speaks of the column's own value, not of an element's).
     Ok(match elem {
-        Elem::Bool => Value::Bool(fixed(1)?[0] != 0),
-        Elem::Int16 => Value::Int32(i32::from(i16::from_be_bytes(
-            fixed(2)?.try_into().expect("2 bytes"),
-        ))),
-        Elem::Int32 => Value::Int32(i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes"))),
-        Elem::Int64 => Value::Int64(i64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
-        Elem::Float32 => Value::Real(f32::from_bits(u32::from_be_bytes(
-            fixed(4)?.try_into().expect("4 bytes"),
-        ))),
-        Elem::Float64 => Value::Double(f64::from_bits(u64::from_be_bytes(
-            fixed(8)?.try_into().expect("8 bytes"),
-        ))),
-        Elem::Uuid => Value::Uuid(Uuid::from_bytes(fixed(16)?.try_into().expect("16 bytes"))),
         Elem::Date => Value::Date(
             date_from_pg(i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes")))
                 .map_err(Failure::out_of_range)?,
@@ -1510,10 +1507,8 @@ fn element(r: &mut Bin<'_>, elem: Elem) -> Result<Value, Failure> {
                 Value::TimestampTz(t)
             }
         }
-        Elem::Bytes => Value::Bytes(b.to_vec()),
-        Elem::Text | Elem::Other => Value::Text(text()?),
-        Elem::Numeric => Value::Numeric(text()?),
-        Elem::Json => Value::Json(text()?),
+        // scalar() decodes every other element type.
+        _ => return Err(r.bad("an element of no known type")),
     })
 }
 
