@@ -463,6 +463,26 @@ async fn a_missing_or_wrong_token_is_refused_and_the_token_never_shows() {
     w.drop().await;
 }
 
+/// Three `serve` processes started at once (`name0`…`name2`), each once it listens.
+fn start_together(w: &World, name: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<Server> {
+    let children: Vec<Child> = (0..3)
+        .map(|i| spawn(w, &format!("{name}{i}"), args, env))
+        .collect();
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| {
+            let mut s = Server {
+                child,
+                base: String::new(),
+                stderr: w.dir.path().join(format!("{name}{i}.err")),
+            };
+            s.base = s.wait_listening(Duration::from_secs(120));
+            s
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn three_instances_started_together_apply_each_change_once() {
     let w = World::new("serve_three").await;
@@ -478,22 +498,7 @@ async fn three_instances_started_together_apply_each_change_once() {
         ("MIGRATE_ON_START", "true"),
         ("MIGRATE_ON_START_FAIL_HARD", "true"),
     ];
-    let children: Vec<Child> = (0..3)
-        .map(|i| spawn(&w, &format!("three{i}"), &["--dir", &d], &env))
-        .collect();
-    let mut servers: Vec<Server> = children
-        .into_iter()
-        .enumerate()
-        .map(|(i, child)| {
-            let mut s = Server {
-                child,
-                base: String::new(),
-                stderr: w.dir.path().join(format!("three{i}.err")),
-            };
-            s.base = s.wait_listening(Duration::from_secs(120));
-            s
-        })
-        .collect();
+    let mut servers = start_together(&w, "three", &["--dir", &d], &env);
     // The ledger, read directly: one applied `up` per change, none twice.
     let ups = ledger_docs(&w, "cutover_changes_log", doc! { "action": "up" }).await;
     let mut seen: Vec<u64> = ups
@@ -558,22 +563,7 @@ documents = [{ _id = "a" }]
     let d = dir.display().to_string();
     let token = "three-fail-token-7c2e";
     let env = [("CUTOVER_API_TOKEN", token), ("MIGRATE_ON_START", "true")];
-    let children: Vec<Child> = (0..3)
-        .map(|i| spawn(&w, &format!("fail{i}"), &["--dir", &d], &env))
-        .collect();
-    let mut servers: Vec<Server> = children
-        .into_iter()
-        .enumerate()
-        .map(|(i, child)| {
-            let mut s = Server {
-                child,
-                base: String::new(),
-                stderr: w.dir.path().join(format!("fail{i}.err")),
-            };
-            s.base = s.wait_listening(Duration::from_secs(120));
-            s
-        })
-        .collect();
+    let mut servers = start_together(&w, "fail", &["--dir", &d], &env);
     let failed = ledger_docs(&w, "cutover_changes_log", doc! { "status": "failed" }).await;
     let logs: Vec<String> = servers.iter().map(|s| s.log()).collect();
     assert_eq!(failed.len(), 1, "tried once: {failed:?} {logs:?}");
