@@ -1756,18 +1756,8 @@ async fn a_mismatch_shows_the_source_value_as_postgresql_writes_it() {
         .unwrap();
     }
 
-    let out_path = w.dir.path().join("verify.json");
-    let out = w
-        .cutover()
-        .args(["verify", "--pipeline"])
-        .arg(&pipeline)
-        .arg("-o")
-        .arg(&out_path)
-        .output()
-        .unwrap();
+    let (out, json) = w.verify_json(&pipeline);
     assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
     let t = entity(&json, "shapes");
     let mismatches = t["independent"]["mismatches"].as_array().unwrap();
     assert_eq!(mismatches.len(), 15, "{t}");

@@ -178,6 +178,23 @@ impl World {
         cmd.output().unwrap()
     }
 
+    /// `cutover verify --pipeline PIPELINE -o <dir>/verify.json`: its output and the JSON it
+    /// wrote (the output names what went wrong when it wrote none).
+    pub fn verify_json(&self, pipeline: &Path) -> (std::process::Output, serde_json::Value) {
+        let out_path = self.dir.path().join("verify.json");
+        let out = self
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(pipeline)
+            .arg("-o")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        let text =
+            std::fs::read_to_string(&out_path).unwrap_or_else(|_| panic!("{}", output_text(&out)));
+        (out, serde_json::from_str(&text).unwrap())
+    }
+
     pub async fn mongo(&self) -> mongodb::Database {
         mongodb::Client::with_uri_str(mongo_uri())
             .await
