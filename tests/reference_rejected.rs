@@ -93,7 +93,7 @@ fn expected_findings() -> Vec<(String, String, String, String, u64)> {
         f("notes", "productId", "reference_rejected", "warning", 1),
         f(
             "orders",
-            "lines[1].productId",
+            "lines[].productId",
             "reference_rejected",
             "reject",
             1,
