@@ -118,7 +118,12 @@ work_mem = 32MB
 maintenance_work_mem = 256MB
 CONF
   fi
-  as_pg "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w -t 60 start >/dev/null
+  if ! as_pg "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w -t 60 start >/dev/null; then
+    # Said here: the log goes with a throwaway services directory.
+    log "postgresql did not start on port $PG_PORT; the end of its log:"
+    tail -n 20 "$DIR/pg/postgres.log" >&2 || true
+    exit 1
+  fi
   log "postgresql started (pid $(pg_pid), port $PG_PORT)"
 }
 
