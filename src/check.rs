@@ -538,6 +538,28 @@ pub async fn check(
                 } else {
                     Vec::new()
                 };
+                // Appwrite makes the unique indexes before the load: it refuses each row that
+                // repeats a key a written row holds, and the run rejects it.
+                let mut table_uniques = match &table {
+                    Some(spec) if appwrite => unique::AppwriteUnique::of(spec),
+                    _ => Vec::new(),
+                };
+                if table.is_some() {
+                    for ix in plan
+                        .indexes
+                        .iter()
+                        .filter(|i| i.unique && i.partial.is_some())
+                    {
+                        report.findings.push(Finding {
+                            entity: plan.entity.clone(),
+                            path: ix.keys.join(", "),
+                            rule: "appwrite_index_not_made".into(),
+                            severity: "warning".into(),
+                            example: "a partial unique index has no Appwrite counterpart (Appwrite indexes every row): it is not made in Appwrite, so Appwrite does not keep these keys unique".into(),
+                            ..Default::default()
+                        });
+                    }
+                }
                 // Per embed: the orphans and the key of the first.
                 let mut orphans: Vec<(u64, String)> = vec![(0, String::new()); plan.embeds.len()];
                 while sample.is_none_or(|n| scanned < n) {
@@ -629,7 +651,9 @@ pub async fn check(
                     });
                     let indexed = match &row {
                         ExpectedRow::Document { mapped, .. }
-                            if !uniques.is_empty() || !ttls.is_empty() =>
+                            if !uniques.is_empty()
+                                || !ttls.is_empty()
+                                || !table_uniques.is_empty() =>
                         {
                             mapped
                                 .doc
@@ -685,6 +709,42 @@ pub async fn check(
                             });
                         f.rows += 1;
                     }
+                    let mut unique_refused = false;
+                    if let (Some((key, doc)), Some(spec)) = (&indexed, &table)
+                        && !table_uniques.is_empty()
+                        && !(rejected || refused || file_refused)
+                    {
+                        let as_row = schema::to_row(doc, spec);
+                        match table_uniques
+                            .iter()
+                            .find_map(|u| u.repeats(&as_row).map(|r| (u.name.clone(), r)))
+                        {
+                            Some((index, (first, shown))) => {
+                                unique_refused = true;
+                                let rule = crate::sink::target::RULE_UNIQUE_INDEX;
+                                let f = tally
+                                    .entry((String::new(), rule.into(), "reject".into()))
+                                    .or_insert_with(|| Finding {
+                                        entity: plan.entity.clone(),
+                                        rule: rule.into(),
+                                        severity: "reject".into(),
+                                        example_key: key.clone(),
+                                        example: format!(
+                                            "Appwrite's unique index `{index}` of table {} refuses the row: row {first} holds its key [{shown}] (the row written first keeps it; text compares without case, NULLs repeat freely)",
+                                            spec.id
+                                        ),
+                                        ..Default::default()
+                                    });
+                                f.rows += 1;
+                            }
+                            None => {
+                                for u in &mut table_uniques {
+                                    u.hold(key, &as_row);
+                                }
+                            }
+                        }
+                    }
+                    let rejected = rejected || unique_refused;
                     ec.rejected_rows += u64::from(rejected || refused || file_refused);
                     if let Some((key, doc)) = indexed
                         && !(rejected || refused || file_refused)

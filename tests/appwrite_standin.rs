@@ -1142,3 +1142,119 @@ async fn legacy_reads_transactions_and_list_parameters_follow_the_spec() {
         );
     }
 }
+
+/// Unique indexes, as Appwrite 1.8 on MariaDB enforces them: a row repeating another row's key
+/// is refused with a 409 `row_already_exists` (the type and message of an id taken) on every
+/// write route — bulk upsert (all or nothing: none of its rows written), bulk create, single
+/// create, upsert and update; the row's own key does not collide with itself; NULLs repeat
+/// freely; text compares without case; a unique index over rows that already repeat a key is
+/// `failed` and enforces nothing.
+#[test]
+fn unique_indexes_refuse_repeated_keys_on_every_write_route() {
+    let mut s = StandIn::new("cutover", KEY);
+    s.column_delay = std::time::Duration::ZERO;
+    s.create_database("d", "d").unwrap();
+    s.create_table("d", "t", "t").unwrap();
+    s.create_column(
+        "d",
+        "t",
+        "string",
+        &json!({ "key": "code", "size": 10, "required": false }),
+    )
+    .unwrap();
+    s.create_column(
+        "d",
+        "t",
+        "integer",
+        &json!({ "key": "n", "required": false }),
+    )
+    .unwrap();
+    s.create_index(
+        "d",
+        "t",
+        &json!({ "key": "by_code", "type": "unique", "columns": ["code"] }),
+    )
+    .unwrap();
+    let refused = |r: Result<Value, appwrite_standin::ApiError>| {
+        let e = r.expect_err("refused");
+        assert_eq!(
+            (e.status.as_u16(), e.kind),
+            (409, "row_already_exists"),
+            "{e:?}"
+        );
+    };
+    s.write_rows(
+        "d",
+        "t",
+        &json!([{ "$id": "a", "code": "x", "n": 1 }, { "$id": "b", "code": null }, { "$id": "c", "code": null }]),
+        true,
+    )
+    .unwrap();
+    // A batch with one repeat is refused whole.
+    refused(s.write_rows(
+        "d",
+        "t",
+        &json!([{ "$id": "d", "code": "y" }, { "$id": "e", "code": "X" }]),
+        true,
+    ));
+    assert_eq!(s.row_count("d", "t"), 3);
+    // Two rows of one batch repeating each other.
+    refused(s.write_rows(
+        "d",
+        "t",
+        &json!([{ "$id": "d", "code": "q" }, { "$id": "e", "code": "q" }]),
+        false,
+    ));
+    assert_eq!(s.row_count("d", "t"), 3);
+    refused(s.write_row("d", "t", "f", &json!({ "code": "x" }), false));
+    refused(s.write_row("d", "t", "f", &json!({ "code": "x" }), true));
+    refused(s.update_row("d", "t", "b", &json!({ "code": "x" })));
+    // A row keeps its own key on an upsert and an update.
+    s.write_row("d", "t", "a", &json!({ "code": "x", "n": 2 }), true)
+        .unwrap();
+    s.update_row("d", "t", "a", &json!({ "n": 3 })).unwrap();
+    s.write_row("d", "t", "g", &json!({ "code": null }), false)
+        .unwrap();
+    assert_eq!(s.row_count("d", "t"), 4);
+    // A unique index the rows already break fails to build and refuses nothing.
+    s.create_index(
+        "d",
+        "t",
+        &json!({ "key": "by_n", "type": "unique", "columns": ["n"] }),
+    )
+    .unwrap();
+    let ix = s.get_index("d", "t", "by_n").unwrap();
+    assert_eq!(ix["status"], "available", "{ix}");
+    s.write_row("d", "t", "h", &json!({ "code": "z", "n": 4 }), false)
+        .unwrap();
+    refused(s.write_row("d", "t", "i", &json!({ "code": "w", "n": 3 }), false));
+    let mut s2 = StandIn::new("cutover", KEY);
+    s2.column_delay = std::time::Duration::ZERO;
+    s2.create_database("d", "d").unwrap();
+    s2.create_table("d", "t", "t").unwrap();
+    s2.create_column(
+        "d",
+        "t",
+        "integer",
+        &json!({ "key": "n", "required": false }),
+    )
+    .unwrap();
+    s2.write_rows(
+        "d",
+        "t",
+        &json!([{ "$id": "a", "n": 1 }, { "$id": "b", "n": 1 }]),
+        true,
+    )
+    .unwrap();
+    s2.create_index(
+        "d",
+        "t",
+        &json!({ "key": "by_n", "type": "unique", "columns": ["n"] }),
+    )
+    .unwrap();
+    let ix = s2.get_index("d", "t", "by_n").unwrap();
+    assert_eq!(ix["status"], "failed", "{ix}");
+    assert!(!ix["error"].as_str().unwrap().is_empty(), "{ix}");
+    s2.write_row("d", "t", "c", &json!({ "n": 1 }), false)
+        .unwrap();
+}

@@ -752,7 +752,7 @@ impl AppwriteTarget {
         )
         .await?;
         for f in failures {
-            failed.insert(parent_index[f.index], f.error);
+            failed.insert(parent_index[f.index], unique_refusal(spec, f.error));
         }
         if !failed.is_empty() {
             // The children of a refused parent go too.
@@ -1058,6 +1058,38 @@ fn long_columns(
 
 /// A document the server did not take: refused (400, 409: rejected), or failed by a transient
 /// error that outlasted the retries (5xx, 429, 408: failed, written again by a resume).
+/// The rule of a row the server refused because a unique index of `spec` holds its key in
+/// another row: Appwrite 1.8 answers such a write with the type and message of an id taken
+/// (`row_already_exists`, "Row with the requested ID already exists…"), which cannot be what an
+/// upsert meets; newer servers say `row_unique_constraint_violation`.
+pub const RULE_UNIQUE_INDEX: &str = "unique_index";
+
+fn unique_refusal(spec: &TableSpec, e: AppwriteError) -> AppwriteError {
+    if e.status() != Some(409) {
+        return e;
+    }
+    let indexes: Vec<String> = spec
+        .indexes
+        .iter()
+        .filter(|i| i.kind == "unique")
+        .map(|i| format!("`{}` ({})", i.key, i.columns.join(", ")))
+        .collect();
+    AppwriteError::http(
+        409,
+        RULE_UNIQUE_INDEX,
+        format!(
+            "a unique index of table {} ({}) holds this row's key in another row; Appwrite says: {}",
+            spec.id,
+            if indexes.is_empty() {
+                "none made by this mapping".to_string()
+            } else {
+                indexes.join(", ")
+            },
+            e.message()
+        ),
+    )
+}
+
 fn doc_error(index: usize, e: &AppwriteError) -> DocError {
     DocError {
         index,

@@ -121,7 +121,7 @@ pub struct RowFailure {
 pub const MAX_TRANSIENT_SPLITS: usize = 32;
 
 /// Upserts `rows` in requests of at most `batch` (≤ 100). A batch refused for a row-level reason
-/// (a 400) is split in halves until the bad rows are alone; they are returned, the rest written.
+/// (a 400, or a 409: a unique index) is split in halves until the bad rows are alone; they are returned, the rest written.
 /// Transport and server errors are retried by the client. A batch the server still fails with a
 /// transient error (408, 5xx) after those retries is split and re-sent the same way (each
 /// half with its own retries), so that a row the server keeps failing does not fail the rows
@@ -155,7 +155,9 @@ pub async fn upsert_rows(
             Ok(_) => continue,
             Err(e) => e,
         };
-        let refused = e.status() == Some(400);
+        // A 409 to an upsert is not an id taken (an upsert replaces the row of its id): a row
+        // repeats another row's key in a unique index. Like a 400, it is the rows' own fault.
+        let refused = matches!(e.status(), Some(400 | 409));
         let transient = e.status().is_some_and(|s| s != 429) && e.is_retryable();
         if !refused && !transient {
             return Err(e);

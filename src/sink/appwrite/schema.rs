@@ -191,11 +191,18 @@ fn appwrite_key(text: &str) -> String {
 }
 
 /// The mapping's `[[index]]` tables Appwrite can hold: those over top-level columns of the
-/// table (a nested path is inside a JSON text column; `partial`, `ttl_seconds` and `collation`
-/// have no Appwrite counterpart and are left to MongoDB).
+/// table (a nested path is inside a JSON text column). Appwrite indexes every row: a `partial`
+/// key index is made over all rows (it only speeds up more queries), a partial unique one is
+/// not made (made whole, it would refuse rows the mapping allows). `ttl_seconds` and
+/// `collation` have no Appwrite counterpart: the index is made without them (Appwrite's own
+/// collation compares text).
 fn mapping_indexes(plan: &Plan, columns: &[ColumnSpec]) -> Vec<IndexSpec> {
     let mut out = Vec::new();
     for ix in &plan.indexes {
+        if ix.unique && ix.partial.is_some() {
+            tracing::warn!(entity = %plan.entity, keys = ?ix.keys, "a partial unique index has no Appwrite counterpart: not created");
+            continue;
+        }
         let pairs = ix.key_pairs();
         if !pairs
             .iter()

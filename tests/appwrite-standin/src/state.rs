@@ -49,6 +49,9 @@ struct Index {
     lengths: Vec<i64>,
     created: Instant,
     created_at: String,
+    /// Why the index could not be built (a `unique` index over rows that repeat a key): its
+    /// status is then `failed`, as Appwrite's is, and it enforces nothing.
+    failed: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -494,8 +497,9 @@ impl StandIn {
         let available = i.created.elapsed() >= self.column_delay;
         json!({
             "$id": i.key, "$createdAt": i.created_at, "$updatedAt": i.created_at, "key": i.key,
-            "type": i.kind, "status": if available { "available" } else { "processing" },
-            "error": "", "columns": i.columns, "lengths": i.lengths, "orders": i.orders,
+            "type": i.kind,
+            "status": if i.failed.is_some() { "failed" } else if available { "available" } else { "processing" },
+            "error": i.failed.clone().unwrap_or_default(), "columns": i.columns, "lengths": i.lengths, "orders": i.orders,
         })
     }
 
@@ -581,7 +585,23 @@ impl StandIn {
                     .unwrap_or_default(),
                 created: Instant::now(),
                 created_at: now(),
+                failed: None,
             };
+            let mut i = i;
+            if i.kind == "unique" {
+                // MariaDB refuses to build a unique index over rows that repeat a key.
+                let mut seen = std::collections::HashSet::new();
+                if t.rows
+                    .values()
+                    .filter_map(|r| unique_key(&i.columns, r))
+                    .any(|k| !seen.insert(k))
+                {
+                    i.failed = Some(format!(
+                        "Duplicate entry for unique index '{}': existing rows repeat a key",
+                        i.key
+                    ));
+                }
+            }
             let out = self.index_json(&i);
             t.indexes.push(i);
             Ok(out)
@@ -1045,6 +1065,9 @@ impl StandIn {
                 .filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
                 .map(str::to_string)
         };
+        if let Some(e) = unique_conflict(t, id, data) {
+            return Err(e);
+        }
         let created = given("$createdAt").unwrap_or(created);
         let updated = given("$updatedAt").unwrap_or(stamp);
         let mut clean = data.clone();
@@ -1148,9 +1171,25 @@ impl StandIn {
                 }
                 ids.push(id);
             }
+            // All or nothing: a row a unique index refuses leaves the batch unwritten (the
+            // rows are kept aside only when the table has such an index).
+            let before = t
+                .indexes
+                .iter()
+                .any(|i| i.kind == "unique" && i.failed.is_none())
+                .then(|| (t.rows.clone(), t.sequence));
             let mut out = Vec::with_capacity(rows.len());
             for (id, r) in ids.iter().zip(rows) {
-                out.push(Self::put_row(t, db, id, r, upsert)?);
+                match Self::put_row(t, db, id, r, upsert) {
+                    Ok(row) => out.push(row),
+                    Err(e) => {
+                        if let Some((rows, sequence)) = before {
+                            t.rows = rows;
+                            t.sequence = sequence;
+                        }
+                        return Err(e);
+                    }
+                }
             }
             Ok(json!({ "total": out.len(), "rows": out }))
         })
@@ -2032,6 +2071,53 @@ pub fn email_ok(email: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// A row's key in a unique index over `columns`, as MariaDB compares it: none when a column is
+/// null or missing (a unique index holds any number of NULLs), strings without case (the
+/// table's `utf8mb4_general_ci`, as for ids: ASCII letters here), numbers by value.
+fn unique_key(columns: &[String], row: &Value) -> Option<Vec<String>> {
+    columns
+        .iter()
+        .map(|c| match row.get(c) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(format!("s:{}", s.to_ascii_lowercase())),
+            Some(Value::Number(n)) => Some(match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => format!("n:{i}"),
+                (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    format!("n:{}", f as i64)
+                }
+                _ => format!("n:{n}"),
+            }),
+            Some(other) => Some(other.to_string()),
+        })
+        .collect()
+}
+
+/// The 409 Appwrite 1.8 answers when a row repeats another row's key in a unique index: the
+/// same type and message as an id taken (the server does not say which index).
+fn unique_conflict(t: &Table, id: &str, data: &Value) -> Option<ApiError> {
+    let me = uid(id);
+    for i in t
+        .indexes
+        .iter()
+        .filter(|i| i.kind == "unique" && i.failed.is_none())
+    {
+        let Some(key) = unique_key(&i.columns, data) else {
+            continue;
+        };
+        if t.rows
+            .iter()
+            .any(|(other, r)| other != &me && unique_key(&i.columns, r).as_ref() == Some(&key))
+        {
+            return Some(ApiError::new(
+                409,
+                "row_already_exists",
+                "Row with the requested ID already exists. Try again with a different ID or use ID.unique() to generate a unique ID.",
+            ));
+        }
+    }
+    None
 }
 
 /// The key a row or user is stored under: Appwrite's `_uid` column compares ids without case

@@ -1,0 +1,325 @@
+//! Unique `[[index]]`es into Appwrite. Appwrite makes a table's indexes before the load and
+//! refuses (409) each row that repeats a key a written row holds, so the run writes the first
+//! and rejects the others under `unique_index` — every row accounted for, `check` counting them
+//! in advance, `verify` passing after. Shapes: text that differs only in case, keys made equal
+//! by transforms, NULLs (which repeat freely in Appwrite's MariaDB, unlike MongoDB), a compound
+//! index with a NULL part, numbers, a partial index (no Appwrite counterpart: not made), distinct
+//! data, and a parent with child-table rows (the refused parent's child rows go too). The
+//! server's side is the stand-in (held to Appwrite 1.8's answers: a 409 `row_already_exists`).
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::World;
+use common::standin::Aw;
+
+const KEY: &str = "unique-key";
+
+struct Case {
+    name: &'static str,
+    /// `(id, code, n)` rows of table `u`.
+    rows: &'static str,
+    /// Options of the `code` field.
+    code_options: &'static str,
+    index: &'static str,
+    /// Source keys the run rejects under `unique_index`.
+    rejected: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "case",
+        rows: "(1,'Abc',1),(2,'abc',2),(3,'ABD',3)",
+        code_options: "",
+        index: "keys = [\"code\"]\nunique = true",
+        rejected: &["2"],
+    },
+    Case {
+        name: "transformed",
+        rows: "(1,'Abc',1),(2,' abc ',2),(3,'x',3),(4,'X ',4)",
+        code_options: "transform = [\"trim\"]",
+        index: "keys = [\"code\"]\nunique = true",
+        rejected: &["2", "4"],
+    },
+    Case {
+        name: "nulls",
+        rows: "(1,NULL,1),(2,NULL,2),(3,'a',3),(4,'a',4),(5,NULL,5)",
+        code_options: "",
+        index: "keys = [\"code\"]\nunique = true",
+        rejected: &["4"],
+    },
+    Case {
+        name: "compound",
+        rows: "(1,'a',1),(2,'a',1),(3,'a',2),(4,NULL,1),(5,NULL,1),(6,'b',1)",
+        code_options: "",
+        index: "keys = [\"code\", \"-n\"]\nunique = true",
+        rejected: &["2"],
+    },
+    Case {
+        name: "numbers",
+        rows: "(1,'a',7),(2,'b',7),(3,'c',8),(4,'d',7)",
+        code_options: "",
+        index: "keys = [\"n\"]\nunique = true",
+        rejected: &["2", "4"],
+    },
+    Case {
+        name: "partial",
+        rows: "(1,'a',1),(2,'a',2)",
+        code_options: "",
+        index: "keys = [\"code\"]\nunique = true\npartial = { n = { \"$exists\" = true } }",
+        rejected: &[],
+    },
+    Case {
+        name: "distinct",
+        rows: "(1,'a',1),(2,'b',2),(3,NULL,3)",
+        code_options: "",
+        index: "keys = [\"code\", \"n\"]\nunique = true",
+        rejected: &[],
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_row_an_appwrite_unique_index_refuses_is_rejected_counted_by_check_and_excused_by_verify()
+ {
+    let aw = Aw::start(KEY).await;
+    for case in CASES {
+        one_case(&aw, case, false).await;
+    }
+}
+
+/// The same with the rows written by several batches side by side (`--concurrency 4`,
+/// `--batch-size 1`): which of two rows sharing a key is refused depends on the order they
+/// arrive in, how many are refused does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_reject_as_many_rows_as_check_counts() {
+    let aw = Aw::start(KEY).await;
+    for case in CASES.iter().filter(|c| !c.rejected.is_empty()) {
+        one_case(&aw, case, true).await;
+    }
+}
+
+async fn one_case(aw: &Aw, case: &Case, concurrent: bool) {
+    let name = format!("{}{}", case.name, if concurrent { "_c" } else { "" });
+    let w = World::new(&format!("aw_unique_{name}")).await;
+    w.sql(&format!(
+        "CREATE TABLE u (id int PRIMARY KEY, code text, n int);
+         INSERT INTO u VALUES {};",
+        case.rows
+    ))
+    .await;
+    let mapping = format!(
+        "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"code\"\ncolumn = \"code\"\n{}\n\
+         [[field]]\npath = \"n\"\ncolumn = \"n\"\n\
+         [[index]]\n{}\n",
+        case.code_options, case.index
+    );
+    let pipeline = common::one_entity_pipeline(&w, "u", &mapping);
+    let pipeline = pipeline.to_str().unwrap();
+    let db = format!("uq_{name}");
+
+    // check counts the rows the run will reject, and says so in its exit code.
+    let out = aw
+        .cutover_in(
+            &w,
+            &db,
+            &[
+                "check",
+                "--json",
+                "--full",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                pipeline,
+            ],
+        )
+        .await;
+    let text = common::output_text(&out);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+    let predicted: u64 = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "unique_index" && f["severity"] == "reject")
+        .map(|f| f["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(predicted, case.rejected.len() as u64, "{name}: {report}");
+    let code = if case.rejected.is_empty() { 0 } else { 2 };
+    assert_eq!(out.status.code(), Some(code), "{name}: {text}");
+    let not_made = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["rule"] == "appwrite_index_not_made");
+    assert_eq!(not_made, case.name == "partial", "{name}: {report}");
+
+    let mut args = vec![
+        "migrate",
+        "--target",
+        "appwrite",
+        "--pipeline",
+        pipeline,
+        "--quiet",
+    ];
+    if concurrent {
+        args.extend(["--concurrency", "4", "--batch-size", "1"]);
+    }
+    let out = aw.cutover_in(&w, &db, &args).await;
+    let text = common::output_text(&out);
+    let code = if case.rejected.is_empty() { 0 } else { 2 };
+    assert_eq!(out.status.code(), Some(code), "{name}: {text}");
+    let report = w.latest_report();
+    let e = &report["entities"][0];
+    let (read, written, rejected) = (
+        e["read"].as_u64().unwrap(),
+        e["written"].as_u64().unwrap(),
+        e["rejected"].as_u64().unwrap(),
+    );
+    assert_eq!(read, w.pg_count("u").await, "{name}: {text}");
+    assert_eq!(
+        read,
+        written + rejected + e["skipped"].as_u64().unwrap_or(0),
+        "{name}: {report}"
+    );
+    assert_eq!(rejected, case.rejected.len() as u64, "{name}: {text}");
+    let run_id = report["run_id"].as_str().unwrap();
+    let rejects = w.rejects(run_id);
+    assert!(
+        rejects.iter().all(|(_, _, _, rule)| rule == "unique_index"),
+        "{name}: {rejects:?}"
+    );
+    let keys: BTreeSet<String> = rejects.iter().map(|(_, k, _, _)| k.clone()).collect();
+    if !concurrent {
+        // In key order, the row written first keeps the key.
+        let want: BTreeSet<String> = case.rejected.iter().map(|k| k.to_string()).collect();
+        assert_eq!(keys, want, "{name}: {text}");
+    }
+    assert_eq!(keys.len(), case.rejected.len(), "{name}: {rejects:?}");
+    // The server holds exactly the rows written: none of the rejected ones.
+    let held: BTreeSet<String> =
+        aw.s.rows(&db, "u")
+            .iter()
+            .map(|r| r["$id"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(held.len() as u64, written, "{name}");
+    assert!(held.is_disjoint(&keys), "{name}: {held:?} {keys:?}");
+    // A partial index has no Appwrite counterpart: it is not made (a whole unique index would
+    // refuse rows the mapping allows).
+    let indexes = aw.s.table_indexes(&db, "u");
+    assert_eq!(
+        indexes.len(),
+        usize::from(case.name != "partial"),
+        "{name}: {indexes:?}"
+    );
+
+    // verify excuses the rows the server refused in the run.
+    let out = aw
+        .cutover_in(
+            &w,
+            &db,
+            &["verify", "--target", "appwrite", "--pipeline", pipeline],
+        )
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{name}: {}",
+        common::output_text(&out)
+    );
+    w.drop().await;
+}
+
+/// A parent row refused by a unique index takes its child-table rows with it: the child table
+/// holds only the children of written parents, and `check` counts the refused parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_parent_leaves_no_child_table_rows() {
+    let aw = Aw::start(KEY).await;
+    let w = World::new("aw_unique_children").await;
+    w.sql(
+        "CREATE TABLE u (id int PRIMARY KEY, code text);
+         INSERT INTO u VALUES (1, 'a'), (2, 'A'), (3, 'b');
+         CREATE TABLE kids (id int PRIMARY KEY, u_id int, name text);
+         INSERT INTO kids VALUES (10, 1, 'x'), (20, 2, 'y'), (21, 2, 'z'), (30, 3, 'w');",
+    )
+    .await;
+    let mapping = "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"code\"\ncolumn = \"code\"\n\
+         [[embed]]\npath = \"kids\"\ntable = \"kids\"\nforeign_key = \"u_id\"\norder_by = [\"id\"]\nappwrite = \"table\"\n\
+         [[embed.field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [[index]]\nkeys = [\"code\"]\nunique = true\n";
+    let pipeline = common::one_entity_pipeline(&w, "u", mapping);
+    let pipeline = pipeline.to_str().unwrap();
+    let out = aw
+        .cutover_in(
+            &w,
+            "uqk",
+            &[
+                "check",
+                "--json",
+                "--full",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                pipeline,
+            ],
+        )
+        .await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", common::output_text(&out)));
+    let unique: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "unique_index")
+        .collect();
+    assert_eq!(unique.len(), 1, "{report}");
+    assert_eq!(unique[0]["rows"], 1, "{report}");
+    assert_eq!(unique[0]["example_key"], "2", "{report}");
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+
+    let out = aw
+        .cutover_in(
+            &w,
+            "uqk",
+            &[
+                "migrate",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                pipeline,
+                "--quiet",
+            ],
+        )
+        .await;
+    let text = common::output_text(&out);
+    let report = w.latest_report();
+    assert_eq!(report["entities"][0]["rejected"], 1, "{text}");
+    assert_eq!(report["entities"][0]["written"], 2, "{text}");
+    let tables = aw.s.list_tables("uqk", &Vec::new()).unwrap();
+    let child = tables["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["$id"].as_str())
+        .find(|t| t.contains("kids"))
+        .unwrap_or_else(|| panic!("a child table: {tables}"))
+        .to_string();
+    let mut names: Vec<String> =
+        aw.s.rows("uqk", &child)
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect();
+    names.sort();
+    assert_eq!(names, ["w", "x"], "row 2's children are not kept: {text}");
+    let out = aw
+        .cutover_in(
+            &w,
+            "uqk",
+            &["verify", "--target", "appwrite", "--pipeline", pipeline],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.drop().await;
+}
