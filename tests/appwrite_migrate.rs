@@ -769,7 +769,8 @@ async fn check_reaches_appwrite_and_finds_text_too_long_for_its_column() {
 }
 
 /// A row of a child table (`appwrite = "table"`) too long for its column is found by `check`
-/// too, under the embed's path, and the run rejects exactly its parent.
+/// too, under the embed's path, and the run rejects exactly its parent — counted once when two
+/// of its child rows are too long (a finding counts rows, not violations).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_a_child_table_row_too_long_for_its_column_and_the_run_rejects_its_parent() {
     let w = World::new("aw_check_child").await;
@@ -778,7 +779,7 @@ async fn check_finds_a_child_table_row_too_long_for_its_column_and_the_run_rejec
          CREATE TABLE lines (id integer PRIMARY KEY, note_id integer, body text);
          INSERT INTO notes VALUES (1, 'one'), (2, 'two'), (3, 'three');
          INSERT INTO lines VALUES (10, 1, 'fine'), (20, 2, 'fine'), (21, 2, repeat('x', 1000001)),
-           (30, 3, 'fine');",
+           (22, 2, repeat('y', 1000002)), (30, 3, 'fine');",
     )
     .await;
     let dir = w.dir.path();

@@ -1298,3 +1298,115 @@ async fn appwrite_verify_holds_whatever_the_database_sets_for_its_renderings() {
     assert!(text.contains("2 compared — 2 problem(s)"), "{text}");
     w.drop().await;
 }
+
+/// A mismatch's `source` on Appwrite is the source value as PostgreSQL writes it, for dates,
+/// timestamps (with and without zone), bytea and arrays — the oracle is the server's own
+/// `::text` (under TimeZone UTC), quoted as a literal (an array as the `to_jsonb` text it is
+/// compared as). Every field of every row is changed in the stand-in, then verify names each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appwrite_mismatches_show_the_source_value_as_postgresql_writes_it() {
+    let w = World::new("aw_verify_shown").await;
+    w.sql(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET TimeZone = %L', current_database(), 'UTC'); END $$;
+         CREATE TABLE shapes (id int PRIMARY KEY, dt date, ts timestamp, tz timestamptz, b bytea, ints int[]);
+         INSERT INTO shapes VALUES
+           (1, '2024-02-29', '2024-01-02 03:04:05.1', '2024-01-02 03:04:05.25+00', '\\x00ff', '{1,2}'),
+           (2, '1969-12-31', '1969-12-31 23:59:59.5', '1960-06-01 12:00:00+00', '\\x', '{}'),
+           (3, '0001-01-01', '9999-12-31 23:59:59.999', '2000-01-01 00:00:00.001+00', '\\x27', '{-3}');",
+    )
+    .await;
+    let mut mapping = String::from(
+        "version = 1\nname = \"shapes\"\n[source]\ntable = \"shapes\"\nkey = [\"id\"]\n",
+    );
+    for c in ["dt", "ts", "tz", "b", "ints"] {
+        mapping.push_str(&format!("[[field]]\npath = \"{c}\"\ncolumn = \"{c}\"\n"));
+        if c == "ts" {
+            // Shown as the source holds it, whatever zone the mapping reads it in.
+            mapping.push_str("timezone = \"+01:00\"\n");
+        }
+    }
+    let pipeline = common::one_entity_pipeline(&w, "shapes", &mapping);
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &[
+            "migrate",
+            "--quiet",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+        ],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    assert_eq!(s.rows("registry", "shapes").len(), 3);
+
+    // Every field of every row changed: instants by a millisecond, other bytes, other numbers.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&endpoint, "cutover", KEY, None).unwrap();
+    for row in s.rows("registry", "shapes") {
+        let id = row["$id"].as_str().unwrap().to_string();
+        let mut data = cutover::sink::appwrite::tables::data_of(&row);
+        data.as_object_mut().unwrap().remove("$id");
+        for k in ["dt", "ts", "tz"] {
+            let t = chrono::DateTime::parse_from_rfc3339(data[k].as_str().unwrap()).unwrap();
+            let later = t + chrono::Duration::milliseconds(1);
+            data[k] = json!(later.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
+        let b = data["b"].as_str().unwrap().to_string();
+        assert!(b.contains("$binary"), "bytea as extended JSON text: {b}");
+        data["b"] = json!(r#"{"$binary":{"base64":"CQ==","subType":"00"}}"#);
+        data["ints"] = json!([99]);
+        client
+            .put_row("registry", "shapes", &id, &data)
+            .await
+            .unwrap();
+    }
+
+    let out_path = w.dir.path().join("verify.json");
+    let out = output(command(
+        &w,
+        &endpoint,
+        &[
+            "verify",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            &pipeline,
+            "-o",
+            &out_path.display().to_string(),
+        ],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let mismatches = json["entities"][0]["independent"]["mismatches"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(mismatches.len(), 15, "{json}");
+    for m in mismatches {
+        let (key, field) = (m["key"].as_str().unwrap(), m["field"].as_str().unwrap());
+        let expr = if field == "ints" {
+            "to_jsonb(ints)::text".to_string()
+        } else {
+            format!("{field}::text")
+        };
+        let pg = w
+            .query_strings(&format!("SELECT {expr} FROM shapes WHERE id = {key}"))
+            .await
+            .remove(0);
+        let literal = format!("'{}'", pg.replace('\'', "''"));
+        let expected = if field == "ints" {
+            format!("{literal}::jsonb")
+        } else {
+            literal
+        };
+        assert_eq!(m["source"], expected.as_str(), "{m}");
+    }
+    w.drop().await;
+}
