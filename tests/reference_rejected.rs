@@ -14,7 +14,8 @@ use serde_json::Value;
 
 /// `products` row 2 (and `p2` in the text-keyed variant) holds a date no target can hold
 /// (`infinity`): rejected (`date_out_of_range`). Orders 20 and 30 reference it (`exists`), order 40
-/// holds a line referencing it (embedded, `exists`), note 7 references it (no `exists`).
+/// holds a line referencing it (embedded, `exists`), note 7 references it (no `exists`), and
+/// note 6 holds an embedded reference to it (no `exists`).
 fn schema(key_type: &str, one: &str, two: &str) -> String {
     format!(
         "CREATE TABLE products (id {key_type} PRIMARY KEY, released date);
@@ -25,7 +26,10 @@ fn schema(key_type: &str, one: &str, two: &str) -> String {
            PRIMARY KEY (order_id, n));
          INSERT INTO order_lines VALUES (10, 1, '{one}'), (40, 1, '{one}'), (40, 2, '{two}');
          CREATE TABLE notes (id int PRIMARY KEY, product_id {key_type});
-         INSERT INTO notes VALUES (6, '{one}'), (7, '{two}');"
+         INSERT INTO notes VALUES (6, '{one}'), (7, '{two}');
+         CREATE TABLE note_refs (note_id int REFERENCES notes (id), n int, product_id {key_type},
+           PRIMARY KEY (note_id, n));
+         INSERT INTO note_refs VALUES (6, 1, '{one}'), (6, 2, '{two}');"
     )
 }
 
@@ -41,7 +45,9 @@ validate = { exists = true }\n\
 validate = { exists = true }\n";
 
 const NOTES: &str = "version = 1\nname = \"notes\"\n[source]\ntable = \"notes\"\nkey = [\"id\"]\n\
-[[field]]\npath = \"productId\"\ncolumn = \"product_id\"\nreference = \"products\"\n";
+[[field]]\npath = \"productId\"\ncolumn = \"product_id\"\nreference = \"products\"\n\
+[[embed]]\npath = \"refs\"\ntable = \"note_refs\"\nforeign_key = \"note_id\"\norder_by = [\"n\"]\n\
+[[embed.field]]\npath = \"productId\"\ncolumn = \"product_id\"\nreference = \"products\"\n";
 
 fn files(w: &World) -> std::path::PathBuf {
     let dir = w.dir.path();
@@ -92,6 +98,13 @@ fn expected_findings() -> Vec<(String, String, String, String, u64)> {
     vec![
         f("notes", "productId", "reference_rejected", "warning", 1),
         f(
+            "notes",
+            "refs[].productId",
+            "reference_rejected",
+            "warning",
+            1,
+        ),
+        f(
             "orders",
             "lines[].productId",
             "reference_rejected",
@@ -131,7 +144,7 @@ fn counts(report: &Value) -> Vec<(String, u64, u64, u64)> {
 /// What the whole pipeline's run does (and its dry run predicts).
 fn rehearsed() -> Vec<(String, u64, u64, u64)> {
     [
-        ("notes", 2, 0, 1),
+        ("notes", 2, 0, 2),
         ("orders", 1, 3, 0),
         ("products", 1, 1, 0),
     ]
@@ -198,7 +211,10 @@ async fn references_to_rows_rejected_by_an_earlier_run_are_rejected_or_warned_on
     );
     assert_eq!(
         lines(w.warnings(run_id)),
-        [s("notes", "7", "reference_rejected")]
+        [
+            s("notes", "6", "reference_rejected"),
+            s("notes", "7", "reference_rejected")
+        ]
     );
     let ids = |docs: Vec<bson::Document>| -> Vec<i32> {
         docs.iter().map(|d| d.get_i32("_id").unwrap()).collect()
@@ -234,6 +250,13 @@ async fn references_to_rows_rejected_by_an_earlier_run_are_rejected_or_warned_on
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("references written with a warning: productId → products: 1 value(s)"),
+        "{}",
+        text(&out)
+    );
+    // Inside an embedded document too.
+    assert!(
+        text(&out)
+            .contains("references written with a warning: refs.productId → products: 1 value(s)"),
         "{}",
         text(&out)
     );
@@ -371,7 +394,10 @@ async fn references_to_rows_rejected_in_the_same_run_are_rejected_or_warned_on_a
     );
     assert_eq!(
         lines(w.warnings(run_id)),
-        [s("notes", "7", "reference_rejected")]
+        [
+            s("notes", "6", "reference_rejected"),
+            s("notes", "7", "reference_rejected")
+        ]
     );
     let ids = |table: &str| -> Vec<String> {
         let mut v: Vec<String> =
@@ -441,6 +467,13 @@ async fn references_to_rows_rejected_in_the_same_run_are_rejected_or_warned_on_a
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("references written with a warning: productId → products: 1 value(s)"),
+        "{}",
+        text(&out)
+    );
+    // Inside an embedded document too.
+    assert!(
+        text(&out)
+            .contains("references written with a warning: refs.productId → products: 1 value(s)"),
         "{}",
         text(&out)
     );
