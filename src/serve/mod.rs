@@ -414,11 +414,26 @@ async fn migrate_on_start(state: &State, wait: Duration, stop: &Stop) -> Result<
                 }
                 waited = true;
                 tracing::info!("another instance holds the lock; waiting");
-                let pause = 200 + fastrand::u64(..300);
-                // A stop request ends the wait at once.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
-                    _ = stop.clone().wait() => {}
+                // The lock's one record is polled until it is free (or its holder gone); the
+                // history is read again only then, before the next try.
+                loop {
+                    let pause = 200 + fastrand::u64(..300);
+                    // A stop request ends the wait at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                        _ = stop.clone().wait() => {}
+                    }
+                    if stop.requested() || started.elapsed() >= wait {
+                        break;
+                    }
+                    match state.ledger.lock_holder().await {
+                        Ok(Some(h)) if !h.expired => {}
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not read the lock; trying again");
+                            break;
+                        }
+                    }
                 }
             }
             Err(e) => return Err(e.to_string()),
