@@ -11,6 +11,7 @@
 //! [`super::KEPT`] mismatches are held; every one goes to the problems file.
 
 pub mod appwrite;
+mod calendar;
 pub mod compare;
 mod embedded;
 pub mod json;

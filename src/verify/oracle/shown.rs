@@ -2,6 +2,7 @@
 //! SQL literal — not in the form the oracle reads it in (days or epoch seconds for dates and
 //! timestamps, bare hex for bytea), which the person signing off cannot look up in the source.
 
+use super::calendar;
 use super::compare::Check;
 
 /// The form a column's oracle rendering is shown in.
@@ -51,7 +52,7 @@ impl Shown {
                 let days = secs.div_euclid(86_400) as i64;
                 let s = secs.rem_euclid(86_400);
                 let (y, bc) = year_text(days);
-                let (_, m, d) = civil(days);
+                let (_, m, d) = calendar::civil(days);
                 let mut out = format!(
                     "{y}-{m:02}-{d:02} {:02}:{:02}:{:02}",
                     s / 3600,
@@ -127,39 +128,19 @@ fn epoch_micros(t: &str) -> Option<i128> {
 /// PostgreSQL's text of the date `days` after 1970-01-01 (ISO, `DateStyle` pinned).
 fn date_text(days: i64) -> String {
     let (y, bc) = year_text(days);
-    let (_, m, d) = civil(days);
+    let (_, m, d) = calendar::civil(days);
     format!("{y}-{m:02}-{d:02}{bc}")
 }
 
 /// The year of `days` as PostgreSQL writes it: at least four digits, years before 1 as BC
 /// (year 0 is 1 BC).
 fn year_text(days: i64) -> (String, &'static str) {
-    let (y, _, _) = civil(days);
+    let (y, _, _) = calendar::civil(days);
     if y <= 0 {
         (format!("{:04}", 1 - y), " BC")
     } else {
         (format!("{y:04}"), "")
     }
-}
-
-/// The proleptic Gregorian (year, month, day) of `days` after 1970-01-01 (astronomical years).
-fn civil(days: i64) -> (i64, u32, u32) {
-    // Shifted to 0000-03-01, so that a leap day ends its year; 146,097 days a 400-year era.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
