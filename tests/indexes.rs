@@ -720,8 +720,25 @@ validate = { one_of = ["x", "y"] }
     assert_eq!(column("age")["max"], 150);
     assert_eq!(column("kind")["format"], "enum");
 
-    // The rules relaxed: the columns are updated before the load, and every row is written.
+    // The rules relaxed: the rehearsal says which columns the run would update, and changes
+    // none of them.
     std::fs::write(w.dir.path().join("mappings/people.toml"), &relaxed).unwrap();
+    let out = migrate(&["--rerun", "--dry-run"]).await;
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for said in [
+        "Appwrite column people.email would be updated before the load to the mapping's rules: required → optional, size 100 → 1000000",
+        "Appwrite column people.status would be updated before the load to the mapping's rules: elements [\"a\",\"b\"] → [\"a\",\"b\",\"c\"]",
+        "Appwrite column people.age would be updated before the load to the mapping's rules: max 150 → none",
+        "Appwrite column people.kind would be left as it is: its type is enum and the mapping now makes it string",
+    ] {
+        assert!(text.contains(said), "{said}\n{text}");
+    }
+    assert_eq!(column("email")["required"], true);
+    assert_eq!(column("age")["max"], 150);
+    assert_eq!(standin.rows("rx", "people").len(), 20, "{text}");
+
+    // The run: the columns are updated before the load, and every row is written.
     let out = migrate(&["--rerun"]).await;
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");

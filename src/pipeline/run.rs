@@ -817,6 +817,13 @@ async fn migrate_locked(
             Err(e)
         } else if opts.dry_run {
             target.describe(p);
+            // What the run would change in columns that exist, said by the rehearsal too.
+            match target.planned_changes(p).await {
+                Ok(changes) => stage.schema_changes = changes,
+                Err(e) => {
+                    tracing::warn!(entity = %p.entity, error = %e, "could not read the target's columns for the rehearsal")
+                }
+            }
             Ok(())
         } else if let Some(Err(lost)) = match fence {
             // Each stage starts only while the lock is this run's.

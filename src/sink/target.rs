@@ -437,6 +437,20 @@ impl AppwriteTarget {
         Ok(changes)
     }
 
+    /// What [`prepare`](Self::prepare) would change in the existing columns of `plan`'s tables,
+    /// read without writing (dry runs).
+    pub async fn planned_changes(&self, plan: &Plan) -> Result<Vec<String>, AppwriteError> {
+        if plan.appwrite_users.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut changes =
+            schema::planned(&self.client, &self.database, &schema::table_spec(plan)).await?;
+        for c in schema::child_tables(plan) {
+            changes.extend(schema::planned(&self.client, &self.database, &c.table).await?);
+        }
+        Ok(changes)
+    }
+
     /// Remembers how `plan` maps without touching the server (dry runs, verification).
     pub fn describe(&self, plan: &Plan) {
         let dest = match &plan.appwrite_users {
@@ -1395,6 +1409,15 @@ impl Target {
     pub fn describe(&self, plan: &Plan) {
         if let Target::Appwrite(a) = self {
             a.describe(plan);
+        }
+    }
+
+    /// What [`prepare`](Self::prepare) would change in an existing destination, read without
+    /// writing (dry runs): Appwrite columns whose rules the mapping changed.
+    pub async fn planned_changes(&self, plan: &Plan) -> Result<Vec<String>, SinkError> {
+        match self {
+            Target::Mongo(_) => Ok(Vec::new()),
+            Target::Appwrite(a) => Ok(a.planned_changes(plan).await?),
         }
     }
 

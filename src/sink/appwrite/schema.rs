@@ -825,6 +825,39 @@ pub fn column_change(existing: &Value, spec: &ColumnSpec) -> Option<ColumnChange
     })
 }
 
+/// What [`apply`] would change in the existing columns of `spec`'s table, read without writing
+/// (a dry run says it): a sentence each, as `apply` words them but conditional. Nothing when the
+/// database or the table does not exist yet (made whole, with the mapping's rules).
+pub async fn planned(
+    client: &AppwriteClient,
+    db: &str,
+    spec: &TableSpec,
+) -> Result<Vec<String>, AppwriteError> {
+    let existing = match client.columns(db, &spec.id).await {
+        Ok(c) => c,
+        Err(e) if e.is_missing() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut changes = Vec::new();
+    for c in &spec.columns {
+        let Some(have) = existing.iter().find(|e| e["key"].as_str() == Some(&c.key)) else {
+            continue;
+        };
+        match column_change(have, c) {
+            None => {}
+            Some(ColumnChange::Update { what, .. }) => changes.push(format!(
+                "Appwrite column {}.{} would be updated before the load to the mapping's rules: {what}",
+                spec.id, c.key
+            )),
+            Some(ColumnChange::Kept(why)) => changes.push(format!(
+                "Appwrite column {}.{} would be left as it is: {why}",
+                spec.id, c.key
+            )),
+        }
+    }
+    Ok(changes)
+}
+
 /// Creates the database, the table, its columns and indexes unless they exist, waiting until each
 /// is available (an error names the column or index that failed or timed out). An existing
 /// column whose constraints differ from what the mapping now says is updated before the load
