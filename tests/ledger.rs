@@ -1085,3 +1085,46 @@ async fn a_long_collection_name_is_backed_up_and_rolled_back() {
         w.drop().await;
     }
 }
+
+/// A step's `reversible` in the ledger says whether rolling it back alone puts its destination
+/// back: true when it found the collection empty or took a backup, false for a re-run into a
+/// full collection with `--no-backup` (it was `true` whatever the step).
+#[tokio::test]
+async fn a_steps_reversible_flag_says_whether_it_can_be_undone_alone() {
+    let w = World::new("ledger_reversible").await;
+    w.sql(
+        "CREATE TABLE kinds (code text PRIMARY KEY, label text NOT NULL);
+           INSERT INTO kinds VALUES ('a', 'Alpha'), ('b', 'Beta');",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(&w, "kinds", KINDS_MAPPING);
+    let steps = w.mongo().await.collection::<Document>("cutover_steps");
+    let last = || async {
+        let mut all: Vec<Document> = futures::TryStreamExt::try_collect(
+            steps.find(doc! { "entity": "kinds" }).await.unwrap(),
+        )
+        .await
+        .unwrap();
+        all.sort_by_key(|d| d.get_datetime("started_at").unwrap().timestamp_millis());
+        all.pop().unwrap()
+    };
+    for (args, empty, backup, reversible) in [
+        (&[][..], true, false, true),
+        (&["--rerun"][..], false, true, true),
+        (&["--rerun", "--no-backup"][..], false, false, false),
+    ] {
+        let out = w.migrate_with(&pipeline, args);
+        assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+        let s = last().await;
+        assert_eq!(
+            (
+                s.get_bool("was_empty").unwrap(),
+                s.get_str("backup").is_ok(),
+                s.get_bool("reversible").unwrap()
+            ),
+            (empty, backup, reversible),
+            "{args:?}: {s}"
+        );
+    }
+    w.drop().await;
+}

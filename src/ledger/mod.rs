@@ -176,6 +176,10 @@ pub struct StepRecord {
     pub was_empty: bool,
     /// Backup taken before the step wrote into a non-empty collection.
     pub backup: Option<String>,
+    /// Whether rolling back this step alone puts its destination back as it found it (it was
+    /// empty, or a backup was taken); a Storage step that found files may still be undone with
+    /// the entity's earlier steps (see `rollback`). Steps recorded before this was computed say
+    /// `true`.
     pub reversible: bool,
     /// Key values (as text) below which everything is written, and how many source rows that is.
     pub checkpoint_key: Option<Vec<String>>,
@@ -730,7 +734,9 @@ impl Ledger {
             "status": RUNNING,
             "started_at": bson::DateTime::now(),
             "was_empty": s.was_empty,
-            "reversible": true,
+            // Whether rolling back this step alone puts its destination back: it found the
+            // destination empty, or took a backup of it first.
+            "reversible": s.was_empty || s.backup.is_some(),
             "total": s.total as i64,
             "host": host(),
             "pid": i64::from(std::process::id()),
