@@ -443,3 +443,92 @@ async fn new_change_files_of_an_appwrite_server_hold_appwrite_operations() {
     assert!(server.stop().success(), "{}", server.log());
     w.drop().await;
 }
+
+/// Three `serve --migrate-on-start --target appwrite` instances started together (replicas of
+/// a deployment): each change is applied once (one `up` entry each in the Appwrite ledger's
+/// changes log, all in one instance's batch), and all three serve with nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_appwrite_instances_started_together_apply_each_change_once() {
+    let w = World::new("serve_aw_three").await;
+    let (s, endpoint) = standin().await;
+    seed(&s).await;
+    let dir = changes_dir(&w);
+    write(&dir, "1_add-tier.toml", ADD_TIER);
+    write(&dir, "2_archive-old.toml", ARCHIVE_OLD);
+    let d = dir.display().to_string();
+    let args = [
+        "--no-auth",
+        "--target",
+        "appwrite",
+        "--dir",
+        &d,
+        "--migrate-on-start",
+    ];
+    let env = [
+        ("APPWRITE_ENDPOINT", endpoint.as_str()),
+        ("APPWRITE_PROJECT", "cutover"),
+        ("APPWRITE_API_KEY", KEY),
+        ("APPWRITE_DATABASE", DB),
+        ("MIGRATE_ON_START_FAIL_HARD", "true"),
+    ];
+    let mut servers: Vec<Server> = tokio::task::block_in_place(|| {
+        let children: Vec<_> = (0..3)
+            .map(|i| common::serve::spawn(&w, &format!("aw3_{i}"), &args, &env))
+            .collect();
+        children
+            .into_iter()
+            .enumerate()
+            .map(|(i, child)| {
+                let mut s = Server {
+                    child,
+                    base: String::new(),
+                    stderr: w.dir.path().join(format!("aw3_{i}.err")),
+                };
+                s.base = s.wait_listening(Duration::from_secs(120));
+                s
+            })
+            .collect()
+    });
+    let logs: Vec<String> = servers.iter().map(|s| s.log()).collect();
+    // The ledger, read from the stand-in: one applied `up` per change, from one batch.
+    // A record is its canonical extended JSON in the row's `doc` column.
+    let scalar = |v: &Value| -> String {
+        match v {
+            Value::Object(o) => o.values().next().map(|x| x.to_string()).unwrap_or_default(),
+            other => other.to_string(),
+        }
+        .trim_matches('"')
+        .to_string()
+    };
+    let ups: Vec<Value> = s
+        .rows(DB, "cutover_changes_log")
+        .into_iter()
+        .map(|r| serde_json::from_str::<Value>(r["doc"].as_str().unwrap()).unwrap())
+        .filter(|r| r["action"] == "up")
+        .collect();
+    let mut seen: Vec<String> = ups.iter().map(|r| scalar(&r["version"])).collect();
+    seen.sort();
+    assert_eq!(seen, ["1", "2"], "{ups:?}\n{logs:?}");
+    assert!(ups.iter().all(|r| r["status"] == "applied"), "{ups:?}");
+    let batches: std::collections::BTreeSet<String> =
+        ups.iter().map(|r| scalar(&r["batch"])).collect();
+    assert_eq!(batches.len(), 1, "one instance applied them all: {ups:?}");
+    // The changes themselves, once: the column with its default, the old archived.
+    assert!(s.get_column(DB, "people", "tier").is_ok());
+    for r in people(&s) {
+        let old = r["age"].as_i64().unwrap() > 60;
+        assert_eq!(r["status"], if old { "archived" } else { "active" }, "{r}");
+    }
+    for server in &servers {
+        let api = Api::new(&server.base, None);
+        let (st, v) = api.get("/api/migrations/status").await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["summary"]["pending"], 0, "{v}");
+        assert_eq!(v["summary"]["applied"], 2, "{v}");
+        assert_eq!(v["startupError"], Value::Null, "{v}");
+    }
+    for server in &mut servers {
+        assert!(server.stop().success(), "{}", server.log());
+    }
+    w.drop().await;
+}
