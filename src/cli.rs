@@ -642,11 +642,19 @@ pub enum DocsFormat {
 
 #[derive(Debug, Args)]
 pub struct ScaffoldArgs {
-    /// The source schema to read.
-    #[arg(long, default_value = "public", value_name = "NAME")]
-    pub schema: String,
-    /// Only these tables (comma-separated; default: every table of the schema). A foreign key to
-    /// a table left out is written as a plain value, with a comment.
+    /// The source schema(s) to read (comma-separated, or the option again). With several, the
+    /// first's tables keep their names and the others' are `schema.table` (entity
+    /// `schema_table`); foreign keys between them become references like any other.
+    #[arg(
+        long,
+        default_value = "public",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub schema: Vec<String>,
+    /// Only these tables (comma-separated; default: every table of the schema; a table of a
+    /// schema after the first as `schema.table`). A foreign key to a table left out is written
+    /// as a plain value, with a comment.
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub tables: Vec<String>,
     /// Where to write `pipelines/` and `mappings/`.

@@ -1136,3 +1136,113 @@ async fn a_unique_time_is_drafted_to_reject_what_truncating_would_merge() {
     assert!(indexes.len() >= 2, "the unique index is built: {indexes:?}");
     w.drop().await;
 }
+
+/// Several schemas in one scaffold run (`--schema sales,crm`): the second schema's tables are
+/// drafted as `crm.…` (entity `crm_…`, their own collections even where both schemas have a
+/// table of one name), foreign keys across the schemas — both ways — and within the second
+/// become references, the stages follow them, and the drafts plan, check, migrate and verify
+/// unchanged. Counted with SQL and the MongoDB driver.
+#[tokio::test]
+async fn several_schemas_in_one_run_reference_each_other_and_migrate_unchanged() {
+    let w = World::new("scaffold_multi").await;
+    w.sql(
+        "CREATE SCHEMA sales; CREATE SCHEMA crm;
+         CREATE TABLE crm.customers (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE crm.contacts (id int PRIMARY KEY,
+                                    customer_id int NOT NULL REFERENCES crm.customers (id),
+                                    email text);
+         CREATE TABLE sales.orders (id int PRIMARY KEY,
+                                    customer_id int NOT NULL REFERENCES crm.customers (id),
+                                    total numeric(10,2));
+         CREATE TABLE crm.notes (id int PRIMARY KEY, order_id int REFERENCES sales.orders (id), body text);
+         CREATE TABLE sales.notes (id int PRIMARY KEY, body text);
+         INSERT INTO crm.customers SELECT g, 'customer ' || g FROM generate_series(1, 5) g;
+         INSERT INTO crm.contacts SELECT g, 1 + g % 5, 'c' || g || '@example.org' FROM generate_series(1, 8) g;
+         INSERT INTO sales.orders SELECT g, 1 + g % 5, g * 1.5 FROM generate_series(1, 12) g;
+         INSERT INTO crm.notes SELECT g, 1 + g % 12, 'crm note ' || g FROM generate_series(1, 4) g;
+         INSERT INTO sales.notes SELECT g, 'sales note ' || g FROM generate_series(1, 3) g;",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    let printed = scaffold(&w, &out, &["--schema", "sales,crm"]);
+    assert!(printed.contains("drafted 5 mappings"), "{printed}");
+    let pipeline = out.join(format!("pipelines/{}.toml", w.name));
+    plan_check_migrate_verify(&w, &pipeline);
+
+    let mut by_relation = BTreeMap::new();
+    for e in std::fs::read_dir(out.join("mappings")).unwrap() {
+        let m = toml_file(&e.unwrap().path());
+        by_relation.insert(s(&m["source"], "table").unwrap().to_string(), m);
+    }
+    assert_eq!(
+        by_relation.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "crm.contacts",
+            "crm.customers",
+            "crm.notes",
+            "sales.notes",
+            "sales.orders"
+        ]
+    );
+    let entity = |r: &str| s(&by_relation[r], "name").unwrap().to_string();
+    let refs = |r: &str| references(&by_relation[r]);
+    let pair = |p: &str, e: String| (p.to_string(), e);
+    assert_eq!(
+        refs("sales.orders"),
+        BTreeSet::from([pair("customerId", entity("crm.customers"))])
+    );
+    assert_eq!(
+        refs("crm.contacts"),
+        BTreeSet::from([pair("customerId", entity("crm.customers"))])
+    );
+    assert_eq!(
+        refs("crm.notes"),
+        BTreeSet::from([pair("orderId", entity("sales.orders"))])
+    );
+    // Two tables named `notes`: two entities, two collections.
+    assert_ne!(entity("crm.notes"), entity("sales.notes"));
+    assert_ne!(
+        s(&by_relation["crm.notes"], "collection"),
+        s(&by_relation["sales.notes"], "collection")
+    );
+    for (relation, m) in &by_relation {
+        let (schema, table) = relation.split_once('.').unwrap();
+        let rows = w.pg_count(&format!("\"{schema}\".\"{table}\"")).await;
+        let coll = s(m, "collection").unwrap();
+        assert_eq!(w.count(coll).await, rows, "{relation} → {coll}");
+    }
+    // A reference across the schemas is resolved: every order's customer document exists.
+    let customers = s(&by_relation["crm.customers"], "collection").unwrap();
+    let orders = s(&by_relation["sales.orders"], "collection").unwrap();
+    let ids: BTreeSet<i32> = w
+        .docs(customers)
+        .await
+        .iter()
+        .map(|d| d.get_i32("_id").unwrap())
+        .collect();
+    for o in w.docs(orders).await {
+        assert!(ids.contains(&o.get_i32("customerId").unwrap()), "{o}");
+    }
+    // --tables names a later schema's tables as `schema.table`; --diff takes one schema.
+    let part = w.dir.path().join("part");
+    scaffold(
+        &w,
+        &part,
+        &["--schema", "sales,crm", "--tables", "orders,crm.customers"],
+    );
+    assert_eq!(std::fs::read_dir(part.join("mappings")).unwrap().count(), 2);
+    let err = run(
+        &w,
+        &[
+            "scaffold",
+            "--schema",
+            "sales,crm",
+            "--diff",
+            "--out",
+            part.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("one --schema"), "{err}");
+    w.drop().await;
+}

@@ -16,13 +16,24 @@ use crate::pipeline::{Pipeline, PipelineFile};
 pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
     let cfg = load_config(cli, Overrides::default())?;
     let url = cfg.require_source()?;
-    let mut catalog = crate::source::catalog::read(url, &args.schema).await?;
-    if catalog.tables.is_empty() {
-        bail!(
-            "schema `{}` of the source has no tables (or does not exist)",
-            args.schema
-        );
+    let mut schemas: Vec<&String> = Vec::new();
+    for s in &args.schema {
+        if !schemas.contains(&s) {
+            schemas.push(s);
+        }
     }
+    if args.diff && schemas.len() > 1 {
+        bail!("--diff compares one schema with its mappings: give one --schema");
+    }
+    let mut catalogs = Vec::new();
+    for schema in schemas {
+        let catalog = crate::source::catalog::read(url, schema).await?;
+        if catalog.tables.is_empty() {
+            bail!("schema `{schema}` of the source has no tables (or does not exist)");
+        }
+        catalogs.push(catalog);
+    }
+    let mut catalog = crate::source::catalog::Catalog::merge(catalogs);
     if !args.tables.is_empty() {
         let missing: Vec<&str> = args
             .tables
@@ -38,7 +49,7 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
                     .map(|t| format!("`{t}`"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                args.schema
+                catalog.schema
             );
         }
         catalog.tables.retain(|t| args.tables.contains(&t.name));

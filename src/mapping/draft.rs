@@ -120,8 +120,9 @@ impl Model<'_> {
 
     /// Whether the foreign key points at a drafted table of this schema.
     fn internal<'f>(&self, fk: &'f ForeignKey) -> Option<&'f str> {
-        (fk.ref_schema == self.catalog.schema && self.drafted.contains_key(fk.ref_table.as_str()))
-            .then_some(fk.ref_table.as_str())
+        (fk.ref_schema == self.catalog.main_schema()
+            && self.drafted.contains_key(fk.ref_table.as_str()))
+        .then_some(fk.ref_table.as_str())
     }
 
     /// Why a foreign key cannot be a `reference`, if it cannot.
@@ -524,7 +525,7 @@ fn pipeline_text(model: &Model, stages: &[Stage], notes: &[String]) -> String {
             if table
                 .foreign_keys
                 .iter()
-                .any(|fk| fk.ref_table == *t && fk.ref_schema == c.schema)
+                .any(|fk| fk.ref_table == *t && fk.ref_schema == c.main_schema())
             {
                 comment(
                     &mut out,
@@ -566,9 +567,11 @@ fn mapping_text(model: &Model, t: &Table) -> String {
         &mut out,
         "#",
         &format!(
-            "Drafted by `cutover scaffold` from `{}.{}` ({}).",
-            c.schema,
-            t.name,
+            "Drafted by `cutover scaffold` from `{}` ({}).",
+            match &t.relation {
+                Some(r) => r.clone(),
+                None => format!("{}.{}", c.main_schema(), t.name),
+            },
             estimate_text(t)
         ),
     );
@@ -591,11 +594,7 @@ fn mapping_text(model: &Model, t: &Table) -> String {
         out.push_str("# validator = \"strict\"\n");
     }
     out.push_str("\n[source]\n");
-    let table = if c.schema == "public" {
-        t.name.clone()
-    } else {
-        format!("{}.{}", c.schema, t.name)
-    };
+    let table = c.relation_of(t);
     out.push_str(&format!("table = {}\n", q(&table)));
     if t.primary_key.is_empty() {
         comment(
@@ -1208,7 +1207,7 @@ fn embed_candidates<'a>(model: &Model<'a>, parent: &Table) -> Vec<(&'a Table, &'
         let referenced = model.catalog.tables.iter().any(|t| {
             t.foreign_keys
                 .iter()
-                .any(|f| f.ref_schema == model.catalog.schema && f.ref_table == child.name)
+                .any(|f| f.ref_schema == model.catalog.main_schema() && f.ref_table == child.name)
         });
         if referenced || is_join_table(model, child).is_some() {
             continue;
@@ -1342,11 +1341,7 @@ fn embed_proposal(
     let path = unique_path(paths, &camel(&child.name));
     out.push_str("# [[embed]]\n");
     out.push_str(&format!("# path = {}\n", q(&path)));
-    let table = if model.catalog.schema == "public" {
-        child.name.clone()
-    } else {
-        format!("{}.{}", model.catalog.schema, child.name)
-    };
+    let table = model.catalog.relation_of(child);
     out.push_str(&format!("# table = {}\n", q(&table)));
     // One child column per parent key column, in the parent key's order.
     let fk_cols: Vec<String> = fk.columns.clone();
@@ -1415,11 +1410,7 @@ fn join_proposal(
     let path = unique_path(paths, &format!("{}Ids", camel(singular)));
     out.push_str("# [[embed]]\n");
     out.push_str(&format!("# path = {}\n", q(&path)));
-    let table = if model.catalog.schema == "public" {
-        join.name.clone()
-    } else {
-        format!("{}.{}", model.catalog.schema, join.name)
-    };
+    let table = model.catalog.relation_of(join);
     out.push_str(&format!("# table = {}\n", q(&table)));
     out.push_str(&format!("# foreign_key = {}\n", q(&own.columns[0])));
     out.push_str(&format!(
@@ -1526,6 +1517,7 @@ mod tests {
         let collections_of = |order: &[&str]| {
             let catalog = Catalog {
                 schema: "public".into(),
+                schemas: Vec::new(),
                 database: "db".into(),
                 tables: order
                     .iter()
@@ -1596,6 +1588,7 @@ mod tests {
     fn cycles_share_a_stage_and_drafts_parse() {
         let catalog = Catalog {
             schema: "public".into(),
+            schemas: Vec::new(),
             database: "db".into(),
             tables: vec![
                 table(

@@ -16,8 +16,10 @@ use super::postgres::{SourceError, connect};
 /// One schema of the source, as its catalog describes it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Catalog {
-    /// The schema read (`public`).
+    /// The schema read (`public`); of several merged, their names (`a, b`).
     pub schema: String,
+    /// The schemas merged, the first the one bare table names are in (empty: just `schema`).
+    pub schemas: Vec<String>,
     /// The database's name.
     pub database: String,
     /// Tables (ordinary and partitioned parents), by name.
@@ -28,11 +30,69 @@ impl Catalog {
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.tables.iter().find(|t| t.name == name)
     }
+
+    /// Several schemas of one database as one catalog: the first's tables keep their names;
+    /// another schema's are named `schema.table` (their [`Table::relation`] too), and foreign
+    /// keys to them name them so — as if of the first schema — so that references between the
+    /// schemas resolve like those within one. `schema` reads `a, b`.
+    pub fn merge(mut catalogs: Vec<Catalog>) -> Catalog {
+        if catalogs.len() <= 1 {
+            return catalogs.pop().unwrap_or_default();
+        }
+        let main = catalogs[0].schema.clone();
+        let schemas: Vec<String> = catalogs.iter().map(|c| c.schema.clone()).collect();
+        let mut out = Catalog {
+            schema: main.clone(),
+            schemas: Vec::new(),
+            database: catalogs[0].database.clone(),
+            tables: Vec::new(),
+        };
+        for c in catalogs {
+            for mut t in c.tables {
+                if c.schema != main {
+                    t.name = format!("{}.{}", c.schema, t.name);
+                    t.relation = Some(t.name.clone());
+                }
+                for fk in &mut t.foreign_keys {
+                    if fk.ref_schema != main && schemas.contains(&fk.ref_schema) {
+                        fk.ref_table = format!("{}.{}", fk.ref_schema, fk.ref_table);
+                        fk.ref_schema = main.clone();
+                    }
+                }
+                out.tables.push(t);
+            }
+        }
+        out.tables.sort_by(|a, b| a.name.cmp(&b.name));
+        out.schema = schemas.join(", ");
+        out.schemas = schemas;
+        out
+    }
+
+    /// The schema a foreign key names when it points at a table of this catalog.
+    pub fn main_schema(&self) -> &str {
+        self.schemas
+            .first()
+            .map_or(self.schema.as_str(), String::as_str)
+    }
+
+    /// The relation a mapping names for `t` (`table`, `schema.table`).
+    pub fn relation_of(&self, t: &Table) -> String {
+        match &t.relation {
+            Some(r) => r.clone(),
+            None if self.main_schema() == "public" => t.name.clone(),
+            None => format!("{}.{}", self.main_schema(), t.name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Table {
+    /// Its name in the catalog: bare in the catalog's own schema, `schema.table` for a table of
+    /// another schema merged in ([`Catalog::merge`]).
     pub name: String,
+    /// The relation a mapping's `source.table` names, when the table is not in the catalog's
+    /// own schema (`crm.customers`); `None`: the catalog's schema and [`Table::name`].
+    pub relation: Option<String>,
     pub comment: Option<String>,
     /// The planner's estimate (`pg_class.reltuples`); `None` when the table was never analyzed.
     pub row_estimate: Option<u64>,
@@ -324,6 +384,7 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
     tables.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Catalog {
         schema: schema.to_string(),
+        schemas: Vec::new(),
         database,
         tables,
     })
@@ -332,8 +393,9 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
 /// Measures each table's row width over a bounded sample of its rows (see [`sample_widths`]).
 pub async fn sample(url: &str, catalog: &mut Catalog) -> Result<(), SourceError> {
     let mut conn = connect(url).await?;
+    let main = catalog.main_schema().to_string();
     for t in &mut catalog.tables {
-        sample_widths(&mut conn, &catalog.schema, t).await;
+        sample_widths(&mut conn, &main, t).await;
     }
     let _ = conn.close().await;
     Ok(())
@@ -373,11 +435,14 @@ async fn sample_widths(conn: &mut PgConnection, schema: &str, t: &mut Table) {
             }
         })
         .collect();
-    let from = format!(
-        "{}.{}",
-        super::postgres::quote_ident(schema),
-        super::postgres::quote_ident(&t.name)
-    );
+    let from = match &t.relation {
+        Some(r) => super::postgres::quote_relation(r),
+        None => format!(
+            "{}.{}",
+            super::postgres::quote_ident(schema),
+            super::postgres::quote_ident(&t.name)
+        ),
+    };
     let big = t
         .row_estimate
         .filter(|n| *n > SAMPLE_FROM_PAGES_ABOVE)
