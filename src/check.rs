@@ -541,7 +541,9 @@ pub async fn check(
                 // Appwrite makes the unique indexes before the load: it refuses each row that
                 // repeats a key a written row holds, and the run rejects it.
                 let mut table_uniques = match &table {
-                    Some(spec) if appwrite => unique::AppwriteUnique::of(spec),
+                    Some(spec) if appwrite => {
+                        crate::sink::appwrite::unique::AppwriteUnique::of(spec)
+                    }
                     _ => Vec::new(),
                 };
                 if table.is_some() {

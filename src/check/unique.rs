@@ -114,63 +114,6 @@ impl UniqueIndex {
     }
 }
 
-/// A unique index of an Appwrite table (a mapping's `[[index]]` over top-level columns, made
-/// before the load): the server refuses each row that repeats a key a row written before holds
-/// (a 409), so the run writes the first and rejects the others under
-/// [`RULE_UNIQUE_INDEX`](crate::sink::target::RULE_UNIQUE_INDEX). Keys as MariaDB compares them,
-/// told apart from MongoDB's above: a row with a NULL in any of the index's columns holds no
-/// key (any number of NULLs), text compares without case (the table's `utf8mb4_general_ci`, as
-/// Appwrite compares ids; ASCII letters here — the collation equates some accented letters too,
-/// which this does not see), numbers by value, an array column by its whole value.
-pub(crate) struct AppwriteUnique {
-    pub name: String,
-    columns: Vec<String>,
-    /// Key → the source key of the row that holds it.
-    seen: HashMap<Vec<String>, String>,
-}
-
-impl AppwriteUnique {
-    pub fn of(spec: &crate::sink::appwrite::schema::TableSpec) -> Vec<AppwriteUnique> {
-        spec.indexes
-            .iter()
-            .filter(|i| i.kind == "unique")
-            .map(|i| AppwriteUnique {
-                name: i.key.clone(),
-                columns: i.columns.clone(),
-                seen: HashMap::new(),
-            })
-            .collect()
-    }
-
-    fn key_of(&self, row: &serde_json::Value) -> Option<Vec<String>> {
-        use serde_json::Value as J;
-        self.columns
-            .iter()
-            .map(|c| match row.get(c) {
-                None | Some(J::Null) => None,
-                Some(J::String(s)) => Some(format!("s:{}", s.to_ascii_lowercase())),
-                Some(J::Number(n)) => Some(exact_number(&n.to_string())),
-                Some(other) => Some(other.to_string()),
-            })
-            .collect()
-    }
-
-    /// The row (as its JSON columns) whose key another row holds: that row's source key and the
-    /// key as shown.
-    pub fn repeats(&self, row: &serde_json::Value) -> Option<(String, String)> {
-        let key = self.key_of(row)?;
-        let first = self.seen.get(&key)?;
-        Some((first.clone(), key.join(", ")))
-    }
-
-    /// Records the key of a row the run writes (source key `key`).
-    pub fn hold(&mut self, key: &str, row: &serde_json::Value) {
-        if let Some(k) = self.key_of(row) {
-            self.seen.entry(k).or_insert_with(|| key.to_string());
-        }
-    }
-}
-
 /// Why a partial filter is beyond what [`matches`] applies, if it is.
 pub(super) fn unsupported(filter: &Document) -> Option<String> {
     for (k, v) in filter {

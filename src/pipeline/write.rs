@@ -119,7 +119,12 @@ pub(super) async fn write_loop(
         remover,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
-    let in_flight = in_flight(&opts, target.is_bucket(&collection));
+    let in_flight = if target.writes_in_key_order(&collection) {
+        tracing::info!(%entity, "a unique index: batches are written one at a time, in key order");
+        1
+    } else {
+        in_flight(&opts, target.is_bucket(&collection))
+    };
     let start = |batch: Batch| {
         let fence = fence.clone();
         let target = target.clone();

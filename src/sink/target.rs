@@ -175,6 +175,9 @@ pub struct AppwriteTarget {
     layouts: Arc<Mutex<HashMap<String, Layout>>>,
     /// File stages' buckets (Appwrite Storage), by the stage's collection.
     buckets: Arc<Mutex<HashMap<String, StorageSpec>>>,
+    /// A dry run's unique-index keys held so far, by collection: the rows the server would
+    /// refuse are rejected as the run would (see [`Target::refusal`]).
+    rehearsed_keys: Arc<Mutex<HashMap<String, Vec<super::appwrite::unique::AppwriteUnique>>>>,
 }
 
 /// Where a file stage's files go in Appwrite Storage and where they come from.
@@ -197,6 +200,7 @@ impl AppwriteTarget {
             user_concurrency: 4,
             max_transaction_operations: crate::config::DEFAULT_MAX_TRANSACTION_OPERATIONS,
             layouts: Default::default(),
+            rehearsed_keys: Default::default(),
             buckets: Default::default(),
         }
     }
@@ -451,8 +455,13 @@ impl AppwriteTarget {
         Ok(changes)
     }
 
-    /// Remembers how `plan` maps without touching the server (dry runs, verification).
+    /// Remembers how `plan` maps without touching the server (dry runs, verification); a
+    /// rehearsal of its collection starts with no unique key held.
     pub fn describe(&self, plan: &Plan) {
+        self.rehearsed_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&plan.collection);
         let dest = match &plan.appwrite_users {
             Some(u) => Layout::Users(u.clone(), plan.entity.clone()),
             None => Layout::Table(schema::table_spec(plan), schema::child_tables(plan)),
@@ -1321,7 +1330,41 @@ impl Target {
             return Some((super::appwrite::storage::RULE_PERMISSION, why));
         }
         let users = matches!(layout, Some(Layout::Users(..)));
-        refusal(&d, table, children).or_else(|| users.then(|| users_refusal(&d))?)
+        if let Some(r) =
+            refusal(&d, table, children).or_else(|| users.then(|| users_refusal(&d))?)
+        {
+            return Some(r);
+        }
+        // A unique index: the row repeating a key a row written before it holds is refused by
+        // the server (in key order, the first keeps it). Rows are rehearsed in that order.
+        let spec = table?;
+        let mut held = a.rehearsed_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let uniques = held
+            .entry(collection.to_string())
+            .or_insert_with(|| super::appwrite::unique::AppwriteUnique::of(spec));
+        if uniques.is_empty() {
+            return None;
+        }
+        let row = schema::to_row(&d, spec);
+        let holder = d.get("_id").map(|id| rows::row_id(id)).unwrap_or_default();
+        match uniques
+            .iter()
+            .find_map(|u| u.repeats(&row).map(|r| (u.name.clone(), r)))
+        {
+            Some((index, (first, shown))) => Some((
+                RULE_UNIQUE_INDEX,
+                format!(
+                    "Appwrite's unique index `{index}` of table {} would refuse the row: row {first} holds its key [{shown}]",
+                    spec.id
+                ),
+            )),
+            None => {
+                for u in uniques.iter_mut() {
+                    u.hold(&holder, &row);
+                }
+                None
+            }
+        }
     }
 
     /// Why this target cannot have `collection` as the destination of `entity` at all (Appwrite:
@@ -1470,6 +1513,20 @@ impl Target {
     }
 
     /// Whether `collection` is a file stage's bucket (GridFS, or Appwrite Storage).
+    /// Whether the rows of `collection` must be written one batch at a time, in key order: an
+    /// Appwrite table with a unique index refuses the rows that repeat a key written before
+    /// them, so which rows it keeps (and, with several unique indexes, how many) depends on the
+    /// order they arrive in — key order is the one `check` and a dry run predict.
+    pub fn writes_in_key_order(&self, collection: &str) -> bool {
+        match self {
+            Target::Mongo(_) => false,
+            Target::Appwrite(a) => matches!(
+                a.layout(collection),
+                Some(Layout::Table(spec, _)) if spec.indexes.iter().any(|i| i.kind == "unique")
+            ),
+        }
+    }
+
     pub fn is_bucket(&self, collection: &str) -> bool {
         match self {
             Target::Mongo(m) => m.bucket(collection).is_some(),

@@ -10,6 +10,7 @@ pub mod rows;
 pub mod schema;
 pub mod storage;
 pub mod tables;
+pub mod unique;
 pub mod users;
 
 use std::num::NonZeroU32;
