@@ -1346,7 +1346,7 @@ impl Target {
             return None;
         }
         let row = schema::to_row(&d, spec);
-        let holder = d.get("_id").map(|id| rows::row_id(id)).unwrap_or_default();
+        let holder = d.get("_id").map(rows::row_id).unwrap_or_default();
         match uniques
             .iter()
             .find_map(|u| u.repeats(&row).map(|r| (u.name.clone(), r)))
