@@ -546,18 +546,36 @@ pub async fn check(
                     }
                     _ => Vec::new(),
                 };
-                if table.is_some() {
-                    for ix in plan
-                        .indexes
+                // Unique indexes Appwrite cannot hold are not made there: said, since
+                // Appwrite then keeps nothing unique that the mapping asks it to.
+                if appwrite {
+                    let made: Vec<Vec<String>> = table
                         .iter()
-                        .filter(|i| i.unique && i.partial.is_some())
-                    {
+                        .flat_map(|t| t.indexes.iter())
+                        .filter(|i| i.kind == "unique")
+                        .map(|i| i.columns.clone())
+                        .collect();
+                    for ix in plan.indexes.iter().filter(|i| i.unique && i.kind.is_none()) {
+                        let paths: Vec<String> =
+                            ix.key_pairs().into_iter().map(|(p, _)| p).collect();
+                        let why = if plan.appwrite_users.is_some() {
+                            "the entity's documents are Appwrite users, which have no indexes (Appwrite keeps only emails and phones unique)"
+                        } else if ix.partial.is_some() {
+                            "a partial unique index has no Appwrite counterpart (Appwrite indexes every row)"
+                        } else if made.contains(&paths) {
+                            continue;
+                        } else {
+                            "its paths are not top-level columns of the table (a path inside a JSON column, an embedded document's field in a child table, or no field at all)"
+                        };
                         report.findings.push(Finding {
                             entity: plan.entity.clone(),
-                            path: ix.keys.join(", "),
+                            path: paths.join(", "),
                             rule: "appwrite_index_not_made".into(),
                             severity: "warning".into(),
-                            example: "a partial unique index has no Appwrite counterpart (Appwrite indexes every row): it is not made in Appwrite, so Appwrite does not keep these keys unique".into(),
+                            example: format!(
+                                "unique index over {}: not made in Appwrite, so Appwrite does not keep these keys unique: {why}",
+                                paths.join(", ")
+                            ),
                             ..Default::default()
                         });
                     }

@@ -69,7 +69,8 @@ const CASES: &[Case] = &[
         name: "two_indexes",
         rows: "(1,'a1',1),(2,'a2',2),(3,'a3',3),(4,'a4',4),(5,'a5',5),(6,'a6',6),(7,'a7',7),(8,'a8',8),(9,'a9',9),(10,'a10',10),(11,'a1',2),(12,'a3',4),(13,'a5',6),(14,'a7',8),(15,'a9',10)",
         code_options: "",
-        index: "keys = [\"code\"]\nunique = true\n[[index]]\nkeys = [\"n\"]\nunique = true",
+        // Named so that both names become one Appwrite key: each is made all the same.
+        index: "keys = [\"code\"]\nunique = true\nname = \"by code\"\n[[index]]\nkeys = [\"n\"]\nunique = true\nname = \"by_code\"",
         rejected: &["11", "12", "13", "14", "15"],
     },
     Case {
@@ -295,7 +296,8 @@ async fn a_refused_parent_leaves_no_child_table_rows() {
          [[field]]\npath = \"code\"\ncolumn = \"code\"\n\
          [[embed]]\npath = \"kids\"\ntable = \"kids\"\nforeign_key = \"u_id\"\norder_by = [\"id\"]\nappwrite = \"table\"\n\
          [[embed.field]]\npath = \"name\"\ncolumn = \"name\"\n\
-         [[index]]\nkeys = [\"code\"]\nunique = true\n";
+         [[index]]\nkeys = [\"code\"]\nunique = true\n\
+         [[index]]\nkeys = [\"kids.name\"]\nunique = true\n";
     let pipeline = common::one_entity_pipeline(&w, "u", mapping);
     let pipeline = pipeline.to_str().unwrap();
     let out = aw
@@ -324,6 +326,15 @@ async fn a_refused_parent_leaves_no_child_table_rows() {
     assert_eq!(unique.len(), 1, "{report}");
     assert_eq!(unique[0]["rows"], 1, "{report}");
     assert_eq!(unique[0]["example_key"], "2", "{report}");
+    // A unique index over a child table's field is not made in Appwrite: said.
+    let not_made: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "appwrite_index_not_made")
+        .collect();
+    assert_eq!(not_made.len(), 1, "{report}");
+    assert_eq!(not_made[0]["path"], "kids.name", "{report}");
     assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
 
     let out = aw

@@ -446,10 +446,23 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
                 .then(|| reference_index(path))
         })
         .collect();
-    for ix in mapping_indexes(plan, &columns) {
-        if !indexes.iter().any(|i| i.key == ix.key) {
-            indexes.push(ix);
+    for mut ix in mapping_indexes(plan, &columns) {
+        let same = |i: &IndexSpec| i.columns == ix.columns && i.kind == ix.kind;
+        if indexes.iter().any(|i| i.key == ix.key && same(i)) {
+            // The reference's own index (or the very same index twice).
+            continue;
         }
+        // Two indexes whose names become one Appwrite key (`by code`, `by_code`): the second
+        // would be taken for the first and never made — it gets a key of its own.
+        let base = ix.key.clone();
+        let mut n = 2;
+        while indexes.iter().any(|i| i.key == ix.key) {
+            let suffix = format!("_{n}");
+            let head: String = base.chars().take(36 - suffix.len()).collect();
+            ix.key = format!("{head}{suffix}");
+            n += 1;
+        }
+        indexes.push(ix);
     }
     TableSpec {
         id: plan.collection.clone(),
