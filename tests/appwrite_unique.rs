@@ -381,3 +381,85 @@ async fn a_refused_parent_leaves_no_child_table_rows() {
     assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// `unique` added to or taken off an index between runs reaches Appwrite: the index is made
+/// again (Appwrite cannot change one). A unique index over rows already in the table that repeat
+/// a key cannot be built: the run stops before writing and says how to go on, and the failed
+/// index is taken away again, so that the run after the repeats are removed makes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_made_unique_or_not_since_is_made_again() {
+    let aw = Aw::start(KEY).await;
+    let w = World::new("aw_unique_changed").await;
+    w.sql(
+        "CREATE TABLE u (id int PRIMARY KEY, code text); INSERT INTO u VALUES (1, 'a'), (2, 'A');",
+    )
+    .await;
+    let mapping = |unique: bool| {
+        format!(
+            "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"id\"]\n\
+             [[field]]\npath = \"code\"\ncolumn = \"code\"\n\
+             [[index]]\nkeys = [\"code\"]\nunique = {unique}\n"
+        )
+    };
+    let pipeline = common::one_entity_pipeline(&w, "u", &mapping(false));
+    let pipeline = pipeline.to_str().unwrap().to_string();
+    let migrate = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "migrate",
+            "--target",
+            "appwrite",
+            "--pipeline",
+            pipeline.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let index = || aw.s.get_index("uqc", "u", "ix_code");
+    let out = aw.cutover_in(&w, "uqc", &migrate(&[])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    assert_eq!(index().unwrap()["type"], "key");
+
+    // Made unique: the rows in the table repeat a key (without case): refused before writing.
+    let write_mapping = |unique: bool| {
+        std::fs::write(w.dir.path().join("mappings/u.toml"), mapping(unique)).unwrap()
+    };
+    write_mapping(true);
+    w.sql("UPDATE u SET code = 'b' WHERE id = 2").await;
+    let out = aw.cutover_in(&w, "uqc", &migrate(&["--rerun"])).await;
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot be made: rows already in the table repeat a key"),
+        "{text}"
+    );
+    assert!(index().is_err(), "the failed index is taken away: {text}");
+    let codes = || {
+        let mut v: Vec<String> =
+            aw.s.rows("uqc", "u")
+                .iter()
+                .map(|r| r["code"].as_str().unwrap().to_string())
+                .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(codes(), ["A", "a"], "nothing written");
+    // The repeat removed from the table: the next run makes the index and writes.
+    aw.s.delete_row("uqc", "u", "2").unwrap();
+    let out = aw.cutover_in(&w, "uqc", &migrate(&["--rerun"])).await;
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(index().unwrap()["type"], "unique");
+    assert_eq!(codes(), ["a", "b"]);
+
+    // `unique` taken off: made again as a key index, said in the run's output.
+    write_mapping(false);
+    let out = aw.cutover_in(&w, "uqc", &migrate(&["--rerun"])).await;
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(index().unwrap()["type"], "key");
+    assert!(
+        text.contains("Appwrite index u.ix_code made again before the load"),
+        "{text}"
+    );
+    w.drop().await;
+}

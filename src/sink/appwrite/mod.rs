@@ -450,6 +450,55 @@ impl AppwriteClient {
         )
     }
 
+    /// Index `key` of a table as the server describes it (`None`: there is none).
+    pub async fn index(
+        &self,
+        db: &str,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<Value>, AppwriteError> {
+        match self
+            .call(
+                reqwest::Method::GET,
+                &format!("/tablesdb/{db}/tables/{table}/indexes/{key}"),
+                None,
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_missing() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes index `key` and waits until it is gone (Appwrite deletes indexes in the
+    /// background), at most `timeout`.
+    pub async fn delete_index(
+        &self,
+        db: &str,
+        table: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), AppwriteError> {
+        let path = format!("/tablesdb/{db}/tables/{table}/indexes/{key}");
+        match self.call(reqwest::Method::DELETE, &path, None).await {
+            Ok(_) => {}
+            Err(e) if e.is_missing() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.index(db, table, key).await?.is_some() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AppwriteError::client(
+                    ClientKind::Timeout { what: "index" },
+                    format!("index {table}.{key} was not deleted after {timeout:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     /// Waits until index `key` is `available` (errors as for columns).
     pub async fn wait_index(
         &self,

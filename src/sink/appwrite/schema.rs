@@ -930,12 +930,77 @@ pub async fn apply(
         if !i.orders.is_empty() {
             body["orders"] = json!(i.orders);
         }
+        // An index of this key made otherwise (`unique` added or taken away since, other
+        // columns) or left `failed` is made again: Appwrite cannot change an index.
+        if let Some(have) = client.index(db, &spec.id, &i.key).await? {
+            let failed = have["status"] == "failed";
+            if !failed && same_index(&have, i) {
+                continue;
+            }
+            client.delete_index(db, &spec.id, &i.key, timeout).await?;
+            let was = if failed {
+                "it had failed to build".to_string()
+            } else {
+                format!(
+                    "it was a {} index over {}",
+                    have["type"].as_str().unwrap_or("?"),
+                    have["columns"]
+                )
+            };
+            tracing::info!(table = %spec.id, index = %i.key, "{was}: made again");
+            changes.push(format!(
+                "Appwrite index {}.{} made again before the load as the mapping says ({} over {}): {was}",
+                spec.id,
+                i.key,
+                i.kind,
+                i.columns.join(", ")
+            ));
+        }
         client.ensure_index(db, &spec.id, &body).await?;
     }
     for i in &spec.indexes {
-        client.wait_index(db, &spec.id, &i.key, timeout).await?;
+        match client.wait_index(db, &spec.id, &i.key, timeout).await {
+            Ok(()) => {}
+            // A unique index over rows already in the table that repeat a key: taken away
+            // again (a failed index would stop every later run), and the run stops before
+            // writing, saying how to go on.
+            Err(e) if i.kind == "unique" && e.kind() == "index_failed" => {
+                let _ = client.delete_index(db, &spec.id, &i.key, timeout).await;
+                return Err(AppwriteError::client(
+                    super::ClientKind::NotAvailable {
+                        what: "index",
+                        state: "failed",
+                    },
+                    format!(
+                        "the unique index {}.{} over {} cannot be made: rows already in the table repeat a key ({}); nothing was written. Remove the repeats from the table (or `unique` from the mapping's index) and run again",
+                        spec.id,
+                        i.key,
+                        i.columns.join(", "),
+                        e.message()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(changes)
+}
+
+/// Whether the server's index `have` is `want`: its type and columns (and orders, when the
+/// mapping gives them).
+fn same_index(have: &Value, want: &IndexSpec) -> bool {
+    let columns: Vec<&str> = have["columns"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    have["type"].as_str() == Some(want.kind)
+        && columns == want.columns.iter().map(String::as_str).collect::<Vec<_>>()
+        && (want.orders.is_empty()
+            || have["orders"].as_array().is_none_or(|o| {
+                o.iter()
+                    .filter_map(Value::as_str)
+                    .eq(want.orders.iter().map(String::as_str))
+            }))
 }
 
 /// A document as a row of `spec`: JSON columns get JSON text, text columns text (references as the
