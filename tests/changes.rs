@@ -338,6 +338,42 @@ async fn a_failing_change_without_a_transaction_is_restored_from_its_backup() {
     failing_change(false).await;
 }
 
+/// A failing `command` (the outside tester's adv20 F3): the server ran nothing, so there is
+/// nothing of it to undo — its `down` was run all the same, failed the same way, and left the
+/// change `restore-failed` with the `set` before it in place, every `down` after failing too.
+#[tokio::test]
+async fn a_failing_command_has_nothing_to_undo_and_the_operations_before_it_are_undone() {
+    let w = World::new("changes_fail_command").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "6_command.toml",
+        r#"version = 6
+name = "failing command"
+[[up]]
+op = "set"
+collection = "things"
+filter = {}
+fields = { size = 0 }
+[[up]]
+op = "command"
+command = { collMod = "no_such_collection", validationLevel = "moderate" }
+down = { collMod = "no_such_collection", validationLevel = "strict" }
+"#,
+    );
+    let before = hashes(&w).await;
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(
+        text.contains("up operation 2 (`command`") && text.contains("restored from the backup"),
+        "{text}"
+    );
+    assert_eq!(hashes(&w).await, before, "the set is undone: {text}");
+    assert_eq!(states(&w, &dir), [("6".to_string(), "failed".to_string())]);
+    assert!(backup_collections(&w).await.is_empty());
+    w.drop().await;
+}
+
 #[tokio::test]
 async fn a_failed_change_stops_the_batch_unless_continue_on_error() {
     let w = World::new("changes_continue").await;
