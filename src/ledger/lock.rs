@@ -88,8 +88,15 @@ fn holder_of(d: &Document) -> LockHolder {
     };
     let lock_host = d.get_str("host").unwrap_or_default().to_string();
     let pid = d.get_i64("pid").unwrap_or_default();
-    // A holder on this machine whose process is gone (kill -9, crash) holds nothing.
-    let dead = lock_host == host() && !pid_alive(pid);
+    // A holder on this machine whose process is gone (kill -9, crash) holds nothing. Its pid
+    // names a process only in its own PID namespace: a holder in another one (a container
+    // sharing the host's name — host networking, `hostNetwork` pods) is judged by its lease.
+    let same_namespace = match d.get_str("pid_namespace") {
+        Ok(theirs) => pid_namespace().as_deref() == Some(theirs),
+        // A lock written before the namespace was recorded.
+        Err(_) => true,
+    };
+    let dead = lock_host == host() && same_namespace && !pid_alive(pid);
     let expired = dead
         || d.get_datetime("expires_at")
             .map(|t| t.timestamp_millis() < bson::DateTime::now().timestamp_millis())
@@ -105,6 +112,13 @@ fn holder_of(d: &Document) -> LockHolder {
         process_gone: dead,
         token: d.get_str("token").ok().map(str::to_string),
     }
+}
+
+/// This process's PID namespace as the kernel names it (`pid:[4026531836]`).
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// Whether process `pid` of this machine is alive (and is a cutover).
@@ -289,6 +303,7 @@ impl Ledger {
                 "token": &token,
                 "host": host(),
                 "pid": i64::from(std::process::id()),
+                "pid_namespace": pid_namespace().unwrap_or_default(),
                 "command": command,
                 "acquired_at": bson::DateTime::now(),
                 "expires_at": expiry(ttl),
@@ -488,5 +503,32 @@ impl Drop for Lock {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lock of this machine whose pid names no process: gone — unless it was taken in another
+    /// PID namespace (a container sharing the host's name), where the pid means nothing here and
+    /// the lease decides (the outside tester's adv20 F2: a live replica's lock was taken over).
+    #[test]
+    fn a_pid_of_another_namespace_is_not_judged_here() {
+        let lock = |ns: Option<&str>| {
+            let mut d = doc! {
+                "run_id": "r", "host": host(), "pid": i64::from(i32::MAX),
+                "expires_at": bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 60_000),
+            };
+            if let Some(ns) = ns {
+                d.insert("pid_namespace", ns);
+            }
+            holder_of(&d)
+        };
+        let here = pid_namespace().expect("a PID namespace on Linux");
+        assert!(lock(Some(&here)).process_gone);
+        assert!(lock(None).process_gone, "a lock of an older version");
+        let other = lock(Some("pid:[1]"));
+        assert!(!other.process_gone && !other.expired, "{other:?}");
     }
 }
