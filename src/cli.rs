@@ -92,8 +92,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
+    /// Address to listen on (`IP:PORT`, or `HOST:PORT` such as `localhost:8088`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088", value_parser = listen_address)]
     pub listen: std::net::SocketAddr,
     /// Serve without a token (refused unless the address is a loopback one).
     #[arg(long)]
@@ -767,4 +767,15 @@ fn boolish(s: &str) -> Result<bool, String> {
             "`{other}` is not a yes/no value (true/false, 1/0, yes/no, on/off)"
         )),
     }
+}
+
+/// `--listen`: an `IP:PORT`, or a `HOST:PORT` resolved to its first address.
+fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("`{text}` is no address to listen on (IP:PORT or HOST:PORT): {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }

@@ -1477,3 +1477,67 @@ async fn an_up_cut_short_by_sigterm_says_what_it_left_pending() {
     assert!(server.stop().success(), "{}", server.log());
     w.drop().await;
 }
+
+/// Outside tester of `serve` (adv20 F1): SIGTERM while a run goes and a client holds a request
+/// it never finishes. Graceful shutdown waited for that connection with no limit, and the run
+/// was told to stop only after it closed: the run kept writing to its end, and a container's
+/// SIGKILL would have cut it mid-batch. Now the run is stopped at once (recorded interrupted,
+/// or completed when its last batches were in flight) and the server exits in bounded time.
+#[tokio::test]
+async fn sigterm_stops_the_run_at_once_whatever_a_client_holds_open() {
+    let w = World::new("serve_stalled").await;
+    w.load_registry(2000);
+    let dir = changes_dir(&w);
+    let d = dir.display().to_string();
+    let pipeline = repo().join("pipelines/registry.toml").display().to_string();
+    let mut server = Server::start(
+        &w,
+        "stalled",
+        &["--no-auth", "--dir", &d, "--pipeline", &pipeline],
+        &[],
+    );
+    let api = Api::new(&server.base, None);
+    let (s, v) = api.post("/api/runs", Some(json!({"batchSize": 5}))).await;
+    assert_eq!(s, 202, "{v}");
+    let run_id = v["runId"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    loop {
+        let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
+        if v["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["entity"] == "patients" && e["status"] == "running")
+        {
+            break;
+        }
+        assert_eq!(v["status"], "running", "the run ended first: {v}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A request whose headers never end, held open past the stop.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut stalled, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    assert!(server.stop().success(), "{}", server.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        server.log().contains("stopping the run in progress"),
+        "{}",
+        server.log()
+    );
+    let runs = ledger_docs(&w, "cutover_runs", doc! { "_id": &run_id }).await;
+    assert_eq!(
+        runs[0].get_str("status").unwrap(),
+        "interrupted",
+        "the run did not go on to its end: {runs:?}"
+    );
+    drop(stalled);
+    w.drop().await;
+}
