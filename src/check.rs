@@ -750,7 +750,7 @@ pub async fn check(
                                         severity: "reject".into(),
                                         example_key: key.clone(),
                                         example: format!(
-                                            "Appwrite's unique index `{index}` of table {} refuses the row: row {first} holds its key [{shown}] (the row written first keeps it; text compares without case, NULLs repeat freely)",
+                                            "Appwrite's unique index `{index}` of table {} refuses the row: row {first} holds its key [{shown}] (the row written first keeps it; text compares without case, accents or trailing spaces; NULLs repeat freely)",
                                             spec.id
                                         ),
                                         ..Default::default()

@@ -35,6 +35,14 @@ const CASES: &[Case] = &[
         index: "keys = [\"code\"]\nunique = true",
         rejected: &["2"],
     },
+    // MariaDB's case- and accent-insensitive PAD SPACE collations: one key.
+    Case {
+        name: "accents",
+        rows: "(1,'Ärger',1),(2,'arger  ',2),(3,' arger',3),(4,'b',4)",
+        code_options: "",
+        index: "keys = [\"code\"]\nunique = true",
+        rejected: &["2"],
+    },
     Case {
         name: "transformed",
         rows: "(1,'Abc',1),(2,' abc ',2),(3,'x',3),(4,'X ',4)",

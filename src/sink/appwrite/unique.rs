@@ -8,9 +8,8 @@ use std::collections::HashMap;
 /// (a 409), so the run writes the first and rejects the others under
 /// [`RULE_UNIQUE_INDEX`](crate::sink::target::RULE_UNIQUE_INDEX). Keys as MariaDB compares them,
 /// told apart from MongoDB's (`check`'s own): a row with a NULL in any of the index's columns holds no
-/// key (any number of NULLs), text compares without case (the table's `utf8mb4_general_ci`, as
-/// Appwrite compares ids; ASCII letters here — the collation equates some accented letters too,
-/// which this does not see), numbers by value, an array column by its whole value.
+/// key (any number of NULLs), text compares without case, accents or trailing spaces (see
+/// [`collation_key`]), numbers by value, an array column by its whole value.
 #[derive(Debug)]
 pub struct AppwriteUnique {
     pub name: String,
@@ -38,7 +37,7 @@ impl AppwriteUnique {
             .iter()
             .map(|c| match row.get(c) {
                 None | Some(J::Null) => None,
-                Some(J::String(s)) => Some(format!("s:{}", s.to_ascii_lowercase())),
+                Some(J::String(s)) => Some(format!("s:{}", collation_key(s))),
                 Some(J::Number(n)) => Some(number_key(n)),
                 Some(other) => Some(other.to_string()),
             })
@@ -59,6 +58,19 @@ impl AppwriteUnique {
             self.seen.entry(k).or_insert_with(|| key.to_string());
         }
     }
+}
+
+/// Text as MariaDB's case- and accent-insensitive PAD SPACE collations (`utf8mb4_general_ci`,
+/// `utf8mb4_unicode_ci`) compare it, near enough: trailing spaces do not count, nor accents
+/// (`Ä` is `a`), nor case. Their finer points (ligatures, contractions) are not predicted.
+fn collation_key(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    s.trim_end_matches(' ')
+        .nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// A JSON number as a key: integers by their digits, other numbers by their value's shortest
@@ -91,6 +103,9 @@ mod tests {
         let mut ix = index(&["a", "b"]);
         ix.hold("1", &json!({"a": "X", "b": 1}));
         assert!(ix.repeats(&json!({"a": "x", "b": 1.0})).is_some());
+        ix.hold("3", &json!({"a": "Ärger", "b": 5}));
+        assert!(ix.repeats(&json!({"a": "arger  ", "b": 5})).is_some());
+        assert!(ix.repeats(&json!({"a": " arger", "b": 5})).is_none());
         assert!(ix.repeats(&json!({"a": "x", "b": 2})).is_none());
         ix.hold("2", &json!({"a": null, "b": 1}));
         assert!(ix.repeats(&json!({"a": null, "b": 1})).is_none());

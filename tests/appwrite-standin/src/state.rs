@@ -2074,14 +2074,15 @@ pub fn email_ok(email: &str) -> bool {
 }
 
 /// A row's key in a unique index over `columns`, as MariaDB compares it: none when a column is
-/// null or missing (a unique index holds any number of NULLs), strings without case (the
-/// table's `utf8mb4_general_ci`, as for ids: ASCII letters here), numbers by value.
+/// null or missing (a unique index holds any number of NULLs), strings as its case- and
+/// accent-insensitive PAD SPACE collations do (`Ä` = `a`, `a ` = `a`; their finer points —
+/// ligatures, contractions — are not modelled), numbers by value.
 fn unique_key(columns: &[String], row: &Value) -> Option<Vec<String>> {
     columns
         .iter()
         .map(|c| match row.get(c) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(format!("s:{}", s.to_ascii_lowercase())),
+            Some(Value::String(s)) => Some(format!("s:{}", collated(s))),
             Some(Value::Number(n)) => Some(match (n.as_i64(), n.as_f64()) {
                 (Some(i), _) => format!("n:{i}"),
                 (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
@@ -2091,6 +2092,19 @@ fn unique_key(columns: &[String], row: &Value) -> Option<Vec<String>> {
             }),
             Some(other) => Some(other.to_string()),
         })
+        .collect()
+}
+
+/// Text as a case- and accent-insensitive PAD SPACE collation compares it: trailing spaces
+/// dropped, letters without their accents (canonical decomposition, combining marks dropped),
+/// in lower case.
+fn collated(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    s.trim_end_matches(' ')
+        .nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
         .collect()
 }
 
