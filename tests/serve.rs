@@ -654,6 +654,12 @@ async fn the_status_page_shows_a_run_moving_in_chromium() {
         first.contains("class=\"state-running\">running<"),
         "{first}"
     );
+    // No report links for the run in progress (they answered 404 until it ended; adv20 F6).
+    assert!(first.contains("report when it ends"), "{first}");
+    assert!(
+        !first.contains(&format!("{run_id}/report?format=")),
+        "{first}"
+    );
     let before: u64 = page_reads(&first).values().sum();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = dump_dom(&url, &profile);

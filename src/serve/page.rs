@@ -61,8 +61,10 @@ async function runs() {
   fill($("runs"), runs.runs.map((r) => {
     const tr = document.createElement("tr");
     cell(tr, r.run_id); cell(tr, r.status, "state-" + r.status);
-    const td = cell(tr, r.hasReport === false ? "no report (the run was killed)" : "");
-    for (const f of r.hasReport === false ? [] : ["json", "md", "html"]) {
+    // A run still going has no report yet (its links would answer 404).
+    const going = r.status === "running";
+    const td = cell(tr, going ? "report when it ends" : r.hasReport === false ? "no report (the run was killed)" : "");
+    for (const f of going || r.hasReport === false ? [] : ["json", "md", "html"]) {
       const a = document.createElement("a");
       // From the origin: a page opened with the credentials in its URL must not repeat them.
       a.href = new URL("/api/runs/" + encodeURIComponent(r.run_id) + "/report?format=" + f, location.origin).href;
