@@ -878,7 +878,50 @@ async fn migrate_locked(
         {
             tracing::warn!(entity = %p.entity, error = %e, "cannot clear the collection's validator before the load");
         }
-        let (mut report, err) = run_entity(p, &mut session, &run, &stage).await;
+        // An Appwrite table with a unique index: the records of rows gone from the source are
+        // deleted before the load, not after — a new row taking a gone row's key would be
+        // refused by the server while the gone row still held it.
+        let early = stage.sync_deletes && target.writes_in_key_order(&p.collection);
+        let early_deleted = if early {
+            let fenced = match fence {
+                Some(f) => f.check().await.map_err(RunError::LockLost),
+                None => Ok(()),
+            };
+            let remover = super::removal::Remover {
+                ledger: stage.ledger.clone(),
+                run_id: run_id.to_string(),
+                entity: p.entity.clone(),
+            };
+            Some(match fenced {
+                Ok(()) => {
+                    super::sync_deletes::sync_deletes(
+                        p,
+                        &mut session,
+                        target,
+                        opts.dry_run,
+                        &remover,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            })
+        } else {
+            None
+        };
+        let (mut report, err) = match early_deleted {
+            Some(Err(e)) => {
+                let mut report = EntityReport::new(&p.entity, &p.collection, Default::default(), 0);
+                report.status = "failed".into();
+                report.error = Some(crate::redact::redact_text(&e.to_string()));
+                (report, Some(e))
+            }
+            Some(Ok(n)) => {
+                let (mut report, err) = run_entity(p, &mut session, &run, &stage).await;
+                report.deleted += n;
+                (report, err)
+            }
+            None => run_entity(p, &mut session, &run, &stage).await,
+        };
         report.delta = delta;
         report.schema_changes = stage.schema_changes.clone();
         if let Some(b) = backup_taken {
@@ -891,12 +934,13 @@ async fn migrate_locked(
         let mut err = err;
         if err.is_none()
             && stage.sync_deletes
+            && !early
             && let Some(f) = fence
             && let Err(lost) = f.check().await
         {
             err = Some(RunError::LockLost(lost));
         }
-        if err.is_none() && stage.sync_deletes {
+        if err.is_none() && stage.sync_deletes && !early {
             let remover = super::removal::Remover {
                 ledger: stage.ledger.clone(),
                 run_id: run_id.to_string(),
