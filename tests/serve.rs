@@ -5,11 +5,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bson::{Document, doc};
-use common::serve::{Api, Server, is_error, spawn};
+use common::serve::{Api, Server, is_error, spawn, start_together};
 use common::{World, repo};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
@@ -461,26 +461,6 @@ async fn a_missing_or_wrong_token_is_refused_and_the_token_never_shows() {
     let out = std::fs::read_to_string(w.dir.path().join("auth.out")).unwrap();
     assert!(!out.contains(token));
     w.drop().await;
-}
-
-/// Three `serve` processes started at once (`name0`…`name2`), each once it listens.
-fn start_together(w: &World, name: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<Server> {
-    let children: Vec<Child> = (0..3)
-        .map(|i| spawn(w, &format!("{name}{i}"), args, env))
-        .collect();
-    children
-        .into_iter()
-        .enumerate()
-        .map(|(i, child)| {
-            let mut s = Server {
-                child,
-                base: String::new(),
-                stderr: w.dir.path().join(format!("{name}{i}.err")),
-            };
-            s.base = s.wait_listening(Duration::from_secs(120));
-            s
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -471,24 +471,8 @@ async fn three_appwrite_instances_started_together_apply_each_change_once() {
         ("APPWRITE_DATABASE", DB),
         ("MIGRATE_ON_START_FAIL_HARD", "true"),
     ];
-    let mut servers: Vec<Server> = tokio::task::block_in_place(|| {
-        let children: Vec<_> = (0..3)
-            .map(|i| common::serve::spawn(&w, &format!("aw3_{i}"), &args, &env))
-            .collect();
-        children
-            .into_iter()
-            .enumerate()
-            .map(|(i, child)| {
-                let mut s = Server {
-                    child,
-                    base: String::new(),
-                    stderr: w.dir.path().join(format!("aw3_{i}.err")),
-                };
-                s.base = s.wait_listening(Duration::from_secs(120));
-                s
-            })
-            .collect()
-    });
+    let mut servers: Vec<Server> =
+        tokio::task::block_in_place(|| common::serve::start_together(&w, "aw3_", &args, &env));
     let logs: Vec<String> = servers.iter().map(|s| s.log()).collect();
     // The ledger, read from the stand-in: one applied `up` per change, from one batch.
     // A record is its canonical extended JSON in the row's `doc` column.

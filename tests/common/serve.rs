@@ -175,3 +175,23 @@ pub fn is_error(v: &Value, error: &str) {
     assert_eq!(v["error"], error, "{v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
 }
+
+/// Three `serve` processes started at once (`name0`…`name2`), each once it listens.
+pub fn start_together(w: &World, name: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<Server> {
+    let children: Vec<Child> = (0..3)
+        .map(|i| spawn(w, &format!("{name}{i}"), args, env))
+        .collect();
+    children
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| {
+            let mut s = Server {
+                child,
+                base: String::new(),
+                stderr: w.dir.path().join(format!("{name}{i}.err")),
+            };
+            s.base = s.wait_listening(Duration::from_secs(120));
+            s
+        })
+        .collect()
+}
