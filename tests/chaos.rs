@@ -646,6 +646,97 @@ async fn a_killed_rerun_into_an_appwrite_child_table_is_finished_by_plain_runs()
     chaos_intent(&APPWRITE_CHILDREN, APPWRITE_CHILDREN_CHANGES).await;
 }
 
+// (i) A unique index whose keys move between rows in a re-run (two rows swapping codes, a
+// code moving one way to a later row, a row repeating an unchanged row's code, new rows taking
+// the codes of rows gone from the source): rows the index refuses while another row's older
+// document holds their key are set aside and written at the stage's end (their batches' checkpoints
+// wait for them), so a kill anywhere — also between removing their older documents and writing
+// them again — must still end as the uninterrupted run.
+const UNIQUE_SQL_MONGO: &str = r#"
+CREATE TABLE accounts (id bigint PRIMARY KEY, code text NOT NULL, n integer NOT NULL);
+INSERT INTO accounts SELECT g, 'c' || g, g % 100 FROM generate_series(1, 30000) g;
+"#;
+
+const UNIQUE_SQL_APPWRITE: &str = r#"
+CREATE TABLE accounts (id bigint PRIMARY KEY, code text NOT NULL, n integer NOT NULL);
+INSERT INTO accounts SELECT g, 'c' || g, g % 100 FROM generate_series(1, 4000) g;
+"#;
+
+const UNIQUE_MAPPING: &str = r#"
+version = 1
+name = "accounts"
+[source]
+table = "accounts"
+key = ["id"]
+[[field]]
+path = "code"
+column = "code"
+[[field]]
+path = "n"
+column = "n"
+[[index]]
+keys = ["code"]
+unique = true
+"#;
+
+const UNIQUE_MONGO: Shape = Shape {
+    test: "uniqmg",
+    sql: UNIQUE_SQL_MONGO,
+    mappings: &[("accounts", UNIQUE_MAPPING)],
+    pipeline: r#"
+version = 1
+name = "uniqmg"
+mappings_dir = "mappings"
+[[stage]]
+name = "accounts"
+entities = ["accounts"]
+"#,
+    entities: &[("accounts", "accounts")],
+    appwrite_tables: &[],
+};
+
+const UNIQUE_APPWRITE: Shape = Shape {
+    test: "uniqaw",
+    sql: UNIQUE_SQL_APPWRITE,
+    mappings: &[("accounts", UNIQUE_MAPPING)],
+    pipeline: r#"
+version = 1
+name = "uniqaw"
+mappings_dir = "mappings"
+target = "appwrite"
+[[stage]]
+name = "accounts"
+entities = ["accounts"]
+"#,
+    entities: &[("accounts", "accounts")],
+    appwrite_tables: &["accounts"],
+};
+
+// Only codes no two changed rows both take: which of two rows written in the same run keeps a
+// code depends on which lands first when batches are written side by side (MongoDB).
+const UNIQUE_CHANGES: &str = r#"
+UPDATE accounts SET code = CASE WHEN id % 500 = 1 THEN 'c' || (id + 1) ELSE 'c' || (id - 1) END
+WHERE id % 500 IN (1, 2) AND id < (SELECT max(id) FROM accounts);
+UPDATE accounts SET code = 'fresh ' || id WHERE id % 700 = 53;
+UPDATE accounts SET code = 'c' || (id + 50) WHERE id % 700 = 3 AND id + 50 <= (SELECT max(id) FROM accounts);
+UPDATE accounts SET code = 'c' || (id - 1), n = n + 1 WHERE id % 900 = 57;
+DELETE FROM accounts WHERE id % 611 = 0;
+INSERT INTO accounts
+SELECT 1000000 + g, 'c' || (g * 611), 0 FROM generate_series(1, 60) g
+WHERE g * 611 <= 4000 + 26000 * (SELECT (count(*) > 5000)::int FROM accounts)
+  AND (g * 611) % 500 NOT IN (1, 2) AND (g * 611) % 700 <> 53 AND (g * 611) % 900 <> 56;
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rerun_moving_unique_keys_is_finished_by_plain_runs() {
+    chaos_intent(&UNIQUE_MONGO, UNIQUE_CHANGES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_rerun_moving_appwrite_unique_keys_is_finished_by_plain_runs() {
+    chaos_intent(&UNIQUE_APPWRITE, UNIQUE_CHANGES).await;
+}
+
 const TWO_STAGES_CHANGES: &str = r#"
 UPDATE alpha SET n = n + 1 WHERE id % 13 = 0;
 DELETE FROM alpha WHERE id % 17 = 0;

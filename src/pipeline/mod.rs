@@ -4,6 +4,7 @@
 mod adopt;
 mod checkpoint;
 mod decide;
+mod deferred;
 mod entity;
 pub mod error;
 pub mod expected;

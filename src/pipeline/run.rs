@@ -878,10 +878,12 @@ async fn migrate_locked(
         {
             tracing::warn!(entity = %p.entity, error = %e, "cannot clear the collection's validator before the load");
         }
-        // An Appwrite table with a unique index: the records of rows gone from the source are
-        // deleted before the load, not after — a new row taking a gone row's key would be
-        // refused by the server while the gone row still held it.
-        let early = stage.sync_deletes && target.writes_in_key_order(&p.collection);
+        // A destination with a unique index (the mapping's, or an Appwrite table's): the
+        // records of rows gone from the source are deleted before the load, not after — a new
+        // row taking a gone row's key would be refused by the server while the gone row still
+        // held it.
+        let early = stage.sync_deletes
+            && (target.writes_in_key_order(&p.collection) || p.indexes.iter().any(|i| i.unique));
         let early_deleted = if early {
             let fenced = match fence {
                 Some(f) => f.check().await.map_err(RunError::LockLost),

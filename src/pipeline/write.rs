@@ -106,6 +106,7 @@ pub(super) async fn write_loop(
     mode: WriteMode,
     mut checkpointer: Option<Checkpointer>,
 ) -> Result<(), RunError> {
+    let ctx = shared.clone();
     let StageCtx {
         target,
         opts,
@@ -119,6 +120,9 @@ pub(super) async fn write_loop(
         remover,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
+    // A re-run: rows refused for a key another document holds are tried again at the end.
+    let defer = mode == WriteMode::Upsert && !target.is_bucket(&collection);
+    let mut deferred = super::deferred::Deferred::default();
     let in_flight = if target.writes_in_key_order(&collection) {
         tracing::info!(%entity, "a unique index: batches are written one at a time, in key order");
         1
@@ -260,6 +264,7 @@ pub(super) async fn write_loop(
             else => break,
         };
         let settled: Result<(), RunError> = async {
+            let set_aside;
             let (mut batch, result, attempts) =
                 joined.map_err(|e| RunError::Refused(format!("a batch write task failed: {e}")))?;
             let result = result?;
@@ -295,6 +300,15 @@ pub(super) async fn write_loop(
                     // like a failed batch: never rejected, and the checkpoint stays before them.
                     let (transient, errors): (Vec<_>, Vec<_>) =
                         errors.into_iter().partition(|e| e.transient);
+                    // Refused for a key another document holds, which may be another row's
+                    // older version (see `deferred`): set aside, neither rejected nor removed.
+                    let (later, errors): (Vec<_>, Vec<_>) = errors
+                        .into_iter()
+                        .partition(|e| defer && target.key_held_elsewhere(&collection, e));
+                    for e in &later {
+                        deferred.push(&batch, e.index)?;
+                    }
+                    set_aside = !later.is_empty();
                     // The older documents of rows the target refused now are stale like those of
                     // rows the mapping rejects (see `Batch::stale`).
                     let refused_ids: Vec<bson::Bson> = if remove_stale || keep_stale {
@@ -328,11 +342,6 @@ pub(super) async fn write_loop(
                                 .get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
                         }
                         let key = batch.keys.get(e.index).map(String::as_str).unwrap_or("?");
-                        let fingerprint = batch
-                            .docs
-                            .get(e.index)
-                            .map(|d| crate::monitor::rejects::document_fingerprint(d.as_bytes()))
-                            .unwrap_or_default();
                         // A file stage's own refusals (the file on disk) name no server code.
                         let issue = if e.code_name.starts_with("file_") && e.code == 0 {
                             Issue::error(
@@ -347,13 +356,7 @@ pub(super) async fn write_loop(
                                     .unwrap_or_default(),
                             )
                         } else {
-                            Issue::error(
-                                Stage::Write,
-                                &e.code_name,
-                                "",
-                                format!("{} (code {})", e.message, e.code),
-                                fingerprint,
-                            )
+                            super::deferred::write_issue(&e, batch.docs.get(e.index))
                         };
                         // Past --max-rejects: the batch's other refusals are recorded all the
                         // same (its rows are accounted for), then the stage stops.
@@ -415,6 +418,11 @@ pub(super) async fn write_loop(
             // above): the watermark may move past it — unless rows of it (or of an earlier batch)
             // failed.
             let stop = || asked_to_stop.map_or(Ok(()), |l| Err(RunError::LockLost(l)));
+            // Finished once its rows set aside are settled: the checkpoint stays before it.
+            if set_aside {
+                deferred.hold(batch);
+                return stop();
+            }
             if blocked {
                 return stop();
             }
@@ -439,6 +447,11 @@ pub(super) async fn write_loop(
         }
     }
     if let Some(e) = stopping {
+        // Rows set aside are not written now: a resume writes them (the checkpoint is before
+        // their batches).
+        let rows = deferred.rows();
+        EntityCounters::add(&counters.failed, rows);
+        EntityCounters::add(&counters.skipped, rows);
         // Every batch taken has finished: the checkpoint covers them, so the resume starts
         // after what this stage wrote (history would count those rows twice otherwise).
         if let Some(c) = checkpointer.as_mut()
@@ -448,6 +461,7 @@ pub(super) async fn write_loop(
         }
         return Err(e);
     }
+    refused += deferred.settle(&ctx, &mut checkpointer).await?;
     if refused > 0
         && counters.written.load(Ordering::Relaxed) == 0
         && checkpointer

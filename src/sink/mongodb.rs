@@ -612,7 +612,16 @@ impl MongoTarget {
                 errors.push(DocError {
                     index: as_i64(e.get("index")).unwrap_or(-1) as usize,
                     code,
-                    code_name: e.get_str("codeName").unwrap_or("WriteError").to_string(),
+                    // The server's reply names no code for write errors: the usual ones
+                    // are named as the server's own code list does.
+                    code_name: e
+                        .get_str("codeName")
+                        .unwrap_or(match code {
+                            11000 => "DuplicateKey",
+                            121 => "DocumentValidationFailure",
+                            _ => "WriteError",
+                        })
+                        .to_string(),
                     message: e.get_str("errmsg").unwrap_or("").to_string(),
                     transient: RETRYABLE_CODES.contains(&code),
                 });

@@ -1527,6 +1527,29 @@ impl Target {
         }
     }
 
+    /// Whether the server refused a document of `collection` because a unique index other than
+    /// the id holds its key in another document — which, on a re-run, may be another row's
+    /// older version that this run replaces later (two rows swapping codes): such a document is
+    /// worth another try once the stage has written the others. MongoDB: E11000 on an index
+    /// other than `_id_`; Appwrite: a table's unique index (not users, whose 409s are their
+    /// email or phone, nor Storage).
+    pub fn key_held_elsewhere(&self, collection: &str, e: &DocError) -> bool {
+        if e.transient {
+            return false;
+        }
+        match self {
+            Target::Mongo(m) => {
+                m.bucket(collection).is_none()
+                    && e.code == 11000
+                    && !e.message.contains("index: _id_ ")
+            }
+            Target::Appwrite(a) => {
+                matches!(a.layout(collection), Some(Layout::Table(..)))
+                    && e.code_name == RULE_UNIQUE_INDEX
+            }
+        }
+    }
+
     pub fn is_bucket(&self, collection: &str) -> bool {
         match self {
             Target::Mongo(m) => m.bucket(collection).is_some(),

@@ -1,7 +1,7 @@
 //! The stand-in's data, in memory, behind one lock: databases, tables with their columns and rows,
 //! users. Timestamps and ids follow Appwrite's formats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -66,6 +66,11 @@ struct Table {
     /// Table-level permission strings and `rowSecurity`, as created or last updated.
     permissions: Vec<String>,
     row_security: bool,
+    /// The keys its unique indexes hold (index key → row key → row), built on the first write
+    /// of a request and kept by `put_row` during it (a bulk write checks each row against a
+    /// map, as MariaDB does against its index, not against every row); dropped by any other
+    /// change.
+    unique: Option<HashMap<String, HashMap<Vec<String>, String>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -689,6 +694,7 @@ impl StandIn {
                 "Table with the requested ID could not be found.",
             )
         })?;
+        t.unique = None;
         f(t)
     }
 
@@ -715,6 +721,7 @@ impl StandIn {
             sequence: 0,
             permissions: Vec::new(),
             row_security: false,
+            unique: None,
         };
         let out = self.table_json(db, &t);
         d.tables.insert(id.into(), t);
@@ -1068,6 +1075,23 @@ impl StandIn {
         if let Some(e) = unique_conflict(t, id, data) {
             return Err(e);
         }
+        // The row's keys move from its older values to these.
+        if let Some(maps) = t.unique.as_mut() {
+            let me = uid(id);
+            for i in &t.indexes {
+                let Some(map) = maps.get_mut(&i.key) else {
+                    continue;
+                };
+                if let Some(old) = t.rows.get(&me).and_then(|r| unique_key(&i.columns, r))
+                    && map.get(&old) == Some(&me)
+                {
+                    map.remove(&old);
+                }
+                if let Some(new) = unique_key(&i.columns, data) {
+                    map.insert(new, me.clone());
+                }
+            }
+        }
         let created = given("$createdAt").unwrap_or(created);
         let updated = given("$updatedAt").unwrap_or(stamp);
         let mut clean = data.clone();
@@ -1186,6 +1210,7 @@ impl StandIn {
                         if let Some((rows, sequence)) = before {
                             t.rows = rows;
                             t.sequence = sequence;
+                            t.unique = None;
                         }
                         return Err(e);
                     }
@@ -1940,6 +1965,7 @@ impl StandIn {
                         "Table with the requested ID could not be found.",
                     )
                 })?;
+            t.unique = None;
             let given = op.get("data").cloned().unwrap_or(json!({}));
             match op["action"].as_str().unwrap_or("") {
                 "delete" => {
@@ -2110,8 +2136,25 @@ fn collated(s: &str) -> String {
 
 /// The 409 Appwrite 1.8 answers when a row repeats another row's key in a unique index: the
 /// same type and message as an id taken (the server does not say which index).
-fn unique_conflict(t: &Table, id: &str, data: &Value) -> Option<ApiError> {
+fn unique_conflict(t: &mut Table, id: &str, data: &Value) -> Option<ApiError> {
     let me = uid(id);
+    if t.unique.is_none() {
+        t.unique = Some(
+            t.indexes
+                .iter()
+                .filter(|i| i.kind == "unique" && i.failed.is_none())
+                .map(|i| {
+                    let keys = t
+                        .rows
+                        .iter()
+                        .filter_map(|(row, r)| Some((unique_key(&i.columns, r)?, row.clone())))
+                        .collect();
+                    (i.key.clone(), keys)
+                })
+                .collect(),
+        );
+    }
+    let maps = t.unique.as_ref()?;
     for i in t
         .indexes
         .iter()
@@ -2120,9 +2163,10 @@ fn unique_conflict(t: &Table, id: &str, data: &Value) -> Option<ApiError> {
         let Some(key) = unique_key(&i.columns, data) else {
             continue;
         };
-        if t.rows
-            .iter()
-            .any(|(other, r)| other != &me && unique_key(&i.columns, r).as_ref() == Some(&key))
+        if maps
+            .get(&i.key)
+            .and_then(|m| m.get(&key))
+            .is_some_and(|holder| holder != &me)
         {
             return Some(ApiError::new(
                 409,
