@@ -12,7 +12,8 @@
 # appwrite-standin`, binary target/<profile>/appwrite-standin, under $CARGO_TARGET_DIR when set)
 # starts too when it is built; its throwaway API key is generated into the services directory.
 # Settings (environment): CUTOVER_SERVICES_DIR (default /tmp/cutover-services),
-# CUTOVER_PG_PORT (default 55432), CUTOVER_MONGO_PORT (default 57017).
+# CUTOVER_PG_PORT (default 55432), CUTOVER_MONGO_PORT (default 57017), CUTOVER_APPWRITE_PORT
+# (default 58080).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +42,25 @@ as_pg() {
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
+# Waits (up to 10 s) until 127.0.0.1:PORT can be listened on, as the servers bind it: a port of
+# the ephemeral range may be held for a moment as the local end of some connection. Stops with
+# the setting to change when it stays taken (another server on it).
+wait_port_free() {
+  local port="$1" name="$2" setting="$3"
+  for _ in $(seq 1 50); do
+    python3 - "$port" 2>/dev/null <<'PY' && return 0
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(1)
+PY
+    sleep 0.2
+  done
+  log "port $port for $name is in use on 127.0.0.1 (another server?): choose another with $setting"
+  exit 1
+}
+
 pg_pid() { [ -f "$DIR/pg/data/postmaster.pid" ] && head -1 "$DIR/pg/data/postmaster.pid" || true; }
 mongo_pid() { [ -f "$DIR/mongo/mongod.pid" ] && cat "$DIR/mongo/mongod.pid" || true; }
 standin_pid() { [ -f "$DIR/appwrite/standin.pid" ] && cat "$DIR/appwrite/standin.pid" || true; }
@@ -65,6 +85,7 @@ start_standin() {
     log "appwrite stand-in not built (cargo build -p appwrite-standin); skipped"
     return
   fi
+  wait_port_free "$APPWRITE_PORT" "the appwrite stand-in" CUTOVER_APPWRITE_PORT
   mkdir -p "$DIR/appwrite"
   [ -f "$DIR/appwrite/key" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/appwrite/key"
   APPWRITE_API_KEY="$(cat "$DIR/appwrite/key")" nohup "$bin" --listen "127.0.0.1:$APPWRITE_PORT" --project cutover \
@@ -118,6 +139,7 @@ work_mem = 32MB
 maintenance_work_mem = 256MB
 CONF
   fi
+  wait_port_free "$PG_PORT" postgresql CUTOVER_PG_PORT
   if ! as_pg "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w -t 60 start >/dev/null; then
     # Said here: the log goes with a throwaway services directory.
     log "postgresql did not start on port $PG_PORT; the end of its log:"
@@ -134,6 +156,7 @@ start_mongo() {
   fi
   [ -x "$MONGOD" ] || { log "mongod not installed: run scripts/setup.sh"; exit 1; }
   mkdir -p "$DIR/mongo/data"
+  wait_port_free "$MONGO_PORT" mongod CUTOVER_MONGO_PORT
   "$MONGOD" --bind_ip 127.0.0.1 --port "$MONGO_PORT" --dbpath "$DIR/mongo/data" --replSet rs0 \
     --wiredTigerCacheSizeGB 1 --setParameter enableTestCommands=1 --fork --logpath "$DIR/mongo/mongod.log" \
     --pidfilepath "$DIR/mongo/mongod.pid" >/dev/null

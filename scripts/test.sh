@@ -9,10 +9,12 @@ cd "$ROOT"
 
 scripts/setup.sh
 
-# Servers of our own, on ports apart from the demo's, in a directory removed at the end.
+# Servers of our own, on ports apart from the demo's (and below Linux's ephemeral range, where
+# the suite's own connections take their local ports), in a directory removed at the end.
 export CUTOVER_SERVICES_DIR="$(mktemp -d /tmp/cutover-test.XXXXXX)"
-export CUTOVER_PG_PORT="${CUTOVER_TEST_PG_PORT:-56432}"
-export CUTOVER_MONGO_PORT="${CUTOVER_TEST_MONGO_PORT:-58017}"
+export CUTOVER_PG_PORT="${CUTOVER_TEST_PG_PORT:-25432}"
+export CUTOVER_MONGO_PORT="${CUTOVER_TEST_MONGO_PORT:-27217}"
+export CUTOVER_APPWRITE_PORT="${CUTOVER_TEST_APPWRITE_PORT:-28180}"
 cleanup() {
   scripts/services.sh stop || true
   rm -rf "$CUTOVER_SERVICES_DIR"
