@@ -447,6 +447,10 @@ pub enum LockCommand {
         /// Required: releasing a live run's lock lets a second run start beside it.
         #[arg(long)]
         confirm: bool,
+        /// Release it even when its holder is a process alive on this machine (it stops at its
+        /// next look at the lock, leaving its work interrupted).
+        #[arg(long)]
+        force: bool,
     },
 }
 

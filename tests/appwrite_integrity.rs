@@ -358,7 +358,14 @@ async fn an_appwrite_run_whose_lock_is_taken_away_stops_writing_and_ends_interru
         &w,
         &endpoint,
         "cutover",
-        &["lock", "release", "--confirm", "--target", "appwrite"],
+        &[
+            "lock",
+            "release",
+            "--confirm",
+            "--force",
+            "--target",
+            "appwrite",
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", out_text(&out));

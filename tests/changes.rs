@@ -2352,7 +2352,7 @@ async fn an_up_that_loses_its_lock_stops_writing_and_leaves_the_change_interrupt
     }
     let out = w
         .cutover()
-        .args(["lock", "release", "--confirm"])
+        .args(["lock", "release", "--confirm", "--force"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));

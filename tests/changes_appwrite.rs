@@ -1149,7 +1149,14 @@ async fn a_change_whose_lock_is_taken_away_stops_writing() {
     ok(&cutover(
         &w,
         &aw,
-        &["lock", "release", "--confirm", "--target", "appwrite"],
+        &[
+            "lock",
+            "release",
+            "--confirm",
+            "--force",
+            "--target",
+            "appwrite",
+        ],
     )
     .await);
     let at_release = rewritten(&aw.s);

@@ -228,9 +228,22 @@ async fn a_run_whose_lock_is_taken_away_stops_writing_and_ends_interrupted() {
     // stopped until its lock expired), take its lock away, and let it go on.
     kill_after_pause(&w, &mut child).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Its holder is alive on this machine: refused unless forced (the sixteenth session's
+    // adv20 F4: released silently, and history then said the process had died).
     let out = w
         .cutover()
         .args(["lock", "release", "--confirm"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", out_text(&out));
+    assert!(
+        out_text(&out).contains("alive on this machine"),
+        "{}",
+        out_text(&out)
+    );
+    let out = w
+        .cutover()
+        .args(["lock", "release", "--confirm", "--force"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", out_text(&out));

@@ -287,6 +287,46 @@ async fn every_route_answers_with_what_the_ledger_holds() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["released"]["runId"], "other-run", "{v}");
     assert!(ledger_docs(&w, "cutover_lock", doc! {}).await.is_empty());
+
+    // Held by this very server (a process alive on this machine): refused unless forced (the
+    // sixteenth session's adv20 F4: released, and history then said the process had died).
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_lock")
+        .insert_one(doc! {
+            "_id": "cutover", "run_id": "own-run", "token": "t", "host": host,
+            "pid": i64::from(server.child.id()), "pid_namespace": namespace,
+            "command": "changes up", "acquired_at": bson::DateTime::now(),
+            "expires_at": expires,
+        })
+        .await
+        .unwrap();
+    let (s, v) = api
+        .post(
+            "/api/migrations/lock/release",
+            Some(json!({"confirm": true})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    is_error(&v, "lock_held");
+    assert!(v.to_string().contains("this server's own"), "{v}");
+    let (s, v) = api
+        .post(
+            "/api/migrations/lock/release",
+            Some(json!({"confirm": true, "force": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["released"]["runId"], "own-run", "{v}");
+    assert!(ledger_docs(&w, "cutover_lock", doc! {}).await.is_empty());
     let (_, v) = api.get("/api/migrations/lock/status").await;
     assert_eq!(v["locked"], Value::Null, "{v}");
 

@@ -20,13 +20,26 @@ pub async fn lock(cli: &Cli, cmd: &LockCommand) -> Result<Outcome> {
             }
             Ok(Outcome::Success)
         }
-        LockCommand::Release { target, confirm } => {
+        LockCommand::Release {
+            target,
+            confirm,
+            force,
+        } => {
             if !confirm {
                 anyhow::bail!(
                     "refusing to release the lock without --confirm: if its holder is alive, a second run would start beside it"
                 );
             }
             let (_cfg, _t, ledger) = open_ledger(cli, target).await?;
+            if !force
+                && let Some(h) = ledger.lock_holder().await?
+                && h.alive_here
+            {
+                anyhow::bail!(
+                    "refusing to release the lock: its holder is alive on this machine (pid {}: {h}); stop it (it releases the lock as it ends), or add --force to take the lock from it",
+                    h.pid
+                );
+            }
             match ledger.force_release_lock().await? {
                 Some(h) => crate::outln!("released the lock held by {h}"),
                 None => crate::outln!("the lock was free"),

@@ -50,6 +50,9 @@ pub struct LockHolder {
     /// The holder ran on this machine and its process is gone (free before its expiry).
     #[serde(default)]
     pub process_gone: bool,
+    /// The holder runs on this machine (in this PID namespace) and its process is alive.
+    #[serde(default)]
+    pub alive_here: bool,
     /// The fencing token of the acquisition (none in locks written before tokens existed).
     #[serde(skip)]
     pub token: Option<String>,
@@ -96,7 +99,9 @@ fn holder_of(d: &Document) -> LockHolder {
         // A lock written before the namespace was recorded.
         Err(_) => true,
     };
-    let dead = lock_host == host() && same_namespace && !pid_alive(pid);
+    let here = lock_host == host() && same_namespace;
+    let dead = here && !pid_alive(pid);
+    let alive_here = here && d.get_str("pid_namespace").is_ok() && pid_alive(pid);
     let expired = dead
         || d.get_datetime("expires_at")
             .map(|t| t.timestamp_millis() < bson::DateTime::now().timestamp_millis())
@@ -110,6 +115,7 @@ fn holder_of(d: &Document) -> LockHolder {
         expires_at: date("expires_at"),
         expired,
         process_gone: dead,
+        alive_here,
         token: d.get_str("token").ok().map(str::to_string),
     }
 }

@@ -379,6 +379,9 @@ pub async fn lock_status(Shared(state): Shared<Arc<State>>) -> Result<axum::Json
 pub struct ReleaseBody {
     #[serde(default)]
     confirm: bool,
+    /// Release it even from a holder alive on this machine (this server's own run or change).
+    #[serde(default)]
+    force: bool,
 }
 
 pub async fn lock_release(
@@ -388,6 +391,23 @@ pub async fn lock_release(
     if !body.confirm {
         return Err(ApiError::bad_request(
             "refusing to release the lock without {\"confirm\": true}: if its holder is alive, a second run would start beside it",
+        ));
+    }
+    if !body.force
+        && let Some(h) = state.ledger.lock_holder().await?
+        && h.alive_here
+    {
+        let whose = if h.pid == i64::from(std::process::id()) {
+            "this server's own"
+        } else {
+            "a live process's on this machine"
+        };
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "lock_held",
+            format!(
+                "refusing to release the lock: it is {whose} ({h}); let it end, or send {{\"confirm\": true, \"force\": true}} to take the lock from it"
+            ),
         ));
     }
     let released = state.ledger.force_release_lock().await?;

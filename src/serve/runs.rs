@@ -216,6 +216,11 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = checked_id(&id)?;
+    // The served state first: a run ends by recording itself in the ledger, then in the served
+    // state, so a run seen ended here is ended in the ledger read next. Read the other way
+    // round, a run ending between the two reads was shown `running` in the ledger yet not
+    // served as running: "interrupted".
+    let mine = served(&state).into_iter().find(|s| s.run_id == id);
     let record = state
         .ledger
         .runs_newest_first(i64::MAX, None)
@@ -229,7 +234,6 @@ pub async fn get(
         .into_iter()
         .filter(|s| s.run_id == id)
         .collect();
-    let mine = served(&state).into_iter().find(|s| s.run_id == id);
     let report = report_file(&state, id);
     if record.is_none() && mine.is_none() && report.is_none() {
         return Err(ApiError::not_found(format!("no run {id}")));
