@@ -76,16 +76,44 @@ impl Deferred {
 
     /// Removes the older documents of the rows set aside, writes the rows again in the stage's
     /// order (as upserts, `batch_size` at a time), rejects those still refused, and finishes the
-    /// batches held for them. Returns how many were refused by the server (for the stage's
-    /// "refused every document" judgement).
+    /// batches held for them (when `checkpointer` is given). Returns how many were refused by
+    /// the server (for the stage's "refused every document" judgement). When it stops with an
+    /// error, the rows it had not settled are counted failed and skipped (a resume writes them:
+    /// the checkpoint is before their batches).
     pub(super) async fn settle(
         mut self,
         ctx: &StageCtx,
-        checkpointer: &mut Option<Checkpointer>,
+        fence: Option<&crate::ledger::lock::Fence>,
+        checkpointer: Option<&mut Checkpointer>,
     ) -> Result<u64, RunError> {
         let Some(spill) = self.spill.take() else {
             return Ok(0);
         };
+        let mut settled = 0;
+        let result = self.write_again(spill, ctx, fence, &mut settled).await;
+        if result.is_err() {
+            let left = self.rows.saturating_sub(settled);
+            EntityCounters::add(&ctx.counters.failed, left);
+            EntityCounters::add(&ctx.counters.skipped, left);
+            return result;
+        }
+        if let Some(c) = checkpointer {
+            for (seq, mut batch) in std::mem::take(&mut self.held) {
+                c.finished(seq, &mut batch).await?;
+            }
+            c.flush().await?;
+        }
+        result
+    }
+
+    /// [`Deferred::settle`]'s writes; `settled` counts the rows written or rejected so far.
+    async fn write_again(
+        &mut self,
+        spill: Spill,
+        ctx: &StageCtx,
+        fence: Option<&crate::ledger::lock::Fence>,
+        settled: &mut u64,
+    ) -> Result<u64, RunError> {
         let StageCtx {
             target,
             opts,
@@ -96,7 +124,7 @@ impl Deferred {
             total_rejected,
             ..
         } = ctx;
-        if let Some(f) = checkpointer.as_ref().and_then(|c| c.fence.as_ref()) {
+        if let Some(f) = fence {
             f.check().await?;
         }
         tracing::info!(%entity, rows = self.rows, "writing again the rows a unique index refused while older documents held their keys");
@@ -131,22 +159,15 @@ impl Deferred {
                 },
                 |_| target.write(collection, &docs, WriteMode::Upsert),
             )
-            .await;
-            let result = match result {
-                Ok(r) => r,
-                Err(source) => {
-                    let rows = self.rows_left(&chunk, &mut sorted)?;
-                    EntityCounters::add(&counters.failed, rows);
-                    EntityCounters::add(&counters.skipped, rows);
-                    return Err(RunError::BatchFailed {
-                        entity: entity.clone(),
-                        rows: rows as usize,
-                        attempts: opts.retry.max_retries + 1,
-                        cause: Box::new(source),
-                    });
-                }
-            };
+            .await
+            .map_err(|source| RunError::BatchFailed {
+                entity: entity.clone(),
+                rows: chunk.len(),
+                attempts: opts.retry.max_retries + 1,
+                cause: Box::new(source),
+            })?;
             EntityCounters::add(&counters.written, result.written);
+            *settled += result.written;
             let mut over_limit = None;
             let mut failed: Vec<&DocError> = Vec::new();
             for e in &result.errors {
@@ -158,6 +179,7 @@ impl Deferred {
                     continue;
                 }
                 refused += 1;
+                *settled += 1;
                 let issue = write_issue(e, Some(doc));
                 match reject(
                     counters,
@@ -173,8 +195,7 @@ impl Deferred {
                     }
                     Err(e) => return Err(e),
                 }
-                let held = self.held.get_mut(seq);
-                if let Some(b) = held {
+                if let Some(b) = self.held.get_mut(seq) {
                     b.rejected += 1;
                     let was_there = doc
                         .get("_id")
@@ -189,42 +210,17 @@ impl Deferred {
                 }
             }
             if let Some(e) = over_limit {
-                let rows = self.rows_left(&[], &mut sorted)?;
-                EntityCounters::add(&counters.failed, rows);
-                EntityCounters::add(&counters.skipped, rows);
                 return Err(e);
             }
             if !failed.is_empty() {
-                let rows = failed.len() as u64 + self.rows_left(&[], &mut sorted)?;
-                EntityCounters::add(&counters.failed, rows);
-                EntityCounters::add(&counters.skipped, rows);
                 return Err(RunError::DocumentsFailed {
                     entity: entity.clone(),
-                    rows,
+                    rows: failed.len() as u64,
                     message: failed[0].message.clone(),
                 });
             }
         }
-        if let Some(c) = checkpointer.as_mut() {
-            for (seq, mut batch) in std::mem::take(&mut self.held) {
-                c.finished(seq, &mut batch).await?;
-            }
-            c.flush().await?;
-        }
         Ok(refused)
-    }
-
-    /// The rows of `chunk` and those still in `sorted`: not written (a resume writes them).
-    fn rows_left(
-        &self,
-        chunk: &[(u64, String, RawDocumentBuf)],
-        sorted: &mut super::spill::Sorted,
-    ) -> Result<u64, RunError> {
-        let mut n = chunk.len() as u64;
-        while sorted.next_record().map_err(spill_error)?.is_some() {
-            n += 1;
-        }
-        Ok(n)
     }
 }
 

@@ -461,7 +461,10 @@ pub(super) async fn write_loop(
         }
         return Err(e);
     }
-    refused += deferred.settle(&ctx, &mut checkpointer).await?;
+    // After a batch that could not be written (--continue-on-error) the checkpoint stays before
+    // it: the batches held for rows set aside are not finished either.
+    let held_finish = if blocked { None } else { checkpointer.as_mut() };
+    refused += deferred.settle(&ctx, fence.as_ref(), held_finish).await?;
     if refused > 0
         && counters.written.load(Ordering::Relaxed) == 0
         && checkpointer
