@@ -110,6 +110,43 @@ fn plan_check_migrate_verify(w: &World, pipeline: &Path) {
     assert!(verify.contains("verified: the target matches"), "{verify}");
 }
 
+/// A stand-in of its own for one test, `plan`, `check`, `migrate` and `verify` of `pipeline` into
+/// its database `db` (each exiting 0); the stand-in, to count what it holds.
+async fn appwrite_plan_check_migrate_verify(
+    w: &World,
+    pipeline: &Path,
+    db: &str,
+) -> std::sync::Arc<StandIn> {
+    let standin = std::sync::Arc::new(StandIn::new("cutover", "scaffold-key"));
+    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = pipeline.to_str().unwrap().to_string();
+    let endpoint = format!("http://{addr}/v1");
+    for args in [
+        vec!["plan", "--pipeline", &p],
+        vec!["check", "--pipeline", &p],
+        vec!["migrate", "--quiet", "--pipeline", &p],
+        vec!["verify", "--target", "appwrite", "--pipeline", &p],
+    ] {
+        let mut c = w.cutover();
+        c.env("APPWRITE_ENDPOINT", &endpoint)
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "scaffold-key")
+            .env("APPWRITE_DATABASE", db)
+            .args(&args);
+        let o = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        let t = output_text(&o);
+        assert_eq!(o.status.code(), Some(0), "{args:?}\n{t}");
+        if args[0] == "check" {
+            assert!(t.contains("check passed"), "{t}");
+        }
+    }
+    standin
+}
+
 #[tokio::test]
 async fn registry_drafts_migrate_unchanged_and_match_the_hand_written_structure() {
     let w = World::new("scaffold_registry").await;
@@ -644,10 +681,6 @@ async fn composite_keys_in_another_schema_migrate_and_verify_without_edits() {
 async fn composite_keys_into_appwrite_migrate_and_verify_without_edits() {
     let w = World::new("scaffold_shop_aw").await;
     w.sql(SHOP).await;
-    let standin = std::sync::Arc::new(StandIn::new("cutover", "scaffold-key"));
-    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
     let out = w.dir.path().join("draft");
     scaffold(
         &w,
@@ -658,51 +691,8 @@ async fn composite_keys_into_appwrite_migrate_and_verify_without_edits() {
     for path in ["country", "regionCode", "storeNo"] {
         field(&stores, path);
     }
-    let pipeline = out.join("pipelines/shop.toml");
-    let p = pipeline.to_str().unwrap().to_string();
-    let endpoint = format!("http://{addr}/v1");
-    let cmd = |args: Vec<String>| {
-        let mut c = w.cutover();
-        c.env("APPWRITE_ENDPOINT", &endpoint)
-            .env("APPWRITE_PROJECT", "cutover")
-            .env("APPWRITE_API_KEY", "scaffold-key")
-            .env("APPWRITE_DATABASE", "shop")
-            .args(args);
-        c
-    };
-    for (args, status) in [
-        (vec!["check".to_string(), "--pipeline".into(), p.clone()], 0),
-        (
-            vec![
-                "migrate".into(),
-                "--quiet".into(),
-                "--pipeline".into(),
-                p.clone(),
-            ],
-            0,
-        ),
-        (
-            vec![
-                "verify".into(),
-                "--target".into(),
-                "appwrite".into(),
-                "--pipeline".into(),
-                p.clone(),
-            ],
-            0,
-        ),
-    ] {
-        let mut c = cmd(args.clone());
-        let o = tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(status),
-            "{args:?}\n{}",
-            output_text(&o)
-        );
-    }
+    let standin =
+        appwrite_plan_check_migrate_verify(&w, &out.join("pipelines/shop.toml"), "shop").await;
     for (table, m) in drafts_by_table(&out) {
         let rows = w.pg_count(&format!("shop.{table}")).await;
         let coll = s(&m, "collection").unwrap();
@@ -727,39 +717,14 @@ async fn appwrite_drafts_of_arrays_holding_nulls_pass_check_and_write_every_row(
                                          (4, NULL, ARRAY[]::text[]);",
     )
     .await;
-    let standin = std::sync::Arc::new(StandIn::new("cutover", "nulls-key"));
-    let (addr, _) = appwrite_standin::serve(standin.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
     let out = w.dir.path().join("draft");
     scaffold(
         &w,
         &out,
         &["--schema", "arr", "--target", "appwrite", "--name", "arr"],
     );
-    let p = out.join("pipelines/arr.toml").to_str().unwrap().to_string();
-    let endpoint = format!("http://{addr}/v1");
-    for (args, status) in [
-        (vec!["plan", "--pipeline", &p], 0),
-        (vec!["check", "--pipeline", &p], 0),
-        (vec!["migrate", "--quiet", "--pipeline", &p], 0),
-        (vec!["verify", "--target", "appwrite", "--pipeline", &p], 0),
-    ] {
-        let mut c = w.cutover();
-        c.env("APPWRITE_ENDPOINT", &endpoint)
-            .env("APPWRITE_PROJECT", "cutover")
-            .env("APPWRITE_API_KEY", "nulls-key")
-            .env("APPWRITE_DATABASE", "arr")
-            .args(&args);
-        let o = tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap();
-        let t = output_text(&o);
-        assert_eq!(o.status.code(), Some(status), "{args:?}\n{t}");
-        if args[0] == "check" {
-            assert!(t.contains("check passed"), "{t}");
-        }
-    }
+    let standin =
+        appwrite_plan_check_migrate_verify(&w, &out.join("pipelines/arr.toml"), "arr").await;
     let rows = standin.rows("arr", "readings");
     assert_eq!(rows.len() as u64, w.pg_count("arr.readings").await);
     let by_id = |id: i64| {
@@ -1244,5 +1209,80 @@ async fn several_schemas_in_one_run_reference_each_other_and_migrate_unchanged()
         1,
     );
     assert!(err.contains("one --schema"), "{err}");
+    w.drop().await;
+}
+
+/// `--schema sales,crm --target appwrite`: the same two schemas into Appwrite — table ids from
+/// `schema.table` names within Appwrite's id rule, two tables named `notes` kept apart, references
+/// across the schemas — plan, check, migrate and verify unchanged; every table's rows counted in
+/// the stand-in, and each order's customer reference names a customer row.
+#[tokio::test]
+async fn several_schemas_into_appwrite_migrate_and_verify_unchanged() {
+    let w = World::new("scaffold_multi_aw").await;
+    w.sql(
+        "CREATE SCHEMA sales; CREATE SCHEMA crm;
+         CREATE TABLE crm.customers (id int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE crm.contacts (id int PRIMARY KEY,
+                                    customer_id int NOT NULL REFERENCES crm.customers (id),
+                                    email text);
+         CREATE TABLE sales.orders (id int PRIMARY KEY,
+                                    customer_id int NOT NULL REFERENCES crm.customers (id),
+                                    total numeric(10,2));
+         CREATE TABLE crm.notes (id int PRIMARY KEY, order_id int REFERENCES sales.orders (id), body text);
+         CREATE TABLE sales.notes (id int PRIMARY KEY, body text);
+         INSERT INTO crm.customers SELECT g, 'customer ' || g FROM generate_series(1, 5) g;
+         INSERT INTO crm.contacts SELECT g, 1 + g % 5, 'c' || g || '@example.org' FROM generate_series(1, 8) g;
+         INSERT INTO sales.orders SELECT g, 1 + g % 5, g * 1.5 FROM generate_series(1, 12) g;
+         INSERT INTO crm.notes SELECT g, 1 + g % 12, 'crm note ' || g FROM generate_series(1, 4) g;
+         INSERT INTO sales.notes SELECT g, 'sales note ' || g FROM generate_series(1, 3) g;",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    let printed = scaffold(
+        &w,
+        &out,
+        &[
+            "--schema",
+            "sales,crm",
+            "--target",
+            "appwrite",
+            "--name",
+            "multi",
+        ],
+    );
+    assert!(printed.contains("drafted 5 mappings"), "{printed}");
+    let standin =
+        appwrite_plan_check_migrate_verify(&w, &out.join("pipelines/multi.toml"), "multi").await;
+    let mut by_relation = BTreeMap::new();
+    for e in std::fs::read_dir(out.join("mappings")).unwrap() {
+        let m = toml_file(&e.unwrap().path());
+        by_relation.insert(s(&m["source"], "table").unwrap().to_string(), m);
+    }
+    let mut tables = BTreeSet::new();
+    for (relation, m) in &by_relation {
+        let (schema, table) = relation.split_once('.').unwrap();
+        let rows = w.pg_count(&format!("\"{schema}\".\"{table}\"")).await;
+        let coll = s(m, "collection").unwrap();
+        assert!(tables.insert(coll.to_string()), "{coll} twice");
+        assert_eq!(
+            standin.rows("multi", coll).len() as u64,
+            rows,
+            "{relation} → {coll}"
+        );
+    }
+    let customers = s(&by_relation["crm.customers"], "collection").unwrap();
+    let orders = s(&by_relation["sales.orders"], "collection").unwrap();
+    let ids: BTreeSet<String> = standin
+        .rows("multi", customers)
+        .iter()
+        .map(|r| r["$id"].as_str().unwrap().to_string())
+        .collect();
+    for o in standin.rows("multi", orders) {
+        let to = match &o["customerId"] {
+            serde_json::Value::String(t) => t.clone(),
+            other => other.to_string(),
+        };
+        assert!(ids.contains(&to), "{o} → {ids:?}");
+    }
     w.drop().await;
 }
