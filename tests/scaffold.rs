@@ -1102,16 +1102,8 @@ async fn a_unique_time_is_drafted_to_reject_what_truncating_would_merge() {
     w.drop().await;
 }
 
-/// Several schemas in one scaffold run (`--schema sales,crm`): the second schema's tables are
-/// drafted as `crm.…` (entity `crm_…`, their own collections even where both schemas have a
-/// table of one name), foreign keys across the schemas — both ways — and within the second
-/// become references, the stages follow them, and the drafts plan, check, migrate and verify
-/// unchanged. Counted with SQL and the MongoDB driver.
-#[tokio::test]
-async fn several_schemas_in_one_run_reference_each_other_and_migrate_unchanged() {
-    let w = World::new("scaffold_multi").await;
-    w.sql(
-        "CREATE SCHEMA sales; CREATE SCHEMA crm;
+/// Two schemas whose tables reference each other both ways, a table name in both.
+const TWO_SCHEMAS: &str = "CREATE SCHEMA sales; CREATE SCHEMA crm;
          CREATE TABLE crm.customers (id int PRIMARY KEY, name text NOT NULL);
          CREATE TABLE crm.contacts (id int PRIMARY KEY,
                                     customer_id int NOT NULL REFERENCES crm.customers (id),
@@ -1125,9 +1117,17 @@ async fn several_schemas_in_one_run_reference_each_other_and_migrate_unchanged()
          INSERT INTO crm.contacts SELECT g, 1 + g % 5, 'c' || g || '@example.org' FROM generate_series(1, 8) g;
          INSERT INTO sales.orders SELECT g, 1 + g % 5, g * 1.5 FROM generate_series(1, 12) g;
          INSERT INTO crm.notes SELECT g, 1 + g % 12, 'crm note ' || g FROM generate_series(1, 4) g;
-         INSERT INTO sales.notes SELECT g, 'sales note ' || g FROM generate_series(1, 3) g;",
-    )
-    .await;
+         INSERT INTO sales.notes SELECT g, 'sales note ' || g FROM generate_series(1, 3) g;";
+
+/// Several schemas in one scaffold run (`--schema sales,crm`): the second schema's tables are
+/// drafted as `crm.…` (entity `crm_…`, their own collections even where both schemas have a
+/// table of one name), foreign keys across the schemas — both ways — and within the second
+/// become references, the stages follow them, and the drafts plan, check, migrate and verify
+/// unchanged. Counted with SQL and the MongoDB driver.
+#[tokio::test]
+async fn several_schemas_in_one_run_reference_each_other_and_migrate_unchanged() {
+    let w = World::new("scaffold_multi").await;
+    w.sql(TWO_SCHEMAS).await;
     let out = w.dir.path().join("draft");
     let printed = scaffold(&w, &out, &["--schema", "sales,crm"]);
     assert!(printed.contains("drafted 5 mappings"), "{printed}");
@@ -1219,24 +1219,7 @@ async fn several_schemas_in_one_run_reference_each_other_and_migrate_unchanged()
 #[tokio::test]
 async fn several_schemas_into_appwrite_migrate_and_verify_unchanged() {
     let w = World::new("scaffold_multi_aw").await;
-    w.sql(
-        "CREATE SCHEMA sales; CREATE SCHEMA crm;
-         CREATE TABLE crm.customers (id int PRIMARY KEY, name text NOT NULL);
-         CREATE TABLE crm.contacts (id int PRIMARY KEY,
-                                    customer_id int NOT NULL REFERENCES crm.customers (id),
-                                    email text);
-         CREATE TABLE sales.orders (id int PRIMARY KEY,
-                                    customer_id int NOT NULL REFERENCES crm.customers (id),
-                                    total numeric(10,2));
-         CREATE TABLE crm.notes (id int PRIMARY KEY, order_id int REFERENCES sales.orders (id), body text);
-         CREATE TABLE sales.notes (id int PRIMARY KEY, body text);
-         INSERT INTO crm.customers SELECT g, 'customer ' || g FROM generate_series(1, 5) g;
-         INSERT INTO crm.contacts SELECT g, 1 + g % 5, 'c' || g || '@example.org' FROM generate_series(1, 8) g;
-         INSERT INTO sales.orders SELECT g, 1 + g % 5, g * 1.5 FROM generate_series(1, 12) g;
-         INSERT INTO crm.notes SELECT g, 1 + g % 12, 'crm note ' || g FROM generate_series(1, 4) g;
-         INSERT INTO sales.notes SELECT g, 'sales note ' || g FROM generate_series(1, 3) g;",
-    )
-    .await;
+    w.sql(TWO_SCHEMAS).await;
     let out = w.dir.path().join("draft");
     let printed = scaffold(
         &w,

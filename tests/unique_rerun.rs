@@ -183,13 +183,38 @@ fn mapping(key: &str) -> String {
     )
 }
 
+/// A world named after `name` whose table `u` is made by `create`, with the one-entity
+/// pipeline of [`mapping`]`(key)`: the world, the pipeline's path and the Appwrite database.
+async fn world(name: &str, create: &str, key: &str) -> (World, String, String) {
+    let w = World::new(&format!("uqr_{name}")).await;
+    w.sql(create).await;
+    let pipeline = common::one_entity_pipeline(&w, "u", &mapping(key));
+    let pipeline = pipeline.to_str().unwrap().to_string();
+    (w, pipeline, format!("uqr_{name}"))
+}
+
+/// Runs `cutover SUB ARGS…`, asserting its exit code; its output.
+async fn expect(t: Tgt<'_>, w: &World, db: &str, sub: &str, args: &[&str], code: i32) -> String {
+    let out = t.run(w, db, sub, args).await;
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(code), "{sub} {args:?}: {text}");
+    text
+}
+
+/// The latest report's single entity: read, written, rejected and skipped — balanced.
+fn counts(w: &World) -> (u64, u64, u64, u64) {
+    let report = w.latest_report();
+    let e = &report["entities"][0];
+    let n = |k: &str| e[k].as_u64().unwrap_or(0);
+    let c = (n("read"), n("written"), n("rejected"), n("skipped"));
+    assert_eq!(c.0, c.1 + c.2 + c.3, "{report}");
+    c
+}
+
 async fn one_shape(t: Tgt<'_>, shape: &Shape) {
     let name = format!("{}_{}", shape.name, t.name());
-    let w = World::new(&format!("uqr_{name}")).await;
-    w.sql(shape.create).await;
-    let pipeline = common::one_entity_pipeline(&w, "u", &mapping(shape.key));
-    let pipeline = pipeline.to_str().unwrap();
-    let db = format!("uqr_{}", shape.name);
+    let (w, pipeline, db) = world(&name, shape.create, shape.key).await;
+    let pipeline = pipeline.as_str();
     let mut migrate = vec!["--pipeline", pipeline, "--quiet"];
     migrate.extend_from_slice(shape.options);
 
@@ -198,13 +223,7 @@ async fn one_shape(t: Tgt<'_>, shape: &Shape) {
         .copied()
         .filter(|a| *a != "--sync-deletes")
         .collect();
-    let out = t.run(&w, &db, "migrate", &first).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{name}: {}",
-        common::output_text(&out)
-    );
+    expect(t, &w, &db, "migrate", &first, 0).await;
     w.sql(shape.change).await;
 
     // check judges the source: the rows the re-run will reject.
@@ -234,28 +253,12 @@ async fn one_shape(t: Tgt<'_>, shape: &Shape) {
     for round in 0..2 {
         let mut args = migrate.clone();
         args.push("--rerun");
-        let out = t.run(&w, &db, "migrate", &args).await;
-        let text = common::output_text(&out);
         let code = if shape.rejected == 0 { 0 } else { 2 };
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "{name} round {round}: {text}"
-        );
-        let report = w.latest_report();
-        let e = &report["entities"][0];
-        let (read, written, rejected) = (
-            e["read"].as_u64().unwrap(),
-            e["written"].as_u64().unwrap(),
-            e["rejected"].as_u64().unwrap(),
-        );
-        assert_eq!(read, w.pg_count("u").await, "{name}: {report}");
-        assert_eq!(
-            read,
-            written + rejected + e["skipped"].as_u64().unwrap_or(0),
-            "{name}: {report}"
-        );
+        let text = expect(t, &w, &db, "migrate", &args, code).await;
+        let (read, written, rejected, _) = counts(&w);
+        assert_eq!(read, w.pg_count("u").await, "{name}: {text}");
         assert_eq!(rejected, shape.rejected, "{name} round {round}: {text}");
+        let report = w.latest_report();
         for (_, _, _, rule) in w.rejects(report["run_id"].as_str().unwrap()) {
             assert!(
                 rule == "unique_index" || rule == "DuplicateKey",
@@ -279,13 +282,7 @@ async fn one_shape(t: Tgt<'_>, shape: &Shape) {
         );
     }
 
-    let out = t.run(&w, &db, "verify", &["--pipeline", pipeline]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{name}: {}",
-        common::output_text(&out)
-    );
+    expect(t, &w, &db, "verify", &["--pipeline", pipeline], 0).await;
     w.drop().await;
 }
 
@@ -309,23 +306,11 @@ async fn keys_moving_between_rows_are_rewritten_on_appwrite() {
 /// a plain `migrate` after it writes them (their older documents were already removed).
 async fn stopped_while_writing_again(t: Tgt<'_>) {
     let name = format!("stop_{}", t.name());
-    let w = World::new(&format!("uqr_{name}")).await;
-    w.sql(
-        "CREATE TABLE u (id int PRIMARY KEY, code text); \
-         INSERT INTO u VALUES (1,'a'),(2,'b'),(3,'c'),(4,'d'),(5,'e');",
-    )
-    .await;
-    let pipeline = common::one_entity_pipeline(&w, "u", &mapping("[\"id\"]"));
-    let pipeline = pipeline.to_str().unwrap();
-    let db = format!("uqr_{name}");
-    let args = ["--pipeline", pipeline, "--quiet", "--batch-size", "1"];
-    let out = t.run(&w, &db, "migrate", &args).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{name}: {}",
-        common::output_text(&out)
-    );
+    let create = "CREATE TABLE u (id int PRIMARY KEY, code text); \
+                  INSERT INTO u VALUES (1,'a'),(2,'b'),(3,'c'),(4,'d'),(5,'e');";
+    let (w, pipeline, db) = world(&name, create, "[\"id\"]").await;
+    let args = ["--pipeline", &pipeline, "--quiet", "--batch-size", "1"];
+    expect(t, &w, &db, "migrate", &args, 0).await;
     // 1 and 2 swap, 4 and 5 swap, 3 repeats 2's new code (rejected: 2 comes first).
     w.sql(
         "UPDATE u SET code = CASE id WHEN 1 THEN 'b' WHEN 2 THEN 'a' WHEN 3 THEN 'a' \
@@ -338,39 +323,23 @@ async fn stopped_while_writing_again(t: Tgt<'_>) {
         .chain(["--rerun", "--max-rejects", "0"])
         .collect();
     let out = t.run(&w, &db, "migrate", &stopped).await;
-    let text = common::output_text(&out);
-    assert!(!out.status.success(), "{name}: {text}");
-    let report = w.latest_report();
-    let e = &report["entities"][0];
-    let n = |k: &str| e[k].as_u64().unwrap_or(0);
-    assert_eq!(n("read"), 5, "{name}: {report}");
-    assert_eq!(
-        n("read"),
-        n("written") + n("rejected") + n("skipped"),
-        "{name}: {report}"
-    );
-    assert_eq!(n("rejected"), 1, "{name}: {report}");
     assert!(
-        n("skipped") > 0,
-        "{name}: rows left for the resume: {report}"
+        !out.status.success(),
+        "{name}: {}",
+        common::output_text(&out)
     );
+    let (read, _, rejected, skipped) = counts(&w);
+    assert_eq!((read, rejected), (5, 1), "{name}");
+    assert!(skipped > 0, "{name}: rows left for the resume");
 
-    let out = t.run(&w, &db, "migrate", &args).await;
-    let text = common::output_text(&out);
-    assert_eq!(out.status.code(), Some(2), "{name}: {text}");
+    let text = expect(t, &w, &db, "migrate", &args, 2).await;
     let held = t.codes(&w, &db, "u").await;
     let want: BTreeMap<String, String> = [("1", "b"), ("2", "a"), ("4", "e"), ("5", "d")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     assert_eq!(held, want, "{name}: {text}");
-    let out = t.run(&w, &db, "verify", &["--pipeline", pipeline]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{name}: {}",
-        common::output_text(&out)
-    );
+    expect(t, &w, &db, "verify", &["--pipeline", &pipeline], 0).await;
     w.drop().await;
 }
 
