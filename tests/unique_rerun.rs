@@ -353,3 +353,63 @@ async fn a_stop_while_writing_again_leaves_the_rows_to_the_resume_on_appwrite() 
     let aw = Aw::start(KEY).await;
     stopped_while_writing_again(Tgt::Appwrite(&aw)).await;
 }
+
+/// An Appwrite parent with a child table whose parents swap codes: the refused parents' child
+/// rows are taken away with them (a parent is written only with its children) and written again
+/// with them at the stage's end — every child row is there after the re-run, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_appwrite_parents_keep_their_child_table_rows() {
+    let aw = Aw::start(KEY).await;
+    let t = Tgt::Appwrite(&aw);
+    let w = World::new("uqr_children").await;
+    w.sql(
+        "CREATE TABLE u (id int PRIMARY KEY, code text); \
+         CREATE TABLE kids (id int PRIMARY KEY, u_id int REFERENCES u, name text); \
+         INSERT INTO u VALUES (1,'a'),(2,'b'),(3,'c'); \
+         INSERT INTO kids VALUES (10,1,'x'),(20,2,'y'),(21,2,'z'),(30,3,'w');",
+    )
+    .await;
+    let mapping = "version = 1\nname = \"u\"\n[source]\ntable = \"u\"\nkey = [\"id\"]\n\
+         [[field]]\npath = \"code\"\ncolumn = \"code\"\n\
+         [[embed]]\npath = \"kids\"\ntable = \"kids\"\nforeign_key = \"u_id\"\norder_by = [\"id\"]\nappwrite = \"table\"\n\
+         [[embed.field]]\npath = \"name\"\ncolumn = \"name\"\n\
+         [[index]]\nkeys = [\"code\"]\nunique = true\n";
+    let pipeline = common::one_entity_pipeline(&w, "u", mapping);
+    let pipeline = pipeline.to_str().unwrap();
+    let db = "uqr_children";
+    let args = ["--pipeline", pipeline, "--quiet", "--batch-size", "2"];
+    expect(t, &w, db, "migrate", &args, 0).await;
+    w.sql(
+        "UPDATE u SET code = CASE id WHEN 1 THEN 'b' WHEN 2 THEN 'a' ELSE code END; \
+           UPDATE kids SET name = name || '2' WHERE id = 21;",
+    )
+    .await;
+    let rerun: Vec<&str> = args.iter().copied().chain(["--rerun"]).collect();
+    let text = expect(t, &w, db, "migrate", &rerun, 0).await;
+    let (read, written, rejected, _) = counts(&w);
+    assert_eq!((read, written, rejected), (3, 3, 0), "{text}");
+    let held = t.codes(&w, db, "u").await;
+    let want: BTreeMap<String, String> = [("1", "b"), ("2", "a"), ("3", "c")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(held, want, "{text}");
+    let tables = aw.s.list_tables(db, &Vec::new()).unwrap();
+    let child = tables["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["$id"].as_str())
+        .find(|t| t.contains("kids"))
+        .unwrap_or_else(|| panic!("a child table: {tables}"))
+        .to_string();
+    let mut names: Vec<String> =
+        aw.s.rows(db, &child)
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect();
+    names.sort();
+    assert_eq!(names, ["w", "x", "y", "z2"], "{text}");
+    expect(t, &w, db, "verify", &["--pipeline", pipeline], 0).await;
+    w.drop().await;
+}
