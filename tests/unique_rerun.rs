@@ -413,3 +413,38 @@ async fn swapped_appwrite_parents_keep_their_child_table_rows() {
     expect(t, &w, db, "verify", &["--pipeline", pipeline], 0).await;
     w.drop().await;
 }
+
+/// The reviewer's case: row 1 takes row 3's code while row 3 keeps it. Row 1 meets row 3's
+/// document (which will keep the code) and is set aside; row 3, written meanwhile, must not keep
+/// the code ahead of it: `check` (and a run into an empty table) keeps the first in key order —
+/// row 1 — and rejects row 3. In one batch and across batches, on Appwrite (whose keys cutover
+/// can compute beforehand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_contested_by_a_later_row_goes_to_the_first_in_key_order() {
+    let aw = Aw::start(KEY).await;
+    let t = Tgt::Appwrite(&aw);
+    for batch in ["1", "10"] {
+        let name = format!("contested_{batch}");
+        let create = "CREATE TABLE u (id int PRIMARY KEY, code text); \
+                      INSERT INTO u VALUES (1,'b'),(2,'x'),(3,'c'),(4,'d');";
+        let (w, pipeline, db) = world(&name, create, "[\"id\"]").await;
+        let args = ["--pipeline", &pipeline, "--quiet", "--batch-size", batch];
+        expect(t, &w, &db, "migrate", &args, 0).await;
+        w.sql("UPDATE u SET code = 'c' WHERE id = 1;").await;
+        let rerun: Vec<&str> = args.iter().copied().chain(["--rerun"]).collect();
+        let text = expect(t, &w, &db, "migrate", &rerun, 2).await;
+        let (_, written, rejected, _) = counts(&w);
+        assert_eq!((written, rejected), (3, 1), "{name}: {text}");
+        let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+        let keys: Vec<String> = w.rejects(&run_id).into_iter().map(|r| r.1).collect();
+        assert_eq!(keys, ["3"], "{name}: {text}");
+        let held = t.codes(&w, &db, "u").await;
+        let want: BTreeMap<String, String> = [("1", "c"), ("2", "x"), ("4", "d")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(held, want, "{name}: {text}");
+        expect(t, &w, &db, "verify", &["--pipeline", &pipeline], 0).await;
+        w.drop().await;
+    }
+}

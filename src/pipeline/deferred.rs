@@ -24,6 +24,9 @@ use crate::sink::mongodb::{DocError, WriteMode};
 use crate::sink::retry::retry;
 use crate::transform::{Issue, Stage};
 
+/// Ids looked up or removed in one command.
+const IDS_PER_COMMAND: usize = 1000;
+
 /// The rows set aside by one stage, and the batches waiting for them.
 #[derive(Default)]
 pub(super) struct Deferred {
@@ -34,6 +37,12 @@ pub(super) struct Deferred {
     /// Batches with rows set aside, without their documents: finished after the retry.
     held: BTreeMap<u64, Batch>,
     rows: u64,
+    /// The unique keys the rows set aside will hold (where the target can tell them): a later
+    /// row claiming one of them waits too, so that the first in key order keeps it.
+    keys: std::collections::HashSet<String>,
+    /// Batches some of whose documents were set aside before writing: the original index of
+    /// each document left in them (for the stage's order).
+    claimed: std::collections::HashMap<u64, Vec<usize>>,
 }
 
 impl Deferred {
@@ -41,14 +50,109 @@ impl Deferred {
         self.rows
     }
 
+    /// Whether `seq` had documents set aside before it was written.
+    pub(super) fn claimed(&self, seq: u64) -> bool {
+        self.claimed.contains_key(&seq)
+    }
+
+    /// Sets aside, before `batch` is written, its documents that would take a key a row set
+    /// aside earlier in the stage will hold: written now, they would keep it, and that earlier
+    /// row be rejected (`check` keeps the first in key order).
+    pub(super) fn claim(
+        &mut self,
+        target: &crate::sink::target::Target,
+        collection: &str,
+        batch: &mut Batch,
+    ) -> Result<(), RunError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let taken: Vec<usize> = (0..batch.docs.len())
+            .filter(|&i| {
+                target
+                    .unique_keys(collection, &batch.docs[i])
+                    .iter()
+                    .any(|k| self.keys.contains(k))
+            })
+            .collect();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        for &i in &taken {
+            self.push(target, collection, batch, i)?;
+        }
+        let mut left = Vec::new();
+        let (mut docs, mut keys) = (Vec::new(), Vec::new());
+        for (i, (d, k)) in std::mem::take(&mut batch.docs)
+            .into_iter()
+            .zip(std::mem::take(&mut batch.keys))
+            .enumerate()
+        {
+            if !taken.contains(&i) {
+                left.push(i);
+                docs.push(d);
+                keys.push(k);
+            }
+        }
+        batch.docs = docs;
+        batch.keys = keys;
+        self.claimed.insert(batch.seq, left);
+        Ok(())
+    }
+
+    /// Sets aside the documents of `batch` written after `first` (in its order) that hold a key
+    /// a document set aside from it will hold: the server took them while an older document
+    /// held the earlier row's key. Returns their indexes (no longer written).
+    pub(super) fn followers(
+        &self,
+        target: &crate::sink::target::Target,
+        collection: &str,
+        batch: &Batch,
+        set_aside: &[usize],
+        refused: &std::collections::HashSet<usize>,
+    ) -> Vec<usize> {
+        let Some(&first) = set_aside.iter().min() else {
+            return Vec::new();
+        };
+        let keys: std::collections::HashSet<String> = set_aside
+            .iter()
+            .flat_map(|&i| target.unique_keys(collection, &batch.docs[i]))
+            .collect();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        (first + 1..batch.docs.len())
+            .filter(|i| !refused.contains(i))
+            .filter(|&i| {
+                target
+                    .unique_keys(collection, &batch.docs[i])
+                    .iter()
+                    .any(|k| keys.contains(k))
+            })
+            .collect()
+    }
+
     /// Sets aside document `index` of `batch`.
-    pub(super) fn push(&mut self, batch: &Batch, index: usize) -> Result<(), RunError> {
+    pub(super) fn push(
+        &mut self,
+        target: &crate::sink::target::Target,
+        collection: &str,
+        batch: &Batch,
+        index: usize,
+    ) -> Result<(), RunError> {
         let Some(doc) = batch.docs.get(index) else {
             return Ok(());
         };
         let key = batch.keys.get(index).map(String::as_str).unwrap_or("?");
+        self.keys.extend(target.unique_keys(collection, doc));
+        // The stage's order: the document's place in its batch as the reader made it.
+        let place = self
+            .claimed
+            .get(&batch.seq)
+            .and_then(|left| left.get(index).copied())
+            .unwrap_or(index);
         let mut sort_key = batch.seq.to_be_bytes().to_vec();
-        sort_key.extend_from_slice(&(index as u64).to_be_bytes());
+        sort_key.extend_from_slice(&(place as u64).to_be_bytes());
         let mut payload = (key.len() as u64).to_be_bytes().to_vec();
         payload.extend_from_slice(key.as_bytes());
         payload.extend_from_slice(doc.as_bytes());
@@ -128,14 +232,15 @@ impl Deferred {
             f.check().await?;
         }
         tracing::info!(%entity, rows = self.rows, "writing again the rows a unique index refused while older documents held their keys");
-        // Those there now had older documents: removed if they are rejected again.
-        let there: std::collections::HashSet<String> = target
-            .present(collection, &self.ids)
-            .await?
-            .iter()
-            .map(|id| id.to_string())
-            .collect();
-        target.remove_documents(collection, &self.ids).await?;
+        // Those there now had older documents: removed if they are rejected again. A few
+        // thousand ids a command (a server's command size bounds one list of them).
+        let mut there = std::collections::HashSet::new();
+        for ids in self.ids.chunks(IDS_PER_COMMAND) {
+            for id in target.present(collection, ids).await? {
+                there.insert(id.to_string());
+            }
+            target.remove_documents(collection, ids).await?;
+        }
         let mut sorted = spill.sorted().map_err(spill_error)?;
         let mut refused = 0;
         loop {
@@ -148,6 +253,11 @@ impl Deferred {
             }
             if chunk.is_empty() {
                 break;
+            }
+            // The lock is looked at before each write, as the stage's batches do (a run that
+            // lost it, or is asked to stop, writes no more).
+            if let Some(f) = fence {
+                f.check().await?;
             }
             let docs: Vec<RawDocumentBuf> = chunk.iter().map(|(_, _, d)| d.clone()).collect();
             let result = retry(
@@ -166,6 +276,23 @@ impl Deferred {
                 attempts: opts.retry.max_retries + 1,
                 cause: Box::new(source),
             })?;
+            // Documents the server may take on another try (a write conflict, a 5xx on one row)
+            // are written again as the stage's batches' are.
+            let result = if result.errors.iter().any(|e| e.transient) {
+                super::transient::retry_transient(
+                    |again: Vec<RawDocumentBuf>| async move {
+                        target.write(collection, &again, WriteMode::Upsert).await
+                    },
+                    collection,
+                    &docs,
+                    result,
+                    opts.retry,
+                    counters,
+                )
+                .await
+            } else {
+                result
+            };
             EntityCounters::add(&counters.written, result.written);
             *settled += result.written;
             let mut over_limit = None;

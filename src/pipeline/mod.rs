@@ -16,6 +16,7 @@ pub mod run;
 pub mod spill;
 mod stage;
 pub mod sync_deletes;
+mod transient;
 mod write;
 
 use std::collections::BTreeSet;

@@ -13,58 +13,13 @@ use super::checkpoint::Checkpointer;
 use super::error::RunError;
 use super::read::{Batch, reject};
 use super::stage::StageCtx;
+use super::transient::retry_transient;
 use crate::ledger::Removal;
 use crate::monitor::EntityCounters;
 use crate::sink::mongodb::{BatchResult, WriteMode};
-use crate::sink::retry::{RetryPolicy, retry};
+use crate::sink::retry::retry;
 use crate::sink::target::SinkError;
 use crate::transform::{Issue, Stage};
-
-/// Writes again, as upserts, the documents of `docs` that `r` says the server may take on
-/// another try (not primary, a write conflict…), as often as the retry policy allows.
-async fn retry_transient<W, F>(
-    write: W,
-    collection: &str,
-    docs: &[RawDocumentBuf],
-    mut r: BatchResult,
-    policy: RetryPolicy,
-    counters: &EntityCounters,
-) -> BatchResult
-where
-    W: Fn(Vec<RawDocumentBuf>) -> F,
-    F: std::future::Future<Output = Result<BatchResult, SinkError>>,
-{
-    for attempt in 0..policy.max_retries {
-        let idx: Vec<usize> = r
-            .errors
-            .iter()
-            .filter(|e| e.transient && e.index < docs.len())
-            .map(|e| e.index)
-            .collect();
-        if idx.is_empty() {
-            break;
-        }
-        EntityCounters::add(&counters.retried, 1);
-        tracing::warn!(
-            collection,
-            documents = idx.len(),
-            attempt,
-            "writing refused documents again"
-        );
-        tokio::time::sleep(policy.delay(attempt, fastrand::f64())).await;
-        let again: Vec<RawDocumentBuf> = idx.iter().map(|&i| docs[i].clone()).collect();
-        if let Ok(sub) = write(again).await {
-            r.errors.retain(|e| !(e.transient && e.index < docs.len()));
-            r.written += sub.written;
-            for mut e in sub.errors {
-                e.index = idx.get(e.index).copied().unwrap_or(usize::MAX);
-                r.errors.push(e);
-            }
-            r.errors.sort_by_key(|e| e.index);
-        }
-    }
-    r
-}
 
 /// How long a run writes on the strength of its last look at the lock (checkpoints look every
 /// 200 ms while batches complete).
@@ -120,8 +75,10 @@ pub(super) async fn write_loop(
         remover,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
-    // A re-run: rows refused for a key another document holds are tried again at the end.
-    let defer = mode == WriteMode::Upsert && !target.is_bucket(&collection);
+    // A re-run into what cutover wrote before: rows refused for a key another document holds
+    // are tried again at the end (their older documents removed first — never a document
+    // cutover did not write: the application's own, in a collection it filled).
+    let defer = mode == WriteMode::Upsert && remove_stale && !target.is_bucket(&collection);
     let mut deferred = super::deferred::Deferred::default();
     let in_flight = if target.writes_in_key_order(&collection) {
         tracing::info!(%entity, "a unique index: batches are written one at a time, in key order");
@@ -256,7 +213,12 @@ pub(super) async fn write_loop(
             },
             next = rx.recv(), if take => {
                 match next {
-                    Some(batch) => running.push(start(batch)),
+                    Some(mut batch) => {
+                        if defer {
+                            deferred.claim(&target, &collection, &mut batch)?;
+                        }
+                        running.push(start(batch))
+                    }
                     None => taking = false,
                 }
                 continue;
@@ -294,7 +256,6 @@ pub(super) async fn write_loop(
                     EntityCounters::add(&counters.files_uploaded, files.uploaded);
                     EntityCounters::add(&counters.file_bytes, files.uploaded_bytes);
                     EntityCounters::add(&counters.files_unchanged, files.unchanged);
-                    EntityCounters::add(&counters.written, written);
                     EntityCounters::add(&counters.bytes, batch.bytes as u64);
                     // Documents the server could still not take after their retries are failed,
                     // like a failed batch: never rejected, and the checkpoint stays before them.
@@ -304,11 +265,34 @@ pub(super) async fn write_loop(
                     // older version (see `deferred`): set aside, neither rejected nor removed.
                     let (later, errors): (Vec<_>, Vec<_>) = errors
                         .into_iter()
-                        .partition(|e| defer && target.key_held_elsewhere(&collection, e));
-                    for e in &later {
-                        deferred.push(&batch, e.index)?;
+                        .partition(|e| {
+                            defer
+                                && e.index < batch.docs.len()
+                                && target.key_held_elsewhere(&collection, e)
+                        });
+                    // Documents of the batch written after a row set aside, taking the key it
+                    // will hold (an older document held it when that row was tried), wait too:
+                    // the first in key order keeps it, as `check` says.
+                    let later: Vec<usize> = later.iter().map(|e| e.index).collect();
+                    let followers = if later.is_empty() {
+                        Vec::new()
+                    } else {
+                        let refused: std::collections::HashSet<usize> = errors
+                            .iter()
+                            .chain(&transient)
+                            .map(|e| e.index)
+                            .chain(later.iter().copied())
+                            .collect();
+                        deferred.followers(&target, &collection, &batch, &later, &refused)
+                    };
+                    for &i in later.iter().chain(&followers) {
+                        deferred.push(&target, &collection, &batch, i)?;
                     }
-                    set_aside = !later.is_empty();
+                    EntityCounters::add(
+                        &counters.written,
+                        written.saturating_sub(followers.len() as u64),
+                    );
+                    set_aside = !later.is_empty() || deferred.claimed(batch.seq);
                     // The older documents of rows the target refused now are stale like those of
                     // rows the mapping rejects (see `Batch::stale`).
                     let refused_ids: Vec<bson::Bson> = if remove_stale || keep_stale {
@@ -504,123 +488,5 @@ pub(super) fn in_flight(opts: &super::options::RunOptions, bucket: bool) -> usiz
         opts.file_concurrency.max(1)
     } else {
         opts.concurrency.max(1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sink::mongodb::DocError;
-
-    fn fast(max_retries: u32) -> RetryPolicy {
-        RetryPolicy {
-            max_retries,
-            base: std::time::Duration::from_millis(1),
-            max_delay: std::time::Duration::from_millis(2),
-        }
-    }
-
-    fn doc_error(index: usize, transient: bool) -> DocError {
-        DocError {
-            index,
-            code: if transient { 112 } else { 11000 },
-            code_name: if transient {
-                "WriteConflict"
-            } else {
-                "DuplicateKey"
-            }
-            .into(),
-            message: String::new(),
-            transient,
-        }
-    }
-
-    #[tokio::test]
-    async fn transient_document_errors_are_written_again_and_permanent_ones_stay() {
-        let docs: Vec<RawDocumentBuf> = (0..5)
-            .map(|i| {
-                let mut d = RawDocumentBuf::new();
-                d.append("_id", i);
-                d
-            })
-            .collect();
-        // Docs 1 and 3 hit a write conflict, doc 4 a duplicate key.
-        let first = BatchResult {
-            written: 2,
-            errors: vec![doc_error(1, true), doc_error(3, true), doc_error(4, false)],
-            ..Default::default()
-        };
-        let calls = std::sync::Mutex::new(Vec::new());
-        let counters = EntityCounters::default();
-        let r = retry_transient(
-            |again: Vec<RawDocumentBuf>| {
-                let ids: Vec<i32> = again.iter().map(|d| d.get_i32("_id").unwrap()).collect();
-                let n = {
-                    let mut c = calls.lock().unwrap();
-                    c.push(ids.clone());
-                    c.len()
-                };
-                async move {
-                    // The first retry still conflicts on its second document (doc 3).
-                    Ok(if n == 1 {
-                        BatchResult {
-                            written: 1,
-                            errors: vec![doc_error(1, true)],
-                            ..Default::default()
-                        }
-                    } else {
-                        BatchResult {
-                            written: ids.len() as u64,
-                            errors: Vec::new(),
-                            ..Default::default()
-                        }
-                    })
-                }
-            },
-            "c",
-            &docs,
-            first,
-            fast(5),
-            &counters,
-        )
-        .await;
-        assert_eq!(*calls.lock().unwrap(), vec![vec![1, 3], vec![3]]);
-        assert_eq!(r.written, 4);
-        assert_eq!(r.errors.len(), 1);
-        assert_eq!((r.errors[0].index, r.errors[0].transient), (4, false));
-        assert_eq!(counters.retried.load(Ordering::Relaxed), 2);
-    }
-
-    #[tokio::test]
-    async fn documents_still_refused_after_the_retries_stay_transient() {
-        let mut d = RawDocumentBuf::new();
-        d.append("_id", 1);
-        let policy = fast(3);
-        let counters = EntityCounters::default();
-        let r = retry_transient(
-            |_again: Vec<RawDocumentBuf>| async {
-                Ok(BatchResult {
-                    written: 0,
-                    errors: vec![doc_error(0, true)],
-                    ..Default::default()
-                })
-            },
-            "c",
-            std::slice::from_ref(&d),
-            BatchResult {
-                written: 0,
-                errors: vec![doc_error(0, true)],
-                ..Default::default()
-            },
-            policy,
-            &counters,
-        )
-        .await;
-        assert_eq!(r.written, 0);
-        assert!(
-            r.errors[0].transient,
-            "left for the caller to count as failed"
-        );
-        assert_eq!(counters.retried.load(Ordering::Relaxed), 3);
     }
 }

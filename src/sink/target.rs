@@ -1527,6 +1527,27 @@ impl Target {
         }
     }
 
+    /// The keys `doc` holds in the unique indexes of `collection` as the server compares them,
+    /// each as one text, where cutover can tell them beforehand (an Appwrite table's; none for
+    /// MongoDB, whose collection's batches are written side by side anyway).
+    pub fn unique_keys(&self, collection: &str, doc: &RawDocumentBuf) -> Vec<String> {
+        let Target::Appwrite(a) = self else {
+            return Vec::new();
+        };
+        let Some(Layout::Table(spec, _)) = a.layout(collection) else {
+            return Vec::new();
+        };
+        let uniques = super::appwrite::unique::AppwriteUnique::of(&spec);
+        if uniques.is_empty() {
+            return Vec::new();
+        }
+        let Ok(d) = doc.to_document() else {
+            return Vec::new();
+        };
+        let row = schema::to_row(&d, &spec);
+        uniques.iter().filter_map(|u| u.key_text(&row)).collect()
+    }
+
     /// Whether the server refused a document of `collection` because a unique index other than
     /// the id holds its key in another document — which, on a re-run, may be another row's
     /// older version that this run replaces later (two rows swapping codes): such a document is

@@ -44,6 +44,15 @@ impl AppwriteUnique {
             .collect()
     }
 
+    /// The row's key in this index as one text (with the index's name), or none (a NULL part).
+    pub fn key_text(&self, row: &serde_json::Value) -> Option<String> {
+        Some(format!(
+            "{}\u{0}{}",
+            self.name,
+            self.key_of(row)?.join("\u{0}")
+        ))
+    }
+
     /// The row (as its JSON columns) whose key another row holds: that row's source key and the
     /// key as shown.
     pub fn repeats(&self, row: &serde_json::Value) -> Option<(String, String)> {
