@@ -243,6 +243,10 @@ impl Deferred {
         }
         let mut sorted = spill.sorted().map_err(spill_error)?;
         let mut refused = 0;
+        // Past --max-rejects the rows still to write are written all the same (their older
+        // documents are gone already: stopping here would leave them missing until a resume),
+        // their refusals recorded; the stage stops after them.
+        let mut over_limit = None;
         loop {
             let mut chunk: Vec<(u64, String, RawDocumentBuf)> = Vec::new();
             while chunk.len() < opts.batch_size.max(1) {
@@ -295,7 +299,6 @@ impl Deferred {
             };
             EntityCounters::add(&counters.written, result.written);
             *settled += result.written;
-            let mut over_limit = None;
             let mut failed: Vec<&DocError> = Vec::new();
             for e in &result.errors {
                 let Some((seq, key, doc)) = chunk.get(e.index) else {
@@ -336,9 +339,6 @@ impl Deferred {
                     }
                 }
             }
-            if let Some(e) = over_limit {
-                return Err(e);
-            }
             if !failed.is_empty() {
                 return Err(RunError::DocumentsFailed {
                     entity: entity.clone(),
@@ -347,7 +347,10 @@ impl Deferred {
                 });
             }
         }
-        Ok(refused)
+        match over_limit {
+            Some(e) => Err(e),
+            None => Ok(refused),
+        }
     }
 }
 

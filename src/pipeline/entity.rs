@@ -110,6 +110,7 @@ pub(super) async fn run_entity(
             run_id: stage.run_id.clone(),
             entity: plan.entity.clone(),
         },
+        read_all: Default::default(),
     };
     // What the checkpoints count from: the part resumed, or what the step started over removed.
     let base = stage.resume.as_ref().map_or(

@@ -370,6 +370,7 @@ pub(super) async fn read_loop(
         );
         let _ = tx.send(batch).await;
     }
+    shared.read_all.store(true, Ordering::Release);
     // After the last parent row: in a batch no checkpoint covers.
     write_orphans(&mut waiting, (!opts.dry_run).then_some(seq))?;
     for (i, e) in plan.embeds.iter().enumerate() {

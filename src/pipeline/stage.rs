@@ -56,6 +56,9 @@ pub(super) struct StageCtx {
     pub(super) keep_stale: bool,
     /// Removes records with a note in the ledger first (see `removal`).
     pub(super) remover: Remover,
+    /// Set by the reader once it has sent the stage's last row (not when it stopped early): the
+    /// rows set aside by a unique index are judged only then (see `deferred`).
+    pub(super) read_all: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The directory of this run's rejects files, absolute (as the ledger records it).

@@ -73,6 +73,7 @@ pub(super) async fn write_loop(
         remove_stale,
         keep_stale,
         remover,
+        read_all: _,
     } = shared;
     let fence = checkpointer.as_ref().and_then(|c| c.fence.clone());
     // A re-run into what cutover wrote before: rows refused for a key another document holds
@@ -429,6 +430,16 @@ pub(super) async fn write_loop(
             // Anything else (the lock lost, the ledger or the rejects file failing): at once.
             Err(e) => return Err(e),
         }
+    }
+    // The reader stopped early (its own --max-rejects, a source error): a row set aside may wait
+    // for a row it never sent, whose older document holds its key — judged by the resume.
+    // (The reader's own error ends the stage; the checkpoint stays before their batches.)
+    if stopping.is_none() && !ctx.read_all.load(Ordering::Acquire) && deferred.rows() > 0 {
+        EntityCounters::add(&counters.skipped, deferred.rows());
+        if let Some(c) = checkpointer.as_mut() {
+            c.flush().await?;
+        }
+        return Ok(());
     }
     if let Some(e) = stopping {
         // Rows set aside are not written now: a resume writes them (the checkpoint is before
