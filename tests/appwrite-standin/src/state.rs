@@ -67,9 +67,9 @@ struct Table {
     permissions: Vec<String>,
     row_security: bool,
     /// The keys its unique indexes hold (index key → row key → row), built on the first write
-    /// of a request and kept by `put_row` during it (a bulk write checks each row against a
-    /// map, as MariaDB does against its index, not against every row); dropped by any other
-    /// change.
+    /// that needs it and kept by `put_row` (a write checks its row against a map, as MariaDB
+    /// does against its index, not against every row); dropped by every other change of the
+    /// rows, the columns or the indexes.
     unique: Option<HashMap<String, HashMap<Vec<String>, String>>>,
 }
 
@@ -609,6 +609,7 @@ impl StandIn {
             }
             let out = self.index_json(&i);
             t.indexes.push(i);
+            t.unique = None;
             Ok(out)
         })?;
         Ok(index)
@@ -694,7 +695,6 @@ impl StandIn {
                 "Table with the requested ID could not be found.",
             )
         })?;
-        t.unique = None;
         f(t)
     }
 
@@ -1195,23 +1195,28 @@ impl StandIn {
                 }
                 ids.push(id);
             }
-            // All or nothing: a row a unique index refuses leaves the batch unwritten (the
-            // rows are kept aside only when the table has such an index).
-            let before = t
-                .indexes
-                .iter()
-                .any(|i| i.kind == "unique" && i.failed.is_none())
-                .then(|| (t.rows.clone(), t.sequence));
+            // All or nothing: a row a unique index refuses leaves the batch unwritten — the
+            // rows it replaced (or their absence) are put back, as a transaction rolls back.
+            let sequence = t.sequence;
+            let mut replaced: Vec<(String, Option<Value>)> = Vec::with_capacity(rows.len());
             let mut out = Vec::with_capacity(rows.len());
             for (id, r) in ids.iter().zip(rows) {
+                let key = uid(id);
+                let old = t.rows.get(&key).cloned();
                 match Self::put_row(t, db, id, r, upsert) {
-                    Ok(row) => out.push(row),
+                    Ok(row) => {
+                        replaced.push((key, old));
+                        out.push(row);
+                    }
                     Err(e) => {
-                        if let Some((rows, sequence)) = before {
-                            t.rows = rows;
-                            t.sequence = sequence;
-                            t.unique = None;
+                        for (key, old) in replaced.into_iter().rev() {
+                            match old {
+                                Some(v) => t.rows.insert(key, v),
+                                None => t.rows.remove(&key),
+                            };
                         }
+                        t.sequence = sequence;
+                        t.unique = None;
                         return Err(e);
                     }
                 }
@@ -1234,6 +1239,7 @@ impl StandIn {
 
     pub fn delete_row(&self, db: &str, table: &str, id: &str) -> Result<(), ApiError> {
         self.with_table(db, table, |t| {
+            t.unique = None;
             t.rows.remove(&uid(id)).map(|_| ()).ok_or_else(|| {
                 ApiError::new(
                     404,
@@ -1251,6 +1257,7 @@ impl StandIn {
         q.extend_from_slice(queries);
         self.with_table(db, table, |t| {
             let (rows, _) = filter(&t.rows, &q, false)?;
+            t.unique = None;
             for r in &rows {
                 if let Some(id) = r["$id"].as_str() {
                     t.rows.remove(&uid(id));
@@ -1659,6 +1666,7 @@ impl StandIn {
                 ));
             };
             t.columns.remove(at);
+            t.unique = None;
             for row in t.rows.values_mut() {
                 if let Some(o) = row.as_object_mut() {
                     o.remove(key);
@@ -1770,6 +1778,7 @@ impl StandIn {
             };
             c.key = new_key.clone();
             c.body["key"] = json!(new_key);
+            t.unique = None;
             for row in t.rows.values_mut() {
                 if let Some(o) = row.as_object_mut()
                     && let Some(v) = o.remove(key)
@@ -1794,6 +1803,7 @@ impl StandIn {
         self.with_table(db, table, |t| {
             let before = t.indexes.len();
             t.indexes.retain(|i| i.key != key);
+            t.unique = None;
             if t.indexes.len() == before {
                 return Err(ApiError::new(404, "index_not_found", "Index not found"));
             }
