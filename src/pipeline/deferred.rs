@@ -67,13 +67,12 @@ impl Deferred {
         if self.keys.is_empty() {
             return Ok(());
         }
-        let taken: Vec<usize> = (0..batch.docs.len())
-            .filter(|&i| {
-                target
-                    .unique_keys(collection, &batch.docs[i])
-                    .iter()
-                    .any(|k| self.keys.contains(k))
-            })
+        let taken: Vec<usize> = target
+            .unique_keys(collection, &batch.docs)
+            .iter()
+            .enumerate()
+            .filter(|(_, keys)| keys.iter().any(|k| self.keys.contains(k)))
+            .map(|(i, _)| i)
             .collect();
         if taken.is_empty() {
             return Ok(());
@@ -114,21 +113,15 @@ impl Deferred {
         let Some(&first) = set_aside.iter().min() else {
             return Vec::new();
         };
-        let keys: std::collections::HashSet<String> = set_aside
-            .iter()
-            .flat_map(|&i| target.unique_keys(collection, &batch.docs[i]))
-            .collect();
+        let all = target.unique_keys(collection, &batch.docs);
+        let keys: std::collections::HashSet<&String> =
+            set_aside.iter().flat_map(|&i| &all[i]).collect();
         if keys.is_empty() {
             return Vec::new();
         }
         (first + 1..batch.docs.len())
             .filter(|i| !refused.contains(i))
-            .filter(|&i| {
-                target
-                    .unique_keys(collection, &batch.docs[i])
-                    .iter()
-                    .any(|k| keys.contains(k))
-            })
+            .filter(|&i| all[i].iter().any(|k| keys.contains(k)))
             .collect()
     }
 
@@ -144,7 +137,8 @@ impl Deferred {
             return Ok(());
         };
         let key = batch.keys.get(index).map(String::as_str).unwrap_or("?");
-        self.keys.extend(target.unique_keys(collection, doc));
+        self.keys
+            .extend(target.unique_keys(collection, [doc]).into_iter().flatten());
         // The stage's order: the document's place in its batch as the reader made it.
         let place = self
             .claimed

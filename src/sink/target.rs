@@ -1527,25 +1527,35 @@ impl Target {
         }
     }
 
-    /// The keys `doc` holds in the unique indexes of `collection` as the server compares them,
-    /// each as one text, where cutover can tell them beforehand (an Appwrite table's; none for
-    /// MongoDB, whose collection's batches are written side by side anyway).
-    pub fn unique_keys(&self, collection: &str, doc: &RawDocumentBuf) -> Vec<String> {
+    /// The keys each of `docs` holds in the unique indexes of `collection` as the server
+    /// compares them, each as one text, where cutover can tell them beforehand (an Appwrite
+    /// table's; none for MongoDB, whose collection's batches are written side by side anyway).
+    pub fn unique_keys<'d>(
+        &self,
+        collection: &str,
+        docs: impl IntoIterator<Item = &'d RawDocumentBuf>,
+    ) -> Vec<Vec<String>> {
+        let none = |docs: Vec<&RawDocumentBuf>| vec![Vec::new(); docs.len()];
+        let docs: Vec<&RawDocumentBuf> = docs.into_iter().collect();
         let Target::Appwrite(a) = self else {
-            return Vec::new();
+            return none(docs);
         };
         let Some(Layout::Table(spec, _)) = a.layout(collection) else {
-            return Vec::new();
+            return none(docs);
         };
         let uniques = super::appwrite::unique::AppwriteUnique::of(&spec);
         if uniques.is_empty() {
-            return Vec::new();
+            return none(docs);
         }
-        let Ok(d) = doc.to_document() else {
-            return Vec::new();
-        };
-        let row = schema::to_row(&d, &spec);
-        uniques.iter().filter_map(|u| u.key_text(&row)).collect()
+        docs.into_iter()
+            .map(|doc| match doc.to_document() {
+                Ok(d) => {
+                    let row = schema::to_row(&d, &spec);
+                    uniques.iter().filter_map(|u| u.key_text(&row)).collect()
+                }
+                Err(_) => Vec::new(),
+            })
+            .collect()
     }
 
     /// Whether the server refused a document of `collection` because a unique index other than
