@@ -363,15 +363,7 @@ async fn a_refused_parent_leaves_no_child_table_rows() {
     let report = w.latest_report();
     assert_eq!(report["entities"][0]["rejected"], 1, "{text}");
     assert_eq!(report["entities"][0]["written"], 2, "{text}");
-    let tables = aw.s.list_tables("uqk", &Vec::new()).unwrap();
-    let child = tables["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["$id"].as_str())
-        .find(|t| t.contains("kids"))
-        .unwrap_or_else(|| panic!("a child table: {tables}"))
-        .to_string();
+    let child = aw.table_containing("uqk", "kids");
     let mut names: Vec<String> =
         aw.s.rows("uqk", &child)
             .iter()

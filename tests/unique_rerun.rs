@@ -183,6 +183,14 @@ fn mapping(key: &str) -> String {
     )
 }
 
+/// Codes by id, as [`Tgt::codes`] reads them.
+fn codes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A world named after `name` whose table `u` is made by `create`, with the one-entity
 /// pipeline of [`mapping`]`(key)`: the world, the pipeline's path and the Appwrite database.
 async fn world(name: &str, create: &str, key: &str) -> (World, String, String) {
@@ -331,19 +339,11 @@ async fn stopped_while_writing_again(t: Tgt<'_>) {
     );
     let (read, written, rejected, _) = counts(&w);
     assert_eq!((read, written, rejected), (5, 4, 1), "{name}");
-    let want: BTreeMap<String, String> = [("1", "b"), ("2", "a"), ("4", "e"), ("5", "d")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let want = codes(&[("1", "b"), ("2", "a"), ("4", "e"), ("5", "d")]);
     assert_eq!(t.codes(&w, &db, "u").await, want, "{name}: the stopped run");
 
     let text = expect(t, &w, &db, "migrate", &args, 2).await;
-    let held = t.codes(&w, &db, "u").await;
-    let want: BTreeMap<String, String> = [("1", "b"), ("2", "a"), ("4", "e"), ("5", "d")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert_eq!(held, want, "{name}: {text}");
+    assert_eq!(t.codes(&w, &db, "u").await, want, "{name}: {text}");
     expect(t, &w, &db, "verify", &["--pipeline", &pipeline], 0).await;
     w.drop().await;
 }
@@ -394,20 +394,9 @@ async fn swapped_appwrite_parents_keep_their_child_table_rows() {
     let (read, written, rejected, _) = counts(&w);
     assert_eq!((read, written, rejected), (3, 3, 0), "{text}");
     let held = t.codes(&w, db, "u").await;
-    let want: BTreeMap<String, String> = [("1", "b"), ("2", "a"), ("3", "c")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let want = codes(&[("1", "b"), ("2", "a"), ("3", "c")]);
     assert_eq!(held, want, "{text}");
-    let tables = aw.s.list_tables(db, &Vec::new()).unwrap();
-    let child = tables["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["$id"].as_str())
-        .find(|t| t.contains("kids"))
-        .unwrap_or_else(|| panic!("a child table: {tables}"))
-        .to_string();
+    let child = aw.table_containing(db, "kids");
     let mut names: Vec<String> =
         aw.s.rows(db, &child)
             .iter()
@@ -444,10 +433,7 @@ async fn a_key_contested_by_a_later_row_goes_to_the_first_in_key_order() {
         let keys: Vec<String> = w.rejects(&run_id).into_iter().map(|r| r.1).collect();
         assert_eq!(keys, ["3"], "{name}: {text}");
         let held = t.codes(&w, &db, "u").await;
-        let want: BTreeMap<String, String> = [("1", "c"), ("2", "x"), ("4", "d")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let want = codes(&[("1", "c"), ("2", "x"), ("4", "d")]);
         assert_eq!(held, want, "{name}: {text}");
         expect(t, &w, &db, "verify", &["--pipeline", &pipeline], 0).await;
         w.drop().await;

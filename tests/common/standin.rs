@@ -49,6 +49,19 @@ impl Aw {
         ]
     }
 
+    /// The id of the table of database `db` whose id contains `part` (a child table).
+    pub fn table_containing(&self, db: &str, part: &str) -> String {
+        let tables = self.s.list_tables(db, &Vec::new()).unwrap();
+        tables["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["$id"].as_str())
+            .find(|t| t.contains(part))
+            .unwrap_or_else(|| panic!("no table with {part} in its id: {tables}"))
+            .to_string()
+    }
+
     /// `cutover ARGS…` in the world against database `db`, off the runtime serving the stand-in.
     pub async fn cutover_in(&self, w: &World, db: &str, args: &[&str]) -> Output {
         let mut cmd = w.cutover();
