@@ -2374,6 +2374,24 @@ async fn an_up_that_loses_its_lock_stops_writing_and_leaves_the_change_interrupt
             .unwrap()
             .unwrap();
         assert_eq!(r.get_str("status"), Ok("running"), "{r}");
+        // status and history say why it stopped: the lock was lost, its process did not die.
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(&changes(&w, "status", &dir, &["--json"]))).unwrap();
+        let change = &status["changes"][0];
+        assert_eq!(change["state"], "interrupted", "{status}");
+        let hint = change["hint"].as_str().unwrap_or_default();
+        assert!(hint.contains("lost the target's lock"), "{status}");
+        assert!(!hint.contains("died"), "{status}");
+        let history: serde_json::Value =
+            serde_json::from_str(&ok(&changes(&w, "history", &dir, &["--json"]))).unwrap();
+        let line = &history[0];
+        assert_eq!(line["status"], "interrupted", "{history}");
+        assert!(
+            line["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("lost the target's lock")),
+            "{history}"
+        );
         ok(&changes(&w, "down", &dir, &[]));
         assert_eq!(hashes(&w).await, before);
     }

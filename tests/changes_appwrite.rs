@@ -1180,6 +1180,8 @@ async fn a_change_whose_lock_is_taken_away_stops_writing() {
     let status: Value =
         serde_json::from_str(&ok(&changes(&w, &aw, "status", &dir, &["--json"]).await)).unwrap();
     assert_eq!(status["changes"][0]["state"], "interrupted", "{status}");
+    let hint = status["changes"][0]["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("lost the target's lock"), "{status}");
     // The next `down` (holding the lock) undoes what was written.
     ok(&changes(&w, &aw, "down", &dir, &[]).await);
     assert_eq!(rewritten(&aw.s), 0);

@@ -45,8 +45,8 @@ use crate::ledger::lock::{DEFAULT_TTL, LockError};
 use crate::ledger::{Ledger, StoreError};
 use ops::Exec;
 use record::{
-    APPLIED, COMMITTED, FAILED, Finished, RESTORE_FAILED, REVERSED, REVERSING, ROLLED_BACK,
-    RUNNING, Records,
+    APPLIED, COMMITTED, FAILED, Finished, INTERRUPTED, RESTORE_FAILED, REVERSED, REVERSING,
+    ROLLED_BACK, RUNNING, Records,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +221,21 @@ pub async fn status_in(
         .map(|r| (r.version, r))
         .collect();
     let live_lock = t.ledger.lock_holder().await?.filter(|h| !h.expired);
+    // Why a change left `running` stopped, when its process said so (it lost the lock): its
+    // history line, by the run and version.
+    let stopped_because: BTreeMap<(String, u64), String> =
+        if records.values().any(|r| r.status == RUNNING) {
+            Records { ledger: t.ledger }
+                .history()
+                .await?
+                .into_iter()
+                .filter(|e| e.action == "up" && e.status == INTERRUPTED)
+                .filter_map(|e| Some(((e.run_id, e.version), e.error?)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+    let why = |r: &ChangeRecord| stopped_because.get(&(r.run_id.clone(), r.version)).cloned();
     let newest_applied = records
         .values()
         .filter(|r| [APPLIED, RUNNING, REVERSING].contains(&r.status.as_str()))
@@ -258,7 +273,7 @@ pub async fn status_in(
     }
     for s in &mut out {
         if let Some(r) = records.get(&s.version) {
-            s.hint = hint(&s.state, r);
+            s.hint = hint(&s.state, r, why(r).as_deref());
             if s.state == "down-failed" {
                 s.error = r.down_error.clone();
             }
@@ -277,7 +292,7 @@ pub async fn status_in(
                 name: r.name.clone(),
                 file: None,
                 state: state.to_string(),
-                hint: hint(state, r),
+                hint: hint(state, r, why(r).as_deref()),
                 reversible: r.reversible,
                 irreversible_because: None,
                 transaction: r.transaction,
@@ -299,17 +314,22 @@ pub async fn status_in(
     Ok(out)
 }
 
-/// What to run for a change its process left half done.
-fn hint(state: &str, r: &ChangeRecord) -> Option<String> {
+/// What to run for a change its process left half done; `stopped` is why, when its process said
+/// so (it lost the lock), otherwise it died.
+fn hint(state: &str, r: &ChangeRecord, stopped: Option<&str>) -> Option<String> {
     let operations = file::parse_recorded(&r.file, &r.source, &r.seeds)
         .map(|c| c.up.len())
         .unwrap_or(0);
+    let how = match stopped {
+        Some(why) => format!("its process stopped while applying it ({why})"),
+        None => "its process died while applying it".to_string(),
+    };
     match state {
-        "interrupted" if r.transaction => Some(
-            "its process died while applying it in a transaction: the next `cutover changes up` (or `down`) finds whether the transaction committed and records it so".into(),
-        ),
+        "interrupted" if r.transaction => Some(format!(
+            "{how} in a transaction: the next `cutover changes up` (or `down`) finds whether the transaction committed and records it so"
+        )),
         "interrupted" => Some(format!(
-            "its process died while applying it ({} of {operations} operations had started writing): `cutover changes down` undoes what it wrote (from its backup collection {}), then `cutover changes up` applies it again",
+            "{how} ({} of {operations} operations had started writing): `cutover changes down` undoes what it wrote (from its backup collection {}), then `cutover changes up` applies it again",
             r.ops.len(),
             r.backup.as_deref().unwrap_or("-")
         )),
@@ -426,7 +446,7 @@ pub async fn history_in(
                 {
                     ROLLED_BACK.into()
                 }
-                _ => "interrupted".into(),
+                _ => INTERRUPTED.into(),
             };
             e
         })
@@ -937,6 +957,14 @@ where
         // Lost the lock meanwhile (an operator released it, or it expired): the record is left
         // as it is (`running`: status says interrupted) for whoever holds the lock now.
         if let Err(e) = fence.check().await {
+            // Its own history line (keyed by this run) says so — the record is the new holder's
+            // to finish, so it is left as it is.
+            line.status = INTERRUPTED.to_string();
+            line.duration_ms = duration_ms as i64;
+            line.error = Some(e.reason());
+            if let Err(log) = records.log(&line).await {
+                tracing::warn!(version = c.version, error = %log, "could not note in the history why the change stopped");
+            }
             return Err(ChangesError::Refused(format!(
                 "change {} ({}): {}; it stopped writing and is left interrupted: `cutover changes status` says what was done, `cutover changes down` (once the lock is free) undoes it",
                 c.version,

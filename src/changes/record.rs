@@ -12,6 +12,9 @@ pub const APPLIED: &str = "applied";
 pub const FAILED: &str = crate::ledger::FAILED;
 pub const ROLLED_BACK: &str = crate::ledger::ROLLED_BACK;
 pub const RUNNING: &str = crate::ledger::RUNNING;
+/// A history line of a change whose process stopped before it ended (it died, or it lost the
+/// lock and said so in the line's error).
+pub const INTERRUPTED: &str = "interrupted";
 /// A change that failed without a transaction and whose undoing failed too: its backup is kept.
 pub const RESTORE_FAILED: &str = "restore-failed";
 /// A change being reversed, recorded before `down` writes anything: one left so by a process that
