@@ -531,6 +531,27 @@ pub async fn check(
                 } else {
                     Vec::new()
                 };
+                // On a re-run the collection has them already: a row repeating a key is
+                // refused by mongod (the first in key order keeps it) and rejected.
+                if plan.file.is_none()
+                    && let Some(Target::Mongo(m)) =
+                        targets.iter().find(|t| matches!(t, Target::Mongo(_)))
+                    && !uniques.is_empty()
+                {
+                    match m.note_unique_indexes(&plan.collection, &plan.indexes).await {
+                        Ok(there) => {
+                            for u in &mut uniques {
+                                u.exists = there.iter().any(|t| t.pattern == *u.pattern());
+                            }
+                        }
+                        Err(e) => report.blocking.push(format!(
+                            "{}: cannot read the indexes of {} in the target: {}",
+                            plan.entity,
+                            plan.collection,
+                            crate::redact::redact_text(&e.to_string())
+                        )),
+                    }
+                }
                 // mongod's TTL monitor deletes a document already past its expiry within a
                 // minute of its write (the eleventh tester's 8: a completed run, then missing).
                 let mut ttls = if targets.iter().any(|t| matches!(t, Target::Mongo(_))) {
@@ -763,6 +784,31 @@ pub async fn check(
                                 }
                             }
                         }
+                    }
+                    // A unique index the MongoDB collection has already (a re-run).
+                    if let Some((key, doc)) = &indexed
+                        && !(rejected || unique_refused || refused || file_refused)
+                        && let Some((index, (first, shown))) = uniques
+                            .iter()
+                            .filter(|u| u.exists)
+                            .find_map(|u| u.repeats(doc).map(|r| (u.name.clone(), r)))
+                    {
+                        unique_refused = true;
+                        let rule = crate::sink::target::RULE_DUPLICATE_KEY;
+                        let f = tally
+                            .entry((String::new(), rule.into(), "reject".into()))
+                            .or_insert_with(|| Finding {
+                                entity: plan.entity.clone(),
+                                rule: rule.into(),
+                                severity: "reject".into(),
+                                example_key: key.clone(),
+                                example: format!(
+                                    "MongoDB's unique index `{index}` of {} (there from an earlier run) refuses the document: row {first} holds its key [{shown}] (the first in key order keeps it)",
+                                    plan.collection
+                                ),
+                                ..Default::default()
+                            });
+                        f.rows += 1;
                     }
                     let rejected = rejected || unique_refused;
                     ec.rejected_rows += u64::from(rejected || refused || file_refused);

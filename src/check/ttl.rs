@@ -7,8 +7,8 @@
 
 use bson::{Bson, Document};
 
-use super::unique::{index_values, matches, unsupported};
 use crate::mapping::spec::IndexSpec;
+use crate::sink::mongo_unique::{index_values, matches, unsupported};
 
 pub(crate) struct TtlIndex {
     pub name: String,

@@ -2,6 +2,7 @@
 
 pub mod appwrite;
 pub mod gridfs;
+pub mod mongo_unique;
 pub mod mongodb;
 pub mod order;
 pub mod retry;

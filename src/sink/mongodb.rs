@@ -257,6 +257,17 @@ pub struct MongoTarget {
     buckets: std::sync::Arc<
         std::sync::RwLock<std::collections::HashMap<String, super::gridfs::BucketSpec>>,
     >,
+    /// The mappings' unique indexes each collection has already (a re-run), by collection (see
+    /// [`MongoTarget::note_unique_indexes`]).
+    uniques: std::sync::Arc<
+        std::sync::RwLock<std::collections::HashMap<String, Vec<super::mongo_unique::MongoUnique>>>,
+    >,
+    /// A dry run's keys taken so far, by collection: index name and key → the id holding it.
+    rehearsed: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+        >,
+    >,
 }
 
 /// Connections of the ledger's own client (checkpoint, heartbeat, a lock check at once).
@@ -302,7 +313,123 @@ impl MongoTarget {
             ledger_db,
             hosts,
             buckets: Default::default(),
+            uniques: Default::default(),
+            rehearsed: Default::default(),
         })
+    }
+
+    /// The unique indexes of `indexes` (a mapping's) that `collection` has already — built at
+    /// the end of an earlier run — and whose keys cutover can form (no partial filter beyond
+    /// equalities, `$exists` and `$type`). Noted for the collection: a re-run writes it one batch
+    /// at a time in key order, and a row taking a key a row set aside will hold waits too, so
+    /// that the first row in key order keeps a key two rows now share (as `check` and a dry run
+    /// say).
+    pub async fn note_unique_indexes(
+        &self,
+        collection: &str,
+        indexes: &[crate::mapping::spec::IndexSpec],
+    ) -> Result<Vec<super::mongo_unique::MongoUnique>, MongoError> {
+        let wanted = super::mongo_unique::MongoUnique::of(indexes);
+        let found = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let there = self.unique_patterns(collection).await?;
+            wanted
+                .into_iter()
+                .filter(|u| u.unchecked.is_none())
+                .filter(|u| there.iter().any(|p| same_pattern(p, &u.pattern)))
+                .collect()
+        };
+        let mut noted = self.uniques.write().unwrap_or_else(|p| p.into_inner());
+        if found.is_empty() {
+            noted.remove(collection);
+        } else {
+            noted.insert(collection.to_string(), found.clone());
+        }
+        Ok(found)
+    }
+
+    /// The key patterns of `collection`'s unique indexes (none when it does not exist).
+    async fn unique_patterns(&self, collection: &str) -> Result<Vec<Document>, MongoError> {
+        use futures::TryStreamExt;
+        let err = |cause| MongoError::Command {
+            op: format!("listIndexes on {collection}"),
+            cause,
+        };
+        let listed = self
+            .db
+            .collection::<Document>(collection)
+            .list_indexes()
+            .await;
+        let cursor = match listed {
+            Ok(c) => c,
+            // NamespaceNotFound: no collection, no index.
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let models: Vec<mongodb::IndexModel> = cursor.try_collect().await.map_err(err)?;
+        Ok(models
+            .into_iter()
+            .filter(|m| m.options.as_ref().and_then(|o| o.unique) == Some(true))
+            .map(|m| m.keys)
+            .collect())
+    }
+
+    /// The unique indexes noted for `collection` (see [`MongoTarget::note_unique_indexes`]).
+    pub fn uniques(&self, collection: &str) -> Vec<super::mongo_unique::MongoUnique> {
+        self.uniques
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(collection)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The keys `doc` holds in the unique indexes noted for `collection`, each as one text
+    /// naming its index.
+    pub fn unique_keys(
+        uniques: &[super::mongo_unique::MongoUnique],
+        doc: &Document,
+    ) -> Vec<String> {
+        uniques
+            .iter()
+            .flat_map(|u| {
+                u.keys(doc)
+                    .into_iter()
+                    .map(move |k| format!("{}\u{0}{k}", u.name))
+            })
+            .collect()
+    }
+
+    /// A dry run's rehearsal of `doc` (id `holder`) against the unique indexes `collection` has
+    /// already: the index and the holder of the key it repeats, written in key order before it
+    /// — mongod would refuse it (`DuplicateKey`); else its keys are taken.
+    pub fn rehearse_unique(
+        &self,
+        collection: &str,
+        holder: &str,
+        doc: &Document,
+    ) -> Option<(String, String, String)> {
+        let uniques = self.uniques(collection);
+        if uniques.is_empty() {
+            return None;
+        }
+        let mut all = self.rehearsed.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = all.entry(collection.to_string()).or_default();
+        for u in &uniques {
+            for k in u.keys(doc) {
+                if let Some(first) = taken.get(&format!("{}\u{0}{k}", u.name)) {
+                    return Some((u.name.clone(), first.clone(), k));
+                }
+            }
+        }
+        for k in Self::unique_keys(&uniques, doc) {
+            taken.insert(k, holder.to_string());
+        }
+        None
     }
 
     /// Notes that `spec.name` is a GridFS bucket a file stage writes: the collection names of
@@ -617,7 +744,7 @@ impl MongoTarget {
                     code_name: e
                         .get_str("codeName")
                         .unwrap_or(match code {
-                            11000 => "DuplicateKey",
+                            11000 => super::target::RULE_DUPLICATE_KEY,
                             121 => "DocumentValidationFailure",
                             _ => "WriteError",
                         })
@@ -919,4 +1046,19 @@ fn as_i64(b: Option<&Bson>) -> Option<i64> {
 /// The `_id` of a raw document, owned.
 pub fn raw_id(d: &RawDocumentBuf) -> Option<RawBson> {
     d.get("_id").ok().flatten().map(|v| v.to_raw_bson())
+}
+
+/// Whether two index key patterns name the same fields in the same order and directions (the
+/// numbers' types aside: `1` and `NumberLong(1)`).
+fn same_pattern(a: &Document, b: &Document) -> bool {
+    let dir = |v: &Bson| match v {
+        Bson::Int32(i) => Some(i64::from(*i).signum()),
+        Bson::Int64(i) => Some(i.signum()),
+        Bson::Double(d) => Some(if *d < 0.0 { -1 } else { 1 }),
+        _ => None,
+    };
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && dir(va).is_some() && dir(va) == dir(vb))
 }

@@ -1086,6 +1086,9 @@ fn long_columns(
 /// (`row_already_exists`, "Row with the requested ID already exists…"), which cannot be what an
 /// upsert meets; newer servers say `row_unique_constraint_violation`.
 pub const RULE_UNIQUE_INDEX: &str = "unique_index";
+/// The rule of a document mongod refuses for a key a unique index holds in another (its code
+/// name, as the run's rejects name it).
+pub const RULE_DUPLICATE_KEY: &str = "DuplicateKey";
 
 fn unique_refusal(spec: &TableSpec, e: AppwriteError) -> AppwriteError {
     if e.status() != Some(409) {
@@ -1299,22 +1302,40 @@ impl Target {
             Target::Mongo(_) if plan.file.is_some() => Ok(Vec::new()),
             Target::Mongo(m) => match m.destination(&plan.collection).await?.unfit {
                 Some(why) => Err(MongoError::Unfit(why).into()),
-                None => Ok(Vec::new()),
+                None => {
+                    m.note_unique_indexes(&plan.collection, &plan.indexes)
+                        .await?;
+                    Ok(Vec::new())
+                }
             },
             Target::Appwrite(a) => Ok(a.prepare(plan).await?),
         }
     }
 
     /// Why the target would refuse `doc` for `collection` before writing it, as (rule, message):
-    /// what a dry run rejects as the real run would (Appwrite's column types and sizes; MongoDB
-    /// refuses only at the server). Needs the plan described or prepared.
+    /// what a dry run rejects as the real run would (Appwrite's column types, sizes and unique
+    /// indexes; the unique indexes a MongoDB collection has already). Needs the plan described
+    /// or prepared (MongoDB: `planned_changes`).
     pub fn refusal(
         &self,
         collection: &str,
         doc: &bson::RawDocumentBuf,
     ) -> Option<(&'static str, String)> {
-        let Target::Appwrite(a) = self else {
-            return None;
+        let a = match self {
+            Target::Appwrite(a) => a,
+            Target::Mongo(m) => {
+                // A unique index the collection has already (a re-run): the row repeating a
+                // key a row written before it (in key order) holds is refused by mongod.
+                let d = doc.to_document().ok()?;
+                let holder = d.get("_id").map(crate::mapping::plan::id_text)?;
+                let (index, first, key) = m.rehearse_unique(collection, &holder, &d)?;
+                return Some((
+                    RULE_DUPLICATE_KEY,
+                    format!(
+                        "MongoDB's unique index `{index}` of {collection} would refuse the document: {first} holds its key [{key}] (written first, in key order)"
+                    ),
+                ));
+            }
         };
         let layout = a.layout(collection);
         let (table, children) = match &layout {
@@ -1459,7 +1480,14 @@ impl Target {
     /// writing (dry runs): Appwrite columns whose rules the mapping changed.
     pub async fn planned_changes(&self, plan: &Plan) -> Result<Vec<String>, SinkError> {
         match self {
-            Target::Mongo(_) => Ok(Vec::new()),
+            Target::Mongo(m) => {
+                // The unique indexes a re-run meets (the rehearsal refuses as mongod would).
+                if plan.file.is_none() {
+                    m.note_unique_indexes(&plan.collection, &plan.indexes)
+                        .await?;
+                }
+                Ok(Vec::new())
+            }
             Target::Appwrite(a) => Ok(a.planned_changes(plan).await?),
         }
     }
@@ -1519,7 +1547,9 @@ impl Target {
     /// order they arrive in — key order is the one `check` and a dry run predict.
     pub fn writes_in_key_order(&self, collection: &str) -> bool {
         match self {
-            Target::Mongo(_) => false,
+            // Only once the collection has the unique indexes (a re-run): a first load builds
+            // them after it.
+            Target::Mongo(m) => !m.uniques(collection).is_empty(),
             Target::Appwrite(a) => matches!(
                 a.layout(collection),
                 Some(Layout::Table(spec, _)) if spec.indexes.iter().any(|i| i.kind == "unique")
@@ -1529,7 +1559,7 @@ impl Target {
 
     /// The keys each of `docs` holds in the unique indexes of `collection` as the server
     /// compares them, each as one text, where cutover can tell them beforehand (an Appwrite
-    /// table's; none for MongoDB, whose collection's batches are written side by side anyway).
+    /// table's; the mapping's unique indexes a MongoDB collection has already — a re-run's).
     pub fn unique_keys<'d>(
         &self,
         collection: &str,
@@ -1537,8 +1567,21 @@ impl Target {
     ) -> Vec<Vec<String>> {
         let none = |docs: Vec<&RawDocumentBuf>| vec![Vec::new(); docs.len()];
         let docs: Vec<&RawDocumentBuf> = docs.into_iter().collect();
-        let Target::Appwrite(a) = self else {
-            return none(docs);
+        let a = match self {
+            Target::Appwrite(a) => a,
+            Target::Mongo(m) => {
+                let uniques = m.uniques(collection);
+                if uniques.is_empty() {
+                    return none(docs);
+                }
+                return docs
+                    .into_iter()
+                    .map(|doc| match doc.to_document() {
+                        Ok(d) => super::mongodb::MongoTarget::unique_keys(&uniques, &d),
+                        Err(_) => Vec::new(),
+                    })
+                    .collect();
+            }
         };
         let Some(Layout::Table(spec, _)) = a.layout(collection) else {
             return none(docs);
