@@ -36,7 +36,11 @@ fn drafts_by_table(dir: &Path) -> BTreeMap<String, toml::Value> {
         let p = e.unwrap().path();
         let v = toml_file(&p);
         let table = s(&v["source"], "table").unwrap();
-        let table = table.rsplit('.').next().unwrap().to_string();
+        // The last part of `schema.table`; a part with a dot is written in double quotes.
+        let table = match table.strip_suffix('"') {
+            Some(quoted) => quoted.rsplit_once('"').unwrap().1.replace("\"\"", "\""),
+            None => table.rsplit('.').next().unwrap().to_string(),
+        };
         out.insert(table, v);
     }
     out
@@ -912,6 +916,61 @@ INSERT INTO "Mixed Case" VALUES (1, NULL), (2, 1);
 CREATE TABLE parted (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
 CREATE TABLE parted_2020 PARTITION OF parted FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
 INSERT INTO parted VALUES (1, '2020-05-05'), (2, '2020-06-06');
+"#;
+
+/// The twentieth session's outside tester (adv23): drafts that failed unchanged — a table
+/// named with a dot (read as schema.table), checks no value passes (scaffold aborted), a range
+/// past 2^53 (a rounded double bound), `varchar(n)[]` (`max_length` counts elements), a
+/// `char(n)` list (the padding), a unique array (MongoDB keys each element). Every row is
+/// written and verify passes, on MongoDB and Appwrite; `--diff` finds nothing right after.
+#[tokio::test]
+async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
+    let w = World::new("scaffold_odd").await;
+    w.sql(ODD).await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--name", "odd"]);
+    let pipeline = out.join("pipelines/odd.toml");
+    plan_check_migrate_verify(&w, &pipeline);
+    let drafts = drafts_by_table(&out);
+    assert_eq!(
+        drafts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["odd", "system.users"]
+    );
+    assert_counts(&w, &drafts, "public").await;
+    let text = std::fs::read_to_string(out.join("mappings/odd.toml")).unwrap();
+    assert!(text.contains("only NULL passes them"), "{text}");
+    assert!(text.contains("counts its elements"), "{text}");
+    assert!(
+        text.contains("an array or JSON value: not drafted"),
+        "{text}"
+    );
+    let diff = run(
+        &w,
+        &["scaffold", "--out", out.to_str().unwrap(), "--diff"],
+        0,
+    );
+    assert!(diff.contains("no differences"), "{diff}");
+    let out = w.dir.path().join("draft_aw");
+    scaffold(&w, &out, &["--name", "odd", "--target", "appwrite"]);
+    let pipeline = out.join("pipelines/odd.toml");
+    let db = format!("scodd{}", std::process::id());
+    let aw = appwrite_plan_check_migrate_verify(&w, &pipeline, &db).await;
+    assert_eq!(aw.rows(&db, "odd").len(), 3);
+    w.drop().await;
+}
+
+const ODD: &str = r#"
+CREATE TABLE "system.users" (id int PRIMARY KEY, v text);
+INSERT INTO "system.users" VALUES (1, 'a'), (2, 'b');
+CREATE TABLE odd (
+  id int PRIMARY KEY,
+  w int CHECK (w BETWEEN 10 AND 1),
+  big bigint CHECK (big <= 9007199254740993),
+  tags varchar(3)[] UNIQUE,
+  grade char(2) CHECK (grade IN ('A', 'BB')));
+INSERT INTO odd VALUES (1, NULL, 9007199254740993, '{abc,de,f,ghi}', 'A'),
+                       (2, NULL, 1, '{ab}', 'BB'),
+                       (3, NULL, NULL, '{x,ab}', NULL);
 "#;
 
 #[test]

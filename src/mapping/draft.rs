@@ -745,6 +745,25 @@ fn index_text(out: &mut String, t: &Table, key: &[String], path_of: &BTreeMap<&s
             );
             continue;
         };
+        // A MongoDB unique index over an array (or a JSON value) keys each element: rows
+        // PostgreSQL holds apart as whole values would collide.
+        if ix.unique
+            && let Some(c) = ix.columns.iter().find(|c| {
+                t.column(c).is_some_and(|c| {
+                    c.element_type.is_some() || matches!(c.base_type.as_str(), "json" | "jsonb")
+                })
+            })
+        {
+            comment(
+                out,
+                "#",
+                &format!(
+                    "source unique index {} is over {c}, an array or JSON value: not drafted (a MongoDB unique index keys each array element, so rows the source holds apart would collide) ({})",
+                    ix.name, ix.definition
+                ),
+            );
+            continue;
+        }
         comment(out, "#", &format!("From source index {}.", ix.name));
         out.push_str("[[index]]\n");
         let keys: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
@@ -900,8 +919,17 @@ fn field_text_prefixed(
     } else if col.not_null {
         rules.push("required = true".into());
     }
-    if let Some(n) = col.max_length {
-        rules.push(format!("max_length = {n}"));
+    match col.max_length {
+        // On an array, `max_length` counts its elements: varchar(n)[] limits each element.
+        Some(n) if col.element_type.is_some() => comment(
+            out,
+            note,
+            &format!(
+                "each element is at most {n} characters (varchar({n})[]): not a rule here (`max_length` on an array counts its elements)."
+            ),
+        ),
+        Some(n) => rules.push(format!("max_length = {n}")),
+        None => {}
     }
     let mut range = Range::default();
     for check in t
@@ -920,6 +948,21 @@ fn field_text_prefixed(
                 ),
             ),
         }
+    }
+    if let (Some(lo), Some(hi)) = (range.min, range.max)
+        && lo > hi
+    {
+        comment(
+            out,
+            note,
+            &format!(
+                "the checks ask for a value at least {} and at most {}: only NULL passes them in the source; not drafted as rules.",
+                number(lo),
+                number(hi)
+            ),
+        );
+        range.min = None;
+        range.max = None;
     }
     if let Some(m) = range.min {
         rules.push(format!("min = {}", number(m)));
@@ -1117,8 +1160,9 @@ fn parse_check(def: &str, col: &str, ty: &str) -> Option<Range> {
                 return None;
             }
             // one_of compares values as the document holds them: text, and 32-bit integers
-            // (a TOML integer is read as an int32 when it fits).
-            if !(is_text(ty) || matches!(ty, "int2" | "int4")) {
+            // (a TOML integer is read as an int32 when it fits). Not char(n): its values keep
+            // the padding the literals lack.
+            if !(is_text(ty) || matches!(ty, "int2" | "int4")) || ty == "bpchar" {
                 return None;
             }
             let list = uncast(rhs);
@@ -1162,6 +1206,10 @@ fn parse_check(def: &str, col: &str, ty: &str) -> Option<Range> {
         };
         let (n, _) = literal(value, true)?;
         let n = n?;
+        // A rule's bound is a double: past 2^53 it is not the source's number.
+        if n.abs() >= 9_007_199_254_740_992.0 {
+            return None;
+        }
         let strict_ok = is_integer(ty) && n.fract() == 0.0;
         let r = match op {
             ">=" => Range {

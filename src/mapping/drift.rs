@@ -18,11 +18,12 @@ pub struct Drift {
 }
 
 /// A table name as a mapping writes it (`t` or `schema.t`), in `schema`: the bare name.
-fn in_schema<'a>(name: &'a str, schema: &str) -> Option<&'a str> {
-    match name.split_once('.') {
-        Some((s, t)) if s == schema => Some(t),
-        Some(_) => None,
-        None => Some(name),
+fn in_schema(name: &str, schema: &str) -> Option<String> {
+    let mut parts = crate::source::postgres::relation_parts(name);
+    match parts.len() {
+        1 => parts.pop(),
+        2 if parts[0] == schema => parts.pop(),
+        _ => None,
     }
 }
 
@@ -65,7 +66,7 @@ pub fn drift(catalog: &Catalog, mappings: &[Mapping]) -> Vec<Drift> {
             continue;
         };
         read.insert(bare.to_string());
-        let Some(t) = catalog.table(bare) else {
+        let Some(t) = catalog.table(&bare) else {
             push(
                 entity,
                 format!(
@@ -84,7 +85,7 @@ pub fn drift(catalog: &Catalog, mappings: &[Mapping]) -> Vec<Drift> {
             else {
                 continue;
             };
-            let Some(ct) = catalog.table(child) else {
+            let Some(ct) = catalog.table(&child) else {
                 push(
                     entity,
                     format!("embed {}: table `{child}` no longer exists", e.path),
@@ -137,7 +138,7 @@ fn reference_candidate<'a>(
             .table
             .as_deref()
             .and_then(|t| in_schema(t, &catalog.schema))
-            == Some(fk.ref_table.as_str())
+            == Some(fk.ref_table.clone())
             && x.spec.source.key == fk.ref_columns
     })?;
     if target.name() == m.name() {

@@ -50,8 +50,12 @@ impl Catalog {
         for c in catalogs {
             for mut t in c.tables {
                 if c.schema != main {
+                    t.relation = Some(format!(
+                        "{}.{}",
+                        super::postgres::relation_part(&c.schema),
+                        super::postgres::relation_part(&t.name)
+                    ));
                     t.name = format!("{}.{}", c.schema, t.name);
-                    t.relation = Some(t.name.clone());
                 }
                 for fk in &mut t.foreign_keys {
                     if fk.ref_schema != main && schemas.contains(&fk.ref_schema) {
@@ -79,8 +83,12 @@ impl Catalog {
     pub fn relation_of(&self, t: &Table) -> String {
         match &t.relation {
             Some(r) => r.clone(),
-            None if self.main_schema() == "public" => t.name.clone(),
-            None => format!("{}.{}", self.main_schema(), t.name),
+            None if self.main_schema() == "public" => super::postgres::relation_part(&t.name),
+            None => format!(
+                "{}.{}",
+                super::postgres::relation_part(self.main_schema()),
+                super::postgres::relation_part(&t.name)
+            ),
         }
     }
 }

@@ -276,10 +276,44 @@ pub fn quote_ident(name: &str) -> String {
 
 /// A table name as written in a mapping (`schema.table` or `table`), each part quoted.
 pub fn quote_relation(name: &str) -> String {
-    name.split('.')
-        .map(quote_ident)
+    relation_parts(name)
+        .iter()
+        .map(|p| quote_ident(p))
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// The parts of a table name as a mapping writes it: split on each dot outside double quotes;
+/// a part in double quotes (`""` for a quote inside) is taken as it is written, so that a name
+/// holding a dot can be named (`public."system.users"`, `"a.b"`).
+pub fn relation_parts(name: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = name.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        let part = parts.last_mut().expect("one part at least");
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                part.push('"');
+            }
+            '"' if quoted => quoted = false,
+            '"' if part.is_empty() => quoted = true,
+            '.' if !quoted => parts.push(String::new()),
+            c => part.push(c),
+        }
+    }
+    parts
+}
+
+/// A table name part as a mapping writes it: bare, or in double quotes when it holds a dot or
+/// starts with a quote (see [`relation_parts`]).
+pub fn relation_part(name: &str) -> String {
+    if name.contains('.') || name.starts_with('"') {
+        quote_ident(name)
+    } else {
+        name.to_string()
+    }
 }
 
 /// The FROM item of a table or a query.
@@ -1975,5 +2009,15 @@ mod tests {
         assert_eq!(quote_relation("public.we\"ird"), "\"public\".\"we\"\"ird\"");
         // A column's name is one identifier, dots and all.
         assert_eq!(quote_ident("v.a"), "\"v.a\"");
+        assert_eq!(
+            relation_parts("public.\"system.users\""),
+            ["public", "system.users"]
+        );
+        assert_eq!(relation_parts("\"a\"\"b.c\""), ["a\"b.c"]);
+        assert_eq!(relation_parts("s.t"), ["s", "t"]);
+        assert_eq!(quote_relation("\"x.y\""), "\"x.y\"");
+        for name in ["x.y", "\"q", "plain", "a\"b"] {
+            assert_eq!(relation_parts(&relation_part(name)), [name], "{name}");
+        }
     }
 }
