@@ -3156,3 +3156,41 @@ async fn a_down_refused_after_writing_stays_down_failed() {
     );
     w.drop().await;
 }
+
+/// The twentieth session's outside tester (adv22 F1): `down` never put back a document holding a
+/// NaN (the "still exactly the image" comparison held NaN unequal to itself), said it "changed
+/// since it was applied", marked the change rolled back and dropped its backup. Documents with
+/// NaN, ±infinity and -0.0 go back byte for byte after `transform`, `bulk_update`,
+/// `update_references` and `sanitize_strings`.
+#[tokio::test]
+async fn documents_holding_nan_are_put_back_by_down() {
+    let w = World::new("changes_nan").await;
+    w.mongo()
+        .await
+        .collection::<Document>("c")
+        .insert_many(vec![
+            doc! { "_id": 1, "n": 1, "x": f64::NAN, "s": " A ", "r": "OLD" },
+            doc! { "_id": 2, "n": 1, "x": 1.5, "s": " B ", "r": "OLD" },
+            doc! { "_id": 3, "n": 1, "x": f64::INFINITY, "s": " C ", "r": "OLD", "z": -0.0 },
+            doc! { "_id": 4, "n": 1, "x": [f64::NAN, f64::NEG_INFINITY], "s": " D ", "r": ["OLD"] },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_nan.toml",
+        "version = 1\nname = \"nan\"\n\
+         [[up]]\nop = \"transform\"\ncollection = \"c\"\npipeline = [{ \"$set\" = { n = { \"$add\" = [\"$n\", 1] } } }]\n\
+         [[up]]\nop = \"bulk_update\"\ncollection = \"c\"\nupdates = [{ filter = {}, update = { \"$inc\" = { n = 10 } } }]\n\
+         [[up]]\nop = \"sanitize_strings\"\ncollection = \"c\"\nfields = [\"s\"]\ntrim = true\nlower = true\n\
+         [[up]]\nop = \"update_references\"\ncollection = \"c\"\nfield = \"r\"\nfrom = \"OLD\"\nto = \"NEW\"\n",
+    );
+    let before = hashes(&w).await;
+    ok(&changes(&w, "up", &dir, &[]));
+    assert_ne!(hashes(&w).await, before);
+    let said = ok(&changes(&w, "down", &dir, &[]));
+    assert!(!said.contains("left as they are"), "{said}");
+    assert_eq!(hashes(&w).await, before, "{said}");
+    w.drop().await;
+}

@@ -350,19 +350,50 @@ fn touched(op: &Op) -> Vec<&str> {
 /// Whether the fields a field operation wrote still hold exactly what it wrote into `original`
 /// (same type, same value: an array holding it, or 1.0 for 1, is a change).
 fn still_written(op: &Op, original: &Document, current: &Document) -> bool {
+    let same = |a: Option<&Bson>, b: Option<&Bson>| match (a, b) {
+        (Some(a), Some(b)) => same_value(a, b),
+        (None, None) => true,
+        _ => false,
+    };
     match op {
-        Op::AddField { field, default, .. } => get_path(current, field) == Some(default),
+        Op::AddField { field, default, .. } => same(get_path(current, field), Some(default)),
         Op::RemoveField { field, .. } => get_path(current, field).is_none(),
         Op::RenameField { from, to, .. } => {
-            get_path(current, from).is_none() && get_path(current, to) == get_path(original, from)
+            get_path(current, from).is_none()
+                && same(get_path(current, to), get_path(original, from))
         }
-        Op::Set { fields, .. } => fields.iter().all(|(k, v)| get_path(current, k) == Some(v)),
+        Op::Set { fields, .. } => fields
+            .iter()
+            .all(|(k, v)| same(get_path(current, k), Some(v))),
         Op::Unset { fields, .. } => fields.iter().all(|f| get_path(current, f).is_none()),
         Op::CopyField { from, to, .. } => {
-            get_path(original, from).is_some() && get_path(current, to) == get_path(original, from)
+            get_path(original, from).is_some()
+                && same(get_path(current, to), get_path(original, from))
         }
         _ => false,
     }
+}
+
+/// Whether two values are the same BSON, byte for byte: their types, field order, and a NaN's
+/// bits included (`==` on doubles holds a NaN unequal to itself, the adv22 F1: a document
+/// holding one was never put back).
+pub(crate) fn same_value(a: &Bson, b: &Bson) -> bool {
+    match (a, b) {
+        (Bson::Document(x), Bson::Document(y)) => same_doc(x, y),
+        (Bson::Array(x), Bson::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
+        (Bson::Double(x), Bson::Double(y)) => x.to_bits() == y.to_bits(),
+        (a, b) => a == b,
+    }
+}
+
+/// [`same_value`] of two documents: the same fields in the same order, each the same value.
+pub(crate) fn same_doc(a: &Document, b: &Document) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && same_value(va, vb))
 }
 
 /// Whether a dotted path passes through a value that is not a document (an array) in `d`.
@@ -422,7 +453,7 @@ fn same_content(a: &Document, b: &Document) -> bool {
     a.len() == b.len()
         && a.iter().all(|(k, v)| match (v, b.get(k)) {
             (Bson::Document(x), Some(Bson::Document(y))) => same_content(x, y),
-            (x, Some(y)) => x == y,
+            (x, Some(y)) => same_value(x, y),
             (_, None) => false,
         })
 }
@@ -1244,12 +1275,12 @@ impl Exec<'_> {
                         skipped += 1;
                         continue;
                     };
-                    if current == original {
+                    if same_doc(current, original) {
                         continue; // never rewritten, or put back by an earlier attempt
                     }
                     let restored = if image_guarded(op) {
                         match images.get(&id_key(&id)) {
-                            Some(image) if image != current => {
+                            Some(image) if !same_doc(image, current) => {
                                 skipped += 1;
                                 continue;
                             }
@@ -1377,7 +1408,7 @@ impl Exec<'_> {
                 for original in originals {
                     let key = original.get("_id").map(id_key).unwrap_or_default();
                     match in_source.get(&key) {
-                        Some(now) if *now == original => {}
+                        Some(now) if same_doc(now, &original) => {}
                         Some(_) => done.skipped += 1,
                         None => candidates.push(original),
                     }
@@ -1434,7 +1465,7 @@ impl Exec<'_> {
                     let key = d.get("_id").map(id_key).unwrap_or_default();
                     match now.get(&key) {
                         None => {}
-                        Some(current) if current == d => {
+                        Some(current) if same_doc(current, d) => {
                             let mut q = still(d);
                             q.insert("_id", d.get("_id").cloned().unwrap_or(Bson::Null));
                             deletes.push(doc! { "q": q, "limit": 1 });
