@@ -2295,6 +2295,28 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
             "a collection of cutover's ledger",
         ),
         ("op = \"command\"\ncommand = {}\n", "command is empty"),
+        // adv22 F5: an aggregation's `$merge` / `$out` into the ledger or another database.
+        (
+            "op = \"command\"\ncommand = { aggregate = \"things\", pipeline = [{ \"$merge\" = { into = \"cutover_changes\" } }], cursor = {} }\n",
+            "a collection of cutover's ledger",
+        ),
+        (
+            "op = \"command\"\ncommand = { aggregate = \"things\", pipeline = [{ \"$out\" = \"cutover_lock\" }], cursor = {} }\n",
+            "a collection of cutover's ledger",
+        ),
+        (
+            "op = \"command\"\ncommand = { aggregate = \"things\", pipeline = [{ \"$out\" = { db = \"elsewhere\", coll = \"x\" } }], cursor = {} }\ndown = { ping = 1 }\n",
+            "writes only the database",
+        ),
+        // adv22 F6, F7: an array position in a field path has no exact inverse.
+        (
+            "op = \"set\"\ncollection = \"things\"\nfilter = {}\nfields = { \"tags.1\" = \"x\" }\n",
+            "array position",
+        ),
+        (
+            "op = \"copy_field\"\ncollection = \"things\"\nfrom = \"nested.a.0\"\nto = \"first\"\n",
+            "array position",
+        ),
     ] {
         write(
             &dir,

@@ -764,7 +764,67 @@ fn check_path(path: &str, what: &str) -> Result<(), String> {
     if path == "_id" || path.starts_with("_id.") {
         return Err(format!("{what} `{path}`: `_id` cannot be changed"));
     }
+    // `tags.1` is an array's element to an update and no path at all to an aggregation (a
+    // copy read `[]`), and its inverse cannot tell which it was (adv22 F6, F7: never undone).
+    if let Some(seg) = path
+        .split('.')
+        .skip(1)
+        .find(|s| s.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{what} `{path}`: `{seg}` would be an array position, which this operation cannot undo exactly; use a `transform` (its inverse puts whole documents back)"
+        ));
+    }
     Ok(())
+}
+
+/// What a command writes besides the collection it names first: the collections of its
+/// aggregation stages' `$out` and `$merge` and of a mapReduce's `out`, and a database other than
+/// the change's that one of them names (`db`).
+#[derive(Debug, Default)]
+pub struct CommandOutputs {
+    pub collections: Vec<String>,
+    pub other_database: Option<String>,
+}
+
+pub fn command_outputs(command: &Document) -> CommandOutputs {
+    fn target(v: &Bson, coll_key: &str, out: &mut CommandOutputs) {
+        match v {
+            Bson::String(s) => out.collections.push(s.clone()),
+            Bson::Document(d) => {
+                if let Ok(db) = d.get_str("db") {
+                    out.other_database.get_or_insert_with(|| db.to_string());
+                }
+                for key in [coll_key, "replace", "merge", "reduce"] {
+                    match d.get(key) {
+                        Some(Bson::String(s)) => out.collections.push(s.clone()),
+                        Some(inner @ Bson::Document(_)) => target(inner, "coll", out),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    fn walk(v: &Bson, out: &mut CommandOutputs) {
+        match v {
+            Bson::Document(d) => {
+                for (k, v) in d {
+                    match k.as_str() {
+                        "$out" => target(v, "coll", out),
+                        "$merge" => target(v, "into", out),
+                        "out" => target(v, "coll", out),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Bson::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = CommandOutputs::default();
+    walk(&Bson::Document(command.clone()), &mut out);
+    out
 }
 
 /// Two field paths an operation moves a value between (`verb` it): each a path, neither

@@ -591,19 +591,34 @@ async fn refuse_unsettled_in(ledger: &Ledger, pending: &[&Change]) -> Result<(),
     let prefix = t.ledger.prefix().to_lowercase();
     for c in pending {
         let ops: Vec<&file::Op> = c.up.iter().chain(c.down.iter().flatten()).collect();
-        // A command names its collection with its first value (`{ drop = "x" }`).
-        let commanded = ops.iter().filter_map(|op| match op {
-            file::Op::Command { command, down } => Some(
-                [Some(command), down.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|d| d.iter().next().and_then(|(_, v)| v.as_str()))
-                    .collect::<Vec<&str>>(),
-            ),
-            _ => None,
-        });
-        let named = ops.iter().filter_map(|op| op.collections());
-        for name in named.chain(commanded).flatten() {
+        // A command names its collection with its first value (`{ drop = "x" }`), and an
+        // aggregation's `$out` / `$merge` (a mapReduce's `out`) the one it writes (adv22 F5).
+        let mut commanded: Vec<String> = Vec::new();
+        for op in &ops {
+            let file::Op::Command { command, down } = op else {
+                continue;
+            };
+            for d in [Some(command), down.as_ref()].into_iter().flatten() {
+                if let Some(first) = d.iter().next().and_then(|(_, v)| v.as_str()) {
+                    commanded.push(first.to_string());
+                }
+                let outputs = file::command_outputs(d);
+                if let Some(db) = outputs.other_database {
+                    return Err(ChangesError::Refused(format!(
+                        "change {} ({}) runs a command writing into the database `{db}`: a change writes only the database it is applied to (drop `db` from its `$out` / `$merge`)",
+                        c.version,
+                        c.file_name()
+                    )));
+                }
+                commanded.extend(outputs.collections);
+            }
+        }
+        let named = ops
+            .iter()
+            .filter_map(|op| op.collections())
+            .flatten()
+            .map(str::to_string);
+        for name in named.chain(commanded) {
             let lower = name.to_lowercase();
             if (!prefix.is_empty() && lower.starts_with(&prefix)) || lower.contains("__backup__") {
                 return Err(ChangesError::Refused(format!(
