@@ -3216,3 +3216,65 @@ async fn documents_holding_nan_are_put_back_by_down() {
     assert_eq!(hashes(&w).await, before, "{said}");
     w.drop().await;
 }
+
+/// The twentieth session's outside tester (adv22 F3): `changes up` killed while mongod ran its
+/// update, then `changes down` at once: mongod went on running the dead process's update and
+/// rewrote the documents `down` had just put back (the change recorded rolled back, its backup
+/// dropped). The next holder of the lock now stops the operations its last holder still runs
+/// on the server (killOp, found by the client name each cutover process gives itself) and waits
+/// for them to end before it writes.
+#[tokio::test]
+async fn a_down_after_a_killed_up_waits_for_the_dead_process_operations_to_stop() {
+    let w = World::new("changes_killed_server_op").await;
+    let docs: Vec<Document> = (0..300).map(|i| doc! { "_id": i, "n": i }).collect();
+    w.mongo()
+        .await
+        .collection::<Document>("c")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    // 10 ms of server-side work a document: one update command runs for seconds.
+    write(
+        &dir,
+        "1_slow.toml",
+        "version = 1\nname = \"slow\"\n[[up]]\nop = \"transform\"\ncollection = \"c\"\npipeline = [{ \"$set\" = { n = { \"$function\" = { body = \"function(x){var s=Date.now(); while(Date.now()-s<10){} return x+1}\", args = [\"$n\"], lang = \"js\" } } } }]\n",
+    );
+    let before = hashes(&w).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args(["changes", "up", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until mongod runs the update (a document rewritten), then kill the client.
+    let coll = w.mongo().await.collection::<Document>("c");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let changed = coll
+            .count_documents(doc! { "$expr": { "$ne": ["$n", "$_id"] } })
+            .await
+            .unwrap();
+        if changed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let said = ok(&changes(&w, "down", &dir, &[]));
+    // Whatever mongod still had to do of the dead process's update, it does not do it now.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(hashes(&w).await, before, "{said}");
+    w.drop().await;
+}

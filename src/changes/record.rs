@@ -47,6 +47,12 @@ pub struct ChangeRecord {
     /// The collection holding the documents the change rewrote, as they were before.
     pub backup: Option<String>,
     pub host: String,
+    /// The process that applied it (on `host`).
+    #[serde(skip)]
+    pub pid: i64,
+    /// The process reversing it (status `reversing`): its host and process id.
+    #[serde(skip)]
+    pub down_process: Option<(String, i64)>,
     /// The lock run id of the `changes` command that applied it.
     pub run_id: String,
     /// The lock run id of the `changes down` reversing it (status `reversing`).
@@ -134,6 +140,11 @@ impl ChangeRecord {
             error: d.get_str("error").ok().map(str::to_string),
             backup: d.get_str("backup").ok().map(str::to_string),
             host: text("host"),
+            pid: int(d, "pid"),
+            down_process: d
+                .get_str("down_host")
+                .ok()
+                .map(|h| (h.to_string(), int(d, "down_pid"))),
             run_id: text("run_id"),
             down_run_id: d.get_str("down_run_id").ok().map(str::to_string),
             down_error: d.get_str("down_error").ok().map(str::to_string),

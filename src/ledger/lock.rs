@@ -356,6 +356,7 @@ impl Ledger {
                         self.verify_takeover(&token).await?;
                     }
                     tracing::warn!(previous = %h, "took over the lock of a cutover process that is gone");
+                    self.stop_operations_of(&h).await?;
                 }
                 Some(h) => return Err(LockError::Held(h)),
                 // Released between the two calls: one more try.
@@ -407,14 +408,51 @@ impl Ledger {
         }
     }
 
-    /// Removes the lock whoever holds it (`lock release --confirm`). Returns the holder removed.
+    /// Removes the lock whoever holds it (`lock release --confirm`), and stops what its holder
+    /// still runs on the server. Returns the holder removed.
     pub async fn force_release_lock(&self) -> Result<Option<LockHolder>, LedgerError> {
         let holder = self.lock_holder().await?;
         self.store()
             .delete(&self.lock_table(), LOCK_ID, None)
             .await
             .map_err(lerr("release lock"))?;
+        if let Some(h) = &holder {
+            self.stop_operations_of(h).await.map_err(|e| match e {
+                LockError::Ledger(l) => l,
+                other => LedgerError {
+                    op: "release lock".into(),
+                    cause: StoreError::Corrupt(other.to_string()),
+                },
+            })?;
+        }
         Ok(holder)
+    }
+
+    /// Stops the operations the holder `h` (which died, or lost the lock) still runs on a
+    /// MongoDB target's server, and waits for them to end: a process killed while mongod ran its
+    /// update goes on writing server-side, over what the next holder does (adv22 F3). Appwrite's
+    /// requests end with their process.
+    async fn stop_operations_of(&self, h: &LockHolder) -> Result<(), LockError> {
+        let super::Store::Mongo(db) = self.store() else {
+            return Ok(());
+        };
+        let stopped = crate::sink::mongodb::MongoTarget::stop_operations_of(
+            db,
+            &h.host,
+            h.pid,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| {
+            LockError::Ledger(LedgerError {
+                op: "stop the operations of the lock's last holder".into(),
+                cause: StoreError::Corrupt(e.to_string()),
+            })
+        })?;
+        if stopped > 0 {
+            tracing::warn!(previous = %h, stopped, "stopped the operations the lock's last holder still ran on the server");
+        }
+        Ok(())
     }
 }
 

@@ -55,10 +55,7 @@ where
 
 /// This machine's name, recorded with runs, steps and the lock.
 pub fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    crate::sink::mongodb::host_name()
 }
 
 /// Status of a step.

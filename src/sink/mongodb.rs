@@ -284,6 +284,9 @@ async fn open_client(uri: &str, pool: Option<u32>) -> Result<Client, MongoError>
     if let Some(n) = pool {
         options.max_pool_size = Some(n);
     }
+    // Named after this process, so that the next holder of the lock can find (and stop) the
+    // operations a process that died or lost the lock left running on the server.
+    options.app_name = Some(app_name(&host_name(), i64::from(std::process::id())));
     let client = Client::with_options(options).map_err(connect_err)?;
     CLIENTS
         .lock()
@@ -1061,4 +1064,113 @@ fn same_pattern(a: &Document, b: &Document) -> bool {
         && a.iter()
             .zip(b.iter())
             .all(|((ka, va), (kb, vb))| ka == kb && dir(va).is_some() && dir(va) == dir(vb))
+}
+
+/// The client name of cutover's process `pid` on `host` (MongoDB's `appName`, which `$currentOp`
+/// shows with each operation).
+/// (A host name is at most 64 bytes: the name stays within the 128 appName holds.)
+pub fn app_name(host: &str, pid: i64) -> String {
+    format!("cutover {host} {pid}")
+}
+
+/// This machine's name, as the ledger records hosts.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl MongoTarget {
+    /// Stops the operations the cutover process `pid` on `host` still runs on this database's
+    /// server (killOp) and waits until they are gone (at most `wait`): a process killed while
+    /// mongod ran its update goes on writing server-side, and what the next holder of the lock
+    /// undoes it would then overwrite (adv22 F3). Returns how many were stopped.
+    pub async fn stop_operations_of(
+        db: &Database,
+        host: &str,
+        pid: i64,
+        wait: std::time::Duration,
+    ) -> Result<u64, MongoError> {
+        use futures::TryStreamExt;
+        let name = app_name(host, pid);
+        let admin = db.client().database("admin");
+        let err = |cause| MongoError::Command {
+            op: "$currentOp".into(),
+            cause,
+        };
+        let deadline = std::time::Instant::now() + wait;
+        let mut stopped = std::collections::BTreeSet::new();
+        // Every user's operations need the `inprog` privilege; without it, this user's own
+        // (the process that held the lock ran as the same user, as a rule).
+        let mut all_users = true;
+        loop {
+            let listed = admin
+                .aggregate(vec![
+                    doc! { "$currentOp": { "allUsers": all_users, "idleConnections": false } },
+                    // Its operations on this database (not this very `$currentOp`, when the
+                    // holder is this process: a server releasing its own run's lock).
+                    doc! { "$match": {
+                        "appName": &name,
+                        "active": true,
+                        "ns": { "$regex": format!("^{}\\.", regex_escape(db.name())) },
+                        "command.pipeline.0.$currentOp": { "$exists": false },
+                    } },
+                    doc! { "$project": { "opid": 1 } },
+                ])
+                .await;
+            let listed = match listed {
+                Ok(cursor) => cursor.try_collect::<Vec<Document>>().await,
+                Err(e) => Err(e),
+            };
+            let ops = match listed {
+                Ok(ops) => ops,
+                Err(e) if all_users && unauthorized(&e) => {
+                    all_users = false;
+                    continue;
+                }
+                Err(e) if unauthorized(&e) => {
+                    tracing::warn!(error = %error_text(&e), "cannot list the server's operations (no privilege): what the lock's last holder may still run there is not stopped");
+                    return Ok(0);
+                }
+                Err(e) => return Err(err(e)),
+            };
+            if ops.is_empty() {
+                return Ok(stopped.len() as u64);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(MongoError::Unfit(format!(
+                    "{} operation(s) of the process that held the lock ({name}) still run on the server after {}s: wait for them to end (db.currentOp()), then try again",
+                    ops.len(),
+                    wait.as_secs()
+                )));
+            }
+            for op in &ops {
+                if let Some(opid) = op.get("opid") {
+                    let _ = admin
+                        .run_command(doc! { "killOp": 1, "op": opid.clone() })
+                        .await;
+                    stopped.insert(opid.to_string());
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// `text` as a regular expression matching only itself.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Whether mongod refused a command for want of a privilege (Unauthorized).
+fn unauthorized(e: &mongodb::error::Error) -> bool {
+    matches!(*e.kind, ErrorKind::Command(ref c) if c.code == 13)
 }
