@@ -274,11 +274,13 @@ const KEY_TYPES: &[&str] = &[
 
 /// The table's key, when it has one a key scan can order: its primary key, else the first
 /// unique key of NOT NULL columns; each column of a type in [`KEY_TYPES`].
-fn usable_key(t: &Table) -> Result<Vec<String>, String> {
+pub(crate) fn usable_key(t: &Table) -> Result<Vec<String>, String> {
     let orderable = |cols: &[String]| {
         cols.iter().all(|c| {
             t.column(c).is_some_and(|c| {
-                c.element_type.is_none() && KEY_TYPES.contains(&c.base_type.as_str())
+                c.element_type.is_none()
+                    && KEY_TYPES.contains(&c.base_type.as_str())
+                    && c.nondeterministic_collation.is_none()
             })
         })
     };
@@ -299,7 +301,7 @@ fn usable_key(t: &Table) -> Result<Vec<String>, String> {
     }
     Err(if seen_any {
         format!(
-            "no key of types a key scan can order ({}; not enums, arrays or other types)",
+            "no key of types a key scan can order ({}; not enums, arrays or other types, nor text under a non-deterministic collation)",
             KEY_TYPES.join(", ")
         )
     } else {
@@ -581,6 +583,19 @@ fn mapping_text(model: &Model, t: &Table) -> String {
     if let Some(why) = why {
         comment(&mut out, "#", why);
     }
+    let fitted = appwrite_fit(collection);
+    let collection = if model.opts.target == TargetKind::Appwrite && fitted != *collection {
+        comment(
+            &mut out,
+            "#",
+            &format!(
+                "`{collection}` as an Appwrite table id: at most 36 of A-Z, a-z, 0-9 and `_`."
+            ),
+        );
+        &fitted
+    } else {
+        collection
+    };
     out.push_str(&format!("collection = {}\n", q(collection)));
     if let Some(d) = &t.comment {
         out.push_str(&format!("description = {}\n", q(d)));
@@ -654,7 +669,23 @@ fn mapping_text(model: &Model, t: &Table) -> String {
             continue;
         }
         out.push('\n');
-        let path = unique_path(&mut paths, &camel(&col.name));
+        let path = match model.opts.target {
+            TargetKind::Appwrite => {
+                let fitted = unique_appwrite_key(&mut paths, &camel(&col.name));
+                if fitted != camel(&col.name) {
+                    comment(
+                        &mut out,
+                        "#",
+                        &format!(
+                            "`{}` as an Appwrite column key: at most 36 of A-Z, a-z, 0-9 and `_`, unique whatever the case.",
+                            camel(&col.name)
+                        ),
+                    );
+                }
+                fitted
+            }
+            TargetKind::Mongodb => unique_path(&mut paths, &camel(&col.name)),
+        };
         field_text(
             &mut out,
             "[[field]]",
@@ -794,6 +825,44 @@ fn unique_path(used: &mut BTreeSet<String>, base: &str) -> String {
     let mut n = 2;
     while !used.insert(p.clone()) {
         p = format!("{base}{n}");
+        n += 1;
+    }
+    p
+}
+
+/// A name as an Appwrite key or id can hold it (`[A-Za-z0-9_]`, at most 36, a letter first):
+/// other characters dropped, a name too long (or with nothing left) cut and told apart from
+/// others cut alike by a hash of the whole name.
+fn appwrite_fit(name: &str) -> String {
+    use sha2::Digest;
+    let kept: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let kept = kept.trim_start_matches(|c: char| !c.is_ascii_alphabetic());
+    if !kept.is_empty() && kept.len() <= 36 && kept.len() == name.len() {
+        return kept.to_string();
+    }
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    let tag: String = hash.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let head: String = if kept.is_empty() {
+        "f".into()
+    } else {
+        kept.chars().take(29).collect()
+    };
+    format!("{head}_{tag}")
+}
+
+/// [`unique_path`] for an Appwrite column key: fitted ([`appwrite_fit`]) and unique without
+/// regard to case (Appwrite compares keys so).
+fn unique_appwrite_key(used: &mut BTreeSet<String>, base: &str) -> String {
+    let base = appwrite_fit(base);
+    let mut p = base.clone();
+    let mut n = 2;
+    while !used.insert(p.to_lowercase()) {
+        let suffix = n.to_string();
+        let head: String = base.chars().take(36 - suffix.len()).collect();
+        p = format!("{head}{suffix}");
         n += 1;
     }
     p

@@ -168,6 +168,9 @@ pub struct Column {
     pub comment: Option<String>,
     /// A generated column (`GENERATED ALWAYS AS … STORED`).
     pub generated: bool,
+    /// Its collation, when it is non-deterministic (values it holds equal may differ in bytes:
+    /// no key a scan can order).
+    pub nondeterministic_collation: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -267,7 +270,9 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
                 CASE WHEN coalesce(et.typname, bt.typname) IN ('varchar', 'bpchar') \
                       AND coalesce(nullif(a.atttypmod, -1), t.typtypmod) > 4 \
                      THEN coalesce(nullif(a.atttypmod, -1), t.typtypmod) - 4 END, \
-                a.attgenerated <> '' \
+                a.attgenerated <> '', \
+                (SELECT co.collname::text FROM pg_collation co \
+                  WHERE co.oid = a.attcollation AND NOT co.collisdeterministic) \
          FROM pg_attribute a \
          JOIN pg_class c ON c.oid = a.attrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -297,6 +302,7 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
             default: r.get(6),
             comment: r.get(7),
             generated: r.get(9),
+            nondeterministic_collation: r.get(10),
         });
     }
 
