@@ -395,7 +395,7 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
     let level = v("level").unwrap();
     assert_eq!(level["min"].as_integer(), Some(1));
     assert_eq!(level["max"].as_integer(), Some(9));
-    assert_eq!(level["required"].as_bool(), Some(true));
+    assert_eq!(level["not_null"].as_bool(), Some(true));
     let status_rules = v("status").unwrap();
     let status: Vec<&str> = status_rules["one_of"]
         .as_array()
@@ -507,7 +507,7 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
         "employees column `nickname` (text) is not mapped (a draft: path = \"nickname\")",
         "employees column `probation` (field probation) no longer exists",
         "employees column `full_name` is character varying(200); field fullName has max_length = 120",
-        "employees column `email` is nullable; field email is `required` (NULL rows would be rejected)",
+        "employees column `email` is nullable; field email is `required` or `not_null` (NULL rows would be rejected)",
         "projects column `lead_id` (bigint) is not mapped (a draft: path = \"leadId\")",
         "employees column `department_id` has a foreign key to `departments` (employees_department_id_fkey); field departmentId is no reference (a draft: reference = \"departments\")",
         // With that reference gone, the cycle's other edge could be one (not both: a cycle).
@@ -921,7 +921,8 @@ INSERT INTO parted VALUES (1, '2020-05-05'), (2, '2020-06-06');
 /// The twentieth session's outside tester (adv23): drafts that failed unchanged — a table
 /// named with a dot (read as schema.table), checks no value passes (scaffold aborted), a range
 /// past 2^53 (a rounded double bound), `varchar(n)[]` (`max_length` counts elements), a
-/// `char(n)` list (the padding), a unique array (MongoDB keys each element). Every row is
+/// `char(n)` list (the padding), a unique array (MongoDB keys each element), NOT NULL text and
+/// arrays holding '' and `{}` (`required` refuses blanks: `not_null` is drafted). Every row is
 /// written and verify passes, on MongoDB and Appwrite; `--diff` finds nothing right after.
 #[tokio::test]
 async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
@@ -985,10 +986,12 @@ CREATE TABLE odd (
   w int CHECK (w BETWEEN 10 AND 1),
   big bigint CHECK (big <= 9007199254740993),
   tags varchar(3)[] UNIQUE,
-  grade char(2) CHECK (grade IN ('A', 'BB')));
-INSERT INTO odd VALUES (1, NULL, 9007199254740993, '{abc,de,f,ghi}', 'A'),
-                       (2, NULL, 1, '{ab}', 'BB'),
-                       (3, NULL, NULL, '{x,ab}', NULL);
+  grade char(2) CHECK (grade IN ('A', 'BB')),
+  phone varchar(20) NOT NULL DEFAULT '',
+  tags2 text[] NOT NULL DEFAULT '{}');
+INSERT INTO odd VALUES (1, NULL, 9007199254740993, '{abc,de,f,ghi}', 'A', '', '{}'),
+                       (2, NULL, 1, '{ab}', 'BB', '  ', '{a}'),
+                       (3, NULL, NULL, '{x,ab}', NULL, '555', '{}');
 CREATE TABLE "OrderItems" (id int PRIMARY KEY, "naïve_ñame" text, "用户名" text, user_id int,
                            "userId" int, "UserID" int);
 INSERT INTO "OrderItems" VALUES (1, 'n', 'u', 1, 2, 3);

@@ -986,7 +986,8 @@ fn field_text_prefixed(
             "NOT NULL, but a JSON null is a value: no `required` rule (it would refuse it).",
         );
     } else if col.not_null {
-        rules.push("required = true".into());
+        // Not `required`, which refuses blank text and empty arrays too.
+        rules.push("not_null = true".into());
     }
     match col.max_length {
         // On an array, `max_length` counts its elements: varchar(n)[] limits each element.

@@ -215,12 +215,12 @@ fn table_drift(
                 continue;
             };
             let rules = f.validate.as_ref();
-            let required = rules.is_some_and(|r| r.required);
+            let required = rules.is_some_and(|r| r.required || r.not_null);
             if f.column.is_some() && required && !col.not_null {
                 push(
                     entity,
                     format!(
-                        "column `{c}` is nullable; field {} is `required` (NULL rows would be rejected)",
+                        "column `{c}` is nullable; field {} is `required` or `not_null` (NULL rows would be rejected)",
                         f.path
                     ),
                 );

@@ -422,7 +422,7 @@ pub fn json_schema(spec: &spec::MappingFile) -> bson::Document {
         {
             leaf.insert("maximum", n);
         }
-        let required = error(RuleName::Required);
+        let required = error(RuleName::Required) || error(RuleName::NotNull);
         if error(RuleName::OneOf)
             && let Some(list) = &r.one_of
         {

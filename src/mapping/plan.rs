@@ -692,6 +692,7 @@ fn compile_fields(
         }
         let rules = f.validate.as_ref().map(|r| Rules {
             required: r.required,
+            not_null: r.not_null,
             email: r.email,
             url: r.url,
             min_length: r.min_length,

@@ -504,6 +504,7 @@ fn default_sep() -> String {
 #[serde(rename_all = "snake_case")]
 pub enum RuleName {
     Required,
+    NotNull,
     Email,
     Url,
     MinLength,
@@ -521,6 +522,7 @@ impl RuleName {
     pub fn as_str(self) -> &'static str {
         match self {
             RuleName::Required => "required",
+            RuleName::NotNull => "not_null",
             RuleName::Email => "email",
             RuleName::Url => "url",
             RuleName::MinLength => "min_length",
@@ -575,8 +577,13 @@ impl<'de> Deserialize<'de> for EmailRule {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesSpec {
+    /// A value that is not NULL, missing, blank text or an empty array.
     #[serde(default)]
     pub required: bool,
+    /// A value that is not NULL or missing (blank text and empty arrays pass: a NOT NULL
+    /// column's own meaning).
+    #[serde(default)]
+    pub not_null: bool,
     /// `true`: an e-mail address, internationalised ones (RFC 6531) included; `"ascii"`: ASCII
     /// addresses only.
     #[serde(default)]
@@ -607,6 +614,7 @@ impl RulesSpec {
     pub fn has(&self, rule: RuleName) -> bool {
         match rule {
             RuleName::Required => self.required,
+            RuleName::NotNull => self.not_null,
             RuleName::Email => self.email != EmailRule::Off,
             RuleName::Url => self.url,
             RuleName::MinLength => self.min_length.is_some(),

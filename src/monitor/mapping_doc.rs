@@ -157,6 +157,9 @@ fn rules_text(r: &RulesSpec) -> String {
     if r.required {
         out.push("required".to_string());
     }
+    if r.not_null {
+        out.push("not_null".to_string());
+    }
     match r.email {
         EmailRule::Off => {}
         EmailRule::International => out.push("email".into()),

@@ -17,6 +17,7 @@ use crate::transform::{Issue, Stage};
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub required: bool,
+    pub not_null: bool,
     pub email: EmailRule,
     pub url: bool,
     pub min_length: Option<u64>,
@@ -142,6 +143,10 @@ impl Rules {
                 value: v.to_string(),
             })
         };
+        if matches!(value, None | Some(Bson::Null)) && self.not_null && !self.required {
+            fail(RuleName::NotNull, format!("{path} is null"), "");
+            return;
+        }
         if is_empty(value) {
             if self.required {
                 fail(RuleName::Required, format!("{path} is required"), "");
@@ -566,6 +571,18 @@ mod tests {
         let mut issues = Vec::new();
         rules.check("f", v.as_ref(), 1_700_000_000_000, &mut issues);
         issues.into_iter().map(|i| i.rule).collect()
+    }
+
+    #[test]
+    fn not_null_catches_null_and_missing_but_not_blank() {
+        let r = Rules {
+            not_null: true,
+            ..Rules::default()
+        };
+        assert_eq!(check(&r, None), ["not_null"]);
+        assert_eq!(check(&r, Some(Bson::Null)), ["not_null"]);
+        assert!(check(&r, Some(Bson::String("  ".into()))).is_empty());
+        assert!(check(&r, Some(Bson::Array(vec![]))).is_empty());
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub fn constraints(f: &FieldPlan, kind: &Kind, array: bool) -> Constraints {
         return out;
     }
     let error = |rule: RuleName| r.severity_of(rule) == Severity::Error;
-    out.required = r.required && error(RuleName::Required);
+    out.required =
+        (r.required && error(RuleName::Required)) || (r.not_null && error(RuleName::NotNull));
     if let (Kind::Text(_), Some(allowed)) = (kind, &r.one_of)
         && error(RuleName::OneOf)
     {
