@@ -922,7 +922,9 @@ INSERT INTO parted VALUES (1, '2020-05-05'), (2, '2020-06-06');
 /// named with a dot (read as schema.table), checks no value passes (scaffold aborted), a range
 /// past 2^53 (a rounded double bound), `varchar(n)[]` (`max_length` counts elements), a
 /// `char(n)` list (the padding), a unique array (MongoDB keys each element), NOT NULL text and
-/// arrays holding '' and `{}` (`required` refuses blanks: `not_null` is drafted). Every row is
+/// arrays holding '' and `{}` (`required` refuses blanks: `not_null` is drafted), values the
+/// sample of rows shows the default conversion rejects (±infinity dates, numerics past 34
+/// digits, NaN floats and text past 1,000,000 characters into Appwrite). Every row is
 /// written and verify passes, on MongoDB and Appwrite; `--diff` finds nothing right after.
 #[tokio::test]
 async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
@@ -939,6 +941,7 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
             "OrderItems",
             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "odd",
+            "sampled",
             "system.users"
         ],
         "k_ci's key is under a non-deterministic collation: left out"
@@ -963,6 +966,7 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
     let db = format!("scodd{}", std::process::id());
     let aw = appwrite_plan_check_migrate_verify(&w, &pipeline, &db).await;
     assert_eq!(aw.rows(&db, "odd").len(), 3);
+    assert_eq!(aw.rows(&db, "sampled").len(), 3);
     let items = aw.rows(&db, "orderItems");
     assert_eq!(items.len(), 1);
     let values: BTreeSet<String> = items[0]
@@ -1000,6 +1004,13 @@ CREATE TABLE aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa (
   bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb text,
   bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbc text);
 INSERT INTO aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa VALUES (1, 'b', 'c');
+CREATE TABLE sampled (id int PRIMARY KEY, ts timestamp, d date, tz timestamptz, num numeric,
+                      fl float8, body text);
+INSERT INTO sampled VALUES
+  (1, 'infinity', '-infinity', 'infinity', 123456789012345678901234567890.123456789, 'NaN',
+   repeat('x', 1500000)),
+  (2, '2024-01-01', '2024-01-02', '2024-01-03 00:00:00+00', 1.5, 'Infinity', 'short'),
+  (3, NULL, NULL, NULL, NULL, 2.5, NULL);
 CREATE COLLATION odd_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
 CREATE TABLE k_ci (c text COLLATE odd_ci PRIMARY KEY, note text);
 INSERT INTO k_ci VALUES ('Abc', 'a'), ('abd', 'b');

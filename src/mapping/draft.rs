@@ -965,6 +965,43 @@ fn field_text_prefixed(
         "bytea" if target == TargetKind::Appwrite => decide.push("bytea is stored as extended-JSON text; type = \"base64\" or \"hex\" gives plain text.".into()),
         _ => {}
     }
+    // What the sample of rows showed that the default conversion would reject: the safe
+    // choice, said (adv23 F3, F13: the drafts passed plan, then check and migrate rejected rows).
+    let p = col.probe;
+    if p.infinite && matches!(ty, "date" | "timestamp" | "timestamptz") {
+        match target {
+            TargetKind::Mongodb => {
+                options.push("infinity = \"string\"".into());
+                decide.push("the sample holds infinity / -infinity, which no date holds: written as that text (infinity = \"string\"); \"null\" writes null, \"reject\" (the default) rejects the row.".into());
+            }
+            TargetKind::Appwrite => {
+                options.push("infinity = \"null\"".into());
+                decide.push("the sample holds infinity / -infinity, which a datetime column cannot hold: written as null (infinity = \"null\"), which loses which infinity it was; \"reject\" (the default) rejects the row; to keep it, read the column through a `query` source as text.".into());
+            }
+        }
+    }
+    if p.long_numeric && ty == "numeric" {
+        options.push("type = \"string\"".into());
+        decide.push("the sample holds numbers of more than 34 significant digits (more than a Decimal128 holds): written as their exact text (type = \"string\"); without it such rows are rejected (decimal_precision).".into());
+    }
+    if p.nonfinite_float && target == TargetKind::Appwrite && matches!(ty, "float4" | "float8") {
+        options.push("type = \"string\"".into());
+        decide.push("the sample holds NaN or an infinity, which Appwrite's JSON cannot carry in a number: written as text (type = \"string\"); without it such rows are rejected (appwrite_unrepresentable).".into());
+    }
+    // An Appwrite text column is 1,000,000 characters unless a `max_length` says more.
+    let long_text = match p.max_chars {
+        Some(n)
+            if target == TargetKind::Appwrite
+                && is_text(ty)
+                && col.max_length.is_none()
+                && n > 1_000_000 =>
+        {
+            let size = (n.saturating_mul(2)).min(1_073_741_823);
+            decide.push(format!("the sample holds text of {n} characters, more than an Appwrite text column's default 1,000,000: the column is made {size} characters (max_length = {size}, twice the longest seen); a longer row is rejected (max_length)."));
+            Some(size)
+        }
+        _ => None,
+    };
     // An Appwrite array column holds no NULL element; the catalog cannot tell whether the
     // column has any (data-blind), so every array drops them: the draft passes `check` and the
     // run writes every row, and the comment says what that loses and the alternatives.
@@ -999,7 +1036,11 @@ fn field_text_prefixed(
             ),
         ),
         Some(n) => rules.push(format!("max_length = {n}")),
-        None => {}
+        None => {
+            if let Some(size) = long_text {
+                rules.push(format!("max_length = {size}"));
+            }
+        }
     }
     let mut range = Range::default();
     for check in t

@@ -171,6 +171,22 @@ pub struct Column {
     /// Its collation, when it is non-deterministic (values it holds equal may differ in bytes:
     /// no key a scan can order).
     pub nondeterministic_collation: Option<String>,
+    /// What the sample of rows showed of its values (see [`Probe`]).
+    pub probe: Probe,
+}
+
+/// Values of a column, seen in the sample of rows scaffold reads, that a draft's default
+/// conversion would reject: it drafts the safe choice for them instead, with a `# decide:`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Probe {
+    /// A date or timestamp of `infinity` / `-infinity`.
+    pub infinite: bool,
+    /// The longest text, in characters.
+    pub max_chars: Option<u64>,
+    /// A numeric of more than 34 significant digits (more than Decimal128 holds).
+    pub long_numeric: bool,
+    /// A float of NaN or ±Infinity (JSON, hence Appwrite, has none).
+    pub nonfinite_float: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -303,6 +319,7 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
             comment: r.get(7),
             generated: r.get(9),
             nondeterministic_collation: r.get(10),
+            probe: Probe::default(),
         });
     }
 
@@ -415,6 +432,76 @@ pub async fn sample(url: &str, catalog: &mut Catalog) -> Result<(), SourceError>
     Ok(())
 }
 
+/// Fills each column's [`Probe`] from the same sample of rows (`sample`: its TABLESAMPLE
+/// clause, or none for the first rows). A probe that cannot be read leaves them empty.
+async fn probe_values(conn: &mut PgConnection, from: &str, sample: &str, t: &mut Table) {
+    // Per column: (what, expression) — each an int8 over the sample.
+    let mut exprs: Vec<(usize, &'static str, String)> = Vec::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        if c.element_type.is_some() {
+            continue;
+        }
+        let col = super::postgres::quote_ident(&c.name);
+        match c.base_type.as_str() {
+            "date" | "timestamp" | "timestamptz" => exprs.push((
+                i,
+                "infinite",
+                format!("(bool_or(NOT isfinite({col})))::int::int8"),
+            )),
+            "text" | "varchar" | "bpchar" => {
+                exprs.push((i, "chars", format!("max(char_length({col}))::int8")))
+            }
+            "numeric" => exprs.push((
+                i,
+                "digits",
+                format!(
+                    "max(length(ltrim(translate({col}::text, '-.+', ''), '0')))::int8"
+                ),
+            )),
+            "float4" | "float8" => exprs.push((
+                i,
+                "nonfinite",
+                format!(
+                    "(bool_or({col} IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)))::int::int8"
+                ),
+            )),
+            _ => {}
+        }
+    }
+    if exprs.is_empty() {
+        return;
+    }
+    let sql = format!(
+        "SELECT {} FROM (SELECT * FROM {from}{sample} LIMIT {SAMPLE_ROWS}) s",
+        exprs
+            .iter()
+            .map(|(_, _, e)| e.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let row = match sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok(row) => row,
+        Err(e) => {
+            tracing::debug!(table = %t.name, error = %e, "cannot probe the table's values");
+            return;
+        }
+    };
+    for (k, (i, what, _)) in exprs.iter().enumerate() {
+        let v: Option<i64> = row.try_get(k).ok().flatten();
+        let Some(v) = v else { continue };
+        let p = &mut t.columns[*i].probe;
+        match *what {
+            "infinite" => p.infinite = v > 0,
+            "chars" => p.max_chars = Some(v.max(0) as u64),
+            "digits" => p.long_numeric = v > 34,
+            _ => p.nonfinite_float = v > 0,
+        }
+    }
+}
+
 /// Rows a width sample reads at most.
 pub const SAMPLE_ROWS: u64 = 2000;
 
@@ -481,6 +568,7 @@ async fn sample_widths(conn: &mut PgConnection, schema: &str, t: &mut Table) {
             Ok((n, Some(avg))) if n > 0 => {
                 t.avg_row_bytes = Some(avg.round().max(0.0) as u64);
                 t.width = Width::Sampled(n as u64);
+                probe_values(conn, &from, sample, t).await;
                 return;
             }
             Ok(_) => {}
