@@ -940,6 +940,8 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
         [
             "OrderItems",
             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "cart_items",
+            "carts",
             "odd",
             "sampled",
             "system.users"
@@ -954,6 +956,13 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
         text.contains("an array or JSON value: not drafted"),
         "{text}"
     );
+    // The embedding proposal of a child whose foreign key may be NULL says what it leaves out.
+    let carts = std::fs::read_to_string(out.join("mappings/carts.toml")).unwrap();
+    assert!(
+        carts.contains("Proposal (opt-in): embed `cart_items`"),
+        "{carts}"
+    );
+    assert!(carts.contains("leaves such rows out"), "{carts}");
     let diff = run(
         &w,
         &["scaffold", "--out", out.to_str().unwrap(), "--diff"],
@@ -1011,6 +1020,11 @@ INSERT INTO sampled VALUES
    repeat('x', 1500000)),
   (2, '2024-01-01', '2024-01-02', '2024-01-03 00:00:00+00', 1.5, 'Infinity', 'short'),
   (3, NULL, NULL, NULL, NULL, 2.5, NULL);
+CREATE TABLE carts (id int PRIMARY KEY, owner text);
+CREATE TABLE cart_items (id int PRIMARY KEY, cart_id int REFERENCES carts ON DELETE SET NULL,
+                         sku text);
+INSERT INTO carts VALUES (1, 'a');
+INSERT INTO cart_items VALUES (1, 1, 'x'), (2, NULL, 'y');
 CREATE COLLATION odd_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
 CREATE TABLE k_ci (c text COLLATE odd_ci PRIMARY KEY, note text);
 INSERT INTO k_ci VALUES ('Abc', 'a'), ('abd', 'b');

@@ -1497,6 +1497,30 @@ fn embed_proposal(
             est = estimate_text(child),
         ),
     );
+    // A row whose foreign key is NULL belongs to no parent: embedded, it would be in no
+    // document (adv23 F23: a quarter of a child table left out, the run "completed").
+    let nullable: Vec<&str> = fk
+        .columns
+        .iter()
+        .filter(|c| child.column(c).is_none_or(|c| !c.not_null))
+        .map(String::as_str)
+        .collect();
+    if !nullable.is_empty() {
+        comment(
+            out,
+            "##",
+            &format!(
+                "Mind: {} may be NULL, and a `{}` row whose foreign key is NULL belongs to no `{}` row: taken, this proposal leaves such rows out of the target (listed in the run's rejects file as orphan_child; `cutover check` counts them). Keep `{child_entity}` as its own entity if they matter.",
+                nullable
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                child.name,
+                parent.name
+            ),
+        );
+    }
     let path = unique_path(paths, &camel(&child.name));
     out.push_str("# [[embed]]\n");
     out.push_str(&format!("# path = {}\n", q(&path)));
