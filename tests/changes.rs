@@ -3278,3 +3278,48 @@ async fn a_down_after_a_killed_up_waits_for_the_dead_process_operations_to_stop(
     assert_eq!(hashes(&w).await, before, "{said}");
     w.drop().await;
 }
+
+/// The twentieth session's outside tester (adv22 F11): a dry run whose preview said an
+/// operation "would fail" still reported the change `would apply` (exit 0, `failed: false`), so
+/// a deployment gate on the dry run passed and the real `up` failed. The change is `would fail`
+/// now, with the operation and why, and the dry run exits non-zero; an operation that fails only
+/// against a collection an earlier operation of the same change works on is not judged so.
+#[tokio::test]
+async fn a_dry_run_that_finds_an_operation_would_fail_says_so() {
+    let w = World::new("changes_dry_fail").await;
+    things(&w).await;
+    w.mongo()
+        .await
+        .collection::<Document>("others")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_seed.toml",
+        "version = 1\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"others\"\ndocuments = [{ _id = 1 }, { _id = 2 }]\n",
+    );
+    let before = hashes(&w).await;
+    let out = changes(&w, "up", &dir, &["--dry-run", "--json"]);
+    assert!(!out.status.success(), "{}", output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let change = &report["changes"][0];
+    assert_eq!(change["status"], "would fail", "{report}");
+    assert!(
+        change["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("operation 1 (insert others)")),
+        "{report}"
+    );
+    assert_eq!(hashes(&w).await, before);
+    // The same insert into a collection the change creates first is no predicted failure.
+    write(
+        &dir,
+        "1_seed.toml",
+        "version = 1\nname = \"seed\"\n[[up]]\nop = \"create_collection\"\ncollection = \"fresh\"\n[[up]]\nop = \"create_index\"\ncollection = \"fresh\"\nkeys = [\"a\"]\n[[up]]\nop = \"drop_index\"\ncollection = \"fresh\"\nname = \"a_1\"\n",
+    );
+    let text = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(text.contains("would apply 1 seed"), "{text}");
+    w.drop().await;
+}

@@ -513,7 +513,7 @@ impl UpReport {
     pub fn failed(&self) -> bool {
         self.changes
             .iter()
-            .any(|c| c.status == FAILED || c.status == RESTORE_FAILED)
+            .any(|c| c.status == FAILED || c.status == RESTORE_FAILED || c.status == "would fail")
     }
 }
 
@@ -856,16 +856,17 @@ async fn preview_all(t: &ChangeTarget<'_>, pending: &[&Change]) -> Result<UpRepo
         for op in &c.up {
             preview.push(exec.preview(op).await?);
         }
+        let (status, error) = ops::preview_status(&preview);
         changes.push(AppliedChange {
             version: c.version,
             name: c.name.clone(),
-            status: "would apply".into(),
+            status: status.into(),
             duration_ms: 0,
             matched: 0,
             modified: 0,
             inserted: 0,
             deleted: 0,
-            error: None,
+            error,
             preview,
         });
     }

@@ -116,6 +116,33 @@ pub struct Preview {
     /// Documents the operation would touch.
     pub matching: u64,
     pub note: String,
+    /// The operation would fail against the data as it is now.
+    pub would_fail: bool,
+}
+
+/// The status a dry run gives a change from its operations' previews: `would fail` (and why)
+/// when one would fail on a collection no earlier operation of the change works on (each is
+/// previewed against the data as it is now, not after the operations before it), else
+/// `would apply` (adv22 F11: a predicted failure was reported "would apply").
+pub fn preview_status(preview: &[Preview]) -> (&'static str, Option<String>) {
+    for (i, p) in preview.iter().enumerate() {
+        let earlier = preview[..i]
+            .iter()
+            .any(|e| e.collection.is_some() && e.collection == p.collection);
+        if p.would_fail && !earlier {
+            return (
+                "would fail",
+                Some(format!(
+                    "operation {} ({} {}): {}",
+                    i + 1,
+                    p.op,
+                    p.collection.as_deref().unwrap_or("-"),
+                    p.note
+                )),
+            );
+        }
+    }
+    ("would apply", None)
 }
 
 /// Runs `$action` with the session when there is one.
@@ -1822,6 +1849,7 @@ impl Exec<'_> {
             op: op.kind().to_string(),
             collection: collection.map(str::to_string),
             matching,
+            would_fail: note.contains("would fail"),
             note,
         };
         if let Some((collection, filter, _)) = rewrite_of(op) {

@@ -134,7 +134,7 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                     "dry run: nothing written; each change is previewed against the data as it is now (not after the changes before it)"
                 );
                 for c in &report.changes {
-                    crate::outln!("would apply {} {}", c.version, c.name);
+                    crate::outln!("{} {} {}", c.status, c.version, c.name);
                     for (i, p) in c.preview.iter().enumerate() {
                         crate::outln!(
                             "  {}. {} {}: {}",

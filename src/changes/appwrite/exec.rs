@@ -1283,6 +1283,7 @@ impl AwExec<'_> {
             op: op.kind().into(),
             collection: Some(table.to_string()),
             matching,
+            would_fail: note.contains("would fail"),
             note,
         };
         if !exists && !matches!(op, AwOp::CreateTable { .. }) {

@@ -188,16 +188,17 @@ pub async fn up(
             for op in &c.up {
                 preview.push(x.preview(aw(op).map_err(ChangesError::Refused)?).await?);
             }
+            let (status, error) = super::ops::preview_status(&preview);
             changes.push(AppliedChange {
                 version: c.version,
                 name: c.name.clone(),
-                status: "would apply".into(),
+                status: status.into(),
                 duration_ms: 0,
                 matched: 0,
                 modified: 0,
                 inserted: 0,
                 deleted: 0,
-                error: None,
+                error,
                 preview,
             });
         }
