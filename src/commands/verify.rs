@@ -383,7 +383,7 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             if explained {
                 "the missing and unexpected documents above"
             } else {
-                "documents sharing an _id hide one another"
+                "more than the missing and unexpected documents above account for"
             }
         );
     }

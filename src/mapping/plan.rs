@@ -535,6 +535,12 @@ fn compile_fields(
                 TransformSpec::Trim => steps.push(Step::Trim),
                 TransformSpec::Lower => steps.push(Step::Lower),
                 TransformSpec::Upper => steps.push(Step::Upper),
+                TransformSpec::Split(sep) if sep.is_empty() => {
+                    return Err(invalid(
+                        key.clone(),
+                        "`split` needs a separator: an empty one would cut the text into single characters (dropping spaces and breaking accented letters apart)".to_string(),
+                    ));
+                }
                 TransformSpec::Split(sep) => steps.push(Step::Split(sep.clone())),
                 TransformSpec::Json => steps.push(Step::Json),
                 TransformSpec::DropNulls => steps.push(Step::DropNulls),

@@ -205,6 +205,11 @@ impl Pipeline {
                     ));
                 }
             }
+            // An empty stage would make a run of nothing "completed" and a verify of nothing
+            // pass (the twentieth session's adv24 F2).
+            if s.entities.is_empty() {
+                return Err(self.invalid(&key, "names no entity (`entities = []`)".into()));
+            }
             for e in &s.entities {
                 let m = self
                     .mappings
