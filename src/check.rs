@@ -407,6 +407,11 @@ pub async fn check(
                 plan.entity
             ));
         }
+        if plan.file.is_some()
+            && let Some(why) = files_root.and_then(crate::sink::gridfs::root_problem)
+        {
+            report.blocking.push(format!("{}: {why}", plan.entity));
+        }
         savepoint(&mut session, "SAVEPOINT cutover_check").await;
         let rows = match session.count(&plan.relation).await {
             Ok(n) => n,

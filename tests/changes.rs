@@ -2308,6 +2308,11 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
             "op = \"command\"\ncommand = { aggregate = \"things\", pipeline = [{ \"$out\" = { db = \"elsewhere\", coll = \"x\" } }], cursor = {} }\ndown = { ping = 1 }\n",
             "writes only the database",
         ),
+        // adv27 N1: TOML's nan and inf would become null.
+        (
+            "op = \"set\"\ncollection = \"things\"\nfilter = {}\nfields = { x = nan }\n",
+            "TOML's nan or inf",
+        ),
         // adv22 F6, F7: an array position in a field path has no exact inverse.
         (
             "op = \"set\"\ncollection = \"things\"\nfilter = {}\nfields = { \"tags.1\" = \"x\" }\n",
@@ -3321,5 +3326,56 @@ async fn a_dry_run_that_finds_an_operation_would_fail_says_so() {
     );
     let text = ok(&changes(&w, "up", &dir, &["--dry-run"]));
     assert!(text.contains("would apply 1 seed"), "{text}");
+    w.drop().await;
+}
+
+/// The twentieth session's outside tester (adv27 N4): `copy_field` from (or to) a path through
+/// an array of documents was applied — copying the array of the elements' values, or writing
+/// into every element — and never undone. Refused before it writes, naming the array.
+#[tokio::test]
+async fn copy_field_through_an_array_of_documents_is_refused_before_writing() {
+    let w = World::new("changes_copy_arrays").await;
+    w.mongo()
+        .await
+        .collection::<Document>("c")
+        .insert_many(vec![
+            doc! { "_id": 1, "arr": [{ "k": 1 }, { "k": 2 }], "one": { "k": 3 } },
+            doc! { "_id": 2, "one": { "k": 4 } },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    let before = hashes(&w).await;
+    for (from, to) in [("arr.k", "ks"), ("one.k", "arr.kk")] {
+        write(
+            &dir,
+            "1_copy.toml",
+            &format!(
+                "version = 1\nname = \"copy\"\n[[up]]\nop = \"copy_field\"\ncollection = \"c\"\nfrom = \"{from}\"\nto = \"{to}\"\n"
+            ),
+        );
+        let text = refused(&changes(&w, "up", &dir, &[]));
+        assert!(
+            text.contains("through the array `arr`"),
+            "{from} → {to}: {text}"
+        );
+        assert_eq!(hashes(&w).await, before, "{from} → {to}");
+        // The failed change is recorded; the next attempt is a new one.
+        w.mongo()
+            .await
+            .collection::<Document>("cutover_changes")
+            .delete_many(doc! {})
+            .await
+            .unwrap();
+    }
+    // Through plain documents it copies, and down removes the copy.
+    write(
+        &dir,
+        "1_copy.toml",
+        "version = 1\nname = \"copy\"\n[[up]]\nop = \"copy_field\"\ncollection = \"c\"\nfrom = \"one.k\"\nto = \"k\"\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(hashes(&w).await, before);
     w.drop().await;
 }

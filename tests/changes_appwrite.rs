@@ -710,7 +710,10 @@ rows = [{ "$id" = "c1", code = "c1" }]
 "#,
     );
     let out = changes(&w, &aw, "up", &dir, &["--dry-run", "--json"]).await;
-    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    // The insert's ids exist already: the change would fail, and the dry run says so (exit 1).
+    assert!(!out.status.success(), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["changes"][1]["status"], "would fail", "{report}");
     let preview = &report["changes"][1]["preview"];
     assert_eq!(preview[0]["matching"], 6, "{report}");
     assert!(

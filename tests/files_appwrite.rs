@@ -1346,3 +1346,62 @@ async fn chunks_refused_by_a_flaky_server_are_sent_again_and_each_file_ends_whol
     }
     w.drop().await;
 }
+
+/// The twentieth session's outside tester (adv25 F9): `--sync-deletes` removed the table row of a
+/// row gone from the source and left its Storage file, counted "deleted". The file goes with
+/// its row now, as on GridFS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_deletes_removes_the_storage_file_of_a_deleted_row() {
+    let w = World::new("files_aw_sync").await;
+    let root = w.dir.path().join("files");
+    let mut sql = String::from(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);\n",
+    );
+    for (id, rel, bytes) in contents().into_iter().take(3) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &bytes).unwrap();
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{}', {}, '{}', 'application/octet-stream');\n",
+            Path::new(rel).file_name().unwrap().to_string_lossy(),
+            bytes.len(),
+            sha(&bytes)
+        ));
+    }
+    w.sql(&sql).await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(aw.s.file_ids("docs").len(), 3);
+    w.sql("DELETE FROM docs WHERE id = 2").await;
+    let out = cutover(
+        &w,
+        &root,
+        &aw,
+        &[
+            "migrate",
+            "--quiet",
+            "--rerun",
+            "--sync-deletes",
+            "--pipeline",
+            &pipeline,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report_entity(&w)["deleted"], 1);
+    assert_eq!(
+        aw.s.file_ids("docs").len(),
+        2,
+        "the deleted row's file stayed"
+    );
+    let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
+    assert!(out.status.success(), "{}", text(&out));
+}

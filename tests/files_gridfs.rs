@@ -1217,3 +1217,124 @@ async fn text_and_composite_keys_give_each_file_its_key_as_id_and_rerun_idempote
     assert!(out.status.success(), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// The twentieth session's outside tester (adv25): a files root that is not there made every
+/// row `file_missing` (and a re-run would have removed every file migrated before: F5); a named
+/// pipe under the root hung the run (F1); a file with a chunk gone passed verify and stayed
+/// "complete" for a re-run (F3); a filename changed in GridFS passed verify (F8); `verify --full`
+/// stopped at the first file it could not read back (F2); another mapping writing the bucket's
+/// `.files` was accepted (F7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_root_a_pipe_a_lost_chunk_and_a_renamed_file_are_each_caught() {
+    let w = World::new("files_adv25").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = small_chunk_pipeline(&w);
+    let p = pipeline.to_str().unwrap().to_string();
+
+    // F5: a root that is not there.
+    for command in [&["check"][..], &["migrate", "--quiet"]] {
+        let out = w
+            .cutover()
+            .env("CUTOVER_FILES_ROOT", w.dir.path().join("not-mounted"))
+            .args(command)
+            .args(["--pipeline", &p])
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "{command:?}: {text}");
+        assert!(text.contains("cannot be read"), "{command:?}: {text}");
+    }
+    assert_eq!(w.count("documents.files").await, 0);
+
+    // F1: one row's file replaced by a named pipe: rejected, not waited for.
+    let (piped, (rel, _, _)) = source.iter().next().unwrap();
+    let path = w.files_root().join(rel);
+    std::fs::remove_file(&path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut child = w.cutover();
+    child.args(["migrate", "--quiet", "--pipeline", &p]);
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking(move || child.output().unwrap()),
+    )
+    .await
+    .expect("the run waited on a named pipe")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let rejects = w.rejects(&run_id);
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    assert!(rejects[0].1.contains(&piped.to_string()), "{rejects:?}");
+    assert_eq!(w.count("documents.files").await, 19);
+    std::fs::remove_file(&path).unwrap();
+    w.sql(&format!(
+        "DELETE FROM documents WHERE document_id = '{piped}'"
+    ))
+    .await;
+
+    // F3, F8, F2: a chunk gone from one file, another renamed in GridFS.
+    let db = w.mongo().await;
+    let mut ids = source.keys().filter(|k| *k != piped);
+    let (lost, renamed) = (uuid_id(ids.next().unwrap()), uuid_id(ids.next().unwrap()));
+    db.collection::<Document>("documents.chunks")
+        .delete_one(doc! { "files_id": &lost, "n": 0 })
+        .await
+        .unwrap();
+    db.collection::<Document>("documents.files")
+        .update_one(
+            doc! { "_id": &renamed },
+            doc! { "$set": { "filename": "evil.exe" } },
+        )
+        .await
+        .unwrap();
+    for full in [false, true] {
+        let mut args = vec!["verify", "--pipeline", p.as_str()];
+        if full {
+            args.push("--full");
+        }
+        let out = w.cutover().args(&args).output().unwrap();
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("filename"), "{args:?}: {text}");
+        assert!(text.contains("chunks ("), "{args:?}: {text}");
+    }
+    // A re-run writes the file with a chunk gone again, and the name back.
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(entity(&w.latest_report(), "documents")["files"]["uploaded"].as_u64() >= Some(1));
+    let out = w
+        .cutover()
+        .args(["verify", "--full", "--pipeline", &p])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
+    // F7: another mapping may not write the bucket's own collections.
+    let other = w.dir.path().join("mappings/other.toml");
+    std::fs::write(
+        &other,
+        "version = 1\nname = \"other\"\ncollection = \"documents.files\"\n[source]\ntable = \"vaccines\"\nkey = [\"vaccine_id\"]\n[[field]]\npath = \"n\"\ncolumn = \"name\"\n",
+    )
+    .unwrap();
+    let both = w.dir.path().join("both.toml");
+    std::fs::write(
+        &both,
+        "version = 1\nname = \"both\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"a\"\nentities = [\"documents\", \"other\"]\n",
+    )
+    .unwrap();
+    let out = w
+        .cutover()
+        .args(["plan", "--pipeline"])
+        .arg(&both)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("a collection of the GridFS bucket"), "{text}");
+    w.drop().await;
+}

@@ -180,6 +180,11 @@ async fn indexes_and_the_validator_are_set_after_the_load() {
         doc! { "_id": 1002, "email": "a@b", "profile": { "name": "x" }, "age": 200 },
         doc! { "_id": 1003, "email": "a@b", "profile": { "name": "x" }, "status": "zzz" },
         doc! { "_id": 1004, "email": "a@b", "profile": {} },
+        // The twentieth session's adv23 F4: null, blank and arrays of other values passed.
+        doc! { "_id": 1006, "email": Bson::Null, "profile": { "name": "x" } },
+        doc! { "_id": 1007, "email": "  ", "profile": { "name": "x" } },
+        doc! { "_id": 1008, "email": [], "profile": { "name": "x" } },
+        doc! { "_id": 1009, "email": "a@b", "profile": { "name": "x" }, "status": ["a", "zzz"] },
     ] {
         let e = c.insert_one(bad.clone()).await.expect_err("refused");
         assert!(
@@ -193,6 +198,20 @@ async fn indexes_and_the_validator_are_set_after_the_load() {
     .await
     .unwrap();
     c.delete_one(doc! { "_id": 1005 }).await.unwrap();
+    // Elements of `one_of`, and a status not given, pass.
+    c.insert_one(
+        doc! { "_id": 1010, "email": "ok1@b", "profile": { "name": "x" }, "status": ["a", "b"] },
+    )
+    .await
+    .unwrap();
+    c.insert_one(
+        doc! { "_id": 1011, "email": "ok2@b", "profile": { "name": "x" }, "status": Bson::Null },
+    )
+    .await
+    .unwrap();
+    c.delete_many(doc! { "_id": { "$in": [1010, 1011] } })
+        .await
+        .unwrap();
 
     // Again: the same indexes are found and kept. A validator an older, stricter mapping left
     // (here: a field no document has) does not refuse the load; the mapping's own is set again.

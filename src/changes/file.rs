@@ -1389,6 +1389,30 @@ fn version_of_name(path: &Path) -> Option<u64> {
 const MAX_RECORDED_TEXT: usize = 12 * 1024 * 1024;
 
 /// Parses one change from its text; `path` is where it was read (its name carries the version).
+/// The path of the first float of `v` that is NaN or infinite, if any.
+fn non_finite(v: &toml::Value, at: &str) -> Option<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(if at.is_empty() {
+            "value".into()
+        } else {
+            at.to_string()
+        }),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| non_finite(x, &join(&i.to_string()))),
+        toml::Value::Table(t) => t.iter().find_map(|(k, x)| non_finite(x, &join(k))),
+        _ => None,
+    }
+}
+
 pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
     parse_with(
         path,
@@ -1411,6 +1435,15 @@ fn parse_with(path: &Path, source: &str, seeds: &Seeds) -> Result<Change, FileEr
         path: path.to_path_buf(),
         message,
     };
+    // TOML's `nan` and `inf` have no JSON value: read into the operations' JSON they would
+    // become null, written and matched as null (adv27 N1). Refused, pointing to extended JSON.
+    if let Ok(value) = toml::from_str::<toml::Value>(source)
+        && let Some(at) = non_finite(&value, "")
+    {
+        return Err(invalid(format!(
+            "`{at}` is TOML's nan or inf, which a change cannot carry as it is (it would become null): write it as extended JSON, {{ \"$numberDouble\" = \"NaN\" }} (or \"Infinity\", \"-Infinity\")"
+        )));
+    }
     let raw: RawChange = toml::from_str(source).map_err(|e| invalid(e.to_string()))?;
     let version = match &raw.version {
         RawVersion::Number(n) if *n >= 0 => *n as u64,

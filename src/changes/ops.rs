@@ -808,6 +808,31 @@ impl Exec<'_> {
                 }
             }
         }
+        // A copy from or to a path through an array (of documents): the pipeline copies the
+        // array of the elements' values, or writes into every element, and its inverse cannot
+        // tell what it wrote (adv27 N4: applied, never undone).
+        if let Op::CopyField {
+            collection,
+            from,
+            to,
+            ..
+        } = op
+            && let Some((_, filter, _)) = rewrite_of(op)
+        {
+            for path in [from, to] {
+                let parts: Vec<&str> = path.split('.').collect();
+                for end in 1..parts.len() {
+                    let prefix = parts[..end].join(".");
+                    let through = and(&filter, doc! { &prefix: { "$type": "array" } });
+                    let n = with_session!(sess, self.coll(collection).count_documents(through))?;
+                    if n > 0 {
+                        return Err(OpError::Refused(format!(
+                            "copy_field cannot go through the array `{prefix}` ({n} documents hold one there): its inverse could not tell what it wrote; use a transform with $map for arrays of documents"
+                        )));
+                    }
+                }
+            }
+        }
         match op {
             Op::RenameField {
                 collection,

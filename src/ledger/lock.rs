@@ -56,6 +56,9 @@ pub struct LockHolder {
     /// The fencing token of the acquisition (none in locks written before tokens existed).
     #[serde(skip)]
     pub token: Option<String>,
+    /// The name its MongoDB client gave its operations (`appName`), when it recorded one.
+    #[serde(skip)]
+    pub app_name: Option<String>,
 }
 
 impl std::fmt::Display for LockHolder {
@@ -117,6 +120,7 @@ fn holder_of(d: &Document) -> LockHolder {
         process_gone: dead,
         alive_here,
         token: d.get_str("token").ok().map(str::to_string),
+        app_name: d.get_str("app_name").ok().map(str::to_string),
     }
 }
 
@@ -311,6 +315,7 @@ impl Ledger {
                 "pid": i64::from(std::process::id()),
                 "pid_namespace": pid_namespace().unwrap_or_default(),
                 "command": command,
+                "app_name": crate::sink::mongodb::process_app_name(),
                 "acquired_at": bson::DateTime::now(),
                 "expires_at": expiry(ttl),
             }
@@ -436,10 +441,19 @@ impl Ledger {
         let super::Store::Mongo(db) = self.store() else {
             return Ok(());
         };
+        let own = crate::sink::mongodb::app_name(&h.host, h.pid);
+        // A name the holder's URI gave (`appName`) may be shared with other processes: what
+        // runs under it is not stopped.
+        if let Some(given) = &h.app_name
+            && *given != own
+        {
+            tracing::warn!(previous = %h, app_name = %given, "the lock's last holder named its client itself: what it may still run on the server is not stopped");
+            return Ok(());
+        }
+        let name = own;
         let stopped = crate::sink::mongodb::MongoTarget::stop_operations_of(
             db,
-            &h.host,
-            h.pid,
+            &name,
             Duration::from_secs(60),
         )
         .await

@@ -722,10 +722,17 @@ fn mapping_text(model: &Model, t: &Table) -> String {
             ),
         );
     }
-    if model.opts.target == TargetKind::Mongodb {
-        index_text(&mut out, t, key, &path_of);
-    }
+    index_text(&mut out, t, key, &path_of, model.opts.target);
 
+    if model.opts.target == TargetKind::Appwrite {
+        out.push('\n');
+        comment(
+            &mut out,
+            "#",
+            "decide: who may read and write the table. Appwrite's default for a table cutover creates is no\npermission and no row security: only API keys (as cutover's) reach its rows, no client does.\nUncomment and set what the application's clients need (see mappings/README.md, [appwrite]).",
+        );
+        out.push_str("# [appwrite]\n# permissions = ['read(\"users\")']\n# row_security = false\n");
+    }
     for (table, fk) in embed_candidates(model, t) {
         out.push('\n');
         embed_proposal(&mut out, model, t, table, fk, &mut paths);
@@ -741,7 +748,13 @@ fn mapping_text(model: &Model, t: &Table) -> String {
 /// plain columns mapped to fields; others said in a comment. A unique index over a nullable
 /// column indexes only the documents that hold it (PostgreSQL lets any number of rows be NULL;
 /// a MongoDB unique index would count each missing field as one null).
-fn index_text(out: &mut String, t: &Table, key: &[String], path_of: &BTreeMap<&str, String>) {
+fn index_text(
+    out: &mut String,
+    t: &Table,
+    key: &[String],
+    path_of: &BTreeMap<&str, String>,
+    target: TargetKind,
+) {
     let mut seen: BTreeSet<&[String]> = BTreeSet::new();
     for ix in t.indexes.iter().filter(|i| !i.primary) {
         if ix.columns == key {
@@ -795,6 +808,40 @@ fn index_text(out: &mut String, t: &Table, key: &[String], path_of: &BTreeMap<&s
             );
             continue;
         }
+        // Appwrite (its MariaDB) compares text without case, accents or trailing spaces, and
+        // indexes long text only by a prefix: an index over text could refuse rows the source
+        // holds apart, or not be made. Those over numbers, booleans and dates are drafted.
+        if target == TargetKind::Appwrite
+            && let Some(c) = ix.columns.iter().find(|c| {
+                !t.column(c).is_some_and(|c| {
+                    c.element_type.is_none()
+                        && matches!(
+                            c.base_type.as_str(),
+                            "int2"
+                                | "int4"
+                                | "int8"
+                                | "float4"
+                                | "float8"
+                                | "bool"
+                                | "date"
+                                | "timestamp"
+                                | "timestamptz"
+                        )
+                })
+            })
+        {
+            comment(
+                out,
+                "#",
+                &format!(
+                    "decide: source {}index {} is over {c}, which Appwrite holds as text: not drafted (an Appwrite index compares text without case, accents or trailing spaces, so a unique one may refuse rows the source holds apart; long text is indexed by a prefix only); add it as an [[index]] if that is what the application needs ({})",
+                    if ix.unique { "unique " } else { "" },
+                    ix.name,
+                    ix.definition
+                ),
+            );
+            continue;
+        }
         comment(out, "#", &format!("From source index {}.", ix.name));
         out.push_str("[[index]]\n");
         let keys: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
@@ -810,7 +857,8 @@ fn index_text(out: &mut String, t: &Table, key: &[String], path_of: &BTreeMap<&s
             .filter(|(c, _)| t.column(c).is_some_and(|c| !c.not_null))
             .map(|(_, p)| *p)
             .collect();
-        if ix.unique && !nullable.is_empty() {
+        // Appwrite's unique index lets NULLs repeat (and makes no partial index).
+        if ix.unique && !nullable.is_empty() && target == TargetKind::Mongodb {
             let conds: Vec<String> = nullable
                 .iter()
                 .map(|p| format!("{} = {{ \"$exists\" = true }}", q(p)))

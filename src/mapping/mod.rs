@@ -185,6 +185,39 @@ impl MappingSet {
                 ));
             }
         }
+        // A GridFS bucket's own collections are its file mapping's alone: another mapping
+        // writing `<bucket>.files` (its documents, or its files' documents) would overwrite the
+        // files' records (adv25 F7).
+        let buckets: Vec<(&Mapping, &str)> = self
+            .mappings
+            .iter()
+            .filter_map(|m| m.spec.file.as_ref().map(|f| (m, f.bucket.as_str())))
+            .collect();
+        for m in &self.mappings {
+            let written = std::iter::once(("collection", m.collection())).chain(
+                m.spec
+                    .file
+                    .as_ref()
+                    .and_then(|f| f.document_collection.as_deref())
+                    .map(|c| ("file.document_collection", c)),
+            );
+            for (key, c) in written {
+                if let Some((other, bucket)) = buckets.iter().find(|(o, b)| {
+                    !std::ptr::eq(*o, m)
+                        && (c == format!("{b}.files") || c == format!("{b}.chunks"))
+                }) {
+                    return Err(invalid(
+                        m,
+                        key,
+                        format!(
+                            "writes `{c}`, a collection of the GridFS bucket `{bucket}` of mapping `{}` ({}): give it a collection of its own",
+                            other.name(),
+                            other.path.display()
+                        ),
+                    ));
+                }
+            }
+        }
         // Two child tables of one name would hold both embeds' rows under the same row ids
         // (parent and position): one would overwrite the other (`a` + `b_c`, `a_b` + `c`).
         let mut children: std::collections::BTreeMap<String, (&Mapping, &str)> = Default::default();
@@ -423,19 +456,44 @@ pub fn json_schema(spec: &spec::MappingFile) -> bson::Document {
             leaf.insert("maximum", n);
         }
         let required = error(RuleName::Required) || error(RuleName::NotNull);
+        // Conditions the value must meet all of (the outside tester's adv23 F4: null, blank and
+        // arrays of anything passed the validator though the rules refuse them).
+        let mut all: Vec<Bson> = Vec::new();
         if error(RuleName::OneOf)
             && let Some(list) = &r.one_of
         {
             let mut values: Vec<Bson> = list.iter().map(plan::toml_to_bson).collect();
+            // `one_of` checks each element of an array field (an array column, `split`).
+            let elements = doc! { "bsonType": "array", "items": { "enum": values.clone() } };
             if !required {
                 values.push(Bson::Null);
             }
-            // `one_of` checks each element of an array field (an array column, `split`): an
-            // array passes here, cutover has checked its elements.
-            leaf.insert(
-                "anyOf",
-                vec![doc! { "enum": values }, doc! { "bsonType": "array" }],
-            );
+            all.push(Bson::Document(
+                doc! { "anyOf": [{ "enum": values }, elements] },
+            ));
+        }
+        if required {
+            all.push(Bson::Document(doc! { "not": { "bsonType": "null" } }));
+        }
+        if error(RuleName::Required) {
+            // `required` refuses blank text and an empty array too.
+            all.push(Bson::Document(
+                doc! { "not": { "bsonType": "string", "pattern": "^\\s*$" } },
+            ));
+            all.push(Bson::Document(
+                doc! { "not": { "bsonType": "array", "maxItems": 0 } },
+            ));
+        }
+        match all.len() {
+            0 => {}
+            1 => {
+                if let Some(Bson::Document(d)) = all.pop() {
+                    leaf.extend(d);
+                }
+            }
+            _ => {
+                leaf.insert("allOf", all);
+            }
         }
         if leaf.is_empty() && !required {
             continue;
@@ -1382,10 +1440,21 @@ column = "name"
                     "a": {
                         "bsonType": "object",
                         "required": ["b"],
-                        "properties": { "b": { "maxLength": 5_i64 } },
+                        "properties": { "b": {
+                            "maxLength": 5_i64,
+                            // `required`: not null, not blank, not an empty array.
+                            "allOf": [
+                                { "not": { "bsonType": "null" } },
+                                { "not": { "bsonType": "string", "pattern": "^\\s*$" } },
+                                { "not": { "bsonType": "array", "maxItems": 0 } },
+                            ],
+                        } },
                     },
                     "n": { "minimum": 1.0 },
-                    "s": { "anyOf": [{ "enum": ["x", bson::Bson::Null] }, { "bsonType": "array" }] },
+                    "s": { "anyOf": [
+                        { "enum": ["x", bson::Bson::Null] },
+                        { "bsonType": "array", "items": { "enum": ["x"] } },
+                    ] },
                 },
             }
         );

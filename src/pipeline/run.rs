@@ -421,6 +421,11 @@ pub async fn migrate_as(
                     )));
                 }
             };
+            // A root that is not there (a typo, a share not mounted) would make every row
+            // `file_missing` — and a re-run remove every file migrated before (adv25 F5).
+            if let Some(why) = crate::sink::gridfs::root_problem(&root) {
+                return Err(RunError::Refused(format!("{}: {why}", step.entity)));
+            }
             target
                 .register_files(f, &root)
                 .map_err(|e| RunError::Refused(e.to_string()))?;

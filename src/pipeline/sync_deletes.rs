@@ -319,7 +319,7 @@ async fn delete_rows(
             .filter_map(|b| b.as_str().map(str::to_string))
             .collect();
         target
-            .delete_records(collection, &rows)
+            .delete_rows_and_files(collection, &rows)
             .await
             .map_err(|e| RunError::Sink(SinkError::Appwrite(e)))
     })

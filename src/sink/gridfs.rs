@@ -106,6 +106,21 @@ impl FileRef {
     }
 }
 
+/// Why `root` cannot be a files root: it does not exist, or is no directory.
+pub fn root_problem(root: &Path) -> Option<String> {
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some(format!(
+            "the files root {} is not a directory",
+            root.display()
+        )),
+        Err(e) => Some(format!(
+            "the files root {} cannot be read ({e}): every row's file would be missing — check the path (--files-root, CUTOVER_FILES_ROOT or [files] root) and that it is mounted",
+            root.display()
+        )),
+    }
+}
+
 /// `rel` under `root`, or why it is not a path there (absolute, or climbing out with `..`).
 pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf, String> {
     if rel.is_empty() {
@@ -292,6 +307,20 @@ async fn inspect_digests(
             ),
         ));
     }
+    // Only a regular file (followed through links): opening a named pipe blocks until a writer
+    // comes, and a device or socket has no bytes to keep (adv25 F1: a FIFO hung the run).
+    match tokio::fs::metadata(&path).await {
+        Ok(m) if !m.is_file() => {
+            return Err((
+                RULE_MISSING,
+                format!(
+                    "{rel}: {} is not a regular file (a directory, a named pipe, a device or a socket)",
+                    path.display()
+                ),
+            ));
+        }
+        _ => {}
+    }
     let found = digest_file_md5(&path, md5).await.map_err(|e| {
         (
             RULE_MISSING,
@@ -421,12 +450,7 @@ pub async fn write_files(
             }
         };
         let rel = file.path.as_deref().unwrap_or_default();
-        let filename = file.name.clone().unwrap_or_else(|| {
-            Path::new(rel)
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| rel.to_string())
-        });
+        let filename = file_name(file);
         let mut fields = doc! { "filename": &filename, "metadata": &metadata };
         if let Some(mime) = &file.mime {
             fields.insert("contentType", mime);
@@ -438,6 +462,7 @@ pub async fn write_files(
             .map_err(command(format!("find in {}", spec.files())))?;
         if let Some(e) = &existing
             && complete(e, &found)
+            && chunks_whole(db, spec, &id, e).await?
         {
             files_coll
                 .update_one(doc! { "_id": &id }, doc! { "$set": fields })
@@ -505,6 +530,50 @@ pub async fn write_files(
         result.files.uploaded_bytes += found.len;
     }
     Ok(result)
+}
+
+/// The name a row's file gets: the row's name column, else the last part of its path.
+pub fn file_name(file: &FileRef) -> String {
+    let rel = file.path.as_deref().unwrap_or_default();
+    file.name.clone().unwrap_or_else(|| {
+        Path::new(rel)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| rel.to_string())
+    })
+}
+
+/// How many chunks a files document's file has: `ceil(length / chunkSize)`.
+pub fn chunks_expected(d: &Document) -> Option<u64> {
+    let length = length_of(d)?;
+    let size = match d.get("chunkSize") {
+        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Double(n)) if *n >= 1.0 => Some(*n as u64),
+        _ => None,
+    }
+    .filter(|n| *n > 0)?;
+    Some(length.div_ceil(size))
+}
+
+/// Whether the file `id` has every chunk its files document says (`n` from 0 to the last): a
+/// file with a chunk gone is no complete file, whatever its record says (adv25 F3).
+pub async fn chunks_whole(
+    db: &Database,
+    spec: &BucketSpec,
+    id: &Bson,
+    files_doc: &Document,
+) -> Result<bool, MongoError> {
+    let Some(want) = chunks_expected(files_doc) else {
+        return Ok(false);
+    };
+    let chunks = spec.chunks();
+    let have = db
+        .collection::<Document>(&chunks)
+        .count_documents(doc! { "files_id": id, "n": { "$gte": 0, "$lt": want as i64 } })
+        .await
+        .map_err(command(format!("count in {chunks}")))?;
+    Ok(have == want)
 }
 
 /// A files document's `length`.

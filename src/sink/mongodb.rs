@@ -284,9 +284,14 @@ async fn open_client(uri: &str, pool: Option<u32>) -> Result<Client, MongoError>
     if let Some(n) = pool {
         options.max_pool_size = Some(n);
     }
-    // Named after this process, so that the next holder of the lock can find (and stop) the
-    // operations a process that died or lost the lock left running on the server.
-    options.app_name = Some(app_name(&host_name(), i64::from(std::process::id())));
+    // Named after this process (unless the URI names it: `appName`), so that the next holder of
+    // the lock can find (and stop) the operations a process that died or lost the lock left
+    // running on the server; the lock records the name.
+    let name = options
+        .app_name
+        .get_or_insert_with(|| app_name(&host_name(), i64::from(std::process::id())))
+        .clone();
+    let _ = APP_NAME.set(name);
     let client = Client::with_options(options).map_err(connect_err)?;
     CLIENTS
         .lock()
@@ -1068,6 +1073,18 @@ fn same_pattern(a: &Document, b: &Document) -> bool {
 
 /// The client name of cutover's process `pid` on `host` (MongoDB's `appName`, which `$currentOp`
 /// shows with each operation).
+/// The name this process's MongoDB clients give their operations (see [`app_name`]).
+static APP_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The `appName` of this process's MongoDB clients: the URI's, else [`app_name`] of this host
+/// and process.
+pub fn process_app_name() -> String {
+    APP_NAME
+        .get()
+        .cloned()
+        .unwrap_or_else(|| app_name(&host_name(), i64::from(std::process::id())))
+}
+
 /// (A host name is at most 64 bytes: the name stays within the 128 appName holds.)
 pub fn app_name(host: &str, pid: i64) -> String {
     format!("cutover {host} {pid}")
@@ -1088,12 +1105,10 @@ impl MongoTarget {
     /// undoes it would then overwrite (adv22 F3). Returns how many were stopped.
     pub async fn stop_operations_of(
         db: &Database,
-        host: &str,
-        pid: i64,
+        name: &str,
         wait: std::time::Duration,
     ) -> Result<u64, MongoError> {
         use futures::TryStreamExt;
-        let name = app_name(host, pid);
         let admin = db.client().database("admin");
         let err = |cause| MongoError::Command {
             op: "$currentOp".into(),
@@ -1111,7 +1126,7 @@ impl MongoTarget {
                     // Its operations on this database (not this very `$currentOp`, when the
                     // holder is this process: a server releasing its own run's lock).
                     doc! { "$match": {
-                        "appName": &name,
+                        "appName": name,
                         "active": true,
                         "ns": { "$regex": format!("^{}\\.", regex_escape(db.name())) },
                         "command.pipeline.0.$currentOp": { "$exists": false },

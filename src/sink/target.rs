@@ -528,6 +528,21 @@ impl AppwriteTarget {
         }
     }
 
+    /// [`AppwriteTarget::delete_records`], and for a file stage the rows' files first (a row's
+    /// file goes with it: adv25 F9, `--sync-deletes` left the files of rows gone).
+    pub async fn delete_rows_and_files(
+        &self,
+        collection: &str,
+        ids: &[String],
+    ) -> Result<u64, AppwriteError> {
+        if let Some(spec) = self.storage(collection) {
+            for id in ids {
+                super::appwrite::storage::delete_file(&self.client, &spec.bucket, id).await?;
+            }
+        }
+        self.delete_records(collection, ids).await
+    }
+
     /// Deletes the records `ids` of `collection` (rows, their child-table rows first, or
     /// users); a record already gone is no error. Returns how many were there.
     pub async fn delete_records(
@@ -1811,13 +1826,7 @@ impl Target {
             }
             Target::Appwrite(a) => {
                 let rows: Vec<String> = ids.iter().map(super::appwrite::rows::row_id).collect();
-                // A file stage: the files go with their rows.
-                if let Some(spec) = a.storage(collection) {
-                    for id in &rows {
-                        super::appwrite::storage::delete_file(&a.client, &spec.bucket, id).await?;
-                    }
-                }
-                Ok(a.delete_records(collection, &rows).await?)
+                Ok(a.delete_rows_and_files(collection, &rows).await?)
             }
         }
     }

@@ -145,6 +145,36 @@ pub async fn verify_files(
             if stored.get_document("metadata").ok() != Some(&metadata) {
                 fields.push("metadata".to_string());
             }
+            // The name and type the row gives its file (adv25 F8: both went unchecked).
+            let name = gridfs::file_name(&f);
+            if stored.get_str("filename").ok() != Some(name.as_str()) {
+                fields.push(format!(
+                    "filename (the row gives {name:?}, GridFS holds {:?})",
+                    stored.get_str("filename").unwrap_or("none")
+                ));
+            }
+            if let Some(mime) = &f.mime
+                && stored.get_str("contentType").ok() != Some(mime.as_str())
+            {
+                fields.push(format!(
+                    "contentType (the row gives {mime:?}, GridFS holds {:?})",
+                    stored.get_str("contentType").unwrap_or("none")
+                ));
+            }
+            // Every chunk the record says (adv25 F3: a file with a chunk gone passed).
+            let chunks_name = gridfs::chunks_collection(&file.bucket);
+            if let Some(want) = gridfs::chunks_expected(&stored) {
+                let have = db
+                    .collection::<Document>(&chunks_name)
+                    .count_documents(
+                        doc! { "files_id": &id, "n": { "$gte": 0, "$lt": want as i64 } },
+                    )
+                    .await
+                    .map_err(merr(format!("count in {chunks_name}")))?;
+                if have != want {
+                    fields.push(format!("chunks ({have} of {want} in {chunks_name})"));
+                }
+            }
             let stored_sha = stored.get_str(gridfs::SHA256_FIELD).unwrap_or_default();
             if let (Some(root), Some(rel)) = (root, f.path.as_deref()) {
                 match gridfs::resolve(root, rel) {
@@ -160,12 +190,17 @@ pub async fn verify_files(
                 }
             }
             if full {
-                let (len, sha) = download_sha256(db, &file.bucket, id.clone()).await?;
-                if sha != stored_sha || Some(len) != length {
-                    fields.push(format!(
-                        "bytes (GridFS holds {len} bytes with sha256 {sha}, its record says {} with {stored_sha})",
-                        length.map_or("none".to_string(), |l| l.to_string())
-                    ));
+                // A file that cannot be read back is a difference of its own, not the end of
+                // the comparison (adv25 F2).
+                match download_sha256(db, &file.bucket, id.clone()).await {
+                    Ok((len, sha)) if sha != stored_sha || Some(len) != length => {
+                        fields.push(format!(
+                            "bytes (GridFS holds {len} bytes with sha256 {sha}, its record says {} with {stored_sha})",
+                            length.map_or("none".to_string(), |l| l.to_string())
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(e) => fields.push(format!("bytes (cannot be read back: {e})")),
                 }
             }
             // Its document, when the mapping asks for one per file.

@@ -78,11 +78,15 @@ impl World {
         let mongo_db = name.clone();
         let client = mongodb::Client::with_uri_str(mongo_uri()).await.unwrap();
         client.database(&mongo_db).drop().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // The files root its commands name (empty until a test writes files there): a root that
+        // is not there refuses a files stage.
+        std::fs::create_dir_all(dir.path().join("files")).unwrap();
         World {
             pg_url: with_db(&admin_url(), &name),
             name,
             mongo_db,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
         }
     }
 
