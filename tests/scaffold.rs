@@ -942,6 +942,8 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "cart_items",
             "carts",
+            "caseT",
+            "caset",
             "odd",
             "sampled",
             "system.users"
@@ -975,6 +977,13 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
     let db = format!("scodd{}", std::process::id());
     let aw = appwrite_plan_check_migrate_verify(&w, &pipeline, &db).await;
     assert_eq!(aw.rows(&db, "odd").len(), 3);
+    // Two tables whose ids differ only by case get two ids Appwrite tells apart.
+    let aw_drafts = drafts_by_table(&out);
+    let ids: BTreeSet<String> = ["caseT", "caset"]
+        .iter()
+        .map(|t| s(&aw_drafts[*t], "collection").unwrap().to_lowercase())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
     assert_eq!(aw.rows(&db, "sampled").len(), 3);
     let items = aw.rows(&db, "orderItems");
     assert_eq!(items.len(), 1);
@@ -1001,10 +1010,11 @@ CREATE TABLE odd (
   tags varchar(3)[] UNIQUE,
   grade char(2) CHECK (grade IN ('A', 'BB')),
   phone varchar(20) NOT NULL DEFAULT '',
+  w2 int,
   tags2 text[] NOT NULL DEFAULT '{}');
-INSERT INTO odd VALUES (1, NULL, 9007199254740993, '{abc,de,f,ghi}', 'A', '', '{}'),
-                       (2, NULL, 1, '{ab}', 'BB', '  ', '{a}'),
-                       (3, NULL, NULL, '{x,ab}', NULL, '555', '{}');
+INSERT INTO odd VALUES (1, NULL, 9007199254740993, '{abc,de,f,ghi}', 'A', '', 5, '{}'),
+                       (2, NULL, 1, '{ab}', 'BB', '  ', 7, '{a}'),
+                       (3, NULL, NULL, '{x,ab}', NULL, '555', 1, '{}');
 CREATE TABLE "OrderItems" (id int PRIMARY KEY, "naïve_ñame" text, "用户名" text, user_id int,
                            "userId" int, "UserID" int);
 INSERT INTO "OrderItems" VALUES (1, 'n', 'u', 1, 2, 3);
@@ -1020,6 +1030,11 @@ INSERT INTO sampled VALUES
    repeat('x', 1500000)),
   (2, '2024-01-01', '2024-01-02', '2024-01-03 00:00:00+00', 1.5, 'Infinity', 'short'),
   (3, NULL, NULL, NULL, NULL, 2.5, NULL);
+ALTER TABLE odd ADD CONSTRAINT nv CHECK (w2 < 2) NOT VALID;
+CREATE TABLE "caseT" (id int PRIMARY KEY, v text);
+CREATE TABLE caset (id int PRIMARY KEY, v text);
+INSERT INTO "caseT" VALUES (1, 'a');
+INSERT INTO caset VALUES (1, 'b');
 CREATE TABLE carts (id int PRIMARY KEY, owner text);
 CREATE TABLE cart_items (id int PRIMARY KEY, cart_id int REFERENCES carts ON DELETE SET NULL,
                          sku text);

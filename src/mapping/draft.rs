@@ -175,7 +175,33 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
         }
         drafted.insert(t.name.as_str(), (e, key));
     }
-    let collections = collections(&drafted);
+    let mut collections = collections(&drafted);
+    // Appwrite table ids: fitted to its id rule and unique whatever the case (adv26 F3: `caseT`
+    // and `caset` were both drafted), in table order; each change said.
+    if opts.target == TargetKind::Appwrite {
+        let mut taken: BTreeSet<String> = BTreeSet::new();
+        for (name, why) in collections.values_mut() {
+            let fitted = appwrite_fit(name);
+            let mut id = fitted.clone();
+            let mut n = 2;
+            while !taken.insert(id.to_lowercase()) {
+                let suffix = n.to_string();
+                let head: String = fitted.chars().take(36 - suffix.len()).collect();
+                id = format!("{head}{suffix}");
+                n += 1;
+            }
+            if id != *name {
+                let said = format!(
+                    "`{name}` as an Appwrite table id: at most 36 of A-Z, a-z, 0-9 and `_`, unique whatever the case."
+                );
+                *why = Some(match why.take() {
+                    Some(w) => format!("{w}\n{said}"),
+                    None => said,
+                });
+                *name = id;
+            }
+        }
+    }
     let mut model = Model {
         catalog,
         opts,
@@ -583,19 +609,6 @@ fn mapping_text(model: &Model, t: &Table) -> String {
     if let Some(why) = why {
         comment(&mut out, "#", why);
     }
-    let fitted = appwrite_fit(collection);
-    let collection = if model.opts.target == TargetKind::Appwrite && fitted != *collection {
-        comment(
-            &mut out,
-            "#",
-            &format!(
-                "`{collection}` as an Appwrite table id: at most 36 of A-Z, a-z, 0-9 and `_`."
-            ),
-        );
-        &fitted
-    } else {
-        collection
-    };
     out.push_str(&format!("collection = {}\n", q(collection)));
     if let Some(d) = &t.comment {
         out.push_str(&format!("description = {}\n", q(d)));
@@ -1308,7 +1321,12 @@ fn is_column(s: &str, col: &str) -> bool {
 /// The rules a check constraint makes of column `col` (of base type `ty`), if all of it is
 /// ranges (`>=`, `<=`, and `>`, `<` on integers) and lists (`IN`, `= ANY (ARRAY[…])`).
 fn parse_check(def: &str, col: &str, ty: &str) -> Option<Range> {
-    let body = def.trim().strip_suffix("NOT VALID").unwrap_or(def).trim();
+    // A constraint NOT VALID was never checked against the rows already there: as a rule it
+    // would reject those (adv26 F2).
+    if def.trim().ends_with("NOT VALID") {
+        return None;
+    }
+    let body = def.trim();
     let body = body.strip_prefix("CHECK")?.trim();
     let body = strip_all_parens(body);
     let mut range = Range::default();
