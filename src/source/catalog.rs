@@ -432,6 +432,61 @@ pub async fn sample(url: &str, catalog: &mut Catalog) -> Result<(), SourceError>
     Ok(())
 }
 
+/// Adds to each column's [`Probe`] what the planner's statistics (`pg_stats`: the most common
+/// values and the histogram's bounds, which hold the extremes ANALYZE saw) show of values
+/// beyond the sample of rows (adv26 F4: an infinity past the 2,000 rows sampled).
+async fn probe_stats(conn: &mut PgConnection, schema: &str, t: &mut Table) {
+    let (schema, table) = match &t.relation {
+        Some(r) => {
+            let mut parts = super::postgres::relation_parts(r);
+            let table = parts.pop().unwrap_or_default();
+            (parts.pop().unwrap_or_else(|| schema.to_string()), table)
+        }
+        None => (schema.to_string(), t.name.clone()),
+    };
+    let rows: Vec<(String, String)> = match sqlx::query_as(
+        "SELECT attname::text, coalesce(most_common_vals::text, '') || ' ' || \
+                coalesce(histogram_bounds::text, '') \
+         FROM pg_stats WHERE schemaname = $1 AND tablename = $2",
+    )
+    .bind(&schema)
+    .bind(&table)
+    .fetch_all(&mut *conn)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::debug!(table = %t.name, error = %e, "cannot read the table's statistics");
+            return;
+        }
+    };
+    for (name, values) in rows {
+        let Some(c) = t.columns.iter_mut().find(|c| c.name == name) else {
+            continue;
+        };
+        if c.element_type.is_some() {
+            continue;
+        }
+        match c.base_type.as_str() {
+            "date" | "timestamp" | "timestamptz" => {
+                c.probe.infinite |= values.contains("infinity");
+            }
+            "numeric" => {
+                let digits = values
+                    .split(|ch: char| !(ch.is_ascii_digit() || ch == '.' || ch == '-'))
+                    .map(|v| v.trim_start_matches(['-', '0', '.']).replace('.', "").len())
+                    .max()
+                    .unwrap_or(0);
+                c.probe.long_numeric |= digits > 34;
+            }
+            "float4" | "float8" => {
+                c.probe.nonfinite_float |= values.contains("NaN") || values.contains("Infinity");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Fills each column's [`Probe`] from the same sample of rows (`sample`: its TABLESAMPLE
 /// clause, or none for the first rows). A probe that cannot be read leaves them empty.
 async fn probe_values(conn: &mut PgConnection, from: &str, sample: &str, t: &mut Table) {
@@ -494,10 +549,10 @@ async fn probe_values(conn: &mut PgConnection, from: &str, sample: &str, t: &mut
         let Some(v) = v else { continue };
         let p = &mut t.columns[*i].probe;
         match *what {
-            "infinite" => p.infinite = v > 0,
+            "infinite" => p.infinite |= v > 0,
             "chars" => p.max_chars = Some(v.max(0) as u64),
-            "digits" => p.long_numeric = v > 34,
-            _ => p.nonfinite_float = v > 0,
+            "digits" => p.long_numeric |= v > 34,
+            _ => p.nonfinite_float |= v > 0,
         }
     }
 }
@@ -558,6 +613,7 @@ async fn sample_widths(conn: &mut PgConnection, schema: &str, t: &mut Table) {
             width.join(" + ")
         )
     };
+    probe_stats(conn, schema, t).await;
     // From random pages on a big table; a sample of no row (or one refused) reads the first.
     for sample in big.iter().map(String::as_str).chain([""]) {
         let sql = query(sample);
