@@ -3324,8 +3324,56 @@ async fn a_dry_run_that_finds_an_operation_would_fail_says_so() {
         "1_seed.toml",
         "version = 1\nname = \"seed\"\n[[up]]\nop = \"create_collection\"\ncollection = \"fresh\"\n[[up]]\nop = \"create_index\"\ncollection = \"fresh\"\nkeys = [\"a\"]\n[[up]]\nop = \"drop_index\"\ncollection = \"fresh\"\nname = \"a_1\"\n",
     );
-    let text = ok(&changes(&w, "up", &dir, &["--dry-run"]));
-    assert!(text.contains("would apply 1 seed"), "{text}");
+    let out = changes(&w, "up", &dir, &["--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["changes"][0]["status"], "would apply", "{report}");
+    assert_eq!(
+        report["changes"][0]["preview"][2]["would_fail"], false,
+        "{report}"
+    );
+    // adv27 N7: what the run refuses, the dry run predicts — a collection created twice, a
+    // rename onto a field documents have already, a unique index over repeated keys.
+    w.mongo()
+        .await
+        .collection::<Document>("twice")
+        .insert_many(vec![
+            doc! { "_id": 1, "a": 1, "b": 1 },
+            doc! { "_id": 2, "a": 1 },
+        ])
+        .await
+        .unwrap();
+    for (body, says) in [
+        (
+            "op = \"create_collection\"\ncollection = \"fresh2\"\n[[up]]\nop = \"create_collection\"\ncollection = \"fresh2\"\n",
+            "created by an earlier operation",
+        ),
+        (
+            "op = \"rename_field\"\ncollection = \"twice\"\nfrom = \"a\"\nto = \"b\"\n",
+            "have both `a` and `b`",
+        ),
+        (
+            "op = \"create_index\"\ncollection = \"twice\"\nkeys = [\"a\"]\nunique = true\n",
+            "repeat a key",
+        ),
+    ] {
+        write(
+            &dir,
+            "1_seed.toml",
+            &format!("version = 1\nname = \"seed\"\n[[up]]\n{body}"),
+        );
+        let out = changes(&w, "up", &dir, &["--dry-run", "--json"]);
+        assert!(!out.status.success(), "{body}: {}", output_text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["changes"][0]["status"], "would fail", "{report}");
+        assert!(
+            report["changes"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains(says),
+            "{report}"
+        );
+    }
     w.drop().await;
 }
 

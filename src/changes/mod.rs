@@ -856,7 +856,7 @@ async fn preview_all(t: &ChangeTarget<'_>, pending: &[&Change]) -> Result<UpRepo
         for op in &c.up {
             preview.push(exec.preview(op).await?);
         }
-        let (status, error) = ops::preview_status(&preview);
+        let (status, error) = ops::preview_status(&mut preview);
         changes.push(AppliedChange {
             version: c.version,
             name: c.name.clone(),

@@ -124,23 +124,46 @@ pub struct Preview {
 /// when one would fail on a collection no earlier operation of the change works on (each is
 /// previewed against the data as it is now, not after the operations before it), else
 /// `would apply` (adv22 F11: a predicted failure was reported "would apply").
-pub fn preview_status(preview: &[Preview]) -> (&'static str, Option<String>) {
-    for (i, p) in preview.iter().enumerate() {
-        let earlier = preview[..i]
-            .iter()
-            .any(|e| e.collection.is_some() && e.collection == p.collection);
-        if p.would_fail && !earlier {
-            return (
-                "would fail",
-                Some(format!(
-                    "operation {} ({} {}): {}",
-                    i + 1,
-                    p.op,
-                    p.collection.as_deref().unwrap_or("-"),
-                    p.note
-                )),
+pub fn preview_status(preview: &mut [Preview]) -> (&'static str, Option<String>) {
+    let mut first = None;
+    for i in 0..preview.len() {
+        let (before, rest) = preview.split_at_mut(i);
+        let p = &mut rest[0];
+        let same = |e: &&Preview| e.collection.is_some() && e.collection == p.collection;
+        // A second create of one collection fails whatever came between.
+        let recreated = p.op == "create_collection"
+            && before
+                .iter()
+                .filter(same)
+                .any(|e| e.op == "create_collection");
+        let earlier = before.iter().filter(same).count() > 0;
+        if p.would_fail && earlier && !recreated {
+            // Judged against the data as it is now, before the operations ahead of it.
+            p.would_fail = false;
+            p.note.push_str(" (as the data is now: an earlier operation of the change works on it first, not judged)");
+        } else if recreated && !p.would_fail {
+            p.would_fail = true;
+            p.note = format!(
+                "{} is created by an earlier operation of the change: the change would fail",
+                p.collection.as_deref().unwrap_or("-")
             );
         }
+        if p.would_fail && first.is_none() {
+            first = Some(i);
+        }
+    }
+    if let Some(i) = first {
+        let p = &preview[i];
+        return (
+            "would fail",
+            Some(format!(
+                "operation {} ({} {}): {}",
+                i + 1,
+                p.op,
+                p.collection.as_deref().unwrap_or("-"),
+                p.note
+            )),
+        );
     }
     ("would apply", None)
 }
@@ -1878,6 +1901,20 @@ impl Exec<'_> {
             note,
         };
         if let Some((collection, filter, _)) = rewrite_of(op) {
+            // A rename onto a field some documents have already is refused by the run.
+            if let Op::RenameField { from, to, .. } = op {
+                let clash = and(&filter, exists(to, true));
+                let both = self.coll(collection).count_documents(clash).await?;
+                if both > 0 {
+                    return Ok(preview(
+                        Some(collection),
+                        both,
+                        format!(
+                            "{both} documents have both `{from}` and `{to}`: the change would fail"
+                        ),
+                    ));
+                }
+            }
             let n = self.coll(collection).count_documents(filter).await?;
             return Ok(preview(
                 Some(collection),
@@ -2016,8 +2053,36 @@ impl Exec<'_> {
             }
             Op::CreateIndex(spec) => {
                 let there = self.index_of(&spec.collection, &spec.name).await?.is_some();
+                // A unique index over documents repeating a key is refused by mongod (the
+                // collation's equalities aside: a group by the plain values).
+                let repeated = if spec.unique && !there {
+                    let mut key = Document::new();
+                    for (i, (field, _)) in spec.keys.iter().enumerate() {
+                        key.insert(format!("k{i}"), format!("${field}"));
+                    }
+                    let mut pipeline = Vec::new();
+                    if let Some(f) = &spec.partial_filter {
+                        pipeline.push(doc! { "$match": f.clone() });
+                    }
+                    pipeline.extend([
+                        doc! { "$group": { "_id": key, "n": { "$sum": 1 } } },
+                        doc! { "$match": { "n": { "$gt": 1 } } },
+                        doc! { "$limit": 1 },
+                    ]);
+                    let mut cursor = self.coll(&spec.collection).aggregate(pipeline).await?;
+                    futures::TryStreamExt::try_next(&mut cursor)
+                        .await?
+                        .is_some()
+                } else {
+                    false
+                };
                 let note = if there {
                     format!("index {} exists already: the change would fail", spec.name)
+                } else if repeated {
+                    format!(
+                        "unique index {}: documents of {} repeat a key: the change would fail",
+                        spec.name, spec.collection
+                    )
                 } else {
                     format!("index {} would be created", spec.name)
                 };

@@ -188,7 +188,7 @@ pub async fn up(
             for op in &c.up {
                 preview.push(x.preview(aw(op).map_err(ChangesError::Refused)?).await?);
             }
-            let (status, error) = super::ops::preview_status(&preview);
+            let (status, error) = super::ops::preview_status(&mut preview);
             changes.push(AppliedChange {
                 version: c.version,
                 name: c.name.clone(),
