@@ -374,8 +374,10 @@ fn print_verification(v: &crate::verify::EntityVerification) {
     }
     if !v.counts_agree {
         // Said only when the missing and unexpected documents listed do not explain it.
-        let explained =
-            (v.expected + v.unexpected_count).checked_sub(v.missing_count) == Some(v.target);
+        // The rows the target refused when written are expected to be absent (adv25 F4).
+        let explained = (v.expected + v.unexpected_count)
+            .checked_sub(v.missing_count + v.rejected_by_target)
+            == Some(v.target);
         crate::outln!(
             "    counts differ: {} documents expected, {} in the target ({})",
             v.expected,
