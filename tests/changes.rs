@@ -2308,6 +2308,15 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
             "op = \"command\"\ncommand = { aggregate = \"things\", pipeline = [{ \"$out\" = { db = \"elsewhere\", coll = \"x\" } }], cursor = {} }\ndown = { ping = 1 }\n",
             "writes only the database",
         ),
+        // adv27 N3: a copy or a rename into the ledger.
+        (
+            "op = \"command\"\ncommand = { cloneCollectionAsCapped = \"things\", toCollection = \"cutover_changes_copy\", size = 100000 }\ndown = { ping = 1 }\n",
+            "a collection of cutover's ledger",
+        ),
+        (
+            "op = \"command\"\ncommand = { renameCollection = \"x.things\", to = \"x.cutover_lock\" }\ndown = { ping = 1 }\n",
+            "a collection of cutover's ledger",
+        ),
         // adv27 N1: TOML's nan and inf would become null.
         (
             "op = \"set\"\ncollection = \"things\"\nfilter = {}\nfields = { x = nan }\n",

@@ -759,7 +759,9 @@ fn check_path(path: &str, what: &str) -> Result<(), String> {
         return Err(format!("{what} `{path}` is not a field path"));
     }
     if path.starts_with('$') || path.contains(".$") {
-        return Err(format!("{what} `{path}` may not start with `$`"));
+        return Err(format!(
+            "{what} `{path}`: a part starting with `$` (an operator such as `$[]`) is no field path"
+        ));
     }
     if path == "_id" || path.starts_with("_id.") {
         return Err(format!("{what} `{path}`: `_id` cannot be changed"));
@@ -772,7 +774,7 @@ fn check_path(path: &str, what: &str) -> Result<(), String> {
         .find(|s| s.bytes().all(|b| b.is_ascii_digit()))
     {
         return Err(format!(
-            "{what} `{path}`: `{seg}` would be an array position, which this operation cannot undo exactly; use a `transform` (its inverse puts whole documents back)"
+            "{what} `{path}`: `{seg}` would be an array position (a MongoDB path cannot tell it from a field named `{seg}`), which this operation cannot undo exactly; use a `transform` (its inverse puts whole documents back)"
         ));
     }
     Ok(())
@@ -814,6 +816,8 @@ pub fn command_outputs(command: &Document) -> CommandOutputs {
                         "$out" => target(v, "coll", out),
                         "$merge" => target(v, "into", out),
                         "out" => target(v, "coll", out),
+                        // cloneCollectionAsCapped's copy (adv27 N3).
+                        "toCollection" => target(v, "coll", out),
                         _ => walk(v, out),
                     }
                 }
@@ -824,6 +828,13 @@ pub fn command_outputs(command: &Document) -> CommandOutputs {
     }
     let mut out = CommandOutputs::default();
     walk(&Bson::Document(command.clone()), &mut out);
+    // renameCollection names namespaces: `db.collection`.
+    if command.contains_key("renameCollection")
+        && let Ok(to) = command.get_str("to")
+        && let Some((_, coll)) = to.split_once('.')
+    {
+        out.collections.push(coll.to_string());
+    }
     out
 }
 
