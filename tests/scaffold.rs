@@ -948,7 +948,8 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
             "late",
             "odd",
             "sampled",
-            "system.users"
+            "system.users",
+            "子表"
         ],
         "k_ci's key is under a non-deterministic collation: left out"
     );
@@ -986,6 +987,11 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
         .map(|t| s(&aw_drafts[*t], "collection").unwrap().to_lowercase())
         .collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
+    // An embedding proposal's paths fit Appwrite too (adv26 F12): taken, check passes.
+    let carts = std::fs::read_to_string(out.join("mappings/carts.toml")).unwrap();
+    for line in carts.lines().filter(|l| l.starts_with("# path = ")) {
+        assert!(line.is_ascii(), "{line}\n{carts}");
+    }
     assert_eq!(aw.rows(&db, "sampled").len(), 3);
     let items = aw.rows(&db, "orderItems");
     assert_eq!(items.len(), 1);
@@ -1047,6 +1053,8 @@ CREATE TABLE cart_items (id int PRIMARY KEY, cart_id int REFERENCES carts ON DEL
                          sku text);
 INSERT INTO carts VALUES (1, 'a');
 INSERT INTO cart_items VALUES (1, 1, 'x'), (2, NULL, 'y');
+CREATE TABLE "子表" (id int PRIMARY KEY, cart_id int NOT NULL REFERENCES carts, "值" text);
+INSERT INTO "子表" VALUES (1, 1, 'z');
 CREATE COLLATION odd_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
 CREATE TABLE k_ci (c text COLLATE odd_ci PRIMARY KEY, note text);
 INSERT INTO k_ci VALUES ('Abc', 'a'), ('abd', 'b');

@@ -914,6 +914,15 @@ fn appwrite_fit(name: &str) -> String {
     format!("{head}_{tag}")
 }
 
+/// A field's path among `used`: [`unique_path`], or for Appwrite (whose child tables and
+/// columns are named from it) [`unique_appwrite_key`] (adv26 F12: a proposal's raw child name).
+fn unique_key(used: &mut BTreeSet<String>, base: &str, target: TargetKind) -> String {
+    match target {
+        TargetKind::Appwrite => unique_appwrite_key(used, base),
+        TargetKind::Mongodb => unique_path(used, base),
+    }
+}
+
 /// [`unique_path`] for an Appwrite column key: fitted ([`appwrite_fit`]) and unique without
 /// regard to case (Appwrite compares keys so).
 fn unique_appwrite_key(used: &mut BTreeSet<String>, base: &str) -> String {
@@ -1587,7 +1596,7 @@ fn embed_proposal(
             ),
         );
     }
-    let path = unique_path(paths, &camel(&child.name));
+    let path = unique_key(paths, &camel(&child.name), model.opts.target);
     out.push_str("# [[embed]]\n");
     out.push_str(&format!("# path = {}\n", q(&path)));
     let table = model.catalog.relation_of(child);
@@ -1615,7 +1624,7 @@ fn embed_proposal(
             continue;
         }
         out.push_str("#\n");
-        let path = unique_path(&mut inner, &camel(&col.name));
+        let path = unique_key(&mut inner, &camel(&col.name), model.opts.target);
         field_text_prefixed(
             out,
             "# ",
@@ -1656,7 +1665,7 @@ fn join_proposal(
         .strip_suffix('s')
         .filter(|s| !s.ends_with('s') && !s.is_empty())
         .unwrap_or(&other.ref_table);
-    let path = unique_path(paths, &format!("{}Ids", camel(singular)));
+    let path = unique_key(paths, &format!("{}Ids", camel(singular)), model.opts.target);
     out.push_str("# [[embed]]\n");
     out.push_str(&format!("# path = {}\n", q(&path)));
     let table = model.catalog.relation_of(join);
