@@ -3290,6 +3290,17 @@ async fn a_down_after_a_killed_up_waits_for_the_dead_process_operations_to_stop(
     // Whatever mongod still had to do of the dead process's update, it does not do it now.
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     assert_eq!(hashes(&w).await, before, "{said}");
+    // The killed up stays interrupted in the history once the down finished it (adv27 N8: it
+    // read rolled-back).
+    let history: serde_json::Value =
+        serde_json::from_str(&ok(&changes(&w, "history", &dir, &["--json"]))).unwrap();
+    let up = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["action"] == "up")
+        .unwrap();
+    assert_eq!(up["status"], "interrupted", "{history}");
     w.drop().await;
 }
 

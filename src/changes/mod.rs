@@ -440,7 +440,14 @@ pub async fn history_in(
             // record says whether it ended (the process died between the two writes).
             let r = by_version.get(&e.version);
             e.status = match (e.action.as_str(), r) {
-                ("up", Some(r)) if r.run_id == e.run_id && r.status != RUNNING => r.status.clone(),
+                // How the up ended, when its record says so; a record rolled back since (a
+                // `down` finishing the interrupted change) says nothing of the up (adv27 N8).
+                ("up", Some(r))
+                    if r.run_id == e.run_id
+                        && [APPLIED, FAILED, RESTORE_FAILED].contains(&r.status.as_str()) =>
+                {
+                    r.status.clone()
+                }
                 ("down", Some(r))
                     if r.down_run_id.as_deref() == Some(&e.run_id) && r.status == ROLLED_BACK =>
                 {
