@@ -729,31 +729,11 @@ pub async fn check(
                     };
                     let refused = claimed.is_some();
                     if let Some((key, (rule, message))) = claimed {
-                        let f = tally
-                            .entry((String::new(), rule.into(), "reject".into()))
-                            .or_insert_with(|| Finding {
-                                entity: plan.entity.clone(),
-                                rule: rule.into(),
-                                severity: "reject".into(),
-                                example_key: key,
-                                example: message,
-                                ..Default::default()
-                            });
-                        f.rows += 1;
+                        count_reject(&mut tally, &plan.entity, rule, &key, || message);
                     }
                     let file_refused = file_problem.is_some();
                     if let Some((key, rule, message)) = file_problem {
-                        let f = tally
-                            .entry((String::new(), rule.to_string(), "reject".into()))
-                            .or_insert_with(|| Finding {
-                                entity: plan.entity.clone(),
-                                rule: rule.into(),
-                                severity: "reject".into(),
-                                example_key: key,
-                                example: message,
-                                ..Default::default()
-                            });
-                        f.rows += 1;
+                        count_reject(&mut tally, &plan.entity, rule, &key, || message);
                     }
                     let mut unique_refused = false;
                     if let (Some((key, doc)), Some(spec)) = (&indexed, &table)
@@ -767,21 +747,18 @@ pub async fn check(
                         {
                             Some((index, (first, shown))) => {
                                 unique_refused = true;
-                                let rule = crate::sink::target::RULE_UNIQUE_INDEX;
-                                let f = tally
-                                    .entry((String::new(), rule.into(), "reject".into()))
-                                    .or_insert_with(|| Finding {
-                                        entity: plan.entity.clone(),
-                                        rule: rule.into(),
-                                        severity: "reject".into(),
-                                        example_key: key.clone(),
-                                        example: format!(
+                                count_reject(
+                                    &mut tally,
+                                    &plan.entity,
+                                    crate::sink::target::RULE_UNIQUE_INDEX,
+                                    key,
+                                    || {
+                                        format!(
                                             "Appwrite's unique index `{index}` of table {} refuses the row: row {first} holds its key [{shown}] (the row written first keeps it; text compares without case, accents or trailing spaces; NULLs repeat freely)",
                                             spec.id
-                                        ),
-                                        ..Default::default()
-                                    });
-                                f.rows += 1;
+                                        )
+                                    },
+                                );
                             }
                             None => {
                                 for u in &mut table_uniques {
@@ -799,21 +776,18 @@ pub async fn check(
                             .find_map(|u| u.repeats(doc).map(|r| (u.name.clone(), r)))
                     {
                         unique_refused = true;
-                        let rule = crate::sink::target::RULE_DUPLICATE_KEY;
-                        let f = tally
-                            .entry((String::new(), rule.into(), "reject".into()))
-                            .or_insert_with(|| Finding {
-                                entity: plan.entity.clone(),
-                                rule: rule.into(),
-                                severity: "reject".into(),
-                                example_key: key.clone(),
-                                example: format!(
+                        count_reject(
+                            &mut tally,
+                            &plan.entity,
+                            crate::sink::target::RULE_DUPLICATE_KEY,
+                            key,
+                            || {
+                                format!(
                                     "MongoDB's unique index `{index}` of {} (there from an earlier run) refuses the document: row {first} holds its key [{shown}] (the first in key order keeps it)",
                                     plan.collection
-                                ),
-                                ..Default::default()
-                            });
-                        f.rows += 1;
+                                )
+                            },
+                        );
                     }
                     let rejected = rejected || unique_refused;
                     ec.rejected_rows += u64::from(rejected || refused || file_refused);
@@ -1166,6 +1140,28 @@ fn scan_row(
         f.rows += u64::from(first);
     }
     rejected
+}
+
+/// Counts one row of `entity` rejected under `rule` into `tally`: the first such row (`key`)
+/// gives the finding its example.
+fn count_reject(
+    tally: &mut BTreeMap<(String, String, String), Finding>,
+    entity: &str,
+    rule: &str,
+    key: &str,
+    example: impl FnOnce() -> String,
+) {
+    let f = tally
+        .entry((String::new(), rule.to_string(), "reject".into()))
+        .or_insert_with(|| Finding {
+            entity: entity.to_string(),
+            rule: rule.to_string(),
+            severity: "reject".into(),
+            example_key: key.to_string(),
+            example: example(),
+            ..Default::default()
+        });
+    f.rows += 1;
 }
 
 #[cfg(test)]

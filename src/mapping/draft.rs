@@ -181,15 +181,7 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
     if opts.target == TargetKind::Appwrite {
         let mut taken: BTreeSet<String> = BTreeSet::new();
         for (name, why) in collections.values_mut() {
-            let fitted = appwrite_fit(name);
-            let mut id = fitted.clone();
-            let mut n = 2;
-            while !taken.insert(id.to_lowercase()) {
-                let suffix = n.to_string();
-                let head: String = fitted.chars().take(36 - suffix.len()).collect();
-                id = format!("{head}{suffix}");
-                n += 1;
-            }
+            let id = unique_appwrite_key(&mut taken, name);
             if id != *name {
                 let said = format!(
                     "`{name}` as an Appwrite table id: at most 36 of A-Z, a-z, 0-9 and `_`, unique whatever the case."
