@@ -1312,13 +1312,84 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // Past a checkpoint: it has done something the numbers must show.
+    loop {
+        let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
+        if v["run"]["read"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(v["run"]["status"], "running", "{v}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60) && killed.try_wait().unwrap().is_none(),
+            "{v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     killed.kill().unwrap();
     killed.wait().unwrap();
     let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
     assert_eq!(v["status"], "interrupted", "{v}");
+    // One picture (adv22 F8, adv27 N9): the run itself too, with its counts and time up to its
+    // last checkpoint — as the list shows it.
+    assert_eq!(v["run"]["status"], "interrupted", "{v}");
+    let killed_read = v["run"]["read"].as_u64().unwrap();
+    assert!(killed_read > 0, "{v}");
+    assert!(v["run"]["duration_ms"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["entities"][0]["thisRun"]["read"], killed_read, "{v}");
+    assert_eq!(v["entities"][0]["read"], killed_read, "{v}");
     let (_, list) = api.get("/api/runs").await;
     assert_eq!(list["runs"][0]["status"], "interrupted", "{list}");
+    assert_eq!(list["runs"][0]["read"], killed_read, "{list}");
     assert_eq!(list["runs"][0]["hasReport"], false, "{list}");
+
+    // The run that resumes it: the entity whole, this run's part and the part it resumed, each
+    // said so, and a rate of this run's rows over this run's time.
+    let out = w
+        .cutover()
+        .args([
+            "migrate",
+            "immunizations",
+            "--quiet",
+            "--pipeline",
+            &pipeline,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "{}",
+        common::output_text(&out)
+    );
+    let (_, list) = api.get("/api/runs").await;
+    let resume = list["runs"][0]["run_id"].as_str().unwrap().to_string();
+    assert_ne!(resume, run_id);
+    let (_, v) = api.get(&format!("/api/runs/{resume}")).await;
+    let run = &v["run"];
+    let e = &v["entities"][0];
+    let n = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(e["resumed"]["fromRun"], run_id.as_str(), "{v}");
+    assert_eq!(run["resumed"][0]["from_run"], run_id.as_str(), "{v}");
+    assert!(run["countsNote"].is_string(), "{v}");
+    let resumed_rows = n(&e["resumed"]["rows"]);
+    assert_eq!(resumed_rows, n(&run["resumed"][0]["rows"]), "{v}");
+    assert_eq!(n(&e["thisRun"]["read"]), n(&run["read"]), "{v}");
+    assert_eq!(n(&e["read"]), n(&run["read"]) + resumed_rows, "{v}");
+    assert_eq!(list["runs"][0]["read"], run["read"], "{list}");
+    let rate =
+        n(&e["thisRun"]["read"]) as f64 * 1000.0 / n(&e["thisRun"]["durationMs"]).max(1) as f64;
+    assert!(
+        (e["rowsPerSecond"].as_f64().unwrap() - rate).abs() <= 0.1,
+        "{v}"
+    );
+    let (s, md) = api
+        .get(&format!("/api/runs/{resume}/report?format=md"))
+        .await;
+    assert_eq!(s, 200, "{md}");
+    let md = md.as_str().unwrap();
+    assert!(
+        md.contains(&format!("resumed run {run_id} after {resumed_rows} rows")),
+        "{md}"
+    );
     assert!(second.stop().success());
     assert!(server.stop().success());
     w.drop().await;

@@ -123,15 +123,8 @@ pub fn current_steps(steps: &[StepRecord]) -> BTreeMap<String, StepRecord> {
 /// unfinished one its checkpoint (rows past it are read again by the run that resumes it), both
 /// without the rows of the step it resumed.
 pub fn own_counts(s: &StepRecord, steps: &[StepRecord]) -> (i64, i64, i64, i64) {
-    let (base_rows, base_rejected) = s
-        .resumed_from
-        .as_deref()
-        .and_then(|from| {
-            steps
-                .iter()
-                .find(|p| p.run_id == from && p.entity == s.entity)
-        })
-        .map_or((0, 0), |p| (p.checkpoint_rows, p.checkpoint_rejected));
+    let (base_rows, base_rejected) =
+        resumed_part(s, steps).map_or((0, 0), |p| (p.rows, p.rejected));
     let (read, rejected, skipped) = if s.status == COMPLETED {
         (s.read, s.rejected, s.skipped)
     } else if unfinished(&s.status) {
@@ -143,6 +136,57 @@ pub fn own_counts(s: &StepRecord, steps: &[StepRecord]) -> (i64, i64, i64, i64) 
     let rejected = (rejected - base_rejected).max(0);
     let skipped = skipped.max(0);
     (read, (read - rejected - skipped).max(0), rejected, skipped)
+}
+
+/// The part of its entity a step resumed: the rows the interrupted step it continues had
+/// covered by its checkpoint, and how many of them were rejected.
+pub fn resumed_part(s: &StepRecord, steps: &[StepRecord]) -> Option<ResumedPart> {
+    let from = s.resumed_from.as_deref()?;
+    let p = steps
+        .iter()
+        .find(|p| p.run_id == from && p.entity == s.entity)?;
+    Some(ResumedPart {
+        entity: s.entity.clone(),
+        from_run: from.to_string(),
+        rows: p.checkpoint_rows,
+        rejected: p.checkpoint_rejected,
+    })
+}
+
+/// What a run did itself, summed over its steps as [`own_counts`] counts each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnCounts {
+    pub read: i64,
+    pub written: i64,
+    pub rejected: i64,
+    pub skipped: i64,
+}
+
+/// What run `run_id` did itself (its completed steps, its unfinished ones up to their
+/// checkpoints, without the parts they resumed), and when its last checkpoint was saved.
+pub fn run_own_counts(run_id: &str, steps: &[StepRecord]) -> (OwnCounts, Option<String>) {
+    let mut c = OwnCounts::default();
+    let mut last: Option<String> = None;
+    for s in steps.iter().filter(|s| s.run_id == run_id) {
+        let (r, w, j, k) = own_counts(s, steps);
+        c.read += r;
+        c.written += w;
+        c.rejected += j;
+        c.skipped += k;
+        // RFC 3339 with fixed-width milliseconds: the texts sort as the instants do.
+        for t in [&s.checkpoint_at, &s.finished_at].into_iter().flatten() {
+            if last.as_ref().is_none_or(|l| t > l) {
+                last = Some(t.clone());
+            }
+        }
+    }
+    (c, last)
+}
+
+/// Milliseconds from `from` to `to` (RFC 3339 texts), when both parse.
+pub fn millis_between(from: Option<&str>, to: Option<&str>) -> Option<i64> {
+    let at = |t: Option<&str>| chrono::DateTime::parse_from_rfc3339(t?).ok();
+    Some((at(to)? - at(from)?).num_milliseconds().max(0))
 }
 
 /// One step (an entity within a run) as the ledger holds it.
@@ -180,6 +224,8 @@ pub struct StepRecord {
     pub reversible: bool,
     /// Key values (as text) below which everything is written, and how many source rows that is.
     pub checkpoint_key: Option<Vec<String>>,
+    /// When the last checkpoint was saved (RFC 3339): how far a killed step got, in time.
+    pub checkpoint_at: Option<String>,
     pub checkpoint_rows: i64,
     /// Of those rows, how many were rejected and how many written with warnings (this step's
     /// and the steps it continues), and how many of this step's own batches the checkpoint
@@ -295,6 +341,7 @@ impl StepRecord {
             backup: None,
             reversible: true,
             checkpoint_key: None,
+            checkpoint_at: None,
             checkpoint_rows: 0,
             checkpoint_rejected: 0,
             checkpoint_warned: 0,
@@ -345,6 +392,7 @@ impl StepRecord {
                     .map(|v| v.as_str().unwrap_or_default().to_string())
                     .collect()
             }),
+            checkpoint_at: date_text(d, "checkpoint_at"),
             checkpoint_rows: int(d, "checkpoint_rows"),
             checkpoint_rejected: int(d, "checkpoint_rejected"),
             checkpoint_warned: int(d, "checkpoint_warned"),
@@ -862,25 +910,19 @@ impl Ledger {
             if id != run_id && text(&d, "status") == RUNNING {
                 // What the run itself did: its completed steps, and its unfinished ones up to
                 // their checkpoints — each without the part it resumed (counted by the run
-                // that did it), so that history counts every row once.
-                let (mut read, mut written, mut rejected, mut skipped) = (0, 0, 0, 0);
-                for s in steps.iter().filter(|s| s.run_id == id) {
-                    let (r, w, j, k) = own_counts(s, &steps);
-                    read += r;
-                    written += w;
-                    rejected += j;
-                    skipped += k;
+                // that did it), so that history counts every row once; and how long it ran
+                // until its last checkpoint.
+                let (own, last) = run_own_counts(&id, &steps);
+                let mut set = doc! {
+                    "status": INTERRUPTED, "error": &why, "interrupted_at": bson::DateTime::now(),
+                    "read": own.read, "written": own.written, "rejected": own.rejected, "skipped": own.skipped,
+                };
+                let started = date_text(&d, "started_at");
+                if let Some(ms) = millis_between(started.as_deref(), last.as_deref()) {
+                    set.insert("duration_ms", ms);
                 }
-                self.set(
-                    "mark run interrupted",
-                    &self.runs(),
-                    &id,
-                    doc! {
-                        "status": INTERRUPTED, "error": &why, "interrupted_at": bson::DateTime::now(),
-                        "read": read, "written": written, "rejected": rejected, "skipped": skipped,
-                    },
-                )
-                .await?;
+                self.set("mark run interrupted", &self.runs(), &id, set)
+                    .await?;
                 marked.push(id);
             }
         }

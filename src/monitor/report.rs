@@ -380,24 +380,11 @@ impl RunReport {
     }
 
     /// The human summary table.
-    pub fn render_text(&self) -> String {
+    /// What the entity table does not say, a line per fact: backups, deltas, files, rejects by
+    /// rule, indexes, deletions, orphans, failed batches, stale documents, and the parts of an
+    /// entity another run read (a resumed or completed step) — the same lines in every format.
+    pub fn entity_notes(&self) -> Vec<String> {
         let mut s = String::new();
-        let mode = if self.dry_run {
-            " (dry run: nothing was written)"
-        } else {
-            ""
-        };
-        let _ = writeln!(s, "cutover run {} → {}{mode}", self.run_id, self.target);
-        // A stage that did not complete says so after its success rate.
-        let table = self.entity_table("", |e| {
-            if e.status == "completed" {
-                String::new()
-            } else {
-                e.status.clone()
-            }
-        });
-        s.push_str(&table.text(""));
-        let t = &self.totals;
         for e in &self.entities {
             match (&e.backup, &e.backup_by) {
                 (Some(b), Some(by)) if *by != self.run_id => {
@@ -513,15 +500,41 @@ impl RunReport {
                 let _ = writeln!(s, "{}: run as interrupted {run} was asked", e.name);
             }
             if let Some(from) = &e.resumed_from {
+                let own = e.read.saturating_sub(e.resumed_after_rows);
                 let _ = writeln!(
                     s,
-                    "{}: resumed run {from} after {} rows ({} written, {} rejected; counted above, their rejects copied into this run's file)",
+                    "{}: resumed run {from} after {} rows ({} written, {} rejected; counted above, their rejects copied into this run's file); this run read the other {own} in {} — its rows/s is of those",
                     e.name,
                     e.resumed_after_rows,
                     e.resumed_after_rows - e.resumed_after_rejected.min(e.resumed_after_rows),
-                    e.resumed_after_rejected
+                    e.resumed_after_rejected,
+                    format_ms(e.duration_ms)
                 );
             }
+        }
+        s.lines().map(str::to_string).collect()
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let mode = if self.dry_run {
+            " (dry run: nothing was written)"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "cutover run {} → {}{mode}", self.run_id, self.target);
+        // A stage that did not complete says so after its success rate.
+        let table = self.entity_table("", |e| {
+            if e.status == "completed" {
+                String::new()
+            } else {
+                e.status.clone()
+            }
+        });
+        s.push_str(&table.text(""));
+        let t = &self.totals;
+        for note in self.entity_notes() {
+            let _ = writeln!(s, "{note}");
         }
         if !self.already_applied.is_empty() {
             let _ = writeln!(

@@ -420,6 +420,12 @@ impl SignOff {
             if r.dry_run { " (dry run)" } else { "" }
         );
         s.push_str(&m.entities.markdown());
+        if !m.entity_notes.is_empty() {
+            s.push('\n');
+            for n in &m.entity_notes {
+                let _ = writeln!(s, "- {}", md_escape(n));
+            }
+        }
         let _ = writeln!(s, "\n## Verification\n\n{}\n", md_escape(&m.verified_line));
         if let Some(t) = &m.verification {
             s.push_str(&t.markdown());
@@ -500,6 +506,9 @@ impl SignOff {
                     (throughput_chart(r))
                     h2 { "Per entity" }
                     (m.entities.html())
+                    @if !m.entity_notes.is_empty() {
+                        ul class="notes" { @for n in &m.entity_notes { li { (n) } } }
+                    }
                     @for (title, table) in [("Rejected rows by rule", &m.rejects), ("Warnings by rule", &m.warnings)] {
                         h2 { (title) }
                         @if table.rows.is_empty() { p class="muted" { "none" } } @else { (table.html()) }
@@ -566,6 +575,7 @@ impl SignOff {
         };
         let mut m = Model {
             entities,
+            entity_notes: r.entity_notes(),
             verified_line: self.not_verified(),
             verification: None,
             verification_notes: Vec::new(),
@@ -660,6 +670,8 @@ impl SignOff {
 /// What every format of the sign-off shows (see [`SignOff::model`]).
 struct Model {
     entities: Table,
+    /// What the entity table does not say (backups, rejects by rule, resumed parts…).
+    entity_notes: Vec<String>,
     /// PASSED/FAILED, when and where — or why there is no verification.
     verified_line: String,
     verification: Option<Table>,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::State;
 use super::api::{ApiError, Json, Path, Query};
 use crate::cli::{Command, PipelineArgs};
-use crate::ledger::{self, StepRecord};
+use crate::ledger::{self, RunRecord, StepRecord};
 
 /// How many runs started through the API this process remembers.
 const KEEP_SERVED: usize = 100;
@@ -91,6 +91,8 @@ pub async fn list(
         )));
     }
     let recorded = state.ledger.runs_newest_first(limit, status).await?;
+    let steps = state.ledger.all_steps().await?;
+    let live = live_run(&state).await;
     let mine = served(&state);
     // Runs started here that no ledger holds (dry runs, or not started yet) among the ledger's,
     // all newest first (run ids begin with their start time).
@@ -100,24 +102,17 @@ pub async fn list(
         .filter(|s| status.is_none_or(|st| s.state == st))
         .map(|s| json!({"run_id": s.run_id, "status": s.state, "dry_run": s.dry_run, "started_at": s.started_at, "entities": s.stages, "served": s}))
         .collect();
+    let now = chrono::Utc::now().timestamp_millis();
     for r in &recorded {
-        let mut v = serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string()))?;
+        let served_running = mine
+            .iter()
+            .any(|s| s.run_id == r.run_id && s.state == "running");
+        let dead = gone(r, served_running, live.as_deref());
+        let mut v = run_json(r, &steps, now, dead)?;
         if let Some(s) = mine.iter().find(|s| s.run_id == r.run_id) {
             v["served"] = json!(s);
         }
         runs.push(v);
-    }
-    // A run the ledger still calls running whose process is gone (killed; the next run records
-    // it interrupted) is not shown as live.
-    let live = live_run(&state).await;
-    for r in &mut runs {
-        let id = r["run_id"].as_str().unwrap_or_default().to_string();
-        let served_running = mine.iter().any(|s| s.run_id == id && s.state == "running");
-        if r["status"] == "running" && !served_running && live.as_deref() != Some(id.as_str()) {
-            r["status"] = json!(ledger::INTERRUPTED);
-            r["statusNote"] =
-                json!("its process is gone: the next run records it interrupted and resumes it");
-        }
     }
     runs.sort_by(|a, b| {
         b["run_id"]
@@ -150,15 +145,71 @@ async fn live_run(state: &State) -> Option<String> {
         .map(|h| h.run_id)
 }
 
+/// Whether a run the ledger still calls running has no process any more (killed; the next
+/// run records it interrupted): it is shown interrupted, not live.
+fn gone(r: &RunRecord, served_running: bool, live: Option<&str>) -> bool {
+    r.status == ledger::RUNNING && !served_running && live != Some(r.run_id.as_str())
+}
+
+/// A run as the API shows it: the ledger's record — while it runs, or when its process died
+/// before it ended, with its counts so far from its steps (what it read itself, as the ledger
+/// records once it ends) — and the parts it resumed, with a note that says what its counts
+/// count.
+fn run_json(
+    r: &RunRecord,
+    steps: &[StepRecord],
+    now_ms: i64,
+    dead: bool,
+) -> Result<Value, ApiError> {
+    let mut r = r.clone();
+    if r.status == ledger::RUNNING {
+        let (own, last) = ledger::run_own_counts(&r.run_id, steps);
+        (r.read, r.written, r.rejected, r.skipped) =
+            (own.read, own.written, own.rejected, own.skipped);
+        r.duration_ms = if dead {
+            // Up to its last checkpoint: what it is known to have done.
+            ledger::millis_between(r.started_at.as_deref(), last.as_deref()).unwrap_or(0)
+        } else {
+            millis_of(r.started_at.as_deref()).map_or(0, |t| (now_ms - t).max(0))
+        };
+        if dead {
+            r.status = ledger::INTERRUPTED.to_string();
+        }
+    }
+    if r.resumed.is_empty() {
+        r.resumed = steps
+            .iter()
+            .filter(|s| s.run_id == r.run_id)
+            .filter_map(|s| ledger::resumed_part(s, steps))
+            .collect();
+    }
+    let mut v = serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))?;
+    if dead {
+        v["statusNote"] = json!(
+            "its process is gone: the next run records it interrupted and resumes it; its counts and duration are up to its last checkpoint"
+        );
+    }
+    if !r.resumed.is_empty() {
+        v["countsNote"] = json!(RESUMED_COUNTS);
+    }
+    Ok(v)
+}
+
+/// What the counts of a run that resumed an interrupted one count.
+const RESUMED_COUNTS: &str = "read, written, rejected and skipped count the rows this run read itself; the parts it resumed (`resumed`) are counted by the runs that read them; each entity's `read`… and the report count the entity whole, its `thisRun` this run's part, and `rowsPerSecond` is this run's rows over this run's time";
+
 fn millis_of(rfc3339: Option<&str>) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(rfc3339?)
         .ok()
         .map(|t| t.timestamp_millis())
 }
 
-/// One entity's progress: what its step wrote so far (its checkpoint while it runs, its counts
-/// once it ended), its rate and, while it runs, the time left at that rate.
-fn progress(s: &StepRecord, now_ms: i64) -> Value {
+/// One entity's progress: what its step covered so far (its checkpoint while it runs, its
+/// counts once it ended) — the entity whole, the part it resumed included, as the report counts
+/// it — what this run read itself (`thisRun`), the rate of that part over this run's time and,
+/// while it runs, the time left at that rate. A step whose process died (`dead`) is shown
+/// interrupted, with its time up to its last checkpoint.
+fn progress(s: &StepRecord, steps: &[StepRecord], now_ms: i64, dead: bool) -> Value {
     let running = s.status == ledger::RUNNING;
     let (read, rejected, written) = if running {
         let read = s.checkpoint_rows;
@@ -167,26 +218,43 @@ fn progress(s: &StepRecord, now_ms: i64) -> Value {
     } else {
         (s.read, s.rejected, s.written)
     };
-    let elapsed_ms = if running {
-        millis_of(s.started_at.as_deref()).map_or(0, |t| (now_ms - t).max(0))
-    } else {
-        s.duration_ms
+    let (own_read, own_written, own_rejected, own_skipped) = ledger::own_counts(s, steps);
+    let elapsed_ms = match (running, dead) {
+        (true, false) => millis_of(s.started_at.as_deref()).map_or(0, |t| (now_ms - t).max(0)),
+        (true, true) => {
+            ledger::millis_between(s.started_at.as_deref(), s.checkpoint_at.as_deref()).unwrap_or(0)
+        }
+        (false, _) => s.duration_ms,
     };
     let rate = if elapsed_ms > 0 {
-        read as f64 * 1000.0 / elapsed_ms as f64
+        own_read as f64 * 1000.0 / elapsed_ms as f64
     } else {
         0.0
     };
-    let eta = (running && rate > 0.0 && s.total > read)
+    let live = running && !dead;
+    let eta = (live && rate > 0.0 && s.total > read)
         .then(|| ((s.total - read) as f64 / rate).ceil() as i64);
+    let status = if running && dead {
+        ledger::INTERRUPTED
+    } else {
+        s.status.as_str()
+    };
     json!({
         "entity": s.entity,
-        "status": s.status,
+        "status": status,
         "read": read,
         "written": written,
         "rejected": rejected,
         "skipped": if running { 0 } else { s.skipped },
         "total": s.total,
+        "thisRun": {
+            "read": own_read,
+            "written": own_written,
+            "rejected": own_rejected,
+            "skipped": own_skipped,
+            "durationMs": elapsed_ms,
+        },
+        "resumed": ledger::resumed_part(s, steps).map(|p| json!({"fromRun": p.from_run, "rows": p.rows, "rejected": p.rejected})),
         "rowsPerSecond": (rate * 10.0).round() / 10.0,
         "etaSeconds": eta,
         "startedAt": s.started_at,
@@ -227,19 +295,22 @@ pub async fn get(
         .await?
         .into_iter()
         .find(|r| r.run_id == id);
-    let steps: Vec<StepRecord> = state
-        .ledger
-        .all_steps()
-        .await?
-        .into_iter()
-        .filter(|s| s.run_id == id)
-        .collect();
+    let all_steps = state.ledger.all_steps().await?;
+    let steps: Vec<&StepRecord> = all_steps.iter().filter(|s| s.run_id == id).collect();
     let report = report_file(&state, id);
     if record.is_none() && mine.is_none() && report.is_none() {
         return Err(ApiError::not_found(format!("no run {id}")));
     }
     let now = chrono::Utc::now().timestamp_millis();
-    let mut entities: Vec<Value> = steps.iter().map(|s| progress(s, now)).collect();
+    let served_running = mine.as_ref().is_some_and(|s| s.state == "running");
+    let live = live_run(&state).await;
+    let dead = record
+        .as_ref()
+        .is_some_and(|r| gone(r, served_running, live.as_deref()));
+    let mut entities: Vec<Value> = steps
+        .iter()
+        .map(|s| progress(s, &all_steps, now, dead))
+        .collect();
     if entities.is_empty()
         && let Some(r) = &report
     {
@@ -250,29 +321,23 @@ pub async fn get(
             .map(|e| json!({"entity": e.name, "status": e.status, "read": e.read, "written": e.written, "rejected": e.rejected, "skipped": e.skipped, "total": e.total, "rowsPerSecond": e.rows_per_sec, "etaSeconds": null}))
             .collect();
     }
-    let mut status = match (&mine, &record, &report) {
+    let status = match (&mine, &record, &report) {
         (Some(s), _, _) if s.state == "running" => "running".to_string(),
+        (_, Some(_), _) if dead => ledger::INTERRUPTED.to_string(),
         (_, Some(r), _) => r.status.clone(),
         (_, None, Some(r)) => r.status.clone(),
         (Some(s), None, None) => s.state.clone(),
         (None, None, None) => "unknown".to_string(),
     };
-    let served_running = mine.as_ref().is_some_and(|s| s.state == "running");
-    if status == "running" && !served_running && live_run(&state).await.as_deref() != Some(id) {
-        // Killed: what it did stays, nothing more is coming.
-        status = ledger::INTERRUPTED.to_string();
-        for e in &mut entities {
-            if e["status"] == "running" {
-                e["status"] = json!(ledger::INTERRUPTED);
-                e["etaSeconds"] = Value::Null;
-            }
-        }
-    }
+    let run = record
+        .as_ref()
+        .map(|r| run_json(r, &all_steps, now, dead))
+        .transpose()?;
     Ok(axum::Json(json!({
         "runId": id,
         "status": status,
         "dryRun": mine.as_ref().map(|s| s.dry_run).or(report.as_ref().map(|r| r.dry_run)).unwrap_or(false),
-        "run": record,
+        "run": run,
         "served": mine,
         "entities": entities,
         "reports": {
@@ -587,18 +652,101 @@ mod tests {
     #[test]
     fn a_running_step_counts_its_checkpoint_and_the_time_left_at_its_rate() {
         // 300 rows in 3 s: 100 rows/s, 900 rows left, 9 s.
-        let p = progress(&step(ledger::RUNNING), 1_003_000);
+        let running = step(ledger::RUNNING);
+        let p = progress(&running, &[running.clone()], 1_003_000, false);
         assert_eq!(
             (&p["read"], &p["written"], &p["rejected"]),
             (&json!(300), &json!(297), &json!(3))
         );
+        assert_eq!(p["thisRun"]["read"], json!(300));
         assert_eq!(p["rowsPerSecond"], json!(100.0));
         assert_eq!(p["etaSeconds"], json!(9));
+        assert_eq!(p["resumed"], Value::Null);
+        // Its process died 2 s in, at its last checkpoint: interrupted, its rate up to there.
+        let mut dead = running.clone();
+        dead.checkpoint_at = Some("1970-01-01T00:16:42.000Z".into());
+        let p = progress(&dead, &[dead.clone()], 9_999_999, true);
+        assert_eq!(p["status"], json!(ledger::INTERRUPTED));
+        assert_eq!(p["rowsPerSecond"], json!(150.0));
+        assert_eq!(p["etaSeconds"], Value::Null);
         // Ended: its own counts, no time left.
-        let p = progress(&step(ledger::COMPLETED), 9_999_999);
+        let done = step(ledger::COMPLETED);
+        let p = progress(&done, &[done.clone()], 9_999_999, false);
         assert_eq!((&p["read"], &p["written"]), (&json!(1200), &json!(1190)));
         assert_eq!(p["rowsPerSecond"], json!(300.0));
         assert_eq!(p["etaSeconds"], Value::Null);
+    }
+
+    #[test]
+    fn a_resumed_step_counts_the_entity_whole_and_its_rate_over_its_own_part() {
+        // r0 was killed after 500 rows (5 rejected); r1 resumed it.
+        let mut before = step(ledger::INTERRUPTED);
+        (before.id, before.run_id) = ("r0:patients".into(), "r0".into());
+        (before.checkpoint_rows, before.checkpoint_rejected) = (500, 5);
+        let resumed = |status: &str| StepRecord {
+            resumed_from: Some("r0".into()),
+            ..step(status)
+        };
+        // Ended: 1200 rows in all, 700 of them read by r1 in 4 s.
+        let done = resumed(ledger::COMPLETED);
+        let steps = [before.clone(), done.clone()];
+        let p = progress(&done, &steps, 9_999_999, false);
+        assert_eq!(
+            (&p["read"], &p["written"], &p["rejected"]),
+            (&json!(1200), &json!(1190), &json!(10))
+        );
+        assert_eq!(
+            p["thisRun"],
+            json!({"read": 700, "written": 695, "rejected": 5, "skipped": 0, "durationMs": 4000})
+        );
+        assert_eq!(
+            p["resumed"],
+            json!({"fromRun": "r0", "rows": 500, "rejected": 5})
+        );
+        assert_eq!(p["rowsPerSecond"], json!(175.0));
+        // Running: its checkpoint at 800 rows, 300 of them its own in 3 s; 400 left at 100/s.
+        let mut running = resumed(ledger::RUNNING);
+        running.checkpoint_rows = 800;
+        let steps = [before.clone(), running.clone()];
+        let p = progress(&running, &steps, 1_003_000, false);
+        assert_eq!(p["read"], json!(800));
+        assert_eq!(p["thisRun"]["read"], json!(300));
+        assert_eq!(p["rowsPerSecond"], json!(100.0));
+        assert_eq!(p["etaSeconds"], json!(4));
+        // The run: its own part, the part it resumed named, and a note saying so.
+        let run = RunRecord {
+            run_id: "r".into(),
+            run_number: 2,
+            pipeline: "p".into(),
+            entities: vec!["patients".into()],
+            status: ledger::RUNNING.into(),
+            started_at: Some("1970-01-01T00:16:40.000Z".into()),
+            finished_at: None,
+            duration_ms: 0,
+            read: 0,
+            written: 0,
+            rejected: 0,
+            skipped: 0,
+            not_started: Vec::new(),
+            resumed: Vec::new(),
+            host: String::new(),
+            intent: Default::default(),
+        };
+        let v = run_json(&run, &steps, 1_003_000, false).unwrap();
+        assert_eq!(
+            (&v["read"], &v["status"], &v["duration_ms"]),
+            (&json!(300), &json!("running"), &json!(3000))
+        );
+        assert_eq!(v["resumed"][0]["rows"], json!(500));
+        assert!(v["countsNote"].is_string());
+        let mut dead = running.clone();
+        dead.checkpoint_at = Some("1970-01-01T00:16:42.000Z".into());
+        let v = run_json(&run, &[before, dead], 9_999_999, true).unwrap();
+        assert_eq!(
+            (&v["read"], &v["status"], &v["duration_ms"]),
+            (&json!(300), &json!("interrupted"), &json!(2000))
+        );
+        assert!(v["statusNote"].is_string());
     }
 
     #[test]
