@@ -653,7 +653,7 @@ mod tests {
     fn a_running_step_counts_its_checkpoint_and_the_time_left_at_its_rate() {
         // 300 rows in 3 s: 100 rows/s, 900 rows left, 9 s.
         let running = step(ledger::RUNNING);
-        let p = progress(&running, &[running.clone()], 1_003_000, false);
+        let p = progress(&running, std::slice::from_ref(&running), 1_003_000, false);
         assert_eq!(
             (&p["read"], &p["written"], &p["rejected"]),
             (&json!(300), &json!(297), &json!(3))
@@ -665,13 +665,13 @@ mod tests {
         // Its process died 2 s in, at its last checkpoint: interrupted, its rate up to there.
         let mut dead = running.clone();
         dead.checkpoint_at = Some("1970-01-01T00:16:42.000Z".into());
-        let p = progress(&dead, &[dead.clone()], 9_999_999, true);
+        let p = progress(&dead, std::slice::from_ref(&dead), 9_999_999, true);
         assert_eq!(p["status"], json!(ledger::INTERRUPTED));
         assert_eq!(p["rowsPerSecond"], json!(150.0));
         assert_eq!(p["etaSeconds"], Value::Null);
         // Ended: its own counts, no time left.
         let done = step(ledger::COMPLETED);
-        let p = progress(&done, &[done.clone()], 9_999_999, false);
+        let p = progress(&done, std::slice::from_ref(&done), 9_999_999, false);
         assert_eq!((&p["read"], &p["written"]), (&json!(1200), &json!(1190)));
         assert_eq!(p["rowsPerSecond"], json!(300.0));
         assert_eq!(p["etaSeconds"], Value::Null);
