@@ -623,6 +623,36 @@ async fn changes_up_is_refused_while_a_migrate_holds_the_lock_and_migrate_while_
     locks.delete_many(doc! {}).await.unwrap();
     ok(&changes(&w, "up", &dir, &[]));
     assert_eq!(states(&w, &dir), [("1".to_string(), "applied".to_string())]);
+
+    // A rollback while another holds the lock is refused before it says what it would roll
+    // back (adv22 F10: "rolling back kinds …" came first, and nothing was).
+    ok(&w.migrate_with(&pipeline, &[]));
+    locks.insert_one(lock("changes up")).await.unwrap();
+    let out = w
+        .cutover()
+        .arg("rollback")
+        .arg("kinds")
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = refused(&out);
+    assert!(
+        text.contains("(changes up) on host another-host") && !text.contains("rolling back"),
+        "{text}"
+    );
+    assert_eq!(w.count("kinds").await, 1);
+    locks.delete_many(doc! {}).await.unwrap();
+    let out = w
+        .cutover()
+        .arg("rollback")
+        .arg("kinds")
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(ok(&out).contains("rolling back kinds"));
+    assert_eq!(w.count("kinds").await, 0);
     w.drop().await;
 }
 

@@ -17,18 +17,43 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
         all: args.all,
         cascade: args.cascade,
     };
-    let undo = rollback::plan(&pipeline, &ledger, &req).await?;
-    if undo.is_empty() {
-        crate::outln!("nothing to roll back");
+    if args.dry_run {
+        let undo = rollback::plan(&pipeline, &ledger, &req).await?;
+        if undo.is_empty() {
+            crate::outln!("nothing to roll back");
+            return Ok(Outcome::Success);
+        }
+        refuse_discarding_changes(&ledger, &undo, args.ignore_changes).await?;
+        say(&undo, "would roll back");
         return Ok(Outcome::Success);
     }
-    refuse_discarding_changes(&ledger, &undo, args.ignore_changes).await?;
-    let verb = if args.dry_run {
-        "would roll back"
-    } else {
-        "rolling back"
-    };
-    for u in &undo {
+    // The lock first: what is rolled back is decided and said only once no other cutover
+    // writes the target (adv22 F10: "rolling back …" was printed before "another cutover holds
+    // the lock", and nothing was rolled back).
+    let run_id = crate::pipeline::run::new_run_id();
+    let lock = ledger
+        .acquire_lock(&run_id, "rollback", ledger::lock::DEFAULT_TTL)
+        .await?;
+    let result = async {
+        let undo = rollback::plan(&pipeline, &ledger, &req).await?;
+        if undo.is_empty() {
+            crate::outln!("nothing to roll back");
+            return Ok(());
+        }
+        refuse_discarding_changes(&ledger, &undo, args.ignore_changes).await?;
+        say(&undo, "rolling back");
+        rollback::execute(&ledger, &undo).await?;
+        crate::outln!("rolled back {} step(s)", undo.len());
+        anyhow::Ok(())
+    }
+    .await;
+    lock.release().await?;
+    result?;
+    Ok(Outcome::Success)
+}
+
+fn say(undo: &[Undo], verb: &str) {
+    for u in undo {
         crate::outln!(
             "{verb} {} (run {}): {}",
             u.step.entity,
@@ -36,18 +61,6 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> Result<Outcome> {
             u.action
         );
     }
-    if args.dry_run {
-        return Ok(Outcome::Success);
-    }
-    let run_id = crate::pipeline::run::new_run_id();
-    let lock = ledger
-        .acquire_lock(&run_id, "rollback", ledger::lock::DEFAULT_TTL)
-        .await?;
-    let result = rollback::execute(&ledger, &undo).await;
-    lock.release().await?;
-    result?;
-    crate::outln!("rolled back {} step(s)", undo.len());
-    Ok(Outcome::Success)
 }
 
 /// Refuses to restore a collection on which `cutover changes` were applied (or reversed) after
