@@ -332,6 +332,17 @@ async fn one_entity_at_a_time_respects_stage_dependencies() {
         err.contains("depends on") && err.contains("facilities"),
         "{err}"
     );
+    // Only the entities that wait are named, each with what it waits for (adv22 F10).
+    let out = w.migrate(&["reference", "users", "patients", "immunizations"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("immunizations (it depends on roles, sessions)")
+            && !err.contains("vaccines")
+            && !err.contains("patients (")
+            && err.contains("cutover migrate roles sessions"),
+        "{err}"
+    );
     let data: Vec<String> = w
         .mongo()
         .await

@@ -504,11 +504,25 @@ async fn migrate_locked(
         let done = ledger.completed_entities().await?;
         let missing: Vec<String> = prereqs.into_iter().filter(|e| !done.contains(e)).collect();
         if !missing.is_empty() {
-            let asked: Vec<&str> = steps.iter().map(|s| s.entity.as_str()).collect();
+            // Each entity that waits for one of them, with those it waits for (adv22 F10: the
+            // message named every entity asked for, those depending on nothing missing too).
+            let blocked: Vec<String> = steps
+                .iter()
+                .filter_map(|s| {
+                    let own = pipeline.prerequisites(std::slice::from_ref(s));
+                    let waits: Vec<&str> = missing
+                        .iter()
+                        .filter(|m| own.contains(*m))
+                        .map(String::as_str)
+                        .collect();
+                    (!waits.is_empty())
+                        .then(|| format!("{} (it depends on {})", s.entity, waits.join(", ")))
+                })
+                .collect();
             return Err(RunError::Refused(format!(
-                "cannot migrate {}: it depends on {}, not migrated yet into this target; migrate {} first (cutover migrate {}) or pass --ignore-dependencies",
-                asked.join(", "),
-                missing.join(", "),
+                "cannot migrate {}: {} not migrated yet into this target; migrate {} first (cutover migrate {}) or pass --ignore-dependencies",
+                blocked.join(", "),
+                if missing.len() == 1 { "that is" } else { "those are" },
                 if missing.len() == 1 { "it" } else { "them" },
                 missing.join(" ")
             )));
