@@ -1209,6 +1209,16 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
         .post("/api/runs", Some(json!({"batchSize": 99_999_999_999u64})))
         .await;
     assert_eq!(s, 400, "{v}");
+    // A body that is no object is told so, without internal type names (adv22 F10).
+    for body in [json!([]), json!(["patients"]), json!("x"), json!(null)] {
+        let (s, v) = api.post("/api/runs", Some(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains("must be a JSON object") && !m.contains("Body"), "{body}: {v}");
+    }
+    let (s, v) = api.post("/api/runs", Some(json!({"stages": "x"}))).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(!v["message"].as_str().unwrap().contains("StartBody"), "{v}");
     // Three at once, two to this server and one to another server of the same target: one
     // starts, the others are told the target is busy (the other server's too: the second
     // outside round's N2).

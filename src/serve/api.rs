@@ -144,8 +144,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(j) => Ok(Json(j.0)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            // Every body is an object of named settings: anything else is said so, not as
+            // serde's view of an internal struct ("invalid length 2, expected struct
+            // StartBody with 4 elements": adv22 F10).
+            Ok(j) if !j.0.is_object() => Err(ApiError::bad_request(format!(
+                "the body must be a JSON object of named settings, got {}",
+                json_kind(&j.0)
+            ))),
+            Ok(j) => T::deserialize(j.0)
+                .map(Json)
+                .map_err(|e| ApiError::bad_request(format!("bad body: {e}"))),
             // A body over the limit is 413, as axum says; every other bad body 400.
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -159,6 +168,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
 fn json_message(e: &JsonRejection) -> String {
     e.body_text()
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// Whether `given` is the token, in a time that does not depend on where they differ (both are
