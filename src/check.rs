@@ -520,6 +520,35 @@ pub async fn check(
         if let Some(a) = storage {
             a.describe(plan);
         }
+        // Its bucket as the run will meet it (the existing bucket's settings, else the
+        // mapping's): the files Storage would refuse are the run's `file_upload` rejects, as
+        // the run refuses them before sending a byte.
+        let mut limits_known = false;
+        if let (Some(a), Some(f), Some(root)) = (storage, m.spec.file.as_ref(), files_root) {
+            a.register_storage(f, root);
+            match a.bucket_limits(&plan.collection).await {
+                Ok(limits) => {
+                    limits_known = true;
+                    if let Some(said) = limits.and_then(|l| l.differences()) {
+                        report.findings.push(Finding {
+                            entity: plan.entity.clone(),
+                            path: String::new(),
+                            rule: "bucket_settings".into(),
+                            severity: "warning".into(),
+                            rows: 0,
+                            example_key: String::new(),
+                            example: said,
+                        });
+                    }
+                }
+                Err(e) => report.blocking.push(format!(
+                    "{}: cannot read the Storage bucket `{}` in the target: {}",
+                    plan.entity,
+                    f.bucket,
+                    crate::redact::redact_text(&e.to_string())
+                )),
+            }
+        }
         // A scan that fails is a blocking finding: "no data" would pass a check that read nothing.
         match Readers::open(&session, plan).await {
             Err(e) => report.blocking.push(format!(
@@ -658,9 +687,26 @@ pub async fn check(
                             let on_disk = match (permission.is_none(), files_root) {
                                 (true, Some(root)) => {
                                     let file = crate::sink::gridfs::FileRef::of_row(f, values);
-                                    crate::sink::gridfs::inspect(root, &file, f.algorithm)
-                                        .await
-                                        .err()
+                                    match storage.filter(|_| limits_known) {
+                                        // Appwrite: then the bucket's extensions and size.
+                                        Some(a) => a
+                                            .file_refusal(&plan.collection, &file)
+                                            .await
+                                            .unwrap_or_else(|e| {
+                                                Some((
+                                                    crate::sink::gridfs::RULE_UPLOAD,
+                                                    format!(
+                                                        "cannot read the Storage bucket: {}",
+                                                        crate::redact::redact_text(&e.to_string())
+                                                    ),
+                                                ))
+                                            }),
+                                        None => {
+                                            crate::sink::gridfs::inspect(root, &file, f.algorithm)
+                                                .await
+                                                .err()
+                                        }
+                                    }
                                 }
                                 _ => None,
                             };

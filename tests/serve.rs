@@ -252,6 +252,32 @@ async fn every_route_answers_with_what_the_ledger_holds() {
     assert_eq!(log.len(), 1, "{log:?}");
     let (_, v) = api.get("/api/migrations/status").await;
     assert_eq!(v["summary"]["applied"], 1, "{v}");
+    // A version never applied is not found; one reversed already is refused, saying so (adv22
+    // F10), dry or not.
+    for dry in ["false", "true"] {
+        let (s, v) = api
+            .post(
+                &format!("/api/migrations/down?version=77&dryRun={dry}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 404, "{v}");
+        is_error(&v, "not_found");
+        let (s, v) = api
+            .post(
+                &format!("/api/migrations/down?version={}&dryRun={dry}", all[1]),
+                None,
+            )
+            .await;
+        assert_eq!(s, 422, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("is rolled-back, not applied"),
+            "{v}"
+        );
+    }
 
     // The lock: held by another host (written directly), every writer is refused with 409.
     let expires = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 600_000);
@@ -1214,7 +1240,10 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
         let (s, v) = api.post("/api/runs", Some(body.clone())).await;
         assert_eq!(s, 400, "{body}: {v}");
         let m = v["message"].as_str().unwrap();
-        assert!(m.contains("must be a JSON object") && !m.contains("Body"), "{body}: {v}");
+        assert!(
+            m.contains("must be a JSON object") && !m.contains("Body"),
+            "{body}: {v}"
+        );
     }
     let (s, v) = api.post("/api/runs", Some(json!({"stages": "x"}))).await;
     assert_eq!(s, 400, "{v}");

@@ -61,6 +61,9 @@ pub enum ChangesError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("{0}")]
     Refused(String),
+    /// What was asked for is not there (a version never applied).
+    #[error("{0}")]
+    NotFound(String),
     #[error("MongoDB: {0}")]
     Mongo(OpError),
 }
@@ -1370,6 +1373,18 @@ fn chosen_for_down(
     records: Vec<ChangeRecord>,
     which: DownTarget,
 ) -> Result<Vec<(ChangeRecord, Change)>, ChangesError> {
+    // The newest record of each version says what became of it.
+    let last_state = |v: u64| {
+        records
+            .iter()
+            .rev()
+            .find(|r| r.version == v)
+            .map(|r| r.status.clone())
+    };
+    let asked_state = match which {
+        DownTarget::Version(v) => Some((v, last_state(v))),
+        _ => None,
+    };
     let mut applied: Vec<ChangeRecord> = records
         .into_iter()
         .filter(|r| r.status == APPLIED)
@@ -1380,9 +1395,14 @@ fn chosen_for_down(
         DownTarget::To(v) => applied.into_iter().filter(|r| r.version > v).collect(),
         DownTarget::Version(v) => {
             let Some(at) = applied.iter().position(|r| r.version == v) else {
-                return Err(ChangesError::Refused(format!(
-                    "change {v} is not applied: nothing to reverse"
-                )));
+                return Err(match asked_state {
+                    Some((_, Some(state))) => ChangesError::Refused(format!(
+                        "change {v} is {state}, not applied: nothing to reverse"
+                    )),
+                    _ => ChangesError::NotFound(format!(
+                        "change {v} was never applied to this target: nothing to reverse"
+                    )),
+                });
             };
             let this = &applied[at];
             let theirs = touched(&file::parse_recorded(

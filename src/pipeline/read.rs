@@ -269,13 +269,14 @@ pub(super) async fn read_loop(
         if opts.dry_run {
             // What the target would refuse before writing (Appwrite's column types and sizes)
             // is rejected here as the run would: the rehearsal predicts the run's rejects.
-            // A file stage: the file checked as the upload will check it.
+            // A file stage: the file checked as the upload will check it (Appwrite: the
+            // bucket's extensions and size too).
             let file_refusal = match &plan.file {
                 Some(f) => {
                     let file = crate::sink::gridfs::FileRef::of_row(f, &row);
                     target
                         .file_refusal(&plan.collection, &file)
-                        .await
+                        .await?
                         .map(|(rule, message)| (rule, message, Stage::File))
                 }
                 None => None,

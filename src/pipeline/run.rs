@@ -522,7 +522,11 @@ async fn migrate_locked(
             return Err(RunError::Refused(format!(
                 "cannot migrate {}: {} not migrated yet into this target; migrate {} first (cutover migrate {}) or pass --ignore-dependencies",
                 blocked.join(", "),
-                if missing.len() == 1 { "that is" } else { "those are" },
+                if missing.len() == 1 {
+                    "that is"
+                } else {
+                    "those are"
+                },
                 if missing.len() == 1 { "it" } else { "them" },
                 missing.join(" ")
             )));

@@ -74,6 +74,7 @@ impl From<ChangesError> for ApiError {
                 ApiError::locked(e.to_string())
             }
             ChangesError::Refused(_) => ApiError::refused(e.to_string()),
+            ChangesError::NotFound(_) => ApiError::not_found(e.to_string()),
             ChangesError::File(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "bad_change_file",

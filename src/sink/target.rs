@@ -175,6 +175,9 @@ pub struct AppwriteTarget {
     layouts: Arc<Mutex<HashMap<String, Layout>>>,
     /// File stages' buckets (Appwrite Storage), by the stage's collection.
     buckets: Arc<Mutex<HashMap<String, StorageSpec>>>,
+    /// What each file stage's bucket lets through (its settings as the server holds them, or
+    /// the mapping's for a bucket the run creates), read once per step, by collection.
+    bucket_limits: Arc<Mutex<HashMap<String, super::appwrite::storage::BucketLimits>>>,
     /// A dry run's unique-index keys held so far, by collection: the rows the server would
     /// refuse are rejected as the run would (see [`Target::refusal`]).
     rehearsed_keys: Arc<Mutex<HashMap<String, Vec<super::appwrite::unique::AppwriteUnique>>>>,
@@ -202,7 +205,109 @@ impl AppwriteTarget {
             layouts: Default::default(),
             rehearsed_keys: Default::default(),
             buckets: Default::default(),
+            bucket_limits: Default::default(),
         }
+    }
+
+    /// Registers a file stage's Storage bucket (a mapping's `[file]`), its files under `root`.
+    pub fn register_storage(&self, f: &crate::mapping::spec::FileSpec, root: &std::path::Path) {
+        let o = &f.appwrite;
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                f.bucket.clone(),
+                StorageSpec {
+                    bucket: f.bucket.clone(),
+                    // Checked when the mapping loaded.
+                    file_permissions: o.file_permissions.as_ref().map(|list| {
+                        list.iter()
+                            .filter_map(|t| crate::mapping::permission::Template::parse(t).ok())
+                            .collect()
+                    }),
+                    options: super::appwrite::storage::BucketOptions {
+                        permissions: o.permissions.clone(),
+                        file_security: o.file_security,
+                        maximum_file_size: o.maximum_file_size,
+                        allowed_file_extensions: o.allowed_file_extensions.clone(),
+                        compression: o.compression.clone(),
+                        encryption: o.encryption,
+                        antivirus: o.antivirus,
+                    },
+                    algorithm: f.checksum,
+                    root: root.to_path_buf(),
+                },
+            );
+    }
+
+    /// What the bucket of file stage `collection` lets through, as the server will judge each
+    /// upload: the existing bucket's settings (the run leaves a bucket as it is), else the
+    /// mapping's for the bucket the run creates. Read from the server once per step (see
+    /// [`describe`](Self::describe)); `None` when `collection` is no file stage's.
+    pub async fn bucket_limits(
+        &self,
+        collection: &str,
+    ) -> Result<Option<super::appwrite::storage::BucketLimits>, AppwriteError> {
+        use super::appwrite::storage::{self, BucketLimits};
+        let Some(spec) = self.storage(collection) else {
+            return Ok(None);
+        };
+        if let Some(l) = self
+            .bucket_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(collection)
+        {
+            return Ok(Some(l.clone()));
+        }
+        let limits = match storage::bucket(&self.client, &spec.bucket).await? {
+            Some(record) => BucketLimits::of_bucket(&spec.bucket, &record, &spec.options),
+            None => BucketLimits::of_options(&spec.bucket, &spec.options),
+        };
+        self.bucket_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(collection.to_string(), limits.clone());
+        Ok(Some(limits))
+    }
+
+    /// Why the run will refuse the file a row of file stage `collection` names, as (rule,
+    /// message), checked as [`write_files`](Self::write_files) checks it before sending a
+    /// byte: the file on disk against what the row records, then the bucket's limits (what
+    /// Storage would refuse, `file_upload`). A dry run and `check` reject by it.
+    pub async fn file_refusal(
+        &self,
+        collection: &str,
+        file: &super::gridfs::FileRef,
+    ) -> Result<Option<(&'static str, String)>, AppwriteError> {
+        let Some(spec) = self.storage(collection) else {
+            return Ok(None);
+        };
+        let found = match super::gridfs::inspect(&spec.root, file, spec.algorithm).await {
+            Ok((_, found)) => found,
+            Err(refused) => return Ok(Some(refused)),
+        };
+        Ok(self
+            .limits_refusal(collection, file, found.len)
+            .await?
+            .map(|why| (super::gridfs::RULE_UPLOAD, why)))
+    }
+
+    /// Why Storage would refuse the upload of a row's file of `len` bytes into the bucket of
+    /// `collection` (its name's extension, its size), as the message of a `file_upload` reject.
+    async fn limits_refusal(
+        &self,
+        collection: &str,
+        file: &super::gridfs::FileRef,
+        len: u64,
+    ) -> Result<Option<String>, AppwriteError> {
+        let Some(limits) = self.bucket_limits(collection).await? else {
+            return Ok(None);
+        };
+        let rel = file.path.as_deref().unwrap_or_default();
+        Ok(limits
+            .refusal(&super::gridfs::file_name(file), len)
+            .map(|why| format!("{rel}: {why}")))
     }
 
     /// The Storage bucket of a file stage writing `collection`, once registered.
@@ -267,12 +372,13 @@ impl AppwriteTarget {
                 };
             let md5 = found.md5.clone().unwrap_or_default();
             let rel = file.path.as_deref().unwrap_or_default();
-            let name = file.name.clone().unwrap_or_else(|| {
-                std::path::Path::new(rel)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_else(|| rel.to_string())
-            });
+            let name = super::gridfs::file_name(file);
+            // What Storage would refuse (the bucket's extensions and size) is refused here,
+            // before a byte is sent — as the dry run and `check` refuse it.
+            if let Some(why) = self.limits_refusal(collection, file, found.len).await? {
+                result.errors.push(refused(index, RULE_UPLOAD, why));
+                continue;
+            }
             let existing = storage::file(&self.client, &spec.bucket, &id).await?;
             if let Some(e) = &existing
                 && storage::complete(e, found.len, &md5)
@@ -423,13 +529,22 @@ impl AppwriteTarget {
                     );
                 }
                 if let Some(storage) = self.storage(&plan.collection) {
-                    super::appwrite::storage::ensure_bucket(
+                    use super::appwrite::storage::{BucketLimits, ensure_bucket};
+                    let record = ensure_bucket(
                         &self.client,
                         &storage.bucket,
                         &self.database,
                         &storage.options,
                     )
                     .await?;
+                    // The bucket as the server holds it (created now, or as it was).
+                    self.bucket_limits
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(
+                            plan.collection.clone(),
+                            BucketLimits::of_bucket(&storage.bucket, &record, &storage.options),
+                        );
                 }
                 Layout::Table(spec, children)
             }
@@ -447,6 +562,8 @@ impl AppwriteTarget {
         if plan.appwrite_users.is_some() {
             return Ok(Vec::new());
         }
+        // A file stage's bucket: what it lets through (read once for the rehearsal's rows).
+        self.bucket_limits(&plan.collection).await?;
         let mut changes =
             schema::planned(&self.client, &self.database, &schema::table_spec(plan)).await?;
         for c in schema::child_tables(plan) {
@@ -459,6 +576,11 @@ impl AppwriteTarget {
     /// rehearsal of its collection starts with no unique key held.
     pub fn describe(&self, plan: &Plan) {
         self.rehearsed_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&plan.collection);
+        // The bucket's settings are read again for this step (they may have changed).
+        self.bucket_limits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&plan.collection);
@@ -1526,30 +1648,7 @@ impl Target {
                 Ok(())
             }
             Target::Appwrite(a) => {
-                let o = &f.appwrite;
-                a.buckets.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                    f.bucket.clone(),
-                    StorageSpec {
-                        bucket: f.bucket.clone(),
-                        // Checked when the mapping loaded.
-                        file_permissions: o.file_permissions.as_ref().map(|list| {
-                            list.iter()
-                                .filter_map(|t| crate::mapping::permission::Template::parse(t).ok())
-                                .collect()
-                        }),
-                        options: super::appwrite::storage::BucketOptions {
-                            permissions: o.permissions.clone(),
-                            file_security: o.file_security,
-                            maximum_file_size: o.maximum_file_size,
-                            allowed_file_extensions: o.allowed_file_extensions.clone(),
-                            compression: o.compression.clone(),
-                            encryption: o.encryption,
-                            antivirus: o.antivirus,
-                        },
-                        algorithm: f.checksum,
-                        root: root.to_path_buf(),
-                    },
-                );
+                a.register_storage(f, root);
                 Ok(())
             }
         }
@@ -1647,17 +1746,24 @@ impl Target {
     }
 
     /// Why the run will refuse the file a row of `collection` (a file stage's bucket) names, as
-    /// (rule, message): what a dry run rejects as the real run would.
+    /// (rule, message): what a dry run rejects as the real run would (Appwrite: the bucket's
+    /// limits too, read from the server).
     pub async fn file_refusal(
         &self,
         collection: &str,
         file: &super::gridfs::FileRef,
-    ) -> Option<(&'static str, String)> {
-        let (root, algorithm) = match self {
-            Target::Mongo(m) => m.bucket(collection).map(|s| (s.root, s.algorithm))?,
-            Target::Appwrite(a) => a.storage(collection).map(|s| (s.root, s.algorithm))?,
-        };
-        super::gridfs::inspect(&root, file, algorithm).await.err()
+    ) -> Result<Option<(&'static str, String)>, SinkError> {
+        match self {
+            Target::Mongo(m) => {
+                let Some(spec) = m.bucket(collection) else {
+                    return Ok(None);
+                };
+                Ok(super::gridfs::inspect(&spec.root, file, spec.algorithm)
+                    .await
+                    .err())
+            }
+            Target::Appwrite(a) => Ok(a.file_refusal(collection, file).await?),
+        }
     }
 
     /// Writes the files of a file stage's batch (`files[i]` belongs to `docs[i]`).

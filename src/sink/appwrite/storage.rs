@@ -39,36 +39,26 @@ pub fn bucket_database(name: &str) -> Option<&str> {
         .and_then(|(_, rest)| rest.strip_suffix(']'))
 }
 
-/// Creates the bucket unless it exists. A bucket cutover created for another database is
-/// refused: buckets belong to the project, and a rehearsal into another database would share
-/// (and its rollback empty) the files the other database's rows name.
+/// Creates the bucket unless it exists; returns the server's record of it (its settings are
+/// what Storage enforces: an existing bucket is left as it is). A bucket cutover created for
+/// another database is refused: buckets belong to the project, and a rehearsal into another
+/// database would share (and its rollback empty) the files the other database's rows name.
 pub async fn ensure_bucket(
     client: &AppwriteClient,
     id: &str,
     database: &str,
     options: &BucketOptions,
-) -> Result<(), AppwriteError> {
-    match client
-        .call(
-            reqwest::Method::GET,
-            &format!("/storage/buckets/{id}"),
-            None,
-        )
-        .await
-    {
-        Ok(b) => {
-            return match b["name"].as_str().and_then(bucket_database) {
-                Some(other) if other != database => Err(AppwriteError::client(
-                    super::error::ClientKind::Setup,
-                    format!(
-                        "the Storage bucket `{id}` holds the files of database `{other}` (buckets belong to the project): give this mapping's [file] another `bucket` for database `{database}`"
-                    ),
-                )),
-                _ => Ok(()),
-            };
-        }
-        Err(e) if e.is_missing() => {}
-        Err(e) => return Err(e),
+) -> Result<Value, AppwriteError> {
+    if let Some(b) = bucket(client, id).await? {
+        return match b["name"].as_str().and_then(bucket_database) {
+            Some(other) if other != database => Err(AppwriteError::client(
+                super::error::ClientKind::Setup,
+                format!(
+                    "the Storage bucket `{id}` holds the files of database `{other}` (buckets belong to the project): give this mapping's [file] another `bucket` for database `{database}`"
+                ),
+            )),
+            _ => Ok(b),
+        };
     }
     let mut body = json!({ "bucketId": id, "name": bucket_name(id, database) });
     let o = options;
@@ -97,13 +87,168 @@ pub async fn ensure_bucket(
         .call(reqwest::Method::POST, "/storage/buckets", Some(&body))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(b) => Ok(b),
         // Created meanwhile (another process): whose it is is asked again.
         Err(e) if e.status() == Some(409) => {
             Box::pin(ensure_bucket(client, id, database, options)).await
         }
         Err(e) => Err(e),
     }
+}
+
+/// The server's record of bucket `id`, if there is one.
+pub async fn bucket(client: &AppwriteClient, id: &str) -> Result<Option<Value>, AppwriteError> {
+    match client
+        .call(
+            reqwest::Method::GET,
+            &format!("/storage/buckets/{id}"),
+            None,
+        )
+        .await
+    {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.is_missing() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What Appwrite Storage checks of a file before it takes a byte of it (`createFile`, every
+/// request of a chunked upload): the file's extension against the bucket's
+/// `allowedFileExtensions` (empty: any), then its whole size against `maximumFileSize`
+/// (`storage_file_type_unsupported`, `storage_invalid_file_size`, both status 400). The run,
+/// its dry run and `check` refuse such a row with [`BucketLimits::refusal`] before sending
+/// anything, so all three count the same rows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BucketLimits {
+    pub bucket: String,
+    /// Bytes; `None`: not known beforehand (a bucket the run creates without the mapping's
+    /// `maximum_file_size` gets the server's own limit, `_APP_STORAGE_LIMIT`).
+    pub maximum_file_size: Option<u64>,
+    pub allowed_file_extensions: Vec<String>,
+    /// Where the limits come from: the existing bucket's settings (`None`: the mapping's, for
+    /// the bucket the run creates), with the mapping's own when they differ, to say so.
+    pub existing: Option<MappingAsks>,
+}
+
+/// The mapping's `[file.appwrite]` limits, kept beside an existing bucket's that differ.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MappingAsks {
+    pub maximum_file_size: Option<u64>,
+    pub allowed_file_extensions: Option<Vec<String>>,
+}
+
+impl BucketLimits {
+    /// The limits of the bucket the run creates from the mapping's options.
+    pub fn of_options(id: &str, o: &BucketOptions) -> BucketLimits {
+        BucketLimits {
+            bucket: id.to_string(),
+            maximum_file_size: o.maximum_file_size,
+            allowed_file_extensions: o.allowed_file_extensions.clone().unwrap_or_default(),
+            existing: None,
+        }
+    }
+
+    /// The limits of an existing bucket (the server's record of it), which are what Storage
+    /// enforces whatever the mapping asks.
+    pub fn of_bucket(id: &str, record: &Value, o: &BucketOptions) -> BucketLimits {
+        let maximum_file_size = record["maximumFileSize"].as_u64();
+        let allowed_file_extensions: Vec<String> = record["allowedFileExtensions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let max_differs = o
+            .maximum_file_size
+            .is_some_and(|m| Some(m) != maximum_file_size);
+        let extensions_differ = o
+            .allowed_file_extensions
+            .as_ref()
+            .is_some_and(|a| *a != allowed_file_extensions);
+        BucketLimits {
+            bucket: id.to_string(),
+            maximum_file_size,
+            allowed_file_extensions,
+            existing: Some(MappingAsks {
+                maximum_file_size: o.maximum_file_size.filter(|_| max_differs),
+                allowed_file_extensions: o
+                    .allowed_file_extensions
+                    .clone()
+                    .filter(|_| extensions_differ),
+            }),
+        }
+    }
+
+    /// What an existing bucket holds otherwise than the mapping's `[file.appwrite]` asks (the
+    /// run leaves the bucket as it is), as a sentence; `None` when nothing differs.
+    pub fn differences(&self) -> Option<String> {
+        let asks = self.existing.as_ref()?;
+        let mut parts = Vec::new();
+        if let Some(m) = asks.maximum_file_size {
+            parts.push(format!(
+                "maximumFileSize {} (the mapping asks {m})",
+                self.maximum_file_size
+                    .map_or("unset".to_string(), |v| v.to_string())
+            ));
+        }
+        if let Some(a) = &asks.allowed_file_extensions {
+            parts.push(format!(
+                "allowedFileExtensions {:?} (the mapping asks {a:?})",
+                self.allowed_file_extensions
+            ));
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "the Storage bucket `{}` exists with {}: the run leaves an existing bucket as it is, and Appwrite enforces the bucket's settings",
+                self.bucket,
+                parts.join(" and ")
+            )
+        })
+    }
+
+    /// Why Storage refuses the upload of a file named `name` of `len` bytes (the extension
+    /// first, as Appwrite checks it first), as the message of the row's `file_upload` reject.
+    pub fn refusal(&self, name: &str, len: u64) -> Option<String> {
+        let whose = match &self.existing {
+            Some(_) => format!("the existing bucket `{}`", self.bucket),
+            None => format!("the bucket `{}`", self.bucket),
+        };
+        if !self.allowed_file_extensions.is_empty() {
+            let ext = extension(name);
+            if !self.allowed_file_extensions.iter().any(|a| a == ext) {
+                let what = if ext.is_empty() {
+                    format!("{name:?} has no extension")
+                } else {
+                    format!("the extension {ext:?} of {name:?}")
+                };
+                return Some(format!(
+                    "{what} is not among the allowedFileExtensions {:?} of {whose} (Appwrite compares the part of the name after its last dot, case-sensitively): Appwrite Storage would refuse it (storage_file_type_unsupported)",
+                    self.allowed_file_extensions
+                ));
+            }
+        }
+        if let Some(max) = self.maximum_file_size
+            && len > max
+        {
+            return Some(format!(
+                "{name:?} is {len} bytes, over the maximumFileSize of {max} bytes of {whose}: Appwrite Storage would refuse it (storage_invalid_file_size)"
+            ));
+        }
+        None
+    }
+}
+
+/// The extension Appwrite Storage checks of an uploaded file's name, as PHP's
+/// `pathinfo($name, PATHINFO_EXTENSION)` gives it: the part after the last dot of the name's
+/// last `/`-separated part (trailing slashes ignored), as it is (no case folding); empty when
+/// that part has no dot (`noext`) or ends with one (`name.`). `.bin` is extension `bin`.
+pub fn extension(name: &str) -> &str {
+    let base = name.trim_end_matches('/');
+    let base = base.rsplit_once('/').map_or(base, |(_, b)| b);
+    base.rsplit_once('.').map_or("", |(_, e)| e)
 }
 
 /// The server's record of a file, if there is one.
@@ -349,6 +494,85 @@ pub async fn download_digests(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(max: Option<u64>, exts: &[&str]) -> BucketLimits {
+        BucketLimits::of_options(
+            "docs",
+            &BucketOptions {
+                maximum_file_size: max,
+                allowed_file_extensions: Some(exts.iter().map(|e| e.to_string()).collect()),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn the_extension_is_what_php_pathinfo_gives() {
+        for (name, ext) in [
+            ("a.bin", "bin"),
+            ("A.BIN", "BIN"),
+            ("archive.tar.gz", "gz"),
+            ("noext", ""),
+            ("name.", ""),
+            (".bin", "bin"),
+            ("dir.d/noext", ""),
+            ("dir/a.txt", "txt"),
+            ("a.bin/", "bin"),
+            ("", ""),
+        ] {
+            assert_eq!(extension(name), ext, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_file_is_refused_as_appwrite_refuses_it() {
+        let l = limits(Some(12_000_000), &["bin", "txt"]);
+        assert_eq!(l.refusal("a.bin", 12_000_000), None, "at the limit");
+        let over = l.refusal("a.bin", 12_000_001).unwrap();
+        assert!(
+            over.contains("12000001 bytes")
+                && over.contains("maximumFileSize of 12000000")
+                && over.contains("storage_invalid_file_size"),
+            "{over}"
+        );
+        let exe = l.refusal("bad.exe", 10).unwrap();
+        assert!(
+            exe.contains("\"exe\"") && exe.contains("storage_file_type_unsupported"),
+            "{exe}"
+        );
+        assert!(l.refusal("A.BIN", 10).is_some(), "case-sensitive");
+        assert!(l.refusal("noext", 10).unwrap().contains("no extension"));
+        // The extension is checked first, as Appwrite does.
+        assert!(l.refusal("bad.exe", 13_000_000).unwrap().contains("exe"));
+        // No list, no size: anything goes.
+        assert_eq!(limits(None, &[]).refusal("x", u64::MAX), None);
+        // An empty extension listed lets files without one through.
+        assert_eq!(limits(None, &[""]).refusal("noext", 1), None);
+    }
+
+    #[test]
+    fn an_existing_buckets_settings_are_the_limits() {
+        let o = BucketOptions {
+            maximum_file_size: Some(12_000_000),
+            allowed_file_extensions: Some(vec!["bin".into()]),
+            ..Default::default()
+        };
+        let record = json!({ "maximumFileSize": 5, "allowedFileExtensions": ["bin"] });
+        let l = BucketLimits::of_bucket("docs", &record, &o);
+        assert_eq!(l.maximum_file_size, Some(5));
+        assert!(l.refusal("a.bin", 6).unwrap().contains("existing bucket"));
+        let said = l.differences().unwrap();
+        assert!(
+            said.contains("maximumFileSize 5 (the mapping asks 12000000)")
+                && !said.contains("allowedFileExtensions"),
+            "{said}"
+        );
+        let same = json!({ "maximumFileSize": 12_000_000, "allowedFileExtensions": ["bin"] });
+        assert_eq!(
+            BucketLimits::of_bucket("docs", &same, &o).differences(),
+            None
+        );
+    }
 
     #[test]
     fn a_buckets_name_says_its_database() {
