@@ -688,19 +688,12 @@ pub async fn check(
                                 (true, Some(root)) => {
                                     let file = crate::sink::gridfs::FileRef::of_row(f, values);
                                     match storage.filter(|_| limits_known) {
-                                        // Appwrite: then the bucket's extensions and size.
+                                        // Appwrite: then the bucket's extensions and size
+                                        // (read above: no request here, so no error).
                                         Some(a) => a
                                             .file_refusal(&plan.collection, &file)
                                             .await
-                                            .unwrap_or_else(|e| {
-                                                Some((
-                                                    crate::sink::gridfs::RULE_UPLOAD,
-                                                    format!(
-                                                        "cannot read the Storage bucket: {}",
-                                                        crate::redact::redact_text(&e.to_string())
-                                                    ),
-                                                ))
-                                            }),
+                                            .unwrap_or(None),
                                         None => {
                                             crate::sink::gridfs::inspect(root, &file, f.algorithm)
                                                 .await

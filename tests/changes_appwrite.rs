@@ -1655,7 +1655,7 @@ async fn a_transaction_over_max_transaction_operations_is_refused_before_writing
     let before = hashes(&aw).await;
     let said = refused(&with_env(&[]).await);
     assert!(
-        said.contains("change 1 (1_many.toml) would stage 101 row operations")
+        said.contains("change 1: it would stage 101 row operations")
             && said.contains("`max_transaction_operations` = 100")
             && said.contains("refused before anything was written"),
         "{said}"
@@ -1696,7 +1696,7 @@ async fn a_transaction_over_max_transaction_operations_is_refused_before_writing
     let people = hashes(&aw).await;
     let said = refused(&with_env(&[("APPWRITE_MAX_TRANSACTION_OPERATIONS", "3")]).await);
     assert!(
-        said.contains("change 2 (2_set.toml) would stage 4 row operations")
+        said.contains("change 2: it would stage 4 row operations")
             && said.contains("`max_transaction_operations` = 3"),
         "{said}"
     );

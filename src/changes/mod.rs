@@ -332,7 +332,7 @@ fn hint(state: &str, r: &ChangeRecord, stopped: Option<&str>) -> Option<String> 
             "{how} in a transaction: the next `cutover changes up` (or `down`) finds whether the transaction committed and records it so"
         )),
         "interrupted" => Some(format!(
-            "{how} ({} of {operations} operations had started writing): `cutover changes down` undoes what it wrote (from its backup collection {}), then `cutover changes up` applies it again",
+            "{how} ({} of {operations} operations had started writing): `cutover changes down` undoes what it wrote (from its backup {}), then `cutover changes up` applies it again",
             r.ops.len(),
             r.backup.as_deref().unwrap_or("-")
         )),
@@ -343,7 +343,7 @@ fn hint(state: &str, r: &ChangeRecord, stopped: Option<&str>) -> Option<String> 
             "reversing it failed part way: fix the cause, then `cutover changes down` finishes reversing it".into(),
         ),
         "restore-failed" => Some(format!(
-            "it failed and undoing it failed too: fix the cause, then `cutover changes down` finishes undoing it (from its backup collection {})",
+            "it failed and undoing it failed too: fix the cause, then `cutover changes down` finishes undoing it (from its backup {})",
             r.backup.as_deref().unwrap_or("-")
         )),
         _ => None,
@@ -759,7 +759,7 @@ fn select_pending<'c>(
                 s.version
             )),
             "restore-failed" => refusals.push(format!(
-                "change {} ({}) failed and undoing it failed too: fix the cause (`cutover changes status --json` shows the error), then `cutover changes down` finishes undoing it from its backup collection",
+                "change {} ({}) failed and undoing it failed too: fix the cause (`cutover changes status --json` shows the error), then `cutover changes down` finishes undoing it from its backup",
                 s.version,
                 s.file.as_deref().unwrap_or("?")
             )),
@@ -1666,7 +1666,7 @@ async fn recover(
                 .find(|(_, op)| !op.has_inverse())
         {
             return Err(ChangesError::Refused(format!(
-                "change {} ({}) was interrupted while it was applied, after up operation {} (`{}`), which has no inverse: it cannot be undone; its backup collection {backup} holds the documents it rewrote as they were",
+                "change {} ({}) was interrupted while it was applied, after up operation {} (`{}`), which has no inverse: it cannot be undone; its backup {backup} holds the documents it rewrote as they were",
                 r.version,
                 r.file,
                 i + 1,

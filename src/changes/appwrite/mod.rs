@@ -439,9 +439,7 @@ async fn apply_in_transaction(
     }
     if staging.over() {
         return Err(fail(format!(
-            "change {} ({}) would stage {} row operations in one transaction, more than `max_transaction_operations` = {max} (the most one Appwrite transaction may hold: Free 100, Pro 1,000, Scale 2,500; set it to your server's limit with [target.appwrite] max_transaction_operations in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS); refused before anything was written: split the change, or set `transaction = false`",
-            c.version,
-            c.file_name(),
+            "it would stage {} row operations in one transaction, more than `max_transaction_operations` = {max} (the most one Appwrite transaction may hold: Free 100, Pro 1,000, Scale 2,500; set it to your server's limit with [target.appwrite] max_transaction_operations in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS); refused before anything was written: split the change, or set `transaction = false`",
             staging.count
         )));
     }

@@ -112,6 +112,49 @@ pub fn parse_content_range(v: &str) -> Result<(u64, u64, u64), ApiError> {
     Ok((start, end, total))
 }
 
+/// The extension Appwrite checks of an uploaded file's name: PHP's `pathinfo($name,
+/// PATHINFO_EXTENSION)` (utopia-php/storage's `FileExt` validator) — the part after the last
+/// dot of the basename (the part after the last `/`, trailing slashes dropped), as it is; empty
+/// when the basename has no dot.
+pub fn php_extension(name: &str) -> &str {
+    let base = name.trim_end_matches('/');
+    let base = match base.rfind('/') {
+        Some(i) => &base[i + 1..],
+        None => base,
+    };
+    match base.rfind('.') {
+        Some(i) => &base[i + 1..],
+        None => "",
+    }
+}
+
+/// Appwrite's validators of `createFile`, in its order, on every request of an upload (a chunk
+/// too): the name's extension must be one of the bucket's `allowedFileExtensions` (compared
+/// strictly, case and all; an empty list allows any), then the file's whole size (a chunked
+/// upload's `Content-Range` total) must be at most `maximumFileSize`.
+fn validate(bucket: &Bucket, name: &str, size: u64) -> Result<(), ApiError> {
+    let allowed: Vec<&str> = bucket.json["allowedFileExtensions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !allowed.is_empty() && !allowed.contains(&php_extension(name)) {
+        return Err(ApiError::new(
+            400,
+            "storage_file_type_unsupported",
+            "File extension not allowed",
+        ));
+    }
+    let max = bucket.json["maximumFileSize"].as_u64().unwrap_or(u64::MAX);
+    if size > max {
+        return Err(ApiError::new(
+            400,
+            "storage_invalid_file_size",
+            "File size not allowed",
+        ));
+    }
+    Ok(())
+}
+
 /// Adds one upload (whole file or one chunk) to `bucket`. Returns (status, file json).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn upload(
@@ -125,7 +168,12 @@ pub(super) fn upload(
     permissions: Vec<String>,
     now: String,
 ) -> Result<(u16, Value), ApiError> {
-    let max = bucket.json["maximumFileSize"].as_u64().unwrap_or(u64::MAX);
+    // Before anything else of the upload, as Appwrite validates.
+    validate(
+        bucket,
+        name,
+        range.map_or(data.len() as u64, |(_, _, total)| total),
+    )?;
     match range {
         None => {
             if bucket.files.contains_key(file_id) {
@@ -133,13 +181,6 @@ pub(super) fn upload(
                     409,
                     "storage_file_already_exists",
                     "A storage file with the requested ID already exists.",
-                ));
-            }
-            if data.len() as u64 > max {
-                return Err(ApiError::new(
-                    400,
-                    "storage_invalid_file_size",
-                    "The given file size is not allowed.",
                 ));
             }
             let f = StoredFile {
@@ -162,13 +203,6 @@ pub(super) fn upload(
                     416,
                     "storage_invalid_content_range",
                     "The chunk does not match its content range.",
-                ));
-            }
-            if total > max {
-                return Err(ApiError::new(
-                    400,
-                    "storage_invalid_file_size",
-                    "The given file size is not allowed.",
                 ));
             }
             let chunks_total = total.div_ceil(CHUNK);
@@ -210,5 +244,84 @@ pub(super) fn upload(
             j["chunksUploaded"] = json!(f.chunks.len() as u64);
             Ok((201, j))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(max: u64, exts: &[&str]) -> Bucket {
+        Bucket {
+            json: json!({ "maximumFileSize": max, "allowedFileExtensions": exts }),
+            files: BTreeMap::new(),
+        }
+    }
+
+    fn put(b: &mut Bucket, id: &str, name: &str, len: usize) -> Result<u16, String> {
+        upload(
+            "b",
+            b,
+            id,
+            name,
+            "application/octet-stream",
+            vec![7; len],
+            None,
+            Vec::new(),
+            "now".into(),
+        )
+        .map(|(status, _)| status)
+        .map_err(|e| format!("{} {}", e.status.as_u16(), e.kind))
+    }
+
+    #[test]
+    fn extensions_are_what_php_pathinfo_says() {
+        for (name, ext) in [
+            ("a.bin", "bin"),
+            ("A.BIN", "BIN"),
+            ("x.tar.gz", "gz"),
+            ("noext", ""),
+            ("trailing.", ""),
+            (".bin", "bin"),
+            ("d.d/noext", ""),
+            ("d/a.txt", "txt"),
+        ] {
+            assert_eq!(php_extension(name), ext, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_bucket_refuses_extensions_it_does_not_list_and_files_over_its_size() {
+        let mut b = bucket(10, &["bin", "txt"]);
+        assert_eq!(put(&mut b, "1", "ok.bin", 10), Ok(201), "at the limit");
+        let unsupported = Err("400 storage_file_type_unsupported".to_string());
+        assert_eq!(put(&mut b, "2", "bad.exe", 1), unsupported);
+        assert_eq!(put(&mut b, "3", "A.BIN", 1), unsupported, "case-sensitive");
+        assert_eq!(put(&mut b, "4", "noext", 1), unsupported);
+        let too_big = Err("400 storage_invalid_file_size".to_string());
+        assert_eq!(put(&mut b, "5", "big.txt", 11), too_big);
+        // The extension first, as Appwrite; and before the id is looked at.
+        assert_eq!(put(&mut b, "6", "big.exe", 11), unsupported);
+        assert_eq!(put(&mut b, "1", "again.exe", 1), unsupported);
+        assert_eq!(b.files.len(), 1);
+        // A chunk is judged by its upload's whole size.
+        let chunk = upload(
+            "b",
+            &mut b,
+            "7",
+            "c.bin",
+            "application/octet-stream",
+            vec![0; 5],
+            Some((0, 4, 11)),
+            Vec::new(),
+            "now".into(),
+        );
+        assert_eq!(
+            chunk.err().map(|e| e.kind),
+            Some("storage_invalid_file_size")
+        );
+        // No list: any extension.
+        let mut any = bucket(10, &[]);
+        assert_eq!(put(&mut any, "1", "noext", 1), Ok(201));
     }
 }
