@@ -2152,6 +2152,42 @@ async fn an_insert_reads_its_documents_from_a_seed_file_recorded_with_the_change
     );
     let text = refused(&changes(&w, "status", &dir, &[]));
     assert!(text.contains("inside the changes directory"), "{text}");
+    // So is one that leads out through a symbolic link (adv22 F9), to a file or a directory,
+    // and a named pipe (it would block the read).
+    let outside = w.dir.path().join("outside");
+    write(&outside, "secret.json", "{\"_id\": \"secret\"}");
+    std::os::unix::fs::symlink(outside.join("secret.json"), dir.join("seeds/link.json")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("seeds/out")).unwrap();
+    for name in ["seeds/link.json", "seeds/out/secret.json"] {
+        write(
+            &dir,
+            "3_seed.toml",
+            &format!(
+                "version = 3\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"lookups\"\nfile = \"{name}\"\n"
+            ),
+        );
+        let text = refused(&changes(&w, "up", &dir, &[]));
+        assert!(
+            text.contains("leads out of the changes directory"),
+            "{name}: {text}"
+        );
+    }
+    let fifo = dir.join("seeds/pipe.json");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    write(
+        &dir,
+        "3_seed.toml",
+        "version = 3\nname = \"seed\"\n[[up]]\nop = \"insert\"\ncollection = \"lookups\"\nfile = \"seeds/pipe.json\"\n",
+    );
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("not a regular file"), "{text}");
+    assert_eq!(w.docs("lookups").await, [doc! { "_id": "later" }]);
     w.drop().await;
 }
 

@@ -1405,3 +1405,308 @@ async fn sync_deletes_removes_the_storage_file_of_a_deleted_row() {
     let out = cutover(&w, &root, &aw, &["verify", "--pipeline", &pipeline]).await;
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A pipeline of one file stage `docs` into bucket `docs` with `[file.appwrite]` limits (the
+/// name sent to Storage is the `name` column's).
+fn limited_mapping(dir: &Path, limits: &str) -> String {
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/docs.toml"),
+        format!(
+            r#"version = 1
+name = "docs"
+[source]
+table = "docs"
+key = ["id"]
+[file]
+path_column = "path"
+name_column = "name"
+bucket = "docs"
+[file.appwrite]
+{limits}
+[[field]]
+path = "name"
+column = "name"
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.toml"),
+        "version = 1\nname = \"p\"\ntarget = \"appwrite\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"files\"\nentities = [\"docs\"]\n",
+    )
+    .unwrap();
+    dir.join("p.toml").display().to_string()
+}
+
+/// Writes each (id, path, name, length) file under `root` and its row into `docs`.
+async fn limited_files(w: &World, root: &Path, files: &[(i32, &str, &str, usize)]) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut sql = String::from("CREATE TABLE docs (id int PRIMARY KEY, path text, name text);\n");
+    for (id, rel, name, len) in files {
+        if *len != usize::MAX {
+            let bytes: Vec<u8> = (0..*len).map(|i| (i as u8).wrapping_mul(7)).collect();
+            std::fs::write(root.join(rel), bytes).unwrap();
+        }
+        sql.push_str(&format!(
+            "INSERT INTO docs VALUES ({id}, '{rel}', '{name}');\n"
+        ));
+    }
+    w.sql(&sql).await;
+}
+
+/// (key, rule, message) of each line of a run's rejects file of `docs`.
+fn reject_lines(w: &World, run_id: &str) -> Vec<(String, String, String)> {
+    let path = w.dir.path().join("rejects").join(run_id).join("docs.csv");
+    let mut r = csv::Reader::from_path(&path).unwrap();
+    let mut out: Vec<(String, String, String)> = r
+        .records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            assert_eq!(&rec[2], "file", "{rec:?}");
+            (rec[1].to_string(), rec[3].to_string(), rec[5].to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `check --json`: (rows per reject rule of `docs`, its rejected_rows, the whole report).
+async fn check_rejects(
+    w: &World,
+    root: &Path,
+    aw: &Aw,
+    pipeline: &str,
+) -> (std::collections::BTreeMap<String, u64>, u64, Value) {
+    let out = cutover(
+        w,
+        root,
+        aw,
+        &["check", "--json", "--full", "--pipeline", pipeline],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut rules = std::collections::BTreeMap::new();
+    for f in report["findings"].as_array().unwrap() {
+        if f["entity"] == "docs" && f["severity"] == "reject" {
+            *rules.entry(f["rule"].as_str().unwrap().to_string()).or_insert(0) +=
+                f["rows"].as_u64().unwrap();
+        }
+    }
+    let docs = report["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == "docs")
+        .unwrap();
+    let rejected = docs["rejected_rows"].as_u64().unwrap();
+    (rules, rejected, report)
+}
+
+/// The dry run's and the run's report of `docs` and its rejects; read = written + rejected +
+/// skipped in both.
+async fn run_rejects(
+    w: &World,
+    root: &Path,
+    aw: &Aw,
+    pipeline: &str,
+    dry: bool,
+) -> (Value, Vec<(String, String, String)>) {
+    let mut args = vec!["migrate", "--quiet", "--pipeline", pipeline];
+    if dry {
+        args.push("--dry-run");
+    }
+    let out = cutover(w, root, aw, &args).await;
+    assert_eq!(out.status.code(), Some(2), "dry run {dry}: {}", text(&out));
+    let e = report_entity(w);
+    let n = |k: &str| e[k].as_u64().unwrap();
+    assert_eq!(
+        n("read"),
+        n("written") + n("rejected") + n("skipped"),
+        "dry run {dry}: {e}"
+    );
+    let lines = reject_lines(w, w.latest_report()["run_id"].as_str().unwrap());
+    (e, lines)
+}
+
+/// adv F6 (issue #14): a bucket that limits uploads (`maximum_file_size`, `allowed_file_extensions`)
+/// — check, the dry run and the run reject the same rows, rule `file_upload`, named with the
+/// file, its size or extension and the limit; the run refuses them before sending a byte. As
+/// Appwrite compares: the extension of the name sent (the `name` column, not the path on disk),
+/// the part after its last dot, case-sensitively (`A.BIN` is refused by ["bin"]); a name
+/// without a dot has no extension (refused); a file of exactly `maximum_file_size` bytes is
+/// taken (Appwrite refuses only a bigger one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_dry_run_and_run_reject_the_same_files_a_limited_bucket_refuses() {
+    let w = World::new("files_appwrite_limits").await;
+    let root = w.dir.path().join("files");
+    limited_files(
+        &w,
+        &root,
+        &[
+            (1, "ok.bin", "ok.bin", 100),
+            (2, "big.bin", "big.bin", 13_000_000),
+            (3, "bad.exe", "bad.exe", 10),
+            (4, "noext", "noext", 10),
+            (5, "upper.bin", "A.BIN", 10),
+            (6, "exact.bin", "exact.bin", 12_000_000),
+            (7, "note.txt", "note.txt", 5),
+            // Storage checks the name sent (the name column), not the path on disk.
+            (8, "renamed.bin", "renamed.exe", 10),
+            (9, "stored.dat", "stored.txt", 10),
+            (10, "archive.bin.gz", "archive.bin.gz", 10),
+            (11, "gone.bin", "gone.bin", usize::MAX),
+        ],
+    )
+    .await;
+    let pipeline = limited_mapping(
+        w.dir.path(),
+        "maximum_file_size = 12000000\nallowed_file_extensions = [\"bin\", \"txt\"]",
+    );
+    let aw = standin().await;
+    let refused: Vec<(&str, &str)> = vec![
+        ("10", "file_upload"),
+        ("11", "file_missing"),
+        ("2", "file_upload"),
+        ("3", "file_upload"),
+        ("4", "file_upload"),
+        ("5", "file_upload"),
+        ("8", "file_upload"),
+    ];
+
+    let (rules, rejected, report) = check_rejects(&w, &root, &aw, &pipeline).await;
+    assert_eq!(
+        rules,
+        [("file_missing".to_string(), 1), ("file_upload".to_string(), 6)].into(),
+        "{report}"
+    );
+    assert_eq!(rejected, 7, "{report}");
+    assert!(aw.s.get_bucket("docs").is_err(), "check creates no bucket");
+
+    let (dry, dry_lines) = run_rejects(&w, &root, &aw, &pipeline, true).await;
+    assert_eq!(dry["rejected"].as_u64(), Some(rejected), "{dry}");
+    assert!(aw.s.get_bucket("docs").is_err(), "a dry run creates no bucket");
+
+    let (run, run_lines) = run_rejects(&w, &root, &aw, &pipeline, false).await;
+    assert_eq!(
+        (run["read"].as_u64(), run["written"].as_u64(), run["rejected"].as_u64()),
+        (Some(11), Some(4), Some(rejected)),
+        "{run}"
+    );
+    let keyed = |lines: &[(String, String, String)]| -> Vec<(String, String)> {
+        lines.iter().map(|(k, r, _)| (k.clone(), r.clone())).collect()
+    };
+    let want: Vec<(String, String)> = refused
+        .iter()
+        .map(|(k, r)| (k.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(keyed(&dry_lines), want);
+    assert_eq!(keyed(&run_lines), want);
+    // The same messages, naming the file, what is wrong with it and the limit.
+    assert_eq!(dry_lines, run_lines);
+    let message = |key: &str| -> &str {
+        &run_lines.iter().find(|(k, ..)| k == key).unwrap().2
+    };
+    for (key, parts) in [
+        (
+            "2",
+            &["big.bin", "13000000 bytes", "maximumFileSize of 12000000"][..],
+        ),
+        ("3", &["\"exe\"", "bad.exe", "[\"bin\", \"txt\"]"][..]),
+        ("4", &["\"noext\" has no extension", "[\"bin\", \"txt\"]"][..]),
+        ("5", &["\"BIN\"", "A.BIN", "case-sensitively"][..]),
+        ("8", &["renamed.bin", "\"exe\"", "renamed.exe"][..]),
+        ("10", &["\"gz\"", "archive.bin.gz"][..]),
+    ] {
+        for part in parts {
+            assert!(message(key).contains(part), "{key}: {part}: {}", message(key));
+        }
+    }
+    // Nothing of a refused file reached Storage; the rest did, the one at the limit whole.
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    assert_eq!(ids, ["1", "6", "7", "9"]);
+    assert_eq!(
+        aw.s.file_content("docs", "6").unwrap().len(),
+        12_000_000,
+        "a file of exactly maximumFileSize bytes"
+    );
+    assert_eq!(aw.s.get_file("docs", "9").unwrap()["name"], "stored.txt");
+    w.drop().await;
+}
+
+/// A bucket that exists already with other limits than the mapping's: the run leaves it as it
+/// is, so its settings are what Storage enforces — check (which says the bucket differs), the
+/// dry run and the run reject by them, not by the mapping's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_buckets_own_limits_decide_in_check_dry_run_and_run() {
+    let w = World::new("files_appwrite_limits_existing").await;
+    let root = w.dir.path().join("files");
+    limited_files(
+        &w,
+        &root,
+        &[
+            (1, "a.txt", "a.txt", 100),
+            (2, "b.txt", "b.txt", 101),
+            (3, "c.bin", "c.bin", 10),
+            (4, "d.pdf", "d.pdf", 10),
+        ],
+    )
+    .await;
+    let pipeline = limited_mapping(
+        w.dir.path(),
+        "maximum_file_size = 12000000\nallowed_file_extensions = [\"bin\", \"txt\"]",
+    );
+    let aw = standin().await;
+    aw.s.create_bucket(
+        "docs",
+        "docs [cutover database registry]",
+        &serde_json::json!({ "maximumFileSize": 100, "allowedFileExtensions": ["txt", "pdf"] }),
+    )
+    .unwrap();
+
+    let (rules, rejected, report) = check_rejects(&w, &root, &aw, &pipeline).await;
+    assert_eq!(rules, [("file_upload".to_string(), 2)].into(), "{report}");
+    assert_eq!(rejected, 2);
+    let said = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "bucket_settings")
+        .unwrap_or_else(|| panic!("check says the bucket differs: {report}"));
+    let example = said["example"].as_str().unwrap();
+    assert!(
+        example.contains("maximumFileSize 100 (the mapping asks 12000000)")
+            && example.contains("allowedFileExtensions"),
+        "{example}"
+    );
+
+    let (dry, dry_lines) = run_rejects(&w, &root, &aw, &pipeline, true).await;
+    let (run, run_lines) = run_rejects(&w, &root, &aw, &pipeline, false).await;
+    assert_eq!(dry["rejected"].as_u64(), Some(2), "{dry}");
+    assert_eq!(
+        (run["written"].as_u64(), run["rejected"].as_u64()),
+        (Some(2), Some(2)),
+        "{run}"
+    );
+    assert_eq!(dry_lines, run_lines);
+    let keyed: Vec<(&str, &str)> = run_lines
+        .iter()
+        .map(|(k, r, _)| (k.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(keyed, [("2", "file_upload"), ("3", "file_upload")]);
+    assert!(
+        run_lines[0].2.contains("101 bytes")
+            && run_lines[0].2.contains("maximumFileSize of 100 bytes of the existing bucket"),
+        "{}",
+        run_lines[0].2
+    );
+    assert!(run_lines[1].2.contains("\"bin\""), "{}", run_lines[1].2);
+    let mut ids = aw.s.file_ids("docs");
+    ids.sort();
+    assert_eq!(ids, ["1", "4"]);
+    // The bucket kept its own settings.
+    assert_eq!(aw.s.get_bucket("docs").unwrap()["maximumFileSize"], 100);
+    w.drop().await;
+}

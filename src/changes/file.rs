@@ -893,6 +893,24 @@ impl Seeds<'_> {
                     ));
                 }
                 let path = dir.join(rel);
+                // A symbolic link on the way may lead out of the directory: where the file
+                // really is must be inside it too (adv22 F9), as for the files stage.
+                let real = path
+                    .canonicalize()
+                    .map_err(|e| format!("file {}: {e}", path.display()))?;
+                let root = dir
+                    .canonicalize()
+                    .map_err(|e| format!("changes directory {}: {e}", dir.display()))?;
+                if !real.starts_with(&root) {
+                    return Err(format!(
+                        "file `{name}` leads out of the changes directory (through a symbolic link, to {}): a change reads only files inside it",
+                        real.display()
+                    ));
+                }
+                if !real.is_file() {
+                    // A named pipe would block the read for ever.
+                    return Err(format!("file {}: not a regular file", path.display()));
+                }
                 let bytes =
                     std::fs::read(&path).map_err(|e| format!("file {}: {e}", path.display()))?;
                 String::from_utf8(bytes)
