@@ -693,6 +693,74 @@ async fn buckets_and_chunked_uploads_follow_the_spec() {
     assert_eq!(r.status().as_u16(), 416);
 }
 
+/// A bucket's `allowedFileExtensions` and `maximumFileSize` are enforced as Appwrite's
+/// `createFile` does (utopia-php/storage `FileExt`, `FileSize`): the extension of the uploaded
+/// file's name — the part after its last dot, compared case and all, none without a dot —
+/// else 400 `storage_file_type_unsupported`; a size over the maximum (not at it) 400
+/// `storage_invalid_file_size`, a chunked upload judged by its whole size.
+#[tokio::test]
+async fn a_bucket_refuses_extensions_it_does_not_allow_and_files_over_its_size() {
+    let (c, _) = start().await;
+    let (st, bucket, _) = c
+        .call(
+            "post",
+            "/storage/buckets",
+            "/storage/buckets",
+            Some(json!({ "bucketId": "limited", "name": "Limited", "maximumFileSize": 6_000_000, "allowedFileExtensions": ["bin", "txt"] })),
+        )
+        .await;
+    assert_eq!(st, 201, "{bucket}");
+    assert_eq!(bucket["allowedFileExtensions"], json!(["bin", "txt"]));
+    let url = format!("{}/storage/buckets/limited/files", c.base);
+    let send = |file_id: &str, name: &str, len: usize, range: Option<String>| {
+        let form = reqwest::multipart::Form::new()
+            .text("fileId", file_id.to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(vec![1u8; len]).file_name(name.to_string()),
+            );
+        let mut req = c
+            .http
+            .post(&url)
+            .header("X-Appwrite-Project", "cutover")
+            .header("X-Appwrite-Key", KEY)
+            .multipart(form);
+        if let Some(r) = range {
+            req = req.header("Content-Range", r);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body["type"].as_str().unwrap_or("").to_string())
+        }
+    };
+    let unsupported = (400, "storage_file_type_unsupported".to_string());
+    for (id, name) in [("e1", "bad.exe"), ("e2", "A.BIN"), ("e3", "noext"), ("e4", "x.bin.gz")] {
+        assert_eq!(send(id, name, 5, None).await, unsupported, "{name}");
+    }
+    assert_eq!(send("ok1", "ok.bin", 5, None).await.0, 201);
+    assert_eq!(send("ok2", "dir.d/.txt", 5, None).await.0, 201);
+    // Up to the maximum: a chunked upload of exactly 6,000,000 bytes is taken; one byte more
+    // is refused at its first chunk.
+    let chunk = 5 * 1024 * 1024;
+    let too_big = (400, "storage_invalid_file_size".to_string());
+    let first = |total: usize| Some(format!("bytes 0-{}/{total}", chunk - 1));
+    assert_eq!(send("big", "big.bin", chunk, first(6_000_001)).await, too_big);
+    assert_eq!(send("atmax", "max.bin", chunk, first(6_000_000)).await.0, 201);
+    // The extension is judged first, as Appwrite judges it.
+    assert_eq!(send("both", "big.exe", chunk, first(6_000_001)).await, unsupported);
+    let (st, list, _) = c
+        .call(
+            "get",
+            "/storage/buckets/{bucketId}/files",
+            "/storage/buckets/limited/files",
+            None,
+        )
+        .await;
+    assert_eq!((st, list["total"].as_u64()), (200, Some(3)), "{list}");
+}
+
 #[tokio::test]
 async fn user_updates_other_hashes_indexes_and_deletes_follow_the_spec() {
     let (c, _) = start().await;

@@ -1490,8 +1490,9 @@ async fn check_rejects(
     let mut rules = std::collections::BTreeMap::new();
     for f in report["findings"].as_array().unwrap() {
         if f["entity"] == "docs" && f["severity"] == "reject" {
-            *rules.entry(f["rule"].as_str().unwrap().to_string()).or_insert(0) +=
-                f["rows"].as_u64().unwrap();
+            *rules
+                .entry(f["rule"].as_str().unwrap().to_string())
+                .or_insert(0) += f["rows"].as_u64().unwrap();
         }
     }
     let docs = report["entities"]
@@ -1578,7 +1579,11 @@ async fn check_dry_run_and_run_reject_the_same_files_a_limited_bucket_refuses() 
     let (rules, rejected, report) = check_rejects(&w, &root, &aw, &pipeline).await;
     assert_eq!(
         rules,
-        [("file_missing".to_string(), 1), ("file_upload".to_string(), 6)].into(),
+        [
+            ("file_missing".to_string(), 1),
+            ("file_upload".to_string(), 6)
+        ]
+        .into(),
         "{report}"
     );
     assert_eq!(rejected, 7, "{report}");
@@ -1586,16 +1591,26 @@ async fn check_dry_run_and_run_reject_the_same_files_a_limited_bucket_refuses() 
 
     let (dry, dry_lines) = run_rejects(&w, &root, &aw, &pipeline, true).await;
     assert_eq!(dry["rejected"].as_u64(), Some(rejected), "{dry}");
-    assert!(aw.s.get_bucket("docs").is_err(), "a dry run creates no bucket");
+    assert!(
+        aw.s.get_bucket("docs").is_err(),
+        "a dry run creates no bucket"
+    );
 
     let (run, run_lines) = run_rejects(&w, &root, &aw, &pipeline, false).await;
     assert_eq!(
-        (run["read"].as_u64(), run["written"].as_u64(), run["rejected"].as_u64()),
+        (
+            run["read"].as_u64(),
+            run["written"].as_u64(),
+            run["rejected"].as_u64()
+        ),
         (Some(11), Some(4), Some(rejected)),
         "{run}"
     );
     let keyed = |lines: &[(String, String, String)]| -> Vec<(String, String)> {
-        lines.iter().map(|(k, r, _)| (k.clone(), r.clone())).collect()
+        lines
+            .iter()
+            .map(|(k, r, _)| (k.clone(), r.clone()))
+            .collect()
     };
     let want: Vec<(String, String)> = refused
         .iter()
@@ -1605,22 +1620,27 @@ async fn check_dry_run_and_run_reject_the_same_files_a_limited_bucket_refuses() 
     assert_eq!(keyed(&run_lines), want);
     // The same messages, naming the file, what is wrong with it and the limit.
     assert_eq!(dry_lines, run_lines);
-    let message = |key: &str| -> &str {
-        &run_lines.iter().find(|(k, ..)| k == key).unwrap().2
-    };
+    let message = |key: &str| -> &str { &run_lines.iter().find(|(k, ..)| k == key).unwrap().2 };
     for (key, parts) in [
         (
             "2",
             &["big.bin", "13000000 bytes", "maximumFileSize of 12000000"][..],
         ),
         ("3", &["\"exe\"", "bad.exe", "[\"bin\", \"txt\"]"][..]),
-        ("4", &["\"noext\" has no extension", "[\"bin\", \"txt\"]"][..]),
+        (
+            "4",
+            &["\"noext\" has no extension", "[\"bin\", \"txt\"]"][..],
+        ),
         ("5", &["\"BIN\"", "A.BIN", "case-sensitively"][..]),
         ("8", &["renamed.bin", "\"exe\"", "renamed.exe"][..]),
         ("10", &["\"gz\"", "archive.bin.gz"][..]),
     ] {
         for part in parts {
-            assert!(message(key).contains(part), "{key}: {part}: {}", message(key));
+            assert!(
+                message(key).contains(part),
+                "{key}: {part}: {}",
+                message(key)
+            );
         }
     }
     // Nothing of a refused file reached Storage; the rest did, the one at the limit whole.
@@ -1698,7 +1718,9 @@ async fn an_existing_buckets_own_limits_decide_in_check_dry_run_and_run() {
     assert_eq!(keyed, [("2", "file_upload"), ("3", "file_upload")]);
     assert!(
         run_lines[0].2.contains("101 bytes")
-            && run_lines[0].2.contains("maximumFileSize of 100 bytes of the existing bucket"),
+            && run_lines[0]
+                .2
+                .contains("maximumFileSize of 100 bytes of the existing bucket"),
         "{}",
         run_lines[0].2
     );

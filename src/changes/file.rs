@@ -20,6 +20,11 @@ pub enum FileError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error("cannot write {}: {cause}", path.display())]
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error(

@@ -266,15 +266,23 @@ impl Template {
 /// `add avatar field` → `add-avatar-field`.
 pub fn slug(name: &str) -> String {
     let mut s = String::new();
+    // Letters and digits of any script (a file name holds them); at most SLUG_CHARS of them,
+    // the name itself stays whole in the file (adv22 F4: a 300-character name gave no file).
     for c in name.trim().chars() {
-        if c.is_ascii_alphanumeric() {
-            s.push(c.to_ascii_lowercase());
+        if s.chars().count() >= SLUG_CHARS {
+            break;
+        }
+        if c.is_alphanumeric() {
+            s.extend(c.to_lowercase());
         } else if !s.ends_with('-') && !s.is_empty() {
             s.push('-');
         }
     }
     s.trim_end_matches('-').to_string()
 }
+
+/// The most characters a change file's name takes from the change's name.
+const SLUG_CHARS: usize = 60;
 
 /// The text of a new change file.
 pub fn render(template: Template, version: u64, name: &str) -> String {
@@ -322,6 +330,15 @@ pub fn new_file_for(
             ),
         });
     }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(FileError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!(
+                "the name holds the control character {:?}: write it on one line, without control characters",
+                c
+            ),
+        });
+    }
     let slug = slug(name);
     if slug.is_empty() {
         return Err(FileError::Invalid {
@@ -335,7 +352,7 @@ pub fn new_file_for(
         Some(c) if c.version >= stamp => c.version + 1,
         _ => stamp,
     };
-    let io = |cause| FileError::Read {
+    let io = |cause| FileError::Write {
         path: dir.to_path_buf(),
         cause,
     };
@@ -353,7 +370,7 @@ pub fn new_file_for(
         .create_new(true)
         .open(&path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-        .map_err(|cause| FileError::Read {
+        .map_err(|cause| FileError::Write {
             path: path.clone(),
             cause,
         })?;
@@ -408,5 +425,34 @@ mod tests {
         let b = new_file(dir.path(), "second", Template::Empty, now).unwrap();
         assert!(b.ends_with("20261201103001_second.toml"), "{b:?}");
         assert_eq!(file::load_dir(dir.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn any_script_and_any_length_give_a_file_and_control_characters_are_refused() {
+        // adv22 F4: a 300-character name failed ("File name too long"), letters outside ASCII
+        // were refused as "no letters", a NUL wrote a file that did not load.
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z")
+            .unwrap()
+            .to_utc();
+        let long = "y".repeat(300);
+        let p = new_file(dir.path(), &long, Template::Empty, now).unwrap();
+        assert_eq!(
+            p.file_name().unwrap().to_str().unwrap(),
+            format!("20261201103000_{}.toml", "y".repeat(SLUG_CHARS))
+        );
+        let p = new_file(dir.path(), "Добавить поле", Template::AddField, now).unwrap();
+        assert!(p.ends_with("20261201103001_добавить-поле.toml"), "{p:?}");
+        let p = new_file(dir.path(), &"é".repeat(200), Template::Empty, now).unwrap();
+        assert!(p.file_name().unwrap().len() < 255, "{p:?}");
+        let loaded = file::load_dir(dir.path()).unwrap();
+        assert_eq!(loaded.len(), 3);
+        // The name is kept whole in the file.
+        assert_eq!(loaded[0].name, long);
+        for bad in ["a\u{0}b", "tab\there", "two\nlines"] {
+            let e = new_file(dir.path(), bad, Template::Empty, now).unwrap_err();
+            assert!(e.to_string().contains("control character"), "{bad:?}: {e}");
+        }
+        assert_eq!(file::load_dir(dir.path()).unwrap().len(), 3);
     }
 }

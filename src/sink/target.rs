@@ -530,7 +530,7 @@ impl AppwriteTarget {
                 }
                 if let Some(storage) = self.storage(&plan.collection) {
                     use super::appwrite::storage::{BucketLimits, ensure_bucket};
-                    let record = ensure_bucket(
+                    let (record, created) = ensure_bucket(
                         &self.client,
                         &storage.bucket,
                         &self.database,
@@ -538,13 +538,16 @@ impl AppwriteTarget {
                     )
                     .await?;
                     // The bucket as the server holds it (created now, or as it was).
+                    let limits = BucketLimits::of_record(
+                        &storage.bucket,
+                        &record,
+                        &storage.options,
+                        created,
+                    );
                     self.bucket_limits
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(
-                            plan.collection.clone(),
-                            BucketLimits::of_bucket(&storage.bucket, &record, &storage.options),
-                        );
+                        .insert(plan.collection.clone(), limits);
                 }
                 Layout::Table(spec, children)
             }

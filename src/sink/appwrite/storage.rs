@@ -40,7 +40,8 @@ pub fn bucket_database(name: &str) -> Option<&str> {
 }
 
 /// Creates the bucket unless it exists; returns the server's record of it (its settings are
-/// what Storage enforces: an existing bucket is left as it is). A bucket cutover created for
+/// what Storage enforces: an existing bucket is left as it is) and whether this call created
+/// it. A bucket cutover created for
 /// another database is refused: buckets belong to the project, and a rehearsal into another
 /// database would share (and its rollback empty) the files the other database's rows name.
 pub async fn ensure_bucket(
@@ -48,7 +49,7 @@ pub async fn ensure_bucket(
     id: &str,
     database: &str,
     options: &BucketOptions,
-) -> Result<Value, AppwriteError> {
+) -> Result<(Value, bool), AppwriteError> {
     if let Some(b) = bucket(client, id).await? {
         return match b["name"].as_str().and_then(bucket_database) {
             Some(other) if other != database => Err(AppwriteError::client(
@@ -57,7 +58,7 @@ pub async fn ensure_bucket(
                     "the Storage bucket `{id}` holds the files of database `{other}` (buckets belong to the project): give this mapping's [file] another `bucket` for database `{database}`"
                 ),
             )),
-            _ => Ok(b),
+            _ => Ok((b, false)),
         };
     }
     let mut body = json!({ "bucketId": id, "name": bucket_name(id, database) });
@@ -87,7 +88,7 @@ pub async fn ensure_bucket(
         .call(reqwest::Method::POST, "/storage/buckets", Some(&body))
         .await
     {
-        Ok(b) => Ok(b),
+        Ok(b) => Ok((b, true)),
         // Created meanwhile (another process): whose it is is asked again.
         Err(e) if e.status() == Some(409) => {
             Box::pin(ensure_bucket(client, id, database, options)).await
@@ -146,6 +147,17 @@ impl BucketLimits {
             allowed_file_extensions: o.allowed_file_extensions.clone().unwrap_or_default(),
             existing: None,
         }
+    }
+
+    /// The limits of a bucket as the server records them: an existing bucket's are what
+    /// Storage enforces whatever the mapping asks (`created`: the run made it from the
+    /// mapping's options just now, so the mapping's they are).
+    pub fn of_record(id: &str, record: &Value, o: &BucketOptions, created: bool) -> BucketLimits {
+        let mut limits = BucketLimits::of_bucket(id, record, o);
+        if created {
+            limits.existing = None;
+        }
+        limits
     }
 
     /// The limits of an existing bucket (the server's record of it), which are what Storage
@@ -220,12 +232,12 @@ impl BucketLimits {
             let ext = extension(name);
             if !self.allowed_file_extensions.iter().any(|a| a == ext) {
                 let what = if ext.is_empty() {
-                    format!("{name:?} has no extension")
+                    format!("{name:?} has no extension, which is not")
                 } else {
-                    format!("the extension {ext:?} of {name:?}")
+                    format!("the extension {ext:?} of {name:?} is not")
                 };
                 return Some(format!(
-                    "{what} is not among the allowedFileExtensions {:?} of {whose} (Appwrite compares the part of the name after its last dot, case-sensitively): Appwrite Storage would refuse it (storage_file_type_unsupported)",
+                    "{what} among the allowedFileExtensions {:?} of {whose} (Appwrite compares the part of the name after its last dot, case-sensitively): Appwrite Storage would refuse it (storage_file_type_unsupported)",
                     self.allowed_file_extensions
                 ));
             }
