@@ -736,7 +736,12 @@ async fn a_bucket_refuses_extensions_it_does_not_allow_and_files_over_its_size()
         }
     };
     let unsupported = (400, "storage_file_type_unsupported".to_string());
-    for (id, name) in [("e1", "bad.exe"), ("e2", "A.BIN"), ("e3", "noext"), ("e4", "x.bin.gz")] {
+    for (id, name) in [
+        ("e1", "bad.exe"),
+        ("e2", "A.BIN"),
+        ("e3", "noext"),
+        ("e4", "x.bin.gz"),
+    ] {
         assert_eq!(send(id, name, 5, None).await, unsupported, "{name}");
     }
     assert_eq!(send("ok1", "ok.bin", 5, None).await.0, 201);
@@ -746,10 +751,19 @@ async fn a_bucket_refuses_extensions_it_does_not_allow_and_files_over_its_size()
     let chunk = 5 * 1024 * 1024;
     let too_big = (400, "storage_invalid_file_size".to_string());
     let first = |total: usize| Some(format!("bytes 0-{}/{total}", chunk - 1));
-    assert_eq!(send("big", "big.bin", chunk, first(6_000_001)).await, too_big);
-    assert_eq!(send("atmax", "max.bin", chunk, first(6_000_000)).await.0, 201);
+    assert_eq!(
+        send("big", "big.bin", chunk, first(6_000_001)).await,
+        too_big
+    );
+    assert_eq!(
+        send("atmax", "max.bin", chunk, first(6_000_000)).await.0,
+        201
+    );
     // The extension is judged first, as Appwrite judges it.
-    assert_eq!(send("both", "big.exe", chunk, first(6_000_001)).await, unsupported);
+    assert_eq!(
+        send("both", "big.exe", chunk, first(6_000_001)).await,
+        unsupported
+    );
     let (st, list, _) = c
         .call(
             "get",
