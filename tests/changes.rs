@@ -2413,6 +2413,41 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
     }
     let names = w.mongo().await.list_collection_names().await.unwrap();
     assert!(!names.contains(&"x".to_string()));
+    // adv27 N2: naming the change's own database is as naming none, a rename into another is
+    // refused, and a command that only reads a ledger collection writes nothing of it.
+    let own = &w.mongo_db;
+    for (body, says) in [
+        (
+            "op = \"command\"\ncommand = { renameCollection = \"DB.things\", to = \"elsewhere.things\" }\ndown = { ping = 1 }\n",
+            "writes only the database it is applied to, `DB`",
+        ),
+        (
+            "op = \"command\"\ncommand = { renameCollection = \"elsewhere.things\", to = \"DB.stolen\" }\ndown = { ping = 1 }\n",
+            "writing into the database `elsewhere`",
+        ),
+    ] {
+        write(
+            &dir,
+            "1_x.toml",
+            &format!(
+                "version = 1\nname = \"x\"\n[[up]]\n{}",
+                body.replace("DB", own)
+            ),
+        );
+        let text = refused(&changes(&w, "up", &dir, &[]));
+        assert!(text.contains(&says.replace("DB", own)), "{body}: {text}");
+    }
+    write(
+        &dir,
+        "1_x.toml",
+        &format!(
+            "version = 1\nname = \"x\"\n[[up]]\nop = \"command\"\ncommand = {{ aggregate = \"things\", pipeline = [{{ \"$out\" = {{ db = \"{own}\", coll = \"thingscopy\" }} }}], cursor = {{}} }}\ndown = {{ drop = \"thingscopy\" }}\n[[up]]\nop = \"command\"\ncommand = {{ validate = \"cutover_changes\" }}\ndown = {{ ping = 1 }}\n"
+        ),
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    assert_eq!(w.count("thingscopy").await, w.count("things").await);
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(w.count("thingscopy").await, 0);
     w.drop().await;
 }
 

@@ -786,12 +786,33 @@ fn check_path(path: &str, what: &str) -> Result<(), String> {
 }
 
 /// What a command writes besides the collection it names first: the collections of its
-/// aggregation stages' `$out` and `$merge` and of a mapReduce's `out`, and a database other than
-/// the change's that one of them names (`db`).
+/// aggregation stages' `$out` and `$merge` and of a mapReduce's `out`, and the databases one of
+/// them names (`db`).
 #[derive(Debug, Default)]
 pub struct CommandOutputs {
     pub collections: Vec<String>,
-    pub other_database: Option<String>,
+    pub databases: Vec<String>,
+}
+
+/// Commands that only read the collection they name first (an aggregation writes only through
+/// `$out` / `$merge`, found apart): naming a ledger collection so is no write (adv27 N2).
+pub fn reads_only_its_collection(command: &Document) -> bool {
+    let Some((name, _)) = command.iter().next() else {
+        return false;
+    };
+    let read_only = [
+        "aggregate",
+        "count",
+        "distinct",
+        "find",
+        "listIndexes",
+        "collStats",
+        "dataSize",
+        "explain",
+    ];
+    read_only.contains(&name.as_str())
+        // validate repairs with `repair` / `fix`.
+        || (name == "validate" && !command.contains_key("repair") && !command.contains_key("fix"))
 }
 
 pub fn command_outputs(command: &Document) -> CommandOutputs {
@@ -800,7 +821,7 @@ pub fn command_outputs(command: &Document) -> CommandOutputs {
             Bson::String(s) => out.collections.push(s.clone()),
             Bson::Document(d) => {
                 if let Ok(db) = d.get_str("db") {
-                    out.other_database.get_or_insert_with(|| db.to_string());
+                    out.databases.push(db.to_string());
                 }
                 for key in [coll_key, "replace", "merge", "reduce"] {
                     match d.get(key) {
@@ -836,9 +857,16 @@ pub fn command_outputs(command: &Document) -> CommandOutputs {
     // renameCollection names namespaces: `db.collection`.
     if command.contains_key("renameCollection")
         && let Ok(to) = command.get_str("to")
-        && let Some((_, coll)) = to.split_once('.')
+        && let Some((db, coll)) = to.split_once('.')
     {
+        out.databases.push(db.to_string());
         out.collections.push(coll.to_string());
+    }
+    // …and takes its collection away from the database it names.
+    if let Ok(from) = command.get_str("renameCollection")
+        && let Some((db, _)) = from.split_once('.')
+    {
+        out.databases.push(db.to_string());
     }
     out
 }

@@ -590,11 +590,16 @@ async fn refuse_unsettled_collections(
     t: &ChangeTarget<'_>,
     pending: &[&Change],
 ) -> Result<(), ChangesError> {
-    refuse_unsettled_in(t.ledger, pending).await
+    refuse_unsettled_in(t.ledger, pending, Some(t.db.name())).await
 }
 
-/// [`refuse_unsettled_collections`] from the ledger alone (whatever the target).
-async fn refuse_unsettled_in(ledger: &Ledger, pending: &[&Change]) -> Result<(), ChangesError> {
+/// [`refuse_unsettled_collections`] from the ledger alone (whatever the target); `database` is
+/// the MongoDB database the changes are applied to (a command may name it).
+async fn refuse_unsettled_in(
+    ledger: &Ledger,
+    pending: &[&Change],
+    database: Option<&str>,
+) -> Result<(), ChangesError> {
     let t = &LedgerOnly { ledger };
     // The ledger's own collections (runs, steps, the lock, changes, backups) are never a
     // change's: dropping or rewriting them loses how to undo what was applied.
@@ -604,20 +609,30 @@ async fn refuse_unsettled_in(ledger: &Ledger, pending: &[&Change]) -> Result<(),
         // A command names its collection with its first value (`{ drop = "x" }`), and an
         // aggregation's `$out` / `$merge` (a mapReduce's `out`) the one it writes (adv22 F5).
         let mut commanded: Vec<String> = Vec::new();
+        let mut foreign = None;
         for op in &ops {
             let file::Op::Command { command, down } = op else {
                 continue;
             };
             for d in [Some(command), down.as_ref()].into_iter().flatten() {
-                if let Some(first) = d.iter().next().and_then(|(_, v)| v.as_str()) {
+                if let Some(first) = d.iter().next().and_then(|(_, v)| v.as_str())
+                    && !file::reads_only_its_collection(d)
+                {
                     commanded.push(first.to_string());
                 }
                 let outputs = file::command_outputs(d);
-                if let Some(db) = outputs.other_database {
-                    return Err(ChangesError::Refused(format!(
-                        "change {} ({}) runs a command writing into the database `{db}`: a change writes only the database it is applied to (drop `db` from its `$out` / `$merge`)",
+                // Naming its own database is as naming none (adv27 N2).
+                if let Some(db) = outputs
+                    .databases
+                    .iter()
+                    .find(|db| Some(db.as_str()) != database)
+                    && foreign.is_none()
+                {
+                    foreign = Some(ChangesError::Refused(format!(
+                        "change {} ({}) runs a command writing into the database `{db}`: a change writes only the database it is applied to{} (drop `db` from its `$out` / `$merge`, or name that database)",
                         c.version,
-                        c.file_name()
+                        c.file_name(),
+                        database.map(|d| format!(", `{d}`")).unwrap_or_default()
                     )));
                 }
                 commanded.extend(outputs.collections);
@@ -637,6 +652,9 @@ async fn refuse_unsettled_in(ledger: &Ledger, pending: &[&Change]) -> Result<(),
                     c.file_name()
                 )));
             }
+        }
+        if let Some(e) = foreign {
+            return Err(e);
         }
     }
     let steps = t

@@ -119,7 +119,7 @@ async fn plan<'c>(
     let pending = super::select_pending(&states, files, opts)?;
     super::refuse_other_target(&pending, true)?;
     refuse_backup_tables(&pending)?;
-    super::refuse_unsettled_in(t.ledger, &pending).await?;
+    super::refuse_unsettled_in(t.ledger, &pending, None).await?;
     Ok(pending)
 }
 
@@ -666,7 +666,7 @@ pub async fn down_with(
         let chosen = super::chosen_for_down(all, which)?;
         let changes: Vec<&Change> = chosen.iter().map(|(_, c)| c).collect();
         super::refuse_other_target(&changes, true)?;
-        super::refuse_unsettled_in(t.ledger, &changes).await?;
+        super::refuse_unsettled_in(t.ledger, &changes, None).await?;
         let mut report = DownReport::default();
         let mut failed: Vec<(u64, Option<std::collections::BTreeSet<String>>)> = Vec::new();
         for (r, c) in &chosen {
