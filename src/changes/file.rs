@@ -779,7 +779,7 @@ fn check_path(path: &str, what: &str) -> Result<(), String> {
         .find(|s| s.bytes().all(|b| b.is_ascii_digit()))
     {
         return Err(format!(
-            "{what} `{path}`: `{seg}` would be an array position (a MongoDB path cannot tell it from a field named `{seg}`), which this operation cannot undo exactly; use a `transform` (its inverse puts whole documents back)"
+            "{what} `{path}`: `{seg}` may be an array position (MongoDB reads it as an element of an array and as a key `{seg}` of an object alike, and the operation's inverse cannot tell which it met), so this operation could not be undone exactly; use a `transform` (its inverse puts whole documents back)"
         ));
     }
     Ok(())
