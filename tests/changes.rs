@@ -3353,7 +3353,7 @@ async fn a_down_after_a_killed_up_waits_for_the_dead_process_operations_to_stop(
     write(
         &dir,
         "1_slow.toml",
-        "version = 1\nname = \"slow\"\n[[up]]\nop = \"transform\"\ncollection = \"c\"\npipeline = [{ \"$set\" = { n = { \"$function\" = { body = \"function(x){var s=Date.now(); while(Date.now()-s<10){} return x+1}\", args = [\"$n\"], lang = \"js\" } } } }]\n",
+        "version = 1\nname = \"slow\"\n[[up]]\nop = \"set\"\ncollection = \"c\"\nfilter = {}\nfields = { flag = 1 }\n[[up]]\nop = \"transform\"\ncollection = \"c\"\npipeline = [{ \"$set\" = { n = { \"$function\" = { body = \"function(x){var s=Date.now(); while(Date.now()-s<10){} return x+1}\", args = [\"$n\"], lang = \"js\" } } } }]\n",
     );
     let before = hashes(&w).await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -3402,6 +3402,8 @@ async fn a_down_after_a_killed_up_waits_for_the_dead_process_operations_to_stop(
         .find(|l| l["action"] == "up")
         .unwrap();
     assert_eq!(up["status"], "interrupted", "{history}");
+    // With what its first operation had done (adv27 N8: 0 for every count).
+    assert_eq!(up["modified"], 300, "{history}");
     w.drop().await;
 }
 
