@@ -52,5 +52,28 @@ async fn an_empty_stage_and_an_empty_split_separator_are_refused() {
         assert_ne!(out.status.code(), Some(0), "{command:?}: {text}");
         assert!(text.contains("names no entity"), "{command:?}: {text}");
     }
+
+    // A column size Appwrite cannot make.
+    for size in ["0", "1073741824"] {
+        let pipeline = common::one_entity_pipeline(
+            &w,
+            "t",
+            &format!(
+                "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"s\"\ncolumn = \"s\"\nsize = {size}\n"
+            ),
+        );
+        let out = w
+            .cutover()
+            .args(["plan", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let text = output_text(&out);
+        assert_ne!(out.status.code(), Some(0), "{size}: {text}");
+        assert!(
+            text.contains("an Appwrite column holds 1 to 1073741823 characters"),
+            "{size}: {text}"
+        );
+    }
     w.drop().await;
 }

@@ -993,6 +993,20 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
         assert!(line.is_ascii(), "{line}\n{carts}");
     }
     assert_eq!(aw.rows(&db, "sampled").len(), 3);
+    // JSON longer than an Appwrite column's default gets a column that holds it, and arrays of
+    // two dimensions, which no Appwrite column holds, are left out, said (adv26 F5, F1).
+    let sampled = std::fs::read_to_string(out.join("mappings/sampled.toml")).unwrap();
+    assert!(sampled.contains("size = 2200"), "{sampled}");
+    assert!(
+        sampled.contains("column `grid` is left out: the sample holds arrays of 2 dimensions"),
+        "{sampled}"
+    );
+    assert!(!sampled.contains("column = \"grid\""), "{sampled}");
+    let meta = aw
+        .rows(&db, "sampled")
+        .into_iter()
+        .find(|r| r["meta"].as_str().is_some_and(|m| m.len() > 1_000_000));
+    assert!(meta.is_some(), "the long JSON was written whole");
     let items = aw.rows(&db, "orderItems");
     assert_eq!(items.len(), 1);
     let values: BTreeSet<String> = items[0]
@@ -1032,12 +1046,13 @@ CREATE TABLE aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa (
   bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbc text);
 INSERT INTO aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa VALUES (1, 'b', 'c');
 CREATE TABLE sampled (id int PRIMARY KEY, ts timestamp, d date, tz timestamptz, num numeric,
-                      fl float8, body text);
+                      fl float8, body text, meta jsonb, grid int[]);
 INSERT INTO sampled VALUES
   (1, 'infinity', '-infinity', 'infinity', 123456789012345678901234567890.123456789, 'NaN',
-   repeat('x', 1500000)),
-  (2, '2024-01-01', '2024-01-02', '2024-01-03 00:00:00+00', 1.5, 'Infinity', 'short'),
-  (3, NULL, NULL, NULL, NULL, 2.5, NULL);
+   repeat('x', 1500000), jsonb_build_object('k', repeat('z', 1100000)), '{{1,2},{3,4}}'),
+  (2, '2024-01-01', '2024-01-02', '2024-01-03 00:00:00+00', 1.5, 'Infinity', 'short', '{}',
+   '{5}'),
+  (3, NULL, NULL, NULL, NULL, 2.5, NULL, NULL, NULL);
 ALTER TABLE odd ADD CONSTRAINT nv CHECK (w2 < 2) NOT VALID;
 CREATE TABLE late (id int PRIMARY KEY, ts timestamp, num numeric, fl float8);
 INSERT INTO late SELECT g, '2024-01-01'::timestamp + g * interval '1 minute', g, g

@@ -214,13 +214,16 @@ impl HistoryEntry {
             error: None,
             note: None,
             run_id: run_id.to_string(),
-            at_millis: 0,
+            // When the attempt began: a line written again as it ends keeps its place in the
+            // history (adv27 N8: a paused holder's late line came above the down that undid
+            // it).
+            at_millis: bson::DateTime::now().timestamp_millis(),
         }
     }
 
     fn to_doc(&self) -> Document {
         let mut d = doc! {
-            "at": bson::DateTime::now(),
+            "at": bson::DateTime::from_millis(self.at_millis),
             "action": &self.action,
             "version": self.version.to_string(),
             "name": &self.name,

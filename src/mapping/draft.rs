@@ -674,6 +674,21 @@ fn mapping_text(model: &Model, t: &Table) -> String {
             continue;
         }
         out.push('\n');
+        if model.opts.target == TargetKind::Appwrite && col.probe.array_dims.is_some_and(|d| d >= 2)
+        {
+            // Every row holding such a value would be rejected (adv26 F1): left out, said.
+            comment(
+                &mut out,
+                "#",
+                &format!(
+                    "column `{}` is left out: the sample holds arrays of {} dimensions, which no Appwrite column holds (an array column takes one). To keep it, read the table through a `query` source that selects array_to_json({})::text, and map that as JSON text.",
+                    col.name,
+                    col.probe.array_dims.unwrap_or(2),
+                    crate::source::postgres::quote_ident(&col.name)
+                ),
+            );
+            continue;
+        }
         let path = match model.opts.target {
             TargetKind::Appwrite => {
                 let fitted = unique_appwrite_key(&mut paths, &camel(&col.name));
@@ -1058,12 +1073,22 @@ fn field_text_prefixed(
                 && col.max_length.is_none()
                 && n > 1_000_000 =>
         {
-            let size = (n.saturating_mul(2)).min(1_073_741_823);
+            let size = (n.saturating_mul(2)).min(crate::mapping::spec::MAX_COLUMN_SIZE);
             decide.push(format!("the sample holds text of {n} characters, more than an Appwrite text column's default 1,000,000: the column is made {size} characters (max_length = {size}, twice the longest seen); a longer row is rejected (max_length)."));
             Some(size)
         }
         _ => None,
     };
+    // So is a JSON column, whose size only `size` sets (adv26 F5).
+    if let Some(n) = p.max_chars
+        && target == TargetKind::Appwrite
+        && matches!(ty, "json" | "jsonb")
+        && n > 1_000_000
+    {
+        let size = (n.saturating_mul(2)).min(crate::mapping::spec::MAX_COLUMN_SIZE);
+        options.push(format!("size = {size}"));
+        decide.push(format!("the sample holds JSON of {n} characters as text, more than an Appwrite column's default 1,000,000: the column is made {size} characters (size = {size}, twice the longest seen); a longer value is rejected (appwrite_string_size)."));
+    }
     // An Appwrite array column holds no NULL element; the catalog cannot tell whether the
     // column has any (data-blind), so every array drops them: the draft passes `check` and the
     // run writes every row, and the comment says what that loses and the alternatives.

@@ -162,6 +162,8 @@ pub struct FieldPlan {
     pub exists_at: Option<usize>,
     pub rules: Option<Rules>,
     pub exact_path: Option<Vec<String>>,
+    /// Appwrite: the characters of its text or JSON column (`size`).
+    pub column_size: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -615,6 +617,17 @@ fn compile_fields(
                 TransformSpec::Array => combine = Some(Combine::Array),
             }
         }
+        if let Some(n) = f.size
+            && !(1..=crate::mapping::spec::MAX_COLUMN_SIZE).contains(&n)
+        {
+            return Err(invalid(
+                format!("{key}.size"),
+                format!(
+                    "{n} characters: an Appwrite column holds 1 to {} characters",
+                    crate::mapping::spec::MAX_COLUMN_SIZE
+                ),
+            ));
+        }
         // An array field (an array column, or text after `split`) holds arrays: a scalar default
         // would make one row's value a scalar (an Appwrite array column refuses it).
         let array_field = steps.iter().any(|s| matches!(s, Step::Split(_)))
@@ -753,6 +766,7 @@ fn compile_fields(
             exists_at: None,
             rules,
             exact_path: f.exact_path.as_deref().map(split_path),
+            column_size: f.size,
         });
     }
     Ok(out)
@@ -1208,6 +1222,7 @@ mod tests {
             exists_at: None,
             rules: None,
             exact_path: exact.map(split_path),
+            column_size: None,
         }
     }
 

@@ -452,6 +452,9 @@ pub struct FieldSpec {
     /// Validation rules for this field.
     #[serde(default)]
     pub validate: Option<RulesSpec>,
+    /// Appwrite: the characters of the field's text or JSON column (default 1,000,000; a text
+    /// field's `max_length` rule sizes it too). MongoDB has no column sizes and ignores it.
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -701,3 +704,7 @@ pub enum EmbedStore {
     /// indexed) and `position`.
     Table,
 }
+
+/// The most characters an Appwrite text or JSON column holds (a MariaDB LONGTEXT of
+/// four-byte characters): the bound of a field's `size`.
+pub const MAX_COLUMN_SIZE: u64 = 1_073_741_823;

@@ -267,7 +267,10 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
     );
     tokio::pin!(serving);
     tokio::select! {
-        r = &mut serving => r.context("the server failed")?,
+        // The stop first: the server's graceful end is ready at the same moment (no connection
+        // open), and taking it would skip waiting for the run in progress — whose writes then
+        // met a closed client ("Client has been shut down"), and the process exited non-zero.
+        biased;
         () = stop.clone().wait() => {
             // The runs and changes in progress are told at once — not once every connection
             // has closed: a client that never finishes its request would hold the stop (and
@@ -280,6 +283,13 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
                     CONNECTIONS_GRACE.as_secs()
                 );
             }
+        }
+        r = &mut serving => {
+            // Ended without a stop (the listener failed): the runs and changes in progress
+            // still end before the process does.
+            finish_runs(&state).await;
+            finish_changes(&state).await;
+            r.context("the server failed")?;
         }
     }
     crate::errln!("stopped");

@@ -1205,7 +1205,7 @@ fn long_columns(
     for c in &spec.columns {
         let size = match c.kind {
             schema::Kind::Text(n) => n,
-            schema::Kind::Json => schema::DEFAULT_TEXT_SIZE,
+            schema::Kind::Json => c.size.unwrap_or(schema::DEFAULT_TEXT_SIZE),
             _ => continue,
         };
         let too_long = |v: &Value| v.as_str().map(|s| s.chars().count() as u64).unwrap_or(0) > size;
@@ -2017,6 +2017,7 @@ mod tests {
                 reference: false,
                 json_refs: Vec::new(),
                 constraints: schema::Constraints::default(),
+                size: None,
             }],
             indexes: Vec::new(),
             access: Default::default(),

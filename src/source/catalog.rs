@@ -187,6 +187,8 @@ pub struct Probe {
     pub long_numeric: bool,
     /// A float of NaN or ±Infinity (JSON, hence Appwrite, has none).
     pub nonfinite_float: bool,
+    /// The most dimensions of an array value (`array_ndims`).
+    pub array_dims: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -493,10 +495,12 @@ async fn probe_values(conn: &mut PgConnection, from: &str, sample: &str, t: &mut
     // Per column: (what, expression) — each an int8 over the sample.
     let mut exprs: Vec<(usize, &'static str, String)> = Vec::new();
     for (i, c) in t.columns.iter().enumerate() {
+        let col = super::postgres::quote_ident(&c.name);
         if c.element_type.is_some() {
+            // PostgreSQL does not hold a column to its declared dimensions: the values say.
+            exprs.push((i, "dims", format!("max(array_ndims({col}))::int8")));
             continue;
         }
-        let col = super::postgres::quote_ident(&c.name);
         match c.base_type.as_str() {
             "date" | "timestamp" | "timestamptz" => exprs.push((
                 i,
@@ -505,6 +509,10 @@ async fn probe_values(conn: &mut PgConnection, from: &str, sample: &str, t: &mut
             )),
             "text" | "varchar" | "bpchar" => {
                 exprs.push((i, "chars", format!("max(char_length({col}))::int8")))
+            }
+            // JSON is written as its text: as long as that (adv26 F5).
+            "json" | "jsonb" => {
+                exprs.push((i, "chars", format!("max(char_length({col}::text))::int8")))
             }
             "numeric" => exprs.push((
                 i,
@@ -552,6 +560,7 @@ async fn probe_values(conn: &mut PgConnection, from: &str, sample: &str, t: &mut
             "infinite" => p.infinite |= v > 0,
             "chars" => p.max_chars = Some(v.max(0) as u64),
             "digits" => p.long_numeric |= v > 34,
+            "dims" => p.array_dims = Some(v.max(0) as u64),
             _ => p.nonfinite_float |= v > 0,
         }
     }

@@ -519,6 +519,7 @@ mod tests {
             exists_at: None,
             rules: None,
             exact_path: None,
+            column_size: None,
         }
     }
 

@@ -40,6 +40,9 @@ pub struct ColumnSpec {
     pub json_refs: Vec<Vec<String>>,
     /// The field's rules of severity error the server can hold (see [`constraints`]).
     pub constraints: Constraints,
+    /// A JSON column's characters, when the mapping sets them (`size`; default
+    /// [`DEFAULT_TEXT_SIZE`]). A text column's are in its [`Kind::Text`].
+    pub size: Option<u64>,
 }
 
 /// Column constraints from a field's rules of severity error — Appwrite's counterpart of the
@@ -142,7 +145,7 @@ impl ColumnSpec {
                 "string"
             }
             Kind::Json => {
-                body["size"] = json!(DEFAULT_TEXT_SIZE);
+                body["size"] = json!(self.size.unwrap_or(DEFAULT_TEXT_SIZE));
                 "string"
             }
             Kind::Integer => "integer",
@@ -271,15 +274,23 @@ impl TableAccess {
 /// warning-only rule lets them through, so the column keeps the default size).
 fn text(f: &FieldPlan) -> Kind {
     Kind::Text(
-        f.rules
-            .as_ref()
-            .filter(|r| {
-                r.severity_of(crate::mapping::spec::RuleName::MaxLength)
-                    == crate::mapping::spec::Severity::Error
+        f.column_size
+            .or_else(|| {
+                f.rules
+                    .as_ref()
+                    .filter(|r| {
+                        r.severity_of(crate::mapping::spec::RuleName::MaxLength)
+                            == crate::mapping::spec::Severity::Error
+                    })
+                    .and_then(|r| r.max_length)
             })
-            .and_then(|r| r.max_length)
             .unwrap_or(DEFAULT_TEXT_SIZE),
     )
+}
+
+/// The characters of a field's column when it is JSON text (`size`).
+fn json_size(kind: &Kind, f: Option<&FieldPlan>) -> Option<u64> {
+    (*kind == Kind::Json).then(|| f?.column_size).flatten()
 }
 
 fn source_kind(kind: ColKind) -> (Kind, bool) {
@@ -425,6 +436,10 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
             }
             _ => Constraints::default(),
         };
+        let size = match node {
+            LayoutNode::Slot(i) => json_size(&kind, plan.fields.get(*i)),
+            LayoutNode::Doc(_) => None,
+        };
         columns.push(ColumnSpec {
             key: key.clone(),
             kind,
@@ -432,6 +447,7 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
             reference,
             json_refs,
             constraints,
+            size,
         });
     }
     // The reference indexes the mapping asks for (`index_references`, a field's `index`) that
@@ -596,6 +612,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     reference: false,
                     json_refs: Vec::new(),
                     constraints: Constraints::default(),
+                    size: None,
                 },
                 ColumnSpec {
                     key: POSITION.into(),
@@ -604,6 +621,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     reference: false,
                     json_refs: Vec::new(),
                     constraints: Constraints::default(),
+                    size: None,
                 },
             ];
             for (key, node) in &e.layout.root {
@@ -628,6 +646,10 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     }
                     _ => Constraints::default(),
                 };
+                let size = match node {
+                    LayoutNode::Slot(s) => json_size(&kind, e.fields.get(*s)),
+                    LayoutNode::Doc(_) => None,
+                };
                 columns.push(ColumnSpec {
                     key: key.clone(),
                     kind,
@@ -635,6 +657,7 @@ pub fn child_tables(plan: &Plan) -> Vec<ChildTable> {
                     reference,
                     json_refs,
                     constraints,
+                    size,
                 });
             }
             // The parent's id, and the elements' reference columns the mapping indexes
@@ -1094,6 +1117,7 @@ mod tests {
             reference: false,
             json_refs: Vec::new(),
             constraints,
+            size: None,
         }
     }
 
