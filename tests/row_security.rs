@@ -73,6 +73,85 @@ async fn a_table_whose_policies_hide_rows_is_refused_not_read_in_part() {
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
 
-    w.sql(&format!("DROP TABLE s; DROP ROLE {role};")).await;
+    // scaffold as that role: the tables a run could not read are not drafted, each said
+    // (adv26 F6: drafted silently, and check then blocked the whole pipeline); the owner of a
+    // table that FORCEs row security is held to its policies too.
+    let owner = format!("{}_owner", w.mongo_db);
+    w.sql(&format!(
+        "CREATE TABLE nosel (id int PRIMARY KEY, v int);
+         CREATE TABLE open (id int PRIMARY KEY, v int);
+         INSERT INTO open VALUES (1, 1);
+         GRANT SELECT ON open TO {role};
+         CREATE ROLE {owner} LOGIN;
+         CREATE TABLE forced (id int PRIMARY KEY, v int);
+         INSERT INTO forced VALUES (1, 1), (2, 20);
+         ALTER TABLE forced OWNER TO {owner};
+         ALTER TABLE forced ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY one ON forced USING (v < 10);
+         CREATE TABLE owned (id int PRIMARY KEY, v int);
+         ALTER TABLE owned OWNER TO {owner};
+         ALTER TABLE owned ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY one ON owned USING (v < 10);"
+    ))
+    .await;
+    let draft = w.dir.path().join("draft");
+    let out = w
+        .cutover()
+        .env("CUTOVER_SOURCE_URL", &as_reader)
+        .args(["scaffold", "--name", "rls", "--out"])
+        .arg(&draft)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("`s` is not drafted: row-level security"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`nosel` is not drafted: the source role has no SELECT"),
+        "{text}"
+    );
+    assert!(draft.join("mappings/open.toml").exists(), "{text}");
+    assert!(!draft.join("mappings/s.toml").exists(), "{text}");
+    let drafted = draft.join("pipelines/rls.toml");
+    let out = w
+        .cutover()
+        .env("CUTOVER_SOURCE_URL", &as_reader)
+        .args(["check", "--pipeline"])
+        .arg(&drafted)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    w.sql("ALTER TABLE forced FORCE ROW LEVEL SECURITY;").await;
+    let as_owner = w.pg_url.replacen("postgres@", &format!("{owner}@"), 1);
+    let draft = w.dir.path().join("draft_owner");
+    let out = w
+        .cutover()
+        .env("CUTOVER_SOURCE_URL", &as_owner)
+        .args(["scaffold", "--name", "rls", "--out"])
+        .arg(&draft)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("`forced` is not drafted: row-level security"),
+        "{text}"
+    );
+    assert!(draft.join("mappings/owned.toml").exists(), "{text}");
+    let out = w
+        .cutover()
+        .env("CUTOVER_SOURCE_URL", &as_owner)
+        .args(["migrate", "--quiet", "--pipeline"])
+        .arg(draft.join("pipelines/rls.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    w.sql(&format!(
+        "DROP TABLE s, nosel, open, forced, owned; DROP ROLE {role}; DROP ROLE {owner};"
+    ))
+    .await;
     w.drop().await;
 }

@@ -162,6 +162,10 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
     let mut drafted = BTreeMap::new();
     let mut used = BTreeSet::new();
     for t in &catalog.tables {
+        if let Some(why) = &t.unreadable {
+            notes.push(format!("`{}` is not drafted: {why}", t.name));
+            continue;
+        }
         let key = match usable_key(t) {
             Ok(k) => k,
             Err(why) => {

@@ -118,6 +118,9 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
     pub checks: Vec<Check>,
     pub indexes: Vec<Index>,
+    /// Why a run could not read it (no SELECT privilege, or row-level security the source role
+    /// does not bypass).
+    pub unreadable: Option<String>,
 }
 
 impl Table {
@@ -250,7 +253,11 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
         "SELECT c.oid::int8, c.relname::text, obj_description(c.oid, 'pg_class'), \
                 c.reltuples::float8, \
                 (SELECT sum(s.avg_width)::int8 FROM pg_stats s \
-                  WHERE s.schemaname = n.nspname AND s.tablename = c.relname) \
+                  WHERE s.schemaname = n.nspname AND s.tablename = c.relname), \
+                has_table_privilege(c.oid, 'SELECT'), \
+                c.relrowsecurity AND NOT coalesce((SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r \
+                  WHERE r.rolname = current_user), false) \
+                  AND NOT (pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity) \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
          ORDER BY c.relname",
@@ -263,6 +270,17 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
     for r in &rows {
         let reltuples: f64 = r.get(3);
         let width: Option<i64> = r.get(4);
+        let select: bool = r.get(5);
+        let filtered: bool = r.get(6);
+        // What a run would refuse to read (adv26 F6: drafted silently, then check and migrate
+        // blocked the pipeline).
+        let unreadable = if !select {
+            Some("the source role has no SELECT privilege on it (GRANT SELECT, or scaffold as a role that has it)".to_string())
+        } else if filtered {
+            Some("row-level security policies decide which of its rows the source role sees, and a run reads every row or none (it runs with row_security = off and would be refused): scaffold and migrate as a role with BYPASSRLS, or as the table's owner unless it FORCEs row security".to_string())
+        } else {
+            None
+        };
         by_oid.insert(
             r.get(0),
             Table {
@@ -276,6 +294,7 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
                 } else {
                     Width::Unknown
                 },
+                unreadable,
                 ..Table::default()
             },
         );

@@ -34,7 +34,7 @@ pub fn error_text(err: &sqlx::Error) -> String {
                 t.push_str(&format!(" [SQLSTATE {}]", pg.code()));
                 if pg.code() == "42501" && db.message().contains("row-level security") {
                     t.push_str(
-                        ": cutover reads every row of a table or none, and the source role sees only the rows the table's policies show it; run as a role that bypasses them (the table's owner, or a role with BYPASSRLS), or add `options=-c row_security=on` to the source URL to read only those rows",
+                        ": cutover reads every row of a table or none, and the source role sees only the rows the table's policies show it; run as a role that bypasses them (a role with BYPASSRLS, or the table's owner unless the table FORCEs row security), or add `options=-c row_security=on` to the source URL to read only those rows",
                     );
                 }
                 if pg.code() == "55P03" {
