@@ -486,7 +486,9 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
          ALTER TABLE employees ALTER COLUMN email DROP NOT NULL;
          ALTER TABLE projects ADD COLUMN lead_id bigint;
          CREATE TABLE offices (id int PRIMARY KEY);
-         DROP TABLE employee_projects;",
+         DROP TABLE employee_projects;
+         ALTER TABLE departments DROP CONSTRAINT departments_budget_check;
+         ALTER TABLE departments ALTER COLUMN budget TYPE text;",
     )
     .await;
     // A mapping written without the reference a foreign key makes (as by hand).
@@ -495,12 +497,27 @@ async fn self_reference_cycle_and_join_table_migrate_and_verify_without_edits() 
         .unwrap()
         .replace("reference = \"departments\"\n", "");
     std::fs::write(&emp_path, &edited).unwrap();
-    let changed = run(&w, &["scaffold", "--diff", "--out", out_s], 0);
-    let lines: BTreeSet<String> = changed
+    // Differences exit 2, as a verification that finds some (adv26 F7: 0).
+    let changed = run(&w, &["scaffold", "--diff", "--out", out_s], 2);
+    let mut lines: BTreeSet<String> = changed
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
+    // A type change under a rule that no longer applies: compiled against the source as
+    // `check` compiles it (adv26 F7: missed).
+    let blocked: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains("no longer compiles"))
+        .cloned()
+        .collect();
+    assert_eq!(blocked.len(), 1, "{changed}");
+    assert!(
+        blocked[0].starts_with("departments no longer compiles against the source")
+            && blocked[0].contains("`min` cannot apply"),
+        "{changed}"
+    );
+    lines.retain(|l| !l.contains("no longer compiles"));
     let expected: BTreeSet<String> = [
         "- new table `offices` (1 columns): no mapping reads it (a draft: mappings/offices.toml)",
         "employee_projects table `employee_projects` no longer exists in schema `public`",
@@ -992,6 +1009,35 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
     for line in carts.lines().filter(|l| l.starts_with("# path = ")) {
         assert!(line.is_ascii(), "{line}\n{carts}");
     }
+    // --diff for Appwrite proposes a path Appwrite holds (adv26 F7: `新`).
+    w.sql(r#"ALTER TABLE "OrderItems" ADD COLUMN "新" int"#)
+        .await;
+    let diff = run(
+        &w,
+        &[
+            "scaffold",
+            "--out",
+            out.to_str().unwrap(),
+            "--diff",
+            "--target",
+            "appwrite",
+        ],
+        2,
+    );
+    let proposed = diff
+        .lines()
+        .find(|l| l.contains("column `新`"))
+        .and_then(|l| l.split("path = \"").nth(1))
+        .and_then(|p| p.split('"').next())
+        .unwrap_or_else(|| panic!("{diff}"));
+    assert!(
+        !proposed.is_empty()
+            && proposed.len() <= 36
+            && proposed
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "{diff}"
+    );
     assert_eq!(aw.rows(&db, "sampled").len(), 3);
     // JSON longer than an Appwrite column's default gets a column that holds it, and arrays of
     // two dimensions, which no Appwrite column holds, are left out, said (adv26 F5, F1).

@@ -55,7 +55,7 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
         catalog.tables.retain(|t| args.tables.contains(&t.name));
     }
     if args.diff {
-        return diff(&catalog, &args.out);
+        return diff(&catalog, &args.out, url, args.target).await;
     }
     // The embedding proposals' document sizes: widths measured over a bounded sample.
     crate::source::catalog::sample(url, &mut catalog).await?;
@@ -126,8 +126,15 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// `--diff`: the schema against the mappings in `out/mappings`.
-fn diff(catalog: &crate::source::catalog::Catalog, out: &Path) -> Result<Outcome> {
+/// `--diff`: the schema against the mappings in `out/mappings` — what changed, and each mapping
+/// compiled against the live source as `check` compiles it (a column whose type changed under a
+/// rule or a type that no longer applies: adv26 F7). Exits 2 when something differs.
+async fn diff(
+    catalog: &crate::source::catalog::Catalog,
+    out: &Path,
+    url: &str,
+    target: crate::config::TargetKind,
+) -> Result<Outcome> {
     let dir = out.join("mappings");
     if !dir.is_dir() {
         bail!(
@@ -136,7 +143,56 @@ fn diff(catalog: &crate::source::catalog::Catalog, out: &Path) -> Result<Outcome
         );
     }
     let set = MappingSet::load_dir(&dir)?;
-    let found = crate::mapping::drift::drift(catalog, &set.mappings);
+    let mut found = crate::mapping::drift::drift(catalog, &set.mappings, target);
+    for m in &set.mappings {
+        // A table of another schema, or one gone (said above), is not compiled here.
+        let relations = crate::mapping::plan::relations_of(m);
+        let known = relations.iter().all(|r| {
+            let parts = crate::source::postgres::relation_parts(r);
+            match parts.as_slice() {
+                [t] => catalog.table(t).is_some(),
+                [s, t] => *s == catalog.schema && catalog.table(t).is_some(),
+                _ => false,
+            }
+        });
+        if m.spec.source.table.is_some() && !known {
+            continue;
+        }
+        // A session each: a failed description aborts its transaction.
+        let mut session = crate::source::SourceSession::open(url).await?;
+        let mut columns = Vec::new();
+        let mut failed = None;
+        for r in &relations {
+            match session.describe(r).await {
+                Ok(c) => columns.push(c),
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        session.close().await;
+        let why = match failed {
+            Some(e) => Some(e),
+            None => crate::mapping::plan::compile(&set, m, &columns)
+                .err()
+                .map(|e| e.to_string()),
+        };
+        // A column gone is said already, and is why it does not compile.
+        let gone = found
+            .iter()
+            .any(|d| d.entity == m.name() && d.message.contains("no longer exists"));
+        if let Some(why) = why.filter(|_| !gone) {
+            found.push(crate::mapping::drift::Drift {
+                entity: m.name().to_string(),
+                message: format!(
+                    "no longer compiles against the source (`cutover check` would block it): {why}"
+                ),
+            });
+        }
+    }
+    found.sort();
+    found.dedup();
     if found.is_empty() {
         crate::outln!(
             "no differences between schema `{}` and the {} mappings in {}",
@@ -155,7 +211,7 @@ fn diff(catalog: &crate::source::catalog::Catalog, out: &Path) -> Result<Outcome
     for d in &found {
         crate::outln!("  {:<24} {}", d.entity, d.message);
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::FinishedWithRejects)
 }
 
 /// Where each draft goes.

@@ -936,7 +936,7 @@ fn unique_key(used: &mut BTreeSet<String>, base: &str, target: TargetKind) -> St
 
 /// [`unique_path`] for an Appwrite column key: fitted ([`appwrite_fit`]) and unique without
 /// regard to case (Appwrite compares keys so).
-fn unique_appwrite_key(used: &mut BTreeSet<String>, base: &str) -> String {
+pub(crate) fn unique_appwrite_key(used: &mut BTreeSet<String>, base: &str) -> String {
     let base = appwrite_fit(base);
     let mut p = base.clone();
     let mut n = 2;

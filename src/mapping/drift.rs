@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use super::Mapping;
 use super::draft::camel;
 use super::spec::FieldSpec;
+use crate::config::TargetKind;
 use crate::source::catalog::{Catalog, Table};
 
 /// One difference, on a mapping (or on the schema, for a table no mapping reads).
@@ -35,7 +36,7 @@ fn field_columns(f: &FieldSpec) -> Vec<String> {
 
 /// Differences between the schema `catalog` describes and `mappings` (those of table sources
 /// in its schema; query sources are named and not compared).
-pub fn drift(catalog: &Catalog, mappings: &[Mapping]) -> Vec<Drift> {
+pub fn drift(catalog: &Catalog, mappings: &[Mapping], target: TargetKind) -> Vec<Drift> {
     let mut out = Vec::new();
     let mut read: BTreeSet<String> = BTreeSet::new();
     let mut push = |entity: &str, message: String| {
@@ -76,7 +77,7 @@ pub fn drift(catalog: &Catalog, mappings: &[Mapping]) -> Vec<Drift> {
             );
             continue;
         };
-        table_drift(catalog, mappings, m, t, &mut push);
+        table_drift(catalog, mappings, m, t, target, &mut push);
         for e in &m.spec.embeds {
             let Some(child) = e
                 .table
@@ -167,6 +168,7 @@ fn table_drift(
     all: &[Mapping],
     m: &Mapping,
     t: &Table,
+    target: TargetKind,
     push: &mut impl FnMut(&str, String),
 ) {
     let entity = m.name();
@@ -254,15 +256,27 @@ fn table_drift(
             }
         }
     }
+    // A draft path as scaffold would give it, beside the mapping's own (an Appwrite column key
+    // fitted to its rule: adv26 F7 proposed `新`).
+    let mut paths: BTreeSet<String> = m
+        .spec
+        .fields
+        .iter()
+        .map(|f| f.path.split('.').next().unwrap_or_default().to_lowercase())
+        .collect();
     for col in &t.columns {
         if !mapped.contains(&col.name) {
+            let path = match target {
+                TargetKind::Appwrite => {
+                    super::draft::unique_appwrite_key(&mut paths, &camel(&col.name))
+                }
+                TargetKind::Mongodb => camel(&col.name),
+            };
             push(
                 entity,
                 format!(
-                    "column `{}` ({}) is not mapped (a draft: path = \"{}\")",
-                    col.name,
-                    col.type_sql,
-                    camel(&col.name)
+                    "column `{}` ({}) is not mapped (a draft: path = \"{path}\")",
+                    col.name, col.type_sql,
                 ),
             );
         }
