@@ -1099,7 +1099,8 @@ fn unrepresentable_columns(
             };
             if let Some(m) = misfit {
                 return Some(format!(
-                    "{k} holds {m}, which its Appwrite {} column cannot store",
+                    "{k} holds {}, which its Appwrite {} column cannot store",
+                    value_text(m),
                     c.request().0
                 ));
             }
@@ -1120,8 +1121,23 @@ fn unrepresentable_columns(
             Bson::Array(items) => items.iter().any(bad),
             v => bad(v),
         };
-        hit.then(|| format!("{k} holds {v}, which an Appwrite column cannot store"))
+        hit.then(|| format!("{k} holds {}, which an Appwrite column cannot store", value_text(v)))
     })
+}
+
+/// A value as a message shows it: a date as ISO 8601 (adv24 F5: the driver's debug form
+/// `DateTime("+10000-01-01 0:29:59.999 +00:00:00")`), a long value cut.
+fn value_text(v: &Bson) -> String {
+    let text = match v {
+        Bson::DateTime(d) => d.try_to_rfc3339_string().unwrap_or_else(|_| {
+            format!(
+                "a date {} ms from 1970-01-01T00:00:00Z",
+                d.timestamp_millis()
+            )
+        }),
+        other => other.to_string(),
+    };
+    crate::redact::clip_lines(&text, 200)
 }
 
 /// Whether a column of `kind` stores `v` as itself (a text column stores any scalar's text).
@@ -2002,6 +2018,16 @@ mod tests {
         let deep = unrepresentable_doc(&bson::doc! { "m": [[1, 2], [3, 4]] }).unwrap();
         assert!(deep.contains("multi-dimensional"), "{deep}");
         assert!(unrepresentable_doc(&bson::doc! { "lines": [{ "a": 1 }, { "a": 2 }] }).is_none());
+    }
+
+    #[test]
+    fn a_date_in_a_message_is_iso_8601_whatever_its_year() {
+        // adv24 F5: the driver's debug form showed.
+        let d = |ms: i64| value_text(&Bson::DateTime(bson::DateTime::from_millis(ms)));
+        assert_eq!(d(0), "1970-01-01T00:00:00Z");
+        let past = d(253_402_302_599_999); // 10000-01-01T00:29:59.999Z
+        assert!(!past.contains("DateTime("), "{past}");
+        assert!(past.contains("253402302599999"), "{past}");
     }
 
     /// Issue #11: a JSON object keyed `$numberDecimal` (a `jsonb` value) would be read back from

@@ -117,6 +117,21 @@ pub fn to_decimal128_bytes(text: &str) -> Result<[u8; 16], String> {
     encode_decimal128(text).map(|(bytes, _)| bytes)
 }
 
+/// A number's text as a message shows it: whole up to 48 characters, else its head and tail
+/// and its length (adv24 F4: a 6,146-digit numeric was printed whole in a finding).
+pub fn shown(text: &str) -> String {
+    if text.len() > 48 && text.is_ascii() {
+        format!(
+            "{}…{} ({} characters)",
+            &text[..24],
+            &text[text.len() - 8..],
+            text.len()
+        )
+    } else {
+        crate::redact::clip_lines(text, 48)
+    }
+}
+
 /// Like [`to_decimal128_bytes`], and says when the value is exact but its scale could not all be
 /// kept: trailing zeros past 34 digits are dropped (as few as needed: `1.000…0` with 40 zeros
 /// keeps 33 of them), which changes the written precision though not the value.
@@ -135,7 +150,8 @@ pub fn encode_decimal128(text: &str) -> Result<([u8; 16], Option<String>), Strin
                 let n = d.normalized();
                 if n.digits.len() > MAX_DIGITS {
                     return Err(format!(
-                        "`{text}` has {} significant digits; Decimal128 holds 34",
+                        "`{}` has {} significant digits; Decimal128 holds 34",
+                        shown(text),
                         n.digits.len()
                     ));
                 }
@@ -143,7 +159,8 @@ pub fn encode_decimal128(text: &str) -> Result<([u8; 16], Option<String>), Strin
                 d.digits.truncate(MAX_DIGITS);
                 d.exponent = d.exponent.saturating_add(drop as i64);
                 scale_note = Some(format!(
-                    "`{text}` has {} digits; Decimal128 holds 34: written with {drop} trailing zero(s) fewer (the same value, less scale)",
+                    "`{}` has {} digits; Decimal128 holds 34: written with {drop} trailing zero(s) fewer (the same value, less scale)",
+                    shown(text),
                     drop + MAX_DIGITS
                 ));
             }
@@ -163,14 +180,17 @@ pub fn encode_decimal128(text: &str) -> Result<([u8; 16], Option<String>), Strin
             if d.exponent > asked && asked < 0 && scale_note.is_none() {
                 scale_note = Some(format!(
                     "`{}` has {} decimal places; Decimal128 holds {}: written with {} fewer (the same value, less scale)",
-                    crate::redact::clip_lines(text, 80),
+                    shown(text),
                     asked.unsigned_abs(),
                     -EXP_MIN,
                     d.exponent.saturating_sub(asked)
                 ));
             }
             if !(EXP_MIN..=EXP_MAX).contains(&d.exponent) {
-                return Err(format!("`{text}` is out of Decimal128's exponent range"));
+                return Err(format!(
+                    "`{}` is out of Decimal128's exponent range",
+                    shown(text)
+                ));
             }
             let coefficient: u128 = d
                 .digits

@@ -463,16 +463,7 @@ fn json_number(
     } else {
         format!(" at `{path}`")
     };
-    let number = if text.len() > 48 {
-        format!(
-            "{}…{} ({} characters)",
-            &text[..24],
-            &text[text.len() - 8..],
-            text.len()
-        )
-    } else {
-        text.to_string()
-    };
+    let number = decimal::shown(text);
     let nearest = text.parse::<f64>().ok().filter(|f| f.is_finite());
     match (out.lossy, nearest) {
         (Lossy::Warn, Some(f)) => {

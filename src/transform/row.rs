@@ -48,32 +48,39 @@ impl Mapped {
 /// `nodes`; nested documents with no value are left out (as a NULL-omitted field is).
 /// `arrays`: embedded arrays already encoded (an array document's bytes) by slot; they take the
 /// place of the slot's value.
+fn at_key(key: &str) -> impl Fn(String) -> (String, String) + '_ {
+    move |m| (key.to_string(), m)
+}
+
 fn write_layout(
     nodes: &[(String, LayoutNode)],
     slots: &mut [Option<Bson>],
     arrays: &mut [Option<EmbedArray>],
     buf: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), (String, String)> {
+    // A value that cannot be encoded is named by its path (adv24 F6: the reject had none).
     for (key, node) in nodes {
         match node {
             LayoutNode::Slot(i) => {
                 if let Some(a) = arrays.get_mut(*i).and_then(Option::take) {
-                    encode::element_key(buf, 0x04, key)?;
+                    encode::element_key(buf, 0x04, key).map_err(at_key(key))?;
                     buf.extend_from_slice(&a.bytes);
                 } else if let Some(v) = slots[*i].take() {
-                    encode::element(buf, key, &v)?;
+                    encode::element(buf, key, &v).map_err(at_key(key))?;
                 }
             }
             LayoutNode::Doc(children) => {
                 let header = buf.len();
-                encode::element(buf, key, &Bson::Null)?; // placeholder tag + key
+                // placeholder tag + key
+                encode::element(buf, key, &Bson::Null).map_err(at_key(key))?;
                 buf[header] = 0x03;
                 let at = encode::begin(buf);
-                write_layout(children, slots, arrays, buf)?;
+                write_layout(children, slots, arrays, buf)
+                    .map_err(|(p, m)| (format!("{key}.{p}"), m))?;
                 if buf.len() == at + 4 {
                     buf.truncate(header);
                 } else {
-                    encode::end(buf, at)?;
+                    encode::end(buf, at).map_err(at_key(key))?;
                 }
             }
         }
@@ -384,7 +391,8 @@ fn embed(
                 fill(&e.fields, &e.layout, child, ctx, prefix, &mut slots, issues);
                 encode::element_key(&mut buf, 0x03, key)?;
                 let at = encode::begin(&mut buf);
-                write_layout(&e.layout.root, &mut slots, &mut [], &mut buf)?;
+                write_layout(&e.layout.root, &mut slots, &mut [], &mut buf)
+                    .map_err(|(p, m)| format!("{}.{p}: {m}", e.path_text))?;
                 encode::end(&mut buf, at)?;
             }
         }
@@ -463,16 +471,17 @@ pub fn map_row(
     let mut buf = Vec::with_capacity(1024);
     let at = encode::begin(&mut buf);
     let written = encode::element(&mut buf, "_id", &id)
+        .map_err(|m| ("_id".to_string(), m))
         .and_then(|()| write_layout(&layout.root, &mut slots, &mut arrays, &mut buf))
-        .and_then(|()| encode::end(&mut buf, at))
-        .and_then(|()| encode::finish(buf));
+        .and_then(|()| encode::end(&mut buf, at).map_err(|m| (String::new(), m)))
+        .and_then(|()| encode::finish(buf).map_err(|m| (String::new(), m)));
     let doc = match written {
         Ok(doc) => doc,
-        Err(message) => {
+        Err((path, message)) => {
             issues.push(Issue::error(
                 Stage::Transform,
                 "bson",
-                "",
+                &path,
                 message,
                 String::new(),
             ));

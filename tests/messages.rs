@@ -1,0 +1,80 @@
+//! What a rejected row's line says (the twentieth session's outside tester adv24, F4 and F6): a
+//! number too long for Decimal128 is shown by its head, tail and length, not whole (a 6,146-digit
+//! value filled a finding), and a value BSON cannot hold (a JSON key with a NUL byte) names its
+//! field's path.
+
+mod common;
+
+use common::{World, output_text};
+
+#[tokio::test]
+async fn a_rejected_rows_line_names_its_field_and_shortens_a_long_number() {
+    let w = World::new("messages").await;
+    w.sql(
+        r#"CREATE TABLE t (id int PRIMARY KEY, n numeric, js json);
+           INSERT INTO t VALUES (1, 1e6145, '{}'), (2, 1, '{"a\u0000b": 1}'), (3, 2, '{}');"#,
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"n\"\ncolumn = \"n\"\n[[field]]\npath = \"js\"\ncolumn = \"js\"\n",
+    );
+    let check = w
+        .cutover()
+        .args(["check", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = output_text(&check);
+    assert!(text.contains("decimal_precision"), "{text}");
+    assert!(
+        text.lines().all(|l| l.chars().count() < 2000),
+        "a line of the check is as long as the number:\n{}",
+        &text[..text.len().min(4000)]
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert_eq!(w.count("t").await, 1);
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let dir = w.dir.path().join("rejects").join(run_id);
+    let mut lines = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !name.ends_with(".csv") || name.ends_with(".warnings.csv") {
+            continue;
+        }
+        let mut r = csv::Reader::from_path(&path).unwrap();
+        let headers = r.headers().unwrap().clone();
+        for rec in r.records() {
+            let rec = rec.unwrap();
+            let get = |k: &str| {
+                headers
+                    .iter()
+                    .position(|h| h == k)
+                    .and_then(|i| rec.get(i))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            lines.push((get("rule"), get("path"), get("message")));
+        }
+    }
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (rule, path, message) = &lines[0];
+    assert_eq!((rule.as_str(), path.as_str()), ("bson", "js"), "{lines:?}");
+    assert!(message.contains("NUL byte"), "{lines:?}");
+    let (rule, path, message) = &lines[1];
+    assert_eq!(
+        (rule.as_str(), path.as_str()),
+        ("decimal_precision", "n"),
+        "{lines:?}"
+    );
+    assert!(
+        message.contains("(6146 characters)") && message.len() < 400,
+        "{message}"
+    );
+    w.drop().await;
+}
