@@ -1476,3 +1476,39 @@ async fn several_schemas_into_appwrite_migrate_and_verify_unchanged() {
     }
     w.drop().await;
 }
+
+/// Found by the third outside round on scaffold (adv29 S5): a table other tables inherit from
+/// was drafted as a table source, whose read includes its children's rows — written twice (in
+/// the parent's collection and the child's), and a key repeated across the hierarchy blocked
+/// `check`. The parent is drafted to read its own rows (`FROM ONLY`), said; `--diff` compares it
+/// as the table.
+#[tokio::test]
+async fn an_inheritance_parent_is_drafted_without_its_childrens_rows() {
+    let w = World::new("scaffold_inherit").await;
+    w.sql(
+        "CREATE TABLE people (id int PRIMARY KEY, name text);
+         CREATE TABLE contractors (agency text) INHERITS (people);
+         ALTER TABLE contractors ADD PRIMARY KEY (id);
+         INSERT INTO people VALUES (1, 'p1'), (2, 'p2');
+         INSERT INTO contractors VALUES (3, 'c3', 'acme'), (1, 'same id', 'acme');",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--name", "inherit"]);
+    let people = std::fs::read_to_string(out.join("mappings/people.toml")).unwrap();
+    assert!(people.contains("SELECT * FROM ONLY"), "{people}");
+    assert!(
+        people.contains("public.contractors inherit from this table"),
+        "{people}"
+    );
+    plan_check_migrate_verify(&w, &out.join("pipelines/inherit.toml"));
+    assert_eq!(w.count("people").await, 2);
+    assert_eq!(w.count("contractors").await, 2);
+    let same = run(
+        &w,
+        &["scaffold", "--diff", "--out", out.to_str().unwrap()],
+        0,
+    );
+    assert!(same.contains("no differences"), "{same}");
+    w.drop().await;
+}

@@ -619,7 +619,28 @@ fn mapping_text(model: &Model, t: &Table) -> String {
     }
     out.push_str("\n[source]\n");
     let table = c.relation_of(t);
-    out.push_str(&format!("table = {}\n", q(&table)));
+    if t.inherited_by.is_empty() {
+        out.push_str(&format!("table = {}\n", q(&table)));
+    } else {
+        // A read of the parent reads its children's rows too: they would be written twice,
+        // here and by the children's own mappings (adv29 S5).
+        comment(
+            &mut out,
+            "#",
+            &format!(
+                "decide: {} inherit from this table, and a read of it reads their rows too (PostgreSQL's inheritance); this draft reads its own rows only (FROM ONLY), as each child has its own mapping. To keep the whole hierarchy in one collection instead, write table = {} and leave the children's mappings out of the pipeline.",
+                t.inherited_by.join(", "),
+                q(&table)
+            ),
+        );
+        out.push_str(&format!(
+            "query = {}\n",
+            q(&format!(
+                "SELECT * FROM ONLY {}",
+                crate::source::postgres::quote_relation(&table)
+            ))
+        ));
+    }
     if t.primary_key.is_empty() {
         comment(
             &mut out,

@@ -28,6 +28,20 @@ fn in_schema(name: &str, schema: &str) -> Option<String> {
     }
 }
 
+/// The table of a query as scaffold drafts an inheritance parent's (`SELECT * FROM ONLY t`):
+/// compared as that table is.
+fn only_table(query: &str) -> Option<String> {
+    let rest = query.trim().strip_prefix("SELECT * FROM ONLY ")?;
+    let parts = crate::source::postgres::relation_parts(rest.trim());
+    (!parts.is_empty()).then(|| {
+        parts
+            .iter()
+            .map(|p| crate::source::postgres::relation_part(p))
+            .collect::<Vec<_>>()
+            .join(".")
+    })
+}
+
 fn field_columns(f: &FieldSpec) -> Vec<String> {
     let mut out: Vec<String> = f.column.iter().cloned().collect();
     out.extend(f.columns.iter().flatten().cloned());
@@ -56,7 +70,8 @@ pub fn drift(catalog: &Catalog, mappings: &[Mapping], target: TargetKind) -> Vec
                 read.insert(t.to_string());
             }
         }
-        let Some(table_name) = m.spec.source.table.as_deref() else {
+        let only = m.spec.source.query.as_deref().and_then(only_table);
+        let Some(table_name) = m.spec.source.table.as_deref().or(only.as_deref()) else {
             push(
                 entity,
                 "a query source: not compared with the catalog".into(),

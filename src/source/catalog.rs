@@ -118,6 +118,9 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
     pub checks: Vec<Check>,
     pub indexes: Vec<Index>,
+    /// Tables that inherit from it (`schema.table`; not partitions): a read of it reads their
+    /// rows too.
+    pub inherited_by: Vec<String>,
     /// Why a run could not read it (no SELECT privilege, or row-level security the source role
     /// does not bypass).
     pub unreadable: Option<String>,
@@ -342,6 +345,28 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
             nondeterministic_collation: r.get(10),
             probe: Probe::default(),
         });
+    }
+
+    // Tables that other tables inherit from (not declarative partitioning): reading the parent
+    // reads its children's rows too (adv29 S5).
+    let rows = sqlx::query(
+        "SELECT i.inhparent::int8, cn.nspname::text || '.' || c.relname::text \
+         FROM pg_inherits i \
+         JOIN pg_class p ON p.oid = i.inhparent \
+         JOIN pg_namespace n ON n.oid = p.relnamespace \
+         JOIN pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND p.relkind = 'r' \
+         ORDER BY 2",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err("list inheriting tables"))?;
+    for r in &rows {
+        if let Some(t) = by_oid.get_mut(&r.get::<i64, _>(0)) {
+            t.inherited_by.push(r.get(1));
+        }
     }
 
     let rows = sqlx::query(
