@@ -1512,3 +1512,61 @@ async fn an_inheritance_parent_is_drafted_without_its_childrens_rows() {
     assert!(same.contains("no differences"), "{same}");
     w.drop().await;
 }
+
+/// Found by the third outside round on scaffold (adv29 S4): values of the sample that the draft
+/// rejects — a year past the calendar, an array not starting at index 1, a repeated JSON key, a
+/// point off the globe, a BC date into Appwrite — passed scaffold without a word. The draft tries
+/// its sample as the run would and says, at its top, what it rejects: field, rule, rows, one row.
+#[tokio::test]
+async fn a_draft_says_what_its_sample_rejects() {
+    let w = World::new("scaffold_rehearsal").await;
+    w.sql(
+        r#"CREATE TABLE e (id int PRIMARY KEY, ts timestamp, a int[], j json, p point, d date);
+           INSERT INTO e VALUES
+             (1, '294276-12-31 23:59:59', '{1}', '{}', '(1,2)', '2020-01-01'),
+             (2, '2020-01-01', '[0:1]={5,6}', '{}', '(1,2)', '2020-01-01'),
+             (3, '2020-01-01', '{1}', '{"a":1,"a":2}', '(1,2)', '2020-01-01'),
+             (4, '2020-01-01', '{1}', '{}', '(200,95)', '2020-01-01'),
+             (5, '2020-01-01', '{1}', '{}', '(1,2)', '0044-03-15 BC'),
+             (6, '2020-01-01', '{1}', '{}', '(1,2)', '2020-01-01');
+           CREATE TABLE fine (id int PRIMARY KEY, v text);
+           INSERT INTO fine VALUES (1, 'a');"#,
+    )
+    .await;
+    for (target, rejected, extra) in [
+        ("mongodb", 4, None),
+        (
+            "appwrite",
+            5,
+            Some("appwrite_unrepresentable: 1 row(s), e.g. 5: d holds -0043-03-15"),
+        ),
+    ] {
+        let out = w.dir.path().join(format!("draft_{target}"));
+        scaffold(&w, &out, &["--name", "rehearsal", "--target", target]);
+        let e = std::fs::read_to_string(out.join("mappings/e.toml")).unwrap();
+        assert!(
+            e.contains(&format!(
+                "# decide: of the first 6 rows, {rejected} rejection(s) as drafted"
+            )),
+            "{e}"
+        );
+        for line in [
+            "# - `ts` date_out_of_range: 1 row(s), e.g. 1: ",
+            "# - `a` array_lower_bound: 1 row(s), e.g. 2: ",
+            "# - `j` json_duplicate_key: 1 row(s), e.g. 3: ",
+            "# - `p` point_range: 1 row(s), e.g. 4: ",
+        ] {
+            assert!(e.contains(line), "{target}: {line}\n{e}");
+        }
+        if let Some(extra) = extra {
+            assert!(e.contains(extra), "{e}");
+        }
+        let fine = std::fs::read_to_string(out.join("mappings/fine.toml")).unwrap();
+        assert!(!fine.contains("rejection(s) as drafted"), "{fine}");
+    }
+    // check counts the same rows over the table (MongoDB).
+    let p = w.dir.path().join("draft_mongodb/pipelines/rehearsal.toml");
+    let check = run(&w, &["check", "--pipeline", p.to_str().unwrap()], 2);
+    assert!(check.contains("4 scanned rows will be rejected"), "{check}");
+    w.drop().await;
+}

@@ -60,7 +60,7 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
     // The embedding proposals' document sizes: widths measured over a bounded sample.
     crate::source::catalog::sample(url, &mut catalog).await?;
     let name = draft::entity_name(args.name.as_deref().unwrap_or(&catalog.database));
-    let drafts = draft::draft(
+    let mut drafts = draft::draft(
         &catalog,
         &DraftOptions {
             target: args.target,
@@ -74,8 +74,9 @@ pub async fn scaffold(cli: &Cli, args: &ScaffoldArgs) -> Result<Outcome> {
             drafts.notes.join("; ")
         );
     }
+    let pipeline = check_drafts(&args.out, &drafts)?;
+    rehearse_sample(url, &pipeline, args.target, &mut drafts).await?;
     let files = files_of(&args.out, &drafts);
-    check_drafts(&args.out, &drafts)?;
 
     if !args.force {
         let existing: Vec<String> = files
@@ -230,9 +231,122 @@ fn files_of(out: &Path, d: &Drafts) -> Vec<(PathBuf, String)> {
     files
 }
 
+/// Rows of each table the drafts are tried on.
+const REHEARSED_ROWS: usize = 2000;
+
+/// Maps the first rows of each drafted table as the run would (and, into Appwrite, judges them
+/// as the target would), and writes at the top of the mapping what the sample rejects — the
+/// field, the rule, how many and one row — so that a draft that `check` will find rejects in
+/// says so where the user reads it (adv29 S4: years past the calendar, arrays not starting at 1,
+/// repeated JSON keys, points off the globe… passed scaffold silently).
+async fn rehearse_sample(
+    url: &str,
+    pipeline: &Pipeline,
+    target: crate::config::TargetKind,
+    drafts: &mut Drafts,
+) -> Result<()> {
+    use futures::StreamExt;
+    use std::collections::BTreeMap;
+    let ctx = crate::transform::row::MapContext {
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        ..Default::default()
+    };
+    for step in pipeline.select(&[])? {
+        // A session each: a failed read aborts its transaction.
+        let mut session = crate::source::SourceSession::open(url).await?;
+        let plans = crate::pipeline::run::compile_plans(
+            pipeline,
+            std::slice::from_ref(&step),
+            &mut session,
+        )
+        .await;
+        let Ok(plans) = plans else {
+            session.close().await;
+            continue;
+        };
+        let plan = &plans[0];
+        let table = (target == crate::config::TargetKind::Appwrite)
+            .then(|| crate::sink::appwrite::schema::table_spec(plan));
+        // (path, rule) → (rows, one row's key and message)
+        let mut found: BTreeMap<(String, String), (usize, String)> = BTreeMap::new();
+        let mut read = 0;
+        {
+            let Ok(mut conn) = session.reader().await else {
+                continue;
+            };
+            let mut rows = crate::source::postgres::stream(&mut conn, &plan.read);
+            while read < REHEARSED_ROWS {
+                let Some(next) = rows.next().await else { break };
+                read += 1;
+                let mut note = |path: &str, rule: &str, key: &str, message: &str| {
+                    let e = found
+                        .entry((path.to_string(), rule.to_string()))
+                        .or_insert((0, format!("{key}: {message}")));
+                    e.0 += 1;
+                };
+                match next {
+                    Err(_) => break,
+                    Ok(Err(e)) => {
+                        let column = plan
+                            .read
+                            .columns
+                            .get(e.column)
+                            .map(|c| c.name.clone())
+                            .unwrap_or_default();
+                        note(&column, e.rule, &e.key_text(plan.key.len()), &e.message);
+                    }
+                    Ok(Ok(row)) => {
+                        let mapped = crate::transform::row::map_row(plan, &row, &[], &ctx);
+                        for i in mapped.issues.iter().filter(|i| i.is_error()) {
+                            // Rules over other entities' rows are judged by the run.
+                            if matches!(i.rule.as_str(), "exists" | "reference_rejected") {
+                                continue;
+                            }
+                            note(&i.path, &i.rule, &mapped.key, &i.message);
+                        }
+                        if let (Some(t), Some(doc)) = (&table, &mapped.doc)
+                            && let Ok(d) = doc.to_document()
+                            && let Some((rule, message)) =
+                                crate::sink::target::refusal(&d, Some(t), &[])
+                        {
+                            note("", rule, &mapped.key, &message);
+                        }
+                    }
+                }
+            }
+        }
+        session.close().await;
+        if found.is_empty() {
+            continue;
+        }
+        let rejected: usize = found.values().map(|(n, _)| n).sum();
+        let mut text = format!(
+            "decide: of the first {read} rows, {rejected} rejection(s) as drafted (`cutover check` counts them over the whole table; the field's notes and mappings/README.md give the choices):"
+        );
+        for ((path, rule), (n, example)) in &found {
+            let at = if path.is_empty() {
+                String::new()
+            } else {
+                format!("`{path}` ")
+            };
+            text.push_str(&format!(
+                "\n- {at}{rule}: {n} row(s), e.g. {}",
+                crate::redact::clip_lines(example, 200)
+            ));
+        }
+        if let Some((_, mapping)) = drafts.mappings.iter_mut().find(|(n, _)| *n == step.entity) {
+            let commented: String = text.lines().map(|l| format!("# {l}\n")).collect();
+            // After the first line (where the draft says where it is from).
+            let at = mapping.find('\n').map_or(0, |i| i + 1);
+            mapping.insert_str(at, &commented);
+        }
+    }
+    Ok(())
+}
+
 /// The drafts as the pipeline loader would read them: a draft that does not load is a defect of
 /// scaffold, reported before anything is written.
-fn check_drafts(out: &Path, d: &Drafts) -> Result<()> {
+fn check_drafts(out: &Path, d: &Drafts) -> Result<Pipeline> {
     let mut mappings = Vec::new();
     for (name, text) in &d.mappings {
         let path = out.join("mappings").join(format!("{name}.toml"));
@@ -248,6 +362,5 @@ fn check_drafts(out: &Path, d: &Drafts) -> Result<()> {
     let spec: PipelineFile = toml::from_str(&d.pipeline)
         .context("scaffold drafted a pipeline that does not parse (a defect of cutover)")?;
     Pipeline::new(&path, spec, set)
-        .context("scaffold drafted a pipeline that does not load (a defect of cutover)")?;
-    Ok(())
+        .context("scaffold drafted a pipeline that does not load (a defect of cutover)")
 }
