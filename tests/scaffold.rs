@@ -1009,6 +1009,10 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
     for line in carts.lines().filter(|l| l.starts_with("# path = ")) {
         assert!(line.is_ascii(), "{line}\n{carts}");
     }
+    // The proposal embeds as JSON text, which keeps an array's NULL elements: no drop_nulls
+    // (adv29 S7), and a note for `appwrite = "table"`.
+    assert!(!carts.contains("drop_nulls\"]\n"), "{carts}");
+    assert!(carts.contains("keeps its NULL elements"), "{carts}");
     // --diff for Appwrite proposes a path Appwrite holds (adv26 F7: `新`).
     w.sql(r#"ALTER TABLE "OrderItems" ADD COLUMN "新" int"#)
         .await;
@@ -1111,9 +1115,9 @@ INSERT INTO "caseT" VALUES (1, 'a');
 INSERT INTO caset VALUES (1, 'b');
 CREATE TABLE carts (id int PRIMARY KEY, owner text);
 CREATE TABLE cart_items (id int PRIMARY KEY, cart_id int REFERENCES carts ON DELETE SET NULL,
-                         sku text);
+                         sku text, qty int[]);
 INSERT INTO carts VALUES (1, 'a');
-INSERT INTO cart_items VALUES (1, 1, 'x'), (2, NULL, 'y');
+INSERT INTO cart_items VALUES (1, 1, 'x', '{1,NULL}'), (2, NULL, 'y', NULL);
 CREATE TABLE "子表" (id int PRIMARY KEY, cart_id int NOT NULL REFERENCES carts, "值" text);
 INSERT INTO "子表" VALUES (1, 1, 'z');
 CREATE COLLATION odd_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);

@@ -1117,7 +1117,13 @@ fn field_text_prefixed(
     // An Appwrite array column holds no NULL element; the catalog cannot tell whether the
     // column has any (data-blind), so every array drops them: the draft passes `check` and the
     // run writes every row, and the comment says what that loses and the alternatives.
-    let drop_nulls = col.element_type.is_some() && target == TargetKind::Appwrite;
+    // An embedded element's array is inside the JSON text of the embed (the proposal's
+    // default), which holds NULLs (adv29 S7: taken as proposed, they were dropped).
+    let in_json_embed = !prefix.is_empty();
+    let drop_nulls = col.element_type.is_some() && target == TargetKind::Appwrite && !in_json_embed;
+    if col.element_type.is_some() && target == TargetKind::Appwrite && in_json_embed {
+        decide.push("embedded as JSON text (the default), the array keeps its NULL elements; with appwrite = \"table\" it becomes an array column, which holds none: add transform = [\"drop_nulls\"] then (or such rows are rejected).".into());
+    }
     if drop_nulls {
         decide.push("Appwrite array columns hold no NULL element: NULL elements are dropped (transform = [\"drop_nulls\"]; the other elements keep their order, but where the NULLs were and how many is lost). Without the transform such rows are rejected instead (appwrite_unrepresentable; `cutover check` counts them); to keep the array whole, read it through a `query` source as array_to_json(column)::text (a JSON text column). Arrays of two or more dimensions are rejected either way.".into());
     }
