@@ -2383,6 +2383,15 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
             "op = \"command\"\ncommand = { renameCollection = \"x.things\", to = \"x.cutover_lock\" }\ndown = { ping = 1 }\n",
             "a collection of cutover's ledger",
         ),
+        // adv28 R1, R2: commands over the whole database.
+        (
+            "op = \"command\"\ncommand = { dropDatabase = 1 }\ndown = { ping = 1 }\n",
+            "runs `dropDatabase`, which acts on the whole database",
+        ),
+        (
+            "op = \"command\"\ncommand = { applyOps = [{ op = \"d\", ns = \"x.cutover_changes\", o = { _id = \"1\" } }] }\ndown = { ping = 1 }\n",
+            "runs `applyOps`",
+        ),
         // adv27 N1: TOML's nan and inf would become null.
         (
             "op = \"set\"\ncollection = \"things\"\nfilter = {}\nfields = { x = nan }\n",
@@ -2405,6 +2414,9 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
         );
         let text = refused(&changes(&w, "up", &dir, &[]));
         assert!(text.contains(says), "{body}: {text}");
+        // The dry run refuses it too (adv28 R1: "would apply").
+        let text = refused(&changes(&w, "up", &dir, &["--dry-run"]));
+        assert!(text.contains(says), "dry run: {body}: {text}");
         assert_eq!(
             w.count("cutover_changes").await,
             0,

@@ -794,6 +794,46 @@ pub struct CommandOutputs {
     pub databases: Vec<String>,
 }
 
+/// Commands that act on the whole database or the server — the ledger's collections and other
+/// databases included, past what the change names (adv28 R1, R2: `dropDatabase` dropped the
+/// ledger, `applyOps` wrote anything anywhere). A change may not run them.
+pub fn database_wide(command: &Document) -> Option<&str> {
+    const WIDE: &[&str] = &[
+        "dropDatabase",
+        "applyOps",
+        "doTxn",
+        "bulkWrite",
+        "dropAllUsersFromDatabase",
+        "dropAllRolesFromDatabase",
+        "copydb",
+        "clone",
+        "cloneCollection",
+        "eval",
+        "$eval",
+        "shutdown",
+        "fsync",
+        "fsyncUnlock",
+        "setParameter",
+        "setFeatureCompatibilityVersion",
+        "killAllSessions",
+        "killAllSessionsByPattern",
+        "killSessions",
+        "killOp",
+        "dropConnections",
+        "replSetReconfig",
+        "replSetStepDown",
+        "logRotate",
+        "setDefaultRWConcern",
+        "enableSharding",
+        "shardCollection",
+        "movePrimary",
+    ];
+    let (name, _) = command.iter().next()?;
+    WIDE.iter()
+        .find(|w| w.eq_ignore_ascii_case(name))
+        .map(|_| name.as_str())
+}
+
 /// Commands that only read the collection they name first (an aggregation writes only through
 /// `$out` / `$merge`, found apart): naming a ledger collection so is no write (adv27 N2).
 pub fn reads_only_its_collection(command: &Document) -> bool {

@@ -647,6 +647,13 @@ async fn refuse_unsettled_in(
                 continue;
             };
             for d in [Some(command), down.as_ref()].into_iter().flatten() {
+                if let Some(name) = file::database_wide(d) {
+                    return Err(ChangesError::Refused(format!(
+                        "change {} ({}) runs `{name}`, which acts on the whole database or the server (cutover's ledger, which records how to undo what was applied, and other databases included): a change may not run it; name the collections it works on with their own commands",
+                        c.version,
+                        c.file_name()
+                    )));
+                }
                 if let Some(first) = d.iter().next().and_then(|(_, v)| v.as_str())
                     && !file::reads_only_its_collection(d)
                 {
