@@ -3562,3 +3562,53 @@ async fn copy_field_through_an_array_of_documents_is_refused_before_writing() {
     assert_eq!(hashes(&w).await, before);
     w.drop().await;
 }
+
+/// Found by the third outside round on changes (adv28 R8): on a collection with a default
+/// collation, the inverse of `drop_index` and of `drop_collection` made its simple-collation
+/// indexes again with the collection's collation — a unique index became case-insensitive, and a
+/// text index (which takes no other collation) failed the `down` half-way. They come back as they
+/// were.
+#[tokio::test]
+async fn indexes_of_a_collection_with_a_default_collation_come_back_as_they_were() {
+    let w = World::new("changes_collation_back").await;
+    let db = w.mongo().await;
+    db.run_command(doc! { "create": "coll", "collation": { "locale": "fr", "strength": 2 } })
+        .await
+        .unwrap();
+    db.run_command(doc! { "createIndexes": "coll", "indexes": [
+        { "key": { "code": 1 }, "name": "code_u_simple", "unique": true, "collation": { "locale": "simple" } },
+        { "key": { "note": "text" }, "name": "note_text", "collation": { "locale": "simple" } },
+        { "key": { "code": 1, "n": 1 }, "name": "code_fr" },
+    ] })
+    .await
+    .unwrap();
+    db.collection::<Document>("coll")
+        .insert_many([
+            doc! { "_id": 1, "code": "abc", "n": 1, "note": "x" },
+            doc! { "_id": 2, "code": "ABC", "n": 2, "note": "y" },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_di.toml",
+        "version = 1\nname = \"di\"\n[[up]]\nop = \"drop_index\"\ncollection = \"coll\"\nname = \"code_u_simple\"\n",
+    );
+    write(
+        &dir,
+        "2_dc.toml",
+        "version = 2\nname = \"dc\"\n[[up]]\nop = \"drop_collection\"\ncollection = \"coll\"\n",
+    );
+    let before = hashes(&w).await;
+    ok(&changes(&w, "up", &dir, &[]));
+    assert!(!hashes(&w).await.contains_key("coll"));
+    ok(&changes(&w, "down", &dir, &["--steps", "2"]));
+    assert_eq!(hashes(&w).await, before);
+    // Still case-sensitive: a code differing only by case goes in.
+    db.collection::<Document>("coll")
+        .insert_one(doc! { "_id": 3, "code": "Abc", "n": 3 })
+        .await
+        .unwrap();
+    w.drop().await;
+}
