@@ -1653,6 +1653,27 @@ async fn a_transaction_over_max_transaction_operations_is_refused_before_writing
         ),
     );
     let before = hashes(&aw).await;
+    // The dry run says so too (adv28 R3: "would apply", exit 0).
+    let dry = {
+        let mut cmd = w.cutover();
+        cmd.envs(aw.vars(DB)).args([
+            "changes",
+            "up",
+            "--dry-run",
+            "--target",
+            "appwrite",
+            "--dir",
+            &dir.display().to_string(),
+        ]);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    };
+    let said = refused(&dry);
+    assert!(
+        said.contains("would fail") && said.contains("it would stage 101 row operations"),
+        "{said}"
+    );
     let said = refused(&with_env(&[]).await);
     assert!(
         said.contains("change 1: it would stage 101 row operations")

@@ -144,6 +144,13 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                             p.note
                         );
                     }
+                    // Why it would fail when no operation's line says it (a transaction over
+                    // the server's limit).
+                    if let Some(e) = &c.error
+                        && !c.preview.iter().any(|p| p.would_fail)
+                    {
+                        crate::outln!("  {e}");
+                    }
                 }
             } else {
                 crate::outln!("batch {}", report.batch.unwrap_or(0));

@@ -173,6 +173,30 @@ async fn sweep_backups(t: &AppwriteTarget<'_>) -> Result<(), ChangesError> {
     Ok(())
 }
 
+/// Why a change in a transaction is refused: it would stage `count` row operations, more than
+/// the server's `max`.
+fn over_transaction(count: usize, max: usize) -> String {
+    format!(
+        "it would stage {count} row operations in one transaction, more than `max_transaction_operations` = {max} (the most one Appwrite transaction may hold: Free 100, Pro 1,000, Scale 2,500; set it to your server's limit with [target.appwrite] max_transaction_operations in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS); refused before anything was written: split the change, or set `transaction = false`"
+    )
+}
+
+/// What a change in a transaction would stage, read as its run reads it (reads only): why it
+/// would be refused, when it is over the server's limit (adv28 R3: the dry run said "would
+/// apply" and the run refused).
+async fn transaction_refusal(x: &AwExec<'_>, c: &Change, max: usize) -> Option<String> {
+    if !c.transaction || reads_own_writes(c).is_some() {
+        return None;
+    }
+    let mut staging = exec::Staging::new(max);
+    for (i, op) in c.up.iter().enumerate() {
+        let a = aw(op).ok()?;
+        let mut out = OpOutcome::default();
+        x.gather(a, i, &mut out, &mut staging).await.ok()?;
+    }
+    staging.over().then(|| over_transaction(staging.count, max))
+}
+
 /// `changes up --target appwrite`: as [`crate::changes::up`].
 pub async fn up(
     t: &AppwriteTarget<'_>,
@@ -188,7 +212,12 @@ pub async fn up(
             for op in &c.up {
                 preview.push(x.preview(aw(op).map_err(ChangesError::Refused)?).await?);
             }
-            let (status, error) = super::ops::preview_status(&mut preview);
+            let (mut status, mut error) = super::ops::preview_status(&mut preview);
+            if error.is_none()
+                && let Some(why) = transaction_refusal(&x, &c, t.max_transaction_operations).await
+            {
+                (status, error) = ("would fail", Some(why));
+            }
             changes.push(AppliedChange {
                 version: c.version,
                 name: c.name.clone(),
@@ -438,10 +467,7 @@ async fn apply_in_transaction(
         }
     }
     if staging.over() {
-        return Err(fail(format!(
-            "it would stage {} row operations in one transaction, more than `max_transaction_operations` = {max} (the most one Appwrite transaction may hold: Free 100, Pro 1,000, Scale 2,500; set it to your server's limit with [target.appwrite] max_transaction_operations in cutover.toml or APPWRITE_MAX_TRANSACTION_OPERATIONS); refused before anything was written: split the change, or set `transaction = false`",
-            staging.count
-        )));
+        return Err(fail(over_transaction(staging.count, max)));
     }
     let txn = begin_recorded(x, records, c.version, "session")
         .await
