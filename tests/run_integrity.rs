@@ -272,6 +272,27 @@ async fn a_run_whose_lock_is_taken_away_stops_writing_and_ends_interrupted() {
     let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
     assert_eq!(w.count("owners").await, 30000 - 30000 / 97);
+    // Every row counted once over the two runs: the stopped one up to its checkpoint, the
+    // resume the rest (adv28 R6: the stopped run counted the rows past its checkpoint too).
+    use futures::TryStreamExt;
+    let runs: Vec<Document> = w
+        .mongo()
+        .await
+        .collection::<Document>("cutover_runs")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let sum = |k: &str| runs.iter().map(|r| r.get_i64(k).unwrap_or(0)).sum::<i64>();
+    assert_eq!(sum("read"), 30000 + 24000, "{runs:?}");
+    assert_eq!(sum("rejected"), 30000 / 97, "{runs:?}");
+    assert_eq!(
+        sum("read"),
+        sum("written") + sum("rejected") + sum("skipped"),
+        "{runs:?}"
+    );
     w.drop().await;
 }
 

@@ -869,6 +869,46 @@ impl Ledger {
 
     pub async fn finish_run(&self, report: &RunReport) -> Result<(), LedgerError> {
         let own = report.own_totals();
+        // What it did itself, as its steps say (each is recorded before the run): a step that
+        // stopped before its end (SIGTERM, a lost lock, a failure) counts up to its checkpoint,
+        // as a killed run's does — the rows past it are read again by the run that resumes it
+        // (adv28 R6: both counted them).
+        let steps = self.all_steps().await?;
+        let (mut read, mut written, mut rejected, mut skipped) = (
+            own.read as i64,
+            own.written as i64,
+            own.rejected as i64,
+            own.skipped as i64,
+        );
+        for s in steps
+            .iter()
+            .filter(|s| s.run_id == report.run_id && unfinished(&s.status))
+        {
+            let Some(e) = report
+                .entities
+                .iter()
+                .find(|e| e.name == s.entity && e.completed_by.is_none())
+            else {
+                continue;
+            };
+            // The report's own part of the entity, replaced by the checkpoint's.
+            let rows = e.resumed_after_rows;
+            let base_rejected = e.resumed_after_rejected.min(rows);
+            let r_read = e.read.saturating_sub(rows) as i64;
+            let r_rejected = e.rejected.saturating_sub(base_rejected) as i64;
+            let r_written = e.written.saturating_sub(rows - base_rejected) as i64;
+            let (c_read, c_written, c_rejected, c_skipped) = own_counts(s, &steps);
+            read += c_read - r_read;
+            written += c_written - r_written;
+            rejected += c_rejected - r_rejected;
+            skipped += c_skipped - e.skipped as i64;
+        }
+        let mine = OwnCounts {
+            read: read.max(0),
+            written: written.max(0),
+            rejected: rejected.max(0),
+            skipped: skipped.max(0),
+        };
         let resumed: Vec<Document> = report
             .entities
             .iter()
@@ -887,10 +927,10 @@ impl Ledger {
             "resumed": resumed,
             "status": &report.status,
             "finished_at": bson::DateTime::now(),
-            "written": own.written as i64,
-            "rejected": own.rejected as i64,
-            "read": own.read as i64,
-            "skipped": own.skipped as i64,
+            "written": mine.written,
+            "rejected": mine.rejected,
+            "read": mine.read,
+            "skipped": mine.skipped,
             "duration_ms": own.duration_ms as i64,
         };
         self.set("finish run", &self.runs(), &report.run_id, set)

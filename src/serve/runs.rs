@@ -211,7 +211,9 @@ fn millis_of(rfc3339: Option<&str>) -> Option<i64> {
 /// interrupted, with its time up to its last checkpoint.
 fn progress(s: &StepRecord, steps: &[StepRecord], now_ms: i64, dead: bool) -> Value {
     let running = s.status == ledger::RUNNING;
-    let (read, rejected, written) = if running {
+    // A step that stopped before its end (killed, SIGTERM, a lost lock, a failure) counts up to
+    // its checkpoint: the rows past it are read again by the run that resumes it (adv28 R6).
+    let (read, rejected, written) = if ledger::unfinished(&s.status) {
         let read = s.checkpoint_rows;
         let rejected = s.checkpoint_rejected;
         (read, rejected, (read - rejected).max(0))
@@ -245,7 +247,7 @@ fn progress(s: &StepRecord, steps: &[StepRecord], now_ms: i64, dead: bool) -> Va
         "read": read,
         "written": written,
         "rejected": rejected,
-        "skipped": if running { 0 } else { s.skipped },
+        "skipped": if ledger::unfinished(&s.status) { 0 } else { s.skipped },
         "total": s.total,
         "thisRun": {
             "read": own_read,
@@ -528,6 +530,22 @@ pub async fn start(
                 "failed",
                 Some(crate::redact::redact_text(&format!("{e:#}"))),
             ),
+        };
+        // A run stopped before its end (SIGTERM, its lock released) is what the ledger says,
+        // not "failed" (adv28 R6).
+        let recorded = handle
+            .block_on(task_state.ledger.runs_newest_first(i64::MAX, None))
+            .ok()
+            .and_then(|runs| runs.into_iter().find(|r| r.run_id == id));
+        let (st, error) = match recorded {
+            Some(r) if r.status == ledger::INTERRUPTED => (
+                ledger::INTERRUPTED,
+                Some(
+                    "stopped before its end (the server stopping, or its lock released): `cutover migrate` resumes it"
+                        .to_string(),
+                ),
+            ),
+            _ => (st, error),
         };
         tracing::info!(run = %id, state = st, "run started through the API ended");
         if let Ok(mut runs) = task_state.runs.lock()
