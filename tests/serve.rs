@@ -1368,6 +1368,8 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
     killed.wait().unwrap();
     let (_, v) = api.get(&format!("/api/runs/{run_id}")).await;
     assert_eq!(v["status"], "interrupted", "{v}");
+    // No links to a report it never wrote (adv28 R4).
+    assert_eq!(v["reports"], Value::Null, "{v}");
     // One picture (adv22 F8, adv27 N9): the run itself too, with its counts and time up to its
     // last checkpoint — as the list shows it.
     assert_eq!(v["run"]["status"], "interrupted", "{v}");

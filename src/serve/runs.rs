@@ -342,11 +342,12 @@ pub async fn get(
         "run": run,
         "served": mine,
         "entities": entities,
-        "reports": {
+        // A run that wrote no report (killed, or still going) links to none (adv28 R4).
+        "reports": report.as_ref().map(|_| json!({
             "json": format!("/api/runs/{id}/report?format=json"),
             "md": format!("/api/runs/{id}/report?format=md"),
             "html": format!("/api/runs/{id}/report?format=html"),
-        },
+        })),
     })))
 }
 
