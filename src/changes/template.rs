@@ -269,7 +269,9 @@ pub fn slug(name: &str) -> String {
     // Letters and digits of any script (a file name holds them); at most SLUG_CHARS of them,
     // the name itself stays whole in the file (adv22 F4: a 300-character name gave no file).
     for c in name.trim().chars() {
-        if s.chars().count() >= SLUG_CHARS {
+        // Characters and bytes both bounded: a file name holds 255 bytes, and a letter takes up
+        // to four (adv28 R9).
+        if s.chars().count() >= SLUG_CHARS || s.len() + c.len_utf8() > SLUG_BYTES {
             break;
         }
         if c.is_alphanumeric() {
@@ -281,8 +283,9 @@ pub fn slug(name: &str) -> String {
     s.trim_end_matches('-').to_string()
 }
 
-/// The most characters a change file's name takes from the change's name.
+/// The most characters a change file's name takes from the change's name, and bytes.
 const SLUG_CHARS: usize = 60;
+const SLUG_BYTES: usize = 160;
 
 /// The text of a new change file.
 pub fn render(template: Template, version: u64, name: &str) -> String {
@@ -330,7 +333,10 @@ pub fn new_file_for(
             ),
         });
     }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
+    // Control characters, and the marks that reorder how text shows (a name that reads as
+    // another: adv28 R9).
+    let bidi = |c: &char| matches!(*c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if let Some(c) = name.chars().find(|c| c.is_control() || bidi(c)) {
         return Err(FileError::Invalid {
             path: dir.to_path_buf(),
             message: format!(
@@ -449,10 +455,12 @@ mod tests {
         assert_eq!(loaded.len(), 3);
         // The name is kept whole in the file.
         assert_eq!(loaded[0].name, long);
-        for bad in ["a\u{0}b", "tab\there", "two\nlines"] {
+        let p = new_file(dir.path(), &"𝒜".repeat(60), Template::Empty, now).unwrap();
+        assert!(p.file_name().unwrap().len() <= 255, "{p:?}");
+        for bad in ["a\u{0}b", "tab\there", "two\nlines", "evil\u{202e}txt.exe"] {
             let e = new_file(dir.path(), bad, Template::Empty, now).unwrap_err();
             assert!(e.to_string().contains("control character"), "{bad:?}: {e}");
         }
-        assert_eq!(file::load_dir(dir.path()).unwrap().len(), 3);
+        assert_eq!(file::load_dir(dir.path()).unwrap().len(), 4);
     }
 }
