@@ -53,6 +53,23 @@ async fn an_empty_stage_and_an_empty_split_separator_are_refused() {
         assert!(text.contains("names no entity"), "{command:?}: {text}");
     }
 
+    // `size` on a field written as no text (adv29 S3: ignored silently).
+    w.sql("ALTER TABLE t ADD COLUMN n int").await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "t",
+        "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"n\"\ncolumn = \"n\"\nsize = 10\n",
+    );
+    let out = w
+        .cutover()
+        .args(["plan", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("written as another type"), "{text}");
+
     // A column size Appwrite cannot make.
     for size in ["0", "1073741824"] {
         let pipeline = common::one_entity_pipeline(

@@ -628,6 +628,40 @@ fn compile_fields(
                 ),
             ));
         }
+        // `size` sizes a text or JSON column: on a number, a date or a boolean it would do
+        // nothing, silently (adv29 S3).
+        if f.size.is_some() {
+            use crate::source::ColKind as K;
+            let text_cast = f
+                .cast
+                .map(|c| matches!(c, CastType::String | CastType::Base64 | CastType::Hex));
+            let texty_steps = steps.iter().any(|s| {
+                matches!(
+                    s,
+                    Step::Split(_) | Step::Json | Step::Map { .. } | Step::Phone { .. }
+                )
+            });
+            let text_input = match &input {
+                Input::Column(i) => {
+                    let kind = match read.columns[*i].kind {
+                        K::Array(e) => e.scalar(),
+                        k => k,
+                    };
+                    matches!(
+                        kind,
+                        K::Text | K::Json | K::OtherAsText | K::Numeric | K::Uuid
+                    )
+                }
+                Input::Const(v) => matches!(v, Value::Text(_) | Value::Json(_)),
+                Input::Columns(_) => matches!(combine, Some(Combine::Concat(_))),
+            };
+            if !text_cast.unwrap_or(text_input || texty_steps) {
+                return Err(invalid(
+                    format!("{key}.size"),
+                    "`size` sets the characters of an Appwrite text or JSON column, and this field is written as another type: remove it (or write the field as text, `type = \"string\"`)".to_string(),
+                ));
+            }
+        }
         // An array field (an array column, or text after `split`) holds arrays: a scalar default
         // would make one row's value a scalar (an Appwrite array column refuses it).
         let array_field = steps.iter().any(|s| matches!(s, Step::Split(_)))

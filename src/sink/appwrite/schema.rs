@@ -385,7 +385,8 @@ pub fn field_kind(plan_read: &crate::source::ReadSpec, f: &FieldPlan) -> (Kind, 
     // On an array, `max_length` bounds the number of elements (as validation reads it), not each
     // element's size: `['hello','world']` passed `max_length = 2` and the server refused it.
     if array && kind.0 == text(f) {
-        kind.0 = Kind::Text(DEFAULT_TEXT_SIZE);
+        // `size` is each element's characters (adv29 S3: ignored on a `text[]`).
+        kind.0 = Kind::Text(f.column_size.unwrap_or(DEFAULT_TEXT_SIZE));
     }
     (kind.0, array)
 }
