@@ -800,6 +800,14 @@ fn check_file(m: &Mapping, f: &spec::FileSpec) -> Result<(), MappingError> {
             format!("must be none, gzip or zstd, not `{}`", c.escape_debug()),
         ));
     }
+    // Appwrite makes no bucket of 0 bytes (adv29 S2: check then judged every file by it).
+    if f.appwrite.maximum_file_size == Some(0) {
+        return Err(invalid(
+            m,
+            "file.appwrite.maximum_file_size",
+            "must be at least 1 byte (Appwrite refuses a bucket of 0; leave it out for the server's own limit)".into(),
+        ));
+    }
     if let Some(c) = &f.document_collection {
         if let Some(problem) = collection_problem(c) {
             return Err(invalid(
