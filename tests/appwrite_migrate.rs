@@ -3408,3 +3408,76 @@ async fn json_deep_in_the_document_is_written_to_appwrite_without_a_crash() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     w.drop().await;
 }
+
+/// Found by the third outside round on scaffold (adv29 S1): children embedded as JSON text (the
+/// default store) longer together than an Appwrite column's 1,000,000 characters rejected their
+/// parent, and no key sized that column. `size` on the [[embed]] does; `check` counts the rows
+/// either way.
+#[tokio::test]
+async fn an_embedded_array_as_json_is_as_long_as_its_embed_size_says() {
+    let w = World::new("aw_embed_size").await;
+    w.sql(
+        "CREATE TABLE p (id int PRIMARY KEY, name text);
+         CREATE TABLE c (id int PRIMARY KEY, p_id int NOT NULL REFERENCES p, note text);
+         INSERT INTO p VALUES (1, 'big'), (2, 'small');
+         INSERT INTO c SELECT g, 1, repeat('x', 300) FROM generate_series(1, 5000) g;
+         INSERT INTO c VALUES (5001, 2, 'y');",
+    )
+    .await;
+    let aw = standin().await;
+    let mapping = |size: &str| {
+        format!(
+            "version = 1\nname = \"p\"\n[source]\ntable = \"p\"\nkey = [\"id\"]\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n[[embed]]\npath = \"kids\"\ntable = \"c\"\nforeign_key = \"p_id\"\norder_by = [\"id\"]\n{size}[[embed.field]]\npath = \"note\"\ncolumn = \"note\"\n"
+        )
+    };
+    for (size, rejected) in [("", 1), ("size = 4000000\n", 0)] {
+        let pipeline = common::one_entity_pipeline(&w, "p", &mapping(size))
+            .display()
+            .to_string();
+        let check = cutover(
+            &w,
+            &aw,
+            &[
+                "check",
+                "--json",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+        let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+        let predicted: u64 = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["rule"] == "appwrite_string_size")
+            .map(|f| f["rows"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(predicted, rejected, "{size:?}: {report}");
+        let out = cutover(
+            &w,
+            &aw,
+            &[
+                "migrate",
+                "--quiet",
+                "--rerun",
+                "--target",
+                "appwrite",
+                "--pipeline",
+                &pipeline,
+            ],
+        )
+        .await;
+        let expected = if rejected == 0 { 0 } else { 2 };
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "{size:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(aw.s.row_count("registry", "p"), 2);
+    w.drop().await;
+}

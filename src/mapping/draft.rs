@@ -1111,8 +1111,14 @@ fn field_text_prefixed(
         && n > 1_000_000
     {
         let size = (n.saturating_mul(2)).min(crate::mapping::spec::MAX_COLUMN_SIZE);
-        options.push(format!("size = {size}"));
-        decide.push(format!("the sample holds JSON of {n} characters as text, more than an Appwrite column's default 1,000,000: the column is made {size} characters (size = {size}, twice the longest seen); a longer value is rejected (appwrite_string_size)."));
+        if prefix.is_empty() {
+            options.push(format!("size = {size}"));
+            decide.push(format!("the sample holds JSON of {n} characters as text, more than an Appwrite column's default 1,000,000: the column is made {size} characters (size = {size}, twice the longest seen); a longer value is rejected (appwrite_string_size)."));
+        } else {
+            // Embedded, the value is part of the embed's one JSON column (adv29 S1: the
+            // `size` drafted here did nothing).
+            decide.push(format!("the sample holds JSON of {n} characters as text: embedded, it is part of the array's one JSON column, which holds 1,000,000 characters unless the [[embed]] says `size` (e.g. size = {size}, or more for several children); a longer array rejects its parent row (appwrite_string_size)."));
+        }
     }
     // An Appwrite array column holds no NULL element; the catalog cannot tell whether the
     // column has any (data-blind), so every array drops them: the draft passes `check` and the
@@ -1642,6 +1648,13 @@ fn embed_proposal(
                 child.name,
                 parent.name
             ),
+        );
+    }
+    if model.opts.target == TargetKind::Appwrite {
+        comment(
+            out,
+            "##",
+            "decide: into Appwrite the array is one JSON text column of 1,000,000 characters (appwrite = \"json\", the default): a parent whose children take more as JSON is rejected (appwrite_string_size; `cutover check` counts them) unless the [[embed]] says `size = N`; appwrite = \"table\" writes one row per child instead.",
         );
     }
     let path = unique_key(paths, &camel(&child.name), model.opts.target);

@@ -186,6 +186,8 @@ pub struct EmbedPlan {
     pub layout: Layout,
     /// Appwrite: the elements go to a child table instead of a JSON column.
     pub appwrite_table: bool,
+    /// Appwrite: the characters of that JSON column (`size`).
+    pub column_size: Option<u64>,
 }
 
 /// Everything needed to turn rows of one entity into documents.
@@ -957,7 +959,25 @@ pub fn compile(
                     .into(),
             ));
         }
+        if let Some(n) = e.size
+            && !(1..=crate::mapping::spec::MAX_COLUMN_SIZE).contains(&n)
+        {
+            return Err(invalid(
+                &format!("{key}.size"),
+                format!(
+                    "{n} characters: an Appwrite column holds 1 to {} characters",
+                    crate::mapping::spec::MAX_COLUMN_SIZE
+                ),
+            ));
+        }
+        if e.size.is_some() && appwrite_table {
+            return Err(invalid(
+                &format!("{key}.size"),
+                "the elements go to a child table (appwrite = \"table\"): `size` sizes the JSON column of the default store; size the child's text fields with their own `size`".into(),
+            ));
+        }
         embeds.push(EmbedPlan {
+            column_size: e.size,
             appwrite_table,
             path: split_path(&e.path),
             path_text: e.path.clone(),

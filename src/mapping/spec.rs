@@ -689,6 +689,9 @@ pub struct EmbedSpec {
     /// Appwrite only: how an array of documents is stored (Appwrite columns hold no objects).
     #[serde(default)]
     pub appwrite: EmbedStore,
+    /// Appwrite only: the characters of the JSON column holding the array (`appwrite = "json"`,
+    /// the default; 1,000,000 unless said).
+    pub size: Option<u64>,
     #[serde(default, rename = "field")]
     pub fields: Vec<FieldSpec>,
 }

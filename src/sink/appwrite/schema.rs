@@ -438,7 +438,14 @@ pub fn table_spec(plan: &Plan) -> TableSpec {
             _ => Constraints::default(),
         };
         let size = match node {
-            LayoutNode::Slot(i) => json_size(&kind, plan.fields.get(*i)),
+            LayoutNode::Slot(i) if *i < plan.fields.len() => json_size(&kind, plan.fields.get(*i)),
+            // An embedded array kept as JSON text: the embed's `size` (adv29 S1).
+            LayoutNode::Slot(i) => l
+                .embed_slot
+                .iter()
+                .position(|s| s == i)
+                .and_then(|e| plan.embeds[e].column_size)
+                .filter(|_| kind == Kind::Json),
             LayoutNode::Doc(_) => None,
         };
         columns.push(ColumnSpec {
