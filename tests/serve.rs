@@ -920,6 +920,43 @@ async fn a_change_failing_on_start_stops_the_server_or_shows_in_the_status() {
     let log = ledger_docs(&w, "cutover_changes_log", doc! { "status": "failed" }).await;
     assert_eq!(log.len(), 2, "{log:?}");
     assert!(server.stop().success());
+
+    // A change its process left half applied stops the start; once a `down` has undone it, the
+    // status no longer shows that error (adv28 R9: it stayed).
+    let dir2 = w.dir.path().join("changes_interrupted");
+    let text = "version = 2\nname = \"b\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"b\"\ndefault = 1\n";
+    std::fs::create_dir_all(&dir2).unwrap();
+    std::fs::write(dir2.join("2_b.toml"), text).unwrap();
+    w.mongo()
+        .await
+        .collection::<Document>("cutover_changes")
+        .insert_one(doc! {
+            "_id": "2", "name": "b", "file": "2_b.toml", "status": "running", "batch": 9_i64,
+            "run_id": "changes-dead", "applied_at": bson::DateTime::now(), "source": text,
+            "backup": "cutover_change_2_backup_changes-dead",
+        })
+        .await
+        .unwrap();
+    let d2 = dir2.display().to_string();
+    let mut server = Server::start(
+        &w,
+        "interrupted",
+        &["--dir", &d2, "--migrate-on-start", "--no-auth"],
+        &[],
+    );
+    let api = Api::new(&server.base, None);
+    let (_, v) = api.get("/api/migrations/status").await;
+    assert!(
+        v["startupError"]
+            .as_str()
+            .is_some_and(|e| e.contains("interrupted")),
+        "{v}"
+    );
+    let (s, v) = api.post("/api/migrations/down?version=2", None).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = api.get("/api/migrations/status").await;
+    assert_eq!(v["startupError"], Value::Null, "{v}");
+    assert!(server.stop().success());
     w.drop().await;
 }
 

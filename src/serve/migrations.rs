@@ -248,6 +248,13 @@ pub async fn down(
         Ok(state.changes_on().down_with(which, go_on).await?)
     })
     .await?;
+    if report.failed.is_empty() {
+        // What `--migrate-on-start` found (a change left interrupted) has been dealt with
+        // (adv28 R9: the error stayed on the status after the down that recovered it).
+        if let Ok(mut s) = state.startup_error.lock() {
+            *s = None;
+        }
+    }
     let body = json!({
         "dryRun": false,
         "changes": report.reversed,
