@@ -1282,6 +1282,17 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
             "{body}: {v}"
         );
     }
+    for bad in [json!({"batchSize": -1}), json!({"fileConcurrency": -1})] {
+        let (s, v) = api.post("/api/runs", Some(bad.clone())).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be between 1 and"),
+            "{bad}: {v}"
+        );
+    }
     let (s, v) = api.post("/api/runs", Some(json!({"stages": "x"}))).await;
     assert_eq!(s, 400, "{v}");
     assert!(!v["message"].as_str().unwrap().contains("StartBody"), "{v}");

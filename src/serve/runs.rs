@@ -412,8 +412,9 @@ pub struct StartBody {
     stages: Vec<String>,
     #[serde(default)]
     dry_run: bool,
-    batch_size: Option<usize>,
-    file_concurrency: Option<usize>,
+    // Signed: a negative number is told its range, not serde's type name (adv28 R9).
+    batch_size: Option<i64>,
+    file_concurrency: Option<i64>,
 }
 
 pub async fn start(
@@ -446,7 +447,10 @@ pub async fn start(
             "batchSize must be between 1 and 100000, got {n}"
         )));
     }
-    if body.file_concurrency.is_some_and(|n| n == 0 || n > 64) {
+    if body
+        .file_concurrency
+        .is_some_and(|n| !(1..=64).contains(&n))
+    {
         return Err(ApiError::bad_request(
             "fileConcurrency must be between 1 and 64",
         ));
