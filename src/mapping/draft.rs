@@ -35,20 +35,27 @@ pub struct Drafts {
 /// `snake_case` (or any separators) → `camelCase`; never empty, never starting with a digit.
 pub fn camel(name: &str) -> String {
     let mut out = String::new();
-    let mut boundary = false;
-    for ch in name.chars() {
-        if !ch.is_alphanumeric() {
-            boundary = true;
-            continue;
-        }
-        if out.is_empty() {
-            out.extend(ch.to_lowercase());
-        } else if boundary {
-            out.extend(ch.to_uppercase());
+    for word in name
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        // A word in capitals is a word, not initials to keep (adv29 S8: `ALLCAPS` became
+        // `aLLCAPS`, `USER_ID` `uSERID`).
+        let shouted =
+            word.chars().any(char::is_alphabetic) && !word.chars().any(char::is_lowercase);
+        let word: String = if shouted {
+            word.chars().flat_map(char::to_lowercase).collect()
         } else {
-            out.push(ch);
+            word.to_string()
+        };
+        let mut chars = word.chars();
+        let Some(first) = chars.next() else { continue };
+        if out.is_empty() {
+            out.extend(first.to_lowercase());
+        } else {
+            out.extend(first.to_uppercase());
         }
-        boundary = false;
+        out.extend(chars);
     }
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, 'f');
@@ -1755,6 +1762,10 @@ mod tests {
         assert_eq!(camel("2fa"), "f2fa");
         assert_eq!(camel("__"), "f");
         assert_eq!(camel("a b.c"), "aBC");
+        assert_eq!(camel("ALLCAPS"), "allcaps");
+        assert_eq!(camel("USER_ID"), "userId");
+        assert_eq!(camel("UserID"), "userID");
+        assert_eq!(camel("orderNo_X"), "orderNoX");
     }
 
     #[test]
