@@ -24,6 +24,8 @@ pub struct Catalog {
     pub database: String,
     /// Tables (ordinary and partitioned parents), by name.
     pub tables: Vec<Table>,
+    /// Views and materialized views (not drafted: said).
+    pub views: Vec<String>,
 }
 
 impl Catalog {
@@ -46,8 +48,16 @@ impl Catalog {
             schemas: Vec::new(),
             database: catalogs[0].database.clone(),
             tables: Vec::new(),
+            views: Vec::new(),
         };
         for c in catalogs {
+            for v in &c.views {
+                out.views.push(if c.schema == main {
+                    v.clone()
+                } else {
+                    format!("{}.{v}", c.schema)
+                });
+            }
             for mut t in c.tables {
                 if c.schema != main {
                     t.relation = Some(format!(
@@ -459,11 +469,20 @@ async fn read_on(conn: &mut PgConnection, schema: &str) -> Result<Catalog, Sourc
     let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     let mut tables: Vec<Table> = by_oid.into_values().collect();
     tables.sort_by(|a, b| a.name.cmp(&b.name));
+    let views: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind IN ('v', 'm') ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err("list views"))?;
     Ok(Catalog {
         schema: schema.to_string(),
         schemas: Vec::new(),
         database,
         tables,
+        views,
     })
 }
 
