@@ -142,6 +142,16 @@ pub struct TargetHistory {
     pub completed: HashSet<String>,
 }
 
+/// Whether the run `check` judges deletes the records of rows gone from the source before its
+/// load (`check --sync-deletes`, as `migrate --rerun --sync-deletes`): then their unique keys
+/// are free; without it they keep them. Set once, before [`check`], by the command line.
+static SYNC_DELETES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Judges a run with `--sync-deletes` (see [`SYNC_DELETES`]).
+pub fn assume_sync_deletes(on: bool) {
+    SYNC_DELETES.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Scans each selected entity. `sample`: rows per entity (`None`: all).
 pub async fn check(
     pipeline: &Pipeline,
@@ -153,6 +163,7 @@ pub async fn check(
     files_root: Option<&std::path::Path>,
 ) -> CheckReport {
     let rates = &history.rates;
+    let sync_deletes = SYNC_DELETES.load(std::sync::atomic::Ordering::Relaxed);
     let mut report = CheckReport::default();
     let steps = match pipeline.select(names) {
         Ok(s) => s,
@@ -635,6 +646,62 @@ pub async fn check(
                         });
                     }
                 }
+                // A re-run leaves the records of rows gone from the source as they are (unless
+                // with --sync-deletes): their keys are held before the first row, as the run
+                // meets them — a row taking one is refused whatever its place (the outside
+                // tester's F8).
+                if !sync_deletes {
+                    let mongo_fields: Vec<String> = uniques
+                        .iter()
+                        .filter(|u| u.exists && u.unchecked.is_none())
+                        .flat_map(|u| u.fields())
+                        .collect();
+                    let aw_columns: Vec<String> = table_uniques
+                        .iter()
+                        .flat_map(|u| u.columns().to_vec())
+                        .collect();
+                    let asked = targets.iter().find_map(|t| match t {
+                        Target::Mongo(_) if !mongo_fields.is_empty() && plan.file.is_none() => {
+                            Some((t, &mongo_fields))
+                        }
+                        Target::Appwrite(_) if !aw_columns.is_empty() => Some((t, &aw_columns)),
+                        _ => None,
+                    });
+                    if let Some((t, fields)) = asked {
+                        let mut fields = fields.clone();
+                        fields.sort();
+                        fields.dedup();
+                        let kept = crate::pipeline::kept::kept_records(
+                            plan,
+                            &session,
+                            t,
+                            None,
+                            false,
+                            &fields,
+                            |k| match &k.fields {
+                                crate::pipeline::kept::KeptFields::Document(d) => {
+                                    for u in uniques.iter_mut().filter(|u| u.exists) {
+                                        u.keep(&k.said, d);
+                                    }
+                                }
+                                crate::pipeline::kept::KeptFields::Row(r) => {
+                                    for u in &mut table_uniques {
+                                        u.keep(&k.said, r);
+                                    }
+                                }
+                            },
+                        )
+                        .await;
+                        if let Err(e) = kept {
+                            report.blocking.push(format!(
+                                "{}: cannot read the records of {} in the target (those of rows gone from the source keep their unique keys): {}",
+                                plan.entity,
+                                plan.collection,
+                                crate::redact::redact_text(&e.to_string())
+                            ));
+                        }
+                    }
+                }
                 // Per embed: the orphans and the key of the first.
                 let mut orphans: Vec<(u64, String)> = vec![(0, String::new()); plan.embeds.len()];
                 while sample.is_none_or(|n| scanned < n) {
@@ -793,8 +860,13 @@ pub async fn check(
                                     key,
                                     || {
                                         format!(
-                                            "Appwrite's unique index `{index}` of table {} refuses the row: row {first} holds its key [{shown}] (the row written first keeps it; text compares without case, accents or trailing spaces; NULLs repeat freely)",
-                                            spec.id
+                                            "Appwrite's unique index `{index}` of table {} refuses the row: {first} holds its key [{shown}] ({}text compares without case, accents or trailing spaces; NULLs repeat freely)",
+                                            spec.id,
+                                            if first.is_row() {
+                                                "the row written first keeps it; "
+                                            } else {
+                                                ""
+                                            }
                                         )
                                     },
                                 );
@@ -822,8 +894,13 @@ pub async fn check(
                             key,
                             || {
                                 format!(
-                                    "MongoDB's unique index `{index}` of {} (there from an earlier run) refuses the document: row {first} holds its key [{shown}] (the first in key order keeps it)",
-                                    plan.collection
+                                    "MongoDB's unique index `{index}` of {} (there from an earlier run) refuses the document: {first} holds its key [{shown}]{}",
+                                    plan.collection,
+                                    if first.is_row() {
+                                        " (the first in key order keeps it)"
+                                    } else {
+                                        ""
+                                    }
                                 )
                             },
                         );

@@ -366,6 +366,11 @@ pub struct CheckArgs {
     /// Exit 0 even when rows will be rejected (otherwise: exit 2, like `migrate`).
     #[arg(long)]
     pub allow_rejects: bool,
+    /// Judge a re-run with --sync-deletes: the target's records of rows gone from the source are
+    /// deleted before the load, so their unique keys are free (without it they keep them, and a
+    /// row taking one is rejected).
+    #[arg(long)]
+    pub sync_deletes: bool,
 }
 
 #[derive(Debug, Args)]

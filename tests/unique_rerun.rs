@@ -12,6 +12,11 @@
 //! a row repeating another's code (still rejected, as `check` says); a new row taking the code
 //! of a row gone from the source (`--sync-deletes`). Each is checked against the source after the re-run (the target holds the
 //! source's codes), by `check`'s count, the report's accounting, a second re-run and `verify`.
+//!
+//! Records the re-run leaves as they are keep their keys (the outside tester's F8 and F9): the
+//! document of a row gone from the source without `--sync-deletes`, and — in a resume — those
+//! of the rows before its checkpoint; `check`, the dry run and the run agree on the rows they
+//! refuse.
 
 mod common;
 
@@ -234,15 +239,13 @@ async fn one_shape(t: Tgt<'_>, shape: &Shape) {
     expect(t, &w, &db, "migrate", &first, 0).await;
     w.sql(shape.change).await;
 
-    // check judges the source: the rows the re-run will reject.
-    let out = t
-        .run(
-            &w,
-            &db,
-            "check",
-            &["--json", "--full", "--pipeline", pipeline],
-        )
-        .await;
+    // check judges the source: the rows the re-run will reject (with --sync-deletes when the
+    // re-run has it: the records of rows gone keep their keys without it).
+    let mut check = vec!["--json", "--full", "--pipeline", pipeline];
+    if shape.options.contains(&"--sync-deletes") {
+        check.push("--sync-deletes");
+    }
+    let out = t.run(&w, &db, "check", &check).await;
     let text = common::output_text(&out);
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
@@ -555,4 +558,283 @@ async fn a_reader_stopping_early_leaves_the_rows_set_aside_to_the_resume_on_mong
 async fn a_reader_stopping_early_leaves_the_rows_set_aside_to_the_resume_on_appwrite() {
     let aw = Aw::start(KEY).await;
     reader_stopped(Tgt::Appwrite(&aw)).await;
+}
+
+/// `check --json --full ARGS…`: the rows it says the run rejects, and its report.
+async fn predicted(
+    t: Tgt<'_>,
+    w: &World,
+    db: &str,
+    pipeline: &str,
+    extra: &[&str],
+) -> (u64, serde_json::Value) {
+    let mut args = vec!["--json", "--full", "--pipeline", pipeline];
+    args.extend_from_slice(extra);
+    let out = t.run(w, db, "check", &args).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", common::output_text(&out)));
+    let n = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "reject")
+        .map(|f| f["rows"].as_u64().unwrap())
+        .sum();
+    (n, report)
+}
+
+/// The latest run's rejected row keys, each with its rule (sorted).
+fn rejected_rows(w: &World) -> Vec<(String, String)> {
+    let report = w.latest_report();
+    let mut rows: Vec<(String, String)> = w
+        .rejects(report["run_id"].as_str().unwrap())
+        .into_iter()
+        .map(|(_, key, _, rule)| (key, rule))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The rule of a row the target refuses for a unique key another record holds.
+fn unique_rule(t: Tgt<'_>) -> &'static str {
+    match t {
+        Tgt::Mongo => "DuplicateKey",
+        Tgt::Appwrite(_) => "unique_index",
+    }
+}
+
+/// The outside tester's F8: a re-run without `--sync-deletes` keeps the document of a row gone
+/// from the source, and with it its unique key: a new row taking that key is refused by the
+/// target (E11000; Appwrite's 409). `check`, the dry run and the run said so alike only for keys
+/// the rows read hold; now the kept document is a holder too, named. With `--sync-deletes` the
+/// gone row's document goes before the load and the new row is written, as all three say.
+async fn gone_row_keeps_its_key(t: Tgt<'_>) {
+    let name = format!("gone_holder_{}", t.name());
+    let create = "CREATE TABLE u (id int PRIMARY KEY, code text, v int); \
+                  INSERT INTO u SELECT g, 'c' || g, g FROM generate_series(1, 300) g;";
+    let (w, pipeline, db) = world(&name, create, "[\"id\"]").await;
+    let args = ["--pipeline", pipeline.as_str(), "--quiet"];
+    expect(t, &w, &db, "migrate", &args, 0).await;
+    w.sql("DELETE FROM u WHERE id = 300; INSERT INTO u VALUES (301, 'c300', 301);")
+        .await;
+    let rule = unique_rule(t).to_string();
+    for sync in [false, true] {
+        let extra: &[&str] = if sync { &["--sync-deletes"] } else { &[] };
+        let name = format!("{name} sync={sync}");
+        let (n, report) = predicted(t, &w, &db, &pipeline, extra).await;
+        let want: Vec<(String, String)> = if sync {
+            Vec::new()
+        } else {
+            vec![("301".to_string(), rule.clone())]
+        };
+        assert_eq!(n, want.len() as u64, "{name}: {report}");
+        if !sync {
+            let f = report["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["severity"] == "reject")
+                .unwrap();
+            assert_eq!(f["rule"], rule.as_str(), "{name}: {f}");
+            assert_eq!(f["example_key"], "301", "{name}: {f}");
+            let said = f["example"].as_str().unwrap();
+            assert!(
+                said.contains("300") && said.contains("gone from the source"),
+                "{name}: {said}"
+            );
+        }
+        let code = if sync { 0 } else { 2 };
+        let rerun: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--rerun"])
+            .chain(extra.iter().copied())
+            .collect();
+        let dry: Vec<&str> = rerun.iter().copied().chain(["--dry-run"]).collect();
+        let text = expect(t, &w, &db, "migrate", &dry, code).await;
+        let (read, _, rejected, _) = counts(&w);
+        assert_eq!((read, rejected), (300, n), "{name} dry run: {text}");
+        assert_eq!(rejected_rows(&w), want, "{name} dry run: {text}");
+        let text = expect(t, &w, &db, "migrate", &rerun, code).await;
+        let (read, written, rejected, _) = counts(&w);
+        assert_eq!(
+            (read, written, rejected),
+            (300, 300 - n, n),
+            "{name}: {text}"
+        );
+        assert_eq!(rejected_rows(&w), want, "{name}: {text}");
+        let held = t.codes(&w, &db, "u").await;
+        if sync {
+            // 300's document went first; 301 holds its code.
+            assert_eq!(held.len(), 300, "{name}");
+            assert_eq!(held.get("301").map(String::as_str), Some("c300"), "{name}");
+            assert!(!held.contains_key("300"), "{name}");
+        } else {
+            // The gone row's document is there still, holding the key.
+            assert_eq!(held.len(), 300, "{name}");
+            assert_eq!(held.get("300").map(String::as_str), Some("c300"), "{name}");
+            assert!(!held.contains_key("301"), "{name}");
+        }
+    }
+    expect(t, &w, &db, "verify", &["--pipeline", &pipeline], 0).await;
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_held_by_a_gone_rows_document_is_predicted_on_mongodb() {
+    gone_row_keeps_its_key(Tgt::Mongo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_held_by_a_gone_rows_document_is_predicted_on_appwrite() {
+    let aw = Aw::start(KEY).await;
+    gone_row_keeps_its_key(Tgt::Appwrite(&aw)).await;
+}
+
+/// The newest step of `entity` in the ledger of `t` (database `db` on Appwrite).
+async fn latest_step(t: Tgt<'_>, w: &World, db: &str, entity: &str) -> Option<bson::Document> {
+    match t {
+        Tgt::Mongo => common::process::latest_step(w, entity).await,
+        Tgt::Appwrite(aw) => {
+            let mut steps: Vec<bson::Document> =
+                aw.s.rows(db, "cutover_steps")
+                    .iter()
+                    .filter_map(|r| {
+                        let v: serde_json::Value = serde_json::from_str(r["doc"].as_str()?).ok()?;
+                        match bson::Bson::try_from(v).ok()? {
+                            bson::Bson::Document(d) => Some(d),
+                            _ => None,
+                        }
+                    })
+                    .filter(|d| d.get_str("entity") == Ok(entity))
+                    .collect();
+            steps.sort_by_key(|d| {
+                d.get_datetime("started_at")
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or(0)
+            });
+            steps.pop()
+        }
+    }
+}
+
+/// `cutover migrate --target T ARGS…` as a child process, killed with SIGKILL once its step of
+/// `u` has a checkpoint of at least `rows` (and before it ends); the checkpoint seen.
+async fn killed_at_checkpoint(t: Tgt<'_>, w: &World, db: &str, args: &[&str], rows: i64) -> i64 {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"));
+    cmd.current_dir(w.dir.path())
+        .env("CUTOVER_SOURCE_URL", &w.pg_url)
+        .env("MONGODB_URI", common::mongo_uri())
+        .env("CUTOVER_MONGODB_DATABASE", &w.mongo_db)
+        .args(["migrate", "--target", t.name()])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Tgt::Appwrite(aw) = t {
+        cmd.envs(aw.vars(db));
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(step) = latest_step(t, w, db, "u").await {
+            let at = match step.get("checkpoint_rows") {
+                Some(bson::Bson::Int32(n)) => i64::from(*n),
+                Some(bson::Bson::Int64(n)) => *n,
+                _ => 0,
+            };
+            if step.get_str("status") == Ok("running") && at >= rows {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                return at;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before a checkpoint at {rows} rows");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint at {rows} in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The outside tester's F9: a re-run killed past its first checkpoint, then the dry run of its
+/// resume. Rows after the checkpoint repeat the keys of rows before it, whose documents (the
+/// killed run's) hold them: the resume rejects those rows, and its dry run — which reads only
+/// the rows after the checkpoint — now counts them too (it took only the rows it reads for
+/// holders). Its report is the resume's: read, written, rejected (balanced), the same rows.
+async fn resumed_dry_run(t: Tgt<'_>, rows: u32, batch: &str) {
+    let name = format!("resume_{}", t.name());
+    let create = format!(
+        "CREATE TABLE u (id int PRIMARY KEY, code text); \
+         INSERT INTO u SELECT g, 'c' || g FROM generate_series(1, {rows}) g;"
+    );
+    let (w, pipeline, db) = world(&name, &create, "[\"id\"]").await;
+    let args = [
+        "--pipeline",
+        pipeline.as_str(),
+        "--quiet",
+        "--batch-size",
+        batch,
+    ];
+    expect(t, &w, &db, "migrate", &args, 0).await;
+    // The last two rows take the codes of the first two (which keep them).
+    w.sql(&format!(
+        "UPDATE u SET code = 'c1' WHERE id = {rows}; UPDATE u SET code = 'c2' WHERE id = {};",
+        rows - 1
+    ))
+    .await;
+    let rerun: Vec<&str> = args.iter().copied().chain(["--rerun"]).collect();
+    if let Tgt::Appwrite(aw) = t {
+        // Slow writes: the kill lands well before the last rows.
+        aw.s.set_table_faults(
+            "u",
+            appwrite_standin::Faults {
+                delay_ms: 20,
+                ..Default::default()
+            },
+        );
+    }
+    let at = killed_at_checkpoint(t, &w, &db, &rerun, 2 * batch.parse::<i64>().unwrap()).await;
+    if let Tgt::Appwrite(aw) = t {
+        aw.s.set_table_faults("u", appwrite_standin::Faults::default());
+    }
+    assert!(at < i64::from(rows) - 2, "{name}: killed too late ({at})");
+    let want = vec![
+        ((rows - 1).to_string(), unique_rule(t).to_string()),
+        (rows.to_string(), unique_rule(t).to_string()),
+    ];
+    // check judges the whole re-run: the same rows.
+    let (n, report) = predicted(t, &w, &db, &pipeline, &[]).await;
+    assert_eq!(n, 2, "{name}: {report}");
+    let dry: Vec<&str> = rerun.iter().copied().chain(["--dry-run"]).collect();
+    let text = expect(t, &w, &db, "migrate", &dry, 2).await;
+    let report = w.latest_report();
+    assert!(
+        report["entities"][0]["resumed_from"].is_string(),
+        "{name}: not a resume: {report}"
+    );
+    let rehearsed = counts(&w);
+    let rehearsed_rows = rejected_rows(&w);
+    assert_eq!(rehearsed_rows, want, "{name} dry run: {text}");
+    let text = expect(t, &w, &db, "migrate", &rerun, 2).await;
+    let ran = counts(&w);
+    assert_eq!(rehearsed, ran, "{name}: the dry run and the resume: {text}");
+    assert_eq!(rejected_rows(&w), want, "{name}: {text}");
+    let held = t.codes(&w, &db, "u").await;
+    assert_eq!(held.len() as u32, rows - 2, "{name}");
+    expect(t, &w, &db, "verify", &["--pipeline", &pipeline], 0).await;
+    w.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_dry_run_counts_keys_held_before_the_checkpoint_on_mongodb() {
+    resumed_dry_run(Tgt::Mongo, 30000, "100").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_dry_run_counts_keys_held_before_the_checkpoint_on_appwrite() {
+    let aw = Aw::start(KEY).await;
+    resumed_dry_run(Tgt::Appwrite(&aw), 3000, "50").await;
 }

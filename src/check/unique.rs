@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bson::Document;
 
 use crate::mapping::spec::IndexSpec;
-use crate::sink::mongo_unique::MongoUnique;
+use crate::sink::mongo_unique::{Holder, MongoUnique};
 
 /// One unique index's keys seen so far, and how many documents repeat one.
 pub(crate) struct UniqueIndex {
@@ -17,6 +17,9 @@ pub(crate) struct UniqueIndex {
     pub unchecked: Option<String>,
     /// Key → the source key of the first document holding it.
     seen: HashMap<String, String>,
+    /// Key → the document of the collection that the run leaves as it is holding it, said in
+    /// full (see [`UniqueIndex::keep`]).
+    kept: HashMap<String, String>,
     pub repeats: u64,
     /// The first repeat: (source key, the source key it repeats, the key as shown).
     pub example: Option<(String, String, String)>,
@@ -35,6 +38,7 @@ impl UniqueIndex {
                 unchecked: index.unchecked.clone(),
                 index,
                 seen: HashMap::new(),
+                kept: HashMap::new(),
                 repeats: 0,
                 example: None,
                 exists: false,
@@ -47,12 +51,30 @@ impl UniqueIndex {
         &self.index.pattern
     }
 
-    /// Whether `doc` repeats a key a document added before holds: (its first holder, the key).
-    pub fn repeats(&self, doc: &Document) -> Option<(String, String)> {
-        self.index
-            .keys(doc)
-            .into_iter()
-            .find_map(|k| self.seen.get(&k).map(|first| (first.clone(), k)))
+    /// Whether `doc` repeats a key a document added before holds, or one the run leaves as it
+    /// is: (who holds it, the key).
+    pub fn repeats(&self, doc: &Document) -> Option<(Holder, String)> {
+        self.index.keys(doc).into_iter().find_map(|k| {
+            let first = match self.kept.get(&k) {
+                Some(said) => Holder::Kept(said.clone()),
+                None => Holder::Row(self.seen.get(&k)?.clone()),
+            };
+            Some((first, k))
+        })
+    }
+
+    /// The fields of a document its keys in this index are formed from.
+    pub fn fields(&self) -> Vec<String> {
+        self.index.fields()
+    }
+
+    /// `doc` (the fields [`UniqueIndex::fields`] names) is a document of the collection that the
+    /// run leaves as it is (a re-run without `--sync-deletes`: a row gone from the source),
+    /// `said` as its holder: it keeps its keys whatever row comes.
+    pub fn keep(&mut self, said: &str, doc: &Document) {
+        for k in self.index.keys(doc) {
+            self.kept.entry(k).or_insert_with(|| said.to_string());
+        }
     }
 
     /// The document `doc` (source key `key`) the run would write.
@@ -136,6 +158,34 @@ mod tests {
             ix.add("2", &doc! { "c": "cafe\u{301}" });
         }
         assert_eq!((plain.repeats, collated.repeats), (0, 1));
+    }
+
+    #[test]
+    fn a_kept_document_holds_its_keys_ahead_of_every_row() {
+        let mut ix =
+            index("keys = [\"items.code\", \"n\"]\nunique = true\npartial = { \"k.x\" = 1 }\n");
+        assert_eq!(ix.fields(), ["items", "k", "n"]);
+        ix.keep(
+            "the document 9",
+            &doc! { "items": [{ "code": "a" }], "n": 1, "k": { "x": 1 } },
+        );
+        // Left out by the partial filter: no key.
+        ix.keep(
+            "the document 8",
+            &doc! { "items": [{ "code": "b" }], "n": 1 },
+        );
+        let row = doc! { "items": [{ "code": "a" }, { "code": "b" }], "n": 1.0, "k": { "x": 1 } };
+        assert_eq!(
+            ix.repeats(&row).map(|(h, _)| h),
+            Some(Holder::Kept("the document 9".into()))
+        );
+        let other = doc! { "items": [{ "code": "b" }], "n": 1, "k": { "x": 1 } };
+        assert!(ix.repeats(&other).is_none());
+        ix.add("1", &other);
+        assert_eq!(
+            ix.repeats(&other).map(|(h, _)| h),
+            Some(Holder::Row("1".into()))
+        );
     }
 
     #[test]

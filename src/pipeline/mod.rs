@@ -8,6 +8,7 @@ mod deferred;
 mod entity;
 pub mod error;
 pub mod expected;
+pub(crate) mod kept;
 mod options;
 mod read;
 mod removal;

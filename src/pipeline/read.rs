@@ -100,6 +100,25 @@ pub(super) fn key_strings(plan: &Plan, row: Option<&[Value]>) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// The read of the rows a stage's pass reads: those after the checkpoint it resumes, those
+/// changed since its `since`.
+pub(super) fn pass_read(plan: &Plan, stage: &StageRun) -> Result<postgres::ReadSpec, RunError> {
+    let mut read_spec = plan.read.clone();
+    if let (Some(since), Some(column)) = (stage.since.as_deref(), plan.updated_at.as_deref()) {
+        // Re-formatted from a parsed instant: safe to inline.
+        let at = chrono::DateTime::parse_from_rfc3339(since)
+            .map_err(|e| {
+                RunError::Refused(format!("bad snapshot time {since:?} in the ledger: {e}"))
+            })?
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        read_spec.filter = Some(delta_filter(column, plan.updated_at_kind, &at));
+    }
+    if let Some(r) = &stage.resume {
+        read_spec.after = Some(r.key.clone());
+    }
+    Ok(read_spec)
+}
+
 /// Reads the stage's rows (those after the checkpoint it resumes, those changed since its
 /// `since`) into batches sent to the writer through `tx`.
 pub(super) async fn read_loop(
@@ -121,23 +140,13 @@ pub(super) async fn read_loop(
     } = shared;
     let upsert = shared.remove_stale || shared.keep_stale;
     let dry_rejected = stage.dry_rejected.as_deref();
-    let (resume, since) = (stage.resume.as_ref(), stage.since.as_deref());
+    let resume = stage.resume.as_ref();
     let max_document_bytes = target.max_document_bytes();
     let mut readers = Readers::open(session, plan).await?;
     let readers = &mut readers;
-    let mut read_spec = plan.read.clone();
-    if let (Some(since), Some(column)) = (since, plan.updated_at.as_deref()) {
-        // Re-formatted from a parsed instant: safe to inline.
-        let at = chrono::DateTime::parse_from_rfc3339(since)
-            .map_err(|e| {
-                RunError::Refused(format!("bad snapshot time {since:?} in the ledger: {e}"))
-            })?
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        read_spec.filter = Some(delta_filter(column, plan.updated_at_kind, &at));
-    }
+    let read_spec = pass_read(plan, stage)?;
     let mut child_specs: Vec<_> = plan.embeds.iter().map(|e| e.read.clone()).collect();
     if let Some(r) = resume {
-        read_spec.after = Some(r.key.clone());
         // Children of parents already written are skipped by the same key: their leading
         // ordering columns are the foreign key, one per parent key column.
         for c in &mut child_specs {

@@ -907,7 +907,19 @@ async fn migrate_locked(
         // held it.
         let early = stage.sync_deletes
             && (target.writes_in_key_order(&p.collection) || p.indexes.iter().any(|i| i.unique));
-        let early_deleted = if early {
+        // A dry run: the target's records this pass leaves as they are (of rows gone from the
+        // source without --sync-deletes, of rows before the checkpoint it resumes after) keep
+        // their unique keys — held before the rehearsal's first row, as the run meets them.
+        let held = if opts.dry_run {
+            super::kept::hold_for_rehearsal(p, &session, target, &stage)
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        let early_deleted = if let Err(e) = held {
+            Some(Err(e))
+        } else if early {
             let fenced = match fence {
                 Some(f) => f.check().await.map_err(RunError::LockLost),
                 None => Ok(()),

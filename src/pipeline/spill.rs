@@ -192,6 +192,20 @@ impl Sorted {
         Ok(Some(rec))
     }
 
+    /// Whether the stream holds `key`, passing over the records before it (keys asked must not
+    /// decrease).
+    pub fn holds(&mut self, key: &[u8]) -> io::Result<bool> {
+        loop {
+            match self.peek_key()? {
+                Some(p) if p < key => {
+                    self.next_record()?;
+                }
+                Some(p) => return Ok(p == key),
+                None => return Ok(false),
+            }
+        }
+    }
+
     /// The key of the next record, without taking it.
     pub fn peek_key(&mut self) -> io::Result<Option<&[u8]>> {
         if self.peeked.is_none() {
@@ -224,16 +238,7 @@ impl Absent {
                 continue;
             }
             self.last = Some(key.clone());
-            let found = loop {
-                match self.present.peek_key()? {
-                    Some(p) if p < key.as_slice() => {
-                        self.present.next_record()?;
-                    }
-                    Some(p) => break p == key.as_slice(),
-                    None => break false,
-                }
-            };
-            if !found {
+            if !self.present.holds(&key)? {
                 return Ok(Some((key, payload)));
             }
         }
@@ -266,6 +271,20 @@ mod tests {
         let got = keys(s.sorted().unwrap());
         let want: Vec<Vec<u8>> = (0..n).map(|i| i.to_be_bytes().to_vec()).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn holds_walks_forward_through_the_keys_asked() {
+        let mut s = Spill::with_run_bytes(RECORD_OVERHEAD * 2);
+        for k in [b"d", b"b", b"f", b"b"] {
+            s.push(k.to_vec(), Vec::new()).unwrap();
+        }
+        let mut sorted = s.sorted().unwrap();
+        let asked: Vec<bool> = [b"a", b"b", b"c", b"d", b"f", b"g"]
+            .iter()
+            .map(|k| sorted.holds(*k).unwrap())
+            .collect();
+        assert_eq!(asked, [false, true, false, true, true, false]);
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub const CHUNK: usize = 1000;
 
 fn spill_err(cause: std::io::Error) -> RunError {
     RunError::Io {
-        path: PathBuf::from("a temporary file (sorting ids for --sync-deletes)"),
+        path: PathBuf::from(
+            "a temporary file (sorting ids for --sync-deletes, or the records a rehearsal keeps)",
+        ),
         cause,
     }
 }
@@ -42,8 +44,10 @@ pub(super) async fn sync_deletes(
     remover: &Remover,
 ) -> Result<u64, RunError> {
     match target {
-        Target::Mongo(m) => sync_deletes_mongo(plan, session, m, dry_run, remover).await,
-        Target::Appwrite(a) => sync_deletes_appwrite(plan, session, a, dry_run, remover).await,
+        Target::Mongo(m) => sync_deletes_mongo(plan, session, target, m, dry_run, remover).await,
+        Target::Appwrite(a) => {
+            sync_deletes_appwrite(plan, session, target, a, dry_run, remover).await
+        }
     }
 }
 
@@ -122,21 +126,100 @@ impl Deleter<'_> {
 
 async fn sync_deletes_mongo(
     plan: &Plan,
-    session: &mut SourceSession,
-    target: &MongoTarget,
+    session: &SourceSession,
+    target: &Target,
+    m: &MongoTarget,
     dry_run: bool,
     remover: &Remover,
 ) -> Result<u64, RunError> {
-    use crate::sink::order::{bson_cmp, id_bytes, id_from_bytes, ids_follow_key_order};
-    let keys_spec = keys_only(plan);
     let mut del = Deleter {
-        target,
+        target: m,
         remover,
         collection: &plan.collection,
         bucket: plan.file.is_some(),
         dry_run,
         pending: Vec::new(),
         gone: 0,
+    };
+    absent_records(
+        plan,
+        session,
+        target,
+        &keys_only(plan),
+        &[],
+        async |id, _| del.add(id).await,
+    )
+    .await?;
+    del.flush().await?;
+    if del.gone > 0 && !dry_run {
+        tracing::warn!(entity = %plan.entity, documents = del.gone, "deleted target documents whose source rows are gone");
+    }
+    Ok(del.gone)
+}
+
+/// The records of `plan`'s destination that no row of `present` names, each passed to `found`
+/// with the top-level `fields` asked of it: its id as the target names it (MongoDB's `_id`; an
+/// Appwrite row id, as a string) and those fields encoded — a BSON document (MongoDB), a JSON
+/// object (Appwrite); nothing when none are asked. A file stage's records are its bucket's files
+/// (MongoDB). `present`: a read of the key columns alone, in key order — the whole source
+/// ([`keys_only`]) for `--sync-deletes`; the rows a pass reads for a rehearsal (see
+/// [`super::kept`]).
+///
+/// Memory does not grow with the table: when MongoDB's `_id` order is the source key order both
+/// sides stream as they are; otherwise both go through an external sort ([`super::spill`]) and
+/// are compared by their encoded ids.
+pub(crate) async fn absent_records(
+    plan: &Plan,
+    session: &SourceSession,
+    target: &Target,
+    present: &postgres::ReadSpec,
+    fields: &[String],
+    mut found: impl AsyncFnMut(bson::Bson, Vec<u8>) -> Result<(), RunError>,
+) -> Result<(), RunError> {
+    use crate::sink::order::{bson_cmp, id_bytes, id_from_bytes, ids_follow_key_order};
+    let m = match target {
+        Target::Mongo(m) => m,
+        Target::Appwrite(a) => {
+            let source = source_ids(plan, session, target, present).await?;
+            let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
+            let mut targets = Spill::new();
+            let mut records = a.ids(&plan.collection);
+            while let Some(page) = records.next_records().await.map_err(aerr)? {
+                for r in page {
+                    let Some(id) = r["$id"].as_str() else {
+                        continue;
+                    };
+                    let payload = if fields.is_empty() {
+                        Vec::new()
+                    } else {
+                        let picked: serde_json::Map<String, serde_json::Value> = fields
+                            .iter()
+                            .map(|f| (f.clone(), r.get(f).cloned().unwrap_or_default()))
+                            .collect();
+                        serde_json::to_vec(&picked).unwrap_or_default()
+                    };
+                    targets
+                        .push(id.as_bytes().to_vec(), payload)
+                        .map_err(spill_err)?;
+                }
+            }
+            let mut gone = absent(targets, source)?;
+            while let Some((id, payload)) = gone.next_record().map_err(spill_err)? {
+                found(
+                    bson::Bson::String(String::from_utf8_lossy(&id).into_owned()),
+                    payload,
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+    };
+    let encode = |d: &bson::Document| {
+        if fields.is_empty() {
+            Vec::new()
+        } else {
+            bson::to_vec(d).unwrap_or_default()
+        }
     };
     // A bucket's files are the documents of its files collection.
     let ids_of = match &plan.file {
@@ -145,11 +228,11 @@ async fn sync_deletes_mongo(
     };
     if ids_follow_key_order(plan) {
         let mut conn = session.reader().await?;
-        let mut rows = postgres::stream(&mut conn, &keys_spec);
-        let mut ids = target.ids(&ids_of, true).await?;
+        let mut rows = postgres::stream(&mut conn, present);
+        let mut ids = m.records(&ids_of, true, fields).await?;
         let mut source_id: Option<bson::Bson> = None;
         let mut source_done = false;
-        while let Some(tid) = ids.next().await? {
+        while let Some((tid, doc)) = ids.next_record().await? {
             loop {
                 if source_id.is_none() && !source_done {
                     match rows.try_next().await? {
@@ -166,59 +249,88 @@ async fn sync_deletes_mongo(
                     }
                     Some(std::cmp::Ordering::Greater) | None => {
                         // Ids already passed by the cursor: deleting them does not move it.
-                        del.add(tid).await?;
+                        found(tid, encode(&doc)).await?;
                         break;
                     }
                 }
             }
         }
     } else {
-        let mut source = Spill::new();
-        {
-            let mut conn = session.reader().await?;
-            let mut rows = postgres::stream(&mut conn, &keys_spec);
-            while let Some(row) = rows.try_next().await? {
-                let Ok(row) = row else { continue };
-                let key: Vec<&Value> = row.iter().collect();
-                if let Ok(id) = plan.id.id_for(&key) {
-                    source.push(id_bytes(&id), Vec::new()).map_err(spill_err)?;
-                }
-            }
-        }
+        let source = source_ids(plan, session, target, present).await?;
         let mut targets = Spill::new();
-        let mut ids = target.ids(&ids_of, false).await?;
-        while let Some(id) = ids.next().await? {
-            targets.push(id_bytes(&id), Vec::new()).map_err(spill_err)?;
+        let mut ids = m.records(&ids_of, false, fields).await?;
+        while let Some((id, doc)) = ids.next_record().await? {
+            targets
+                .push(id_bytes(&id), encode(&doc))
+                .map_err(spill_err)?;
         }
         drop(ids);
         let mut gone = absent(targets, source)?;
-        while let Some((idb, _)) = gone.next_record().map_err(spill_err)? {
+        while let Some((idb, payload)) = gone.next_record().map_err(spill_err)? {
             if let Some(id) = id_from_bytes(&idb) {
-                del.add(id).await?;
+                found(id, payload).await?;
             }
         }
     }
-    del.flush().await?;
-    if del.gone > 0 && !dry_run {
-        tracing::warn!(entity = %plan.entity, documents = del.gone, "deleted target documents whose source rows are gone");
-    }
-    Ok(del.gone)
+    Ok(())
 }
 
-fn absent(candidates: Spill, present: Spill) -> Result<Absent, RunError> {
+/// A record's id as [`absent_records`] and [`source_ids`] compare it: MongoDB's `_id` as its
+/// encoded BSON, an Appwrite row id as its text.
+pub(crate) fn record_key(target: &Target, id: &bson::Bson) -> Vec<u8> {
+    match (target, id) {
+        (Target::Appwrite(_), bson::Bson::String(s)) => s.as_bytes().to_vec(),
+        _ => crate::sink::order::id_bytes(id),
+    }
+}
+
+/// The ids the rows of `spec` (a read of the key columns alone) get in `target`, sorted
+/// externally ([`record_key`]'s encoding).
+pub(crate) async fn source_ids(
+    plan: &Plan,
+    session: &SourceSession,
+    target: &Target,
+    spec: &postgres::ReadSpec,
+) -> Result<Sorted, RunError> {
+    use crate::sink::appwrite::rows::row_id;
+    let appwrite = matches!(target, Target::Appwrite(_));
+    let mut source = Spill::new();
+    let mut conn = session.reader().await?;
+    let mut rows = postgres::stream(&mut conn, spec);
+    while let Some(row) = rows.try_next().await? {
+        let Ok(row) = row else { continue };
+        let key: Vec<&Value> = row.iter().collect();
+        if let Ok(id) = plan.id.id_for(&key) {
+            let bytes = if appwrite {
+                row_id(&id).into_bytes()
+            } else {
+                crate::sink::order::id_bytes(&id)
+            };
+            source.push(bytes, Vec::new()).map_err(spill_err)?;
+        }
+    }
+    source.sorted().map_err(spill_err)
+}
+
+fn absent(candidates: Spill, present: Sorted) -> Result<Absent, RunError> {
     let candidates: Sorted = candidates.sorted().map_err(spill_err)?;
-    let present: Sorted = present.sorted().map_err(spill_err)?;
     Ok(Absent::new(candidates, present))
 }
 
 /// A read of the key columns alone, in key order, over the whole source.
 pub(crate) fn keys_only(plan: &Plan) -> postgres::ReadSpec {
-    let key_count = plan.key.len();
-    let mut spec = plan.read.clone();
-    spec.columns.truncate(key_count);
-    spec.order = (0..key_count).collect();
+    let mut spec = keys_of(plan, &plan.read);
     spec.after = None;
     spec.filter = None;
+    spec
+}
+
+/// `read` (one of `plan`'s source) reading the key columns alone, in key order: the same rows.
+pub(crate) fn keys_of(plan: &Plan, read: &postgres::ReadSpec) -> postgres::ReadSpec {
+    let key_count = plan.key.len();
+    let mut spec = read.clone();
+    spec.columns.truncate(key_count);
+    spec.order = (0..key_count).collect();
     spec
 }
 
@@ -226,17 +338,16 @@ pub(crate) fn keys_only(plan: &Plan) -> postgres::ReadSpec {
 /// sorted externally, and the records without a source row go, child-table rows first.
 async fn sync_deletes_appwrite(
     plan: &Plan,
-    session: &mut SourceSession,
-    target: &AppwriteTarget,
+    session: &SourceSession,
+    target: &Target,
+    a: &AppwriteTarget,
     dry_run: bool,
     remover: &Remover,
 ) -> Result<u64, RunError> {
-    use crate::sink::appwrite::rows::row_id;
-    let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
     // Users are the project's, the ledger one database's: a rehearsal's source lacks
     // production's rows, so its sync would delete production's accounts (found by this
     // session's review, K). Refused as a rollback of them is.
-    if target.is_users(&plan.collection)
+    if a.is_users(&plan.collection)
         && let Some(ledger) = &remover.ledger
     {
         let elsewhere = ledger.users_in_effect_elsewhere().await?;
@@ -252,50 +363,28 @@ async fn sync_deletes_appwrite(
             )));
         }
     }
-    let keys_spec = keys_only(plan);
-    let mut source = Spill::new();
-    {
-        let mut conn = session.reader().await?;
-        let mut rows = postgres::stream(&mut conn, &keys_spec);
-        while let Some(row) = rows.try_next().await? {
-            let Ok(row) = row else { continue };
-            let key: Vec<&Value> = row.iter().collect();
-            if let Ok(id) = plan.id.id_for(&key) {
-                source
-                    .push(row_id(&id).into_bytes(), Vec::new())
-                    .map_err(spill_err)?;
-            }
-        }
-    }
-    let mut targets = Spill::new();
-    let mut ids = target.ids(&plan.collection);
-    while let Some(page) = ids.next_page().await.map_err(aerr)? {
-        for id in page {
-            targets
-                .push(id.into_bytes(), Vec::new())
-                .map_err(spill_err)?;
-        }
-    }
-    let mut gone = absent(targets, source)?;
     let mut n = 0u64;
     let mut chunk: Vec<String> = Vec::with_capacity(CHUNK);
-    while let Some((id, _)) = gone.next_record().map_err(spill_err)? {
-        n += 1;
-        if dry_run {
-            continue;
-        }
-        chunk.push(String::from_utf8_lossy(&id).into_owned());
-        if chunk.len() >= CHUNK {
-            delete_rows(
-                remover,
-                target,
-                &plan.collection,
-                std::mem::take(&mut chunk),
-            )
-            .await?;
-        }
-    }
-    delete_rows(remover, target, &plan.collection, chunk).await?;
+    absent_records(
+        plan,
+        session,
+        target,
+        &keys_only(plan),
+        &[],
+        async |id, _| -> Result<(), RunError> {
+            n += 1;
+            if dry_run {
+                return Ok(());
+            }
+            chunk.push(id.as_str().unwrap_or_default().to_string());
+            if chunk.len() >= CHUNK {
+                delete_rows(remover, a, &plan.collection, std::mem::take(&mut chunk)).await?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    delete_rows(remover, a, &plan.collection, chunk).await?;
     if n > 0 && !dry_run {
         tracing::warn!(entity = %plan.entity, records = n, "deleted Appwrite records whose source rows are gone");
     }

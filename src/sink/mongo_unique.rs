@@ -16,6 +16,44 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::mapping::spec::IndexSpec;
 
+/// Who holds a unique key a row repeats, as `check` and a dry run name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A row written before it (its source key, or its id as the target names it).
+    Row(String),
+    /// A record of the target that the run leaves as it is (the document of a row gone from the
+    /// source, kept without `--sync-deletes`; of a row before the checkpoint a resume starts
+    /// after), said in full.
+    Kept(String),
+}
+
+impl Holder {
+    /// Whether a row written before holds the key (then the first in key order keeps it).
+    pub fn is_row(&self) -> bool {
+        matches!(self, Holder::Row(_))
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Row(key) => write!(f, "row {key}"),
+            Holder::Kept(said) => f.write_str(said),
+        }
+    }
+}
+
+/// A document's `_id` as a holder is named: a number or a text as it is, anything else as its
+/// extended JSON.
+pub fn shown_id(id: &Bson) -> String {
+    match id {
+        Bson::String(s) => s.clone(),
+        Bson::Int32(i) => i.to_string(),
+        Bson::Int64(i) => i.to_string(),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
 /// One unique index of a mapping, as its keys are formed.
 #[derive(Debug, Clone)]
 pub struct MongoUnique {
@@ -64,6 +102,25 @@ impl MongoUnique {
                 }
             })
             .collect()
+    }
+
+    /// The top-level fields a document's keys in this index are formed from (its paths' and its
+    /// partial filter's): what to read of a document the target holds.
+    pub fn fields(&self) -> Vec<String> {
+        let mut fields: Vec<String> = self
+            .paths
+            .iter()
+            .map(String::as_str)
+            .chain(
+                self.partial
+                    .iter()
+                    .flat_map(|f| f.keys().map(String::as_str)),
+            )
+            .map(|p| p.split('.').next().unwrap_or(p).to_string())
+            .collect();
+        fields.sort();
+        fields.dedup();
+        fields
     }
 
     /// The keys `doc` holds in this index, each as one text (sorted, no repeats); none when the

@@ -222,6 +222,11 @@ pub struct Ids {
 impl Ids {
     /// The next `_id` (documents without one are passed over).
     pub async fn next(&mut self) -> Result<Option<Bson>, MongoError> {
+        Ok(self.next_record().await?.map(|(id, _)| id))
+    }
+
+    /// The next `_id` with the fields asked for (see [`MongoTarget::records`]).
+    pub async fn next_record(&mut self) -> Result<Option<(Bson, Document)>, MongoError> {
         use futures::TryStreamExt;
         loop {
             let found = self
@@ -235,8 +240,8 @@ impl Ids {
             match found {
                 None => return Ok(None),
                 Some(d) => {
-                    if let Some(id) = d.get("_id") {
-                        return Ok(Some(id.clone()));
+                    if let Some(id) = d.get("_id").cloned() {
+                        return Ok(Some((id, d)));
                     }
                 }
             }
@@ -262,10 +267,13 @@ pub struct MongoTarget {
     uniques: std::sync::Arc<
         std::sync::RwLock<std::collections::HashMap<String, Vec<super::mongo_unique::MongoUnique>>>,
     >,
-    /// A dry run's keys taken so far, by collection: index name and key → the id holding it.
+    /// A dry run's keys taken so far, by collection: index name and key → who holds it.
     rehearsed: std::sync::Arc<
         std::sync::Mutex<
-            std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+            std::collections::HashMap<
+                String,
+                std::collections::HashMap<String, super::mongo_unique::Holder>,
+            >,
         >,
     >,
 }
@@ -413,14 +421,15 @@ impl MongoTarget {
     }
 
     /// A dry run's rehearsal of `doc` (id `holder`) against the unique indexes `collection` has
-    /// already: the index and the holder of the key it repeats, written in key order before it
-    /// — mongod would refuse it (`DuplicateKey`); else its keys are taken.
+    /// already: the index and the holder of the key it repeats — a row written in key order
+    /// before it, or a document the run leaves as it is (see [`MongoTarget::hold_kept`]) —
+    /// mongod would refuse it (`DuplicateKey`); else its keys are taken.
     pub fn rehearse_unique(
         &self,
         collection: &str,
         holder: &str,
         doc: &Document,
-    ) -> Option<(String, String, String)> {
+    ) -> Option<(String, super::mongo_unique::Holder, String)> {
         let uniques = self.uniques(collection);
         if uniques.is_empty() {
             return None;
@@ -435,9 +444,38 @@ impl MongoTarget {
             }
         }
         for k in Self::unique_keys(&uniques, doc) {
-            taken.insert(k, holder.to_string());
+            taken.insert(k, super::mongo_unique::Holder::Row(holder.to_string()));
         }
         None
+    }
+
+    /// Before a dry run rehearses the rows of `collection`: `doc` (the fields
+    /// [`MongoTarget::unique_fields`] names) is a document there that the run leaves as it is,
+    /// `said` as its holder; it keeps its keys whatever row comes.
+    pub fn hold_kept(&self, collection: &str, said: &str, doc: &Document) {
+        let uniques = self.uniques(collection);
+        if uniques.is_empty() {
+            return;
+        }
+        let mut all = self.rehearsed.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = all.entry(collection.to_string()).or_default();
+        for k in Self::unique_keys(&uniques, doc) {
+            taken
+                .entry(k)
+                .or_insert_with(|| super::mongo_unique::Holder::Kept(said.to_string()));
+        }
+    }
+
+    /// The top-level fields the unique indexes noted for `collection` form their keys from.
+    pub fn unique_fields(&self, collection: &str) -> Vec<String> {
+        let mut fields: Vec<String> = self
+            .uniques(collection)
+            .iter()
+            .flat_map(|u| u.fields())
+            .collect();
+        fields.sort();
+        fields.dedup();
+        fields
     }
 
     /// Notes that `spec.name` is a GridFS bucket a file stage writes: the collection names of
@@ -654,8 +692,23 @@ impl MongoTarget {
 
     /// The `_id` of every document of `collection`, in `_id` order when `sorted`.
     pub async fn ids(&self, collection: &str, sorted: bool) -> Result<Ids, MongoError> {
+        self.records(collection, sorted, &[]).await
+    }
+
+    /// As [`MongoTarget::ids`], each with the top-level `fields` its document has
+    /// ([`Ids::next_record`]).
+    pub async fn records(
+        &self,
+        collection: &str,
+        sorted: bool,
+        fields: &[String],
+    ) -> Result<Ids, MongoError> {
         let coll = self.db.collection::<Document>(collection);
-        let find = coll.find(doc! {}).projection(doc! { "_id": 1 });
+        let mut projection = doc! { "_id": 1 };
+        for f in fields.iter().filter(|f| f.as_str() != "_id") {
+            projection.insert(f.clone(), 1);
+        }
+        let find = coll.find(doc! {}).projection(projection);
         let find = if sorted {
             find.sort(doc! { "_id": 1 })
         } else {

@@ -16,6 +16,9 @@ pub struct AppwriteUnique {
     columns: Vec<String>,
     /// Key → the source key of the row that holds it.
     seen: HashMap<Vec<String>, String>,
+    /// Key → the row of the table the run leaves as it is that holds it, said in full (see
+    /// [`AppwriteUnique::keep`]).
+    kept: HashMap<Vec<String>, String>,
 }
 
 impl AppwriteUnique {
@@ -27,8 +30,14 @@ impl AppwriteUnique {
                 name: i.key.clone(),
                 columns: i.columns.clone(),
                 seen: HashMap::new(),
+                kept: HashMap::new(),
             })
             .collect()
+    }
+
+    /// The columns of the index.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
     }
 
     fn key_of(&self, row: &serde_json::Value) -> Option<Vec<String>> {
@@ -53,12 +62,28 @@ impl AppwriteUnique {
         ))
     }
 
-    /// The row (as its JSON columns) whose key another row holds: that row's source key and the
-    /// key as shown.
-    pub fn repeats(&self, row: &serde_json::Value) -> Option<(String, String)> {
+    /// The row (as its JSON columns) whose key another holds: who holds it (a row of the table
+    /// the run leaves as it is, or a row written before) and the key as shown.
+    pub fn repeats(
+        &self,
+        row: &serde_json::Value,
+    ) -> Option<(crate::sink::mongo_unique::Holder, String)> {
+        use crate::sink::mongo_unique::Holder;
         let key = self.key_of(row)?;
-        let first = self.seen.get(&key)?;
-        Some((first.clone(), key.join(", ")))
+        let first = match self.kept.get(&key) {
+            Some(said) => Holder::Kept(said.clone()),
+            None => Holder::Row(self.seen.get(&key)?.clone()),
+        };
+        Some((first, key.join(", ")))
+    }
+
+    /// A row of the table (as the server gives it) that the run leaves as it is (its source row
+    /// gone, kept without `--sync-deletes`; before the checkpoint a resume starts after): it
+    /// keeps its key whatever row comes, `said` as its holder.
+    pub fn keep(&mut self, said: &str, row: &serde_json::Value) {
+        if let Some(k) = self.key_of(row) {
+            self.kept.entry(k).or_insert_with(|| said.to_string());
+        }
     }
 
     /// Records the key of a row the run writes (`key`: how the row is named, its source key).
@@ -97,6 +122,7 @@ fn number_key(n: &serde_json::Number) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::mongo_unique::Holder;
     use serde_json::json;
 
     fn index(columns: &[&str]) -> AppwriteUnique {
@@ -104,6 +130,7 @@ mod tests {
             name: "ix".into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
             seen: HashMap::new(),
+            kept: HashMap::new(),
         }
     }
 
@@ -121,8 +148,21 @@ mod tests {
         assert!(ix.repeats(&json!({"b": 1})).is_none());
         assert_eq!(
             ix.repeats(&json!({"a": "X", "b": 1})).unwrap().0,
-            "1",
+            Holder::Row("1".into()),
             "the first holder is named"
         );
+    }
+
+    #[test]
+    fn a_kept_row_holds_its_key_ahead_of_any_row() {
+        let mut ix = index(&["a"]);
+        ix.keep("the kept row r9", &json!({"a": "K", "$id": "r9"}));
+        ix.hold("1", &json!({"a": "k"}));
+        assert_eq!(
+            ix.repeats(&json!({"a": "K "})).unwrap().0,
+            Holder::Kept("the kept row r9".into())
+        );
+        ix.keep("ignored", &json!({"a": null}));
+        assert!(ix.repeats(&json!({"a": null})).is_none());
     }
 }
