@@ -2162,6 +2162,17 @@ struct Duplicates<'a> {
     sort: &'a Document,
 }
 
+/// An index as `listIndexes` gave it, made again as it was: on a collection with a default
+/// collation, an index listed without one has the simple collation — given so, since an index
+/// created without one takes the collection's (adv28 R8: a unique index came back
+/// case-insensitive, and a text index, which takes no other, failed the `down`).
+fn simple_where_listed(index: &mut Document, collection_collation: Option<&Document>) {
+    let simple = |c: &Document| c.get_str("locale") == Ok("simple");
+    if collection_collation.is_some_and(|c| !simple(c)) && !index.contains_key("collation") {
+        index.insert("collation", doc! { "locale": "simple" });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2226,16 +2237,5 @@ mod tests {
             &doc! { "b": { "d": 2, "c": 1 }, "a": 1 }
         ));
         assert!(!same_content(&doc! { "a": 1 }, &doc! { "a": 1.0 }));
-    }
-}
-
-/// An index as `listIndexes` gave it, made again as it was: on a collection with a default
-/// collation, an index listed without one has the simple collation — given so, since an index
-/// created without one takes the collection's (adv28 R8: a unique index came back
-/// case-insensitive, and a text index, which takes no other, failed the `down`).
-fn simple_where_listed(index: &mut Document, collection_collation: Option<&Document>) {
-    let simple = |c: &Document| c.get_str("locale") == Ok("simple");
-    if collection_collation.is_some_and(|c| !simple(c)) && !index.contains_key("collation") {
-        index.insert("collation", doc! { "locale": "simple" });
     }
 }

@@ -214,7 +214,7 @@ pub async fn up(
             }
             let (mut status, mut error) = super::ops::preview_status(&mut preview);
             if error.is_none()
-                && let Some(why) = transaction_refusal(&x, &c, t.max_transaction_operations).await
+                && let Some(why) = transaction_refusal(&x, c, t.max_transaction_operations).await
             {
                 (status, error) = ("would fail", Some(why));
             }
