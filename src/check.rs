@@ -142,28 +142,33 @@ pub struct TargetHistory {
     pub completed: HashSet<String>,
 }
 
-/// Whether the run `check` judges deletes the records of rows gone from the source before its
-/// load (`check --sync-deletes`, as `migrate --rerun --sync-deletes`): then their unique keys
-/// are free; without it they keep them. Set once, before [`check`], by the command line.
-static SYNC_DELETES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Judges a run with `--sync-deletes` (see [`SYNC_DELETES`]).
-pub fn assume_sync_deletes(on: bool) {
-    SYNC_DELETES.store(on, std::sync::atomic::Ordering::Relaxed);
+/// What a check scans and which run it judges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions<'a> {
+    /// Rows per entity (`None`: all).
+    pub sample: Option<u64>,
+    pub files_root: Option<&'a std::path::Path>,
+    /// The run judged deletes the records of rows gone from the source before its load
+    /// (`check --sync-deletes`, as `migrate --rerun --sync-deletes`): their unique keys are
+    /// free then; without it they keep them.
+    pub sync_deletes: bool,
 }
 
-/// Scans each selected entity. `sample`: rows per entity (`None`: all).
+/// Scans each selected entity.
 pub async fn check(
     pipeline: &Pipeline,
     names: &[String],
     source_url: &str,
     targets: &[Target],
-    sample: Option<u64>,
     history: &TargetHistory,
-    files_root: Option<&std::path::Path>,
+    opts: CheckOptions<'_>,
 ) -> CheckReport {
     let rates = &history.rates;
-    let sync_deletes = SYNC_DELETES.load(std::sync::atomic::Ordering::Relaxed);
+    let CheckOptions {
+        sample,
+        files_root,
+        sync_deletes,
+    } = opts;
     let mut report = CheckReport::default();
     let steps = match pipeline.select(names) {
         Ok(s) => s,

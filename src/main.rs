@@ -14,9 +14,6 @@ const STACK_BYTES: usize = 64 * 1024 * 1024;
 
 fn main() -> ExitCode {
     let cli = cutover::cli::Cli::parse();
-    if let cutover::cli::Command::Check(args) = &cli.command {
-        cutover::check::assume_sync_deletes(args.sync_deletes);
-    }
     if let Err(err) = cutover::commands::init_logging(&cli) {
         cutover::errln!("error: {err:#}");
         return ExitCode::from(1);

@@ -57,9 +57,12 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
         &args.names,
         &source,
         &targets,
-        sample,
         &history,
-        files_root.as_deref(),
+        crate::check::CheckOptions {
+            sample,
+            files_root: files_root.as_deref(),
+            sync_deletes: args.sync_deletes,
+        },
     )
     .await;
     for e in blocking_targets.into_iter().rev() {
