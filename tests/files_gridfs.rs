@@ -1055,7 +1055,11 @@ async fn max_rejects_lets_the_uploads_in_flight_finish() {
     let (read, written, rejected, skipped) = (n("read"), n("written"), n("rejected"), n("skipped"));
     assert_eq!(rejected, 1, "{e}");
     assert_eq!(read, written + rejected + skipped, "{e}");
-    assert_eq!(ledger_counts(&w), (read, written, rejected, skipped));
+    // The ledger counts the stopped run up to its checkpoint: the rows past it are read again
+    // by the run that resumes it (adv28 R6); its report counts what it read.
+    let ledger = ledger_counts(&w);
+    assert_eq!(ledger.0, ledger.1 + ledger.2 + ledger.3, "{ledger:?}");
+    assert!(ledger.0 <= read && ledger.1 <= written, "{ledger:?} vs {e}");
     let held = whole_files(&w, "docs").await;
     assert_eq!(held.len() as u64, written, "a file for each row written");
     // The three started before the missing file's batch were in flight when it stopped.
@@ -1087,6 +1091,17 @@ async fn max_rejects_lets_the_uploads_in_flight_finish() {
     assert_eq!((n("read"), n("written"), n("rejected")), (12, 11, 1), "{e}");
     let held = whole_files(&w, "docs").await;
     assert_eq!(held.len(), files.len());
+    // Over both runs, history counts each row once.
+    let out = w.cutover().args(["history", "--json"]).output().unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sum = |k: &str| {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!((sum("read"), sum("rejected")), (12, 1), "{runs}");
     w.drop().await;
 }
 
