@@ -2392,6 +2392,15 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
             "op = \"command\"\ncommand = { applyOps = [{ op = \"d\", ns = \"x.cutover_changes\", o = { _id = \"1\" } }] }\ndown = { ping = 1 }\n",
             "runs `applyOps`",
         ),
+        // adv30 T6: the profiler, users and roles are the database's.
+        (
+            "op = \"command\"\ncommand = { profile = 2 }\ndown = { profile = 0 }\n",
+            "runs `profile`",
+        ),
+        (
+            "op = \"command\"\ncommand = { createUser = \"u\", pwd = \"p\", roles = [\"dbOwner\"] }\ndown = { dropUser = \"u\" }\n",
+            "runs `createUser`",
+        ),
         // adv27 N1: TOML's nan and inf would become null.
         (
             "op = \"set\"\ncollection = \"things\"\nfilter = {}\nfields = { x = nan }\n",

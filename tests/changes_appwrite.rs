@@ -2097,3 +2097,39 @@ async fn a_row_too_large_to_back_up_is_named_and_the_change_undone() {
         assert_eq!(hashes(&aw).await, before, "{body}");
     }
 }
+
+/// Found by the fourth outside round (adv30 T1): a change in a transaction whose later operation
+/// picks its rows by reading what an earlier one inserted is refused by the run (a transaction's
+/// reads do not see its staged writes); its dry run said "would apply". It says would fail now,
+/// with why.
+#[tokio::test]
+async fn a_transaction_that_reads_its_own_writes_is_refused_by_its_dry_run_too() {
+    let w = World::new("aw_changes_tx_own").await;
+    let aw = standin().await;
+    seed(&aw.s).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_own.toml",
+        "version = 1\nname = \"own\"\ntransaction = true\n[[up]]\nop = \"insert\"\ntable = \"sites\"\nrows = [{ \"$id\" = \"n1\", code = \"n1\" }]\n[[up]]\nop = \"set\"\ntable = \"sites\"\nqueries = [{ method = \"equal\", attribute = \"code\", values = [\"n1\"] }]\nvalues = { code = \"n2\" }\n",
+    );
+    let before = hashes(&aw).await;
+    for dry in [true, false] {
+        let mut cmd = w.cutover();
+        cmd.envs(aw.vars(DB)).args(["changes", "up"]);
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        cmd.args(["--target", "appwrite", "--dir", &dir.display().to_string()]);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let said = refused(&out);
+        assert!(
+            said.contains("picks its rows by reading the table"),
+            "dry run {dry}: {said}"
+        );
+    }
+    assert_eq!(hashes(&aw).await, before);
+    w.drop().await;
+}

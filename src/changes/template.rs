@@ -335,7 +335,18 @@ pub fn new_file_for(
     }
     // Control characters, and the marks that reorder how text shows (a name that reads as
     // another: adv28 R9).
-    let bidi = |c: &char| matches!(*c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let bidi = |c: &char| {
+        matches!(
+            *c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+    };
     if let Some(c) = name.chars().find(|c| c.is_control() || bidi(c)) {
         return Err(FileError::Invalid {
             path: dir.to_path_buf(),
@@ -354,7 +365,7 @@ pub fn new_file_for(
     }
     let existing = file::load_dir(dir)?;
     let stamp: u64 = now.format("%Y%m%d%H%M%S").to_string().parse().unwrap_or(1);
-    let version = match existing.last() {
+    let mut version = match existing.last() {
         Some(c) if c.version >= stamp => c.version + 1,
         _ => stamp,
     };
@@ -363,6 +374,52 @@ pub fn new_file_for(
         cause,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
+    // Several at once (replicas, a script) must not take one version (adv30 T4: two files of
+    // one version stopped every changes command): a version is claimed by creating its claim
+    // file, which only one can; the claimant then looks whether a file of that version was
+    // written since it read the directory, and writes its own before giving the claim back.
+    let version_of = |name: &str| -> Option<u64> { name.split('_').next()?.parse().ok() };
+    loop {
+        let claim = dir.join(format!(".cutover-version-{version}.claim"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                version += 1;
+                continue;
+            }
+            Err(e) => return Err(io(e)),
+        }
+        let taken = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(Result::ok)
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.ends_with(".toml") && version_of(&name) == Some(version)
+            });
+        if taken {
+            let _ = std::fs::remove_file(&claim);
+            version += 1;
+            continue;
+        }
+        let written = write_new(dir, version, &slug, name, template, appwrite);
+        let _ = std::fs::remove_file(&claim);
+        return written;
+    }
+}
+
+/// Writes the change file of `version`.
+fn write_new(
+    dir: &Path,
+    version: u64,
+    slug: &str,
+    name: &str,
+    template: Template,
+    appwrite: bool,
+) -> Result<PathBuf, FileError> {
     let path = dir.join(format!("{version}_{slug}.toml"));
     let text = if appwrite {
         render_appwrite(template, version, name).unwrap_or_default()
@@ -434,6 +491,32 @@ mod tests {
     }
 
     #[test]
+    fn files_made_at_once_get_versions_of_their_own() {
+        // adv30 T4: ten at once gave two files one version.
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z")
+            .unwrap()
+            .to_utc();
+        let made: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..10)
+                .map(|i| {
+                    let dir = dir.path();
+                    s.spawn(move || new_file(dir, &format!("c{i}"), Template::Empty, now).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let loaded = file::load_dir(dir.path()).unwrap();
+        assert_eq!(loaded.len(), 10, "{made:?}");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".claim"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
     fn any_script_and_any_length_give_a_file_and_control_characters_are_refused() {
         // adv22 F4: a 300-character name failed ("File name too long"), letters outside ASCII
         // were refused as "no letters", a NUL wrote a file that did not load.
@@ -457,7 +540,14 @@ mod tests {
         assert_eq!(loaded[0].name, long);
         let p = new_file(dir.path(), &"𝒜".repeat(60), Template::Empty, now).unwrap();
         assert!(p.file_name().unwrap().len() <= 255, "{p:?}");
-        for bad in ["a\u{0}b", "tab\there", "two\nlines", "evil\u{202e}txt.exe"] {
+        for bad in [
+            "a\u{0}b",
+            "tab\there",
+            "two\nlines",
+            "evil\u{202e}txt.exe",
+            "a\u{061c}b",
+            "line\u{2028}sep",
+        ] {
             let e = new_file(dir.path(), bad, Template::Empty, now).unwrap_err();
             assert!(e.to_string().contains("control character"), "{bad:?}: {e}");
         }

@@ -185,8 +185,12 @@ fn over_transaction(count: usize, max: usize) -> String {
 /// would be refused, when it is over the server's limit (adv28 R3: the dry run said "would
 /// apply" and the run refused).
 async fn transaction_refusal(x: &AwExec<'_>, c: &Change, max: usize) -> Option<String> {
-    if !c.transaction || reads_own_writes(c).is_some() {
+    if !c.transaction {
         return None;
+    }
+    // The run refuses such a change before anything else (adv30 T1: the dry run said nothing).
+    if let Some(why) = reads_own_writes(c) {
+        return Some(why);
     }
     let mut staging = exec::Staging::new(max);
     for (i, op) in c.up.iter().enumerate() {
