@@ -1430,6 +1430,14 @@ async fn runs_and_verifications_are_this_targets_and_one_run_starts_at_a_time() 
     assert_eq!(list["runs"][0]["status"], "interrupted", "{list}");
     assert_eq!(list["runs"][0]["read"], killed_read, "{list}");
     assert_eq!(list["runs"][0]["hasReport"], false, "{list}");
+    // `history` says the same before any run records it (adv30 T3: running, 0 rows).
+    let out = w.cutover().args(["history", "--json"]).output().unwrap();
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("{}", common::output_text(&out));
+    });
+    assert_eq!(runs[0]["run_id"], run_id.as_str(), "{runs}");
+    assert_eq!(runs[0]["status"], "interrupted", "{runs}");
+    assert_eq!(runs[0]["read"], killed_read, "{runs}");
 
     // The run that resumes it: the entity whole, this run's part and the part it resumed, each
     // said so, and a rate of this run's rows over this run's time.

@@ -8,12 +8,41 @@ use crate::monitor::report::format_ms;
 
 pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
     let (_cfg, _target, ledger) = open_ledger(cli, &args.target).await?;
-    let mut runs = ledger
-        .runs_newest_first(args.limit.max(1), args.status.as_deref())
-        .await?;
+    // The status filter after a run left `running` by a dead process is shown interrupted.
+    let mut runs = ledger.runs_newest_first(i64::MAX, None).await?;
     // The entities each run ran (its record lists those it planned; a run that stopped early
     // never started the rest).
     let steps = ledger.all_steps().await?;
+    // A run the ledger still calls running: its counts so far from its steps; when its process
+    // is gone (it holds no live lock), interrupted, with its counts and time up to its last
+    // checkpoint — as `status` and the API show it (adv30 T3: `running`, 0 ms and 0 rows).
+    let live = ledger
+        .lock_holder()
+        .await?
+        .filter(|h| !h.expired)
+        .map(|h| h.run_id);
+    let now = chrono::Utc::now();
+    for r in runs
+        .iter_mut()
+        .filter(|r| r.status == crate::ledger::RUNNING)
+    {
+        let (own, last) = crate::ledger::run_own_counts(&r.run_id, &steps);
+        (r.read, r.written, r.rejected, r.skipped) =
+            (own.read, own.written, own.rejected, own.skipped);
+        if live.as_deref() == Some(r.run_id.as_str()) {
+            let now_text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            r.duration_ms = crate::ledger::millis_between(r.started_at.as_deref(), Some(&now_text))
+                .unwrap_or(0);
+        } else {
+            r.status = crate::ledger::INTERRUPTED.to_string();
+            r.duration_ms = crate::ledger::millis_between(r.started_at.as_deref(), last.as_deref())
+                .unwrap_or(0);
+        }
+    }
+    if let Some(st) = args.status.as_deref() {
+        runs.retain(|r| r.status == st);
+    }
+    runs.truncate(args.limit.max(1) as usize);
     for r in &mut runs {
         let ran: Vec<String> = r
             .entities
