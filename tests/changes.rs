@@ -3621,3 +3621,47 @@ async fn indexes_of_a_collection_with_a_default_collation_come_back_as_they_were
         .unwrap();
     w.drop().await;
 }
+
+/// Found by the fourth outside round (adv30 T5): an `archive` one of whose documents is in `to`
+/// already (same `_id`) is refused by the run before anything moves; its dry run said "would
+/// apply". It says would fail now, with the run's reason.
+#[tokio::test]
+async fn an_archive_onto_an_id_already_archived_is_refused_by_its_dry_run_too() {
+    let w = World::new("changes_archive_dup").await;
+    let db = w.mongo().await;
+    db.collection::<Document>("c")
+        .insert_many([doc! { "_id": 1, "v": "a" }, doc! { "_id": 2, "v": "b" }])
+        .await
+        .unwrap();
+    db.collection::<Document>("arch")
+        .insert_one(doc! { "_id": 1, "v": "old" })
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_x.toml",
+        "version = 1\nname = \"x\"\n[[up]]\nop = \"archive\"\ncollection = \"c\"\nto = \"arch\"\nfilter = { _id = 1 }\n",
+    );
+    let before = hashes(&w).await;
+    let dry = refused(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(
+        dry.contains("would fail")
+            && dry.contains("1 of the documents to archive are in arch already"),
+        "{dry}"
+    );
+    let real = refused(&changes(&w, "up", &dir, &[]));
+    assert!(real.contains("in arch already (same _id)"), "{real}");
+    assert_eq!(hashes(&w).await, before);
+    // Without the clash, the dry run says it would apply.
+    db.collection::<Document>("arch")
+        .delete_many(doc! {})
+        .await
+        .unwrap();
+    let dry = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(
+        dry.contains("1 documents would be backed up and moved to arch"),
+        "{dry}"
+    );
+    w.drop().await;
+}

@@ -2036,11 +2036,38 @@ impl Exec<'_> {
                     .coll(collection)
                     .count_documents(filter.clone())
                     .await?;
-                preview(
-                    Some(collection),
-                    n,
-                    format!("{n} documents would be backed up and moved to {to}"),
-                )
+                // The run refuses when one of them is in `to` already (adv30 T5: the dry run
+                // said "would apply").
+                let pipeline = vec![
+                    doc! { "$match": filter.clone() },
+                    doc! { "$project": { "_id": 1 } },
+                    doc! { "$lookup": { "from": to, "localField": "_id", "foreignField": "_id", "as": "there" } },
+                    doc! { "$match": { "there.0": { "$exists": true } } },
+                    doc! { "$count": "n" },
+                ];
+                let counted: Vec<Document> = self
+                    .coll(collection)
+                    .aggregate(pipeline)
+                    .await?
+                    .try_collect()
+                    .await?;
+                let there = counted
+                    .first()
+                    .and_then(|d| d.get("n"))
+                    .and_then(|v| match v {
+                        Bson::Int32(n) => Some(*n as u64),
+                        Bson::Int64(n) => Some(*n as u64),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let note = if there > 0 {
+                    format!(
+                        "{there} of the documents to archive are in {to} already (same _id): the change would fail"
+                    )
+                } else {
+                    format!("{n} documents would be backed up and moved to {to}")
+                };
+                preview(Some(collection), n, note)
             }
             Op::Insert {
                 collection,
