@@ -60,14 +60,7 @@ async fn an_empty_stage_and_an_empty_split_separator_are_refused() {
         "t",
         "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"n\"\ncolumn = \"n\"\nsize = 10\n",
     );
-    let out = w
-        .cutover()
-        .args(["plan", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
-    let text = output_text(&out);
-    assert_ne!(out.status.code(), Some(0), "{text}");
+    let text = plan_refused(&w, &pipeline);
     assert!(text.contains("written as another type"), "{text}");
 
     // A bucket of 0 bytes (adv29 S2: check judged every file by it; Appwrite makes none).
@@ -76,14 +69,7 @@ async fn an_empty_stage_and_an_empty_split_separator_are_refused() {
         "t",
         "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[file]\npath_column = \"s\"\n[file.appwrite]\nmaximum_file_size = 0\n",
     );
-    let out = w
-        .cutover()
-        .args(["plan", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
-    let text = output_text(&out);
-    assert_ne!(out.status.code(), Some(0), "{text}");
+    let text = plan_refused(&w, &pipeline);
     assert!(
         text.contains("`file.appwrite.maximum_file_size`: must be at least 1 byte"),
         "{text}"
@@ -98,18 +84,24 @@ async fn an_empty_stage_and_an_empty_split_separator_are_refused() {
                 "version = 1\nname = \"t\"\n[source]\ntable = \"t\"\nkey = [\"id\"]\n[[field]]\npath = \"s\"\ncolumn = \"s\"\nsize = {size}\n"
             ),
         );
-        let out = w
-            .cutover()
-            .args(["plan", "--pipeline"])
-            .arg(&pipeline)
-            .output()
-            .unwrap();
-        let text = output_text(&out);
-        assert_ne!(out.status.code(), Some(0), "{size}: {text}");
+        let text = plan_refused(&w, &pipeline);
         assert!(
             text.contains("an Appwrite column holds 1 to 1073741823 characters"),
             "{size}: {text}"
         );
     }
     w.drop().await;
+}
+
+/// `cutover plan` of `pipeline`, which must be refused: what it said.
+fn plan_refused(w: &World, pipeline: &std::path::Path) -> String {
+    let out = w
+        .cutover()
+        .args(["plan", "--pipeline"])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    text
 }
