@@ -1975,17 +1975,7 @@ impl Exec<'_> {
                     .await?
                     .try_collect()
                     .await?;
-                let number = |k: &str| {
-                    totals
-                        .first()
-                        .and_then(|d| d.get(k))
-                        .and_then(|v| match v {
-                            Bson::Int32(n) => Some(*n as u64),
-                            Bson::Int64(n) => Some(*n as u64),
-                            _ => None,
-                        })
-                        .unwrap_or(0)
-                };
+                let number = |k: &str| count_in(totals.first(), k);
                 let (groups, docs) = (number("groups"), number("docs"));
                 preview(
                     Some(collection),
@@ -2051,15 +2041,7 @@ impl Exec<'_> {
                     .await?
                     .try_collect()
                     .await?;
-                let there = counted
-                    .first()
-                    .and_then(|d| d.get("n"))
-                    .and_then(|v| match v {
-                        Bson::Int32(n) => Some(*n as u64),
-                        Bson::Int64(n) => Some(*n as u64),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
+                let there = count_in(counted.first(), "n");
                 let note = if there > 0 {
                     format!(
                         "{there} of the documents to archive are in {to} already (same _id): the change would fail"
@@ -2187,6 +2169,15 @@ struct Duplicates<'a> {
     fields: &'a [String],
     keep_last: bool,
     sort: &'a Document,
+}
+
+/// A count an aggregation's `$group` / `$count` gave (an int or a long), 0 when none.
+fn count_in(d: Option<&Document>, key: &str) -> u64 {
+    match d.and_then(|d| d.get(key)) {
+        Some(Bson::Int32(n)) => *n as u64,
+        Some(Bson::Int64(n)) => *n as u64,
+        _ => 0,
+    }
 }
 
 /// An index as `listIndexes` gave it, made again as it was: on a collection with a default
