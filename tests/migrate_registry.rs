@@ -435,6 +435,23 @@ async fn max_rejects_stops_the_run() {
         .collect();
     assert_eq!(run["entities"], serde_json::json!(ran), "{run}");
     assert!(!run["not_started"].as_array().unwrap().is_empty(), "{run}");
+    // The report, status and history give the same numbers: the stopped stage's up to its
+    // checkpoint (adv30 T2: the report and status counted the rows past it, history did not).
+    let totals = &report["totals"];
+    for k in ["read", "written", "rejected", "skipped"] {
+        assert_eq!(totals[k].as_i64(), run[k].as_i64(), "{k}: {totals} {run}");
+    }
+    for e in report["entities"].as_array().unwrap() {
+        let s = status["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["entity"] == e["name"] || s["name"] == e["name"])
+            .unwrap_or_else(|| panic!("{} in {status}", e["name"]));
+        for k in ["read", "written", "rejected", "skipped"] {
+            assert_eq!(e[k].as_i64(), s[k].as_i64(), "{k}: {e} {s}");
+        }
+    }
     // Re-run after re-run, with checkpoints between the rejects: the limit counts the rejects of
     // the part a run resumes too, so no re-run gets further than the limit allows.
     for attempt in 0..8 {

@@ -268,10 +268,40 @@ async fn a_run_whose_lock_is_taken_away_stops_writing_and_ends_interrupted() {
     );
     let step = latest_step(&w, "owners").await.unwrap();
     assert_eq!(step.get_str("status"), Ok("interrupted"), "{step}");
+    // Its report counts up to its checkpoint, as history and the API do; the rows it read past
+    // it are named, and their rejects set apart (adv30 T2: its report counted them too, and its
+    // rejects file listed rows the resume lists again).
+    let stopped = report["run_id"].as_str().unwrap().to_string();
+    let cp = |k: &str| step.get_i64(k).unwrap() as u64;
+    let n = |k: &str| owners[k].as_u64().unwrap_or(0);
+    assert_eq!(n("read"), cp("checkpoint_rows"), "{owners} {step}");
+    assert_eq!(n("rejected"), cp("checkpoint_rejected"), "{owners} {step}");
+    assert_eq!(n("read"), n("written") + n("rejected") + n("skipped"));
+    assert_eq!(step.get_i64("read").unwrap() as u64, n("read"), "{step}");
+    let lines = w.own_reject_lines(&stopped);
+    assert_eq!(lines.len() as u64, n("rejected"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l[4].parse::<u64>().unwrap() < cp("checkpoint_batches")),
+        "{lines:?}"
+    );
     // A plain re-run resumes and completes.
     let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
     assert_eq!(w.count("owners").await, 30000 - 30000 / 97);
+    // Each rejected row is a line of one run's own: the stopped run's up to its checkpoint, the
+    // resume's past it.
+    let resume = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let mut rows: Vec<(String, String)> = [stopped, resume]
+        .iter()
+        .flat_map(|r| w.own_reject_lines(r))
+        .map(|[e, k, ..]| (e, k))
+        .collect();
+    rows.sort();
+    let len = rows.len();
+    rows.dedup();
+    assert_eq!((len, rows.len()), (30000 / 97, 30000 / 97));
     // Every row counted once over the two runs: the stopped one up to its checkpoint, the
     // resume the rest (adv28 R6: the stopped run counted the rows past its checkpoint too).
     use futures::TryStreamExt;

@@ -49,6 +49,22 @@ pub struct Carried {
     pub orphans: BTreeMap<String, u64>,
 }
 
+/// The folder, in a run's rejects folder, that holds the lines [`RejectsWriter::set_apart`] set
+/// apart: rows past the checkpoint of a step that stopped before its end.
+pub const READ_AGAIN_DIR: &str = "read-again";
+
+/// What [`RejectsWriter::set_apart`] moved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetApart {
+    /// Rejected rows (distinct source keys per batch; orphan child rows aside).
+    pub rejected_rows: u64,
+    /// Reject lines and warning lines.
+    pub lines: u64,
+    pub warnings: u64,
+    /// Orphan child rows, per embed path.
+    pub orphans: BTreeMap<String, u64>,
+}
+
 /// Writes reject and warning records; created lazily per entity, safe to share between tasks.
 pub struct RejectsWriter {
     dir: PathBuf,
@@ -77,6 +93,14 @@ impl Records {
         })
     }
 
+    /// An existing file, written on at its end.
+    fn append(path: &Path) -> std::io::Result<Records> {
+        Ok(Records {
+            file: std::fs::OpenOptions::new().append(true).open(path)?,
+            pending: Vec::new(),
+        })
+    }
+
     fn record(&mut self, fields: [&str; 8]) -> std::io::Result<()> {
         let mut csv = csv::WriterBuilder::new()
             .buffer_capacity(1024)
@@ -98,6 +122,13 @@ impl Records {
         }
         Ok(())
     }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
 }
 
 fn truncate(s: &str) -> String {
@@ -251,6 +282,74 @@ impl RejectsWriter {
         })
     }
 
+    /// Sets apart the lines of `entity` past its step's checkpoint — those of batch `batches` and
+    /// later — into `read-again/` (a step that stopped before its end: the run that resumes it
+    /// reads those rows again and records them in its own files, so each row is counted once).
+    /// The files keep the lines the checkpoint covers (carried-over ones included).
+    pub fn set_apart(&self, entity: &str, batches: u64) -> std::io::Result<SetApart> {
+        let mut out = SetApart::default();
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for name in [format!("{entity}.csv"), format!("{entity}.warnings.csv")] {
+            let rejects = !name.ends_with(".warnings.csv");
+            let path = self.dir.join(&name);
+            if let Some(mut w) = files.remove(&name) {
+                w.flush()?;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut r = csv::Reader::from_reader(bytes.as_slice());
+            let headers = r.headers().map_err(std::io::Error::other)?.clone();
+            let mut kept = csv::Writer::from_writer(Vec::new());
+            let mut past = csv::Writer::from_writer(Vec::new());
+            kept.write_record(&headers)?;
+            past.write_record(&headers)?;
+            let mut past_lines = 0u64;
+            let mut rows = std::collections::HashSet::new();
+            for record in r.records() {
+                let record = record.map_err(std::io::Error::other)?;
+                let covered = match record.get(7) {
+                    Some("") | None => true,
+                    Some(b) => b.parse::<u64>().is_ok_and(|b| b < batches),
+                };
+                if covered {
+                    kept.write_record(&record)?;
+                    continue;
+                }
+                past.write_record(&record)?;
+                past_lines += 1;
+                let field = |i| record.get(i).unwrap_or_default().to_string();
+                if !rejects {
+                    out.warnings += 1;
+                } else if field(2) == Stage::Embed.as_str() && field(3) == RULE_ORPHAN_CHILD {
+                    *out.orphans.entry(field(4)).or_default() += 1;
+                } else {
+                    out.lines += 1;
+                    rows.insert((field(1), field(7)));
+                }
+            }
+            if rejects {
+                out.rejected_rows = rows.len() as u64;
+            }
+            if past_lines > 0 {
+                let apart = self.dir.join(READ_AGAIN_DIR);
+                std::fs::create_dir_all(&apart)?;
+                let bytes = past.into_inner().map_err(|e| e.into_error())?;
+                write_synced(&apart.join(&name), &bytes)?;
+                // The new text replaces the file whole: a crash leaves the one or the other.
+                let bytes = kept.into_inner().map_err(|e| e.into_error())?;
+                let tmp = self.dir.join(format!(".{name}.tmp"));
+                write_synced(&tmp, &bytes)?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            // Anything recorded later for the entity goes after these lines.
+            files.insert(name, Records::append(&path)?);
+        }
+        Ok(out)
+    }
+
     pub fn flush(&self) -> std::io::Result<()> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         for w in files.values_mut() {
@@ -305,5 +404,71 @@ mod tests {
         w.sync().unwrap();
         let mut r = csv::Reader::from_path(&path).unwrap();
         assert_eq!(r.records().count(), 2000);
+    }
+
+    fn lines(path: &Path) -> Vec<(String, String)> {
+        let mut r = csv::Reader::from_path(path).unwrap();
+        r.records()
+            .map(|x| {
+                let x = x.unwrap();
+                (x[1].to_string(), x[7].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lines_past_the_checkpoint_are_set_apart_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = RejectsWriter::new(dir.path());
+        let bad = |field: &str| {
+            Issue::error(
+                Stage::Validate,
+                "required",
+                field,
+                "missing".into(),
+                String::new(),
+            )
+        };
+        // A carried-over line (no batch), rows of batches 0..4, one rejected on two fields.
+        w.reject("e", "k0", &[bad("a")]).unwrap();
+        for b in 0..4u64 {
+            w.reject_in("e", &format!("k{}", b + 1), &[bad("a"), bad("b")], Some(b))
+                .unwrap();
+        }
+        let orphan = Issue::error(
+            Stage::Embed,
+            RULE_ORPHAN_CHILD,
+            "kids",
+            "no parent".into(),
+            String::new(),
+        );
+        w.reject_in("e", "c9", &[orphan], Some(3)).unwrap();
+        let warn = Issue {
+            severity: crate::mapping::spec::Severity::Warning,
+            ..bad("x")
+        };
+        w.warn("e", "k7", &[&warn], Some(1)).unwrap();
+        w.warn("e", "k8", &[&warn], Some(2)).unwrap();
+        // The checkpoint covers batches 0 and 1.
+        let apart = w.set_apart("e", 2).unwrap();
+        assert_eq!(apart.rejected_rows, 2);
+        assert_eq!(apart.lines, 4);
+        assert_eq!(apart.warnings, 1);
+        assert_eq!(apart.orphans.get("kids"), Some(&1));
+        let kept = lines(&dir.path().join("e.csv"));
+        let keys: Vec<&str> = kept.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["k0", "k1", "k1", "k2", "k2"]);
+        let past = lines(&dir.path().join(READ_AGAIN_DIR).join("e.csv"));
+        let keys: Vec<&str> = past.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["k3", "k3", "k4", "k4", "c9"]);
+        assert_eq!(lines(&dir.path().join("e.warnings.csv")).len(), 1);
+        assert_eq!(
+            lines(&dir.path().join(READ_AGAIN_DIR).join("e.warnings.csv")),
+            [("k8".to_string(), "2".to_string())]
+        );
+        // A line recorded afterwards goes after the kept ones, not over them.
+        w.reject("e", "k5", &[bad("a")]).unwrap();
+        w.sync().unwrap();
+        assert_eq!(lines(&dir.path().join("e.csv")).len(), 6);
     }
 }

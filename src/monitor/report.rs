@@ -29,6 +29,13 @@ pub struct EntityReport {
     /// Rows in batches the target did not take (counted in `skipped`; a resume writes them).
     #[serde(default)]
     pub failed: u64,
+    /// A step that stopped before its end: rows it read past its checkpoint, not counted here —
+    /// the run that resumes it reads them again — and how many of them it had rejected (their
+    /// lines are in the rejects folder's `read-again/`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub read_again: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub read_again_rejected: u64,
     pub retried: u64,
     pub duration_ms: u64,
     pub rows_per_sec: f64,
@@ -207,6 +214,8 @@ impl EntityReport {
             warnings: c.warnings,
             skipped: c.skipped,
             failed: c.failed,
+            read_again: 0,
+            read_again_rejected: 0,
             retried: c.retried,
             duration_ms,
             rows_per_sec: round1(c.read as f64 / secs),
@@ -459,6 +468,21 @@ impl RunReport {
                     s,
                     "{}: {} rows not written: their batches failed (counted as skipped, not rejected; the next `cutover migrate` resumes before them)",
                     e.name, e.failed
+                );
+            }
+            if e.read_again > 0 {
+                let rejected = match e.read_again_rejected {
+                    0 => String::new(),
+                    n => format!(
+                        " ({n} of them rejected: their lines are in {}/ of the rejects folder)",
+                        super::rejects::READ_AGAIN_DIR
+                    ),
+                };
+                let _ = writeln!(
+                    s,
+                    "{}: stopped before its end: counted up to its checkpoint; the {} rows it read past it are read again by the run that resumes it{rejected}",
+                    e.name,
+                    thousands(e.read_again)
                 );
             }
             if e.stale_removed > 0 {

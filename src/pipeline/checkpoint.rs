@@ -162,6 +162,54 @@ impl Checkpointer {
     }
 }
 
+/// Counts a step that stopped before its end (a failure, SIGTERM, a lost lock) up to its
+/// checkpoint in the ledger, as history and the API count it: the rows past it are read again by
+/// the run that resumes it, which counts them. Their reject and warning lines are set apart
+/// (`read-again/`), so that each row is in one run's rejects file (adv30 T2). A step with
+/// nothing past its checkpoint is left as it is.
+pub(super) async fn count_to_checkpoint(
+    ledger: &Ledger,
+    rejects: &RejectsWriter,
+    run_id: &str,
+    report: &mut crate::monitor::report::EntityReport,
+) -> Result<(), RunError> {
+    let id = format!("{run_id}:{}", report.name);
+    let steps = ledger.all_steps().await?;
+    let Some(s) = steps.iter().find(|s| s.id == id) else {
+        return Ok(());
+    };
+    let rows = s.checkpoint_rows.max(0) as u64;
+    if report.read <= rows {
+        return Ok(());
+    }
+    let apart = rejects
+        .set_apart(&report.name, s.checkpoint_batches.max(0) as u64)
+        .map_err(|cause| RunError::Io {
+            path: rejects.dir().to_path_buf(),
+            cause,
+        })?;
+    report.read_again = report.read - rows;
+    report.read_again_rejected = apart.rejected_rows;
+    report.read = rows;
+    report.rejected = (s.checkpoint_rejected.max(0) as u64).min(rows);
+    report.written = rows - report.rejected;
+    report.warnings = s.checkpoint_warned.max(0) as u64;
+    report.skipped = 0;
+    report.failed = 0;
+    for o in &mut report.orphan_children {
+        o.rows = o
+            .rows
+            .saturating_sub(apart.orphans.get(&o.embed).copied().unwrap_or(0));
+    }
+    report.success_rate =
+        crate::monitor::report::success_rate(report.written, report.read, report.skipped);
+    // This run's rows over this run's time, as the API gives it.
+    let own = rows.saturating_sub(report.resumed_after_rows);
+    let secs = (report.duration_ms as f64 / 1000.0).max(0.001);
+    report.rows_per_sec = (own as f64 / secs * 10.0).round() / 10.0;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,7 +189,11 @@ impl Deferred {
         };
         let mut settled = 0;
         let result = self.write_again(spill, ctx, fence, &mut settled).await;
-        if result.is_err() {
+        // Past --max-rejects every row was settled all the same: their batches are finished,
+        // and the checkpoint passes them (a resume does not read them again).
+        let every_row_settled =
+            matches!(result, Err(RunError::TooManyRejects { .. })) && settled >= self.rows;
+        if result.is_err() && !every_row_settled {
             let left = self.rows.saturating_sub(settled);
             EntityCounters::add(&ctx.counters.failed, left);
             EntityCounters::add(&ctx.counters.skipped, left);

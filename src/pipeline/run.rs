@@ -1064,13 +1064,28 @@ async fn migrate_locked(
                 report.error = Some(crate::redact::redact_text(&e.to_string()));
                 err.get_or_insert(e);
             }
-            ledger.finish_step(run_id, &report).await?;
             // A restore only while the lock is this run's (another run may be writing now).
             let still_ours = match fence {
                 Some(f) => f.check().await.is_ok(),
                 None => true,
             };
-            if report.status == "failed" && opts.restore_on_failure && still_ours {
+            let restore = report.status == "failed" && opts.restore_on_failure && still_ours;
+            // A step that stops before its end counts up to its checkpoint (a resume reads the
+            // rest again); one restored undoes all it did, and says what it had read; one that
+            // went on past batches the target did not take (--continue-on-error) read to its
+            // end, and says what it wrote and what failed.
+            if err
+                .as_ref()
+                .is_some_and(|e| !matches!(e, RunError::Unwritten { .. }))
+                && !restore
+                && let Err(e) =
+                    super::checkpoint::count_to_checkpoint(ledger, &rejects, run_id, &mut report)
+                        .await
+            {
+                tracing::warn!(entity = %p.entity, error = %e, "could not count the stopped step up to its checkpoint");
+            }
+            ledger.finish_step(run_id, &report).await?;
+            if restore {
                 let step_id = format!("{run_id}:{}", p.entity);
                 super::rollback::restore_failed_step(
                     ledger,

@@ -250,6 +250,29 @@ impl World {
         read_csvs(&self.dir.path().join("rejects").join(run_id), false)
     }
 
+    /// The lines of a run's rejects files that the run counted itself (a batch named: not
+    /// carried over from the run it resumed), as (entity, key, rule, path, batch), sorted.
+    pub fn own_reject_lines(&self, run_id: &str) -> Vec<[String; 5]> {
+        let mut out = Vec::new();
+        let dir = self.dir.path().join("rejects").join(run_id);
+        for e in std::fs::read_dir(dir).into_iter().flatten() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".warnings.csv") || !name.ends_with(".csv") {
+                continue;
+            }
+            let mut r = csv::Reader::from_path(&p).unwrap();
+            for rec in r.records() {
+                let rec = rec.unwrap();
+                if !rec[7].is_empty() {
+                    out.push([0, 1, 3, 4, 7].map(|i| rec[i].to_string()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     pub fn warnings(&self, run_id: &str) -> Vec<(String, String, String, String)> {
         read_csvs(&self.dir.path().join("rejects").join(run_id), true)
     }
@@ -275,7 +298,8 @@ fn read_csvs(dir: &Path, warnings: bool) -> Vec<(String, String, String, String)
     for e in entries {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().to_string();
-        if name.ends_with(".warnings.csv") != warnings {
+        // (`read-again/` holds the lines past a stopped step's checkpoint: not the run's.)
+        if name.ends_with(".warnings.csv") != warnings || !name.ends_with(".csv") {
             continue;
         }
         let mut r = csv::Reader::from_path(&p).unwrap();
