@@ -22,22 +22,9 @@ pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
         .filter(|h| !h.expired)
         .map(|h| h.run_id);
     let now = chrono::Utc::now();
-    for r in runs
-        .iter_mut()
-        .filter(|r| r.status == crate::ledger::RUNNING)
-    {
-        let (own, last) = crate::ledger::run_own_counts(&r.run_id, &steps);
-        (r.read, r.written, r.rejected, r.skipped) =
-            (own.read, own.written, own.rejected, own.skipped);
-        if live.as_deref() == Some(r.run_id.as_str()) {
-            let now_text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            r.duration_ms = crate::ledger::millis_between(r.started_at.as_deref(), Some(&now_text))
-                .unwrap_or(0);
-        } else {
-            r.status = crate::ledger::INTERRUPTED.to_string();
-            r.duration_ms = crate::ledger::millis_between(r.started_at.as_deref(), last.as_deref())
-                .unwrap_or(0);
-        }
+    for r in &mut runs {
+        let dead = live.as_deref() != Some(r.run_id.as_str());
+        r.as_of_steps(&steps, now, dead);
     }
     if let Some(st) = args.status.as_deref() {
         runs.retain(|r| r.status == st);

@@ -444,6 +444,34 @@ pub struct RunRecord {
     pub intent: RunIntent,
 }
 
+impl RunRecord {
+    /// A run the ledger still calls running, as its steps say now: its counts so far (what it
+    /// read itself, as the ledger records once it ends); when its process is gone (`dead`: it
+    /// holds no live lock), interrupted, with its duration up to its last checkpoint — else up
+    /// to `now`. `history`, `status` and the API show it so (adv30 T3). Other runs unchanged.
+    pub fn as_of_steps(
+        &mut self,
+        steps: &[StepRecord],
+        now: chrono::DateTime<chrono::Utc>,
+        dead: bool,
+    ) {
+        if self.status != RUNNING {
+            return;
+        }
+        let (own, last) = run_own_counts(&self.run_id, steps);
+        (self.read, self.written, self.rejected, self.skipped) =
+            (own.read, own.written, own.rejected, own.skipped);
+        let until = if dead {
+            self.status = INTERRUPTED.to_string();
+            last
+        } else {
+            Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        self.duration_ms =
+            millis_between(self.started_at.as_deref(), until.as_deref()).unwrap_or(0);
+    }
+}
+
 /// A step a run resumed: the part before the checkpoint, read by run `from_run`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResumedPart {

@@ -162,20 +162,8 @@ fn run_json(
     dead: bool,
 ) -> Result<Value, ApiError> {
     let mut r = r.clone();
-    if r.status == ledger::RUNNING {
-        let (own, last) = ledger::run_own_counts(&r.run_id, steps);
-        (r.read, r.written, r.rejected, r.skipped) =
-            (own.read, own.written, own.rejected, own.skipped);
-        r.duration_ms = if dead {
-            // Up to its last checkpoint: what it is known to have done.
-            ledger::millis_between(r.started_at.as_deref(), last.as_deref()).unwrap_or(0)
-        } else {
-            millis_of(r.started_at.as_deref()).map_or(0, |t| (now_ms - t).max(0))
-        };
-        if dead {
-            r.status = ledger::INTERRUPTED.to_string();
-        }
-    }
+    let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_else(chrono::Utc::now);
+    r.as_of_steps(steps, now, dead);
     if r.resumed.is_empty() {
         r.resumed = steps
             .iter()
