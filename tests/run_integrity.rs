@@ -196,7 +196,97 @@ async fn stages_with_embedded_children_resume_after_kill_9_and_end_identical() {
     assert!(w.docs("owners").await == expected_owners, "owners differ");
     assert!(w.docs("plots").await == expected_plots, "plots differ");
     assert_eq!(all_rejects(&w), expected_rejects);
+    // Each rejected row is a line of one run's own (adv31 F2: a killed run's lines past its
+    // checkpoint stayed, and the resume listed those rows again).
+    assert_each_reject_owned_once(&w, expected_rejects.len());
     reference.drop().await;
+    w.drop().await;
+}
+
+/// Every rejected row is a line of exactly one run's own files (lines with a batch: not carried
+/// over), `rows` of them in all.
+fn assert_each_reject_owned_once(w: &World, rows: usize) {
+    let mut owned: Vec<(String, String)> = std::fs::read_dir(w.dir.path().join("rejects"))
+        .unwrap()
+        .flat_map(|d| w.own_reject_lines(&d.unwrap().file_name().to_string_lossy()))
+        .map(|[e, k, ..]| (e, k))
+        .collect();
+    owned.sort();
+    let all = owned.len();
+    owned.dedup();
+    assert_eq!((all, owned.len()), (rows, rows), "lines owned by two runs");
+}
+
+/// SIGTERM at a random moment of a run over two stages with embedded children (a uuid key, a
+/// composite text key): the run stops in order — exit 1 with its report, not killed (adv31 F1:
+/// exit 143, no report) — counted up to its checkpoints as history counts it; the resume then
+/// ends with the documents and rejects of one uninterrupted run, each row counted once.
+#[tokio::test]
+async fn sigterm_at_a_random_moment_stops_in_order_and_the_resume_completes() {
+    let w = World::new("sigterm").await;
+    let pipeline = setup(&w).await;
+    let args = ["--batch-size", "100", "--concurrency", "3"];
+    // A first run times the whole; the signal lands somewhere within it.
+    let started = Instant::now();
+    let out = w.migrate_with(&pipeline, &args);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let whole = started.elapsed();
+    let db = w.mongo().await;
+    db.drop().await.unwrap();
+    std::fs::remove_dir_all(w.dir.path().join("rejects")).unwrap();
+    std::fs::remove_dir_all(w.dir.path().join("reports")).unwrap();
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let delay = whole.mul_f64(0.1 + 0.8 * rng.f64());
+    let child = spawn_migrate(&w, &pipeline, &args);
+    tokio::time::sleep(delay).await;
+    signal(&child, "TERM");
+    let out = wait_bounded(child, Duration::from_secs(60), "the stopped run");
+    let said = format!("seed {seed}, {delay:?} of {whole:?}: {}", out_text(&out));
+    assert_ne!(out.status.code(), None, "killed by the signal: {said}");
+    let report = w.latest_report();
+    let stopped = out.status.code() == Some(1);
+    if stopped {
+        assert!(said.contains("asked to stop"), "{said}");
+        assert_eq!(report["status"], "interrupted", "{said} {report}");
+        for e in report["entities"].as_array().unwrap() {
+            let step = latest_step(&w, e["name"].as_str().unwrap()).await.unwrap();
+            let n = |k: &str| e[k].as_i64().unwrap_or(0);
+            if e["status"] != "completed" {
+                assert_eq!(
+                    n("read"),
+                    step.get_i64("checkpoint_rows").unwrap(),
+                    "{said} {e} {step}"
+                );
+            }
+            assert_eq!(
+                n("read"),
+                n("written") + n("rejected") + n("skipped"),
+                "{e}"
+            );
+        }
+    } else {
+        // The signal came after the last batch: the run ended as it would have.
+        assert_eq!(out.status.code(), Some(2), "{said}");
+    }
+    // The resume accounts for the rejects (exit 2); after a run that ended, nothing is left.
+    let out = w.migrate_with(&pipeline, &[]);
+    let want = if stopped { 2 } else { 0 };
+    assert_eq!(out.status.code(), Some(want), "{said} {}", out_text(&out));
+    assert_eq!(w.count("owners").await, 30000 - 30000 / 97, "{said}");
+    assert_eq!(w.count("plots").await, 24000, "{said}");
+    assert_each_reject_owned_once(&w, 30000 / 97);
+    let out = w.cutover().args(["history", "--json"]).output().unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sum = |k: &str| -> i64 {
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[k].as_i64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(sum("read"), 30000 + 24000, "{said} {runs}");
+    assert_eq!(sum("rejected"), 30000 / 97, "{said} {runs}");
     w.drop().await;
 }
 

@@ -12,7 +12,43 @@ use crate::pipeline::run::{self, RunOptions};
 use crate::sink::retry::RetryPolicy;
 
 pub async fn migrate(cli: &Cli, args: &MigrateArgs) -> Result<Outcome> {
+    stop_on_signal(args.dry_run);
     migrate_as(cli, args, &run::new_run_id()).await
+}
+
+/// SIGTERM or Ctrl-C (SIGINT) stops the run in order: no batch more is started, the batches
+/// being written finish and are counted, the checkpoint is recorded and the run ends with its
+/// report, its stage interrupted (`cutover migrate` resumes it). A second signal ends the
+/// process at once (as a kill: the next run resumes from the last checkpoint). A dry run, which
+/// writes nothing, ends at the first.
+fn stop_on_signal(dry_run: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut next = async || {
+            tokio::select! {
+                _ = term.recv() => 128 + 15,
+                _ = int.recv() => 128 + 2,
+            }
+        };
+        let code = next().await;
+        if dry_run {
+            crate::errln!("stopped: a dry run writes nothing");
+            std::process::exit(code);
+        }
+        crate::ledger::lock::request_runs_stop();
+        crate::errln!(
+            "stopping after the batches being written (they finish and are counted; the stage is recorded interrupted and `cutover migrate` resumes it); signal again to end at once"
+        );
+        let code = next().await;
+        crate::errln!("ended at once: the next `cutover migrate` resumes from the last checkpoint");
+        std::process::exit(code);
+    });
 }
 
 /// `migrate` as the run `run_id` (`cutover serve` names the run it starts).

@@ -124,6 +124,92 @@ impl Records {
     }
 }
 
+/// [`RejectsWriter::set_apart`] on the files of a run no writer holds: those of a run killed
+/// before its end, whose lines past its checkpoint the run resuming it reads again.
+pub fn set_apart_in(dir: &Path, entity: &str, batches: u64) -> std::io::Result<SetApart> {
+    let mut out = SetApart::default();
+    for name in [format!("{entity}.csv"), format!("{entity}.warnings.csv")] {
+        split(dir, &name, batches, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Moves the lines of `dir/name` of batch `batches` and later to `dir/read-again/name`, adding
+/// them up in `out`. Whether the file exists.
+fn split(dir: &Path, name: &str, batches: u64, out: &mut SetApart) -> std::io::Result<bool> {
+    let rejects = !name.ends_with(".warnings.csv");
+    let path = dir.join(name);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut r = csv::Reader::from_reader(bytes.as_slice());
+    let headers = r.headers().map_err(std::io::Error::other)?.clone();
+    if headers.iter().collect::<Vec<_>>() != HEADER {
+        // An older file without the batch column: its rows cannot be told apart.
+        return Ok(true);
+    }
+    let mut kept = csv::Writer::from_writer(Vec::new());
+    let mut past = csv::Writer::from_writer(Vec::new());
+    kept.write_record(&headers)?;
+    past.write_record(&headers)?;
+    let mut past_lines = 0u64;
+    let mut rows = std::collections::HashSet::new();
+    for record in r.records() {
+        // A torn last line (a run killed mid-write) is past any checkpoint: dropped.
+        let Ok(record) = record else { break };
+        let covered = match record.get(7) {
+            Some("") | None => true,
+            Some(b) => b.parse::<u64>().is_ok_and(|b| b < batches),
+        };
+        if covered {
+            kept.write_record(&record)?;
+            continue;
+        }
+        past.write_record(&record)?;
+        past_lines += 1;
+        let field = |i| record.get(i).unwrap_or_default().to_string();
+        if !rejects {
+            out.warnings += 1;
+        } else if field(2) == Stage::Embed.as_str() && field(3) == RULE_ORPHAN_CHILD {
+            *out.orphans.entry(field(4)).or_default() += 1;
+        } else {
+            out.lines += 1;
+            rows.insert((field(1), field(7)));
+        }
+    }
+    if rejects {
+        out.rejected_rows += rows.len() as u64;
+    }
+    if past_lines > 0 {
+        let apart = dir.join(READ_AGAIN_DIR);
+        std::fs::create_dir_all(&apart)?;
+        // Appended to what an earlier set-apart moved (a file is split once per stop).
+        let target = apart.join(name);
+        let bytes = past.into_inner().map_err(|e| e.into_error())?;
+        let bytes = match std::fs::read(&target) {
+            Ok(mut held) => {
+                // Without the header line of the new part.
+                let body = bytes
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(&bytes[..0], |i| &bytes[i + 1..]);
+                held.extend_from_slice(body);
+                held
+            }
+            Err(_) => bytes,
+        };
+        write_synced(&target, &bytes)?;
+        // The new text replaces the file whole: a crash leaves the one or the other.
+        let bytes = kept.into_inner().map_err(|e| e.into_error())?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        write_synced(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(true)
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = File::create(path)?;
@@ -290,62 +376,14 @@ impl RejectsWriter {
         let mut out = SetApart::default();
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         for name in [format!("{entity}.csv"), format!("{entity}.warnings.csv")] {
-            let rejects = !name.ends_with(".warnings.csv");
-            let path = self.dir.join(&name);
             if let Some(mut w) = files.remove(&name) {
                 w.flush()?;
             }
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let mut r = csv::Reader::from_reader(bytes.as_slice());
-            let headers = r.headers().map_err(std::io::Error::other)?.clone();
-            let mut kept = csv::Writer::from_writer(Vec::new());
-            let mut past = csv::Writer::from_writer(Vec::new());
-            kept.write_record(&headers)?;
-            past.write_record(&headers)?;
-            let mut past_lines = 0u64;
-            let mut rows = std::collections::HashSet::new();
-            for record in r.records() {
-                let record = record.map_err(std::io::Error::other)?;
-                let covered = match record.get(7) {
-                    Some("") | None => true,
-                    Some(b) => b.parse::<u64>().is_ok_and(|b| b < batches),
-                };
-                if covered {
-                    kept.write_record(&record)?;
-                    continue;
-                }
-                past.write_record(&record)?;
-                past_lines += 1;
-                let field = |i| record.get(i).unwrap_or_default().to_string();
-                if !rejects {
-                    out.warnings += 1;
-                } else if field(2) == Stage::Embed.as_str() && field(3) == RULE_ORPHAN_CHILD {
-                    *out.orphans.entry(field(4)).or_default() += 1;
-                } else {
-                    out.lines += 1;
-                    rows.insert((field(1), field(7)));
-                }
+            let path = self.dir.join(&name);
+            if split(&self.dir, &name, batches, &mut out)? {
+                // Anything recorded later for the entity goes after these lines.
+                files.insert(name, Records::append(&path)?);
             }
-            if rejects {
-                out.rejected_rows = rows.len() as u64;
-            }
-            if past_lines > 0 {
-                let apart = self.dir.join(READ_AGAIN_DIR);
-                std::fs::create_dir_all(&apart)?;
-                let bytes = past.into_inner().map_err(|e| e.into_error())?;
-                write_synced(&apart.join(&name), &bytes)?;
-                // The new text replaces the file whole: a crash leaves the one or the other.
-                let bytes = kept.into_inner().map_err(|e| e.into_error())?;
-                let tmp = self.dir.join(format!(".{name}.tmp"));
-                write_synced(&tmp, &bytes)?;
-                std::fs::rename(&tmp, &path)?;
-            }
-            // Anything recorded later for the entity goes after these lines.
-            files.insert(name, Records::append(&path)?);
         }
         Ok(out)
     }

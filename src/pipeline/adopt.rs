@@ -98,6 +98,11 @@ pub(super) fn carry_from(
             .and_then(|c| rejects.sync().map(|()| c))
             .map_err(|cause| ((*dir).clone(), cause))?;
         let any = c.lines > 0 || c.warnings > 0;
+        // The interrupted run's lines past its checkpoint are this run's to record (it reads
+        // those rows again): set apart there, so no row is a line of both runs (adv31 F2).
+        if let Err(e) = crate::monitor::rejects::set_apart_in(dir, entity, batches) {
+            tracing::warn!(dir = %dir.display(), %entity, error = %e, "could not set apart the interrupted run's lines past its checkpoint");
+        }
         last = Some((c, (*dir).clone()));
         if any {
             break;

@@ -31,7 +31,7 @@ pub enum RunError {
     #[error("stopped: {rejected} rows rejected, more than --max-rejects {max}")]
     TooManyRejects { rejected: u64, max: u64 },
     #[error(
-        "{entity}: a batch of {rows} rows could not be written ({attempts} attempt(s) of the batch, each request retried as the target allows): {cause}; its rows are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
+        "{entity}: a batch of {rows} rows could not be written ({attempts} attempt(s) of the batch, each request retried as the target allows): {cause}; its rows are not rejected: the stage stopped, counted up to its checkpoint, and the next `cutover migrate` resumes before them"
     )]
     BatchFailed {
         entity: String,
@@ -40,7 +40,7 @@ pub enum RunError {
         cause: Box<SinkError>,
     },
     #[error(
-        "{entity}: {rows} documents could not be written after their retries ({message}); they are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
+        "{entity}: {rows} documents could not be written after their retries ({message}); they are not rejected: the stage stopped, counted up to its checkpoint, and the next `cutover migrate` resumes before them"
     )]
     DocumentsFailed {
         entity: String,

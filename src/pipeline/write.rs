@@ -460,6 +460,13 @@ pub(super) async fn write_loop(
     // it: the batches held for rows set aside are not finished either.
     let held_finish = if blocked { None } else { checkpointer.as_mut() };
     refused += deferred.settle(&ctx, fence.as_ref(), held_finish).await?;
+    // What every finished batch covers, recorded now (the last record may be up to 200 ms
+    // old): a stage the reader stopped (its --max-rejects, a source error) is counted up to
+    // here, and its resume starts after these batches (adv31 F3: 12 batches written, one
+    // recorded, the rest read and written again).
+    if let Some(c) = checkpointer.as_mut() {
+        c.flush().await?;
+    }
     if refused > 0
         && counters.written.load(Ordering::Relaxed) == 0
         && checkpointer
