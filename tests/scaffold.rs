@@ -1072,6 +1072,39 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
     w.drop().await;
 }
 
+/// JSON whose numbers a double cannot hold is written with each of them as
+/// `{"$numberDecimal": …}`, about twice PostgreSQL's text: under 1,000,000 characters there and
+/// 1.8 million written. The Appwrite draft sizes its column for what is written (adv29 S6: no
+/// `size`, and the row rejected `appwrite_string_size`); check passes and the run writes it whole.
+#[tokio::test]
+async fn appwrite_json_is_sized_for_the_decimals_it_is_written_with() {
+    let w = World::new("scaffold_decs").await;
+    w.sql(
+        "CREATE TABLE decs (id int PRIMARY KEY, j jsonb);
+         INSERT INTO decs VALUES (1, (SELECT jsonb_agg(1.00000000000000001 + g) FROM generate_series(1, 40000) g)),
+                                 (2, '{\"small\": 1}');",
+    )
+    .await;
+    let pg_len: Vec<String> = w
+        .query_strings("SELECT max(char_length(j::text))::text FROM decs")
+        .await;
+    assert!(pg_len[0].parse::<u64>().unwrap() < 1_000_000, "{pg_len:?}");
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--name", "decs", "--target", "appwrite"]);
+    let text = std::fs::read_to_string(out.join("mappings/decs.toml")).unwrap();
+    assert!(text.contains("size = "), "{text}");
+    let db = format!("scdecs{}", std::process::id());
+    let aw = appwrite_plan_check_migrate_verify(&w, &out.join("pipelines/decs.toml"), &db).await;
+    let long = aw
+        .rows(&db, "decs")
+        .into_iter()
+        .filter_map(|r| r["j"].as_str().map(|j| j.chars().count()))
+        .max()
+        .unwrap();
+    assert!(long > 1_000_000, "written {long} characters");
+    w.drop().await;
+}
+
 const ODD: &str = r#"
 CREATE TABLE "system.users" (id int PRIMARY KEY, v text);
 INSERT INTO "system.users" VALUES (1, 'a'), (2, 'b');

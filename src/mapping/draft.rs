@@ -1132,11 +1132,11 @@ fn field_text_prefixed(
         let size = (n.saturating_mul(2)).min(crate::mapping::spec::MAX_COLUMN_SIZE);
         if prefix.is_empty() {
             options.push(format!("size = {size}"));
-            decide.push(format!("the sample holds JSON of {n} characters as text, more than an Appwrite column's default 1,000,000: the column is made {size} characters (size = {size}, twice the longest seen); a longer value is rejected (appwrite_string_size)."));
+            decide.push(format!("the sample holds JSON of up to {n} characters as written (each number a double cannot hold written as {{\"$numberDecimal\": …}}), more than an Appwrite column's default 1,000,000: the column is made {size} characters (size = {size}, twice the longest seen); a longer value is rejected (appwrite_string_size)."));
         } else {
             // Embedded, the value is part of the embed's one JSON column (adv29 S1: the
             // `size` drafted here did nothing).
-            decide.push(format!("the sample holds JSON of {n} characters as text: embedded, it is part of the array's one JSON column, which holds 1,000,000 characters unless the [[embed]] says `size` (e.g. size = {size}, or more for several children); a longer array rejects its parent row (appwrite_string_size)."));
+            decide.push(format!("the sample holds JSON of up to {n} characters as written: embedded, it is part of the array's one JSON column, which holds 1,000,000 characters unless the [[embed]] says `size` (e.g. size = {size}, or more for several children); a longer array rejects its parent row (appwrite_string_size)."));
         }
     }
     // An Appwrite array column holds no NULL element; the catalog cannot tell whether the
