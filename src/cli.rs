@@ -605,6 +605,12 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub fresh: bool,
 
+    /// With --rerun or --since-last: rewrite the documents even when `cutover changes` applied
+    /// changes on their collections or tables (what the changes did to them is lost; their
+    /// records stay applied). Without it such a run is refused.
+    #[arg(long)]
+    pub ignore_changes: bool,
+
     /// Copy only rows changed (by the mapping's `source.updated_at`) since the snapshot of each
     /// stage's last completed run: the short catch-up in the maintenance window.
     #[arg(long)]

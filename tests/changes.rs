@@ -1728,9 +1728,10 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuse
     assert_eq!(w.count("kinds").await, 0);
 
     // A change applied before a rerun is in the rerun's backup: rolling the rerun back keeps it.
+    // (The rerun would lose it: refused without --ignore-changes, adv28 R7.)
     ok(&w.migrate_with(&pipeline, &[]));
     ok(&changes(&w, "up", &dir, &[]));
-    ok(&w.migrate_with(&pipeline, &["--rerun"]));
+    ok(&w.migrate_with(&pipeline, &["--rerun", "--ignore-changes"]));
     let flagged = || async {
         w.mongo()
             .await
@@ -1795,12 +1796,29 @@ async fn rollback_refuses_to_discard_changes_applied_after_the_run_and_up_refuse
     }
     ok(&changes(&w, "up", &dir, &[]));
 
-    // A re-run rewrites the documents the applied changes touched: it says so first.
-    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    // A re-run (or its dry run) would rewrite the documents the applied changes touched, and
+    // lose what they did while the ledger lists them applied: refused, naming them (adv28 R7:
+    // only warned), the data untouched; with --ignore-changes it goes ahead, saying so.
+    let before = w.docs("kinds").await;
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let args: Vec<&str> = ["--rerun"].iter().chain(extra).copied().collect();
+        let out = w.migrate_with(&pipeline, &args);
+        let said = common::output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("change 1 (")
+                && said.contains("change 2 (")
+                && said.contains("--ignore-changes"),
+            "{said}"
+        );
+    }
+    assert!(w.docs("kinds").await == before, "a refused re-run wrote");
+    let out = w.migrate_with(&pipeline, &["--rerun", "--ignore-changes"]);
     let said = common::output_text(&out);
     assert!(out.status.success(), "{said}");
     assert!(
-        said.contains("warning: change 1 (") && said.contains("warning: change 2 ("),
+        said.contains("warning (--ignore-changes): change 1 (")
+            && said.contains("warning (--ignore-changes): change 2 ("),
         "{said}"
     );
     // `changes down` is refused too while a rollback of the collection is cut short.

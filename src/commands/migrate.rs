@@ -113,7 +113,24 @@ pub(crate) async fn migrate_as(cli: &Cli, args: &MigrateArgs, run_id: &str) -> R
         files_root: cfg.files_root.clone(),
     };
     if args.rerun || args.since_last {
-        warn_of_applied_changes(&pipeline, &steps, &ledger).await;
+        let applied = applied_changes(&pipeline, &steps, &ledger).await?;
+        if !applied.is_empty() && !args.ignore_changes {
+            anyhow::bail!(
+                "refused{}: {}; a {} rewrites their documents from the source and loses what the change did, while the ledger would still list it applied (as a rollback would). Reverse it first (`cutover changes down`) and apply it again after the run, or give --ignore-changes to rewrite them anyway",
+                if args.dry_run { " (dry run)" } else { "" },
+                applied.join("; "),
+                if args.rerun {
+                    "re-run"
+                } else {
+                    "--since-last run"
+                }
+            );
+        }
+        for c in &applied {
+            crate::errln!(
+                "warning (--ignore-changes): {c}: the documents this run rewrites lose what it did while the ledger lists it applied"
+            );
+        }
     }
     let report =
         run::migrate_as(run_id, &pipeline, steps, &source, &target, &ledger, &opts).await?;
@@ -190,27 +207,29 @@ async fn prune_after_run(
 }
 
 /// A re-run or a delta run rewrites documents from the source: what `cutover changes` applied to
-/// them is lost while the ledger still lists the changes applied. Said before the run, with the
-/// way to keep them (reverse first, apply again after).
-async fn warn_of_applied_changes(
+/// them is lost while the ledger still lists the changes applied (adv28 R7: only warned). The
+/// changes applied on the collections of `steps`, said a line each.
+async fn applied_changes(
     pipeline: &crate::pipeline::Pipeline,
     steps: &[crate::pipeline::Step],
     ledger: &Ledger,
-) {
+) -> Result<Vec<String>> {
     let collections: std::collections::BTreeSet<String> = steps
         .iter()
         .filter_map(|s| pipeline.mappings.get(&s.entity).ok())
         .map(|m| m.collection().to_string())
         .collect();
-    let Ok(applied) = crate::changes::changes_since(ledger, &collections, 0).await else {
-        return;
-    };
-    for c in applied.iter().filter(|c| c.applied && !c.uncertain) {
-        crate::errln!(
-            "warning: change {} ({}) is applied on {}: the documents this run rewrites lose what it did while the ledger lists it applied; to keep it, reverse it first (`cutover changes down`) and apply it again after the run",
-            c.version,
-            c.file,
-            c.collections.join(", ")
-        );
-    }
+    let applied = crate::changes::changes_since(ledger, &collections, 0).await?;
+    Ok(applied
+        .iter()
+        .filter(|c| c.applied && !c.uncertain)
+        .map(|c| {
+            format!(
+                "change {} ({}) is applied on {}",
+                c.version,
+                c.file,
+                c.collections.join(", ")
+            )
+        })
+        .collect())
 }
