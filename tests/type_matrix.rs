@@ -81,6 +81,11 @@ const ROWS: &[(i32, &str, &str, &str, &str)] = &[
         "decimal_precision",
     ),
     (15, "n", "'NaN'", "exact", "exact"),
+    // Small and scaled: Decimal128 prints them with an exponent, PostgreSQL does not (adv32 F1).
+    (44, "n", "0.000000100000000", "exact", "exact"),
+    (45, "n", "-0.000000000000001", "exact", "exact"),
+    (46, "n", "0.000000000000000", "exact", "exact"),
+    (47, "n", "1.5E+20", "exact", "exact"),
     (16, "t", "'emoji 🎉 and \"quotes\"'", "exact", "exact"),
     (17, "t", "''", "exact", "exact"),
     (18, "vc", "'abc'", "exact", "exact"),
@@ -334,6 +339,20 @@ async fn every_type_lands_in_appwrite_or_is_rejected_by_name() {
     assert_eq!(row(3)["i8"], json!(i64::MIN));
     assert_eq!(row(11)["n"], json!("1234567890123456789012345678901234"));
     assert_eq!(row(12)["n"], json!("0.000100"));
+    // Every numeric as PostgreSQL's own text of it (adv32 F1: `1.00000000E-7`).
+    let mut c = PgConnection::connect(&w.pg_url).await.unwrap();
+    for (id, col, lit, _, outcome) in ROWS {
+        if *col != "n" || *outcome != "exact" {
+            continue;
+        }
+        let pg: String = sqlx::query_scalar("SELECT n::text FROM types WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(row(*id)["n"], json!(pg), "row {id}: {lit}");
+    }
+    let _ = c.close().await;
     assert_eq!(row(19)["ch"], json!("ab  "));
     assert_eq!(row(34)["dm"], json!(5));
     assert_eq!(row(10)["f8"], json!(0.1));

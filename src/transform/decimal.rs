@@ -238,6 +238,58 @@ pub fn to_f64_exact(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A decimal's text without an exponent, as PostgreSQL prints `numeric`: Decimal128 prints small
+/// and large exponents in scientific form (`1.00000000E-7`, `0E-15`), which is the same value
+/// but not the text a text column should hold (adv32 F1: one column mixed both forms). Digits
+/// and scale are kept: `1.00000000E-7` → `0.000000100000000`, `1.2E+3` → `1200`. `NaN` and
+/// `Infinity` are returned as they are.
+pub fn plain(text: &str) -> String {
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(r) => ("-", r),
+        None => ("", text),
+    };
+    let (mantissa, exponent) = match rest.split_once(['E', 'e']) {
+        Some((m, e)) => match e.parse::<i64>() {
+            Ok(e) => (m, e),
+            Err(_) => return text.to_string(),
+        },
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return text.to_string();
+    }
+    // The value is `digits` × 10^-scale.
+    let digits = format!("{int}{frac}");
+    let scale = frac.len() as i64 - exponent;
+    let mut out = if scale <= 0 {
+        format!("{digits}{}", "0".repeat((-scale) as usize))
+    } else {
+        let scale = scale as usize;
+        let padded = if digits.len() <= scale {
+            format!("{}{digits}", "0".repeat(scale + 1 - digits.len()))
+        } else {
+            digits
+        };
+        let at = padded.len() - scale;
+        format!("{}.{}", &padded[..at], &padded[at..])
+    };
+    // No leading zeros before the units digit.
+    let lead = out.bytes().take_while(|&b| b == b'0').count();
+    let keep_from = match out.as_bytes().get(lead) {
+        Some(b'.') | None => lead.saturating_sub(1),
+        _ => lead,
+    };
+    out.drain(..keep_from);
+    // PostgreSQL has no negative zero.
+    if out.bytes().all(|b| b == b'0' || b == b'.') {
+        return out;
+    }
+    format!("{sign}{out}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +373,39 @@ mod tests {
         assert_eq!(to_f64_exact("0.000000").unwrap(), 0.0);
         assert!(to_f64_exact("0.12345678901234567890").is_err());
         assert!(to_f64_exact("9007199254740993").is_err());
+    }
+
+    #[test]
+    fn plain_text_has_no_exponent_and_keeps_digits_and_scale() {
+        for (sci, want) in [
+            ("1.00000000E-7", "0.000000100000000"),
+            ("-1E-15", "-0.000000000000001"),
+            ("0E-15", "0.000000000000000"),
+            ("-0E-3", "0.000"),
+            ("0.000001000000000", "0.000001000000000"),
+            ("1.2E+3", "1200"),
+            ("1E+2", "100"),
+            ("123.45", "123.45"),
+            ("-7", "-7"),
+            ("0", "0"),
+            ("5E-1", "0.5"),
+            ("NaN", "NaN"),
+            ("-Infinity", "-Infinity"),
+        ] {
+            assert_eq!(plain(sci), want, "{sci}");
+        }
+        // Through Decimal128, for values PostgreSQL prints: the same text back.
+        for pg in [
+            "0.000000100000000",
+            "-0.000000000000001",
+            "0.000000000000000",
+            "123456789012345678901234567890.1234",
+            "0.1",
+            "100",
+            "-0.5",
+        ] {
+            let d = bson::Decimal128::from_bytes(to_decimal128_bytes(pg).unwrap());
+            assert_eq!(plain(&d.to_string()), pg, "{d}");
+        }
     }
 }

@@ -67,7 +67,8 @@ pub fn column_value(v: &Bson) -> Value {
         Bson::Int64(i) => json!(i),
         Bson::Double(d) => json!(d),
         Bson::String(s) => json!(s),
-        Bson::Decimal128(d) => json!(d.to_string()),
+        // Without an exponent, as PostgreSQL prints it (Decimal128 prints `1E-7`).
+        Bson::Decimal128(d) => json!(crate::transform::decimal::plain(&d.to_string())),
         Bson::DateTime(d) => json!(d.try_to_rfc3339_string().unwrap_or_default()),
         // A uuid (subtype 4, or the legacy 3) is its text; other binary (bytea: a 16-byte MD5
         // digest too) stays binary, as extended JSON below.
