@@ -343,6 +343,39 @@ pub(super) async fn read_loop(
         }
         // Recorded once the row's batch is known (the one sealed above is not it).
         write_orphans(&mut waiting, Some(seq))?;
+        // What the target refuses whatever the other rows is rejected here, as the dry run
+        // does: its warnings are not recorded for a row never written (adv32 F2).
+        if let Some((rule, message)) = target.row_refusal(&plan.collection, &raw) {
+            let stage = if rule.starts_with("file_") {
+                Stage::File
+            } else {
+                Stage::Write
+            };
+            // The document refused, fingerprinted: verify excuses its absence while the source
+            // still maps to it (as for the writer's refusals).
+            let fingerprint = crate::monitor::rejects::document_fingerprint(raw.as_bytes());
+            let issue = Issue::error(stage, rule, "", message, fingerprint);
+            reject(
+                counters,
+                total_rejected,
+                rejects,
+                (&plan.entity, &mapped.key, Some(seq)),
+                &[issue],
+                opts,
+            )?;
+            batch.rejected += 1;
+            if upsert
+                && let Some(id) = raw
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .and_then(|id| bson::Bson::try_from(id.to_raw_bson()).ok())
+            {
+                batch.stale.push(id);
+            }
+            prev_row = Some(row);
+            continue;
+        }
         if !warnings.is_empty() {
             EntityCounters::add(&counters.warnings, 1);
             rejects

@@ -1543,25 +1543,15 @@ impl Target {
                 ));
             }
         };
-        let layout = a.layout(collection);
-        let (table, children) = match &layout {
-            Some(Layout::Table(spec, children)) => (Some(spec), children.as_slice()),
-            _ => (None, &[][..]),
-        };
-        let d = doc.to_document().ok()?;
-        // A file stage's file permissions the row cannot fill.
-        if let Some(storage) = a.storage(collection)
-            && let Err(why) =
-                a.file_permissions(collection, storage.file_permissions.as_deref(), &d)
-        {
-            return Some((super::appwrite::storage::RULE_PERMISSION, why));
-        }
-        let users = matches!(layout, Some(Layout::Users(..)));
-        if let Some(r) =
-            refusal(&d, table, children).or_else(|| users.then(|| users_refusal(&d))?)
-        {
+        if let Some(r) = self.row_refusal(collection, doc) {
             return Some(r);
         }
+        let layout = a.layout(collection);
+        let table = match &layout {
+            Some(Layout::Table(spec, _)) => Some(spec),
+            _ => None,
+        };
+        let d = doc.to_document().ok()?;
         // A unique index: the row repeating a key a row written before it holds is refused by
         // the server (in key order, the first keeps it). Rows are rehearsed in that order.
         let spec = table?;
@@ -1592,6 +1582,36 @@ impl Target {
                 None
             }
         }
+    }
+
+    /// Appwrite: why the server would refuse `doc` whatever the other rows (a value its column
+    /// cannot hold, a file permission the row cannot fill, a user it cannot create) — what the
+    /// writer refuses before sending. A run rejects such rows as it reads them, as its dry run
+    /// does, so that their warnings are not recorded for rows never written (adv32 F2). `None`
+    /// for MongoDB.
+    pub fn row_refusal(
+        &self,
+        collection: &str,
+        doc: &bson::RawDocumentBuf,
+    ) -> Option<(&'static str, String)> {
+        let Target::Appwrite(a) = self else {
+            return None;
+        };
+        let layout = a.layout(collection);
+        let (table, children) = match &layout {
+            Some(Layout::Table(spec, children)) => (Some(spec), children.as_slice()),
+            _ => (None, &[][..]),
+        };
+        let d = doc.to_document().ok()?;
+        // A file stage's file permissions the row cannot fill.
+        if let Some(storage) = a.storage(collection)
+            && let Err(why) =
+                a.file_permissions(collection, storage.file_permissions.as_deref(), &d)
+        {
+            return Some((super::appwrite::storage::RULE_PERMISSION, why));
+        }
+        let users = matches!(layout, Some(Layout::Users(..)));
+        refusal(&d, table, children).or_else(|| users.then(|| users_refusal(&d))?)
     }
 
     /// Why this target cannot have `collection` as the destination of `entity` at all (Appwrite:
