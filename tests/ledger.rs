@@ -413,10 +413,11 @@ async fn rolling_back_a_stage_others_depend_on_needs_cascade() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // Named with why it needs kinds (adv32 F4).
+    let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("events depend"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        said.contains("events (") && said.contains("kinds") && said.contains("depend on what"),
+        "{said}"
     );
     assert_eq!(w.count("kinds").await, 3);
     let out = w

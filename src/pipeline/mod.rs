@@ -277,6 +277,52 @@ impl Pipeline {
 
     /// Entities that `steps` need migrated first and that `steps` do not include themselves:
     /// every entity of each dependency stage (transitively) and every referenced entity.
+    /// Why `step` needs each of `entities` first, a phrase each (adv32 F4: the stage order was
+    /// worded as the entity's own dependencies): "it references employees", "its stage `s3`
+    /// comes after stage `s2` (artists, genres)".
+    pub fn why_needed(&self, step: &Step, entities: &[&str]) -> Vec<String> {
+        let refs: BTreeSet<String> = self
+            .mappings
+            .get(&step.entity)
+            .map(|m| m.references().into_iter().collect())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        let referenced: Vec<&str> = entities
+            .iter()
+            .copied()
+            .filter(|e| refs.contains(*e))
+            .collect();
+        if !referenced.is_empty() {
+            out.push(format!("it references {}", referenced.join(", ")));
+        }
+        let rest: Vec<&str> = entities
+            .iter()
+            .copied()
+            .filter(|e| !refs.contains(*e))
+            .collect();
+        if !rest.is_empty() {
+            // The stages holding them, as the pipeline orders them.
+            let mut stages: Vec<String> = Vec::new();
+            for st in &self.spec.stages {
+                let held: Vec<&str> = rest
+                    .iter()
+                    .copied()
+                    .filter(|e| st.entities.iter().any(|x| x == e))
+                    .collect();
+                if !held.is_empty() {
+                    stages.push(format!("`{}` ({})", st.name, held.join(", ")));
+                }
+            }
+            out.push(format!(
+                "its stage `{}` comes after stage{} {} in the pipeline (`depends_on`)",
+                step.stage,
+                if stages.len() == 1 { "" } else { "s" },
+                stages.join(", ")
+            ));
+        }
+        out
+    }
+
     pub fn prerequisites(&self, steps: &[Step]) -> BTreeSet<String> {
         let selected: BTreeSet<&str> = steps.iter().map(|s| s.entity.as_str()).collect();
         let mut stage_queue: Vec<String> = steps.iter().map(|s| s.stage.clone()).collect();

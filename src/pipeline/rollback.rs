@@ -90,11 +90,14 @@ pub async fn plan(
         let chosen_ids: BTreeSet<&str> = chosen.iter().map(|s| s.id.as_str()).collect();
         let leaving: BTreeSet<&str> = chosen.iter().map(|s| s.entity.as_str()).collect();
         let mut stranded: Vec<StepRecord> = Vec::new();
+        // Each stranded entity with why it needs what leaves (adv32 F4: the stage order was
+        // not told apart from references).
+        let mut why: std::collections::BTreeMap<String, String> = Default::default();
         for s in &steps {
             if chosen_ids.contains(s.id.as_str()) || leaving.contains(s.entity.as_str()) {
                 continue;
             }
-            let needs = pipeline.prerequisites(&[super::Step {
+            let step = super::Step {
                 stage: pipeline
                     .all_steps()
                     .into_iter()
@@ -102,8 +105,18 @@ pub async fn plan(
                     .map(|x| x.stage)
                     .unwrap_or_default(),
                 entity: s.entity.clone(),
-            }]);
-            if needs.iter().any(|n| leaving.contains(n.as_str())) {
+            };
+            let needs = pipeline.prerequisites(std::slice::from_ref(&step));
+            let gone: Vec<&str> = needs
+                .iter()
+                .map(String::as_str)
+                .filter(|n| leaving.contains(n))
+                .collect();
+            if !gone.is_empty() {
+                why.insert(
+                    s.entity.clone(),
+                    pipeline.why_needed(&step, &gone).join("; "),
+                );
                 stranded.push(s.clone());
             }
         }
@@ -111,10 +124,10 @@ pub async fn plan(
             break;
         }
         if !req.cascade {
-            let names: BTreeSet<&str> = stranded.iter().map(|s| s.entity.as_str()).collect();
+            let named: Vec<String> = why.iter().map(|(e, w)| format!("{e} ({w})")).collect();
             return Err(RunError::Refused(format!(
                 "{} depend on what would be rolled back; roll them back too with --cascade",
-                names.into_iter().collect::<Vec<_>>().join(", ")
+                named.join(", ")
             )));
         }
         chosen.extend(stranded);

@@ -515,8 +515,13 @@ async fn migrate_locked(
                         .filter(|m| own.contains(*m))
                         .map(String::as_str)
                         .collect();
-                    (!waits.is_empty())
-                        .then(|| format!("{} (it depends on {})", s.entity, waits.join(", ")))
+                    (!waits.is_empty()).then(|| {
+                        format!(
+                            "{} ({})",
+                            s.entity,
+                            pipeline.why_needed(s, &waits).join("; ")
+                        )
+                    })
                 })
                 .collect();
             return Err(RunError::Refused(format!(
