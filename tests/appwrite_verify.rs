@@ -365,6 +365,16 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
         .await
         .unwrap();
 
+    // A row made readable by everyone by hand (the run gives rows no permissions of their
+    // own): a difference too (adv32 F9: verify passed it).
+    s.update_row(
+        "registry",
+        "orders",
+        "13",
+        &json!({ "$permissions": ["read(\"any\")"] }),
+    )
+    .unwrap();
+
     let out = output(verify()).await;
     assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
@@ -385,6 +395,7 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
         different,
         vec![
             ("12".to_string(), json!(["label"])),
+            ("13".to_string(), json!(["$permissions"])),
             ("20".to_string(), json!(["lines"])),
             ("30".to_string(), json!(["lines"])),
             ("40".to_string(), json!(["zz"])),
@@ -392,7 +403,7 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
         ],
         "{e}"
     );
-    assert_eq!(e["different_count"], 5, "{e}");
+    assert_eq!(e["different_count"], 6, "{e}");
     assert_eq!(e["compared"], 299, "{e}");
     let source_lines = w.pg_count("lines").await;
     assert_eq!(e["embedded"][0]["source_children"], source_lines, "{e}");

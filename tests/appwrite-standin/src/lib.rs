@@ -700,14 +700,8 @@ async fn get_database(State(s): State<Shared>, Path(db): Path<String>) -> ApiRes
     ok(200, s.get_database(&db)?)
 }
 
-async fn create_table(
-    State(s): State<Shared>,
-    Path(db): Path<String>,
-    axum::Json(body): axum::Json<Value>,
-) -> ApiResult {
-    let id = state::check_id(str_field(&body, "tableId")?)?;
-    let name = str_field(&body, "name")?;
-    // Bad permissions refuse the request before anything is made.
+/// A request's `permissions` param: refused (400) when one is not a permission string.
+fn permissions_param(body: &Value) -> Result<Option<Value>, ApiError> {
     if let Some(bad) = body
         .get("permissions")
         .and_then(Value::as_array)
@@ -721,6 +715,18 @@ async fn create_table(
             format!("Invalid `permissions` param: Permission {bad} is not allowed"),
         ));
     }
+    Ok(body.get("permissions").filter(|p| p.is_array()).cloned())
+}
+
+async fn create_table(
+    State(s): State<Shared>,
+    Path(db): Path<String>,
+    axum::Json(body): axum::Json<Value>,
+) -> ApiResult {
+    let id = state::check_id(str_field(&body, "tableId")?)?;
+    let name = str_field(&body, "name")?;
+    // Bad permissions refuse the request before anything is made.
+    permissions_param(&body)?;
     let created = s.create_table(&db, &id, name)?;
     if body.get("permissions").is_some() || body.get("rowSecurity").is_some() {
         return ok(201, s.update_table(&db, &id, &body)?);
@@ -827,7 +833,7 @@ async fn create_rows(
         Some(rows) => ok(201, s.write_rows(&db, &table, rows, false)?),
         None => {
             let id = state::check_id(str_field(&body, "rowId")?)?;
-            let data = body.get("data").cloned().unwrap_or(json!({}));
+            let data = with_permissions(&body)?;
             ok(201, s.write_row(&db, &table, &id, &data, false)?)
         }
     }
@@ -854,8 +860,20 @@ async fn upsert_row(
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
     let id = state::check_id(&row)?;
-    let data = body.get("data").cloned().unwrap_or(json!({}));
+    let data = with_permissions(&body)?;
     ok(200, s.write_row(&db, &table, &id, &data, true)?)
+}
+
+/// A single-row request's `data`, with its `permissions` param as the row's `$permissions` (as
+/// a bulk request's rows carry them).
+fn with_permissions(body: &Value) -> Result<Value, ApiError> {
+    let mut data = body.get("data").cloned().unwrap_or(json!({}));
+    if let Some(p) = permissions_param(body)?
+        && let Some(o) = data.as_object_mut()
+    {
+        o.insert("$permissions".into(), p);
+    }
+    Ok(data)
 }
 
 /// `PATCH …/rows/{row} {data}`: updates an existing row (404 when it does not exist).
@@ -864,7 +882,7 @@ async fn update_row(
     Path((db, table, row)): Path<(String, String, String)>,
     axum::Json(body): axum::Json<Value>,
 ) -> ApiResult {
-    let data = body.get("data").cloned().unwrap_or(json!({}));
+    let data = with_permissions(&body)?;
     ok(200, s.update_row(&db, &table, &row, &data)?)
 }
 

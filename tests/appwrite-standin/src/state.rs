@@ -1094,11 +1094,20 @@ impl StandIn {
         }
         let created = given("$createdAt").unwrap_or(created);
         let updated = given("$updatedAt").unwrap_or(stamp);
+        // The row's permissions: those given (`$permissions` of a bulk row, the `permissions`
+        // param of one), else an existing row's, else none.
+        let permissions = data
+            .get("$permissions")
+            .filter(|p| p.is_array())
+            .or_else(|| t.rows.get(&uid(id)).and_then(|r| r.get("$permissions")))
+            .cloned()
+            .unwrap_or(json!([]));
         let mut clean = data.clone();
         if let Some(o) = clean.as_object_mut() {
             o.retain(|k, _| !k.starts_with('$'));
         }
-        let row = Self::row_json(db, &t.id, id, seq, &created, &updated, &clean);
+        let mut row = Self::row_json(db, &t.id, id, seq, &created, &updated, &clean);
+        row["$permissions"] = permissions;
         t.rows.insert(uid(id), row.clone());
         Ok(row)
     }
@@ -1141,7 +1150,7 @@ impl StandIn {
             if let Some(o) = merged.as_object_mut() {
                 o.retain(|k, _| !k.starts_with('$'));
                 for (k, v) in data.as_object().into_iter().flatten() {
-                    if !k.starts_with('$') {
+                    if !k.starts_with('$') || k == "$permissions" {
                         o.insert(k.clone(), v.clone());
                     }
                 }
