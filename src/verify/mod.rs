@@ -338,9 +338,22 @@ fn show_id(id: &Bson) -> String {
         Bson::Binary(b) if b.bytes.len() == 16 => uuid::Uuid::from_slice(&b.bytes)
             .map(|u| u.to_string())
             .unwrap_or_else(|_| id.to_string()),
+        // Quoted when it would read as another type's `_id` (adv32 F8: the string "6" beside
+        // the integer 6 printed alike).
+        Bson::String(s) if reads_as_other_type(s) => {
+            serde_json::Value::from(s.as_str()).to_string()
+        }
         Bson::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Whether an `_id` string prints like a number, a boolean, null, or a document or array.
+fn reads_as_other_type(s: &str) -> bool {
+    s.is_empty()
+        || s.parse::<f64>().is_ok()
+        || matches!(s, "true" | "false" | "null")
+        || s.starts_with(['{', '[', '"'])
 }
 
 /// Paths (dotted) where two documents differ, depth first, at most `limit`.
@@ -1123,5 +1136,15 @@ mod tests {
         let mut out = Vec::new();
         diff_paths(&e, &a, "", &mut out, 10);
         assert_eq!(out, ["b.c", "x", "y"]);
+    }
+
+    #[test]
+    fn ids_of_other_types_print_apart() {
+        assert_eq!(show_id(&Bson::Int32(6)), "6");
+        assert_eq!(show_id(&Bson::String("6".into())), "\"6\"");
+        assert_eq!(show_id(&Bson::String("true".into())), "\"true\"");
+        assert_eq!(show_id(&Bson::String("".into())), "\"\"");
+        assert_eq!(show_id(&Bson::String("a-6".into())), "a-6");
+        assert_ne!(show_id(&Bson::Int64(7)), show_id(&Bson::String("7".into())));
     }
 }
