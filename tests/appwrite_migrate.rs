@@ -997,6 +997,19 @@ column = "tz"
     assert_eq!(counts[1], [Some(2), Some(6), Some(1)]);
     let report = w.latest_report();
     let run_id = report["run_id"].as_str().unwrap();
+    // Each names the field refused (adv32 F3: the path was empty).
+    let paths: Vec<String> = w
+        .own_reject_lines(run_id)
+        .into_iter()
+        .map(|[_, key, _, path, _]| format!("{key}:{path}"))
+        .collect();
+    assert!(
+        paths.iter().all(|p| p
+            .split(':')
+            .nth(1)
+            .is_some_and(|p| p.starts_with("lines") || p == "j")),
+        "{paths:?}"
+    );
     let mut rejects = w.rejects(run_id);
     rejects.sort();
     let rules: Vec<(&str, &str)> = rejects

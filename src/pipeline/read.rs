@@ -89,6 +89,17 @@ impl Batch {
     }
 }
 
+/// The field a refusal's message names first (`notes is longer than …`, `ratings holds …`), when
+/// the document has it: the reject's `path` (adv32 F3: empty). Empty otherwise.
+fn named_path(message: &str, doc: &RawDocumentBuf) -> String {
+    let first = message.split(' ').next().unwrap_or_default();
+    let top = first.split(['.', '[']).next().unwrap_or_default();
+    match doc.get(top) {
+        Ok(Some(_)) if !top.is_empty() => first.to_string(),
+        _ => String::new(),
+    }
+}
+
 /// The key of `row` in PostgreSQL's input form, in scan order (what a checkpoint stores); empty
 /// when the row has none or a NULL part — a batch ending there moves no checkpoint (the next
 /// batch's does, and a resume's read finds rows with NULL parts where the scan put them).
@@ -354,7 +365,8 @@ pub(super) async fn read_loop(
             // The document refused, fingerprinted: verify excuses its absence while the source
             // still maps to it (as for the writer's refusals).
             let fingerprint = crate::monitor::rejects::document_fingerprint(raw.as_bytes());
-            let issue = Issue::error(stage, rule, "", message, fingerprint);
+            let path = named_path(&message, &raw);
+            let issue = Issue::error(stage, rule, &path, message, fingerprint);
             reject(
                 counters,
                 total_rejected,
