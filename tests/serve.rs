@@ -92,7 +92,13 @@ async fn every_route_answers_with_what_the_ledger_holds() {
         .await;
     assert_eq!(s, 422, "{v}");
     is_error(&v, "refused");
-    assert!(v["message"].as_str().unwrap().contains("depends on"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("its stage `patients` comes after stage `reference`"),
+        "{v}"
+    );
     let (_, v) = api.get("/api/runs").await;
     assert_eq!(
         v["runs"].as_array().unwrap().len(),
