@@ -959,7 +959,9 @@ impl Ledger {
             "rejected": mine.rejected,
             "read": mine.read,
             "skipped": mine.skipped,
-            "duration_ms": own.duration_ms as i64,
+            // The run's wall time: what a maintenance window is sized by (adv32 F5: the sum of
+            // its stages left out backups and index builds).
+            "duration_ms": report.wall_ms().unwrap_or(own.duration_ms) as i64,
         };
         self.set("finish run", &self.runs(), &report.run_id, set)
             .await

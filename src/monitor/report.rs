@@ -342,6 +342,14 @@ impl RunReport {
         })
     }
 
+    /// The run's wall time, from its start to its end (its stages' durations leave out the
+    /// backups, index builds and checks around them: adv32 F5).
+    pub fn wall_ms(&self) -> Option<u64> {
+        let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+        let ms = (at(&self.finished_at)? - at(&self.started_at)?).num_milliseconds();
+        u64::try_from(ms).ok()
+    }
+
     pub fn compute_totals(&mut self) {
         let t = self.sum(|_| true);
         self.success_rate = success_rate(t.written, t.read, t.skipped);
@@ -569,6 +577,28 @@ impl RunReport {
         }
         if let Some(ms) = self.estimated_full_run_ms {
             let _ = writeln!(s, "estimated duration of the real run: {}", format_ms(ms));
+        }
+        if let Some(wall) = self.wall_ms().filter(|_| !self.entities.is_empty()) {
+            let backups: u64 = self.entities.iter().map(|e| e.backup_ms).sum();
+            let indexes: u64 = self
+                .entities
+                .iter()
+                .flat_map(|e| &e.indexes)
+                .map(|i| i.ms)
+                .sum();
+            let mut parts = vec![format!("the stages {}", format_ms(t.duration_ms))];
+            if backups > 0 {
+                parts.push(format!("backups {}", format_ms(backups)));
+            }
+            if indexes > 0 {
+                parts.push(format!("index builds {}", format_ms(indexes)));
+            }
+            let _ = writeln!(
+                s,
+                "wall time: {} ({}; the rest connecting, checks and the ledger)",
+                format_ms(wall),
+                parts.join(", ")
+            );
         }
         let requests: u64 = self.entities.iter().filter_map(|e| e.requests).sum();
         if requests > 0 {
