@@ -1279,6 +1279,10 @@ async fn killed_anywhere(w: &World, dir: &Path, trials: usize) {
             "pending" | "rolled-back" => assert_eq!(hashes(w).await, before, "{ctx}"),
             "interrupted" => {
                 assert_eq!(last_history(w, dir, "up"), "interrupted", "{ctx}");
+                // The dead holder's lock is free, said so — not "expired" (adv28 R5), as
+                // `cutover status` says it.
+                let status = ok(&changes(w, "status", dir, &[]));
+                assert!(status.contains("lock: free"), "{ctx}: {status}");
                 let text = refused(&changes(w, "up", dir, &[]));
                 assert!(
                     text.contains("`cutover changes down` undoes"),

@@ -375,11 +375,7 @@ async fn run(cli: &Cli, cmd: &ChangesCommand) -> Result<Outcome> {
                 }
             }
             if !list {
-                match holder {
-                    Some(h) if !h.expired => crate::outln!("lock: held by {h}"),
-                    Some(h) => crate::outln!("lock: expired (last held by {h})"),
-                    None => crate::outln!("lock: free"),
-                }
+                crate::outln!("{}", super::shared::lock_line(holder.as_ref()));
             }
             Ok(Outcome::Success)
         }

@@ -240,6 +240,19 @@ pub(crate) fn settle_or_refuse(blocking: Vec<String>, ignore: bool) -> Result<()
     )
 }
 
+/// The lock line of `status` and `changes status`: held, free because its holder's process is
+/// gone (before its expiry time: said why, not "expired" — adv28 R5), expired, or free.
+pub fn lock_line(holder: Option<&crate::ledger::lock::LockHolder>) -> String {
+    match holder {
+        Some(h) if !h.expired => format!("lock: held by {h}"),
+        Some(h) if h.process_gone => {
+            format!("lock: free — the process holding it is gone (last held by {h})")
+        }
+        Some(h) => format!("lock: expired (last held by {h})"),
+        None => "lock: free".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::sink::appwrite::AppwriteError;

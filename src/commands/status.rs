@@ -114,14 +114,6 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> Result<Outcome> {
             progress
         );
     }
-    match holder {
-        Some(h) if !h.expired => crate::outln!("lock: held by {h}"),
-        // Free before its expiry time: say why, not "expired".
-        Some(h) if h.process_gone => {
-            crate::outln!("lock: free — the process holding it is gone (last held by {h})")
-        }
-        Some(h) => crate::outln!("lock: expired (last held by {h})"),
-        None => crate::outln!("lock: free"),
-    }
+    crate::outln!("{}", super::shared::lock_line(holder.as_ref()));
     Ok(Outcome::Success)
 }
