@@ -36,6 +36,12 @@ pub struct EntityReport {
     pub read_again: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub read_again_rejected: u64,
+    /// Of those rows, how many it wrote (written again by the resume) and how many were in
+    /// batches the target did not take.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub read_again_written: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub read_again_failed: u64,
     pub retried: u64,
     pub duration_ms: u64,
     pub rows_per_sec: f64,
@@ -216,6 +222,8 @@ impl EntityReport {
             failed: c.failed,
             read_again: 0,
             read_again_rejected: 0,
+            read_again_written: 0,
+            read_again_failed: 0,
             retried: c.retried,
             duration_ms,
             rows_per_sec: round1(c.read as f64 / secs),
@@ -479,16 +487,34 @@ impl RunReport {
                 );
             }
             if e.read_again > 0 {
-                let rejected = match e.read_again_rejected {
-                    0 => String::new(),
-                    n => format!(
-                        " ({n} of them rejected: their lines are in {}/ of the rejects folder)",
+                let mut parts = Vec::new();
+                if e.read_again_written > 0 {
+                    parts.push(format!(
+                        "{} written (the resume writes them again)",
+                        thousands(e.read_again_written)
+                    ));
+                }
+                if e.read_again_rejected > 0 {
+                    parts.push(format!(
+                        "{} rejected (their lines are in {}/ of the rejects folder)",
+                        thousands(e.read_again_rejected),
                         super::rejects::READ_AGAIN_DIR
-                    ),
+                    ));
+                }
+                if e.read_again_failed > 0 {
+                    parts.push(format!(
+                        "{} in batches the target did not take",
+                        thousands(e.read_again_failed)
+                    ));
+                }
+                let parts = if parts.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", parts.join(", "))
                 };
                 let _ = writeln!(
                     s,
-                    "{}: stopped before its end: counted up to its checkpoint; the {} rows it read past it are read again by the run that resumes it{rejected}",
+                    "{}: counted up to its checkpoint (the stage stopped, or went past a batch the target did not take); the {} rows it read past it are read again by the run that resumes it{parts}",
                     e.name,
                     thousands(e.read_again)
                 );

@@ -162,7 +162,8 @@ impl Checkpointer {
     }
 }
 
-/// Counts a step that stopped before its end (a failure, SIGTERM, a lost lock) up to its
+/// Counts a step that stopped before its end (a failure, SIGTERM, a lost lock) — or went past
+/// batches the target did not take (`--continue-on-error`), which hold its checkpoint — up to its
 /// checkpoint in the ledger, as history and the API count it: the rows past it are read again by
 /// the run that resumes it, which counts them. Their reject and warning lines are set apart
 /// (`read-again/`), so that each row is in one run's rejects file (adv30 T2). A step with
@@ -190,9 +191,12 @@ pub(super) async fn count_to_checkpoint(
         })?;
     report.read_again = report.read - rows;
     report.read_again_rejected = apart.rejected_rows;
+    report.read_again_failed = report.failed;
+    let written_before = report.written;
     report.read = rows;
     report.rejected = (s.checkpoint_rejected.max(0) as u64).min(rows);
     report.written = rows - report.rejected;
+    report.read_again_written = written_before.saturating_sub(report.written);
     report.warnings = s.checkpoint_warned.max(0) as u64;
     report.skipped = 0;
     report.failed = 0;

@@ -48,7 +48,7 @@ pub enum RunError {
         message: String,
     },
     #[error(
-        "{entity}: {rows} rows in {batches} batches could not be written (--continue-on-error went on); they are counted as failed, not rejected, and the next `cutover migrate` resumes before them"
+        "{entity}: {rows} rows in {batches} batches could not be written (--continue-on-error went on); they are not rejected: the stage is counted up to its checkpoint, before them, and the next `cutover migrate` resumes there"
     )]
     Unwritten {
         entity: String,

@@ -1075,13 +1075,11 @@ async fn migrate_locked(
                 None => true,
             };
             let restore = report.status == "failed" && opts.restore_on_failure && still_ours;
-            // A step that stops before its end counts up to its checkpoint (a resume reads the
-            // rest again); one restored undoes all it did, and says what it had read; one that
-            // went on past batches the target did not take (--continue-on-error) read to its
-            // end, and says what it wrote and what failed.
-            if err
-                .as_ref()
-                .is_some_and(|e| !matches!(e, RunError::Unwritten { .. }))
+            // A step that stops before its end — or went on past batches the target did not
+            // take (--continue-on-error: its checkpoint stays before the first) — counts up to
+            // its checkpoint (a resume reads the rest again; adv31 F4: its rejects past it were
+            // listed again); one restored undoes all it did, and says what it had read.
+            if err.is_some()
                 && !restore
                 && let Err(e) =
                     super::checkpoint::count_to_checkpoint(ledger, &rejects, run_id, &mut report)
