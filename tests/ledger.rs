@@ -568,6 +568,32 @@ async fn since_last_copies_exactly_the_rows_changed_since_the_last_run() {
     w.drop().await;
 }
 
+/// A re-run that rejects a row an earlier run wrote removes its older document; documents of
+/// other entities may reference it: the run says which entities, and how to find them (adv32 F6:
+/// the references dangled, said by nothing but verify).
+#[tokio::test]
+async fn a_rerun_removing_a_referenced_document_names_the_referrers() {
+    let w = World::new("referrers").await;
+    let pipeline = setup(&w).await;
+    assert!(matches!(
+        w.migrate_with(&pipeline, &[]).status.code(),
+        Some(0 | 2)
+    ));
+    let strict = KINDS_MAPPING.replace(
+        "column = \"label\"\n",
+        "column = \"label\"\nvalidate = { max_length = 4 }\n",
+    );
+    std::fs::write(w.dir.path().join("mappings/kinds.toml"), strict).unwrap();
+    let out = w.migrate_with(&pipeline, &["kinds", "--rerun"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("kinds: 2 of its documents were removed for rows rejected now; events reference kinds: `cutover verify events`"),
+        "{said}"
+    );
+    w.drop().await;
+}
+
 #[tokio::test]
 async fn backups_are_listed_restored_and_dropped() {
     let w = World::new("backups").await;

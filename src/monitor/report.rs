@@ -127,6 +127,9 @@ pub struct EntityReport {
     /// (or left as they are, said why), a sentence each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schema_changes: Vec<String>,
+    /// What else the run has to say about the step, a sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One index built after a collection's load.
@@ -255,6 +258,7 @@ impl EntityReport {
             indexes: Vec::new(),
             validator: None,
             schema_changes: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -461,7 +465,7 @@ impl RunReport {
             if let Some(v) = &e.validator {
                 let _ = writeln!(s, "{}: validator set after the load ({v})", e.name);
             }
-            for c in &e.schema_changes {
+            for c in e.schema_changes.iter().chain(&e.notes) {
                 let _ = writeln!(s, "{}: {c}", e.name);
             }
             if e.deleted > 0 {

@@ -323,6 +323,20 @@ impl Pipeline {
         out
     }
 
+    /// The pipeline's other entities whose mappings reference `entity`.
+    pub fn referrers(&self, entity: &str) -> Vec<String> {
+        self.all_steps()
+            .into_iter()
+            .filter(|s| s.entity != entity)
+            .filter(|s| {
+                self.mappings
+                    .get(&s.entity)
+                    .is_ok_and(|m| m.references().contains(entity))
+            })
+            .map(|s| s.entity)
+            .collect()
+    }
+
     pub fn prerequisites(&self, steps: &[Step]) -> BTreeSet<String> {
         let selected: BTreeSet<&str> = steps.iter().map(|s| s.entity.as_str()).collect();
         let mut stage_queue: Vec<String> = steps.iter().map(|s| s.stage.clone()).collect();

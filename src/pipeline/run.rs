@@ -966,6 +966,20 @@ async fn migrate_locked(
         };
         report.delta = delta;
         report.schema_changes = stage.schema_changes.clone();
+        // Older documents removed (or users blocked) for rows rejected now may be what other
+        // entities' documents reference (adv32 F6: dangling, and nothing said so).
+        if report.stale_removed + report.stale_blocked > 0 {
+            let referrers = pipeline.referrers(&p.entity);
+            if !referrers.is_empty() {
+                report.notes.push(format!(
+                    "{} of its documents were removed for rows rejected now; {} reference {}: `cutover verify {}` names the references that point nowhere now",
+                    report.stale_removed + report.stale_blocked,
+                    referrers.join(", "),
+                    p.entity,
+                    referrers.join(" ")
+                ));
+            }
+        }
         if let Some(b) = backup_taken {
             report.set_backup(b);
         } else if report.backup.is_none() {
