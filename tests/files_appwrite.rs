@@ -866,19 +866,10 @@ async fn max_rejects_lets_the_chunked_uploads_in_flight_finish() {
     assert_eq!(rejected + n("read_again_rejected"), 1, "{e}");
     assert_eq!(read, written + rejected + skipped, "{e}");
     let run = w.latest_report()["run_id"].as_str().unwrap().to_string();
-    let apart = w
-        .dir
-        .path()
-        .join("rejects")
-        .join(&run)
-        .join("read-again/docs.csv");
     assert_eq!(
-        std::fs::read_to_string(&apart)
-            .map(|t| t.lines().count())
-            .ok(),
+        w.read_again_lines(&run, "docs.csv"),
         (rejected == 0).then_some(2),
-        "{}",
-        apart.display()
+        "{e}"
     );
     let ledger = history(
         cutover(

@@ -615,12 +615,7 @@ async fn backups_are_listed_restored_and_dropped() {
     let report = w.latest_report();
     let at = |k: &str| chrono::DateTime::parse_from_rfc3339(report[k].as_str().unwrap()).unwrap();
     let wall = (at("finished_at") - at("started_at")).num_milliseconds();
-    let out = w
-        .cutover()
-        .args(["history", "--json", "--limit", "1"])
-        .output()
-        .unwrap();
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let history = w.history(1);
     assert_eq!(history[0]["duration_ms"].as_i64(), Some(wall), "{history}");
 
     let list = w.cutover().args(["backup", "list"]).output().unwrap();

@@ -493,12 +493,7 @@ async fn max_rejects_stops_the_run() {
     let out = w.migrate(&["--batch-size", "5"]);
     assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
     let report = w.latest_report();
-    let out = w
-        .cutover()
-        .args(["history", "--json", "--limit", "1"])
-        .output()
-        .unwrap();
-    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let history = w.history(1);
     let run = &history[0];
     assert_eq!(run["run_id"], report["run_id"]);
     let resumed = run["resumed"].as_array().expect("the resumed steps");

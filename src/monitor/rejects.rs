@@ -159,11 +159,7 @@ fn split(dir: &Path, name: &str, batches: u64, out: &mut SetApart) -> std::io::R
     for record in r.records() {
         // A torn last line (a run killed mid-write) is past any checkpoint: dropped.
         let Ok(record) = record else { break };
-        let covered = match record.get(7) {
-            Some("") | None => true,
-            Some(b) => b.parse::<u64>().is_ok_and(|b| b < batches),
-        };
-        if covered {
+        if covered(&record, batches) {
             kept.write_record(&record)?;
             continue;
         }
@@ -208,6 +204,15 @@ fn split(dir: &Path, name: &str, batches: u64, out: &mut SetApart) -> std::io::R
         std::fs::rename(&tmp, &path)?;
     }
     Ok(true)
+}
+
+/// Whether a line is covered by a checkpoint of `batches` batches: carried over (no batch), or of
+/// one of those batches.
+fn covered(record: &csv::StringRecord, batches: u64) -> bool {
+    match record.get(7) {
+        Some("") | None => true,
+        Some(b) => b.parse::<u64>().is_ok_and(|b| b < batches),
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -339,11 +344,7 @@ impl RejectsWriter {
             for record in r.records() {
                 // A torn last line (the run was killed mid-write) is past any checkpoint.
                 let Ok(record) = record else { break };
-                let covered = match record.get(7) {
-                    Some("") | None => true,
-                    Some(b) => b.parse::<u64>().is_ok_and(|b| b < batches),
-                };
-                if !covered {
+                if !covered(&record, batches) {
                     continue;
                 }
                 let w = self.file(&mut files, &name)?;

@@ -273,6 +273,31 @@ impl World {
         out
     }
 
+    /// Lines (the header included) of a run's `read-again/<file>`, when it exists: the lines a
+    /// stopped step set apart past its checkpoint.
+    pub fn read_again_lines(&self, run_id: &str, file: &str) -> Option<usize> {
+        let path = self
+            .dir
+            .path()
+            .join("rejects")
+            .join(run_id)
+            .join("read-again")
+            .join(file);
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.lines().count())
+    }
+
+    /// `cutover history --json --limit N`, parsed.
+    pub fn history(&self, limit: usize) -> serde_json::Value {
+        let out = self
+            .cutover()
+            .args(["history", "--json", "--limit", &limit.to_string()])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", output_text(&out)))
+    }
+
     pub fn warnings(&self, run_id: &str) -> Vec<(String, String, String, String)> {
         read_csvs(&self.dir.path().join("rejects").join(run_id), true)
     }
