@@ -428,15 +428,25 @@ fn write_new(
     };
     // The file must load as written: a template that does not is a bug here, not the user's.
     file::parse(&path, &text)?;
-    std::fs::OpenOptions::new()
+    // Written under a name no reader loads, then linked into place whole: another `changes new`
+    // reading the directory meanwhile must never see a half-written file (CI run 35 failed on
+    // an empty one).
+    let partial = dir.join(format!(".cutover-version-{version}.partial"));
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
-        .open(&path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-        .map_err(|cause| FileError::Write {
-            path: path.clone(),
-            cause,
-        })?;
+        .create(true)
+        .truncate(true)
+        .open(&partial)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::hard_link(&partial, &path));
+    let _ = std::fs::remove_file(&partial);
+    written.map_err(|cause| FileError::Write {
+        path: path.clone(),
+        cause,
+    })?;
     Ok(path)
 }
 
@@ -497,21 +507,32 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:30:00Z")
             .unwrap()
             .to_utc();
-        let made: Vec<PathBuf> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..10)
-                .map(|i| {
-                    let dir = dir.path();
-                    s.spawn(move || new_file(dir, &format!("c{i}"), Template::Empty, now).unwrap())
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let loaded = file::load_dir(dir.path()).unwrap();
-        assert_eq!(loaded.len(), 10, "{made:?}");
+        // CI run 35: a reader saw another's file before its text was in it; rounds make the
+        // window likelier to be hit.
+        for round in 0..5 {
+            let made: Vec<PathBuf> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..10)
+                    .map(|i| {
+                        let dir = dir.path();
+                        s.spawn(move || {
+                            new_file(dir, &format!("r{round}c{i}"), Template::Seed, now)
+                                .unwrap_or_else(|e| panic!("r{round}c{i}: {e}"))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let loaded = file::load_dir(dir.path()).unwrap();
+            assert_eq!(loaded.len(), 10 * (round + 1), "{made:?}");
+        }
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".claim"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".cutover-version-")
+            })
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
