@@ -109,6 +109,9 @@ const TYPES: &[(&str, &[&str])] = &[
             "'Zoë'",
             "'日本語'",
             "'🎉'",
+            "'$k0'",
+            "'$k0$'",
+            "'a$$b'",
         ],
     ),
     (
@@ -141,14 +144,23 @@ async fn read_all(c: &mut PgConnection, spec: &ReadSpec) -> Vec<String> {
         .collect()
 }
 
+/// The rows of `spec`, read both ways the reader has (bound parameters, and `COPY` with the key
+/// written in as literals): they must agree.
 async fn read_values(c: &mut PgConnection, spec: &ReadSpec) -> Vec<Vec<Value>> {
-    postgres::stream(c, spec)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.expect("every edge value decodes"))
-        .collect()
+    let rows = |r: Vec<postgres::DecodedRow>| -> Vec<Vec<Value>> {
+        r.into_iter()
+            .map(|r| r.expect("every edge value decodes"))
+            .collect()
+    };
+    let fetched = rows(postgres::stream(c, spec).try_collect().await.unwrap());
+    let copied = rows(postgres::copy_stream(c, spec).try_collect().await.unwrap());
+    assert_eq!(
+        format!("{fetched:?}"),
+        format!("{copied:?}"),
+        "{}",
+        spec.sql_inline()
+    );
+    fetched
 }
 
 #[tokio::test]

@@ -146,11 +146,11 @@ impl<'c, 'p> ExpectedRows<'c, 'p> {
             .children
             .iter_mut()
             .zip(children)
-            .map(|(conn, spec)| ChildCursor::new(postgres::stream(conn, spec)))
+            .map(|(conn, spec)| ChildCursor::new(postgres::copy_stream(conn, spec)))
             .collect();
         ExpectedRows {
             plan,
-            rows: postgres::stream(&mut readers.parent, read),
+            rows: postgres::copy_stream(&mut readers.parent, read),
             parent: None,
             parents_done: false,
             cursors,

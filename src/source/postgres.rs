@@ -1,8 +1,8 @@
 //! Reads the source: one consistent snapshot for a whole run, key-ordered streams of decoded rows.
 //! The source is never written to: every connection runs `REPEATABLE READ, READ ONLY`.
 
-use futures::TryStreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{AssertSqlSafe, Column, Connection, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 use uuid::Uuid;
@@ -908,7 +908,19 @@ impl ReadSpec {
         self.columns.iter().position(|c| c.name == column)
     }
 
+    /// The read's statement, the resume key bound as `$1`, `$2`… (see [`ReadSpec::after`]).
     pub fn sql(&self) -> String {
+        self.sql_with(|n, _| format!("${}", n + 1))
+    }
+
+    /// The read's statement with the resume key written in as literals: `COPY` takes no
+    /// parameters. Each is dollar-quoted with a tag its text does not hold, so it is read
+    /// exactly as written whatever the server's string settings.
+    pub fn sql_inline(&self) -> String {
+        self.sql_with(|_, text| dollar_quoted(text))
+    }
+
+    fn sql_with(&self, param: impl Fn(usize, &str) -> String) -> String {
         let select = self
             .columns
             .iter()
@@ -974,7 +986,7 @@ impl ReadSpec {
                     } else {
                         c.pg_type.as_str()
                     };
-                    format!("CAST(${} AS {ty})", n + 1)
+                    format!("CAST({} AS {ty})", param(n, &after[n]))
                 })
                 .collect();
             let exprs: Vec<&str> = ordering[..n].iter().map(|(e, _)| e.as_str()).collect();
@@ -997,6 +1009,22 @@ impl ReadSpec {
             sql.push_str(&order);
         }
         sql
+    }
+}
+
+/// `text` as a dollar-quoted string constant (`$k$…$k$`), its tag chosen so that the text does not
+/// hold it.
+fn dollar_quoted(text: &str) -> String {
+    let mut n = 0u32;
+    loop {
+        let close = format!("$k{n}$");
+        let quoted = format!("{close}{text}{close}");
+        // The constant ends at the first closing tag after the opening one: it must be ours
+        // (a text ending in `$k0` would close early on the boundary otherwise).
+        if quoted[close.len()..].find(&close) == Some(text.len()) {
+            return quoted;
+        }
+        n += 1;
     }
 }
 
@@ -1286,6 +1314,208 @@ pub fn stream<'c>(
             })
             .map_ok(move |row| decode_row(&row, &kinds)),
     )
+}
+
+/// Streams the rows of `spec` in key order over `conn`, as [`stream`] does, read with
+/// `COPY … TO STDOUT (FORMAT binary)`: the same binary values (each type's send function), parsed
+/// straight from the copy data without a driver row per row. `conn` must be a reader of its own:
+/// a copy left unfinished (the stream dropped before its end) leaves the connection unusable, so
+/// it is dropped with the stream.
+pub fn copy_stream<'c>(
+    conn: &'c mut PgConnection,
+    spec: &ReadSpec,
+) -> BoxStream<'c, Result<DecodedRow, SourceError>> {
+    enum Copy<'c> {
+        Start(&'c mut PgConnection, String),
+        Reading(BoxStream<'c, sqlx::Result<bytes::Bytes>>),
+        Done,
+    }
+    struct State<'c> {
+        copy: Copy<'c>,
+        tuples: CopyTuples,
+        ready: std::collections::VecDeque<DecodedRow>,
+        kinds: Vec<(ColKind, Infinity, bool)>,
+        context: String,
+    }
+    let state = State {
+        copy: Copy::Start(
+            conn,
+            format!("COPY ({}) TO STDOUT (FORMAT binary)", spec.sql_inline()),
+        ),
+        tuples: CopyTuples::default(),
+        ready: std::collections::VecDeque::new(),
+        kinds: spec
+            .columns
+            .iter()
+            .map(|c| (c.kind, c.infinity, c.raw_bytes))
+            .collect(),
+        context: format!("read {}", spec.relation),
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        let fail = |st: &State<'_>, cause| SourceError::Query {
+            context: st.context.clone(),
+            cause,
+        };
+        loop {
+            if let Some(row) = st.ready.pop_front() {
+                return Some((Ok(row), st));
+            }
+            match std::mem::replace(&mut st.copy, Copy::Done) {
+                Copy::Start(conn, sql) => match conn.copy_out_raw(&sql).await {
+                    Ok(s) => st.copy = Copy::Reading(s),
+                    Err(cause) => return Some((Err(fail(&st, cause)), st)),
+                },
+                Copy::Reading(mut s) => match s.next().await {
+                    Some(Ok(chunk)) => {
+                        let State {
+                            tuples,
+                            kinds,
+                            ready,
+                            ..
+                        } = &mut st;
+                        if let Err(message) = tuples.feed(&chunk, kinds, ready) {
+                            let cause = sqlx::Error::Protocol(message);
+                            return Some((Err(fail(&st, cause)), st));
+                        }
+                        st.copy = Copy::Reading(s);
+                    }
+                    Some(Err(cause)) => return Some((Err(fail(&st, cause)), st)),
+                    None if st.tuples.ended => return None,
+                    None => {
+                        let cause = sqlx::Error::Protocol(
+                            "the copy ended before its end-of-data marker".into(),
+                        );
+                        return Some((Err(fail(&st, cause)), st));
+                    }
+                },
+                Copy::Done => return None,
+            }
+        }
+    }))
+}
+
+/// Parses PostgreSQL's binary copy format (a header, then per row a field count and each field's
+/// length and bytes, -1 for NULL, then -1 as the end) from chunks as they arrive: the server
+/// sends a row per chunk, but a row split over chunks is joined.
+#[derive(Default)]
+struct CopyTuples {
+    /// The bytes of an incomplete row (or header) awaiting the next chunk.
+    pending: Vec<u8>,
+    header: bool,
+    ended: bool,
+    fields: Vec<Option<(usize, usize)>>,
+}
+
+/// The binary copy format's signature.
+const COPY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+impl CopyTuples {
+    /// Decodes every whole row of `chunk` (with what was pending) into `out`.
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        kinds: &[(ColKind, Infinity, bool)],
+        out: &mut std::collections::VecDeque<DecodedRow>,
+    ) -> Result<(), String> {
+        if self.pending.is_empty() {
+            let used = self.parse(chunk, kinds, out)?;
+            self.pending.extend_from_slice(&chunk[used..]);
+        } else {
+            let mut buf = std::mem::take(&mut self.pending);
+            buf.extend_from_slice(chunk);
+            let used = self.parse(&buf, kinds, out)?;
+            buf.drain(..used);
+            self.pending = buf;
+        }
+        Ok(())
+    }
+
+    /// Decodes the whole rows at the start of `buf`; the number of bytes they took.
+    fn parse(
+        &mut self,
+        buf: &[u8],
+        kinds: &[(ColKind, Infinity, bool)],
+        out: &mut std::collections::VecDeque<DecodedRow>,
+    ) -> Result<usize, String> {
+        let be32 = |at: usize| i32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        let mut pos = 0;
+        if !self.header {
+            if buf.len() < 19 {
+                return Ok(0);
+            }
+            if &buf[..11] != COPY_SIGNATURE {
+                return Err("the copy data does not start with the binary signature".into());
+            }
+            if be32(11) & (1 << 16) != 0 {
+                return Err("the copy data holds row OIDs".into());
+            }
+            let ext = usize::try_from(be32(15)).map_err(|_| "a negative header extension")?;
+            if buf.len() < 19 + ext {
+                return Ok(0);
+            }
+            pos = 19 + ext;
+            self.header = true;
+        }
+        let mut fields = std::mem::take(&mut self.fields);
+        let result = loop {
+            if self.ended {
+                if pos < buf.len() {
+                    break Err("data after the copy's end-of-data marker".to_string());
+                }
+                break Ok(pos);
+            }
+            if buf.len() - pos < 2 {
+                break Ok(pos);
+            }
+            let count = i16::from_be_bytes([buf[pos], buf[pos + 1]]);
+            if count == -1 {
+                self.ended = true;
+                pos += 2;
+                continue;
+            }
+            if usize::try_from(count).ok() != Some(kinds.len()) {
+                break Err(format!(
+                    "a copied row of {count} columns where {} were asked",
+                    kinds.len()
+                ));
+            }
+            let mut at = pos + 2;
+            fields.clear();
+            let mut whole = true;
+            for _ in 0..kinds.len() {
+                if buf.len() - at < 4 {
+                    whole = false;
+                    break;
+                }
+                let len = be32(at);
+                at += 4;
+                if len == -1 {
+                    fields.push(None);
+                    continue;
+                }
+                let Ok(len) = usize::try_from(len) else {
+                    return Err(format!("a copied field of length {len}"));
+                };
+                if buf.len() - at < len {
+                    whole = false;
+                    break;
+                }
+                fields.push(Some((at, len)));
+                at += len;
+            }
+            if !whole {
+                break Ok(pos);
+            }
+            let f = &fields;
+            out.push_back(decode_values(
+                |i| Ok(f[i].map(|(a, n)| &buf[a..a + n])),
+                kinds,
+            ));
+            pos = at;
+        };
+        self.fields = fields;
+        result
+    }
 }
 
 fn decode_row(row: &PgRow, kinds: &[(ColKind, Infinity, bool)]) -> DecodedRow {
@@ -1765,6 +1995,89 @@ fn pg_date_text(days: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollar_quoting_never_ends_inside_the_text() {
+        for text in [
+            "", "a", "$", "$k0", "$k0$", "x$k0$y", "k0$", "$k0$k1$", "it's", "\\",
+        ] {
+            let q = dollar_quoted(text);
+            let tag_end = q[1..].find('$').unwrap() + 2;
+            let tag = &q[..tag_end];
+            assert!(q.starts_with(tag) && q.ends_with(tag), "{q}");
+            // The constant closes at the first tag after the opening one: the end.
+            assert_eq!(q[tag.len()..].find(tag), Some(text.len()), "{text:?} → {q}");
+            assert_eq!(&q[tag.len()..q.len() - tag.len()], text);
+        }
+    }
+
+    /// Binary copy data of rows of (int4, text), NULL as `None`.
+    fn copy_bytes(rows: &[(Option<i32>, Option<&str>)]) -> Vec<u8> {
+        let mut b = COPY_SIGNATURE.to_vec();
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.extend_from_slice(&4i32.to_be_bytes());
+        b.extend_from_slice(b"ext!");
+        for (n, t) in rows {
+            b.extend_from_slice(&2i16.to_be_bytes());
+            match n {
+                Some(n) => {
+                    b.extend_from_slice(&4i32.to_be_bytes());
+                    b.extend_from_slice(&n.to_be_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+            match t {
+                Some(t) => {
+                    b.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                    b.extend_from_slice(t.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn copy_rows_are_the_same_however_the_data_is_cut() {
+        let kinds = [
+            (ColKind::Int32, Infinity::Reject, false),
+            (ColKind::Text, Infinity::Reject, false),
+        ];
+        let rows = [(Some(1), Some("a")), (None, Some("")), (Some(-7), None)];
+        let data = copy_bytes(&rows);
+        let want = vec![
+            vec![Value::Int32(1), Value::Text("a".into())],
+            vec![Value::Null, Value::Text(String::new())],
+            vec![Value::Int32(-7), Value::Null],
+        ];
+        for cut in [1, 2, 3, 7, 19, 23, data.len()] {
+            let mut t = CopyTuples::default();
+            let mut out = std::collections::VecDeque::new();
+            for chunk in data.chunks(cut) {
+                t.feed(chunk, &kinds, &mut out).unwrap();
+            }
+            assert!(t.ended && t.pending.is_empty(), "cut {cut}");
+            let got: Vec<Vec<Value>> = out.into_iter().map(|r| r.unwrap()).collect();
+            assert_eq!(got, want, "cut {cut}");
+        }
+        // A row of another width, bytes after the end, or another format are refused.
+        let mut t = CopyTuples::default();
+        let err = t
+            .feed(&data, &kinds[..1], &mut Default::default())
+            .unwrap_err();
+        assert!(err.contains("2 columns where 1"), "{err}");
+        let mut more = data.clone();
+        more.push(0);
+        let err = CopyTuples::default()
+            .feed(&more, &kinds, &mut Default::default())
+            .unwrap_err();
+        assert!(err.contains("after the copy's end"), "{err}");
+        let err = CopyTuples::default()
+            .feed(&[b'x'; 40], &kinds, &mut Default::default())
+            .unwrap_err();
+        assert!(err.contains("signature"), "{err}");
+    }
 
     #[test]
     fn a_query_loses_only_what_follows_its_last_token() {
