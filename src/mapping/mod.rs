@@ -170,19 +170,51 @@ impl MappingSet {
     /// is another mapping's table: a second writer would overwrite the first's documents, and a
     /// rollback of one would empty the other's.
     fn check_destinations(&self) -> Result<(), MappingError> {
-        let mut writers: std::collections::BTreeMap<&str, &Mapping> = Default::default();
+        // What each mapping writes, by the key that names it: its collection (a file mapping:
+        // its bucket) and a file mapping's document collection (adv34 F1: one naming another
+        // entity's collection replaced that entity's documents of the same `_id`).
+        let named = |m: &'_ Mapping| -> Vec<(&'static str, String)> {
+            let mut out = Vec::new();
+            match &m.spec.file {
+                Some(f) => {
+                    out.push(("file.bucket", f.bucket.clone()));
+                    if let Some(c) = &f.document_collection {
+                        out.push(("file.document_collection", c.clone()));
+                    }
+                }
+                None => out.push(("collection", m.collection().to_string())),
+            }
+            out
+        };
+        let mut writers: std::collections::BTreeMap<String, (&Mapping, &'static str)> =
+            Default::default();
         for m in &self.mappings {
-            if let Some(other) = writers.insert(m.collection(), m) {
-                return Err(invalid(
-                    m,
-                    "collection",
-                    format!(
-                        "writes the collection `{}`, which mapping `{}` ({}) writes too: give each mapping its own collection",
-                        m.collection(),
-                        other.name(),
-                        other.path.display()
-                    ),
-                ));
+            for (key, name) in named(m) {
+                if let Some((other, other_key)) = writers.insert(name.clone(), (m, key)) {
+                    let what = |k: &str| match k {
+                        "file.bucket" => "as its bucket",
+                        "file.document_collection" => "as its file documents' collection",
+                        _ => "as its collection",
+                    };
+                    let whose = if std::ptr::eq(other, m) {
+                        "this mapping writes it".to_string()
+                    } else {
+                        format!(
+                            "mapping `{}` ({}) writes it {}",
+                            other.name(),
+                            other.path.display(),
+                            what(other_key)
+                        )
+                    };
+                    return Err(invalid(
+                        m,
+                        key,
+                        format!(
+                            "writes `{name}` {}, and {whose}: the second writer would overwrite the first's documents; give each its own name",
+                            what(key)
+                        ),
+                    ));
+                }
             }
         }
         // A GridFS bucket's own collections are its file mapping's alone: another mapping
@@ -223,7 +255,7 @@ impl MappingSet {
         let mut children: std::collections::BTreeMap<String, (&Mapping, &str)> = Default::default();
         for m in &self.mappings {
             for (i, path, table) in m.appwrite_child_tables() {
-                if let Some(other) = writers.get(table.as_str()) {
+                if let Some((other, _)) = writers.get(table.as_str()) {
                     return Err(invalid(
                         m,
                         &format!("embed[{i}] ({path}).appwrite"),
@@ -1101,6 +1133,49 @@ column = "name"
             "{err}"
         );
         MappingSet::from_mappings(vec![parent.clone()]).unwrap();
+        // adv34 F1: a file mapping's document collection named another entity's collection,
+        // and the file stage replaced that entity's documents of the same `_id`.
+        let file = |name: &str, bucket: &str, docs: &str| {
+            parse(
+                Path::new(&format!("{name}.toml")),
+                &format!(
+                    "version = 1\nname = \"{name}\"\n[source]\ntable = \"pics\"\nkey = [\"id\"]\n[file]\npath_column = \"path\"\nbucket = \"{bucket}\"\ndocument_collection = \"{docs}\"\n[[field]]\npath = \"p\"\ncolumn = \"path\"\n"
+                ),
+            )
+            .unwrap()
+        };
+        let err = MappingSet::from_mappings(vec![one.clone(), file("pics", "pics", "things")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pics.toml")
+                && err.contains("file.document_collection")
+                && err.contains("`things`")
+                && err.contains("one.toml"),
+            "{err}"
+        );
+        let err = MappingSet::from_mappings(vec![
+            file("pics", "pics", "pic_docs"),
+            file("more", "more", "pic_docs"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("more.toml") && err.contains("pics.toml"),
+            "{err}"
+        );
+        // adv34 F9: two buckets of one name are named by `file.bucket`, not `collection`.
+        let err = MappingSet::from_mappings(vec![
+            file("pics", "shared", "a_docs"),
+            file("more", "shared", "b_docs"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("file.bucket") && err.contains("its bucket"),
+            "{err}"
+        );
+        MappingSet::from_mappings(vec![one.clone(), file("pics", "pics", "pic_docs")]).unwrap();
         // Outside tester of #11, finding 16: `things` + `a_kids` and `things_a` + `kids` are both
         // `things_a_kids`; one entity's children overwrote the other's.
         let embed = |path: &str| {
