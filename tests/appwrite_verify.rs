@@ -1421,3 +1421,85 @@ async fn appwrite_mismatches_show_the_source_value_as_postgresql_writes_it() {
     }
     w.drop().await;
 }
+
+/// adv35 F1: a JSON number written exactly as a Decimal128 with an exponent (`1E-400`, beyond a
+/// double), and a child's numeric kept at 34 digits (`1.000…E+40`, warned `decimal_scale`) in a
+/// JSON-text embed, failed `verify --target appwrite` on a correct target ("written with an
+/// exponent"); MongoDB's verify passed them. The exponent check is for a numeric column's own
+/// text, which PostgreSQL prints without one. A tampered decimal is still named.
+#[tokio::test]
+async fn appwrite_verify_takes_decimals_of_extended_json_with_their_exponent() {
+    let w = World::new("aw_verify_json_decimals").await;
+    w.sql(
+        r#"CREATE TABLE jd (id int PRIMARY KEY, j jsonb);
+           INSERT INTO jd VALUES (1, '{"a": 1e-400}'), (2, '{"a": 12345678901234567890.5}'),
+             (3, '{"a": 1e-7}');
+           CREATE TABLE ln (lid int PRIMARY KEY, jd_id int, amt numeric);
+           INSERT INTO ln VALUES (7, 1, 1e40), (8, 1, 2.5), (9, 2, -1e-50);"#,
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/jd.toml"),
+        r#"version = 1
+name = "jd"
+[source]
+table = "jd"
+key = ["id"]
+[[field]]
+path = "j"
+column = "j"
+[[embed]]
+path = "lines"
+table = "ln"
+foreign_key = "jd_id"
+order_by = ["lid"]
+[[embed.field]]
+path = "lid"
+column = "lid"
+[[embed.field]]
+path = "amt"
+column = "amt"
+type = "decimal"
+lossy = "warn"
+"#,
+    )
+    .unwrap();
+    let pipeline = dir.join("jd.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "jd")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    let text = out_text(&out);
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{text}");
+    let row = s
+        .rows("registry", "jd")
+        .into_iter()
+        .find(|r| r["$id"] == "1")
+        .unwrap();
+    let j = row["j"].as_str().unwrap().to_string();
+    assert!(j.contains("1E-400"), "{row}");
+    let verify = || command(&w, &endpoint, &["verify", "--pipeline", &pipeline]);
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    // The same value in other digits is a difference, named by its field.
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&endpoint, "cutover", KEY, None).unwrap();
+    let mut data = cutover::sink::appwrite::tables::data_of(&row);
+    data.as_object_mut().unwrap().remove("$id");
+    data["j"] = json!(j.replace("1E-400", "1E-401"));
+    client.put_row("registry", "jd", "1", &data).await.unwrap();
+    let out = output(verify()).await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("1E-401"), "{text}");
+    w.drop().await;
+}

@@ -52,7 +52,8 @@ fn decimal128(d: &D128) -> Option<Bson> {
     )))
 }
 
-/// A decimal's text as Appwrite holds it (`1.50`, `-1E+10`, `NaN`, `Infinity`).
+/// A numeric column's text as Appwrite holds it: PostgreSQL's text of the value (`1.50`,
+/// `NaN`, `Infinity`), never with an exponent.
 fn decimal_text(s: &str) -> Result<Bson, String> {
     // PostgreSQL prints a number without an exponent: a column holding `1E-7` for its
     // `0.0000001` is the same value in another text (adv32 F1).
@@ -61,6 +62,13 @@ fn decimal_text(s: &str) -> Result<Bson, String> {
             "`{s}` is written with an exponent; PostgreSQL's text of the value has none"
         ));
     }
+    decimal_value(s)
+}
+
+/// A Decimal128 of extended JSON (`{"$numberDecimal": "1E-400"}`): its own text, exponent and
+/// all — the digits and exponent are the value (adv35 F1: a JSON number beyond a double, or a
+/// child's numeric kept at 34 digits, was refused for its exponent).
+fn decimal_value(s: &str) -> Result<Bson, String> {
     let d = match s {
         "NaN" => D128::NaN,
         "Infinity" => D128::Infinity { neg: false },
@@ -107,7 +115,7 @@ fn extjson(j: &J) -> Result<Bson, String> {
                 _ => None,
             };
             if let Some(s) = text("$numberDecimal") {
-                return decimal_text(s);
+                return decimal_value(s);
             }
             if let Some(s) = text("$numberLong") {
                 return s
