@@ -531,6 +531,25 @@ async fn the_mapping_can_write_infinite_dates_as_null_or_as_their_text() {
         ],
         "{report}"
     );
+    // adv35 F8: an infinity written as NULL was said nowhere — `check` counts it, as a warning.
+    let nulled: Vec<(String, u64, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "infinity_null")
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["rows"].as_u64().unwrap(),
+                f["severity"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nulled,
+        [("at".to_string(), 2, "warning".to_string())],
+        "{report}"
+    );
 
     let out = w.migrate_with(&pipeline, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -546,6 +565,15 @@ async fn the_mapping_can_write_infinite_dates_as_null_or_as_their_text() {
     assert_eq!(by_id(11).get("at"), Some(&Bson::Null));
     let ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
     assert_eq!(ids, [1, 2, 3, 4, 9, 10, 11, 13, 14]);
+    // … and each row so written is a line of the warnings file.
+    let run = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let warned: Vec<_> = w
+        .warnings(&run)
+        .into_iter()
+        .filter(|(_, _, _, rule)| rule == "infinity_null")
+        .map(|(_, key, _, _)| key)
+        .collect();
+    assert_eq!(warned, ["10", "11"]);
 
     // verify's independent comparison knows what the mapping writes for an infinity: the
     // target passes, and an infinity written as the other one's text fails.

@@ -164,6 +164,10 @@ pub struct FieldPlan {
     pub exact_path: Option<Vec<String>>,
     /// Appwrite: the characters of its text or JSON column (`size`).
     pub column_size: Option<u64>,
+    /// `infinity = "null"`: the reader hands a ±infinity of its column(s) over as the text
+    /// `infinity` / `-infinity`, which the field writes as NULL with a warning (`infinity_null`):
+    /// which infinity it was is lost, and the count says how often.
+    pub infinity_null: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -803,6 +807,7 @@ fn compile_fields(
             rules,
             exact_path: f.exact_path.as_deref().map(split_path),
             column_size: f.size,
+            infinity_null: f.infinity == Some(crate::source::postgres::Infinity::Null),
         });
     }
     Ok(out)
@@ -1277,6 +1282,7 @@ mod tests {
             rules: None,
             exact_path: exact.map(split_path),
             column_size: None,
+            infinity_null: false,
         }
     }
 

@@ -268,7 +268,8 @@ pub enum Infinity {
     /// The row is rejected (`date_out_of_range`): the default.
     #[default]
     Reject,
-    /// NULL (the field then follows the mapping's `nulls`).
+    /// NULL (the field then follows the mapping's `nulls`), with a warning (`infinity_null`).
+    /// The reader hands it over as the text, as for `String`; the field writes NULL.
     Null,
     /// The text `infinity` / `-infinity`, as PostgreSQL prints it.
     String,
@@ -1571,10 +1572,12 @@ fn decode_values<'r>(
             Err(Failure {
                 infinite: Some(negative),
                 ..
-            }) if *infinity != Infinity::Reject => out.push(match infinity {
-                Infinity::Null => Value::Null,
-                _ => Value::Text(if negative { "-infinity" } else { "infinity" }.into()),
-            }),
+            }) if *infinity != Infinity::Reject => {
+                // `null` too: the field writes it as NULL and says so (a warning per row).
+                out.push(Value::Text(
+                    if negative { "-infinity" } else { "infinity" }.into(),
+                ))
+            }
             Err(f) => {
                 let raw = f
                     .infinite

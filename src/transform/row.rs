@@ -135,6 +135,27 @@ impl std::fmt::Display for FieldPath<'_> {
     }
 }
 
+/// The warning of a ±infinity written as NULL (`infinity = "null"`, adv35 F8: the values became
+/// NULL with nothing said, indistinguishable from SQL NULLs).
+fn infinity_null(path: &FieldPath<'_>, v: &Value) -> Issue {
+    let text = match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    };
+    Issue {
+        severity: Severity::Warning,
+        ..Issue::error(
+            Stage::Transform,
+            "infinity_null",
+            &path.to_string(),
+            format!(
+                "`{text}` written as NULL (the mapping's infinity = \"null\"; which infinity it was is not kept)"
+            ),
+            text.clone(),
+        )
+    }
+}
+
 fn eval_field(
     f: &FieldPlan,
     row: &[Value],
@@ -149,9 +170,27 @@ fn eval_field(
         prefix,
         path: &f.path_text,
     };
+    let infinite = |v: &Value| matches!(v, Value::Text(t) if t == "infinity" || t == "-infinity");
     let mut value: Cow<'_, Value> = match &f.input {
+        Input::Column(i) if f.infinity_null && infinite(&row[*i]) => {
+            issues.push(infinity_null(&path, &row[*i]));
+            Cow::Owned(Value::Null)
+        }
         Input::Column(i) => Cow::Borrowed(&row[*i]),
         Input::Const(v) => Cow::Borrowed(v),
+        Input::Columns(idx) if f.infinity_null && idx.iter().any(|&i| infinite(&row[i])) => {
+            let mut own = row.to_vec();
+            for &i in idx {
+                if infinite(&own[i]) {
+                    issues.push(infinity_null(&path, &own[i]));
+                    own[i] = Value::Null;
+                }
+            }
+            match &f.combine {
+                Some(c) => Cow::Owned(combine(c, &own, idx)),
+                None => Cow::Owned(Value::Null),
+            }
+        }
         Input::Columns(idx) => match &f.combine {
             Some(c) => Cow::Owned(combine(c, row, idx)),
             None => Cow::Owned(Value::Null),
@@ -529,6 +568,7 @@ mod tests {
             rules: None,
             exact_path: None,
             column_size: None,
+            infinity_null: false,
         }
     }
 
