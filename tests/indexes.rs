@@ -1215,8 +1215,30 @@ async fn unique_case(name: &str, schema: &str, fields: &str, index: &str, expect
         .unwrap()
         .iter()
         .any(|b| b.as_str().unwrap().contains("unique index"));
+    // The dry run rehearses the build too (adv35 F7: it said `completed`, exit 0).
+    let dry = w.migrate_with(&pipeline, &["--dry-run"]);
+    let dry_failed = output_text(&dry).contains("cannot be built over this data");
+    assert_eq!(
+        dry_failed,
+        dry.status.code() == Some(1),
+        "{name}: {}",
+        output_text(&dry)
+    );
     let run = w.migrate_with(&pipeline, &[]);
     let refused = output_text(&run).contains("E11000");
+    assert_eq!(
+        dry_failed,
+        refused,
+        "{name}: the dry run {} but mongod {}:\n{}\n{}",
+        if dry_failed { "failed" } else { "passed" },
+        if refused {
+            "refused the index"
+        } else {
+            "built it"
+        },
+        output_text(&dry),
+        output_text(&run)
+    );
     assert_eq!(
         blocked,
         refused,

@@ -1043,6 +1043,15 @@ async fn migrate_locked(
                 Err(e) => err = Some(RunError::from(crate::sink::target::SinkError::from(e))),
             }
         }
+        // A dry run rehearsed the unique indexes the run builds after its load: one the data
+        // breaks fails the run at its end, so the rehearsal fails too (adv35 F7).
+        if err.is_none()
+            && opts.dry_run
+            && let crate::sink::target::Target::Mongo(m) = target
+            && let Some(why) = m.rehearsed_build_failure(&p.collection)
+        {
+            err = Some(RunError::Refused(format!("{}: {why}", p.entity)));
+        }
         if let Some(e) = &err {
             report.status = if matches!(e, RunError::LockLost(_)) {
                 ledger::INTERRUPTED.into()

@@ -267,6 +267,15 @@ pub struct MongoTarget {
     uniques: std::sync::Arc<
         std::sync::RwLock<std::collections::HashMap<String, Vec<super::mongo_unique::MongoUnique>>>,
     >,
+    /// The mappings' unique indexes each collection lacks, which the run builds after its
+    /// load (a dry run rehearses that build: see [`MongoTarget::rehearsed_build_failure`]).
+    to_build: std::sync::Arc<
+        std::sync::RwLock<std::collections::HashMap<String, Vec<super::mongo_unique::MongoUnique>>>,
+    >,
+    /// A dry run's keys repeated in an index it would build, by collection: how many documents
+    /// repeat one, and the first (index, the document, who held the key first, the key).
+    build_repeats:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, BuildRepeats>>>,
     /// A dry run's keys taken so far, by collection: index name and key → who holds it.
     rehearsed: std::sync::Arc<
         std::sync::Mutex<
@@ -277,6 +286,10 @@ pub struct MongoTarget {
         >,
     >,
 }
+
+/// How many documents a dry run found repeating a key of an index the run builds after its load,
+/// and the first: (index, the document, who held the key first, the key).
+type BuildRepeats = (u64, (String, String, super::mongo_unique::Holder, String));
 
 /// Connections of the ledger's own client (checkpoint, heartbeat, a lock check at once).
 const LEDGER_POOL: u32 = 4;
@@ -330,6 +343,8 @@ impl MongoTarget {
             hosts,
             buckets: Default::default(),
             uniques: Default::default(),
+            to_build: Default::default(),
+            build_repeats: Default::default(),
             rehearsed: Default::default(),
         })
     }
@@ -346,16 +361,23 @@ impl MongoTarget {
         indexes: &[crate::mapping::spec::IndexSpec],
     ) -> Result<Vec<super::mongo_unique::MongoUnique>, MongoError> {
         let wanted = super::mongo_unique::MongoUnique::of(indexes);
-        let found = if wanted.is_empty() {
-            Vec::new()
+        let (found, missing): (Vec<_>, Vec<_>) = if wanted.is_empty() {
+            Default::default()
         } else {
             let there = self.unique_patterns(collection).await?;
             wanted
                 .into_iter()
                 .filter(|u| u.unchecked.is_none())
-                .filter(|u| there.iter().any(|p| same_pattern(p, &u.pattern)))
-                .collect()
+                .partition(|u| there.iter().any(|p| same_pattern(p, &u.pattern)))
         };
+        {
+            let mut later = self.to_build.write().unwrap_or_else(|p| p.into_inner());
+            if missing.is_empty() {
+                later.remove(collection);
+            } else {
+                later.insert(collection.to_string(), missing);
+            }
+        }
         let mut noted = self.uniques.write().unwrap_or_else(|p| p.into_inner());
         if found.is_empty() {
             noted.remove(collection);
@@ -431,7 +453,14 @@ impl MongoTarget {
         doc: &Document,
     ) -> Option<(String, super::mongo_unique::Holder, String)> {
         let uniques = self.uniques(collection);
-        if uniques.is_empty() {
+        let later = self
+            .to_build
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(collection)
+            .cloned()
+            .unwrap_or_default();
+        if uniques.is_empty() && later.is_empty() {
             return None;
         }
         let mut all = self.rehearsed.lock().unwrap_or_else(|p| p.into_inner());
@@ -443,10 +472,40 @@ impl MongoTarget {
                 }
             }
         }
-        for k in Self::unique_keys(&uniques, doc) {
-            taken.insert(k, super::mongo_unique::Holder::Row(holder.to_string()));
+        // An index built after the load takes every document; one repeating a key makes the
+        // build fail at the end (adv35 F7: the dry run said `completed`).
+        for u in &later {
+            let repeat = u
+                .keys(doc)
+                .into_iter()
+                .find_map(|k| Some((taken.get(&format!("{}\u{0}{k}", u.name))?.clone(), k)));
+            if let Some((first, k)) = repeat {
+                let mut repeats = self.build_repeats.lock().unwrap_or_else(|p| p.into_inner());
+                let (n, _) = repeats
+                    .entry(collection.to_string())
+                    .or_insert_with(|| (0, (u.name.clone(), holder.to_string(), first, k)));
+                *n += 1;
+            }
+        }
+        for k in Self::unique_keys(&uniques, doc)
+            .into_iter()
+            .chain(Self::unique_keys(&later, doc))
+        {
+            taken
+                .entry(k)
+                .or_insert_with(|| super::mongo_unique::Holder::Row(holder.to_string()));
         }
         None
+    }
+
+    /// After a dry run rehearsed the rows of `collection`: why a unique index the run builds
+    /// after its load would fail over the documents rehearsed, as `check` says it.
+    pub fn rehearsed_build_failure(&self, collection: &str) -> Option<String> {
+        let repeats = self.build_repeats.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, (index, holder, first, key)) = repeats.get(collection)?;
+        Some(format!(
+            "unique index `{index}` cannot be built over this data: {n} document(s) repeat a key another holds (e.g. document {holder} repeats {first}'s [{key}]); the run would write every document and then fail at the index build. Fix the rows, the transforms that make keys equal, or the index (a `partial` filter, not `unique`)"
+        ))
     }
 
     /// Before a dry run rehearses the rows of `collection`: `doc` (the fields
