@@ -333,10 +333,11 @@ pub fn success_rate(written: u64, read: u64, skipped: u64) -> f64 {
     }
     let rate = written as f64 * 100.0 / denom as f64;
     if written < denom {
-        // Never round up to 100%: a run with a rejected row must not read as complete.
-        (rate * 10.0).floor() / 10.0
+        // Never round up to 100%: a run with a rejected row must not read as complete. Two
+        // decimals, as printed (adv35 F4: floored to one and printed with a second `0`).
+        (rate * 100.0).floor() / 100.0
     } else {
-        round1(rate)
+        (rate * 100.0).round() / 100.0
     }
 }
 
@@ -753,7 +754,10 @@ mod tests {
         assert_eq!(success_rate(0, 0, 0), 100.0);
         assert_eq!(success_rate(0, 1, 1), 0.0);
         assert_eq!(success_rate(188, 200, 0), 94.0);
-        assert_eq!(success_rate(999_988, 1_000_000, 0), 99.9);
+        assert_eq!(success_rate(999_988, 1_000_000, 0), 99.99);
+        assert_eq!(success_rate(999_999, 1_000_000, 0), 99.99);
+        assert_eq!(success_rate(906, 908, 0), 99.77);
+        assert_eq!(success_rate(4, 6, 0), 66.66);
     }
 
     #[test]
