@@ -120,7 +120,9 @@ impl Client {
 async fn start() -> (Client, Arc<StandIn>) {
     cutover::sink::appwrite::install_crypto_provider();
     let mut s = StandIn::new("cutover", KEY);
-    s.column_delay = std::time::Duration::from_millis(1500);
+    // Processing until the test settles them (a short delay passed before the assertions on a
+    // loaded machine: adv33).
+    s.column_delay = std::time::Duration::from_secs(3600);
     let s = Arc::new(s);
     let (addr, _task) = appwrite_standin::serve(s.clone(), "127.0.0.1:0")
         .await
@@ -225,7 +227,7 @@ async fn tables_columns_and_rows_follow_the_spec() {
         (st, e["type"].as_str()),
         (400, Some("row_invalid_structure"))
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    s.settle();
     let (st, col, _) = c
         .call(
             "get",
@@ -777,7 +779,7 @@ async fn a_bucket_refuses_extensions_it_does_not_allow_and_files_over_its_size()
 
 #[tokio::test]
 async fn user_updates_other_hashes_indexes_and_deletes_follow_the_spec() {
-    let (c, _) = start().await;
+    let (c, s) = start().await;
     let (st, u, _) = c
         .call(
             "post",
@@ -898,7 +900,7 @@ async fn user_updates_other_hashes_indexes_and_deletes_follow_the_spec() {
         (st, e["type"].as_str()),
         (400, Some("column_not_available"))
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    s.settle();
     let (st, i, _) = c
         .call(
             "post",
@@ -908,7 +910,7 @@ async fn user_updates_other_hashes_indexes_and_deletes_follow_the_spec() {
         )
         .await;
     assert_eq!((st, i["status"].as_str()), (202, Some("processing")));
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    s.settle();
     let (st, i, _) = c
         .call(
             "get",
@@ -1049,7 +1051,7 @@ async fn legacy_reads_transactions_and_list_parameters_follow_the_spec() {
         s.create_column("registry", "patients", kind, &body)
             .unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    s.settle();
     let index =
         json!({ "key": "by_doses", "type": "key", "columns": ["doses"], "orders": ["ASC"] });
     s.create_index("registry", "patients", &index).unwrap();

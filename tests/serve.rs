@@ -1545,7 +1545,20 @@ async fn sigterm_while_waiting_for_the_lock_at_start_ends_the_wait() {
         &[("MIGRATE_ON_START_FAIL_HARD", "true")],
     );
     let log = w.dir.path().join("waiting.err");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Signalled once it waits for the lock (said in its log), not after a fixed time: on a
+    // loaded machine 400 ms could end before it even started (adv33).
+    let since = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("another instance holds the lock; waiting")
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(60),
+            "never waited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         holder.try_wait().unwrap().is_none(),
         "the holder ended too soon"

@@ -192,6 +192,10 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
             ..Default::default()
         },
     )?;
+    // SIGTERM is ours from the start (adv33: one sent while connecting ended the process at
+    // once, exit 143, the changes' state unsaid).
+    let stop = Stop::default();
+    stop.listen();
     let token = token_policy(api_token(&cfg)?, args)?;
     if let Some(t) = &token {
         crate::redact::register_secret(t);
@@ -226,8 +230,6 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> Result<Outcome> {
         startup_error: Mutex::new(None),
         change_gate: Arc::new(tokio::sync::RwLock::new(())),
     });
-    let stop = Stop::default();
-    stop.listen();
     if args.migrate_on_start {
         let wait = Duration::from_secs(args.lock_wait);
         if let Err(e) = migrate_on_start(&state, wait, &stop).await
