@@ -416,11 +416,18 @@ impl RunReport {
     pub fn entity_notes(&self) -> Vec<String> {
         let mut s = String::new();
         for e in &self.entities {
+            // A GridFS backup counts the bucket's files (adv34 F2: "of 0 documents" read as if
+            // its document collection, copied beside it, were empty too).
+            let what = if e.backup.as_deref().is_some_and(|b| b.contains("(GridFS)")) {
+                "files"
+            } else {
+                "documents"
+            };
             match (&e.backup, &e.backup_by) {
                 (Some(b), Some(by)) if *by != self.run_id => {
                     let _ = writeln!(
                         s,
-                        "{}: backup {b} of {} documents (taken by run {by})",
+                        "{}: backup {b} of {} {what} (taken by run {by})",
                         e.name,
                         thousands(e.backup_documents)
                     );
@@ -428,7 +435,7 @@ impl RunReport {
                 (Some(b), _) => {
                     let _ = writeln!(
                         s,
-                        "{}: backup {b} of {} documents in {}",
+                        "{}: backup {b} of {} {what} in {}",
                         e.name,
                         thousands(e.backup_documents),
                         format_ms(e.backup_ms)
@@ -617,7 +624,15 @@ impl RunReport {
                 .flat_map(|e| &e.indexes)
                 .map(|i| i.ms)
                 .sum();
-            let mut parts = vec![format!("the stages {}", format_ms(t.duration_ms))];
+            // This run's own stages: an entity another (interrupted) run completed is reported
+            // with that run's duration (adv34 F7: "wall time 118ms (the stages 18.7s)").
+            let own: u64 = self
+                .entities
+                .iter()
+                .filter(|e| e.completed_by.is_none())
+                .map(|e| e.duration_ms)
+                .sum();
+            let mut parts = vec![format!("the stages {}", format_ms(own))];
             if backups > 0 {
                 parts.push(format!("backups {}", format_ms(backups)));
             }
@@ -807,6 +822,19 @@ mod tests {
             text.contains("users: backup bk_1 of 1,234 documents in 2.3s"),
             "{text}"
         );
+        // adv34 F2: a GridFS backup counts the bucket's files.
+        let mut r = r;
+        r.entities[0].backup = Some("pics__backup__r (GridFS) + docs__backup__r".into());
+        let text = r.render_text();
+        assert!(text.contains("of 1,234 files in 2.3s"), "{text}");
+        // adv34 F7: an entity an interrupted run completed is reported with that run's
+        // duration; the wall time line counts this run's own stages only.
+        r.started_at = "2026-12-07T10:00:00.000Z".into();
+        r.finished_at = "2026-12-07T10:00:00.118Z".into();
+        r.entities[0].duration_ms = 18_700;
+        r.entities[0].completed_by = Some("earlier".into());
+        let text = r.render_text();
+        assert!(text.contains("wall time: 118ms (the stages 0ms"), "{text}");
     }
 
     #[test]

@@ -473,8 +473,15 @@ pub(super) async fn write_loop(
             .as_ref()
             .is_none_or(|c| c.base().written() == 0)
     {
+        // A file stage's rows are also rejected by the upload's own checks (the file changed
+        // on disk while sent): not the target's refusal (adv34 F3).
+        let who = if target.is_bucket(&collection) {
+            "every row it wrote was rejected when written (refused by the target, or its file failing the upload's checks)"
+        } else {
+            "the target refused every document it was sent"
+        };
         return Err(RunError::Refused(format!(
-            "{entity}: the target refused every document it was sent ({refused}, each recorded as a reject); the first: {}",
+            "{entity}: {who} ({refused}, each recorded as a reject); the first: {}",
             first_refusal.unwrap_or_default()
         )));
     }

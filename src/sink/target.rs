@@ -441,7 +441,7 @@ impl AppwriteTarget {
                     index,
                     RULE_UPLOAD,
                     format!(
-                        "{rel}: Appwrite Storage records {} bytes with md5 {} for the {} bytes with md5 {md5} sent; removed again",
+                        "{rel}: Appwrite Storage records {} bytes with md5 {} (what it received), where the file held {} bytes with md5 {md5} when checked before the upload: it changed on disk while uploaded, or the upload was damaged; removed again",
                         record["sizeOriginal"], record["signature"], found.len
                     ),
                 ));
