@@ -553,6 +553,12 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub continue_on_error: bool,
 
+    /// File stages into GridFS: read back every file recorded complete and upload again those
+    /// whose stored bytes differ from the file on disk (`verify --full` names them); without
+    /// it a re-run trusts the file's record (length and checksum).
+    #[arg(long)]
+    pub recheck_files: bool,
+
     /// Skip validation rules (type conversions still apply).
     #[arg(long)]
     pub skip_validation: bool,

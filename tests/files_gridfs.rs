@@ -1336,6 +1336,58 @@ async fn a_missing_root_a_pipe_a_lost_chunk_and_a_renamed_file_are_each_caught()
         .unwrap();
     assert!(out.status.success(), "{}", common::output_text(&out));
 
+    // adv34 F10: a byte damaged in place keeps the file's record: a re-run calls the file
+    // complete (verify --full still names it); with --recheck-files its bytes are read back and
+    // it is uploaded again. Oracle: the bytes downloaded from GridFS against the file's sha256.
+    let damaged_key = ids.next().unwrap();
+    let damaged = uuid_id(damaged_key);
+    let chunks = db.collection::<Document>("documents.chunks");
+    let chunk = chunks
+        .find_one(doc! { "files_id": &damaged, "n": 0 })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut data = chunk.get_binary_generic("data").unwrap().clone();
+    data[0] ^= 0xff;
+    chunks
+        .update_one(
+            doc! { "_id": chunk.get("_id").unwrap() },
+            doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: data }) } },
+        )
+        .await
+        .unwrap();
+    let want = &source[damaged_key].2;
+    assert_ne!(
+        &download_sha256(&db, "documents", damaged.clone()).await.1,
+        want
+    );
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(
+        entity(&w.latest_report(), "documents")["files"]["uploaded"].as_u64(),
+        Some(0)
+    );
+    assert_ne!(
+        &download_sha256(&db, "documents", damaged.clone()).await.1,
+        want
+    );
+    let out = w.migrate_with(&pipeline, &["--rerun", "--recheck-files"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(
+        entity(&w.latest_report(), "documents")["files"]["uploaded"].as_u64(),
+        Some(1)
+    );
+    assert_eq!(
+        &download_sha256(&db, "documents", damaged.clone()).await.1,
+        want
+    );
+    let out = w
+        .cutover()
+        .args(["verify", "--full", "--pipeline", &p])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
     // F7: another mapping may not write the bucket's own collections.
     let other = w.dir.path().join("mappings/other.toml");
     std::fs::write(

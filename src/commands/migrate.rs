@@ -90,6 +90,7 @@ pub(crate) async fn migrate_as(cli: &Cli, args: &MigrateArgs, run_id: &str) -> R
         concurrency: cfg.concurrency,
         file_concurrency: cfg.file_concurrency,
         continue_on_error: args.continue_on_error,
+        recheck_files: args.recheck_files,
         skip_validation: args.skip_validation,
         max_rejects: args.max_rejects,
         ignore_dependencies: args.ignore_dependencies,

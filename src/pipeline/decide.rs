@@ -248,6 +248,7 @@ mod tests {
             concurrency: 2,
             file_concurrency: 2,
             continue_on_error: false,
+            recheck_files: false,
             skip_validation: false,
             max_rejects: None,
             ignore_dependencies: false,

@@ -16,6 +16,9 @@ pub struct RunOptions {
     /// one after the other).
     pub file_concurrency: usize,
     pub continue_on_error: bool,
+    /// A file stage reads back the GridFS files recorded complete and uploads again those whose
+    /// bytes differ from the file's.
+    pub recheck_files: bool,
     pub skip_validation: bool,
     pub max_rejects: Option<u64>,
     pub ignore_dependencies: bool,

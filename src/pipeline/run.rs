@@ -427,7 +427,7 @@ pub async fn migrate_as(
                 return Err(RunError::Refused(format!("{}: {why}", step.entity)));
             }
             target
-                .register_files(f, &root)
+                .register_files(f, &root, opts.recheck_files)
                 .map_err(|e| RunError::Refused(e.to_string()))?;
         }
         let users = mapping.is_some_and(|m| m.spec.appwrite.users.is_some());

@@ -1720,10 +1720,13 @@ impl Target {
 
     /// Gets the target ready for a file stage (a mapping's `[file]`), its files under `root`:
     /// a GridFS bucket (MongoDB) or a Storage bucket with its rows' table (Appwrite).
+    /// `recheck`: GridFS files recorded complete are read back and hashed before they are
+    /// taken as they are (Appwrite Storage's record is its own md5 of the bytes it holds).
     pub fn register_files(
         &self,
         f: &crate::mapping::spec::FileSpec,
         root: &std::path::Path,
+        recheck: bool,
     ) -> Result<(), SinkError> {
         match self {
             Target::Mongo(m) => {
@@ -1733,6 +1736,7 @@ impl Target {
                     chunk_size: f.chunk_size,
                     algorithm: f.checksum,
                     root: root.to_path_buf(),
+                    recheck,
                 });
                 Ok(())
             }

@@ -11,8 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use bson::{Bson, Document, doc};
-use futures::{AsyncReadExt, TryStreamExt};
-use sha2::Digest;
+use futures::TryStreamExt;
 
 use super::{Different, EntityVerification, ProblemLog, Problems, show_id};
 use crate::mapping::plan::Plan;
@@ -32,34 +31,6 @@ fn merr(op: String) -> impl Fn(mongodb::error::Error) -> RunError {
             },
         ))
     }
-}
-
-/// What the bytes GridFS holds under `id` hash to (sha256, hex) and how many there are.
-async fn download_sha256(
-    db: &mongodb::Database,
-    bucket: &str,
-    id: Bson,
-) -> Result<(u64, String), RunError> {
-    let mut options = mongodb::options::GridFsBucketOptions::default();
-    options.bucket_name = Some(bucket.to_string());
-    let b = db.gridfs_bucket(options);
-    let op = format!("download from {bucket}");
-    let mut stream = b.open_download_stream(id).await.map_err(merr(op.clone()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| RunError::Refused(format!("{op}: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        len += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((len, gridfs::hex(&h.finalize())))
 }
 
 /// Verifies the file stage of `plan` (it has a `[file]` table) against its GridFS bucket.
@@ -192,7 +163,7 @@ pub async fn verify_files(
             if full {
                 // A file that cannot be read back is a difference of its own, not the end of
                 // the comparison (adv25 F2).
-                match download_sha256(db, &file.bucket, id.clone()).await {
+                match gridfs::stored_sha256(db, &file.bucket, id.clone()).await {
                     Ok((len, sha)) if sha != stored_sha || Some(len) != length => {
                         fields.push(format!(
                             "bytes (GridFS holds {len} bytes with sha256 {sha}, its record says {} with {stored_sha})",
