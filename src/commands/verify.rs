@@ -306,7 +306,7 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         crate::outln!("    {what} ({count}): {}{more}", shown.join(", "));
     };
     list(
-        "rejected when written — refused by the target, or a file stage's file missing, changed or without its permission's value (rejects of the run, excused; source key)",
+        "rejected when written — refused by the target, or found before sending to be what it refuses (Appwrite: a value it cannot hold), or a file stage's file missing, changed or without its permission's value (rejects of the run, excused; source key)",
         v.rejected_by_target,
         &v.rejected_by_target_keys,
     );

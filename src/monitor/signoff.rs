@@ -658,7 +658,7 @@ impl SignOff {
             }
             if let Some(k) = e["rejected_by_target"].as_u64().filter(|k| *k > 0) {
                 m.verification_notes.push(format!(
-                    "{entity}: {k} rows rejected when written are not expected (refused by the target, or a file stage's file missing, changed or refused; rejects of stage write or file)"
+                    "{entity}: {k} rows rejected when written are not expected (refused by the target or found before sending to be what it refuses, or a file stage's file missing, changed or refused; rejects of stage write or file)"
                 ));
             }
         }
