@@ -92,11 +92,49 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             if absent.is_empty() {
                 continue;
             }
-            // The referenced entity ran again after this one: what it left out then, this
-            // entity's run could not know — nothing is excused (the eighteenth tester's F1: a
-            // document a re-run removed was called "written with a warning").
+            // The referenced entity ran again after this one: only what it left out both then
+            // (when this entity's run wrote its references, with a warning) and now is excused
+            // (the eighteenth tester's F1: a document a re-run removed was called "written with
+            // a warning"; adv35 F2: the same rows rejected again failed verify).
             if run_of(e) > run_of(&p.entity) {
-                *absent = Default::default();
+                let Some(child_run) = run_of(&p.entity) else {
+                    *absent = Default::default();
+                    continue;
+                };
+                let then = crate::verify::write_rejects::rejected_as_of(
+                    &ledger,
+                    &cfg.rejects_dir,
+                    e,
+                    child_run,
+                )
+                .await?;
+                let step = crate::pipeline::Step {
+                    stage: String::new(),
+                    entity: e.clone(),
+                };
+                let referenced = crate::pipeline::run::compile_plans(
+                    &pipeline,
+                    std::slice::from_ref(&step),
+                    &mut session,
+                )
+                .await?;
+                let refused =
+                    crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, e).await?;
+                let mut ids = std::collections::HashSet::new();
+                for r in &referenced {
+                    ids.extend(
+                        crate::verify::left_out_ids(
+                            r,
+                            &mut session,
+                            &plain_ctx,
+                            &refused,
+                            target.max_document_bytes(),
+                            Some(&then),
+                        )
+                        .await?,
+                    );
+                }
+                *absent = std::sync::Arc::new(absent.intersection(&ids).cloned().collect());
                 continue;
             }
             if !left_out.contains_key(e) {
@@ -121,6 +159,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                             &plain_ctx,
                             &refused,
                             target.max_document_bytes(),
+                            None,
                         )
                         .await?,
                     );

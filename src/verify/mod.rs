@@ -987,22 +987,32 @@ pub async fn verify_entity(
 /// target refused when they were written (`refused`, by source key). A referenced row absent from
 /// the target for another reason (its document deleted since) is not among them: references
 /// to it are broken, not excused.
+/// `then`: only the rows whose source key is among these (the rows left out as of an earlier
+/// run, see [`write_rejects::rejected_as_of`]).
 pub async fn left_out_ids(
     plan: &Plan,
     session: &mut SourceSession,
     ctx: &MapContext,
     refused: &write_rejects::WriteRejects,
     max_document_bytes: Option<usize>,
+    then: Option<&HashSet<String>>,
 ) -> Result<HashSet<String>, RunError> {
     let mut readers = Readers::open(session, plan).await?;
     let mut rows = ExpectedRows::new(&mut readers, plan, max_document_bytes);
     let mut out = HashSet::new();
     while let Some(item) = rows.next(ctx).await? {
-        let values = match &item {
-            ExpectedRow::Rejected { row, decoded, .. } => row.as_ref().unwrap_or(decoded),
-            ExpectedRow::Document { row, mapped, .. } if refused.contains(&mapped.key) => row,
+        let (values, key) = match &item {
+            ExpectedRow::Rejected {
+                row, decoded, key, ..
+            } => (row.as_ref().unwrap_or(decoded), key),
+            ExpectedRow::Document { row, mapped, .. } if refused.contains(&mapped.key) => {
+                (row, &mapped.key)
+            }
             _ => continue,
         };
+        if then.is_some_and(|t| !t.contains(key)) {
+            continue;
+        }
         let key: Option<Vec<&Value>> = plan.key.iter().map(|&i| values.get(i)).collect();
         if let Some(id) = key.and_then(|k| plan.id.id_for(&k).ok()) {
             out.insert(crate::mapping::plan::id_text(&id));

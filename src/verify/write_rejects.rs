@@ -166,6 +166,53 @@ pub fn read(runs: &[(&str, PathBuf)], entity: &str) -> Result<WriteRejects, RunE
     Ok(found)
 }
 
+/// The source keys (as text) of every row of `entity` the steps current at run number `run`
+/// rejected, whatever the stage (the mapping's, the target's): what the target did not hold of
+/// the entity when that run was the latest to write it. A referencing entity that ran then wrote
+/// its references to those rows with a warning.
+pub async fn rejected_as_of(
+    ledger: &Ledger,
+    rejects_dir: &Path,
+    entity: &str,
+    run: i64,
+) -> Result<HashSet<String>, RunError> {
+    let steps: Vec<StepRecord> = ledger
+        .all_steps()
+        .await?
+        .into_iter()
+        .filter(|s| s.run_number <= run)
+        .collect();
+    let mut keys = HashSet::new();
+    for s in steps_behind(&steps, entity) {
+        let dir = s
+            .rejects_dir
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| rejects_dir.join(&s.run_id));
+        let path = dir.join(format!("{entity}.csv"));
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(cause) => return Err(RunError::Io { path, cause }),
+        };
+        let mut csv = csv::Reader::from_reader(file);
+        let headers = match csv.headers() {
+            Ok(h) if !h.is_empty() => h.clone(),
+            _ => continue,
+        };
+        let column = |name: &str| headers.iter().position(|h| h == name);
+        let (Some(e_at), Some(k_at)) = (column("entity"), column("source_key")) else {
+            continue;
+        };
+        for record in csv.records().flatten() {
+            if record.get(e_at) == Some(entity) {
+                keys.insert(record.get(k_at).unwrap_or_default().to_string());
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// The write rejects of `entity` that verify excuses, from the ledger's steps and the rejects
 /// files under `rejects_dir`.
 pub async fn load(
