@@ -456,6 +456,24 @@ impl RunReport {
                     .map(|(rule, n)| format!("{rule} {}", thousands(*n)))
                     .collect();
                 let _ = writeln!(s, "{}: rejected by rule: {}", e.name, rules.join(", "));
+                // A failed upload is often passing (the file changed on disk meanwhile, a
+                // refusal since lifted), but a rejected row is final for a plain `migrate`
+                // (adv34 F4: "fix and re-run" silently did nothing).
+                if let Some((_, n)) = e
+                    .rejected_by_rule
+                    .iter()
+                    .find(|(rule, _)| rule.as_str() == crate::sink::gridfs::RULE_UPLOAD)
+                    && !self.dry_run
+                {
+                    let _ = writeln!(
+                        s,
+                        "{}: {} row(s) rejected `{}` are not tried again by a plain `cutover migrate`; once their files are right, `cutover migrate --rerun {}` uploads them",
+                        e.name,
+                        thousands(*n),
+                        crate::sink::gridfs::RULE_UPLOAD,
+                        e.name
+                    );
+                }
             }
             if !e.indexes.is_empty() {
                 let built: Vec<String> = e
@@ -835,6 +853,13 @@ mod tests {
         r.entities[0].completed_by = Some("earlier".into());
         let text = r.render_text();
         assert!(text.contains("wall time: 118ms (the stages 0ms"), "{text}");
+        // adv34 F4: rows rejected `file_upload` get the command that tries them again.
+        r.entities[0].rejected_by_rule = [("file_upload".to_string(), 2)].into_iter().collect();
+        let text = r.render_text();
+        assert!(
+            text.contains("users: 2 row(s) rejected `file_upload` are not tried again by a plain `cutover migrate`; once their files are right, `cutover migrate --rerun users` uploads them"),
+            "{text}"
+        );
     }
 
     #[test]
