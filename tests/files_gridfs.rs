@@ -659,6 +659,27 @@ async fn dry_run_predicts_file_rejects_and_a_link_out_of_the_root_is_refused() {
             })
             .collect();
         assert_eq!(found, expected, "dry run {dry}");
+        // Each names the row's path in `value`, in the dry run as in the run (adv34 F8).
+        let mut r = csv::Reader::from_path(
+            w.dir
+                .path()
+                .join("rejects")
+                .join(run_id)
+                .join("documents.csv"),
+        )
+        .unwrap();
+        let headers = r.headers().unwrap().clone();
+        let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let (k_at, v_at) = (at("source_key"), at("value"));
+        for rec in r.records() {
+            let rec = rec.unwrap();
+            let path = if rec[k_at] == missing_id.to_string() {
+                missing_path
+            } else {
+                linked_path
+            };
+            assert_eq!(&rec[v_at], path.as_str(), "dry run {dry}: {rec:?}");
+        }
         let files = if dry { 0 } else { 18 };
         assert_eq!(w.count("documents.files").await, files, "dry run {dry}");
     }

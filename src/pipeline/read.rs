@@ -291,9 +291,12 @@ pub(super) async fn read_loop(
             // is rejected here as the run would: the rehearsal predicts the run's rejects.
             // A file stage: the file checked as the upload will check it (Appwrite: the
             // bucket's extensions and size too).
+            // A file's reject names its path as the run's does (adv34 F8).
+            let mut file_path = String::new();
             let file_refusal = match &plan.file {
                 Some(f) => {
                     let file = crate::sink::gridfs::FileRef::of_row(f, &row);
+                    file_path = file.path.clone().unwrap_or_default();
                     target
                         .file_refusal(&plan.collection, &file)
                         .await?
@@ -314,7 +317,12 @@ pub(super) async fn read_loop(
                         (rule, message, stage)
                     })
             }) {
-                let issue = Issue::error(stage, rule, "", message, String::new());
+                let value = if stage == Stage::File {
+                    file_path
+                } else {
+                    String::new()
+                };
+                let issue = Issue::error(stage, rule, "", message, value);
                 reject(
                     counters,
                     total_rejected,
