@@ -1759,3 +1759,57 @@ async fn an_existing_buckets_own_limits_decide_in_check_dry_run_and_run() {
     assert_eq!(aw.s.get_bucket("docs").unwrap()["maximumFileSize"], 100);
     w.drop().await;
 }
+
+/// adv34 F12: a file cut short while it was uploaded (there and readable when checked) was
+/// rejected `file_missing`; it changed, so `file_upload`, saying so, and the part sent is removed.
+/// The stand-in holds the first chunk's answer (its upload barrier) while the test truncates the
+/// file: the second chunk then finds it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_short_during_its_upload_is_rejected_as_changed() {
+    let w = World::new("files_appwrite_cut").await;
+    let root = w.dir.path().join("files");
+    std::fs::create_dir_all(&root).unwrap();
+    let bytes: Vec<u8> = (0..2 * MIB + 77).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("big.bin"), &bytes).unwrap();
+    w.sql(&format!(
+        "CREATE TABLE docs (id int PRIMARY KEY, path text, name text, size bigint, sha text, mime text);
+         INSERT INTO docs VALUES (1, 'big.bin', 'big.bin', {}, '{}', NULL);",
+        bytes.len(),
+        sha(&bytes)
+    ))
+    .await;
+    let pipeline = mapping(w.dir.path());
+    let aw = standin().await;
+    aw.s.set_upload_barrier(2);
+    let args = [
+        "migrate",
+        "--quiet",
+        "--file-concurrency",
+        "1",
+        "--pipeline",
+        pipeline.as_str(),
+    ];
+    let run = cutover(&w, &root, &aw, &args);
+    let cut = async {
+        let since = std::time::Instant::now();
+        while aw.s.files_in_progress_max() == 0 {
+            assert!(since.elapsed() < Duration::from_secs(60), "no upload began");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("big.bin"))
+            .unwrap();
+        f.set_len(MIB as u64 + 10).unwrap();
+    };
+    let (out, ()) = tokio::join!(run, cut);
+    aw.s.set_upload_barrier(0);
+    let text = text(&out);
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap();
+    let rejects = w.rejects(run_id);
+    assert_eq!(rejects.len(), 1, "{rejects:?}\n{text}");
+    assert_eq!(rejects[0].3, "file_upload", "{rejects:?}\n{text}");
+    assert!(aw.s.file_ids("docs").is_empty(), "the part sent stays");
+    w.drop().await;
+}

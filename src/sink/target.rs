@@ -423,6 +423,17 @@ impl AppwriteTarget {
                         .push(refused(index, RULE_MISSING, format!("{rel}: {why}")));
                     continue;
                 }
+                Err(storage::UploadError::Changed(why)) => {
+                    let _ = storage::delete_file(&self.client, &spec.bucket, &id).await;
+                    result.errors.push(refused(
+                        index,
+                        RULE_UPLOAD,
+                        format!(
+                            "{rel}: the file changed while it was uploaded: {why}; removed again"
+                        ),
+                    ));
+                    continue;
+                }
                 Err(storage::UploadError::Server(e)) if e.is_refusal() => {
                     let _ = storage::delete_file(&self.client, &spec.bucket, &id).await;
                     result.errors.push(refused(

@@ -387,8 +387,11 @@ pub async fn update_permissions(
 /// Why an upload stopped.
 #[derive(Debug)]
 pub enum UploadError {
-    /// Reading the file failed (or it changed length meanwhile).
+    /// Reading the file failed.
     Disk(String),
+    /// The file changed length while it was sent (it ended early, or grew): it was there and
+    /// readable, so not missing (adv34 F12).
+    Changed(String),
     /// The server refused or failed.
     Server(AppwriteError),
 }
@@ -417,10 +420,18 @@ pub async fn upload(
         let want = (len - start).min(CHUNK) as usize;
         let mut buf = vec![0u8; want];
         f.read_exact(&mut buf).await.map_err(|e| {
-            UploadError::Disk(format!(
-                "reading bytes {start}.. of {}: {e}",
-                path.display()
-            ))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                UploadError::Changed(format!(
+                    "{} ended before byte {} of the {len} it held when checked",
+                    path.display(),
+                    start + want as u64
+                ))
+            } else {
+                UploadError::Disk(format!(
+                    "reading bytes {start}.. of {}: {e}",
+                    path.display()
+                ))
+            }
         })?;
         // Shared, not copied, by each attempt's request (a retry sends the same chunk again).
         let buf = bytes::Bytes::from(buf);
@@ -468,8 +479,8 @@ pub async fn upload(
         .map_err(|e| UploadError::Disk(e.to_string()))?
         != 0
     {
-        return Err(UploadError::Disk(format!(
-            "{} grew while it was uploaded",
+        return Err(UploadError::Changed(format!(
+            "{} grew past the {len} bytes it held when checked",
             path.display()
         )));
     }
