@@ -182,10 +182,30 @@ pub async fn plan(
             None => String::new(),
         };
         let action = if s.was_empty {
-            format!(
-                "empty {} (it was empty before run {}){again}{with}",
-                s.destination, s.run_id
-            )
+            // A step that resumed another began where that one left off (adv34 F6: "empty
+            // before run X" of a run that found the earlier run's files there).
+            let mut first = s.resumed_from.clone();
+            // Back along the chain of resumes (a resumed step resumed in turn), each step once.
+            for _ in 0..steps.len() {
+                let earlier = first.as_ref().and_then(|r| {
+                    steps
+                        .iter()
+                        .find(|x| &x.run_id == r && x.entity == s.entity)
+                        .and_then(|x| x.resumed_from.clone())
+                });
+                match earlier {
+                    Some(r) if Some(&r) != first.as_ref() => first = Some(r),
+                    _ => break,
+                }
+            }
+            let before = match &first {
+                Some(first) => format!(
+                    "it was empty before run {first}, whose step run {} resumed",
+                    s.run_id
+                ),
+                None => format!("it was empty before run {}", s.run_id),
+            };
+            format!("empty {} ({before}){again}{with}", s.destination)
         } else if let Some(b) = &s.backup {
             if !backups.contains(b) {
                 return Err(RunError::Refused(format!(
