@@ -57,6 +57,26 @@ async fn download_sha256(db: &mongodb::Database, bucket: &str, id: Bson) -> (u64
     (len, cutover::sink::gridfs::hex(&h.finalize()))
 }
 
+/// Flips bits (`mask`) of the first byte of a file's first chunk in place: its record (length,
+/// recorded sha256) stays as it was.
+async fn damage_first_chunk(db: &mongodb::Database, file: Bson, mask: u8) {
+    let chunks = db.collection::<Document>("documents.chunks");
+    let chunk = chunks
+        .find_one(doc! { "files_id": file, "n": 0 })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut data = chunk.get_binary_generic("data").unwrap().clone();
+    data[0] ^= mask;
+    chunks
+        .update_one(
+            doc! { "_id": chunk.get("_id").unwrap() },
+            doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: data }) } },
+        )
+        .await
+        .unwrap();
+}
+
 async fn files_docs(w: &World, bucket: &str) -> Vec<Document> {
     w.docs(&format!("{bucket}.files")).await
 }
@@ -271,21 +291,7 @@ async fn documents_go_into_gridfs_byte_identical_and_bad_files_are_rejected() {
         .iter()
         .find(|(id, _)| *id != missing_id && *id != changed_id)
         .unwrap();
-    let chunks = db.collection::<Document>("documents.chunks");
-    let chunk = chunks
-        .find_one(doc! { "files_id": uuid_id(some_id), "n": 0 })
-        .await
-        .unwrap()
-        .unwrap();
-    let mut data = chunk.get_binary_generic("data").unwrap().clone();
-    data[0] ^= 0x01;
-    chunks
-        .update_one(
-            doc! { "_id": chunk.get("_id").unwrap() },
-            doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: data }) } },
-        )
-        .await
-        .unwrap();
+    damage_first_chunk(&db, uuid_id(some_id), 0x01).await;
     let out = verify(&[]);
     assert!(out.status.success(), "{}", common::output_text(&out));
     let out = verify(&["--full"]);
@@ -1362,21 +1368,7 @@ async fn a_missing_root_a_pipe_a_lost_chunk_and_a_renamed_file_are_each_caught()
     // it is uploaded again. Oracle: the bytes downloaded from GridFS against the file's sha256.
     let damaged_key = ids.next().unwrap();
     let damaged = uuid_id(damaged_key);
-    let chunks = db.collection::<Document>("documents.chunks");
-    let chunk = chunks
-        .find_one(doc! { "files_id": &damaged, "n": 0 })
-        .await
-        .unwrap()
-        .unwrap();
-    let mut data = chunk.get_binary_generic("data").unwrap().clone();
-    data[0] ^= 0xff;
-    chunks
-        .update_one(
-            doc! { "_id": chunk.get("_id").unwrap() },
-            doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: data }) } },
-        )
-        .await
-        .unwrap();
+    damage_first_chunk(&db, damaged.clone(), 0xff).await;
     let want = &source[damaged_key].2;
     assert_ne!(
         &download_sha256(&db, "documents", damaged.clone()).await.1,

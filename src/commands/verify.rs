@@ -71,8 +71,12 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     let run_of = |e: &str| current.get(e).map(|s| s.run_number);
     // Per referenced entity, the ids of the rows its run left out (see below), and the mapping
     // context they are found with (no reference judged: a chain of them is not followed).
-    let mut left_out: std::collections::HashMap<String, std::collections::HashSet<String>> =
-        Default::default();
+    // Keyed by the entity and, when it ran again since the referencing one, that one's run
+    // number (what it left out as of then too).
+    let mut left_out: std::collections::HashMap<
+        (String, Option<i64>),
+        std::collections::HashSet<String>,
+    > = Default::default();
     let plain_ctx = ctx.clone();
     for p in &plans {
         // References to rows the target does not hold: the run rejected (or warned) them
@@ -96,18 +100,31 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             // (when this entity's run wrote its references, with a warning) and now is excused
             // (the eighteenth tester's F1: a document a re-run removed was called "written with
             // a warning"; adv35 F2: the same rows rejected again failed verify).
-            if run_of(e) > run_of(&p.entity) {
-                let Some(child_run) = run_of(&p.entity) else {
-                    *absent = Default::default();
-                    continue;
+            let as_of = if run_of(e) > run_of(&p.entity) {
+                match run_of(&p.entity) {
+                    Some(run) => Some(run),
+                    None => {
+                        *absent = Default::default();
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let cached = (e.clone(), as_of);
+            if !left_out.contains_key(&cached) {
+                let then = match as_of {
+                    Some(run) => Some(
+                        crate::verify::write_rejects::rejected_as_of(
+                            &ledger,
+                            &cfg.rejects_dir,
+                            e,
+                            run,
+                        )
+                        .await?,
+                    ),
+                    None => None,
                 };
-                let then = crate::verify::write_rejects::rejected_as_of(
-                    &ledger,
-                    &cfg.rejects_dir,
-                    e,
-                    child_run,
-                )
-                .await?;
                 let step = crate::pipeline::Step {
                     stage: String::new(),
                     entity: e.clone(),
@@ -129,44 +146,14 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
                             &plain_ctx,
                             &refused,
                             target.max_document_bytes(),
-                            Some(&then),
+                            then.as_ref(),
                         )
                         .await?,
                     );
                 }
-                *absent = std::sync::Arc::new(absent.intersection(&ids).cloned().collect());
-                continue;
+                left_out.insert(cached.clone(), ids);
             }
-            if !left_out.contains_key(e) {
-                let step = crate::pipeline::Step {
-                    stage: String::new(),
-                    entity: e.clone(),
-                };
-                let referenced = crate::pipeline::run::compile_plans(
-                    &pipeline,
-                    std::slice::from_ref(&step),
-                    &mut session,
-                )
-                .await?;
-                let refused =
-                    crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, e).await?;
-                let mut ids = std::collections::HashSet::new();
-                for r in &referenced {
-                    ids.extend(
-                        crate::verify::left_out_ids(
-                            r,
-                            &mut session,
-                            &plain_ctx,
-                            &refused,
-                            target.max_document_bytes(),
-                            None,
-                        )
-                        .await?,
-                    );
-                }
-                left_out.insert(e.clone(), ids);
-            }
-            let keep = &left_out[e];
+            let keep = &left_out[&cached];
             *absent = std::sync::Arc::new(absent.intersection(keep).cloned().collect());
         }
         let rows = session.count(&p.relation).await?;
