@@ -1373,6 +1373,115 @@ async fn embedded_documents_can_go_to_a_child_table_and_verify() {
     w.drop().await;
 }
 
+/// adv35 F6: `--sync-deletes` into a table with a child table removes the rows of the parents
+/// gone from the source *and* child rows no parent row holds (put there by hand, or left by a
+/// parent deleted outside cutover) — which `verify` names unexpected. A rehearsal counts each
+/// once and deletes nothing; afterwards verify passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_deletes_removes_child_table_rows_no_parent_holds() {
+    let w = World::new("aw_sync_child").await;
+    w.load_registry(100);
+    let aw = standin().await;
+    let pipeline = child_table_pipeline(&w);
+    let run = |extra: &[&str]| {
+        let mut v: Vec<String> = vec!["migrate".into(), "--quiet".into(), "--pipeline".into()];
+        v.push(pipeline.clone());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        let (w, aw) = (&w, &aw);
+        async move {
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            cutover(w, aw, &refs).await
+        }
+    };
+    let verify = || {
+        let v = [
+            "verify",
+            "patients",
+            "--json",
+            "--pipeline",
+            pipeline.as_str(),
+        ];
+        let (w, aw) = (&w, &aw);
+        async move { cutover(w, aw, &v).await }
+    };
+    let out = run(&["reference", "patients"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = verify().await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A patient (with guardians) deleted in the source, and two guardian rows added by hand
+    // under parents no row of the table is.
+    let children = aw.s.rows("registry", "patients_guardians");
+    let gone = children[0]["parentId"].as_str().unwrap().to_string();
+    let gone_children = children.iter().filter(|c| c["parentId"] == gone).count();
+    for t in [
+        "guardians",
+        "immunizations",
+        "immunization_schedules",
+        "documents",
+    ] {
+        w.sql(&format!(
+            "DELETE FROM {t} WHERE patient_id::text = '{gone}'"
+        ))
+        .await;
+    }
+    w.sql(&format!(
+        "DELETE FROM patients WHERE patient_id::text = '{gone}'"
+    ))
+    .await;
+    cutover::sink::appwrite::install_crypto_provider();
+    let client =
+        cutover::sink::appwrite::AppwriteClient::new(&aw.endpoint, "cutover", KEY, None).unwrap();
+    let mut hand = children[1].clone();
+    let hand = hand.as_object_mut().unwrap();
+    hand.retain(|k, _| !k.starts_with('$'));
+    for (id, parent) in [("hand-1", "no-such-parent"), ("hand-2", "another-ghost")] {
+        hand.insert("parentId".into(), Value::String(parent.into()));
+        client
+            .put_row(
+                "registry",
+                "patients_guardians",
+                id,
+                &Value::Object(hand.clone()),
+            )
+            .await
+            .unwrap();
+    }
+    let out = verify().await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unexpected = json["entities"][0]["unexpected"].to_string();
+    assert!(
+        unexpected.contains("patients_guardians:hand-1"),
+        "{unexpected}"
+    );
+    assert!(
+        unexpected.contains("patients_guardians:hand-2"),
+        "{unexpected}"
+    );
+
+    let before = aw.s.rows("registry", "patients_guardians").len();
+    let out = run(&["patients", "--rerun", "--sync-deletes", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        entity(&w.latest_report(), "patients")["deleted"],
+        3,
+        "the patient gone (its guardians with it) and the two hand rows"
+    );
+    assert_eq!(aw.s.rows("registry", "patients_guardians").len(), before);
+
+    let out = run(&["patients", "--rerun", "--sync-deletes"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(entity(&w.latest_report(), "patients")["deleted"], 3);
+    let left = aw.s.rows("registry", "patients_guardians");
+    assert_eq!(left.len(), before - 2 - gone_children);
+    assert!(left.iter().all(|c| c["parentId"] != gone));
+    assert!(aw.s.get_row("registry", "patients", &gone).is_err());
+    let out = verify().await;
+    assert!(out.status.success(), "{}", text(&out));
+    w.drop().await;
+}
+
 /// Rewrites the ledger's step and backup records as versions before typed destinations wrote
 /// them: `collection` as text (`table+child+…`, `@users`), no `destination`, no `copy`.
 async fn write_ledger_as_older_versions_did(
