@@ -371,3 +371,47 @@ async fn rules_on_constants_transforms_combined_columns_and_json_are_refused_or_
     assert_eq!(ids, [7], "only the NULL is judged by no rule");
     w.drop().await;
 }
+
+/// adv34 F5: a row written with a warning in the mapping's eyes but refused by the target (here a
+/// validator the team put on the collection) is a reject and nothing else: its warning is not
+/// recorded, nor counted, for a row that was never written.
+#[tokio::test]
+async fn a_row_the_target_refuses_keeps_no_warning() {
+    let w = World::new("rule_severity_refused").await;
+    w.sql(SCHEMA).await;
+    let pipeline = write_files(&w);
+    w.mongo()
+        .await
+        .run_command(bson::doc! {
+            "create": "contacts",
+            "validator": { "email": { "$regex": "@" } },
+        })
+        .await
+        .unwrap();
+
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = w.latest_report();
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    let mut rejects = w.rejects(&run_id);
+    rejects.sort();
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    assert_eq!(rejects[0].1, "2", "{rejects:?}");
+    assert_eq!(rejects[0].2, "write", "{rejects:?}");
+    assert_eq!(rejects[1].1, "3", "{rejects:?}");
+    assert_eq!(w.warnings(&run_id), Vec::new(), "{report}");
+    let e = &report["entities"][0];
+    assert_eq!(e["warnings"], 0, "{e}");
+    assert_eq!(
+        (e["read"].as_u64(), e["written"].as_u64()),
+        (Some(3), Some(1)),
+        "{e}"
+    );
+    w.drop().await;
+}

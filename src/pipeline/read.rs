@@ -57,6 +57,9 @@ pub(super) struct Batch {
     /// rows in it written with warnings.
     pub(super) rejected: u64,
     pub(super) warned: u64,
+    /// The warnings of the batch's documents (by index), recorded by the writer once the target
+    /// took them: a row refused when written has no warning (adv34 F5).
+    pub(super) warnings: Vec<(usize, Vec<Issue>)>,
     /// Ids of rows rejected in this batch's stretch whose documents an earlier run may have
     /// written (upsert mode): removed before the batch is written.
     pub(super) stale: Vec<bson::Bson>,
@@ -76,6 +79,7 @@ impl Batch {
             read_upto: 0,
             rejected: 0,
             warned: 0,
+            warnings: Vec::new(),
             stale: Vec::new(),
             removed: 0,
         }
@@ -397,11 +401,9 @@ pub(super) async fn read_loop(
             continue;
         }
         if !warnings.is_empty() {
-            EntityCounters::add(&counters.warnings, 1);
-            rejects
-                .warn(&plan.entity, &mapped.key, &warnings, Some(seq))
-                .map_err(io_err)?;
-            batch.warned += 1;
+            batch
+                .warnings
+                .push((batch.docs.len(), warnings.into_iter().cloned().collect()));
         }
         batch.bytes += size;
         if let Some(f) = &plan.file {

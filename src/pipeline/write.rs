@@ -316,6 +316,24 @@ pub(super) async fn write_loop(
                         EntityCounters::add(&counters.removed, removed);
                         batch.removed += removed;
                     }
+                    // The warnings of the documents the target took (or that wait, set aside).
+                    let not_taken: std::collections::HashSet<usize> =
+                        errors.iter().chain(&transient).map(|e| e.index).collect();
+                    for (i, issues) in std::mem::take(&mut batch.warnings) {
+                        if not_taken.contains(&i) {
+                            continue;
+                        }
+                        let key = batch.keys.get(i).map(String::as_str).unwrap_or("?");
+                        let issues: Vec<&Issue> = issues.iter().collect();
+                        EntityCounters::add(&counters.warnings, 1);
+                        rejects
+                            .warn(&entity, key, &issues, Some(batch.seq))
+                            .map_err(|cause| RunError::Io {
+                                path: rejects.dir().to_path_buf(),
+                                cause,
+                            })?;
+                        batch.warned += 1;
+                    }
                     for e in errors {
                         // The server's own refusals (a code of its, or a file Storage refused):
                         // those cutover makes before sending (code 0: a value Appwrite cannot
