@@ -112,58 +112,82 @@ pub fn read(runs: &[(&str, PathBuf)], entity: &str) -> Result<WriteRejects, RunE
     let mut found = WriteRejects::none();
     for (run, dir) in runs {
         found.runs.push((*run).to_string());
-        let path = dir.join(format!("{entity}.csv"));
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(cause) => return Err(RunError::Io { path, cause }),
-        };
-        let io = |path: &PathBuf, e: csv::Error| RunError::Io {
-            path: path.clone(),
-            cause: std::io::Error::other(e),
-        };
-        let mut csv = csv::Reader::from_reader(file);
-        let headers = csv.headers().map_err(|e| io(&path, e))?.clone();
-        if headers.is_empty() {
-            // Created by a run killed before its first record was flushed: no rejects.
-            continue;
-        }
-        let column = |name: &str| headers.iter().position(|h| h == name);
-        let r_at = column("rule");
-        let v_at = column("value");
-        let (Some(e_at), Some(k_at), Some(s_at)) =
-            (column("entity"), column("source_key"), column("stage"))
-        else {
-            return Err(RunError::Io {
-                path,
-                cause: std::io::Error::other(
-                    "not a rejects file (no entity, source_key and stage columns)",
-                ),
-            });
-        };
-        for record in csv.records() {
-            let record = record.map_err(|e| io(&path, e))?;
-            if record.get(e_at) == Some(entity)
-                && (record.get(s_at) == Some(Stage::Write.as_str())
-                    || record.get(s_at) == Some(Stage::File.as_str()))
-            {
-                let key = record.get(k_at).unwrap_or_default().to_string();
-                if let Some(rule) = r_at.and_then(|i| record.get(i)) {
-                    found.rules.insert(key.clone(), rule.to_string());
-                }
-                match v_at.and_then(|i| record.get(i)) {
-                    Some(f) if f.starts_with("sha256:") => {
-                        found.fingerprints.insert(key.clone(), f.to_string());
-                    }
-                    _ => {
-                        found.fingerprints.remove(&key);
-                    }
-                }
-                found.keys.insert(key);
+        each_reject(dir, entity, |r| {
+            if r.stage != Stage::Write.as_str() && r.stage != Stage::File.as_str() {
+                return;
             }
-        }
+            let key = r.key.to_string();
+            if let Some(rule) = r.rule {
+                found.rules.insert(key.clone(), rule.to_string());
+            }
+            match r.value {
+                Some(f) if f.starts_with("sha256:") => {
+                    found.fingerprints.insert(key.clone(), f.to_string());
+                }
+                _ => {
+                    found.fingerprints.remove(&key);
+                }
+            }
+            found.keys.insert(key);
+        })?;
     }
     Ok(found)
+}
+
+/// One line of a rejects file, as [`each_reject`] passes it.
+struct RejectLine<'a> {
+    key: &'a str,
+    stage: &'a str,
+    rule: Option<&'a str>,
+    value: Option<&'a str>,
+}
+
+/// Calls `f` on each reject of `entity` in the rejects file of `entity` under `dir` (none when
+/// the file is missing, or empty: made by a run killed before its first record was flushed).
+fn each_reject(
+    dir: &Path,
+    entity: &str,
+    mut f: impl FnMut(RejectLine<'_>),
+) -> Result<(), RunError> {
+    let path = dir.join(format!("{entity}.csv"));
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(cause) => return Err(RunError::Io { path, cause }),
+    };
+    let io = |path: &PathBuf, e: csv::Error| RunError::Io {
+        path: path.clone(),
+        cause: std::io::Error::other(e),
+    };
+    let mut csv = csv::Reader::from_reader(file);
+    let headers = csv.headers().map_err(|e| io(&path, e))?.clone();
+    if headers.is_empty() {
+        return Ok(());
+    }
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let (r_at, v_at) = (column("rule"), column("value"));
+    let (Some(e_at), Some(k_at), Some(s_at)) =
+        (column("entity"), column("source_key"), column("stage"))
+    else {
+        return Err(RunError::Io {
+            path,
+            cause: std::io::Error::other(
+                "not a rejects file (no entity, source_key and stage columns)",
+            ),
+        });
+    };
+    for record in csv.records() {
+        let record = record.map_err(|e| io(&path, e))?;
+        if record.get(e_at) == Some(entity) {
+            f(RejectLine {
+                key: record.get(k_at).unwrap_or_default(),
+                stage: record.get(s_at).unwrap_or_default(),
+                rule: r_at.and_then(|i| record.get(i)),
+                value: v_at.and_then(|i| record.get(i)),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The source keys (as text) of every row of `entity` the steps current at run number `run`
@@ -184,31 +208,9 @@ pub async fn rejected_as_of(
         .collect();
     let mut keys = HashSet::new();
     for s in steps_behind(&steps, entity) {
-        let dir = s
-            .rejects_dir
-            .as_ref()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| rejects_dir.join(&s.run_id));
-        let path = dir.join(format!("{entity}.csv"));
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(cause) => return Err(RunError::Io { path, cause }),
-        };
-        let mut csv = csv::Reader::from_reader(file);
-        let headers = match csv.headers() {
-            Ok(h) if !h.is_empty() => h.clone(),
-            _ => continue,
-        };
-        let column = |name: &str| headers.iter().position(|h| h == name);
-        let (Some(e_at), Some(k_at)) = (column("entity"), column("source_key")) else {
-            continue;
-        };
-        for record in csv.records().flatten() {
-            if record.get(e_at) == Some(entity) {
-                keys.insert(record.get(k_at).unwrap_or_default().to_string());
-            }
-        }
+        each_reject(&files_of(s, rejects_dir), entity, |r| {
+            keys.insert(r.key.to_string());
+        })?;
     }
     Ok(keys)
 }
@@ -221,19 +223,20 @@ pub async fn load(
     entity: &str,
 ) -> Result<WriteRejects, RunError> {
     let steps = ledger.all_steps().await?;
-    // Each run's files where it recorded them, else under `rejects_dir` (older ledgers).
     let runs: Vec<(&str, PathBuf)> = steps_behind(&steps, entity)
         .iter()
-        .map(|s| {
-            let dir = s
-                .rejects_dir
-                .as_ref()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| rejects_dir.join(&s.run_id));
-            (s.run_id.as_str(), dir)
-        })
+        .map(|s| (s.run_id.as_str(), files_of(s, rejects_dir)))
         .collect();
     read(&runs, entity)
+}
+
+/// Where a step's run recorded its rejects files: as the ledger says, else under `rejects_dir`
+/// (older ledgers).
+fn files_of(step: &StepRecord, rejects_dir: &Path) -> PathBuf {
+    step.rejects_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| rejects_dir.join(&step.run_id))
 }
 
 #[cfg(test)]
