@@ -1217,6 +1217,18 @@ async fn verify_names_exactly_the_deleted_changed_and_stray_appwrite_rows() {
     w.drop().await;
 }
 
+/// `cutover migrate --quiet --pipeline PIPELINE EXTRA…`.
+async fn migrate_pipeline(
+    w: &World,
+    aw: &Aw,
+    pipeline: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["migrate", "--quiet", "--pipeline", pipeline];
+    args.extend_from_slice(extra);
+    cutover(w, aw, &args).await
+}
+
 /// The registry's mappings and pipeline copied into the world, guardians stored in a child table.
 fn child_table_pipeline(w: &World) -> String {
     let dir = w.dir.path().join("registry");
@@ -1383,16 +1395,7 @@ async fn sync_deletes_removes_child_table_rows_no_parent_holds() {
     w.load_registry(100);
     let aw = standin().await;
     let pipeline = child_table_pipeline(&w);
-    let run = |extra: &[&str]| {
-        let mut v: Vec<String> = vec!["migrate".into(), "--quiet".into(), "--pipeline".into()];
-        v.push(pipeline.clone());
-        v.extend(extra.iter().map(|s| s.to_string()));
-        let (w, aw) = (&w, &aw);
-        async move {
-            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-            cutover(w, aw, &refs).await
-        }
-    };
+    let run = |extra: &'static [&'static str]| migrate_pipeline(&w, &aw, &pipeline, extra);
     let verify = || {
         let v = [
             "verify",
@@ -1529,16 +1532,7 @@ async fn a_ledger_older_versions_wrote_still_rolls_back_child_tables() {
     w.load_registry(100);
     let aw = standin().await;
     let pipeline = child_table_pipeline(&w);
-    let migrate = |extra: &[&str]| {
-        let mut v: Vec<String> = vec!["migrate".into(), "--quiet".into(), "--pipeline".into()];
-        v.push(pipeline.clone());
-        v.extend(extra.iter().map(|s| s.to_string()));
-        let (w, aw) = (&w, &aw);
-        async move {
-            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
-            cutover(w, aw, &refs).await
-        }
-    };
+    let migrate = |extra: &'static [&'static str]| migrate_pipeline(&w, &aw, &pipeline, extra);
     let out = migrate(&["reference", "patients"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let rows = |table: &str| -> Vec<Value> {
