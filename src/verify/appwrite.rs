@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::{
     BrokenReference, DIFFED, Different, EmbeddedCount, EntityVerification, ProblemLog, Problems,
-    hash_bytes, spill_err,
+    hash_bytes, sample_mode, spill_err,
 };
 use crate::mapping::plan::Plan;
 use crate::mapping::spec::EmbedElement;
@@ -431,11 +431,7 @@ pub async fn verify_entity(
         Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
         _ => 1,
     };
-    let mode = if step == 1 {
-        "full".to_string()
-    } else {
-        format!("sample of every {step}th row")
-    };
+    let mode = sample_mode(step);
     let shape = match &plan.appwrite_users {
         Some(u) => Shape::Users(u.clone(), plan.entity.clone()),
         None => Shape::Table(schema::table_spec(plan)),

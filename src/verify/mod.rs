@@ -598,11 +598,7 @@ pub async fn verify_entity(
         Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
         _ => 1,
     };
-    let mode = if step == 1 {
-        "full".to_string()
-    } else {
-        format!("sample of every {step}th row")
-    };
+    let mode = sample_mode(step);
 
     // Merge-style when the target's _id order is the key order: both sides stream. Otherwise
     // both sides' (id bytes, hash) go through an external sort and are merged by id.
@@ -1048,8 +1044,48 @@ pub(crate) fn dangling_reference(
     })
 }
 
+/// What a verification of every `step`th source row is called: `full`, or `sample of every
+/// 62nd row` (adv36 F3: "62th").
+pub(crate) fn sample_mode(step: u64) -> String {
+    if step == 1 {
+        return "full".to_string();
+    }
+    let suffix = match (step % 10, step % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("sample of every {step}{suffix} row")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sample_modes_name_their_step_as_an_ordinal() {
+        let named: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 62, 103, 111, 1000]
+            .into_iter()
+            .map(sample_mode)
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "full",
+                "sample of every 2nd row",
+                "sample of every 3rd row",
+                "sample of every 4th row",
+                "sample of every 11th row",
+                "sample of every 12th row",
+                "sample of every 13th row",
+                "sample of every 21st row",
+                "sample of every 62nd row",
+                "sample of every 103rd row",
+                "sample of every 111th row",
+                "sample of every 1000th row",
+            ]
+        );
+    }
     use super::*;
 
     /// An entity whose only fault is values the independent comparison found other than
