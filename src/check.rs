@@ -152,6 +152,10 @@ pub struct CheckOptions<'a> {
     /// (`check --sync-deletes`, as `migrate --rerun --sync-deletes`): their unique keys are
     /// free then; without it they keep them.
     pub sync_deletes: bool,
+    /// The run judged re-runs the selected entities that completed (`check --rerun`): a
+    /// reference into one this check scans is judged by the rows the check rejects of it (the
+    /// re-run removes their documents), not by the target as it is.
+    pub rerun: bool,
 }
 
 /// Scans each selected entity.
@@ -168,6 +172,7 @@ pub async fn check(
         sample,
         files_root,
         sync_deletes,
+        rerun,
     } = opts;
     let mut report = CheckReport::default();
     let steps = match pipeline.select(names) {
@@ -269,10 +274,13 @@ pub async fn check(
         // A referenced entity a completed run left in the target is skipped by the next run
         // (without --rerun), which asks the target — so does the check, even when it scans the
         // entity too (the eighteenth tester's F2: documents deleted since were not counted).
+        // A re-run rewrites a scanned entity: what it leaves out is what this check rejects.
         let (asked, scanned): (Vec<String>, Vec<String>) = referenced_entities(plan)
             .into_iter()
             .filter(|e| rejected_ids.contains_key(e) || history.completed.contains(e))
-            .partition(|e| history.completed.contains(e));
+            .partition(|e| {
+                history.completed.contains(e) && !(rerun && rejected_ids.contains_key(e))
+            });
         ctx.absent_ids = scanned
             .into_iter()
             .map(|e| {
@@ -304,6 +312,10 @@ pub async fn check(
             }
         }
         let collect_rejected = referenced.contains(&plan.entity);
+        if collect_rejected {
+            // Scanned: a later plan judges its references by this scan's rejects (none yet).
+            rejected_ids.entry(plan.entity.clone()).or_default();
+        }
         // Appwrite users: the emails and phones the project's users hold already.
         let mut claims: Option<UserClaims> = None;
         // The destination as it exists: a view or a non-binary collation blocks (migrate

@@ -371,6 +371,11 @@ pub struct CheckArgs {
     /// row taking one is rejected).
     #[arg(long)]
     pub sync_deletes: bool,
+    /// Judge a re-run (`migrate --rerun`) of the selected entities that completed: a reference
+    /// into one of them is judged by the rows this check rejects (a re-run removes their
+    /// documents), not by what the target holds now.
+    #[arg(long)]
+    pub rerun: bool,
 }
 
 #[derive(Debug, Args)]

@@ -62,6 +62,7 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
             sample,
             files_root: files_root.as_deref(),
             sync_deletes: args.sync_deletes,
+            rerun: args.rerun,
         },
     )
     .await;

@@ -699,8 +699,8 @@ async fn migrate_locked(
                 .into_iter()
                 .filter(|e| dry_rejected.contains_key(e) || ran.contains(e))
                 .partition(|e| dry_rejected.contains_key(e));
-            // Asked once a run: a referenced entity's stage is over before the stages that
-            // reference it, and none of them writes it.
+            // Asked once a run after the referenced entity's stage (or before the run): the
+            // stages that reference it do not write it.
             let fresh: Vec<String> = asked
                 .iter()
                 .filter(|e| !absent_known.contains_key(*e))
@@ -733,6 +733,11 @@ async fn migrate_locked(
             }
         };
         ran.insert(p.entity.clone());
+        // What the target held of this entity was asked before its stage wrote (a stage
+        // referencing its own entity asks it: an employee's `reportsTo`): the stages after it
+        // ask again (adv36 F1: its rows rejected now, their documents removed, were not
+        // `reference_rejected` in a later stage, and rows written now were).
+        absent_known.remove(&p.entity);
         let (removed, deleted) = match interrupted {
             Some(r) => match inherited(ledger, target, &p.collection, r).await {
                 Ok(n) => n,
