@@ -3703,3 +3703,74 @@ async fn an_archive_onto_an_id_already_archived_is_refused_by_its_dry_run_too() 
     );
     w.drop().await;
 }
+
+/// adv37 F5: a TTL index deletes the documents already expired for it (MongoDB's TTL monitor,
+/// within a minute): `up` backs them up first and counts them deleted, the dry run names them,
+/// and `down` drops the index and inserts them again — the data exactly as before. Shapes: a
+/// date, an array of dates (the monitor goes by the earliest), a date in the future, a date
+/// held as text (never expires), outside the index's partial filter.
+#[tokio::test]
+async fn a_ttl_index_backs_up_the_documents_it_expires_and_down_puts_them_back() {
+    let w = World::new("changes_ttl").await;
+    let db = w.mongo().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let at = |ms: i64| Bson::DateTime(bson::DateTime::from_millis(ms));
+    let day = 86_400_000;
+    db.collection::<Document>("sessions")
+        .insert_many([
+            doc! { "_id": 1, "kind": "web", "expiresAt": at(now - 400 * day), "n": 1.5 },
+            doc! { "_id": 2, "kind": "web", "expiresAt": [at(now + 9 * day), at(now - 3 * day)] },
+            doc! { "_id": 3, "kind": "web", "expiresAt": at(now + 30 * day) },
+            doc! { "_id": 4, "kind": "web", "expiresAt": "2020-01-01T00:00:00Z" },
+            doc! { "_id": 5, "kind": "app", "expiresAt": at(now - 400 * day) },
+            doc! { "_id": 6, "kind": "web", "expiresAt": at(now - day - 1000), "nested": { "a": [1, 2] } },
+        ])
+        .await
+        .unwrap();
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_ttl.toml",
+        "version = 1\nname = \"expire web sessions\"\n[[up]]\nop = \"create_index\"\ncollection = \"sessions\"\nkeys = [\"expiresAt\"]\nname = \"sessions_ttl\"\nexpire_after_seconds = 86400\npartial_filter = { kind = \"web\" }\n",
+    );
+    let before = hashes(&w).await;
+
+    let out = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(
+        out.contains("3 documents are expired for it already"),
+        "{out}"
+    );
+    let out = ok(&changes(&w, "up", &dir, &[]));
+    assert!(out.contains("deleted 3"), "{out}");
+    // The monitor, woken every second for the test, deletes exactly those three.
+    db.client()
+        .database("admin")
+        .run_command(doc! { "setParameter": 1, "ttlMonitorSleepSecs": 1 })
+        .await
+        .unwrap();
+    let sessions = db.collection::<Document>("sessions");
+    let mut left = Vec::new();
+    for _ in 0..150 {
+        left = sessions
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.get_i32("_id").unwrap())
+            .collect();
+        if left.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(left, [3, 4, 5]);
+
+    let out = ok(&changes(&w, "down", &dir, &[]));
+    assert!(out.contains("inserted 3"), "{out}");
+    assert_eq!(hashes(&w).await, before);
+    w.drop().await;
+}

@@ -244,7 +244,31 @@ impl IndexSpec {
         }
         d
     }
+
+    /// A TTL index's documents expired at `now_ms` (plus [`TTL_MARGIN_MS`]): those whose key
+    /// field is a date (or an array holding one) before `now - expireAfterSeconds`, within the
+    /// partial filter. MongoDB's TTL monitor deletes them within a minute of the index being
+    /// made (adv37 F5: `up` said "deleted 0" and `down` could not bring them back). `None` for
+    /// an index without `expire_after_seconds`.
+    pub fn expired_filter(&self, now_ms: i64) -> Option<Document> {
+        let seconds = self.expire_after_seconds?;
+        let field = self.keys.keys().next()?;
+        let cutoff = bson::DateTime::from_millis(
+            now_ms
+                .saturating_add(TTL_MARGIN_MS)
+                .saturating_sub(seconds.saturating_mul(1000)),
+        );
+        let expired = doc! { field: { "$lt": cutoff } };
+        Some(match &self.partial_filter {
+            Some(p) => doc! { "$and": [expired, p.clone()] },
+            None => expired,
+        })
+    }
 }
+
+/// How far ahead of the change's start a TTL index's expiry is judged: documents expiring while
+/// the change runs (and until the monitor's first pass) are backed up too.
+pub const TTL_MARGIN_MS: i64 = 60_000;
 
 impl Op {
     /// The operation's name as written in the file (`op = "…"`).

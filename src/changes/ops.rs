@@ -510,6 +510,11 @@ fn same_content(a: &Document, b: &Document) -> bool {
 
 /// Operations whose inverse puts a document back only where it is still exactly the image the
 /// operation left (what they write depends on each document).
+/// Now, in milliseconds since the epoch.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 fn image_guarded(op: &Op) -> bool {
     matches!(
         op,
@@ -664,6 +669,33 @@ impl Exec<'_> {
     }
 
     /// Copies the documents matching `filter` into the backup as op `op`'s; returns how many.
+    /// Inserts the documents operation `op` backed up whole (deleted by it) where their `_id`
+    /// is free, counting them in `done` (those whose `_id` is taken since are skipped).
+    async fn insert_backed_up(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: usize,
+        collection: &str,
+        done: &mut OpOutcome,
+    ) -> Result<(), OpError> {
+        let mut after = None;
+        loop {
+            let batch = self.backed_up(sess, op, after.clone()).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.get("_id").cloned();
+            let originals: Vec<Document> = batch
+                .iter()
+                .filter_map(|b| b.get_document("doc").ok().cloned())
+                .collect();
+            done.matched += originals.len() as u64;
+            let n = originals.len() as u64;
+            let inserted = self.insert_where_free(sess, collection, originals).await?;
+            done.inserted += inserted;
+            done.skipped += n - inserted;
+        }
+        Ok(())
+    }
+
     async fn back_up(
         &self,
         sess: &mut Option<&mut ClientSession>,
@@ -1136,6 +1168,12 @@ impl Exec<'_> {
                 out.inserted = r.inserted_ids.len() as u64;
             }
             Op::CreateIndex(spec) => {
+                // The documents a TTL index makes expired at once: backed up (`down` inserts
+                // them again) and counted deleted — the monitor deletes them.
+                if let Some(expired) = spec.expired_filter(now_ms()) {
+                    out.backed_up = self.back_up(sess, &spec.collection, expired, index).await?;
+                    out.deleted = out.backed_up;
+                }
                 self.db
                     .run_command(
                         doc! { "createIndexes": &spec.collection, "indexes": [spec.to_index_doc()] },
@@ -1441,22 +1479,8 @@ impl Exec<'_> {
             return Ok(done);
         }
         if let Some(collection) = deletes_documents(op) {
-            // Each deleted document goes back where its `_id` is free.
-            let mut after = None;
-            loop {
-                let batch = self.backed_up(sess, index, after.clone()).await?;
-                let Some(last) = batch.last() else { break };
-                after = last.get("_id").cloned();
-                let originals: Vec<Document> = batch
-                    .iter()
-                    .filter_map(|b| b.get_document("doc").ok().cloned())
-                    .collect();
-                done.matched += originals.len() as u64;
-                let n = originals.len() as u64;
-                let inserted = self.insert_where_free(sess, collection, originals).await?;
-                done.inserted += inserted;
-                done.skipped += n - inserted;
-            }
+            self.insert_backed_up(sess, index, collection, &mut done)
+                .await?;
             return Ok(done);
         }
         if let Op::Archive { collection, to, .. } = op {
@@ -1559,6 +1583,11 @@ impl Exec<'_> {
                 if self.index_of(&spec.collection, &spec.name).await?.is_some() {
                     self.db
                         .run_command(doc! { "dropIndexes": &spec.collection, "index": &spec.name })
+                        .await?;
+                }
+                // A TTL index's documents expired when it was made, once it is gone.
+                if spec.expire_after_seconds.is_some() {
+                    self.insert_backed_up(sess, index, &spec.collection, &mut done)
                         .await?;
                 }
                 if out.created_collection {
@@ -2106,7 +2135,18 @@ impl Exec<'_> {
                 } else {
                     format!("index {} would be created", spec.name)
                 };
-                preview(Some(&spec.collection), 0, note)
+                let expired = match spec.expired_filter(now_ms()) {
+                    Some(f) if !there => self.coll(&spec.collection).count_documents(f).await?,
+                    _ => 0,
+                };
+                let note = if expired > 0 {
+                    format!(
+                        "{note}; {expired} documents are expired for it already: MongoDB's TTL monitor deletes them within a minute (backed up first: down inserts them again)"
+                    )
+                } else {
+                    note
+                };
+                preview(Some(&spec.collection), expired, note)
             }
             Op::DropIndex { collection, name } => {
                 let there = self.index_of(collection, name).await?.is_some();
