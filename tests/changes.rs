@@ -3774,3 +3774,54 @@ async fn a_ttl_index_backs_up_the_documents_it_expires_and_down_puts_them_back()
     assert_eq!(hashes(&w).await, before);
     w.drop().await;
 }
+
+/// adv37 F1: a field operation on a dotted path through an array of documents — `$unset` and
+/// `$rename` go through no array (`remove_field` of `kids.phone` was "applied" and removed
+/// nothing), `$set` fails on one — is refused before writing, and the dry run says it would
+/// fail. Each operation kind; nothing is written.
+#[tokio::test]
+async fn field_operations_through_an_array_of_documents_are_refused_and_the_dry_run_says_so() {
+    let w = World::new("changes_array_paths").await;
+    let db = w.mongo().await;
+    db.collection::<Document>("people")
+        .insert_many([
+            doc! { "_id": 1, "kids": [{ "name": "a", "phone": "1" }, { "name": "b" }] },
+            doc! { "_id": 2, "kids": { "name": "c", "phone": "2" } },
+            doc! { "_id": 3 },
+            doc! { "_id": 4, "kids": [{ "name": "d" }] },
+        ])
+        .await
+        .unwrap();
+    let before = hashes(&w).await;
+    let ops = [
+        ("remove_field", "field = \"kids.phone\""),
+        ("add_field", "field = \"kids.phone\"\ndefault = \"?\""),
+        ("rename_field", "from = \"kids.phone\"\nto = \"kids.tel\""),
+        ("copy_field", "from = \"kids.phone\"\nto = \"phone\""),
+        ("unset", "filter = {}\nfields = [\"kids.phone\"]"),
+        ("set", "filter = {}\nfields = { \"kids.phone\" = \"?\" }"),
+    ];
+    for (i, (op, args)) in ops.iter().enumerate() {
+        let dir = w.dir.path().join(format!("changes_{i}"));
+        write(
+            &dir,
+            "1_array.toml",
+            &format!(
+                "version = 1\nname = \"array\"\n[[up]]\nop = \"{op}\"\ncollection = \"people\"\n{args}\n"
+            ),
+        );
+        let out = refused(&changes(&w, "up", &dir, &["--dry-run"]));
+        assert!(out.contains("would fail"), "{op}: {out}");
+        assert!(
+            out.contains(&format!("{op} cannot go through the array `kids`")),
+            "{op}: {out}"
+        );
+        let out = refused(&changes(&w, "up", &dir, &[]));
+        assert!(
+            out.contains(&format!("{op} cannot go through the array `kids`")),
+            "{op}: {out}"
+        );
+        assert_eq!(hashes(&w).await, before, "{op}");
+    }
+    w.drop().await;
+}

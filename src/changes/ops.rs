@@ -825,6 +825,53 @@ impl Exec<'_> {
             .collect())
     }
 
+    /// Why `op` cannot work on a dotted path through an array (of documents) that documents it
+    /// would touch hold, if it cannot: `copy_field` (its inverse could not tell what it wrote:
+    /// adv27 N4) and the field operations — `$unset` and `$rename` go through no array (adv37
+    /// F1: `remove_field` of `guardians.phone` was "applied" and removed nothing), `$set` fails
+    /// on one. The walk ends at a part naming a position or an operator (`0`, `$[]`: refused
+    /// when the file is read, or the server's).
+    async fn array_refusal(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: &Op,
+    ) -> Result<Option<String>, OpError> {
+        let paths: Vec<&str> = match op {
+            Op::CopyField { from, to, .. } | Op::RenameField { from, to, .. } => vec![from, to],
+            Op::AddField { field, .. } | Op::RemoveField { field, .. } => vec![field],
+            Op::Set { fields, .. } => fields.keys().map(String::as_str).collect(),
+            Op::Unset { fields, .. } => fields.iter().map(String::as_str).collect(),
+            _ => return Ok(None),
+        };
+        let Some((collection, filter, _)) = rewrite_of(op) else {
+            return Ok(None);
+        };
+        for path in paths {
+            let parts: Vec<&str> = path.split('.').collect();
+            for end in 1..parts.len() {
+                let next = parts[end];
+                if next.starts_with('$') || next.bytes().all(|b| b.is_ascii_digit()) {
+                    break;
+                }
+                let prefix = parts[..end].join(".");
+                let through = and(&filter, doc! { &prefix: { "$type": "array" } });
+                let n = with_session!(sess, self.coll(collection).count_documents(through))?;
+                if n > 0 {
+                    let why = if matches!(op, Op::CopyField { .. }) {
+                        "its inverse could not tell what it wrote"
+                    } else {
+                        "MongoDB's update goes through no array"
+                    };
+                    return Ok(Some(format!(
+                        "{} cannot go through the array `{prefix}` ({n} documents hold one there at `{path}`): {why}; use a transform with $map for arrays of documents",
+                        op.kind()
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Checks an operation before it writes anything and keeps in `out` what its inverse needs
     /// (the index it drops, the collection options or validator it replaces, whether it creates
     /// its collection). Reads only: a refusal here leaves nothing to undo. Its caller records
@@ -863,30 +910,8 @@ impl Exec<'_> {
                 }
             }
         }
-        // A copy from or to a path through an array (of documents): the pipeline copies the
-        // array of the elements' values, or writes into every element, and its inverse cannot
-        // tell what it wrote (adv27 N4: applied, never undone).
-        if let Op::CopyField {
-            collection,
-            from,
-            to,
-            ..
-        } = op
-            && let Some((_, filter, _)) = rewrite_of(op)
-        {
-            for path in [from, to] {
-                let parts: Vec<&str> = path.split('.').collect();
-                for end in 1..parts.len() {
-                    let prefix = parts[..end].join(".");
-                    let through = and(&filter, doc! { &prefix: { "$type": "array" } });
-                    let n = with_session!(sess, self.coll(collection).count_documents(through))?;
-                    if n > 0 {
-                        return Err(OpError::Refused(format!(
-                            "copy_field cannot go through the array `{prefix}` ({n} documents hold one there): its inverse could not tell what it wrote; use a transform with $map for arrays of documents"
-                        )));
-                    }
-                }
-            }
+        if let Some(why) = self.array_refusal(sess, op).await? {
+            return Err(OpError::Refused(why));
         }
         match op {
             Op::RenameField {
@@ -1940,6 +1965,14 @@ impl Exec<'_> {
             would_fail: note.contains("would fail"),
             note,
         };
+        if let Some(why) = self.array_refusal(&mut None, op).await? {
+            let collection = rewrite_of(op).map(|(c, _, _)| c);
+            return Ok(preview(
+                collection,
+                0,
+                format!("{why}: the change would fail"),
+            ));
+        }
         if let Some((collection, filter, _)) = rewrite_of(op) {
             // A rename onto a field some documents have already is refused by the run.
             if let Op::RenameField { from, to, .. } = op {
