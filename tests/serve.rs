@@ -1754,3 +1754,94 @@ async fn sigterm_stops_the_run_at_once_whatever_a_client_holds_open() {
     drop(stalled);
     w.drop().await;
 }
+
+/// adv37 F2: a dry run started through the API records nothing in the ledger; its entities are
+/// shown live all the same (from the run's own counters), and listed by `GET /api/runs` once it
+/// ended. Its second entity reads slowly (a query calling a function that sleeps 0.1 s a row), so the first is seen
+/// counted and the second begun while the run goes on.
+#[tokio::test]
+async fn a_dry_run_started_through_the_api_shows_its_entities_while_it_runs() {
+    let w = World::new("serve_dry_live").await;
+    w.sql(
+        "CREATE TABLE fast (id int PRIMARY KEY, v text);
+         INSERT INTO fast SELECT g, 'v' || g FROM generate_series(1, 12) g;
+         CREATE TABLE slow (id int PRIMARY KEY, v text);
+         INSERT INTO slow SELECT g, 'v' || g FROM generate_series(1, 40) g;
+         CREATE FUNCTION slowly(t text) RETURNS text VOLATILE LANGUAGE plpgsql
+           AS $$ BEGIN PERFORM pg_sleep(0.1); RETURN t; END $$;",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/fast.toml"),
+        "version = 1\nname = \"fast\"\n[source]\ntable = \"fast\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mappings/slow.toml"),
+        "version = 1\nname = \"slow\"\n[source]\nquery = \"SELECT id, slowly(v) AS v FROM slow\"\nkey = [\"id\"]\n[[field]]\npath = \"v\"\ncolumn = \"v\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("live.toml");
+    std::fs::write(
+        &pipeline,
+        "version = 1\nname = \"live\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"one\"\nentities = [\"fast\"]\n[[stage]]\nname = \"two\"\nentities = [\"slow\"]\ndepends_on = [\"one\"]\n",
+    )
+    .unwrap();
+    let pipeline = pipeline.display().to_string();
+    let token = "dry-live-token-42a7";
+    let mut server = Server::start(
+        &w,
+        "drylive",
+        &["--pipeline", &pipeline],
+        &[("CUTOVER_API_TOKEN", token)],
+    );
+    let api = Api::new(&server.base, Some(token));
+    let (s, v) = api
+        .post("/api/runs", Some(json!({"dryRun": true, "batchSize": 5})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["runId"].as_str().unwrap().to_string();
+    // Running: fast counted whole, slow begun.
+    let started = std::time::Instant::now();
+    let live = loop {
+        let (s, v) = api.get(&format!("/api/runs/{id}")).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["status"], "running", "{v}");
+        let entity = |name: &str| {
+            v["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["entity"] == name)
+                .cloned()
+        };
+        if let (Some(f), Some(sl)) = (entity("fast"), entity("slow")) {
+            break (f, sl);
+        }
+        assert!(started.elapsed().as_secs() < 60, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let (fast, slow) = live;
+    assert_eq!(
+        (fast["read"].as_u64(), fast["total"].as_u64()),
+        (Some(12), Some(12)),
+        "{fast}"
+    );
+    assert_eq!(slow["total"], 40, "{slow}");
+    assert_eq!(slow["status"], "running", "{slow}");
+    let done = api.wait_run(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, v) = api.get("/api/runs").await;
+    let listed = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["entities"], json!(["fast", "slow"]), "{listed}");
+    server.stop();
+    w.drop().await;
+}

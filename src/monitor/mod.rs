@@ -1,6 +1,7 @@
 //! Counters, progress bars, rejects files and the run report. Stages never print: they bump
 //! counters; this module turns them into what the operator sees.
 
+pub mod live;
 pub mod mapping_doc;
 pub mod rejects;
 pub mod report;

@@ -69,6 +69,8 @@ pub(super) async fn run_entity(
         Err(e) => return (report_base(&counters, "none", 0), Some(e.into())),
     };
     tracing::info!(entity = %plan.entity, rows = total, "counted the source rows");
+    // Seen live by `cutover serve` when it started the run (a dry run's ledger holds nothing).
+    crate::monitor::live::publish(&stage.run_id, &plan.entity, counters.clone(), total);
     // The step's total, for its progress while it runs (`cutover serve`): not worth failing the
     // run over.
     if let Some(l) = &stage.ledger

@@ -100,7 +100,20 @@ pub async fn list(
         .iter()
         .filter(|s| recorded.iter().all(|r| r.run_id != s.run_id))
         .filter(|s| status.is_none_or(|st| s.state == st))
-        .map(|s| json!({"run_id": s.run_id, "status": s.state, "dry_run": s.dry_run, "started_at": s.started_at, "entities": s.stages, "served": s}))
+        .map(|s| {
+            // The entities it ran (its report's) or runs (live), else the names asked.
+            let mut names: Vec<String> = match report_file(&state, &s.run_id) {
+                Some(r) => r.entities.iter().map(|e| e.name.clone()).collect(),
+                None => crate::monitor::live::entities(&s.run_id)
+                    .into_iter()
+                    .map(|e| e.entity)
+                    .collect(),
+            };
+            if names.is_empty() {
+                names = s.stages.clone();
+            }
+            json!({"run_id": s.run_id, "status": s.state, "dry_run": s.dry_run, "started_at": s.started_at, "entities": names, "served": s})
+        })
         .collect();
     let now = chrono::Utc::now().timestamp_millis();
     for r in &recorded {
@@ -190,6 +203,19 @@ fn millis_of(rfc3339: Option<&str>) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(rfc3339?)
         .ok()
         .map(|t| t.timestamp_millis())
+}
+
+/// One entity's progress as a run going on in this process counts it (a dry run: no ledger).
+fn live_progress(e: &crate::monitor::live::LiveEntity) -> Value {
+    let c = &e.counts;
+    let rate = if e.elapsed_ms > 0 {
+        c.read as f64 * 1000.0 / e.elapsed_ms as f64
+    } else {
+        0.0
+    };
+    let eta =
+        (rate > 0.0 && e.total > c.read).then(|| ((e.total - c.read) as f64 / rate).ceil() as i64);
+    json!({"entity": e.entity, "status": "running", "read": c.read, "written": c.written, "rejected": c.rejected, "skipped": c.skipped, "total": e.total, "rowsPerSecond": (rate * 10.0).round() / 10.0, "etaSeconds": eta})
 }
 
 /// One entity's progress: what its step covered so far (its checkpoint while it runs, its
@@ -301,6 +327,13 @@ pub async fn get(
         .iter()
         .map(|s| progress(s, &all_steps, now, dead))
         .collect();
+    if entities.is_empty() && report.is_none() {
+        // A run going on here that the ledger does not record (a dry run): its counters.
+        entities = crate::monitor::live::entities(id)
+            .iter()
+            .map(live_progress)
+            .collect();
+    }
     if entities.is_empty()
         && let Some(r) = &report
     {
@@ -541,6 +574,7 @@ pub async fn start(
             _ => (st, error),
         };
         tracing::info!(run = %id, state = st, "run started through the API ended");
+        crate::monitor::live::forget(&id);
         if let Ok(mut runs) = task_state.runs.lock()
             && let Some(r) = runs.get_mut(&id)
         {
