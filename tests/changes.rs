@@ -3825,3 +3825,85 @@ async fn field_operations_through_an_array_of_documents_are_refused_and_the_dry_
     }
     w.drop().await;
 }
+
+/// adv37 F6, F8: a seed file deleted after its change was applied leaves the directory
+/// readable: `status` and `list` show that change `modified` with what to do (and every other
+/// change as it is), `up` refuses a pending change whose seed is gone and names it, and `down`
+/// reverses the applied one from the ledger's copy. A change added behind an applied one is
+/// `out-of-order` with what to do.
+#[tokio::test]
+async fn a_seed_file_gone_makes_its_change_modified_not_the_directory_unreadable() {
+    let w = World::new("changes_seed_gone").await;
+    things(&w).await;
+    let before = hashes(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir.join("seeds"),
+        "a.jsonl",
+        "{\"_id\": \"s1\", \"d\": {\"$numberDecimal\": \"1.10\"}}\n",
+    );
+    write(&dir.join("seeds"), "b.jsonl", "{\"_id\": \"s2\"}\n");
+    let seed = |v: u32, file: &str| {
+        format!(
+            "version = {v}\nname = \"seed {v}\"\n[[up]]\nop = \"insert\"\ncollection = \"seeded\"\nfile = \"seeds/{file}\"\n"
+        )
+    };
+    write(&dir, "5_seed.toml", &seed(5, "a.jsonl"));
+    ok(&changes(&w, "up", &dir, &[]));
+    std::fs::remove_file(dir.join("seeds/a.jsonl")).unwrap();
+    write(
+        &dir,
+        "3_early.toml",
+        "version = 3\nname = \"early\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"flag\"\ndefault = true\n",
+    );
+    write(&dir, "7_seed.toml", &seed(7, "gone.jsonl"));
+
+    let status = status_json(&w, &dir);
+    let by_version = |v: u64| {
+        status["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["version"] == v)
+            .cloned()
+            .unwrap()
+    };
+    let (five, three, seven) = (by_version(5), by_version(3), by_version(7));
+    assert_eq!(five["state"], "modified", "{five}");
+    assert!(
+        five["hint"]
+            .as_str()
+            .unwrap()
+            .contains("`seeds/a.jsonl` is not in the changes directory"),
+        "{five}"
+    );
+    assert_eq!(three["state"], "out-of-order", "{three}");
+    assert!(
+        three["hint"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-out-of-order"),
+        "{three}"
+    );
+    assert_eq!(seven["state"], "pending", "{seven}");
+    assert!(
+        seven["hint"].as_str().unwrap().contains("gone.jsonl"),
+        "{seven}"
+    );
+    let text = ok(&changes(&w, "status", &dir, &[]));
+    assert!(text.contains("put the file back"), "{text}");
+    ok(&changes(&w, "list", &dir, &[]));
+
+    let out = refused(&changes(&w, "up", &dir, &["--allow-out-of-order"]));
+    assert!(
+        out.contains("change 7 (7_seed.toml) cannot be applied"),
+        "{out}"
+    );
+    assert!(out.contains("gone.jsonl"), "{out}");
+    std::fs::remove_file(dir.join("7_seed.toml")).unwrap();
+    std::fs::remove_file(dir.join("3_early.toml")).unwrap();
+    let out = ok(&changes(&w, "down", &dir, &[]));
+    assert!(out.contains("reversed 5"), "{out}");
+    assert_eq!(hashes(&w).await, before);
+    w.drop().await;
+}

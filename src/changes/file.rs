@@ -392,6 +392,10 @@ pub struct Change {
     pub source: String,
     /// The seed files its `insert`s read (name → text), recorded with the change.
     pub seeds: BTreeMap<String, String>,
+    /// Why the change cannot be applied as it is (a seed file it names is gone): `status` still
+    /// lists it (an applied change whose seed is gone is `modified`: adv37 F6, status failed
+    /// for the whole directory), and `up` refuses it.
+    pub unreadable: Option<String>,
 }
 
 impl Change {
@@ -987,6 +991,8 @@ pub fn default_index_name(keys: &Document) -> String {
 enum Seeds<'a> {
     Disk(&'a Path),
     Recorded(&'a BTreeMap<String, String>),
+    /// The disk, a missing file read as a stand-in and noted (see [`Change::unreadable`]).
+    Lenient(&'a Path, std::cell::RefCell<Vec<String>>),
 }
 
 impl Seeds<'_> {
@@ -1031,6 +1037,18 @@ impl Seeds<'_> {
                 .get(name)
                 .cloned()
                 .ok_or_else(|| format!("file {name} is not in the ledger's record of the change")),
+            Seeds::Lenient(dir, missing) => {
+                let rel = Path::new(name);
+                if !rel.is_absolute()
+                    && std::fs::symlink_metadata(dir.join(rel))
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                {
+                    missing.borrow_mut().push(name.to_string());
+                    // A stand-in document (the change is never applied from it: `up` refuses it).
+                    return Ok("{\"_id\": \"(missing seed file)\"}".to_string());
+                }
+                Seeds::Disk(dir).read(name)
+            }
         }
     }
 }
@@ -1554,11 +1572,37 @@ fn non_finite(v: &toml::Value, at: &str) -> Option<String> {
 }
 
 pub fn parse(path: &Path, source: &str) -> Result<Change, FileError> {
-    parse_with(
-        path,
-        source,
-        &Seeds::Disk(path.parent().unwrap_or(Path::new("."))),
-    )
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let strict = parse_with(path, source, &Seeds::Disk(dir));
+    if strict.is_ok() {
+        return strict;
+    }
+    // A seed file gone (after the change was applied, say): the change is listed all the same,
+    // unreadable; any other fault is the file's.
+    let lenient = Seeds::Lenient(dir, Default::default());
+    match parse_with(path, source, &lenient) {
+        Ok(mut c) => {
+            let Seeds::Lenient(_, missing) = lenient else {
+                return strict;
+            };
+            let missing = missing.into_inner();
+            if missing.is_empty() {
+                return strict;
+            }
+            c.unreadable = Some(format!(
+                "its seed file {} is not in the changes directory",
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            c.seeds.retain(|name, _| !missing.contains(name));
+            c.checksum = checksum(format!("{}\0unreadable", c.checksum).as_bytes());
+            Ok(c)
+        }
+        Err(_) => strict,
+    }
 }
 
 /// A change as a ledger record holds it: its text and the seed files it read when applied.
@@ -1679,6 +1723,7 @@ fn parse_with(path: &Path, source: &str, seeds: &Seeds) -> Result<Change, FileEr
         },
         source: source.to_string(),
         seeds: read,
+        unreadable: None,
     })
 }
 

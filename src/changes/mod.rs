@@ -281,6 +281,27 @@ pub async fn status_in(
                 s.error = r.down_error.clone();
             }
         }
+        // What to do about a file edited since, or added behind an applied change (adv37 F8:
+        // no line said it), and why a change cannot be applied as it is.
+        let unreadable = files
+            .iter()
+            .find(|c| c.version == s.version)
+            .and_then(|c| c.unreadable.clone());
+        s.hint = match (s.state.as_str(), unreadable) {
+            ("modified", Some(why)) => Some(format!(
+                "{why} (the ledger keeps the text it was applied with: `cutover changes down` reverses it): put the file back to have it `applied` again"
+            )),
+            (_, Some(why)) => Some(format!(
+                "{why}: `cutover changes up` refuses it until the file is back"
+            )),
+            ("modified", None) => Some(
+                "its file differs from the text it was applied with: put the file back as it was applied (`cutover changes down` reverses what was applied, from the ledger's copy), or write the new edit as a new change with `cutover changes new`".into(),
+            ),
+            ("out-of-order", None) => Some(
+                "a change with a higher version is applied already: `cutover changes up --allow-out-of-order` applies it, or give it a version after the newest applied".into(),
+            ),
+            (_, None) => s.hint.take(),
+        };
     }
     for r in records.values() {
         if files.iter().all(|c| c.version != r.version) && r.status != ROLLED_BACK {
@@ -798,6 +819,22 @@ fn select_pending<'c>(
 ) -> Result<Vec<&'c Change>, ChangesError> {
     let mut refusals = Vec::new();
     for s in states {
+        // A change that cannot be read as it is (its seed file gone) is not applied from it.
+        let unreadable = files
+            .iter()
+            .find(|c| c.version == s.version)
+            .and_then(|c| c.unreadable.as_deref());
+        if let Some(why) = unreadable
+            && matches!(s.state.as_str(), "pending" | "out-of-order")
+            && opts.to.is_none_or(|t| s.version <= t)
+        {
+            refusals.push(format!(
+                "change {} ({}) cannot be applied: {why}",
+                s.version,
+                s.file.as_deref().unwrap_or("?")
+            ));
+            continue;
+        }
         match s.state.as_str() {
             "modified" => refusals.push(format!(
                 "change {} ({}) was modified since it was applied (its checksum differs): put the file back as it was applied, or write the new edit as a new change with `cutover changes new`",
