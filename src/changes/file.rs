@@ -1039,7 +1039,11 @@ impl Seeds<'_> {
                 .ok_or_else(|| format!("file {name} is not in the ledger's record of the change")),
             Seeds::Lenient(dir, missing) => {
                 let rel = Path::new(name);
-                if !rel.is_absolute()
+                let inside = !rel.is_absolute()
+                    && rel
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if inside
                     && std::fs::symlink_metadata(dir.join(rel))
                         .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
                 {
