@@ -1168,3 +1168,55 @@ async fn a_steps_reversible_flag_says_whether_it_can_be_undone_alone() {
     }
     w.drop().await;
 }
+
+/// adv36 F5: two applications' pipelines pointed at one target database, each with an entity
+/// `customers` of its own mapping. The second is refused naming the first pipeline and the way
+/// out (a database of its own) — also with --rerun, which wrote its rows into the first one's
+/// collection — and nothing of it is written; --accept-changed takes the entity over knowingly.
+#[tokio::test]
+async fn another_pipelines_entity_in_the_same_database_is_refused_naming_it() {
+    let w = World::new("two_pipelines").await;
+    w.sql(
+        "CREATE TABLE shop_customers (id text PRIMARY KEY, name text);
+         INSERT INTO shop_customers VALUES ('ALFKI', 'Alfreds'), ('BONAP', 'Bon app');
+         CREATE TABLE music_customers (id int PRIMARY KEY, email text);
+         INSERT INTO music_customers VALUES (1, 'a@example.org'), (2, 'b@example.org');",
+    )
+    .await;
+    let write = |dir: &str, pipeline: &str, table: &str, column: &str| {
+        let root = w.dir.path().join(dir);
+        std::fs::create_dir_all(root.join("mappings")).unwrap();
+        std::fs::write(
+            root.join("mappings/customers.toml"),
+            format!("version = 1\nname = \"customers\"\n[source]\ntable = \"{table}\"\nkey = [\"id\"]\n[[field]]\npath = \"{column}\"\ncolumn = \"{column}\"\n"),
+        )
+        .unwrap();
+        let path = root.join("pipeline.toml");
+        std::fs::write(
+            &path,
+            format!("version = 1\nname = \"{pipeline}\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"customers\"]\n"),
+        )
+        .unwrap();
+        path
+    };
+    let trading = write("trading", "trading", "shop_customers", "name");
+    let music = write("music", "music", "music_customers", "email");
+    let out = w.migrate_with(&trading, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let before = w.docs("customers").await;
+    for extra in [&[][..], &["--rerun"][..]] {
+        let out = w.migrate_with(&music, extra);
+        let text = common::output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {text}");
+        assert!(
+            text.contains("customers (written by pipeline `trading`"),
+            "{extra:?}: {text}"
+        );
+        assert!(text.contains("a database of its own"), "{text}");
+        assert!(!text.contains("re-run it with --rerun"), "{text}");
+        assert_eq!(w.docs("customers").await, before, "{extra:?}");
+    }
+    let out = w.migrate_with(&music, &["--accept-changed"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.drop().await;
+}
