@@ -992,7 +992,12 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
     );
     assert!(diff.contains("no differences"), "{diff}");
     let out = w.dir.path().join("draft_aw");
-    scaffold(&w, &out, &["--name", "odd", "--target", "appwrite"]);
+    let said = scaffold(&w, &out, &["--name", "odd", "--target", "appwrite"]);
+    // A column left out is said in the summary and counted as a decision (adv36 F4).
+    assert!(
+        said.contains("note: column `sampled.grid` is left out (its values are not migrated)"),
+        "{said}"
+    );
     let pipeline = out.join("pipelines/odd.toml");
     let db = format!("scodd{}", std::process::id());
     let aw = appwrite_plan_check_migrate_verify(&w, &pipeline, &db).await;
@@ -1048,7 +1053,9 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
     let sampled = std::fs::read_to_string(out.join("mappings/sampled.toml")).unwrap();
     assert!(sampled.contains("size = 2200"), "{sampled}");
     assert!(
-        sampled.contains("column `grid` is left out: the sample holds arrays of 2 dimensions"),
+        sampled.contains(
+            "# decide: column `grid` is left out: the sample holds arrays of 2 dimensions"
+        ),
         "{sampled}"
     );
     assert!(!sampled.contains("column = \"grid\""), "{sampled}");

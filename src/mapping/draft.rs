@@ -233,6 +233,27 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
             mappings.push((entity.clone(), mapping_text(&model, t)));
         }
     }
+    // Columns left out of a draft are said where the summary is read too (adv36 F4: only a
+    // comment in the mapping said that a whole column would not be migrated).
+    if opts.target == TargetKind::Appwrite {
+        for t in &catalog.tables {
+            if !model.drafted.contains_key(t.name.as_str()) {
+                continue;
+            }
+            for col in t
+                .columns
+                .iter()
+                .filter(|c| c.probe.array_dims.is_some_and(|d| d >= 2))
+            {
+                notes.push(format!(
+                    "column `{}.{}` is left out (its values are not migrated): the sample holds arrays of {} dimensions, which no Appwrite column holds; its mapping says how to keep it",
+                    t.name,
+                    col.name,
+                    col.probe.array_dims.unwrap_or(2)
+                ));
+            }
+        }
+    }
     let pipeline = pipeline_text(&model, &stages, &notes);
     Drafts {
         pipeline_name: opts.name.clone(),
@@ -725,7 +746,7 @@ fn mapping_text(model: &Model, t: &Table) -> String {
                 &mut out,
                 "#",
                 &format!(
-                    "column `{}` is left out: the sample holds arrays of {} dimensions, which no Appwrite column holds (an array column takes one). To keep it, read the table through a `query` source that selects array_to_json({})::text, and map that as JSON text.",
+                    "decide: column `{}` is left out: the sample holds arrays of {} dimensions, which no Appwrite column holds (an array column takes one). Its values are not migrated unless you map it: read the table through a `query` source that selects array_to_json({})::text, and map that as JSON text.",
                     col.name,
                     col.probe.array_dims.unwrap_or(2),
                     crate::source::postgres::quote_ident(&col.name)
