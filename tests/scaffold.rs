@@ -1620,3 +1620,27 @@ async fn a_draft_says_what_its_sample_rejects() {
     assert!(check.contains("4 scanned rows will be rejected"), "{check}");
     w.drop().await;
 }
+
+/// adv36 F2: a unique (key) timestamp with sub-millisecond values and infinities drafted for
+/// Appwrite: one note per decision, saying what the field does (no "truncated with a warning"
+/// beside `sub_millis = "reject"`), and no `infinity = "null"` on a NOT NULL column (its own
+/// `not_null` rejected those rows): such rows are rejected, said.
+#[tokio::test]
+async fn a_timestamp_key_is_drafted_with_one_note_per_decision_for_appwrite() {
+    let w = World::new("scaffold_ts_key").await;
+    w.sql(
+        "CREATE TABLE tskeys (t timestamp PRIMARY KEY, v text);
+         INSERT INTO tskeys VALUES ('infinity', 'inf'), ('-infinity', '-inf'),
+           ('2020-01-01 00:00:00.000001', 'micro'), ('2020-01-01 00:00:00', 'zero'),
+           ('0044-03-15 BC', 'caesar');",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--target", "appwrite"]);
+    let text = std::fs::read_to_string(out.join("mappings/tskeys.toml")).unwrap();
+    assert!(!text.contains("infinity = \"null\""), "{text}");
+    assert!(text.contains("the column is NOT NULL"), "{text}");
+    assert!(text.contains("sub_millis = \"reject\""), "{text}");
+    assert!(!text.contains("truncated with a warning"), "{text}");
+    w.drop().await;
+}

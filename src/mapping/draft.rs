@@ -623,6 +623,9 @@ fn estimate_text(t: &Table) -> String {
     }
 }
 
+/// The note of a time whose sub-millisecond digits are truncated (its draft's choice).
+const TRUNCATED: &str = "sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.";
+
 fn mapping_text(model: &Model, t: &Table) -> String {
     let c = model.catalog;
     let (entity, key) = model.drafted.get(t.name.as_str()).expect("drafted");
@@ -1080,11 +1083,16 @@ fn field_text_prefixed(
                 "{} has no time zone: read as UTC (timezone = \"UTC\"), or the offset the application wrote in (\"+01:00\").",
                 col.type_sql
             ));
-            decide.push("sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.".into());
+            if !unique {
+                decide.push(TRUNCATED.into());
+            }
         }
         "timestamptz" => {
             options.push(format!("sub_millis = \"{sub_millis}\""));
-            decide.push("sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.".into());
+            // One note per decision: a unique time's is said above (adv36 F2).
+            if !unique {
+                decide.push(TRUNCATED.into());
+            }
         }
         "numeric" => decide.push(match target {
             TargetKind::Mongodb => "numeric is written as Decimal128, exactly (the default); type = \"double\" is smaller but inexact (lossy = \"reject\" | \"warn\").".into(),
@@ -1115,6 +1123,11 @@ fn field_text_prefixed(
             TargetKind::Mongodb => {
                 options.push("infinity = \"string\"".into());
                 decide.push("the sample holds infinity / -infinity, which no date holds: written as that text (infinity = \"string\"); \"null\" writes null, \"reject\" (the default) rejects the row.".into());
+            }
+            // A NOT NULL column (a key's) cannot take the null: such rows are rejected, said
+            // (adv36 F2: `infinity = "null"` was drafted, and its `not_null` rejected them).
+            TargetKind::Appwrite if col.not_null => {
+                decide.push("the sample holds infinity / -infinity, which a datetime column cannot hold, and the column is NOT NULL (no null in its place): such rows are rejected (infinity = \"reject\", the default); to keep them, read the column through a `query` source as text.".into());
             }
             TargetKind::Appwrite => {
                 options.push("infinity = \"null\"".into());

@@ -238,7 +238,9 @@ fn instant(t: DateTime<Utc>, out: &Output, conv: &mut Converted) -> Result<Bson,
             SubMillis::Reject => {
                 return err(
                     "timestamp_precision",
-                    format!("{exact} has sub-millisecond digits that a BSON date cannot hold"),
+                    format!(
+                        "{exact} has sub-millisecond digits, which a date of the target (milliseconds, in MongoDB and Appwrite alike) cannot hold"
+                    ),
                 );
             }
             SubMillis::Truncate => conv.warnings.push((
