@@ -3907,3 +3907,31 @@ async fn a_seed_file_gone_makes_its_change_modified_not_the_directory_unreadable
     assert_eq!(hashes(&w).await, before);
     w.drop().await;
 }
+
+/// adv37 F3: a unique index over duplicate keys after a `set` of another field of the same
+/// collection is still predicted to fail (the `set` cannot change the keys); after a `set` of
+/// the key field it is not judged, said.
+#[tokio::test]
+async fn a_dry_run_keeps_a_predicted_failure_an_earlier_operation_cannot_change() {
+    let w = World::new("changes_judged").await;
+    w.mongo()
+        .await
+        .collection::<Document>("orders")
+        .insert_many([doc! { "_id": 1, "sku": "a" }, doc! { "_id": 2, "sku": "a" }])
+        .await
+        .unwrap();
+    let change = |field: &str| {
+        format!(
+            "version = 1\nname = \"unique sku\"\n[[up]]\nop = \"set\"\ncollection = \"orders\"\nfilter = {{}}\nfields = {{ {field} = \"x\" }}\n[[up]]\nop = \"create_index\"\ncollection = \"orders\"\nkeys = [\"sku\"]\nunique = true\n"
+        )
+    };
+    let dir = w.dir.path().join("other");
+    write(&dir, "1_unique.toml", &change("touched"));
+    let out = refused(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(out.contains("would fail 1 unique sku"), "{out}");
+    let dir = w.dir.path().join("same");
+    write(&dir, "1_unique.toml", &change("sku"));
+    let out = ok(&changes(&w, "up", &dir, &["--dry-run"]));
+    assert!(out.contains("not judged"), "{out}");
+    w.drop().await;
+}

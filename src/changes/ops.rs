@@ -118,6 +118,49 @@ pub struct Preview {
     pub note: String,
     /// The operation would fail against the data as it is now.
     pub would_fail: bool,
+    /// The fields whose values the operation writes (`None`: any, or whole documents), and
+    /// those its judgement reads (`None`: any): a judgement stands when no earlier operation
+    /// of the change writes what it reads (adv37 F3: a unique index over duplicate keys was
+    /// "would apply" after a `set` of another field).
+    #[serde(skip)]
+    pub writes: Option<Vec<String>>,
+    #[serde(skip)]
+    pub reads: Option<Vec<String>>,
+}
+
+impl Preview {
+    /// Whether `earlier` (an operation before this one on its collection) may change what this
+    /// one's judgement read.
+    fn affected_by(&self, earlier: &Preview) -> bool {
+        let (Some(writes), Some(reads)) = (&earlier.writes, &self.reads) else {
+            return true;
+        };
+        let overlaps = |a: &str, b: &str| {
+            a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
+        };
+        writes.iter().any(|w| reads.iter().any(|r| overlaps(w, r)))
+    }
+
+    /// What `op` writes and what its judgement reads (see [`Preview::writes`]).
+    fn scope(mut self, op: &Op) -> Preview {
+        self.writes = match op {
+            Op::CreateIndex(_) | Op::DropIndex { .. } => Some(Vec::new()),
+            Op::AddField { .. }
+            | Op::RemoveField { .. }
+            | Op::RenameField { .. }
+            | Op::Set { .. }
+            | Op::Unset { .. }
+            | Op::CopyField { .. } => Some(touched(op).into_iter().map(str::to_string).collect()),
+            _ => None,
+        };
+        self.reads = match op {
+            Op::CreateIndex(spec) if spec.partial_filter.is_none() => {
+                Some(spec.keys.keys().cloned().collect())
+            }
+            _ => None,
+        };
+        self
+    }
 }
 
 /// The status a dry run gives a change from its operations' previews: `would fail` (and why)
@@ -136,7 +179,7 @@ pub fn preview_status(preview: &mut [Preview]) -> (&'static str, Option<String>)
                 .iter()
                 .filter(same)
                 .any(|e| e.op == "create_collection");
-        let earlier = before.iter().filter(same).count() > 0;
+        let earlier = before.iter().filter(same).any(|e| p.affected_by(e));
         if p.would_fail && earlier && !recreated {
             // Judged against the data as it is now, before the operations ahead of it.
             p.would_fail = false;
@@ -1958,12 +2001,19 @@ impl Exec<'_> {
 
     /// What an operation would do; reads only.
     pub async fn preview(&self, op: &Op) -> Result<Preview, OpError> {
+        Ok(self.judge(op).await?.scope(op))
+    }
+
+    /// [`Self::preview`] without what the operation writes and reads.
+    async fn judge(&self, op: &Op) -> Result<Preview, OpError> {
         let preview = |collection: Option<&str>, matching: u64, note: String| Preview {
             op: op.kind().to_string(),
             collection: collection.map(str::to_string),
             matching,
             would_fail: note.contains("would fail"),
             note,
+            writes: None,
+            reads: None,
         };
         if let Some(why) = self.array_refusal(&mut None, op).await? {
             let collection = rewrite_of(op).map(|(c, _, _)| c);
@@ -2266,6 +2316,54 @@ fn simple_where_listed(index: &mut Document, collection_collation: Option<&Docum
 
 #[cfg(test)]
 mod tests {
+
+    fn judged(op: &str, writes: Option<&[&str]>, reads: Option<&[&str]>, fails: bool) -> Preview {
+        Preview {
+            op: op.into(),
+            collection: Some("orders".into()),
+            matching: 0,
+            note: if fails {
+                "the change would fail".into()
+            } else {
+                "ok".into()
+            },
+            would_fail: fails,
+            writes: writes.map(|w| w.iter().map(|s| s.to_string()).collect()),
+            reads: reads.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    /// adv37 F3: a predicted failure stands when the operations before it on its collection
+    /// write none of the fields it was judged on.
+    #[test]
+    fn a_judgement_stands_unless_an_earlier_operation_writes_what_it_read() {
+        let index = || judged("create_index", Some(&[]), Some(&["sku"]), true);
+        let status = |earlier: Preview| {
+            let mut p = vec![earlier, index()];
+            preview_status(&mut p).0
+        };
+        assert_eq!(
+            status(judged("set", Some(&["touched"]), None, false)),
+            "would fail"
+        );
+        assert_eq!(
+            status(judged("set", Some(&["sku"]), None, false)),
+            "would apply"
+        );
+        assert_eq!(
+            status(judged("set", Some(&["sku.code"]), None, false)),
+            "would apply"
+        );
+        assert_eq!(
+            status(judged("transform", None, None, false)),
+            "would apply"
+        );
+        let mut unscoped = vec![
+            judged("set", Some(&["touched"]), None, false),
+            judged("create_index", Some(&[]), None, true),
+        ];
+        assert_eq!(preview_status(&mut unscoped).0, "would apply");
+    }
     use super::*;
 
     #[test]

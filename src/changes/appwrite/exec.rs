@@ -1285,6 +1285,8 @@ impl AwExec<'_> {
             matching,
             would_fail: note.contains("would fail"),
             note,
+            writes: None,
+            reads: None,
         };
         if !exists && !matches!(op, AwOp::CreateTable { .. }) {
             return Ok(p(0, format!("table {table} does not exist: it would fail")));
