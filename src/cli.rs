@@ -43,9 +43,11 @@ pub enum Command {
     Plan(PlanArgs),
     /// Draft mappings and a pipeline from the live source's catalog, to review and commit.
     ///
-    /// Reads tables, columns, keys, foreign keys, checks, indexes and comments (no row) and
-    /// writes `DIR/pipelines/<name>.toml` and `DIR/mappings/<table>.toml`; `--diff` lists what
-    /// changed in the schema against existing mappings instead.
+    /// Reads tables, columns, keys, foreign keys, checks, indexes and comments, and a sample of
+    /// up to 2,000 rows of each table (the widths of its values, and values the default
+    /// conversion would reject, which the drafts quote in their notes), and writes
+    /// `DIR/pipelines/<name>.toml` and `DIR/mappings/<table>.toml`; `--diff` lists what changed
+    /// in the schema against existing mappings instead.
     Scaffold(ScaffoldArgs),
     /// The data-mapping document for a sign-off, from the mappings and the live source.
     ///
@@ -247,8 +249,8 @@ pub struct ChangesDownArgs {
     pub version: Option<u64>,
     #[command(flatten)]
     pub target: ChangesTargetArgs,
-    /// Reverse the last N applied changes.
-    #[arg(long, value_name = "N", conflicts_with = "to")]
+    /// Reverse the last N applied changes (at least 1).
+    #[arg(long, value_name = "N", conflicts_with = "to", value_parser = at_least_one)]
     pub steps: Option<usize>,
     /// Reverse every applied change after this version (it stays applied).
     #[arg(long, value_name = "VERSION")]
@@ -804,4 +806,14 @@ fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|e| format!("`{text}` is no address to listen on (IP:PORT or HOST:PORT): {e}"))?
         .next()
         .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+/// A count of at least 1 (`changes down --steps 0` reversed nothing and said all was well,
+/// where the API answers 400: adv37 F9).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

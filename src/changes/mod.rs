@@ -778,13 +778,13 @@ fn refuse_other_target(pending: &[&Change], appwrite: bool) -> Result<(), Change
                 if theirs == appwrite {
                     continue;
                 }
-                let (on, target, other) = if appwrite {
-                    ("collection", "Appwrite", "MongoDB")
+                let (on, target, other, article) = if appwrite {
+                    ("collection", "Appwrite", "MongoDB", "a")
                 } else {
-                    ("table", "MongoDB", "Appwrite")
+                    ("table", "MongoDB", "Appwrite", "an")
                 };
                 refusals.push(format!(
-                    "change {} ({}): {side} operation {} (`{}` on {on} {}) is a {other} operation and the target is {target}: run it with `--target {}`, or write it with the {target} operations (pipelines/changes/README.md)",
+                    "change {} ({}): {side} operation {} (`{}` on {on} {}) is {article} {other} operation and the target is {target}: run it with `--target {}`, or write it with the {target} operations (pipelines/changes/README.md)",
                     c.version,
                     c.file_name(),
                     i + 1,

@@ -25,9 +25,10 @@ version = {version}
 name = "{name}"
 description = ""
 author = ""
-# true: every operation runs in one multi-document transaction (MongoDB replica set); only the
-# document operations (add_field, remove_field, rename_field, copy_field, set, unset, transform,
-# archive, insert) may run in one.
+# true: every operation runs in one multi-document transaction (MongoDB replica set); the
+# document operations may run in one, those on indexes, collections and validators may not
+# (create_index, drop_index, create_collection, drop_collection, set_validator,
+# copy_collection, command).
 transaction = false
 "#;
 
