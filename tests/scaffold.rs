@@ -1644,3 +1644,40 @@ async fn a_timestamp_key_is_drafted_with_one_note_per_decision_for_appwrite() {
     assert!(!text.contains("truncated with a warning"), "{text}");
     w.drop().await;
 }
+
+/// adv36 F8: a table with a column saying when a row changed (`updated_at`) is drafted with it
+/// as `[source] updated_at`, said, so that `migrate --since-last` copies only the rows changed
+/// since the last run.
+#[tokio::test]
+async fn a_changed_at_column_is_drafted_for_the_catch_up() {
+    let w = World::new("scaffold_updated_at").await;
+    w.sql(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text, updated_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO notes (id, body) SELECT g, 'n' || g FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--name", "notes"]);
+    let text = std::fs::read_to_string(out.join("mappings/notes.toml")).unwrap();
+    assert!(text.contains("updated_at = \"updated_at\""), "{text}");
+    assert!(
+        text.contains("decide: `updated_at` is read as when a row last changed"),
+        "{text}"
+    );
+    let pipeline = out.join("pipelines/notes.toml");
+    let first = w.migrate_with(&pipeline, &[]);
+    assert!(first.status.success(), "{}", output_text(&first));
+    w.sql(
+        "UPDATE notes SET body = 'changed', updated_at = now() + interval '1 second' WHERE id = 7",
+    )
+    .await;
+    let again = w.migrate_with(&pipeline, &["--since-last"]);
+    assert!(again.status.success(), "{}", output_text(&again));
+    assert_eq!(
+        w.latest_report()["entities"][0]["read"],
+        1,
+        "{}",
+        w.latest_report()
+    );
+    w.drop().await;
+}

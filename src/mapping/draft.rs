@@ -623,6 +623,16 @@ fn estimate_text(t: &Table) -> String {
     }
 }
 
+/// Names (lower case, without `_`) of a column that says when a row last changed.
+const UPDATED_AT: [&str; 6] = [
+    "updatedat",
+    "modifiedat",
+    "lastmodified",
+    "lastupdated",
+    "updatedon",
+    "modifiedon",
+];
+
 /// The note of a time whose sub-millisecond digits are truncated (its draft's choice).
 const TRUNCATED: &str = "sub-millisecond digits are truncated with a warning (sub_millis = \"truncate\"); \"keep_string\" with exact_path keeps them, \"reject\" refuses the row.";
 
@@ -692,6 +702,23 @@ fn mapping_text(model: &Model, t: &Table) -> String {
         );
     }
     out.push_str(&format!("key = {}\n", q_list(key)));
+    // A column that says when a row changed: what `migrate --since-last` reads (adv36 F8: not
+    // drafted, every catch-up copied every table whole).
+    if let Some(col) = t.columns.iter().find(|c| {
+        matches!(c.base_type.as_str(), "timestamp" | "timestamptz")
+            && c.element_type.is_none()
+            && UPDATED_AT.contains(&c.name.to_ascii_lowercase().replace('_', "").as_str())
+    }) {
+        comment(
+            &mut out,
+            "#",
+            &format!(
+                "decide: `{}` is read as when a row last changed: `migrate --since-last` copies the rows changed since the last run by it. It must be set on every insert and update (a trigger, or the application); remove this line if it is not, and a catch-up copies the table whole.",
+                col.name
+            ),
+        );
+        out.push_str(&format!("updated_at = {}\n", q(&col.name)));
+    }
     if key.len() > 1 {
         out.push('\n');
         comment(
