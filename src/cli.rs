@@ -328,6 +328,10 @@ pub struct ReportArgs {
     pub run_id: Option<String>,
     #[command(flatten)]
     pub target: TargetArgs,
+    /// Pipeline file whose `target` names the target (default: run.pipeline from the config,
+    /// else pipelines/registry.toml), as migrate, verify and status read it.
+    #[arg(long, value_name = "PATH")]
+    pub pipeline: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
@@ -409,6 +413,10 @@ pub struct VerifyArgs {
 pub struct HistoryArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+    /// Pipeline file whose `target` names the target (default: run.pipeline from the config,
+    /// else pipelines/registry.toml), as migrate, verify and status read it.
+    #[arg(long, value_name = "PATH")]
+    pub pipeline: Option<PathBuf>,
     /// How many runs to show, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: i64,

@@ -2632,6 +2632,17 @@ async fn report_and_history_follow_the_pipeline_files_target() {
     let history: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
     assert_eq!(history[0]["run_id"], signoff["run"]["run_id"], "{history}");
+    // The pipeline named with --pipeline (no config naming it) is followed too (adv36 F7).
+    std::fs::remove_file(dir.join("cutover.toml")).unwrap();
+    let p = dir.join("p.toml").display().to_string();
+    let out = cutover(&w, &aw, &["report", "--format", "json", "--pipeline", &p]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let named: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(named["run"]["run_id"], signoff["run"]["run_id"], "{named}");
+    let out = cutover(&w, &aw, &["history", "--json", "--pipeline", &p]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let named: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(named[0]["run_id"], signoff["run"]["run_id"], "{named}");
     w.drop().await;
 }
 

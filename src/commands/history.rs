@@ -7,7 +7,14 @@ use crate::cli::{Cli, HistoryArgs, Outcome};
 use crate::monitor::report::format_ms;
 
 pub async fn history(cli: &Cli, args: &HistoryArgs) -> Result<Outcome> {
-    let (_cfg, _target, ledger) = open_ledger(cli, &args.target).await?;
+    let pipeline = crate::cli::PipelineArgs {
+        pipeline: args.pipeline.clone(),
+        mappings: None,
+    };
+    let (_cfg, _target, ledger) = match &args.pipeline {
+        Some(_) => super::shared::open_ledger_for(cli, &args.target, Some(&pipeline)).await?,
+        None => open_ledger(cli, &args.target).await?,
+    };
     // The status filter after a run left `running` by a dead process is shown interrupted.
     let mut runs = ledger.runs_newest_first(i64::MAX, None).await?;
     // The entities each run ran (its record lists those it planned; a run that stopped early

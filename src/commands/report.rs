@@ -30,11 +30,11 @@ pub(crate) async fn render(cli: &Cli, args: &ReportArgs) -> Result<String> {
     // The runs of the target and database this configuration names (`--target`, `--database`,
     // else the config's default target and its database), as status, history and verify use:
     // a rehearsal into another database is not taken for the sign-off.
-    let kind = args
-        .target
-        .target
-        .or_else(|| super::shared::default_pipeline_target(&cfg))
-        .unwrap_or(cfg.default_target);
+    let kind = match args.target.target {
+        Some(k) => k,
+        None => super::shared::pipeline_target(&cfg, args.pipeline.as_deref())?
+            .unwrap_or(cfg.default_target),
+    };
     let database = args.target.database.clone().or_else(|| match kind {
         crate::config::TargetKind::Mongodb => cfg.mongodb.as_ref().map(|m| m.database.clone()),
         crate::config::TargetKind::Appwrite => cfg.appwrite.as_ref().map(|a| a.database.clone()),

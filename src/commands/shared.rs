@@ -174,6 +174,24 @@ pub(crate) fn default_pipeline_target(cfg: &Config) -> Option<crate::config::Tar
     load_pipeline(cfg, &args).ok()?.spec.target
 }
 
+/// The `target` of the pipeline file `path` (else the configured one), if it names one; a
+/// pipeline file named that does not load is an error.
+pub(crate) fn pipeline_target(
+    cfg: &Config,
+    path: Option<&std::path::Path>,
+) -> Result<Option<crate::config::TargetKind>> {
+    match path {
+        Some(p) => {
+            let args = PipelineArgs {
+                pipeline: Some(p.to_path_buf()),
+                mappings: None,
+            };
+            Ok(load_pipeline(cfg, &args)?.spec.target)
+        }
+        None => Ok(default_pipeline_target(cfg)),
+    }
+}
+
 pub(crate) fn pipeline_for(cfg: &Config, args: &PipelineArgs) -> Result<Pipeline> {
     load_pipeline(cfg, args)
 }
