@@ -712,6 +712,27 @@ impl Exec<'_> {
     }
 
     /// Copies the documents matching `filter` into the backup as op `op`'s; returns how many.
+    /// The next page of the documents operation `op` backed up whole, after `after` (moved past
+    /// them); `None` after the last.
+    async fn next_originals(
+        &self,
+        sess: &mut Option<&mut ClientSession>,
+        op: usize,
+        after: &mut Option<Bson>,
+    ) -> Result<Option<Vec<Document>>, OpError> {
+        let batch = self.backed_up(sess, op, after.clone()).await?;
+        let Some(last) = batch.last() else {
+            return Ok(None);
+        };
+        *after = last.get("_id").cloned();
+        Ok(Some(
+            batch
+                .iter()
+                .filter_map(|b| b.get_document("doc").ok().cloned())
+                .collect(),
+        ))
+    }
+
     /// Inserts the documents operation `op` backed up whole (deleted by it) where their `_id`
     /// is free, counting them in `done` (those whose `_id` is taken since are skipped).
     async fn insert_backed_up(
@@ -722,14 +743,7 @@ impl Exec<'_> {
         done: &mut OpOutcome,
     ) -> Result<(), OpError> {
         let mut after = None;
-        loop {
-            let batch = self.backed_up(sess, op, after.clone()).await?;
-            let Some(last) = batch.last() else { break };
-            after = last.get("_id").cloned();
-            let originals: Vec<Document> = batch
-                .iter()
-                .filter_map(|b| b.get_document("doc").ok().cloned())
-                .collect();
+        while let Some(originals) = self.next_originals(sess, op, &mut after).await? {
             done.matched += originals.len() as u64;
             let n = originals.len() as u64;
             let inserted = self.insert_where_free(sess, collection, originals).await?;
@@ -1555,14 +1569,7 @@ impl Exec<'_> {
             // Each archived document goes back where it is not (a document re-created at its
             // place since is left alone) and leaves the archive where it is still as moved.
             let mut after = None;
-            loop {
-                let batch = self.backed_up(sess, index, after.clone()).await?;
-                let Some(last) = batch.last() else { break };
-                after = last.get("_id").cloned();
-                let originals: Vec<Document> = batch
-                    .iter()
-                    .filter_map(|b| b.get_document("doc").ok().cloned())
-                    .collect();
+            while let Some(originals) = self.next_originals(sess, index, &mut after).await? {
                 done.matched += originals.len() as u64;
                 let ids: Vec<Bson> = originals
                     .iter()
@@ -1780,14 +1787,7 @@ impl Exec<'_> {
                         .await?;
                 }
                 let mut after = None;
-                loop {
-                    let batch = self.backed_up(sess, index, after.clone()).await?;
-                    let Some(last) = batch.last() else { break };
-                    after = last.get("_id").cloned();
-                    let docs: Vec<Document> = batch
-                        .iter()
-                        .filter_map(|b| b.get_document("doc").ok().cloned())
-                        .collect();
+                while let Some(docs) = self.next_originals(sess, index, &mut after).await? {
                     done.inserted += self.insert_where_free(sess, collection, docs).await?;
                 }
             }
