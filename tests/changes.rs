@@ -3713,6 +3713,13 @@ async fn an_archive_onto_an_id_already_archived_is_refused_by_its_dry_run_too() 
 async fn a_ttl_index_backs_up_the_documents_it_expires_and_down_puts_them_back() {
     let w = World::new("changes_ttl").await;
     let db = w.mongo().await;
+    // The TTL monitor woken every second for the test (it reads the setting when its current
+    // sleep, up to a minute, ends: set first, waited for below).
+    db.client()
+        .database("admin")
+        .run_command(doc! { "setParameter": 1, "ttlMonitorSleepSecs": 1 })
+        .await
+        .unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let at = |ms: i64| Bson::DateTime(bson::DateTime::from_millis(ms));
     let day = 86_400_000;
@@ -3742,15 +3749,10 @@ async fn a_ttl_index_backs_up_the_documents_it_expires_and_down_puts_them_back()
     );
     let out = ok(&changes(&w, "up", &dir, &[]));
     assert!(out.contains("deleted 3"), "{out}");
-    // The monitor, woken every second for the test, deletes exactly those three.
-    db.client()
-        .database("admin")
-        .run_command(doc! { "setParameter": 1, "ttlMonitorSleepSecs": 1 })
-        .await
-        .unwrap();
+    // The monitor deletes exactly those three.
     let sessions = db.collection::<Document>("sessions");
     let mut left = Vec::new();
-    for _ in 0..150 {
+    for _ in 0..900 {
         left = sessions
             .find(doc! {})
             .sort(doc! { "_id": 1 })
