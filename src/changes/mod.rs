@@ -707,7 +707,7 @@ async fn refuse_unsettled_in(
             let lower = name.to_lowercase();
             if (!prefix.is_empty() && lower.starts_with(&prefix)) || lower.contains("__backup__") {
                 return Err(ChangesError::Refused(format!(
-                    "change {} ({}) writes `{name}`, a collection of cutover's ledger or a backup: a change may not touch them (they record how to undo what was applied)",
+                    "change {} ({}) names `{name}`, a collection of cutover's ledger or a backup: a change may neither read nor write them (they record how to undo what was applied, and who holds the lock)",
                     c.version,
                     c.file_name()
                 )));
