@@ -22,7 +22,7 @@ const HEAD: &str = r#"# Change {version}: {name}
 # The format is documented in pipelines/changes/README.md. Edit freely until the change is applied:
 # once applied, its checksum is recorded and `changes up` refuses a modified file.
 version = {version}
-name = "{name}"
+name = {name_toml}
 description = ""
 author = ""
 # true: every operation runs in one multi-document transaction (MongoDB replica set); the
@@ -150,7 +150,7 @@ const AW_HEAD: &str = r#"# Change {version}: {name} (Appwrite)
 # The format is documented in pipelines/changes/README.md. Edit freely until the change is applied:
 # once applied, its checksum is recorded and `changes up` refuses a modified file.
 version = {version}
-name = "{name}"
+name = {name_toml}
 description = ""
 author = ""
 # true: the row operations (insert, set, unset, update_references) run in one TablesDB
@@ -290,21 +290,33 @@ const SLUG_BYTES: usize = 160;
 
 /// The text of a new change file.
 pub fn render(template: Template, version: u64, name: &str) -> String {
-    let name = name.replace(['"', '\\', '\n'], " ");
-    format!("{}{}", HEAD, template.body())
+    fill(format!("{}{}", HEAD, template.body()), version, name)
+}
+
+/// A template's text with its version and name: `{name}` in comments (on one line),
+/// `{name_toml}` as a TOML string. The TOML string goes in last, so nothing of a name is read
+/// as a placeholder.
+fn fill(text: String, version: u64, name: &str) -> String {
+    const HOLE: &str = "\u{0}name_toml\u{0}";
+    text.replace("{name_toml}", HOLE)
         .replace("{version}", &version.to_string())
-        .replace("{name}", &name)
+        .replace("{name}", &name.replace(['\r', '\n', '\u{0}'], " "))
+        .replace(HOLE, &toml_string(name))
+}
+
+/// `text` as a TOML string, its quotes and backslashes escaped (adv37 F7: they became spaces).
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
 }
 
 /// The text of a new change file for an Appwrite target; `None` when the template has no
 /// Appwrite operations (archive, sanitize).
 pub fn render_appwrite(template: Template, version: u64, name: &str) -> Option<String> {
-    let name = name.replace(['"', '\\', '\n'], " ");
-    Some(
-        format!("{}{}", AW_HEAD, template.appwrite_body()?)
-            .replace("{version}", &version.to_string())
-            .replace("{name}", &name),
-    )
+    Some(fill(
+        format!("{}{}", AW_HEAD, template.appwrite_body()?),
+        version,
+        name,
+    ))
 }
 
 /// Writes the next change file into `dir`: version `now` (UTC `YYYYMMDDhhmmss`), or one past the
@@ -468,15 +480,20 @@ mod tests {
             Template::Schema,
             Template::Sanitize,
         ] {
-            let text = render(t, 42, "a \"quoted\" name");
+            // Quotes, a backslash, a line break and a placeholder's name are kept as written
+            // (adv37 F7: they became spaces).
+            let name = "a \"quoted\" C:\\path {name_toml}\nname";
+            let text = render(t, 42, name);
             let c =
                 file::parse(Path::new("42_x.toml"), &text).unwrap_or_else(|e| panic!("{t:?}: {e}"));
             assert_eq!(c.version, 42);
+            assert_eq!(c.name, name, "{t:?}");
             assert_eq!(c.up.is_empty(), t == Template::Empty, "{t:?}");
             assert!(c.reversible());
-            if let Some(text) = render_appwrite(t, 43, "n") {
+            if let Some(text) = render_appwrite(t, 43, name) {
                 let c = file::parse(Path::new("43_x.toml"), &text)
                     .unwrap_or_else(|e| panic!("{t:?} (Appwrite): {e}"));
+                assert_eq!(c.name, name, "{t:?}");
                 assert_eq!(c.up.is_empty(), t == Template::Empty, "{t:?}");
                 assert!(c.reversible(), "{t:?}");
                 assert!(
