@@ -346,7 +346,9 @@ fn hint(state: &str, r: &ChangeRecord, stopped: Option<&str>) -> Option<String> 
         .unwrap_or(0);
     let how = match stopped {
         Some(why) => format!("its process stopped while applying it ({why})"),
-        None => "its process died while applying it".to_string(),
+        None => {
+            "its process died while applying it, or lost the lock (released by force)".to_string()
+        }
     };
     match state {
         "interrupted" if r.transaction => Some(format!(
