@@ -253,9 +253,11 @@ async fn sigterm_at_a_random_moment_stops_in_order_and_the_resume_completes() {
             let step = latest_step(&w, e["name"].as_str().unwrap()).await.unwrap();
             let n = |k: &str| e[k].as_i64().unwrap_or(0);
             if e["status"] != "completed" {
+                // A stage stopped before its first checkpoint has none recorded: it counts 0
+                // (seen once in CI: the signal right after a stage began).
                 assert_eq!(
                     n("read"),
-                    step.get_i64("checkpoint_rows").unwrap(),
+                    step.get_i64("checkpoint_rows").unwrap_or(0),
                     "{said} {e} {step}"
                 );
             }
