@@ -2412,6 +2412,15 @@ async fn changes_may_not_touch_the_ledger_and_an_empty_command_is_refused_at_loa
             "op = \"command\"\ncommand = { aggregate = \"things\", pipeline = [{ \"$out\" = { db = \"elsewhere\", coll = \"x\" } }], cursor = {} }\ndown = { ping = 1 }\n",
             "writes only the database",
         ),
+        // adv37 F11: a copy reading the ledger through its pipeline (a nested one too).
+        (
+            "op = \"copy_collection\"\nfrom = \"things\"\nto = \"leak\"\npipeline = [{ \"$unionWith\" = \"cutover_changes\" }]\n",
+            "a collection of cutover's ledger",
+        ),
+        (
+            "op = \"copy_collection\"\nfrom = \"things\"\nto = \"leak\"\npipeline = [{ \"$facet\" = { a = [{ \"$lookup\" = { from = \"cutover_lock\", localField = \"_id\", foreignField = \"_id\", as = \"l\" } }] } }]\n",
+            "a collection of cutover's ledger",
+        ),
         // adv27 N3: a copy or a rename into the ledger.
         (
             "op = \"command\"\ncommand = { cloneCollectionAsCapped = \"things\", toCollection = \"cutover_changes_copy\", size = 100000 }\ndown = { ping = 1 }\n",

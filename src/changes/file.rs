@@ -307,6 +307,43 @@ impl Op {
         }
     }
 
+    /// The other collections a `copy_collection`'s pipeline reads (`$lookup`, `$graphLookup`,
+    /// `$unionWith`, in nested pipelines and `$facet` too): a change may not read the ledger
+    /// through them either (adv37 F11).
+    pub fn collections_read(&self) -> Vec<String> {
+        fn walk(stages: &[Bson], out: &mut Vec<String>) {
+            for stage in stages.iter().filter_map(Bson::as_document) {
+                for (name, body) in stage {
+                    match (name.as_str(), body) {
+                        ("$unionWith", Bson::String(c)) => out.push(c.clone()),
+                        ("$lookup" | "$graphLookup" | "$unionWith", Bson::Document(d)) => {
+                            for key in ["from", "coll"] {
+                                if let Ok(c) = d.get_str(key) {
+                                    out.push(c.to_string());
+                                }
+                            }
+                            if let Ok(p) = d.get_array("pipeline") {
+                                walk(p, out);
+                            }
+                        }
+                        ("$facet", Bson::Document(d)) => {
+                            for p in d.values().filter_map(Bson::as_array) {
+                                walk(p, out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Op::CopyCollection { pipeline, .. } = self {
+            let stages: Vec<Bson> = pipeline.iter().cloned().map(Bson::Document).collect();
+            walk(&stages, &mut out);
+        }
+        out
+    }
+
     /// The collection the operation works on (none for a command).
     pub fn collection(&self) -> Option<&str> {
         match self {

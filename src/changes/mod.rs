@@ -705,7 +705,8 @@ async fn refuse_unsettled_in(
             .filter_map(|op| op.collections())
             .flatten()
             .map(str::to_string);
-        for name in named.chain(commanded) {
+        let read = ops.iter().flat_map(|op| op.collections_read());
+        for name in named.chain(read).chain(commanded) {
             let lower = name.to_lowercase();
             if (!prefix.is_empty() && lower.starts_with(&prefix)) || lower.contains("__backup__") {
                 return Err(ChangesError::Refused(format!(
