@@ -1395,6 +1395,13 @@ async fn sync_deletes_removes_child_table_rows_no_parent_holds() {
     w.load_registry(100);
     let aw = standin().await;
     let pipeline = child_table_pipeline(&w);
+    // Two child tables: guardians, and the patient's schedule (a composite key).
+    let patients = w.dir.path().join("registry/mappings/patients.toml");
+    let mut mapping = std::fs::read_to_string(&patients).unwrap();
+    mapping.push_str(
+        "\n[[embed]]\npath = \"schedule\"\ntable = \"immunization_schedules\"\nforeign_key = \"patient_id\"\norder_by = [\"vaccine_id\", \"dose_number\"]\nappwrite = \"table\"\n\n[[embed.field]]\npath = \"vaccineId\"\ncolumn = \"vaccine_id\"\n\n[[embed.field]]\npath = \"dose\"\ncolumn = \"dose_number\"\n\n[[embed.field]]\npath = \"status\"\ncolumn = \"status\"\n",
+    );
+    std::fs::write(&patients, mapping).unwrap();
     let run = |extra: &'static [&'static str]| migrate_pipeline(&w, &aw, &pipeline, extra);
     let verify = || {
         let v = [
@@ -1415,8 +1422,15 @@ async fn sync_deletes_removes_child_table_rows_no_parent_holds() {
     // A patient (with guardians) deleted in the source, and two guardian rows added by hand
     // under parents no row of the table is.
     let children = aw.s.rows("registry", "patients_guardians");
-    let gone = children[0]["parentId"].as_str().unwrap().to_string();
+    let schedule = aw.s.rows("registry", "patients_schedule");
+    let gone = children
+        .iter()
+        .map(|c| c["parentId"].as_str().unwrap().to_string())
+        .find(|p| schedule.iter().any(|s| s["parentId"] == *p.as_str()))
+        .expect("a patient with guardians and a schedule");
     let gone_children = children.iter().filter(|c| c["parentId"] == gone).count();
+    let gone_schedule = schedule.iter().filter(|c| c["parentId"] == gone).count();
+    assert!(gone_schedule > 0, "the patient has a schedule");
     for t in [
         "guardians",
         "immunizations",
@@ -1450,10 +1464,27 @@ async fn sync_deletes_removes_child_table_rows_no_parent_holds() {
             .await
             .unwrap();
     }
+    let mut hand = schedule[0].clone();
+    let hand = hand.as_object_mut().unwrap();
+    hand.retain(|k, _| !k.starts_with('$'));
+    hand.insert("parentId".into(), Value::String("a-third-ghost".into()));
+    client
+        .put_row(
+            "registry",
+            "patients_schedule",
+            "hand-3",
+            &Value::Object(hand.clone()),
+        )
+        .await
+        .unwrap();
     let out = verify().await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     let unexpected = json["entities"][0]["unexpected"].to_string();
+    assert!(
+        unexpected.contains("patients_schedule:hand-3"),
+        "{unexpected}"
+    );
     assert!(
         unexpected.contains("patients_guardians:hand-1"),
         "{unexpected}"
@@ -1464,20 +1495,28 @@ async fn sync_deletes_removes_child_table_rows_no_parent_holds() {
     );
 
     let before = aw.s.rows("registry", "patients_guardians").len();
+    let before_schedule = aw.s.rows("registry", "patients_schedule").len();
     let out = run(&["patients", "--rerun", "--sync-deletes", "--dry-run"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert_eq!(
         entity(&w.latest_report(), "patients")["deleted"],
-        3,
-        "the patient gone (its guardians with it) and the two hand rows"
+        4,
+        "the patient gone (its child rows with it) and the three hand rows"
     );
     assert_eq!(aw.s.rows("registry", "patients_guardians").len(), before);
+    assert_eq!(
+        aw.s.rows("registry", "patients_schedule").len(),
+        before_schedule
+    );
 
     let out = run(&["patients", "--rerun", "--sync-deletes"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert_eq!(entity(&w.latest_report(), "patients")["deleted"], 3);
+    assert_eq!(entity(&w.latest_report(), "patients")["deleted"], 4);
     let left = aw.s.rows("registry", "patients_guardians");
     assert_eq!(left.len(), before - 2 - gone_children);
+    assert!(left.iter().all(|c| c["parentId"] != gone));
+    let left = aw.s.rows("registry", "patients_schedule");
+    assert_eq!(left.len(), before_schedule - 1 - gone_schedule);
     assert!(left.iter().all(|c| c["parentId"] != gone));
     assert!(aw.s.get_row("registry", "patients", &gone).is_err());
     let out = verify().await;

@@ -209,6 +209,53 @@ pub(super) fn decide(
     Ok(out)
 }
 
+/// Refuses to run an entity whose data in the target another pipeline wrote with another
+/// mapping: two applications sharing one target database by mistake (a forgotten `--database`),
+/// each with an entity `customers` (adv36 F5: the refusal said the mapping changed and advised
+/// `--rerun`, which mixed the second application's rows into the first one's collection).
+/// `--accept-changed` takes the entity over knowingly (a pipeline renamed, its mapping edited).
+pub(super) fn another_pipelines_entities(
+    pipeline: &Pipeline,
+    steps: &[Step],
+    history: &[ledger::StepRecord],
+    runs: &[ledger::RunRecord],
+    opts: &RunOptions,
+) -> Result<(), RunError> {
+    if opts.accept_changed {
+        return Ok(());
+    }
+    let current = ledger::current_steps(history);
+    let mut theirs = Vec::new();
+    for step in steps {
+        let (Some(prev), Ok(m)) = (
+            current.get(&step.entity),
+            pipeline.mappings.get(&step.entity),
+        ) else {
+            continue;
+        };
+        let Some(run) = runs.iter().find(|r| r.run_id == prev.run_id) else {
+            continue;
+        };
+        if prev.checksum != m.checksum
+            && !run.pipeline.is_empty()
+            && run.pipeline != pipeline.spec.name
+        {
+            theirs.push(format!(
+                "{} (written by pipeline `{}`, run {}, with another mapping)",
+                step.entity, run.pipeline, run.run_id
+            ));
+        }
+    }
+    if theirs.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::Refused(format!(
+        "this target database holds {} of another pipeline than `{}`: two applications in one database mix their data (and a --rerun would write this one's rows into theirs). Give this pipeline a database of its own (--database, or the target's database in the config); if it is the same application under a new pipeline name, --accept-changed takes the data over as it is",
+        theirs.join(", "),
+        pipeline.spec.name
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -838,5 +885,47 @@ mod tests {
             "{:?}",
             out[1].1
         );
+    }
+
+    /// adv36 F5: an entity another pipeline wrote with another mapping is refused, naming that
+    /// pipeline; the same pipeline's changed mapping, the same mapping under another pipeline,
+    /// an older ledger's run without a pipeline name and --accept-changed are not.
+    #[test]
+    fn an_entity_another_pipeline_wrote_with_another_mapping_is_refused() {
+        let p = pipeline();
+        let theirs = |pipeline: &str, checksum: &str| {
+            let mut run = run_record("r1", &["a"], ledger::RunIntent::default());
+            run.pipeline = pipeline.into();
+            run.status = ledger::COMPLETED.into();
+            let mut s = step(&p, "r1", "a", ledger::COMPLETED);
+            if !checksum.is_empty() {
+                s.checksum = checksum.into();
+            }
+            (vec![s], vec![run])
+        };
+        let judge = |(history, runs): (Vec<StepRecord>, Vec<ledger::RunRecord>), o: &RunOptions| {
+            another_pipelines_entities(&p, &steps(&["a", "d"]), &history, &runs, o)
+        };
+        match judge(theirs("billing", "other"), &opts()) {
+            Err(RunError::Refused(why)) => {
+                assert!(
+                    why.contains("a (written by pipeline `billing`, run r1"),
+                    "{why}"
+                );
+                assert!(why.contains("--accept-changed"), "{why}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(judge(theirs("p", "other"), &opts()).is_ok(), "own pipeline");
+        assert!(
+            judge(theirs("billing", ""), &opts()).is_ok(),
+            "same mapping"
+        );
+        assert!(judge(theirs("", "other"), &opts()).is_ok(), "older ledger");
+        let accept = RunOptions {
+            accept_changed: true,
+            ..opts()
+        };
+        assert!(judge(theirs("billing", "other"), &accept).is_ok());
     }
 }

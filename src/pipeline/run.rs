@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::adopt::{adopt_step, carry_from};
-use super::decide::{Decision, Interrupted, decide};
+use super::decide::{Decision, Interrupted, another_pipelines_entities, decide};
 use super::entity::run_entity;
 pub use super::error::RunError;
 pub use super::options::RunOptions;
@@ -402,53 +402,6 @@ async fn rejected_by_mapping(
         out.extend(left_out);
     }
     Ok(out)
-}
-
-/// Refuses to run an entity whose data in the target another pipeline wrote with another
-/// mapping: two applications sharing one target database by mistake (a forgotten `--database`),
-/// each with an entity `customers` (adv36 F5: the refusal said the mapping changed and advised
-/// `--rerun`, which mixed the second application's rows into the first one's collection).
-/// `--accept-changed` takes the entity over knowingly (a pipeline renamed, its mapping edited).
-fn another_pipelines_entities(
-    pipeline: &Pipeline,
-    steps: &[Step],
-    history: &[ledger::StepRecord],
-    runs: &[ledger::RunRecord],
-    opts: &RunOptions,
-) -> Result<(), RunError> {
-    if opts.accept_changed {
-        return Ok(());
-    }
-    let current = ledger::current_steps(history);
-    let mut theirs = Vec::new();
-    for step in steps {
-        let (Some(prev), Ok(m)) = (
-            current.get(&step.entity),
-            pipeline.mappings.get(&step.entity),
-        ) else {
-            continue;
-        };
-        let Some(run) = runs.iter().find(|r| r.run_id == prev.run_id) else {
-            continue;
-        };
-        if prev.checksum != m.checksum
-            && !run.pipeline.is_empty()
-            && run.pipeline != pipeline.spec.name
-        {
-            theirs.push(format!(
-                "{} (written by pipeline `{}`, run {}, with another mapping)",
-                step.entity, run.pipeline, run.run_id
-            ));
-        }
-    }
-    if theirs.is_empty() {
-        return Ok(());
-    }
-    Err(RunError::Refused(format!(
-        "this target database holds {} of another pipeline than `{}`: two applications in one database mix their data (and a --rerun would write this one's rows into theirs). Give this pipeline a database of its own (--database, or the target's database in the config); if it is the same application under a new pipeline name, --accept-changed takes the data over as it is",
-        theirs.join(", "),
-        pipeline.spec.name
-    )))
 }
 
 /// Runs `steps` of `pipeline` from the source into the MongoDB target, holding the target's lock.

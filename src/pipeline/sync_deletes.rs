@@ -412,9 +412,12 @@ async fn orphan_children(
     if tables.len() < 2 {
         return Ok(0);
     }
-    let mut n = 0u64;
-    for table in &tables[1..] {
-        let mut rows = Spill::new();
+    // Every child table's rows in one sorted run, by parent id (the value: the table's index,
+    // two bytes, then the row's id), merged once with the parent table's ids — listed after
+    // this stage's deletes, once whatever the number of child tables.
+    let mut rows = Spill::new();
+    for (t, table) in tables.iter().enumerate().skip(1) {
+        let tag = u16::try_from(t).unwrap_or(u16::MAX).to_be_bytes();
         let mut records = a.ids(table);
         while let Some(page) = records.next_records().await.map_err(aerr)? {
             for r in page {
@@ -422,36 +425,43 @@ async fn orphan_children(
                     continue;
                 };
                 let parent = parent.unwrap_or_default().as_bytes().to_vec();
-                rows.push(parent, id.as_bytes().to_vec())
-                    .map_err(spill_err)?;
+                let mut value = tag.to_vec();
+                value.extend_from_slice(id.as_bytes());
+                rows.push(parent, value).map_err(spill_err)?;
             }
         }
-        let mut rows = rows.sorted().map_err(spill_err)?;
-        // Listed after this stage's deletes; again for each table (`holds` walks forward).
-        let mut parents = Spill::new();
-        let mut records = a.ids(&plan.collection);
-        while let Some(page) = records.next_page().await.map_err(aerr)? {
-            for id in page {
-                parents
-                    .push(id.into_bytes(), Vec::new())
-                    .map_err(spill_err)?;
-            }
+    }
+    let mut rows = rows.sorted().map_err(spill_err)?;
+    let mut parents = Spill::new();
+    let mut records = a.ids(&plan.collection);
+    while let Some(page) = records.next_page().await.map_err(aerr)? {
+        for id in page {
+            parents
+                .push(id.into_bytes(), Vec::new())
+                .map_err(spill_err)?;
         }
-        let mut parents = parents.sorted().map_err(spill_err)?;
-        let mut chunk: Vec<String> = Vec::new();
-        while let Some((parent, id)) = rows.next_record().map_err(spill_err)? {
-            if parents.holds(&parent).map_err(spill_err)? {
-                continue;
-            }
-            n += 1;
-            if dry_run {
-                continue;
-            }
-            chunk.push(String::from_utf8_lossy(&id).into_owned());
-            if chunk.len() >= CHUNK {
-                delete_rows(remover, a, table, std::mem::take(&mut chunk)).await?;
-            }
+    }
+    let mut parents = parents.sorted().map_err(spill_err)?;
+    let mut n = 0u64;
+    let mut chunks: Vec<Vec<String>> = vec![Vec::new(); tables.len()];
+    while let Some((parent, value)) = rows.next_record().map_err(spill_err)? {
+        if parents.holds(&parent).map_err(spill_err)? {
+            continue;
         }
+        n += 1;
+        if dry_run || value.len() < 2 {
+            continue;
+        }
+        let t = usize::from(u16::from_be_bytes([value[0], value[1]]));
+        let Some(chunk) = chunks.get_mut(t) else {
+            continue;
+        };
+        chunk.push(String::from_utf8_lossy(&value[2..]).into_owned());
+        if chunk.len() >= CHUNK {
+            delete_rows(remover, a, &tables[t], std::mem::take(chunk)).await?;
+        }
+    }
+    for (table, chunk) in tables.iter().zip(chunks) {
         delete_rows(remover, a, table, chunk).await?;
     }
     if n > 0 && !dry_run {
