@@ -311,6 +311,29 @@ pub async fn check(
                 }
             }
         }
+        // An entity that references itself (an employee's `reportsTo`) and that the run reads
+        // in full judges those references by the rows it leaves out, as the run's own passes do
+        // (a chain of `exists` references rejected down to its end).
+        let own = referenced_entities(plan).contains(&plan.entity)
+            && (rerun || !history.completed.contains(&plan.entity));
+        if own {
+            savepoint(&mut session, "SAVEPOINT cutover_check").await;
+            match crate::pipeline::run::rejected_by_mapping(plan, &session, targets.first(), &ctx)
+                .await
+            {
+                Ok(ids) => {
+                    savepoint(&mut session, "RELEASE SAVEPOINT cutover_check").await;
+                    ctx.absent_ids.insert(plan.entity.clone(), Arc::new(ids));
+                }
+                Err(e) => {
+                    savepoint(&mut session, "ROLLBACK TO SAVEPOINT cutover_check").await;
+                    report.blocking.push(format!(
+                        "{}: cannot judge its references to itself: {e}",
+                        plan.entity
+                    ));
+                }
+            }
+        }
         let collect_rejected = referenced.contains(&plan.entity);
         if collect_rejected {
             // Scanned: a later plan judges its references by this scan's rejects (none yet).

@@ -69,15 +69,16 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     // The run number of each entity's current step: a referencing entity's run judged the
     // referenced rows as they were then (an entity run again since may have left out more).
     let run_of = |e: &str| current.get(e).map(|s| s.run_number);
-    // Per referenced entity, the ids of the rows its run left out (see below), and the mapping
-    // context they are found with (no reference judged: a chain of them is not followed).
-    // Keyed by the entity and, when it ran again since the referencing one, that one's run
-    // number (what it left out as of then too).
-    let mut left_out: std::collections::HashMap<
-        (String, Option<i64>),
-        std::collections::HashSet<String>,
-    > = Default::default();
-    let plain_ctx = ctx.clone();
+    // Per referenced entity, the ids of the rows its run left out (following the references
+    // that left rows out), as of the referencing entity's run when it ran again since.
+    let mut left_out = crate::verify::LeftOut::new(
+        &pipeline,
+        &ledger,
+        &cfg.rejects_dir,
+        target.max_document_bytes(),
+        &ran,
+        ctx.clone(),
+    );
     for p in &plans {
         // References to rows the target does not hold: the run rejected (or warned) them
         // (`reference_rejected`), so the comparison expects what the run wrote.
@@ -111,50 +112,8 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             } else {
                 None
             };
-            let cached = (e.clone(), as_of);
-            if !left_out.contains_key(&cached) {
-                let then = match as_of {
-                    Some(run) => Some(
-                        crate::verify::write_rejects::rejected_as_of(
-                            &ledger,
-                            &cfg.rejects_dir,
-                            e,
-                            run,
-                        )
-                        .await?,
-                    ),
-                    None => None,
-                };
-                let step = crate::pipeline::Step {
-                    stage: String::new(),
-                    entity: e.clone(),
-                };
-                let referenced = crate::pipeline::run::compile_plans(
-                    &pipeline,
-                    std::slice::from_ref(&step),
-                    &mut session,
-                )
-                .await?;
-                let refused =
-                    crate::verify::write_rejects::load(&ledger, &cfg.rejects_dir, e).await?;
-                let mut ids = std::collections::HashSet::new();
-                for r in &referenced {
-                    ids.extend(
-                        crate::verify::left_out_ids(
-                            r,
-                            &mut session,
-                            &plain_ctx,
-                            &refused,
-                            target.max_document_bytes(),
-                            then.as_ref(),
-                        )
-                        .await?,
-                    );
-                }
-                left_out.insert(cached.clone(), ids);
-            }
-            let keep = &left_out[&cached];
-            *absent = std::sync::Arc::new(absent.intersection(keep).cloned().collect());
+            let keep = left_out.of(&mut session, e, as_of).await?;
+            *absent = std::sync::Arc::new(absent.intersection(&keep).cloned().collect());
         }
         let rows = session.count(&p.relation).await?;
         let sample = match (args.full, args.sample) {

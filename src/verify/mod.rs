@@ -1017,6 +1017,146 @@ pub async fn left_out_ids(
     Ok(out)
 }
 
+/// What the runs of each referenced entity left out of the target (see [`left_out_ids`]),
+/// following the references that left rows out: a row rejected because it names a row left out
+/// (`exists`, rule `reference_rejected`) is left out too — down a chain of an entity's
+/// references to itself, and across entities (an employee rejected, then the desks naming it).
+/// Each entity's rows are judged as its run judged them: by what the entities it references
+/// left out. Memoised by entity and run.
+pub struct LeftOut<'a> {
+    pub pipeline: &'a crate::pipeline::Pipeline,
+    pub ledger: &'a crate::ledger::Ledger,
+    pub rejects_dir: &'a Path,
+    pub max_document_bytes: Option<usize>,
+    /// The entities that completed a run (the others are not judged, as the run does not).
+    pub ran: &'a HashSet<String>,
+    /// The mapping context without any reference judged.
+    pub plain: MapContext,
+    memo: HashMap<(String, Option<i64>), HashSet<String>>,
+    /// Entities being computed (a cycle of references is judged without the one it returns to).
+    visiting: HashSet<String>,
+}
+
+impl<'a> LeftOut<'a> {
+    pub fn new(
+        pipeline: &'a crate::pipeline::Pipeline,
+        ledger: &'a crate::ledger::Ledger,
+        rejects_dir: &'a Path,
+        max_document_bytes: Option<usize>,
+        ran: &'a HashSet<String>,
+        plain: MapContext,
+    ) -> Self {
+        Self {
+            pipeline,
+            ledger,
+            rejects_dir,
+            max_document_bytes,
+            ran,
+            plain,
+            memo: HashMap::new(),
+            visiting: HashSet::new(),
+        }
+    }
+
+    /// The ids of `entity`'s rows its run left out; `as_of`: only those left out as of that run
+    /// too (see [`write_rejects::rejected_as_of`]).
+    pub fn of<'s>(
+        &'s mut self,
+        session: &'s mut SourceSession,
+        entity: &'s str,
+        as_of: Option<i64>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<HashSet<String>, RunError>> + 's>> {
+        Box::pin(async move {
+            let cached = (entity.to_string(), as_of);
+            if let Some(ids) = self.memo.get(&cached) {
+                return Ok(ids.clone());
+            }
+            let then = match as_of {
+                Some(run) => Some(
+                    write_rejects::rejected_as_of(self.ledger, self.rejects_dir, entity, run)
+                        .await?,
+                ),
+                None => None,
+            };
+            let step = crate::pipeline::Step {
+                stage: String::new(),
+                entity: entity.to_string(),
+            };
+            let plans = crate::pipeline::run::compile_plans(
+                self.pipeline,
+                std::slice::from_ref(&step),
+                session,
+            )
+            .await?;
+            let refused = write_rejects::load(self.ledger, self.rejects_dir, entity).await?;
+            let mut ctx = self.plain.clone();
+            for (e, keys) in
+                crate::pipeline::run::load_known_keys(self.pipeline, &plans, session).await?
+            {
+                ctx.known_keys.entry(e).or_insert(keys);
+            }
+            self.visiting.insert(entity.to_string());
+            let mut own = false;
+            for plan in &plans {
+                for r in crate::pipeline::run::referenced_entities(plan) {
+                    if r == entity {
+                        own = true;
+                    } else if self.ran.contains(&r) && !self.visiting.contains(&r) {
+                        let ids = self.of(session, &r, None).await?;
+                        ctx.absent_ids.insert(r, std::sync::Arc::new(ids));
+                    }
+                }
+            }
+            self.visiting.remove(entity);
+            let cascades = own
+                && plans.iter().any(|p| {
+                    p.fields
+                        .iter()
+                        .chain(p.embeds.iter().flat_map(|e| e.fields.iter()))
+                        .any(|f| f.exists_in.as_deref() == Some(entity))
+                });
+            let mut ids = HashSet::new();
+            loop {
+                let mut next = HashSet::new();
+                for plan in &plans {
+                    next.extend(
+                        left_out_ids(plan, session, &ctx, &refused, self.max_document_bytes, None)
+                            .await?,
+                    );
+                }
+                // More rows absent leave more out, never fewer: the same size, the same set.
+                let done = !cascades || next.len() == ids.len();
+                ids = next;
+                if done || ids.is_empty() {
+                    break;
+                }
+                ctx.absent_ids
+                    .insert(entity.to_string(), std::sync::Arc::new(ids.clone()));
+            }
+            if let Some(then) = &then {
+                // The rows left out both then and now: one more pass, keys filtered.
+                let mut now = HashSet::new();
+                for plan in &plans {
+                    now.extend(
+                        left_out_ids(
+                            plan,
+                            session,
+                            &ctx,
+                            &refused,
+                            self.max_document_bytes,
+                            Some(then),
+                        )
+                        .await?,
+                    );
+                }
+                ids = now;
+            }
+            self.memo.insert(cached, ids.clone());
+            Ok(ids)
+        })
+    }
+}
+
 /// Splits reference values that name no document into those naming a row the target does not
 /// hold because its entity's run rejected or skipped it (`absent`, by [`crate::mapping::plan::id_text`]:
 /// the run wrote them with a `reference_rejected` warning) and the others.
