@@ -118,8 +118,9 @@ async fn verify_passes_after_a_clean_run_and_names_exactly_what_differs() {
         "{text}"
     );
 
-    // A sample still finds the changed document when it is sampled, and says it sampled.
-    let (_, text, json) = verify(&w, &["patients", "--sample", "5"]);
+    // A sample says it sampled, and fails on the counts whatever documents it compares
+    // (adv39 F1: a document more or fewer passed a sample, `counts_agree: true`).
+    let (code, text, json) = verify(&w, &["patients", "--sample", "5"]);
     assert!(
         json["entities"][0]["mode"]
             .as_str()
@@ -127,6 +128,18 @@ async fn verify_passes_after_a_clean_run_and_names_exactly_what_differs() {
             .starts_with("sample"),
         "{text}"
     );
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(json["entities"][0]["counts_agree"], false, "{text}");
+    assert!(text.contains("`verify --full` names the others"), "{text}");
+    // Counts agree again (the stray documents gone, the deleted one back), but one value
+    // differs: a sample that misses it passes, the counts hold.
+    patients
+        .delete_many(doc! { "_id": { "$in": ["stray-doc", "stray-doc-2"] } })
+        .await
+        .unwrap();
+    patients.insert_one(gone.clone()).await.unwrap();
+    let (_, text, json) = verify(&w, &["patients", "--sample", "5"]);
+    assert_eq!(json["entities"][0]["counts_agree"], true, "{text}");
     w.drop().await;
 }
 

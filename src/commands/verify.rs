@@ -367,7 +367,9 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             "    counts differ: {} documents expected, {} in the target ({})",
             v.expected,
             v.target,
-            if explained {
+            if v.mode != "full" {
+                "a sample names the documents it compares only: `verify --full` names the others"
+            } else if explained {
                 "the missing and unexpected documents above"
             } else {
                 "more than the missing and unexpected documents above account for"
