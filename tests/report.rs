@@ -3,6 +3,7 @@
 
 mod common;
 
+use bson::{Document, doc};
 use common::World;
 use common::browser::{chromium, count_color};
 
@@ -236,6 +237,65 @@ async fn signoff_joins_only_a_matching_verification_and_skips_runs_that_did_noth
     let (s, _) = signoff(&[&run_id]);
     assert_eq!(s["verification"]["ok"], true, "{}", s["verification"]);
     rehearsal.drop().await;
+    let joined = s["verification"]["verified_at"].clone();
+
+    // A later verification made with another pipeline, or with a mapping the run did not
+    // write with (here: one leaving vaccine 1 out, whose document is deleted, so it passes), is
+    // not this run's either (adv39 F7: it was shown as PASSED while the target missed a row).
+    let dir = w.dir.path().join("other");
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    for e in std::fs::read_dir(common::repo().join("mappings")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            std::fs::copy(&p, dir.join("mappings").join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let registry = std::fs::read_to_string(&pipeline).unwrap();
+    let renamed = registry.replace("name = \"registry\"", "name = \"other\"");
+    assert_ne!(renamed, registry);
+    std::fs::write(dir.join("pipelines/other.toml"), renamed).unwrap();
+    std::fs::write(dir.join("pipelines/registry.toml"), &registry).unwrap();
+    let verify_with = |p: &std::path::Path| {
+        let out = w
+            .cutover()
+            .args(["verify", "--pipeline"])
+            .arg(p)
+            .output()
+            .unwrap();
+        // The vaccine left out leaves its immunizations' references dangling: it may fail.
+        assert!(
+            matches!(out.status.code(), Some(0 | 2)),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    verify_with(&dir.join("pipelines/other.toml"));
+    let (s, _) = signoff(&[&run_id]);
+    assert_eq!(
+        s["verification"]["verified_at"], joined,
+        "{}",
+        s["verification"]
+    );
+    let vaccines = dir.join("mappings/vaccines.toml");
+    let mapping = std::fs::read_to_string(&vaccines).unwrap().replace(
+        "table = \"vaccines\"",
+        "query = \"SELECT * FROM vaccines WHERE vaccine_id <> 1\"",
+    );
+    std::fs::write(&vaccines, mapping).unwrap();
+    w.mongo()
+        .await
+        .collection::<Document>("vaccines")
+        .delete_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    verify_with(&dir.join("pipelines/registry.toml"));
+    let (s, _) = signoff(&[&run_id]);
+    assert_eq!(
+        s["verification"]["verified_at"], joined,
+        "{}",
+        s["verification"]
+    );
 
     // A run that found everything applied, and a dry run, are passed over by a plain `report`.
     let out = w.migrate(&[]);

@@ -220,7 +220,21 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     log.finish()?;
     let problems_file = log.written().map(|p| p.display().to_string());
     let ok = results.iter().all(|(ok, _)| *ok);
-    let results: Vec<serde_json::Value> = results.into_iter().map(|(_, e)| e).collect();
+    // The mapping each entity was verified with: the sign-off joins a verification to a run
+    // only when the run wrote with the same one (adv39 F7).
+    let results: Vec<serde_json::Value> = results
+        .into_iter()
+        .map(|(_, mut e)| {
+            let checksum = e["entity"]
+                .as_str()
+                .and_then(|name| pipeline.mappings.get(name).ok())
+                .map(|m| m.checksum.clone());
+            if let (Some(checksum), Some(o)) = (checksum, e.as_object_mut()) {
+                o.insert("mapping_checksum".into(), checksum.into());
+            }
+            e
+        })
+        .collect();
     let json = serde_json::json!({
         "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "target": target_name,

@@ -62,6 +62,10 @@ pub struct EntityReport {
     /// killed re-run or delta), with its flags: `run … (--rerun --sync-deletes)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finishing: Option<String>,
+    /// The checksum of the mapping the step wrote with (a verification speaks of this run's
+    /// documents only when it was made with the same mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping_checksum: Option<String>,
     #[serde(default)]
     pub resumed_after_rows: u64,
     /// Of those rows, how many were rejected (their lines are in this run's rejects file).
@@ -238,6 +242,7 @@ impl EntityReport {
             error: None,
             resumed_from: None,
             finishing: None,
+            mapping_checksum: None,
             resumed_after_rows: 0,
             resumed_after_rejected: 0,
             delta: None,

@@ -242,7 +242,22 @@ fn verification_matches(v: &serde_json::Value, run: &RunReport) -> bool {
         .entities
         .iter()
         .all(|e| verified.contains(e.name.as_str()));
-    after && same_target && covered
+    // Made with the run's pipeline and each entity's mapping as the run wrote it (adv39 F7: a
+    // verification with another pipeline, whose mapping left a row out, was shown as this
+    // run's while the target missed that row).
+    let same_pipeline =
+        run.pipeline.is_empty() || v["pipeline"].as_str().is_none_or(|p| p == run.pipeline);
+    let same_mappings = run.entities.iter().all(|e| {
+        e.mapping_checksum.as_deref().is_none_or(|sum| {
+            v["entities"].as_array().is_some_and(|a| {
+                a.iter().any(|x| {
+                    x["entity"].as_str() == Some(e.name.as_str())
+                        && x["mapping_checksum"].as_str() == Some(sum)
+                })
+            })
+        })
+    });
+    after && same_target && covered && same_pipeline && same_mappings
 }
 
 /// `, source … → target …` of a verification that recorded them.

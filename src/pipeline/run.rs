@@ -1253,6 +1253,14 @@ async fn migrate_locked(
             });
     }
 
+    let mut entities = entities;
+    for e in &mut entities {
+        e.mapping_checksum = pipeline
+            .mappings
+            .get(&e.name)
+            .ok()
+            .map(|m| m.checksum.clone());
+    }
     let mut report = RunReport {
         run_id: run_id.to_string(),
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
