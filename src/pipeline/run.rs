@@ -1253,7 +1253,6 @@ async fn migrate_locked(
             });
     }
 
-    let mut entities = entities;
     for e in &mut entities {
         e.mapping_checksum = pipeline
             .mappings
