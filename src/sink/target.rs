@@ -391,11 +391,15 @@ impl AppwriteTarget {
             if let Some(e) = &existing
                 && storage::complete(e, found.len, &md5)
             {
-                // The same bytes: only permissions the mapping now gives otherwise are set.
+                // The same bytes: only permissions the mapping now gives otherwise are set, and
+                // the name when the row names it otherwise now.
                 if let Some(p) = &permissions
                     && !storage::same_permissions(e, p)
                 {
                     storage::update_permissions(&self.client, &spec.bucket, &id, p).await?;
+                }
+                if e["name"].as_str() != Some(name.as_str()) {
+                    storage::rename(&self.client, &spec.bucket, &id, &name).await?;
                 }
                 ready.push((index, id, false, 0));
                 continue;

@@ -153,7 +153,7 @@ impl<'de> serde::Deserialize<'de> for Repeats {
 /// (one added to the table by hand) that holds a value on this row is a difference: it is kept as
 /// a last element `{column: value}`, so the row's hash differs from the expected one (whose rows
 /// only have the mapped columns) and [`diff_json`] names the column.
-fn canonical_row(spec: &TableSpec, row: &Value) -> Value {
+pub(super) fn canonical_row(spec: &TableSpec, row: &Value) -> Value {
     let mut values: Vec<Value> = spec
         .columns
         .iter()
@@ -239,7 +239,7 @@ fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
 }
 
 /// Paths where two canonical values differ (first `limit`).
-fn diff_json(names: &[String], e: &Value, a: &Value, out: &mut Vec<String>) {
+pub(super) fn diff_json(names: &[String], e: &Value, a: &Value, out: &mut Vec<String>) {
     match (e, a) {
         (Value::Array(es), Value::Array(as_)) if !names.is_empty() => {
             for (i, name) in names.iter().enumerate() {

@@ -78,6 +78,24 @@ pub async fn verify_files(
             let mut metadata = doc.clone();
             let id = metadata.remove("_id").unwrap_or(Bson::Null);
             expected_ids.insert(bson::to_vec(&doc! { "i": &id }).unwrap_or_default());
+            let raw = mapped
+                .doc
+                .as_ref()
+                .map(|d| d.as_bytes())
+                .unwrap_or_default();
+            if refused.contains(&mapped.key)
+                && !refusal_holds(
+                    refused,
+                    &mapped.key,
+                    raw,
+                    &FileRef::of_row(file, &row),
+                    root,
+                    file.algorithm,
+                )
+                .await
+            {
+                found.unexcuse(&mapped.key);
+            }
             let Some(stored) = files
                 .find_one(doc! { "_id": &id })
                 .await
@@ -299,6 +317,8 @@ pub async fn verify_storage(
     let bucket = &file.bucket;
     // The rows the documents become (what file permissions are filled from).
     target.describe(plan);
+    let spec = crate::sink::appwrite::schema::table_spec(plan);
+    let column_names: Vec<String> = spec.columns.iter().map(|c| c.key.clone()).collect();
     let source_rows = session.count(&plan.relation).await?;
     let mut found: Problems<'_, Different> = Problems::new(&plan.entity, log).excusing(refused);
     let mut expected_ids: HashSet<String> = HashSet::new();
@@ -325,10 +345,32 @@ pub async fn verify_storage(
                 })?;
             let id = crate::sink::appwrite::rows::row_id(doc.get("_id").unwrap_or(&Bson::Null));
             expected_ids.insert(id.clone());
+            // A row the run refused keeps what an earlier run uploaded (a bucket cannot be
+            // backed up): excused while the refusal holds, its file and row not compared.
+            let raw = mapped
+                .doc
+                .as_ref()
+                .map(|d| d.as_bytes())
+                .unwrap_or_default();
+            let kept = refusal_holds(
+                refused,
+                &mapped.key,
+                raw,
+                &FileRef::of_row(file, &row),
+                root,
+                file.algorithm,
+            )
+            .await;
+            if refused.contains(&mapped.key) && !kept {
+                found.unexcuse(&mapped.key);
+            }
             let Some(stored) = storage::file(client, bucket, &id).await.map_err(aerr)? else {
                 found.missing(mapped.key.clone())?;
                 continue;
             };
+            if kept {
+                continue;
+            }
             compared += 1;
             let f = FileRef::of_row(file, &row);
             let mut fields = Vec::new();
@@ -392,10 +434,22 @@ pub async fn verify_storage(
                     ));
                 }
             }
-            // Its own permissions, as the mapping fills them from the row (a row that cannot
-            // have them was rejected by the run: its file is missing, excused).
-            if let Ok(Some(want)) =
+            // The name the row gives it (what a download is called): adv39 F3, a file renamed
+            // by hand passed. (Its mimeType is not compared: Appwrite finds it from the bytes.)
+            let name = gridfs::file_name(&f);
+            if stored["name"].as_str() != Some(name.as_str()) {
+                fields.push(format!(
+                    "name (the row gives {}, Appwrite holds {})",
+                    serde_json::json!(name),
+                    stored["name"]
+                ));
+            }
+            // Its own permissions, as the mapping fills them from the row, none when it gives
+            // none (adv39 F6: a file made readable by anyone passed); a row that cannot have
+            // them was rejected by the run: its file is missing, excused.
+            if let Ok(want) =
                 target.file_permissions(&plan.collection, file.permissions.as_deref(), &doc)
+                && let want = want.unwrap_or_default()
                 && !storage::same_permissions(&stored, &want)
             {
                 fields.push(format!(
@@ -410,7 +464,21 @@ pub async fn verify_storage(
                 target.database, plan.collection
             );
             match client.call(reqwest::Method::GET, &row_path, None).await {
-                Ok(_) => {}
+                // Its columns as the run writes them (adv39 F5: only its existence was asked).
+                Ok(actual) => {
+                    let row = crate::sink::appwrite::schema::to_row(&doc, &spec);
+                    let want = super::appwrite::canonical_row(&spec, &row);
+                    let have = super::appwrite::canonical_row(&spec, &actual);
+                    if want.to_string() != have.to_string() {
+                        let mut columns = Vec::new();
+                        super::appwrite::diff_json(&column_names, &want, &have, &mut columns);
+                        fields.push(format!(
+                            "its row in table {} (columns: {})",
+                            plan.collection,
+                            columns.join(", ")
+                        ));
+                    }
+                }
                 Err(e) if e.is_missing() => fields.push(format!(
                     "its row (none in table {} under {id})",
                     plan.collection
@@ -495,5 +563,28 @@ fn file_verification(
         counts_agree,
         ok,
         independent_mismatches: 0,
+    }
+}
+
+/// Whether the run's refusal of row `key` (a write reject) still excuses what the target holds
+/// of it — nothing, or what an earlier run wrote: not when the row maps to another document
+/// now, nor when the file it was refused for now passes the checks (put back on disk, its
+/// checksum fixed): adv39 F12, a file refused once was excused forever.
+async fn refusal_holds(
+    refused: &super::write_rejects::WriteRejects,
+    key: &str,
+    doc: &[u8],
+    f: &FileRef,
+    root: Option<&Path>,
+    algorithm: crate::mapping::spec::ChecksumAlgorithm,
+) -> bool {
+    if !refused.contains(key) || refused.stale_for(key, doc) {
+        return false;
+    }
+    match (refused.rule(key), root) {
+        (Some(gridfs::RULE_MISSING | gridfs::RULE_CHECKSUM), Some(root)) => {
+            gridfs::inspect(root, f, algorithm).await.is_err()
+        }
+        _ => true,
     }
 }

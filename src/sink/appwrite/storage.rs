@@ -415,6 +415,8 @@ pub async fn upload(
         .map_err(|e| UploadError::Disk(e.to_string()))?;
     let route = format!("/storage/buckets/{bucket}/files");
     let mime = mime.unwrap_or("application/octet-stream").to_string();
+    // A name a multipart header cannot carry as it is goes as a stand-in, then set exactly.
+    let sent_name = multipart_name(name);
     let mut start = 0u64;
     let last = loop {
         let want = (len - start).min(CHUNK) as usize;
@@ -441,7 +443,7 @@ pub async fn upload(
         let build = |req: reqwest::RequestBuilder| {
             let part = || {
                 reqwest::multipart::Part::stream_with_length(buf.clone(), want as u64)
-                    .file_name(name.to_string())
+                    .file_name(sent_name.to_string())
             };
             let part = part().mime_str(&mime).unwrap_or_else(|_| part());
             let mut form = reqwest::multipart::Form::new().text("fileId", id.to_string());
@@ -484,7 +486,42 @@ pub async fn upload(
             path.display()
         )));
     }
+    if last["name"].as_str() != Some(name) {
+        return rename(client, bucket, id, name)
+            .await
+            .map_err(UploadError::Server);
+    }
     Ok(last)
+}
+
+/// The file name sent in an upload's multipart header: `name` itself, unless it holds a
+/// character such a header escapes (a backslash, a double quote) or cannot carry (CR, LF, other
+/// control characters) — servers differ in undoing the escapes (adv39 F3: `a\\b` was stored
+/// with its backslashes doubled; F4: a newline broke the request). Then the same name with
+/// those characters as `_`, which [`rename`] replaces by the exact name (a JSON body).
+pub fn multipart_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c == '\\' || c == '"' || c.is_control();
+    if name.contains(unsafe_char) {
+        name.replace(unsafe_char, "_").into()
+    } else {
+        name.into()
+    }
+}
+
+/// Sets the name of file `id` of `bucket`; returns the server's record.
+pub async fn rename(
+    client: &AppwriteClient,
+    bucket: &str,
+    id: &str,
+    name: &str,
+) -> Result<Value, AppwriteError> {
+    client
+        .call(
+            reqwest::Method::PUT,
+            &format!("/storage/buckets/{bucket}/files/{id}"),
+            Some(&json!({ "name": name })),
+        )
+        .await
 }
 
 /// Streams file `id` of `bucket` down and hashes it: (length, sha256 hex, md5 hex).
