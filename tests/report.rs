@@ -315,6 +315,26 @@ async fn signoff_joins_only_a_matching_verification_and_skips_runs_that_did_noth
     let (s, stderr) = signoff(&[]);
     assert_eq!(s["run"]["run_id"], run_id.as_str(), "{stderr}");
     assert!(stderr.contains("latest that ran a stage"), "{stderr}");
+    // The dry run's own report joins no verification: it wrote nothing (adv39 F9).
+    let dry = w.latest_report();
+    assert_eq!(dry["dry_run"], true);
+    let dry_id = dry["run_id"].as_str().unwrap();
+    let (s, _) = signoff(&[dry_id]);
+    assert!(s["verification"].is_null(), "{}", s["verification"]);
+    let out = w.cutover().args(["report", dry_id]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("a dry run: it wrote nothing"), "{said}");
+    let out = w
+        .cutover()
+        .args(["report", dry_id, "--format", "md"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("rehearsed (dry run: nothing written)")
+            && !said.contains("written and verified"),
+        "{said}"
+    );
     let client = mongodb::Client::with_uri_str(common::mongo_uri())
         .await
         .unwrap();
