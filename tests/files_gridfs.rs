@@ -1363,6 +1363,73 @@ async fn a_missing_root_a_pipe_a_lost_chunk_and_a_renamed_file_are_each_caught()
         .unwrap();
     assert!(out.status.success(), "{}", common::output_text(&out));
 
+    // adv39 F2: a chunk past the file's end, and the last chunk a byte short, make a file no
+    // driver reads back: the default verify (no bytes read) names them by the chunks' sizes.
+    let chunks = db.collection::<Document>("documents.chunks");
+    let last = chunks
+        .find_one(doc! { "files_id": &lost })
+        .sort(doc! { "n": -1 })
+        .await
+        .unwrap()
+        .unwrap();
+    let past = last.get_i32("n").unwrap() + 1;
+    chunks
+        .insert_one(doc! { "files_id": &lost, "n": past, "data": bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1, 2] } })
+        .await
+        .unwrap();
+    let whole = last.get_binary_generic("data").unwrap().clone();
+    let short = bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: whole[..whole.len() - 1].to_vec(),
+    };
+    chunks
+        .update_one(
+            doc! { "_id": last.get("_id").unwrap() },
+            doc! { "$set": { "data": short } },
+        )
+        .await
+        .unwrap();
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline", &p])
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("1 past the file's end"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "chunk {}: {} bytes, not {}",
+            past - 1,
+            whole.len() - 1,
+            whole.len()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("not the stored bytes: --full reads them"),
+        "{text}"
+    );
+    chunks
+        .delete_one(doc! { "files_id": &lost, "n": past })
+        .await
+        .unwrap();
+    chunks
+        .update_one(
+            doc! { "_id": last.get("_id").unwrap() },
+            doc! { "$set": { "data": bson::Binary {
+            subtype: bson::spec::BinarySubtype::Generic, bytes: whole } } },
+        )
+        .await
+        .unwrap();
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline", &p])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+
     // adv34 F10: a byte damaged in place keeps the file's record: a re-run calls the file
     // complete (verify --full still names it); with --recheck-files its bytes are read back and
     // it is uploaded again. Oracle: the bytes downloaded from GridFS against the file's sha256.

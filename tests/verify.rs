@@ -50,10 +50,7 @@ async fn verify_passes_after_a_clean_run_and_names_exactly_what_differs() {
     for e in json["entities"].as_array().unwrap() {
         assert_eq!(e["ok"], true, "{e}");
         assert!(
-            text.contains(&format!(
-                "{:<24} full comparison",
-                e["entity"].as_str().unwrap()
-            )),
+            text.contains(&format!("{:<24} full", e["entity"].as_str().unwrap())),
             "{text}"
         );
     }

@@ -381,7 +381,7 @@ fn print_verification(v: &crate::verify::EntityVerification) {
             "    counts differ: {} documents expected, {} in the target ({})",
             v.expected,
             v.target,
-            if v.mode != "full" {
+            if v.mode.starts_with("sample") {
                 "a sample names the documents it compares only: `verify --full` names the others"
             } else if explained {
                 "the missing and unexpected documents above"

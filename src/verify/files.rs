@@ -150,19 +150,12 @@ pub async fn verify_files(
                     stored.get_str("contentType").unwrap_or("none")
                 ));
             }
-            // Every chunk the record says (adv25 F3: a file with a chunk gone passed).
+            // Every chunk the record says, each of its size, and none more (adv25 F3: a file
+            // with a chunk gone passed; adv39 F2: a chunk past the end, or one byte short,
+            // passed): asked of the chunks' sizes, not their bytes.
             let chunks_name = gridfs::chunks_collection(&file.bucket);
-            if let Some(want) = gridfs::chunks_expected(&stored) {
-                let have = db
-                    .collection::<Document>(&chunks_name)
-                    .count_documents(
-                        doc! { "files_id": &id, "n": { "$gte": 0, "$lt": want as i64 } },
-                    )
-                    .await
-                    .map_err(merr(format!("count in {chunks_name}")))?;
-                if have != want {
-                    fields.push(format!("chunks ({have} of {want} in {chunks_name})"));
-                }
+            if let Some(why) = chunk_problem(db, &chunks_name, &id, &stored).await? {
+                fields.push(why);
             }
             let stored_sha = stored.get_str(gridfs::SHA256_FIELD).unwrap_or_default();
             if let (Some(root), Some(rel)) = (root, f.path.as_deref()) {
@@ -542,7 +535,12 @@ fn file_verification(
     EntityVerification {
         entity: plan.entity.clone(),
         collection,
-        mode: if full { "full (downloaded)" } else { "full" }.to_string(),
+        mode: if full {
+            "full (downloaded)"
+        } else {
+            "full (records and sizes, not the stored bytes: --full reads them)"
+        }
+        .to_string(),
         source_rows,
         rejected_by_mapping,
         rejected_by_target: refused.count,
@@ -588,4 +586,86 @@ async fn refusal_holds(
         }
         _ => true,
     }
+}
+
+/// What is wrong with the chunks of GridFS file `id` (its files document `stored`): a chunk
+/// missing, repeated, past the file's end (a zero-length file has none), or of another size
+/// than the record gives (each `chunkSize`, the last what is left). `None` when the record
+/// gives no length or chunk size (its own difference).
+async fn chunk_problem(
+    db: &mongodb::Database,
+    chunks_name: &str,
+    id: &Bson,
+    stored: &Document,
+) -> Result<Option<String>, RunError> {
+    let (Some(want), Some(length)) = (gridfs::chunks_expected(stored), gridfs::length_of(stored))
+    else {
+        return Ok(None);
+    };
+    let chunk_size = match stored.get("chunkSize") {
+        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+        Some(Bson::Double(n)) => Some(*n as u64),
+        _ => None,
+    };
+    let Some(chunk_size) = chunk_size else {
+        return Ok(None);
+    };
+    let pipeline = vec![
+        doc! { "$match": { "files_id": id } },
+        doc! { "$project": { "_id": 0, "n": 1, "size": { "$binarySize": "$data" } } },
+    ];
+    let mut cursor = db
+        .collection::<Document>(chunks_name)
+        .aggregate(pipeline)
+        .await
+        .map_err(merr(format!("read {chunks_name}")))?;
+    let mut seen: HashSet<i64> = HashSet::new();
+    let (mut extra, mut repeated, mut wrong) = (0u64, 0u64, Vec::new());
+    while let Some(c) = cursor
+        .try_next()
+        .await
+        .map_err(merr(format!("read {chunks_name}")))?
+    {
+        let n = match c.get("n") {
+            Some(Bson::Int32(n)) => i64::from(*n),
+            Some(Bson::Int64(n)) => *n,
+            Some(Bson::Double(n)) if n.fract() == 0.0 => *n as i64,
+            _ => -1,
+        };
+        if n < 0 || n as u64 >= want {
+            extra += 1;
+            continue;
+        }
+        if !seen.insert(n) {
+            repeated += 1;
+            continue;
+        }
+        let expected = if n as u64 + 1 == want {
+            length.saturating_sub(chunk_size * (want - 1))
+        } else {
+            chunk_size
+        };
+        let have = match c.get("size") {
+            Some(Bson::Int32(s)) => i64::from(*s),
+            Some(Bson::Int64(s)) => *s,
+            _ => -1,
+        };
+        if have != expected as i64 && wrong.len() < 3 {
+            wrong.push(format!("chunk {n}: {have} bytes, not {expected}"));
+        }
+    }
+    let have = seen.len() as u64;
+    let mut problems = Vec::new();
+    if have != want {
+        problems.push(format!("{have} of {want} in {chunks_name}"));
+    }
+    if repeated > 0 {
+        problems.push(format!("{repeated} repeated"));
+    }
+    if extra > 0 {
+        problems.push(format!("{extra} past the file's end"));
+    }
+    problems.extend(wrong);
+    Ok((!problems.is_empty()).then(|| format!("chunks ({})", problems.join("; "))))
 }
