@@ -565,6 +565,56 @@ depends_on = ["first"]
     appwrite_tables: &[],
 };
 
+// (h) A self-referencing table (an employee's manager) whose `exists` reference rejects the
+// rows naming a rejected row, down chains of them, in both key directions (adv38 F6: a resumed
+// stage forgot the rows rejected before its checkpoint and wrote the rows naming them).
+const SELF_REF: Shape = Shape {
+    test: "self_ref",
+    sql: r#"
+CREATE TABLE emp (id int PRIMARY KEY, manager int, name text);
+INSERT INTO emp
+SELECT g, CASE WHEN g = 1 THEN NULL WHEN g % 5 = 0 THEN g + 7
+               WHEN g % 100 = 0 THEN g / 100 ELSE g - g % 100 END,
+       CASE WHEN g % 53 = 0 THEN NULL ELSE 'emp ' || g END
+FROM generate_series(1, 20000) g;
+UPDATE emp SET manager = NULL WHERE manager > 20000 OR manager = 0 OR manager = id;
+"#,
+    mappings: &[(
+        "emp",
+        r#"
+version = 1
+name = "emp"
+[source]
+table = "emp"
+key = ["id"]
+[[field]]
+path = "name"
+column = "name"
+validate = { required = true }
+[[field]]
+path = "managerId"
+column = "manager"
+reference = "emp"
+validate = { exists = true }
+"#,
+    )],
+    pipeline: r#"
+version = 1
+name = "self_ref"
+mappings_dir = "mappings"
+[[stage]]
+name = "staff"
+entities = ["emp"]
+"#,
+    entities: &[("emp", "emp")],
+    appwrite_tables: &[],
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_referencing_table_killed_at_random_ends_identical() {
+    chaos(&SELF_REF).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_table_killed_at_random_ends_identical() {
     chaos(&PLAIN).await;

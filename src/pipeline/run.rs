@@ -770,8 +770,10 @@ async fn migrate_locked(
         let stage_map;
         let referenced = referenced_entities(p);
         // A stage reading all the rows of an entity that references itself (an employee's
-        // `reportsTo`): what it leaves out of the target is what its mapping rejects now.
-        let own = referenced.contains(&p.entity) && resume.is_none() && since.is_none();
+        // `reportsTo`): what it leaves out of the target is what its mapping rejects now. A
+        // resumed stage too: the rows before its checkpoint, which the killed run rejected,
+        // are left out as well (adv38 F6: the rows naming them were written, dangling).
+        let own = referenced.contains(&p.entity) && since.is_none();
         let run = if referenced.is_empty() {
             run
         } else {
