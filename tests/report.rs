@@ -488,6 +488,42 @@ async fn a_rolled_back_run_is_no_longer_signed_off_as_verified() {
     w.drop().await;
 }
 
+/// adv38 F9: a later run that wrote into the run's entities (a re-run, killed half way in the
+/// finding, here finished) leaves the target other than the run left it: the run's report is
+/// no longer signed off as verified and names the later run.
+#[tokio::test]
+async fn a_later_run_into_its_entities_unsigns_the_report_of_a_run() {
+    let w = World::new("report_later_run").await;
+    w.load_registry(100);
+    let pipeline = common::repo().join("pipelines/registry.toml");
+    assert_eq!(w.migrate(&[]).status.code(), Some(2));
+    let run_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let out = w
+        .cutover()
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let report = || {
+        let out = w.cutover().args(["report", &run_id]).output().unwrap();
+        common::output_text(&out)
+    };
+    assert!(report().contains("PASSED"), "{}", report());
+    let out = w.migrate(&["--rerun", "vaccines"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let later = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let text = report();
+    assert!(!text.contains("PASSED"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "changed since by run {later} (completed): vaccines"
+        )),
+        "{text}"
+    );
+    w.drop().await;
+}
+
 /// A verification that fails only on references that point nowhere: the sign-off's text and
 /// Markdown name them (path, referenced entity, how many, examples) — "DIFFERS" with every count
 /// 0 and no reason would leave the signer guessing.

@@ -34,6 +34,10 @@ pub struct SignOff {
     /// Steps of the run rolled back since: its verification no longer speaks of the target.
     #[serde(default)]
     pub rolled_back: Vec<String>,
+    /// Later runs that wrote into the run's entities (`run … (status): entities`): the target
+    /// is no longer as this run left it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_since: Vec<String>,
 }
 
 impl SignOff {
@@ -47,8 +51,23 @@ impl SignOff {
         }
     }
 
+    /// Notes later runs that wrote into this run's entities (adv38 F9: a re-run killed half way
+    /// through left the target half rewritten, and the report of the run before it still said
+    /// PASSED): no verification speaks of the target as this run left it.
+    pub fn note_later_runs(&mut self, later: Vec<String>) {
+        self.changed_since = later;
+        if !self.changed_since.is_empty() && !self.run.dry_run {
+            self.verification = None;
+        }
+    }
+
     fn not_verified(&self) -> String {
-        if self.run.dry_run {
+        if !self.changed_since.is_empty() && !self.run.dry_run {
+            format!(
+                "changed since by {}: no verification speaks of the target as this run left it (`cutover history` shows those runs; `cutover migrate` finishes an interrupted one)",
+                self.changed_since.join("; ")
+            )
+        } else if self.run.dry_run {
             "a dry run: it wrote nothing, so no verification speaks of it".to_string()
         } else if self.rolled_back.is_empty() {
             "not verified since this run (run `cutover verify`)".to_string()
@@ -408,6 +427,7 @@ impl SignOff {
             run,
             ledger: Vec::new(),
             rolled_back: Vec::new(),
+            changed_since: Vec::new(),
         })
     }
 
