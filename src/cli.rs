@@ -69,8 +69,8 @@ pub enum Command {
     Status(StatusArgs),
     /// List past runs.
     History(HistoryArgs),
-    /// Undo stages: by default every stage of the last run, newest first; after a rollback cut
-    /// short, only that rollback (finished from the start).
+    /// Undo stages: by default every stage of the last run (and of the killed runs whose
+    /// request it finished), newest first; after a rollback cut short, only that rollback.
     Rollback(RollbackArgs),
     /// Inspect or release the lock that keeps two runs apart.
     #[command(subcommand)]

@@ -840,6 +840,8 @@ async fn chaos_intent_with(shape: &Shape, changes: &str, repeat_intent: bool) {
         }
         s.w.sql(changes).await;
     }
+    // What one `rollback` after the re-run must give back, however many runs it took.
+    let before = side.dump(shape).await;
     match reference.run(&intent, "reference").await {
         Ok(out) if matches!(out.status.code(), Some(0 | 2)) => {}
         Ok(out) | Err(out) => ctx.fail(&format!("the uninterrupted rerun\n{}", out.text())),
@@ -925,6 +927,22 @@ async fn chaos_intent_with(shape: &Shape, changes: &str, repeat_intent: bool) {
     }
     if let Some(said) = side.verify().await {
         problems.push(format!("verify failed after the chaos: {}", tail(&said)));
+    }
+    // One rollback undoes the whole re-run, the steps the killed runs completed too (adv38 F1:
+    // only the last run's entities were rolled back).
+    match side.run(&["rollback"], "rollback").await {
+        Ok(out) if out.status.success() => {
+            let back = side.dump(shape).await;
+            problems.extend(
+                compare_dumps(&side, shape, &before, &back)
+                    .await
+                    .into_iter()
+                    .map(|p| {
+                        format!("after one rollback, against the target before the re-run: {p}")
+                    }),
+            );
+        }
+        Ok(out) | Err(out) => problems.push(format!("rollback failed\n{}", out.text())),
     }
     if !problems.is_empty() {
         ctx.fail(&problems.join("\n"));

@@ -35,6 +35,57 @@ pub struct Undo {
     pub restore: bool,
 }
 
+/// The steps of the runs killed right before run `last` whose request it finished (a
+/// `migrate --rerun` killed several times, then finished by a plain `migrate`, is one command
+/// for its operator): of each entity not among `chosen` (the last run's own), its newest step
+/// of those runs. The killed runs count as far back as every entity they planned has a
+/// completed step from the oldest of them up to `last`; the walk back stops at the first run
+/// that ended otherwise (adv38 F1: one rollback undid only the last run's entities, the rest of
+/// the re-run stayed applied).
+fn finished_by(
+    steps: &[StepRecord],
+    runs: &[ledger::RunRecord],
+    last: i64,
+    chosen: &[StepRecord],
+) -> Vec<StepRecord> {
+    // The killed runs right before `last`, newest first; taken as far back as their requests
+    // together are finished (each entity one of them planned completed from the oldest on).
+    let mut killed = BTreeSet::new();
+    let mut chain = BTreeSet::new();
+    let mut planned: BTreeSet<&str> = BTreeSet::new();
+    for r in runs.iter().filter(|r| r.run_number < last) {
+        if r.status != ledger::INTERRUPTED {
+            break;
+        }
+        chain.insert(r.run_number);
+        planned.extend(r.entities.iter().map(String::as_str));
+        let finished = planned.iter().all(|e| {
+            steps.iter().any(|s| {
+                s.entity == *e
+                    && s.status == ledger::COMPLETED
+                    && (r.run_number..=last).contains(&s.run_number)
+            })
+        });
+        if finished {
+            killed = chain.clone();
+        }
+    }
+    let own: BTreeSet<&str> = chosen.iter().map(|s| s.entity.as_str()).collect();
+    let mut newest: std::collections::BTreeMap<&str, &StepRecord> = Default::default();
+    for s in steps
+        .iter()
+        .filter(|s| killed.contains(&s.run_number) && !own.contains(s.entity.as_str()))
+    {
+        if newest
+            .get(s.entity.as_str())
+            .is_none_or(|n| n.run_number < s.run_number)
+        {
+            newest.insert(&s.entity, s);
+        }
+    }
+    newest.into_values().cloned().collect()
+}
+
 /// Works out which steps to undo, newest first, refusing to strand dependents unless `cascade`.
 pub async fn plan(
     pipeline: &Pipeline,
@@ -76,11 +127,16 @@ pub async fn plan(
         latest.into_values().collect()
     } else {
         let last = steps.iter().map(|s| s.run_number).max();
-        steps
+        let mut chosen: Vec<StepRecord> = steps
             .iter()
             .filter(|s| Some(s.run_number) == last)
             .cloned()
-            .collect()
+            .collect();
+        if let Some(last) = last {
+            let runs = ledger.runs_newest_first(i64::MAX, None).await?;
+            chosen.extend(finished_by(&steps, &runs, last, &chosen));
+        }
+        chosen
     };
     chosen.extend(unfinished);
     let pulled = storage_chains(&steps, &mut chosen);
@@ -403,5 +459,77 @@ pub async fn restore_step(
         None => Err(RunError::Refused(format!(
             "{collection} was not empty and no backup was taken (--no-backup); cannot restore"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(run: i64, entity: &str, status: &str) -> StepRecord {
+        StepRecord {
+            run_number: run,
+            ..StepRecord::for_test(&format!("r{run}"), entity, status)
+        }
+    }
+
+    fn run(n: i64, entities: &[&str], status: &str) -> ledger::RunRecord {
+        ledger::RunRecord {
+            run_id: format!("r{n}"),
+            run_number: n,
+            pipeline: "p".into(),
+            entities: entities.iter().map(|e| e.to_string()).collect(),
+            status: status.into(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: 0,
+            read: 0,
+            written: 0,
+            rejected: 0,
+            skipped: 0,
+            not_started: Vec::new(),
+            resumed: Vec::new(),
+            host: String::new(),
+            intent: Default::default(),
+        }
+    }
+
+    /// adv38 F1: a re-run of a, b, c killed twice (a done by run 2, b by run 3) and finished by
+    /// run 4 (c): the last run's rollback takes a's and b's steps of the killed runs too, not
+    /// run 1's, nor a killed run whose request is not finished.
+    #[test]
+    fn the_last_runs_rollback_takes_the_steps_of_the_killed_runs_it_finished() {
+        let all = ["a", "b", "c"];
+        let steps = vec![
+            step(1, "a", ledger::COMPLETED),
+            step(1, "b", ledger::COMPLETED),
+            step(1, "c", ledger::COMPLETED),
+            step(2, "a", ledger::COMPLETED),
+            step(2, "b", ledger::INTERRUPTED),
+            step(3, "b", ledger::COMPLETED),
+            step(3, "c", ledger::INTERRUPTED),
+            step(4, "c", ledger::COMPLETED),
+        ];
+        let runs = vec![
+            run(4, &all, ledger::COMPLETED),
+            run(3, &all, ledger::INTERRUPTED),
+            run(2, &all, ledger::INTERRUPTED),
+            run(1, &all, ledger::COMPLETED),
+        ];
+        let last: Vec<StepRecord> = steps
+            .iter()
+            .filter(|s| s.run_number == 4)
+            .cloned()
+            .collect();
+        let got: Vec<(i64, String)> = finished_by(&steps, &runs, 4, &last)
+            .into_iter()
+            .map(|s| (s.run_number, s.entity))
+            .collect();
+        assert_eq!(got, [(2, "a".to_string()), (3, "b".to_string())]);
+
+        // Run 3 asked for d too, which no run finished: the killed runs are not the last's.
+        let mut runs = runs;
+        runs[1].entities.push("d".into());
+        assert!(finished_by(&steps, &runs, 4, &last).is_empty());
     }
 }
