@@ -878,3 +878,57 @@ async fn a_run_killed_as_the_ledger_records_its_end_has_its_report() {
     assert!(out.status.success(), "{}", out_text(&out));
     w.drop().await;
 }
+
+/// adv38 F3: a resuming run stopped by SIGTERM at its very start (before its first row) carried
+/// the killed run's reject lines of the rows before the checkpoint into its files but counted
+/// none of them: `rejected 0` beside rejects by rule. Every stopped report's rejects by rule
+/// add up to its rejected count, and read = written + rejected + skipped.
+#[tokio::test]
+async fn a_resume_stopped_at_its_start_counts_the_rejects_it_carried() {
+    let w = World::new("sigterm_resume").await;
+    let pipeline = setup(&w).await;
+    let args = ["--batch-size", "50", "--concurrency", "1"];
+    let mut child = spawn_migrate(&w, &pipeline, &args);
+    kill_after_pause(&w, &mut child).await;
+    signal(&child, "KILL");
+    let _ = wait_bounded(child, Duration::from_secs(30), "the killed run");
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for attempt in 0..12 {
+        let child = spawn_migrate(&w, &pipeline, &args);
+        let delay = Duration::from_millis(rng.u64(50..700));
+        tokio::time::sleep(delay).await;
+        signal(&child, "TERM");
+        let out = wait_bounded(child, Duration::from_secs(60), "the stopped resume");
+        let said = format!(
+            "seed {seed}, attempt {attempt}, {delay:?}: {}",
+            out_text(&out)
+        );
+        if out.status.code() != Some(1) {
+            // It ran to its end before the signal: nothing left to resume.
+            break;
+        }
+        let report = w.latest_report();
+        for e in report["entities"].as_array().unwrap() {
+            let n = |k: &str| e[k].as_u64().unwrap_or(0);
+            let by_rule: u64 = e["rejected_by_rule"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+                .unwrap_or(0);
+            assert_eq!(by_rule, n("rejected"), "{said} {e}");
+            assert_eq!(
+                n("read"),
+                n("written") + n("rejected") + n("skipped"),
+                "{said} {e}"
+            );
+        }
+    }
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 2)),
+        "{}",
+        out_text(&out)
+    );
+    assert_each_reject_owned_once(&w, 30000 / 97);
+    w.drop().await;
+}

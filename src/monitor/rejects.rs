@@ -389,6 +389,20 @@ impl RejectsWriter {
         Ok(out)
     }
 
+    /// Removes this run's files of `entity` (rejects and warnings): lines carried for a step
+    /// that never began, which the run that resumes that step carries again (adv38 F3).
+    pub fn discard(&self, entity: &str) -> std::io::Result<()> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for name in [format!("{entity}.csv"), format!("{entity}.warnings.csv")] {
+            files.remove(&name);
+            match std::fs::remove_file(self.dir.join(&name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn flush(&self) -> std::io::Result<()> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         for w in files.values_mut() {

@@ -66,7 +66,14 @@ pub(super) async fn run_entity(
     let client_before = target.client_counters();
     let total = match session.count(&plan.relation).await {
         Ok(n) => n,
-        Err(e) => return (report_base(&counters, "none", 0), Some(e.into())),
+        Err(e) => {
+            // Stopped before its first row (a SIGTERM cancels the count): the part it resumes
+            // is still the entity's, its carried reject lines in this run's files (adv38 F3:
+            // `rejected 0` beside 18 rejects by rule).
+            let mut report = report_base(&counters, "none", 0);
+            add_resumed(&mut report, stage);
+            return (report, Some(e.into()));
+        }
     };
     tracing::info!(entity = %plan.entity, rows = total, "counted the source rows");
     // Seen live by `cutover serve` when it started the run (a dry run's ledger holds nothing).
@@ -231,18 +238,25 @@ pub(super) async fn run_entity(
             }
         })
         .collect();
-    if let Some(r) = &stage.resume {
-        report.resumed_from = Some(r.from_run.clone());
-        report.resumed_after_rows = r.rows;
-        report.resumed_after_rejected = r.covered.rejected;
-        // The entity's counts, the interrupted part's included: every row accounted for. (The
-        // throughput stays this run's own.)
-        report.read += r.covered.rows;
-        report.written += r.covered.written();
-        report.rejected += r.covered.rejected;
-        report.warnings += r.covered.warned;
-        report.success_rate =
-            crate::monitor::report::success_rate(report.written, report.read, report.skipped);
-    }
+    add_resumed(&mut report, stage);
     (report, err)
+}
+
+/// Adds the part of the entity the step resumes (the interrupted run's rows before its
+/// checkpoint, whose reject lines this run carried) to `report`: every row accounted for.
+fn add_resumed(report: &mut EntityReport, stage: &StageRun) {
+    let Some(r) = &stage.resume else {
+        return;
+    };
+    report.resumed_from = Some(r.from_run.clone());
+    report.resumed_after_rows = r.rows;
+    report.resumed_after_rejected = r.covered.rejected;
+    // The entity's counts, the interrupted part's included: every row accounted for. (The
+    // throughput stays this run's own.)
+    report.read += r.covered.rows;
+    report.written += r.covered.written();
+    report.rejected += r.covered.rejected;
+    report.warnings += r.covered.warned;
+    report.success_rate =
+        crate::monitor::report::success_rate(report.written, report.read, report.skipped);
 }

@@ -977,6 +977,23 @@ async fn migrate_locked(
         };
         if let Err(e) = prepared {
             // The stage failed before its first row: it is reported (and recorded) as failed.
+            // A step it resumes stays the interrupted run's, which the next run resumes (and
+            // carries the lines of) again: the lines carried here are not this run's (adv38
+            // F3: its report counted none of them, yet listed them by rule).
+            if stage.resume.is_some() && !opts.dry_run {
+                let began = ledger
+                    .all_steps()
+                    .await
+                    .map(|steps| {
+                        steps
+                            .iter()
+                            .any(|s| s.run_id == run_id && s.entity == p.entity)
+                    })
+                    .unwrap_or(true);
+                if !began && let Err(cause) = rejects.discard(&p.entity) {
+                    tracing::warn!(entity = %p.entity, error = %cause, "could not remove the carried lines of a step that never began");
+                }
+            }
             let mut report = EntityReport::new(&p.entity, &p.collection, Default::default(), 0);
             report.status = if matches!(e, RunError::LockLost(_)) {
                 ledger::INTERRUPTED.into()
