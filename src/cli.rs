@@ -417,11 +417,11 @@ pub struct HistoryArgs {
     /// else pipelines/registry.toml), as migrate, verify and status read it.
     #[arg(long, value_name = "PATH")]
     pub pipeline: Option<PathBuf>,
-    /// How many runs to show, newest first.
-    #[arg(long, default_value_t = 20)]
+    /// How many runs to show, newest first (at least 1).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
     pub limit: i64,
-    /// Only runs with this status (completed, completed_with_rejects, failed, running).
-    #[arg(long)]
+    /// Only runs with this status.
+    #[arg(long, value_parser = ["running", "completed", "completed_with_rejects", "failed", "interrupted", "rolled-back"])]
     pub status: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -78,3 +78,23 @@ async fn a_rejected_rows_line_names_its_field_and_shortens_a_long_number() {
     );
     w.drop().await;
 }
+
+/// adv39 F10: `history --limit 0` showed a run, `--status bogus` an empty table: both are
+/// refused before anything is asked of a server, naming what is allowed.
+#[test]
+fn history_refuses_a_limit_below_one_and_an_unknown_status() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
+            .arg("history")
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), output_text(&out))
+    };
+    let (code, text) = run(&["--limit", "0"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("--limit"), "{text}");
+    let (code, text) = run(&["--status", "bogus"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+}
