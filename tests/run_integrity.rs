@@ -932,3 +932,47 @@ async fn a_resume_stopped_at_its_start_counts_the_rejects_it_carried() {
     assert_each_reject_owned_once(&w, 30000 / 97);
     w.drop().await;
 }
+
+/// adv38 F8: a run paused past its lock's time is alive: the run that takes the expired lock
+/// over says so (not "a process that is gone"), and the paused run, let go, stops writing.
+#[tokio::test]
+async fn taking_over_the_expired_lock_of_a_paused_run_says_it_is_alive() {
+    let w = World::new("lock_expired_alive").await;
+    let pipeline = setup(&w).await;
+    let mut child = spawn_migrate(
+        &w,
+        &pipeline,
+        &[
+            "--batch-size",
+            "50",
+            "--concurrency",
+            "1",
+            "--lock-ttl",
+            "2",
+        ],
+    );
+    kill_after_pause(&w, &mut child).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = wait_bounded(
+        spawn_in(
+            &w,
+            w.dir.path(),
+            &[
+                "migrate",
+                "--quiet",
+                "--pipeline",
+                pipeline.to_str().unwrap(),
+            ],
+        ),
+        Duration::from_secs(120),
+        "the run taking the lock over",
+    );
+    let said = out_text(&out);
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{said}");
+    assert!(said.contains("still alive on this machine"), "{said}");
+    assert!(!said.contains("process that is gone"), "{said}");
+    signal(&child, "CONT");
+    let paused = wait_bounded(child, Duration::from_secs(60), "the paused run");
+    assert_eq!(paused.status.code(), Some(1), "{}", out_text(&paused));
+    w.drop().await;
+}

@@ -360,7 +360,15 @@ impl Ledger {
                     if matches!(self.store(), super::Store::Appwrite { .. }) {
                         self.verify_takeover(&token).await?;
                     }
-                    tracing::warn!(previous = %h, "took over the lock of a cutover process that is gone");
+                    if h.alive_here {
+                        // adv38 F8: a holder paused past its lock's expiry is alive, not gone:
+                        // it stops writing at its next look at the lock.
+                        tracing::warn!(previous = %h, "took over an expired lock whose holder is still alive on this machine (paused, or slow past its lock's time): it stops writing when it next looks at the lock");
+                    } else if h.process_gone {
+                        tracing::warn!(previous = %h, "took over the lock of a cutover process that is gone");
+                    } else {
+                        tracing::warn!(previous = %h, "took over an expired lock (its holder renewed it no more: gone, or cut off from the target)");
+                    }
                     self.stop_operations_of(&h).await?;
                 }
                 Some(h) => return Err(LockError::Held(h)),

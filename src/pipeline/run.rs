@@ -542,7 +542,7 @@ pub async fn migrate_as(
     let result = match ledger.interrupt_stale_runs(&run_id).await {
         Ok(dead) => {
             for r in dead {
-                tracing::warn!(run = %r, "marked interrupted: its process ended without finishing");
+                tracing::warn!(run = %r, "marked interrupted: it ended without finishing, or lost its lock to this run (it stops writing when it next looks at the lock)");
             }
             let fence = lock.fence().stopping_on_request();
             migrate_locked(
