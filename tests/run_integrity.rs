@@ -976,3 +976,33 @@ async fn taking_over_the_expired_lock_of_a_paused_run_says_it_is_alive() {
     assert_eq!(paused.status.code(), Some(1), "{}", out_text(&paused));
     w.drop().await;
 }
+
+/// adv38 F10: the mapping changed between a crash and the resume: the stage starts over (its
+/// checkpoint was taken with the other mapping), and the run says so.
+#[tokio::test]
+async fn a_mapping_changed_since_the_crash_starts_the_stage_over_and_says_so() {
+    let w = World::new("changed_since_crash").await;
+    let pipeline = setup(&w).await;
+    let mut child = spawn_migrate(&w, &pipeline, &["--batch-size", "50", "--concurrency", "1"]);
+    kill_after_pause(&w, &mut child).await;
+    signal(&child, "KILL");
+    let _ = wait_bounded(child, Duration::from_secs(30), "the killed run");
+    let owners = w.dir.path().join("mappings/owners.toml");
+    let mapping = std::fs::read_to_string(&owners)
+        .unwrap()
+        .replace("max_length = 45", "max_length = 46");
+    std::fs::write(&owners, mapping).unwrap();
+    let out = w.migrate_with(&pipeline, &[]);
+    let said = out_text(&out);
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{said}");
+    assert!(
+        said.contains("its mapping changed since that run was interrupted"),
+        "{said}"
+    );
+    assert_eq!(
+        w.count("owners").await as usize,
+        30000 - 30000 / 97,
+        "{said}"
+    );
+    w.drop().await;
+}

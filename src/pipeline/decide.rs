@@ -190,7 +190,22 @@ pub(super) fn decide(
             {
                 run(Some(prev), prev.since.clone(), None)
             }
-            Some(prev) => run(None, None, ledger::unfinished(&prev.status).then_some(prev)),
+            Some(prev) => {
+                // adv38 F10: a checkpoint taken with another mapping is not resumed from; say so
+                // rather than start over silently.
+                if ledger::unfinished(&prev.status)
+                    && prev.checkpoint_key.is_some()
+                    && prev.checksum != m.checksum
+                    && !opts.fresh
+                {
+                    tracing::warn!(
+                        entity = %s.entity,
+                        run = %prev.run_id,
+                        "its mapping changed since that run was interrupted: the stage starts over (its checkpoint was taken with the other mapping)"
+                    );
+                }
+                run(None, None, ledger::unfinished(&prev.status).then_some(prev))
+            }
         };
         out.push((s.clone(), d));
     }
