@@ -596,7 +596,7 @@ impl RunReport {
                 let own = e.read.saturating_sub(e.resumed_after_rows);
                 let _ = writeln!(
                     s,
-                    "{}: resumed run {from} after {} rows ({} written, {} rejected; counted above, their rejects copied into this run's file); this run read the other {own} in {} — its rows/s is of those",
+                    "{}: resumed run {from} after {} rows ({} written, {} rejected; counted above, their rejects copied into this run's file); this run read the other {own} in {} — its rows/s is of those. Rows before the checkpoint changed in the source since that run are not read again: `cutover verify` names them, `cutover migrate --since-last --sync-deletes` copies them",
                     e.name,
                     e.resumed_after_rows,
                     e.resumed_after_rows - e.resumed_after_rejected.min(e.resumed_after_rows),
