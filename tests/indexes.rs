@@ -419,6 +419,32 @@ async fn references_get_an_index_after_the_load_unless_the_mapping_opts_out() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(index_keys(&db, "items").await, expected);
 
+    // adv39 F11: verify names an index the mapping builds that is gone; a re-run builds it.
+    let verify = || {
+        w.cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(out.status.success(), "{}", output_text(&out));
+    db.collection::<Document>("items")
+        .drop_index("parts.madeBy_1")
+        .await
+        .unwrap();
+    let out = verify();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(r#"index {"parts.madeBy":1} missing"#),
+        "{text}"
+    );
+    let out = w.migrate_with(&pipeline, &["--rerun"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let out = verify();
+    assert!(out.status.success(), "{}", output_text(&out));
+
     // `index_references = false`: only the field that asks for its own (`index = true`) and
     // the `[[index]]` are built.
     let opted_out = REFERENCES
@@ -843,6 +869,27 @@ async fn appwrite_tables_get_the_mappings_permissions_and_row_security() {
         )
         .unwrap();
     assert_ne!(access("items"), wanted);
+    // adv39 F13: verify names them, as it names a row's permissions.
+    let mut cmd = w.cutover();
+    cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+        .env("APPWRITE_PROJECT", "cutover")
+        .env("APPWRITE_API_KEY", "ax-key")
+        .env("APPWRITE_DATABASE", "ax")
+        .args(["verify", "--target", "appwrite", "--pipeline"])
+        .arg(&pipeline);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("table permissions (the mapping gives"),
+        "{text}"
+    );
+    assert!(
+        text.contains("row security (the mapping gives true"),
+        "{text}"
+    );
     let out = run(&pipeline, &["--rerun"]).await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(access("items"), wanted);

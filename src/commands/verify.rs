@@ -200,6 +200,11 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
             &mut log,
         )
         .await?;
+        // The destination's own settings the mapping declares (indexes, table access).
+        v.settings = crate::verify::settings_differ(&target, p).await?;
+        if !v.settings.is_empty() {
+            v.ok = false;
+        }
         let (i, side_log) = independent_result(side).await?;
         log.append(side_log)?;
         i.apply(&mut v);
@@ -370,6 +375,9 @@ fn print_verification(v: &crate::verify::EntityVerification) {
                 e.target_elements
             );
         }
+    }
+    for what in &v.settings {
+        crate::outln!("    {what}");
     }
     if !v.counts_agree {
         // Said only when the missing and unexpected documents listed do not explain it.

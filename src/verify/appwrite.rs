@@ -910,6 +910,7 @@ pub async fn verify_entity(
         broken_references,
         warned_references,
         embedded,
+        settings: Vec::new(),
         counts_agree,
         ok,
         independent_mismatches: 0,

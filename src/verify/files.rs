@@ -559,6 +559,7 @@ fn file_verification(
         broken_references: Vec::new(),
         warned_references: Vec::new(),
         embedded: Vec::new(),
+        settings: Vec::new(),
         counts_agree,
         ok,
         independent_mismatches: 0,

@@ -278,6 +278,10 @@ pub struct EntityVerification {
     pub warned_references: Vec<BrokenReference>,
     /// Embedded arrays: child rows of the written parents vs array elements in the target.
     pub embedded: Vec<EmbeddedCount>,
+    /// What the mapping declares of the destination itself that the target holds otherwise:
+    /// an index it builds gone (adv39 F11), the table's permissions or row security (F13).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
     /// In a full comparison the target holds exactly as many documents as expected — whatever
     /// the per-document comparison says (documents sharing an `_id` would hide one another).
     pub counts_agree: bool,
@@ -299,20 +303,18 @@ impl EntityVerification {
     /// The line said "0 problem(s)" of an entity failing on independent mismatches alone (found
     /// by the thirteenth tester, T4 and T8). Never 0 for an entity that fails.
     pub fn problem_count(&self) -> u64 {
-        let embedded = if self.mode == "full" {
-            self.embedded
-                .iter()
-                .filter(|e| e.source_children != e.target_elements)
-                .count() as u64
-        } else {
-            0
-        };
+        let embedded = self
+            .embedded
+            .iter()
+            .filter(|e| e.source_children != e.target_elements)
+            .count() as u64;
         let n = self.missing_count
             + self.unexpected_count
             + self.different_count
             + self.broken_references.len() as u64
             + u64::from(!self.counts_agree)
             + embedded
+            + self.settings.len() as u64
             + self.independent_mismatches;
         n.max(u64::from(!self.ok))
     }
@@ -972,6 +974,7 @@ pub async fn verify_entity(
         broken_references,
         warned_references,
         embedded,
+        settings: Vec::new(),
         counts_agree,
         ok,
         independent_mismatches: 0,
@@ -1200,6 +1203,101 @@ pub(crate) fn sample_mode(step: u64) -> String {
     format!("sample of every {step}{suffix} row")
 }
 
+/// What `plan`'s mapping declares of its destination that the target holds otherwise (see
+/// [`EntityVerification::settings`]): on MongoDB each index it builds (its own and its
+/// references'), by keys and uniqueness; on Appwrite the table's permissions and row security
+/// where the mapping gives them. Nothing for a destination not there (its counts say so).
+pub async fn settings_differ(
+    target: &crate::sink::target::Target,
+    plan: &Plan,
+) -> Result<Vec<String>, RunError> {
+    use crate::sink::target::Target;
+    let mut out = Vec::new();
+    match target {
+        Target::Mongo(m) => {
+            let coll = m.database().collection::<Document>(&plan.collection);
+            let models: Vec<mongodb::IndexModel> = match coll.list_indexes().await {
+                Ok(c) => c
+                    .try_collect()
+                    .await
+                    .map_err(merr(format!("list the indexes of {}", plan.collection)))?,
+                Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) =>
+                {
+                    return Ok(out);
+                }
+                Err(e) => return Err(merr(format!("list the indexes of {}", plan.collection))(e)),
+            };
+            for ix in plan.indexes.iter().chain(&plan.reference_indexes) {
+                let mut keys = Document::new();
+                for (path, dir) in ix.key_pairs() {
+                    match ix.kind {
+                        Some(kind) => keys.insert(path, kind.as_str()),
+                        None => keys.insert(path, dir),
+                    };
+                }
+                let unique = |m: &mongodb::IndexModel| {
+                    m.options.as_ref().and_then(|o| o.unique).unwrap_or(false)
+                };
+                let there = models.iter().any(|m| {
+                    let same_keys = match ix.kind {
+                        // A text index's key document is MongoDB's own (`_fts`, `_ftsx`).
+                        Some(crate::mapping::spec::IndexKind::Text) => m.keys.contains_key("_fts"),
+                        _ => m.keys == keys,
+                    };
+                    same_keys && unique(m) == ix.unique
+                });
+                if !there {
+                    out.push(format!(
+                        "index {}{} missing (the mapping builds it: `cutover migrate --rerun {}` builds it again)",
+                        bson::Bson::Document(keys).into_relaxed_extjson(),
+                        if ix.unique { " unique" } else { "" },
+                        plan.entity
+                    ));
+                }
+            }
+        }
+        Target::Appwrite(a) => {
+            if plan.appwrite_permissions.is_none() && plan.appwrite_row_security.is_none() {
+                return Ok(out);
+            }
+            let path = format!("/tablesdb/{}/tables/{}", a.database, plan.collection);
+            let table = match a.client.call(reqwest::Method::GET, &path, None).await {
+                Ok(t) => t,
+                Err(e) if e.is_missing() => return Ok(out),
+                Err(e) => {
+                    return Err(RunError::Sink(crate::sink::target::SinkError::Appwrite(e)));
+                }
+            };
+            if let Some(want) = &plan.appwrite_permissions {
+                let have: std::collections::BTreeSet<&str> = table["$permissions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_str)
+                    .collect();
+                let want_set: std::collections::BTreeSet<&str> =
+                    want.iter().map(String::as_str).collect();
+                if have != want_set {
+                    out.push(format!(
+                        "table permissions (the mapping gives {}, the table holds {})",
+                        serde_json::json!(want),
+                        table["$permissions"]
+                    ));
+                }
+            }
+            if let Some(want) = plan.appwrite_row_security
+                && table["rowSecurity"].as_bool() != Some(want)
+            {
+                out.push(format!(
+                    "row security (the mapping gives {want}, the table holds {})",
+                    table["rowSecurity"]
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1255,6 +1353,7 @@ mod tests {
             broken_references: Vec::new(),
             warned_references: Vec::new(),
             embedded: Vec::new(),
+            settings: Vec::new(),
             counts_agree: true,
             ok: true,
             independent_mismatches: 0,
