@@ -516,6 +516,7 @@ async fn down_one_named_version_unless_a_later_change_works_on_its_collections()
 async fn modified_and_out_of_order_changes_are_refused_saying_what_to_do() {
     let w = World::new("changes_refused").await;
     things(&w).await;
+    let initial = hashes(&w).await;
     let dir = w.dir.path().join("changes");
     let ten = "version = 10\nname = \"ten\"\n[[up]]\nop = \"add_field\"\ncollection = \"things\"\nfield = \"ten\"\ndefault = 10\n";
     write(&dir, "10_ten.toml", ten);
@@ -570,6 +571,20 @@ async fn modified_and_out_of_order_changes_are_refused_saying_what_to_do() {
         .await
         .unwrap();
     assert_eq!(n, 3);
+
+    // adv40 F5: `down --to 20` would reverse 30, which 20 (kept) was applied after, on the
+    // same collection: refused, nothing reversed. `--steps` follows the order they were
+    // applied in, and all three reversed give the data back exactly.
+    let before = hashes(&w).await;
+    let text = refused(&changes(&w, "down", &dir, &["--to", "20"]));
+    assert!(
+        text.contains("20 (applied after 30, out of order; things)"),
+        "{text}"
+    );
+    assert_eq!(hashes(&w).await, before, "a refused down writes nothing");
+    ok(&changes(&w, "down", &dir, &["--steps", "3"]));
+    assert_eq!(hashes(&w).await, initial);
+    ok(&changes(&w, "up", &dir, &[]));
 
     // Duplicate versions name both files.
     write(&dir, "0010_again.toml", "version = 10\nname = \"again\"\n");

@@ -1489,7 +1489,39 @@ fn chosen_for_down(
     applied.reverse();
     let chosen: Vec<ChangeRecord> = match which {
         DownTarget::Steps(n) => applied.into_iter().take(n).collect(),
-        DownTarget::To(v) => applied.into_iter().filter(|r| r.version > v).collect(),
+        DownTarget::To(v) => {
+            // Out of order (`--allow-out-of-order`), a change kept (version ≤ v) may have been
+            // applied after one reversed: reversing that one would put back an image the kept
+            // change wrote over (adv40 F5: every change rolled back, the data still changed).
+            // Refused when they work on the same collections, as `down VERSION` is.
+            let mut blocking = Vec::new();
+            for (at, this) in applied.iter().enumerate().filter(|(_, r)| r.version > v) {
+                let theirs = touched(&file::parse_recorded(
+                    &this.file,
+                    &this.source,
+                    &this.seeds,
+                )?);
+                for later in applied[..at].iter().filter(|r| r.version <= v) {
+                    let c = file::parse_recorded(&later.file, &later.source, &later.seeds)?;
+                    let both = overlap(&theirs, &touched(&c));
+                    if !both.is_empty() {
+                        blocking.push(format!(
+                            "{} (applied after {}, out of order; {})",
+                            later.version,
+                            this.version,
+                            both.join(", ")
+                        ));
+                    }
+                }
+            }
+            if !blocking.is_empty() {
+                return Err(ChangesError::Refused(format!(
+                    "down --to {v} would reverse changes that changes it keeps applied were applied after, on the same collections — {}; nothing was reversed. Reverse those too (`cutover changes down --to` a version below them, or `--steps`, which follows the order they were applied in)",
+                    blocking.join("; ")
+                )));
+            }
+            applied.into_iter().filter(|r| r.version > v).collect()
+        }
         DownTarget::Version(v) => {
             let Some(at) = applied.iter().position(|r| r.version == v) else {
                 return Err(match asked_state {
