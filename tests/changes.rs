@@ -3961,3 +3961,81 @@ async fn a_dry_run_keeps_a_predicted_failure_an_earlier_operation_cannot_change(
     assert!(out.contains("not judged"), "{out}");
     w.drop().await;
 }
+
+/// adv40 F1: documents with `$`-prefixed field names (top level and nested; MongoDB stores them
+/// since 5.0): each operation that rewrites them is reversed exactly by `down`, and a change
+/// failing after rewriting them is undone exactly (the replacement document was refused by the
+/// server: `down-failed`, `restore-failed`, the data left changed).
+#[tokio::test]
+async fn documents_with_dollar_field_names_are_put_back_exactly() {
+    let w = World::new("changes_dollar").await;
+    w.mongo()
+        .await
+        .collection::<Document>("weird")
+        .insert_many(vec![
+            doc! { "_id": 1, "$price": 2, "ok": 1 },
+            doc! { "_id": 2, "ok": 2, "inner": { "$x": 1 } },
+            doc! { "_id": 3, "ok": 3 },
+        ])
+        .await
+        .unwrap();
+    let initial = hashes(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_rewrite.toml",
+        r#"version = 1
+name = "rewrite"
+[[up]]
+op = "set"
+collection = "weird"
+filter = {}
+fields = { flag = true }
+[[up]]
+op = "rename_field"
+collection = "weird"
+from = "ok"
+to = "okay"
+[[up]]
+op = "transform"
+collection = "weird"
+pipeline = [{ "$set" = { n = 7 } }]
+[[up]]
+op = "remove_field"
+collection = "weird"
+field = "flag"
+[[up]]
+op = "bulk_update"
+collection = "weird"
+updates = [{ filter = { "_id" = 1 }, update = { "$set" = { m = 1 } } }]
+"#,
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    assert_ne!(hashes(&w).await, initial);
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(hashes(&w).await, initial);
+
+    // A change failing after its first operation rewrote them: undone exactly.
+    write(
+        &dir,
+        "2_fails.toml",
+        r#"version = 2
+name = "fails"
+[[up]]
+op = "set"
+collection = "weird"
+filter = {}
+fields = { same = 1 }
+[[up]]
+op = "create_index"
+collection = "weird"
+keys = ["same"]
+unique = true
+"#,
+    );
+    std::fs::remove_file(dir.join("1_rewrite.toml")).unwrap();
+    let text = refused(&changes(&w, "up", &dir, &[]));
+    assert!(text.contains("restored from the backup"), "{text}");
+    assert_eq!(hashes(&w).await, initial);
+    w.drop().await;
+}

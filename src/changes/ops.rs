@@ -591,6 +591,32 @@ fn id_key(id: &Bson) -> String {
 
 /// The condition that a document is still exactly `image` (field order included; the image is
 /// a literal, never read as an expression).
+/// The `u` of an update statement that puts `image` in place of a document: the document
+/// itself, or — when a field name of it starts with `$`, which a replacement document may not
+/// hold (MongoDB stores such documents since 5.0) — a pipeline replacing the root with it as a
+/// literal (adv40 F1: the down of such documents failed, the change stuck `down-failed`).
+fn replacement(image: Document) -> Bson {
+    fn dollar(d: &Document) -> bool {
+        d.iter().any(|(k, v)| {
+            k.starts_with('$')
+                || match v {
+                    Bson::Document(inner) => dollar(inner),
+                    Bson::Array(items) => items
+                        .iter()
+                        .any(|i| matches!(i, Bson::Document(inner) if dollar(inner))),
+                    _ => false,
+                }
+        })
+    }
+    if dollar(&image) {
+        Bson::Array(vec![Bson::Document(
+            doc! { "$replaceWith": { "$literal": image } },
+        )])
+    } else {
+        Bson::Document(image)
+    }
+}
+
 fn still(image: &Document) -> Document {
     doc! { "$expr": { "$eq": ["$$ROOT", { "$literal": image.clone() }] } }
 }
@@ -1178,7 +1204,7 @@ impl Exec<'_> {
                             Document::new()
                         };
                         q.insert("_id", id.clone());
-                        statements.push(doc! { "q": q, "u": cleaned });
+                        statements.push(doc! { "q": q, "u": replacement(cleaned) });
                     }
                 }
                 out.matched += ids.len() as u64;
@@ -1521,7 +1547,7 @@ impl Exec<'_> {
                         Document::new()
                     };
                     q.insert("_id", id.clone());
-                    statements.push(doc! { "q": q, "u": restored });
+                    statements.push(doc! { "q": q, "u": replacement(restored) });
                 }
                 let n = statements.len() as u64;
                 let (matched, modified, waiting) = self
