@@ -4039,3 +4039,32 @@ unique = true
     assert_eq!(hashes(&w).await, initial);
     w.drop().await;
 }
+
+/// adv40 F2: an `archive` killed between copying a batch into the archive and deleting it from
+/// the source leaves the batch in both; the `down` that finishes it removed only what the
+/// source lacked, leaving the copies (and the collection the archive made). Here the state is
+/// made by hand — documents back in the source exactly as they were while still archived — and
+/// the down leaves the database exactly as before the change.
+#[tokio::test]
+async fn down_of_an_archive_removes_copies_left_in_both_collections() {
+    let w = World::new("changes_archive_both").await;
+    things(&w).await;
+    let initial = hashes(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_archive.toml",
+        "version = 1\nname = \"archive\"\n[[up]]\nop = \"archive\"\ncollection = \"things\"\nto = \"oldThings\"\nfilter = { size = { \"$gte\" = 2 } }\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let db = w.mongo().await;
+    let archived: Vec<Document> = w.docs("oldThings").await;
+    assert_eq!(archived.len(), 2);
+    db.collection::<Document>("things")
+        .insert_one(archived[0].clone())
+        .await
+        .unwrap();
+    ok(&changes(&w, "down", &dir, &[]));
+    assert_eq!(hashes(&w).await, initial);
+    w.drop().await;
+}

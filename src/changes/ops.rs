@@ -1605,16 +1605,21 @@ impl Exec<'_> {
                 // Its place in the source taken since: it stays in the archive (counted); taken
                 // by itself (put back by an earlier attempt): nothing to do.
                 let mut candidates = Vec::new();
+                // In the source as it was (put back by an earlier attempt, or never deleted:
+                // the up killed between copying a batch and deleting it) — a copy still in the
+                // archive as moved goes (adv40 F2: 500 documents were left in both).
+                let mut in_place = Vec::new();
                 for original in originals {
                     let key = original.get("_id").map(id_key).unwrap_or_default();
                     match in_source.get(&key) {
-                        Some(now) if same_doc(now, &original) => {}
+                        Some(now) if same_doc(now, &original) => in_place.push(original),
                         Some(_) => done.skipped += 1,
                         None => candidates.push(original),
                     }
                 }
                 let deletes: Vec<Document> = candidates
                     .iter()
+                    .chain(&in_place)
                     .map(|original| {
                         let mut moved = still(original);
                         moved.insert("_id", original.get("_id").cloned().unwrap_or(Bson::Null));
