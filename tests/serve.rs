@@ -380,6 +380,19 @@ async fn every_route_answers_with_what_the_ledger_holds() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
+    // A name that makes no file name: 400, without the server's own path (adv40 F8).
+    let (s, v) = api
+        .post("/api/migrations", Some(json!({"name": "   "})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(!v["message"].as_str().unwrap().contains(&d), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("gives no file name"),
+        "{v}"
+    );
     let (_, v) = api.get("/api/migrations/status").await;
     assert_eq!(v["summary"]["total"], json!(all.len() + 1), "{v}");
 

@@ -353,7 +353,17 @@ pub async fn create(
         chrono::Utc::now(),
         state.is_appwrite(),
     )
-    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    .map_err(|e| {
+        // The server's own paths are not a client's business (adv40 F8): the directory is
+        // named by its last part.
+        let dir = state.changes_dir.display().to_string();
+        let shown = state
+            .changes_dir
+            .file_name()
+            .map(|n| format!("the changes directory `{}`", n.to_string_lossy()))
+            .unwrap_or_else(|| "the changes directory".to_string());
+        ApiError::bad_request(e.to_string().replace(&dir, &shown))
+    })?;
     let file = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
