@@ -305,6 +305,15 @@ async fn signoff_joins_only_a_matching_verification_and_skips_runs_that_did_noth
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Its own report says why it ran nothing, in Markdown too (adv40 F6).
+    let applied_id = w.latest_report()["run_id"].as_str().unwrap().to_string();
+    let out = w
+        .cutover()
+        .args(["report", &applied_id, "--format", "md"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("already applied, not run again"), "{said}");
     let out = w.migrate(&["--dry-run", "--rerun"]);
     assert_eq!(
         out.status.code(),

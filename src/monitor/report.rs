@@ -420,6 +420,15 @@ impl RunReport {
     /// entity another run read (a resumed or completed step) — the same lines in every format.
     pub fn entity_notes(&self) -> Vec<String> {
         let mut s = String::new();
+        // Said in every rendering (adv40 F6: the API's Markdown and HTML reports of a run whose
+        // stages were all applied showed a 100 % run of 0 rows, without why).
+        if !self.already_applied.is_empty() {
+            let _ = writeln!(
+                s,
+                "already applied, not run again (--rerun to run them): {}",
+                self.already_applied.join(", ")
+            );
+        }
         for e in &self.entities {
             // A GridFS backup counts the bucket's files (adv34 F2: "of 0 documents" read as if
             // its document collection, copied beside it, were empty too).
@@ -628,13 +637,6 @@ impl RunReport {
         let t = &self.totals;
         for note in self.entity_notes() {
             let _ = writeln!(s, "{note}");
-        }
-        if !self.already_applied.is_empty() {
-            let _ = writeln!(
-                s,
-                "already applied, not run again (--rerun to run them): {}",
-                self.already_applied.join(", ")
-            );
         }
         if let Some(ms) = self.estimated_full_run_ms {
             let _ = writeln!(s, "estimated duration of the real run: {}", format_ms(ms));

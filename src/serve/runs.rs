@@ -363,6 +363,9 @@ pub async fn get(
         "run": run,
         "served": mine,
         "entities": entities,
+        // The entities it found applied and did not run (adv40 F6: "completed" with no rows,
+        // and nothing said why).
+        "alreadyApplied": report.as_ref().map(|r| r.already_applied.clone()).unwrap_or_default(),
         // A run that wrote no report (killed, or still going) links to none (adv28 R4).
         "reports": report.as_ref().map(|_| json!({
             "json": format!("/api/runs/{id}/report?format=json"),
