@@ -1411,6 +1411,10 @@ async fn a_missing_root_a_pipe_a_lost_chunk_and_a_renamed_file_are_each_caught()
         text.contains("not the stored bytes: --full reads them"),
         "{text}"
     );
+    assert!(
+        text.contains("not compared independently: a file entity"),
+        "{text}"
+    );
     chunks
         .delete_one(doc! { "files_id": &lost, "n": past })
         .await
