@@ -234,7 +234,13 @@ impl AppwriteClient {
             tokio::time::sleep,
             |attempt, err: &AppwriteError| {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(attempt, error = %err, "retrying an Appwrite request");
+                // Said from the second retry on (adv38 F4: a stalled server gave minutes of
+                // silence); a first retry (a throttled request) stays in the debug log.
+                if attempt >= 1 {
+                    tracing::warn!(attempt, error = %err, "retrying an Appwrite request");
+                } else {
+                    tracing::debug!(attempt, error = %err, "retrying an Appwrite request");
+                }
             },
             |_| self.once(method.clone(), path, body),
         )
@@ -254,7 +260,13 @@ impl AppwriteClient {
             tokio::time::sleep,
             |attempt, err: &AppwriteError| {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(attempt, error = %err, "retrying an Appwrite request");
+                // Said from the second retry on (adv38 F4: a stalled server gave minutes of
+                // silence); a first retry (a throttled request) stays in the debug log.
+                if attempt >= 1 {
+                    tracing::warn!(attempt, error = %err, "retrying an Appwrite request");
+                } else {
+                    tracing::debug!(attempt, error = %err, "retrying an Appwrite request");
+                }
             },
             |_| self.once_with(method.clone(), path, &build),
         )
