@@ -111,13 +111,42 @@ fn combine(c: &Combine, row: &[Value], idx: &[usize]) -> Value {
 /// The field's input as text, for reject records (computed only when something went wrong).
 fn input_text(f: &FieldPlan, row: &[Value]) -> String {
     match &f.input {
-        Input::Column(i) => row[*i].to_string(),
-        Input::Const(v) => v.to_string(),
+        Input::Column(i) => issue_text(&row[*i]),
+        Input::Const(v) => issue_text(v),
         Input::Columns(idx) => idx
             .iter()
-            .map(|&i| row[i].to_string())
+            .map(|&i| issue_text(&row[i]))
             .collect::<Vec<_>>()
             .join(", "),
+    }
+}
+
+/// A value as a reject or warning line shows it: an array's text elements quoted, so that a
+/// NULL element and the text `NULL` (or an empty text) differ (adv39 F8: `[a,NULL,NULL,]`).
+fn issue_text(v: &Value) -> String {
+    fn element(v: &Value, out: &mut String) {
+        match v {
+            Value::Text(s) => out.push_str(&serde_json::Value::String(s.clone()).to_string()),
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    element(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    match v {
+        Value::Array(_) => {
+            let mut out = String::new();
+            element(v, &mut out);
+            out
+        }
+        other => other.to_string(),
     }
 }
 
@@ -624,5 +653,19 @@ mod tests {
             render(vec![Some(Bson::Null), None]),
             bson::doc! { "a": { "b": null } }
         );
+    }
+
+    /// adv39 F8: a NULL element, the text `NULL` and an empty text are told apart.
+    #[test]
+    fn an_arrays_null_element_and_the_text_null_read_apart_in_an_issue() {
+        let v = Value::Array(vec![
+            Value::Text("a".into()),
+            Value::Null,
+            Value::Text("NULL".into()),
+            Value::Text(String::new()),
+            Value::Array(vec![Value::Int32(1), Value::Null]),
+        ]);
+        assert_eq!(issue_text(&v), r#"["a",NULL,"NULL","",[1,NULL]]"#);
+        assert_eq!(issue_text(&Value::Text("NULL".into())), "NULL");
     }
 }
