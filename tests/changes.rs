@@ -4068,3 +4068,33 @@ async fn down_of_an_archive_removes_copies_left_in_both_collections() {
     assert_eq!(hashes(&w).await, initial);
     w.drop().await;
 }
+
+/// adv40 F4: a TTL index's expired documents are backed up by `up`; a `down` before MongoDB's
+/// TTL monitor deleted them finds them where they were: nothing to do, and no warning of
+/// documents "changed since" (the monitor runs once a minute; one that runs between the two
+/// leaves them to be inserted again — the same end either way).
+#[tokio::test]
+async fn a_ttl_indexs_down_before_the_monitor_ran_warns_of_nothing() {
+    let w = World::new("changes_ttl_early_down").await;
+    let docs: Vec<Document> = (0..40)
+        .map(|i| doc! { "_id": i, "at": bson::DateTime::from_millis(946_684_800_000 + i) })
+        .collect();
+    w.mongo()
+        .await
+        .collection::<Document>("visits")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let initial = hashes(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_ttl.toml",
+        "version = 1\nname = \"ttl\"\n[[up]]\nop = \"create_index\"\ncollection = \"visits\"\nkeys = [\"at\"]\nname = \"visits_ttl\"\nexpire_after_seconds = 60\n",
+    );
+    ok(&changes(&w, "up", &dir, &[]));
+    let text = ok(&changes(&w, "down", &dir, &[]));
+    assert!(!text.contains("changed since"), "{text}");
+    assert_eq!(hashes(&w).await, initial);
+    w.drop().await;
+}
