@@ -445,6 +445,35 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
+    /// Run `run_id` (number `run_number`) of pipeline `p` over `entities`, with `status` and
+    /// nothing else recorded: what unit tests start from.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        run_id: &str,
+        run_number: i64,
+        entities: &[&str],
+        status: &str,
+    ) -> RunRecord {
+        RunRecord {
+            run_id: run_id.into(),
+            run_number,
+            pipeline: "p".into(),
+            entities: entities.iter().map(|e| e.to_string()).collect(),
+            status: status.into(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: 0,
+            read: 0,
+            written: 0,
+            rejected: 0,
+            skipped: 0,
+            not_started: Vec::new(),
+            resumed: Vec::new(),
+            host: String::new(),
+            intent: Default::default(),
+        }
+    }
+
     /// A run the ledger still calls running, as its steps say now: its counts so far (what it
     /// read itself, as the ledger records once it ends); when its process is gone (`dead`: it
     /// holds no live lock), interrupted, with its duration up to its last checkpoint — else up

@@ -614,22 +614,13 @@ mod tests {
     /// A run record: `rN` is run number N.
     fn run_record(id: &str, entities: &[&str], intent: ledger::RunIntent) -> ledger::RunRecord {
         ledger::RunRecord {
-            run_id: id.into(),
-            run_number: id[1..].parse().unwrap(),
-            pipeline: "p".into(),
-            entities: entities.iter().map(|e| e.to_string()).collect(),
-            status: ledger::INTERRUPTED.into(),
-            started_at: None,
-            finished_at: None,
-            duration_ms: 0,
-            read: 0,
-            written: 0,
-            rejected: 0,
-            skipped: 0,
-            not_started: Vec::new(),
-            resumed: Vec::new(),
-            host: String::new(),
             intent,
+            ..ledger::RunRecord::for_test(
+                id,
+                id[1..].parse().unwrap(),
+                entities,
+                ledger::INTERRUPTED,
+            )
         }
     }
 

@@ -474,24 +474,7 @@ mod tests {
     }
 
     fn run(n: i64, entities: &[&str], status: &str) -> ledger::RunRecord {
-        ledger::RunRecord {
-            run_id: format!("r{n}"),
-            run_number: n,
-            pipeline: "p".into(),
-            entities: entities.iter().map(|e| e.to_string()).collect(),
-            status: status.into(),
-            started_at: None,
-            finished_at: None,
-            duration_ms: 0,
-            read: 0,
-            written: 0,
-            rejected: 0,
-            skipped: 0,
-            not_started: Vec::new(),
-            resumed: Vec::new(),
-            host: String::new(),
-            intent: Default::default(),
-        }
+        ledger::RunRecord::for_test(&format!("r{n}"), n, entities, status)
     }
 
     /// adv38 F1: a re-run of a, b, c killed twice (a done by run 2, b by run 3) and finished by

@@ -763,22 +763,8 @@ mod tests {
         assert_eq!(p["etaSeconds"], json!(4));
         // The run: its own part, the part it resumed named, and a note saying so.
         let run = RunRecord {
-            run_id: "r".into(),
-            run_number: 2,
-            pipeline: "p".into(),
-            entities: vec!["patients".into()],
-            status: ledger::RUNNING.into(),
             started_at: Some("1970-01-01T00:16:40.000Z".into()),
-            finished_at: None,
-            duration_ms: 0,
-            read: 0,
-            written: 0,
-            rejected: 0,
-            skipped: 0,
-            not_started: Vec::new(),
-            resumed: Vec::new(),
-            host: String::new(),
-            intent: Default::default(),
+            ..RunRecord::for_test("r", 2, &["patients"], ledger::RUNNING)
         };
         let v = run_json(&run, &steps, 1_003_000, false).unwrap();
         assert_eq!(
