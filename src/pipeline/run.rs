@@ -370,39 +370,41 @@ pub(crate) async fn absent_references(
     Ok(out)
 }
 
-/// How many passes [`rejected_by_mapping`] makes at most down a chain of self-references.
+/// How many passes [`settle_left_out`] makes at most down a chain of self-references.
 const MAX_SELF_REFERENCE_PASSES: usize = 32;
 
-/// The ids (`id_text`) of the rows of `plan` that its mapping (with `ctx`) rejects, or that the
-/// target refuses whatever the other rows: what a stage reading all of them leaves out of the
-/// target, for an entity that references itself (an employee's `reportsTo`). Passes of its own
-/// over the source (the snapshot the stage reads): when a self-reference has `exists`, a row
-/// naming a row left out is left out too, so the passes go on, each judging the references by
-/// the last one's set, until the set stops growing (a chain of N rows: N passes; at most
-/// [`MAX_SELF_REFERENCE_PASSES`]).
-pub(crate) async fn rejected_by_mapping(
-    plan: &Plan,
-    session: &SourceSession,
-    target: Option<&Target>,
-    ctx: &MapContext,
-) -> Result<HashSet<String>, RunError> {
-    let cascades = plan
-        .fields
+/// Whether `plan` has a field (or an embedded one) whose `exists` names its own entity: rows
+/// left out then leave out the rows naming them, level by level.
+pub(crate) fn cascades_into_itself(plan: &Plan) -> bool {
+    plan.fields
         .iter()
         .chain(plan.embeds.iter().flat_map(|e| e.fields.iter()))
-        .any(|f| f.exists_in.as_deref() == Some(plan.entity.as_str()));
-    let mut ctx = ctx.clone();
-    ctx.absent_ids.remove(&plan.entity);
-    let mut out = left_out_once(plan, session, target, &ctx).await?;
+        .any(|f| f.exists_in.as_deref() == Some(plan.entity.as_str()))
+}
+
+/// The ids `pass` leaves out of `entity`, with the rows naming them judged: when `cascades`
+/// ([`cascades_into_itself`]), `pass` runs again with the ids left out so far as `entity`'s
+/// absent ids in its context, until the set stops growing (a chain of N rows: N passes; at most
+/// [`MAX_SELF_REFERENCE_PASSES`], warned). The run ([`rejected_by_mapping`]) and verify's
+/// `LeftOut` judge with this one loop, so they stop at the same place. Returns the context of
+/// the last pass too.
+pub(crate) async fn settle_left_out(
+    entity: &str,
+    cascades: bool,
+    mut ctx: MapContext,
+    mut pass: impl AsyncFnMut(&MapContext) -> Result<HashSet<String>, RunError>,
+) -> Result<(HashSet<String>, MapContext), RunError> {
+    ctx.absent_ids.remove(entity);
+    let mut out = pass(&ctx).await?;
     let mut passes = 1;
     while cascades && !out.is_empty() {
         if passes == MAX_SELF_REFERENCE_PASSES {
-            tracing::warn!(entity = %plan.entity, passes, left_out = out.len(), "a chain of self-references deeper than this many passes: rows further down it are judged by the rows left out so far");
+            tracing::warn!(%entity, passes, left_out = out.len(), "a chain of self-references deeper than this many passes: rows further down it are judged by the rows left out so far");
             break;
         }
         ctx.absent_ids
-            .insert(plan.entity.clone(), Arc::new(out.clone()));
-        let next = left_out_once(plan, session, target, &ctx).await?;
+            .insert(entity.to_string(), Arc::new(out.clone()));
+        let next = pass(&ctx).await?;
         passes += 1;
         // More rows absent reject more rows, never fewer: the same size is the same set.
         if next.len() == out.len() {
@@ -410,6 +412,26 @@ pub(crate) async fn rejected_by_mapping(
         }
         out = next;
     }
+    Ok((out, ctx))
+}
+
+/// The ids (`id_text`) of the rows of `plan` that its mapping (with `ctx`) rejects, or that the
+/// target refuses whatever the other rows: what a stage reading all of them leaves out of the
+/// target, for an entity that references itself (an employee's `reportsTo`). Passes of its own
+/// over the source (the snapshot the stage reads), settled by [`settle_left_out`].
+pub(crate) async fn rejected_by_mapping(
+    plan: &Plan,
+    session: &SourceSession,
+    target: Option<&Target>,
+    ctx: &MapContext,
+) -> Result<HashSet<String>, RunError> {
+    let (out, _) = settle_left_out(
+        &plan.entity,
+        cascades_into_itself(plan),
+        ctx.clone(),
+        async |ctx: &MapContext| left_out_once(plan, session, target, ctx).await,
+    )
+    .await?;
     Ok(out)
 }
 

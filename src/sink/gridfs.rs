@@ -589,15 +589,18 @@ pub fn file_name(file: &FileRef) -> String {
 
 /// How many chunks a files document's file has: `ceil(length / chunkSize)`.
 pub fn chunks_expected(d: &Document) -> Option<u64> {
-    let length = length_of(d)?;
-    let size = match d.get("chunkSize") {
+    Some(length_of(d)?.div_ceil(chunk_size_of(d)?))
+}
+
+/// A files document's `chunkSize`: a positive whole number of any BSON number type, else `None`.
+pub fn chunk_size_of(d: &Document) -> Option<u64> {
+    match d.get("chunkSize") {
         Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
         Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
-        Some(Bson::Double(n)) if *n >= 1.0 => Some(*n as u64),
+        Some(Bson::Double(n)) if *n >= 1.0 && n.fract() == 0.0 => Some(*n as u64),
         _ => None,
     }
-    .filter(|n| *n > 0)?;
-    Some(length.div_ceil(size))
+    .filter(|n| *n > 0)
 }
 
 /// Whether the file `id` has every chunk its files document says (`n` from 0 to the last): a
@@ -701,6 +704,24 @@ async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_size_is_a_positive_whole_number() {
+        let size = |v: Bson| chunk_size_of(&doc! { "chunkSize": v });
+        assert_eq!(size(Bson::Int32(255)), Some(255));
+        assert_eq!(size(Bson::Int64(261_120)), Some(261_120));
+        assert_eq!(size(Bson::Double(255.0)), Some(255));
+        assert_eq!(size(Bson::Double(255.5)), None);
+        assert_eq!(size(Bson::Int32(0)), None);
+        assert_eq!(size(Bson::Int64(-1)), None);
+        assert_eq!(size(Bson::String("255".into())), None);
+        let d = doc! { "length": 511i64, "chunkSize": 255 };
+        assert_eq!(chunks_expected(&d), Some(3));
+        assert_eq!(
+            chunks_expected(&doc! { "length": 0, "chunkSize": 255 }),
+            Some(0)
+        );
+    }
 
     #[test]
     fn paths_out_of_the_root_are_refused() {

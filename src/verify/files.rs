@@ -603,13 +603,7 @@ async fn chunk_problem(
     else {
         return Ok(None);
     };
-    let chunk_size = match stored.get("chunkSize") {
-        Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
-        Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
-        Some(Bson::Double(n)) => Some(*n as u64),
-        _ => None,
-    };
-    let Some(chunk_size) = chunk_size else {
+    let Some(chunk_size) = gridfs::chunk_size_of(stored) else {
         return Ok(None);
     };
     let pipeline = vec![

@@ -1111,31 +1111,23 @@ impl<'a> LeftOut<'a> {
                 }
             }
             self.visiting.remove(entity);
-            let cascades = own
-                && plans.iter().any(|p| {
-                    p.fields
-                        .iter()
-                        .chain(p.embeds.iter().flat_map(|e| e.fields.iter()))
-                        .any(|f| f.exists_in.as_deref() == Some(entity))
-                });
-            let mut ids = HashSet::new();
-            loop {
-                let mut next = HashSet::new();
-                for plan in &plans {
-                    next.extend(
-                        left_out_ids(plan, session, &ctx, &refused, self.max_document_bytes, None)
-                            .await?,
-                    );
-                }
-                // More rows absent leave more out, never fewer: the same size, the same set.
-                let done = !cascades || next.len() == ids.len();
-                ids = next;
-                if done || ids.is_empty() {
-                    break;
-                }
-                ctx.absent_ids
-                    .insert(entity.to_string(), std::sync::Arc::new(ids.clone()));
-            }
+            let cascades = own && plans.iter().any(crate::pipeline::run::cascades_into_itself);
+            let max_bytes = self.max_document_bytes;
+            let (mut ids, ctx) = crate::pipeline::run::settle_left_out(
+                entity,
+                cascades,
+                ctx,
+                async |ctx: &MapContext| {
+                    let mut ids = HashSet::new();
+                    for plan in &plans {
+                        ids.extend(
+                            left_out_ids(plan, session, ctx, &refused, max_bytes, None).await?,
+                        );
+                    }
+                    Ok(ids)
+                },
+            )
+            .await?;
             if let Some(then) = &then {
                 // The rows left out both then and now: one more pass, keys filtered.
                 let mut now = HashSet::new();
