@@ -64,53 +64,17 @@ pub(crate) async fn render(cli: &Cli, args: &ReportArgs) -> Result<String> {
     if let Ok((_, ledger, _)) = super::shared::connect_target(&cfg, kind, Default::default()).await
         && let Ok(steps) = ledger.all_steps().await
     {
-        // Later runs that wrote into this run's entities (a killed one wrote no report).
-        let entities: std::collections::HashSet<&str> = signoff
-            .run
-            .entities
+        let steps: Vec<serde_json::Value> = steps
             .iter()
-            .map(|e| e.name.as_str())
-            .collect();
-        let mut later: std::collections::BTreeMap<(String, String), (String, Vec<String>)> =
-            Default::default();
-        for s in &steps {
-            if s.run_id != signoff.run.run_id
-                && entities.contains(s.entity.as_str())
-                && s.started_at
-                    .as_deref()
-                    .is_some_and(|at| at > signoff.run.finished_at.as_str())
-            {
-                let e = later
-                    .entry((s.started_at.clone().unwrap_or_default(), s.run_id.clone()))
-                    .or_insert_with(|| (s.status.clone(), Vec::new()));
-                e.1.push(s.entity.clone());
-            }
-        }
-        let later: Vec<String> = later
-            .into_iter()
-            .map(|((_, run), (status, entities))| {
-                format!("run {run} ({status}): {}", entities.join(", "))
-            })
-            .collect();
-        if !later.is_empty() && args.run_id.is_none() {
-            crate::errln!(
-                "later runs wrote into its entities without a report of theirs: {}",
-                later.join("; ")
-            );
-        }
-        signoff.note_later_runs(later);
-        signoff.ledger = steps
-            .into_iter()
-            .filter(|s| s.run_id == signoff.run.run_id)
             .filter_map(|s| serde_json::to_value(s).ok())
             .collect();
-        let rolled_back = signoff
-            .ledger
-            .iter()
-            .filter(|s| s["status"] == crate::ledger::ROLLED_BACK)
-            .filter_map(|s| s["entity"].as_str().map(str::to_string))
-            .collect();
-        signoff.note_rollbacks(rolled_back);
+        signoff.note_ledger(steps);
+        if !signoff.changed_since.is_empty() && args.run_id.is_none() {
+            crate::errln!(
+                "later runs wrote into its entities without a report of theirs: {}",
+                signoff.changed_since.join("; ")
+            );
+        }
     }
     let text = match args.format {
         ReportFormat::Text => signoff.render_text(),

@@ -14,6 +14,9 @@ use super::report::{RunReport, format_ms};
 use super::table::{Column, Table, md_escape};
 use crate::config::TargetKind;
 
+/// A step's status once rolled back (the ledger's `ROLLED_BACK`; the ledger sits above).
+const ROLLED_BACK_STATUS: &str = "rolled-back";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleCount {
     pub entity: String,
@@ -49,6 +52,51 @@ impl SignOff {
         if !self.rolled_back.is_empty() {
             self.verification = None;
         }
+    }
+
+    /// Joins the ledger's steps (every run's, as JSON records): this run's own are kept, the
+    /// entities whose steps were rolled back since and the later runs that wrote into this run's
+    /// entities (a killed one wrote no report) are noted, each dropping the verification.
+    pub fn note_ledger(&mut self, steps: Vec<serde_json::Value>) {
+        let text = |s: &serde_json::Value, k: &str| s[k].as_str().map(str::to_string);
+        let entities: std::collections::HashSet<&str> =
+            self.run.entities.iter().map(|e| e.name.as_str()).collect();
+        // (started, run) -> (status, entities)
+        let mut later: BTreeMap<(String, String), (String, Vec<String>)> = BTreeMap::new();
+        let mut own = Vec::new();
+        for s in steps {
+            let (Some(run), Some(entity)) = (text(&s, "run_id"), text(&s, "entity")) else {
+                continue;
+            };
+            if run == self.run.run_id {
+                own.push(s);
+                continue;
+            }
+            let started = text(&s, "started_at").unwrap_or_default();
+            if entities.contains(entity.as_str())
+                && started.as_str() > self.run.finished_at.as_str()
+            {
+                let status = text(&s, "status").unwrap_or_default();
+                let e = later
+                    .entry((started, run))
+                    .or_insert_with(|| (status, Vec::new()));
+                e.1.push(entity);
+            }
+        }
+        let later = later
+            .into_iter()
+            .map(|((_, run), (status, entities))| {
+                format!("run {run} ({status}): {}", entities.join(", "))
+            })
+            .collect();
+        self.note_later_runs(later);
+        let rolled_back = own
+            .iter()
+            .filter(|s| s["status"] == ROLLED_BACK_STATUS)
+            .filter_map(|s| text(s, "entity"))
+            .collect();
+        self.ledger = own;
+        self.note_rollbacks(rolled_back);
     }
 
     /// Notes later runs that wrote into this run's entities (adv38 F9: a re-run killed half way
@@ -813,6 +861,66 @@ fn throughput_chart(r: &RunReport) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The run `r1` of entities a and b, finished at 10:00; steps of other runs and its own.
+    #[test]
+    fn the_ledger_names_later_runs_into_its_entities_and_its_rollbacks() {
+        use super::super::report::EntityReport;
+        let run = RunReport {
+            run_id: "r1".into(),
+            started_at: "2026-12-07T09:00:00Z".into(),
+            finished_at: "2026-12-07T10:00:00Z".into(),
+            dry_run: false,
+            target: "t".into(),
+            target_kind: None,
+            pipeline: "p".into(),
+            status: "completed".into(),
+            entities: vec![
+                EntityReport::new("a", "a", Default::default(), 1),
+                EntityReport::new("b", "b", Default::default(), 1),
+            ],
+            already_applied: Vec::new(),
+            totals: Default::default(),
+            success_rate: 100.0,
+            estimated_full_run_ms: None,
+            error: None,
+            rejects_dir: String::new(),
+            config: serde_json::Value::Null,
+            file_error: None,
+        };
+        let step = |run: &str, entity: &str, status: &str, started: &str| {
+            serde_json::json!({ "run_id": run, "entity": entity, "status": status,
+                "started_at": format!("2026-12-07T{started}:00Z") })
+        };
+        let steps = vec![
+            step("r0", "a", "applied", "08:00"),
+            step("r1", "a", "applied", "09:00"),
+            step("r1", "b", "rolled-back", "09:30"),
+            step("r3", "a", "running", "11:00"),
+            step("r3", "b", "pending", "11:00"),
+            step("r2", "b", "failed", "10:30"),
+            step("r4", "c", "applied", "12:00"),
+        ];
+        let mut s = SignOff {
+            run,
+            verification: Some(serde_json::json!({ "status": "passed" })),
+            rejects: Vec::new(),
+            warnings: Vec::new(),
+            ledger: Vec::new(),
+            rolled_back: Vec::new(),
+            changed_since: Vec::new(),
+        };
+        s.note_ledger(steps);
+        // Earlier runs and other entities are not named; later ones in the order they started.
+        assert_eq!(
+            s.changed_since,
+            ["run r2 (failed): b", "run r3 (running): a, b"]
+        );
+        assert_eq!(s.rolled_back, ["b"]);
+        assert_eq!(s.ledger.len(), 2);
+        assert!(s.verification.is_none());
+        assert!(s.not_verified().contains("changed since by run r2"));
+    }
 
     /// One row rejected on two fields under one rule is one row; two rows sharing a key (a
     /// duplicate) are two; a row under two rules counts under each.
