@@ -13,7 +13,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const STACK_BYTES: usize = 64 * 1024 * 1024;
 
 fn main() -> ExitCode {
-    let cli = cutover::cli::Cli::parse();
+    // A command line clap cannot read ran nothing: exit 1 as any error before a run, not clap's
+    // 2, which here means "finished with rejected rows" (adv42 F1). Help and version exit 0.
+    let cli = match cutover::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { 1 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
     if let Err(err) = cutover::commands::init_logging(&cli) {
         cutover::errln!("error: {err:#}");
         return ExitCode::from(1);

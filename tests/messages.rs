@@ -81,20 +81,36 @@ async fn a_rejected_rows_line_names_its_field_and_shortens_a_long_number() {
 
 /// adv39 F10: `history --limit 0` showed a run, `--status bogus` an empty table: both are
 /// refused before anything is asked of a server, naming what is allowed.
+/// A command line clap cannot read ran nothing: exit 1 (an error before a run), never 2, which
+/// means "finished, some rows rejected" (`verify`: "the target differs") — adv42 F1.
 #[test]
 fn history_refuses_a_limit_below_one_and_an_unknown_status() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("cutover"))
-            .arg("history")
             .args(args)
             .output()
             .unwrap();
         (out.status.code(), output_text(&out))
     };
-    let (code, text) = run(&["--limit", "0"]);
-    assert_eq!(code, Some(2), "{text}");
+    let (code, text) = run(&["history", "--limit", "0"]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("--limit"), "{text}");
-    let (code, text) = run(&["--status", "bogus"]);
-    assert_eq!(code, Some(2), "{text}");
+    let (code, text) = run(&["history", "--status", "bogus"]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("interrupted"), "{text}");
+    for args in [
+        &["migrate", "--bogus"][..],
+        &["migrate", "--dry-run", "--batch-size", "-1"],
+        &["verify", "--sample", "abc"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let (code, text) = run(args);
+        assert_eq!(code, Some(1), "{args:?}: {text}");
+        assert!(text.contains("error"), "{args:?}: {text}");
+    }
+    for args in [&["--help"][..], &["migrate", "--help"], &["--version"]] {
+        let (code, text) = run(args);
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+    }
 }
