@@ -344,6 +344,66 @@ async fn failing_change(transaction: bool) {
     w.drop().await;
 }
 
+/// adv42 F2: an operation on a collection the target does not hold (a typo) would match nothing
+/// and be recorded as applied: refused, dry run too, naming the operation and the collection;
+/// a collection an earlier operation (or change) creates is there for the ones after it.
+#[tokio::test]
+async fn an_operation_on_a_collection_the_target_does_not_hold_is_refused() {
+    let w = World::new("changes_missing_coll").await;
+    things(&w).await;
+    let dir = w.dir.path().join("changes");
+    write(
+        &dir,
+        "1_create.toml",
+        "version = 1\nname = \"create\"\n[[up]]\nop = \"create_collection\"\ncollection = \"fresh\"\n\n[[up]]\nop = \"add_field\"\ncollection = \"fresh\"\nfield = \"a\"\ndefault = 1\n",
+    );
+    write(
+        &dir,
+        "2_into_fresh.toml",
+        "version = 2\nname = \"into fresh\"\n[[up]]\nop = \"set_validator\"\ncollection = \"fresh\"\nvalidator = { a = { \"$exists\" = true } }\n",
+    );
+    for (op, body) in [
+        ("rename_field", "from = \"name\"\nto = \"label\""),
+        ("set", "filter = {}\nfields = { size = 0 }"),
+        ("transform", "pipeline = [{ \"$set\" = { a = 1 } }]"),
+        ("archive", "to = \"oldThings\"\nfilter = { size = 1 }"),
+        ("drop_index", "name = \"x_1\""),
+    ] {
+        write(
+            &dir,
+            "3_typo.toml",
+            &format!(
+                "version = 3\nname = \"typo\"\n[[up]]\nop = \"set\"\ncollection = \"things\"\nfilter = {{}}\nfields = {{ size = 9 }}\n\n[[up]]\nop = \"{op}\"\ncollection = \"thigns\"\n{body}\n"
+            ),
+        );
+        let before = hashes(&w).await;
+        for args in [&["--dry-run"][..], &[]] {
+            let text = refused(&changes(&w, "up", &dir, args));
+            assert!(
+                text.contains(&format!("change 3 (3_typo.toml), operation 2 ({op})"))
+                    && text.contains("no collection `thigns`"),
+                "{op} {args:?}: {text}"
+            );
+        }
+        assert_eq!(hashes(&w).await, before, "{op}");
+        let states = states(&w, &dir);
+        assert!(
+            states.iter().all(|(_, s)| s == "pending"),
+            "{op}: {states:?}"
+        );
+    }
+    std::fs::remove_file(dir.join("3_typo.toml")).unwrap();
+    ok(&changes(&w, "up", &dir, &[]));
+    assert_eq!(
+        states(&w, &dir),
+        [
+            ("1".to_string(), "applied".to_string()),
+            ("2".to_string(), "applied".to_string())
+        ]
+    );
+    w.drop().await;
+}
+
 #[tokio::test]
 async fn a_failing_change_in_a_transaction_leaves_nothing_behind() {
     failing_change(true).await;
@@ -469,6 +529,12 @@ async fn a_failed_change_stops_the_batch_unless_continue_on_error() {
 async fn down_one_named_version_unless_a_later_change_works_on_its_collections() {
     let w = World::new("changes_named").await;
     things(&w).await;
+    w.mongo()
+        .await
+        .collection::<Document>("things2")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
     let dir = w.dir.path().join("changes");
     let add = |v: u32, coll: &str| {
         write(
@@ -481,7 +547,7 @@ async fn down_one_named_version_unless_a_later_change_works_on_its_collections()
     };
     add(1, "things");
     add(2, "things");
-    add(3, "elsewhere");
+    add(3, "things2");
     ok(&changes(&w, "up", &dir, &[]));
     let text = refused(&changes(&w, "down", &dir, &["1"]));
     assert!(

@@ -1599,6 +1599,11 @@ async fn sigterm_while_waiting_for_the_lock_at_start_ends_the_wait() {
 #[tokio::test]
 async fn requests_from_another_site_change_nothing() {
     let w = World::new("serve_csrf").await;
+    // The sample changes work on the registry's patients and sessions (an update of a
+    // collection the target does not hold is refused).
+    for name in ["patients", "sessions"] {
+        w.mongo().await.create_collection(name).await.unwrap();
+    }
     let dir = changes_dir(&w);
     let d = dir.display().to_string();
     let token = "csrf-token-5b1e";

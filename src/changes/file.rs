@@ -344,6 +344,53 @@ impl Op {
         out
     }
 
+    /// The collection the operation finds nothing in unless it exists: an update of a
+    /// collection the target does not hold matches nothing and would be recorded as applied.
+    pub fn needs_collection(&self) -> Option<&str> {
+        match self {
+            Op::AddField { collection, .. }
+            | Op::RemoveField { collection, .. }
+            | Op::RenameField { collection, .. }
+            | Op::Set { collection, .. }
+            | Op::Unset { collection, .. }
+            | Op::DropIndex { collection, .. }
+            | Op::CopyField { collection, .. }
+            | Op::Transform { collection, .. }
+            | Op::Archive { collection, .. }
+            | Op::BulkUpdate { collection, .. }
+            | Op::RemoveDuplicates { collection, .. }
+            | Op::UpdateReferences { collection, .. }
+            | Op::SetValidator { collection, .. }
+            | Op::SanitizeStrings { collection, .. } => Some(collection),
+            Op::CopyCollection { from, .. } => Some(from),
+            // Dropping what is not there leaves the target as the change wants it.
+            Op::DropCollection { .. }
+            | Op::CreateIndex(_)
+            | Op::CreateCollection { .. }
+            | Op::Insert { .. }
+            | Op::Command { .. }
+            | Op::Appwrite(_) => None,
+        }
+    }
+
+    /// The collections the operation may create (a command: the one its first value names).
+    pub fn may_create(&self) -> Vec<&str> {
+        match self {
+            Op::CreateCollection { collection, .. } | Op::Insert { collection, .. } => {
+                vec![collection]
+            }
+            Op::CreateIndex(s) => vec![&s.collection],
+            Op::CopyCollection { to, .. } | Op::Archive { to, .. } => vec![to],
+            Op::Command { command, .. } => command
+                .iter()
+                .next()
+                .and_then(|(_, v)| v.as_str())
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The collection the operation works on (none for a command).
     pub fn collection(&self) -> Option<&str> {
         match self {

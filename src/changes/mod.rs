@@ -30,7 +30,7 @@ pub mod ops;
 pub mod record;
 pub mod template;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use bson::doc;
@@ -648,6 +648,42 @@ async fn refuse_unsettled_collections(
     refuse_unsettled_in(t.ledger, pending, Some(t.db.name())).await
 }
 
+/// Refuses (dry run too) a change with an operation on a collection the target does not hold
+/// and no operation before it creates: it would match nothing and be recorded as applied — a
+/// typo (`custmers`) or an unedited template (adv42 F2).
+async fn refuse_missing_collections(
+    t: &ChangeTarget<'_>,
+    pending: &[&Change],
+) -> Result<(), ChangesError> {
+    let mut present: HashSet<String> =
+        t.db.list_collection_names()
+            .await
+            .map_err(|e| ChangesError::Mongo(e.into()))?
+            .into_iter()
+            .collect();
+    for c in pending {
+        for (i, op) in c.up.iter().enumerate() {
+            if let Some(name) = op.needs_collection()
+                && !present.contains(name)
+            {
+                return Err(ChangesError::Refused(format!(
+                    "change {} ({}), operation {} ({}): the target's database `{}` has no collection `{name}` — a typo, or one not written yet (create it first with `create_collection`, or apply the change after the run that writes it); nothing was changed",
+                    c.version,
+                    c.file_name(),
+                    i + 1,
+                    op.kind(),
+                    t.db.name(),
+                )));
+            }
+            present.extend(op.may_create().into_iter().map(str::to_string));
+            if let file::Op::DropCollection { collection } = op {
+                present.remove(collection);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// [`refuse_unsettled_collections`] from the ledger alone (whatever the target); `database` is
 /// the MongoDB database the changes are applied to (a command may name it).
 async fn refuse_unsettled_in(
@@ -913,6 +949,7 @@ pub async fn up(
         let pending = select_pending(&states, files, opts)?;
         refuse_other_target(&pending, false)?;
         refuse_unsettled_collections(t, &pending).await?;
+        refuse_missing_collections(t, &pending).await?;
         return preview_all(t, &pending).await;
     }
     // The state is read under the lock: another `changes up` may have applied changes until
@@ -929,6 +966,7 @@ pub async fn up(
         let pending = select_pending(&states, files, opts)?;
         refuse_other_target(&pending, false)?;
         refuse_unsettled_collections(t, &pending).await?;
+        refuse_missing_collections(t, &pending).await?;
         if pending.is_empty() {
             return Ok(UpReport {
                 batch: None,
