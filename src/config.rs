@@ -379,6 +379,16 @@ impl Config {
             message,
         };
 
+        // A value given by a flag or the environment is named as such, not as a file key the
+        // file may not even have (adv42 F4).
+        let refused = |origin: &Origin, key: &str, message: String| match origin {
+            Origin::File | Origin::Default => invalid(key, message),
+            other => ConfigError::Given {
+                from: other.describe(None),
+                message,
+            },
+        };
+
         let mut origins = Origins::default();
         // Relative paths in the file are relative to the file, not to the working directory.
         let base = file
@@ -424,11 +434,12 @@ impl Config {
             (env.var("MONGODB_URI"), Origin::Env("MONGODB_URI")),
             (file_mongo.uri, Origin::File),
         ]);
-        origins.mongodb_uri = origin;
+        origins.mongodb_uri = origin.clone();
         let mongodb = match mongo_uri {
             Some(uri) => {
                 if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
-                    return Err(invalid(
+                    return Err(refused(
+                        &origin,
                         "target.mongodb.uri",
                         format!(
                             "expected a mongodb:// URL, got `{}`",
@@ -444,10 +455,10 @@ impl Config {
                     ),
                     (file_mongo.database, Origin::File),
                 ]);
-                origins.mongodb_database = origin;
+                origins.mongodb_database = origin.clone();
                 let database = database.unwrap_or_else(|| "cutover".to_string());
                 validate_mongo_db_name(&database)
-                    .map_err(|m| invalid("target.mongodb.database", m))?;
+                    .map_err(|m| refused(&origin, "target.mongodb.database", m))?;
                 Some(MongoConfig {
                     uri,
                     database,
@@ -1116,6 +1127,38 @@ mod tests {
         assert!(err.starts_with("environment CUTOVER_SOURCE_URL:"), "{err}");
         assert!(!err.contains("a b/c@d") && !err.contains("c@d"), "{err}");
         assert!(err.contains("user=app"), "{err}");
+    }
+
+    /// adv42 F4: a bad MongoDB URL or database from the environment is named as such, not as
+    /// a key of a file that may not have it; from the file, the key is named.
+    #[test]
+    fn a_bad_target_setting_is_named_where_it_came_from() {
+        let e = env(&[("MONGODB_URI", "mongo://u:pw77@h:1/")]);
+        let err = Config::from_str(Path::new("c.toml"), "", &e, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("environment MONGODB_URI:"), "{err}");
+        assert!(!err.contains("pw77"), "{err}");
+        let e = env(&[
+            ("MONGODB_URI", "mongodb://h/"),
+            ("CUTOVER_MONGODB_DATABASE", "a/b"),
+        ]);
+        let err = Config::from_str(Path::new("c.toml"), "", &e, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment CUTOVER_MONGODB_DATABASE:"),
+            "{err}"
+        );
+        let err = Config::from_str(
+            Path::new("c.toml"),
+            "[target.mongodb]\nuri = \"notaurl\"\n",
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("target.mongodb.uri"), "{err}");
     }
 
     #[test]
