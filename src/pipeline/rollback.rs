@@ -142,17 +142,29 @@ pub async fn plan(
     let pulled = storage_chains(&steps, &mut chosen);
 
     // Entities still applied after this rollback that depend on one being rolled back.
+    // A dependent's step is stranded only when it saw data that leaves: a step of the entity it
+    // needs from its own run or an earlier one that is rolled back. A step that ran before a
+    // re-run of what it needs saw the documents that re-run's backup puts back (adv42 F3: undoing
+    // one entity's re-run needed --cascade, which would have emptied every later stage).
     loop {
         let chosen_ids: BTreeSet<&str> = chosen.iter().map(|s| s.id.as_str()).collect();
-        let leaving: BTreeSet<&str> = chosen.iter().map(|s| s.entity.as_str()).collect();
+        let leaving_for = |dependent: &StepRecord| -> BTreeSet<&str> {
+            chosen
+                .iter()
+                .filter(|c| c.was_empty || c.run_number <= dependent.run_number)
+                .map(|c| c.entity.as_str())
+                .collect()
+        };
+        let own: BTreeSet<&str> = chosen.iter().map(|s| s.entity.as_str()).collect();
         let mut stranded: Vec<StepRecord> = Vec::new();
         // Each stranded entity with why it needs what leaves (adv32 F4: the stage order was
         // not told apart from references).
         let mut why: std::collections::BTreeMap<String, String> = Default::default();
         for s in &steps {
-            if chosen_ids.contains(s.id.as_str()) || leaving.contains(s.entity.as_str()) {
+            if chosen_ids.contains(s.id.as_str()) || own.contains(s.entity.as_str()) {
                 continue;
             }
+            let leaving = leaving_for(s);
             let step = super::Step {
                 stage: pipeline
                     .all_steps()
