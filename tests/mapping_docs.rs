@@ -264,3 +264,48 @@ async fn the_html_document_renders_in_chromium() {
     assert!(Path::new(&html_path).exists());
     w.drop().await;
 }
+
+/// adv42 F5: a mapping naming a column or a table the source does not have is no document to
+/// sign off: it is written (it shows where), each problem is said, and the exit is 1.
+#[tokio::test]
+async fn a_mapping_naming_what_the_source_lacks_fails_the_document() {
+    let w = World::new("docs_missing").await;
+    w.sql("CREATE TABLE tags (id int PRIMARY KEY, label text);")
+        .await;
+    let docs = |pipeline: &Path| {
+        let md = w.dir.path().join("m.md");
+        let out = w
+            .cutover()
+            .args(["docs", "--pipeline"])
+            .arg(pipeline)
+            .arg("-o")
+            .arg(&md)
+            .output()
+            .unwrap();
+        assert!(md.exists(), "{}", output_text(&out));
+        out
+    };
+    let good = "version = 1\nname = \"tags\"\n[source]\ntable = \"tags\"\nkey = [\"id\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n";
+    let out = docs(&common::one_entity_pipeline(&w, "tags", good));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let out = docs(&common::one_entity_pipeline(
+        &w,
+        "tags",
+        &good.replace("column = \"label\"", "column = \"labell\""),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(
+        text.contains("field `label` reads column `labell`"),
+        "{text}"
+    );
+    let out = docs(&common::one_entity_pipeline(
+        &w,
+        "tags",
+        &good.replace("table = \"tags\"", "table = \"tagz\""),
+    ));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(text.contains("no table `tagz`"), "{text}");
+    w.drop().await;
+}

@@ -39,6 +39,7 @@ pub async fn docs(cli: &Cli, args: &DocsArgs) -> Result<Outcome> {
         }
     }
     let doc = MappingDoc::build(&pipeline.spec.name, target, &entities, &types);
+    let broken = not_in_the_source(&entities, &types);
     let text = match args.format {
         DocsFormat::Md => doc.markdown(),
         DocsFormat::Html => doc.html(),
@@ -51,7 +52,65 @@ pub async fn docs(cli: &Cli, args: &DocsArgs) -> Result<Outcome> {
         }
         None => crate::out!("{text}"),
     }
-    Ok(Outcome::Success)
+    // The document is written (it shows where), but a mapping that does not compile against
+    // the source is no document to sign off: said, and exit 1 (adv42 F5).
+    if broken.is_empty() {
+        return Ok(Outcome::Success);
+    }
+    for b in &broken {
+        crate::errln!("error: {b}");
+    }
+    crate::errln!(
+        "the mappings do not compile against the source (`cutover check` refuses them): fix them before the document is signed off"
+    );
+    Ok(Outcome::Failed)
+}
+
+/// What the mappings name that the source does not have: a relation (table, or a query that
+/// fails), or a column of a relation that was described.
+fn not_in_the_source(entities: &[DocEntity<'_>], types: &SourceTypes) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut relations_said = BTreeSet::new();
+    for e in entities {
+        let s = &e.mapping.spec;
+        let parts = std::iter::once((
+            s.source.table.as_deref(),
+            s.source.query.as_deref(),
+            s.fields.as_slice(),
+        ))
+        .chain(s.embeds.iter().map(|em| {
+            (
+                em.table.as_deref(),
+                em.query.as_deref(),
+                em.fields.as_slice(),
+            )
+        }));
+        for (table, query, fields) in parts {
+            let rel = relation_key(table, query);
+            let problem = table
+                .and_then(|t| types.problems.get(t))
+                .or_else(|| query.and_then(|q| types.problems.get(q)));
+            if let Some(why) = problem {
+                if relations_said.insert(rel.clone()) {
+                    out.push(format!("entity {}: {why}", s.name));
+                }
+                continue;
+            }
+            let Some(cols) = types.relations.get(&rel) else {
+                continue;
+            };
+            for f in fields {
+                let named = f.column.iter().chain(f.columns.iter().flatten());
+                for c in named.filter(|c| !cols.contains_key(c.as_str())) {
+                    out.push(format!(
+                        "entity {}: field `{}` reads column `{c}`, which `{rel}` does not have",
+                        s.name, f.path
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The column types of every table (from the catalog) and query (described) the mappings read.
