@@ -252,6 +252,9 @@ pub async fn check(
     let mut ctx = MapContext {
         now_ms: chrono::Utc::now().timestamp_millis(),
         skip_validation: false,
+        null_column: targets
+            .iter()
+            .any(|t| t.kind() == crate::config::TargetKind::Appwrite),
         absent_ids: HashMap::new(),
         known_keys: match load_known_keys(pipeline, &plans, &mut session).await {
             Ok(k) => k,

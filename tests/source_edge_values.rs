@@ -178,6 +178,26 @@ INSERT INTO notes VALUES
   (4, '{"a": 1, "a": 2}', '{"a": 1, "a": 2}');
 CREATE TABLE notes_lax AS SELECT * FROM notes;
 ALTER TABLE notes_lax ADD PRIMARY KEY (id);
+CREATE TABLE notes_keep AS SELECT id, j, jb, ARRAY[jb, NULL] AS ja FROM notes WHERE id < 4;
+ALTER TABLE notes_keep ADD PRIMARY KEY (id);
+"#;
+
+/// The JSON null and the SQL NULL alike in the target: `nulls = "keep"`, and an array's NULL
+/// element (adv41 F1) — written, with a warning (`json_null`).
+const JSON_KEEP_MAPPING: &str = r#"
+version = 1
+name = "notes_keep"
+[source]
+table = "notes_keep"
+key = ["id"]
+[options]
+nulls = "keep"
+[[field]]
+path = "jb"
+column = "jb"
+[[field]]
+path = "ja"
+column = "ja"
 "#;
 
 const JSON_MAPPING: &str = r#"
@@ -218,7 +238,7 @@ name = "notes"
 mappings_dir = "mappings"
 [[stage]]
 name = "all"
-entities = ["notes", "notes_lax"]
+entities = ["notes", "notes_lax", "notes_keep"]
 "#;
 
 #[tokio::test]
@@ -230,6 +250,7 @@ async fn a_json_null_is_written_where_an_sql_null_is_omitted_and_json_keys_given
     std::fs::create_dir_all(dir.join("mappings")).unwrap();
     std::fs::write(dir.join("mappings/notes.toml"), JSON_MAPPING).unwrap();
     std::fs::write(dir.join("mappings/notes_lax.toml"), JSON_LAX_MAPPING).unwrap();
+    std::fs::write(dir.join("mappings/notes_keep.toml"), JSON_KEEP_MAPPING).unwrap();
     std::fs::write(dir.join("notes.toml"), JSON_PIPELINE).unwrap();
     let out = w.migrate_with(&dir.join("notes.toml"), &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -255,7 +276,34 @@ async fn a_json_null_is_written_where_an_sql_null_is_omitted_and_json_keys_given
         )]
     };
     assert_eq!(w.rejects(run_id), one("notes", "json_duplicate_key"));
-    assert_eq!(w.warnings(run_id), one("notes_lax", "json_duplicate_key"));
+    let mut warnings = w.warnings(run_id);
+    warnings.sort();
+    let line = |key: &str, rule: &str, entity: &str| {
+        (
+            entity.to_string(),
+            key.to_string(),
+            "transform".to_string(),
+            rule.to_string(),
+        )
+    };
+    // Row 1's jb (a JSON null, nulls keep) and ja (its JSON null element beside a NULL one);
+    // row 2's ja holds two SQL NULLs, row 3's none: no warning.
+    assert_eq!(
+        warnings,
+        [
+            line("1", "json_null", "notes_keep"),
+            line("1", "json_null", "notes_keep"),
+            line("4", "json_duplicate_key", "notes_lax"),
+        ]
+    );
+    assert_eq!(
+        w.docs("notes_keep").await,
+        [
+            doc! { "_id": 1, "jb": Bson::Null, "ja": [Bson::Null, Bson::Null] },
+            doc! { "_id": 2, "jb": Bson::Null, "ja": [Bson::Null, Bson::Null] },
+            doc! { "_id": 3, "jb": { "a": 1 }, "ja": [{ "a": 1 }, Bson::Null] },
+        ]
+    );
     w.drop().await;
 }
 

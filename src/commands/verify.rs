@@ -25,6 +25,7 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
     let mut ctx = crate::transform::row::MapContext {
         now_ms: chrono::Utc::now().timestamp_millis(),
         skip_validation: false,
+        null_column: target_kind == crate::config::TargetKind::Appwrite,
         known_keys: crate::pipeline::run::load_known_keys(&pipeline, &plans, &mut session).await?,
         absent_ids: Default::default(),
     };

@@ -708,6 +708,7 @@ async fn migrate_locked(
     let ctx = MapContext {
         now_ms: started_at.timestamp_millis(),
         skip_validation: opts.skip_validation,
+        null_column: target.kind() == crate::config::TargetKind::Appwrite,
         known_keys: load_known_keys(pipeline, &plans, &mut session).await?,
         absent_ids: HashMap::new(),
     };

@@ -26,6 +26,9 @@ pub struct MapContext {
     /// to one would point nowhere: rule `reference_rejected`, at the severity of the field's
     /// `exists` rule when it has one (an error unless the mapping says otherwise), else a warning.
     pub absent_ids: HashMap<String, Arc<HashSet<String>>>,
+    /// The target holds an SQL NULL as a null value whatever `nulls` says (an Appwrite column):
+    /// a JSON `null` written there is alike, and said (`json_null`).
+    pub null_column: bool,
 }
 
 /// What became of one row.
@@ -383,7 +386,53 @@ fn eval_field(
     if sql_null && f.nulls == NullPolicy::Omit {
         return None;
     }
+    if !sql_null && let Some(why) = json_null_alike(&value, &bson, f.nulls, ctx) {
+        issues.push(Issue {
+            severity: Severity::Warning,
+            ..Issue::error(
+                Stage::Transform,
+                "json_null",
+                &path.to_string(),
+                format!(
+                    "a JSON null written as null, as {why}: which of the two it was is not kept"
+                ),
+                "null".to_string(),
+            )
+        });
+    }
     Some(bson)
+}
+
+/// Why a JSON `null` in `value` (written as `bson`) is written as an SQL NULL is (adv41 F1):
+/// `nulls = "keep"`, a target whose column holds NULL as null, or an array's NULL element.
+fn json_null_alike(
+    value: &Value,
+    bson: &Bson,
+    nulls: NullPolicy,
+    ctx: &MapContext,
+) -> Option<&'static str> {
+    fn holds_json_null(v: &Value) -> bool {
+        match v {
+            Value::Json(s) => s.trim() == "null",
+            Value::Array(items) => items.iter().any(holds_json_null),
+            _ => false,
+        }
+    }
+    match (value, bson) {
+        (Value::Json(_), Bson::Null) if holds_json_null(value) => {
+            if nulls == NullPolicy::Keep {
+                Some("an SQL NULL is (`nulls = \"keep\"`)")
+            } else if ctx.null_column {
+                Some("the target's column holds an SQL NULL")
+            } else {
+                None
+            }
+        }
+        (Value::Array(_), Bson::Array(_)) if holds_json_null(value) => {
+            Some("an array's NULL element is")
+        }
+        _ => None,
+    }
 }
 
 fn step_rule(step: &super::Step) -> &'static str {
@@ -614,6 +663,40 @@ mod tests {
             let f = column_field(nulls);
             let (out, issues) = eval(&f, Value::Json("null".into()));
             assert_eq!(out, Some(Bson::Null), "{nulls:?}");
+            // Alike an SQL NULL when that is kept as null too: said (adv41 F1).
+            let rules: Vec<&str> = issues.iter().map(|i| i.rule.as_str()).collect();
+            let want: &[&str] = match nulls {
+                NullPolicy::Omit => &[],
+                NullPolicy::Keep => &["json_null"],
+            };
+            assert_eq!(rules, want, "{nulls:?}");
+            // A target whose column holds NULL as null (Appwrite): said whatever `nulls`.
+            let ctx = MapContext {
+                null_column: true,
+                ..Default::default()
+            };
+            let mut issues = Vec::new();
+            let out = eval_field(
+                &f,
+                &[Value::Json("null".into())],
+                &ctx,
+                "",
+                &mut issues,
+                &mut None,
+            );
+            assert_eq!(out, Some(Bson::Null));
+            assert_eq!(issues.len(), 1, "{issues:?}");
+            assert_eq!(issues[0].severity, Severity::Warning);
+            // Any other JSON value is no such thing.
+            let mut issues = Vec::new();
+            eval_field(
+                &f,
+                &[Value::Json("{}".into())],
+                &ctx,
+                "",
+                &mut issues,
+                &mut None,
+            );
             assert!(issues.is_empty(), "{issues:?}");
         }
         // SQL NULL follows the policy.
