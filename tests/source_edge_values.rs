@@ -1658,3 +1658,51 @@ async fn json_nesting_is_limited_by_its_place_in_the_document() {
     assert_eq!(rejects, [("2".to_string(), "json_too_deep".to_string())]);
     w.drop().await;
 }
+
+/// adv41 F2: a `map` on a `char(n)` column (and a `char(n)[]`) matches its keys as PostgreSQL
+/// compares the values, trailing blanks not counted; PostgreSQL's own `=` is the oracle.
+#[tokio::test]
+async fn a_map_on_a_char_column_matches_as_postgresql_compares() {
+    let w = World::new("map_char").await;
+    w.sql(
+        "CREATE TABLE c (id int PRIMARY KEY, ch char(5), cs char(3)[]);
+         INSERT INTO c VALUES (1, 'a', ARRAY['a', 'b ']::char(3)[]), (2, 'zz', ARRAY['zz']::char(3)[]),
+           (3, NULL, NULL), (4, ' a', ARRAY[' a']::char(3)[]);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "c",
+        r#"version = 1
+name = "c"
+[source]
+table = "c"
+key = ["id"]
+[[field]]
+path = "ch"
+column = "ch"
+transform = [{ map = { "a" = "A", "*" = "other" } }]
+[[field]]
+path = "cs"
+column = "cs"
+transform = [{ map = { "a" = "A", "b" = "B" } }]
+"#,
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // What PostgreSQL says equals 'a'.
+    let equal = w
+        .query_strings("SELECT string_agg(id::text, ',' ORDER BY id) FROM c WHERE ch = 'a'")
+        .await;
+    assert_eq!(equal, ["1"]);
+    assert_eq!(
+        w.docs("c").await,
+        [
+            doc! { "_id": 1, "ch": "A", "cs": ["A", "B"] },
+            doc! { "_id": 2, "ch": "other", "cs": ["zz "] },
+            doc! { "_id": 3 },
+            doc! { "_id": 4, "ch": "other", "cs": [" a "] },
+        ]
+    );
+    w.drop().await;
+}

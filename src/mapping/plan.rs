@@ -576,6 +576,13 @@ fn compile_fields(
                         ));
                     }
                     let fallback = pairs.get("*").map(toml_to_value);
+                    // A char(n)'s values straight from the column are blank-padded (adv41 F2:
+                    // the key `a` never met `a    `, every row took the `*` value).
+                    let blank_padded = steps.is_empty()
+                        && matches!(&input, Input::Column(i) if {
+                            let t = read.columns[*i].pg_type.trim_end_matches("[]");
+                            matches!(t, "CHAR" | "BPCHAR")
+                        });
                     steps.push(Step::Map {
                         pairs: pairs
                             .iter()
@@ -583,6 +590,7 @@ fn compile_fields(
                             .map(|(k, v)| (k.clone(), toml_to_value(v)))
                             .collect(),
                         fallback,
+                        blank_padded,
                     })
                 }
                 TransformSpec::Phone(p) => steps.push(Step::Phone {

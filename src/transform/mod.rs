@@ -84,6 +84,9 @@ pub enum Step {
     Map {
         pairs: Vec<(String, Value)>,
         fallback: Option<Value>,
+        /// The values are a `char(n)`'s, blank-padded: keys match as PostgreSQL compares
+        /// them, trailing blanks not counted (`'a'::char(5) = 'a'`).
+        blank_padded: bool,
     },
     /// E.164; national numbers are read as numbers of `region`.
     Phone {
@@ -113,7 +116,11 @@ pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
             )),
             other => Err(format!("split needs text, got {}", other.type_name())),
         },
-        Step::Map { pairs, fallback } => Ok(map_value(value, pairs, fallback.as_ref())),
+        Step::Map {
+            pairs,
+            fallback,
+            blank_padded,
+        } => Ok(map_value(value, pairs, fallback.as_ref(), *blank_padded)),
         Step::Phone { region } => match value {
             Value::Text(s) => phone::to_e164(&s, *region).map(Value::Text),
             other => Err(format!("phone needs text, got {}", other.type_name())),
@@ -134,13 +141,18 @@ pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
 /// `map` of one value: an array element by element (a NULL element stays NULL, the fallback
 /// replaces each unlisted element), any other value by its PostgreSQL text (`t`/`f` for a
 /// boolean, `2020-01-01 00:00:00+00` for a timestamptz, a numeric with its own scale).
-fn map_value(value: Value, pairs: &[(String, Value)], fallback: Option<&Value>) -> Value {
+fn map_value(
+    value: Value,
+    pairs: &[(String, Value)],
+    fallback: Option<&Value>,
+    blank_padded: bool,
+) -> Value {
     match value {
         Value::Null => Value::Null,
         Value::Array(items) => Value::Array(
             items
                 .into_iter()
-                .map(|v| map_value(v, pairs, fallback))
+                .map(|v| map_value(v, pairs, fallback, blank_padded))
                 .collect(),
         ),
         value => {
@@ -148,7 +160,11 @@ fn map_value(value: Value, pairs: &[(String, Value)], fallback: Option<&Value>) 
                 Value::Text(s) => std::borrow::Cow::Borrowed(s.as_str()),
                 other => std::borrow::Cow::Owned(other.pg_text()),
             };
-            match pairs.iter().find(|(k, _)| *k == key) {
+            fn unpadded(t: &str, padded: bool) -> &str {
+                if padded { t.trim_end_matches(' ') } else { t }
+            }
+            let key = unpadded(&key, blank_padded);
+            match pairs.iter().find(|(k, _)| unpadded(k, blank_padded) == key) {
                 Some((_, v)) => v.clone(),
                 None => fallback.cloned().unwrap_or(value),
             }
@@ -1247,6 +1263,7 @@ mod tests {
         let step = Step::Map {
             pairs: vec![("M".into(), Value::Text("male".into()))],
             fallback: None,
+            blank_padded: false,
         };
         assert_eq!(
             apply(&step, Value::Text("M".into())).unwrap(),
@@ -1258,6 +1275,23 @@ mod tests {
         );
     }
 
+    /// adv41 F2: a char(n)'s value is blank-padded; its map keys match as PostgreSQL compares
+    /// (`'a'::char(5) = 'a'`), and an unmatched value is kept as it was, padding and all.
+    #[test]
+    fn map_on_a_blank_padded_value_ignores_trailing_blanks() {
+        let t = |s: &str| Value::Text(s.into());
+        let step = |blank_padded| Step::Map {
+            pairs: vec![("a".into(), t("A")), ("b  ".into(), t("B"))],
+            fallback: None,
+            blank_padded,
+        };
+        assert_eq!(apply(&step(true), t("a    ")).unwrap(), t("A"));
+        assert_eq!(apply(&step(true), t("b    ")).unwrap(), t("B"));
+        assert_eq!(apply(&step(true), t(" a   ")).unwrap(), t(" a   "));
+        assert_eq!(apply(&step(true), t("c    ")).unwrap(), t("c    "));
+        assert_eq!(apply(&step(false), t("a    ")).unwrap(), t("a    "));
+    }
+
     /// `map` on an array (an array column, or after `split`) left `["M","F"]` as it was, and a
     /// `"*"` fallback replaced the whole array by one scalar.
     #[test]
@@ -1266,6 +1300,7 @@ mod tests {
         let step = Step::Map {
             pairs: vec![("M".into(), t("male")), ("F".into(), t("female"))],
             fallback: None,
+            blank_padded: false,
         };
         assert_eq!(
             apply(
@@ -1278,6 +1313,7 @@ mod tests {
         let step = Step::Map {
             pairs: vec![("M".into(), t("male"))],
             fallback: Some(t("unknown")),
+            blank_padded: false,
         };
         assert_eq!(
             apply(&step, Value::Array(vec![t("M"), t("F")])).unwrap(),
@@ -1296,6 +1332,7 @@ mod tests {
         let step = |k: &str| Step::Map {
             pairs: vec![(k.into(), Value::Text("hit".into()))],
             fallback: None,
+            blank_padded: false,
         };
         let hit = |k: &str, v: Value| apply(&step(k), v).unwrap() == Value::Text("hit".into());
         assert!(hit("t", Value::Bool(true)));
