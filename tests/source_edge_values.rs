@@ -720,7 +720,9 @@ type = "long"
         keys.push(key.parse::<u32>().unwrap());
     }
     keys.sort();
-    assert_eq!(keys, [1, 2, 3, 5, 6], "{report}");
+    // Row 7's `12e17` is no integer as PostgreSQL reads one (`'12e17'::int8` fails): rejected
+    // like the others (adv41 F5; it was written as 1.2e18).
+    assert_eq!(keys, [1, 2, 3, 5, 6, 7], "{report}");
     assert_eq!(rejected, counted, "check counts what the run rejects");
     let docs = w.docs("nums").await;
     let t_of = |id: i32| {
@@ -728,9 +730,9 @@ type = "long"
             .find(|d| d.get("_id") == Some(&Bson::Int32(id)))
             .and_then(|d| d.get("t").cloned())
     };
-    assert_eq!(t_of(7), Some(Bson::Int64(1_200_000_000_000_000_000)));
+    assert_eq!(t_of(7), None);
     assert_eq!(t_of(8), Some(Bson::Int64(i64::MAX)));
-    assert_eq!(docs.len(), 3, "{docs:?}");
+    assert_eq!(docs.len(), 2, "{docs:?}");
 
     let out = w
         .cutover()

@@ -141,6 +141,27 @@ pub fn apply(step: &Step, value: Value) -> Result<Value, String> {
 /// `map` of one value: an array element by element (a NULL element stays NULL, the fallback
 /// replaces each unlisted element), any other value by its PostgreSQL text (`t`/`f` for a
 /// boolean, `2020-01-01 00:00:00+00` for a timestamptz, a numeric with its own scale).
+/// Whether `s` is an integer's text as PostgreSQL's integer input takes it: white space around,
+/// an optional sign, decimal digits (`_` between digits, as PostgreSQL 16 allows).
+fn pg_integer_text(s: &str) -> bool {
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
+    !t.is_empty()
+        && t.starts_with(|c: char| c.is_ascii_digit())
+        && t.ends_with(|c: char| c.is_ascii_digit())
+        && t.chars().all(|c| c.is_ascii_digit() || c == '_')
+        && !t.contains("__")
+}
+
+/// `s` without the `_` PostgreSQL 16 allows between an integer's digits.
+fn without_underscores(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('_') {
+        std::borrow::Cow::Owned(s.replace('_', ""))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 fn map_value(
     value: Value,
     pairs: &[(String, Value)],
@@ -577,34 +598,49 @@ fn cast_to(
             let wide: i64 = match value {
                 Value::Int32(i) => i64::from(*i),
                 Value::Int64(i) => *i,
-                Value::Numeric(s) | Value::Text(s) => match decimal::parse(s.trim()) {
-                    Some(decimal::Parsed::Finite(d)) => {
-                        let n = d.normalized();
-                        if n.exponent < 0 {
-                            return err("cast", format!("`{s}` is not a whole number"));
-                        }
-                        // 19 digits is the widest i64; the zeros of a larger exponent are never
-                        // written out.
-                        if n.digits != "0"
-                            && (n.digits.len() as i64).saturating_add(n.exponent) > 19
-                        {
-                            return err("cast", format!("`{s}` does not fit a 64-bit integer"));
-                        }
-                        let text = format!(
-                            "{}{}{}",
-                            if n.negative { "-" } else { "" },
-                            n.digits,
-                            "0".repeat(n.exponent as usize)
-                        );
-                        match text.parse::<i64>() {
-                            Ok(v) => v,
-                            Err(_) => {
+                // Text is read as PostgreSQL reads an integer: blanks around, a sign, digits —
+                // not `1e3` or `3.0`, which `'1e3'::int` refuses (adv41 F5).
+                Value::Text(s) if !pg_integer_text(s) => {
+                    return err(
+                        "cast",
+                        format!(
+                            "`{s}` is not an integer as PostgreSQL reads one (a sign and digits)"
+                        ),
+                    );
+                }
+                Value::Numeric(s) | Value::Text(s) => {
+                    match decimal::parse(&without_underscores(s.trim())) {
+                        Some(decimal::Parsed::Finite(d)) => {
+                            let n = d.normalized();
+                            if n.exponent < 0 {
+                                return err("cast", format!("`{s}` is not a whole number"));
+                            }
+                            // 19 digits is the widest i64; the zeros of a larger exponent are never
+                            // written out.
+                            if n.digits != "0"
+                                && (n.digits.len() as i64).saturating_add(n.exponent) > 19
+                            {
                                 return err("cast", format!("`{s}` does not fit a 64-bit integer"));
                             }
+                            let text = format!(
+                                "{}{}{}",
+                                if n.negative { "-" } else { "" },
+                                n.digits,
+                                "0".repeat(n.exponent as usize)
+                            );
+                            match text.parse::<i64>() {
+                                Ok(v) => v,
+                                Err(_) => {
+                                    return err(
+                                        "cast",
+                                        format!("`{s}` does not fit a 64-bit integer"),
+                                    );
+                                }
+                            }
                         }
+                        _ => return cannot("an integer"),
                     }
-                    _ => return cannot("an integer"),
-                },
+                }
                 Value::Double(d) if d.fract() == 0.0 && d.abs() < 9.2e18 => *d as i64,
                 Value::Real(r) if r.fract() == 0.0 && r.abs() < 9.2e18 => *r as i64,
                 Value::Bool(b) => i64::from(*b),
@@ -1272,6 +1308,38 @@ mod tests {
         assert_eq!(
             apply(&step, Value::Text("X".into())).unwrap(),
             Value::Text("X".into())
+        );
+    }
+
+    /// adv41 F5: text becomes an integer as PostgreSQL's `'…'::int8` reads it; the oracle is
+    /// what PostgreSQL 16 accepts (`' 42 '`, `'+7'`, `'1_000'`) and refuses (`'1e3'`, `'3.0'`).
+    #[test]
+    fn text_to_int_takes_what_postgresql_takes() {
+        let mut o = out();
+        o.cast = Some(CastType::Long);
+        for (text, want) in [
+            (" 42 ", 42),
+            ("+7", 7),
+            ("-0", 0),
+            ("1_000", 1000),
+            ("\t5\n", 5),
+        ] {
+            assert_eq!(
+                to_bson(&Value::Text(text.into()), &o).unwrap().value,
+                Some(Bson::Int64(want)),
+                "{text:?}"
+            );
+        }
+        for text in [
+            "1e3", "3.0", "", " ", "1__0", "_1", "1_", "0x10", "4 2", "--1",
+        ] {
+            let (rule, _) = to_bson(&Value::Text(text.into()), &o).unwrap_err();
+            assert_eq!(rule, "cast", "{text:?}");
+        }
+        // A numeric is a number already: a whole one is cast, whatever its scale.
+        assert_eq!(
+            to_bson(&Value::Numeric("3.0".into()), &o).unwrap().value,
+            Some(Bson::Int64(3))
         );
     }
 
