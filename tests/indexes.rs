@@ -894,6 +894,147 @@ async fn appwrite_tables_get_the_mappings_permissions_and_row_security() {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     assert_eq!(access("items"), wanted);
 
+    // adv43 F1–F3: what verify compares of the tables the run makes — the child table's access,
+    // the indexes (the mapping's and the references'), a unique index the mapping does not make,
+    // a column's constraints — each tampered through the REST API and undone by a re-run.
+    let verify = || {
+        let mut cmd = w.cutover();
+        cmd.env("APPWRITE_ENDPOINT", format!("http://{addr}/v1"))
+            .env("APPWRITE_PROJECT", "cutover")
+            .env("APPWRITE_API_KEY", "ax-key")
+            .env("APPWRITE_DATABASE", "ax")
+            .args(["verify", "--target", "appwrite", "--pipeline"])
+            .arg(&pipeline);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = verify().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    cutover::sink::appwrite::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let api = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut r = http
+            .request(
+                method,
+                format!("http://{addr}/v1/tablesdb/ax/tables/{path}"),
+            )
+            .header("X-Appwrite-Project", "cutover")
+            .header("X-Appwrite-Key", "ax-key");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let path = path.to_string();
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(status.is_success(), "{path}: {status} {v}");
+            v
+        }
+    };
+    let indexes = |table: &str| api(reqwest::Method::GET, &format!("{table}/indexes"), None);
+    let key_of = |v: &serde_json::Value, pick: &dyn Fn(&serde_json::Value) -> bool| {
+        v["indexes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| pick(i))
+            .unwrap_or_else(|| panic!("{v}"))["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let child_index = key_of(&indexes("items_parts").await, &|_| true);
+    let own_index = key_of(&indexes("items").await, &|i| {
+        i["columns"] == serde_json::json!(["linkId", "n"])
+    });
+    let tampers: Vec<(&str, String)> = vec![
+        (
+            "child permissions",
+            "child table items_parts (of parts): table permissions".into(),
+        ),
+        (
+            "child index",
+            format!("child table items_parts (of parts): index `{child_index}`"),
+        ),
+        (
+            "own index",
+            format!("index `{own_index}` (key over linkId, n) missing"),
+        ),
+        (
+            "extra unique",
+            "a unique index `extra` over [\"n\"] the mapping does not make".into(),
+        ),
+        (
+            "column",
+            "column `n` is not as the mapping makes it: default 7 → none".into(),
+        ),
+    ];
+    for (tamper, said) in tampers {
+        match tamper {
+            "child permissions" => {
+                api(
+                    reqwest::Method::PUT,
+                    "items_parts",
+                    Some(serde_json::json!({ "name": "items_parts", "permissions": ["write(\"any\")"], "rowSecurity": true })),
+                )
+                .await;
+            }
+            "child index" => {
+                api(
+                    reqwest::Method::DELETE,
+                    &format!("items_parts/indexes/{child_index}"),
+                    None,
+                )
+                .await;
+            }
+            "own index" => {
+                api(
+                    reqwest::Method::DELETE,
+                    &format!("items/indexes/{own_index}"),
+                    None,
+                )
+                .await;
+            }
+            "extra unique" => {
+                api(
+                    reqwest::Method::POST,
+                    "items/indexes",
+                    Some(serde_json::json!({ "key": "extra", "type": "unique", "columns": ["n"] })),
+                )
+                .await;
+            }
+            _ => {
+                api(
+                    reqwest::Method::PATCH,
+                    "items/columns/integer/n",
+                    Some(serde_json::json!({ "required": false, "default": 7 })),
+                )
+                .await;
+            }
+        }
+        let out = verify().await.unwrap();
+        let text = output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{tamper}: {text}");
+        assert!(text.contains(&said), "{tamper}: {said}\n{text}");
+        if tamper == "extra unique" {
+            api(reqwest::Method::DELETE, "items/indexes/extra", None).await;
+        }
+        let out = run(&pipeline, &["--rerun"]).await.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{tamper}: {}",
+            output_text(&out)
+        );
+        let out = verify().await.unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{tamper}: {}",
+            output_text(&out)
+        );
+    }
+
     // A permission that is not one names its key, before anything runs.
     let bad = mapping.replace("'read(\"any\")'", "'read(any)'");
     let pipeline = one_entity_pipeline(&w, "items", &bad);

@@ -1249,42 +1249,135 @@ pub async fn settings_differ(
             }
         }
         Target::Appwrite(a) => {
-            if plan.appwrite_permissions.is_none() && plan.appwrite_row_security.is_none() {
+            use crate::sink::appwrite::schema;
+            if plan.appwrite_users.is_some() {
                 return Ok(out);
             }
-            let path = format!("/tablesdb/{}/tables/{}", a.database, plan.collection);
-            let table = match a.client.call(reqwest::Method::GET, &path, None).await {
-                Ok(t) => t,
-                Err(e) if e.is_missing() => return Ok(out),
-                Err(e) => {
-                    return Err(RunError::Sink(crate::sink::target::SinkError::Appwrite(e)));
-                }
+            if plan.file.is_some() {
+                // A file stage's row table: the access the mapping gives it.
+                let spec = schema::TableSpec {
+                    id: plan.collection.clone(),
+                    columns: Vec::new(),
+                    indexes: Vec::new(),
+                    access: schema::TableAccess::of(plan),
+                };
+                return appwrite_table_differs(a, &spec, "").await;
+            }
+            // The table and its child tables as the run makes them: access (a child table has
+            // its parent's), columns with their constraints, indexes (adv43 F1–F3).
+            out.extend(appwrite_table_differs(a, &schema::table_spec(plan), "").await?);
+            for child in schema::child_tables(plan) {
+                let within = format!("child table {} (of {}): ", child.table.id, child.key);
+                out.extend(appwrite_table_differs(a, &child.table, &within).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What of the Appwrite table `spec` (as [`crate::sink::appwrite::schema::apply`] makes it)
+/// the target holds otherwise, each said with `within` before it: the permissions and row
+/// security the mapping gives, each column's type and constraints (`required`, size, enum
+/// elements, bounds, no default), each index (type, columns, orders), and a unique index the
+/// mapping does not make (it refuses rows the source may hold). Nothing for a table that is not
+/// there (its rows are missing, said by the comparison).
+async fn appwrite_table_differs(
+    a: &crate::sink::target::AppwriteTarget,
+    spec: &crate::sink::appwrite::schema::TableSpec,
+    within: &str,
+) -> Result<Vec<String>, RunError> {
+    use crate::sink::appwrite::schema::{self, ColumnChange};
+    let sink = |e| RunError::Sink(crate::sink::target::SinkError::Appwrite(e));
+    let mut out = Vec::new();
+    let path = format!("/tablesdb/{}/tables/{}", a.database, spec.id);
+    let table = match a.client.call(reqwest::Method::GET, &path, None).await {
+        Ok(t) => t,
+        Err(e) if e.is_missing() => return Ok(out),
+        Err(e) => return Err(sink(e)),
+    };
+    if let Some(want) = &spec.access.permissions {
+        let have: std::collections::BTreeSet<&str> = table["$permissions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        let want_set: std::collections::BTreeSet<&str> = want.iter().map(String::as_str).collect();
+        if have != want_set {
+            out.push(format!(
+                "{within}table permissions (the mapping gives {}, the table holds {})",
+                serde_json::json!(want),
+                table["$permissions"]
+            ));
+        }
+    }
+    if let Some(want) = spec.access.row_security
+        && table["rowSecurity"].as_bool() != Some(want)
+    {
+        out.push(format!(
+            "{within}row security (the mapping gives {want}, the table holds {})",
+            table["rowSecurity"]
+        ));
+    }
+    if !spec.columns.is_empty() {
+        let columns = a
+            .client
+            .columns(&a.database, &spec.id)
+            .await
+            .map_err(sink)?;
+        for c in &spec.columns {
+            let Some(have) = columns.iter().find(|e| e["key"].as_str() == Some(&c.key)) else {
+                out.push(format!("{within}column `{}` missing", c.key));
+                continue;
             };
-            if let Some(want) = &plan.appwrite_permissions {
-                let have: std::collections::BTreeSet<&str> = table["$permissions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(serde_json::Value::as_str)
-                    .collect();
-                let want_set: std::collections::BTreeSet<&str> =
-                    want.iter().map(String::as_str).collect();
-                if have != want_set {
-                    out.push(format!(
-                        "table permissions (the mapping gives {}, the table holds {})",
-                        serde_json::json!(want),
-                        table["$permissions"]
-                    ));
+            match schema::column_change(have, c) {
+                None => {}
+                Some(ColumnChange::Update { what, .. }) => out.push(format!(
+                    "{within}column `{}` is not as the mapping makes it: {what} (`cutover migrate --rerun` sets it again)",
+                    c.key
+                )),
+                Some(ColumnChange::Kept(why)) => {
+                    out.push(format!("{within}column `{}`: {why}", c.key));
                 }
             }
-            if let Some(want) = plan.appwrite_row_security
-                && table["rowSecurity"].as_bool() != Some(want)
-            {
-                out.push(format!(
-                    "row security (the mapping gives {want}, the table holds {})",
-                    table["rowSecurity"]
-                ));
+        }
+    }
+    for i in &spec.indexes {
+        let made = format!("{} over {}", i.kind, i.columns.join(", "));
+        match a
+            .client
+            .index(&a.database, &spec.id, &i.key)
+            .await
+            .map_err(sink)?
+        {
+            None => out.push(format!(
+                "{within}index `{}` ({made}) missing (the mapping makes it: `cutover migrate --rerun` makes it again)",
+                i.key
+            )),
+            Some(have) if have["status"] == "failed" => {
+                out.push(format!("{within}index `{}` ({made}) failed to build", i.key));
             }
+            Some(have) if !schema::same_index(&have, i) => out.push(format!(
+                "{within}index `{}` is a {} index over {}, the mapping makes a {made} index",
+                i.key,
+                have["type"].as_str().unwrap_or("?"),
+                have["columns"]
+            )),
+            Some(_) => {}
+        }
+    }
+    let listed = a
+        .client
+        .call(reqwest::Method::GET, &format!("{path}/indexes"), None)
+        .await
+        .map_err(sink)?;
+    for ix in listed["indexes"].as_array().into_iter().flatten() {
+        let key = ix["key"].as_str().unwrap_or_default();
+        if ix["type"] == "unique" && !spec.indexes.iter().any(|i| i.key == key) {
+            out.push(format!(
+                "{within}a unique index `{key}` over {} the mapping does not make (it refuses rows the source may hold)",
+                ix["columns"]
+            ));
         }
     }
     Ok(out)

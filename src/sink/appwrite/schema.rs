@@ -262,7 +262,8 @@ pub struct TableAccess {
 }
 
 impl TableAccess {
-    fn of(plan: &Plan) -> TableAccess {
+    /// The access the mapping gives a plan's table.
+    pub fn of(plan: &Plan) -> TableAccess {
         TableAccess {
             permissions: plan.appwrite_permissions.clone(),
             row_security: plan.appwrite_row_security,
@@ -1020,7 +1021,7 @@ pub async fn apply(
 
 /// Whether the server's index `have` is `want`: its type and columns (and orders, when the
 /// mapping gives them).
-fn same_index(have: &Value, want: &IndexSpec) -> bool {
+pub fn same_index(have: &Value, want: &IndexSpec) -> bool {
     let columns: Vec<&str> = have["columns"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
