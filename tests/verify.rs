@@ -488,6 +488,22 @@ async fn verify_expects_no_children_of_a_parent_mongodb_refused() {
             }]),
             "{e}"
         );
+        // adv43 F6: a sample excuses the refused row too (the 2nd row is in no sample of every
+        // 2nd or 3rd row).
+        for n in ["1", "2"] {
+            let out = w
+                .cutover()
+                .args(["verify", "--sample", n, "--pipeline"])
+                .arg(&pipeline)
+                .output()
+                .unwrap();
+            let text = common::output_text(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{key_type} --sample {n}: {text}"
+            );
+        }
         w.drop().await;
     }
 }

@@ -479,7 +479,9 @@ pub async fn verify_entity(
             refused_children.insert(key.clone(), counts.iter().map(|&c| c as u64).collect());
         }
         let (id, value) = shape.expected(&doc);
-        let sampled = n.is_multiple_of(step);
+        // A row the target refused is looked at whatever the sample: the whole count is
+        // compared, less the refused rows found absent (adv43 F6).
+        let sampled = n.is_multiple_of(step) || (refused.contains(&key) && !stale.contains(&key));
         let sums: Vec<u64> = if sampled {
             schema::child_rows(&doc, &id, &children)
                 .iter()
