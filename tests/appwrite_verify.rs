@@ -1551,3 +1551,50 @@ async fn a_sampled_verify_excuses_the_rows_the_target_refused() {
     }
     w.drop().await;
 }
+
+/// adv43 F5: a JSON column holding the text `null` where the run wrote a null column (for an
+/// SQL NULL, and for a JSON `null`) fails verify, by the re-derivation and by the independent
+/// comparison alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_column_holding_the_text_null_is_not_a_null_column() {
+    let w = World::new("aw_json_text_null").await;
+    w.sql(
+        "CREATE TABLE jn (id bigint PRIMARY KEY, label text NOT NULL, js jsonb);
+         INSERT INTO jn VALUES (1, 'a', '{\"a\": 1}'), (2, 'b', NULL), (3, 'c', 'null');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/jn.toml"),
+        ITEMS.replace("TABLE", "jn") + "[[field]]\npath = \"js\"\ncolumn = \"js\"\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("jn.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "jn")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert!(out.status.success(), "{}", out_text(&out));
+    let verify = || output(command(&w, &endpoint, &["verify", "--pipeline", &pipeline]));
+    let out = verify().await;
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    for id in ["2", "3"] {
+        s.update_row("registry", "jn", id, &json!({ "js": "null" }))
+            .unwrap();
+        let out = verify().await;
+        let text = out_text(&out);
+        assert_eq!(out.status.code(), Some(2), "row {id}: {text}");
+        assert!(text.contains("JSON text `null`"), "row {id}: {text}");
+        s.update_row("registry", "jn", id, &json!({ "js": null }))
+            .unwrap();
+    }
+    let out = verify().await;
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    w.drop().await;
+}

@@ -81,9 +81,12 @@ fn normal(kind: &Kind, array: bool, v: &Value) -> Value {
         (Kind::Integer, Value::Number(n)) => n.as_i64().map_or_else(|| v.clone(), |i| json!(i)),
         // Parsed (the server may respace it), unless a key repeats: serde_json keeps the last
         // one, which would hide a wrong value before it — the text itself is compared then.
-        (Kind::Json, Value::String(s)) if !repeats_a_key(s) => {
-            serde_json::from_str(s).unwrap_or_else(|_| v.clone())
-        }
+        // The text `null` stays text: a null column and a column holding `null` differ to a
+        // reader (adv43 F5: a tampered `"null"` passed as the null the run wrote).
+        (Kind::Json, Value::String(s)) if !repeats_a_key(s) => serde_json::from_str(s)
+            .ok()
+            .filter(|p: &Value| !p.is_null())
+            .unwrap_or_else(|| v.clone()),
         _ => v.clone(),
     }
 }
@@ -937,6 +940,21 @@ mod tests {
         assert_ne!(
             hash_value(&canonical_user(&sent)),
             hash_value(&canonical_user(&other))
+        );
+    }
+
+    /// adv43 F5: a JSON column holding the text `null` is not the null column the run wrote.
+    #[test]
+    fn json_text_null_is_not_a_null_column() {
+        let column = normal(&Kind::Json, false, &Value::Null);
+        for text in ["null", " null "] {
+            let held = normal(&Kind::Json, false, &json!(text));
+            assert_ne!(hash_value(&held), hash_value(&column), "{text:?}");
+        }
+        // Other JSON text is read (the server may respace it).
+        assert_eq!(
+            normal(&Kind::Json, false, &json!("[ null ]")),
+            json!([null])
         );
     }
 
