@@ -335,6 +335,21 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
         .put_row("registry", "orders_lines", "stray-line", &stray)
         .await
         .unwrap();
+    // A child row made again, as it was, under another id (adv43 F8: a re-run finds child
+    // rows by their ids).
+    let moved = line_of("60");
+    assert!(
+        client
+            .delete_row("registry", "orders_lines", moved["$id"].as_str().unwrap())
+            .await
+            .unwrap()
+    );
+    let mut again = cutover::sink::appwrite::tables::data_of(&moved);
+    again.as_object_mut().unwrap().remove("$id");
+    client
+        .put_row("registry", "orders_lines", "moved-line", &again)
+        .await
+        .unwrap();
     // A column added to each table by hand, holding a value on one row (issue #11: only the
     // mapped columns were compared, so this passed).
     for table in ["orders", "orders_lines"] {
@@ -400,10 +415,11 @@ async fn appwrite_verify_names_missing_unexpected_and_different_rows_and_child_r
             ("30".to_string(), json!(["lines"])),
             ("40".to_string(), json!(["zz"])),
             ("50".to_string(), json!(["lines"])),
+            ("60".to_string(), json!(["lines"])),
         ],
         "{e}"
     );
-    assert_eq!(e["different_count"], 6, "{e}");
+    assert_eq!(e["different_count"], 7, "{e}");
     assert_eq!(e["compared"], 299, "{e}");
     let source_lines = w.pg_count("lines").await;
     assert_eq!(e["embedded"][0]["source_children"], source_lines, "{e}");

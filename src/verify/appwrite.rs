@@ -226,9 +226,14 @@ fn expected_user(user: &crate::sink::appwrite::users::ImportUser) -> Value {
 
 /// The rows of one parent in a child table, folded into one hash.
 fn child_sum(table: &TableSpec, rows: &[Value]) -> u64 {
-    rows.iter().fold(0u64, |acc, r| {
-        acc.wrapping_add(hash_value(&canonical_row(table, r)))
-    })
+    rows.iter()
+        .fold(0u64, |acc, r| acc.wrapping_add(child_hash(table, r)))
+}
+
+/// A child-table row's hash: its columns and its `$id`, which a re-run finds it by (adv43 F8:
+/// a child row made again under another id passed).
+fn child_hash(table: &TableSpec, row: &Value) -> u64 {
+    hash_value(&json!([canonical_row(table, row), row["$id"]]))
 }
 
 fn hash_value(v: &Value) -> u64 {
@@ -509,9 +514,7 @@ pub async fn verify_entity(
         each_page(Pages::rows(client, db, &c.table.id).by_id(), |page| {
             for r in page {
                 let parent = r[schema::PARENT].as_str().unwrap_or_default();
-                let mut payload = hash_value(&canonical_row(&c.table, r))
-                    .to_le_bytes()
-                    .to_vec();
+                let mut payload = child_hash(&c.table, r).to_le_bytes().to_vec();
                 payload.extend_from_slice(r["$id"].as_str().unwrap_or_default().as_bytes());
                 rows.push(parent.as_bytes().to_vec(), payload)
                     .map_err(spill_err)?;
