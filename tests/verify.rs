@@ -507,3 +507,53 @@ async fn verify_expects_no_children_of_a_parent_mongodb_refused() {
         w.drop().await;
     }
 }
+
+/// adv43 F7: a sample starts at a row drawn each time, so verify run again looks at other rows
+/// (a fixed stride skipped the same changed document every time), and a passing sample says
+/// what it proved: the rows compared and the counts.
+#[tokio::test]
+async fn a_sample_run_again_looks_at_other_rows_and_says_it_sampled() {
+    let w = World::new("verify_sample_offset").await;
+    w.sql(
+        "CREATE TABLE s (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO s SELECT g, 'row ' || g FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "s",
+        "version = 1\nname = \"s\"\n[source]\ntable = \"s\"\nkey = [\"id\"]\n[[field]]\npath = \"label\"\ncolumn = \"label\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.mongo()
+        .await
+        .collection::<bson::Document>("s")
+        .update_one(doc! { "_id": 4 }, doc! { "$set": { "label": "changed" } })
+        .await
+        .unwrap();
+    // Every 2nd row: each run misses the changed one with odds 1/2 at most.
+    let (mut caught, mut passed) = (0, 0);
+    for _ in 0..30 {
+        let out = w
+            .cutover()
+            .args(["verify", "--sample", "5", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        match out.status.code() {
+            Some(2) => caught += 1,
+            Some(0) => {
+                passed += 1;
+                assert!(
+                    text.contains("in the rows compared and in its counts (s compared by a sample"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}: {text}"),
+        }
+    }
+    assert!(caught > 0 && passed > 0, "caught {caught}, passed {passed}");
+    w.drop().await;
+}

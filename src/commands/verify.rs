@@ -271,15 +271,23 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         if let Some(f) = &problems_file {
             crate::outln!("every problem found, one a line: {f}");
         }
-        crate::outln!(
-            "{} (details: {})",
-            if ok {
-                "verified: the target matches the source"
-            } else {
-                "verification FAILED: the target differs from the source"
-            },
-            path.display()
-        );
+        // A sample proves the rows it compared and the counts, not the others (adv43 F7).
+        let sampled: Vec<&str> = json["entities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["mode"].as_str().is_some_and(|m| m.starts_with("sample")))
+            .filter_map(|e| e["entity"].as_str())
+            .collect();
+        let verdict = match (ok, sampled.is_empty()) {
+            (true, true) => "verified: the target matches the source".to_string(),
+            (true, false) => format!(
+                "verified: the target matches the source in the rows compared and in its counts ({} compared by a sample: `cutover verify --full` compares every row)",
+                sampled.join(", ")
+            ),
+            (false, _) => "verification FAILED: the target differs from the source".to_string(),
+        };
+        crate::outln!("{verdict} (details: {})", path.display());
     }
     Ok(if ok {
         Outcome::Success

@@ -440,6 +440,9 @@ pub async fn verify_entity(
         _ => 1,
     };
     let mode = sample_mode(step);
+    // Where the sample starts, drawn each time: a verify run again looks at other rows (adv43
+    // F7: a fixed stride skipped the same changed row every time).
+    let offset = if step > 1 { fastrand::u64(0..step) } else { 0 };
     let shape = match &plan.appwrite_users {
         Some(u) => Shape::Users(u.clone(), plan.entity.clone()),
         None => Shape::Table(schema::table_spec(plan)),
@@ -489,7 +492,8 @@ pub async fn verify_entity(
         let (id, value) = shape.expected(&doc);
         // A row the target refused is looked at whatever the sample: the whole count is
         // compared, less the refused rows found absent (adv43 F6).
-        let sampled = n.is_multiple_of(step) || (refused.contains(&key) && !stale.contains(&key));
+        let sampled =
+            (n + offset).is_multiple_of(step) || (refused.contains(&key) && !stale.contains(&key));
         let sums: Vec<u64> = if sampled {
             schema::child_rows(&doc, &id, &children)
                 .iter()

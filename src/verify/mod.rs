@@ -601,6 +601,9 @@ pub async fn verify_entity(
         _ => 1,
     };
     let mode = sample_mode(step);
+    // Where the sample starts, drawn each time: a verify run again looks at other rows (adv43
+    // F7: a fixed stride skipped the same changed row every time).
+    let offset = if step > 1 { fastrand::u64(0..step) } else { 0 };
 
     // Merge-style when the target's _id order is the key order: both sides stream. Otherwise
     // both sides' (id bytes, hash) go through an external sort and are merged by id.
@@ -673,7 +676,7 @@ pub async fn verify_entity(
                     expected_count += 1;
                     // A row the target refused is looked at whatever the sample: the whole
                     // count is compared, less the refused rows found absent (adv43 F6).
-                    if !this.is_multiple_of(step) && !excused {
+                    if !(this + offset).is_multiple_of(step) && !excused {
                         continue;
                     }
                     let id = raw_id(&doc);

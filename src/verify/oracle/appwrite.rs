@@ -831,6 +831,8 @@ pub async fn verify_entity(
         Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
         _ => 1,
     };
+    // A start drawn each time, as the comparison's own sample (adv43 F7).
+    let offset = if step > 1 { fastrand::u64(0..step) } else { 0 };
     if !checks.is_empty() {
         // Source side: (row id → [key, renderings…]) of the sampled rows.
         let (keys, sql) = super::source_query(plan, &checks);
@@ -863,7 +865,7 @@ pub async fn verify_entity(
                 };
                 let this = n;
                 n += 1;
-                if !this.is_multiple_of(step) {
+                if !(this + offset).is_multiple_of(step) {
                     continue;
                 }
                 let payload: Rendered = (key, None, texts);

@@ -863,6 +863,8 @@ pub async fn verify_entity(
         Some(n) if n > 0 && n < source_rows => source_rows.div_ceil(n),
         _ => 1,
     };
+    // A start drawn each time, as the comparison's own sample (adv43 F7).
+    let offset = if step > 1 { fastrand::u64(0..step) } else { 0 };
     let coll = target
         .database()
         .collection::<bson::RawDocumentBuf>(&plan.collection);
@@ -915,7 +917,7 @@ pub async fn verify_entity(
             };
             let this = n;
             n += 1;
-            if !this.is_multiple_of(step) {
+            if !(this + offset).is_multiple_of(step) {
                 continue;
             }
             let Some(cursor) = target_cursor.as_mut() else {
