@@ -1681,3 +1681,29 @@ async fn a_changed_at_column_is_drafted_for_the_catch_up() {
     );
     w.drop().await;
 }
+
+/// adv42 F8: with several schemas the first's tables keep their names, also when another
+/// schema's `schema_table` comes out the same (`edge.public_things` and `public.things`).
+#[tokio::test]
+async fn the_first_schemas_table_keeps_its_name_when_another_comes_out_the_same() {
+    let w = World::new("scaffold_clash").await;
+    w.sql(
+        "CREATE SCHEMA edge;
+         CREATE TABLE edge.public_things (id int PRIMARY KEY, a text);
+         CREATE TABLE public.things (id int PRIMARY KEY, b text);",
+    )
+    .await;
+    let out = w.dir.path().join("draft");
+    scaffold(&w, &out, &["--schema", "edge,public"]);
+    let mut names = BTreeMap::new();
+    for e in std::fs::read_dir(out.join("mappings")).unwrap() {
+        let m = toml_file(&e.unwrap().path());
+        names.insert(
+            s(&m["source"], "table").unwrap().to_string(),
+            s(&m, "name").unwrap().to_string(),
+        );
+    }
+    assert_eq!(names["edge.public_things"], "public_things", "{names:?}");
+    assert_ne!(names["public.things"], "public_things", "{names:?}");
+    w.drop().await;
+}

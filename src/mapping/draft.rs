@@ -168,7 +168,12 @@ pub fn draft(catalog: &Catalog, opts: &DraftOptions) -> Drafts {
     let mut notes = Vec::new();
     let mut drafted = BTreeMap::new();
     let mut used = BTreeSet::new();
-    for t in &catalog.tables {
+    // The catalog's own schema's tables first: they keep their names when another schema's
+    // `schema_table` comes out the same (adv42 F8: `public.things` took `public_things` from the
+    // first schema's `public_things`).
+    let mut tables: Vec<&crate::source::catalog::Table> = catalog.tables.iter().collect();
+    tables.sort_by_key(|t| t.relation.is_some());
+    for t in tables {
         if let Some(why) = &t.unreadable {
             notes.push(format!("`{}` is not drafted: {why}", t.name));
             continue;
