@@ -260,9 +260,9 @@ pub async fn verify(cli: &Cli, args: &crate::cli::VerifyArgs) -> Result<Outcome>
         "problems_file": problems_file,
         "entities": results,
     });
-    std::fs::write(
+    crate::monitor::report::write_whole(
         &path,
-        crate::redact::scrub_secrets(&serde_json::to_string_pretty(&json)?) + "\n",
+        (crate::redact::scrub_secrets(&serde_json::to_string_pretty(&json)?) + "\n").as_bytes(),
     )
     .with_context(|| format!("cannot write {}", path.display()))?;
     if args.json {

@@ -328,6 +328,28 @@ pub struct RunReport {
     pub file_error: Option<String>,
 }
 
+/// Writes `bytes` to `path` whole or not at all: into a hidden file beside it, synced, then
+/// renamed over it. A run killed while writing its report left an empty `.json` the readers of
+/// the reports folder choked on (CI: chaos `awchild`).
+pub fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// written / (read − skipped), as a percentage; 100 when nothing was to be written.
 pub fn success_rate(written: u64, read: u64, skipped: u64) -> f64 {
     let denom = read.saturating_sub(skipped);
@@ -411,7 +433,7 @@ impl RunReport {
             std::fs::create_dir_all(dir)?;
         }
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, crate::redact::redact_text(&text) + "\n")
+        write_whole(path, (crate::redact::redact_text(&text) + "\n").as_bytes())
     }
 
     /// The human summary table.
@@ -813,6 +835,23 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1234), "1,234");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn a_report_is_written_whole_and_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        write_whole(&path, b"{\"a\": 1}\n").unwrap();
+        write_whole(&path, b"{\"a\": 2}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\": 2}\n");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["r.json"]);
+        // A folder that is not there: an error, and no file.
+        let missing = dir.path().join("no/r.json");
+        assert!(write_whole(&missing, b"x").is_err());
     }
 
     #[test]
