@@ -1608,6 +1608,26 @@ async fn exact_paths_of_infinities_and_kept_nulls_verify() {
         named(entity(&json, "t")),
         [("1".to_string(), "tzx".to_string())]
     );
+    // adv41 F6: an infinity written as null, gone from the target, is named as the infinity it
+    // is, not as a NULL of the source.
+    let coll = w.mongo().await.collection::<Document>("t");
+    coll.update_one(
+        doc! { "_id": 1 },
+        doc! { "$set": { "tzx": "-infinity" }, "$unset": { "tn": "" } },
+    )
+    .await
+    .unwrap();
+    let (code, text, json) = verify(&w, &[]);
+    assert_eq!(code, Some(2), "{text}");
+    let m = entity(&json, "t")["independent"]["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["field"] == "tn")
+        .unwrap_or_else(|| panic!("{json}"))
+        .clone();
+    assert!(m["source"].as_str().unwrap().contains("infinity"), "{m}");
+    assert!(m["problem"].as_str().unwrap().contains("infinity"), "{m}");
     w.drop().await;
 }
 

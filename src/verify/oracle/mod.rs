@@ -604,6 +604,8 @@ impl Comparer<'_> {
     ) -> Result<(), RunError> {
         let written = infinite(c, text.as_deref());
         let null = None;
+        // The source as it is, for the report: an infinity written as null is no NULL (adv41 F6).
+        let source = text;
         let text = match &written {
             Some(None) => &null,
             _ => text,
@@ -620,6 +622,13 @@ impl Comparer<'_> {
             }
             (None, None) if !c.keep_nulls => None,
             (None, Some(Bson::Null)) if c.keep_nulls => None,
+            (None, _) if matches!(written, Some(None)) => Some(if c.keep_nulls {
+                "an infinity the mapping writes as null (infinity = \"null\"), NULLs kept as null"
+                    .to_string()
+            } else {
+                "an infinity the mapping writes as NULL (infinity = \"null\"), a field then left out"
+                    .to_string()
+            }),
             (None, _) => Some(if c.keep_nulls {
                 "NULL in the source: the mapping keeps NULLs as null".to_string()
             } else {
@@ -639,7 +648,7 @@ impl Comparer<'_> {
             key: key.to_string(),
             id: show_id(id),
             field: c.path_text.clone(),
-            source: c.shown_source(text.as_deref()),
+            source: c.shown_source(source.as_deref()),
             target: target.map_or_else(|| "(absent)".into(), compare::show),
             problem,
         };
