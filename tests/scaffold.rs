@@ -998,6 +998,11 @@ async fn odd_names_and_constraints_draft_mappings_that_write_every_row() {
         said.contains("note: column `sampled.grid` is left out (its values are not migrated)"),
         "{said}"
     );
+    // One note on a float column drafted as text for its NaN, not a contradicting second one
+    // (adv42 F9).
+    let late = std::fs::read_to_string(out.join("mappings/late.toml")).unwrap();
+    assert!(late.contains("NaN or an infinity"), "{late}");
+    assert!(!late.contains("bit for bit"), "{late}");
     let pipeline = out.join("pipelines/odd.toml");
     let db = format!("scodd{}", std::process::id());
     let aw = appwrite_plan_check_migrate_verify(&w, &pipeline, &db).await;
