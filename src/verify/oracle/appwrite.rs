@@ -338,8 +338,10 @@ fn field_problem(c: &FieldCheck, text: Option<&str>, row: &Value) -> Option<Stri
                 Err(e) => Some(e),
             }
         }
-        // Written as null.
-        Some(None) => judge(&c.check, None, target.or(Ok(Bson::Null))),
+        // Written as null: said as the infinity it is, not as a NULL of the source (adv41 F6).
+        Some(None) => judge(&c.check, None, target.or(Ok(Bson::Null))).map(|_| {
+            "an infinity the mapping writes as null (infinity = \"null\"), found a value".into()
+        }),
         None => judge(&c.check, text, target),
     }
 }
