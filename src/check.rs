@@ -320,6 +320,11 @@ pub async fn check(
         let own = referenced_entities(plan).contains(&plan.entity)
             && (rerun || !history.completed.contains(&plan.entity));
         if own {
+            // The target judges the rows by the table the run makes (adv43 F11: without it, a
+            // JSON column's array holding a null read as an array column refusing it).
+            if let Some(t) = targets.first() {
+                t.describe(plan);
+            }
             savepoint(&mut session, "SAVEPOINT cutover_check").await;
             match crate::pipeline::run::rejected_by_mapping(plan, &session, targets.first(), &ctx)
                 .await

@@ -725,9 +725,13 @@ async fn rejections_cascade(appwrite: bool) {
     .await;
     // 1 ← 5 ← 9 ← 12 ← 3 (a row naming a later key), and 20 naming 1; 5 breaks its rule.
     w.sql(
-        "CREATE TABLE employees (id int PRIMARY KEY, reports_to int, title text);
+        "CREATE TABLE employees (id int PRIMARY KEY, reports_to int, title text, extra jsonb);
          INSERT INTO employees VALUES (1, NULL, 'Boss'), (5, 1, 'Sales Support Agent'),
-           (9, 5, 'Clerk'), (12, 9, 'Clerk'), (3, 12, 'Intern'), (20, 1, 'Clerk');
+           (9, 5, 'Clerk'), (12, 9, 'Clerk'), (3, 12, 'Intern'), (20, 1, 'Clerk'),
+           (21, 20, 'Clerk');
+         -- A JSON array holding a null: an Appwrite JSON text column takes it (adv43 F11: check
+         -- judged it by no table, as an array column, left 20 out and rejected 21).
+         UPDATE employees SET extra = '[1, null]' WHERE id = 20;
          CREATE TABLE desks (id int PRIMARY KEY, employee int);
          INSERT INTO desks VALUES (100, 12), (101, 20), (102, 3);",
     )
@@ -739,7 +743,8 @@ async fn rejections_cascade(appwrite: bool) {
         "version = 1\nname = \"employees\"\n[source]\ntable = \"employees\"\nkey = [\"id\"]\n\
          [[field]]\npath = \"reportsTo\"\ncolumn = \"reports_to\"\nreference = \"employees\"\n\
          validate = { exists = true }\n\
-         [[field]]\npath = \"title\"\ncolumn = \"title\"\nvalidate = { max_length = 10 }\n",
+         [[field]]\npath = \"title\"\ncolumn = \"title\"\nvalidate = { max_length = 10 }\n\
+         [[field]]\npath = \"extra\"\ncolumn = \"extra\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -786,7 +791,7 @@ async fn rejections_cascade(appwrite: bool) {
     let expected = (
         vec![
             ("desks".to_string(), 1, 2, 0),
-            ("employees".to_string(), 2, 4, 0),
+            ("employees".to_string(), 3, 4, 0),
         ],
         vec![
             d("100"),
