@@ -150,6 +150,11 @@ async fn the_compose_service_serves_with_its_own_command_and_variables() {
             }
         })
         .collect();
+    // The sample changes update the registry's patients and sessions, which a cutover writes
+    // first (an update of a collection the target does not hold is refused, adv42 F2).
+    for name in ["patients", "sessions"] {
+        w.mongo().await.create_collection(name).await.unwrap();
+    }
     let stderr = w.dir.path().join("compose.err");
     let child = Command::new(assert_cmd::cargo::cargo_bin("cutover"))
         .current_dir(&app)
