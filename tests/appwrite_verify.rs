@@ -1614,3 +1614,48 @@ async fn a_json_column_holding_the_text_null_is_not_a_null_column() {
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
     w.drop().await;
 }
+
+/// adv44 F3: a row Appwrite refused for a key a unique index held in another row is excused
+/// while that holds; once no other row holds the key (a delta rewrote the holder, and no run
+/// wrote the refused row again), its absence is a loss, and verify says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_refused_by_a_unique_index_is_excused_only_while_the_key_is_held() {
+    let w = World::new("aw_unique_excuse").await;
+    w.sql(
+        "CREATE TABLE acct (id bigint PRIMARY KEY, label text NOT NULL, email text NOT NULL);
+         INSERT INTO acct VALUES (1, 'a', 'a@x'), (4, 'd', 'e4@x'), (5, 'e', 'e4@x'), (6, 'f', 'f@x');",
+    )
+    .await;
+    let dir = w.dir.path();
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    std::fs::write(
+        dir.join("mappings/acct.toml"),
+        ITEMS.replace("TABLE", "acct")
+            + "[[field]]\npath = \"email\"\ncolumn = \"email\"\n[[index]]\nkeys = [\"email\"]\nunique = true\n",
+    )
+    .unwrap();
+    let pipeline = dir.join("acct.toml");
+    std::fs::write(&pipeline, PIPELINE.replace("TABLE", "acct")).unwrap();
+    let pipeline = pipeline.display().to_string();
+    let (s, endpoint) = standin().await;
+    let out = output(command(
+        &w,
+        &endpoint,
+        &["migrate", "--quiet", "--pipeline", &pipeline],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    assert_eq!(s.row_count("registry", "acct"), 3);
+    let verify = || output(command(&w, &endpoint, &["verify", "--pipeline", &pipeline]));
+    let out = verify().await;
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    w.sql("UPDATE acct SET email = 'e4new@x' WHERE id = 4")
+        .await;
+    s.update_row("registry", "acct", "4", &json!({ "email": "e4new@x" }))
+        .unwrap();
+    let out = verify().await;
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("missing"), "{text}");
+    w.drop().await;
+}

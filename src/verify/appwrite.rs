@@ -224,6 +224,57 @@ fn expected_user(user: &crate::sink::appwrite::users::ImportUser) -> Value {
     })
 }
 
+/// Of the rows Appwrite refused for a key a unique index held (`refused`: source key, the row
+/// it was), those whose key another row of `spec`'s table still holds — keys compared as MariaDB
+/// compares them ([`AppwriteUnique`]), over one read of the table. A row whose key no unique
+/// index of the mapping can tell is taken to be held.
+async fn unique_keys_held(
+    client: &crate::sink::appwrite::AppwriteClient,
+    db: &str,
+    spec: &TableSpec,
+    refused: &[(String, Value)],
+) -> Result<HashSet<String>, RunError> {
+    use crate::sink::appwrite::unique::AppwriteUnique;
+    let uniques = AppwriteUnique::of(spec);
+    let mut held = HashSet::new();
+    // (index, key text) → the refused rows (source key, row id) with that key.
+    let mut wanted: HashMap<(usize, String), Vec<(String, Value)>> = HashMap::new();
+    for (key, row) in refused {
+        let mut told = false;
+        for (i, u) in uniques.iter().enumerate() {
+            if let Some(k) = u.key_text(row) {
+                told = true;
+                wanted
+                    .entry((i, k))
+                    .or_default()
+                    .push((key.clone(), row["$id"].clone()));
+            }
+        }
+        if !told {
+            held.insert(key.clone());
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(held);
+    }
+    Pages::rows(client, db, &spec.id)
+        .each(|r| {
+            for (i, u) in uniques.iter().enumerate() {
+                let Some(k) = u.key_text(r) else { continue };
+                if let Some(rows) = wanted.get(&(i, k)) {
+                    for (key, id) in rows {
+                        if r["$id"] != *id {
+                            held.insert(key.clone());
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|e| RunError::Sink(crate::sink::target::SinkError::Appwrite(e)))?;
+    Ok(held)
+}
+
 /// The rows of one parent in a child table, folded into one hash.
 fn child_sum(table: &TableSpec, rows: &[Value]) -> u64 {
     rows.iter()
@@ -462,6 +513,7 @@ pub async fn verify_entity(
     // Rows refused by cutover's own check of what Appwrite can hold whose document now passes it
     // (the source row was fixed since): expected, not excused — re-running migrate writes them.
     let mut stale: HashSet<String> = HashSet::new();
+    let mut unique_refused: Vec<(String, Value)> = Vec::new();
     let mut spilled: std::io::Result<()> = Ok(());
     let orphan_totals = each_expected(plan, session, ctx, |n, key, doc, counts| {
         let Some(doc) = doc else {
@@ -479,6 +531,14 @@ pub async fn verify_entity(
             && refused.stale_for(&key, &bson::to_vec(&doc).unwrap_or_default())
         {
             stale.insert(key.clone());
+        }
+        // Refused for a key a unique index held in another row: looked at after the pass,
+        // whether some row holds it still (adv44 F3).
+        if let (Some(crate::sink::target::RULE_UNIQUE_INDEX), Shape::Table(spec)) =
+            (refused.rule(&key), &shape)
+            && !stale.contains(&key)
+        {
+            unique_refused.push((key.clone(), schema::to_row(&doc, spec)));
         }
         expected_count += 1;
         for (t, c) in child_totals.iter_mut().zip(counts) {
@@ -615,6 +675,17 @@ pub async fn verify_entity(
         Ok(())
     })
     .await?;
+
+    if let Shape::Table(spec) = &shape
+        && !unique_refused.is_empty()
+    {
+        let held = unique_keys_held(client, db, spec, &unique_refused).await?;
+        for (key, _) in &unique_refused {
+            if !held.contains(key) {
+                stale.insert(key.clone());
+            }
+        }
+    }
 
     // The merge by row id: expected, target, and each child table by parent id.
     let current = refused.without(&stale);
