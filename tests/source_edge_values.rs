@@ -1708,3 +1708,58 @@ transform = [{ map = { "a" = "A", "b" = "B" } }]
     );
     w.drop().await;
 }
+
+/// adv44 F1: a source role that is no superuser nor a member of pg_read_all_stats cannot see
+/// when another role's open transaction began, so the snapshot's time (the next delta's start)
+/// may pass it by: the run says so, naming the grant; a role that can see says nothing.
+#[tokio::test]
+async fn a_run_says_when_its_role_cannot_see_open_transactions_start() {
+    use sqlx::{Connection, Executor};
+    let w = World::new("hidden_xact").await;
+    let role = format!("mig_{}", std::process::id());
+    w.sql(&format!(
+        "CREATE TABLE ti (id int PRIMARY KEY, name text, updated_at timestamptz);
+         INSERT INTO ti SELECT g, 'n' || g, now() FROM generate_series(1, 10) g;
+         DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+         GRANT SELECT ON ti TO {role};"
+    ))
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "ti",
+        "version = 1\nname = \"ti\"\n[source]\ntable = \"ti\"\nkey = [\"id\"]\nupdated_at = \"updated_at\"\n\
+         [[field]]\npath = \"name\"\ncolumn = \"name\"\n",
+    );
+    // The application's transaction, open across the run.
+    let mut app = sqlx::PgConnection::connect(&w.pg_url).await.unwrap();
+    app.execute("BEGIN").await.unwrap();
+    app.execute("UPDATE ti SET name = 'inflight', updated_at = now() WHERE id = 10")
+        .await
+        .unwrap();
+    let as_role = w.pg_url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(as_role, w.pg_url);
+    let out = w
+        .cutover()
+        .env("CUTOVER_SOURCE_URL", &as_role)
+        .args(["migrate", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("grant pg_read_all_stats"), "{text}");
+    // The superuser sees the transaction's start: nothing to say.
+    let out = w
+        .cutover()
+        .args(["migrate", "--rerun", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("pg_read_all_stats"), "{text}");
+    app.execute("ROLLBACK").await.unwrap();
+    w.sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await;
+    w.drop().await;
+}

@@ -701,6 +701,15 @@ async fn migrate_locked(
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     tracing::info!(run = %run_id, snapshot_at = %snapshot_at, "source snapshot taken");
     let plans = compile_plans(pipeline, &run_steps, &mut session).await?;
+    // The next delta starts at this snapshot's time: said when this role could not see when
+    // the transactions open at it began (adv44 F1: an update committed after the snapshot, with
+    // an earlier time, was never copied).
+    let hidden = session.hidden_transactions();
+    if hidden > 0 && plans.iter().any(|p| p.updated_at.is_some()) && !opts.dry_run {
+        crate::errln!(
+            "warning: {hidden} transaction(s) were open in the source at the snapshot, and this role cannot see when another role's began (it is no superuser nor a member of pg_read_all_stats): rows they commit with times before {snapshot_at} can escape the next `--since-last`; grant pg_read_all_stats to the role (or run the last delta when the application is stopped, then `cutover verify`)"
+        );
+    }
     // Refused before anything is written: columns the target cannot create.
     if let Some(why) = plans.iter().find_map(|p| target.unfit_columns(p)) {
         return Err(RunError::Refused(why));

@@ -446,6 +446,7 @@ pub struct SourceSession {
     holder: PgConnection,
     snapshot: String,
     snapshot_at: chrono::DateTime<chrono::Utc>,
+    hidden_transactions: u64,
 }
 
 impl SourceSession {
@@ -461,8 +462,14 @@ impl SourceSession {
         // open when it was taken (rows such a transaction commits later carry earlier times).
         // Autovacuum and other background workers write no rows: their transactions would only
         // move the time back and make the next delta re-read rows for nothing.
-        let (snapshot, snapshot_at): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-            "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL AND datname = current_database() AND backend_type = 'client backend'))",
+        // A role that is no superuser nor a member of pg_read_all_stats sees no other role's
+        // `xact_start` (nor its backend type): the transactions open then (`hidden`: sessions
+        // holding a transaction's lock whose start this role is not shown) are left out of that
+        // time, said by the run (adv44 F1).
+        let (snapshot, snapshot_at, hidden): (String, chrono::DateTime<chrono::Utc>, i64) = sqlx::query_as(
+            "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL AND datname = current_database() AND backend_type = 'client backend')), \
+             CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN 0 \
+             ELSE (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'virtualxid' AND l.pid <> pg_backend_pid() AND a.datname = current_database() AND a.xact_start IS NULL AND a.backend_type IS NULL) END",
         )
         .fetch_one(&mut holder)
         .await
@@ -475,7 +482,15 @@ impl SourceSession {
             holder,
             snapshot,
             snapshot_at,
+            hidden_transactions: u64::try_from(hidden).unwrap_or(0),
         })
+    }
+
+    /// Transactions open at the snapshot whose start this role cannot see (it is no superuser
+    /// nor a member of pg_read_all_stats): the snapshot's time may be later than their start,
+    /// and rows they commit with earlier times can escape the next delta run.
+    pub fn hidden_transactions(&self) -> u64 {
+        self.hidden_transactions
     }
 
     /// A second session on the same snapshot, with its own connection: two passes over the
@@ -486,6 +501,7 @@ impl SourceSession {
             holder: self.reader().await?,
             snapshot: self.snapshot.clone(),
             snapshot_at: self.snapshot_at,
+            hidden_transactions: self.hidden_transactions,
         })
     }
 
