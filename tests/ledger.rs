@@ -1236,3 +1236,30 @@ async fn another_pipelines_entity_in_the_same_database_is_refused_naming_it() {
     assert!(out.status.success(), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// adv44 F6: a delta of a query source follows the query's updated_at only: the report says a
+/// value read from another table changes no row unless that column takes its time too.
+#[tokio::test]
+async fn a_delta_of_a_query_source_says_what_its_updated_at_follows() {
+    let w = World::new("delta_query").await;
+    w.sql(
+        "CREATE TABLE o (id int PRIMARY KEY, c int, at timestamptz NOT NULL DEFAULT now());
+         CREATE TABLE c (id int PRIMARY KEY, name text);
+         INSERT INTO c VALUES (1, 'one'); INSERT INTO o (id, c) VALUES (1, 1), (2, 1);",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "o",
+        "version = 1\nname = \"o\"\n[source]\nquery = \"SELECT o.id, c.name, o.at FROM o JOIN c ON c.id = o.c\"\n\
+         key = [\"id\"]\nupdated_at = \"at\"\n[[field]]\npath = \"name\"\ncolumn = \"name\"\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let out = w.migrate_with(&pipeline, &["--since-last"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    let report = w.latest_report();
+    let delta = report["entities"][0]["delta"].as_str().unwrap_or_default();
+    assert!(delta.contains("by the query's updated_at"), "{report}");
+    w.drop().await;
+}

@@ -1041,6 +1041,11 @@ async fn migrate_locked(
             break;
         }
         let delta = match (&stage.since, opts.since_last) {
+            // A query's rows change with every table it reads; its updated_at follows the ones
+            // it names (adv44 F6: a joined value changed and the delta kept the old one).
+            (Some(at), _) if p.source_name.starts_with("the query of") => Some(format!(
+                "rows changed since {at} by the query's updated_at: a value it reads from another table changes no such row unless its updated_at takes that table's time too (greatest(…)); `cutover verify` compares them all"
+            )),
             (Some(at), _) => Some(format!("rows changed since {at}")),
             (None, true) if p.updated_at.is_none() => {
                 Some("copied in full: the mapping names no source.updated_at".to_string())
