@@ -1263,3 +1263,46 @@ async fn a_delta_of_a_query_source_says_what_its_updated_at_follows() {
     assert!(delta.contains("by the query's updated_at"), "{report}");
     w.drop().await;
 }
+
+/// adv44 F4: a delta whose only changed row meets a key a unique index holds in another
+/// document is that row's reject (as a fresh run's), not a stage the target refused: it
+/// completes with its reject, and the next delta starts after it, not from its checkpoint.
+#[tokio::test]
+async fn a_delta_whose_rows_all_meet_a_held_unique_key_completes_with_rejects() {
+    let w = World::new("delta_unique").await;
+    w.sql(
+        "CREATE TABLE acct (id int PRIMARY KEY, email text NOT NULL, at timestamptz NOT NULL);
+         INSERT INTO acct SELECT g, 'e' || g || '@x', now() - interval '1 day' FROM generate_series(1, 6) g;",
+    )
+    .await;
+    let pipeline = common::one_entity_pipeline(
+        &w,
+        "acct",
+        "version = 1\nname = \"acct\"\n[source]\ntable = \"acct\"\nkey = [\"id\"]\nupdated_at = \"at\"\n\
+         [[field]]\npath = \"email\"\ncolumn = \"email\"\n[[index]]\nkeys = [\"email\"]\nunique = true\n",
+    );
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::output_text(&out));
+    w.sql("UPDATE acct SET email = 'e4@x', at = now() WHERE id = 5")
+        .await;
+    let out = w.migrate_with(&pipeline, &["--since-last"]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let report = w.latest_report();
+    assert_eq!(report["entities"][0]["status"], "completed", "{report}");
+    assert_eq!(report["entities"][0]["rejected"], 1, "{report}");
+    // Row 4 moves on (below the rejected row's key): the next delta copies it.
+    w.sql("UPDATE acct SET email = 'e4new@x', at = now() WHERE id = 4")
+        .await;
+    let out = w.migrate_with(&pipeline, &["--since-last"]);
+    let text = common::output_text(&out);
+    assert!(matches!(out.status.code(), Some(0 | 2)), "{text}");
+    let four = w
+        .docs("acct")
+        .await
+        .into_iter()
+        .find(|d| d.get_i32("_id") == Ok(4))
+        .unwrap();
+    assert_eq!(four.get_str("email"), Ok("e4new@x"), "{text}");
+    w.drop().await;
+}

@@ -339,7 +339,14 @@ pub(super) async fn write_loop(
                         // those cutover makes before sending (code 0: a value Appwrite cannot
                         // hold, a file missing on disk) are the data's rejects, as check
                         // predicts them, not a target refusing all.
-                        if e.code != 0 || e.code_name == crate::sink::gridfs::RULE_UPLOAD {
+                        // A key a unique index holds elsewhere is the data's reject too (check
+                        // counts them): a stage whose rows all meet one is no target refusing
+                        // all (adv44 F4: a delta of one such row failed, and was resumed).
+                        let unique_key = e.code_name == crate::sink::target::RULE_DUPLICATE_KEY
+                            || e.code_name == crate::sink::target::RULE_UNIQUE_INDEX;
+                        if (e.code != 0 || e.code_name == crate::sink::gridfs::RULE_UPLOAD)
+                            && !unique_key
+                        {
                             refused += 1;
                             first_refusal
                                 .get_or_insert_with(|| format!("{} (code {})", e.message, e.code));
@@ -477,7 +484,9 @@ pub(super) async fn write_loop(
     // After a batch that could not be written (--continue-on-error) the checkpoint stays before
     // it: the batches held for rows set aside are not finished either.
     let held_finish = if blocked { None } else { checkpointer.as_mut() };
-    refused += deferred.settle(&ctx, fence.as_ref(), held_finish).await?;
+    // The rows set aside met a key a unique index holds: the data's rejects, not a target
+    // refusing every document (adv44 F4).
+    deferred.settle(&ctx, fence.as_ref(), held_finish).await?;
     // What every finished batch covers, recorded now (the last record may be up to 200 ms
     // old): a stage the reader stopped (its --max-rejects, a source error) is counted up to
     // here, and its resume starts after these batches (adv31 F3: 12 batches written, one
