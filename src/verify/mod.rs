@@ -1195,6 +1195,9 @@ async fn unique_clash_holds(
         let mut whole = true;
         for (path, _) in ix.key_pairs() {
             match value_at(&path) {
+                // An array keys each element (a multikey index): equality with the whole array
+                // cannot tell which element clashed, so the refusal is taken to hold.
+                Some(Bson::Array(_)) => return Ok(true),
                 Some(v) => {
                     filter.insert(path, v);
                 }
