@@ -239,8 +239,13 @@ pub struct StepRecord {
     pub resumed_from: Option<String>,
     /// The source snapshot's time (RFC 3339, microseconds): a delta run copies rows changed since.
     pub snapshot_at: Option<String>,
-    /// A delta step: rows changed since this instant.
+    /// The oldest transaction id running at that snapshot, when the role could not see when
+    /// the transactions open then began: a delta from it also reads the rows they wrote.
+    pub snapshot_xid: Option<i64>,
+    /// A delta step: rows changed since this instant (and written by transactions from
+    /// `since_xid` on).
     pub since: Option<String>,
+    pub since_xid: Option<i64>,
     /// The step deletes documents whose source rows are gone when it ends.
     pub sync_deletes: bool,
     /// Documents it deleted so (recorded at its end).
@@ -350,7 +355,9 @@ impl StepRecord {
             total: 0,
             resumed_from: None,
             snapshot_at: None,
+            snapshot_xid: None,
             since: None,
+            since_xid: None,
             sync_deletes: false,
             deleted: 0,
             inherited_removed: 0,
@@ -402,6 +409,8 @@ impl StepRecord {
             resumed_from: d.get_str("resumed_from").ok().map(str::to_string),
             snapshot_at: d.get_str("snapshot_at").ok().map(str::to_string),
             since: d.get_str("since").ok().map(str::to_string),
+            snapshot_xid: d.get_i64("snapshot_xid").ok(),
+            since_xid: d.get_i64("since_xid").ok(),
             sync_deletes: d.get_bool("sync_deletes").unwrap_or(false),
             deleted: d.get_i64("deleted").unwrap_or(0),
             inherited_removed: int(d, "inherited_removed"),
@@ -632,8 +641,12 @@ pub struct StepStart<'a> {
     pub resumed_from: Option<&'a str>,
     pub checkpoint: Option<(&'a [String], Covered)>,
     pub snapshot_at: &'a str,
-    /// Rows changed since this time only (a delta run).
+    /// See `StepRecord::snapshot_xid`.
+    pub snapshot_xid: Option<i64>,
+    /// Rows changed since this time only (a delta run), and written by transactions from
+    /// `since_xid` on.
     pub since: Option<&'a str>,
+    pub since_xid: Option<i64>,
     /// The step ends by deleting the documents whose source rows are gone (`--sync-deletes`):
     /// a resume of it does too.
     pub sync_deletes: bool,
@@ -851,8 +864,14 @@ impl Ledger {
             step.insert("resumed_from", r);
         }
         step.insert("snapshot_at", s.snapshot_at);
+        if let Some(x) = s.snapshot_xid {
+            step.insert("snapshot_xid", x);
+        }
         if let Some(since) = s.since {
             step.insert("since", since);
+        }
+        if let Some(x) = s.since_xid {
+            step.insert("since_xid", x);
         }
         if s.sync_deletes {
             step.insert("sync_deletes", true);

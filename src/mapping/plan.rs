@@ -209,6 +209,10 @@ pub struct Plan {
     pub updated_at: Option<String>,
     /// Its type: a date, a timestamp or a timestamptz.
     pub updated_at_kind: Option<crate::source::ColKind>,
+    /// The source's rows carry the `xmin` of the transaction that wrote them (a table, not a
+    /// view or a query): a delta can also read the rows of transactions from an id on (set
+    /// where plans are compiled against the source).
+    pub row_versions: bool,
     pub key: Vec<usize>,
     pub id: IdRule,
     pub fields: Vec<FieldPlan>,
@@ -1056,6 +1060,7 @@ pub fn compile(
         read,
         updated_at: m.spec.source.updated_at.clone(),
         updated_at_kind,
+        row_versions: false,
         key: (0..src.key.len()).collect(),
         id: IdRule::of(m),
         fields,

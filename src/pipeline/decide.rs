@@ -19,7 +19,7 @@ pub(super) enum Decision {
     /// changed since that instant (delta run).
     Run {
         resume: Option<Box<ledger::StepRecord>>,
-        since: Option<String>,
+        since: Option<Since>,
         /// An unfinished step started over (no checkpoint, --fresh): the destination's state
         /// before it (empty, or its backup) is still the state a rollback returns to.
         origin: Option<Box<ledger::StepRecord>>,
@@ -30,6 +30,15 @@ pub(super) enum Decision {
         /// `run … (--rerun --sync-deletes)`, for the report.
         finishing: Option<String>,
     },
+}
+
+/// Where a delta run starts: the rows whose change column is at or after `at`; and, when the
+/// snapshot it continues from had transactions open whose start the role could not see, the
+/// rows written by transactions from `xid` on (their times may be earlier than `at`: adv44 F1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub at: String,
+    pub xid: Option<i64>,
 }
 
 /// The runs cut short (killed, or lost their lock), as the ledger records them: what each was
@@ -135,13 +144,16 @@ pub(super) fn decide(
             (true, Some(done))
                 if m.spec.source.updated_at.is_some() && m.spec.embeds.is_empty() =>
             {
-                done.snapshot_at.clone()
+                done.snapshot_at.clone().map(|at| Since {
+                    at,
+                    xid: done.snapshot_xid,
+                })
             }
             _ => None,
         };
         let full_recopy = intent.since_last && last_completed.is_some() && since.is_none();
         let run = |resume: Option<&ledger::StepRecord>,
-                   since: Option<String>,
+                   since: Option<Since>,
                    origin: Option<&ledger::StepRecord>| {
             let interrupted_sync = resume.or(origin).is_some_and(|r| r.sync_deletes);
             Decision::Run {
@@ -188,7 +200,11 @@ pub(super) fn decide(
                     && prev.checksum == m.checksum
                     && !opts.fresh =>
             {
-                run(Some(prev), prev.since.clone(), None)
+                let since = prev.since.clone().map(|at| Since {
+                    at,
+                    xid: prev.since_xid,
+                });
+                run(Some(prev), since, None)
             }
             Some(prev) => {
                 // adv38 F10: a checkpoint taken with another mapping is not resumed from; say so
@@ -478,7 +494,10 @@ mod tests {
                     assert_eq!(r.id, "r2:d");
                     assert_eq!(r.checkpoint_key.as_deref(), Some(&["41".to_string()][..]));
                     assert!(r.sync_deletes, "{status}");
-                    assert_eq!(since.as_deref(), Some("2024-01-01T00:00:00.000000Z"));
+                    assert_eq!(
+                        since.map(|s| s.at).as_deref(),
+                        Some("2024-01-01T00:00:00.000000Z")
+                    );
                 }
                 d => panic!("{status}: {d:?}"),
             }
@@ -573,7 +592,7 @@ mod tests {
                 since,
                 origin: None,
                 ..
-            } => assert_eq!(since, done.snapshot_at),
+            } => assert_eq!(since.map(|s| s.at), done.snapshot_at),
             d => panic!("{d:?}"),
         }
         // Without a change column: copied in full (not "already applied").

@@ -40,6 +40,17 @@ fn delta_filter(column: &str, kind: Option<crate::source::ColKind>, at: &str) ->
     format!("({col} >= {since} OR {col} IS NULL)")
 }
 
+/// The rows of `relation` (its qualifier) written by transactions from id `xid` (64-bit) on:
+/// a row's `xmin` holds the low 32 bits of its writer's id, compared modulo 2^32 — ids up to
+/// 2^31 after `xid` are from it on, ids before it are older (a row more than 2^31 transactions
+/// old may be read again for nothing; writes are idempotent).
+fn written_from(relation: &str, xid: i64) -> String {
+    let low = xid.rem_euclid(1 << 32);
+    format!(
+        "((({relation}.xmin::text::bigint - {low}) % 4294967296 + 4294967296) % 4294967296 < 2147483648)"
+    )
+}
+
 /// A batch of documents on its way to the target.
 pub(super) struct Batch {
     pub(super) docs: Vec<RawDocumentBuf>,
@@ -119,14 +130,23 @@ pub(super) fn key_strings(plan: &Plan, row: Option<&[Value]>) -> Vec<String> {
 /// changed since its `since`.
 pub(super) fn pass_read(plan: &Plan, stage: &StageRun) -> Result<postgres::ReadSpec, RunError> {
     let mut read_spec = plan.read.clone();
-    if let (Some(since), Some(column)) = (stage.since.as_deref(), plan.updated_at.as_deref()) {
+    if let (Some(since), Some(column)) = (stage.since.as_ref(), plan.updated_at.as_deref()) {
+        let xid = since.xid.filter(|_| plan.row_versions);
+        let since = since.at.as_str();
         // Re-formatted from a parsed instant: safe to inline.
         let at = chrono::DateTime::parse_from_rfc3339(since)
             .map_err(|e| {
                 RunError::Refused(format!("bad snapshot time {since:?} in the ledger: {e}"))
             })?
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        read_spec.filter = Some(delta_filter(column, plan.updated_at_kind, &at));
+        let changed = delta_filter(column, plan.updated_at_kind, &at);
+        read_spec.filter = Some(match xid {
+            Some(x) => format!(
+                "({changed} OR {})",
+                written_from(&postgres::qualifier(&plan.read.relation), x)
+            ),
+            None => changed,
+        });
     }
     if let Some(r) = &stage.resume {
         read_spec.after = Some(r.key.clone());

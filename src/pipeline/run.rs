@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::adopt::{adopt_step, carry_from};
-use super::decide::{Decision, Interrupted, another_pipelines_entities, decide};
+use super::decide::{Decision, Interrupted, Since, another_pipelines_entities, decide};
 use super::entity::run_entity;
 pub use super::error::RunError;
 pub use super::options::RunOptions;
@@ -66,6 +66,9 @@ pub async fn compile_plans(
             columns.push(described[&rel].clone());
         }
         let mut p = plan::compile(&pipeline.mappings, m, &columns)?;
+        if p.updated_at.is_some() {
+            p.row_versions = session.has_row_versions(&p.relation).await?;
+        }
         reference_types_agree(pipeline, &p, session, &mut described).await?;
         answer_exists_in_sql(pipeline, &mut p, session, &mut described).await?;
         plans.push(p);
@@ -704,10 +707,18 @@ async fn migrate_locked(
     // The next delta starts at this snapshot's time: said when this role could not see when
     // the transactions open at it began (adv44 F1: an update committed after the snapshot, with
     // an earlier time, was never copied).
+    // A table's next delta also reads the rows those transactions write (by their `xmin`); a
+    // view's or a query's cannot.
     let hidden = session.hidden_transactions();
-    if hidden > 0 && plans.iter().any(|p| p.updated_at.is_some()) && !opts.dry_run {
+    let blind: Vec<&str> = plans
+        .iter()
+        .filter(|p| p.updated_at.is_some() && !p.row_versions)
+        .map(|p| p.entity.as_str())
+        .collect();
+    if hidden > 0 && !blind.is_empty() && !opts.dry_run {
         crate::errln!(
-            "warning: {hidden} transaction(s) were open in the source at the snapshot, and this role cannot see when another role's began (it is no superuser nor a member of pg_read_all_stats): rows they commit with times before {snapshot_at} can escape the next `--since-last`; grant pg_read_all_stats to the role (or run the last delta when the application is stopped, then `cutover verify`)"
+            "warning: {hidden} transaction(s) were open in the source at the snapshot, and this role cannot see when another role's began (it is no superuser nor a member of pg_read_all_stats): rows they commit with times before {snapshot_at} can escape the next `--since-last` of {} (a view or a query: its rows carry no transaction id to read them by); grant pg_read_all_stats to the role (or run the last delta when the application is stopped, then `cutover verify`)",
+            blind.join(", ")
         );
     }
     // Refused before anything is written: columns the target cannot create.
@@ -759,6 +770,7 @@ async fn migrate_locked(
         run_id,
         run_number,
         snapshot_at: &snapshot_at,
+        unseen_xid: session.unseen_from_xid(),
         map: &ctx,
         rejects: &rejects,
         progress: &progress,
@@ -1043,10 +1055,13 @@ async fn migrate_locked(
         let delta = match (&stage.since, opts.since_last) {
             // A query's rows change with every table it reads; its updated_at follows the ones
             // it names (adv44 F6: a joined value changed and the delta kept the old one).
-            (Some(at), _) if p.source_name.starts_with("the query of") => Some(format!(
+            (Some(Since { at, .. }), _) if p.source_name.starts_with("the query of") => Some(format!(
                 "rows changed since {at} by the query's updated_at: a value it reads from another table changes no such row unless its updated_at takes that table's time too (greatest(…)); `cutover verify` compares them all"
             )),
-            (Some(at), _) => Some(format!("rows changed since {at}")),
+            (Some(Since { at, xid: Some(x) }), _) if p.row_versions => Some(format!(
+                "rows changed since {at}, and rows written by transactions from id {x} on (some were open at that snapshot and this role could not see when they began)"
+            )),
+            (Some(Since { at, .. }), _) => Some(format!("rows changed since {at}")),
             (None, true) if p.updated_at.is_none() => {
                 Some("copied in full: the mapping names no source.updated_at".to_string())
             }

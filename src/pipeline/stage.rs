@@ -31,6 +31,8 @@ pub(super) struct RunCtx<'a> {
     pub(super) run_number: i64,
     /// The source snapshot's time (RFC 3339, microseconds).
     pub(super) snapshot_at: &'a str,
+    /// See `SourceSession::unseen_from_xid`.
+    pub(super) unseen_xid: Option<i64>,
     pub(super) map: &'a MapContext,
     pub(super) rejects: &'a Arc<RejectsWriter>,
     pub(super) progress: &'a Progress,
@@ -97,6 +99,7 @@ pub(super) async fn prepare_step(
         run_id,
         run_number,
         snapshot_at,
+        unseen_xid,
         ..
     } = *run;
     let mut backup = None;
@@ -147,10 +150,15 @@ pub(super) async fn prepare_step(
     // A resumed step holds rows read under the snapshots of every part: the next
     // `--since-last` must copy what changed after the earliest of them, or a row changed between
     // the crash and the resume, below the checkpoint, would never be copied.
-    let earliest = match (&stage.resume, resume.and_then(|r| r.snapshot_at.as_deref())) {
-        (Some(_), Some(before)) => earlier(before, snapshot_at),
-        _ => snapshot_at,
-    };
+    // With it the transaction id from which that part's rows may have escaped (the rows a
+    // later part's hidden transactions wrote carry times after the earlier part's snapshot).
+    let (earliest, earliest_xid) =
+        match (&stage.resume, resume.and_then(|r| r.snapshot_at.as_deref())) {
+            (Some(_), Some(before)) if earlier(before, snapshot_at) == before => {
+                (before, resume.and_then(|r| r.snapshot_xid))
+            }
+            _ => (snapshot_at, unseen_xid),
+        };
     ledger
         .start_step(&ledger::StepStart {
             run_id,
@@ -165,7 +173,9 @@ pub(super) async fn prepare_step(
             resumed_from: stage.resume.as_ref().map(|r| r.from_run.as_str()),
             checkpoint,
             snapshot_at: earliest,
-            since: stage.since.as_deref(),
+            snapshot_xid: earliest_xid,
+            since: stage.since.as_ref().map(|s| s.at.as_str()),
+            since_xid: stage.since.as_ref().and_then(|s| s.xid),
             sync_deletes: stage.sync_deletes,
             rejects_dir: Some(&run_rejects_dir(opts, run_id)),
             inherited: stage.inherited,
@@ -212,7 +222,7 @@ pub(super) struct StageRun {
     /// When the run began (the report's timeline counts from it).
     pub(super) run_started: Instant,
     /// Delta run: only rows whose change-tracking column is at or after this instant.
-    pub(super) since: Option<String>,
+    pub(super) since: Option<super::decide::Since>,
     /// Delete the documents whose source rows are gone at the end (`--sync-deletes`, or the
     /// interrupted step this one resumes had it).
     pub(super) sync_deletes: bool,

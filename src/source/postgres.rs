@@ -447,6 +447,8 @@ pub struct SourceSession {
     snapshot: String,
     snapshot_at: chrono::DateTime<chrono::Utc>,
     hidden_transactions: u64,
+    /// The oldest transaction id still running at the snapshot (its `xmin`, 64-bit).
+    oldest_xid: i64,
 }
 
 impl SourceSession {
@@ -465,11 +467,14 @@ impl SourceSession {
         // A role that is no superuser nor a member of pg_read_all_stats sees no other role's
         // `xact_start` (nor its backend type): the transactions open then (`hidden`: sessions
         // holding a transaction's lock whose start this role is not shown) are left out of that
-        // time, said by the run (adv44 F1).
-        let (snapshot, snapshot_at, hidden): (String, chrono::DateTime<chrono::Utc>, i64) = sqlx::query_as(
+        // time: the next delta also reads the rows written by transactions from the oldest one
+        // running at the snapshot on (`oldest_xid`, which needs no privilege) (adv44 F1).
+        type Taken = (String, chrono::DateTime<chrono::Utc>, i64, i64);
+        let (snapshot, snapshot_at, hidden, oldest_xid): Taken = sqlx::query_as(
             "SELECT pg_export_snapshot(), least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE xact_start IS NOT NULL AND datname = current_database() AND backend_type = 'client backend')), \
              CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') THEN 0 \
-             ELSE (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'virtualxid' AND l.pid <> pg_backend_pid() AND a.datname = current_database() AND a.xact_start IS NULL AND a.backend_type IS NULL) END",
+             ELSE (SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'virtualxid' AND l.pid <> pg_backend_pid() AND a.datname = current_database() AND a.xact_start IS NULL AND a.backend_type IS NULL) END, \
+             txid_snapshot_xmin(txid_current_snapshot())",
         )
         .fetch_one(&mut holder)
         .await
@@ -483,7 +488,35 @@ impl SourceSession {
             snapshot,
             snapshot_at,
             hidden_transactions: u64::try_from(hidden).unwrap_or(0),
+            oldest_xid,
         })
+    }
+
+    /// When transactions were open at the snapshot that this role cannot see the start of: the
+    /// oldest transaction id running then. Rows a transaction from it on writes (their `xmin`)
+    /// may carry change times before the snapshot's: the next delta reads them too.
+    pub fn unseen_from_xid(&self) -> Option<i64> {
+        (self.hidden_transactions > 0).then_some(self.oldest_xid)
+    }
+
+    /// Whether `relation` (as a read names it) is a table, partitioned table or materialized
+    /// view, whose rows carry the `xmin` of the transaction that wrote them (a view or a query
+    /// does not).
+    pub async fn has_row_versions(&mut self, relation: &str) -> Result<bool, SourceError> {
+        if relation.starts_with('(') {
+            return Ok(false);
+        }
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)",
+        )
+        .bind(relation)
+        .fetch_optional(&mut self.holder)
+        .await
+        .map_err(|cause| SourceError::Query {
+            context: format!("look up {relation}"),
+            cause,
+        })?;
+        Ok(matches!(kind.as_deref(), Some("r" | "p" | "m")))
     }
 
     /// Transactions open at the snapshot whose start this role cannot see (it is no superuser
@@ -502,6 +535,7 @@ impl SourceSession {
             snapshot: self.snapshot.clone(),
             snapshot_at: self.snapshot_at,
             hidden_transactions: self.hidden_transactions,
+            oldest_xid: self.oldest_xid,
         })
     }
 
