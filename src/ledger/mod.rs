@@ -246,6 +246,8 @@ pub struct StepRecord {
     /// `since_xid` on).
     pub since: Option<String>,
     pub since_xid: Option<i64>,
+    /// A delta step: the rejects files of the step it continues (their rows are read again).
+    pub since_rejects: Option<String>,
     /// The step deletes documents whose source rows are gone when it ends.
     pub sync_deletes: bool,
     /// Documents it deleted so (recorded at its end).
@@ -358,6 +360,7 @@ impl StepRecord {
             snapshot_xid: None,
             since: None,
             since_xid: None,
+            since_rejects: None,
             sync_deletes: false,
             deleted: 0,
             inherited_removed: 0,
@@ -411,6 +414,7 @@ impl StepRecord {
             since: d.get_str("since").ok().map(str::to_string),
             snapshot_xid: d.get_i64("snapshot_xid").ok(),
             since_xid: d.get_i64("since_xid").ok(),
+            since_rejects: d.get_str("since_rejects").ok().map(str::to_string),
             sync_deletes: d.get_bool("sync_deletes").unwrap_or(false),
             deleted: d.get_i64("deleted").unwrap_or(0),
             inherited_removed: int(d, "inherited_removed"),
@@ -647,6 +651,7 @@ pub struct StepStart<'a> {
     /// `since_xid` on.
     pub since: Option<&'a str>,
     pub since_xid: Option<i64>,
+    pub since_rejects: Option<&'a str>,
     /// The step ends by deleting the documents whose source rows are gone (`--sync-deletes`):
     /// a resume of it does too.
     pub sync_deletes: bool,
@@ -872,6 +877,9 @@ impl Ledger {
         }
         if let Some(x) = s.since_xid {
             step.insert("since_xid", x);
+        }
+        if let Some(dir) = s.since_rejects {
+            step.insert("since_rejects", dir);
         }
         if s.sync_deletes {
             step.insert("sync_deletes", true);

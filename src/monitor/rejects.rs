@@ -124,6 +124,38 @@ impl Records {
     }
 }
 
+/// The source keys (as written) of the rows rejected in `dir`'s file of `entity` for which
+/// `wanted(stage, rule)` holds, each once, in the file's order (orphan child rows aside: their
+/// keys are the children's). No file: none.
+pub fn rejected_keys(
+    dir: &Path,
+    entity: &str,
+    wanted: impl Fn(&str, &str) -> bool,
+) -> std::io::Result<Vec<String>> {
+    let bytes = match std::fs::read(dir.join(format!("{entity}.csv"))) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut r = csv::Reader::from_reader(bytes.as_slice());
+    let mut seen = std::collections::HashSet::new();
+    let mut keys = Vec::new();
+    for record in r.records() {
+        // A torn last line (a run killed mid-write) names no row the step accounts for.
+        let Ok(record) = record else { break };
+        let field = |i| record.get(i).unwrap_or_default();
+        if (field(2) == Stage::Embed.as_str() && field(3) == RULE_ORPHAN_CHILD)
+            || !wanted(field(2), field(3))
+        {
+            continue;
+        }
+        if seen.insert(field(1).to_string()) {
+            keys.push(field(1).to_string());
+        }
+    }
+    Ok(keys)
+}
+
 /// [`RejectsWriter::set_apart`] on the files of a run no writer holds: those of a run killed
 /// before its end, whose lines past its checkpoint the run resuming it reads again.
 pub fn set_apart_in(dir: &Path, entity: &str, batches: u64) -> std::io::Result<SetApart> {

@@ -34,11 +34,14 @@ pub(super) enum Decision {
 
 /// Where a delta run starts: the rows whose change column is at or after `at`; and, when the
 /// snapshot it continues from had transactions open whose start the role could not see, the
-/// rows written by transactions from `xid` on (their times may be earlier than `at`: adv44 F1).
+/// rows written by transactions from `xid` on (their times may be earlier than `at`: adv44 F1);
+/// and the rows the step it continues rejected (their rejects files are in `rejects`): a row
+/// refused for another row's sake (a reference, a unique key) may pass now (adv44 F2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Since {
     pub at: String,
     pub xid: Option<i64>,
+    pub rejects: Option<String>,
 }
 
 /// The runs cut short (killed, or lost their lock), as the ledger records them: what each was
@@ -147,6 +150,7 @@ pub(super) fn decide(
                 done.snapshot_at.clone().map(|at| Since {
                     at,
                     xid: done.snapshot_xid,
+                    rejects: done.rejects_dir.clone(),
                 })
             }
             _ => None,
@@ -203,6 +207,7 @@ pub(super) fn decide(
                 let since = prev.since.clone().map(|at| Since {
                     at,
                     xid: prev.since_xid,
+                    rejects: prev.since_rejects.clone(),
                 });
                 run(Some(prev), since, None)
             }

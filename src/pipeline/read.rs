@@ -148,10 +148,61 @@ pub(super) fn pass_read(plan: &Plan, stage: &StageRun) -> Result<postgres::ReadS
             None => changed,
         });
     }
+    if stage.since.is_some() {
+        read_spec.also_keys = retried_keys(plan, stage)?.0;
+    }
     if let Some(r) = &stage.resume {
         read_spec.after = Some(r.key.clone());
     }
     Ok(read_spec)
+}
+
+/// The keys of the rows the step a delta continues rejected for another row's sake — a
+/// reference (`exists`, `reference_rejected`), or the target's refusal (a unique key) — read
+/// again whatever their change time: they may pass now, as in a fresh run (adv44 F2). (A row
+/// rejected for its own values is read again when they change.) Each key part as PostgreSQL's
+/// input; and how many of those rows
+/// cannot be named so (a key of a type whose shown text is not its input: floats, dates,
+/// times, bytes — or a NULL part).
+pub(super) fn retried_keys(
+    plan: &Plan,
+    stage: &StageRun,
+) -> Result<(Vec<Vec<String>>, u64), RunError> {
+    let Some(dir) = stage.since.as_ref().and_then(|s| s.rejects.as_deref()) else {
+        return Ok((Vec::new(), 0));
+    };
+    let cross_row = |stage: &str, rule: &str| {
+        stage == crate::transform::Stage::Write.as_str()
+            || matches!(rule, "exists" | "reference_rejected")
+    };
+    let texts = crate::monitor::rejects::rejected_keys(
+        std::path::Path::new(dir),
+        &plan.entity,
+        cross_row,
+    )
+    .map_err(|e| {
+            RunError::Refused(format!(
+                "{}: cannot read the rejects of the run this delta continues, in {dir}: {e} (their rows would not be read again; `--rerun` copies every row)",
+                plan.entity
+            ))
+        })?;
+    let width = plan.read.order.len();
+    let mut keys = Vec::with_capacity(texts.len());
+    let mut unnamed = 0;
+    for text in texts {
+        let parts = crate::source::value::key_parts(&text, width).and_then(|parts| {
+            parts
+                .iter()
+                .enumerate()
+                .map(|(n, p)| plan.read.key_input(n, p))
+                .collect::<Option<Vec<String>>>()
+        });
+        match parts {
+            Some(p) => keys.push(p),
+            None => unnamed += 1,
+        }
+    }
+    Ok((keys, unnamed))
 }
 
 /// Reads the stage's rows (those after the checkpoint it resumes, those changed since its

@@ -816,8 +816,11 @@ async fn migrate_locked(
         // A stage reading all the rows of an entity that references itself (an employee's
         // `reportsTo`): what it leaves out of the target is what its mapping rejects now. A
         // resumed stage too: the rows before its checkpoint, which the killed run rejected,
-        // are left out as well (adv38 F6: the rows naming them were written, dangling).
-        let own = referenced.contains(&p.entity) && since.is_none();
+        // are left out as well (adv38 F6: the rows naming them were written, dangling). A
+        // delta too, as a fresh run would judge it: a row it writes was absent from the target
+        // when it began (new, or rejected by the run before), and the rows naming it were
+        // `reference_rejected` (adv44 F2) — at the cost of a pass over the entity's rows.
+        let own = referenced.contains(&p.entity);
         let run = if referenced.is_empty() {
             run
         } else {
@@ -1058,7 +1061,7 @@ async fn migrate_locked(
             (Some(Since { at, .. }), _) if p.source_name.starts_with("the query of") => Some(format!(
                 "rows changed since {at} by the query's updated_at: a value it reads from another table changes no such row unless its updated_at takes that table's time too (greatest(…)); `cutover verify` compares them all"
             )),
-            (Some(Since { at, xid: Some(x) }), _) if p.row_versions => Some(format!(
+            (Some(Since { at, xid: Some(x), .. }), _) if p.row_versions => Some(format!(
                 "rows changed since {at}, and rows written by transactions from id {x} on (some were open at that snapshot and this role could not see when they began)"
             )),
             (Some(Since { at, .. }), _) => Some(format!("rows changed since {at}")),
@@ -1071,6 +1074,22 @@ async fn migrate_locked(
             ),
             (None, true) => Some("copied in full: no completed run to start from".to_string()),
             _ => None,
+        };
+        // The rows the step it continues rejected are read again (adv44 F2).
+        let delta = match (delta, super::read::retried_keys(p, &stage)) {
+            (Some(d), Ok((keys, unnamed))) if !keys.is_empty() || unnamed > 0 => {
+                let mut d = format!(
+                    "{d}; and the {} row(s) the run it continues rejected for another row's sake (a reference, a unique key), read again",
+                    keys.len() as u64 + unnamed
+                );
+                if unnamed > 0 {
+                    d.push_str(&format!(
+                        " — {unnamed} of them NOT: their key's text is not PostgreSQL's input (a float, date, time or bytes part, or NULL); `--rerun` reads them"
+                    ));
+                }
+                Some(d)
+            }
+            (d, _) => d,
         };
         // A validator an earlier mapping set is off during the load (set again after it).
         if !opts.dry_run

@@ -176,6 +176,7 @@ pub(super) async fn prepare_step(
             snapshot_xid: earliest_xid,
             since: stage.since.as_ref().map(|s| s.at.as_str()),
             since_xid: stage.since.as_ref().and_then(|s| s.xid),
+            since_rejects: stage.since.as_ref().and_then(|s| s.rejects.as_deref()),
             sync_deletes: stage.sync_deletes,
             rejects_dir: Some(&run_rejects_dir(opts, run_id)),
             inherited: stage.inherited,

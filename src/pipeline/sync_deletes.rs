@@ -322,6 +322,7 @@ pub(crate) fn keys_only(plan: &Plan) -> postgres::ReadSpec {
     let mut spec = keys_of(plan, &plan.read);
     spec.after = None;
     spec.filter = None;
+    spec.also_keys.clear();
     spec
 }
 

@@ -911,6 +911,9 @@ pub struct ReadSpec {
     pub filter: Option<String>,
     /// Resume after this key (text of each ordering column's value): only rows ordering after it.
     pub after: Option<Vec<String>>,
+    /// Rows read whatever `filter` says: those with these keys (each part as PostgreSQL's input
+    /// reads it, one per ordering column; see [`ReadSpec::key_input`]).
+    pub also_keys: Vec<Vec<String>>,
 }
 
 impl ReadSpec {
@@ -952,7 +955,72 @@ impl ReadSpec {
             order,
             filter: None,
             after: None,
+            also_keys: Vec::new(),
         })
+    }
+
+    /// `part` as the input of ordering column `n` (of the key), when the text a rejects file
+    /// shows of that column's values is what PostgreSQL reads back as the same value (integers,
+    /// numerics, booleans, uuids, text and the types read as text) and `part` is one: `None` for
+    /// the others (floats, dates, times and bytes are shown otherwise).
+    pub fn key_input(&self, n: usize, part: &str) -> Option<String> {
+        let c = &self.columns[*self.order.get(n)?];
+        let fits = match c.kind {
+            ColKind::Int16 => part.parse::<i16>().is_ok(),
+            ColKind::Int32 => part.parse::<i32>().is_ok(),
+            ColKind::Int64 => part.parse::<i64>().is_ok(),
+            ColKind::Bool => matches!(part, "true" | "false"),
+            ColKind::Uuid => uuid::Uuid::parse_str(part).is_ok(),
+            ColKind::Numeric => {
+                matches!(part, "NaN" | "Infinity" | "-Infinity")
+                    || (part.bytes().any(|b| b.is_ascii_digit())
+                        && part.bytes().all(|b| {
+                            b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'e' | b'E' | b'+')
+                        }))
+            }
+            ColKind::Text | ColKind::OtherAsText | ColKind::Json => true,
+            _ => false,
+        };
+        fits.then(|| part.to_string())
+    }
+
+    /// The condition on `also_keys`: the key's ordering expressions among those keys (as the
+    /// resume condition compares them).
+    fn keys_in(&self) -> String {
+        let qual = qualifier(&self.relation);
+        let n = self.order.len();
+        let exprs: Vec<String> = self.order[..n]
+            .iter()
+            .map(|&i| {
+                let c = &self.columns[i];
+                order_expr(c, &format!("{qual}.{}", quote_ident(&c.name)))
+            })
+            .collect();
+        let tuples: Vec<String> = self
+            .also_keys
+            .iter()
+            .filter(|k| k.len() == n)
+            .map(|k| {
+                let parts: Vec<String> = k
+                    .iter()
+                    .zip(&self.order)
+                    .map(|(part, &i)| {
+                        let c = &self.columns[i];
+                        let ty = if c.kind.orders_as_text() || c.is_padded() {
+                            "TEXT"
+                        } else {
+                            c.pg_type.as_str()
+                        };
+                        format!("CAST({} AS {ty})", escaped_literal(part))
+                    })
+                    .collect();
+                format!("({})", parts.join(", "))
+            })
+            .collect();
+        if tuples.is_empty() {
+            return "false".to_string();
+        }
+        format!("(({}) IN ({}))", exprs.join(", "), tuples.join(", "))
     }
 
     pub fn index_of(&self, column: &str) -> Option<usize> {
@@ -1022,7 +1090,10 @@ impl ReadSpec {
             .collect::<Vec<_>>()
             .join(", ");
         let mut sql = format!("SELECT {select} FROM {}", self.relation);
-        let mut conditions: Vec<String> = self.filter.iter().cloned().collect();
+        let mut conditions: Vec<String> = match &self.filter {
+            Some(f) if !self.also_keys.is_empty() => vec![format!("({f} OR {})", self.keys_in())],
+            f => f.iter().cloned().collect(),
+        };
         if let Some(after) = &self.after {
             // The rows ordering after the key, on the leading ordering columns the key gives (a
             // child read resumes after its parent's key, a prefix of its own order).
@@ -1105,6 +1176,12 @@ fn after_nulls_last(
 
 /// How the columns of `relation` are named in expressions: the table itself, or the alias of a
 /// query (`(SELECT …) AS cutover_src`).
+/// `text` as an SQL string literal whatever `standard_conforming_strings` says (`E'…'`, its
+/// backslashes and quotes doubled).
+fn escaped_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 pub fn qualifier(relation: &str) -> String {
     match relation.rsplit_once(" AS ") {
         Some((_, alias)) if relation.starts_with('(') => alias.trim().to_string(),

@@ -281,9 +281,39 @@ pub fn key_text(values: &[&Value]) -> String {
     out
 }
 
+/// The parts of a key as [`key_text`] wrote it (`parts` of them): a composite key split at each
+/// `|` that is not escaped, the escapes undone. `None` when the text has another number of parts.
+pub fn key_parts(text: &str, parts: usize) -> Option<Vec<String>> {
+    if parts == 1 {
+        return Some(vec![text.to_string()]);
+    }
+    let mut out = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.last_mut()?.push(chars.next()?),
+            '|' => out.push(String::new()),
+            c => out.last_mut()?.push(c),
+        }
+    }
+    (out.len() == parts).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `key_text` joins, `key_parts` splits back.
+    #[test]
+    fn key_parts_undo_key_text() {
+        let t = |s: &str| Value::Text(s.into());
+        for parts in [["x|y", "z"], ["x", "y|z"], ["a\\", "|"], ["", ""]] {
+            let (a, b) = (t(parts[0]), t(parts[1]));
+            assert_eq!(key_parts(&key_text(&[&a, &b]), 2).unwrap(), parts);
+        }
+        assert_eq!(key_parts("a|b", 3), None);
+        assert_eq!(key_parts("a|b", 1).unwrap(), ["a|b"]);
+    }
 
     /// `x|y` + `z` and `x` + `y|z` were both written `x|y|z`: verify excused a missing
     /// document because another key's reject read the same.
