@@ -227,7 +227,13 @@ pub fn to_f64_exact(text: &str) -> Result<f64, String> {
                 _ => None,
             });
             let want = d.normalized();
-            if back.as_ref() == Some(&want) || (want.digits == "0" && f == 0.0) {
+            if f != 0.0 && f.abs() < f64::MIN_POSITIVE {
+                // A subnormal double holds fewer digits than its shortest text shows: 1.5e-323
+                // reads back from 3·2⁻¹⁰⁷⁴ = 1.482…e-323, 1.2 % away (adv41 F4).
+                Err(format!(
+                    "`{text}` is below a double's normal range: the nearest double {f:e} is subnormal, with fewer than 15 significant digits"
+                ))
+            } else if back.as_ref() == Some(&want) || (want.digits == "0" && f == 0.0) {
                 Ok(f)
             } else {
                 Err(format!(
@@ -373,6 +379,13 @@ mod tests {
         assert_eq!(to_f64_exact("0.000000").unwrap(), 0.0);
         assert!(to_f64_exact("0.12345678901234567890").is_err());
         assert!(to_f64_exact("9007199254740993").is_err());
+        // Subnormal: its shortest text reads back, yet it is 1.2 % from the number's value.
+        assert!(to_f64_exact("1.5e-323").is_err());
+        assert!(to_f64_exact("-2.2250738585072e-309").is_err());
+        assert_eq!(
+            to_f64_exact("2.2250738585072014e-308").unwrap(),
+            f64::MIN_POSITIVE
+        );
     }
 
     #[test]
