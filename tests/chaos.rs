@@ -400,7 +400,7 @@ entities = ["stations"]
 // 10 BC into AD (chrono writes 1 BC as `-0000`, which PostgreSQL refuses), and a query source
 // whose (int, int) key has NULL parts (rejected rows, sorted last within their group: a row
 // comparison with a NULL part would drop them on resume). Keys with a NULL part stay distinct
-// as text (`NULL|40`, `100013|NULL`), so that the rejects can be told apart. And a numeric key
+// as text (`\N|40`, `100013|\N`), so that the rejects can be told apart. And a numeric key
 // (negative, fractional: its text order is not its order) whose children are embedded.
 const EDGE_KEYS: Shape = Shape {
     test: "edgekeys",

@@ -191,7 +191,7 @@ async fn orphan_children_before_between_after_and_null_are_all_counted_and_liste
         .map(|r| r.1)
         .collect();
     for k in [
-        "-7|1", "0|1", "25|2", "101|1", "150|2", "NULL|2", "NULL|5", "-1|6",
+        "-7|1", "0|1", "25|2", "101|1", "150|2", "\\N|2", "\\N|5", "-1|6",
     ] {
         assert!(keys.contains(&k.to_string()), "{k} in {keys:?}");
     }

@@ -261,7 +261,8 @@ pub fn key_literals(values: &[&Value]) -> Option<Vec<String>> {
 /// The display form of a (possibly composite) key, as written in rejects files and the ledger:
 /// the parts joined by `|`. In a composite key a `|` or `\` inside a part is escaped with `\`,
 /// so that two different keys never read alike (`x|y` + `z` is `x\|y|z`, `x` + `y|z` is
-/// `x|y\|z`); a single-part key is its value's text.
+/// `x|y\|z`), and a NULL part is `\N` (the text `NULL` is `NULL`: adv41 F3); a single-part
+/// key is its value's text.
 pub fn key_text(values: &[&Value]) -> String {
     if let [one] = values {
         return one.to_string();
@@ -270,6 +271,10 @@ pub fn key_text(values: &[&Value]) -> String {
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             out.push('|');
+        }
+        if matches!(v, Value::Null) {
+            out.push_str("\\N");
+            continue;
         }
         for c in v.to_string().chars() {
             if c == '|' || c == '\\' {
@@ -282,7 +287,8 @@ pub fn key_text(values: &[&Value]) -> String {
 }
 
 /// The parts of a key as [`key_text`] wrote it (`parts` of them): a composite key split at each
-/// `|` that is not escaped, the escapes undone. `None` when the text has another number of parts.
+/// `|` that is not escaped, the escapes undone. `None` when the text has another number of parts
+/// or a NULL part (`\N`: no value names it).
 pub fn key_parts(text: &str, parts: usize) -> Option<Vec<String>> {
     if parts == 1 {
         return Some(vec![text.to_string()]);
@@ -291,7 +297,10 @@ pub fn key_parts(text: &str, parts: usize) -> Option<Vec<String>> {
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => out.last_mut()?.push(chars.next()?),
+            '\\' => match chars.next()? {
+                'N' => return None,
+                c => out.last_mut()?.push(c),
+            },
             '|' => out.push(String::new()),
             c => out.last_mut()?.push(c),
         }
@@ -312,6 +321,10 @@ mod tests {
             assert_eq!(key_parts(&key_text(&[&a, &b]), 2).unwrap(), parts);
         }
         assert_eq!(key_parts("a|b", 3), None);
+        let null = key_text(&[&Value::Null, &t("zz")]);
+        assert_eq!(null, "\\N|zz");
+        assert_ne!(null, key_text(&[&t("NULL"), &t("zz")]));
+        assert_eq!(key_parts(&null, 2), None);
         assert_eq!(key_parts("a|b", 1).unwrap(), ["a|b"]);
     }
 
