@@ -1496,3 +1496,83 @@ async fn a_missing_root_a_pipe_a_lost_chunk_and_a_renamed_file_are_each_caught()
     assert!(text.contains("a collection of the GridFS bucket"), "{text}");
     w.drop().await;
 }
+
+/// adv45 F1, F7: verify judges a row refused for its path by the path it has now (mended in the
+/// source: its file is missing from GridFS, not excused — with and without the files root), and
+/// reads a row's file as the run does: a path now naming a named pipe, or a link out of the
+/// root, is a difference said at once, not a wait or a hash of a file outside the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_judges_a_mended_path_and_reads_no_pipe_nor_a_link_out() {
+    let w = World::new("files_adv45").await;
+    w.load_registry_with_files(100);
+    let source = source_files(&w).await;
+    let pipeline = small_chunk_pipeline(&w);
+    let p = pipeline.to_str().unwrap().to_string();
+    let mut ids = source.keys();
+    let (climbs, piped, linked) = (
+        ids.next().unwrap(),
+        ids.next().unwrap(),
+        ids.next().unwrap(),
+    );
+    let good = source[climbs].0.clone();
+    w.sql(&format!(
+        "UPDATE documents SET storage_path = '../outside.txt' WHERE document_id = '{climbs}'"
+    ))
+    .await;
+    let out = w.migrate_with(&pipeline, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::output_text(&out));
+    let verify = |root: bool| {
+        let mut c = w.cutover();
+        c.args(["verify", "--pipeline", &p]);
+        if !root {
+            c.env_remove("CUTOVER_FILES_ROOT");
+        }
+        async move {
+            let out = tokio::time::timeout(
+                Duration::from_secs(120),
+                tokio::task::spawn_blocking(move || c.output().unwrap()),
+            )
+            .await
+            .expect("verify waited")
+            .unwrap();
+            (out.status.code(), common::output_text(&out))
+        }
+    };
+    let (code, text) = verify(true).await;
+    assert_eq!(code, Some(0), "{text}");
+    // The path mended in the source: the file is missing, whatever the root.
+    w.sql(&format!(
+        "UPDATE documents SET storage_path = '{good}' WHERE document_id = '{climbs}'"
+    ))
+    .await;
+    for root in [true, false] {
+        let (code, text) = verify(root).await;
+        assert_eq!(code, Some(2), "root {root}: {text}");
+        assert!(text.contains(&climbs.to_string()), "root {root}: {text}");
+    }
+    w.sql(&format!(
+        "UPDATE documents SET storage_path = '../outside.txt' WHERE document_id = '{climbs}'"
+    ))
+    .await;
+    // A named pipe and a link out of the root where two rows' files were.
+    let root = w.files_root();
+    let pipe = root.join(&source[piped].0);
+    std::fs::remove_file(&pipe).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let outside = w.dir.path().join("secret.txt");
+    std::fs::write(&outside, "not for the target").unwrap();
+    let link = root.join(&source[linked].0);
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let (code, text) = verify(true).await;
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
+    assert!(text.contains("leads out of the files root"), "{text}");
+    w.drop().await;
+}

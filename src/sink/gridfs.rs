@@ -295,6 +295,24 @@ async fn inspect_digests(
             "the row names no file (its path is NULL)".into(),
         ));
     };
+    let path = regular_file(root, rel).await?;
+    let found = digest_file_md5(&path, md5).await.map_err(|e| {
+        (
+            RULE_MISSING,
+            format!("{rel}: cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if let Some(problem) = disagreement(file, rel, &found, algorithm) {
+        return Err(problem);
+    }
+    Ok((path, found))
+}
+
+/// Where the row's path `rel` leads under `root`, when it is a regular file there that can be
+/// read without blocking: not a path with `..` or an absolute one, not a link out of the root,
+/// not a directory, named pipe, device or socket (the rule and why otherwise). What the run
+/// uploads from and verify reads (adv45 F7: verify blocked on a named pipe).
+pub async fn regular_file(root: &Path, rel: &str) -> Result<PathBuf, (&'static str, String)> {
     let path = resolve(root, rel).map_err(|why| (RULE_PATH, why))?;
     // A symbolic link may lead out of the root: where the path really is must be under it.
     if let (Ok(real), Ok(real_root)) = (
@@ -324,16 +342,7 @@ async fn inspect_digests(
         }
         _ => {}
     }
-    let found = digest_file_md5(&path, md5).await.map_err(|e| {
-        (
-            RULE_MISSING,
-            format!("{rel}: cannot read {}: {e}", path.display()),
-        )
-    })?;
-    if let Some(problem) = disagreement(file, rel, &found, algorithm) {
-        return Err(problem);
-    }
-    Ok((path, found))
+    Ok(path)
 }
 
 fn refused(index: usize, rule: &str, message: String) -> DocError {

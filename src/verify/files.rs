@@ -159,7 +159,9 @@ pub async fn verify_files(
             }
             let stored_sha = stored.get_str(gridfs::SHA256_FIELD).unwrap_or_default();
             if let (Some(root), Some(rel)) = (root, f.path.as_deref()) {
-                match gridfs::resolve(root, rel) {
+                // Read as the run reads it: a regular file under the root (adv45 F7: a named
+                // pipe blocked verify; a link out of the root was hashed).
+                match gridfs::regular_file(root, rel).await {
                     Ok(path) => match gridfs::digest_file(&path, file.algorithm).await {
                         Ok(d) if d.sha256 != stored_sha => fields.push(format!(
                             "bytes (the file on disk {rel} has sha256 {}, GridFS records {stored_sha})",
@@ -168,7 +170,7 @@ pub async fn verify_files(
                         Ok(_) => {}
                         Err(e) => fields.push(format!("the file on disk {rel}: {e}")),
                     },
-                    Err(why) => fields.push(why),
+                    Err((_, why)) => fields.push(why),
                 }
             }
             if full {
@@ -394,7 +396,7 @@ pub async fn verify_storage(
             }
             let mut disk_sha = None;
             if let (Some(root), Some(rel)) = (root, f.path.as_deref()) {
-                match gridfs::resolve(root, rel) {
+                match gridfs::regular_file(root, rel).await {
                     Ok(path) => match gridfs::digest_file_md5(&path, true).await {
                         Ok(d) => {
                             if d.md5.as_deref() != Some(signature.as_str()) || Some(d.len) != size {
@@ -409,7 +411,7 @@ pub async fn verify_storage(
                         }
                         Err(e) => fields.push(format!("the file on disk {rel}: {e}")),
                     },
-                    Err(why) => fields.push(why),
+                    Err((_, why)) => fields.push(why),
                 }
             }
             if full {
@@ -569,7 +571,8 @@ fn file_verification(
 /// Whether the run's refusal of row `key` (a write reject) still excuses what the target holds
 /// of it — nothing, or what an earlier run wrote: not when the row maps to another document
 /// now, nor when the file it was refused for now passes the checks (put back on disk, its
-/// checksum fixed): adv39 F12, a file refused once was excused forever.
+/// checksum fixed, its path mended): adv39 F12, adv45 F1, a file refused once was excused
+/// forever.
 async fn refusal_holds(
     refused: &super::write_rejects::WriteRejects,
     key: &str,
@@ -582,9 +585,15 @@ async fn refusal_holds(
         return false;
     }
     match (refused.rule(key), root) {
-        (Some(gridfs::RULE_MISSING | gridfs::RULE_CHECKSUM), Some(root)) => {
+        (Some(gridfs::RULE_MISSING | gridfs::RULE_CHECKSUM | gridfs::RULE_PATH), Some(root)) => {
             gridfs::inspect(root, f, algorithm).await.is_err()
         }
+        // Without the root, a path refused for its form (`..`, absolute, empty) is judged by
+        // its form now (adv45 F1: a path fixed in the source stayed excused).
+        (Some(gridfs::RULE_PATH), None) => f
+            .path
+            .as_deref()
+            .is_none_or(|rel| gridfs::resolve(Path::new(""), rel).is_err()),
         _ => true,
     }
 }
