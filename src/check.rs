@@ -140,6 +140,8 @@ pub struct TargetHistory {
     /// The entities whose rows the target holds as a completed run left them: references into
     /// one that this check does not scan are judged by the target, as the run judges them.
     pub completed: HashSet<String>,
+    /// Each entity's current step (`ledger::current_steps`): where its data is.
+    pub current: BTreeMap<String, crate::ledger::StepRecord>,
 }
 
 /// What a check scans and which run it judges.
@@ -356,6 +358,13 @@ pub async fn check(
                 && !report.blocking.contains(&why)
             {
                 report.blocking.push(why);
+            }
+            // Where the ledger says another entity's data is (adv45 F6): migrate refuses it.
+            for clash in crate::pipeline::run::destination_clashes(plan, t, &history.current) {
+                report.blocking.push(format!(
+                    "{clash}: {} (migrate refuses it unless --accept-changed)",
+                    crate::pipeline::run::SHARED_HINT
+                ));
             }
             if let Some(why) = t.unfit_name(
                 &plan.entity,

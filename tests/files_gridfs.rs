@@ -1576,3 +1576,76 @@ async fn verify_judges_a_mended_path_and_reads_no_pipe_nor_a_link_out() {
     assert!(text.contains("leads out of the files root"), "{text}");
     w.drop().await;
 }
+
+/// adv45 F6: a pipeline whose entity writes where the ledger says another entity's data is — a
+/// GridFS bucket (another pipeline's files, the same bucket name), a collection — is refused
+/// before anything is written (the second run replaced the first's files under the same ids);
+/// `--accept-changed` writes there all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pipeline_writing_another_entitys_bucket_or_collection_is_refused() {
+    let w = World::new("files_shared").await;
+    w.load_registry_with_files(100);
+    let first = documents_alone(&w, "");
+    let out = w.migrate_with(&first, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let before = files_docs(&w, "documents").await;
+    // Another pipeline, its own mappings: `papers` into the same bucket.
+    let dir = w.dir.path().join("other");
+    std::fs::create_dir_all(dir.join("mappings")).unwrap();
+    let papers = std::fs::read_to_string(w.dir.path().join("mappings/documents.toml"))
+        .unwrap()
+        .replace("name = \"documents\"", "name = \"papers\"");
+    assert!(papers.contains("name = \"papers\""));
+    std::fs::write(dir.join("mappings/papers.toml"), papers).unwrap();
+    let second = dir.join("p.toml");
+    std::fs::write(
+        &second,
+        "version = 1\nname = \"other\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"papers\"]\n",
+    )
+    .unwrap();
+    for command in [&["migrate"][..], &["migrate", "--dry-run"], &["check"]] {
+        let out = w
+            .cutover()
+            .args(command)
+            .arg("--pipeline")
+            .arg(&second)
+            .output()
+            .unwrap();
+        let text = common::output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {text}");
+        assert!(
+            text.contains("papers would write documents.files, documents.chunks"),
+            "{text}"
+        );
+        assert!(text.contains("entity documents's data"), "{text}");
+    }
+    assert_eq!(files_docs(&w, "documents").await, before);
+    // A collection: a plain entity into `seen`, then another pipeline's entity into it.
+    w.sql("CREATE TABLE seen (id int PRIMARY KEY, what text); INSERT INTO seen VALUES (1, 'a');")
+        .await;
+    let plain = |name: &str| {
+        format!(
+            "version = 1\nname = \"{name}\"\ncollection = \"seen\"\n[source]\ntable = \"seen\"\nkey = [\"id\"]\n[[field]]\npath = \"what\"\ncolumn = \"what\"\n"
+        )
+    };
+    let one = common::one_entity_pipeline(&w, "seen_a", &plain("seen_a"));
+    let out = w.migrate_with(&one, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    std::fs::write(dir.join("mappings/seen_b.toml"), plain("seen_b")).unwrap();
+    std::fs::write(
+        &second,
+        "version = 1\nname = \"other\"\nmappings_dir = \"mappings\"\n[[stage]]\nname = \"all\"\nentities = [\"seen_b\"]\n",
+    )
+    .unwrap();
+    std::fs::remove_file(dir.join("mappings/papers.toml")).unwrap();
+    let out = w.migrate_with(&second, &[]);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("seen_b would write seen, which holds entity seen_a's data"),
+        "{text}"
+    );
+    let out = w.migrate_with(&second, &["--accept-changed"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.drop().await;
+}

@@ -35,12 +35,16 @@ pub async fn check(cli: &Cli, args: &CheckArgs) -> Result<Outcome> {
                 }
                 // The entities a completed run left in the target (as the run reads them).
                 match ledger.all_steps().await {
-                    Ok(steps) => history.completed.extend(
-                        crate::ledger::current_steps(&steps)
-                            .into_iter()
-                            .filter(|(_, s)| s.status == crate::ledger::COMPLETED)
-                            .map(|(e, _)| e),
-                    ),
+                    Ok(steps) => {
+                        history.current = crate::ledger::current_steps(&steps);
+                        history.completed.extend(
+                            history
+                                .current
+                                .iter()
+                                .filter(|(_, s)| s.status == crate::ledger::COMPLETED)
+                                .map(|(e, _)| e.clone()),
+                        );
+                    }
                     Err(e) => blocking_targets.push(crate::redact::redact_text(&format!(
                         "cannot read the target's ledger: {e}"
                     ))),

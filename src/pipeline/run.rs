@@ -373,6 +373,74 @@ pub(crate) async fn absent_references(
     Ok(out)
 }
 
+/// Refuses a run writing where the ledger says another entity's data is (a collection, a table,
+/// a bucket — of another pipeline in the same database, or an entity renamed): its records
+/// would replace the other's under the same ids (adv45 F6: a second pipeline's files stage with
+/// the default bucket `fs` overwrote the first's files, into Appwrite irreversibly). One pipeline's
+/// own mappings are refused so when they load; `--accept-changed` takes the place over.
+fn shared_destinations(
+    plans: &[Plan],
+    target: &Target,
+    history: &[StepRecord],
+    opts: &RunOptions,
+) -> Result<(), RunError> {
+    if opts.accept_changed {
+        return Ok(());
+    }
+    let current = ledger::current_steps(history);
+    let clashes: Vec<String> = plans
+        .iter()
+        .flat_map(|p| destination_clashes(p, target, &current))
+        .collect();
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::Refused(format!(
+        "{}: {SHARED_HINT}; --accept-changed writes there all the same",
+        clashes.join("; ")
+    )))
+}
+
+/// What to do about a destination another entity's data is in (see [`shared_destinations`]).
+pub(crate) const SHARED_HINT: &str = "two entities in one place replace each other's records under the same ids. Give this mapping a collection, table or bucket of its own (or the pipeline a database of its own), or roll the other entity back";
+
+/// Where `p` would write what the ledger's `current` steps (see `ledger::current_steps`) say
+/// another entity's data is, each said (empty: nowhere). `check` asks it too.
+pub(crate) fn destination_clashes(
+    p: &Plan,
+    target: &Target,
+    current: &std::collections::BTreeMap<String, StepRecord>,
+) -> Vec<String> {
+    target.describe(p);
+    let ours = match (&p.file, target) {
+        // A files stage not made ready (`check` without the files root): its GridFS bucket.
+        (Some(f), Target::Mongo(m)) if m.bucket(&p.collection).is_none() => {
+            crate::sink::target::Destination::Bucket {
+                name: f.bucket.clone(),
+                documents: f.documents.clone(),
+            }
+        }
+        _ => target.destination(&p.collection),
+    };
+    let mut out = Vec::new();
+    for (entity, s) in current {
+        if *entity == p.entity || s.status == ledger::ROLLED_BACK {
+            continue;
+        }
+        let shared = ours.shared_with(&s.destination);
+        if !shared.is_empty() {
+            out.push(format!(
+                "{} would write {}, which holds entity {entity}'s data (run {}, {})",
+                p.entity,
+                shared.join(", "),
+                s.run_id,
+                s.status
+            ));
+        }
+    }
+    out
+}
+
 /// How many passes [`settle_left_out`] makes at most down a chain of self-references.
 const MAX_SELF_REFERENCE_PASSES: usize = 32;
 
@@ -725,6 +793,7 @@ async fn migrate_locked(
     if let Some(why) = plans.iter().find_map(|p| target.unfit_columns(p)) {
         return Err(RunError::Refused(why));
     }
+    shared_destinations(&plans, target, &history, opts)?;
     let ctx = MapContext {
         now_ms: started_at.timestamp_millis(),
         skip_validation: opts.skip_validation,

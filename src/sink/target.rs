@@ -65,6 +65,25 @@ pub enum Destination {
 }
 
 impl Destination {
+    /// What this destination and `other` both write: the collections or tables of both, a
+    /// Storage bucket of both (empty: none). Appwrite's users are one place that every users
+    /// entity of a project writes (one pipeline may have several): not counted.
+    pub fn shared_with(&self, other: &Destination) -> Vec<String> {
+        let theirs = other.parts();
+        let mut out: Vec<String> = self
+            .parts()
+            .into_iter()
+            .filter(|p| theirs.contains(p))
+            .collect();
+        if let (Destination::Storage { bucket: a, .. }, Destination::Storage { bucket: b, .. }) =
+            (self, other)
+            && a == b
+        {
+            out.push(format!("bucket {a}"));
+        }
+        out
+    }
+
     /// Whether the ledger can back it up (users and Storage buckets it cannot).
     pub fn can_back_up(&self) -> bool {
         !matches!(self, Destination::Users | Destination::Storage { .. })
