@@ -1649,3 +1649,25 @@ async fn a_second_pipeline_writing_another_entitys_bucket_or_collection_is_refus
     assert!(out.status.success(), "{}", common::output_text(&out));
     w.drop().await;
 }
+
+/// adv45 F4: a `char(n)` path column (and a `char(n)` checksum) is taken as PostgreSQL's text of
+/// it, without the blank padding: every file found and uploaded (each was `file_missing`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_char_path_column_names_its_file_without_the_padding() {
+    let w = World::new("files_char").await;
+    w.load_registry_with_files(100);
+    w.sql("ALTER TABLE documents ALTER storage_path TYPE char(200), ALTER sha256 TYPE char(80);")
+        .await;
+    let pipeline = documents_alone(&w, "");
+    let out = w.migrate_with(&pipeline, &[]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert_eq!(w.count("documents.files").await, 20);
+    let out = w
+        .cutover()
+        .args(["verify", "--full", "--pipeline"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    w.drop().await;
+}

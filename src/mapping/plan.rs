@@ -253,6 +253,9 @@ pub struct FilePlan {
     pub documents: Option<String>,
     /// Appwrite: each file's permission templates (`None`: the file gets none of its own).
     pub permissions: Option<Vec<crate::mapping::permission::Template>>,
+    /// Of those columns, the blank-padded ones (`char(n)`): their values are taken as
+    /// PostgreSQL's text of them, without the padding (adv45 F4: a `char(40)` path named no file).
+    pub padded: Vec<usize>,
 }
 
 impl Plan {
@@ -1149,6 +1152,13 @@ fn file_plan(
         bucket: f.bucket.clone(),
         chunk_size: f.chunk_size,
         documents: f.document_collection.clone(),
+        padded: read
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_padded())
+            .map(|(i, _)| i)
+            .collect(),
         permissions: f
             .appwrite
             .file_permissions

@@ -90,8 +90,11 @@ impl FileRef {
     /// What `row` says of its file, from the columns of the `[file]` table.
     pub fn of_row(f: &crate::mapping::plan::FilePlan, row: &[crate::source::Value]) -> FileRef {
         use crate::source::Value;
-        let text = |i: Option<usize>| match i.map(|i| &row[i]) {
-            Some(Value::Text(t)) => Some(t.clone()),
+        let text = |i: Option<usize>| match i.map(|i| (i, &row[i])) {
+            Some((i, Value::Text(t))) if f.padded.contains(&i) => {
+                Some(t.trim_end_matches(' ').to_string())
+            }
+            Some((_, Value::Text(t))) => Some(t.clone()),
             _ => None,
         };
         let size = match f.size.map(|i| &row[i]) {
