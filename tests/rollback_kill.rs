@@ -706,3 +706,55 @@ async fn appwrite_a_rerun_restored_on_failure_leaves_the_entity_applied() {
     a_restored_rerun_leaves_the_entity_applied(&c).await;
     c.w.drop().await;
 }
+
+/// adv45 F3: a `--rerun` killed inside its backup copy, before its first step, changed nothing: a
+/// plain `rollback` says so and undoes no earlier run (it emptied the collection the completed
+/// run before it had filled); naming the entity undoes that run on purpose.
+async fn a_rerun_killed_before_its_first_step_is_not_rolled_back_for_the_run_before(c: &Case) {
+    c.migrate(&["items"]).await;
+    let first = c.items().await;
+    let steps = c.steps().await.len();
+    let args = ["migrate", "--quiet", "items", "--rerun"];
+    let mut landed = false;
+    for _ in 0..32 {
+        let mut child = c.command(&args).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            let copying = c
+                .ledger("cutover_backups")
+                .await
+                .iter()
+                .any(|b| b.get_str("status") == Ok("in-progress"));
+            if copying {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no backup in progress in time");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+        if c.steps().await.len() == steps {
+            landed = true;
+            break;
+        }
+        // The re-run got as far as its step: undo it, and try again.
+        let out = c.run(&["rollback", "items"]).await;
+        assert!(out.status.success(), "{}", common::output_text(&out));
+    }
+    assert!(landed, "no kill landed before the re-run's first step");
+    let out = c.run(&["rollback"]).await;
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("recorded no step"), "{text}");
+    assert_eq!(c.items().await, first);
+    let out = c.run(&["rollback", "items"]).await;
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(c.items().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_a_rerun_killed_before_its_first_step_is_not_rolled_back_for_the_run_before() {
+    let c = Case::new("rbnostep_m", false).await;
+    a_rerun_killed_before_its_first_step_is_not_rolled_back_for_the_run_before(&c).await;
+    c.w.drop().await;
+}

@@ -93,6 +93,7 @@ pub async fn plan(
     req: &RollbackRequest,
 ) -> Result<Vec<Undo>, RunError> {
     let all = ledger.all_steps().await?;
+    let recorded: BTreeSet<i64> = all.iter().map(|s| s.run_number).collect();
     let undone = ledger::undone(&all);
     let steps: Vec<StepRecord> = all
         .into_iter()
@@ -127,13 +128,26 @@ pub async fn plan(
         latest.into_values().collect()
     } else {
         let last = steps.iter().map(|s| s.run_number).max();
+        let runs = ledger.runs_newest_first(i64::MAX, None).await?;
+        // The last run cut short before its first step: it changed nothing, and the run before
+        // it is not undone unasked (adv45 F3: a --rerun killed during its backup; the rollback
+        // emptied the bucket the completed run before it had filled).
+        if let Some(r) = runs.first()
+            && r.run_number > last.unwrap_or(0)
+            && !recorded.contains(&r.run_number)
+            && r.status != ledger::COMPLETED
+        {
+            return Err(RunError::Refused(format!(
+                "the last run, {} ({}), recorded no step: it was cut short before its first stage wrote, and has nothing to roll back. The runs before it are not undone unasked: name the entities (`cutover rollback ENTITY`) or give `--steps N`",
+                r.run_id, r.status
+            )));
+        }
         let mut chosen: Vec<StepRecord> = steps
             .iter()
             .filter(|s| Some(s.run_number) == last)
             .cloned()
             .collect();
         if let Some(last) = last {
-            let runs = ledger.runs_newest_first(i64::MAX, None).await?;
             chosen.extend(finished_by(&steps, &runs, last, &chosen));
         }
         chosen
