@@ -135,7 +135,10 @@ pub async fn plan(
         if let Some(r) = runs.first()
             && r.run_number > last.unwrap_or(0)
             && !recorded.contains(&r.run_number)
-            && r.status != ledger::COMPLETED
+            && matches!(
+                r.status.as_str(),
+                ledger::INTERRUPTED | ledger::RUNNING | ledger::FAILED
+            )
         {
             return Err(RunError::Refused(format!(
                 "the last run, {} ({}), recorded no step: it was cut short before its first stage wrote, and has nothing to roll back. The runs before it are not undone unasked: name the entities (`cutover rollback ENTITY`) or give `--steps N`",
