@@ -330,6 +330,12 @@ fn print_verification(v: &crate::verify::EntityVerification) {
         v.rejected_by_target,
         &v.rejected_by_target_keys,
     );
+    if v.kept_earlier > 0 {
+        crate::outln!(
+            "    {} of them keep the file an earlier run uploaded (an Appwrite Storage bucket cannot be backed up): in the target, not compared",
+            v.kept_earlier
+        );
+    }
     if v.blocked_kept > 0 {
         crate::outln!(
             "    {} user(s) blocked by cutover, kept: their rows are rejected now (they cannot sign in; delete them yourself if they must go)",

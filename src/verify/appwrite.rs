@@ -983,6 +983,7 @@ pub async fn verify_entity(
         target: target_count,
         not_imported: others,
         blocked_kept: kept_blocked,
+        kept_earlier: 0,
         compared,
         missing_count: missing.count,
         missing: missing.first,

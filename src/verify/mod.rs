@@ -261,6 +261,10 @@ pub struct EntityVerification {
     /// rows are rejected now: kept on purpose, not counted in `target`, not unexpected.
     #[serde(skip_serializing_if = "is_zero")]
     pub blocked_kept: u64,
+    /// Of the rows refused when written, those whose file an earlier run uploaded is kept (an
+    /// Appwrite Storage bucket cannot be backed up): in the target, not compared.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept_earlier: u64,
     pub compared: u64,
     /// How many documents are missing; `missing` holds the first [`KEPT`] source keys.
     pub missing_count: u64,
@@ -977,6 +981,7 @@ pub async fn verify_entity(
         target: target_count,
         not_imported: 0,
         blocked_kept: 0,
+        kept_earlier: 0,
         compared,
         missing_count: missing.count,
         missing: missing.first,
@@ -1497,6 +1502,7 @@ mod tests {
             target: 3,
             not_imported: 0,
             blocked_kept: 0,
+            kept_earlier: 0,
             compared: 3,
             missing_count: 0,
             missing: Vec::new(),
