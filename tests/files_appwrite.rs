@@ -1057,7 +1057,10 @@ column = "team"
     assert!(out.status.success(), "{said}");
     assert!(said.contains("2 compared"), "{said}");
     assert!(said.contains("source key) (1): 2"), "{said}");
-    assert!(said.contains("1 of them keep the file an earlier run uploaded"), "{said}");
+    assert!(
+        said.contains("1 of them keep the file an earlier run uploaded"),
+        "{said}"
+    );
 
     // `rollback files`: the re-run cannot be undone alone; with the first step, which found
     // the bucket empty, it can.

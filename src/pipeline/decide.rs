@@ -143,9 +143,13 @@ pub(super) fn decide(
         // A stage without a change-tracking column cannot know its delta: it is copied in full.
         let since = match (intent.since_last, last_completed) {
             // A child changed alone leaves its parent's column as it was: a mapping that embeds
-            // children is copied in full.
+            // children is copied in full. So is a files stage: a file rewritten on disk leaves
+            // its row as it was (adv45 F5); the files whose bytes the target holds already are
+            // not uploaded again.
             (true, Some(done))
-                if m.spec.source.updated_at.is_some() && m.spec.embeds.is_empty() =>
+                if m.spec.source.updated_at.is_some()
+                    && m.spec.embeds.is_empty()
+                    && m.spec.file.is_none() =>
             {
                 done.snapshot_at.clone().map(|at| Since {
                     at,

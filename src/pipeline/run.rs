@@ -1137,6 +1137,10 @@ async fn migrate_locked(
             (None, true) if p.updated_at.is_none() => {
                 Some("copied in full: the mapping names no source.updated_at".to_string())
             }
+            (None, true) if p.file.is_some() && p.updated_at.is_some() => Some(
+                "copied in full: a file rewritten on disk leaves its row as it was (the files the target holds already, byte for byte, are not uploaded again)"
+                    .to_string(),
+            ),
             (None, true) if !p.embeds.is_empty() => Some(
                 "copied in full: its embedded children have no change column of their own (a child changed alone leaves source.updated_at as it was)"
                     .to_string(),
