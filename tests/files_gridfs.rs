@@ -1717,5 +1717,41 @@ async fn since_last_of_a_files_stage_uploads_a_file_rewritten_under_an_unchanged
         sha,
         cutover::sink::gridfs::hex(&sha2::Sha256::digest(&bytes))
     );
+    // adv45 F8: a mime type gone NULL leaves the file none (the old one stayed); verify says a
+    // stale one.
+    w.sql(&format!(
+        "ALTER TABLE documents ALTER mime_type DROP NOT NULL;
+         UPDATE documents SET mime_type = NULL, uploaded_at = date_trunc('milliseconds', now()) WHERE document_id = '{id}'"
+    ))
+    .await;
+    let out = w.migrate_with(&pipeline, &["--since-last"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let files = db.collection::<bson::Document>("documents.files");
+    let stored = files
+        .find_one(bson::doc! { "_id": uuid_id(id) })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.contains_key("contentType"), "{stored}");
+    let verify = |w: &World| {
+        w.cutover()
+            .args(["verify", "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&w);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    files
+        .update_one(
+            bson::doc! { "_id": uuid_id(id) },
+            bson::doc! { "$set": { "contentType": "text/stale" } },
+        )
+        .await
+        .unwrap();
+    let out = verify(&w);
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("contentType"), "{text}");
     w.drop().await;
 }

@@ -520,8 +520,13 @@ pub async fn write_files(
             && chunks_whole(db, spec, &id, e).await?
             && same_bytes.await?
         {
+            // A row whose mime type is NULL now leaves none (adv45 F8: the old one stayed).
+            let mut update = doc! { "$set": fields };
+            if file.mime.is_none() {
+                update.insert("$unset", doc! { "contentType": "" });
+            }
             files_coll
-                .update_one(doc! { "_id": &id }, doc! { "$set": fields })
+                .update_one(doc! { "_id": &id }, update)
                 .await
                 .map_err(command(format!("update {}", spec.files())))?;
             write_document(db, spec, &id, &mapped_fields).await?;

@@ -143,11 +143,10 @@ pub async fn verify_files(
                     stored.get_str("filename").unwrap_or("none")
                 ));
             }
-            if let Some(mime) = &f.mime
-                && stored.get_str("contentType").ok() != Some(mime.as_str())
-            {
+            if stored.get_str("contentType").ok() != f.mime.as_deref() {
                 fields.push(format!(
-                    "contentType (the row gives {mime:?}, GridFS holds {:?})",
+                    "contentType (the row gives {:?}, GridFS holds {:?})",
+                    f.mime.as_deref().unwrap_or("none"),
                     stored.get_str("contentType").unwrap_or("none")
                 ));
             }
