@@ -503,7 +503,7 @@ impl RunReport {
                 {
                     let _ = writeln!(
                         s,
-                        "{}: {} row(s) rejected `{}` are not tried again by a plain `cutover migrate`; once their files are right, `cutover migrate --rerun {}` uploads them",
+                        "{}: {} row(s) rejected `{}` are not tried again by a plain `cutover migrate`; once their files are right (or the bucket's settings take them: its maximum file size, its allowed extensions), `cutover migrate --rerun {}` uploads them",
                         e.name,
                         thousands(*n),
                         crate::sink::gridfs::RULE_UPLOAD,
