@@ -903,7 +903,7 @@ mod tests {
         r.entities[0].rejected_by_rule = [("file_upload".to_string(), 2)].into_iter().collect();
         let text = r.render_text();
         assert!(
-            text.contains("users: 2 row(s) rejected `file_upload` are not tried again by a plain `cutover migrate`; once their files are right, `cutover migrate --rerun users` uploads them"),
+            text.contains("users: 2 row(s) rejected `file_upload` are not tried again by a plain `cutover migrate`; once their files are right (or the bucket's settings take them: its maximum file size, its allowed extensions), `cutover migrate --rerun users` uploads them"),
             "{text}"
         );
     }
