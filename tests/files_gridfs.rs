@@ -403,6 +403,34 @@ async fn sync_deletes_removes_the_file_of_a_deleted_row_with_its_chunks() {
         .unwrap();
     assert_eq!(left, 0, "the deleted file's chunks stayed");
     assert_eq!(orphan_chunks(&w, "documents").await, 0);
+
+    // adv45 F9: an upload cut short (its chunks, no files document) whose row then goes from
+    // the source is deleted by the next --sync-deletes; one whose row stays is the run's to
+    // upload again.
+    let mut ids = source.keys().filter(|k| *k != gone);
+    let (cut, kept) = (ids.next().unwrap(), ids.next().unwrap());
+    let chunks = db.collection::<Document>("documents.chunks");
+    let files = db.collection::<Document>("documents.files");
+    files
+        .delete_many(doc! { "_id": { "$in": [uuid_id(cut), uuid_id(kept)] } })
+        .await
+        .unwrap();
+    assert!(orphan_chunks(&w, "documents").await > 0);
+    w.sql(&format!(
+        "DELETE FROM documents WHERE document_id = '{cut}'"
+    ))
+    .await;
+    let out = w.migrate_with(&pipeline, &["--rerun", "--sync-deletes"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    for id in [cut, kept] {
+        let n = chunks
+            .count_documents(doc! { "files_id": uuid_id(id) })
+            .await
+            .unwrap();
+        assert_eq!(n > 0, id == kept, "{id}: {n} chunks");
+    }
+    assert_eq!(orphan_chunks(&w, "documents").await, 0);
+    assert_eq!(w.count("documents.files").await, 18);
     w.drop().await;
 }
 

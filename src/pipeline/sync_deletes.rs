@@ -150,6 +150,29 @@ async fn sync_deletes_mongo(
         async |id, _| del.add(id).await,
     )
     .await?;
+    // Uploads cut short (chunks without a files document) of rows gone from the source: no
+    // run uploads them again (adv45 F9: they stayed for good).
+    if let Some(f) = &plan.file {
+        let partial = crate::sink::gridfs::partial_uploads(m.database(), &f.bucket)
+            .await
+            .map_err(|e| RunError::Sink(SinkError::Mongo(e)))?;
+        if !partial.is_empty() {
+            use crate::sink::order::{id_bytes, id_from_bytes};
+            let source = source_ids(plan, session, target, &keys_only(plan)).await?;
+            let mut candidates = Spill::new();
+            for id in &partial {
+                candidates
+                    .push(id_bytes(id), Vec::new())
+                    .map_err(spill_err)?;
+            }
+            let mut gone = absent(candidates, source)?;
+            while let Some((idb, _)) = gone.next_record().map_err(spill_err)? {
+                if let Some(id) = id_from_bytes(&idb) {
+                    del.add(id).await?;
+                }
+            }
+        }
+    }
     del.flush().await?;
     if del.gone > 0 && !dry_run {
         tracing::warn!(entity = %plan.entity, documents = del.gone, "deleted target documents whose source rows are gone");

@@ -358,6 +358,42 @@ fn refused(index: usize, rule: &str, message: String) -> DocError {
     }
 }
 
+/// The ids of the uploads of `bucket` cut short: chunks without a files document (a kill -9
+/// between the first chunk and the files document).
+pub async fn partial_uploads(db: &Database, bucket: &str) -> Result<Vec<Bson>, MongoError> {
+    use futures::TryStreamExt;
+    let chunks = chunks_collection(bucket);
+    let pipeline = vec![
+        // Served by the chunks' (files_id, n) index: one key per file.
+        doc! { "$sort": { "files_id": 1 } },
+        doc! { "$group": { "_id": "$files_id" } },
+        doc! { "$lookup": {
+            "from": files_collection(bucket),
+            "localField": "_id",
+            "foreignField": "_id",
+            "as": "file",
+        } },
+        doc! { "$match": { "file": { "$size": 0 } } },
+        doc! { "$project": { "_id": 1 } },
+    ];
+    let mut cursor = db
+        .collection::<Document>(&chunks)
+        .aggregate(pipeline)
+        .await
+        .map_err(command(format!("find the partial uploads in {chunks}")))?;
+    let mut ids = Vec::new();
+    while let Some(d) = cursor
+        .try_next()
+        .await
+        .map_err(command(format!("find the partial uploads in {chunks}")))?
+    {
+        if let Some(id) = d.get("_id") {
+            ids.push(id.clone());
+        }
+    }
+    Ok(ids)
+}
+
 fn command(op: String) -> impl FnOnce(mongodb::error::Error) -> MongoError {
     move |cause| MongoError::Command { op, cause }
 }
