@@ -409,32 +409,6 @@ async fn sync_deletes_appwrite(
     )
     .await?;
     delete_rows(remover, a, &plan.collection, chunk).await?;
-    // Files of the bucket no source row names that no row of the table held (an upload cut
-    // short: a row is written once its file is whole): no run uploads them again (adv45 F9).
-    if let Some(spec) = a.storage(&plan.collection) {
-        let aerr = |e| RunError::Sink(SinkError::Appwrite(e));
-        let files = crate::sink::appwrite::storage::file_ids(&a.client, &spec.bucket)
-            .await
-            .map_err(aerr)?;
-        if !files.is_empty() {
-            let source = source_ids(plan, session, target, &keys_only(plan)).await?;
-            let mut candidates = Spill::new();
-            for id in files {
-                candidates
-                    .push(id.into_bytes(), Vec::new())
-                    .map_err(spill_err)?;
-            }
-            let mut gone = absent(candidates, source)?;
-            let mut ids = Vec::new();
-            while let Some((id, _)) = gone.next_record().map_err(spill_err)? {
-                ids.push(String::from_utf8_lossy(&id).into_owned());
-            }
-            n += ids.len() as u64;
-            if !dry_run {
-                delete_rows(remover, a, &plan.collection, ids).await?;
-            }
-        }
-    }
     if !a.is_users(&plan.collection) {
         n += orphan_children(plan, a, dry_run, remover).await?;
     }
